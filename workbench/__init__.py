@@ -1,0 +1,1 @@
+"""Benchmark orchestration and the Streamlit pages."""

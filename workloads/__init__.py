@@ -1,0 +1,1 @@
+"""Locust workloads, arrival processes and named mixes (imports only tridentcore.core types)."""
