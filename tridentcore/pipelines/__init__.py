@@ -1,0 +1,101 @@
+"""Diffusers pipelines split into stage executors (encode -> diffuse -> decode).
+
+Importing this package is light: torch and diffusers load when a pipeline is loaded.
+
+Names:
+* ``tiny-*``: random-weight pipelines built in code in well under a second (CPU tests, defaults);
+* ``arch:*``: the real architectures with random weights, built on the target device and dtype;
+* anything else: a diffusers model directory or hub id, loaded with ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .staged import StagedPipeline
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    family: str
+    kind: str  # "image" or "video"
+    description: str
+    profile_name: str | None = None  # the model's name in the shipped profiles, if any
+
+
+MODELS: dict[str, ModelInfo] = {
+    m.name: m
+    for m in (
+        ModelInfo("tiny-sd3", "sd3", "image", "SD3-style MMDiT transformer, flow-matching Euler, two CLIP encoders (tiny, random)"),
+        ModelInfo("tiny-sd", "sd", "image", "SD-1.x-style UNet, DDIM scheduler, one CLIP encoder (tiny, random)"),
+        ModelInfo("tiny-wan", "wan", "video", "Wan2.1-style video transformer, Wan VAE, UMT5 encoder (tiny, random)"),
+        ModelInfo("tiny-flux", "flux", "image", "Flux-style guidance-distilled transformer, CLIP + T5 encoders (tiny, random)"),
+        ModelInfo("tiny-sdxl", "sdxl", "image", "SDXL-style UNet with two CLIP encoders, Euler scheduler (tiny, random)"),
+        ModelInfo("arch:sd3-medium", "sd3", "image", "Stable Diffusion 3 medium architecture (2B MMDiT, CLIP-L/G, T5-XXL), random weights", "sd3-medium"),
+        ModelInfo("arch:flux-dev", "flux", "image", "FLUX.1-dev architecture (12B transformer, CLIP-L, T5-XXL), random weights", "flux-dev"),
+        ModelInfo("arch:sdxl", "sdxl", "image", "SDXL base architecture (2.6B UNet, CLIP-L/G), random weights", "sdxl"),
+        ModelInfo("arch:wan2.1-1.3b", "wan", "video", "Wan2.1 T2V 1.3B architecture (DiT, UMT5-XXL, Wan VAE), random weights", "wan2.1-1.3b"),
+    )
+}
+
+
+def _torch_dtype(dtype):
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    try:
+        return table[str(dtype)]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(sorted(table))}") from None
+
+
+def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPipeline":
+    """Load a pipeline by registry name, directory or hub id, as stage executors."""
+    import torch
+
+    from .builders import BUILDERS, build
+    from .staged import FAMILIES, PIPELINE_CLASSES
+
+    torch_dtype = _torch_dtype(dtype)
+    if name in BUILDERS:
+        family, tiny, _ = BUILDERS[name]
+        pipe = build(name, device=device, dtype=torch_dtype)
+        return FAMILIES[family](pipe, name, tiny=tiny)
+    if name.startswith(("tiny-", "arch:")):
+        raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(MODELS)}")
+
+    from diffusers import DiffusionPipeline
+
+    path = Path(name).expanduser()
+    if path.exists():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+        class_name = json.loads(index.read_text())["_class_name"]
+        source = str(path)
+    else:
+        class_name = None
+        source = name
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype)
+    except OSError as exc:
+        raise ValueError(f"cannot load pipeline {name!r}: {exc}") from exc
+    class_name = class_name or type(pipe).__name__
+    family = PIPELINE_CLASSES.get(class_name)
+    if family is None:
+        raise ValueError(
+            f"{name}: pipeline class {class_name} is not supported; supported: {', '.join(PIPELINE_CLASSES)}"
+        )
+    pipe.to(device)
+    return FAMILIES[family](pipe, name, tiny=False)
