@@ -82,13 +82,15 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         index = path / "model_index.json"
         if not index.is_file():
             raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
-        class_name = json.loads(index.read_text())["_class_name"]
+        spec = json.loads(index.read_text())
+        class_name = spec["_class_name"]
         source = str(path)
+        # Optional components saved as absent (SD3 without T5, say) must be passed as None.
+        absent = {k: None for k, v in spec.items() if isinstance(v, list) and v[:1] == [None]}
     else:
-        class_name = None
-        source = name
+        class_name, source, absent = None, name, {}
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch_dtype)
+        pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, **absent)
     except OSError as exc:
         raise ValueError(f"cannot load pipeline {name!r}: {exc}") from exc
     class_name = class_name or type(pipe).__name__

@@ -1,0 +1,61 @@
+"""Writing stage outputs to files: PNG/JPEG images, animated WebP/GIF for video frames."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+ANIMATION_SUFFIXES = {".webp": "WEBP", ".gif": "GIF"}
+
+
+def _frames(array) -> np.ndarray:
+    arr = array.numpy() if hasattr(array, "numpy") else np.asarray(array)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {arr.dtype}")
+    return arr
+
+
+def encode_image(pixels, fmt: str = "PNG") -> bytes:
+    """One ``[H, W, 3]`` uint8 image as file bytes (deterministic for the same pixels)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_frames(pixels)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def encode_animation(frames, fmt: str = "WEBP", fps: int = 8) -> bytes:
+    """``[F, H, W, 3]`` uint8 frames as an animated WebP or GIF that loops."""
+    from PIL import Image
+
+    arr = _frames(frames)
+    images = [Image.fromarray(f) for f in arr]
+    buf = io.BytesIO()
+    kwargs = dict(save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    if fmt == "WEBP":
+        kwargs["lossless"] = True
+    images[0].save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def save_output(pixels, path: str | Path, fps: int = 8) -> Path:
+    """Write one request's output: ``[H, W, 3]`` as an image, ``[F, H, W, 3]`` as an animation."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    arr = _frames(pixels)
+    if arr.ndim == 4 and arr.shape[0] > 1:
+        if suffix not in ANIMATION_SUFFIXES:
+            raise ValueError(f"{arr.shape[0]} frames need an animation format: {', '.join(ANIMATION_SUFFIXES)} (got {path.name})")
+        data = encode_animation(arr, ANIMATION_SUFFIXES[suffix], fps)
+    else:
+        if arr.ndim == 4:
+            arr = arr[0]
+        if suffix not in IMAGE_SUFFIXES and suffix != ".gif":
+            raise ValueError(f"unknown image format {suffix!r}; use one of {', '.join(sorted(IMAGE_SUFFIXES))}")
+        data = encode_image(arr, IMAGE_SUFFIXES.get(suffix, "GIF"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
