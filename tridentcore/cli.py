@@ -27,6 +27,113 @@ def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
 
+def _quiet_libraries() -> None:
+    """transformers warns about optional image backends we never use; keep the CLI's output clean."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+@app.command()
+def models() -> None:
+    """List the built-in pipelines, one line each."""
+    from .pipelines import MODELS
+
+    width = max(len(n) for n in MODELS)
+    for info in MODELS.values():
+        typer.echo(f"{info.name:<{width}}  {info.kind:<5}  {info.description}")
+    typer.echo(f"{'<path or hub id>':<{width}}  any    a diffusers SD3, Flux, SD/SDXL or Wan pipeline (from_pretrained)")
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., help="What to draw."),
+    out: str = typer.Option(..., help="Output file: .png/.jpg/.webp for images, .webp/.gif for video."),
+    model: str = typer.Option("tiny-sd3", help="Pipeline name (`trident models`), directory or hub id."),
+    size: str = typer.Option("256x256", help="WIDTHxHEIGHT, as in the OpenAI images API."),
+    steps: int = typer.Option(None, min=1, max=200, help="Denoising steps (default: the model's)."),
+    seed: int = typer.Option(0, help="Noise seed: the same seed gives the same bytes."),
+    frames: int = typer.Option(None, min=1, help="Frames (video models)."),
+    guidance: float = typer.Option(None, help="Guidance scale (default: the model's)."),
+    negative_prompt: str = typer.Option(None, help="Negative prompt (CFG models)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:i."),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
+    fps: int = typer.Option(8, min=1, help="Frames per second of an animation."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run encode -> diffuse -> decode for one prompt and write the image or animation."""
+    _setup_logging(verbose)
+    _quiet_libraries()
+    import time
+
+    from .core.types import parse_size
+    from .pipelines import load_pipeline
+    from .pipelines.media import save_output
+
+    try:
+        width, height = parse_size(size)
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+        limits = pipe.limits
+        n_frames = frames or (17 if limits.video else 1)
+        problems = limits.check(height, width, n_frames)
+        if problems:
+            _fail(f"{model}: " + "; ".join(problems))
+        t0 = time.perf_counter()
+        emb = pipe.encode([prompt], None if negative_prompt is None else [negative_prompt])
+        t1 = time.perf_counter()
+        latents = pipe.diffuse(emb, (height, width, n_frames), seed=seed, steps=steps, guidance=guidance)
+        t2 = time.perf_counter()
+        pixels = pipe.decode(latents)[0]
+        t3 = time.perf_counter()
+        path = save_output(pixels, out, fps=fps)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"wrote {path} ({width}x{height}" + (f", {n_frames} frames" if limits.video else "")
+        + f") encode {1000 * (t1 - t0):.0f} ms, diffuse {1000 * (t2 - t1):.0f} ms, decode {1000 * (t3 - t2):.0f} ms"
+    )
+
+
+@app.command()
+def profile(
+    model: str = typer.Option(..., help="Pipeline name(s), comma separated (`trident models`)."),
+    out: str = typer.Option(..., help="CSV to write (the format of shared/profiles/README.md)."),
+    device: str = typer.Option("cpu", help="cpu or cuda:i."),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
+    sizes: str = typer.Option("64,128,256", help="Squares (64,128) or WIDTHxHEIGHT items."),
+    frames: str = typer.Option("5,9", help="Frame counts (video models only)."),
+    batches: str = typer.Option("1,2,4", help="Requests per call."),
+    steps: int = typer.Option(2, min=1, help="Denoising steps per timed diffuse call."),
+    repeats: int = typer.Option(5, min=1, help="Timed calls per point (the median is kept)."),
+    warmup: int = typer.Option(1, min=0, help="Untimed calls before timing."),
+    stages: str = typer.Option("encode,diffuse,decode", help="Stages to measure."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Measure encode, one diffuse step and decode (latency and peak memory) into a profile CSV."""
+    _setup_logging(verbose)
+    _quiet_libraries()
+    from .profiles.format import save_profile
+    from .profiles.runner import ProfileSpec, parse_ints, parse_sizes, run_profile
+
+    try:
+        stage_list = tuple(s.strip() for s in stages.split(",") if s.strip())
+        bad = [s for s in stage_list if s not in ("encode", "diffuse", "decode")]
+        if bad:
+            _fail(f"unknown stage(s) {', '.join(bad)}; valid: encode, diffuse, decode")
+        rows = []
+        for name in (m.strip() for m in model.split(",") if m.strip()):
+            spec = ProfileSpec(
+                model=name, device=device, dtype=dtype, sizes=parse_sizes(sizes),
+                frames=parse_ints(frames, "frames"), batches=parse_ints(batches, "batches"),
+                steps=steps, repeats=repeats, warmup=warmup, stages=stage_list,
+            )
+            rows += run_profile(spec, progress=True)
+        save_profile(rows, out)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {len(rows)} rows to {out}")
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

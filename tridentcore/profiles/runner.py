@@ -1,0 +1,224 @@
+"""The ``profile`` runner: measure what each stage of a pipeline costs on one device.
+
+For every requested point it times ``encode`` (a batch of prompts), one ``diffuse`` step (the
+median over ``repeats`` timed calls of ``steps`` steps each, divided by ``steps``, after
+``warmup`` untimed calls) and ``decode``, and records memory:
+
+* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``; ``act_gib`` is the
+  peak minus what was allocated before the call.
+* CPU: the process's peak resident set (``VmHWM`` in ``/proc/self/status``, reset before each call
+  by writing 5 to ``/proc/self/clear_refs``) minus the resident set before the call. glibc's mmap
+  threshold is pinned at 64 KiB first, so freed tensors go back to the OS and the resident set
+  follows live tensors instead of the allocator's caches. Where ``clear_refs`` cannot be written
+  the activation figure is recorded as 0 and the row's ``source`` says so.
+
+``peak_gib`` is the stage's own weights plus its activations (other stages' weights may be
+resident during profiling; they are not counted), matching the shipped profiles' meaning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..core.types import ProfileRow, StageKind
+
+logger = logging.getLogger(__name__)
+
+GIB = 2**30
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileSpec:
+    model: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    sizes: tuple[tuple[int, int], ...] = ((64, 64), (128, 128), (256, 256))  # (height, width)
+    frames: tuple[int, ...] = (1,)
+    batches: tuple[int, ...] = (1, 2, 4)
+    steps: int = 2
+    repeats: int = 5
+    warmup: int = 1
+    stages: tuple[str, ...] = ("encode", "diffuse", "decode")
+
+
+@dataclass
+class _Meter:
+    """Peak-memory measurement around one call, for the device kind at hand."""
+
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.cuda = self.device.startswith("cuda")
+        self.can_reset = False
+        if not self.cuda:
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so frees unmap
+            except OSError:
+                self.notes.append("mallopt unavailable")
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self.can_reset = True
+            except OSError:
+                self.notes.append("cannot reset peak RSS")
+
+    @staticmethod
+    def _status_kib(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+        return 0
+
+    def measure(self, fn: Callable[[], object]) -> tuple[object, float]:
+        """Run ``fn`` once; return its result and the activation memory it needed, in GiB."""
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            out = fn()
+            torch.cuda.synchronize(self.device)
+            return out, max(0, torch.cuda.max_memory_allocated(self.device) - before) / GIB
+        if not self.can_reset:
+            return fn(), 0.0
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = self._status_kib("VmRSS")
+        out = fn()
+        peak = self._status_kib("VmHWM")
+        return out, max(0, peak - before) * 1024 / GIB
+
+
+def _timed(fn: Callable[[], object], device: str, repeats: int, warmup: int) -> list[float]:
+    import torch
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def gpu_kind(device: str) -> str:
+    """The ``gpu`` column for a device: ``cpu``, or the CUDA device's name (``H200``)."""
+    if not device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    name = torch.cuda.get_device_name(device)
+    for prefix in ("NVIDIA ", "Tesla "):
+        name = name.removeprefix(prefix)
+    return name.split()[0] if name else "cuda"
+
+
+def plan_points(spec: ProfileSpec, video: bool) -> list[tuple[str, int, int, int, int]]:
+    """Every (stage, height, width, frames, batch) the spec asks for, in measuring order."""
+    frames = spec.frames if video else (1,)
+    points: list[tuple[str, int, int, int, int]] = []
+    if "encode" in spec.stages:
+        points += [("encode", 0, 0, 0, b) for b in spec.batches]
+    for stage in ("diffuse", "decode"):
+        if stage in spec.stages:
+            points += [(stage, h, w, f, b) for (h, w) in spec.sizes for f in frames for b in spec.batches]
+    return points
+
+
+def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[ProfileRow], None] | None = None) -> list[ProfileRow]:
+    """Measure every point of ``spec`` and return profile rows (CSV format of shared/profiles)."""
+    from tqdm import tqdm
+
+    from ..pipelines import MODELS, load_pipeline
+
+    pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype)
+    info = MODELS.get(spec.model)
+    model_name = (info.profile_name if info and info.profile_name else spec.model)
+    video = pipe.limits.video
+    problems = [f"{h}x{w}x{f}: {p}" for (h, w) in spec.sizes for f in (spec.frames if video else (1,))
+                for p in pipe.limits.check(h, w, f)]
+    if problems:
+        raise ValueError(f"{spec.model}: invalid profile points: " + "; ".join(problems))
+    meter = _Meter(spec.device)
+    kind = gpu_kind(spec.device)
+    weights = {s: pipe.weights_bytes(s) / GIB for s in ("encode", "diffuse", "decode")}
+    source = "measured" if not meter.notes else "measured (" + ", ".join(meter.notes) + ")"
+    rows: list[ProfileRow] = []
+    points = plan_points(spec, video)
+    bar = tqdm(points, desc=f"profile {spec.model}", unit="point", disable=not progress)
+    embeddings_cache: dict[int, dict] = {}
+
+    def embeddings(batch: int):
+        if batch not in embeddings_cache:
+            embeddings_cache[batch] = pipe.encode([f"a photo of object {i}" for i in range(batch)])
+        return embeddings_cache[batch]
+
+    for stage, h, w, f, b in bar:
+        bar.set_postfix_str(f"{stage} {w}x{h}" + (f"x{f}" if video else "") + f" b{b}" if h else f"{stage} b{b}")
+        prompts = [f"a photo of object {i}" for i in range(b)]
+        seeds = list(range(b))
+        if stage == "encode":
+            call = lambda: pipe.encode(prompts)  # noqa: E731
+            divisor = 1
+        elif stage == "diffuse":
+            emb = embeddings(b)
+            call = lambda: pipe.diffuse(emb, (h, w, f), seed=seeds, steps=spec.steps)  # noqa: E731
+            divisor = spec.steps
+        else:
+            latents = pipe.diffuse(embeddings(b), (h, w, f), seed=seeds, steps=spec.steps, end_step=1)
+            call = lambda: pipe.decode(latents)  # noqa: E731
+            divisor = 1
+        times = _timed(call, spec.device, spec.repeats, spec.warmup)
+        _, act = meter.measure(call)
+        row = ProfileRow(
+            gpu=kind, model=model_name, stage=StageKind(stage),
+            height=h or None, width=w or None, frames=(f if h else None),
+            batch=b, degree=1,
+            latency_ms=round(statistics.median(times) / divisor * 1000, 3),
+            peak_gib=round(weights[stage] + act, 4), act_gib=round(act, 4),
+            weights_gib=round(weights[stage], 4), source=source,
+        )
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return rows
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``64,128`` (squares) or ``832x480,1280x720`` (WIDTHxHEIGHT) into (height, width) pairs."""
+    from ..core.types import parse_size
+
+    out = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        if item.isdigit():
+            out.append((int(item), int(item)))
+        else:
+            w, h = parse_size(item)
+            out.append((h, w))
+    if not out:
+        raise ValueError("no sizes given")
+    return tuple(out)
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"{what} must be a comma list of integers (got {text!r})") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{what} must be positive integers (got {text!r})")
+    return values
+
