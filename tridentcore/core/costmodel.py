@@ -1,0 +1,576 @@
+"""The cost model: what a stage call costs in time and memory, from a stage profile.
+
+Pure (stdlib only; no torch, numpy, clock or I/O): the simulator calls it on its hot path and the
+live planner calls it for every decision. Build it from :class:`~tridentcore.core.types.ProfileRow`
+values (``tridentcore.profiles.load_profile(...).cost_model()`` does that).
+
+Units and meanings
+------------------
+* ``latency_s``: ``diffuse`` = ONE denoising step; ``encode`` / ``decode`` = one call.
+* ``batch`` = requests served together by one call, exactly as in the profile's ``batch`` column.
+  For CFG models (sd3-medium, sdxl, wan2.1-1.3b) one request is a tensor batch of 2 (prompt and
+  negative prompt run together); the profile's rows already count requests, not tensor rows (the
+  raw encode supplement's tensor batch 2/8/16 appears in h200.csv as batch 1/4/8), so no factor 2
+  is applied anywhere here.
+* ``tokens`` = output pixels x frames (:attr:`Shape.tokens`); ``encode`` has no shape axis.
+* GiB = 2**30 bytes, GB/s = 1e9 bytes per second.
+
+Interpolation
+-------------
+Rows are grouped per (gpu, model, stage, degree) into *batch levels* (the measured batches); at
+each level the measured token counts form a curve.
+
+* Tokens: log-log piecewise linear between neighbouring measured token counts. Outside the
+  measured range a level extrapolates at most ``max_extrapolation`` (default 2x) beyond it, using
+  the slope of the end segment: upwards with slope >= 0, downwards with the slope clamped to
+  [0, 1], i.e. a shape half the size never costs less than half (small shapes are launch-bound).
+  Further out, or a level with a single measured shape asked for another one, raises
+  :class:`CostModelError` naming model, stage and shape.
+* Batch: linear between the two neighbouring measured batches (``benchmarks/cost_accuracy.py``
+  measured linear to beat log-log in batch: cost is nearly affine in batch). Beyond the largest
+  measured batch: linear per extra request from the last two levels (slope >= 0); with a single
+  level, proportional (b calls' worth). Below the smallest measured batch: error.
+* Monotonicity: a bigger shape or a bigger batch never costs less. Measured points that violate
+  that (launch-bound noise, e.g. sd3-medium 512x512 batch 2 faster than batch 1) are raised to the
+  running maximum over all points with fewer-or-equal tokens and batch; every such change is listed
+  in :attr:`CostModel.adjustments`. Every other measured point is reproduced exactly.
+* Activation memory (``act_gib``) is interpolated the same way.
+
+Degree (GPUs cooperating on one call)
+-------------------------------------
+Only ``diffuse`` splits across GPUs (sequence parallelism). ``encode`` and ``decode`` at degree > 1
+cost what they cost at degree 1: one GPU of the group runs them (speed-up 1.0).
+For ``diffuse`` at degree d:
+
+1. rows measured at degree d that cover the shape are used directly (interpolated as above);
+2. else, if the profile measured other degrees > 1 for this model and stage, the serial fraction
+   they imply at this shape (Amdahl) is applied, taking the measured degree nearest to d;
+3. else the analytic :class:`~tridentcore.core.scaling.ScalingModel` of tokens x batch.
+
+Activation memory at degree d > 1 for ``diffuse`` is the degree-1 value divided by d (each GPU
+holds 1/d of the sequence) unless rows at degree d exist. Weights are per GPU and do not shrink
+with degree (sequence parallelism replicates them).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .scaling import ScalingModel
+from .types import ProfileRow, Shape, StageKind
+
+__all__ = [
+    "Adjustment",
+    "CostModel",
+    "CostModelError",
+    "DEFAULT_LINKS_GBPS",
+    "GB_BYTES",
+    "GIB_BYTES",
+]
+
+log = logging.getLogger(__name__)
+
+GB_BYTES = 1e9
+GIB_BYTES = 2**30
+
+# Link bandwidths in GB/s (1e9 bytes/s), one direction.
+#   host:    measured: pinned host->device copies on the H200 machine (profiles/README.md)
+#   nvlink:  nominal NVLink 4 per direction (H100/H200 SXM); not measured here
+#   pcie:    nominal-ish PCIe Gen4 x16 peer-to-peer between GPUs without NVLink; not measured
+#   network: 400 Gb/s InfiniBand / RoCE between nodes; nominal
+DEFAULT_LINKS_GBPS: Mapping[str, float] = {
+    "host": 55.0,
+    "nvlink": 450.0,
+    "pcie": 25.0,
+    "network": 50.0,
+}
+
+_QUANTITIES = ("latency_ms", "act_gib")
+_MEMO_LIMIT = 200_000
+
+
+class CostModelError(LookupError):
+    """The profile cannot answer: missing model/stage/gpu, or a shape too far from the data."""
+
+
+class _Uncovered(Exception):
+    """Internal: one curve or table cannot answer; the caller adds model/stage/shape context."""
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    """A measured value raised to keep costs monotone in tokens and batch."""
+
+    gpu: str
+    model: str
+    stage: StageKind
+    tokens: int | None
+    batch: int
+    degree: int
+    quantity: str  # "latency_ms" or "act_gib"
+    measured: float
+    used: float
+
+
+class _Curve:
+    """One quantity along the token axis at one batch level (precomputed for fast lookup)."""
+
+    __slots__ = ("tokens", "values", "log_tokens", "log_slopes", "lin_slopes")
+
+    def __init__(self, tokens: tuple[int, ...] | None, values: tuple[float, ...]) -> None:
+        self.tokens = tokens
+        self.values = values
+        if tokens is None:
+            self.log_tokens = ()
+            self.log_slopes = ()
+            self.lin_slopes = ()
+            return
+        self.log_tokens = tuple(math.log(t) for t in tokens)
+        log_slopes: list[float | None] = []
+        lin_slopes: list[float] = []
+        for k in range(len(tokens) - 1):
+            v0, v1 = values[k], values[k + 1]
+            lin_slopes.append((v1 - v0) / (tokens[k + 1] - tokens[k]))
+            if v0 > 0 and v1 > 0:
+                log_slopes.append((math.log(v1) - math.log(v0)) / (self.log_tokens[k + 1] - self.log_tokens[k]))
+            else:
+                log_slopes.append(None)
+        self.log_slopes = tuple(log_slopes)
+        self.lin_slopes = tuple(lin_slopes)
+
+    def describe(self) -> str:
+        if self.tokens is None:
+            return "no shape axis"
+        if len(self.tokens) == 1:
+            return f"one measured shape ({self.tokens[0]} tokens)"
+        return f"measured {self.tokens[0]}..{self.tokens[-1]} tokens"
+
+    def at(self, tokens: int | None, max_extrapolation: float) -> float:
+        if self.tokens is None:
+            return self.values[0]
+        if tokens is None:
+            raise _Uncovered("needs a shape")
+        xs, vs = self.tokens, self.values
+        n = len(xs)
+        i = bisect.bisect_left(xs, tokens)
+        if i < n and xs[i] == tokens:
+            return vs[i]
+        if n == 1:
+            raise _Uncovered(f"only one measured shape ({xs[0]} tokens) at this batch; cannot interpolate")
+        if i == 0:
+            if xs[0] / tokens > max_extrapolation:
+                raise _Uncovered(
+                    f"{tokens} tokens is more than {max_extrapolation:g}x below the smallest measured "
+                    f"shape ({xs[0]} tokens)"
+                )
+            slope = self.log_slopes[0]
+            slope = 1.0 if slope is None else min(max(slope, 0.0), 1.0)
+            return vs[0] * (tokens / xs[0]) ** slope
+        if i == n:
+            if tokens / xs[-1] > max_extrapolation:
+                raise _Uncovered(
+                    f"{tokens} tokens is more than {max_extrapolation:g}x above the largest measured "
+                    f"shape ({xs[-1]} tokens)"
+                )
+            slope = self.log_slopes[-1]
+            if slope is None:
+                return vs[-1] + (tokens - xs[-1]) * max(self.lin_slopes[-1], 0.0)
+            return vs[-1] * (tokens / xs[-1]) ** max(slope, 0.0)
+        k = i - 1
+        slope = self.log_slopes[k]
+        if slope is None:
+            return vs[k] + (tokens - xs[k]) * self.lin_slopes[k]
+        return vs[k] * math.exp(slope * (math.log(tokens) - self.log_tokens[k]))
+
+
+class _Table:
+    """All rows of one (gpu, model, stage, degree), as batch levels of token curves."""
+
+    __slots__ = ("levels", "curves", "weights_gib")
+
+    def __init__(self, levels: tuple[int, ...], curves: dict[str, dict[int, _Curve]], weights_gib: float) -> None:
+        self.levels = levels
+        self.curves = curves
+        self.weights_gib = weights_gib
+
+    def describe(self) -> str:
+        parts = [f"batch {b}: {self.curves['latency_ms'][b].describe()}" for b in self.levels]
+        return "; ".join(parts)
+
+    def at(self, quantity: str, tokens: int | None, batch: int, max_extrapolation: float) -> float:
+        levels = self.levels
+        curves = self.curves[quantity]
+        if batch < levels[0]:
+            raise _Uncovered(f"batch {batch} is below the smallest measured batch ({levels[0]})")
+
+        def level_value(k: int) -> float:
+            # Running maximum over lower levels keeps the result monotone in batch even where
+            # levels measured at different token counts cross after interpolation.
+            value = curves[levels[k]].at(tokens, max_extrapolation)
+            for j in range(k):
+                try:
+                    value = max(value, curves[levels[j]].at(tokens, max_extrapolation))
+                except _Uncovered:
+                    continue
+            return value
+
+        i = bisect.bisect_right(levels, batch)  # levels[i - 1] <= batch
+        if levels[i - 1] == batch:
+            return level_value(i - 1)
+        if i < len(levels):
+            b0, b1 = levels[i - 1], levels[i]
+            v0, v1 = level_value(i - 1), level_value(i)
+            return v0 + (batch - b0) * (v1 - v0) / (b1 - b0)
+        last = levels[-1]
+        v_last = level_value(len(levels) - 1)
+        if len(levels) == 1:
+            return v_last * batch / last
+        prev = levels[-2]
+        v_prev = level_value(len(levels) - 2)
+        per_request = max((v_last - v_prev) / (last - prev), 0.0)
+        return v_last + (batch - last) * per_request
+
+
+def _monotone(points: dict[tuple[int | None, int], float]) -> dict[tuple[int | None, int], float]:
+    """Smallest majorant of ``points`` that is non-decreasing in tokens and in batch."""
+    out = {}
+    for (t, b), _ in points.items():
+        out[(t, b)] = max(
+            v2 for (t2, b2), v2 in points.items() if b2 <= b and (t is None or (t2 is not None and t2 <= t))
+        )
+    return out
+
+
+class CostModel:
+    """Latency and memory of stage calls, from profile rows. See the module docstring."""
+
+    __slots__ = ("_tables", "_links", "_scaling", "_max_extrapolation", "_gpus", "_adjustments", "_memo")
+
+    def __init__(
+        self,
+        rows: Iterable[ProfileRow],
+        *,
+        host_link_gbps: float = DEFAULT_LINKS_GBPS["host"],
+        links: Mapping[str, float] | None = None,
+        scaling: ScalingModel | None = None,
+        max_extrapolation: float = 2.0,
+    ) -> None:
+        rows = tuple(rows)
+        if not rows:
+            raise ValueError("a cost model needs at least one profile row")
+        if not (max_extrapolation >= 1.0 and math.isfinite(max_extrapolation)):
+            raise ValueError(f"max_extrapolation must be a finite number >= 1 (got {max_extrapolation!r})")
+        table_links = dict(DEFAULT_LINKS_GBPS)
+        table_links["host"] = host_link_gbps
+        table_links.update(links or {})
+        bad = [f"{name}={gbps!r}" for name, gbps in table_links.items() if not (gbps > 0 and math.isfinite(gbps))]
+        if bad:
+            raise ValueError("link bandwidths must be positive GB/s: " + ", ".join(bad))
+        self._links = table_links
+        self._scaling = scaling if scaling is not None else ScalingModel()
+        self._max_extrapolation = float(max_extrapolation)
+        self._gpus = tuple(sorted({r.gpu for r in rows}))
+        self._memo: dict[tuple, float] = {}
+
+        grouped: dict[tuple[str, str, StageKind, int], list[ProfileRow]] = {}
+        for row in rows:
+            grouped.setdefault((row.gpu, row.model, StageKind.parse(row.stage), row.degree), []).append(row)
+        tables: dict[tuple[str, str, StageKind, int], _Table] = {}
+        adjustments: list[Adjustment] = []
+        for key, group in sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2].value, kv[0][3])):
+            tables[key] = self._build_table(key, group, adjustments)
+        self._tables = tables
+        self._adjustments = tuple(adjustments)
+        for adj in self._adjustments:
+            log.debug("monotone adjustment: %s", adj)
+
+    @staticmethod
+    def _build_table(
+        key: tuple[str, str, StageKind, int], group: list[ProfileRow], adjustments: list[Adjustment]
+    ) -> _Table:
+        gpu, model, stage, degree = key
+        encode = stage is StageKind.ENCODE
+        curves: dict[str, dict[int, _Curve]] = {}
+        for quantity in _QUANTITIES:
+            points: dict[tuple[int | None, int], float] = {}
+            for row in group:
+                tokens = None if encode else row.tokens
+                if (tokens, row.batch) in points:
+                    raise ValueError(
+                        f"duplicate profile rows for {gpu} {model} {stage.value} tokens={tokens} "
+                        f"batch={row.batch} degree={degree}"
+                    )
+                points[(tokens, row.batch)] = float(getattr(row, quantity))
+            used = _monotone(points)
+            for (tokens, batch), value in sorted(used.items(), key=lambda kv: (kv[0][1], kv[0][0] or 0)):
+                if value > points[(tokens, batch)]:
+                    adjustments.append(
+                        Adjustment(gpu, model, stage, tokens, batch, degree, quantity, points[(tokens, batch)], value)
+                    )
+            per_level: dict[int, _Curve] = {}
+            for batch in sorted({b for _, b in used}):
+                if encode:
+                    per_level[batch] = _Curve(None, (used[(None, batch)],))
+                else:
+                    xs = tuple(sorted(t for t, b in used if b == batch and t is not None))
+                    per_level[batch] = _Curve(xs, tuple(used[(t, batch)] for t in xs))
+            curves[quantity] = per_level
+        levels = tuple(sorted(curves["latency_ms"]))
+        return _Table(levels, curves, max(r.weights_gib for r in group))
+
+    # ------------------------------------------------------------------ what the profile holds
+    @property
+    def adjustments(self) -> tuple[Adjustment, ...]:
+        """Measured values raised to keep costs monotone (launch-bound noise); empty if none."""
+        return self._adjustments
+
+    @property
+    def links(self) -> Mapping[str, float]:
+        """Link bandwidths in GB/s used by :meth:`transfer_s` and :meth:`load_s`."""
+        return dict(self._links)
+
+    @property
+    def scaling(self) -> ScalingModel:
+        return self._scaling
+
+    @property
+    def max_extrapolation(self) -> float:
+        return self._max_extrapolation
+
+    def gpus(self) -> tuple[str, ...]:
+        return self._gpus
+
+    def models(self, gpu: str | None = None) -> tuple[str, ...]:
+        """Models with rows (on ``gpu``, or on any gpu kind when ``gpu`` is None)."""
+        return tuple(sorted({m for g, m, _, _ in self._tables if gpu is None or g == gpu}))
+
+    def stages(self, model: str, gpu: str | None = None) -> tuple[StageKind, ...]:
+        """Stages with rows for ``model`` (on ``gpu``, or any gpu kind when None)."""
+        found = {s for g, m, s, _ in self._tables if m == model and (gpu is None or g == gpu)}
+        return tuple(s for s in StageKind if s in found)
+
+    def degrees(self, model: str, stage: StageKind | str, gpu: str | None = None) -> tuple[int, ...]:
+        """Degrees with measured rows for ``model``/``stage``."""
+        gpu = self._resolve_gpu(gpu)
+        stage = StageKind.parse(stage)
+        return tuple(sorted(d for g, m, s, d in self._tables if (g, m, s) == (gpu, model, stage)))
+
+    def has(self, model: str, stage: StageKind | str, gpu: str | None = None) -> bool:
+        try:
+            stage_kind = StageKind.parse(stage)
+        except ValueError:
+            return False
+        if gpu is None and len(self._gpus) > 1:
+            return any(m == model and s is stage_kind for _, m, s, _ in self._tables)
+        gpu = self._gpus[0] if gpu is None else gpu
+        return any((g, m, s) == (gpu, model, stage_kind) for g, m, s, _ in self._tables)
+
+    # ------------------------------------------------------------------ answers
+    def latency_s(
+        self,
+        model: str,
+        stage: StageKind | str,
+        shape: Shape | None,
+        batch: int = 1,
+        degree: int = 1,
+        gpu: str | None = None,
+    ) -> float:
+        """Seconds for one call (``diffuse``: one denoising step) of ``batch`` requests."""
+        gpu, stage, tokens = self._check(model, stage, shape, batch, degree, gpu)
+        key = ("latency", gpu, model, stage, tokens, batch, degree)
+        cached = self._memo.get(key)
+        if cached is not None:
+            return cached
+        value = self._latency_ms(gpu, model, stage, shape, tokens, batch, degree) / 1000.0
+        self._remember(key, value)
+        return value
+
+    def activation_gib(
+        self,
+        model: str,
+        stage: StageKind | str,
+        shape: Shape | None,
+        batch: int = 1,
+        degree: int = 1,
+        gpu: str | None = None,
+    ) -> float:
+        """Peak activation memory per GPU of one call, GiB (weights not included)."""
+        gpu, stage, tokens = self._check(model, stage, shape, batch, degree, gpu)
+        key = ("act", gpu, model, stage, tokens, batch, degree)
+        cached = self._memo.get(key)
+        if cached is not None:
+            return cached
+        value = None
+        if stage is StageKind.DIFFUSE and degree > 1:
+            table = self._tables.get((gpu, model, stage, degree))
+            if table is not None:
+                try:
+                    value = table.at("act_gib", tokens, batch, self._max_extrapolation)
+                except _Uncovered:
+                    value = None
+            if value is None:
+                value = self._eval(gpu, model, stage, shape, tokens, batch, 1, "act_gib") / degree
+        else:
+            value = self._eval(gpu, model, stage, shape, tokens, batch, 1, "act_gib")
+        self._remember(key, value)
+        return value
+
+    def weights_gib(self, model: str, stage: StageKind | str, gpu: str | None = None) -> float:
+        """Weights of that stage alone, per GPU, GiB (the largest value its rows report)."""
+        gpu = self._resolve_gpu(gpu)
+        stage = self._resolve_stage(model, stage, gpu)
+        found = [t.weights_gib for (g, m, s, d), t in self._tables.items() if (g, m, s) == (gpu, model, stage) and d == 1]
+        if not found:
+            found = [t.weights_gib for (g, m, s, _), t in self._tables.items() if (g, m, s) == (gpu, model, stage)]
+        return max(found)
+
+    def load_s(self, model: str, stage: StageKind | str, gpu: str | None = None) -> float:
+        """Seconds to copy the stage's weights from host memory over the host link."""
+        return self.weights_gib(model, stage, gpu) * GIB_BYTES / (self._links["host"] * GB_BYTES)
+
+    def transfer_s(self, nbytes: float, link: str = "host") -> float:
+        """Seconds to move ``nbytes`` over ``link`` (bandwidth only, no per-transfer latency)."""
+        if not (nbytes >= 0 and math.isfinite(nbytes)):
+            raise ValueError(f"nbytes must be a finite number >= 0 (got {nbytes!r})")
+        gbps = self._links.get(link)
+        if gbps is None:
+            raise CostModelError(f"unknown link {link!r}; links: {', '.join(sorted(self._links))}")
+        return nbytes / (gbps * GB_BYTES)
+
+    def speedup(
+        self,
+        model: str,
+        stage: StageKind | str,
+        shape: Shape | None,
+        degree: int,
+        batch: int = 1,
+        gpu: str | None = None,
+    ) -> float:
+        """latency(degree 1) / latency(degree): 1.0 for encode and decode."""
+        base = self.latency_s(model, stage, shape, batch, 1, gpu)
+        return base / self.latency_s(model, stage, shape, batch, degree, gpu)
+
+    def parallel_efficiency(
+        self,
+        model: str,
+        stage: StageKind | str,
+        shape: Shape | None,
+        degree: int,
+        batch: int = 1,
+        gpu: str | None = None,
+    ) -> float:
+        """``speedup / degree``; DESIGN.md's SLO reference uses the largest degree with >= 0.8."""
+        return self.speedup(model, stage, shape, degree, batch, gpu) / degree
+
+    # ------------------------------------------------------------------ internals
+    def _remember(self, key: tuple, value: float) -> None:
+        if len(self._memo) >= _MEMO_LIMIT:
+            self._memo.clear()
+        self._memo[key] = value
+
+    def _resolve_gpu(self, gpu: str | None) -> str:
+        if gpu is None:
+            if len(self._gpus) == 1:
+                return self._gpus[0]
+            raise CostModelError(f"this profile has several gpu kinds ({', '.join(self._gpus)}); pass gpu=")
+        if gpu not in self._gpus:
+            raise CostModelError(f"gpu {gpu!r} is not in this profile; gpu kinds: {', '.join(self._gpus)}")
+        return gpu
+
+    def _resolve_stage(self, model: str, stage: StageKind | str, gpu: str) -> StageKind:
+        models = self.models(gpu)
+        if model not in models:
+            raise CostModelError(f"no rows for model {model!r} on {gpu}; models on {gpu}: {', '.join(models)}")
+        have = self.stages(model, gpu)
+        try:
+            kind = StageKind.parse(stage)
+        except ValueError as exc:
+            raise CostModelError(f"{exc}; {model} on {gpu} has: {', '.join(s.value for s in have)}") from None
+        if kind not in have:
+            raise CostModelError(
+                f"no {kind.value!r} rows for model {model!r} on {gpu}; its stages: {', '.join(s.value for s in have)}"
+            )
+        return kind
+
+    def _check(
+        self, model: str, stage: StageKind | str, shape: Shape | None, batch: int, degree: int, gpu: str | None
+    ) -> tuple[str, StageKind, int | None]:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be an integer >= 1 (got {batch!r})")
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+            raise ValueError(f"degree must be an integer >= 1 (got {degree!r})")
+        gpu = self._resolve_gpu(gpu)
+        kind = self._resolve_stage(model, stage, gpu)
+        if kind is StageKind.ENCODE:
+            return gpu, kind, None
+        if shape is None:
+            raise CostModelError(f"{model} {kind.value} needs a shape (its cost depends on height, width, frames)")
+        return gpu, kind, shape.tokens
+
+    @staticmethod
+    def _where(gpu: str, model: str, stage: StageKind, shape: Shape | None, batch: int, degree: int) -> str:
+        at = "" if stage is StageKind.ENCODE or shape is None else f" at {shape.label()} ({shape.tokens} tokens)"
+        return f"{model} {stage.value}{at}, batch {batch}, degree {degree} on {gpu}"
+
+    def _eval(
+        self,
+        gpu: str,
+        model: str,
+        stage: StageKind,
+        shape: Shape | None,
+        tokens: int | None,
+        batch: int,
+        degree: int,
+        quantity: str,
+    ) -> float:
+        table = self._tables.get((gpu, model, stage, degree))
+        if table is None:
+            measured = self.degrees(model, stage, gpu)
+            raise CostModelError(
+                f"no data for {self._where(gpu, model, stage, shape, batch, degree)}: "
+                f"no rows at degree {degree} (measured degrees: {', '.join(map(str, measured))})"
+            )
+        try:
+            return table.at(quantity, tokens, batch, self._max_extrapolation)
+        except _Uncovered as exc:
+            raise CostModelError(
+                f"no data for {self._where(gpu, model, stage, shape, batch, degree)}: {exc} "
+                f"[{table.describe()}]"
+            ) from None
+
+    def _latency_ms(
+        self, gpu: str, model: str, stage: StageKind, shape: Shape | None, tokens: int | None, batch: int, degree: int
+    ) -> float:
+        if degree == 1 or stage is not StageKind.DIFFUSE:
+            return self._eval(gpu, model, stage, shape, tokens, batch, 1, "latency_ms")
+        table = self._tables.get((gpu, model, stage, degree))
+        if table is not None:
+            try:
+                return table.at("latency_ms", tokens, batch, self._max_extrapolation)
+            except _Uncovered as exc:
+                log.debug("degree-%d rows of %s %s do not cover %s tokens (%s); modelling", degree, model, stage.value, tokens, exc)
+        base_ms = self._eval(gpu, model, stage, shape, tokens, batch, 1, "latency_ms")
+        fraction = self._measured_serial_fraction(gpu, model, stage, tokens, batch, degree, base_ms)
+        if fraction is None:
+            assert tokens is not None
+            fraction = self._scaling.serial_fraction(tokens * batch)
+        return base_ms * (1.0 + (degree - 1) * fraction) / degree
+
+    def _measured_serial_fraction(
+        self, gpu: str, model: str, stage: StageKind, tokens: int | None, batch: int, degree: int, base_ms: float
+    ) -> float | None:
+        """Amdahl serial fraction implied by the nearest measured degree > 1 covering the shape."""
+        measured = [d for g, m, s, d in self._tables if (g, m, s) == (gpu, model, stage) and d > 1 and d != degree]
+        measured.sort(key=lambda d: (abs(math.log(d / degree)), -d))
+        for other in measured:
+            try:
+                other_ms = self._tables[(gpu, model, stage, other)].at("latency_ms", tokens, batch, self._max_extrapolation)
+            except _Uncovered:
+                continue
+            speedup = base_ms / other_ms
+            return min(max((other / speedup - 1.0) / (other - 1), 0.0), 1.0)
+        return None

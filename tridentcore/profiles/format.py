@@ -1,0 +1,377 @@
+"""Stage-profile files: load (validated), save, and the shipped profiles.
+
+Format (``shared/profiles/README.md``): a CSV with the columns of
+:data:`~tridentcore.core.types.PROFILE_COLUMNS`, one row per measured point. ``encode`` rows leave
+``height``/``width``/``frames`` empty. Loading validates every row and reports every problem at
+once in one :class:`ProfileError` naming the file, the line (1-based, the header is line 1) and
+the column of each problem.
+
+Shipped profiles live in ``tridentcore/profiles/data/`` (see its README) and are found by name:
+every ``*.csv`` there except the reference data in :data:`REFERENCE_FILES`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tridentcore.core.scaling import ScalingPoint
+from tridentcore.core.types import PROFILE_COLUMNS, ProfileRow, StageKind
+
+if TYPE_CHECKING:
+    from tridentcore.core.costmodel import CostModel
+
+__all__ = [
+    "Profile",
+    "ProfileError",
+    "REFERENCE_FILES",
+    "load_profile",
+    "load_published_scaling",
+    "parse_profile",
+    "save_profile",
+    "shipped_profiles",
+]
+
+log = logging.getLogger(__name__)
+
+_DATA_PACKAGE = "tridentcore.profiles"
+_DATA_DIR = "data"
+# CSVs in data/ that are reference material, not stage profiles.
+REFERENCE_FILES: tuple[str, ...] = ("published_scaling.csv",)
+PUBLISHED_SCALING_COLUMNS: tuple[str, ...] = (
+    "gpu", "model", "height", "width", "frames", "steps", "degree", "total_s", "note", "source",
+)  # fmt: skip
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; ``problems`` lists every problem found."""
+
+    def __init__(self, origin: str, problems: Iterable[str]) -> None:
+        self.origin = origin
+        self.problems = tuple(problems)
+        count = len(self.problems)
+        if count == 1:
+            message = f"{origin}: {self.problems[0]}"
+        else:
+            message = f"{origin}: {count} problems:\n" + "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A validated stage profile."""
+
+    name: str
+    origin: str  # where it came from: a path, or "shipped profile NAME (...)"
+    rows: tuple[ProfileRow, ...]
+
+    def cost_model(self, **kw: Any) -> "CostModel":
+        """A :class:`~tridentcore.core.costmodel.CostModel` over these rows (``kw`` passed on)."""
+        from tridentcore.core.costmodel import CostModel
+
+        return CostModel(self.rows, **kw)
+
+    def gpus(self) -> tuple[str, ...]:
+        return tuple(sorted({r.gpu for r in self.rows}))
+
+    def models(self) -> tuple[str, ...]:
+        return tuple(sorted({r.model for r in self.rows}))
+
+
+# ---------------------------------------------------------------------- shipped data
+def _data_dir():  # -> importlib.resources.abc.Traversable
+    return resources.files(_DATA_PACKAGE).joinpath(_DATA_DIR)
+
+
+def shipped_profiles() -> tuple[str, ...]:
+    """Names of the profiles shipped in ``tridentcore/profiles/data/`` (``h200``, ``cpu``, ...)."""
+    names = [
+        entry.name[: -len(".csv")]
+        for entry in _data_dir().iterdir()
+        if entry.name.endswith(".csv") and entry.name not in REFERENCE_FILES and entry.is_file()
+    ]
+    return tuple(sorted(names))
+
+
+def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
+    """Load a shipped profile by name (``h200``) or a profile CSV by path, validated."""
+    text_name = os.fspath(name_or_path)
+    shipped = shipped_profiles()
+    if not isinstance(name_or_path, os.PathLike) and text_name in shipped:
+        resource = _data_dir().joinpath(f"{text_name}.csv")
+        origin = f"shipped profile {text_name} (tridentcore/profiles/data/{text_name}.csv)"
+        return parse_profile(resource.read_text(encoding="utf-8"), name=text_name, origin=origin)
+    path = Path(text_name)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProfileError(str(path), [f"cannot read: {exc}"]) from None
+        return parse_profile(text, name=path.stem, origin=str(path))
+    listed = ", ".join(shipped) if shipped else "(none)"
+    if isinstance(name_or_path, os.PathLike) or os.sep in text_name or "/" in text_name or text_name.endswith(".csv"):
+        raise ProfileError(text_name, [f"no such file (shipped profiles: {listed})"])
+    raise ProfileError(text_name, [f"unknown profile {text_name!r}; shipped profiles: {listed}; or give a path to a CSV file"])
+
+
+# ---------------------------------------------------------------------- parsing
+def _parse_int(text: str, column: str, problems: list[str], where: str) -> int | None:
+    try:
+        value = int(text)
+    except ValueError:
+        problems.append(f"{where}, column {column}: not an integer ({text!r})")
+        return None
+    if value < 1:
+        problems.append(f"{where}, column {column}: must be >= 1 (got {value})")
+        return None
+    return value
+
+
+def _parse_float(text: str, column: str, problems: list[str], where: str, *, positive: bool) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        problems.append(f"{where}, column {column}: not a number ({text!r})")
+        return None
+    if not math.isfinite(value):
+        problems.append(f"{where}, column {column}: not a finite number ({text!r})")
+        return None
+    if positive and value <= 0:
+        what = "negative" if value < 0 else "zero"
+        problems.append(f"{where}, column {column}: {what} value ({text}); must be > 0")
+        return None
+    if value < 0:
+        problems.append(f"{where}, column {column}: negative value ({text}); must be >= 0")
+        return None
+    return value
+
+
+def parse_profile(text: str, *, name: str = "profile", origin: str = "<string>") -> Profile:
+    """Parse and validate profile CSV text; raise one :class:`ProfileError` listing every problem."""
+    problems: list[str] = []
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ProfileError(origin, [f"empty file (expected the header: {','.join(PROFILE_COLUMNS)})"]) from None
+    header = [h.strip() for h in header]
+    missing = [c for c in PROFILE_COLUMNS if c not in header]
+    unknown = [c for c in header if c not in PROFILE_COLUMNS]
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    for column in missing:
+        problems.append(f"line 1, column {column}: missing from the header")
+    for column in unknown:
+        problems.append(f"line 1, column {column!r}: unknown column (expected: {','.join(PROFILE_COLUMNS)})")
+    for column in duplicated:
+        problems.append(f"line 1, column {column}: appears more than once in the header")
+    index = {c: header.index(c) for c in PROFILE_COLUMNS if c in header}
+
+    rows: list[ProfileRow] = []
+    seen: dict[tuple, int] = {}
+    data_lines = 0
+    for fields in reader:
+        line = reader.line_num
+        if not fields or all(not f.strip() for f in fields):
+            continue  # blank line
+        data_lines += 1
+        where = f"line {line}"
+        if len(fields) != len(header):
+            problems.append(f"{where}: expected {len(header)} fields, got {len(fields)}")
+            continue
+        cell = {c: fields[i].strip() for c, i in index.items()}
+        before = len(problems)
+
+        for column in ("gpu", "model"):
+            if column in cell and not cell[column]:
+                problems.append(f"{where}, column {column}: empty")
+        stage: StageKind | None = None
+        if "stage" in cell:
+            try:
+                stage = StageKind.parse(cell["stage"])
+            except ValueError:
+                valid = ", ".join(s.value for s in StageKind)
+                problems.append(f"{where}, column stage: unknown stage {cell['stage']!r} (valid: {valid})")
+
+        dims: dict[str, int | None] = {}
+        for column in ("height", "width", "frames"):
+            if column not in cell:
+                continue
+            raw = cell[column]
+            if stage is StageKind.ENCODE:
+                if raw:
+                    problems.append(f"{where}, column {column}: encode rows have no shape; leave it empty (got {raw!r})")
+                dims[column] = None
+            elif stage is not None:
+                if not raw:
+                    problems.append(f"{where}, column {column}: {stage.value} rows need a shape; empty")
+                    dims[column] = None
+                else:
+                    dims[column] = _parse_int(raw, column, problems, where)
+
+        ints = {c: _parse_int(cell[c], c, problems, where) for c in ("batch", "degree") if c in cell}
+        floats = {
+            c: _parse_float(cell[c], c, problems, where, positive=(c == "latency_ms"))
+            for c in ("latency_ms", "peak_gib", "act_gib", "weights_gib")
+            if c in cell
+        }
+        if "source" in cell and not cell["source"]:
+            problems.append(f"{where}, column source: empty (write 'measured' or why the row was derived)")
+
+        if len(problems) > before or missing or stage is None:
+            continue
+        row = ProfileRow(
+            gpu=cell["gpu"],
+            model=cell["model"],
+            stage=stage,
+            height=dims["height"],
+            width=dims["width"],
+            frames=dims["frames"],
+            batch=ints["batch"],  # type: ignore[arg-type]
+            degree=ints["degree"],  # type: ignore[arg-type]
+            latency_ms=floats["latency_ms"],  # type: ignore[arg-type]
+            peak_gib=floats["peak_gib"],  # type: ignore[arg-type]
+            act_gib=floats["act_gib"],  # type: ignore[arg-type]
+            weights_gib=floats["weights_gib"],  # type: ignore[arg-type]
+            source=cell["source"],
+        )
+        key = (row.gpu, row.model, row.stage, row.height, row.width, row.frames, row.batch, row.degree)
+        if key in seen:
+            problems.append(
+                f"{where}: duplicate of line {seen[key]} (same gpu, model, stage, height, width, frames, batch, degree)"
+            )
+            continue
+        seen[key] = line
+        rows.append(row)
+
+    if data_lines == 0 and not missing:
+        problems.append("no data rows")
+    if problems:
+        raise ProfileError(origin, problems)
+    log.debug("loaded profile %s from %s: %d rows", name, origin, len(rows))
+    return Profile(name=name, origin=origin, rows=tuple(rows))
+
+
+# ---------------------------------------------------------------------- writing
+def _format_number(value: float | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def format_profile(rows: Iterable[ProfileRow]) -> str:
+    """The CSV text of ``rows`` in the exact profile format (header included)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(PROFILE_COLUMNS)
+    for row in rows:
+        encode = StageKind.parse(row.stage) is StageKind.ENCODE
+        writer.writerow(
+            [
+                row.gpu,
+                row.model,
+                StageKind.parse(row.stage).value,
+                "" if encode or row.height is None else row.height,
+                "" if encode or row.width is None else row.width,
+                "" if encode or row.frames is None else row.frames,
+                row.batch,
+                row.degree,
+                _format_number(row.latency_ms),
+                _format_number(row.peak_gib),
+                _format_number(row.act_gib),
+                _format_number(row.weights_gib),
+                row.source,
+            ]
+        )
+    return out.getvalue()
+
+
+def save_profile(rows: Iterable[ProfileRow], path: str | os.PathLike[str]) -> Path:
+    """Write ``rows`` as a profile CSV at ``path`` (columns in :data:`PROFILE_COLUMNS` order)."""
+    target = Path(path)
+    target.write_text(format_profile(rows), encoding="utf-8")
+    return target
+
+
+# ---------------------------------------------------------------------- published scaling data
+def _scaling_variant(note: str) -> str:
+    """The software setup of a published row, without its parallelism words.
+
+    ``"Ulysses-2 torch.compile"`` and ``"torch.compile"`` are the same setup at degree 2 and 1;
+    ``"PyTorch eager"`` and ``"Ulysses-2 eager"`` likewise.
+    """
+    words = [w for w in note.split() if not (w.startswith("Ulysses") or w in ("SP", "PyTorch"))]
+    return " ".join(words)
+
+
+def parse_published_scaling(text: str, *, origin: str = "<string>") -> tuple[ScalingPoint, ...]:
+    """Published multi-GPU timings as ratios ``total_s(degree) / total_s(1)`` of the same setup.
+
+    Rows are grouped by (gpu, model, shape, steps, setup), where the setup is the ``note`` without
+    its parallelism words; each group needs exactly one degree-1 row. Degree-1 rows themselves are
+    returned too (ratio 1.0) so callers can choose to skip them.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in PUBLISHED_SCALING_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ProfileError(origin, [f"line 1, column {c}: missing from the header" for c in missing])
+    problems: list[str] = []
+    groups: dict[tuple, list[tuple[int, dict[str, str]]]] = {}
+    for record in reader:
+        line = reader.line_num
+        try:
+            key = (
+                record["gpu"],
+                record["model"],
+                int(record["height"]),
+                int(record["width"]),
+                int(record["frames"]),
+                int(record["steps"]),
+                _scaling_variant(record["note"]),
+            )
+            int(record["degree"])
+            float(record["total_s"])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"line {line}: {exc}")
+            continue
+        groups.setdefault(key, []).append((line, record))
+    points: list[ScalingPoint] = []
+    for key, members in groups.items():
+        base = [rec for _, rec in members if int(rec["degree"]) == 1]
+        if len(base) != 1:
+            lines = ", ".join(str(line) for line, _ in members)
+            problems.append(f"lines {lines}: need exactly one degree-1 row for {key}, found {len(base)}")
+            continue
+        base_s = float(base[0]["total_s"])
+        gpu, model, height, width, frames, _, _ = key
+        for _, rec in members:
+            points.append(
+                ScalingPoint(
+                    gpu=gpu,
+                    model=model,
+                    height=height,
+                    width=width,
+                    frames=frames,
+                    degree=int(rec["degree"]),
+                    ratio=float(rec["total_s"]) / base_s,
+                    note=rec["note"],
+                )
+            )
+    if problems:
+        raise ProfileError(origin, problems)
+    return tuple(points)
+
+
+def load_published_scaling(path: str | os.PathLike[str] | None = None) -> tuple[ScalingPoint, ...]:
+    """The shipped ``published_scaling.csv`` (or ``path``) as :class:`ScalingPoint` ratios."""
+    if path is None:
+        text = _data_dir().joinpath("published_scaling.csv").read_text(encoding="utf-8")
+        return parse_published_scaling(text, origin="tridentcore/profiles/data/published_scaling.csv")
+    return parse_published_scaling(Path(path).read_text(encoding="utf-8"), origin=os.fspath(path))
