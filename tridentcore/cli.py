@@ -135,5 +135,65 @@ def profile(
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
 
+# ---------------------------------------------------------------------- cost (cost model lookups)
+@app.command()
+def cost(
+    model: str = typer.Option(..., help="Model name as in the profile (sd3-medium, flux-dev, ...)."),
+    stage: str = typer.Option(..., help="encode, diffuse (one denoising step) or decode."),
+    profile: str = typer.Option("h200", help="Shipped profile name (h200, cpu, ...) or a profile CSV path."),
+    size: str = typer.Option(None, help="WIDTHxHEIGHT (needed for diffuse and decode)."),
+    frames: int = typer.Option(1, help="Frames (video models); 1 for images."),
+    batch: int = typer.Option(1, help="Requests served together by one call."),
+    degree: int = typer.Option(1, help="GPUs cooperating on the call (only diffuse speeds up)."),
+    gpu: str = typer.Option(None, help="GPU kind in the profile (needed if it holds several)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Predicted latency and memory of one stage call, from a stage profile."""
+    import json
+
+    from .core.costmodel import CostModelError
+    from .core.types import Shape, parse_size
+    from .profiles import ProfileError, load_profile
+
+    try:
+        shape = None
+        if size is not None:
+            width, height = parse_size(size)
+            shape = Shape(height=height, width=width, frames=frames)
+        elif stage != "encode":
+            raise ValueError(f"--size WIDTHxHEIGHT is required for stage {stage!r}")
+        loaded = load_profile(profile)
+        costs = loaded.cost_model()
+        result = {
+            "profile": loaded.name,
+            "model": model,
+            "stage": stage,
+            "gpu": gpu if gpu is not None else (costs.gpus()[0] if len(costs.gpus()) == 1 else None),
+            "size": size,
+            "frames": frames,
+            "batch": batch,
+            "degree": degree,
+            "latency_s": costs.latency_s(model, stage, shape, batch, degree, gpu),
+            "weights_gib": costs.weights_gib(model, stage, gpu),
+            "activation_gib": costs.activation_gib(model, stage, shape, batch, degree, gpu),
+            "load_s": costs.load_s(model, stage, gpu),
+            "speedup": costs.speedup(model, stage, shape, degree, batch, gpu),
+        }
+    except (CostModelError, ProfileError, ValueError) as exc:
+        _fail(str(exc).replace("\n", " "))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    what = "per denoising step" if stage == "diffuse" else "per call"
+    where = "" if shape is None else f" {shape.label()}"
+    typer.echo(
+        f"{model} {stage}{where} batch {batch} degree {degree} on {result['gpu']} ({loaded.name}): "
+        f"{1000 * result['latency_s']:.1f} ms {what}"
+        + (f" (speed-up {result['speedup']:.2f}x)" if degree > 1 else "")
+        + f"; weights {result['weights_gib']:.2f} GiB (load {result['load_s']:.2f} s), "
+        f"activations {result['activation_gib']:.2f} GiB"
+    )
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
