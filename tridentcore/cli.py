@@ -108,14 +108,21 @@ def profile(
     repeats: int = typer.Option(5, min=1, help="Timed calls per point (the median is kept)."),
     warmup: int = typer.Option(1, min=0, help="Untimed calls before timing."),
     stages: str = typer.Option("encode,diffuse,decode", help="Stages to measure."),
+    append: bool = typer.Option(False, help="Keep the rows already in --out (same points are replaced)."),
+    threads: int = typer.Option(1, min=1, help="CPU threads for torch (CPU workers serve with one)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Measure encode, one diffuse step and decode (latency and peak memory) into a profile CSV."""
     _setup_logging(verbose)
     _quiet_libraries()
-    from .profiles.format import save_profile
+    from pathlib import Path
+
+    from .profiles.format import load_profile, save_profile
     from .profiles.runner import ProfileSpec, parse_ints, parse_sizes, run_profile
 
+    import torch
+
+    torch.set_num_threads(threads)
     try:
         stage_list = tuple(s.strip() for s in stages.split(",") if s.strip())
         bad = [s for s in stage_list if s not in ("encode", "diffuse", "decode")]
@@ -129,6 +136,10 @@ def profile(
                 steps=steps, repeats=repeats, warmup=warmup, stages=stage_list,
             )
             rows += run_profile(spec, progress=True)
+        if append and Path(out).exists():
+            key = lambda r: (r.gpu, r.model, r.stage, r.height, r.width, r.frames, r.batch, r.degree)  # noqa: E731
+            fresh = {key(r) for r in rows}
+            rows = [r for r in load_profile(out).rows if key(r) not in fresh] + rows
         save_profile(rows, out)
     except ValueError as exc:
         _fail(str(exc))

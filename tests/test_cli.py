@@ -1,0 +1,121 @@
+"""The `trident` command: help, models, generate and profile, through the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from tridentcore.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command_with_a_line():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("models", "generate", "profile", "cost"):
+        assert command in result.output
+
+
+def test_models_lists_the_builtin_pipelines():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    for name in ("tiny-sd3", "tiny-sd", "tiny-wan", "arch:sd3-medium", "arch:flux-dev", "arch:sdxl", "arch:wan2.1-1.3b"):
+        assert name in result.output
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_generate_png_is_deterministic_per_seed(tmp_path):
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    outs = []
+    for i, seed in enumerate((1, 1, 2)):
+        out = tmp_path / f"cube{i}.png"
+        result = runner.invoke(app, ["generate", "--model", "tiny-sd3", "--prompt", "a red cube",
+                                     "--size", "160x128", "--steps", "2", "--seed", str(seed), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outs.append(out)
+    assert Image.open(outs[0]).size == (160, 128)  # WIDTHxHEIGHT
+    assert _sha(outs[0]) == _sha(outs[1])
+    assert _sha(outs[0]) != _sha(outs[2])
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".gif"])
+def test_generate_video_writes_an_animation(tmp_path, suffix):
+    pytest.importorskip("torch")
+    from PIL import Image
+
+    out = tmp_path / f"boat{suffix}"
+    result = runner.invoke(app, ["generate", "--model", "tiny-wan", "--prompt", "a boat", "--size", "64x32",
+                                 "--frames", "9", "--steps", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    image = Image.open(out)
+    assert image.size == (64, 32)
+    assert image.n_frames == 9
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--size", "100x100"], "multiple of 16"),
+        (["--size", "big"], "WIDTHxHEIGHT"),
+        (["--model", "tiny-nope"], "unknown model"),
+        (["--frames", "9"], "frames must be 1"),
+        (["--out", "x.txt"], "unknown image format"),
+    ],
+)
+def test_generate_bad_input_is_a_clear_error(tmp_path, args, message):
+    pytest.importorskip("torch")
+    base = {"--model": "tiny-sd3", "--prompt": "x", "--size": "64x64", "--steps": "1", "--out": str(tmp_path / "o.png")}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value if flag != "--out" else str(tmp_path / value)
+    result = runner.invoke(app, ["generate", *[x for kv in base.items() for x in kv]])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_profile_writes_a_valid_csv(tmp_path):
+    pytest.importorskip("torch")
+    from tridentcore.profiles import load_profile
+
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["profile", "--model", "tiny-sd3", "--sizes", "64,128", "--batches", "1,2",
+                                 "--steps", "1", "--repeats", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    prof = load_profile(out)
+    stages = {(r.stage.value, r.height, r.batch) for r in prof.rows}
+    assert stages == {("encode", None, 1), ("encode", None, 2)} | {
+        (s, h, b) for s in ("diffuse", "decode") for h in (64, 128) for b in (1, 2)}
+    assert all(r.gpu == "cpu" and r.model == "tiny-sd3" and r.latency_ms > 0 for r in prof.rows)
+    # the profile feeds the cost model directly
+    from tridentcore.core.types import Shape
+
+    cm = prof.cost_model()
+    assert cm.latency_s("tiny-sd3", "diffuse", Shape(96, 96, 1, 4)) > 0
+    # --append replaces the same points and keeps the others
+    result = runner.invoke(app, ["profile", "--model", "tiny-sd", "--sizes", "64", "--batches", "1",
+                                 "--steps", "1", "--repeats", "1", "--out", str(out), "--append"])
+    assert result.exit_code == 0, result.output
+    models = {r.model for r in load_profile(out).rows}
+    assert models == {"tiny-sd3", "tiny-sd"}
+
+
+def test_profile_rejects_bad_points(tmp_path):
+    result = runner.invoke(app, ["profile", "--model", "tiny-sd3", "--sizes", "65", "--out", str(tmp_path / "p.csv")])
+    assert result.exit_code == 2
+    assert "multiple of 16" in result.output
+
+
+def test_console_script_runs_in_a_fresh_process():
+    out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "generate" in out.stdout

@@ -1,0 +1,167 @@
+"""Staged pipelines: staged == monolithic, resumable diffuse, batching, save/load, limits."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tridentcore.pipelines import MODELS, load_pipeline  # noqa: E402
+
+# (name, (height, width[, frames])) small enough to keep the suite fast
+CASES = {
+    "tiny-sd3": (64, 64),
+    "tiny-sd": (64, 64),
+    "tiny-wan": (32, 48, 5),
+    "tiny-flux": (64, 64),
+    "tiny-sdxl": (64, 64),
+}
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    return {name: load_pipeline(name) for name in CASES}
+
+
+def _monolithic(sp, shape, seed, output_type):
+    """diffusers' own pipeline call for the same request."""
+    kwargs = dict(prompt="a red cube", num_inference_steps=STEPS, guidance_scale=sp.default_guidance,
+                  generator=torch.Generator("cpu").manual_seed(seed), height=shape[0], width=shape[1])
+    if sp.family == "wan":
+        kwargs["num_frames"] = shape[2]
+    if sp.cfg:
+        kwargs["negative_prompt"] = ""
+    out = sp.pipe(output_type=output_type, **kwargs)
+    result = out.frames if sp.family == "wan" else out.images
+    if output_type == "latent" and sp.family == "flux":
+        result = sp.unpack(result, shape[0], shape[1])
+    return result
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_staged_equals_monolithic(pipes, name):
+    sp, shape = pipes[name], CASES[name]
+    emb = sp.encode(["a red cube"])
+    latents = sp.diffuse(emb, shape, seed=7, steps=STEPS)
+    reference = _monolithic(sp, shape, 7, "latent")
+    assert latents.shape == reference.shape
+    assert torch.allclose(latents, reference, atol=1e-5), (latents - reference).abs().max()
+    pixels = sp.decode(latents)
+    ref_pixels = (np.asarray(_monolithic(sp, shape, 7, "np")) * 255).round().astype(np.uint8)
+    assert pixels.dtype == torch.uint8
+    assert pixels.shape == ref_pixels.shape
+    # same pixels up to float rounding at a .5 boundary
+    assert np.abs(pixels.numpy().astype(int) - ref_pixels.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("split", [1, 2, 3])
+def test_diffuse_is_resumable(pipes, name, split):
+    sp, shape = pipes[name], CASES[name]
+    emb = sp.encode(["a boat at sea"])
+    whole = sp.diffuse(emb, shape, seed=11, steps=STEPS)
+    first = sp.diffuse(emb, shape, seed=11, steps=STEPS, end_step=split)
+    assert not torch.equal(first, whole)
+    rest = sp.diffuse(emb, shape, seed=11, steps=STEPS, start_step=split, latents=first)
+    assert torch.equal(rest, whole)
+
+
+def test_resume_through_three_pieces(pipes):
+    sp, shape = pipes["tiny-sd3"], CASES["tiny-sd3"]
+    emb = sp.encode(["x"])
+    whole = sp.diffuse(emb, shape, seed=1, steps=6)
+    a = sp.diffuse(emb, shape, seed=1, steps=6, end_step=2)
+    b = sp.diffuse(emb, shape, seed=1, steps=6, start_step=2, end_step=5, latents=a)
+    c = sp.diffuse(emb, shape, seed=1, steps=6, start_step=5, latents=b)
+    assert torch.equal(c, whole)
+
+
+def test_batch_results_do_not_depend_on_batch_mates(pipes):
+    sp, shape = pipes["tiny-sd3"], CASES["tiny-sd3"]
+    alone = sp.diffuse(sp.encode(["a cat"]), shape, seed=5, steps=2)
+    batch = sp.diffuse(sp.encode(["a dog", "a cat"]), shape, seed=[9, 5], steps=2)
+    assert torch.allclose(batch[1:], alone, atol=1e-5)
+    assert not torch.allclose(batch[:1], alone, atol=1e-3)
+
+
+def test_seed_and_prompt_change_the_output(pipes):
+    sp, shape = pipes["tiny-sd3"], CASES["tiny-sd3"]
+    emb = sp.encode(["a red cube"])
+    a = sp.diffuse(emb, shape, seed=1, steps=2)
+    assert torch.equal(a, sp.diffuse(emb, shape, seed=1, steps=2))
+    assert not torch.equal(a, sp.diffuse(emb, shape, seed=2, steps=2))
+    assert not torch.equal(a, sp.diffuse(sp.encode(["a blue sphere"]), shape, seed=1, steps=2))
+
+
+def test_bad_requests_are_rejected_with_reasons(pipes):
+    sp = pipes["tiny-sd3"]
+    emb = sp.encode(["x"])
+    with pytest.raises(ValueError, match="multiple of 16"):
+        sp.diffuse(emb, (65, 64), seed=0, steps=2)
+    with pytest.raises(ValueError, match="latents"):
+        sp.diffuse(emb, (64, 64), seed=0, steps=4, start_step=2)
+    with pytest.raises(ValueError, match="end_step"):
+        sp.diffuse(emb, (64, 64), seed=0, steps=4, end_step=5)
+    with pytest.raises(ValueError, match="frames"):
+        pipes["tiny-wan"].diffuse(pipes["tiny-wan"].encode(["x"]), (32, 32, 6), seed=0, steps=2)
+    with pytest.raises(ValueError, match="seeds"):
+        sp.diffuse(sp.encode(["a", "b"]), (64, 64), seed=[1, 2, 3], steps=2)
+    with pytest.raises(ValueError, match="unknown model"):
+        load_pipeline("tiny-nope")
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-wan", "tiny-sd"])
+def test_save_pretrained_and_serve_back_from_disk(pipes, name, tmp_path):
+    sp, shape = pipes[name], CASES[name]
+    sp.pipe.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"].endswith("Pipeline")
+    loaded = load_pipeline(str(tmp_path))
+    assert type(loaded) is type(sp)
+    assert torch.equal(loaded.generate("hello", shape, seed=3, steps=2), sp.generate("hello", shape, seed=3, steps=2))
+
+
+def test_not_a_pipeline_directory(tmp_path):
+    with pytest.raises(ValueError, match="model_index.json"):
+        load_pipeline(str(tmp_path))
+
+
+def test_tiny_pipelines_build_fast_and_identically():
+    t0 = time.perf_counter()
+    a = load_pipeline("tiny-sd3")
+    elapsed = time.perf_counter() - t0
+    b = load_pipeline("tiny-sd3")
+    assert elapsed < 1.0, f"tiny-sd3 took {elapsed:.2f}s to build"
+    for (ka, pa), (kb, pb) in zip(a.pipe.transformer.state_dict().items(), b.pipe.transformer.state_dict().items()):
+        assert ka == kb and torch.equal(pa, pb)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n.startswith("arch:")])
+def test_arch_weights_match_the_h200_profile(name):
+    """The real architectures, built on the meta device, weigh what the H200 profile measured."""
+    from tridentcore.profiles import load_profile
+
+    sp = load_pipeline(name, device="meta", dtype="bfloat16")
+    profile = load_profile("h200")
+    model = MODELS[name].profile_name
+    for stage in ("encode", "diffuse", "decode"):
+        measured = {r.weights_gib for r in profile.rows if r.model == model and r.stage.value == stage}
+        built = sp.weights_bytes(stage) / 2**30
+        assert any(abs(built - m) / m < 0.02 for m in measured), (stage, built, measured)
+
+
+def test_tiny_sd3_end_to_end_under_a_second():
+    sp = load_pipeline("tiny-sd3")
+    sp.generate("warm", (256, 256), seed=0, steps=4)
+    best = min(_time(lambda: sp.generate("a red cube", (256, 256), seed=1, steps=4)) for _ in range(3))
+    assert best <= 1.0, f"tiny-sd3 256x256, 4 steps took {best:.2f}s"
+
+
+def _time(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
