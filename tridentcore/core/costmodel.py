@@ -248,7 +248,9 @@ def _monotone(points: dict[tuple[int | None, int], float]) -> dict[tuple[int | N
 class CostModel:
     """Latency and memory of stage calls, from profile rows. See the module docstring."""
 
-    __slots__ = ("_tables", "_links", "_scaling", "_max_extrapolation", "_gpus", "_adjustments", "_memo")
+    __slots__ = (
+        "_tables", "_links", "_scaling", "_max_extrapolation", "_gpus", "_adjustments", "_memo", "_models", "_stages",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -285,6 +287,13 @@ class CostModel:
             tables[key] = self._build_table(key, group, adjustments)
         self._tables = tables
         self._adjustments = tuple(adjustments)
+        # indexes answering "what is there" without scanning the tables
+        self._models = {g: tuple(sorted({m for gg, m, _, _ in tables if gg == g})) for g in self._gpus}
+        self._stages = {
+            (g, m): tuple(s for s in StageKind if any(k[:3] == (g, m, s) for k in tables))
+            for g in self._gpus
+            for m in self._models[g]
+        }
         for adj in self._adjustments:
             log.debug("monotone adjustment: %s", adj)
 
@@ -360,6 +369,7 @@ class CostModel:
         return tuple(sorted(d for g, m, s, d in self._tables if (g, m, s) == (gpu, model, stage)))
 
     def has(self, model: str, stage: StageKind | str, gpu: str | None = None) -> bool:
+        """Whether rows exist for ``model``/``stage`` (on ``gpu``; on any kind when None)."""
         try:
             stage_kind = StageKind.parse(stage)
         except ValueError:
@@ -380,11 +390,11 @@ class CostModel:
         gpu: str | None = None,
     ) -> float:
         """Seconds for one call (``diffuse``: one denoising step) of ``batch`` requests."""
-        gpu, stage, tokens = self._check(model, stage, shape, batch, degree, gpu)
-        key = ("latency", gpu, model, stage, tokens, batch, degree)
+        key = ("latency", model, stage, shape, batch, degree, gpu)
         cached = self._memo.get(key)
         if cached is not None:
             return cached
+        gpu, stage, tokens = self._check(model, stage, shape, batch, degree, gpu)
         value = self._latency_ms(gpu, model, stage, shape, tokens, batch, degree) / 1000.0
         self._remember(key, value)
         return value
@@ -399,11 +409,11 @@ class CostModel:
         gpu: str | None = None,
     ) -> float:
         """Peak activation memory per GPU of one call, GiB (weights not included)."""
-        gpu, stage, tokens = self._check(model, stage, shape, batch, degree, gpu)
-        key = ("act", gpu, model, stage, tokens, batch, degree)
+        key = ("act", model, stage, shape, batch, degree, gpu)
         cached = self._memo.get(key)
         if cached is not None:
             return cached
+        gpu, stage, tokens = self._check(model, stage, shape, batch, degree, gpu)
         value = None
         if stage is StageKind.DIFFUSE and degree > 1:
             table = self._tables.get((gpu, model, stage, degree))
@@ -482,12 +492,12 @@ class CostModel:
         return gpu
 
     def _resolve_stage(self, model: str, stage: StageKind | str, gpu: str) -> StageKind:
-        models = self.models(gpu)
-        if model not in models:
+        have = self._stages.get((gpu, model))
+        if have is None:
+            models = self._models[gpu]
             raise CostModelError(f"no rows for model {model!r} on {gpu}; models on {gpu}: {', '.join(models)}")
-        have = self.stages(model, gpu)
         try:
-            kind = StageKind.parse(stage)
+            kind = stage if isinstance(stage, StageKind) else StageKind.parse(stage)
         except ValueError as exc:
             raise CostModelError(f"{exc}; {model} on {gpu} has: {', '.join(s.value for s in have)}") from None
         if kind not in have:
