@@ -16,6 +16,9 @@
     The scaling model's two parameters were calibrated on these same rows, so (b) is in-sample;
     (b') re-calibrates leaving one published model out at a time and predicts it, as an honest
     out-of-sample check.
+(c) Design check for the batch axis (informational): at every shape measured at batches 1, 2
+    and 4, batch 2 predicted from batches 1 and 4 by linear vs log-log interpolation in batch.
+    The cost model interpolates linearly in batch because this check favours it.
 
 Exit status 1 if a target is missed.
 """
@@ -139,6 +142,22 @@ def leave_one_model_out(points: tuple[ScalingPoint, ...]) -> list[ScalingResult]
     return out
 
 
+def batch_axis_check(rows: tuple[ProfileRow, ...]) -> dict[str, dict[str, float]]:
+    """Median/worst |error| of predicting batch 2 from batches 1 and 4 at the same shape."""
+    columns: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r.source == "measured" and r.degree == 1 and r.stage is not StageKind.ENCODE:
+            columns.setdefault((r.gpu, r.model, r.stage, r.tokens), {})[r.batch] = r.latency_ms
+    linear, loglog = [], []
+    for by_batch in columns.values():
+        if not {1, 2, 4} <= set(by_batch):
+            continue
+        b1, b2, b4 = by_batch[1], by_batch[2], by_batch[4]
+        linear.append(_pct(b1 + (b4 - b1) / 3, b2))
+        loglog.append(_pct(b1 * (b4 / b1) ** 0.5, b2))
+    return {"linear": _summary(linear), "loglog": _summary(loglog)}
+
+
 def _summary(errors: list[float]) -> dict[str, float]:
     absolute = [abs(e) for e in errors]
     return {
@@ -171,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     lomo = leave_one_model_out(points)
     lomo_summary = _summary([r.error_pct for r in lomo])
     refit = calibrate(points)
+    batch_axis = batch_axis_check(profile.rows)
 
     loo_ok = loo_summary["median_abs_pct"] <= LOO_TARGET_PCT
     sc_ok = sc_summary["median_abs_pct"] <= SCALING_TARGET_PCT
@@ -196,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": [asdict(r) for r in sc],
                 "leave_one_model_out_rows": [asdict(r) for r in lomo],
             },
+            "batch_axis": batch_axis,
         }
         print(json.dumps(doc, indent=2))
         return 0 if (loo_ok and sc_ok) else 1
@@ -245,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  (b') leave-one-model-out re-calibration (out of sample): median |error| "
         f"{lomo_summary['median_abs_pct']:.1f} %, worst {lomo_summary['worst_abs_pct']:.1f} %; "
         f"full re-fit t0_tokens={refit.t0_tokens:.0f} alpha={refit.alpha:.3f}"
+    )
+    lin, ll = batch_axis["linear"], batch_axis["loglog"]
+    print(
+        f"  (c) batch axis, batch 2 from batches 1 and 4 at {lin['n']} shapes (info): linear median "
+        f"{lin['median_abs_pct']:.1f} % / worst {lin['worst_abs_pct']:.1f} %; log-log median "
+        f"{ll['median_abs_pct']:.1f} % / worst {ll['worst_abs_pct']:.1f} %"
     )
     return 0 if (loo_ok and sc_ok) else 1
 
