@@ -330,3 +330,10 @@ def test_cli_cost_broken_profile_file_exits_2(tmp_path):
     result = runner.invoke(app, ["cost", "--profile", str(path), "--model", "m", "--stage", "encode"])
     assert result.exit_code == 2
     assert str(path) in result.stderr and "missing from the header" in result.stderr
+
+
+def test_shapes_with_equal_token_counts_are_one_point():
+    model = CostModel([_row(h=512, w=1024, ms=30.0), _row(h=1024, w=512, ms=32.0), _row(h=1024, w=1024, ms=60.0)])
+    assert model.latency_s("m", "diffuse", Shape(512, 1024)) == pytest.approx(0.032)
+    assert model.latency_s("m", "diffuse", Shape(1024, 512)) == pytest.approx(0.032)
+    assert [(a.tokens, a.measured, a.used) for a in model.adjustments] == [(512 * 1024, 30.0, 32.0)]

@@ -32,8 +32,9 @@ each level the measured token counts form a curve.
   level, proportional (b calls' worth). Below the smallest measured batch: error.
 * Monotonicity: a bigger shape or a bigger batch never costs less. Measured points that violate
   that (launch-bound noise, e.g. sd3-medium 512x512 batch 2 faster than batch 1) are raised to the
-  running maximum over all points with fewer-or-equal tokens and batch; every such change is listed
-  in :attr:`CostModel.adjustments`. Every other measured point is reproduced exactly.
+  running maximum over all points with fewer-or-equal tokens and batch (two shapes with the same
+  token count, e.g. 1024x512 and 512x1024, are one point: the larger value); every such change is
+  listed in :attr:`CostModel.adjustments`. Every other measured point is reproduced exactly.
 * Activation memory (``act_gib``) is interpolated the same way.
 
 Degree (GPUs cooperating on one call)
@@ -305,20 +306,20 @@ class CostModel:
         encode = stage is StageKind.ENCODE
         curves: dict[str, dict[int, _Curve]] = {}
         for quantity in _QUANTITIES:
+            # Shapes with the same token count (1024x512 and 512x1024) are one point on the token
+            # axis: the larger value is kept, like any other monotone adjustment.
+            measured: list[tuple[int | None, int, float]] = []
             points: dict[tuple[int | None, int], float] = {}
             for row in group:
                 tokens = None if encode else row.tokens
-                if (tokens, row.batch) in points:
-                    raise ValueError(
-                        f"duplicate profile rows for {gpu} {model} {stage.value} tokens={tokens} "
-                        f"batch={row.batch} degree={degree}"
-                    )
-                points[(tokens, row.batch)] = float(getattr(row, quantity))
+                value = float(getattr(row, quantity))
+                measured.append((tokens, row.batch, value))
+                points[(tokens, row.batch)] = max(value, points.get((tokens, row.batch), value))
             used = _monotone(points)
-            for (tokens, batch), value in sorted(used.items(), key=lambda kv: (kv[0][1], kv[0][0] or 0)):
-                if value > points[(tokens, batch)]:
+            for tokens, batch, value in sorted(measured, key=lambda m: (m[1], m[0] or 0, m[2])):
+                if used[(tokens, batch)] > value:
                     adjustments.append(
-                        Adjustment(gpu, model, stage, tokens, batch, degree, quantity, points[(tokens, batch)], value)
+                        Adjustment(gpu, model, stage, tokens, batch, degree, quantity, value, used[(tokens, batch)])
                     )
             per_level: dict[int, _Curve] = {}
             for batch in sorted({b for _, b in used}):
