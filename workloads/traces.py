@@ -1,0 +1,371 @@
+"""Request traces: our JSON-lines format and the TridentServe paper's released traces.
+
+Our format, one JSON object per line (DESIGN.md, "Workloads")::
+
+    {"t": 0.52, "model": "sd3-medium", "height": 1024, "width": 1024, "frames": 1, "steps": 28,
+     "prompt": "a cat"}
+
+``t`` (seconds from the start of the run), ``height``, ``width`` and ``steps`` are required;
+``model`` is required unless the reader is given ``default_model``; ``frames`` defaults to 1,
+``prompt`` to ""; ``seed``, ``negative_prompt`` and ``guidance`` are optional. Other keys are
+errors (a typo should not pass silently).
+
+The paper's traces are one Python-like call per line::
+
+    Request(request_id=12, timestamp=3.5, height=1024, width=1024, num_frames=1,
+            prompt='a cat, "quoted"', negative_prompt='', num_inference_steps=28)
+
+They are parsed without ``eval``: ``ast.parse`` of the call, ``ast.literal_eval`` of each keyword
+value, so prompts may hold commas and either kind of (escaped) quote. They do not name a model:
+the reader needs ``default_model`` (``--model`` on the command line). Keywords other than
+timestamp, height, width, num_frames (default 1), num_inference_steps, prompt, negative_prompt,
+seed and model are ignored.
+
+The format is detected per file from its first line that is not blank and not a ``#`` comment;
+errors name the file and the line. Imports only the standard library and ``tridentcore.core``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import os
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tridentcore.core.types import Shape
+from tridentcore.core.workload import RequestSpec, SloFn
+
+__all__ = [
+    "TraceEntry",
+    "TraceError",
+    "entries_from_requests",
+    "format_trace",
+    "parse_trace",
+    "read_trace",
+    "requests_from_trace",
+    "write_trace",
+]
+
+_MAX_LISTED = 50
+_JSON_KEYS = ("t", "model", "height", "width", "frames", "steps", "prompt", "seed", "negative_prompt", "guidance")
+_PAPER_FIELDS = {
+    "timestamp": "t",
+    "height": "height",
+    "width": "width",
+    "num_frames": "frames",
+    "num_inference_steps": "steps",
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "seed": "seed",
+    "model": "model",
+}
+
+
+class TraceError(ValueError):
+    """A trace that cannot be used; ``problems`` lists every problem found (``line N: ...``)."""
+
+    def __init__(self, origin: str, problems: Iterable[str]) -> None:
+        self.origin = origin
+        self.problems = tuple(problems)
+        shown = self.problems[:_MAX_LISTED]
+        more = len(self.problems) - len(shown)
+        if len(self.problems) == 1:
+            message = f"{origin}: {self.problems[0]}"
+        else:
+            message = f"{origin}: {len(self.problems)} problems:\n" + "\n".join(f"  {p}" for p in shown)
+            if more:
+                message += f"\n  ... and {more} more"
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEntry:
+    """One request of a trace: when it arrives (``t``, seconds) and what it asks for."""
+
+    t: float
+    model: str
+    height: int
+    width: int
+    frames: int
+    steps: int
+    prompt: str = ""
+    seed: int | None = None
+    negative_prompt: str = ""
+    guidance: float | None = None
+
+    def __post_init__(self) -> None:
+        problems = [f"{key}: {msg}" for key, msg in _entry_problems(self._fields())]
+        if problems:
+            raise TraceError("trace entry", problems)
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "t": self.t, "model": self.model, "height": self.height, "width": self.width, "frames": self.frames,
+            "steps": self.steps, "prompt": self.prompt, "seed": self.seed, "negative_prompt": self.negative_prompt,
+            "guidance": self.guidance,
+        }  # fmt: skip
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.height, self.width, self.frames, self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON-lines object (optional keys only when set)."""
+        out: dict[str, Any] = {
+            "t": self.t, "model": self.model, "height": self.height, "width": self.width,
+            "frames": self.frames, "steps": self.steps, "prompt": self.prompt,
+        }  # fmt: skip
+        if self.seed is not None:
+            out["seed"] = self.seed
+        if self.negative_prompt:
+            out["negative_prompt"] = self.negative_prompt
+        if self.guidance is not None:
+            out["guidance"] = self.guidance
+        return out
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _entry_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    t = fields["t"]
+    if not (_is_number(t) and math.isfinite(t) and t >= 0):
+        problems.append(("t", f"must be a finite number of seconds >= 0 (got {t!r})"))
+    model = fields["model"]
+    if not (isinstance(model, str) and model.strip()):
+        problems.append(("model", f"must be a non-empty model name (got {model!r})"))
+    for key in ("height", "width", "frames", "steps"):
+        value = fields[key]
+        if not (_is_int(value) and value >= 1):
+            problems.append((key, f"must be an integer >= 1 (got {value!r})"))
+    for key in ("prompt", "negative_prompt"):
+        if not isinstance(fields[key], str):
+            problems.append((key, f"must be a string (got {fields[key]!r})"))
+    seed = fields["seed"]
+    if seed is not None and not _is_int(seed):
+        problems.append(("seed", f"must be an integer (got {seed!r})"))
+    guidance = fields["guidance"]
+    if guidance is not None and not (_is_number(guidance) and math.isfinite(guidance) and guidance >= 0):
+        problems.append(("guidance", f"must be a finite number >= 0 (got {guidance!r})"))
+    return problems
+
+
+def _integral(value: Any) -> Any:
+    """1024.0 -> 1024 (JSON writers that emit floats); anything else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None) -> TraceEntry | list[str]:
+    """A TraceEntry, or the problems (``field: message``) with ``raw`` (already renamed to our keys)."""
+    problems = []
+    missing = [
+        k for k in ("t", "model", "height", "width", "steps") if k not in raw and not (k == "model" and default_model)
+    ]
+    if missing:
+        hint = " (or pass a default model: --model)" if "model" in missing else ""
+        problems.append(f"missing {', '.join(missing)}{hint}")
+    fields = {
+        "t": raw.get("t", 0.0),
+        "model": raw.get("model", default_model or "?"),
+        "height": _integral(raw.get("height", 1)),
+        "width": _integral(raw.get("width", 1)),
+        "frames": _integral(raw.get("frames", 1)),
+        "steps": _integral(raw.get("steps", 1)),
+        "prompt": raw.get("prompt", ""),
+        "seed": _integral(raw.get("seed")),
+        "negative_prompt": raw.get("negative_prompt", "") if raw.get("negative_prompt") is not None else "",
+        "guidance": raw.get("guidance"),
+    }
+    problems.extend(f"{key}: {msg}" for key, msg in _entry_problems(fields))
+    if problems:
+        return problems
+    if _is_int(fields["t"]):
+        fields["t"] = float(fields["t"])
+    if _is_int(fields["guidance"]):
+        fields["guidance"] = float(fields["guidance"])
+    return TraceEntry(**fields)
+
+
+def _parse_json_line(text: str) -> dict[str, Any] | str:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    if not isinstance(obj, dict):
+        return f"expected a JSON object (got {type(obj).__name__})"
+    return obj
+
+
+def _parse_paper_line(text: str) -> dict[str, Any] | str:
+    """Keywords of one ``Request(...)`` line renamed to our keys, or a problem."""
+    text = text.strip()
+    if text.endswith(","):
+        text = text[:-1].rstrip()
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        return f"cannot parse the Request(...) call: {exc.msg} (column {exc.offset})"
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return f"cannot parse the Request(...) call: {exc}"
+    call = tree.body
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Request"):
+        return "expected a call Request(key=value, ...)"
+    if call.args:
+        return "Request(...) takes keyword arguments only"
+    out: dict[str, Any] = {}
+    problems = []
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            problems.append("Request(**...) is not allowed")
+            continue
+        ours = _PAPER_FIELDS.get(keyword.arg)
+        if ours is None:
+            continue
+        try:
+            out[ours] = ast.literal_eval(keyword.value)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            problems.append(f"{keyword.arg}: not a literal value ({ast.unparse(keyword.value)[:60]})")
+    if problems:
+        return "; ".join(problems)
+    return out
+
+
+def _detect(line: str) -> str | None:
+    head = line.lstrip()
+    if head.startswith("{"):
+        return "jsonl"
+    if head.startswith("Request("):
+        return "paper"
+    return None
+
+
+def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None = None) -> list[TraceEntry]:
+    """Parse a trace held in a string (either format; see the module docstring), in file order."""
+    entries: list[TraceEntry] = []
+    problems: list[str] = []
+    fmt: str | None = None
+    fmt_line = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        kind = _detect(stripped)
+        if fmt is None:
+            if kind is None:
+                raise TraceError(
+                    origin,
+                    [f"line {number}: unknown trace format: expected JSON lines ({{\"t\": ...}}) "
+                     f"or the paper's Request(request_id=..., timestamp=..., ...) lines"],
+                )  # fmt: skip
+            fmt, fmt_line = kind, number
+            if fmt == "paper" and default_model is None:
+                raise TraceError(
+                    origin,
+                    [f"line {number}: the paper's Request(...) traces do not name a model; "
+                     "give one (default_model=, --model on the command line)"],
+                )  # fmt: skip
+        if kind != fmt:
+            expected = "a JSON object" if fmt == "jsonl" else "a Request(...) line"
+            problems.append(f"line {number}: expected {expected} (format detected from line {fmt_line})")
+            continue
+        raw = _parse_json_line(stripped) if fmt == "jsonl" else _parse_paper_line(stripped)
+        if isinstance(raw, str):
+            problems.append(f"line {number}: {raw}")
+            continue
+        unknown = sorted(k for k in raw if k not in _JSON_KEYS)  # (paper lines are renamed already)
+        if unknown:
+            problems.append(f"line {number}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_JSON_KEYS)}")
+        result = _entry_from_fields(raw, default_model)
+        if isinstance(result, list):
+            problems.extend(f"line {number}: {p}" for p in result)
+        elif unknown:
+            continue
+        else:
+            entries.append(result)
+    if problems:
+        raise TraceError(origin, problems)
+    return entries
+
+
+def read_trace(path: str | os.PathLike[str], default_model: str | None = None) -> list[TraceEntry]:
+    """Read a trace file (format detected per file); errors name the file and line."""
+    origin = os.fspath(path)
+    try:
+        text = Path(origin).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TraceError(origin, [f"cannot read: {exc}"]) from None
+    return parse_trace(text, origin=origin, default_model=default_model)
+
+
+def format_trace(entries: Iterable[TraceEntry]) -> str:
+    """JSON lines, one entry per line (non-ASCII prompts kept as written)."""
+    return "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in entries)
+
+
+def write_trace(entries: Iterable[TraceEntry], path: str | os.PathLike[str]) -> Path:
+    """Write ``entries`` as JSON lines; returns the path written."""
+    out = Path(path)
+    out.write_text(format_trace(entries), encoding="utf-8")
+    return out
+
+
+def entries_from_requests(requests: Iterable[RequestSpec]) -> list[TraceEntry]:
+    """Turn generated requests into trace entries (e.g. to replay them with Locust)."""
+    return [
+        TraceEntry(
+            t=float(r.arrival_s),
+            model=r.model,
+            height=r.shape.height,
+            width=r.shape.width,
+            frames=r.shape.frames,
+            steps=r.shape.steps,
+            prompt=r.prompt,
+            seed=r.seed,
+            negative_prompt=r.negative_prompt,
+            guidance=r.guidance,
+        )
+        for r in requests
+    ]
+
+
+def requests_from_trace(
+    entries: Sequence[TraceEntry], slo_fn: SloFn, seed: int, *, start_at_zero: bool = False
+) -> list[RequestSpec]:
+    """Requests in arrival order (stable sort by ``t``), ids 0, 1, ...; ``arrival_s`` = ``t``
+    (minus the first ``t`` when ``start_at_zero``). Entries without a seed get one from
+    ``random.Random(seed)``; one draw per entry either way, so a seed in one entry does not
+    change the others'. ``slo_s`` = ``slo_fn(model, shape)``."""
+    rng = random.Random(seed)
+    ordered = sorted(entries, key=lambda e: e.t)
+    offset = ordered[0].t if (start_at_zero and ordered) else 0.0
+    requests = []
+    for index, entry in enumerate(ordered):
+        drawn = rng.getrandbits(31)
+        shape = entry.shape
+        requests.append(
+            RequestSpec(
+                id=index,
+                model=entry.model,
+                prompt=entry.prompt,
+                shape=shape,
+                seed=entry.seed if entry.seed is not None else drawn,
+                guidance=entry.guidance,
+                slo_s=float(slo_fn(entry.model, shape)),
+                arrival_s=entry.t - offset,
+                negative_prompt=entry.negative_prompt,
+            )
+        )
+    return requests
