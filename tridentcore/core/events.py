@@ -1,0 +1,130 @@
+"""Events (what happened, past tense) and actions (what a policy wants, imperative).
+
+A policy receives ``on_event(view, event, now)`` and returns a list of actions; the driver (the
+simulator or the live engine) applies them and later reports what came of them as new events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .workload import RequestSpec
+
+# ------------------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True, slots=True)
+class RequestArrived:
+    request: RequestSpec
+
+
+@dataclass(frozen=True, slots=True)
+class StageFinished:
+    """A dispatch ended normally. For a diffuse piece, ``end_step`` says how far it got; a
+    preempted diffuse finishes early with ``preempted`` set and ``end_step`` at the step reached."""
+
+    dispatch_id: int
+    stage: str
+    request_ids: tuple[int, ...]
+    gpus: tuple[int, ...]
+    end_step: int = 0
+    preempted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StageFailed:
+    dispatch_id: int
+    stage: str
+    request_ids: tuple[int, ...]
+    gpus: tuple[int, ...]
+    reason: str
+    oom: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLost:
+    """A GPU (worker) stopped; its running dispatch, if any, is reported as ``StageFailed`` first."""
+
+    gpu: int
+    reason: str = "worker lost"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRestored:
+    gpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Periodic wake-up for policies that plan on a timer (``Policy.tick_s``)."""
+
+
+Event = RequestArrived | StageFinished | StageFailed | WorkerLost | WorkerRestored | Tick
+
+# ----------------------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Load the weights of ``(model, stage)`` onto ``gpu`` (takes the cost model's load time)."""
+
+    model: str
+    stage: str
+    gpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    model: str
+    stage: str
+    gpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Run ``stage`` for a batch of requests on a GPU group (degree = ``len(gpus)``).
+
+    For ``diffuse``, steps ``[start_step, end_step)`` of every request in the batch (they must share
+    model, shape and progress). Weights not yet resident on the group are loaded first, their load
+    time charged to this dispatch (lazy placement).
+    """
+
+    stage: str
+    request_ids: tuple[int, ...]
+    gpus: tuple[int, ...]
+    start_step: int = 0
+    end_step: int = 0
+
+    @property
+    def degree(self) -> int:
+        return len(self.gpus)
+
+    @property
+    def batch(self) -> int:
+        return len(self.request_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Pause a running diffuse at its next step boundary (the whole batch it runs in)."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Turn a waiting request away (``rejected``): admission control, an impossible request."""
+
+    request_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Give up on a waiting request (``failed``): e.g. a pipeline-level policy after an OOM."""
+
+    request_id: int
+    reason: str
+
+
+Action = Place | Evict | Dispatch | Preempt | Reject | Fail

@@ -1,0 +1,40 @@
+"""Helpers shared by the policies: degrees, reference latencies, GPU groups."""
+
+from __future__ import annotations
+
+from ..costmodel import CostModel
+from ..state import ClusterView
+from ..types import Shape
+
+DEGREES = (1, 2, 4, 8)
+EFFICIENCY = 0.8
+
+
+def degrees_for(view: ClusterView) -> tuple[int, ...]:
+    """Degrees a group on one node can have on this cluster."""
+    per_node = min(len(n) for n in view.nodes)
+    return tuple(d for d in DEGREES if d <= per_node)
+
+
+def efficient_degree(cost: CostModel, kind: str, model: str, shape: Shape, degrees: tuple[int, ...]) -> int:
+    """The largest degree whose diffuse parallel efficiency is >= 0.8 (1 always qualifies)."""
+    best = 1
+    for d in degrees:
+        if d > 1 and cost.parallel_efficiency(model, "diffuse", shape, d, 1, kind) >= EFFICIENCY:
+            best = d
+    return best
+
+
+def pipeline_seconds(cost: CostModel, kind: str, model: str, shape: Shape, degree: int, steps: int | None = None) -> float:
+    """No-queue time of encode + diffuse (``steps``, default all) + decode at ``degree``."""
+    steps = shape.steps if steps is None else steps
+    return (cost.latency_s(model, "encode", None, 1, 1, kind)
+            + steps * cost.latency_s(model, "diffuse", shape, 1, degree, kind)
+            + cost.latency_s(model, "decode", shape, 1, 1, kind))
+
+
+def place_everything(view: ClusterView, models, stages=("encode", "diffuse", "decode")):
+    """Place actions putting every stage of every model on every GPU (pipeline-level deployment)."""
+    from ..events import Place
+
+    return [Place(m, s, g) for g in range(view.num_gpus) for m in models for s in stages]

@@ -1,0 +1,149 @@
+"""Pipeline-level serving, today's practice: the whole pipeline runs on one GPU group per request.
+
+``pipeline-static:degree=k`` (xDiT-style): the cluster is cut into fixed replicas of k GPUs on one
+node, each holding every stage of every model. A request joins the least-loaded replica's FIFO
+queue (load = the replica's predicted remaining work) and holds all k GPUs from encode to decode;
+encode and decode run at degree k too (they do not speed up: the other GPUs wait).
+
+``pipeline-dynamic``: one FIFO queue; each request gets its own GPU count, the SLO reference
+degree (the largest degree whose parallel efficiency is >= 0.8), and holds those GPUs on one node
+for its whole pipeline. Requests that do not fit the idle GPUs are passed over by later ones that do
+(backfilling), so small requests do not wait behind a large one.
+
+Neither batches, and neither checks memory before starting: an out-of-memory error fails the
+request (counted, not hidden). Stages never share a GPU.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+
+from ..events import Action, Dispatch, Fail, RequestArrived, StageFailed, StageFinished
+from ..policy import Policy, PolicyError, register
+from ..state import ClusterView
+from .common import degrees_for, efficient_degree, pipeline_seconds, place_everything
+
+_NEXT = {"encode": "diffuse", "diffuse": "decode"}
+
+
+class _PipelineBase(Policy):
+    """Shared: a request holds its group through the three stages."""
+
+    def _next_stage(self, view: ClusterView, ev: StageFinished) -> list[Action]:
+        nxt = _NEXT.get(ev.stage)
+        if nxt is None:
+            return []
+        rid = ev.request_ids[0]
+        if nxt == "diffuse":
+            rec = view.request(rid)
+            return [Dispatch("diffuse", (rid,), ev.gpus, rec.steps_done, rec.spec.shape.steps)]
+        return [Dispatch(nxt, (rid,), ev.gpus)]
+
+
+@register
+class PipelineStatic(_PipelineBase):
+    name = "pipeline-static"
+    summary = "fixed replicas of k GPUs, each holding the whole pipeline; least-loaded replica"
+    options = {"degree": (int, 1, "GPUs per replica (1, 2, 4 or 8; divides GPUs per node)")}
+
+    def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
+        k = self.opts["degree"]
+        bad = [len(n) for n in view.nodes if k < 1 or len(n) % k]
+        if bad:
+            raise PolicyError(f"pipeline-static: degree {k} must divide the GPUs per node ({bad[0]})")
+        self.replicas = [tuple(node[i:i + k]) for node in view.nodes for i in range(0, len(node), k)]
+        self.replica_of_gpu = {g: r for r, group in enumerate(self.replicas) for g in group}
+        self.queues: list[deque[int]] = [deque() for _ in self.replicas]
+        self.queued_s = [0.0] * len(self.replicas)  # predicted work waiting per replica
+        self.active: list[int | None] = [None] * len(self.replicas)
+        self.estimate: dict[int, float] = {}
+        return place_everything(view, models)
+
+    def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
+        if isinstance(event, RequestArrived):
+            spec = event.request
+            est = pipeline_seconds(view.cost, view.gpu_kind, spec.model, spec.shape, self.opts["degree"])
+            self.estimate[spec.id] = est
+
+            def load(r: int) -> float:
+                busy = max(0.0, view.busy_until(self.replicas[r][0], now) - now) if self.active[r] is not None else 0.0
+                return busy + self.queued_s[r]
+
+            r = min(range(len(self.replicas)), key=lambda i: (load(i), i))
+            self.queues[r].append(spec.id)
+            self.queued_s[r] += est
+            return self._start_next(view, r)
+        if isinstance(event, StageFinished):
+            r = self.replica_of_gpu[event.gpus[0]]
+            if event.stage == "decode" or view.request(event.request_ids[0]).state.terminal:
+                self.active[r] = None
+                return self._start_next(view, r)
+            return self._next_stage(view, event)
+        if isinstance(event, StageFailed):
+            r = self.replica_of_gpu[event.gpus[0]]
+            self.active[r] = None
+            actions: list[Action] = [Fail(rid, event.reason) for rid in event.request_ids]
+            return actions + self._start_next(view, r)
+        return []
+
+    def _start_next(self, view: ClusterView, r: int) -> list[Action]:
+        if self.active[r] is not None or not self.queues[r]:
+            return []
+        rid = self.queues[r].popleft()
+        self.queued_s[r] -= self.estimate.pop(rid, 0.0)
+        self.active[r] = rid
+        return [Dispatch("encode", (rid,), self.replicas[r])]
+
+
+@register
+class PipelineDynamic(_PipelineBase):
+    name = "pipeline-dynamic"
+    summary = "per-request GPU count (the SLO reference degree), held for the whole pipeline"
+    options = {}
+
+    def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
+        self.queue: deque[int] = deque()
+        self.degrees = degrees_for(view)
+        self.degree_of: dict[int, int] = {}
+        return place_everything(view, models)
+
+    def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if isinstance(event, RequestArrived):
+            spec = event.request
+            self.degree_of[spec.id] = efficient_degree(view.cost, view.gpu_kind, spec.model, spec.shape, self.degrees)
+            self.queue.append(spec.id)
+        elif isinstance(event, StageFinished):
+            if event.stage != "decode" and not view.request(event.request_ids[0]).state.terminal:
+                return self._next_stage(view, event)
+        elif isinstance(event, StageFailed):
+            actions += [Fail(rid, event.reason) for rid in event.request_ids]
+        return actions + self._fill(view)
+
+    def _fill(self, view: ClusterView) -> list[Action]:
+        if not self.queue or view.idle_count == 0:
+            return []
+        idle = {k: view.idle_gpus(k) for k in range(len(view.nodes))}
+        out: list[Action] = []
+        smallest_blocked = None
+        kept: deque[int] = deque()
+        while self.queue:
+            rid = self.queue.popleft()
+            d = self.degree_of[rid]
+            if smallest_blocked is not None and d >= smallest_blocked:
+                kept.append(rid)
+                continue
+            node = next((k for k, g in idle.items() if len(g) >= d), None)
+            if node is None:
+                kept.append(rid)
+                smallest_blocked = d if smallest_blocked is None else min(smallest_blocked, d)
+                if smallest_blocked == 1:
+                    break
+                continue
+            group, idle[node] = tuple(idle[node][:d]), idle[node][d:]
+            out.append(Dispatch("encode", (rid,), group))
+            del self.degree_of[rid]
+        kept.extend(self.queue)
+        self.queue = kept
+        return out

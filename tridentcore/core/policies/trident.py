@@ -1,0 +1,470 @@
+"""``trident``: stage-level placement and dispatch, ours.
+
+Every event (arrival, a stage finishing, a failure) runs one scheduling pass over the waiting work;
+there is no timer in the dispatch path, so a GPU never idles waiting for a planning round.
+
+* **Work items** are stages, not pipelines: a request waits for ``encode``, then ``diffuse`` (maybe
+  in pieces), then ``decode``, and each is dispatched on its own to whichever GPUs suit it. Encode
+  and decode take one GPU; diffuse takes a group of 1, 2, 4 or 8 GPUs on one node.
+* **Order**: least slack first. A request's key is its latest start time for the stage it waits for
+  (deadline minus the remaining work at its efficient degree).
+* **Degree**: per request and per dispatch. Among the degrees that still meet the deadline (with a
+  safety ``margin`` of the SLO), the efficient degree (largest with parallel efficiency >= 0.8) is
+  used while the cluster has spare GPUs (busy fraction below ``spread``); under load, the smallest
+  feasible degree, which spends the fewest GPU-seconds.
+* **Committed work**: a diffuse that cannot start now reserves the GPUs that free soonest on one
+  node (their ``busy_until``: work already committed); later, less urgent work may use those GPUs
+  only if it ends before the reservation (backfilling), so large requests are not starved by a
+  stream of small ones.
+* **Step-level preemption**: when a reservation would come too late, a running diffuse with enough
+  slack is paused at its next step boundary (``Preempt``) and resumed later, on the same or other
+  GPUs, paying the transfer of its latents.
+* **Batching** per stage where the profile shows it pays (per-request cost falls by >= 15 %):
+  waiting requests of one model (and shape, for diffuse and decode) whose deadlines all hold.
+* **Memory admission**: a dispatch goes only where weights (lazily loaded if missing, load time
+  charged) plus the stage's activations fit; a request that can never fit is rejected at arrival.
+* **Placement**: a plan from the expected mix (``core/placement.py``: denoisers and decoders where
+  memory allows, encoders where the encode demand needs them), re-planned every ``replan_s`` from
+  the observed mix. Dispatch prefers GPUs that hold the weights; elsewhere they load lazily.
+* **Admission**: a request that can no longer meet its deadline even at its fastest degree is
+  rejected (``drop``), so it does not take GPU time from requests that still can.
+
+Stages never share a GPU at the same time (exclusive dispatch).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..events import (Action, Dispatch, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
+                      Tick)
+from ..lifecycle import WAITING_FOR, RequestRecord
+from ..placement import plan_placement
+from ..policy import Policy, register
+from ..state import ClusterView
+from ..types import Shape
+from ..workload import RequestSpec
+from .common import EFFICIENCY, degrees_for
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+_bool.__name__ = "bool"
+
+
+@dataclass(slots=True)
+class _ClassInfo:
+    """Cost-model answers for one (model, shape), computed once."""
+
+    enc_s: float
+    dec_s: float
+    step_s: dict[int, float]  # degree -> seconds per step at batch 1
+    eff_d: int  # efficient degree (SLO reference)
+    fast_d: int  # fastest degree
+    batch: int  # best diffuse batch (1 = batching does not pay)
+    dec_batch: int
+    never_fits: str  # non-empty: why no GPU can ever hold it
+
+
+@register
+class Trident(Policy):
+    name = "trident"
+    summary = "stage-level placement + dispatch: per-request degrees, least slack first, reservations, preemption, batching"
+    options = {
+        "margin": (float, 0.05, "fraction of each SLO kept as a safety margin"),
+        "spread": (float, 0.5, "use the faster efficient degree while fewer than this fraction of GPUs are busy"),
+        "preempt": (_bool, True, "pause long diffuses between steps for urgent requests"),
+        "batch": (_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
+        "drop": (_bool, True, "reject requests that can no longer meet their deadline"),
+        "replan_s": (float, 60.0, "re-plan placement from the observed mix every N seconds (0: never)"),
+    }
+
+    def __init__(self, **opts) -> None:
+        super().__init__(**opts)
+        self.tick_s = self.opts["replan_s"] or None
+
+    # ------------------------------------------------------------------------------ setup
+    def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
+        self.degrees = degrees_for(view)
+        self.info: dict[tuple[str, Shape], _ClassInfo] = {}
+        self.ready: list[tuple[float, int, int]] = []  # (latest start, seq, request id), sorted
+        self.entry: dict[int, tuple[float, int, int]] = {}
+        self._seq = 0
+        self.observed: dict[tuple[str, Shape], int] = {}
+        self.last_plan_s = now
+        self.safer: dict[int, int] = {}  # request id -> OOM retries
+        expected = dict(expected or {})
+        if not expected:
+            expected = {(m, None): 1.0 for m in models}
+        self.plan = self._plan(view, expected)
+        return [Place(m, s, g) for g, inst in self.plan.items() for (m, s) in sorted(inst)]
+
+    def _plan(self, view: ClusterView, expected: dict) -> dict:
+        kind, cost = view.gpu_kind, view.cost
+        demand: dict[str, dict[str, float]] = {}
+        reserve: dict[str, float] = {}
+        total = sum(expected.values()) or 1.0
+        for (model, shape), share in expected.items():
+            d = demand.setdefault(model, {"encode": 0.0, "diffuse": 0.0, "decode": 0.0})
+            d["encode"] += share / total * cost.latency_s(model, "encode", None, 1, 1, kind)
+            if shape is None:
+                d["diffuse"] += share / total
+                continue
+            info = self._info_for(view, model, shape)
+            d["diffuse"] += share / total * shape.steps * info.step_s[1]
+            d["decode"] += share / total * info.dec_s
+            act = max(cost.activation_gib(model, "decode", shape, 1, 1, kind),
+                      cost.activation_gib(model, "diffuse", shape, 1, 1, kind))
+            reserve[model] = max(reserve.get(model, 0.0), act)
+        return plan_placement(view.cluster, cost, kind, demand, reserve)
+
+    def _info_for(self, view: ClusterView, model: str, shape: Shape) -> _ClassInfo:
+        key = (model, shape)
+        info = self.info.get(key)
+        if info is not None:
+            return info
+        cost, kind = view.cost, view.gpu_kind
+        enc = cost.latency_s(model, "encode", None, 1, 1, kind)
+        dec = cost.latency_s(model, "decode", shape, 1, 1, kind)
+        step = {d: cost.latency_s(model, "diffuse", shape, 1, d, kind) for d in self.degrees}
+        eff = 1
+        for d in self.degrees:
+            if d > 1 and step[1] / (step[d] * d) >= EFFICIENCY:
+                eff = d
+        fast = min(self.degrees, key=lambda d: (step[d], d))
+        batch = dec_batch = 1
+        for b in (4, 3, 2):
+            try:
+                if batch == 1 and cost.latency_s(model, "diffuse", shape, b, 1, kind) / b <= 0.85 * step[1]:
+                    batch = b
+                if dec_batch == 1 and cost.latency_s(model, "decode", shape, b, 1, kind) / b <= 0.85 * dec:
+                    dec_batch = b
+            except LookupError:
+                continue
+        biggest = max(view.mem_gib(g) for g in range(view.num_gpus))
+        problems = []
+        for stage, d in (("encode", 1), ("diffuse", max(self.degrees)), ("decode", 1)):
+            need = cost.weights_gib(model, stage, kind) + cost.activation_gib(
+                model, stage, None if stage == "encode" else shape, 1, d, kind)
+            if need > biggest:
+                problems.append(f"{stage} needs {need:.1f} GiB per GPU, the largest GPU has {biggest:.0f}")
+        info = _ClassInfo(enc, dec, step, eff, fast, batch, dec_batch, "; ".join(problems))
+        self.info[key] = info
+        return info
+
+    # ------------------------------------------------------------------------------ queue
+    def _remaining(self, rec: RequestRecord, info: _ClassInfo, degree: int, stage: str) -> float:
+        left = rec.spec.shape.steps - rec.steps_done
+        if stage == "encode":
+            return info.enc_s + left * info.step_s[degree] + info.dec_s
+        if stage == "diffuse":
+            return left * info.step_s[degree] + info.dec_s
+        return info.dec_s
+
+    def _enqueue(self, view: ClusterView, rec: RequestRecord) -> None:
+        stage = WAITING_FOR.get(rec.state)
+        if stage is None:
+            return
+        info = self._info_for(view, rec.spec.model, rec.spec.shape)
+        key = rec.spec.deadline_s - self._remaining(rec, info, info.eff_d, stage)
+        self._seq += 1
+        entry = (key, self._seq, rec.id)
+        self._dequeue(rec.id)
+        bisect.insort(self.ready, entry)
+        self.entry[rec.id] = entry
+
+    def _dequeue(self, rid: int) -> None:
+        entry = self.entry.pop(rid, None)
+        if entry is not None:
+            i = bisect.bisect_left(self.ready, entry)
+            if i < len(self.ready) and self.ready[i] == entry:
+                del self.ready[i]
+
+    # ------------------------------------------------------------------------------ events
+    def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
+        actions: list[Action] = []
+        if isinstance(event, RequestArrived):
+            spec: RequestSpec = event.request
+            info = self._info_for(view, spec.model, spec.shape)
+            if info.never_fits:
+                return [Reject(spec.id, f"can never fit: {info.never_fits}")]
+            key = (spec.model, spec.shape)
+            self.observed[key] = self.observed.get(key, 0) + 1
+            self._enqueue(view, view.request(spec.id))
+        elif isinstance(event, (StageFinished, StageFailed)):
+            for rid in event.request_ids:
+                rec = view.request(rid)
+                if isinstance(event, StageFailed) and event.oom:
+                    self.safer[rid] = self.safer.get(rid, 0) + 1
+                if not rec.state.terminal:
+                    self._enqueue(view, rec)
+        elif isinstance(event, Tick):
+            if self.opts["replan_s"] and now - self.last_plan_s >= self.opts["replan_s"] and self.observed:
+                self.last_plan_s = now
+                self.plan = self._plan(view, {k: float(v) for k, v in self.observed.items()})
+                self.observed = {}
+        if self.ready:
+            actions += self._schedule(view, now)
+        return actions
+
+    # ------------------------------------------------------------------------------ the pass
+    def _schedule(self, view: ClusterView, now: float) -> list[Action]:
+        actions: list[Action] = []
+        idle = [view.idle_gpus(n) for n in range(len(view.nodes))]
+        idle_total = sum(len(x) for x in idle)
+        n_gpus = view.num_gpus
+        busy_frac = 1.0 - idle_total / n_gpus
+        reserved: dict[int, float] = {}  # gpu -> time an urgent diffuse needs it
+        margin_frac = self.opts["margin"]
+        taken: set[int] = set()
+        preempted_now = False
+        blocked_degree = math.inf  # smallest degree that found no room in this pass
+        for entry in list(self.ready):
+            if idle_total == 0 and not self.opts["preempt"]:
+                break
+            rid = entry[2]
+            if rid in taken:
+                continue
+            rec = view.request(rid)
+            stage = WAITING_FOR.get(rec.state)
+            if stage is None:
+                self._dequeue(rid)
+                continue
+            spec = rec.spec
+            info = self._info_for(view, spec.model, spec.shape)
+            if self.opts["drop"] and now + self._remaining(rec, info, info.fast_d, stage) > spec.deadline_s + 1e-9:
+                self._dequeue(rid)
+                actions.append(Reject(rid, "cannot meet its deadline any more"))
+                continue
+            if idle_total == 0:
+                if stage != "diffuse" or preempted_now:
+                    continue
+            margin = margin_frac * spec.slo_s
+            if stage != "diffuse":
+                if idle_total == 0:
+                    continue
+                dur = info.enc_s if stage == "encode" else info.dec_s
+                g = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec)
+                if g is None:
+                    continue
+                batch = [rid]
+                limit = self._stage_batch(view, info, stage, spec.model)
+                if limit > 1 and self.opts["batch"]:
+                    batch += self._mates(view, rid, stage, spec, limit - 1, taken)
+                for b in batch:
+                    taken.add(b)
+                    self._dequeue(b)
+                idle[view.node_of(g)].remove(g)
+                idle_total -= 1
+                actions.append(Dispatch(stage, tuple(batch), (g,)))
+                continue
+            # ---- diffuse
+            feasible = [d for d in self.degrees
+                        if now + self._remaining(rec, info, d, "diffuse") <= spec.deadline_s - margin]
+            if not feasible:
+                feasible = [info.fast_d]
+            if self.safer.get(rid):
+                feasible = sorted(feasible, reverse=True)
+            if busy_frac < self.opts["spread"] and info.eff_d in feasible:
+                order = [info.eff_d] + [d for d in feasible if d != info.eff_d]
+            else:
+                order = sorted(feasible)
+            placed = False
+            if idle_total:
+                for d in order:
+                    if d >= blocked_degree and d > 1:
+                        continue
+                    dur = (spec.shape.steps - rec.steps_done) * info.step_s[d]
+                    group = self._pick_group(view, idle, reserved, now, dur, d, rec)
+                    if group is None:
+                        blocked_degree = min(blocked_degree, d)
+                        continue
+                    batch = [rid]
+                    if (self.opts["batch"] and info.batch > 1 and rec.steps_done == 0 and not self.safer.get(rid)):
+                        batch += self._diffuse_mates(view, rec, info, d, group, now, taken, margin)
+                    for b in batch:
+                        taken.add(b)
+                        self._dequeue(b)
+                    node = view.node_of(group[0])
+                    for g in group:
+                        idle[node].remove(g)
+                    idle_total -= d
+                    busy_frac = 1.0 - idle_total / n_gpus
+                    actions.append(Dispatch("diffuse", tuple(batch), group, rec.steps_done, spec.shape.steps))
+                    placed = True
+                    break
+            if placed:
+                continue
+            # ---- no room now: reserve the GPUs that free soonest, or preempt if that is too late
+            d = min(feasible)
+            latest = spec.deadline_s - margin - self._remaining(rec, info, d, "diffuse")
+            when, group = self._soonest(view, reserved, now, d)
+            if group is not None and when <= latest:
+                for g in group:
+                    reserved[g] = when
+                continue
+            if self.opts["preempt"] and not preempted_now:
+                got = self._preempt_for(view, reserved, now, d, rec, info)
+                if got is not None:
+                    victim, freed_at, freed = got
+                    actions.append(Preempt(victim))
+                    for g in freed:
+                        reserved[g] = freed_at
+                    preempted_now = True
+                    continue
+            if group is not None:
+                for g in group:
+                    reserved[g] = when
+        return actions
+
+    # ------------------------------------------------------------------------------ choosing GPUs
+    def _usable(self, view: ClusterView, g: int, reserved: dict[int, float], now: float, dur: float) -> bool:
+        t = reserved.get(g)
+        return t is None or now + dur <= t + 1e-9
+
+    def _fits(self, view: ClusterView, model: str, stage: str, shape: Shape, batch: int, degree: int, g: int) -> bool:
+        return view.memory_needed_gib(model, stage, shape, batch, degree, g) <= view.free_gib(g) + 1e-9
+
+    def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> int | None:
+        best, best_key = None, None
+        prefer = set(rec.latents_on) if stage == "decode" else set()
+        for node, gpus in enumerate(idle):
+            for g in gpus:
+                if not self._usable(view, g, reserved, now, dur):
+                    continue
+                if not self._fits(view, model, stage, rec.spec.shape, 1, 1, g):
+                    continue
+                key = (g not in prefer, not view.has_resident(model, stage, g),
+                       (model, stage) not in self.plan.get(g, ()), len(gpus), g)
+                if best_key is None or key < best_key:
+                    best, best_key = g, key
+        return best
+
+    def _pick_group(self, view, idle, reserved, now, dur, d, rec) -> tuple[int, ...] | None:
+        model, shape = rec.spec.model, rec.spec.shape
+        near = set(rec.latents_on or rec.embeddings_on)
+        best, best_key = None, None
+        for node, gpus in enumerate(idle):
+            if len(gpus) < d:
+                continue
+            usable = [g for g in gpus if self._usable(view, g, reserved, now, dur)
+                      and self._fits(view, model, "diffuse", shape, 1, d, g)]
+            if len(usable) < d:
+                continue
+            usable.sort(key=lambda g: (g not in near, not view.has_resident(model, "diffuse", g),
+                                       (model, "encode") in self.plan.get(g, ()), g))
+            group = tuple(sorted(usable[:d]))
+            key = (len(usable), sum(g not in near for g in group), node)  # best fit: keep big holes
+            if best_key is None or key < best_key:
+                best, best_key = group, key
+        return best
+
+    def _soonest(self, view, reserved, now, d) -> tuple[float, tuple[int, ...] | None]:
+        best_t, best = math.inf, None
+        for gpus in view.nodes:
+            times = sorted((view.busy_until(g, now), g) for g in gpus if g not in reserved)
+            if len(times) < d:
+                continue
+            t = times[d - 1][0]
+            if t < best_t:
+                best_t, best = t, tuple(g for _, g in times[:d])
+        return best_t, best
+
+    def _preempt_for(self, view, reserved, now, d, rec, info):
+        """A running diffuse whose pause gives ``rec`` d GPUs on one node, keeping its own deadline."""
+        need_s = (rec.spec.shape.steps - rec.steps_done) * info.step_s[d] + info.dec_s
+        best, best_slack = None, 0.0
+        for run in view.running():
+            a = run.action
+            if a.stage != "diffuse" or run.preempt_at_step is not None or run.step_s <= 0:
+                continue
+            node = view.node_of(a.gpus[0])
+            free_here = [g for g in view.idle_gpus(node) if g not in reserved]
+            if len(free_here) + len(a.gpus) < d or any(g in reserved for g in a.gpus):
+                continue
+            slack = math.inf
+            for vid in a.request_ids:
+                v = view.request(vid)
+                vinfo = self._info_for(view, v.spec.model, v.spec.shape)
+                finish = run.predicted_end_s + vinfo.dec_s + need_s + run.step_s
+                slack = min(slack, v.spec.deadline_s - self.opts["margin"] * v.spec.slo_s - finish)
+            if slack > best_slack:
+                freed_at = max(now, run.compute_start_s + math.ceil(max(0.0, now - run.compute_start_s) / run.step_s) * run.step_s)
+                if freed_at > now + 2 * run.step_s:
+                    continue
+                group = tuple(sorted(list(a.gpus) + free_here))[: max(d, len(a.gpus))]
+                best, best_slack = (a.request_ids[0], freed_at, group), slack
+        return best
+
+    # ------------------------------------------------------------------------------ batching
+    def _stage_batch(self, view, info: _ClassInfo, stage: str, model: str) -> int:
+        if stage == "decode":
+            return info.dec_batch
+        key = ("encode-batch", model)
+        cached = self.info.get(key)  # type: ignore[arg-type]
+        if cached is None:
+            cost, kind = view.cost, view.gpu_kind
+            one = cost.latency_s(model, "encode", None, 1, 1, kind)
+            best = 1
+            for b in (8, 4, 2):
+                try:
+                    if cost.latency_s(model, "encode", None, b, 1, kind) / b <= 0.85 * one:
+                        best = b
+                        break
+                except LookupError:
+                    continue
+            self.info[key] = best  # type: ignore[index]
+            cached = best
+        return cached  # type: ignore[return-value]
+
+    def _mates(self, view, rid, stage, spec, limit, taken) -> list[int]:
+        out = []
+        for entry in self.ready[:128]:
+            other = entry[2]
+            if other == rid or other in taken:
+                continue
+            rec = view.request(other)
+            if WAITING_FOR.get(rec.state) != stage or rec.spec.model != spec.model:
+                continue
+            if stage == "decode" and rec.spec.shape != spec.shape:
+                continue
+            out.append(other)
+            if len(out) >= limit:
+                break
+        return out
+
+    def _diffuse_mates(self, view, rec, info, d, group, now, taken, margin) -> list[int]:
+        spec = rec.spec
+        out: list[int] = []
+        for entry in self.ready[:128]:
+            other = entry[2]
+            if other == rec.id or other in taken:
+                continue
+            o = view.request(other)
+            if (WAITING_FOR.get(o.state) != "diffuse" or o.steps_done != 0 or o.spec.model != spec.model
+                    or o.spec.shape != spec.shape or self.safer.get(other)):
+                continue
+            out.append(other)
+            if len(out) + 1 >= info.batch:
+                break
+        # keep the largest batch whose members all still meet their deadlines
+        while out:
+            b = len(out) + 1
+            step = view.cost.latency_s(spec.model, "diffuse", spec.shape, b, d, view.gpu_kind)
+            finish = now + spec.shape.steps * step + info.dec_s
+            deadline = min([rec.spec.deadline_s] + [view.request(o).spec.deadline_s for o in out])
+            if finish <= deadline - margin and all(
+                    self._fits(view, spec.model, "diffuse", spec.shape, b, d, g) for g in group):
+                break
+            out.pop()
+        return out

@@ -1,0 +1,100 @@
+"""The policy interface and the registry of policies.
+
+A policy is a small class: ``start`` returns the initial placement (applied before the run, as a
+deployment would be), ``on_event`` turns one event into actions. Policies keep their own queues
+(the order of waiting work is their decision) but never mutate cluster state: they only see a
+:class:`~tridentcore.core.state.ClusterView` and answer with actions.
+
+Specs are ``name`` or ``name:key=value,key=value`` (``pipeline-static:degree=2``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from .events import Action, Event
+from .state import ClusterView
+from .types import Shape
+
+
+class PolicyError(ValueError):
+    """A bad policy spec or option."""
+
+
+class Policy:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    # option name -> (type, default, help)
+    options: ClassVar[dict[str, tuple[Callable[[str], Any], Any, str]]] = {}
+    tick_s: float | None = None  # wake-up period for timer-driven planners (None: events only)
+
+    def __init__(self, **opts: Any) -> None:
+        unknown = sorted(set(opts) - set(self.options))
+        if unknown:
+            valid = ", ".join(self.options) or "none"
+            raise PolicyError(f"{self.name}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+        self.opts: dict[str, Any] = {}
+        for key, (conv, default, _help) in self.options.items():
+            raw = opts.get(key, default)
+            try:
+                self.opts[key] = conv(raw) if isinstance(raw, str) else raw
+            except (TypeError, ValueError):
+                raise PolicyError(f"{self.name}: option {key}={raw!r} is not a valid {conv.__name__}") from None
+        self.spec = self.name + "".join(
+            (":" if i == 0 else ",") + f"{k}={v}" for i, (k, v) in enumerate(sorted(opts.items()))
+        )
+
+    def start(self, view: ClusterView, models: Sequence[str], now: float,
+              expected: Mapping[tuple[str, Shape], float] | None = None) -> list[Action]:
+        """Initial placement for the models the workload will ask for.
+
+        ``expected`` is the declared mix, ``{(model, shape): share}``, when the driver knows it.
+        """
+        return []
+
+    def on_event(self, view: ClusterView, event: Event, now: float) -> list[Action]:
+        raise NotImplementedError
+
+
+POLICIES: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    POLICIES[cls.name] = cls
+    return cls
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = spec.strip().partition(":")
+    opts: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise PolicyError(f"bad policy option {item!r} in {spec!r}; expected key=value")
+        opts[key.strip()] = value.strip()
+    return name.strip(), opts
+
+
+def make_policy(spec: str) -> Policy:
+    """Build a policy from its spec; an unknown name lists the valid ones."""
+    from . import policies  # noqa: F401  (registers the built-in policies)
+
+    name, opts = parse_spec(spec)
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise PolicyError(f"unknown policy {name!r}; valid policies: {', '.join(sorted(POLICIES))}")
+    policy = cls(**opts)
+    policy.spec = spec.strip()
+    return policy
+
+
+def split_specs(text: str) -> list[str]:
+    """Split ``a,b:x=1,y=2,c`` into policy specs (an item with ``=`` belongs to the previous spec)."""
+    specs: list[str] = []
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        if "=" in item and ":" not in item and specs:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs

@@ -1,0 +1,405 @@
+"""Cluster state: one class, one owner (the driver), and the read-only view policies see.
+
+``ClusterState`` holds what both drivers must agree on: which GPUs run what, which stage instances
+are resident where and how much memory they take, and the request table. The simulator and the
+live engine call the same methods (``start``, ``finish``, ``fail``, ``place``, ``evict``), so the
+bookkeeping is identical; they differ only in where durations come from (the cost model, or the
+workers finishing).
+
+Two stages never share a GPU at the same time: a dispatch takes its GPUs exclusively. (The H200
+measurements show co-running stages slow each other by 1.25-3x; exclusive use keeps the cost model's
+numbers valid and is what every policy here assumes.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .cluster import ClusterSpec, GpuSpec
+from .costmodel import CostModel
+from .events import Dispatch
+from .lifecycle import RUNNING_STATE, WAITING_FOR, RequestRecord, RequestState, RequestTable
+from .types import Shape
+
+GIB = 2**30
+
+
+def payload_bytes(kind: str, model: str, shape: Shape, batch: int = 1) -> float:
+    """Approximate bytes moved between stages: text embeddings or latents of ``batch`` requests.
+
+    Embeddings: up to ~590 tokens x 4096 features in bf16, prompt and negative (~10 MB); latents:
+    16 channels at 1/8 resolution (1/4 in time for video) in fp32. Both are small next to the
+    links (0.1 ms over NVLink), but they are charged, so moving work between GPUs is not free.
+    """
+    if kind == "embeddings":
+        return 10e6 * batch
+    latent_frames = 1 if shape.frames == 1 else (shape.frames - 1) // 4 + 1
+    return 16 * (shape.height // 8) * (shape.width // 8) * latent_frames * 4.0 * batch
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchCost:
+    """What a dispatch will take: weight loading, input transfer and compute, in seconds."""
+
+    load_s: float
+    transfer_s: float
+    compute_s: float
+    step_s: float  # diffuse: seconds per step (0 otherwise)
+    act_gib: float  # activation memory per GPU
+    oom: bool  # some GPU of the group lacks the memory for missing weights + activations
+
+    @property
+    def total_s(self) -> float:
+        return self.load_s + self.transfer_s + self.compute_s
+
+
+@dataclass(slots=True)
+class Running:
+    """A dispatch in flight."""
+
+    id: int
+    action: Dispatch
+    model: str
+    shape: Shape
+    started_s: float
+    compute_start_s: float  # after weight loading and transfers
+    predicted_end_s: float
+    step_s: float = 0.0  # diffuse: seconds per step for this dispatch
+    load_s: float = 0.0
+    transfer_s: float = 0.0
+    act_gib: float = 0.0
+    queued_s: dict[int, float] = field(default_factory=dict)
+    preempt_at_step: int | None = None  # diffuse paused at this step
+
+
+class ClusterState:
+    """Everything the drivers track. Only drivers call the mutating methods."""
+
+    def __init__(self, cluster: ClusterSpec, cost: CostModel, gpu_kind: str | None = None) -> None:
+        self.cluster = cluster
+        self.cost = cost
+        self.gpu_kind = gpu_kind if gpu_kind is not None else cluster.kind
+        self.gpus: tuple[GpuSpec, ...] = cluster.gpus
+        n = len(self.gpus)
+        self.node_of = tuple(g.node for g in self.gpus)
+        self.mem_gib = tuple(g.mem_gib for g in self.gpus)
+        self.nodes: tuple[tuple[int, ...], ...] = tuple(
+            tuple(g.id for g in self.gpus if g.node == k) for k in range(cluster.nodes)
+        )
+        self.busy: list[int | None] = [None] * n  # running dispatch id per GPU
+        self.alive: list[bool] = [True] * n
+        self.resident: list[dict[tuple[str, str], float]] = [dict() for _ in range(n)]  # (model, stage) -> GiB
+        self.weights_gib: list[float] = [0.0] * n
+        self.act_gib: list[float] = [0.0] * n
+        self.pending_load_s: list[float] = [0.0] * n  # explicit Place costs, charged at next dispatch
+        self.requests = RequestTable()
+        self.running: dict[int, Running] = {}
+        self.by_request: dict[int, int] = {}  # request id -> running dispatch id
+        self._next_dispatch = 0
+        self.idle_count = n
+
+    # ------------------------------------------------------------------------------- queries
+    def is_idle(self, gpu: int) -> bool:
+        return self.busy[gpu] is None and self.alive[gpu]
+
+    def idle_gpus(self, node: int | None = None) -> list[int]:
+        gpus = self.nodes[node] if node is not None else range(len(self.gpus))
+        return [g for g in gpus if self.busy[g] is None and self.alive[g]]
+
+    def free_gib(self, gpu: int) -> float:
+        return self.mem_gib[gpu] - self.weights_gib[gpu] - self.act_gib[gpu]
+
+    def missing_weights_gib(self, model: str, stage: str, gpu: int) -> float:
+        if (model, stage) in self.resident[gpu]:
+            return 0.0
+        return self.cost.weights_gib(model, stage, self.gpu_kind)
+
+    def link(self, a: Iterable[int], b: Iterable[int]) -> str:
+        """The slowest link between two GPU groups: ``local`` (same GPU), ``nvlink`` or ``network``."""
+        a, b = tuple(a), tuple(b)
+        if not a or set(b) <= set(a):
+            return "local"
+        nodes = {self.node_of[g] for g in a} | {self.node_of[g] for g in b}
+        return "nvlink" if len(nodes) == 1 else "network"
+
+    # ------------------------------------------------------------------------------- checks
+    def problems(self, action: Dispatch) -> list[str]:
+        """Why a dispatch is invalid (a policy bug), empty when it may start."""
+        out: list[str] = []
+        if not action.request_ids:
+            out.append("dispatch without requests")
+        if not action.gpus or len(set(action.gpus)) != len(action.gpus):
+            out.append(f"bad GPU group {action.gpus}")
+        for g in action.gpus:
+            if not 0 <= g < len(self.gpus):
+                out.append(f"no GPU {g}")
+            elif not self.alive[g]:
+                out.append(f"GPU {g} is down")
+            elif self.busy[g] is not None:
+                out.append(f"GPU {g} is busy with dispatch {self.busy[g]}")
+        waiting = {v: k for k, v in WAITING_FOR.items()}.get(action.stage)
+        if waiting is None:
+            out.append(f"unknown stage {action.stage!r}")
+            return out
+        first: RequestRecord | None = None
+        for rid in action.request_ids:
+            rec = self.requests.get(rid)
+            if rec is None:
+                out.append(f"unknown request {rid}")
+                continue
+            if rec.state is not waiting:
+                out.append(f"request {rid} is {rec.state.value}, not waiting for {action.stage}")
+            if first is None:
+                first = rec
+            elif rec.spec.model != first.spec.model or (
+                action.stage != "encode" and rec.spec.shape != first.spec.shape
+            ):
+                out.append(f"request {rid} cannot share a batch with request {first.id} (model/shape differ)")
+            if action.stage == "diffuse":
+                if rec.steps_done != action.start_step:
+                    out.append(f"request {rid} is at step {rec.steps_done}, not {action.start_step}")
+                if not action.start_step < action.end_step <= rec.spec.shape.steps:
+                    out.append(f"bad step range [{action.start_step}, {action.end_step}) for request {rid}")
+        return out
+
+    def memory_needed_gib(self, model: str, stage: str, shape: Shape, batch: int, degree: int, gpu: int) -> float:
+        act = self.cost.activation_gib(model, stage, None if stage == "encode" else shape, batch, degree, self.gpu_kind)
+        return self.missing_weights_gib(model, stage, gpu) + act
+
+    def dispatch_cost(self, action: Dispatch) -> DispatchCost:
+        """The cost model's answer for a dispatch on the current state (pure: nothing changes)."""
+        cost, kind = self.cost, self.gpu_kind
+        recs = [self.requests[r] for r in action.request_ids]
+        model, shape = recs[0].spec.model, recs[0].spec.shape
+        stage, batch, degree = action.stage, len(recs), len(action.gpus)
+        load = 0.0
+        oom = False
+        act = cost.activation_gib(model, stage, None if stage == "encode" else shape, batch, degree, kind)
+        for g in action.gpus:
+            missing = (model, stage) not in self.resident[g]
+            load = max(load, self.pending_load_s[g] + (cost.load_s(model, stage, kind) if missing else 0.0))
+            need = (cost.weights_gib(model, stage, kind) if missing else 0.0) + act
+            if need > self.free_gib(g) + 1e-9:
+                oom = True
+        transfer = 0.0
+        step = 0.0
+        if stage == "encode":
+            compute = cost.latency_s(model, "encode", None, batch, 1, kind)
+        elif stage == "diffuse":
+            step = cost.latency_s(model, "diffuse", shape, batch, degree, kind)
+            compute = (action.end_step - action.start_step) * step
+            for rec in recs:
+                source = rec.latents_on if rec.steps_done else rec.embeddings_on
+                link = self.link(source, action.gpus)
+                if link != "local":
+                    kind_ = "latents" if rec.steps_done else "embeddings"
+                    transfer = max(transfer, cost.transfer_s(payload_bytes(kind_, model, shape), link))
+        else:
+            compute = cost.latency_s(model, "decode", shape, batch, 1, kind)
+            for rec in recs:
+                link = self.link(rec.latents_on, action.gpus)
+                if link != "local":
+                    transfer = max(transfer, cost.transfer_s(payload_bytes("latents", model, shape), link))
+        return DispatchCost(load, transfer, compute, step, act, oom)
+
+    # ------------------------------------------------------------------------------- changes
+    def place(self, model: str, stage: str, gpu: int) -> float:
+        """Make ``(model, stage)`` resident on ``gpu``; returns its weights in GiB (0 if already there)."""
+        if (model, stage) in self.resident[gpu]:
+            return 0.0
+        w = self.cost.weights_gib(model, stage, self.gpu_kind)
+        self.resident[gpu][(model, stage)] = w
+        self.weights_gib[gpu] += w
+        return w
+
+    def evict(self, model: str, stage: str, gpu: int) -> float:
+        w = self.resident[gpu].pop((model, stage), 0.0)
+        self.weights_gib[gpu] -= w
+        return w
+
+    def start(self, action: Dispatch, now: float, compute_start_s: float, predicted_end_s: float,
+              step_s: float = 0.0, load_s: float = 0.0, transfer_s: float = 0.0) -> Running:
+        rec0 = self.requests[action.request_ids[0]]
+        shape = rec0.spec.shape
+        act = self.cost.activation_gib(rec0.spec.model, action.stage, None if action.stage == "encode" else shape,
+                                       len(action.request_ids), len(action.gpus), self.gpu_kind)
+        did = self._next_dispatch
+        self._next_dispatch += 1
+        run = Running(did, action, rec0.spec.model, shape, now, compute_start_s, predicted_end_s, step_s,
+                      load_s, transfer_s, act)
+        for g in action.gpus:
+            self.busy[g] = did
+            self.act_gib[g] += act
+            self.pending_load_s[g] = 0.0
+        self.idle_count -= len(action.gpus)
+        state = RUNNING_STATE[action.stage]
+        for rid in action.request_ids:
+            rec = self.requests[rid]
+            run.queued_s[rid] = rec.ready_s
+            self.requests.transition(rid, state, now)
+            self.by_request[rid] = did
+        self.running[did] = run
+        return run
+
+    def _release(self, run: Running) -> None:
+        for g in run.action.gpus:
+            if self.busy[g] == run.id:
+                self.busy[g] = None
+                self.act_gib[g] -= run.act_gib
+                if self.alive[g]:
+                    self.idle_count += 1
+        for rid in run.action.request_ids:
+            self.by_request.pop(rid, None)
+        del self.running[run.id]
+
+    def finish(self, dispatch_id: int, now: float, end_step: int = 0) -> Running:
+        """A dispatch ended normally (a diffuse piece at ``end_step``)."""
+        run = self.running[dispatch_id]
+        self._release(run)
+        stage = run.action.stage
+        for rid in run.action.request_ids:
+            rec = self.requests[rid]
+            if rec.state.terminal:  # cancelled while running
+                continue
+            if stage == "encode":
+                rec.embeddings_on = run.action.gpus
+                self.requests.transition(rid, RequestState.ENCODED, now)
+            elif stage == "diffuse":
+                rec.steps_done = end_step
+                rec.latents_on = run.action.gpus
+                if end_step >= rec.spec.shape.steps:
+                    self.requests.transition(rid, RequestState.DIFFUSED, now)
+                else:
+                    if run.preempt_at_step is not None:
+                        rec.preemptions += 1
+                    self.requests.transition(rid, RequestState.ENCODED, now)
+            else:
+                self.requests.transition(rid, RequestState.DONE, now)
+        return run
+
+    def fail(self, dispatch_id: int, now: float, reason: str, oom: bool = False, retry: bool = True) -> Running:
+        """A dispatch failed: its requests go back to waiting (``retry``) or end ``failed``."""
+        run = self.running[dispatch_id]
+        self._release(run)
+        back = {"encode": RequestState.QUEUED, "diffuse": RequestState.ENCODED, "decode": RequestState.DIFFUSED}
+        for rid in run.action.request_ids:
+            rec = self.requests[rid]
+            if rec.state.terminal:
+                continue
+            if oom:
+                rec.ooms += 1
+            if retry:
+                self.requests.transition(rid, back[run.action.stage], now, reason)
+            else:
+                self.requests.transition(rid, RequestState.FAILED, now, reason)
+        return run
+
+    def end_request(self, request_id: int, state: RequestState, now: float, reason: str) -> None:
+        """Reject, cancel or fail a request that is not running."""
+        self.requests.transition(request_id, state, now, reason)
+
+    def set_alive(self, gpu: int, alive: bool) -> None:
+        if self.alive[gpu] == alive:
+            return
+        self.alive[gpu] = alive
+        if self.busy[gpu] is None:
+            self.idle_count += 1 if alive else -1
+        if not alive:  # a lost worker loses its resident weights
+            self.resident[gpu].clear()
+            self.weights_gib[gpu] = 0.0
+
+
+class ClusterView:
+    """What a policy may look at: a read-only face of :class:`ClusterState`.
+
+    It holds no copy (the snapshot is the state at the moment of the call, and policies run
+    synchronously inside the driver), and offers no way to change anything. Request records it
+    returns are the live ones: policies must treat them as read-only.
+    """
+
+    __slots__ = ("_s",)
+
+    def __init__(self, state: ClusterState) -> None:
+        self._s = state
+
+    @property
+    def cluster(self) -> ClusterSpec:
+        return self._s.cluster
+
+    @property
+    def cost(self) -> CostModel:
+        return self._s.cost
+
+    @property
+    def gpu_kind(self) -> str:
+        return self._s.gpu_kind
+
+    @property
+    def num_gpus(self) -> int:
+        return len(self._s.gpus)
+
+    @property
+    def nodes(self) -> tuple[tuple[int, ...], ...]:
+        return self._s.nodes
+
+    def node_of(self, gpu: int) -> int:
+        return self._s.node_of[gpu]
+
+    def mem_gib(self, gpu: int) -> float:
+        return self._s.mem_gib[gpu]
+
+    def is_idle(self, gpu: int) -> bool:
+        return self._s.busy[gpu] is None and self._s.alive[gpu]
+
+    def is_alive(self, gpu: int) -> bool:
+        return self._s.alive[gpu]
+
+    def idle_gpus(self, node: int | None = None) -> list[int]:
+        return self._s.idle_gpus(node)
+
+    @property
+    def idle_count(self) -> int:
+        return self._s.idle_count
+
+    def running_on(self, gpu: int) -> Running | None:
+        did = self._s.busy[gpu]
+        return None if did is None else self._s.running[did]
+
+    def running(self) -> Iterable[Running]:
+        return self._s.running.values()
+
+    def running_of(self, request_id: int) -> Running | None:
+        did = self._s.by_request.get(request_id)
+        return None if did is None else self._s.running[did]
+
+    def busy_until(self, gpu: int, now: float) -> float:
+        """Predicted time the GPU frees (``now`` when idle, +inf when down)."""
+        if not self._s.alive[gpu]:
+            return float("inf")
+        did = self._s.busy[gpu]
+        return now if did is None else self._s.running[did].predicted_end_s
+
+    def resident(self, gpu: int) -> frozenset[tuple[str, str]]:
+        return frozenset(self._s.resident[gpu])
+
+    def has_resident(self, model: str, stage: str, gpu: int) -> bool:
+        return (model, stage) in self._s.resident[gpu]
+
+    def free_gib(self, gpu: int) -> float:
+        return self._s.free_gib(gpu)
+
+    def weights_gib(self, gpu: int) -> float:
+        return self._s.weights_gib[gpu]
+
+    def memory_needed_gib(self, model: str, stage: str, shape: Shape, batch: int, degree: int, gpu: int) -> float:
+        return self._s.memory_needed_gib(model, stage, shape, batch, degree, gpu)
+
+    def request(self, request_id: int) -> RequestRecord:
+        return self._s.requests[request_id]
+
+    def requests(self) -> Iterable[RequestRecord]:
+        return iter(self._s.requests)
+
+    def link(self, a: Iterable[int], b: Iterable[int]) -> str:
+        return self._s.link(a, b)

@@ -1,0 +1,284 @@
+"""The discrete-event driver: runs a policy on a virtual clock with durations from the cost model.
+
+A heap of timed events; each popped event is applied to the :class:`ClusterState`, handed to the
+policy, and the policy's actions are applied in turn (a dispatch schedules its own completion).
+The same seed gives the same run: no wall clock enters any decision (wall time is only measured
+around the policy, to report its decision time).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..core.cluster import ClusterSpec
+from ..core.costmodel import CostModel
+from ..core.events import (Dispatch, Evict, Fail, Place, Preempt, Reject, RequestArrived, StageFailed,
+                           StageFinished, Tick)
+from ..core.lifecycle import RequestState
+from ..core.policy import Policy
+from ..core.records import GpuSample, PlacementRow, RequestRow, SpanRow
+from ..core.state import ClusterState, ClusterView, Running
+from ..core.workload import RequestSpec
+
+logger = logging.getLogger(__name__)
+
+_ARRIVAL, _FINISH, _OOM, _TICK = 0, 1, 2, 3
+
+
+class PolicyBug(RuntimeError):
+    """A policy asked for something impossible (a busy GPU, a request in the wrong state...)."""
+
+
+@dataclass
+class SimResult:
+    policy: str
+    requests: list[RequestRow]
+    spans: list[SpanRow]
+    placements: list[PlacementRow]
+    gpu_samples: list[GpuSample] = field(default_factory=list)
+    decision_ms: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    events: int = 0
+    end_s: float = 0.0
+
+
+class Simulator:
+    """One run of one policy over one request sequence."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        cost: CostModel,
+        policy: Policy,
+        requests: Sequence[RequestSpec],
+        *,
+        gpu_kind: str | None = None,
+        sample_s: float = 10.0,
+        record: bool = True,
+        time_limit_s: float | None = None,
+    ) -> None:
+        self.state = ClusterState(cluster, cost, gpu_kind)
+        self.view = ClusterView(self.state)
+        self.policy = policy
+        self.requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
+        self.sample_s = sample_s
+        self.record = record
+        self.time_limit_s = time_limit_s
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self.spans: list[SpanRow] = []
+        self.placements: list[PlacementRow] = []
+        self.decision_ms: list[float] = []
+        self.now = 0.0
+        self._tick_pending = False
+
+    # ---------------------------------------------------------------------------------- loop
+    def _push(self, t: float, kind: int, payload: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+
+    def run(self) -> SimResult:
+        wall0 = time.perf_counter()
+        state, policy = self.state, self.policy
+        models = sorted({r.model for r in self.requests})
+        expected: dict = {}
+        for r in self.requests:
+            expected[(r.model, r.shape)] = expected.get((r.model, r.shape), 0) + 1
+        self._apply(self._decide(lambda: policy.start(self.view, models, 0.0, expected)), initial=True)
+        arrivals = iter(self.requests)
+        nxt = next(arrivals, None)
+        if nxt is not None:
+            self._push(nxt.arrival_s, _ARRIVAL, nxt)
+        events = 0
+        heap = self._heap
+        while heap:
+            t, _, kind, payload = heapq.heappop(heap)
+            if self.time_limit_s is not None and t > self.time_limit_s:
+                break
+            self.now = t
+            if kind == _ARRIVAL:
+                spec: RequestSpec = payload  # type: ignore[assignment]
+                state.requests.add(spec, t)
+                event = RequestArrived(spec)
+                nxt = next(arrivals, None)
+                if nxt is not None:
+                    self._push(nxt.arrival_s, _ARRIVAL, nxt)
+            elif kind == _FINISH:
+                did, expected_end = payload  # type: ignore[misc]
+                run = state.running.get(did)
+                if run is None or run.predicted_end_s != expected_end:
+                    continue  # superseded (preempted: a new end was scheduled)
+                event = self._finish(run, t)
+            elif kind == _OOM:
+                did = payload
+                run = state.running[did]
+                state.fail(did, t, "out of memory", oom=True, retry=True)
+                self._span(run, t, "oom", run.action.start_step)
+                event = StageFailed(did, run.action.stage, run.action.request_ids, run.action.gpus,
+                                    "out of memory", oom=True)
+            else:
+                self._tick_pending = False
+                if state.requests.live == 0 and nxt is None:
+                    continue
+                event = Tick()
+            events += 1
+            actions = self._decide(lambda: policy.on_event(self.view, event, t))
+            if actions:
+                self._apply(actions)
+            if policy.tick_s and not self._tick_pending and (state.requests.live or nxt is not None):
+                self._tick_pending = True
+                self._push(math.floor(t / policy.tick_s + 1e-9) * policy.tick_s + policy.tick_s, _TICK, None)
+        # anything still live at a time limit is reported as it stands: not done
+        rows = self._request_rows()
+        return SimResult(
+            policy=policy.spec, requests=rows, spans=self.spans, placements=self.placements,
+            gpu_samples=self._gpu_samples() if self.record else [], decision_ms=self.decision_ms,
+            wall_s=time.perf_counter() - wall0, events=events, end_s=self.now,
+        )
+
+    def _decide(self, call):
+        t0 = time.perf_counter()
+        actions = call()
+        self.decision_ms.append((time.perf_counter() - t0) * 1000.0)
+        return actions
+
+    # ------------------------------------------------------------------------------- actions
+    def _apply(self, actions: Iterable[object], initial: bool = False) -> None:
+        state, now = self.state, self.now
+        for action in actions:
+            if isinstance(action, Dispatch):
+                self._dispatch(action)
+            elif isinstance(action, (Reject, Fail)):
+                rec = state.requests.get(action.request_id)
+                if rec is None or rec.state.terminal:
+                    continue
+                if state.by_request.get(action.request_id) is not None:
+                    raise PolicyBug(f"{type(action).__name__.lower()} of running request {action.request_id}")
+                end = RequestState.REJECTED if isinstance(action, Reject) else RequestState.FAILED
+                state.end_request(action.request_id, end, now, action.reason)
+            elif isinstance(action, Preempt):
+                self._preempt(action.request_id)
+            elif isinstance(action, Place):
+                weights = state.place(action.model, action.stage, action.gpu)
+                if weights:
+                    load = 0.0 if initial else state.cost.load_s(action.model, action.stage, state.gpu_kind)
+                    state.pending_load_s[action.gpu] += load
+                    if self.record:
+                        self.placements.append(PlacementRow(now, action.gpu, action.model, action.stage,
+                                                            "place", weights, load))
+            elif isinstance(action, Evict):
+                weights = state.evict(action.model, action.stage, action.gpu)
+                if weights and self.record:
+                    self.placements.append(PlacementRow(now, action.gpu, action.model, action.stage, "evict", weights))
+            else:
+                raise PolicyBug(f"unknown action {action!r}")
+
+    def _dispatch(self, action: Dispatch) -> None:
+        state, now = self.state, self.now
+        problems = state.problems(action)
+        if problems:
+            raise PolicyBug(f"{self.policy.spec}: invalid dispatch {action}: " + "; ".join(problems))
+        c = state.dispatch_cost(action)
+        if c.oom:
+            # The allocation fails as the stage starts: the GPUs are held for no time, the
+            # requests go back to waiting with an OOM counted, and the policy hears of it.
+            run = state.start(action, now, now, now)
+            self._push(now, _OOM, run.id)
+            return
+        rec0 = state.requests[action.request_ids[0]]
+        for g in action.gpus:  # lazy placement: weights loaded as part of this dispatch
+            if state.place(rec0.spec.model, action.stage, g) and self.record:
+                self.placements.append(PlacementRow(now, g, rec0.spec.model, action.stage, "place",
+                                                    state.cost.weights_gib(rec0.spec.model, action.stage, state.gpu_kind),
+                                                    c.load_s))
+        compute_start = now + c.load_s + c.transfer_s
+        end = compute_start + c.compute_s
+        run = state.start(action, now, compute_start, end, c.step_s, c.load_s, c.transfer_s)
+        self._push(end, _FINISH, (run.id, end))
+
+    def _preempt(self, request_id: int) -> None:
+        state, now = self.state, self.now
+        did = state.by_request.get(request_id)
+        if did is None:
+            return
+        run = state.running[did]
+        if run.action.stage != "diffuse" or run.preempt_at_step is not None:
+            return
+        a = run.action
+        done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
+        stop = a.start_step + done
+        if stop >= a.end_step:
+            return  # finishes at its next boundary anyway
+        run.preempt_at_step = stop
+        run.predicted_end_s = max(now, run.compute_start_s + done * run.step_s)
+        self._push(run.predicted_end_s, _FINISH, (run.id, run.predicted_end_s))
+
+    # ------------------------------------------------------------------------------- results
+    def _finish(self, run: Running, t: float) -> StageFinished:
+        a = run.action
+        preempted = run.preempt_at_step is not None
+        end_step = run.preempt_at_step if preempted else a.end_step
+        self.state.finish(run.id, t, end_step)
+        self._span(run, t, "preempted" if preempted else "done", end_step)
+        return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end_step, preempted)
+
+    def _span(self, run: Running, t: float, outcome: str, end_step: int) -> None:
+        if not self.record:
+            return
+        a = run.action
+        predicted = run.compute_start_s - run.started_s + (a.end_step - a.start_step) * run.step_s \
+            if a.stage == "diffuse" else run.predicted_end_s - run.started_s
+        for rid in a.request_ids:
+            self.spans.append(SpanRow(
+                dispatch_id=run.id, request_id=rid, stage=a.stage, gpus=a.gpus, degree=len(a.gpus),
+                batch=len(a.request_ids), queued_s=run.queued_s[rid], started_s=run.started_s, ended_s=t,
+                predicted_s=predicted if outcome != "oom" else 0.0, start_step=a.start_step, end_step=end_step,
+                outcome=outcome, load_s=run.load_s, transfer_s=run.transfer_s,
+            ))
+
+    def _request_rows(self) -> list[RequestRow]:
+        rows = []
+        for rec in self.state.requests:
+            spec = rec.spec
+            terminal = rec.state.terminal
+            rows.append(RequestRow(
+                request_id=spec.id, model=spec.model, height=spec.shape.height, width=spec.shape.width,
+                frames=spec.shape.frames, steps=spec.shape.steps, arrival_s=spec.arrival_s,
+                deadline_s=spec.deadline_s, state=rec.state.value if terminal else "unfinished",
+                reason=rec.reason if terminal else f"still {rec.state.value} when the run ended",
+                finish_s=rec.finish_s, ooms=rec.ooms, preemptions=rec.preemptions,
+            ))
+        return rows
+
+    def _gpu_samples(self) -> list[GpuSample]:
+        """Busy fraction per GPU and sampling interval, from the spans (each dispatch once)."""
+        if not self.spans or self.sample_s <= 0:
+            return []
+        end = max(self.now, self.sample_s)
+        bins = int(math.ceil(end / self.sample_s))
+        n = len(self.state.gpus)
+        busy = [[0.0] * bins for _ in range(n)]
+        seen: set[int] = set()
+        for sp in self.spans:
+            if sp.dispatch_id in seen:
+                continue
+            seen.add(sp.dispatch_id)
+            a, b = sp.started_s, sp.ended_s
+            k = int(a // self.sample_s)
+            while a < b and k < bins:
+                edge = min(b, (k + 1) * self.sample_s)
+                for g in sp.gpus:
+                    busy[g][k] += edge - a
+                a, k = edge, k + 1
+        weights = [self.state.weights_gib[g] for g in range(n)]
+        return [GpuSample(t_s=k * self.sample_s, gpu=g, busy=min(1.0, busy[g][k] / self.sample_s), mem_gib=weights[g])
+                for g in range(n) for k in range(bins)]
+
+
+def simulate(cluster: ClusterSpec, cost: CostModel, policy: Policy, requests: Sequence[RequestSpec], **kw) -> SimResult:
+    return Simulator(cluster, cost, policy, requests, **kw).run()
