@@ -236,7 +236,7 @@ def parse_cluster(text: str, memory_overrides: Mapping[str, float] | None = None
     if kind is None:
         problems.append(
             f"unknown GPU kind {kind_text!r}; known GPU kinds: {_known_kinds(table)} "
-            "(or give its memory with memory_overrides / mem_gib)"
+            f"(or give its memory with memory_overrides / mem_gib); forms: {CLUSTER_FORMS}"
         )
     if problems:
         raise ClusterError(origin, problems)
