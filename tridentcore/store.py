@@ -210,7 +210,7 @@ SELECT r.run_id, r.policy, r.backend, r.seed, r.mix, r.cluster, r.rate_rps, r.sl
        coalesce(q.preemptions, 0)                  AS preemptions,
        coalesce(g.dispatches, 0)                   AS dispatches,
        coalesce(g.gpu_s, 0.0)                      AS gpu_s,
-       g.gpu_s / nullif(q.met, 0)                  AS gpu_s_per_met
+       coalesce(g.gpu_s, 0.0) / nullif(q.met, 0)   AS gpu_s_per_met
 FROM runs r
 LEFT JOIN req q USING (run_id)
 LEFT JOIN gpu g USING (run_id);
@@ -286,7 +286,7 @@ INSERT INTO runs VALUES (
 def _create_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create tables and views if missing; refuse a database of another schema version."""
     con.execute(_DDL_TABLES)
-    found = con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+    found = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
     if found is None:
         con.execute("INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [SCHEMA_VERSION])
     elif found != SCHEMA_VERSION:
@@ -302,13 +302,9 @@ def _create_schema(con: duckdb.DuckDBPyConnection) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _columns(rows: Sequence[Any], fields: Sequence[str]) -> list[tuple[Any, ...]]:
-    """Transpose dataclass rows into one tuple per field (one C-level getter call per row)."""
-    if not rows:
-        return [() for _ in fields]
-    if len(fields) == 1:
-        return [tuple(map(attrgetter(fields[0]), rows))]
-    return list(zip(*map(attrgetter(*fields), rows), strict=True))
+def _columns(rows: Sequence[Any], fields: Sequence[str]) -> list[list[Any]]:
+    """One list per field (``map(attrgetter)`` per column: no per-row dicts or tuples)."""
+    return [list(map(attrgetter(name), rows)) for name in fields]
 
 
 def _to_arrow(rows: Sequence[Any], schema: list[tuple[str, Any]]) -> pyarrow.Table:
@@ -431,7 +427,7 @@ class ResultsStore:
             con.execute("BEGIN TRANSACTION")
             try:
                 _create_schema(con)
-                if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [meta.run_id]).fetchone():
+                if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [meta.run_id]).fetchall():
                     raise DuplicateRunError(f"run {meta.run_id!r} is already in {self.path}")
                 con.execute(_INSERT_RUN, run_params)
                 for name, table in tables.items():
@@ -584,7 +580,7 @@ def export_run(
     out = Path(out_dir)
     con = open_readonly(path)
     try:
-        if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
+        if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
             raise UnknownRunError(f"run {run_id!r} is not in {path}")
         tables = {
             name: _fetch_arrow(con, f"SELECT * FROM {name} WHERE run_id = ?", [run_id])

@@ -1,0 +1,438 @@
+"""Results store: schema, one-transaction writes, the SQL views against hand-computed answers,
+read-only readers (in other processes too), untrusted-SQL limits, Parquet export and speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+duckdb = pytest.importorskip("duckdb")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow  # noqa: E402
+from tridentcore.store import (  # noqa: E402
+    SCHEMA_VERSION,
+    TABLES,
+    DuplicateRunError,
+    ResultsStore,
+    SchemaVersionError,
+    UnknownRunError,
+    export_run,
+    list_runs,
+    new_run_id,
+    open_readonly,
+    query_readonly,
+    run_summary,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "results" / "README.md"
+
+
+# ---------------------------------------------------------------------------------------------
+# Factories: two small runs with answers worked out by hand (see the comments)
+# ---------------------------------------------------------------------------------------------
+
+
+def meta(run_id: str, policy: str, created: float, **kw) -> RunMeta:
+    fields = dict(
+        run_id=run_id, backend="sim", policy=policy, seed=7, profile="h200", cluster="1x8xH200",
+        mix="mixed", rate_rps=2.0, duration_s=60.0, slo_scale=3.0, config_json='{"k": 1}',
+        git_sha="abc123", created_unix_s=created, wall_s=1.5,
+    )  # fmt: skip
+    fields.update(kw)
+    return RunMeta(**fields)
+
+
+def req(i, model, h, w, f, arrival, deadline, state, finish, *, ooms=0, reason="", preemptions=0) -> RequestRow:
+    return RequestRow(i, model, h, w, f, 28, arrival, deadline, state, reason, finish, ooms, preemptions)
+
+
+def span(d, r, stage, gpus, batch, queued, started, ended, outcome="done") -> SpanRow:
+    return SpanRow(d, r, stage, tuple(gpus), len(gpus), batch, queued, started, ended, ended - started,
+                   outcome=outcome)  # fmt: skip
+
+
+# Run A: done latencies 4, 6, 12, 20 (r2 late, r3 on time); r4 rejected, r5 failed before its deadline.
+RUN_A_REQUESTS = [
+    req(0, "flux", 1024, 1024, 1, 0.0, 10.0, "done", 4.0),  # 4, met
+    req(1, "flux", 1024, 1024, 1, 1.0, 11.0, "done", 7.0),  # 6, met
+    req(2, "flux", 1024, 1024, 1, 2.0, 12.0, "done", 14.0),  # 12, late
+    req(3, "wan", 480, 832, 81, 3.0, 30.0, "done", 23.0, ooms=1, preemptions=1),  # 20, met
+    req(4, "wan", 480, 832, 81, 4.0, 34.0, "rejected", 4.0, reason="no capacity"),
+    req(5, "wan", 480, 832, 81, 5.0, 35.0, "failed", 9.0, ooms=1, reason="oom"),  # failed: never met
+]
+# Dispatch → GPU-seconds (duration × GPUs, once per dispatch): 1 + 4 + 16 + 1 + 20 + 36 = 78.
+RUN_A_SPANS = [
+    span(1, 0, "encode", [0], 3, 0.0, 2.0, 3.0),  # batch of 3: waits 2, 1, 0
+    span(1, 1, "encode", [0], 3, 1.0, 2.0, 3.0),
+    span(1, 2, "encode", [0], 3, 2.0, 2.0, 3.0),
+    span(2, 0, "diffuse", [0, 1], 2, 3.0, 3.0, 5.0),  # batch of 2: 2 s × 2 GPUs
+    span(2, 1, "diffuse", [0, 1], 2, 3.0, 3.0, 5.0),
+    span(3, 2, "diffuse", [0, 1, 2, 3], 1, 3.0, 6.0, 10.0),  # 4 s × 4 GPUs, waited 3
+    span(4, 0, "decode", [2], 1, 5.0, 5.0, 6.0),
+    span(5, 3, "diffuse", [4, 5, 6, 7], 1, 4.0, 5.0, 10.0, outcome="preempted"),  # 5 s × 4, waited 1
+    span(6, 3, "diffuse", [4, 5, 6, 7], 1, 10.0, 11.0, 20.0),  # 9 s × 4, waited 1
+]
+RUN_A_PLACEMENTS = [
+    PlacementRow(0.0, 0, "flux", "encode", "place", 9.5, 2.0),
+    PlacementRow(0.0, 0, "flux", "diffuse", "place", 22.0, 4.0),
+    PlacementRow(30.0, 0, "flux", "encode", "evict", 9.5),
+]
+RUN_A_SAMPLES = [GpuSample(float(t), g, 0.5 + 0.1 * g, 30.0 + g) for t in range(3) for g in range(4)]
+
+# Run B: four on-time requests, latencies 1..4; one batch-4 diffuse dispatch on 2 GPUs for 2 s.
+RUN_B_REQUESTS = [req(i, "flux", 512, 512, 1, float(i), i + 10.0, "done", i + 1.0 + i) for i in range(4)]
+RUN_B_SPANS = [span(9, i, "diffuse", [0, 1], 4, float(i), 4.0, 6.0) for i in range(4)]
+RUN_B_PLACEMENTS = [PlacementRow(0.0, g, "flux", "diffuse", "place", 22.0, 4.0) for g in range(2)]
+RUN_B_SAMPLES = [GpuSample(float(t), g, 0.9, 40.0) for t in range(2) for g in range(2)]
+
+
+def write_both(path: Path) -> ResultsStore:
+    store = ResultsStore(path)
+    store.write_run(meta("run-a", "pipeline-static:degree=2", 1000.0), RUN_A_REQUESTS, RUN_A_SPANS,
+                    RUN_A_PLACEMENTS, RUN_A_SAMPLES)  # fmt: skip
+    store.write_run(meta("run-b", "trident", 2000.0, seed=8), RUN_B_REQUESTS, RUN_B_SPANS, RUN_B_PLACEMENTS,
+                    RUN_B_SAMPLES)  # fmt: skip
+    return store
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "results.duckdb"
+    write_both(path)
+    return path
+
+
+def counts(path: Path, run_id: str) -> dict[str, int]:
+    con = open_readonly(path)
+    try:
+        return {t: con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0] for t in TABLES}
+    finally:
+        con.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema and views
+# ---------------------------------------------------------------------------------------------
+
+
+def test_constructor_has_no_side_effects(tmp_path: Path):
+    ResultsStore(tmp_path / "sub" / "r.duckdb")
+    assert not (tmp_path / "sub").exists()
+
+
+def test_tables_hold_every_row_and_computed_columns(db: Path):
+    assert counts(db, "run-a") == {"runs": 1, "requests": 6, "stage_spans": 9, "placements": 3, "gpu_samples": 12}
+    con = open_readonly(db)
+    try:
+        rows = con.execute(
+            "SELECT request_id, request_class, latency_s, met_slo FROM requests WHERE run_id = 'run-a' ORDER BY 1"
+        ).fetchall()
+        gpus = con.execute("SELECT gpus FROM stage_spans WHERE run_id = 'run-a' AND dispatch_id = 3").fetchone()[0]
+        created, version = con.execute(
+            "SELECT created_at, (SELECT max(version) FROM schema_version) FROM runs WHERE run_id = 'run-a'"
+        ).fetchone()
+        types = dict(con.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'stage_spans'").fetchall())
+    finally:
+        con.close()
+    assert [r[1] for r in rows] == [r.request_class for r in RUN_A_REQUESTS]
+    assert [r[1] for r in rows][3] == "wan 832x480x81"
+    assert [r[2] for r in rows] == [4.0, 6.0, 12.0, 20.0, None, None]
+    assert [r[3] for r in rows] == [True, True, False, True, False, False]
+    assert gpus == [0, 1, 2, 3] and types["gpus"] == "INTEGER[]"
+    assert created.year == 1970 and created.second == 1000 % 60  # 1000 s after the epoch, UTC
+    assert version == SCHEMA_VERSION
+
+
+def test_run_summary_known_answers(db: Path):
+    df = run_summary(db).set_index("run_id")
+    assert list(df.index) == ["run-a", "run-b"]  # oldest first
+    a = df.loc["run-a"]
+    assert (a.policy, a.backend) == ("pipeline-static:degree=2", "sim")
+    assert (a.requests, a.done, a.rejected, a.failed, a.met, a.ooms) == (6, 4, 1, 1, 3, 2)
+    assert a.attainment == pytest.approx(0.5)
+    assert a.mean_s == pytest.approx(10.5)
+    assert a.p50_s == pytest.approx(9.0)  # between 6 and 12
+    assert a.p95_s == pytest.approx(12 + 0.85 * 8)  # quantile_cont over [4, 6, 12, 20]
+    assert a.p99_s == pytest.approx(12 + 0.97 * 8)
+    assert a.dispatches == 6
+    assert a.gpu_s == pytest.approx(78.0)  # batched dispatches counted once (per-row sum would be 84)
+    assert a.gpu_s_per_met == pytest.approx(26.0)
+
+    b = df.loc["run-b"]
+    assert (b.requests, b.met, b.attainment, b.ooms) == (4, 4, 1.0, 0)
+    assert b.p50_s == pytest.approx(2.5)
+    assert b.gpu_s == pytest.approx(4.0)  # one batch-4 dispatch: 2 s × 2 GPUs, not × 4 rows
+    assert b.gpu_s_per_met == pytest.approx(1.0)
+
+    only_b = run_summary(db, ["run-b"])
+    assert list(only_b.run_id) == ["run-b"]
+    assert run_summary(db, []).empty
+
+
+def test_stage_breakdown_known_answers(db: Path):
+    df = query_readonly(db, "SELECT * FROM stage_breakdown WHERE run_id = 'run-a'").set_index("stage")
+    enc, dif, dec = df.loc["encode"], df.loc["diffuse"], df.loc["decode"]
+    assert (enc.spans, enc.dispatches, enc.mean_batch, enc.mean_degree) == (3, 1, 3.0, 1.0)
+    assert enc.mean_queue_s == pytest.approx(1.0)  # waits 2, 1, 0
+    assert enc.mean_s == pytest.approx(1.0) and enc.gpu_s == pytest.approx(1.0)
+    assert (dif.spans, dif.dispatches, dif.preempted) == (5, 4, 1)
+    assert dif.mean_s == pytest.approx(5.0)  # dispatch durations 2, 4, 5, 9
+    assert dif.p95_s == pytest.approx(5 + 0.85 * 4)
+    assert dif.mean_queue_s == pytest.approx(1.0)  # per span: 0, 0, 3, 1, 1
+    assert dif.mean_batch == pytest.approx(1.25)  # per dispatch: 2, 1, 1, 1
+    assert dif.mean_degree == pytest.approx(3.5)  # 2, 4, 4, 4
+    assert dif.gpu_s == pytest.approx(76.0)
+    assert (dec.spans, dec.dispatches, dec.mean_queue_s, dec.preempted) == (1, 1, 0.0, 0)
+    assert df.gpu_s.sum() == pytest.approx(78.0)
+
+
+def test_attainment_by_shape_known_answers(db: Path):
+    df = query_readonly(db, "SELECT * FROM attainment_by_shape WHERE run_id = 'run-a'").set_index("request_class")
+    flux, wan = df.loc["flux 1024x1024"], df.loc["wan 832x480x81"]
+    assert (flux.requests, flux.met, flux.rejected) == (3, 2, 0)
+    assert flux.attainment == pytest.approx(2 / 3)
+    assert flux.p50_s == pytest.approx(6.0) and flux.p95_s == pytest.approx(6 + 0.9 * 6)
+    assert (wan.requests, wan.met, wan.rejected, wan.failed, wan.frames) == (3, 1, 1, 1, 81)
+    assert wan.attainment == pytest.approx(1 / 3)
+    assert wan.p50_s == pytest.approx(20.0)  # only one done request
+
+
+def test_list_runs(db: Path):
+    df = list_runs(db)
+    assert list(df.run_id) == ["run-a", "run-b"]
+    assert list(df.requests) == [6, 4]
+    assert list(df.policy) == ["pipeline-static:degree=2", "trident"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writes: duplicates, atomicity, status
+# ---------------------------------------------------------------------------------------------
+
+
+def test_duplicate_run_id_refused_and_nothing_half_written(db: Path):
+    before = counts(db, "run-a")
+    extra = RUN_A_REQUESTS + [req(99, "flux", 512, 512, 1, 0.0, 1.0, "done", 0.5)]
+    with pytest.raises(DuplicateRunError, match="run-a"):
+        ResultsStore(db).write_run(meta("run-a", "other", 3000.0), extra, RUN_A_SPANS)
+    assert counts(db, "run-a") == before
+    assert list(list_runs(db).policy) == ["pipeline-static:degree=2", "trident"]
+
+
+def test_failure_inside_the_transaction_leaves_nothing(db: Path):
+    bad_spans = [RUN_B_SPANS[0], SpanRow(1, 0, None, (0,), 1, 1, 0.0, 0.0, 1.0, 1.0)]  # stage NOT NULL
+    with pytest.raises(duckdb.Error):
+        ResultsStore(db).write_run(meta("run-c", "trident", 3000.0), RUN_B_REQUESTS, bad_spans, RUN_B_PLACEMENTS)
+    assert counts(db, "run-c") == dict.fromkeys(TABLES, 0)
+    assert len(list_runs(db)) == 2
+    # the same run id can then be written properly
+    ResultsStore(db).write_run(meta("run-c", "trident", 3000.0), RUN_B_REQUESTS, RUN_B_SPANS)
+    assert counts(db, "run-c")["requests"] == 4
+
+
+def test_first_write_failing_leaves_no_schema_behind(tmp_path: Path):
+    path = tmp_path / "fresh.duckdb"
+    with pytest.raises(duckdb.Error):
+        ResultsStore(path).write_run(meta("x", "p", 1.0), [req(0, None, 1, 1, 1, 0.0, 1.0, "done", 0.5)], [])
+    con = open_readonly(path)
+    try:
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'runs'").fetchone()[0] == 0
+    finally:
+        con.close()
+
+
+def test_generators_and_empty_tables_are_accepted(tmp_path: Path):
+    path = tmp_path / "r.duckdb"
+    ResultsStore(path).write_run(meta("gen", "p", 0.0), (r for r in RUN_B_REQUESTS), iter(()))
+    df = run_summary(path)
+    assert (df.requests[0], df.dispatches[0], df.gpu_s[0]) == (4, 0, 0.0)
+    assert math.isclose(df.gpu_s_per_met[0], 0.0)
+    assert df.created_at[0].year >= 2024  # created_unix_s 0 means "not set": stamped at write time
+
+
+def test_mark_status(db: Path):
+    store = ResultsStore(db)
+    store.mark_status("run-b", "interrupted")
+    assert list(list_runs(db).status) == ["complete", "interrupted"]
+    with pytest.raises(UnknownRunError):
+        store.mark_status("nope", "failed")
+    with pytest.raises(ValueError, match="complete, interrupted, failed"):
+        store.mark_status("run-b", "sideways")
+
+
+def test_other_schema_version_refused(db: Path):
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE schema_version SET version = 999")
+    con.close()
+    with pytest.raises(SchemaVersionError, match="999"):
+        ResultsStore(db).write_run(meta("run-z", "p", 1.0), RUN_B_REQUESTS, RUN_B_SPANS)
+    assert counts(db, "run-z")["runs"] == 0
+
+
+def test_new_run_id_is_readable_and_unique():
+    a = new_run_id("pipeline-static:degree=2", 7, now_unix_s=1_700_000_000.0, salt="x")
+    assert a == new_run_id("pipeline-static:degree=2", 7, now_unix_s=1_700_000_000.0, salt="x")
+    assert re.fullmatch(r"20231114-221320-pipeline-static-degree-2-s7-[0-9a-f]{6}", a), a
+    assert len({new_run_id("trident", 1) for _ in range(200)}) == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers in other processes, untrusted SQL, export
+# ---------------------------------------------------------------------------------------------
+
+
+def _python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)  # fmt: skip
+
+
+def test_reader_in_a_subprocess_opens_read_only(db: Path):
+    out = _python(f"""
+        import json
+        from tridentcore.store import open_readonly, run_summary
+        con = open_readonly({str(db)!r})
+        n = con.execute("SELECT count(*) FROM requests").fetchone()[0]
+        try:
+            con.execute("DELETE FROM requests")
+            wrote = True
+        except Exception:
+            wrote = False
+        con.close()
+        df = run_summary({str(db)!r})
+        print(json.dumps([n, wrote, df.gpu_s.tolist()]))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [10, False, [78.0, 4.0]]
+
+
+def test_writer_waits_for_a_reader_in_another_process(db: Path):
+    # A read-only connection in another process blocks a read-write open; the writer retries.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from tridentcore.store import open_readonly
+            con = open_readonly({str(db)!r})
+            print("open", flush=True)
+            time.sleep(1.0)
+            con.close()
+        """)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        t0 = time.perf_counter()
+        ResultsStore(db, lock_wait_s=30).write_run(meta("run-w", "p", 5000.0), RUN_B_REQUESTS, RUN_B_SPANS)
+        waited = time.perf_counter() - t0
+    finally:
+        holder.wait(timeout=30)
+    assert counts(db, "run-w")["requests"] == 4
+    print(f"writer waited {waited:.2f} s for the reader")
+
+
+def test_import_tridentcore_does_not_import_duckdb():
+    out = _python("""
+        import sys, tridentcore, tridentcore.core.records
+        print([m for m in ("duckdb", "pyarrow", "pandas", "tridentcore.store") if m in sys.modules])
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "COPY requests TO '{tmp}/leak.csv'",
+        "SELECT * FROM read_csv('{tmp}/secret.csv')",
+        "ATTACH '{tmp}/other.duckdb' AS other",
+        "EXPORT DATABASE '{tmp}/dump'",
+        "SET enable_external_access = true",
+        "INSERT INTO runs SELECT * FROM runs",
+        "DELETE FROM requests",
+        "DROP VIEW run_summary",
+        "CREATE TABLE evil AS SELECT 1",
+        "SELECT 1; DELETE FROM requests",
+    ],
+)
+def test_query_readonly_refuses_files_and_writes(db: Path, tmp_path: Path, sql: str):
+    (tmp_path / "secret.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(duckdb.Error):
+        query_readonly(db, sql.format(tmp=tmp_path))
+    assert not (tmp_path / "leak.csv").exists() and not (tmp_path / "dump").exists()
+    assert counts(db, "run-a")["requests"] == 6
+
+
+def test_query_readonly_answers_and_takes_parameters(db: Path):
+    df = query_readonly(db, "SELECT run_id, attainment FROM run_summary WHERE run_id = ?", ["run-b"])
+    assert df.to_dict("records") == [{"run_id": "run-b", "attainment": 1.0}]
+
+
+def test_query_readonly_times_out(db: Path):
+    with pytest.raises(duckdb.Error):
+        query_readonly(db, "SELECT count(*) FROM range(100000000000) a", timeout_s=0.3)
+
+
+def test_export_run_round_trips(db: Path, tmp_path: Path):
+    written = export_run(db, "run-a", tmp_path / "out")
+    assert set(written) == set(TABLES)
+    got = {t: pq.read_table(p).num_rows for t, p in written.items()}
+    assert got == counts(db, "run-a")
+    spans = pq.read_table(written["stage_spans"]).to_pylist()
+    assert sorted(spans, key=lambda s: (s["dispatch_id"], s["request_id"]))[5]["gpus"] == [0, 1, 2, 3]
+    with pytest.raises(UnknownRunError):
+        export_run(db, "nope", tmp_path / "out2")
+
+
+# ---------------------------------------------------------------------------------------------
+# results/README.md: every ```sql block runs against a populated store and returns rows
+# ---------------------------------------------------------------------------------------------
+
+
+def readme_queries() -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def test_readme_has_at_least_five_queries():
+    assert len(readme_queries()) >= 5
+
+
+@pytest.mark.parametrize("index", range(len(readme_queries()) if README.exists() else 0))
+def test_readme_query_runs(db: Path, index: int):
+    sql = readme_queries()[index]
+    df = query_readonly(db, sql)
+    assert len(df) > 0, sql
+
+
+# ---------------------------------------------------------------------------------------------
+# Speed: 100,000 request rows + 100,000 span rows in <= 1 s (asserted loosely), summary <= 100 ms
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ingest_and_summary_speed(tmp_path: Path):
+    n = 100_000
+    requests = [req(i, "flux", 1024, 1024, 1 + (i % 2) * 80, i * 0.01, i * 0.01 + 12.0,
+                    "done" if i % 10 else "rejected", i * 0.01 + 1 + (i % 17)) for i in range(n)]  # fmt: skip
+    spans = [span(i // 4, i, "diffuse", [i % 8, (i + 1) % 8], 4, i * 0.01, (i // 4) * 0.04 + 0.5, (i // 4) * 0.04 + 3.0)
+             for i in range(n)]  # batches of 4, each 2.5 s on 2 GPUs  # fmt: skip
+    path = tmp_path / "speed.duckdb"
+    t0 = time.perf_counter()
+    ResultsStore(path).write_run(meta("speed", "trident", 1.0), requests, spans)
+    ingest_s = time.perf_counter() - t0
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        df = run_summary(path)
+        times.append(time.perf_counter() - t0)
+    summary_s = sorted(times)[1]
+    print(f"ingest {n:,} requests + {n:,} spans: {ingest_s:.3f} s; run_summary median of 3: {1000 * summary_s:.1f} ms")
+    assert int(df.requests[0]) == n and df.gpu_s[0] == pytest.approx(n / 4 * 2.5 * 2)
+    assert ingest_s <= 3.0
+    assert summary_s <= 0.5
