@@ -206,5 +206,161 @@ def cost(
     )
 
 
+# ------------------------------------------------------------------------------ simulation
+_COLUMNS = ("policy", "requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms", "rejected",
+            "gpu_s_per_met", "planner_p99_ms")
+
+
+def _scenario(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed):
+    from .sim.bench import Scenario, load_scenario
+
+    if mix is None and trace is None:
+        mix = "image-video"
+    if mix is not None and trace is not None:
+        _fail("give --mix or --trace, not both")
+    sc = Scenario(profile=profile, cluster=cluster, mix=mix if trace is None else None, trace=trace,
+                  trace_model=model, arrival=arrival, duration_s=duration, slo_scale=slo_scale, seed=seed)
+    return load_scenario(sc)
+
+
+def _fmt(value, key: str) -> str:
+    import math
+
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return "-"
+        return f"{value:.3f}" if key == "attainment" else f"{value:.2f}"
+    return str(value)
+
+
+def _table(rows: list[dict], columns) -> str:
+    cells = [[_fmt(r.get(c), c) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(columns, widths)))]
+    for row in cells:
+        lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def _json_safe(row: dict) -> dict:
+    from .sim.bench import finite
+
+    return {k: finite(v) if isinstance(v, float) else v for k, v in row.items()}
+
+
+_POLICIES_HELP = "Comma list of policy specs, options as name:key=value (pipeline-static:degree=2)."
+_DEFAULT_POLICIES = "pipeline-static:degree=1,pipeline-dynamic,trident-paper,trident"
+
+
+@app.command()
+def simulate(
+    profile: str = typer.Option("h200", help="Shipped profile name or CSV path."),
+    cluster: str = typer.Option("2x8xH200", help="NODESxGPUSxKIND (2x8xH200), GPUSxKIND, or a YAML file."),
+    mix: str = typer.Option(None, help="Named mix (flux-uniform, sd3-mixed, video-wan, image-video) or YAML."),
+    trace: str = typer.Option(None, help="Trace file (JSON lines, or the paper's Request(...) lines)."),
+    model: str = typer.Option(None, help="Model the paper-format trace is for."),
+    arrival: str = typer.Option("poisson", help="poisson | gamma:cv=K | constant | bursts:size=N"),
+    rate: float = typer.Option(1.0, min=0.0, help="Requests per second (mixes)."),
+    duration: float = typer.Option(1800.0, min=1.0, help="Seconds of arrivals."),
+    slo_scale: float = typer.Option(3.0, min=0.1, help="Deadline = arrival + scale x reference latency."),
+    seed: int = typer.Option(0),
+    policies: str = typer.Option(_DEFAULT_POLICIES, help=_POLICIES_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
+    db: str = typer.Option(None, help="DuckDB results file to store every run in."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Simulate the workload under each policy and print one row per policy."""
+    import json
+
+    from .core.policy import PolicyError, make_policy, split_specs
+    from .core.metrics import summarize
+    from .sim.bench import run_meta, run_one
+
+    _setup_logging(verbose)
+    try:
+        loaded = _scenario(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed)
+        specs = split_specs(policies)
+        for spec in specs:
+            make_policy(spec)  # validate every spec before running any
+        if not loaded.requests(rate):
+            _fail("the workload has no requests (rate x duration too small?)")
+        rows = []
+        for spec in specs:
+            result = run_one(loaded, spec, rate)
+            row = summarize(spec, result.requests, result.spans, result.decision_ms)
+            rows.append({c: row[c] for c in _COLUMNS})
+            if db:
+                from .store import ResultsStore, new_run_id
+
+                ResultsStore(db).write_run(run_meta(new_run_id(spec, seed), loaded, spec, rate, result),
+                                           result.requests, result.spans, result.placements, result.gpu_samples)
+    except (ValueError, LookupError, PolicyError) as exc:
+        _fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps([_json_safe(r) for r in rows], indent=1))
+    else:
+        typer.echo(_table(rows, _COLUMNS))
+
+
+@app.command()
+def sweep(
+    profile: str = typer.Option("h200", help="Shipped profile name or CSV path."),
+    cluster: str = typer.Option("2x8xH200", help="NODESxGPUSxKIND, GPUSxKIND, or a YAML file."),
+    mix: str = typer.Option(None, help="Named mix or YAML file."),
+    arrival: str = typer.Option("poisson", help="poisson | gamma:cv=K | constant | bursts:size=N"),
+    duration: float = typer.Option(1800.0, min=1.0, help="Seconds of arrivals per simulated rate."),
+    slo_scale: float = typer.Option(3.0, min=0.1),
+    seed: int = typer.Option(0),
+    policies: str = typer.Option(_DEFAULT_POLICIES, help=_POLICIES_HELP),
+    goodput: bool = typer.Option(False, "--goodput", help="Bisect goodput and fair goodput per policy."),
+    target: float = typer.Option(0.9, min=0.0, max=1.0, help="Attainment target for goodput."),
+    rates: str = typer.Option(None, help="Comma list of rates: attainment per rate and per class."),
+    json_out: bool = typer.Option(False, "--json"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Goodput and fair goodput per policy (--goodput), or attainment per rate and class (--rates)."""
+    import json
+
+    from .core.policy import PolicyError, make_policy, split_specs
+    from .sim.bench import capacity_rps, evaluate, sweep_goodput
+
+    _setup_logging(verbose)
+    if goodput == (rates is not None):
+        _fail("give exactly one of --goodput or --rates")
+    try:
+        loaded = _scenario(profile, cluster, mix, None, None, arrival, duration, slo_scale, seed)
+        specs = split_specs(policies)
+        for spec in specs:
+            make_policy(spec)
+        cap = capacity_rps(loaded)
+        if goodput:
+            results = [sweep_goodput(loaded, spec, target, cap=cap) for spec in specs]
+            out = {"capacity_rps": cap, "target": target,
+                   "policies": [{"policy": g.policy, "goodput_rps": g.goodput_rps,
+                                 "fair_goodput_rps": g.fair_goodput_rps} for g in results]}
+            if json_out:
+                typer.echo(json.dumps(out, indent=1))
+                return
+            typer.echo(f"capacity ceiling: {cap:.3f} req/s (every request at its most GPU-efficient degree)")
+            typer.echo(_table(out["policies"], ("policy", "goodput_rps", "fair_goodput_rps")))
+            return
+        rate_list = [float(r) for r in rates.split(",") if r.strip()]
+        points = {spec: [evaluate(loaded, spec, r) for r in rate_list] for spec in specs}
+    except (ValueError, LookupError, PolicyError) as exc:
+        _fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps({"capacity_rps": cap, "points": [
+            {"policy": spec, "rate": p.rate, "attainment": p.attainment, "min_class": p.min_class,
+             "by_class": {k: a for k, (_, a) in p.by_class.items()}} for spec, ps in points.items() for p in ps]},
+            indent=1))
+        return
+    typer.echo(f"capacity ceiling: {cap:.3f} req/s")
+    classes = sorted({k for ps in points.values() for p in ps for k in p.by_class})
+    cols = ("policy", "rate", "attainment", *classes)
+    rows = [{"policy": spec, "rate": p.rate, "attainment": p.attainment,
+             **{k: p.by_class.get(k, (0, float("nan")))[1] for k in classes}} for spec, ps in points.items() for p in ps]
+    typer.echo(_table(rows, cols))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
