@@ -98,6 +98,14 @@ class ClusterState:
         self.by_request: dict[int, int] = {}  # request id -> running dispatch id
         self._next_dispatch = 0
         self.idle_count = n
+        self._weights: dict[tuple[str, str], float] = {}
+
+    def stage_weights_gib(self, model: str, stage: str) -> float:
+        """Weights of one stage instance on one GPU (memoised cost-model answer)."""
+        w = self._weights.get((model, stage))
+        if w is None:
+            w = self._weights[(model, stage)] = self.cost.weights_gib(model, stage, self.gpu_kind)
+        return w
 
     # ------------------------------------------------------------------------------- queries
     def is_idle(self, gpu: int) -> bool:
@@ -113,7 +121,7 @@ class ClusterState:
     def missing_weights_gib(self, model: str, stage: str, gpu: int) -> float:
         if (model, stage) in self.resident[gpu]:
             return 0.0
-        return self.cost.weights_gib(model, stage, self.gpu_kind)
+        return self.stage_weights_gib(model, stage)
 
     def link(self, a: Iterable[int], b: Iterable[int]) -> str:
         """The slowest link between two GPU groups: ``local`` (same GPU), ``nvlink`` or ``network``."""
@@ -179,7 +187,7 @@ class ClusterState:
         for g in action.gpus:
             missing = (model, stage) not in self.resident[g]
             load = max(load, self.pending_load_s[g] + (cost.load_s(model, stage, kind) if missing else 0.0))
-            need = (cost.weights_gib(model, stage, kind) if missing else 0.0) + act
+            need = (self.stage_weights_gib(model, stage) if missing else 0.0) + act
             if need > self.free_gib(g) + 1e-9:
                 oom = True
         transfer = 0.0
@@ -208,7 +216,7 @@ class ClusterState:
         """Make ``(model, stage)`` resident on ``gpu``; returns its weights in GiB (0 if already there)."""
         if (model, stage) in self.resident[gpu]:
             return 0.0
-        w = self.cost.weights_gib(model, stage, self.gpu_kind)
+        w = self.stage_weights_gib(model, stage)
         self.resident[gpu][(model, stage)] = w
         self.weights_gib[gpu] += w
         return w

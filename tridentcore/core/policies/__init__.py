@@ -1,1 +1,1 @@
-from . import pipeline, trident  # noqa: F401
+from . import pipeline, trident, trident_paper  # noqa: F401

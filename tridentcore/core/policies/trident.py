@@ -81,11 +81,11 @@ class Trident(Policy):
     name = "trident"
     summary = "stage-level placement + dispatch: per-request degrees, least slack first, reservations, preemption, batching"
     options = {
-        "margin": (float, 0.05, "fraction of each SLO kept as a safety margin"),
+        "margin": (float, 0.0, "fraction of each SLO kept as a safety margin (raise it where stage times are noisy)"),
         "spread": (float, 0.5, "use the faster efficient degree while fewer than this fraction of GPUs are busy"),
         "preempt": (_bool, True, "pause long diffuses between steps for urgent requests"),
         "batch": (_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
-        "drop": (_bool, True, "reject requests that can no longer meet their deadline"),
+        "drop": (_bool, True, "reject requests that can no longer meet their deadline (false: run them last)"),
         "replan_s": (float, 60.0, "re-plan placement from the observed mix every N seconds (0: never)"),
     }
 
@@ -183,6 +183,12 @@ class Trident(Policy):
         bisect.insort(self.ready, entry)
         self.entry[rec.id] = entry
 
+    def _late(self, rid: int) -> None:
+        self._seq += 1
+        entry = (math.inf, self._seq, rid)
+        bisect.insort(self.ready, entry)
+        self.entry[rid] = entry
+
     def _dequeue(self, rid: int) -> None:
         entry = self.entry.pop(rid, None)
         if entry is not None:
@@ -242,9 +248,12 @@ class Trident(Policy):
                 continue
             spec = rec.spec
             info = self._info_for(view, spec.model, spec.shape)
-            if self.opts["drop"] and now + self._remaining(rec, info, info.fast_d, stage) > spec.deadline_s + 1e-9:
+            if entry[0] != math.inf and now + self._remaining(rec, info, info.fast_d, stage) > spec.deadline_s + 1e-9:
                 self._dequeue(rid)
-                actions.append(Reject(rid, "cannot meet its deadline any more"))
+                if self.opts["drop"]:
+                    actions.append(Reject(rid, "cannot meet its deadline any more"))
+                else:  # late anyway: keep it, behind every request that can still make it
+                    self._late(rid)
                 continue
             if idle_total == 0:
                 if stage != "diffuse" or preempted_now:
@@ -271,7 +280,10 @@ class Trident(Policy):
             # ---- diffuse
             feasible = [d for d in self.degrees
                         if now + self._remaining(rec, info, d, "diffuse") <= spec.deadline_s - margin]
-            if not feasible:
+            late = entry[0] == math.inf
+            if late:  # already late: the fewest GPU-seconds, no reservation, no preemption
+                feasible = [self.degrees[0]]
+            elif not feasible:
                 feasible = [info.fast_d]
             if self.safer.get(rid):
                 feasible = sorted(feasible, reverse=True)
@@ -303,7 +315,7 @@ class Trident(Policy):
                     actions.append(Dispatch("diffuse", tuple(batch), group, rec.steps_done, spec.shape.steps))
                     placed = True
                     break
-            if placed:
+            if placed or late:
                 continue
             # ---- no room now: reserve the GPUs that free soonest, or preempt if that is too late
             d = min(feasible)
@@ -336,38 +348,42 @@ class Trident(Policy):
         return view.memory_needed_gib(model, stage, shape, batch, degree, g) <= view.free_gib(g) + 1e-9
 
     def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> int | None:
-        best, best_key = None, None
         prefer = set(rec.latents_on) if stage == "decode" else set()
-        for node, gpus in enumerate(idle):
+        plan = self.plan
+        candidates = []
+        for gpus in idle:
+            size = len(gpus)
             for g in gpus:
                 if not self._usable(view, g, reserved, now, dur):
                     continue
-                if not self._fits(view, model, stage, rec.spec.shape, 1, 1, g):
-                    continue
-                key = (g not in prefer, not view.has_resident(model, stage, g),
-                       (model, stage) not in self.plan.get(g, ()), len(gpus), g)
-                if best_key is None or key < best_key:
-                    best, best_key = g, key
-        return best
+                candidates.append(((g not in prefer, not view.has_resident(model, stage, g),
+                                    (model, stage) not in plan.get(g, ()), size, g), g))
+        candidates.sort()
+        for _, g in candidates:  # memory admission, best candidate first
+            if self._fits(view, model, stage, rec.spec.shape, 1, 1, g):
+                return g
+        return None
 
     def _pick_group(self, view, idle, reserved, now, dur, d, rec) -> tuple[int, ...] | None:
         model, shape = rec.spec.model, rec.spec.shape
         near = set(rec.latents_on or rec.embeddings_on)
-        best, best_key = None, None
+        plan = self.plan
+        options = []
         for node, gpus in enumerate(idle):
             if len(gpus) < d:
                 continue
-            usable = [g for g in gpus if self._usable(view, g, reserved, now, dur)
-                      and self._fits(view, model, "diffuse", shape, 1, d, g)]
+            usable = [g for g in gpus if self._usable(view, g, reserved, now, dur)]
             if len(usable) < d:
                 continue
             usable.sort(key=lambda g: (g not in near, not view.has_resident(model, "diffuse", g),
-                                       (model, "encode") in self.plan.get(g, ()), g))
-            group = tuple(sorted(usable[:d]))
-            key = (len(usable), sum(g not in near for g in group), node)  # best fit: keep big holes
-            if best_key is None or key < best_key:
-                best, best_key = group, key
-        return best
+                                       (model, "encode") in plan.get(g, ()), g))
+            options.append(((len(usable), sum(g not in near for g in usable[:d]), node), usable))
+        options.sort()  # best fit first: keep big holes for big requests
+        for _, usable in options:
+            fit = [g for g in usable if self._fits(view, model, "diffuse", shape, 1, d, g)]
+            if len(fit) >= d:
+                return tuple(sorted(fit[:d]))
+        return None
 
     def _soonest(self, view, reserved, now, d) -> tuple[float, tuple[int, ...] | None]:
         best_t, best = math.inf, None

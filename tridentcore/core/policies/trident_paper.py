@@ -1,0 +1,498 @@
+"""``trident-paper``: TridentServe as its authors released it (arXiv 2510.02838).
+
+A small integer program, solved every ``tick_s`` = 0.5 s, picks requests waiting for their encode
+and gives each a degree k in {1, 2, 4, 8} on one node; everything else follows from that choice:
+
+* **Candidates.** The ``candidates`` (default 64) most urgent queued requests (earliest deadline
+  first; ties by id) are considered; the rest wait for a later tick. Among them, requests of the
+  same model and shape are merged, in deadline order, into batches of at most the class's
+  *profiled best batch*: start at 1 and double while the diffuse step at batch 2b takes at most
+  1.2x the step at batch b, as long as the cost model answers encode, diffuse and decode at 2b
+  (a ``LookupError`` stops it), and never beyond ``max_batch`` (default 64: the cost model
+  extrapolates to any batch, so a guard is needed against a flat profile). A batch is one item of
+  the program.
+* **Options.** An item may take degree k on node n when k has diffuse parallel efficiency >= 0.8
+  at batch 1 (k = 1 always), node n has k idle GPUs at this tick, and both its encode and its
+  diffuse at (batch, k) fit the memory of the k idle GPUs the group would get
+  (``view.memory_needed_gib <= view.free_gib``). A batch with no option for memory reasons is
+  split in halves until it has one (a single request that can never fit is rejected on arrival).
+* **Reward** of a request in an item at degree k, with predicted finish
+  ``now + encode(b) + steps x step(b, k) + decode(b)``:
+
+  - 1000 if that finish meets its deadline;
+  - otherwise ``min(1000, 1000 x lateness / best)``, where ``best`` is its no-queue runtime at its
+    fastest qualifying degree (batch 1) and ``lateness = now + best - deadline`` (>= 0) is how late
+    it already is *now*, even if started at once at its best. The lateness is taken at the
+    decision, not at the predicted finish of the degree being priced, so a late request is not
+    worth more at a slower degree; it grows while the request waits and reaches 1000 (the worth
+    of an on-time finish) after one more ``best`` of waiting: starvation avoidance.
+
+  A batch's reward is the sum of its members' rewards (each judged against its own deadline at the
+  batch's predicted finish). Each idle GPU costs 1, so an item at degree k gains ``reward + k``;
+  a tie-breaker below 0.1 in total favours the more urgent items among otherwise equal plans.
+  Late requests are never rejected: they run when their reward wins.
+* **Program.** Binary ``x[item, k, n]``; each item at most once; per node, the sum of the chosen
+  degrees <= its idle GPUs. Solved with HiGHS through ``scipy.optimize.milp`` (imported lazily),
+  with ``time_limit_s`` (0.25 s, half a tick) and a node limit (deterministic) as its budget.
+  Two exact reductions come first: (1) for each (k, n) only the ``C - k + 1`` best items at that
+  option can appear in an optimum (C = idle GPUs; swap argument), so the rest are dropped; (2)
+  when every remaining item's own best option packs onto the nodes (first fit decreasing), that
+  packing is optimal and no solver is called. A fast greedy by reward density (reward per GPU,
+  best-fit node) replaces the solver when the program has more than ``max_vars`` variables or
+  the solver returns no solution. No solve at all when nothing is queued or no GPU is idle.
+  ``self.paths`` counts which path each tick took (``packed``, ``milp``, ``milp-limit`` (a limit
+  hit, its best solution used), ``greedy``); ``skipped`` ticks are not counted.
+* **Execution.** An item starts at once: encode (batch b) on its k GPUs, then, on the encode's
+  ``StageFinished``, the diffuse of the same batch on the *same* group (held, as pipeline
+  policies do). Decode runs on a separate 1-GPU instance: when a diffuse finishes its batch joins
+  a FIFO decode queue, served on *every* event (not only on ticks) whenever a GPU is idle,
+  preferring an idle GPU outside the diffuse's group (same node first), then one of the group's
+  own GPUs. A decode batch that does not fit the chosen GPU is split into single requests.
+  Only the integer program waits for ticks; encode -> diffuse -> decode hand-offs never do.
+* **Placement.** Every GPU holds every stage of every model (``start`` places everything).
+* **Failures.** An out-of-memory ``StageFailed`` fails its requests (the program checks memory, so
+  it means the cost model was wrong). Other failures (a lost worker): an encode's requests are
+  queued again for the program; a diffuse's requests fail (the release cannot move a half-done
+  diffuse); a decode's batch goes back to the head of the decode queue.
+* **Arrivals.** A request whose encode, diffuse (at its largest qualifying degree) or decode can
+  never fit any GPU, or whose model the cost model does not know, is rejected on arrival.
+
+Stages never share a GPU at the same time (exclusive dispatch).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ..events import (Action, Dispatch, Fail, Reject, RequestArrived, StageFailed, StageFinished, Tick)
+from ..lifecycle import RequestState
+from ..policy import Policy, register
+from ..state import ClusterView
+from ..types import Shape
+from .common import EFFICIENCY, degrees_for, place_everything
+
+ON_TIME_REWARD = 1000.0
+BATCH_GROWTH = 1.2  # double the batch while latency grows by at most 20 %
+URGENCY_BONUS = 0.1  # total tie-breaking bonus over all candidates (below one GPU's worth)
+ENUMERATION_MAX_OPTIONS = 32  # programs this small are solved by exact enumeration
+ENUMERATION_BUDGET = 4000  # search nodes before handing the program to HiGHS
+
+
+def late_reward(now: float, deadline_s: float, best_s: float) -> float:
+    """Reward of a request that will miss its deadline: grows with how late it already is.
+
+    ``lateness = now + best_s - deadline_s`` (how late it would be if started now at its best),
+    relative to ``best_s``, times 1000, capped at 1000 (the reward of an on-time finish).
+    """
+    lateness = max(0.0, now + best_s - deadline_s)
+    return min(ON_TIME_REWARD, ON_TIME_REWARD * lateness / best_s) if best_s > 0 else ON_TIME_REWARD
+
+
+@dataclass(slots=True)
+class _ClassInfo:
+    """Cost-model answers for one (model, shape), computed once."""
+
+    degrees: tuple[int, ...]  # qualifying degrees (efficiency >= 0.8 at batch 1)
+    best_batch: int
+    best_s: float  # no-queue runtime at the fastest qualifying degree, batch 1
+    never_fits: str  # non-empty: why no GPU can ever hold it
+
+
+@register
+class TridentPaper(Policy):
+    name = "trident-paper"
+    summary = "the released TridentServe: an ILP every 0.5 s picks requests and degrees; decode on 1-GPU instances"
+    options = {
+        "candidates": (int, 64, "the most urgent queued requests the program considers per tick"),
+        "time_limit_s": (float, 0.25, "HiGHS time limit per solve, seconds"),
+        "node_limit": (int, 2000, "HiGHS branch-and-bound node limit per solve (deterministic budget)"),
+        "max_vars": (int, 4096, "above this many variables the greedy replaces the solver"),
+        "max_batch": (int, 64, "guard on the profiled best batch"),
+    }
+    tick_s = 0.5
+
+    # ------------------------------------------------------------------------------ setup
+    def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
+        self.degrees = degrees_for(view)
+        self.info: dict[tuple[str, Shape], _ClassInfo] = {}
+        self._lat: dict[tuple, float] = {}
+        self.queue: list[tuple[float, int]] = []  # (deadline, request id), sorted: waiting for the program
+        self.decode_queue: deque[tuple[tuple[int, ...], tuple[int, ...]]] = deque()  # (request ids, diffuse group)
+        self.paths: Counter[str] = Counter()
+        return place_everything(view, models)
+
+    def _latency(self, view: ClusterView, model: str, stage: str, shape: Shape | None, batch: int, degree: int) -> float:
+        key = (model, stage, shape, batch, degree)
+        value = self._lat.get(key)
+        if value is None:
+            value = view.cost.latency_s(model, stage, shape, batch, degree, view.gpu_kind)
+            self._lat[key] = value
+        return value
+
+    def _runtime(self, view: ClusterView, model: str, shape: Shape, batch: int, degree: int) -> float:
+        return (self._latency(view, model, "encode", None, batch, 1)
+                + shape.steps * self._latency(view, model, "diffuse", shape, batch, degree)
+                + self._latency(view, model, "decode", shape, batch, 1))
+
+    def _info_for(self, view: ClusterView, model: str, shape: Shape) -> _ClassInfo:
+        key = (model, shape)
+        info = self.info.get(key)
+        if info is not None:
+            return info
+        cost, kind = view.cost, view.gpu_kind
+        degrees = tuple(k for k in self.degrees
+                        if k == 1 or cost.parallel_efficiency(model, "diffuse", shape, k, 1, kind) >= EFFICIENCY)
+        batch = 1
+        while 2 * batch <= self.opts["max_batch"]:
+            try:
+                grown = self._latency(view, model, "diffuse", shape, 2 * batch, 1)
+                self._latency(view, model, "encode", None, 2 * batch, 1)
+                self._latency(view, model, "decode", shape, 2 * batch, 1)
+            except LookupError:
+                break
+            if grown > BATCH_GROWTH * self._latency(view, model, "diffuse", shape, batch, 1):
+                break
+            batch *= 2
+        best_s = min(self._runtime(view, model, shape, 1, k) for k in degrees)
+        # an idle GPU holds every stage's weights: what is left for activations
+        problems = []
+        top = degrees[-1]
+        for stage, d in (("encode", top), ("diffuse", top), ("decode", 1)):
+            if not any(view.memory_needed_gib(model, stage, shape, 1, d, g) <= self._capacity(view, g) + 1e-9
+                       for g in range(view.num_gpus)):
+                need = view.memory_needed_gib(model, stage, shape, 1, d, 0)
+                problems.append(f"{stage} at degree {d} needs {need:.1f} GiB per GPU beyond the resident weights")
+        info = _ClassInfo(degrees, batch, best_s, "; ".join(problems))
+        self.info[key] = info
+        return info
+
+    @staticmethod
+    def _capacity(view: ClusterView, g: int) -> float:
+        return view.mem_gib(g) - view.weights_gib(g)
+
+    # ------------------------------------------------------------------------------ events
+    def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
+        actions: list[Action] = []
+        taken: set[int] = set()  # GPUs given out by this call's actions
+        if isinstance(event, RequestArrived):
+            spec = event.request
+            try:
+                info = self._info_for(view, spec.model, spec.shape)
+            except LookupError as exc:
+                return [Reject(spec.id, f"no cost data: {exc}")]
+            if info.never_fits:
+                return [Reject(spec.id, f"can never fit: {info.never_fits}")]
+            bisect.insort(self.queue, (spec.deadline_s, spec.id))
+            return []  # the program decides on the next tick
+        if isinstance(event, StageFinished):
+            live = tuple(r for r in event.request_ids if not view.request(r).state.terminal)
+            if live and event.stage == "encode":
+                rec = view.request(live[0])
+                actions.append(Dispatch("diffuse", live, event.gpus, rec.steps_done, rec.spec.shape.steps))
+                taken.update(event.gpus)
+            elif live and event.stage == "diffuse":
+                self.decode_queue.append((live, event.gpus))
+        elif isinstance(event, StageFailed):
+            actions += self._on_failed(view, event)
+        actions += self._serve_decodes(view, taken)
+        if isinstance(event, Tick) and self.queue:
+            actions += self._plan(view, now, taken)
+        return actions
+
+    def _on_failed(self, view: ClusterView, event: StageFailed) -> list[Action]:
+        live = [r for r in event.request_ids if not view.request(r).state.terminal]
+        if event.oom or event.stage == "diffuse":
+            return [Fail(r, event.reason) for r in live]
+        if event.stage == "encode":
+            for r in live:
+                bisect.insort(self.queue, (view.request(r).spec.deadline_s, r))
+        elif live:
+            self.decode_queue.appendleft((tuple(live), event.gpus))
+        return []
+
+    # ------------------------------------------------------------------------------ decode instances
+    def _serve_decodes(self, view: ClusterView, taken: set[int]) -> list[Action]:
+        """FIFO: each waiting decode batch takes one idle GPU, outside its diffuse group if it can."""
+        out: list[Action] = []
+        while self.decode_queue:
+            idle = [g for g in view.idle_gpus() if g not in taken]
+            if not idle:
+                break
+            rids, group = self.decode_queue[0]
+            rec = view.request(rids[0])
+            model, shape = rec.spec.model, rec.spec.shape
+            home = view.node_of(group[0]) if group else -1
+            idle.sort(key=lambda g: (g in group, view.node_of(g) != home, g))
+
+            def fits(b: int, g: int) -> bool:
+                return view.memory_needed_gib(model, "decode", shape, b, 1, g) <= view.free_gib(g) + 1e-9
+
+            gpu = next((g for g in idle if fits(len(rids), g)), None)
+            if gpu is None and len(rids) > 1:
+                gpu = next((g for g in idle if fits(1, g)), None)
+                if gpu is not None:  # split the batch: the rest stays at the head
+                    self.decode_queue[0] = (rids[1:], group)
+                    rids = rids[:1]
+                else:
+                    break
+            elif gpu is None:
+                break
+            else:
+                self.decode_queue.popleft()
+            taken.add(gpu)
+            out.append(Dispatch("decode", rids, (gpu,)))
+        return out
+
+    # ------------------------------------------------------------------------------ the program
+    def _plan(self, view: ClusterView, now: float, taken: set[int]) -> list[Action]:
+        idle = [sorted((g for g in view.idle_gpus(n) if g not in taken), key=lambda g: (-view.free_gib(g), g))
+                for n in range(len(view.nodes))]
+        capacity = [len(x) for x in idle]
+        total = sum(capacity)
+        if total == 0:
+            return []
+        cand = []
+        stale = False
+        for _, rid in self.queue:
+            rec = view.request(rid)
+            if rec.state is not RequestState.QUEUED:  # stopped waiting for its encode (cancelled, ...)
+                stale = True
+                continue
+            cand.append(rec)
+            if len(cand) >= self.opts["candidates"]:
+                break
+        if stale:
+            self.queue = [e for e in self.queue if view.request(e[1]).state is RequestState.QUEUED]
+        if not cand:
+            return []
+        items = self._batches(view, cand)
+        options = self._options(view, now, items, idle, total)
+        if not options:
+            return []
+        chosen = self._solve(options, capacity, len(items))
+        return self._dispatch(view, items, chosen, idle)
+
+    def _batches(self, view: ClusterView, cand) -> list[tuple[int, ...]]:
+        """Same model and shape, in deadline order, in batches up to the profiled best batch."""
+        open_: dict[tuple[str, Shape], list[int]] = {}
+        items: list[list[int]] = []
+        for rec in cand:
+            key = (rec.spec.model, rec.spec.shape)
+            limit = self.info[key].best_batch
+            cur = open_.get(key)
+            if cur is None or len(cur) >= limit:
+                cur = []
+                open_[key] = cur
+                items.append(cur)
+            cur.append(rec.id)
+        return [tuple(x) for x in items]
+
+    def _fits(self, view: ClusterView, model: str, shape: Shape, batch: int, k: int, gpus: Sequence[int]) -> bool:
+        for stage in ("encode", "diffuse"):
+            for g in gpus:
+                if view.memory_needed_gib(model, stage, shape, batch, k, g) > view.free_gib(g) + 1e-9:
+                    return False
+        return True
+
+    def _options(self, view, now, items, idle, total):
+        """``[(value, item, k, node)]`` after the exact top-(C - k + 1) reduction; items split for memory."""
+        n_items = len(items)
+        rank_bonus = URGENCY_BONUS / max(1, n_items) / max(1, n_items)
+        per_option: dict[tuple[int, int], list[tuple[float, int]]] = {}
+        i = 0
+        while i < len(items):
+            rids = items[i]
+            spec0 = view.request(rids[0]).spec
+            model, shape = spec0.model, spec0.shape
+            info = self.info[(model, shape)]
+            b = len(rids)
+            found = False
+            memory_blocked = False
+            for k in info.degrees:
+                nodes = [n for n, gpus in enumerate(idle) if len(gpus) >= k]
+                if not nodes:
+                    continue
+                finish = now + self._runtime(view, model, shape, b, k)
+                reward = 0.0
+                for rid in rids:
+                    spec = view.request(rid).spec
+                    if finish <= spec.deadline_s + 1e-9:
+                        reward += ON_TIME_REWARD
+                    else:
+                        reward += late_reward(now, spec.deadline_s, self.info[(spec.model, spec.shape)].best_s)
+                value = reward + k + rank_bonus * (n_items - i)
+                for n in nodes:
+                    if not self._fits(view, model, shape, b, k, idle[n][:k]):
+                        memory_blocked = True
+                        continue
+                    per_option.setdefault((k, n), []).append((value, i))
+                    found = True
+            if not found and memory_blocked and b > 1:  # split in halves and price them again
+                items[i:i + 1] = [rids[: b // 2], rids[b // 2:]]
+                continue
+            i += 1
+        options = []
+        for (k, n), lst in per_option.items():
+            lst.sort(key=lambda x: (-x[0], x[1]))
+            options += [(v, it, k, n) for v, it in lst[: total - k + 1]]
+        options.sort(key=lambda o: (o[1], o[2], o[3]))
+        return options
+
+    def _solve(self, options, capacity, n_items) -> list[tuple[int, int, int]]:
+        """Chosen ``(item, k, node)``."""
+        # exact shortcut: each item's own best option, if they all pack, is optimal
+        best: dict[int, tuple[float, int, int]] = {}
+        for v, it, k, n in options:
+            cur = best.get(it)
+            if cur is None or v > cur[0] + 1e-12 or (abs(v - cur[0]) <= 1e-12 and k > cur[1]):
+                best[it] = (v, k, n)
+        nodes_for: dict[tuple[int, int], list[int]] = {}
+        for _v, it, k, n in options:
+            nodes_for.setdefault((it, k), []).append(n)
+        left = list(capacity)
+        packed: list[tuple[int, int, int]] = []
+        for it, (_v, k, _n) in sorted(best.items(), key=lambda x: (-x[1][1], x[0])):
+            fit = [n for n in nodes_for[(it, k)] if left[n] >= k]
+            if not fit:
+                break
+            n = min(fit, key=lambda m: (left[m], m))
+            left[n] -= k
+            packed.append((it, k, n))
+        else:
+            self.paths["packed"] += 1
+            return packed
+        got = self._enumerate(options, capacity)
+        if got is not None:
+            self.paths["enumerated"] += 1
+            return got
+        if len(options) <= self.opts["max_vars"]:
+            got = self._milp(options, capacity, n_items)
+            if got is not None:
+                return got
+        self.paths["greedy"] += 1
+        return self._greedy(options, capacity, nodes_for)
+
+    @staticmethod
+    def _enumerate(options, capacity, budget: int = ENUMERATION_BUDGET) -> list[tuple[int, int, int]] | None:
+        """Exact branch and bound for tiny programs (HiGHS's start-up costs more than they do).
+
+        Items in order of their best value; each takes one of its options or none; the bound is
+        the best values of as many remaining items as GPUs remain. Gives up (None) after
+        ``budget`` nodes, leaving the program to HiGHS.
+        """
+        if len(options) > ENUMERATION_MAX_OPTIONS:
+            return None
+        by_item: dict[int, list[tuple[float, int, int]]] = {}
+        for v, it, k, n in options:
+            by_item.setdefault(it, []).append((v, k, n))
+        order = sorted(by_item, key=lambda it: (-max(o[0] for o in by_item[it]), it))
+        opts = [sorted(by_item[it], key=lambda o: (-o[0], -o[1], o[2])) for it in order]
+        prefix = [0.0]
+        for o in opts:
+            prefix.append(prefix[-1] + o[0][0])
+        m = len(order)
+        left = list(capacity)
+        best_val = -1.0
+        best: list[tuple[int, int, int]] = []
+        chosen: list[tuple[int, int, int]] = []
+        nodes = 0
+
+        def dfs(i: int, room: int, cur: float) -> bool:
+            nonlocal best_val, best, nodes
+            nodes += 1
+            if nodes > budget:
+                return False
+            if cur > best_val + 1e-9:
+                best_val, best = cur, list(chosen)
+            if i == m or room == 0 or cur + prefix[min(m, i + room)] - prefix[i] <= best_val + 1e-9:
+                return True
+            for v, k, n in opts[i]:
+                if left[n] >= k:
+                    left[n] -= k
+                    chosen.append((order[i], k, n))
+                    ok = dfs(i + 1, room - k, cur + v)
+                    chosen.pop()
+                    left[n] += k
+                    if not ok:
+                        return False
+            return dfs(i + 1, room, cur)
+
+        return best if dfs(0, sum(capacity), 0.0) else None
+
+    def _milp(self, options, capacity, n_items) -> list[tuple[int, int, int]] | None:
+        import numpy as np
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import csr_matrix
+
+        items = sorted({o[1] for o in options})
+        row_of = {it: r for r, it in enumerate(items)}
+        n_nodes = len(capacity)
+        rows, cols, vals = [], [], []
+        for j, (_v, it, k, n) in enumerate(options):
+            rows += [row_of[it], len(items) + n]
+            cols += [j, j]
+            vals += [1.0, float(k)]
+        a = csr_matrix((vals, (rows, cols)), shape=(len(items) + n_nodes, len(options)))
+        upper = np.array([1.0] * len(items) + [float(c) for c in capacity])
+        c = -np.array([o[0] for o in options])
+        try:
+            res = milp(c, constraints=LinearConstraint(a, -np.inf, upper), integrality=np.ones(len(options)),
+                       bounds=Bounds(0.0, 1.0),
+                       options={"time_limit": self.opts["time_limit_s"], "node_limit": self.opts["node_limit"],
+                                "mip_rel_gap": 0.0, "disp": False})
+        except (ValueError, RuntimeError):
+            return None
+        if res.x is None:
+            return None
+        self.paths["milp" if res.status == 0 else "milp-limit"] += 1
+        chosen = [(o[1], o[2], o[3]) for j, o in enumerate(options) if res.x[j] > 0.5]
+        # guard against solver tolerances: never exceed a node's idle GPUs or pick an item twice
+        left = list(capacity)
+        seen: set[int] = set()
+        out = []
+        for it, k, n in sorted(chosen, key=lambda x: (-x[1], x[0])):
+            if it in seen or left[n] < k:
+                continue
+            seen.add(it)
+            left[n] -= k
+            out.append((it, k, n))
+        return out
+
+    @staticmethod
+    def _greedy(options, capacity, nodes_for) -> list[tuple[int, int, int]]:
+        """By reward density (value per GPU), each item once, on the best-fitting node."""
+        left = list(capacity)
+        seen: set[int] = set()
+        out = []
+        for v, it, k, n in sorted(options, key=lambda o: (-o[0] / o[2], -o[0], o[1], o[3])):
+            if it in seen:
+                continue
+            fit = [m for m in nodes_for[(it, k)] if left[m] >= k]
+            if not fit:
+                continue
+            m = min(fit, key=lambda x: (left[x], x))
+            left[m] -= k
+            seen.add(it)
+            out.append((it, k, m))
+        return out
+
+    def _dispatch(self, view: ClusterView, items, chosen, idle) -> list[Action]:
+        out: list[Action] = []
+        free = [list(x) for x in idle]
+        started: set[int] = set()
+        for it, k, n in sorted(chosen, key=lambda x: (x[2], -x[1], x[0])):
+            rids = items[it]
+            spec = view.request(rids[0]).spec
+            group = free[n][:k]
+            if len(group) < k or not self._fits(view, spec.model, spec.shape, len(rids), k, group):
+                continue  # stays queued (cannot happen on homogeneous nodes)
+            free[n] = free[n][k:]
+            out.append(Dispatch("encode", rids, tuple(sorted(group))))
+            started.update(rids)
+        if started:
+            self.queue = [e for e in self.queue if e[1] not in started]
+        return out
