@@ -32,22 +32,33 @@ and gives each a degree k in {1, 2, 4, 8} on one node; everything else follows f
   a tie-breaker below 0.1 in total favours the more urgent items among otherwise equal plans.
   Late requests are never rejected: they run when their reward wins.
 * **Program.** Binary ``x[item, k, n]``; each item at most once; per node, the sum of the chosen
-  degrees <= its idle GPUs. Solved with HiGHS through ``scipy.optimize.milp`` (imported lazily),
-  with ``time_limit_s`` (0.25 s, half a tick) and a node limit (deterministic) as its budget.
-  Two exact reductions come first: (1) for each (k, n) only the ``C - k + 1`` best items at that
-  option can appear in an optimum (C = idle GPUs; swap argument), so the rest are dropped; (2)
-  when every remaining item's own best option packs onto the nodes (first fit decreasing), that
-  packing is optimal and no solver is called. A fast greedy by reward density (reward per GPU,
-  best-fit node) replaces the solver when the program has more than ``max_vars`` variables or
-  the solver returns no solution. No solve at all when nothing is queued or no GPU is idle.
-  ``self.paths`` counts which path each tick took (``packed``, ``milp``, ``milp-limit`` (a limit
-  hit, its best solution used), ``greedy``); ``skipped`` ticks are not counted.
+  degrees <= its idle GPUs; maximise the total gain. The solver is HiGHS through
+  ``scipy.optimize.milp`` (scipy imported lazily, inside the solve), with ``time_limit_s`` (0.25 s,
+  half a tick) and ``node_limit`` (deterministic, so a run stays reproducible) as its budget; on a
+  limit its best solution is used. Three exact steps come first, each giving the same optimum as
+  the solver (up to ties):
+
+  1. for each (k, n) only the ``C - k + 1`` best items at that option (C = idle GPUs) can appear
+     in an optimum (swap argument: a better unpicked item always exists otherwise), so the rest
+     of the options are dropped;
+  2. when every remaining item's own best option packs onto the nodes (first fit decreasing,
+     best-fit node), that packing is optimal (``packed``);
+  3. a program with at most ``enumerate_max`` (32) options is solved by an exact branch and bound
+     with a node budget (``enumerated``): HiGHS's start-up (~4 ms) dominates such tiny programs,
+     which are most ticks under load (one or two GPUs freed since the last tick).
+
+  A fast greedy by reward density (gain per GPU, best-fit node) decides instead when the program
+  has more than ``max_vars`` options, or the solver gives no solution (or scipy is missing).
+  Nothing is solved when no request is queued or no GPU is idle. ``self.paths`` counts the path
+  each solved tick took: ``packed``, ``enumerated``, ``milp``, ``milp-limit``, ``greedy``.
+  Ties between equal plans (which node) go to the best-fitting node in every path but HiGHS's.
 * **Execution.** An item starts at once: encode (batch b) on its k GPUs, then, on the encode's
   ``StageFinished``, the diffuse of the same batch on the *same* group (held, as pipeline
   policies do). Decode runs on a separate 1-GPU instance: when a diffuse finishes its batch joins
   a FIFO decode queue, served on *every* event (not only on ticks) whenever a GPU is idle,
   preferring an idle GPU outside the diffuse's group (same node first), then one of the group's
-  own GPUs. A decode batch that does not fit the chosen GPU is split into single requests.
+  own GPUs. A decode batch that fits no idle GPU is split into single requests. (The diffuse's
+  own group is idle when it finishes, so in practice only memory makes a decode wait.)
   Only the integer program waits for ticks; encode -> diffuse -> decode hand-offs never do.
 * **Placement.** Every GPU holds every stage of every model (``start`` places everything).
 * **Failures.** An out-of-memory ``StageFailed`` fails its requests (the program checks memory, so
@@ -81,6 +92,12 @@ URGENCY_BONUS = 0.1  # total tie-breaking bonus over all candidates (below one G
 ENUMERATION_MAX_OPTIONS = 32  # programs this small are solved by exact enumeration
 ENUMERATION_BUDGET = 4000  # search nodes before handing the program to HiGHS
 
+# An option is ``(value, item, k, node)``: item ``item`` at degree ``k`` on node ``node`` gains
+# ``value``; a choice is ``(item, k, node)``. Each item takes at most one option; per node the
+# chosen degrees sum to at most ``capacity[node]``. Maximise the total value.
+Option = tuple[float, int, int, int]
+Choice = tuple[int, int, int]
+
 
 def late_reward(now: float, deadline_s: float, best_s: float) -> float:
     """Reward of a request that will miss its deadline: grows with how late it already is.
@@ -112,6 +129,7 @@ class TridentPaper(Policy):
         "node_limit": (int, 2000, "HiGHS branch-and-bound node limit per solve (deterministic budget)"),
         "max_vars": (int, 4096, "above this many variables the greedy replaces the solver"),
         "max_batch": (int, 64, "guard on the profiled best batch"),
+        "enumerate_max": (int, ENUMERATION_MAX_OPTIONS, "programs with at most this many options are solved by exact enumeration (0: always HiGHS)"),
     }
     tick_s = 0.5
 
@@ -223,6 +241,10 @@ class TridentPaper(Policy):
             if not idle:
                 break
             rids, group = self.decode_queue[0]
+            rids = tuple(r for r in rids if view.request(r).state is RequestState.DIFFUSED)
+            if not rids:  # ended while it waited (cancelled, ...)
+                self.decode_queue.popleft()
+                continue
             rec = view.request(rids[0])
             model, shape = rec.spec.model, rec.spec.shape
             home = view.node_of(group[0]) if group else -1
@@ -270,10 +292,11 @@ class TridentPaper(Policy):
         if not cand:
             return []
         items = self._batches(view, cand)
-        options = self._options(view, now, items, idle, total)
+        rank = {rec.id: r for r, rec in enumerate(cand)}
+        options = self._options(view, now, items, rank, idle, total)
         if not options:
             return []
-        chosen = self._solve(options, capacity, len(items))
+        chosen = self._solve(options, capacity)
         return self._dispatch(view, items, chosen, idle)
 
     def _batches(self, view: ClusterView, cand) -> list[tuple[int, ...]]:
@@ -298,21 +321,24 @@ class TridentPaper(Policy):
                     return False
         return True
 
-    def _options(self, view, now, items, idle, total):
-        """``[(value, item, k, node)]`` after the exact top-(C - k + 1) reduction; items split for memory."""
-        n_items = len(items)
-        rank_bonus = URGENCY_BONUS / max(1, n_items) / max(1, n_items)
+    def _options(self, view: ClusterView, now: float, items: list[tuple[int, ...]], rank: dict[int, int],
+                 idle: list[list[int]], total: int) -> list[Option]:
+        """The program's options after the exact top-(C - k + 1) reduction (C = idle GPUs).
+
+        An item with options on no node for memory reasons is split in halves (``items`` changes
+        in place) and priced again.
+        """
+        bonus = URGENCY_BONUS / max(1, len(rank)) ** 2  # x (candidates - rank): < URGENCY_BONUS in all
         per_option: dict[tuple[int, int], list[tuple[float, int]]] = {}
+        fits: dict[tuple, bool] = {}
         i = 0
         while i < len(items):
             rids = items[i]
             spec0 = view.request(rids[0]).spec
             model, shape = spec0.model, spec0.shape
-            info = self.info[(model, shape)]
             b = len(rids)
-            found = False
-            memory_blocked = False
-            for k in info.degrees:
+            found = memory_blocked = False
+            for k in self.info[(model, shape)].degrees:
                 nodes = [n for n, gpus in enumerate(idle) if len(gpus) >= k]
                 if not nodes:
                     continue
@@ -324,166 +350,49 @@ class TridentPaper(Policy):
                         reward += ON_TIME_REWARD
                     else:
                         reward += late_reward(now, spec.deadline_s, self.info[(spec.model, spec.shape)].best_s)
-                value = reward + k + rank_bonus * (n_items - i)
+                value = reward + k + bonus * (len(rank) - rank[rids[0]])
                 for n in nodes:
-                    if not self._fits(view, model, shape, b, k, idle[n][:k]):
+                    key = (model, shape, b, k, n)
+                    ok = fits.get(key)
+                    if ok is None:
+                        ok = fits[key] = self._fits(view, model, shape, b, k, idle[n][:k])
+                    if not ok:
                         memory_blocked = True
                         continue
                     per_option.setdefault((k, n), []).append((value, i))
                     found = True
-            if not found and memory_blocked and b > 1:  # split in halves and price them again
+            if not found and memory_blocked and b > 1:
                 items[i:i + 1] = [rids[: b // 2], rids[b // 2:]]
                 continue
             i += 1
-        options = []
-        for (k, n), lst in per_option.items():
+        options: list[Option] = []
+        for (k, n), lst in sorted(per_option.items()):
             lst.sort(key=lambda x: (-x[0], x[1]))
             options += [(v, it, k, n) for v, it in lst[: total - k + 1]]
         options.sort(key=lambda o: (o[1], o[2], o[3]))
         return options
 
-    def _solve(self, options, capacity, n_items) -> list[tuple[int, int, int]]:
-        """Chosen ``(item, k, node)``."""
-        # exact shortcut: each item's own best option, if they all pack, is optimal
-        best: dict[int, tuple[float, int, int]] = {}
-        for v, it, k, n in options:
-            cur = best.get(it)
-            if cur is None or v > cur[0] + 1e-12 or (abs(v - cur[0]) <= 1e-12 and k > cur[1]):
-                best[it] = (v, k, n)
-        nodes_for: dict[tuple[int, int], list[int]] = {}
-        for _v, it, k, n in options:
-            nodes_for.setdefault((it, k), []).append(n)
-        left = list(capacity)
-        packed: list[tuple[int, int, int]] = []
-        for it, (_v, k, _n) in sorted(best.items(), key=lambda x: (-x[1][1], x[0])):
-            fit = [n for n in nodes_for[(it, k)] if left[n] >= k]
-            if not fit:
-                break
-            n = min(fit, key=lambda m: (left[m], m))
-            left[n] -= k
-            packed.append((it, k, n))
-        else:
-            self.paths["packed"] += 1
-            return packed
-        got = self._enumerate(options, capacity)
+    def _solve(self, options: list[Option], capacity: list[int]) -> list[Choice]:
+        got = pack_best(options, capacity)
         if got is not None:
-            self.paths["enumerated"] += 1
+            self.paths["packed"] += 1
             return got
         if len(options) <= self.opts["max_vars"]:
-            got = self._milp(options, capacity, n_items)
+            got = enumerate_program(options, capacity, self.opts["enumerate_max"])
             if got is not None:
+                self.paths["enumerated"] += 1
+                return got
+            solved = milp_program(options, capacity, self.opts["time_limit_s"], self.opts["node_limit"])
+            if solved is not None:
+                got, optimal = solved
+                self.paths["milp" if optimal else "milp-limit"] += 1
                 return got
         self.paths["greedy"] += 1
-        return self._greedy(options, capacity, nodes_for)
-
-    @staticmethod
-    def _enumerate(options, capacity, budget: int = ENUMERATION_BUDGET) -> list[tuple[int, int, int]] | None:
-        """Exact branch and bound for tiny programs (HiGHS's start-up costs more than they do).
-
-        Items in order of their best value; each takes one of its options or none; the bound is
-        the best values of as many remaining items as GPUs remain. Gives up (None) after
-        ``budget`` nodes, leaving the program to HiGHS.
-        """
-        if len(options) > ENUMERATION_MAX_OPTIONS:
-            return None
-        by_item: dict[int, list[tuple[float, int, int]]] = {}
-        for v, it, k, n in options:
-            by_item.setdefault(it, []).append((v, k, n))
-        order = sorted(by_item, key=lambda it: (-max(o[0] for o in by_item[it]), it))
-        opts = [sorted(by_item[it], key=lambda o: (-o[0], -o[1], o[2])) for it in order]
-        prefix = [0.0]
-        for o in opts:
-            prefix.append(prefix[-1] + o[0][0])
-        m = len(order)
-        left = list(capacity)
-        best_val = -1.0
-        best: list[tuple[int, int, int]] = []
-        chosen: list[tuple[int, int, int]] = []
-        nodes = 0
-
-        def dfs(i: int, room: int, cur: float) -> bool:
-            nonlocal best_val, best, nodes
-            nodes += 1
-            if nodes > budget:
-                return False
-            if cur > best_val + 1e-9:
-                best_val, best = cur, list(chosen)
-            if i == m or room == 0 or cur + prefix[min(m, i + room)] - prefix[i] <= best_val + 1e-9:
-                return True
-            for v, k, n in opts[i]:
-                if left[n] >= k:
-                    left[n] -= k
-                    chosen.append((order[i], k, n))
-                    ok = dfs(i + 1, room - k, cur + v)
-                    chosen.pop()
-                    left[n] += k
-                    if not ok:
-                        return False
-            return dfs(i + 1, room, cur)
-
-        return best if dfs(0, sum(capacity), 0.0) else None
-
-    def _milp(self, options, capacity, n_items) -> list[tuple[int, int, int]] | None:
-        import numpy as np
-        from scipy.optimize import Bounds, LinearConstraint, milp
-        from scipy.sparse import csr_matrix
-
-        items = sorted({o[1] for o in options})
-        row_of = {it: r for r, it in enumerate(items)}
-        n_nodes = len(capacity)
-        rows, cols, vals = [], [], []
-        for j, (_v, it, k, n) in enumerate(options):
-            rows += [row_of[it], len(items) + n]
-            cols += [j, j]
-            vals += [1.0, float(k)]
-        a = csr_matrix((vals, (rows, cols)), shape=(len(items) + n_nodes, len(options)))
-        upper = np.array([1.0] * len(items) + [float(c) for c in capacity])
-        c = -np.array([o[0] for o in options])
-        try:
-            res = milp(c, constraints=LinearConstraint(a, -np.inf, upper), integrality=np.ones(len(options)),
-                       bounds=Bounds(0.0, 1.0),
-                       options={"time_limit": self.opts["time_limit_s"], "node_limit": self.opts["node_limit"],
-                                "mip_rel_gap": 0.0, "disp": False})
-        except (ValueError, RuntimeError):
-            return None
-        if res.x is None:
-            return None
-        self.paths["milp" if res.status == 0 else "milp-limit"] += 1
-        chosen = [(o[1], o[2], o[3]) for j, o in enumerate(options) if res.x[j] > 0.5]
-        # guard against solver tolerances: never exceed a node's idle GPUs or pick an item twice
-        left = list(capacity)
-        seen: set[int] = set()
-        out = []
-        for it, k, n in sorted(chosen, key=lambda x: (-x[1], x[0])):
-            if it in seen or left[n] < k:
-                continue
-            seen.add(it)
-            left[n] -= k
-            out.append((it, k, n))
-        return out
-
-    @staticmethod
-    def _greedy(options, capacity, nodes_for) -> list[tuple[int, int, int]]:
-        """By reward density (value per GPU), each item once, on the best-fitting node."""
-        left = list(capacity)
-        seen: set[int] = set()
-        out = []
-        for v, it, k, n in sorted(options, key=lambda o: (-o[0] / o[2], -o[0], o[1], o[3])):
-            if it in seen:
-                continue
-            fit = [m for m in nodes_for[(it, k)] if left[m] >= k]
-            if not fit:
-                continue
-            m = min(fit, key=lambda x: (left[x], x))
-            left[m] -= k
-            seen.add(it)
-            out.append((it, k, m))
-        return out
+        return greedy_program(options, capacity)
 
     def _dispatch(self, view: ClusterView, items, chosen, idle) -> list[Action]:
         out: list[Action] = []
         free = [list(x) for x in idle]
-        started: set[int] = set()
         for it, k, n in sorted(chosen, key=lambda x: (x[2], -x[1], x[0])):
             rids = items[it]
             spec = view.request(rids[0]).spec
@@ -492,7 +401,151 @@ class TridentPaper(Policy):
                 continue  # stays queued (cannot happen on homogeneous nodes)
             free[n] = free[n][k:]
             out.append(Dispatch("encode", rids, tuple(sorted(group))))
-            started.update(rids)
-        if started:
-            self.queue = [e for e in self.queue if e[1] not in started]
+            for rid in rids:
+                entry = (view.request(rid).spec.deadline_s, rid)
+                j = bisect.bisect_left(self.queue, entry)
+                if j < len(self.queue) and self.queue[j] == entry:
+                    del self.queue[j]
         return out
+
+
+# ---------------------------------------------------------------------------------- the program
+# (the program's types are defined at the top of the module)
+
+
+def _nodes_for(options: Sequence[Option]) -> dict[tuple[int, int], list[int]]:
+    out: dict[tuple[int, int], list[int]] = {}
+    for _v, it, k, n in options:
+        out.setdefault((it, k), []).append(n)
+    return out
+
+
+def pack_best(options: Sequence[Option], capacity: Sequence[int]) -> list[Choice] | None:
+    """Every item at its own best option (ties: the larger degree), packed largest degree first
+    onto the best-fitting node; that is optimal when it fits, None when it does not."""
+    best: dict[int, tuple[float, int]] = {}
+    for v, it, k, _n in options:
+        cur = best.get(it)
+        if cur is None or v > cur[0] + 1e-12 or (abs(v - cur[0]) <= 1e-12 and k > cur[1]):
+            best[it] = (v, k)
+    nodes_for = _nodes_for(options)
+    left = list(capacity)
+    out: list[Choice] = []
+    for it, (_v, k) in sorted(best.items(), key=lambda x: (-x[1][1], x[0])):
+        fit = [n for n in nodes_for[(it, k)] if left[n] >= k]
+        if not fit:
+            return None
+        n = min(fit, key=lambda m: (left[m], m))
+        left[n] -= k
+        out.append((it, k, n))
+    return out
+
+
+def enumerate_program(options: Sequence[Option], capacity: Sequence[int],
+                      max_options: int = ENUMERATION_MAX_OPTIONS, budget: int = ENUMERATION_BUDGET) -> list[Choice] | None:
+    """Exact branch and bound for tiny programs (HiGHS's start-up costs more than they do).
+
+    Items in order of their best value; each takes one of its options (ties: the larger degree,
+    then the best-fitting node) or none; the bound adds the best values of as many remaining
+    items as GPUs remain. None when the program has more than ``max_options`` options or the
+    search passes ``budget`` nodes: HiGHS takes it then.
+    """
+    if len(options) > max_options:
+        return None
+    by_item: dict[int, list[tuple[float, int, int]]] = {}
+    for v, it, k, n in options:
+        by_item.setdefault(it, []).append((v, k, n))
+    order = sorted(by_item, key=lambda it: (-max(o[0] for o in by_item[it]), it))
+    opts = [sorted(by_item[it], key=lambda o: (-o[0], -o[1], capacity[o[2]], o[2])) for it in order]
+    prefix = [0.0]
+    for o in opts:
+        prefix.append(prefix[-1] + o[0][0])
+    m = len(order)
+    left = list(capacity)
+    best_val = -math.inf
+    best: list[Choice] = []
+    chosen: list[Choice] = []
+    nodes = 0
+
+    def dfs(i: int, room: int, cur: float) -> bool:
+        nonlocal best_val, best, nodes
+        nodes += 1
+        if nodes > budget:
+            return False
+        if cur > best_val + 1e-9:
+            best_val, best = cur, list(chosen)
+        if i == m or room == 0 or cur + prefix[min(m, i + room)] - prefix[i] <= best_val + 1e-9:
+            return True
+        for v, k, n in opts[i]:
+            if left[n] >= k:
+                left[n] -= k
+                chosen.append((order[i], k, n))
+                ok = dfs(i + 1, room - k, cur + v)
+                chosen.pop()
+                left[n] += k
+                if not ok:
+                    return False
+        return dfs(i + 1, room, cur)
+
+    return best if dfs(0, sum(capacity), 0.0) else None
+
+
+def milp_program(options: Sequence[Option], capacity: Sequence[int], time_limit_s: float,
+                 node_limit: int) -> tuple[list[Choice], bool] | None:
+    """HiGHS through ``scipy.optimize.milp``: (choices, proven optimal), or None without a solution."""
+    try:
+        import numpy as np
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import csr_matrix
+    except ImportError:  # scipy is optional: without it the greedy decides
+        return None
+
+    items = sorted({o[1] for o in options})
+    row_of = {it: r for r, it in enumerate(items)}
+    rows, cols, vals = [], [], []
+    for j, (_v, it, k, n) in enumerate(options):
+        rows += [row_of[it], len(items) + n]
+        cols += [j, j]
+        vals += [1.0, float(k)]
+    a = csr_matrix((vals, (rows, cols)), shape=(len(items) + len(capacity), len(options)))
+    upper = np.array([1.0] * len(items) + [float(c) for c in capacity])
+    try:
+        res = milp(-np.array([o[0] for o in options]), constraints=LinearConstraint(a, -np.inf, upper),
+                   integrality=np.ones(len(options)), bounds=Bounds(0.0, 1.0),
+                   options={"time_limit": time_limit_s, "node_limit": node_limit, "mip_rel_gap": 0.0,
+                            "disp": False})
+    except (ValueError, RuntimeError):
+        return None
+    if res.x is None:
+        return None
+    picked = [(o[1], o[2], o[3]) for j, o in enumerate(options) if res.x[j] > 0.5]
+    # guard against solver tolerances: never exceed a node's idle GPUs or take an item twice
+    left = list(capacity)
+    seen: set[int] = set()
+    out: list[Choice] = []
+    for it, k, n in sorted(picked, key=lambda x: (-x[1], x[0])):
+        if it in seen or left[n] < k:
+            continue
+        seen.add(it)
+        left[n] -= k
+        out.append((it, k, n))
+    return out, res.status == 0
+
+
+def greedy_program(options: Sequence[Option], capacity: Sequence[int]) -> list[Choice]:
+    """The fallback: options by reward density (value per GPU), each item once, best-fit node."""
+    nodes_for = _nodes_for(options)
+    left = list(capacity)
+    seen: set[int] = set()
+    out: list[Choice] = []
+    for _v, it, k, _n in sorted(options, key=lambda o: (-o[0] / o[2], -o[0], o[1], o[3])):
+        if it in seen:
+            continue
+        fit = [m for m in nodes_for[(it, k)] if left[m] >= k]
+        if not fit:
+            continue
+        m = min(fit, key=lambda x: (left[x], x))
+        left[m] -= k
+        seen.add(it)
+        out.append((it, k, m))
+    return out
