@@ -62,6 +62,10 @@ def _bool(text: str) -> bool:
 _bool.__name__ = "bool"
 
 
+_MAX_SCAN = 256  # waiting items looked at per pass (the most urgent first)
+_MAX_BLOCKED = 8  # blocked diffuses per pass that may reserve GPUs or preempt
+
+
 @dataclass(slots=True)
 class _ClassInfo:
     """Cost-model answers for one (model, shape), computed once."""
@@ -103,6 +107,7 @@ class Trident(Policy):
         self.observed: dict[tuple[str, Shape], int] = {}
         self.last_plan_s = now
         self.safer: dict[int, int] = {}  # request id -> OOM retries
+        self.paused_at: dict[int, float] = {}  # request id -> when it was last preempted
         expected = dict(expected or {})
         if not expected:
             expected = {(m, None): 1.0 for m in models}
@@ -235,8 +240,10 @@ class Trident(Policy):
         taken: set[int] = set()
         preempted_now = False
         blocked_degree = math.inf  # smallest degree that found no room in this pass
-        for entry in list(self.ready):
-            if idle_total == 0 and not self.opts["preempt"]:
+        blocked = 0  # diffuses that found no room (each reserves GPUs or tries a preemption)
+        preempt_tries = 0
+        for entry in self.ready[:_MAX_SCAN]:
+            if idle_total == 0 and (not self.opts["preempt"] or preempted_now or blocked >= _MAX_BLOCKED):
                 break
             rid = entry[2]
             if rid in taken:
@@ -317,6 +324,9 @@ class Trident(Policy):
                     break
             if placed or late:
                 continue
+            blocked += 1
+            if blocked > _MAX_BLOCKED:
+                continue
             # ---- no room now: reserve the GPUs that free soonest, or preempt if that is too late
             d = min(feasible)
             latest = spec.deadline_s - margin - self._remaining(rec, info, d, "diffuse")
@@ -325,11 +335,13 @@ class Trident(Policy):
                 for g in group:
                     reserved[g] = when
                 continue
-            if self.opts["preempt"] and not preempted_now:
+            if self.opts["preempt"] and not preempted_now and preempt_tries < 2:
+                preempt_tries += 1
                 got = self._preempt_for(view, reserved, now, d, rec, info)
                 if got is not None:
                     victim, freed_at, freed = got
                     actions.append(Preempt(victim))
+                    self.paused_at[victim] = now
                     for g in freed:
                         reserved[g] = freed_at
                     preempted_now = True
@@ -403,6 +415,11 @@ class Trident(Policy):
         for run in view.running():
             a = run.action
             if a.stage != "diffuse" or run.preempt_at_step is not None or run.step_s <= 0:
+                continue
+            # a victim must have run at least a step, and not have been paused just before: no
+            # pause/resume cycles that make no progress
+            if now - run.compute_start_s < run.step_s or any(
+                    now - self.paused_at.get(v, -math.inf) < 10 * run.step_s for v in a.request_ids):
                 continue
             node = view.node_of(a.gpus[0])
             free_here = [g for g in view.idle_gpus(node) if g not in reserved]
