@@ -240,6 +240,9 @@ class ClusterState:
             self.busy[g] = did
             self.act_gib[g] += act
             self.pending_load_s[g] = 0.0
+            if self.weights_gib[g] + self.act_gib[g] > self.mem_gib[g] + 1e-6:
+                raise MemoryError(f"GPU {g}: {self.weights_gib[g] + self.act_gib[g]:.2f} GiB in use exceeds "
+                                  f"its {self.mem_gib[g]:.2f} GiB (dispatch {action})")
         self.idle_count -= len(action.gpus)
         state = RUNNING_STATE[action.stage]
         for rid in action.request_ids:
@@ -302,6 +305,11 @@ class ClusterState:
             else:
                 self.requests.transition(rid, RequestState.FAILED, now, reason)
         return run
+
+    def note_oom(self, request_ids: Iterable[int]) -> None:
+        """A dispatch could not allocate its memory: nothing started; count it on its requests."""
+        for rid in request_ids:
+            self.requests[rid].ooms += 1
 
     def end_request(self, request_id: int, state: RequestState, now: float, reason: str) -> None:
         """Reject, cancel or fail a request that is not running."""
@@ -396,6 +404,10 @@ class ClusterView:
 
     def free_gib(self, gpu: int) -> float:
         return self._s.free_gib(gpu)
+
+    def instance_gib(self, model: str, stage: str) -> float:
+        """Weights of one ``(model, stage)`` instance on one GPU."""
+        return self._s.stage_weights_gib(model, stage)
 
     def weights_gib(self, gpu: int) -> float:
         return self._s.weights_gib[gpu]

@@ -76,6 +76,7 @@ class Simulator:
         self.decision_ms: list[float] = []
         self.now = 0.0
         self._tick_pending = False
+        self._oom_seq = 0  # failed allocations get negative dispatch ids (they never ran)
 
     # ---------------------------------------------------------------------------------- loop
     def _push(self, t: float, kind: int, payload: object) -> None:
@@ -115,12 +116,14 @@ class Simulator:
                     continue  # superseded (preempted: a new end was scheduled)
                 event = self._finish(run, t)
             elif kind == _OOM:
-                did = payload
-                run = state.running[did]
-                state.fail(did, t, "out of memory", oom=True, retry=True)
-                self._span(run, t, "oom", run.action.start_step)
-                event = StageFailed(did, run.action.stage, run.action.request_ids, run.action.gpus,
-                                    "out of memory", oom=True)
+                did, action = payload  # type: ignore[misc]
+                if self.record:
+                    for rid in action.request_ids:
+                        rec = state.requests[rid]
+                        self.spans.append(SpanRow(did, rid, action.stage, action.gpus, len(action.gpus),
+                                                  len(action.request_ids), rec.ready_s, t, t, 0.0,
+                                                  action.start_step, action.start_step, "oom"))
+                event = StageFailed(did, action.stage, action.request_ids, action.gpus, "out of memory", oom=True)
             else:
                 self._tick_pending = False
                 if state.requests.live == 0 and nxt is None:
@@ -185,10 +188,11 @@ class Simulator:
             raise PolicyBug(f"{self.policy.spec}: invalid dispatch {action}: " + "; ".join(problems))
         c = state.dispatch_cost(action)
         if c.oom:
-            # The allocation fails as the stage starts: the GPUs are held for no time, the
-            # requests go back to waiting with an OOM counted, and the policy hears of it.
-            run = state.start(action, now, now, now)
-            self._push(now, _OOM, run.id)
+            # The allocation fails as the stage starts: nothing runs, the requests stay waiting
+            # with an OOM counted, and the policy hears of it (a retry is its decision).
+            state.note_oom(action.request_ids)
+            self._oom_seq -= 1
+            self._push(now, _OOM, (self._oom_seq, action))
             return
         rec0 = state.requests[action.request_ids[0]]
         for g in action.gpus:  # lazy placement: weights loaded as part of this dispatch

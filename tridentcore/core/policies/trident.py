@@ -39,7 +39,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..events import (Action, Dispatch, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
+from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
                       Tick)
 from ..lifecycle import WAITING_FOR, RequestRecord
 from ..placement import plan_placement
@@ -270,9 +270,10 @@ class Trident(Policy):
                 if idle_total == 0:
                     continue
                 dur = info.enc_s if stage == "encode" else info.dec_s
-                g = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec)
+                g, evictions = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec)
                 if g is None:
                     continue
+                actions += evictions
                 batch = [rid]
                 limit = self._stage_batch(view, info, stage, spec.model)
                 if limit > 1 and self.opts["batch"]:
@@ -359,7 +360,8 @@ class Trident(Policy):
     def _fits(self, view: ClusterView, model: str, stage: str, shape: Shape, batch: int, degree: int, g: int) -> bool:
         return view.memory_needed_gib(model, stage, shape, batch, degree, g) <= view.free_gib(g) + 1e-9
 
-    def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> int | None:
+    def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> tuple[int | None, list[Action]]:
+        """One GPU for an encode or decode, and any evictions needed to make room on it."""
         prefer = set(rec.latents_on) if stage == "decode" else set()
         plan = self.plan
         candidates = []
@@ -373,8 +375,20 @@ class Trident(Policy):
         candidates.sort()
         for _, g in candidates:  # memory admission, best candidate first
             if self._fits(view, model, stage, rec.spec.shape, 1, 1, g):
-                return g
-        return None
+                return g, []
+        for _, g in candidates:  # make room: evict instances the plan does not want there
+            need = view.memory_needed_gib(model, stage, rec.spec.shape, 1, 1, g)
+            spare = [(w, m, s) for (m, s) in view.resident(g) if (m, s) not in plan.get(g, ())
+                     and (m, s) != (model, stage) for w in (view.instance_gib(m, s),)]
+            evict, free = [], view.free_gib(g)
+            for w, m, s in sorted(spare, reverse=True):
+                if free >= need:
+                    break
+                evict.append(Evict(m, s, g))
+                free += w
+            if free >= need - 1e-9:
+                return g, evict
+        return None, []
 
     def _pick_group(self, view, idle, reserved, now, dur, d, rec) -> tuple[int, ...] | None:
         model, shape = rec.spec.model, rec.spec.shape
