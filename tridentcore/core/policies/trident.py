@@ -262,16 +262,31 @@ class Trident(Policy):
                 else:  # late anyway: keep it, behind every request that can still make it
                     self._late(rid)
                 continue
-            if idle_total == 0:
-                if stage != "diffuse" or preempted_now:
-                    continue
+            if idle_total == 0 and preempted_now:
+                continue
             margin = margin_frac * spec.slo_s
             if stage != "diffuse":
-                if idle_total == 0:
-                    continue
                 dur = info.enc_s if stage == "encode" else info.dec_s
-                g, evictions = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec)
+                g, evictions = (None, [])
+                if idle_total:
+                    g, evictions = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec)
                 if g is None:
+                    # no GPU now: if one frees too late for this request, pause a long diffuse
+                    blocked += 1
+                    if blocked <= _MAX_BLOCKED and self.opts["preempt"] and not preempted_now and preempt_tries < 2:
+                        d = info.eff_d if stage == "encode" else 1
+                        latest = spec.deadline_s - margin - self._remaining(rec, info, d, stage)
+                        when, _ = self._soonest(view, reserved, now, 1)
+                        if when > latest:
+                            preempt_tries += 1
+                            got = self._preempt_for(view, reserved, now, 1, rec, info, stage)
+                            if got is not None:
+                                victim, freed_at, freed = got
+                                actions.append(Preempt(victim))
+                                self.paused_at[victim] = now
+                                for g2 in freed:
+                                    reserved[g2] = freed_at
+                                preempted_now = True
                     continue
                 actions += evictions
                 batch = [rid]
@@ -422,9 +437,9 @@ class Trident(Policy):
                 best_t, best = t, tuple(g for _, g in times[:d])
         return best_t, best
 
-    def _preempt_for(self, view, reserved, now, d, rec, info):
+    def _preempt_for(self, view, reserved, now, d, rec, info, stage="diffuse"):
         """A running diffuse whose pause gives ``rec`` d GPUs on one node, keeping its own deadline."""
-        need_s = (rec.spec.shape.steps - rec.steps_done) * info.step_s[d] + info.dec_s
+        need_s = self._remaining(rec, info, max(d, 1) if stage == "diffuse" else info.eff_d, stage)
         best, best_slack = None, 0.0
         for run in view.running():
             a = run.action

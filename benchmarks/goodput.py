@@ -1,0 +1,86 @@
+"""Goodput and fair goodput per policy, per mix and SLO scale, on the simulator (issue: planner & simulator).
+
+    python benchmarks/goodput.py [--mixes flux-uniform,sd3-mixed,video-wan,image-video]
+        [--scales 1.5,3,5] [--cluster 2x8xH200] [--profile h200] [--duration 1800] [--jobs 2]
+        [--out results/goodput.json]
+
+For every (mix, SLO scale): the capacity ceiling, and per policy the goodput (highest rate with
+>= 90 % overall attainment) and fair goodput (every request class >= 90 %), by bisection over rates
+with common random numbers. Prints one table per mix and the ratios the issue asks for: trident
+over the best pipeline-static degree, and trident over trident-paper (fair goodput).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-static:degree=4",
+            "pipeline-static:degree=8", "pipeline-dynamic", "trident-paper", "trident")
+
+
+def _one(args):
+    mix, scale, policy, cluster, profile, duration, seed, target = args
+    from tridentcore.sim.bench import Scenario, capacity_rps, load_scenario, sweep_goodput
+
+    loaded = load_scenario(Scenario(profile=profile, cluster=cluster, mix=mix, duration_s=duration,
+                                    slo_scale=scale, seed=seed))
+    t0 = time.perf_counter()
+    cap = capacity_rps(loaded)
+    g = sweep_goodput(loaded, policy, target, rel_tol=0.01, cap=cap)
+    curve = [{"rate": p.rate, "attainment": p.attainment, "min_class": p.min_class,
+              "by_class": {k: a for k, (_, a) in p.by_class.items()}} for p in g.points]
+    return {"mix": mix, "slo_scale": scale, "policy": policy, "capacity_rps": cap, "goodput_rps": g.goodput_rps,
+            "fair_goodput_rps": g.fair_goodput_rps, "sweep_s": time.perf_counter() - t0, "curve": curve}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mixes", default="flux-uniform,sd3-mixed,video-wan,image-video")
+    ap.add_argument("--scales", default="1.5,3,5")
+    ap.add_argument("--policies", default=",".join(POLICIES).replace(",", ";"),
+                    help="semicolon-separated policy specs")
+    ap.add_argument("--cluster", default="2x8xH200")
+    ap.add_argument("--profile", default="h200")
+    ap.add_argument("--duration", type=float, default=1800.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target", type=float, default=0.9)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", default="results/goodput.json")
+    args = ap.parse_args()
+    policies = [p for p in args.policies.split(";") if p]
+    tasks = [(m, float(s), p, args.cluster, args.profile, args.duration, args.seed, args.target)
+             for m in args.mixes.split(",") for s in args.scales.split(",") for p in policies]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(_one, tasks))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    print(f"{len(rows)} sweeps in {time.perf_counter() - t0:.0f} s; curves in {out}")
+    for mix in args.mixes.split(","):
+        for scale in (float(s) for s in args.scales.split(",")):
+            sel = [r for r in rows if r["mix"] == mix and r["slo_scale"] == scale]
+            if not sel:
+                continue
+            print(f"\n{mix}  SLO scale {scale:g}  capacity ceiling {sel[0]['capacity_rps']:.3f} req/s")
+            print(f"  {'policy':<26} {'goodput':>8} {'fair':>8}")
+            for r in sel:
+                print(f"  {r['policy']:<26} {r['goodput_rps']:8.3f} {r['fair_goodput_rps']:8.3f}")
+            by = {r["policy"]: r for r in sel}
+            static = [r for r in sel if r["policy"].startswith("pipeline-static")]
+            if "trident" in by and static:
+                best = max(static, key=lambda r: r["fair_goodput_rps"])
+                ratio = by["trident"]["fair_goodput_rps"] / best["fair_goodput_rps"] if best["fair_goodput_rps"] else float("inf")
+                print(f"  fair goodput trident / best static ({best['policy']}): {ratio:.2f}x")
+            if "trident" in by and "trident-paper" in by:
+                paper = by["trident-paper"]["fair_goodput_rps"]
+                ratio = by["trident"]["fair_goodput_rps"] / paper if paper else float("inf")
+                print(f"  fair goodput trident / trident-paper: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
