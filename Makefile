@@ -21,12 +21,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# Until the workbench lands: the default comparison of the four policies (simulated 2x8xH200,
+# the h200 profile, the image-video mix at 0.5 req/s for 30 minutes).
 run: $(STAMP)
-	$(BIN)/trident generate --model tiny-sd3 --prompt "a red cube on a wooden table" --size 256x256 --steps 4 --seed 1 --out out/cube.png
-	$(BIN)/trident cost --profile h200 --model sd3-medium --stage diffuse --size 1024x1024
+	$(BIN)/trident simulate --profile h200 --cluster 2x8xH200 --mix image-video --rate 0.5 --duration 1800 \
+		--policies pipeline-static:degree=1,pipeline-dynamic,trident-paper,trident
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cost_accuracy.py
+	$(BIN)/python benchmarks/tiny_latency.py
+	$(BIN)/python benchmarks/planner_speed.py
+	$(BIN)/python benchmarks/goodput.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
