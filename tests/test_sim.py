@@ -262,3 +262,26 @@ def test_sim_speed_2700_requests_on_128_gpus():
     print(f"\n{len(reqs)} requests on 16x8xH200 under trident: {wall:.2f} s wall")
     assert wall < 6.0  # target 2 s on the reference machine; loose bound for noisy CI
     assert summarize("trident", res.requests)["attainment"] > 0.99
+
+
+def test_placement_solver_packs_memory_short_gpus():
+    """40 GiB GPUs cannot hold three denoisers and any text encoder: the integer program trades a few
+    flux denoisers for one encoder per model and node; the greedy fallback keeps no encoder at all."""
+    from tridentcore.core.placement import plan_placement
+
+    cluster = parse_cluster("2x8xH200", {"H200": 40})
+    demand = {"flux-dev": {"encode": 0.05, "diffuse": 10, "decode": 0.2},
+              "sd3-medium": {"encode": 0.1, "diffuse": 3, "decode": 0.2},
+              "wan2.1-1.3b": {"encode": 0.02, "diffuse": 8, "decode": 1}}
+    reserve = {"flux-dev": 9.7, "sd3-medium": 9.7, "wan2.1-1.3b": 10.1}
+    plan = plan_placement(cluster, H200, "H200", demand, reserve, solver="highs")
+    greedy = plan_placement(cluster, H200, "H200", demand, reserve, solver="greedy")
+    for p in (plan, greedy):
+        for g, inst in p.items():  # never over memory, activation reserve kept
+            used = sum(H200.weights_gib(m, s, "H200") for m, s in inst)
+            assert used <= 40 - 10.1 + 1e-6
+    for m in demand:
+        hosts = [g for g, inst in plan.items() if (m, "encode") in inst]
+        assert {g // 8 for g in hosts} == {0, 1}
+        assert any((m, "diffuse") in inst for inst in plan.values())
+    assert not any(s == "encode" for inst in greedy.values() for _, s in inst)

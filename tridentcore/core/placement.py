@@ -40,9 +40,108 @@ def plan_placement(
     *,
     encode_util: float = 0.3,
     max_degree: int = 8,
+    solver: str = "highs",
+    time_limit_s: float = 1.0,
 ) -> Plan:
     """``demand[model][stage]``: expected GPU-seconds per second; ``act_reserve_gib[model]``: the
-    largest activation a request of that model needs on one GPU."""
+    largest activation a request of that model needs on one GPU.
+
+    When every model's denoiser and decoder fit on every GPU the plan is direct. Otherwise it is a
+    packing problem (which instances on which GPU under each GPU's memory), solved as an integer
+    program with HiGHS (``scipy.optimize.milp``; the problem is small, solved at start and on each
+    re-plan, and an exact packing matters most exactly when memory is short), with the greedy
+    below as the fallback when scipy is missing, the solver fails or runs out of ``time_limit_s``.
+    """
+    if solver == "highs":
+        plan = _plan_milp(cluster, cost, kind, demand, act_reserve_gib, encode_util, time_limit_s)
+        if plan is not None:
+            return plan
+    return _plan_greedy(cluster, cost, kind, demand, act_reserve_gib, encode_util, max_degree)
+
+
+def _wanted_encoders(cluster: ClusterSpec, demand: Mapping[str, Mapping[str, float]], model: str, util: float) -> int:
+    return min(cluster.num_gpus, max(cluster.nodes, math.ceil(demand[model].get("encode", 0.0) / util)))
+
+
+def _plan_milp(cluster, cost, kind, demand, act_reserve_gib, encode_util, time_limit_s) -> Plan | None:
+    """maximise  sum_g,m share_m x[g,m]  +  sum_g,m eps e[g,m]
+    s.t.      memory per GPU; sum_g e[g,m] <= wanted_m; sum_(g on node n) e[g,m] >= 1 where it fits.
+    x[g,m]: model m's denoiser + decoder on GPU g; e[g,m]: its text encoders on GPU g."""
+    try:
+        import numpy as np
+        from scipy.optimize import Bounds, LinearConstraint, milp
+    except ImportError:
+        return None
+    gpus = cluster.gpus
+    models = sorted(demand)
+    if not models:
+        return {g.id: frozenset() for g in gpus}
+    reserve = max((act_reserve_gib.get(m, 0.0) for m in models), default=0.0)
+    free = [g.mem_gib - reserve for g in gpus]
+    wd = [cost.weights_gib(m, "diffuse", kind) + cost.weights_gib(m, "decode", kind) for m in models]
+    we = [cost.weights_gib(m, "encode", kind) for m in models]
+    if all(sum(wd) + sum(we) <= f for f in free):
+        return None  # no packing problem: every instance fits on every GPU, the direct plan is exact
+    total = sum(demand[m].get("diffuse", 0.0) for m in models) or 1.0
+    share = [max(demand[m].get("diffuse", 0.0) / total, 1e-3) for m in models]
+    G, M = len(gpus), len(models)
+    nx = G * M
+
+    def xi(g, m):
+        return g * M + m
+
+    def ei(g, m):
+        return nx + g * M + m
+
+    n = 2 * nx
+    c = np.zeros(n)
+    for g in range(G):
+        for m in range(M):
+            c[xi(g, m)] = -share[m]
+            c[ei(g, m)] = -1e-3
+    rows, lb, ub = [], [], []
+    for g in range(G):  # memory
+        row = np.zeros(n)
+        for m in range(M):
+            row[xi(g, m)] = wd[m]
+            row[ei(g, m)] = we[m]
+        rows.append(row), lb.append(-np.inf), ub.append(free[g])
+    for m in range(M):  # encoder count cap, and at least one per node where memory allows
+        row = np.zeros(n)
+        for g in range(G):
+            row[ei(g, m)] = 1
+        rows.append(row), lb.append(-np.inf), ub.append(_wanted_encoders(cluster, demand, models[m], encode_util))
+        for node in range(cluster.nodes):
+            ids = [g.id for g in gpus if g.node == node]
+            if max(free[i] for i in ids) >= we[m]:
+                row = np.zeros(n)
+                for i in ids:
+                    row[ei(i, m)] = 1
+                rows.append(row), lb.append(1), ub.append(np.inf)
+    for m in range(M):  # every model gets a denoiser somewhere if it fits anywhere
+        if max(free) >= wd[m]:
+            row = np.zeros(n)
+            for g in range(G):
+                row[xi(g, m)] = 1
+            rows.append(row), lb.append(1), ub.append(np.inf)
+    try:
+        res = milp(c, constraints=LinearConstraint(np.array(rows), lb, ub), integrality=np.ones(n),
+                   bounds=Bounds(0, 1), options={"time_limit": time_limit_s, "disp": False})
+    except (ValueError, RuntimeError):
+        return None
+    if res.x is None:
+        return None
+    plan: dict[int, set[tuple[str, str]]] = {g.id: set() for g in gpus}
+    for g in range(G):
+        for m in range(M):
+            if res.x[xi(g, m)] > 0.5:
+                plan[gpus[g].id] |= {(models[m], "diffuse"), (models[m], "decode")}
+            if res.x[ei(g, m)] > 0.5:
+                plan[gpus[g].id].add((models[m], "encode"))
+    return {g: frozenset(s) for g, s in plan.items()}
+
+
+def _plan_greedy(cluster, cost, kind, demand, act_reserve_gib, encode_util, max_degree) -> Plan:
     gpus = cluster.gpus
     models = sorted(demand)
     resident: dict[int, set[tuple[str, str]]] = {g.id: set() for g in gpus}
@@ -90,7 +189,7 @@ def plan_placement(
     # 2. encoders: as many as the demand needs, at least one per node, then wherever memory is idle
     for m in models:
         need = w(m, "encode")
-        wanted = max(cluster.nodes, math.ceil(demand[m].get("encode", 0.0) / encode_util))
+        wanted = _wanted_encoders(cluster, demand, m, encode_util)
         hosts = [g for g in resident if (m, "diffuse") in resident[g]] or list(resident)
         by_node: dict[int, list[int]] = {}
         for g in hosts:

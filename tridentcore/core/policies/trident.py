@@ -24,8 +24,10 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 * **Memory admission**: a dispatch goes only where weights (lazily loaded if missing, load time
   charged) plus the stage's activations fit; a request that can never fit is rejected at arrival.
 * **Placement**: a plan from the expected mix (``core/placement.py``: denoisers and decoders where
-  memory allows, encoders where the encode demand needs them), re-planned every ``replan_s`` from
-  the observed mix. Dispatch prefers GPUs that hold the weights; elsewhere they load lazily.
+  memory allows, encoders where the encode demand needs them; when memory is short, an integer
+  program solved with HiGHS packs the instances, with a greedy fallback), re-planned every
+  ``replan_s`` from the observed mix. Dispatch prefers GPUs that hold the weights; elsewhere they
+  load lazily (load time charged), and instances the plan does not want are evicted to make room.
 * **Admission**: a request that can no longer meet its deadline even at its fastest degree is
   rejected (``drop``), so it does not take GPU time from requests that still can.
 
