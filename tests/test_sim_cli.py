@@ -80,3 +80,18 @@ def test_bad_input_is_a_clear_error(args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output.lower() or message in result.output
     assert "Traceback" not in result.output
+
+
+def test_simulate_a_paper_format_trace(tmp_path):
+    trace = tmp_path / "trace.txt"
+    lines = [f"Request(request_id={i}, timestamp={i * 0.7}, height={h}, width={h}, num_frames=1, "
+             f"prompt='a cat, \"quoted\"', negative_prompt='', num_inference_steps=28)"
+             for i, h in enumerate([512, 1024, 768, 2048, 512, 1536] * 5)]
+    trace.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(app, ["simulate", "--trace", str(trace), "--model", "sd3-medium",
+                                 "--policies", "trident,pipeline-static:degree=1", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert all(r["requests"] == 30 for r in rows)
+    missing = runner.invoke(app, ["simulate", "--trace", str(trace)])
+    assert missing.exit_code == 2 and "model" in missing.output.lower()
