@@ -50,17 +50,25 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default="results/goodput.json")
+    ap.add_argument("--markdown", default=None, help="also write the tables and attainment-vs-rate curves here")
+    ap.add_argument("--from-json", default=None, help="render an earlier --out file instead of running")
     args = ap.parse_args()
     policies = [p for p in args.policies.split(";") if p]
-    tasks = [(m, float(s), p, args.cluster, args.profile, args.duration, args.seed, args.target)
-             for m in args.mixes.split(",") for s in args.scales.split(",") for p in policies]
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(_one, tasks))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
-    print(f"{len(rows)} sweeps in {time.perf_counter() - t0:.0f} s; curves in {out}")
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+    else:
+        tasks = [(m, float(s), p, args.cluster, args.profile, args.duration, args.seed, args.target)
+                 for m in args.mixes.split(",") for s in args.scales.split(",") for p in policies]
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            rows = list(pool.map(_one, tasks))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=1))
+        print(f"{len(rows)} sweeps in {time.perf_counter() - t0:.0f} s; curves in {out}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows, args))
+        print(f"markdown in {args.markdown}")
     for mix in args.mixes.split(","):
         for scale in (float(s) for s in args.scales.split(",")):
             sel = [r for r in rows if r["mix"] == mix and r["slo_scale"] == scale]
@@ -80,6 +88,43 @@ def main() -> None:
                 paper = by["trident-paper"]["fair_goodput_rps"]
                 ratio = by["trident"]["fair_goodput_rps"] / paper if paper else float("inf")
                 print(f"  fair goodput trident / trident-paper: {ratio:.2f}x")
+
+
+def markdown(rows: list[dict], args) -> str:
+    """Tables per mix and scale, ratios, and every simulated rate's attainment per class."""
+    out = [f"# Goodput on {args.cluster}, profile {args.profile}, {args.duration:g} s of Poisson arrivals, seed {args.seed}",
+           "", "Made by `python benchmarks/goodput.py --markdown …` (numbers from the simulator). Goodput: highest rate",
+           f"with >= {args.target:.0%} overall SLO attainment; fair goodput: every request class >= {args.target:.0%}.", ""]
+    keys = sorted({(r["mix"], r["slo_scale"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    for mix, scale in keys:
+        sel = [r for r in rows if r["mix"] == mix and r["slo_scale"] == scale]
+        out += [f"## {mix}, SLO scale {scale:g} (capacity ceiling {sel[0]['capacity_rps']:.3f} req/s)", "",
+                "| policy | goodput (req/s) | fair goodput (req/s) |", "| --- | ---: | ---: |"]
+        out += [f"| {r['policy']} | {r['goodput_rps']:.3f} | {r['fair_goodput_rps']:.3f} |" for r in sel]
+        by = {r["policy"]: r for r in sel}
+        static = [r for r in sel if r["policy"].startswith("pipeline-static")]
+        if "trident" in by and static:
+            best = max(static, key=lambda r: r["fair_goodput_rps"])
+            f = best["fair_goodput_rps"]
+            line = (f"Fair goodput, trident / best static ({best['policy']}): "
+                    + (f"{by['trident']['fair_goodput_rps'] / f:.2f}x" if f else "inf (static: 0)"))
+            if "trident-paper" in by:
+                p = by["trident-paper"]["fair_goodput_rps"]
+                line += "; trident / trident-paper: " + (f"{by['trident']['fair_goodput_rps'] / p:.2f}x" if p else "inf")
+            out += ["", line]
+        out += ["", "<details><summary>attainment vs rate, per policy and class</summary>", ""]
+        for r in sel:
+            out.append(f"**{r['policy']}**")
+            out.append("")
+            classes = sorted({k for p in r["curve"] for k in p["by_class"]})
+            out.append("| rate | overall | " + " | ".join(classes) + " |")
+            out.append("| ---: | ---: | " + " | ".join("---:" for _ in classes) + " |")
+            for p in r["curve"]:
+                out.append(f"| {p['rate']:.3f} | {p['attainment']:.3f} | "
+                           + " | ".join(f"{p['by_class'].get(c, float('nan')):.2f}" for c in classes) + " |")
+            out.append("")
+        out += ["</details>", ""]
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
