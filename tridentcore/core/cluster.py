@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .types import SpecError
+
 __all__ = [
     "CLUSTER_FORMS",
     "ClusterError",
@@ -67,17 +69,8 @@ _YAML_KEYS = ("nodes", "gpus_per_node", "kind", "mem_gib", "intra_link_gbps", "i
 _REQUIRED_KEYS = ("nodes", "gpus_per_node", "kind")
 
 
-class ClusterError(ValueError):
+class ClusterError(SpecError):
     """A cluster description that cannot be used; ``problems`` lists every problem found."""
-
-    def __init__(self, origin: str, problems: Iterable[str]) -> None:
-        self.origin = origin
-        self.problems = tuple(problems)
-        if len(self.problems) == 1:
-            message = f"{origin}: {self.problems[0]}"
-        else:
-            message = f"{origin}: {len(self.problems)} problems:\n" + "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)

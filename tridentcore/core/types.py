@@ -3,7 +3,22 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+class SpecError(ValueError):
+    """A description (cluster, mix, workload...) that cannot be used; ``problems`` lists every
+    problem found, so one error reports them all."""
+
+    def __init__(self, origin: str, problems: Iterable[str]) -> None:
+        self.origin = origin
+        self.problems = tuple(problems)
+        if len(self.problems) == 1:
+            message = f"{origin}: {self.problems[0]}"
+        else:
+            message = f"{origin}: {len(self.problems)} problems:\n" + "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(message)
 
 
 class StageKind(str, enum.Enum):

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .types import Shape, StageKind
+from .types import Shape, SpecError, StageKind
 
 if TYPE_CHECKING:
     import random
@@ -93,17 +93,8 @@ ARRIVAL_FORMS = "poisson, constant, gamma:cv=K (K > 0), bursts:size=N (N >= 1)"
 _SEED_BITS = 31
 
 
-class WorkloadError(ValueError):
+class WorkloadError(SpecError):
     """A workload description that cannot be used; ``problems`` lists every problem found."""
-
-    def __init__(self, origin: str, problems: Iterable[str]) -> None:
-        self.origin = origin
-        self.problems = tuple(problems)
-        if len(self.problems) == 1:
-            message = f"{origin}: {self.problems[0]}"
-        else:
-            message = f"{origin}: {len(self.problems)} problems:\n" + "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(message)
 
 
 def _is_int(value: Any) -> bool:

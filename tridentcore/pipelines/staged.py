@@ -273,10 +273,14 @@ class SD3Staged(StagedPipeline):
         return self._loop(scheduler, timesteps, start, end, latents, predict)
 
     def _decode(self, latents):
-        vae = self.pipe.vae
-        x = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        img = vae.decode(x, return_dict=False)[0]
-        return _to_uint8(img).permute(0, 2, 3, 1).cpu()
+        return _decode_shifted(self.pipe.vae, latents)
+
+
+def _decode_shifted(vae, latents: torch.Tensor) -> torch.Tensor:
+    """The SD3/Flux VAE: latents are scaled and shifted."""
+    x = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    img = vae.decode(x, return_dict=False)[0]
+    return _to_uint8(img).permute(0, 2, 3, 1).cpu()
 
 
 # ------------------------------------------------------------------------------------------ Flux
@@ -284,11 +288,6 @@ class FluxStaged(StagedPipeline):
     family = "flux"
     cfg = False  # guidance-distilled: one forward per step, guidance is an input
     default_guidance = 3.5
-
-    @property
-    def limits(self) -> ModelLimits:
-        multiple = max(16, self.vae_scale * 2)
-        return ModelLimits(min_size=multiple * 2, max_size=4096, size_multiple=multiple, video=False)
 
     def _encode(self, prompts, negatives):
         pe, ppe, _text_ids = self.pipe.encode_prompt(
@@ -333,10 +332,7 @@ class FluxStaged(StagedPipeline):
         return self.pipe._unpack_latents(packed, height, width, self.vae_scale)
 
     def _decode(self, latents):
-        vae = self.pipe.vae
-        x = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
-        img = vae.decode(x, return_dict=False)[0]
-        return _to_uint8(img).permute(0, 2, 3, 1).cpu()
+        return _decode_shifted(self.pipe.vae, latents)
 
 
 # ------------------------------------------------------------------------------- SD 1.x and SDXL

@@ -281,14 +281,7 @@ class Trident(Policy):
                         when, _ = self._soonest(view, reserved, now, 1)
                         if when > latest:
                             preempt_tries += 1
-                            got = self._preempt_for(view, reserved, now, 1, rec, info, stage)
-                            if got is not None:
-                                victim, freed_at, freed = got
-                                actions.append(Preempt(victim))
-                                self.paused_at[victim] = now
-                                for g2 in freed:
-                                    reserved[g2] = freed_at
-                                preempted_now = True
+                            preempted_now = self._preempt(view, reserved, now, 1, rec, info, stage, actions)
                     continue
                 actions += evictions
                 batch = [rid]
@@ -355,13 +348,7 @@ class Trident(Policy):
                 continue
             if self.opts["preempt"] and not preempted_now and preempt_tries < 2:
                 preempt_tries += 1
-                got = self._preempt_for(view, reserved, now, d, rec, info)
-                if got is not None:
-                    victim, freed_at, freed = got
-                    actions.append(Preempt(victim))
-                    self.paused_at[victim] = now
-                    for g in freed:
-                        reserved[g] = freed_at
+                if self._preempt(view, reserved, now, d, rec, info, "diffuse", actions):
                     preempted_now = True
                     continue
             if group is not None:
@@ -438,6 +425,18 @@ class Trident(Policy):
             if t < best_t:
                 best_t, best = t, tuple(g for _, g in times[:d])
         return best_t, best
+
+    def _preempt(self, view, reserved, now, d, rec, info, stage, actions) -> bool:
+        """Pause the best victim for ``rec`` (if any): the Preempt action, and its GPUs reserved."""
+        got = self._preempt_for(view, reserved, now, d, rec, info, stage)
+        if got is None:
+            return False
+        victim, freed_at, freed = got
+        actions.append(Preempt(victim))
+        self.paused_at[victim] = now
+        for g in freed:
+            reserved[g] = freed_at
+        return True
 
     def _preempt_for(self, view, reserved, now, d, rec, info, stage="diffuse"):
         """A running diffuse whose pause gives ``rec`` d GPUs on one node, keeping its own deadline."""
