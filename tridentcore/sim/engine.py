@@ -77,6 +77,7 @@ class Simulator:
         self.now = 0.0
         self._tick_pending = False
         self._oom_seq = 0  # failed allocations get negative dispatch ids (they never ran)
+        self._act_gib: dict[int, float] = {}  # dispatch id -> activation memory per GPU
 
     # ---------------------------------------------------------------------------------- loop
     def _push(self, t: float, kind: int, payload: object) -> None:
@@ -225,6 +226,7 @@ class Simulator:
     # ------------------------------------------------------------------------------- results
     def _finish(self, run: Running, t: float) -> StageFinished:
         a = run.action
+        self._act_gib[run.id] = run.act_gib
         preempted = run.preempt_at_step is not None
         end_step = run.preempt_at_step if preempted else a.end_step
         self.state.finish(run.id, t, end_step)
@@ -279,8 +281,29 @@ class Simulator:
                 for g in sp.gpus:
                     busy[g][k] += edge - a
                 a, k = edge, k + 1
-        weights = [self.state.weights_gib[g] for g in range(n)]
-        return [GpuSample(t_s=k * self.sample_s, gpu=g, busy=min(1.0, busy[g][k] / self.sample_s), mem_gib=weights[g])
+        # memory at each sampling instant: resident weights (placements replayed) + activations of
+        # the dispatch running then
+        mem = [[0.0] * bins for _ in range(n)]
+        for p in sorted(self.placements, key=lambda p: p.t_s):
+            k0 = min(bins, int(math.ceil(p.t_s / self.sample_s - 1e-9)))
+            delta = p.weights_gib if p.action == "place" else -p.weights_gib
+            for k in range(k0, bins):
+                mem[p.gpu][k] += delta
+        seen.clear()
+        for sp in self.spans:
+            if sp.dispatch_id in seen:
+                continue
+            seen.add(sp.dispatch_id)
+            act = self._act_gib.get(sp.dispatch_id, 0.0)
+            if not act:
+                continue
+            k = int(math.ceil(sp.started_s / self.sample_s - 1e-9))
+            while k < bins and k * self.sample_s < sp.ended_s:
+                for g in sp.gpus:
+                    mem[g][k] += act
+                k += 1
+        return [GpuSample(t_s=k * self.sample_s, gpu=g, busy=min(1.0, busy[g][k] / self.sample_s),
+                          mem_gib=round(mem[g][k], 4))
                 for g in range(n) for k in range(bins)]
 
 
