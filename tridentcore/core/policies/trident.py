@@ -103,6 +103,7 @@ class Trident(Policy):
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
         self.degrees = degrees_for(view)
         self.info: dict[tuple[str, Shape], _ClassInfo] = {}
+        self.encode_batch: dict[str, int] = {}
         self.ready: list[tuple[float, int, int]] = []  # (latest start, seq, request id), sorted
         self.entry: dict[int, tuple[float, int, int]] = {}
         self._seq = 0
@@ -471,11 +472,11 @@ class Trident(Policy):
 
     # ------------------------------------------------------------------------------ batching
     def _stage_batch(self, view, info: _ClassInfo, stage: str, model: str) -> int:
+        """Largest batch worth forming for an encode (per model) or a decode (per class)."""
         if stage == "decode":
             return info.dec_batch
-        key = ("encode-batch", model)
-        cached = self.info.get(key)  # type: ignore[arg-type]
-        if cached is None:
+        best = self.encode_batch.get(model)
+        if best is None:
             cost, kind = view.cost, view.gpu_kind
             one = cost.latency_s(model, "encode", None, 1, 1, kind)
             best = 1
@@ -486,9 +487,8 @@ class Trident(Policy):
                         break
                 except LookupError:
                     continue
-            self.info[key] = best  # type: ignore[index]
-            cached = best
-        return cached  # type: ignore[return-value]
+            self.encode_batch[model] = best
+        return best
 
     def _mates(self, view, rid, stage, spec, limit, taken) -> list[int]:
         out = []
