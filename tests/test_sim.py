@@ -285,3 +285,19 @@ def test_placement_solver_packs_memory_short_gpus():
         assert {g // 8 for g in hosts} == {0, 1}
         assert any((m, "diffuse") in inst for inst in plan.values())
     assert not any(s == "encode" for inst in greedy.values() for _, s in inst)
+
+
+def test_trident_replans_when_the_mix_drifts():
+    """Declared mix: 60 % sd3, 40 % wan. Observed: sd3 only for 300 s, then wan only."""
+    slo = make_slo_fn(H200, 3.0, 8)
+    img, vid = Shape(1024, 1024, 1, 28), Shape(480, 832, 17, 50)
+    reqs = [RequestSpec(i, "sd3-medium", "p", img, i, None, slo("sd3-medium", img), i * 1.0) for i in range(300)]
+    reqs += [RequestSpec(300 + i, "wan2.1-1.3b", "p", vid, i, None, slo("wan2.1-1.3b", vid), 300.0 + i * 1.5)
+             for i in range(200)]
+    policy = make_policy("trident:replan_s=60")
+    res = simulate(parse_cluster("1x8xH200"), H200, policy, reqs)
+    assert policy.replans >= 2  # to sd3-only, then to wan-only
+    assert all(r.state == "done" for r in res.requests)
+    steady = simulate(parse_cluster("1x8xH200"), H200, make_policy("trident:replan_s=60"),
+                      [r for r in reqs if r.model == "sd3-medium"])
+    assert steady.requests and all(r.state == "done" for r in steady.requests)

@@ -25,8 +25,9 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   charged) plus the stage's activations fit; a request that can never fit is rejected at arrival.
 * **Placement**: a plan from the expected mix (``core/placement.py``: denoisers and decoders where
   memory allows, encoders where the encode demand needs them; when memory is short, an integer
-  program solved with HiGHS packs the instances, with a greedy fallback), re-planned every
-  ``replan_s`` from the observed mix. Dispatch prefers GPUs that hold the weights; elsewhere they
+  program solved with HiGHS packs the instances, with a greedy fallback), re-planned from the
+  observed mix when it drifts from the planned one (total variation >= ``drift``, checked every
+  ``replan_s``). Dispatch prefers GPUs that hold the weights; elsewhere they
   load lazily (load time charged), and instances the plan does not want are evicted to make room.
 * **Admission**: a request that can no longer meet its deadline even at its fastest degree is
   rejected (``drop``), so it does not take GPU time from requests that still can.
@@ -82,6 +83,13 @@ class _ClassInfo:
     never_fits: str  # non-empty: why no GPU can ever hold it
 
 
+def _drift(planned: dict, observed: dict) -> float:
+    """Total variation distance between two mixes given as ``{class: weight}``."""
+    tp, to = sum(planned.values()) or 1.0, sum(observed.values()) or 1.0
+    keys = set(planned) | set(observed)
+    return 0.5 * sum(abs(planned.get(k, 0.0) / tp - observed.get(k, 0.0) / to) for k in keys)
+
+
 @register
 class Trident(Policy):
     name = "trident"
@@ -92,7 +100,8 @@ class Trident(Policy):
         "preempt": (_bool, True, "pause long diffuses between steps for urgent requests"),
         "batch": (_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
         "drop": (_bool, True, "reject requests that can no longer meet their deadline (false: run them last)"),
-        "replan_s": (float, 60.0, "re-plan placement from the observed mix every N seconds (0: never)"),
+        "replan_s": (float, 60.0, "check the observed mix against the planned one every N seconds (0: never)"),
+        "drift": (float, 0.2, "re-plan when the observed mix differs from the planned one by this total variation"),
     }
 
     def __init__(self, **opts) -> None:
@@ -114,6 +123,8 @@ class Trident(Policy):
         expected = dict(expected or {})
         if not expected:
             expected = {(m, None): 1.0 for m in models}
+        self.planned_mix = {k: float(v) for k, v in expected.items()}
+        self.replans = 0
         self.plan = self._plan(view, expected)
         return [Place(m, s, g) for g, inst in self.plan.items() for (m, s) in sorted(inst)]
 
@@ -225,7 +236,10 @@ class Trident(Policy):
         elif isinstance(event, Tick):
             if self.opts["replan_s"] and now - self.last_plan_s >= self.opts["replan_s"] and self.observed:
                 self.last_plan_s = now
-                self.plan = self._plan(view, {k: float(v) for k, v in self.observed.items()})
+                if _drift(self.planned_mix, self.observed) >= self.opts["drift"]:
+                    self.planned_mix = {k: float(v) for k, v in self.observed.items()}
+                    self.plan = self._plan(view, self.planned_mix)
+                    self.replans += 1
                 self.observed = {}
         if self.ready:
             actions += self._schedule(view, now)
