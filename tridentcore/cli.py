@@ -362,5 +362,46 @@ def sweep(
     typer.echo(_table(rows, cols))
 
 
+# ------------------------------------------------------------------------------ live serving
+@app.command()
+def serve(
+    models: str = typer.Option(..., help="Comma list: tiny pipelines for cpu:N (tiny-sd3,tiny-wan), "
+                                         "profile models for emulated devices (sd3-medium,wan2.1-1.3b)."),
+    devices: str = typer.Option("cpu:2", help="cpu:N (N worker processes) or emulated:NODESxGPUSxKIND (emulated:2x8xH200)."),
+    policy: str = typer.Option("trident", help="A policy spec of the registry, options as name:key=value."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --api-key."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free port; see --port-file)."),
+    db: str = typer.Option(None, help="DuckDB results file: the run's spans, placements and requests at shutdown."),
+    time_scale: float = typer.Option(1.0, min=0.0, help="Emulated devices: wall seconds per cost-model second (0: zero-cost)."),
+    profile: str = typer.Option(None, help="Cost profile (default: h200 for emulated, cpu for cpu:N) or a CSV path."),
+    max_queued: int = typer.Option(256, min=1, help="Waiting requests past which submissions get 429."),
+    slo_scale: float = typer.Option(3.0, min=0.1, help="Default deadline: arrival + scale x reference latency."),
+    api_key: str = typer.Option(None, envvar="TRIDENT_API_KEY", help="Bearer key required for submissions and cancels."),
+    drain_timeout: float = typer.Option(30.0, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
+    max_body: int = typer.Option(1 << 20, min=1024, help="Largest request body in bytes (413 past it)."),
+    port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs) over live workers driven by a policy."""
+    _setup_logging(verbose)
+    _quiet_libraries()
+    from .server.serve import ServeOptions, run_server
+    from .runtime.build import SetupError
+
+    try:
+        run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
+                                time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
+                                api_key=api_key, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
+                                port_file=port_file, log_level="info" if verbose else "warning"))
+    except SetupError as exc:
+        _fail(str(exc))
+
+
+# trace, runs and bench (tridentcore/bench_cli.py)
+from .bench_cli import register as _register_bench  # noqa: E402
+
+_register_bench(app)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,3 @@
+"""HTTP serving: the FastAPI app (``app``), its bodies (``schemas``), the one HTTP status mapping
+(``errors``), Prometheus metrics (``metrics``), uvicorn wiring (``serve``) and a child-process
+launcher for tests and benchmarks (``launch``)."""

@@ -1,0 +1,255 @@
+"""The live engine on emulated devices, in process: every request ends once, records, cancellation,
+the bounded queue, preemption at a step boundary, shutdown, and the store rows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from tridentcore.core.events import Dispatch, Preempt, RequestArrived, StageFinished
+from tridentcore.core.lifecycle import RequestState
+from tridentcore.core.policy import Policy
+from tridentcore.core.types import Shape
+from tridentcore.profiles import load_profile
+from tridentcore.runtime.build import SetupError, build_runtime, parse_devices
+from tridentcore.runtime.engine import Accepted, Engine, EngineConfig, Refused, Submission
+from tridentcore.runtime.workers import EmulatedWorker, WorkerPool
+
+IMG = Shape(1024, 1024, 1, 28)
+SMALL = Shape(512, 512, 1, 20)
+VID = Shape(480, 832, 17, 50)
+TERMINAL = {"done", "failed", "rejected", "cancelled"}
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def mixed(i: int) -> Submission:
+    if i % 4 == 3:
+        return Submission("wan2.1-1.3b", f"video {i}", VID, seed=i)
+    return Submission("sd3-medium", f"image {i}", IMG if i % 2 else SMALL, seed=i)
+
+
+def check_records(engine: Engine, ids) -> None:
+    """Exactly one terminal state per request, with a reason; spans cover every done request."""
+    rows = {r.request_id: r for r in engine.request_rows()}
+    assert set(rows) == set(ids)
+    for rid in ids:
+        row = rows[rid]
+        assert row.state in TERMINAL and row.reason, row
+        rec = engine.state.requests[rid]
+        assert sum(1 for _, s in rec.history if s.terminal) == 1
+        spans = [s for s in engine.spans if s.request_id == rid and s.outcome in ("done", "preempted")]
+        if row.state == "done":
+            stages = [s.stage for s in spans]
+            assert stages[0] == "encode" and stages[-1] == "decode"
+            steps = sorted((s.start_step, s.end_step) for s in spans if s.stage == "diffuse")
+            assert steps[0][0] == 0 and steps[-1][1] == row.steps
+            assert all(a[1] == b[0] for a, b in zip(steps, steps[1:]))  # contiguous pieces
+            assert row.finish_s >= max(s.ended_s for s in spans) - 1e-9
+    assert engine.state.requests.live == 0
+    assert all(b is None for b in engine.state.busy)
+    assert engine.errors == []
+
+
+@pytest.mark.parametrize("policy", ["trident", "pipeline-static:degree=1", "pipeline-dynamic", "trident-paper"])
+def test_emulated_mixed_workload_every_request_ends_once(policy):
+    async def main():
+        rt = build_runtime("sd3-medium,wan2.1-1.3b", "emulated:2x4xH200", policy,
+                           time_scale=0.0005 if policy == "trident-paper" else 0.0, strict=True)
+        await rt.start()
+        e = rt.engine
+        ids = []
+        for i in range(40):
+            got = e.submit([mixed(i)])
+            assert isinstance(got, Accepted)
+            ids += got.ids
+        outs = await asyncio.gather(*(e.wait(r) for r in ids))
+        await e.shutdown(5)
+        return e, ids, outs
+
+    e, ids, outs = run(main())
+    assert {o.state for o in outs} <= TERMINAL
+    check_records(e, ids)
+    assert Counter(o.state for o in outs)["done"] >= 1
+    assert e.placements and all(p.action in ("place", "evict") for p in e.placements)
+    assert all(o.result is None for o in outs)  # emulated devices make no pixels
+
+
+def test_emulated_times_follow_the_cost_model():
+    """At time_scale 0.05 the spans read (in engine seconds) close to the cost model's durations."""
+    async def main():
+        rt = build_runtime("sd3-medium", "emulated:1xH200", "pipeline-static:degree=1", time_scale=0.05, strict=True)
+        await rt.start()
+        e = rt.engine
+        got = e.submit([Submission("sd3-medium", "x", Shape(512, 512, 1, 4))])
+        await e.wait(got.ids[0])
+        await e.shutdown(1)
+        return e
+
+    e = run(main())
+    for sp in e.spans:
+        assert sp.outcome == "done"
+        run_s = sp.ended_s - sp.started_s
+        assert run_s >= sp.predicted_s * 0.99
+        assert run_s <= sp.predicted_s + 0.5  # wall jitter magnified 20x stays well under a second
+
+
+def test_bounded_queue_refuses_past_max_queued():
+    async def main():
+        rt = build_runtime("sd3-medium", "emulated:1xH200", "pipeline-static:degree=1", time_scale=1.0,
+                           max_queued=3, strict=True)
+        await rt.start()
+        e = rt.engine
+        got = [e.submit([Submission("sd3-medium", "x", IMG, seed=i)]) for i in range(6)]
+        too_many = e.submit([Submission("sd3-medium", "x", IMG)] * 2)
+        await e.shutdown(0)
+        return e, got, too_many
+
+    e, got, too_many = run(main())
+    accepted = [g for g in got if isinstance(g, Accepted)]
+    refused = [g for g in got if isinstance(g, Refused)]
+    assert len(accepted) == 4  # one running + three waiting
+    assert refused and all(r.code == "queue_full" and r.retry_after_s > 0 for r in refused)
+    assert isinstance(too_many, Refused)
+    # shutdown without drain time failed the rest explicitly
+    rows = e.request_rows()
+    assert len(rows) == 4 and all(r.state == "failed" and "shut down" in r.reason for r in rows)
+    assert [s.outcome for s in e.spans] == ["failed"]
+
+
+def test_cancel_queued_and_running():
+    async def main():
+        rt = build_runtime("sd3-medium", "emulated:1xH200", "pipeline-static:degree=1", time_scale=0.02, strict=True)
+        await rt.start()
+        e = rt.engine
+        a, b, c = (e.submit([Submission("sd3-medium", "x", SMALL, seed=i)]).ids[0] for i in range(3))
+        await asyncio.sleep(0.005)
+        assert e.describe(a)["state"] in ("encoding", "diffusing")
+        assert e.cancel(b)  # queued
+        while e.describe(a)["state"] != "diffusing":
+            await asyncio.sleep(0.001)
+        assert e.cancel(a)  # running: ends now, its diffuse stops at a step boundary
+        assert not e.cancel(a)
+        outs = await asyncio.gather(*(e.wait(r) for r in (a, b, c)))
+        await e.shutdown(5)
+        return e, (a, b, c), outs
+
+    e, ids, outs = run(main())
+    assert [o.state for o in outs] == ["cancelled", "cancelled", "done"]
+    assert all(o.reason == "cancelled by the client" for o in outs[:2])
+    check_records(e, ids)
+    a, b, _ = ids
+    assert not [s for s in e.spans if s.request_id == b]  # never ran
+    diffuse_a = [s for s in e.spans if s.request_id == a and s.stage == "diffuse"]
+    assert len(diffuse_a) == 1 and diffuse_a[0].end_step < SMALL.steps  # stopped early, result dropped
+    assert a not in e.results
+
+
+class _ScriptedPreempt(Policy):
+    """Request 0 diffuses on GPU 0; when request 1 arrives, 0 is paused and resumed after 1."""
+
+    name = "scripted"
+
+    def start(self, view, models, now, expected=None):
+        self.waiting = []
+        return []
+
+    def on_event(self, view, event, now):
+        if isinstance(event, RequestArrived):
+            rid = event.request.id
+            if rid == 0:
+                return [Dispatch("encode", (0,), (0,))]
+            return [Preempt(0)] if view.request(0).state is RequestState.DIFFUSING else self._next(view)
+        if isinstance(event, StageFinished):
+            rid = event.request_ids[0]
+            rec = view.request(rid)
+            if event.stage == "encode":
+                self.waiting.append(rid)
+            elif event.stage == "diffuse" and rec.state is RequestState.DIFFUSED:
+                return [Dispatch("decode", (rid,), (0,))]
+            elif event.stage == "diffuse":  # paused
+                self.waiting.append(rid)
+            if event.stage == "decode" and rid == 1 or not view.running():
+                return self._next(view)
+        return self._next(view)
+
+    def _next(self, view):
+        if not view.is_idle(0):
+            return []
+        queued = [r.id for r in view.requests() if r.state is RequestState.QUEUED]
+        if queued:
+            return [Dispatch("encode", (queued[0],), (0,))]
+        ready = sorted((r.id for r in view.requests() if r.state is RequestState.ENCODED), key=lambda r: -r)
+        if ready:
+            rec = view.request(ready[0])
+            return [Dispatch("diffuse", (rec.id,), (0,), rec.steps_done, rec.spec.shape.steps)]
+        return []
+
+
+def test_preempt_pauses_at_a_step_boundary_and_resumes():
+    async def main():
+        cost = load_profile("h200").cost_model()
+        dev = parse_devices("emulated:1xH200")
+        e = Engine(dev.cluster, cost, _ScriptedPreempt(), WorkerPool([EmulatedWorker(0)]), ["sd3-medium"],
+                   gpu_kind="H200", config=EngineConfig(time_scale=0.05, strict=True))
+        await e.start()
+        first = e.submit([Submission("sd3-medium", "long", Shape(1024, 1024, 1, 40), slo_s=1e6)]).ids[0]
+        while e.describe(first)["state"] != "diffusing":
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.02)
+        second = e.submit([Submission("sd3-medium", "urgent", SMALL, slo_s=1e6)]).ids[0]
+        await asyncio.gather(e.wait(first), e.wait(second))
+        await e.shutdown(1)
+        return e, first, second
+
+    e, first, second = run(main())
+    check_records(e, [first, second])
+    pieces = [s for s in e.spans if s.request_id == first and s.stage == "diffuse"]
+    assert [p.outcome for p in pieces] == ["preempted", "done"]
+    assert 0 < pieces[0].end_step == pieces[1].start_step < 40
+    assert e.state.requests[first].preemptions == 1
+    second_decode = next(s for s in e.spans if s.request_id == second and s.stage == "decode")
+    assert second_decode.ended_s <= pieces[1].started_s + 1e-9  # the urgent one went first
+
+
+def test_store_rows_match_the_engine(tmp_path):
+    from tridentcore.store import query_readonly
+
+    async def main():
+        rt = build_runtime("sd3-medium,wan2.1-1.3b", "emulated:1x4xH200", "trident", time_scale=0.0, strict=True)
+        await rt.start()
+        e = rt.engine
+        ids = [r for i in range(12) for r in e.submit([mixed(i)]).ids]
+        e.cancel(ids[-1])
+        await asyncio.gather(*(e.wait(r) for r in ids))
+        await e.shutdown(1)
+        return e, ids
+
+    e, ids = run(main())
+    db = tmp_path / "live.duckdb"
+    run_id = e.write_store(str(db))
+    runs = query_readonly(db, "SELECT backend, policy, cluster FROM runs WHERE run_id = ?", [run_id])
+    assert list(runs.itertuples(index=False, name=None)) == [("live", "trident", "1x4xH200")]
+    req = query_readonly(db, "SELECT request_id, state FROM requests WHERE run_id = ? ORDER BY request_id", [run_id])
+    assert list(req.itertuples(index=False, name=None)) == [(r.request_id, r.state) for r in e.request_rows()]
+    n_spans = query_readonly(db, "SELECT count(*) AS n FROM stage_spans WHERE run_id = ?", [run_id])["n"][0]
+    assert n_spans == len(e.spans)
+    summary = query_readonly(db, "SELECT requests FROM run_summary WHERE run_id = ?", [run_id])
+    assert int(summary["requests"][0]) == len(ids)
+
+
+def test_setup_errors_name_every_problem():
+    with pytest.raises(SetupError) as err:
+        build_runtime("nope,sd3-medium", "emulated:8xH200", "no-such-policy", time_scale=-1)
+    text = str(err.value)
+    assert "nope" in text and "no-such-policy" in text and "time_scale" in text
+    with pytest.raises(SetupError, match="mixing device kinds"):
+        parse_devices("cpu:1,emulated:8xH200")
+    with pytest.raises(SetupError, match="unknown device kind"):
+        parse_devices("tpu:4")
+    with pytest.raises(SetupError, match="applies to emulated"):
+        build_runtime("tiny-sd3", "cpu:1", time_scale=0.5)

@@ -1,0 +1,214 @@
+"""The HTTP API against a real `trident serve` process on emulated devices (127.0.0.1, port 0)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from tridentcore.server.launch import start_server
+
+MODELS = "sd3-medium,wan2.1-1.3b"
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    """Zero-cost emulated stages: the API and bookkeeping only."""
+    db = tmp_path_factory.mktemp("db") / "fast.duckdb"
+    server = start_server(["--models", MODELS, "--devices", "emulated:1x4xH200", "--time-scale", "0",
+                           "--db", str(db)])
+    client = httpx.Client(base_url=server.url, timeout=30)
+    yield server, client, db
+    client.close()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def slow():
+    """One emulated GPU at 1/20 of the cost model's time, FIFO, a queue of 2: requests wait."""
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "0.05",
+                           "--policy", "pipeline-static:degree=1", "--max-queued", "2", "--drain-timeout", "0"])
+    client = httpx.Client(base_url=server.url, timeout=30)
+    yield server, client
+    client.close()
+    server.stop()
+
+
+def _problem(resp):
+    body = resp.json()["error"]
+    return body["field"], body["message"]
+
+
+@pytest.mark.parametrize("body, field, words", [
+    ({"prompt": "x", "model": "sd3-medium", "size": "500x512"}, "size", ["multiple of 16"]),
+    ({"prompt": "x", "model": "sd3-medium", "size": "8192x512"}, "size", ["outside", "4096"]),
+    ({"prompt": "x", "model": "sd3-medium", "size": "big"}, "size", ["WIDTHxHEIGHT"]),
+    ({"prompt": "x", "model": "sd3-medium", "n": 9}, "n", ["8"]),
+    ({"prompt": "x", "model": "sd3-medium", "steps": 0}, "steps", ["1"]),
+    ({"prompt": "x", "model": "sd3-medium", "steps": 201}, "steps", ["200"]),
+    ({"prompt": "x" * 2001, "model": "sd3-medium"}, "prompt", ["2000"]),
+    ({"prompt": "x", "model": "sd3-medium", "response_format": "png"}, "response_format", ["b64_json"]),
+    ({"model": "sd3-medium"}, "prompt", ["required"]),
+    ({"prompt": "x", "model": "sd3-medium", "colour": "red"}, "colour", ["not permitted"]),
+])
+def test_invalid_image_requests_name_field_and_limit(fast, body, field, words):
+    _, client, _ = fast
+    resp = client.post("/v1/images/generations", json=body)
+    assert resp.status_code == 422, resp.text
+    got_field, message = _problem(resp)
+    assert got_field == field
+    for w in words:
+        assert w in message
+
+
+def test_invalid_video_frames_and_kind(fast):
+    _, client, _ = fast
+    resp = client.post("/v1/videos/generations", json={"prompt": "x", "model": "wan2.1-1.3b", "frames": 18})
+    assert resp.status_code == 422 and _problem(resp)[0] == "frames" and "k*4+1" in _problem(resp)[1]
+    resp = client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium", "frames": 5})
+    assert resp.status_code == 422 and _problem(resp)[0] == "frames"
+    resp = client.post("/v1/videos/generations", json={"prompt": "x", "model": "sd3-medium"})
+    assert resp.status_code == 422 and _problem(resp)[0] == "model"
+
+
+def test_unknown_model_404_and_body_too_large_413(fast):
+    _, client, _ = fast
+    resp = client.post("/v1/images/generations", json={"prompt": "x", "model": "dall-e-9"})
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_model"
+    assert "sd3-medium" in resp.json()["error"]["message"]
+    assert client.get("/v1/requests/gen-999999").status_code == 404
+    big = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
+    resp = client.post("/v1/images/generations", content=big, headers={"content-type": "application/json"})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "too_large"
+
+    def chunks():  # no Content-Length: counted while read
+        for _ in range(40):
+            yield b"x" * 65536
+
+    resp = client.post("/v1/requests", content=chunks(), headers={"content-type": "application/json"})
+    assert resp.status_code == 413
+
+
+def test_sync_generation_on_emulated_devices_returns_timings_and_no_pixels(fast):
+    _, client, _ = fast
+    resp = client.post("/v1/images/generations",
+                       json={"prompt": "a red fox", "model": "sd3-medium", "size": "1024x1024", "n": 2, "seed": 7})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["data"] == [] and body["emulated"] is True and "no pixels" in body["note"]
+    assert body["seed"] == 7 and len(body["timings"]) == 2
+    stages = [s["stage"] for s in body["timings"][0]["stages"]]
+    assert stages[0] == "encode" and stages[-1] == "decode" and "diffuse" in stages
+    resp = client.post("/v1/videos/generations", json={"prompt": "waves", "model": "wan2.1-1.3b", "frames": 17})
+    assert resp.status_code == 200 and resp.json()["kind"] == "video" and resp.json()["frames"] == 17
+
+
+def test_async_submit_poll_result(fast):
+    _, client, _ = fast
+    resp = client.post("/v1/requests", json={"prompt": "x", "model": "sd3-medium", "size": "512x512", "steps": 8})
+    assert resp.status_code == 202
+    rid = resp.json()["id"]
+    for _ in range(200):
+        status = client.get(f"/v1/requests/{rid}").json()
+        if status["state"] == "done":
+            break
+        time.sleep(0.01)
+    assert status["state"] == "done" and status["items"][0]["steps_done"] == 8
+    result = client.get(f"/v1/requests/{rid}/result")
+    assert result.status_code == 200 and result.json()["id"] == rid
+    assert client.get(f"/v1/requests/{rid}/result/0").status_code == 409  # emulated: no file
+
+
+def test_cluster_models_metrics_docs(fast):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, client, _ = fast
+    cluster = client.get("/v1/cluster").json()
+    assert len(cluster["devices"]) == 4 and cluster["instances"]
+    assert set(cluster["queues"]) == {"encode", "diffuse", "decode"}
+    assert all(d["mem_gib"] == 141.0 and d["alive"] for d in cluster["devices"])
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert models["wan2.1-1.3b"]["kind"] == "video" and models["sd3-medium"]["kind"] == "image"
+    text = client.get("/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("trident_requests_ended", "trident_stage_seconds", "trident_queue_depth", "trident_slo_attainment",
+                 "trident_device_busy", "trident_device_memory_gib", "trident_requests_live"):
+        assert name in families, name
+    done = [s.value for s in families["trident_requests_ended"].samples
+            if s.name == "trident_requests_ended_total" and s.labels["state"] == "done"]
+    assert done and done[0] >= 1
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/v1/images/generations" in spec["paths"] and "/v1/requests/{job_id}" in spec["paths"]
+    assert client.get("/healthz").json()["ok"] is True
+
+
+def test_queue_full_429_and_cancel(slow):
+    _, client = slow
+    body = {"prompt": "x", "model": "sd3-medium", "size": "1024x1024", "steps": 28}
+    codes, ids = [], []
+    for _ in range(5):
+        resp = client.post("/v1/requests", json=body)
+        codes.append(resp.status_code)
+        if resp.status_code == 202:
+            ids.append(resp.json()["id"])
+        else:
+            assert resp.status_code == 429 and int(resp.headers["Retry-After"]) >= 1
+            assert resp.json()["error"]["code"] == "queue_full"
+    assert codes[:3] == [202, 202, 202] and 429 in codes
+    last = ids[-1]
+    resp = client.delete(f"/v1/requests/{last}")
+    assert resp.status_code == 200 and resp.json()["cancelled"] == 1 and resp.json()["state"] == "cancelled"
+    resp = client.get(f"/v1/requests/{last}/result")
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "cancelled"
+    status = client.get(f"/v1/requests/{last}").json()
+    assert status["items"][0]["reason"] == "cancelled by the client" and status["items"][0]["stages"] == []
+    assert client.get(f"/v1/requests/{ids[0]}/result").status_code in (409, 200)
+
+
+def test_store_written_at_shutdown_is_consistent(tmp_path):
+    from tridentcore.store import query_readonly
+
+    db = tmp_path / "run.duckdb"
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:2xH200", "--time-scale", "0",
+                           "--policy", "pipeline-dynamic", "--db", str(db)])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for i in range(3):
+                assert client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium",
+                                                                   "size": "512x512", "n": 2}).status_code == 200
+            assert client.post("/v1/requests", json={"prompt": "x", "model": "nope"}).status_code == 404
+    finally:
+        assert server.stop() == 0
+    runs = query_readonly(db, "SELECT run_id, backend, policy FROM runs")
+    assert len(runs) == 1 and runs["backend"][0] == "live" and runs["policy"][0] == "pipeline-dynamic"
+    req = query_readonly(db, "SELECT state, count(*) AS n FROM requests GROUP BY state")
+    assert dict(zip(req["state"], req["n"])) == {"done": 6}
+    spans = query_readonly(db, "SELECT stage, count(*) AS n FROM stage_spans GROUP BY stage ORDER BY stage")
+    assert dict(zip(spans["stage"], spans["n"])) == {"decode": 6, "diffuse": 6, "encode": 6}
+    bad = query_readonly(db, """SELECT count(*) AS n FROM stage_spans s JOIN requests r USING (run_id, request_id)
+                                WHERE s.ended_s > r.finish_s + 1e-9 OR s.started_s < r.arrival_s - 1e-9""")
+    assert bad["n"][0] == 0
+
+
+def test_api_key_required_when_set_and_off_loopback():
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "0"],
+                          env={"TRIDENT_API_KEY": "s3cret"})
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            body = {"prompt": "x", "model": "sd3-medium", "size": "512x512"}
+            assert client.post("/v1/images/generations", json=body).status_code == 401
+            bad = {"Authorization": "Bearer wrong"}
+            assert client.post("/v1/images/generations", json=body, headers=bad).status_code == 401
+            good = {"Authorization": "Bearer s3cret"}
+            assert client.post("/v1/images/generations", json=body, headers=good).status_code == 200
+            assert client.get("/v1/cluster").status_code == 200  # reads need no key
+    finally:
+        server.stop()
+    from tridentcore.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--models", "sd3-medium", "--devices", "emulated:1xH200",
+                                      "--host", "0.0.0.0", "--port", "0"], env={"TRIDENT_API_KEY": ""})
+    assert result.exit_code == 2 and "api-key" in result.output

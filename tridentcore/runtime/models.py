@@ -1,0 +1,110 @@
+"""The models a live run serves and what each accepts (checked once, at the edge, before a request
+enters the engine).
+
+A request must be valid for the pipeline (size a multiple of its latent grid, within bounds;
+frame counts the video VAE accepts) *and* covered by the cost model, since every policy prices
+every request it sees: a shape the profile cannot price is refused with the profile's own reason,
+never guessed at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..core.costmodel import CostModel
+from ..core.types import Shape
+
+MAX_STEPS = 200
+MAX_PROMPT_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a request: the field and what the limit is."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    name: str
+    kind: str  # image | video
+    min_size: int
+    max_size: int
+    size_multiple: int
+    default_steps: int
+    default_width: int
+    default_height: int
+    frames_multiple: int = 1
+    max_frames: int = 1
+    default_frames: int = 1
+    emulated: bool = False  # no pixels: emulated devices only take the time
+
+    @property
+    def video(self) -> bool:
+        return self.kind == "video"
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.name, "object": "model", "kind": self.kind, "emulated": self.emulated,
+            "size": {"min": self.min_size, "max": self.max_size, "multiple_of": self.size_multiple,
+                     "default": f"{self.default_width}x{self.default_height}"},
+            "frames": ({"rule": f"k*{self.frames_multiple}+1", "max": self.max_frames, "default": self.default_frames}
+                       if self.video else {"rule": "1"}),
+            "steps": {"min": 1, "max": MAX_STEPS, "default": self.default_steps},
+            "prompt": {"max_chars": MAX_PROMPT_CHARS},
+        }
+
+
+def emulated_entry(name: str, cost: CostModel, gpu: str, video: bool) -> ModelEntry:
+    """A profile model served on emulated devices (sizes bounded by what the profile can price)."""
+    if video:
+        return ModelEntry(name, "video", 128, 2048, 16, 50, 832, 480, frames_multiple=4, max_frames=129,
+                          default_frames=17, emulated=True)
+    return ModelEntry(name, "image", 128, 4096, 16, 28, 1024, 1024, emulated=True)
+
+
+def check_request(entry: ModelEntry, cost: CostModel, gpu: str, width: int, height: int, frames: int,
+                  steps: int, prompt: str) -> list[Problem]:
+    """Every problem with one request for ``entry`` (empty: it may be submitted)."""
+    problems: list[Problem] = []
+    size_ok = True
+    for what, value in (("width", width), ("height", height)):
+        if value % entry.size_multiple:
+            problems.append(Problem("size", f"{what} {value} is not a multiple of {entry.size_multiple}"))
+            size_ok = False
+        if not entry.min_size <= value <= entry.max_size:
+            problems.append(Problem("size", f"{what} {value} is outside [{entry.min_size}, {entry.max_size}] "
+                                            f"for {entry.name}"))
+            size_ok = False
+    if entry.video:
+        if frames < 1 or (frames - 1) % entry.frames_multiple or frames > entry.max_frames:
+            problems.append(Problem("frames", f"frames {frames} must be k*{entry.frames_multiple}+1 in "
+                                              f"[1, {entry.max_frames}] for {entry.name}"))
+            size_ok = False
+    elif frames != 1:
+        problems.append(Problem("frames", f"frames must be 1 for the image model {entry.name} (got {frames})"))
+        size_ok = False
+    if not 1 <= steps <= MAX_STEPS:
+        problems.append(Problem("steps", f"steps {steps} is outside [1, {MAX_STEPS}]"))
+        size_ok = False
+    if len(prompt) > MAX_PROMPT_CHARS:
+        problems.append(Problem("prompt", f"prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}"))
+    if not prompt.strip():
+        problems.append(Problem("prompt", "prompt must not be empty"))
+    if size_ok:
+        shape = Shape(height, width, frames, steps)
+        try:
+            cost.latency_s(entry.name, "encode", None, 1, 1, gpu)
+            cost.latency_s(entry.name, "diffuse", shape, 1, 1, gpu)
+            cost.latency_s(entry.name, "decode", shape, 1, 1, gpu)
+        except LookupError as exc:
+            problems.append(Problem("size", f"the {gpu} profile cannot price {entry.name} at {shape.label()}: {exc}"))
+    return problems
+
+
+def video_models(rows: Iterable) -> set[str]:
+    """Models with multi-frame rows in a profile."""
+    return {r.model for r in rows if (r.frames or 1) > 1}

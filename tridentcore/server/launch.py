@@ -1,0 +1,86 @@
+"""Start ``trident serve`` as a child process on a free port and stop it again (tests, benchmarks).
+
+The child binds port 0 and writes the port it got to a file once it is ready, so nothing is parsed
+from its output. :meth:`ServerProcess.stop` sends SIGTERM (the server drains and writes its store)
+and waits; only the child this object started is ever signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    port: int
+    host: str
+    log_path: Path
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, wait for a clean exit (drain, store written); SIGKILL only past the timeout."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        code = self.proc.returncode
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        return code
+
+
+def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float = 120.0,
+                 env: dict[str, str] | None = None) -> ServerProcess:
+    """``trident serve ARGS --host HOST --port 0`` in a child process; returns once it serves."""
+    tmp = tempfile.TemporaryDirectory(prefix="trident-serve-")
+    port_file = Path(tmp.name) / "port"
+    log_path = Path(tmp.name) / "server.log"
+    cmd = [sys.executable, "-m", "tridentcore.cli", "serve", *args, "--host", host, "--port", "0",
+           "--port-file", str(port_file)]
+    child_env = {**os.environ, **(env or {})}
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
+    log.close()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return ServerProcess(proc, int(port_file.read_text()), host, log_path, tmp)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    tmp.cleanup()
+    raise LaunchError(f"trident serve did not start (exit {proc.returncode}):\n{text[-4000:]}")

@@ -1,0 +1,101 @@
+"""Prometheus metrics for one app (its own registry, so several apps can live in one process).
+
+Counters and histograms are fed by the engine's listeners (each request as it ends, each stage
+span as it is recorded); gauges are read from the engine at scrape time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from ..core.lifecycle import RequestState
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
+
+
+class _Live:
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def collect(self):
+        snap = self.engine.snapshot()
+        live = GaugeMetricFamily("trident_requests_live", "Requests not yet ended, by state", labels=["state"])
+        counts: dict[str, int] = {}
+        reqs = self.engine.state.requests
+        for rid in list(self.engine.live_ids()):
+            s = reqs[rid].state.value
+            counts[s] = counts.get(s, 0) + 1
+        for s in RequestState:
+            if not s.terminal:
+                live.add_metric([s.value], counts.get(s.value, 0))
+        yield live
+        q = GaugeMetricFamily("trident_queue_depth", "Requests waiting for a stage", labels=["stage"])
+        for stage, n in snap["queues"].items():
+            q.add_metric([stage], n)
+        yield q
+        busy = GaugeMetricFamily("trident_device_busy", "1 while a device runs a stage", labels=["device"])
+        alive = GaugeMetricFamily("trident_device_alive", "1 while a device's worker is up", labels=["device"])
+        mem = GaugeMetricFamily("trident_device_memory_gib", "Memory in use per device (accounted)",
+                                labels=["device", "kind"])
+        total = GaugeMetricFamily("trident_device_memory_total_gib", "Memory per device", labels=["device"])
+        for d in snap["devices"]:
+            dev = str(d["id"])
+            busy.add_metric([dev], 1.0 if d["busy"] else 0.0)
+            alive.add_metric([dev], 1.0 if d["alive"] else 0.0)
+            mem.add_metric([dev, "weights"], d["weights_gib"])
+            mem.add_metric([dev, "activations"], d["activations_gib"])
+            total.add_metric([dev], d["mem_gib"])
+        yield busy
+        yield alive
+        yield mem
+        yield total
+
+
+class Metrics:
+    def __init__(self, engine) -> None:
+        self.registry = CollectorRegistry()
+        self.ended = Counter("trident_requests_ended", "Requests that reached a terminal state", ["state"],
+                             registry=self.registry)
+        self.slo_met = Counter("trident_requests_slo_met", "Requests done by their deadline", registry=self.registry)
+        self.attainment = 0.0
+        self.stage = Histogram("trident_stage_seconds", "Stage run time (engine seconds) per request", ["stage", "outcome"],
+                               buckets=_BUCKETS, registry=self.registry)
+        self.wait = Histogram("trident_stage_queue_seconds", "Time a request waited for a stage (engine seconds)",
+                              ["stage"], buckets=_BUCKETS, registry=self.registry)
+        self.busy_s = Counter("trident_device_busy_seconds", "Engine seconds each device spent running stages",
+                              ["device"], registry=self.registry)
+        self._n_ended = 0
+        self._n_met = 0
+        self._last_dispatch = None
+        for s in RequestState:
+            if s.terminal:
+                self.ended.labels(s.value)
+        self.registry.register(_Live(engine))
+        att = self
+
+        class _Att:
+            def collect(self):
+                g = GaugeMetricFamily("trident_slo_attainment", "Fraction of ended requests done by their deadline")
+                g.add_metric([], att._n_met / att._n_ended if att._n_ended else 1.0)
+                yield g
+
+        self.registry.register(_Att())
+        engine.end_listeners.append(self.on_end)
+        engine.span_listeners.append(self.on_span)
+
+    def on_end(self, rec) -> None:
+        self.ended.labels(rec.state.value).inc()
+        self._n_ended += 1
+        if rec.state is RequestState.DONE and rec.finish_s is not None and rec.finish_s <= rec.spec.deadline_s + 1e-9:
+            self.slo_met.inc()
+            self._n_met += 1
+
+    def on_span(self, sp) -> None:
+        dur = max(0.0, sp.ended_s - sp.started_s)
+        self.stage.labels(sp.stage, sp.outcome).observe(dur)
+        self.wait.labels(sp.stage).observe(max(0.0, sp.started_s - sp.queued_s))
+        if sp.dispatch_id >= 0 and sp.dispatch_id != self._last_dispatch:
+            self._last_dispatch = sp.dispatch_id
+            for g in sp.gpus:
+                self.busy_s.labels(str(g)).inc(dur)

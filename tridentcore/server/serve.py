@@ -1,0 +1,101 @@
+"""Running the app under uvicorn on a pre-bound socket (port 0 works; ``port_file`` tells the port)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runtime.build import SetupError, build_runtime
+from .app import ServerConfig, create_app, is_loopback
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    models: str
+    devices: str = "cpu:2"
+    policy: str = "trident"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    db: str | None = None
+    time_scale: float = 1.0
+    profile: str | None = None
+    max_queued: int = 256
+    slo_scale: float = 3.0
+    api_key: str | None = None
+    drain_timeout_s: float = 30.0
+    max_body_bytes: int = 1 << 20
+    port_file: str | None = None
+    log_level: str = "warning"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _server_class():
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """uvicorn's server, but a SIGTERM/SIGINT that ended in a clean drain exits 0 (uvicorn re-raises
+        the signal after its shutdown, which would make every clean stop look like a kill)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return _Server
+
+
+def run_server(opts: ServeOptions) -> None:
+    """Validate, build, bind, serve until SIGINT/SIGTERM (then drain and write the store)."""
+    import uvicorn
+
+    if not is_loopback(opts.host) and not opts.api_key:
+        raise SetupError([f"binding {opts.host} (not loopback) needs --api-key (or TRIDENT_API_KEY)"])
+    runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
+                            max_queued=opts.max_queued, slo_scale=opts.slo_scale)
+    app = create_app(runtime, ServerConfig(api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
+                                           drain_timeout_s=opts.drain_timeout_s))
+    try:
+        sock = bind(opts.host, opts.port)
+    except OSError as exc:
+        raise SetupError([f"cannot bind {opts.host}:{opts.port}: {exc}"]) from None
+    config = uvicorn.Config(app, log_level=opts.log_level, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=opts.drain_timeout_s + 5)
+    server = _server_class()(config)
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started and opts.port_file:
+            path = Path(opts.port_file)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(str(sock.getsockname()[1]))
+            os.replace(tmp, path)
+        await task
+
+    asyncio.run(main())
