@@ -1,0 +1,146 @@
+"""`trident trace generate | import | stats` through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tridentcore.cli import app
+from workloads.traces import read_trace
+
+runner = CliRunner()
+
+PAPER = (
+    "# released trace, two requests\n"
+    "Request(request_id=0, timestamp=0.0, height=1024, width=1024, num_frames=1, "
+    "prompt='a cat, \"quoted\"', negative_prompt='', num_inference_steps=28)\n"
+    "\n"
+    "Request(request_id=1, timestamp=2.5, height=512, width=512, num_frames=1, "
+    "prompt=\"it's a dog, (sitting)\", negative_prompt='blurry', num_inference_steps=28)\n"
+)
+
+
+def _error_line(result) -> str:
+    """The one ``error: …`` line a failed command prints on stderr."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def _generate(tmp_path: Path, name: str, *args: str) -> Path:
+    out = tmp_path / name
+    result = runner.invoke(app, ["trace", "generate", "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_generate_writes_json_lines_deterministically(tmp_path):
+    args = ("--mix", "image-video", "--arrival", "gamma:cv=2", "--rate", "2", "--duration", "60", "--seed", "3")
+    a = _generate(tmp_path, "a.jsonl", *args)
+    b = _generate(tmp_path, "sub/b.jsonl", *args)
+    c = _generate(tmp_path, "c.jsonl", *args[:-1], "4")
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    entries = read_trace(a)
+    assert len(entries) == len(a.read_text().splitlines()) > 60
+    assert all(0 <= e.t < 60 for e in entries) and [e.t for e in entries] == sorted(e.t for e in entries)
+    assert {e.model for e in entries} == {"sd3-medium", "wan2.1-1.3b"}
+    assert all(e.seed is not None and e.prompt for e in entries)
+
+
+def test_simulating_a_generated_trace_is_simulating_the_mix(tmp_path):
+    trace = _generate(tmp_path, "t.jsonl", "--mix", "sd3-mixed", "--rate", "1.5", "--duration", "60", "--seed", "5")
+    common = ["simulate", "--cluster", "1x8xH200", "--policies", "trident,pipeline-static:degree=2", "--json",
+              "--duration", "60", "--seed", "5"]
+    from_mix = runner.invoke(app, [*common, "--mix", "sd3-mixed", "--rate", "1.5"])
+    from_trace = runner.invoke(app, [*common, "--trace", str(trace)])
+    assert from_mix.exit_code == 0 and from_trace.exit_code == 0, from_mix.output + from_trace.output
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "planner_p99_ms"} for r in rows]  # noqa: E731 (wall clock)
+    assert drop(json.loads(from_trace.output)) == drop(json.loads(from_mix.output))
+
+
+def test_generate_then_stats_round_trip(tmp_path):
+    trace = _generate(tmp_path, "t.jsonl", "--mix", "image-video", "--arrival", "constant", "--rate", "0.25",
+                      "--duration", "120")
+    result = runner.invoke(app, ["trace", "stats", str(trace), "--profile", "h200", "--cluster", "2x8xH200", "--json"])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.stdout)
+    assert stats["requests"] == 30 and stats["rate_rps"] == pytest.approx(0.25)
+    assert stats["duration_s"] == pytest.approx(29 / 0.25) and stats["gpus"] == 16
+    assert sum(c["requests"] for c in stats["classes"]) == 30
+    # the same arithmetic as the simulator's capacity ceiling: offered / GPUs = rate / ceiling
+    from tridentcore.sim.bench import Scenario, capacity_rps, load_scenario
+
+    loaded = load_scenario(Scenario(mix=None, trace=str(trace)))
+    assert stats["capacity_rps"] == pytest.approx(capacity_rps(loaded))
+    assert stats["load_fraction"] == pytest.approx(0.25 / capacity_rps(loaded))
+    assert stats["offered_gpu_s_per_s"] == pytest.approx(16 * stats["load_fraction"])
+    assert not stats["overloaded"] and result.stderr == ""
+
+
+def test_stats_table_and_overload_warning(tmp_path):
+    trace = _generate(tmp_path, "t.jsonl", "--mix", "image-video", "--rate", "2", "--duration", "120")
+    result = runner.invoke(app, ["trace", "stats", str(trace), "--profile", "h200", "--cluster", "2x8xH200"])
+    assert result.exit_code == 0, result.output
+    assert "259 requests" in result.stdout and "wan2.1-1.3b 1280x720x81" in result.stdout
+    assert "offered load:" in result.stdout and "GPU-s/s" in result.stdout and "16 GPUs" in result.stdout
+    warning = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warning) == 1 and warning[0].startswith("warning: offered load") and "exceeds" in warning[0]
+    # a bigger cluster takes the same trace without a warning
+    result = runner.invoke(app, ["trace", "stats", str(trace), "--cluster", "8x8xH200"])
+    assert result.exit_code == 0 and "warning" not in result.stderr
+
+
+def test_import_paper_trace(tmp_path):
+    src = tmp_path / "paper.txt"
+    src.write_text(PAPER)
+    out = tmp_path / "out" / "p.jsonl"
+    result = runner.invoke(app, ["trace", "import", str(src), "--model", "sd3-medium", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "imported 2 requests (paper Request(...) lines)" in result.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [
+        {"t": 0.0, "model": "sd3-medium", "height": 1024, "width": 1024, "frames": 1, "steps": 28,
+         "prompt": 'a cat, "quoted"'},
+        {"t": 2.5, "model": "sd3-medium", "height": 512, "width": 512, "frames": 1, "steps": 28,
+         "prompt": "it's a dog, (sitting)", "negative_prompt": "blurry"},
+    ]
+    # the imported file and the original give the same stats
+    a = runner.invoke(app, ["trace", "stats", str(out), "--json"])
+    b = runner.invoke(app, ["trace", "stats", str(src), "--model", "sd3-medium", "--json"])
+    assert a.exit_code == b.exit_code == 0, a.output + b.output
+    drop = lambda d: {k: v for k, v in d.items() if k != "file"}  # noqa: E731
+    assert drop(json.loads(a.stdout)) == drop(json.loads(b.stdout))
+    assert json.loads(a.stdout)["rate_rps"] == pytest.approx(1 / 2.5)
+    # JSON lines import too (normalised)
+    again = tmp_path / "again.jsonl"
+    result = runner.invoke(app, ["trace", "import", str(out), "--out", str(again)])
+    assert result.exit_code == 0 and "(JSON lines)" in result.stdout and again.read_text() == out.read_text()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["trace", "import", "{paper}", "--out", "{tmp}/x.jsonl"], "--model"),
+    (["trace", "stats", "{paper}"], "--model"),
+    (["trace", "stats", "{tmp}/missing.jsonl"], "cannot read"),
+    (["trace", "stats", "{bad}"], "3 problems: line 1: height"),
+    (["trace", "stats", "{paper}", "--model", "no-such-model"], "no-such-model"),
+    (["trace", "stats", "{paper}", "--model", "sd3-medium", "--cluster", "banana"], "banana"),
+    (["trace", "generate", "--mix", "no-such-mix", "--out", "{tmp}/x.jsonl"], "unknown mix"),
+    (["trace", "generate", "--arrival", "gamma:cv=-1", "--rate", "-1", "--out", "{tmp}/x.jsonl"], "3 problems"),
+    (["trace", "generate", "--rate", "0.001", "--duration", "1", "--seed", "1", "--out", "{tmp}/x.jsonl"], None),
+])
+def test_errors_are_one_line(tmp_path, args, needle):
+    paper = tmp_path / "paper.txt"
+    paper.write_text(PAPER)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": 0, "model": "m", "height": 0, "width": 8, "steps": 2}\n{"t": -1, "model": "m", "height": 8, '
+                   '"width": 8, "steps": 2, "colour": 1}\n')
+    args = [a.format(paper=paper, tmp=tmp_path, bad=bad) for a in args]
+    result = runner.invoke(app, args)
+    if needle is None:  # a mix with at least the first arrival (t = 0) always yields a request
+        assert result.exit_code == 0, result.output
+        return
+    assert needle in _error_line(result)
