@@ -53,6 +53,8 @@ def _message(exc: BaseException) -> str:
 def _table(rows: list[dict], columns) -> str:
     from .cli import _table as table
 
+    if not rows:
+        return "  (none)"
     clean = [{c: (math.nan if r.get(c) is None else r.get(c)) for c in columns} for r in rows]
     return table(clean, columns)
 
@@ -258,12 +260,9 @@ def runs_show(
     typer.echo(_table(report.classes, ("request_class", "requests", "met", "attainment", "p50_s", "p95_s",
                                        "rejected", "failed")))
     typer.echo("stage breakdown")
-    if report.stages:
-        typer.echo(_table(report.stages, ("stage", "spans", "dispatches", "mean_s", "p95_s", "mean_queue_s",
-                                          "p95_queue_s", "mean_batch", "mean_degree", "gpu_s", "load_s",
-                                          "preempted", "oom")))
-    else:
-        typer.echo("  (no stage spans)")
+    typer.echo(_table(report.stages, ("stage", "spans", "dispatches", "mean_s", "p95_s", "mean_queue_s",
+                                      "p95_queue_s", "mean_batch", "mean_degree", "gpu_s", "load_s",
+                                      "preempted", "oom")))
 
 
 _DIFF_KEYS = ("requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms", "rejected", "failed",

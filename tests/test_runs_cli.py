@@ -1,0 +1,132 @@
+"""`trident runs list | show | diff | export` over a results database (read-only)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tridentcore.cli import app
+from tridentcore.store import run_summary
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "r.duckdb"
+    result = runner.invoke(app, ["bench", "--mix", "image-video", "--rate", "0.5", "--duration", "90", "--seed", "2",
+                                 "--policies", "trident,pipeline-static:degree=1", "--db", str(path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _ids(db: Path) -> dict[str, str]:
+    return {row.policy: row.run_id for row in run_summary(db).itertuples()}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_list(db):
+    before = _digest(db)
+    result = runner.invoke(app, ["runs", "list", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    for run_id in _ids(db).values():
+        assert run_id in result.stdout
+    assert "pipeline-static:degree=1" in result.stdout and "image-video" in result.stdout
+    assert _digest(db) == before  # opened read-only
+
+
+def test_show_summary_classes_and_stages(db):
+    run_id = _ids(db)["trident"]
+    before = _digest(db)
+    result = runner.invoke(app, ["runs", "show", run_id[:-3], "--db", str(db)])  # a unique prefix will do
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert f"run {run_id}" in out and "sim trident" in out and "seed 2" in out
+    row = run_summary(db, [run_id]).iloc[0]
+    summary = {line.split()[0]: line.split()[1] for line in out.split("summary\n")[1].split("attainment by")[0].splitlines()}
+    assert summary["requests"] == str(row.requests) and summary["attainment"] == f"{row.attainment:.3f}"
+    assert summary["p95_s"] == f"{row.p95_s:.2f}" and summary["ooms"] == str(row.ooms)
+    assert "attainment by request class" in out and "wan2.1-1.3b 1280x720x81" in out
+    stages = out.split("stage breakdown\n")[1].splitlines()
+    assert [line.split()[0] for line in stages[1:]] == ["encode", "diffuse", "decode"]
+    assert _digest(db) == before
+
+
+def test_diff_shows_both_runs_and_class_deltas(db):
+    ids = _ids(db)
+    a, b = ids["pipeline-static:degree=1"], ids["trident"]
+    result = runner.invoke(app, ["runs", "diff", a, b, "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert a in out and b in out
+    rows = run_summary(db, [a, b]).set_index("run_id")
+    line = next(x for x in out.splitlines() if x.startswith("attainment "))
+    delta = rows.attainment[b] - rows.attainment[a]
+    assert line.split() == ["attainment", f"{rows.attainment[a]:.3f}", f"{rows.attainment[b]:.3f}",
+                            ("+" if delta >= 0 else "") + f"{delta:.3f}"]
+    for metric in ("mean_s", "p95_s", "p99_s", "ooms", "rejected", "gpu_s_per_met"):
+        assert any(x.startswith(metric + " ") for x in out.splitlines()), metric
+    assert "attainment by request class" in out and "sd3-medium 512x512" in out
+
+
+def test_export_writes_parquet_per_table(db, tmp_path):
+    import pyarrow.parquet as pq
+
+    run_id = _ids(db)["trident"]
+    result = runner.invoke(app, ["runs", "export", run_id, "--parquet", str(tmp_path / "out"), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    files = {p.stem: p for p in (tmp_path / "out").glob("*.parquet")}
+    assert set(files) == {"runs", "requests", "stage_spans", "placements", "gpu_samples"}
+    assert pq.read_table(files["requests"]).num_rows == run_summary(db, [run_id]).requests[0]
+    assert set(pq.read_table(files["stage_spans"]).column("run_id").to_pylist()) == {run_id}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["runs", "show", "nope"], "run 'nope' is not in"),
+    (["runs", "show", "2"], "is ambiguous"),
+    (["runs", "diff", "nope", "{trident}"], "run 'nope' is not in"),
+    (["runs", "export", "nope", "--parquet", "{tmp}/x"], "run 'nope' is not in"),
+])
+def test_unknown_run_is_a_clear_error(db, tmp_path, args, needle):
+    args = [a.format(trident=_ids(db)["trident"], tmp=tmp_path) for a in args] + ["--db", str(db)]
+    assert needle in _error_line(runner.invoke(app, args))
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "x"], ["diff", "x", "y"], ["export", "x", "--parquet", "o"]])
+def test_missing_database_is_a_clear_error(tmp_path, command):
+    missing = tmp_path / "none.duckdb"
+    line = _error_line(runner.invoke(app, ["runs", *command, "--db", str(missing)]))
+    assert "no results database" in line and str(missing) in line
+    assert not missing.exists()
+
+
+def test_a_file_that_is_not_a_results_database(tmp_path):
+    import duckdb
+
+    other = tmp_path / "other.duckdb"
+    duckdb.connect(str(other)).close()
+    assert "not a results database" in _error_line(runner.invoke(app, ["runs", "list", "--db", str(other)]))
+
+
+def test_show_a_run_without_rows(tmp_path):
+    from tridentcore.core.records import RunMeta
+    from tridentcore.store import ResultsStore
+
+    path = tmp_path / "e.duckdb"
+    ResultsStore(path).write_run(RunMeta("only", "sim", "trident", 0, "h200", "8xH200", "m", 1.0, 1.0, 3.0, "{}"), [], [])
+    result = runner.invoke(app, ["runs", "show", "only", "--db", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("(none)") == 2  # no classes, no stages
