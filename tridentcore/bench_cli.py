@@ -8,7 +8,6 @@ commands to the main ``trident`` app. Errors are one line, ``error: …``, exit 
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Any
 
@@ -87,9 +86,7 @@ def trace_generate(
 ) -> None:
     """Draw a mix's open-loop arrivals into a JSON-lines trace.
 
-    The requests are exactly those `trident simulate --mix … --seed …` draws at this rate, so
-    simulating the trace gives the same run. SLOs are not part of the trace: whoever replays it
-    sets them (--slo-scale of simulate and bench).
+    The requests are exactly those `trident simulate --mix … --seed …` draws at this rate, so simulating the trace gives the same run. SLOs are not part of the trace: whoever replays it sets them (--slo-scale of simulate and bench).
     """
     from pathlib import Path
 
@@ -153,9 +150,7 @@ def trace_stats_command(
 ) -> None:
     """Requests, duration, rate and classes of a trace, and its offered load against the cluster.
 
-    Offered load: arrival rate x mean GPU-seconds of a request at its most GPU-efficient degree
-    (encode + min over degrees d of d x steps x step(d) + decode). Capacity: the cluster's GPU
-    count. Warns (stderr) when the load is over capacity: queues then grow under any policy.
+    Offered load: arrival rate x mean GPU-seconds of a request at its most GPU-efficient degree (encode + min over degrees d of d x steps x step(d) + decode). Capacity: the cluster's GPU count. Warns (stderr) when the load is over capacity: queues then grow under any policy.
     """
     import json
 
@@ -340,7 +335,7 @@ def _live_unavailable() -> str:
 
 def bench(
     ctx: typer.Context,
-    backend: str = typer.Option("sim", help="sim (the simulator) or live (not available yet)."),
+    backend: str = typer.Option("sim", help="sim (the simulator) or live (not implemented in bench yet)."),
     policies: str = typer.Option("pipeline-static:degree=1,pipeline-dynamic,trident-paper,trident",
                                  help="Comma list of policy specs, options as name:key=value (pipeline-static:degree=2)."),
     mix: str = typer.Option(None, help="Named mix or YAML (default image-video)."),
@@ -363,9 +358,7 @@ def bench(
 ) -> None:
     """Compare policies on one workload; every run is stored (with what reproduces it) in --db.
 
-    Prints a side-by-side table and the run ids. Ctrl-C stops: runs already stored stay, the run
-    in progress is not written (each run is one transaction). With --repeat RUN_ID a stored sim
-    run is simulated again and old and new summaries are printed; exit status 1 if they differ.
+    Prints a side-by-side table and the run ids. Ctrl-C stops: runs already stored stay, the run in progress is not written (each run is one transaction). With --repeat RUN_ID a stored sim run is simulated again and old and new summaries are printed; exit status 1 if they differ.
     """
     from .cli import _setup_logging
 
