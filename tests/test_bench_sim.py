@@ -179,3 +179,16 @@ def test_ctrl_c_inside_the_write_leaves_nothing_half_written(tmp_path, monkeypat
     assert _counts(db)["runs"] == 1  # the row written inside the interrupted transaction was rolled back
     monkeypatch.undo()
     assert runner.invoke(app, ["runs", "list", "--db", str(db)]).exit_code == 0
+
+
+def test_bench_a_trace_and_repeat_it(tmp_path):
+    trace, db = tmp_path / "t.jsonl", tmp_path / "t.duckdb"
+    assert runner.invoke(app, ["trace", "generate", "--mix", "sd3-mixed", "--rate", "1", "--duration", "40",
+                               "--out", str(trace)]).exit_code == 0
+    result = runner.invoke(app, ["bench", "--trace", str(trace), "--cluster", "1x8xH200", "--policies", "trident",
+                                 "--db", str(db), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"trace:{trace.name} on 1x8xH200") and "req/s" not in result.stdout.splitlines()[0]
+    (run_id,) = run_summary(db).run_id
+    again = runner.invoke(app, ["bench", "--repeat", run_id, "--db", str(db)])
+    assert again.exit_code == 0 and "identical" in again.stdout, again.output

@@ -453,8 +453,9 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
         out = [_json_safe({c: (math.nan if r.get(c) is None else r.get(c)) for c in columns}) for r in rows]
         typer.echo(json.dumps(out, indent=1))
         return
-    typer.echo(f"{loaded.scenario.workload_label} at {rate:g} req/s for {duration:g} s on {loaded.cluster.label} "
-               f"({profile}), slo scale {slo_scale:g}, seed {seed}: {len(loaded.requests(rate))} requests")
+    load = "" if trace is not None else f" at {rate:g} req/s for {duration:g} s"
+    typer.echo(f"{loaded.scenario.workload_label}{load} on {loaded.cluster.label} ({profile}), slo scale {slo_scale:g}, "
+               f"seed {seed}: {len(loaded.requests(rate))} requests")
     if goodput:
         typer.echo(f"capacity ceiling: {cap:.3f} req/s (every request at its most GPU-efficient degree)")
     typer.echo(_table(rows, columns))
