@@ -227,6 +227,11 @@ def _worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int
             lim = p.limits
             cards[m] = ModelCard(m, lim.video, lim.min_size, lim.max_size, lim.size_multiple, lim.frames_multiple,
                                  lim.max_frames, p.default_steps, lim.max_prompt_tokens)
+        for m, p in pipes.items():  # warm up (first calls pay one-off costs the profile does not show)
+            card = cards[m]
+            size = max(card.min_size, 32)
+            emb = p.encode(["warm-up"], [""])
+            p.decode(p.diffuse(emb, (size, size, 1 + card.frames_multiple if card.video else 1), steps=2, end_step=1))
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which gives up on this slot
         conn.send(("broken", slot, f"{type(exc).__name__}: {exc}"))
         return
@@ -328,11 +333,17 @@ class CpuWorker(Worker):
                 except Exception as exc:  # noqa: BLE001 - e.g. a shared tensor whose sender died
                     logger.warning("worker %d: unreadable message: %s", self.slot, exc)
                     continue
-                loop.call_soon_threadsafe(self._message, gen, msg)
+                try:
+                    loop.call_soon_threadsafe(self._message, gen, msg)
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    return
                 continue
             break
         proc.join(timeout=5)
-        loop.call_soon_threadsafe(self._died, gen, proc.exitcode)
+        try:
+            loop.call_soon_threadsafe(self._died, gen, proc.exitcode)
+        except RuntimeError:
+            pass
 
     def _message(self, gen: int, msg) -> None:
         if gen != self._generation:
