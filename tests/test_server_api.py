@@ -212,3 +212,23 @@ def test_api_key_required_when_set_and_off_loopback():
     result = CliRunner().invoke(app, ["serve", "--models", "sd3-medium", "--devices", "emulated:1xH200",
                                       "--host", "0.0.0.0", "--port", "0"], env={"TRIDENT_API_KEY": ""})
     assert result.exit_code == 2 and "api-key" in result.output
+
+
+def test_keep_alive_requests_are_not_delayed_by_nagle(fast):
+    """The pre-bound socket says it is TCP, so asyncio sets TCP_NODELAY (else ~40 ms per response)."""
+    import socket
+
+    from tridentcore.server.serve import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+    _, client, _ = fast
+    times = []
+    for _ in range(15):
+        t0 = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        times.append(time.perf_counter() - t0)
+    assert sorted(times)[7] < 0.025
