@@ -1,0 +1,24 @@
+"""Parity: the simulator and the live engine (emulated GPUs) drive the same policy to the same decisions."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from tridentcore.sim.bench import Scenario, load_scenario
+
+_spec = importlib.util.spec_from_file_location("parity", Path(__file__).resolve().parents[1] / "benchmarks" / "parity.py")
+parity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(parity)
+
+
+@pytest.mark.parametrize("policy", ["trident", "pipeline-static:degree=1"])
+def test_same_trace_same_decisions_live_and_simulated(policy):
+    loaded = load_scenario(Scenario(cluster="2x8xH200", mix="image-video", duration_s=40, seed=4))
+    r = parity.compare(loaded, policy, rate=0.5, time_scale=0.05)
+    assert r["requests"] >= 10
+    assert r["same_decisions"] == r["requests"]
+    assert r["same_state"] == r["requests"]
+    assert r["latency_err_median"] < 0.05
