@@ -22,6 +22,7 @@ from ..core.events import (Dispatch, Evict, Fail, Place, Preempt, Reject, Reques
 from ..core.lifecycle import RequestState
 from ..core.policy import Policy
 from ..core.records import GpuSample, PlacementRow, RequestRow, SpanRow
+from ..core.recording import gpu_samples, request_rows, span_rows
 from ..core.state import ClusterState, ClusterView, Running
 from ..core.workload import RequestSpec
 
@@ -234,77 +235,16 @@ class Simulator:
         return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end_step, preempted)
 
     def _span(self, run: Running, t: float, outcome: str, end_step: int) -> None:
-        if not self.record:
-            return
-        a = run.action
-        predicted = run.compute_start_s - run.started_s + (a.end_step - a.start_step) * run.step_s \
-            if a.stage == "diffuse" else run.predicted_end_s - run.started_s
-        for rid in a.request_ids:
-            self.spans.append(SpanRow(
-                dispatch_id=run.id, request_id=rid, stage=a.stage, gpus=a.gpus, degree=len(a.gpus),
-                batch=len(a.request_ids), queued_s=run.queued_s[rid], started_s=run.started_s, ended_s=t,
-                predicted_s=predicted if outcome != "oom" else 0.0, start_step=a.start_step, end_step=end_step,
-                outcome=outcome, load_s=run.load_s, transfer_s=run.transfer_s,
-            ))
+        if self.record:
+            self.spans.extend(span_rows(run, t, outcome, end_step))
 
     def _request_rows(self) -> list[RequestRow]:
-        rows = []
-        for rec in self.state.requests:
-            spec = rec.spec
-            terminal = rec.state.terminal
-            rows.append(RequestRow(
-                request_id=spec.id, model=spec.model, height=spec.shape.height, width=spec.shape.width,
-                frames=spec.shape.frames, steps=spec.shape.steps, arrival_s=spec.arrival_s,
-                deadline_s=spec.deadline_s, state=rec.state.value if terminal else "unfinished",
-                reason=rec.reason if terminal else f"still {rec.state.value} when the run ended",
-                finish_s=rec.finish_s, ooms=rec.ooms, preemptions=rec.preemptions,
-            ))
-        return rows
+        return request_rows(self.state.requests)
 
     def _gpu_samples(self) -> list[GpuSample]:
-        """Busy fraction per GPU and sampling interval, from the spans (each dispatch once)."""
-        if not self.spans or self.sample_s <= 0:
+        if not self.spans:
             return []
-        end = max(self.now, self.sample_s)
-        bins = int(math.ceil(end / self.sample_s))
-        n = len(self.state.gpus)
-        busy = [[0.0] * bins for _ in range(n)]
-        seen: set[int] = set()
-        for sp in self.spans:
-            if sp.dispatch_id in seen:
-                continue
-            seen.add(sp.dispatch_id)
-            a, b = sp.started_s, sp.ended_s
-            k = int(a // self.sample_s)
-            while a < b and k < bins:
-                edge = min(b, (k + 1) * self.sample_s)
-                for g in sp.gpus:
-                    busy[g][k] += edge - a
-                a, k = edge, k + 1
-        # memory at each sampling instant: resident weights (placements replayed) + activations of
-        # the dispatch running then
-        mem = [[0.0] * bins for _ in range(n)]
-        for p in sorted(self.placements, key=lambda p: p.t_s):
-            k0 = min(bins, int(math.ceil(p.t_s / self.sample_s - 1e-9)))
-            delta = p.weights_gib if p.action == "place" else -p.weights_gib
-            for k in range(k0, bins):
-                mem[p.gpu][k] += delta
-        seen.clear()
-        for sp in self.spans:
-            if sp.dispatch_id in seen:
-                continue
-            seen.add(sp.dispatch_id)
-            act = self._act_gib.get(sp.dispatch_id, 0.0)
-            if not act:
-                continue
-            k = int(math.ceil(sp.started_s / self.sample_s - 1e-9))
-            while k < bins and k * self.sample_s < sp.ended_s:
-                for g in sp.gpus:
-                    mem[g][k] += act
-                k += 1
-        return [GpuSample(t_s=k * self.sample_s, gpu=g, busy=min(1.0, busy[g][k] / self.sample_s),
-                          mem_gib=round(mem[g][k], 4))
-                for g in range(n) for k in range(bins)]
+        return gpu_samples(self.spans, self.placements, self._act_gib, len(self.state.gpus), self.now, self.sample_s)
 
 
 def simulate(cluster: ClusterSpec, cost: CostModel, policy: Policy, requests: Sequence[RequestSpec], **kw) -> SimResult:

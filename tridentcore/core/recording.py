@@ -1,0 +1,83 @@
+"""Turning driver state into store rows: the one place both drivers (simulator, live engine) use.
+
+Pure: the rows are built from the cluster state, the dispatches and the spans already recorded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from .lifecycle import RequestTable
+from .records import GpuSample, PlacementRow, RequestRow, SpanRow
+from .state import Running
+
+
+def span_rows(run: Running, t: float, outcome: str, end_step: int) -> list[SpanRow]:
+    """One row per request of a dispatch that ended at ``t`` (``predicted_s``: the cost model's
+    duration for the dispatch as planned, load and transfers included; 0 for a failed allocation)."""
+    a = run.action
+    if outcome == "oom":
+        predicted = 0.0
+    elif a.stage == "diffuse":
+        predicted = run.compute_start_s - run.started_s + (a.end_step - a.start_step) * run.step_s
+    else:
+        predicted = run.predicted_end_s - run.started_s
+    return [SpanRow(dispatch_id=run.id, request_id=rid, stage=a.stage, gpus=a.gpus, degree=len(a.gpus),
+                    batch=len(a.request_ids), queued_s=run.queued_s[rid], started_s=run.started_s, ended_s=t,
+                    predicted_s=predicted, start_step=a.start_step, end_step=end_step, outcome=outcome,
+                    load_s=run.load_s, transfer_s=run.transfer_s)
+            for rid in a.request_ids]
+
+
+def request_rows(requests: RequestTable) -> list[RequestRow]:
+    """Every request as it stands; one not yet ended is reported ``unfinished``."""
+    rows = []
+    for rec in requests:
+        spec = rec.spec
+        terminal = rec.state.terminal
+        rows.append(RequestRow(
+            request_id=spec.id, model=spec.model, height=spec.shape.height, width=spec.shape.width,
+            frames=spec.shape.frames, steps=spec.shape.steps, arrival_s=spec.arrival_s,
+            deadline_s=spec.deadline_s, state=rec.state.value if terminal else "unfinished",
+            reason=rec.reason if terminal else f"still {rec.state.value} when the run ended",
+            finish_s=rec.finish_s, ooms=rec.ooms, preemptions=rec.preemptions,
+        ))
+    return rows
+
+
+def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], act_gib: Mapping[int, float],
+                num_gpus: int, end_s: float, sample_s: float = 10.0) -> list[GpuSample]:
+    """Per GPU and sampling interval: the busy fraction (each dispatch counted once) and the memory
+    in use at the interval's start (resident weights, placements replayed, plus the activations
+    ``act_gib[dispatch_id]`` of the dispatch running then)."""
+    if sample_s <= 0:
+        return []
+    bins = int(math.ceil(max(end_s, sample_s) / sample_s))
+    busy = [[0.0] * bins for _ in range(num_gpus)]
+    mem = [[0.0] * bins for _ in range(num_gpus)]
+    for p in sorted(placements, key=lambda p: p.t_s):
+        k0 = min(bins, int(math.ceil(p.t_s / sample_s - 1e-9)))
+        delta = p.weights_gib if p.action == "place" else -p.weights_gib
+        for k in range(k0, bins):
+            mem[p.gpu][k] += delta
+    seen: set[int] = set()
+    for sp in spans:
+        if sp.dispatch_id in seen or sp.dispatch_id < 0 or sp.outcome == "oom":
+            continue
+        seen.add(sp.dispatch_id)
+        a, b = sp.started_s, sp.ended_s
+        k = int(a // sample_s)
+        while a < b and k < bins:
+            edge = min(b, (k + 1) * sample_s)
+            for g in sp.gpus:
+                busy[g][k] += edge - a
+            a, k = edge, k + 1
+        act = act_gib.get(sp.dispatch_id, 0.0)
+        k = int(math.ceil(sp.started_s / sample_s - 1e-9))
+        while act and k < bins and k * sample_s < sp.ended_s:
+            for g in sp.gpus:
+                mem[g][k] += act
+            k += 1
+    return [GpuSample(t_s=k * sample_s, gpu=g, busy=min(1.0, busy[g][k] / sample_s), mem_gib=round(mem[g][k], 4))
+            for g in range(num_gpus) for k in range(bins)]
