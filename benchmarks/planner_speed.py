@@ -14,7 +14,6 @@ import argparse
 import statistics
 import time
 
-from tridentcore.core.lifecycle import WAITING_FOR
 from tridentcore.core.metrics import quantile, summarize
 from tridentcore.core.policy import make_policy
 from tridentcore.sim.bench import Scenario, load_scenario
@@ -35,7 +34,7 @@ class Timed:
         return self.inner.start(view, models, now, expected)
 
     def on_event(self, view, event, now):
-        from tridentcore.core.events import RequestArrived, StageFinished
+        from tridentcore.core.events import RequestArrived
 
         if isinstance(event, RequestArrived):
             self.waiting += 1

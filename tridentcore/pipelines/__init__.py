@@ -62,8 +62,6 @@ def _torch_dtype(dtype):
 
 def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPipeline":
     """Load a pipeline by registry name, directory or hub id, as stage executors."""
-    import torch
-
     from .builders import BUILDERS, build
     from .staged import FAMILIES, PIPELINE_CLASSES
 

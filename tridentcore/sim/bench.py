@@ -26,7 +26,7 @@ from ..core.costmodel import CostModel
 from ..core.metrics import attainment_by_class, min_class_attainment, summarize
 from ..core.policy import make_policy
 from ..core.records import RunMeta
-from ..core.workload import Mix, RequestSpec, generate_requests, make_slo_fn, reference_degree
+from ..core.workload import Mix, RequestSpec, generate_requests, make_slo_fn
 from .engine import SimResult, simulate
 
 
