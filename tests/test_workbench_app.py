@@ -1,0 +1,234 @@
+"""The Streamlit workbench, page by page, through ``streamlit.testing.v1.AppTest``.
+
+Each page renders without exceptions, errors appear as messages (never tracebacks), and widgets
+drive the recomputation they should. Simulations here are short (the default comparison is 600
+simulated seconds, about a second of CPU for the four policies).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from tridentcore.profiles.format import _data_dir  # noqa: E402
+from tridentcore.sim.bench import Scenario, load_scenario, run_meta, run_one  # noqa: E402
+from tridentcore.store import ResultsStore, new_run_id  # noqa: E402
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 120  # generous: a cold first run imports scipy, duckdb, plotly
+
+
+def _app(**state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at
+
+
+def _clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _metrics(at: AppTest) -> list[tuple[str, str]]:
+    return [(m.label, m.value) for m in at.metric]
+
+
+@pytest.fixture(scope="module")
+def results_db(tmp_path_factory) -> str:
+    """A results file with two short simulated runs (different policies, same scenario)."""
+    path = tmp_path_factory.mktemp("wb") / "runs.duckdb"
+    loaded = load_scenario(Scenario(duration_s=120.0))
+    for spec in ("pipeline-static:degree=1", "trident"):
+        res = run_one(loaded, spec, 0.5)
+        ResultsStore(path).write_run(run_meta(new_run_id(spec, 0), loaded, spec, 0.5, res),
+                                     res.requests, res.spans, res.placements, res.gpu_samples)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def home() -> AppTest:
+    """The home page after its first run: the default comparison."""
+    at = _app()
+    at.run()
+    return at
+
+
+# ------------------------------------------------------------------------------ Compare (home)
+def test_home_shows_the_default_comparison_of_four_policies(home):
+    _clean(home)
+    assert not home.error
+    assert [h.value for h in home.subheader][:4] == ["pipeline-static:degree=1", "pipeline-dynamic", "trident-paper",
+                                                      "trident"]
+    labels = [label for label, _ in _metrics(home)]
+    assert labels.count("SLO attainment") == 4 and labels.count("P99 latency") == 4
+    assert labels.count("GPU-s per SLO-met request") == 4 and "Goodput" not in labels
+    assert all(v.endswith("%") for label, v in _metrics(home) if label == "SLO attainment")
+    assert len(home.get("plotly_chart")) == 2  # latency CDF and the per-GPU timeline
+    for view in home.radio(key="cmp_view").options:  # memory, placement plan, placement per GPU
+        home.radio(key="cmp_view").set_value(view).run()
+        _clean(home)
+        assert len(home.get("plotly_chart")) == 2
+    home.slider(key="cmp_window").set_value((100.0, 200.0))
+    home.number_input(key="cmp_gpus").set_value(2).run()
+    _clean(home)
+
+
+def test_home_policy_and_rate_changes_recompute_the_cards():
+    at = _app()
+    at.run()
+    before = _metrics(at)
+    at.multiselect(key="cmp_policies").set_value(["pipeline-static:degree=2", "trident"]).run()
+    _clean(at)
+    assert [h.value for h in at.subheader][:2] == ["pipeline-static:degree=2", "trident"]
+    after_policy = _metrics(at)
+    assert len(after_policy) == len(before) // 2 and after_policy != before[: len(after_policy)]
+    at.number_input(key="cmp_rate").set_value(0.9).run()
+    _clean(at)
+    after_rate = _metrics(at)
+    assert after_rate != after_policy
+    static = dict(after_rate[:6])
+    assert static["SLO attainment"] != dict(after_policy[:6])["SLO attainment"]
+
+
+def test_home_rate_sweep_adds_goodput_and_rate_curves():
+    at = _app()
+    at.run()
+    at.number_input(key="cmp_duration").set_value(120.0)
+    at.multiselect(key="cmp_policies").set_value(["pipeline-dynamic", "trident"])
+    at.radio(key="cmp_rate_mode").set_value("rate sweep").run()
+    at.text_input(key="cmp_rates").set_value("0.3, 0.9").run()
+    _clean(at)
+    assert not at.error
+    labels = [label for label, _ in _metrics(at)]
+    assert labels.count("Goodput") == 2
+    at.text_input(key="cmp_rates").set_value("0.3, fast").run()
+    assert any("fast" in e.value for e in at.error)
+    _clean(at)
+
+
+def test_home_live_mode_says_it_is_not_available():
+    at = _app()
+    at.run()
+    at.radio(key="cmp_backend").set_value("live (trident bench)").run()
+    _clean(at)
+    assert any("not available" in i.value for i in at.info)
+    assert not at.metric
+
+
+def test_home_bad_mix_yaml_is_an_error_message():
+    at = _app()
+    at.run()
+    at.radio(key="cmp_source").set_value("mix file (YAML)").run()
+    assert any("upload a mix" in e.value for e in at.error)
+    at.file_uploader(key="cmp_mix_file").set_value(("bad.yaml", b"classes: [ {model: sd3-medium, height: -1", "text/yaml")).run()
+    _clean(at)
+    assert any("YAML" in e.value for e in at.error)
+    good = b"name: tiny\nclasses:\n  - {model: sd3-medium, height: 512, width: 512, frames: 1, steps: 28, weight: 1}\n"
+    at.file_uploader(key="cmp_mix_file").set_value(("good.yaml", good, "text/yaml")).run()
+    _clean(at)
+    assert not at.error and at.metric
+
+
+def test_home_profile_missing_a_model_is_an_error_message():
+    h200 = _data_dir().joinpath("h200.csv").read_text(encoding="utf-8").splitlines()
+    no_wan = "\n".join(line for line in h200 if "wan2.1" not in line).encode()
+    at = _app()
+    at.run()
+    at.selectbox(key="cmp_profile").set_value("upload a CSV…").run()
+    at.file_uploader(key="cmp_profile_file").set_value(("no-wan.csv", no_wan, "text/csv")).run()
+    _clean(at)
+    assert any("wan2.1-1.3b" in e.value for e in at.error)
+    assert not at.metric
+
+
+def test_home_trace_upload_runs_the_trace():
+    lines = [json.dumps({"t": i * 2.0, "model": "sd3-medium", "height": 512, "width": 512, "frames": 1, "steps": 28,
+                         "prompt": "a cat"}) for i in range(20)]
+    at = _app()
+    at.run()
+    at.radio(key="cmp_source").set_value("trace file").run()
+    at.file_uploader(key="cmp_trace_file").set_value(("t.jsonl", "\n".join(lines).encode(), "application/json")).run()
+    _clean(at)
+    assert not at.error
+    assert any("20 requests" in (m.help or "") for m in at.metric)
+
+
+# ------------------------------------------------------------------------------ Profiles
+def test_profiles_page_plots_shipped_and_uploaded_profiles():
+    at = _app()
+    at.run()
+    at.switch_page("workbench/pages/profiles.py").run()
+    _clean(at)
+    assert not at.error and len(at.get("plotly_chart")) == 3
+    at.selectbox(key="prof_model").set_value("wan2.1-1.3b").run()
+    _clean(at)
+    at.selectbox(key="prof_choice").set_value("cpu").run()
+    _clean(at)
+    assert not at.error
+    at.selectbox(key="prof_choice").set_value("upload a CSV…").run()
+    bad = b"gpu,model,stage,height,width,frames,batch,degree,latency_ms,peak_gib,act_gib,weights_gib,source\n" \
+          b"H200,m,diffuse,512,512,1,1,1,-3,1,1,1,measured\nH200,m,warp,512,512,1,1,1,3,1,1,1,measured\n"
+    at.file_uploader(key="prof_file").set_value(("bad.csv", bad, "text/csv")).run()
+    _clean(at)
+    text = " ".join(e.value for e in at.error)
+    assert "bad.csv" in text and "line 2" in text and "line 3" in text
+    h200 = _data_dir().joinpath("h200.csv").read_bytes()
+    at.file_uploader(key="prof_file").set_value(("mine.csv", h200, "text/csv")).run()
+    _clean(at)
+    assert not at.error and len(at.get("plotly_chart")) == 3
+
+
+# ------------------------------------------------------------------------------ Runs
+def test_runs_page_missing_database_is_an_error(tmp_path):
+    at = _app(db_path=str(tmp_path / "missing.duckdb"))
+    at.run()
+    at.switch_page("workbench/pages/runs.py").run()
+    _clean(at)
+    assert any("no results database" in e.value for e in at.error)
+
+
+def test_runs_page_lists_filters_diffs_and_offers_parquet(results_db):
+    at = _app(db_path=results_db)
+    at.run()
+    at.switch_page("workbench/pages/runs.py").run()
+    _clean(at)
+    assert not at.error
+    assert "2 of 2 runs" in " ".join(c.value for c in at.caption)
+    a, b = at.selectbox(key="runs_a").value, at.selectbox(key="runs_b").value
+    assert a != b
+    diff = at.dataframe[1].value  # the summary diff: A, B, B - A
+    assert list(diff.columns) == ["A", "B", "B − A"] and "attainment" in diff.index
+    assert len(at.get("download_button")) == 1
+    at.multiselect(key="runs_f_policy").set_value(["trident"]).run()
+    _clean(at)
+    assert "1 of 2 runs" in " ".join(c.value for c in at.caption)
+    assert any("same run" in c.value for c in at.caption)
+
+
+# ------------------------------------------------------------------------------ SQL
+def test_sql_page_runs_queries_and_refuses_file_access(results_db):
+    at = _app(db_path=results_db)
+    at.run()
+    at.switch_page("workbench/pages/sql.py").run()
+    _clean(at)
+    assert not at.error and len(at.dataframe[0].value) == 2
+    at.text_area(key="sql_text").set_value("SELECT policy, attainment, p95_s FROM run_summary ORDER BY policy").run()
+    _clean(at)
+    assert list(at.dataframe[0].value["policy"]) == ["pipeline-static:degree=1", "trident"]
+    assert len(at.get("plotly_chart")) == 1 and len(at.get("download_button")) == 1
+    for sneaky in ("SELECT * FROM read_csv('/etc/passwd')",
+                   f"COPY (SELECT 1) TO '{Path(results_db).parent / 'x.csv'}'",
+                   f"ATTACH '{Path(results_db).parent / 'other.duckdb'}' AS o"):
+        at.text_area(key="sql_text").set_value(sneaky).run()
+        _clean(at)
+        assert at.error and "The query failed" in at.error[0].value, sneaky
+    assert not (Path(results_db).parent / "x.csv").exists()
+    titles = at.selectbox(key="sql_example").options
+    at.selectbox(key="sql_example").set_value(titles[1]).run()
+    _clean(at)
+    assert not at.error and "run_summary" in at.text_area(key="sql_text").value

@@ -1,0 +1,200 @@
+"""Compare: policies side by side on one simulated scenario (the workbench's home page)."""
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from tridentcore.core.policy import split_specs
+from tridentcore.profiles import shipped_profiles
+from tridentcore.sim.bench import Scenario
+from workbench import data, figures
+from workloads.mixes import list_mixes
+
+UPLOAD_PROFILE = "upload a CSV…"
+ARRIVALS = ("poisson", "gamma", "constant", "bursts")
+
+st.title("Compare policies")
+st.caption("Pipeline-level serving (the whole pipeline on fixed GPUs) against stage-level serving "
+           "(TridentServe), on one workload. Simulated in-process from the stage profile.")
+
+# ---------------------------------------------------------------------------------- inputs
+with st.sidebar:
+    st.header("Scenario")
+    backend = st.radio("Run", ("simulated", "live (trident bench)"), key="cmp_backend", horizontal=True)
+    source = st.radio("Workload", ("named mix", "mix file (YAML)", "trace file"), key="cmp_source")
+    mix = trace = trace_model = None
+    problems: list[str] = []
+    if source == "named mix":
+        mixes = list(list_mixes())
+        mix = st.selectbox("Mix", mixes, index=mixes.index("image-video") if "image-video" in mixes else 0, key="cmp_mix")
+    elif source == "mix file (YAML)":
+        up = st.file_uploader("Mix YAML", type=["yaml", "yml"], key="cmp_mix_file")
+        if up is None:
+            problems.append("upload a mix YAML file (the format of workloads/mixes/*.yaml)")
+        else:
+            mix = data.save_upload(up.getvalue(), Path(up.name).suffix or ".yaml")
+    else:
+        up = st.file_uploader("Trace (JSON lines or the paper's Request(...) lines)", key="cmp_trace_file")
+        trace_model = st.text_input("Model (paper-format traces name none)", "", key="cmp_trace_model").strip() or None
+        if up is None:
+            problems.append("upload a trace file")
+        else:
+            trace = data.save_upload(up.getvalue(), Path(up.name).suffix or ".jsonl")
+
+    kind = st.selectbox("Arrival process", ARRIVALS, key="cmp_arrival", disabled=trace is not None)
+    arrival = kind
+    if kind == "gamma":
+        arrival = f"gamma:cv={st.number_input('Coefficient of variation', 0.1, 20.0, 2.0, 0.1, key='cmp_cv'):g}"
+    elif kind == "bursts":
+        arrival = f"bursts:size={st.number_input('Burst size', 1, 1000, 4, key='cmp_burst')}"
+
+    sweep = st.radio("Load", ("one rate", "rate sweep"), key="cmp_rate_mode", horizontal=True,
+                     disabled=trace is not None) == "rate sweep" and trace is None
+    rates: list[float | None]
+    bisect = False
+    if trace is not None:
+        rates = [None]
+        st.caption("A trace brings its own arrival times: rate and duration do not apply.")
+    elif sweep:
+        text = st.text_input("Rates (req/s)", "0.25, 0.5, 0.75, 1.0", key="cmp_rates")
+        try:
+            rates = list(data.parse_rates(text))
+        except ValueError as exc:
+            problems.append(data.error_text(exc))
+            rates = []
+        bisect = st.checkbox("Bisect goodput and fair goodput (slower)", key="cmp_bisect")
+    else:
+        rates = [st.number_input("Rate (req/s)", min_value=0.001, max_value=1000.0, value=0.5, step=0.05,
+                                 format="%.3f", key="cmp_rate")]
+    duration = st.number_input("Duration of arrivals (simulated s)", 10.0, 86400.0, 600.0, 60.0, key="cmp_duration",
+                               disabled=trace is not None)
+    slo_scale = st.number_input("SLO scale (deadline = scale × reference latency)", 0.1, 50.0, 3.0, 0.25,
+                                key="cmp_slo")
+    seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="cmp_seed")
+
+    st.header("Cluster and policies")
+    cluster = st.text_input("Cluster (NODESxGPUSxKIND, e.g. 2x8xH200)", "2x8xH200", key="cmp_cluster").strip()
+    profiles = list(shipped_profiles())
+    profile_choice = st.selectbox("Profile", profiles + [UPLOAD_PROFILE],
+                                  index=profiles.index("h200") if "h200" in profiles else 0, key="cmp_profile")
+    profile = profile_choice
+    if profile_choice == UPLOAD_PROFILE:
+        up = st.file_uploader("Profile CSV", type=["csv"], key="cmp_profile_file")
+        if up is None:
+            problems.append("upload a profile CSV (the format of tridentcore/profiles/data/*.csv)")
+        else:
+            profile = data.save_upload(up.getvalue(), ".csv")
+    chosen = st.multiselect("Policies", data.POLICY_CHOICES, default=list(data.DEFAULT_POLICIES), key="cmp_policies")
+    extra = st.text_input("More policy specs (comma-separated, e.g. pipeline-static:degree=2)", "", key="cmp_extra")
+    policies = list(dict.fromkeys(chosen + (split_specs(extra) if extra.strip() else [])))
+
+if backend != "simulated":
+    st.info("Live runs (through `trident bench --backend live`, on tiny CPU pipelines and emulated GPUs) are "
+            "not available in the workbench yet: the live runtime and its bench command are still being built. "
+            "Switch back to **simulated** to compare policies; nothing is shown here until a live run exists.")
+    st.stop()
+
+for p in problems:
+    st.error(p)
+if problems:
+    st.stop()
+
+scenario = Scenario(profile=profile, cluster=cluster, mix=mix, trace=trace, trace_model=trace_model, arrival=arrival,
+                    duration_s=float(duration), slo_scale=float(slo_scale), seed=int(seed))
+invalid = data.validate_comparison(scenario, policies, rates)
+if invalid:
+    for p in invalid:
+        st.error(p)
+    st.stop()
+
+# ---------------------------------------------------------------------------------- run
+tasks = [(p, r) for r in rates for p in policies]
+runs: dict[tuple[str, float | None], data.RunFrames] = {}
+bar = st.progress(0.0, text="simulating…")
+try:
+    for i, (policy, rate) in enumerate(tasks, start=1):
+        runs[(policy, rate)] = data.cached_simulate(scenario, policy, rate)
+        bar.progress(i / len(tasks), text=f"simulated {policy} at {rate if rate is not None else 'trace'} req/s "
+                                          f"({i}/{len(tasks)})")
+    goodputs: dict[str, dict] = {}
+    if bisect:
+        for i, policy in enumerate(policies, start=1):
+            bar.progress((i - 1) / len(policies), text=f"bisecting goodput of {policy} ({i}/{len(policies)})")
+            goodputs[policy] = data.cached_goodput(scenario, policy)
+except Exception as exc:  # expected: a policy that cannot run this cluster; otherwise a bug, still a message
+    bar.empty()
+    if not isinstance(exc, (ValueError, LookupError)):
+        logging.getLogger(__name__).exception("simulation failed")
+    st.error(f"simulation failed: {data.error_text(exc)}")
+    st.stop()
+bar.empty()
+
+points = pd.DataFrame([{"policy": p, "rate": r, **{k: runs[(p, r)].summary[k] for k in ("attainment", "p95_s")}}
+                       for p, r in tasks if r is not None])
+if sweep:
+    grid = data.goodput_on_grid(points)
+    for p in policies:
+        goodputs.setdefault(p, {"goodput_rps": grid.get(p, 0.0), "grid": True})
+
+first = runs[tasks[0]]
+workload = Path(trace).name if trace else Path(str(mix)).name
+summary_line = (f"**{workload}** · {scenario.arrival} · cluster {cluster} ({first.n_gpus} GPUs, {first.gpu_mem_gib:g} GiB each) · "
+                f"profile {Path(profile).name} · SLO scale {slo_scale:g}")
+if trace is None:
+    try:
+        summary_line += f" · capacity ceiling {data.cached_capacity(scenario):.3f} req/s"
+    except (ValueError, LookupError) as exc:
+        st.warning(f"capacity ceiling: {data.error_text(exc)}")
+st.markdown(summary_line)
+st.caption(f"simulated {len(tasks)} run(s) in {sum(r.wall_s for r in runs.values()):.2f} s of simulator time")
+
+detail_rate = rates[0]
+if sweep:
+    detail_rate = st.select_slider("Rate shown in the cards and charts (req/s)", options=rates,
+                                   value=min(rates, key=lambda r: abs(r - 0.5)), key="cmp_detail_rate")
+detail = {p: runs[(p, detail_rate)] for p in policies}
+
+# ---------------------------------------------------------------------------------- KPI cards
+cols = st.columns(len(policies))
+base = detail[policies[0]].summary
+for col, policy in zip(cols, policies):
+    with col.container(border=True):
+        st.subheader(policy)
+        for k in data.kpis(detail[policy].summary, base, goodputs.get(policy)):
+            st.metric(k.label, k.value, k.delta, delta_color=k.delta_color, help=k.help)
+if len(policies) > 1:
+    st.caption(f"Deltas are against {policies[0]}.")
+
+with st.expander("SLO attainment per request class"):
+    by_class = pd.DataFrame({p: {c: a for c, (_, a) in detail[p].by_class.items()} for p in policies})
+    st.dataframe(by_class.style.format("{:.1%}", na_rep="—"), width="stretch")
+
+if sweep:
+    st.plotly_chart(figures.rate_curves(points), width="stretch")
+st.plotly_chart(figures.latency_cdf({p: detail[p].requests["latency_s"].dropna() for p in policies}), width="stretch")
+
+# ---------------------------------------------------------------------------------- timelines
+st.subheader("Inside the cluster")
+end = max(r.end_s for r in detail.values()) or 1.0
+n_gpus = first.n_gpus
+c1, c2 = st.columns([3, 1])
+window = c1.slider("Time window (simulated s)", 0.0, float(end), (0.0, float(min(end, 300.0))), key="cmp_window")
+shown = c2.number_input("First N GPUs", 1, n_gpus, min(8, n_gpus), key="cmp_gpus")
+gpus = tuple(range(int(shown)))
+VIEWS = ("Stage spans per GPU", "GPU memory", "Placement plan", "Placement per GPU")
+view = st.radio("Show", VIEWS, horizontal=True, key="cmp_view", label_visibility="collapsed")
+if view == "Stage spans per GPU":  # one figure at a time: each is a panel per policy
+    fig = figures.gpu_timeline({p: detail[p].spans for p in policies}, {p: detail[p].requests for p in policies},
+                               gpus=gpus, window=window)
+elif view == "GPU memory":
+    fig = figures.gpu_memory({p: detail[p].gpu_samples for p in policies}, gpus=gpus, window=window,
+                             mem_cap_gib=first.gpu_mem_gib)
+elif view == "Placement plan":
+    fig = figures.placement_heatmap({p: detail[p].placements for p in policies}, {p: detail[p].end_s for p in policies},
+                                    n_gpus=n_gpus, window=window)
+else:
+    fig = figures.placement_timeline({p: detail[p].placements for p in policies}, {p: detail[p].end_s for p in policies},
+                                     gpus=gpus, window=window)
+st.plotly_chart(fig, width="stretch")

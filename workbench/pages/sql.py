@@ -1,0 +1,61 @@
+"""SQL: a console over the results database, read-only with file access switched off."""
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from workbench import data, figures
+
+MAX_SHOWN = 10_000
+EXAMPLE_PROMPT = "— pick an example —"
+
+st.title("SQL console")
+st.caption("DuckDB over the results database, opened read-only with external access off: SQL cannot write the "
+           "database, read or write files, or attach other databases. Tables, views and columns: results/README.md.")
+
+path = st.text_input("Results database", st.session_state.get("db_path", data.DEFAULT_DB), key="sql_db").strip()
+st.session_state["db_path"] = path
+examples = dict(data.sql_examples())
+
+
+def _use_example() -> None:
+    title = st.session_state.get("sql_example")
+    if title in examples:
+        st.session_state["sql_text"] = examples[title]
+
+
+st.selectbox("Examples", [EXAMPLE_PROMPT, *examples], key="sql_example", on_change=_use_example)
+st.session_state.setdefault("sql_text", "SELECT * FROM run_summary ORDER BY created_at DESC LIMIT 20")
+sql = st.text_area("Query", key="sql_text", height=200).strip()
+if not sql:
+    st.stop()
+try:
+    sig = data.db_signature(path)
+    t0 = time.perf_counter()
+    result = data.cached_sql(sig, sql)
+    took = time.perf_counter() - t0
+except Exception as exc:  # permission, syntax, catalog, interrupt, missing file: a message, never a traceback
+    st.error("The query failed:\n\n```\n" + data.error_text(exc) + "\n```")
+    st.stop()
+
+st.caption(f"{len(result)} rows × {len(result.columns)} columns in {took * 1000:.0f} ms"
+           + (f"; the first {MAX_SHOWN} are shown (the CSV has all)" if len(result) > MAX_SHOWN else ""))
+st.dataframe(result.head(MAX_SHOWN), width="stretch", hide_index=True)
+st.download_button("Download CSV", data=lambda: result.to_csv(index=False), file_name="query.csv", mime="text/csv",
+                   key="sql_csv", on_click="ignore")
+
+numeric = [c for c in result.columns if pd.api.types.is_numeric_dtype(result[c]) and not pd.api.types.is_bool_dtype(result[c])]
+if numeric and len(result.columns) >= 2 and not result.empty:
+    st.subheader("Quick chart")
+    c1, c2, c3 = st.columns([1, 2, 3])
+    kind = c1.selectbox("Chart", figures.CHART_KINDS, key="sql_kind")
+    columns = [str(c) for c in result.columns]
+    shape_key = abs(hash(tuple(columns)))  # new columns: fresh axis pickers, not stale ones
+    labels = [c for c in columns if c not in numeric]
+    x = c2.selectbox("x", columns, index=columns.index(labels[0]) if labels else 0, key=f"sql_x_{shape_key}")
+    choices = [c for c in numeric if c != x]
+    varying = [c for c in choices if result[c].nunique(dropna=True) > 1]  # a constant column makes a dull default
+    ys = c3.multiselect("y", choices, default=(varying or choices)[:1], key=f"sql_y_{shape_key}_{x}")
+    if ys:
+        st.plotly_chart(figures.quick_chart(result, x, ys, kind), width="stretch")
