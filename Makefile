@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch first, pinned to the CPU build, so no dependency can pull a CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[ml,dev]'
+	$(BIN)/pip install -q -e '.[ml,dev,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -380,6 +380,9 @@ def serve(
     drain_timeout: float = typer.Option(30.0, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
     max_body: int = typer.Option(1 << 20, min=1024, help="Largest request body in bytes (413 past it)."),
     port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
+    backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
+    ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "
+                                               "none: start Ray on this host."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs) over live workers driven by a policy."""
@@ -388,11 +391,17 @@ def serve(
     from .server.serve import ServeOptions, run_server
     from .runtime.build import SetupError
 
+    if backend == "ray":  # a Ray instance this command starts sends no usage reports unless asked to
+        import os
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
     try:
         run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
-                                port_file=port_file, log_level="info" if verbose else "warning"))
+                                port_file=port_file, log_level="info" if verbose else "warning",
+                                backend=backend, ray_address=ray_address))
     except SetupError as exc:
         _fail(str(exc))
 

@@ -10,10 +10,14 @@
   memory; default profile ``cpu`` (the shipped measurements of the tiny models).
 
 Mixed kinds (``cpu:1,emulated:8xH200``) are not supported yet: they are refused with that reason.
+
+``backend``: ``local`` (the workers above, on this host) or ``ray`` (one Ray actor per device slot,
+``runtime/ray_workers.py``; ``ray_address`` names a running Ray cluster, None starts one here).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from .models import ModelEntry, emulated_entry, video_models
 from .workers import CpuWorker, EmulatedWorker, WorkerPool
 
 DEVICE_FORMS = "emulated:NODESxGPUSxKIND (emulated:2x8xH200), emulated:GPUSxKIND, or cpu:N"
+BACKENDS = ("local", "ray")
 
 
 class SetupError(ValueError):
@@ -104,7 +109,8 @@ def _cpu_entry(card) -> ModelEntry:
 
 def build_runtime(models: list[str] | str, devices: str, policy: str = "trident", *, profile: str | None = None,
                   time_scale: float = 1.0, max_queued: int = 256, slo_scale: float = 3.0,
-                  strict: bool = False, threads: int = 1) -> Runtime:
+                  strict: bool = False, threads: int = 1, backend: str = "local",
+                  ray_address: str | None = None) -> Runtime:
     """Validate everything and build a not-yet-started runtime (``await runtime.start()``)."""
     from ..profiles import ProfileError, load_profile
 
@@ -130,6 +136,12 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
         problems.append("--time-scale applies to emulated devices only")
     if not max_queued >= 1:
         problems.append(f"max_queued must be >= 1 (got {max_queued})")
+    if backend not in BACKENDS:
+        problems.append(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    elif backend == "ray" and importlib.util.find_spec("ray") is None:
+        problems.append("backend 'ray' needs the ray package (pip install 'tridentserve[ray]')")
+    if ray_address and backend != "ray":
+        problems.append("a Ray address applies to backend 'ray' only")
     if kind is not None:
         known = cost.models(kind)
         for m in names:
@@ -151,6 +163,13 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
     if dev.kind == "emulated":
         video = video_models(loaded.rows)
         entries = {m: emulated_entry(m, cost, kind, m in video) for m in names}
+    if backend == "ray":
+        from .ray_workers import RayWorker, RayWorkerPool
+
+        emulated = dev.kind == "emulated"
+        pool = RayWorkerPool([RayWorker(g.id, () if emulated else names, emulated=emulated, threads=threads)
+                              for g in dev.cluster.gpus], address=ray_address or None)
+    elif dev.kind == "emulated":
         pool = WorkerPool([EmulatedWorker(g.id) for g in dev.cluster.gpus])
     else:
         pool = WorkerPool([CpuWorker(g.id, names, threads=threads) for g in dev.cluster.gpus])

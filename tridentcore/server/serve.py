@@ -35,6 +35,8 @@ class ServeOptions:
     max_body_bytes: int = 1 << 20
     port_file: str | None = None
     log_level: str = "warning"
+    backend: str = "local"  # local | ray
+    ray_address: str | None = None
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -78,7 +80,8 @@ def run_server(opts: ServeOptions) -> None:
     if not is_loopback(opts.host) and not opts.api_key:
         raise SetupError([f"binding {opts.host} (not loopback) needs --api-key (or TRIDENT_API_KEY)"])
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
-                            max_queued=opts.max_queued, slo_scale=opts.slo_scale)
+                            max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
+                            ray_address=opts.ray_address)
     app = create_app(runtime, ServerConfig(api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
                                            drain_timeout_s=opts.drain_timeout_s))
     try:

@@ -1,0 +1,210 @@
+"""Scenarios for ``tests/test_runtime_ray.py``, each run as its own process *inside* the test's
+loopback-only network namespace (so no Ray traffic can leave it), against the Ray head the test
+started there. Each writes one JSON object to ``--out``; the test makes the assertions.
+
+    python tests/ray_scenarios.py emulated|cpu --address 127.0.0.1:6379 --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections import Counter
+
+from tridentcore.core.types import Shape
+from tridentcore.runtime.build import build_runtime
+from tridentcore.runtime.engine import Accepted, Submission
+
+TERMINAL = {"done", "failed", "rejected", "cancelled"}
+LONG_SLO_S = 1e7
+
+
+class Recording:
+    """A policy, unchanged, that notes the type of every event it is handed."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.seen: list[str] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def on_event(self, view, event, now):
+        self.seen.append(type(event).__name__)
+        return self.inner.on_event(view, event, now)
+
+
+def records(engine, ids) -> dict:
+    """What the test checks: one terminal state per request, complete stage spans for done ones."""
+    rows = {r.request_id: r for r in engine.request_rows()}
+    out = {"states": {}, "terminal_entries": {}, "reasons_ok": True, "spans_ok": True}
+    for rid in ids:
+        row = rows[rid]
+        out["states"][rid] = row.state
+        out["terminal_entries"][rid] = sum(1 for _, s in engine.state.requests[rid].history if s.terminal)
+        out["reasons_ok"] &= bool(row.reason)
+        if row.state == "done":
+            spans = [s for s in engine.spans if s.request_id == rid and s.outcome in ("done", "preempted")]
+            steps = sorted((s.start_step, s.end_step) for s in spans if s.stage == "diffuse")
+            out["spans_ok"] &= (spans[0].stage == "encode" and spans[-1].stage == "decode" and steps[0][0] == 0
+                                and steps[-1][1] == row.steps and all(a[1] == b[0] for a, b in zip(steps, steps[1:])))
+    out["live_left"] = engine.state.requests.live
+    out["busy_left"] = sum(b is not None for b in engine.state.busy)
+    out["errors"] = list(engine.errors)
+    return out
+
+
+def mixed(i: int) -> Submission:
+    slo = None if i % 6 == 0 else LONG_SLO_S  # a few with the default deadline (the policy may reject them)
+    if i % 4 == 3:
+        return Submission("wan2.1-1.3b", f"video {i}", Shape(480, 832, 17, 50), seed=i, slo_s=slo)
+    return Submission("sd3-medium", f"image {i}", Shape(1024, 1024, 1, 28) if i % 2 else Shape(512, 512, 1, 20),
+                      seed=i, slo_s=slo)
+
+
+async def emulated(address: str) -> dict:
+    """(a) emulated GPUs as Ray actors: a mixed workload with cancels; and `trident serve --backend ray`."""
+    rt = build_runtime("sd3-medium,wan2.1-1.3b", "emulated:2x2xH200", "trident", time_scale=0.001, strict=True,
+                       backend="ray", ray_address=address)
+    t0 = time.monotonic()
+    await rt.start()
+    started_s = time.monotonic() - t0
+    e = rt.engine
+    ids = []
+    for i in range(24):
+        got = e.submit([mixed(i)])
+        assert isinstance(got, Accepted), got
+        ids += got.ids
+    e.cancel(ids[5])
+    e.cancel(ids[-1])
+    outs = await asyncio.gather(*(e.wait(r, 60) for r in ids))
+    snap = e.snapshot()
+    await e.shutdown(5)
+    out = records(e, ids)
+    out.update(start_s=started_s, run_s=time.monotonic() - t0 - started_s,
+               outcome_states=[o.state for o in outs], counts=dict(Counter(o.state for o in outs)),
+               worker_kinds=sorted({d["worker"] for d in snap["devices"]}),
+               worker_pids=[d["pid"] for d in snap["devices"]], own_pid=os.getpid(),
+               preemptions=sum(e.state.requests[r].preemptions for r in ids))
+    out["http"] = serve_over_http(address)
+    return out
+
+
+def serve_over_http(address: str) -> dict:
+    """The CLI path: `trident serve --backend ray --ray-address ADDR` answers a generation."""
+    import httpx
+
+    from tridentcore.server.launch import start_server
+
+    t0 = time.monotonic()
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0.01",
+                           "--backend", "ray", "--ray-address", address], timeout_s=120)
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            resp = client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium",
+                                                               "size": "512x512", "steps": 4, "slo_ms": 80_000_000})
+            cluster = client.get("/v1/cluster").json()
+        result = {"status": resp.status_code, "stages": [s["stage"] for s in resp.json()["timings"][0]["stages"]]
+                  if resp.status_code == 200 else resp.text,
+                  "workers": sorted({d["worker"] for d in cluster["devices"]})}
+    finally:
+        log = server.log()
+        result_code = server.stop()
+    result.update(exit_code=result_code, wall_s=time.monotonic() - t0, log_tail="" if result_code == 0 else log[-3000:])
+    return result
+
+
+def fox() -> Submission:
+    return Submission("tiny-sd3", "a red fox in snow", Shape(64, 64, 1, 2), seed=11, slo_s=LONG_SLO_S)
+
+
+async def local_png() -> tuple[bytes, float]:
+    """The local backend's bytes for the same request (a worker process, one torch thread)."""
+    rt = build_runtime("tiny-sd3", "cpu:1", "trident", backend="local", strict=True)
+    t0 = time.monotonic()
+    await rt.start()
+    e = rt.engine
+    out = await e.wait(e.submit([fox()]).ids[0], 120)
+    await e.shutdown(5)
+    assert out.state == "done", out
+    return out.result, time.monotonic() - t0
+
+
+async def cpu(address: str) -> dict:
+    """(b) cpu:2 tiny-sd3 as Ray actors: the PNG equals the local backend's; (c) an actor killed
+    with ray.kill mid-diffuse: restarted, every request completes."""
+    import ray
+
+    rt = build_runtime("tiny-sd3", "cpu:2", "trident", backend="ray", ray_address=address, strict=True)
+    rec = rt.engine.policy = Recording(rt.engine.policy)
+    t0 = time.monotonic()
+    local = asyncio.get_running_loop().create_task(local_png())  # meanwhile (its own process)
+    await rt.start()
+    start_s = time.monotonic() - t0
+    e = rt.engine
+    out: dict = {"start_s": start_s, "worker_kinds": sorted({w.kind for w in e.workers.workers}),
+                 "own_pid": os.getpid(), "pids": [w.pid for w in e.workers.workers]}
+    # (b) one PNG
+    rid = e.submit([fox()]).ids[0]
+    first = await e.wait(rid, 120)
+    ray_png = first.result
+    out["png_state"] = first.state
+    out["png_magic_ok"] = bool(ray_png) and ray_png[:8] == b"\x89PNG\r\n\x1a\n"
+    # (c) kill the actor running a diffuse
+    ids = list(e.submit([Submission("tiny-sd3", "x", Shape(128, 128, 1, 40), seed=s, slo_s=LONG_SLO_S)
+                         for s in range(6)]).ids)
+    t1 = time.monotonic()
+    victim = None
+    while victim is None and time.monotonic() - t1 < 60:
+        for d in e.snapshot()["devices"]:
+            if d["running"] and d["running"]["stage"] == "diffuse":
+                victim = d["id"]
+                break
+        else:
+            await asyncio.sleep(0.005)
+    out["killed_slot"] = victim
+    if victim is not None:
+        worker = e.workers[victim]
+        out["killed_pid"] = worker.pid
+        ray.kill(worker.actor)
+    outs = await asyncio.gather(*(e.wait(r, 120) for r in ids))
+    out["kill_states"] = [o.state for o in outs]
+    deadline = time.monotonic() + 60
+    while victim is not None and not (e.workers[victim].alive and e.state.alive[victim]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    if victim is not None:
+        w = e.workers[victim]
+        out.update(restarts=w.restarts, new_pid=w.pid, alive_after=bool(w.alive and e.state.alive[victim]))
+    out["kill_wall_s"] = time.monotonic() - t1
+    out["failed_spans"] = sum(1 for s in e.spans if s.outcome == "failed")
+    out["events"] = dict(Counter(rec.seen))
+    # one more request on the restarted actor
+    again = e.submit([fox()])
+    after = [await e.wait(r, 120) for r in again.ids]
+    out["after_restart_equal"] = bool(after[0].result == ray_png)
+    await e.shutdown(5)
+    out.update(records(e, [rid, *ids, *again.ids]))
+    local_bytes, local_s = await local
+    out["png_equal_local"] = bool(local_bytes == ray_png)
+    out["local_s"] = local_s
+    out["total_s"] = time.monotonic() - t0
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("scenario", choices=("emulated", "cpu"))
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    result = asyncio.run({"emulated": emulated, "cpu": cpu}[args.scenario](args.address))
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

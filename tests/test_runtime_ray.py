@@ -1,0 +1,188 @@
+"""`--backend ray`: workers as Ray actors, the same engine and policies.
+
+Every test runs inside one network namespace made for this module, with nothing but loopback: the
+Ray head (``ray start --head``, 2 CPUs, no dashboard, no usage stats, ``RAY_AUTH_MODE=disabled``)
+and the scenario processes (``tests/ray_scenarios.py``) run there through ``ip netns exec``, so no
+Ray traffic can reach any other address. At the end every process in the namespace (all started
+by this module) is killed by PID and the namespace deleted. Without root / ``ip netns`` the tests
+skip, saying so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+SCENARIOS = HERE / "ray_scenarios.py"
+PORT = 6379  # the namespace is new: nothing else listens there
+ADDRESS = f"127.0.0.1:{PORT}"
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                reason="ray is not installed (pip install -e '.[ray]')")
+
+
+def _netns_unavailable() -> str | None:
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "creating a network namespace needs root"
+    return None
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=check)
+
+
+def _ns_pids(ns: str) -> list[int]:
+    out = _ip("netns", "pids", ns, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+class Namespace:
+    """A loopback-only network namespace with a Ray head in it."""
+
+    def __init__(self) -> None:
+        self.name = f"trident-ray-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.tmp = tempfile.mkdtemp(prefix="trt-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                    "RAY_DISABLE_IMPORT_WARNING": "1", "PYTHONPATH": str(HERE.parent)}
+        self.head: subprocess.Popen | None = None
+        self.head_log = Path(self.tmp) / "head.log"
+
+    def exec_cmd(self, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def start(self) -> None:
+        _ip("netns", "add", self.name)
+        _ip("netns", "exec", self.name, "ip", "link", "set", "lo", "up")
+        links = _ip("netns", "exec", self.name, "ip", "-o", "link").stdout.strip().splitlines()
+        assert len(links) == 1 and ": lo:" in links[0], links  # nothing but loopback
+        ray_cli = str(Path(sys.executable).parent / "ray")
+        with open(self.head_log, "wb") as log:
+            self.head = subprocess.Popen(
+                self.exec_cmd(ray_cli, "start", "--head", "--block", f"--port={PORT}", "--node-ip-address=127.0.0.1",
+                              "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+                              "--object-store-memory=200000000", f"--temp-dir={self.tmp}"),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+        probe = ("import socket, time, sys\n"
+                 "end = time.monotonic() + 60\n"
+                 "while time.monotonic() < end:\n"
+                 "    try:\n"
+                 f"        socket.create_connection(('127.0.0.1', {PORT}), 1).close(); sys.exit(0)\n"
+                 "    except OSError: time.sleep(0.1)\n"
+                 "sys.exit(1)\n")
+        ok = subprocess.run(self.exec_cmd(sys.executable, "-c", probe), timeout=90).returncode == 0
+        if not ok or self.head.poll() is not None:
+            raise RuntimeError(f"the Ray head did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.head_log.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def scenario(self, name: str, timeout_s: float = 240) -> dict:
+        out = Path(self.tmp) / f"{name}.json"
+        proc = subprocess.run(self.exec_cmd(sys.executable, str(SCENARIOS), name, "--address", ADDRESS,
+                                            "--out", str(out)),
+                              capture_output=True, text=True, timeout=timeout_s, env=self.env, cwd=HERE.parent)
+        if proc.returncode != 0 or not out.exists():
+            raise AssertionError(f"scenario {name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n"
+                                 f"{proc.stderr[-6000:]}\nhead log:\n{self.log()}")
+        return json.loads(out.read_text())
+
+    def close(self) -> None:
+        if self.head is not None and self.head.poll() is None:
+            self.head.send_signal(signal.SIGTERM)  # `ray start --block` stops the head's processes
+            try:
+                self.head.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        # whatever is left in the namespace was started by this module: kill it by PID
+        for _ in range(50):
+            pids = _ns_pids(self.name)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        if self.head is not None and self.head.poll() is None:
+            self.head.kill()
+        if self.head is not None:
+            self.head.wait(10)
+        _ip("netns", "del", self.name, check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ns():
+    why = _netns_unavailable()
+    if why:
+        pytest.skip(f"Ray tests run inside a loopback-only network namespace: {why}")
+    space = Namespace()
+    try:
+        space.start()
+    except subprocess.CalledProcessError as exc:
+        space.close()
+        pytest.skip(f"cannot create a network namespace: {exc.stderr.strip()}")
+    except BaseException:
+        space.close()
+        raise
+    yield space
+    space.close()
+    assert not _ns_pids(space.name)
+    assert space.name not in _ip("netns", "list").stdout
+
+
+@pytest.fixture(scope="module")
+def cpu_result(ns):
+    return ns.scenario("cpu")
+
+
+def test_emulated_devices_as_ray_actors_every_request_ends_once(ns):
+    r = ns.scenario("emulated")
+    assert r["worker_kinds"] == ["ray-emulated"]
+    assert len(set(r["worker_pids"])) == 4 and r["own_pid"] not in r["worker_pids"]  # actors: other processes
+    assert set(r["outcome_states"]) <= {"done", "failed", "rejected", "cancelled"}
+    assert all(n == 1 for n in r["terminal_entries"].values()), r["terminal_entries"]
+    assert r["reasons_ok"] and r["spans_ok"]
+    assert r["live_left"] == 0 and r["busy_left"] == 0 and r["errors"] == []
+    assert r["counts"].get("done", 0) >= 12 and r["counts"].get("cancelled", 0) >= 1
+    http = r["http"]
+    assert http["status"] == 200 and http["stages"] == ["encode", "diffuse", "decode"], http
+    assert http["workers"] == ["ray-emulated"] and http["exit_code"] == 0, http
+
+
+def test_cpu_actors_png_equals_the_local_backend(cpu_result):
+    r = cpu_result
+    assert r["worker_kinds"] == ["ray-cpu"] and r["own_pid"] not in r["pids"]
+    assert r["png_state"] == "done" and r["png_magic_ok"]
+    assert r["png_equal_local"], "the Ray actors' PNG differs from the local backend's"
+
+
+def test_killed_actor_is_restarted_and_every_request_completes(cpu_result):
+    r = cpu_result
+    assert r["killed_slot"] is not None, "no diffuse was ever seen running"
+    assert r["kill_states"] == ["done"] * 6
+    assert r["failed_spans"] >= 1  # the killed dispatch is on record, then re-run
+    events = r["events"]
+    assert events.get("StageFailed", 0) >= 1 and events.get("WorkerLost") == 1 and events.get("WorkerRestored") == 1
+    assert r["restarts"] == 1 and r["alive_after"] and r["new_pid"] != r["killed_pid"]
+    assert r["after_restart_equal"]
+    assert all(n == 1 for n in r["terminal_entries"].values())
+    assert r["live_left"] == 0 and r["busy_left"] == 0 and r["errors"] == []

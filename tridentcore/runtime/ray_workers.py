@@ -1,0 +1,396 @@
+"""Ray actor workers (``--backend ray``): one Ray actor per device slot, behind the same
+:class:`~tridentcore.runtime.workers.Worker` interface as the local workers, so the engine and
+the policies are unchanged.
+
+* An **emulated** slot's actor holds no weights and takes the time it is told (as
+  :class:`~tridentcore.runtime.workers.EmulatedWorker` does, in its own process).
+* A **cpu** slot's actor loads the requested tiny pipelines (one torch thread) and runs the same
+  stage code as a local :class:`~tridentcore.runtime.workers.CpuWorker` (``workers._execute``).
+
+Tensors never pass through the engine. An encode or diffuse call is made with
+``num_returns = 1 + batch``: the first return is the :class:`StageResult` without outputs, the
+others are one object per request (embeddings, latents) left in the Ray object store. The engine
+keeps those ``ObjectRef``\\ s as the request's artifacts and hands them, inside the next
+:class:`StageTask`, to whichever actor runs the next stage, which fetches them itself. The caller
+(the engine's process) owns the returned objects, so they outlive the actor that made them (on
+the same node). A decode returns the encoded media bytes in its result.
+
+Losing an actor is seen two ways: a call in flight raises ``RayActorError`` (``ActorDiedError``,
+``ActorUnavailableError``), and every actor holds one parked call that raises the same when it dies
+while idle. Either way the engine hears ``on_lost`` (it fails the running dispatch: ``StageFailed``
+then ``WorkerLost``), a new actor is created, and the engine hears ``on_restored``
+(``WorkerRestored``) once it is ready: the events local CPU workers produce.
+
+``ray`` is imported only here and only once the pool starts (``pip install 'tridentserve[ray]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool
+
+logger = logging.getLogger(__name__)
+
+EMULATED_CPUS = 0.05  # an emulated slot's actor mostly sleeps
+CPU_SLOT_CPUS = 0.5  # a cpu slot's actor runs one torch thread
+
+
+class _StopFlag:
+    """The ``.value`` protocol of the shared flag ``workers._execute`` checks between steps."""
+
+    value = -1
+
+
+def _fetch(value):
+    """``value`` with every ObjectRef in it (nested in tuples or lists) replaced by its object."""
+    import ray
+
+    refs: list = []
+
+    def collect(v) -> None:
+        if isinstance(v, ray.ObjectRef):
+            refs.append(v)
+        elif isinstance(v, (tuple, list)):
+            for x in v:
+                collect(x)
+
+    collect(value)
+    if not refs:
+        return value
+    got = dict(zip((r.hex() for r in refs), ray.get(refs)))
+
+    def rebuild(v):
+        if isinstance(v, ray.ObjectRef):
+            return got[v.hex()]
+        if isinstance(v, (tuple, list)):
+            return type(v)(rebuild(x) for x in v)
+        return v
+
+    return rebuild(value)
+
+
+def _load(models: Sequence[str], threads: int) -> tuple[dict, dict[str, ModelCard]]:
+    """Load and warm up the pipelines of a cpu slot (as ``workers._worker_main`` does)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(threads)
+    from ..pipelines import load_pipeline
+
+    pipes = {m: load_pipeline(m) for m in models}
+    cards = {}
+    for m, p in pipes.items():
+        lim = p.limits
+        cards[m] = ModelCard(m, lim.video, lim.min_size, lim.max_size, lim.size_multiple, lim.frames_multiple,
+                             lim.max_frames, p.default_steps, lim.max_prompt_tokens)
+    with torch.inference_mode():
+        for m, p in pipes.items():  # warm up (first calls pay one-off costs the profile does not show)
+            card = cards[m]
+            size = max(card.min_size, 32)
+            emb = p.encode(["warm-up"], [""])
+            p.decode(p.diffuse(emb, (size, size, 1 + card.frames_multiple if card.video else 1), steps=2,
+                               end_step=1))
+    return pipes, cards
+
+
+class StageActor:
+    """The body of one slot's Ray actor (a threaded actor: ``run`` on one thread while ``preempt``
+    and ``park`` arrive on others)."""
+
+    def __init__(self, slot: int, models: Sequence[str], threads: int, emulated: bool) -> None:
+        self.slot = slot
+        self.emulated = emulated
+        self.pipes: dict = {}
+        self.cards: dict[str, ModelCard] = {}
+        if not emulated:
+            self.pipes, self.cards = _load(models, threads)
+        self._flag = _StopFlag()
+        self._cond = threading.Condition()
+        self._preempts: dict[int, tuple[int, float]] = {}  # emulated: dispatch -> (stop step, monotonic deadline)
+        self._parked = threading.Event()
+
+    def ready(self) -> dict:
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(), "cards": self.cards}
+
+    def park(self) -> None:
+        """Held by the worker while the actor lives: its failure is how an idle actor's death is seen."""
+        self._parked.wait()
+
+    def preempt(self, dispatch_id: int, stop_step: int, delay_s: float) -> None:
+        if not self.emulated:
+            self._flag.value = dispatch_id
+            return
+        with self._cond:
+            self._preempts[dispatch_id] = (stop_step, time.monotonic() + max(0.0, delay_s))
+            self._cond.notify_all()
+
+    def run(self, task: StageTask, split: bool):
+        n = len(task.request_ids)
+        if self.emulated:
+            return self._emulate(task)
+        try:
+            task = replace(task, inputs=_fetch(task.inputs))
+        except Exception as exc:  # noqa: BLE001 - e.g. an input lost with its node: a failed stage
+            result = StageResult(error=f"worker {self.slot}: inputs unavailable: {type(exc).__name__}: {exc}")
+            return (result, *([None] * n)) if split else result
+        import torch
+
+        from .workers import _execute
+
+        try:
+            with torch.inference_mode():
+                result = _execute(self.pipes, self.cards, task, self._flag)
+        except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
+            text = f"{type(exc).__name__}: {exc}"
+            result = StageResult(error=text, oom=isinstance(exc, MemoryError) or "out of memory" in text.lower())
+        if not split:
+            return result
+        outputs = result.outputs if result.ok else (None,) * n
+        return (replace(result, outputs=()), *outputs)
+
+    def _emulate(self, task: StageTask) -> StageResult:
+        t0 = time.monotonic()
+        deadline = t0 + task.duration_s
+        stop_step = None
+        with self._cond:
+            while True:
+                got = self._preempts.pop(task.dispatch_id, None)
+                if got is not None:
+                    stop_step = got[0]
+                    deadline = min(deadline, got[1])
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            for did in [d for d in self._preempts if d <= task.dispatch_id]:  # late ones: nothing to stop
+                del self._preempts[did]
+        end = task.end_step if stop_step is None else stop_step
+        return StageResult(end_step=end, outputs=(None,) * len(task.request_ids), wall_s=time.monotonic() - t0)
+
+
+_ACTOR_CLASS = None
+
+
+def _actor_class():
+    global _ACTOR_CLASS
+    if _ACTOR_CLASS is None:
+        import ray
+
+        _ACTOR_CLASS = ray.remote(max_concurrency=4, max_restarts=0, max_task_retries=0)(StageActor)
+    return _ACTOR_CLASS
+
+
+def _lost_errors() -> tuple[type[BaseException], ...]:
+    import ray.exceptions as rex
+
+    return tuple(e for e in (getattr(rex, "RayActorError", None), getattr(rex, "ActorUnavailableError", None))
+                 if e is not None)
+
+
+def _reason(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
+
+
+class RayWorker(Worker):
+    """One device slot served by a Ray actor; a new actor replaces one that dies."""
+
+    def __init__(self, slot: int, models: Sequence[str] = (), *, emulated: bool, threads: int = 1,
+                 num_cpus: float | None = None, on_lost: Callable[[int, str], None] | None = None,
+                 on_restored: Callable[[int], None] | None = None, restart: bool = True,
+                 start_timeout_s: float = 180.0) -> None:
+        self.slot = slot
+        self.models = tuple(models)
+        self.emulated = emulated
+        self.kind = "ray-emulated" if emulated else "ray-cpu"
+        self.threads = threads
+        self.num_cpus = num_cpus if num_cpus is not None else (EMULATED_CPUS if emulated else CPU_SLOT_CPUS)
+        self.on_lost = on_lost
+        self.on_restored = on_restored
+        self.restart = restart
+        self.start_timeout_s = start_timeout_s
+        self.alive = False
+        self.cards: dict[str, ModelCard] = {}
+        self.pid: int | None = None
+        self.node: str | None = None
+        self.restarts = 0
+        self.actor = None  # the current actor's handle (tests kill it with ray.kill)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._generation = 0
+        self._lost_generation = 0
+        self._stopping = False
+        self._watch: asyncio.Task | None = None
+        self._restart_task: asyncio.Task | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        import ray
+
+        actor = _actor_class().options(num_cpus=self.num_cpus, scheduling_strategy="SPREAD").remote(
+            self.slot, self.models, self.threads, self.emulated)
+        try:
+            info = await asyncio.wait_for(actor.ready.remote(), self.start_timeout_s)
+        except asyncio.TimeoutError:
+            ray.kill(actor, no_restart=True)
+            raise RuntimeError(f"worker {self.slot}: actor not ready after {self.start_timeout_s:.0f} s") from None
+        except Exception as exc:
+            ray.kill(actor, no_restart=True)
+            raise RuntimeError(f"worker {self.slot}: actor failed to start: {_reason(exc)}") from exc
+        self._generation += 1
+        gen = self._generation
+        self.actor, self.pid, self.node, self.cards = actor, info["pid"], info["node"], info["cards"]
+        self.alive = True
+        self._watch = self._loop.create_task(self._watch_actor(gen, actor.park.remote()))
+
+    async def _watch_actor(self, gen: int, parked) -> None:
+        try:
+            await parked
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any end of the parked call means the actor is gone
+            self._died(gen, _reason(exc))
+            return
+        self._died(gen, "actor released its parked call")
+
+    def _died(self, gen: int, reason: str) -> None:
+        """The actor of generation ``gen`` is gone: tell the engine once, then replace it."""
+        if gen != self._generation or self._lost_generation == gen:
+            return
+        self._lost_generation = gen
+        was_alive, self.alive = self.alive, False
+        if self._stopping:
+            return
+        logger.warning("worker %d: actor (pid %s) lost: %s", self.slot, self.pid, reason)
+        if was_alive and self.on_lost is not None:
+            self.on_lost(self.slot, f"ray actor (pid {self.pid}) lost: {reason}")
+        if self.restart and self._restart_task is None:
+            self._restart_task = self._loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        import ray
+
+        delay = 0.0
+        try:
+            old = self.actor
+            if old is not None:
+                try:
+                    ray.kill(old, no_restart=True)  # unavailable is not dead: make sure of it
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+            while not self._stopping:
+                if delay:
+                    await asyncio.sleep(delay)
+                try:
+                    await self._spawn()
+                except Exception as exc:  # noqa: BLE001
+                    logger.warning("worker %d: restart failed: %s", self.slot, exc)
+                    delay = min(30.0, max(0.5, 2 * delay))
+                    continue
+                self.restarts += 1
+                if self.on_restored is not None and not self._stopping:
+                    self.on_restored(self.slot)
+                return
+        finally:
+            self._restart_task = None
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in (self._restart_task, self._watch):
+            if task is not None:
+                task.cancel()
+        if self.actor is not None:
+            import ray
+
+            try:
+                ray.kill(self.actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone, or Ray already shut down
+                pass
+        self.alive = False
+
+    # -- work --------------------------------------------------------------------------------
+    async def run(self, task: StageTask) -> StageResult:
+        actor, gen = self.actor, self._generation
+        if not self.alive or actor is None:
+            return StageResult(error=f"worker {self.slot} is down", lost=True)
+        n = len(task.request_ids)
+        split = not self.emulated and task.stage in ("encode", "diffuse") and n > 0
+        if split:
+            refs = actor.run.options(num_returns=n + 1).remote(task, True)
+            head, outputs = refs[0], tuple(refs[1:])
+        else:
+            head, outputs = actor.run.remote(task, False), ()
+        try:
+            result: StageResult = await head
+        except _lost_errors() as exc:
+            reason = _reason(exc)
+            self._died(gen, reason)  # the engine fails the running dispatch first
+            return StageResult(error=f"worker {self.slot}: {reason}", lost=True)
+        if split and result.ok:
+            result = replace(result, outputs=outputs)  # references; the objects stay in the store
+        return result
+
+    def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
+        if not self.alive or self.actor is None:
+            return
+        # the engine's monotonic clock is not the actor's (another node): send a delay instead
+        self.actor.preempt.remote(dispatch_id, stop_step, max(0.0, wall_at - time.monotonic()))
+
+
+@dataclass
+class RayWorkerPool(WorkerPool):
+    """Ray workers, and the connection to the Ray cluster they live on (made when the pool starts).
+
+    ``address``: a running cluster (``auto``, ``HOST:6379``, ``ray://…``); None starts a Ray
+    instance on this host for this process (stopped again with the pool). ``init_options`` go to
+    ``ray.init`` as they are (e.g. ``num_cpus`` of a local instance)."""
+
+    address: str | None = None
+    init_options: dict[str, Any] | None = None
+    connected_here: bool = False
+
+    async def start(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            opts: dict[str, Any] = {"logging_level": logging.WARNING}
+            if self.address is None:  # a new local instance: no dashboard (options of a running cluster are its own)
+                opts["include_dashboard"] = False
+            opts.update(self.init_options or {})
+            # ray.init installs a SIGTERM handler that exits at once; the server's own (drain, then
+            # exit 0) must stay in charge
+            main = threading.current_thread() is threading.main_thread()
+            previous = signal.getsignal(signal.SIGTERM) if main else None
+            try:
+                ray.init(address=self.address, **opts)
+            finally:
+                if main and previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
+            self.connected_here = True
+        await super().start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.connected_here:
+            import ray
+
+            ray.shutdown()
+            self.connected_here = False
