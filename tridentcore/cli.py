@@ -383,6 +383,9 @@ def serve(
     backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
     ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "
                                                "none: start Ray on this host."),
+    inject_oom: str = typer.Option(None, envvar="TRIDENT_INJECT_OOM",
+                                   help="Testing aid: STAGE:N[,STAGE:N] makes the first N dispatches of STAGE fail "
+                                        "out of memory in their worker (retried at a safer configuration, counted)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs) over live workers driven by a policy."""
@@ -401,7 +404,7 @@ def serve(
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 port_file=port_file, log_level="info" if verbose else "warning",
-                                backend=backend, ray_address=ray_address))
+                                backend=backend, ray_address=ray_address, inject_oom=inject_oom))
     except SetupError as exc:
         _fail(str(exc))
 

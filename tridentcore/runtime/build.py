@@ -32,6 +32,31 @@ DEVICE_FORMS = "emulated:NODESxGPUSxKIND (emulated:2x8xH200), emulated:GPUSxKIND
 BACKENDS = ("local", "ray")
 
 
+STAGES = ("encode", "diffuse", "decode")
+
+
+def parse_faults(text: str | None) -> tuple[tuple[tuple[str, int], ...], list[str]]:
+    """``--inject-oom``: ``STAGE:N[,STAGE:N]`` (the first N dispatches of STAGE fail out of memory).
+
+    Returns the plan and the problems found (a testing aid, validated like every other option)."""
+    plan: dict[str, int] = {}
+    problems = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        stage, sep, count = part.partition(":")
+        stage = stage.strip()
+        count = count.strip() if sep else "1"
+        if stage not in STAGES:
+            problems.append(f"inject-oom {part!r}: unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        elif not count.isdigit():
+            problems.append(f"inject-oom {part!r}: the count must be a whole number >= 0")
+        else:
+            plan[stage] = plan.get(stage, 0) + int(count)
+    return tuple(sorted(plan.items())), problems
+
+
 class SetupError(ValueError):
     """A live run that cannot be built; ``problems`` lists every problem found."""
 
@@ -110,7 +135,7 @@ def _cpu_entry(card) -> ModelEntry:
 def build_runtime(models: list[str] | str, devices: str, policy: str = "trident", *, profile: str | None = None,
                   time_scale: float = 1.0, max_queued: int = 256, slo_scale: float = 3.0,
                   strict: bool = False, threads: int = 1, backend: str = "local",
-                  ray_address: str | None = None) -> Runtime:
+                  ray_address: str | None = None, inject_oom: str | None = None) -> Runtime:
     """Validate everything and build a not-yet-started runtime (``await runtime.start()``)."""
     from ..profiles import ProfileError, load_profile
 
@@ -136,6 +161,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
         problems.append("--time-scale applies to emulated devices only")
     if not max_queued >= 1:
         problems.append(f"max_queued must be >= 1 (got {max_queued})")
+    faults, fault_problems = parse_faults(inject_oom)
+    problems += fault_problems
     if backend not in BACKENDS:
         problems.append(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     elif backend == "ray" and importlib.util.find_spec("ray") is None:
@@ -174,7 +201,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
     else:
         pool = WorkerPool([CpuWorker(g.id, names, threads=threads) for g in dev.cluster.gpus])
     config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
-                          slo_scale=slo_scale, strict=strict)
+                          slo_scale=slo_scale, strict=strict, inject_oom=faults)
     engine = Engine(dev.cluster, cost, pol, pool, names, gpu_kind=kind, config=config, profile=profile,
                     devices=dev.text)
     return Runtime(engine, entries, dev, kind)

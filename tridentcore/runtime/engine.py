@@ -47,7 +47,7 @@ from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 from ..core.state import ClusterState, ClusterView, Running
 from ..core.types import Shape
 from ..core.workload import RequestSpec, make_slo_fn
-from .workers import StageResult, StageTask, WorkerPool
+from .workers import StageResult, StageTask, WorkerPool, failure
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class EngineConfig:
     retry_after_s: float = 1.0  # suggested wait when the queue is full
     min_tick_wall_s: float = 0.005
     strict: bool = False  # raise PolicyBug instead of failing the requests of an invalid action
+    # testing aid (``trident serve --inject-oom decode:1``): the first N dispatches of a stage fail in their
+    # worker with an out-of-memory error, which then takes the real path (StageFailed(oom=True), retry)
+    inject_oom: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,8 @@ class Engine:
         self.span_listeners: list[Callable[[SpanRow], None]] = []
         self.end_listeners: list[Callable[[object], None]] = []  # called with each request record as it ends
         self._spans_of: dict[int, list[SpanRow]] = {}
+        self._faults = {stage: n for stage, n in config.inject_oom if n > 0}  # stage -> injections left
+        self._tiled: set[int] = set()  # decode dispatches run tiled (a retry after an out-of-memory error)
         self._tick_task: asyncio.Task | None = None
         self._started = False
         self._closing = False
@@ -289,12 +294,14 @@ class Engine:
             "stages": [self._span_dict(sp) for sp in self._spans_of.get(request_id, ())],
         }
 
-    @staticmethod
-    def _span_dict(sp: SpanRow) -> dict:
-        return {"stage": sp.stage, "devices": list(sp.gpus), "batch": sp.batch, "outcome": sp.outcome,
-                "queued_ms": 1000 * (sp.started_s - sp.queued_s), "run_ms": 1000 * (sp.ended_s - sp.started_s),
-                "predicted_ms": 1000 * sp.predicted_s, "load_ms": 1000 * sp.load_s,
-                "transfer_ms": 1000 * sp.transfer_s, "start_step": sp.start_step, "end_step": sp.end_step}
+    def _span_dict(self, sp: SpanRow) -> dict:
+        out = {"stage": sp.stage, "devices": list(sp.gpus), "batch": sp.batch, "outcome": sp.outcome,
+               "queued_ms": 1000 * (sp.started_s - sp.queued_s), "run_ms": 1000 * (sp.ended_s - sp.started_s),
+               "predicted_ms": 1000 * sp.predicted_s, "load_ms": 1000 * sp.load_s,
+               "transfer_ms": 1000 * sp.transfer_s, "start_step": sp.start_step, "end_step": sp.end_step}
+        if sp.stage == "decode":
+            out["tiled"] = sp.dispatch_id in self._tiled
+        return out
 
     # ------------------------------------------------------------------------------ workers
     def _worker_lost(self, slot: int, reason: str) -> None:
@@ -480,12 +487,22 @@ class Engine:
         else:
             inputs = tuple(self._artifacts.get(r, {}).get("latents") for r in ids)
         scale = self.config.time_scale
+        # a decode retried after an out-of-memory error runs tiled (bounded activation memory); the
+        # policy decides the rest of the safer configuration (batch, degree)
+        tiled = a.stage == "decode" and any(r.ooms for r in recs)
+        if tiled:
+            self._tiled.add(run.id)
+        fault = ""
+        if self._faults.get(a.stage, 0) > 0:
+            self._faults[a.stage] -= 1
+            fault = "oom"
         return StageTask(
             dispatch_id=run.id, stage=a.stage, model=run.model, request_ids=ids, height=shape.height,
             width=shape.width, frames=shape.frames, steps=shape.steps,
             prompts=tuple(r.spec.prompt for r in recs), negative_prompts=tuple(r.spec.negative_prompt for r in recs),
             seeds=tuple(r.spec.seed for r in recs), guidances=tuple(r.spec.guidance for r in recs),
             start_step=a.start_step, end_step=a.end_step, inputs=inputs, duration_s=total_s * scale,
+            tiled=tiled, fault=fault,
         )
 
     async def _run(self, did: int, worker, task: StageTask) -> None:
@@ -494,8 +511,11 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a worker bug is a failed stage, not a dead engine
-            logger.exception("worker %s failed", getattr(worker, "slot", "?"))
-            result = StageResult(error=f"{type(exc).__name__}: {exc}")
+            result = failure(exc)
+            if result.oom:  # an expected outcome: the policy retries it at a safer configuration
+                logger.warning("worker %s: %s", getattr(worker, "slot", "?"), result.error)
+            else:
+                logger.exception("worker %s failed", getattr(worker, "slot", "?"))
         if not self._closed:
             self._post(_FINISH, (did, result))
 

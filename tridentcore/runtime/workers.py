@@ -15,6 +15,12 @@ stops it at the next step boundary. A worker process that dies (even by SIGKILL)
 its process sentinel: the engine is told (``on_lost``), the process is restarted, and the engine is
 told again when the new one is ready (``on_restored``).
 
+An allocation failure in a worker (``MemoryError``, ``torch.OutOfMemoryError`` — which is
+``torch.cuda.OutOfMemoryError`` — or torch's CPU allocator refusing) comes back as a value,
+``StageResult(oom=True)``, which the engine reports to the policy as ``StageFailed(oom=True)``; the
+request is retried at a safer configuration (a decode retried after an OOM runs tiled) and the OOM
+is counted on the request. ``StageTask.fault`` is the test seam behind ``trident serve --inject-oom``.
+
 The engine process imports torch only when CPU workers are used (to receive shared tensors).
 """
 
@@ -53,6 +59,10 @@ class StageTask:
     # per request: encode (); diffuse (embeddings, latents-or-None); decode latents
     inputs: tuple[Any, ...] = ()
     duration_s: float = 0.0  # emulated workers: wall seconds the dispatch takes
+    tiled: bool = False  # decode in tiles (bounded activation memory): a retry after an out-of-memory error
+    # testing aid (``trident serve --inject-oom``): "oom" makes the worker fail this task with a real
+    # allocation failure (a CPU process asks torch's allocator for more than any address space)
+    fault: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +133,8 @@ class EmulatedWorker(Worker):
         self._wake: asyncio.Event | None = None
 
     async def run(self, task: StageTask) -> StageResult:
+        if task.fault == "oom":  # an emulated device holds no memory: it raises what an allocator would
+            raise MemoryError(f"emulated device {self.slot}: out of memory (fault injected by --inject-oom)")
         t0 = time.monotonic()
         self._did, self._deadline, self._stop_step = task.dispatch_id, t0 + task.duration_s, None
         self._wake = wake = asyncio.Event()
@@ -151,13 +163,53 @@ class EmulatedWorker(Worker):
         self._wake.set()
 
 
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is an allocation failure: ``MemoryError``, ``torch.OutOfMemoryError``
+    (``torch.cuda.OutOfMemoryError`` is the same class), or torch's CPU allocator failing
+    (a ``RuntimeError`` "DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, MemoryError):
+        return True
+    if any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXT)
+
+
+def failure(exc: BaseException) -> StageResult:
+    """A task that raised, as a value: the error text and whether it was out of memory."""
+    return StageResult(error=f"{type(exc).__name__}: {exc}", oom=is_oom(exc))
+
+
 # ------------------------------------------------------------------------------------ processes
 def _slice(value, i: int):
     return value[i:i + 1].clone()
 
 
 def _execute(pipes: dict, cards: dict, task: StageTask, stop_flag) -> StageResult:
-    """Run one task inside a worker process (torch imported there)."""
+    """Run one task inside a worker process (torch imported there); an allocation failure comes back as
+    a value (``oom``), which the engine reports to the policy as ``StageFailed(oom=True)``."""
+    try:
+        return _execute_stage(pipes, task, stop_flag)
+    except Exception as exc:  # noqa: BLE001 - only allocation failures are values here; the rest propagate
+        if not is_oom(exc):
+            raise
+        result = failure(exc)
+        if task.fault:
+            result = StageResult(error=f"{result.error} (fault injected by --inject-oom)", oom=True)
+        return result
+
+
+def _provoke_oom() -> None:
+    """A real allocation failure from torch's allocator (``--inject-oom``): more bytes than any address space."""
+    import torch
+
+    torch.empty((1 << 62,), dtype=torch.uint8)
+
+
+def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
     import torch
 
     from ..pipelines.media import encode_animation, encode_image
@@ -165,6 +217,8 @@ def _execute(pipes: dict, cards: dict, task: StageTask, stop_flag) -> StageResul
     pipe = pipes[task.model]
     t0 = time.perf_counter()
     n = len(task.request_ids)
+    if task.fault == "oom":
+        _provoke_oom()
     if task.stage == "encode":
         emb = pipe.encode(list(task.prompts), list(task.negative_prompts))
         outputs = tuple({k: _slice(v, i) for k, v in emb.items()} for i in range(n))
@@ -198,7 +252,7 @@ def _execute(pipes: dict, cards: dict, task: StageTask, stop_flag) -> StageResul
                 outputs[i] = _slice(lat, j)
         return StageResult(reached, tuple(outputs), wall_s=time.perf_counter() - t0)
     latents = torch.cat(list(task.inputs))
-    pixels = pipe.decode(latents)
+    pixels = pipe.decode(latents, tiled=task.tiled)
     media = []
     for i in range(n):
         arr = pixels[i]
@@ -248,8 +302,7 @@ def _worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int
             with torch.inference_mode():
                 result = _execute(pipes, cards, task, stop_flag)
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
-            text = f"{type(exc).__name__}: {exc}"
-            result = StageResult(error=text, oom=isinstance(exc, MemoryError) or "out of memory" in text.lower())
+            result = failure(exc)
         try:
             conn.send(("result", task.dispatch_id, result))
         except (BrokenPipeError, OSError):

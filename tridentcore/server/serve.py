@@ -37,6 +37,7 @@ class ServeOptions:
     log_level: str = "warning"
     backend: str = "local"  # local | ray
     ray_address: str | None = None
+    inject_oom: str | None = None  # testing aid: "decode:1" fails the first decode out of memory
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -81,7 +82,7 @@ def run_server(opts: ServeOptions) -> None:
         raise SetupError([f"binding {opts.host} (not loopback) needs --api-key (or TRIDENT_API_KEY)"])
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
-                            ray_address=opts.ray_address)
+                            ray_address=opts.ray_address, inject_oom=opts.inject_oom)
     app = create_app(runtime, ServerConfig(api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
                                            drain_timeout_s=opts.drain_timeout_s))
     try:
