@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -97,6 +98,11 @@ def run_server(opts: ServeOptions) -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.02)
+        if server.started:
+            # everything loaded so far (libraries, app, pipelines' bookkeeping) lives as long as the server:
+            # keep it out of the cyclic collector's full passes, whose pauses otherwise stall every request
+            gc.collect()
+            gc.freeze()
         if server.started and opts.port_file:
             path = Path(opts.port_file)
             tmp = path.with_name(path.name + ".tmp")
