@@ -44,6 +44,8 @@ def test_parse_faults_and_setup_errors():
     with pytest.raises(SetupError) as err:
         build_runtime("sd3-medium", "emulated:1xH200", inject_oom="paint:1,decode:x")
     assert "unknown stage 'paint'" in str(err.value) and "whole number" in str(err.value)
+    with pytest.raises(SetupError, match="needs cpu devices"):
+        build_runtime("sd3-medium", "emulated:1xH200", inject_oom="decode:1", backend="ray")
 
 
 def _one(stage_faults: str, devices: str, shape: Shape):
