@@ -78,9 +78,6 @@ def test_diffuse_oom_is_retried_and_counted():
     assert [s["batch"] for s in diffuses] == [1, 1]
 
 
-@pytest.mark.xfail(strict=True, reason="core/policies/trident.py: the degree order (efficient degree first while "
-                                       "GPUs are spare, else ascending) overrides the descending order `safer` sets, "
-                                       "so an OOM retry of a diffuse gets the same degree")
 def test_diffuse_oom_retry_takes_more_gpus():
     _, desc, _, _ = _one("diffuse:1", "emulated:1x8xH200", Shape(1024, 1024, 1, 28))
     diffuses = [s for s in desc["stages"] if s["stage"] == "diffuse"]

@@ -318,9 +318,9 @@ class Trident(Policy):
                 feasible = [self.degrees[0]]
             elif not feasible:
                 feasible = [info.fast_d]
-            if self.safer.get(rid):
-                feasible = sorted(feasible, reverse=True)
-            if busy_frac < self.opts["spread"] and info.eff_d in feasible:
+            if self.safer.get(rid):  # retry after an OOM: the most GPUs first (activations split)
+                order = sorted(set(feasible) | {d for d in self.degrees if d >= info.eff_d}, reverse=True)
+            elif busy_frac < self.opts["spread"] and info.eff_d in feasible:
                 order = [info.eff_d] + [d for d in feasible if d != info.eff_d]
             else:
                 order = sorted(feasible)
