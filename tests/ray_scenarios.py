@@ -38,6 +38,21 @@ class Recording:
         return self.inner.on_event(view, event, now)
 
 
+def spy(workers, seen: dict) -> None:
+    """Note the types of what each worker is handed and hands back, per stage (refs, not tensors)."""
+    for worker in workers:
+        inner = worker.run
+
+        async def run(task, inner=inner):
+            flat = [x for item in task.inputs for x in (item if isinstance(item, tuple) else (item,)) if x is not None]
+            seen.setdefault(f"{task.stage}_in", set()).update(type(x).__name__ for x in flat)
+            result = await inner(task)
+            seen.setdefault(f"{task.stage}_out", set()).update(type(o).__name__ for o in result.outputs)
+            return result
+
+        worker.run = run
+
+
 def records(engine, ids) -> dict:
     """What the test checks: one terminal state per request, complete stage spans for done ones."""
     rows = {r.request_id: r for r in engine.request_rows()}
@@ -68,6 +83,14 @@ def mixed(i: int) -> Submission:
 
 async def emulated(address: str) -> dict:
     """(a) emulated GPUs as Ray actors: a mixed workload with cancels; and `trident serve --backend ray`."""
+    bad = build_runtime("sd3-medium", "emulated:1xH200", backend="ray", ray_address="127.0.0.1:1")
+    t0 = time.monotonic()
+    try:
+        await bad.start()
+        bad_address = "started"
+    except RuntimeError as exc:
+        bad_address = str(exc)
+    bad_s = time.monotonic() - t0
     rt = build_runtime("sd3-medium,wan2.1-1.3b", "emulated:2x2xH200", "trident", time_scale=0.001, strict=True,
                        backend="ray", ray_address=address)
     t0 = time.monotonic()
@@ -89,7 +112,8 @@ async def emulated(address: str) -> dict:
                outcome_states=[o.state for o in outs], counts=dict(Counter(o.state for o in outs)),
                worker_kinds=sorted({d["worker"] for d in snap["devices"]}),
                worker_pids=[d["pid"] for d in snap["devices"]], own_pid=os.getpid(),
-               preemptions=sum(e.state.requests[r].preemptions for r in ids))
+               preemptions=sum(e.state.requests[r].preemptions for r in ids), bad_address=bad_address,
+               bad_address_s=bad_s)
     out["http"] = serve_over_http(address)
     return out
 
@@ -141,6 +165,8 @@ async def cpu(address: str) -> dict:
 
     rt = build_runtime("tiny-sd3", "cpu:2", "trident", backend="ray", ray_address=address, strict=True)
     rec = rt.engine.policy = Recording(rt.engine.policy)
+    seen: dict[str, set] = {}
+    spy(rt.engine.workers.workers, seen)
     t0 = time.monotonic()
     local = asyncio.get_running_loop().create_task(local_png())  # meanwhile (its own process)
     await rt.start()
@@ -186,8 +212,21 @@ async def cpu(address: str) -> dict:
     again = e.submit([fox()])
     after = [await e.wait(r, 120) for r in again.ids]
     out["after_restart_equal"] = bool(after[0].result == ray_png)
+    # a cancel stops a running diffuse at a step boundary (the actor's stop flag)
+    long = e.submit([Submission("tiny-sd3", "x", Shape(128, 128, 1, 200), slo_s=LONG_SLO_S)]).ids[0]
+    deadline = time.monotonic() + 60
+    while e.describe(long)["state"] != "diffusing" and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.1)
+    e.cancel(long)
+    cancelled = await e.wait(long, 60)
+    while e.state.by_request.get(long) is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    out["cancel_state"] = cancelled.state
+    out["cancel_diffuse"] = [(s.outcome, s.end_step) for s in e.spans if s.request_id == long and s.stage == "diffuse"]
     await e.shutdown(5)
-    out.update(records(e, [rid, *ids, *again.ids]))
+    out.update(records(e, [rid, *ids, *again.ids, long]))
+    out["types"] = {k: sorted(v) for k, v in seen.items()}
     local_bytes, local_s = await local
     out["png_equal_local"] = bool(local_bytes == ray_png)
     out["local_s"] = local_s
@@ -201,7 +240,12 @@ def main() -> None:
     parser.add_argument("--address", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    result = asyncio.run({"emulated": emulated, "cpu": cpu}[args.scenario](args.address))
+    try:
+        result = asyncio.run({"emulated": emulated, "cpu": cpu}[args.scenario](args.address))
+    except BaseException:  # the test shows it first, above the logs
+        import traceback
+
+        result = {"scenario_error": traceback.format_exc()}
     with open(args.out, "w") as f:
         json.dump(result, f)
 

@@ -355,6 +355,21 @@ class RayWorker(Worker):
         self.actor.preempt.remote(dispatch_id, stop_step, max(0.0, wall_at - time.monotonic()))
 
 
+def _probe(address: str | None, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``HOST:PORT`` with nothing listening (``ray.init`` retries it for minutes)."""
+    import socket
+
+    if not address or address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout_s).close()
+    except OSError as exc:
+        raise RuntimeError(f"no Ray cluster answers at {address}: {exc}") from None
+
+
 @dataclass
 class RayWorkerPool(WorkerPool):
     """Ray workers, and the connection to the Ray cluster they live on (made when the pool starts).
@@ -371,6 +386,7 @@ class RayWorkerPool(WorkerPool):
         import ray
 
         if not ray.is_initialized():
+            _probe(self.address)
             opts: dict[str, Any] = {"logging_level": logging.WARNING}
             if self.address is None:  # a new local instance: no dashboard (options of a running cluster are its own)
                 opts["include_dashboard"] = False
@@ -385,6 +401,11 @@ class RayWorkerPool(WorkerPool):
                 if main and previous is not None:
                     signal.signal(signal.SIGTERM, previous)
             self.connected_here = True
+        need = sum(getattr(w, "num_cpus", 0.0) for w in self.workers)
+        have = ray.cluster_resources().get("CPU")  # None: not known yet (the actors wait for room)
+        if have is not None and need > have + 1e-9:
+            raise RuntimeError(f"the Ray cluster has {have:g} CPUs; {len(self.workers)} workers ask for {need:g} "
+                               f"(add nodes, or fewer devices)")
         await super().start()
 
     async def stop(self) -> None:
