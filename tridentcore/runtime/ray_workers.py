@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool
+from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool, failure
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +96,11 @@ def _load(models: Sequence[str], threads: int) -> tuple[dict, dict[str, ModelCar
         lim = p.limits
         cards[m] = ModelCard(m, lim.video, lim.min_size, lim.max_size, lim.size_multiple, lim.frames_multiple,
                              lim.max_frames, p.default_steps, lim.max_prompt_tokens)
-    with torch.inference_mode():
-        for m, p in pipes.items():  # warm up (first calls pay one-off costs the profile does not show)
-            card = cards[m]
-            size = max(card.min_size, 32)
-            emb = p.encode(["warm-up"], [""])
-            p.decode(p.diffuse(emb, (size, size, 1 + card.frames_multiple if card.video else 1), steps=2,
-                               end_step=1))
+    for m, p in pipes.items():  # warm up (first calls pay one-off costs the profile does not show)
+        card = cards[m]
+        size = max(card.min_size, 32)
+        emb = p.encode(["warm-up"], [""])
+        p.decode(p.diffuse(emb, (size, size, 1 + card.frames_multiple if card.video else 1), steps=2, end_step=1))
     return pipes, cards
 
 
@@ -156,14 +154,15 @@ class StageActor:
             with torch.inference_mode():
                 result = _execute(self.pipes, self.cards, task, self._flag)
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
-            text = f"{type(exc).__name__}: {exc}"
-            result = StageResult(error=text, oom=isinstance(exc, MemoryError) or "out of memory" in text.lower())
+            result = failure(exc)
         if not split:
             return result
         outputs = result.outputs if result.ok else (None,) * n
         return (replace(result, outputs=()), *outputs)
 
     def _emulate(self, task: StageTask) -> StageResult:
+        if task.fault == "oom":  # as EmulatedWorker: what an allocator would raise (--inject-oom)
+            return failure(MemoryError(f"emulated device {self.slot}: out of memory (fault injected by --inject-oom)"))
         t0 = time.monotonic()
         deadline = t0 + task.duration_s
         stop_step = None
