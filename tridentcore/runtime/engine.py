@@ -44,6 +44,7 @@ from ..core.events import (Dispatch, Evict, Fail, Place, Preempt, Reject, Reques
 from ..core.lifecycle import WAITING_FOR, RequestState
 from ..core.policy import Policy
 from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
+from ..core.recording import gpu_samples, request_rows, span_rows
 from ..core.state import ClusterState, ClusterView, Running
 from ..core.types import Shape
 from ..core.workload import RequestSpec, make_slo_fn
@@ -148,6 +149,7 @@ class Engine:
         self._artifacts: dict[int, dict] = {}
         self.results: OrderedDict[int, bytes | None] = OrderedDict()
         self.spans: list[SpanRow] = []
+        self._act_gib: dict[int, float] = {}  # dispatch id -> activation memory per device
         self.placements: list[PlacementRow] = []
         self.decision_ms: list[float] = []
         self.errors: list[str] = []
@@ -651,52 +653,17 @@ class Engine:
             listener(span)
 
     def _span(self, run: Running, t: float, outcome: str, end_step: int) -> None:
-        a = run.action
-        predicted = run.compute_start_s - run.started_s + (a.end_step - a.start_step) * run.step_s \
-            if a.stage == "diffuse" else run.predicted_end_s - run.started_s
-        for rid in a.request_ids:
-            self._record(SpanRow(
-                dispatch_id=run.id, request_id=rid, stage=a.stage, gpus=a.gpus, degree=len(a.gpus),
-                batch=len(a.request_ids), queued_s=run.queued_s[rid], started_s=run.started_s, ended_s=t,
-                predicted_s=predicted, start_step=a.start_step, end_step=end_step, outcome=outcome,
-                load_s=run.load_s, transfer_s=run.transfer_s,
-            ))
+        self._act_gib[run.id] = run.act_gib
+        for row in span_rows(run, t, outcome, end_step):
+            self._record(row)
 
     def request_rows(self) -> list[RequestRow]:
-        rows = []
-        for rec in self.state.requests:
-            spec = rec.spec
-            terminal = rec.state.terminal
-            rows.append(RequestRow(
-                request_id=spec.id, model=spec.model, height=spec.shape.height, width=spec.shape.width,
-                frames=spec.shape.frames, steps=spec.shape.steps, arrival_s=spec.arrival_s,
-                deadline_s=spec.deadline_s, state=rec.state.value if terminal else "unfinished",
-                reason=rec.reason if terminal else f"still {rec.state.value} when the run ended",
-                finish_s=rec.finish_s, ooms=rec.ooms, preemptions=rec.preemptions,
-            ))
-        return rows
+        return request_rows(self.state.requests)
 
     def gpu_samples(self, sample_s: float = 10.0) -> list[GpuSample]:
-        """Busy fraction per device and interval, from the spans (each dispatch once)."""
-        end = max(self.now() if self._started else 0.0, sample_s)
-        bins = int(math.ceil(end / sample_s))
-        n = len(self.state.gpus)
-        busy = [[0.0] * bins for _ in range(n)]
-        seen: set[int] = set()
-        for sp in self.spans:
-            if sp.dispatch_id in seen or sp.dispatch_id < 0:
-                continue
-            seen.add(sp.dispatch_id)
-            a, b = sp.started_s, sp.ended_s
-            k = int(a // sample_s)
-            while a < b and k < bins:
-                edge = min(b, (k + 1) * sample_s)
-                for g in sp.gpus:
-                    busy[g][k] += edge - a
-                a, k = edge, k + 1
-        weights = [self.state.weights_gib[g] for g in range(n)]
-        return [GpuSample(t_s=k * sample_s, gpu=g, busy=min(1.0, busy[g][k] / sample_s), mem_gib=weights[g])
-                for g in range(n) for k in range(bins)]
+        """Busy fraction and memory per device and interval (see ``core.recording.gpu_samples``)."""
+        end = self.now() if self._started else 0.0
+        return gpu_samples(self.spans, self.placements, self._act_gib, len(self.state.gpus), end, sample_s)
 
     def run_meta(self, run_id: str, config: dict | None = None) -> RunMeta:
         import json
