@@ -287,7 +287,6 @@ class RayWorker(Worker):
     async def _restart(self) -> None:
         import ray
 
-        delay = 0.0
         try:
             old = self.actor
             if old is not None:
@@ -295,19 +294,7 @@ class RayWorker(Worker):
                     ray.kill(old, no_restart=True)  # unavailable is not dead: make sure of it
                 except Exception:  # noqa: BLE001 - already gone
                     pass
-            while not self._stopping:
-                if delay:
-                    await asyncio.sleep(delay)
-                try:
-                    await self._spawn()
-                except Exception as exc:  # noqa: BLE001
-                    logger.warning("worker %d: restart failed: %s", self.slot, exc)
-                    delay = min(30.0, max(0.5, 2 * delay))
-                    continue
-                self.restarts += 1
-                if self.on_restored is not None and not self._stopping:
-                    self.on_restored(self.slot)
-                return
+            await self._respawn()
         finally:
             self._restart_task = None
 

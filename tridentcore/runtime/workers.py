@@ -110,6 +110,25 @@ class Worker:
     async def run(self, task: StageTask) -> StageResult:
         raise NotImplementedError
 
+    async def _respawn(self) -> None:
+        """Spawn the worker again until it comes up (back-off up to 30 s), then tell the engine.
+
+        For workers that restart (``_spawn``, ``_stopping``, ``restarts``, ``on_restored``)."""
+        delay = 0.0
+        while not self._stopping:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                await self._spawn()
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("worker %d: restart failed: %s", self.slot, exc)
+                delay = min(30.0, max(0.5, 2 * delay))
+                continue
+            self.restarts += 1
+            if self.on_restored is not None and not self._stopping:
+                self.on_restored(self.slot)
+            return
+
     def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
         """Stop the running diffuse ``dispatch_id`` at a step boundary (``stop_step`` by ``wall_at``
         on the emulated clock; real workers stop at their next boundary and report the step)."""
@@ -438,21 +457,8 @@ class CpuWorker(Worker):
             self._restart_task = self._loop.create_task(self._restart())
 
     async def _restart(self) -> None:
-        delay = 0.0
         try:
-            while not self._stopping:
-                if delay:
-                    await asyncio.sleep(delay)
-                try:
-                    await self._spawn()
-                except Exception as exc:  # noqa: BLE001
-                    logger.warning("worker %d: restart failed: %s", self.slot, exc)
-                    delay = min(30.0, max(0.5, 2 * delay))
-                    continue
-                self.restarts += 1
-                if self.on_restored is not None and not self._stopping:
-                    self.on_restored(self.slot)
-                return
+            await self._respawn()
         finally:
             self._restart_task = None
 
