@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from .cluster import ClusterSpec, GpuSpec
 from .costmodel import CostModel
-from .events import Dispatch
+from .events import Dispatch, Evict, Place
 from .lifecycle import RUNNING_STATE, WAITING_FOR, RequestRecord, RequestState, RequestTable
+from .records import PlacementRow
 from .types import Shape
 
 GIB = 2**30
@@ -225,6 +226,21 @@ class ClusterState:
         w = self.resident[gpu].pop((model, stage), 0.0)
         self.weights_gib[gpu] -= w
         return w
+
+    def apply_placement(self, action: Place | Evict, now: float, initial: bool = False) -> PlacementRow | None:
+        """Apply an explicit ``Place`` or ``Evict``; the row to record, or None if nothing changed.
+
+        A ``Place`` before the run (``initial``) is the deployment and costs nothing; during the run
+        its load time is charged to the GPU's next dispatch (lazy application)."""
+        if isinstance(action, Place):
+            weights = self.place(action.model, action.stage, action.gpu)
+            if not weights:
+                return None
+            load = 0.0 if initial else self.cost.load_s(action.model, action.stage, self.gpu_kind)
+            self.pending_load_s[action.gpu] += load
+            return PlacementRow(now, action.gpu, action.model, action.stage, "place", weights, load)
+        weights = self.evict(action.model, action.stage, action.gpu)
+        return PlacementRow(now, action.gpu, action.model, action.stage, "evict", weights) if weights else None
 
     def start(self, action: Dispatch, now: float, compute_start_s: float, predicted_end_s: float,
               step_s: float = 0.0, load_s: float = 0.0, transfer_s: float = 0.0) -> Running:

@@ -168,18 +168,10 @@ class Simulator:
                 state.end_request(action.request_id, end, now, action.reason)
             elif isinstance(action, Preempt):
                 self._preempt(action.request_id)
-            elif isinstance(action, Place):
-                weights = state.place(action.model, action.stage, action.gpu)
-                if weights:
-                    load = 0.0 if initial else state.cost.load_s(action.model, action.stage, state.gpu_kind)
-                    state.pending_load_s[action.gpu] += load
-                    if self.record:
-                        self.placements.append(PlacementRow(now, action.gpu, action.model, action.stage,
-                                                            "place", weights, load))
-            elif isinstance(action, Evict):
-                weights = state.evict(action.model, action.stage, action.gpu)
-                if weights and self.record:
-                    self.placements.append(PlacementRow(now, action.gpu, action.model, action.stage, "evict", weights))
+            elif isinstance(action, (Place, Evict)):
+                row = state.apply_placement(action, now, initial)
+                if row is not None and self.record:
+                    self.placements.append(row)
             else:
                 raise PolicyBug(f"unknown action {action!r}")
 
