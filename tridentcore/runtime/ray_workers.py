@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool, failure
+from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool, failure, load_pipelines
 
 logger = logging.getLogger(__name__)
 
@@ -78,32 +78,6 @@ def _fetch(value):
     return rebuild(value)
 
 
-def _load(models: Sequence[str], threads: int) -> tuple[dict, dict[str, ModelCard]]:
-    """Load and warm up the pipelines of a cpu slot (as ``workers._worker_main`` does)."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    import torch
-
-    torch.set_num_threads(threads)
-    from ..pipelines import load_pipeline
-
-    pipes = {m: load_pipeline(m) for m in models}
-    cards = {}
-    for m, p in pipes.items():
-        lim = p.limits
-        cards[m] = ModelCard(m, lim.video, lim.min_size, lim.max_size, lim.size_multiple, lim.frames_multiple,
-                             lim.max_frames, p.default_steps, lim.max_prompt_tokens)
-    for m, p in pipes.items():  # warm up (first calls pay one-off costs the profile does not show)
-        card = cards[m]
-        size = max(card.min_size, 32)
-        emb = p.encode(["warm-up"], [""])
-        p.decode(p.diffuse(emb, (size, size, 1 + card.frames_multiple if card.video else 1), steps=2, end_step=1))
-    return pipes, cards
-
-
 class StageActor:
     """The body of one slot's Ray actor (a threaded actor: ``run`` on one thread while ``preempt``
     and ``park`` arrive on others)."""
@@ -114,7 +88,7 @@ class StageActor:
         self.pipes: dict = {}
         self.cards: dict[str, ModelCard] = {}
         if not emulated:
-            self.pipes, self.cards = _load(models, threads)
+            self.pipes, self.cards = load_pipelines(models, threads)
         self._flag = _StopFlag()
         self._cond = threading.Condition()
         self._preempts: dict[int, tuple[int, float]] = {}  # emulated: dispatch -> (stop step, monotonic deadline)

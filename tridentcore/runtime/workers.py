@@ -280,31 +280,41 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
     return StageResult(0, tuple(media), wall_s=time.perf_counter() - t0)
 
 
-def _worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int) -> None:
-    """Entry point of a worker process."""
+def load_pipelines(models: Sequence[str], threads: int) -> tuple[dict, dict[str, ModelCard]]:
+    """Load and warm up the pipelines of one CPU slot (a worker process or a Ray actor).
+
+    Warm-up runs a one-step generation per model: first calls pay one-off costs the profile
+    does not show."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     import warnings
 
     warnings.filterwarnings("ignore")
     import torch
-    import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
 
     torch.set_num_threads(threads)
     from ..pipelines import load_pipeline
 
+    pipes = {m: load_pipeline(m) for m in models}
+    cards = {}
+    for m, p in pipes.items():
+        lim = p.limits
+        cards[m] = ModelCard(m, lim.video, lim.min_size, lim.max_size, lim.size_multiple, lim.frames_multiple,
+                             lim.max_frames, p.default_steps, lim.max_prompt_tokens)
+    for m, p in pipes.items():
+        card = cards[m]
+        size = max(card.min_size, 32)
+        emb = p.encode(["warm-up"], [""])
+        p.decode(p.diffuse(emb, (size, size, 1 + card.frames_multiple if card.video else 1), steps=2, end_step=1))
+    return pipes, cards
+
+
+def _worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int) -> None:
+    """Entry point of a worker process."""
+    import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
+
     try:
-        pipes = {m: load_pipeline(m) for m in models}
-        cards = {}
-        for m, p in pipes.items():
-            lim = p.limits
-            cards[m] = ModelCard(m, lim.video, lim.min_size, lim.max_size, lim.size_multiple, lim.frames_multiple,
-                                 lim.max_frames, p.default_steps, lim.max_prompt_tokens)
-        for m, p in pipes.items():  # warm up (first calls pay one-off costs the profile does not show)
-            card = cards[m]
-            size = max(card.min_size, 32)
-            emb = p.encode(["warm-up"], [""])
-            p.decode(p.diffuse(emb, (size, size, 1 + card.frames_multiple if card.video else 1), steps=2, end_step=1))
+        pipes, cards = load_pipelines(models, threads)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which gives up on this slot
         conn.send(("broken", slot, f"{type(exc).__name__}: {exc}"))
         return

@@ -159,13 +159,10 @@ class Simulator:
             if isinstance(action, Dispatch):
                 self._dispatch(action)
             elif isinstance(action, (Reject, Fail)):
-                rec = state.requests.get(action.request_id)
-                if rec is None or rec.state.terminal:
-                    continue
-                if state.by_request.get(action.request_id) is not None:
-                    raise PolicyBug(f"{type(action).__name__.lower()} of running request {action.request_id}")
                 end = RequestState.REJECTED if isinstance(action, Reject) else RequestState.FAILED
-                state.end_request(action.request_id, end, now, action.reason)
+                problem = state.end_waiting(action.request_id, end, now, action.reason)
+                if problem:
+                    raise PolicyBug(problem)
             elif isinstance(action, Preempt):
                 self._preempt(action.request_id)
             elif isinstance(action, (Place, Evict)):
