@@ -412,16 +412,21 @@ def _shape_rows(df: pd.DataFrame, stage: str) -> pd.DataFrame:
     return d.sort_values("tokens").drop_duplicates("shape")
 
 
+def _by_shape(profile: pd.DataFrame, gpu: str, model: str):
+    """A model's batch-1 rows, its diffuse and decode rows by shape, and the shapes in token order."""
+    df = _profile_points(profile, gpu, model)
+    dif, dec = _shape_rows(df, "diffuse"), _shape_rows(df, "decode")
+    shapes = pd.concat([dif[["shape", "tokens"]], dec[["shape", "tokens"]]]).sort_values("tokens").drop_duplicates("shape")
+    return df, dif, dec, list(shapes["shape"])
+
+
 def stage_latency_by_shape(profile: pd.DataFrame, gpu: str, model: str, *, steps: int = 28) -> go.Figure:
     """One model's stage latencies against output size (resolution x frames), batch 1, one GPU.
 
     ``profile``: :func:`workbench.data.profile_frame` rows. Encode does not depend on the shape
     (a flat line); diffuse is drawn per step and for ``steps`` steps.
     """
-    df = _profile_points(profile, gpu, model)
-    dif, dec = _shape_rows(df, "diffuse"), _shape_rows(df, "decode")
-    shapes = pd.concat([dif[["shape", "tokens"]], dec[["shape", "tokens"]]]).sort_values("tokens").drop_duplicates("shape")
-    order = list(shapes["shape"])
+    df, dif, dec, order = _by_shape(profile, gpu, model)
     if not order:
         return empty_figure(f"{model}: no diffuse or decode rows at batch 1 on {gpu}")
     fig = go.Figure()
@@ -446,10 +451,7 @@ def stage_latency_by_shape(profile: pd.DataFrame, gpu: str, model: str, *, steps
 
 def stage_memory_by_shape(profile: pd.DataFrame, gpu: str, model: str) -> go.Figure:
     """One model's stage memory against output size: peak (solid) and weights (dashed) per stage."""
-    df = _profile_points(profile, gpu, model)
-    dif, dec = _shape_rows(df, "diffuse"), _shape_rows(df, "decode")
-    shapes = pd.concat([dif[["shape", "tokens"]], dec[["shape", "tokens"]]]).sort_values("tokens").drop_duplicates("shape")
-    order = list(shapes["shape"])
+    df, dif, dec, order = _by_shape(profile, gpu, model)
     if not order:
         return empty_figure(f"{model}: no diffuse or decode rows at batch 1 on {gpu}")
     fig = go.Figure()
