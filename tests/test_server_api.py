@@ -121,6 +121,18 @@ def test_async_submit_poll_result(fast):
     assert client.get(f"/v1/requests/{rid}/result/0").status_code == 409  # emulated: no file
 
 
+def test_recent_requests_listed_newest_first(fast):
+    _, client, _ = fast
+    ids = [client.post("/v1/requests", json={"prompt": f"p{i}", "model": "sd3-medium", "size": "512x512",
+                                             "steps": 2 + i}).json()["id"] for i in range(3)]
+    listed = client.get("/v1/requests", params={"limit": 2}).json()
+    assert listed["object"] == "list"
+    assert [j["id"] for j in listed["data"]] == ids[::-1][:2]
+    assert listed["data"][0]["steps"] == 4 and listed["data"][0]["items"][0]["model"] == "sd3-medium"
+    resp = client.get("/v1/requests", params={"limit": 0})
+    assert resp.status_code == 422 and _problem(resp)[0] == "limit"
+
+
 def test_cluster_models_metrics_docs(fast):
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
@@ -288,6 +288,12 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         job = submit(body, None)
         return JSONResponse({"id": job.id, "state": job_state(job), "status_url": f"/v1/requests/{job.id}",
                              "result_url": f"/v1/requests/{job.id}/result"}, status_code=202)
+
+    @app.get("/v1/requests", tags=["requests"])
+    async def list_requests(limit: int = Query(50, ge=1, le=1000)) -> JSONResponse:
+        """The most recent requests, newest first (the server keeps the last ``max_jobs``)."""
+        recent = list(jobs.values())[-limit:][::-1]
+        return JSONResponse({"object": "list", "data": [status_body(j) for j in recent]})
 
     @app.get("/v1/requests/{job_id}", tags=["requests"])
     async def get_request(job_id: str) -> JSONResponse:
