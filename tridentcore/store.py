@@ -3,7 +3,9 @@
 The simulator and the live engine both hand :meth:`ResultsStore.write_run` the same records
 (``tridentcore.core.records``); this module turns them into the tables ``runs``, ``requests``,
 ``stage_spans``, ``placements`` and ``gpu_samples`` (every one keyed by ``run_id``) and keeps the
-views ``run_summary``, ``stage_breakdown`` and ``attainment_by_shape`` over them. Latencies and
+views ``run_summary``, ``stage_breakdown`` and ``attainment_by_shape`` over them. A load generator
+(``workloads/mixed.py``, ``trident bench --backend live``) adds what the client saw, one row per
+scheduled request, to ``client_requests`` (view ``client_summary``). Latencies and
 attainment are SQL over the rows, never counters kept by a driver (DESIGN.md, "Results store").
 
 Locking: a process holding a read-write DuckDB connection locks the file against every other
@@ -50,12 +52,19 @@ __all__ = [
     "list_runs",
     "run_summary",
     "export_run",
+    "CLIENT_TABLES",
+    "CLIENT_STATES",
+    "client_requests_table",
+    "read_run_tables",
 ]
 
 SCHEMA_VERSION = 1
 TABLES = ("runs", "requests", "stage_spans", "placements", "gpu_samples")
 VIEWS = ("run_summary", "stage_breakdown", "attainment_by_shape")
 RUN_STATUSES = ("complete", "interrupted", "failed")
+CLIENT_TABLES = ("client_requests",)
+# how a scheduled request ended as the client saw it (exactly one per row):
+CLIENT_STATES = ("done", "rejected", "failed", "cancelled", "refused", "error", "unfinished")
 LOCK_WAIT_S = 10.0  # how long an open waits for another process's conflicting lock
 
 
@@ -146,6 +155,36 @@ CREATE TABLE IF NOT EXISTS placements (
     action          VARCHAR NOT NULL,     -- place | evict
     weights_gib     DOUBLE NOT NULL,
     load_s          DOUBLE NOT NULL
+);
+CREATE TABLE IF NOT EXISTS client_requests (
+    run_id            VARCHAR NOT NULL,
+    request_index     BIGINT NOT NULL,      -- position in the schedule (= the simulator's request_id)
+    server_request_id BIGINT,               -- the engine's request id (NULL: not accepted, or unknown)
+    server_job_id     VARCHAR,              -- the API's id (gen-N)
+    model             VARCHAR NOT NULL,
+    height            INTEGER NOT NULL,
+    width             INTEGER NOT NULL,
+    frames            INTEGER NOT NULL,
+    steps             INTEGER NOT NULL,
+    request_class     VARCHAR NOT NULL,     -- 'model WxH' or 'model WxHxF', as requests.request_class
+    workload_t_s      DOUBLE NOT NULL,      -- scheduled arrival, workload seconds (the simulator's arrival_s)
+    scheduled_s       DOUBLE NOT NULL,      -- scheduled send, wall seconds from the run's start
+    sent_s            DOUBLE,               -- actual send (NULL: never sent)
+    finished_s        DOUBLE,               -- response received (NULL: none)
+    lag_ms            DOUBLE,               -- (sent_s - scheduled_s) x 1000
+    state             VARCHAR NOT NULL,     -- done | rejected | failed | cancelled | refused | error | unfinished
+    http_status       INTEGER NOT NULL,     -- 0: no HTTP response
+    reason            VARCHAR NOT NULL,
+    slo_ms            DOUBLE,               -- the objective sent (engine ms)
+    latency_ms        DOUBLE,               -- the server's latency (engine ms), done requests
+    deadline_ms       DOUBLE,
+    met_slo           BOOLEAN,
+    client_ms         DOUBLE,               -- (finished_s - sent_s) x 1000, wall
+    queued_ms         DOUBLE,               -- the server's per-stage timings, summed over the stage's spans
+    encode_ms         DOUBLE,
+    diffuse_ms        DOUBLE,
+    decode_ms         DOUBLE,
+    stages_json       VARCHAR NOT NULL      -- the server's per-stage timings as it returned them
 );
 CREATE TABLE IF NOT EXISTS gpu_samples (
     run_id          VARCHAR NOT NULL,
@@ -260,6 +299,24 @@ SELECT run_id, request_class,
        count(*) FILTER (WHERE state = 'failed')            AS failed
 FROM requests
 GROUP BY run_id, request_class;
+
+CREATE OR REPLACE VIEW client_summary AS
+SELECT run_id,
+       count(*)                                            AS requests,
+       count(*) FILTER (WHERE state = 'done')              AS done,
+       count(*) FILTER (WHERE state = 'rejected')          AS rejected,
+       count(*) FILTER (WHERE state = 'failed')            AS failed,
+       count(*) FILTER (WHERE state = 'refused')           AS refused,
+       count(*) FILTER (WHERE state = 'error')             AS errors,
+       count(*) FILTER (WHERE state = 'unfinished')        AS unfinished,
+       count(*) FILTER (WHERE met_slo)                     AS met,
+       quantile_cont(lag_ms, 0.50)                         AS lag_p50_ms,
+       quantile_cont(lag_ms, 0.99)                         AS lag_p99_ms,
+       max(lag_ms)                                         AS lag_max_ms,
+       avg(latency_ms) / 1000                              AS mean_s,
+       quantile_cont(latency_ms, 0.99) / 1000              AS p99_s
+FROM client_requests
+GROUP BY run_id;
 """
 
 # request_class must equal RequestRow.request_class (a test checks it).
@@ -337,7 +394,54 @@ def _arrow_schemas() -> dict[str, list[tuple[str, Any]]]:
             ("weights_gib", f64), ("load_s", f64),
         ],
         "gpu_samples": [("t_s", f64), ("gpu", i32), ("busy", f64), ("mem_gib", f64)],
+        "client_requests": [
+            ("request_index", i64), ("server_request_id", i64), ("server_job_id", s), ("model", s),
+            ("height", i32), ("width", i32), ("frames", i32), ("steps", i32), ("request_class", s),
+            ("workload_t_s", f64), ("scheduled_s", f64), ("sent_s", f64), ("finished_s", f64), ("lag_ms", f64),
+            ("state", s), ("http_status", i32), ("reason", s), ("slo_ms", f64), ("latency_ms", f64),
+            ("deadline_ms", f64), ("met_slo", pa.bool_()), ("client_ms", f64), ("queued_ms", f64),
+            ("encode_ms", f64), ("diffuse_ms", f64), ("decode_ms", f64), ("stages_json", s),
+        ],
     }  # fmt: skip
+
+
+def client_requests_table(rows: Any) -> pyarrow.Table:
+    """Client rows (a list of dicts, a pandas DataFrame or an Arrow table; no ``run_id``) as an
+    Arrow table of the ``client_requests`` columns, checked: every request index once, every state
+    one of :data:`CLIENT_STATES`. Missing optional columns are NULL."""
+    import pyarrow as pa
+
+    schema = pa.schema(_arrow_schemas()["client_requests"])
+    if isinstance(rows, pa.Table):
+        table = rows
+    elif hasattr(rows, "to_dict") and hasattr(rows, "columns"):  # a DataFrame
+        table = pa.Table.from_pandas(rows, preserve_index=False)
+    else:
+        table = pa.Table.from_pylist(list(rows), schema=schema)
+    if "run_id" in table.column_names:
+        table = table.drop(["run_id"])
+    unknown = sorted(set(table.column_names) - set(schema.names))
+    if unknown:
+        raise ValueError(f"client rows: unknown column(s) {', '.join(unknown)}; valid: {', '.join(schema.names)}")
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    table = pa.Table.from_arrays(columns, schema=schema)
+    problems = []
+    for name in ("request_index", "model", "height", "width", "frames", "steps", "request_class",
+                 "workload_t_s", "scheduled_s", "state", "http_status", "reason", "stages_json"):
+        if table.column(name).null_count:
+            problems.append(f"{name}: {table.column(name).null_count} NULL value(s)")
+    index = table.column("request_index").to_pylist()
+    if len(set(index)) != len(index):
+        problems.append("request_index: the same request appears more than once")
+    states = set(table.column("state").to_pylist()) - set(CLIENT_STATES) - {None}
+    if states:
+        problems.append(f"state: unknown {', '.join(sorted(map(str, states)))}; valid: {', '.join(CLIENT_STATES)}")
+    if problems:
+        raise ValueError("client rows: " + "; ".join(problems))
+    return table
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,8 +512,6 @@ class ResultsStore:
         is left behind. A ``created_unix_s`` of 0 is taken as "not set" and stamped with the
         write time.
         """
-        if meta.status not in RUN_STATUSES:
-            raise ValueError(f"unknown run status {meta.status!r}; valid: {', '.join(RUN_STATUSES)}")
         schemas = _arrow_schemas()
         tables = {
             "requests": _to_arrow(_as_sequence(requests), schemas["requests"]),
@@ -417,6 +519,25 @@ class ResultsStore:
             "placements": _to_arrow(_as_sequence(placements), schemas["placements"]),
             "gpu_samples": _to_arrow(_as_sequence(gpu_samples), schemas["gpu_samples"]),
         }
+        return self.write_run_tables(meta, tables)
+
+    def write_run_tables(self, meta: RunMeta, tables: dict[str, pyarrow.Table]) -> str:
+        """Write one run from Arrow tables, in one transaction; return its run_id.
+
+        ``tables`` maps ``requests``, ``stage_spans``, ``placements``, ``gpu_samples`` and
+        optionally ``client_requests`` to Arrow tables with that table's columns minus ``run_id``
+        (``requests``: the input columns of :meth:`write_run`, without the derived
+        ``request_class``, ``latency_s`` and ``met_slo``); a missing table means no rows. This is
+        how a live bench stores the server's rows and the client's rows of one run together.
+        """
+        if meta.status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {meta.status!r}; valid: {', '.join(RUN_STATUSES)}")
+        unknown = sorted(set(tables) - set(TABLES[1:]) - set(CLIENT_TABLES))
+        if unknown:
+            raise ValueError(f"unknown table(s) {', '.join(unknown)}; valid: {', '.join(TABLES[1:] + CLIENT_TABLES)}")
+        tables = dict(tables)
+        if "client_requests" in tables:
+            tables["client_requests"] = client_requests_table(tables["client_requests"])
         run_params = {f.name: getattr(meta, f.name) for f in dataclasses.fields(meta)}
         if not run_params["created_unix_s"]:
             run_params["created_unix_s"] = time.time()
@@ -431,19 +552,7 @@ class ResultsStore:
                     raise DuplicateRunError(f"run {meta.run_id!r} is already in {self.path}")
                 con.execute(_INSERT_RUN, run_params)
                 for name, table in tables.items():
-                    view = f"_in_{name}"
-                    con.register(view, table)
-                    try:
-                        if name == "requests":
-                            con.execute(_INSERT_REQUESTS, {"run_id": meta.run_id})
-                        else:
-                            cols = ", ".join(table.column_names)
-                            con.execute(
-                                f"INSERT INTO {name} (run_id, {cols}) SELECT $run_id, {cols} FROM {view}",
-                                {"run_id": meta.run_id},
-                            )
-                    finally:
-                        con.unregister(view)
+                    _insert_rows(con, name, table, meta.run_id)
                 con.execute("COMMIT")
             except BaseException:
                 try:
@@ -454,6 +563,32 @@ class ResultsStore:
         finally:
             con.close()
         return meta.run_id
+
+    def write_client_requests(self, run_id: str, rows: Any) -> int:
+        """Add a run's client rows (``client_requests``; a list of dicts, a DataFrame or an Arrow
+        table) in one short transaction; return how many. The run need not be in ``runs`` (a
+        stand-alone Locust run writes only what the client saw); refuses (``DuplicateRunError``)
+        a run_id that already has client rows."""
+        table = client_requests_table(rows)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = _connect(self.path, read_only=False, wait_s=self.lock_wait_s)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                _create_schema(con)
+                if con.execute("SELECT 1 FROM client_requests WHERE run_id = ? LIMIT 1", [run_id]).fetchall():
+                    raise DuplicateRunError(f"run {run_id!r} already has client rows in {self.path}")
+                _insert_rows(con, "client_requests", table, run_id)
+                con.execute("COMMIT")
+            except BaseException:
+                try:
+                    con.execute("ROLLBACK")
+                except Exception:
+                    pass
+                raise
+        finally:
+            con.close()
+        return table.num_rows
 
     def mark_status(self, run_id: str, status: str) -> None:
         """Set a stored run's status (complete | interrupted | failed)."""
@@ -470,6 +605,19 @@ class ResultsStore:
             con.close()
         if not found:
             raise UnknownRunError(f"run {run_id!r} is not in {self.path}")
+
+
+def _insert_rows(con: duckdb.DuckDBPyConnection, name: str, table: pyarrow.Table, run_id: str) -> None:
+    view = f"_in_{name}"
+    con.register(view, table)
+    try:
+        if name == "requests":
+            con.execute(_INSERT_REQUESTS, {"run_id": run_id})
+        else:
+            cols = ", ".join(table.column_names)
+            con.execute(f"INSERT INTO {name} (run_id, {cols}) SELECT $run_id, {cols} FROM {view}", {"run_id": run_id})
+    finally:
+        con.unregister(view)
 
 
 def _as_sequence(rows: Sequence[Any] | Iterable[Any]) -> Sequence[Any]:
@@ -595,3 +743,29 @@ def export_run(
         pq.write_table(table, target)
         written[name] = target
     return written
+
+
+def read_run_tables(path: str | os.PathLike[str], run_id: str) -> tuple[RunMeta, dict[str, pyarrow.Table]]:
+    """One run's ``runs`` row and its rows, in the input form of :meth:`ResultsStore.write_run_tables`
+    (no ``run_id`` columns; ``requests`` without its derived columns). Read-only."""
+    import pyarrow as pa
+
+    schemas = _arrow_schemas()
+    con = open_readonly(path)
+    try:
+        found = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        if not found:
+            raise UnknownRunError(f"run {run_id!r} is not in {path}")
+        names = [d[0] for d in con.description]
+        row = dict(zip(names, found[0], strict=True))
+        meta = RunMeta(**{f.name: row[f.name] for f in dataclasses.fields(RunMeta)})
+        has_client = bool(con.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_name = 'client_requests'").fetchall())
+        tables = {}
+        for name in (*TABLES[1:], *(CLIENT_TABLES if has_client else ())):
+            cols = ", ".join(n for n, _ in schemas[name])
+            table = _fetch_arrow(con, f"SELECT {cols} FROM {name} WHERE run_id = ?", [run_id])
+            tables[name] = table.cast(pa.schema(schemas[name]))
+    finally:
+        con.close()
+    return meta, tables
