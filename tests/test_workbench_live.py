@@ -1,0 +1,223 @@
+"""The workbench's Live page against real `trident serve` processes (127.0.0.1, port 0), through AppTest.
+
+Three servers: emulated GPUs at zero cost (the control plane and a test prompt that comes back with
+timings and no pixels), tiny CPU pipelines (a test prompt that comes back as a PNG), and a stub
+that answers the control plane but not ``GET /v1/requests`` (an older server). Plus the cases where
+nothing listens at the URL or the URL is not one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("streamlit")
+pytest.importorskip("httpx")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from tridentcore.server.launch import start_server  # noqa: E402
+from workbench import figures, live  # noqa: E402
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGE = "workbench/pages/live.py"
+
+
+def _live_page(url: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.session_state["live_server"] = url
+    at.run()
+    at.switch_page(PAGE).run()
+    return at
+
+
+def _clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    server = start_server(["--models", "sd3-medium,wan2.1-1.3b", "--devices", "emulated:1x2xH200",
+                           "--time-scale", "0"])
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:1"])
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------ helpers (no server)
+def test_urls_are_normalized_or_refused():
+    assert live.normalize_url(" 127.0.0.1:8000/ ") == "http://127.0.0.1:8000"
+    assert live.normalize_url("https://h.example/") == "https://h.example"
+    for bad in ("", "ftp://127.0.0.1", "http://127.0.0.1:99999", "http://"):
+        with pytest.raises(live.LiveError):
+            live.normalize_url(bad)
+
+
+def test_recent_requests_flatten_jobs_and_plain_rows():
+    job = {"id": "gen-3", "model": "tiny-sd3", "items": [
+        {"id": 7, "state": "done", "stage": None, "reason": "done", "steps_done": 4, "steps": 4, "arrival_s": 1.0,
+         "deadline_s": 3.0, "finish_s": 2.5, "met_slo": True, "stages": []},
+        {"id": 8, "state": "diffusing", "stage": "diffuse", "reason": "", "steps_done": 2, "steps": 4, "arrival_s": 1.0,
+         "deadline_s": 3.0, "finish_s": None, "met_slo": False, "stages": []}]}
+    flat = {"id": 9, "state": "rejected", "stage": None, "model": "tiny-wan", "reason": "no capacity", "steps_done": 0,
+            "steps": 4, "arrival_s": 2.0, "deadline_s": 5.0, "finish_s": 2.0, "met_slo": False}
+    df = live.requests_frame([job, flat])
+    assert list(df["id"]) == [7, 8, 9] and list(df["job"]) == ["gen-3", "gen-3", "9"]
+    assert df["latency_s"].iloc[0] == pytest.approx(1.5) and pd.isna(df["latency_s"].iloc[1])
+    assert df["progress"].iloc[1] == "2/4 steps" and df["stage"].iloc[1] == "diffuse"
+    assert df["met_slo"].iloc[0] is True and df["met_slo"].iloc[1] is None and df["model"].iloc[2] == "tiny-wan"
+    assert live.requests_frame([]).empty
+
+
+def test_model_entries_sizes_and_media_kinds():
+    video = live._model({"id": "tiny-wan", "kind": "video", "emulated": False,
+                         "size": {"min": 32, "max": 512, "multiple_of": 16, "default": "64x64"},
+                         "frames": {"rule": "k*4+1", "max": 33, "default": 9}, "steps": {"min": 1, "max": 200, "default": 20}})
+    assert video.endpoint == "/v1/videos/generations" and video.frames_multiple == 4 and video.default_frames == 9
+    assert live.size_choices(video) == ["64x64", "32x32", "128x128", "256x256", "512x512"]
+    assert live.media_kind(b"\x89PNG\r\n\x1a\n...") == "image/png"
+    assert live.media_kind(b"RIFF\x00\x00\x00\x00WEBPVP8X") == "image/webp"
+
+
+def test_live_figures_draw_devices_and_queues():
+    cluster = {"devices": [
+        {"id": 0, "node": 0, "kind": "H200", "alive": True, "busy": True, "mem_gib": 141.0, "weights_gib": 20.0,
+         "activations_gib": 5.0, "free_gib": 116.0, "resident": ["sd3-medium/encode", "sd3-medium/diffuse"],
+         "running": {"dispatch": 4, "stage": "diffuse", "requests": [1, 2]}},
+        {"id": 1, "node": 0, "kind": "H200", "alive": False, "busy": False, "mem_gib": 141.0, "weights_gib": 0.0,
+         "activations_gib": 0.0, "free_gib": 141.0, "resident": [], "running": None}]}
+    df = live.devices_frame(cluster)
+    assert list(df["running"]) == ["diffuse ×2", ""] and df["resident"].iloc[0] == "sd3-medium/encode, sd3-medium/diffuse"
+    fig = figures.live_devices(df)
+    assert [t.name for t in fig.data] == ["weights", "activations", "free"]
+    assert list(fig.data[0].x) == [20.0, 0.0] and "DOWN" in fig.data[0].y[1]
+    assert any("sd3-medium/encode" in a.text and "diffuse ×2" in a.text for a in fig.layout.annotations)
+    q = figures.live_queues({"encode": 1, "diffuse": 3, "decode": 0}, {"encode": 0, "diffuse": 2, "decode": 0})
+    assert list(q.data[0].y) == [1, 3, 0] and list(q.data[1].y) == [0, 2, 0]
+    assert "no devices" in figures.live_devices(live.devices_frame({"devices": []})).layout.annotations[0].text
+
+
+# ------------------------------------------------------------------------------ the page
+def test_unreachable_server_is_a_message_not_a_traceback():
+    at = _live_page(f"http://127.0.0.1:{_free_port()}")
+    _clean(at)
+    assert any("cannot reach a server" in e.value and "trident serve" in e.value for e in at.error)
+    assert not at.metric and not at.get("plotly_chart")
+    at.text_input(key="live_url").set_value("ftp://127.0.0.1:8000").run()
+    _clean(at)
+    assert any("http://" in e.value for e in at.error)
+
+
+def test_emulated_server_shows_devices_queue_and_timings_without_pixels(emulated):
+    at = _live_page(emulated)
+    _clean(at)
+    assert not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Devices busy"] == "0 / 2" and metrics["Policy"] == "trident" and metrics["Live requests"] == "0"
+    assert len(at.get("plotly_chart")) == 2  # queue per stage, devices and their memory
+    devices = at.dataframe[0].value
+    assert list(devices["device"]) == [0, 1] and (devices["mem_gib"] > 100).all()
+    assert at.selectbox(key="live_model").options == ["sd3-medium", "wan2.1-1.3b"]
+
+    at.selectbox(key="live_model").set_value("wan2.1-1.3b").run()
+    at.text_area(key="live_prompt").set_value("a boat on a lake")
+    at.number_input(key="live_steps_wan2.1-1.3b").set_value(3)
+    at.number_input(key="live_frames_wan2.1-1.3b").set_value(9)
+    at.button(key="live_send").click().run()
+    _clean(at)
+    assert not at.error
+    assert any("emulated devices" in i.value and "no pixels" in i.value for i in at.info)
+    assert not at.get("image")
+    timings = at.dataframe[-1].value
+    assert list(timings["stage"]) == ["encode", "diffuse", "decode"]
+    assert any("wan2.1-1.3b" in m.value and "frames 9" in m.value and "steps 3" in m.value for m in at.markdown)
+
+    at.run()  # the request now shows among the recent ones
+    _clean(at)
+    recent = next(d.value for d in at.dataframe if "state" in d.value.columns)
+    assert recent["model"].iloc[0] == "wan2.1-1.3b" and recent["state"].iloc[0] == "done"
+
+
+def test_invalid_prompt_is_the_servers_message(emulated):
+    at = _live_page(emulated)
+    at.text_area(key="live_prompt").set_value("   ")
+    at.button(key="live_send").click().run()
+    _clean(at)
+    assert any("The test prompt failed" in e.value and "422" in e.value for e in at.error)
+
+
+def test_tiny_cpu_server_returns_an_image(tiny):
+    at = _live_page(tiny)
+    _clean(at)
+    assert not at.error and {m.label: m.value for m in at.metric}["Devices busy"] == "0 / 1"
+    assert "tiny-sd3/diffuse" in at.dataframe[0].value["resident"].iloc[0]
+    at.selectbox(key="live_size_tiny-sd3").set_value("64x64")
+    at.number_input(key="live_steps_tiny-sd3").set_value(4)
+    at.button(key="live_send").click().run()
+    _clean(at)
+    assert not at.error
+    imgs = at.get("image")
+    assert len(imgs) == 1 and len(imgs[0].proto.imgs) == 1
+    url = imgs[0].proto.imgs[0].url
+    assert url.startswith("data:image/png;base64,")
+    assert base64.b64decode(url.split(",", 1)[1]).startswith(b"\x89PNG")
+    assert any("64x64" in m.value and "steps 4" in m.value for m in at.markdown)
+
+
+class _OldServer(BaseHTTPRequestHandler):
+    """The control plane of a server that predates ``GET /v1/requests``."""
+
+    CLUSTER = {"devices": [{"id": 0, "node": 0, "kind": "cpu", "alive": True, "busy": False, "mem_gib": 8.0,
+                            "weights_gib": 0.5, "activations_gib": 0.0, "free_gib": 7.5, "resident": ["m/encode"]}],
+               "instances": [{"model": "m", "stage": "encode", "devices": [0]}], "queues": {"encode": 0, "diffuse": 0,
+               "decode": 0}, "running": {"encode": 0, "diffuse": 0, "decode": 0}, "live_requests": 0, "policy": "fifo"}
+
+    def do_GET(self):  # noqa: N802
+        body = {"/v1/cluster": self.CLUSTER, "/v1/models": {"object": "list", "data": []}}.get(self.path)
+        raw = json.dumps(body if body is not None else {"detail": "Not Found"}).encode()
+        self.send_response(200 if body is not None else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_server_without_recent_requests_says_so():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _OldServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        at = _live_page(f"http://127.0.0.1:{httpd.server_address[1]}")
+        _clean(at)
+        assert not at.error
+        assert any("does not list recent requests" in i.value for i in at.info)
+        assert any("serves no models" in i.value for i in at.info)
+        assert {m.label: m.value for m in at.metric}["Policy"] == "fifo"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -1,0 +1,319 @@
+"""Data for the Live page: a running ``trident serve`` read over HTTP, as plain values and DataFrames.
+
+No Streamlit here. Each call is one short HTTP request (httpx, a few seconds' timeout); what can
+go wrong in the expected way (no server at the URL, a timeout, an HTTP error, a reply that is not
+the API's) raises :class:`LiveError` with a message a page can show as it is, never a traceback.
+
+Endpoints used: ``GET /v1/cluster`` (devices, resident stages, memory, queues), ``GET /v1/models``
+(what can be asked for, with size bounds and defaults), ``GET /v1/requests?limit=N`` (recent
+requests, newest first; a server without it answers 404 and the page says so) and
+``POST /v1/images/generations`` / ``POST /v1/videos/generations`` (a test prompt).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import pandas as pd
+
+__all__ = [
+    "DEFAULT_URL",
+    "Generation",
+    "LiveError",
+    "NotSupported",
+    "ServedModel",
+    "devices_frame",
+    "fetch_cluster",
+    "fetch_models",
+    "fetch_requests",
+    "generate",
+    "media_kind",
+    "normalize_url",
+    "requests_frame",
+    "size_choices",
+    "stages_frame",
+]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+READ_TIMEOUT_S = 3.0  # control-plane reads: a live server answers in milliseconds
+CONNECT_TIMEOUT_S = 2.0
+GENERATE_TIMEOUT_S = 300.0  # a test prompt waits for its image (tiny CPU pipelines: well under a minute)
+START_HINT = "start one with `trident serve --models tiny-sd3 --devices cpu:1` (it listens on http://127.0.0.1:8000)"
+
+
+class LiveError(Exception):
+    """An expected failure talking to the server; ``str()`` is the message for the page."""
+
+
+class NotSupported(LiveError):
+    """The server answers, but not this endpoint (404: an older ``trident serve``)."""
+
+
+def normalize_url(text: str) -> str:
+    """``127.0.0.1:8000/`` -> ``http://127.0.0.1:8000``; LiveError naming the problem otherwise."""
+    text = text.strip()
+    if not text:
+        raise LiveError(f"give the server's URL, e.g. {DEFAULT_URL}")
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise LiveError(f"{text}: the URL must start with http:// or https://")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise LiveError(f"{text}: the port is not a number in 0..65535") from None
+    if not parts.hostname:
+        raise LiveError(f"{text}: no host in the URL")
+    return text.rstrip("/")
+
+
+def _error_message(resp) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:300].strip() or resp.reason_phrase
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    return str(body)[:300]
+
+
+def _request(method: str, base_url: str, path: str, *, timeout_s: float = READ_TIMEOUT_S,
+             json: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None) -> Any:
+    import httpx
+
+    url = normalize_url(base_url)
+    timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
+    try:
+        resp = httpx.request(method, url + path, json=json, params=params, timeout=timeout, follow_redirects=False)
+    except httpx.ConnectError as exc:
+        raise LiveError(f"cannot reach a server at {url} ({exc or 'connection refused'}); {START_HINT}") from None
+    except httpx.TimeoutException:
+        raise LiveError(f"{url} did not answer {method} {path} within {timeout_s:g} s") from None
+    except httpx.HTTPError as exc:
+        raise LiveError(f"{method} {url}{path} failed: {exc}") from None
+    if resp.status_code == 404:
+        raise NotSupported(f"{url} does not offer {method} {path} (HTTP 404: {_error_message(resp)})")
+    if resp.status_code >= 400:
+        retry = resp.headers.get("retry-after")
+        hint = f" (retry after {retry} s)" if retry else ""
+        raise LiveError(f"{method} {path} → HTTP {resp.status_code}: {_error_message(resp)}{hint}")
+    try:
+        return resp.json()
+    except ValueError:
+        raise LiveError(f"{url}{path} answered with something that is not JSON: is it a `trident serve`?") from None
+
+
+def _expect(body: Any, key: str, what: str) -> Any:
+    if not isinstance(body, dict) or key not in body:
+        raise LiveError(f"the reply to {what} has no {key!r}: is the URL a `trident serve`?")
+    return body[key]
+
+
+# ----------------------------------------------------------------------------------- reads
+def fetch_cluster(base_url: str) -> dict:
+    """``GET /v1/cluster``: devices, instances, queues, running, live_requests, policy, ..."""
+    body = _request("GET", base_url, "/v1/cluster")
+    _expect(body, "devices", "GET /v1/cluster")
+    return body
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One entry of ``GET /v1/models``: what a test prompt may ask of it."""
+
+    id: str
+    kind: str  # image | video
+    emulated: bool
+    min_size: int
+    max_size: int
+    size_multiple: int
+    default_size: str
+    default_steps: int
+    max_steps: int
+    default_frames: int = 1
+    max_frames: int = 1
+    frames_multiple: int = 1
+
+    @property
+    def endpoint(self) -> str:
+        return "/v1/videos/generations" if self.kind == "video" else "/v1/images/generations"
+
+
+def _model(d: Mapping[str, Any]) -> ServedModel:
+    size, steps, frames = d.get("size", {}), d.get("steps", {}), d.get("frames", {})
+    rule = str(frames.get("rule", "1"))  # "1" or "k*4+1"
+    multiple = 1
+    if rule.startswith("k*"):
+        try:
+            multiple = int(rule[2:].split("+")[0])
+        except ValueError:
+            multiple = 1
+    kind = str(d.get("kind", "image"))
+    return ServedModel(
+        id=str(d["id"]), kind=kind, emulated=bool(d.get("emulated", False)),
+        min_size=int(size.get("min", 16)), max_size=int(size.get("max", 4096)),
+        size_multiple=int(size.get("multiple_of", 16)), default_size=str(size.get("default", "512x512")),
+        default_steps=int(steps.get("default", 28)), max_steps=int(steps.get("max", 200)),
+        default_frames=int(frames.get("default", 1)) if kind == "video" else 1,
+        max_frames=int(frames.get("max", 1)) if kind == "video" else 1, frames_multiple=multiple,
+    )
+
+
+def fetch_models(base_url: str) -> list[ServedModel]:
+    """``GET /v1/models``, parsed."""
+    body = _request("GET", base_url, "/v1/models")
+    items = _expect(body, "data", "GET /v1/models")
+    try:
+        return [_model(d) for d in items]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LiveError(f"GET /v1/models: an entry the workbench cannot read ({exc})") from None
+
+
+def fetch_requests(base_url: str, limit: int = 20) -> list[dict]:
+    """``GET /v1/requests?limit=N``, newest first; :class:`NotSupported` on a server without it."""
+    body = _request("GET", base_url, "/v1/requests", params={"limit": int(limit)})
+    return list(_expect(body, "data", "GET /v1/requests"))
+
+
+def size_choices(model: ServedModel, limit: int = 8) -> list[str]:
+    """Square sizes a test prompt can pick for ``model`` (the default first), smallest to largest."""
+    out = [model.default_size]
+    side = model.min_size + (-model.min_size) % model.size_multiple
+    while side <= model.max_size and len(out) < limit:
+        label = f"{side}x{side}"
+        if label not in out:
+            out.append(label)
+        side *= 2
+    return out
+
+
+# ----------------------------------------------------------------------------------- frames
+_DEVICE_COLUMNS = ("device", "node", "kind", "alive", "busy", "running", "resident", "weights_gib", "activations_gib",
+                   "free_gib", "mem_gib")
+
+
+def devices_frame(cluster: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per device of a ``/v1/cluster`` reply: state, what runs, resident stages, memory."""
+    rows = []
+    for d in cluster.get("devices", ()):
+        run = d.get("running") or None
+        running = "" if not run else f"{run.get('stage', '?')} ×{len(run.get('requests', ()))}"
+        rows.append({
+            "device": int(d.get("id", len(rows))), "node": d.get("node"), "kind": str(d.get("kind", "")),
+            "alive": bool(d.get("alive", True)), "busy": bool(d.get("busy", False)), "running": running,
+            "resident": ", ".join(d.get("resident", ())),
+            "weights_gib": float(d.get("weights_gib") or 0.0), "activations_gib": float(d.get("activations_gib") or 0.0),
+            "free_gib": float(d.get("free_gib") or 0.0), "mem_gib": float(d.get("mem_gib") or 0.0),
+        })
+    return pd.DataFrame(rows, columns=list(_DEVICE_COLUMNS))
+
+
+_REQUEST_COLUMNS = ("job", "id", "model", "state", "stage", "progress", "latency_s", "met_slo", "reason", "arrival_s",
+                    "deadline_s", "finish_s")
+
+
+def _flat_items(listing: Sequence[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(job id, item) pairs: a listing entry is either a generation job with ``items`` (one per
+    image or video) or a single request carrying its fields itself."""
+    out = []
+    for entry in listing:
+        items = entry.get("items")
+        if isinstance(items, list):
+            out += [(str(entry.get("id", "")), {"model": entry.get("model"), **it}) for it in items]
+        else:
+            out.append((str(entry.get("job", entry.get("id", ""))), entry))
+    return out
+
+
+def requests_frame(listing: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Recent requests (``GET /v1/requests`` data, newest first) as one row per request."""
+    rows = []
+    for job, it in _flat_items(listing):
+        arrival, finish = it.get("arrival_s"), it.get("finish_s")
+        latency = finish - arrival if isinstance(finish, (int, float)) and isinstance(arrival, (int, float)) else math.nan
+        steps, done = it.get("steps"), it.get("steps_done")
+        progress = f"{done}/{steps} steps" if steps else ""
+        rows.append({
+            "job": job, "id": it.get("id"), "model": it.get("model"), "state": it.get("state"),
+            "stage": it.get("stage") or "", "progress": progress, "latency_s": latency,
+            "met_slo": it.get("met_slo") if it.get("state") == "done" else None, "reason": it.get("reason") or "",
+            "arrival_s": arrival, "deadline_s": it.get("deadline_s"), "finish_s": finish,
+        })
+    return pd.DataFrame(rows, columns=list(_REQUEST_COLUMNS))
+
+
+def stages_frame(stages: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per-stage timings of one request (``stages`` of a request or ``timings[i].stages``)."""
+    cols = ("stage", "devices", "batch", "outcome", "queued_ms", "run_ms", "predicted_ms", "load_ms", "transfer_ms")
+    rows = [{c: (", ".join(map(str, s.get(c, ()))) if c == "devices" else s.get(c)) for c in cols} for s in stages]
+    return pd.DataFrame(rows, columns=list(cols))
+
+
+# ----------------------------------------------------------------------------------- a test prompt
+@dataclass
+class Generation:
+    """What came back for a test prompt: media (PNG / animated WebP bytes) unless emulated."""
+
+    model: str
+    kind: str
+    state: str
+    media: list[bytes] = field(default_factory=list)
+    timings: list[dict] = field(default_factory=list)
+    emulated: bool = False
+    note: str = ""
+    wall_s: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+
+def media_kind(blob: bytes) -> str:
+    """``image/png``, ``image/webp`` (animated for videos), ``image/gif`` or ``image/jpeg`` by magic bytes."""
+    if blob.startswith(b"\x89PNG"):
+        return "image/png"
+    if blob[:4] == b"RIFF" and blob[8:12] == b"WEBP":
+        return "image/webp"
+    if blob[:3] == b"GIF":
+        return "image/gif"
+    if blob[:2] == b"\xff\xd8":
+        return "image/jpeg"
+    return "application/octet-stream"
+
+
+def generate(base_url: str, model: ServedModel, prompt: str, *, size: str | None = None, steps: int | None = None,
+             frames: int | None = None, seed: int | None = None, timeout_s: float = GENERATE_TIMEOUT_S) -> Generation:
+    """Send one test prompt (``response_format: b64_json``) and wait for the image or video."""
+    import time
+
+    body: dict[str, Any] = {"prompt": prompt, "model": model.id, "response_format": "b64_json"}
+    if size:
+        body["size"] = size
+    if steps:
+        body["steps"] = int(steps)
+    if seed is not None:
+        body["seed"] = int(seed)
+    if model.kind == "video" and frames:
+        body["frames"] = int(frames)
+    t0 = time.perf_counter()
+    reply = _request("POST", base_url, model.endpoint, json=body, timeout_s=timeout_s)
+    wall_s = time.perf_counter() - t0
+    media = []
+    for item in reply.get("data", ()):
+        b64 = item.get("b64_json") if isinstance(item, dict) else None
+        if b64:
+            try:
+                media.append(base64.b64decode(b64, validate=True))
+            except ValueError:
+                raise LiveError("the server sent an image that is not valid base64") from None
+    meta = {k: reply[k] for k in ("id", "size", "frames", "steps", "seed", "time_scale") if k in reply}
+    return Generation(model=str(reply.get("model", model.id)), kind=str(reply.get("kind", model.kind)),
+                      state=str(reply.get("state", "")), media=media, timings=list(reply.get("timings", ())),
+                      emulated=bool(reply.get("emulated", model.emulated)), note=str(reply.get("note", "")),
+                      wall_s=wall_s, meta=meta)

@@ -1,0 +1,148 @@
+"""Live: a running `trident serve` — queue, devices with their resident stages and memory, recent
+requests (refreshed every few seconds) and a test prompt whose image or animation comes back."""
+
+import base64
+from datetime import timedelta
+
+import pandas as pd
+import streamlit as st
+
+from workbench import figures, live
+
+REFRESH = {"every 2 s": 2.0, "every 5 s": 5.0, "every 10 s": 10.0, "off": None}
+
+st.title("Live cluster")
+st.caption("A running `trident serve`, read over its HTTP API: the live placement (which stages are resident on "
+           "which device), memory, queues and recent requests. Start one with "
+           "`trident serve --models tiny-sd3,tiny-wan --devices cpu:2` (real tiny pipelines on CPU) or "
+           "`trident serve --models sd3-medium,wan2.1-1.3b --devices emulated:2x8xH200` (the cost model's time, no pixels).")
+
+c1, c2, c3 = st.columns([3, 1, 1])
+url_text = c1.text_input("Server URL", st.session_state.get("live_server", live.DEFAULT_URL), key="live_url")
+st.session_state["live_server"] = url_text
+refresh = c2.selectbox("Refresh", list(REFRESH), index=0, key="live_refresh")
+limit = c3.number_input("Recent requests", 1, 1000, 20, key="live_limit")
+try:
+    url = live.normalize_url(url_text)
+except live.LiveError as exc:
+    st.error(str(exc))
+    st.stop()
+every = REFRESH[refresh]
+
+
+@st.fragment(run_every=timedelta(seconds=every) if every else None)
+def cluster_view(url: str, limit: int) -> None:
+    try:
+        cluster = live.fetch_cluster(url)
+    except live.LiveError as exc:
+        st.error(str(exc))
+        st.caption("This view retries on its own" + (f" {refresh}." if every else " when refresh is on."))
+        return
+    queues, running = cluster.get("queues", {}), cluster.get("running", {})
+    devices = live.devices_frame(cluster)
+    cols = st.columns(5)
+    cols[0].metric("Live requests", int(cluster.get("live_requests", 0)))
+    cols[1].metric("Waiting", int(sum(queues.values())), help=", ".join(f"{s}: {n}" for s, n in queues.items()))
+    cols[2].metric("Running", int(sum(running.values())), help=", ".join(f"{s}: {n}" for s, n in running.items()))
+    cols[3].metric("Devices busy", f"{int(devices['busy'].sum())} / {len(devices)}",
+                   help=f"{int((~devices['alive']).sum())} down" if len(devices) else None)
+    cols[4].metric("Policy", str(cluster.get("policy", "?")))
+    st.caption(f"cluster {cluster.get('cluster', '?')} · profile {cluster.get('profile', '?')} · "
+               f"time scale {cluster.get('time_scale', '?')} · engine clock {float(cluster.get('now_s') or 0):.1f} s")
+
+    left, right = st.columns([1, 2])
+    with left:
+        st.plotly_chart(figures.live_queues(queues, running), width="stretch", key="live_queue_fig")
+    with right:
+        st.plotly_chart(figures.live_devices(devices), width="stretch", key="live_devices_fig")
+    st.dataframe(devices, width="stretch", hide_index=True, key="live_devices_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f GiB")
+                                for c in ("weights_gib", "activations_gib", "free_gib", "mem_gib")})
+    instances = cluster.get("instances") or []
+    if instances:
+        with st.expander(f"Stage instances ({len(instances)})"):
+            st.dataframe(pd.DataFrame([{"model": i.get("model"), "stage": i.get("stage"),
+                                        "devices": ", ".join(map(str, i.get("devices", ())))} for i in instances]),
+                         width="stretch", hide_index=True)
+
+    st.subheader("Recent requests")
+    try:
+        recent = live.requests_frame(live.fetch_requests(url, limit))
+    except live.NotSupported as exc:
+        st.info(f"This server does not list recent requests: {exc}. A newer `trident serve` offers "
+                "`GET /v1/requests?limit=N`.")
+        return
+    except live.LiveError as exc:
+        st.warning(f"recent requests: {exc}")
+        return
+    if recent.empty:
+        st.caption("No requests yet: send a test prompt below.")
+    else:
+        st.dataframe(recent, width="stretch", hide_index=True, key="live_requests_table",
+                     column_config={"latency_s": st.column_config.NumberColumn(format="%.3f s")})
+
+
+cluster_view(url, int(limit))
+
+# ---------------------------------------------------------------------------------- a test prompt
+st.subheader("Send a test prompt")
+try:
+    models = live.fetch_models(url)
+except live.LiveError as exc:
+    if not isinstance(exc, live.NotSupported) and "cannot reach" in str(exc):
+        st.info("A test prompt needs a reachable server (see above).")
+    else:
+        st.error(f"The served models cannot be listed: {exc}")
+    st.stop()
+if not models:
+    st.info("The server serves no models.")
+    st.stop()
+
+names = [m.id for m in models]
+model = models[names.index(st.selectbox("Model", names, key="live_model"))]
+with st.form("live_prompt_form"):
+    prompt = st.text_area("Prompt", "a lighthouse on a cliff at sunset", key="live_prompt", max_chars=2000)
+    a, b, c, d = st.columns(4)
+    size = a.selectbox("Size (width x height)", live.size_choices(model), key=f"live_size_{model.id}")
+    steps = b.number_input("Steps", 1, model.max_steps, model.default_steps, key=f"live_steps_{model.id}")
+    frames = None
+    if model.kind == "video":
+        frames = c.number_input(f"Frames (k×{model.frames_multiple}+1)", 1, max(model.max_frames, 1),
+                                model.default_frames, step=model.frames_multiple, key=f"live_frames_{model.id}")
+    seed = d.number_input("Seed", 0, 2**31 - 1, 0, key="live_seed")
+    sent = st.form_submit_button(f"Generate {'a video' if model.kind == 'video' else 'an image'}", type="primary",
+                                 key="live_send")
+if sent:
+    with st.spinner(f"{model.id} is generating…"):
+        try:
+            st.session_state["live_result"] = live.generate(url, model, prompt, size=size, steps=int(steps),
+                                                            frames=int(frames) if frames else None, seed=int(seed))
+            st.session_state.pop("live_result_error", None)
+        except live.LiveError as exc:
+            st.session_state["live_result_error"] = str(exc)
+            st.session_state.pop("live_result", None)
+
+if "live_result_error" in st.session_state:
+    st.error(f"The test prompt failed: {st.session_state['live_result_error']}")
+gen = st.session_state.get("live_result")
+if gen is not None:
+    st.markdown(f"**{gen.model}** ({gen.kind}) · {gen.state} · "
+                + " · ".join(f"{k} {v}" for k, v in gen.meta.items()) + f" · {gen.wall_s:.2f} s round trip")
+    if gen.media:
+        urls = [f"data:{live.media_kind(m)};base64,{base64.b64encode(m).decode('ascii')}" for m in gen.media]
+        st.image(urls, caption=[f"{gen.kind} {i}" + (" (animated WebP)" if gen.kind == "video" else "")
+                                for i in range(len(urls))], width=256)
+    elif gen.emulated:
+        st.info("No picture: this model runs on emulated devices, which take the cost model's time but compute "
+                "nothing, so there are no pixels to show. The stage timings below are what came back.")
+    else:
+        st.warning("The server returned no image data.")
+    scale = gen.meta.get("time_scale", 1.0)
+    clock = "" if scale in (1, 1.0, None) else f" (engine seconds: the server runs at time scale {scale:g})"
+    for i, t in enumerate(gen.timings):
+        lat, dl = t.get("latency_ms"), t.get("deadline_ms")
+        st.markdown(f"Item {i}: latency **{(lat or 0) / 1000:.3f} s** against a deadline of "
+                    f"{(dl or 0) / 1000:.3f} s{clock}: " + ("SLO met" if t.get("met_slo") else "SLO missed"))
+        st.dataframe(live.stages_frame(t.get("stages", ())), width="stretch", hide_index=True,
+                     column_config={c: st.column_config.NumberColumn(format="%.1f ms")
+                                    for c in ("queued_ms", "run_ms", "predicted_ms", "load_ms", "transfer_ms")})
