@@ -78,6 +78,28 @@ def test_home_shows_the_default_comparison_of_four_policies(home):
     _clean(home)
 
 
+def test_warm_up_holds_exactly_the_comparison_the_home_page_opens_with(monkeypatch):
+    """`python -m workbench` warms the default comparison before serving; the page must then not
+    simulate anything itself (its default inputs are the warm-up's scenario, rate and policies)."""
+    import streamlit as st
+
+    from workbench import data
+
+    data.warm_up()
+    st.cache_data.clear()
+
+    def no_simulation(*args):
+        raise AssertionError(f"the home page simulated {args[1:]} although the warm-up had it")
+
+    monkeypatch.setattr(data, "_simulate_frames", no_simulation)
+    at = _app()
+    at.run()
+    _clean(at)
+    assert not at.error and len(_metrics(at)) == 24
+    at.number_input(key="cmp_rate").set_value(0.6).run()  # anything else is simulated as usual
+    assert any("although the warm-up had it" in e.value for e in at.error)
+
+
 def test_home_policy_and_rate_changes_recompute_the_cards():
     at = _app()
     at.run()

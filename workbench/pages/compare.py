@@ -28,7 +28,8 @@ with st.sidebar:
     problems: list[str] = []
     if source == "named mix":
         mixes = list(list_mixes())
-        mix = st.selectbox("Mix", mixes, index=mixes.index("image-video") if "image-video" in mixes else 0, key="cmp_mix")
+        default_mix = data.DEFAULT_SCENARIO.mix
+        mix = st.selectbox("Mix", mixes, index=mixes.index(default_mix) if default_mix in mixes else 0, key="cmp_mix")
     elif source == "mix file (YAML)":
         up = st.file_uploader("Mix YAML", type=["yaml", "yml"], key="cmp_mix_file")
         if up is None:
@@ -66,19 +67,23 @@ with st.sidebar:
             rates = []
         bisect = st.checkbox("Bisect goodput and fair goodput (slower)", key="cmp_bisect")
     else:
-        rates = [st.number_input("Rate (req/s)", min_value=0.001, max_value=1000.0, value=0.5, step=0.05,
+        rates = [st.number_input("Rate (req/s)", min_value=0.001, max_value=1000.0, value=data.DEFAULT_RATE, step=0.05,
                                  format="%.3f", key="cmp_rate")]
-    duration = st.number_input("Duration of arrivals (simulated s)", 10.0, 86400.0, 600.0, 60.0, key="cmp_duration",
+    duration = st.number_input("Duration of arrivals (simulated s)", 10.0, 86400.0, data.DEFAULT_SCENARIO.duration_s, 60.0,
+                               key="cmp_duration",
                                disabled=trace is not None)
-    slo_scale = st.number_input("SLO scale (deadline = scale × reference latency)", 0.1, 50.0, 3.0, 0.25,
+    slo_scale = st.number_input("SLO scale (deadline = scale × reference latency)", 0.1, 50.0,
+                                data.DEFAULT_SCENARIO.slo_scale, 0.25,
                                 key="cmp_slo")
-    seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="cmp_seed")
+    seed = st.number_input("Seed", 0, 2**31 - 1, data.DEFAULT_SCENARIO.seed, key="cmp_seed")
 
     st.header("Cluster and policies")
-    cluster = st.text_input("Cluster (NODESxGPUSxKIND, e.g. 2x8xH200)", "2x8xH200", key="cmp_cluster").strip()
+    cluster = st.text_input("Cluster (NODESxGPUSxKIND, e.g. 2x8xH200)", data.DEFAULT_SCENARIO.cluster,
+                            key="cmp_cluster").strip()
     profiles = list(shipped_profiles())
     profile_choice = st.selectbox("Profile", profiles + [UPLOAD_PROFILE],
-                                  index=profiles.index("h200") if "h200" in profiles else 0, key="cmp_profile")
+                                  index=profiles.index(data.DEFAULT_SCENARIO.profile)
+                                  if data.DEFAULT_SCENARIO.profile in profiles else 0, key="cmp_profile")
     profile = profile_choice
     if profile_choice == UPLOAD_PROFILE:
         up = st.file_uploader("Profile CSV", type=["csv"], key="cmp_profile_file")
