@@ -193,7 +193,7 @@ class _ScriptedPreempt(Policy):
 def test_preempt_pauses_at_a_step_boundary_and_resumes():
     async def main():
         cost = load_profile("h200").cost_model()
-        dev = parse_devices("emulated:1xH200")
+        (dev,) = parse_devices("emulated:1xH200")
         e = Engine(dev.cluster, cost, _ScriptedPreempt(), WorkerPool([EmulatedWorker(0)]), ["sd3-medium"],
                    gpu_kind="H200", config=EngineConfig(time_scale=0.05, strict=True))
         await e.start()
@@ -247,8 +247,19 @@ def test_setup_errors_name_every_problem():
         build_runtime("nope,sd3-medium", "emulated:8xH200", "no-such-policy", time_scale=-1)
     text = str(err.value)
     assert "nope" in text and "no-such-policy" in text and "time_scale" in text
-    with pytest.raises(SetupError, match="mixing device kinds"):
-        parse_devices("cpu:1,emulated:8xH200")
+    mixed = parse_devices("cpu:1,emulated:2x8xH200")
+    assert [(d.kind, d.cluster.num_gpus) for d in mixed] == [("cpu", 1), ("emulated", 16)]
+    with pytest.raises(SetupError, match="cpu is named 2 times"):
+        parse_devices("cpu:1,cpu:2")
+    with pytest.raises(SetupError, match="an empty entry"):
+        parse_devices("cpu:1,,emulated:8xH200")
+    with pytest.raises(SetupError, match="runs on none of the devices") as err:
+        build_runtime("tiny-sd3,nope", "cpu:1,emulated:8xH200")
+    assert "not in profile 'cpu'" in str(err.value) and "not in profile 'h200'" in str(err.value)
+    with pytest.raises(SetupError, match="serve none of the models"):
+        build_runtime("sd3-medium", "cpu:1,emulated:8xH200")
+    with pytest.raises(SetupError, match="no 'cuda' devices"):
+        build_runtime("tiny-sd3,sd3-medium", "cpu:1,emulated:8xH200", profile="cuda=h200")
     with pytest.raises(SetupError, match="unknown device kind"):
         parse_devices("tpu:4")
     with pytest.raises(SetupError, match="applies to emulated"):

@@ -366,14 +366,17 @@ def sweep(
 @app.command()
 def serve(
     models: str = typer.Option(..., help="Comma list: tiny pipelines for cpu:N (tiny-sd3,tiny-wan), "
-                                         "profile models for emulated devices (sd3-medium,wan2.1-1.3b)."),
-    devices: str = typer.Option("cpu:2", help="cpu:N (N worker processes) or emulated:NODESxGPUSxKIND (emulated:2x8xH200)."),
+                                         "profile models for emulated or cuda devices (sd3-medium,wan2.1-1.3b)."),
+    devices: str = typer.Option("cpu:2", help="cpu:N (N worker processes), cuda:all or cuda:0,1 (one worker per GPU), "
+                                              "emulated:NODESxGPUSxKIND (emulated:2x8xH200), or kinds mixed "
+                                              "(cpu:1,emulated:8xH200: each model on the first kind that runs it)."),
     policy: str = typer.Option("trident", help="A policy spec of the registry, options as name:key=value."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --api-key."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free port; see --port-file)."),
     db: str = typer.Option(None, help="DuckDB results file: the run's spans, placements and requests at shutdown."),
     time_scale: float = typer.Option(1.0, min=0.0, help="Emulated devices: wall seconds per cost-model second (0: zero-cost)."),
-    profile: str = typer.Option(None, help="Cost profile (default: h200 for emulated, cpu for cpu:N) or a CSV path."),
+    profile: str = typer.Option(None, help="Cost profile (default: h200 for emulated and cuda, cpu for cpu:N) or a CSV "
+                                           "path; with mixed kinds it applies to all but cpu, or give KIND=NAME pairs."),
     max_queued: int = typer.Option(256, min=1, help="Waiting requests past which submissions get 429."),
     slo_scale: float = typer.Option(3.0, min=0.1, help="Default deadline: arrival + scale x reference latency."),
     api_key: str = typer.Option(None, envvar="TRIDENT_API_KEY", help="Bearer key required for submissions and cancels."),

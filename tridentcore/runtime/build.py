@@ -1,6 +1,6 @@
 """Building a live run from its description: devices, models, policy, profile (validated once).
 
-``--devices``:
+``--devices`` (one kind, or several joined by commas):
 
 * ``emulated:2x8xH200`` (any cluster form, ``emulated:8xH200``): emulated GPUs, one in-process
   worker per GPU; models are the profile's names (``sd3-medium``, ``wan2.1-1.3b``); default
@@ -8,8 +8,17 @@
 * ``cpu:N``: N worker processes on this host, one torch thread each, running real (tiny)
   pipelines; the cluster is one node of N ``cpu`` devices, each with an equal share of host
   memory; default profile ``cpu`` (the shipped measurements of the tiny models).
+* ``cuda:all`` or ``cuda:0,1``: one worker process per GPU running real pipelines in bfloat16 (a
+  profile model name such as ``sd3-medium`` runs its ``arch:`` build: the published architecture
+  with random weights); stage weights move onto a GPU and off it as the placement plan says, and
+  each GPU's memory is its own (``torch.cuda`` reports the size and the kind, e.g. H200); default
+  profile ``h200``, which must have rows for that kind.
+* mixed, e.g. ``cpu:1,emulated:2x8xH200``: one engine per kind (``runtime/group.py``), each model
+  served by the first kind that can serve it (tiny pipelines on the CPU, profile models on the
+  emulated GPUs).
 
-Mixed kinds (``cpu:1,emulated:8xH200``) are not supported yet: they are refused with that reason.
+``profile``: one name for every part (in a mixed run, every part but ``cpu``), or ``KIND=NAME``
+pairs (``cpu=cpu,emulated=h200``).
 
 ``backend``: ``local`` (the workers above, on this host) or ``ray`` (one Ray actor per device slot,
 ``runtime/ray_workers.py``; ``ray_address`` names a running Ray cluster, None starts one here).
@@ -20,15 +29,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..core.cluster import ClusterError, ClusterSpec, parse_cluster
+from ..core.cluster import GPU_MEMORY_GIB, ClusterError, ClusterSpec, parse_cluster
+from ..core.costmodel import CostModel
 from ..core.policy import make_policy
 from .engine import Engine, EngineConfig
+from .group import EngineGroup
 from .models import ModelEntry, emulated_entry, video_models
 from .workers import CpuWorker, EmulatedWorker, WorkerPool
 
-DEVICE_FORMS = "emulated:NODESxGPUSxKIND (emulated:2x8xH200), emulated:GPUSxKIND, or cpu:N"
+DEVICE_FORMS = ("emulated:NODESxGPUSxKIND (emulated:2x8xH200), emulated:GPUSxKIND, cpu:N, cuda:all or cuda:0,1, "
+                "or several kinds joined by commas (cpu:1,emulated:8xH200)")
 BACKENDS = ("local", "ray")
 
 
@@ -65,15 +77,29 @@ class SetupError(ValueError):
         super().__init__("; ".join(self.problems))
 
 
+class SetupError(ValueError):
+    """A live run that cannot be built; ``problems`` lists every problem found."""
+
+    def __init__(self, problems) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(self.problems))
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
-    kind: str  # emulated | cpu
+    kind: str  # emulated | cpu | cuda
     cluster: ClusterSpec
     text: str
+    indices: tuple[int, ...] = ()  # cuda: the torch device indices, in slot order
 
     @property
     def default_profile(self) -> str:
         return "cpu" if self.kind == "cpu" else "h200"
+
+    @property
+    def real(self) -> bool:
+        """Devices that run real pipelines (cpu, cuda), as opposed to emulated ones."""
+        return self.kind != "emulated"
 
 
 def host_mem_gib() -> float:
@@ -84,10 +110,56 @@ def host_mem_gib() -> float:
         return 8.0
 
 
-def parse_devices(text: str) -> DeviceSpec:
-    text = text.strip()
-    if "," in text:
-        raise SetupError([f"devices {text!r}: mixing device kinds is not supported yet; use one of {DEVICE_FORMS}"])
+def _split_devices(text: str) -> list[str]:
+    """``cuda:0,1,emulated:8xH200`` -> ``["cuda:0,1", "emulated:8xH200"]`` (a bare index continues cuda)."""
+    groups: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if ":" not in token and token.isdigit() and groups and groups[-1].lower().startswith("cuda:"):
+            groups[-1] += "," + token
+        else:
+            groups.append(token)
+    return groups
+
+
+def gpu_kind_of(name: str) -> str:
+    """A CUDA device name as a cluster kind: ``NVIDIA H200`` -> ``H200`` (a known kind in the name
+    wins, longest first, so ``H200`` is not read as ``H20``); otherwise its last word."""
+    upper = name.upper()
+    for kind in sorted(GPU_MEMORY_GIB, key=len, reverse=True):
+        if re.search(rf"(^|[^A-Z0-9]){kind}([^0-9]|$)", upper):
+            return kind
+    return upper.split()[-1] if upper.split() else "GPU"
+
+
+def _parse_cuda(text: str, rest: str) -> DeviceSpec:
+    try:
+        import torch
+    except ImportError:
+        raise SetupError([f"devices {text!r}: cuda devices need torch (pip install torch)"]) from None
+    if not torch.cuda.is_available():
+        raise SetupError([f"devices {text!r}: no CUDA device is visible (torch.cuda.is_available() is False)"])
+    count = torch.cuda.device_count()
+    if rest.strip().lower() == "all":
+        indices = tuple(range(count))
+    else:
+        parts = [p.strip() for p in rest.split(",")]
+        if not parts or not all(p.isdigit() for p in parts):
+            raise SetupError([f"devices {text!r}: cuda:all or cuda:I[,J...] with device indices"])
+        indices = tuple(int(p) for p in parts)
+        bad = [i for i in indices if i >= count]
+        if bad or len(set(indices)) != len(indices):
+            raise SetupError([f"devices {text!r}: indices must be distinct and below {count} "
+                              f"(the visible CUDA devices)"])
+    names = {torch.cuda.get_device_name(i) for i in indices}
+    if len(names) != 1:
+        raise SetupError([f"devices {text!r}: the GPUs are of different kinds ({', '.join(sorted(names))}); "
+                          f"name GPUs of one kind"])
+    mem = min(torch.cuda.get_device_properties(i).total_memory for i in indices) / 2**30
+    cluster = ClusterSpec(nodes=1, gpus_per_node=len(indices), kind=gpu_kind_of(names.pop()), mem_gib=round(mem, 3))
+    return DeviceSpec("cuda", cluster, text, indices)
+
+
+def _parse_one(text: str) -> DeviceSpec:
     kind, sep, rest = text.partition(":")
     kind = kind.strip().lower()
     if not sep:
@@ -104,32 +176,166 @@ def parse_devices(text: str) -> DeviceSpec:
         n = int(rest)
         cluster = ClusterSpec(nodes=1, gpus_per_node=n, kind="cpu", mem_gib=round(host_mem_gib() / n, 3))
         return DeviceSpec("cpu", cluster, text)
+    if kind == "cuda":
+        return _parse_cuda(text, rest)
     raise SetupError([f"devices {text!r}: unknown device kind {kind!r}; expected {DEVICE_FORMS}"])
+
+
+def parse_devices(text: str) -> list[DeviceSpec]:
+    """Every device group of ``--devices`` (one per kind), or a SetupError listing every problem."""
+    problems: list[str] = []
+    specs: list[DeviceSpec] = []
+    for group in _split_devices(text.strip()):
+        if not group:
+            problems.append(f"devices {text!r}: an empty entry; expected {DEVICE_FORMS}")
+            continue
+        try:
+            specs.append(_parse_one(group))
+        except SetupError as exc:
+            problems += exc.problems
+    kinds = [d.kind for d in specs]
+    for k in sorted(set(kinds)):
+        if kinds.count(k) > 1:
+            problems.append(f"devices {text!r}: {k} is named {kinds.count(k)} times; name each kind once")
+    if problems:
+        raise SetupError(problems)
+    return specs
+
+
+def parse_profiles(text: str | None, devices: list[DeviceSpec]) -> tuple[dict[str, str], list[str]]:
+    """The profile of each device kind: defaults, one name for all (but cpu in a mixed run), or KIND=NAME."""
+    out = {d.kind: d.default_profile for d in devices}
+    problems: list[str] = []
+    if not text:
+        return out, problems
+    if "=" not in text:
+        for d in devices:
+            if len(devices) == 1 or d.kind != "cpu":
+                out[d.kind] = text.strip()
+        return out, problems
+    for pair in text.split(","):
+        kind, sep, name = (x.strip() for x in pair.partition("="))
+        if not sep or not name:
+            problems.append(f"profile {pair!r}: expected NAME or KIND=NAME pairs (cpu=cpu,emulated=h200)")
+        elif kind.lower() not in out:
+            problems.append(f"profile {pair!r}: no {kind!r} devices in this run (it has {', '.join(out)})")
+        else:
+            out[kind.lower()] = name
+    return out, problems
+
+
+@dataclass
+class Part:
+    """One device kind of a run: its devices, profile, cost model and engine."""
+
+    devices: DeviceSpec
+    profile: str
+    cost: CostModel
+    gpu_kind: str
+    models: list[str] = field(default_factory=list)
+    engine: Engine | None = None
 
 
 @dataclass
 class Runtime:
-    """An engine and the model catalogue the server validates requests against."""
+    """An engine (or a group of engines, one per device kind) and the model catalogue the server
+    validates requests against."""
 
-    engine: Engine
+    engine: Engine | EngineGroup
     models: dict[str, ModelEntry]
-    devices: DeviceSpec
-    gpu_kind: str
+    parts: list[Part]
+
+    @property
+    def devices(self) -> DeviceSpec:
+        return self.parts[0].devices
+
+    @property
+    def gpu_kind(self) -> str:
+        return self.parts[0].gpu_kind
+
+    def part_of(self, model: str) -> Part:
+        for part in self.parts:
+            if model in part.models:
+                return part
+        raise KeyError(model)
+
+    def pricing(self, model: str) -> tuple[CostModel, str]:
+        """The cost model and device kind that price ``model`` (its part's)."""
+        part = self.part_of(model)
+        return part.cost, part.gpu_kind
+
+    def engine_of(self, model: str) -> Engine:
+        return self.part_of(model).engine
 
     async def start(self) -> None:
         await self.engine.start()
-        if self.devices.kind == "cpu":  # the workers report what their pipelines accept
-            for name, card in self.engine.workers.cards().items():
-                self.models[name] = _cpu_entry(card)
+        for part in self.parts:  # real workers report what their pipelines accept
+            if part.devices.real:
+                for name, card in part.engine.workers.cards().items():
+                    self.models[name] = _device_entry(card, part.devices.kind)
 
 
-def _cpu_entry(card) -> ModelEntry:
-    kind = "video" if card.video else "image"
-    size = max(card.min_size, 64 if card.video else 128)
-    size -= size % card.size_multiple
-    return ModelEntry(card.name, kind, card.min_size, min(card.max_size, 1024), card.size_multiple,
-                      card.default_steps, size, size, card.frames_multiple, card.max_frames,
-                      9 if card.video else 1)
+def _device_entry(card, kind: str) -> ModelEntry:
+    """What a model accepts on real devices: the pipeline's bounds (on the CPU at most 1024, the tiny
+    models' range); the default size is the smallest the pipeline takes on the CPU, the published
+    default (1024², 832x480) on GPUs."""
+    video = card.video
+    if kind == "cpu":
+        size = max(card.min_size, 64 if video else 128)
+        size -= size % card.size_multiple
+        width = height = size
+        max_size = min(card.max_size, 1024)
+    else:
+        width, height = (832, 480) if video else (1024, 1024)
+        max_size = card.max_size
+    return ModelEntry(card.name, "video" if video else "image", card.min_size, max_size, card.size_multiple,
+                      card.default_steps, width, height, card.frames_multiple, card.max_frames,
+                      (1 + 4 * card.frames_multiple if kind != "cpu" else 9) if video else 1)
+
+
+def pipeline_for(model: str, kind: str) -> str | None:
+    """The pipeline a real device runs for ``model``: a built-in or a directory as named; on cuda, a
+    profile name runs its ``arch:`` build (``sd3-medium`` -> ``arch:sd3-medium``). None: no pipeline."""
+    from ..pipelines import MODELS
+
+    if model in MODELS or os.path.exists(model):
+        return model
+    if kind == "cuda" and f"arch:{model}" in MODELS:
+        return f"arch:{model}"
+    return None
+
+
+def _model_problems(part: Part, model: str) -> list[str]:
+    """Why ``part`` cannot serve ``model`` (empty: it can)."""
+    problems = []
+    known = part.cost.models(part.gpu_kind)
+    if model not in known:
+        problems.append(f"model {model!r} is not in profile {part.profile!r} (it has {', '.join(known)})")
+    if part.devices.real and pipeline_for(model, part.devices.kind) is None:
+        from ..pipelines import MODELS
+
+        problems.append(f"model {model!r} is not a built-in pipeline ({', '.join(MODELS)}) or a directory")
+    return problems
+
+
+def _workers(part: Part, backend: str, threads: int, ray_address: str | None):
+    dev = part.devices
+    sources = {m: pipeline_for(m, dev.kind) for m in part.models} if dev.real else {}
+    if backend == "ray":
+        from .ray_workers import RayWorker, RayWorkerPool
+
+        if dev.kind == "cuda":
+            raise SetupError(["backend 'ray' runs emulated and cpu devices; for GPUs use the local backend "
+                              "on each node (see docs/ray.md)"])
+        emulated = dev.kind == "emulated"
+        return RayWorkerPool([RayWorker(g.id, () if emulated else part.models, emulated=emulated, threads=threads)
+                              for g in dev.cluster.gpus], address=ray_address or None)
+    if dev.kind == "emulated":
+        return WorkerPool([EmulatedWorker(g.id) for g in dev.cluster.gpus])
+    if dev.kind == "cuda":
+        return WorkerPool([CpuWorker(g.id, part.models, threads=threads, device=f"cuda:{dev.indices[g.id]}",
+                                     sources=sources) for g in dev.cluster.gpus])
+    return WorkerPool([CpuWorker(g.id, part.models, threads=threads, sources=sources) for g in dev.cluster.gpus])
 
 
 def build_runtime(models: list[str] | str, devices: str, policy: str = "trident", *, profile: str | None = None,
@@ -141,23 +347,32 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
 
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
     problems: list[str] = []
-    dev = parse_devices(devices)
-    profile = profile or dev.default_profile
-    try:
-        loaded = load_profile(profile)
-    except ProfileError as exc:
-        raise SetupError([str(exc)]) from None
-    cost = loaded.cost_model()
-    kinds = cost.gpus()
-    kind = next((k for k in kinds if k.casefold() == dev.cluster.kind.casefold()), None)
-    if kind is None:
-        problems.append(f"profile {profile!r} has no rows for device kind {dev.cluster.kind!r} "
-                        f"(it has {', '.join(kinds)})")
+    devs = parse_devices(devices)
+    profiles, profile_problems = parse_profiles(profile, devs)
+    problems += profile_problems
+    parts: list[Part] = []
+    for dev in devs:
+        name = profiles[dev.kind]
+        try:
+            cost = load_profile(name).cost_model()
+        except ProfileError as exc:
+            problems.append(str(exc))
+            continue
+        kinds = cost.gpus()
+        kind = next((k for k in kinds if k.casefold() == dev.cluster.kind.casefold()), None)
+        if kind is None:
+            problems.append(f"profile {name!r} has no rows for device kind {dev.cluster.kind!r} "
+                            f"(it has {', '.join(kinds)})")
+            continue
+        parts.append(Part(dev, name, cost, kind))
     if not names:
         problems.append("no models given")
+    if len(set(names)) != len(names):
+        problems.append(f"models {', '.join(names)}: a model is named twice")
+    emulated = any(d.kind == "emulated" for d in devs)
     if not time_scale >= 0:
         problems.append(f"time_scale must be >= 0 (got {time_scale})")
-    if dev.kind != "emulated" and time_scale != 1.0:
+    if not emulated and time_scale != 1.0:
         problems.append("--time-scale applies to emulated devices only")
     if not max_queued >= 1:
         problems.append(f"max_queued must be >= 1 (got {max_queued})")
@@ -169,39 +384,40 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
         problems.append("backend 'ray' needs the ray package (pip install 'tridentserve[ray]')")
     if ray_address and backend != "ray":
         problems.append("a Ray address applies to backend 'ray' only")
-    if kind is not None:
-        known = cost.models(kind)
-        for m in names:
-            if m not in known:
-                problems.append(f"model {m!r} is not in profile {profile!r} (it has {', '.join(known)})")
-    if dev.kind == "cpu":
-        from ..pipelines import MODELS
-
-        for m in names:
-            if m not in MODELS and not os.path.exists(m):
-                problems.append(f"model {m!r} is not a built-in pipeline ({', '.join(MODELS)}) or a directory")
+    if len(parts) == len(devs):
+        for m in dict.fromkeys(names):
+            why = {part.devices.text: _model_problems(part, m) for part in parts}
+            home = next((part for part in parts if not why[part.devices.text]), None)
+            if home is not None:
+                home.models.append(m)
+            elif len(parts) == 1:
+                problems += why[parts[0].devices.text]
+            else:
+                problems.append(f"model {m!r} runs on none of the devices: "
+                                + "; ".join(f"{d}: {', '.join(p)}" for d, p in why.items()))
+        if len(parts) > 1:
+            for part in parts:
+                if not part.models:
+                    problems.append(f"devices {part.devices.text!r} serve none of the models "
+                                    f"({', '.join(names)}); add a model they can run or drop them")
     try:
-        pol = make_policy(policy)
+        policies = [make_policy(policy) for _ in parts] or [make_policy(policy)]
     except ValueError as exc:
         problems.append(str(exc))
     if problems:
         raise SetupError(problems)
     entries: dict[str, ModelEntry] = {}
-    if dev.kind == "emulated":
-        video = video_models(loaded.rows)
-        entries = {m: emulated_entry(m, cost, kind, m in video) for m in names}
-    if backend == "ray":
-        from .ray_workers import RayWorker, RayWorkerPool
-
-        emulated = dev.kind == "emulated"
-        pool = RayWorkerPool([RayWorker(g.id, () if emulated else names, emulated=emulated, threads=threads)
-                              for g in dev.cluster.gpus], address=ray_address or None)
-    elif dev.kind == "emulated":
-        pool = WorkerPool([EmulatedWorker(g.id) for g in dev.cluster.gpus])
+    for part, pol in zip(parts, policies):
+        dev = part.devices
+        if dev.kind == "emulated":
+            video = video_models(load_profile(part.profile).rows)
+            entries.update({m: emulated_entry(m, part.cost, part.gpu_kind, m in video) for m in part.models})
+        config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
+                              slo_scale=slo_scale, strict=strict, inject_oom=faults)
+        part.engine = Engine(dev.cluster, part.cost, pol, _workers(part, backend, threads, ray_address), part.models,
+                             gpu_kind=part.gpu_kind, config=config, profile=part.profile, devices=dev.text)
+    if len(parts) == 1:
+        engine = parts[0].engine
     else:
-        pool = WorkerPool([CpuWorker(g.id, names, threads=threads) for g in dev.cluster.gpus])
-    config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
-                          slo_scale=slo_scale, strict=strict, inject_oom=faults)
-    engine = Engine(dev.cluster, cost, pol, pool, names, gpu_kind=kind, config=config, profile=profile,
-                    devices=dev.text)
-    return Runtime(engine, entries, dev, kind)
+        engine = EngineGroup([p.engine for p in parts], [p.devices.text for p in parts])
+    return Runtime(engine, entries, parts)

@@ -141,6 +141,8 @@ class Engine:
         self._pending: deque = deque()
         self._processing = False
         self._next_id = 0
+        self._id_step = 1
+        self.device_offset = 0  # added to device ids in snapshots and timings (engines of a mixed run)
         self._skip_seq = 0
         self._live: set[int] = set()
         self._waiters: dict[int, list[asyncio.Future]] = {}
@@ -222,6 +224,22 @@ class Engine:
     def closing(self) -> bool:
         return self._closing
 
+    def share_ids(self, index: int, parts: int) -> None:
+        """Number requests ``index``, ``index + parts``, ...: the engines of a mixed run never reuse an id,
+        and ``id % parts`` names the engine that owns a request. Call before the first submission."""
+        if self._next_id or self._started:
+            raise RuntimeError("share_ids must be called before the engine starts")
+        self._next_id, self._id_step = index, parts
+
+    def live_states(self) -> dict[str, int]:
+        """How many live requests are in each (non-terminal) state."""
+        counts: dict[str, int] = {}
+        reqs = self.state.requests
+        for rid in self._live:
+            s = reqs[rid].state.value
+            counts[s] = counts.get(s, 0) + 1
+        return counts
+
     def live_ids(self) -> list[int]:
         """Requests accepted and not yet ended."""
         return list(self._live)
@@ -242,7 +260,7 @@ class Engine:
         ids = []
         for item in items:
             rid = self._next_id
-            self._next_id += 1
+            self._next_id += self._id_step
             slo = item.slo_s if item.slo_s is not None else self._slo(item.model, item.shape)
             spec = RequestSpec(rid, item.model, item.prompt, item.shape, int(item.seed), item.guidance, float(slo),
                                now, item.negative_prompt)
@@ -297,7 +315,7 @@ class Engine:
         }
 
     def _span_dict(self, sp: SpanRow) -> dict:
-        out = {"stage": sp.stage, "devices": list(sp.gpus), "batch": sp.batch, "outcome": sp.outcome,
+        out = {"stage": sp.stage, "devices": [g + self.device_offset for g in sp.gpus], "batch": sp.batch, "outcome": sp.outcome,
                "queued_ms": 1000 * (sp.started_s - sp.queued_s), "run_ms": 1000 * (sp.ended_s - sp.started_s),
                "predicted_ms": 1000 * sp.predicted_s, "load_ms": 1000 * sp.load_s,
                "transfer_ms": 1000 * sp.transfer_s, "start_step": sp.start_step, "end_step": sp.end_step}
@@ -494,7 +512,7 @@ class Engine:
             prompts=tuple(r.spec.prompt for r in recs), negative_prompts=tuple(r.spec.negative_prompt for r in recs),
             seeds=tuple(r.spec.seed for r in recs), guidances=tuple(r.spec.guidance for r in recs),
             start_step=a.start_step, end_step=a.end_step, inputs=inputs, duration_s=total_s * scale,
-            tiled=tiled, fault=fault,
+            tiled=tiled, fault=fault, resident=tuple(sorted(self.state.resident[a.gpus[0]])),
         )
 
     async def _run(self, did: int, worker, task: StageTask) -> None:
@@ -691,12 +709,12 @@ class Engine:
         instances: dict[tuple[str, str], list[int]] = {}
         for g, spec in enumerate(state.gpus):
             for key in state.resident[g]:
-                instances.setdefault(key, []).append(g)
+                instances.setdefault(key, []).append(g + self.device_offset)
             did = state.busy[g]
             run = state.running.get(did) if did is not None else None
             worker = self.workers[g]
             devices.append({
-                "id": g, "node": spec.node, "kind": spec.kind, "worker": worker.kind,
+                "id": g + self.device_offset, "node": spec.node, "kind": spec.kind, "worker": worker.kind,
                 "alive": bool(state.alive[g]), "busy": did is not None,
                 "running": None if run is None else {"dispatch": run.id, "stage": run.action.stage,
                                                      "requests": list(run.action.request_ids)},

@@ -60,6 +60,9 @@ class StageTask:
     inputs: tuple[Any, ...] = ()
     duration_s: float = 0.0  # emulated workers: wall seconds the dispatch takes
     tiled: bool = False  # decode in tiles (bounded activation memory): a retry after an out-of-memory error
+    # the (model, stage) instances the placement plan holds on the lead device at dispatch: a GPU worker
+    # keeps exactly these weights on its GPU (evicting the rest) and loads this task's stage if missing
+    resident: tuple[tuple[str, str], ...] = ()
     # testing aid (``trident serve --inject-oom``): "oom" makes the worker fail this task with a real
     # allocation failure (a CPU process asks torch's allocator for more than any address space)
     fault: str = ""
@@ -207,10 +210,49 @@ def _slice(value, i: int):
     return value[i:i + 1].clone()
 
 
-def _execute(pipes: dict, cards: dict, task: StageTask, stop_flag) -> StageResult:
+def residency_moves(on_device: set[tuple[str, str]], resident: Sequence[tuple[str, str]],
+                    needed: tuple[str, str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """What a GPU worker moves before running a stage: evict every instance the plan no longer holds
+    there (first, to free memory), then load the stage it is asked to run if it is not there yet.
+    Instances the plan holds but this task does not need are loaded when a task needs them."""
+    want = set(resident) | {needed}
+    evict = sorted(on_device - want)
+    load = [] if needed in on_device else [needed]
+    return evict, load
+
+
+class Residency:
+    """The stage weights on one GPU, moved between host memory and the device as the plan says."""
+
+    def __init__(self, pipes: dict, device: str) -> None:
+        self.pipes = pipes
+        self.device = device
+        self.on_device: set[tuple[str, str]] = set()
+        self.loads = 0
+        self.evictions = 0
+
+    def sync(self, task: StageTask) -> None:
+        import torch
+
+        evict, load = residency_moves(self.on_device, task.resident, (task.model, task.stage))
+        for model, stage in evict:
+            self.pipes[model].to("cpu", [stage])
+            self.on_device.discard((model, stage))
+            self.evictions += 1
+        if evict:
+            torch.cuda.empty_cache()
+        for model, stage in load:
+            self.pipes[model].to(self.device, [stage])
+            self.on_device.add((model, stage))
+            self.loads += 1
+
+
+def _execute(pipes: dict, cards: dict, task: StageTask, stop_flag, residency: Residency | None = None) -> StageResult:
     """Run one task inside a worker process (torch imported there); an allocation failure comes back as
     a value (``oom``), which the engine reports to the policy as ``StageFailed(oom=True)``."""
     try:
+        if residency is not None:
+            residency.sync(task)
         return _execute_stage(pipes, task, stop_flag)
     except Exception as exc:  # noqa: BLE001 - only allocation failures are values here; the rest propagate
         if not is_oom(exc):
@@ -234,13 +276,19 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
     from ..pipelines.media import encode_animation, encode_image
 
     pipe = pipes[task.model]
+    dev = pipe.device  # where the stage computes; inputs and outputs cross processes in host memory
+    host = dev.type == "cpu"
+
+    def out(t):
+        return t if host else t.cpu()
+
     t0 = time.perf_counter()
     n = len(task.request_ids)
     if task.fault == "oom":
         _provoke_oom()
     if task.stage == "encode":
         emb = pipe.encode(list(task.prompts), list(task.negative_prompts))
-        outputs = tuple({k: _slice(v, i) for k, v in emb.items()} for i in range(n))
+        outputs = tuple({k: out(_slice(v, i)) for k, v in emb.items()} for i in range(n))
         return StageResult(0, outputs, wall_s=time.perf_counter() - t0)
     if task.stage == "diffuse":
         # requests of one batch share model and shape; guidance may differ: one sub-batch per value
@@ -250,10 +298,10 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
         state = []
         for g, idx in groups.items():
             embs = [task.inputs[i][0] for i in idx]
-            emb = {k: torch.cat([e[k] for e in embs]) for k in embs[0]}
+            emb = {k: torch.cat([e[k] for e in embs]).to(dev) for k in embs[0]}
             lat = None
             if task.start_step > 0:
-                lat = torch.cat([task.inputs[i][1] for i in idx])
+                lat = torch.cat([task.inputs[i][1] for i in idx]).to(dev)
             state.append([g, idx, emb, lat])
         reached = task.start_step
         shape = (task.height, task.width, task.frames)
@@ -268,10 +316,10 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
         outputs: list = [None] * n
         for g, idx, emb, lat in state:
             for j, i in enumerate(idx):
-                outputs[i] = _slice(lat, j)
+                outputs[i] = out(_slice(lat, j))
         return StageResult(reached, tuple(outputs), wall_s=time.perf_counter() - t0)
     latents = torch.cat(list(task.inputs))
-    pixels = pipe.decode(latents, tiled=task.tiled)
+    pixels = out(pipe.decode(latents, tiled=task.tiled))
     media = []
     for i in range(n):
         arr = pixels[i]
@@ -280,8 +328,13 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
     return StageResult(0, tuple(media), wall_s=time.perf_counter() - t0)
 
 
-def load_pipelines(models: Sequence[str], threads: int) -> tuple[dict, dict[str, ModelCard]]:
-    """Load and warm up the pipelines of one CPU slot (a worker process or a Ray actor).
+def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
+                   sources: dict[str, str] | None = None) -> tuple[dict, dict[str, ModelCard]]:
+    """Load and warm up the pipelines of one slot (a worker process or a Ray actor).
+
+    ``models`` are the names served; ``sources`` maps a name to the pipeline it runs when they differ
+    (``sd3-medium`` -> ``arch:sd3-medium`` on a GPU). On ``cuda:I`` pipelines are bfloat16, built on the
+    GPU, then moved to host memory: no weights stay on the GPU until the placement plan puts them there.
 
     Warm-up runs a one-step generation per model: first calls pay one-off costs the profile
     does not show."""
@@ -295,7 +348,13 @@ def load_pipelines(models: Sequence[str], threads: int) -> tuple[dict, dict[str,
     torch.set_num_threads(threads)
     from ..pipelines import load_pipeline
 
-    pipes = {m: load_pipeline(m) for m in models}
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(device)
+    pipes = {}
+    for m in models:
+        src = (sources or {}).get(m, m)
+        pipes[m] = load_pipeline(src, device=device, dtype="bfloat16") if cuda else load_pipeline(src)
     cards = {}
     for m, p in pipes.items():
         lim = p.limits
@@ -306,15 +365,23 @@ def load_pipelines(models: Sequence[str], threads: int) -> tuple[dict, dict[str,
         size = max(card.min_size, 32)
         emb = p.encode(["warm-up"], [""])
         p.decode(p.diffuse(emb, (size, size, 1 + card.frames_multiple if card.video else 1), steps=2, end_step=1))
+        if cuda:  # back to host memory; the device stays the pipeline's compute device
+            p.to("cpu")
+            p.device = torch.device(device)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
     return pipes, cards
 
 
-def _worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int) -> None:
+def _worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int, device: str = "cpu",
+                 sources: dict[str, str] | None = None) -> None:
     """Entry point of a worker process."""
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
 
     try:
-        pipes, cards = load_pipelines(models, threads)
+        pipes, cards = load_pipelines(models, threads, device, sources)
+        residency = Residency(pipes, device) if device.startswith("cuda") else None
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which gives up on this slot
         conn.send(("broken", slot, f"{type(exc).__name__}: {exc}"))
         return
@@ -329,7 +396,7 @@ def _worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int
         task: StageTask = msg[1]
         try:
             with torch.inference_mode():
-                result = _execute(pipes, cards, task, stop_flag)
+                result = _execute(pipes, cards, task, stop_flag, residency)
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
             result = failure(exc)
         try:
@@ -339,16 +406,21 @@ def _worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int
 
 
 class CpuWorker(Worker):
-    """A worker process on this host; restarted when it dies."""
+    """A worker process on this host, computing on the CPU or on one GPU (``device="cuda:I"``);
+    restarted when it dies."""
 
-    kind = "cpu"
-
-    def __init__(self, slot: int, models: Sequence[str], *, threads: int = 1,
+    def __init__(self, slot: int, models: Sequence[str], *, threads: int = 1, device: str = "cpu",
+                 sources: dict[str, str] | None = None,
                  on_lost: Callable[[int, str], None] | None = None,
                  on_restored: Callable[[int], None] | None = None,
-                 restart: bool = True, start_timeout_s: float = 120.0) -> None:
+                 restart: bool = True, start_timeout_s: float | None = None) -> None:
         self.slot = slot
         self.models = tuple(models)
+        self.device = device
+        self.kind = "cuda" if device.startswith("cuda") else "cpu"
+        self.sources = dict(sources or {})
+        # building published architectures on a GPU takes longer than the tiny CPU models
+        start_timeout_s = start_timeout_s or (600.0 if self.kind == "cuda" else 120.0)
         self.threads = threads
         self.on_lost = on_lost
         self.on_restored = on_restored
@@ -382,7 +454,8 @@ class CpuWorker(Worker):
         self._flag = ctx.Value("q", -1, lock=False)
         self._generation += 1
         gen = self._generation
-        proc = ctx.Process(target=_worker_main, args=(self.slot, self.models, child, self._flag, self.threads),
+        proc = ctx.Process(target=_worker_main, args=(self.slot, self.models, child, self._flag, self.threads,
+                                                      self.device, self.sources),
                            name=f"trident-worker-{self.slot}", daemon=True)
         self._ready = self._loop.create_future()
         proc.start()

@@ -186,8 +186,9 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
             frames = entry.default_frames
         steps = body.steps or entry.default_steps
         if not problems:
-            problems += [(p.field, p.message) for p in check_request(entry, engine.cost, runtime.gpu_kind, width,
-                                                                       height, frames, steps, body.prompt)]
+            cost, gpu_kind = runtime.pricing(entry.name)
+            problems += [(p.field, p.message) for p in check_request(entry, cost, gpu_kind, width, height, frames,
+                                                                       steps, body.prompt)]
         if problems:
             raise invalid(problems)
         seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31 - body.n)
@@ -259,7 +260,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
                 data.append({"b64_json": base64.b64encode(blob).decode("ascii")})
         body = {"id": job.id, "created": int(job.created_unix_s), "model": job.model, "kind": job.kind,
                 "state": state, **job.meta, "data": data, "timings": timings, "emulated": emulated,
-                "time_scale": engine.config.time_scale}
+                "time_scale": runtime.engine_of(job.model).config.time_scale}
         if emulated:
             body["note"] = "emulated devices take the cost model's time but make no pixels: data is empty"
         return body

@@ -21,11 +21,7 @@ class _Live:
     def collect(self):
         snap = self.engine.snapshot()
         live = GaugeMetricFamily("trident_requests_live", "Requests not yet ended, by state", labels=["state"])
-        counts: dict[str, int] = {}
-        reqs = self.engine.state.requests
-        for rid in list(self.engine.live_ids()):
-            s = reqs[rid].state.value
-            counts[s] = counts.get(s, 0) + 1
+        counts = self.engine.live_states()
         for s in RequestState:
             if not s.terminal:
                 live.add_metric([s.value], counts.get(s.value, 0))

@@ -1,0 +1,61 @@
+"""Mixed device kinds: ``--devices cpu:1,emulated:1x2xH200`` serves a tiny pipeline for real on a CPU
+worker and a profile model on emulated GPUs, behind one API and one stored run."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+from PIL import Image
+
+from tridentcore.server.launch import start_server
+from tridentcore.store import query_readonly
+
+
+def test_mixed_cpu_and_emulated_devices_one_api_one_run(tmp_path):
+    db = tmp_path / "mixed.duckdb"
+    server = start_server(["--models", "tiny-sd3,sd3-medium", "--devices", "cpu:1,emulated:1x2xH200",
+                           "--time-scale", "0.02", "--policy", "trident", "--db", str(db)])
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+            assert models["tiny-sd3"]["emulated"] is False and models["sd3-medium"]["emulated"] is True
+            real = client.post("/v1/images/generations", json={"prompt": "a red cube", "model": "tiny-sd3",
+                                                               "size": "128x128", "steps": 2, "seed": 3})
+            assert real.status_code == 200, real.text
+            png = Image.open(io.BytesIO(base64.b64decode(real.json()["data"][0]["b64_json"])))
+            assert png.size == (128, 128)
+            assert [s["devices"] for s in real.json()["timings"][0]["stages"]] == [[0], [0], [0]]
+            emulated = client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium",
+                                                                   "size": "512x512", "n": 2, "steps": 8})
+            assert emulated.status_code == 200, emulated.text
+            body = emulated.json()
+            assert body["data"] == [] and body["time_scale"] == 0.02
+            devices = {d for t in body["timings"] for s in t["stages"] for d in s["devices"]}
+            assert devices and devices <= {1, 2}  # the emulated GPUs are numbered after the CPU worker
+            # the size limits are each part's: 2048 is past what the tiny CPU model takes here (emulated: 4096)
+            bad = client.post("/v1/images/generations", json={"prompt": "x", "model": "tiny-sd3", "size": "2048x2048"})
+            assert bad.status_code == 422 and bad.json()["error"]["field"] == "size"
+            snap = client.get("/v1/cluster").json()
+            assert [(d["id"], d["kind"], d["part"]) for d in snap["devices"]] == [
+                (0, "cpu", "cpu:1"), (1, "H200", "emulated:1x2xH200"), (2, "H200", "emulated:1x2xH200")]
+            assert {p["devices"]: p["models"] for p in snap["parts"]} == {"cpu:1": ["tiny-sd3"],
+                                                                          "emulated:1x2xH200": ["sd3-medium"]}
+            ids = [item["id"] for job in client.get("/v1/requests").json()["data"] for item in job["items"]]
+            assert len(ids) == len(set(ids)) == 3
+            metrics = client.get("/metrics").text
+            assert 'trident_requests_ended_total{state="done"} 3.0' in metrics
+    finally:
+        assert server.stop() == 0
+    runs = query_readonly(db, "SELECT run_id, cluster, profile, config_json FROM runs")
+    assert len(runs) == 1 and runs["cluster"][0] == "1x1xcpu + 1x2xH200" and runs["profile"][0] == "cpu,h200"
+    reqs = query_readonly(db, "SELECT request_id, model, state FROM requests ORDER BY request_id")
+    assert sorted(reqs["request_id"]) == sorted(ids) and set(reqs["state"]) == {"done"}
+    spans = query_readonly(db, "SELECT request_id, gpus, dispatch_id, stage FROM stage_spans")
+    by_model = dict(zip(reqs["request_id"], reqs["model"]))
+    for rid, gpus, stage in zip(spans["request_id"], spans["gpus"], spans["stage"]):
+        assert set(gpus) <= ({0} if by_model[rid] == "tiny-sd3" else {1, 2}), (rid, gpus, stage)
+    # dispatch ids of the two engines do not collide: one dispatch is one stage
+    per_dispatch = spans.groupby("dispatch_id")["stage"].nunique()
+    assert (per_dispatch == 1).all()
