@@ -1,10 +1,13 @@
-# TridentServe: `make run` starts the main job on embedded defaults, `make test` runs every test.
+# TridentServe: `make run` starts the workbench on embedded defaults, `make test` runs every test.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install test run bench clean
+
+# Playwright (dev extra) drives the system chromium in the browser test; it never downloads its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,11 +24,13 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# Until the workbench lands: the default comparison of the four policies (simulated 2x8xH200,
-# the h200 profile, the image-video mix at 0.5 req/s for 30 minutes).
+# The workbench (`streamlit run app.py`, headless) on embedded defaults: the home page compares the
+# four policies on the image-video mix (simulated 2x8xH200, the h200 profile), computed before it
+# serves; the Live page points at a `trident serve` (tiny CPU pipelines). HOST=0.0.0.0 to share it.
+HOST ?= 127.0.0.1
+PORT ?= 8501
 run: $(STAMP)
-	$(BIN)/trident simulate --profile h200 --cluster 2x8xH200 --mix image-video --rate 0.5 --duration 1800 \
-		--policies pipeline-static:degree=1,pipeline-dynamic,trident-paper,trident
+	$(BIN)/python -m workbench --address $(HOST) --port $(PORT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cost_accuracy.py
