@@ -185,7 +185,7 @@ def test_store_written_at_shutdown_is_consistent(tmp_path):
 
     db = tmp_path / "run.duckdb"
     server = start_server(["--models", "sd3-medium", "--devices", "emulated:2xH200", "--time-scale", "0",
-                           "--policy", "pipeline-dynamic", "--db", str(db)])
+                           "--policy", "pipeline-dynamic", "--db", str(db), "--run-id", "live-1"])
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             for i in range(3):
@@ -196,6 +196,12 @@ def test_store_written_at_shutdown_is_consistent(tmp_path):
         assert server.stop() == 0
     runs = query_readonly(db, "SELECT run_id, backend, policy FROM runs")
     assert len(runs) == 1 and runs["backend"][0] == "live" and runs["policy"][0] == "pipeline-dynamic"
+    assert runs["run_id"][0] == "live-1"
+    from tridentcore.cli import app
+
+    again = CliRunner().invoke(app, ["serve", "--models", "sd3-medium", "--devices", "emulated:1xH200",
+                                     "--db", str(db), "--run-id", "live-1"])
+    assert again.exit_code == 2 and "already in" in again.output
     req = query_readonly(db, "SELECT state, count(*) AS n FROM requests GROUP BY state")
     assert dict(zip(req["state"], req["n"])) == {"done": 6}
     spans = query_readonly(db, "SELECT stage, count(*) AS n FROM stage_spans GROUP BY stage ORDER BY stage")

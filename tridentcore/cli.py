@@ -383,6 +383,7 @@ def serve(
     drain_timeout: float = typer.Option(30.0, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
     max_body: int = typer.Option(1 << 20, min=1024, help="Largest request body in bytes (413 past it)."),
     port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
+    run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); must not exist yet."),
     backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
     ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "
                                                "none: start Ray on this host."),
@@ -406,7 +407,7 @@ def serve(
         run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
-                                port_file=port_file, log_level="info" if verbose else "warning",
+                                port_file=port_file, run_id=run_id, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom))
     except SetupError as exc:
         _fail(str(exc))

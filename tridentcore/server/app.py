@@ -46,6 +46,7 @@ class ServerConfig:
     api_key: str | None = None  # when set, state-changing requests need "Authorization: Bearer KEY"
     max_body_bytes: int = MAX_BODY_BYTES
     db: str | None = None  # DuckDB results store written at shutdown
+    run_id: str | None = None  # the stored run's id (None: a new one); a client's rows can join on it
     drain_timeout_s: float = 30.0
     max_jobs: int = 10_000  # ended jobs kept for GET (oldest forgotten first)
 
@@ -123,7 +124,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
             await engine.shutdown(config.drain_timeout_s)
             if config.db:
                 try:
-                    run_id = engine.write_store(config.db)
+                    run_id = engine.write_store(config.db, config.run_id)
                     logger.warning("wrote run %s to %s", run_id, config.db)
                 except Exception:  # noqa: BLE001 - report, never hide a lost run
                     logger.exception("could not write the run to %s", config.db)

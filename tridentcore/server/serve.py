@@ -27,6 +27,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     db: str | None = None
+    run_id: str | None = None
     time_scale: float = 1.0
     profile: str | None = None
     max_queued: int = 256
@@ -81,11 +82,16 @@ def run_server(opts: ServeOptions) -> None:
 
     if not is_loopback(opts.host) and not opts.api_key:
         raise SetupError([f"binding {opts.host} (not loopback) needs --api-key (or TRIDENT_API_KEY)"])
+    if opts.db and opts.run_id and os.path.exists(opts.db):
+        from ..store import query_readonly
+
+        if len(query_readonly(opts.db, "SELECT run_id FROM runs WHERE run_id = ?", [opts.run_id])):
+            raise SetupError([f"run {opts.run_id!r} is already in {opts.db}; choose another --run-id"])
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom)
     app = create_app(runtime, ServerConfig(api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
-                                           drain_timeout_s=opts.drain_timeout_s))
+                                           run_id=opts.run_id, drain_timeout_s=opts.drain_timeout_s))
     try:
         sock = bind(opts.host, opts.port)
     except OSError as exc:

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The GPU check: serve arch:sd3-medium on cuda:0 under `trident` and `pipeline-static:degree=1`, each for
+# a 2-minute open-loop sd3-mixed workload, and compare every measured stage time with the h200 profile
+# (median error per stage within 15 %). About 7 minutes on one H200, server starts included.
+#
+#   bash benchmarks/gpu_check.sh --fetch     # here (PyPI reachable): wheels the GPU machine lacks, into .whl/
+#   bash benchmarks/gpu_check.sh [ARGS...]   # on the GPU machine, from the repository root; ARGS go to gpu_check.py
+#
+# The GPU machine has torch, transformers, numpy, pandas, pyarrow, httpx, typer ... but not diffusers,
+# fastapi, uvicorn, pydantic or duckdb: those travel as wheels (.whl/ is ignored by git; carry it), are
+# installed into /tmp/site and put on PYTHONPATH together with this checkout. The report (JSON) goes to
+# $OUT/gpu_check.json when OUT is set.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(diffusers==0.42.1 fastapi starlette uvicorn pydantic pydantic-core annotated-types typing-inspection
+        duckdb importlib-metadata python-multipart typing-extensions opentelemetry-api zipp)
+
+if [[ "${1:-}" == "--fetch" ]]; then
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    rm -rf .whl && mkdir -p .whl
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+    ls -la .whl
+    exit 0
+fi
+
+if ! python3 -c "import diffusers, fastapi, uvicorn, duckdb" 2>/dev/null; then
+    if ! ls .whl/*.whl >/dev/null 2>&1; then
+        echo "diffusers/fastapi/uvicorn/duckdb missing and no wheels in .whl/: run 'bash benchmarks/gpu_check.sh --fetch' first and carry .whl" >&2
+        exit 2
+    fi
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+report=()
+[[ -n "${OUT:-}" ]] && report=(--out "$OUT/gpu_check.json")
+exec python3 benchmarks/gpu_check.py --devices cuda:0 --models sd3-medium --profile h200 --mix sd3-mixed \
+    --duration 120 "${report[@]}" "$@"
