@@ -264,3 +264,58 @@ def test_setup_errors_name_every_problem():
         parse_devices("tpu:4")
     with pytest.raises(SetupError, match="applies to emulated"):
         build_runtime("tiny-sd3", "cpu:1", time_scale=0.5)
+
+
+def test_a_long_lived_engine_forgets_ended_requests_and_keeps_their_rows():
+    """Past ``keep_ended`` the oldest ended requests leave the table (their store rows stay, complete)."""
+    async def main():
+        rt = build_runtime("sd3-medium,wan2.1-1.3b", "emulated:1x4xH200", "trident", time_scale=0.0,
+                           max_queued=10_000, strict=True, keep_ended=5)
+        await rt.start()
+        e = rt.engine
+        ids = []
+        for i in range(60):
+            ids += e.submit([mixed(i)]).ids
+            if i % 10 == 9:
+                await asyncio.gather(*(e.wait(r) for r in ids[-10:]))
+        await e.shutdown(5)
+        return e, ids
+
+    e, ids = run(main())
+    assert len(e.state.requests) <= 5 and e.forgotten == len(ids) - len(e.state.requests)
+    assert e.describe(ids[0]) is None and e.describe(ids[-1])["state"] == "done"
+    rows = e.request_rows()
+    assert sorted(r.request_id for r in rows) == sorted(ids) and all(r.state == "done" for r in rows)
+    assert e.run_meta("r").rate_rps > 0 and not e._spans_of.keys() - set(e.state.requests._records)
+
+
+def test_engine_memory_stays_flat_when_it_keeps_no_records():
+    """A server without --db (record off) forgets ended requests and keeps no rows: allocations stop
+    growing once ``keep_ended`` is reached."""
+    import gc
+    import tracemalloc
+
+    async def main():
+        rt = build_runtime("sd3-medium", "emulated:1x2xH200", "pipeline-static:degree=1", time_scale=0.0,
+                           max_queued=100_000, strict=True, keep_ended=200, record=False)
+        await rt.start()
+        e = rt.engine
+        sizes = []
+        for rounds in range(4):
+            for _ in range(10):
+                got = e.submit([Submission("sd3-medium", "x", SMALL, seed=i) for i in range(100)])
+                await asyncio.gather(*(e.wait(r) for r in got.ids))
+            gc.collect()
+            sizes.append(tracemalloc.get_traced_memory()[0])
+        await e.shutdown(1)
+        return e, sizes
+
+    tracemalloc.start()
+    try:
+        e, sizes = run(main())
+    finally:
+        tracemalloc.stop()
+    assert e.forgotten == 4000 - 200 and e.spans == [] and e.request_rows() != []
+    # 1,000 more requests per round: kept, they would cost about 2 KiB each (about 2 MB a round)
+    growth = sizes[3] - sizes[2]
+    assert growth < 100_000, sizes

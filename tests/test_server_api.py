@@ -250,3 +250,25 @@ def test_keep_alive_requests_are_not_delayed_by_nagle(fast):
         assert client.get("/healthz").status_code == 200
         times.append(time.perf_counter() - t0)
     assert sorted(times)[7] < 0.025
+
+
+def test_requests_the_engine_forgot_still_answer_with_how_they_ended():
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0",
+                           "--keep-ended", "2"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            ids = []
+            for i in range(6):
+                resp = client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium",
+                                                                   "size": "512x512", "steps": 4, "seed": i})
+                assert resp.status_code == 200
+                ids.append(resp.json()["id"])
+            listed = client.get("/v1/requests").json()["data"]
+            assert [j["id"] for j in listed] == ids[::-1] and all(j["state"] == "done" for j in listed)
+            first = client.get(f"/v1/requests/{ids[0]}").json()
+            assert first["items"][0]["steps_done"] == 4 and [s["stage"] for s in first["items"][0]["stages"]] == [
+                "encode", "diffuse", "decode"]
+            assert client.get(f"/v1/requests/{ids[0]}/result").status_code == 200
+            assert client.delete(f"/v1/requests/{ids[0]}").json()["cancelled"] == 0
+    finally:
+        assert server.stop() == 0

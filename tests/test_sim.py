@@ -301,3 +301,16 @@ def test_trident_replans_when_the_mix_drifts():
     steady = simulate(parse_cluster("1x8xH200"), H200, make_policy("trident:replan_s=60"),
                       [r for r in reqs if r.model == "sd3-medium"])
     assert steady.requests and all(r.state == "done" for r in steady.requests)
+
+
+def test_only_ended_requests_can_be_forgotten():
+    from tridentcore.core.lifecycle import RequestTable, TransitionError
+    from tridentcore.core.types import Shape
+    from tridentcore.core.workload import RequestSpec
+
+    table = RequestTable()
+    table.add(RequestSpec(1, "m", "p", Shape(512, 512, 1, 4), 0, None, 10.0, 0.0), 0.0)
+    with pytest.raises(TransitionError, match="only ended requests"):
+        table.forget(1)
+    table.transition(1, RequestState.CANCELLED, 1.0, "by the client")
+    assert table.forget(1).reason == "by the client" and 1 not in table and len(table) == 0

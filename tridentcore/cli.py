@@ -384,6 +384,8 @@ def serve(
     max_body: int = typer.Option(1 << 20, min=1024, help="Largest request body in bytes (413 past it)."),
     port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
     run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); must not exist yet."),
+    keep_ended: int = typer.Option(10_000, min=0, help="Ended requests kept in full in memory; older ones keep only "
+                                                      "their final status (and their store row with --db)."),
     backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
     ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "
                                                "none: start Ray on this host."),
@@ -407,7 +409,7 @@ def serve(
         run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
-                                port_file=port_file, run_id=run_id, log_level="info" if verbose else "warning",
+                                port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom))
     except SetupError as exc:
         _fail(str(exc))

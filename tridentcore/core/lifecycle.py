@@ -125,6 +125,14 @@ class RequestTable:
     def __len__(self) -> int:
         return len(self._records)
 
+    def forget(self, request_id: int) -> RequestRecord:
+        """Drop an ended request and return its record (a long-lived driver keeps its memory bounded)."""
+        rec = self._records[request_id]
+        if not rec.state.terminal:
+            raise TransitionError(f"request {request_id} is {rec.state.value}: only ended requests can be forgotten")
+        del self._records[request_id]
+        return rec
+
     def transition(self, request_id: int, new: RequestState, now: float, reason: str = "") -> RequestRecord:
         rec = self._records[request_id]
         if new not in TRANSITIONS[rec.state]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from .lifecycle import RequestTable
+from .lifecycle import RequestRecord, RequestTable
 from .records import GpuSample, PlacementRow, RequestRow, SpanRow
 from .state import Running
 
@@ -30,20 +30,22 @@ def span_rows(run: Running, t: float, outcome: str, end_step: int) -> list[SpanR
             for rid in a.request_ids]
 
 
+def request_row(rec: RequestRecord) -> RequestRow:
+    """A request as it stands; one not yet ended is reported ``unfinished``."""
+    spec = rec.spec
+    terminal = rec.state.terminal
+    return RequestRow(
+        request_id=spec.id, model=spec.model, height=spec.shape.height, width=spec.shape.width,
+        frames=spec.shape.frames, steps=spec.shape.steps, arrival_s=spec.arrival_s,
+        deadline_s=spec.deadline_s, state=rec.state.value if terminal else "unfinished",
+        reason=rec.reason if terminal else f"still {rec.state.value} when the run ended",
+        finish_s=rec.finish_s, ooms=rec.ooms, preemptions=rec.preemptions,
+    )
+
+
 def request_rows(requests: RequestTable) -> list[RequestRow]:
-    """Every request as it stands; one not yet ended is reported ``unfinished``."""
-    rows = []
-    for rec in requests:
-        spec = rec.spec
-        terminal = rec.state.terminal
-        rows.append(RequestRow(
-            request_id=spec.id, model=spec.model, height=spec.shape.height, width=spec.shape.width,
-            frames=spec.shape.frames, steps=spec.shape.steps, arrival_s=spec.arrival_s,
-            deadline_s=spec.deadline_s, state=rec.state.value if terminal else "unfinished",
-            reason=rec.reason if terminal else f"still {rec.state.value} when the run ended",
-            finish_s=rec.finish_s, ooms=rec.ooms, preemptions=rec.preemptions,
-        ))
-    return rows
+    """Every request of the table as it stands."""
+    return [request_row(rec) for rec in requests]
 
 
 def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], act_gib: Mapping[int, float],

@@ -341,7 +341,8 @@ def _workers(part: Part, backend: str, threads: int, ray_address: str | None):
 def build_runtime(models: list[str] | str, devices: str, policy: str = "trident", *, profile: str | None = None,
                   time_scale: float = 1.0, max_queued: int = 256, slo_scale: float = 3.0,
                   strict: bool = False, threads: int = 1, backend: str = "local",
-                  ray_address: str | None = None, inject_oom: str | None = None) -> Runtime:
+                  ray_address: str | None = None, inject_oom: str | None = None, record: bool = True,
+                  keep_ended: int = 10_000) -> Runtime:
     """Validate everything and build a not-yet-started runtime (``await runtime.start()``)."""
     from ..profiles import ProfileError, load_profile
 
@@ -376,6 +377,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
         problems.append("--time-scale applies to emulated devices only")
     if not max_queued >= 1:
         problems.append(f"max_queued must be >= 1 (got {max_queued})")
+    if not keep_ended >= 0:
+        problems.append(f"keep_ended must be >= 0 (got {keep_ended})")
     faults, fault_problems = parse_faults(inject_oom)
     problems += fault_problems
     if backend not in BACKENDS:
@@ -413,7 +416,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
             video = video_models(load_profile(part.profile).rows)
             entries.update({m: emulated_entry(m, part.cost, part.gpu_kind, m in video) for m in part.models})
         config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
-                              slo_scale=slo_scale, strict=strict, inject_oom=faults)
+                              slo_scale=slo_scale, strict=strict, inject_oom=faults, record=record,
+                              keep_ended=keep_ended)
         part.engine = Engine(dev.cluster, part.cost, pol, _workers(part, backend, threads, ray_address), part.models,
                              gpu_kind=part.gpu_kind, config=config, profile=part.profile, devices=dev.text)
     if len(parts) == 1:

@@ -44,7 +44,7 @@ from ..core.events import (Dispatch, Evict, Fail, Place, Preempt, Reject, Reques
 from ..core.lifecycle import WAITING_FOR, RequestState
 from ..core.policy import Policy
 from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
-from ..core.recording import gpu_samples, request_rows, span_rows
+from ..core.recording import gpu_samples, request_row, request_rows, span_rows
 from ..core.state import ClusterState, ClusterView, Running
 from ..core.types import Shape
 from ..core.workload import RequestSpec, make_slo_fn
@@ -64,6 +64,12 @@ class EngineConfig:
     slo_scale: float = 3.0  # default deadline: arrival + slo_scale x reference latency
     max_attempts: int = 3  # a request whose stage fails this often (lost worker, error) fails
     max_results: int = 1024  # finished results kept for clients to fetch (oldest dropped first)
+    # ended requests kept in full (describe, outcome); older ones are forgotten, leaving only their
+    # store row when ``record`` is on, so a long-lived server's memory stays bounded
+    keep_ended: int = 10_000
+    # keep the run's records (request rows, spans, placements) for the store; a server without --db
+    # keeps none (listeners still see every span and ending)
+    record: bool = True
     retry_after_s: float = 1.0  # suggested wait when the queue is full
     min_tick_wall_s: float = 0.005
     strict: bool = False  # raise PolicyBug instead of failing the requests of an invalid action
@@ -153,11 +159,15 @@ class Engine:
         self.spans: list[SpanRow] = []
         self._act_gib: dict[int, float] = {}  # dispatch id -> activation memory per device
         self.placements: list[PlacementRow] = []
-        self.decision_ms: list[float] = []
+        self.decision_ms: deque[float] = deque(maxlen=10_000)  # the most recent policy decisions (bounded)
         self.errors: list[str] = []
         self.span_listeners: list[Callable[[SpanRow], None]] = []
         self.end_listeners: list[Callable[[object], None]] = []  # called with each request record as it ends
+        self.forget_listeners: list[Callable[[int], None]] = []  # called with a request id just before it is forgotten
         self._spans_of: dict[int, list[SpanRow]] = {}
+        self._ended: deque[int] = deque()  # ended requests still in the table, oldest first
+        self._rows: list[RequestRow] = []  # rows of forgotten requests (record on)
+        self.forgotten = 0
         self._faults = {stage: n for stage, n in config.inject_oom if n > 0}  # stage -> injections left
         self._tiled: set[int] = set()  # decode dispatches run tiled (a retry after an out-of-memory error)
         self._tick_task: asyncio.Task | None = None
@@ -390,7 +400,7 @@ class Engine:
                 events.append(self._failed(state.running[did], f"worker {slot} lost: {reason}", False, touched))
             if state.alive[slot]:
                 for (model, stage), gib in sorted(state.resident[slot].items()):
-                    self.placements.append(PlacementRow(now, slot, model, stage, "evict", gib))
+                    self._placed(PlacementRow(now, slot, model, stage, "evict", gib))
                 state.set_alive(slot, False)
             events.append(WorkerLost(slot, reason))
             return events
@@ -429,7 +439,7 @@ class Engine:
             elif isinstance(action, (Place, Evict)):
                 row = state.apply_placement(action, now, initial)
                 if row is not None:
-                    self.placements.append(row)
+                    self._placed(row)
             else:
                 raise PolicyBug(f"unknown action {action!r}")
 
@@ -475,7 +485,7 @@ class Engine:
         model = recs[0].spec.model
         for g in action.gpus:  # lazy placement: weights loaded as part of this dispatch
             if state.place(model, action.stage, g):
-                self.placements.append(PlacementRow(now, g, model, action.stage, "place",
+                self._placed(PlacementRow(now, g, model, action.stage, "place",
                                                     state.stage_weights_gib(model, action.stage), c.load_s))
         compute_start = now + c.load_s + c.transfer_s
         end = compute_start + c.compute_s
@@ -652,21 +662,47 @@ class Engine:
         for fut in self._waiters.pop(rid, ()):
             if not fut.done():
                 fut.set_result(None)
+        self._ended.append(rid)
+        self._retire()
+
+    def _retire(self) -> None:
+        """Forget the oldest ended requests past ``keep_ended`` (not while a running dispatch still holds
+        one: a request cancelled while running stays until its stage ends)."""
+        state = self.state
+        while len(self._ended) > self.config.keep_ended:
+            rid = self._ended[0]
+            if state.by_request.get(rid) is not None:
+                return
+            self._ended.popleft()
+            for listener in self.forget_listeners:
+                listener(rid)
+            rec = state.requests.forget(rid)
+            if self.config.record:
+                self._rows.append(request_row(rec))
+            self._spans_of.pop(rid, None)
+            self.forgotten += 1
 
     # ------------------------------------------------------------------------------ records
+    def _placed(self, row: PlacementRow) -> None:
+        if self.config.record:
+            self.placements.append(row)
+
     def _record(self, span: SpanRow) -> None:
-        self.spans.append(span)
+        if self.config.record:
+            self.spans.append(span)
         self._spans_of.setdefault(span.request_id, []).append(span)
         for listener in self.span_listeners:
             listener(span)
 
     def _span(self, run: Running, t: float, outcome: str, end_step: int) -> None:
-        self._act_gib[run.id] = run.act_gib
+        if self.config.record:
+            self._act_gib[run.id] = run.act_gib
         for row in span_rows(run, t, outcome, end_step):
             self._record(row)
 
     def request_rows(self) -> list[RequestRow]:
-        return request_rows(self.state.requests)
+        """Every request of the run: forgotten ones from their rows, the rest as they stand."""
+        return self._rows + request_rows(self.state.requests)
 
     def gpu_samples(self, sample_s: float = 10.0) -> list[GpuSample]:
         """Busy fraction and memory per device and interval (see ``core.recording.gpu_samples``)."""
@@ -678,7 +714,7 @@ class Engine:
 
         from ..sim.bench import git_sha, hardware, package_versions
 
-        accepted = len(self.state.requests)
+        accepted = len(self.state.requests) + self.forgotten
         duration = self.now() if self._started else 0.0
         return RunMeta(
             run_id=run_id, backend="live", policy=self.policy.spec, seed=0, profile=self.profile,

@@ -51,9 +51,11 @@ class EngineGroup:
             offset += len(e.state.gpus)
             e.span_listeners.append(self._span_forwarder(i))
             e.end_listeners.append(self._on_end)
+            e.forget_listeners.append(self._on_forget)
         self.models = tuple(self._of_model)
         self.span_listeners: list[Callable[[SpanRow], None]] = []
         self.end_listeners: list[Callable[[object], None]] = []
+        self.forget_listeners: list[Callable[[int], None]] = []
 
     # ------------------------------------------------------------------ routing
     def engine_of_model(self, model: str) -> Engine:
@@ -147,6 +149,10 @@ class EngineGroup:
                     listener(row)
         return forward
 
+    def _on_forget(self, rid: int) -> None:
+        for listener in self.forget_listeners:
+            listener(rid)
+
     def _on_end(self, rec) -> None:
         for listener in self.end_listeners:
             listener(rec)
@@ -178,7 +184,7 @@ class EngineGroup:
         cfg["models"] = list(self.models)
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
                          "time_scale": e.config.time_scale} for label, e in zip(self.labels, self.parts)]
-        accepted = sum(len(e.state.requests) for e in self.parts)
+        accepted = sum(len(e.state.requests) + e.forgotten for e in self.parts)
         duration = max(m.duration_s for m in metas)
         return replace(first, profile=",".join(m.profile for m in metas),
                        cluster=" + ".join(m.cluster for m in metas), duration_s=duration,

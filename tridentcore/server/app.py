@@ -60,6 +60,7 @@ class Job:
     response_format: str
     created_unix_s: float
     meta: dict = field(default_factory=dict)
+    final: dict[int, dict] = field(default_factory=dict)  # items the engine has forgotten, as they ended
 
 
 class _BodyLimit:
@@ -107,6 +108,9 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+ENDED = ("done", "failed", "rejected", "cancelled")
+
+
 def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
     """The app; its lifespan starts the runtime and, at shutdown, drains it and writes the store."""
     config = config or ServerConfig()
@@ -114,6 +118,14 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
     jobs: OrderedDict[str, Job] = OrderedDict()
     counter = {"next": 0}
     metrics = Metrics(engine)
+    owner: dict[int, Job] = {}  # request id -> its job, until the engine forgets the request
+
+    def on_forget(rid: int) -> None:
+        job = owner.pop(rid, None)
+        if job is not None:
+            job.final[rid] = engine.describe(rid)
+
+    engine.forget_listeners.append(on_forget)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -205,12 +217,21 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         job = Job(job_id, entry.kind, entry.name, got.ids, body.response_format, time.time(),
                   {"size": f"{width}x{height}", "frames": frames, "steps": steps, "seed": seed})
         jobs[job_id] = job
+        for rid in got.ids:
+            owner[rid] = job
         while len(jobs) > config.max_jobs:
             oldest = next(iter(jobs.values()))
-            if any(engine.outcome(r) is None for r in oldest.request_ids):
+            if any(item(oldest, r)["state"] not in ENDED for r in oldest.request_ids):
                 break
             jobs.popitem(last=False)
+            for r in oldest.request_ids:
+                owner.pop(r, None)
         return job
+
+    def item(job: Job, rid: int) -> dict:
+        """One request of a job: live from the engine, or as it ended once the engine forgot it."""
+        d = job.final.get(rid)
+        return d if d is not None else engine.describe(rid)
 
     def job_of(job_id: str) -> Job:
         job = jobs.get(job_id)
@@ -219,7 +240,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         return job
 
     def job_state(job: Job) -> str:
-        states = [engine.describe(r)["state"] for r in job.request_ids]
+        states = [item(job, r)["state"] for r in job.request_ids]
         if all(s == "done" for s in states):
             return "done"
         for ending in ("failed", "rejected", "cancelled"):
@@ -230,7 +251,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         return "queued"
 
     def status_body(job: Job) -> dict:
-        items = [engine.describe(r) for r in job.request_ids]
+        items = [item(job, r) for r in job.request_ids]
         return {"id": job.id, "object": "generation", "kind": job.kind, "model": job.model, "state": job_state(job),
                 "created": int(job.created_unix_s), **job.meta, "items": items}
 
@@ -239,15 +260,14 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         if state in ("queued", "running"):
             raise ApiError("not_ready", f"request {job.id} is {state}", extra={"state": state})
         if state != "done":
-            reasons = sorted({engine.describe(r)["reason"] for r in job.request_ids
-                              if engine.describe(r)["state"] != "done"})
+            reasons = sorted({item(job, r)["reason"] for r in job.request_ids if item(job, r)["state"] != "done"})
             raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons),
                            extra={"id": job.id, "state": state})
         data = []
         emulated = runtime.models[job.model].emulated if job.model in runtime.models else False
         timings = []
         for i, rid in enumerate(job.request_ids):
-            d = engine.describe(rid)
+            d = item(job, rid)
             timings.append({"latency_ms": 1000 * ((d["finish_s"] or 0.0) - d["arrival_s"]), "met_slo": d["met_slo"],
                             "deadline_ms": 1000 * (d["deadline_s"] - d["arrival_s"]), "stages": d["stages"]})
             if emulated:

@@ -28,6 +28,7 @@ class ServeOptions:
     port: int = 8000
     db: str | None = None
     run_id: str | None = None
+    keep_ended: int = 10_000
     time_scale: float = 1.0
     profile: str | None = None
     max_queued: int = 256
@@ -89,7 +90,8 @@ def run_server(opts: ServeOptions) -> None:
             raise SetupError([f"run {opts.run_id!r} is already in {opts.db}; choose another --run-id"])
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
-                            ray_address=opts.ray_address, inject_oom=opts.inject_oom)
+                            ray_address=opts.ray_address, inject_oom=opts.inject_oom,
+                            record=bool(opts.db), keep_ended=opts.keep_ended)
     app = create_app(runtime, ServerConfig(api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
                                            run_id=opts.run_id, drain_timeout_s=opts.drain_timeout_s))
     try:
