@@ -115,9 +115,12 @@ def test_repeat_refuses_other_options_live_runs_and_unknown_runs(tmp_path):
     assert "cannot be run again" in _error_line(runner.invoke(app, ["bench", "--repeat", "sim-1", "--db", str(db)]))
 
 
-def test_live_backend_says_what_it_needs(tmp_path):
-    line = _error_line(runner.invoke(app, ["bench", "--backend", "live", "--db", str(tmp_path / "x.duckdb")]))
-    assert "trident serve" in line and "--backend sim" in line
+def test_live_backend_validates_before_starting_anything(tmp_path):
+    # (the live backend itself: tests/test_bench_live.py)
+    for args, needle in ((["--cluster", "8xH200"], "differs from the emulated devices"),
+                         (["--time-scale", "0"], "--time-scale"), (["--goodput"], "--goodput")):
+        line = _error_line(runner.invoke(app, ["bench", "--backend", "live", *args, "--db", str(tmp_path / "x.duckdb")]))
+        assert needle in line
     assert not (tmp_path / "x.duckdb").exists()
 
 

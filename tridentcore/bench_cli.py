@@ -322,20 +322,9 @@ _BENCH_COLUMNS = ("policy", "requests", "attainment", "mean_s", "p95_s", "p99_s"
 _REPEAT_ONLY = {"repeat", "db", "verbose"}
 
 
-def _live_unavailable() -> str:
-    from .cli import app
-
-    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
-    if "serve" not in names:
-        return ("--backend live needs `trident serve`, which is not available yet; "
-                "use --backend sim (the same comparison through the simulator)")
-    return ("--backend live is not implemented in `trident bench` yet (it will start `trident serve` and Locust "
-            "for each policy); run `trident serve` and Locust by hand, or use --backend sim")
-
-
 def bench(
     ctx: typer.Context,
-    backend: str = typer.Option("sim", help="sim (the simulator) or live (not implemented in bench yet)."),
+    backend: str = typer.Option("sim", help="sim (the simulator) or live (trident serve + Locust per policy)."),
     policies: str = typer.Option("pipeline-static:degree=1,pipeline-dynamic,trident-paper,trident",
                                  help="Comma list of policy specs, options as name:key=value (pipeline-static:degree=2)."),
     mix: str = typer.Option(None, help="Named mix or YAML (default image-video)."),
@@ -351,7 +340,12 @@ def bench(
     goodput: bool = typer.Option(False, "--goodput", help="Also bisect goodput and fair goodput per policy (mixes)."),
     target: float = typer.Option(0.9, min=0.0, max=1.0, help="Attainment target for goodput."),
     db: str = typer.Option(DEFAULT_DB, help="DuckDB results file every run is stored in."),
-    repeat: str = typer.Option(None, help="Run a stored sim run again (from its config) and compare; takes only --db."),
+    devices: str = typer.Option("emulated:2x8xH200", help="Live: trident serve --devices (its emulated part is the "
+                                                          "cluster the SLOs and the simulator use)."),
+    time_scale: float = typer.Option(0.05, help="Live: wall seconds per workload second (trident serve --time-scale; "
+                                                "the schedule is sent compressed by it)."),
+    keep: str = typer.Option(None, help="Live: keep Locust's CSV/HTML reports and the logs in DIR/<run_id>/."),
+    repeat: str = typer.Option(None, help="Run a stored run (sim or live) again from its config and compare; takes only --db."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
     progress: bool = typer.Option(True, help="Progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -359,6 +353,8 @@ def bench(
     """Compare policies on one workload; every run is stored (with what reproduces it) in --db.
 
     Prints a side-by-side table and the run ids. Ctrl-C stops: runs already stored stay, the run in progress is not written (each run is one transaction). With --repeat RUN_ID a stored sim run is simulated again and old and new summaries are printed; exit status 1 if they differ.
+
+    Live (--backend live): for each policy `trident serve --devices … --time-scale …` and Locust (workloads/mixed.py) run as child processes on loopback with the simulator's schedule for the same seed (--rate and --duration in workload seconds; the sends are compressed by --time-scale); the server's rows and the client's rows are stored as one run. Ctrl-C stops both children and stores the run in progress as interrupted. --repeat of a live run runs it live again and prints both summaries (live runs are not expected to be identical).
     """
     from .cli import _setup_logging
 
@@ -372,7 +368,14 @@ def bench(
         _repeat(repeat, db)
         return
     if backend == "live":
-        _fail(_live_unavailable())
+        if goodput:
+            _fail("--goodput bisects the rate in the simulator; use it with --backend sim")
+        cluster_given = getattr(ctx.get_parameter_source("cluster"), "name", "DEFAULT") != "DEFAULT"
+        _bench_live(policies=policies, mix=mix, trace=trace, model=model, arrival=arrival, rate=rate,
+                    duration=duration, slo_scale=slo_scale, seed=seed, profile=profile,
+                    cluster=cluster if cluster_given else None, devices=devices, time_scale=time_scale, keep=keep,
+                    db=db, json_out=json_out, progress=progress)
+        return
     if backend != "sim":
         _fail(f"unknown backend {backend!r}; valid: sim, live")
     if goodput and trace is not None:
@@ -468,8 +471,21 @@ _REPEAT_KEYS = ("requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "
 
 def _repeat(run: str, db: str) -> None:
     from .core.policy import PolicyError
-    from .sim.runs import RunConfigError, repeat_run
+    from .sim.runs import RunConfigError, repeat_run, resolve_run
+    from .store import query_readonly
 
+    try:
+        run_id = resolve_run(db, run)
+        stored = query_readonly(db, "SELECT backend, config_json FROM runs WHERE run_id = ?", [run_id])
+    except _store_errors() as exc:
+        _fail(_db_message(exc, db))
+    if stored["backend"][0] == "live":
+        config = stored["config_json"][0]
+        if '"devices"' not in config:
+            _fail(f"run {run_id!r} is a live run without a live bench's config (it was not written by "
+                  "`trident bench --backend live`); only sim runs and live bench runs can be repeated")
+        _repeat_live(run_id, config, db)
+        return
     try:
         rep = repeat_run(db, run)
     except (*_store_errors(), RunConfigError, ValueError, LookupError, PolicyError, OSError) as exc:
@@ -489,3 +505,174 @@ def _repeat(run: str, db: str) -> None:
     what = ", ".join(rep.differences) or "request or stage-span rows"
     typer.secho(f"different: {what}{code}", err=True, fg=typer.colors.YELLOW)
     raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------ trident bench --backend live
+_LIVE_COLUMNS = ("policy", "status", "requests", "attainment", "mean_s", "p95_s", "p99_s", "ooms", "rejected",
+                 "gpu_s_per_met", "lag_p99_ms", "run_id")
+
+
+def _live_spec(*, mix, trace, model, arrival, rate, duration, slo_scale, seed, profile, cluster, devices, time_scale):
+    """The live bench's spec, validated (errors are one line)."""
+    from workloads.schedule import ScheduleError, ScheduleSpec, build_schedule
+
+    from .live_bench import LiveBenchSpec, cluster_of_devices
+
+    if mix is not None and trace is not None:
+        _fail("give --mix or --trace, not both")
+    emulated = cluster_of_devices(devices)
+    if cluster is not None and emulated is not None and cluster != emulated:
+        _fail(f"--cluster {cluster} differs from the emulated devices {emulated} (--devices {devices}); drop --cluster")
+    cluster = cluster or emulated or "2x8xH200"
+    if not time_scale > 0:
+        _fail("--time-scale must be > 0 for a live bench (the schedule is sent at t x time scale)")
+    schedule = ScheduleSpec(mix=mix or "image-video", arrival=f"trace:{trace}" if trace else arrival, rate=rate,
+                            duration_s=duration, seed=seed, slo_scale=slo_scale, profile=profile, cluster=cluster,
+                            time_scale=time_scale, trace_model=model)
+    try:
+        arrivals = build_schedule(schedule)
+    except ScheduleError as exc:
+        _fail(str(exc))
+    if not arrivals:
+        _fail("the workload has no requests (rate x duration too small?)")
+    return LiveBenchSpec(schedule, devices), arrivals
+
+
+class _LiveBar:
+    """One progress bar per policy: requests finished of those scheduled, and the phase."""
+
+    def __init__(self, enabled: bool, policy: str, total: int, index: int, count: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=f"[{index}/{count}] {policy}", unit="req", file=sys.stderr,
+                        disable=not enabled, dynamic_ncols=True, leave=True)
+        self.phase = ""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if total and total != self.bar.total:
+            self.bar.total = total
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        if phase != self.phase:
+            self.phase = phase
+            self.bar.set_postfix_str(phase)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, progress: bool,
+              extra_config: dict) -> tuple[list, list[str]]:
+    """Run each policy live; returns (LiveRun results, stored run ids). Ctrl-C: see bench's help."""
+    from pathlib import Path
+
+    from .live_bench import LiveBenchError, run_policy
+    from .store import new_run_id
+
+    from workloads.schedule import build_schedule
+
+    total = len(build_schedule(spec.schedule))
+    results, stored = [], []
+    for k, policy in enumerate(specs, start=1):
+        run_id = new_run_id(policy, seed)
+        bar = _LiveBar(progress, policy, total, k, len(specs))
+        try:
+            result = run_policy(spec, policy, run_id, db, extra_config=extra_config, progress=bar,
+                                artifacts=Path(keep) / run_id if keep else None)
+        except KeyboardInterrupt as exc:
+            bar.close()
+            partial = exc.args[0] if exc.args else None
+            if partial is not None:
+                stored.append(partial.run_id)
+                what = f"run {partial.run_id} stored as interrupted"
+            else:
+                what = "its run was not stored: nothing half-written"
+            typer.secho(f"interrupted during {policy} ({what}); {len(stored)} of {len(specs)} runs stored in {db}"
+                        + (": " + ", ".join(stored) if stored else ""), err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (LiveBenchError, ValueError, OSError) as exc:
+            bar.close()
+            done = f" ({len(stored)} runs stored before it: {', '.join(stored)})" if stored else ""
+            _fail(f"live run of {policy} failed: {exc}{done}")
+        bar.close()
+        results.append(result)
+        stored.append(result.run_id)
+    return results, stored
+
+
+def _bench_live(*, policies, mix, trace, model, arrival, rate, duration, slo_scale, seed, profile, cluster, devices,
+                time_scale, keep, db, json_out, progress) -> None:
+    import json
+
+    from .cli import _json_safe
+    from .core.policy import PolicyError, make_policy, split_specs
+    from .sim.runs import summaries
+    from .store import new_run_id
+
+    try:
+        specs = split_specs(policies)
+        if not specs:
+            _fail("no policies given")
+        twice = sorted({s for s in specs if specs.count(s) > 1})
+        if twice:
+            _fail(f"policy given twice: {', '.join(twice)}")
+        for spec in specs:
+            make_policy(spec)
+    except (ValueError, LookupError, PolicyError) as exc:
+        _fail(str(exc))
+    spec, arrivals = _live_spec(mix=mix, trace=trace, model=model, arrival=arrival, rate=rate, duration=duration,
+                                slo_scale=slo_scale, seed=seed, profile=profile, cluster=cluster, devices=devices,
+                                time_scale=time_scale)
+    bench_id = new_run_id("bench-live", seed)
+    results, stored = _run_live(spec, specs, db, seed, keep, progress, {"bench": bench_id})
+    _print_live(results, summaries(db, stored), spec, arrivals, db, bench_id, json_out, _json_safe, json)
+
+
+def _print_live(results, rows, spec, arrivals, db, bench_id, json_out, json_safe, json) -> None:
+    by_id = {r.run_id: r for r in results}
+    for row in rows:
+        res = by_id[row["run_id"]]
+        row["lag_p99_ms"] = res.lag_p99_ms
+        row["client_states"] = res.states
+    if json_out:
+        out = [json_safe({c: (math.nan if r.get(c) is None else r.get(c)) for c in (*_LIVE_COLUMNS, "client_states")})
+               for r in rows]
+        typer.echo(json.dumps(out, indent=1))
+        return
+    s = spec.schedule
+    load = "" if s.trace else f" at {s.rate:g} req/s for {s.duration_s:g} s"
+    typer.echo(f"{s.scenario().workload_label}{load} (workload seconds; sent at x{s.time_scale:g} wall) on "
+               f"{spec.devices}, slo scale {s.slo_scale:g}, seed {s.seed}: {len(arrivals)} requests per policy")
+    typer.echo(_table(rows, _LIVE_COLUMNS))
+    for res in results:
+        odd = {k: v for k, v in res.states.items() if k not in ("done", "rejected", "failed")}
+        if odd:
+            typer.secho(f"warning: {res.policy}: client saw {odd} (not in the server's rows: attainment there "
+                        "counts only what the server accepted)", err=True, fg=typer.colors.YELLOW)
+        if not math.isnan(res.lag_p99_ms) and res.lag_p99_ms > 50:
+            typer.secho(f"warning: {res.policy}: schedule lag p99 {res.lag_p99_ms:.1f} ms > 50 ms: the load generator "
+                        "fell behind the schedule", err=True, fg=typer.colors.YELLOW)
+        for note in res.notes:
+            typer.secho(f"warning: {res.policy}: {note}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"stored {len(rows)} runs in {db} (bench {bench_id}); `trident runs show RUN_ID --db {db}` for details")
+
+
+def _repeat_live(old_id: str, config_json: str, db: str) -> None:
+    import json
+
+    from .live_bench import spec_from_config
+    from .sim.runs import summaries
+
+    try:
+        spec, policy = spec_from_config(json.loads(config_json))
+    except (ValueError, TypeError) as exc:
+        _fail(f"run {old_id!r}: {exc}")
+    results, stored = _run_live(spec, [policy], db, spec.schedule.seed, None, True, {"repeat_of": old_id})
+    old, new = summaries(db, [old_id, stored[0]])
+    typer.echo(f"repeat of {old_id} (live {policy}, {old['mix']} at {old['rate_rps']:g} req/s, seed {old['seed']}, "
+               f"devices {spec.devices}, time scale {spec.schedule.time_scale:g})")
+    typer.echo(f"new run   {stored[0]} stored in {db}")
+    rows = [{"metric": k, "old": _value(old[k], k), "new": _value(new[k], k), "new - old": _delta(old[k], new[k], k)}
+            for k in _REPEAT_KEYS]
+    typer.echo(_table(rows, ("metric", "old", "new", "new - old")))
+    typer.echo("live runs repeat the same schedule on the wall clock: expect small differences, not identity")
