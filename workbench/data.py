@@ -64,6 +64,7 @@ __all__ = [
     "sql_examples",
     "Kpi",
     "kpis",
+    "markdown_table",
     "requests_to_frame",
     "spans_to_frame",
     "placements_to_frame",
@@ -539,3 +540,18 @@ def kpis(summary: dict, baseline: dict | None = None, goodput: dict | None = Non
             delta("gpu_s_per_met", 1, ""), "inverse"),
     ]
     return out
+
+
+def markdown_table(df: pd.DataFrame, fmt: str = "{}", *, index_name: str = "", na: str = "—") -> str:
+    """A small DataFrame as a Markdown table (index first); numbers through ``fmt``, missing as ``na``."""
+    def cell(v) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return na
+        text = fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+        return text.replace("|", "\\|")
+
+    head = [index_name, *map(str, df.columns)]
+    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in head) + " |", "|" + " --- |" * len(head)]
+    for idx, row in df.iterrows():
+        lines.append("| " + " | ".join([cell(idx), *(cell(v) for v in row)]) + " |")
+    return "\n".join(lines)

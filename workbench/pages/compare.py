@@ -174,7 +174,8 @@ if len(policies) > 1:
 
 with st.expander("SLO attainment per request class"):
     by_class = pd.DataFrame({p: {c: a for c, (_, a) in detail[p].by_class.items()} for p in policies})
-    st.dataframe(by_class.style.format("{:.1%}", na_rep="—"), width="stretch")
+    # A Markdown table, not st.dataframe: the data grid's scripts (over 1 MB) would slow the first paint.
+    st.markdown(data.markdown_table(by_class, "{:.1%}", index_name="request class"))
 
 if sweep:
     st.plotly_chart(figures.rate_curves(points), width="stretch")
