@@ -50,6 +50,7 @@ from gevent.event import Event
 from gevent.pool import Group
 from locust import FastHttpUser, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from workloads.schedule import Arrival, ScheduleError, ScheduleSpec, build_schedule
 
@@ -313,6 +314,10 @@ def _finish_when_done(environment, run: Run) -> None:
     run.claimed_all.wait()
     gevent.sleep(0)
     run.inflight.join()
+    if getattr(environment.parsed_options, "csv_prefix", None):
+        # Locust rewrites its --csv files every CSV_STATS_INTERVAL_SEC and not again at exit: let it
+        # write once more, so its counts include the last responses
+        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.25)
     if not run.ended:
         run.finished.set()
         _end(environment)

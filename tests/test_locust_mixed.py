@@ -1,0 +1,196 @@
+"""workloads/mixed.py (the Locust mix): its options, the light-import rule, bad values, the web UI,
+and that its schedule is the simulator's.
+
+Locust is only ever run as a child process here: importing it (gevent's monkey patching) into a
+process that already imported requests/transformers breaks, so this test process never does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tridentcore.server.launch import start_server
+from tridentcore.sim.bench import Scenario, load_scenario
+from workloads.schedule import ScheduleSpec, build_schedule
+
+REPO = Path(__file__).resolve().parents[1]
+LOCUSTFILE = REPO / "workloads" / "mixed.py"
+OPTIONS = ("--mix", "--rate", "--arrival", "--slo-scale", "--seed", "--duration", "--time-scale", "--cost-profile",
+           "--cluster", "--db", "--run-id")
+
+
+def _locust(*args: str, timeout: float = 60.0, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+def test_options_are_locust_options():
+    out = subprocess.run([sys.executable, str(LOCUSTFILE), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    for opt in OPTIONS:
+        assert f"\n  {opt} " in out.stdout, opt
+    assert "--headless" in out.stdout and "--csv" in out.stdout  # Locust's own, from the same parser
+
+
+def test_locustfile_imports_nothing_heavy():
+    code = (
+        "import sys, importlib.util\n"
+        "import locust\n"
+        "before = set(sys.modules)\n"
+        f"spec = importlib.util.spec_from_file_location('mixed', {str(LOCUSTFILE)!r})\n"
+        "mod = importlib.util.module_from_spec(spec); sys.modules['mixed'] = mod; spec.loader.exec_module(mod)\n"
+        "new = sorted({m.split('.')[0] for m in set(sys.modules) - before})\n"
+        "print(repr(new)); print(repr(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    new, everything = (eval(line) for line in out.stdout.strip().splitlines()[-2:])  # noqa: S307 - our own output
+    heavy = {"torch", "diffusers", "transformers", "requests", "numpy", "scipy", "pandas", "pyarrow", "duckdb",
+             "fastapi", "uvicorn", "streamlit", "ray"}
+    assert not heavy & set(new), sorted(heavy & set(new))
+    assert not {"torch", "diffusers", "transformers"} & set(everything)
+    # and none of our modules on its import path names requests (Locust itself imports it)
+    for path in (LOCUSTFILE, REPO / "workloads" / "schedule.py"):
+        text = path.read_text()
+        assert "import requests" not in text and "from requests" not in text
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--mix", "no-such-mix"], "unknown mix 'no-such-mix'"),
+    (["--rate", "-1"], "--rate: must be a number > 0"),
+    (["--arrival", "gamma:cv=x"], "--arrival:"),
+    (["--time-scale", "0"], "--time-scale: must be a number > 0"),
+    (["--arrival", "trace:no-such-file.jsonl"], "no-such-file.jsonl"),
+    (["--rate", "abc"], "argument --rate: invalid float value"),
+])  # fmt: skip
+def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
+    out = _locust("--headless", "-t", "2s", "--host", "http://127.0.0.1:9", *args, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert needle in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
+def test_schedule_is_the_simulators():
+    spec = ScheduleSpec(mix="image-video", arrival="gamma:cv=4", rate=1.5, duration_s=90, seed=11, slo_scale=2.5,
+                        time_scale=0.1)
+    arrivals = build_schedule(spec)
+    sim = load_scenario(Scenario(mix="image-video", arrival="gamma:cv=4", duration_s=90, seed=11,
+                                 slo_scale=2.5)).requests(1.5)
+    assert len(arrivals) == len(sim) > 30
+    for a, r in zip(arrivals, sim, strict=True):
+        assert (a.index, a.spec) == (r.id, r)
+        assert a.send_s == pytest.approx(r.arrival_s * 0.1)
+        assert a.body["seed"] == r.seed and a.body["slo_ms"] == pytest.approx(1000 * r.slo_s)
+        assert a.body["size"] == f"{r.shape.width}x{r.shape.height}"
+        assert a.path.endswith("videos/generations" if r.shape.frames > 1 else "images/generations")
+        assert a.name == f"{r.model} {r.shape.label()}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only
+        return resp.read()
+
+
+def test_web_ui_lists_the_options_and_runs_the_schedule(tmp_path):
+    """Without --headless: the options are in the web UI's form, a swarm started there runs the
+    schedule and stops by itself when every request has finished; Locust's CSV still comes out."""
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:8xH200", "--time-scale", "0.05"])
+    port = _free_port()
+    rows = tmp_path / "rows.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--web-host", "127.0.0.1",
+                             "--web-port", str(port), "--rows-out", str(rows), "--csv", str(tmp_path / "ui")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        page = b""
+        while time.monotonic() < deadline:
+            try:
+                page = _get(f"http://127.0.0.1:{port}/")
+                break
+            except OSError:
+                time.sleep(0.2)
+        text = page.decode()
+        for name in ("mix", "rate", "arrival", "slo_scale", "seed", "time_scale", "run_id"):
+            assert f'"{name}"' in text, name
+        form = {"user_count": "1", "spawn_rate": "1", "host": server.url, "mix": "sd3-mixed", "rate": "3",
+                "duration": "8", "time_scale": "0.05", "seed": "3", "run_id": "ui-run"}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/swarm", data=urllib.parse.urlencode(form).encode())
+        assert json.loads(_get_req(req))["success"]
+        expected = len(build_schedule(ScheduleSpec(mix="sd3-mixed", rate=3, duration_s=8, seed=3, time_scale=0.05)))
+        state = ""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not rows.exists():
+            state = json.loads(_get(f"http://127.0.0.1:{port}/stats/requests"))["state"]
+            time.sleep(0.3)
+        assert rows.exists(), state
+        got = [json.loads(line) for line in rows.read_text().splitlines()]
+        assert len(got) == expected
+        assert {r["state"] for r in got} == {"done"}
+        for _ in range(50):  # (the web UI's state follows the runner's)
+            state = json.loads(_get(f"http://127.0.0.1:{port}/stats/requests"))["state"]
+            if state == "stopped":
+                break
+            time.sleep(0.1)
+        assert state == "stopped"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        server.stop()
+
+
+def _get_req(req: urllib.request.Request) -> bytes:
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback only
+        return resp.read()
+
+
+def test_headless_run_writes_client_rows_and_locust_reports(tmp_path):
+    from tridentcore.store import query_readonly
+
+    server = start_server(["--models", "sd3-medium,wan2.1-1.3b", "--devices", "emulated:2x8xH200",
+                           "--time-scale", "0.05"])
+    try:
+        db = tmp_path / "c.duckdb"
+        out = _locust("--headless", "-t", "60s", "--host", server.url, "--mix", "image-video", "--rate", "2",
+                      "--duration", "15", "--time-scale", "0.05", "--seed", "5", "--db", str(db), "--run-id", "hl",
+                      "--csv", str(tmp_path / "hl"), "--html", str(tmp_path / "hl.html"), "--only-summary",
+                      cwd=tmp_path, timeout=120)
+    finally:
+        server.stop()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "schedule lag p50" in out.stderr
+    expected = len(build_schedule(ScheduleSpec(mix="image-video", rate=2, duration_s=15, seed=5, time_scale=0.05)))
+    df = query_readonly(db, "SELECT * FROM client_requests WHERE run_id = 'hl' ORDER BY request_index")
+    assert list(df.request_index) == list(range(expected))
+    assert set(df.state) == {"done"} and set(df.http_status) == {200}
+    assert (df.finished_s >= df.sent_s).all() and (df.lag_ms >= -1.0).all()
+    assert df.latency_ms.notna().all() and (df.encode_ms > 0).all() and (df.decode_ms > 0).all()
+    assert (tmp_path / "hl.html").stat().st_size > 1000
+    stats = (tmp_path / "hl_stats.csv").read_text().splitlines()
+    header = stats[0].split(",")
+    counts = {}
+    for line in stats[1:]:
+        cells = dict(zip(header, line.split(","), strict=False))
+        counts[cells["Name"]] = int(cells["Request Count"])
+    assert counts.pop("Aggregated") == expected
+    assert counts == df.groupby("request_class").size().to_dict()  # names are model and shape
