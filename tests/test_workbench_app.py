@@ -133,13 +133,45 @@ def test_home_rate_sweep_adds_goodput_and_rate_curves():
     _clean(at)
 
 
-def test_home_live_mode_says_it_is_not_available():
+def test_home_live_mode_checks_its_inputs_before_running():
     at = _app()
     at.run()
     at.radio(key="cmp_backend").set_value("live (trident bench)").run()
     _clean(at)
-    assert any("not available" in i.value for i in at.info)
-    assert not at.metric
+    assert not at.error and not at.metric  # nothing runs live until asked
+    assert any("Run live" in i.value for i in at.info)
+    assert any("321 requests" in m.value and "emulated:2x8xH200" in m.value for m in at.markdown)
+    at.text_input(key="cmp_live_devices").set_value("emulated:1x8xH200").run()
+    _clean(at)
+    assert any("differ from the cluster" in e.value for e in at.error)
+    at.text_input(key="cmp_live_devices").set_value("emulated:2x8xH200")
+    at.radio(key="cmp_rate_mode").set_value("rate sweep").run()
+    _clean(at)
+    assert any("one rate" in e.value for e in at.error)
+
+
+def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_path):
+    """One policy, a handful of requests: a real `trident serve` on emulated GPUs and Locust."""
+    pytest.importorskip("locust")
+    db = tmp_path / "live.duckdb"
+    at = _app()
+    at.run()
+    at.radio(key="cmp_backend").set_value("live (trident bench)").run()
+    at.multiselect(key="cmp_policies").set_value(["trident"])
+    at.number_input(key="cmp_rate").set_value(1.0)
+    at.number_input(key="cmp_duration").set_value(10.0)
+    at.text_input(key="cmp_live_db").set_value(str(db)).run()
+    at.button(key="cmp_live_run").click().run()
+    _clean(at)
+    assert not at.error, [e.value for e in at.error]
+    assert [h.value for h in at.subheader] == ["trident"]
+    labels = [label for label, _ in _metrics(at)]
+    assert labels.count("SLO attainment") == 1 and len(at.get("plotly_chart")) == 1
+    from tridentcore.store import list_runs
+
+    runs = list_runs(str(db))
+    assert list(runs["backend"]) == ["live"] and list(runs["policy"]) == ["trident"]
+    assert runs["run_id"].iloc[0] in " ".join(c.value for c in at.caption)
 
 
 def test_home_bad_mix_yaml_is_an_error_message():

@@ -9,7 +9,7 @@ import streamlit as st
 from tridentcore.core.policy import split_specs
 from tridentcore.profiles import shipped_profiles
 from tridentcore.sim.bench import Scenario
-from workbench import data, figures
+from workbench import data, figures, live_bench
 from workloads.mixes import list_mixes
 
 UPLOAD_PROFILE = "upload a CSV…"
@@ -17,7 +17,67 @@ ARRIVALS = ("poisson", "gamma", "constant", "bursts")
 
 st.title("Compare policies")
 st.caption("Pipeline-level serving (the whole pipeline on fixed GPUs) against stage-level serving "
-           "(TridentServe), on one workload. Simulated in-process from the stage profile.")
+           "(TridentServe), on one workload: simulated in-process from the stage profile, or live.")
+
+
+
+def show_live(scenario: Scenario, policies: list[str], rates: list, sweep: bool, devices: str, time_scale: float,
+              db: str) -> None:
+    """Compare's live mode: run the policies through `trident bench --backend live`'s library and
+    show the stored runs (KPI cards and latency CDF from the results store)."""
+    from tridentcore.live_bench import LiveBenchError
+
+    st.caption("Live: each policy on a real `trident serve` driven by Locust (child processes on 127.0.0.1) with the "
+               "simulator's requests for the same seed, stored as runs (see **Runs** to diff them).")
+    if sweep:
+        st.error("A live comparison runs one rate: choose **one rate** under Load.")
+        return
+    try:
+        plan = live_bench.plan_live(scenario, rates[0], devices, time_scale)
+    except ValueError as exc:
+        st.error(data.error_text(exc))
+        return
+    st.markdown(f"{len(policies)} policies × **{plan.requests} requests** on `{devices}`; the sends take "
+                f"{plan.send_wall_s:.1f} s of wall time per policy (time scale {time_scale:g}), plus start-up and "
+                f"the last answers. Runs are stored in `{db}`.")
+    if st.button("Run live", type="primary", key="cmp_live_run"):
+        bar = st.progress(0.0, text="starting…")
+
+        def progress(k: int, policy: str, phase: str, done: int, total: int) -> None:
+            frac = ((k - 1) + (done / total if total else 0.0)) / len(policies)
+            bar.progress(min(max(frac, 0.0), 1.0),
+                         text=f"[{k}/{len(policies)}] {policy}: {phase} ({done}/{total} requests)")
+
+        try:
+            ids = live_bench.run_live(plan, policies, db, progress)
+        except (LiveBenchError, ValueError, OSError) as exc:
+            bar.empty()
+            st.error(f"live run failed: {data.error_text(exc)}")
+            return
+        bar.empty()
+        st.session_state["cmp_live_last"] = {"db": db, "run_ids": ids}
+    last = st.session_state.get("cmp_live_last")
+    if not last:
+        st.info("Press **Run live** to run the policies live; their stored runs appear here.")
+        return
+    try:
+        sig = data.db_signature(last["db"])
+        summary = data.cached_summaries(sig, last["run_ids"]).set_index("run_id")
+        lat = {rid: data.cached_latencies(sig, rid) for rid in last["run_ids"]}
+    except Exception as exc:  # a moved or locked file: say so
+        st.error(data.error_text(exc))
+        return
+    rows = [summary.loc[rid].to_dict() for rid in last["run_ids"] if rid in summary.index]
+    st.caption(f"Stored runs in {last['db']}: " + ", ".join(last["run_ids"]))
+    cols = st.columns(len(rows))
+    for col, row in zip(cols, rows):
+        with col.container(border=True):
+            st.subheader(str(row["policy"]))
+            for k in data.kpis(row, rows[0]):
+                st.metric(k.label, k.value, k.delta, delta_color=k.delta_color, help=k.help)
+    st.plotly_chart(figures.latency_cdf({f"{r['policy']} (live)": lat[rid] for rid, r in
+                                         zip(last["run_ids"], rows)}), width="stretch")
+
 
 # ---------------------------------------------------------------------------------- inputs
 with st.sidebar:
@@ -95,11 +155,17 @@ with st.sidebar:
     extra = st.text_input("More policy specs (comma-separated, e.g. pipeline-static:degree=2)", "", key="cmp_extra")
     policies = list(dict.fromkeys(chosen + (split_specs(extra) if extra.strip() else [])))
 
-if backend != "simulated":
-    st.info("Live runs (through `trident bench --backend live`, on tiny CPU pipelines and emulated GPUs) are "
-            "not available in the workbench yet: the live runtime and its bench command are still being built. "
-            "Switch back to **simulated** to compare policies; nothing is shown here until a live run exists.")
-    st.stop()
+    live_mode = backend != "simulated"
+    if live_mode:
+        st.header("Live run")
+        devices = st.text_input("Devices (trident serve --devices)", live_bench.default_devices(cluster),
+                                key="cmp_live_devices",
+                                help="emulated:NODESxGPUSxKIND (the cost model's time, no pixels), cpu:N (tiny CPU "
+                                     "pipelines: needs a mix of tiny-* models and the cpu profile), or both, comma-separated")
+        time_scale = st.number_input("Time scale (wall s per workload s)", 0.001, 10.0, live_bench.DEFAULT_TIME_SCALE,
+                                     0.01, format="%.3f", key="cmp_live_time_scale")
+        live_db = st.text_input("Store runs in (results database)", st.session_state.get("db_path", data.DEFAULT_DB),
+                                key="cmp_live_db").strip()
 
 for p in problems:
     st.error(p)
@@ -112,6 +178,10 @@ invalid = data.validate_comparison(scenario, policies, rates)
 if invalid:
     for p in invalid:
         st.error(p)
+    st.stop()
+
+if live_mode:
+    show_live(scenario, policies, rates, sweep, devices, float(time_scale), live_db)
     st.stop()
 
 # ---------------------------------------------------------------------------------- run
