@@ -1,0 +1,171 @@
+"""`trident bench --backend live`: every policy on a real `trident serve` (emulated GPUs, small time
+scale) driven by Locust; the stored rows must be consistent, and Ctrl-C must leave no half run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tridentcore.live_bench import UNMAPPED_ID_BASE
+from tridentcore.store import query_readonly
+
+REPO = Path(__file__).resolve().parents[1]
+POLICIES = ("pipeline-static:degree=1", "pipeline-dynamic", "trident-paper", "trident")
+MIX = """name: live-test
+classes:
+  - {model: sd3-medium, height: 512, width: 512, frames: 1, steps: 28, weight: 3}
+  - {model: sd3-medium, height: 1024, width: 1024, frames: 1, steps: 28, weight: 3}
+  - {model: wan2.1-1.3b, height: 480, width: 832, frames: 17, steps: 50, weight: 1}
+"""
+ARGS = ["--rate", "4", "--duration", "12", "--seed", "2", "--time-scale", "0.05", "--devices", "emulated:8xH200"]
+
+
+def _trident(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tridentcore.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("live")
+    mix = tmp / "mix.yaml"
+    mix.write_text(MIX)
+    db = tmp / "live.duckdb"
+    t0 = time.monotonic()
+    out = _trident("bench", "--backend", "live", "--policies", ",".join(POLICIES), "--mix", str(mix), *ARGS,
+                   "--db", str(db), "--keep", str(tmp / "keep"), "--json", "--no-progress")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    wall_s = time.monotonic() - t0
+    # the same schedule through the simulator, in the same store (README's live-vs-sim query)
+    sim = _trident("bench", "--backend", "sim", "--policies", ",".join(POLICIES), "--mix", str(mix), *ARGS[:6],
+                   "--cluster", "8xH200", "--db", str(db), "--no-progress")
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    return db, tmp / "keep", json.loads(out.stdout), wall_s
+
+
+def test_every_policy_stored_with_what_reproduces_it(bench):
+    db, _, rows, wall_s = bench
+    assert [r["policy"] for r in rows] == list(POLICIES)
+    runs = query_readonly(db, "SELECT * FROM runs WHERE backend = 'live' ORDER BY created_unix_s")
+    assert list(runs.policy) == list(POLICIES) and set(runs.backend) == {"live"} and set(runs.status) == {"complete"}
+    for r in runs.itertuples():
+        config = json.loads(r.config_json)
+        assert config["devices"] == "emulated:8xH200" and config["time_scale"] == 0.05 and config["seed"] == 2
+        assert config["policy"] == r.policy and config["server_run_id"]
+        assert "locust" in json.loads(r.packages_json) and json.loads(r.hardware_json)["cpus"] >= 1
+        assert r.git_sha and r.cluster == "1x8xH200"
+    assert wall_s < 200  # loose: four servers, four Locust runs
+
+
+def test_every_request_has_exactly_one_terminal_state_on_both_sides(bench):
+    db, _, rows, _ = bench
+    for run in rows:
+        rid = run["run_id"]
+        client = query_readonly(db, "SELECT * FROM client_requests WHERE run_id = ? ORDER BY request_index", [rid])
+        server = query_readonly(db, "SELECT * FROM requests WHERE run_id = ? ORDER BY request_id", [rid])
+        n = len(client)
+        assert n > 20 and list(client.request_index) == list(range(n))
+        assert client.state.isin(["done", "rejected", "failed"]).all(), client.state.value_counts()
+        assert server.request_id.is_unique and len(server) == n
+        assert server.state.isin(["done", "rejected", "failed", "cancelled"]).all()
+        assert (server.request_id < UNMAPPED_ID_BASE).all()  # every accepted request was matched to its arrival
+        joined = client.merge(server, left_on="request_index", right_on="request_id", suffixes=("_c", "_s"))
+        assert len(joined) == n
+        assert (joined.state_c == joined.state_s).all()
+        assert (joined.model_c == joined.model_s).all() and (joined.width_c == joined.width_s).all()
+        assert (joined.frames_c == joined.frames_s).all()
+        done = joined[joined.state_s == "done"]
+        assert (abs(done.latency_ms - 1000 * done.latency_s) < 1e-6).all()
+        assert (joined.slo_ms - 1000 * (joined.deadline_s - joined.arrival_s)).abs().max() < 1e-3
+
+
+def test_stage_spans_do_not_overlap_and_fit_inside_the_latency(bench):
+    db, _, rows, _ = bench
+    bad = query_readonly(db, """
+        WITH s AS (
+            SELECT s.run_id, s.request_id, s.started_s, s.ended_s, q.arrival_s, q.finish_s, q.state,
+                   lag(s.ended_s) OVER (PARTITION BY s.run_id, s.request_id ORDER BY s.started_s, s.ended_s) AS prev_end
+            FROM stage_spans s JOIN requests q USING (run_id, request_id)
+        )
+        SELECT * FROM s
+        WHERE started_s < prev_end - 1e-9 OR started_s < arrival_s - 1e-9 OR ended_s < started_s
+           OR (state = 'done' AND ended_s > finish_s + 1e-9)
+    """)
+    assert bad.empty, bad.head()
+    spans = query_readonly(db, "SELECT run_id, count(*) AS n FROM stage_spans JOIN runs USING (run_id) "
+                               "WHERE backend = 'live' GROUP BY run_id")
+    assert len(spans) == len(POLICIES) and (spans.n > 0).all()
+    # a done request ran all three stages
+    missing = query_readonly(db, """
+        SELECT q.run_id, q.request_id FROM requests q
+        WHERE q.state = 'done' AND (SELECT count(DISTINCT stage) FROM stage_spans s
+                                    WHERE s.run_id = q.run_id AND s.request_id = q.request_id
+                                      AND s.outcome = 'done') < 3""")
+    assert missing.empty, missing.head()
+
+
+def test_client_rows_match_locusts_own_counts(bench):
+    db, keep, rows, _ = bench
+    for run in rows:
+        rid = run["run_id"]
+        with open(keep / rid / "locust_stats.csv", newline="") as f:
+            stats = {r["Name"]: r for r in csv.DictReader(f)}
+        client = query_readonly(db, "SELECT request_class, state FROM client_requests WHERE run_id = ?", [rid])
+        total = stats.pop("Aggregated")
+        assert int(total["Request Count"]) == len(client)
+        assert int(total["Failure Count"]) == int((client.state != "done").sum())
+        assert {k: int(v["Request Count"]) for k, v in stats.items()} == client.groupby("request_class").size().to_dict()
+        summary = query_readonly(db, "SELECT * FROM client_summary WHERE run_id = ?", [rid]).iloc[0]
+        assert summary.lag_p99_ms < 250  # loose (a busy 2-core machine); benchmarks/locust_lag.py measures it
+
+
+def test_results_readme_live_queries_run(bench):
+    db, *_ = bench
+    queries = re.findall(r"```sql live\n(.*?)```", (REPO / "results" / "README.md").read_text(), flags=re.S)
+    assert queries
+    for sql in queries:
+        assert len(query_readonly(db, sql)) > 0, sql
+
+
+def test_repeat_of_a_live_run_runs_it_live_again(bench, tmp_path):
+    db, _, rows, _ = bench
+    copy = tmp_path / "copy.duckdb"
+    copy.write_bytes(db.read_bytes())
+    old = rows[-1]["run_id"]
+    out = _trident("bench", "--repeat", old, "--db", str(copy))
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"repeat of {old}" in out.stdout and "attainment" in out.stdout
+    new = query_readonly(copy, "SELECT run_id, policy, config_json FROM runs WHERE backend = 'live' "
+                               "AND NOT list_contains(?, run_id)", [[r["run_id"] for r in rows]])
+    assert len(new) == 1 and new.policy[0] == "trident" and json.loads(new.config_json[0])["repeat_of"] == old
+    n = query_readonly(copy, "SELECT count(*) AS n FROM client_requests WHERE run_id = ?", [new.run_id[0]]).n[0]
+    assert n == len(query_readonly(db, "SELECT 1 FROM client_requests WHERE run_id = ?", [old]))
+
+
+def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path):
+    db = tmp_path / "i.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "bench", "--backend", "live", "--policies",
+                             "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
+                             "--duration", "400", "--time-scale", "0.05", "--db", str(db), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    time.sleep(8)  # server up, Locust sending (the schedule runs 20 s)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err
+    runs = query_readonly(db, "SELECT run_id, status, policy FROM runs")
+    assert len(runs) == 1 and runs.status[0] == "interrupted" and runs.policy[0] == "trident"
+    rid = runs.run_id[0]
+    client = query_readonly(db, "SELECT * FROM client_requests WHERE run_id = ?", [rid])
+    server = query_readonly(db, "SELECT * FROM requests WHERE run_id = ?", [rid])
+    assert len(client) > 0 and client.request_index.is_unique and server.request_id.is_unique
+    assert len(server) <= len(client)  # the server saw only what was sent
