@@ -165,11 +165,11 @@ def runs_page(browser, url: str, db: Path, rounds: int) -> dict:
             out.setdefault(name, []).append(time.perf_counter() - t0)
 
         a0 = ids[-2] if n > 1 else ids[0]
+        other = ids[-1] if a0 != ids[-1] else ids[0]
         for _ in range(rounds):
             timed("filter runs by policy", lambda: (pick(page, "policy", policies[0]), page.keyboard.press("Escape")),
                   f"{policies.count(policies[0])} of {n} runs")
             timed("clear the filter", lambda: unpick_last(page, "policy"), f"{n} of {n} runs")
-            other = ids[-1] if a0 != ids[-1] else ids[0]
             timed("pick run A", lambda: pick(page, "Run A", label[other]), "same run" if other == ids[-1] else None)
             timed("pick run A back", lambda: pick(page, "Run A", label[a0]), f"{n} of {n} runs")
         page.screenshot(path=str(ROOT / "out" / "workbench-speed-runs.png"))

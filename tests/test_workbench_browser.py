@@ -149,7 +149,19 @@ def test_browser_default_comparison_then_policy_and_rate(server, chromium):
             page.get_by_label("Server URL").press("Enter")
             page.get_by_text("cannot reach a server").first.wait_for(timeout=30_000)
             assert page.locator("[data-testid=stException]").count() == 0
-            page.screenshot(path=str(ARTIFACTS / "workbench-browser-live.png"))
+
+            # the page's own server (tiny CPU pipelines): devices refresh on their own, a prompt makes an image
+            page.get_by_role("button", name="Start a local server").click()
+            page.get_by_text("Devices busy").wait_for(timeout=120_000)
+            page.get_by_role("button", name="Generate an image").click()
+            page.wait_for_function("document.querySelectorAll('img[src^=\"data:image/png\"]').length >= 1",
+                                   timeout=60_000)
+            page.wait_for_timeout(2500)  # at least one refresh of the cluster view (every 2 s)
+            assert page.locator("[data-testid=stException]").count() == 0
+            assert page.get_by_text("Recent requests").count() >= 1
+            page.screenshot(path=str(ARTIFACTS / "workbench-browser-live.png"), full_page=True)
+            page.get_by_role("button", name="Stop the local server").click()
+            page.get_by_role("button", name="Start a local server").wait_for(timeout=60_000)
         finally:
             browser.close()
     (ARTIFACTS / "workbench-browser.txt").write_text(

@@ -57,15 +57,6 @@ def emulated():
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:1"])
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
 # ------------------------------------------------------------------------------ helpers (no server)
 def test_urls_are_normalized_or_refused():
     assert live.normalize_url(" 127.0.0.1:8000/ ") == "http://127.0.0.1:8000"
@@ -168,22 +159,44 @@ def test_invalid_prompt_is_the_servers_message(emulated):
     assert any("The test prompt failed" in e.value and "422" in e.value for e in at.error)
 
 
-def test_tiny_cpu_server_returns_an_image(tiny):
-    at = _live_page(tiny)
+def test_local_tiny_cpu_server_started_from_the_page_returns_an_image_and_stops():
+    """The page's own server (tiny-sd3 and tiny-wan on cpu:1): started by a button, a PNG and an
+    animated WebP come back, stopped by a button (the process is gone)."""
+    at = _live_page(f"http://127.0.0.1:{_free_port()}")
+    assert live.local_server() is None
+    at.button(key="live_start_local").click().run()
     _clean(at)
-    assert not at.error and {m.label: m.value for m in at.metric}["Devices busy"] == "0 / 1"
-    assert "tiny-sd3/diffuse" in at.dataframe[0].value["resident"].iloc[0]
-    at.selectbox(key="live_size_tiny-sd3").set_value("64x64")
-    at.number_input(key="live_steps_tiny-sd3").set_value(4)
-    at.button(key="live_send").click().run()
-    _clean(at)
-    assert not at.error
-    imgs = at.get("image")
-    assert len(imgs) == 1 and len(imgs[0].proto.imgs) == 1
-    url = imgs[0].proto.imgs[0].url
-    assert url.startswith("data:image/png;base64,")
-    assert base64.b64decode(url.split(",", 1)[1]).startswith(b"\x89PNG")
-    assert any("64x64" in m.value and "steps 4" in m.value for m in at.markdown)
+    server = live.local_server()
+    try:
+        assert server is not None and at.text_input(key="live_url").value == server.url
+        assert not at.error and not at.warning and {m.label: m.value for m in at.metric}["Devices busy"] == "0 / 1"
+        assert "tiny-sd3/diffuse" in at.dataframe[0].value["resident"].iloc[0]
+        at.selectbox(key="live_size_tiny-sd3").set_value("64x64")
+        at.number_input(key="live_steps_tiny-sd3").set_value(4)
+        at.button(key="live_send").click().run()
+        _clean(at)
+        assert not at.error
+        imgs = at.get("image")
+        assert len(imgs) == 1 and len(imgs[0].proto.imgs) == 1
+        url = imgs[0].proto.imgs[0].url
+        assert url.startswith("data:image/png;base64,")
+        assert base64.b64decode(url.split(",", 1)[1]).startswith(b"\x89PNG")
+        assert any("64x64" in m.value and "steps 4" in m.value for m in at.markdown)
+
+        at.selectbox(key="live_model").set_value("tiny-wan").run()
+        at.number_input(key="live_steps_tiny-wan").set_value(2)
+        at.number_input(key="live_frames_tiny-wan").set_value(5)
+        at.button(key="live_send").click().run()
+        _clean(at)
+        url = at.get("image")[0].proto.imgs[0].url
+        blob = base64.b64decode(url.split(",", 1)[1])
+        assert url.startswith("data:image/webp;base64,") and blob[:4] == b"RIFF" and b"ANIM" in blob[:64]
+
+        at.button(key="live_stop_local").click().run()
+        _clean(at)
+        assert live.local_server() is None and server.proc.poll() is not None
+    finally:
+        live.stop_local_server()
 
 
 class _OldServer(BaseHTTPRequestHandler):

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("streamlit_args", nargs="*", help="more `streamlit run` flags, after --")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the Live page polls every few seconds
 
     app = ROOT / "app.py"
     if not app.is_file():

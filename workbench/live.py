@@ -12,8 +12,10 @@ requests, newest first; a server without it answers 404 and the page says so) an
 
 from __future__ import annotations
 
+import atexit
 import base64
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,11 +34,14 @@ __all__ = [
     "fetch_models",
     "fetch_requests",
     "generate",
+    "local_server",
     "media_kind",
     "normalize_url",
     "requests_frame",
     "size_choices",
     "stages_frame",
+    "start_local_server",
+    "stop_local_server",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -317,3 +322,47 @@ def generate(base_url: str, model: ServedModel, prompt: str, *, size: str | None
                       state=str(reply.get("state", "")), media=media, timings=list(reply.get("timings", ())),
                       emulated=bool(reply.get("emulated", model.emulated)), note=str(reply.get("note", "")),
                       wall_s=wall_s, meta=meta)
+
+
+# ----------------------------------------------------------------------------------- a local server
+# The Live page can start one `trident serve` of its own (tiny CPU pipelines) so that it has
+# something to watch without a second terminal: one per workbench process, on 127.0.0.1 and a free
+# port, stopped (by its PID, through ServerProcess.stop) from the page or when the workbench exits.
+LOCAL_MODELS = "tiny-sd3,tiny-wan"
+LOCAL_DEVICES = "cpu:1"
+_local: dict[str, Any] = {}
+_local_lock = threading.Lock()
+
+
+def local_server():
+    """The running server this process started (``tridentcore.server.launch.ServerProcess``), or None."""
+    srv = _local.get("server")
+    return srv if srv is not None and srv.proc.poll() is None else None
+
+
+def start_local_server(models: str = LOCAL_MODELS, devices: str = LOCAL_DEVICES, timeout_s: float = 180.0) -> str:
+    """Start ``trident serve --models MODELS --devices DEVICES`` on 127.0.0.1 unless this process
+    already runs one; returns its URL. LiveError (with the server's own words) when it cannot start."""
+    from tridentcore.server.launch import LaunchError, start_server
+
+    with _local_lock:
+        srv = local_server()
+        if srv is not None:
+            return srv.url
+        try:
+            srv = start_server(["--models", models, "--devices", devices], host="127.0.0.1", timeout_s=timeout_s)
+        except (LaunchError, OSError) as exc:
+            raise LiveError(f"`trident serve --models {models} --devices {devices}` did not start: "
+                            f"{str(exc).strip()[-600:]}") from None
+        if not _local.get("atexit"):
+            atexit.register(stop_local_server)
+            _local["atexit"] = True
+        _local["server"] = srv
+        return srv.url
+
+
+def stop_local_server() -> int | None:
+    """Stop the server :func:`start_local_server` started (SIGTERM, then its drain); its exit status."""
+    with _local_lock:
+        srv = _local.pop("server", None)
+        return None if srv is None else srv.stop(timeout_s=30.0)

@@ -67,16 +67,18 @@ def show_live(scenario: Scenario, policies: list[str], rates: list, sweep: bool,
     except Exception as exc:  # a moved or locked file: say so
         st.error(data.error_text(exc))
         return
-    rows = [summary.loc[rid].to_dict() for rid in last["run_ids"] if rid in summary.index]
-    st.caption(f"Stored runs in {last['db']}: " + ", ".join(last["run_ids"]))
-    cols = st.columns(len(rows))
-    for col, row in zip(cols, rows):
+    rows = {rid: summary.loc[rid].to_dict() for rid in last["run_ids"] if rid in summary.index}
+    if not rows:
+        st.error(f"the runs of the last live comparison are no longer in {last['db']}")
+        return
+    st.caption(f"Stored runs in {last['db']}: " + ", ".join(rows))
+    base = next(iter(rows.values()))
+    for col, row in zip(st.columns(len(rows)), rows.values(), strict=True):
         with col.container(border=True):
             st.subheader(str(row["policy"]))
-            for k in data.kpis(row, rows[0]):
+            for k in data.kpis(row, base):
                 st.metric(k.label, k.value, k.delta, delta_color=k.delta_color, help=k.help)
-    st.plotly_chart(figures.latency_cdf({f"{r['policy']} (live)": lat[rid] for rid, r in
-                                         zip(last["run_ids"], rows)}), width="stretch")
+    st.plotly_chart(figures.latency_cdf({f"{r['policy']} (live)": lat[rid] for rid, r in rows.items()}), width="stretch")
 
 
 # ---------------------------------------------------------------------------------- inputs
@@ -234,7 +236,7 @@ detail = {p: runs[(p, detail_rate)] for p in policies}
 # ---------------------------------------------------------------------------------- KPI cards
 cols = st.columns(len(policies))
 base = detail[policies[0]].summary
-for col, policy in zip(cols, policies):
+for col, policy in zip(cols, policies, strict=True):
     with col.container(border=True):
         st.subheader(policy)
         for k in data.kpis(detail[policy].summary, base, goodputs.get(policy)):

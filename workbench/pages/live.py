@@ -17,11 +17,42 @@ st.caption("A running `trident serve`, read over its HTTP API: the live placemen
            "`trident serve --models tiny-sd3,tiny-wan --devices cpu:2` (real tiny pipelines on CPU) or "
            "`trident serve --models sd3-medium,wan2.1-1.3b --devices emulated:2x8xH200` (the cost model's time, no pixels).")
 
+
+def start_local() -> None:
+    """The start button's callback: runs before the page, so the URL field can take the new address."""
+    try:
+        url = live.start_local_server()
+    except live.LiveError as exc:
+        st.session_state["live_local_error"] = str(exc)
+        return
+    st.session_state["live_server"] = url
+    st.session_state["live_url"] = url
+
+
 c1, c2, c3 = st.columns([3, 1, 1])
-url_text = c1.text_input("Server URL", st.session_state.get("live_server", live.DEFAULT_URL), key="live_url")
+# The field's value lives in session state (the start button's callback sets it); "live_server"
+# keeps it while another page is shown, when Streamlit forgets the field's own state.
+local = live.local_server()
+st.session_state.setdefault("live_url", st.session_state.get("live_server") or (local.url if local else live.DEFAULT_URL))
+url_text = c1.text_input("Server URL", key="live_url")
 st.session_state["live_server"] = url_text
 refresh = c2.selectbox("Refresh", list(REFRESH), index=0, key="live_refresh")
 limit = c3.number_input("Recent requests", 1, 1000, 20, key="live_limit")
+
+b1, b2 = st.columns([1, 3], vertical_alignment="center")
+if local is None:
+    b1.button("Start a local server", key="live_start_local", on_click=start_local,
+              help=f"trident serve --models {live.LOCAL_MODELS} --devices {live.LOCAL_DEVICES} on 127.0.0.1 "
+                   "(tiny CPU pipelines: real images and animations); it stops with the workbench")
+    b2.caption(f"or start one yourself; the workbench can run `{live.LOCAL_MODELS}` on `{live.LOCAL_DEVICES}` for "
+               "you (it takes a few seconds).")
+else:
+    b1.button("Stop the local server", key="live_stop_local", on_click=live.stop_local_server)
+    b2.caption(f"The workbench runs a local `trident serve` ({live.LOCAL_MODELS} on {live.LOCAL_DEVICES}) at "
+               f"{local.url}, process {local.pid}.")
+if "live_local_error" in st.session_state:
+    st.error(st.session_state.pop("live_local_error"))
+
 try:
     url = live.normalize_url(url_text)
 except live.LiveError as exc:
