@@ -106,7 +106,7 @@ def _policy_titles(page) -> list[str]:
     return page.locator("[data-testid=stMain] h3").all_inner_texts()[:4]
 
 
-def test_browser_default_comparison_then_policy_and_rate(server, chromium):
+def test_browser_default_comparison_then_policy_and_rate(chromium, server):
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless=new"])
