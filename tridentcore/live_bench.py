@@ -45,7 +45,7 @@ from typing import Any
 from .core.records import RunMeta
 
 __all__ = ["LiveBenchSpec", "LiveBenchError", "LiveRun", "UNMAPPED_ID_BASE", "cluster_of_devices", "locustfile",
-           "run_policy", "spec_from_config"]
+           "run_policy", "served_models", "spec_from_config"]
 
 UNMAPPED_ID_BASE = 1_000_000_000
 LIVE_PACKAGES = ("tridentserve", "duckdb", "numpy", "scipy", "torch", "diffusers", "locust", "gevent",
@@ -74,13 +74,22 @@ def cluster_of_devices(devices: str) -> str | None:
     return None
 
 
+def served_models(devices: str, workload: set[str], extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The workload's models plus ``extra``; with a ``cpu:N`` part in ``devices`` and no ``extra``,
+    also ``tiny-sd3`` (a mixed server refuses a device kind that serves no model, and the profile
+    models run on the emulated GPUs only)."""
+    kinds = {part.strip().partition(":")[0].strip().lower() for part in devices.split(",")}
+    add = set(extra) or ({"tiny-sd3"} if "cpu" in kinds and len(kinds) > 1 else set())
+    return tuple(sorted(set(workload) | add))
+
+
 @dataclass(frozen=True)
 class LiveBenchSpec:
     """Everything a live bench of one policy needs besides the policy itself."""
 
     schedule: Any  # workloads.schedule.ScheduleSpec
     devices: str = "emulated:2x8xH200"
-    models: tuple[str, ...] = ()  # served models (default: the schedule's)
+    models: tuple[str, ...] = ()  # models served besides the workload's (see served_models)
     max_queued: int = 100_000  # the simulator has no admission queue bound: keep 429s out of comparisons
     users: int = 1  # Locust users: the pool that carries requests (one is enough, see workloads/mixed.py)
     answer_timeout_s: float | None = None  # wall seconds after the last send to wait for answers (None: auto)
@@ -302,8 +311,7 @@ def run_policy(spec: LiveBenchSpec, policy: str, run_id: str, db: str | os.PathL
     arrivals = build_schedule(spec.schedule)
     if not arrivals:
         raise LiveBenchError("the schedule has no requests (rate x duration too small?)")
-    models = spec.models or tuple(sorted({a.spec.model for a in arrivals}))
-    spec = dataclasses.replace(spec, models=models)
+    models = served_models(spec.devices, {a.spec.model for a in arrivals}, spec.models)
     last_send_s = arrivals[-1].send_s
     answer_s = spec.answer_timeout_s if spec.answer_timeout_s is not None else max(120.0, 20.0 * last_send_s)
     run_time_s = int(math.ceil(last_send_s + answer_s + 5))
@@ -392,6 +400,7 @@ def run_policy(spec: LiveBenchSpec, policy: str, run_id: str, db: str | os.PathL
         extra = {**(extra_config or {}), "server_run_id": server_meta.run_id,
                  "server_config": json.loads(server_meta.config_json), "locust_exit": locust_exit,
                  "server_exit": server_exit, "client_states": states, "scheduled": len(arrivals),
+                 "served_models": list(models),
                  "lag_p50_ms": _finite(_quantile(lags, 0.5)), "lag_p99_ms": _finite(_quantile(lags, 0.99))}
         status = "interrupted" if interrupted else "complete"
         meta = _meta(spec, policy, run_id, status, created, wall_s, extra)
