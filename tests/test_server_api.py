@@ -118,6 +118,7 @@ def test_async_submit_poll_result(fast):
     assert status["state"] == "done" and status["items"][0]["steps_done"] == 8
     result = client.get(f"/v1/requests/{rid}/result")
     assert result.status_code == 200 and result.json()["id"] == rid
+    assert result.json()["request_ids"] == [item["id"] for item in status["items"]]
     assert client.get(f"/v1/requests/{rid}/result/0").status_code == 409  # emulated: no file
 
 

@@ -262,7 +262,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
         if state != "done":
             reasons = sorted({item(job, r)["reason"] for r in job.request_ids if item(job, r)["state"] != "done"})
             raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons),
-                           extra={"id": job.id, "state": state})
+                           extra={"id": job.id, "state": state, "request_ids": list(job.request_ids)})
         data = []
         emulated = runtime.models[job.model].emulated if job.model in runtime.models else False
         timings = []
@@ -279,8 +279,8 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
                 data.append({"url": f"/v1/requests/{job.id}/result/{i}"})
             else:
                 data.append({"b64_json": base64.b64encode(blob).decode("ascii")})
-        body = {"id": job.id, "created": int(job.created_unix_s), "model": job.model, "kind": job.kind,
-                "state": state, **job.meta, "data": data, "timings": timings, "emulated": emulated,
+        body = {"id": job.id, "request_ids": list(job.request_ids), "created": int(job.created_unix_s),
+                "model": job.model, "kind": job.kind, "state": state, **job.meta, "data": data, "timings": timings, "emulated": emulated,
                 "time_scale": runtime.engine_of(job.model).config.time_scale}
         if emulated:
             body["note"] = "emulated devices take the cost model's time but make no pixels: data is empty"
