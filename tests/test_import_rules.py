@@ -106,3 +106,26 @@ def test_the_scan_catches_violations():
     assert ("random", 6, False) in found and ("time", 7, False) in found
     assert ("random", 8, True) in found
     assert all(line != 4 for _, line, _ in found)  # TYPE_CHECKING-only imports never run
+
+
+def test_only_the_locustfile_imports_locust():
+    """Locust patches the standard library with gevent when imported; after requests, transformers or
+    diffusers that deadlocks or crashes, so everything else starts it as a separate process."""
+    root = Path(tridentcore.__file__).resolve().parent.parent
+    offenders = []
+    for folder in ("tridentcore", "workbench", "tests", "benchmarks", "workloads"):
+        for path in (root / folder).rglob("*.py"):
+            if path == root / "workloads" / "mixed.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("importorskip", "import_module")
+                      and node.args and isinstance(node.args[0], ast.Constant)):
+                    names = [str(node.args[0].value)]
+                if any(n == "locust" or n.startswith("locust.") for n in names):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []

@@ -8,7 +8,6 @@ process that already imported requests/transformers breaks, so this test process
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 
 import pytest
@@ -11,9 +10,9 @@ from hypothesis import strategies as st
 
 from tridentcore.core.cluster import parse_cluster
 from tridentcore.core.costmodel import CostModel
-from tridentcore.core.events import Dispatch, Preempt, RequestArrived
+from tridentcore.core.events import Dispatch
 from tridentcore.core.lifecycle import TERMINAL, RequestState
-from tridentcore.core.metrics import attainment_by_class, gpu_seconds, summarize
+from tridentcore.core.metrics import summarize
 from tridentcore.core.policy import POLICIES, PolicyError, make_policy, split_specs
 from tridentcore.core.state import ClusterState, ClusterView
 from tridentcore.core.types import ProfileRow, Shape, StageKind

@@ -385,6 +385,21 @@ def bench(
                db=db, json_out=json_out, progress=progress)
 
 
+def _policy_specs(policies: str) -> list[str]:
+    """The policy specs of a comparison, each validated before any runs (raises ValueError/PolicyError)."""
+    from .core.policy import make_policy, split_specs
+
+    specs = split_specs(policies)
+    if not specs:
+        _fail("no policies given")
+    twice = sorted({s for s in specs if specs.count(s) > 1})
+    if twice:
+        _fail(f"policy given twice: {', '.join(twice)}")
+    for spec in specs:
+        make_policy(spec)
+    return specs
+
+
 def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scale, seed, profile, cluster, goodput,
                target, db, json_out, progress) -> None:
     import json
@@ -392,21 +407,14 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
     from tqdm import tqdm
 
     from .cli import _json_safe, _scenario
-    from .core.policy import PolicyError, make_policy, split_specs
+    from .core.policy import PolicyError
     from .sim.bench import capacity_rps, sweep_goodput
     from .sim.runs import resolve_run, run_and_store, summaries
     from .store import new_run_id
 
     try:
         loaded = _scenario(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed)
-        specs = split_specs(policies)
-        if not specs:
-            _fail("no policies given")
-        twice = sorted({s for s in specs if specs.count(s) > 1})
-        if twice:
-            _fail(f"policy given twice: {', '.join(twice)}")
-        for spec in specs:
-            make_policy(spec)  # validate every spec before running any
+        specs = _policy_specs(policies)
         if not loaded.requests(rate):
             _fail("the workload has no requests (rate x duration too small?)")
     except (ValueError, LookupError, PolicyError, OSError) as exc:
@@ -605,19 +613,12 @@ def _bench_live(*, policies, mix, trace, model, arrival, rate, duration, slo_sca
     import json
 
     from .cli import _json_safe
-    from .core.policy import PolicyError, make_policy, split_specs
+    from .core.policy import PolicyError
     from .sim.runs import summaries
     from .store import new_run_id
 
     try:
-        specs = split_specs(policies)
-        if not specs:
-            _fail("no policies given")
-        twice = sorted({s for s in specs if specs.count(s) > 1})
-        if twice:
-            _fail(f"policy given twice: {', '.join(twice)}")
-        for spec in specs:
-            make_policy(spec)
+        specs = _policy_specs(policies)
     except (ValueError, LookupError, PolicyError) as exc:
         _fail(str(exc))
     spec, arrivals = _live_spec(mix=mix, trace=trace, model=model, arrival=arrival, rate=rate, duration=duration,

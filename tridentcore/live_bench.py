@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.metrics import quantile
 from .core.records import RunMeta
 
 __all__ = ["LiveBenchSpec", "LiveBenchError", "LiveRun", "UNMAPPED_ID_BASE", "cluster_of_devices", "locustfile",
@@ -261,16 +262,6 @@ def _remap(tables: dict, rows: list[dict]) -> dict:
     return out
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
-    xs = sorted(values)
-    if not xs:
-        return math.nan
-    pos = q * (len(xs) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 def _meta(spec: LiveBenchSpec, policy: str, run_id: str, status: str, created: float, wall_s: float,
           extra: dict) -> RunMeta:
     from .sim.bench import git_sha, hardware, package_versions
@@ -401,13 +392,13 @@ def run_policy(spec: LiveBenchSpec, policy: str, run_id: str, db: str | os.PathL
                  "server_config": json.loads(server_meta.config_json), "locust_exit": locust_exit,
                  "server_exit": server_exit, "client_states": states, "scheduled": len(arrivals),
                  "served_models": list(models),
-                 "lag_p50_ms": _finite(_quantile(lags, 0.5)), "lag_p99_ms": _finite(_quantile(lags, 0.99))}
+                 "lag_p50_ms": _finite(quantile(lags, 0.5)), "lag_p99_ms": _finite(quantile(lags, 0.99))}
         status = "interrupted" if interrupted else "complete"
         meta = _meta(spec, policy, run_id, status, created, wall_s, extra)
         report("storing", len(rows), len(arrivals))
         with _no_sigint():  # one transaction, not cut short
             ResultsStore(db).write_run_tables(meta, {**tables, "client_requests": rows})
-        result = LiveRun(policy, run_id, status, len(arrivals), states, _quantile(lags, 0.5), _quantile(lags, 0.99),
+        result = LiveRun(policy, run_id, status, len(arrivals), states, quantile(lags, 0.5), quantile(lags, 0.99),
                          wall_s, server_meta.run_id, locust_exit, server_exit, None if tmp else work, notes)
     finally:
         _stop(locust, 30.0)

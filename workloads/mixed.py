@@ -52,6 +52,7 @@ from locust import FastHttpUser, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
+from tridentcore.core.metrics import quantile
 from workloads.schedule import Arrival, ScheduleError, ScheduleSpec, build_schedule
 
 logger = logging.getLogger("workloads.mixed")
@@ -346,17 +347,6 @@ def _write_progress(run: Run, path: str) -> None:
         gevent.sleep(0.5)
 
 
-def _quantile(values: list[float], q: float) -> float:
-    """Linear interpolation between order statistics (DuckDB's quantile_cont)."""
-    xs = sorted(values)
-    if not xs:
-        return math.nan
-    pos = q * (len(xs) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
 @events.test_stop.add_listener
 def _on_test_stop(environment, **_kw) -> None:
     run = _run
@@ -386,7 +376,7 @@ def _report(run: Run, rows: list[dict]) -> None:
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
     lags = [r["lag_ms"] for r in rows if r["lag_ms"] is not None]
-    p50, p99 = _quantile(lags, 0.5), _quantile(lags, 0.99)
+    p50, p99 = quantile(lags, 0.5), quantile(lags, 0.99)
     lag_max = max(lags) if lags else math.nan
     text = ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
     print(f"[mixed.py] run {run.run_id}: {len(rows)} of {len(run.arrivals)} scheduled requests ({text}); "

@@ -77,14 +77,6 @@ class SetupError(ValueError):
         super().__init__("; ".join(self.problems))
 
 
-class SetupError(ValueError):
-    """A live run that cannot be built; ``problems`` lists every problem found."""
-
-    def __init__(self, problems) -> None:
-        self.problems = tuple(problems)
-        super().__init__("; ".join(self.problems))
-
-
 @dataclass(frozen=True, slots=True)
 class DeviceSpec:
     kind: str  # emulated | cpu | cuda
