@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tridentcore.live_bench import _quantile, locustfile
+from tridentcore.core.metrics import quantile
+from tridentcore.live_bench import locustfile
 from tridentcore.server.launch import start_server
 
 
@@ -55,12 +56,12 @@ def main() -> None:
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
     client = [r["client_ms"] for r in rows if r["client_ms"] is not None]
-    p99 = _quantile(lags, 0.99)
+    p99 = quantile(lags, 0.99)
     print(f"locust lag: {len(rows)} requests, {args.arrival} at {args.rate:g} req/s for {args.duration:g} s "
           f"({args.mix}, zero-cost server), wall {wall:.1f} s; states {states}")
-    print(f"  schedule lag  p50 {_quantile(lags, 0.5):6.2f} ms  p90 {_quantile(lags, 0.9):6.2f} ms  "
+    print(f"  schedule lag  p50 {quantile(lags, 0.5):6.2f} ms  p90 {quantile(lags, 0.9):6.2f} ms  "
           f"p99 {p99:6.2f} ms  max {max(lags):6.2f} ms")
-    print(f"  response time p50 {_quantile(client, 0.5):6.2f} ms  p99 {_quantile(client, 0.99):6.2f} ms (wall)")
+    print(f"  response time p50 {quantile(client, 0.5):6.2f} ms  p99 {quantile(client, 0.99):6.2f} ms (wall)")
     verdict = "meets" if p99 <= args.target_ms else "MISSES"
     print(f"  p99 lag {p99:.2f} ms {verdict} the target of <= {args.target_ms:g} ms")
 
