@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: serve arch:sd3-medium on cuda:0 under `trident` and `pipeline-static:degree=1`, each for
 # a 2-minute open-loop sd3-mixed workload, and compare every measured stage time with the h200 profile
-# (median error per stage within 15 %). About 7 minutes on one H200, server starts included.
+# (median error per stage within 15 %). About 7 minutes on one H200, server starts included. The h200
+# profile prices H200s only: on another GPU the server refuses to start and says so (pass --profile with
+# that GPU's measurements, from `trident profile`, to check against those instead).
 #
 #   bash benchmarks/gpu_check.sh --fetch     # here (PyPI reachable): wheels the GPU machine lacks, into .whl/
 #   bash benchmarks/gpu_check.sh [ARGS...]   # on the GPU machine, from the repository root; ARGS go to gpu_check.py
