@@ -10,7 +10,7 @@
 #
 # The GPU machine has torch, transformers, numpy, pandas, pyarrow, httpx, typer ... but not diffusers,
 # fastapi, uvicorn, pydantic or duckdb: those travel as wheels (.whl/ is ignored by git; carry it), are
-# installed into /tmp/site and put on PYTHONPATH together with this checkout. The report (JSON) goes to
+# installed into a temporary folder and put on PYTHONPATH together with this checkout. The report (JSON) goes to
 # $OUT/gpu_check.json when OUT is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,8 +33,9 @@ if ! python3 -c "import diffusers, fastapi, uvicorn, duckdb" 2>/dev/null; then
         echo "diffusers/fastapi/uvicorn/duckdb missing and no wheels in .whl/: run 'bash benchmarks/gpu_check.sh --fetch' first and carry .whl" >&2
         exit 2
     fi
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+    site="$(mktemp -d -t trident-site-XXXXXX)"
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
