@@ -19,12 +19,13 @@ the functions that need them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from operator import attrgetter
 from pathlib import Path
@@ -542,17 +543,25 @@ class ResultsStore:
         if not run_params["created_unix_s"]:
             run_params["created_unix_s"] = time.time()
 
+        with self._transaction() as con:
+            if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [meta.run_id]).fetchall():
+                raise DuplicateRunError(f"run {meta.run_id!r} is already in {self.path}")
+            con.execute(_INSERT_RUN, run_params)
+            for name, table in tables.items():
+                _insert_rows(con, name, table, meta.run_id)
+        return meta.run_id
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection held only for one transaction (schema ensured): committed when the
+        block ends, rolled back (and the connection closed) when it raises."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         con = _connect(self.path, read_only=False, wait_s=self.lock_wait_s)
         try:
             con.execute("BEGIN TRANSACTION")
             try:
                 _create_schema(con)
-                if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [meta.run_id]).fetchall():
-                    raise DuplicateRunError(f"run {meta.run_id!r} is already in {self.path}")
-                con.execute(_INSERT_RUN, run_params)
-                for name, table in tables.items():
-                    _insert_rows(con, name, table, meta.run_id)
+                yield con
                 con.execute("COMMIT")
             except BaseException:
                 try:
@@ -562,7 +571,6 @@ class ResultsStore:
                 raise
         finally:
             con.close()
-        return meta.run_id
 
     def write_client_requests(self, run_id: str, rows: Any) -> int:
         """Add a run's client rows (``client_requests``; a list of dicts, a DataFrame or an Arrow
@@ -570,24 +578,10 @@ class ResultsStore:
         stand-alone Locust run writes only what the client saw); refuses (``DuplicateRunError``)
         a run_id that already has client rows."""
         table = client_requests_table(rows)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = _connect(self.path, read_only=False, wait_s=self.lock_wait_s)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                _create_schema(con)
-                if con.execute("SELECT 1 FROM client_requests WHERE run_id = ? LIMIT 1", [run_id]).fetchall():
-                    raise DuplicateRunError(f"run {run_id!r} already has client rows in {self.path}")
-                _insert_rows(con, "client_requests", table, run_id)
-                con.execute("COMMIT")
-            except BaseException:
-                try:
-                    con.execute("ROLLBACK")
-                except Exception:
-                    pass
-                raise
-        finally:
-            con.close()
+        with self._transaction() as con:
+            if con.execute("SELECT 1 FROM client_requests WHERE run_id = ? LIMIT 1", [run_id]).fetchall():
+                raise DuplicateRunError(f"run {run_id!r} already has client rows in {self.path}")
+            _insert_rows(con, "client_requests", table, run_id)
         return table.num_rows
 
     def mark_status(self, run_id: str, status: str) -> None:
