@@ -1,7 +1,7 @@
 """``trident-paper``: the released TridentServe policy (an ILP every 0.5 s, decode on 1-GPU instances).
 
-Scenario tests on small synthetic clusters (the test is the driver: it applies the policy's actions
-to a ``ClusterState`` itself, or runs the simulator), the program's solvers checked against each
+Scenario tests on small synthetic clusters (the test steps the driver core by hand, looking at the
+policy's actions before the core applies them, or runs the simulator), the program's solvers checked against each
 other, and whole-run properties on the shipped mixes.
 """
 
@@ -16,13 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tridentcore.core.cluster import parse_cluster
-from tridentcore.core.events import (Dispatch, Fail, Place, Reject, RequestArrived, StageFailed, StageFinished,
-                                     Tick)
+from tridentcore.core.driver import Arrived, Completed, DriverCore
+from tridentcore.core.events import Dispatch, Fail, Reject, StageFailed, Tick
 from tridentcore.core.lifecycle import RequestState
 from tridentcore.core.policies.trident_paper import (enumerate_program, greedy_program, late_reward, milp_program,
                                                      pack_best)
 from tridentcore.core.policy import make_policy
-from tridentcore.core.state import ClusterState, ClusterView
 from tridentcore.core.types import Shape
 from tridentcore.core.workload import RequestSpec, generate_requests, make_slo_fn
 from tridentcore.profiles import load_profile
@@ -44,41 +43,28 @@ def request(rid: int, shape: Shape = LARGE, model: str = FLUX, arrival_s: float 
 
 
 class Driver:
-    """A tiny hand driver: a ClusterState, the policy, and helpers to apply its actions."""
+    """A hand driver over the driver core (the simulator's and the live engine's applier): the test
+    sees the policy's actions before they are applied."""
 
     def __init__(self, cluster: str = "1x4xH200", spec: str = "trident-paper", cost=COST, models=(FLUX,),
                  mem_gib: float | None = None) -> None:
         spec_ = parse_cluster(cluster, {"H200": mem_gib} if mem_gib else None)
-        self.state = ClusterState(spec_, cost)
-        self.view = ClusterView(self.state)
-        self.policy = make_policy(spec)
-        for a in self.policy.start(self.view, list(models), 0.0):
-            assert isinstance(a, Place)
-            self.state.place(a.model, a.stage, a.gpu)
+        self.core = DriverCore(spec_, cost, make_policy(spec))
+        self.state, self.view, self.policy = self.core.state, self.core.view, self.core.policy
+        self.core.start(list(models), None)
+
+    def _decide(self, events, now: float):
+        return [a for ev in events for a in self.policy.on_event(self.view, ev, now)]
 
     def arrive(self, spec: RequestSpec, now: float = 0.0):
-        self.state.requests.add(spec, now)
-        return self.policy.on_event(self.view, RequestArrived(spec), now)
+        return self._decide(self.core.absorb(Arrived(spec), now), now)
 
     def apply(self, actions, now: float) -> list[Dispatch]:
-        started = []
-        for a in actions:
-            if isinstance(a, Dispatch):
-                assert not self.state.problems(a), self.state.problems(a)
-                c = self.state.dispatch_cost(a)
-                assert not c.oom
-                self.state.start(a, now, now, now + c.total_s, c.step_s)
-                started.append(a)
-            elif isinstance(a, (Reject, Fail)):
-                end = RequestState.REJECTED if isinstance(a, Reject) else RequestState.FAILED
-                self.state.end_request(a.request_id, end, now, a.reason)
-        return started
+        return [s.run.action for s in self.core.apply(actions, now).started]
 
     def finish(self, dispatch: Dispatch, now: float):
         did = self.state.busy[dispatch.gpus[0]]
-        self.state.finish(did, now, dispatch.end_step)
-        event = StageFinished(did, dispatch.stage, dispatch.request_ids, dispatch.gpus, dispatch.end_step)
-        return self.policy.on_event(self.view, event, now)
+        return self._decide(self.core.absorb(Completed(did, dispatch.end_step), now), now)
 
 
 def run(cluster: str, requests, spec: str = "trident-paper", cost=COST):

@@ -1,16 +1,18 @@
 """Turning driver state into store rows: the one place both drivers (simulator, live engine) use.
 
 Pure: the rows are built from the cluster state, the dispatches and the spans already recorded.
+:class:`Recorder` keeps a run's spans and placement changes as the driver core produces them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from .lifecycle import RequestRecord, RequestTable
 from .records import GpuSample, PlacementRow, RequestRow, SpanRow
-from .state import Running
+from .events import Dispatch
+from .state import ClusterState, Running
 
 
 def span_rows(run: Running, t: float, outcome: str, end_step: int) -> list[SpanRow]:
@@ -83,3 +85,46 @@ def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], ac
             k += 1
     return [GpuSample(t_s=k * sample_s, gpu=g, busy=min(1.0, busy[g][k] / sample_s), mem_gib=round(mem[g][k], 4))
             for g in range(num_gpus) for k in range(bins)]
+
+
+class Recorder:
+    """A run's records: stage spans, placement changes and each dispatch's activation memory.
+
+    ``record`` off keeps nothing (a server without a results store); ``listeners`` still see every
+    span as it is made (a live server's per-request timings)."""
+
+    def __init__(self, record: bool = True) -> None:
+        self.record = record
+        self.spans: list[SpanRow] = []
+        self.placements: list[PlacementRow] = []
+        self.act_gib: dict[int, float] = {}  # dispatch id -> activation memory per GPU
+        self.listeners: list[Callable[[SpanRow], None]] = []
+
+    def span(self, run: Running, t: float, outcome: str, end_step: int) -> None:
+        """The rows of a dispatch that ended at ``t``."""
+        if self.record:
+            self.act_gib[run.id] = run.act_gib
+        self._add(span_rows(run, t, outcome, end_step))
+
+    def oom(self, dispatch_id: int, action: Dispatch, state: ClusterState, t: float) -> None:
+        """The rows of a dispatch whose allocation failed as it started (nothing ran)."""
+        n = len(action.request_ids)
+        self._add([SpanRow(dispatch_id, rid, action.stage, action.gpus, len(action.gpus), n,
+                           state.requests[rid].ready_s, t, t, 0.0, action.start_step, action.start_step, "oom")
+                   for rid in action.request_ids])
+
+    def placement(self, row: PlacementRow) -> None:
+        if self.record:
+            self.placements.append(row)
+
+    def _add(self, rows: list[SpanRow]) -> None:
+        if self.record:
+            self.spans.extend(rows)
+        for listener in self.listeners:
+            for row in rows:
+                listener(row)
+
+    def gpu_samples(self, num_gpus: int, end_s: float, sample_s: float = 10.0) -> list[GpuSample]:
+        if not self.spans:
+            return []
+        return gpu_samples(self.spans, self.placements, self.act_gib, num_gpus, end_s, sample_s)

@@ -1,9 +1,16 @@
 """The discrete-event driver: runs a policy on a virtual clock with durations from the cost model.
 
-A heap of timed events; each popped event is applied to the :class:`ClusterState`, handed to the
-policy, and the policy's actions are applied in turn (a dispatch schedules its own completion).
-The same seed gives the same run: no wall clock enters any decision (wall time is only measured
-around the policy, to report its decision time).
+A heap of timed reports (arrivals, completions, ticks). Each popped report goes to the driver core
+(:class:`~tridentcore.core.driver.DriverCore`: absorb, decide, apply, the same code the live engine
+runs); the simulator only turns the core's effects into future heap entries (a started dispatch
+completes at the cost model's end; a paused diffuse at the step boundary) and keeps the policy's
+timer. The same seed gives the same run: no wall clock enters any decision (wall time is only
+measured around the policy, to report its decision time).
+
+**Replay.** ``replay`` is a live run's report log (``DriverCore.log``: every arrival, completion,
+tick, worker fault and cancellation at the engine time it was handled). The simulator then takes
+its reports from the log instead of the cost model and its own timer, so the policy sees exactly
+what it saw live; the parity check asserts that it decides exactly as it did live.
 """
 
 from __future__ import annotations
@@ -12,27 +19,23 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
-from ..core.events import (Dispatch, Evict, Fail, Place, Preempt, Reject, RequestArrived, StageFailed,
-                           StageFinished, Tick)
-from ..core.lifecycle import RequestState
+from ..core.driver import Arrived, Completed, DriverCore, Effects, PolicyBug, Report, TickDue, expected_mix
 from ..core.policy import Policy
 from ..core.records import GpuSample, PlacementRow, RequestRow, SpanRow
-from ..core.recording import gpu_samples, request_rows, span_rows
-from ..core.state import ClusterState, ClusterView, Running
+from ..core.recording import request_rows
+from ..core.types import Shape
 from ..core.workload import RequestSpec
+
+__all__ = ["PolicyBug", "SimResult", "Simulator", "simulate"]
 
 logger = logging.getLogger(__name__)
 
-_ARRIVAL, _FINISH, _OOM, _TICK = 0, 1, 2, 3
-
-
-class PolicyBug(RuntimeError):
-    """A policy asked for something impossible (a busy GPU, a request in the wrong state...)."""
+_ARRIVAL, _FINISH, _TICK, _REPORT = 0, 1, 2, 3
 
 
 @dataclass
@@ -49,36 +52,45 @@ class SimResult:
 
 
 class Simulator:
-    """One run of one policy over one request sequence."""
+    """One run of one policy over one request sequence (or one replayed live run).
+
+    ``expected``: the workload the policy plans its initial placement for (``core.driver.expected_mix``);
+    None: the requests themselves.
+    """
 
     def __init__(
         self,
         cluster: ClusterSpec,
         cost: CostModel,
         policy: Policy,
-        requests: Sequence[RequestSpec],
+        requests: Sequence[RequestSpec] = (),
         *,
         gpu_kind: str | None = None,
         sample_s: float = 10.0,
         record: bool = True,
         time_limit_s: float | None = None,
+        expected: Mapping[tuple[str, Shape], float] | None = None,
+        models: Sequence[str] | None = None,
+        replay: Sequence[tuple[float, Report]] | None = None,
     ) -> None:
-        self.state = ClusterState(cluster, cost, gpu_kind)
-        self.view = ClusterView(self.state)
+        self.core = DriverCore(cluster, cost, policy, gpu_kind=gpu_kind, record=record, strict=True,
+                               timer=time.perf_counter)
+        self.state = self.core.state
         self.policy = policy
+        self.replay = replay
+        if replay is not None:
+            requests = [r.request for _, r in replay if isinstance(r, Arrived)]
         self.requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
+        self.models = tuple(models) if models is not None else tuple(sorted({r.model for r in self.requests}))
+        self.expected = dict(expected) if expected is not None else expected_mix(
+            (r.model, r.shape, 1.0) for r in self.requests)
         self.sample_s = sample_s
         self.record = record
         self.time_limit_s = time_limit_s
         self._heap: list[tuple[float, int, int, object]] = []
         self._seq = 0
-        self.spans: list[SpanRow] = []
-        self.placements: list[PlacementRow] = []
-        self.decision_ms: list[float] = []
         self.now = 0.0
         self._tick_pending = False
-        self._oom_seq = 0  # failed allocations get negative dispatch ids (they never ran)
-        self._act_gib: dict[int, float] = {}  # dispatch id -> activation memory per GPU
 
     # ---------------------------------------------------------------------------------- loop
     def _push(self, t: float, kind: int, payload: object) -> None:
@@ -87,17 +99,18 @@ class Simulator:
 
     def run(self) -> SimResult:
         wall0 = time.perf_counter()
-        state, policy = self.state, self.policy
-        models = sorted({r.model for r in self.requests})
-        expected: dict = {}
-        for r in self.requests:
-            expected[(r.model, r.shape)] = expected.get((r.model, r.shape), 0) + 1
-        self._apply(self._decide(lambda: policy.start(self.view, models, 0.0, expected)), initial=True)
-        arrivals = iter(self.requests)
-        nxt = next(arrivals, None)
-        if nxt is not None:
-            self._push(nxt.arrival_s, _ARRIVAL, nxt)
-        events = 0
+        core, state, policy = self.core, self.state, self.policy
+        self._effects(core.start(self.models, self.expected, 0.0))
+        if self.replay is not None:
+            for t, report in self.replay:
+                self._push(t, _REPORT, report)
+            arrivals = iter(())
+            nxt = None
+        else:
+            arrivals = iter(self.requests)
+            nxt = next(arrivals, None)
+            if nxt is not None:
+                self._push(nxt.arrival_s, _ARRIVAL, nxt)
         heap = self._heap
         while heap:
             t, _, kind, payload = heapq.heappop(heap)
@@ -105,9 +118,7 @@ class Simulator:
                 break
             self.now = t
             if kind == _ARRIVAL:
-                spec: RequestSpec = payload  # type: ignore[assignment]
-                state.requests.add(spec, t)
-                event = RequestArrived(spec)
+                report: Report = Arrived(payload)  # type: ignore[arg-type]
                 nxt = next(arrivals, None)
                 if nxt is not None:
                     self._push(nxt.arrival_s, _ARRIVAL, nxt)
@@ -115,125 +126,36 @@ class Simulator:
                 did, expected_end = payload  # type: ignore[misc]
                 run = state.running.get(did)
                 if run is None or run.predicted_end_s != expected_end:
-                    continue  # superseded (preempted: a new end was scheduled)
-                event = self._finish(run, t)
-            elif kind == _OOM:
-                did, action = payload  # type: ignore[misc]
-                if self.record:
-                    for rid in action.request_ids:
-                        rec = state.requests[rid]
-                        self.spans.append(SpanRow(did, rid, action.stage, action.gpus, len(action.gpus),
-                                                  len(action.request_ids), rec.ready_s, t, t, 0.0,
-                                                  action.start_step, action.start_step, "oom"))
-                event = StageFailed(did, action.stage, action.request_ids, action.gpus, "out of memory", oom=True)
-            else:
+                    continue  # superseded (paused: a new end was scheduled)
+                report = Completed(did)
+            elif kind == _TICK:
                 self._tick_pending = False
-                if state.requests.live == 0 and nxt is None:
-                    continue
-                event = Tick()
-            events += 1
-            actions = self._decide(lambda: policy.on_event(self.view, event, t))
-            if actions:
-                self._apply(actions)
-            if policy.tick_s and not self._tick_pending and (state.requests.live or nxt is not None):
+                report = TickDue()
+            else:
+                report = payload  # type: ignore[assignment]
+            self._effects(core.step(report, t))
+            if (self.replay is None and policy.tick_s and not self._tick_pending
+                    and (state.requests.live or nxt is not None)):
                 self._tick_pending = True
                 self._push(math.floor(t / policy.tick_s + 1e-9) * policy.tick_s + policy.tick_s, _TICK, None)
         # anything still live at a time limit is reported as it stands: not done
-        rows = self._request_rows()
+        rec = core.recorder
         return SimResult(
-            policy=policy.spec, requests=rows, spans=self.spans, placements=self.placements,
-            gpu_samples=self._gpu_samples() if self.record else [], decision_ms=self.decision_ms,
-            wall_s=time.perf_counter() - wall0, events=events, end_s=self.now,
+            policy=policy.spec, requests=request_rows(state.requests), spans=rec.spans, placements=rec.placements,
+            gpu_samples=rec.gpu_samples(len(state.gpus), self.now, self.sample_s) if self.record else [],
+            decision_ms=list(core.decision_ms), wall_s=time.perf_counter() - wall0, events=core.events,
+            end_s=self.now,
         )
 
-    def _decide(self, call):
-        t0 = time.perf_counter()
-        actions = call()
-        self.decision_ms.append((time.perf_counter() - t0) * 1000.0)
-        return actions
-
-    # ------------------------------------------------------------------------------- actions
-    def _apply(self, actions: Iterable[object], initial: bool = False) -> None:
-        state, now = self.state, self.now
-        for action in actions:
-            if isinstance(action, Dispatch):
-                self._dispatch(action)
-            elif isinstance(action, (Reject, Fail)):
-                end = RequestState.REJECTED if isinstance(action, Reject) else RequestState.FAILED
-                problem = state.end_waiting(action.request_id, end, now, action.reason)
-                if problem:
-                    raise PolicyBug(problem)
-            elif isinstance(action, Preempt):
-                self._preempt(action.request_id)
-            elif isinstance(action, (Place, Evict)):
-                row = state.apply_placement(action, now, initial)
-                if row is not None and self.record:
-                    self.placements.append(row)
-            else:
-                raise PolicyBug(f"unknown action {action!r}")
-
-    def _dispatch(self, action: Dispatch) -> None:
-        state, now = self.state, self.now
-        problems = state.problems(action)
-        if problems:
-            raise PolicyBug(f"{self.policy.spec}: invalid dispatch {action}: " + "; ".join(problems))
-        c = state.dispatch_cost(action)
-        if c.oom:
-            # The allocation fails as the stage starts: nothing runs, the requests stay waiting
-            # with an OOM counted, and the policy hears of it (a retry is its decision).
-            state.note_oom(action.request_ids)
-            self._oom_seq -= 1
-            self._push(now, _OOM, (self._oom_seq, action))
+    def _effects(self, effects: Effects) -> None:
+        """A started dispatch completes at its predicted end, a paused one at its step boundary
+        (replay: completions come from the log instead)."""
+        if self.replay is not None:
             return
-        rec0 = state.requests[action.request_ids[0]]
-        for g in action.gpus:  # lazy placement: weights loaded as part of this dispatch
-            if state.place(rec0.spec.model, action.stage, g) and self.record:
-                self.placements.append(PlacementRow(now, g, rec0.spec.model, action.stage, "place",
-                                                    state.cost.weights_gib(rec0.spec.model, action.stage, state.gpu_kind),
-                                                    c.load_s))
-        compute_start = now + c.load_s + c.transfer_s
-        end = compute_start + c.compute_s
-        run = state.start(action, now, compute_start, end, c.step_s, c.load_s, c.transfer_s)
-        self._push(end, _FINISH, (run.id, end))
-
-    def _preempt(self, request_id: int) -> None:
-        state, now = self.state, self.now
-        did = state.by_request.get(request_id)
-        if did is None:
-            return
-        run = state.running[did]
-        if run.action.stage != "diffuse" or run.preempt_at_step is not None:
-            return
-        a = run.action
-        done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
-        stop = a.start_step + done
-        if stop >= a.end_step:
-            return  # finishes at its next boundary anyway
-        run.preempt_at_step = stop
-        run.predicted_end_s = max(now, run.compute_start_s + done * run.step_s)
-        self._push(run.predicted_end_s, _FINISH, (run.id, run.predicted_end_s))
-
-    # ------------------------------------------------------------------------------- results
-    def _finish(self, run: Running, t: float) -> StageFinished:
-        a = run.action
-        self._act_gib[run.id] = run.act_gib
-        preempted = run.preempt_at_step is not None
-        end_step = run.preempt_at_step if preempted else a.end_step
-        self.state.finish(run.id, t, end_step)
-        self._span(run, t, "preempted" if preempted else "done", end_step)
-        return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end_step, preempted)
-
-    def _span(self, run: Running, t: float, outcome: str, end_step: int) -> None:
-        if self.record:
-            self.spans.extend(span_rows(run, t, outcome, end_step))
-
-    def _request_rows(self) -> list[RequestRow]:
-        return request_rows(self.state.requests)
-
-    def _gpu_samples(self) -> list[GpuSample]:
-        if not self.spans:
-            return []
-        return gpu_samples(self.spans, self.placements, self._act_gib, len(self.state.gpus), self.now, self.sample_s)
+        for s in effects.started:
+            self._push(s.run.predicted_end_s, _FINISH, (s.run.id, s.run.predicted_end_s))
+        for p in effects.paused:
+            self._push(p.at_s, _FINISH, (p.run.id, p.at_s))
 
 
 def simulate(cluster: ClusterSpec, cost: CostModel, policy: Policy, requests: Sequence[RequestSpec], **kw) -> SimResult:

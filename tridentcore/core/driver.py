@@ -1,0 +1,450 @@
+"""The driver core: the one place that turns what happened into state changes, policy decisions and
+effects. Both drivers (the simulator and the live engine) and the test drivers use it; they keep only
+how time passes.
+
+A driver reports what happened (:data:`Report`: a request arrived, a dispatch completed or failed, a
+worker was lost or came back, a tick fell due, a client cancelled, the run shut down) together with
+``now``. The core
+
+1. **absorbs** the report into the :class:`~tridentcore.core.state.ClusterState` (``requests.add``,
+   ``finish``, ``fail``, ``set_alive``...), which yields the policy events (``StageFinished``...);
+2. hands each event to ``policy.on_event(view, event, now)``;
+3. **applies** the actions (``Dispatch``, ``Preempt``, ``Reject``, ``Fail``, ``Place``, ``Evict``),
+   checking each against the state; an allocation that does not fit, or a dispatch whose requests
+   all ended meanwhile, becomes a follow-up event handled in the same step at the same ``now``;
+4. returns the :class:`Effects`: dispatches started (with their predicted end), diffuses to pause at
+   a step boundary, requests that ended. The simulator turns a started dispatch into a timed
+   completion on its heap; the live engine sends it to a worker.
+
+Everything here is deterministic: given the same reports at the same times, the same decisions
+follow. With ``log`` on, the core keeps every report and its time, so a live run can be replayed
+through the simulator (``Simulator(..., replay=core.log)``) and must give the same decisions.
+
+Pure: no clock (decision times are measured only if the driver passes a ``timer``), no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from .cluster import ClusterSpec
+from .costmodel import CostModel
+from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, StageFailed,
+                     StageFinished, Tick, WorkerLost, WorkerRestored)
+from .lifecycle import RequestState
+from .policy import Policy
+from .records import PlacementRow
+from .recording import Recorder
+from .state import ClusterState, ClusterView, Running
+from .types import Shape
+from .workload import RequestSpec
+
+DEFAULT_MAX_ATTEMPTS = 3  # a request whose running stage fails this often (lost worker, error) fails
+MAX_FOLLOW_UPS = 10_000  # follow-up events in one step past which the policy is looping (a bug)
+
+
+class PolicyBug(RuntimeError):
+    """A policy asked for something impossible (a busy GPU, a request in the wrong state...)."""
+
+
+# ------------------------------------------------------------------------------------------ reports
+
+
+@dataclass(frozen=True, slots=True)
+class Arrived:
+    """A request was admitted (its ``arrival_s`` and deadline are already set)."""
+
+    request: RequestSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A dispatch ended. ``error`` empty: it ran; for a diffuse, ``end_step`` is the step it reached
+    (None: where the core expects it, i.e. the planned end or the pause it asked for). ``error`` set:
+    it failed (``oom`` for an out-of-memory error in the worker); its requests go back to waiting."""
+
+    dispatch_id: int
+    end_step: int | None = None
+    error: str = ""
+    oom: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """A worker (device) stopped; its running dispatch fails and its resident weights are gone."""
+
+    gpu: int
+    reason: str = "worker lost"
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    gpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class TickDue:
+    """The policy's timer fell due (``Policy.tick_s``); the policy hears it only while requests live."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A client cancelled a request. A running one ends now and its stage's output is dropped."""
+
+    request_id: int
+    reason: str = "cancelled by the client"
+
+
+@dataclass(frozen=True, slots=True)
+class Forgot:
+    """The driver dropped an ended request from the table (bounded memory of a long-lived server)."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShutDown:
+    """The run stops: running dispatches and live requests fail with ``reason``."""
+
+    reason: str
+
+
+Report = Arrived | Completed | Lost | Restored | TickDue | Cancelled | Forgot | ShutDown
+
+# ------------------------------------------------------------------------------------------ effects
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A dispatch started: ``run.predicted_end_s`` is the cost model's end, ``total_s`` its duration."""
+
+    run: Running
+    total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """Stop the running diffuse ``run`` at step ``step`` (the cost model expects that boundary at ``at_s``)."""
+
+    run: Running
+    step: int
+    at_s: float
+
+
+@dataclass(slots=True)
+class Effects:
+    """What one step asks the driver to do, and the requests that reached a terminal state in it."""
+
+    started: list[Started] = field(default_factory=list)
+    paused: list[Paused] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ start inputs
+
+
+def expected_mix(items: Iterable[tuple[str, Shape, float]]) -> dict[tuple[str, Shape], float]:
+    """The workload a policy plans its initial placement for: ``{(model, shape): weight}``.
+
+    Both drivers build ``policy.start``'s input with this one function: from a mix's classes and
+    their weights when the run declares a mix, else from the requests of a trace (weight 1 each)."""
+    out: dict[tuple[str, Shape], float] = {}
+    for model, shape, weight in items:
+        out[(model, shape)] = out.get((model, shape), 0.0) + float(weight)
+    return out
+
+
+def next_boundary(run: Running, now: float) -> tuple[int, float]:
+    """The step boundary a running diffuse reaches next at or after ``now``, and when, by the cost
+    model's step time (a run still loading weights pauses at its first step)."""
+    if run.step_s <= 0 or now <= run.compute_start_s:
+        return run.action.start_step, max(now, run.compute_start_s)
+    done = math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
+    return run.action.start_step + done, max(now, run.compute_start_s + done * run.step_s)
+
+
+# --------------------------------------------------------------------------------------- the core
+
+
+class DriverCore:
+    """Cluster state, policy and records of one run; :meth:`step` is the one applier of actions.
+
+    ``strict``: an invalid dispatch raises :class:`PolicyBug` (the simulator, tests); otherwise its
+    requests fail with an internal-error reason and the message goes to ``errors`` (a server
+    outlives a bad decision). ``timer``: a clock for measuring decision times (None: not measured).
+    """
+
+    def __init__(self, cluster: ClusterSpec, cost: CostModel, policy: Policy, *, gpu_kind: str | None = None,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, strict: bool = True, record: bool = True,
+                 log: bool = False, timer: Callable[[], float] | None = None,
+                 decision_window: int | None = None) -> None:
+        self.state = ClusterState(cluster, cost, gpu_kind)
+        self.view = ClusterView(self.state)
+        self.policy = policy
+        self.max_attempts = max_attempts
+        self.strict = strict
+        self.recorder = Recorder(record)
+        self.log: list[tuple[float, Report]] | None = [] if log else None
+        self.started_with: tuple[tuple[str, ...], dict[tuple[str, Shape], float] | None] | None = None
+        self.decision_ms: deque[float] = deque(maxlen=decision_window)
+        self.errors: list[str] = []
+        self.events = 0  # events handed to the policy
+        self._timer = timer
+        self._attempts: dict[int, int] = {}
+        self._skip_seq = 0  # dispatches that never ran (failed allocation, skipped) get ids -1, -2, ...
+
+    # ------------------------------------------------------------------------------ entry points
+    def start(self, models: Sequence[str], expected: Mapping[tuple[str, Shape], float] | None,
+              now: float = 0.0) -> Effects:
+        """The policy's initial placement (a deployment: costs no load time)."""
+        self.started_with = (tuple(models), dict(expected) if expected is not None else None)
+        out = Effects()
+        actions = self._decide(lambda: self.policy.start(self.view, list(models), now, expected))
+        follow = self._apply(actions, now, out, initial=True)
+        self._run(follow, now, out)
+        return out
+
+    def step(self, report: Report, now: float) -> Effects:
+        """Absorb one report at ``now``, let the policy decide, apply its actions."""
+        if self.log is not None:
+            self.log.append((now, report))
+        out = Effects()
+        self._run(self._absorb(report, now, out), now, out)
+        return out
+
+    # A step in two halves, for scenario tests that look at a policy's actions before applying them
+    # (``step`` is ``absorb``, ``policy.on_event`` for each event, then ``apply``).
+    def absorb(self, report: Report, now: float) -> list[Event]:
+        """Only the state change of a report; returns the events the policy would be handed."""
+        return self._absorb(report, now, Effects())
+
+    def apply(self, actions: Iterable[Action], now: float) -> Effects:
+        """Apply actions decided outside :meth:`step` (follow-up events still go to the policy)."""
+        out = Effects()
+        self._run(self._apply(actions, now, out), now, out)
+        return out
+
+    # ------------------------------------------------------------------------------ the loop
+    def _run(self, events: Iterable[Event], now: float, out: Effects) -> None:
+        queue = deque(events)
+        handled = 0
+        while queue:
+            event = queue.popleft()
+            handled += 1
+            if handled > MAX_FOLLOW_UPS:
+                raise PolicyBug(f"{self.policy.spec}: {MAX_FOLLOW_UPS} events at t={now:.6f} without progress")
+            self.events += 1
+            actions = self._decide(lambda: self.policy.on_event(self.view, event, now))
+            if actions:
+                queue.extend(self._apply(actions, now, out))
+        reqs = self.state.requests
+        out.ended = [rid for rid in dict.fromkeys(out.ended) if (rec := reqs.get(rid)) is not None
+                     and rec.state.terminal]
+
+    def _decide(self, call: Callable[[], list[Action]]) -> list[Action]:
+        if self._timer is None:
+            return call()
+        t0 = self._timer()
+        actions = call()
+        self.decision_ms.append((self._timer() - t0) * 1000.0)
+        return actions
+
+    # ------------------------------------------------------------------------------ absorbing
+    def _absorb(self, report: Report, now: float, out: Effects) -> list[Event]:
+        state = self.state
+        if isinstance(report, Arrived):
+            state.requests.add(report.request, now)
+            out.ended.append(report.request.id)
+            return [RequestArrived(report.request)]
+        if isinstance(report, Completed):
+            run = state.running.get(report.dispatch_id)
+            if run is None:
+                return []  # already failed (its worker was lost) or shut down
+            if report.error:
+                return [self._failed(run, report.error, report.oom, now, out)]
+            return [self._finished(run, report.end_step, now, out)]
+        if isinstance(report, TickDue):
+            return [Tick()] if state.requests.live else []
+        if isinstance(report, Lost):
+            return self._lost(report.gpu, report.reason, now, out)
+        if isinstance(report, Restored):
+            state.set_alive(report.gpu, True)
+            return [WorkerRestored(report.gpu)]
+        if isinstance(report, Cancelled):
+            self._cancel(report.request_id, report.reason, now, out)
+            return []
+        if isinstance(report, Forgot):
+            state.requests.forget(report.request_id)
+            self._attempts.pop(report.request_id, None)
+            return []
+        if isinstance(report, ShutDown):
+            self._fail_everything(report.reason, now, out)
+            return []
+        raise TypeError(f"unknown report {report!r}")
+
+    def _finished(self, run: Running, end_step: int | None, now: float, out: Effects) -> StageFinished:
+        a = run.action
+        end = 0
+        preempted = False
+        if a.stage == "diffuse":
+            if end_step is None:
+                end_step = run.preempt_at_step if run.preempt_at_step is not None else a.end_step
+            end = max(a.start_step, min(end_step, a.end_step))
+            preempted = end < a.end_step
+            run.preempt_at_step = end if preempted else None
+        self.state.finish(run.id, now, end)
+        self.recorder.span(run, now, "preempted" if preempted else "done", end)
+        out.ended.extend(a.request_ids)
+        return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end, preempted)
+
+    def _failed(self, run: Running, reason: str, oom: bool, now: float, out: Effects) -> StageFailed:
+        """A running dispatch failed: its requests go back to waiting, or fail after ``max_attempts``."""
+        state, a = self.state, run.action
+        give_up = set()
+        for rid in a.request_ids:
+            n = self._attempts[rid] = self._attempts.get(rid, 0) + 1
+            if n >= self.max_attempts:
+                give_up.add(rid)
+        state.fail(run.id, now, reason, oom=oom, retry=True)
+        self.recorder.span(run, now, "oom" if oom else "failed", a.start_step)
+        for rid in a.request_ids:
+            out.ended.append(rid)
+            if rid in give_up and not state.requests[rid].state.terminal:
+                state.end_request(rid, RequestState.FAILED, now,
+                                  f"{a.stage} failed {self.max_attempts} times; last: {reason}")
+        return StageFailed(run.id, a.stage, a.request_ids, a.gpus, reason, oom)
+
+    def _lost(self, gpu: int, reason: str, now: float, out: Effects) -> list[Event]:
+        state = self.state
+        events: list[Event] = []
+        did = state.busy[gpu]
+        if did is not None and did in state.running:
+            events.append(self._failed(state.running[did], f"worker {gpu} lost: {reason}", False, now, out))
+        if state.alive[gpu]:
+            for (model, stage), gib in sorted(state.resident[gpu].items()):
+                self.recorder.placement(PlacementRow(now, gpu, model, stage, "evict", gib))
+            state.set_alive(gpu, False)
+        events.append(WorkerLost(gpu, reason))
+        return events
+
+    def _cancel(self, rid: int, reason: str, now: float, out: Effects) -> None:
+        state = self.state
+        rec = state.requests.get(rid)
+        if rec is None or rec.state.terminal:
+            return
+        out.ended.append(rid)
+        did = state.by_request.get(rid)
+        if did is None:
+            state.end_request(rid, RequestState.CANCELLED, now, reason)
+            return
+        # Running: the request ends now; its stage runs on and its output is dropped when it ends
+        # (a diffuse whose every request ended stops at its next step boundary).
+        state.requests.transition(rid, RequestState.CANCELLED, now, reason)
+        run = state.running[did]
+        if run.action.stage == "diffuse" and all(state.requests[r].state.terminal for r in run.action.request_ids):
+            stop, at = next_boundary(run, now)
+            if stop < run.action.end_step:
+                out.paused.append(Paused(run, stop, at))
+
+    def _fail_everything(self, reason: str, now: float, out: Effects) -> None:
+        state = self.state
+        for did in list(state.running):
+            run = state.running[did]
+            state.fail(did, now, reason, retry=False)
+            self.recorder.span(run, now, "failed", run.action.start_step)
+            out.ended.extend(run.action.request_ids)
+        for rec in list(state.requests):
+            if not rec.state.terminal:
+                state.end_request(rec.id, RequestState.FAILED, now, reason)
+                out.ended.append(rec.id)
+
+    # ------------------------------------------------------------------------------ applying
+    def _apply(self, actions: Iterable[Action], now: float, out: Effects, initial: bool = False) -> list[Event]:
+        """Apply a policy's actions in order; returns the follow-up events they cause."""
+        state = self.state
+        follow: list[Event] = []
+        for action in actions:
+            if isinstance(action, Dispatch):
+                ev = self._dispatch(action, now, out)
+                if ev is not None:
+                    follow.append(ev)
+            elif isinstance(action, (Reject, Fail)):
+                end = RequestState.REJECTED if isinstance(action, Reject) else RequestState.FAILED
+                problem = state.end_waiting(action.request_id, end, now, action.reason)
+                if problem:
+                    raise PolicyBug(f"{self.policy.spec}: {problem}")
+                out.ended.append(action.request_id)
+            elif isinstance(action, Preempt):
+                self._preempt(action.request_id, now, out)
+            elif isinstance(action, (Place, Evict)):
+                row = state.apply_placement(action, now, initial)
+                if row is not None:
+                    self.recorder.placement(row)
+            else:
+                raise PolicyBug(f"{self.policy.spec}: unknown action {action!r}")
+        return follow
+
+    def _skip_id(self) -> int:
+        self._skip_seq -= 1
+        return self._skip_seq
+
+    def _dispatch(self, action: Dispatch, now: float, out: Effects) -> Event | None:
+        state = self.state
+        live = tuple(r for r in action.request_ids
+                     if (rec := state.requests.get(r)) is not None and not rec.state.terminal)
+        if live != action.request_ids:
+            if not live:
+                # Every request of it ended while the policy held it (cancelled): nothing runs. The
+                # policy hears that the stage "finished" for ended requests, which every policy
+                # already handles (a request cancelled while running ends the same way).
+                return StageFinished(self._skip_id(), action.stage, action.request_ids, action.gpus,
+                                     action.start_step)
+            action = replace(action, request_ids=live)
+        problems = state.problems(action)
+        if problems:
+            msg = f"{self.policy.spec}: invalid dispatch {action}: " + "; ".join(problems)
+            if self.strict:
+                raise PolicyBug(msg)
+            self.errors.append(msg)
+            for rid in action.request_ids:
+                rec = state.requests.get(rid)
+                if rec is not None and not rec.state.terminal and state.by_request.get(rid) is None:
+                    state.end_request(rid, RequestState.FAILED, now, "internal error: the policy made an invalid dispatch")
+                    out.ended.append(rid)
+            return None
+        c = state.dispatch_cost(action)
+        if c.oom:
+            # The allocation fails as the stage starts: nothing runs, the requests stay waiting with
+            # an out-of-memory error counted, and the policy hears of it (a retry is its decision).
+            state.note_oom(action.request_ids)
+            did = self._skip_id()
+            self.recorder.oom(did, action, state, now)
+            return StageFailed(did, action.stage, action.request_ids, action.gpus, "out of memory", oom=True)
+        model = state.requests[action.request_ids[0]].spec.model
+        for g in action.gpus:  # lazy placement: weights loaded as part of this dispatch
+            if state.place(model, action.stage, g):
+                self.recorder.placement(PlacementRow(now, g, model, action.stage, "place",
+                                                     state.stage_weights_gib(model, action.stage), c.load_s))
+        compute_start = now + c.load_s + c.transfer_s
+        end = compute_start + c.compute_s
+        run = state.start(action, now, compute_start, end, c.step_s, c.load_s, c.transfer_s)
+        out.started.append(Started(run, c.total_s))
+        return None
+
+    def _preempt(self, request_id: int, now: float, out: Effects) -> None:
+        state = self.state
+        did = state.by_request.get(request_id)
+        if did is None:
+            return
+        run = state.running[did]
+        if run.action.stage != "diffuse" or run.preempt_at_step is not None:
+            return
+        stop, at = next_boundary(run, now)
+        if stop >= run.action.end_step:
+            return  # finishes at its next boundary anyway
+        run.preempt_at_step = stop
+        run.predicted_end_s = at
+        out.paused.append(Paused(run, stop, at))

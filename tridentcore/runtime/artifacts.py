@@ -1,0 +1,51 @@
+"""What a live run keeps between stages: each request's intermediate outputs and its finished result.
+
+Embeddings (after encode) and latents (after each diffuse piece) stay here between stages: on CPU
+workers they are shared-memory tensor handles, so the next stage's worker maps them without a copy;
+on emulated devices they are None. A finished decode's media bytes wait here for the client to fetch
+them, the oldest dropped first past ``max_results``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+
+class ArtifactCache:
+    def __init__(self, max_results: int = 1024) -> None:
+        self.max_results = max_results
+        self._between: dict[int, dict[str, Any]] = {}  # request id -> {"embeddings": ..., "latents": ...}
+        self.results: OrderedDict[int, bytes | None] = OrderedDict()
+
+    def inputs(self, stage: str, request_ids: Sequence[int]) -> tuple:
+        """A stage's inputs, one per request: encode (); diffuse (embeddings, latents or None); decode latents."""
+        if stage == "encode":
+            return ()
+        got = [self._between.get(r, {}) for r in request_ids]
+        if stage == "diffuse":
+            return tuple((g.get("embeddings"), g.get("latents")) for g in got)
+        return tuple(g.get("latents") for g in got)
+
+    def keep(self, stage: str, request_id: int, output: Any) -> None:
+        """Keep a stage's output for the next stage (decode: the result, for the client)."""
+        if stage == "encode":
+            self._between.setdefault(request_id, {})["embeddings"] = output
+        elif stage == "diffuse":
+            self._between.setdefault(request_id, {})["latents"] = output
+        else:
+            self._between.pop(request_id, None)
+            self.results[request_id] = output
+            while len(self.results) > self.max_results:
+                self.results.popitem(last=False)
+
+    def drop(self, request_id: int) -> None:
+        """Forget a request's intermediate outputs (it ended, or no stage of it is running)."""
+        self._between.pop(request_id, None)
+
+    def has_result(self, request_id: int) -> bool:
+        return request_id in self.results
+
+    def result(self, request_id: int) -> bytes | None:
+        return self.results.get(request_id)

@@ -1,0 +1,87 @@
+"""Read-only views of a live engine for the HTTP API: one request's progress, the cluster snapshot.
+
+Plain dicts in engine seconds; device ids are global (``engine.device_offset`` added), so the views
+of the engines of a mixed run can be merged as they are.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..core.lifecycle import WAITING_FOR, RequestState
+from ..core.records import SpanRow
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+STAGES = ("encode", "diffuse", "decode")
+
+
+def describe(engine: Engine, request_id: int) -> dict | None:
+    """State, the stage it is in or waits for, progress and per-stage timings."""
+    rec = engine.state.requests.get(request_id)
+    if rec is None:
+        return None
+    run = engine.view.running_of(request_id)
+    state = rec.state
+    stage = run.action.stage if run is not None else WAITING_FOR.get(state)
+    spec = rec.spec
+    return {
+        "id": request_id, "state": state.value, "stage": stage, "model": spec.model,
+        "reason": rec.reason if state.terminal else "", "steps_done": rec.steps_done, "steps": spec.shape.steps,
+        "arrival_s": spec.arrival_s, "deadline_s": spec.deadline_s, "finish_s": rec.finish_s,
+        "met_slo": bool(state is RequestState.DONE and rec.finish_s is not None
+                        and rec.finish_s <= spec.deadline_s + 1e-9),
+        "ooms": rec.ooms, "preemptions": rec.preemptions,
+        "stages": [span_dict(engine, sp) for sp in engine.spans_of(request_id)],
+    }
+
+
+def span_dict(engine: Engine, sp: SpanRow) -> dict:
+    out = {"stage": sp.stage, "devices": [g + engine.device_offset for g in sp.gpus], "batch": sp.batch,
+           "outcome": sp.outcome, "queued_ms": 1000 * (sp.started_s - sp.queued_s),
+           "run_ms": 1000 * (sp.ended_s - sp.started_s), "predicted_ms": 1000 * sp.predicted_s,
+           "load_ms": 1000 * sp.load_s, "transfer_ms": 1000 * sp.transfer_s, "start_step": sp.start_step,
+           "end_step": sp.end_step}
+    if sp.stage == "decode":
+        out["tiled"] = engine.ran_tiled(sp.dispatch_id)
+    return out
+
+
+def snapshot(engine: Engine) -> dict:
+    """Devices, resident stage instances (the live placement), queues and memory."""
+    state, off = engine.state, engine.device_offset
+    devices = []
+    instances: dict[tuple[str, str], list[int]] = {}
+    for g, spec in enumerate(state.gpus):
+        for key in state.resident[g]:
+            instances.setdefault(key, []).append(g + off)
+        did = state.busy[g]
+        run = state.running.get(did) if did is not None else None
+        worker = engine.workers[g]
+        devices.append({
+            "id": g + off, "node": spec.node, "kind": spec.kind, "worker": worker.kind,
+            "alive": bool(state.alive[g]), "busy": did is not None,
+            "running": None if run is None else {"dispatch": run.id, "stage": run.action.stage,
+                                                 "requests": list(run.action.request_ids)},
+            "mem_gib": spec.mem_gib, "weights_gib": state.weights_gib[g], "activations_gib": state.act_gib[g],
+            "free_gib": state.free_gib(g),
+            "resident": [f"{m}/{s}" for m, s in sorted(state.resident[g])],
+            "pid": getattr(worker, "pid", None),
+        })
+    queues = dict.fromkeys(STAGES, 0)
+    running = dict.fromkeys(STAGES, 0)
+    live = engine.live_ids()
+    for rid in live:
+        stage = WAITING_FOR.get(state.requests[rid].state)
+        if stage is not None:
+            queues[stage] += 1
+    for run in state.running.values():
+        running[run.action.stage] += len(run.action.request_ids)
+    return {
+        "devices": devices,
+        "instances": [{"model": m, "stage": s, "devices": gs} for (m, s), gs in sorted(instances.items())],
+        "queues": queues, "running": running, "live_requests": len(live),
+        "policy": engine.policy.spec, "cluster": engine.cluster.label, "profile": engine.profile,
+        "time_scale": engine.config.time_scale, "now_s": engine.now() if engine.started else 0.0,
+    }
