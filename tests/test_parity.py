@@ -1,27 +1,128 @@
-"""Parity: the simulator and the live engine (emulated GPUs) drive the same policy to the same decisions."""
+"""Exact parity: a live run's report log replayed through the simulator gives identical decisions.
+
+The live engine (emulated devices, and real CPU worker processes) keeps every report it handled with
+its engine time; ``sim.replay`` runs the log through a fresh policy on the simulator. Every stage
+span (dispatch id, GPUs, batch, steps, outcome, times), placement change and request outcome must be
+the same: 100 %, with cancellations, preemption, ticks and a worker killed mid-run in the log.
+"""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import asyncio
+import os
+import signal
 
 import pytest
 
-from tridentcore.sim.bench import Scenario, load_scenario
+from tridentcore.core.types import Shape
+from tridentcore.runtime.build import build_runtime
+from tridentcore.runtime.engine import Accepted, Submission
+from tridentcore.sim.replay import compare, replay
 
-_spec = importlib.util.spec_from_file_location("parity", Path(__file__).resolve().parents[1] / "benchmarks" / "parity.py")
-parity = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(parity)
+IMG = Shape(1024, 1024, 1, 28)
+SMALL = Shape(512, 512, 1, 20)
+VID = Shape(480, 832, 17, 50)
 
 
-@pytest.mark.parametrize("policy", ["trident", "pipeline-static:degree=1"])
-def test_same_trace_same_decisions_live_and_simulated(policy):
-    loaded = load_scenario(Scenario(cluster="2x8xH200", mix="image-video", duration_s=40, seed=4))
-    r = parity.compare(loaded, policy, rate=0.5, time_scale=0.1)
-    assert r["requests"] >= 10
-    # The live clock is the wall clock: on a loaded machine, jitter of a few wall milliseconds can
-    # reorder two nearly simultaneous events, so a few requests may see another (equally valid)
-    # decision. On a quiet machine every decision matched (benchmarks/parity.py, README).
-    assert r["same_decisions"] >= 0.9 * r["requests"]
-    assert r["same_state"] >= 0.9 * r["requests"]
-    assert r["latency_err_median"] < 0.05
+def run(coro, timeout_s: float = 120.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+def mixed(i: int) -> Submission:
+    if i % 4 == 3:
+        return Submission("wan2.1-1.3b", f"video {i}", VID, seed=i)
+    return Submission("sd3-medium", f"image {i}", IMG if i % 2 else SMALL, seed=i)
+
+
+def assert_exact(engine) -> None:
+    sim = replay(engine.core)
+    parity = compare(engine.request_rows(), engine.spans, engine.placements, sim)
+    assert parity.exact, parity.first_difference
+    assert parity.requests > 0 and parity.fraction == 1.0
+    assert len(sim.spans) == len(engine.spans)
+
+
+@pytest.mark.parametrize("policy", ["trident", "pipeline-static:degree=1", "pipeline-dynamic", "trident-paper"])
+def test_emulated_run_replays_identically(policy):
+    """Open-loop arrivals in waves on 8 emulated GPUs, a queued and a running request cancelled."""
+    async def main():
+        rt = build_runtime("sd3-medium,wan2.1-1.3b", "emulated:2x4xH200", policy, time_scale=0.002,
+                           max_queued=1000, strict=True, log_reports=True)
+        await rt.start()
+        e = rt.engine
+        ids = []
+        for i in range(36):
+            got = e.submit([mixed(i)])
+            assert isinstance(got, Accepted)
+            ids += got.ids
+            if i % 6 == 5:
+                await asyncio.sleep(0.01)
+            if i == 20:
+                running = [r for r in e.live_ids() if e.view.running_of(r) is not None]
+                queued = [r for r in e.live_ids() if e.view.running_of(r) is None]
+                for rid in running[:1] + queued[-1:]:
+                    e.cancel(rid)
+        await asyncio.gather(*(e.wait(r) for r in ids))
+        await e.shutdown(5)
+        return e
+
+    e = run(main())
+    states = {r.state for r in e.request_rows()}
+    assert "done" in states
+    assert_exact(e)
+
+
+def test_preemption_and_forgetting_replay_identically():
+    """trident preempts long videos for images at step boundaries; past keep_ended the engine forgets
+    ended requests (the replay forgets them too)."""
+    async def main():
+        rt = build_runtime("sd3-medium,wan2.1-1.3b", "emulated:1xH200", "trident", time_scale=0.001,
+                           max_queued=1000, strict=True, log_reports=True, keep_ended=2)
+        await rt.start()
+        e = rt.engine
+        long_video = Submission("wan2.1-1.3b", "v", Shape(480, 832, 81, 50), slo_s=1e6)
+        waits = [asyncio.ensure_future(e.wait(r)) for r in e.submit([long_video]).ids]
+        for i in range(6):
+            await asyncio.sleep(0.01)  # 10 engine seconds
+            waits += [asyncio.ensure_future(e.wait(r)) for r in
+                      e.submit([Submission("sd3-medium", "i", SMALL, seed=i)]).ids]
+        await asyncio.gather(*waits)
+        await e.shutdown(5)
+        return e
+
+    e = run(main())
+    assert e.forgotten > 0
+    assert any(s.outcome == "preempted" for s in e.spans)
+    assert_exact(e)
+
+
+def test_cpu_workers_with_a_killed_worker_replay_identically():
+    """Real tiny pipelines in two worker processes; one is SIGKILLed while it runs a diffuse: its
+    dispatch fails, the worker is restarted, every request completes, and the replay (lost and
+    restored worker included) decides exactly as the live run did."""
+    async def main():
+        rt = build_runtime("tiny-sd3", "cpu:2", "trident", strict=True, log_reports=True)
+        await rt.start()
+        e = rt.engine
+        try:
+            ids = []
+            for seed in range(6):
+                ids += e.submit([Submission("tiny-sd3", "x", Shape(128, 128, 1, 40), seed=seed, slo_s=10_000)]).ids
+            victim = None
+            for _ in range(3000):
+                victim = next((g for g in range(2) if (r := e.view.running_on(g)) is not None
+                               and r.action.stage == "diffuse"), None)
+                if victim is not None:
+                    break
+                await asyncio.sleep(0.005)
+            assert victim is not None, "no diffuse ever ran"
+            os.kill(e.workers[victim].pid, signal.SIGKILL)  # a worker process this test started
+            await asyncio.gather(*(e.wait(r) for r in ids))
+        finally:
+            await e.shutdown(5)
+        return e
+
+    e = run(main(), 240)
+    assert all(r.state == "done" for r in e.request_rows())
+    assert any(s.outcome == "failed" for s in e.spans)
+    assert_exact(e)

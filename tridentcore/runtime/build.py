@@ -29,11 +29,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..core.cluster import GPU_MEMORY_GIB, ClusterError, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
 from ..core.policy import make_policy
+from ..core.types import Shape
 from .engine import Engine, EngineConfig
 from .group import EngineGroup
 from .models import ModelEntry, emulated_entry, video_models
@@ -334,8 +336,13 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
                   time_scale: float = 1.0, max_queued: int = 256, slo_scale: float = 3.0,
                   strict: bool = False, threads: int = 1, backend: str = "local",
                   ray_address: str | None = None, inject_oom: str | None = None, record: bool = True,
-                  keep_ended: int = 10_000) -> Runtime:
-    """Validate everything and build a not-yet-started runtime (``await runtime.start()``)."""
+                  keep_ended: int = 10_000, log_reports: bool = False,
+                  expected: Mapping[tuple[str, Shape], float] | None = None) -> Runtime:
+    """Validate everything and build a not-yet-started runtime (``await runtime.start()``).
+
+    ``expected``: the workload the policy plans its initial placement for (``core.driver.expected_mix``
+    of the run's mix), as the simulator is given it; None: the served models, evenly.
+    ``log_reports``: each engine keeps its report log for a replay through the simulator (parity)."""
     from ..profiles import ProfileError, load_profile
 
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
@@ -409,9 +416,11 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = "trident"
             entries.update({m: emulated_entry(m, part.cost, part.gpu_kind, m in video) for m in part.models})
         config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
                               slo_scale=slo_scale, strict=strict, inject_oom=faults, record=record,
-                              keep_ended=keep_ended)
+                              keep_ended=keep_ended, log_reports=log_reports)
+        mine = None if expected is None else {k: w for k, w in expected.items() if k[0] in part.models}
         part.engine = Engine(dev.cluster, part.cost, pol, _workers(part, backend, threads, ray_address), part.models,
-                             gpu_kind=part.gpu_kind, config=config, profile=part.profile, devices=dev.text)
+                             gpu_kind=part.gpu_kind, config=config, profile=part.profile, devices=dev.text,
+                             expected=mine)
     if len(parts) == 1:
         engine = parts[0].engine
     else:
