@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from .cluster import ClusterSpec
 from .costmodel import CostModel
@@ -38,9 +38,14 @@ from .lifecycle import RequestState
 from .policy import Policy
 from .records import PlacementRow
 from .recording import Recorder
+from .reports import (Arrived, Cancelled, Completed, Effects, Forgot, Lost, Paused, Report, Restored, ShutDown,
+                      Started, TickDue)
 from .state import ClusterState, ClusterView, Running
 from .types import Shape
-from .workload import RequestSpec
+
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "Arrived", "Cancelled", "Completed", "DriverCore", "Effects", "Forgot", "Lost",
+           "Paused", "PolicyBug", "Report", "Restored", "ShutDown", "Started", "TickDue", "expected_mix",
+           "next_boundary"]
 
 DEFAULT_MAX_ATTEMPTS = 3  # a request whose running stage fails this often (lost worker, error) fails
 MAX_FOLLOW_UPS = 10_000  # follow-up events in one step past which the policy is looping (a bug)
@@ -48,99 +53,6 @@ MAX_FOLLOW_UPS = 10_000  # follow-up events in one step past which the policy is
 
 class PolicyBug(RuntimeError):
     """A policy asked for something impossible (a busy GPU, a request in the wrong state...)."""
-
-
-# ------------------------------------------------------------------------------------------ reports
-
-
-@dataclass(frozen=True, slots=True)
-class Arrived:
-    """A request was admitted (its ``arrival_s`` and deadline are already set)."""
-
-    request: RequestSpec
-
-
-@dataclass(frozen=True, slots=True)
-class Completed:
-    """A dispatch ended. ``error`` empty: it ran; for a diffuse, ``end_step`` is the step it reached
-    (None: where the core expects it, i.e. the planned end or the pause it asked for). ``error`` set:
-    it failed (``oom`` for an out-of-memory error in the worker); its requests go back to waiting."""
-
-    dispatch_id: int
-    end_step: int | None = None
-    error: str = ""
-    oom: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Lost:
-    """A worker (device) stopped; its running dispatch fails and its resident weights are gone."""
-
-    gpu: int
-    reason: str = "worker lost"
-
-
-@dataclass(frozen=True, slots=True)
-class Restored:
-    gpu: int
-
-
-@dataclass(frozen=True, slots=True)
-class TickDue:
-    """The policy's timer fell due (``Policy.tick_s``); the policy hears it only while requests live."""
-
-
-@dataclass(frozen=True, slots=True)
-class Cancelled:
-    """A client cancelled a request. A running one ends now and its stage's output is dropped."""
-
-    request_id: int
-    reason: str = "cancelled by the client"
-
-
-@dataclass(frozen=True, slots=True)
-class Forgot:
-    """The driver dropped an ended request from the table (bounded memory of a long-lived server)."""
-
-    request_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ShutDown:
-    """The run stops: running dispatches and live requests fail with ``reason``."""
-
-    reason: str
-
-
-Report = Arrived | Completed | Lost | Restored | TickDue | Cancelled | Forgot | ShutDown
-
-# ------------------------------------------------------------------------------------------ effects
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    """A dispatch started: ``run.predicted_end_s`` is the cost model's end, ``total_s`` its duration."""
-
-    run: Running
-    total_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class Paused:
-    """Stop the running diffuse ``run`` at step ``step`` (the cost model expects that boundary at ``at_s``)."""
-
-    run: Running
-    step: int
-    at_s: float
-
-
-@dataclass(slots=True)
-class Effects:
-    """What one step asks the driver to do, and the requests that reached a terminal state in it."""
-
-    started: list[Started] = field(default_factory=list)
-    paused: list[Paused] = field(default_factory=list)
-    ended: list[int] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------ start inputs

@@ -35,11 +35,10 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
-from ..core.driver import (DEFAULT_MAX_ATTEMPTS, Arrived, Cancelled, Completed, DriverCore, Effects, Forgot, Lost,
+from ..core.driver import (Arrived, Cancelled, Completed, DriverCore, Effects, Forgot, Lost,
                            PolicyBug, Report, Restored, ShutDown, Started, TickDue)
 from ..core.lifecycle import WAITING_FOR, RequestState
 from ..core.policy import Policy
@@ -48,70 +47,13 @@ from ..core.recording import request_row, request_rows
 from ..core.types import Shape
 from ..core.workload import RequestSpec, make_slo_fn
 from . import views
+from .api import Accepted, EngineConfig, Outcome, Refused, Submission
 from .artifacts import ArtifactCache
 from .workers import StageResult, StageTask, WorkerPool, failure
 
 __all__ = ["Accepted", "Engine", "EngineConfig", "Outcome", "PolicyBug", "Refused", "Submission"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    max_queued: int = 256  # waiting requests (not running) past which submissions are refused
-    time_scale: float = 1.0  # wall seconds per engine second (emulated durations are scaled by it)
-    slo_scale: float = 3.0  # default deadline: arrival + slo_scale x reference latency
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # a request whose stage fails this often (lost worker, error) fails
-    max_results: int = 1024  # finished results kept for clients to fetch (oldest dropped first)
-    # ended requests kept in full (describe, outcome); older ones are forgotten, leaving only their
-    # store row when ``record`` is on, so a long-lived server's memory stays bounded
-    keep_ended: int = 10_000
-    # keep the run's records (request rows, spans, placements) for the store; a server without --db
-    # keeps none (listeners still see every span and ending)
-    record: bool = True
-    # keep every report the core handled, with its time, for a replay through the simulator (parity)
-    log_reports: bool = False
-    retry_after_s: float = 1.0  # suggested wait when the queue is full
-    min_tick_wall_s: float = 0.005
-    strict: bool = False  # raise PolicyBug instead of failing the requests of an invalid action
-    # testing aid (``trident serve --inject-oom decode:1``): the first N dispatches of a stage fail in their
-    # worker with an out-of-memory error, which then takes the real path (StageFailed(oom=True), retry)
-    inject_oom: tuple[tuple[str, int], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Submission:
-    """One image or video to make (the server turns a request for ``n`` images into ``n`` of these)."""
-
-    model: str
-    prompt: str
-    shape: Shape
-    seed: int = 0
-    guidance: float | None = None
-    negative_prompt: str = ""
-    slo_s: float | None = None  # engine seconds; None: slo_scale x the reference latency
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    ids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    code: str  # queue_full | shutting_down
-    reason: str
-    retry_after_s: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one request ended (``result``: encoded media bytes; None on emulated devices)."""
-
-    request_id: int
-    state: str
-    reason: str
-    result: bytes | None = None
 
 
 class Engine:
@@ -481,11 +423,13 @@ class Engine:
         end = self.now() if self.started else 0.0
         return self.core.recorder.gpu_samples(len(self.state.gpus), end, sample_s)
 
-    def run_meta(self, run_id: str, config: dict | None = None) -> RunMeta:
+    def run_meta(self, run_id: str, config: dict | None = None,
+                 provenance: Mapping[str, str] | None = None) -> RunMeta:
+        """This run's ``runs`` row; ``provenance`` (``bench.provenance.provenance()``: git commit,
+        package versions, hardware) comes from the caller, a layer above the runtime."""
         import json
 
-        from ..sim.bench import git_sha, hardware, package_versions
-
+        prov = dict(provenance or {})
         accepted = len(self.state.requests) + self.forgotten
         duration = self.now() if self.started else 0.0
         return RunMeta(
@@ -495,16 +439,17 @@ class Engine:
             config_json=json.dumps({"devices": self.devices, "models": list(self.models),
                                     "time_scale": self.config.time_scale, "max_queued": self.config.max_queued,
                                     **(config or {})}, sort_keys=True),
-            git_sha=git_sha(), packages_json=json.dumps(package_versions(), sort_keys=True),
-            hardware_json=json.dumps(hardware(), sort_keys=True), status="complete",
+            git_sha=prov.get("git_sha", ""), packages_json=prov.get("packages_json", "{}"),
+            hardware_json=prov.get("hardware_json", "{}"), status="complete",
             created_unix_s=self.started_unix_s, wall_s=self.wall_s or (self._clock() - self._t0),
         )
 
-    def write_store(self, path: str, run_id: str | None = None, config: dict | None = None) -> str:
+    def write_store(self, path: str, run_id: str | None = None, config: dict | None = None,
+                    provenance: Mapping[str, str] | None = None) -> str:
         """Write this run's records to a DuckDB results store; returns the run id."""
         from ..store import ResultsStore, new_run_id
 
         run_id = run_id or new_run_id(self.policy.spec, 0, salt="live")
-        ResultsStore(path).write_run(self.run_meta(run_id, config), self.request_rows(), self.spans,
+        ResultsStore(path).write_run(self.run_meta(run_id, config, provenance), self.request_rows(), self.spans,
                                      self.placements, self.gpu_samples())
         return run_id

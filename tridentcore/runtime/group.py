@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
@@ -176,8 +176,9 @@ class EngineGroup:
         return [replace(s, gpu=s.gpu + self.offsets[i]) for i, e in enumerate(self.parts)
                 for s in e.gpu_samples(sample_s)]
 
-    def run_meta(self, run_id: str, config: dict | None = None) -> RunMeta:
-        metas = [e.run_meta(run_id, config) for e in self.parts]
+    def run_meta(self, run_id: str, config: dict | None = None,
+                 provenance: Mapping[str, str] | None = None) -> RunMeta:
+        metas = [e.run_meta(run_id, config, provenance) for e in self.parts]
         first = metas[0]
         cfg = json.loads(first.config_json)
         cfg["devices"] = ",".join(self.labels)
@@ -191,10 +192,11 @@ class EngineGroup:
                        rate_rps=accepted / duration if duration > 0 else 0.0,
                        config_json=json.dumps(cfg, sort_keys=True), wall_s=max(m.wall_s for m in metas))
 
-    def write_store(self, path: str, run_id: str | None = None, config: dict | None = None) -> str:
+    def write_store(self, path: str, run_id: str | None = None, config: dict | None = None,
+                    provenance: Mapping[str, str] | None = None) -> str:
         from ..store import ResultsStore, new_run_id
 
         run_id = run_id or new_run_id(self.parts[0].policy.spec, 0, salt="live")
-        ResultsStore(path).write_run(self.run_meta(run_id, config), self.request_rows(), self.span_rows(),
+        ResultsStore(path).write_run(self.run_meta(run_id, config, provenance), self.request_rows(), self.span_rows(),
                                      self.placement_rows(), self.gpu_samples())
         return run_id

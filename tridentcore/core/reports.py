@@ -1,0 +1,104 @@
+"""What a driver reports to the driver core (:data:`Report`), and what the core asks of it (:class:`Effects`).
+
+Reports are in the past tense (something happened at ``now``); a live engine's log of them, with
+their times, replays through the simulator exactly (``core/driver.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .state import Running
+from .workload import RequestSpec
+
+# ------------------------------------------------------------------------------------------ reports
+
+
+@dataclass(frozen=True, slots=True)
+class Arrived:
+    """A request was admitted (its ``arrival_s`` and deadline are already set)."""
+
+    request: RequestSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A dispatch ended. ``error`` empty: it ran; for a diffuse, ``end_step`` is the step it reached
+    (None: where the core expects it, i.e. the planned end or the pause it asked for). ``error`` set:
+    it failed (``oom`` for an out-of-memory error in the worker); its requests go back to waiting."""
+
+    dispatch_id: int
+    end_step: int | None = None
+    error: str = ""
+    oom: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """A worker (device) stopped; its running dispatch fails and its resident weights are gone."""
+
+    gpu: int
+    reason: str = "worker lost"
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    gpu: int
+
+
+@dataclass(frozen=True, slots=True)
+class TickDue:
+    """The policy's timer fell due (``Policy.tick_s``); the policy hears it only while requests live."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A client cancelled a request. A running one ends now and its stage's output is dropped."""
+
+    request_id: int
+    reason: str = "cancelled by the client"
+
+
+@dataclass(frozen=True, slots=True)
+class Forgot:
+    """The driver dropped an ended request from the table (bounded memory of a long-lived server)."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShutDown:
+    """The run stops: running dispatches and live requests fail with ``reason``."""
+
+    reason: str
+
+
+Report = Arrived | Completed | Lost | Restored | TickDue | Cancelled | Forgot | ShutDown
+
+# ------------------------------------------------------------------------------------------ effects
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A dispatch started: ``run.predicted_end_s`` is the cost model's end, ``total_s`` its duration."""
+
+    run: Running
+    total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """Stop the running diffuse ``run`` at step ``step`` (the cost model expects that boundary at ``at_s``)."""
+
+    run: Running
+    step: int
+    at_s: float
+
+
+@dataclass(slots=True)
+class Effects:
+    """What one step asks the driver to do, and the requests that reached a terminal state in it."""
+
+    started: list[Started] = field(default_factory=list)
+    paused: list[Paused] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)

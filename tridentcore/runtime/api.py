@@ -1,0 +1,70 @@
+"""What the live engine's clients exchange with it: its configuration, a submission and the answers.
+
+The HTTP server turns request bodies into :class:`Submission` values, and :class:`Accepted`,
+:class:`Refused` and :class:`Outcome` into responses (the status mapping lives in ``server/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.driver import DEFAULT_MAX_ATTEMPTS
+from ..core.types import Shape
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    max_queued: int = 256  # waiting requests (not running) past which submissions are refused
+    time_scale: float = 1.0  # wall seconds per engine second (emulated durations are scaled by it)
+    slo_scale: float = 3.0  # default deadline: arrival + slo_scale x reference latency
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS  # a request whose stage fails this often (lost worker, error) fails
+    max_results: int = 1024  # finished results kept for clients to fetch (oldest dropped first)
+    # ended requests kept in full (describe, outcome); older ones are forgotten, leaving only their
+    # store row when ``record`` is on, so a long-lived server's memory stays bounded
+    keep_ended: int = 10_000
+    # keep the run's records (request rows, spans, placements) for the store; a server without --db
+    # keeps none (listeners still see every span and ending)
+    record: bool = True
+    # keep every report the core handled, with its time, for a replay through the simulator (parity)
+    log_reports: bool = False
+    retry_after_s: float = 1.0  # suggested wait when the queue is full
+    min_tick_wall_s: float = 0.005
+    strict: bool = False  # raise PolicyBug instead of failing the requests of an invalid action
+    # testing aid (``trident serve --inject-oom decode:1``): the first N dispatches of a stage fail in their
+    # worker with an out-of-memory error, which then takes the real path (StageFailed(oom=True), retry)
+    inject_oom: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """One image or video to make (the server turns a request for ``n`` images into ``n`` of these)."""
+
+    model: str
+    prompt: str
+    shape: Shape
+    seed: int = 0
+    guidance: float | None = None
+    negative_prompt: str = ""
+    slo_s: float | None = None  # engine seconds; None: slo_scale x the reference latency
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    code: str  # queue_full | shutting_down
+    reason: str
+    retry_after_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one request ended (``result``: encoded media bytes; None on emulated devices)."""
+
+    request_id: int
+    state: str
+    reason: str
+    result: bytes | None = None
