@@ -65,7 +65,6 @@ class Engine:
                  expected: Mapping[tuple[str, Shape], float] | None = None) -> None:
         self.cluster = cluster
         self.cost = cost
-        self.policy = policy
         self.workers = workers
         self.models = tuple(models)
         self.expected = dict(expected) if expected is not None else None
@@ -106,6 +105,17 @@ class Engine:
         self._closed = False
         self.started_unix_s = 0.0
         self.wall_s = 0.0
+
+    @property
+    def policy(self) -> Policy:
+        return self.core.policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        """Swap the policy before the engine starts (a test wraps it to watch the events it is handed)."""
+        if self.started:
+            raise RuntimeError("the policy can only be replaced before the engine starts")
+        self.core.policy = policy
 
     # ------------------------------------------------------------------------------ records (the core's)
     @property
