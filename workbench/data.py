@@ -31,7 +31,9 @@ from typing import Any
 import pandas as pd
 
 from tridentcore.core.metrics import attainment_by_class, summarize
-from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, SpanRow
+from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, SpanRow, column_names
+from tridentcore.core.slo import met_slo
+from tridentcore.core.types import size_label
 from tridentcore.sim.bench import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
 
 __all__ = [
@@ -130,12 +132,11 @@ class RunFrames:
     extra: dict = field(default_factory=dict)
 
 
-_REQUEST_COLUMNS = ("request_id", "model", "height", "width", "frames", "steps", "arrival_s", "deadline_s",
-                    "state", "reason", "finish_s", "ooms", "preemptions")
-_SPAN_COLUMNS = ("dispatch_id", "request_id", "stage", "gpus", "degree", "batch", "queued_s", "started_s",
-                 "ended_s", "predicted_s", "start_step", "end_step", "outcome", "load_s", "transfer_s")
-_PLACEMENT_COLUMNS = ("t_s", "gpu", "model", "stage", "action", "weights_gib", "load_s")
-_SAMPLE_COLUMNS = ("t_s", "gpu", "busy", "mem_gib")
+# the row types' columns (core.records declares each row once)
+_REQUEST_COLUMNS = column_names(RequestRow)
+_SPAN_COLUMNS = column_names(SpanRow)
+_PLACEMENT_COLUMNS = column_names(PlacementRow)
+_SAMPLE_COLUMNS = column_names(GpuSample)
 
 
 def _frame(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
@@ -146,7 +147,8 @@ def requests_to_frame(rows: Sequence[RequestRow]) -> pd.DataFrame:
     df = _frame(rows, _REQUEST_COLUMNS)
     df["finish_s"] = pd.to_numeric(df["finish_s"], errors="coerce")
     df["latency_s"] = (df["finish_s"] - df["arrival_s"]).where(df["state"] == "done")
-    df["met_slo"] = (df["state"] == "done") & (df["finish_s"] <= df["deadline_s"] + 1e-9)
+    df["met_slo"] = pd.Series([met_slo(s, f, d) for s, f, d in zip(df["state"], df["finish_s"], df["deadline_s"])],
+                              index=df.index, dtype=bool)
     df["shape"] = _shape_labels(df)
     return df
 
@@ -154,9 +156,7 @@ def requests_to_frame(rows: Sequence[RequestRow]) -> pd.DataFrame:
 def _shape_labels(df: pd.DataFrame) -> pd.Series:
     if df.empty:
         return pd.Series([], dtype=object)
-    size = df["width"].astype(str) + "x" + df["height"].astype(str)
-    video = df["frames"] > 1
-    return size.where(~video, size + "x" + df["frames"].astype(str))
+    return pd.Series([size_label(w, h, f) for w, h, f in zip(df["width"], df["height"], df["frames"])], index=df.index)
 
 
 def spans_to_frame(rows: Sequence[SpanRow]) -> pd.DataFrame:

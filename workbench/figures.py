@@ -15,6 +15,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from tridentcore.core.types import StageKind
+
 __all__ = [
     "STAGE_COLORS",
     "STAGES",
@@ -36,7 +38,7 @@ __all__ = [
     "stage_memory_by_shape",
 ]
 
-STAGES = ("encode", "diffuse", "decode")
+STAGES = tuple(s.value for s in StageKind)  # plain strings for plotly
 STAGE_COLORS = {"encode": "#4C78A8", "diffuse": "#F58518", "decode": "#54A24B"}
 _PALETTE = qualitative.Plotly + qualitative.D3
 

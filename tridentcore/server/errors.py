@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 
+from ..core.errors import TridentError
+
 # error code -> HTTP status (the one table)
 STATUS: dict[str, int] = {
     "invalid": 422,  # a field is out of bounds; the message names the field and the limit
@@ -31,7 +33,7 @@ STATUS: dict[str, int] = {
 
 
 @dataclass
-class ApiError(Exception):
+class ApiError(TridentError):
     code: str
     message: str
     field: str | None = None

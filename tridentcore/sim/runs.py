@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import TridentError
 from ..store import ResultsStore, UnknownRunError, new_run_id, open_readonly
 from .bench import Loaded, Scenario, load_scenario, run_meta, run_one
 
@@ -49,7 +50,7 @@ COMPARED = ("requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms
             "preemptions", "gpu_s", "gpu_s_per_met")
 
 
-class RunConfigError(ValueError):
+class RunConfigError(TridentError, ValueError):
     """A stored run that cannot be run again (live backend, or a config_json missing fields)."""
 
 
