@@ -34,6 +34,7 @@ from tridentcore.core.metrics import attainment_by_class, summarize
 from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, SpanRow, column_names
 from tridentcore.core.slo import met_slo
 from tridentcore.core.types import size_label
+from tridentcore.store.schema import STAGE_ORDER_SQL
 from tridentcore.sim.bench import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
 
 __all__ = [
@@ -403,7 +404,7 @@ def class_attainment_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataF
 
 def stage_breakdown_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataFrame:
     return _read(sig, "SELECT * FROM stage_breakdown WHERE list_contains(?, run_id) "
-                      "ORDER BY run_id, CASE stage WHEN 'encode' THEN 1 WHEN 'diffuse' THEN 2 ELSE 3 END",
+                      f"ORDER BY run_id, {STAGE_ORDER_SQL}",
                  [list(run_ids)])
 
 

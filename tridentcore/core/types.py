@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 from .errors import SpecError, TridentError
@@ -128,24 +128,6 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-# Columns of a stage profile CSV, in order (shared/profiles/README.md).
-PROFILE_COLUMNS: tuple[str, ...] = (
-    "gpu",
-    "model",
-    "stage",
-    "height",
-    "width",
-    "frames",
-    "batch",
-    "degree",
-    "latency_ms",
-    "peak_gib",
-    "act_gib",
-    "weights_gib",
-    "source",
-)
-
-
 @dataclass(frozen=True, slots=True)
 class ProfileRow:
     """One measured (or derived) point of a stage profile.
@@ -173,3 +155,7 @@ class ProfileRow:
         if self.height is None or self.width is None:
             return None
         return self.height * self.width * (self.frames or 1)
+
+
+# Columns of a stage profile CSV, in order (shared/profiles/README.md): ProfileRow's fields.
+PROFILE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ProfileRow))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from tridentcore.core.errors import TridentError
 from tridentcore.core.records import ROW_TYPES
 from tridentcore.core.slo import DONE, SLO_TOLERANCE_S
+from tridentcore.core.types import STAGES
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -34,6 +35,7 @@ __all__ = [
     "DERIVED",
     "RUN_STATUSES",
     "SCHEMA_VERSION",
+    "STAGE_ORDER_SQL",
     "TABLES",
     "VIEWS",
     "Column",
@@ -78,6 +80,9 @@ CLASS_LABEL_SQL = "model || ' ' || width || 'x' || height || CASE WHEN frames > 
 # met_slo(state, finish_s, deadline_s): done, and finished by the deadline up to SLO_TOLERANCE_S
 MET_SLO_SQL = f"coalesce(state = '{DONE}' AND finish_s <= deadline_s + {SLO_TOLERANCE_S!r}, false)"
 LATENCY_SQL = f"CASE WHEN state = '{DONE}' THEN finish_s - arrival_s END"
+# ORDER BY key putting a ``stage`` column in pipeline order (encode, diffuse, decode, then others)
+STAGE_ORDER_SQL = ("CASE stage " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STAGES, 1))
+                   + f" ELSE {len(STAGES) + 1} END")
 
 # table -> columns computed at insert time from the row's own columns
 DERIVED: dict[str, tuple[Column, ...]] = {
