@@ -33,7 +33,7 @@ import pandas as pd
 from tridentcore.core.metrics import attainment_by_class, summarize
 from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, SpanRow, column_names
 from tridentcore.core.slo import met_slo
-from tridentcore.core.types import size_label
+from tridentcore.core.types import PROFILE_COLUMNS, size_label
 from tridentcore.store.schema import STAGE_ORDER_SQL
 from tridentcore.sim.bench import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
 
@@ -319,16 +319,13 @@ def goodput_on_grid(points: pd.DataFrame, target: float = 0.9) -> dict[str, floa
 # ----------------------------------------------------------------------------------- profiles
 def profile_frame(rows: Sequence[Any]) -> pd.DataFrame:
     """A profile's rows as a DataFrame with ``shape`` and ``tokens`` columns (encode rows: '-')."""
-    cols = ("gpu", "model", "stage", "height", "width", "frames", "batch", "degree", "latency_ms", "peak_gib",
-            "act_gib", "weights_gib", "source")
-    df = pd.DataFrame({c: [getattr(r, c) for r in rows] for c in cols}, columns=list(cols))
+    df = _frame(rows, PROFILE_COLUMNS)
     df["stage"] = df["stage"].map(lambda s: getattr(s, "value", s))
     has_shape = df["height"].notna()
     h = df["height"].fillna(0).astype(int)
     w = df["width"].fillna(0).astype(int)
     f = df["frames"].fillna(1).astype(int)
-    label = w.astype(str) + "x" + h.astype(str)
-    label = label.where(f <= 1, label + "x" + f.astype(str))
+    label = pd.Series([size_label(*whf) for whf in zip(w, h, f)], index=df.index, dtype=object)
     df["shape"] = label.where(has_shape, "-")
     df["tokens"] = (h * w * f).where(has_shape)
     return df

@@ -142,7 +142,8 @@ class ClientRequestRow:
     """One row of ``client_requests``: one scheduled request as the load generator saw it.
 
     Written by ``workloads/mixed.py`` and the live bench (as dicts or a DataFrame with these
-    keys; the nullable ones may be left out: keyword-only, they default to None). ``state`` is one of ``CLIENT_STATES`` in the store.
+    keys; the nullable ones may be left out: keyword-only, they default to None). ``state`` is one
+    of ``CLIENT_STATES`` in the store.
     """
 
     request_index: int = column("BIGINT", comment="position in the schedule (= the simulator's request_id)")
@@ -170,7 +171,8 @@ class ClientRequestRow:
                                       comment="the server's latency (engine ms), done requests")
     deadline_ms: float | None = column("DOUBLE", nullable=True, default=None)
     met_slo: bool | None = column("BOOLEAN", nullable=True, default=None)
-    client_ms: float | None = column("DOUBLE", nullable=True, default=None, comment="(finished_s - sent_s) x 1000, wall")
+    client_ms: float | None = column("DOUBLE", nullable=True, default=None,
+                                     comment="(finished_s - sent_s) x 1000, wall")
     queued_ms: float | None = column("DOUBLE", nullable=True, default=None,
                                      comment="the server's per-stage timings, summed over the stage's spans")
     encode_ms: float | None = column("DOUBLE", nullable=True, default=None)

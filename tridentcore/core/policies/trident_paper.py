@@ -164,7 +164,8 @@ class TridentPaper(Policy):
             return info
         cost, kind = view.cost, view.gpu_kind
         degrees = tuple(k for k in self.degrees
-                        if k == 1 or cost.parallel_efficiency(model, StageKind.DIFFUSE, shape, k, 1, kind) >= PARALLEL_EFFICIENCY)
+                        if k == 1
+                        or cost.parallel_efficiency(model, StageKind.DIFFUSE, shape, k, 1, kind) >= PARALLEL_EFFICIENCY)
         batch = 1
         while 2 * batch <= self.opts["max_batch"]:
             try:
