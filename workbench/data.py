@@ -33,7 +33,7 @@ import pandas as pd
 from tridentcore.core.metrics import attainment_by_class, summarize
 from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, SpanRow, column_names
 from tridentcore.core.slo import met_slo
-from tridentcore.core.types import PROFILE_COLUMNS, size_label
+from tridentcore.core.types import DEGREES, PROFILE_COLUMNS, size_label
 from tridentcore.store.schema import STAGE_ORDER_SQL
 from tridentcore.sim.bench import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
 
@@ -76,7 +76,7 @@ __all__ = [
 
 DEFAULT_POLICIES: tuple[str, ...] = ("pipeline-static:degree=1", "pipeline-dynamic", "trident-paper", "trident")
 POLICY_CHOICES: tuple[str, ...] = (
-    "pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-static:degree=4", "pipeline-static:degree=8",
+    *(f"pipeline-static:degree={d}" for d in DEGREES),
     "pipeline-dynamic", "trident-paper", "trident",
 )  # fmt: skip
 DEFAULT_DB = "results/trident.duckdb"

@@ -19,7 +19,7 @@ from .types import Shape, class_label
 if TYPE_CHECKING:
     import random
 
-__all__ = ["Mix", "RequestClass", "mix_from_dict"]
+__all__ = ["Mix", "RequestClass", "cumulative_weights", "mix_from_dict"]
 
 
 @dataclass(frozen=True, slots=True)

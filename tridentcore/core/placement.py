@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 from .cluster import ClusterSpec
 from .costmodel import CostModel
-from .types import StageKind
+from .types import MAX_DEGREE, StageKind
 
 Plan = dict[int, frozenset[tuple[str, str]]]
 
@@ -40,7 +40,7 @@ def plan_placement(
     act_reserve_gib: Mapping[str, float],
     *,
     encode_util: float = 0.3,
-    max_degree: int = 8,
+    max_degree: int = MAX_DEGREE,
     solver: str = "highs",
     time_limit_s: float = 1.0,
 ) -> Plan:

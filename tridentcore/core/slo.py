@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .errors import is_int, is_number
-from .types import DEGREES, PARALLEL_EFFICIENCY, Shape, StageKind
+from .types import DEGREES, MAX_DEGREE, PARALLEL_EFFICIENCY, Shape, StageKind
 
 if TYPE_CHECKING:
     from .costmodel import CostModel
@@ -53,7 +53,7 @@ def reference_degree(
     cost_model: "CostModel",
     model: str,
     shape: Shape,
-    max_degree: int = 8,
+    max_degree: int = MAX_DEGREE,
     efficiency: float = PARALLEL_EFFICIENCY,
     degrees: Sequence[int] = DEGREES,
     gpu: str | None = None,
@@ -77,7 +77,7 @@ def reference_latency_s(
     cost_model: "CostModel",
     model: str,
     shape: Shape,
-    max_degree: int = 8,
+    max_degree: int = MAX_DEGREE,
     efficiency: float = PARALLEL_EFFICIENCY,
     degrees: Sequence[int] = DEGREES,
     gpu: str | None = None,
@@ -96,7 +96,7 @@ def slo_s(
     model: str,
     shape: Shape,
     slo_scale: float = 3.0,
-    max_degree: int = 8,
+    max_degree: int = MAX_DEGREE,
     gpu: str | None = None,
 ) -> float:
     """``slo_scale`` x :func:`reference_latency_s`."""
@@ -106,7 +106,7 @@ def slo_s(
 
 
 def make_slo_fn(
-    cost_model: "CostModel", slo_scale: float = 3.0, max_degree: int = 8, gpu: str | None = None
+    cost_model: "CostModel", slo_scale: float = 3.0, max_degree: int = MAX_DEGREE, gpu: str | None = None
 ) -> SloFn:
     """``slo_fn(model, shape)`` for ``generate_requests`` / ``requests_from_trace`` (memoised)."""
     cache: dict[tuple[str, Shape], float] = {}

@@ -10,6 +10,7 @@ from .errors import SpecError, TridentError
 
 __all__ = [
     "DEGREES",
+    "MAX_DEGREE",
     "PARALLEL_EFFICIENCY",
     "PROFILE_COLUMNS",
     "STAGES",
@@ -53,6 +54,7 @@ STAGES: tuple[StageKind, ...] = tuple(StageKind)  # encode, diffuse, decode
 # (speed-up / degree) a degree must reach to count as efficient: the SLO reference degree, the
 # policies' efficient degree and trident-paper's allowed degrees all use this floor.
 DEGREES: tuple[int, ...] = (1, 2, 4, 8)
+MAX_DEGREE = DEGREES[-1]
 PARALLEL_EFFICIENCY = 0.8
 
 
