@@ -2,7 +2,7 @@
 
 No Streamlit here and no I/O: every function takes the rows it draws and returns a
 ``plotly.graph_objects.Figure``, so each can be tested on a few synthetic rows. Column names are
-those of the results store (``tridentcore/store.py``) and of :mod:`workbench.data`.
+those of the results store (``tridentcore/store``) and of :mod:`workbench.data`.
 """
 
 from __future__ import annotations

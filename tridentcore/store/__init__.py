@@ -21,10 +21,10 @@ the functions that need them.
 from __future__ import annotations
 
 from .connection import LOCK_WAIT_S
-from .errors import DuplicateRunError, SchemaVersionError, StoreError, UnknownRunError
+from .errors import DuplicateRunError, RowsError, SchemaVersionError, StoreError, UnknownRunError
 from .readers import export_run, list_runs, open_readonly, query_readonly, read_run_tables, run_summary
 from .schema import CLIENT_STATES, CLIENT_TABLES, RUN_STATUSES, SCHEMA_VERSION, TABLES, VIEWS, arrow_schema
-from .writer import ResultsStore, RowsError, client_requests_table, new_run_id, rows_to_arrow
+from .writer import ResultsStore, client_requests_table, new_run_id, rows_to_arrow
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from tridentcore.core.errors import TridentError
 
-from .schema import SchemaVersionError
-
-__all__ = ["DuplicateRunError", "SchemaVersionError", "StoreError", "UnknownRunError"]
+__all__ = ["DuplicateRunError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError"]
 
 
 class StoreError(TridentError):
@@ -19,3 +17,11 @@ class DuplicateRunError(StoreError, ValueError):
 
 class UnknownRunError(StoreError, KeyError):
     """A run_id the store does not hold."""
+
+
+class SchemaVersionError(StoreError, RuntimeError):
+    """The database was written with a different schema version than this code's."""
+
+
+class RowsError(StoreError, ValueError):
+    """Rows (or a run status) the store cannot take; the message names every problem."""

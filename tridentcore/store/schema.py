@@ -6,7 +6,7 @@ type from the field's metadata, NULL-ability), preceded by ``run_id`` (``runs``:
 row's own columns (:data:`DERIVED`): ``runs.created_at``, ``requests.request_class``,
 ``requests.latency_s`` and ``requests.met_slo``. The derived SQL is generated from the core
 definitions (:func:`~tridentcore.core.types.class_label`, :func:`~tridentcore.core.slo.met_slo`
-and its tolerance) and ``tests/test_store.py`` checks it against them row by row.
+and its tolerance) and ``tests/test_metrics.py`` checks it against them row by row.
 
 The views (``dispatches``, ``run_summary``, ``stage_breakdown``, ``attainment_by_shape``,
 ``client_summary``) are the primary definition of the run metrics (``docs/metrics.md``).
@@ -20,10 +20,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tridentcore.core.errors import TridentError
 from tridentcore.core.records import ROW_TYPES
 from tridentcore.core.slo import DONE, SLO_TOLERANCE_S
 from tridentcore.core.types import STAGES
+
+from .errors import SchemaVersionError
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -57,10 +58,6 @@ CLIENT_TABLES = ("client_requests",)
 CLIENT_STATES = ("done", "rejected", "failed", "cancelled", "refused", "error", "unfinished")
 
 
-class SchemaVersionError(TridentError, RuntimeError):
-    """The database was written with a different schema version than this code's."""
-
-
 @dataclass(frozen=True, slots=True)
 class Column:
     """One column of a stored table. ``expr``: SQL over the input row's columns for a derived
@@ -74,7 +71,7 @@ class Column:
     after: str = ""  # derived columns: the column they follow in the table
 
 
-# The SQL forms of the core definitions (checked against them in tests/test_store.py):
+# The SQL forms of the core definitions (checked against them in tests/test_metrics.py):
 # class_label(model, shape): 'model WxH' or 'model WxHxF'
 CLASS_LABEL_SQL = "model || ' ' || width || 'x' || height || CASE WHEN frames > 1 THEN 'x' || frames ELSE '' END"
 # met_slo(state, finish_s, deadline_s): done, and finished by the deadline up to SLO_TOLERANCE_S

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 
 from .connection import LOCK_WAIT_S, connect
-from .errors import DuplicateRunError, StoreError, UnknownRunError
+from .errors import DuplicateRunError, RowsError, UnknownRunError
 from .schema import (
     CLIENT_STATES,
     CLIENT_TABLES,
@@ -40,10 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow
 
 __all__ = ["ResultsStore", "client_requests_table", "new_run_id", "rows_to_arrow"]
-
-
-class RowsError(StoreError, ValueError):
-    """Rows (or a run status) the store cannot take; the message names every problem."""
 
 
 def rows_to_arrow(rows: Sequence[Any] | Iterable[Any], table: str) -> pyarrow.Table:
