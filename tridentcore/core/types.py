@@ -66,7 +66,7 @@ def degrees_up_to(max_degree: int, degrees: tuple[int, ...] = DEGREES) -> tuple[
 def size_label(width: int, height: int, frames: int = 1) -> str:
     """``WIDTHxHEIGHT`` for images, ``WIDTHxHEIGHTxFRAMES`` for video."""
     base = f"{width}x{height}"
-    return base if frames == 1 else f"{base}x{frames}"
+    return f"{base}x{frames}" if frames > 1 else base  # as the store's SQL: CASE WHEN frames > 1
 
 
 class _Sized(Protocol):
