@@ -92,3 +92,20 @@ def test_class_label_sql_equals_python(tmp_path: Path):
     assert got == [class_label(r.model, s) for r, s in zip(rows, shapes, strict=True)]
     assert got == [r.request_class for r in rows]
     assert got[:2] == ["model-0 1024x1024", "model-1 832x480x81"]
+
+
+def test_met_slo_agrees_on_many_rows_around_the_deadline(tmp_path: Path):
+    import random
+
+    rng = random.Random(7)
+    rows = []
+    for i in range(400):
+        deadline = rng.uniform(0.1, 1e4)
+        finish = None if rng.random() < 0.05 else deadline + rng.randint(-8, 8) * SLO_TOLERANCE_S / 4
+        state = rng.choice(["done", "done", "done", "failed", "rejected", "cancelled"])
+        rows.append(RequestRow(i, "m", 64, 64, rng.choice([1, 5]), 4, 0.0, deadline, state, finish_s=finish))
+    db = tmp_path / "many.duckdb"
+    ResultsStore(db).write_run(_meta("many"), rows, [])
+    got = list(query_readonly(db, "SELECT met_slo FROM requests ORDER BY request_id").met_slo)
+    assert got == [met_slo(r.state, r.finish_s, r.deadline_s) for r in rows]
+    assert 0 < sum(got) < len(got)
