@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
-from tridentcore.store import ResultsStore, _arrow_schemas, _to_arrow, run_summary
+from tridentcore.store import ResultsStore, rows_to_arrow, run_summary
 
 SHAPES = [("flux", 1024, 1024, 1), ("flux", 512, 512, 1), ("wan", 832, 480, 81), ("sd3", 768, 768, 1)]
 STATES = ["done"] * 17 + ["rejected", "failed", "cancelled"]
@@ -59,13 +59,12 @@ def main() -> None:
     args = ap.parse_args()
 
     requests, spans, placements, samples = synthetic_rows(args.requests)
-    schemas = _arrow_schemas()
     ingest, convert, summary = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.repeats):
             t0 = time.perf_counter()
-            _to_arrow(requests, schemas["requests"])
-            _to_arrow(spans, schemas["stage_spans"])
+            rows_to_arrow(requests, "requests")
+            rows_to_arrow(spans, "stage_spans")
             convert.append(time.perf_counter() - t0)
 
             path = Path(tmp) / f"bench{k}.duckdb"

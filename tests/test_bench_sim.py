@@ -161,9 +161,9 @@ def test_ctrl_c_between_runs_keeps_the_stored_ones(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_inside_the_write_leaves_nothing_half_written(tmp_path, monkeypatch):
-    import tridentcore.store as store
+    import tridentcore.store.writer as writer
 
-    real, calls = store._create_schema, []
+    real, calls = writer.create_schema, []
 
     def interrupt_second_write(con):  # inside the transaction: after BEGIN, before any row of the run
         real(con)
@@ -172,7 +172,7 @@ def test_ctrl_c_inside_the_write_leaves_nothing_half_written(tmp_path, monkeypat
             con.execute("INSERT INTO runs SELECT * REPLACE ('half-' || run_id AS run_id) FROM runs LIMIT 1")
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(store, "_create_schema", interrupt_second_write)
+    monkeypatch.setattr(writer, "create_schema", interrupt_second_write)
     db = tmp_path / "c.duckdb"
     result = _bench(db, "--policies", POLICIES)
     assert result.exit_code == 130, result.output

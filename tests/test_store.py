@@ -436,3 +436,24 @@ def test_ingest_and_summary_speed(tmp_path: Path):
     assert int(df.requests[0]) == n and df.gpu_s[0] == pytest.approx(n / 4 * 2.5 * 2)
     assert ingest_s <= 3.0
     assert summary_s <= 0.5
+
+
+def test_tables_and_arrow_schemas_come_from_the_row_types(db: Path):
+    """Each row type is declared once (core.records); the DDL and Arrow schemas follow from it."""
+    from tridentcore.core.records import ROW_TYPES, column_names
+    from tridentcore.store import arrow_schema
+    from tridentcore.store.schema import DERIVED, table_columns
+
+    con = open_readonly(db)
+    try:
+        for table, row_type in ROW_TYPES.items():
+            stored = [r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position",
+                [table]).fetchall()]
+            assert stored == [c.name for c in table_columns(table)], table
+            key = () if table == "runs" else ("run_id",)
+            derived = {c.name for c in DERIVED.get(table, ())}
+            assert tuple(n for n in stored if n not in derived) == key + column_names(row_type), table
+            assert tuple(arrow_schema(table).names) == column_names(row_type), table
+    finally:
+        con.close()

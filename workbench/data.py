@@ -31,7 +31,10 @@ from typing import Any
 import pandas as pd
 
 from tridentcore.core.metrics import attainment_by_class, summarize
-from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, SpanRow
+from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, SpanRow, column_names
+from tridentcore.core.slo import met_slo
+from tridentcore.core.types import DEGREES, PROFILE_COLUMNS, size_label
+from tridentcore.store.schema import STAGE_ORDER_SQL
 from tridentcore.sim.bench import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
 
 __all__ = [
@@ -73,7 +76,7 @@ __all__ = [
 
 DEFAULT_POLICIES: tuple[str, ...] = ("pipeline-static:degree=1", "pipeline-dynamic", "trident-paper", "trident")
 POLICY_CHOICES: tuple[str, ...] = (
-    "pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-static:degree=4", "pipeline-static:degree=8",
+    *(f"pipeline-static:degree={d}" for d in DEGREES),
     "pipeline-dynamic", "trident-paper", "trident",
 )  # fmt: skip
 DEFAULT_DB = "results/trident.duckdb"
@@ -130,12 +133,11 @@ class RunFrames:
     extra: dict = field(default_factory=dict)
 
 
-_REQUEST_COLUMNS = ("request_id", "model", "height", "width", "frames", "steps", "arrival_s", "deadline_s",
-                    "state", "reason", "finish_s", "ooms", "preemptions")
-_SPAN_COLUMNS = ("dispatch_id", "request_id", "stage", "gpus", "degree", "batch", "queued_s", "started_s",
-                 "ended_s", "predicted_s", "start_step", "end_step", "outcome", "load_s", "transfer_s")
-_PLACEMENT_COLUMNS = ("t_s", "gpu", "model", "stage", "action", "weights_gib", "load_s")
-_SAMPLE_COLUMNS = ("t_s", "gpu", "busy", "mem_gib")
+# the row types' columns (core.records declares each row once)
+_REQUEST_COLUMNS = column_names(RequestRow)
+_SPAN_COLUMNS = column_names(SpanRow)
+_PLACEMENT_COLUMNS = column_names(PlacementRow)
+_SAMPLE_COLUMNS = column_names(GpuSample)
 
 
 def _frame(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
@@ -146,7 +148,8 @@ def requests_to_frame(rows: Sequence[RequestRow]) -> pd.DataFrame:
     df = _frame(rows, _REQUEST_COLUMNS)
     df["finish_s"] = pd.to_numeric(df["finish_s"], errors="coerce")
     df["latency_s"] = (df["finish_s"] - df["arrival_s"]).where(df["state"] == "done")
-    df["met_slo"] = (df["state"] == "done") & (df["finish_s"] <= df["deadline_s"] + 1e-9)
+    df["met_slo"] = pd.Series([met_slo(s, f, d) for s, f, d in zip(df["state"], df["finish_s"], df["deadline_s"])],
+                              index=df.index, dtype=bool)
     df["shape"] = _shape_labels(df)
     return df
 
@@ -154,9 +157,7 @@ def requests_to_frame(rows: Sequence[RequestRow]) -> pd.DataFrame:
 def _shape_labels(df: pd.DataFrame) -> pd.Series:
     if df.empty:
         return pd.Series([], dtype=object)
-    size = df["width"].astype(str) + "x" + df["height"].astype(str)
-    video = df["frames"] > 1
-    return size.where(~video, size + "x" + df["frames"].astype(str))
+    return pd.Series([size_label(w, h, f) for w, h, f in zip(df["width"], df["height"], df["frames"])], index=df.index)
 
 
 def spans_to_frame(rows: Sequence[SpanRow]) -> pd.DataFrame:
@@ -318,16 +319,13 @@ def goodput_on_grid(points: pd.DataFrame, target: float = 0.9) -> dict[str, floa
 # ----------------------------------------------------------------------------------- profiles
 def profile_frame(rows: Sequence[Any]) -> pd.DataFrame:
     """A profile's rows as a DataFrame with ``shape`` and ``tokens`` columns (encode rows: '-')."""
-    cols = ("gpu", "model", "stage", "height", "width", "frames", "batch", "degree", "latency_ms", "peak_gib",
-            "act_gib", "weights_gib", "source")
-    df = pd.DataFrame({c: [getattr(r, c) for r in rows] for c in cols}, columns=list(cols))
+    df = _frame(rows, PROFILE_COLUMNS)
     df["stage"] = df["stage"].map(lambda s: getattr(s, "value", s))
     has_shape = df["height"].notna()
     h = df["height"].fillna(0).astype(int)
     w = df["width"].fillna(0).astype(int)
     f = df["frames"].fillna(1).astype(int)
-    label = w.astype(str) + "x" + h.astype(str)
-    label = label.where(f <= 1, label + "x" + f.astype(str))
+    label = pd.Series([size_label(*whf) for whf in zip(w, h, f)], index=df.index, dtype=object)
     df["shape"] = label.where(has_shape, "-")
     df["tokens"] = (h * w * f).where(has_shape)
     return df
@@ -403,7 +401,7 @@ def class_attainment_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataF
 
 def stage_breakdown_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataFrame:
     return _read(sig, "SELECT * FROM stage_breakdown WHERE list_contains(?, run_id) "
-                      "ORDER BY run_id, CASE stage WHEN 'encode' THEN 1 WHEN 'diffuse' THEN 2 ELSE 3 END",
+                      f"ORDER BY run_id, {STAGE_ORDER_SQL}",
                  [list(run_ids)])
 
 

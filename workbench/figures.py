@@ -2,7 +2,7 @@
 
 No Streamlit here and no I/O: every function takes the rows it draws and returns a
 ``plotly.graph_objects.Figure``, so each can be tested on a few synthetic rows. Column names are
-those of the results store (``tridentcore/store.py``) and of :mod:`workbench.data`.
+those of the results store (``tridentcore/store``) and of :mod:`workbench.data`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+
+from tridentcore.core.types import StageKind
 
 __all__ = [
     "STAGE_COLORS",
@@ -36,7 +38,7 @@ __all__ = [
     "stage_memory_by_shape",
 ]
 
-STAGES = ("encode", "diffuse", "decode")
+STAGES = tuple(s.value for s in StageKind)  # plain strings for plotly
 STAGE_COLORS = {"encode": "#4C78A8", "diffuse": "#F58518", "decode": "#54A24B"}
 _PALETTE = qualitative.Plotly + qualitative.D3
 

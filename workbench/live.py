@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+from tridentcore.core.errors import TridentError
+
 __all__ = [
     "DEFAULT_URL",
     "Generation",
@@ -51,7 +53,7 @@ GENERATE_TIMEOUT_S = 300.0  # a test prompt waits for its image (tiny CPU pipeli
 START_HINT = "start one with `trident serve --models tiny-sd3 --devices cpu:1` (it listens on http://127.0.0.1:8000)"
 
 
-class LiveError(Exception):
+class LiveError(TridentError):
     """An expected failure talking to the server; ``str()`` is the message for the page."""
 
 

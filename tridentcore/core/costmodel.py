@@ -61,6 +61,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from .errors import TridentError
 from .scaling import ScalingModel
 from .types import ProfileRow, Shape, StageKind
 
@@ -94,7 +95,7 @@ _QUANTITIES = ("latency_ms", "act_gib")
 _MEMO_LIMIT = 200_000
 
 
-class CostModelError(LookupError):
+class CostModelError(TridentError, LookupError):
     """The profile cannot answer: missing model/stage/gpu, or a shape too far from the data."""
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 
+from .errors import TridentError
+from .types import StageKind
 from .workload import RequestSpec
 
 
@@ -56,11 +58,11 @@ TRANSITIONS: dict[RequestState, frozenset[RequestState]] = {
 }
 
 # the stage a request waits for in each waiting state
-WAITING_FOR = {_S.QUEUED: "encode", _S.ENCODED: "diffuse", _S.DIFFUSED: "decode"}
-RUNNING_STATE = {"encode": _S.ENCODING, "diffuse": _S.DIFFUSING, "decode": _S.DECODING}
+WAITING_FOR = {_S.QUEUED: StageKind.ENCODE, _S.ENCODED: StageKind.DIFFUSE, _S.DIFFUSED: StageKind.DECODE}
+RUNNING_STATE = {StageKind.ENCODE: _S.ENCODING, StageKind.DIFFUSE: _S.DIFFUSING, StageKind.DECODE: _S.DECODING}
 
 
-class TransitionError(RuntimeError):
+class TransitionError(TridentError, RuntimeError):
     """A transition the table does not allow: a bug in a driver or a policy, never user input."""
 
 

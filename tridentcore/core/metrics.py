@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from .records import RequestRow, SpanRow
+from .slo import met_slo
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -25,7 +26,8 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 
 def met(row: RequestRow) -> bool:
-    return row.state == "done" and row.finish_s is not None and row.finish_s <= row.deadline_s + 1e-9
+    """Whether ``row`` met its SLO (:func:`tridentcore.core.slo.met_slo`)."""
+    return met_slo(row.state, row.finish_s, row.deadline_s)
 
 
 def gpu_seconds(spans: Iterable[SpanRow]) -> float:

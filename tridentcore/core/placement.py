@@ -27,6 +27,7 @@ from collections.abc import Mapping
 
 from .cluster import ClusterSpec
 from .costmodel import CostModel
+from .types import MAX_DEGREE, StageKind
 
 Plan = dict[int, frozenset[tuple[str, str]]]
 
@@ -39,7 +40,7 @@ def plan_placement(
     act_reserve_gib: Mapping[str, float],
     *,
     encode_util: float = 0.3,
-    max_degree: int = 8,
+    max_degree: int = MAX_DEGREE,
     solver: str = "highs",
     time_limit_s: float = 1.0,
 ) -> Plan:
@@ -60,7 +61,7 @@ def plan_placement(
 
 
 def _wanted_encoders(cluster: ClusterSpec, demand: Mapping[str, Mapping[str, float]], model: str, util: float) -> int:
-    return min(cluster.num_gpus, max(cluster.nodes, math.ceil(demand[model].get("encode", 0.0) / util)))
+    return min(cluster.num_gpus, max(cluster.nodes, math.ceil(demand[model].get(StageKind.ENCODE, 0.0) / util)))
 
 
 def _plan_milp(cluster, cost, kind, demand, act_reserve_gib, encode_util, time_limit_s) -> Plan | None:
@@ -78,12 +79,12 @@ def _plan_milp(cluster, cost, kind, demand, act_reserve_gib, encode_util, time_l
         return {g.id: frozenset() for g in gpus}
     reserve = max((act_reserve_gib.get(m, 0.0) for m in models), default=0.0)
     free = [g.mem_gib - reserve for g in gpus]
-    wd = [cost.weights_gib(m, "diffuse", kind) + cost.weights_gib(m, "decode", kind) for m in models]
-    we = [cost.weights_gib(m, "encode", kind) for m in models]
+    wd = [cost.weights_gib(m, StageKind.DIFFUSE, kind) + cost.weights_gib(m, StageKind.DECODE, kind) for m in models]
+    we = [cost.weights_gib(m, StageKind.ENCODE, kind) for m in models]
     if all(sum(wd) + sum(we) <= f for f in free):
         return None  # no packing problem: every instance fits on every GPU, the direct plan is exact
-    total = sum(demand[m].get("diffuse", 0.0) for m in models) or 1.0
-    share = [max(demand[m].get("diffuse", 0.0) / total, 1e-3) for m in models]
+    total = sum(demand[m].get(StageKind.DIFFUSE, 0.0) for m in models) or 1.0
+    share = [max(demand[m].get(StageKind.DIFFUSE, 0.0) / total, 1e-3) for m in models]
     G, M = len(gpus), len(models)
     nx = G * M
 
@@ -135,9 +136,9 @@ def _plan_milp(cluster, cost, kind, demand, act_reserve_gib, encode_util, time_l
     for g in range(G):
         for m in range(M):
             if res.x[xi(g, m)] > 0.5:
-                plan[gpus[g].id] |= {(models[m], "diffuse"), (models[m], "decode")}
+                plan[gpus[g].id] |= {(models[m], StageKind.DIFFUSE), (models[m], StageKind.DECODE)}
             if res.x[ei(g, m)] > 0.5:
-                plan[gpus[g].id].add((models[m], "encode"))
+                plan[gpus[g].id].add((models[m], StageKind.ENCODE))
     return {g: frozenset(s) for g, s in plan.items()}
 
 
@@ -152,19 +153,19 @@ def _plan_greedy(cluster, cost, kind, demand, act_reserve_gib, encode_util, max_
         return cost.weights_gib(model, stage, kind)
 
     # 1. denoisers and decoders
-    diffuse_total = sum(demand[m].get("diffuse", 0.0) for m in models) or 1.0
-    fits_all = all(sum(w(m, "diffuse") + w(m, "decode") for m in models) <= free[g.id] for g in gpus)
+    diffuse_total = sum(demand[m].get(StageKind.DIFFUSE, 0.0) for m in models) or 1.0
+    fits_all = all(sum(w(m, StageKind.DIFFUSE) + w(m, StageKind.DECODE) for m in models) <= free[g.id] for g in gpus)
     if fits_all:
         for g in gpus:
             for m in models:
-                resident[g.id] |= {(m, "diffuse"), (m, "decode")}
-                free[g.id] -= w(m, "diffuse") + w(m, "decode")
+                resident[g.id] |= {(m, StageKind.DIFFUSE), (m, StageKind.DECODE)}
+                free[g.id] -= w(m, StageKind.DIFFUSE) + w(m, StageKind.DECODE)
     else:
         # share the nodes' GPUs out between models, in whole groups of max_degree
         per_node = cluster.gpus_per_node
         group = min(max_degree, per_node)
         groups = [tuple(g.id for g in gpus[i:i + group]) for i in range(0, len(gpus), group)]
-        share = {m: demand[m].get("diffuse", 0.0) / diffuse_total for m in models}
+        share = {m: demand[m].get(StageKind.DIFFUSE, 0.0) / diffuse_total for m in models}
         counts = {m: max(1, round(share[m] * len(groups))) for m in models}
         order = sorted(models, key=lambda m: -share[m])
         gi = 0
@@ -173,24 +174,24 @@ def _plan_greedy(cluster, cost, kind, demand, act_reserve_gib, encode_util, max_
                 if gi >= len(groups):
                     break
                 for g in groups[gi]:
-                    need = w(m, "diffuse") + w(m, "decode")
+                    need = w(m, StageKind.DIFFUSE) + w(m, StageKind.DECODE)
                     if need <= free[g]:
-                        resident[g] |= {(m, "diffuse"), (m, "decode")}
+                        resident[g] |= {(m, StageKind.DIFFUSE), (m, StageKind.DECODE)}
                         free[g] -= need
                 gi += 1
         # remaining groups and leftover memory: add denoisers where they still fit
         for g in sorted(free, key=lambda x: -free[x]):
             for m in order:
-                need = w(m, "diffuse") + w(m, "decode")
-                if (m, "diffuse") not in resident[g] and need <= free[g]:
-                    resident[g] |= {(m, "diffuse"), (m, "decode")}
+                need = w(m, StageKind.DIFFUSE) + w(m, StageKind.DECODE)
+                if (m, StageKind.DIFFUSE) not in resident[g] and need <= free[g]:
+                    resident[g] |= {(m, StageKind.DIFFUSE), (m, StageKind.DECODE)}
                     free[g] -= need
 
     # 2. encoders: as many as the demand needs, at least one per node, then wherever memory is idle
     for m in models:
-        need = w(m, "encode")
+        need = w(m, StageKind.ENCODE)
         wanted = _wanted_encoders(cluster, demand, m, encode_util)
-        hosts = [g for g in resident if (m, "diffuse") in resident[g]] or list(resident)
+        hosts = [g for g in resident if (m, StageKind.DIFFUSE) in resident[g]] or list(resident)
         by_node: dict[int, list[int]] = {}
         for g in hosts:
             by_node.setdefault(gpus[g].node, []).append(g)
@@ -204,6 +205,6 @@ def _plan_greedy(cluster, cost, kind, demand, act_reserve_gib, encode_util, max_
                 if q and len(chosen) < wanted:
                     chosen.append(q.pop(0))
         for g in chosen:
-            resident[g].add((m, "encode"))
+            resident[g].add((m, StageKind.ENCODE))
             free[g] -= need
     return {g: frozenset(s) for g, s in resident.items()}

@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+from .errors import SpecError, TridentError
+
+__all__ = [
+    "DEGREES",
+    "MAX_DEGREE",
+    "PARALLEL_EFFICIENCY",
+    "PROFILE_COLUMNS",
+    "STAGES",
+    "ProfileRow",
+    "Shape",
+    "SpecError",
+    "StageKind",
+    "TridentError",
+    "class_label",
+    "degrees_up_to",
+    "parse_size",
+    "size_label",
+]
 
 
-class SpecError(ValueError):
-    """A description (cluster, mix, workload...) that cannot be used; ``problems`` lists every
-    problem found, so one error reports them all."""
+class StageKind(enum.StrEnum):
+    """The three stages of a diffusion pipeline, in pipeline order.
 
-    def __init__(self, origin: str, problems: Iterable[str]) -> None:
-        self.origin = origin
-        self.problems = tuple(problems)
-        if len(self.problems) == 1:
-            message = f"{origin}: {self.problems[0]}"
-        else:
-            message = f"{origin}: {len(self.problems)} problems:\n" + "\n".join(f"  {p}" for p in self.problems)
-        super().__init__(message)
-
-
-class StageKind(str, enum.Enum):
-    """The three stages of a diffusion pipeline."""
+    A ``StrEnum``: a member equals (and hashes like) its value, so ``StageKind.DIFFUSE ==
+    "diffuse"`` and either works as a dict key; ``str()`` and f-strings give the value.
+    """
 
     ENCODE = "encode"
     DIFFUSE = "diffuse"
@@ -37,6 +46,41 @@ class StageKind(str, enum.Enum):
         except ValueError:
             valid = ", ".join(s.value for s in cls)
             raise ValueError(f"unknown stage {value!r}; valid stages: {valid}") from None
+
+
+STAGES: tuple[StageKind, ...] = tuple(StageKind)  # encode, diffuse, decode
+
+# Sequence-parallel degrees a diffuse may run at (GPUs of one node), and the parallel efficiency
+# (speed-up / degree) a degree must reach to count as efficient: the SLO reference degree, the
+# policies' efficient degree and trident-paper's allowed degrees all use this floor.
+DEGREES: tuple[int, ...] = (1, 2, 4, 8)
+MAX_DEGREE = DEGREES[-1]
+PARALLEL_EFFICIENCY = 0.8
+
+
+def degrees_up_to(max_degree: int, degrees: tuple[int, ...] = DEGREES) -> tuple[int, ...]:
+    """The degrees in ``degrees`` that are ``<= max_degree`` (e.g. the GPUs of one node)."""
+    return tuple(d for d in degrees if d <= max_degree)
+
+
+def size_label(width: int, height: int, frames: int = 1) -> str:
+    """``WIDTHxHEIGHT`` for images, ``WIDTHxHEIGHTxFRAMES`` for video."""
+    base = f"{width}x{height}"
+    return f"{base}x{frames}" if frames > 1 else base  # as the store's SQL: CASE WHEN frames > 1
+
+
+class _Sized(Protocol):
+    width: int
+    height: int
+    frames: int
+
+
+def class_label(model: str, shape: _Sized) -> str:
+    """A request class: ``model WxH`` (images) or ``model WxHxF`` (video), e.g.
+    ``sd3-medium 1024x1024``, ``wan2.1-1.3b 832x480x81``: the unit of per-class attainment and
+    fair goodput. ``shape``: anything with ``width``, ``height`` and ``frames`` (a :class:`Shape`,
+    a ``RequestRow``). The one definition; the store's SQL form is checked against it."""
+    return f"{model} {size_label(shape.width, shape.height, shape.frames)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +116,7 @@ class Shape:
 
     def label(self) -> str:
         """``WIDTHxHEIGHT`` for images, ``WIDTHxHEIGHTxFRAMES`` for video."""
-        base = f"{self.width}x{self.height}"
-        return base if self.frames == 1 else f"{base}x{self.frames}"
+        return size_label(self.width, self.height, self.frames)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -85,24 +128,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise ValueError(f"size must be positive (got {text!r})")
     return width, height
-
-
-# Columns of a stage profile CSV, in order (shared/profiles/README.md).
-PROFILE_COLUMNS: tuple[str, ...] = (
-    "gpu",
-    "model",
-    "stage",
-    "height",
-    "width",
-    "frames",
-    "batch",
-    "degree",
-    "latency_ms",
-    "peak_gib",
-    "act_gib",
-    "weights_gib",
-    "source",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,3 +157,7 @@ class ProfileRow:
         if self.height is None or self.width is None:
             return None
         return self.height * self.width * (self.frames or 1)
+
+
+# Columns of a stage profile CSV, in order (shared/profiles/README.md): ProfileRow's fields.
+PROFILE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ProfileRow))

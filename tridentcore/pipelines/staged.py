@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.types import STAGES, StageKind
+
 logger = logging.getLogger(__name__)
 
 Embeddings = dict[str, torch.Tensor]
@@ -120,17 +122,17 @@ class StagedPipeline:
     def modules(self) -> dict[str, list[torch.nn.Module]]:
         """The modules each stage needs resident: what placing or evicting a stage moves."""
         enc = [m for k, m in self.pipe.components.items() if k.startswith("text_encoder") and m is not None]
-        return {"encode": enc, "diffuse": [self._denoiser()], "decode": [self.pipe.vae]}
+        return {StageKind.ENCODE: enc, StageKind.DIFFUSE: [self._denoiser()], StageKind.DECODE: [self.pipe.vae]}
 
     def weights_bytes(self, stage: str) -> int:
         return sum(p.numel() * p.element_size() for m in self.modules()[stage] for p in m.parameters())
 
-    def to(self, device: str | torch.device, stages: Sequence[str] = ("encode", "diffuse", "decode")):
+    def to(self, device: str | torch.device, stages: Sequence[str] = STAGES):
         """Move the modules of ``stages`` (weights placed or evicted as a placement plan says)."""
         for stage in stages:
             for module in self.modules()[stage]:
                 module.to(device)
-        if set(stages) == {"encode", "diffuse", "decode"}:
+        if set(stages) == set(STAGES):
             self.device = torch.device(device)
         return self
 

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tridentcore.core.errors import TridentError
 from tridentcore.core.scaling import ScalingPoint
 from tridentcore.core.types import PROFILE_COLUMNS, ProfileRow, StageKind
 
@@ -51,7 +52,7 @@ PUBLISHED_SCALING_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-class ProfileError(ValueError):
+class ProfileError(TridentError, ValueError):
     """A profile that cannot be used; ``problems`` lists every problem found."""
 
     def __init__(self, origin: str, problems: Iterable[str]) -> None:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.types import ProfileRow, StageKind
+from ..core.types import STAGES, ProfileRow, StageKind
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class ProfileSpec:
     steps: int = 2
     repeats: int = 5
     warmup: int = 1
-    stages: tuple[str, ...] = ("encode", "diffuse", "decode")
+    stages: tuple[str, ...] = STAGES
 
 
 @dataclass
@@ -130,9 +130,9 @@ def plan_points(spec: ProfileSpec, video: bool) -> list[tuple[str, int, int, int
     """Every (stage, height, width, frames, batch) the spec asks for, in measuring order."""
     frames = spec.frames if video else (1,)
     points: list[tuple[str, int, int, int, int]] = []
-    if "encode" in spec.stages:
-        points += [("encode", 0, 0, 0, b) for b in spec.batches]
-    for stage in ("diffuse", "decode"):
+    if StageKind.ENCODE in spec.stages:
+        points += [(StageKind.ENCODE, 0, 0, 0, b) for b in spec.batches]
+    for stage in (StageKind.DIFFUSE, StageKind.DECODE):
         if stage in spec.stages:
             points += [(stage, h, w, f, b) for (h, w) in spec.sizes for f in frames for b in spec.batches]
     return points
@@ -154,7 +154,7 @@ def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[Prof
         raise ValueError(f"{spec.model}: invalid profile points: " + "; ".join(problems))
     meter = _Meter(spec.device)
     kind = gpu_kind(spec.device)
-    weights = {s: pipe.weights_bytes(s) / GIB for s in ("encode", "diffuse", "decode")}
+    weights = {s: pipe.weights_bytes(s) / GIB for s in STAGES}
     source = "measured" if not meter.notes else "measured (" + ", ".join(meter.notes) + ")"
     rows: list[ProfileRow] = []
     points = plan_points(spec, video)
@@ -170,10 +170,10 @@ def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[Prof
         bar.set_postfix_str(f"{stage} {w}x{h}" + (f"x{f}" if video else "") + f" b{b}" if h else f"{stage} b{b}")
         prompts = [f"a photo of object {i}" for i in range(b)]
         seeds = list(range(b))
-        if stage == "encode":
+        if stage == StageKind.ENCODE:
             call = lambda: pipe.encode(prompts)  # noqa: E731
             divisor = 1
-        elif stage == "diffuse":
+        elif stage == StageKind.DIFFUSE:
             emb = embeddings(b)
             call = lambda: pipe.diffuse(emb, (h, w, f), seed=seeds, steps=spec.steps)  # noqa: E731
             divisor = spec.steps

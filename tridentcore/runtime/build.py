@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 
 from ..core.cluster import GPU_MEMORY_GIB, ClusterError, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
+from ..core.errors import TridentError
 from ..core.policy import make_policy
-from ..core.types import Shape
+from ..core.types import STAGES, Shape
 from .engine import Engine, EngineConfig
 from .group import EngineGroup
 from .models import ModelEntry, emulated_entry, video_models
@@ -44,9 +45,6 @@ from .workers import CpuWorker, EmulatedWorker, WorkerPool
 DEVICE_FORMS = ("emulated:NODESxGPUSxKIND (emulated:2x8xH200), emulated:GPUSxKIND, cpu:N, cuda:all or cuda:0,1, "
                 "or several kinds joined by commas (cpu:1,emulated:8xH200)")
 BACKENDS = ("local", "ray")
-
-
-STAGES = ("encode", "diffuse", "decode")
 
 
 def parse_faults(text: str | None) -> tuple[tuple[tuple[str, int], ...], list[str]]:
@@ -71,7 +69,7 @@ def parse_faults(text: str | None) -> tuple[tuple[tuple[str, int], ...], list[st
     return tuple(sorted(plan.items())), problems
 
 
-class SetupError(ValueError):
+class SetupError(TridentError, ValueError):
     """A live run that cannot be built; ``problems`` lists every problem found."""
 
     def __init__(self, problems) -> None:

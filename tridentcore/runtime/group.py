@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
+from ..core.types import StageKind
 from .engine import Accepted, Engine, Outcome, Refused, Submission
 
 
@@ -122,7 +123,7 @@ class EngineGroup:
     def snapshot(self) -> dict:
         snaps = [e.snapshot() for e in self.parts]
         devices, instances = [], []
-        queues = {"encode": 0, "diffuse": 0, "decode": 0}
+        queues = {StageKind.ENCODE: 0, StageKind.DIFFUSE: 0, StageKind.DECODE: 0}
         running = dict(queues)
         for label, snap in zip(self.labels, snaps):
             devices += [{**d, "part": label} for d in snap["devices"]]

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..core.costmodel import CostModel
-from ..core.types import Shape
+from ..core.types import Shape, StageKind
 
 MAX_STEPS = 200
 MAX_PROMPT_CHARS = 2000
@@ -97,9 +97,9 @@ def check_request(entry: ModelEntry, cost: CostModel, gpu: str, width: int, heig
     if size_ok:
         shape = Shape(height, width, frames, steps)
         try:
-            cost.latency_s(entry.name, "encode", None, 1, 1, gpu)
-            cost.latency_s(entry.name, "diffuse", shape, 1, 1, gpu)
-            cost.latency_s(entry.name, "decode", shape, 1, 1, gpu)
+            cost.latency_s(entry.name, StageKind.ENCODE, None, 1, 1, gpu)
+            cost.latency_s(entry.name, StageKind.DIFFUSE, shape, 1, 1, gpu)
+            cost.latency_s(entry.name, StageKind.DECODE, shape, 1, 1, gpu)
         except LookupError as exc:
             problems.append(Problem("size", f"the {gpu} profile cannot price {entry.name} at {shape.label()}: {exc}"))
     return problems

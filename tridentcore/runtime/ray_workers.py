@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..core.types import StageKind
 from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool, failure, load_pipelines
 
 logger = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ class RayWorker(Worker):
         if not self.alive or actor is None:
             return StageResult(error=f"worker {self.slot} is down", lost=True)
         n = len(task.request_ids)
-        split = not self.emulated and task.stage in ("encode", "diffuse") and n > 0
+        split = not self.emulated and task.stage in (StageKind.ENCODE, StageKind.DIFFUSE) and n > 0
         if split:
             refs = actor.run.options(num_returns=n + 1).remote(task, True)
             head, outputs = refs[0], tuple(refs[1:])

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.types import StageKind
+
 logger = logging.getLogger(__name__)
 
 
@@ -286,11 +288,11 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
     n = len(task.request_ids)
     if task.fault == "oom":
         _provoke_oom()
-    if task.stage == "encode":
+    if task.stage == StageKind.ENCODE:
         emb = pipe.encode(list(task.prompts), list(task.negative_prompts))
         outputs = tuple({k: out(_slice(v, i)) for k, v in emb.items()} for i in range(n))
         return StageResult(0, outputs, wall_s=time.perf_counter() - t0)
-    if task.stage == "diffuse":
+    if task.stage == StageKind.DIFFUSE:
         # requests of one batch share model and shape; guidance may differ: one sub-batch per value
         groups: dict[float | None, list[int]] = {}
         for i, g in enumerate(task.guidances):

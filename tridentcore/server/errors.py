@@ -2,6 +2,9 @@
 code from :data:`STATUS`, and every response body has the same shape::
 
     {"error": {"code": "invalid", "message": "...", "field": "size", "problems": [...]}}
+
+:func:`install_error_handlers` puts the mapping on an app (routes only raise ``ApiError``), and
+:class:`BodyLimit` answers an oversized body with the same shape.
 """
 
 from __future__ import annotations
@@ -9,7 +12,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+
+from ..core.errors import TridentError
 
 # error code -> HTTP status (the one table)
 STATUS: dict[str, int] = {
@@ -31,7 +38,7 @@ STATUS: dict[str, int] = {
 
 
 @dataclass
-class ApiError(Exception):
+class ApiError(TridentError):
     code: str
     message: str
     field: str | None = None
@@ -65,3 +72,60 @@ def invalid(problems: list[tuple[str, str]]) -> ApiError:
     first_field, first_msg = problems[0]
     message = "; ".join(f"{f}: {m}" for f, m in problems)
     return ApiError("invalid", message, first_field, items)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error a route raises to its status and body: :class:`ApiError` by :data:`STATUS`,
+    a request that fails validation to 422 naming each field."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "path", "query")]
+            problems.append((".".join(loc) or "body", e.get("msg", "invalid")))
+        return error_response(invalid(problems or [("body", "invalid request")]))
+
+
+class BodyLimit:
+    """ASGI middleware: a body over the limit gets 413 (``too_large``) before the app reads it."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        limit = self.max_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                return await self._too_large(scope, receive, send)
+        body = bytearray()
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            body += msg.get("body", b"")
+            if len(body) > limit:
+                return await self._too_large(scope, receive, send)
+            if not msg.get("more_body"):
+                break
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send):
+        resp = error_response(ApiError("too_large", f"request body is over {self.max_bytes} bytes"))
+        await resp(scope, receive, send)

@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.errors import TridentError
 
-class LaunchError(RuntimeError):
+
+class LaunchError(TridentError, RuntimeError):
     pass
 
 

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from ..core.lifecycle import RequestState
+from ..core.slo import met_slo
 
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1000)
 
@@ -83,7 +84,7 @@ class Metrics:
     def on_end(self, rec) -> None:
         self.ended.labels(rec.state.value).inc()
         self._n_ended += 1
-        if rec.state is RequestState.DONE and rec.finish_s is not None and rec.finish_s <= rec.spec.deadline_s + 1e-9:
+        if met_slo(rec.state, rec.finish_s, rec.spec.deadline_s):
             self.slo_met.inc()
             self._n_met += 1
 

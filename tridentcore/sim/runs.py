@@ -22,7 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import TridentError
 from ..store import ResultsStore, UnknownRunError, new_run_id, open_readonly
+from ..store.schema import STAGE_ORDER_SQL
 from .bench import Loaded, Scenario, load_scenario, run_meta, run_one
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,7 +51,7 @@ COMPARED = ("requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms
             "preemptions", "gpu_s", "gpu_s_per_met")
 
 
-class RunConfigError(ValueError):
+class RunConfigError(TridentError, ValueError):
     """A stored run that cannot be run again (live backend, or a config_json missing fields)."""
 
 
@@ -114,9 +116,6 @@ class RunReport:
     stages: list[dict[str, Any]]  # stage_breakdown rows, encode / diffuse / decode
 
 
-_STAGE_ORDER = "CASE stage WHEN 'encode' THEN 1 WHEN 'diffuse' THEN 2 WHEN 'decode' THEN 3 ELSE 4 END"
-
-
 def show_run(db: str | os.PathLike[str], run: str) -> RunReport:
     con = _open(db)
     try:
@@ -129,7 +128,7 @@ def show_run(db: str | os.PathLike[str], run: str) -> RunReport:
         stages = _rows(con, f"""
             SELECT stage, spans, dispatches, mean_s, p95_s, mean_queue_s, p95_queue_s, mean_batch,
                    mean_degree, gpu_s, load_s, preempted, oom
-            FROM stage_breakdown WHERE run_id = ? ORDER BY {_STAGE_ORDER}""", [run_id])
+            FROM stage_breakdown WHERE run_id = ? ORDER BY {STAGE_ORDER_SQL}""", [run_id])
     finally:
         con.close()
     return RunReport(run_id, meta, summary, classes, stages)

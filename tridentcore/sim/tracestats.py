@@ -18,12 +18,10 @@ from dataclasses import dataclass
 
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
-from ..core.types import Shape
+from ..core.types import DEGREES, Shape, StageKind, class_label
 from ..core.workload import RequestSpec
 
 __all__ = ["ClassLoad", "TraceStats", "min_gpu_s", "trace_stats"]
-
-_DEGREES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +84,11 @@ class TraceStats:
 
 def min_gpu_s(cost: CostModel, gpu_kind: str, model: str, shape: Shape, max_degree: int) -> tuple[float, int]:
     """GPU-seconds of one request at its most GPU-efficient degree, and that degree."""
-    encode = cost.latency_s(model, "encode", None, 1, 1, gpu_kind)
-    decode = cost.latency_s(model, "decode", shape, 1, 1, gpu_kind)
+    encode = cost.latency_s(model, StageKind.ENCODE, None, 1, 1, gpu_kind)
+    decode = cost.latency_s(model, StageKind.DECODE, shape, 1, 1, gpu_kind)
     best, degree = min(
-        (d * shape.steps * cost.latency_s(model, "diffuse", shape, 1, d, gpu_kind), d)
-        for d in _DEGREES
+        (d * shape.steps * cost.latency_s(model, StageKind.DIFFUSE, shape, 1, d, gpu_kind), d)
+        for d in DEGREES
         if d <= max_degree
     )
     return encode + best + decode, degree
@@ -104,7 +102,7 @@ def trace_stats(requests: Sequence[RequestSpec], cost: CostModel, cluster: Clust
     classes = []
     for (model, shape), n in counts.items():
         gpu_s, degree = min_gpu_s(cost, gpu_kind, model, shape, cluster.gpus_per_node)
-        classes.append(ClassLoad(f"{model} {shape.label()}", shape.steps, n, degree, gpu_s))
+        classes.append(ClassLoad(class_label(model, shape), shape.steps, n, degree, gpu_s))
     classes.sort(key=lambda c: (c.label, c.steps))
     times = [r.arrival_s for r in requests]
     return TraceStats(

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from ..costmodel import CostModel
 from ..state import ClusterView
-from ..types import Shape
+from ..types import DEGREES, PARALLEL_EFFICIENCY, STAGES, Shape, StageKind, degrees_up_to
 
-DEGREES = (1, 2, 4, 8)
-EFFICIENCY = 0.8
+__all__ = ["degrees_for", "efficient_degree", "pipeline_seconds", "place_everything"]
 
 
 def degrees_for(view: ClusterView) -> tuple[int, ...]:
     """Degrees a group on one node can have on this cluster."""
     per_node = min(len(n) for n in view.nodes)
-    return tuple(d for d in DEGREES if d <= per_node)
+    return degrees_up_to(per_node, DEGREES)
 
 
 def efficient_degree(cost: CostModel, kind: str, model: str, shape: Shape, degrees: tuple[int, ...]) -> int:
-    """The largest degree whose diffuse parallel efficiency is >= 0.8 (1 always qualifies)."""
+    """The largest degree whose diffuse parallel efficiency is >= PARALLEL_EFFICIENCY (1 always qualifies)."""
     best = 1
     for d in degrees:
-        if d > 1 and cost.parallel_efficiency(model, "diffuse", shape, d, 1, kind) >= EFFICIENCY:
+        if d > 1 and cost.parallel_efficiency(model, StageKind.DIFFUSE, shape, d, 1, kind) >= PARALLEL_EFFICIENCY:
             best = d
     return best
 
@@ -28,12 +27,12 @@ def efficient_degree(cost: CostModel, kind: str, model: str, shape: Shape, degre
 def pipeline_seconds(cost: CostModel, kind: str, model: str, shape: Shape, degree: int, steps: int | None = None) -> float:
     """No-queue time of encode + diffuse (``steps``, default all) + decode at ``degree``."""
     steps = shape.steps if steps is None else steps
-    return (cost.latency_s(model, "encode", None, 1, 1, kind)
-            + steps * cost.latency_s(model, "diffuse", shape, 1, degree, kind)
-            + cost.latency_s(model, "decode", shape, 1, 1, kind))
+    return (cost.latency_s(model, StageKind.ENCODE, None, 1, 1, kind)
+            + steps * cost.latency_s(model, StageKind.DIFFUSE, shape, 1, degree, kind)
+            + cost.latency_s(model, StageKind.DECODE, shape, 1, 1, kind))
 
 
-def place_everything(view: ClusterView, models, stages=("encode", "diffuse", "decode")):
+def place_everything(view: ClusterView, models, stages=STAGES):
     """Place actions putting every stage of every model on every GPU (pipeline-level deployment)."""
     from ..events import Place
 

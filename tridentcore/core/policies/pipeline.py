@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from ..events import Action, Dispatch, Fail, RequestArrived, StageFailed, StageFinished
 from ..policy import Policy, PolicyError, register
 from ..state import ClusterView
+from ..types import StageKind
 from .common import degrees_for, efficient_degree, pipeline_seconds, place_everything
 
-_NEXT = {"encode": "diffuse", "diffuse": "decode"}
+_NEXT = {StageKind.ENCODE: StageKind.DIFFUSE, StageKind.DIFFUSE: StageKind.DECODE}
 
 
 class _PipelineBase(Policy):
@@ -35,9 +36,9 @@ class _PipelineBase(Policy):
         if nxt is None:
             return []
         rid = ev.request_ids[0]
-        if nxt == "diffuse":
+        if nxt == StageKind.DIFFUSE:
             rec = view.request(rid)
-            return [Dispatch("diffuse", (rid,), ev.gpus, rec.steps_done, rec.spec.shape.steps)]
+            return [Dispatch(StageKind.DIFFUSE, (rid,), ev.gpus, rec.steps_done, rec.spec.shape.steps)]
         return [Dispatch(nxt, (rid,), ev.gpus)]
 
 
@@ -76,7 +77,7 @@ class PipelineStatic(_PipelineBase):
             return self._start_next(view, r)
         if isinstance(event, StageFinished):
             r = self.replica_of_gpu[event.gpus[0]]
-            if event.stage == "decode" or view.request(event.request_ids[0]).state.terminal:
+            if event.stage == StageKind.DECODE or view.request(event.request_ids[0]).state.terminal:
                 self.active[r] = None
                 return self._start_next(view, r)
             return self._next_stage(view, event)
@@ -93,7 +94,7 @@ class PipelineStatic(_PipelineBase):
         rid = self.queues[r].popleft()
         self.queued_s[r] -= self.estimate.pop(rid, 0.0)
         self.active[r] = rid
-        return [Dispatch("encode", (rid,), self.replicas[r])]
+        return [Dispatch(StageKind.ENCODE, (rid,), self.replicas[r])]
 
 
 @register
@@ -115,7 +116,7 @@ class PipelineDynamic(_PipelineBase):
             self.degree_of[spec.id] = efficient_degree(view.cost, view.gpu_kind, spec.model, spec.shape, self.degrees)
             self.queue.append(spec.id)
         elif isinstance(event, StageFinished):
-            if event.stage != "decode" and not view.request(event.request_ids[0]).state.terminal:
+            if event.stage != StageKind.DECODE and not view.request(event.request_ids[0]).state.terminal:
                 return self._next_stage(view, event)
         elif isinstance(event, StageFailed):
             actions += [Fail(rid, event.reason) for rid in event.request_ids]
@@ -142,7 +143,7 @@ class PipelineDynamic(_PipelineBase):
                     break
                 continue
             group, idle[node] = tuple(idle[node][:d]), idle[node][d:]
-            out.append(Dispatch("encode", (rid,), group))
+            out.append(Dispatch(StageKind.ENCODE, (rid,), group))
             del self.degree_of[rid]
         kept.extend(self.queue)
         self.queue = kept

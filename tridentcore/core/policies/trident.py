@@ -48,9 +48,9 @@ from ..lifecycle import WAITING_FOR, RequestRecord
 from ..placement import plan_placement
 from ..policy import Policy, register
 from ..state import ClusterView
-from ..types import Shape
+from ..types import PARALLEL_EFFICIENCY, Shape, StageKind
 from ..workload import RequestSpec
-from .common import EFFICIENCY, degrees_for
+from .common import degrees_for
 
 
 def _bool(text: str) -> bool:
@@ -134,16 +134,16 @@ class Trident(Policy):
         reserve: dict[str, float] = {}
         total = sum(expected.values()) or 1.0
         for (model, shape), share in expected.items():
-            d = demand.setdefault(model, {"encode": 0.0, "diffuse": 0.0, "decode": 0.0})
-            d["encode"] += share / total * cost.latency_s(model, "encode", None, 1, 1, kind)
+            d = demand.setdefault(model, {StageKind.ENCODE: 0.0, StageKind.DIFFUSE: 0.0, StageKind.DECODE: 0.0})
+            d[StageKind.ENCODE] += share / total * cost.latency_s(model, StageKind.ENCODE, None, 1, 1, kind)
             if shape is None:
-                d["diffuse"] += share / total
+                d[StageKind.DIFFUSE] += share / total
                 continue
             info = self._info_for(view, model, shape)
-            d["diffuse"] += share / total * shape.steps * info.step_s[1]
-            d["decode"] += share / total * info.dec_s
-            act = max(cost.activation_gib(model, "decode", shape, 1, 1, kind),
-                      cost.activation_gib(model, "diffuse", shape, 1, 1, kind))
+            d[StageKind.DIFFUSE] += share / total * shape.steps * info.step_s[1]
+            d[StageKind.DECODE] += share / total * info.dec_s
+            act = max(cost.activation_gib(model, StageKind.DECODE, shape, 1, 1, kind),
+                      cost.activation_gib(model, StageKind.DIFFUSE, shape, 1, 1, kind))
             reserve[model] = max(reserve.get(model, 0.0), act)
         return plan_placement(view.cluster, cost, kind, demand, reserve)
 
@@ -153,28 +153,28 @@ class Trident(Policy):
         if info is not None:
             return info
         cost, kind = view.cost, view.gpu_kind
-        enc = cost.latency_s(model, "encode", None, 1, 1, kind)
-        dec = cost.latency_s(model, "decode", shape, 1, 1, kind)
-        step = {d: cost.latency_s(model, "diffuse", shape, 1, d, kind) for d in self.degrees}
+        enc = cost.latency_s(model, StageKind.ENCODE, None, 1, 1, kind)
+        dec = cost.latency_s(model, StageKind.DECODE, shape, 1, 1, kind)
+        step = {d: cost.latency_s(model, StageKind.DIFFUSE, shape, 1, d, kind) for d in self.degrees}
         eff = 1
         for d in self.degrees:
-            if d > 1 and step[1] / (step[d] * d) >= EFFICIENCY:
+            if d > 1 and step[1] / (step[d] * d) >= PARALLEL_EFFICIENCY:
                 eff = d
         fast = min(self.degrees, key=lambda d: (step[d], d))
         batch = dec_batch = 1
         for b in (4, 3, 2):
             try:
-                if batch == 1 and cost.latency_s(model, "diffuse", shape, b, 1, kind) / b <= 0.85 * step[1]:
+                if batch == 1 and cost.latency_s(model, StageKind.DIFFUSE, shape, b, 1, kind) / b <= 0.85 * step[1]:
                     batch = b
-                if dec_batch == 1 and cost.latency_s(model, "decode", shape, b, 1, kind) / b <= 0.85 * dec:
+                if dec_batch == 1 and cost.latency_s(model, StageKind.DECODE, shape, b, 1, kind) / b <= 0.85 * dec:
                     dec_batch = b
             except LookupError:
                 continue
         biggest = max(view.mem_gib(g) for g in range(view.num_gpus))
         problems = []
-        for stage, d in (("encode", 1), ("diffuse", max(self.degrees)), ("decode", 1)):
+        for stage, d in ((StageKind.ENCODE, 1), (StageKind.DIFFUSE, max(self.degrees)), (StageKind.DECODE, 1)):
             need = cost.weights_gib(model, stage, kind) + cost.activation_gib(
-                model, stage, None if stage == "encode" else shape, 1, d, kind)
+                model, stage, None if stage == StageKind.ENCODE else shape, 1, d, kind)
             if need > biggest:
                 problems.append(f"{stage} needs {need:.1f} GiB per GPU, the largest GPU has {biggest:.0f}")
         info = _ClassInfo(enc, dec, step, eff, fast, batch, dec_batch, "; ".join(problems))
@@ -184,9 +184,9 @@ class Trident(Policy):
     # ------------------------------------------------------------------------------ queue
     def _remaining(self, rec: RequestRecord, info: _ClassInfo, degree: int, stage: str) -> float:
         left = rec.spec.shape.steps - rec.steps_done
-        if stage == "encode":
+        if stage == StageKind.ENCODE:
             return info.enc_s + left * info.step_s[degree] + info.dec_s
-        if stage == "diffuse":
+        if stage == StageKind.DIFFUSE:
             return left * info.step_s[degree] + info.dec_s
         return info.dec_s
 
@@ -282,8 +282,8 @@ class Trident(Policy):
             if idle_total == 0 and preempted_now:
                 continue
             margin = margin_frac * spec.slo_s
-            if stage != "diffuse":
-                dur = info.enc_s if stage == "encode" else info.dec_s
+            if stage != StageKind.DIFFUSE:
+                dur = info.enc_s if stage == StageKind.ENCODE else info.dec_s
                 g, evictions = (None, [])
                 if idle_total:
                     g, evictions = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec)
@@ -291,7 +291,7 @@ class Trident(Policy):
                     # no GPU now: if one frees too late for this request, pause a long diffuse
                     blocked += 1
                     if blocked <= _MAX_BLOCKED and self.opts["preempt"] and not preempted_now and preempt_tries < 2:
-                        d = info.eff_d if stage == "encode" else 1
+                        d = info.eff_d if stage == StageKind.ENCODE else 1
                         latest = spec.deadline_s - margin - self._remaining(rec, info, d, stage)
                         when, _ = self._soonest(view, reserved, now, 1)
                         if when > latest:
@@ -312,7 +312,7 @@ class Trident(Policy):
                 continue
             # ---- diffuse
             feasible = [d for d in self.degrees
-                        if now + self._remaining(rec, info, d, "diffuse") <= spec.deadline_s - margin]
+                        if now + self._remaining(rec, info, d, StageKind.DIFFUSE) <= spec.deadline_s - margin]
             late = entry[0] == math.inf
             if late:  # already late: the fewest GPU-seconds, no reservation, no preemption
                 feasible = [self.degrees[0]]
@@ -345,7 +345,7 @@ class Trident(Policy):
                         idle[node].remove(g)
                     idle_total -= d
                     busy_frac = 1.0 - idle_total / n_gpus
-                    actions.append(Dispatch("diffuse", tuple(batch), group, rec.steps_done, spec.shape.steps))
+                    actions.append(Dispatch(StageKind.DIFFUSE, tuple(batch), group, rec.steps_done, spec.shape.steps))
                     placed = True
                     break
             if placed or late:
@@ -355,7 +355,7 @@ class Trident(Policy):
                 continue
             # ---- no room now: reserve the GPUs that free soonest, or preempt if that is too late
             d = min(feasible)
-            latest = spec.deadline_s - margin - self._remaining(rec, info, d, "diffuse")
+            latest = spec.deadline_s - margin - self._remaining(rec, info, d, StageKind.DIFFUSE)
             when, group = self._soonest(view, reserved, now, d)
             if group is not None and when <= latest:
                 for g in group:
@@ -363,7 +363,7 @@ class Trident(Policy):
                 continue
             if self.opts["preempt"] and not preempted_now and preempt_tries < 2:
                 preempt_tries += 1
-                if self._preempt(view, reserved, now, d, rec, info, "diffuse", actions):
+                if self._preempt(view, reserved, now, d, rec, info, StageKind.DIFFUSE, actions):
                     preempted_now = True
                     continue
             if group is not None:
@@ -381,7 +381,7 @@ class Trident(Policy):
 
     def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> tuple[int | None, list[Action]]:
         """One GPU for an encode or decode, and any evictions needed to make room on it."""
-        prefer = set(rec.latents_on) if stage == "decode" else set()
+        prefer = set(rec.latents_on) if stage == StageKind.DECODE else set()
         plan = self.plan
         candidates = []
         for gpus in idle:
@@ -420,12 +420,12 @@ class Trident(Policy):
             usable = [g for g in gpus if self._usable(view, g, reserved, now, dur)]
             if len(usable) < d:
                 continue
-            usable.sort(key=lambda g: (g not in near, not view.has_resident(model, "diffuse", g),
-                                       (model, "encode") in plan.get(g, ()), g))
+            usable.sort(key=lambda g: (g not in near, not view.has_resident(model, StageKind.DIFFUSE, g),
+                                       (model, StageKind.ENCODE) in plan.get(g, ()), g))
             options.append(((len(usable), sum(g not in near for g in usable[:d]), node), usable))
         options.sort()  # best fit first: keep big holes for big requests
         for _, usable in options:
-            fit = [g for g in usable if self._fits(view, model, "diffuse", shape, 1, d, g)]
+            fit = [g for g in usable if self._fits(view, model, StageKind.DIFFUSE, shape, 1, d, g)]
             if len(fit) >= d:
                 return tuple(sorted(fit[:d]))
         return None
@@ -453,13 +453,13 @@ class Trident(Policy):
             reserved[g] = freed_at
         return True
 
-    def _preempt_for(self, view, reserved, now, d, rec, info, stage="diffuse"):
+    def _preempt_for(self, view, reserved, now, d, rec, info, stage=StageKind.DIFFUSE):
         """A running diffuse whose pause gives ``rec`` d GPUs on one node, keeping its own deadline."""
-        need_s = self._remaining(rec, info, max(d, 1) if stage == "diffuse" else info.eff_d, stage)
+        need_s = self._remaining(rec, info, max(d, 1) if stage == StageKind.DIFFUSE else info.eff_d, stage)
         best, best_slack = None, 0.0
         for run in view.running():
             a = run.action
-            if a.stage != "diffuse" or run.preempt_at_step is not None or run.step_s <= 0:
+            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0:
                 continue
             # a victim must have run at least a step, and not have been paused just before: no
             # pause/resume cycles that make no progress
@@ -487,16 +487,16 @@ class Trident(Policy):
     # ------------------------------------------------------------------------------ batching
     def _stage_batch(self, view, info: _ClassInfo, stage: str, model: str) -> int:
         """Largest batch worth forming for an encode (per model) or a decode (per class)."""
-        if stage == "decode":
+        if stage == StageKind.DECODE:
             return info.dec_batch
         best = self.encode_batch.get(model)
         if best is None:
             cost, kind = view.cost, view.gpu_kind
-            one = cost.latency_s(model, "encode", None, 1, 1, kind)
+            one = cost.latency_s(model, StageKind.ENCODE, None, 1, 1, kind)
             best = 1
             for b in (8, 4, 2):
                 try:
-                    if cost.latency_s(model, "encode", None, b, 1, kind) / b <= 0.85 * one:
+                    if cost.latency_s(model, StageKind.ENCODE, None, b, 1, kind) / b <= 0.85 * one:
                         best = b
                         break
                 except LookupError:
@@ -513,7 +513,7 @@ class Trident(Policy):
             rec = view.request(other)
             if WAITING_FOR.get(rec.state) != stage or rec.spec.model != spec.model:
                 continue
-            if stage == "decode" and rec.spec.shape != spec.shape:
+            if stage == StageKind.DECODE and rec.spec.shape != spec.shape:
                 continue
             out.append(other)
             if len(out) >= limit:
@@ -528,7 +528,7 @@ class Trident(Policy):
             if other == rec.id or other in taken:
                 continue
             o = view.request(other)
-            if (WAITING_FOR.get(o.state) != "diffuse" or o.steps_done != 0 or o.spec.model != spec.model
+            if (WAITING_FOR.get(o.state) != StageKind.DIFFUSE or o.steps_done != 0 or o.spec.model != spec.model
                     or o.spec.shape != spec.shape or self.safer.get(other)):
                 continue
             out.append(other)
@@ -537,11 +537,11 @@ class Trident(Policy):
         # keep the largest batch whose members all still meet their deadlines
         while out:
             b = len(out) + 1
-            step = view.cost.latency_s(spec.model, "diffuse", spec.shape, b, d, view.gpu_kind)
+            step = view.cost.latency_s(spec.model, StageKind.DIFFUSE, spec.shape, b, d, view.gpu_kind)
             finish = now + spec.shape.steps * step + info.dec_s
             deadline = min([rec.spec.deadline_s] + [view.request(o).spec.deadline_s for o in out])
             if finish <= deadline - margin and all(
-                    self._fits(view, spec.model, "diffuse", spec.shape, b, d, g) for g in group):
+                    self._fits(view, spec.model, StageKind.DIFFUSE, spec.shape, b, d, g) for g in group):
                 break
             out.pop()
         return out

@@ -83,8 +83,9 @@ from ..events import (Action, Dispatch, Fail, Reject, RequestArrived, StageFaile
 from ..lifecycle import RequestState
 from ..policy import Policy, register
 from ..state import ClusterView
-from ..types import Shape
-from .common import EFFICIENCY, degrees_for, place_everything
+from ..slo import SLO_TOLERANCE_S
+from ..types import PARALLEL_EFFICIENCY, Shape, StageKind
+from .common import degrees_for, place_everything
 
 ON_TIME_REWARD = 1000.0
 BATCH_GROWTH = 1.2  # double the batch while latency grows by at most 20 %
@@ -152,9 +153,9 @@ class TridentPaper(Policy):
         return value
 
     def _runtime(self, view: ClusterView, model: str, shape: Shape, batch: int, degree: int) -> float:
-        return (self._latency(view, model, "encode", None, batch, 1)
-                + shape.steps * self._latency(view, model, "diffuse", shape, batch, degree)
-                + self._latency(view, model, "decode", shape, batch, 1))
+        return (self._latency(view, model, StageKind.ENCODE, None, batch, 1)
+                + shape.steps * self._latency(view, model, StageKind.DIFFUSE, shape, batch, degree)
+                + self._latency(view, model, StageKind.DECODE, shape, batch, 1))
 
     def _info_for(self, view: ClusterView, model: str, shape: Shape) -> _ClassInfo:
         key = (model, shape)
@@ -163,23 +164,24 @@ class TridentPaper(Policy):
             return info
         cost, kind = view.cost, view.gpu_kind
         degrees = tuple(k for k in self.degrees
-                        if k == 1 or cost.parallel_efficiency(model, "diffuse", shape, k, 1, kind) >= EFFICIENCY)
+                        if k == 1
+                        or cost.parallel_efficiency(model, StageKind.DIFFUSE, shape, k, 1, kind) >= PARALLEL_EFFICIENCY)
         batch = 1
         while 2 * batch <= self.opts["max_batch"]:
             try:
-                grown = self._latency(view, model, "diffuse", shape, 2 * batch, 1)
-                self._latency(view, model, "encode", None, 2 * batch, 1)
-                self._latency(view, model, "decode", shape, 2 * batch, 1)
+                grown = self._latency(view, model, StageKind.DIFFUSE, shape, 2 * batch, 1)
+                self._latency(view, model, StageKind.ENCODE, None, 2 * batch, 1)
+                self._latency(view, model, StageKind.DECODE, shape, 2 * batch, 1)
             except LookupError:
                 break
-            if grown > BATCH_GROWTH * self._latency(view, model, "diffuse", shape, batch, 1):
+            if grown > BATCH_GROWTH * self._latency(view, model, StageKind.DIFFUSE, shape, batch, 1):
                 break
             batch *= 2
         best_s = min(self._runtime(view, model, shape, 1, k) for k in degrees)
         # an idle GPU holds every stage's weights: what is left for activations
         problems = []
         top = degrees[-1]
-        for stage, d in (("encode", top), ("diffuse", top), ("decode", 1)):
+        for stage, d in ((StageKind.ENCODE, top), (StageKind.DIFFUSE, top), (StageKind.DECODE, 1)):
             if not any(view.memory_needed_gib(model, stage, shape, 1, d, g) <= self._capacity(view, g) + 1e-9
                        for g in range(view.num_gpus)):
                 need = view.memory_needed_gib(model, stage, shape, 1, d, 0)
@@ -208,11 +210,11 @@ class TridentPaper(Policy):
             return []  # the program decides on the next tick
         if isinstance(event, StageFinished):
             live = tuple(r for r in event.request_ids if not view.request(r).state.terminal)
-            if live and event.stage == "encode":
+            if live and event.stage == StageKind.ENCODE:
                 rec = view.request(live[0])
-                actions.append(Dispatch("diffuse", live, event.gpus, rec.steps_done, rec.spec.shape.steps))
+                actions.append(Dispatch(StageKind.DIFFUSE, live, event.gpus, rec.steps_done, rec.spec.shape.steps))
                 taken.update(event.gpus)
-            elif live and event.stage == "diffuse":
+            elif live and event.stage == StageKind.DIFFUSE:
                 self.decode_queue.append((live, event.gpus))
         elif isinstance(event, StageFailed):
             actions += self._on_failed(view, event)
@@ -223,9 +225,9 @@ class TridentPaper(Policy):
 
     def _on_failed(self, view: ClusterView, event: StageFailed) -> list[Action]:
         live = [r for r in event.request_ids if not view.request(r).state.terminal]
-        if event.oom or event.stage == "diffuse":
+        if event.oom or event.stage == StageKind.DIFFUSE:
             return [Fail(r, event.reason) for r in live]
-        if event.stage == "encode":
+        if event.stage == StageKind.ENCODE:
             for r in live:
                 bisect.insort(self.queue, (view.request(r).spec.deadline_s, r))
         elif live:
@@ -251,7 +253,7 @@ class TridentPaper(Policy):
             idle.sort(key=lambda g: (g in group, view.node_of(g) != home, g))
 
             def fits(b: int, g: int) -> bool:
-                return view.memory_needed_gib(model, "decode", shape, b, 1, g) <= view.free_gib(g) + 1e-9
+                return view.memory_needed_gib(model, StageKind.DECODE, shape, b, 1, g) <= view.free_gib(g) + 1e-9
 
             gpu = next((g for g in idle if fits(len(rids), g)), None)
             if gpu is None and len(rids) > 1:
@@ -266,7 +268,7 @@ class TridentPaper(Policy):
             else:
                 self.decode_queue.popleft()
             taken.add(gpu)
-            out.append(Dispatch("decode", rids, (gpu,)))
+            out.append(Dispatch(StageKind.DECODE, rids, (gpu,)))
         return out
 
     # ------------------------------------------------------------------------------ the program
@@ -315,7 +317,7 @@ class TridentPaper(Policy):
         return [tuple(x) for x in items]
 
     def _fits(self, view: ClusterView, model: str, shape: Shape, batch: int, k: int, gpus: Sequence[int]) -> bool:
-        for stage in ("encode", "diffuse"):
+        for stage in (StageKind.ENCODE, StageKind.DIFFUSE):
             for g in gpus:
                 if view.memory_needed_gib(model, stage, shape, batch, k, g) > view.free_gib(g) + 1e-9:
                     return False
@@ -346,7 +348,7 @@ class TridentPaper(Policy):
                 reward = 0.0
                 for rid in rids:
                     spec = view.request(rid).spec
-                    if finish <= spec.deadline_s + 1e-9:
+                    if finish <= spec.deadline_s + SLO_TOLERANCE_S:  # would meet its SLO (core.slo)
                         reward += ON_TIME_REWARD
                     else:
                         reward += late_reward(now, spec.deadline_s, self.info[(spec.model, spec.shape)].best_s)
@@ -400,7 +402,7 @@ class TridentPaper(Policy):
             if len(group) < k or not self._fits(view, spec.model, spec.shape, len(rids), k, group):
                 continue  # stays queued (cannot happen on homogeneous nodes)
             free[n] = free[n][k:]
-            out.append(Dispatch("encode", rids, tuple(sorted(group))))
+            out.append(Dispatch(StageKind.ENCODE, rids, tuple(sorted(group))))
             for rid in rids:
                 entry = (view.request(rid).spec.deadline_s, rid)
                 j = bisect.bisect_left(self.queue, entry)

@@ -1,0 +1,173 @@
+"""Arrival processes at rate 1 (DESIGN.md, "Workloads").
+
+Every arrival process is generated at **rate 1** (mean inter-arrival 1) as a sequence of *unit
+times*; the times at rate ``r`` are ``unit_time / r``. A rate sweep therefore replays the same
+requests (same classes, prompts and seeds, in the same order) with the time axis compressed:
+the first ``k`` requests at rate 2 are exactly the first ``k`` at rate 1 with their times
+halved. Differences between rates (and between policies at one rate) then come from the load,
+not from sampling noise.
+
+The first arrival is at time 0 for every process (a run starts with a request, as
+``benchmark_serving``-style load generators do), then arrivals follow at the drawn gaps:
+
+* ``poisson``: exponential gaps (CV 1);
+* ``gamma:cv=K``: gamma gaps with mean 1 and coefficient of variation ``K`` (shape ``1/K**2``,
+  scale ``K**2``); ``K > 1`` is burstier than Poisson, ``K < 1`` more regular;
+* ``constant``: gaps of exactly 1 (times ``0, 1/r, 2/r, ...``);
+* ``bursts:size=N``: ``N`` arrivals at the same instant, bursts ``N`` unit times apart (the mean
+  rate stays ``r``).
+
+Pure: randomness comes from an injected ``random.Random``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import WorkloadError, is_int, is_number
+
+if TYPE_CHECKING:
+    import random
+
+__all__ = ["ARRIVAL_FORMS", "ArrivalProcess", "parse_arrival", "unit_arrivals"]
+
+ARRIVAL_FORMS = "poisson, constant, gamma:cv=K (K > 0), bursts:size=N (N >= 1)"
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalProcess:
+    """An arrival process at rate 1 (see the module docstring). Build with :func:`parse_arrival`."""
+
+    kind: str  # "poisson" | "gamma" | "constant" | "bursts"
+    cv: float = 1.0  # gamma only
+    size: int = 1  # bursts only
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.kind not in _ARRIVAL_KINDS:
+            problems.append(f"unknown arrival process {self.kind!r}; valid forms: {ARRIVAL_FORMS}")
+        if not (is_number(self.cv) and self.cv > 0 and math.isfinite(self.cv)):
+            problems.append(f"cv must be a positive finite number (got {self.cv!r})")
+        if not (is_int(self.size) and self.size >= 1):
+            problems.append(f"size must be an integer >= 1 (got {self.size!r})")
+        if problems:
+            raise WorkloadError("arrival process", problems)
+
+    @property
+    def label(self) -> str:
+        """The text form, accepted back by :func:`parse_arrival`."""
+        if self.kind == "gamma":
+            return f"gamma:cv={self.cv:g}"
+        if self.kind == "bursts":
+            return f"bursts:size={self.size}"
+        return self.kind
+
+    def unit_gaps(self, rng: "random.Random") -> Iterator[float]:
+        """Endless inter-arrival gaps at rate 1 (mean 1); deterministic kinds draw nothing."""
+        kind = self.kind
+        if kind == "poisson":
+            while True:
+                yield rng.expovariate(1.0)
+        elif kind == "gamma":
+            shape = 1.0 / (self.cv * self.cv)
+            scale = self.cv * self.cv
+            while True:
+                yield rng.gammavariate(shape, scale)
+        elif kind == "constant":
+            while True:
+                yield 1.0
+        else:  # bursts
+            size = self.size
+            while True:  # the first arrival (time 0) opens a burst: its size - 1 companions first
+                for _ in range(size - 1):
+                    yield 0.0
+                yield float(size)
+
+    def unit_times(self, rng: "random.Random") -> Iterator[float]:
+        """Endless arrival times at rate 1: 0, then cumulative gaps."""
+        t = 0.0
+        gaps = self.unit_gaps(rng)
+        yield t
+        for gap in gaps:
+            t += gap
+            yield t
+
+
+_ARRIVAL_KINDS: dict[str, tuple[str, ...]] = {"poisson": (), "constant": (), "gamma": ("cv",), "bursts": ("size",)}
+_PARAM_RE = re.compile(r"^\s*([a-z_]+)\s*=\s*([^=,\s]+)\s*$")
+
+
+def parse_arrival(text: "str | ArrivalProcess") -> ArrivalProcess:
+    """``poisson``, ``constant``, ``gamma:cv=K`` or ``bursts:size=N``; a clear error otherwise."""
+    if isinstance(text, ArrivalProcess):
+        return text
+    origin = f"arrival process {text!r}"
+    if not isinstance(text, str):
+        raise WorkloadError(origin, [f"expected a string; valid forms: {ARRIVAL_FORMS}"])
+    kind, _, params_text = text.strip().lower().partition(":")
+    kind = kind.strip()
+    if kind not in _ARRIVAL_KINDS:
+        raise WorkloadError(origin, [f"unknown arrival process {kind!r}; valid forms: {ARRIVAL_FORMS}"])
+    allowed = _ARRIVAL_KINDS[kind]
+    params: dict[str, str] = {}
+    problems = []
+    if params_text.strip():
+        for part in params_text.split(","):
+            match = _PARAM_RE.match(part)
+            if match is None:
+                problems.append(f"cannot read parameter {part.strip()!r}; expected key=value")
+                continue
+            key, value = match.groups()
+            if key not in allowed:
+                valid = ", ".join(allowed) if allowed else "none"
+                problems.append(f"{kind} takes no parameter {key!r} (its parameters: {valid})")
+            elif key in params:
+                problems.append(f"parameter {key!r} given twice")
+            else:
+                params[key] = value
+    missing = [k for k in allowed if k not in params]
+    if missing:
+        problems.append(f"{kind} needs {', '.join(f'{k}=...' for k in missing)}")
+    cv, size = 1.0, 1
+    if "cv" in params:
+        try:
+            cv = float(params["cv"])
+        except ValueError:
+            problems.append(f"cv must be a number (got {params['cv']!r})")
+        else:
+            if not (cv > 0 and math.isfinite(cv)):
+                problems.append(f"cv must be a positive finite number (got {params['cv']!r})")
+    if "size" in params:
+        if params["size"].isdigit() and int(params["size"]) >= 1:
+            size = int(params["size"])
+        else:
+            problems.append(f"size must be an integer >= 1 (got {params['size']!r})")
+    if problems:
+        raise WorkloadError(origin, problems + [f"valid forms: {ARRIVAL_FORMS}"])
+    return ArrivalProcess(kind=kind, cv=cv, size=size)
+
+
+def unit_arrivals(kind: "str | ArrivalProcess", n_or_horizon: int | float, rng: "random.Random") -> list[float]:
+    """Arrival times at rate 1 (the times at rate ``r`` are these divided by ``r``).
+
+    ``n_or_horizon``: an ``int`` asks for that many arrivals; a ``float`` for every arrival with
+    unit time < that horizon (so ``4`` and ``4.0`` differ: four arrivals vs. those before t = 4).
+    """
+    process = parse_arrival(kind)
+    times = process.unit_times(rng)
+    if is_int(n_or_horizon):
+        if n_or_horizon < 0:
+            raise ValueError(f"the number of arrivals must be >= 0 (got {n_or_horizon})")
+        return [next(times) for _ in range(n_or_horizon)]
+    if isinstance(n_or_horizon, float) and n_or_horizon >= 0 and math.isfinite(n_or_horizon):
+        out = []
+        for t in times:
+            if t >= n_or_horizon:
+                break
+            out.append(t)
+        return out
+    raise ValueError(f"n_or_horizon must be an int count or a finite float horizon >= 0 (got {n_or_horizon!r})")

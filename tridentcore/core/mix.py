@@ -1,0 +1,184 @@
+"""Request classes and mixes (DESIGN.md, "Workloads"): a mix is a named set of request classes,
+each a model at one output shape drawn with a relative weight. The YAML file format lives in
+the ``workloads`` package; :func:`mix_from_dict` validates its parsed form.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import WorkloadError, is_int, is_number
+from .types import Shape, class_label
+
+if TYPE_CHECKING:
+    import random
+
+__all__ = ["Mix", "RequestClass", "cumulative_weights", "mix_from_dict"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestClass:
+    """One kind of request in a mix: a model at one output shape, drawn with relative ``weight``."""
+
+    model: str
+    height: int
+    width: int
+    frames: int = 1
+    steps: int = 28
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = _class_problems(self.model, self.height, self.width, self.frames, self.steps, self.weight)
+        if problems:
+            raise WorkloadError("invalid request class", [f"{k}: {msg}" for k, msg in problems])
+
+    @property
+    def shape(self) -> Shape:
+        return Shape(self.height, self.width, self.frames, self.steps)
+
+    @property
+    def label(self) -> str:
+        """``sd3-medium 1024x1024``, ``wan2.1-1.3b 832x480x81`` (WIDTHxHEIGHT[xFRAMES])."""
+        return class_label(self.model, self.shape)
+
+
+def _class_problems(model: Any, height: Any, width: Any, frames: Any, steps: Any, weight: Any) -> list[tuple[str, str]]:
+    problems = []
+    if not (isinstance(model, str) and model.strip()):
+        problems.append(("model", f"must be a non-empty model name (got {model!r})"))
+    for key, value in (("height", height), ("width", width), ("frames", frames), ("steps", steps)):
+        if not (is_int(value) and value >= 1):
+            problems.append((key, f"must be an integer >= 1 (got {value!r})"))
+    if not (is_number(weight) and weight > 0 and math.isfinite(weight)):
+        problems.append(("weight", f"must be a positive finite number (got {weight!r})"))
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class Mix:
+    """A named set of request classes; a request's class is drawn in proportion to ``weight``.
+
+    Validated on construction: a non-empty name, at least one class, and no two classes with the
+    same label (per-class metrics group by label, so they would be indistinguishable).
+    """
+
+    name: str
+    classes: tuple[RequestClass, ...]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (isinstance(self.name, str) and self.name.strip()):
+            problems.append(f"name must be a non-empty string (got {self.name!r})")
+        if not isinstance(self.classes, tuple):
+            problems.append(f"classes must be a tuple of RequestClass (got {type(self.classes).__name__})")
+        elif not self.classes:
+            problems.append("a mix needs at least one class")
+        else:
+            seen: dict[str, int] = {}
+            for i, cls in enumerate(self.classes):
+                if not isinstance(cls, RequestClass):
+                    problems.append(f"classes[{i}]: expected a RequestClass (got {type(cls).__name__})")
+                    continue
+                if cls.label in seen:
+                    problems.append(f"classes[{i}]: duplicate class {cls.label!r} (also classes[{seen[cls.label]}])")
+                else:
+                    seen[cls.label] = i
+        if not isinstance(self.description, str):
+            problems.append(f"description must be a string (got {type(self.description).__name__})")
+        if problems:
+            raise WorkloadError(f"mix {self.name!r}", problems)
+
+    @property
+    def total_weight(self) -> float:
+        return math.fsum(c.weight for c in self.classes)
+
+    def probabilities(self) -> dict[str, float]:
+        """Class label -> probability that a request is of that class."""
+        total = self.total_weight
+        return {c.label: c.weight / total for c in self.classes}
+
+    def models(self) -> tuple[str, ...]:
+        return tuple(sorted({c.model for c in self.classes}))
+
+    def choose(self, rng: "random.Random") -> RequestClass:
+        """Draw one class (one ``rng.random()`` call)."""
+        cumulative = cumulative_weights(self.classes)
+        x = rng.random() * cumulative[-1]
+        return self.classes[min(bisect.bisect_right(cumulative, x), len(self.classes) - 1)]
+
+
+def cumulative_weights(classes: Sequence[RequestClass]) -> list[float]:
+    out, total = [], 0.0
+    for c in classes:
+        total += c.weight
+        out.append(total)
+    return out
+
+
+_CLASS_KEYS = ("model", "height", "width", "frames", "steps", "weight")
+_MIX_KEYS = ("name", "description", "classes")
+
+
+def mix_from_dict(data: Any, *, origin: str = "mix") -> Mix:
+    """The YAML form of a mix to a :class:`Mix`; every problem is named by entry index and field.
+
+    ``{name, description?, classes: [{model, height, width, frames? (1), steps, weight? (1.0)}]}``
+    """
+    if not isinstance(data, Mapping):
+        raise WorkloadError(origin, [f"expected a mapping with keys {', '.join(_MIX_KEYS)} (got {type(data).__name__})"])
+    problems: list[str] = []
+    unknown = sorted(str(k) for k in data if k not in _MIX_KEYS)
+    if unknown:
+        problems.append(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_MIX_KEYS)}")
+    name = data.get("name")
+    if not (isinstance(name, str) and name.strip()):
+        problems.append(f"name: must be a non-empty string (got {name!r})")
+    description = data.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        problems.append(f"description: must be a string (got {type(description).__name__})")
+    raw_classes = data.get("classes")
+    classes: list[RequestClass] = []
+    if not isinstance(raw_classes, list) or not raw_classes:
+        problems.append(f"classes: must be a non-empty list of {{{', '.join(_CLASS_KEYS)}}} (got {raw_classes!r})")
+    else:
+        for i, entry in enumerate(raw_classes):
+            where = f"classes[{i}]"
+            if not isinstance(entry, Mapping):
+                problems.append(f"{where}: expected a mapping with keys {', '.join(_CLASS_KEYS)} (got {entry!r})")
+                continue
+            bad = sorted(str(k) for k in entry if k not in _CLASS_KEYS)
+            if bad:
+                problems.append(f"{where}: unknown key(s) {', '.join(bad)}; valid keys: {', '.join(_CLASS_KEYS)}")
+            missing = [k for k in ("model", "height", "width", "steps") if k not in entry]
+            if missing:
+                problems.append(f"{where}: missing key(s) {', '.join(missing)}")
+                continue
+            fields = {
+                "model": entry["model"],
+                "height": entry["height"],
+                "width": entry["width"],
+                "frames": entry.get("frames", 1),
+                "steps": entry["steps"],
+                "weight": entry.get("weight", 1.0),
+            }
+            entry_problems = _class_problems(**fields)
+            if entry_problems:
+                problems.extend(f"{where}.{key}: {msg}" for key, msg in entry_problems)
+                continue
+            fields["weight"] = float(fields["weight"])
+            classes.append(RequestClass(**fields))
+    if problems:
+        raise WorkloadError(origin, problems)
+    try:
+        return Mix(name=name.strip(), classes=tuple(classes), description=description.strip())
+    except WorkloadError as exc:  # duplicates
+        raise WorkloadError(origin, exc.problems) from None

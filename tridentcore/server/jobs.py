@@ -1,0 +1,215 @@
+"""API jobs over engine requests: what ``POST`` creates and ``GET /v1/requests/...`` reads.
+
+A generation of ``n`` images is ``n`` engine requests (seeds ``seed .. seed+n-1``) under one job
+id (``gen-N``). :class:`Jobs` owns the job table (bounded: ended jobs beyond ``max_jobs`` are
+forgotten oldest first) and turns engine state into response bodies; it raises
+:class:`~tridentcore.server.errors.ApiError` for every expected failure and knows nothing of
+HTTP (the routers do). No FastAPI import here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..core.types import Shape, parse_size, size_label
+from ..runtime.engine import Accepted, Submission
+from ..runtime.models import ModelEntry, check_request
+from .errors import ApiError, invalid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runtime.build import Runtime
+    from .schemas import GenerationRequest, ImageGenerationRequest
+
+__all__ = ["ENDED", "Job", "Jobs"]
+
+ENDED = ("done", "failed", "rejected", "cancelled")
+_RUNNING = ("encoding", "diffusing", "decoding", "encoded", "diffused")
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str  # image | video
+    model: str
+    request_ids: tuple[int, ...]
+    response_format: str
+    created_unix_s: float
+    meta: dict = field(default_factory=dict)
+    final: dict[int, dict] = field(default_factory=dict)  # items the engine has forgotten, as they ended
+
+
+class Jobs:
+    """The server's jobs over one runtime's engine."""
+
+    def __init__(self, runtime: Runtime, max_jobs: int) -> None:
+        self.runtime = runtime
+        self.engine = runtime.engine
+        self.max_jobs = max_jobs
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self._next = 0
+        self._owner: dict[int, Job] = {}  # request id -> its job, until the engine forgets the request
+
+    def attach(self) -> None:
+        """Keep an ended request's last state when the engine forgets it (call once, at app creation)."""
+        self.engine.forget_listeners.append(self._on_forget)
+
+    def _on_forget(self, rid: int) -> None:
+        job = self._owner.pop(rid, None)
+        if job is not None:
+            job.final[rid] = self.engine.describe(rid)
+
+    # ------------------------------------------------------------------ creating
+    def entry_for(self, model: str | None, kind: str | None) -> ModelEntry:
+        models = self.runtime.models
+        if model is None:
+            for e in models.values():
+                if kind is None or e.kind == kind:
+                    return e
+            raise ApiError("unknown_model", f"no {kind or ''} model is served; served: {', '.join(models)}".replace("  ", " "),
+                           "model")
+        e = models.get(model)
+        if e is None:
+            raise ApiError("unknown_model", f"model {model!r} is not served; served: {', '.join(models)}", "model")
+        if kind is not None and e.kind != kind:
+            raise ApiError("invalid", f"model {model!r} makes {e.kind}s; use the {e.kind}s endpoint", "model",
+                           [{"field": "model", "message": f"{model} is a {e.kind} model"}])
+        return e
+
+    def submit(self, body: GenerationRequest | ImageGenerationRequest, kind: str | None) -> Job:
+        """Validate ``body`` against the model and submit its ``n`` requests; the new job."""
+        entry = self.entry_for(body.model, kind)
+        problems: list[tuple[str, str]] = []
+        width, height = entry.default_width, entry.default_height
+        if body.size is not None:
+            try:
+                width, height = parse_size(body.size)
+            except ValueError as exc:
+                problems.append(("size", str(exc)))
+        frames = getattr(body, "frames", None)
+        if frames is None:
+            frames = entry.default_frames
+        steps = body.steps or entry.default_steps
+        if not problems:
+            cost, gpu_kind = self.runtime.pricing(entry.name)
+            problems += [(p.field, p.message) for p in check_request(entry, cost, gpu_kind, width, height, frames,
+                                                                       steps, body.prompt)]
+        if problems:
+            raise invalid(problems)
+        seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31 - body.n)
+        shape = Shape(height, width, frames, steps)
+        slo_s = None if body.slo_ms is None else body.slo_ms / 1000.0
+        items = [Submission(entry.name, body.prompt, shape, seed + i, body.guidance, body.negative_prompt, slo_s)
+                 for i in range(body.n)]
+        got = self.engine.submit(items)
+        if not isinstance(got, Accepted):
+            raise ApiError(got.code, got.reason, retry_after_s=got.retry_after_s or None)
+        job_id = f"gen-{self._next}"
+        self._next += 1
+        job = Job(job_id, entry.kind, entry.name, got.ids, body.response_format, time.time(),
+                  {"size": size_label(width, height), "frames": frames, "steps": steps, "seed": seed})
+        self.jobs[job_id] = job
+        for rid in got.ids:
+            self._owner[rid] = job
+        self._trim()
+        return job
+
+    def _trim(self) -> None:
+        """Forget the oldest jobs beyond ``max_jobs``, as long as they have ended."""
+        while len(self.jobs) > self.max_jobs:
+            oldest = next(iter(self.jobs.values()))
+            if any(self.item(oldest, r)["state"] not in ENDED for r in oldest.request_ids):
+                break
+            self.jobs.popitem(last=False)
+            for r in oldest.request_ids:
+                self._owner.pop(r, None)
+
+    # ------------------------------------------------------------------ reading
+    def item(self, job: Job, rid: int) -> dict:
+        """One request of a job: live from the engine, or as it ended once the engine forgot it."""
+        d = job.final.get(rid)
+        return d if d is not None else self.engine.describe(rid)
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise ApiError("not_found", f"no request {job_id!r}")
+        return job
+
+    def recent(self, limit: int) -> list[Job]:
+        """The ``limit`` most recent jobs, newest first."""
+        return list(self.jobs.values())[-limit:][::-1]
+
+    def state(self, job: Job) -> str:
+        states = [self.item(job, r)["state"] for r in job.request_ids]
+        if all(s == "done" for s in states):
+            return "done"
+        for ending in ("failed", "rejected", "cancelled"):
+            if ending in states and all(s in ENDED for s in states):
+                return ending
+        if any(s in _RUNNING for s in states):
+            return "running"
+        return "queued"
+
+    def status_body(self, job: Job) -> dict:
+        items = [self.item(job, r) for r in job.request_ids]
+        return {"id": job.id, "object": "generation", "kind": job.kind, "model": job.model, "state": self.state(job),
+                "created": int(job.created_unix_s), **job.meta, "items": items}
+
+    def result_body(self, job: Job) -> dict:
+        """The finished generation; ``ApiError`` while it runs or when it did not end done."""
+        state = self.state(job)
+        if state in ("queued", "running"):
+            raise ApiError("not_ready", f"request {job.id} is {state}", extra={"state": state})
+        if state != "done":
+            reasons = sorted({self.item(job, r)["reason"] for r in job.request_ids
+                              if self.item(job, r)["state"] != "done"})
+            raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons),
+                           extra={"id": job.id, "state": state, "request_ids": list(job.request_ids)})
+        runtime, engine = self.runtime, self.engine
+        data = []
+        emulated = runtime.models[job.model].emulated if job.model in runtime.models else False
+        timings = []
+        for i, rid in enumerate(job.request_ids):
+            d = self.item(job, rid)
+            timings.append({"latency_ms": 1000 * ((d["finish_s"] or 0.0) - d["arrival_s"]), "met_slo": d["met_slo"],
+                            "deadline_ms": 1000 * (d["deadline_s"] - d["arrival_s"]), "stages": d["stages"]})
+            if emulated:
+                continue
+            if not engine.has_result(rid):
+                raise ApiError("gone", f"the result of request {job.id} is no longer kept")
+            blob = engine.outcome(rid).result
+            if job.response_format == "url":
+                data.append({"url": f"/v1/requests/{job.id}/result/{i}"})
+            else:
+                data.append({"b64_json": base64.b64encode(blob).decode("ascii")})
+        body = {"id": job.id, "request_ids": list(job.request_ids), "created": int(job.created_unix_s),
+                "model": job.model, "kind": job.kind, "state": state, **job.meta, "data": data, "timings": timings,
+                "emulated": emulated, "time_scale": runtime.engine_of(job.model).config.time_scale}
+        if emulated:
+            body["note"] = "emulated devices take the cost model's time but make no pixels: data is empty"
+        return body
+
+    def result_file(self, job: Job, index: int) -> tuple[bytes, str]:
+        """One image (PNG) or video (animated WebP) of a finished generation, and its media type."""
+        if not 0 <= index < len(job.request_ids):
+            raise ApiError("not_found", f"request {job.id} has items 0..{len(job.request_ids) - 1}")
+        self.result_body(job)  # raises unless done
+        if self.runtime.models[job.model].emulated:
+            raise ApiError("no_pixels", "emulated devices make no pixels")
+        out = self.engine.outcome(job.request_ids[index])
+        if out is None or out.result is None:
+            raise ApiError("gone", f"the result of request {job.id} is no longer kept")
+        return out.result, "image/png" if job.kind == "image" else "image/webp"
+
+    def cancel(self, job: Job) -> int:
+        """Cancel every item not yet ended; how many were."""
+        return sum(self.engine.cancel(r) for r in job.request_ids)
+
+    async def wait(self, job: Job) -> None:
+        await asyncio.gather(*(self.engine.wait(r) for r in job.request_ids))

@@ -1,0 +1,41 @@
+"""The control plane: ``GET /v1/cluster``, ``GET /v1/models``, ``GET /metrics`` (Prometheus),
+``GET /healthz``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, Response
+
+from ...runtime.build import Runtime
+from ..metrics import Metrics
+from . import deps
+
+router = APIRouter(tags=["control"])
+
+
+@router.get("/v1/cluster")
+async def cluster(runtime: Runtime = Depends(deps.runtime)) -> JSONResponse:
+    """Devices, resident stage instances (the live placement), queue lengths, memory."""
+    return JSONResponse(runtime.engine.snapshot())
+
+
+@router.get("/v1/models")
+async def models(runtime: Runtime = Depends(deps.runtime)) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": [e.to_dict() for e in runtime.models.values()]})
+
+
+@router.get("/metrics")
+async def prometheus(metrics: Metrics = Depends(deps.metrics)) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz")
+async def healthz(runtime: Runtime = Depends(deps.runtime)) -> JSONResponse:
+    engine = runtime.engine
+    snap = engine.snapshot()
+    alive = sum(1 for d in snap["devices"] if d["alive"])
+    ok = alive > 0 and not engine.closing
+    return JSONResponse({"ok": ok, "devices_alive": alive, "devices": len(snap["devices"]),
+                         "live_requests": snap["live_requests"]}, status_code=200 if ok else 503)

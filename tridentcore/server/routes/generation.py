@@ -1,0 +1,29 @@
+"""``POST /v1/images/generations`` and ``POST /v1/videos/generations``: OpenAI-style bodies; the
+call returns when the generation is done."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from ..jobs import Jobs
+from ..schemas import ImageGenerationRequest, VideoGenerationRequest
+from . import deps
+
+router = APIRouter(tags=["generation"], dependencies=[Depends(deps.authorized)])
+
+
+@router.post("/v1/images/generations")
+async def images(body: ImageGenerationRequest, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
+    """Make ``n`` images; returns when they are done (PNG, base64 or a URL) with stage timings."""
+    job = jobs.submit(body, "image")
+    await jobs.wait(job)
+    return JSONResponse(jobs.result_body(job))
+
+
+@router.post("/v1/videos/generations")
+async def videos(body: VideoGenerationRequest, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
+    """Make ``n`` videos (animated WebP); returns when they are done."""
+    job = jobs.submit(body, "video")
+    await jobs.wait(job)
+    return JSONResponse(jobs.result_body(job))

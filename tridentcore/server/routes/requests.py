@@ -1,0 +1,53 @@
+"""``/v1/requests``: submit without waiting, poll, fetch the result, cancel."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse, Response
+
+from ..jobs import Jobs
+from ..schemas import GenerationRequest
+from . import deps
+
+router = APIRouter(tags=["requests"])
+
+
+@router.post("/v1/requests", status_code=202, dependencies=[Depends(deps.authorized)])
+async def create_request(body: GenerationRequest, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
+    """Submit without waiting: 202 with the id to poll."""
+    job = jobs.submit(body, None)
+    return JSONResponse({"id": job.id, "state": jobs.state(job), "status_url": f"/v1/requests/{job.id}",
+                         "result_url": f"/v1/requests/{job.id}/result"}, status_code=202)
+
+
+@router.get("/v1/requests")
+async def list_requests(limit: int = Query(50, ge=1, le=1000), jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
+    """The most recent requests, newest first (the server keeps the last ``max_jobs``)."""
+    return JSONResponse({"object": "list", "data": [jobs.status_body(j) for j in jobs.recent(limit)]})
+
+
+@router.get("/v1/requests/{job_id}")
+async def get_request(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
+    """State, current stage, progress and per-stage timings of each item."""
+    return JSONResponse(jobs.status_body(jobs.get(job_id)))
+
+
+@router.get("/v1/requests/{job_id}/result")
+async def get_result(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
+    """The finished generation (409 while it runs; the ending's status if it did not finish)."""
+    return JSONResponse(jobs.result_body(jobs.get(job_id)))
+
+
+@router.get("/v1/requests/{job_id}/result/{index}")
+async def get_result_file(job_id: str, index: int, jobs: Jobs = Depends(deps.jobs)) -> Response:
+    """One image (PNG) or video (animated WebP) of a finished generation."""
+    content, media_type = jobs.result_file(jobs.get(job_id), index)
+    return Response(content, media_type=media_type)
+
+
+@router.delete("/v1/requests/{job_id}", dependencies=[Depends(deps.authorized)])
+async def cancel_request(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
+    """Cancel every item not yet ended (a running stage's output is dropped when it ends)."""
+    job = jobs.get(job_id)
+    n = jobs.cancel(job)
+    return JSONResponse({"id": job.id, "cancelled": n, "state": jobs.state(job)})

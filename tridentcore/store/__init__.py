@@ -1,0 +1,53 @@
+"""DuckDB results store: schema, one-transaction writer, SQL views and read-only readers.
+
+The simulator and the live engine both hand :meth:`ResultsStore.write_run` the same records
+(``tridentcore.core.records``); the store turns them into the tables ``runs``, ``requests``,
+``stage_spans``, ``placements`` and ``gpu_samples`` (every one keyed by ``run_id``) and keeps the
+views ``run_summary``, ``stage_breakdown`` and ``attainment_by_shape`` over them. A load generator
+(``workloads/mixed.py``, ``trident bench --backend live``) adds what the client saw, one row per
+scheduled request, to ``client_requests`` (view ``client_summary``). Latencies and attainment
+are SQL over the rows, never counters kept by a driver (DESIGN.md, "Results store").
+
+* :mod:`~tridentcore.store.schema`: tables derived from the row types, views, Arrow schemas;
+* :mod:`~tridentcore.store.writer`: :class:`ResultsStore` (one transaction per write), run ids;
+* :mod:`~tridentcore.store.readers`: read-only queries, listing, summaries, export;
+* :mod:`~tridentcore.store.connection`: opening with lock retries;
+* :mod:`~tridentcore.store.errors`: the store's errors.
+
+``import tridentcore`` never imports this package; duckdb, pyarrow and pandas are imported inside
+the functions that need them.
+"""
+
+from __future__ import annotations
+
+from .connection import LOCK_WAIT_S
+from .errors import DuplicateRunError, RowsError, SchemaVersionError, StoreError, UnknownRunError
+from .readers import export_run, list_runs, open_readonly, query_readonly, read_run_tables, run_summary
+from .schema import CLIENT_STATES, CLIENT_TABLES, RUN_STATUSES, SCHEMA_VERSION, TABLES, VIEWS, arrow_schema
+from .writer import ResultsStore, client_requests_table, new_run_id, rows_to_arrow
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TABLES",
+    "VIEWS",
+    "RUN_STATUSES",
+    "LOCK_WAIT_S",
+    "DuplicateRunError",
+    "UnknownRunError",
+    "SchemaVersionError",
+    "StoreError",
+    "RowsError",
+    "ResultsStore",
+    "new_run_id",
+    "open_readonly",
+    "query_readonly",
+    "list_runs",
+    "run_summary",
+    "export_run",
+    "CLIENT_TABLES",
+    "CLIENT_STATES",
+    "arrow_schema",
+    "client_requests_table",
+    "read_run_tables",
+    "rows_to_arrow",
+]

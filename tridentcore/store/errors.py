@@ -1,0 +1,27 @@
+"""The results store's errors (all :class:`~tridentcore.core.errors.TridentError`)."""
+
+from __future__ import annotations
+
+from tridentcore.core.errors import TridentError
+
+__all__ = ["DuplicateRunError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError"]
+
+
+class StoreError(TridentError):
+    """A results-store operation that cannot be done as asked."""
+
+
+class DuplicateRunError(StoreError, ValueError):
+    """``write_run`` was given a run_id the store already holds."""
+
+
+class UnknownRunError(StoreError, KeyError):
+    """A run_id the store does not hold."""
+
+
+class SchemaVersionError(StoreError, RuntimeError):
+    """The database was written with a different schema version than this code's."""
+
+
+class RowsError(StoreError, ValueError):
+    """Rows (or a run status) the store cannot take; the message names every problem."""

@@ -1,0 +1,152 @@
+"""Read-only access to a results database: listing, summaries, export, sandboxed SQL.
+
+Every reader opens ``read_only=True`` and closes when done (see
+:mod:`tridentcore.store.connection` for why).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tridentcore.core.records import RunMeta
+
+from .connection import LOCK_WAIT_S, connect, fetch_arrow
+from .errors import UnknownRunError
+from .schema import CLIENT_TABLES, TABLES, arrow_schema
+
+if TYPE_CHECKING:  # pragma: no cover
+    import duckdb
+    import pandas
+    import pyarrow
+
+__all__ = ["export_run", "list_runs", "open_readonly", "query_readonly", "read_run_tables", "run_summary"]
+
+
+def open_readonly(path: str | os.PathLike[str], *, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a results database (the caller closes it)."""
+    return connect(path, read_only=True, wait_s=wait_s)
+
+
+def query_readonly(
+    path: str | os.PathLike[str],
+    sql: str,
+    params: Sequence[Any] | dict[str, Any] | None = None,
+    *,
+    timeout_s: float | None = 30.0,
+    memory_limit: str = "2GB",
+    wait_s: float = LOCK_WAIT_S,
+) -> pandas.DataFrame:
+    """Run untrusted SQL against a results database and return the last statement's result.
+
+    The connection is read-only, file system access is off (no ``COPY … TO``, ``read_csv``,
+    ``ATTACH``, extension installs) and the configuration is locked so the SQL cannot turn it back
+    on. The query is interrupted after ``timeout_s``.
+    """
+    import threading
+
+    config = {
+        "enable_external_access": False,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "memory_limit": memory_limit,
+        "lock_configuration": True,
+    }
+    con = connect(path, read_only=True, config=config, wait_s=wait_s)
+    timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+    try:
+        if timer:
+            timer.start()
+        return con.execute(sql, params).df()
+    finally:
+        if timer:
+            timer.cancel()
+        con.close()
+
+
+def list_runs(path: str | os.PathLike[str]) -> pandas.DataFrame:
+    """Stored runs, oldest first, with their request counts."""
+    con = open_readonly(path)
+    try:
+        return con.execute(
+            """
+            SELECT r.run_id, r.created_at, r.backend, r.policy, r.seed, r.profile, r.cluster, r.mix,
+                   r.rate_rps, r.duration_s, r.slo_scale, r.status, r.git_sha, r.wall_s,
+                   (SELECT count(*) FROM requests q WHERE q.run_id = r.run_id) AS requests
+            FROM runs r
+            ORDER BY r.created_at, r.run_id
+            """
+        ).df()
+    finally:
+        con.close()
+
+
+def run_summary(path: str | os.PathLike[str], run_ids: Sequence[str] | None = None) -> pandas.DataFrame:
+    """The ``run_summary`` view, for every run or for ``run_ids`` (oldest first)."""
+    con = open_readonly(path)
+    try:
+        if run_ids is None:
+            return con.execute("SELECT * FROM run_summary ORDER BY created_at, run_id").df()
+        return con.execute(
+            "SELECT * FROM run_summary WHERE list_contains(?, run_id) ORDER BY created_at, run_id",
+            [list(run_ids)],
+        ).df()
+    finally:
+        con.close()
+
+
+def export_run(
+    path: str | os.PathLike[str], run_id: str, out_dir: str | os.PathLike[str]
+) -> dict[str, Path]:
+    """Write one run's rows to ``out_dir/<table>.parquet`` (one file per table); return the paths.
+
+    Reads through a read-only connection and writes with pyarrow, so it works where the SQL
+    engine's own file access is switched off.
+    """
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    con = open_readonly(path)
+    try:
+        if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
+            raise UnknownRunError(f"run {run_id!r} is not in {path}")
+        tables = {
+            name: fetch_arrow(con, f"SELECT * FROM {name} WHERE run_id = ?", [run_id])
+            for name in TABLES
+        }
+    finally:
+        con.close()
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name, table in tables.items():
+        target = out / f"{name}.parquet"
+        pq.write_table(table, target)
+        written[name] = target
+    return written
+
+
+def read_run_tables(path: str | os.PathLike[str], run_id: str) -> tuple[RunMeta, dict[str, pyarrow.Table]]:
+    """One run's ``runs`` row and its rows, in the input form of
+    :meth:`~tridentcore.store.ResultsStore.write_run_tables` (no ``run_id`` columns; ``requests``
+    without its derived columns). Read-only."""
+    con = open_readonly(path)
+    try:
+        found = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        if not found:
+            raise UnknownRunError(f"run {run_id!r} is not in {path}")
+        names = [d[0] for d in con.description]
+        row = dict(zip(names, found[0], strict=True))
+        meta = RunMeta(**{f.name: row[f.name] for f in dataclasses.fields(RunMeta)})
+        has_client = bool(con.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_name = 'client_requests'").fetchall())
+        tables = {}
+        for name in (*TABLES[1:], *(CLIENT_TABLES if has_client else ())):
+            schema = arrow_schema(name)
+            table = fetch_arrow(con, f"SELECT {', '.join(schema.names)} FROM {name} WHERE run_id = ?", [run_id])
+            tables[name] = table.cast(schema)
+    finally:
+        con.close()
+    return meta, tables
