@@ -32,6 +32,7 @@ from dataclasses import replace
 
 from .cluster import ClusterSpec
 from .costmodel import CostModel
+from .errors import TridentError
 from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, StageFailed,
                      StageFinished, Tick, WorkerLost, WorkerRestored)
 from .lifecycle import RequestState
@@ -41,7 +42,7 @@ from .recording import Recorder
 from .reports import (Arrived, Cancelled, Completed, Effects, Forgot, Lost, Paused, Report, Restored, ShutDown,
                       Started, TickDue)
 from .state import ClusterState, ClusterView, Running
-from .types import Shape
+from .types import Shape, StageKind
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "Arrived", "Cancelled", "Completed", "DriverCore", "Effects", "Forgot", "Lost",
            "Paused", "PolicyBug", "Report", "Restored", "ShutDown", "Started", "TickDue", "expected_mix",
@@ -51,7 +52,7 @@ DEFAULT_MAX_ATTEMPTS = 3  # a request whose running stage fails this often (lost
 MAX_FOLLOW_UPS = 10_000  # follow-up events in one step past which the policy is looping (a bug)
 
 
-class PolicyBug(RuntimeError):
+class PolicyBug(TridentError, RuntimeError):
     """A policy asked for something impossible (a busy GPU, a request in the wrong state...)."""
 
 
@@ -201,7 +202,7 @@ class DriverCore:
         a = run.action
         end = 0
         preempted = False
-        if a.stage == "diffuse":
+        if a.stage == StageKind.DIFFUSE:
             if end_step is None:
                 end_step = run.preempt_at_step if run.preempt_at_step is not None else a.end_step
             end = max(a.start_step, min(end_step, a.end_step))
@@ -256,7 +257,7 @@ class DriverCore:
         # (a diffuse whose every request ended stops at its next step boundary).
         state.requests.transition(rid, RequestState.CANCELLED, now, reason)
         run = state.running[did]
-        if run.action.stage == "diffuse" and all(state.requests[r].state.terminal for r in run.action.request_ids):
+        if run.action.stage == StageKind.DIFFUSE and all(state.requests[r].state.terminal for r in run.action.request_ids):
             stop, at = next_boundary(run, now)
             if stop < run.action.end_step:
                 out.paused.append(Paused(run, stop, at))
@@ -352,7 +353,7 @@ class DriverCore:
         if did is None:
             return
         run = state.running[did]
-        if run.action.stage != "diffuse" or run.preempt_at_step is not None:
+        if run.action.stage != StageKind.DIFFUSE or run.preempt_at_step is not None:
             return
         stop, at = next_boundary(run, now)
         if stop >= run.action.end_step:

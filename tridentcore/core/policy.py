@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from .errors import TridentError
 from .events import Action, Event
 from .state import ClusterView
 from .types import Shape
 
 
-class PolicyError(ValueError):
+class PolicyError(TridentError, ValueError):
     """A bad policy spec or option."""
 
 

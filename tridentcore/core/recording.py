@@ -13,6 +13,7 @@ from .lifecycle import RequestRecord, RequestTable
 from .records import GpuSample, PlacementRow, RequestRow, SpanRow
 from .events import Dispatch
 from .state import ClusterState, Running
+from .types import StageKind
 
 
 def span_rows(run: Running, t: float, outcome: str, end_step: int) -> list[SpanRow]:
@@ -21,7 +22,7 @@ def span_rows(run: Running, t: float, outcome: str, end_step: int) -> list[SpanR
     a = run.action
     if outcome == "oom":
         predicted = 0.0
-    elif a.stage == "diffuse":
+    elif a.stage == StageKind.DIFFUSE:
         predicted = run.compute_start_s - run.started_s + (a.end_step - a.start_step) * run.step_s
     else:
         predicted = run.predicted_end_s - run.started_s

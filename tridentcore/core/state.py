@@ -21,7 +21,7 @@ from .costmodel import CostModel
 from .events import Dispatch, Evict, Place
 from .lifecycle import RUNNING_STATE, WAITING_FOR, RequestRecord, RequestState, RequestTable
 from .records import PlacementRow
-from .types import Shape
+from .types import Shape, StageKind
 
 GIB = 2**30
 
@@ -162,10 +162,10 @@ class ClusterState:
             if first is None:
                 first = rec
             elif rec.spec.model != first.spec.model or (
-                action.stage != "encode" and rec.spec.shape != first.spec.shape
+                action.stage != StageKind.ENCODE and rec.spec.shape != first.spec.shape
             ):
                 out.append(f"request {rid} cannot share a batch with request {first.id} (model/shape differ)")
-            if action.stage == "diffuse":
+            if action.stage == StageKind.DIFFUSE:
                 if rec.steps_done != action.start_step:
                     out.append(f"request {rid} is at step {rec.steps_done}, not {action.start_step}")
                 if not action.start_step < action.end_step <= rec.spec.shape.steps:
@@ -173,7 +173,7 @@ class ClusterState:
         return out
 
     def memory_needed_gib(self, model: str, stage: str, shape: Shape, batch: int, degree: int, gpu: int) -> float:
-        act = self.cost.activation_gib(model, stage, None if stage == "encode" else shape, batch, degree, self.gpu_kind)
+        act = self.cost.activation_gib(model, stage, None if stage == StageKind.ENCODE else shape, batch, degree, self.gpu_kind)
         return self.missing_weights_gib(model, stage, gpu) + act
 
     def dispatch_cost(self, action: Dispatch) -> DispatchCost:
@@ -184,7 +184,7 @@ class ClusterState:
         stage, batch, degree = action.stage, len(recs), len(action.gpus)
         load = 0.0
         oom = False
-        act = cost.activation_gib(model, stage, None if stage == "encode" else shape, batch, degree, kind)
+        act = cost.activation_gib(model, stage, None if stage == StageKind.ENCODE else shape, batch, degree, kind)
         for g in action.gpus:
             missing = (model, stage) not in self.resident[g]
             load = max(load, self.pending_load_s[g] + (cost.load_s(model, stage, kind) if missing else 0.0))
@@ -193,10 +193,10 @@ class ClusterState:
                 oom = True
         transfer = 0.0
         step = 0.0
-        if stage == "encode":
-            compute = cost.latency_s(model, "encode", None, batch, 1, kind)
-        elif stage == "diffuse":
-            step = cost.latency_s(model, "diffuse", shape, batch, degree, kind)
+        if stage == StageKind.ENCODE:
+            compute = cost.latency_s(model, StageKind.ENCODE, None, batch, 1, kind)
+        elif stage == StageKind.DIFFUSE:
+            step = cost.latency_s(model, StageKind.DIFFUSE, shape, batch, degree, kind)
             compute = (action.end_step - action.start_step) * step
             for rec in recs:
                 source = rec.latents_on if rec.steps_done else rec.embeddings_on
@@ -205,7 +205,7 @@ class ClusterState:
                     kind_ = "latents" if rec.steps_done else "embeddings"
                     transfer = max(transfer, cost.transfer_s(payload_bytes(kind_, model, shape), link))
         else:
-            compute = cost.latency_s(model, "decode", shape, batch, 1, kind)
+            compute = cost.latency_s(model, StageKind.DECODE, shape, batch, 1, kind)
             for rec in recs:
                 link = self.link(rec.latents_on, action.gpus)
                 if link != "local":
@@ -246,7 +246,7 @@ class ClusterState:
               step_s: float = 0.0, load_s: float = 0.0, transfer_s: float = 0.0) -> Running:
         rec0 = self.requests[action.request_ids[0]]
         shape = rec0.spec.shape
-        act = self.cost.activation_gib(rec0.spec.model, action.stage, None if action.stage == "encode" else shape,
+        act = self.cost.activation_gib(rec0.spec.model, action.stage, None if action.stage == StageKind.ENCODE else shape,
                                        len(action.request_ids), len(action.gpus), self.gpu_kind)
         did = self._next_dispatch
         self._next_dispatch += 1
@@ -289,10 +289,10 @@ class ClusterState:
             rec = self.requests[rid]
             if rec.state.terminal:  # cancelled while running
                 continue
-            if stage == "encode":
+            if stage == StageKind.ENCODE:
                 rec.embeddings_on = run.action.gpus
                 self.requests.transition(rid, RequestState.ENCODED, now)
-            elif stage == "diffuse":
+            elif stage == StageKind.DIFFUSE:
                 rec.steps_done = end_step
                 rec.latents_on = run.action.gpus
                 if end_step >= rec.spec.shape.steps:
@@ -309,7 +309,8 @@ class ClusterState:
         """A dispatch failed: its requests go back to waiting (``retry``) or end ``failed``."""
         run = self.running[dispatch_id]
         self._release(run)
-        back = {"encode": RequestState.QUEUED, "diffuse": RequestState.ENCODED, "decode": RequestState.DIFFUSED}
+        back = {StageKind.ENCODE: RequestState.QUEUED, StageKind.DIFFUSE: RequestState.ENCODED,
+                StageKind.DECODE: RequestState.DIFFUSED}
         for rid in run.action.request_ids:
             rec = self.requests[rid]
             if rec.state.terminal:

@@ -12,6 +12,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from ..core.types import StageKind
+
 
 class ArtifactCache:
     def __init__(self, max_results: int = 1024) -> None:
@@ -21,18 +23,18 @@ class ArtifactCache:
 
     def inputs(self, stage: str, request_ids: Sequence[int]) -> tuple:
         """A stage's inputs, one per request: encode (); diffuse (embeddings, latents or None); decode latents."""
-        if stage == "encode":
+        if stage == StageKind.ENCODE:
             return ()
         got = [self._between.get(r, {}) for r in request_ids]
-        if stage == "diffuse":
+        if stage == StageKind.DIFFUSE:
             return tuple((g.get("embeddings"), g.get("latents")) for g in got)
         return tuple(g.get("latents") for g in got)
 
     def keep(self, stage: str, request_id: int, output: Any) -> None:
         """Keep a stage's output for the next stage (decode: the result, for the client)."""
-        if stage == "encode":
+        if stage == StageKind.ENCODE:
             self._between.setdefault(request_id, {})["embeddings"] = output
-        elif stage == "diffuse":
+        elif stage == StageKind.DIFFUSE:
             self._between.setdefault(request_id, {})["latents"] = output
         else:
             self._between.pop(request_id, None)

@@ -44,7 +44,7 @@ from ..core.lifecycle import WAITING_FOR, RequestState
 from ..core.policy import Policy
 from ..core.records import GpuSample, RequestRow, RunMeta, SpanRow
 from ..core.recording import request_row, request_rows
-from ..core.types import Shape
+from ..core.types import Shape, StageKind
 from ..core.workload import RequestSpec, make_slo_fn
 from . import views
 from .api import Accepted, EngineConfig, Outcome, Refused, Submission
@@ -302,7 +302,7 @@ class Engine:
                 logger.exception("worker %s failed", getattr(worker, "slot", "?"))
         if not self._closed:
             report = (Completed(did, error=result.error or "worker lost", oom=result.oom) if not result.ok
-                      else Completed(did, result.end_step if task.stage == "diffuse" else None))
+                      else Completed(did, result.end_step if task.stage == StageKind.DIFFUSE else None))
             self._post(report, result)
 
     # ------------------------------------------------------------------------------ the loop
@@ -367,7 +367,7 @@ class Engine:
         recs = [self.state.requests[r] for r in a.request_ids]
         # a decode retried after an out-of-memory error runs tiled (bounded activation memory); the
         # policy decides the rest of the safer configuration (batch, degree)
-        tiled = a.stage == "decode" and any(r.ooms for r in recs)
+        tiled = a.stage == StageKind.DECODE and any(r.ooms for r in recs)
         if tiled:
             self._tiled.add(run.id)
         fault = ""

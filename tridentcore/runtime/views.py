@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..core.lifecycle import WAITING_FOR, RequestState
+from ..core.lifecycle import WAITING_FOR
 from ..core.records import SpanRow
+from ..core.slo import met_slo
+from ..core.types import STAGES, StageKind
 
 if TYPE_CHECKING:
     from .engine import Engine
-
-STAGES = ("encode", "diffuse", "decode")
-
 
 def describe(engine: Engine, request_id: int) -> dict | None:
     """State, the stage it is in or waits for, progress and per-stage timings."""
@@ -30,8 +29,7 @@ def describe(engine: Engine, request_id: int) -> dict | None:
         "id": request_id, "state": state.value, "stage": stage, "model": spec.model,
         "reason": rec.reason if state.terminal else "", "steps_done": rec.steps_done, "steps": spec.shape.steps,
         "arrival_s": spec.arrival_s, "deadline_s": spec.deadline_s, "finish_s": rec.finish_s,
-        "met_slo": bool(state is RequestState.DONE and rec.finish_s is not None
-                        and rec.finish_s <= spec.deadline_s + 1e-9),
+        "met_slo": met_slo(state, rec.finish_s, spec.deadline_s),
         "ooms": rec.ooms, "preemptions": rec.preemptions,
         "stages": [span_dict(engine, sp) for sp in engine.spans_of(request_id)],
     }
@@ -43,7 +41,7 @@ def span_dict(engine: Engine, sp: SpanRow) -> dict:
            "run_ms": 1000 * (sp.ended_s - sp.started_s), "predicted_ms": 1000 * sp.predicted_s,
            "load_ms": 1000 * sp.load_s, "transfer_ms": 1000 * sp.transfer_s, "start_step": sp.start_step,
            "end_step": sp.end_step}
-    if sp.stage == "decode":
+    if sp.stage == StageKind.DECODE:
         out["tiled"] = engine.ran_tiled(sp.dispatch_id)
     return out
 
@@ -69,8 +67,8 @@ def snapshot(engine: Engine) -> dict:
             "resident": [f"{m}/{s}" for m, s in sorted(state.resident[g])],
             "pid": getattr(worker, "pid", None),
         })
-    queues = dict.fromkeys(STAGES, 0)
-    running = dict.fromkeys(STAGES, 0)
+    queues = {str(s): 0 for s in STAGES}
+    running = {str(s): 0 for s in STAGES}
     live = engine.live_ids()
     for rid in live:
         stage = WAITING_FOR.get(state.requests[rid].state)
