@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from .lifecycle import RequestRecord, RequestTable
 from .records import GpuSample, PlacementRow, RequestRow, SpanRow
 from .events import Dispatch
-from .state import ClusterState, Running
+from .dispatch import Running
+from .state import ClusterState
 from .types import StageKind
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .state import Running
+from .dispatch import Running
 from .workload import RequestSpec
 
 # ------------------------------------------------------------------------------------------ reports

@@ -1,10 +1,10 @@
 """Cluster state: one class, one owner (the driver), and the read-only view policies see.
 
 ``ClusterState`` holds what both drivers must agree on: which GPUs run what, which stage instances
-are resident where and how much memory they take, and the request table. The simulator and the
-live engine call the same methods (``start``, ``finish``, ``fail``, ``place``, ``evict``), so the
-bookkeeping is identical; they differ only in where durations come from (the cost model, or the
-workers finishing).
+are resident where and how much memory they take, and the request table. Only the driver core
+(``core/driver.py``) calls its mutating methods (``start``, ``finish``, ``fail``, ``place``,
+``evict``), for the simulator and the live engine alike. The state and its read-only view stay in
+one module (about 400 lines): the view is a method-for-method face of the state's fields.
 
 Two stages never share a GPU at the same time: a dispatch takes its GPUs exclusively. (The H200
 measurements show co-running stages slow each other by 1.25-3x; exclusive use keeps the cost model's
@@ -14,64 +14,16 @@ numbers valid and is what every policy here assumes.)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from .cluster import ClusterSpec, GpuSpec
 from .costmodel import CostModel
 from .events import Dispatch, Evict, Place
 from .lifecycle import RUNNING_STATE, WAITING_FOR, RequestRecord, RequestState, RequestTable
+from .dispatch import GIB, DispatchCost, Running, payload_bytes
 from .records import PlacementRow
 from .types import Shape, StageKind
 
-GIB = 2**30
-
-
-def payload_bytes(kind: str, model: str, shape: Shape, batch: int = 1) -> float:
-    """Approximate bytes moved between stages: text embeddings or latents of ``batch`` requests.
-
-    Embeddings: up to ~590 tokens x 4096 features in bf16, prompt and negative (~10 MB); latents:
-    16 channels at 1/8 resolution (1/4 in time for video) in fp32. Both are small next to the
-    links (0.1 ms over NVLink), but they are charged, so moving work between GPUs is not free.
-    """
-    if kind == "embeddings":
-        return 10e6 * batch
-    latent_frames = 1 if shape.frames == 1 else (shape.frames - 1) // 4 + 1
-    return 16 * (shape.height // 8) * (shape.width // 8) * latent_frames * 4.0 * batch
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchCost:
-    """What a dispatch will take: weight loading, input transfer and compute, in seconds."""
-
-    load_s: float
-    transfer_s: float
-    compute_s: float
-    step_s: float  # diffuse: seconds per step (0 otherwise)
-    act_gib: float  # activation memory per GPU
-    oom: bool  # some GPU of the group lacks the memory for missing weights + activations
-
-    @property
-    def total_s(self) -> float:
-        return self.load_s + self.transfer_s + self.compute_s
-
-
-@dataclass(slots=True)
-class Running:
-    """A dispatch in flight."""
-
-    id: int
-    action: Dispatch
-    model: str
-    shape: Shape
-    started_s: float
-    compute_start_s: float  # after weight loading and transfers
-    predicted_end_s: float
-    step_s: float = 0.0  # diffuse: seconds per step for this dispatch
-    load_s: float = 0.0
-    transfer_s: float = 0.0
-    act_gib: float = 0.0
-    queued_s: dict[int, float] = field(default_factory=dict)
-    preempt_at_step: int | None = None  # diffuse paused at this step
+__all__ = ["GIB", "ClusterState", "ClusterView", "DispatchCost", "Running", "payload_bytes"]
 
 
 class ClusterState:
