@@ -24,7 +24,11 @@ a run's records read as if the work had taken the cost model's time, twenty time
 Every accepted request ends in exactly one terminal state with a reason: done, rejected (by the
 policy), cancelled (by its client), or failed (a stage failed too often, or the engine shut down
 before it could finish). Spans, placement changes and request outcomes are the simulator's
-records (``SpanRow``, ``PlacementRow``, ``RequestRow``), written to the results store on shutdown.
+records (``SpanRow``, ``PlacementRow``, ``RequestRow``), written to the results store on shutdown
+(``runtime/stored.py``). The HTTP views are ``runtime/views.py``, the client types ``runtime/api.py``.
+
+One class of about 450 lines: the loop, the client API, the worker tasks and the endings share the
+pending queue, the waiters and the live set, and splitting them would only pass those around.
 """
 
 from __future__ import annotations
@@ -42,11 +46,11 @@ from ..core.driver import (Arrived, Cancelled, Completed, DriverCore, Effects, F
                            PolicyBug, Report, Restored, ShutDown, Started, TickDue)
 from ..core.lifecycle import WAITING_FOR, RequestState
 from ..core.policy import Policy
-from ..core.records import GpuSample, RequestRow, RunMeta, SpanRow
+from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 from ..core.recording import request_row, request_rows
 from ..core.types import Shape, StageKind
 from ..core.workload import RequestSpec, make_slo_fn
-from . import views
+from . import stored, views
 from .api import Accepted, EngineConfig, Outcome, Refused, Submission
 from .artifacts import ArtifactCache
 from .workers import StageResult, StageTask, WorkerPool, failure
@@ -123,7 +127,7 @@ class Engine:
         return self.core.recorder.spans
 
     @property
-    def placements(self):
+    def placements(self) -> list[PlacementRow]:
         return self.core.recorder.placements
 
     @property
@@ -145,6 +149,9 @@ class Engine:
     # ------------------------------------------------------------------------------ clock
     def now(self) -> float:
         return (self._clock() - self._t0) / self._scale
+
+    def elapsed_wall_s(self) -> float:
+        return self._clock() - self._t0
 
     def _wall_at(self, t: float) -> float:
         return self._t0 + t * self._scale
@@ -424,6 +431,12 @@ class Engine:
     def _on_span(self, span: SpanRow) -> None:
         self._spans_of.setdefault(span.request_id, []).append(span)
 
+    def span_rows(self) -> list[SpanRow]:
+        return self.spans
+
+    def placement_rows(self) -> list[PlacementRow]:
+        return self.placements
+
     def request_rows(self) -> list[RequestRow]:
         """Every request of the run: forgotten ones from their rows, the rest as they stand."""
         return self._rows + request_rows(self.state.requests)
@@ -435,31 +448,10 @@ class Engine:
 
     def run_meta(self, run_id: str, config: dict | None = None,
                  provenance: Mapping[str, str] | None = None) -> RunMeta:
-        """This run's ``runs`` row; ``provenance`` (``bench.provenance.provenance()``: git commit,
-        package versions, hardware) comes from the caller, a layer above the runtime."""
-        import json
-
-        prov = dict(provenance or {})
-        accepted = len(self.state.requests) + self.forgotten
-        duration = self.now() if self.started else 0.0
-        return RunMeta(
-            run_id=run_id, backend="live", policy=self.policy.spec, seed=0, profile=self.profile,
-            cluster=self.cluster.label, mix="live", rate_rps=accepted / duration if duration > 0 else 0.0,
-            duration_s=duration, slo_scale=self.config.slo_scale,
-            config_json=json.dumps({"devices": self.devices, "models": list(self.models),
-                                    "time_scale": self.config.time_scale, "max_queued": self.config.max_queued,
-                                    **(config or {})}, sort_keys=True),
-            git_sha=prov.get("git_sha", ""), packages_json=prov.get("packages_json", "{}"),
-            hardware_json=prov.get("hardware_json", "{}"), status="complete",
-            created_unix_s=self.started_unix_s, wall_s=self.wall_s or (self._clock() - self._t0),
-        )
+        """This run's ``runs`` row (``provenance``: from the caller, a layer above the runtime)."""
+        return stored.run_meta(self, run_id, config, provenance)
 
     def write_store(self, path: str, run_id: str | None = None, config: dict | None = None,
                     provenance: Mapping[str, str] | None = None) -> str:
         """Write this run's records to a DuckDB results store; returns the run id."""
-        from ..store import ResultsStore, new_run_id
-
-        run_id = run_id or new_run_id(self.policy.spec, 0, salt="live")
-        ResultsStore(path).write_run(self.run_meta(run_id, config, provenance), self.request_rows(), self.spans,
-                                     self.placements, self.gpu_samples())
-        return run_id
+        return stored.write(self, path, run_id, config, provenance)

@@ -27,6 +27,7 @@ from dataclasses import replace
 
 from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 from ..core.types import StageKind
+from . import stored
 from .engine import Accepted, Engine, Outcome, Refused, Submission
 
 
@@ -68,6 +69,10 @@ class EngineGroup:
     @property
     def config(self):
         return self.parts[0].config
+
+    @property
+    def policy(self):
+        return self.parts[0].policy
 
     @property
     def closing(self) -> bool:
@@ -195,9 +200,4 @@ class EngineGroup:
 
     def write_store(self, path: str, run_id: str | None = None, config: dict | None = None,
                     provenance: Mapping[str, str] | None = None) -> str:
-        from ..store import ResultsStore, new_run_id
-
-        run_id = run_id or new_run_id(self.parts[0].policy.spec, 0, salt="live")
-        ResultsStore(path).write_run(self.run_meta(run_id, config, provenance), self.request_rows(), self.span_rows(),
-                                     self.placement_rows(), self.gpu_samples())
-        return run_id
+        return stored.write(self, path, run_id, config, provenance)
