@@ -24,7 +24,7 @@ POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-st
 
 def _one(args):
     mix, scale, policy, cluster, profile, duration, seed, target = args
-    from tridentcore.sim.bench import Scenario, capacity_rps, load_scenario, sweep_goodput
+    from tridentcore.bench.scenario import Scenario, capacity_rps, load_scenario, sweep_goodput
 
     loaded = load_scenario(Scenario(profile=profile, cluster=cluster, mix=mix, duration_s=duration,
                                     slo_scale=scale, seed=seed))

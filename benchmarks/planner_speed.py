@@ -16,7 +16,7 @@ import time
 
 from tridentcore.core.metrics import quantile, summarize
 from tridentcore.core.policy import make_policy
-from tridentcore.sim.bench import Scenario, load_scenario
+from tridentcore.bench.scenario import Scenario, load_scenario
 from tridentcore.sim.engine import simulate
 
 

@@ -150,7 +150,7 @@ def main() -> None:
         raise SystemExit("--concurrency: 1..256 clients per level")
     seconds = min(max(args.seconds, 0.5), 60.0)
 
-    from tridentcore.server.launch import start_server
+    from tridentcore.bench.launch import start_server
 
     server = start_server(["--models", "sd3-medium", "--devices", args.devices, "--time-scale", "0",
                            "--policy", args.policy, "--max-queued", "4096"])

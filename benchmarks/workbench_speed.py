@@ -102,7 +102,7 @@ def first_paint(browser, url: str) -> tuple[float, float]:
 
 
 def build_store(path: Path, requests: int, runs: int) -> None:
-    from tridentcore.sim.bench import Scenario, load_scenario, run_meta, run_one
+    from tridentcore.bench.scenario import Scenario, load_scenario, run_meta, run_one
     from tridentcore.store import ResultsStore, new_run_id
 
     rate = 4.0  # 8x8xH200 sustains about 3.3 req/s of this mix: busy, queues grow, nothing unreasonable

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tridentcore.sim.bench import Scenario, load_scenario
+from tridentcore.bench.scenario import Scenario, load_scenario
 
 _spec = importlib.util.spec_from_file_location("parity", Path(__file__).resolve().parents[1] / "benchmarks" / "parity.py")
 parity = importlib.util.module_from_spec(_spec)

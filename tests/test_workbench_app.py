@@ -16,7 +16,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from tridentcore.profiles.format import _data_dir  # noqa: E402
-from tridentcore.sim.bench import Scenario, load_scenario, run_meta, run_one  # noqa: E402
+from tridentcore.bench.scenario import Scenario, load_scenario, run_meta, run_one  # noqa: E402
 from tridentcore.store import ResultsStore, new_run_id  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

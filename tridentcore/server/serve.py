@@ -13,6 +13,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.defaults import (DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE,
+                             DEFAULT_TIME_SCALE)
 from ..runtime.build import SetupError, build_runtime
 from .app import ServerConfig, create_app, is_loopback
 
@@ -22,17 +24,17 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServeOptions:
     models: str
-    devices: str = "cpu:2"
-    policy: str = "trident"
+    devices: str = DEFAULT_SERVE_DEVICES
+    policy: str = DEFAULT_POLICY
     host: str = "127.0.0.1"
     port: int = 8000
     db: str | None = None
     run_id: str | None = None
     keep_ended: int = 10_000
-    time_scale: float = 1.0
+    time_scale: float = DEFAULT_TIME_SCALE
     profile: str | None = None
-    max_queued: int = 256
-    slo_scale: float = 3.0
+    max_queued: int = DEFAULT_MAX_QUEUED
+    slo_scale: float = DEFAULT_SLO_SCALE
     api_key: str | None = None
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 1 << 20

@@ -1,0 +1,215 @@
+"""Simulated comparisons: one workload, several policies; rate sweeps; goodput by bisection.
+
+A :class:`~tridentcore.bench.spec.RunSpec` (``Scenario`` is its old name) names the profile,
+cluster, workload, SLO scale and seed; :func:`load_scenario` loads and validates its inputs once.
+The request sequence for a rate comes from common random numbers: the same seed gives the same
+requests at every rate, only compressed in time, so attainment differences across rates and
+policies are not noise from different draws.
+
+Goodput is the highest rate whose overall SLO attainment is >= target; fair goodput the highest
+rate at which *every* request class (model and shape) attains >= target. Both are found by
+bisection. The capacity ceiling is the rate the cluster would sustain with every request at its
+most GPU-efficient degree and perfect packing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..core.cluster import ClusterSpec
+from ..core.costmodel import CostModel
+from ..core.defaults import DEFAULT_TARGET
+from ..core.metrics import attainment_by_class, min_class_attainment, summarize
+from ..core.policy import make_policy
+from ..core.records import RunMeta
+from ..core.workload import Mix, RequestSpec, generate_requests, make_slo_fn
+from ..sim.engine import SimResult, simulate
+from .provenance import git_sha, hardware, package_versions
+from .spec import RunSpec, SpecError
+
+__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "evaluate", "finite", "load_scenario",
+           "run_meta", "run_one", "schedule_requests", "sweep_goodput"]
+
+Scenario = RunSpec  # the name this module's callers used before the one run spec (issue 10)
+
+
+@dataclass
+class Loaded:
+    """A scenario's inputs, loaded and validated once."""
+
+    scenario: RunSpec
+    cost: CostModel
+    cluster: ClusterSpec
+    mix: Mix | None
+    trace_requests: list[RequestSpec] | None
+    gpu_kind: str
+    _cache: dict = field(default_factory=dict)
+
+    def requests(self, rate: float | None) -> list[RequestSpec]:
+        if self.trace_requests is not None:
+            return self.trace_requests
+        if rate is None or not rate > 0:
+            raise ValueError("a rate > 0 is needed with a mix")
+        key = round(rate, 9)
+        if key not in self._cache:
+            slo = make_slo_fn(self.cost, self.scenario.slo_scale, self.cluster.gpus_per_node, self.gpu_kind)
+            self._cache[key] = generate_requests(self.mix, self.scenario.arrival, rate, self.scenario.duration_s,
+                                                 self.scenario.seed, slo)
+            if len(self._cache) > 64:
+                self._cache.pop(next(iter(self._cache)))
+        return self._cache[key]
+
+
+def load_scenario(sc: RunSpec) -> Loaded:
+    from ..formats.mixes import load_cluster, load_mix
+    from ..formats.traces import read_trace, requests_from_trace
+    from ..profiles import load_profile
+
+    cost = load_profile(sc.profile).cost_model()
+    cluster = load_cluster(sc.cluster)
+    kinds = cost.gpus()
+    gpu_kind = cluster.kind if cluster.kind in kinds else None
+    if gpu_kind is None:
+        if len(kinds) == 1:
+            raise ValueError(f"profile {sc.profile!r} has no rows for GPU kind {cluster.kind!r} "
+                             f"(it has {kinds[0]}); use a cluster of {kinds[0]} GPUs or another profile")
+        raise ValueError(f"profile {sc.profile!r} has no rows for {cluster.kind!r}; it has {', '.join(kinds)}")
+    mix = trace = None
+    if sc.trace is not None:
+        entries = read_trace(sc.trace, default_model=sc.trace_model)
+        slo = make_slo_fn(cost, sc.slo_scale, cluster.gpus_per_node, gpu_kind)
+        trace = requests_from_trace(entries, slo, sc.seed)
+    elif sc.mix is not None:
+        mix = load_mix(sc.mix)
+        missing = [f"{c.label}: {exc}" for c in mix.classes for exc in _check_class(cost, gpu_kind, c.model, c.shape)]
+        if missing:
+            raise ValueError(f"profile {sc.profile!r} cannot cost mix {sc.mix!r}: " + "; ".join(missing))
+    else:
+        raise ValueError("a scenario needs a mix or a trace")
+    return Loaded(sc, cost, cluster, mix, trace, gpu_kind)
+
+
+def schedule_requests(spec: RunSpec) -> list[RequestSpec]:
+    """The requests of ``spec`` in arrival order (a mix at ``spec.rate``, or the trace), exactly as the
+    simulator draws them; :class:`SpecError` lists every problem (``--option: message``)."""
+    spec.check()
+    try:
+        return load_scenario(spec).requests(None if spec.trace else spec.rate)
+    except (ValueError, LookupError, OSError) as exc:
+        option = "--arrival" if spec.trace else "--mix/--profile/--cluster"
+        raise SpecError([f"{option}: {' '.join(str(exc).split())}"]) from None
+
+
+def _check_class(cost: CostModel, kind: str, model: str, shape) -> list[str]:
+    try:
+        cost.latency_s(model, "encode", None, 1, 1, kind)
+        cost.latency_s(model, "diffuse", shape, 1, 1, kind)
+        cost.latency_s(model, "decode", shape, 1, 1, kind)
+    except LookupError as exc:
+        return [str(exc)]
+    return []
+
+
+def run_one(loaded: Loaded, policy_spec: str, rate: float | None, *, record: bool = True) -> SimResult:
+    policy = make_policy(policy_spec)
+    return simulate(loaded.cluster, loaded.cost, policy, loaded.requests(rate), gpu_kind=loaded.gpu_kind,
+                    record=record)
+
+
+def capacity_rps(loaded: Loaded) -> float:
+    """Rate the cluster sustains with every request at its most GPU-efficient degree, perfectly packed."""
+    cost, kind, cluster = loaded.cost, loaded.gpu_kind, loaded.cluster
+    if loaded.mix is not None:
+        classes = [(c.model, c.shape, c.weight) for c in loaded.mix.classes]
+    else:
+        counts: dict = {}
+        for r in loaded.trace_requests or []:
+            counts[(r.model, r.shape)] = counts.get((r.model, r.shape), 0) + 1
+        classes = [(m, s, n) for (m, s), n in counts.items()]
+    total_w = sum(w for _, _, w in classes)
+    degrees = [d for d in (1, 2, 4, 8) if d <= cluster.gpus_per_node]
+    gpu_s = 0.0
+    for model, shape, w in classes:
+        enc = cost.latency_s(model, "encode", None, 1, 1, kind)
+        dec = cost.latency_s(model, "decode", shape, 1, 1, kind)
+        best = min(d * shape.steps * cost.latency_s(model, "diffuse", shape, 1, d, kind) for d in degrees)
+        gpu_s += w / total_w * (enc + best + dec)
+    return cluster.num_gpus / gpu_s
+
+
+@dataclass
+class RatePoint:
+    rate: float
+    attainment: float
+    min_class: float
+    by_class: dict[str, tuple[int, float]]
+    summary: dict
+
+
+def evaluate(loaded: Loaded, policy_spec: str, rate: float) -> RatePoint:
+    res = run_one(loaded, policy_spec, rate, record=True)
+    s = summarize(policy_spec, res.requests, res.spans, res.decision_ms)
+    return RatePoint(rate, s["attainment"], min_class_attainment(res.requests), attainment_by_class(res.requests), s)
+
+
+def _bisect(passes: Callable[[float], bool], lo: float, hi: float, rel_tol: float, max_iter: int) -> float:
+    """Highest rate in [lo, hi] that passes, assuming pass/fail is monotone in rate (0 if lo fails)."""
+    if not passes(lo):
+        return 0.0
+    if passes(hi):
+        return hi
+    for _ in range(max_iter):
+        if (hi - lo) <= rel_tol * hi:
+            break
+        mid = (lo + hi) / 2
+        if passes(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@dataclass
+class Goodput:
+    policy: str
+    goodput_rps: float
+    fair_goodput_rps: float
+    points: list[RatePoint]
+
+
+def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARGET, *, rel_tol: float = 0.01,
+                  max_iter: int = 14, cap: float | None = None) -> Goodput:
+    cap = capacity_rps(loaded) if cap is None else cap
+    cache: dict[float, RatePoint] = {}
+
+    def point(rate: float) -> RatePoint:
+        key = round(rate, 6)
+        if key not in cache:
+            cache[key] = evaluate(loaded, policy_spec, rate)
+        return cache[key]
+
+    lo, hi = 0.02 * cap, 1.25 * cap
+    overall = _bisect(lambda r: point(r).attainment >= target, lo, hi, rel_tol, max_iter)
+    fair_hi = overall if overall > 0 else hi
+    fair = _bisect(lambda r: point(r).min_class >= target, lo, max(fair_hi, lo), rel_tol, max_iter) if overall else 0.0
+    return Goodput(policy_spec, overall, fair, sorted(cache.values(), key=lambda p: p.rate))
+
+
+# ------------------------------------------------------------------------------------ stored runs
+def run_meta(run_id: str, loaded: Loaded, policy_spec: str, rate: float | None, result: SimResult, backend: str = "sim") -> RunMeta:
+    sc = loaded.scenario
+    return RunMeta(
+        run_id=run_id, backend=backend, policy=policy_spec, seed=sc.seed, profile=sc.profile,
+        cluster=loaded.cluster.label, mix=sc.workload_label, rate_rps=float(rate or 0.0),
+        duration_s=sc.duration_s, slo_scale=sc.slo_scale,
+        config_json=json.dumps(sc.replace(rate=rate, policies=(policy_spec,)).config(), sort_keys=True, default=str),
+        git_sha=git_sha(), packages_json=json.dumps(package_versions(), sort_keys=True),
+        hardware_json=json.dumps(hardware(), sort_keys=True), wall_s=result.wall_s,
+    )
+
+
+def finite(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))) else x
