@@ -119,7 +119,9 @@ def spec_from_config(config: Mapping[str, Any]) -> tuple[LiveBenchSpec, str]:
         missing.append("policy")
     if missing:
         raise ValueError(f"config_json lacks {', '.join(missing)}; the live run cannot be run again")
-    run = RunSpec.from_config(config)
+    from .spec_schema import validate_spec
+
+    run = validate_spec(config)  # (SpecError is a ValueError)
     if len(run.policies) != 1:
         raise ValueError(f"config_json names {len(run.policies)} policies; a live run has one")
     opts = LiveOptions(tuple(config.get("models") or ()), int(config.get("max_queued", 100_000)),

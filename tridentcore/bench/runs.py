@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..store import ResultsStore, UnknownRunError, new_run_id, open_readonly
 from .scenario import Loaded, load_scenario, run_meta, run_one
-from .spec import RunSpec
+from .spec import RunSpec, SpecError
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -193,9 +193,11 @@ def scenario_from_config(config_json: str, *, origin: str = "config") -> tuple[R
         missing.append("policy")
     if missing:
         raise RunConfigError(f"{origin}: config_json lacks {', '.join(missing)}; it cannot be run again")
+    from .spec_schema import validate_spec
+
     try:
-        spec = RunSpec.from_config(config)
-    except TypeError as exc:
+        spec = validate_spec(config)
+    except SpecError as exc:
         raise RunConfigError(f"{origin}: config_json: {exc}") from None
     if len(spec.policies) != 1:
         raise RunConfigError(f"{origin}: config_json names {len(spec.policies)} policies; a run has one")

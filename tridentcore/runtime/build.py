@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ..core.cluster import GPU_MEMORY_GIB, ClusterError, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
-from ..core.defaults import DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
+from ..core.defaults import DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_PROFILE, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
 from ..core.policy import make_policy
 from .engine import Engine, EngineConfig
 from .group import EngineGroup
@@ -87,7 +87,7 @@ class DeviceSpec:
 
     @property
     def default_profile(self) -> str:
-        return "cpu" if self.kind == "cpu" else "h200"
+        return "cpu" if self.kind == "cpu" else DEFAULT_PROFILE
 
     @property
     def real(self) -> bool:
