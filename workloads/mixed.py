@@ -67,14 +67,13 @@ from tridentcore.core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT
                                        DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE,
                                        DEFAULT_TIME_SCALE)
 from tridentcore.core.metrics import quantile
+from workloads.rows import absorb_response, base_row
 from workloads.schedule import Arrival, ScheduleError, build_schedule
 
 logger = logging.getLogger("workloads.mixed")
 
 LAG_WARN_MS = 50.0
 START_LEAD_S = 0.2  # the schedule starts this long after test start (users are being spawned)
-_ERROR_STATES = {"rejected": "rejected", "failed": "failed", "cancelled": "cancelled",
-                 "queue_full": "refused", "shutting_down": "refused"}
 
 
 # ------------------------------------------------------------------------------ options
@@ -184,53 +183,6 @@ _run: Run | None = None
 _env = None
 
 
-def _base_row(a: Arrival) -> dict:
-    shape = a.spec.shape
-    return {
-        "request_index": a.index, "server_request_id": None, "server_job_id": None, "model": a.spec.model,
-        "height": shape.height, "width": shape.width, "frames": shape.frames, "steps": shape.steps,
-        "request_class": a.name, "workload_t_s": a.t_s, "scheduled_s": a.send_s, "sent_s": None,
-        "finished_s": None, "lag_ms": None, "state": "unfinished", "http_status": 0,
-        "reason": "no response before the run ended", "slo_ms": 1000.0 * a.spec.slo_s, "latency_ms": None,
-        "deadline_ms": None, "met_slo": None, "client_ms": None, "queued_ms": None, "encode_ms": None,
-        "diffuse_ms": None, "decode_ms": None, "stages_json": "[]",
-    }
-
-
-def _absorb(row: dict, status: int, body, error: str) -> str | None:
-    """Fill ``row`` from a response; return a failure message for Locust (None: success)."""
-    row["http_status"] = status
-    if status == 0:
-        row["state"], row["reason"] = "error", error or "no HTTP response"
-        return row["reason"]
-    if not isinstance(body, dict):
-        row["state"], row["reason"] = "error", f"HTTP {status}: response is not a JSON object"
-        return row["reason"]
-    if status == 200:
-        timings = (body.get("timings") or [{}])[0]
-        stages = timings.get("stages") or []
-        row.update(state="done", reason="", server_job_id=body.get("id"), latency_ms=timings.get("latency_ms"),
-                   deadline_ms=timings.get("deadline_ms"), met_slo=timings.get("met_slo"),
-                   stages_json=json.dumps(stages, separators=(",", ":")))
-        ids = body.get("request_ids")
-        if isinstance(ids, list) and ids:
-            row["server_request_id"] = ids[0]
-        row["queued_ms"] = sum(float(s.get("queued_ms") or 0.0) for s in stages)
-        for kind in ("encode", "diffuse", "decode"):
-            runs = [float(s.get("run_ms") or 0.0) for s in stages if s.get("stage") == kind]
-            row[f"{kind}_ms"] = sum(runs) if runs else None
-        return None
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
-    code = str(err.get("code", ""))
-    row["state"] = _ERROR_STATES.get(code, "error")
-    row["reason"] = f"{code}: {err.get('message', '')}".strip(": ") or f"HTTP {status}"
-    row["server_job_id"] = err.get("id")
-    ids = err.get("request_ids")
-    if isinstance(ids, list) and ids:
-        row["server_request_id"] = ids[0]
-    return f"{status} {row['reason']}"[:300]
-
-
 class MixUser(FastHttpUser):
     """Carries the schedule: claims the next arrival, waits until it is due, sends it in a new greenlet."""
 
@@ -254,7 +206,7 @@ class MixUser(FastHttpUser):
             gevent.sleep(delay)
         if run.ended:
             return
-        run.rows[a.index] = _base_row(a)
+        run.rows[a.index] = base_row(a)
         run.inflight.spawn(self._send, run, a)
 
     def _send(self, run: Run, a: Arrival) -> None:
@@ -270,7 +222,7 @@ class MixUser(FastHttpUser):
             except Exception:  # noqa: BLE001 - any undecodable body is an error row
                 body = None
             error = "" if status else str(getattr(resp, "error", "") or "connection failed")
-            failure = _absorb(row, status, body, error)
+            failure = absorb_response(row, status, body, error)
             row["finished_s"] = finished - run.t0
             row["client_ms"] = 1000.0 * (finished - sent)
             if failure is None:
@@ -386,7 +338,7 @@ def _on_test_stop(environment, **_kw) -> None:
     for a in run.arrivals[run.next_index:]:
         if a.send_s > run.stopped_at_s:
             break
-        run.rows[a.index] = {**_base_row(a), "reason": "not sent before the run ended"}
+        run.rows[a.index] = {**base_row(a), "reason": "not sent before the run ended"}
     rows = [run.rows[i] for i in sorted(run.rows)]
     _report(run, rows)
     options = environment.parsed_options

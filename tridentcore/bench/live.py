@@ -254,14 +254,14 @@ class LiveBench:
                         raise LiveBenchError(f"Locust (exit {got.locust_exit}) wrote no rows:\n"
                                              f"{procs.tail(work / 'locust.log')}")
                     self.report("collecting", len(got.rows), total)
-                    _engine_ids(server.url, got.rows)
+                    procs.engine_ids(server.url, got.rows)
                 except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
                     got.interrupted = True
                     with procs.no_sigint():
                         got.rows = procs.read_rows(work / "rows.jsonl")
                         if got.rows is not None and server.proc.poll() is None:
                             try:
-                                _engine_ids(server.url, got.rows)
+                                procs.engine_ids(server.url, got.rows)
                             except (OSError, ValueError):
                                 pass
                 # stop the server: it drains and writes its rows to its own store
@@ -329,28 +329,6 @@ class _nothing:
 
 
 # ------------------------------------------------------------------------------ rows
-def _engine_ids(url: str, rows: list[dict]) -> None:
-    """Fill ``server_request_id`` from the server's job list (the API's job ids are not engine ids)."""
-    want = {r["server_job_id"] for r in rows if r.get("server_job_id") and r.get("server_request_id") is None}
-    if not want:
-        return
-    found: dict[str, int] = {}
-    status, body = procs.http_json(f"{url}/v1/requests?limit=1000", 30.0)
-    if status == 200 and isinstance(body, dict):
-        for job in body.get("data") or []:
-            items = job.get("items") or []
-            if job.get("id") in want and len(items) == 1:
-                found[job["id"]] = int(items[0]["id"])
-    for job_id in sorted(want - set(found)):  # more jobs than one page holds
-        status, job = procs.http_json(f"{url}/v1/requests/{job_id}", 10.0)
-        items = (job or {}).get("items") or [] if status == 200 else []
-        if len(items) == 1:
-            found[job_id] = int(items[0]["id"])
-    for r in rows:
-        if r.get("server_request_id") is None and r.get("server_job_id") in found:
-            r["server_request_id"] = found[r["server_job_id"]]
-
-
 def _remap(tables: dict, rows: list[dict]) -> dict:
     """Server tables with request ids replaced by schedule indices (see the module docstring)."""
     import pyarrow as pa

@@ -3,7 +3,8 @@
 Each context manager stops only the process it started (by its PID: SIGTERM, wait, SIGKILL past a
 timeout), also when the body raises (Ctrl-C included); the stop itself ignores SIGINT so a
 second Ctrl-C cannot leave a child running. Plus the small readers of what the children write
-(the Locust file's rows and progress files) and the HTTP calls made to the server.
+(the Locust file's rows and progress files) and the HTTP calls made to the server (health, and
+which engine request each API job became).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["ChildError", "locust_process", "locustfile", "no_sigint", "read_progress", "read_rows", "server_process",
-           "stop_process", "tail", "wait_healthy", "http_json", "locust_cmd"]
+           "stop_process", "tail", "wait_healthy", "http_json", "locust_cmd", "engine_ids"]
 
 
 class ChildError(RuntimeError):
@@ -159,3 +160,25 @@ def read_rows(path: Path) -> list[dict] | None:
     except OSError:
         return None
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def engine_ids(url: str, rows: list[dict]) -> None:
+    """Fill ``server_request_id`` from the server's job list (the API's job ids are not engine ids)."""
+    want = {r["server_job_id"] for r in rows if r.get("server_job_id") and r.get("server_request_id") is None}
+    if not want:
+        return
+    found: dict[str, int] = {}
+    status, body = http_json(f"{url}/v1/requests?limit=1000", 30.0)
+    if status == 200 and isinstance(body, dict):
+        for job in body.get("data") or []:
+            items = job.get("items") or []
+            if job.get("id") in want and len(items) == 1:
+                found[job["id"]] = int(items[0]["id"])
+    for job_id in sorted(want - set(found)):  # more jobs than one page holds
+        status, job = http_json(f"{url}/v1/requests/{job_id}", 10.0)
+        items = (job or {}).get("items") or [] if status == 200 else []
+        if len(items) == 1:
+            found[job_id] = int(items[0]["id"])
+    for r in rows:
+        if r.get("server_request_id") is None and r.get("server_job_id") in found:
+            r["server_request_id"] = found[r["server_job_id"]]

@@ -305,8 +305,6 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
 
 def _bench_live(*, policies, mix, trace, model, arrival, rate, duration, slo_scale, seed, profile, cluster, devices,
                 time_scale, keep, db, json_out, progress) -> None:
-    import json
-
     from ..bench.runs import summaries
     from ..core.policy import PolicyError
     from ..store import new_run_id
@@ -360,7 +358,6 @@ def _repeat_live(old_id: str, config_json: str, db: str) -> None:
     from ..bench.live import spec_from_config
     from ..bench.runs import summaries
     from ..bench.scenario import schedule_requests
-    from ..bench.spec import SpecError
 
     try:
         spec, policy = spec_from_config(json.loads(config_json))
