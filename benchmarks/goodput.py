@@ -26,9 +26,10 @@ POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-st
 
 def _one(args):
     mix, scale, policy, cluster, profile, duration, seed, target = args
-    from tridentcore.bench.scenario import Scenario, capacity_rps, load_scenario, sweep_goodput
+    from tridentcore.bench.scenario import capacity_rps, load_scenario, sweep_goodput
+    from tridentcore.bench.spec import RunSpec
 
-    loaded = load_scenario(Scenario(profile=profile, cluster=cluster, mix=mix, duration_s=duration,
+    loaded = load_scenario(RunSpec(profile=profile, cluster=cluster, mix=mix, duration_s=duration,
                                     slo_scale=scale, seed=seed))
     t0 = time.perf_counter()
     cap = capacity_rps(loaded)

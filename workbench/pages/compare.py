@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from tridentcore.bench.spec import RunSpec as Scenario
+from tridentcore.bench.spec import RunSpec
 from tridentcore.core.policy import split_specs
 from tridentcore.formats.mixes import list_mixes
 from tridentcore.profiles import shipped_profiles
@@ -21,7 +21,7 @@ st.caption("Pipeline-level serving (the whole pipeline on fixed GPUs) against st
 
 
 
-def show_live(scenario: Scenario, policies: list[str], rates: list, sweep: bool, devices: str, time_scale: float,
+def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, devices: str, time_scale: float,
               db: str) -> None:
     """Compare's live mode: run the policies through `trident bench --backend live`'s library and
     show the stored runs (KPI cards and latency CDF from the results store)."""
@@ -174,7 +174,7 @@ for p in problems:
 if problems:
     st.stop()
 
-scenario = Scenario(profile=profile, cluster=cluster, mix=mix, trace=trace, trace_model=trace_model, arrival=arrival,
+scenario = RunSpec(profile=profile, cluster=cluster, mix=mix, trace=trace, trace_model=trace_model, arrival=arrival,
                     duration_s=float(duration), slo_scale=float(slo_scale), seed=int(seed))
 invalid = data.validate_comparison(scenario, policies, rates)
 if invalid:
