@@ -141,7 +141,7 @@ class RunSpec:
             kwargs["trace"] = spec_arrival[len(TRACE_PREFIX):]
         if kwargs.get("trace"):
             kwargs.setdefault("mix", None)
-            if kwargs.get("arrival", "").startswith(TRACE_PREFIX):
+            if str(kwargs.get("arrival") or "").startswith(TRACE_PREFIX):
                 kwargs["arrival"] = DEFAULT_ARRIVAL
         if kwargs.get("rate") is None:
             kwargs.pop("rate", None)
