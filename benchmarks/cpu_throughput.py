@@ -160,7 +160,7 @@ async def _served_async(host: str, port: int, body: dict, requests: int, in_flig
 
 
 def run_served(model: str, size: str, steps: int, requests: int, workers: int, in_flight: int) -> dict:
-    from tridentcore.server.launch import start_server
+    from tridentcore.bench.launch import start_server
 
     server = start_server(["--models", model, "--devices", f"cpu:{workers}", "--policy", "trident"], timeout_s=300)
     try:

@@ -18,15 +18,18 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_PROFILE
+
 POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-static:degree=4",
             "pipeline-static:degree=8", "pipeline-dynamic", "trident-paper", "trident")
 
 
 def _one(args):
     mix, scale, policy, cluster, profile, duration, seed, target = args
-    from tridentcore.sim.bench import Scenario, capacity_rps, load_scenario, sweep_goodput
+    from tridentcore.bench.scenario import capacity_rps, load_scenario, sweep_goodput
+    from tridentcore.bench.spec import RunSpec
 
-    loaded = load_scenario(Scenario(profile=profile, cluster=cluster, mix=mix, duration_s=duration,
+    loaded = load_scenario(RunSpec(profile=profile, cluster=cluster, mix=mix, duration_s=duration,
                                     slo_scale=scale, seed=seed))
     t0 = time.perf_counter()
     cap = capacity_rps(loaded)
@@ -43,9 +46,9 @@ def main() -> None:
     ap.add_argument("--scales", default="1.5,3,5")
     ap.add_argument("--policies", default=",".join(POLICIES).replace(",", ";"),
                     help="semicolon-separated policy specs")
-    ap.add_argument("--cluster", default="2x8xH200")
-    ap.add_argument("--profile", default="h200")
-    ap.add_argument("--duration", type=float, default=1800.0)
+    ap.add_argument("--cluster", default=DEFAULT_CLUSTER)
+    ap.add_argument("--profile", default=DEFAULT_PROFILE)
+    ap.add_argument("--duration", type=float, default=DEFAULT_DURATION_S)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--jobs", type=int, default=2)

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 def schedule(mix: str, rate: float, duration_s: float, seed: int):
     from tridentcore.core.workload import generate_requests
-    from workloads.mixes import load_mix
+    from tridentcore.formats.mixes import load_mix
 
     return generate_requests(load_mix(mix), "poisson", rate, duration_s, seed, lambda model, shape: 1e9)
 
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
 
-    from tridentcore.server.launch import start_server
+    from tridentcore.bench.launch import start_server
 
     requests = schedule(args.mix, args.rate, args.duration, args.seed)
     print(f"{len(requests)} requests over {args.duration:.0f} s ({args.mix}, {args.rate}/s) on {args.devices}",

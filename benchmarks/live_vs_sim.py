@@ -4,7 +4,7 @@
         [--policies trident,trident-paper,pipeline-static:degree=1] [--mix image-video] [--rate 2]
         [--duration 120] [--seed 0] [--db results/live_vs_sim.duckdb]
 
-For each policy: a live run (``trident serve`` + Locust, ``tridentcore.live_bench.run_policy``:
+For each policy: a live run (``trident serve`` + Locust, ``tridentcore.bench.live.LiveBench``:
 what ``trident bench --backend live`` does) and a simulated run of the same schedule (same mix,
 arrival process, rate, duration, seed and SLOs), both stored in ``--db``. Live request ids are
 the schedule's positions, so requests pair up by id. Reported per policy: attainment, mean and
@@ -24,11 +24,12 @@ import statistics
 import time
 
 from tridentcore.core.policy import split_specs
-from tridentcore.live_bench import LiveBenchSpec, run_policy
-from tridentcore.sim.bench import load_scenario
-from tridentcore.sim.runs import run_and_store, summaries
+from tridentcore.bench.live import LiveBench, LiveBenchSpec
+from tridentcore.bench.runs import run_and_store, summaries
+from tridentcore.bench.scenario import load_scenario
+from tridentcore.bench.spec import RunSpec
+from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_LIVE_DEVICES, DEFAULT_MIX, DEFAULT_SLO_SCALE
 from tridentcore.store import new_run_id, query_readonly
-from workloads.schedule import ScheduleSpec
 
 
 def rank(rows: dict[str, dict]) -> list[str]:
@@ -37,30 +38,32 @@ def rank(rows: dict[str, dict]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--devices", default="emulated:2x8xH200")
+    ap.add_argument("--devices", default=DEFAULT_LIVE_DEVICES)
     ap.add_argument("--time-scale", type=float, default=0.1)
     ap.add_argument("--policies", default="trident,trident-paper,pipeline-static:degree=1")
-    ap.add_argument("--mix", default="image-video")
+    ap.add_argument("--mix", default=DEFAULT_MIX)
     ap.add_argument("--arrival", default="poisson")
     ap.add_argument("--rate", type=float, default=2.0)
     ap.add_argument("--duration", type=float, default=120.0)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--slo-scale", type=float, default=3.0)
+    ap.add_argument("--slo-scale", type=float, default=DEFAULT_SLO_SCALE)
     ap.add_argument("--db", default="results/live_vs_sim.duckdb")
     args = ap.parse_args()
 
-    from tridentcore.live_bench import cluster_of_devices
+    from tridentcore.bench.live import cluster_of_devices
 
-    cluster = cluster_of_devices(args.devices) or "2x8xH200"
-    schedule = ScheduleSpec(mix=args.mix, arrival=args.arrival, rate=args.rate, duration_s=args.duration,
-                            seed=args.seed, slo_scale=args.slo_scale, cluster=cluster, time_scale=args.time_scale)
-    spec = LiveBenchSpec(schedule, args.devices)
-    loaded = load_scenario(schedule.scenario())
+    cluster = cluster_of_devices(args.devices) or DEFAULT_CLUSTER
+    run_spec = RunSpec(mix=args.mix, arrival=args.arrival, rate=args.rate, duration_s=args.duration, seed=args.seed,
+                       slo_scale=args.slo_scale, cluster=cluster, backend="live", devices=args.devices,
+                       time_scale=args.time_scale)
+    spec = LiveBenchSpec(run_spec)
+    loaded = load_scenario(run_spec)
     policies = split_specs(args.policies)
     live_ids, sim_ids, lags = {}, {}, {}
     t0 = time.monotonic()
     for policy in policies:
-        run = run_policy(spec, policy, new_run_id(policy, args.seed), args.db, extra_config={"benchmark": "live_vs_sim"})
+        run = LiveBench(spec, policy, new_run_id(policy, args.seed), args.db,
+                        extra_config={"benchmark": "live_vs_sim"}).run()
         live_ids[policy], lags[policy] = run.run_id, run.lag_p99_ms
         print(f"  live {policy}: {run.states} in {run.wall_s:.1f} s wall, lag p99 {run.lag_p99_ms:.1f} ms", flush=True)
         sim_ids[policy] = run_and_store(loaded, policy, args.rate, args.db, extra_config={"benchmark": "live_vs_sim"})

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from tridentcore.core.metrics import quantile
-from tridentcore.live_bench import locustfile
-from tridentcore.server.launch import start_server
+from tridentcore.bench.live_procs import locustfile
+from tridentcore.bench.launch import start_server
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ import time
 
 from tridentcore.core.driver import expected_mix
 from tridentcore.core.metrics import quantile
-from tridentcore.sim.bench import Scenario, load_scenario, run_one
+from tridentcore.bench.scenario import Scenario, load_scenario, run_one
 from tridentcore.sim.replay import compare, replay
 
 

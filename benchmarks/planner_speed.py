@@ -16,7 +16,8 @@ import time
 
 from tridentcore.core.metrics import quantile, summarize
 from tridentcore.core.policy import make_policy
-from tridentcore.sim.bench import Scenario, load_scenario
+from tridentcore.bench.scenario import load_scenario
+from tridentcore.bench.spec import RunSpec
 from tridentcore.sim.engine import simulate
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     ap.add_argument("--cluster", default="16x8xH200")
     args = ap.parse_args()
     for spec in args.policies.split(","):
-        loaded = load_scenario(Scenario(cluster=args.cluster, mix="flux-uniform", duration_s=1800))
+        loaded = load_scenario(RunSpec(cluster=args.cluster, mix="flux-uniform", duration_s=1800))
         reqs = loaded.requests(1.5)
         walls = []
         for _ in range(3):
@@ -69,7 +70,7 @@ def main() -> None:
         print(f"{spec}: {len(reqs)} requests, flux-uniform 1.5/s 1800 s on {args.cluster}: "
               f"sim wall median {statistics.median(walls):.2f} s (runs {', '.join(f'{w:.2f}' for w in walls)}), "
               f"attainment {s['attainment']:.3f}")
-        loaded = load_scenario(Scenario(cluster=args.cluster, mix="flux-uniform", arrival="bursts:size=512",
+        loaded = load_scenario(RunSpec(cluster=args.cluster, mix="flux-uniform", arrival="bursts:size=512",
                                         duration_s=600))
         reqs = loaded.requests(8.0)
         timed = Timed(make_policy(spec))

@@ -28,6 +28,8 @@ import statistics
 import sys
 import time
 
+from tridentcore.core.defaults import DEFAULT_LIVE_DEVICES
+
 BODY = {"prompt": "a red cube", "model": "sd3-medium", "size": "512x512", "steps": 20, "slo_ms": 10_000_000}
 
 
@@ -137,7 +139,7 @@ async def drive(host: str, port: int, concurrency: int, seconds: float, max_requ
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--devices", default="emulated:2x8xH200")
+    ap.add_argument("--devices", default=DEFAULT_LIVE_DEVICES)
     ap.add_argument("--policy", default="trident")
     ap.add_argument("--concurrency", default="1,8,32", help="comma list of concurrent clients (each level in turn)")
     ap.add_argument("--seconds", type=float, default=5.0, help="measured time per level (bounded)")
@@ -150,7 +152,7 @@ def main() -> None:
         raise SystemExit("--concurrency: 1..256 clients per level")
     seconds = min(max(args.seconds, 0.5), 60.0)
 
-    from tridentcore.server.launch import start_server
+    from tridentcore.bench.launch import start_server
 
     server = start_server(["--models", "sd3-medium", "--devices", args.devices, "--time-scale", "0",
                            "--policy", args.policy, "--max-queued", "4096"])

@@ -102,11 +102,12 @@ def first_paint(browser, url: str) -> tuple[float, float]:
 
 
 def build_store(path: Path, requests: int, runs: int) -> None:
-    from tridentcore.sim.bench import Scenario, load_scenario, run_meta, run_one
+    from tridentcore.bench.scenario import load_scenario, run_meta, run_one
+    from tridentcore.bench.spec import RunSpec
     from tridentcore.store import ResultsStore, new_run_id
 
     rate = 4.0  # 8x8xH200 sustains about 3.3 req/s of this mix: busy, queues grow, nothing unreasonable
-    loaded = load_scenario(Scenario(cluster="8x8xH200", duration_s=requests / rate))
+    loaded = load_scenario(RunSpec(cluster="8x8xH200", duration_s=requests / rate))
     policies = ["pipeline-dynamic", "pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-static:degree=4"]
     tmp = path.with_suffix(".building")
     tmp.unlink(missing_ok=True)

@@ -122,7 +122,7 @@ def serve_over_http(address: str) -> dict:
     """The CLI path: `trident serve --backend ray --ray-address ADDR` answers a generation."""
     import httpx
 
-    from tridentcore.server.launch import start_server
+    from tridentcore.bench.launch import start_server
 
     t0 = time.monotonic()
     server = start_server(["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0.01",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tridentcore.live_bench import UNMAPPED_ID_BASE
+from tridentcore.bench.live import UNMAPPED_ID_BASE
 from tridentcore.store import query_readonly
 
 REPO = Path(__file__).resolve().parents[1]

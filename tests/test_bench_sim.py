@@ -138,7 +138,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, needle):
 
 
 def test_ctrl_c_between_runs_keeps_the_stored_ones(tmp_path, monkeypatch):
-    import tridentcore.sim.runs as runs
+    import tridentcore.bench.runs as runs
 
     real, calls = runs.run_one, []
 

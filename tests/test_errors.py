@@ -11,7 +11,7 @@ from tridentcore.core.errors import SpecError, TridentError, WorkloadError
 from tridentcore.core.lifecycle import TransitionError
 from tridentcore.core.workload import WorkloadError as WorkloadErrorReexported
 from tridentcore.profiles.format import ProfileError
-from tridentcore.sim.runs import RunConfigError
+from tridentcore.bench.runs import RunConfigError
 from tridentcore.store import DuplicateRunError, RowsError, SchemaVersionError, StoreError, UnknownRunError
 
 ERRORS = [

@@ -129,3 +129,15 @@ def test_only_the_locustfile_imports_locust():
                 if any(n == "locust" or n.startswith("locust.") for n in names):
                     offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == []
+
+
+def test_import_contracts_hold():
+    """``lint-imports`` (import-linter, the contracts in pyproject.toml's ``[tool.importlinter]``):
+    the layers, the pure core, the light Locust file, the independent CLI command modules."""
+    root = Path(tridentcore.__file__).resolve().parent.parent
+    lint = Path(sys.executable).parent / "lint-imports"
+    if not lint.exists():
+        pytest.skip("import-linter is not installed (pip install -e .[dev])")
+    out = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, timeout=300, cwd=root)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
+    assert "0 broken" in out.stdout

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tridentcore.server.launch import start_server
-from tridentcore.sim.bench import Scenario, load_scenario
-from workloads.schedule import ScheduleSpec, build_schedule
+from tridentcore.bench.launch import start_server
+from tridentcore.bench.scenario import load_scenario
+from tridentcore.bench.spec import RunSpec
+from workloads.schedule import build_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "workloads" / "mixed.py"
@@ -81,10 +82,10 @@ def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
 
 
 def test_schedule_is_the_simulators():
-    spec = ScheduleSpec(mix="image-video", arrival="gamma:cv=4", rate=1.5, duration_s=90, seed=11, slo_scale=2.5,
-                        time_scale=0.1)
+    spec = RunSpec(mix="image-video", arrival="gamma:cv=4", rate=1.5, duration_s=90, seed=11, slo_scale=2.5,
+                   time_scale=0.1)
     arrivals = build_schedule(spec)
-    sim = load_scenario(Scenario(mix="image-video", arrival="gamma:cv=4", duration_s=90, seed=11,
+    sim = load_scenario(RunSpec(mix="image-video", arrival="gamma:cv=4", duration_s=90, seed=11,
                                  slo_scale=2.5)).requests(1.5)
     assert len(arrivals) == len(sim) > 30
     for a, r in zip(arrivals, sim, strict=True):
@@ -132,7 +133,7 @@ def test_web_ui_lists_the_options_and_runs_the_schedule(tmp_path):
                 "duration": "8", "time_scale": "0.05", "seed": "3", "run_id": "ui-run"}
         req = urllib.request.Request(f"http://127.0.0.1:{port}/swarm", data=urllib.parse.urlencode(form).encode())
         assert json.loads(_get_req(req))["success"]
-        expected = len(build_schedule(ScheduleSpec(mix="sd3-mixed", rate=3, duration_s=8, seed=3, time_scale=0.05)))
+        expected = len(build_schedule(RunSpec(mix="sd3-mixed", rate=3, duration_s=8, seed=3, time_scale=0.05)))
         state = ""
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not rows.exists():
@@ -178,7 +179,7 @@ def test_headless_run_writes_client_rows_and_locust_reports(tmp_path):
         server.stop()
     assert out.returncode == 0, out.stderr[-3000:]
     assert "schedule lag p50" in out.stderr
-    expected = len(build_schedule(ScheduleSpec(mix="image-video", rate=2, duration_s=15, seed=5, time_scale=0.05)))
+    expected = len(build_schedule(RunSpec(mix="image-video", rate=2, duration_s=15, seed=5, time_scale=0.05)))
     df = query_readonly(db, "SELECT * FROM client_requests WHERE run_id = 'hl' ORDER BY request_index")
     assert list(df.request_index) == list(range(expected))
     assert set(df.state) == {"done"} and set(df.http_status) == {200}

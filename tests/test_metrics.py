@@ -21,7 +21,7 @@ from tridentcore.core.workload import generate_requests, make_slo_fn  # noqa: E4
 from tridentcore.profiles import load_profile  # noqa: E402
 from tridentcore.sim.engine import simulate  # noqa: E402
 from tridentcore.store import ResultsStore, query_readonly, run_summary  # noqa: E402
-from workloads.mixes import load_mix  # noqa: E402
+from tridentcore.formats.mixes import load_mix  # noqa: E402
 
 METRICS = ("attainment", "mean_s", "p50_s", "p95_s", "p99_s")
 

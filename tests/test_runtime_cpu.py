@@ -14,7 +14,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tridentcore.server.launch import start_server
+from tridentcore.bench.launch import start_server
 
 LONG_SLO_MS = 10_000_000  # these tests are about completion, not deadlines
 

@@ -57,7 +57,7 @@ def test_serve_tiny_sd3_on_cuda0(tmp_path):
     import csv
     from importlib import resources
 
-    from tridentcore.server.launch import start_server
+    from tridentcore.bench.launch import start_server
 
     kind = gpu_kind_of(torch.cuda.get_device_name(0))
     src = resources.files("tridentcore.profiles") / "data" / "cpu.csv"

@@ -9,7 +9,7 @@ import io
 import httpx
 from PIL import Image
 
-from tridentcore.server.launch import start_server
+from tridentcore.bench.launch import start_server
 from tridentcore.store import query_readonly
 
 

@@ -16,7 +16,7 @@ from tridentcore.core.types import Shape
 from tridentcore.runtime.build import SetupError, build_runtime, parse_faults
 from tridentcore.runtime.engine import Submission
 from tridentcore.runtime.workers import StageTask, _execute, is_oom
-from tridentcore.server.launch import start_server
+from tridentcore.bench.launch import start_server
 
 LONG_SLO_S = 10_000.0
 

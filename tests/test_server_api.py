@@ -8,7 +8,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tridentcore.server.launch import start_server
+from tridentcore.bench.launch import start_server
 
 MODELS = "sd3-medium,wan2.1-1.3b"
 

@@ -11,7 +11,7 @@ import time
 
 import httpx
 
-from tridentcore.server.launch import start_server
+from tridentcore.bench.launch import start_server
 
 TIME_SCALE = 0.25  # wall seconds per cost-model second
 MAX_QUEUED = 8

@@ -19,7 +19,7 @@ from tridentcore.core.types import ProfileRow, Shape, StageKind
 from tridentcore.core.workload import RequestSpec, generate_requests, make_slo_fn
 from tridentcore.profiles import load_profile
 from tridentcore.sim.engine import simulate
-from workloads.mixes import load_mix
+from tridentcore.formats.mixes import load_mix
 
 H200 = load_profile("h200").cost_model()
 ALL_POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-dynamic", "trident-paper", "trident")
@@ -113,7 +113,7 @@ def test_every_request_ends_once_and_no_gpu_is_overcommitted(policy, mix, cluste
     spec = parse_cluster(cluster)
     if policy == "pipeline-static:degree=2" and spec.gpus_per_node < 2:
         return
-    from tridentcore.sim.bench import Loaded, Scenario, capacity_rps
+    from tridentcore.bench.scenario import Loaded, Scenario, capacity_rps
 
     loaded = Loaded(Scenario(cluster=cluster, mix=mix, duration_s=60, slo_scale=scale, seed=seed), H200, spec,
                     load_mix(mix), None, "H200")

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tridentcore.cli import app
-from workloads.traces import read_trace
+from tridentcore.formats.traces import read_trace
 
 runner = CliRunner()
 
@@ -72,9 +72,10 @@ def test_generate_then_stats_round_trip(tmp_path):
     assert stats["duration_s"] == pytest.approx(29 / 0.25) and stats["gpus"] == 16
     assert sum(c["requests"] for c in stats["classes"]) == 30
     # the same arithmetic as the simulator's capacity ceiling: offered / GPUs = rate / ceiling
-    from tridentcore.sim.bench import Scenario, capacity_rps, load_scenario
+    from tridentcore.bench.scenario import capacity_rps, load_scenario
+    from tridentcore.bench.spec import RunSpec
 
-    loaded = load_scenario(Scenario(mix=None, trace=str(trace)))
+    loaded = load_scenario(RunSpec(mix=None, trace=str(trace)))
     assert stats["capacity_rps"] == pytest.approx(capacity_rps(loaded))
     assert stats["load_fraction"] == pytest.approx(0.25 / capacity_rps(loaded))
     assert stats["offered_gpu_s_per_s"] == pytest.approx(16 * stats["load_fraction"])

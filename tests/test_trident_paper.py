@@ -26,7 +26,7 @@ from tridentcore.core.types import Shape
 from tridentcore.core.workload import RequestSpec, generate_requests, make_slo_fn
 from tridentcore.profiles import load_profile
 from tridentcore.sim.engine import simulate
-from workloads.mixes import load_mix
+from tridentcore.formats.mixes import load_mix
 
 COST = load_profile("h200").cost_model()
 SLO = make_slo_fn(COST, 3.0)

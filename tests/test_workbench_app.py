@@ -16,7 +16,8 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from tridentcore.profiles.format import _data_dir  # noqa: E402
-from tridentcore.sim.bench import Scenario, load_scenario, run_meta, run_one  # noqa: E402
+from tridentcore.bench.scenario import load_scenario, run_meta, run_one  # noqa: E402
+from tridentcore.bench.spec import RunSpec  # noqa: E402
 from tridentcore.store import ResultsStore, new_run_id  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -42,7 +43,7 @@ def _metrics(at: AppTest) -> list[tuple[str, str]]:
 def results_db(tmp_path_factory) -> str:
     """A results file with two short simulated runs (different policies, same scenario)."""
     path = tmp_path_factory.mktemp("wb") / "runs.duckdb"
-    loaded = load_scenario(Scenario(duration_s=120.0))
+    loaded = load_scenario(RunSpec(duration_s=120.0))
     for spec in ("pipeline-static:degree=1", "trident"):
         res = run_one(loaded, spec, 0.5)
         ResultsStore(path).write_run(run_meta(new_run_id(spec, 0), loaded, spec, 0.5, res),

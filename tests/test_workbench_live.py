@@ -22,7 +22,7 @@ pytest.importorskip("streamlit")
 pytest.importorskip("httpx")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from tridentcore.server.launch import start_server  # noqa: E402
+from tridentcore.bench.launch import start_server  # noqa: E402
 from workbench import figures, live  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")

@@ -39,8 +39,8 @@ from tridentcore.core.workload import (
     unit_arrivals,
 )
 from tridentcore.profiles import load_profile
-from workloads.mixes import list_mixes, load_cluster, load_mix
-from workloads.traces import (
+from tridentcore.formats.mixes import list_mixes, load_cluster, load_mix
+from tridentcore.formats.traces import (
     TraceEntry,
     TraceError,
     entries_from_requests,
@@ -520,7 +520,7 @@ def test_requests_from_trace_seeds_and_order():
 def test_workloads_import_stays_light():
     code = (
         "import sys, json\n"
-        "import workloads.mixes, workloads.traces, tridentcore.core.workload, tridentcore.core.cluster\n"
+        "import tridentcore.formats.mixes, tridentcore.formats.traces, tridentcore.core.workload, tridentcore.core.cluster\n"
         "heavy = ('torch', 'diffusers', 'transformers', 'requests', 'numpy')\n"
         "print(json.dumps([m for m in heavy if m in sys.modules]))\n"
     )

@@ -35,7 +35,7 @@ from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, SpanRo
 from tridentcore.core.slo import met_slo
 from tridentcore.core.types import DEGREES, PROFILE_COLUMNS, size_label
 from tridentcore.store.schema import STAGE_ORDER_SQL
-from tridentcore.sim.bench import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
+from tridentcore.bench.scenario import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -333,7 +333,7 @@ def profile_frame(rows: Sequence[Any]) -> pd.DataFrame:
 
 @functools.lru_cache(maxsize=1)
 def _mix_steps() -> dict[str, int]:
-    from workloads.mixes import list_mixes, load_mix
+    from tridentcore.formats.mixes import list_mixes, load_mix
 
     steps: dict[str, int] = {}
     for name in list_mixes():

@@ -337,7 +337,7 @@ _local_lock = threading.Lock()
 
 
 def local_server():
-    """The running server this process started (``tridentcore.server.launch.ServerProcess``), or None."""
+    """The running server this process started (``tridentcore.bench.launch.ServerProcess``), or None."""
     srv = _local.get("server")
     return srv if srv is not None and srv.proc.poll() is None else None
 
@@ -345,7 +345,7 @@ def local_server():
 def start_local_server(models: str = LOCAL_MODELS, devices: str = LOCAL_DEVICES, timeout_s: float = 180.0) -> str:
     """Start ``trident serve --models MODELS --devices DEVICES`` on 127.0.0.1 unless this process
     already runs one; returns its URL. LiveError (with the server's own words) when it cannot start."""
-    from tridentcore.server.launch import LaunchError, start_server
+    from tridentcore.bench.launch import LaunchError, start_server
 
     with _local_lock:
         srv = local_server()

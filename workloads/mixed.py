@@ -1,8 +1,9 @@
 """Locust: open-loop mixed-resolution load from a named mix (or a trace) against ``trident serve``.
 
     locust -f workloads/mixed.py --headless -t 60s --host http://127.0.0.1:8000 \\
-        --mix sd3-mixed --rate 2 [--arrival poisson|gamma:cv=4|constant|bursts:size=N|trace:FILE] \\
+        --mix image-video --rate 2 [--arrival poisson|gamma:cv=4|constant|bursts:size=N|trace:FILE] \\
         [--slo-scale 3] [--seed 0] [--time-scale 1] [--duration S] [--db results/trident.duckdb] [--run-id NAME]
+    locust -f workloads/mixed.py --headless --host URL --spec run.json   # a run spec file instead
 
 Without ``--headless`` the web UI shows the same options under "Custom parameters"; Locust's own
 ``--csv`` and ``--html`` reports work as usual. Run it as one process (not master/worker: every
@@ -23,16 +24,23 @@ p50/p99 lag is printed, with a warning when the p99 is over 50 ms.
 every scheduled request has finished (or at ``-t``; requests still in flight are then recorded
 as ``unfinished``).
 
+**Spec.** ``--spec FILE`` reads the whole run spec (``tridentcore.bench.spec.RunSpec`` as JSON, the
+form ``trident bench --backend live`` writes for its Locust child) and overrides the workload
+options above; it is read with ``json``, nothing heavier.
+
 **Rows.** One row per scheduled request (schedule, send, finish, state, HTTP status, shape, the
-server's per-stage timings, lag) goes to the results store's ``client_requests`` table with
-``--db`` (one short write at the end) and/or to ``--rows-out FILE`` (JSON lines).
+server's per-stage timings, lag) goes to ``--rows-out FILE`` (JSON lines) and/or, with ``--db``,
+to the results store's ``client_requests`` table: this process never imports the store (duckdb);
+it writes the rows to a JSON-lines file and a short child process
+(``python -m tridentcore.bench.client_rows``) inserts them at the end. ``trident bench --backend
+live`` stores a whole live run (server and client rows, one transaction) instead.
 
 Request names in Locust's statistics are ``model WxH[xF]`` (``sd3-medium 1024x1024``), so its
 tables break latency down by resolution. SLOs are the simulator's (``--slo-scale`` x the reference
 latency from ``--cost-profile`` on ``--cluster``), sent as ``slo_ms``.
 
-Imports nothing heavy (no torch, diffusers, transformers or requests of its own; the store's
-duckdb/pyarrow only at the end, with ``--db``).
+Imports nothing heavy (no torch, diffusers, transformers, duckdb or requests of its own;
+``[tool.importlinter]`` forbids duckdb, torch and diffusers here).
 """
 
 from __future__ import annotations
@@ -41,7 +49,9 @@ import json
 import logging
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -52,40 +62,47 @@ from locust import FastHttpUser, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
+from tridentcore.bench.spec import TRACE_PREFIX, RunSpec, read_spec_file
+from tridentcore.core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX,
+                                       DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE,
+                                       DEFAULT_TIME_SCALE)
 from tridentcore.core.metrics import quantile
-from workloads.schedule import Arrival, ScheduleError, ScheduleSpec, build_schedule
+from workloads.rows import absorb_response, base_row
+from workloads.schedule import Arrival, ScheduleError, build_schedule
 
 logger = logging.getLogger("workloads.mixed")
 
 LAG_WARN_MS = 50.0
 START_LEAD_S = 0.2  # the schedule starts this long after test start (users are being spawned)
-_ERROR_STATES = {"rejected": "rejected", "failed": "failed", "cancelled": "cancelled",
-                 "queue_full": "refused", "shutting_down": "refused"}
 
 
 # ------------------------------------------------------------------------------ options
 @events.init_command_line_parser.add_listener
 def _add_options(parser) -> None:
     group = parser  # (Locust's include_in_web_ui needs the parser itself, not an argument group)
-    group.add_argument("--mix", type=str, default="sd3-mixed", env_var="TRIDENT_MIX",
+    group.add_argument("--mix", type=str, default=DEFAULT_MIX, env_var="TRIDENT_MIX",
                        help="Named mix (flux-uniform, sd3-mixed, video-wan, image-video) or a mix YAML file.")
-    group.add_argument("--rate", type=float, default=1.0, help="Mean requests per workload second (a mix).")
-    group.add_argument("--arrival", type=str, default="poisson",
+    group.add_argument("--rate", type=float, default=DEFAULT_RATE, help="Mean requests per workload second (a mix).")
+    group.add_argument("--arrival", type=str, default=DEFAULT_ARRIVAL,
                        help="poisson | gamma:cv=K | constant | bursts:size=N | trace:FILE (replay a trace).")
-    group.add_argument("--slo-scale", type=float, default=3.0,
+    group.add_argument("--slo-scale", type=float, default=DEFAULT_SLO_SCALE,
                        help="Deadline = arrival + scale x the request's reference latency (sent as slo_ms).")
-    group.add_argument("--seed", type=int, default=0, help="Same seed, same schedule (as the simulator's).")
+    group.add_argument("--seed", type=int, default=DEFAULT_SEED, help="Same seed, same schedule (as the simulator's).")
     group.add_argument("--duration", type=float, default=None,
-                       help="Workload seconds of arrivals (default: the run time -t in workload seconds, else 60).")
-    group.add_argument("--time-scale", type=float, default=1.0,
+                       help="Workload seconds of arrivals (default: the run time -t in workload seconds, "
+                            f"else {DEFAULT_LOCUST_DURATION_S:g}).")
+    group.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
                        help="Wall seconds per workload second (as trident serve --time-scale of emulated GPUs).")
-    group.add_argument("--cost-profile", type=str, default="h200",
+    group.add_argument("--cost-profile", type=str, default=DEFAULT_PROFILE,
                        help="Cost profile the SLOs are computed from (trident serve --profile; Locust's own --profile "
                             "is something else).")
-    group.add_argument("--cluster", type=str, default="2x8xH200", help="Cluster the SLOs' reference degree is for.")
+    group.add_argument("--cluster", type=str, default=DEFAULT_CLUSTER, help="Cluster the SLOs' reference degree is for.")
     group.add_argument("--trace-model", type=str, default=None, help="Model of a paper-format trace's requests.")
+    group.add_argument("--spec", type=str, default=None, include_in_web_ui=False,
+                       help="Run spec file (JSON, as trident bench writes it): overrides the workload options above.")
     group.add_argument("--db", type=str, default=None,
-                       help="DuckDB results file: one client_requests row per request, written at the end.")
+                       help="DuckDB results file: one client_requests row per request, written at the end "
+                            "(by a child process; this one never imports the store).")
     group.add_argument("--run-id", type=str, default=None, help="Run id of the rows (default: a new one).")
     group.add_argument("--rows-out", type=str, default=None, include_in_web_ui=False,
                        help="Also write the per-request rows as JSON lines to this file.")
@@ -108,8 +125,11 @@ def _num(value, kind, name: str, problems: list[str]):
     return out
 
 
-def spec_from_options(options) -> ScheduleSpec:
-    """The schedule the parsed options ask for; :class:`ScheduleError` lists every bad value."""
+def spec_from_options(options) -> RunSpec:
+    """The run spec the parsed options ask for (``--spec FILE``, else the workload options);
+    :class:`ScheduleError` lists every bad value."""
+    if getattr(options, "spec", None):
+        return read_spec_file(options.spec)
     problems: list[str] = []
     rate = _num(options.rate, float, "rate", problems)
     slo_scale = _num(options.slo_scale, float, "slo-scale", problems)
@@ -120,10 +140,13 @@ def spec_from_options(options) -> ScheduleSpec:
         raise ScheduleError(problems)
     run_time = getattr(options, "run_time", None)
     if duration is None:
-        duration = run_time / time_scale if run_time and time_scale and time_scale > 0 else 60.0
-    return ScheduleSpec(mix=str(options.mix), arrival=str(options.arrival), rate=rate, duration_s=duration,
-                        seed=seed, slo_scale=slo_scale, profile=str(options.cost_profile), cluster=str(options.cluster),
-                        time_scale=time_scale, trace_model=options.trace_model or None)
+        duration = run_time / time_scale if run_time and time_scale and time_scale > 0 else DEFAULT_LOCUST_DURATION_S
+    arrival = str(options.arrival)
+    trace = arrival[len(TRACE_PREFIX):] if arrival.startswith(TRACE_PREFIX) else None
+    return RunSpec(mix=None if trace is not None else str(options.mix), trace=trace,
+                   arrival=DEFAULT_ARRIVAL if trace is not None else arrival, rate=rate, duration_s=duration,
+                   seed=seed, slo_scale=slo_scale, profile=str(options.cost_profile), cluster=str(options.cluster),
+                   time_scale=time_scale, trace_model=options.trace_model or None, backend="live")
 
 
 # ------------------------------------------------------------------------------ one run
@@ -132,7 +155,7 @@ class Run:
     """One test: the schedule, what has been claimed and sent, and one row per claimed request."""
 
     run_id: str
-    spec: ScheduleSpec
+    spec: RunSpec
     arrivals: list[Arrival]
     t0: float  # time.monotonic() of schedule time 0
     next_index: int = 0
@@ -160,53 +183,6 @@ _run: Run | None = None
 _env = None
 
 
-def _base_row(a: Arrival) -> dict:
-    shape = a.spec.shape
-    return {
-        "request_index": a.index, "server_request_id": None, "server_job_id": None, "model": a.spec.model,
-        "height": shape.height, "width": shape.width, "frames": shape.frames, "steps": shape.steps,
-        "request_class": a.name, "workload_t_s": a.t_s, "scheduled_s": a.send_s, "sent_s": None,
-        "finished_s": None, "lag_ms": None, "state": "unfinished", "http_status": 0,
-        "reason": "no response before the run ended", "slo_ms": 1000.0 * a.spec.slo_s, "latency_ms": None,
-        "deadline_ms": None, "met_slo": None, "client_ms": None, "queued_ms": None, "encode_ms": None,
-        "diffuse_ms": None, "decode_ms": None, "stages_json": "[]",
-    }
-
-
-def _absorb(row: dict, status: int, body, error: str) -> str | None:
-    """Fill ``row`` from a response; return a failure message for Locust (None: success)."""
-    row["http_status"] = status
-    if status == 0:
-        row["state"], row["reason"] = "error", error or "no HTTP response"
-        return row["reason"]
-    if not isinstance(body, dict):
-        row["state"], row["reason"] = "error", f"HTTP {status}: response is not a JSON object"
-        return row["reason"]
-    if status == 200:
-        timings = (body.get("timings") or [{}])[0]
-        stages = timings.get("stages") or []
-        row.update(state="done", reason="", server_job_id=body.get("id"), latency_ms=timings.get("latency_ms"),
-                   deadline_ms=timings.get("deadline_ms"), met_slo=timings.get("met_slo"),
-                   stages_json=json.dumps(stages, separators=(",", ":")))
-        ids = body.get("request_ids")
-        if isinstance(ids, list) and ids:
-            row["server_request_id"] = ids[0]
-        row["queued_ms"] = sum(float(s.get("queued_ms") or 0.0) for s in stages)
-        for kind in ("encode", "diffuse", "decode"):
-            runs = [float(s.get("run_ms") or 0.0) for s in stages if s.get("stage") == kind]
-            row[f"{kind}_ms"] = sum(runs) if runs else None
-        return None
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
-    code = str(err.get("code", ""))
-    row["state"] = _ERROR_STATES.get(code, "error")
-    row["reason"] = f"{code}: {err.get('message', '')}".strip(": ") or f"HTTP {status}"
-    row["server_job_id"] = err.get("id")
-    ids = err.get("request_ids")
-    if isinstance(ids, list) and ids:
-        row["server_request_id"] = ids[0]
-    return f"{status} {row['reason']}"[:300]
-
-
 class MixUser(FastHttpUser):
     """Carries the schedule: claims the next arrival, waits until it is due, sends it in a new greenlet."""
 
@@ -230,7 +206,7 @@ class MixUser(FastHttpUser):
             gevent.sleep(delay)
         if run.ended:
             return
-        run.rows[a.index] = _base_row(a)
+        run.rows[a.index] = base_row(a)
         run.inflight.spawn(self._send, run, a)
 
     def _send(self, run: Run, a: Arrival) -> None:
@@ -246,7 +222,7 @@ class MixUser(FastHttpUser):
             except Exception:  # noqa: BLE001 - any undecodable body is an error row
                 body = None
             error = "" if status else str(getattr(resp, "error", "") or "connection failed")
-            failure = _absorb(row, status, body, error)
+            failure = absorb_response(row, status, body, error)
             row["finished_s"] = finished - run.t0
             row["client_ms"] = 1000.0 * (finished - sent)
             if failure is None:
@@ -279,10 +255,11 @@ def _on_init(environment, **_kw) -> None:
         _exit_with("the schedule has no requests (rate x duration too small?)")
 
 
-def _new_run_id(spec: ScheduleSpec) -> str:
-    from tridentcore.store import new_run_id
-
-    return new_run_id(f"locust-{spec.mix if spec.trace is None else 'trace'}", spec.seed)
+def _new_run_id(spec: RunSpec) -> str:
+    """``20250101-120000-locust-image-video-s0-3fa9c2`` (the form of the store's run ids)."""
+    what = "".join(c if c.isalnum() else "-" for c in (spec.mix if spec.trace is None else "trace").lower())
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{stamp}-locust-{what.strip('-')[:40]}-s{spec.seed}-{os.urandom(3).hex()}"
 
 
 _test_number = 0
@@ -361,7 +338,7 @@ def _on_test_stop(environment, **_kw) -> None:
     for a in run.arrivals[run.next_index:]:
         if a.send_s > run.stopped_at_s:
             break
-        run.rows[a.index] = {**_base_row(a), "reason": "not sent before the run ended"}
+        run.rows[a.index] = {**base_row(a), "reason": "not sent before the run ended"}
     rows = [run.rows[i] for i in sorted(run.rows)]
     _report(run, rows)
     options = environment.parsed_options
@@ -399,16 +376,20 @@ def _write_rows(rows: list[dict], path: str) -> None:
 
 
 def _write_db(run_id: str, rows: list[dict], db: str) -> None:
-    from tridentcore.store import ResultsStore
-
-    try:
-        n = ResultsStore(db).write_client_requests(run_id, rows)
-    except Exception as exc:  # noqa: BLE001 - report it, the run's Locust reports still come out
-        print(f"[mixed.py] error: could not write the client rows to {db}: {exc}", file=sys.stderr, flush=True)
+    """Insert the rows into ``db`` through a short child process (``tridentcore.bench.client_rows``):
+    the store's duckdb never enters this (gevent-patched) process."""
+    with tempfile.TemporaryDirectory(prefix="mixed-rows-") as tmp:
+        path = os.path.join(tmp, "rows.jsonl")
+        _write_rows(rows, path)
+        out = subprocess.run([sys.executable, "-m", "tridentcore.bench.client_rows", "--db", db, "--run-id", run_id,
+                              path], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if out.returncode != 0:
+        message = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+        print(f"[mixed.py] error: could not write the client rows to {db}: {message}", file=sys.stderr, flush=True)
         if _env is not None:
             _env.process_exit_code = 2
         return
-    print(f"[mixed.py] wrote {n} client_requests rows of run {run_id} to {db}", file=sys.stderr, flush=True)
+    print(f"[mixed.py] {out.stdout.strip()}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # `python workloads/mixed.py --help`: Locust's options and this file's, in one list

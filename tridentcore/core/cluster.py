@@ -1,7 +1,7 @@
 """The cluster a run serves on: nodes x GPUs of one kind (DESIGN.md, "Core vocabulary").
 
 Pure: no I/O. A cluster is written like ``8xH200`` (one node of eight H200s), ``2x8xH200`` (two
-nodes of eight) or ``16x8xL20``; the YAML form (read by ``workloads.mixes.load_cluster``) is a
+nodes of eight) or ``16x8xL20``; the YAML form (read by ``tridentcore.formats.mixes.load_cluster``) is a
 mapping handed to :func:`cluster_from_dict`::
 
     nodes: 2

@@ -1,7 +1,7 @@
-"""Stage profiles: the file format, the shipped data and (in ``runner``) the measuring tool.
+"""Stage profiles: the file format and the shipped data.
 
-Importing this package is light (no torch): ``runner`` imports torch inside its functions and is
-not imported here.
+The measuring tool (``trident profile``) runs pipelines, so it lives with them:
+``tridentcore.pipelines.profiling``. Importing this package is light (no torch).
 """
 
 from .format import (

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from ..core.cluster import GPU_MEMORY_GIB, ClusterError, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
 from ..core.errors import TridentError
+from ..core.defaults import DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_PROFILE, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
 from ..core.policy import make_policy
 from ..core.types import STAGES, Shape
 from .engine import Engine, EngineConfig
@@ -86,7 +87,7 @@ class DeviceSpec:
 
     @property
     def default_profile(self) -> str:
-        return "cpu" if self.kind == "cpu" else "h200"
+        return "cpu" if self.kind == "cpu" else DEFAULT_PROFILE
 
     @property
     def real(self) -> bool:
@@ -330,8 +331,9 @@ def _workers(part: Part, backend: str, threads: int, ray_address: str | None):
     return WorkerPool([CpuWorker(g.id, part.models, threads=threads, sources=sources) for g in dev.cluster.gpus])
 
 
-def build_runtime(models: list[str] | str, devices: str, policy: str = "trident", *, profile: str | None = None,
-                  time_scale: float = 1.0, max_queued: int = 256, slo_scale: float = 3.0,
+def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_POLICY, *, profile: str | None = None,
+                  time_scale: float = DEFAULT_TIME_SCALE, max_queued: int = DEFAULT_MAX_QUEUED,
+                  slo_scale: float = DEFAULT_SLO_SCALE,
                   strict: bool = False, threads: int = 1, backend: str = "local",
                   ray_address: str | None = None, inject_oom: str | None = None, record: bool = True,
                   keep_ended: int = 10_000, log_reports: bool = False,

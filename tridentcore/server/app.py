@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
+from ..bench.provenance import provenance
 from ..runtime.build import Runtime
 from .errors import BodyLimit, install_error_handlers
 from .jobs import ENDED, Job, Jobs
@@ -67,7 +68,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
             await engine.shutdown(config.drain_timeout_s)
             if config.db:
                 try:
-                    run_id = engine.write_store(config.db, config.run_id)
+                    run_id = engine.write_store(config.db, config.run_id, provenance=provenance())
                     logger.warning("wrote run %s to %s", run_id, config.db)
                 except Exception:  # noqa: BLE001 - report, never hide a lost run
                     logger.exception("could not write the run to %s", config.db)

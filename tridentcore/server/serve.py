@@ -10,9 +10,13 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.defaults import (DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE,
+                             DEFAULT_TIME_SCALE)
+from ..core.types import Shape
 from ..runtime.build import SetupError, build_runtime
 from .app import ServerConfig, create_app, is_loopback
 
@@ -22,17 +26,17 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServeOptions:
     models: str
-    devices: str = "cpu:2"
-    policy: str = "trident"
+    devices: str = DEFAULT_SERVE_DEVICES
+    policy: str = DEFAULT_POLICY
     host: str = "127.0.0.1"
     port: int = 8000
     db: str | None = None
     run_id: str | None = None
     keep_ended: int = 10_000
-    time_scale: float = 1.0
+    time_scale: float = DEFAULT_TIME_SCALE
     profile: str | None = None
-    max_queued: int = 256
-    slo_scale: float = 3.0
+    max_queued: int = DEFAULT_MAX_QUEUED
+    slo_scale: float = DEFAULT_SLO_SCALE
     api_key: str | None = None
     drain_timeout_s: float = 30.0
     max_body_bytes: int = 1 << 20
@@ -41,6 +45,9 @@ class ServeOptions:
     backend: str = "local"  # local | ray
     ray_address: str | None = None
     inject_oom: str | None = None  # testing aid: "decode:1" fails the first decode out of memory
+    # the workload the policy plans its initial placement for (``bench.scenario.planned_workload``
+    # of the run spec); None: the served models, evenly
+    expected: Mapping[tuple[str, Shape], float] | None = None
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -91,7 +98,7 @@ def run_server(opts: ServeOptions) -> None:
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom,
-                            record=bool(opts.db), keep_ended=opts.keep_ended)
+                            record=bool(opts.db), keep_ended=opts.keep_ended, expected=opts.expected)
     app = create_app(runtime, ServerConfig(api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
                                            run_id=opts.run_id, drain_timeout_s=opts.drain_timeout_s))
     try:

@@ -1,7 +1,7 @@
 """What a request sequence asks of a cluster: counts, rate and offered load in GPU-seconds per second.
 
 Each request is costed at its most GPU-efficient degree, as the capacity ceiling of
-:func:`tridentcore.sim.bench.capacity_rps` does: encode (1 GPU) + min over degrees ``d`` of
+:func:`tridentcore.bench.scenario.capacity_rps` does: encode (1 GPU) + min over degrees ``d`` of
 ``d x steps x step(d)`` + decode (1 GPU), batch 1, degrees 1, 2, 4, 8 up to a node's GPU count. The
 offered load is the arrival rate times the mean of that cost; the cluster's capacity is its GPU
 count (GPU-seconds per second). An offered load above capacity means queues grow without bound

@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from tridentcore.bench.spec import RunSpec
 from tridentcore.core.policy import split_specs
+from tridentcore.formats.mixes import list_mixes
 from tridentcore.profiles import shipped_profiles
-from tridentcore.sim.bench import Scenario
 from workbench import data, figures, live_bench
-from workloads.mixes import list_mixes
 
 UPLOAD_PROFILE = "upload a CSV…"
 ARRIVALS = ("poisson", "gamma", "constant", "bursts")
@@ -21,11 +21,11 @@ st.caption("Pipeline-level serving (the whole pipeline on fixed GPUs) against st
 
 
 
-def show_live(scenario: Scenario, policies: list[str], rates: list, sweep: bool, devices: str, time_scale: float,
+def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, devices: str, time_scale: float,
               db: str) -> None:
     """Compare's live mode: run the policies through `trident bench --backend live`'s library and
     show the stored runs (KPI cards and latency CDF from the results store)."""
-    from tridentcore.live_bench import LiveBenchError
+    from tridentcore.bench.live import LiveBenchError
 
     st.caption("Live: each policy on a real `trident serve` driven by Locust (child processes on 127.0.0.1) with the "
                "simulator's requests for the same seed, stored as runs (see **Runs** to diff them).")
@@ -95,7 +95,7 @@ with st.sidebar:
     elif source == "mix file (YAML)":
         up = st.file_uploader("Mix YAML", type=["yaml", "yml"], key="cmp_mix_file")
         if up is None:
-            problems.append("upload a mix YAML file (the format of workloads/mixes/*.yaml)")
+            problems.append("upload a mix YAML file (the format of tridentcore/formats/data/mixes/*.yaml)")
         else:
             mix = data.save_upload(up.getvalue(), Path(up.name).suffix or ".yaml")
     else:
@@ -174,7 +174,7 @@ for p in problems:
 if problems:
     st.stop()
 
-scenario = Scenario(profile=profile, cluster=cluster, mix=mix, trace=trace, trace_model=trace_model, arrival=arrival,
+scenario = RunSpec(profile=profile, cluster=cluster, mix=mix, trace=trace, trace_model=trace_model, arrival=arrival,
                     duration_s=float(duration), slo_scale=float(slo_scale), seed=int(seed))
 invalid = data.validate_comparison(scenario, policies, rates)
 if invalid:

@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from tridentcore.core.defaults import DEFAULT_PROFILE
 from tridentcore.profiles import ProfileError, load_profile, parse_profile, shipped_profiles
 from workbench import data, figures
 
@@ -13,7 +14,7 @@ st.caption("What the cost model knows: each stage's latency and memory as the ou
            "exploits.")
 
 names = list(shipped_profiles())
-choice = st.selectbox("Profile", names + [UPLOAD], index=names.index("h200") if "h200" in names else 0, key="prof_choice")
+choice = st.selectbox("Profile", names + [UPLOAD], index=names.index(DEFAULT_PROFILE) if DEFAULT_PROFILE in names else 0, key="prof_choice")
 try:
     if choice == UPLOAD:
         up = st.file_uploader("Profile CSV (columns of tridentcore/profiles/data/*.csv)", type=["csv"], key="prof_file")

@@ -142,7 +142,7 @@ def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[Prof
     """Measure every point of ``spec`` and return profile rows (CSV format of shared/profiles)."""
     from tqdm import tqdm
 
-    from ..pipelines import MODELS, load_pipeline
+    from . import MODELS, load_pipeline
 
     pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype)
     info = MODELS.get(spec.model)

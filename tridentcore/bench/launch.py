@@ -1,4 +1,5 @@
-"""Start ``trident serve`` as a child process on a free port and stop it again (tests, benchmarks).
+"""Start ``trident serve`` as a child process on a free port and stop it again (live benches, tests,
+benchmarks). It runs the server by command (``python -m tridentcore.cli serve``), never imports it.
 
 The child binds port 0 and writes the port it got to a file once it is ready, so nothing is parsed
 from its output. :meth:`ServerProcess.stop` sends SIGTERM (the server drains and writes its store)

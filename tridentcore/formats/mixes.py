@@ -1,4 +1,4 @@
-"""Named mixes (``workloads/mixes/*.yaml``) and cluster files: reading them from disk.
+"""Named mixes (``tridentcore/formats/data/mixes/*.yaml``) and cluster files: reading them from disk.
 
 The parsing and validation are pure and live in ``tridentcore.core`` (:func:`mix_from_dict`,
 :func:`cluster_from_dict`, :func:`parse_cluster`); this module only finds and reads the files.
@@ -19,17 +19,18 @@ from tridentcore.core.workload import Mix, WorkloadError, mix_from_dict
 
 __all__ = ["list_mixes", "load_cluster", "load_mix", "mix_path"]
 
-_PACKAGE = "workloads"
+_PACKAGE = "tridentcore.formats"
+_DATA_DIR = "data"
 _MIX_DIR = "mixes"
 _YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def _mix_dir():  # -> importlib.resources.abc.Traversable
-    return resources.files(_PACKAGE).joinpath(_MIX_DIR)
+    return resources.files(_PACKAGE).joinpath(_DATA_DIR, _MIX_DIR)
 
 
 def list_mixes() -> tuple[str, ...]:
-    """Names of the shipped mixes (``workloads/mixes/NAME.yaml``)."""
+    """Names of the shipped mixes (``tridentcore/formats/data/mixes/NAME.yaml``)."""
     names = [
         entry.name.rsplit(".", 1)[0]
         for entry in _mix_dir().iterdir()
@@ -40,7 +41,7 @@ def list_mixes() -> tuple[str, ...]:
 
 def mix_path(name: str) -> str:
     """Where a shipped mix lives (for messages and the results store's config)."""
-    return f"workloads/mixes/{name}.yaml"
+    return f"tridentcore/formats/data/mixes/{name}.yaml"
 
 
 def _looks_like_path(text: str) -> bool:

@@ -1,9 +1,10 @@
-"""Simulated comparisons: one scenario, several policies; rate sweeps; goodput by bisection.
+"""Simulated comparisons: one workload, several policies; rate sweeps; goodput by bisection.
 
-A :class:`Scenario` names everything but the rate and the policy (profile, cluster, workload, SLO
-scale, seed). The request sequence for a rate comes from common random numbers: the same seed gives
-the same requests at every rate, only compressed in time, so attainment differences across rates
-and policies are not noise from different draws.
+A :class:`~tridentcore.bench.spec.RunSpec` (``Scenario`` is its old name) names the profile,
+cluster, workload, SLO scale and seed; :func:`load_scenario` loads and validates its inputs once.
+The request sequence for a rate comes from common random numbers: the same seed gives the same
+requests at every rate, only compressed in time, so attainment differences across rates and
+policies are not noise from different draws.
 
 Goodput is the highest rate whose overall SLO attainment is >= target; fair goodput the highest
 rate at which *every* request class (model and shape) attains >= target. Both are found by
@@ -15,49 +16,45 @@ from __future__ import annotations
 
 import json
 import math
-import platform
-import subprocess
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
+from ..core.defaults import DEFAULT_TARGET
+from ..core.driver import expected_mix
 from ..core.metrics import attainment_by_class, min_class_attainment, summarize
 from ..core.policy import make_policy
 from ..core.records import RunMeta
+from ..core.types import Shape
 from ..core.workload import Mix, RequestSpec, generate_requests, make_slo_fn
-from .engine import SimResult, simulate
+from ..sim.engine import SimResult, simulate
+from .provenance import git_sha, hardware, package_versions
+from .spec import RunSpec, RunSpecError
 
+__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "evaluate", "finite", "load_scenario",
+           "run_meta", "run_one", "schedule_requests", "sweep_goodput"]
 
-@dataclass(frozen=True)
-class Scenario:
-    profile: str = "h200"
-    cluster: str = "2x8xH200"
-    mix: str | None = "image-video"
-    trace: str | None = None
-    trace_model: str | None = None
-    arrival: str = "poisson"
-    duration_s: float = 1800.0
-    slo_scale: float = 3.0
-    seed: int = 0
-
-    @property
-    def workload_label(self) -> str:
-        return self.mix if self.trace is None else f"trace:{Path(self.trace).name}"
+Scenario = RunSpec  # the name this module's callers used before the one run spec (issue 10)
 
 
 @dataclass
 class Loaded:
     """A scenario's inputs, loaded and validated once."""
 
-    scenario: Scenario
+    scenario: RunSpec
     cost: CostModel
     cluster: ClusterSpec
     mix: Mix | None
     trace_requests: list[RequestSpec] | None
     gpu_kind: str
     _cache: dict = field(default_factory=dict)
+
+    def expected(self) -> dict[tuple[str, Shape], float] | None:
+        """What the policy plans its initial placement for (:func:`planned_workload`, read once)."""
+        if "expected" not in self._cache:
+            self._cache["expected"] = planned_workload(self.scenario)
+        return self._cache["expected"]
 
     def requests(self, rate: float | None) -> list[RequestSpec]:
         if self.trace_requests is not None:
@@ -70,14 +67,27 @@ class Loaded:
             self._cache[key] = generate_requests(self.mix, self.scenario.arrival, rate, self.scenario.duration_s,
                                                  self.scenario.seed, slo)
             if len(self._cache) > 64:
-                self._cache.pop(next(iter(self._cache)))
+                self._cache.pop(next(k for k in self._cache if k != "expected"))
         return self._cache[key]
 
 
-def load_scenario(sc: Scenario) -> Loaded:
-    from workloads.mixes import load_cluster, load_mix
-    from workloads.traces import read_trace, requests_from_trace
+def planned_workload(spec: RunSpec) -> dict[tuple[str, Shape], float] | None:
+    """``policy.start``'s input for a run of ``spec``, the same simulated (:meth:`Loaded.expected`)
+    and live (``trident serve --spec``): the mix's classes at their weights, or one per request of
+    the trace; None without a workload."""
+    from ..formats.mixes import load_mix
+    from ..formats.traces import read_trace
 
+    if spec.trace is not None:
+        return expected_mix((e.model, e.shape, 1.0) for e in read_trace(spec.trace, default_model=spec.trace_model))
+    if spec.mix is not None:
+        return expected_mix((c.model, c.shape, c.weight) for c in load_mix(spec.mix).classes)
+    return None
+
+
+def load_scenario(sc: RunSpec) -> Loaded:
+    from ..formats.mixes import load_cluster, load_mix
+    from ..formats.traces import read_trace, requests_from_trace
     from ..profiles import load_profile
 
     cost = load_profile(sc.profile).cost_model()
@@ -104,6 +114,17 @@ def load_scenario(sc: Scenario) -> Loaded:
     return Loaded(sc, cost, cluster, mix, trace, gpu_kind)
 
 
+def schedule_requests(spec: RunSpec) -> list[RequestSpec]:
+    """The requests of ``spec`` in arrival order (a mix at ``spec.rate``, or the trace), exactly as the
+    simulator draws them; :class:`RunSpecError` lists every problem (``--option: message``)."""
+    spec.check()
+    try:
+        return load_scenario(spec).requests(None if spec.trace else spec.rate)
+    except (ValueError, LookupError, OSError) as exc:
+        option = "--arrival" if spec.trace else "--mix/--profile/--cluster"
+        raise RunSpecError([f"{option}: {' '.join(str(exc).split())}"]) from None
+
+
 def _check_class(cost: CostModel, kind: str, model: str, shape) -> list[str]:
     try:
         cost.latency_s(model, "encode", None, 1, 1, kind)
@@ -117,7 +138,7 @@ def _check_class(cost: CostModel, kind: str, model: str, shape) -> list[str]:
 def run_one(loaded: Loaded, policy_spec: str, rate: float | None, *, record: bool = True) -> SimResult:
     policy = make_policy(policy_spec)
     return simulate(loaded.cluster, loaded.cost, policy, loaded.requests(rate), gpu_kind=loaded.gpu_kind,
-                    record=record)
+                    record=record, expected=loaded.expected())
 
 
 def capacity_rps(loaded: Loaded) -> float:
@@ -181,7 +202,7 @@ class Goodput:
     points: list[RatePoint]
 
 
-def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = 0.9, *, rel_tol: float = 0.01,
+def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARGET, *, rel_tol: float = 0.01,
                   max_iter: int = 14, cap: float | None = None) -> Goodput:
     cap = capacity_rps(loaded) if cap is None else cap
     cache: dict[float, RatePoint] = {}
@@ -199,48 +220,14 @@ def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = 0.9, *, rel_
     return Goodput(policy_spec, overall, fair, sorted(cache.values(), key=lambda p: p.rate))
 
 
-# ------------------------------------------------------------------------------------ reproducibility
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def package_versions(names: Sequence[str] = ("tridentserve", "duckdb", "numpy", "scipy", "torch", "diffusers")) -> dict:
-    from importlib import metadata
-
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def hardware() -> dict:
-    import os
-
-    info = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "system": platform.system()}
-    try:
-        with open("/proc/meminfo") as f:
-            info["mem_total_kib"] = int(f.readline().split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return info
-
-
+# ------------------------------------------------------------------------------------ stored runs
 def run_meta(run_id: str, loaded: Loaded, policy_spec: str, rate: float | None, result: SimResult, backend: str = "sim") -> RunMeta:
     sc = loaded.scenario
     return RunMeta(
         run_id=run_id, backend=backend, policy=policy_spec, seed=sc.seed, profile=sc.profile,
         cluster=loaded.cluster.label, mix=sc.workload_label, rate_rps=float(rate or 0.0),
         duration_s=sc.duration_s, slo_scale=sc.slo_scale,
-        config_json=json.dumps({**asdict(sc), "rate": rate, "policy": policy_spec}, sort_keys=True),
+        config_json=json.dumps(sc.replace(rate=rate, policies=(policy_spec,)).config(), sort_keys=True, default=str),
         git_sha=git_sha(), packages_json=json.dumps(package_versions(), sort_keys=True),
         hardware_json=json.dumps(hardware(), sort_keys=True), wall_s=result.wall_s,
     )

@@ -7,8 +7,8 @@ and returns plain data (dicts of Python values, ``None`` for SQL NULL); the ``tr
 
 A run is named by its full id or by a prefix that matches exactly one stored id.
 
-Repeating a run rebuilds its :class:`~tridentcore.sim.bench.Scenario`, rate and policy from the
-``config_json`` it was stored with and simulates it again; the simulator is deterministic, so the
+Repeating a run rebuilds its :class:`~tridentcore.bench.spec.RunSpec` (rate and policy included) from
+the ``config_json`` it was stored with and simulates it again; the simulator is deterministic, so the
 new run's rows and summary equal the old ones unless the code (``git_sha``) changed in between.
 """
 
@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ..core.errors import TridentError
 from ..store import ResultsStore, UnknownRunError, new_run_id, open_readonly
 from ..store.schema import STAGE_ORDER_SQL
-from .bench import Loaded, Scenario, load_scenario, run_meta, run_one
+from .scenario import Loaded, load_scenario, run_meta, run_one
+from .spec import RunSpec, RunSpecError
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -172,22 +173,34 @@ def diff_runs(db: str | os.PathLike[str], run_a: str, run_b: str) -> RunDiff:
 
 
 # ------------------------------------------------------------------------------ running and repeating
-_SCENARIO_FIELDS = tuple(f.name for f in dataclasses.fields(Scenario))
+_REQUIRED = ("profile", "cluster", "mix", "arrival", "duration_s", "slo_scale", "seed", "rate")
 
 
-def scenario_from_config(config_json: str, *, origin: str = "config") -> tuple[Scenario, str, float | None]:
-    """The scenario, policy spec and rate a sim run's ``config_json`` (``bench.run_meta``) holds."""
+def scenario_from_config(config_json: str, *, origin: str = "config") -> tuple[RunSpec, str, float | None]:
+    """The spec, policy spec and rate a sim run's ``config_json`` (``run_meta``) holds.
+
+    Reads the configs of runs stored before the one run spec too (``policy`` instead of
+    ``policies``); the rate is ``None`` for a trace."""
     try:
         config = json.loads(config_json)
     except json.JSONDecodeError as exc:
         raise RunConfigError(f"{origin}: config_json is not valid JSON ({exc.msg})") from None
     if not isinstance(config, Mapping):
         raise RunConfigError(f"{origin}: config_json is not a JSON object")
-    missing = [k for k in (*_SCENARIO_FIELDS, "policy", "rate") if k not in config]
+    missing = [k for k in _REQUIRED if k not in config]
+    if not config.get("policy") and not config.get("policies"):
+        missing.append("policy")
     if missing:
         raise RunConfigError(f"{origin}: config_json lacks {', '.join(missing)}; it cannot be run again")
-    scenario = Scenario(**{k: config[k] for k in _SCENARIO_FIELDS})
-    return scenario, config["policy"], config["rate"]
+    from .spec_schema import validate_spec
+
+    try:
+        spec = validate_spec(config)
+    except RunSpecError as exc:
+        raise RunConfigError(f"{origin}: config_json: {exc}") from None
+    if len(spec.policies) != 1:
+        raise RunConfigError(f"{origin}: config_json names {len(spec.policies)} policies; a run has one")
+    return spec, spec.policies[0], config["rate"]
 
 
 def run_and_store(loaded: Loaded, policy_spec: str, rate: float | None, db: str | os.PathLike[str], *,

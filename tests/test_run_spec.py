@@ -1,0 +1,97 @@
+"""The one run spec: its JSON (the stored config), older stored configs, validation at the edge,
+the defaults declared once, and ``trident serve --spec``."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from tridentcore.bench.spec import RunSpec, RunSpecError, read_spec_file, write_spec_file
+from tridentcore.bench.spec_schema import load_spec, validate_spec
+from tridentcore.core import defaults
+
+
+def test_json_round_trip():
+    spec = RunSpec(mix="sd3-mixed", arrival="gamma:cv=2", rate=2.5, duration_s=90, seed=4, slo_scale=2.0,
+                   policies=("trident", "pipeline-dynamic"), backend="live", devices="emulated:8xH200", time_scale=0.1)
+    config = json.loads(spec.to_json(bench="b1"))
+    assert config["bench"] == "b1" and config["policies"] == ["trident", "pipeline-dynamic"]
+    assert RunSpec.from_config(config) == spec
+    assert validate_spec(config) == spec
+
+
+def test_one_policy_is_also_stored_as_policy():
+    config = RunSpec(policies=("trident",)).config()
+    assert config["policy"] == "trident" and config["arrival_spec"] == "poisson"
+
+
+def test_configs_stored_before_the_spec_still_read():
+    sim = {"profile": "h200", "cluster": "2x8xH200", "mix": "image-video", "trace": None, "trace_model": None,
+           "arrival": "poisson", "duration_s": 60.0, "slo_scale": 3.0, "seed": 1, "rate": 0.5, "policy": "trident",
+           "bench": "x"}
+    spec = validate_spec(sim)
+    assert spec.policies == ("trident",) and spec.rate == 0.5 and spec.backend == "sim"
+    live = {**sim, "mix": None, "arrival_spec": "trace:t.jsonl", "backend": "live", "devices": "emulated:8xH200",
+            "time_scale": 0.05, "rate": None, "max_queued": 100000}
+    spec = RunSpec.from_config(live)
+    assert spec.trace == "t.jsonl" and spec.mix is None and spec.devices == "emulated:8xH200"
+    assert spec.arrival_spec == "trace:t.jsonl"
+
+
+def test_validation_collects_every_problem():
+    with pytest.raises(RunSpecError) as err:
+        validate_spec({"rate": -1, "slo_scale": 0, "time_scale": 0, "backend": "gpu", "arrival": "weibull"})
+    text = str(err.value)
+    for needle in ("--rate", "--slo-scale", "--time-scale", "--backend", "--arrival"):
+        assert needle in text, needle
+    assert len(err.value.problems) == 5
+    with pytest.raises(RunSpecError, match="--seed"):
+        validate_spec({"seed": "not a number"})
+
+
+def test_spec_files(tmp_path):
+    path = write_spec_file(RunSpec(mix="video-wan", seed=3), tmp_path / "spec.json")
+    assert read_spec_file(path) == load_spec(path) == RunSpec(mix="video-wan", seed=3)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(RunSpecError, match="JSON object"):
+        read_spec_file(tmp_path / "bad.json")
+    with pytest.raises(RunSpecError, match="cannot read"):
+        read_spec_file(tmp_path / "missing.json")
+
+
+def test_defaults_are_declared_once():
+    spec = RunSpec()
+    assert (spec.profile, spec.cluster, spec.mix, spec.slo_scale) == (
+        defaults.DEFAULT_PROFILE, defaults.DEFAULT_CLUSTER, defaults.DEFAULT_MIX, defaults.DEFAULT_SLO_SCALE)
+    assert defaults.DEFAULT_SLO_SCALE == 3.0 and defaults.DEFAULT_CLUSTER == "2x8xH200"
+    assert defaults.DEFAULT_MIX == "image-video"
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback only
+        return json.loads(resp.read())
+
+
+def test_serve_reads_a_spec_file_and_flags_win(tmp_path):
+    from tridentcore.bench.launch import start_server
+
+    spec = RunSpec(mix="image-video", policies=("pipeline-dynamic",), backend="live", devices="emulated:8xH200",
+                   time_scale=0.05, slo_scale=2.0)
+    path = write_spec_file(spec, tmp_path / "spec.json")
+    server = start_server(["--spec", str(path)])
+    try:
+        cluster = _get(f"{server.url}/v1/cluster")
+        assert cluster["policy"] == "pipeline-dynamic" and cluster["time_scale"] == 0.05
+        assert cluster["profile"] == spec.profile
+        models = {m["id"] for m in _get(f"{server.url}/v1/models")["data"]}
+        assert models == {"sd3-medium", "wan2.1-1.3b"}  # the mix's models
+    finally:
+        server.stop()
+    server = start_server(["--spec", str(path), "--policy", "trident", "--models", "sd3-medium"])
+    try:
+        assert _get(f"{server.url}/v1/cluster")["policy"] == "trident"
+        assert {m["id"] for m in _get(f"{server.url}/v1/models")["data"]} == {"sd3-medium"}
+    finally:
+        server.stop()

@@ -1,0 +1,42 @@
+"""Insert a Locust run's client rows (JSON lines) into a results store's ``client_requests``.
+
+    python -m tridentcore.bench.client_rows --db results/trident.duckdb --run-id RUN ROWS.jsonl
+
+The Locust file (``workloads/mixed.py --db``) runs this as a short child process, so the store's
+duckdb never enters the gevent-patched Locust process. Prints one line; exit status 2 on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def insert_client_rows(db: str, run_id: str, rows_file: str) -> int:
+    """Write the rows of ``rows_file`` under ``run_id`` (one transaction); returns how many."""
+    from ..store import ResultsStore
+
+    text = Path(rows_file).read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return ResultsStore(db).write_client_requests(run_id, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tridentcore.bench.client_rows", description=__doc__.split("\n")[0])
+    parser.add_argument("--db", required=True, help="DuckDB results file")
+    parser.add_argument("--run-id", required=True, help="Run id of the rows")
+    parser.add_argument("rows", help="JSON-lines file of client rows")
+    args = parser.parse_args(argv)
+    try:
+        n = insert_client_rows(args.db, args.run_id, args.rows)
+    except Exception as exc:  # noqa: BLE001 - one line for the Locust file's report
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} client_requests rows of run {args.run_id} to {args.db}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""Live benches: each policy on a real ``trident serve`` driven by Locust, one stored run per policy.
+
+For every policy, :meth:`LiveBench.run`
+
+1. writes the run spec (:class:`~tridentcore.bench.spec.RunSpec`, the policy its one policy) to a
+   file both children read (``--spec FILE``: no settings as argv strings);
+2. starts ``trident serve`` (a child process, loopback, a free port; ``--db`` a private temporary
+   file) and waits for ``GET /healthz``;
+3. runs Locust headless (a child process: its gevent patching must not share a process with
+   anything else) on ``workloads/mixed.py``, so the requests and their send times are the
+   simulator's for the same seed (:func:`~tridentcore.bench.scenario.schedule_requests`); it writes
+   its client rows as JSON lines;
+4. asks the server which engine request each API job became (``GET /v1/requests``), stops the
+   server by its PID (SIGTERM: it drains and writes its rows) and reads the rows it wrote;
+5. writes the run in **one transaction** to the results store: a ``runs`` row with what
+   reproduces it (the run spec as ``config_json``, git commit, package versions, hardware), the
+   server's ``requests``/``stage_spans``/``placements``/``gpu_samples`` and the client's
+   ``client_requests``, all under one run id.
+
+Request ids of a stored live run are the schedule's indices (the simulator's request ids for the
+same seed), so a live and a simulated run of one schedule join on ``request_id``;
+``client_requests.server_request_id`` keeps the engine's own id. A request the server accepted
+but the client never learned the id of (only in an interrupted run) keeps
+``UNMAPPED_ID_BASE + engine id``.
+
+Ctrl-C stops Locust and the server (the context managers of :mod:`.live_procs`: only the
+processes started here, by PID), stores what both had written with status ``interrupted`` in one
+transaction and raises :class:`LiveBenchInterrupted` (a ``KeyboardInterrupt``) whose ``partial``
+is that stored run (``None`` when nothing could be stored).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.defaults import DEFAULT_LIVE_DEVICES
+from ..core.metrics import quantile
+from ..core.records import RunMeta
+from . import live_procs as procs
+from .spec import RunSpec
+
+__all__ = ["LiveBench", "LiveBenchError", "LiveBenchInterrupted", "LiveBenchSpec", "LiveOptions", "LiveRun",
+           "UNMAPPED_ID_BASE", "cluster_of_devices", "run_policy", "served_models", "spec_from_config"]
+
+UNMAPPED_ID_BASE = 1_000_000_000
+
+Progress = Callable[[str, int, int], None]  # (phase, finished, scheduled)
+
+
+class LiveBenchError(RuntimeError):
+    """A live bench that could not run (a child process failed); the message says which and why."""
+
+
+def cluster_of_devices(devices: str) -> str | None:
+    """The emulated part of ``--devices`` as a cluster (``cpu:1,emulated:2x8xH200`` -> ``2x8xH200``)."""
+    for part in devices.split(","):
+        kind, _, rest = part.strip().partition(":")
+        if kind.strip().lower() == "emulated" and rest.strip():
+            return rest.strip()
+    return None
+
+
+def served_models(devices: str, workload: set[str], extra: Sequence[str] = ()) -> tuple[str, ...]:
+    """The workload's models plus ``extra``; with a ``cpu:N`` part in ``devices`` and no ``extra``,
+    also ``tiny-sd3`` (a mixed server refuses a device kind that serves no model, and the profile
+    models run on the emulated GPUs only)."""
+    kinds = {part.strip().partition(":")[0].strip().lower() for part in devices.split(",")}
+    add = set(extra) or ({"tiny-sd3"} if "cpu" in kinds and len(kinds) > 1 else set())
+    return tuple(sorted(set(workload) | add))
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    """The live harness's own knobs (everything else is the run spec)."""
+
+    models: tuple[str, ...] = ()  # models served besides the workload's (see served_models)
+    max_queued: int = 100_000  # the simulator has no admission queue bound: keep 429s out of comparisons
+    users: int = 1  # Locust users: the pool that carries requests (one is enough, see workloads/mixed.py)
+    answer_timeout_s: float | None = None  # wall seconds after the last send to wait for answers (None: auto)
+    startup_timeout_s: float = 180.0
+    drain_timeout_s: float = 30.0  # the server's drain at stop
+
+
+@dataclass(frozen=True)
+class LiveBenchSpec:
+    """A live bench: the run spec (backend ``live``, its devices and time scale) and the harness's options."""
+
+    run: RunSpec
+    options: LiveOptions = LiveOptions()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run", self.run.replace(backend="live", devices=self.run.devices or DEFAULT_LIVE_DEVICES))
+
+    @property
+    def devices(self) -> str:
+        return self.run.devices or DEFAULT_LIVE_DEVICES
+
+    def config(self, **extra: Any) -> dict:
+        """The resolved configuration stored with each run (enough to run it again)."""
+        opts = dataclasses.asdict(self.options)
+        opts["models"] = list(self.options.models)
+        return self.run.config(**opts, **extra)
+
+
+def spec_from_config(config: Mapping[str, Any]) -> tuple[LiveBenchSpec, str]:
+    """The spec and policy a stored live run's ``config_json`` holds (:meth:`LiveBenchSpec.config`)."""
+    missing = [k for k in ("devices", "time_scale", "seed", "slo_scale", "profile", "cluster", "duration_s")
+               if k not in config]
+    if not config.get("policy") and not config.get("policies"):
+        missing.append("policy")
+    if missing:
+        raise ValueError(f"config_json lacks {', '.join(missing)}; the live run cannot be run again")
+    from .spec_schema import validate_spec
+
+    run = validate_spec(config)  # (RunSpecError is a ValueError)
+    if len(run.policies) != 1:
+        raise ValueError(f"config_json names {len(run.policies)} policies; a live run has one")
+    opts = LiveOptions(tuple(config.get("models") or ()), int(config.get("max_queued", 100_000)),
+                       int(config.get("users", 1)), config.get("answer_timeout_s"),
+                       float(config.get("startup_timeout_s", 180.0)), float(config.get("drain_timeout_s", 30.0)))
+    return LiveBenchSpec(run, opts), run.policies[0]
+
+
+@dataclass
+class LiveRun:
+    """One policy's live run, as stored."""
+
+    policy: str
+    run_id: str
+    status: str  # complete | interrupted
+    scheduled: int
+    states: dict[str, int]  # client states -> count
+    lag_p50_ms: float
+    lag_p99_ms: float
+    wall_s: float
+    server_run_id: str
+    locust_exit: int | None
+    server_exit: int | None
+    artifacts: Path | None = None  # Locust's CSV/HTML reports and both logs, when kept
+    notes: list[str] = field(default_factory=list)
+
+
+class LiveBenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a live run: ``partial`` is the run stored as ``interrupted`` (None: nothing stored)."""
+
+    def __init__(self, partial: LiveRun | None) -> None:
+        super().__init__()
+        self.partial = partial
+
+
+@dataclass
+class _Collected:
+    """What the children left: the client's rows and both exit codes."""
+
+    rows: list[dict] | None = None
+    locust_exit: int | None = None
+    server_exit: int | None = None
+    interrupted: bool = False
+    models: tuple[str, ...] = ()
+
+
+# ------------------------------------------------------------------------------ one policy
+class LiveBench:
+    """One policy's live run (see the module docstring). ``artifacts``: a folder to keep Locust's
+    CSV/HTML reports, the rows file, the spec file and both logs in (default: a temporary folder)."""
+
+    def __init__(self, spec: LiveBenchSpec, policy: str, run_id: str, db: str | os.PathLike[str], *,
+                 extra_config: Mapping[str, Any] | None = None, progress: Progress | None = None,
+                 artifacts: str | os.PathLike[str] | None = None) -> None:
+        self.spec = spec
+        self.run_spec = spec.run.replace(policies=(policy,))
+        self.policy = policy
+        self.run_id = run_id
+        self.db = db
+        self.extra_config = dict(extra_config or {})
+        self.report = progress or (lambda phase, done, total: None)
+        self.artifacts = Path(artifacts) if artifacts is not None else None
+
+    def run(self) -> LiveRun:
+        """Run, store, return the stored run; :class:`LiveBenchInterrupted` on Ctrl-C."""
+        from .scenario import schedule_requests
+        from .spec import RunSpecError
+
+        try:
+            requests = schedule_requests(self.run_spec)
+        except RunSpecError as exc:
+            raise LiveBenchError(str(exc)) from None
+        if not requests:
+            raise LiveBenchError("the schedule has no requests (rate x duration too small?)")
+        created, t0 = time.time(), time.monotonic()
+        tmp = None
+        if self.artifacts is None:
+            tmp = tempfile.TemporaryDirectory(prefix="trident-live-")
+            work = Path(tmp.name)
+        else:
+            work = self.artifacts
+            work.mkdir(parents=True, exist_ok=True)
+        try:
+            got = self._serve_and_load(work, requests)
+            result = self._store(work, got, len(requests), created, time.monotonic() - t0, tmp is None)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        if got.interrupted:
+            raise LiveBenchInterrupted(result)
+        return result
+
+    # -------------------------------------------------------------- the children
+    def _models(self, requests) -> tuple[str, ...]:
+        return served_models(self.spec.devices, {r.model for r in requests}, self.spec.options.models)
+
+    def _server_args(self, work: Path, spec_file: Path, models: Sequence[str]) -> list[str]:
+        opts = self.spec.options
+        return ["--spec", str(spec_file), "--models", ",".join(models), "--db", str(work / "server.duckdb"),
+                "--max-queued", str(opts.max_queued), "--drain-timeout", str(opts.drain_timeout_s)]
+
+    def _serve_and_load(self, work: Path, requests) -> _Collected:
+        from .spec import write_spec_file
+
+        if (work / "server.duckdb").exists():
+            raise LiveBenchError(f"{work / 'server.duckdb'} exists: give each run its own artifacts folder")
+        opts, total = self.spec.options, len(requests)
+        last_send_s = requests[-1].arrival_s * self.run_spec.time_scale
+        answer_s = opts.answer_timeout_s if opts.answer_timeout_s is not None else max(120.0, 20.0 * last_send_s)
+        run_time_s = int(math.ceil(last_send_s + answer_s + 5))
+        spec_file = write_spec_file(self.run_spec, work / "spec.json")
+        got = _Collected(models=self._models(requests))
+        stop_s = opts.drain_timeout_s + 60.0
+        self.report("starting server", 0, total)
+        try:
+            with procs.server_process(self._server_args(work, spec_file, got.models),
+                                      opts.startup_timeout_s, stop_s) as server:
+                try:
+                    self.report("load", 0, total)
+                    cmd = procs.locust_cmd(server.url, spec_file, self.run_id, work, opts.users, run_time_s)
+                    with procs.locust_process(cmd, work / "locust.log", work) as locust:
+                        while locust.poll() is None:
+                            seen = procs.read_progress(work / "progress")
+                            if seen is not None:
+                                self.report("load", seen[0], seen[2])
+                            time.sleep(0.25)
+                        got.locust_exit = locust.returncode
+                    got.rows = procs.read_rows(work / "rows.jsonl")
+                    if got.rows is None:
+                        raise LiveBenchError(f"Locust (exit {got.locust_exit}) wrote no rows:\n"
+                                             f"{procs.tail(work / 'locust.log')}")
+                    self.report("collecting", len(got.rows), total)
+                    procs.engine_ids(server.url, got.rows)
+                except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
+                    got.interrupted = True
+                    with procs.no_sigint():
+                        got.rows = procs.read_rows(work / "rows.jsonl")
+                        if got.rows is not None and server.proc.poll() is None:
+                            try:
+                                procs.engine_ids(server.url, got.rows)
+                            except (OSError, ValueError):
+                                pass
+                # stop the server: it drains and writes its rows to its own store
+                self.report("stopping server", len(got.rows or ()), total)
+                with procs.no_sigint() if got.interrupted else _nothing():
+                    got.server_exit = server.stop(stop_s)
+                    (work / "server.log").write_text(server.log())
+        except procs.ChildError as exc:
+            raise LiveBenchError(str(exc)) from None
+        return got
+
+    # -------------------------------------------------------------- the store
+    def _store(self, work: Path, got: _Collected, scheduled: int, created: float, wall_s: float,
+               kept: bool) -> LiveRun | None:
+        from ..store import ResultsStore, read_run_tables
+
+        server_db = work / "server.duckdb"
+        if not server_db.exists():
+            if got.interrupted:
+                return None
+            raise LiveBenchError(f"trident serve (exit {got.server_exit}) wrote no rows to its store:\n"
+                                 f"{procs.tail(work / 'server.log')}")
+        ids = _run_ids(server_db)
+        if len(ids) != 1:
+            raise LiveBenchError(f"trident serve wrote {len(ids)} runs to {server_db}; expected one")
+        server_meta, tables = read_run_tables(server_db, ids[0])
+        rows = got.rows or []
+        notes = []
+        if not got.interrupted and len(rows) != scheduled:
+            notes.append(f"{scheduled - len(rows)} scheduled requests have no client row")
+        tables = _remap(tables, rows)
+        lags = [r["lag_ms"] for r in rows if r.get("lag_ms") is not None]
+        states: dict[str, int] = {}
+        for r in rows:
+            states[r["state"]] = states.get(r["state"], 0) + 1
+        extra = {**self.extra_config, "server_run_id": server_meta.run_id,
+                 "server_config": json.loads(server_meta.config_json), "locust_exit": got.locust_exit,
+                 "server_exit": got.server_exit, "client_states": states, "scheduled": scheduled,
+                 "served_models": list(got.models),
+                 "lag_p50_ms": _finite(quantile(lags, 0.5)), "lag_p99_ms": _finite(quantile(lags, 0.99))}
+        status = "interrupted" if got.interrupted else "complete"
+        meta = _meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
+        self.report("storing", len(rows), scheduled)
+        with procs.no_sigint():  # one transaction, not cut short
+            ResultsStore(self.db).write_run_tables(meta, {**tables, "client_requests": rows})
+        return LiveRun(self.policy, self.run_id, status, scheduled, states, quantile(lags, 0.5),
+                       quantile(lags, 0.99), wall_s, server_meta.run_id, got.locust_exit, got.server_exit,
+                       work if kept else None, notes)
+
+
+def run_policy(spec: LiveBenchSpec, policy: str, run_id: str, db: str | os.PathLike[str], *,
+               extra_config: Mapping[str, Any] | None = None, progress: Progress | None = None,
+               artifacts: str | os.PathLike[str] | None = None) -> LiveRun:
+    """``LiveBench(...).run()``: run one policy live and store it."""
+    return LiveBench(spec, policy, run_id, db, extra_config=extra_config, progress=progress,
+                     artifacts=artifacts).run()
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------ rows
+def _remap(tables: dict, rows: list[dict]) -> dict:
+    """Server tables with request ids replaced by schedule indices (see the module docstring)."""
+    import pyarrow as pa
+
+    index_of = {int(r["server_request_id"]): int(r["request_index"]) for r in rows
+                if r.get("server_request_id") is not None}
+    out = dict(tables)
+    for name in ("requests", "stage_spans"):
+        table = tables[name]
+        ids = table.column("request_id").to_pylist()
+        new = pa.array([index_of.get(i, UNMAPPED_ID_BASE + i) for i in ids], type=pa.int64())
+        out[name] = table.set_column(table.column_names.index("request_id"), "request_id", new)
+    return out
+
+
+def _meta(spec: LiveBenchSpec, policy: str, run_id: str, status: str, created: float, wall_s: float,
+          extra: dict) -> RunMeta:
+    from .provenance import LIVE_PACKAGES, git_sha, hardware, package_versions
+
+    run = spec.run.replace(policies=(policy,))
+    emulated = cluster_of_devices(spec.devices)
+    hw = {**hardware(), "devices": spec.devices, "gpus": emulated or run.cluster, "gpus_emulated": emulated is not None}
+    return RunMeta(run_id=run_id, backend="live", policy=policy, seed=run.seed, profile=run.profile,
+                   cluster=_cluster_label(run.cluster), mix=run.workload_label,
+                   rate_rps=float(run.rate if not run.trace else 0.0), duration_s=float(run.duration_s),
+                   slo_scale=float(run.slo_scale),
+                   config_json=json.dumps(LiveBenchSpec(run, spec.options).config(**extra), sort_keys=True, default=str),
+                   git_sha=git_sha(), packages_json=json.dumps(package_versions(LIVE_PACKAGES), sort_keys=True),
+                   hardware_json=json.dumps(hw, sort_keys=True), status=status, created_unix_s=created, wall_s=wall_s)
+
+
+def _cluster_label(cluster: str) -> str:
+    try:
+        from ..formats.mixes import load_cluster
+
+        return load_cluster(cluster).label
+    except (ValueError, OSError):
+        return cluster
+
+
+def _run_ids(path: Path) -> list[str]:
+    from ..store import open_readonly
+
+    con = open_readonly(path)
+    try:
+        return [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY created_unix_s").fetchall()]
+    finally:
+        con.close()
+
+
+def _finite(x: float) -> float | None:
+    return None if x is None or math.isnan(x) or math.isinf(x) else x

@@ -1,0 +1,184 @@
+"""The child processes of a live bench, as context managers: ``trident serve`` and Locust.
+
+Each context manager stops only the process it started (by its PID: SIGTERM, wait, SIGKILL past a
+timeout), also when the body raises (Ctrl-C included); the stop itself ignores SIGINT so a
+second Ctrl-C cannot leave a child running. Plus the small readers of what the children write
+(the Locust file's rows and progress files) and the HTTP calls made to the server (health, and
+which engine request each API job became).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ChildError", "locust_process", "locustfile", "no_sigint", "read_progress", "read_rows", "server_process",
+           "stop_process", "tail", "wait_healthy", "http_json", "locust_cmd", "engine_ids"]
+
+
+class ChildError(RuntimeError):
+    """A child process that could not start or did not become healthy; the message says why."""
+
+
+def locustfile() -> Path:
+    """``workloads/mixed.py`` of the installed ``workloads`` package (found, not imported)."""
+    spec = importlib.util.find_spec("workloads")
+    if spec is None or not spec.submodule_search_locations:
+        raise ChildError("the workloads package (workloads/mixed.py, the Locust file) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))).resolve() / "mixed.py"
+
+
+def http_json(url: str, timeout_s: float = 10.0) -> tuple[int, Any]:
+    """GET ``url``: (HTTP status, JSON body or None)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback URLs we built
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"null")
+        except ValueError:
+            return exc.code, None
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ChildError(f"trident serve exited ({proc.returncode}) before it was healthy")
+        try:
+            status, body = http_json(f"{url}/healthz", 5.0)
+            if status == 200 and isinstance(body, dict) and body.get("ok"):
+                return
+            last = f"HTTP {status} {body}"
+        except (OSError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise ChildError(f"trident serve at {url} not healthy after {timeout_s:.0f} s ({last})")
+
+
+class no_sigint(contextlib.AbstractContextManager):  # noqa: N801 - used like a function
+    """SIGINT ignored inside (main thread only): cleanup and the store write run to their end."""
+
+    def __enter__(self) -> None:
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+
+
+def stop_process(proc: subprocess.Popen | None, timeout_s: float) -> int | None:
+    """SIGTERM the child we started, wait; SIGKILL past the timeout. Returns its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def server_process(args: Sequence[str], startup_timeout_s: float, stop_timeout_s: float) -> Iterator[Any]:
+    """``trident serve ARGS`` on loopback and a free port, healthy; stopped (drained) on exit.
+
+    Yields the :class:`~tridentcore.bench.launch.ServerProcess`; stop it inside the block to get
+    its exit code (the exit stop is then a no-op)."""
+    from .launch import LaunchError, start_server
+
+    try:
+        server = start_server(list(args), timeout_s=startup_timeout_s)
+    except LaunchError as exc:
+        raise ChildError(str(exc)) from None
+    try:
+        wait_healthy(server.url, server.proc, startup_timeout_s)
+        yield server
+    finally:
+        with no_sigint():
+            server.stop(stop_timeout_s)  # (removes its temporary folder; a no-op when stopped)
+
+
+@contextlib.contextmanager
+def locust_process(cmd: Sequence[str], log_path: Path, cwd: Path) -> Iterator[subprocess.Popen]:
+    """Locust (``cmd``) in its own session with its output in ``log_path``; stopped on exit."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=cwd)
+    try:
+        yield proc
+    finally:
+        with no_sigint():
+            stop_process(proc, 30.0)
+
+
+def locust_cmd(url: str, spec_file: Path, run_id: str, work: Path, users: int, run_time_s: int) -> list[str]:
+    """Headless Locust on the Locust file with the run spec from ``spec_file``."""
+    return [sys.executable, "-m", "locust", "-f", str(locustfile()), "--headless", "--host", url,
+            "-u", str(users), "-r", str(max(users, 1)), "-t", f"{run_time_s}s", "--only-summary",
+            "--csv", str(work / "locust"), "--html", str(work / "locust.html"), "--loglevel", "WARNING",
+            "--spec", str(spec_file), "--run-id", run_id, "--rows-out", str(work / "rows.jsonl"),
+            "--progress-file", str(work / "progress")]
+
+
+def tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def read_progress(path: Path) -> tuple[int, int, int] | None:
+    """(finished, sent, scheduled) from the Locust file's progress file, if it wrote one."""
+    try:
+        done, sent, total = (int(x) for x in path.read_text().split())
+        return done, sent, total
+    except (OSError, ValueError):
+        return None
+
+
+def read_rows(path: Path) -> list[dict] | None:
+    """The Locust file's client rows (JSON lines), or None when it wrote none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def engine_ids(url: str, rows: list[dict]) -> None:
+    """Fill ``server_request_id`` from the server's job list (the API's job ids are not engine ids)."""
+    want = {r["server_job_id"] for r in rows if r.get("server_job_id") and r.get("server_request_id") is None}
+    if not want:
+        return
+    found: dict[str, int] = {}
+    status, body = http_json(f"{url}/v1/requests?limit=1000", 30.0)
+    if status == 200 and isinstance(body, dict):
+        for job in body.get("data") or []:
+            items = job.get("items") or []
+            if job.get("id") in want and len(items) == 1:
+                found[job["id"]] = int(items[0]["id"])
+    for job_id in sorted(want - set(found)):  # more jobs than one page holds
+        status, job = http_json(f"{url}/v1/requests/{job_id}", 10.0)
+        items = (job or {}).get("items") or [] if status == 200 else []
+        if len(items) == 1:
+            found[job_id] = int(items[0]["id"])
+    for r in rows:
+        if r.get("server_request_id") is None and r.get("server_job_id") in found:
+            r["server_request_id"] = found[r["server_job_id"]]

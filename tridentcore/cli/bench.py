@@ -1,0 +1,375 @@
+"""``trident bench``: compare policies on one workload, simulated or live; every run is stored.
+
+Library calls: ``tridentcore.bench.scenario`` and ``tridentcore.bench.runs`` (simulated runs),
+``tridentcore.bench.live`` (live runs); these functions validate, loop over the policies, handle
+Ctrl-C and format.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import typer
+
+from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_LIVE_DEVICES,
+                             DEFAULT_LIVE_TIME_SCALE, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
+                             DEFAULT_SLO_SCALE, DEFAULT_TARGET)
+from .common import (ARRIVAL_HELP, CLUSTER_HELP, DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, MIX_HELP,
+                     POLICIES_HELP, db_message, delta, fail, json_safe, load_workload, one_line, policy_specs,
+                     setup_logging, store_errors, table, value)
+
+__all__ = ["bench"]
+
+
+def _fail(text: str) -> None:
+    fail(one_line(text))
+
+
+def _dash_table(rows: list[dict], columns) -> str:
+    return table(rows, columns, none_as_dash=True)
+
+
+_BENCH_COLUMNS = ("policy", "requests", "attainment", "mean_s", "p95_s", "p99_s", "ooms", "rejected", "gpu_s_per_met")
+_REPEAT_ONLY = {"repeat", "db", "verbose"}
+
+
+def bench(
+    ctx: typer.Context,
+    backend: str = typer.Option("sim", help="sim (the simulator) or live (trident serve + Locust per policy)."),
+    policies: str = typer.Option(DEFAULT_POLICIES_TEXT, help=POLICIES_HELP),
+    mix: str = typer.Option(None, help=MIX_HELP),
+    trace: str = typer.Option(None, help="Trace file (JSON lines, or the paper's Request(...) lines) instead of a mix."),
+    model: str = typer.Option(None, help="Model the paper-format trace is for."),
+    arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
+    rate: float = typer.Option(DEFAULT_RATE, min=0.0, help="Requests per second (mixes)."),
+    duration: float = typer.Option(DEFAULT_DURATION_S, min=1.0, help="Seconds of arrivals."),
+    slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, help="Deadline = arrival + scale x reference latency."),
+    seed: int = typer.Option(DEFAULT_SEED),
+    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path."),
+    cluster: str = typer.Option(DEFAULT_CLUSTER, help=CLUSTER_HELP),
+    goodput: bool = typer.Option(False, "--goodput", help="Also bisect goodput and fair goodput per policy (mixes)."),
+    target: float = typer.Option(DEFAULT_TARGET, min=0.0, max=1.0, help="Attainment target for goodput."),
+    db: str = typer.Option(DEFAULT_DB, help="DuckDB results file every run is stored in."),
+    devices: str = typer.Option(DEFAULT_LIVE_DEVICES, help="Live: trident serve --devices (its emulated part is the "
+                                                          "cluster the SLOs and the simulator use)."),
+    time_scale: float = typer.Option(DEFAULT_LIVE_TIME_SCALE, help="Live: wall seconds per workload second (trident serve --time-scale; "
+                                                "the schedule is sent compressed by it)."),
+    keep: str = typer.Option(None, help="Live: keep Locust's CSV/HTML reports and the logs in DIR/<run_id>/."),
+    repeat: str = typer.Option(None, help="Run a stored run (sim or live) again from its config and compare; takes only --db."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
+    progress: bool = typer.Option(True, help="Progress bar on stderr."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Compare policies on one workload; every run is stored (with what reproduces it) in --db.
+
+    Prints a side-by-side table and the run ids. Ctrl-C stops: runs already stored stay, the run in progress is not written (each run is one transaction). With --repeat RUN_ID a stored sim run is simulated again and old and new summaries are printed; exit status 1 if they differ.
+
+    Live (--backend live): for each policy `trident serve --devices … --time-scale …` and Locust (workloads/mixed.py) run as child processes on loopback with the simulator's schedule for the same seed (--rate and --duration in workload seconds; the sends are compressed by --time-scale); the server's rows and the client's rows are stored as one run. Ctrl-C stops both children and stores the run in progress as interrupted. --repeat of a live run runs it live again and prints both summaries (live runs are not expected to be identical).
+    """
+    setup_logging(verbose)
+    if repeat is not None:
+        # (typer ships its own click: compare the ParameterSource by name)
+        extra = sorted(name for name in ctx.params if name not in _REPEAT_ONLY
+                       and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT")
+        if extra:
+            _fail(f"--repeat takes only --db (the run's own config is used); drop {', '.join('--' + e.replace('_', '-') for e in extra)}")
+        _repeat(repeat, db)
+        return
+    if backend == "live":
+        if goodput:
+            _fail("--goodput bisects the rate in the simulator; use it with --backend sim")
+        cluster_given = getattr(ctx.get_parameter_source("cluster"), "name", "DEFAULT") != "DEFAULT"
+        _bench_live(policies=policies, mix=mix, trace=trace, model=model, arrival=arrival, rate=rate,
+                    duration=duration, slo_scale=slo_scale, seed=seed, profile=profile,
+                    cluster=cluster if cluster_given else None, devices=devices, time_scale=time_scale, keep=keep,
+                    db=db, json_out=json_out, progress=progress)
+        return
+    if backend != "sim":
+        _fail(f"unknown backend {backend!r}; valid: sim, live")
+    if goodput and trace is not None:
+        _fail("--goodput sweeps the rate of a mix; it does not apply to a trace")
+    _bench_sim(policies=policies, mix=mix, trace=trace, model=model, arrival=arrival, rate=rate, duration=duration,
+               slo_scale=slo_scale, seed=seed, profile=profile, cluster=cluster, goodput=goodput, target=target,
+               db=db, json_out=json_out, progress=progress)
+
+
+def _policy_specs(policies: str) -> list[str]:
+    return policy_specs(policies, unique=True)
+
+
+def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scale, seed, profile, cluster, goodput,
+               target, db, json_out, progress) -> None:
+    import json
+
+    from tqdm import tqdm
+
+    from ..bench.scenario import capacity_rps, sweep_goodput
+    from ..core.policy import PolicyError
+    from ..bench.runs import resolve_run, run_and_store, summaries
+    from ..store import new_run_id
+
+    try:
+        loaded = load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed)
+        specs = _policy_specs(policies)
+        if not loaded.requests(rate):
+            _fail("the workload has no requests (rate x duration too small?)")
+    except (ValueError, LookupError, PolicyError, OSError) as exc:
+        _fail(str(exc))
+
+    bench_id = new_run_id("bench", seed)
+    run_ids = {spec: new_run_id(spec, seed) for spec in specs}
+    stored: list[str] = []
+    goodputs: dict[str, Any] = {}
+    cap = capacity_rps(loaded) if goodput else None
+    current, phase = None, "simulating"
+    bar = tqdm(specs, desc="bench", unit="policy", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    try:
+        for spec in bar:
+            current, phase = spec, "simulating"
+            bar.set_postfix_str(spec)
+            run_and_store(loaded, spec, rate, db, extra_config={"bench": bench_id}, run_id=run_ids[spec])
+            stored.append(run_ids[spec])
+            if goodput:
+                phase = "sweeping goodput for"
+                bar.set_postfix_str(f"{spec} goodput")
+                goodputs[spec] = sweep_goodput(loaded, spec, target, cap=cap)
+    except KeyboardInterrupt:
+        bar.close()
+        if current is not None and run_ids[current] not in stored:
+            try:  # an interrupt just after the commit: the run is there after all
+                resolve_run(db, run_ids[current])
+                stored.append(run_ids[current])
+            except Exception:
+                pass
+        half = "" if run_ids[current] in stored else " (its run was not stored: nothing half-written)"
+        typer.secho(f"interrupted while {phase} {current}{half}; {len(stored)} of {len(specs)} runs stored in {db}"
+                    + (": " + ", ".join(stored) if stored else ""), err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (ValueError, LookupError, PolicyError, OSError) as exc:
+        bar.close()
+        _fail(str(exc))
+    bar.close()
+
+    rows = summaries(db, stored)
+    for row in rows:
+        g = goodputs.get(row["policy"])
+        if g is not None:
+            row["goodput_rps"], row["fair_goodput_rps"] = g.goodput_rps, g.fair_goodput_rps
+    columns = _BENCH_COLUMNS[:6] + (("goodput_rps", "fair_goodput_rps") if goodput else ()) + _BENCH_COLUMNS[6:] + ("run_id",)
+    if json_out:
+        out = [json_safe({c: (math.nan if r.get(c) is None else r.get(c)) for c in columns}) for r in rows]
+        typer.echo(json.dumps(out, indent=1))
+        return
+    load = "" if trace is not None else f" at {rate:g} req/s for {duration:g} s"
+    typer.echo(f"{loaded.scenario.workload_label}{load} on {loaded.cluster.label} ({profile}), slo scale {slo_scale:g}, "
+               f"seed {seed}: {len(loaded.requests(rate))} requests")
+    if goodput:
+        typer.echo(f"capacity ceiling: {cap:.3f} req/s (every request at its most GPU-efficient degree)")
+    typer.echo(_dash_table(rows, columns))
+    typer.echo(f"stored {len(stored)} runs in {db} (bench {bench_id}); `trident runs show RUN_ID --db {db}` for details")
+
+
+_REPEAT_KEYS = ("requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms", "rejected", "failed",
+                "preemptions", "gpu_s", "gpu_s_per_met")
+
+
+def _repeat(run: str, db: str) -> None:
+    from ..core.policy import PolicyError
+    from ..bench.runs import RunConfigError, repeat_run, resolve_run
+    from ..store import query_readonly
+
+    try:
+        run_id = resolve_run(db, run)
+        stored = query_readonly(db, "SELECT backend, config_json FROM runs WHERE run_id = ?", [run_id])
+    except store_errors() as exc:
+        _fail(db_message(exc, db))
+    if stored["backend"][0] == "live":
+        config = stored["config_json"][0]
+        if '"devices"' not in config:
+            _fail(f"run {run_id!r} is a live run without a live bench's config (it was not written by "
+                  "`trident bench --backend live`); only sim runs and live bench runs can be repeated")
+        _repeat_live(run_id, config, db)
+        return
+    try:
+        rep = repeat_run(db, run)
+    except (*store_errors(), RunConfigError, ValueError, LookupError, PolicyError, OSError) as exc:
+        _fail(db_message(exc, db))
+    old, new = rep.old, rep.new
+    typer.echo(f"repeat of {rep.old_id} ({old['policy']}, {old['mix']} at {old['rate_rps']:g} req/s, seed {old['seed']})")
+    typer.echo(f"new run   {rep.new_id} stored in {db}")
+    rows = [{"metric": k, "old": value(old[k], k), "new": value(new[k], k),
+             "same": "yes" if k not in rep.differences else "NO"} for k in _REPEAT_KEYS]
+    typer.echo(_dash_table(rows, ("metric", "old", "new", "same")))
+    identical = rep.rows_identical and not rep.differences
+    if identical:
+        typer.echo("identical: every request and stage-span row equal, and the summary (SQL sums to 1e-9)")
+        return
+    code = "" if rep.old_git_sha == rep.new_git_sha else (
+        f"; the code changed since ({rep.old_git_sha[:12] or '?'} -> {rep.new_git_sha[:12] or '?'})")
+    what = ", ".join(rep.differences) or "request or stage-span rows"
+    typer.secho(f"different: {what}{code}", err=True, fg=typer.colors.YELLOW)
+    raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------ trident bench --backend live
+_LIVE_COLUMNS = ("policy", "status", "requests", "attainment", "mean_s", "p95_s", "p99_s", "ooms", "rejected",
+                 "gpu_s_per_met", "lag_p99_ms", "run_id")
+
+
+def _live_spec(*, mix, trace, model, arrival, rate, duration, slo_scale, seed, profile, cluster, devices, time_scale):
+    """The live bench's spec and its requests, validated (errors are one line)."""
+    from ..bench.live import LiveBenchSpec, cluster_of_devices
+    from ..bench.scenario import schedule_requests
+    from ..bench.spec import RunSpec, RunSpecError
+
+    if mix is not None and trace is not None:
+        _fail("give --mix or --trace, not both")
+    emulated = cluster_of_devices(devices)
+    if cluster is not None and emulated is not None and cluster != emulated:
+        _fail(f"--cluster {cluster} differs from the emulated devices {emulated} (--devices {devices}); drop --cluster")
+    cluster = cluster or emulated or DEFAULT_CLUSTER
+    if not time_scale > 0:
+        _fail("--time-scale must be > 0 for a live bench (the schedule is sent at t x time scale)")
+    run = RunSpec(profile=profile, cluster=cluster, mix=None if trace else (mix or DEFAULT_MIX), trace=trace,
+                  trace_model=model, arrival=arrival, rate=rate, duration_s=duration, seed=seed, slo_scale=slo_scale,
+                  backend="live", devices=devices, time_scale=time_scale)
+    try:
+        requests = schedule_requests(run)
+    except RunSpecError as exc:
+        _fail(str(exc))
+    if not requests:
+        _fail("the workload has no requests (rate x duration too small?)")
+    return LiveBenchSpec(run), requests
+
+
+class _LiveBar:
+    """One progress bar per policy: requests finished of those scheduled, and the phase."""
+
+    def __init__(self, enabled: bool, policy: str, total: int, index: int, count: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=f"[{index}/{count}] {policy}", unit="req", file=sys.stderr,
+                        disable=not enabled, dynamic_ncols=True, leave=True)
+        self.phase = ""
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if total and total != self.bar.total:
+            self.bar.total = total
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        if phase != self.phase:
+            self.phase = phase
+            self.bar.set_postfix_str(phase)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, progress: bool,
+              extra_config: dict, total: int) -> tuple[list, list[str]]:
+    """Run each policy live; returns (LiveRun results, stored run ids). Ctrl-C: see bench's help."""
+    from pathlib import Path
+
+    from ..bench.live import LiveBench, LiveBenchError
+    from ..store import new_run_id
+
+    results, stored = [], []
+    for k, policy in enumerate(specs, start=1):
+        run_id = new_run_id(policy, seed)
+        bar = _LiveBar(progress, policy, total, k, len(specs))
+        try:
+            result = LiveBench(spec, policy, run_id, db, extra_config=extra_config, progress=bar,
+                               artifacts=Path(keep) / run_id if keep else None).run()
+        except KeyboardInterrupt as exc:  # LiveBenchInterrupted: the run in progress, stored as interrupted
+            bar.close()
+            partial = getattr(exc, "partial", None)
+            if partial is not None:
+                stored.append(partial.run_id)
+                what = f"run {partial.run_id} stored as interrupted"
+            else:
+                what = "its run was not stored: nothing half-written"
+            typer.secho(f"interrupted during {policy} ({what}); {len(stored)} of {len(specs)} runs stored in {db}"
+                        + (": " + ", ".join(stored) if stored else ""), err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (LiveBenchError, ValueError, OSError) as exc:
+            bar.close()
+            done = f" ({len(stored)} runs stored before it: {', '.join(stored)})" if stored else ""
+            _fail((f"live run of {policy} failed: {exc}{done}"))
+        bar.close()
+        results.append(result)
+        stored.append(result.run_id)
+    return results, stored
+
+
+def _bench_live(*, policies, mix, trace, model, arrival, rate, duration, slo_scale, seed, profile, cluster, devices,
+                time_scale, keep, db, json_out, progress) -> None:
+    from ..bench.runs import summaries
+    from ..core.policy import PolicyError
+    from ..store import new_run_id
+
+    try:
+        specs = _policy_specs(policies)
+    except (ValueError, LookupError, PolicyError) as exc:
+        _fail(str(exc))
+    spec, requests = _live_spec(mix=mix, trace=trace, model=model, arrival=arrival, rate=rate, duration=duration,
+                                slo_scale=slo_scale, seed=seed, profile=profile, cluster=cluster, devices=devices,
+                                time_scale=time_scale)
+    bench_id = new_run_id("bench-live", seed)
+    results, stored = _run_live(spec, specs, db, seed, keep, progress, {"bench": bench_id}, len(requests))
+    _print_live(results, summaries(db, stored), spec, len(requests), db, bench_id, json_out)
+
+
+def _print_live(results, rows, spec, scheduled: int, db, bench_id, json_out) -> None:
+    import json
+
+    by_id = {r.run_id: r for r in results}
+    for row in rows:
+        res = by_id[row["run_id"]]
+        row["lag_p99_ms"] = res.lag_p99_ms
+        row["client_states"] = res.states
+    if json_out:
+        out = [json_safe({c: (math.nan if r.get(c) is None else r.get(c)) for c in (*_LIVE_COLUMNS, "client_states")})
+               for r in rows]
+        typer.echo(json.dumps(out, indent=1))
+        return
+    s = spec.run
+    load = "" if s.trace else f" at {s.rate:g} req/s for {s.duration_s:g} s"
+    typer.echo(f"{s.workload_label}{load} (workload seconds; sent at x{s.time_scale:g} wall) on "
+               f"{spec.devices}, slo scale {s.slo_scale:g}, seed {s.seed}: {scheduled} requests per policy")
+    typer.echo(_dash_table(rows, _LIVE_COLUMNS))
+    for res in results:
+        odd = {k: v for k, v in res.states.items() if k not in ("done", "rejected", "failed")}
+        if odd:
+            typer.secho(f"warning: {res.policy}: client saw {odd} (not in the server's rows: attainment there "
+                        "counts only what the server accepted)", err=True, fg=typer.colors.YELLOW)
+        if not math.isnan(res.lag_p99_ms) and res.lag_p99_ms > 50:
+            typer.secho(f"warning: {res.policy}: schedule lag p99 {res.lag_p99_ms:.1f} ms > 50 ms: the load generator "
+                        "fell behind the schedule", err=True, fg=typer.colors.YELLOW)
+        for note in res.notes:
+            typer.secho(f"warning: {res.policy}: {note}", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"stored {len(rows)} runs in {db} (bench {bench_id}); `trident runs show RUN_ID --db {db}` for details")
+
+
+def _repeat_live(old_id: str, config_json: str, db: str) -> None:
+    import json
+
+    from ..bench.live import spec_from_config
+    from ..bench.runs import summaries
+    from ..bench.scenario import schedule_requests
+
+    try:
+        spec, policy = spec_from_config(json.loads(config_json))
+        total = len(schedule_requests(spec.run))
+    except (ValueError, TypeError) as exc:
+        _fail((f"run {old_id!r}: {exc}"))
+    results, stored = _run_live(spec, [policy], db, spec.run.seed, None, True, {"repeat_of": old_id}, total)
+    old, new = summaries(db, [old_id, stored[0]])
+    typer.echo(f"repeat of {old_id} (live {policy}, {old['mix']} at {old['rate_rps']:g} req/s, seed {old['seed']}, "
+               f"devices {spec.devices}, time scale {spec.run.time_scale:g})")
+    typer.echo(f"new run   {stored[0]} stored in {db}")
+    rows = [{"metric": k, "old": value(old[k], k), "new": value(new[k], k), "new - old": delta(old[k], new[k], k)}
+            for k in _REPEAT_KEYS]
+    typer.echo(_dash_table(rows, ("metric", "old", "new", "new - old")))
+    typer.echo("live runs repeat the same schedule on the wall clock: expect small differences, not identity")

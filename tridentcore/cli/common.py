@@ -1,0 +1,152 @@
+"""What the ``trident`` commands share: logging, one-line errors, tables, option help and defaults.
+
+The command modules (``models``, ``sim``, ``serve``, ``bench``, ``runs``, ``trace``) import from
+here and never from each other (``[tool.importlinter]`` checks it). Errors are one line,
+``error: …``, exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import typer
+
+from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_POLICIES
+
+__all__ = ["ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
+           "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
+           "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
+
+EXIT_INTERRUPTED = 130
+DB_HELP = "DuckDB results file."
+POLICIES_HELP = "Comma list of policy specs, options as name:key=value (pipeline-static:degree=2)."
+DEFAULT_POLICIES_TEXT = ",".join(DEFAULT_POLICIES)
+MIX_HELP = f"Named mix (flux-uniform, sd3-mixed, video-wan, image-video) or YAML (default {DEFAULT_MIX})."
+CLUSTER_HELP = "NODESxGPUSxKIND (2x8xH200), GPUSxKIND, or a YAML file."
+ARRIVAL_HELP = "poisson | gamma:cv=K | constant | bursts:size=N"
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def one_line(text: str) -> str:
+    """A multi-problem error (``origin: 3 problems:\\n  a\\n  b``) as one line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return f"{lines[0]} " + "; ".join(lines[1:])
+
+
+def fail(text: str, code: int = 2) -> None:
+    typer.secho(f"error: {text}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def quiet_libraries() -> None:
+    """transformers warns about optional image backends we never use; keep the CLI's output clean."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def message(exc: BaseException) -> str:
+    """The text of an exception (a KeyError's ``str`` would quote it)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+# ------------------------------------------------------------------------------ tables
+def fmt(v: Any, key: str) -> str:
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return "-"
+        return f"{v:.3f}" if key == "attainment" else f"{v:.2f}"
+    return str(v)
+
+
+def table(rows: list[dict], columns, *, none_as_dash: bool = False) -> str:
+    """Aligned text columns; ``none_as_dash``: None cells (SQL NULL) print as ``-`` and an empty
+    table as ``(none)``."""
+    if none_as_dash:
+        if not rows:
+            return "  (none)"
+        rows = [{c: (math.nan if r.get(c) is None else r.get(c)) for c in columns} for r in rows]
+    cells = [[fmt(r.get(c), c) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(columns, widths)))]
+    for row in cells:
+        lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def finite(x: Any) -> Any:
+    return None if isinstance(x, float) and (math.isnan(x) or math.isinf(x)) else x
+
+
+def json_safe(row: dict) -> dict:
+    return {k: finite(v) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def value(v: Any, key: str = "") -> str:
+    return "-" if v is None else fmt(v, key)
+
+
+def delta(a: Any, b: Any, key: str) -> str:
+    if a is None or b is None or isinstance(a, str):
+        return "-"
+    d = b - a
+    if isinstance(d, float) and (math.isnan(d) or math.isinf(d)):
+        return "-"
+    text = value(d, key)
+    return text if text.startswith("-") else f"+{text}"
+
+
+# ------------------------------------------------------------------------------ store errors
+def store_errors():
+    """Exceptions of a store read that become ``error: …`` lines."""
+    import duckdb
+
+    from ..store import SchemaVersionError, UnknownRunError
+
+    return (FileNotFoundError, UnknownRunError, SchemaVersionError, duckdb.Error)
+
+
+def db_message(exc: BaseException, db: str) -> str:
+    text = message(exc)
+    if isinstance(exc, FileNotFoundError) and "no results database" in text:
+        text += " (runs are written there by `trident bench --db` or `trident simulate --db`)"
+    return text
+
+
+# ------------------------------------------------------------------------------ specs
+def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed):
+    """The simulator's loaded inputs of a workload given on the command line (``--mix`` xor ``--trace``)."""
+    from ..bench.scenario import load_scenario
+    from ..bench.spec import RunSpec
+
+    if mix is None and trace is None:
+        mix = DEFAULT_MIX
+    if mix is not None and trace is not None:
+        fail("give --mix or --trace, not both")
+    spec = RunSpec(profile=profile, cluster=cluster, mix=mix if trace is None else None, trace=trace,
+                   trace_model=model, arrival=arrival, duration_s=duration, slo_scale=slo_scale, seed=seed)
+    return load_scenario(spec)
+
+
+def policy_specs(policies: str, *, unique: bool = False) -> list[str]:
+    """The policy specs of a comparison, each validated before any runs (raises ValueError/PolicyError)."""
+    from ..core.policy import make_policy, split_specs
+
+    specs = split_specs(policies)
+    if unique:
+        if not specs:
+            fail("no policies given")
+        twice = sorted({s for s in specs if specs.count(s) > 1})
+        if twice:
+            fail(f"policy given twice: {', '.join(twice)}")
+    for spec in specs:
+        make_policy(spec)
+    return specs

@@ -1,0 +1,180 @@
+"""``trident models``, ``generate``, ``profile`` and ``cost``: pipelines, stage profiles, the cost model.
+
+Heavy modules (torch, diffusers) are imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ..core.defaults import DEFAULT_PROFILE
+from .common import fail, quiet_libraries, setup_logging
+
+__all__ = ["cost", "generate", "models", "profile"]
+
+
+def models() -> None:
+    """List the built-in pipelines, one line each."""
+    from ..pipelines import MODELS
+
+    width = max(len(n) for n in MODELS)
+    for info in MODELS.values():
+        typer.echo(f"{info.name:<{width}}  {info.kind:<5}  {info.description}")
+    typer.echo(f"{'<path or hub id>':<{width}}  any    a diffusers SD3, Flux, SD/SDXL or Wan pipeline (from_pretrained)")
+
+
+def generate(
+    prompt: str = typer.Option(..., help="What to draw."),
+    out: str = typer.Option(..., help="Output file: .png/.jpg/.webp for images, .webp/.gif for video."),
+    model: str = typer.Option("tiny-sd3", help="Pipeline name (`trident models`), directory or hub id."),
+    size: str = typer.Option("256x256", help="WIDTHxHEIGHT, as in the OpenAI images API."),
+    steps: int = typer.Option(None, min=1, max=200, help="Denoising steps (default: the model's)."),
+    seed: int = typer.Option(0, help="Noise seed: the same seed gives the same bytes."),
+    frames: int = typer.Option(None, min=1, help="Frames (video models)."),
+    guidance: float = typer.Option(None, help="Guidance scale (default: the model's)."),
+    negative_prompt: str = typer.Option(None, help="Negative prompt (CFG models)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:i."),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
+    fps: int = typer.Option(8, min=1, help="Frames per second of an animation."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run encode -> diffuse -> decode for one prompt and write the image or animation."""
+    setup_logging(verbose)
+    quiet_libraries()
+    import time
+
+    from ..core.types import parse_size
+    from ..pipelines import load_pipeline
+    from ..pipelines.media import save_output
+
+    try:
+        width, height = parse_size(size)
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+        limits = pipe.limits
+        n_frames = frames or (17 if limits.video else 1)
+        problems = limits.check(height, width, n_frames)
+        if problems:
+            fail(f"{model}: " + "; ".join(problems))
+        t0 = time.perf_counter()
+        emb = pipe.encode([prompt], None if negative_prompt is None else [negative_prompt])
+        t1 = time.perf_counter()
+        latents = pipe.diffuse(emb, (height, width, n_frames), seed=seed, steps=steps, guidance=guidance)
+        t2 = time.perf_counter()
+        pixels = pipe.decode(latents)[0]
+        t3 = time.perf_counter()
+        path = save_output(pixels, out, fps=fps)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(
+        f"wrote {path} ({width}x{height}" + (f", {n_frames} frames" if limits.video else "")
+        + f") encode {1000 * (t1 - t0):.0f} ms, diffuse {1000 * (t2 - t1):.0f} ms, decode {1000 * (t3 - t2):.0f} ms"
+    )
+
+
+def profile(
+    model: str = typer.Option(..., help="Pipeline name(s), comma separated (`trident models`)."),
+    out: str = typer.Option(..., help="CSV to write (the format of shared/profiles/README.md)."),
+    device: str = typer.Option("cpu", help="cpu or cuda:i."),
+    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
+    sizes: str = typer.Option("64,128,256", help="Squares (64,128) or WIDTHxHEIGHT items."),
+    frames: str = typer.Option("5,9", help="Frame counts (video models only)."),
+    batches: str = typer.Option("1,2,4", help="Requests per call."),
+    steps: int = typer.Option(2, min=1, help="Denoising steps per timed diffuse call."),
+    repeats: int = typer.Option(5, min=1, help="Timed calls per point (the median is kept)."),
+    warmup: int = typer.Option(1, min=0, help="Untimed calls before timing."),
+    stages: str = typer.Option("encode,diffuse,decode", help="Stages to measure."),
+    append: bool = typer.Option(False, help="Keep the rows already in --out (same points are replaced)."),
+    threads: int = typer.Option(1, min=1, help="CPU threads for torch (CPU workers serve with one)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Measure encode, one diffuse step and decode (latency and peak memory) into a profile CSV."""
+    setup_logging(verbose)
+    quiet_libraries()
+    from pathlib import Path
+
+    from ..profiles.format import load_profile, save_profile
+    from ..pipelines.profiling import ProfileSpec, parse_ints, parse_sizes, run_profile
+
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        stage_list = tuple(s.strip() for s in stages.split(",") if s.strip())
+        bad = [s for s in stage_list if s not in ("encode", "diffuse", "decode")]
+        if bad:
+            fail(f"unknown stage(s) {', '.join(bad)}; valid: encode, diffuse, decode")
+        rows = []
+        for name in (m.strip() for m in model.split(",") if m.strip()):
+            spec = ProfileSpec(
+                model=name, device=device, dtype=dtype, sizes=parse_sizes(sizes),
+                frames=parse_ints(frames, "frames"), batches=parse_ints(batches, "batches"),
+                steps=steps, repeats=repeats, warmup=warmup, stages=stage_list,
+            )
+            rows += run_profile(spec, progress=True)
+        if append and Path(out).exists():
+            key = lambda r: (r.gpu, r.model, r.stage, r.height, r.width, r.frames, r.batch, r.degree)  # noqa: E731
+            fresh = {key(r) for r in rows}
+            rows = [r for r in load_profile(out).rows if key(r) not in fresh] + rows
+        save_profile(rows, out)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {len(rows)} rows to {out}")
+
+
+# ---------------------------------------------------------------------- cost (cost model lookups)
+def cost(
+    model: str = typer.Option(..., help="Model name as in the profile (sd3-medium, flux-dev, ...)."),
+    stage: str = typer.Option(..., help="encode, diffuse (one denoising step) or decode."),
+    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name (h200, cpu, ...) or a profile CSV path."),
+    size: str = typer.Option(None, help="WIDTHxHEIGHT (needed for diffuse and decode)."),
+    frames: int = typer.Option(1, help="Frames (video models); 1 for images."),
+    batch: int = typer.Option(1, help="Requests served together by one call."),
+    degree: int = typer.Option(1, help="GPUs cooperating on the call (only diffuse speeds up)."),
+    gpu: str = typer.Option(None, help="GPU kind in the profile (needed if it holds several)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Predicted latency and memory of one stage call, from a stage profile."""
+    import json
+
+    from ..core.costmodel import CostModelError
+    from ..core.types import Shape, parse_size
+    from ..profiles import ProfileError, load_profile
+
+    try:
+        shape = None
+        if size is not None:
+            width, height = parse_size(size)
+            shape = Shape(height=height, width=width, frames=frames)
+        elif stage != "encode":
+            raise ValueError(f"--size WIDTHxHEIGHT is required for stage {stage!r}")
+        loaded = load_profile(profile)
+        costs = loaded.cost_model()
+        result = {
+            "profile": loaded.name,
+            "model": model,
+            "stage": stage,
+            "gpu": gpu if gpu is not None else (costs.gpus()[0] if len(costs.gpus()) == 1 else None),
+            "size": size,
+            "frames": frames,
+            "batch": batch,
+            "degree": degree,
+            "latency_s": costs.latency_s(model, stage, shape, batch, degree, gpu),
+            "weights_gib": costs.weights_gib(model, stage, gpu),
+            "activation_gib": costs.activation_gib(model, stage, shape, batch, degree, gpu),
+            "load_s": costs.load_s(model, stage, gpu),
+            "speedup": costs.speedup(model, stage, shape, degree, batch, gpu),
+        }
+    except (CostModelError, ProfileError, ValueError) as exc:
+        fail(str(exc).replace("\n", " "))
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    what = "per denoising step" if stage == "diffuse" else "per call"
+    where = "" if shape is None else f" {shape.label()}"
+    typer.echo(
+        f"{model} {stage}{where} batch {batch} degree {degree} on {result['gpu']} ({loaded.name}): "
+        f"{1000 * result['latency_s']:.1f} ms {what}"
+        + (f" (speed-up {result['speedup']:.2f}x)" if degree > 1 else "")
+        + f"; weights {result['weights_gib']:.2f} GiB (load {result['load_s']:.2f} s), "
+        f"activations {result['activation_gib']:.2f} GiB"
+    )

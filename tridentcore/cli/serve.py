@@ -1,0 +1,112 @@
+"""``trident serve``: the HTTP API over live workers driven by a policy."""
+
+from __future__ import annotations
+
+import typer
+
+from ..core.defaults import DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
+from .common import fail, quiet_libraries, setup_logging
+
+__all__ = ["serve"]
+
+def serve(
+    ctx: typer.Context,
+    models: str = typer.Option(None, help="Comma list: tiny pipelines for cpu:N (tiny-sd3,tiny-wan), "
+                                          "profile models for emulated or cuda devices (sd3-medium,wan2.1-1.3b); "
+                                          "required unless --spec names a workload (its models are served)."),
+    devices: str = typer.Option(DEFAULT_SERVE_DEVICES, help="cpu:N (N worker processes), cuda:all or cuda:0,1 (one worker "
+                                                            "per GPU), emulated:NODESxGPUSxKIND (emulated:2x8xH200), or kinds mixed "
+                                                            "(cpu:1,emulated:8xH200: each model on the first kind that runs it)."),
+    policy: str = typer.Option(DEFAULT_POLICY, help="A policy spec of the registry, options as name:key=value."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --api-key."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free port; see --port-file)."),
+    db: str = typer.Option(None, help="DuckDB results file: the run's spans, placements and requests at shutdown."),
+    time_scale: float = typer.Option(DEFAULT_TIME_SCALE, min=0.0, help="Emulated devices: wall seconds per cost-model second (0: zero-cost)."),
+    profile: str = typer.Option(None, help="Cost profile (default: h200 for emulated and cuda, cpu for cpu:N) or a CSV "
+                                           "path; with mixed kinds it applies to all but cpu, or give KIND=NAME pairs."),
+    max_queued: int = typer.Option(DEFAULT_MAX_QUEUED, min=1, help="Waiting requests past which submissions get 429."),
+    slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, help="Default deadline: arrival + scale x reference latency."),
+    api_key: str = typer.Option(None, envvar="TRIDENT_API_KEY", help="Bearer key required for submissions and cancels."),
+    drain_timeout: float = typer.Option(30.0, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
+    max_body: int = typer.Option(1 << 20, min=1024, help="Largest request body in bytes (413 past it)."),
+    port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
+    run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); must not exist yet."),
+    keep_ended: int = typer.Option(10_000, min=0, help="Ended requests kept in full in memory; older ones keep only "
+                                                      "their final status (and their store row with --db)."),
+    backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
+    ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "
+                                               "none: start Ray on this host."),
+    inject_oom: str = typer.Option(None, envvar="TRIDENT_INJECT_OOM",
+                                   help="Testing aid: STAGE:N[,STAGE:N] makes the first N dispatches of STAGE fail "
+                                        "out of memory in their worker (retried at a safer configuration, counted)."),
+    spec: str = typer.Option(None, help="Run spec file (JSON, as `trident bench --backend live` writes it): its devices, "
+                                        "policy, time scale, SLO scale and profile (unless every device is cpu); "
+                                        "options given on the command line win."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs) over live workers driven by a policy."""
+    setup_logging(verbose)
+    quiet_libraries()
+    from ..runtime.build import SetupError
+    from ..server.serve import ServeOptions, run_server
+
+    expected = None
+    if spec is not None:
+        given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}
+        taken = _from_spec(spec, given)
+        devices, policy = taken.get("devices", devices), taken.get("policy", policy)
+        time_scale, slo_scale = taken.get("time_scale", time_scale), taken.get("slo_scale", slo_scale)
+        profile, models = taken.get("profile", profile), taken.get("models", models)
+        expected = taken.get("expected")
+    if not models:
+        fail("give --models (or a --spec whose workload names them)")
+
+    if backend == "ray":  # a Ray instance this command starts sends no usage reports unless asked to
+        import os
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    try:
+        run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
+                                time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
+                                api_key=api_key, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
+                                port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
+                                backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected))
+    except SetupError as exc:
+        fail(str(exc))
+
+
+def _from_spec(path: str, given: set[str]) -> dict:
+    """The serve options a run spec file sets, less those given on the command line."""
+    from ..bench.spec import RunSpecError
+    from ..bench.spec_schema import load_spec
+
+    try:
+        run = load_spec(path)
+    except RunSpecError as exc:
+        fail(str(exc))
+    out: dict = {"time_scale": run.time_scale, "slo_scale": run.slo_scale}
+    if run.devices:
+        out["devices"] = run.devices
+    if len(run.policies) == 1:
+        out["policy"] = run.policies[0]
+    elif run.policies:
+        fail(f"--spec {path}: names {len(run.policies)} policies; a server runs one (give --policy)")
+    kinds = {part.strip().partition(":")[0].strip().lower() for part in out.get("devices", "").split(",") if part.strip()}
+    if kinds and kinds != {"cpu"}:
+        out["profile"] = run.profile
+    from ..bench.scenario import planned_workload
+
+    try:
+        out["expected"] = planned_workload(run)  # as the simulator plans the same spec
+    except ValueError as exc:
+        fail(f"--spec {path}: {exc}")
+    if "models" not in given:
+        try:
+            if run.trace is None:
+                from ..formats.mixes import load_mix
+
+                out["models"] = ",".join(sorted({c.model for c in load_mix(run.mix).classes}))
+        except ValueError as exc:
+            fail(f"--spec {path}: {exc}")
+    return {k: v for k, v in out.items() if k not in given}

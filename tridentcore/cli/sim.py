@@ -1,0 +1,123 @@
+"""``trident simulate`` and ``trident sweep``: policies on a simulated cluster (not stored unless --db)."""
+
+from __future__ import annotations
+
+import typer
+
+from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_PROFILE, DEFAULT_RATE,
+                             DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TARGET)
+from .common import (ARRIVAL_HELP, CLUSTER_HELP, DEFAULT_POLICIES_TEXT, MIX_HELP, POLICIES_HELP, fail, json_safe,
+                     load_workload, setup_logging, table)
+
+__all__ = ["simulate", "sweep"]
+
+_COLUMNS = ("policy", "requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms", "rejected",
+            "gpu_s_per_met", "planner_p99_ms")
+
+
+def simulate(
+    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path."),
+    cluster: str = typer.Option(DEFAULT_CLUSTER, help=CLUSTER_HELP),
+    mix: str = typer.Option(None, help=MIX_HELP),
+    trace: str = typer.Option(None, help="Trace file (JSON lines, or the paper's Request(...) lines)."),
+    model: str = typer.Option(None, help="Model the paper-format trace is for."),
+    arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
+    rate: float = typer.Option(DEFAULT_RATE, min=0.0, help="Requests per second (mixes)."),
+    duration: float = typer.Option(DEFAULT_DURATION_S, min=1.0, help="Seconds of arrivals."),
+    slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, help="Deadline = arrival + scale x reference latency."),
+    seed: int = typer.Option(DEFAULT_SEED),
+    policies: str = typer.Option(DEFAULT_POLICIES_TEXT, help=POLICIES_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
+    db: str = typer.Option(None, help="DuckDB results file to store every run in."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Simulate the workload under each policy and print one row per policy."""
+    import json
+
+    from ..core.policy import PolicyError, make_policy, split_specs
+    from ..core.metrics import summarize
+    from ..bench.scenario import run_meta, run_one
+
+    setup_logging(verbose)
+    try:
+        loaded = load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed)
+        specs = split_specs(policies)
+        for spec in specs:
+            make_policy(spec)  # validate every spec before running any
+        if not loaded.requests(rate):
+            fail("the workload has no requests (rate x duration too small?)")
+        rows = []
+        for spec in specs:
+            result = run_one(loaded, spec, rate)
+            row = summarize(spec, result.requests, result.spans, result.decision_ms)
+            rows.append({c: row[c] for c in _COLUMNS})
+            if db:
+                from ..store import ResultsStore, new_run_id
+
+                ResultsStore(db).write_run(run_meta(new_run_id(spec, seed), loaded, spec, rate, result),
+                                           result.requests, result.spans, result.placements, result.gpu_samples)
+    except (ValueError, LookupError, PolicyError) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps([json_safe(r) for r in rows], indent=1))
+    else:
+        typer.echo(table(rows, _COLUMNS))
+
+
+def sweep(
+    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path."),
+    cluster: str = typer.Option(DEFAULT_CLUSTER, help=CLUSTER_HELP),
+    mix: str = typer.Option(None, help=MIX_HELP),
+    arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
+    duration: float = typer.Option(DEFAULT_DURATION_S, min=1.0, help="Seconds of arrivals per simulated rate."),
+    slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1),
+    seed: int = typer.Option(DEFAULT_SEED),
+    policies: str = typer.Option(DEFAULT_POLICIES_TEXT, help=POLICIES_HELP),
+    goodput: bool = typer.Option(False, "--goodput", help="Bisect goodput and fair goodput per policy."),
+    target: float = typer.Option(DEFAULT_TARGET, min=0.0, max=1.0, help="Attainment target for goodput."),
+    rates: str = typer.Option(None, help="Comma list of rates: attainment per rate and per class."),
+    json_out: bool = typer.Option(False, "--json"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Goodput and fair goodput per policy (--goodput), or attainment per rate and class (--rates)."""
+    import json
+
+    from ..core.policy import PolicyError, make_policy, split_specs
+    from ..bench.scenario import capacity_rps, evaluate, sweep_goodput
+
+    setup_logging(verbose)
+    if goodput == (rates is not None):
+        fail("give exactly one of --goodput or --rates")
+    try:
+        loaded = load_workload(profile, cluster, mix, None, None, arrival, duration, slo_scale, seed)
+        specs = split_specs(policies)
+        for spec in specs:
+            make_policy(spec)
+        cap = capacity_rps(loaded)
+        if goodput:
+            results = [sweep_goodput(loaded, spec, target, cap=cap) for spec in specs]
+            out = {"capacity_rps": cap, "target": target,
+                   "policies": [{"policy": g.policy, "goodput_rps": g.goodput_rps,
+                                 "fair_goodput_rps": g.fair_goodput_rps} for g in results]}
+            if json_out:
+                typer.echo(json.dumps(out, indent=1))
+                return
+            typer.echo(f"capacity ceiling: {cap:.3f} req/s (every request at its most GPU-efficient degree)")
+            typer.echo(table(out["policies"], ("policy", "goodput_rps", "fair_goodput_rps")))
+            return
+        rate_list = [float(r) for r in rates.split(",") if r.strip()]
+        points = {spec: [evaluate(loaded, spec, r) for r in rate_list] for spec in specs}
+    except (ValueError, LookupError, PolicyError) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(json.dumps({"capacity_rps": cap, "points": [
+            {"policy": spec, "rate": p.rate, "attainment": p.attainment, "min_class": p.min_class,
+             "by_class": {k: a for k, (_, a) in p.by_class.items()}} for spec, ps in points.items() for p in ps]},
+            indent=1))
+        return
+    typer.echo(f"capacity ceiling: {cap:.3f} req/s")
+    classes = sorted({k for ps in points.values() for p in ps for k in p.by_class})
+    cols = ("policy", "rate", "attainment", *classes)
+    rows = [{"policy": spec, "rate": p.rate, "attainment": p.attainment,
+             **{k: p.by_class.get(k, (0, float("nan")))[1] for k in classes}} for spec, ps in points.items() for p in ps]
+    typer.echo(table(rows, cols))

@@ -1,0 +1,142 @@
+"""``trident trace …``: generate a trace from a mix, import the paper's, show what one asks of a cluster.
+
+Formats: ``tridentcore.formats.traces``; offered load: ``tridentcore.sim.tracestats``.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
+                             DEFAULT_TRACE_DURATION_S)
+from .common import ARRIVAL_HELP, CLUSTER_HELP, MIX_HELP, fail, one_line, table
+
+__all__ = ["trace_app"]
+
+trace_app = typer.Typer(help="Request traces: generate one from a mix, import the paper's, show what one asks of a cluster.",
+                        no_args_is_help=True)
+
+
+def _dash_table(rows: list[dict], columns) -> str:
+    return table(rows, columns, none_as_dash=True)
+
+
+@trace_app.command("generate")
+def trace_generate(
+    out: str = typer.Option(..., help="JSON-lines trace to write."),
+    mix: str = typer.Option(DEFAULT_MIX, help=MIX_HELP),
+    arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
+    rate: float = typer.Option(DEFAULT_RATE, help="Mean requests per second."),
+    duration: float = typer.Option(DEFAULT_TRACE_DURATION_S, help="Seconds of arrivals."),
+    seed: int = typer.Option(DEFAULT_SEED, help="Same seed, same requests (as `trident simulate --mix` draws them)."),
+) -> None:
+    """Draw a mix's open-loop arrivals into a JSON-lines trace.
+
+    The requests are exactly those `trident simulate --mix … --seed …` draws at this rate, so simulating the trace gives the same run. SLOs are not part of the trace: whoever replays it sets them (--slo-scale of simulate and bench).
+    """
+    from pathlib import Path
+
+    from ..formats.mixes import load_mix
+    from ..formats.traces import entries_from_requests, write_trace
+
+    from ..core.workload import generate_requests
+
+    try:
+        loaded_mix = load_mix(mix)
+        requests = generate_requests(loaded_mix, arrival, rate, duration, seed, lambda model, shape: 1.0)
+        if not requests:
+            fail("no requests (rate x duration too small?)")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_trace(entries_from_requests(requests), out)
+    except (ValueError, OSError) as exc:
+        fail(one_line(str(exc)))
+    typer.echo(f"wrote {len(requests)} requests to {out} (mix {loaded_mix.name}, {arrival} at {rate:g} req/s "
+               f"over {duration:g} s, seed {seed})")
+
+
+def _trace_format(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            head = line.strip()
+            if head and not head.startswith("#"):
+                return "paper Request(...) lines" if head.startswith("Request(") else "JSON lines"
+    return "empty"
+
+
+@trace_app.command("import")
+def trace_import(
+    file: str = typer.Argument(..., help="A trace: the paper's Request(...) lines or JSON lines (detected)."),
+    out: str = typer.Option(..., help="JSON-lines trace to write."),
+    model: str = typer.Option(None, help="Model of the requests (the paper's traces do not name one)."),
+) -> None:
+    """Convert a trace (the TridentServe paper's Request(...) format, detected) to JSON lines."""
+    from pathlib import Path
+
+    from ..formats.traces import read_trace, write_trace
+
+    try:
+        entries = read_trace(file, default_model=model)
+        if not entries:
+            fail(f"{file}: no requests in the trace")
+        kind = _trace_format(file)
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_trace(entries, out)
+    except (ValueError, OSError) as exc:
+        fail(one_line(str(exc)))
+    typer.echo(f"imported {len(entries)} requests ({kind}) from {file} to {out}")
+
+
+@trace_app.command("stats")
+def trace_stats_command(
+    file: str = typer.Argument(..., help="A trace (JSON lines or the paper's Request(...) lines)."),
+    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path (costs of each request)."),
+    cluster: str = typer.Option(DEFAULT_CLUSTER, help=CLUSTER_HELP),
+    model: str = typer.Option(None, help="Model of a paper-format trace's requests."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Requests, duration, rate and classes of a trace, and its offered load against the cluster.
+
+    Offered load: arrival rate x mean GPU-seconds of a request at its most GPU-efficient degree (encode + min over degrees d of d x steps x step(d) + decode). Capacity: the cluster's GPU count. Warns (stderr) when the load is over capacity: queues then grow under any policy.
+    """
+    import json
+
+    from ..bench.scenario import load_scenario
+    from ..bench.spec import RunSpec
+    from ..sim.tracestats import trace_stats
+
+    try:
+        loaded = load_scenario(RunSpec(profile=profile, cluster=cluster, mix=None, trace=file, trace_model=model))
+        if not loaded.trace_requests:
+            fail(f"{file}: no requests in the trace")
+        stats = trace_stats(loaded.trace_requests, loaded.cost, loaded.cluster, loaded.gpu_kind)
+    except (ValueError, LookupError, OSError) as exc:
+        fail(one_line(str(exc)))
+    offered, fraction = stats.offered_gpu_s_per_s, stats.load_fraction
+    if json_out:
+        typer.echo(json.dumps({
+            "file": file, "requests": stats.requests, "first_s": stats.first_s, "duration_s": stats.duration_s,
+            "rate_rps": stats.rate_rps, "cluster": loaded.cluster.label, "gpus": stats.num_gpus,
+            "offered_gpu_s_per_s": offered, "capacity_gpu_s_per_s": stats.capacity_gpu_s_per_s,
+            "load_fraction": fraction, "capacity_rps": stats.capacity_rps, "overloaded": stats.overloaded,
+            "classes": [{"class": c.label, "steps": c.steps, "requests": c.requests, "best_degree": c.best_degree,
+                         "gpu_s_each": c.gpu_s_each} for c in stats.classes],
+        }, indent=1))
+    else:
+        rate = "-" if stats.rate_rps is None else f"{stats.rate_rps:.3f} req/s"
+        typer.echo(f"{file}: {stats.requests} requests over {stats.duration_s:.1f} s "
+                   f"(first at {stats.first_s:.2f} s), rate {rate}")
+        rows = [{"class": c.label, "steps": c.steps, "requests": c.requests,
+                 "share": f"{100 * c.requests / stats.requests:.1f}%", "best_degree": c.best_degree,
+                 "gpu_s_each": c.gpu_s_each} for c in stats.classes]
+        typer.echo(_dash_table(rows, ("class", "steps", "requests", "share", "best_degree", "gpu_s_each")))
+        capacity = (f"capacity {stats.capacity_gpu_s_per_s:.2f} GPU-s/s ({loaded.cluster.label}: {stats.num_gpus} GPU{'s' if stats.num_gpus != 1 else ''}; "
+                    f"{stats.capacity_rps:.3f} req/s of this class mix)")
+        if offered is None:
+            typer.echo(f"offered load: undefined (the requests all arrive at one instant); {capacity}")
+        else:
+            typer.echo(f"offered load: {offered:.2f} GPU-s/s, each request at its most GPU-efficient degree; "
+                       f"{capacity}; {100 * fraction:.0f}% of capacity")
+    if stats.overloaded:
+        typer.secho(f"warning: offered load {offered:.2f} GPU-s/s exceeds the cluster's capacity "
+                    f"{stats.capacity_gpu_s_per_s:.2f} GPU-s/s ({100 * fraction:.0f}%): queues grow without bound "
+                    "under any policy; lower the rate or add GPUs", err=True, fg=typer.colors.YELLOW)

@@ -1,0 +1,35 @@
+"""Every default a run is configured with, declared once.
+
+The CLI's option defaults, the run spec (:mod:`tridentcore.bench.spec`), the live bench, the
+server's options, the Locust file and the workbench import these names; nothing else writes the
+values out. Pure constants: no imports, so every layer (and Locust) may use them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_ARRIVAL", "DEFAULT_CLUSTER", "DEFAULT_DURATION_S", "DEFAULT_LIVE_DEVICES", "DEFAULT_LIVE_TIME_SCALE",
+    "DEFAULT_MIX", "DEFAULT_POLICIES", "DEFAULT_POLICY", "DEFAULT_PROFILE", "DEFAULT_RATE", "DEFAULT_SEED",
+    "DEFAULT_SLO_SCALE", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE", "DEFAULT_TRACE_DURATION_S",
+    "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED",
+]  # fmt: skip
+
+DEFAULT_PROFILE = "h200"  # shipped cost profile the simulator and emulated GPUs price stages with
+DEFAULT_CLUSTER = "2x8xH200"  # two nodes of eight H200s
+DEFAULT_MIX = "image-video"  # the one default workload of every entry point (sim, live, Locust, workbench)
+DEFAULT_ARRIVAL = "poisson"
+DEFAULT_RATE = 1.0  # requests per workload second
+DEFAULT_DURATION_S = 1800.0  # workload seconds of arrivals of a simulated run
+DEFAULT_TRACE_DURATION_S = 600.0  # `trident trace generate`
+DEFAULT_LOCUST_DURATION_S = 60.0  # the Locust file without -t or --duration
+DEFAULT_SEED = 0
+DEFAULT_SLO_SCALE = 3.0  # deadline = arrival + scale x reference latency (DESIGN.md)
+DEFAULT_TARGET = 0.9  # attainment target of goodput
+DEFAULT_POLICY = "trident"  # `trident serve`
+DEFAULT_SERVE_DEVICES = "cpu:2"  # `trident serve`: two worker processes on this host
+DEFAULT_MAX_QUEUED = 256  # `trident serve`: waiting requests past which submissions get 429
+DEFAULT_POLICIES = ("pipeline-static:degree=1", "pipeline-dynamic", "trident-paper", "trident")  # comparisons
+DEFAULT_TIME_SCALE = 1.0  # wall seconds per workload second: real devices
+DEFAULT_LIVE_TIME_SCALE = 0.05  # a live bench on emulated GPUs: 20x faster than the cost model's time
+DEFAULT_LIVE_DEVICES = f"emulated:{DEFAULT_CLUSTER}"
+DEFAULT_DB = "results/trident.duckdb"
