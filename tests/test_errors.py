@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import pytest
 
+from tridentcore.bench.live import LiveBenchError
+from tridentcore.bench.runs import RunConfigError
+from tridentcore.bench.spec import RunSpecError
 from tridentcore.core.cluster import ClusterError
 from tridentcore.core.costmodel import CostModelError
+from tridentcore.core.driver import PolicyBug
 from tridentcore.core.errors import SpecError, TridentError, WorkloadError
 from tridentcore.core.lifecycle import TransitionError
+from tridentcore.core.policy import PolicyError
 from tridentcore.core.workload import WorkloadError as WorkloadErrorReexported
+from tridentcore.formats.traces import TraceError
 from tridentcore.profiles.format import ProfileError
-from tridentcore.bench.runs import RunConfigError
 from tridentcore.store import DuplicateRunError, RowsError, SchemaVersionError, StoreError, UnknownRunError
 
 ERRORS = [
@@ -26,6 +31,11 @@ ERRORS = [
     (UnknownRunError, KeyError),
     (SchemaVersionError, RuntimeError),
     (RowsError, ValueError),
+    (RunSpecError, ValueError),
+    (TraceError, ValueError),
+    (PolicyBug, RuntimeError),
+    (PolicyError, ValueError),
+    (LiveBenchError, RuntimeError),
 ]
 
 
@@ -46,7 +56,7 @@ def test_server_and_runtime_errors_too():
     pytest.importorskip("fastapi")
     from tridentcore.runtime.build import SetupError
     from tridentcore.server.errors import ApiError
-    from tridentcore.server.launch import LaunchError
+    from tridentcore.bench.launch import LaunchError
 
     assert issubclass(SetupError, TridentError) and issubclass(SetupError, ValueError)
     assert issubclass(LaunchError, TridentError) and issubclass(LaunchError, RuntimeError)

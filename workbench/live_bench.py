@@ -40,7 +40,7 @@ def plan_live(scenario: RunSpec, rate: float | None, devices: str, time_scale: f
     """Check a live comparison's inputs (every problem in one ValueError) and build its spec."""
     from tridentcore.bench.live import LiveBenchSpec, cluster_of_devices
     from tridentcore.bench.scenario import schedule_requests
-    from tridentcore.bench.spec import SpecError
+    from tridentcore.bench.spec import RunSpecError
 
     problems: list[str] = []
     devices = devices.strip()
@@ -58,7 +58,7 @@ def plan_live(scenario: RunSpec, rate: float | None, devices: str, time_scale: f
                            time_scale=time_scale)
     try:
         requests = schedule_requests(run)
-    except SpecError as exc:
+    except RunSpecError as exc:
         raise ValueError("; ".join(exc.problems)) from None
     if not requests:
         raise ValueError("the workload has no requests (raise the rate or the duration)")

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.defaults import DEFAULT_LIVE_DEVICES
+from ..core.errors import TridentError
 from ..core.metrics import quantile
 from ..core.records import RunMeta
 from . import live_procs as procs
@@ -56,7 +57,7 @@ UNMAPPED_ID_BASE = 1_000_000_000
 Progress = Callable[[str, int, int], None]  # (phase, finished, scheduled)
 
 
-class LiveBenchError(RuntimeError):
+class LiveBenchError(TridentError, RuntimeError):
     """A live bench that could not run (a child process failed); the message says which and why."""
 
 

@@ -23,11 +23,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import TridentError
+
 __all__ = ["ChildError", "locust_process", "locustfile", "no_sigint", "read_progress", "read_rows", "server_process",
            "stop_process", "tail", "wait_healthy", "http_json", "locust_cmd", "engine_ids"]
 
 
-class ChildError(RuntimeError):
+class ChildError(TridentError, RuntimeError):
     """A child process that could not start or did not become healthy; the message says why."""
 
 

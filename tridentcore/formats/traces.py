@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tridentcore.core.errors import TridentError
 from tridentcore.core.types import Shape
 from tridentcore.core.workload import RequestSpec, SloFn
 
@@ -66,7 +67,7 @@ _PAPER_FIELDS = {
 }
 
 
-class TraceError(ValueError):
+class TraceError(TridentError, ValueError):
     """A trace that cannot be used; ``problems`` lists every problem found (``line N: ...``)."""
 
     def __init__(self, origin: str, problems: Iterable[str]) -> None:
