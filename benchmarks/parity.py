@@ -25,7 +25,7 @@ import asyncio
 import statistics
 import time
 
-from tridentcore.core.driver import expected_mix
+from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_MIX, DEFAULT_PROFILE
 from tridentcore.core.metrics import quantile
 from tridentcore.bench.scenario import Scenario, load_scenario, run_one
 from tridentcore.sim.replay import compare, replay
@@ -46,7 +46,7 @@ async def live(loaded, policy: str, requests, devices: str, models, time_scale: 
     rt = build_runtime(list(models), devices, policy, profile=loaded.scenario.profile if emulated else None,
                        time_scale=time_scale if emulated else 1.0, max_queued=100_000,
                        slo_scale=loaded.scenario.slo_scale, strict=True, log_reports=True,
-                       expected=expected_mix((r.model, r.shape, 1.0) for r in requests))  # as the simulator plans
+                       expected=loaded.expected())  # what the simulator plans for
     engine = rt.engine
     await engine.start()
     scale = time_scale if emulated else 1.0
@@ -89,13 +89,13 @@ def measure(loaded, policy: str, rate: float, devices: str, models, time_scale: 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mix", default="image-video")
+    ap.add_argument("--mix", default=DEFAULT_MIX)
     ap.add_argument("--rate", type=float, default=0.4)
     ap.add_argument("--duration", type=float, default=120.0)
-    ap.add_argument("--cluster", default="2x8xH200")
+    ap.add_argument("--cluster", default=DEFAULT_CLUSTER)
     ap.add_argument("--devices", default=None, help="default: emulated:CLUSTER")
     ap.add_argument("--models", default=None, help="default: the mix's models")
-    ap.add_argument("--profile", default="h200")
+    ap.add_argument("--profile", default=DEFAULT_PROFILE)
     ap.add_argument("--policies", default="trident,pipeline-static:degree=1")
     ap.add_argument("--time-scale", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)

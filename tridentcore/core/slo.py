@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from .defaults import DEFAULT_SLO_SCALE
 from .errors import is_int, is_number
 from .types import DEGREES, MAX_DEGREE, PARALLEL_EFFICIENCY, Shape, StageKind
 
@@ -95,7 +96,7 @@ def slo_s(
     cost_model: "CostModel",
     model: str,
     shape: Shape,
-    slo_scale: float = 3.0,
+    slo_scale: float = DEFAULT_SLO_SCALE,
     max_degree: int = MAX_DEGREE,
     gpu: str | None = None,
 ) -> float:
@@ -106,7 +107,7 @@ def slo_s(
 
 
 def make_slo_fn(
-    cost_model: "CostModel", slo_scale: float = 3.0, max_degree: int = MAX_DEGREE, gpu: str | None = None
+    cost_model: "CostModel", slo_scale: float = DEFAULT_SLO_SCALE, max_degree: int = MAX_DEGREE, gpu: str | None = None
 ) -> SloFn:
     """``slo_fn(model, shape)`` for ``generate_requests`` / ``requests_from_trace`` (memoised)."""
     cache: dict[tuple[str, Shape], float] = {}

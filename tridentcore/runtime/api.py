@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.defaults import DEFAULT_MAX_QUEUED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
 from ..core.driver import DEFAULT_MAX_ATTEMPTS
 from ..core.types import Shape
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    max_queued: int = 256  # waiting requests (not running) past which submissions are refused
-    time_scale: float = 1.0  # wall seconds per engine second (emulated durations are scaled by it)
-    slo_scale: float = 3.0  # default deadline: arrival + slo_scale x reference latency
+    max_queued: int = DEFAULT_MAX_QUEUED  # waiting requests (not running) past which submissions are refused
+    time_scale: float = DEFAULT_TIME_SCALE  # wall seconds per engine second (emulated durations are scaled by it)
+    slo_scale: float = DEFAULT_SLO_SCALE  # default deadline: arrival + slo_scale x reference latency
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # a request whose stage fails this often (lost worker, error) fails
     max_results: int = 1024  # finished results kept for clients to fetch (oldest dropped first)
     # ended requests kept in full (describe, outcome); older ones are forgotten, leaving only their
