@@ -22,7 +22,7 @@ FORBIDDEN_IN_CORE = {
 # Forbidden at module level only: randomness comes from an injected random.Random(seed).
 FORBIDDEN_AT_MODULE_LEVEL = {"random"}
 # The cost model is on the simulator's hot path and must stay stdlib-only (no numpy either).
-STDLIB_ONLY = ("costmodel.py", "scaling.py")
+STDLIB_ONLY = ("costmodel.py", "costtables.py", "scaling.py")
 
 
 def test_light_imports_do_not_pull_heavy_libraries():

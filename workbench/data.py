@@ -9,33 +9,37 @@ repeated interactions over an unchanged file hit the cache.
 Expected problems (a bad mix, a profile without a model, a missing database, SQL that tries to
 read a file) surface as exceptions of the library's own types; pages turn them into messages with
 :func:`error_text`.
+
+This module holds the simulated comparisons, the uploads and the cached layer; it re-exports the rest
+from :mod:`workbench.frames` (rows as DataFrames), :mod:`workbench.profile_frames`,
+:mod:`workbench.stored` (the results store) and :mod:`workbench.kpis` (KPI cards, Markdown tables).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import math
 import os
 import re
 import tempfile
 import threading
 import time
-import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from tridentcore.core.metrics import attainment_by_class, summarize
-from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, SpanRow, column_names
-from tridentcore.core.slo import met_slo
-from tridentcore.core.types import DEGREES, PROFILE_COLUMNS, size_label
-from tridentcore.store.schema import STAGE_ORDER_SQL
+from tridentcore.core.types import DEGREES
 from tridentcore.bench.scenario import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
+
+from workbench.frames import RunFrames, placements_to_frame, requests_to_frame, samples_to_frame, spans_to_frame
+from workbench.kpis import Kpi, kpis, markdown_table
+from workbench.profile_frames import default_steps, profile_frame
+from workbench.stored import REPO_ROOT  # noqa: F401  (its old home)
+from workbench.stored import (DbSignature, class_attainment_frame, db_signature, latencies, run_sql, run_zip, runs_frame,
+                              sql_examples, stage_breakdown_frame, summaries_frame)
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -85,7 +89,6 @@ DEFAULT_DB = "results/trident.duckdb"
 DEFAULT_SCENARIO = Scenario(duration_s=600.0)
 DEFAULT_RATE = 0.5
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "trident-workbench-uploads"
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def error_text(exc: BaseException) -> str:
@@ -114,64 +117,6 @@ def save_upload(content: bytes, suffix: str) -> str:
 
 
 # ----------------------------------------------------------------------------------- simulation
-@dataclass
-class RunFrames:
-    """One simulated run (one policy at one rate), as DataFrames for the figures."""
-
-    policy: str
-    rate: float | None
-    summary: dict
-    by_class: dict[str, tuple[int, float]]
-    requests: pd.DataFrame
-    spans: pd.DataFrame
-    placements: pd.DataFrame
-    gpu_samples: pd.DataFrame
-    end_s: float
-    wall_s: float
-    n_gpus: int
-    gpu_mem_gib: float
-    extra: dict = field(default_factory=dict)
-
-
-# the row types' columns (core.records declares each row once)
-_REQUEST_COLUMNS = column_names(RequestRow)
-_SPAN_COLUMNS = column_names(SpanRow)
-_PLACEMENT_COLUMNS = column_names(PlacementRow)
-_SAMPLE_COLUMNS = column_names(GpuSample)
-
-
-def _frame(rows: Sequence[Any], columns: Sequence[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: [getattr(r, c) for r in rows] for c in columns}, columns=list(columns))
-
-
-def requests_to_frame(rows: Sequence[RequestRow]) -> pd.DataFrame:
-    df = _frame(rows, _REQUEST_COLUMNS)
-    df["finish_s"] = pd.to_numeric(df["finish_s"], errors="coerce")
-    df["latency_s"] = (df["finish_s"] - df["arrival_s"]).where(df["state"] == "done")
-    df["met_slo"] = pd.Series([met_slo(s, f, d) for s, f, d in zip(df["state"], df["finish_s"], df["deadline_s"])],
-                              index=df.index, dtype=bool)
-    df["shape"] = _shape_labels(df)
-    return df
-
-
-def _shape_labels(df: pd.DataFrame) -> pd.Series:
-    if df.empty:
-        return pd.Series([], dtype=object)
-    return pd.Series([size_label(w, h, f) for w, h, f in zip(df["width"], df["height"], df["frames"])], index=df.index)
-
-
-def spans_to_frame(rows: Sequence[SpanRow]) -> pd.DataFrame:
-    return _frame(rows, _SPAN_COLUMNS)
-
-
-def placements_to_frame(rows: Sequence[PlacementRow]) -> pd.DataFrame:
-    return _frame(rows, _PLACEMENT_COLUMNS)
-
-
-def samples_to_frame(rows: Sequence[GpuSample]) -> pd.DataFrame:
-    return _frame(rows, _SAMPLE_COLUMNS)
-
-
 @functools.lru_cache(maxsize=16)
 def _loaded(scenario: Scenario) -> Loaded:
     return load_scenario(scenario)
@@ -316,142 +261,6 @@ def goodput_on_grid(points: pd.DataFrame, target: float = 0.9) -> dict[str, floa
     return out
 
 
-# ----------------------------------------------------------------------------------- profiles
-def profile_frame(rows: Sequence[Any]) -> pd.DataFrame:
-    """A profile's rows as a DataFrame with ``shape`` and ``tokens`` columns (encode rows: '-')."""
-    df = _frame(rows, PROFILE_COLUMNS)
-    df["stage"] = df["stage"].map(lambda s: getattr(s, "value", s))
-    has_shape = df["height"].notna()
-    h = df["height"].fillna(0).astype(int)
-    w = df["width"].fillna(0).astype(int)
-    f = df["frames"].fillna(1).astype(int)
-    label = pd.Series([size_label(*whf) for whf in zip(w, h, f)], index=df.index, dtype=object)
-    df["shape"] = label.where(has_shape, "-")
-    df["tokens"] = (h * w * f).where(has_shape)
-    return df
-
-
-@functools.lru_cache(maxsize=1)
-def _mix_steps() -> dict[str, int]:
-    from tridentcore.formats.mixes import list_mixes, load_mix
-
-    steps: dict[str, int] = {}
-    for name in list_mixes():
-        try:
-            mix = load_mix(name)
-        except (ValueError, LookupError, OSError):
-            continue
-        for c in mix.classes:
-            steps.setdefault(c.model, c.shape.steps)
-    return steps
-
-
-def default_steps(model: str) -> int:
-    """Denoising steps the shipped mixes use for ``model`` (28 when no mix names it)."""
-    return _mix_steps().get(model, 28)
-
-
-# ----------------------------------------------------------------------------------- results store
-@dataclass(frozen=True)
-class DbSignature:
-    """What identifies a results file's contents for caching: path, size and modification time."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-
-def db_signature(path: str | os.PathLike[str]) -> DbSignature:
-    """The file's signature; FileNotFoundError with a hint when there is no file."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"no results database at {p} (write one with `trident simulate --db {p}` or choose another file)")
-    st = p.stat()
-    return DbSignature(str(p.resolve()), st.st_size, st.st_mtime_ns)
-
-
-def runs_frame(sig: DbSignature) -> pd.DataFrame:
-    from tridentcore.store import list_runs
-
-    return list_runs(sig.path)
-
-
-def summaries_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataFrame:
-    from tridentcore.store import run_summary
-
-    return run_summary(sig.path, list(run_ids))
-
-
-def _read(sig: DbSignature, sql: str, params: Sequence[Any]) -> pd.DataFrame:
-    from tridentcore.store import open_readonly
-
-    con = open_readonly(sig.path)
-    try:
-        return con.execute(sql, list(params)).df()
-    finally:
-        con.close()
-
-
-def class_attainment_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataFrame:
-    return _read(sig, "SELECT run_id, request_class, requests, met, attainment, p50_s, p95_s, rejected, failed "
-                      "FROM attainment_by_shape WHERE list_contains(?, run_id) ORDER BY request_class, run_id",
-                 [list(run_ids)])
-
-
-def stage_breakdown_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataFrame:
-    return _read(sig, "SELECT * FROM stage_breakdown WHERE list_contains(?, run_id) "
-                      f"ORDER BY run_id, {STAGE_ORDER_SQL}",
-                 [list(run_ids)])
-
-
-def latencies(sig: DbSignature, run_id: str) -> pd.Series:
-    """Latencies of a run's finished requests (seconds)."""
-    df = _read(sig, "SELECT latency_s FROM requests WHERE run_id = ? AND latency_s IS NOT NULL", [run_id])
-    return df["latency_s"]
-
-
-def run_zip(sig: DbSignature, run_id: str) -> bytes:
-    """One run as a zip of Parquet files (one per table), via ``store.export_run``."""
-    from tridentcore.store import export_run
-
-    buf = io.BytesIO()
-    with tempfile.TemporaryDirectory(prefix="trident-export-") as tmp:
-        written = export_run(sig.path, run_id, tmp)
-        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name, path in written.items():
-                zf.write(path, arcname=f"{run_id}/{name}.parquet")
-    return buf.getvalue()
-
-
-def run_sql(sig: DbSignature, sql: str) -> pd.DataFrame:
-    """Untrusted SQL over the results file: read-only, no file access (``store.query_readonly``)."""
-    from tridentcore.store import query_readonly
-
-    return query_readonly(sig.path, sql)
-
-
-_SQL_BLOCK = re.compile(r"```sql\s*\n(.*?)```", re.S)
-
-
-def sql_examples(readme: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
-    """``(title, sql)`` for each ```sql block of results/README.md; the title is the paragraph
-    just before the block. Empty when the README is not there (an installed package)."""
-    path = Path(readme) if readme is not None else REPO_ROOT / "results" / "README.md"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return []
-    out: list[tuple[str, str]] = []
-    pos = 0
-    for m in _SQL_BLOCK.finditer(text):
-        before = text[pos:m.start()].strip().split("\n\n")[-1].strip()
-        title = " ".join(before.split()).rstrip(":") or f"example {len(out) + 1}"
-        out.append((title, m.group(1).strip()))
-        pos = m.end()
-    return out
-
-
 # ----------------------------------------------------------------------------------- cached wrappers
 # Streamlit is imported here, not at the top: the plain functions above stay usable without it.
 def _st():
@@ -485,71 +294,3 @@ cached_class_attainment = _cache(max_entries=64)(class_attainment_frame)
 cached_stage_breakdown = _cache(max_entries=64)(stage_breakdown_frame)
 cached_latencies = _cache(max_entries=64)(latencies)
 cached_sql = _cache(max_entries=16)(run_sql)
-
-
-# ----------------------------------------------------------------------------------- KPI cards
-@dataclass(frozen=True)
-class Kpi:
-    label: str
-    value: str
-    delta: str | None = None
-    delta_color: str = "normal"  # "normal": up is good; "inverse": down is good
-    help: str | None = None
-
-
-def _fmt_s(x: float) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:.1f} s"
-
-
-def kpis(summary: dict, baseline: dict | None = None, goodput: dict | None = None) -> list[Kpi]:
-    """The KPI cards of one policy (``summarize`` row), with deltas against ``baseline``'s row.
-
-    ``goodput``: ``{"goodput_rps", "fair_goodput_rps"?, "grid": bool}`` when a sweep was run.
-    """
-    def delta(key: str, scale: float = 1.0, unit: str = "", fmt: str = "+.1f") -> str | None:
-        if baseline is None or baseline is summary:
-            return None
-        a, b = summary.get(key), baseline.get(key)
-        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a == b:
-            return None
-        return f"{(a - b) * scale:{fmt}}{unit}"
-
-    out = [
-        Kpi("SLO attainment", f"{summary['attainment']:.1%}" if math.isfinite(summary["attainment"]) else "—",
-            delta("attainment", 100, " pp"),
-            help=f"{summary['requests']} requests; {summary['rejected']} rejected, {summary['failed']} failed or unfinished"),
-        Kpi("Mean latency", _fmt_s(summary["mean_s"]), delta("mean_s", 1, " s"), "inverse"),
-        Kpi("P95 latency", _fmt_s(summary["p95_s"]), delta("p95_s", 1, " s"), "inverse"),
-        Kpi("P99 latency", _fmt_s(summary["p99_s"]), delta("p99_s", 1, " s"), "inverse"),
-    ]
-    if goodput is not None:
-        g = goodput["goodput_rps"]
-        if goodput.get("grid"):
-            value = f"≥ {g:.3g} req/s" if g > 0 else "below the sweep"
-            hint = "highest swept rate with >= 90 % attainment (tick 'bisect goodput' for the exact value)"
-        else:
-            value = f"{g:.3f} req/s"
-            hint = f"bisection; fair goodput (every class >= 90 %): {goodput.get('fair_goodput_rps', math.nan):.3f} req/s"
-        out.append(Kpi("Goodput", value, help=hint))
-    out += [
-        Kpi("OOMs", str(int(summary["ooms"])), delta("ooms", 1, "", "+.0f"), "inverse"),
-        Kpi("GPU-s per SLO-met request",
-            f"{summary['gpu_s_per_met']:.1f}" if math.isfinite(summary["gpu_s_per_met"]) else "∞ (none met)",
-            delta("gpu_s_per_met", 1, ""), "inverse"),
-    ]
-    return out
-
-
-def markdown_table(df: pd.DataFrame, fmt: str = "{}", *, index_name: str = "", na: str = "—") -> str:
-    """A small DataFrame as a Markdown table (index first); numbers through ``fmt``, missing as ``na``."""
-    def cell(v) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return na
-        text = fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-        return text.replace("|", "\\|")
-
-    head = [index_name, *map(str, df.columns)]
-    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in head) + " |", "|" + " --- |" * len(head)]
-    for idx, row in df.iterrows():
-        lines.append("| " + " | ".join([cell(idx), *(cell(v) for v in row)]) + " |")
-    return "\n".join(lines)

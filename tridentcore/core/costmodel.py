@@ -2,7 +2,8 @@
 
 Pure (stdlib only; no torch, numpy, clock or I/O): the simulator calls it on its hot path and the
 live planner calls it for every decision. Build it from :class:`~tridentcore.core.types.ProfileRow`
-values (``tridentcore.profiles.load_profile(...).cost_model()`` does that).
+values (``tridentcore.profiles.load_profile(...).cost_model()`` does that). The interpolation tables
+below are built by :mod:`tridentcore.core.costtables`; this module answers queries from them.
 
 Units and meanings
 ------------------
@@ -55,12 +56,11 @@ with degree (sequence parallelism replicates them).
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
+from .costtables import Adjustment, Table, Uncovered, build_table
 from .errors import TridentError
 from .scaling import ScalingModel
 from .types import ProfileRow, Shape, StageKind
@@ -91,160 +91,11 @@ DEFAULT_LINKS_GBPS: Mapping[str, float] = {
     "network": 50.0,
 }
 
-_QUANTITIES = ("latency_ms", "act_gib")
 _MEMO_LIMIT = 200_000
 
 
 class CostModelError(TridentError, LookupError):
     """The profile cannot answer: missing model/stage/gpu, or a shape too far from the data."""
-
-
-class _Uncovered(Exception):
-    """Internal: one curve or table cannot answer; the caller adds model/stage/shape context."""
-
-
-@dataclass(frozen=True, slots=True)
-class Adjustment:
-    """A measured value raised to keep costs monotone in tokens and batch."""
-
-    gpu: str
-    model: str
-    stage: StageKind
-    tokens: int | None
-    batch: int
-    degree: int
-    quantity: str  # "latency_ms" or "act_gib"
-    measured: float
-    used: float
-
-
-class _Curve:
-    """One quantity along the token axis at one batch level (precomputed for fast lookup)."""
-
-    __slots__ = ("tokens", "values", "log_tokens", "log_slopes", "lin_slopes")
-
-    def __init__(self, tokens: tuple[int, ...] | None, values: tuple[float, ...]) -> None:
-        self.tokens = tokens
-        self.values = values
-        if tokens is None:
-            self.log_tokens = ()
-            self.log_slopes = ()
-            self.lin_slopes = ()
-            return
-        self.log_tokens = tuple(math.log(t) for t in tokens)
-        log_slopes: list[float | None] = []
-        lin_slopes: list[float] = []
-        for k in range(len(tokens) - 1):
-            v0, v1 = values[k], values[k + 1]
-            lin_slopes.append((v1 - v0) / (tokens[k + 1] - tokens[k]))
-            if v0 > 0 and v1 > 0:
-                log_slopes.append((math.log(v1) - math.log(v0)) / (self.log_tokens[k + 1] - self.log_tokens[k]))
-            else:
-                log_slopes.append(None)
-        self.log_slopes = tuple(log_slopes)
-        self.lin_slopes = tuple(lin_slopes)
-
-    def describe(self) -> str:
-        if self.tokens is None:
-            return "no shape axis"
-        if len(self.tokens) == 1:
-            return f"one measured shape ({self.tokens[0]} tokens)"
-        return f"measured {self.tokens[0]}..{self.tokens[-1]} tokens"
-
-    def at(self, tokens: int | None, max_extrapolation: float) -> float:
-        if self.tokens is None:
-            return self.values[0]
-        if tokens is None:
-            raise _Uncovered("needs a shape")
-        xs, vs = self.tokens, self.values
-        n = len(xs)
-        i = bisect.bisect_left(xs, tokens)
-        if i < n and xs[i] == tokens:
-            return vs[i]
-        if n == 1:
-            raise _Uncovered(f"only one measured shape ({xs[0]} tokens) at this batch; cannot interpolate")
-        if i == 0:
-            if xs[0] / tokens > max_extrapolation:
-                raise _Uncovered(
-                    f"{tokens} tokens is more than {max_extrapolation:g}x below the smallest measured "
-                    f"shape ({xs[0]} tokens)"
-                )
-            slope = self.log_slopes[0]
-            slope = 1.0 if slope is None else min(max(slope, 0.0), 1.0)
-            return vs[0] * (tokens / xs[0]) ** slope
-        if i == n:
-            if tokens / xs[-1] > max_extrapolation:
-                raise _Uncovered(
-                    f"{tokens} tokens is more than {max_extrapolation:g}x above the largest measured "
-                    f"shape ({xs[-1]} tokens)"
-                )
-            slope = self.log_slopes[-1]
-            if slope is None:
-                return vs[-1] + (tokens - xs[-1]) * max(self.lin_slopes[-1], 0.0)
-            return vs[-1] * (tokens / xs[-1]) ** max(slope, 0.0)
-        k = i - 1
-        slope = self.log_slopes[k]
-        if slope is None:
-            return vs[k] + (tokens - xs[k]) * self.lin_slopes[k]
-        return vs[k] * math.exp(slope * (math.log(tokens) - self.log_tokens[k]))
-
-
-class _Table:
-    """All rows of one (gpu, model, stage, degree), as batch levels of token curves."""
-
-    __slots__ = ("levels", "curves", "weights_gib")
-
-    def __init__(self, levels: tuple[int, ...], curves: dict[str, dict[int, _Curve]], weights_gib: float) -> None:
-        self.levels = levels
-        self.curves = curves
-        self.weights_gib = weights_gib
-
-    def describe(self) -> str:
-        parts = [f"batch {b}: {self.curves['latency_ms'][b].describe()}" for b in self.levels]
-        return "; ".join(parts)
-
-    def at(self, quantity: str, tokens: int | None, batch: int, max_extrapolation: float) -> float:
-        levels = self.levels
-        curves = self.curves[quantity]
-        if batch < levels[0]:
-            raise _Uncovered(f"batch {batch} is below the smallest measured batch ({levels[0]})")
-
-        def level_value(k: int) -> float:
-            # Running maximum over lower levels keeps the result monotone in batch even where
-            # levels measured at different token counts cross after interpolation.
-            value = curves[levels[k]].at(tokens, max_extrapolation)
-            for j in range(k):
-                try:
-                    value = max(value, curves[levels[j]].at(tokens, max_extrapolation))
-                except _Uncovered:
-                    continue
-            return value
-
-        i = bisect.bisect_right(levels, batch)  # levels[i - 1] <= batch
-        if levels[i - 1] == batch:
-            return level_value(i - 1)
-        if i < len(levels):
-            b0, b1 = levels[i - 1], levels[i]
-            v0, v1 = level_value(i - 1), level_value(i)
-            return v0 + (batch - b0) * (v1 - v0) / (b1 - b0)
-        last = levels[-1]
-        v_last = level_value(len(levels) - 1)
-        if len(levels) == 1:
-            return v_last * batch / last
-        prev = levels[-2]
-        v_prev = level_value(len(levels) - 2)
-        per_request = max((v_last - v_prev) / (last - prev), 0.0)
-        return v_last + (batch - last) * per_request
-
-
-def _monotone(points: dict[tuple[int | None, int], float]) -> dict[tuple[int | None, int], float]:
-    """Smallest majorant of ``points`` that is non-decreasing in tokens and in batch."""
-    out = {}
-    for (t, b), _ in points.items():
-        out[(t, b)] = max(
-            v2 for (t2, b2), v2 in points.items() if b2 <= b and (t is None or (t2 is not None and t2 <= t))
-        )
-    return out
 
 
 class CostModel:
@@ -283,10 +134,10 @@ class CostModel:
         grouped: dict[tuple[str, str, StageKind, int], list[ProfileRow]] = {}
         for row in rows:
             grouped.setdefault((row.gpu, row.model, StageKind.parse(row.stage), row.degree), []).append(row)
-        tables: dict[tuple[str, str, StageKind, int], _Table] = {}
+        tables: dict[tuple[str, str, StageKind, int], Table] = {}
         adjustments: list[Adjustment] = []
         for key, group in sorted(grouped.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2].value, kv[0][3])):
-            tables[key] = self._build_table(key, group, adjustments)
+            tables[key] = build_table(key, group, adjustments)
         self._tables = tables
         self._adjustments = tuple(adjustments)
         # indexes answering "what is there" without scanning the tables
@@ -298,40 +149,6 @@ class CostModel:
         }
         for adj in self._adjustments:
             log.debug("monotone adjustment: %s", adj)
-
-    @staticmethod
-    def _build_table(
-        key: tuple[str, str, StageKind, int], group: list[ProfileRow], adjustments: list[Adjustment]
-    ) -> _Table:
-        gpu, model, stage, degree = key
-        encode = stage is StageKind.ENCODE
-        curves: dict[str, dict[int, _Curve]] = {}
-        for quantity in _QUANTITIES:
-            # Shapes with the same token count (1024x512 and 512x1024) are one point on the token
-            # axis: the larger value is kept, like any other monotone adjustment.
-            measured: list[tuple[int | None, int, float]] = []
-            points: dict[tuple[int | None, int], float] = {}
-            for row in group:
-                tokens = None if encode else row.tokens
-                value = float(getattr(row, quantity))
-                measured.append((tokens, row.batch, value))
-                points[(tokens, row.batch)] = max(value, points.get((tokens, row.batch), value))
-            used = _monotone(points)
-            for tokens, batch, value in sorted(measured, key=lambda m: (m[1], m[0] or 0, m[2])):
-                if used[(tokens, batch)] > value:
-                    adjustments.append(
-                        Adjustment(gpu, model, stage, tokens, batch, degree, quantity, value, used[(tokens, batch)])
-                    )
-            per_level: dict[int, _Curve] = {}
-            for batch in sorted({b for _, b in used}):
-                if encode:
-                    per_level[batch] = _Curve(None, (used[(None, batch)],))
-                else:
-                    xs = tuple(sorted(t for t, b in used if b == batch and t is not None))
-                    per_level[batch] = _Curve(xs, tuple(used[(t, batch)] for t in xs))
-            curves[quantity] = per_level
-        levels = tuple(sorted(curves["latency_ms"]))
-        return _Table(levels, curves, max(r.weights_gib for r in group))
 
     # ------------------------------------------------------------------ what the profile holds
     @property
@@ -422,7 +239,7 @@ class CostModel:
             if table is not None:
                 try:
                     value = table.at("act_gib", tokens, batch, self._max_extrapolation)
-                except _Uncovered:
+                except Uncovered:
                     value = None
             if value is None:
                 value = self._eval(gpu, model, stage, shape, tokens, batch, 1, "act_gib") / degree
@@ -548,7 +365,7 @@ class CostModel:
             )
         try:
             return table.at(quantity, tokens, batch, self._max_extrapolation)
-        except _Uncovered as exc:
+        except Uncovered as exc:
             raise CostModelError(
                 f"no data for {self._where(gpu, model, stage, shape, batch, degree)}: {exc} "
                 f"[{table.describe()}]"
@@ -563,7 +380,7 @@ class CostModel:
         if table is not None:
             try:
                 return table.at("latency_ms", tokens, batch, self._max_extrapolation)
-            except _Uncovered as exc:
+            except Uncovered as exc:
                 log.debug("degree-%d rows of %s %s do not cover %s tokens (%s); modelling", degree, model, stage.value, tokens, exc)
         base_ms = self._eval(gpu, model, stage, shape, tokens, batch, 1, "latency_ms")
         fraction = self._measured_serial_fraction(gpu, model, stage, tokens, batch, degree, base_ms)
@@ -581,7 +398,7 @@ class CostModel:
         for other in measured:
             try:
                 other_ms = self._tables[(gpu, model, stage, other)].at("latency_ms", tokens, batch, self._max_extrapolation)
-            except _Uncovered:
+            except Uncovered:
                 continue
             speedup = base_ms / other_ms
             return min(max((other / speedup - 1.0) / (other - 1), 0.0), 1.0)

@@ -33,6 +33,9 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   rejected (``drop``), so it does not take GPU time from requests that still can.
 
 Stages never share a GPU at the same time (exclusive dispatch).
+
+Per-class cost answers live in :mod:`.trident_classes`; the rest stays one module (about 490 lines)
+because it is one policy class whose methods all share the ready queue, reservations and plan.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
                       Tick)
@@ -48,46 +50,16 @@ from ..lifecycle import WAITING_FOR, RequestRecord
 from ..placement import plan_placement
 from ..policy import Policy, register
 from ..state import ClusterView
-from ..types import PARALLEL_EFFICIENCY, Shape, StageKind
+from ..types import Shape, StageKind
 from ..workload import RequestSpec
 from .common import degrees_for
+from .options import parse_bool
+from .trident_classes import ClassInfo, class_info, mix_drift
 
-
-def _bool(text: str) -> bool:
-    value = str(text).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-_bool.__name__ = "bool"
-
+__all__ = ["Trident"]
 
 _MAX_SCAN = 256  # waiting items looked at per pass (the most urgent first)
 _MAX_BLOCKED = 8  # blocked diffuses per pass that may reserve GPUs or preempt
-
-
-@dataclass(slots=True)
-class _ClassInfo:
-    """Cost-model answers for one (model, shape), computed once."""
-
-    enc_s: float
-    dec_s: float
-    step_s: dict[int, float]  # degree -> seconds per step at batch 1
-    eff_d: int  # efficient degree (SLO reference)
-    fast_d: int  # fastest degree
-    batch: int  # best diffuse batch (1 = batching does not pay)
-    dec_batch: int
-    never_fits: str  # non-empty: why no GPU can ever hold it
-
-
-def _drift(planned: dict, observed: dict) -> float:
-    """Total variation distance between two mixes given as ``{class: weight}``."""
-    tp, to = sum(planned.values()) or 1.0, sum(observed.values()) or 1.0
-    keys = set(planned) | set(observed)
-    return 0.5 * sum(abs(planned.get(k, 0.0) / tp - observed.get(k, 0.0) / to) for k in keys)
 
 
 @register
@@ -97,9 +69,9 @@ class Trident(Policy):
     options = {
         "margin": (float, 0.0, "fraction of each SLO kept as a safety margin (raise it where stage times are noisy)"),
         "spread": (float, 0.5, "use the faster efficient degree while fewer than this fraction of GPUs are busy"),
-        "preempt": (_bool, True, "pause long diffuses between steps for urgent requests"),
-        "batch": (_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
-        "drop": (_bool, True, "reject requests that can no longer meet their deadline (false: run them last)"),
+        "preempt": (parse_bool, True, "pause long diffuses between steps for urgent requests"),
+        "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
+        "drop": (parse_bool, True, "reject requests that can no longer meet their deadline (false: run them last)"),
         "replan_s": (float, 60.0, "check the observed mix against the planned one every N seconds (0: never)"),
         "drift": (float, 0.2, "re-plan when the observed mix differs from the planned one by this total variation"),
     }
@@ -111,7 +83,7 @@ class Trident(Policy):
     # ------------------------------------------------------------------------------ setup
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
         self.degrees = degrees_for(view)
-        self.info: dict[tuple[str, Shape], _ClassInfo] = {}
+        self.info: dict[tuple[str, Shape], ClassInfo] = {}
         self.encode_batch: dict[str, int] = {}
         self.ready: list[tuple[float, int, int]] = []  # (latest start, seq, request id), sorted
         self.entry: dict[int, tuple[float, int, int]] = {}
@@ -147,42 +119,17 @@ class Trident(Policy):
             reserve[model] = max(reserve.get(model, 0.0), act)
         return plan_placement(view.cluster, cost, kind, demand, reserve)
 
-    def _info_for(self, view: ClusterView, model: str, shape: Shape) -> _ClassInfo:
+    def _info_for(self, view: ClusterView, model: str, shape: Shape) -> ClassInfo:
         key = (model, shape)
         info = self.info.get(key)
         if info is not None:
             return info
-        cost, kind = view.cost, view.gpu_kind
-        enc = cost.latency_s(model, StageKind.ENCODE, None, 1, 1, kind)
-        dec = cost.latency_s(model, StageKind.DECODE, shape, 1, 1, kind)
-        step = {d: cost.latency_s(model, StageKind.DIFFUSE, shape, 1, d, kind) for d in self.degrees}
-        eff = 1
-        for d in self.degrees:
-            if d > 1 and step[1] / (step[d] * d) >= PARALLEL_EFFICIENCY:
-                eff = d
-        fast = min(self.degrees, key=lambda d: (step[d], d))
-        batch = dec_batch = 1
-        for b in (4, 3, 2):
-            try:
-                if batch == 1 and cost.latency_s(model, StageKind.DIFFUSE, shape, b, 1, kind) / b <= 0.85 * step[1]:
-                    batch = b
-                if dec_batch == 1 and cost.latency_s(model, StageKind.DECODE, shape, b, 1, kind) / b <= 0.85 * dec:
-                    dec_batch = b
-            except LookupError:
-                continue
-        biggest = max(view.mem_gib(g) for g in range(view.num_gpus))
-        problems = []
-        for stage, d in ((StageKind.ENCODE, 1), (StageKind.DIFFUSE, max(self.degrees)), (StageKind.DECODE, 1)):
-            need = cost.weights_gib(model, stage, kind) + cost.activation_gib(
-                model, stage, None if stage == StageKind.ENCODE else shape, 1, d, kind)
-            if need > biggest:
-                problems.append(f"{stage} needs {need:.1f} GiB per GPU, the largest GPU has {biggest:.0f}")
-        info = _ClassInfo(enc, dec, step, eff, fast, batch, dec_batch, "; ".join(problems))
+        info = class_info(view, self.degrees, model, shape)
         self.info[key] = info
         return info
 
     # ------------------------------------------------------------------------------ queue
-    def _remaining(self, rec: RequestRecord, info: _ClassInfo, degree: int, stage: str) -> float:
+    def _remaining(self, rec: RequestRecord, info: ClassInfo, degree: int, stage: str) -> float:
         left = rec.spec.shape.steps - rec.steps_done
         if stage == StageKind.ENCODE:
             return info.enc_s + left * info.step_s[degree] + info.dec_s
@@ -236,7 +183,7 @@ class Trident(Policy):
         elif isinstance(event, Tick):
             if self.opts["replan_s"] and now - self.last_plan_s >= self.opts["replan_s"] and self.observed:
                 self.last_plan_s = now
-                if _drift(self.planned_mix, self.observed) >= self.opts["drift"]:
+                if mix_drift(self.planned_mix, self.observed) >= self.opts["drift"]:
                     self.planned_mix = {k: float(v) for k, v in self.observed.items()}
                     self.plan = self._plan(view, self.planned_mix)
                     self.replans += 1
@@ -485,7 +432,7 @@ class Trident(Policy):
         return best
 
     # ------------------------------------------------------------------------------ batching
-    def _stage_batch(self, view, info: _ClassInfo, stage: str, model: str) -> int:
+    def _stage_batch(self, view, info: ClassInfo, stage: str, model: str) -> int:
         """Largest batch worth forming for an encode (per model) or a decode (per class)."""
         if stage == StageKind.DECODE:
             return info.dec_batch

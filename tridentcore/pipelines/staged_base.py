@@ -1,0 +1,219 @@
+"""The base of every staged pipeline (see :mod:`.staged`): :class:`StagedPipeline` with its three
+stages and the shared denoising loop, :class:`ModelLimits`, and the helpers the family modules share
+(per-request noise, classifier-free guidance, uint8 conversion, the SD3/Flux VAE decode)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.types import STAGES, StageKind
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Embeddings", "ModelLimits", "StagedPipeline"]
+
+Embeddings = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    """What a model accepts: sizes are multiples of ``size_multiple`` within the bounds."""
+
+    min_size: int
+    max_size: int
+    size_multiple: int
+    video: bool
+    frames_multiple: int = 1  # valid frame counts are k * frames_multiple + 1 for video
+    max_frames: int = 1
+    max_prompt_tokens: int = 77
+
+    def check(self, height: int, width: int, frames: int = 1) -> list[str]:
+        """Every problem with a requested shape (empty when it is valid)."""
+        problems = []
+        for name, value in (("height", height), ("width", width)):
+            if value % self.size_multiple:
+                problems.append(f"{name} {value} is not a multiple of {self.size_multiple}")
+            if not self.min_size <= value <= self.max_size:
+                problems.append(f"{name} {value} is outside [{self.min_size}, {self.max_size}]")
+        if self.video:
+            if frames < 1 or (frames - 1) % self.frames_multiple or frames > self.max_frames:
+                problems.append(
+                    f"frames {frames} is not k*{self.frames_multiple}+1 in [1, {self.max_frames}]"
+                )
+        elif frames != 1:
+            problems.append(f"frames must be 1 for an image model (got {frames})")
+        return problems
+
+
+def _generators(seed: int | Sequence[int], batch: int) -> list[torch.Generator]:
+    seeds = [int(seed)] * batch if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
+    if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for a batch of {batch} requests")
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def _noise(shape: tuple[int, ...], seed: int | Sequence[int], device, dtype) -> torch.Tensor:
+    """One CPU generator per request (rows drawn independently), then moved to the device."""
+    gens = _generators(seed, shape[0])
+    rows = [torch.randn((1, *shape[1:]), generator=g, dtype=dtype) for g in gens]
+    return torch.cat(rows, dim=0).to(device)
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats to uint8 the way diffusers' image processor does (denormalise, x255, round)."""
+    images = (images.float() / 2 + 0.5).clamp(0, 1)
+    return (images * 255).round().to(torch.uint8)
+
+
+class StagedPipeline:
+    """One diffusers pipeline, exposed as encode / diffuse / decode executors."""
+
+    family: str = ""
+    cfg: bool = True  # runs prompt and negative prompt together (classifier-free guidance)
+    default_steps: int = 28
+    default_guidance: float = 7.0
+
+    def __init__(self, pipe, name: str, tiny: bool = False) -> None:
+        self.pipe = pipe
+        self.name = name
+        self.tiny = tiny
+        self.device = pipe.device
+        self.dtype = self._denoiser().dtype
+
+    # -- properties a serving system needs -------------------------------------------------------
+    def _denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipe, "transformer", None) or self.pipe.unet
+
+    @property
+    def vae_scale(self) -> int:
+        return int(self.pipe.vae_scale_factor)
+
+    @property
+    def limits(self) -> ModelLimits:
+        multiple = max(16, self.vae_scale * 2)
+        return ModelLimits(min_size=multiple * 2, max_size=4096, size_multiple=multiple, video=False)
+
+    def modules(self) -> dict[str, list[torch.nn.Module]]:
+        """The modules each stage needs resident: what placing or evicting a stage moves."""
+        enc = [m for k, m in self.pipe.components.items() if k.startswith("text_encoder") and m is not None]
+        return {StageKind.ENCODE: enc, StageKind.DIFFUSE: [self._denoiser()], StageKind.DECODE: [self.pipe.vae]}
+
+    def weights_bytes(self, stage: str) -> int:
+        return sum(p.numel() * p.element_size() for m in self.modules()[stage] for p in m.parameters())
+
+    def to(self, device: str | torch.device, stages: Sequence[str] = STAGES):
+        """Move the modules of ``stages`` (weights placed or evicted as a placement plan says)."""
+        for stage in stages:
+            for module in self.modules()[stage]:
+                module.to(device)
+        if set(stages) == set(STAGES):
+            self.device = torch.device(device)
+        return self
+
+    # -- the three stages ------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None) -> Embeddings:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if negative_prompts is None:
+            negatives = [""] * len(prompts)
+        else:
+            negatives = [negative_prompts] if isinstance(negative_prompts, str) else list(negative_prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
+        return self._encode(prompts, negatives)
+
+    @torch.inference_mode()
+    def diffuse(
+        self,
+        embeddings: Embeddings,
+        shape,
+        seed: int | Sequence[int] = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        start_step: int = 0,
+        end_step: int | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run denoising steps ``[start_step, end_step)`` of a ``steps``-step schedule.
+
+        ``shape`` is a ``Shape`` (or any object with ``height``, ``width``, ``frames``) or a
+        ``(height, width[, frames])`` tuple. ``latents`` are required when ``start_step > 0``.
+        """
+        height, width, frames = _hwf(shape)
+        steps = int(steps or getattr(shape, "steps", None) or self.default_steps)
+        guidance = self.default_guidance if guidance is None else float(guidance)
+        end_step = steps if end_step is None else int(end_step)
+        if not 0 <= start_step <= end_step <= steps:
+            raise ValueError(f"need 0 <= start_step ({start_step}) <= end_step ({end_step}) <= steps ({steps})")
+        if start_step > 0 and latents is None:
+            raise ValueError("resuming at start_step > 0 needs the latents returned by the earlier call")
+        problems = self.limits.check(height, width, frames)
+        if problems:
+            raise ValueError(f"{self.name}: " + "; ".join(problems))
+        batch = next(iter(embeddings.values())).shape[0]
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        return self._diffuse(embeddings, batch, height, width, frames, seed, steps, guidance,
+                             start_step, end_step, latents, scheduler)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
+        """Latents to uint8 pixels; ``tiled`` decodes in tiles to bound activation memory."""
+        vae = self.pipe.vae
+        if tiled and hasattr(vae, "enable_tiling"):
+            vae.enable_tiling()
+        try:
+            return self._decode(latents.to(self.pipe.vae.device))
+        finally:
+            if tiled and hasattr(vae, "disable_tiling"):
+                vae.disable_tiling()
+
+    def generate(self, prompt: str, shape, seed: int = 0, steps: int | None = None,
+                 guidance: float | None = None, negative_prompt: str | None = None) -> torch.Tensor:
+        """The three stages in a row, for one request."""
+        emb = self.encode([prompt], None if negative_prompt is None else [negative_prompt])
+        return self.decode(self.diffuse(emb, shape, seed=seed, steps=steps, guidance=guidance))
+
+    # -- family hooks ----------------------------------------------------------------------------
+    def _encode(self, prompts: list[str], negatives: list[str]) -> Embeddings:
+        raise NotImplementedError
+
+    def _diffuse(self, emb, batch, height, width, frames, seed, steps, guidance, start, end, latents, scheduler):
+        raise NotImplementedError
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _loop(self, scheduler, timesteps, start, end, latents, predict, step_kwargs=None):
+        """The shared denoising loop over steps ``[start, end)``."""
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        for i in range(start, end):
+            t = timesteps[i]
+            noise_pred = predict(latents, t, i)
+            latents = scheduler.step(noise_pred, t, latents, **(step_kwargs or {}), return_dict=False)[0]
+        return latents
+
+
+def _hwf(shape) -> tuple[int, int, int]:
+    if isinstance(shape, (tuple, list)):
+        h, w = int(shape[0]), int(shape[1])
+        return h, w, int(shape[2]) if len(shape) > 2 else 1
+    return int(shape.height), int(shape.width), int(getattr(shape, "frames", 1) or 1)
+
+
+def _cfg(noise_pred: torch.Tensor, guidance: float) -> torch.Tensor:
+    uncond, text = noise_pred.chunk(2)
+    return uncond + guidance * (text - uncond)
+
+
+def _decode_shifted(vae, latents: torch.Tensor) -> torch.Tensor:
+    """The SD3/Flux VAE: latents are scaled and shifted."""
+    x = latents.to(vae.dtype) / vae.config.scaling_factor + vae.config.shift_factor
+    img = vae.decode(x, return_dict=False)[0]
+    return _to_uint8(img).permute(0, 2, 3, 1).cpu()

@@ -1,0 +1,79 @@
+"""The interface of one device slot (:class:`Worker`) and the workers of a run (:class:`WorkerPool`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from .tasks import ModelCard, StageResult, StageTask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Worker", "WorkerPool"]
+
+
+class Worker:
+    """One device slot. ``run`` is called only while the slot is idle (dispatch is exclusive)."""
+
+    slot: int
+    kind: str = ""
+    alive: bool = True
+
+    async def start(self) -> None:
+        """Bring the worker up (a process: spawned and its pipelines loaded)."""
+
+    async def run(self, task: StageTask) -> StageResult:
+        raise NotImplementedError
+
+    async def _respawn(self) -> None:
+        """Spawn the worker again until it comes up (back-off up to 30 s), then tell the engine.
+
+        For workers that restart (``_spawn``, ``_stopping``, ``restarts``, ``on_restored``)."""
+        delay = 0.0
+        while not self._stopping:
+            if delay:
+                await asyncio.sleep(delay)
+            try:
+                await self._spawn()
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("worker %d: restart failed: %s", self.slot, exc)
+                delay = min(30.0, max(0.5, 2 * delay))
+                continue
+            self.restarts += 1
+            if self.on_restored is not None and not self._stopping:
+                self.on_restored(self.slot)
+            return
+
+    def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
+        """Stop the running diffuse ``dispatch_id`` at a step boundary (``stop_step`` by ``wall_at``
+        on the emulated clock; real workers stop at their next boundary and report the step)."""
+
+    async def stop(self) -> None:
+        """Shut down (processes are terminated if they do not exit by themselves)."""
+
+
+@dataclass
+class WorkerPool:
+    """The workers of a run, indexed by device slot (= GPU id in the cluster)."""
+
+    workers: list[Worker] = field(default_factory=list)
+
+    def __getitem__(self, slot: int) -> Worker:
+        return self.workers[slot]
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    async def start(self) -> None:
+        # processes import torch and build pipelines: start them together
+        await asyncio.gather(*(w.start() for w in self.workers))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
+
+    def cards(self) -> dict[str, ModelCard]:
+        out: dict[str, ModelCard] = {}
+        for w in self.workers:
+            out.update(getattr(w, "cards", {}) or {})
+        return out

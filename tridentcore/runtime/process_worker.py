@@ -1,0 +1,203 @@
+"""A worker process on this host (CPU, or one GPU with ``device="cuda:I"``), spawned, watched through
+its process sentinel, and restarted when it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from .pool import Worker
+from .tasks import ModelCard, StageResult, StageTask
+from .worker_process import worker_main
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CpuWorker"]
+
+
+class CpuWorker(Worker):
+    """A worker process on this host, computing on the CPU or on one GPU (``device="cuda:I"``);
+    restarted when it dies."""
+
+    def __init__(self, slot: int, models: Sequence[str], *, threads: int = 1, device: str = "cpu",
+                 sources: dict[str, str] | None = None,
+                 on_lost: Callable[[int, str], None] | None = None,
+                 on_restored: Callable[[int], None] | None = None,
+                 restart: bool = True, start_timeout_s: float | None = None) -> None:
+        self.slot = slot
+        self.models = tuple(models)
+        self.device = device
+        self.kind = "cuda" if device.startswith("cuda") else "cpu"
+        self.sources = dict(sources or {})
+        # building published architectures on a GPU takes longer than the tiny CPU models
+        start_timeout_s = start_timeout_s or (600.0 if self.kind == "cuda" else 120.0)
+        self.threads = threads
+        self.on_lost = on_lost
+        self.on_restored = on_restored
+        self.restart = restart
+        self.start_timeout_s = start_timeout_s
+        self.alive = False
+        self.cards: dict[str, ModelCard] = {}
+        self.pid: int | None = None
+        self.restarts = 0
+        self._proc = None
+        self._conn = None
+        self._flag = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._ready: asyncio.Future | None = None
+        self._stopping = False
+        self._restart_task: asyncio.Task | None = None
+        self._generation = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._spawn()
+
+    async def _spawn(self) -> None:
+        import torch.multiprocessing as tmp  # noqa: F401  (shared-memory reductions in this process)
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        self._flag = ctx.Value("q", -1, lock=False)
+        self._generation += 1
+        gen = self._generation
+        proc = ctx.Process(target=worker_main, args=(self.slot, self.models, child, self._flag, self.threads,
+                                                      self.device, self.sources),
+                           name=f"trident-worker-{self.slot}", daemon=True)
+        self._ready = self._loop.create_future()
+        proc.start()
+        child.close()
+        self._proc, self._conn, self.pid = proc, parent, proc.pid
+        threading.Thread(target=self._reader, args=(proc, parent, gen), name=f"trident-reader-{self.slot}",
+                         daemon=True).start()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout_s)
+        except asyncio.TimeoutError:
+            self._kill(proc)
+            raise RuntimeError(f"worker {self.slot}: not ready after {self.start_timeout_s:.0f} s") from None
+        self.alive = True
+
+    def _reader(self, proc, conn, gen: int) -> None:
+        """Thread: hand every message to the loop; report the process's end once."""
+        from multiprocessing.connection import wait
+
+        loop = self._loop
+        while True:
+            try:
+                ready = wait([conn, proc.sentinel])
+            except OSError:
+                break
+            if conn in ready:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    break
+                except Exception as exc:  # noqa: BLE001 - e.g. a shared tensor whose sender died
+                    logger.warning("worker %d: unreadable message: %s", self.slot, exc)
+                    continue
+                try:
+                    loop.call_soon_threadsafe(self._message, gen, msg)
+                except RuntimeError:  # the loop is closed: nobody is listening any more
+                    return
+                continue
+            break
+        proc.join(timeout=5)
+        try:
+            loop.call_soon_threadsafe(self._died, gen, proc.exitcode)
+        except RuntimeError:
+            pass
+
+    def _message(self, gen: int, msg) -> None:
+        if gen != self._generation:
+            return
+        kind = msg[0]
+        if kind == "ready":
+            self.cards = msg[2]
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(True)
+        elif kind == "broken":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(RuntimeError(f"worker {self.slot}: {msg[2]}"))
+        elif kind == "result":
+            fut = self._pending.pop(msg[1], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg[2])
+
+    def _died(self, gen: int, exitcode) -> None:
+        if gen != self._generation:
+            return
+        was_alive = self.alive
+        self.alive = False
+        reason = f"worker process {self.pid} exited with code {exitcode}"
+        pending, self._pending = self._pending, {}
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(RuntimeError(f"worker {self.slot}: {reason} while starting"))
+        if self._stopping:
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_result(StageResult(error=reason, lost=True))
+            return
+        logger.warning("worker %d: %s", self.slot, reason)
+        if was_alive and self.on_lost is not None:
+            self.on_lost(self.slot, reason)  # the engine fails the running dispatch first
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_result(StageResult(error=reason, lost=True))
+        if self.restart and self._restart_task is None:
+            self._restart_task = self._loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        try:
+            await self._respawn()
+        finally:
+            self._restart_task = None
+
+    @staticmethod
+    def _kill(proc) -> None:
+        if proc is not None and proc.is_alive():
+            proc.kill()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        proc, conn = self._proc, self._conn
+        if conn is not None:
+            try:
+                conn.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+        if proc is not None:
+            deadline = time.monotonic() + 5.0
+            while proc.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if proc.is_alive():
+                proc.terminate()
+                await asyncio.sleep(0.2)
+                self._kill(proc)
+        self.alive = False
+
+    # -- work --------------------------------------------------------------------------------
+    async def run(self, task: StageTask) -> StageResult:
+        if not self.alive or self._conn is None:
+            return StageResult(error=f"worker {self.slot} is down", lost=True)
+        fut = self._loop.create_future()
+        self._pending[task.dispatch_id] = fut
+        self._flag.value = -1
+        try:
+            self._conn.send(("run", task))
+        except (BrokenPipeError, OSError) as exc:
+            self._pending.pop(task.dispatch_id, None)
+            return StageResult(error=f"worker {self.slot}: {exc}", lost=True)
+        return await fut
+
+    def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
+        if self._flag is not None:
+            self._flag.value = dispatch_id

@@ -1,0 +1,92 @@
+"""What a worker is asked to run (:class:`StageTask`), what comes of it (:class:`StageResult`), what it
+reports about a model it loaded (:class:`ModelCard`), and an allocation failure as a value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ModelCard", "StageResult", "StageTask", "failure", "is_oom"]
+
+
+@dataclass(frozen=True, slots=True)
+class StageTask:
+    """What one dispatch asks its lead worker to run (picklable; tensors ride as shared memory)."""
+
+    dispatch_id: int
+    stage: str  # encode | diffuse | decode
+    model: str
+    request_ids: tuple[int, ...]
+    height: int
+    width: int
+    frames: int
+    steps: int
+    prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    guidances: tuple[float | None, ...] = ()
+    start_step: int = 0
+    end_step: int = 0
+    # per request: encode (); diffuse (embeddings, latents-or-None); decode latents
+    inputs: tuple[Any, ...] = ()
+    duration_s: float = 0.0  # emulated workers: wall seconds the dispatch takes
+    tiled: bool = False  # decode in tiles (bounded activation memory): a retry after an out-of-memory error
+    # the (model, stage) instances the placement plan holds on the lead device at dispatch: a GPU worker
+    # keeps exactly these weights on its GPU (evicting the rest) and loads this task's stage if missing
+    resident: tuple[tuple[str, str], ...] = ()
+    # testing aid (``trident serve --inject-oom``): "oom" makes the worker fail this task with a real
+    # allocation failure (a CPU process asks torch's allocator for more than any address space)
+    fault: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    """What came of a task: per-request outputs, or an error (``lost``: the worker died)."""
+
+    end_step: int = 0
+    # per request: encode embeddings; diffuse latents; decode encoded media bytes (None: emulated)
+    outputs: tuple[Any, ...] = ()
+    error: str = ""
+    oom: bool = False
+    lost: bool = False
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.error or self.lost)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What a worker reports about a model it loaded (the server validates requests with it)."""
+
+    name: str
+    video: bool
+    min_size: int
+    max_size: int
+    size_multiple: int
+    frames_multiple: int
+    max_frames: int
+    default_steps: int
+    max_prompt_tokens: int
+
+
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is an allocation failure: ``MemoryError``, ``torch.OutOfMemoryError``
+    (``torch.cuda.OutOfMemoryError`` is the same class), or torch's CPU allocator failing
+    (a ``RuntimeError`` "DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(exc, MemoryError):
+        return True
+    if any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXT)
+
+
+def failure(exc: BaseException) -> StageResult:
+    """A task that raised, as a value: the error text and whether it was out of memory."""
+    return StageResult(error=f"{type(exc).__name__}: {exc}", oom=is_oom(exc))

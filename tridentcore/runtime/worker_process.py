@@ -1,0 +1,177 @@
+"""What runs inside a worker process (or a Ray actor): loading and warming up the pipelines, the
+process's message loop, and running one task for real (torch imported inside the functions).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+from ..core.types import StageKind
+from .residency import Residency
+from .tasks import ModelCard, StageResult, StageTask, failure, is_oom
+
+__all__ = ["load_pipelines", "run_task", "worker_main"]
+
+
+def _slice(value, i: int):
+    return value[i:i + 1].clone()
+
+
+def run_task(pipes: dict, cards: dict, task: StageTask, stop_flag, residency: Residency | None = None) -> StageResult:
+    """Run one task inside a worker process (torch imported there); an allocation failure comes back as
+    a value (``oom``), which the engine reports to the policy as ``StageFailed(oom=True)``."""
+    try:
+        if residency is not None:
+            residency.sync(task)
+        return _execute_stage(pipes, task, stop_flag)
+    except Exception as exc:  # noqa: BLE001 - only allocation failures are values here; the rest propagate
+        if not is_oom(exc):
+            raise
+        result = failure(exc)
+        if task.fault:
+            result = StageResult(error=f"{result.error} (fault injected by --inject-oom)", oom=True)
+        return result
+
+
+def _provoke_oom() -> None:
+    """A real allocation failure from torch's allocator (``--inject-oom``): more bytes than any address space."""
+    import torch
+
+    torch.empty((1 << 62,), dtype=torch.uint8)
+
+
+def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
+    import torch
+
+    from ..pipelines.media import encode_animation, encode_image
+
+    pipe = pipes[task.model]
+    dev = pipe.device  # where the stage computes; inputs and outputs cross processes in host memory
+    host = dev.type == "cpu"
+
+    def out(t):
+        return t if host else t.cpu()
+
+    t0 = time.perf_counter()
+    n = len(task.request_ids)
+    if task.fault == "oom":
+        _provoke_oom()
+    if task.stage == StageKind.ENCODE:
+        emb = pipe.encode(list(task.prompts), list(task.negative_prompts))
+        outputs = tuple({k: out(_slice(v, i)) for k, v in emb.items()} for i in range(n))
+        return StageResult(0, outputs, wall_s=time.perf_counter() - t0)
+    if task.stage == StageKind.DIFFUSE:
+        # requests of one batch share model and shape; guidance may differ: one sub-batch per value
+        groups: dict[float | None, list[int]] = {}
+        for i, g in enumerate(task.guidances):
+            groups.setdefault(g, []).append(i)
+        state = []
+        for g, idx in groups.items():
+            embs = [task.inputs[i][0] for i in idx]
+            emb = {k: torch.cat([e[k] for e in embs]).to(dev) for k in embs[0]}
+            lat = None
+            if task.start_step > 0:
+                lat = torch.cat([task.inputs[i][1] for i in idx]).to(dev)
+            state.append([g, idx, emb, lat])
+        reached = task.start_step
+        shape = (task.height, task.width, task.frames)
+        for step in range(task.start_step, task.end_step):
+            for entry in state:
+                g, idx, emb, lat = entry
+                entry[3] = pipe.diffuse(emb, shape, seed=[task.seeds[i] for i in idx], steps=task.steps,
+                                        guidance=g, start_step=step, end_step=step + 1, latents=lat)
+            reached = step + 1
+            if stop_flag.value == task.dispatch_id and reached < task.end_step:
+                break
+        outputs: list = [None] * n
+        for g, idx, emb, lat in state:
+            for j, i in enumerate(idx):
+                outputs[i] = out(_slice(lat, j))
+        return StageResult(reached, tuple(outputs), wall_s=time.perf_counter() - t0)
+    latents = torch.cat(list(task.inputs))
+    pixels = out(pipe.decode(latents, tiled=task.tiled))
+    media = []
+    for i in range(n):
+        arr = pixels[i]
+        media.append(encode_animation(arr, "WEBP") if arr.ndim == 4 and arr.shape[0] > 1
+                     else encode_image(arr[0] if arr.ndim == 4 else arr, "PNG"))
+    return StageResult(0, tuple(media), wall_s=time.perf_counter() - t0)
+
+
+def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
+                   sources: dict[str, str] | None = None) -> tuple[dict, dict[str, ModelCard]]:
+    """Load and warm up the pipelines of one slot (a worker process or a Ray actor).
+
+    ``models`` are the names served; ``sources`` maps a name to the pipeline it runs when they differ
+    (``sd3-medium`` -> ``arch:sd3-medium`` on a GPU). On ``cuda:I`` pipelines are bfloat16, built on the
+    GPU, then moved to host memory: no weights stay on the GPU until the placement plan puts them there.
+
+    Warm-up runs a one-step generation per model: first calls pay one-off costs the profile
+    does not show."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import torch
+
+    torch.set_num_threads(threads)
+    from ..pipelines import load_pipeline
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(device)
+    pipes = {}
+    for m in models:
+        src = (sources or {}).get(m, m)
+        pipes[m] = load_pipeline(src, device=device, dtype="bfloat16") if cuda else load_pipeline(src)
+    cards = {}
+    for m, p in pipes.items():
+        lim = p.limits
+        cards[m] = ModelCard(m, lim.video, lim.min_size, lim.max_size, lim.size_multiple, lim.frames_multiple,
+                             lim.max_frames, p.default_steps, lim.max_prompt_tokens)
+    for m, p in pipes.items():
+        card = cards[m]
+        size = max(card.min_size, 32)
+        emb = p.encode(["warm-up"], [""])
+        p.decode(p.diffuse(emb, (size, size, 1 + card.frames_multiple if card.video else 1), steps=2, end_step=1))
+        if cuda:  # back to host memory; the device stays the pipeline's compute device
+            p.to("cpu")
+            p.device = torch.device(device)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    return pipes, cards
+
+
+def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int, device: str = "cpu",
+                 sources: dict[str, str] | None = None) -> None:
+    """Entry point of a worker process."""
+    import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
+
+    try:
+        pipes, cards = load_pipelines(models, threads, device, sources)
+        residency = Residency(pipes, device) if device.startswith("cuda") else None
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which gives up on this slot
+        conn.send(("broken", slot, f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", slot, cards))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg[0] == "stop":
+            break
+        task: StageTask = msg[1]
+        try:
+            with torch.inference_mode():
+                result = run_task(pipes, cards, task, stop_flag, residency)
+        except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
+            result = failure(exc)
+        try:
+            conn.send(("result", task.dispatch_id, result))
+        except (BrokenPipeError, OSError):
+            break

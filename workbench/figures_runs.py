@@ -1,0 +1,115 @@
+"""Figures of run outcomes: latency CDFs, attainment against rate, attainment per class, and quick
+charts of SQL query results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.figures_base import _color, _np, _series_colors, empty_figure
+
+__all__ = ["CHART_KINDS", "class_attainment", "latency_cdf", "quick_chart", "rate_curves"]
+
+
+def _ecdf(values: Sequence[float], max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    xs = np.sort(np.asarray(values, dtype=float))
+    xs = xs[np.isfinite(xs)]
+    n = len(xs)
+    if n == 0:
+        return xs, xs
+    ps = np.arange(1, n + 1) / n
+    if n > max_points:  # keep the shape, not every point: evenly spaced probabilities, plus the tail
+        idx = np.unique(np.concatenate([np.linspace(0, n - 1, max_points).round().astype(int), [n - 1]]))
+        xs, ps = xs[idx], ps[idx]
+    return xs, ps
+
+
+def latency_cdf(latencies: Mapping[str, Sequence[float]], *, max_points: int = 1000,
+                title: str = "Latency CDF (finished requests)") -> go.Figure:
+    """One step curve per policy (or run): the fraction of finished requests within x seconds."""
+    fig = go.Figure()
+    colors = _series_colors(list(latencies))
+    for name, values in latencies.items():
+        xs, ps = _ecdf(values, max_points)
+        fig.add_trace(go.Scatter(x=xs, y=ps, mode="lines", name=str(name), line=dict(color=colors[str(name)], shape="hv"),
+                                 hovertemplate="%{y:.1%} within %{x:.2f} s<extra>" + str(name) + "</extra>"))
+    fig.update_layout(title=title, xaxis_title="latency (s)", yaxis_title="fraction of requests",
+                      yaxis=dict(range=[0, 1.02], tickformat=".0%"), height=380, margin=dict(t=50, b=40),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def rate_curves(points: pd.DataFrame, *, target: float = 0.9) -> go.Figure:
+    """SLO attainment and P95 latency against request rate, one line per policy.
+
+    ``points``: columns ``policy``, ``rate``, ``attainment``, ``p95_s``.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("SLO attainment", "P95 latency (s)"))
+    colors = _series_colors(list(dict.fromkeys(points["policy"].astype(str))))
+    for policy, grp in points.sort_values("rate").groupby("policy", sort=False):
+        color = colors[str(policy)]
+        fig.add_trace(go.Scatter(x=_np(grp["rate"]), y=_np(grp["attainment"]), mode="lines+markers", name=str(policy),
+                                 legendgroup=str(policy), line=dict(color=color),
+                                 hovertemplate="%{x:.3g} req/s: %{y:.1%}<extra>" + str(policy) + "</extra>"),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=_np(grp["rate"]), y=_np(grp["p95_s"]), mode="lines+markers", name=str(policy),
+                                 legendgroup=str(policy), showlegend=False, line=dict(color=color),
+                                 hovertemplate="%{x:.3g} req/s: %{y:.2f} s<extra>" + str(policy) + "</extra>"),
+                      row=1, col=2)
+    fig.add_hline(y=target, line=dict(dash="dot", color="gray"), row=1, col=1,
+                  annotation_text=f"target {target:.0%}", annotation_position="bottom left")
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.02], row=1, col=1)
+    fig.update_xaxes(title_text="rate (req/s)")
+    fig.update_layout(height=380, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def class_attainment(df: pd.DataFrame, *, run_col: str = "run", target: float = 0.9) -> go.Figure:
+    """SLO attainment per request class, one bar group per class, one bar per run.
+
+    ``df``: columns ``request_class``, ``attainment`` and ``run_col``.
+    """
+    if df.empty:
+        return empty_figure("no requests")
+    fig = go.Figure()
+    for i, (run, grp) in enumerate(df.groupby(run_col, sort=False)):
+        fig.add_trace(go.Bar(x=grp["request_class"], y=grp["attainment"], name=str(run), marker_color=_color(i),
+                             hovertemplate="%{x}: %{y:.1%}<extra>" + str(run) + "</extra>"))
+    fig.add_hline(y=target, line=dict(dash="dot", color="gray"))
+    fig.update_layout(barmode="group", title="SLO attainment per request class", yaxis=dict(tickformat=".0%", range=[0, 1.02]),
+                      height=380, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.35))
+    return fig
+
+
+CHART_KINDS = ("bar", "line", "scatter")
+
+
+def quick_chart(df: pd.DataFrame, x: str, y: Sequence[str] | str, kind: str = "bar", *, max_rows: int = 5000) -> go.Figure:
+    """A quick chart of a query result: ``y`` column(s) against ``x`` (first ``max_rows`` rows)."""
+    if kind not in CHART_KINDS:
+        raise ValueError(f"unknown chart kind {kind!r}; valid kinds: {', '.join(CHART_KINDS)}")
+    ys = [y] if isinstance(y, str) else list(y)
+    missing = [c for c in [x, *ys] if c not in df.columns]
+    if missing:
+        raise ValueError(f"no column(s) {', '.join(missing)} in the result; columns: {', '.join(map(str, df.columns))}")
+    if not ys:
+        return empty_figure("choose a column to plot")
+    d = df.head(max_rows)
+    xs = d[x].astype(str) if d[x].dtype == object else d[x]
+    fig = go.Figure()
+    for i, col in enumerate(ys):
+        vals = pd.to_numeric(d[col], errors="coerce")
+        if kind == "bar":
+            fig.add_trace(go.Bar(x=xs, y=vals, name=col, marker_color=_color(i)))
+        else:
+            fig.add_trace(go.Scatter(x=xs, y=vals, name=col, mode="lines+markers" if kind == "line" else "markers",
+                                     line=dict(color=_color(i))))
+    title = f"{', '.join(ys)} by {x}" + (f" (first {max_rows} rows)" if len(df) > max_rows else "")
+    fig.update_layout(title=title, xaxis_title=x, height=380, margin=dict(t=50, b=40),
+                      barmode="group", showlegend=len(ys) > 1)
+    return fig

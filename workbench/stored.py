@@ -1,0 +1,123 @@
+"""The results store for the workbench: reads keyed by the file's signature (path, size, modification
+time), a run as a zip, untrusted read-only SQL, and the SQL examples of results/README.md.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tridentcore.store.schema import STAGE_ORDER_SQL
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+__all__ = ["DbSignature", "class_attainment_frame", "db_signature", "latencies", "run_sql", "run_zip", "runs_frame", "sql_examples", "stage_breakdown_frame", "summaries_frame"]
+
+
+@dataclass(frozen=True)
+class DbSignature:
+    """What identifies a results file's contents for caching: path, size and modification time."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def db_signature(path: str | os.PathLike[str]) -> DbSignature:
+    """The file's signature; FileNotFoundError with a hint when there is no file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"no results database at {p} (write one with `trident simulate --db {p}` or choose another file)")
+    st = p.stat()
+    return DbSignature(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def runs_frame(sig: DbSignature) -> pd.DataFrame:
+    from tridentcore.store import list_runs
+
+    return list_runs(sig.path)
+
+
+def summaries_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataFrame:
+    from tridentcore.store import run_summary
+
+    return run_summary(sig.path, list(run_ids))
+
+
+def _read(sig: DbSignature, sql: str, params: Sequence[Any]) -> pd.DataFrame:
+    from tridentcore.store import open_readonly
+
+    con = open_readonly(sig.path)
+    try:
+        return con.execute(sql, list(params)).df()
+    finally:
+        con.close()
+
+
+def class_attainment_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataFrame:
+    return _read(sig, "SELECT run_id, request_class, requests, met, attainment, p50_s, p95_s, rejected, failed "
+                      "FROM attainment_by_shape WHERE list_contains(?, run_id) ORDER BY request_class, run_id",
+                 [list(run_ids)])
+
+
+def stage_breakdown_frame(sig: DbSignature, run_ids: Sequence[str]) -> pd.DataFrame:
+    return _read(sig, "SELECT * FROM stage_breakdown WHERE list_contains(?, run_id) "
+                      f"ORDER BY run_id, {STAGE_ORDER_SQL}",
+                 [list(run_ids)])
+
+
+def latencies(sig: DbSignature, run_id: str) -> pd.Series:
+    """Latencies of a run's finished requests (seconds)."""
+    df = _read(sig, "SELECT latency_s FROM requests WHERE run_id = ? AND latency_s IS NOT NULL", [run_id])
+    return df["latency_s"]
+
+
+def run_zip(sig: DbSignature, run_id: str) -> bytes:
+    """One run as a zip of Parquet files (one per table), via ``store.export_run``."""
+    from tridentcore.store import export_run
+
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory(prefix="trident-export-") as tmp:
+        written = export_run(sig.path, run_id, tmp)
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, path in written.items():
+                zf.write(path, arcname=f"{run_id}/{name}.parquet")
+    return buf.getvalue()
+
+
+def run_sql(sig: DbSignature, sql: str) -> pd.DataFrame:
+    """Untrusted SQL over the results file: read-only, no file access (``store.query_readonly``)."""
+    from tridentcore.store import query_readonly
+
+    return query_readonly(sig.path, sql)
+
+
+_SQL_BLOCK = re.compile(r"```sql\s*\n(.*?)```", re.S)
+
+
+def sql_examples(readme: str | os.PathLike[str] | None = None) -> list[tuple[str, str]]:
+    """``(title, sql)`` for each ```sql block of results/README.md; the title is the paragraph
+    just before the block. Empty when the README is not there (an installed package)."""
+    path = Path(readme) if readme is not None else REPO_ROOT / "results" / "README.md"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    out: list[tuple[str, str]] = []
+    pos = 0
+    for m in _SQL_BLOCK.finditer(text):
+        before = text[pos:m.start()].strip().split("\n\n")[-1].strip()
+        title = " ".join(before.split()).rstrip(":") or f"example {len(out) + 1}"
+        out.append((title, m.group(1).strip()))
+        pos = m.end()
+    return out
