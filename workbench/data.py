@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from tridentcore.core.defaults import DEFAULT_DB, DEFAULT_POLICIES
 from tridentcore.core.metrics import attainment_by_class, summarize
 from tridentcore.core.types import DEGREES
 from tridentcore.bench.scenario import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
@@ -78,16 +79,14 @@ __all__ = [
     "samples_to_frame",
 ]
 
-DEFAULT_POLICIES: tuple[str, ...] = ("pipeline-static:degree=1", "pipeline-dynamic", "trident-paper", "trident")
 POLICY_CHOICES: tuple[str, ...] = (
     *(f"pipeline-static:degree={d}" for d in DEGREES),
     "pipeline-dynamic", "trident-paper", "trident",
 )  # fmt: skip
-DEFAULT_DB = "results/trident.duckdb"
 # The comparison the home page opens with: the four policies on the image-video mix, Poisson arrivals
 # at 0.5 req/s for 600 simulated seconds, simulated 2x8xH200, the h200 profile, SLO scale 3.
 DEFAULT_SCENARIO = Scenario(duration_s=600.0)
-DEFAULT_RATE = 0.5
+DEFAULT_RATE = 0.5  # the workbench's own opening rate (a light load: every policy meets most SLOs)
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "trident-workbench-uploads"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from tridentcore.core.types import STAGES
 from workloads.schedule import Arrival
 
 __all__ = ["ERROR_STATES", "absorb_response", "base_row"]
@@ -50,7 +51,7 @@ def absorb_response(row: dict, status: int, body, error: str) -> str | None:
         if isinstance(ids, list) and ids:
             row["server_request_id"] = ids[0]
         row["queued_ms"] = sum(float(s.get("queued_ms") or 0.0) for s in stages)
-        for kind in ("encode", "diffuse", "decode"):
+        for kind in STAGES:
             runs = [float(s.get("run_ms") or 0.0) for s in stages if s.get("stage") == kind]
             row[f"{kind}_ms"] = sum(runs) if runs else None
         return None

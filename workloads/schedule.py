@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tridentcore.bench.spec import RunSpec, RunSpecError
+from tridentcore.core.types import class_label
 from tridentcore.core.workload import RequestSpec
 
 __all__ = ["Arrival", "ScheduleError", "build_schedule", "check_spec", "request_body"]
@@ -68,6 +69,6 @@ def build_schedule(spec: RunSpec) -> list[Arrival]:
     out = []
     for r in schedule_requests(spec):
         path, body = request_body(r)
-        out.append(Arrival(r.id, r.arrival_s, r.arrival_s * spec.time_scale, r, f"{r.model} {r.shape.label()}", path,
+        out.append(Arrival(r.id, r.arrival_s, r.arrival_s * spec.time_scale, r, class_label(r.model, r.shape), path,
                            body))
     return out

@@ -26,7 +26,7 @@ from ..core.driver import expected_mix
 from ..core.metrics import attainment_by_class, min_class_attainment, summarize
 from ..core.policy import make_policy
 from ..core.records import RunMeta
-from ..core.types import Shape
+from ..core.types import Shape, StageKind
 from ..core.workload import Mix, RequestSpec, generate_requests, make_slo_fn
 from ..sim.engine import SimResult, simulate
 from .provenance import git_sha, hardware, package_versions
@@ -127,9 +127,9 @@ def schedule_requests(spec: RunSpec) -> list[RequestSpec]:
 
 def _check_class(cost: CostModel, kind: str, model: str, shape) -> list[str]:
     try:
-        cost.latency_s(model, "encode", None, 1, 1, kind)
-        cost.latency_s(model, "diffuse", shape, 1, 1, kind)
-        cost.latency_s(model, "decode", shape, 1, 1, kind)
+        cost.latency_s(model, StageKind.ENCODE, None, 1, 1, kind)
+        cost.latency_s(model, StageKind.DIFFUSE, shape, 1, 1, kind)
+        cost.latency_s(model, StageKind.DECODE, shape, 1, 1, kind)
     except LookupError as exc:
         return [str(exc)]
     return []
@@ -155,9 +155,9 @@ def capacity_rps(loaded: Loaded) -> float:
     degrees = [d for d in (1, 2, 4, 8) if d <= cluster.gpus_per_node]
     gpu_s = 0.0
     for model, shape, w in classes:
-        enc = cost.latency_s(model, "encode", None, 1, 1, kind)
-        dec = cost.latency_s(model, "decode", shape, 1, 1, kind)
-        best = min(d * shape.steps * cost.latency_s(model, "diffuse", shape, 1, d, kind) for d in degrees)
+        enc = cost.latency_s(model, StageKind.ENCODE, None, 1, 1, kind)
+        dec = cost.latency_s(model, StageKind.DECODE, shape, 1, 1, kind)
+        best = min(d * shape.steps * cost.latency_s(model, StageKind.DIFFUSE, shape, 1, d, kind) for d in degrees)
         gpu_s += w / total_w * (enc + best + dec)
     return cluster.num_gpus / gpu_s
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from ..core.defaults import DEFAULT_PROFILE
+from ..core.types import STAGES, StageKind
 from .common import fail, quiet_libraries, setup_logging
 
 __all__ = ["cost", "generate", "models", "profile"]
@@ -100,7 +101,7 @@ def profile(
     torch.set_num_threads(threads)
     try:
         stage_list = tuple(s.strip() for s in stages.split(",") if s.strip())
-        bad = [s for s in stage_list if s not in ("encode", "diffuse", "decode")]
+        bad = [s for s in stage_list if s not in STAGES]
         if bad:
             fail(f"unknown stage(s) {', '.join(bad)}; valid: encode, diffuse, decode")
         rows = []
@@ -145,7 +146,7 @@ def cost(
         if size is not None:
             width, height = parse_size(size)
             shape = Shape(height=height, width=width, frames=frames)
-        elif stage != "encode":
+        elif stage != StageKind.ENCODE:
             raise ValueError(f"--size WIDTHxHEIGHT is required for stage {stage!r}")
         loaded = load_profile(profile)
         costs = loaded.cost_model()
@@ -169,7 +170,7 @@ def cost(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    what = "per denoising step" if stage == "diffuse" else "per call"
+    what = "per denoising step" if stage == StageKind.DIFFUSE else "per call"
     where = "" if shape is None else f" {shape.label()}"
     typer.echo(
         f"{model} {stage}{where} batch {batch} degree {degree} on {result['gpu']} ({loaded.name}): "
