@@ -19,19 +19,8 @@ from tridentcore.runtime.build import build_runtime
 from tridentcore.runtime.engine import Accepted, Submission
 from tridentcore.sim.replay import compare, replay
 
-IMG = Shape(1024, 1024, 1, 28)
-SMALL = Shape(512, 512, 1, 20)
-VID = Shape(480, 832, 17, 50)
+from emulated_workload import SMALL, mixed, run  # noqa: E402  (tests/, on sys.path under pytest)
 
-
-def run(coro, timeout_s: float = 120.0):
-    return asyncio.run(asyncio.wait_for(coro, timeout_s))
-
-
-def mixed(i: int) -> Submission:
-    if i % 4 == 3:
-        return Submission("wan2.1-1.3b", f"video {i}", VID, seed=i)
-    return Submission("sd3-medium", f"image {i}", IMG if i % 2 else SMALL, seed=i)
 
 
 def assert_exact(engine) -> None:
@@ -66,7 +55,7 @@ def test_emulated_run_replays_identically(policy):
         await e.shutdown(5)
         return e
 
-    e = run(main())
+    e = run(main(), 120)
     states = {r.state for r in e.request_rows()}
     assert "done" in states
     assert_exact(e)
@@ -90,7 +79,7 @@ def test_preemption_and_forgetting_replay_identically():
         await e.shutdown(5)
         return e
 
-    e = run(main())
+    e = run(main(), 120)
     assert e.forgotten > 0
     assert any(s.outcome == "preempted" for s in e.spans)
     assert_exact(e)

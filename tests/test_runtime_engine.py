@@ -17,20 +17,9 @@ from tridentcore.runtime.build import SetupError, build_runtime, parse_devices
 from tridentcore.runtime.engine import Accepted, Engine, EngineConfig, Refused, Submission
 from tridentcore.runtime.workers import EmulatedWorker, WorkerPool
 
-IMG = Shape(1024, 1024, 1, 28)
-SMALL = Shape(512, 512, 1, 20)
-VID = Shape(480, 832, 17, 50)
+from emulated_workload import IMG, SMALL, mixed, run  # noqa: E402  (tests/, on sys.path under pytest)
+
 TERMINAL = {"done", "failed", "rejected", "cancelled"}
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 60))
-
-
-def mixed(i: int) -> Submission:
-    if i % 4 == 3:
-        return Submission("wan2.1-1.3b", f"video {i}", VID, seed=i)
-    return Submission("sd3-medium", f"image {i}", IMG if i % 2 else SMALL, seed=i)
 
 
 def check_records(engine: Engine, ids) -> None:

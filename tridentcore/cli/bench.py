@@ -16,8 +16,8 @@ import typer
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_LIVE_DEVICES,
                              DEFAULT_LIVE_TIME_SCALE, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
                              DEFAULT_SLO_SCALE, DEFAULT_TARGET)
-from .common import (ARRIVAL_HELP, CLUSTER_HELP, DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, MIX_HELP,
-                     POLICIES_HELP, db_message, delta, fail, json_safe, load_workload, one_line, policy_specs,
+from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
+                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, db_message, delta, fail, json_safe, load_workload, one_line, policy_specs,
                      setup_logging, store_errors, table, value)
 
 __all__ = ["bench"]
@@ -38,17 +38,17 @@ _REPEAT_ONLY = {"repeat", "db", "verbose"}
 def bench(
     ctx: typer.Context,
     backend: str = typer.Option("sim", help="sim (the simulator) or live (trident serve + Locust per policy)."),
-    policies: str = typer.Option(DEFAULT_POLICIES_TEXT, help=POLICIES_HELP),
-    mix: str = typer.Option(None, help=MIX_HELP),
+    policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,
+    mix: MixOpt = None,
     trace: str = typer.Option(None, help="Trace file (JSON lines, or the paper's Request(...) lines) instead of a mix."),
-    model: str = typer.Option(None, help="Model the paper-format trace is for."),
-    arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
-    rate: float = typer.Option(DEFAULT_RATE, min=0.0, help="Requests per second (mixes)."),
-    duration: float = typer.Option(DEFAULT_DURATION_S, min=1.0, help="Seconds of arrivals."),
-    slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, help="Deadline = arrival + scale x reference latency."),
-    seed: int = typer.Option(DEFAULT_SEED),
-    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path."),
-    cluster: str = typer.Option(DEFAULT_CLUSTER, help=CLUSTER_HELP),
+    model: ModelOpt = None,
+    arrival: ArrivalOpt = DEFAULT_ARRIVAL,
+    rate: RateOpt = DEFAULT_RATE,
+    duration: DurationOpt = DEFAULT_DURATION_S,
+    slo_scale: SloScaleOpt = DEFAULT_SLO_SCALE,
+    seed: SeedOpt = DEFAULT_SEED,
+    profile: ProfileOpt = DEFAULT_PROFILE,
+    cluster: ClusterOpt = DEFAULT_CLUSTER,
     goodput: bool = typer.Option(False, "--goodput", help="Also bisect goodput and fair goodput per policy (mixes)."),
     target: float = typer.Option(DEFAULT_TARGET, min=0.0, max=1.0, help="Attainment target for goodput."),
     db: str = typer.Option(DEFAULT_DB, help="DuckDB results file every run is stored in."),

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_POLICIES
 
-__all__ = ["ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
+__all__ = ["ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
+           "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
            "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
 
@@ -26,6 +27,18 @@ DEFAULT_POLICIES_TEXT = ",".join(DEFAULT_POLICIES)
 MIX_HELP = f"Named mix (flux-uniform, sd3-mixed, video-wan, image-video) or YAML (default {DEFAULT_MIX})."
 CLUSTER_HELP = "NODESxGPUSxKIND (2x8xH200), GPUSxKIND, or a YAML file."
 ARRIVAL_HELP = "poisson | gamma:cv=K | constant | bursts:size=N"
+
+# The workload options every simulating command takes (``name: Opt = DEFAULT_...`` in a signature).
+ProfileOpt = Annotated[str, typer.Option(help="Shipped profile name or CSV path.")]
+ClusterOpt = Annotated[str, typer.Option(help=CLUSTER_HELP)]
+MixOpt = Annotated[str | None, typer.Option(help=MIX_HELP)]
+ModelOpt = Annotated[str | None, typer.Option(help="Model the paper-format trace is for.")]
+ArrivalOpt = Annotated[str, typer.Option(help=ARRIVAL_HELP)]
+RateOpt = Annotated[float, typer.Option(min=0.0, help="Requests per second (mixes).")]
+DurationOpt = Annotated[float, typer.Option(min=1.0, help="Seconds of arrivals.")]
+SloScaleOpt = Annotated[float, typer.Option(min=0.1, help="Deadline = arrival + scale x reference latency.")]
+SeedOpt = Annotated[int, typer.Option()]
+PoliciesOpt = Annotated[str, typer.Option(help=POLICIES_HELP)]
 
 
 def setup_logging(verbose: bool) -> None:

@@ -6,8 +6,8 @@ import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_PROFILE, DEFAULT_RATE,
                              DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TARGET)
-from .common import (ARRIVAL_HELP, CLUSTER_HELP, DEFAULT_POLICIES_TEXT, MIX_HELP, POLICIES_HELP, fail, json_safe,
-                     load_workload, setup_logging, table)
+from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt, PoliciesOpt,
+                     ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail, json_safe, load_workload, setup_logging, table)
 
 __all__ = ["simulate", "sweep"]
 
@@ -16,17 +16,17 @@ _COLUMNS = ("policy", "requests", "attainment", "mean_s", "p50_s", "p95_s", "p99
 
 
 def simulate(
-    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path."),
-    cluster: str = typer.Option(DEFAULT_CLUSTER, help=CLUSTER_HELP),
-    mix: str = typer.Option(None, help=MIX_HELP),
+    profile: ProfileOpt = DEFAULT_PROFILE,
+    cluster: ClusterOpt = DEFAULT_CLUSTER,
+    mix: MixOpt = None,
     trace: str = typer.Option(None, help="Trace file (JSON lines, or the paper's Request(...) lines)."),
-    model: str = typer.Option(None, help="Model the paper-format trace is for."),
-    arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
-    rate: float = typer.Option(DEFAULT_RATE, min=0.0, help="Requests per second (mixes)."),
-    duration: float = typer.Option(DEFAULT_DURATION_S, min=1.0, help="Seconds of arrivals."),
-    slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, help="Deadline = arrival + scale x reference latency."),
-    seed: int = typer.Option(DEFAULT_SEED),
-    policies: str = typer.Option(DEFAULT_POLICIES_TEXT, help=POLICIES_HELP),
+    model: ModelOpt = None,
+    arrival: ArrivalOpt = DEFAULT_ARRIVAL,
+    rate: RateOpt = DEFAULT_RATE,
+    duration: DurationOpt = DEFAULT_DURATION_S,
+    slo_scale: SloScaleOpt = DEFAULT_SLO_SCALE,
+    seed: SeedOpt = DEFAULT_SEED,
+    policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
     db: str = typer.Option(None, help="DuckDB results file to store every run in."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -65,14 +65,14 @@ def simulate(
 
 
 def sweep(
-    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path."),
-    cluster: str = typer.Option(DEFAULT_CLUSTER, help=CLUSTER_HELP),
-    mix: str = typer.Option(None, help=MIX_HELP),
-    arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
+    profile: ProfileOpt = DEFAULT_PROFILE,
+    cluster: ClusterOpt = DEFAULT_CLUSTER,
+    mix: MixOpt = None,
+    arrival: ArrivalOpt = DEFAULT_ARRIVAL,
     duration: float = typer.Option(DEFAULT_DURATION_S, min=1.0, help="Seconds of arrivals per simulated rate."),
     slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1),
-    seed: int = typer.Option(DEFAULT_SEED),
-    policies: str = typer.Option(DEFAULT_POLICIES_TEXT, help=POLICIES_HELP),
+    seed: SeedOpt = DEFAULT_SEED,
+    policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,
     goodput: bool = typer.Option(False, "--goodput", help="Bisect goodput and fair goodput per policy."),
     target: float = typer.Option(DEFAULT_TARGET, min=0.0, max=1.0, help="Attainment target for goodput."),
     rates: str = typer.Option(None, help="Comma list of rates: attainment per rate and per class."),
