@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tridentcore.core.cluster import parse_cluster
-from tridentcore.core.driver import Arrived, Completed, DriverCore
-from tridentcore.core.events import Dispatch, Fail, Reject, StageFailed, Tick
+from tridentcore.core.driver import Completed, DriverCore
+from tridentcore.core.events import Dispatch, Fail, Reject, RequestArrived, StageFailed, Tick
 from tridentcore.core.lifecycle import RequestState
 from tridentcore.core.policies.trident_paper import (enumerate_program, greedy_program, late_reward, milp_program,
                                                      pack_best)
@@ -57,7 +57,7 @@ class Driver:
         return [a for ev in events for a in self.policy.on_event(self.view, ev, now)]
 
     def arrive(self, spec: RequestSpec, now: float = 0.0):
-        return self._decide(self.core.absorb(Arrived(spec), now), now)
+        return self._decide(self.core.absorb(RequestArrived(spec), now), now)
 
     def apply(self, actions, now: float) -> list[Dispatch]:
         return [s.run.action for s in self.core.apply(actions, now).started]

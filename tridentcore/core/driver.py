@@ -39,14 +39,12 @@ from .lifecycle import RequestState
 from .policy import Policy
 from .records import PlacementRow
 from .recording import Recorder
-from .reports import (Arrived, Cancelled, Completed, Effects, Forgot, Lost, Paused, Report, Restored, ShutDown,
-                      Started, TickDue)
+from .reports import Cancelled, Completed, Effects, Forgot, Paused, Report, ShutDown, Started
 from .state import ClusterState, ClusterView, Running
 from .types import Shape, StageKind
 
-__all__ = ["DEFAULT_MAX_ATTEMPTS", "Arrived", "Cancelled", "Completed", "DriverCore", "Effects", "Forgot", "Lost",
-           "Paused", "PolicyBug", "Report", "Restored", "ShutDown", "Started", "TickDue", "expected_mix",
-           "next_boundary"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "Cancelled", "Completed", "DriverCore", "Effects", "Forgot", "Paused", "PolicyBug",
+           "Report", "ShutDown", "Started", "expected_mix", "next_boundary"]
 
 DEFAULT_MAX_ATTEMPTS = 3  # a request whose running stage fails this often (lost worker, error) fails
 MAX_FOLLOW_UPS = 10_000  # follow-up events in one step past which the policy is looping (a bug)
@@ -168,10 +166,10 @@ class DriverCore:
     # ------------------------------------------------------------------------------ absorbing
     def _absorb(self, report: Report, now: float, out: Effects) -> list[Event]:
         state = self.state
-        if isinstance(report, Arrived):
+        if isinstance(report, RequestArrived):
             state.requests.add(report.request, now)
             out.ended.append(report.request.id)
-            return [RequestArrived(report.request)]
+            return [report]
         if isinstance(report, Completed):
             run = state.running.get(report.dispatch_id)
             if run is None:
@@ -179,13 +177,13 @@ class DriverCore:
             if report.error:
                 return [self._failed(run, report.error, report.oom, now, out)]
             return [self._finished(run, report.end_step, now, out)]
-        if isinstance(report, TickDue):
-            return [Tick()] if state.requests.live else []
-        if isinstance(report, Lost):
+        if isinstance(report, Tick):
+            return [report] if state.requests.live else []
+        if isinstance(report, WorkerLost):
             return self._lost(report.gpu, report.reason, now, out)
-        if isinstance(report, Restored):
+        if isinstance(report, WorkerRestored):
             state.set_alive(report.gpu, True)
-            return [WorkerRestored(report.gpu)]
+            return [report]
         if isinstance(report, Cancelled):
             self._cancel(report.request_id, report.reason, now, out)
             return []

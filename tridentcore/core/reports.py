@@ -1,7 +1,10 @@
 """What a driver reports to the driver core (:data:`Report`), and what the core asks of it (:class:`Effects`).
 
 Reports are in the past tense (something happened at ``now``); a live engine's log of them, with
-their times, replays through the simulator exactly (``core/driver.py``).
+their times, replays through the simulator exactly (``core/driver.py``). Where a report is exactly
+what the policy then hears, it is that event: a request arrived (``RequestArrived``), a worker was
+lost or came back (``WorkerLost``, ``WorkerRestored``), the policy's timer fell due (``Tick``: the
+policy hears it only while requests live). The rest are the driver's own words.
 """
 
 from __future__ import annotations
@@ -9,16 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .dispatch import Running
-from .workload import RequestSpec
+from .events import RequestArrived, Tick, WorkerLost, WorkerRestored
 
 # ------------------------------------------------------------------------------------------ reports
-
-
-@dataclass(frozen=True, slots=True)
-class Arrived:
-    """A request was admitted (its ``arrival_s`` and deadline are already set)."""
-
-    request: RequestSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,24 +27,6 @@ class Completed:
     end_step: int | None = None
     error: str = ""
     oom: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Lost:
-    """A worker (device) stopped; its running dispatch fails and its resident weights are gone."""
-
-    gpu: int
-    reason: str = "worker lost"
-
-
-@dataclass(frozen=True, slots=True)
-class Restored:
-    gpu: int
-
-
-@dataclass(frozen=True, slots=True)
-class TickDue:
-    """The policy's timer fell due (``Policy.tick_s``); the policy hears it only while requests live."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +51,7 @@ class ShutDown:
     reason: str
 
 
-Report = Arrived | Completed | Lost | Restored | TickDue | Cancelled | Forgot | ShutDown
+Report = RequestArrived | Completed | WorkerLost | WorkerRestored | Tick | Cancelled | Forgot | ShutDown
 
 # ------------------------------------------------------------------------------------------ effects
 

@@ -4,9 +4,10 @@ decide -> execute -> absorb, on one asyncio loop. The deciding and absorbing are
 (:class:`~tridentcore.core.driver.DriverCore`, the code the simulator runs too); this module keeps
 only how time passes and how work reaches the workers:
 
-* **reports in**: a submission (``Arrived``), a worker's result (``Completed``), a worker process
-  lost or back (``Lost`` / ``Restored``), a client's cancellation, the shutdown, and a ``TickDue``
-  every ``policy.tick_s``. Each is handed to the core with ``now``, the engine clock read once;
+* **reports in**: a submission (``RequestArrived``), a worker's result (``Completed``), a worker
+  process lost or back (``WorkerLost`` / ``WorkerRestored``), a client's cancellation, the
+  shutdown, and a ``Tick`` every ``policy.tick_s``. Each is handed to the core with ``now``, the
+  engine clock read once;
 * **effects out**: a started dispatch becomes a task on its lead worker (its inputs from the
   :class:`~tridentcore.runtime.artifacts.ArtifactCache`), a paused diffuse a stop request to its
   worker, an ended request wakes its waiters.
@@ -42,8 +43,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
-from ..core.driver import (Arrived, Cancelled, Completed, DriverCore, Effects, Forgot, Lost,
-                           PolicyBug, Report, Restored, ShutDown, Started, TickDue)
+from ..core.driver import Cancelled, Completed, DriverCore, Effects, Forgot, PolicyBug, Report, ShutDown, Started
+from ..core.events import RequestArrived, Tick, WorkerLost, WorkerRestored
 from ..core.lifecycle import WAITING_FOR, RequestState
 from ..core.policy import Policy
 from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
@@ -179,7 +180,7 @@ class Engine:
             wall = max(self._wall_at(nxt) - self._clock(), self.config.min_tick_wall_s)
             await asyncio.sleep(wall)
             if self.state.requests.live and not self._closed:
-                self._post(TickDue())
+                self._post(Tick())
 
     async def shutdown(self, drain_timeout_s: float = 30.0) -> None:
         """Refuse new work, let in-flight work finish for up to ``drain_timeout_s``, fail the rest."""
@@ -245,7 +246,7 @@ class Engine:
                                now, item.negative_prompt)
             ids.append(rid)
             self._live.add(rid)
-            self._post(Arrived(spec))
+            self._post(RequestArrived(spec))
         return Accepted(tuple(ids))
 
     def cancel(self, request_id: int, reason: str = "cancelled by the client") -> bool:
@@ -291,10 +292,10 @@ class Engine:
 
     # ------------------------------------------------------------------------------ workers
     def _worker_lost(self, slot: int, reason: str) -> None:
-        self._post(Lost(slot, reason))
+        self._post(WorkerLost(slot, reason))
 
     def _worker_restored(self, slot: int) -> None:
-        self._post(Restored(slot))
+        self._post(WorkerRestored(slot))
 
     async def _run(self, did: int, worker, task: StageTask) -> None:
         try:

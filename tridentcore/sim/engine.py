@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
-from ..core.driver import Arrived, Completed, DriverCore, Effects, PolicyBug, Report, TickDue, expected_mix
+from ..core.driver import Completed, DriverCore, Effects, PolicyBug, Report, expected_mix
+from ..core.events import RequestArrived, Tick
 from ..core.policy import Policy
 from ..core.records import GpuSample, PlacementRow, RequestRow, SpanRow
 from ..core.recording import request_rows
@@ -79,7 +80,7 @@ class Simulator:
         self.policy = policy
         self.replay = replay
         if replay is not None:
-            requests = [r.request for _, r in replay if isinstance(r, Arrived)]
+            requests = [r.request for _, r in replay if isinstance(r, RequestArrived)]
         self.requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
         self.models = tuple(models) if models is not None else tuple(sorted({r.model for r in self.requests}))
         self.expected = dict(expected) if expected is not None else expected_mix(
@@ -118,7 +119,7 @@ class Simulator:
                 break
             self.now = t
             if kind == _ARRIVAL:
-                report: Report = Arrived(payload)  # type: ignore[arg-type]
+                report: Report = RequestArrived(payload)  # type: ignore[arg-type]
                 nxt = next(arrivals, None)
                 if nxt is not None:
                     self._push(nxt.arrival_s, _ARRIVAL, nxt)
@@ -130,7 +131,7 @@ class Simulator:
                 report = Completed(did)
             elif kind == _TICK:
                 self._tick_pending = False
-                report = TickDue()
+                report = Tick()
             else:
                 report = payload  # type: ignore[assignment]
             self._effects(core.step(report, t))
