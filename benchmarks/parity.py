@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 
@@ -87,6 +88,21 @@ def measure(loaded, policy: str, rate: float, devices: str, models, time_scale: 
             "latency_err_p95": quantile(errs, 0.95) if errs else float("nan")}
 
 
+def _device_cluster_file(devices: str) -> str:
+    """The cluster of real devices (``cpu:2``: host memory split between the workers) as a YAML file,
+    so the simulator prices the same cluster the engine runs."""
+    import tempfile
+
+    from tridentcore.runtime.devices import parse_devices
+
+    (dev,) = parse_devices(devices)
+    c = dev.cluster
+    fd, path = tempfile.mkstemp(suffix=".yaml", prefix="parity-cluster-")
+    with open(fd, "w") as f:
+        f.write(f"nodes: {c.nodes}\ngpus_per_node: {c.gpus_per_node}\nkind: {c.kind}\nmem_gib: {c.mem_gib}\n")
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mix", default=DEFAULT_MIX)
@@ -101,9 +117,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     devices = args.devices or f"emulated:{args.cluster}"
-    cluster = args.cluster if devices.startswith("emulated") else f"1x{devices.split(':')[1]}xcpu"
+    cluster = args.cluster if devices.startswith("emulated") else _device_cluster_file(devices)
     loaded = load_scenario(Scenario(cluster=cluster, mix=args.mix, duration_s=args.duration, seed=args.seed,
                                     profile=args.profile))
+    if cluster != args.cluster:
+        os.unlink(cluster)  # read once by load_scenario
     models = args.models.split(",") if args.models else sorted({c.model for c in loaded.mix.classes})
     for policy in args.policies.split(","):
         r = measure(loaded, policy, args.rate, devices, models, args.time_scale)
