@@ -2,7 +2,7 @@
 
     python benchmarks/parity.py [--mix image-video] [--rate 0.4] [--duration 120]
         [--policies trident,pipeline-static:degree=1] [--time-scale 0.05] [--seed 0]
-    python benchmarks/parity.py --devices cpu:2 --models tiny-sd3 --mix FILE --rate 2 --duration 20
+    python benchmarks/parity.py --devices cpu:2 --profile cpu --mix benchmarks/tiny-cpu.yaml --rate 4 --duration 20
 
 The live engine (``tridentcore.runtime``: the asyncio driver behind ``trident serve``) runs the
 workload open loop: each request of the simulator's schedule is submitted at its scheduled wall
