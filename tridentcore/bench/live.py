@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.defaults import DEFAULT_LIVE_DEVICES
+from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_LIVE_DEVICES
 from ..core.errors import TridentError
 from ..core.metrics import quantile
 from ..core.records import RunMeta
@@ -88,7 +88,7 @@ class LiveOptions:
     users: int = 1  # Locust users: the pool that carries requests (one is enough, see workloads/mixed.py)
     answer_timeout_s: float | None = None  # wall seconds after the last send to wait for answers (None: auto)
     startup_timeout_s: float = 180.0
-    drain_timeout_s: float = 30.0  # the server's drain at stop
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S  # the server's drain at stop
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def spec_from_config(config: Mapping[str, Any]) -> tuple[LiveBenchSpec, str]:
         raise ValueError(f"config_json names {len(run.policies)} policies; a live run has one")
     opts = LiveOptions(tuple(config.get("models") or ()), int(config.get("max_queued", 100_000)),
                        int(config.get("users", 1)), config.get("answer_timeout_s"),
-                       float(config.get("startup_timeout_s", 180.0)), float(config.get("drain_timeout_s", 30.0)))
+                       float(config.get("startup_timeout_s", 180.0)), float(config.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S)))
     return LiveBenchSpec(run, opts), run.policies[0]
 
 

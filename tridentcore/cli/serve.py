@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
+from ..core.defaults import (DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED,
+                             DEFAULT_POLICY, DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from .common import fail, quiet_libraries, setup_logging
 
 __all__ = ["serve"]
@@ -27,11 +28,11 @@ def serve(
     max_queued: int = typer.Option(DEFAULT_MAX_QUEUED, min=1, help="Waiting requests past which submissions get 429."),
     slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, help="Default deadline: arrival + scale x reference latency."),
     api_key: str = typer.Option(None, envvar="TRIDENT_API_KEY", help="Bearer key required for submissions and cancels."),
-    drain_timeout: float = typer.Option(30.0, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
-    max_body: int = typer.Option(1 << 20, min=1024, help="Largest request body in bytes (413 past it)."),
+    drain_timeout: float = typer.Option(DEFAULT_DRAIN_TIMEOUT_S, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
+    max_body: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1024, help="Largest request body in bytes (413 past it)."),
     port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
     run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); must not exist yet."),
-    keep_ended: int = typer.Option(10_000, min=0, help="Ended requests kept in full in memory; older ones keep only "
+    keep_ended: int = typer.Option(DEFAULT_KEEP_ENDED, min=0, help="Ended requests kept in full in memory; older ones keep only "
                                                       "their final status (and their store row with --db)."),
     backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
     ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.defaults import DEFAULT_MAX_QUEUED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
+from ..core.defaults import DEFAULT_KEEP_ENDED, DEFAULT_MAX_QUEUED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
 from ..core.driver import DEFAULT_MAX_ATTEMPTS
 from ..core.types import Shape
 
@@ -22,7 +22,7 @@ class EngineConfig:
     max_results: int = 1024  # finished results kept for clients to fetch (oldest dropped first)
     # ended requests kept in full (describe, outcome); older ones are forgotten, leaving only their
     # store row when ``record`` is on, so a long-lived server's memory stays bounded
-    keep_ended: int = 10_000
+    keep_ended: int = DEFAULT_KEEP_ENDED
     # keep the run's records (request rows, spans, placements) for the store; a server without --db
     # keeps none (listeners still see every span and ending)
     record: bool = True

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..core.costmodel import CostModel
-from ..core.defaults import DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
+from ..core.defaults import DEFAULT_KEEP_ENDED, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
 from ..core.policy import make_policy
 from ..core.types import Shape
 from .devices import (DEVICE_FORMS, DeviceSpec, SetupError, gpu_kind_of, host_mem_gib, parse_devices, parse_faults,
@@ -167,7 +167,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
                   slo_scale: float = DEFAULT_SLO_SCALE,
                   strict: bool = False, threads: int = 1, backend: str = "local",
                   ray_address: str | None = None, inject_oom: str | None = None, record: bool = True,
-                  keep_ended: int = 10_000, log_reports: bool = False,
+                  keep_ended: int = DEFAULT_KEEP_ENDED, log_reports: bool = False,
                   expected: Mapping[tuple[str, Shape], float] | None = None) -> Runtime:
     """Validate everything and build a not-yet-started runtime (``await runtime.start()``).
 

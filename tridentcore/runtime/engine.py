@@ -43,6 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
+from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S
 from ..core.driver import Cancelled, Completed, DriverCore, Effects, Forgot, PolicyBug, Report, ShutDown, Started
 from ..core.events import RequestArrived, Tick, WorkerLost, WorkerRestored
 from ..core.lifecycle import WAITING_FOR, RequestState
@@ -182,7 +183,7 @@ class Engine:
             if self.state.requests.live and not self._closed:
                 self._post(Tick())
 
-    async def shutdown(self, drain_timeout_s: float = 30.0) -> None:
+    async def shutdown(self, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         """Refuse new work, let in-flight work finish for up to ``drain_timeout_s``, fail the rest."""
         if self._closed:
             return

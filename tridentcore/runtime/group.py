@@ -25,6 +25,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
+from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S
 from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 from ..core.types import StageKind
 from . import stored
@@ -89,7 +90,7 @@ class EngineGroup:
             await asyncio.gather(*(e.shutdown(0.0) for e in started), return_exceptions=True)
             raise
 
-    async def shutdown(self, drain_timeout_s: float = 30.0) -> None:
+    async def shutdown(self, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         await asyncio.gather(*(e.shutdown(drain_timeout_s) for e in self.parts))
 
     # ------------------------------------------------------------------ client API

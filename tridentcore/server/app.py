@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 
 from ..bench.provenance import provenance
+from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 from ..runtime.build import Runtime
 from .errors import BodyLimit, install_error_handlers
 from .jobs import ENDED, Job, Jobs
@@ -32,7 +33,7 @@ from .routes import control, generation, requests
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = DEFAULT_MAX_BODY_BYTES
 
 __all__ = ["ENDED", "Job", "MAX_BODY_BYTES", "ServerConfig", "create_app", "is_loopback"]
 
@@ -43,7 +44,7 @@ class ServerConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     db: str | None = None  # DuckDB results store written at shutdown
     run_id: str | None = None  # the stored run's id (None: a new one); a client's rows can join on it
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     max_jobs: int = 10_000  # ended jobs kept for GET (oldest forgotten first)
 
 

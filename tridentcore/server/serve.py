@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.defaults import (DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE,
-                             DEFAULT_TIME_SCALE)
+from ..core.defaults import (DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED,
+                             DEFAULT_POLICY, DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from ..core.types import Shape
 from ..runtime.build import SetupError, build_runtime
 from .app import ServerConfig, create_app, is_loopback
@@ -32,14 +32,14 @@ class ServeOptions:
     port: int = 8000
     db: str | None = None
     run_id: str | None = None
-    keep_ended: int = 10_000
+    keep_ended: int = DEFAULT_KEEP_ENDED
     time_scale: float = DEFAULT_TIME_SCALE
     profile: str | None = None
     max_queued: int = DEFAULT_MAX_QUEUED
     slo_scale: float = DEFAULT_SLO_SCALE
     api_key: str | None = None
-    drain_timeout_s: float = 30.0
-    max_body_bytes: int = 1 << 20
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     port_file: str | None = None
     log_level: str = "warning"
     backend: str = "local"  # local | ray
