@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +68,48 @@ def test_defaults_are_declared_once():
         defaults.DEFAULT_PROFILE, defaults.DEFAULT_CLUSTER, defaults.DEFAULT_MIX, defaults.DEFAULT_SLO_SCALE)
     assert defaults.DEFAULT_SLO_SCALE == 3.0 and defaults.DEFAULT_CLUSTER == "2x8xH200"
     assert defaults.DEFAULT_MIX == "image-video"
+
+
+# parameter or field name -> the default it must take from core/defaults.py, never write out
+_NAMED_DEFAULTS = {"slo_scale": "DEFAULT_SLO_SCALE", "max_queued": "DEFAULT_MAX_QUEUED",
+                   "keep_ended": "DEFAULT_KEEP_ENDED", "time_scale": "DEFAULT_TIME_SCALE",
+                   "cluster": "DEFAULT_CLUSTER", "mix": "DEFAULT_MIX", "profile": "DEFAULT_PROFILE",
+                   "drain_timeout_s": "DEFAULT_DRAIN_TIMEOUT_S", "max_body_bytes": "DEFAULT_MAX_BODY_BYTES",
+                   "policy": "DEFAULT_POLICY", "devices": "DEFAULT_SERVE_DEVICES", "db": "DEFAULT_DB"}
+_WRITTEN_OUT = {defaults.DEFAULT_CLUSTER, defaults.DEFAULT_MIX, defaults.DEFAULT_DB, defaults.DEFAULT_SERVE_DEVICES,
+                defaults.DEFAULT_LIVE_DEVICES}
+
+
+def test_no_module_writes_out_a_declared_default():
+    """A scan of tridentcore, workloads and workbench: no parameter or dataclass field repeats the
+    value of its default (it names it instead), and the default cluster, mix, database and device
+    strings appear only in core/defaults.py."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for base in ("tridentcore", "workloads", "workbench"):
+        for path in sorted((root / base).rglob("*.py")):
+            if path.name == "defaults.py":
+                continue
+            tree = ast.parse(path.read_text(), filename=str(path))
+            where = f"{path.relative_to(root)}"
+            for node in ast.walk(tree):
+                pairs = []
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    pos = node.args.args[len(node.args.args) - len(node.args.defaults):]
+                    pairs = list(zip(pos, node.args.defaults)) + list(zip(node.args.kwonlyargs, node.args.kw_defaults))
+                    pairs = [(a.arg, d) for a, d in pairs]
+                elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+                    pairs = [(node.target.id, node.value)]
+                for name, value in pairs:
+                    declared = _NAMED_DEFAULTS.get(name)
+                    if (declared and isinstance(value, ast.Constant) and value.value is not None
+                            and value.value == getattr(defaults, declared)):
+                        offenders.append(f"{where}:{node.lineno} {name}={value.value!r} (use {declared})")
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in _WRITTEN_OUT:
+                    offenders.append(f"{where}:{node.lineno} {node.value!r}")
+    assert offenders == []
 
 
 def _get(url: str) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .types import StageKind
 from .workload import RequestSpec
 
 # ------------------------------------------------------------------------------------------ events
@@ -24,7 +25,7 @@ class StageFinished:
     preempted diffuse finishes early with ``preempted`` set and ``end_step`` at the step reached."""
 
     dispatch_id: int
-    stage: str
+    stage: StageKind
     request_ids: tuple[int, ...]
     gpus: tuple[int, ...]
     end_step: int = 0
@@ -34,7 +35,7 @@ class StageFinished:
 @dataclass(frozen=True, slots=True)
 class StageFailed:
     dispatch_id: int
-    stage: str
+    stage: StageKind
     request_ids: tuple[int, ...]
     gpus: tuple[int, ...]
     reason: str
@@ -69,14 +70,14 @@ class Place:
     """Load the weights of ``(model, stage)`` onto ``gpu`` (takes the cost model's load time)."""
 
     model: str
-    stage: str
+    stage: StageKind
     gpu: int
 
 
 @dataclass(frozen=True, slots=True)
 class Evict:
     model: str
-    stage: str
+    stage: StageKind
     gpu: int
 
 
@@ -89,7 +90,7 @@ class Dispatch:
     time charged to this dispatch (lazy placement).
     """
 
-    stage: str
+    stage: StageKind
     request_ids: tuple[int, ...]
     gpus: tuple[int, ...]
     start_step: int = 0

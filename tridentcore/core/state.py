@@ -53,7 +53,7 @@ class ClusterState:
         self.idle_count = n
         self._weights: dict[tuple[str, str], float] = {}
 
-    def stage_weights_gib(self, model: str, stage: str) -> float:
+    def stage_weights_gib(self, model: str, stage: StageKind) -> float:
         """Weights of one stage instance on one GPU (memoised cost-model answer)."""
         w = self._weights.get((model, stage))
         if w is None:
@@ -71,7 +71,7 @@ class ClusterState:
     def free_gib(self, gpu: int) -> float:
         return self.mem_gib[gpu] - self.weights_gib[gpu] - self.act_gib[gpu]
 
-    def missing_weights_gib(self, model: str, stage: str, gpu: int) -> float:
+    def missing_weights_gib(self, model: str, stage: StageKind, gpu: int) -> float:
         if (model, stage) in self.resident[gpu]:
             return 0.0
         return self.stage_weights_gib(model, stage)
@@ -124,7 +124,7 @@ class ClusterState:
                     out.append(f"bad step range [{action.start_step}, {action.end_step}) for request {rid}")
         return out
 
-    def memory_needed_gib(self, model: str, stage: str, shape: Shape, batch: int, degree: int, gpu: int) -> float:
+    def memory_needed_gib(self, model: str, stage: StageKind, shape: Shape, batch: int, degree: int, gpu: int) -> float:
         act = self.cost.activation_gib(model, stage, None if stage == StageKind.ENCODE else shape, batch, degree, self.gpu_kind)
         return self.missing_weights_gib(model, stage, gpu) + act
 
@@ -165,7 +165,7 @@ class ClusterState:
         return DispatchCost(load, transfer, compute, step, act, oom)
 
     # ------------------------------------------------------------------------------- changes
-    def place(self, model: str, stage: str, gpu: int) -> float:
+    def place(self, model: str, stage: StageKind, gpu: int) -> float:
         """Make ``(model, stage)`` resident on ``gpu``; returns its weights in GiB (0 if already there)."""
         if (model, stage) in self.resident[gpu]:
             return 0.0
@@ -174,7 +174,7 @@ class ClusterState:
         self.weights_gib[gpu] += w
         return w
 
-    def evict(self, model: str, stage: str, gpu: int) -> float:
+    def evict(self, model: str, stage: StageKind, gpu: int) -> float:
         w = self.resident[gpu].pop((model, stage), 0.0)
         self.weights_gib[gpu] -= w
         return w
@@ -380,20 +380,20 @@ class ClusterView:
     def resident(self, gpu: int) -> frozenset[tuple[str, str]]:
         return frozenset(self._s.resident[gpu])
 
-    def has_resident(self, model: str, stage: str, gpu: int) -> bool:
+    def has_resident(self, model: str, stage: StageKind, gpu: int) -> bool:
         return (model, stage) in self._s.resident[gpu]
 
     def free_gib(self, gpu: int) -> float:
         return self._s.free_gib(gpu)
 
-    def instance_gib(self, model: str, stage: str) -> float:
+    def instance_gib(self, model: str, stage: StageKind) -> float:
         """Weights of one ``(model, stage)`` instance on one GPU."""
         return self._s.stage_weights_gib(model, stage)
 
     def weights_gib(self, gpu: int) -> float:
         return self._s.weights_gib[gpu]
 
-    def memory_needed_gib(self, model: str, stage: str, shape: Shape, batch: int, degree: int, gpu: int) -> float:
+    def memory_needed_gib(self, model: str, stage: StageKind, shape: Shape, batch: int, degree: int, gpu: int) -> float:
         return self._s.memory_needed_gib(model, stage, shape, batch, degree, gpu)
 
     def request(self, request_id: int) -> RequestRecord:

@@ -104,7 +104,7 @@ class StagedPipeline:
         enc = [m for k, m in self.pipe.components.items() if k.startswith("text_encoder") and m is not None]
         return {StageKind.ENCODE: enc, StageKind.DIFFUSE: [self._denoiser()], StageKind.DECODE: [self.pipe.vae]}
 
-    def weights_bytes(self, stage: str) -> int:
+    def weights_bytes(self, stage: StageKind) -> int:
         return sum(p.numel() * p.element_size() for m in self.modules()[stage] for p in m.parameters())
 
     def to(self, device: str | torch.device, stages: Sequence[str] = STAGES):

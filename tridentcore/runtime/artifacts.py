@@ -21,7 +21,7 @@ class ArtifactCache:
         self._between: dict[int, dict[str, Any]] = {}  # request id -> {"embeddings": ..., "latents": ...}
         self.results: OrderedDict[int, bytes | None] = OrderedDict()
 
-    def inputs(self, stage: str, request_ids: Sequence[int]) -> tuple:
+    def inputs(self, stage: StageKind, request_ids: Sequence[int]) -> tuple:
         """A stage's inputs, one per request: encode (); diffuse (embeddings, latents or None); decode latents."""
         if stage == StageKind.ENCODE:
             return ()
@@ -30,7 +30,7 @@ class ArtifactCache:
             return tuple((g.get("embeddings"), g.get("latents")) for g in got)
         return tuple(g.get("latents") for g in got)
 
-    def keep(self, stage: str, request_id: int, output: Any) -> None:
+    def keep(self, stage: StageKind, request_id: int, output: Any) -> None:
         """Keep a stage's output for the next stage (decode: the result, for the client)."""
         if stage == StageKind.ENCODE:
             self._between.setdefault(request_id, {})["embeddings"] = output

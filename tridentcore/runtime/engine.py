@@ -350,7 +350,7 @@ class Engine:
             effects = self.core.step(report, now)
         self._execute(effects, now)
 
-    def _keep_outputs(self, stage: str, request_ids: Sequence[int], result: StageResult) -> None:
+    def _keep_outputs(self, stage: StageKind, request_ids: Sequence[int], result: StageResult) -> None:
         reqs = self.state.requests
         for i, rid in enumerate(request_ids):
             rec = reqs.get(rid)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.types import StageKind
+
 __all__ = ["ModelCard", "StageResult", "StageTask", "failure", "is_oom"]
 
 
@@ -15,7 +17,7 @@ class StageTask:
     """What one dispatch asks its lead worker to run (picklable; tensors ride as shared memory)."""
 
     dispatch_id: int
-    stage: str  # encode | diffuse | decode
+    stage: StageKind
     model: str
     request_ids: tuple[int, ...]
     height: int

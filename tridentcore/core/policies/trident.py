@@ -129,7 +129,7 @@ class Trident(Policy):
         return info
 
     # ------------------------------------------------------------------------------ queue
-    def _remaining(self, rec: RequestRecord, info: ClassInfo, degree: int, stage: str) -> float:
+    def _remaining(self, rec: RequestRecord, info: ClassInfo, degree: int, stage: StageKind) -> float:
         left = rec.spec.shape.steps - rec.steps_done
         if stage == StageKind.ENCODE:
             return info.enc_s + left * info.step_s[degree] + info.dec_s
@@ -323,7 +323,7 @@ class Trident(Policy):
         t = reserved.get(g)
         return t is None or now + dur <= t + 1e-9
 
-    def _fits(self, view: ClusterView, model: str, stage: str, shape: Shape, batch: int, degree: int, g: int) -> bool:
+    def _fits(self, view: ClusterView, model: str, stage: StageKind, shape: Shape, batch: int, degree: int, g: int) -> bool:
         return view.memory_needed_gib(model, stage, shape, batch, degree, g) <= view.free_gib(g) + 1e-9
 
     def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> tuple[int | None, list[Action]]:
@@ -432,7 +432,7 @@ class Trident(Policy):
         return best
 
     # ------------------------------------------------------------------------------ batching
-    def _stage_batch(self, view, info: ClassInfo, stage: str, model: str) -> int:
+    def _stage_batch(self, view, info: ClassInfo, stage: StageKind, model: str) -> int:
         """Largest batch worth forming for an encode (per model) or a decode (per class)."""
         if stage == StageKind.DECODE:
             return info.dec_batch

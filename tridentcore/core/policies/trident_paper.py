@@ -145,7 +145,7 @@ class TridentPaper(Policy):
         self.paths: Counter[str] = Counter()
         return place_everything(view, models)
 
-    def _latency(self, view: ClusterView, model: str, stage: str, shape: Shape | None, batch: int, degree: int) -> float:
+    def _latency(self, view: ClusterView, model: str, stage: StageKind, shape: Shape | None, batch: int, degree: int) -> float:
         key = (model, stage, shape, batch, degree)
         value = self._lat.get(key)
         if value is None:
