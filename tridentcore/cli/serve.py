@@ -37,6 +37,9 @@ def serve(
     backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
     ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "
                                                "none: start Ray on this host."),
+    late: str = typer.Option(None, help="serve (the default): a request that can no longer meet its deadline is "
+                                         "still served, last, and counts as an SLO miss; reject (goodput mode): it "
+                                         "is turned away with 503 + Retry-After, only before any of its stages ran."),
     inject_oom: str = typer.Option(None, envvar="TRIDENT_INJECT_OOM",
                                    help="Testing aid: STAGE:N[,STAGE:N] makes the first N dispatches of STAGE fail "
                                         "out of memory in their worker (retried at a safer configuration, counted)."),
@@ -72,7 +75,8 @@ def serve(
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
-                                backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected))
+                                backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
+                                late=late))
     except SetupError as exc:
         fail(str(exc))
 

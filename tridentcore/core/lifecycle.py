@@ -62,6 +62,11 @@ WAITING_FOR = {_S.QUEUED: StageKind.ENCODE, _S.ENCODED: StageKind.DIFFUSE, _S.DI
 RUNNING_STATE = {StageKind.ENCODE: _S.ENCODING, StageKind.DIFFUSE: _S.DIFFUSING, StageKind.DECODE: _S.DECODING}
 
 
+def started_any(rec: "RequestRecord") -> bool:
+    """Whether any stage of the request has started (it left ``queued`` at least once)."""
+    return any(state is not RequestState.QUEUED for _, state in rec.history)
+
+
 class TransitionError(TridentError, RuntimeError):
     """A transition the table does not allow: a bug in a driver or a policy, never user input."""
 

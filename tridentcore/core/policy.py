@@ -90,6 +90,32 @@ def make_policy(spec: str) -> Policy:
     return policy
 
 
+def with_late(spec: str, late: str) -> str:
+    """``spec`` with its late-request mode set to ``late`` (``serve`` or ``reject``).
+
+    A policy without a ``late`` option never turns a request away for being late, so ``serve`` leaves
+    its spec as it is and ``reject`` is an error; a spec that already sets another mode is an error."""
+    from .defaults import LATE_MODES
+    from . import policies  # noqa: F401  (registers the built-in policies)
+
+    if late not in LATE_MODES:
+        raise PolicyError(f"late mode {late!r}: expected one of {', '.join(LATE_MODES)}")
+    name, opts = parse_spec(spec)
+    cls = POLICIES.get(name)
+    if cls is None:
+        raise PolicyError(f"unknown policy {name!r}; valid policies: {', '.join(sorted(POLICIES))}")
+    if "late" not in cls.options:
+        if late == "serve":
+            return spec
+        raise PolicyError(f"{name} has no reject mode: it never turns a request away for being late")
+    if "late" in opts or "drop" in opts:
+        given = opts.get("late") or ("reject" if opts.get("drop", "").lower() in ("1", "true", "yes", "on") else "serve")
+        if given != late:
+            raise PolicyError(f"{spec!r} sets late={given}, but late={late} was asked for")
+        return spec
+    return spec.strip() + (":" if ":" not in spec else ",") + f"late={late}"
+
+
 def split_specs(text: str) -> list[str]:
     """Split ``a,b:x=1,y=2,c`` into policy specs (an item with ``=`` belongs to the previous spec)."""
     specs: list[str] = []

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from ..core.costmodel import CostModel
 from ..core.defaults import DEFAULT_KEEP_ENDED, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
-from ..core.policy import make_policy
+from ..core.policy import make_policy, with_late
 from ..core.types import Shape
 from .devices import (DEVICE_FORMS, DeviceSpec, SetupError, gpu_kind_of, host_mem_gib, parse_devices, parse_faults,
                       parse_profiles)
@@ -167,13 +167,15 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
                   slo_scale: float = DEFAULT_SLO_SCALE,
                   strict: bool = False, threads: int = 1, backend: str = "local",
                   ray_address: str | None = None, inject_oom: str | None = None, record: bool = True,
-                  keep_ended: int = DEFAULT_KEEP_ENDED, log_reports: bool = False,
+                  keep_ended: int = DEFAULT_KEEP_ENDED, log_reports: bool = False, late: str | None = None,
                   expected: Mapping[tuple[str, Shape], float] | None = None) -> Runtime:
     """Validate everything and build a not-yet-started runtime (``await runtime.start()``).
 
     ``expected``: the workload the policy plans its initial placement for (``core.driver.expected_mix``
     of the run's mix), as the simulator is given it; None: the served models, evenly.
-    ``log_reports``: each engine keeps its report log for a replay through the simulator (parity)."""
+    ``log_reports``: each engine keeps its report log for a replay through the simulator (parity).
+    ``late``: what the policy does with a request that can no longer meet its deadline (``serve``,
+    the default of every policy, or ``reject``: ``core.policy.with_late``); None: as its spec says."""
     from ..profiles import ProfileError, load_profile
 
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
@@ -234,6 +236,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
                     problems.append(f"devices {part.devices.text!r} serve none of the models "
                                     f"({', '.join(names)}); add a model they can run or drop them")
     try:
+        if late is not None:
+            policy = with_late(policy, late)
         policies = [make_policy(policy) for _ in parts] or [make_policy(policy)]
     except ValueError as exc:
         problems.append(str(exc))

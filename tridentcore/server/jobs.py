@@ -169,7 +169,9 @@ class Jobs:
         if state != "done":
             reasons = sorted({self.item(job, r)["reason"] for r in job.request_ids
                               if self.item(job, r)["state"] != "done"})
-            raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons),
+            # a rejection (no capacity to meet the deadline, goodput mode) may succeed later: say when
+            retry = self.runtime.engine.config.retry_after_s if state == "rejected" else None
+            raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons), retry_after_s=retry,
                            extra={"id": job.id, "state": state, "request_ids": list(job.request_ids)})
         runtime, engine = self.runtime, self.engine
         data = []

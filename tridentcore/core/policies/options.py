@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["parse_bool"]
+from ..defaults import LATE_MODES
+
+__all__ = ["parse_bool", "parse_late"]
 
 
 def parse_bool(text: str) -> bool:
@@ -16,3 +18,15 @@ def parse_bool(text: str) -> bool:
 
 
 parse_bool.__name__ = "bool"
+
+
+def parse_late(text: str) -> str:
+    """The ``late`` option: ``serve`` (a request that can no longer meet its deadline runs last and
+    counts as an SLO miss) or ``reject`` (turned away, but only before any of its stages ran)."""
+    value = str(text).strip().lower()
+    if value not in LATE_MODES:
+        raise ValueError(text)
+    return value
+
+
+parse_late.__name__ = "late mode (" + " or ".join(LATE_MODES) + ")"

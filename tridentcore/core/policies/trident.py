@@ -29,8 +29,11 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   observed mix when it drifts from the planned one (total variation >= ``drift``, checked every
   ``replan_s``). Dispatch prefers GPUs that hold the weights; elsewhere they
   load lazily (load time charged), and instances the plan does not want are evicted to make room.
-* **Admission**: a request that can no longer meet its deadline even at its fastest degree is
-  rejected (``drop``), so it does not take GPU time from requests that still can.
+* **Late requests** (``late``): one that can no longer meet its deadline even at its fastest degree
+  is served after every request that still can, and counts as an SLO miss (``late=serve``, the
+  default). ``late=reject`` (goodput mode) turns it away instead, but only while none of its
+  stages has run (at admission, or while it still waits for its encode), so no GPU time is spent on
+  a request that is then dropped.
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
@@ -44,16 +47,17 @@ import bisect
 import math
 from collections.abc import Sequence
 
+from ..defaults import DEFAULT_LATE
 from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
                       Tick)
-from ..lifecycle import WAITING_FOR, RequestRecord
+from ..lifecycle import WAITING_FOR, RequestRecord, started_any
 from ..placement import plan_placement
 from ..policy import Policy, register
 from ..state import ClusterView
 from ..types import Shape, StageKind
 from ..workload import RequestSpec
 from .common import degrees_for
-from .options import parse_bool
+from .options import parse_bool, parse_late
 from .trident_classes import ClassInfo, class_info, mix_drift
 
 __all__ = ["Trident"]
@@ -71,7 +75,9 @@ class Trident(Policy):
         "spread": (float, 0.5, "use the faster efficient degree while fewer than this fraction of GPUs are busy"),
         "preempt": (parse_bool, True, "pause long diffuses between steps for urgent requests"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
-        "drop": (parse_bool, True, "reject requests that can no longer meet their deadline (false: run them last)"),
+        "late": (parse_late, DEFAULT_LATE, "serve: a request that can no longer meet its deadline runs after the "
+                                           "others (an SLO miss); reject: turn it away, only before any stage ran"),
+        "drop": (parse_bool, None, "deprecated: drop=true is late=reject, drop=false is late=serve"),
         "replan_s": (float, 60.0, "check the observed mix against the planned one every N seconds (0: never)"),
         "drift": (float, 0.2, "re-plan when the observed mix differs from the planned one by this total variation"),
     }
@@ -79,6 +85,8 @@ class Trident(Policy):
     def __init__(self, **opts) -> None:
         super().__init__(**opts)
         self.tick_s = self.opts["replan_s"] or None
+        if self.opts["drop"] is not None:  # runs stored before the late option read the same
+            self.opts["late"] = "reject" if self.opts["drop"] else "serve"
 
     # ------------------------------------------------------------------------------ setup
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
@@ -221,7 +229,7 @@ class Trident(Policy):
             info = self._info_for(view, spec.model, spec.shape)
             if entry[0] != math.inf and now + self._remaining(rec, info, info.fast_d, stage) > spec.deadline_s + 1e-9:
                 self._dequeue(rid)
-                if self.opts["drop"]:
+                if self.opts["late"] == "reject" and not started_any(rec):
                     actions.append(Reject(rid, "cannot meet its deadline any more"))
                 else:  # late anyway: keep it, behind every request that can still make it
                     self._late(rid)

@@ -1,0 +1,112 @@
+"""Late requests are served, not dropped (issue 11, point 2).
+
+By default every policy finishes every request it admitted: one that can no longer meet its deadline
+runs after the others and counts as an SLO miss. ``late=reject`` (``trident serve --late reject``,
+``trident:late=reject`` in the simulator) is goodput mode: such a request is turned away with 503 and
+Retry-After, and only before any of its stages ran. Real servers on ``cpu:2`` (tiny-sd3), bursts of
+concurrent requests, a worker killed mid-burst; the simulator for the never-after-a-stage property.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from tridentcore.bench.launch import start_server
+from tridentcore.bench.scenario import load_scenario, run_one
+from tridentcore.bench.spec import RunSpec
+from tridentcore.core.policy import PolicyError, make_policy, with_late
+
+BODY = {"model": "tiny-sd3", "prompt": "a red cube", "size": "128x128", "steps": 8}
+POLICIES = ["trident", "pipeline-static:degree=1", "pipeline-dynamic", "trident-paper"]
+
+
+def _burst(url: str, n: int, **extra) -> list[httpx.Response]:
+    def one(i: int) -> httpx.Response:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            return client.post("/v1/images/generations", json={**BODY, **extra, "seed": i})
+
+    with cf.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_bursts_are_all_served_by_default(policy):
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2", "--policy", policy], timeout_s=180)
+    try:
+        for n in (8, 16, 32):
+            codes = [r.status_code for r in _burst(server.url, n)]
+            assert codes == [200] * n, (policy, n, codes)
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_burst_survives_a_killed_worker():
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2", "--policy", "trident"], timeout_s=180)
+    try:
+        with cf.ThreadPoolExecutor(1) as pool:
+            burst = pool.submit(_burst, server.url, 16, steps=40)
+            victim = None
+            deadline = time.monotonic() + 60
+            while victim is None and time.monotonic() < deadline:
+                devices = httpx.get(f"{server.url}/v1/cluster", timeout=10).json()["devices"]
+                victim = next((d for d in devices if d["running"] and d["pid"]), None)
+                if victim is None:
+                    time.sleep(0.005)
+            assert victim is not None, "no stage ever ran"
+            os.kill(victim["pid"], signal.SIGKILL)  # a worker process of the server this test started
+            codes = [r.status_code for r in burst.result(timeout=180)]
+        assert codes == [200] * 16
+    finally:
+        assert server.stop() == 0
+
+
+def test_reject_mode_answers_503_with_retry_after_before_any_stage_ran():
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2", "--policy", "trident", "--late", "reject"],
+                          timeout_s=180)
+    try:
+        (hopeless,) = _burst(server.url, 1, slo_ms=0.001)  # can never make it: turned away at admission
+        assert hopeless.status_code == 503, hopeless.text
+        assert int(hopeless.headers["Retry-After"]) >= 1
+        err = hopeless.json()["error"]
+        assert err["code"] == "rejected" and "deadline" in err["message"]
+        (rid,) = err["request_ids"]
+        job = httpx.get(f"{server.url}/v1/requests/{err['id']}", timeout=10).json()
+        assert job["items"][0]["stages"] == []  # no stage ran for it
+        (fine,) = _burst(server.url, 1, slo_ms=60_000)  # a client's own deadline is honoured
+        assert fine.status_code == 200
+    finally:
+        assert server.stop() == 0
+
+
+def test_reject_mode_never_rejects_after_a_stage_ran_and_serve_mode_never_rejects():
+    """Overloaded image-video (2 req/s is about 2.5x capacity): in reject mode some requests are turned
+    away, none of them after a stage ran for it; in serve mode every request is done."""
+    loaded = load_scenario(RunSpec(mix="image-video", duration_s=300, seed=3))
+    rejecting = run_one(loaded, "trident:late=reject", 2.0)
+    ran = {s.request_id for s in rejecting.spans}
+    rejected = [r for r in rejecting.requests if r.state == "rejected"]
+    assert rejected and not [r.request_id for r in rejected if r.request_id in ran]
+    serving = run_one(loaded, "trident", 2.0)
+    assert {r.state for r in serving.requests} == {"done"}
+    misses = sum(1 for r in serving.requests if r.finish_s > r.deadline_s)
+    assert misses > 0  # late ones were served, and count as misses
+
+
+def test_late_modes_on_policy_specs():
+    assert make_policy("trident").opts["late"] == "serve"
+    assert make_policy(with_late("trident", "reject")).opts["late"] == "reject"
+    assert with_late("trident:preempt=false", "reject") == "trident:preempt=false,late=reject"
+    assert make_policy("trident:drop=true").opts["late"] == "reject"  # specs stored before the option
+    assert with_late("pipeline-static:degree=2", "serve") == "pipeline-static:degree=2"
+    with pytest.raises(PolicyError, match="no reject mode"):
+        with_late("pipeline-static:degree=2", "reject")
+    with pytest.raises(PolicyError, match="sets late=serve"):
+        with_late("trident:late=serve", "reject")
+    with pytest.raises(PolicyError, match="late mode"):
+        with_late("trident", "drop")
