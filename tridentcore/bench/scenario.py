@@ -28,7 +28,7 @@ from ..core.policy import make_policy
 from ..core.records import RunMeta
 from ..core.types import Shape, StageKind
 from ..core.workload import Mix, RequestSpec, generate_requests, make_slo_fn
-from ..sim.engine import SimResult, simulate
+from ..sim.engine import SimResult, StageNoise, simulate
 from .provenance import git_sha, hardware, package_versions
 from .spec import RunSpec, RunSpecError
 
@@ -137,8 +137,10 @@ def _check_class(cost: CostModel, kind: str, model: str, shape) -> list[str]:
 
 def run_one(loaded: Loaded, policy_spec: str, rate: float | None, *, record: bool = True) -> SimResult:
     policy = make_policy(policy_spec)
+    sc = loaded.scenario
+    noise = StageNoise(sc.noise_sigma, sc.noise_bias, sc.seed)  # the same draws for every policy
     return simulate(loaded.cluster, loaded.cost, policy, loaded.requests(rate), gpu_kind=loaded.gpu_kind,
-                    record=record, expected=loaded.expected())
+                    record=record, expected=loaded.expected(), noise=noise)
 
 
 def capacity_rps(loaded: Loaded) -> float:

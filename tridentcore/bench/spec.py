@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
-                             DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_NOISE_SIGMA,
+                             DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from ..core.errors import TridentError
+from ..core.types import STAGES
 from ..core.workload import ARRIVAL_FORMS, parse_arrival
 
 __all__ = ["BACKENDS", "RunSpec", "RunSpecError", "TRACE_PREFIX", "read_spec_file", "write_spec_file"]
@@ -60,6 +61,9 @@ class RunSpec:
     backend: str = "sim"  # sim | live
     devices: str | None = None  # live: trident serve --devices
     time_scale: float = DEFAULT_TIME_SCALE  # live: wall seconds per workload second
+    # sim: actual stage time = prediction x bias[stage] x lognormal(mean 1, log-spread noise_sigma)
+    noise_sigma: float = DEFAULT_NOISE_SIGMA
+    noise_bias: tuple[tuple[str, float], ...] = ()  # (stage, factor) pairs
 
     @property
     def workload_label(self) -> str:
@@ -96,6 +100,14 @@ class RunSpec:
             problems.append(f"--slo-scale: must be a number > 0, got {self.slo_scale!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             problems.append(f"--seed: must be an integer, got {self.seed!r}")
+        if not (isinstance(self.noise_sigma, (int, float)) and math.isfinite(self.noise_sigma)
+                and 0.0 <= self.noise_sigma <= 2.0):
+            problems.append(f"--noise: must be a number within [0, 2] (the log-spread), got {self.noise_sigma!r}")
+        for stage, factor in self.noise_bias:
+            if stage not in STAGES:
+                problems.append(f"--bias: unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+            elif not _finite_positive(factor):
+                problems.append(f"--bias {stage}: the factor must be a number > 0, got {factor!r}")
         if self.backend not in BACKENDS:
             problems.append(f"--backend: unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
         return problems
@@ -146,6 +158,11 @@ class RunSpec:
                 kwargs["arrival"] = DEFAULT_ARRIVAL
         if kwargs.get("rate") is None:
             kwargs.pop("rate", None)
+        bias = kwargs.get("noise_bias")
+        if isinstance(bias, Mapping):
+            bias = list(bias.items())
+        if bias is not None:
+            kwargs["noise_bias"] = tuple((str(s), f) for s, f in bias)
         return cls(**kwargs)
 
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
-                             DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_NOISE_SIGMA,
+                             DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from .spec import RunSpec, RunSpecError, read_spec_file
 
 __all__ = ["RunSpecModel", "load_spec", "validate_spec"]
@@ -39,13 +39,15 @@ class RunSpecModel(BaseModel):
     backend: str = "sim"
     devices: str | None = None
     time_scale: float = DEFAULT_TIME_SCALE
+    noise_sigma: float = DEFAULT_NOISE_SIGMA
+    noise_bias: tuple[tuple[str, float], ...] = ()
 
     def to_spec(self) -> RunSpec:
         return RunSpec(**self.model_dump()).check()
 
 
 _OPTION = {"duration_s": "duration", "slo_scale": "slo-scale", "time_scale": "time-scale",
-           "trace_model": "trace-model"}
+           "trace_model": "trace-model", "noise_sigma": "noise", "noise_bias": "bias"}
 
 
 def validate_spec(data: Mapping[str, Any] | RunSpec) -> RunSpec:

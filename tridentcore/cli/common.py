@@ -13,9 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_POLICIES
+from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAULT_POLICIES
 
-__all__ = ["ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
+__all__ = ["BiasOpt", "NoiseOpt", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
            "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
@@ -39,6 +39,11 @@ DurationOpt = Annotated[float, typer.Option(min=1.0, help="Seconds of arrivals."
 SloScaleOpt = Annotated[float, typer.Option(min=0.1, help="Deadline = arrival + scale x reference latency.")]
 SeedOpt = Annotated[int, typer.Option()]
 PoliciesOpt = Annotated[str, typer.Option(help=POLICIES_HELP)]
+NoiseOpt = Annotated[float, typer.Option("--noise", help="Stage times stray from the cost model's predictions: each "
+                                                          "dispatch takes prediction x a lognormal factor of mean 1 "
+                                                          "and this log-spread (0: exactly as predicted).")]
+BiasOpt = Annotated[str | None, typer.Option("--bias", help="STAGE=F[,STAGE=F]: the mean factor of a stage's actual "
+                                                            "time over its prediction (decode=1.5).")]
 
 
 def setup_logging(verbose: bool) -> None:
@@ -135,7 +140,22 @@ def db_message(exc: BaseException, db: str) -> str:
 
 
 # ------------------------------------------------------------------------------ specs
-def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed):
+def parse_bias(text: str | None) -> tuple[tuple[str, float], ...]:
+    """``--bias decode=1.5,encode=2`` as (stage, factor) pairs (checked further by the run spec)."""
+    pairs = []
+    for item in filter(None, (p.strip() for p in (text or "").split(","))):
+        stage, eq, factor = item.partition("=")
+        try:
+            pairs.append((stage.strip(), float(factor)))
+        except ValueError:
+            fail(f"--bias {item!r}: expected STAGE=FACTOR (decode=1.5)")
+        if not eq:
+            fail(f"--bias {item!r}: expected STAGE=FACTOR (decode=1.5)")
+    return tuple(pairs)
+
+
+def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed, noise=DEFAULT_NOISE_SIGMA,
+                  bias=None):
     """The simulator's loaded inputs of a workload given on the command line (``--mix`` xor ``--trace``)."""
     from ..bench.scenario import load_scenario
     from ..bench.spec import RunSpec
@@ -145,7 +165,11 @@ def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_sc
     if mix is not None and trace is not None:
         fail("give --mix or --trace, not both")
     spec = RunSpec(profile=profile, cluster=cluster, mix=mix if trace is None else None, trace=trace,
-                   trace_model=model, arrival=arrival, duration_s=duration, slo_scale=slo_scale, seed=seed)
+                   trace_model=model, arrival=arrival, duration_s=duration, slo_scale=slo_scale, seed=seed,
+                   noise_sigma=noise, noise_bias=parse_bias(bias))
+    problems = [p for p in spec.problems() if p.startswith(("--noise", "--bias"))]
+    if problems:
+        fail("; ".join(problems))
     return load_scenario(spec)
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_PROFILE, DEFAULT_RATE,
-                             DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TARGET)
-from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt, PoliciesOpt,
-                     ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail, json_safe, load_workload, setup_logging, table)
+from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_NOISE_SIGMA,
+                             DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TARGET)
+from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
+                     NoiseOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail, json_safe, load_workload,
+                     setup_logging, table)
 
 __all__ = ["simulate", "sweep"]
 
@@ -27,6 +28,8 @@ def simulate(
     slo_scale: SloScaleOpt = DEFAULT_SLO_SCALE,
     seed: SeedOpt = DEFAULT_SEED,
     policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,
+    noise: NoiseOpt = DEFAULT_NOISE_SIGMA,
+    bias: BiasOpt = None,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
     db: str = typer.Option(None, help="DuckDB results file to store every run in."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -40,7 +43,7 @@ def simulate(
 
     setup_logging(verbose)
     try:
-        loaded = load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed)
+        loaded = load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
         specs = split_specs(policies)
         for spec in specs:
             make_policy(spec)  # validate every spec before running any
@@ -73,6 +76,8 @@ def sweep(
     slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1),
     seed: SeedOpt = DEFAULT_SEED,
     policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,
+    noise: NoiseOpt = DEFAULT_NOISE_SIGMA,
+    bias: BiasOpt = None,
     goodput: bool = typer.Option(False, "--goodput", help="Bisect goodput and fair goodput per policy."),
     target: float = typer.Option(DEFAULT_TARGET, min=0.0, max=1.0, help="Attainment target for goodput."),
     rates: str = typer.Option(None, help="Comma list of rates: attainment per rate and per class."),
@@ -89,7 +94,7 @@ def sweep(
     if goodput == (rates is not None):
         fail("give exactly one of --goodput or --rates")
     try:
-        loaded = load_workload(profile, cluster, mix, None, None, arrival, duration, slo_scale, seed)
+        loaded = load_workload(profile, cluster, mix, None, None, arrival, duration, slo_scale, seed, noise, bias)
         specs = split_specs(policies)
         for spec in specs:
             make_policy(spec)

@@ -7,6 +7,13 @@ completes at the cost model's end; a paused diffuse at the step boundary) and ke
 timer. The same seed gives the same run: no wall clock enters any decision (wall time is only
 measured around the policy, to report its decision time).
 
+**Noise** (``noise``: :class:`StageNoise`). A policy plans with the cost model's predictions, but a
+real stage takes prediction x error (another GPU, library, co-location, a busy host). With noise on,
+each dispatch's compute takes its prediction x ``bias[stage]`` x a lognormal factor of mean 1 and
+log-spread ``sigma``, drawn from the noise's own seeded generator; the policy still sees only the
+predictions, and a diffuse it pauses stops at the first step boundary it actually reaches. Without
+noise (or ``sigma`` 0 and no bias) durations equal the predictions exactly, as before.
+
 **Replay.** ``replay`` is a live run's report log (``DriverCore.log``: every arrival, completion,
 tick, worker fault and cancellation at the engine time it was handled). The simulator then takes
 its reports from the log instead of the cost model and its own timer, so the policy sees exactly
@@ -19,7 +26,8 @@ import heapq
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+import random
 from dataclasses import dataclass, field
 
 from ..core.cluster import ClusterSpec
@@ -29,14 +37,51 @@ from ..core.events import RequestArrived, Tick
 from ..core.policy import Policy
 from ..core.records import GpuSample, PlacementRow, RequestRow, SpanRow
 from ..core.recording import request_rows
-from ..core.types import Shape
+from ..core.types import STAGES, Shape, StageKind
 from ..core.workload import RequestSpec
 
-__all__ = ["PolicyBug", "SimResult", "Simulator", "simulate"]
+__all__ = ["PolicyBug", "SimResult", "Simulator", "StageNoise", "simulate"]
 
 logger = logging.getLogger(__name__)
 
 _ARRIVAL, _FINISH, _TICK, _REPORT = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class StageNoise:
+    """How far actual stage times stray from the cost model's predictions (see the module docstring)."""
+
+    sigma: float = 0.0  # log-spread of the lognormal factor (0: none)
+    bias: tuple[tuple[str, float], ...] = ()  # (stage, mean factor) pairs; a stage not named: 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (math.isfinite(self.sigma) and 0.0 <= self.sigma <= 2.0):
+            problems.append(f"sigma must be within [0, 2] (got {self.sigma!r})")
+        for stage, factor in self.bias:
+            if stage not in STAGES:
+                problems.append(f"bias: unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+            if not (math.isfinite(factor) and factor > 0):
+                problems.append(f"bias {stage}: the factor must be > 0 (got {factor!r})")
+        if problems:
+            raise ValueError("stage noise: " + "; ".join(problems))
+
+    @property
+    def off(self) -> bool:
+        return self.sigma == 0.0 and all(f == 1.0 for _, f in self.bias)
+
+    def factors(self) -> Callable[[str], float]:
+        """A seeded draw of one dispatch's factor for a stage (prediction x factor = actual)."""
+        rng = random.Random(self.seed)
+        bias = dict(self.bias)
+        mu = -0.5 * self.sigma * self.sigma  # a lognormal of mean 1
+
+        def draw(stage: str) -> float:
+            f = bias.get(stage, 1.0)
+            return f * rng.lognormvariate(mu, self.sigma) if self.sigma > 0 else f
+
+        return draw
 
 
 @dataclass
@@ -73,6 +118,7 @@ class Simulator:
         expected: Mapping[tuple[str, Shape], float] | None = None,
         models: Sequence[str] | None = None,
         replay: Sequence[tuple[float, Report]] | None = None,
+        noise: StageNoise | None = None,
     ) -> None:
         self.core = DriverCore(cluster, cost, policy, gpu_kind=gpu_kind, record=record, strict=True,
                                timer=time.perf_counter)
@@ -92,6 +138,9 @@ class Simulator:
         self._seq = 0
         self.now = 0.0
         self._tick_pending = False
+        self._draw = noise.factors() if noise is not None and not noise.off and replay is None else None
+        self._factor: dict[int, float] = {}  # dispatch id -> its actual / predicted compute time
+        self._due: dict[int, float] = {}  # dispatch id -> when it completes (a pause moves it)
 
     # ---------------------------------------------------------------------------------- loop
     def _push(self, t: float, kind: int, payload: object) -> None:
@@ -124,11 +173,12 @@ class Simulator:
                 if nxt is not None:
                     self._push(nxt.arrival_s, _ARRIVAL, nxt)
             elif kind == _FINISH:
-                did, expected_end = payload  # type: ignore[misc]
-                run = state.running.get(did)
-                if run is None or run.predicted_end_s != expected_end:
+                did, end_step = payload  # type: ignore[misc]
+                if self._due.get(did) != t or did not in state.running:
                     continue  # superseded (paused: a new end was scheduled)
-                report = Completed(did)
+                del self._due[did]
+                self._factor.pop(did, None)
+                report = Completed(did, end_step)
             elif kind == _TICK:
                 self._tick_pending = False
                 report = Tick()
@@ -149,14 +199,35 @@ class Simulator:
         )
 
     def _effects(self, effects: Effects) -> None:
-        """A started dispatch completes at its predicted end, a paused one at its step boundary
-        (replay: completions come from the log instead)."""
+        """A started dispatch completes at its predicted end (x its noise factor), a paused one at the
+        step boundary it reaches (replay: completions come from the log instead)."""
         if self.replay is not None:
             return
         for s in effects.started:
-            self._push(s.run.predicted_end_s, _FINISH, (s.run.id, s.run.predicted_end_s))
+            run = s.run
+            if self._draw is None:
+                self._finish_at(run.id, run.predicted_end_s, None)
+                continue
+            f = self._factor[run.id] = self._draw(run.action.stage)
+            # the end step is explicit: a pause asked for later may fall after the actual end
+            end = run.action.end_step if run.action.stage == StageKind.DIFFUSE else None
+            self._finish_at(run.id, run.compute_start_s + (run.predicted_end_s - run.compute_start_s) * f, end)
         for p in effects.paused:
-            self._push(p.at_s, _FINISH, (p.run.id, p.at_s))
+            f = self._factor.get(p.run.id)
+            if f is None:
+                self._finish_at(p.run.id, p.at_s, None)
+                continue
+            run, step_s = p.run, p.run.step_s * f  # the step time it actually runs at
+            done = 0 if step_s <= 0 or self.now <= run.compute_start_s else math.ceil(
+                (self.now - run.compute_start_s) / step_s - 1e-9)
+            stop = max(p.step, run.action.start_step + done)
+            if stop < run.action.end_step:  # else it ends at its own (noisy) end, already scheduled
+                self._finish_at(run.id, max(self.now, run.compute_start_s + (stop - run.action.start_step) * step_s),
+                                stop)
+
+    def _finish_at(self, did: int, t: float, end_step: int | None) -> None:
+        self._due[did] = t
+        self._push(t, _FINISH, (did, end_step))
 
 
 def simulate(cluster: ClusterSpec, cost: CostModel, policy: Policy, requests: Sequence[RequestSpec], **kw) -> SimResult:
