@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import (DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED,
-                             DEFAULT_POLICY, DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+from ..core.defaults import (DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE,
+                             DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
+                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from .common import fail, quiet_libraries, setup_logging
 
 __all__ = ["serve"]
@@ -40,6 +41,9 @@ def serve(
     late: str = typer.Option(None, help="serve (the default): a request that can no longer meet its deadline is "
                                          "still served, last, and counts as an SLO miss; reject (goodput mode): it "
                                          "is turned away with 503 + Retry-After, only before any of its stages ran."),
+    calibrate: bool = typer.Option(DEFAULT_LIVE_CALIBRATE, "--calibrate/--no-calibrate",
+                                   help="Learn measured / predicted stage times per model and stage; the policy and "
+                                        "new deadlines use the calibrated cost model (/v1/cluster, /metrics)."),
     inject_oom: str = typer.Option(None, envvar="TRIDENT_INJECT_OOM",
                                    help="Testing aid: STAGE:N[,STAGE:N] makes the first N dispatches of STAGE fail "
                                         "out of memory in their worker (retried at a safer configuration, counted)."),
@@ -76,7 +80,7 @@ def serve(
                                 api_key=api_key, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
-                                late=late))
+                                late=late, calibrate=calibrate))
     except SetupError as exc:
         fail(str(exc))
 

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_SLO_SCALE", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE", "DEFAULT_TRACE_DURATION_S",
     "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED",
     "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
+    "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE",
 ]  # fmt: skip
 
 DEFAULT_PROFILE = "h200"  # shipped cost profile the simulator and emulated GPUs price stages with
@@ -34,6 +35,8 @@ DEFAULT_TIME_SCALE = 1.0  # wall seconds per workload second: real devices
 DEFAULT_LIVE_TIME_SCALE = 0.05  # a live bench on emulated GPUs: 20x faster than the cost model's time
 DEFAULT_LIVE_DEVICES = f"emulated:{DEFAULT_CLUSTER}"
 DEFAULT_DB = "results/trident.duckdb"
+DEFAULT_LIVE_CALIBRATE = True  # the live engine learns measured / predicted stage times (issue 11)
+DEFAULT_SIM_CALIBRATE = False  # the simulator: only useful with noise (its times are the predictions)
 DEFAULT_NOISE_SIGMA = 0.0  # the simulator: stage times equal the cost model's predictions unless asked
 LATE_MODES = ("serve", "reject")  # what a policy does with a request that can no longer meet its deadline
 DEFAULT_LATE = "serve"  # DESIGN.md: late requests are served (an SLO miss); rejecting is the operator's choice

@@ -60,3 +60,4 @@ class Running:
     act_gib: float = 0.0
     queued_s: dict[int, float] = field(default_factory=dict)
     preempt_at_step: int | None = None  # diffuse paused at this step
+    factor: float = 1.0  # the calibration factor its predictions were made with (1: uncalibrated)

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from .cluster import ClusterSpec
+from .calibration import CalibratedCost, Calibration
 from .costmodel import CostModel
 from .errors import TridentError
 from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, StageFailed,
@@ -91,7 +92,10 @@ class DriverCore:
     def __init__(self, cluster: ClusterSpec, cost: CostModel, policy: Policy, *, gpu_kind: str | None = None,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS, strict: bool = True, record: bool = True,
                  log: bool = False, timer: Callable[[], float] | None = None,
-                 decision_window: int | None = None) -> None:
+                 decision_window: int | None = None, calibrate: bool = False) -> None:
+        self.calibration = Calibration() if calibrate else None
+        if self.calibration is not None:
+            cost = CalibratedCost(cost, self.calibration)  # type: ignore[assignment]
         self.state = ClusterState(cluster, cost, gpu_kind)
         self.view = ClusterView(self.state)
         self.policy = policy
@@ -208,8 +212,21 @@ class DriverCore:
             run.preempt_at_step = end if preempted else None
         self.state.finish(run.id, now, end)
         self.recorder.span(run, now, "preempted" if preempted else "done", end)
+        if self.calibration is not None:
+            self._calibrate(run, end, now)
         out.ended.extend(a.request_ids)
         return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end, preempted)
+
+    def _calibrate(self, run: Running, end_step: int, now: float) -> None:
+        """Learn from a completed dispatch: its compute time (after its predicted weight loading and
+        transfers) against the uncalibrated prediction."""
+        a = run.action
+        if a.stage == StageKind.DIFFUSE:
+            predicted = (end_step - a.start_step) * run.step_s
+        else:
+            predicted = run.predicted_end_s - run.compute_start_s
+        if predicted > 0 and self.calibration is not None:
+            self.calibration.observe(run.model, a.stage, predicted / run.factor, max(0.0, now - run.compute_start_s))
 
     def _failed(self, run: Running, reason: str, oom: bool, now: float, out: Effects) -> StageFailed:
         """A running dispatch failed: its requests go back to waiting, or fail after ``max_attempts``."""
@@ -342,6 +359,8 @@ class DriverCore:
         compute_start = now + c.load_s + c.transfer_s
         end = compute_start + c.compute_s
         run = state.start(action, now, compute_start, end, c.step_s, c.load_s, c.transfer_s)
+        if self.calibration is not None:
+            run.factor = self.calibration.factor(model, action.stage)
         out.started.append(Started(run, c.total_s))
         return None
 

@@ -57,6 +57,14 @@ class Policy:
     def on_event(self, view: ClusterView, event: Event, now: float) -> list[Action]:
         raise NotImplementedError
 
+    def cost_moved(self, view: ClusterView) -> bool:
+        """True once after the cost model's calibration moved (answers a policy cached are stale)."""
+        version = getattr(view.cost, "version", 0)
+        if version == getattr(self, "_cost_version", 0):
+            return False
+        self._cost_version = version
+        return True
+
 
 POLICIES: dict[str, type[Policy]] = {}
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.defaults import DEFAULT_KEEP_ENDED, DEFAULT_MAX_QUEUED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
+from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_SLO_SCALE,
+                             DEFAULT_TIME_SCALE)
 from ..core.driver import DEFAULT_MAX_ATTEMPTS
 from ..core.types import Shape
 
@@ -28,6 +29,8 @@ class EngineConfig:
     record: bool = True
     # keep every report the core handled, with its time, for a replay through the simulator (parity)
     log_reports: bool = False
+    # learn measured / predicted stage times; the policy and new deadlines see the calibrated model
+    calibrate: bool = DEFAULT_LIVE_CALIBRATE
     retry_after_s: float = 1.0  # suggested wait when the queue is full
     min_tick_wall_s: float = 0.005
     strict: bool = False  # raise PolicyBug instead of failing the requests of an invalid action

@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..core.costmodel import CostModel
-from ..core.defaults import DEFAULT_KEEP_ENDED, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE
+from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
+                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from ..core.policy import make_policy, with_late
 from ..core.types import Shape
 from .devices import (DEVICE_FORMS, DeviceSpec, SetupError, gpu_kind_of, host_mem_gib, parse_devices, parse_faults,
@@ -168,6 +169,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
                   strict: bool = False, threads: int = 1, backend: str = "local",
                   ray_address: str | None = None, inject_oom: str | None = None, record: bool = True,
                   keep_ended: int = DEFAULT_KEEP_ENDED, log_reports: bool = False, late: str | None = None,
+                  calibrate: bool = DEFAULT_LIVE_CALIBRATE,
                   expected: Mapping[tuple[str, Shape], float] | None = None) -> Runtime:
     """Validate everything and build a not-yet-started runtime (``await runtime.start()``).
 
@@ -175,7 +177,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
     of the run's mix), as the simulator is given it; None: the served models, evenly.
     ``log_reports``: each engine keeps its report log for a replay through the simulator (parity).
     ``late``: what the policy does with a request that can no longer meet its deadline (``serve``,
-    the default of every policy, or ``reject``: ``core.policy.with_late``); None: as its spec says."""
+    the default of every policy, or ``reject``: ``core.policy.with_late``); None: as its spec says.
+    ``calibrate``: learn measured / predicted stage times (``core/calibration.py``)."""
     from ..profiles import ProfileError, load_profile
 
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
@@ -251,7 +254,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
             entries.update({m: emulated_entry(m, part.cost, part.gpu_kind, m in video) for m in part.models})
         config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
                               slo_scale=slo_scale, strict=strict, inject_oom=faults, record=record,
-                              keep_ended=keep_ended, log_reports=log_reports)
+                              keep_ended=keep_ended, log_reports=log_reports, calibrate=calibrate)
         mine = None if expected is None else {k: w for k, w in expected.items() if k[0] in part.models}
         part.engine = Engine(dev.cluster, part.cost, pol, _workers(part, backend, threads, ray_address), part.models,
                              gpu_kind=part.gpu_kind, config=config, profile=part.profile, devices=dev.text,

@@ -80,10 +80,11 @@ class Engine:
         self._clock = clock
         self.core = DriverCore(cluster, cost, policy, gpu_kind=gpu_kind, max_attempts=config.max_attempts,
                                strict=config.strict, record=config.record, log=config.log_reports,
-                               timer=time.perf_counter, decision_window=10_000)
+                               timer=time.perf_counter, decision_window=10_000, calibrate=config.calibrate)
         self.state = self.core.state
         self.view = self.core.view
-        self._slo = make_slo_fn(cost, config.slo_scale, cluster.gpus_per_node, self.state.gpu_kind)
+        self._slo_version = -1
+        self._slo = self._slo_fn()
         self._t0 = 0.0
         self._scale = config.time_scale if config.time_scale > 0 else 1.0
         self._pending: deque[tuple[Report, StageResult | None]] = deque()
@@ -147,6 +148,15 @@ class Engine:
     @property
     def results(self):
         return self.artifacts.results
+
+    def _slo_fn(self):
+        """Deadlines from the cost model as calibrated now (memoised until the calibration moves)."""
+        version = getattr(self.state.cost, "version", 0)
+        if version != self._slo_version:
+            self._slo_version = version
+            self._slo = make_slo_fn(self.state.cost, self.config.slo_scale, self.cluster.gpus_per_node,
+                                    self.state.gpu_kind)
+        return self._slo
 
     # ------------------------------------------------------------------------------ clock
     def now(self) -> float:
@@ -239,6 +249,7 @@ class Engine:
                            self.config.retry_after_s)
         now = self.now()
         ids = []
+        self._slo = self._slo_fn()
         for item in items:
             rid = self._next_id
             self._next_id += self._id_step

@@ -142,6 +142,7 @@ class EngineGroup:
             "live_requests": sum(s["live_requests"] for s in snaps), "policy": self.parts[0].policy.spec,
             "cluster": " + ".join(s["cluster"] for s in snaps), "profile": ",".join(s["profile"] for s in snaps),
             "time_scale": snaps[0]["time_scale"], "now_s": snaps[0]["now_s"],
+            "calibration": [row for s in snaps for row in s["calibration"]],
             "parts": [{"devices": label, "cluster": s["cluster"], "profile": s["profile"],
                        "time_scale": s["time_scale"], "now_s": s["now_s"],
                        "models": list(e.models)} for label, s, e in zip(self.labels, snaps, self.parts)],
@@ -190,6 +191,7 @@ class EngineGroup:
         cfg = json.loads(first.config_json)
         cfg["devices"] = ",".join(self.labels)
         cfg["models"] = list(self.models)
+        cfg["calibration"] = [row for m in metas for row in json.loads(m.config_json).get("calibration", [])]
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
                          "time_scale": e.config.time_scale} for label, e in zip(self.labels, self.parts)]
         accepted = sum(len(e.state.requests) + e.forgotten for e in self.parts)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..core.records import RunMeta
+from . import views
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -28,7 +29,7 @@ def run_meta(engine: Engine, run_id: str, config: dict | None = None,
         duration_s=duration, slo_scale=engine.config.slo_scale,
         config_json=json.dumps({"devices": engine.devices, "models": list(engine.models),
                                 "time_scale": engine.config.time_scale, "max_queued": engine.config.max_queued,
-                                **(config or {})}, sort_keys=True),
+                                "calibration": views.calibration(engine), **(config or {})}, sort_keys=True),
         git_sha=prov.get("git_sha", ""), packages_json=prov.get("packages_json", "{}"),
         hardware_json=prov.get("hardware_json", "{}"), status="complete",
         created_unix_s=engine.started_unix_s, wall_s=engine.wall_s or engine.elapsed_wall_s(),

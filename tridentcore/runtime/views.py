@@ -82,4 +82,11 @@ def snapshot(engine: Engine) -> dict:
         "queues": queues, "running": running, "live_requests": len(live),
         "policy": engine.policy.spec, "cluster": engine.cluster.label, "profile": engine.profile,
         "time_scale": engine.config.time_scale, "now_s": engine.now() if engine.started else 0.0,
+        "calibration": calibration(engine),
     }
+
+
+def calibration(engine: Engine) -> list[dict]:
+    """Per model and stage: the measured / predicted factor the policy and new deadlines use."""
+    cal = engine.core.calibration
+    return [] if cal is None else [{**row, "kind": engine.state.gpu_kind} for row in cal.snapshot()]

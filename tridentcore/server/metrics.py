@@ -47,6 +47,17 @@ class _Live:
         yield alive
         yield mem
         yield total
+        cal = GaugeMetricFamily("trident_calibration_factor",
+                                "Measured / predicted stage compute time the policy and new deadlines use",
+                                labels=["kind", "model", "stage"])
+        samples = GaugeMetricFamily("trident_calibration_samples", "Completed dispatches the factor is the median of",
+                                    labels=["kind", "model", "stage"])
+        for row in snap.get("calibration", ()):
+            labels = [row["kind"], row["model"], str(row["stage"])]
+            cal.add_metric(labels, row["factor"])
+            samples.add_metric(labels, row["samples"])
+        yield cal
+        yield samples
 
 
 class Metrics:

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.defaults import (DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED,
-                             DEFAULT_POLICY, DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+from ..core.defaults import (DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE,
+                             DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
+                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from ..core.types import Shape
 from ..runtime.build import SetupError, build_runtime
 from .app import ServerConfig, create_app, is_loopback
@@ -46,6 +47,7 @@ class ServeOptions:
     ray_address: str | None = None
     inject_oom: str | None = None  # testing aid: "decode:1" fails the first decode out of memory
     late: str | None = None  # serve | reject (goodput mode); None: as the policy spec says (serve by default)
+    calibrate: bool = DEFAULT_LIVE_CALIBRATE  # learn measured / predicted stage times
     # the workload the policy plans its initial placement for (``bench.scenario.planned_workload``
     # of the run spec); None: the served models, evenly
     expected: Mapping[tuple[str, Shape], float] | None = None
@@ -99,6 +101,7 @@ def run_server(opts: ServeOptions) -> None:
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom, late=opts.late,
+                            calibrate=opts.calibrate,
                             record=bool(opts.db), keep_ended=opts.keep_ended, expected=opts.expected)
     app = create_app(runtime, ServerConfig(api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
                                            run_id=opts.run_id, drain_timeout_s=opts.drain_timeout_s))

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
+from ..core.defaults import DEFAULT_SIM_CALIBRATE
 from ..core.driver import Completed, DriverCore, Effects, PolicyBug, Report, expected_mix
 from ..core.events import RequestArrived, Tick
 from ..core.policy import Policy
@@ -119,9 +120,10 @@ class Simulator:
         models: Sequence[str] | None = None,
         replay: Sequence[tuple[float, Report]] | None = None,
         noise: StageNoise | None = None,
+        calibrate: bool = DEFAULT_SIM_CALIBRATE,
     ) -> None:
         self.core = DriverCore(cluster, cost, policy, gpu_kind=gpu_kind, record=record, strict=True,
-                               timer=time.perf_counter)
+                               timer=time.perf_counter, calibrate=calibrate)
         self.state = self.core.state
         self.policy = policy
         self.replay = replay
@@ -200,15 +202,18 @@ class Simulator:
 
     def _effects(self, effects: Effects) -> None:
         """A started dispatch completes at its predicted end (x its noise factor), a paused one at the
-        step boundary it reaches (replay: completions come from the log instead)."""
+        step boundary it reaches (replay: completions come from the log instead).
+
+        The truth is the profile's prediction x the noise: a calibrated prediction (``run.factor``
+        != 1) is the policy's belief, not the time the stage takes."""
         if self.replay is not None:
             return
         for s in effects.started:
             run = s.run
-            if self._draw is None:
+            if self._draw is None and run.factor == 1.0:
                 self._finish_at(run.id, run.predicted_end_s, None)
                 continue
-            f = self._factor[run.id] = self._draw(run.action.stage)
+            f = self._factor[run.id] = (self._draw(run.action.stage) if self._draw is not None else 1.0) / run.factor
             # the end step is explicit: a pause asked for later may fall after the actual end
             end = run.action.end_step if run.action.stage == StageKind.DIFFUSE else None
             self._finish_at(run.id, run.compute_start_s + (run.predicted_end_s - run.compute_start_s) * f, end)

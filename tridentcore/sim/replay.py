@@ -28,8 +28,10 @@ def replay(core: DriverCore, policy: Policy | None = None, *, sample_s: float = 
         raise ValueError("this run kept no report log (EngineConfig.log_reports) or never started")
     models, expected = core.started_with
     state = core.state
-    sim = Simulator(state.cluster, state.cost, policy if policy is not None else make_policy(core.policy.spec),
-                    gpu_kind=state.gpu_kind, models=models, expected=expected, replay=core.log, sample_s=sample_s)
+    base = getattr(state.cost, "base", state.cost)  # the profile's model; the replay calibrates it anew
+    sim = Simulator(state.cluster, base, policy if policy is not None else make_policy(core.policy.spec),
+                    gpu_kind=state.gpu_kind, models=models, expected=expected, replay=core.log, sample_s=sample_s,
+                    calibrate=core.calibration is not None)
     return sim.run()
 
 

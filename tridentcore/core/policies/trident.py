@@ -173,6 +173,8 @@ class Trident(Policy):
     # ------------------------------------------------------------------------------ events
     def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
         actions: list[Action] = []
+        if self.cost_moved(view):  # calibrated stage times: per-class answers are recomputed on demand
+            self.info.clear()
         if isinstance(event, RequestArrived):
             spec: RequestSpec = event.request
             info = self._info_for(view, spec.model, spec.shape)

@@ -198,6 +198,11 @@ class TridentPaper(Policy):
     # ------------------------------------------------------------------------------ events
     def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
         actions: list[Action] = []
+        if self.cost_moved(view):  # calibrated stage times: recompute what was cached from the old ones
+            self._lat.clear()
+            for model, shape in list(self.info):
+                del self.info[(model, shape)]
+                self._info_for(view, model, shape)
         taken: set[int] = set()  # GPUs given out by this call's actions
         if isinstance(event, RequestArrived):
             spec = event.request

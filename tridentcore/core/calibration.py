@@ -1,0 +1,91 @@
+"""Online calibration: what the devices really take, learnt from the dispatches that completed.
+
+A profile is measured once, on one machine; the devices a run has differ (another GPU, another
+library version, co-location, a busy host). :class:`Calibration` keeps, per model and stage, the
+recent ratios of measured to predicted compute time and answers their median (robust to a stray
+slow run); :class:`CalibratedCost` is the cost model with every stage latency scaled by that
+factor, which is what the cluster state, the policy and the deadlines then see.
+
+The driver core feeds it (``DriverCore(calibrate=True)``): the same reports give the same factors,
+so a replayed run calibrates exactly as it did live. Pure: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from .costmodel import CostModel
+from .types import Shape, StageKind
+
+__all__ = ["CalibratedCost", "Calibration"]
+
+
+class Calibration:
+    """Measured / predicted compute time per ``(model, stage)``: the median of the last ``window``.
+
+    A factor moves only after ``min_samples`` observations and stays within ``[lo, hi]``; ``version``
+    changes whenever a factor moves by more than ``step`` (relative), so a policy can drop answers it
+    cached under the old factors."""
+
+    def __init__(self, window: int = 32, min_samples: int = 3, lo: float = 0.05, hi: float = 50.0,
+                 step: float = 0.05) -> None:
+        self.window, self.min_samples, self.lo, self.hi, self.step = window, min_samples, lo, hi, step
+        self._ratios: dict[tuple[str, str], deque[float]] = {}
+        self._factors: dict[tuple[str, str], float] = {}
+        self._published: dict[tuple[str, str], float] = {}
+        self.version = 0
+        self.observations = 0
+
+    def observe(self, model: str, stage: str, predicted_s: float, measured_s: float) -> None:
+        """One completed dispatch: its compute took ``measured_s`` where the profile said ``predicted_s``."""
+        if not predicted_s > 0 or not measured_s >= 0:
+            return
+        key = (model, str(stage))
+        ratios = self._ratios.setdefault(key, deque(maxlen=self.window))
+        ratios.append(min(self.hi, max(self.lo, measured_s / predicted_s)))
+        self.observations += 1
+        if len(ratios) < self.min_samples:
+            return
+        factor = statistics.median(ratios)
+        self._factors[key] = factor
+        old = self._published.get(key, 1.0)
+        if abs(factor / old - 1.0) > self.step:
+            self._published[key] = factor
+            self.version += 1
+
+    def factor(self, model: str, stage: str) -> float:
+        """The published factor (1 until ``min_samples`` observations; moves in steps of ``step``)."""
+        return self._published.get((model, str(stage)), 1.0)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Per model and stage: the factor in use, the current median and the observations kept."""
+        return [{"model": m, "stage": s, "factor": self.factor(m, s), "median": self._factors.get((m, s), 1.0),
+                 "samples": len(r)} for (m, s), r in sorted(self._ratios.items())]
+
+
+class CalibratedCost:
+    """A :class:`CostModel` whose stage latencies are scaled by a :class:`Calibration`'s factors.
+
+    Everything else (weights, activations, load and transfer times, parallel efficiency: a ratio of
+    latencies, so unchanged) is the base model's answer."""
+
+    def __init__(self, base: CostModel, calibration: Calibration) -> None:
+        self.base = base
+        self.calibration = calibration
+
+    @property
+    def version(self) -> int:
+        return self.calibration.version
+
+    def latency_s(self, model: str, stage: StageKind | str, shape: Shape | None, batch: int = 1, degree: int = 1,
+                  gpu: str | None = None) -> float:
+        return self.base.latency_s(model, stage, shape, batch, degree, gpu) * self.calibration.factor(model, stage)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.base, name)
+
+    def __dir__(self) -> Iterable[str]:
+        return sorted(set(dir(self.base)) | {"base", "calibration", "version"})
