@@ -21,7 +21,7 @@ from pathlib import Path
 from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_PROFILE
 
 POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-static:degree=4",
-            "pipeline-static:degree=8", "pipeline-dynamic", "trident-paper", "trident")
+            "pipeline-static:degree=8", "pipeline-dynamic", "trident-paper", "trident", "trident:late=reject")
 
 
 def _one(args):
