@@ -38,15 +38,23 @@ def _errors(spans) -> list[float]:
     return out
 
 
-def test_factors_are_robust_medians_that_move_in_steps():
+def test_factors_are_robust_medians_that_move_in_steps_per_shape_bucket():
     cal = Calibration(window=8, min_samples=3, step=0.05)
+    small, large = Shape(512, 512, 1, 28), Shape(2048, 2048, 1, 28)
     for measured in (2.0, 2.0):
-        cal.observe("m", "decode", 1.0, measured)
-    assert cal.factor("m", "decode") == 1.0 and cal.version == 0  # too few to move
-    cal.observe("m", "decode", 1.0, 100.0)  # one stray slow run does not set the factor
-    assert cal.factor("m", "decode") == 2.0 and cal.version == 1
-    cal.observe("m", "decode", 1.0, 2.04)  # within the step: published factor and version stay
-    assert cal.factor("m", "decode") == 2.0 and cal.version == 1
+        cal.observe("m", "decode", small, 1.0, measured)
+    assert cal.factor("m", "decode", small) == 1.0 and cal.version == 0  # too few to move
+    cal.observe("m", "decode", small, 1.0, 100.0)  # one stray slow run does not set the factor
+    assert cal.factor("m", "decode", small) == 2.0
+    version = cal.version
+    cal.observe("m", "decode", small, 1.0, 2.04)  # within the step: the published factor stays
+    assert cal.factor("m", "decode", small) == 2.0 and cal.version == version
+    assert cal.factor("m", "decode", large) == 2.0  # an unseen bucket borrows the stage's factor
+    for _ in range(5):
+        cal.observe("m", "decode", large, 1.0, 4.0)
+    assert cal.factor("m", "decode", large) == 4.0 and cal.factor("m", "decode", small) == 2.0
+    (row,) = cal.snapshot()
+    assert row["stage"] == "decode" and [b["samples"] for b in row["buckets"]] == [4, 5]
     cost = CalibratedCost(H200, cal)
     shape = Shape(1024, 1024, 1, 28)
     assert cost.latency_s("sd3-medium", "decode", shape, 1, 1, "H200") == H200.latency_s(

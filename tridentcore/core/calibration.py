@@ -1,9 +1,10 @@
 """Online calibration: what the devices really take, learnt from the dispatches that completed.
 
 A profile is measured once, on one machine; the devices a run has differ (another GPU, another
-library version, co-location, a busy host). :class:`Calibration` keeps, per model and stage, the
-recent ratios of measured to predicted compute time and answers their median (robust to a stray
-slow run); :class:`CalibratedCost` is the cost model with every stage latency scaled by that
+library version, co-location, a busy host). :class:`Calibration` keeps, per model, stage and shape
+bucket (tokens to the nearest power of two; encode has no shape), the recent ratios of measured to
+predicted compute time and answers their median (robust to a stray slow run); a bucket with too few
+observations borrows the model and stage's median over all shapes; :class:`CalibratedCost` is the cost model with every stage latency scaled by that
 factor, which is what the cluster state, the policy and the deadlines then see.
 
 The driver core feeds it (``DriverCore(calibrate=True)``): the same reports give the same factors,
@@ -12,6 +13,7 @@ so a replayed run calibrates exactly as it did live. Pure: no clock, no I/O.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from collections.abc import Iterable
@@ -39,31 +41,52 @@ class Calibration:
         self.version = 0
         self.observations = 0
 
-    def observe(self, model: str, stage: str, predicted_s: float, measured_s: float) -> None:
+    @staticmethod
+    def bucket(stage: str, shape: Shape | None) -> int:
+        """The shape bucket: log2 of its tokens (pixels x frames), rounded; 0 for encode or no shape."""
+        if shape is None or str(stage) == StageKind.ENCODE:
+            return 0
+        return round(math.log2(max(1, shape.height * shape.width * max(1, shape.frames))))
+
+    def observe(self, model: str, stage: str, shape: Shape | None, predicted_s: float, measured_s: float) -> None:
         """One completed dispatch: its compute took ``measured_s`` where the profile said ``predicted_s``."""
         if not predicted_s > 0 or not measured_s >= 0:
             return
-        key = (model, str(stage))
-        ratios = self._ratios.setdefault(key, deque(maxlen=self.window))
-        ratios.append(min(self.hi, max(self.lo, measured_s / predicted_s)))
+        ratio = min(self.hi, max(self.lo, measured_s / predicted_s))
         self.observations += 1
-        if len(ratios) < self.min_samples:
-            return
-        factor = statistics.median(ratios)
-        self._factors[key] = factor
-        old = self._published.get(key, 1.0)
-        if abs(factor / old - 1.0) > self.step:
-            self._published[key] = factor
-            self.version += 1
+        for key in ((model, str(stage), self.bucket(stage, shape)), (model, str(stage), None)):
+            ratios = self._ratios.setdefault(key, deque(maxlen=self.window))
+            ratios.append(ratio)
+            if len(ratios) < self.min_samples:
+                continue
+            factor = statistics.median(ratios)
+            self._factors[key] = factor
+            old = self._published.get(key, 1.0)
+            if abs(factor / old - 1.0) > self.step:
+                self._published[key] = factor
+                self.version += 1
 
-    def factor(self, model: str, stage: str) -> float:
-        """The published factor (1 until ``min_samples`` observations; moves in steps of ``step``)."""
-        return self._published.get((model, str(stage)), 1.0)
+    def factor(self, model: str, stage: str, shape: Shape | None = None) -> float:
+        """The published factor for the shape's bucket, else the stage's over all shapes (1 until
+        ``min_samples`` observations; it moves in steps of ``step``)."""
+        key = (model, str(stage), self.bucket(stage, shape))
+        if key in self._published:
+            return self._published[key]
+        return self._published.get((model, str(stage), None), 1.0)
 
     def snapshot(self) -> list[dict[str, Any]]:
-        """Per model and stage: the factor in use, the current median and the observations kept."""
-        return [{"model": m, "stage": s, "factor": self.factor(m, s), "median": self._factors.get((m, s), 1.0),
-                 "samples": len(r)} for (m, s), r in sorted(self._ratios.items())]
+        """Per model and stage (all shapes; ``buckets``: per shape bucket): the factor in use, the
+        current median and the observations kept."""
+        out = []
+        for (m, s, b), r in sorted(self._ratios.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] is not None,
+                                                                       kv[0][2] or 0)):
+            row = {"factor": self._published.get((m, s, b), 1.0), "median": self._factors.get((m, s, b), 1.0),
+                   "samples": len(r)}
+            if b is None:
+                out.append({"model": m, "stage": s, **row, "buckets": []})
+            else:
+                out[-1]["buckets"].append({"log2_tokens": b, **row})
+        return out
 
 
 class CalibratedCost:
@@ -82,7 +105,7 @@ class CalibratedCost:
 
     def latency_s(self, model: str, stage: StageKind | str, shape: Shape | None, batch: int = 1, degree: int = 1,
                   gpu: str | None = None) -> float:
-        return self.base.latency_s(model, stage, shape, batch, degree, gpu) * self.calibration.factor(model, stage)
+        return self.base.latency_s(model, stage, shape, batch, degree, gpu) * self.calibration.factor(model, stage, shape)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.base, name)

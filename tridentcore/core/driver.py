@@ -226,7 +226,8 @@ class DriverCore:
         else:
             predicted = run.predicted_end_s - run.compute_start_s
         if predicted > 0 and self.calibration is not None:
-            self.calibration.observe(run.model, a.stage, predicted / run.factor, max(0.0, now - run.compute_start_s))
+            self.calibration.observe(run.model, a.stage, run.shape, predicted / run.factor,
+                                     max(0.0, now - run.compute_start_s))
 
     def _failed(self, run: Running, reason: str, oom: bool, now: float, out: Effects) -> StageFailed:
         """A running dispatch failed: its requests go back to waiting, or fail after ``max_attempts``."""
@@ -360,7 +361,7 @@ class DriverCore:
         end = compute_start + c.compute_s
         run = state.start(action, now, compute_start, end, c.step_s, c.load_s, c.transfer_s)
         if self.calibration is not None:
-            run.factor = self.calibration.factor(model, action.stage)
+            run.factor = self.calibration.factor(model, action.stage, run.shape)
         out.started.append(Started(run, c.total_s))
         return None
 
