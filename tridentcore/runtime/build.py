@@ -178,7 +178,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
     ``log_reports``: each engine keeps its report log for a replay through the simulator (parity).
     ``late``: what the policy does with a request that can no longer meet its deadline (``serve``,
     the default of every policy, or ``reject``: ``core.policy.with_late``); None: as its spec says.
-    ``calibrate``: learn measured / predicted stage times (``core/calibration.py``)."""
+    ``calibrate``: learn measured / predicted stage times (``core/calibration.py``) on real devices
+    (cpu, cuda, Ray cpu slots); emulated devices never calibrate."""
     from ..profiles import ProfileError, load_profile
 
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
@@ -254,7 +255,10 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
             entries.update({m: emulated_entry(m, part.cost, part.gpu_kind, m in video) for m in part.models})
         config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
                               slo_scale=slo_scale, strict=strict, inject_oom=faults, record=record,
-                              keep_ended=keep_ended, log_reports=log_reports, calibrate=calibrate)
+                              keep_ended=keep_ended, log_reports=log_reports,
+                              # emulated devices take the profile's time by construction: what they would
+                              # learn is the harness's own overhead magnified by 1 / time_scale
+                              calibrate=calibrate and dev.kind != "emulated")
         mine = None if expected is None else {k: w for k, w in expected.items() if k[0] in part.models}
         part.engine = Engine(dev.cluster, part.cost, pol, _workers(part, backend, threads, ray_address), part.models,
                              gpu_kind=part.gpu_kind, config=config, profile=part.profile, devices=dev.text,

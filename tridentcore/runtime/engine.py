@@ -400,11 +400,18 @@ class Engine:
             prompts=tuple(r.spec.prompt for r in recs), negative_prompts=tuple(r.spec.negative_prompt for r in recs),
             seeds=tuple(r.spec.seed for r in recs), guidances=tuple(r.spec.guidance for r in recs),
             start_step=a.start_step, end_step=a.end_step, inputs=self.artifacts.inputs(a.stage, a.request_ids),
-            duration_s=started.total_s * self.config.time_scale, tiled=tiled, fault=fault,
+            duration_s=self._emulated_s(started), tiled=tiled, fault=fault,
             resident=tuple(sorted(self.state.resident[a.gpus[0]])),
         )
         worker = self.workers[a.gpus[0]]
         self._tasks[run.id] = asyncio.get_running_loop().create_task(self._run(run.id, worker, task))
+
+    def _emulated_s(self, started: Started) -> float:
+        """Wall seconds an emulated device takes: the profile's time (a calibrated prediction is the
+        policy's belief, not the device's truth), scaled."""
+        run = started.run
+        fixed = run.load_s + run.transfer_s
+        return (fixed + (started.total_s - fixed) / run.factor) * self.config.time_scale
 
     # ------------------------------------------------------------------------------ endings
     def _finalize(self, rid: int) -> None:
