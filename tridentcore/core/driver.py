@@ -16,6 +16,9 @@ worker was lost or came back, a tick fell due, a client cancelled, the run shut 
    a step boundary, requests that ended. The simulator turns a started dispatch into a timed
    completion on its heap; the live engine sends it to a worker.
 
+With ``calibrate`` on, each completed dispatch also teaches a :class:`~tridentcore.core.calibration.Calibration`
+its measured / predicted compute time, and the state and the policy see the calibrated cost model.
+
 Everything here is deterministic: given the same reports at the same times, the same decisions
 follow. With ``log`` on, the core keeps every report and its time, so a live run can be replayed
 through the simulator (``Simulator(..., replay=core.log)``) and must give the same decisions.
@@ -30,8 +33,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
-from .cluster import ClusterSpec
 from .calibration import CalibratedCost, Calibration
+from .cluster import ClusterSpec
 from .costmodel import CostModel
 from .errors import TridentError
 from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, StageFailed,
