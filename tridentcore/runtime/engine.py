@@ -28,7 +28,7 @@ before it could finish). Spans, placement changes and request outcomes are the s
 records (``SpanRow``, ``PlacementRow``, ``RequestRow``), written to the results store on shutdown
 (``runtime/stored.py``). The HTTP views are ``runtime/views.py``, the client types ``runtime/api.py``.
 
-One class of about 450 lines: the loop, the client API, the worker tasks and the endings share the
+One class of under 500 lines: the loop, the client API, the worker tasks and the endings share the
 pending queue, the waiters and the live set, and splitting them would only pass those around.
 """
 
