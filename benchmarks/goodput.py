@@ -25,18 +25,18 @@ POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-st
 
 
 def _one(args):
-    mix, scale, policy, cluster, profile, duration, seed, target = args
+    mix, scale, policy, cluster, profile, duration, seed, target, noise = args
     from tridentcore.bench.scenario import capacity_rps, load_scenario, sweep_goodput
     from tridentcore.bench.spec import RunSpec
 
     loaded = load_scenario(RunSpec(profile=profile, cluster=cluster, mix=mix, duration_s=duration,
-                                    slo_scale=scale, seed=seed))
+                                    slo_scale=scale, seed=seed, noise_sigma=noise))
     t0 = time.perf_counter()
     cap = capacity_rps(loaded)
     g = sweep_goodput(loaded, policy, target, rel_tol=0.01, cap=cap)
     curve = [{"rate": p.rate, "attainment": p.attainment, "min_class": p.min_class,
               "by_class": {k: a for k, (_, a) in p.by_class.items()}} for p in g.points]
-    return {"mix": mix, "slo_scale": scale, "policy": policy, "capacity_rps": cap, "goodput_rps": g.goodput_rps,
+    return {"mix": mix, "slo_scale": scale, "policy": policy, "noise_sigma": noise, "capacity_rps": cap, "goodput_rps": g.goodput_rps,
             "fair_goodput_rps": g.fair_goodput_rps, "sweep_s": time.perf_counter() - t0, "curve": curve}
 
 
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=DEFAULT_DURATION_S)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", type=float, default=0.9)
+    ap.add_argument("--noise", type=float, default=0.0,
+                    help="stage times = prediction x a mean-1 lognormal of this log-spread (the policies see predictions)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default="results/goodput.json")
     ap.add_argument("--markdown", default=None, help="also write the tables and attainment-vs-rate curves here")
@@ -60,7 +62,7 @@ def main() -> None:
     if args.from_json:
         rows = json.loads(Path(args.from_json).read_text())
     else:
-        tasks = [(m, float(s), p, args.cluster, args.profile, args.duration, args.seed, args.target)
+        tasks = [(m, float(s), p, args.cluster, args.profile, args.duration, args.seed, args.target, args.noise)
                  for m in args.mixes.split(",") for s in args.scales.split(",") for p in policies]
         t0 = time.perf_counter()
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -95,7 +97,9 @@ def main() -> None:
 
 def markdown(rows: list[dict], args) -> str:
     """Tables per mix and scale, ratios, and every simulated rate's attainment per class."""
-    out = [f"# Goodput on {args.cluster}, profile {args.profile}, {args.duration:g} s of Poisson arrivals, seed {args.seed}",
+    noise = f", stage-time noise sigma {args.noise:g}" if getattr(args, "noise", 0.0) else ""
+    out = [f"# Goodput on {args.cluster}, profile {args.profile}, {args.duration:g} s of Poisson arrivals, seed {args.seed}"
+           + noise,
            "", "Made by `python benchmarks/goodput.py --markdown …` (numbers from the simulator). Goodput: highest rate",
            f"with >= {args.target:.0%} overall SLO attainment; fair goodput: every request class >= {args.target:.0%}.", ""]
     keys = sorted({(r["mix"], r["slo_scale"]) for r in rows}, key=lambda k: (k[0], k[1]))
