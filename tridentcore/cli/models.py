@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import DEFAULT_PROFILE
+from ..core.defaults import DEFAULT_DB, DEFAULT_PROFILE
 from ..core.types import STAGES, StageKind
 from .common import fail, quiet_libraries, setup_logging
 
@@ -73,7 +73,7 @@ def generate(
 
 
 def profile(
-    model: str = typer.Option(..., help="Pipeline name(s), comma separated (`trident models`)."),
+    model: str = typer.Option(None, help="Pipeline name(s), comma separated (`trident models`)."),
     out: str = typer.Option(..., help="CSV to write (the format of shared/profiles/README.md)."),
     device: str = typer.Option("cpu", help="cpu or cuda:i."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
@@ -86,10 +86,20 @@ def profile(
     stages: str = typer.Option("encode,diffuse,decode", help="Stages to measure."),
     append: bool = typer.Option(False, help="Keep the rows already in --out (same points are replaced)."),
     threads: int = typer.Option(1, min=1, help="CPU threads for torch (CPU workers serve with one)."),
+    from_run: str = typer.Option(None, help="Instead of measuring: fold this stored live run's measured stage "
+                                            "times into --base (the points it measured at least 3 times)."),
+    db: str = typer.Option(DEFAULT_DB, help="--from-run: the DuckDB results file."),
+    base: str = typer.Option(None, help="--from-run: the profile to fold into (default: the run's profile)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Measure encode, one diffuse step and decode (latency and peak memory) into a profile CSV."""
+    """Measure encode, one diffuse step and decode (latency and peak memory) into a profile CSV, or
+    fold a live run's measurements into a profile (--from-run)."""
     setup_logging(verbose)
+    if from_run is not None:
+        _fold(from_run, db, base, out)
+        return
+    if not model:
+        fail("give --model (pipelines to measure) or --from-run (a stored live run)")
     quiet_libraries()
     from pathlib import Path
 
@@ -120,6 +130,30 @@ def profile(
     except ValueError as exc:
         fail(str(exc))
     typer.echo(f"wrote {len(rows)} rows to {out}")
+
+
+def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
+    from ..bench.fold import fold_run
+    from ..profiles.format import save_profile
+    from ..store import query_readonly
+
+    try:
+        if base is None:
+            got = query_readonly(db, "SELECT profile FROM runs WHERE run_id = ?", [run_id])
+            if got.empty:
+                fail(f"no run {run_id!r} in {db}")
+            base = str(got.iloc[0].profile)
+        folded = fold_run(db, run_id, base)
+    except (ValueError, LookupError, OSError) as exc:
+        fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    save_profile(folded.rows, out)
+    for before, after, n in folded.updated:
+        shape = "" if before.height is None else f" {before.width}x{before.height}"
+        typer.echo(f"{after.model} {after.stage}{shape} batch {after.batch}: {before.latency_ms:g} -> "
+                   f"{after.latency_ms:g} ms ({n} measured)")
+    for text in folded.unmatched:
+        typer.echo(f"not in {base}: {text}")
+    typer.echo(f"wrote {len(folded.rows)} rows to {out} ({len(folded.updated)} from run {run_id})")
 
 
 # ---------------------------------------------------------------------- cost (cost model lookups)

@@ -1,0 +1,70 @@
+"""``trident profile --from-run RUN``: a stored live run's measured stage times folded into a profile
+(issue 11, point 1). Real tiny-sd3 on a CPU worker, stored, folded, and the refusals."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from typer.testing import CliRunner
+
+from tridentcore.cli import app
+from tridentcore.core.types import Shape
+from tridentcore.profiles import load_profile
+from tridentcore.runtime.build import build_runtime
+from tridentcore.runtime.engine import Submission
+
+
+def _live_run(devices: str, model: str, shape: Shape, n: int, db, run_id: str) -> None:
+    async def main():
+        rt = build_runtime(model, devices, "pipeline-static:degree=1", strict=True,
+                           time_scale=0.001 if devices.startswith("emulated") else 1.0)
+        await rt.start()
+        e = rt.engine
+        try:
+            for i in range(n):  # one at a time: batch 1, as the profile rows measure
+                rid = e.submit([Submission(model, "a red cube", shape, seed=i, slo_s=1e6)]).ids[0]
+                await e.wait(rid)
+        finally:
+            await e.shutdown(5)
+        e.write_store(str(db), run_id)
+
+    asyncio.run(asyncio.wait_for(main(), 180))
+
+
+def test_a_cpu_run_folds_into_the_cpu_profile(tmp_path):
+    db, out = tmp_path / "runs.duckdb", tmp_path / "folded.csv"
+    _live_run("cpu:1", "tiny-sd3", Shape(64, 64, 1, 2), 5, db, "cpu-run")
+    result = CliRunner().invoke(app, ["profile", "--from-run", "cpu-run", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    base, folded = load_profile("cpu").rows, load_profile(str(out)).rows
+    assert len(folded) == len(base)
+    changed = [(b, f) for b, f in zip(base, folded) if b != f]
+    assert {(f.model, str(f.stage)) for _, f in changed} == {("tiny-sd3", s) for s in ("encode", "diffuse", "decode")}
+    for b, f in changed:
+        assert f.batch == 1 and f.source.startswith("run cpu-run: median of ") and f.latency_ms > 0
+        assert (f.peak_gib, f.act_gib, f.weights_gib) == (b.peak_gib, b.act_gib, b.weights_gib)
+        assert f.stage == "encode" or (f.height, f.width) == (64, 64)
+    assert "3 from run cpu-run" in result.output
+
+
+def test_runs_without_measurements_are_refused(tmp_path):
+    db, out = tmp_path / "runs.duckdb", tmp_path / "folded.csv"
+    _live_run("emulated:1xH200", "sd3-medium", Shape(512, 512, 1, 4), 2, db, "emu-run")
+    result = CliRunner().invoke(app, ["profile", "--from-run", "emu-run", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 2 and "emulated devices" in result.output
+    result = CliRunner().invoke(app, ["profile", "--from-run", "nope", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 2 and "no run 'nope'" in result.output
+    assert not out.exists()
+    result = CliRunner().invoke(app, ["profile", "--out", str(out)])
+    assert result.exit_code == 2 and "--from-run" in result.output
+
+
+@pytest.mark.parametrize("min_samples", [3])
+def test_points_measured_too_rarely_keep_the_profile(tmp_path, min_samples):
+    from tridentcore.bench.fold import fold_run
+
+    db = tmp_path / "runs.duckdb"
+    _live_run("cpu:1", "tiny-sd3", Shape(64, 64, 1, 2), min_samples - 1, db, "short-run")
+    folded = fold_run(db, "short-run", "cpu", min_samples=min_samples)
+    assert folded.updated == () and folded.rows == load_profile("cpu").rows
