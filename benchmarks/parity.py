@@ -76,8 +76,8 @@ def measure(loaded, policy: str, rate: float, devices: str, models, time_scale: 
     same_shape = sum(1 for k, r in zip(ids, requests) if sim_dec.get(r.id) == live_dec.get(k))
     sim_rows = {r.request_id: r for r in sim.requests}
     errs = []
-    for k, r in zip(ids, requests):
-        s, row = sim_rows[r.id], next(x for x in rows if x.request_id == k)
+    for row, r in zip(rows, requests):  # rows in submission order, the schedule's order
+        s = sim_rows[r.id]
         if row.state == "done" and s.state == "done":
             ls, ll = s.finish_s - s.arrival_s, row.finish_s - row.arrival_s
             errs.append(abs(ll - ls) / ls)

@@ -44,7 +44,7 @@ from typing import Any
 
 from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_LIVE_DEVICES
 from ..core.errors import TridentError
-from ..core.metrics import quantile
+from ..core.metrics import finite, quantile
 from ..core.records import RunMeta
 from . import live_procs as procs
 from .spec import RunSpec
@@ -302,7 +302,7 @@ class LiveBench:
                  "server_config": json.loads(server_meta.config_json), "locust_exit": got.locust_exit,
                  "server_exit": got.server_exit, "client_states": states, "scheduled": scheduled,
                  "served_models": list(got.models),
-                 "lag_p50_ms": _finite(quantile(lags, 0.5)), "lag_p99_ms": _finite(quantile(lags, 0.99))}
+                 "lag_p50_ms": finite(quantile(lags, 0.5)), "lag_p99_ms": finite(quantile(lags, 0.99))}
         status = "interrupted" if got.interrupted else "complete"
         meta = _meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
         self.report("storing", len(rows), scheduled)
@@ -379,6 +379,3 @@ def _run_ids(path: Path) -> list[str]:
     finally:
         con.close()
 
-
-def _finite(x: float) -> float | None:
-    return None if x is None or math.isnan(x) or math.isinf(x) else x

@@ -15,7 +15,6 @@ most GPU-efficient degree and perfect packing.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +31,7 @@ from ..sim.engine import SimResult, StageNoise, simulate
 from .provenance import git_sha, hardware, package_versions
 from .spec import RunSpec, RunSpecError
 
-__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "evaluate", "finite", "load_scenario",
+__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "evaluate", "load_scenario",
            "run_meta", "run_one", "schedule_requests", "sweep_goodput"]
 
 Scenario = RunSpec  # the name this module's callers used before the one run spec (issue 10)
@@ -234,6 +233,3 @@ def run_meta(run_id: str, loaded: Loaded, policy_spec: str, rate: float | None, 
         hardware_json=json.dumps(hardware(), sort_keys=True), wall_s=result.wall_s,
     )
 
-
-def finite(x: float) -> float | None:
-    return None if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))) else x

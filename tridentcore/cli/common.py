@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAULT_POLICIES
+from ..core.metrics import finite
 
 __all__ = ["BiasOpt", "NoiseOpt", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
@@ -98,10 +99,6 @@ def table(rows: list[dict], columns, *, none_as_dash: bool = False) -> str:
     for row in cells:
         lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
     return "\n".join(lines)
-
-
-def finite(x: Any) -> Any:
-    return None if isinstance(x, float) and (math.isnan(x) or math.isinf(x)) else x
 
 
 def json_safe(row: dict) -> dict:

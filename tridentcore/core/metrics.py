@@ -25,6 +25,11 @@ def quantile(values: Sequence[float], q: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+def finite(x: float | None) -> float | None:
+    """``x``, or None for NaN and infinities (a figure with no data, as JSON and SQL want it)."""
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
 def met(row: RequestRow) -> bool:
     """Whether ``row`` met its SLO (:func:`tridentcore.core.slo.met_slo`)."""
     return met_slo(row.state, row.finish_s, row.deadline_s)

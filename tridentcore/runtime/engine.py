@@ -83,7 +83,7 @@ class Engine:
                                timer=time.perf_counter, decision_window=10_000, calibrate=config.calibrate)
         self.state = self.core.state
         self.view = self.core.view
-        self._slo_version = -1
+        self._slo_version = -1  # the calibration version the memoised deadlines were computed at
         self._slo = self._slo_fn()
         self._t0 = 0.0
         self._scale = config.time_scale if config.time_scale > 0 else 1.0
@@ -249,11 +249,11 @@ class Engine:
                            self.config.retry_after_s)
         now = self.now()
         ids = []
-        self._slo = self._slo_fn()
+        slo_of = self._slo_fn()
         for item in items:
             rid = self._next_id
             self._next_id += self._id_step
-            slo = item.slo_s if item.slo_s is not None else self._slo(item.model, item.shape)
+            slo = item.slo_s if item.slo_s is not None else slo_of(item.model, item.shape)
             spec = RequestSpec(rid, item.model, item.prompt, item.shape, int(item.seed), item.guidance, float(slo),
                                now, item.negative_prompt)
             ids.append(rid)
@@ -379,7 +379,7 @@ class Engine:
             logger.error(msg)
             self.errors.append(msg)
         for rid in effects.ended:
-            self._finalize(rid)
+            self._finalize(rid, now)
 
     def _send(self, started: Started) -> None:
         run = started.run
@@ -414,7 +414,7 @@ class Engine:
         return (fixed + (started.total_s - fixed) / run.factor) * self.config.time_scale
 
     # ------------------------------------------------------------------------------ endings
-    def _finalize(self, rid: int) -> None:
+    def _finalize(self, rid: int, now: float) -> None:
         rec = self.state.requests.get(rid)
         if rec is None or not rec.state.terminal or rid not in self._live:
             return
@@ -427,9 +427,9 @@ class Engine:
             if not fut.done():
                 fut.set_result(None)
         self._ended.append(rid)
-        self._retire()
+        self._retire(now)
 
-    def _retire(self) -> None:
+    def _retire(self, now: float) -> None:
         """Forget the oldest ended requests past ``keep_ended`` (not while a running dispatch still holds
         one: a request cancelled while running stays until its stage ends)."""
         state = self.state
@@ -441,7 +441,7 @@ class Engine:
             for listener in self.forget_listeners:
                 listener(rid)
             rec = state.requests[rid]
-            self.core.step(Forgot(rid), self.now())
+            self.core.step(Forgot(rid), now)  # at the time of the step that ended it (one clock read)
             if self.config.record:
                 self._rows.append(request_row(rec))
             self._spans_of.pop(rid, None)
