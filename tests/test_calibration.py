@@ -118,3 +118,31 @@ def test_calibration_is_replayed_exactly(calibrate):
     assert (e.core.calibration is not None) == calibrate
     parity = compare(e.request_rows(), e.spans, e.placements, replay(e.core))
     assert parity.exact, parity.first_difference
+
+
+def test_the_workers_own_measurement_is_what_calibration_learns():
+    """A completion that carries the worker's compute time teaches that time, not the driver's clock
+    (which adds the hand-over to and from the worker), and the span records it."""
+    from tridentcore.core.cluster import parse_cluster
+    from tridentcore.core.driver import Completed, DriverCore
+    from tridentcore.core.events import RequestArrived
+    from tridentcore.core.requests import RequestSpec
+    from tridentcore.core.types import StageKind
+
+    core = DriverCore(parse_cluster("1x1xH200"), H200, make_policy("pipeline-static:degree=1"), gpu_kind="H200",
+                      calibrate=True)
+    core.start(["sd3-medium"], None, 0.0)
+    shape, now = Shape(1024, 1024, 1, 28), 0.0
+    for rid in range(3):
+        effects = core.step(RequestArrived(RequestSpec(rid, "sd3-medium", "x", shape, rid, None, 1e6, now)), now)
+        while effects.started:
+            (started,) = effects.started
+            run = started.run
+            predicted = run.predicted_end_s - run.compute_start_s
+            # the driver's clock says 10x the prediction, the worker measured 3x
+            now = run.compute_start_s + 10 * predicted
+            effects = core.step(Completed(run.id, compute_s=3 * predicted / run.factor), now)
+    for stage in StageKind:
+        assert core.calibration.factor("sd3-medium", stage, shape) == pytest.approx(3.0)
+    assert {round(s.compute_s / (s.predicted_s - s.load_s - s.transfer_s), 6) for s in core.recorder.spans
+            if s.stage == "encode"} == {3.0}  # 3x the prediction (each encode ran before the factor moved)

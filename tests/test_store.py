@@ -4,6 +4,7 @@ read-only readers (in other processes too), untrusted-SQL limits, Parquet export
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import math
 import re
 import subprocess
@@ -276,6 +277,24 @@ def test_other_schema_version_refused(db: Path):
     with pytest.raises(SchemaVersionError, match="999"):
         ResultsStore(db).write_run(meta("run-z", "p", 1.0), RUN_B_REQUESTS, RUN_B_SPANS)
     assert counts(db, "run-z")["runs"] == 0
+
+
+def test_an_older_database_is_migrated_by_a_writer(db: Path):
+    """A version-1 file (stage spans without the worker's ``compute_s``) takes new runs: the writer
+    adds the column (old rows NULL) and records the new version; readers see both runs."""
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE stage_spans DROP COLUMN compute_s")
+    con.execute("DELETE FROM schema_version")
+    con.execute("INSERT INTO schema_version VALUES (1, now()::TIMESTAMP)")
+    con.close()
+    measured = [replace(s, compute_s=0.5) for s in RUN_B_SPANS]
+    ResultsStore(db).write_run(meta("run-new", "trident", 3000.0), RUN_B_REQUESTS, measured)
+    got = query_readonly(db, "SELECT run_id, count(compute_s) AS n, count(*) AS rows FROM stage_spans "
+                             "GROUP BY run_id ORDER BY run_id").values.tolist()
+    assert got == [["run-a", 0, len(RUN_A_SPANS)], ["run-b", 0, len(RUN_B_SPANS)],
+                   ["run-new", len(RUN_B_SPANS), len(RUN_B_SPANS)]]
+    assert query_readonly(db, "SELECT max(version) AS v FROM schema_version").v[0] == SCHEMA_VERSION == 2
+    assert run_summary(db).run_id.tolist() == ["run-a", "run-b", "run-new"]
 
 
 def test_new_run_id_is_readable_and_unique():

@@ -2,7 +2,9 @@
 
 A live run stores every stage span: when it started and ended, its weight loading and transfers,
 its batch, degree and step range. Each dispatch that completed normally is a measurement of its
-stage at its shape, batch and degree: its compute time (diffuse: per step). For every point of the
+stage at its shape, batch and degree: its compute time (diffuse: per step), as the worker measured
+it (``compute_s``; a run stored before that column: the span less its loading and transfers, which
+includes the hand-over to and from the worker). For every point of the
 base profile that the run measured at least ``min_samples`` times, the folded profile takes the
 median measured latency; the memory columns stay the base profile's (a span does not measure
 memory). Points the base profile lacks are reported, not invented.
@@ -53,13 +55,14 @@ def fold_run(db: str | os.PathLike[str], run_id: str, base: str, *, min_samples:
         raise ValueError(f"run {run_id} ran on emulated devices ({devices}): they take the profile's own time")
     spans = query_readonly(
         db,
-        "SELECT s.dispatch_id, s.stage, s.degree, s.batch, s.started_s, s.ended_s, s.load_s, s.transfer_s, "
+        "SELECT s.dispatch_id, s.stage, s.degree, s.batch, s.started_s, s.ended_s, s.load_s, s.transfer_s, s.compute_s, "
         "s.start_step, s.end_step, r.model, r.height, r.width, r.frames "
         "FROM stage_spans s JOIN requests r USING (run_id, request_id) "
         "WHERE s.run_id = ? AND s.outcome = 'done'", [run_id])
     measured: dict[tuple, list[float]] = {}
     for sp in spans.drop_duplicates("dispatch_id").itertuples(index=False):
-        seconds = sp.ended_s - sp.started_s - sp.load_s - sp.transfer_s
+        seconds = (sp.compute_s if sp.compute_s == sp.compute_s and sp.compute_s is not None  # NaN: NULL
+                   else sp.ended_s - sp.started_s - sp.load_s - sp.transfer_s)
         if sp.stage == StageKind.DIFFUSE:
             steps = sp.end_step - sp.start_step
             if steps <= 0:

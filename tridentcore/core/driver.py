@@ -183,7 +183,7 @@ class DriverCore:
                 return []  # already failed (its worker was lost) or shut down
             if report.error:
                 return [self._failed(run, report.error, report.oom, now, out)]
-            return [self._finished(run, report.end_step, now, out)]
+            return [self._finished(run, report.end_step, now, out, report.compute_s)]
         if isinstance(report, Tick):
             return [report] if state.requests.live else []
         if isinstance(report, WorkerLost):
@@ -203,7 +203,8 @@ class DriverCore:
             return []
         raise TypeError(f"unknown report {report!r}")
 
-    def _finished(self, run: Running, end_step: int | None, now: float, out: Effects) -> StageFinished:
+    def _finished(self, run: Running, end_step: int | None, now: float, out: Effects,
+                  compute_s: float | None = None) -> StageFinished:
         a = run.action
         end = 0
         preempted = False
@@ -214,15 +215,16 @@ class DriverCore:
             preempted = end < a.end_step
             run.preempt_at_step = end if preempted else None
         self.state.finish(run.id, now, end)
-        self.recorder.span(run, now, "preempted" if preempted else "done", end)
+        self.recorder.span(run, now, "preempted" if preempted else "done", end, compute_s)
         if self.calibration is not None:
-            self._calibrate(run, end, now)
+            self._calibrate(run, end, now if compute_s is None else run.compute_start_s + compute_s)
         out.ended.extend(a.request_ids)
         return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end, preempted)
 
     def _calibrate(self, run: Running, end_step: int, now: float) -> None:
         """Learn from a completed dispatch: its compute time (after its predicted weight loading and
-        transfers) against the uncalibrated prediction."""
+        transfers; it ended at ``now``, or when the worker's own measurement says) against the
+        uncalibrated prediction."""
         a = run.action
         if a.stage == StageKind.DIFFUSE:
             predicted = (end_step - a.start_step) * run.step_s

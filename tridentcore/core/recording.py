@@ -17,9 +17,10 @@ from .state import ClusterState
 from .types import StageKind
 
 
-def span_rows(run: Running, t: float, outcome: str, end_step: int) -> list[SpanRow]:
+def span_rows(run: Running, t: float, outcome: str, end_step: int, compute_s: float | None = None) -> list[SpanRow]:
     """One row per request of a dispatch that ended at ``t`` (``predicted_s``: the cost model's
-    duration for the dispatch as planned, load and transfers included; 0 for a failed allocation)."""
+    duration for the dispatch as planned, load and transfers included; 0 for a failed allocation;
+    ``compute_s``: its compute time as the worker measured it, if it did)."""
     a = run.action
     if outcome == "oom":
         predicted = 0.0
@@ -30,7 +31,7 @@ def span_rows(run: Running, t: float, outcome: str, end_step: int) -> list[SpanR
     return [SpanRow(dispatch_id=run.id, request_id=rid, stage=a.stage, gpus=a.gpus, degree=len(a.gpus),
                     batch=len(a.request_ids), queued_s=run.queued_s[rid], started_s=run.started_s, ended_s=t,
                     predicted_s=predicted, start_step=a.start_step, end_step=end_step, outcome=outcome,
-                    load_s=run.load_s, transfer_s=run.transfer_s)
+                    load_s=run.load_s, transfer_s=run.transfer_s, compute_s=compute_s)
             for rid in a.request_ids]
 
 
@@ -102,11 +103,11 @@ class Recorder:
         self.act_gib: dict[int, float] = {}  # dispatch id -> activation memory per GPU
         self.listeners: list[Callable[[SpanRow], None]] = []
 
-    def span(self, run: Running, t: float, outcome: str, end_step: int) -> None:
+    def span(self, run: Running, t: float, outcome: str, end_step: int, compute_s: float | None = None) -> None:
         """The rows of a dispatch that ended at ``t``."""
         if self.record:
             self.act_gib[run.id] = run.act_gib
-        self._add(span_rows(run, t, outcome, end_step))
+        self._add(span_rows(run, t, outcome, end_step, compute_s))
 
     def oom(self, dispatch_id: int, action: Dispatch, state: ClusterState, t: float) -> None:
         """The rows of a dispatch whose allocation failed as it started (nothing ran)."""

@@ -112,6 +112,8 @@ class SpanRow:
     outcome: str = column("VARCHAR", default="done", comment="done | preempted | failed | oom")
     load_s: float = column("DOUBLE", default=0.0, comment="weight loading charged to this dispatch (lazy placement)")
     transfer_s: float = column("DOUBLE", default=0.0, comment="moving embeddings/latents to its GPUs")
+    compute_s: float | None = column("DOUBLE", nullable=True, default=None,
+                                     comment="compute time as the worker measured it (live); NULL: not measured")
 
 
 @dataclass(frozen=True, slots=True)

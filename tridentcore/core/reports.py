@@ -21,12 +21,15 @@ from .events import RequestArrived, Tick, WorkerLost, WorkerRestored
 class Completed:
     """A dispatch ended. ``error`` empty: it ran; for a diffuse, ``end_step`` is the step it reached
     (None: where the core expects it, i.e. the planned end or the pause it asked for). ``error`` set:
-    it failed (``oom`` for an out-of-memory error in the worker); its requests go back to waiting."""
+    it failed (``oom`` for an out-of-memory error in the worker); its requests go back to waiting.
+    ``compute_s``: the compute time the worker itself measured (what calibration learns from: the
+    driver's own clock would add the hand-over to and from the worker); None: the driver's clock."""
 
     dispatch_id: int
     end_step: int | None = None
     error: str = ""
     oom: bool = False
+    compute_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

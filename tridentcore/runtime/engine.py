@@ -322,7 +322,8 @@ class Engine:
                 logger.exception("worker %s failed", getattr(worker, "slot", "?"))
         if not self._closed:
             report = (Completed(did, error=result.error or "worker lost", oom=result.oom) if not result.ok
-                      else Completed(did, result.end_step if task.stage == StageKind.DIFFUSE else None))
+                      else Completed(did, result.end_step if task.stage == StageKind.DIFFUSE else None,
+                                     compute_s=result.wall_s / self._scale if result.wall_s > 0 else None))
             self._post(report, result)
 
     # ------------------------------------------------------------------------------ the loop

@@ -35,6 +35,7 @@ __all__ = [
     "CLIENT_TABLES",
     "DERIVED",
     "RUN_STATUSES",
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "STAGE_ORDER_SQL",
     "TABLES",
@@ -49,7 +50,11 @@ __all__ = [
     "table_columns",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# what brings a database of an older version to the next one (applied in order by a writer)
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE stage_spans ADD COLUMN compute_s DOUBLE",),  # the worker's own compute time
+}
 TABLES = ("runs", "requests", "stage_spans", "placements", "gpu_samples")
 VIEWS = ("run_summary", "stage_breakdown", "attainment_by_shape")
 RUN_STATUSES = ("complete", "interrupted", "failed")
@@ -305,9 +310,17 @@ _CREATE_ORDER = ("runs", "requests", "stage_spans", "placements", "client_reques
 
 
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create tables and views if missing; refuse a database of another schema version."""
-    con.execute(_DDL_VERSION + "\n".join(ddl(t) for t in _CREATE_ORDER))
+    """Create tables and views if missing; bring an older database up to this version (its
+    :data:`MIGRATIONS`); refuse a newer one."""
+    con.execute(_DDL_VERSION)
     found = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+    if found is not None and found < SCHEMA_VERSION and all(v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
+        for v in range(found, SCHEMA_VERSION):
+            for sql in MIGRATIONS[v]:
+                con.execute(sql)
+        con.execute("INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [SCHEMA_VERSION])
+        found = SCHEMA_VERSION
+    con.execute("\n".join(ddl(t) for t in _CREATE_ORDER))
     if found is None:
         con.execute("INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [SCHEMA_VERSION])
     elif found != SCHEMA_VERSION:
