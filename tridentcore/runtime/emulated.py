@@ -1,5 +1,6 @@
 """An emulated device: no weights, it takes the time the engine tells it (the cost model's duration,
-scaled) and stops early at a preempted step.
+scaled) and stops early at a preempted step. Given the engine's clock (``clock``, set by the engine
+as it starts) it waits in engine time: the server's own busy time does not make it slower.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from .clock import EngineClock
 from .pool import Worker
 from .tasks import StageResult, StageTask
 
@@ -25,16 +27,21 @@ class EmulatedWorker(Worker):
         self._deadline = 0.0
         self._stop_step: int | None = None
         self._wake: asyncio.Event | None = None
+        self.clock: EngineClock | None = None
+
+    def _now(self) -> float:
+        """Seconds on the device's clock, in the units of ``StageTask.duration_s`` (scaled wall)."""
+        return self.clock.now() * self.clock.scale if self.clock is not None else time.monotonic()
 
     async def run(self, task: StageTask) -> StageResult:
         if task.fault == "oom":  # an emulated device holds no memory: it raises what an allocator would
             raise MemoryError(f"emulated device {self.slot}: out of memory (fault injected by --inject-oom)")
-        t0 = time.monotonic()
+        t0 = self._now()
         self._did, self._deadline, self._stop_step = task.dispatch_id, t0 + task.duration_s, None
         self._wake = wake = asyncio.Event()
         try:
             while True:
-                left = self._deadline - time.monotonic()
+                left = self._deadline - self._now()
                 if left <= 0:
                     if task.duration_s <= 0:
                         await asyncio.sleep(0)
@@ -45,7 +52,7 @@ class EmulatedWorker(Worker):
                     pass
                 wake.clear()
             end = task.end_step if self._stop_step is None else self._stop_step
-            return StageResult(end_step=end, outputs=(None,) * len(task.request_ids), wall_s=time.monotonic() - t0)
+            return StageResult(end_step=end, outputs=(None,) * len(task.request_ids), wall_s=self._now() - t0)
         finally:
             self._did = self._wake = None
 
@@ -53,5 +60,7 @@ class EmulatedWorker(Worker):
         if self._did != dispatch_id or self._wake is None:
             return
         self._stop_step = stop_step
+        if self.clock is not None:  # wall_at is on the wall clock: the same wait on the device's
+            wall_at = self._now() + (wall_at - time.monotonic())
         self._deadline = min(self._deadline, wall_at)
         self._wake.set()

@@ -17,10 +17,12 @@ report and applying the policy's actions), so the state never changes under the 
 ``EngineConfig.log_reports`` the core keeps every report with its time: replayed through the
 simulator (``Simulator(..., replay=engine.core.log)``) it must give the same decisions.
 
-Time ``now`` is the engine clock: seconds since the engine started, divided by ``time_scale``
-(emulated devices sleep ``time_scale`` x the cost model's duration, so with ``time_scale`` 0.05
-a run's records read as if the work had taken the cost model's time, twenty times faster).
-``time_scale`` 0 means zero-cost stages on the wall clock (measures the engine's own overhead).
+Time ``now`` is the engine clock (``runtime/clock.py``): on real devices the wall clock since the
+engine started; with ``time_scale`` (emulated devices wait ``time_scale`` x the cost model's
+duration) the event loop's waiting is divided by the scale and the server's own busy time counts
+at real speed, so a run at 0.05 reads as if the devices had taken the cost model's time, twenty
+times faster, without multiplying the server's overhead by twenty. ``time_scale`` 0 means
+zero-cost stages on the wall clock (measures the engine's own overhead).
 
 Every accepted request ends in exactly one terminal state with a reason: done, rejected (by the
 policy), cancelled (by its client), or failed (a stage failed too often, or the engine shut down
@@ -55,6 +57,7 @@ from ..core.workload import RequestSpec, make_slo_fn
 from . import stored, views
 from .api import Accepted, EngineConfig, Outcome, Refused, Submission
 from .artifacts import ArtifactCache
+from .clock import EngineClock
 from .workers import StageResult, StageTask, WorkerPool, failure
 
 __all__ = ["Accepted", "Engine", "EngineConfig", "Outcome", "PolicyBug", "Refused", "Submission"]
@@ -87,6 +90,7 @@ class Engine:
         self._slo = self._slo_fn()
         self._t0 = 0.0
         self._scale = config.time_scale if config.time_scale > 0 else 1.0
+        self.clock = EngineClock(self._scale, clock)
         self._pending: deque[tuple[Report, StageResult | None]] = deque()
         self._processing = False
         self._next_id = 0
@@ -160,13 +164,10 @@ class Engine:
 
     # ------------------------------------------------------------------------------ clock
     def now(self) -> float:
-        return (self._clock() - self._t0) / self._scale
+        return self.clock.now()
 
     def elapsed_wall_s(self) -> float:
         return self._clock() - self._t0
-
-    def _wall_at(self, t: float) -> float:
-        return self._t0 + t * self._scale
 
     # ------------------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -175,8 +176,11 @@ class Engine:
             if hasattr(w, "on_lost"):
                 w.on_lost = self._worker_lost
                 w.on_restored = self._worker_restored
+            if hasattr(w, "clock"):
+                w.clock = self.clock  # an emulated device waits in engine time
         await self.workers.start()
         self._t0 = self._clock()
+        self.clock.start()
         self.started_unix_s = time.time()
         self._execute(self.core.start(self.models, self.expected, 0.0), 0.0)
         if self.policy.tick_s:
@@ -188,7 +192,7 @@ class Engine:
         while not self._closed:
             now = self.now()
             nxt = math.floor(now / tick + 1e-9) * tick + tick
-            wall = max(self._wall_at(nxt) - self._clock(), self.config.min_tick_wall_s)
+            wall = max(self.clock.wall_at(nxt) - self._clock(), self.config.min_tick_wall_s)
             await asyncio.sleep(wall)
             if self.state.requests.live and not self._closed:
                 self._post(Tick())
@@ -374,7 +378,7 @@ class Engine:
         for started in effects.started:
             self._send(started)
         for p in effects.paused:
-            self.workers[p.run.action.gpus[0]].preempt(p.run.id, p.step, self._wall_at(p.at_s))
+            self.workers[p.run.action.gpus[0]].preempt(p.run.id, p.step, self.clock.wall_at(p.at_s))
         self.core.errors, errors = [], self.core.errors
         for msg in errors:
             logger.error(msg)

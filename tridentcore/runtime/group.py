@@ -28,7 +28,7 @@ from dataclasses import replace
 from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S
 from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 from ..core.types import StageKind
-from . import stored
+from . import stored, views
 from .engine import Accepted, Engine, Outcome, Refused, Submission
 
 
@@ -141,10 +141,10 @@ class EngineGroup:
             "devices": devices, "instances": instances, "queues": queues, "running": running,
             "live_requests": sum(s["live_requests"] for s in snaps), "policy": self.parts[0].policy.spec,
             "cluster": " + ".join(s["cluster"] for s in snaps), "profile": ",".join(s["profile"] for s in snaps),
-            "time_scale": snaps[0]["time_scale"], "now_s": snaps[0]["now_s"],
+            "time_scale": snaps[0]["time_scale"], "now_s": snaps[0]["now_s"], "clock": snaps[0]["clock"],
             "calibration": [row for s in snaps for row in s["calibration"]],
             "parts": [{"devices": label, "cluster": s["cluster"], "profile": s["profile"],
-                       "time_scale": s["time_scale"], "now_s": s["now_s"],
+                       "time_scale": s["time_scale"], "now_s": s["now_s"], "clock": s["clock"],
                        "models": list(e.models)} for label, s, e in zip(self.labels, snaps, self.parts)],
         }
 
@@ -193,7 +193,8 @@ class EngineGroup:
         cfg["models"] = list(self.models)
         cfg["calibration"] = [row for m in metas for row in json.loads(m.config_json).get("calibration", [])]
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
-                         "time_scale": e.config.time_scale} for label, e in zip(self.labels, self.parts)]
+                         "time_scale": e.config.time_scale, "clock": views.clock(e)}
+                        for label, e in zip(self.labels, self.parts)]
         accepted = sum(len(e.state.requests) + e.forgotten for e in self.parts)
         duration = max(m.duration_s for m in metas)
         return replace(first, profile=",".join(m.profile for m in metas),

@@ -82,8 +82,18 @@ def snapshot(engine: Engine) -> dict:
         "queues": queues, "running": running, "live_requests": len(live),
         "policy": engine.policy.spec, "cluster": engine.cluster.label, "profile": engine.profile,
         "time_scale": engine.config.time_scale, "now_s": engine.now() if engine.started else 0.0,
-        "calibration": calibration(engine),
+        "clock": clock(engine), "calibration": calibration(engine),
     }
+
+
+def clock(engine: Engine) -> dict:
+    """How the engine clock relates to the wall clock (``runtime/clock.py``): wall seconds since the
+    start, how many of them the server's loop was busy (counted at real speed, not scaled), and
+    whether it could tell them apart."""
+    c = engine.clock
+    started = engine.started
+    return {"time_scale": engine.config.time_scale, "separates_overhead": c.separates,
+            "wall_s": c.wall_s() if started else 0.0, "busy_wall_s": c.busy_s() if started else 0.0}
 
 
 def calibration(engine: Engine) -> list[dict]:

@@ -58,6 +58,15 @@ class _Live:
             samples.add_metric(labels, row["samples"])
         yield cal
         yield samples
+        clock = snap.get("clock")
+        if clock:
+            wall = GaugeMetricFamily("trident_engine_wall_seconds", "Wall seconds since the engine started")
+            wall.add_metric([], clock["wall_s"])
+            yield wall
+            busy = GaugeMetricFamily("trident_engine_busy_wall_seconds",
+                                     "Wall seconds the server's event loop was busy (not scaled by --time-scale)")
+            busy.add_metric([], clock["busy_wall_s"])
+            yield busy
 
 
 class Metrics:
