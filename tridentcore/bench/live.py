@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_LIVE_DEVICES
+from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_LIVE_CALIBRATE, DEFAULT_LIVE_DEVICES
 from ..core.errors import TridentError
 from ..core.metrics import finite, quantile
 from ..core.records import RunMeta
@@ -89,6 +89,12 @@ class LiveOptions:
     answer_timeout_s: float | None = None  # wall seconds after the last send to wait for answers (None: auto)
     startup_timeout_s: float = 180.0
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S  # the server's drain at stop
+    calibrate: bool = DEFAULT_LIVE_CALIBRATE  # the server's online calibration (False: --no-calibrate)
+
+    def serve_args(self) -> list[str]:
+        """The ``trident serve`` options these knobs set (the spec file, models and store are the bench's)."""
+        return ["--max-queued", str(self.max_queued), "--drain-timeout", str(self.drain_timeout_s),
+                "--calibrate" if self.calibrate else "--no-calibrate"]
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,8 @@ def spec_from_config(config: Mapping[str, Any]) -> tuple[LiveBenchSpec, str]:
         raise ValueError(f"config_json names {len(run.policies)} policies; a live run has one")
     opts = LiveOptions(tuple(config.get("models") or ()), int(config.get("max_queued", 100_000)),
                        int(config.get("users", 1)), config.get("answer_timeout_s"),
-                       float(config.get("startup_timeout_s", 180.0)), float(config.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S)))
+                       float(config.get("startup_timeout_s", 180.0)), float(config.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S)),
+                       bool(config.get("calibrate", DEFAULT_LIVE_CALIBRATE)))
     return LiveBenchSpec(run, opts), run.policies[0]
 
 
@@ -220,9 +227,8 @@ class LiveBench:
         return served_models(self.spec.devices, {r.model for r in requests}, self.spec.options.models)
 
     def _server_args(self, work: Path, spec_file: Path, models: Sequence[str]) -> list[str]:
-        opts = self.spec.options
         return ["--spec", str(spec_file), "--models", ",".join(models), "--db", str(work / "server.duckdb"),
-                "--max-queued", str(opts.max_queued), "--drain-timeout", str(opts.drain_timeout_s)]
+                *self.spec.options.serve_args()]
 
     def _serve_and_load(self, work: Path, requests) -> _Collected:
         from .spec import write_spec_file
