@@ -29,9 +29,10 @@ classes:
 ARGS = ["--rate", "4", "--duration", "12", "--seed", "2", "--time-scale", "0.05", "--devices", "emulated:8xH200"]
 
 
-def _trident(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def _trident(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "tridentcore.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,9 @@ def bench(tmp_path_factory):
     mix.write_text(MIX)
     db = tmp / "live.duckdb"
     t0 = time.monotonic()
-    out = _trident("bench", "--backend", "live", "--policies", ",".join(POLICIES), "--mix", str(mix), *ARGS,
-                   "--db", str(db), "--keep", str(tmp / "keep"), "--json", "--no-progress")
+    # the mix named relative to the working directory: the server and Locust run elsewhere
+    out = _trident("bench", "--backend", "live", "--policies", ",".join(POLICIES), "--mix", mix.name, *ARGS,
+                   "--db", str(db), "--keep", str(tmp / "keep"), "--json", "--no-progress", cwd=tmp)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     wall_s = time.monotonic() - t0
     # the same schedule through the simulator, in the same store (README's live-vs-sim query)

@@ -105,7 +105,12 @@ class LiveBenchSpec:
     options: LiveOptions = LiveOptions()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "run", self.run.replace(backend="live", devices=self.run.devices or DEFAULT_LIVE_DEVICES))
+        # the server and Locust run in a work folder of their own: a file named relative to here
+        # (``--mix benchmarks/tiny-cpu.yaml``) is handed to them as an absolute path
+        files = {k: os.path.abspath(v) for k in ("mix", "cluster", "trace", "profile")
+                 if isinstance(v := getattr(self.run, k), str) and os.path.isfile(v)}
+        object.__setattr__(self, "run", self.run.replace(backend="live", devices=self.run.devices or DEFAULT_LIVE_DEVICES,
+                                                         **files))
 
     @property
     def devices(self) -> str:
