@@ -223,7 +223,7 @@ def test_api_key_required_when_set_and_off_loopback():
             assert client.post("/v1/images/generations", json=body, headers=bad).status_code == 401
             good = {"Authorization": "Bearer s3cret"}
             assert client.post("/v1/images/generations", json=body, headers=good).status_code == 200
-            assert client.get("/v1/cluster").status_code == 200  # reads need no key
+            assert client.get("/v1/cluster").status_code == 401  # reads need the key too (tests/test_auth.py)
     finally:
         server.stop()
     from tridentcore.cli import app

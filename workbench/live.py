@@ -7,7 +7,9 @@ the API's) raises :class:`LiveError` with a message a page can show as it is, ne
 Endpoints used: ``GET /v1/cluster`` (devices, resident stages, memory, queues), ``GET /v1/models``
 (what can be asked for, with size bounds and defaults), ``GET /v1/requests?limit=N`` (recent
 requests, newest first; a server without it answers 404 and the page says so) and
-``POST /v1/images/generations`` / ``POST /v1/videos/generations`` (a test prompt).
+``POST /v1/images/generations`` / ``POST /v1/videos/generations`` (a test prompt). Each takes
+``api_key``: a server started with one answers every route but ``/healthz`` only with
+``Authorization: Bearer KEY`` (401 otherwise).
 """
 
 from __future__ import annotations
@@ -94,19 +96,25 @@ def _error_message(resp) -> str:
 
 
 def _request(method: str, base_url: str, path: str, *, timeout_s: float = READ_TIMEOUT_S,
-             json: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None) -> Any:
+             json: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+             api_key: str | None = None) -> Any:
     import httpx
 
     url = normalize_url(base_url)
     timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
+    headers = {"Authorization": f"Bearer {api_key.strip()}"} if api_key and api_key.strip() else None
     try:
-        resp = httpx.request(method, url + path, json=json, params=params, timeout=timeout, follow_redirects=False)
+        resp = httpx.request(method, url + path, json=json, params=params, timeout=timeout, follow_redirects=False,
+                             headers=headers)
     except httpx.ConnectError as exc:
         raise LiveError(f"cannot reach a server at {url} ({exc or 'connection refused'}); {START_HINT}") from None
     except httpx.TimeoutException:
         raise LiveError(f"{url} did not answer {method} {path} within {timeout_s:g} s") from None
     except httpx.HTTPError as exc:
         raise LiveError(f"{method} {url}{path} failed: {exc}") from None
+    if resp.status_code == 401:
+        hint = "the API key is not the server's" if headers else "give the server's API key"
+        raise LiveError(f"{method} {path} → HTTP 401: {_error_message(resp)} ({hint})")
     if resp.status_code == 404:
         raise NotSupported(f"{url} does not offer {method} {path} (HTTP 404: {_error_message(resp)})")
     if resp.status_code >= 400:
@@ -126,9 +134,9 @@ def _expect(body: Any, key: str, what: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------- reads
-def fetch_cluster(base_url: str) -> dict:
+def fetch_cluster(base_url: str, api_key: str | None = None) -> dict:
     """``GET /v1/cluster``: devices, instances, queues, running, live_requests, policy, ..."""
-    body = _request("GET", base_url, "/v1/cluster")
+    body = _request("GET", base_url, "/v1/cluster", api_key=api_key)
     _expect(body, "devices", "GET /v1/cluster")
     return body
 
@@ -175,9 +183,9 @@ def _model(d: Mapping[str, Any]) -> ServedModel:
     )
 
 
-def fetch_models(base_url: str) -> list[ServedModel]:
+def fetch_models(base_url: str, api_key: str | None = None) -> list[ServedModel]:
     """``GET /v1/models``, parsed."""
-    body = _request("GET", base_url, "/v1/models")
+    body = _request("GET", base_url, "/v1/models", api_key=api_key)
     items = _expect(body, "data", "GET /v1/models")
     try:
         return [_model(d) for d in items]
@@ -185,9 +193,9 @@ def fetch_models(base_url: str) -> list[ServedModel]:
         raise LiveError(f"GET /v1/models: an entry the workbench cannot read ({exc})") from None
 
 
-def fetch_requests(base_url: str, limit: int = 20) -> list[dict]:
+def fetch_requests(base_url: str, limit: int = 20, api_key: str | None = None) -> list[dict]:
     """``GET /v1/requests?limit=N``, newest first; :class:`NotSupported` on a server without it."""
-    body = _request("GET", base_url, "/v1/requests", params={"limit": int(limit)})
+    body = _request("GET", base_url, "/v1/requests", params={"limit": int(limit)}, api_key=api_key)
     return list(_expect(body, "data", "GET /v1/requests"))
 
 
@@ -295,7 +303,8 @@ def media_kind(blob: bytes) -> str:
 
 
 def generate(base_url: str, model: ServedModel, prompt: str, *, size: str | None = None, steps: int | None = None,
-             frames: int | None = None, seed: int | None = None, timeout_s: float = GENERATE_TIMEOUT_S) -> Generation:
+             frames: int | None = None, seed: int | None = None, timeout_s: float = GENERATE_TIMEOUT_S,
+             api_key: str | None = None) -> Generation:
     """Send one test prompt (``response_format: b64_json``) and wait for the image or video."""
     import time
 
@@ -309,7 +318,7 @@ def generate(base_url: str, model: ServedModel, prompt: str, *, size: str | None
     if model.kind == "video" and frames:
         body["frames"] = int(frames)
     t0 = time.perf_counter()
-    reply = _request("POST", base_url, model.endpoint, json=body, timeout_s=timeout_s)
+    reply = _request("POST", base_url, model.endpoint, json=body, timeout_s=timeout_s, api_key=api_key)
     wall_s = time.perf_counter() - t0
     media = []
     for item in reply.get("data", ()):

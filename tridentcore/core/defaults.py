@@ -8,6 +8,7 @@ values out. Pure constants: no imports, so every layer (and Locust) may use them
 from __future__ import annotations
 
 __all__ = [
+    "API_KEY_ENV",
     "DEFAULT_ARRIVAL", "DEFAULT_CLUSTER", "DEFAULT_DURATION_S", "DEFAULT_LIVE_DEVICES", "DEFAULT_LIVE_TIME_SCALE",
     "DEFAULT_MIX", "DEFAULT_POLICIES", "DEFAULT_POLICY", "DEFAULT_PROFILE", "DEFAULT_RATE", "DEFAULT_SEED",
     "DEFAULT_SLO_SCALE", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE", "DEFAULT_TRACE_DURATION_S",
@@ -43,3 +44,4 @@ DEFAULT_LATE = "serve"  # DESIGN.md: late requests are served (an SLO miss); rej
 DEFAULT_KEEP_ENDED = 10_000  # `trident serve`: ended requests kept in full in memory (older ones forgotten)
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-flight work finish
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # `trident serve`: largest request body (413 past it)
+API_KEY_ENV = "TRIDENT_API_KEY"  # `trident serve`'s API key (or --api-key-file); the Locust file and the workbench send it

@@ -20,6 +20,7 @@ from ..core.defaults import (DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAUL
 from ..core.types import Shape
 from ..runtime.build import SetupError, build_runtime
 from .app import ServerConfig, create_app, is_loopback
+from .auth import ApiKeyError, load_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class ServeOptions:
     profile: str | None = None
     max_queued: int = DEFAULT_MAX_QUEUED
     slo_scale: float = DEFAULT_SLO_SCALE
-    api_key: str | None = None
+    api_key: str | None = None  # the key itself (from TRIDENT_API_KEY, read by the entry point)
+    api_key_file: str | None = None  # or a file holding it (stripped); not both
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     port_file: str | None = None
@@ -91,8 +93,12 @@ def run_server(opts: ServeOptions) -> None:
     """Validate, build, bind, serve until SIGINT/SIGTERM (then drain and write the store)."""
     import uvicorn
 
-    if not is_loopback(opts.host) and not opts.api_key:
-        raise SetupError([f"binding {opts.host} (not loopback) needs --api-key (or TRIDENT_API_KEY)"])
+    try:
+        api_key = load_api_key(opts.api_key, opts.api_key_file)
+    except ApiKeyError as exc:
+        raise SetupError([str(exc)]) from None
+    if not is_loopback(opts.host) and not api_key:
+        raise SetupError([f"binding {opts.host} (not loopback) needs an API key: TRIDENT_API_KEY or --api-key-file"])
     if opts.db and opts.run_id and os.path.exists(opts.db):
         from ..store import query_readonly
 
@@ -103,7 +109,7 @@ def run_server(opts: ServeOptions) -> None:
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom, late=opts.late,
                             calibrate=opts.calibrate,
                             record=bool(opts.db), keep_ended=opts.keep_ended, expected=opts.expected)
-    app = create_app(runtime, ServerConfig(api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
+    app = create_app(runtime, ServerConfig(api_key=api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
                                            run_id=opts.run_id, drain_timeout_s=opts.drain_timeout_s))
     try:
         sock = bind(opts.host, opts.port)
