@@ -7,7 +7,9 @@ from datetime import timedelta
 import pandas as pd
 import streamlit as st
 
-from workbench import figures, live
+from workbench import access, figures, live
+
+access.gate()
 
 REFRESH = {"every 2 s": 2.0, "every 5 s": 5.0, "every 10 s": 10.0, "off": None}
 
@@ -58,7 +60,10 @@ if "live_local_error" in st.session_state:
 
 try:
     url = live.normalize_url(url_text)
-except live.LiveError as exc:
+    live.check_server(url)  # nothing from a URL is shown before it answers as a trident server
+except live.Unreachable:
+    pass  # nothing answers (yet): the cluster view says so, and retries
+except live.LiveError as exc:  # not a URL, or not a trident server there
     st.error(str(exc))
     st.stop()
 every = REFRESH[refresh]
@@ -123,7 +128,7 @@ st.subheader("Send a test prompt")
 try:
     models = live.fetch_models(url, api_key)
 except live.LiveError as exc:
-    if not isinstance(exc, live.NotSupported) and "cannot reach" in str(exc):
+    if isinstance(exc, live.Unreachable):
         st.info("A test prompt needs a reachable server (see above).")
     else:
         st.error(f"The served models cannot be listed: {exc}")
