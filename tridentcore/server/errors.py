@@ -187,6 +187,17 @@ def _document_errors(app: FastAPI) -> None:
                             media["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
+        if getattr(getattr(app.state, "config", None), "api_key", None):
+            # a keyed server answers 401 on every route but /healthz (server/auth.py)
+            doc["components"].setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+            for path, operations in doc.get("paths", {}).items():
+                if path == "/healthz":
+                    continue
+                for op in operations.values():
+                    op["security"] = [{"bearer": []}]
+                    op.setdefault("responses", {}).setdefault("401", {
+                        "description": "error: unauthorized",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
         app.openapi_schema = doc
         return doc
 
