@@ -28,7 +28,7 @@ from dataclasses import replace
 from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S
 from ..core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 from ..core.types import StageKind
-from . import stored
+from . import stored, views
 from .engine import Accepted, Engine, Outcome, Refused, Submission
 
 
@@ -192,8 +192,10 @@ class EngineGroup:
         cfg["devices"] = ",".join(self.labels)
         cfg["models"] = list(self.models)
         cfg["calibration"] = [row for m in metas for row in json.loads(m.config_json).get("calibration", [])]
+        cfg["slowdown"] = max(views.slowdown(e) for e in self.parts)
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
-                         "time_scale": e.config.time_scale} for label, e in zip(self.labels, self.parts)]
+                         "time_scale": e.config.time_scale, "slowdown": views.slowdown(e)}
+                        for label, e in zip(self.labels, self.parts)]
         accepted = sum(len(e.state.requests) + e.forgotten for e in self.parts)
         duration = max(m.duration_s for m in metas)
         return replace(first, profile=",".join(m.profile for m in metas),
