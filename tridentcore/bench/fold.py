@@ -9,7 +9,8 @@ base profile that the run measured at least ``min_samples`` times, the folded pr
 median measured latency; the memory columns stay the base profile's (a span does not measure
 memory). Points the base profile lacks are reported, not invented.
 
-Only runs on real devices carry measurements: an emulated device takes the profile's own time.
+Only runs on real devices carry measurements: an emulated device takes the profile's own time, and
+a run with ``--slowdown K`` (a testing aid) took K times what its devices computed.
 """
 
 from __future__ import annotations
@@ -50,9 +51,13 @@ def fold_run(db: str | os.PathLike[str], run_id: str, base: str, *, min_samples:
     if "+" in run.cluster:
         raise ValueError(f"run {run_id} mixes device kinds ({run.cluster}); fold one kind at a time")
     gpu = run.cluster.rsplit("x", 1)[-1]
-    devices = str(json.loads(run.config_json or "{}").get("devices", ""))
+    config = json.loads(run.config_json or "{}")
+    devices = str(config.get("devices", ""))
     if devices.strip().lower().startswith("emulated"):
         raise ValueError(f"run {run_id} ran on emulated devices ({devices}): they take the profile's own time")
+    if float(config.get("slowdown", 1.0)) != 1.0:
+        raise ValueError(f"run {run_id} ran with --slowdown {config['slowdown']:g}: its stage times are that many "
+                         f"times what the devices computed")
     spans = query_readonly(
         db,
         "SELECT s.dispatch_id, s.stage, s.degree, s.batch, s.started_s, s.ended_s, s.load_s, s.transfer_s, s.compute_s, "

@@ -48,6 +48,11 @@ def serve(
     calibrate: bool = typer.Option(DEFAULT_LIVE_CALIBRATE, "--calibrate/--no-calibrate",
                                    help="Learn measured / predicted stage times per model and stage; the policy and "
                                         "new deadlines use the calibrated cost model (/v1/cluster, /metrics)."),
+    slowdown: float = typer.Option(1.0, metavar="K",
+                                   help="Testing aid, cpu devices: each worker takes K times the time it computed "
+                                        "(it sleeps K-1 times that after each stage, per step in a diffuse): a "
+                                        "device K times slower than its profile, whose factor the calibration "
+                                        "learns. K >= 1 (1: as they are)."),
     inject_oom: str = typer.Option(None, envvar="TRIDENT_INJECT_OOM",
                                    help="Testing aid: STAGE:N[,STAGE:N] makes the first N dispatches of STAGE fail "
                                         "out of memory in their worker (retried at a safer configuration, counted)."),
@@ -94,7 +99,7 @@ def serve(
                                 api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
-                                late=late, calibrate=calibrate))
+                                late=late, calibrate=calibrate, slowdown=slowdown))
     except SetupError as exc:
         fail(str(exc))
 

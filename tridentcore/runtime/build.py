@@ -22,11 +22,18 @@ pairs (``cpu=cpu,emulated=h200``).
 
 ``backend``: ``local`` (the workers above, on this host) or ``ray`` (one Ray actor per device slot,
 ``runtime/ray_workers.py``; ``ray_address`` names a running Ray cluster, None starts one here).
+
+``slowdown`` K (a testing aid, ``trident serve --slowdown K``): every cpu slot (a local process or a
+Ray cpu actor) takes K times the time it computed (``runtime/worker_process.py``), so a run sees a
+device K times slower than its profile and the online calibration learns a factor of about K. It
+applies to cpu devices only (in a mixed run, its cpu part): emulated devices have ``time_scale``,
+cuda devices are real.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,9 +152,10 @@ def _model_problems(part: Part, model: str) -> list[str]:
     return problems
 
 
-def _workers(part: Part, backend: str, threads: int, ray_address: str | None):
+def _workers(part: Part, backend: str, threads: int, ray_address: str | None, slowdown: float = 1.0):
     dev = part.devices
     sources = {m: pipeline_for(m, dev.kind) for m in part.models} if dev.real else {}
+    slowdown = slowdown if dev.kind == "cpu" else 1.0
     if backend == "ray":
         from .ray_workers import RayWorker, RayWorkerPool
 
@@ -155,14 +163,16 @@ def _workers(part: Part, backend: str, threads: int, ray_address: str | None):
             raise SetupError(["backend 'ray' runs emulated and cpu devices; for GPUs use the local backend "
                               "on each node (see docs/ray.md)"])
         emulated = dev.kind == "emulated"
-        return RayWorkerPool([RayWorker(g.id, () if emulated else part.models, emulated=emulated, threads=threads)
+        return RayWorkerPool([RayWorker(g.id, () if emulated else part.models, emulated=emulated, threads=threads,
+                                        slowdown=slowdown)
                               for g in dev.cluster.gpus], address=ray_address or None)
     if dev.kind == "emulated":
         return WorkerPool([EmulatedWorker(g.id) for g in dev.cluster.gpus])
     if dev.kind == "cuda":
         return WorkerPool([CpuWorker(g.id, part.models, threads=threads, device=f"cuda:{dev.indices[g.id]}",
                                      sources=sources) for g in dev.cluster.gpus])
-    return WorkerPool([CpuWorker(g.id, part.models, threads=threads, sources=sources) for g in dev.cluster.gpus])
+    return WorkerPool([CpuWorker(g.id, part.models, threads=threads, sources=sources, slowdown=slowdown)
+                       for g in dev.cluster.gpus])
 
 
 def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_POLICY, *, profile: str | None = None,
@@ -171,7 +181,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
                   strict: bool = False, threads: int = 1, backend: str = "local",
                   ray_address: str | None = None, inject_oom: str | None = None, record: bool = True,
                   keep_ended: int = DEFAULT_KEEP_ENDED, log_reports: bool = False, late: str | None = None,
-                  calibrate: bool = DEFAULT_LIVE_CALIBRATE,
+                  calibrate: bool = DEFAULT_LIVE_CALIBRATE, slowdown: float = 1.0,
                   expected: Mapping[tuple[str, Shape], float] | None = None) -> Runtime:
     """Validate everything and build a not-yet-started runtime (``await runtime.start()``).
 
@@ -181,7 +191,9 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
     ``late``: what the policy does with a request that can no longer meet its deadline (``serve``,
     the default of every policy, or ``reject``: ``core.policy.with_late``); None: as its spec says.
     ``calibrate``: learn measured / predicted stage times (``core/calibration.py``) on real devices
-    (cpu, cuda, Ray cpu slots); emulated devices never calibrate."""
+    (cpu, cuda, Ray cpu slots); emulated devices never calibrate.
+    ``slowdown``: a testing aid, K >= 1: cpu slots take K times the time they computed (the module's
+    docstring); 1: as they are."""
     from ..profiles import ProfileError, load_profile
 
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models) if m.strip()]
@@ -213,6 +225,15 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
         problems.append(f"time_scale must be >= 0 (got {time_scale})")
     if not emulated and time_scale != 1.0:
         problems.append("--time-scale applies to emulated devices only")
+    try:
+        slow = float(slowdown)
+    except (TypeError, ValueError):
+        slow = math.nan
+    if not (math.isfinite(slow) and slow >= 1.0):
+        problems.append(f"slowdown must be a finite number >= 1 (got {slowdown!r}); 1: devices as they are")
+    elif slow != 1.0 and not any(d.kind == "cpu" for d in devs):
+        problems.append("--slowdown applies to cpu devices only (emulated devices have --time-scale; "
+                        "cuda devices are real)")
     if not max_queued >= 1:
         problems.append(f"max_queued must be >= 1 (got {max_queued})")
     if not keep_ended >= 0:
@@ -262,7 +283,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
                               # learn is the harness's own overhead magnified by 1 / time_scale
                               calibrate=calibrate and dev.kind != "emulated")
         mine = None if expected is None else {k: w for k, w in expected.items() if k[0] in part.models}
-        part.engine = Engine(dev.cluster, part.cost, pol, _workers(part, backend, threads, ray_address), part.models,
+        workers = _workers(part, backend, threads, ray_address, slow)
+        part.engine = Engine(dev.cluster, part.cost, pol, workers, part.models,
                              gpu_kind=part.gpu_kind, config=config, profile=part.profile, devices=dev.text,
                              expected=mine)
     if len(parts) == 1:

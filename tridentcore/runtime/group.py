@@ -192,8 +192,9 @@ class EngineGroup:
         cfg["devices"] = ",".join(self.labels)
         cfg["models"] = list(self.models)
         cfg["calibration"] = [row for m in metas for row in json.loads(m.config_json).get("calibration", [])]
+        cfg["slowdown"] = max(views.slowdown(e) for e in self.parts)
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
-                         "time_scale": e.config.time_scale, "clock": views.clock(e)}
+                         "time_scale": e.config.time_scale, "clock": views.clock(e), "slowdown": views.slowdown(e)}
                         for label, e in zip(self.labels, self.parts)]
         accepted = sum(len(e.state.requests) + e.forgotten for e in self.parts)
         duration = max(m.duration_s for m in metas)

@@ -19,6 +19,7 @@ class Worker:
     slot: int
     kind: str = ""
     alive: bool = True
+    slowdown: float = 1.0  # testing aid (``trident serve --slowdown K``): K times the time it computed
 
     async def start(self) -> None:
         """Bring the worker up (a process: spawned and its pipelines loaded)."""

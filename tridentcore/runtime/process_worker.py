@@ -21,10 +21,11 @@ __all__ = ["CpuWorker"]
 
 class CpuWorker(Worker):
     """A worker process on this host, computing on the CPU or on one GPU (``device="cuda:I"``);
-    restarted when it dies."""
+    restarted when it dies. ``slowdown`` K: a testing aid, the process takes K times the time it
+    computed (``worker_process``)."""
 
     def __init__(self, slot: int, models: Sequence[str], *, threads: int = 1, device: str = "cpu",
-                 sources: dict[str, str] | None = None,
+                 sources: dict[str, str] | None = None, slowdown: float = 1.0,
                  on_lost: Callable[[int, str], None] | None = None,
                  on_restored: Callable[[int], None] | None = None,
                  restart: bool = True, start_timeout_s: float | None = None) -> None:
@@ -33,6 +34,7 @@ class CpuWorker(Worker):
         self.device = device
         self.kind = "cuda" if device.startswith("cuda") else "cpu"
         self.sources = dict(sources or {})
+        self.slowdown = slowdown
         # building published architectures on a GPU takes longer than the tiny CPU models
         start_timeout_s = start_timeout_s or (600.0 if self.kind == "cuda" else 120.0)
         self.threads = threads
@@ -69,7 +71,7 @@ class CpuWorker(Worker):
         self._generation += 1
         gen = self._generation
         proc = ctx.Process(target=worker_main, args=(self.slot, self.models, child, self._flag, self.threads,
-                                                      self.device, self.sources),
+                                                      self.device, self.sources, self.slowdown),
                            name=f"trident-worker-{self.slot}", daemon=True)
         self._ready = self._loop.create_future()
         proc.start()

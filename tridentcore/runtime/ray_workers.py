@@ -5,7 +5,8 @@ the policies are unchanged.
 * An **emulated** slot's actor holds no weights and takes the time it is told (as
   :class:`~tridentcore.runtime.workers.EmulatedWorker` does, in its own process).
 * A **cpu** slot's actor loads the requested tiny pipelines (one torch thread) and runs the same
-  stage code as a local :class:`~tridentcore.runtime.workers.CpuWorker` (``workers._execute``).
+  stage code as a local :class:`~tridentcore.runtime.workers.CpuWorker` (``workers._execute``),
+  ``slowdown`` (``--slowdown K``) included.
 
 Tensors never pass through the engine. An encode or diffuse call is made with
 ``num_returns = 1 + batch``: the first return is the :class:`StageResult` without outputs, the
@@ -83,9 +84,11 @@ class StageActor:
     """The body of one slot's Ray actor (a threaded actor: ``run`` on one thread while ``preempt``
     and ``park`` arrive on others)."""
 
-    def __init__(self, slot: int, models: Sequence[str], threads: int, emulated: bool) -> None:
+    def __init__(self, slot: int, models: Sequence[str], threads: int, emulated: bool,
+                 slowdown: float = 1.0) -> None:
         self.slot = slot
         self.emulated = emulated
+        self.slowdown = slowdown
         self.pipes: dict = {}
         self.cards: dict[str, ModelCard] = {}
         if not emulated:
@@ -127,7 +130,7 @@ class StageActor:
 
         try:
             with torch.inference_mode():
-                result = _execute(self.pipes, self.cards, task, self._flag)
+                result = _execute(self.pipes, self.cards, task, self._flag, None, self.slowdown)
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
             result = failure(exc)
         if not split:
@@ -185,7 +188,8 @@ class RayWorker(Worker):
     """One device slot served by a Ray actor; a new actor replaces one that dies."""
 
     def __init__(self, slot: int, models: Sequence[str] = (), *, emulated: bool, threads: int = 1,
-                 num_cpus: float | None = None, on_lost: Callable[[int, str], None] | None = None,
+                 slowdown: float = 1.0, num_cpus: float | None = None,
+                 on_lost: Callable[[int, str], None] | None = None,
                  on_restored: Callable[[int], None] | None = None, restart: bool = True,
                  start_timeout_s: float = 180.0) -> None:
         self.slot = slot
@@ -193,6 +197,7 @@ class RayWorker(Worker):
         self.emulated = emulated
         self.kind = "ray-emulated" if emulated else "ray-cpu"
         self.threads = threads
+        self.slowdown = 1.0 if emulated else slowdown  # cpu slots only (emulated ones take their given time)
         self.num_cpus = num_cpus if num_cpus is not None else (EMULATED_CPUS if emulated else CPU_SLOT_CPUS)
         self.on_lost = on_lost
         self.on_restored = on_restored
@@ -220,7 +225,7 @@ class RayWorker(Worker):
         import ray
 
         actor = _actor_class().options(num_cpus=self.num_cpus, scheduling_strategy="SPREAD").remote(
-            self.slot, self.models, self.threads, self.emulated)
+            self.slot, self.models, self.threads, self.emulated, self.slowdown)
         try:
             info = await asyncio.wait_for(actor.ready.remote(), self.start_timeout_s)
         except asyncio.TimeoutError:

@@ -66,6 +66,7 @@ def snapshot(engine: Engine) -> dict:
             "free_gib": state.free_gib(g),
             "resident": [f"{m}/{s}" for m, s in sorted(state.resident[g])],
             "pid": getattr(worker, "pid", None),
+            "slowdown": slowdown_of(worker),
         })
     queues = {str(s): 0 for s in STAGES}
     running = {str(s): 0 for s in STAGES}
@@ -94,6 +95,16 @@ def clock(engine: Engine) -> dict:
     started = engine.started
     return {"time_scale": engine.config.time_scale, "separates_overhead": c.separates,
             "wall_s": c.wall_s() if started else 0.0, "busy_wall_s": c.busy_s() if started else 0.0}
+
+
+def slowdown_of(worker) -> float:
+    """A worker's ``--slowdown`` (a testing aid; 1: the device as it is)."""
+    return float(getattr(worker, "slowdown", 1.0))
+
+
+def slowdown(engine: Engine) -> float:
+    """The engine's workers' ``--slowdown`` (the largest; 1: none)."""
+    return max((slowdown_of(engine.workers[g]) for g in range(len(engine.workers))), default=1.0)
 
 
 def calibration(engine: Engine) -> list[dict]:

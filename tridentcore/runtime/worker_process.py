@@ -1,5 +1,10 @@
 """What runs inside a worker process (or a Ray actor): loading and warming up the pipelines, the
 process's message loop, and running one task for real (torch imported inside the functions).
+
+``slowdown`` K (``trident serve --slowdown K``, a testing aid on cpu devices) makes the slot a K
+times slower device: after computing, it waits (K - 1) x the time it measured, per denoising step
+in a diffuse, so a preemption still stops it at a step boundary. The wait is a sleep (spinning
+would slow the host's other workers too) and ``StageResult.wall_s`` includes it.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ def _slice(value, i: int):
     return value[i:i + 1].clone()
 
 
-def run_task(pipes: dict, cards: dict, task: StageTask, stop_flag, residency: Residency | None = None) -> StageResult:
+def run_task(pipes: dict, cards: dict, task: StageTask, stop_flag, residency: Residency | None = None,
+             slowdown: float = 1.0) -> StageResult:
     """Run one task inside a worker process (torch imported there); an allocation failure comes back as
-    a value (``oom``), which the engine reports to the policy as ``StageFailed(oom=True)``."""
+    a value (``oom``), which the engine reports to the policy as ``StageFailed(oom=True)``.
+    ``slowdown``: take that many times the computed time (the module's docstring)."""
     try:
         if residency is not None:
             residency.sync(task)
-        return _execute_stage(pipes, task, stop_flag)
+        return _execute_stage(pipes, task, stop_flag, slowdown)
     except Exception as exc:  # noqa: BLE001 - only allocation failures are values here; the rest propagate
         if not is_oom(exc):
             raise
@@ -42,7 +49,13 @@ def _provoke_oom() -> None:
     torch.empty((1 << 62,), dtype=torch.uint8)
 
 
-def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
+def _slow(slowdown: float, since: float) -> None:
+    """``--slowdown K``: wait (K - 1) x the time computed since ``since`` (nothing at K = 1)."""
+    if slowdown > 1.0:
+        time.sleep((slowdown - 1.0) * (time.perf_counter() - since))
+
+
+def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.0) -> StageResult:
     import torch
 
     from ..pipelines.media import encode_animation, encode_image
@@ -61,6 +74,7 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
     if task.stage == StageKind.ENCODE:
         emb = pipe.encode(list(task.prompts), list(task.negative_prompts))
         outputs = tuple({k: out(_slice(v, i)) for k, v in emb.items()} for i in range(n))
+        _slow(slowdown, t0)
         return StageResult(0, outputs, wall_s=time.perf_counter() - t0)
     if task.stage == StageKind.DIFFUSE:
         # requests of one batch share model and shape; guidance may differ: one sub-batch per value
@@ -78,10 +92,12 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
         reached = task.start_step
         shape = (task.height, task.width, task.frames)
         for step in range(task.start_step, task.end_step):
+            t_step = time.perf_counter()
             for entry in state:
                 g, idx, emb, lat = entry
                 entry[3] = pipe.diffuse(emb, shape, seed=[task.seeds[i] for i in idx], steps=task.steps,
                                         guidance=g, start_step=step, end_step=step + 1, latents=lat)
+            _slow(slowdown, t_step)  # per step: a preemption still stops the slower device at a boundary
             reached = step + 1
             if stop_flag.value == task.dispatch_id and reached < task.end_step:
                 break
@@ -97,6 +113,7 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag) -> StageResult:
         arr = pixels[i]
         media.append(encode_animation(arr, "WEBP") if arr.ndim == 4 and arr.shape[0] > 1
                      else encode_image(arr[0] if arr.ndim == 4 else arr, "PNG"))
+    _slow(slowdown, t0)
     return StageResult(0, tuple(media), wall_s=time.perf_counter() - t0)
 
 
@@ -147,8 +164,8 @@ def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
 
 
 def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int, device: str = "cpu",
-                 sources: dict[str, str] | None = None) -> None:
-    """Entry point of a worker process."""
+                 sources: dict[str, str] | None = None, slowdown: float = 1.0) -> None:
+    """Entry point of a worker process (``slowdown``: the module's docstring)."""
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
 
     try:
@@ -168,7 +185,7 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
         task: StageTask = msg[1]
         try:
             with torch.inference_mode():
-                result = run_task(pipes, cards, task, stop_flag, residency)
+                result = run_task(pipes, cards, task, stop_flag, residency, slowdown)
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
             result = failure(exc)
         try:

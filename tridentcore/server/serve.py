@@ -50,6 +50,7 @@ class ServeOptions:
     inject_oom: str | None = None  # testing aid: "decode:1" fails the first decode out of memory
     late: str | None = None  # serve | reject (goodput mode); None: as the policy spec says (serve by default)
     calibrate: bool = DEFAULT_LIVE_CALIBRATE  # learn measured / predicted stage times
+    slowdown: float = 1.0  # testing aid: cpu workers take K times the time they computed (1: as they are)
     # the workload the policy plans its initial placement for (``bench.scenario.planned_workload``
     # of the run spec); None: the served models, evenly
     expected: Mapping[tuple[str, Shape], float] | None = None
@@ -107,7 +108,7 @@ def run_server(opts: ServeOptions) -> None:
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom, late=opts.late,
-                            calibrate=opts.calibrate,
+                            calibrate=opts.calibrate, slowdown=opts.slowdown,
                             record=bool(opts.db), keep_ended=opts.keep_ended, expected=opts.expected)
     app = create_app(runtime, ServerConfig(api_key=api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
                                            run_id=opts.run_id, drain_timeout_s=opts.drain_timeout_s))
