@@ -188,7 +188,7 @@ def test_the_next_start_recovers_a_crash_and_readers_can_open_the_file_while_it_
     assert not pending_journals(db)
 
 
-# opens the database read-only 20 times, 0.25 s apart (1 s lock wait each): how many opened
+# opens the database read-only 20 times, 0.25 s apart (2 s lock wait each): how many opened
 _READER = """
 import json, sys, time
 from tridentcore.store import open_readonly
@@ -196,7 +196,7 @@ opened = failed = 0
 seen = []
 for _ in range(20):
     try:
-        con = open_readonly(sys.argv[1], wait_s=1.0)
+        con = open_readonly(sys.argv[1], wait_s=2.0)
         seen.append(con.execute("SELECT count(*) FROM requests WHERE run_id = 'second'").fetchone()[0])
         con.close()
         opened += 1
@@ -248,3 +248,18 @@ def test_a_duplicate_run_id_is_refused_at_start(tmp_path):
     assert stored.exit_code == 2 and "already in" in stored.output, stored.output
     assert not pending_journals(db)
     assert _one(db, "SELECT count(*) AS n FROM runs")["n"] == 1
+
+
+def test_a_shutdown_that_cuts_requests_short_is_interrupted(tmp_path):
+    db = tmp_path / "i.duckdb"
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "1",
+                           "--drain-timeout", "0", "--db", str(db), "--run-id", "cut"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert client.post("/v1/requests", json={**BODY, "size": "1024x1024", "steps": 28}).status_code == 202
+            time.sleep(0.3)
+    finally:
+        assert server.stop() == 0
+    run = _one(db, "SELECT status, (SELECT list(state) FROM requests) AS states FROM runs")
+    assert run["status"] == "interrupted" and list(run["states"]) == ["failed"]
+    assert not pending_journals(db)

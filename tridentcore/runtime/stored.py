@@ -89,7 +89,7 @@ def open_journal(db: str, run_id: str) -> Journal:
     ``DuplicateRunError``) and refuse an id already stored (``DuplicateRunError``, journal removed)."""
     import os
 
-    from ..store import DuplicateRunError, query_readonly
+    from ..store import DuplicateRunError, open_readonly
     from ..store.journal import Journal, recover
 
     for r in recover(db):
@@ -99,12 +99,22 @@ def open_journal(db: str, run_id: str) -> Journal:
             logger.error("could not recover run %s from %s: %s", r.run_id, r.path, r.message)
     journal = Journal.reserve(db, run_id)
     try:
-        if os.path.exists(db) and len(query_readonly(db, "SELECT run_id FROM runs WHERE run_id = ?", [run_id])):
+        if os.path.exists(db) and _stored(open_readonly(db), run_id):
             raise DuplicateRunError(f"run {run_id!r} is already in {db}; choose another --run-id")
     except BaseException:
         journal.remove()
         raise
     return journal
+
+
+def _stored(con, run_id: str) -> bool:
+    """Whether ``run_id`` is in the ``runs`` table (closes ``con``; no pandas in a server)."""
+    try:
+        if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'runs'").fetchall():
+            return False
+        return bool(con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall())
+    finally:
+        con.close()
 
 
 def _parts(run: Engine | EngineGroup) -> tuple[Engine, ...]:
@@ -219,7 +229,7 @@ class RunRecords:
         lines = self._unwritten + lines
         self._unwritten = []
         try:
-            self.journal.append(lines)
+            self.ingester.wrote(*self.journal.append(lines))
         except OSError as exc:
             self._unwritten = lines
             self.journal_errors += 1
@@ -266,7 +276,7 @@ class RunRecords:
         lines = self._unwritten + lines
         self._unwritten = []
         try:
-            self.journal.append(lines)
+            self.ingester.wrote(*self.journal.append(lines))
         except OSError as exc:
             self.journal.close()
             self.problem = (f"could not write the end of the run's journal {self.journal.path} ({exc}); what it "

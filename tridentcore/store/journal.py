@@ -68,6 +68,7 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 MAX_LINE_ROWS = 5_000  # rows per journal line
 MAX_TRANSACTION_ROWS = 50_000  # rows per ingest transaction (a journal far behind is ingested in several)
+MAX_CACHED_ROWS = 200_000  # rows an owner's ingester keeps in memory (past it: read back from the file)
 JOURNAL_TABLES = ("requests", "stage_spans", "placements", "gpu_samples")
 CRASHED_REASON = "the server stopped (crashed) before the request finished"
 SAMPLE_S = 10.0  # the gpu_samples interval (as the engine's)
@@ -201,21 +202,22 @@ class Journal:
     def closed(self) -> bool:
         return self._fd is None
 
-    def append(self, lines: Iterable[dict]) -> int:
+    def append(self, lines: Iterable[dict]) -> tuple[list[dict], int, int]:
         """Append ``lines`` (each gets its ``seq``) and fsync; all or none (a failed write is cut off
-        again). Returns the seq of the last line written."""
+        again). Returns the lines as written (with their ``seq``) and the file offsets where they
+        start and end."""
         if self._fd is None:
             raise JournalError(f"journal {self.path} is closed")
         lines = list(lines)
-        if not lines:
-            return self._seq - 1
-        seq = self._seq
-        parts = []
-        for line in lines:
-            parts.append(json.dumps({"seq": seq, **line}, separators=(",", ":")))
-            seq += 1
-        data = ("\n".join(parts) + "\n").encode()
         size = os.fstat(self._fd).st_size
+        if not lines:
+            return [], size, size
+        seq = self._seq
+        written = []
+        for line in lines:
+            written.append({"seq": seq, **line})
+            seq += 1
+        data = ("\n".join(json.dumps(line, separators=(",", ":")) for line in written) + "\n").encode()
         try:
             view = memoryview(data)
             while view:
@@ -227,7 +229,7 @@ class Journal:
                 os.ftruncate(self._fd, size)
             raise
         self._seq = seq
-        return seq - 1
+        return written, size, size + len(data)
 
     def close(self) -> None:
         """Release the lock (the file stays: a later recovery ingests what it holds)."""
@@ -294,6 +296,31 @@ class Ingester:
     run_id: str | None = None
     schema_ok: bool = False  # this process has made sure the schema is there
     ingested_rows: int = 0  # rows this ingester inserted
+    # the journal's writer hands over what it appended (:meth:`wrote`), so its own lines need not be
+    # read back and parsed again; dropped (and the file read instead) past MAX_CACHED_ROWS
+    _cache: list[dict] = dataclasses.field(default_factory=list)
+    _cache_from: int = -1  # file offset where the cached lines start
+    _cache_end: int = -1
+    _cache_rows: int = 0
+
+    def wrote(self, lines: list[dict], start: int, end: int) -> None:
+        """The writer appended ``lines`` (as :meth:`Journal.append` returned them) at file offsets
+        ``start`` to ``end``."""
+        if not lines:
+            return
+        rows = sum(_line_rows(line) for line in lines)
+        contiguous = start == (self._cache_end if self._cache else self.offset)
+        if not contiguous or self._cache_rows + rows > MAX_CACHED_ROWS:
+            self._drop_cache()
+            return
+        if not self._cache:
+            self._cache_from = start
+        self._cache += lines
+        self._cache_end = end
+        self._cache_rows += rows
+
+    def _drop_cache(self) -> None:
+        self._cache, self._cache_from, self._cache_end, self._cache_rows = [], -1, -1, 0
 
     def pending(self) -> bool:
         """Whether the file holds lines past what this ingester has ingested."""
@@ -307,7 +334,11 @@ class Ingester:
         :data:`MAX_TRANSACTION_ROWS` rows; returns the rows inserted. Raises when the store cannot be
         written (locked past ``wait_s``, disk, schema): nothing of the failed transaction is kept
         and the next call starts there again."""
-        lines, end = read_lines(self.path, self.offset)
+        if self._cache and self._cache_from == self.offset:
+            lines, end = list(self._cache), self._cache_end
+        else:
+            self._drop_cache()
+            lines, end = read_lines(self.path, self.offset)
         inserted = 0
         while lines:
             batch, rows = [], 0
@@ -322,6 +353,7 @@ class Ingester:
             self.ingested_rows += n
             lines = lines[len(batch):]
         self.offset = end
+        self._drop_cache()
         return inserted
 
     def _transaction(self, lines: list[dict], wait_s: float | None) -> int:
