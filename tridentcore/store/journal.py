@@ -26,7 +26,8 @@ holds, so an ingest retried after a failure, or repeated by a recovery, never in
 kernel drops it when the process dies (``kill -9`` included). The journal appears under its final
 name already locked (written as a temporary file, locked, then hard-linked into place, which fails
 if the name exists), so reserving a run id is atomic and a live server's journal is never taken
-for a dead one. A recovery takes the same lock before it touches a journal.
+for a dead one. A recovery takes the same lock before it touches a journal. (``flock`` needs a local
+file system: on NFS a live server's lock may not be seen by another host.)
 """
 
 from __future__ import annotations
@@ -463,6 +464,8 @@ class Recovery:
 def recover(db: str | os.PathLike[str], *, wait_s: float = LOCK_WAIT_S) -> list[Recovery]:
     """Ingest every journal of ``db`` whose owner is gone (a crashed server, or one whose final write
     failed), close it, and delete it; leave live servers' journals alone."""
+    if journal_dir(db).is_dir():
+        _sweep_temporaries(journal_dir(db))
     return [recover_journal(db, path, wait_s=wait_s) for path in pending_journals(db)]
 
 
@@ -470,7 +473,6 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
     """:func:`recover` for one journal."""
     from .writer import ResultsStore
 
-    _sweep_temporaries(path.parent)
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
     except FileNotFoundError:  # recovered (and deleted) by someone else meanwhile
