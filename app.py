@@ -1,12 +1,17 @@
 """TridentServe workbench: `streamlit run app.py`.
 
 Thin entry point: the pages live in ``workbench/pages/``, their data in ``workbench/data.py`` and
-their figures in ``workbench/figures.py``.
+their figures in ``workbench/figures.py``. Off loopback the workbench asks for a password first
+(``workbench.access.gate``); ``streamlit run app.py -- --db PATH`` names more results databases
+the Runs and SQL pages may open besides those under ``results/``.
 """
 
 import streamlit as st
 
+from workbench import access
+
 st.set_page_config(page_title="TridentServe workbench", page_icon=":material/hub:", layout="wide")
+access.gate()  # before any page, and before the navigation names them
 
 pages = [
     st.Page("workbench/pages/compare.py", title="Compare", icon=":material/compare_arrows:", default=True),

@@ -29,9 +29,10 @@ classes:
 ARGS = ["--rate", "4", "--duration", "12", "--seed", "2", "--time-scale", "0.05", "--devices", "emulated:8xH200"]
 
 
-def _trident(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def _trident(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "tridentcore.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,9 @@ def bench(tmp_path_factory):
     mix.write_text(MIX)
     db = tmp / "live.duckdb"
     t0 = time.monotonic()
-    out = _trident("bench", "--backend", "live", "--policies", ",".join(POLICIES), "--mix", str(mix), *ARGS,
-                   "--db", str(db), "--keep", str(tmp / "keep"), "--json", "--no-progress")
+    # the mix named relative to the working directory: the server and Locust run elsewhere
+    out = _trident("bench", "--backend", "live", "--policies", ",".join(POLICIES), "--mix", mix.name, *ARGS,
+                   "--db", str(db), "--keep", str(tmp / "keep"), "--json", "--no-progress", cwd=tmp)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     wall_s = time.monotonic() - t0
     # the same schedule through the simulator, in the same store (README's live-vs-sim query)
@@ -169,3 +171,25 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path):
     server = query_readonly(db, "SELECT * FROM requests WHERE run_id = ?", [rid])
     assert len(client) > 0 and client.request_index.is_unique and server.request_id.is_unique
     assert len(server) <= len(client)  # the server saw only what was sent
+
+
+def test_live_options_turn_the_servers_calibration_off_and_a_stored_config_keeps_it():
+    import typer.main
+
+    from tridentcore.bench.live import LiveBenchSpec, LiveOptions, spec_from_config
+    from tridentcore.bench.spec import RunSpec
+    from tridentcore.cli.main import app
+
+    serve = typer.main.get_command(app).commands["serve"]
+    for calibrate in (True, False):
+        opts = LiveOptions(max_queued=7, calibrate=calibrate)
+        args = opts.serve_args()
+        assert ("--no-calibrate" in args) is not calibrate
+        parsed = serve.make_context("serve", ["--models", "tiny-sd3", *args]).params  # the server's own parser
+        assert parsed["calibrate"] is calibrate and parsed["max_queued"] == 7
+        spec = LiveBenchSpec(RunSpec(policies=("trident",)), opts)
+        back, policy = spec_from_config(json.loads(json.dumps(spec.config())))
+        assert policy == "trident" and back.options == opts
+    old = LiveBenchSpec(RunSpec(policies=("trident",))).config()
+    del old["calibrate"]  # a run stored before the option existed calibrated (the live default)
+    assert spec_from_config(old)[0].options.calibrate is True

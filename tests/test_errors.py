@@ -4,6 +4,7 @@ keeps the builtin base callers already catch."""
 from __future__ import annotations
 
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from tridentcore.bench.live import LiveBenchError
 from tridentcore.bench.runs import RunConfigError
@@ -18,6 +19,11 @@ from tridentcore.core.workload import WorkloadError as WorkloadErrorReexported
 from tridentcore.formats.traces import TraceError
 from tridentcore.profiles.format import ProfileError
 from tridentcore.store import DuplicateRunError, RowsError, SchemaVersionError, StoreError, UnknownRunError
+
+class _Steps(BaseModel):  # a body for the bare app below (module level: annotations are strings here)
+    model_config = ConfigDict(strict=True)
+    steps: int
+
 
 ERRORS = [
     (SpecError, ValueError),
@@ -61,3 +67,63 @@ def test_server_and_runtime_errors_too():
     assert issubclass(SetupError, TridentError) and issubclass(SetupError, ValueError)
     assert issubclass(LaunchError, TridentError) and issubclass(LaunchError, RuntimeError)
     assert issubclass(ApiError, TridentError)
+
+
+def test_every_answer_of_the_api_has_the_error_shape():
+    """The handlers on a bare app: a route's ApiError, a body that fails the schema (422) or is not
+    JSON (400), an unknown path (404), a method the path does not take (405, Allow names them all);
+    an exception no handler expected (500); and the OpenAPI document's error responses are that shape,
+    FastAPI's own 422 included."""
+    pytest.importorskip("fastapi")
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tridentcore.server.errors import STATUS, ApiError, install_error_handlers, responses
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/things", responses=responses("invalid", "queue_full"))
+    async def make(body: _Steps) -> dict:
+        raise ApiError("queue_full", "full", retry_after_s=2.4)
+
+    @app.get("/things")
+    async def things(limit: int = 5) -> dict:
+        return {"limit": limit}
+
+    @app.get("/bug")
+    async def bug() -> dict:
+        raise RuntimeError("a bug")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    resp = client.get("/bug")
+    assert resp.status_code == 500 and resp.json()["error"]["code"] == "internal"
+    assert "RuntimeError" in resp.json()["error"]["message"]
+    resp = client.post("/things", json={"steps": 3})
+    assert (resp.status_code, resp.headers["retry-after"]) == (429, "2")
+    assert resp.json() == {"error": {"code": "queue_full", "message": "full"}}
+    resp = client.post("/things", json={"steps": True})
+    assert resp.status_code == 422 and resp.json()["error"]["field"] == "steps"
+    resp = client.post("/things", content=b'{"steps": ', headers={"content-type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_request"
+    resp = client.get("/nothing")
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
+    resp = client.delete("/things")
+    assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
+    assert resp.headers["allow"] == "GET, HEAD, POST"
+    assert {STATUS[c] for c in ("bad_request", "not_found", "method_not_allowed")} == {400, 404, 405}
+    doc = app.openapi()
+    ref = {"$ref": "#/components/schemas/ErrorBody"}
+    assert doc["paths"]["/things"]["post"]["responses"]["429"]["content"]["application/json"]["schema"] == ref
+    assert doc["paths"]["/things"]["get"]["responses"]["422"]["content"]["application/json"]["schema"] == ref
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+
+
+def test_a_size_is_ascii_digits_and_its_error_never_quotes_python():
+    from tridentcore.core.types import parse_size
+
+    assert parse_size("1024x768") == (1024, 768) and parse_size(" 64 X 64") == (64, 64)
+    for text in ("\u0661\u0660\u0662\u0664x\u0665\u0661\u0662", "\u00b2x2", "1" * 5000 + "x8", "123456x8"):
+        with pytest.raises(ValueError, match="WIDTHxHEIGHT") as info:
+            parse_size(text)
+        assert "int_max_str_digits" not in str(info.value) and len(str(info.value)) < 100

@@ -52,6 +52,20 @@ def _problem(resp):
     ({"prompt": "x", "model": "sd3-medium", "response_format": "png"}, "response_format", ["b64_json"]),
     ({"model": "sd3-medium"}, "prompt", ["required"]),
     ({"prompt": "x", "model": "sd3-medium", "colour": "red"}, "colour", ["not permitted"]),
+    # issue 12: valid-schema input that was a 500, types that slipped through, digits of other scripts
+    ({"prompt": "x", "model": "sd3-medium", "slo_ms": 5e-324}, "slo_ms", ["greater than or equal to 1"]),
+    ({"prompt": "x", "model": "sd3-medium", "slo_ms": 0.5}, "slo_ms", ["1"]),
+    ({"prompt": "x", "model": "sd3-medium", "slo_ms": 1e9}, "slo_ms", ["86400000"]),
+    ({"prompt": "x", "model": "sd3-medium", "steps": True}, "steps", ["integer"]),
+    ({"prompt": "x", "model": "sd3-medium", "steps": "8"}, "steps", ["integer"]),
+    ({"prompt": "x", "model": "sd3-medium", "n": True}, "n", ["integer"]),
+    ({"prompt": "x", "model": "sd3-medium", "seed": False}, "seed", ["integer"]),
+    ({"prompt": "x", "model": "sd3-medium", "guidance": True}, "guidance", ["number"]),
+    ({"prompt": "x", "model": "sd3-medium", "slo_ms": True}, "slo_ms", ["number"]),
+    ({"prompt": "x", "model": "sd3-medium", "size": "\u0661\u0660\u0662\u0664x\u0665\u0661\u0662"}, "size",
+     ["ASCII"]),
+    ({"prompt": "x", "model": "sd3-medium", "size": "1024X1024"}, "size", ["WIDTHxHEIGHT"]),
+    ({"prompt": "x", "model": "sd3-medium", "size": "1" * 5000 + "x512"}, "size", ["WIDTHxHEIGHT", "at most 5"]),
 ])
 def test_invalid_image_requests_name_field_and_limit(fast, body, field, words):
     _, client, _ = fast
@@ -71,6 +85,64 @@ def test_invalid_video_frames_and_kind(fast):
     assert resp.status_code == 422 and _problem(resp)[0] == "frames"
     resp = client.post("/v1/videos/generations", json={"prompt": "x", "model": "sd3-medium"})
     assert resp.status_code == 422 and _problem(resp)[0] == "model"
+
+
+def test_a_huge_size_or_a_non_finite_number_is_a_clean_422(fast):
+    _, client, _ = fast
+    resp = client.post("/v1/images/generations", json={"prompt": "x", "size": "9" * 5000 + "x512"})
+    assert resp.status_code == 422 and _problem(resp)[0] == "size"
+    assert "int_max_str_digits" not in resp.text and "4300" not in resp.text and len(resp.text) < 1000
+    for raw in (b'{"prompt": "x", "slo_ms": NaN}', b'{"prompt": "x", "slo_ms": Infinity}',
+                b'{"prompt": "x", "guidance": 1e999}'):
+        resp = client.post("/v1/images/generations", content=raw, headers={"content-type": "application/json"})
+        assert resp.status_code == 422 and "finite" in _problem(resp)[1], resp.text
+    resp = client.post("/v1/videos/generations", json={"prompt": "x", "model": "wan2.1-1.3b", "frames": 133})
+    assert resp.status_code == 422 and _problem(resp) == ("frames", "frames: Input should be less than or equal to 129")
+    resp = client.post("/v1/videos/generations", json={"prompt": "x", "model": "wan2.1-1.3b", "frames": True})
+    assert resp.status_code == 422 and _problem(resp)[0] == "frames"
+
+
+def test_parse_errors_unknown_paths_and_wrong_methods_answer_in_the_error_shape(fast):
+    _, client, _ = fast
+    for raw in (b'{"prompt": ', b"\xff\xfe{}"):  # not JSON; not UTF-8
+        resp = client.post("/v1/images/generations", content=raw, headers={"content-type": "application/json"})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_request", resp.text
+        assert resp.json()["error"]["field"] == "body" and "detail" not in resp.json()
+    resp = client.get("/v1/no-such-thing")
+    assert resp.status_code == 404 and resp.json()["error"] == {"code": "not_found",
+                                                                "message": "no such path: /v1/no-such-thing"}
+    resp = client.put("/v1/images/generations", json={"prompt": "x"})
+    assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
+    assert resp.headers["allow"] == "POST"
+    resp = client.patch("/v1/requests")  # two routes on the path: Allow names both methods
+    assert resp.status_code == 405 and resp.headers["allow"] == "GET, HEAD, POST", resp.headers
+    assert "PATCH is not allowed" in resp.json()["error"]["message"]
+
+
+def test_openapi_declares_every_status_and_the_real_limits(fast):
+    _, client, _ = fast
+    spec = client.get("/openapi.json").json()
+    ops = {(m.upper(), p): op for p, item in spec["paths"].items() for m, op in item.items()}
+    image = ops[("POST", "/v1/images/generations")]["responses"]
+    assert {"200", "400", "401", "404", "413", "422", "429", "503"} <= set(image)
+    assert {"202", "400", "401", "404", "413", "422", "429", "503"} <= set(ops[("POST", "/v1/requests")]["responses"])
+    assert {"404", "409", "410"} <= set(ops[("GET", "/v1/requests/{job_id}/result")]["responses"])
+    assert set(ops[("GET", "/v1/requests/{job_id}/result/{index}")]["responses"]["200"]["content"]) == {
+        "image/png", "image/webp"}
+    assert set(ops[("GET", "/metrics")]["responses"]["200"]["content"]) == {"text/plain"}
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for (method, path), op in ops.items():
+        for status, resp in op["responses"].items():
+            if int(status) >= 400 and path != "/healthz":
+                assert resp["content"]["application/json"]["schema"] == error_ref, (method, path, status)
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    video = schemas["VideoGenerationRequest"]["properties"]
+    assert video["frames"]["anyOf"][0]["maximum"] == 129
+    assert video["size"]["pattern"] == "^[0-9]{1,5}x[0-9]{1,5}$"
+    assert video["slo_ms"]["anyOf"][0]["minimum"] == 1 and video["steps"]["anyOf"][0]["maximum"] == 200
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert models["wan2.1-1.3b"]["frames"]["max"] == 129  # the schema's maximum is a served model's
 
 
 def test_unknown_model_404_and_body_too_large_413(fast):
@@ -223,7 +295,7 @@ def test_api_key_required_when_set_and_off_loopback():
             assert client.post("/v1/images/generations", json=body, headers=bad).status_code == 401
             good = {"Authorization": "Bearer s3cret"}
             assert client.post("/v1/images/generations", json=body, headers=good).status_code == 200
-            assert client.get("/v1/cluster").status_code == 200  # reads need no key
+            assert client.get("/v1/cluster").status_code == 401  # reads need the key too (tests/test_auth.py)
     finally:
         server.stop()
     from tridentcore.cli import app

@@ -31,6 +31,7 @@ from tridentcore.store import (  # noqa: E402
     new_run_id,
     open_readonly,
     query_readonly,
+    query_readonly_capped,
     run_summary,
 )
 
@@ -399,6 +400,35 @@ def test_query_readonly_answers_and_takes_parameters(db: Path):
 def test_query_readonly_times_out(db: Path):
     with pytest.raises(duckdb.Error):
         query_readonly(db, "SELECT count(*) FROM range(100000000000) a", timeout_s=0.3)
+
+
+def test_query_readonly_capped_keeps_the_first_rows_and_says_whether_there_were_more(db: Path):
+    capped = query_readonly_capped(db, "SELECT range AS i FROM range(5000)", max_rows=1000)
+    assert capped.truncated and capped.max_rows == 1000 and list(capped.frame["i"]) == list(range(1000))
+    whole = query_readonly_capped(db, "SELECT range AS i FROM range(1000)", max_rows=1000)
+    assert not whole.truncated and len(whole.frame) == 1000
+    empty = query_readonly_capped(db, "SELECT run_id FROM runs WHERE false", max_rows=10)
+    assert not empty.truncated and list(empty.frame.columns) == ["run_id"] and empty.frame.empty
+    t0 = time.perf_counter()  # streamed: the first rows of an enormous result, not the result
+    huge = query_readonly_capped(db, "SELECT range AS i FROM range(100000000000)", max_rows=10)
+    assert huge.truncated and len(huge.frame) == 10 and time.perf_counter() - t0 < 10
+    last = query_readonly_capped(db, "SELECT 1 AS a; SELECT run_id FROM runs ORDER BY run_id", max_rows=10)
+    assert list(last.frame["run_id"]) == ["run-a", "run-b"]
+    with pytest.raises(duckdb.Error):
+        query_readonly_capped(db, "SELECT * FROM read_csv('/etc/hostname')", max_rows=10)
+
+
+def test_query_readonly_spills_only_where_and_as_much_as_it_is_told(db: Path, tmp_path: Path):
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    with pytest.raises(duckdb.OutOfMemoryException, match="max_temp_directory_size"):
+        query_readonly_capped(db, "SELECT DISTINCT range FROM range(20000000)", max_rows=10, memory_limit="64MB",
+                              temp_directory=spill, max_temp_directory_size="16MB")
+    assert {p.name for p in db.parent.iterdir()} == {db.name, "spill"}  # no results.duckdb.tmp/ beside it
+    assert not list(spill.iterdir())  # DuckDB removed its spill files with the connection
+    with pytest.raises(duckdb.Error):  # the limits are locked like the rest
+        query_readonly(db, "SET max_temp_directory_size = '100GB'", temp_directory=spill,
+                       max_temp_directory_size="16MB")
 
 
 def test_export_run_round_trips(db: Path, tmp_path: Path):

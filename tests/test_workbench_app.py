@@ -2,12 +2,16 @@
 
 Each page renders without exceptions, errors appear as messages (never tracebacks), and widgets
 drive the recomputation they should. Simulations here are short (the default comparison is 600
-simulated seconds, about a second of CPU for the four policies).
+simulated seconds, about a second of CPU for the four policies). The last part is access: the
+binding and the password, the databases the pages may open, and the SQL console's limits.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,8 +23,10 @@ from tridentcore.profiles.format import _data_dir  # noqa: E402
 from tridentcore.bench.scenario import load_scenario, run_meta, run_one  # noqa: E402
 from tridentcore.bench.spec import RunSpec  # noqa: E402
 from tridentcore.store import ResultsStore, new_run_id  # noqa: E402
+from workbench import access  # noqa: E402
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
 TIMEOUT = 120  # generous: a cold first run imports scipy, duckdb, plotly
 
 
@@ -37,6 +43,14 @@ def _clean(at: AppTest) -> None:
 
 def _metrics(at: AppTest) -> list[tuple[str, str]]:
     return [(m.label, m.value) for m in at.metric]
+
+
+def _argv(monkeypatch, *dbs: str | Path, results_dir: str | Path | None = None) -> None:
+    """What `streamlit run app.py -- --db PATH ...` hands the script (AppTest runs it in this process)."""
+    args = [a for db in dbs for a in ("--db", str(db))]
+    if results_dir is not None:
+        args += ["--results-dir", str(results_dir)]
+    monkeypatch.setattr(sys, "argv", ["app.py", *args])
 
 
 @pytest.fixture(scope="module")
@@ -151,20 +165,21 @@ def test_home_live_mode_checks_its_inputs_before_running():
     assert any("one rate" in e.value for e in at.error)
 
 
-def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_path):
+def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_path, monkeypatch):
     """One policy, a handful of requests: a real `trident serve` on emulated GPUs and Locust."""
     import importlib.util
 
     if importlib.util.find_spec("locust") is None:  # never import it here: Locust runs as its own process
         pytest.skip("locust is not installed")
     db = tmp_path / "live.duckdb"
+    _argv(monkeypatch, db, results_dir=tmp_path / "results")
     at = _app()
     at.run()
     at.radio(key="cmp_backend").set_value("live (trident bench)").run()
     at.multiselect(key="cmp_policies").set_value(["trident"])
     at.number_input(key="cmp_rate").set_value(1.0)
     at.number_input(key="cmp_duration").set_value(10.0)
-    at.text_input(key="cmp_live_db").set_value(str(db)).run()
+    at.selectbox(key="cmp_live_db").set_value(db.resolve()).run()
     at.button(key="cmp_live_run").click().run()
     _clean(at)
     assert not at.error, [e.value for e in at.error]
@@ -242,7 +257,8 @@ def test_profiles_page_plots_shipped_and_uploaded_profiles():
 
 
 # ------------------------------------------------------------------------------ Runs
-def test_runs_page_missing_database_is_an_error(tmp_path):
+def test_runs_page_missing_database_is_an_error(tmp_path, monkeypatch):
+    _argv(monkeypatch, tmp_path / "missing.duckdb", results_dir=tmp_path / "results")
     at = _app(db_path=str(tmp_path / "missing.duckdb"))
     at.run()
     at.switch_page("workbench/pages/runs.py").run()
@@ -250,7 +266,8 @@ def test_runs_page_missing_database_is_an_error(tmp_path):
     assert any("no results database" in e.value for e in at.error)
 
 
-def test_runs_page_lists_filters_diffs_and_offers_parquet(results_db):
+def test_runs_page_lists_filters_diffs_and_offers_parquet(results_db, monkeypatch):
+    _argv(monkeypatch, results_db)
     at = _app(db_path=results_db)
     at.run()
     at.switch_page("workbench/pages/runs.py").run()
@@ -269,7 +286,8 @@ def test_runs_page_lists_filters_diffs_and_offers_parquet(results_db):
 
 
 # ------------------------------------------------------------------------------ SQL
-def test_sql_page_runs_queries_and_refuses_file_access(results_db):
+def test_sql_page_runs_queries_and_refuses_file_access(results_db, monkeypatch):
+    _argv(monkeypatch, results_db)
     at = _app(db_path=results_db)
     at.run()
     at.switch_page("workbench/pages/sql.py").run()
@@ -290,3 +308,225 @@ def test_sql_page_runs_queries_and_refuses_file_access(results_db):
     at.selectbox(key="sql_example").set_value(titles[1]).run()
     _clean(at)
     assert not at.error and "run_summary" in at.text_area(key="sql_text").value
+
+
+# ------------------------------------------------------------------------------ access: binding and password
+def _proto_text(at: AppTest) -> str:
+    """Everything the run would send to a browser, as text (every element's protobuf)."""
+    out: list[str] = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            out.append(str(proto))
+        children = getattr(node, "children", None) or {}
+        for child in children.values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(out)
+
+
+@pytest.fixture()
+def off_loopback(monkeypatch):
+    """The workbench as if bound to every interface (`--server.address 0.0.0.0`)."""
+    from streamlit import config
+
+    before = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")
+    monkeypatch.delenv(access.PASSWORD_ENV, raising=False)
+    try:
+        yield
+    finally:
+        config.set_option("server.address", before)
+
+
+def test_config_binds_loopback_and_the_binding_decides_the_gate():
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert config["server"]["address"] == "127.0.0.1"
+    assert all(access.is_loopback(a) for a in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"))
+    assert not any(access.is_loopback(a) for a in ("0.0.0.0", "::", "", None, "10.1.2.3", "example.org"))
+    assert access.password_matches("s3cret", "s3cret")
+    assert not access.password_matches("s3cre", "s3cret") and not access.password_matches("", "")
+
+
+def test_off_loopback_without_a_password_shows_nothing_but_how_to_set_one(off_loopback):
+    at = _app()
+    at.run()
+    _clean(at)
+    assert len(at.error) == 1 and access.PASSWORD_ENV in at.error[0].value and "0.0.0.0" in at.error[0].value
+    assert not at.metric and not at.get("plotly_chart") and not at.text_input and not at.title
+    at.switch_page("workbench/pages/sql.py").run()  # a page asked for directly: the same refusal
+    _clean(at)
+    assert len(at.error) == 1 and access.PASSWORD_ENV in at.error[0].value and not at.text_area
+
+
+def test_off_loopback_the_password_opens_the_workbench(off_loopback, monkeypatch):
+    monkeypatch.setenv(access.PASSWORD_ENV, "correct horse")
+    at = _app()
+    at.run()
+    _clean(at)
+    assert not at.metric and not at.error and [t.label for t in at.text_input] == ["Password"]
+    t0 = time.perf_counter()
+    at.text_input(key="workbench_password").input("correct hors")
+    at.button[0].click().run()
+    assert time.perf_counter() - t0 >= access.WRONG_PASSWORD_DELAY_S
+    assert [e.value for e in at.error] == ["Wrong password."] and not at.metric and not at.get("plotly_chart")
+    assert "correct horse" not in _proto_text(at)
+    at.text_input(key="workbench_password").input("correct horse")
+    at.button[0].click().run()
+    _clean(at)
+    assert not at.error and len(_metrics(at)) == 24  # the home page
+    at.switch_page("workbench/pages/profiles.py").run()  # the session keeps its password
+    _clean(at)
+    assert not at.error and len(at.get("plotly_chart")) == 3
+
+
+# ------------------------------------------------------------------------------ access: the Live page
+class _Foreign:
+    """An HTTP service that is not a trident server, on 127.0.0.1: every path answers ``status``
+    with a body holding SECRET (as HTML, or as JSON in trident's error shape, or as a healthz look-alike)."""
+
+    SECRET = "internal-token-7f3a9c"
+
+    def __init__(self, mode: str):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        secret, self.mode = self.SECRET, mode
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                if mode == "html":
+                    status, body, kind = 200, f"<html><body>admin console {secret}</body></html>", "text/html"
+                elif mode == "json-error":
+                    status, kind = 500, "application/json"
+                    body = json.dumps({"error": {"code": "failed", "message": secret}, "detail": secret})
+                else:  # almost a healthz: the keys, the wrong types
+                    status, kind = 200, "application/json"
+                    body = json.dumps({"ok": secret, "devices_alive": 1, "devices": 1, "live_requests": 0})
+                raw = body.encode()
+                self.send_response(status)
+                self.send_header("content-type", kind)
+                self.send_header("content-length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("mode", ["html", "json-error", "healthz-lookalike"])
+def test_live_page_shows_nothing_of_a_service_that_is_not_trident(mode):
+    foreign = _Foreign(mode)
+    try:
+        at = _app(live_server=foreign.url)
+        at.run()
+        at.switch_page("workbench/pages/live.py").run()
+        _clean(at)
+        assert [e.value for e in at.error] == [f"not a trident server at {foreign.url}"]
+        assert not at.metric and not at.dataframe and not at.get("plotly_chart") and not at.get("image")
+        assert _Foreign.SECRET not in _proto_text(at)
+    finally:
+        foreign.close()
+
+
+# ------------------------------------------------------------------------------ access: databases and SQL limits
+def _write_runs(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ResultsStore(path).write_run(*_one_run())
+    return path
+
+
+def _one_run():
+    loaded = load_scenario(RunSpec(duration_s=30.0))
+    res = run_one(loaded, "trident", 0.5)
+    return (run_meta(new_run_id("trident", 0), loaded, "trident", 0.5, res), res.requests, res.spans,
+            res.placements, res.gpu_samples)
+
+
+def test_sql_page_offers_only_the_results_directory_and_named_databases(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    a = _write_runs(results / "a.duckdb")
+    b = _write_runs(results / "sweeps" / "b.duckdb")
+    named = _write_runs(tmp_path / "elsewhere" / "named.duckdb")
+    other = _write_runs(tmp_path / "private" / "other.duckdb")  # neither under results/ nor named
+    _argv(monkeypatch, named, results_dir=results)
+    at = _app(db_path=str(other))  # a path from elsewhere in the session is not taken
+    at.run()
+    at.switch_page("workbench/pages/sql.py").run()
+    _clean(at)
+    picker = at.selectbox(key="sql_db")
+    assert picker.options == [str(a.resolve()), str(b.resolve()), str(named.resolve())]
+    assert picker.value == a.resolve() and not at.text_input  # a list, no free path
+    assert "other.duckdb" not in _proto_text(at) and "private" not in _proto_text(at)
+    assert not at.error and len(at.dataframe[0].value) == 1
+    picker.set_value(named.resolve()).run()
+    _clean(at)
+    assert not at.error and len(at.dataframe[0].value) == 1
+    at.switch_page("workbench/pages/runs.py").run()  # the Runs page offers the same list, keeps the choice
+    _clean(at)
+    runs_picker = at.selectbox(key="runs_db")
+    assert runs_picker.options == picker.options and runs_picker.value == named.resolve()
+
+
+def test_sql_page_without_any_database_says_where_they_come_from(tmp_path, monkeypatch):
+    _argv(monkeypatch, results_dir=tmp_path / "empty")
+    at = _app()
+    at.run()
+    at.switch_page("workbench/pages/sql.py").run()
+    _clean(at)
+    assert any("No results database" in i.value and "--db" in i.value for i in at.info)
+    assert not at.text_area and not at.error
+
+
+def test_sql_results_are_capped_with_a_note(results_db, monkeypatch):
+    from workbench import stored
+
+    _argv(monkeypatch, results_db)
+    at = _app()
+    at.run()
+    at.switch_page("workbench/pages/sql.py").run()
+    at.text_area(key="sql_text").set_value("SELECT range AS i, range * 2 AS j FROM range(25000)").run()
+    _clean(at)
+    assert not at.error
+    shown = at.dataframe[0].value
+    assert len(shown) == stored.SQL_MAX_ROWS and list(shown["i"][:3]) == [0, 1, 2]
+    assert any(f"Showing the first {stored.SQL_MAX_ROWS:,} rows" in w.value for w in at.warning)
+    assert "first 10,000 rows" in at.get("download_button")[0].proto.label
+    at.text_area(key="sql_text").set_value("SELECT range AS i FROM range(10000)").run()  # exactly the cap: no note
+    _clean(at)
+    assert len(at.dataframe[0].value) == 10_000 and not at.warning
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_sql_query_over_its_memory_fails_clearly_without_spilling_next_to_the_database(tmp_path, monkeypatch):
+    """The issue's query: DISTINCT over 300 M rows wrote 3.4 GB of spill files next to the database."""
+    db = _write_runs(tmp_path / "results" / "big.duckdb")
+    before = _tree_bytes(db.parent)
+    _argv(monkeypatch, results_dir=db.parent)
+    at = _app()
+    at.run()
+    at.switch_page("workbench/pages/sql.py").run()
+    t0 = time.perf_counter()
+    at.text_area(key="sql_text").set_value("SELECT DISTINCT range FROM range(300000000)").run()
+    took = time.perf_counter() - t0
+    _clean(at)
+    assert len(at.error) == 1 and "The query failed" in at.error[0].value
+    assert "more than the SQL console allows" in at.error[0].value or "interrupted" in at.error[0].value
+    assert sorted(p.name for p in db.parent.iterdir()) == ["big.duckdb"]  # no big.duckdb.tmp/
+    assert _tree_bytes(db.parent) - before < 1024**2
+    assert took < 45, took

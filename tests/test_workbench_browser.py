@@ -84,6 +84,31 @@ def server(tmp_path):
         log.close()
 
 
+SECRET = "internal-only-3b8e1d"
+
+
+def _foreign_service():
+    """An HTTP service on 127.0.0.1 that is not a trident server: every path answers with SECRET."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            raw = f'{{"error": {{"code": "failed", "message": "{SECRET}"}}, "ok": "{SECRET}"}}'.encode()
+            self.send_response(500)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
 METRICS = "[data-testid=stMetric]"
 VALUES = "[data-testid=stMetricValue]"
 
@@ -149,6 +174,19 @@ def test_browser_default_comparison_then_policy_and_rate(chromium, server):
             page.get_by_label("Server URL").press("Enter")
             page.get_by_text("cannot reach a server").first.wait_for(timeout=30_000)
             assert page.locator("[data-testid=stException]").count() == 0
+
+            # a service that is not a trident server: a fixed message, nothing of what it sent
+            foreign = _foreign_service()
+            try:
+                foreign_url = f"http://127.0.0.1:{foreign.server_address[1]}"
+                page.get_by_label("Server URL").fill(foreign_url)
+                page.get_by_label("Server URL").press("Enter")
+                page.get_by_text(f"not a trident server at {foreign_url}").first.wait_for(timeout=30_000)
+                page.wait_for_timeout(2500)  # and nothing of it after a refresh either
+                assert SECRET not in page.content()
+            finally:
+                foreign.shutdown()
+                foreign.server_close()
 
             # the page's own server (tiny CPU pipelines): devices refresh on their own, a prompt makes an image
             page.get_by_role("button", name="Start a local server").click()

@@ -61,7 +61,8 @@ def emulated():
 def test_urls_are_normalized_or_refused():
     assert live.normalize_url(" 127.0.0.1:8000/ ") == "http://127.0.0.1:8000"
     assert live.normalize_url("https://h.example/") == "https://h.example"
-    for bad in ("", "ftp://127.0.0.1", "http://127.0.0.1:99999", "http://"):
+    for bad in ("", "ftp://127.0.0.1", "http://127.0.0.1:99999", "http://", "file:///etc/passwd",
+                "http://user:pw@127.0.0.1:8000", "http://127.0.0.1:8000/?x=1", "http://127.0.0.1:8000/#frag"):
         with pytest.raises(live.LiveError):
             live.normalize_url(bad)
 
@@ -111,6 +112,97 @@ def test_live_figures_draw_devices_and_queues():
 
 
 # ------------------------------------------------------------------------------ the page
+def test_the_servers_health_is_checked_and_its_errors_are_its_own(emulated):
+    health = live.check_server(emulated)
+    assert health["ok"] is True and health["devices"] == 2 and health["devices_alive"] == 2
+    with pytest.raises(live.NotSupported) as err:  # FastAPI's own 404 body is not trident's error shape
+        live._request("GET", emulated, "/no/such/route")
+    assert str(err.value).endswith("(HTTP 404)")
+    with pytest.raises(live.Unreachable):
+        live.check_server(f"http://127.0.0.1:{_free_port()}")
+
+
+SECRET = "SSH-2.0-OpenSSH_9.2 internal-banner-51c0"
+
+
+class _Raw:
+    """A TCP service on 127.0.0.1 that answers every connection with ``reply`` (bytes), then closes."""
+
+    def __init__(self, reply: bytes, delay_s: float = 0.0):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.reply, self.delay_s, self.stop = reply, delay_s, threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import time
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.recv(65536)
+                    for i in range(0, len(self.reply), 65536):
+                        conn.sendall(self.reply[i:i + 65536])
+                        time.sleep(self.delay_s)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("reply", [
+    (SECRET + "\r\n").encode(),  # not HTTP at all: the client's error would quote it
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + json.dumps({"ok": SECRET}).encode(),
+    b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n" + SECRET.encode(),  # claims to be huge
+    b"HTTP/1.1 200 OK\r\n\r\n" + SECRET.encode() * 2000,  # is larger than a healthz reply may be
+    b"HTTP/1.1 302 Found\r\nLocation: http://10.0.0.1/\r\nContent-Length: 0\r\n\r\n",
+], ids=["not-http", "wrong-shape", "declared-huge", "huge", "redirect"])
+def test_something_else_at_the_url_is_not_a_trident_server_and_nothing_of_it_is_kept(reply):
+    raw = _Raw(reply)
+    try:
+        with pytest.raises(live.NotTrident) as err:
+            live.fetch_cluster(raw.url)
+        assert str(err.value) == f"not a trident server at {raw.url}"  # nothing of what it sent
+    finally:
+        raw.close()
+
+
+def test_replies_are_read_up_to_a_cap(monkeypatch):
+    """A trident server (its healthz) whose /v1/cluster reply is larger than the cap."""
+    health = json.dumps({"ok": True, "devices_alive": 1, "devices": 1, "live_requests": 0}).encode()
+
+    class Big(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = health if self.path == "/healthz" else b'{"devices": [' + b"0," * 100_000 + b"0]}"
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()  # no length: read until the connection closes
+            self.wfile.write(body)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    monkeypatch.setattr(live, "MAX_REPLY_BYTES", 64 * 1024)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Big)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(live.LiveError, match="larger than the workbench reads"):
+            live.fetch_cluster(f"http://127.0.0.1:{httpd.server_address[1]}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_unreachable_server_is_a_message_not_a_traceback():
     at = _live_page(f"http://127.0.0.1:{_free_port()}")
     _clean(at)
@@ -208,7 +300,8 @@ class _OldServer(BaseHTTPRequestHandler):
                "decode": 0}, "running": {"encode": 0, "diffuse": 0, "decode": 0}, "live_requests": 0, "policy": "fifo"}
 
     def do_GET(self):  # noqa: N802
-        body = {"/v1/cluster": self.CLUSTER, "/v1/models": {"object": "list", "data": []}}.get(self.path)
+        body = {"/healthz": {"ok": True, "devices_alive": 1, "devices": 1, "live_requests": 0},
+                "/v1/cluster": self.CLUSTER, "/v1/models": {"object": "list", "data": []}}.get(self.path)
         raw = json.dumps(body if body is not None else {"detail": "Not Found"}).encode()
         self.send_response(200 if body is not None else 404)
         self.send_header("content-type", "application/json")

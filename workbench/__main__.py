@@ -3,7 +3,9 @@
 What ``make run`` calls. Before Streamlit serves, it computes the home page's default comparison
 (:func:`workbench.data.warm_up`, about a second), so the first visitor sees it painted at once
 instead of waiting for the imports and the four simulations. Everything else is Streamlit's own
-``run``: flags after ``--`` go to it (``python -m workbench -- --theme.base dark``).
+``run``: flags after ``--`` go to it (``python -m workbench -- --theme.base dark``). ``--db PATH``
+names a results database the Runs and SQL pages may open besides those under ``results/``; off
+loopback the workbench asks for the password in ``TRIDENT_WORKBENCH_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ def _warm() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.split("\n")[0])
     parser.add_argument("--address", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: this machine only)")
+                        help="address to bind (default 127.0.0.1: this machine only; any other asks for the "
+                             "password in TRIDENT_WORKBENCH_PASSWORD)")
     parser.add_argument("--port", type=int, default=8501, help="port (default 8501)")
+    parser.add_argument("--db", action="append", default=[], metavar="PATH",
+                        help="a results database the pages may open besides those under results/ (repeatable)")
+    parser.add_argument("--results-dir", metavar="DIR", help="where the pages look for results databases "
+                                                             "(default: results/ of the repository)")
     parser.add_argument("--no-warm-up", action="store_true", help="do not compute the default comparison ahead")
     parser.add_argument("streamlit_args", nargs="*", help="more `streamlit run` flags, after --")
     args = parser.parse_args(argv)
@@ -47,11 +54,20 @@ def main(argv: list[str] | None = None) -> None:
         _warm()
     host = f"[{args.address}]" if ":" in args.address else args.address
     print(f"TridentServe workbench: http://{host}:{args.port}  (Ctrl-C stops)", flush=True)
+    from workbench.access import PASSWORD_ENV, is_loopback
+
+    if not is_loopback(args.address):
+        note = "asks for it" if os.environ.get(PASSWORD_ENV) else "shows nothing until it is set"
+        print(f"{args.address} is reachable beyond this machine: the workbench needs the password in {PASSWORD_ENV} "
+              f"({note})", flush=True)
+    script_args = [a for p in args.db for a in ("--db", str(Path(p).expanduser().resolve()))]
+    if args.results_dir:
+        script_args += ["--results-dir", str(Path(args.results_dir).expanduser().resolve())]
     os.chdir(ROOT)  # .streamlit/config.toml and the relative paths of the pages
     from streamlit.web import cli as stcli
 
     sys.argv = ["streamlit", "run", str(app), "--server.headless", "true", "--server.address", args.address,
-                "--server.port", str(args.port), *args.streamlit_args]
+                "--server.port", str(args.port), *args.streamlit_args, *(["--", *script_args] if script_args else [])]
     sys.exit(stcli.main())
 
 

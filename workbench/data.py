@@ -39,8 +39,8 @@ from workbench.frames import RunFrames, placements_to_frame, requests_to_frame, 
 from workbench.kpis import Kpi, kpis, markdown_table
 from workbench.profile_frames import default_steps, profile_frame
 from workbench.stored import REPO_ROOT  # noqa: F401  (its old home)
-from workbench.stored import (DbSignature, class_attainment_frame, db_signature, latencies, run_sql, run_zip, runs_frame,
-                              sql_examples, stage_breakdown_frame, summaries_frame)
+from workbench.stored import (SQL_MAX_ROWS, DbSignature, SqlLimitError, class_attainment_frame, db_signature, latencies,
+                              run_sql, run_zip, runs_frame, sql_examples, stage_breakdown_frame, summaries_frame)
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -69,6 +69,8 @@ __all__ = [
     "latencies",
     "run_zip",
     "run_sql",
+    "SQL_MAX_ROWS",
+    "SqlLimitError",
     "sql_examples",
     "Kpi",
     "kpis",
@@ -292,4 +294,5 @@ cached_summaries = _cache(max_entries=64)(summaries_frame)
 cached_class_attainment = _cache(max_entries=64)(class_attainment_frame)
 cached_stage_breakdown = _cache(max_entries=64)(stage_breakdown_frame)
 cached_latencies = _cache(max_entries=64)(latencies)
-cached_sql = _cache(max_entries=16)(run_sql)
+# at most 16 results of at most SQL_MAX_ROWS rows and SQL_MAX_BYTES each (workbench.stored), for an hour
+cached_sql = _cache(max_entries=16, ttl=3600)(run_sql)

@@ -4,18 +4,28 @@ No Streamlit here. Each call is one short HTTP request (httpx, a few seconds' ti
 go wrong in the expected way (no server at the URL, a timeout, an HTTP error, a reply that is not
 the API's) raises :class:`LiveError` with a message a page can show as it is, never a traceback.
 
-Endpoints used: ``GET /v1/cluster`` (devices, resident stages, memory, queues), ``GET /v1/models``
-(what can be asked for, with size bounds and defaults), ``GET /v1/requests?limit=N`` (recent
+Only trident servers: every read first asks ``GET /healthz`` (a short timeout) and goes on only when
+the reply has the shape a trident server gives (:func:`check_server`); anything else is "not a trident
+server at URL", with nothing of what it sent. Error messages name the status code, and the message
+of a trident error body, never another body or exception text that could quote one; replies are
+read up to a cap. Only http and https.
+
+Endpoints used: ``GET /healthz``, ``GET /v1/cluster`` (devices, resident stages, memory, queues),
+``GET /v1/models`` (what can be asked for, with size bounds and defaults), ``GET /v1/requests?limit=N`` (recent
 requests, newest first; a server without it answers 404 and the page says so) and
-``POST /v1/images/generations`` / ``POST /v1/videos/generations`` (a test prompt).
+``POST /v1/images/generations`` / ``POST /v1/videos/generations`` (a test prompt). Each takes
+``api_key``: a server started with one answers every route but ``/healthz`` only with
+``Authorization: Bearer KEY`` (401 otherwise).
 """
 
 from __future__ import annotations
 
 import atexit
 import base64
+import json
 import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +40,10 @@ __all__ = [
     "Generation",
     "LiveError",
     "NotSupported",
+    "NotTrident",
+    "Unreachable",
     "ServedModel",
+    "check_server",
     "devices_frame",
     "fetch_cluster",
     "fetch_models",
@@ -49,6 +62,11 @@ __all__ = [
 DEFAULT_URL = "http://127.0.0.1:8000"
 READ_TIMEOUT_S = 3.0  # control-plane reads: a live server answers in milliseconds
 CONNECT_TIMEOUT_S = 2.0
+HEALTH_TIMEOUT_S = 2.0
+HEALTH_MAX_BYTES = 4096  # a trident /healthz reply is about 80 bytes
+MAX_REPLY_BYTES = 8 * 1024**2  # control-plane replies (/v1/cluster of a large cluster: tens of KiB)
+MAX_MEDIA_REPLY_BYTES = 256 * 1024**2  # a test prompt's images or animation, base64
+MAX_MESSAGE_CHARS = 300
 GENERATE_TIMEOUT_S = 300.0  # a test prompt waits for its image (tiny CPU pipelines: well under a minute)
 START_HINT = "start one with `trident serve --models tiny-sd3 --devices cpu:1` (it listens on http://127.0.0.1:8000)"
 
@@ -59,6 +77,14 @@ class LiveError(TridentError):
 
 class NotSupported(LiveError):
     """The server answers, but not this endpoint (404: an older ``trident serve``)."""
+
+
+class Unreachable(LiveError):
+    """Nothing answers at the URL (connection refused, no such host, a timeout)."""
+
+
+class NotTrident(LiveError):
+    """Something answers at the URL, but not a trident server: nothing of its reply is shown."""
 
 
 def normalize_url(text: str) -> str:
@@ -77,46 +103,132 @@ def normalize_url(text: str) -> str:
         raise LiveError(f"{text}: the port is not a number in 0..65535") from None
     if not parts.hostname:
         raise LiveError(f"{text}: no host in the URL")
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        raise LiveError(f"{parts.scheme}://{parts.hostname}: give the server's address alone "
+                        "(scheme://host:port), with no user, query or fragment")
     return text.rstrip("/")
 
 
-def _error_message(resp) -> str:
+_NOT_JSON = object()
+
+
+def _json(raw: bytes) -> Any:
+    """The JSON value of a reply, or ``_NOT_JSON``."""
     try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:300].strip() or resp.reason_phrase
+        return json.loads(raw)
+    except ValueError:  # UnicodeDecodeError too
+        return _NOT_JSON
+
+
+def _trident_message(raw: bytes) -> str | None:
+    """The message of a trident error body (``{"error": {"code": ..., "message": ...}}``, the one
+    shape ``tridentcore.server.errors`` answers with), or None for any other body: a body that is
+    not trident's is never shown."""
+    body = _json(raw)
     err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(err, dict) and err.get("message"):
-        return str(err["message"])
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])
-    return str(body)[:300]
+    if not (isinstance(err, dict) and isinstance(err.get("code"), str) and isinstance(err.get("message"), str)):
+        return None
+    return err["message"][:MAX_MESSAGE_CHARS]
+
+
+def _read_capped(resp, cap_bytes: int, deadline: float, timeout_s: float, what: str) -> bytes:
+    declared = resp.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap_bytes:
+        raise LiveError(f"{what}: the reply is larger than the workbench reads ({cap_bytes // 1024**2} MiB)")
+    buf = bytearray()
+    for chunk in resp.iter_bytes():
+        buf += chunk
+        if len(buf) > cap_bytes:
+            raise LiveError(f"{what}: the reply is larger than the workbench reads ({cap_bytes // 1024**2} MiB)")
+        if time.monotonic() > deadline:
+            raise LiveError(f"{what}: the reply took longer than {timeout_s:g} s")
+    return bytes(buf)
+
+
+def _exchange(method: str, url: str, path: str, *, timeout_s: float, cap_bytes: int,
+              json_body: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+              api_key: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP exchange: (status, headers, body of at most ``cap_bytes``). LiveError when there is
+    no exchange; its message names the URL and what went wrong, never what the other side sent."""
+    import httpx
+
+    what = f"{method} {url}{path}"
+    timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
+    deadline = time.monotonic() + timeout_s
+    headers = {"accept": "application/json", "accept-encoding": "identity"}
+    if api_key and api_key.strip():
+        headers["authorization"] = f"Bearer {api_key.strip()}"
+    try:
+        with httpx.stream(method, url + path, json=json_body, params=params, timeout=timeout, follow_redirects=False,
+                          headers=headers) as resp:
+            if time.monotonic() > deadline:
+                raise LiveError(f"{what}: no answer within {timeout_s:g} s")
+            raw = _read_capped(resp, cap_bytes, deadline, timeout_s, what)
+            return resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, raw
+    except httpx.ConnectError:
+        raise Unreachable(f"cannot reach a server at {url}; {START_HINT}") from None
+    except httpx.TimeoutException:
+        raise Unreachable(f"{url} did not answer {method} {path} within {timeout_s:g} s") from None
+    except httpx.HTTPError as exc:  # its text may quote what the other side sent: the type only
+        raise LiveError(f"{what} failed ({type(exc).__name__})") from None
+
+
+def _health(raw: bytes) -> dict | None:
+    """The ``GET /healthz`` body of a trident server (``ok``, ``devices_alive``, ``devices``,
+    ``live_requests``: ``tridentcore.server.routes.control.healthz``), or None."""
+    body = _json(raw)
+    if not isinstance(body, dict) or not isinstance(body.get("ok"), bool):
+        return None
+    counts = [body.get(k) for k in ("devices_alive", "devices", "live_requests")]
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        return None
+    return body
+
+
+def check_server(base_url: str) -> dict:
+    """``GET /healthz``: the reply when the URL is a trident server (healthy, 200, or not, 503);
+    :class:`NotTrident` when something else answers (nothing of its reply is kept),
+    :class:`Unreachable` when nothing answers. Every read below checks this first, so nothing of
+    another service is shown."""
+    url = normalize_url(base_url)
+    try:
+        status, _, raw = _exchange("GET", url, "/healthz", timeout_s=HEALTH_TIMEOUT_S, cap_bytes=HEALTH_MAX_BYTES)
+    except Unreachable:
+        raise
+    except LiveError:  # it answers, but not as an HTTP server should, or at length
+        raise NotTrident(f"not a trident server at {url}") from None
+    body = _health(raw) if status in (200, 503) else None
+    if body is None:
+        raise NotTrident(f"not a trident server at {url}")
+    return body
 
 
 def _request(method: str, base_url: str, path: str, *, timeout_s: float = READ_TIMEOUT_S,
-             json: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None) -> Any:
-    import httpx
+             json: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None,
+             cap_bytes: int | None = None, api_key: str | None = None) -> Any:
+    """``method path`` on a trident server (checked first with :func:`check_server`), its JSON.
 
+    Errors name the status code, with the message of a trident error body; no other body, and no
+    exception text that could quote one, reaches the message."""
     url = normalize_url(base_url)
-    timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
-    try:
-        resp = httpx.request(method, url + path, json=json, params=params, timeout=timeout, follow_redirects=False)
-    except httpx.ConnectError as exc:
-        raise LiveError(f"cannot reach a server at {url} ({exc or 'connection refused'}); {START_HINT}") from None
-    except httpx.TimeoutException:
-        raise LiveError(f"{url} did not answer {method} {path} within {timeout_s:g} s") from None
-    except httpx.HTTPError as exc:
-        raise LiveError(f"{method} {url}{path} failed: {exc}") from None
-    if resp.status_code == 404:
-        raise NotSupported(f"{url} does not offer {method} {path} (HTTP 404: {_error_message(resp)})")
-    if resp.status_code >= 400:
-        retry = resp.headers.get("retry-after")
-        hint = f" (retry after {retry} s)" if retry else ""
-        raise LiveError(f"{method} {path} → HTTP {resp.status_code}: {_error_message(resp)}{hint}")
-    try:
-        return resp.json()
-    except ValueError:
-        raise LiveError(f"{url}{path} answered with something that is not JSON: is it a `trident serve`?") from None
+    check_server(url)
+    status, headers, raw = _exchange(method, url, path, timeout_s=timeout_s, json_body=json, params=params,
+                                     cap_bytes=MAX_REPLY_BYTES if cap_bytes is None else cap_bytes, api_key=api_key)
+    message = _trident_message(raw) if status >= 300 else None
+    detail = f": {message}" if message else ""
+    if status == 401:
+        hint = "the API key is not the server's" if api_key and api_key.strip() else "give the server's API key"
+        raise LiveError(f"{method} {path} → HTTP 401{detail} ({hint})")
+    if status == 404:
+        raise NotSupported(f"{url} does not offer {method} {path} (HTTP 404{detail})")
+    if status >= 300:
+        retry = headers.get("retry-after", "")
+        hint = f" (retry after {retry} s)" if retry.replace(".", "", 1).isdigit() else ""
+        raise LiveError(f"{method} {path} → HTTP {status}{detail}{hint}")
+    body = _json(raw)
+    if body is _NOT_JSON:
+        raise LiveError(f"{url}{path} answered with something that is not JSON")
+    return body
 
 
 def _expect(body: Any, key: str, what: str) -> Any:
@@ -126,9 +238,9 @@ def _expect(body: Any, key: str, what: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------- reads
-def fetch_cluster(base_url: str) -> dict:
+def fetch_cluster(base_url: str, api_key: str | None = None) -> dict:
     """``GET /v1/cluster``: devices, instances, queues, running, live_requests, policy, ..."""
-    body = _request("GET", base_url, "/v1/cluster")
+    body = _request("GET", base_url, "/v1/cluster", api_key=api_key)
     _expect(body, "devices", "GET /v1/cluster")
     return body
 
@@ -175,9 +287,9 @@ def _model(d: Mapping[str, Any]) -> ServedModel:
     )
 
 
-def fetch_models(base_url: str) -> list[ServedModel]:
+def fetch_models(base_url: str, api_key: str | None = None) -> list[ServedModel]:
     """``GET /v1/models``, parsed."""
-    body = _request("GET", base_url, "/v1/models")
+    body = _request("GET", base_url, "/v1/models", api_key=api_key)
     items = _expect(body, "data", "GET /v1/models")
     try:
         return [_model(d) for d in items]
@@ -185,9 +297,9 @@ def fetch_models(base_url: str) -> list[ServedModel]:
         raise LiveError(f"GET /v1/models: an entry the workbench cannot read ({exc})") from None
 
 
-def fetch_requests(base_url: str, limit: int = 20) -> list[dict]:
+def fetch_requests(base_url: str, limit: int = 20, api_key: str | None = None) -> list[dict]:
     """``GET /v1/requests?limit=N``, newest first; :class:`NotSupported` on a server without it."""
-    body = _request("GET", base_url, "/v1/requests", params={"limit": int(limit)})
+    body = _request("GET", base_url, "/v1/requests", params={"limit": int(limit)}, api_key=api_key)
     return list(_expect(body, "data", "GET /v1/requests"))
 
 
@@ -295,10 +407,9 @@ def media_kind(blob: bytes) -> str:
 
 
 def generate(base_url: str, model: ServedModel, prompt: str, *, size: str | None = None, steps: int | None = None,
-             frames: int | None = None, seed: int | None = None, timeout_s: float = GENERATE_TIMEOUT_S) -> Generation:
+             frames: int | None = None, seed: int | None = None, timeout_s: float = GENERATE_TIMEOUT_S,
+             api_key: str | None = None) -> Generation:
     """Send one test prompt (``response_format: b64_json``) and wait for the image or video."""
-    import time
-
     body: dict[str, Any] = {"prompt": prompt, "model": model.id, "response_format": "b64_json"}
     if size:
         body["size"] = size
@@ -309,7 +420,10 @@ def generate(base_url: str, model: ServedModel, prompt: str, *, size: str | None
     if model.kind == "video" and frames:
         body["frames"] = int(frames)
     t0 = time.perf_counter()
-    reply = _request("POST", base_url, model.endpoint, json=body, timeout_s=timeout_s)
+    reply = _request("POST", base_url, model.endpoint, json=body, timeout_s=timeout_s, cap_bytes=MAX_MEDIA_REPLY_BYTES,
+                     api_key=api_key)
+    if not isinstance(reply, dict):
+        raise LiveError(f"the reply to POST {model.endpoint} is not a generation: is the URL a `trident serve`?")
     wall_s = time.perf_counter() - t0
     media = []
     for item in reply.get("data", ()):

@@ -1,13 +1,16 @@
 """The results store for the workbench: reads keyed by the file's signature (path, size, modification
-time), a run as a zip, untrusted read-only SQL, and the SQL examples of results/README.md.
+time), a run as a zip, untrusted read-only SQL within limits, and the SQL examples of results/README.md.
 """
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import re
+import shutil
 import tempfile
+import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,11 +19,15 @@ from typing import Any
 
 import pandas as pd
 
+from tridentcore.core.errors import TridentError
+from tridentcore.store.readers import CappedResult
 from tridentcore.store.schema import STAGE_ORDER_SQL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["DbSignature", "class_attainment_frame", "db_signature", "latencies", "run_sql", "run_zip", "runs_frame", "sql_examples", "stage_breakdown_frame", "summaries_frame"]
+__all__ = ["SQL_MAX_ROWS", "DbSignature", "SqlLimitError", "class_attainment_frame", "db_signature", "latencies",
+           "run_sql", "run_zip", "runs_frame", "sql_examples", "sql_spill_dir", "stage_breakdown_frame",
+           "summaries_frame"]
 
 
 @dataclass(frozen=True)
@@ -95,11 +102,66 @@ def run_zip(sig: DbSignature, run_id: str) -> bytes:
     return buf.getvalue()
 
 
-def run_sql(sig: DbSignature, sql: str) -> pd.DataFrame:
-    """Untrusted SQL over the results file: read-only, no file access (``store.query_readonly``)."""
-    from tridentcore.store import query_readonly
+# The SQL console's limits. Its SQL is untrusted (whoever can open the page types it): DuckDB may use
+# SQL_MEMORY_LIMIT of memory and spill at most SQL_MAX_SPILL to a private temporary folder (never
+# next to the database), a query is interrupted after SQL_TIMEOUT_S, at most SQL_MAX_ROWS rows of a
+# result leave DuckDB, and a result over SQL_MAX_BYTES in memory is refused (the page caches results).
+SQL_MEMORY_LIMIT = "1GB"
+SQL_MAX_SPILL = "256MB"
+SQL_TIMEOUT_S = 30.0
+SQL_MAX_ROWS = 10_000
+SQL_MAX_BYTES = 32 * 1024**2
+SQL_CONCURRENT = 2  # queries at once in this process (each may use the memory limit); others wait
+SQL_QUEUE_WAIT_S = 30.0
 
-    return query_readonly(sig.path, sql)
+_sql_slots = threading.BoundedSemaphore(SQL_CONCURRENT)
+_spill: dict[str, str] = {}
+_spill_lock = threading.Lock()
+
+
+class SqlLimitError(TridentError):
+    """A console query hit one of the SQL console's limits; ``str()`` is the page's message."""
+
+
+def sql_spill_dir() -> str:
+    """This process's private folder for DuckDB's spill files (mode 0700, removed at exit)."""
+    with _spill_lock:
+        if "dir" not in _spill:
+            _spill["dir"] = tempfile.mkdtemp(prefix="trident-workbench-sql-")
+            atexit.register(shutil.rmtree, _spill["dir"], True)
+        return _spill["dir"]
+
+
+def run_sql(sig: DbSignature, sql: str) -> CappedResult:
+    """Untrusted SQL over the results file (``store.query_readonly_capped``): read-only, no file
+    access, within the SQL console's limits (above); the first SQL_MAX_ROWS rows of the result."""
+    import duckdb
+
+    from tridentcore.store import query_readonly_capped
+
+    if not _sql_slots.acquire(timeout=SQL_QUEUE_WAIT_S):
+        raise SqlLimitError(f"the SQL console is busy ({SQL_CONCURRENT} queries running); try again")
+    try:
+        try:
+            result = query_readonly_capped(sig.path, sql, max_rows=SQL_MAX_ROWS, timeout_s=SQL_TIMEOUT_S,
+                                           memory_limit=SQL_MEMORY_LIMIT, temp_directory=sql_spill_dir(),
+                                           max_temp_directory_size=SQL_MAX_SPILL)
+        except duckdb.Error as exc:
+            if isinstance(exc, duckdb.OutOfMemoryException):
+                raise SqlLimitError(f"the query needs more than the SQL console allows ({SQL_MEMORY_LIMIT} of memory "
+                                    f"and {SQL_MAX_SPILL} of temporary files): narrow it, or run it with "
+                                    "`duckdb -readonly` on the file") from None
+            if isinstance(exc, duckdb.InterruptException):
+                raise SqlLimitError(f"the query ran past the SQL console's {SQL_TIMEOUT_S:g} s and was "
+                                    "interrupted") from None
+            raise
+    finally:
+        _sql_slots.release()
+    size = int(result.frame.memory_usage(index=True, deep=True).sum())
+    if size > SQL_MAX_BYTES:
+        raise SqlLimitError(f"the result's first {len(result.frame)} rows take {size / 1024**2:.0f} MiB, more than the "
+                            f"SQL console keeps ({SQL_MAX_BYTES / 1024**2:.0f} MiB): select fewer or narrower columns")
+    return result
 
 
 _SQL_BLOCK = re.compile(r"```sql\s*\n(.*?)```", re.S)

@@ -35,6 +35,9 @@ it writes the rows to a JSON-lines file and a short child process
 (``python -m tridentcore.bench.client_rows``) inserts them at the end. ``trident bench --backend
 live`` stores a whole live run (server and client rows, one transaction) instead.
 
+**Key.** With ``TRIDENT_API_KEY`` in its environment, every request carries
+``Authorization: Bearer KEY`` (a server with an API key answers 401 without it).
+
 Request names in Locust's statistics are ``model WxH[xF]`` (``sd3-medium 1024x1024``), so its
 tables break latency down by resolution. SLOs are the simulator's (``--slo-scale`` x the reference
 latency from ``--cost-profile`` on ``--cluster``), sent as ``slo_ms``.
@@ -63,7 +66,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from tridentcore.bench.spec import TRACE_PREFIX, RunSpec, read_spec_file
-from tridentcore.core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX,
+from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX,
                                        DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE,
                                        DEFAULT_TIME_SCALE)
 from tridentcore.core.metrics import quantile
@@ -181,6 +184,7 @@ class Run:
 
 _run: Run | None = None
 _env = None
+_headers: dict[str, str] | None = None  # Authorization, when TRIDENT_API_KEY is set
 
 
 class MixUser(FastHttpUser):
@@ -214,7 +218,8 @@ class MixUser(FastHttpUser):
         sent = time.monotonic()
         row["sent_s"] = sent - run.t0
         row["lag_ms"] = 1000.0 * (row["sent_s"] - a.send_s)
-        with self.client.request("POST", a.path, json=a.body, name=a.name, catch_response=True) as resp:
+        with self.client.request("POST", a.path, json=a.body, name=a.name, headers=_headers,
+                                 catch_response=True) as resp:
             finished = time.monotonic()
             status = int(resp.status_code or 0)
             try:
@@ -239,8 +244,10 @@ def _exit_with(message: str) -> None:
 
 @events.init.add_listener
 def _on_init(environment, **_kw) -> None:
-    global _env
+    global _env, _headers
     _env = environment
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    _headers = {"Authorization": f"Bearer {key}"} if key else None
     if isinstance(environment.runner, (MasterRunner, WorkerRunner)):
         _exit_with("workloads/mixed.py runs as one process (each worker would send the whole schedule); "
                    "drop --master/--worker/--processes")

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.defaults import API_KEY_ENV
 from ..core.errors import TridentError
 
 
@@ -64,13 +65,17 @@ class ServerProcess:
 
 def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float = 120.0,
                  env: dict[str, str] | None = None) -> ServerProcess:
-    """``trident serve ARGS --host HOST --port 0`` in a child process; returns once it serves."""
+    """``trident serve ARGS --host HOST --port 0`` in a child process; returns once it serves.
+
+    The child gets this process's environment and ``env``, less an inherited ``TRIDENT_API_KEY``:
+    it has an API key only when ``env`` gives it one (through the environment, never argv)."""
     tmp = tempfile.TemporaryDirectory(prefix="trident-serve-")
     port_file = Path(tmp.name) / "port"
     log_path = Path(tmp.name) / "server.log"
     cmd = [sys.executable, "-m", "tridentcore.cli", "serve", *args, "--host", host, "--port", "0",
            "--port-file", str(port_file)]
-    child_env = {**os.environ, **(env or {})}
+    child_env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+    child_env.update(env or {})
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
     log.close()

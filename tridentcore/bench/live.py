@@ -5,7 +5,7 @@ For every policy, :meth:`LiveBench.run`
 1. writes the run spec (:class:`~tridentcore.bench.spec.RunSpec`, the policy its one policy) to a
    file both children read (``--spec FILE``: no settings as argv strings);
 2. starts ``trident serve`` (a child process, loopback, a free port; ``--db`` a private temporary
-   file) and waits for ``GET /healthz``;
+   file; an API key of the run's own, which Locust and these calls send) and waits for ``GET /healthz``;
 3. runs Locust headless (a child process: its gevent patching must not share a process with
    anything else) on ``workloads/mixed.py``, so the requests and their send times are the
    simulator's for the same seed (:func:`~tridentcore.bench.scenario.schedule_requests`); it writes
@@ -36,6 +36,7 @@ import dataclasses
 import json
 import math
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_LIVE_DEVICES
+from ..core.defaults import API_KEY_ENV, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_LIVE_CALIBRATE, DEFAULT_LIVE_DEVICES
 from ..core.errors import TridentError
 from ..core.metrics import finite, quantile
 from ..core.records import RunMeta
@@ -90,6 +91,12 @@ class LiveOptions:
     answer_timeout_s: float | None = None  # wall seconds after the last send to wait for answers (None: auto)
     startup_timeout_s: float = 180.0
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S  # the server's drain at stop
+    calibrate: bool = DEFAULT_LIVE_CALIBRATE  # the server's online calibration (False: --no-calibrate)
+
+    def serve_args(self) -> list[str]:
+        """The ``trident serve`` options these knobs set (the spec file, models and store are the bench's)."""
+        return ["--max-queued", str(self.max_queued), "--drain-timeout", str(self.drain_timeout_s),
+                "--calibrate" if self.calibrate else "--no-calibrate"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,12 @@ class LiveBenchSpec:
     options: LiveOptions = LiveOptions()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "run", self.run.replace(backend="live", devices=self.run.devices or DEFAULT_LIVE_DEVICES))
+        # the server and Locust run in a work folder of their own: a file named relative to here
+        # (``--mix benchmarks/tiny-cpu.yaml``) is handed to them as an absolute path
+        files = {k: os.path.abspath(v) for k in ("mix", "cluster", "trace", "profile")
+                 if isinstance(v := getattr(self.run, k), str) and os.path.isfile(v)}
+        object.__setattr__(self, "run", self.run.replace(backend="live", devices=self.run.devices or DEFAULT_LIVE_DEVICES,
+                                                         **files))
 
     @property
     def devices(self) -> str:
@@ -128,7 +140,8 @@ def spec_from_config(config: Mapping[str, Any]) -> tuple[LiveBenchSpec, str]:
         raise ValueError(f"config_json names {len(run.policies)} policies; a live run has one")
     opts = LiveOptions(tuple(config.get("models") or ()), int(config.get("max_queued", 100_000)),
                        int(config.get("users", 1)), config.get("answer_timeout_s"),
-                       float(config.get("startup_timeout_s", 180.0)), float(config.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S)))
+                       float(config.get("startup_timeout_s", 180.0)), float(config.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S)),
+                       bool(config.get("calibrate", DEFAULT_LIVE_CALIBRATE)))
     return LiveBenchSpec(run, opts), run.policies[0]
 
 
@@ -221,9 +234,8 @@ class LiveBench:
         return served_models(self.spec.devices, {r.model for r in requests}, self.spec.options.models)
 
     def _server_args(self, work: Path, spec_file: Path, models: Sequence[str]) -> list[str]:
-        opts = self.spec.options
         return ["--spec", str(spec_file), "--models", ",".join(models), "--db", str(work / "server.duckdb"),
-                "--max-queued", str(opts.max_queued), "--drain-timeout", str(opts.drain_timeout_s)]
+                *self.spec.options.serve_args()]
 
     def _serve_and_load(self, work: Path, requests) -> _Collected:
         from .spec import write_spec_file
@@ -237,14 +249,18 @@ class LiveBench:
         spec_file = write_spec_file(self.run_spec, work / "spec.json")
         got = _Collected(models=self._models(requests))
         stop_s = opts.drain_timeout_s + 60.0
+        # a key of this run's own, given to both children through their environment: the server
+        # answers nobody else, and a key in this process's environment plays no part
+        api_key = secrets.token_urlsafe(24)
+        key_env = {API_KEY_ENV: api_key}
         self.report("starting server", 0, total)
         try:
             with procs.server_process(self._server_args(work, spec_file, got.models),
-                                      opts.startup_timeout_s, stop_s) as server:
+                                      opts.startup_timeout_s, stop_s, env=key_env) as server:
                 try:
                     self.report("load", 0, total)
                     cmd = procs.locust_cmd(server.url, spec_file, self.run_id, work, opts.users, run_time_s)
-                    with procs.locust_process(cmd, work / "locust.log", work) as locust:
+                    with procs.locust_process(cmd, work / "locust.log", work, env=key_env) as locust:
                         while locust.poll() is None:
                             seen = procs.read_progress(work / "progress")
                             if seen is not None:
@@ -256,14 +272,14 @@ class LiveBench:
                         raise LiveBenchError(f"Locust (exit {got.locust_exit}) wrote no rows:\n"
                                              f"{procs.tail(work / 'locust.log')}")
                     self.report("collecting", len(got.rows), total)
-                    procs.engine_ids(server.url, got.rows)
+                    procs.engine_ids(server.url, got.rows, api_key)
                 except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
                     got.interrupted = True
                     with procs.no_sigint():
                         got.rows = procs.read_rows(work / "rows.jsonl")
                         if got.rows is not None and server.proc.poll() is None:
                             try:
-                                procs.engine_ids(server.url, got.rows)
+                                procs.engine_ids(server.url, got.rows, api_key)
                             except (OSError, ValueError):
                                 pass
                 # stop the server: it drains and writes its rows to its own store

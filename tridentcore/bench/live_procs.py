@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -41,10 +42,11 @@ def locustfile() -> Path:
     return Path(next(iter(spec.submodule_search_locations))).resolve() / "mixed.py"
 
 
-def http_json(url: str, timeout_s: float = 10.0) -> tuple[int, Any]:
-    """GET ``url``: (HTTP status, JSON body or None)."""
+def http_json(url: str, timeout_s: float = 10.0, api_key: str | None = None) -> tuple[int, Any]:
+    """GET ``url`` (with ``Authorization: Bearer API_KEY`` when given): (HTTP status, JSON body or None)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - loopback URLs we built
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as resp:  # noqa: S310 - loopback URLs we built
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
@@ -98,15 +100,17 @@ def stop_process(proc: subprocess.Popen | None, timeout_s: float) -> int | None:
 
 
 @contextlib.contextmanager
-def server_process(args: Sequence[str], startup_timeout_s: float, stop_timeout_s: float) -> Iterator[Any]:
+def server_process(args: Sequence[str], startup_timeout_s: float, stop_timeout_s: float,
+                   env: dict[str, str] | None = None) -> Iterator[Any]:
     """``trident serve ARGS`` on loopback and a free port, healthy; stopped (drained) on exit.
+    ``env``: added to its environment (``TRIDENT_API_KEY``: its API key).
 
     Yields the :class:`~tridentcore.bench.launch.ServerProcess`; stop it inside the block to get
     its exit code (the exit stop is then a no-op)."""
     from .launch import LaunchError, start_server
 
     try:
-        server = start_server(list(args), timeout_s=startup_timeout_s)
+        server = start_server(list(args), timeout_s=startup_timeout_s, env=env)
     except LaunchError as exc:
         raise ChildError(str(exc)) from None
     try:
@@ -118,11 +122,13 @@ def server_process(args: Sequence[str], startup_timeout_s: float, stop_timeout_s
 
 
 @contextlib.contextmanager
-def locust_process(cmd: Sequence[str], log_path: Path, cwd: Path) -> Iterator[subprocess.Popen]:
-    """Locust (``cmd``) in its own session with its output in ``log_path``; stopped on exit."""
+def locust_process(cmd: Sequence[str], log_path: Path, cwd: Path,
+                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Locust (``cmd``) in its own session with its output in ``log_path``; stopped on exit.
+    ``env``: added to its environment."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=cwd)
+                                start_new_session=True, cwd=cwd, env={**os.environ, **env} if env else None)
     try:
         yield proc
     finally:
@@ -164,20 +170,20 @@ def read_rows(path: Path) -> list[dict] | None:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def engine_ids(url: str, rows: list[dict]) -> None:
+def engine_ids(url: str, rows: list[dict], api_key: str | None = None) -> None:
     """Fill ``server_request_id`` from the server's job list (the API's job ids are not engine ids)."""
     want = {r["server_job_id"] for r in rows if r.get("server_job_id") and r.get("server_request_id") is None}
     if not want:
         return
     found: dict[str, int] = {}
-    status, body = http_json(f"{url}/v1/requests?limit=1000", 30.0)
+    status, body = http_json(f"{url}/v1/requests?limit=1000", 30.0, api_key)
     if status == 200 and isinstance(body, dict):
         for job in body.get("data") or []:
             items = job.get("items") or []
             if job.get("id") in want and len(items) == 1:
                 found[job["id"]] = int(items[0]["id"])
     for job_id in sorted(want - set(found)):  # more jobs than one page holds
-        status, job = http_json(f"{url}/v1/requests/{job_id}", 10.0)
+        status, job = http_json(f"{url}/v1/requests/{job_id}", 10.0, api_key)
         items = (job or {}).get("items") or [] if status == 200 else []
         if len(items) == 1:
             found[job_id] = int(items[0]["id"])

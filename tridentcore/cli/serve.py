@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import (DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE,
-                             DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
-                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED,
+                             DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
+                             DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from .common import fail, quiet_libraries, setup_logging
 
 __all__ = ["serve"]
@@ -20,7 +20,7 @@ def serve(
                                                             "per GPU), emulated:NODESxGPUSxKIND (emulated:2x8xH200), or kinds mixed "
                                                             "(cpu:1,emulated:8xH200: each model on the first kind that runs it)."),
     policy: str = typer.Option(DEFAULT_POLICY, help="A policy spec of the registry, options as name:key=value."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs --api-key."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs an API key."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free port; see --port-file)."),
     db: str = typer.Option(None, help="DuckDB results file: the run's requests, spans and placements, stored as they "
                                       "happen (a journal next to it, FILE.journal/, holds what is not in yet; a crashed "
@@ -33,7 +33,11 @@ def serve(
                                            "path; with mixed kinds it applies to all but cpu, or give KIND=NAME pairs."),
     max_queued: int = typer.Option(DEFAULT_MAX_QUEUED, min=1, help="Waiting requests past which submissions get 429."),
     slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, help="Default deadline: arrival + scale x reference latency."),
-    api_key: str = typer.Option(None, envvar="TRIDENT_API_KEY", help="Bearer key required for submissions and cancels."),
+    api_key_file: str = typer.Option(None, help="File holding the API key (stripped; keep it mode 600). With a key, "
+                                                "every route but /healthz needs Authorization: Bearer KEY. "
+                                                "Or set TRIDENT_API_KEY."),
+    api_key: str = typer.Option(None, help="Deprecated: the key on the command line is visible to every user "
+                                           "(ps, /proc); use TRIDENT_API_KEY or --api-key-file."),
     drain_timeout: float = typer.Option(DEFAULT_DRAIN_TIMEOUT_S, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
     max_body: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1024, help="Largest request body in bytes (413 past it)."),
     port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
@@ -59,8 +63,20 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs) over live workers driven by a policy."""
+    import logging
+    import os
+
     setup_logging(verbose)
     quiet_libraries()
+    if api_key is not None:
+        logging.getLogger(__name__).warning("--api-key is deprecated: the key on the command line is visible to "
+                                            "every user of this machine (ps, /proc/PID/cmdline); "
+                                            "use TRIDENT_API_KEY or --api-key-file")
+    # the environment's key unless an option gives one; taken out of the environment, so worker
+    # processes (which run model code) do not inherit it
+    env_key = os.environ.pop(API_KEY_ENV, None)
+    if api_key is None and api_key_file is None:
+        api_key = env_key
     from ..runtime.build import SetupError
     from ..runtime.stored import RecordsNotStored
     from ..server.serve import ServeOptions, run_server
@@ -77,14 +93,12 @@ def serve(
         fail("give --models (or a --spec whose workload names them)")
 
     if backend == "ray":  # a Ray instance this command starts sends no usage reports unless asked to
-        import os
-
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     try:
         run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
-                                api_key=api_key, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
+                                api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
                                 late=late, calibrate=calibrate, db_wait_s=db_wait))

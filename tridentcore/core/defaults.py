@@ -8,6 +8,7 @@ values out. Pure constants: no imports, so every layer (and Locust) may use them
 from __future__ import annotations
 
 __all__ = [
+    "API_KEY_ENV",
     "DEFAULT_ARRIVAL", "DEFAULT_CLUSTER", "DEFAULT_DURATION_S", "DEFAULT_LIVE_DEVICES", "DEFAULT_LIVE_TIME_SCALE",
     "DEFAULT_MIX", "DEFAULT_POLICIES", "DEFAULT_POLICY", "DEFAULT_PROFILE", "DEFAULT_RATE", "DEFAULT_SEED",
     "DEFAULT_SLO_SCALE", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE", "DEFAULT_TRACE_DURATION_S",
@@ -46,3 +47,4 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-fli
 # than a read-only query may run (the workbench's SQL console interrupts one at 30 s)
 DEFAULT_DB_WAIT_S = 35.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # `trident serve`: largest request body (413 past it)
+API_KEY_ENV = "TRIDENT_API_KEY"  # `trident serve`'s API key (or --api-key-file); the Locust file and the workbench send it

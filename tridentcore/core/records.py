@@ -152,7 +152,7 @@ class ClientRequestRow:
     request_index: int = column("BIGINT", comment="position in the schedule (= the simulator's request_id)")
     server_request_id: int | None = column("BIGINT", nullable=True, default=None,
                                            comment="the engine's request id (NULL: not accepted, or unknown)")
-    server_job_id: str | None = column("VARCHAR", nullable=True, default=None, comment="the API's id (gen-N)")
+    server_job_id: str | None = column("VARCHAR", nullable=True, default=None, comment="the API's job id (gen-...)")
     model: str = column("VARCHAR")
     height: int = column("INTEGER")
     width: int = column("INTEGER")

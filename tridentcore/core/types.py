@@ -122,8 +122,11 @@ class Shape:
 def parse_size(text: str) -> tuple[int, int]:
     """Parse ``WIDTHxHEIGHT`` (as in the OpenAI images API) into ``(width, height)``."""
     parts = text.lower().replace(" ", "").split("x")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"size must be WIDTHxHEIGHT, e.g. 1024x768 (got {text!r})")
+    # ASCII digits only (str.isdigit also takes other scripts' digits), at most 5 a side (int() of
+    # thousands of digits fails with a message about the interpreter's limit)
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 5 for p in parts):
+        shown = text if len(text) <= 24 else text[:24] + "..."
+        raise ValueError(f"size must be WIDTHxHEIGHT, e.g. 1024x768 (got {shown!r})")
     width, height = int(parts[0]), int(parts[1])
     if width <= 0 or height <= 0:
         raise ValueError(f"size must be positive (got {text!r})")

@@ -40,7 +40,7 @@ from .devices import (DEVICE_FORMS, DeviceSpec, SetupError, gpu_kind_of, host_me
                       parse_profiles)
 from .engine import Engine, EngineConfig
 from .group import EngineGroup
-from .models import ModelEntry, emulated_entry, video_models
+from .models import MAX_FRAMES, MAX_SIZE, ModelEntry, emulated_entry, video_models
 from .workers import CpuWorker, EmulatedWorker, WorkerPool
 
 __all__ = ["BACKENDS", "DEVICE_FORMS", "DeviceSpec", "Part", "Runtime", "SetupError", "build_runtime", "gpu_kind_of",
@@ -113,8 +113,10 @@ def _device_entry(card, kind: str) -> ModelEntry:
     else:
         width, height = (832, 480) if video else (1024, 1024)
         max_size = card.max_size
-    return ModelEntry(card.name, "video" if video else "image", card.min_size, max_size, card.size_multiple,
-                      card.default_steps, width, height, card.frames_multiple, card.max_frames,
+    # never beyond what the API's schema declares (MAX_SIZE, MAX_FRAMES)
+    return ModelEntry(card.name, "video" if video else "image", card.min_size, min(max_size, MAX_SIZE),
+                      card.size_multiple, card.default_steps, width, height, card.frames_multiple,
+                      min(card.max_frames, MAX_FRAMES),
                       (1 + 4 * card.frames_multiple if kind != "cpu" else 9) if video else 1)
 
 

@@ -9,9 +9,11 @@
 * ``GET /v1/cluster``, ``GET /v1/models``, ``GET /metrics`` (Prometheus), ``GET /healthz``.
   (``routes/control.py``)
 
+With an API key (``ServerConfig.api_key``), every route but ``GET /healthz`` needs
+``Authorization: Bearer KEY``, ``/docs``, ``/redoc`` and ``/openapi.json`` included (:mod:`.auth`).
 A generation of ``n`` images is ``n`` engine requests under one id (:mod:`.jobs`). Every error
 body and status comes from :mod:`tridentcore.server.errors`. :func:`create_app` assembles the
-app: state, routers, error handlers, the body-size limit, and the lifespan that starts the
+app: state, routers, error handlers, the body-size limit, the key check, and the lifespan that starts the
 runtime (and the run's records, stored as it goes: ``runtime/stored.py``) and, at shutdown,
 drains it and stores the rest.
 """
@@ -27,6 +29,7 @@ from fastapi import FastAPI
 from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 from ..runtime.build import Runtime
 from ..runtime.stored import RunRecords
+from .auth import RequireApiKey
 from .errors import BodyLimit, install_error_handlers
 from .jobs import ENDED, Job, Jobs
 from .metrics import Metrics
@@ -41,7 +44,7 @@ __all__ = ["ENDED", "Job", "MAX_BODY_BYTES", "ServerConfig", "create_app", "is_l
 
 @dataclass
 class ServerConfig:
-    api_key: str | None = None  # when set, state-changing requests need "Authorization: Bearer KEY"
+    api_key: str | None = None  # when set, every route but /healthz needs "Authorization: Bearer KEY"
     max_body_bytes: int = MAX_BODY_BYTES
     db: str | None = None  # DuckDB results store the run is written to as it goes (by ``create_app``'s records)
     run_id: str | None = None  # the stored run's id (None: a new one); a client's rows can join on it
@@ -85,4 +88,6 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
     for module in (generation, requests, control):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    if config.api_key:  # added last, so it runs first: no body is read for a request without the key
+        app.add_middleware(RequireApiKey, api_key=config.api_key)
     return app

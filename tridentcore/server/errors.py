@@ -3,26 +3,34 @@ code from :data:`STATUS`, and every response body has the same shape::
 
     {"error": {"code": "invalid", "message": "...", "field": "size", "problems": [...]}}
 
-:func:`install_error_handlers` puts the mapping on an app (routes only raise ``ApiError``), and
-:class:`BodyLimit` answers an oversized body with the same shape.
+:func:`install_error_handlers` puts the mapping on an app (routes only raise ``ApiError``; a body
+that is not JSON, an unknown path and a method a path does not take answer in the same shape), and
+:class:`BodyLimit` answers an oversized body with the same shape. :func:`responses` declares a
+route's error statuses in the OpenAPI document, from the same table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
 
 from ..core.errors import TridentError
 
 # error code -> HTTP status (the one table)
 STATUS: dict[str, int] = {
+    "bad_request": 400,  # the body is not JSON (or not UTF-8)
     "invalid": 422,  # a field is out of bounds; the message names the field and the limit
     "unknown_model": 404,
-    "not_found": 404,  # no such request
+    "not_found": 404,  # no such request, or no such path
+    "method_not_allowed": 405,  # the path exists, the method does not (the Allow header lists them)
     "gone": 410,  # the result was dropped (results are kept for a bounded number of requests)
     "not_ready": 409,  # the request has not finished yet
     "too_large": 413,  # request body over the limit
@@ -32,6 +40,7 @@ STATUS: dict[str, int] = {
     # how a generation ended, when it did not end "done"
     "rejected": 503,  # the policy turned it away (no capacity to meet it, can never fit)
     "failed": 500,  # a stage failed too often, or the server shut down under it
+    "internal": 500,  # a bug: an exception no handler expected (the server's log has the traceback)
     "cancelled": 409,
     "no_pixels": 409,  # emulated devices take the time but make no pixels
 }
@@ -74,9 +83,16 @@ def invalid(problems: list[tuple[str, str]]) -> ApiError:
     return ApiError("invalid", message, first_field, items)
 
 
+# what the framework raises itself (routing, body parsing), as codes of the table
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+               413: "too_large"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error a route raises to its status and body: :class:`ApiError` by :data:`STATUS`,
-    a request that fails validation to 422 naming each field."""
+    a request that fails validation to 422 naming each field, a body that is not JSON to 400, the
+    framework's own errors (an unknown path 404, a method the path does not take 405), and any other
+    exception (a bug) to 500 ``internal``."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -86,9 +102,136 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for e in exc.errors():
+            if e.get("type") == "json_invalid":
+                pos, why = (e.get("loc") or ("body", "?"))[-1], (e.get("ctx") or {}).get("error", "")
+                return error_response(ApiError("bad_request", f"the body is not JSON: {why} at character {pos}",
+                                               "body"))
             loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "path", "query")]
-            problems.append((".".join(loc) or "body", e.get("msg", "invalid")))
+            msg = e.get("msg", "invalid")
+            if e.get("type") == "value_error":  # our own validators' message, without pydantic's prefix
+                msg = str((e.get("ctx") or {}).get("error", msg))
+            problems.append((".".join(loc) or "body", msg))
         return error_response(invalid(problems or [("body", "invalid request")]))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code)
+        if code is None:  # not one the app expects: the same shape, the framework's status
+            return JSONResponse({"error": {"code": "error", "message": str(exc.detail)}},
+                                status_code=exc.status_code, headers=exc.headers)
+        path = request.url.path
+        field, headers = None, dict(exc.headers or {})
+        if exc.status_code == 400:  # the framework could not read the body (not UTF-8)
+            message, field = f"the body could not be read as JSON: {exc.detail}", "body"
+        elif exc.status_code == 404:
+            message = f"no such path: {path}"
+        elif exc.status_code == 405:  # Allow: every route's methods on the path (not only the first's)
+            allow = ", ".join(_methods_on(request)) or headers.get("Allow", "")
+            message = f"{request.method} is not allowed on {path}; allowed: {allow}"
+            headers["Allow"] = allow
+        else:
+            message = str(exc.detail)
+        resp = error_response(ApiError(code, message, field))
+        resp.headers.update(headers)
+        return resp
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # the framework still re-raises it after this answer, so the server logs the traceback
+        return error_response(ApiError("internal", f"the server failed on this request ({type(exc).__name__}); "
+                                                   "this is a bug"))
+
+    _document_errors(app)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
+
+
+@functools.lru_cache(maxsize=256)
+def _template(path: str) -> re.Pattern:
+    """An OpenAPI path template (``/v1/requests/{job_id}``) as a pattern of the paths it covers."""
+    return re.compile("".join("[^/]+" if part.startswith("{") else re.escape(part)
+                              for part in re.split(r"(\{[^}]*\})", path)))
+
+
+def _methods_on(request: Request) -> list[str]:
+    """The methods the OpenAPI document declares on the request's path (HEAD wherever GET is)."""
+    methods: set[str] = set()
+    for path, item in request.app.openapi().get("paths", {}).items():
+        if _template(path).fullmatch(request.url.path):
+            methods |= {m.upper() for m in item if m.upper() in _METHODS}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
+def _document_errors(app: FastAPI) -> None:
+    """The OpenAPI document says what the handlers do: the 422 that FastAPI declares by itself for
+    every route with parameters (``{"detail": [...]}``) is :class:`ErrorBody`."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = generate()
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(body.pop("$defs", {}))
+        schemas["ErrorBody"] = body
+        framework = "#/components/schemas/HTTPValidationError"
+        for operations in doc.get("paths", {}).values():
+            for op in operations.values():
+                for resp in op.get("responses", {}).values():
+                    for media in resp.get("content", {}).values():
+                        if media.get("schema", {}).get("$ref") == framework:
+                            media["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        if getattr(getattr(app.state, "config", None), "api_key", None):
+            # a keyed server answers 401 on every route but /healthz (server/auth.py)
+            doc["components"].setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+            for path, operations in doc.get("paths", {}).items():
+                if path == "/healthz":
+                    continue
+                for op in operations.values():
+                    op["security"] = [{"bearer": []}]
+                    op.setdefault("responses", {}).setdefault("401", {
+                        "description": "error: unauthorized",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}})
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+class ErrorProblem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a generation that ended badly adds id, state, request_ids
+
+    code: str
+    message: str
+    field: str | None = None
+    problems: list[ErrorProblem] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error's body (OpenAPI)."""
+
+    error: ErrorDetail
+
+
+def responses(*codes: str) -> dict[int, dict]:
+    """The OpenAPI ``responses=`` of a route that may answer ``codes`` (of :data:`STATUS`): each
+    status once, described by its codes."""
+    by_status: dict[int, list[str]] = {}
+    for code in codes:
+        by_status.setdefault(STATUS[code], []).append(code)
+    return {status: {"model": ErrorBody, "description": "error: " + ", ".join(cs)}
+            for status, cs in sorted(by_status.items())}
 
 
 class BodyLimit:

@@ -1,7 +1,8 @@
 """API jobs over engine requests: what ``POST`` creates and ``GET /v1/requests/...`` reads.
 
 A generation of ``n`` images is ``n`` engine requests (seeds ``seed .. seed+n-1``) under one job
-id (``gen-N``). :class:`Jobs` owns the job table (bounded: ended jobs beyond ``max_jobs`` are
+id, ``gen-`` and 16 random URL-safe characters (96 bits from :mod:`secrets`: an id cannot be
+guessed from another). :class:`Jobs` owns the job table (bounded: ended jobs beyond ``max_jobs`` are
 forgotten oldest first) and turns engine state into response bodies; it raises
 :class:`~tridentcore.server.errors.ApiError` for every expected failure and knows nothing of
 HTTP (the routers do). No FastAPI import here.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,10 +28,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..runtime.build import Runtime
     from .schemas import GenerationRequest, ImageGenerationRequest
 
-__all__ = ["ENDED", "Job", "Jobs"]
+__all__ = ["ENDED", "JOB_ID_PREFIX", "Job", "Jobs", "new_job_id"]
 
 ENDED = ("done", "failed", "rejected", "cancelled")
 _RUNNING = ("encoding", "diffusing", "decoding", "encoded", "diffused")
+JOB_ID_PREFIX = "gen-"
+
+
+def new_job_id() -> str:
+    """``gen-`` and 16 URL-safe characters (96 random bits): unguessable, unlike a counter."""
+    return JOB_ID_PREFIX + secrets.token_urlsafe(12)
 
 
 @dataclass
@@ -52,7 +60,6 @@ class Jobs:
         self.engine = runtime.engine
         self.max_jobs = max_jobs
         self.jobs: OrderedDict[str, Job] = OrderedDict()
-        self._next = 0
         self._owner: dict[int, Job] = {}  # request id -> its job, until the engine forgets the request
 
     def attach(self) -> None:
@@ -109,8 +116,9 @@ class Jobs:
         got = self.engine.submit(items)
         if not isinstance(got, Accepted):
             raise ApiError(got.code, got.reason, retry_after_s=got.retry_after_s or None)
-        job_id = f"gen-{self._next}"
-        self._next += 1
+        job_id = new_job_id()
+        while job_id in self.jobs:  # 96 random bits: never, in practice
+            job_id = new_job_id()
         job = Job(job_id, entry.kind, entry.name, got.ids, body.response_format, time.time(),
                   {"size": size_label(width, height), "frames": frames, "steps": steps, "seed": seed})
         self.jobs[job_id] = job

@@ -21,6 +21,7 @@ from ..core.types import Shape
 from ..runtime.build import SetupError, build_runtime
 from ..runtime.stored import RecordsNotStored, RunRecords, open_journal
 from .app import ServerConfig, create_app, is_loopback
+from .auth import ApiKeyError, load_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class ServeOptions:
     profile: str | None = None
     max_queued: int = DEFAULT_MAX_QUEUED
     slo_scale: float = DEFAULT_SLO_SCALE
-    api_key: str | None = None
+    api_key: str | None = None  # the key itself (from TRIDENT_API_KEY, read by the entry point)
+    api_key_file: str | None = None  # or a file holding it (stripped); not both
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     port_file: str | None = None
@@ -93,8 +95,12 @@ def run_server(opts: ServeOptions) -> None:
     """Validate, build, reserve the run id (with ``db``), bind, serve until SIGINT/SIGTERM (then drain
     and store the rest). ``RecordsNotStored`` when the run could not all be stored (its journal says
     what is missing and stays for ``trident runs recover``)."""
-    if not is_loopback(opts.host) and not opts.api_key:
-        raise SetupError([f"binding {opts.host} (not loopback) needs --api-key (or TRIDENT_API_KEY)"])
+    try:
+        api_key = load_api_key(opts.api_key, opts.api_key_file)
+    except ApiKeyError as exc:
+        raise SetupError([str(exc)]) from None
+    if not is_loopback(opts.host) and not api_key:
+        raise SetupError([f"binding {opts.host} (not loopback) needs an API key: TRIDENT_API_KEY or --api-key-file"])
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom, late=opts.late,
@@ -102,7 +108,7 @@ def run_server(opts: ServeOptions) -> None:
                             record=bool(opts.db), keep_ended=opts.keep_ended, expected=opts.expected)
     records = _records(opts, runtime) if opts.db else None
     try:
-        _serve(opts, runtime, records)
+        _serve(opts, runtime, records, api_key)
     finally:
         if records is not None:
             records.discard()  # a run that never started serving gives its id back
@@ -125,10 +131,10 @@ def _records(opts: ServeOptions, runtime) -> RunRecords:
     return RunRecords(runtime.engine, journal, provenance=provenance(), final_wait_s=opts.db_wait_s)
 
 
-def _serve(opts: ServeOptions, runtime, records: RunRecords | None) -> None:
+def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str | None) -> None:
     import uvicorn
 
-    app = create_app(runtime, ServerConfig(api_key=opts.api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
+    app = create_app(runtime, ServerConfig(api_key=api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
                                            run_id=records.run_id if records else opts.run_id,
                                            drain_timeout_s=opts.drain_timeout_s), records)
     try:

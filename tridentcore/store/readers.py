@@ -23,12 +23,63 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas
     import pyarrow
 
-__all__ = ["export_run", "list_runs", "open_readonly", "query_readonly", "read_run_tables", "run_summary"]
+__all__ = ["CappedResult", "export_run", "list_runs", "open_readonly", "query_readonly", "query_readonly_capped",
+           "read_run_tables", "run_summary"]
 
 
 def open_readonly(path: str | os.PathLike[str], *, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
     """A read-only connection to a results database (the caller closes it)."""
     return connect(path, read_only=True, wait_s=wait_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class CappedResult:
+    """The first rows of a query's result: ``frame`` holds at most ``max_rows`` rows;
+    ``truncated`` says whether the query had more."""
+
+    frame: pandas.DataFrame
+    truncated: bool
+    max_rows: int
+
+
+def _sandboxed(
+    path: str | os.PathLike[str],
+    *,
+    memory_limit: str,
+    temp_directory: str | os.PathLike[str] | None,
+    max_temp_directory_size: str | None,
+    wait_s: float,
+) -> duckdb.DuckDBPyConnection:
+    """A read-only connection for untrusted SQL: no file system, no extensions, locked settings."""
+    config: dict[str, Any] = {
+        "enable_external_access": False,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+        "memory_limit": memory_limit,
+    }
+    if temp_directory is not None:  # else DuckDB's default: a folder next to the database
+        config["temp_directory"] = str(temp_directory)
+    if max_temp_directory_size is not None:
+        config["max_temp_directory_size"] = max_temp_directory_size
+    config["lock_configuration"] = True  # last: nothing after it may change
+    return connect(path, read_only=True, config=config, wait_s=wait_s)
+
+
+class _Deadline:
+    """Interrupts ``con``'s running query after ``timeout_s`` (None or 0: never)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, timeout_s: float | None) -> None:
+        import threading
+
+        self._timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+
+    def __enter__(self) -> None:
+        if self._timer:
+            self._timer.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer:
+            self._timer.cancel()
 
 
 def query_readonly(
@@ -38,33 +89,69 @@ def query_readonly(
     *,
     timeout_s: float | None = 30.0,
     memory_limit: str = "2GB",
+    temp_directory: str | os.PathLike[str] | None = None,
+    max_temp_directory_size: str | None = None,
     wait_s: float = LOCK_WAIT_S,
 ) -> pandas.DataFrame:
     """Run untrusted SQL against a results database and return the last statement's result.
 
     The connection is read-only, file system access is off (no ``COPY … TO``, ``read_csv``,
     ``ATTACH``, extension installs) and the configuration is locked so the SQL cannot turn it back
-    on. The query is interrupted after ``timeout_s``.
+    on. The query is interrupted after ``timeout_s``. ``temp_directory`` and
+    ``max_temp_directory_size`` say where DuckDB may spill and how much (default: DuckDB's own, a
+    folder next to the database, bounded by the free disk). The whole result is returned: for a
+    bounded one, :func:`query_readonly_capped`.
     """
-    import threading
-
-    config = {
-        "enable_external_access": False,
-        "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-        "memory_limit": memory_limit,
-        "lock_configuration": True,
-    }
-    con = connect(path, read_only=True, config=config, wait_s=wait_s)
-    timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+    con = _sandboxed(path, memory_limit=memory_limit, temp_directory=temp_directory,
+                     max_temp_directory_size=max_temp_directory_size, wait_s=wait_s)
     try:
-        if timer:
-            timer.start()
-        return con.execute(sql, params).df()
+        with _Deadline(con, timeout_s):
+            return con.execute(sql, params).df()
     finally:
-        if timer:
-            timer.cancel()
         con.close()
+
+
+def query_readonly_capped(
+    path: str | os.PathLike[str],
+    sql: str,
+    params: Sequence[Any] | dict[str, Any] | None = None,
+    *,
+    max_rows: int,
+    timeout_s: float | None = 30.0,
+    memory_limit: str = "2GB",
+    temp_directory: str | os.PathLike[str] | None = None,
+    max_temp_directory_size: str | None = None,
+    wait_s: float = LOCK_WAIT_S,
+) -> CappedResult:
+    """:func:`query_readonly`, keeping at most ``max_rows`` rows of the result.
+
+    The result is streamed and only its first ``max_rows`` (and one more, to tell whether there are
+    more) leave DuckDB: a query whose result has millions of rows costs what DuckDB needs to produce
+    the first ones, not a DataFrame of millions of rows.
+    """
+    import pandas as pd
+
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    vectors = -(-(max_rows + 1) // 2048)  # DuckDB hands rows over in vectors of 2048
+    con = _sandboxed(path, memory_limit=memory_limit, temp_directory=temp_directory,
+                     max_temp_directory_size=max_temp_directory_size, wait_s=wait_s)
+    try:
+        with _Deadline(con, timeout_s):
+            res = con.execute(sql, params)
+            chunks = [res.fetch_df_chunk(vectors)]
+            rows = len(chunks[0])
+            while rows <= max_rows:
+                more = res.fetch_df_chunk(vectors)
+                if more.empty:
+                    break
+                chunks.append(more)
+                rows += len(more)
+    finally:
+        con.close()
+    frame = chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+    truncated = len(frame) > max_rows
+    return CappedResult(frame.head(max_rows) if truncated else frame, truncated, max_rows)
 
 
 def list_runs(path: str | os.PathLike[str]) -> pandas.DataFrame:

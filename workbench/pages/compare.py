@@ -10,7 +10,9 @@ from tridentcore.bench.spec import RunSpec
 from tridentcore.core.policy import split_specs
 from tridentcore.formats.mixes import list_mixes
 from tridentcore.profiles import shipped_profiles
-from workbench import data, figures, live_bench
+from workbench import access, data, figures, live_bench
+
+access.gate()
 
 UPLOAD_PROFILE = "upload a CSV…"
 ARRIVALS = ("poisson", "gamma", "constant", "bursts")
@@ -39,7 +41,7 @@ def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, 
         return
     st.markdown(f"{len(policies)} policies × **{plan.requests} requests** on `{devices}`; the sends take "
                 f"{plan.send_wall_s:.1f} s of wall time per policy (time scale {time_scale:g}), plus start-up and "
-                f"the last answers. Runs are stored in `{db}`.")
+                f"the last answers. Runs are stored in `{access.database_label(Path(db))}`.")
     if st.button("Run live", type="primary", key="cmp_live_run"):
         bar = st.progress(0.0, text="starting…")
 
@@ -69,9 +71,9 @@ def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, 
         return
     rows = {rid: summary.loc[rid].to_dict() for rid in last["run_ids"] if rid in summary.index}
     if not rows:
-        st.error(f"the runs of the last live comparison are no longer in {last['db']}")
+        st.error(f"the runs of the last live comparison are no longer in {access.database_label(Path(last['db']))}")
         return
-    st.caption(f"Stored runs in {last['db']}: " + ", ".join(rows))
+    st.caption(f"Stored runs in {access.database_label(Path(last['db']))}: " + ", ".join(rows))
     base = next(iter(rows.values()))
     for col, row in zip(st.columns(len(rows)), rows.values(), strict=True):
         with col.container(border=True):
@@ -166,8 +168,10 @@ with st.sidebar:
                                      "pipelines: needs a mix of tiny-* models and the cpu profile), or both, comma-separated")
         time_scale = st.number_input("Time scale (wall s per workload s)", 0.001, 10.0, live_bench.DEFAULT_TIME_SCALE,
                                      0.01, format="%.3f", key="cmp_live_time_scale")
-        live_db = st.text_input("Store runs in (results database)", st.session_state.get("db_path", data.DEFAULT_DB),
-                                key="cmp_live_db").strip()
+        picked = access.database_picker("Store runs in (results database)", "cmp_live_db", include_default=True)
+        live_db = str(picked) if picked is not None else ""
+        if picked is None:
+            problems.append("choose a results database to store the runs in")
 
 for p in problems:
     st.error(p)

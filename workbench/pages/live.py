@@ -7,7 +7,9 @@ from datetime import timedelta
 import pandas as pd
 import streamlit as st
 
-from workbench import figures, live
+from workbench import access, figures, live
+
+access.gate()
 
 REFRESH = {"every 2 s": 2.0, "every 5 s": 5.0, "every 10 s": 10.0, "off": None}
 
@@ -38,6 +40,9 @@ url_text = c1.text_input("Server URL", key="live_url")
 st.session_state["live_server"] = url_text
 refresh = c2.selectbox("Refresh", list(REFRESH), index=0, key="live_refresh")
 limit = c3.number_input("Recent requests", 1, 1000, 20, key="live_limit")
+api_key = st.text_input("API key", type="password", key="live_api_key",
+                        help="For a server started with one (TRIDENT_API_KEY or --api-key-file): it then answers "
+                             "every route but /healthz only with the key. Leave empty for an open server.") or None
 
 b1, b2 = st.columns([1, 3], vertical_alignment="center")
 if local is None:
@@ -55,16 +60,19 @@ if "live_local_error" in st.session_state:
 
 try:
     url = live.normalize_url(url_text)
-except live.LiveError as exc:
+    live.check_server(url)  # nothing from a URL is shown before it answers as a trident server
+except live.Unreachable:
+    pass  # nothing answers (yet): the cluster view says so, and retries
+except live.LiveError as exc:  # not a URL, or not a trident server there
     st.error(str(exc))
     st.stop()
 every = REFRESH[refresh]
 
 
 @st.fragment(run_every=timedelta(seconds=every) if every else None)
-def cluster_view(url: str, limit: int) -> None:
+def cluster_view(url: str, limit: int, api_key: str | None) -> None:
     try:
-        cluster = live.fetch_cluster(url)
+        cluster = live.fetch_cluster(url, api_key)
     except live.LiveError as exc:
         st.error(str(exc))
         st.caption("This view retries on its own" + (f" {refresh}." if every else " when refresh is on."))
@@ -98,7 +106,7 @@ def cluster_view(url: str, limit: int) -> None:
 
     st.subheader("Recent requests")
     try:
-        recent = live.requests_frame(live.fetch_requests(url, limit))
+        recent = live.requests_frame(live.fetch_requests(url, limit, api_key))
     except live.NotSupported as exc:
         st.info(f"This server does not list recent requests: {exc}. A newer `trident serve` offers "
                 "`GET /v1/requests?limit=N`.")
@@ -113,14 +121,14 @@ def cluster_view(url: str, limit: int) -> None:
                      column_config={"latency_s": st.column_config.NumberColumn(format="%.3f s")})
 
 
-cluster_view(url, int(limit))
+cluster_view(url, int(limit), api_key)
 
 # ---------------------------------------------------------------------------------- a test prompt
 st.subheader("Send a test prompt")
 try:
-    models = live.fetch_models(url)
+    models = live.fetch_models(url, api_key)
 except live.LiveError as exc:
-    if not isinstance(exc, live.NotSupported) and "cannot reach" in str(exc):
+    if isinstance(exc, live.Unreachable):
         st.info("A test prompt needs a reachable server (see above).")
     else:
         st.error(f"The served models cannot be listed: {exc}")
@@ -147,7 +155,8 @@ if sent:
     with st.spinner(f"{model.id} is generating…"):
         try:
             st.session_state["live_result"] = live.generate(url, model, prompt, size=size, steps=int(steps),
-                                                            frames=int(frames) if frames else None, seed=int(seed))
+                                                            frames=int(frames) if frames else None, seed=int(seed),
+                                                            api_key=api_key)
             st.session_state.pop("live_result_error", None)
         except live.LiveError as exc:
             st.session_state["live_result_error"] = str(exc)

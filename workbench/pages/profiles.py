@@ -4,7 +4,9 @@ import streamlit as st
 
 from tridentcore.core.defaults import DEFAULT_PROFILE
 from tridentcore.profiles import ProfileError, load_profile, parse_profile, shipped_profiles
-from workbench import data, figures
+from workbench import access, data, figures
+
+access.gate()
 
 UPLOAD = "upload a CSV…"
 

@@ -3,7 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from workbench import data, figures
+from workbench import access, data, figures
+
+access.gate()
 
 SUMMARY_ROWS = ("requests", "done", "rejected", "failed", "met", "attainment", "mean_s", "p50_s", "p95_s", "p99_s",
                 "ooms", "preemptions", "dispatches", "gpu_s", "gpu_s_per_met")
@@ -11,9 +13,9 @@ CONFIG_COLS = ("backend", "policy", "seed", "profile", "cluster", "mix", "rate_r
                "git_sha")
 
 st.title("Stored runs")
-path = st.text_input("Results database (opened read-only)", st.session_state.get("db_path", data.DEFAULT_DB),
-                     key="runs_db").strip()
-st.session_state["db_path"] = path
+path = access.database_picker("Results database (opened read-only)", "runs_db")
+if path is None:
+    st.stop()
 try:
     sig = data.db_signature(path)
     runs = data.cached_runs(sig)
@@ -21,7 +23,7 @@ except Exception as exc:  # a missing file, a locked or foreign file: say so, no
     st.error(data.error_text(exc))
     st.stop()
 if runs.empty:
-    st.info(f"{path} holds no runs yet.")
+    st.info(f"{access.database_label(path)} holds no runs yet.")
     st.stop()
 
 # ---------------------------------------------------------------------------------- filters

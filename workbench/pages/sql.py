@@ -1,21 +1,26 @@
-"""SQL: a console over the results database, read-only with file access switched off."""
+"""SQL: a console over a results database, read-only with file access switched off, within limits."""
 
 import time
 
 import pandas as pd
 import streamlit as st
 
-from workbench import data, figures
+from workbench import access, data, figures, stored
 
-MAX_SHOWN = 10_000
+access.gate()
+
 EXAMPLE_PROMPT = "— pick an example —"
 
 st.title("SQL console")
-st.caption("DuckDB over the results database, opened read-only with external access off: SQL cannot write the "
-           "database, read or write files, or attach other databases. Tables, views and columns: results/README.md.")
+st.caption("DuckDB over a results database, opened read-only with external access off: SQL cannot write the "
+           "database, read or write files, or attach other databases. A query may use "
+           f"{stored.SQL_MEMORY_LIMIT} of memory and {stored.SQL_MAX_SPILL} of temporary files, runs for at most "
+           f"{stored.SQL_TIMEOUT_S:g} s, and shows at most {stored.SQL_MAX_ROWS:,} rows. "
+           "Tables, views and columns: results/README.md.")
 
-path = st.text_input("Results database", st.session_state.get("db_path", data.DEFAULT_DB), key="sql_db").strip()
-st.session_state["db_path"] = path
+path = access.database_picker("Results database", "sql_db")
+if path is None:
+    st.stop()
 examples = dict(data.sql_examples())
 
 
@@ -33,17 +38,22 @@ if not sql:
 try:
     sig = data.db_signature(path)
     t0 = time.perf_counter()
-    result = data.cached_sql(sig, sql)
+    capped = data.cached_sql(sig, sql)
     took = time.perf_counter() - t0
-except Exception as exc:  # permission, syntax, catalog, interrupt, missing file: a message, never a traceback
+except Exception as exc:  # permission, syntax, catalog, interrupt, limits, missing file: a message, no traceback
     st.error("The query failed:\n\n```\n" + data.error_text(exc) + "\n```")
     st.stop()
 
-st.caption(f"{len(result)} rows × {len(result.columns)} columns in {took * 1000:.0f} ms"
-           + (f"; the first {MAX_SHOWN} are shown (the CSV has all)" if len(result) > MAX_SHOWN else ""))
-st.dataframe(result.head(MAX_SHOWN), width="stretch", hide_index=True)
-st.download_button("Download CSV", data=lambda: result.to_csv(index=False), file_name="query.csv", mime="text/csv",
-                   key="sql_csv", on_click="ignore")
+result = capped.frame
+if capped.truncated:
+    st.warning(f"Showing the first {capped.max_rows:,} rows: the result has more. The console keeps at most "
+               f"{capped.max_rows:,}; aggregate, filter or add a LIMIT, or query the file with `duckdb -readonly`.")
+st.caption(f"{len(result):,}{'+' if capped.truncated else ''} rows × {len(result.columns)} columns in "
+           f"{took * 1000:.0f} ms")
+st.dataframe(result, width="stretch", hide_index=True)
+st.download_button("Download CSV" + (f" (the first {capped.max_rows:,} rows)" if capped.truncated else ""),
+                   data=lambda: result.to_csv(index=False), file_name="query.csv", mime="text/csv", key="sql_csv",
+                   on_click="ignore")
 
 numeric = [c for c in result.columns if pd.api.types.is_numeric_dtype(result[c]) and not pd.api.types.is_bool_dtype(result[c])]
 if numeric and len(result.columns) >= 2 and not result.empty:

@@ -24,14 +24,16 @@ async def models(runtime: Runtime = Depends(deps.runtime)) -> JSONResponse:
     return JSONResponse({"object": "list", "data": [e.to_dict() for e in runtime.models.values()]})
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
 async def prometheus(metrics: Metrics = Depends(deps.metrics)) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={503: {"content": {"application/json": {}},
+                                         "description": "no device is alive, or the server is closing (ok false)"}})
 async def healthz(runtime: Runtime = Depends(deps.runtime)) -> JSONResponse:
     engine = runtime.engine
     snap = engine.snapshot()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from ..auth import key_matches
 from ..errors import ApiError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,11 +30,11 @@ def metrics(request: Request) -> Metrics:
 
 
 async def authorized(request: Request) -> None:
-    """State-changing routes need ``Authorization: Bearer KEY`` when the server has an API key."""
+    """``Authorization: Bearer KEY`` when the server has an API key.
+
+    The app's :class:`~tridentcore.server.auth.RequireApiKey` middleware already checks every route
+    but ``/healthz``; the state-changing routers keep this dependency as a second check, so they
+    stay closed in an app assembled without the middleware."""
     api_key = request.app.state.config.api_key
-    if api_key is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise ApiError("unauthorized", "this server needs Authorization: Bearer <api key> for changes")
+    if api_key and not key_matches(request.headers.get("authorization"), api_key):
+        raise ApiError("unauthorized", "this server needs Authorization: Bearer <api key>")

@@ -5,14 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
 
+from ..errors import responses
 from ..jobs import Jobs
 from ..schemas import GenerationRequest
 from . import deps
 
 router = APIRouter(tags=["requests"])
 
+# a finished generation's result: not yet (409), dropped (410), or how it ended when not done
+_RESULT = ("not_found", "not_ready", "cancelled", "gone", "failed", "rejected")
 
-@router.post("/v1/requests", status_code=202, dependencies=[Depends(deps.authorized)])
+
+@router.post("/v1/requests", status_code=202, dependencies=[Depends(deps.authorized)],
+             responses=responses("bad_request", "unauthorized", "unknown_model", "too_large", "invalid",
+                                 "queue_full", "shutting_down"))
 async def create_request(body: GenerationRequest, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """Submit without waiting: 202 with the id to poll."""
     job = jobs.submit(body, None)
@@ -20,32 +26,35 @@ async def create_request(body: GenerationRequest, jobs: Jobs = Depends(deps.jobs
                          "result_url": f"/v1/requests/{job.id}/result"}, status_code=202)
 
 
-@router.get("/v1/requests")
+@router.get("/v1/requests", responses=responses("invalid"))
 async def list_requests(limit: int = Query(50, ge=1, le=1000), jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """The most recent requests, newest first (the server keeps the last ``max_jobs``)."""
     return JSONResponse({"object": "list", "data": [jobs.status_body(j) for j in jobs.recent(limit)]})
 
 
-@router.get("/v1/requests/{job_id}")
+@router.get("/v1/requests/{job_id}", responses=responses("not_found"))
 async def get_request(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """State, current stage, progress and per-stage timings of each item."""
     return JSONResponse(jobs.status_body(jobs.get(job_id)))
 
 
-@router.get("/v1/requests/{job_id}/result")
+@router.get("/v1/requests/{job_id}/result", responses=responses(*_RESULT))
 async def get_result(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """The finished generation (409 while it runs; the ending's status if it did not finish)."""
     return JSONResponse(jobs.result_body(jobs.get(job_id)))
 
 
-@router.get("/v1/requests/{job_id}/result/{index}")
+@router.get("/v1/requests/{job_id}/result/{index}", response_class=Response,
+            responses={200: {"content": {"image/png": {}, "image/webp": {}}, "description": "the file"},
+                       **responses(*_RESULT, "invalid", "no_pixels")})
 async def get_result_file(job_id: str, index: int, jobs: Jobs = Depends(deps.jobs)) -> Response:
     """One image (PNG) or video (animated WebP) of a finished generation."""
     content, media_type = jobs.result_file(jobs.get(job_id), index)
     return Response(content, media_type=media_type)
 
 
-@router.delete("/v1/requests/{job_id}", dependencies=[Depends(deps.authorized)])
+@router.delete("/v1/requests/{job_id}", dependencies=[Depends(deps.authorized)],
+               responses=responses("unauthorized", "not_found"))
 async def cancel_request(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """Cancel every item not yet ended (a running stage's output is dropped when it ends)."""
     job = jobs.get(job_id)
