@@ -1,7 +1,7 @@
 """Per-request overhead of the live path: HTTP -> encode -> diffuse -> decode -> response.
 
     python benchmarks/serve_overhead.py [--devices emulated:2x8xH200] [--policy trident]
-                                        [--concurrency 1,8,32] [--seconds 5] [--json]
+                                        [--concurrency 1,8,32] [--seconds 5] [--db FILE] [--json]
 
 Starts ``trident serve --devices emulated:2x8xH200 --time-scale 0 --policy trident`` (zero-cost
 stages) as a child process on a free 127.0.0.1 port, then drives ``POST /v1/images/generations``
@@ -14,6 +14,9 @@ and the server's CPU seconds per request (from /proc). The server is stopped by 
 The client is a minimal asyncio HTTP/1.1 client (one request at a time per connection, bodies
 read by Content-Length) so that client CPU, which shares this machine's cores with the server,
 stays small against what is measured; ``--client httpx`` uses httpx instead.
+
+``--db FILE`` runs the server with a results store (a new file): the run's rows journaled and
+ingested as it serves (issue 12), to measure what durable records cost per request.
 
 Issue targets (issue 4): >= 300 requests/s, overhead p50 <= 5 ms.
 """
@@ -145,8 +148,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="measured time per level (bounded)")
     ap.add_argument("--max-requests", type=int, default=20_000, help="at most this many requests per level")
     ap.add_argument("--client", choices=("raw", "httpx"), default="raw")
+    ap.add_argument("--db", default=None, help="serve with --db FILE (a new file: durable records on)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = ap.parse_args()
+    if args.db and os.path.exists(args.db):
+        raise SystemExit(f"--db {args.db} exists: give a new file")
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     if not levels or min(levels) < 1 or max(levels) > 256:
         raise SystemExit("--concurrency: 1..256 clients per level")
@@ -155,7 +161,7 @@ def main() -> None:
     from tridentcore.bench.launch import start_server
 
     server = start_server(["--models", "sd3-medium", "--devices", args.devices, "--time-scale", "0",
-                           "--policy", args.policy, "--max-queued", "4096"])
+                           "--policy", args.policy, "--max-queued", "4096", *(["--db", args.db] if args.db else [])])
     rows = []
     try:
         for c in levels:
@@ -163,13 +169,14 @@ def main() -> None:
                                           server.pid)))
     finally:
         code = server.stop()  # SIGTERM to the child's PID, then wait (SIGKILL only past the timeout)
-    out = {"devices": args.devices, "policy": args.policy, "client": args.client, "cpus": os.cpu_count(),
+    out = {"devices": args.devices, "policy": args.policy, "client": args.client, "cpus": os.cpu_count(), "db": args.db,
            "targets": {"rps": 300, "p50_ms": 5.0}, "levels": rows, "server_exit": code}
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"trident serve --devices {args.devices} --time-scale 0 --policy {args.policy} "
-          f"({os.cpu_count()} CPUs shared by server and client; {args.client} client)")
+    print(f"trident serve --devices {args.devices} --time-scale 0 --policy {args.policy}"
+          f"{' --db ' + args.db if args.db else ''} ({os.cpu_count()} CPUs shared by server and client; "
+          f"{args.client} client)")
     print(f"{'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'mean ms':>7} "
           f"{'srv cpu ms/req':>14} errors")
     for r in rows:

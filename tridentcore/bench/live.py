@@ -11,7 +11,8 @@ For every policy, :meth:`LiveBench.run`
    simulator's for the same seed (:func:`~tridentcore.bench.scenario.schedule_requests`); it writes
    its client rows as JSON lines;
 4. asks the server which engine request each API job became (``GET /v1/requests``), stops the
-   server by its PID (SIGTERM: it drains and writes its rows) and reads the rows it wrote;
+   server by its PID (SIGTERM: it drains and stores the rest of its rows) and reads the rows it
+   stored (first ingesting its journal if it left one: killed past the stop timeout);
 5. writes the run in **one transaction** to the results store: a ``runs`` row with what
    reproduces it (the run spec as ``config_json``, git commit, package versions, hardware), the
    server's ``requests``/``stage_spans``/``placements``/``gpu_samples`` and the client's
@@ -294,8 +295,13 @@ class LiveBench:
     def _store(self, work: Path, got: _Collected, scheduled: int, created: float, wall_s: float,
                kept: bool) -> LiveRun | None:
         from ..store import ResultsStore, read_run_tables
+        from ..store.journal import pending_journals, recover
 
         server_db = work / "server.duckdb"
+        if pending_journals(server_db):  # a server killed past its stop timeout, or whose final write failed
+            for r in recover(server_db):
+                if r.outcome == "failed":
+                    raise LiveBenchError(f"the server's journal {r.path} could not be ingested: {r.message}")
         if not server_db.exists():
             if got.interrupted:
                 return None

@@ -1,17 +1,20 @@
-"""``trident runs …``: stored runs in a results database (opened read-only).
+"""``trident runs …``: stored runs in a results database (opened read-only; ``recover`` writes).
 
-Library calls: ``tridentcore.bench.runs`` over the results store; these commands only format.
+Library calls: ``tridentcore.bench.runs`` and ``tridentcore.store.journal`` over the results store;
+these commands only format.
 """
 
 from __future__ import annotations
 
 import typer
 
+from ..core.defaults import DEFAULT_DB_WAIT_S
 from .common import DB_HELP, DEFAULT_DB, db_message, delta, fail, one_line, store_errors, table, value
 
 __all__ = ["runs_app"]
 
-runs_app = typer.Typer(help="Stored runs in a results database (opened read-only).", no_args_is_help=True)
+runs_app = typer.Typer(help="Stored runs in a results database (opened read-only; recover writes).",
+                       no_args_is_help=True)
 
 
 def _dash_table(rows: list[dict], columns) -> str:
@@ -119,3 +122,35 @@ def runs_export(
     except (*store_errors(), OSError) as exc:
         fail(one_line(db_message(exc, db)))
     typer.echo(f"exported run {run_id} to {parquet}: " + ", ".join(p.name for p in written.values()))
+
+
+@runs_app.command("recover")
+def runs_recover(
+    db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
+    wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds to wait for another process's lock on the database."),
+) -> None:
+    """Ingest the journals servers left next to the database (FILE.journal/): a crashed server's run is
+    stored as `crashed`, one whose final write failed as it ended. Journals of running servers are left
+    alone. Exit status 1 if a journal could not be ingested (it stays)."""
+    from ..store.journal import pending_journals, recover
+
+    if not pending_journals(db):
+        typer.echo(f"no journals to recover for {db}")
+        return
+    try:
+        done = recover(db, wait_s=wait)
+    except (*store_errors(), OSError) as exc:
+        fail(one_line(db_message(exc, db)))
+    failed = 0
+    for r in done:
+        if r.outcome == "ingested":
+            typer.echo(f"recovered run {r.run_id}: {r.rows} rows ({r.requests} requests), status {r.status}")
+        elif r.outcome == "live":
+            typer.echo(f"left run {r.run_id}: its server is running ({r.message})")
+        elif r.outcome == "empty":
+            typer.echo(f"removed the journal of run {r.run_id}: {r.message}")
+        else:
+            failed += 1
+            typer.echo(f"could not recover run {r.run_id} from {r.path}: {r.message}", err=True)
+    if failed:
+        raise typer.Exit(1)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import (API_KEY_ENV, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE,
-                             DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
-                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED,
+                             DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
+                             DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from .common import fail, quiet_libraries, setup_logging
 
 __all__ = ["serve"]
@@ -22,7 +22,12 @@ def serve(
     policy: str = typer.Option(DEFAULT_POLICY, help="A policy spec of the registry, options as name:key=value."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; anything but loopback needs an API key."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free port; see --port-file)."),
-    db: str = typer.Option(None, help="DuckDB results file: the run's spans, placements and requests at shutdown."),
+    db: str = typer.Option(None, help="DuckDB results file: the run's requests, spans and placements, stored as they "
+                                      "happen (a journal next to it, FILE.journal/, holds what is not in yet; a crashed "
+                                      "run's journal is ingested at the next start or by `trident runs recover`)."),
+    db_wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds the final write waits for another process's "
+                                                                   "lock on --db; past it the server exits 1 and its "
+                                                                   "journal keeps the rows."),
     time_scale: float = typer.Option(DEFAULT_TIME_SCALE, min=0.0, help="Emulated devices: wall seconds per cost-model second (0: zero-cost)."),
     profile: str = typer.Option(None, help="Cost profile (default: h200 for emulated and cuda, cpu for cpu:N) or a CSV "
                                            "path; with mixed kinds it applies to all but cpu, or give KIND=NAME pairs."),
@@ -36,7 +41,8 @@ def serve(
     drain_timeout: float = typer.Option(DEFAULT_DRAIN_TIMEOUT_S, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
     max_body: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1024, help="Largest request body in bytes (413 past it)."),
     port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
-    run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); must not exist yet."),
+    run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); refused if it is stored "
+                                          "or another server holds it."),
     keep_ended: int = typer.Option(DEFAULT_KEEP_ENDED, min=0, help="Ended requests kept in full in memory; older ones keep only "
                                                       "their final status (and their store row with --db)."),
     backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
@@ -77,6 +83,7 @@ def serve(
     if api_key is None and api_key_file is None:
         api_key = env_key
     from ..runtime.build import SetupError
+    from ..runtime.stored import RecordsNotStored
     from ..server.serve import ServeOptions, run_server
 
     expected = None
@@ -99,9 +106,11 @@ def serve(
                                 api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
-                                late=late, calibrate=calibrate, slowdown=slowdown))
+                                late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait))
     except SetupError as exc:
         fail(str(exc))
+    except RecordsNotStored as exc:  # served, but the run is not all in --db: say so in the exit status
+        fail(str(exc), code=1)
 
 
 def _from_spec(path: str, given: set[str]) -> dict:

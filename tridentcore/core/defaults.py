@@ -14,7 +14,7 @@ __all__ = [
     "DEFAULT_SLO_SCALE", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE", "DEFAULT_TRACE_DURATION_S",
     "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED",
     "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
-    "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE",
+    "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S",
 ]  # fmt: skip
 
 DEFAULT_PROFILE = "h200"  # shipped cost profile the simulator and emulated GPUs price stages with
@@ -43,5 +43,8 @@ LATE_MODES = ("serve", "reject")  # what a policy does with a request that can n
 DEFAULT_LATE = "serve"  # DESIGN.md: late requests are served (an SLO miss); rejecting is the operator's choice
 DEFAULT_KEEP_ENDED = 10_000  # `trident serve`: ended requests kept in full in memory (older ones forgotten)
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-flight work finish
+# `trident serve --db`: how long the final write waits for another process's lock on the file; longer
+# than a read-only query may run (the workbench's SQL console interrupts one at 30 s)
+DEFAULT_DB_WAIT_S = 35.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # `trident serve`: largest request body (413 past it)
 API_KEY_ENV = "TRIDENT_API_KEY"  # `trident serve`'s API key (or --api-key-file); the Locust file and the workbench send it

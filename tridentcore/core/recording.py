@@ -94,7 +94,8 @@ class Recorder:
     """A run's records: stage spans, placement changes and each dispatch's activation memory.
 
     ``record`` off keeps nothing (a server without a results store); ``listeners`` still see every
-    span as it is made (a live server's per-request timings)."""
+    span as it is made (a live server's per-request timings), ``placement_listeners`` every
+    placement change (a live server's journal)."""
 
     def __init__(self, record: bool = True) -> None:
         self.record = record
@@ -102,6 +103,7 @@ class Recorder:
         self.placements: list[PlacementRow] = []
         self.act_gib: dict[int, float] = {}  # dispatch id -> activation memory per GPU
         self.listeners: list[Callable[[SpanRow], None]] = []
+        self.placement_listeners: list[Callable[[PlacementRow], None]] = []
 
     def span(self, run: Running, t: float, outcome: str, end_step: int, compute_s: float | None = None) -> None:
         """The rows of a dispatch that ended at ``t``."""
@@ -119,6 +121,8 @@ class Recorder:
     def placement(self, row: PlacementRow) -> None:
         if self.record:
             self.placements.append(row)
+        for listener in self.placement_listeners:
+            listener(row)
 
     def _add(self, rows: list[SpanRow]) -> None:
         if self.record:

@@ -64,7 +64,8 @@ class RunMeta:
     git_sha: str = column("VARCHAR", default="")
     packages_json: str = column("VARCHAR", default="{}")
     hardware_json: str = column("VARCHAR", default="{}")
-    status: str = column("VARCHAR", default="complete", comment="complete | interrupted | failed")
+    status: str = column("VARCHAR", default="complete",
+                         comment="complete | interrupted | failed; a server's run: running, then done | interrupted | crashed")
     created_unix_s: float = column("DOUBLE", default=0.0)
     wall_s: float = column("DOUBLE", default=0.0, comment="how long the run took on the host")
 

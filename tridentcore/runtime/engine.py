@@ -27,8 +27,8 @@ zero-cost stages on the wall clock (measures the engine's own overhead).
 Every accepted request ends in exactly one terminal state with a reason: done, rejected (by the
 policy), cancelled (by its client), or failed (a stage failed too often, or the engine shut down
 before it could finish). Spans, placement changes and request outcomes are the simulator's
-records (``SpanRow``, ``PlacementRow``, ``RequestRow``), written to the results store on shutdown
-(``runtime/stored.py``). The HTTP views are ``runtime/views.py``, the client types ``runtime/api.py``.
+records (``SpanRow``, ``PlacementRow``, ``RequestRow``); a server with a results store journals
+them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are ``runtime/views.py``, the client types ``runtime/api.py``.
 
 One class of under 500 lines: the loop, the client API, the worker tasks and the endings share the
 pending queue, the waiters and the live set, and splitting them would only pass those around.
@@ -116,6 +116,7 @@ class Engine:
         self._closed = False
         self.started_unix_s = 0.0
         self.wall_s = 0.0
+        self.cut_short = 0  # requests the shutdown failed because the drain ran out before they ended
 
     @property
     def policy(self) -> Policy:
@@ -140,6 +141,10 @@ class Engine:
     @property
     def span_listeners(self) -> list[Callable[[SpanRow], None]]:
         return self.core.recorder.listeners
+
+    @property
+    def placement_listeners(self) -> list[Callable[[PlacementRow], None]]:
+        return self.core.recorder.placement_listeners
 
     @property
     def decision_ms(self) -> deque[float]:
@@ -205,6 +210,7 @@ class Engine:
         deadline = self._clock() + max(0.0, drain_timeout_s)
         while self._live and self._clock() < deadline:
             await asyncio.sleep(0.01)
+        self.cut_short = len(self._live)
         self._post(ShutDown("the server shut down before the request finished"))
         self._closed = True
         if self._tick_task is not None:

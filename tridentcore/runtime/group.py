@@ -53,10 +53,12 @@ class EngineGroup:
             self.offsets.append(offset)
             offset += len(e.state.gpus)
             e.span_listeners.append(self._span_forwarder(i))
+            e.placement_listeners.append(self._placement_forwarder(i))
             e.end_listeners.append(self._on_end)
             e.forget_listeners.append(self._on_forget)
         self.models = tuple(self._of_model)
         self.span_listeners: list[Callable[[SpanRow], None]] = []
+        self.placement_listeners: list[Callable[[PlacementRow], None]] = []
         self.end_listeners: list[Callable[[object], None]] = []
         self.forget_listeners: list[Callable[[int], None]] = []
 
@@ -92,6 +94,10 @@ class EngineGroup:
 
     async def shutdown(self, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         await asyncio.gather(*(e.shutdown(drain_timeout_s) for e in self.parts))
+
+    @property
+    def cut_short(self) -> int:
+        return sum(e.cut_short for e in self.parts)
 
     # ------------------------------------------------------------------ client API
     def submit(self, items: Sequence[Submission]) -> Accepted | Refused:
@@ -154,6 +160,14 @@ class EngineGroup:
             if self.span_listeners:
                 row = self._global_span(i, span)
                 for listener in self.span_listeners:
+                    listener(row)
+        return forward
+
+    def _placement_forwarder(self, i: int) -> Callable[[PlacementRow], None]:
+        def forward(row: PlacementRow) -> None:
+            if self.placement_listeners:
+                row = replace(row, gpu=row.gpu + self.offsets[i])
+                for listener in self.placement_listeners:
                     listener(row)
         return forward
 

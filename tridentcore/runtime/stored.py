@@ -1,4 +1,18 @@
-"""A live run's ``runs`` row and its write to the results store (one engine, or a mixed group).
+"""A live run's ``runs`` row and its records in the results store (one engine, or a mixed group).
+
+Two ways in:
+
+* :func:`write`: the whole run in one transaction, after it (a test, a script);
+* :class:`RunRecords`: a server's run as it goes (``trident serve --db``). :func:`open_journal`
+  reserves the run id (ingesting the journals that crashed servers left first, refusing an id
+  that is stored or reserved); :meth:`RunRecords.start` writes the ``runs`` row (``running``);
+  every :data:`FLUSH_S` the requests that ended, the spans and the placement changes since the
+  last flush go to the run's journal (``tridentcore.store.journal``; flushed and fsynced), and
+  about every second what the journal holds is ingested into DuckDB in one short transaction
+  (the file is locked only while it lasts; a lock held by a reader just postpones it).
+  :meth:`RunRecords.close` writes the rest (requests never ended, GPU samples, the final
+  ``runs`` row: ``done``, or ``interrupted`` when the drain ran out), ingests it, and deletes the
+  journal; when that fails the journal stays for ``trident runs recover`` and ``close`` says why.
 
 Provenance (git commit, package versions, hardware) is the caller's to give: it is gathered by the
 bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
@@ -6,16 +20,36 @@ bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+import logging
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ..core.records import RunMeta
+from ..core.defaults import DEFAULT_DB_WAIT_S
+from ..core.errors import TridentError
+from ..core.records import PlacementRow, RequestRow, RunMeta, SpanRow
+from ..core.recording import request_row
 from . import views
 
 if TYPE_CHECKING:
+    from ..store.journal import Journal
     from .engine import Engine
     from .group import EngineGroup
+
+logger = logging.getLogger(__name__)
+
+FLUSH_S = 0.5  # journal cadence: rows reach the disk at most this long after they appear
+INGEST_S = 1.0  # DuckDB cadence: the store is at most about this long behind the journal
+LOCK_WAIT_S = 0.25  # how long a running server's ingest waits for another process's lock (then: next time)
+HEARTBEAT_S = 5.0  # an idle run still journals its clock this often (a crashed run's duration)
+
+
+class RecordsNotStored(TridentError, RuntimeError):
+    """A server's run could not be stored in full; its journal holds what was not (the message says
+    where and how to recover it)."""
 
 
 def run_meta(engine: Engine, run_id: str, config: dict | None = None,
@@ -47,3 +81,233 @@ def write(run: Engine | EngineGroup, path: str, run_id: str | None = None, confi
     ResultsStore(path).write_run(run.run_meta(run_id, config, provenance), run.request_rows(), run.span_rows(),
                                  run.placement_rows(), run.gpu_samples())
     return run_id
+
+
+# ------------------------------------------------------------------------------ a server's run, as it goes
+def open_journal(db: str, run_id: str) -> Journal:
+    """Reserve ``run_id`` in ``db`` for a server: first ingest the journals dead servers left (each is
+    logged), then create this run's journal (atomic: a second server with the id gets
+    ``DuplicateRunError``) and refuse an id already stored (``DuplicateRunError``, journal removed)."""
+    import os
+
+    from ..store import DuplicateRunError, open_readonly
+    from ..store.journal import Journal, recover
+
+    for r in recover(db):
+        if r.outcome == "ingested":
+            logger.warning("recovered run %s from %s: %d rows, status %s", r.run_id, r.path, r.rows, r.status)
+        elif r.outcome == "failed":
+            logger.error("could not recover run %s from %s: %s", r.run_id, r.path, r.message)
+    journal = Journal.reserve(db, run_id)
+    try:
+        if os.path.exists(db) and _stored(open_readonly(db), run_id):
+            raise DuplicateRunError(f"run {run_id!r} is already in {db}; choose another --run-id")
+    except BaseException:
+        journal.remove()
+        raise
+    return journal
+
+
+def _stored(con, run_id: str) -> bool:
+    """Whether ``run_id`` is in the ``runs`` table (closes ``con``; no pandas in a server)."""
+    try:
+        if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'runs'").fetchall():
+            return False
+        return bool(con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall())
+    finally:
+        con.close()
+
+
+def _parts(run: Engine | EngineGroup) -> tuple[Engine, ...]:
+    return tuple(getattr(run, "parts", (run,)))
+
+
+class RunRecords:
+    """A server's run on its way to the results store while it serves (see the module docstring).
+
+    ``start`` after the runtime started, ``close`` after it shut down; both on the server's event
+    loop. The journal and DuckDB work runs in a thread, one call at a time."""
+
+    def __init__(self, run: Engine | EngineGroup, journal: Journal, *, config: dict | None = None,
+                 provenance: Mapping[str, str] | None = None, flush_s: float = FLUSH_S, ingest_s: float = INGEST_S,
+                 lock_wait_s: float = LOCK_WAIT_S, final_wait_s: float = DEFAULT_DB_WAIT_S) -> None:
+        from ..store import ResultsStore
+        from ..store.journal import Ingester
+
+        self.run = run
+        self.journal = journal
+        self.config = dict(config or {})
+        self.provenance = dict(provenance or {})
+        self.flush_s, self.ingest_s = flush_s, ingest_s
+        self.lock_wait_s, self.final_wait_s = lock_wait_s, final_wait_s
+        self.ingester = Ingester(ResultsStore(journal.db), journal.path, run_id=journal.run_id)
+        self._requests: list[RequestRow] = []
+        self._spans: list[SpanRow] = []
+        self._placements: list[PlacementRow] = []
+        self._arrived: set[int] = set()  # live requests already journaled as arrivals
+        self._unwritten: list[dict] = []  # lines a failed journal write left (tried again first)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._last_ingest = 0.0
+        self._last_line = 0.0
+        self._busy_since: float | None = None  # the store refused our ingests since (locked)
+        self.started = False
+        self.problem = ""  # why the run is not (all) in the store, once close() says so
+        self.journal_errors = 0
+
+    @property
+    def run_id(self) -> str:
+        return self.journal.run_id
+
+    @property
+    def db(self) -> str:
+        return str(self.journal.db)
+
+    # ---------------------------------------------------------------- the run's rows as they appear
+    def _on_end(self, rec) -> None:
+        self._requests.append(request_row(rec))
+        self._arrived.discard(rec.spec.id)
+
+    def _on_span(self, row: SpanRow) -> None:
+        self._spans.append(row)
+
+    def _on_placement(self, row: PlacementRow) -> None:
+        self._placements.append(row)
+
+    def _collect(self) -> list[dict]:
+        """Journal lines of what appeared since the last call (on the event loop)."""
+        from ..store.journal import rows_lines
+
+        tables = {"requests": self._requests, "stage_spans": self._spans, "placements": self._placements}
+        self._requests, self._spans, self._placements = [], [], []
+        arrivals = []
+        for e in _parts(self.run):
+            for rid in e.live_ids():
+                if rid not in self._arrived:
+                    self._arrived.add(rid)
+                    arrivals.append(request_row(e.state.requests[rid]))
+        now = time.monotonic()
+        if not arrivals and not any(tables.values()) and now - self._last_line < HEARTBEAT_S:
+            return []
+        self._last_line = now
+        t_s = max(e.now() for e in _parts(self.run))
+        wall_s = max(e.elapsed_wall_s() for e in _parts(self.run))
+        return list(rows_lines({k: v for k, v in tables.items() if v}, arrivals, t_s, wall_s))
+
+    # ---------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Journal the ``runs`` row (``running``) and the initial placement, ingest them, and start
+        flushing. Call once the runtime has started."""
+        from ..store.journal import start_line
+
+        run = self.run
+        self._placements = list(run.placement_rows())  # the initial placement, made as it started
+        run.end_listeners.append(self._on_end)
+        run.span_listeners.append(self._on_span)
+        run.placement_listeners.append(self._on_placement)
+        meta = dataclasses.replace(run.run_meta(self.run_id, self.config, self.provenance), status="running")
+        gpus = sum(len(e.state.gpus) for e in _parts(run))
+        lines = [start_line(meta, gpus), *self._collect()]
+        self.started = True
+        await asyncio.to_thread(self._write_and_ingest, lines, self.lock_wait_s)
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.flush_s)
+                return
+            except asyncio.TimeoutError:
+                pass
+            lines = self._collect()
+            due = time.monotonic() - self._last_ingest >= self.ingest_s
+            if lines or due:
+                await asyncio.to_thread(self._write_and_ingest, lines, self.lock_wait_s if due else None)
+
+    def _write_and_ingest(self, lines: list[dict], wait_s: float | None) -> bool:
+        """(In a thread.) Append ``lines`` to the journal; then, when ``wait_s`` is given, ingest what
+        the journal holds. Returns whether both went through."""
+        lines = self._unwritten + lines
+        self._unwritten = []
+        try:
+            self.ingester.wrote(*self.journal.append(lines))
+        except OSError as exc:
+            self._unwritten = lines
+            self.journal_errors += 1
+            logger.error("could not write the journal %s (%s); %d lines wait in memory", self.journal.path, exc,
+                         len(lines))
+            return False
+        if wait_s is None or not self.ingester.pending():
+            return True
+        self._last_ingest = time.monotonic()
+        try:
+            self.ingester.ingest(wait_s)
+        except Exception as exc:  # noqa: BLE001 - the journal holds the rows; next time
+            if self._busy_since is None:
+                self._busy_since = time.monotonic()
+                logger.warning("results store %s not written (%s); its rows wait in the journal %s",
+                               self.db, _short(exc), self.journal.path)
+            return False
+        if self._busy_since is not None:
+            logger.warning("results store %s written again after %.1f s", self.db, time.monotonic() - self._busy_since)
+            self._busy_since = None
+        return True
+
+    async def close(self) -> bool:
+        """Write the rest and the final ``runs`` row, ingest all, delete the journal; call once the
+        runtime has shut down. False (and ``problem`` says why) when the store could not take it all:
+        the journal then stays, released, for ``trident runs recover``."""
+        from ..store.journal import end_line
+
+        if not self.started:
+            self.discard()
+            return True
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        run = self.run
+        lines = self._collect()
+        unfinished = [r for r in run.request_rows() if r.state == "unfinished"]
+        status = "interrupted" if run.cut_short else "done"
+        meta = dataclasses.replace(run.run_meta(self.run_id, self.config, self.provenance), status=status)
+        lines.append(end_line(meta, {"requests": unfinished, "gpu_samples": run.gpu_samples()}))
+        return await asyncio.to_thread(self._finish, lines)
+
+    def _finish(self, lines: list[dict]) -> bool:
+        lines = self._unwritten + lines
+        self._unwritten = []
+        try:
+            self.ingester.wrote(*self.journal.append(lines))
+        except OSError as exc:
+            self.journal.close()
+            self.problem = (f"could not write the end of the run's journal {self.journal.path} ({exc}); what it "
+                            f"holds is recoverable (run {self.run_id} is stored as crashed): "
+                            f"trident runs recover --db {self.db}")
+            logger.error("%s", self.problem)
+            return False
+        try:
+            self.ingester.ingest(self.final_wait_s)
+        except Exception as exc:  # noqa: BLE001 - reported, never hidden: the exit status says so
+            self.journal.close()
+            self.problem = (f"could not write run {self.run_id} to {self.db} ({_short(exc)}); its rows are in "
+                            f"{self.journal.path}: trident runs recover --db {self.db}")
+            logger.error("%s", self.problem)
+            return False
+        self.journal.remove()
+        logger.warning("stored run %s in %s (%s)", self.run_id, self.db, lines[-1]["meta"]["status"])
+        return True
+
+    def discard(self) -> None:
+        """Give up a run that never started serving: its reservation goes (nothing to store). A run
+        that started keeps its journal (released) for a recovery."""
+        if self.journal.closed:
+            return
+        if self.started:
+            self.journal.close()
+        else:
+            self.journal.remove()
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__

@@ -14,7 +14,8 @@ With an API key (``ServerConfig.api_key``), every route but ``GET /healthz`` nee
 A generation of ``n`` images is ``n`` engine requests under one id (:mod:`.jobs`). Every error
 body and status comes from :mod:`tridentcore.server.errors`. :func:`create_app` assembles the
 app: state, routers, error handlers, the body-size limit, the key check, and the lifespan that starts the
-runtime and, at shutdown, drains it and writes the store.
+runtime (and the run's records, stored as it goes: ``runtime/stored.py``) and, at shutdown,
+drains it and stores the rest.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from ..bench.provenance import provenance
 from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 from ..runtime.build import Runtime
+from ..runtime.stored import RunRecords
 from .auth import RequireApiKey
 from .errors import BodyLimit, install_error_handlers
 from .jobs import ENDED, Job, Jobs
@@ -45,7 +46,7 @@ __all__ = ["ENDED", "Job", "MAX_BODY_BYTES", "ServerConfig", "create_app", "is_l
 class ServerConfig:
     api_key: str | None = None  # when set, every route but /healthz needs "Authorization: Bearer KEY"
     max_body_bytes: int = MAX_BODY_BYTES
-    db: str | None = None  # DuckDB results store written at shutdown
+    db: str | None = None  # DuckDB results store the run is written to as it goes (by ``create_app``'s records)
     run_id: str | None = None  # the stored run's id (None: a new one); a client's rows can join on it
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     max_jobs: int = 10_000  # ended jobs kept for GET (oldest forgotten first)
@@ -56,8 +57,10 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
-    """The app; its lifespan starts the runtime and, at shutdown, drains it and writes the store."""
+def create_app(runtime: Runtime, config: ServerConfig | None = None, records: RunRecords | None = None) -> FastAPI:
+    """The app; its lifespan starts the runtime and ``records`` (the run's rows on their way to the
+    results store; its journal reserved by the caller) and, at shutdown, drains the runtime and
+    closes ``records`` (``records.problem`` then says if the run is not all stored)."""
     config = config or ServerConfig()
     engine = runtime.engine
     jobs = Jobs(runtime, config.max_jobs)
@@ -67,15 +70,13 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         await runtime.start()
         try:
+            if records is not None:
+                await records.start()
             yield
         finally:
             await engine.shutdown(config.drain_timeout_s)
-            if config.db:
-                try:
-                    run_id = engine.write_store(config.db, config.run_id, provenance=provenance())
-                    logger.warning("wrote run %s to %s", run_id, config.db)
-                except Exception:  # noqa: BLE001 - report, never hide a lost run
-                    logger.exception("could not write the run to %s", config.db)
+            if records is not None:
+                await records.close()
 
     app = FastAPI(title="TridentServe", version="0.1.0", lifespan=lifespan,
                   description="Stage-level serving for diffusion pipelines.")

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.defaults import (DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE,
+from ..core.defaults import (DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE,
                              DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from ..core.types import Shape
 from ..runtime.build import SetupError, build_runtime
+from ..runtime.stored import RecordsNotStored, RunRecords, open_journal
 from .app import ServerConfig, create_app, is_loopback
 from .auth import ApiKeyError, load_api_key
 
@@ -34,6 +35,7 @@ class ServeOptions:
     port: int = 8000
     db: str | None = None
     run_id: str | None = None
+    db_wait_s: float = DEFAULT_DB_WAIT_S  # how long the final write waits for another process's lock on db
     keep_ended: int = DEFAULT_KEEP_ENDED
     time_scale: float = DEFAULT_TIME_SCALE
     profile: str | None = None
@@ -91,27 +93,51 @@ def _server_class():
 
 
 def run_server(opts: ServeOptions) -> None:
-    """Validate, build, bind, serve until SIGINT/SIGTERM (then drain and write the store)."""
-    import uvicorn
-
+    """Validate, build, reserve the run id (with ``db``), bind, serve until SIGINT/SIGTERM (then drain
+    and store the rest). ``RecordsNotStored`` when the run could not all be stored (its journal says
+    what is missing and stays for ``trident runs recover``)."""
     try:
         api_key = load_api_key(opts.api_key, opts.api_key_file)
     except ApiKeyError as exc:
         raise SetupError([str(exc)]) from None
     if not is_loopback(opts.host) and not api_key:
         raise SetupError([f"binding {opts.host} (not loopback) needs an API key: TRIDENT_API_KEY or --api-key-file"])
-    if opts.db and opts.run_id and os.path.exists(opts.db):
-        from ..store import query_readonly
-
-        if len(query_readonly(opts.db, "SELECT run_id FROM runs WHERE run_id = ?", [opts.run_id])):
-            raise SetupError([f"run {opts.run_id!r} is already in {opts.db}; choose another --run-id"])
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom, late=opts.late,
                             calibrate=opts.calibrate, slowdown=opts.slowdown,
                             record=bool(opts.db), keep_ended=opts.keep_ended, expected=opts.expected)
+    records = _records(opts, runtime) if opts.db else None
+    try:
+        _serve(opts, runtime, records, api_key)
+    finally:
+        if records is not None:
+            records.discard()  # a run that never started serving gives its id back
+    if records is not None and records.problem:
+        raise RecordsNotStored(records.problem)
+
+
+def _records(opts: ServeOptions, runtime) -> RunRecords:
+    """Reserve the run id in ``opts.db`` (after ingesting what crashed servers left there)."""
+    from ..bench.provenance import provenance
+    from ..store import DuplicateRunError, StoreError, new_run_id
+
+    run_id = opts.run_id or new_run_id(runtime.engine.policy.spec, 0, salt="live")
+    try:
+        journal = open_journal(opts.db, run_id)
+    except DuplicateRunError as exc:
+        raise SetupError([str(exc)]) from None
+    except (StoreError, OSError) as exc:
+        raise SetupError([f"cannot store the run in {opts.db}: {exc}"]) from None
+    return RunRecords(runtime.engine, journal, provenance=provenance(), final_wait_s=opts.db_wait_s)
+
+
+def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str | None) -> None:
+    import uvicorn
+
     app = create_app(runtime, ServerConfig(api_key=api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
-                                           run_id=opts.run_id, drain_timeout_s=opts.drain_timeout_s))
+                                           run_id=records.run_id if records else opts.run_id,
+                                           drain_timeout_s=opts.drain_timeout_s), records)
     try:
         sock = bind(opts.host, opts.port)
     except OSError as exc:

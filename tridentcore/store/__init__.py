@@ -11,6 +11,7 @@ are SQL over the rows, never counters kept by a driver (DESIGN.md, "Results stor
 * :mod:`~tridentcore.store.schema`: tables derived from the row types, views, Arrow schemas;
 * :mod:`~tridentcore.store.writer`: :class:`ResultsStore` (one transaction per write), run ids;
 * :mod:`~tridentcore.store.readers`: read-only queries, listing, summaries, export;
+* :mod:`~tridentcore.store.journal`: a server's run journal, its ingest into the store, recovery;
 * :mod:`~tridentcore.store.connection`: opening with lock retries;
 * :mod:`~tridentcore.store.errors`: the store's errors.
 

@@ -50,14 +50,19 @@ __all__ = [
     "table_columns",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # what brings a database of an older version to the next one (applied in order by a writer)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE stage_spans ADD COLUMN compute_s DOUBLE",),  # the worker's own compute time
+    2: (),  # adds journal_ingests (created, if missing, with the other tables)
 }
 TABLES = ("runs", "requests", "stage_spans", "placements", "gpu_samples")
 VIEWS = ("run_summary", "stage_breakdown", "attainment_by_shape")
-RUN_STATUSES = ("complete", "interrupted", "failed")
+# complete: written whole, in one transaction, after the run (simulator, live bench);
+# a server's run (``trident serve --db``), written as it goes: running, then done (every request
+# ended before the drain ran out), interrupted (the shutdown failed requests still running) or
+# crashed (the process died; recovered from its journal); failed: the run itself failed
+RUN_STATUSES = ("complete", "interrupted", "failed", "running", "done", "crashed")
 CLIENT_TABLES = ("client_requests",)
 # how a scheduled request ended as the client saw it (exactly one per row):
 CLIENT_STATES = ("done", "rejected", "failed", "cancelled", "refused", "error", "unfinished")
@@ -178,6 +183,17 @@ _DDL_VERSION = """
 CREATE TABLE IF NOT EXISTS schema_version (
     version        INTEGER NOT NULL,
     applied_at     TIMESTAMP NOT NULL
+);
+"""
+
+# A server's journal (``tridentcore.store.journal``) is ingested in transactions; each one also
+# records the last journal line it holds, so a retried or recovered ingest never adds a row twice.
+_DDL_JOURNAL = """
+CREATE TABLE IF NOT EXISTS journal_ingests (
+    run_id         VARCHAR NOT NULL,
+    seq            BIGINT NOT NULL,     -- the last journal line this transaction ingested
+    rows           BIGINT NOT NULL,     -- rows it inserted
+    ingested_at    TIMESTAMP NOT NULL
 );
 """
 
@@ -321,6 +337,7 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute("INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [SCHEMA_VERSION])
         found = SCHEMA_VERSION
     con.execute("\n".join(ddl(t) for t in _CREATE_ORDER))
+    con.execute(_DDL_JOURNAL)
     if found is None:
         con.execute("INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [SCHEMA_VERSION])
     elif found != SCHEMA_VERSION:

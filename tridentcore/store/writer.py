@@ -142,21 +142,24 @@ class ResultsStore:
         with self._transaction() as con:
             if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [meta.run_id]).fetchall():
                 raise DuplicateRunError(f"run {meta.run_id!r} is already in {self.path}")
-            _insert_rows(con, "runs", rows_to_arrow([meta], "runs"), meta.run_id)
+            insert_rows(con, "runs", rows_to_arrow([meta], "runs"), meta.run_id)
             for name, table in tables.items():
-                _insert_rows(con, name, table, meta.run_id)
+                insert_rows(con, name, table, meta.run_id)
         return meta.run_id
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-write connection held only for one transaction (schema ensured): committed when the
-        block ends, rolled back (and the connection closed) when it raises."""
+    def _transaction(self, *, ensure_schema: bool = True,
+                     wait_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection held only for one transaction (schema ensured unless the caller
+        knows it is there): committed when the block ends, rolled back (and the connection closed)
+        when it raises. ``wait_s``: how long to wait for another process's lock (default: the store's)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(self.path, read_only=False, wait_s=self.lock_wait_s)
+        con = connect(self.path, read_only=False, wait_s=self.lock_wait_s if wait_s is None else wait_s)
         try:
             con.execute("BEGIN TRANSACTION")
             try:
-                create_schema(con)
+                if ensure_schema:
+                    create_schema(con)
                 yield con
                 con.execute("COMMIT")
             except BaseException:
@@ -177,11 +180,11 @@ class ResultsStore:
         with self._transaction() as con:
             if con.execute("SELECT 1 FROM client_requests WHERE run_id = ? LIMIT 1", [run_id]).fetchall():
                 raise DuplicateRunError(f"run {run_id!r} already has client rows in {self.path}")
-            _insert_rows(con, "client_requests", table, run_id)
+            insert_rows(con, "client_requests", table, run_id)
         return table.num_rows
 
     def mark_status(self, run_id: str, status: str) -> None:
-        """Set a stored run's status (complete | interrupted | failed)."""
+        """Set a stored run's status (one of ``RUN_STATUSES``)."""
         _check_status(status)
         if not self.path.exists():
             raise UnknownRunError(f"run {run_id!r}: no results database at {self.path}")
@@ -201,7 +204,8 @@ def _check_status(status: str) -> None:
         raise RowsError(f"unknown run status {status!r}; valid: {', '.join(RUN_STATUSES)}")
 
 
-def _insert_rows(con: duckdb.DuckDBPyConnection, name: str, table: pyarrow.Table, run_id: str) -> None:
+def insert_rows(con: duckdb.DuckDBPyConnection, name: str, table: pyarrow.Table, run_id: str) -> None:
+    """Insert an Arrow table of ``name``'s input columns for ``run_id`` (derived columns computed)."""
     view = f"_in_{name}"
     con.register(view, table)
     try:

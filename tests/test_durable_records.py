@@ -1,0 +1,265 @@
+"""Durable records (issue 12): a server with ``--db`` stores its run as it goes.
+
+The journal on its own (reserve, torn lines, idempotent ingest, recovery of a dead owner's journal,
+a live owner's left alone), then real ``trident serve`` processes on emulated GPUs: ``kill -9``
+after 20 requests (they are in DuckDB before the kill and the run is ``crashed`` after a
+recovery), a reader holding the file through the whole shutdown (exit 1, journal kept, recovered
+once the reader is gone), duplicate run ids (stored, or held by a running server) refused at
+start, and readers in another process while the server serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from tridentcore.bench.launch import start_server
+from tridentcore.core.records import PlacementRow, RequestRow, RunMeta, SpanRow
+from tridentcore.store import DuplicateRunError, ResultsStore, open_readonly, query_readonly
+from tridentcore.store.journal import (Ingester, Journal, end_line, journal_path, pending_journals, recover,
+                                       rows_lines, start_line)
+
+ARGS = ["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0.01"]
+BODY = {"prompt": "x", "model": "sd3-medium", "size": "512x512", "steps": 4}
+
+
+def _cli(*args: str):
+    from tridentcore.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _one(db, sql: str, params=None):
+    return query_readonly(db, sql, params).iloc[0].to_dict()
+
+
+# ------------------------------------------------------------------------------ the journal on its own
+def _meta(run_id: str, status: str = "running") -> RunMeta:
+    return RunMeta(run_id=run_id, backend="live", policy="trident", seed=0, profile="h200", cluster="2xH200",
+                   mix="live", rate_rps=0.0, duration_s=0.0, slo_scale=3.0, config_json="{}", status=status,
+                   created_unix_s=1.0)
+
+
+def _request(rid: int, state: str = "done") -> RequestRow:
+    return RequestRow(rid, "sd3-medium", 512, 512, 1, 4, 0.1 * rid, 10.0 + rid, state, "",
+                      1.0 + rid if state == "done" else None)
+
+
+def _span(rid: int) -> SpanRow:
+    return SpanRow(rid, rid, "encode", (rid % 2,), 1, 1, 0.1 * rid, 0.2 * rid, 0.2 * rid + 0.5, 0.5)
+
+
+def _journal_of_three(db: Path, run_id: str = "j1") -> Journal:
+    journal = Journal.reserve(db, run_id)
+    journal.append([start_line(_meta(run_id), 2)])
+    journal.append(rows_lines({"requests": [_request(0), _request(1)], "stage_spans": [_span(0), _span(1)],
+                               "placements": [PlacementRow(0.0, 0, "sd3-medium", "encode", "place", 10.0)]},
+                              [_request(2, "unfinished")], 2.0, 0.5))
+    return journal
+
+
+def test_reserving_a_run_id_is_exclusive_and_a_live_journal_is_left_alone(tmp_path):
+    db = tmp_path / "r.duckdb"
+    journal = _journal_of_three(db)
+    with pytest.raises(DuplicateRunError, match="being served by another process"):
+        Journal.reserve(db, "j1")
+    assert [r.outcome for r in recover(db)] == ["live"]  # its owner (this process) holds it
+    assert not db.exists()
+    journal.close()  # as if its process died: the lock goes with it
+    with pytest.raises(DuplicateRunError, match="awaits recovery"):
+        Journal.reserve(db, "j1")
+
+
+def test_a_dead_servers_journal_is_recovered_as_crashed(tmp_path):
+    db = tmp_path / "r.duckdb"
+    journal = _journal_of_three(db)
+    with open(journal.path, "ab") as f:
+        f.write(b'{"seq": 9, "kind": "rows", "tables": {"requests"')  # torn: died mid-write
+    journal.close()
+    (got,) = recover(db)
+    assert (got.outcome, got.status, got.run_id) == ("ingested", "crashed", "j1")
+    assert not pending_journals(db) and not journal.path.parent.exists()
+    run = _one(db, "SELECT status, duration_s, wall_s, rate_rps FROM runs WHERE run_id = 'j1'")
+    assert run["status"] == "crashed" and run["duration_s"] == pytest.approx(2.0) and run["wall_s"] == 0.5
+    assert run["rate_rps"] == pytest.approx(3 / 2.0)  # three requests accepted in 2 s
+    reqs = query_readonly(db, "SELECT request_id, state, reason FROM requests ORDER BY request_id")
+    assert list(reqs.state) == ["done", "done", "unfinished"] and "crashed" in reqs.reason[2]
+    counts = _one(db, "SELECT (SELECT count(*) FROM stage_spans) AS spans, (SELECT count(*) FROM placements) AS pl, "
+                      "(SELECT count(*) FROM gpu_samples) AS samples, (SELECT max(busy) FROM gpu_samples) AS busy")
+    assert counts["spans"] == 2 and counts["pl"] == 1 and counts["samples"] == 2 and counts["busy"] > 0
+
+
+def test_ingest_is_idempotent_and_catches_up(tmp_path):
+    db = tmp_path / "r.duckdb"
+    journal = _journal_of_three(db)
+    first = Ingester(ResultsStore(db), journal.path)
+    assert first.ingest() == 1 + 2 + 2 + 1  # the runs row, requests, spans, the placement
+    journal.append(rows_lines({"requests": [_request(3)]}, [], 3.0, 1.0))
+    assert Ingester(ResultsStore(db), journal.path).ingest() == 1  # a fresh one (a recovery) adds only the new line
+    assert first.ingest() == 0
+    journal.append([end_line(_meta("j1", "done"), {"gpu_samples": []})])
+    assert first.ingest() == 0 and not first.pending()
+    journal.remove()
+    assert _one(db, "SELECT status FROM runs")["status"] == "done"
+    assert _one(db, "SELECT count(*) AS n FROM requests")["n"] == 3
+    assert query_readonly(db, "SELECT seq FROM journal_ingests ORDER BY seq").seq.tolist() == [2, 3, 4]
+
+
+# ------------------------------------------------------------------------------ real servers
+def _serve(n: int, url: str) -> list[float]:
+    """``n`` requests, one after another; the monotonic time each answer came back."""
+    done = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for i in range(n):
+            assert client.post("/v1/images/generations", json={**BODY, "seed": i}).status_code == 200
+            done.append(time.monotonic())
+    return done
+
+
+def _kill9(server) -> None:
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(10)
+    server.stop()  # only cleans up: the process is gone
+
+
+def test_kill_9_loses_nothing_that_completed_a_second_before(tmp_path):
+    db = tmp_path / "k.duckdb"
+    server = start_server([*ARGS, "--db", str(db), "--run-id", "killed"])
+    try:
+        _serve(20, server.url)
+        time.sleep(1.5)
+        # already in DuckDB while it serves (the ingester runs every second), and readable meanwhile
+        before = _one(db, "SELECT (SELECT status FROM runs WHERE run_id = 'killed') AS status, "
+                          "(SELECT count(*) FROM requests WHERE run_id = 'killed' AND state = 'done') AS done, "
+                          "(SELECT count(*) FROM stage_spans WHERE run_id = 'killed') AS spans")
+    finally:
+        _kill9(server)
+    assert before == {"status": "running", "done": 20, "spans": 60}
+    assert [p.name for p in pending_journals(db)] == ["killed.jsonl"]
+    out = _cli("runs", "recover", "--db", str(db))
+    assert out.exit_code == 0 and "recovered run killed" in out.output and "status crashed" in out.output
+    assert not pending_journals(db)
+    after = _one(db, "SELECT status, duration_s FROM runs WHERE run_id = 'killed'")
+    assert after["status"] == "crashed" and after["duration_s"] > 0
+    got = _one(db, "SELECT count(*) FILTER (WHERE state = 'done') AS done, count(*) AS n FROM requests")
+    assert got == {"done": 20, "n": 20}
+    assert _one(db, "SELECT count(*) AS n FROM stage_spans")["n"] == 60
+    assert _one(db, "SELECT count(*) AS n FROM gpu_samples")["n"] > 0
+    assert _cli("runs", "recover", "--db", str(db)).output.startswith("no journals")
+
+
+def test_the_next_start_recovers_a_crash_and_readers_can_open_the_file_while_it_serves(tmp_path):
+    db = tmp_path / "n.duckdb"
+    first = start_server([*ARGS, "--db", str(db), "--run-id", "first"])
+    try:
+        _serve(5, first.url)
+        time.sleep(0.2)  # completed, but maybe not yet even journaled: the next start keeps what the journal has
+    finally:
+        _kill9(first)
+    second = start_server([*ARGS, "--db", str(db), "--run-id", "second"])
+    try:
+        assert not any(p.name == "first.jsonl" for p in pending_journals(db))
+        assert _one(db, "SELECT status FROM runs WHERE run_id = 'first'")["status"] == "crashed"
+        # another process opens the file read-only over and over while this server serves and ingests
+        reader = subprocess.Popen(
+            [sys.executable, "-c", _READER, str(db)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        try:
+            _serve(20, second.url)
+        finally:
+            out, _ = reader.communicate(timeout=60)
+        opened = json.loads(out.strip().splitlines()[-1])
+        assert opened["failed"] == 0 and opened["opened"] >= 10, out
+        assert max(opened["requests_seen"]) > 0  # rows of this run appeared while it served
+    finally:
+        assert second.stop() == 0
+    runs = query_readonly(db, "SELECT run_id, status FROM runs ORDER BY run_id")
+    assert dict(zip(runs.run_id, runs.status)) == {"first": "crashed", "second": "done"}
+    assert _one(db, "SELECT count(*) AS n FROM requests WHERE run_id = 'second'")["n"] == 20
+    assert not pending_journals(db)
+
+
+# opens the database read-only 20 times, 0.25 s apart (2 s lock wait each): how many opened
+_READER = """
+import json, sys, time
+from tridentcore.store import open_readonly
+opened = failed = 0
+seen = []
+for _ in range(20):
+    try:
+        con = open_readonly(sys.argv[1], wait_s=2.0)
+        seen.append(con.execute("SELECT count(*) FROM requests WHERE run_id = 'second'").fetchone()[0])
+        con.close()
+        opened += 1
+    except Exception as exc:
+        print(type(exc).__name__, exc)
+        failed += 1
+    time.sleep(0.25)
+print(json.dumps({"opened": opened, "failed": failed, "requests_seen": seen}))
+"""
+
+
+def test_a_reader_through_shutdown_exits_nonzero_and_keeps_the_journal(tmp_path):
+    db = tmp_path / "h.duckdb"
+    server = start_server([*ARGS, "--db", str(db), "--run-id", "held", "--db-wait", "1"])
+    try:
+        _serve(10, server.url)
+        time.sleep(1.5)
+        con = open_readonly(db)  # held through the whole shutdown
+        try:
+            code = server.proc.send_signal(signal.SIGTERM) or server.proc.wait(60)
+            log = server.log()
+        finally:
+            con.close()
+    finally:
+        server.stop()
+    assert code == 1, log
+    assert "could not write run held" in log and "trident runs recover" in log
+    assert [p.name for p in pending_journals(db)] == ["held.jsonl"]
+    assert _one(db, "SELECT status FROM runs")["status"] == "running"  # the end never reached DuckDB
+    out = _cli("runs", "recover", "--db", str(db))
+    assert out.exit_code == 0 and "status done" in out.output, out.output
+    run = _one(db, "SELECT status, (SELECT count(*) FROM requests) AS n, (SELECT count(*) FROM gpu_samples) AS g "
+                   "FROM runs")
+    assert run["status"] == "done" and run["n"] == 10 and run["g"] > 0
+    assert not pending_journals(db)
+
+
+def test_a_duplicate_run_id_is_refused_at_start(tmp_path):
+    db = tmp_path / "d.duckdb"
+    server = start_server([*ARGS, "--db", str(db), "--run-id", "dup"])
+    try:
+        _serve(2, server.url)
+        held = _cli("serve", *ARGS, "--db", str(db), "--run-id", "dup")
+        assert held.exit_code == 2 and "being served by another process" in held.output, held.output
+        assert journal_path(db, "dup").exists()  # the refused one did not take the live server's journal
+    finally:
+        assert server.stop() == 0
+    stored = _cli("serve", *ARGS, "--db", str(db), "--run-id", "dup")
+    assert stored.exit_code == 2 and "already in" in stored.output, stored.output
+    assert not pending_journals(db)
+    assert _one(db, "SELECT count(*) AS n FROM runs")["n"] == 1
+
+
+def test_a_shutdown_that_cuts_requests_short_is_interrupted(tmp_path):
+    db = tmp_path / "i.duckdb"
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "1",
+                           "--drain-timeout", "0", "--db", str(db), "--run-id", "cut"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert client.post("/v1/requests", json={**BODY, "size": "1024x1024", "steps": 28}).status_code == 202
+            time.sleep(0.3)
+    finally:
+        assert server.stop() == 0
+    run = _one(db, "SELECT status, (SELECT list(state) FROM requests) AS states FROM runs")
+    assert run["status"] == "interrupted" and list(run["states"]) == ["failed"]
+    assert not pending_journals(db)

@@ -1,0 +1,611 @@
+"""A server's run journal: its rows on disk as they appear, then ingested into the results store.
+
+A server with ``--db FILE`` never holds the DuckDB lock while it serves. It appends its rows to a
+journal, ``FILE.journal/<run id>.jsonl`` (one per run), flushed and fsynced every half second, and
+ingests what the journal holds into DuckDB in short transactions (open, insert, close). The
+journal is the durable copy: a transaction that cannot get the lock (a reader holds the file) is
+simply tried again later, and whatever a crash leaves in the journal is ingested by the next
+``trident serve --db FILE`` or by ``trident runs recover --db FILE`` (:func:`recover`).
+
+The file: JSON lines, each with a sequence number ``seq`` (0, 1, 2, ...) and a ``kind``:
+
+* ``open``: the journal's owner (process id, host) and the run id, written when the id is reserved;
+* ``start``: the run's ``runs`` row (status ``running``) and how many devices it has;
+* ``rows``: rows that appeared since the previous line, column-wise per table (``requests`` of
+  requests that ended, ``stage_spans``, ``placements``), ``arrivals`` (requests accepted and not
+  yet ended, as they stood: a crashed run stores those it never ended as ``unfinished``), and the
+  run's clock (``t_s``, ``wall_s``);
+* ``end``: the final ``runs`` row (done, interrupted, or crashed when a recovery closed the
+  journal of a dead process), the rows only the end knows (``gpu_samples``, requests never ended).
+
+A line is at most :data:`MAX_LINE_ROWS` rows; a torn last line (the process died mid-write) is
+ignored. Each ingest transaction also inserts a ``journal_ingests`` row with the last ``seq`` it
+holds, so an ingest retried after a failure, or repeated by a recovery, never inserts a row twice.
+
+**Ownership.** The owner holds an exclusive ``flock`` on its journal for as long as it lives; the
+kernel drops it when the process dies (``kill -9`` included). The journal appears under its final
+name already locked (written as a temporary file, locked, then hard-linked into place, which fails
+if the name exists), so reserving a run id is atomic and a live server's journal is never taken
+for a dead one. A recovery takes the same lock before it touches a journal. (``flock`` needs a local
+file system: on NFS a live server's lock may not be seen by another host.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tridentcore.core.records import ROW_TYPES, GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
+from tridentcore.core.recording import gpu_samples as derive_gpu_samples
+
+from .connection import LOCK_WAIT_S
+from .errors import DuplicateRunError, StoreError
+from .schema import arrow_schema
+
+if TYPE_CHECKING:  # pragma: no cover
+    import duckdb
+    import pyarrow
+
+    from .writer import ResultsStore
+
+__all__ = ["FORMAT", "JOURNAL_TABLES", "MAX_LINE_ROWS", "Ingester", "Journal", "JournalError", "Recovery",
+           "journal_dir", "journal_path", "pending_journals", "recover", "recover_journal"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+MAX_LINE_ROWS = 5_000  # rows per journal line
+MAX_TRANSACTION_ROWS = 50_000  # rows per ingest transaction (a journal far behind is ingested in several)
+MAX_CACHED_ROWS = 200_000  # rows an owner's ingester keeps in memory (past it: read back from the file)
+JOURNAL_TABLES = ("requests", "stage_spans", "placements", "gpu_samples")
+CRASHED_REASON = "the server stopped (crashed) before the request finished"
+SAMPLE_S = 10.0  # the gpu_samples interval (as the engine's)
+
+
+class JournalError(StoreError):
+    """A journal that cannot be written or read as one."""
+
+
+def journal_dir(db: str | os.PathLike[str]) -> Path:
+    """The folder of ``db``'s journals: ``<db>.journal``."""
+    return Path(f"{os.fspath(db)}.journal")
+
+
+def journal_path(db: str | os.PathLike[str], run_id: str) -> Path:
+    return journal_dir(db) / f"{urllib.parse.quote(run_id, safe='')}.jsonl"
+
+
+def pending_journals(db: str | os.PathLike[str]) -> list[Path]:
+    """The journals of ``db`` (of live servers and of dead ones not yet recovered), by name."""
+    folder = journal_dir(db)
+    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
+# ----------------------------------------------------------------------------------- rows as columns
+def columns_of(rows: Sequence[Any], table: str) -> dict[str, list]:
+    """Rows of ``table``'s row type as ``{column: [values]}`` (``gpus`` tuples become lists in JSON)."""
+    return {f.name: list(map(attrgetter(f.name), rows)) for f in dataclasses.fields(ROW_TYPES[table])}
+
+
+def rows_of(cols: Mapping[str, list], table: str) -> list:
+    """The inverse of :func:`columns_of` (missing columns take the field's default)."""
+    row_type = ROW_TYPES[table]
+    names = [f.name for f in dataclasses.fields(row_type) if f.name in cols]
+    out = []
+    for values in zip(*(cols[n] for n in names)):
+        kw = dict(zip(names, values))
+        if "gpus" in kw:
+            kw["gpus"] = tuple(kw["gpus"])
+        out.append(row_type(**kw))
+    return out
+
+
+def _count(cols: Mapping[str, list] | None) -> int:
+    return len(next(iter(cols.values()), ())) if cols else 0
+
+
+def _meta_dict(meta: RunMeta) -> dict:
+    return dataclasses.asdict(meta)
+
+
+def _meta_of(d: Mapping[str, Any]) -> RunMeta:
+    return RunMeta(**{f.name: d[f.name] for f in dataclasses.fields(RunMeta) if f.name in d})
+
+
+# ----------------------------------------------------------------------------------- the writer
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+
+
+def _owner_of(path: Path) -> str:
+    """What the journal's ``open`` line says about its owner, for messages."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+        return f"pid {first.get('pid')} on {first.get('host')}"
+    except (OSError, ValueError):
+        return "an unknown process"
+
+
+class Journal:
+    """The journal of one run, held (locked) by the process that reserved it: lines are appended,
+    flushed and fsynced. Not thread-safe: one writer at a time."""
+
+    def __init__(self, db: str | os.PathLike[str], run_id: str, path: Path, fd: int, seq: int) -> None:
+        self.db = Path(db)
+        self.run_id = run_id
+        self.path = path
+        self._fd: int | None = fd
+        self._seq = seq  # the next line's seq
+
+    @classmethod
+    def reserve(cls, db: str | os.PathLike[str], run_id: str) -> Journal:
+        """Create and lock ``run_id``'s journal, atomically: :class:`DuplicateRunError` if a journal of
+        that id exists (another server's, or a dead one's that awaits recovery)."""
+        path = journal_path(db, run_id)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        for attempt in range(3):  # the folder goes when its last journal does: make it again if need be
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            line = {"seq": 0, "kind": "open", "format": FORMAT, "run_id": run_id, "pid": os.getpid(),
+                    "host": socket.gethostname(), "opened_unix_s": time.time()}
+            os.write(fd, (json.dumps(line) + "\n").encode())
+            os.fsync(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise DuplicateRunError(_taken_message(db, run_id, path)) from None
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.unlink(tmp)
+        _fsync_dir(path.parent)
+        return cls(db, run_id, path, fd, 1)
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def append(self, lines: Iterable[dict]) -> tuple[list[dict], int, int]:
+        """Append ``lines`` (each gets its ``seq``) and fsync; all or none (a failed write is cut off
+        again). Returns the lines as written (with their ``seq``) and the file offsets where they
+        start and end."""
+        if self._fd is None:
+            raise JournalError(f"journal {self.path} is closed")
+        lines = list(lines)
+        size = os.fstat(self._fd).st_size
+        if not lines:
+            return [], size, size
+        seq = self._seq
+        written = []
+        for line in lines:
+            written.append({"seq": seq, **line})
+            seq += 1
+        data = ("\n".join(json.dumps(line, separators=(",", ":")) for line in written) + "\n").encode()
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            os.fsync(self._fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise
+        self._seq = seq
+        return written, size, size + len(data)
+
+    def close(self) -> None:
+        """Release the lock (the file stays: a later recovery ingests what it holds)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self) -> None:
+        """Delete the journal (everything in it is in the store) and release it."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        _fsync_dir(self.path.parent)
+        self.close()
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()  # only when empty
+
+
+def _taken_message(db, run_id: str, path: Path) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return f"run {run_id!r} was being stored by another process just now; choose another --run-id"
+    try:
+        free = _try_lock(fd)
+    finally:
+        os.close(fd)
+    if free:
+        return (f"run {run_id!r}: the journal of an earlier server with this id ({path}) awaits recovery; "
+                f"run `trident runs recover --db {db}`, or choose another --run-id")
+    return f"run {run_id!r} is being served by another process ({_owner_of(path)}, journal {path}); choose another --run-id"
+
+
+# ----------------------------------------------------------------------------------- reading
+def read_lines(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+    """The complete lines of a journal from byte ``offset``, and the offset after the last of them.
+    A torn last line (no newline: its writer died mid-write) is left out; a damaged line before the
+    end is a :class:`JournalError`."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1
+    out = []
+    pos = 0
+    for raw in data[:end].split(b"\n")[:-1]:
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            raise JournalError(f"{path}: damaged line at byte {offset + pos}") from None
+        pos += len(raw) + 1
+    return out, offset + end
+
+
+# ----------------------------------------------------------------------------------- ingesting
+@dataclass
+class Ingester:
+    """Ingests one journal into the store, from where it left off (its ``offset`` into the file and
+    the last ``seq`` the store holds). The owner keeps one for its run's whole life; a recovery
+    makes a fresh one (the store says what is already in)."""
+
+    store: ResultsStore
+    path: Path
+    offset: int = 0
+    seq: int = -1  # the last line the store holds (-1: unknown until the first transaction)
+    run_id: str | None = None
+    schema_ok: bool = False  # this process has made sure the schema is there
+    ingested_rows: int = 0  # rows this ingester inserted
+    # the journal's writer hands over what it appended (:meth:`wrote`), so its own lines need not be
+    # read back and parsed again; dropped (and the file read instead) past MAX_CACHED_ROWS
+    _cache: list[dict] = dataclasses.field(default_factory=list)
+    _cache_from: int = -1  # file offset where the cached lines start
+    _cache_end: int = -1
+    _cache_rows: int = 0
+
+    def wrote(self, lines: list[dict], start: int, end: int) -> None:
+        """The writer appended ``lines`` (as :meth:`Journal.append` returned them) at file offsets
+        ``start`` to ``end``."""
+        if not lines:
+            return
+        rows = sum(_line_rows(line) for line in lines)
+        contiguous = start == (self._cache_end if self._cache else self.offset)
+        if not contiguous or self._cache_rows + rows > MAX_CACHED_ROWS:
+            self._drop_cache()
+            return
+        if not self._cache:
+            self._cache_from = start
+        self._cache += lines
+        self._cache_end = end
+        self._cache_rows += rows
+
+    def _drop_cache(self) -> None:
+        self._cache, self._cache_from, self._cache_end, self._cache_rows = [], -1, -1, 0
+
+    def pending(self) -> bool:
+        """Whether the file holds lines past what this ingester has ingested."""
+        try:
+            return self.path.stat().st_size > self.offset
+        except FileNotFoundError:
+            return False
+
+    def ingest(self, wait_s: float | None = None) -> int:
+        """Insert every complete line not yet in the store, in transactions of at most
+        :data:`MAX_TRANSACTION_ROWS` rows; returns the rows inserted. Raises when the store cannot be
+        written (locked past ``wait_s``, disk, schema): nothing of the failed transaction is kept
+        and the next call starts there again."""
+        if self._cache and self._cache_from == self.offset:
+            lines, end = list(self._cache), self._cache_end
+        else:
+            self._drop_cache()
+            lines, end = read_lines(self.path, self.offset)
+        inserted = 0
+        while lines:
+            batch, rows = [], 0
+            for line in lines:
+                n = _line_rows(line)
+                if batch and rows + n > MAX_TRANSACTION_ROWS:
+                    break
+                batch.append(line)
+                rows += n
+            n = self._transaction(batch, wait_s)
+            inserted += n
+            self.ingested_rows += n
+            lines = lines[len(batch):]
+        self.offset = end
+        self._drop_cache()
+        return inserted
+
+    def _transaction(self, lines: list[dict], wait_s: float | None) -> int:
+        if self.run_id is None:
+            self.run_id = _run_id_of(self.path)
+        run_id = self.run_id
+        try:
+            with self.store._transaction(ensure_schema=not self.schema_ok, wait_s=wait_s) as con:
+                self.schema_ok = True
+                done = con.execute("SELECT max(seq) FROM journal_ingests WHERE run_id = ?", [run_id]).fetchall()[0][0]
+                done = -1 if done is None else int(done)
+                todo = [line for line in lines if line["seq"] > done]
+                if not todo:
+                    self.seq = max(done, lines[-1]["seq"])
+                    return 0
+                n = _apply(con, run_id, todo)
+                con.execute("INSERT INTO journal_ingests VALUES (?, ?, ?, now()::TIMESTAMP)",
+                            [run_id, todo[-1]["seq"], n])
+        except BaseException:
+            self.schema_ok = False
+            raise
+        self.seq = todo[-1]["seq"]
+        return n
+
+
+def _run_id_of(path: Path) -> str:
+    lines, _ = read_lines(path)
+    if not lines or lines[0].get("kind") != "open":
+        raise JournalError(f"{path}: not a journal (no open line)")
+    return lines[0]["run_id"]
+
+
+def _line_rows(line: Mapping[str, Any]) -> int:
+    return sum(_count(c) for c in (line.get("tables") or {}).values()) + 1
+
+
+def _arrow(cols: Mapping[str, list], table: str) -> pyarrow.Table:
+    import pyarrow as pa
+
+    schema = arrow_schema(table)
+    n = _count(cols)
+    arrays = [pa.array(cols[f.name], type=f.type) if f.name in cols else pa.nulls(n, f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _apply(con: duckdb.DuckDBPyConnection, run_id: str, lines: list[dict]) -> int:
+    """Insert what ``lines`` hold (in order; the tables of consecutive lines gathered into one insert
+    per table); returns the rows inserted."""
+    from .writer import insert_rows, rows_to_arrow
+
+    gathered: dict[str, dict[str, list]] = {}
+    inserted = 0
+
+    def flush() -> None:
+        nonlocal inserted
+        for table, cols in gathered.items():
+            if _count(cols):
+                insert_rows(con, table, _arrow(cols, table), run_id)
+                inserted += _count(cols)
+        gathered.clear()
+
+    for line in lines:
+        kind = line.get("kind")
+        if kind == "start":
+            flush()
+            meta = _meta_of(line["meta"])
+            if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
+                raise DuplicateRunError(f"run {run_id!r} is already in the store (written by something else)")
+            insert_rows(con, "runs", rows_to_arrow([meta], "runs"), run_id)
+            inserted += 1
+        elif kind in ("rows", "end"):
+            for table, cols in (line.get("tables") or {}).items():
+                if table not in JOURNAL_TABLES:
+                    raise JournalError(f"unknown table {table!r} in a journal line")
+                into = gathered.setdefault(table, {})
+                for name, values in cols.items():
+                    into.setdefault(name, []).extend(values)
+            if kind == "end":
+                flush()
+                meta = _meta_of(line["meta"])
+                found = con.execute(
+                    "UPDATE runs SET status = ?, duration_s = ?, rate_rps = ?, wall_s = ?, config_json = ? "
+                    "WHERE run_id = ? RETURNING run_id",
+                    [meta.status, meta.duration_s, meta.rate_rps, meta.wall_s, meta.config_json, run_id]).fetchall()
+                if not found:
+                    raise JournalError(f"run {run_id!r}: the journal ends a run it never started")
+        elif kind != "open":
+            raise JournalError(f"unknown journal line kind {kind!r}")
+    flush()
+    return inserted
+
+
+# ----------------------------------------------------------------------------------- recovery
+@dataclass(frozen=True)
+class Recovery:
+    """What :func:`recover` did with one journal."""
+
+    run_id: str
+    path: Path
+    outcome: str  # ingested | live (another process owns it) | empty (the server never started) | failed
+    status: str = ""  # the run's status as stored (crashed, or done / interrupted when it had ended)
+    rows: int = 0  # rows this recovery inserted
+    requests: int = 0  # request rows the journal holds
+    message: str = ""
+
+
+def recover(db: str | os.PathLike[str], *, wait_s: float = LOCK_WAIT_S) -> list[Recovery]:
+    """Ingest every journal of ``db`` whose owner is gone (a crashed server, or one whose final write
+    failed), close it, and delete it; leave live servers' journals alone."""
+    if journal_dir(db).is_dir():
+        _sweep_temporaries(journal_dir(db))
+    return [recover_journal(db, path, wait_s=wait_s) for path in pending_journals(db)]
+
+
+def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = LOCK_WAIT_S) -> Recovery:
+    """:func:`recover` for one journal."""
+    from .writer import ResultsStore
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+    except FileNotFoundError:  # recovered (and deleted) by someone else meanwhile
+        return Recovery(urllib.parse.unquote(path.stem), path, "ingested", message="recovered by another process")
+    try:
+        if not _try_lock(fd):
+            return Recovery(_safe_run_id(path), path, "live", message=f"owned by {_owner_of(path)}")
+        if not path.exists():
+            return Recovery(_safe_run_id(path), path, "ingested", message="recovered by another process")
+        try:
+            lines, good = read_lines(path)
+        except JournalError as exc:
+            return Recovery(_safe_run_id(path), path, "failed", message=str(exc))
+        if os.fstat(fd).st_size > good:
+            os.ftruncate(fd, good)  # a line its dead writer tore: never complete, never ingested
+        if not lines or lines[0].get("kind") != "open":
+            return Recovery(_safe_run_id(path), path, "failed", message="not a journal (no open line)")
+        run_id = lines[0]["run_id"]
+        if not any(line.get("kind") == "start" for line in lines):
+            _unlink(path)  # reserved, never served: nothing to store
+            return Recovery(run_id, path, "empty", message="the server never started serving")
+        end = next((line for line in lines if line.get("kind") == "end"), None)
+        if end is None:  # its server died: close the run as crashed (in the journal first)
+            end = _crash_end(lines)
+            Journal(db, run_id, path, fd, lines[-1]["seq"] + 1).append([end])
+            lines.append(end)
+        status = end["meta"]["status"]
+        requests = sum(_count((line.get("tables") or {}).get("requests")) for line in lines)
+        ingester = Ingester(ResultsStore(db), path)
+        try:
+            rows = ingester.ingest(wait_s)
+        except Exception as exc:  # noqa: BLE001 - reported; the journal stays for the next try
+            return Recovery(run_id, path, "failed", status, message=f"{type(exc).__name__}: {exc}".strip())
+        _unlink(path)
+        return Recovery(run_id, path, "ingested", status, rows, requests)
+    finally:
+        os.close(fd)
+
+
+def _safe_run_id(path: Path) -> str:
+    try:
+        return _run_id_of(path)
+    except (OSError, JournalError, ValueError, KeyError):
+        return urllib.parse.unquote(path.stem)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    _fsync_dir(path.parent)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+def _sweep_temporaries(folder: Path) -> None:
+    """Remove reservations that died before they were linked into place (nobody holds their lock)."""
+    for tmp in folder.glob(".*.tmp"):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if _try_lock(fd):
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+        finally:
+            os.close(fd)
+
+
+def _crash_end(lines: list[dict]) -> dict:
+    """The ``end`` line a recovery writes for a dead server's journal: status ``crashed``, the run's
+    duration as far as the journal knows, the requests it accepted and never ended (``unfinished``)
+    and the GPU samples derived from its spans and placements (weights only: the dispatches'
+    activation memory is not journaled)."""
+    start = next(line for line in lines if line.get("kind") == "start")
+    meta = _meta_of(start["meta"])
+    ended: set[int] = set()
+    arrived: dict[int, RequestRow] = {}
+    spans: list[SpanRow] = []
+    placements: list[PlacementRow] = []
+    t_s, wall_s = 0.0, 0.0
+    for line in lines:
+        tables = line.get("tables") or {}
+        ended.update(tables.get("requests", {}).get("request_id", ()))
+        for row in rows_of(line.get("arrivals") or {}, "requests"):
+            arrived[row.request_id] = row
+        spans += rows_of(tables.get("stage_spans") or {}, "stage_spans")
+        placements += rows_of(tables.get("placements") or {}, "placements")
+        t_s = max(t_s, float(line.get("t_s") or 0.0))
+        wall_s = max(wall_s, float(line.get("wall_s") or 0.0))
+    t_s = max([t_s, *(s.ended_s for s in spans), *(p.t_s for p in placements)])
+    unfinished = [dataclasses.replace(r, state="unfinished", reason=CRASHED_REASON)
+                  for rid, r in sorted(arrived.items()) if rid not in ended]
+    accepted = len(ended | set(arrived))
+    gpus = max([int(start.get("gpus") or 0), *(g + 1 for s in spans for g in s.gpus), *(p.gpu + 1 for p in placements)])
+    samples: list[GpuSample] = derive_gpu_samples(spans, placements, {}, gpus, t_s, SAMPLE_S)
+    final = dataclasses.replace(meta, status="crashed", duration_s=t_s, wall_s=wall_s,
+                                rate_rps=accepted / t_s if t_s > 0 else 0.0)
+    return {"kind": "end", "meta": _meta_dict(final), "recovered_unix_s": time.time(),
+            "tables": {"requests": columns_of(unfinished, "requests"),
+                       "gpu_samples": columns_of(samples, "gpu_samples")}}
+
+
+def start_line(meta: RunMeta, gpus: int) -> dict:
+    """The ``start`` line of a run."""
+    return {"kind": "start", "meta": _meta_dict(meta), "gpus": gpus}
+
+
+def rows_lines(tables: Mapping[str, Sequence[Any]], arrivals: Sequence[RequestRow], t_s: float,
+               wall_s: float) -> Iterator[dict]:
+    """``rows`` lines of at most :data:`MAX_LINE_ROWS` rows holding ``tables`` (rows by table name)
+    and ``arrivals``; with no rows at all, one line with only the run's clock (a heartbeat)."""
+    chunks: list[tuple[str, Sequence[Any]]] = []
+    for table, rows in tables.items():
+        for i in range(0, len(rows), MAX_LINE_ROWS):
+            chunks.append((table, rows[i:i + MAX_LINE_ROWS]))
+    for i in range(0, len(arrivals), MAX_LINE_ROWS):
+        chunks.append(("arrivals", arrivals[i:i + MAX_LINE_ROWS]))
+    line: dict = {"kind": "rows", "t_s": t_s, "wall_s": wall_s, "tables": {}}
+    size = 0
+    for name, rows in chunks:
+        if size and size + len(rows) > MAX_LINE_ROWS:
+            yield line
+            line, size = {"kind": "rows", "t_s": t_s, "wall_s": wall_s, "tables": {}}, 0
+        if name == "arrivals":
+            line["arrivals"] = columns_of(rows, "requests")
+        else:
+            line["tables"][name] = columns_of(rows, name)
+        size += len(rows)
+    yield line
+
+
+def end_line(meta: RunMeta, tables: Mapping[str, Sequence[Any]]) -> dict:
+    """The ``end`` line of a run that closed cleanly (``meta``: its final ``runs`` row)."""
+    return {"kind": "end", "meta": _meta_dict(meta),
+            "tables": {name: columns_of(rows, name) for name, rows in tables.items()}}
