@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..runtime.models import MAX_PROMPT_CHARS, MAX_STEPS
+from ..core.defaults import MAX_FRAMES, MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS
 
 MAX_N = 8
 
@@ -22,15 +22,15 @@ class ImageGenerationRequest(BaseModel):
     n: int = Field(1, ge=1, le=MAX_N, description="Images (or videos) to make; seeds seed, seed+1, ...")
     response_format: Literal["b64_json", "url"] = "b64_json"
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    guidance: float | None = Field(None, ge=0, le=100)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     slo_ms: float | None = Field(None, gt=0, le=86_400_000,
                                  description="Latency objective in engine milliseconds (default: 3x reference).")
 
 
 class VideoGenerationRequest(ImageGenerationRequest):
-    frames: int | None = Field(None, ge=1, le=1024, description="Frames, k*4+1 for Wan-style models.")
+    frames: int | None = Field(None, ge=1, le=MAX_FRAMES, description="Frames, k*4+1 for Wan-style models.")
 
 
 class GenerationRequest(VideoGenerationRequest):
