@@ -15,7 +15,7 @@ most GPU-efficient degree and perfect packing.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..core.cluster import ClusterSpec
@@ -26,12 +26,12 @@ from ..core.metrics import attainment_by_class, min_class_attainment, summarize
 from ..core.policy import make_policy
 from ..core.records import RunMeta
 from ..core.types import Shape, StageKind
-from ..core.workload import Mix, RequestSpec, generate_requests, make_slo_fn
+from ..core.workload import Mix, RequestSpec, WorkloadError, generate_requests, generated_size_problems, make_slo_fn
 from ..sim.engine import SimResult, StageNoise, simulate
 from .provenance import git_sha, hardware, package_versions
 from .spec import RunSpec, RunSpecError
 
-__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "evaluate", "load_scenario",
+__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "evaluate", "goodput_range", "load_scenario",
            "run_meta", "run_one", "schedule_requests", "sweep_goodput"]
 
 Scenario = RunSpec  # the name this module's callers used before the one run spec (issue 10)
@@ -54,6 +54,15 @@ class Loaded:
         if "expected" not in self._cache:
             self._cache["expected"] = planned_workload(self.scenario)
         return self._cache["expected"]
+
+    def check_rates(self, rates: Sequence[float]) -> None:
+        """A WorkloadError if a mix at one of ``rates`` over the scenario's duration would be more
+        requests than a workload may hold (``MAX_REQUESTS``): checked before a sweep starts."""
+        if self.trace_requests is not None:
+            return
+        problems = [f"{key}: {msg}" for r in rates for key, msg in generated_size_problems(r, self.scenario.duration_s)]
+        if problems:
+            raise WorkloadError(f"mix {self.scenario.mix}", problems[:1])
 
     def requests(self, rate: float | None) -> list[RequestSpec]:
         if self.trace_requests is not None:
@@ -203,6 +212,11 @@ class Goodput:
     points: list[RatePoint]
 
 
+def goodput_range(cap: float) -> tuple[float, float]:
+    """The rates :func:`sweep_goodput` bisects between, from the capacity ceiling."""
+    return 0.02 * cap, 1.25 * cap
+
+
 def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARGET, *, rel_tol: float = 0.01,
                   max_iter: int = 14, cap: float | None = None) -> Goodput:
     cap = capacity_rps(loaded) if cap is None else cap
@@ -214,7 +228,8 @@ def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARG
             cache[key] = evaluate(loaded, policy_spec, rate)
         return cache[key]
 
-    lo, hi = 0.02 * cap, 1.25 * cap
+    lo, hi = goodput_range(cap)
+    loaded.check_rates([hi])  # the highest rate the bisection may simulate
     overall = _bisect(lambda r: point(r).attainment >= target, lo, hi, rel_tol, max_iter)
     fair_hi = overall if overall > 0 else hi
     fair = _bisect(lambda r: point(r).min_class >= target, lo, max(fair_hi, lo), rel_tol, max_iter) if overall else 0.0

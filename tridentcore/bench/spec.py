@@ -7,10 +7,11 @@ run is stored with; ``trident bench --repeat`` reads it back (:meth:`RunSpec.fro
 also reads the configs of runs stored before this spec existed), ``trident serve --spec FILE``
 and the Locust file (``--spec FILE``) read it from a file (:func:`read_spec_file`).
 
-This module is light (the Locust child imports it): the standard library and
-``tridentcore.core`` only. Validation of untrusted input (a spec file, a stored config) happens at
-the edge, in :mod:`tridentcore.bench.spec_schema` (pydantic), which converts to this value;
-:meth:`RunSpec.problems` holds the checks both paths share. Defaults come from
+This module is light (the Locust child imports it): the standard library, ``tridentcore.core``
+and ``tridentcore.formats.bounded`` (a spec file is read within bounds) only. Validation of
+untrusted input (a spec file, a stored config) happens at the edge, in
+:mod:`tridentcore.bench.spec_schema` (pydantic), which converts to this value;
+:meth:`RunSpec.problems` holds the checks both paths share. Defaults and bounds come from
 :mod:`tridentcore.core.defaults`.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_NOISE_SIGMA,
-                             DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
-from ..core.errors import TridentError
+                             DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE,
+                             MAX_CONFIG_BYTES)
+from ..core.errors import TridentError, brief, is_finite
 from ..core.types import STAGES
-from ..core.workload import ARRIVAL_FORMS, parse_arrival
+from ..core.workload import ARRIVAL_FORMS, generated_size_problems, parse_arrival
+from ..formats.bounded import InputRefused, load_json, read_bounded
 
 __all__ = ["BACKENDS", "RunSpec", "RunSpecError", "TRACE_PREFIX", "read_spec_file", "write_spec_file"]
 
@@ -84,9 +86,10 @@ class RunSpec:
             if not self.mix:
                 problems.append("--mix: give a mix or a trace")
             if not _finite_positive(self.rate):
-                problems.append(f"--rate: must be a number > 0 (requests per second), got {self.rate!r}")
+                problems.append(f"--rate: must be a number > 0 (requests per second), got {brief(self.rate)}")
             if not _finite_positive(self.duration_s):
-                problems.append(f"--duration: must be a number of seconds > 0, got {self.duration_s!r}")
+                problems.append(f"--duration: must be a number of seconds > 0, got {brief(self.duration_s)}")
+            problems.extend(f"--{key}: {msg}" for key, msg in generated_size_problems(self.rate, self.duration_s))
             try:
                 parse_arrival(self.arrival)
             except ValueError as exc:
@@ -95,21 +98,20 @@ class RunSpec:
             problems.append("--arrival: trace:FILE needs a file name")
         if not _finite_positive(self.time_scale):
             problems.append(f"--time-scale: must be a number > 0 (wall seconds per workload second), "
-                            f"got {self.time_scale!r}")
+                            f"got {brief(self.time_scale)}")
         if not _finite_positive(self.slo_scale):
-            problems.append(f"--slo-scale: must be a number > 0, got {self.slo_scale!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            problems.append(f"--seed: must be an integer, got {self.seed!r}")
-        if not (isinstance(self.noise_sigma, (int, float)) and math.isfinite(self.noise_sigma)
-                and 0.0 <= self.noise_sigma <= 2.0):
-            problems.append(f"--noise: must be a number within [0, 2] (the log-spread), got {self.noise_sigma!r}")
+            problems.append(f"--slo-scale: must be a number > 0, got {brief(self.slo_scale)}")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and -2**63 <= self.seed < 2**63):
+            problems.append(f"--seed: must be a 64-bit integer, got {brief(self.seed)}")
+        if not (is_finite(self.noise_sigma) and 0.0 <= self.noise_sigma <= 2.0):
+            problems.append(f"--noise: must be a number within [0, 2] (the log-spread), got {brief(self.noise_sigma)}")
         for stage, factor in self.noise_bias:
             if stage not in STAGES:
-                problems.append(f"--bias: unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+                problems.append(f"--bias: unknown stage {brief(stage)}; expected one of {', '.join(STAGES)}")
             elif not _finite_positive(factor):
-                problems.append(f"--bias {stage}: the factor must be a number > 0, got {factor!r}")
+                problems.append(f"--bias {stage}: the factor must be a number > 0, got {brief(factor)}")
         if self.backend not in BACKENDS:
-            problems.append(f"--backend: unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
+            problems.append(f"--backend: unknown backend {brief(self.backend)}; valid: {', '.join(BACKENDS)}")
         return problems
 
     def check(self) -> RunSpec:
@@ -167,20 +169,21 @@ class RunSpec:
 
 
 def _finite_positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return is_finite(value) and value > 0  # type: ignore[operator]
 
 
 def read_spec_file(path: str | os.PathLike[str]) -> RunSpec:
-    """A spec from a JSON file (:meth:`RunSpec.config` form), unchecked; plain json, no pydantic."""
+    """A spec from a JSON file (:meth:`RunSpec.config` form), unchecked; plain json, no pydantic.
+    The file is read within bounds (at most ``MAX_CONFIG_BYTES``, ``MAX_NESTING`` deep)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = load_json(read_bounded(path, MAX_CONFIG_BYTES))
+    except InputRefused as exc:
         raise RunSpecError([f"--spec: cannot read {os.fspath(path)}: {exc}"]) from None
     if not isinstance(data, dict):
         raise RunSpecError([f"--spec: {os.fspath(path)} does not hold a JSON object"])
     try:
         return RunSpec.from_config(data)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # a key of the wrong shape (bias pairs)
         raise RunSpecError([f"--spec: {os.fspath(path)}: {exc}"]) from None
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_NOISE_SIGMA,
                              DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+from ..core.errors import brief
 from .spec import RunSpec, RunSpecError, read_spec_file
 
 __all__ = ["RunSpecModel", "load_spec", "validate_spec"]
@@ -56,7 +57,7 @@ def validate_spec(data: Mapping[str, Any] | RunSpec) -> RunSpec:
         return data.check()
     try:
         plain = RunSpec.from_config(data)  # older key forms (policy, arrival_spec) first
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # a key of the wrong shape (bias pairs)
         raise RunSpecError([str(exc)]) from None
     try:
         model = RunSpecModel.model_validate(plain.config())
@@ -64,7 +65,7 @@ def validate_spec(data: Mapping[str, Any] | RunSpec) -> RunSpec:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err["loc"] else "spec"
-            problems.append(f"--{_OPTION.get(field, field)}: {err['msg']} (got {err.get('input')!r})")
+            problems.append(f"--{_OPTION.get(field, field)}: {err['msg']} (got {brief(err.get('input'))})")
         raise RunSpecError(problems) from None
     return model.to_spec()
 

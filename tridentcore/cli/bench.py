@@ -105,7 +105,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
 
     from tqdm import tqdm
 
-    from ..bench.scenario import capacity_rps, sweep_goodput
+    from ..bench.scenario import capacity_rps, goodput_range, sweep_goodput
     from ..core.policy import PolicyError
     from ..bench.runs import resolve_run, run_and_store, summaries
     from ..store import new_run_id
@@ -115,6 +115,9 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
         specs = _policy_specs(policies)
         if not loaded.requests(rate):
             _fail("the workload has no requests (rate x duration too small?)")
+        cap = capacity_rps(loaded) if goodput else None
+        if cap is not None:
+            loaded.check_rates([goodput_range(cap)[1]])  # the highest rate sweep_goodput simulates
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         _fail(str(exc))
 
@@ -122,7 +125,6 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
     run_ids = {spec: new_run_id(spec, seed) for spec in specs}
     stored: list[str] = []
     goodputs: dict[str, Any] = {}
-    cap = capacity_rps(loaded) if goodput else None
     current, phase = None, "simulating"
     bar = tqdm(specs, desc="bench", unit="policy", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:

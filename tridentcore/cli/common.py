@@ -60,7 +60,8 @@ def one_line(text: str) -> str:
 
 
 def fail(text: str, code: int = 2) -> None:
-    typer.secho(f"error: {text}", err=True, fg=typer.colors.RED)
+    """Print ``error: TEXT`` on one line (a multi-problem message joined by :func:`one_line`) and exit."""
+    typer.secho(f"error: {one_line(text)}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
 
 
@@ -164,7 +165,7 @@ def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_sc
     spec = RunSpec(profile=profile, cluster=cluster, mix=mix if trace is None else None, trace=trace,
                    trace_model=model, arrival=arrival, duration_s=duration, slo_scale=slo_scale, seed=seed,
                    noise_sigma=noise, noise_bias=parse_bias(bias))
-    problems = [p for p in spec.problems() if p.startswith(("--noise", "--bias"))]
+    problems = [p for p in spec.problems() if p.startswith(("--noise", "--bias", "--duration"))]
     if problems:
         fail("; ".join(problems))
     return load_scenario(spec)

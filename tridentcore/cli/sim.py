@@ -59,7 +59,7 @@ def simulate(
 
                 ResultsStore(db).write_run(run_meta(new_run_id(spec, seed), loaded, spec, rate, result),
                                            result.requests, result.spans, result.placements, result.gpu_samples)
-    except (ValueError, LookupError, PolicyError) as exc:
+    except (ValueError, LookupError, PolicyError, OSError) as exc:
         fail(str(exc))
     if json_out:
         typer.echo(json.dumps([json_safe(r) for r in rows], indent=1))
@@ -111,8 +111,9 @@ def sweep(
             typer.echo(table(out["policies"], ("policy", "goodput_rps", "fair_goodput_rps")))
             return
         rate_list = [float(r) for r in rates.split(",") if r.strip()]
+        loaded.check_rates(rate_list)
         points = {spec: [evaluate(loaded, spec, r) for r in rate_list] for spec in specs}
-    except (ValueError, LookupError, PolicyError) as exc:
+    except (ValueError, LookupError, PolicyError, OSError) as exc:
         fail(str(exc))
     if json_out:
         typer.echo(json.dumps({"capacity_rps": cap, "points": [

@@ -28,14 +28,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import WorkloadError, is_int, is_number
+from .defaults import MAX_REQUESTS
+from .errors import WorkloadError, brief, is_int, is_number
 
 if TYPE_CHECKING:
     import random
 
 __all__ = ["ARRIVAL_FORMS", "ArrivalProcess", "parse_arrival", "unit_arrivals"]
 
-ARRIVAL_FORMS = "poisson, constant, gamma:cv=K (K > 0), bursts:size=N (N >= 1)"
+ARRIVAL_FORMS = f"poisson, constant, gamma:cv=K (K > 0), bursts:size=N (1 <= N <= {MAX_REQUESTS})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +53,8 @@ class ArrivalProcess:
             problems.append(f"unknown arrival process {self.kind!r}; valid forms: {ARRIVAL_FORMS}")
         if not (is_number(self.cv) and self.cv > 0 and math.isfinite(self.cv)):
             problems.append(f"cv must be a positive finite number (got {self.cv!r})")
-        if not (is_int(self.size) and self.size >= 1):
-            problems.append(f"size must be an integer >= 1 (got {self.size!r})")
+        if not (is_int(self.size) and 1 <= self.size <= MAX_REQUESTS):
+            problems.append(f"size must be an integer in 1..{MAX_REQUESTS} (got {brief(self.size)})")
         if problems:
             raise WorkloadError("arrival process", problems)
 
@@ -105,7 +106,7 @@ def parse_arrival(text: "str | ArrivalProcess") -> ArrivalProcess:
     """``poisson``, ``constant``, ``gamma:cv=K`` or ``bursts:size=N``; a clear error otherwise."""
     if isinstance(text, ArrivalProcess):
         return text
-    origin = f"arrival process {text!r}"
+    origin = f"arrival process {brief(text)}"
     if not isinstance(text, str):
         raise WorkloadError(origin, [f"expected a string; valid forms: {ARRIVAL_FORMS}"])
     kind, _, params_text = text.strip().lower().partition(":")
@@ -119,7 +120,7 @@ def parse_arrival(text: "str | ArrivalProcess") -> ArrivalProcess:
         for part in params_text.split(","):
             match = _PARAM_RE.match(part)
             if match is None:
-                problems.append(f"cannot read parameter {part.strip()!r}; expected key=value")
+                problems.append(f"cannot read parameter {brief(part.strip())}; expected key=value")
                 continue
             key, value = match.groups()
             if key not in allowed:
@@ -142,10 +143,10 @@ def parse_arrival(text: "str | ArrivalProcess") -> ArrivalProcess:
             if not (cv > 0 and math.isfinite(cv)):
                 problems.append(f"cv must be a positive finite number (got {params['cv']!r})")
     if "size" in params:
-        if params["size"].isdigit() and int(params["size"]) >= 1:
+        if params["size"].isdigit() and len(params["size"]) <= 9 and 1 <= int(params["size"]) <= MAX_REQUESTS:
             size = int(params["size"])
         else:
-            problems.append(f"size must be an integer >= 1 (got {params['size']!r})")
+            problems.append(f"size must be an integer in 1..{MAX_REQUESTS} (got {brief(params['size'])})")
     if problems:
         raise WorkloadError(origin, problems + [f"valid forms: {ARRIVAL_FORMS}"])
     return ArrivalProcess(kind=kind, cv=cv, size=size)

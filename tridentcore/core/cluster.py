@@ -21,17 +21,24 @@ HBM and GDDR capacities are built in powers of two and the advertised figure is 
 141 GB to 131 GiB would under-state it. Totals are not all usable (CUDA context, allocator
 fragmentation): leaving headroom is the planner's job, not this table's. Pass
 ``memory_overrides`` / ``mem_gib`` to use measured numbers or a kind the table lacks.
+
+Size
+----
+A cluster holds at most :data:`~tridentcore.core.defaults.MAX_CLUSTER_GPUS` GPUs, at most
+:data:`~tridentcore.core.defaults.MAX_GPUS_PER_NODE` on a node; both are checked before a GPU is
+listed, so ``100000x1000xH200`` is one error, at once.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .defaults import MAX_CLUSTER_GPUS, MAX_GPUS_PER_NODE, MAX_NAME_CHARS
+from .errors import brief, is_finite, listed
 from .types import SpecError
 
 __all__ = [
@@ -65,6 +72,7 @@ DEFAULT_INTER_LINK_GBPS = 50.0
 
 CLUSTER_FORMS = "GPUSxKIND (one node, e.g. 8xH200) or NODESxGPUSxKIND (e.g. 2x8xH200, 16x8xL20)"
 _CLUSTER_RE = re.compile(r"^\s*(?:(\d+)\s*[xX*]\s*)?(\d+)\s*[xX*]\s*([A-Za-z][A-Za-z0-9_.-]*)\s*$")
+_MAX_TEXT_CHARS = 64  # a cluster written out (2x8xH200) is a few characters; longer text is not parsed
 _YAML_KEYS = ("nodes", "gpus_per_node", "kind", "mem_gib", "intra_link_gbps", "inter_link_gbps")
 _REQUIRED_KEYS = ("nodes", "gpus_per_node", "kind")
 
@@ -85,10 +93,6 @@ class GpuSpec:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,15 +171,20 @@ def _spec_problems(
     nodes: Any, gpus_per_node: Any, kind: Any, mem_gib: Any, intra_link_gbps: Any, inter_link_gbps: Any
 ) -> list[str]:
     problems = []
-    if not (_is_int(nodes) and nodes >= 1):
-        problems.append(f"nodes must be an integer >= 1 (got {nodes!r})")
-    if not (_is_int(gpus_per_node) and gpus_per_node >= 1):
-        problems.append(f"gpus_per_node must be an integer >= 1 (got {gpus_per_node!r})")
-    if not (isinstance(kind, str) and kind.strip() and kind == kind.strip()):
-        problems.append(f"kind must be a non-empty GPU name such as H200 (got {kind!r})")
+    nodes_ok = _is_int(nodes) and 1 <= nodes <= MAX_CLUSTER_GPUS
+    if not nodes_ok:
+        problems.append(f"nodes must be an integer in 1..{MAX_CLUSTER_GPUS} (got {brief(nodes)})")
+    per_node_ok = _is_int(gpus_per_node) and 1 <= gpus_per_node <= MAX_GPUS_PER_NODE
+    if not per_node_ok:
+        problems.append(f"gpus_per_node must be an integer in 1..{MAX_GPUS_PER_NODE} (got {brief(gpus_per_node)})")
+    if nodes_ok and per_node_ok and nodes * gpus_per_node > MAX_CLUSTER_GPUS:
+        problems.append(f"{nodes} nodes x {gpus_per_node} GPUs = {nodes * gpus_per_node} GPUs; "
+                        f"a cluster has at most {MAX_CLUSTER_GPUS}")
+    if not (isinstance(kind, str) and kind.strip() and kind == kind.strip() and len(kind) <= MAX_NAME_CHARS):
+        problems.append(f"kind must be a non-empty GPU name such as H200 (got {brief(kind)})")
     for name, value in (("mem_gib", mem_gib), ("intra_link_gbps", intra_link_gbps), ("inter_link_gbps", inter_link_gbps)):
-        if not (_is_number(value) and value > 0 and math.isfinite(value)):
-            problems.append(f"{name} must be a positive finite number (got {value!r})")
+        if not (is_finite(value) and value > 0):
+            problems.append(f"{name} must be a positive finite number (got {brief(value)})")
     return problems
 
 
@@ -210,9 +219,11 @@ def parse_cluster(text: str, memory_overrides: Mapping[str, float] | None = None
     comes from :data:`GPU_MEMORY_GIB`, with ``memory_overrides`` (kind -> GiB) taking precedence
     and able to add kinds the table lacks.
     """
-    origin = f"cluster {text!r}"
+    origin = f"cluster {brief(text)}"
     if not isinstance(text, str):
         raise ClusterError(origin, [f"expected a string in the form {CLUSTER_FORMS}"])
+    if len(text) > _MAX_TEXT_CHARS:
+        raise ClusterError(origin, [f"{len(text)} characters; expected {CLUSTER_FORMS}"])
     table = _memory_table(memory_overrides)
     match = _CLUSTER_RE.match(text)
     if match is None:
@@ -221,10 +232,13 @@ def parse_cluster(text: str, memory_overrides: Mapping[str, float] | None = None
     nodes = int(nodes_text) if nodes_text is not None else 1
     gpus_per_node = int(gpus_text)
     problems = []
-    if nodes < 1:
-        problems.append(f"the node count must be >= 1 (got {nodes})")
-    if gpus_per_node < 1:
-        problems.append(f"the GPU count per node must be >= 1 (got {gpus_per_node})")
+    if not 1 <= nodes <= MAX_CLUSTER_GPUS:
+        problems.append(f"the node count must be in 1..{MAX_CLUSTER_GPUS} (got {nodes})")
+    if not 1 <= gpus_per_node <= MAX_GPUS_PER_NODE:
+        problems.append(f"the GPU count per node must be in 1..{MAX_GPUS_PER_NODE} (got {gpus_per_node})")
+    elif 1 <= nodes <= MAX_CLUSTER_GPUS and nodes * gpus_per_node > MAX_CLUSTER_GPUS:
+        problems.append(f"{nodes} nodes x {gpus_per_node} GPUs = {nodes * gpus_per_node} GPUs; "
+                        f"a cluster has at most {MAX_CLUSTER_GPUS}")
     kind = _resolve_kind(kind_text, table)
     if kind is None:
         problems.append(
@@ -255,9 +269,9 @@ def cluster_from_dict(
     if not isinstance(data, Mapping):
         raise ClusterError(origin, [f"expected a mapping with keys {', '.join(_YAML_KEYS)} (got {type(data).__name__})"])
     problems = []
-    unknown = sorted(str(k) for k in data if k not in _YAML_KEYS)
+    unknown = [k for k in data if k not in _YAML_KEYS]
     if unknown:
-        problems.append(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_YAML_KEYS)}")
+        problems.append(f"unknown key(s) {listed(sorted(unknown, key=str))}; valid keys: {', '.join(_YAML_KEYS)}")
     missing = [k for k in _REQUIRED_KEYS if k not in data]
     if missing:
         problems.append(f"missing key(s) {', '.join(missing)}")
@@ -271,7 +285,7 @@ def cluster_from_dict(
             mem = table[kind]
         elif isinstance(kind, str) and kind:
             problems.append(
-                f"kind: unknown GPU kind {kind!r} and no mem_gib given; known GPU kinds: {_known_kinds(table)}"
+                f"kind: unknown GPU kind {brief(kind)} and no mem_gib given; known GPU kinds: {_known_kinds(table)}"
             )
             mem = 1.0  # placeholder so the remaining checks still run
     values = {

@@ -2,7 +2,10 @@
 
 The CLI's option defaults, the run spec (:mod:`tridentcore.bench.spec`), the live bench, the
 server's options, the Locust file and the workbench import these names; nothing else writes the
-values out. Pure constants: no imports, so every layer (and Locust) may use them.
+values out. The ``MAX_*`` bounds are every limit on what an input may ask for (trace, mix, cluster
+and run-spec files, the workload options, the HTTP API's bodies), each checked before any work is
+done with the input; the HTTP API uses the same names where it has the same bound. Pure
+constants: no imports, so every layer (and Locust) may use them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ __all__ = [
     "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED",
     "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
     "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S",
+    "MAX_STEPS", "MAX_SIDE_PX", "MAX_FRAMES", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_GUIDANCE", "MAX_REQUESTS",
+    "MAX_WORKLOAD_S", "MAX_MIX_CLASSES", "MAX_CLUSTER_GPUS", "MAX_GPUS_PER_NODE", "MAX_TRACE_BYTES",
+    "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_NAME_CHARS", "MAX_GPU_SAMPLES",
 ]  # fmt: skip
 
 DEFAULT_PROFILE = "h200"  # shipped cost profile the simulator and emulated GPUs price stages with
@@ -48,3 +54,21 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-fli
 DEFAULT_DB_WAIT_S = 35.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # `trident serve`: largest request body (413 past it)
 API_KEY_ENV = "TRIDENT_API_KEY"  # `trident serve`'s API key (or --api-key-file); the Locust file and the workbench send it
+
+# Bounds on inputs (issue 12): a file or option past one is refused with a one-line error naming it.
+MAX_STEPS = 200  # denoising steps of one request (HTTP bodies, traces, mixes)
+MAX_SIDE_PX = 4096  # height or width of one request, pixels: the image pipelines' 4096, the most any model takes
+MAX_FRAMES = 129  # frames of one video request (HTTP bodies, traces, mixes): Wan's 129, the most any model takes
+MAX_PROMPT_CHARS = 2000  # characters of a prompt or a negative prompt (HTTP bodies, traces)
+MAX_SEED = 2**31 - 1  # seeds are 0..MAX_SEED (31 bits, as the workload generator draws them)
+MAX_GUIDANCE = 100.0  # classifier-free guidance scale (HTTP bodies, traces)
+MAX_REQUESTS = 100_000  # requests of one workload: trace lines, a mix's rate x duration (100k simulate in ~0.35 GB)
+MAX_WORKLOAD_S = 86_400.0  # workload seconds (one day): a trace's arrival times, a mix's duration
+MAX_MIX_CLASSES = 256  # request classes of one mix
+MAX_CLUSTER_GPUS = 4096  # GPUs of one cluster (nodes x GPUs per node; also bounds the node count)
+MAX_GPUS_PER_NODE = 128  # GPUs of one node, worker processes of cpu:N (the largest NVLink domains have 72)
+MAX_TRACE_BYTES = 64 << 20  # largest trace file read (several hundred thousand JSON lines)
+MAX_CONFIG_BYTES = 1 << 20  # largest mix, cluster or run-spec file read (ours are a few KiB)
+MAX_NAME_CHARS = 128  # a model, mix or GPU kind name
+MAX_NESTING = 32  # lists and mappings nested in any JSON or YAML input (ours need 3)
+MAX_GPU_SAMPLES = 1_000_000  # rows of a run's gpu_samples: a longer run is sampled at a coarser interval

@@ -10,10 +10,15 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import reprlib
+import sys
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["SpecError", "TridentError", "WorkloadError", "is_int", "is_number"]
+__all__ = ["SpecError", "TridentError", "WorkloadError", "brief", "is_finite", "is_int", "is_number", "listed"]
+
+_BRIEF_CHARS = 80  # the longest a value is quoted in an error message
+_LISTED = 8  # the most names an error message lists
 
 
 class TridentError(Exception):
@@ -46,3 +51,33 @@ def is_int(value: Any) -> bool:
 def is_number(value: Any) -> bool:
     """An ``int`` or ``float`` that is not a ``bool``."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite(value: Any) -> bool:
+    """A number (:func:`is_number`) that is a finite float or converts to one: not nan or inf, and
+    not an int too large for a float (where ``math.isfinite`` would raise OverflowError)."""
+    return is_number(value) and -sys.float_info.max <= value <= sys.float_info.max
+
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 2, 4, 4, 4, 4
+_repr.maxstring = _repr.maxother = _repr.maxlong = _BRIEF_CHARS
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to at most 80 characters, for an error message: a value read from a file
+    (a long string, a large nested structure, one list shared many times over) is never written out
+    in full, so building the message costs little whatever the input."""
+    try:
+        text = _repr.repr(value)
+    except ValueError:  # an int past Python's 4300-digit limit has no repr
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= _BRIEF_CHARS else text[: _BRIEF_CHARS - 3] + "..."
+
+
+def listed(names: Iterable[Any]) -> str:
+    """Up to eight names, comma-separated, each cut by :func:`brief` if long (``a, b, ... (12 in all)``)."""
+    items = list(names)
+    shown = [n if isinstance(n, str) and len(n) <= _BRIEF_CHARS else brief(n) for n in items[:_LISTED]]
+    more = f", ... ({len(items)} in all)" if len(items) > _LISTED else ""
+    return ", ".join(shown) + more

@@ -1,6 +1,8 @@
 """Request classes and mixes (DESIGN.md, "Workloads"): a mix is a named set of request classes,
 each a model at one output shape drawn with a relative weight. The YAML file format lives in
-the ``workloads`` package; :func:`mix_from_dict` validates its parsed form.
+``tridentcore.formats.mixes``; :func:`mix_from_dict` validates its parsed form. A class asks for at
+most ``MAX_SIDE_PX`` pixels a side, ``MAX_FRAMES`` frames and ``MAX_STEPS`` steps; a mix holds at
+most ``MAX_MIX_CLASSES`` classes (``core/defaults.py``).
 
 Pure: no I/O.
 """
@@ -13,13 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import WorkloadError, is_int, is_number
+from .defaults import MAX_FRAMES, MAX_MIX_CLASSES, MAX_NAME_CHARS, MAX_SIDE_PX, MAX_STEPS
+from .errors import WorkloadError, brief, is_finite, is_int, listed
 from .types import Shape, class_label
 
 if TYPE_CHECKING:
     import random
 
-__all__ = ["Mix", "RequestClass", "cumulative_weights", "mix_from_dict"]
+__all__ = ["Mix", "RequestClass", "cumulative_weights", "mix_from_dict", "shape_problems"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +51,27 @@ class RequestClass:
         return class_label(self.model, self.shape)
 
 
+_SHAPE_BOUNDS = (("height", MAX_SIDE_PX), ("width", MAX_SIDE_PX), ("frames", MAX_FRAMES), ("steps", MAX_STEPS))
+
+
+def shape_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(key, message)`` for each of height, width, frames and steps in ``fields`` that is not an
+    integer in 1..its bound (a mix's class, a trace's entry)."""
+    problems = []
+    for key, bound in _SHAPE_BOUNDS:
+        value = fields[key]
+        if not (is_int(value) and 1 <= value <= bound):
+            problems.append((key, f"must be an integer in 1..{bound} (got {brief(value)})"))
+    return problems
+
+
 def _class_problems(model: Any, height: Any, width: Any, frames: Any, steps: Any, weight: Any) -> list[tuple[str, str]]:
     problems = []
-    if not (isinstance(model, str) and model.strip()):
-        problems.append(("model", f"must be a non-empty model name (got {model!r})"))
-    for key, value in (("height", height), ("width", width), ("frames", frames), ("steps", steps)):
-        if not (is_int(value) and value >= 1):
-            problems.append((key, f"must be an integer >= 1 (got {value!r})"))
-    if not (is_number(weight) and weight > 0 and math.isfinite(weight)):
-        problems.append(("weight", f"must be a positive finite number (got {weight!r})"))
+    if not (isinstance(model, str) and model.strip() and len(model) <= MAX_NAME_CHARS):
+        problems.append(("model", f"must be a model name of 1..{MAX_NAME_CHARS} characters (got {brief(model)})"))
+    problems.extend(shape_problems({"height": height, "width": width, "frames": frames, "steps": steps}))
+    if not (is_finite(weight) and weight > 0):
+        problems.append(("weight", f"must be a positive finite number (got {brief(weight)})"))
     return problems
 
 
@@ -87,13 +102,13 @@ class Mix:
                     problems.append(f"classes[{i}]: expected a RequestClass (got {type(cls).__name__})")
                     continue
                 if cls.label in seen:
-                    problems.append(f"classes[{i}]: duplicate class {cls.label!r} (also classes[{seen[cls.label]}])")
+                    problems.append(f"classes[{i}]: duplicate class {brief(cls.label)} (also classes[{seen[cls.label]}])")
                 else:
                     seen[cls.label] = i
         if not isinstance(self.description, str):
             problems.append(f"description must be a string (got {type(self.description).__name__})")
         if problems:
-            raise WorkloadError(f"mix {self.name!r}", problems)
+            raise WorkloadError(f"mix {brief(self.name)}", problems)
 
     @property
     def total_weight(self) -> float:
@@ -134,12 +149,12 @@ def mix_from_dict(data: Any, *, origin: str = "mix") -> Mix:
     if not isinstance(data, Mapping):
         raise WorkloadError(origin, [f"expected a mapping with keys {', '.join(_MIX_KEYS)} (got {type(data).__name__})"])
     problems: list[str] = []
-    unknown = sorted(str(k) for k in data if k not in _MIX_KEYS)
+    unknown = [k for k in data if k not in _MIX_KEYS]
     if unknown:
-        problems.append(f"unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_MIX_KEYS)}")
+        problems.append(f"unknown key(s) {listed(sorted(unknown, key=str))}; valid keys: {', '.join(_MIX_KEYS)}")
     name = data.get("name")
-    if not (isinstance(name, str) and name.strip()):
-        problems.append(f"name: must be a non-empty string (got {name!r})")
+    if not (isinstance(name, str) and name.strip() and len(name) <= MAX_NAME_CHARS):
+        problems.append(f"name: must be a string of 1..{MAX_NAME_CHARS} characters (got {brief(name)})")
     description = data.get("description", "")
     if description is None:
         description = ""
@@ -148,16 +163,18 @@ def mix_from_dict(data: Any, *, origin: str = "mix") -> Mix:
     raw_classes = data.get("classes")
     classes: list[RequestClass] = []
     if not isinstance(raw_classes, list) or not raw_classes:
-        problems.append(f"classes: must be a non-empty list of {{{', '.join(_CLASS_KEYS)}}} (got {raw_classes!r})")
+        problems.append(f"classes: must be a non-empty list of {{{', '.join(_CLASS_KEYS)}}} (got {brief(raw_classes)})")
+    elif len(raw_classes) > MAX_MIX_CLASSES:
+        problems.append(f"classes: {len(raw_classes)} classes; a mix has at most {MAX_MIX_CLASSES}")
     else:
         for i, entry in enumerate(raw_classes):
             where = f"classes[{i}]"
             if not isinstance(entry, Mapping):
-                problems.append(f"{where}: expected a mapping with keys {', '.join(_CLASS_KEYS)} (got {entry!r})")
+                problems.append(f"{where}: expected a mapping with keys {', '.join(_CLASS_KEYS)} (got {brief(entry)})")
                 continue
-            bad = sorted(str(k) for k in entry if k not in _CLASS_KEYS)
+            bad = [k for k in entry if k not in _CLASS_KEYS]
             if bad:
-                problems.append(f"{where}: unknown key(s) {', '.join(bad)}; valid keys: {', '.join(_CLASS_KEYS)}")
+                problems.append(f"{where}: unknown key(s) {listed(sorted(bad, key=str))}; valid keys: {', '.join(_CLASS_KEYS)}")
             missing = [k for k in ("model", "height", "width", "steps") if k not in entry]
             if missing:
                 problems.append(f"{where}: missing key(s) {', '.join(missing)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from .defaults import MAX_GPU_SAMPLES
 from .lifecycle import RequestRecord, RequestTable
 from .records import GpuSample, PlacementRow, RequestRow, SpanRow
 from .events import Dispatch
@@ -57,10 +58,16 @@ def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], ac
                 num_gpus: int, end_s: float, sample_s: float = 10.0) -> list[GpuSample]:
     """Per GPU and sampling interval: the busy fraction (each dispatch counted once) and the memory
     in use at the interval's start (resident weights, placements replayed, plus the activations
-    ``act_gib[dispatch_id]`` of the dispatch running then)."""
-    if sample_s <= 0:
+    ``act_gib[dispatch_id]`` of the dispatch running then).
+
+    At most ``MAX_GPU_SAMPLES`` rows: a run too long for that many at ``sample_s`` is sampled at a
+    whole multiple of it (a run of 4096 GPUs over a day at 10 s would otherwise be 35 million)."""
+    if not (sample_s > 0 and math.isfinite(end_s) and num_gpus > 0):
         return []
     bins = int(math.ceil(max(end_s, sample_s) / sample_s))
+    if bins * num_gpus > MAX_GPU_SAMPLES:
+        sample_s *= math.ceil(bins * num_gpus / MAX_GPU_SAMPLES)
+        bins = int(math.ceil(max(end_s, sample_s) / sample_s))
     busy = [[0.0] * bins for _ in range(num_gpus)]
     mem = [[0.0] * bins for _ in range(num_gpus)]
     for p in sorted(placements, key=lambda p: p.t_s):

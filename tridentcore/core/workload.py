@@ -28,7 +28,8 @@ import bisect
 import math
 
 from .arrivals import ARRIVAL_FORMS, ArrivalProcess, parse_arrival, unit_arrivals
-from .errors import WorkloadError, is_int, is_number
+from .defaults import MAX_REQUESTS, MAX_WORKLOAD_S
+from .errors import WorkloadError, is_finite, is_int, is_number
 from .mix import Mix, RequestClass, cumulative_weights, mix_from_dict
 from .requests import PROMPTS, RequestSpec
 from .slo import SloFn, make_slo_fn, met_slo, reference_degree, reference_latency_s, slo_s
@@ -44,6 +45,7 @@ __all__ = [
     "SloFn",
     "WorkloadError",
     "generate_requests",
+    "generated_size_problems",
     "make_slo_fn",
     "met_slo",
     "mix_from_dict",
@@ -55,6 +57,19 @@ __all__ = [
 ]
 
 _SEED_BITS = 31
+
+
+def generated_size_problems(rate: float, duration_s: float) -> list[tuple[str, str]]:
+    """``(field, message)`` for what is past the bounds of a drawn workload (``core/defaults.py``):
+    a duration over ``MAX_WORKLOAD_S`` (``duration``), or more than ``MAX_REQUESTS`` requests
+    expected, rate x duration (``rate``). Checked before a request is drawn; numbers that are not
+    positive and finite are left to the caller's own checks."""
+    if is_finite(duration_s) and duration_s > MAX_WORKLOAD_S:
+        return [("duration", f"{duration_s:g} s is over the limit of {MAX_WORKLOAD_S:g} s")]
+    if is_finite(rate) and is_finite(duration_s) and rate > 0 and duration_s > 0 and rate * duration_s > MAX_REQUESTS:
+        return [("rate", f"{rate:g}/s x {duration_s:g} s = {rate * duration_s:.0f} requests expected; a workload "
+                         f"has at most {MAX_REQUESTS} (lower the rate or the duration)")]
+    return []
 
 
 def generate_requests(
@@ -87,6 +102,7 @@ def generate_requests(
         problems.append(f"duration_s must be a positive finite number (got {duration_s!r})")
     if not is_int(seed):
         problems.append(f"seed must be an integer (got {seed!r})")
+    problems.extend(f"{key}: {msg}" for key, msg in generated_size_problems(rate, duration_s))
     process = None
     try:
         process = parse_arrival(arrival)
@@ -113,6 +129,9 @@ def generate_requests(
         arrival_s = unit_t / rate
         if arrival_s >= duration_s:
             break
+        if index >= MAX_REQUESTS:  # (a burst, or a draw above rate x duration)
+            raise WorkloadError("generate_requests", [f"more than {MAX_REQUESTS} requests drawn; a workload has "
+                                                      f"at most {MAX_REQUESTS} (lower the rate or the duration)"])
         shape = cls.shape
         key = (cls.model, shape)
         slo = slo_cache.get(key)

@@ -1,7 +1,8 @@
 """Named mixes (``tridentcore/formats/data/mixes/*.yaml``) and cluster files: reading them from disk.
 
 The parsing and validation are pure and live in ``tridentcore.core`` (:func:`mix_from_dict`,
-:func:`cluster_from_dict`, :func:`parse_cluster`); this module only finds and reads the files.
+:func:`cluster_from_dict`, :func:`parse_cluster`); this module only finds and reads the files,
+within bounds (:mod:`.bounded`: at most ``MAX_CONFIG_BYTES``, YAML without aliases).
 Imports only the standard library, ``yaml`` and ``tridentcore.core`` (Locust imports it).
 """
 
@@ -12,10 +13,11 @@ from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
-import yaml
-
 from tridentcore.core.cluster import ClusterError, ClusterSpec, cluster_from_dict, parse_cluster
+from tridentcore.core.defaults import MAX_CONFIG_BYTES
 from tridentcore.core.workload import Mix, WorkloadError, mix_from_dict
+
+from .bounded import InputRefused, load_yaml, read_bounded
 
 __all__ = ["list_mixes", "load_cluster", "load_mix", "mix_path"]
 
@@ -48,18 +50,25 @@ def _looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or text.endswith(_YAML_SUFFIXES)
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system
+        return False
+
+
 def _parse_yaml(text: str, origin: str, error: type[ValueError]) -> object:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise error(origin, [f"not valid YAML: {exc}"]) from None  # type: ignore[call-arg]
+        return load_yaml(text)
+    except InputRefused as exc:
+        raise error(origin, [str(exc)]) from None  # type: ignore[call-arg]
 
 
 def _read(path: Path, origin: str, error: type[ValueError]) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise error(origin, [f"cannot read: {exc}"]) from None  # type: ignore[call-arg]
+        return read_bounded(path, MAX_CONFIG_BYTES)
+    except InputRefused as exc:
+        raise error(origin, [str(exc)]) from None  # type: ignore[call-arg]
 
 
 def load_mix(name_or_path: str | os.PathLike[str]) -> Mix:
@@ -78,7 +87,7 @@ def load_mix(name_or_path: str | os.PathLike[str]) -> Mix:
                 data = _parse_yaml(resource.read_text(encoding="utf-8"), origin, WorkloadError)
                 return mix_from_dict(data, origin=origin)
     path = Path(text_name)
-    if path.is_file():
+    if _is_file(path):
         origin = str(path)
         data = _parse_yaml(_read(path, origin, WorkloadError), origin, WorkloadError)
         return mix_from_dict(data, origin=origin)
@@ -98,7 +107,7 @@ def load_cluster(
     path = Path(text)
     if isinstance(text_or_yaml_path, os.PathLike) or _looks_like_path(text):
         origin = str(path)
-        if not path.is_file():
+        if not _is_file(path):
             raise ClusterError(origin, ["no such file (or write the cluster like 8xH200 / 2x8xH200)"])
         data = _parse_yaml(_read(path, origin, ClusterError), origin, ClusterError)
         if isinstance(data, Mapping) and set(data) == {"cluster"} and isinstance(data["cluster"], Mapping):

@@ -22,14 +22,21 @@ timestamp, height, width, num_frames (default 1), num_inference_steps, prompt, n
 seed and model are ignored.
 
 The format is detected per file from its first line that is not blank and not a ``#`` comment;
-errors name the file and the line. Imports only the standard library and ``tridentcore.core``.
+errors name the file and the line. Imports only the standard library, ``tridentcore.core`` and
+:mod:`.bounded`.
+
+Bounds (``core/defaults.py``), checked before any request is built: a file of at most
+``MAX_TRACE_BYTES``, at most ``MAX_REQUESTS`` request lines, each a JSON object nested at most
+``MAX_NESTING`` deep; ``t`` finite in ``[0, MAX_WORKLOAD_S]``; height and width at most
+``MAX_SIDE_PX``, frames ``MAX_FRAMES``, steps ``MAX_STEPS``; prompts ``MAX_PROMPT_CHARS``
+characters, model names ``MAX_NAME_CHARS``; seeds in ``0..MAX_SEED``; guidance at most
+``MAX_GUIDANCE`` (the HTTP API's bounds, where it has them, are the same names).
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import math
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,9 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tridentcore.core.errors import TridentError
+from tridentcore.core.defaults import (MAX_GUIDANCE, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_REQUESTS, MAX_SEED,
+                                       MAX_TRACE_BYTES, MAX_WORKLOAD_S)
+from tridentcore.core.errors import TridentError, brief, is_finite, listed
+from tridentcore.core.mix import shape_problems
 from tridentcore.core.types import Shape
 from tridentcore.core.workload import RequestSpec, SloFn
+
+from .bounded import InputRefused, load_json, read_bounded
 
 __all__ = [
     "TraceEntry",
@@ -134,37 +146,33 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _entry_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
     problems = []
     t = fields["t"]
-    if not (_is_number(t) and math.isfinite(t) and t >= 0):
-        problems.append(("t", f"must be a finite number of seconds >= 0 (got {t!r})"))
+    if not (is_finite(t) and 0 <= t <= MAX_WORKLOAD_S):
+        problems.append(("t", f"must be a finite number of seconds in [0, {MAX_WORKLOAD_S:g}] (got {brief(t)})"))
     model = fields["model"]
-    if not (isinstance(model, str) and model.strip()):
-        problems.append(("model", f"must be a non-empty model name (got {model!r})"))
-    for key in ("height", "width", "frames", "steps"):
-        value = fields[key]
-        if not (_is_int(value) and value >= 1):
-            problems.append((key, f"must be an integer >= 1 (got {value!r})"))
+    if not (isinstance(model, str) and model.strip() and len(model) <= MAX_NAME_CHARS):
+        problems.append(("model", f"must be a model name of 1..{MAX_NAME_CHARS} characters (got {brief(model)})"))
+    problems.extend(shape_problems(fields))
     for key in ("prompt", "negative_prompt"):
-        if not isinstance(fields[key], str):
-            problems.append((key, f"must be a string (got {fields[key]!r})"))
+        value = fields[key]
+        if not isinstance(value, str):
+            problems.append((key, f"must be a string (got {brief(value)})"))
+        elif len(value) > MAX_PROMPT_CHARS:
+            problems.append((key, f"{len(value)} characters; at most {MAX_PROMPT_CHARS}"))
     seed = fields["seed"]
-    if seed is not None and not _is_int(seed):
-        problems.append(("seed", f"must be an integer (got {seed!r})"))
+    if seed is not None and not (_is_int(seed) and 0 <= seed <= MAX_SEED):
+        problems.append(("seed", f"must be an integer in 0..{MAX_SEED} (got {brief(seed)})"))
     guidance = fields["guidance"]
-    if guidance is not None and not (_is_number(guidance) and math.isfinite(guidance) and guidance >= 0):
-        problems.append(("guidance", f"must be a finite number >= 0 (got {guidance!r})"))
+    if guidance is not None and not (is_finite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
+        problems.append(("guidance", f"must be a finite number in [0, {MAX_GUIDANCE:g}] (got {brief(guidance)})"))
     return problems
 
 
 def _integral(value: Any) -> Any:
     """1024.0 -> 1024 (JSON writers that emit floats); anything else unchanged."""
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
         return int(value)
     return value
 
@@ -202,9 +210,9 @@ def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None) -> Tra
 
 def _parse_json_line(text: str) -> dict[str, Any] | str:
     try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+        obj = load_json(text)
+    except InputRefused as exc:
+        return str(exc).replace(" at line 1 column ", " at column ")
     if not isinstance(obj, dict):
         return f"expected a JSON object (got {type(obj).__name__})"
     return obj
@@ -238,7 +246,7 @@ def _parse_paper_line(text: str) -> dict[str, Any] | str:
         try:
             out[ours] = ast.literal_eval(keyword.value)
         except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-            problems.append(f"{keyword.arg}: not a literal value ({ast.unparse(keyword.value)[:60]})")
+            problems.append(f"{keyword.arg[:40]}: not a literal value ({ast.unparse(keyword.value)[:60]})")
     if problems:
         return "; ".join(problems)
     return out
@@ -259,7 +267,11 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
     problems: list[str] = []
     fmt: str | None = None
     fmt_line = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    count = sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if count > MAX_REQUESTS:
+        raise TraceError(origin, [f"{count} request lines; a trace has at most {MAX_REQUESTS}"])
+    for number, line in enumerate(lines, start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -288,7 +300,7 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
             continue
         unknown = sorted(k for k in raw if k not in _JSON_KEYS)  # (paper lines are renamed already)
         if unknown:
-            problems.append(f"line {number}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_JSON_KEYS)}")
+            problems.append(f"line {number}: unknown key(s) {listed(unknown)}; valid keys: {', '.join(_JSON_KEYS)}")
         result = _entry_from_fields(raw, default_model)
         if isinstance(result, list):
             problems.extend(f"line {number}: {p}" for p in result)
@@ -305,9 +317,9 @@ def read_trace(path: str | os.PathLike[str], default_model: str | None = None) -
     """Read a trace file (format detected per file); errors name the file and line."""
     origin = os.fspath(path)
     try:
-        text = Path(origin).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TraceError(origin, [f"cannot read: {exc}"]) from None
+        text = read_bounded(origin, MAX_TRACE_BYTES)
+    except InputRefused as exc:
+        raise TraceError(origin, [str(exc)]) from None
     return parse_trace(text, origin=origin, default_model=default_model)
 
 

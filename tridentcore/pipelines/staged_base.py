@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.defaults import MAX_SIDE_PX
 from ..core.types import STAGES, StageKind
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class StagedPipeline:
     @property
     def limits(self) -> ModelLimits:
         multiple = max(16, self.vae_scale * 2)
-        return ModelLimits(min_size=multiple * 2, max_size=4096, size_multiple=multiple, video=False)
+        return ModelLimits(min_size=multiple * 2, max_size=MAX_SIDE_PX, size_multiple=multiple, video=False)
 
     def modules(self) -> dict[str, list[torch.nn.Module]]:
         """The modules each stage needs resident: what placing or evicting a stage moves."""

@@ -40,14 +40,14 @@ from dataclasses import dataclass, field
 
 from ..core.costmodel import CostModel
 from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
-                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, MAX_FRAMES, MAX_SIDE_PX)
 from ..core.policy import make_policy, with_late
 from ..core.types import Shape
 from .devices import (DEVICE_FORMS, DeviceSpec, SetupError, gpu_kind_of, host_mem_gib, parse_devices, parse_faults,
                       parse_profiles)
 from .engine import Engine, EngineConfig
 from .group import EngineGroup
-from .models import MAX_FRAMES, MAX_SIZE, ModelEntry, emulated_entry, video_models
+from .models import ModelEntry, emulated_entry, video_models
 from .workers import CpuWorker, EmulatedWorker, WorkerPool
 
 __all__ = ["BACKENDS", "DEVICE_FORMS", "DeviceSpec", "Part", "Runtime", "SetupError", "build_runtime", "gpu_kind_of",
@@ -120,8 +120,8 @@ def _device_entry(card, kind: str) -> ModelEntry:
     else:
         width, height = (832, 480) if video else (1024, 1024)
         max_size = card.max_size
-    # never beyond what the API's schema declares (MAX_SIZE, MAX_FRAMES)
-    return ModelEntry(card.name, "video" if video else "image", card.min_size, min(max_size, MAX_SIZE),
+    # never beyond what the API's schema declares (MAX_SIDE_PX, MAX_FRAMES)
+    return ModelEntry(card.name, "video" if video else "image", card.min_size, min(max_size, MAX_SIDE_PX),
                       card.size_multiple, card.default_steps, width, height, card.frames_multiple,
                       min(card.max_frames, MAX_FRAMES),
                       (1 + 4 * card.frames_multiple if kind != "cpu" else 9) if video else 1)

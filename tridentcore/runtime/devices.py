@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from ..core.cluster import GPU_MEMORY_GIB, ClusterError, ClusterSpec, parse_cluster
-from ..core.defaults import DEFAULT_PROFILE
+from ..core.defaults import DEFAULT_PROFILE, MAX_GPUS_PER_NODE
 from ..core.errors import TridentError
 from ..core.types import STAGES
 
@@ -134,8 +134,8 @@ def _parse_one(text: str) -> DeviceSpec:
             raise SetupError([f"devices {text!r}: {p}" for p in exc.problems]) from None
         return DeviceSpec("emulated", cluster, text)
     if kind == "cpu":
-        if not re.fullmatch(r"\s*\d+\s*", rest) or int(rest) < 1:
-            raise SetupError([f"devices {text!r}: cpu:N needs a worker count N >= 1"])
+        if not re.fullmatch(r"\s*\d{1,9}\s*", rest) or not 1 <= int(rest) <= MAX_GPUS_PER_NODE:
+            raise SetupError([f"devices {text!r}: cpu:N needs a worker count N in 1..{MAX_GPUS_PER_NODE}"])
         n = int(rest)
         cluster = ClusterSpec(nodes=1, gpus_per_node=n, kind="cpu", mem_gib=round(host_mem_gib() / n, 3))
         return DeviceSpec("cpu", cluster, text)

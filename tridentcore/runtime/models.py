@@ -13,15 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..core.costmodel import CostModel
+from ..core.defaults import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SIDE_PX, MAX_STEPS
 from ..core.types import Shape, StageKind
-
-MAX_STEPS = 200
-MAX_PROMPT_CHARS = 2000
-# the largest any served model accepts (the API's schema declares these; each model's own, which may
-# be smaller, is in GET /v1/models and checked by :func:`check_request`): the image pipelines' 4096
-# px sides, Wan's 129 frames
-MAX_SIZE = 4096
-MAX_FRAMES = 129
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +61,7 @@ def emulated_entry(name: str, cost: CostModel, gpu: str, video: bool) -> ModelEn
     if video:
         return ModelEntry(name, "video", 128, 2048, 16, 50, 832, 480, frames_multiple=4, max_frames=MAX_FRAMES,
                           default_frames=17, emulated=True)
-    return ModelEntry(name, "image", 128, MAX_SIZE, 16, 28, 1024, 1024, emulated=True)
+    return ModelEntry(name, "image", 128, MAX_SIDE_PX, 16, 28, 1024, 1024, emulated=True)
 
 
 def check_request(entry: ModelEntry, cost: CostModel, gpu: str, width: int, height: int, frames: int,

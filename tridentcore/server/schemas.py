@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..runtime.models import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SIZE, MAX_STEPS
+from ..core.defaults import MAX_FRAMES, MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE_PX, MAX_STEPS
 
 MAX_N = 8
 MIN_SLO_MS = 1.0  # a deadline under a millisecond is no objective (and 5e-324 ms is 0 s)
@@ -32,13 +32,13 @@ class ImageGenerationRequest(BaseModel):
     model: str | None = Field(None, description="A served model (GET /v1/models); default: the first of its kind.")
     size: str | None = Field(None, json_schema_extra={"pattern": SIZE_PATTERN, "maxLength": 11},
                              description=f"WIDTHxHEIGHT in ASCII digits, each side a multiple of the model's "
-                                         f"size_multiple (16) and at most {MAX_SIZE} (the model's own bounds: "
+                                         f"size_multiple (16) and at most {MAX_SIDE_PX} (the model's own bounds: "
                                          f"GET /v1/models).")
     n: int = Field(1, ge=1, le=MAX_N, description="Images (or videos) to make; seeds seed, seed+1, ...")
     response_format: Literal["b64_json", "url"] = "b64_json"
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    guidance: float | None = Field(None, ge=0, le=100, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE, allow_inf_nan=False)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     slo_ms: float | None = Field(None, ge=MIN_SLO_MS, le=MAX_SLO_MS, allow_inf_nan=False,
                                  description="Latency objective in engine milliseconds (default: 3x reference).")

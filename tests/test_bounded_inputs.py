@@ -1,0 +1,270 @@
+"""Hostile local files (issue 12): every limit on a trace, mix, cluster or run-spec file, through the CLI.
+
+Each attack is a small file in ``tmp_path`` run by ``trident`` in a child process under a memory
+limit (RLIMIT_AS) and a timeout, so a regression fails the test instead of eating the machine.
+Each must end at once with exit status 2 and one line, ``error: ...``, naming the limit, and no
+traceback. The README's "Hostile local files" table lists these tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tridentcore.core.defaults import (MAX_CLUSTER_GPUS, MAX_CONFIG_BYTES, MAX_FRAMES, MAX_GPU_SAMPLES,
+                                       MAX_GPUS_PER_NODE, MAX_GUIDANCE, MAX_MIX_CLASSES, MAX_NESTING,
+                                       MAX_PROMPT_CHARS, MAX_REQUESTS, MAX_SEED, MAX_SIDE_PX, MAX_STEPS,
+                                       MAX_TRACE_BYTES, MAX_WORKLOAD_S)
+from tridentcore.core.errors import brief
+
+ROOT = Path(__file__).resolve().parents[1]
+MEMORY_LIMIT_BYTES = 3 << 30  # the CLI needs a few hundred MB; each attack, unbounded, needed many GB
+PROMPT_S = 30.0  # loose: each refusal takes about a second
+
+LINE = {"t": 0.5, "model": "sd3-medium", "height": 1024, "width": 1024, "steps": 28}
+LAUGHS = "".join(  # the billion laughs: 9 levels of 9 aliases each, 9**9 strings when expanded (600 bytes)
+    [f"l0: &l0 [{', '.join(['lol'] * 9)}]\n"]
+    + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 9)]
+)
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+
+
+def _trident(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "tridentcore.cli", *args], capture_output=True, text=True,
+                          timeout=120, preexec_fn=_limit_memory, env=env, cwd=ROOT)
+    return proc, time.monotonic() - start
+
+
+def _refused(*args: str) -> str:
+    """Run ``trident ARGS``; require a prompt exit 2 with one ``error: ...`` line; return that line."""
+    proc, elapsed = _trident(*args)
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, output[-3000:]
+    assert proc.returncode == 2, output[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert len(lines[0]) < 4000, lines[0][:300]  # never an expanded document
+    assert elapsed < PROMPT_S, f"{elapsed:.1f} s"
+    return lines[0]
+
+
+def _jsonl(tmp_path: Path, name: str, *lines: dict | str) -> str:
+    path = tmp_path / name
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return str(path)
+
+
+def _file(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------ traces
+def test_trace_with_a_billion_steps_is_refused_by_simulate_and_import(tmp_path):
+    trace = _jsonl(tmp_path, "steps.jsonl", {**LINE, "steps": 1_000_000_000})
+    for args in (["simulate", "--trace", trace], ["trace", "import", trace, "--out", str(tmp_path / "o.jsonl")],
+                 ["trace", "stats", trace], ["bench", "--trace", trace, "--db", str(tmp_path / "r.duckdb")]):
+        line = _refused(*args)
+        assert f"line 1: steps: must be an integer in 1..{MAX_STEPS} (got 1000000000)" in line, line
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_trace_shape_bounds_are_the_http_apis(tmp_path):
+    trace = _jsonl(tmp_path, "shape.jsonl", {**LINE, "height": MAX_SIDE_PX + 16},
+                   {**LINE, "width": 1e300}, {**LINE, "frames": MAX_FRAMES + 1}, {**LINE, "seed": MAX_SEED + 1},
+                   {**LINE, "guidance": 1e9}, {**LINE, "prompt": "x" * (MAX_PROMPT_CHARS + 1)},
+                   {**LINE, "model": "m" * 10_000})
+    line = _refused("simulate", "--trace", trace)
+    for needle in (f"line 1: height: must be an integer in 1..{MAX_SIDE_PX}", "line 2: width: must be an integer",
+                   "(got 1e+300)", f"line 3: frames: must be an integer in 1..{MAX_FRAMES}",
+                   f"line 4: seed: must be an integer in 0..{MAX_SEED}", f"line 5: guidance: must be a finite number "
+                   f"in [0, {MAX_GUIDANCE:g}]", f"line 6: prompt: {MAX_PROMPT_CHARS + 1} characters",
+                   "line 7: model: must be a model name of 1..128 characters"):
+        assert needle in line, (needle, line)
+
+
+@pytest.mark.parametrize("value, shown", [("1e300", "1e+300"), ("NaN", "nan"), ("Infinity", "inf"),
+                                          ("-Infinity", "-inf"), ("-1", "-1"), ("86400.5", "86400.5")])
+def test_trace_times_must_be_finite_and_within_a_day(tmp_path, value, shown):
+    trace = _jsonl(tmp_path, "t.jsonl", json.dumps(LINE), '{"t": %s, "model": "sd3-medium", "height": 1024, '
+                                                          '"width": 1024, "steps": 28}' % value)
+    line = _refused("simulate", "--trace", trace)
+    assert f"line 2: t: must be a finite number of seconds in [0, {MAX_WORKLOAD_S:g}] (got {shown})" in line, line
+
+
+def test_paper_trace_time_is_bounded_too(tmp_path):
+    trace = _file(tmp_path, "paper.txt", "Request(request_id=0, timestamp=1e300, height=1024, width=1024, "
+                                         "num_frames=1, prompt='a', num_inference_steps=28)\n")
+    line = _refused("trace", "import", trace, "--model", "sd3-medium", "--out", str(tmp_path / "o.jsonl"))
+    assert "line 1: t: must be a finite number of seconds" in line and "1e+300" in line, line
+
+
+def test_trace_nested_200k_deep_is_one_line_not_a_recursion_error(tmp_path):
+    trace = _jsonl(tmp_path, "deep.jsonl", '{"t": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    line = _refused("simulate", "--trace", trace)
+    assert f"line 1: lists or mappings nested more than {MAX_NESTING} deep" in line, line
+    shallow = _jsonl(tmp_path, "shallow.jsonl", '{"t": ' + "[" * 40 + "]" * 40 + "}")  # under Python's own limit
+    assert f"nested more than {MAX_NESTING} deep" in _refused("simulate", "--trace", shallow)
+
+
+def test_trace_integer_of_5000_digits_is_one_line(tmp_path):
+    trace = _jsonl(tmp_path, "digits.jsonl", '{"t": ' + "9" * 5000 + ', "model": "m", "height": 8, "width": 8, '
+                                                                     '"steps": 1}')
+    assert "line 1: not valid JSON" in _refused("simulate", "--trace", trace)
+
+
+def test_trace_with_more_requests_than_the_limit_is_refused_before_parsing(tmp_path):
+    trace = tmp_path / "many.jsonl"
+    trace.write_text((json.dumps(LINE) + "\n") * (MAX_REQUESTS + 1))
+    line = _refused("simulate", "--trace", str(trace))
+    assert f"{MAX_REQUESTS + 1} request lines; a trace has at most {MAX_REQUESTS}" in line, line
+
+
+def test_trace_file_past_the_size_limit_is_not_read(tmp_path):
+    trace = tmp_path / "big.jsonl"
+    with open(trace, "wb") as f:
+        f.truncate(MAX_TRACE_BYTES + 1)  # sparse: costs no disk
+    line = _refused("simulate", "--trace", str(trace))
+    assert f"larger than the limit of {MAX_TRACE_BYTES} bytes" in line, line
+
+
+# ---------------------------------------------------------------------------------- YAML: mixes, clusters
+@pytest.mark.parametrize("kind", ["cluster", "mix"])
+def test_billion_laughs_yaml_is_refused_at_the_first_alias(tmp_path, kind):
+    body = "nodes: *l8\ngpus_per_node: 8\nkind: H200\n" if kind == "cluster" else "name: *l8\nclasses: *l8\n"
+    path = _file(tmp_path, f"laughs-{kind}.yaml", LAUGHS + body)
+    assert len(Path(path).read_bytes()) < 1000
+    line = _refused("simulate", f"--{kind}", path, "--policies", "trident")
+    assert "line 2: YAML aliases (*l0) are not accepted" in line, line
+
+
+def test_yaml_merge_keys_are_aliases_too(tmp_path):
+    path = _file(tmp_path, "merge.yaml", "base: &b {nodes: 1, gpus_per_node: 8, kind: H200}\ncluster:\n  <<: *b\n")
+    assert "YAML aliases (*b) are not accepted" in _refused("simulate", "--cluster", path)
+
+
+@pytest.mark.parametrize("kind", ["cluster", "mix"])
+def test_deeply_nested_yaml_is_one_line(tmp_path, kind):
+    path = _file(tmp_path, f"deep-{kind}.yaml", "a: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert f"nested more than {MAX_NESTING} deep" in _refused("simulate", f"--{kind}", path)
+
+
+def test_yaml_file_past_the_size_limit_is_not_read(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * MAX_CONFIG_BYTES + "\n")
+    assert f"larger than the limit of {MAX_CONFIG_BYTES} bytes" in _refused("simulate", "--mix", str(path))
+
+
+def test_mix_bounds(tmp_path):
+    big = _file(tmp_path, "classes.yaml", "name: x\nclasses:\n" + "".join(
+        f"  - {{model: sd3-medium, height: {16 * (i + 1)}, width: 512, steps: 28}}\n"
+        for i in range(MAX_MIX_CLASSES + 1)))
+    line = _refused("simulate", "--mix", big)
+    assert f"classes: {MAX_MIX_CLASSES + 1} classes; a mix has at most {MAX_MIX_CLASSES}" in line, line
+    steps = _file(tmp_path, "steps.yaml", "name: x\nclasses:\n  - {model: sd3-medium, height: 1024, width: 1024, "
+                                          "steps: 1000000000, weight: 1e999}\n")
+    line = _refused("simulate", "--mix", steps)
+    assert f"classes[0].steps: must be an integer in 1..{MAX_STEPS}" in line and "classes[0].weight" in line, line
+
+
+@pytest.mark.parametrize("cluster, needle", [
+    ("100000x1000xH200", f"the node count must be in 1..{MAX_CLUSTER_GPUS} (got 100000)"),
+    ("64x128xH200", f"64 nodes x 128 GPUs = 8192 GPUs; a cluster has at most {MAX_CLUSTER_GPUS}"),
+    ("1x1000xH200", f"the GPU count per node must be in 1..{MAX_GPUS_PER_NODE} (got 1000)"),
+    ("9" * 5000 + "xH200", "5005 characters"),
+])
+def test_cluster_text_bounds(cluster, needle):
+    line = _refused("simulate", "--cluster", cluster)
+    assert needle in line, line
+    assert len(line) < 500
+
+
+def test_cluster_yaml_bounds(tmp_path):
+    path = _file(tmp_path, "c.yaml", "nodes: 100000\ngpus_per_node: 1000\nkind: H200\n")
+    line = _refused("trace", "stats", _jsonl(tmp_path, "t.jsonl", LINE), "--cluster", path)
+    assert (f"nodes must be an integer in 1..{MAX_CLUSTER_GPUS} (got 100000); gpus_per_node must be an integer in "
+            f"1..{MAX_GPUS_PER_NODE} (got 1000)") in line, line
+    path = _file(tmp_path, "inf.yaml", "nodes: 1\ngpus_per_node: 8\nkind: H200\nmem_gib: 1.0e+999\n")
+    assert "mem_gib must be a positive finite number (got inf)" in _refused("simulate", "--cluster", path)
+
+
+# ---------------------------------------------------------------------------------- drawn workloads
+@pytest.mark.parametrize("args, needle", [
+    (["simulate", "--duration", "1e9"], f"--duration: 1e+09 s is over the limit of {MAX_WORKLOAD_S:g} s"),
+    (["simulate", "--rate", "1e9", "--duration", "60"], f"a workload has at most {MAX_REQUESTS}"),
+    (["simulate", "--arrival", "bursts:size=100000000", "--rate", "0.001"], f"size must be an integer in 1..{MAX_REQUESTS}"),
+    (["trace", "generate", "--rate", "1e9", "--out", "{tmp}/g.jsonl"], f"a workload has at most {MAX_REQUESTS}"),
+    (["sweep", "--rates", "1,1e9", "--duration", "60"], f"a workload has at most {MAX_REQUESTS}"),
+    (["sweep", "--goodput", "--cluster", "512x8xH200"], f"a workload has at most {MAX_REQUESTS}"),
+])
+def test_drawn_workload_bounds(tmp_path, args, needle):
+    line = _refused(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert needle in line, line
+
+
+# ---------------------------------------------------------------------------------- run-spec files (serve)
+@pytest.mark.parametrize("text, needle", [
+    ('{"cluster": ' + "[" * 200_000 + "]" * 200_000 + "}", f"nested more than {MAX_NESTING} deep"),
+    ('{"rate": ' + "9" * 4000 + "}", "--rate: must be a number > 0"),
+    ('{"rate": 1e9, "duration_s": 600}', f"a workload has at most {MAX_REQUESTS}"),
+    ('{"noise_bias": [[1, 2, 3]]}', "too many values to unpack"),
+    ('{"devices": "emulated:100000x1000xH200", "policies": ["trident"]}', "the node count must be in 1..4096"),
+])
+def test_serve_spec_file_bounds(tmp_path, text, needle):
+    line = _refused("serve", "--spec", _file(tmp_path, "spec.json", text), "--port", "0")
+    assert needle in line, line
+
+
+def test_serve_cpu_worker_count_is_bounded():
+    line = _refused("serve", "--devices", "cpu:100000", "--models", "sd3-medium", "--port", "0")
+    assert f"cpu:N needs a worker count N in 1..{MAX_GPUS_PER_NODE}" in line, line
+
+
+# ---------------------------------------------------------------------------------- in process
+def test_brief_never_expands_a_shared_structure():
+    laughs: list = ["lol"] * 9
+    for _ in range(9):
+        laughs = [laughs] * 9  # 9**10 strings if written out
+    start = time.monotonic()
+    text = brief(laughs)
+    assert len(text) <= 80 and time.monotonic() - start < 1.0
+    assert brief(10**5000).startswith("<int")  # past Python's 4300-digit str() limit
+
+
+def test_gpu_samples_are_bounded_for_a_long_run():
+    from tridentcore.core.records import SpanRow
+    from tridentcore.core.recording import gpu_samples
+
+    span = SpanRow(dispatch_id=0, request_id=0, stage="diffuse", gpus=(0, 4095), degree=2, batch=1, queued_s=0.0,
+                   started_s=0.0, ended_s=MAX_WORKLOAD_S, predicted_s=MAX_WORKLOAD_S, start_step=0, end_step=1,
+                   outcome="done")
+    rows = gpu_samples([span], [], {}, num_gpus=4096, end_s=MAX_WORKLOAD_S)  # 35 million at 10 s
+    assert 0 < len(rows) <= MAX_GPU_SAMPLES + 4096
+    interval = rows[1].t_s - rows[0].t_s
+    assert interval % 10.0 == 0 and interval > 10.0
+    assert {r.busy for r in rows if r.gpu == 0} == {1.0}
+    assert gpu_samples([span], [], {}, num_gpus=1, end_s=float("inf")) == []
+
+
+def test_http_api_bounds_are_the_same_names():
+    from tridentcore.runtime import models
+    from tridentcore.server.schemas import VideoGenerationRequest
+
+    limits = {type(m).__name__: m for m in VideoGenerationRequest.model_fields["frames"].metadata}
+    assert limits["Le"].le == MAX_FRAMES
+    steps = {type(m).__name__: m for m in VideoGenerationRequest.model_fields["steps"].metadata}
+    assert steps["Le"].le == MAX_STEPS == models.MAX_STEPS
+    assert models.MAX_PROMPT_CHARS == MAX_PROMPT_CHARS

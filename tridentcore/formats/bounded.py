@@ -1,0 +1,125 @@
+"""Reading input files within bounds (issue 12): what every reader of a trace, mix, cluster or
+run-spec file goes through before it looks at the contents.
+
+* :func:`read_bounded`: at most ``max_bytes`` are read (a larger file, ``/dev/zero`` or a pipe
+  that never ends is refused after ``max_bytes + 1``), then decoded as UTF-8.
+* :func:`load_yaml`: YAML without aliases (``*name``, and so ``<<: *name`` merges): a
+  "billion laughs" document is refused where the first alias stands, so nothing is ever expanded,
+  not even into an error message; lists and mappings nested at most ``MAX_NESTING`` deep.
+* :func:`load_json`: JSON nested at most ``MAX_NESTING`` deep (deeper documents end Python's
+  decoder with a RecursionError, reported as the same one-line problem), numbers as Python reads
+  them (``NaN``/``Infinity`` are left to the field checks, which want finite numbers).
+
+Each raises :class:`InputRefused` with one short problem; the callers re-raise it as their own
+error (``TraceError``, ``WorkloadError``, ``ClusterError``, ``RunSpecError``) naming the file.
+Imports only the standard library, ``yaml`` and ``tridentcore.core`` (Locust imports it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import yaml
+
+from tridentcore.core.defaults import MAX_NESTING
+from tridentcore.core.errors import TridentError
+
+__all__ = ["InputRefused", "load_json", "load_yaml", "nesting_over", "read_bounded"]
+
+
+class InputRefused(TridentError, ValueError):
+    """One problem with an input file, found before its contents were used."""
+
+
+def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> str:
+    """The text of ``path`` (UTF-8), or :class:`InputRefused` if it is longer than ``max_bytes``
+    or cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise InputRefused(f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise InputRefused(f"larger than the limit of {max_bytes} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputRefused(f"not UTF-8 text (byte {exc.start})") from None
+
+
+def nesting_over(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether lists/dicts in ``value`` nest deeper than ``limit`` (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _too_deep() -> InputRefused:
+    return InputRefused(f"lists or mappings nested more than {MAX_NESTING} deep")
+
+
+def load_json(text: str) -> Any:
+    """``json.loads`` within bounds; :class:`InputRefused` with the decoder's reason otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputRefused(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise InputRefused(f"not valid JSON ({' '.join(str(exc).split()[:8])})") from None
+    if nesting_over(value):
+        raise _too_deep()
+    return value
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses aliases and deep nesting while composing the document
+    (before anything is constructed)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise InputRefused(f"line {event.start_mark.line + 1}: YAML aliases (*{_cut(str(event.anchor), 40)}) "
+                               "are not accepted; write the value out")
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise _too_deep()
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` without aliases and deep nesting; :class:`InputRefused` otherwise."""
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+    except InputRefused:
+        raise
+    except yaml.YAMLError as exc:
+        raise InputRefused(f"not valid YAML: {_cut(' '.join(str(exc).split()))}") from None
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise InputRefused(f"not valid YAML ({' '.join(str(exc).split()[:8])})") from None
