@@ -22,17 +22,9 @@ from tridentcore.bench.scenario import load_scenario, run_one
 from tridentcore.bench.spec import RunSpec
 from tridentcore.core.policy import PolicyError, make_policy, with_late
 
-BODY = {"model": "tiny-sd3", "prompt": "a red cube", "size": "128x128", "steps": 8}
+from http_bursts import burst  # noqa: E402  (tests/, on sys.path under pytest)
+
 POLICIES = ["trident", "pipeline-static:degree=1", "pipeline-dynamic", "trident-paper"]
-
-
-def _burst(url: str, n: int, **extra) -> list[httpx.Response]:
-    def one(i: int) -> httpx.Response:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            return client.post("/v1/images/generations", json={**BODY, **extra, "seed": i})
-
-    with cf.ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -40,7 +32,7 @@ def test_bursts_are_all_served_by_default(policy):
     server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2", "--policy", policy], timeout_s=180)
     try:
         for n in (8, 16, 32):
-            codes = [r.status_code for r in _burst(server.url, n)]
+            codes = [r.status_code for r in burst(server.url, n)]
             assert codes == [200] * n, (policy, n, codes)
     finally:
         assert server.stop() == 0
@@ -50,7 +42,7 @@ def test_a_burst_survives_a_killed_worker():
     server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2", "--policy", "trident"], timeout_s=180)
     try:
         with cf.ThreadPoolExecutor(1) as pool:
-            burst = pool.submit(_burst, server.url, 16, steps=40)
+            running = pool.submit(burst, server.url, 16, steps=40)
             victim = None
             deadline = time.monotonic() + 60
             while victim is None and time.monotonic() < deadline:
@@ -60,7 +52,7 @@ def test_a_burst_survives_a_killed_worker():
                     time.sleep(0.005)
             assert victim is not None, "no stage ever ran"
             os.kill(victim["pid"], signal.SIGKILL)  # a worker process of the server this test started
-            codes = [r.status_code for r in burst.result(timeout=180)]
+            codes = [r.status_code for r in running.result(timeout=180)]
         assert codes == [200] * 16
     finally:
         assert server.stop() == 0
@@ -70,7 +62,7 @@ def test_reject_mode_answers_503_with_retry_after_before_any_stage_ran():
     server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2", "--policy", "trident", "--late", "reject"],
                           timeout_s=180)
     try:
-        (hopeless,) = _burst(server.url, 1, slo_ms=1)  # the least the API takes (1 ms): turned away at admission
+        (hopeless,) = burst(server.url, 1, slo_ms=1)  # the least the API takes (1 ms): turned away at admission
         assert hopeless.status_code == 503, hopeless.text
         assert int(hopeless.headers["Retry-After"]) >= 1
         err = hopeless.json()["error"]
@@ -78,7 +70,7 @@ def test_reject_mode_answers_503_with_retry_after_before_any_stage_ran():
         (rid,) = err["request_ids"]
         job = httpx.get(f"{server.url}/v1/requests/{err['id']}", timeout=10).json()
         assert job["items"][0]["stages"] == []  # no stage ran for it
-        (fine,) = _burst(server.url, 1, slo_ms=60_000)  # a client's own deadline is honoured
+        (fine,) = burst(server.url, 1, slo_ms=60_000)  # a client's own deadline is honoured
         assert fine.status_code == 200
     finally:
         assert server.stop() == 0

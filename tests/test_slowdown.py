@@ -8,7 +8,6 @@ trident meets at least as many deadlines as pipeline-static.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
 import json
 import statistics
 
@@ -22,8 +21,9 @@ from tridentcore.core.types import StageKind
 from tridentcore.runtime.build import SetupError, build_runtime
 from tridentcore.runtime.tasks import StageTask
 
+from http_bursts import burst  # noqa: E402  (tests/, on sys.path under pytest)
+
 K = 3.0
-BODY = {"model": "tiny-sd3", "prompt": "a red cube", "size": "128x128", "steps": 8}
 
 
 # ------------------------------------------------------------------------------ refusals
@@ -152,15 +152,6 @@ def test_ray_cpu_slots_are_slowed_too():
 
 
 # ------------------------------------------------------------------------------ real servers (the issue's check)
-def _burst(url: str, n: int, **extra) -> list[httpx.Response]:
-    def one(i: int) -> httpx.Response:
-        with httpx.Client(base_url=url, timeout=300) as client:
-            return client.post("/v1/images/generations", json={**BODY, **extra, "seed": i})
-
-    with cf.ThreadPoolExecutor(n) as pool:
-        return list(pool.map(one, range(n)))
-
-
 def _slowed_burst(policy: str, n: int = 16, warm: int = 3) -> tuple[list[int], int, dict]:
     """A server on ``cpu:2 --slowdown 3``; ``warm`` requests one at a time (with a deadline they always
     meet) teach the calibration the slower devices, then a burst of ``n`` under the default deadlines.
@@ -169,11 +160,11 @@ def _slowed_burst(policy: str, n: int = 16, warm: int = 3) -> tuple[list[int], i
                            "--policy", policy], timeout_s=300)
     try:
         for _ in range(warm):
-            (resp,) = _burst(server.url, 1, slo_ms=600_000)
+            (resp,) = burst(server.url, 1, slo_ms=600_000)
             assert resp.status_code == 200, resp.text
-        burst = _burst(server.url, n)
-        codes = [r.status_code for r in burst]
-        met = sum(t["met_slo"] for r in burst if r.status_code == 200 for t in r.json()["timings"])
+        got = burst(server.url, n)
+        codes = [r.status_code for r in got]
+        met = sum(t["met_slo"] for r in got if r.status_code == 200 for t in r.json()["timings"])
         cluster = httpx.get(f"{server.url}/v1/cluster", timeout=10).json()
     finally:
         assert server.stop() == 0
