@@ -151,3 +151,11 @@ def test_runs_without_measurements_are_refused(tmp_path):
         assert result.exit_code == 2 and why in result.output, result.output
     result = CliRunner().invoke(app, [*base, "sim-run", "--noise", "0.1"])
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_the_measured_preset_is_a_valid_noise():
+    from tridentcore.bench.spec import RunSpec
+    from tridentcore.core.defaults import MEASURED_NOISE_BIAS, MEASURED_NOISE_SIGMA
+
+    assert not StageNoise(MEASURED_NOISE_SIGMA, MEASURED_NOISE_BIAS).off
+    assert RunSpec(noise_sigma=MEASURED_NOISE_SIGMA, noise_bias=MEASURED_NOISE_BIAS).problems() == []
