@@ -2,7 +2,7 @@
 
     python benchmarks/goodput.py [--mixes flux-uniform,sd3-mixed,video-wan,image-video]
         [--scales 1.5,3,5] [--cluster 2x8xH200] [--profile h200] [--duration 1800] [--jobs 2]
-        [--out results/goodput.json]
+        [--noise SIGMA] [--out results/goodput.json] [--markdown FILE] [--reuse EARLIER.json]
 
 For every (mix, SLO scale): the capacity ceiling, and per policy the goodput (highest rate with
 >= 90 % overall attainment) and fair goodput (every request class >= 90 %), by bisection over rates
@@ -57,6 +57,10 @@ def main() -> None:
     ap.add_argument("--out", default="results/goodput.json")
     ap.add_argument("--markdown", default=None, help="also write the tables and attainment-vs-rate curves here")
     ap.add_argument("--from-json", default=None, help="render an earlier --out file instead of running")
+    ap.add_argument("--reuse", default=None,
+                    help="an earlier --out file of the same settings: its rows for --reuse-policies are taken as "
+                         "they are instead of re-running them (policies whose code did not change)")
+    ap.add_argument("--reuse-policies", default="", help="semicolon-separated policy specs to take from --reuse")
     args = ap.parse_args()
     policies = [p for p in args.policies.split(";") if p]
     if args.from_json:
@@ -64,13 +68,20 @@ def main() -> None:
     else:
         tasks = [(m, float(s), p, args.cluster, args.profile, args.duration, args.seed, args.target, args.noise)
                  for m in args.mixes.split(",") for s in args.scales.split(",") for p in policies]
+        reused = {}
+        if args.reuse:
+            keep = {p for p in args.reuse_policies.split(";") if p}
+            reused = {(r["mix"], r["slo_scale"], r["policy"]): r for r in json.loads(Path(args.reuse).read_text())
+                      if r["policy"] in keep and r.get("noise_sigma", 0.0) == args.noise}
+        todo = [t for t in tasks if (t[0], t[1], t[2]) not in reused]
         t0 = time.perf_counter()
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            rows = list(pool.map(_one, tasks))
+            done = {(r["mix"], r["slo_scale"], r["policy"]): r for r in pool.map(_one, todo)}
+        rows = [done.get((t[0], t[1], t[2])) or reused[(t[0], t[1], t[2])] for t in tasks]
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1))
-        print(f"{len(rows)} sweeps in {time.perf_counter() - t0:.0f} s; curves in {out}")
+        print(f"{len(todo)} sweeps in {time.perf_counter() - t0:.0f} s ({len(rows) - len(todo)} reused); curves in {out}")
     if args.markdown:
         Path(args.markdown).write_text(markdown(rows, args))
         print(f"markdown in {args.markdown}")
@@ -102,6 +113,9 @@ def markdown(rows: list[dict], args) -> str:
            + noise,
            "", "Made by `python benchmarks/goodput.py --markdown …` (numbers from the simulator). Goodput: highest rate",
            f"with >= {args.target:.0%} overall SLO attainment; fair goodput: every request class >= {args.target:.0%}.", ""]
+    if getattr(args, "reuse", None) and getattr(args, "reuse_policies", ""):
+        out += [f"The rows of {', '.join(p for p in args.reuse_policies.split(';') if p)} are taken from an earlier run "
+                "of the same settings (`--reuse`): their code did not change.", ""]
     keys = sorted({(r["mix"], r["slo_scale"]) for r in rows}, key=lambda k: (k[0], k[1]))
     for mix, scale in keys:
         sel = [r for r in rows if r["mix"] == mix and r["slo_scale"] == scale]

@@ -1,16 +1,25 @@
-"""Folding a stored live run's measurements into a stage profile (``trident profile --from-run``).
+"""A stored live run's measurements: folded into a stage profile (``trident profile --from-run``), or
+fitted as the simulator's stage-time noise (``trident simulate --noise-from``).
 
 A live run stores every stage span: when it started and ended, its weight loading and transfers,
 its batch, degree and step range. Each dispatch that completed normally is a measurement of its
-stage at its shape, batch and degree: its compute time (diffuse: per step), as the worker measured
-it (``compute_s``; a run stored before that column: the span less its loading and transfers, which
-includes the hand-over to and from the worker). For every point of the
-base profile that the run measured at least ``min_samples`` times, the folded profile takes the
-median measured latency; the memory columns stay the base profile's (a span does not measure
-memory). Points the base profile lacks are reported, not invented.
+stage at its shape, batch and degree: its compute time (diffuse: for the steps it ran) as the worker
+measured it (``compute_s``; a run stored before that column: the span less its loading and
+transfers, which includes the hand-over to and from the worker), read once by
+:func:`measured_dispatches`.
 
-Only runs on real devices carry measurements: an emulated device takes the profile's own time, and
-a run with ``--slowdown K`` (a testing aid) took K times what its devices computed.
+* :func:`fold_run`: for every point of the base profile that the run measured at least
+  ``min_samples`` times, the folded profile takes the median measured latency (diffuse: per step);
+  the memory columns stay the base profile's (a span does not measure memory). Points the base
+  profile lacks are reported, not invented.
+* :func:`fit_run_noise`: each dispatch's measured compute time against the profile's prediction
+  for it (the run's own profile by default: what the policy planned with before any calibration;
+  a live run's stored ``predicted_s`` may already be calibrated), fitted by
+  :func:`tridentcore.core.noise.fit_noise` (per-stage bias, pooled log-spread).
+
+Only runs on real devices carry measurements: an emulated device takes the profile's own time, a
+simulated run's times are the profile's (or its own noise), and a run with ``--slowdown K`` (a
+testing aid) took K times what its devices computed; all are refused.
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ import os
 import statistics
 from dataclasses import dataclass, replace
 
-from ..core.types import ProfileRow, StageKind
+from ..core.noise import NoiseFit, fit_noise
+from ..core.types import ProfileRow, Shape, StageKind
 from ..profiles import load_profile
 from ..store import UnknownRunError, query_readonly
 
-__all__ = ["Folded", "fold_run"]
+__all__ = ["Folded", "Measured", "MeasuredRun", "fit_run_noise", "fold_run", "measured_dispatches"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,23 +44,44 @@ class Folded:
     unmatched: tuple[str, ...]  # measured points the base profile has no row for
 
 
-def _key(gpu: str, model: str, stage: str, height, width, frames, batch: int, degree: int) -> tuple:
-    if str(stage) == StageKind.ENCODE:
-        height = width = frames = None
-    return (gpu.casefold(), model, str(stage), height, width, frames, batch, degree)
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """One dispatch of a live run that completed normally."""
+
+    model: str
+    stage: str
+    height: int
+    width: int
+    frames: int
+    batch: int
+    degree: int
+    steps: int  # diffuse: the steps this dispatch ran; 1 otherwise
+    compute_s: float  # the worker's measurement (older runs: ended - started - weight loading - transfers)
+
+    @property
+    def shape(self) -> Shape | None:
+        return None if self.stage == StageKind.ENCODE else Shape(self.height, self.width, self.frames, self.steps)
 
 
-def fold_run(db: str | os.PathLike[str], run_id: str, base: str, *, min_samples: int = 3) -> Folded:
-    """The base profile (a shipped name or a CSV) with the run's measured latencies folded in."""
-    runs = query_readonly(db, "SELECT backend, cluster, config_json FROM runs WHERE run_id = ?", [run_id])
+@dataclass(frozen=True, slots=True)
+class MeasuredRun:
+    run_id: str
+    gpu: str  # the device kind (the cluster label's kind: cpu, H200, ...)
+    profile: str  # the profile the run planned with
+    dispatches: tuple[Measured, ...]
+
+
+def measured_dispatches(db: str | os.PathLike[str], run_id: str) -> MeasuredRun:
+    """The completed dispatches of a stored live run on real devices of one kind (``ValueError``
+    for a simulated run, emulated devices or mixed kinds; :class:`UnknownRunError` for no such run)."""
+    runs = query_readonly(db, "SELECT backend, cluster, profile, config_json FROM runs WHERE run_id = ?", [run_id])
     if runs.empty:
         raise UnknownRunError(f"no run {run_id!r} in {os.fspath(db)}")
     run = runs.iloc[0]
     if run.backend != "live":
         raise ValueError(f"run {run_id} is simulated: its stage times are the profile's own")
     if "+" in run.cluster:
-        raise ValueError(f"run {run_id} mixes device kinds ({run.cluster}); fold one kind at a time")
-    gpu = run.cluster.rsplit("x", 1)[-1]
+        raise ValueError(f"run {run_id} mixes device kinds ({run.cluster}); use one kind at a time")
     config = json.loads(run.config_json or "{}")
     devices = str(config.get("devices", ""))
     if devices.strip().lower().startswith("emulated"):
@@ -64,20 +95,31 @@ def fold_run(db: str | os.PathLike[str], run_id: str, base: str, *, min_samples:
         "s.start_step, s.end_step, r.model, r.height, r.width, r.frames "
         "FROM stage_spans s JOIN requests r USING (run_id, request_id) "
         "WHERE s.run_id = ? AND s.outcome = 'done'", [run_id])
-    measured: dict[tuple, list[float]] = {}
+    out = []
     for sp in spans.drop_duplicates("dispatch_id").itertuples(index=False):
+        steps = sp.end_step - sp.start_step if sp.stage == StageKind.DIFFUSE else 1
         seconds = (sp.compute_s if sp.compute_s == sp.compute_s and sp.compute_s is not None  # NaN: NULL
                    else sp.ended_s - sp.started_s - sp.load_s - sp.transfer_s)
-        if sp.stage == StageKind.DIFFUSE:
-            steps = sp.end_step - sp.start_step
-            if steps <= 0:
-                continue
-            seconds /= steps
-        if seconds <= 0:
+        if steps <= 0 or seconds <= 0:
             continue
-        key = _key(gpu, sp.model, sp.stage, int(sp.height), int(sp.width), int(sp.frames), int(sp.batch),
-                   int(sp.degree))
-        measured.setdefault(key, []).append(1000.0 * seconds)
+        out.append(Measured(sp.model, str(sp.stage), int(sp.height), int(sp.width), int(sp.frames), int(sp.batch),
+                            int(sp.degree), int(steps), float(seconds)))
+    return MeasuredRun(run_id, run.cluster.rsplit("x", 1)[-1], str(run.profile or ""), tuple(out))
+
+
+def _key(gpu: str, model: str, stage: str, height, width, frames, batch: int, degree: int) -> tuple:
+    if str(stage) == StageKind.ENCODE:
+        height = width = frames = None
+    return (gpu.casefold(), model, str(stage), height, width, frames, batch, degree)
+
+
+def fold_run(db: str | os.PathLike[str], run_id: str, base: str, *, min_samples: int = 3) -> Folded:
+    """The base profile (a shipped name or a CSV) with the run's measured latencies folded in."""
+    run = measured_dispatches(db, run_id)
+    measured: dict[tuple, list[float]] = {}
+    for m in run.dispatches:
+        key = _key(run.gpu, m.model, m.stage, m.height, m.width, m.frames, m.batch, m.degree)
+        measured.setdefault(key, []).append(1000.0 * m.compute_s / m.steps)
     profile = load_profile(base)
     rows, updated, matched = [], [], set()
     for row in profile.rows:
@@ -95,3 +137,21 @@ def fold_run(db: str | os.PathLike[str], run_id: str, base: str, *, min_samples:
                       for (g, m, s, h, w, f, b, d), v in sorted(measured.items(), key=lambda kv: str(kv[0]))
                       if (g, m, s, h, w, f, b, d) not in matched)
     return Folded(tuple(rows), tuple(updated), unmatched)
+
+
+def fit_run_noise(db: str | os.PathLike[str], run_id: str, profile: str | None = None, *,
+                  min_samples: int = 3) -> NoiseFit:
+    """The simulator's stage-time noise fitted to a stored live run: each completed dispatch's
+    compute time against ``profile``'s prediction for it (default: the run's own profile)."""
+    run = measured_dispatches(db, run_id)
+    cost = load_profile(profile or run.profile).cost_model()
+    kinds = {k.casefold(): k for k in cost.gpus()}
+    kind = kinds.get(run.gpu.casefold())
+    if kind is None:
+        raise ValueError(f"profile {profile or run.profile!r} has no rows for {run.gpu!r} (run {run_id}); "
+                         f"it has {', '.join(cost.gpus())}")
+    samples = []
+    for m in run.dispatches:
+        per_call = cost.latency_s(m.model, m.stage, m.shape, m.batch, m.degree, kind)
+        samples.append((m.stage, per_call * m.steps, m.compute_s))
+    return fit_noise(samples, min_samples=min_samples)

@@ -16,7 +16,7 @@ import typer
 from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAULT_POLICIES
 from ..core.metrics import finite
 
-__all__ = ["BiasOpt", "NoiseOpt", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
+__all__ = ["BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
            "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
@@ -45,6 +45,11 @@ NoiseOpt = Annotated[float, typer.Option("--noise", help="Stage times stray from
                                                           "and this log-spread (0: exactly as predicted).")]
 BiasOpt = Annotated[str | None, typer.Option("--bias", help="STAGE=F[,STAGE=F]: the mean factor of a stage's actual "
                                                             "time over its prediction (decode=1.5).")]
+NoiseFromOpt = Annotated[str | None, typer.Option(
+    "--noise-from", metavar="RUN", help="Fit --noise and --bias to a stored live run on real devices: its completed "
+                                        "dispatches' compute times against its profile's predictions.")]
+NoiseDbOpt = Annotated[str | None, typer.Option(
+    "--noise-db", help=f"--noise-from: the DuckDB results file (default: --db if given, else {DEFAULT_DB}).")]
 
 
 def setup_logging(verbose: bool) -> None:
@@ -152,9 +157,28 @@ def parse_bias(text: str | None) -> tuple[tuple[str, float], ...]:
     return tuple(pairs)
 
 
+def fitted_noise(run_id: str | None, db: str | None, noise: float, bias: str | None, *, err: bool = False):
+    """``--noise`` and ``--bias``, or (``--noise-from RUN``) the noise fitted to that stored live run,
+    printed (to stderr when ``err``: the command prints JSON). Returns (sigma, bias text or pairs)."""
+    if run_id is None:
+        return noise, bias
+    if noise != DEFAULT_NOISE_SIGMA or bias:
+        fail("give --noise/--bias or --noise-from, not both")
+    from ..bench.fold import fit_run_noise
+
+    db = db or DEFAULT_DB
+    try:
+        fit = fit_run_noise(db, run_id)
+    except (ValueError, LookupError, *store_errors()) as exc:
+        fail(db_message(exc, db))
+    typer.echo(f"stage-time noise fitted to run {run_id} ({fit.total} dispatches): {fit.describe()}", err=err)
+    return round(fit.sigma, 4), tuple((s, round(b, 4)) for s, b in fit.bias)
+
+
 def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed, noise=DEFAULT_NOISE_SIGMA,
                   bias=None):
-    """The simulator's loaded inputs of a workload given on the command line (``--mix`` xor ``--trace``)."""
+    """The simulator's loaded inputs of a workload given on the command line (``--mix`` xor ``--trace``;
+    ``bias``: ``--bias`` text or (stage, factor) pairs)."""
     from ..bench.scenario import load_scenario
     from ..bench.spec import RunSpec
 
@@ -164,7 +188,7 @@ def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_sc
         fail("give --mix or --trace, not both")
     spec = RunSpec(profile=profile, cluster=cluster, mix=mix if trace is None else None, trace=trace,
                    trace_model=model, arrival=arrival, duration_s=duration, slo_scale=slo_scale, seed=seed,
-                   noise_sigma=noise, noise_bias=parse_bias(bias))
+                   noise_sigma=noise, noise_bias=parse_bias(bias) if bias is None or isinstance(bias, str) else bias)
     problems = [p for p in spec.problems() if p.startswith(("--noise", "--bias", "--duration"))]
     if problems:
         fail("; ".join(problems))

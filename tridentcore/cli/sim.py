@@ -7,8 +7,8 @@ import typer
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_NOISE_SIGMA,
                              DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
-                     NoiseOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail, json_safe, load_workload,
-                     setup_logging, table)
+                     NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
+                     fitted_noise, json_safe, load_workload, setup_logging, table)
 
 __all__ = ["simulate", "sweep"]
 
@@ -30,6 +30,8 @@ def simulate(
     policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,
     noise: NoiseOpt = DEFAULT_NOISE_SIGMA,
     bias: BiasOpt = None,
+    noise_from: NoiseFromOpt = None,
+    noise_db: NoiseDbOpt = None,
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
     db: str = typer.Option(None, help="DuckDB results file to store every run in."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -42,6 +44,7 @@ def simulate(
     from ..bench.scenario import run_meta, run_one
 
     setup_logging(verbose)
+    noise, bias = fitted_noise(noise_from, noise_db or db, noise, bias, err=json_out)
     try:
         loaded = load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
         specs = split_specs(policies)
@@ -78,6 +81,8 @@ def sweep(
     policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,
     noise: NoiseOpt = DEFAULT_NOISE_SIGMA,
     bias: BiasOpt = None,
+    noise_from: NoiseFromOpt = None,
+    noise_db: NoiseDbOpt = None,
     goodput: bool = typer.Option(False, "--goodput", help="Bisect goodput and fair goodput per policy."),
     target: float = typer.Option(DEFAULT_TARGET, min=0.0, max=1.0, help="Attainment target for goodput."),
     rates: str = typer.Option(None, help="Comma list of rates: attainment per rate and per class."),
@@ -93,6 +98,7 @@ def sweep(
     setup_logging(verbose)
     if goodput == (rates is not None):
         fail("give exactly one of --goodput or --rates")
+    noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out)
     try:
         loaded = load_workload(profile, cluster, mix, None, None, arrival, duration, slo_scale, seed, noise, bias)
         specs = split_specs(policies)

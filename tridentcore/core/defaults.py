@@ -17,7 +17,7 @@ __all__ = [
     "DEFAULT_SLO_SCALE", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE", "DEFAULT_TRACE_DURATION_S",
     "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED",
     "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
-    "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S",
+    "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S", "MEASURED_NOISE_SIGMA", "MEASURED_NOISE_BIAS",
     "MAX_STEPS", "MAX_SIDE_PX", "MAX_FRAMES", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_GUIDANCE", "MAX_REQUESTS",
     "MAX_WORKLOAD_S", "MAX_MIX_CLASSES", "MAX_CLUSTER_GPUS", "MAX_GPUS_PER_NODE", "MAX_TRACE_BYTES",
     "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_NAME_CHARS", "MAX_GPU_SAMPLES",
@@ -45,6 +45,16 @@ DEFAULT_DB = "results/trident.duckdb"
 DEFAULT_LIVE_CALIBRATE = True  # the live engine learns measured / predicted stage times (issue 11)
 DEFAULT_SIM_CALIBRATE = False  # the simulator: only useful with noise (its times are the predictions)
 DEFAULT_NOISE_SIGMA = 0.0  # the simulator: stage times equal the cost model's predictions unless asked
+# Stage-time noise of a real run, fitted by `trident simulate --noise-from RUN` (core/noise.py): tiny-sd3
+# served by `trident serve --models tiny-sd3 --devices cpu:2 --policy trident --db FILE` (two CPU worker
+# processes on a 2-core host shared with other jobs), 60 requests sent one at a time, alternating
+# 64x64 / 4 steps and 128x128 / 8 steps; 180 dispatches against the `cpu` profile. sigma is the
+# log-spread around each stage's median (about 0.29 within each shape too: run-to-run noise, not a
+# shape the profile gets wrong); the biases say how far this host was from its `cpu` profile that
+# day (encode 2.8x slower at the median), so they belong to that profile and do not carry over to
+# another. Use: `--noise 0.285` (and `--bias` with these for the `cpu` profile).
+MEASURED_NOISE_SIGMA = 0.285
+MEASURED_NOISE_BIAS = (("decode", 0.989), ("diffuse", 1.935), ("encode", 2.923))  # mean factors, as --bias
 LATE_MODES = ("serve", "reject")  # what a policy does with a request that can no longer meet its deadline
 DEFAULT_LATE = "serve"  # DESIGN.md: late requests are served (an SLO miss); rejecting is the operator's choice
 DEFAULT_KEEP_ENDED = 10_000  # `trident serve`: ended requests kept in full in memory (older ones forgotten)

@@ -216,23 +216,18 @@ class DriverCore:
             run.preempt_at_step = end if preempted else None
         self.state.finish(run.id, now, end)
         self.recorder.span(run, now, "preempted" if preempted else "done", end, compute_s)
-        if self.calibration is not None:
-            self._calibrate(run, end, now if compute_s is None else run.compute_start_s + compute_s)
-        out.ended.extend(a.request_ids)
-        return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end, preempted)
-
-    def _calibrate(self, run: Running, end_step: int, now: float) -> None:
-        """Learn from a completed dispatch: its compute time (after its predicted weight loading and
-        transfers; it ended at ``now``, or when the worker's own measurement says) against the
-        uncalibrated prediction."""
-        a = run.action
+        # its compute time (after the predicted weight loading and transfers), predicted and taken: as
+        # the worker measured it, or else by the driver's clock (which adds the hand-over to and from it)
         if a.stage == StageKind.DIFFUSE:
-            predicted = (end_step - a.start_step) * run.step_s
+            predicted = (end - a.start_step) * run.step_s
         else:
             predicted = run.predicted_end_s - run.compute_start_s
-        if predicted > 0 and self.calibration is not None:
-            self.calibration.observe(run.model, a.stage, run.shape, predicted / run.factor,
-                                     max(0.0, now - run.compute_start_s))
+        measured = compute_s if compute_s is not None else max(0.0, now - run.compute_start_s)
+        if self.calibration is not None and predicted > 0:
+            # learnt against the uncalibrated prediction
+            self.calibration.observe(run.model, a.stage, run.shape, predicted / run.factor, measured)
+        out.ended.extend(a.request_ids)
+        return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end, preempted, predicted, measured)
 
     def _failed(self, run: Running, reason: str, oom: bool, now: float, out: Effects) -> StageFailed:
         """A running dispatch failed: its requests go back to waiting, or fail after ``max_attempts``."""

@@ -22,7 +22,9 @@ class RequestArrived:
 @dataclass(frozen=True, slots=True)
 class StageFinished:
     """A dispatch ended normally. For a diffuse piece, ``end_step`` says how far it got; a
-    preempted diffuse finishes early with ``preempted`` set and ``end_step`` at the step reached."""
+    preempted diffuse finishes early with ``preempted`` set and ``end_step`` at the step reached.
+    ``predicted_s`` / ``measured_s``: its compute time (after weight loading and transfers, for the
+    steps it ran) as the policy was told when it started and as it took (0: nothing ran)."""
 
     dispatch_id: int
     stage: StageKind
@@ -30,6 +32,8 @@ class StageFinished:
     gpus: tuple[int, ...]
     end_step: int = 0
     preempted: bool = False
+    predicted_s: float = 0.0
+    measured_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

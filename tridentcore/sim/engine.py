@@ -10,9 +10,12 @@ measured around the policy, to report its decision time).
 **Noise** (``noise``: :class:`StageNoise`). A policy plans with the cost model's predictions, but a
 real stage takes prediction x error (another GPU, library, co-location, a busy host). With noise on,
 each dispatch's compute takes its prediction x ``bias[stage]`` x a lognormal factor of mean 1 and
-log-spread ``sigma``, drawn from the noise's own seeded generator; the policy still sees only the
-predictions, and a diffuse it pauses stops at the first step boundary it actually reaches. Without
-noise (or ``sigma`` 0 and no bias) durations equal the predictions exactly, as before.
+log-spread ``sigma``; the policy still sees only the predictions, and a diffuse it pauses stops at
+the first step boundary it actually reaches. The factor is a common random number: drawn from the
+noise's seed, the dispatch's lead request, its stage and its first step, so a request's stage is
+as lucky under every policy and at every rate (a comparison is not decided by who drew the slow
+runs), and a batch takes its lead request's draw. Without noise (or ``sigma`` 0 and no bias)
+durations equal the predictions exactly, as before.
 
 **Replay.** ``replay`` is a live run's report log (``DriverCore.log``: every arrival, completion,
 tick, worker fault and cancellation at the engine time it was handled). The simulator then takes
@@ -72,15 +75,19 @@ class StageNoise:
     def off(self) -> bool:
         return self.sigma == 0.0 and all(f == 1.0 for _, f in self.bias)
 
-    def factors(self) -> Callable[[str], float]:
-        """A seeded draw of one dispatch's factor for a stage (prediction x factor = actual)."""
-        rng = random.Random(self.seed)
+    def factors(self) -> Callable[[str, int, int], float]:
+        """One dispatch's factor (prediction x factor = actual) for ``(stage, lead request id, first
+        step)``: the same arguments give the same factor in every run of this noise."""
         bias = dict(self.bias)
         mu = -0.5 * self.sigma * self.sigma  # a lognormal of mean 1
 
-        def draw(stage: str) -> float:
+        def draw(stage: str, request_id: int, start_step: int) -> float:
             f = bias.get(stage, 1.0)
-            return f * rng.lognormvariate(mu, self.sigma) if self.sigma > 0 else f
+            if self.sigma <= 0:
+                return f
+            # a str seed is hashed with SHA-512: stable across processes (unlike hash())
+            rng = random.Random(f"{self.seed}:{request_id}:{stage}:{start_step}")
+            return f * rng.lognormvariate(mu, self.sigma)
 
         return draw
 
@@ -213,7 +220,9 @@ class Simulator:
             if self._draw is None and run.factor == 1.0:
                 self._finish_at(run.id, run.predicted_end_s, None)
                 continue
-            f = self._factor[run.id] = (self._draw(run.action.stage) if self._draw is not None else 1.0) / run.factor
+            a = run.action
+            f = self._factor[run.id] = (self._draw(a.stage, a.request_ids[0], a.start_step)
+                                        if self._draw is not None else 1.0) / run.factor
             # the end step is explicit: a pause asked for later may fall after the actual end
             end = run.action.end_step if run.action.stage == StageKind.DIFFUSE else None
             self._finish_at(run.id, run.compute_start_s + (run.predicted_end_s - run.compute_start_s) * f, end)

@@ -12,6 +12,14 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   safety ``margin`` of the SLO), the efficient degree (largest with parallel efficiency >= 0.8) is
   used while the cluster has spare GPUs (busy fraction below ``spread``); under load, the smallest
   feasible degree, which spends the fewest GPU-seconds.
+* **Noise**: stage times stray from their predictions. The policy keeps the robust log-spread
+  ``sigma`` of measured over predicted compute time of the dispatches that completed
+  (:class:`~tridentcore.core.noise.Spread`: around each stage's median, so a bias is left to
+  calibration). While GPUs are spare, a degree must meet the deadline with the remaining work
+  stretched by ``exp(noise_z x sigma)`` (``noise_z`` 2: about the 98th percentile of a lognormal),
+  so a request is given the GPUs that make a slow run still meet its SLO; if none does, the fastest
+  degree. Under load the plain predictions decide, as stretched plans would spend GPU-seconds the
+  queue needs. With stage times exactly as predicted (``sigma`` 0) nothing changes.
 * **Committed work**: a diffuse that cannot start now reserves the GPUs that free soonest on one
   node (their ``busy_until``: work already committed); later, less urgent work may use those GPUs
   only if it ends before the reservation (backfilling), so large requests are not starved by a
@@ -30,8 +38,8 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   ``replan_s``). Dispatch prefers GPUs that hold the weights; elsewhere they
   load lazily (load time charged), and instances the plan does not want are evicted to make room.
 * **Late requests** (``late``): one that can no longer meet its deadline even at its fastest degree
-  is served after every request that still can, and counts as an SLO miss (``late=serve``, the
-  default). ``late=reject`` (goodput mode) turns it away instead, but only while none of its
+  is served after every request that still can (in the same pass, on GPUs the others left idle),
+  and counts as an SLO miss (``late=serve``, the default). ``late=reject`` (goodput mode) turns it away instead, but only while none of its
   stages has run (at admission, or while it still waits for its encode), so no GPU time is spent on
   a request that is then dropped.
 
@@ -51,6 +59,7 @@ from ..defaults import DEFAULT_LATE
 from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
                       Tick)
 from ..lifecycle import WAITING_FOR, RequestRecord, started_any
+from ..noise import Spread
 from ..placement import plan_placement
 from ..policy import Policy, register
 from ..state import ClusterView
@@ -71,7 +80,10 @@ class Trident(Policy):
     name = "trident"
     summary = "stage-level placement + dispatch: per-request degrees, least slack first, reservations, preemption, batching"
     options = {
-        "margin": (float, 0.0, "fraction of each SLO kept as a safety margin (raise it where stage times are noisy)"),
+        "margin": (float, 0.0, "fraction of each SLO kept as a safety margin"),
+        "noise_z": (float, 2.0, "while GPUs are spare, pick diffuse degrees that meet the deadline with the "
+                                "prediction x exp(this x the log-spread of measured / predicted stage times seen "
+                                "so far) (0: as predicted)"),
         "spread": (float, 0.5, "use the faster efficient degree while fewer than this fraction of GPUs are busy"),
         "preempt": (parse_bool, True, "pause long diffuses between steps for urgent requests"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
@@ -100,6 +112,8 @@ class Trident(Policy):
         self.last_plan_s = now
         self.safer: dict[int, int] = {}  # request id -> OOM retries
         self.paused_at: dict[int, float] = {}  # request id -> when it was last preempted
+        self.noise = Spread()  # how far completed dispatches strayed from their predictions
+        self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
         expected = dict(expected or {})
         if not expected:
             expected = {(m, None): 1.0 for m in models}
@@ -184,6 +198,9 @@ class Trident(Policy):
             self.observed[key] = self.observed.get(key, 0) + 1
             self._enqueue(view, view.request(spec.id))
         elif isinstance(event, (StageFinished, StageFailed)):
+            if isinstance(event, StageFinished) and event.predicted_s > 0 and self.opts["noise_z"]:
+                self.noise.observe(event.stage, event.predicted_s, event.measured_s)
+                self.stretch = self.noise.factor(self.opts["noise_z"])
             for rid in event.request_ids:
                 rec = view.request(rid)
                 if isinstance(event, StageFailed) and event.oom:
@@ -216,7 +233,11 @@ class Trident(Policy):
         blocked_degree = math.inf  # smallest degree that found no room in this pass
         blocked = 0  # diffuses that found no room (each reserves GPUs or tries a preemption)
         preempt_tries = 0
-        for entry in self.ready[:_MAX_SCAN]:
+        scan = self.ready[:_MAX_SCAN]
+        i = 0
+        while i < len(scan):  # a request found late on the way is looked at again at the end
+            entry = scan[i]
+            i += 1
             if idle_total == 0 and (not self.opts["preempt"] or preempted_now or blocked >= _MAX_BLOCKED):
                 break
             rid = entry[2]
@@ -235,6 +256,7 @@ class Trident(Policy):
                     actions.append(Reject(rid, "cannot meet its deadline any more"))
                 else:  # late anyway: keep it, behind every request that can still make it
                     self._late(rid)
+                    scan.append(self.entry[rid])  # in this pass too: a GPU left idle may take it
                 continue
             if idle_total == 0 and preempted_now:
                 continue
@@ -267,9 +289,11 @@ class Trident(Policy):
                 idle_total -= 1
                 actions.append(Dispatch(stage, tuple(batch), (g,)))
                 continue
-            # ---- diffuse
+            # ---- diffuse: while GPUs are spare, the degrees that meet the deadline with the noise
+            # margin (stretched predictions); under load, as predicted (GPU-seconds are dear then)
+            stretch = self.stretch if busy_frac < self.opts["spread"] else 1.0
             feasible = [d for d in self.degrees
-                        if now + self._remaining(rec, info, d, StageKind.DIFFUSE) <= spec.deadline_s - margin]
+                        if now + self._remaining(rec, info, d, StageKind.DIFFUSE) * stretch <= spec.deadline_s - margin]
             late = entry[0] == math.inf
             if late:  # already late: the fewest GPU-seconds, no reservation, no preemption
                 feasible = [self.degrees[0]]
