@@ -152,17 +152,18 @@ def test_ray_cpu_slots_are_slowed_too():
 
 
 # ------------------------------------------------------------------------------ real servers (the issue's check)
-def _slowed_burst(policy: str, n: int = 16, warm: int = 3) -> tuple[list[int], int, dict]:
+def _slowed_burst(policy: str, n: int = 16, warm: int = 3, bursts: int = 2) -> tuple[list[int], int, dict]:
     """A server on ``cpu:2 --slowdown 3``; ``warm`` requests one at a time (with a deadline they always
-    meet) teach the calibration the slower devices, then a burst of ``n`` under the default deadlines.
-    Returns the burst's status codes, how many of it met their SLO, and ``GET /v1/cluster``."""
+    meet) teach the calibration the slower devices, then ``bursts`` bursts of ``n`` (one after the other
+    has been answered) under the default deadlines. Returns the bursts' status codes, how many of them
+    met their SLO, and ``GET /v1/cluster``."""
     server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2", "--slowdown", f"{K:g}",
                            "--policy", policy], timeout_s=300)
     try:
         for _ in range(warm):
             (resp,) = burst(server.url, 1, slo_ms=600_000)
             assert resp.status_code == 200, resp.text
-        got = burst(server.url, n)
+        got = [r for _ in range(bursts) for r in burst(server.url, n)]
         codes = [r.status_code for r in got]
         met = sum(t["met_slo"] for r in got if r.status_code == 200 for t in r.json()["timings"])
         cluster = httpx.get(f"{server.url}/v1/cluster", timeout=10).json()
@@ -176,12 +177,13 @@ def test_trident_serves_a_slowed_burst_and_meets_at_least_as_many_slos_as_pipeli
     """The issue's check. The warm-up matters: a deadline is fixed at admission from the cost model as
     calibrated then, and the uncalibrated profile's deadline (about 280 ms for this shape) is below what
     one request alone takes at K = 3, so without it no request of the burst can meet its SLO under any
-    policy and the comparison says nothing."""
+    policy and the comparison says nothing. Two bursts each: at most about 5 of a burst of 16 can meet
+    their deadline on two slowed workers, and a busy host moves one burst's count by 1 or 2."""
     results = {policy: _slowed_burst(policy) for policy in ("trident", "pipeline-static:degree=1")}
     met = {policy: got[1] for policy, got in results.items()}
-    print(f"in-SLO of 16 at --slowdown {K:g}: {met}")
+    print(f"in-SLO of 2 x 16 at --slowdown {K:g}: {met}")
     for policy, (codes, _, cluster) in results.items():
-        assert codes == [200] * 16, (policy, codes)
+        assert codes == [200] * 32, (policy, codes)
         assert [d["slowdown"] for d in cluster["devices"]] == [K, K]
         # the calibration saw the slower devices: its factors are about K x what this host takes over the
         # shipped cpu profile (loose bounds: the host's own factor varies with its load)

@@ -90,6 +90,9 @@ class Trident(Policy):
         "late": (parse_late, DEFAULT_LATE, "serve: a request that can no longer meet its deadline runs after the "
                                            "others (an SLO miss); reject: turn it away, only before any stage ran"),
         "drop": (parse_bool, None, "deprecated: drop=true is late=reject, drop=false is late=serve"),
+        "order": (str, "admission", "admission: a request keeps the priority it had when it arrived (its latest start "
+                                    "for the whole request), so admitted requests finish one by one; stage: "
+                                    "re-ranked by the slack of what is left after each stage"),
         "replan_s": (float, 60.0, "check the observed mix against the planned one every N seconds (0: never)"),
         "drift": (float, 0.2, "re-plan when the observed mix differs from the planned one by this total variation"),
     }
@@ -107,6 +110,7 @@ class Trident(Policy):
         self.encode_batch: dict[str, int] = {}
         self.ready: list[tuple[float, int, int]] = []  # (latest start, seq, request id), sorted
         self.entry: dict[int, tuple[float, int, int]] = {}
+        self.first_key: dict[int, tuple[float, int, int]] = {}  # order=admission: request id -> its entry on arrival
         self._seq = 0
         self.observed: dict[tuple[str, Shape], int] = {}
         self.last_plan_s = now
@@ -167,6 +171,8 @@ class Trident(Policy):
         key = rec.spec.deadline_s - self._remaining(rec, info, info.eff_d, stage)
         self._seq += 1
         entry = (key, self._seq, rec.id)
+        if self.opts["order"] == "admission":  # the rank it got on arrival (ties: in arrival order)
+            entry = self.first_key.setdefault(rec.id, entry)
         self._dequeue(rec.id)
         bisect.insort(self.ready, entry)
         self.entry[rec.id] = entry
@@ -176,6 +182,17 @@ class Trident(Policy):
         entry = (math.inf, self._seq, rid)
         bisect.insort(self.ready, entry)
         self.entry[rid] = entry
+
+    def _forget_ended(self, view: ClusterView) -> None:
+        """Drop the arrival priorities of requests that ended without a stage telling (rejected,
+        cancelled, forgotten)."""
+        for rid in list(self.first_key):
+            try:
+                ended = view.request(rid).state.terminal
+            except KeyError:
+                ended = True
+            if ended:
+                del self.first_key[rid]
 
     def _dequeue(self, rid: int) -> None:
         entry = self.entry.pop(rid, None)
@@ -207,7 +224,10 @@ class Trident(Policy):
                     self.safer[rid] = self.safer.get(rid, 0) + 1
                 if not rec.state.terminal:
                     self._enqueue(view, rec)
+                else:
+                    self.first_key.pop(rid, None)
         elif isinstance(event, Tick):
+            self._forget_ended(view)
             if self.opts["replan_s"] and now - self.last_plan_s >= self.opts["replan_s"] and self.observed:
                 self.last_plan_s = now
                 if mix_drift(self.planned_mix, self.observed) >= self.opts["drift"]:
