@@ -112,6 +112,7 @@ class Trident(Policy):
         self.last_plan_s = now
         self.safer: dict[int, int] = {}  # request id -> OOM retries
         self.paused_at: dict[int, float] = {}  # request id -> when it was last preempted
+        self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
         self.noise = Spread()  # how far completed dispatches strayed from their predictions
         self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
         expected = dict(expected or {})
@@ -172,6 +173,7 @@ class Trident(Policy):
         self.entry[rec.id] = entry
 
     def _late(self, rid: int) -> None:
+        self.hopeless.add(rid)
         self._seq += 1
         entry = (math.inf, self._seq, rid)
         bisect.insort(self.ready, entry)
@@ -207,6 +209,8 @@ class Trident(Policy):
                     self.safer[rid] = self.safer.get(rid, 0) + 1
                 if not rec.state.terminal:
                     self._enqueue(view, rec)
+                else:
+                    self.hopeless.discard(rid)
         elif isinstance(event, Tick):
             if self.opts["replan_s"] and now - self.last_plan_s >= self.opts["replan_s"] and self.observed:
                 self.last_plan_s = now
@@ -247,6 +251,8 @@ class Trident(Policy):
             stage = WAITING_FOR.get(rec.state)
             if stage is None:
                 self._dequeue(rid)
+                if rec.state.terminal:
+                    self.hopeless.discard(rid)
                 continue
             spec = rec.spec
             info = self._info_for(view, spec.model, spec.shape)
@@ -451,8 +457,10 @@ class Trident(Policy):
             free_here = [g for g in view.idle_gpus(node) if g not in reserved]
             if len(free_here) + len(a.gpus) < d or any(g in reserved for g in a.gpus):
                 continue
-            slack = math.inf
+            slack = math.inf  # a diffuse of late requests only: they missed already, it yields first
             for vid in a.request_ids:
+                if vid in self.hopeless:
+                    continue
                 v = view.request(vid)
                 vinfo = self._info_for(view, v.spec.model, v.spec.shape)
                 finish = run.predicted_end_s + vinfo.dec_s + need_s + run.step_s
