@@ -102,3 +102,24 @@ def test_late_modes_on_policy_specs():
         with_late("trident:late=serve", "reject")
     with pytest.raises(PolicyError, match="late mode"):
         with_late("trident", "drop")
+
+
+def test_late_work_yields_its_gpus_to_a_request_that_can_still_make_it():
+    """trident starts a late request's stages on idle GPUs at once; a long diffuse of late requests is
+    then the first thing paused (at a step boundary) when a request that can still meet its deadline
+    needs the GPU, and it resumes afterwards."""
+    from tridentcore.core.cluster import parse_cluster
+    from tridentcore.core.types import Shape
+    from tridentcore.core.workload import RequestSpec, make_slo_fn
+    from tridentcore.profiles import load_profile
+    from tridentcore.sim.engine import simulate
+
+    cost = load_profile("h200").cost_model()
+    video = RequestSpec(0, "wan2.1-1.3b", "v", Shape(480, 832, 81, 50), 0, None, 1.0, 0.0)  # hopeless at once
+    img = Shape(512, 512, 1, 28)
+    image = RequestSpec(1, "sd3-medium", "i", img, 1, None, make_slo_fn(cost, 3.0, 1)("sd3-medium", img), 20.0)
+    res = simulate(parse_cluster("1x1xH200"), cost, make_policy("trident"), [video, image])
+    by_id = {r.request_id: r for r in res.requests}
+    assert by_id[1].finish_s <= by_id[1].deadline_s and by_id[0].state == "done"
+    pieces = sorted((s.started_s, s.outcome) for s in res.spans if s.request_id == 0 and s.stage == "diffuse")
+    assert pieces[0][0] < 1.0 and pieces[0][1] == "preempted" and len(pieces) == 2

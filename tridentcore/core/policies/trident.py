@@ -116,6 +116,7 @@ class Trident(Policy):
         self.last_plan_s = now
         self.safer: dict[int, int] = {}  # request id -> OOM retries
         self.paused_at: dict[int, float] = {}  # request id -> when it was last preempted
+        self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
         self.noise = Spread()  # how far completed dispatches strayed from their predictions
         self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
         expected = dict(expected or {})
@@ -178,21 +179,24 @@ class Trident(Policy):
         self.entry[rec.id] = entry
 
     def _late(self, rid: int) -> None:
+        self.hopeless.add(rid)
         self._seq += 1
         entry = (math.inf, self._seq, rid)
         bisect.insort(self.ready, entry)
         self.entry[rid] = entry
 
     def _forget_ended(self, view: ClusterView) -> None:
-        """Drop the arrival priorities of requests that ended without a stage telling (rejected,
-        cancelled, forgotten)."""
-        for rid in list(self.first_key):
+        """Drop what is kept per request for requests that ended without a stage telling (rejected,
+        cancelled, forgotten): arrival ranks and the hopeless set."""
+        def ended(rid: int) -> bool:
             try:
-                ended = view.request(rid).state.terminal
+                return view.request(rid).state.terminal
             except KeyError:
-                ended = True
-            if ended:
-                del self.first_key[rid]
+                return True
+
+        for rid in [r for r in self.first_key if ended(r)]:
+            del self.first_key[rid]
+        self.hopeless = {r for r in self.hopeless if not ended(r)}
 
     def _dequeue(self, rid: int) -> None:
         entry = self.entry.pop(rid, None)
@@ -226,6 +230,7 @@ class Trident(Policy):
                     self._enqueue(view, rec)
                 else:
                     self.first_key.pop(rid, None)
+                    self.hopeless.discard(rid)
         elif isinstance(event, Tick):
             self._forget_ended(view)
             if self.opts["replan_s"] and now - self.last_plan_s >= self.opts["replan_s"] and self.observed:
@@ -267,6 +272,8 @@ class Trident(Policy):
             stage = WAITING_FOR.get(rec.state)
             if stage is None:
                 self._dequeue(rid)
+                if rec.state.terminal:
+                    self.hopeless.discard(rid)
                 continue
             spec = rec.spec
             info = self._info_for(view, spec.model, spec.shape)
@@ -471,8 +478,10 @@ class Trident(Policy):
             free_here = [g for g in view.idle_gpus(node) if g not in reserved]
             if len(free_here) + len(a.gpus) < d or any(g in reserved for g in a.gpus):
                 continue
-            slack = math.inf
+            slack = math.inf  # a diffuse of late requests only: they missed already, it yields first
             for vid in a.request_ids:
+                if vid in self.hopeless:
+                    continue
                 v = view.request(vid)
                 vinfo = self._info_for(view, v.spec.model, v.spec.shape)
                 finish = run.predicted_end_s + vinfo.dec_s + need_s + run.step_s
