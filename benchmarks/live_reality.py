@@ -57,6 +57,7 @@ import random
 import shlex
 import signal
 import subprocess
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -110,6 +111,44 @@ class Capacity:
     mean_s: float  # closed-loop latency at the client
     policy: str
     in_flight: int
+    host_factor: float = 1.0  # one request alone on this loaded host / the cpu profile's reference latency
+
+
+async def _solo(url: str, n: int) -> list[tuple[dict, float]]:
+    """Each class of the mix ``n`` times, one request at a time: (class body, latency s)."""
+    import httpx
+
+    from tridentcore.formats.mixes import load_mix
+
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        for i in range(n):
+            for c in load_mix(MIX).classes:
+                body = {"model": c.model, "prompt": "a red cube", "size": f"{c.width}x{c.height}", "steps": c.steps,
+                        "seed": 2_000_000 + i, "slo_ms": LONG_SLO_MS}
+                t = time.perf_counter()
+                r = await client.post("/v1/images/generations", json=body)
+                if r.status_code != 200:
+                    raise RuntimeError(f"solo request failed: HTTP {r.status_code} {r.text[:300]}")
+                out.append((body, time.perf_counter() - t))
+    return out
+
+
+def host_factor(solo: list[tuple[dict, float]]) -> float:
+    """The median over the mix's classes of (median latency of one request alone) / (the cpu profile's
+    reference latency of its class): how much slower than the profile this loaded host serves."""
+    from tridentcore.core.types import Shape, parse_size
+    from tridentcore.core.workload import make_slo_fn
+    from tridentcore.formats.mixes import load_cluster
+    from tridentcore.profiles import load_profile
+
+    cost = load_profile("cpu").cost_model()
+    ref = make_slo_fn(cost, 1.0, load_cluster(CLUSTER).gpus_per_node, "cpu")
+    by_class: dict[tuple, list[float]] = {}
+    for body, lat in solo:
+        w, h = parse_size(body["size"])
+        by_class.setdefault((body["model"], Shape(h, w, 1, body["steps"])), []).append(lat)
+    return statistics.median(statistics.median(v) / ref(m, shape) for (m, shape), v in by_class.items())
 
 
 def _bodies(n: int, seed: int) -> list[dict]:
@@ -155,9 +194,10 @@ def measure_capacity(policy: str, requests: int, in_flight: int, seed: int) -> C
     server = start_server(["--models", "tiny-sd3", "--devices", DEVICES, "--policy", policy], timeout_s=300)
     try:
         wall_s, lat = asyncio.run(_closed_loop(server.url, _bodies(requests, seed), in_flight))
+        factor = host_factor(asyncio.run(_solo(server.url, 5)))
     finally:
         server.stop()  # SIGTERM to this child's PID, wait; SIGKILL only past the timeout
-    return Capacity(len(lat) / wall_s, len(lat), wall_s, sum(lat) / len(lat), policy, in_flight)
+    return Capacity(len(lat) / wall_s, len(lat), wall_s, sum(lat) / len(lat), policy, in_flight, factor)
 
 
 # ------------------------------------------------------------------------------ the runs
@@ -168,7 +208,7 @@ def one_run(policy: str, load: float, rate: float, calibrate: bool, args, db: st
     from tridentcore.store import new_run_id, query_readonly
 
     run = RunSpec(profile="cpu", cluster=str(CLUSTER), mix=str(MIX), arrival="poisson", rate=rate,
-                  duration_s=args.duration, seed=args.seed, slo_scale=args.slo_scale, backend="live",
+                  duration_s=args.duration, seed=args.seed, slo_scale=args.effective_slo_scale, backend="live",
                   devices=DEVICES, time_scale=1.0)
     spec = LiveBenchSpec(run, LiveOptions(calibrate=calibrate))
     result = LiveBench(spec, policy, new_run_id(policy, args.seed), db,
@@ -215,6 +255,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=None, help="seconds of arrivals per run (default 60; --quick: 6)")
     ap.add_argument("--spinners", type=int, default=os.cpu_count() or 1, help="busy background processes")
     ap.add_argument("--capacity", type=float, default=None, help="req/s: skip the capacity measurement")
+    ap.add_argument("--host-factor", type=float, default=1.0, help="with --capacity: one request's latency on "
+                    "this loaded host over the cpu profile's reference (measured when capacity is)")
     ap.add_argument("--capacity-policy", default="pipeline-static:degree=1")
     ap.add_argument("--capacity-requests", type=int, default=None, help="measured closed-loop requests "
                     "(default 200; --quick: 24)")
@@ -247,15 +289,21 @@ def main() -> None:
         print(f"{len(spinners)} spinners running (PIDs {', '.join(str(p.pid) for p in spinners)}) on "
               f"{os.cpu_count()} CPUs", flush=True)
         if args.capacity is not None:
-            cap = Capacity(args.capacity, 0, 0.0, math.nan, "given", 0)
+            cap = Capacity(args.capacity, 0, 0.0, math.nan, "given", 0, args.host_factor)
             how = f"capacity {cap.rps:.2f} req/s (given with --capacity)"
         else:
             cap = measure_capacity(args.capacity_policy, n_cap, args.in_flight, args.seed)
             how = (f"capacity {cap.rps:.2f} req/s: {cap.requests} requests closed loop ({cap.in_flight} in flight) "
                    f"through `trident serve --devices {DEVICES} --policy {cap.policy}` in {cap.wall_s:.1f} s, "
                    f"mean latency {cap.mean_s * 1000:.0f} ms, under the same background load")
+        # deadlines the loaded host can meet: --slo-scale x what one request alone takes here (the
+        # profile was measured on a quiet host); the servers still start from the shipped profile
+        args.effective_slo_scale = args.slo_scale * cap.host_factor
+        how += (f"; one request alone takes {cap.host_factor:.2f}x the `cpu` profile's reference latency here, "
+                f"so the SLO is {args.slo_scale:g} x {cap.host_factor:.2f} = {args.effective_slo_scale:.2f} x that "
+                "reference")
         print(how, flush=True)
-        extra = {"benchmark": "live_reality", "capacity_rps": cap.rps, "spinners": len(spinners),
+        extra = {"benchmark": "live_reality", "capacity_rps": cap.rps, "host_factor": cap.host_factor, "spinners": len(spinners),
                  "quick": args.quick}
         for load in loads:
             for calibrate in calibrations:
@@ -277,7 +325,7 @@ def main() -> None:
             f"Made by `{shlex.join(['python', 'benchmarks/live_reality.py', *sys.argv[1:]])}` on a host with "
             f"{os.cpu_count()} CPUs in {wall / 60:.1f} min. Workload `benchmarks/tiny-cpu.yaml` (64x64 at 4 steps, "
             f"weight 2; 128x128 at 8 steps, weight 1), Poisson arrivals for {args.duration:g} s per run, seed "
-            f"{args.seed}, SLO {args.slo_scale:g} x the `cpu` profile's reference latency. {how[0].upper() + how[1:]}. "
+            f"{args.seed}. {how[0].upper() + how[1:]}. "
             f"Runs stored in `{Path(db).name if Path(db).is_absolute() else db}`; attainment, mean and P95 from `run_summary`, rejected = the policy's "
             "rejections + 429/503 refusals (`client_summary`)."]
     text = markdown(rows, head)
