@@ -159,7 +159,23 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path):
                              "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
                              "--duration", "400", "--time-scale", "0.05", "--db", str(db), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
-    time.sleep(8)  # server up, Locust sending (the schedule runs 20 s)
+    # Ctrl-C once Locust has been sending for a while (the schedule runs 20 s): on a busy host the
+    # server takes longer to start than any fixed sleep would allow
+    import psutil
+
+    def locust_running() -> bool:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "locust" in " ".join(child.cmdline()):
+                    return True
+            except psutil.Error:  # gone meanwhile
+                pass
+        return False
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not locust_running():
+        time.sleep(0.2)
+    time.sleep(4)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
