@@ -6,8 +6,11 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 * **Work items** are stages, not pipelines: a request waits for ``encode``, then ``diffuse`` (maybe
   in pieces), then ``decode``, and each is dispatched on its own to whichever GPUs suit it. Encode
   and decode take one GPU; diffuse takes a group of 1, 2, 4 or 8 GPUs on one node.
-* **Order**: least slack first. A request's key is its latest start time for the stage it waits for
-  (deadline minus the remaining work at its efficient degree).
+* **Order**: least slack first. A request's key is its latest start time (deadline minus the
+  remaining work at its efficient degree), taken on arrival and kept (``order=admission``, the
+  default: admitted requests then finish one by one, not all together at their deadline, which a
+  slower-than-predicted stage would make them all miss); ``order=stage`` re-ranks after each stage
+  by the work still left.
 * **Degree**: per request and per dispatch. Among the degrees that still meet the deadline (with a
   safety ``margin`` of the SLO), the efficient degree (largest with parallel efficiency >= 0.8) is
   used while the cluster has spare GPUs (busy fraction below ``spread``); under load, the smallest
@@ -45,7 +48,7 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
-Per-class cost answers live in :mod:`.trident_classes`; the rest stays one module (about 500 lines)
+Per-class cost answers live in :mod:`.trident_classes`; the rest stays one module (about 550 lines)
 because it is one policy class whose methods all share the ready queue, reservations and plan.
 """
 
