@@ -115,9 +115,9 @@ def test_live_figures_draw_devices_and_queues():
 def test_the_servers_health_is_checked_and_its_errors_are_its_own(emulated):
     health = live.check_server(emulated)
     assert health["ok"] is True and health["devices"] == 2 and health["devices_alive"] == 2
-    with pytest.raises(live.NotSupported) as err:  # FastAPI's own 404 body is not trident's error shape
+    with pytest.raises(live.NotSupported) as err:  # a trident 404 (its error shape): its message is shown
         live._request("GET", emulated, "/no/such/route")
-    assert str(err.value).endswith("(HTTP 404)")
+    assert str(err.value).endswith("(HTTP 404: no such path: /no/such/route)")
     with pytest.raises(live.Unreachable):
         live.check_server(f"http://127.0.0.1:{_free_port()}")
 
