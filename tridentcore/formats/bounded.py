@@ -74,6 +74,11 @@ def _too_deep() -> InputRefused:
     return InputRefused(f"lists or mappings nested more than {MAX_NESTING} deep")
 
 
+def _too_long_int(kind: str, exc: ValueError) -> InputRefused:
+    """An integer of more than 4300 digits (Python's int limit), in a few words."""
+    return InputRefused(f"not valid {kind} ({' '.join(str(exc).split()[:8])})")
+
+
 def load_json(text: str) -> Any:
     """``json.loads`` within bounds; :class:`InputRefused` with the decoder's reason otherwise."""
     try:
@@ -83,7 +88,7 @@ def load_json(text: str) -> Any:
     except RecursionError:
         raise _too_deep() from None
     except ValueError as exc:  # an integer of more than 4300 digits
-        raise InputRefused(f"not valid JSON ({' '.join(str(exc).split()[:8])})") from None
+        raise _too_long_int("JSON", exc) from None
     if nesting_over(value):
         raise _too_deep()
     return value
@@ -122,4 +127,4 @@ def load_yaml(text: str) -> Any:
     except RecursionError:
         raise _too_deep() from None
     except ValueError as exc:  # an integer of more than 4300 digits
-        raise InputRefused(f"not valid YAML ({' '.join(str(exc).split()[:8])})") from None
+        raise _too_long_int("YAML", exc) from None

@@ -30,7 +30,7 @@ before it could finish). Spans, placement changes and request outcomes are the s
 records (``SpanRow``, ``PlacementRow``, ``RequestRow``); a server with a results store journals
 them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are ``runtime/views.py``, the client types ``runtime/api.py``.
 
-One class of under 500 lines: the loop, the client API, the worker tasks and the endings share the
+One class of about 490 lines, one job (a live run on one device kind): the loop, the client API, the worker tasks and the endings share the
 pending queue, the waiters and the live set, and splitting them would only pass those around.
 """
 
