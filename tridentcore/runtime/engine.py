@@ -28,10 +28,12 @@ Every accepted request ends in exactly one terminal state with a reason: done, r
 policy), cancelled (by its client), or failed (a stage failed too often, or the engine shut down
 before it could finish). Spans, placement changes and request outcomes are the simulator's
 records (``SpanRow``, ``PlacementRow``, ``RequestRow``); a server with a results store journals
-them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are ``runtime/views.py``, the client types ``runtime/api.py``.
+them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are
+``runtime/views.py``, the client types ``runtime/api.py``.
 
-One class of about 490 lines, one job (a live run on one device kind): the loop, the client API, the worker tasks and the endings share the
-pending queue, the waiters and the live set, and splitting them would only pass those around.
+One class of about 490 lines, one job (a live run on one device kind): the loop, the client API,
+the worker tasks and the endings share the pending queue, the waiters and the live set, and
+splitting them would only pass those around.
 """
 
 from __future__ import annotations
