@@ -21,8 +21,11 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   calibration). While GPUs are spare, a degree must meet the deadline with the remaining work
   stretched by ``exp(noise_z x sigma)`` (``noise_z`` 2: about the 98th percentile of a lognormal),
   so a request is given the GPUs that make a slow run still meet its SLO; if none does, the fastest
-  degree. Under load the plain predictions decide, as stretched plans would spend GPU-seconds the
-  queue needs. With stage times exactly as predicted (``sigma`` 0) nothing changes.
+  degree. Under load the plain predictions decide which degrees are feasible (stretched plans would
+  spend GPU-seconds the queue needs), and the smallest of them that also meets the stretched
+  deadline is taken only if it costs at most ``noise_cost`` (1.1) times the GPU-seconds of the
+  smallest feasible one (a long video at 2 GPUs instead of 1, not a small image at 4). With stage
+  times exactly as predicted (``sigma`` 0) nothing changes.
 * **Committed work**: a diffuse that cannot start now reserves the GPUs that free soonest on one
   node (their ``busy_until``: work already committed); later, less urgent work may use those GPUs
   only if it ends before the reservation (backfilling), so large requests are not starved by a
@@ -87,6 +90,8 @@ class Trident(Policy):
         "noise_z": (float, 2.0, "while GPUs are spare, pick diffuse degrees that meet the deadline with the "
                                 "prediction x exp(this x the log-spread of measured / predicted stage times seen "
                                 "so far) (0: as predicted)"),
+        "noise_cost": (float, 1.1, "under load, the smallest degree that meets the deadline with the noise margin "
+                                   "if it spends at most this many times the GPU-seconds of the smallest feasible one"),
         "spread": (float, 0.5, "use the faster efficient degree while fewer than this fraction of GPUs are busy"),
         "preempt": (parse_bool, True, "pause long diffuses between steps for urgent requests"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
@@ -324,6 +329,13 @@ class Trident(Policy):
             stretch = self.stretch if busy_frac < self.opts["spread"] else 1.0
             feasible = [d for d in self.degrees
                         if now + self._remaining(rec, info, d, StageKind.DIFFUSE) * stretch <= spec.deadline_s - margin]
+            if stretch == 1.0 and self.stretch > 1.0 and feasible:
+                # under load: still the noise margin, where it costs few GPU-seconds more
+                d0, cap = min(feasible), self.opts["noise_cost"]
+                safe = [d for d in feasible if d * info.step_s[d] <= cap * d0 * info.step_s[d0]
+                        and now + self._remaining(rec, info, d, StageKind.DIFFUSE) * self.stretch <= spec.deadline_s - margin]
+                if safe:
+                    feasible = [d for d in feasible if d >= safe[0]]
             late = entry[0] == math.inf
             if late:  # already late: the fewest GPU-seconds, no reservation, no preemption
                 feasible = [self.degrees[0]]
