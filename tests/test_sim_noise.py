@@ -135,3 +135,18 @@ def test_a_late_request_runs_on_an_idle_gpu_at_once():
     assert [s.stage for s in spans] == ["encode", "diffuse", "decode"]
     assert all(b.started_s == pytest.approx(a.ended_s) for a, b in zip(spans, spans[1:]))
     assert res.requests[0].finish_s == pytest.approx(spans[-1].ended_s) and spans[-1].ended_s < 5.0
+
+
+def test_under_load_trident_buys_the_noise_margin_only_where_it_is_cheap():
+    """A busy cluster of long videos (their diffuse scales almost perfectly to 2 GPUs): under load the
+    predictions decide which degrees are feasible, and the one that also covers the noise is taken
+    when it costs at most noise_cost (1.1) x the GPU-seconds (noise_cost=1: never)."""
+    from collections import Counter
+
+    loaded = load_scenario(RunSpec(mix="video-wan", duration_s=900, slo_scale=5.0, noise_sigma=0.3))
+    degrees = {}
+    for policy in ("trident", "trident:noise_cost=1"):
+        res = run_one(loaded, policy, 0.16)
+        degrees[policy] = Counter(s.degree for s in res.spans if s.stage == "diffuse" and s.start_step == 0)
+    assert degrees["trident"][2] > 2 * degrees["trident:noise_cost=1"][2]
+    assert degrees["trident"][1] < degrees["trident:noise_cost=1"][1]
