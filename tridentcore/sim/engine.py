@@ -10,12 +10,13 @@ measured around the policy, to report its decision time).
 **Noise** (``noise``: :class:`StageNoise`). A policy plans with the cost model's predictions, but a
 real stage takes prediction x error (another GPU, library, co-location, a busy host). With noise on,
 each dispatch's compute takes its prediction x ``bias[stage]`` x a lognormal factor of mean 1 and
-log-spread ``sigma``; the policy still sees only the predictions, and a diffuse it pauses stops at
-the first step boundary it actually reaches. The factor is a common random number: drawn from the
-noise's seed, the dispatch's lead request, its stage and its first step, so a request's stage is
-as lucky under every policy and at every rate (a comparison is not decided by who drew the slow
-runs), and a batch takes its lead request's draw. Without noise (or ``sigma`` 0 and no bias)
-durations equal the predictions exactly, as before.
+log-spread ``sigma``; the policy plans with the predictions (it learns the actual times only as
+dispatches complete), and a diffuse it pauses stops at the first step boundary it actually
+reaches. The factor is a common random number: drawn from the noise's seed, the dispatch's lead
+request, its stage and its first step, so a request's stage is as lucky under every policy and at
+every rate (a comparison is not decided by who drew the slow runs), and a batch takes its lead
+request's draw. Without noise (or ``sigma`` 0 and no bias) durations equal the predictions
+exactly, as before.
 
 **Replay.** ``replay`` is a live run's report log (``DriverCore.log``: every arrival, completion,
 tick, worker fault and cancellation at the engine time it was handled). The simulator then takes

@@ -44,10 +44,11 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   ``replan_s``). Dispatch prefers GPUs that hold the weights; elsewhere they
   load lazily (load time charged), and instances the plan does not want are evicted to make room.
 * **Late requests** (``late``): one that can no longer meet its deadline even at its fastest degree
-  is served after every request that still can (in the same pass, on GPUs the others left idle),
-  and counts as an SLO miss (``late=serve``, the default). ``late=reject`` (goodput mode) turns it away instead, but only while none of its
-  stages has run (at admission, or while it still waits for its encode), so no GPU time is spent on
-  a request that is then dropped.
+  is served after every request that still can (in the same pass, on GPUs the others left idle; a
+  diffuse of late requests is the first paused for one that can still make it), and counts as an
+  SLO miss (``late=serve``, the default). ``late=reject`` (goodput mode) turns it away instead, but
+  only while none of its stages has run (at admission, or while it still waits for its encode), so
+  no GPU time is spent on a request that is then dropped.
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
@@ -331,9 +332,9 @@ class Trident(Policy):
                         if now + self._remaining(rec, info, d, StageKind.DIFFUSE) * stretch <= spec.deadline_s - margin]
             if stretch == 1.0 and self.stretch > 1.0 and feasible:
                 # under load: still the noise margin, where it costs few GPU-seconds more
-                d0, cap = min(feasible), self.opts["noise_cost"]
+                d0, cap, by = min(feasible), self.opts["noise_cost"], spec.deadline_s - margin
                 safe = [d for d in feasible if d * info.step_s[d] <= cap * d0 * info.step_s[d0]
-                        and now + self._remaining(rec, info, d, StageKind.DIFFUSE) * self.stretch <= spec.deadline_s - margin]
+                        and now + self._remaining(rec, info, d, StageKind.DIFFUSE) * self.stretch <= by]
                 if safe:
                     feasible = [d for d in feasible if d >= safe[0]]
             late = entry[0] == math.inf
