@@ -36,7 +36,7 @@ def simulate(
     db: str = typer.Option(None, help="DuckDB results file to store every run in."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Simulate the workload under each policy and print one row per policy."""
+    """Simulate each policy on one workload; one row per policy."""
     import json
 
     from ..core.policy import PolicyError, make_policy, split_specs
@@ -89,7 +89,10 @@ def sweep(
     json_out: bool = typer.Option(False, "--json"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Goodput and fair goodput per policy (--goodput), or attainment per rate and class (--rates)."""
+    """Goodput, or attainment per rate, of each policy (simulated).
+
+    Goodput and fair goodput per policy (--goodput), or attainment per rate and class (--rates).
+    """
     import json
 
     from ..core.policy import PolicyError, make_policy, split_specs
