@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_NOISE_SIGMA,
-                             DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TARGET)
+                             DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_SWEEP_DURATION_S,
+                             DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
                      fitted_noise, json_safe, load_workload, setup_logging, table)
@@ -75,7 +76,7 @@ def sweep(
     cluster: ClusterOpt = DEFAULT_CLUSTER,
     mix: MixOpt = None,
     arrival: ArrivalOpt = DEFAULT_ARRIVAL,
-    duration: float = typer.Option(DEFAULT_DURATION_S, min=1.0, help="Seconds of arrivals per simulated rate."),
+    duration: float = typer.Option(DEFAULT_SWEEP_DURATION_S, min=1.0, help="Seconds of arrivals per simulated rate."),
     slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1),
     seed: SeedOpt = DEFAULT_SEED,
     policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
-                             DEFAULT_TRACE_DURATION_S)
+from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
+                             DEFAULT_RATE, DEFAULT_SEED)
 from .common import ARRIVAL_HELP, CLUSTER_HELP, HELP_MARKUP, MIX_HELP, fail, one_line, table
 
 __all__ = ["trace_app"]
@@ -28,7 +28,7 @@ def trace_generate(
     mix: str = typer.Option(DEFAULT_MIX, help=MIX_HELP),
     arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
     rate: float = typer.Option(DEFAULT_RATE, help="Mean requests per second."),
-    duration: float = typer.Option(DEFAULT_TRACE_DURATION_S, help="Seconds of arrivals."),
+    duration: float = typer.Option(DEFAULT_DURATION_S, help="Seconds of arrivals."),
     seed: int = typer.Option(DEFAULT_SEED, help="Same seed, same requests (as `trident simulate --mix` draws them)."),
 ) -> None:
     """Draw a mix's open-loop arrivals into a JSON-lines trace.
