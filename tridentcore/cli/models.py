@@ -77,7 +77,7 @@ def generate(
 
 def profile(
     model: str = typer.Option(None, help="Pipeline name(s), comma separated (`trident models`)."),
-    out: str = typer.Option(..., help="CSV to write (the format of shared/profiles/README.md)."),
+    out: str = typer.Option(..., help="CSV to write (the format of docs/profiles.md)."),
     device: str = typer.Option("cpu", help="cpu or cuda:i."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
     sizes: str = typer.Option("64,128,256", help="Squares (64,128) or WIDTHxHEIGHT items."),

@@ -40,7 +40,7 @@ DEFAULT_DURATION_S = 600.0  # workload seconds of arrivals
 DEFAULT_SWEEP_DURATION_S = 1800.0
 DEFAULT_LOCUST_DURATION_S = 60.0  # the Locust file without -t or --duration
 DEFAULT_SEED = 0
-DEFAULT_SLO_SCALE = 3.0  # deadline = arrival + scale x reference latency (DESIGN.md)
+DEFAULT_SLO_SCALE = 3.0  # deadline = arrival + scale x reference latency (docs/design.md)
 DEFAULT_TARGET = 0.9  # attainment target of goodput
 DEFAULT_POLICY = "trident"  # `trident serve`
 DEFAULT_SERVE_DEVICES = "cpu:2"  # `trident serve`: two worker processes on this host
@@ -64,7 +64,7 @@ DEFAULT_NOISE_SIGMA = 0.0  # the simulator: stage times equal the cost model's p
 MEASURED_NOISE_SIGMA = 0.285
 MEASURED_NOISE_BIAS = (("decode", 0.989), ("diffuse", 1.935), ("encode", 2.923))  # mean factors, as --bias
 LATE_MODES = ("serve", "reject")  # what a policy does with a request that can no longer meet its deadline
-DEFAULT_LATE = "serve"  # DESIGN.md: late requests are served (an SLO miss); rejecting is the operator's choice
+DEFAULT_LATE = "serve"  # docs/design.md: late requests are served (an SLO miss); rejecting is the operator's choice
 DEFAULT_KEEP_ENDED = 10_000  # `trident serve`: ended requests kept in full in memory (older ones forgotten)
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-flight work finish
 # `trident serve --db`: how long the final write waits for another process's lock on the file; longer
