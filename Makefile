@@ -9,14 +9,24 @@ STAMP := $(VENV)/.installed
 # Playwright (dev extra) drives the system chromium in the browser test; it never downloads its own.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
+# Python >= 3.11 with its venv module, checked before anything is installed: what is missing is said
+# in one line (and make stops with a non-zero status).
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
+	@command -v $(PY) >/dev/null 2>&1 || { echo "error: $(PY) not found: install Python >= 3.11 (or make PY=/path/to/python3.11)" >&2; exit 1; }
+	@$(PY) -c 'import sys; sys.exit(None if sys.version_info >= (3, 11) else "error: TridentServe needs Python >= 3.11; $(PY) is %d.%d (make PY=/path/to/python3.11)" % sys.version_info[:2])'
+	@$(PY) -m venv $(VENV) >/dev/null 2>&1 || { rm -rf $(VENV); echo "error: $(PY) -m venv failed: install Python's venv module (Debian, Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# torch first, pinned to the CPU build, so no dependency can pull a CUDA build.
+# torch first, the CPU build: 2.13.0+cpu is a local version that PyPI never serves, so no source can
+# answer with a CUDA build (and its ~18 NVIDIA packages, several GB). It comes from the configured
+# package sources when they have it (pip's index, find-links); only if they do not, from the PyTorch
+# CPU index. The second install names it again, so no dependency can replace it.
+TORCH := torch==2.13.0+cpu
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[ml,dev,ray]'
+	@$(BIN)/pip install -q '$(TORCH)' || { echo "$(TORCH) is not in the configured package sources: trying $(TORCH_CPU_INDEX)" >&2; \
+		$(BIN)/pip install -q --index-url $(TORCH_CPU_INDEX) '$(TORCH)'; }
+	$(BIN)/pip install -q -e '.[ml,dev,ray]' '$(TORCH)'
 	touch $(STAMP)
 
 install: $(STAMP)

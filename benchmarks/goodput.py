@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_PROFILE
+from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE, DEFAULT_SWEEP_DURATION_S
 
 POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-static:degree=4",
             "pipeline-static:degree=8", "pipeline-dynamic", "trident-paper", "trident", "trident:late=reject")
@@ -48,7 +48,7 @@ def main() -> None:
                     help="semicolon-separated policy specs")
     ap.add_argument("--cluster", default=DEFAULT_CLUSTER)
     ap.add_argument("--profile", default=DEFAULT_PROFILE)
-    ap.add_argument("--duration", type=float, default=DEFAULT_DURATION_S)
+    ap.add_argument("--duration", type=float, default=DEFAULT_SWEEP_DURATION_S)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--noise", type=float, default=0.0,

@@ -119,3 +119,38 @@ def test_console_script_runs_in_a_fresh_process():
     out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "generate" in out.stdout
+
+
+def _command_paths():
+    """Every command and group of the app, as argument lists (``[]``, ``["simulate"]``, ``["runs", "show"]``)."""
+    import typer.main
+
+    def walk(command, path):
+        yield path
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=lambda p: " ".join(p) or "trident")
+def test_help_reads_at_80_columns(path):
+    """`--help` at 80 columns: nothing cut off with an ellipsis, flags as flags, every default in full."""
+    import re
+
+    import typer.main
+
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, prog_name="trident")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "…" not in out and "<bool>" not in out, out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    listed = out.split("Commands:", 1)[1].splitlines() if "Commands:" in out else []
+    assert not [line for line in listed if line.rstrip().endswith("...")], out  # short help cut by click
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    flat = re.sub(r"\s+", " ", re.sub(r"-\n\s+", "-", out))  # undo the wrapping (click breaks at hyphens)
+    for param in command.params:
+        if getattr(param, "show_default", False) and param.default is not None and not getattr(param, "is_flag", False):
+            assert f"[default: {param.default}" in flat, (param.name, out)

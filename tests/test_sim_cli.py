@@ -94,3 +94,19 @@ def test_simulate_a_paper_format_trace(tmp_path):
     assert all(r["requests"] == 30 for r in rows)
     missing = runner.invoke(app, ["simulate", "--trace", str(trace)])
     assert missing.exit_code == 2 and "model" in missing.output.lower()
+
+
+def test_simulate_without_options_runs_the_workbench_home_pages_comparison():
+    """One default scenario (core/defaults.py): `trident simulate` and the workbench open on the same one."""
+    import typer.main
+
+    from tridentcore.core import defaults
+    from workbench import data
+
+    params = {p.name: p.default for p in typer.main.get_command(app).commands["simulate"].params}
+    scenario = data.DEFAULT_SCENARIO
+    assert (params["rate"], params["duration"]) == (data.DEFAULT_RATE, scenario.duration_s) == (0.5, 600.0)
+    assert (params["mix"] or defaults.DEFAULT_MIX, params["cluster"], params["profile"], params["arrival"],
+            params["slo_scale"], params["seed"]) == (scenario.mix, scenario.cluster, scenario.profile,
+                                                     scenario.arrival, scenario.slo_scale, scenario.seed)
+    assert params["policies"] == ",".join(data.DEFAULT_POLICIES)

@@ -343,7 +343,7 @@ def off_loopback(monkeypatch):
 
 def test_config_binds_loopback_and_the_binding_decides_the_gate():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
-    assert config["server"]["address"] == "127.0.0.1"
+    assert config["server"]["address"] == "127.0.0.1" and config["server"]["headless"] is True
     assert all(access.is_loopback(a) for a in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"))
     assert not any(access.is_loopback(a) for a in ("0.0.0.0", "::", "", None, "10.1.2.3", "example.org"))
     assert access.password_matches("s3cret", "s3cret")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tridentcore.core.defaults import DEFAULT_DB, DEFAULT_POLICIES
+from tridentcore.core.defaults import DEFAULT_DB, DEFAULT_POLICIES, DEFAULT_RATE
 from tridentcore.core.metrics import attainment_by_class, summarize
 from tridentcore.core.types import DEGREES
 from tridentcore.bench.scenario import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
@@ -85,10 +85,9 @@ POLICY_CHOICES: tuple[str, ...] = (
     *(f"pipeline-static:degree={d}" for d in DEGREES),
     "pipeline-dynamic", "trident-paper", "trident",
 )  # fmt: skip
-# The comparison the home page opens with: the four policies on the image-video mix, Poisson arrivals
-# at 0.5 req/s for 600 simulated seconds, simulated 2x8xH200, the h200 profile, SLO scale 3.
-DEFAULT_SCENARIO = Scenario(duration_s=600.0)
-DEFAULT_RATE = 0.5  # the workbench's own opening rate (a light load: every policy meets most SLOs)
+# The comparison the home page opens with: the default policies on the default scenario
+# (``tridentcore.core.defaults``), the same that `trident simulate` runs without options.
+DEFAULT_SCENARIO = Scenario()
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "trident-workbench-uploads"
 
 

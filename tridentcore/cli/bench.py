@@ -62,11 +62,11 @@ def bench(
     progress: bool = typer.Option(True, help="Progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Compare policies on one workload; every run is stored (with what reproduces it) in --db.
+    """Compare policies on one workload and store every run.
 
-    Prints a side-by-side table and the run ids. Ctrl-C stops: runs already stored stay, the run in progress is not written (each run is one transaction). With --repeat RUN_ID a stored sim run is simulated again and old and new summaries are printed; exit status 1 if they differ.
+    Every run is stored (with what reproduces it) in --db. Prints a side-by-side table and the run ids. Ctrl-C stops: runs already stored stay, the run in progress is not written (each run is one transaction). With --repeat RUN_ID a stored sim run is simulated again and old and new summaries are printed; exit status 1 if they differ.
 
-    Live (--backend live): for each policy `trident serve --devices … --time-scale …` and Locust (workloads/mixed.py) run as child processes on loopback with the simulator's schedule for the same seed (--rate and --duration in workload seconds; the sends are compressed by --time-scale); the server's rows and the client's rows are stored as one run. Ctrl-C stops both children and stores the run in progress as interrupted. --repeat of a live run runs it live again and prints both summaries (live runs are not expected to be identical).
+    Live (--backend live): for each policy `trident serve --devices DEVICES --time-scale SCALE` and Locust (workloads/mixed.py) run as child processes on loopback with the simulator's schedule for the same seed (--rate and --duration in workload seconds; the sends are compressed by --time-scale); the server's rows and the client's rows are stored as one run. Ctrl-C stops both children and stores the run in progress as interrupted. --repeat of a live run runs it live again and prints both summaries (live runs are not expected to be identical).
     """
     setup_logging(verbose)
     if repeat is not None:

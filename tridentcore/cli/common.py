@@ -16,12 +16,16 @@ import typer
 from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAULT_POLICIES
 from ..core.metrics import finite
 
-__all__ = ["BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
+__all__ = ["HELP_MARKUP", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
            "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
 
 EXIT_INTERRUPTED = 130
+# Help as plain click text, for every Typer of the app: wrapped to the terminal (80 columns too) with
+# defaults written out in full and flags shown as flags. Typer's rich panels cut long defaults with
+# "…" and list a flag as `--json <bool>`.
+HELP_MARKUP = None
 DB_HELP = "DuckDB results file."
 POLICIES_HELP = "Comma list of policy specs, options as name:key=value (pipeline-static:degree=2)."
 DEFAULT_POLICIES_TEXT = ",".join(DEFAULT_POLICIES)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import typer
 
 from . import bench, models, runs, serve, sim, trace
+from .common import HELP_MARKUP
 
 __all__ = ["app"]
 
@@ -20,6 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=HELP_MARKUP,
 )
 
 for command in (models.models, models.generate, models.profile, models.cost, sim.simulate, sim.sweep, serve.serve):

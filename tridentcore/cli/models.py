@@ -39,7 +39,10 @@ def generate(
     fps: int = typer.Option(8, min=1, help="Frames per second of an animation."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run encode -> diffuse -> decode for one prompt and write the image or animation."""
+    """Generate one image or animation from a prompt.
+
+    Runs encode -> diffuse -> decode for the prompt and writes the image or animation.
+    """
     setup_logging(verbose)
     quiet_libraries()
     import time
@@ -74,7 +77,7 @@ def generate(
 
 def profile(
     model: str = typer.Option(None, help="Pipeline name(s), comma separated (`trident models`)."),
-    out: str = typer.Option(..., help="CSV to write (the format of shared/profiles/README.md)."),
+    out: str = typer.Option(..., help="CSV to write (the format of docs/profiles.md)."),
     device: str = typer.Option("cpu", help="cpu or cuda:i."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
     sizes: str = typer.Option("64,128,256", help="Squares (64,128) or WIDTHxHEIGHT items."),
@@ -92,8 +95,11 @@ def profile(
     base: str = typer.Option(None, help="--from-run: the profile to fold into (default: the run's profile)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Measure encode, one diffuse step and decode (latency and peak memory) into a profile CSV, or
-    fold a live run's measurements into a profile (--from-run)."""
+    """Measure stage latency and memory into a profile CSV.
+
+    Measures encode, one diffuse step and decode (latency and peak memory) at every point asked
+    for, or folds a live run's measurements into a profile (--from-run).
+    """
     setup_logging(verbose)
     if from_run is not None:
         _fold(from_run, db, base, out)
@@ -168,7 +174,10 @@ def cost(
     gpu: str = typer.Option(None, help="GPU kind in the profile (needed if it holds several)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Predicted latency and memory of one stage call, from a stage profile."""
+    """Predicted latency and memory of one stage call.
+
+    From a stage profile (--profile: a shipped name or a CSV).
+    """
     import json
 
     from ..core.costmodel import CostModelError

@@ -9,12 +9,12 @@ from __future__ import annotations
 import typer
 
 from ..core.defaults import DEFAULT_DB_WAIT_S
-from .common import DB_HELP, DEFAULT_DB, db_message, delta, fail, one_line, store_errors, table, value
+from .common import DB_HELP, DEFAULT_DB, HELP_MARKUP, db_message, delta, fail, one_line, store_errors, table, value
 
 __all__ = ["runs_app"]
 
-runs_app = typer.Typer(help="Stored runs in a results database (opened read-only; recover writes).",
-                       no_args_is_help=True)
+runs_app = typer.Typer(help="Stored runs in a results database.\n\nOpened read-only; `recover` writes.",
+                       no_args_is_help=True, rich_markup_mode=HELP_MARKUP)
 
 
 def _dash_table(rows: list[dict], columns) -> str:
@@ -51,7 +51,10 @@ def runs_show(
     run: str = typer.Argument(..., help="Run id (or a prefix that names one run)."),
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
 ) -> None:
-    """One run: what it was, its summary, attainment per request class, and time per stage."""
+    """One run: what it was and how it went.
+
+    Its configuration, summary, attainment per request class, and time per stage.
+    """
     from ..bench.runs import show_run
 
     try:
@@ -87,7 +90,10 @@ def runs_diff(
     run_b: str = typer.Argument(..., help="The second run."),
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
 ) -> None:
-    """Two runs side by side: summary metrics, then attainment per request class (B - A)."""
+    """Two runs side by side.
+
+    Summary metrics, then attainment per request class (B - A).
+    """
     from ..bench.runs import diff_runs
 
     try:
@@ -112,7 +118,10 @@ def runs_export(
     parquet: str = typer.Option(..., "--parquet", help="Directory for one Parquet file per table."),
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
 ) -> None:
-    """Write one run's rows to DIR/<table>.parquet (runs, requests, stage_spans, placements, gpu_samples)."""
+    """Write one run's rows to Parquet files, one per table.
+
+    DIR/<table>.parquet: runs, requests, stage_spans, placements, gpu_samples.
+    """
     from ..bench.runs import resolve_run
     from ..store import export_run
 
@@ -129,7 +138,9 @@ def runs_recover(
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
     wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds to wait for another process's lock on the database."),
 ) -> None:
-    """Ingest the journals servers left next to the database (FILE.journal/): a crashed server's run is
+    """Store the runs that servers left in journals.
+
+    Ingests the journals servers left next to the database (FILE.journal/): a crashed server's run is
     stored as `crashed`, one whose final write failed as it ended. Journals of running servers are left
     alone. Exit status 1 if a journal could not be ingested (it stays)."""
     from ..store.journal import pending_journals, recover

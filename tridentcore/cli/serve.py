@@ -67,7 +67,10 @@ def serve(
                                         "options given on the command line win."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Serve the HTTP API (OpenAPI at /docs) over live workers driven by a policy."""
+    """Serve the HTTP API over live workers driven by a policy.
+
+    OpenAPI docs at /docs.
+    """
     import logging
     import os
 

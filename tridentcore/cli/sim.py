@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_NOISE_SIGMA,
-                             DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TARGET)
+                             DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_SWEEP_DURATION_S,
+                             DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
                      fitted_noise, json_safe, load_workload, setup_logging, table)
@@ -36,7 +37,7 @@ def simulate(
     db: str = typer.Option(None, help="DuckDB results file to store every run in."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Simulate the workload under each policy and print one row per policy."""
+    """Simulate each policy on one workload; one row per policy."""
     import json
 
     from ..core.policy import PolicyError, make_policy, split_specs
@@ -75,7 +76,7 @@ def sweep(
     cluster: ClusterOpt = DEFAULT_CLUSTER,
     mix: MixOpt = None,
     arrival: ArrivalOpt = DEFAULT_ARRIVAL,
-    duration: float = typer.Option(DEFAULT_DURATION_S, min=1.0, help="Seconds of arrivals per simulated rate."),
+    duration: float = typer.Option(DEFAULT_SWEEP_DURATION_S, min=1.0, help="Seconds of arrivals per simulated rate."),
     slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1),
     seed: SeedOpt = DEFAULT_SEED,
     policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,
@@ -89,7 +90,10 @@ def sweep(
     json_out: bool = typer.Option(False, "--json"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Goodput and fair goodput per policy (--goodput), or attainment per rate and class (--rates)."""
+    """Goodput, or attainment per rate, of each policy (simulated).
+
+    Goodput and fair goodput per policy (--goodput), or attainment per rate and class (--rates).
+    """
     import json
 
     from ..core.policy import PolicyError, make_policy, split_specs

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
-                             DEFAULT_TRACE_DURATION_S)
-from .common import ARRIVAL_HELP, CLUSTER_HELP, MIX_HELP, fail, one_line, table
+from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
+                             DEFAULT_RATE, DEFAULT_SEED)
+from .common import ARRIVAL_HELP, CLUSTER_HELP, HELP_MARKUP, MIX_HELP, fail, one_line, table
 
 __all__ = ["trace_app"]
 
-trace_app = typer.Typer(help="Request traces: generate one from a mix, import the paper's, show what one asks of a cluster.",
-                        no_args_is_help=True)
+trace_app = typer.Typer(help="Request traces: generate from a mix, import, offered load.\n\n"
+                             "Generate one from a mix, import the paper's, show what one asks of a cluster.",
+                        no_args_is_help=True, rich_markup_mode=HELP_MARKUP)
 
 
 def _dash_table(rows: list[dict], columns) -> str:
@@ -27,12 +28,12 @@ def trace_generate(
     mix: str = typer.Option(DEFAULT_MIX, help=MIX_HELP),
     arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
     rate: float = typer.Option(DEFAULT_RATE, help="Mean requests per second."),
-    duration: float = typer.Option(DEFAULT_TRACE_DURATION_S, help="Seconds of arrivals."),
+    duration: float = typer.Option(DEFAULT_DURATION_S, help="Seconds of arrivals."),
     seed: int = typer.Option(DEFAULT_SEED, help="Same seed, same requests (as `trident simulate --mix` draws them)."),
 ) -> None:
     """Draw a mix's open-loop arrivals into a JSON-lines trace.
 
-    The requests are exactly those `trident simulate --mix … --seed …` draws at this rate, so simulating the trace gives the same run. SLOs are not part of the trace: whoever replays it sets them (--slo-scale of simulate and bench).
+    The requests are exactly those `trident simulate --mix MIX --seed SEED` draws at this rate, so simulating the trace gives the same run. SLOs are not part of the trace: whoever replays it sets them (--slo-scale of simulate and bench).
     """
     from pathlib import Path
 
@@ -69,7 +70,10 @@ def trace_import(
     out: str = typer.Option(..., help="JSON-lines trace to write."),
     model: str = typer.Option(None, help="Model of the requests (the paper's traces do not name one)."),
 ) -> None:
-    """Convert a trace (the TridentServe paper's Request(...) format, detected) to JSON lines."""
+    """Convert a trace to JSON lines.
+
+    The TridentServe paper's Request(...) format is detected.
+    """
     from pathlib import Path
 
     from ..formats.traces import read_trace, write_trace
@@ -94,8 +98,9 @@ def trace_stats_command(
     model: str = typer.Option(None, help="Model of a paper-format trace's requests."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Requests, duration, rate and classes of a trace, and its offered load against the cluster.
+    """A trace's requests, rate, classes and offered load.
 
+    Requests, duration, rate and classes of a trace, and its offered load against the cluster.
     Offered load: arrival rate x mean GPU-seconds of a request at its most GPU-efficient degree (encode + min over degrees d of d x steps x step(d) + decode). Capacity: the cluster's GPU count. Warns (stderr) when the load is over capacity: queues then grow under any policy.
     """
     import json

@@ -1,4 +1,4 @@
-"""Arrival processes at rate 1 (DESIGN.md, "Workloads").
+"""Arrival processes at rate 1 (docs/design.md, "Workloads").
 
 Every arrival process is generated at **rate 1** (mean inter-arrival 1) as a sequence of *unit
 times*; the times at rate ``r`` are ``unit_time / r``. A rate sweep therefore replays the same

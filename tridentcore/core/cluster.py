@@ -1,4 +1,4 @@
-"""The cluster a run serves on: nodes x GPUs of one kind (DESIGN.md, "Core vocabulary").
+"""The cluster a run serves on: nodes x GPUs of one kind (docs/design.md, "Core vocabulary").
 
 Pure: no I/O. A cluster is written like ``8xH200`` (one node of eight H200s), ``2x8xH200`` (two
 nodes of eight) or ``16x8xL20``; the YAML form (read by ``tridentcore.formats.mixes.load_cluster``) is a

@@ -292,7 +292,7 @@ class CostModel:
         batch: int = 1,
         gpu: str | None = None,
     ) -> float:
-        """``speedup / degree``; DESIGN.md's SLO reference uses the largest degree with >= 0.8."""
+        """``speedup / degree``; docs/design.md's SLO reference uses the largest degree with >= 0.8."""
         return self.speedup(model, stage, shape, degree, batch, gpu) / degree
 
     # ------------------------------------------------------------------ internals

@@ -1,4 +1,4 @@
-"""Request classes and mixes (DESIGN.md, "Workloads"): a mix is a named set of request classes,
+"""Request classes and mixes (docs/design.md, "Workloads"): a mix is a named set of request classes,
 each a model at one output shape drawn with a relative weight. The YAML file format lives in
 ``tridentcore.formats.mixes``; :func:`mix_from_dict` validates its parsed form. A class asks for at
 most ``MAX_SIDE_PX`` pixels a side, ``MAX_FRAMES`` frames and ``MAX_STEPS`` steps; a mix holds at

@@ -1,4 +1,4 @@
-"""Rows that the simulator and the live engine write to the results store (DESIGN.md, "Results store").
+"""Rows that the simulator and the live engine write to the results store (docs/design.md, "Results store").
 
 Both drivers produce these same records; the store turns them into DuckDB tables in one
 transaction. Times are seconds on the run's own clock (0 = start of the run) unless named

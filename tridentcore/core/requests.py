@@ -1,4 +1,4 @@
-"""A request as a workload issues it (DESIGN.md, "Core vocabulary": ``RequestSpec``).
+"""A request as a workload issues it (docs/design.md, "Core vocabulary": ``RequestSpec``).
 
 Pure data with its validation; no I/O.
 """

@@ -1,4 +1,4 @@
-"""SLOs: a request's objective and whether it was met (DESIGN.md, "SLOs and metrics").
+"""SLOs: a request's objective and whether it was met (docs/design.md, "SLOs and metrics").
 
 ``slo_s = slo_scale x reference latency``; the reference is the request's no-queue latency at
 batch 1: encode + steps x one diffuse step at the largest degree whose parallel efficiency is

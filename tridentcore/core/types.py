@@ -1,4 +1,4 @@
-"""Vocabulary shared by every layer (DESIGN.md, "Core vocabulary")."""
+"""Vocabulary shared by every layer (docs/design.md, "Core vocabulary")."""
 
 from __future__ import annotations
 
@@ -162,5 +162,5 @@ class ProfileRow:
         return self.height * self.width * (self.frames or 1)
 
 
-# Columns of a stage profile CSV, in order (shared/profiles/README.md): ProfileRow's fields.
+# Columns of a stage profile CSV, in order (docs/profiles.md): ProfileRow's fields.
 PROFILE_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ProfileRow))

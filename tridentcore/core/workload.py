@@ -1,4 +1,4 @@
-"""Workloads: request classes, mixes, arrival processes and SLOs (DESIGN.md, "Workloads").
+"""Workloads: request classes, mixes, arrival processes and SLOs (docs/design.md, "Workloads").
 
 The pieces live in their own modules; this one draws requests from them
 (:func:`generate_requests`) and re-exports every name, so ``from tridentcore.core.workload import

@@ -1,6 +1,6 @@
 """Request traces: our JSON-lines format and the TridentServe paper's released traces.
 
-Our format, one JSON object per line (DESIGN.md, "Workloads")::
+Our format, one JSON object per line (docs/design.md, "Workloads")::
 
     {"t": 0.52, "model": "sd3-medium", "height": 1024, "width": 1024, "frames": 1, "steps": 28,
      "prompt": "a cat"}

@@ -3,7 +3,7 @@
 ``tiny-*`` pipelines are small enough to run on a laptop CPU in well under a second; their weights
 come from a fixed seed, so every process that builds one gets the same weights (a request encoded
 in one worker and denoised in another sees one model). ``arch:*`` pipelines are the published
-architectures (the configurations behind ``shared/profiles/h200.csv``) with random weights, for
+architectures (the configurations behind the shipped ``h200`` profile) with random weights, for
 profiling and load tests on a GPU without downloading anything. Nothing here touches the network.
 """
 

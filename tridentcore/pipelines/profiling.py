@@ -139,7 +139,7 @@ def plan_points(spec: ProfileSpec, video: bool) -> list[tuple[str, int, int, int
 
 
 def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[ProfileRow], None] | None = None) -> list[ProfileRow]:
-    """Measure every point of ``spec`` and return profile rows (CSV format of shared/profiles)."""
+    """Measure every point of ``spec`` and return profile rows (CSV format of docs/profiles.md)."""
     from tqdm import tqdm
 
     from . import MODELS, load_pipeline

@@ -1,6 +1,6 @@
 """Stage-profile files: load (validated), save, and the shipped profiles.
 
-Format (``shared/profiles/README.md``): a CSV with the columns of
+Format (``docs/profiles.md``): a CSV with the columns of
 :data:`~tridentcore.core.types.PROFILE_COLUMNS`, one row per measured point. ``encode`` rows leave
 ``height``/``width``/``frames`` empty. Loading validates every row and reports every problem at
 once in one :class:`ProfileError` naming the file, the line (1-based, the header is line 1) and

@@ -6,7 +6,7 @@ The simulator and the live engine both hand :meth:`ResultsStore.write_run` the s
 views ``run_summary``, ``stage_breakdown`` and ``attainment_by_shape`` over them. A load generator
 (``workloads/mixed.py``, ``trident bench --backend live``) adds what the client saw, one row per
 scheduled request, to ``client_requests`` (view ``client_summary``). Latencies and attainment
-are SQL over the rows, never counters kept by a driver (DESIGN.md, "Results store").
+are SQL over the rows, never counters kept by a driver (docs/design.md, "Results store").
 
 * :mod:`~tridentcore.store.schema`: tables derived from the row types, views, Arrow schemas;
 * :mod:`~tridentcore.store.writer`: :class:`ResultsStore` (one transaction per write), run ids;
