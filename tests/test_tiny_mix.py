@@ -69,7 +69,7 @@ def test_a_mix_narrowed_to_some_models():
     assert mix.name == "tiny:models=tiny-sd3" and {c.model for c in mix.classes} == {"tiny-sd3"}
     assert mix.classes == tuple(c for c in load_mix("tiny").classes if c.model == "tiny-sd3")
     assert load_mix("tiny:models=tiny-wan+tiny-sd3").classes == load_mix("tiny").classes
-    for bad, needle in (("tiny:models=flux-dev", "'flux-dev' is not in mix 'tiny'"), ("tiny:models=", "no models"),
+    for bad, needle in (("tiny:models=flux-dev", "'flux-dev' not among the models of mix 'tiny'"), ("tiny:models=", "no models"),
                         ("nope:models=x", "unknown mix")):
         with pytest.raises(WorkloadError, match=needle):
             load_mix(bad)

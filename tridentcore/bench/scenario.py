@@ -118,7 +118,7 @@ def load_scenario(sc: RunSpec, *, profile_flag: str = "--profile") -> Loaded:
         mix = load_mix(sc.mix)
         missing = _unpriced(cost, gpu_kind, mix)
         if missing:
-            hint = [f"it is priced by {flag_hint(p, c, profile_flag)}" for p, c in _pricing(mix) if p != sc.profile][:1]
+            hint = [f"it is priced by {_flag_hint(p, c, profile_flag)}" for p, c in _pricing(mix) if p != sc.profile][:1]
             raise ValueError(f"profile {sc.profile!r} on {cluster.label} cannot cost mix {sc.mix!r}: "
                              + "; ".join(missing + hint))
     else:
@@ -126,7 +126,7 @@ def load_scenario(sc: RunSpec, *, profile_flag: str = "--profile") -> Loaded:
     return Loaded(sc, cost, cluster, mix, trace, gpu_kind)
 
 
-def flag_hint(profile: str, cluster: str, profile_flag: str = "--profile") -> str:
+def _flag_hint(profile: str, cluster: str, profile_flag: str = "--profile") -> str:
     return f"{profile_flag} {profile} --cluster {cluster}"
 
 

@@ -112,10 +112,9 @@ def _narrowed(mix: Mix, name: str, models_text: str) -> Mix:
     have = sorted({c.model for c in mix.classes})
     unknown = [m for m in wanted if m not in have]
     if not wanted or unknown:
-        what = (f"model{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} {'are' if len(unknown) > 1 else 'is'}"
-                f" not" if unknown else "no models are")
-        raise WorkloadError(name, [f"{what} in mix {mix.name!r} (its models: {', '.join(have)}); "
-                                   f"write NAME{MODELS_OPTION}MODEL[+MODEL]"])
+        found = f"{', '.join(map(repr, unknown))} not among" if unknown else "no models named; give some of"
+        raise WorkloadError(name, [f"{found} the models of mix {mix.name!r} ({', '.join(have)}): "
+                                   f"NAME{MODELS_OPTION}MODEL[+MODEL]"])
     classes = tuple(c for c in mix.classes if c.model in wanted)
     return dataclasses.replace(mix, name=name, classes=classes)
 
