@@ -192,3 +192,11 @@ def test_served_mix_follows_the_servers_models(models_server):
 def test_served_mix_of_a_server_that_is_not_there():
     got = served_mix("http://127.0.0.1:9")
     assert got.mix is None and "GET http://127.0.0.1:9/v1/models" in got.problem and "give --mix" in got.problem
+
+
+def test_a_mix_file_of_tiny_models_is_priced_by_the_cpu_profile(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: mine\nclasses:\n  - {model: tiny-sd3, height: 64, width: 64, frames: 1, steps: 4}\n")
+    assert pricing_for(str(path)) == ("cpu", "2xcpu")
+    assert pricing_for(str(path), None, "1xcpu") == ("cpu", "1xcpu")
+    assert len(build_schedule(RunSpec(mix=str(path), profile="cpu", cluster="1xcpu", rate=1, duration_s=20))) > 5
