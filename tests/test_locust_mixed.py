@@ -73,6 +73,10 @@ def test_locustfile_imports_nothing_heavy():
     (["--time-scale", "0"], "--time-scale: must be a number > 0"),
     (["--arrival", "trace:no-such-file.jsonl"], "no-such-file.jsonl"),
     (["--rate", "abc"], "argument --rate: invalid float value"),
+    (["--mix", "tiny", "--cost-profile", "h200"], "it is priced by --cost-profile cpu --cluster 2xcpu"),
+    (["--mix", "tiny", "--cluster", "8xH200"], "--mix/--cost-profile/--cluster: profile 'h200' on 1x8xH200"),
+    ([], "--mix: cannot ask the server which models it serves (GET http://127.0.0.1:9/v1/models"),
+    (["--rate", "-1"], "--mix: cannot ask the server"),  # (with the other problems, in one message)
 ])  # fmt: skip
 def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
     out = _locust("--headless", "-t", "2s", "--host", "http://127.0.0.1:9", *args, cwd=tmp_path)

@@ -1,9 +1,17 @@
 """Locust: open-loop mixed-resolution load from a named mix (or a trace) against ``trident serve``.
 
     locust -f workloads/mixed.py --headless -t 60s --host http://127.0.0.1:8000 \\
-        --mix image-video --rate 2 [--arrival poisson|gamma:cv=4|constant|bursts:size=N|trace:FILE] \\
+        [--mix image-video] --rate 2 [--arrival poisson|gamma:cv=4|constant|bursts:size=N|trace:FILE] \\
         [--slo-scale 3] [--seed 0] [--time-scale 1] [--duration S] [--db results/trident.duckdb] [--run-id NAME]
     locust -f workloads/mixed.py --headless --host URL --spec run.json   # a run spec file instead
+
+**Defaults that follow the server.** Without ``--mix`` the mix is the shipped one the server at
+``--host`` can serve (``GET /v1/models``; ``tridentcore.formats.mixes.mix_for_models``): the default
+``image-video`` when it serves that mix's models, ``tiny`` for ``trident serve --models
+tiny-sd3,tiny-wan --devices cpu:2``, a shipped mix narrowed to the served models otherwise
+(``tiny:models=tiny-sd3``). Without ``--cost-profile`` and ``--cluster`` the SLOs are priced by the
+first shipped profile that prices every class of the mix (``h200`` on ``2x8xH200``; the tiny models:
+``cpu`` on ``2xcpu``; ``tridentcore.bench.scenario.pricing_for``).
 
 Without ``--headless`` the web UI shows the same options under "Custom parameters"; Locust's own
 ``--csv`` and ``--html`` reports work as usual. Run it as one process (not master/worker: every
@@ -66,12 +74,13 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from tridentcore.bench.spec import TRACE_PREFIX, RunSpec, read_spec_file
-from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX,
-                                       DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE,
-                                       DEFAULT_TIME_SCALE)
+from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER,
+                                       DEFAULT_CPU_PROFILE, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
+                                       DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from tridentcore.core.metrics import quantile
+from tridentcore.formats.mixes import list_mixes
 from workloads.rows import absorb_response, base_row
-from workloads.schedule import Arrival, ScheduleError, build_schedule
+from workloads.schedule import Arrival, ScheduleError, Served, build_schedule, served_mix
 
 logger = logging.getLogger("workloads.mixed")
 
@@ -83,8 +92,9 @@ START_LEAD_S = 0.2  # the schedule starts this long after test start (users are 
 @events.init_command_line_parser.add_listener
 def _add_options(parser) -> None:
     group = parser  # (Locust's include_in_web_ui needs the parser itself, not an argument group)
-    group.add_argument("--mix", type=str, default=DEFAULT_MIX, env_var="TRIDENT_MIX",
-                       help="Named mix (flux-uniform, sd3-mixed, video-wan, image-video) or a mix YAML file.")
+    group.add_argument("--mix", type=str, default=None, env_var="TRIDENT_MIX",
+                       help=f"Named mix ({', '.join(list_mixes())}), NAME:models=A+B (its classes of those models) "
+                            "or a mix YAML file (default: the shipped mix of the models the server at --host serves).")
     group.add_argument("--rate", type=float, default=DEFAULT_RATE, help="Mean requests per workload second (a mix).")
     group.add_argument("--arrival", type=str, default=DEFAULT_ARRIVAL,
                        help="poisson | gamma:cv=K | constant | bursts:size=N | trace:FILE (replay a trace).")
@@ -96,10 +106,13 @@ def _add_options(parser) -> None:
                             f"else {DEFAULT_LOCUST_DURATION_S:g}).")
     group.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
                        help="Wall seconds per workload second (as trident serve --time-scale of emulated GPUs).")
-    group.add_argument("--cost-profile", type=str, default=DEFAULT_PROFILE,
+    group.add_argument("--cost-profile", type=str, default=None,
                        help="Cost profile the SLOs are computed from (trident serve --profile; Locust's own --profile "
-                            "is something else).")
-    group.add_argument("--cluster", type=str, default=DEFAULT_CLUSTER, help="Cluster the SLOs' reference degree is for.")
+                            f"is something else). Default: {DEFAULT_PROFILE}, or the shipped profile that prices "
+                            f"the mix ({DEFAULT_CPU_PROFILE} for the tiny models).")
+    group.add_argument("--cluster", type=str, default=None,
+                       help="Cluster the SLOs' reference degree is for (default: the cost profile's, "
+                            f"{DEFAULT_CLUSTER} or {DEFAULT_CPU_CLUSTER}).")
     group.add_argument("--trace-model", type=str, default=None, help="Model of a paper-format trace's requests.")
     group.add_argument("--spec", type=str, default=None, include_in_web_ui=False,
                        help="Run spec file (JSON, as trident bench writes it): overrides the workload options above.")
@@ -128,9 +141,9 @@ def _num(value, kind, name: str, problems: list[str]):
     return out
 
 
-def spec_from_options(options) -> RunSpec:
-    """The run spec the parsed options ask for (``--spec FILE``, else the workload options);
-    :class:`ScheduleError` lists every bad value."""
+def spec_from_options(options, host: str | None = None) -> RunSpec:
+    """The run spec the parsed options ask for (``--spec FILE``, else the workload options; without
+    ``--mix``, the mix the server at ``host`` serves); :class:`ScheduleError` lists every bad value."""
     if getattr(options, "spec", None):
         return read_spec_file(options.spec)
     problems: list[str] = []
@@ -146,10 +159,37 @@ def spec_from_options(options) -> RunSpec:
         duration = run_time / time_scale if run_time and time_scale and time_scale > 0 else DEFAULT_LOCUST_DURATION_S
     arrival = str(options.arrival)
     trace = arrival[len(TRACE_PREFIX):] if arrival.startswith(TRACE_PREFIX) else None
-    return RunSpec(mix=None if trace is not None else str(options.mix), trace=trace,
+    mix = str(options.mix or "") or None
+    if trace is None and mix is None:
+        mix, problem = _served_mix(host)
+        problems += [problem] if problem else []
+    from tridentcore.bench.scenario import pricing_for  # (the simulator's modules: once Locust has started)
+
+    profile, cluster = pricing_for(mix if trace is None else None, options.cost_profile or None,
+                                   options.cluster or None)
+    spec = RunSpec(mix=None if trace is not None else (mix or DEFAULT_MIX), trace=trace,
                    arrival=DEFAULT_ARRIVAL if trace is not None else arrival, rate=rate, duration_s=duration,
-                   seed=seed, slo_scale=slo_scale, profile=str(options.cost_profile), cluster=str(options.cluster),
-                   time_scale=time_scale, trace_model=options.trace_model or None, backend="live")
+                   seed=seed, slo_scale=slo_scale, profile=profile, cluster=cluster, time_scale=time_scale,
+                   trace_model=options.trace_model or None, backend="live")
+    if problems:  # (the other options' problems too, in the same message)
+        raise ScheduleError(spec.problems() + problems)
+    return spec
+
+
+_served: dict[str, Served] = {}  # host -> what it serves: each server is asked once
+
+
+def _served_mix(host: str | None) -> tuple[str | None, str | None]:
+    """The mix of what the server at ``host`` serves, or a problem saying why there is none."""
+    if not host:
+        return None, f"--mix: no --host to ask what it serves; give --host or --mix ({', '.join(list_mixes())})"
+    if host not in _served:
+        _served[host] = got = served_mix(host, _headers)
+        if got.mix is not None:
+            print(f"[mixed.py] no --mix: the server at {host} serves {', '.join(got.models)}; sending mix {got.mix}",
+                  file=sys.stderr, flush=True)
+    got = _served[host]
+    return got.mix, got.problem and f"--mix: {got.problem}"
 
 
 # ------------------------------------------------------------------------------ one run
@@ -252,10 +292,10 @@ def _on_init(environment, **_kw) -> None:
         _exit_with("workloads/mixed.py runs as one process (each worker would send the whole schedule); "
                    "drop --master/--worker/--processes")
     options = environment.parsed_options
-    if options is None:
-        return
+    if options is None or not (options.headless or environment.host or options.mix or options.spec):
+        return  # the web UI's form gives the host (and the mix follows it) at the start
     try:
-        arrivals = build_schedule(spec_from_options(options))
+        arrivals = build_schedule(spec_from_options(options, environment.host))
     except ScheduleError as exc:
         _exit_with("; ".join(exc.problems))
     if not arrivals:
@@ -277,7 +317,7 @@ def _on_test_start(environment, **_kw) -> None:
     global _run, _test_number
     options = environment.parsed_options
     try:
-        spec = spec_from_options(options)
+        spec = spec_from_options(options, environment.host)
         arrivals = build_schedule(spec)
     except ScheduleError as exc:
         logger.error("cannot start: %s", "; ".join(exc.problems))

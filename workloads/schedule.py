@@ -12,19 +12,25 @@ workload time ``t`` is sent ``t x time_scale`` wall seconds after the run starts
 ``trident serve --time-scale S`` (emulated GPUs that sleep S x the cost model's durations) pass
 the same S, and the server's engine clock and the schedule agree; against real devices use 1.
 
+:func:`served_mix` asks a server which models it serves (``GET /v1/models``) and names the shipped
+mix it can take: the Locust file's default when no mix is given.
+
 Light on purpose (Locust imports it): the standard library, ``yaml`` and ``tridentcore`` (no
 duckdb, torch or diffusers; ``[tool.importlinter]`` checks it).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from tridentcore.bench.spec import RunSpec, RunSpecError
 from tridentcore.core.types import class_label
 from tridentcore.core.workload import RequestSpec
 
-__all__ = ["Arrival", "ScheduleError", "build_schedule", "check_spec", "request_body"]
+__all__ = ["Arrival", "ScheduleError", "Served", "build_schedule", "check_spec", "request_body", "served_mix"]
+
+_MODELS_REPLY_BYTES = 1 << 20  # a /v1/models reply read at most
 
 ScheduleError = RunSpecError  # a schedule that cannot be built; ``problems`` lists every problem
 
@@ -63,12 +69,49 @@ def request_body(spec: RequestSpec) -> tuple[str, dict]:
 
 
 def build_schedule(spec: RunSpec) -> list[Arrival]:
-    """The requests of ``spec`` in send order; :class:`ScheduleError` lists every problem."""
+    """The requests of ``spec`` in send order; :class:`ScheduleError` lists every problem (the
+    profile option spelled as the Locust file's, ``--cost-profile``)."""
     from tridentcore.bench.scenario import schedule_requests
 
     out = []
-    for r in schedule_requests(spec):
+    for r in schedule_requests(spec, profile_flag="--cost-profile"):
         path, body = request_body(r)
         out.append(Arrival(r.id, r.arrival_s, r.arrival_s * spec.time_scale, r, class_label(r.model, r.shape), path,
                            body))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What a server serves (``GET /v1/models``) and the shipped mix for it; ``problem``: why none."""
+
+    mix: str | None
+    models: tuple[str, ...] = ()
+    problem: str | None = None
+
+
+def served_mix(host: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> Served:
+    """The shipped mix of the models the server at ``host`` serves (``GET /v1/models``;
+    :func:`tridentcore.formats.mixes.mix_for_models`), or why there is none (the server cannot be
+    asked, or no shipped mix has its models). No proxy is used (as Locust's own client)."""
+    import urllib.error
+    import urllib.request
+
+    from tridentcore.formats.mixes import list_mixes, mix_for_models
+
+    url = f"{host.rstrip('/')}/v1/models"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=timeout_s) as resp:
+            data = json.loads(resp.read(_MODELS_REPLY_BYTES))
+        models = [str(m["id"]) for m in data["data"]]
+    except urllib.error.HTTPError as exc:
+        key = " (the server wants an API key: set TRIDENT_API_KEY)" if exc.code == 401 else ""
+        return Served(None, problem=f"GET {url} answered HTTP {exc.code}{key}; give --mix")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return Served(None, problem=f"cannot ask the server which models it serves (GET {url}: {reason}); give --mix")
+    mix = mix_for_models(models)
+    problem = None if mix else (f"the server at {host} serves {', '.join(models) or 'no models'}, in no shipped "
+                                f"mix ({', '.join(list_mixes())}); give --mix FILE.yaml")
+    return Served(mix, tuple(models), problem)

@@ -18,9 +18,9 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..core.cluster import ClusterSpec
+from ..core.cluster import CPU_KIND, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
-from ..core.defaults import DEFAULT_TARGET
+from ..core.defaults import DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER, DEFAULT_PROFILE, DEFAULT_TARGET
 from ..core.driver import expected_mix
 from ..core.metrics import attainment_by_class, min_class_attainment, summarize
 from ..core.policy import make_policy
@@ -32,7 +32,7 @@ from .provenance import git_sha, hardware, package_versions
 from .spec import RunSpec, RunSpecError
 
 __all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "evaluate", "goodput_range", "load_scenario",
-           "run_meta", "run_one", "schedule_requests", "sweep_goodput"]
+           "pricing_for", "run_meta", "run_one", "schedule_requests", "sweep_goodput"]
 
 Scenario = RunSpec  # the name this module's callers used before the one run spec (issue 10)
 
@@ -93,20 +93,22 @@ def planned_workload(spec: RunSpec) -> dict[tuple[str, Shape], float] | None:
     return None
 
 
-def load_scenario(sc: RunSpec) -> Loaded:
+def load_scenario(sc: RunSpec, *, profile_flag: str = "--profile") -> Loaded:
+    """``sc``'s inputs, loaded and checked once (``profile_flag``: how the caller's command spells
+    the profile option, for the hint when another shipped profile prices the mix)."""
     from ..formats.mixes import load_cluster, load_mix
     from ..formats.traces import read_trace, requests_from_trace
-    from ..profiles import load_profile
+    from ..profiles import load_profile, shipped_profiles
 
     cost = load_profile(sc.profile).cost_model()
     cluster = load_cluster(sc.cluster)
     kinds = cost.gpus()
     gpu_kind = cluster.kind if cluster.kind in kinds else None
     if gpu_kind is None:
-        if len(kinds) == 1:
-            raise ValueError(f"profile {sc.profile!r} has no rows for GPU kind {cluster.kind!r} "
-                             f"(it has {kinds[0]}); use a cluster of {kinds[0]} GPUs or another profile")
-        raise ValueError(f"profile {sc.profile!r} has no rows for {cluster.kind!r}; it has {', '.join(kinds)}")
+        others = [p for p in shipped_profiles() if cluster.kind in load_profile(p).cost_model().gpus()]
+        alt = f", or {profile_flag} {others[0]} for {cluster.kind}" if others else " or another profile"
+        raise ValueError(f"profile {sc.profile!r} has no rows for GPU kind {cluster.kind!r} (it has "
+                         f"{', '.join(kinds)}): use a cluster of {kinds[0]} (--cluster {_cluster_for(kinds[0])}){alt}")
     mix = trace = None
     if sc.trace is not None:
         entries = read_trace(sc.trace, default_model=sc.trace_model)
@@ -114,22 +116,84 @@ def load_scenario(sc: RunSpec) -> Loaded:
         trace = requests_from_trace(entries, slo, sc.seed)
     elif sc.mix is not None:
         mix = load_mix(sc.mix)
-        missing = [f"{c.label}: {exc}" for c in mix.classes for exc in _check_class(cost, gpu_kind, c.model, c.shape)]
+        missing = _unpriced(cost, gpu_kind, mix)
         if missing:
-            raise ValueError(f"profile {sc.profile!r} cannot cost mix {sc.mix!r}: " + "; ".join(missing))
+            hint = [f"it is priced by {_flag_hint(p, c, profile_flag)}" for p, c in _pricing(mix) if p != sc.profile][:1]
+            raise ValueError(f"profile {sc.profile!r} on {cluster.label} cannot cost mix {sc.mix!r}: "
+                             + "; ".join(missing + hint))
     else:
         raise ValueError("a scenario needs a mix or a trace")
     return Loaded(sc, cost, cluster, mix, trace, gpu_kind)
 
 
-def schedule_requests(spec: RunSpec) -> list[RequestSpec]:
+def _flag_hint(profile: str, cluster: str, profile_flag: str = "--profile") -> str:
+    return f"{profile_flag} {profile} --cluster {cluster}"
+
+
+def _unpriced(cost: CostModel, kind: str, mix: Mix) -> list[str]:
+    """What ``cost`` cannot price of ``mix`` on ``kind``: each problem once, with the classes it hits."""
+    where: dict[str, list[str]] = {}
+    for c in mix.classes:
+        for problem in _check_class(cost, kind, c.model, c.shape):
+            where.setdefault(problem, []).append(c.label)
+    return [f"{', '.join(labels)}: {problem}" for problem, labels in where.items()]
+
+
+def _cluster_for(kind: str) -> str:
+    """The cluster a shipped profile's GPU kind is priced on when none is given."""
+    if kind == parse_cluster(DEFAULT_CLUSTER).kind:
+        return DEFAULT_CLUSTER
+    return DEFAULT_CPU_CLUSTER if kind == CPU_KIND else f"8x{kind}"
+
+
+def _pricing(mix: Mix) -> list[tuple[str, str]]:
+    """(profile, cluster) of every shipped profile and GPU kind that prices every class of ``mix``,
+    the default profile first."""
+    from ..profiles import load_profile, shipped_profiles
+
+    names = sorted(shipped_profiles(), key=lambda p: p != DEFAULT_PROFILE)
+    out = []
+    for name in names:
+        cost = load_profile(name).cost_model()
+        out.extend((name, _cluster_for(kind)) for kind in cost.gpus() if not _unpriced(cost, kind, mix))
+    return out
+
+
+def pricing_for(mix: str | None, profile: str | None = None, cluster: str | None = None) -> tuple[str, str]:
+    """The cost profile and cluster a mix is priced with, where either is not given.
+
+    Neither given: the default profile on the default cluster when it prices every class
+    (``h200`` on ``2x8xH200``), else the first shipped profile that does, on its cluster (the
+    ``tiny`` mix: ``cpu`` on ``2xcpu``); the defaults when none does or the mix cannot be read (the
+    run's error then says what is missing). Only the profile given: its GPU kind's cluster. Only the
+    cluster given: the first shipped profile with rows for its kind (default profile first)."""
+    from ..formats.mixes import load_cluster, load_mix
+    from ..profiles import load_profile, shipped_profiles
+
+    if profile is not None and cluster is not None:
+        return profile, cluster
+    try:
+        if profile is not None:
+            return profile, _cluster_for(load_profile(profile).cost_model().gpus()[0])
+        if cluster is not None:
+            kind = load_cluster(cluster).kind
+            names = sorted(shipped_profiles(), key=lambda p: p != DEFAULT_PROFILE)
+            return next((p for p in names if kind in load_profile(p).cost_model().gpus()), DEFAULT_PROFILE), cluster
+        pairs = _pricing(load_mix(mix)) if mix else []
+    except (ValueError, LookupError, OSError):  # the run's own checks report it
+        pairs = []
+    return (profile or DEFAULT_PROFILE, cluster or DEFAULT_CLUSTER) if not pairs else pairs[0]
+
+
+def schedule_requests(spec: RunSpec, *, profile_flag: str = "--profile") -> list[RequestSpec]:
     """The requests of ``spec`` in arrival order (a mix at ``spec.rate``, or the trace), exactly as the
-    simulator draws them; :class:`RunSpecError` lists every problem (``--option: message``)."""
+    simulator draws them; :class:`RunSpecError` lists every problem (``--option: message``, the
+    profile option spelled ``profile_flag``: the Locust file's is ``--cost-profile``)."""
     spec.check()
     try:
-        return load_scenario(spec).requests(None if spec.trace else spec.rate)
+        return load_scenario(spec, profile_flag=profile_flag).requests(None if spec.trace else spec.rate)
     except (ValueError, LookupError, OSError) as exc:
-        option = "--arrival" if spec.trace else "--mix/--profile/--cluster"
+        option = "--arrival" if spec.trace else f"--mix/{profile_flag}/--cluster"
         raise RunSpecError([f"{option}: {' '.join(str(exc).split())}"]) from None
 
 

@@ -8,6 +8,7 @@ Ctrl-C and format.
 from __future__ import annotations
 
 import math
+import re
 import sys
 from typing import Any
 
@@ -15,7 +16,7 @@ import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_LIVE_DEVICES,
                              DEFAULT_LIVE_TIME_SCALE, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
-                             DEFAULT_SLO_SCALE, DEFAULT_TARGET)
+                             DEFAULT_SLO_SCALE, DEFAULT_TARGET, DEFAULT_TIME_SCALE)
 from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
                      MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, db_message, delta, fail, json_safe, load_workload, one_line, policy_specs,
                      setup_logging, store_errors, table, value)
@@ -54,8 +55,9 @@ def bench(
     db: str = typer.Option(DEFAULT_DB, help="DuckDB results file every run is stored in."),
     devices: str = typer.Option(DEFAULT_LIVE_DEVICES, help="Live: trident serve --devices (its emulated part is the "
                                                           "cluster the SLOs and the simulator use)."),
-    time_scale: float = typer.Option(DEFAULT_LIVE_TIME_SCALE, help="Live: wall seconds per workload second (trident serve --time-scale; "
-                                                "the schedule is sent compressed by it)."),
+    time_scale: float = typer.Option(None, help="Live: wall seconds per workload second (trident serve --time-scale; "
+                                                "the schedule is sent compressed by it; default "
+                                                f"{DEFAULT_LIVE_TIME_SCALE:g} with emulated devices, else 1)."),
     keep: str = typer.Option(None, help="Live: keep Locust's CSV/HTML reports and the logs in DIR/<run_id>/."),
     repeat: str = typer.Option(None, help="Run a stored run (sim or live) again from its config and compare; takes only --db."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
@@ -81,8 +83,9 @@ def bench(
         if goodput:
             _fail("--goodput bisects the rate in the simulator; use it with --backend sim")
         cluster_given = getattr(ctx.get_parameter_source("cluster"), "name", "DEFAULT") != "DEFAULT"
+        profile_given = getattr(ctx.get_parameter_source("profile"), "name", "DEFAULT") != "DEFAULT"
         _bench_live(policies=policies, mix=mix, trace=trace, model=model, arrival=arrival, rate=rate,
-                    duration=duration, slo_scale=slo_scale, seed=seed, profile=profile,
+                    duration=duration, slo_scale=slo_scale, seed=seed, profile=profile if profile_given else None,
                     cluster=cluster if cluster_given else None, devices=devices, time_scale=time_scale, keep=keep,
                     db=db, json_out=json_out, progress=progress)
         return
@@ -223,7 +226,8 @@ _LIVE_COLUMNS = ("policy", "status", "requests", "attainment", "mean_s", "p95_s"
 def _live_spec(*, mix, trace, model, arrival, rate, duration, slo_scale, seed, profile, cluster, devices, time_scale):
     """The live bench's spec and its requests, validated (errors are one line)."""
     from ..bench.live import LiveBenchSpec, cluster_of_devices
-    from ..bench.scenario import schedule_requests
+    from ..bench.scenario import pricing_for, schedule_requests
+    from ..core.cluster import CPU_KIND
     from ..bench.spec import RunSpec, RunSpecError
 
     if mix is not None and trace is not None:
@@ -231,7 +235,12 @@ def _live_spec(*, mix, trace, model, arrival, rate, duration, slo_scale, seed, p
     emulated = cluster_of_devices(devices)
     if cluster is not None and emulated is not None and cluster != emulated:
         _fail(f"--cluster {cluster} differs from the emulated devices {emulated} (--devices {devices}); drop --cluster")
-    cluster = cluster or emulated or DEFAULT_CLUSTER
+    cpu = re.fullmatch(r"\s*cpu:(\d+)\s*", devices)  # CPU workers only: the SLOs are priced for them
+    cluster = cluster or emulated or (f"{cpu.group(1)}x{CPU_KIND}" if cpu else DEFAULT_CLUSTER)
+    if profile is None:
+        profile, _ = pricing_for(None, None, cluster)  # the shipped profile of the cluster's kind
+    if time_scale is None:  # real devices (cpu, cuda) take their own time: only emulated ones are scaled
+        time_scale = DEFAULT_LIVE_TIME_SCALE if emulated is not None else DEFAULT_TIME_SCALE
     if not time_scale > 0:
         _fail("--time-scale must be > 0 for a live bench (the schedule is sent at t x time scale)")
     run = RunSpec(profile=profile, cluster=cluster, mix=None if trace else (mix or DEFAULT_MIX), trace=trace,

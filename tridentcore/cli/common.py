@@ -29,8 +29,9 @@ HELP_MARKUP = None
 DB_HELP = "DuckDB results file."
 POLICIES_HELP = "Comma list of policy specs, options as name:key=value (pipeline-static:degree=2)."
 DEFAULT_POLICIES_TEXT = ",".join(DEFAULT_POLICIES)
-MIX_HELP = f"Named mix (flux-uniform, sd3-mixed, video-wan, image-video) or YAML (default {DEFAULT_MIX})."
-CLUSTER_HELP = "NODESxGPUSxKIND (2x8xH200), GPUSxKIND, or a YAML file."
+MIX_HELP = (f"Named mix (flux-uniform, sd3-mixed, video-wan, image-video, tiny), NAME:models=A+B, or YAML "
+            f"(default {DEFAULT_MIX}).")
+CLUSTER_HELP = "NODESxGPUSxKIND (2x8xH200), GPUSxKIND (2xcpu: two CPU workers), or a YAML file."
 ARRIVAL_HELP = "poisson | gamma:cv=K | constant | bursts:size=N"
 
 # The workload options every simulating command takes (``name: Opt = DEFAULT_...`` in a signature).

@@ -1,17 +1,20 @@
-"""``trident runs …``: stored runs in a results database (opened read-only; ``recover`` writes).
+"""``trident runs …`` and ``trident sql``: stored runs in a results database (opened read-only;
+``recover`` writes).
 
-Library calls: ``tridentcore.bench.runs`` and ``tridentcore.store.journal`` over the results store;
-these commands only format.
+Library calls: ``tridentcore.bench.runs``, ``tridentcore.store.journal`` and the store's sandboxed
+read-only query (``query_readonly_rows``); these commands only format.
 """
 
 from __future__ import annotations
+
+import sys
 
 import typer
 
 from ..core.defaults import DEFAULT_DB_WAIT_S
 from .common import DB_HELP, DEFAULT_DB, HELP_MARKUP, db_message, delta, fail, one_line, store_errors, table, value
 
-__all__ = ["runs_app"]
+__all__ = ["runs_app", "sql"]
 
 runs_app = typer.Typer(help="Stored runs in a results database.\n\nOpened read-only; `recover` writes.",
                        no_args_is_help=True, rich_markup_mode=HELP_MARKUP)
@@ -165,3 +168,96 @@ def runs_recover(
             typer.echo(f"could not recover run {r.run_id} from {r.path}: {r.message}", err=True)
     if failed:
         raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------ trident sql
+SQL_MAX_ROWS = 10_000  # rows `trident sql` prints unless told otherwise
+
+
+def sql(
+    query: str = typer.Argument(..., metavar="SQL", help="The query (the tables and views of results/README.md); "
+                                                          "'-' reads it from standard input."),
+    db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
+    csv_out: bool = typer.Option(False, "--csv", help="Print comma-separated values with a header line."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per row."),
+    max_rows: int = typer.Option(SQL_MAX_ROWS, min=1, help="Print at most this many rows (a note on stderr says "
+                                                           "when the result had more)."),
+) -> None:
+    """Run SQL on a results database, read-only, and print the result as a table (or --csv, --json).
+
+    The connection is read-only with file access off, and a query stops after 30 s:
+    `trident sql "SELECT policy, attainment, p95_s FROM run_summary"`."""
+    from ..store import query_readonly_rows
+
+    if csv_out and json_out:
+        fail("give --csv or --json, not both")
+    text = sys.stdin.read() if query == "-" else query
+    if not text.strip():
+        fail("no SQL given")
+    try:
+        result = query_readonly_rows(db, text, max_rows=max_rows)
+    except store_errors() as exc:
+        fail(_sql_error(exc, db))
+    if csv_out:
+        _print_csv(result)
+    elif json_out:
+        _print_json(result)
+    elif result.columns:
+        typer.echo(_sql_table(result.columns, result.rows))
+    if result.truncated:
+        typer.echo(f"(the first {result.max_rows} rows: the result has more; --max-rows N prints more)", err=True)
+
+
+def _sql_error(exc: BaseException, db: str) -> str:
+    """DuckDB's message up to its ``LINE n:`` excerpt, on one line (the excerpt's caret needs its own line)."""
+    if isinstance(exc, FileNotFoundError):
+        return db_message(exc, db)
+    lines = [line.strip() for line in str(exc).splitlines()]
+    head = lines[: next((i for i, line in enumerate(lines) if line.startswith("LINE ")), len(lines))]
+    return " ".join(line for line in head if line) or type(exc).__name__
+
+
+def _cell(v) -> str:
+    """A value as the table shows it: NULL, floats to 6 decimals (3 significant digits below 1e-4)."""
+    if v is None:
+        return "NULL"
+    if isinstance(v, float) and v == v and abs(v) != float("inf"):
+        return f"{v:.3g}" if v and abs(v) < 1e-4 else str(round(v, 6))
+    return str(v)
+
+
+def _sql_table(columns, rows) -> str:
+    """Aligned columns: numbers to the right, the rest to the left; NULL as ``NULL``."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(columns))]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in cells:
+        lines.append("  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(r, widths, numeric)).rstrip())
+    if not rows:
+        lines.append("(no rows)")
+    return "\n".join(lines)
+
+
+def _print_csv(result) -> None:
+    import csv
+
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    if result.columns:
+        out.writerow(result.columns)
+    out.writerows(["" if v is None else v for v in row] for row in result.rows)
+
+
+def _print_json(result) -> None:
+    import json
+    import math
+
+    def plain(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        return v if v is None or isinstance(v, (bool, int, float, str)) else (
+            [plain(x) for x in v] if isinstance(v, (list, tuple)) else str(v))
+
+    objects = [json.dumps({c: plain(v) for c, v in zip(result.columns, row)}) for row in result.rows]
+    typer.echo("[\n" + ",\n".join(objects) + "\n]" if objects else "[]")

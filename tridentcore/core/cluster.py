@@ -22,6 +22,13 @@ HBM and GDDR capacities are built in powers of two and the advertised figure is 
 fragmentation): leaving headroom is the planner's job, not this table's. Pass
 ``memory_overrides`` / ``mem_gib`` to use measured numbers or a kind the table lacks.
 
+CPU workers
+-----------
+``cpu`` is a kind too (:data:`CPU_KIND`): ``2xcpu`` is one node of two CPU worker processes, the
+cluster of ``trident serve --devices cpu:2``, priced by the shipped ``cpu`` profile. Its memory per
+worker, :data:`CPU_WORKER_MEM_GIB`, is nominal (a live server gives each worker the host's memory
+divided by the worker count; the tiny models need megabytes).
+
 Size
 ----
 A cluster holds at most :data:`~tridentcore.core.defaults.MAX_CLUSTER_GPUS` GPUs, at most
@@ -43,6 +50,8 @@ from .types import SpecError
 
 __all__ = [
     "CLUSTER_FORMS",
+    "CPU_KIND",
+    "CPU_WORKER_MEM_GIB",
     "ClusterError",
     "ClusterSpec",
     "DEFAULT_INTER_LINK_GBPS",
@@ -66,11 +75,15 @@ GPU_MEMORY_GIB: Mapping[str, float] = MappingProxyType(
     }
 )
 
+CPU_KIND = "cpu"  # a CPU worker process as a cluster kind (module docstring, "CPU workers")
+CPU_WORKER_MEM_GIB = 8.0  # nominal memory of one CPU worker where none is given
+
 # GB/s (1e9 bytes/s) one direction; the same nominal figures as costmodel.DEFAULT_LINKS_GBPS.
 DEFAULT_INTRA_LINK_GBPS = 450.0
 DEFAULT_INTER_LINK_GBPS = 50.0
 
-CLUSTER_FORMS = "GPUSxKIND (one node, e.g. 8xH200) or NODESxGPUSxKIND (e.g. 2x8xH200, 16x8xL20)"
+CLUSTER_FORMS = ("GPUSxKIND (one node, e.g. 8xH200; 2xcpu: two CPU workers) or NODESxGPUSxKIND "
+                 "(e.g. 2x8xH200, 16x8xL20)")
 _CLUSTER_RE = re.compile(r"^\s*(?:(\d+)\s*[xX*]\s*)?(\d+)\s*[xX*]\s*([A-Za-z][A-Za-z0-9_.-]*)\s*$")
 _MAX_TEXT_CHARS = 64  # a cluster written out (2x8xH200) is a few characters; longer text is not parsed
 _YAML_KEYS = ("nodes", "gpus_per_node", "kind", "mem_gib", "intra_link_gbps", "inter_link_gbps")
@@ -189,8 +202,9 @@ def _spec_problems(
 
 
 def _memory_table(memory_overrides: Mapping[str, float] | None) -> dict[str, float]:
-    """GPU_MEMORY_GIB with the overrides applied (an override of a known kind keeps its spelling)."""
-    table = dict(GPU_MEMORY_GIB)
+    """GPU_MEMORY_GIB and the CPU worker kind, with the overrides applied (an override of a known
+    kind keeps its spelling)."""
+    table = {**GPU_MEMORY_GIB, CPU_KIND: CPU_WORKER_MEM_GIB}
     for kind, gib in (memory_overrides or {}).items():
         table[_resolve_kind(str(kind), table) or str(kind)] = gib
     return table
@@ -212,12 +226,12 @@ def _resolve_kind(kind: str, table: Mapping[str, float]) -> str | None:
 
 
 def parse_cluster(text: str, memory_overrides: Mapping[str, float] | None = None) -> ClusterSpec:
-    """Parse ``8xH200`` (one node of 8), ``2x8xH200`` (nodes x GPUs x kind) or ``16x8xL20``.
+    """Parse ``8xH200`` (one node of 8), ``2x8xH200`` (nodes x GPUs x kind), ``16x8xL20`` or ``2xcpu``.
 
-    The kind is matched case-insensitively and spelled as in the table (``8xh200`` -> ``H200``;
-    a kind added by ``memory_overrides`` keeps the override's spelling, e.g. ``cpu``). Memory per GPU
-    comes from :data:`GPU_MEMORY_GIB`, with ``memory_overrides`` (kind -> GiB) taking precedence
-    and able to add kinds the table lacks.
+    The kind is matched case-insensitively and spelled as in the table (``8xh200`` -> ``H200``,
+    ``2xCPU`` -> ``cpu``; a kind added by ``memory_overrides`` keeps the override's spelling).
+    Memory per GPU comes from :data:`GPU_MEMORY_GIB` (a CPU worker's from :data:`CPU_WORKER_MEM_GIB`),
+    with ``memory_overrides`` (kind -> GiB) taking precedence and able to add kinds the table lacks.
     """
     origin = f"cluster {brief(text)}"
     if not isinstance(text, str):
@@ -243,7 +257,7 @@ def parse_cluster(text: str, memory_overrides: Mapping[str, float] | None = None
     if kind is None:
         problems.append(
             f"unknown GPU kind {kind_text!r}; known GPU kinds: {_known_kinds(table)} "
-            f"(or give its memory with memory_overrides / mem_gib); forms: {CLUSTER_FORMS}"
+            f"(another kind: a cluster YAML file with kind and mem_gib); forms: {CLUSTER_FORMS}"
         )
     if problems:
         raise ClusterError(origin, problems)

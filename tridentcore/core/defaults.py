@@ -12,7 +12,8 @@ from __future__ import annotations
 
 __all__ = [
     "API_KEY_ENV",
-    "DEFAULT_ARRIVAL", "DEFAULT_CLUSTER", "DEFAULT_DURATION_S", "DEFAULT_LIVE_DEVICES", "DEFAULT_LIVE_TIME_SCALE",
+    "DEFAULT_ARRIVAL", "DEFAULT_CLUSTER", "DEFAULT_CPU_CLUSTER", "DEFAULT_CPU_PROFILE", "DEFAULT_DURATION_S",
+    "DEFAULT_LIVE_DEVICES", "DEFAULT_LIVE_TIME_SCALE",
     "DEFAULT_MIX", "DEFAULT_POLICIES", "DEFAULT_POLICY", "DEFAULT_PROFILE", "DEFAULT_RATE", "DEFAULT_SEED",
     "DEFAULT_SLO_SCALE", "DEFAULT_SWEEP_DURATION_S", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE",
     "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED",
@@ -25,6 +26,8 @@ __all__ = [
 
 DEFAULT_PROFILE = "h200"  # shipped cost profile the simulator and emulated GPUs price stages with
 DEFAULT_CLUSTER = "2x8xH200"  # two nodes of eight H200s
+DEFAULT_CPU_PROFILE = "cpu"  # shipped profile of the tiny models on CPU workers (`trident serve --devices cpu:N`)
+DEFAULT_CPU_CLUSTER = "2xcpu"  # the cluster a mix priced by the cpu profile runs on: `--devices cpu:2`'s workers
 # The default scenario, the one of every entry point (`trident simulate`, `bench`, `trace generate`,
 # the run spec, Locust, the workbench's home page): the image-video mix, Poisson arrivals at 0.5 req/s
 # for 600 workload seconds (300 requests), on DEFAULT_CLUSTER with DEFAULT_PROFILE at DEFAULT_SLO_SCALE.
@@ -43,7 +46,7 @@ DEFAULT_SEED = 0
 DEFAULT_SLO_SCALE = 3.0  # deadline = arrival + scale x reference latency (docs/design.md)
 DEFAULT_TARGET = 0.9  # attainment target of goodput
 DEFAULT_POLICY = "trident"  # `trident serve`
-DEFAULT_SERVE_DEVICES = "cpu:2"  # `trident serve`: two worker processes on this host
+DEFAULT_SERVE_DEVICES = "cpu:2"  # `trident serve`: two worker processes on this host (DEFAULT_CPU_CLUSTER)
 DEFAULT_MAX_QUEUED = 256  # `trident serve`: waiting requests past which submissions get 429
 DEFAULT_POLICIES = ("pipeline-static:degree=1", "pipeline-dynamic", "trident-paper", "trident")  # comparisons
 DEFAULT_TIME_SCALE = 1.0  # wall seconds per workload second: real devices

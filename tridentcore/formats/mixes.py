@@ -1,5 +1,9 @@
 """Named mixes (``tridentcore/formats/data/mixes/*.yaml``) and cluster files: reading them from disk.
 
+A shipped mix may be narrowed to some of its models: ``tiny:models=tiny-sd3`` is the ``tiny`` mix's
+tiny-sd3 classes at their weights (models joined by ``+``). :func:`mix_for_models` picks the shipped
+mix a server serving some models can take (the Locust file's default: ``GET /v1/models``).
+
 The parsing and validation are pure and live in ``tridentcore.core`` (:func:`mix_from_dict`,
 :func:`cluster_from_dict`, :func:`parse_cluster`); this module only finds and reads the files,
 within bounds (:mod:`.bounded`: at most ``MAX_CONFIG_BYTES``, YAML without aliases).
@@ -8,23 +12,25 @@ Imports only the standard library, ``yaml`` and ``tridentcore.core`` (Locust imp
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 
 from tridentcore.core.cluster import ClusterError, ClusterSpec, cluster_from_dict, parse_cluster
-from tridentcore.core.defaults import MAX_CONFIG_BYTES
+from tridentcore.core.defaults import DEFAULT_MIX, MAX_CONFIG_BYTES
 from tridentcore.core.workload import Mix, WorkloadError, mix_from_dict
 
 from .bounded import InputRefused, load_yaml, read_bounded
 
-__all__ = ["list_mixes", "load_cluster", "load_mix", "mix_path"]
+__all__ = ["MODELS_OPTION", "list_mixes", "load_cluster", "load_mix", "mix_for_models", "mix_path"]
 
 _PACKAGE = "tridentcore.formats"
 _DATA_DIR = "data"
 _MIX_DIR = "mixes"
 _YAML_SUFFIXES = (".yaml", ".yml")
+MODELS_OPTION = ":models="  # NAME:models=A+B narrows a shipped mix to those models
 
 
 def _mix_dir():  # -> importlib.resources.abc.Traversable
@@ -79,6 +85,9 @@ def load_mix(name_or_path: str | os.PathLike[str]) -> Mix:
     """
     text_name = os.fspath(name_or_path)
     shipped = list_mixes()
+    base, sep, models = text_name.partition(MODELS_OPTION)
+    if sep and not isinstance(name_or_path, os.PathLike) and base in shipped:
+        return _narrowed(load_mix(base), text_name, models)
     if not isinstance(name_or_path, os.PathLike) and text_name in shipped:
         for suffix in _YAML_SUFFIXES:
             resource = _mix_dir().joinpath(text_name + suffix)
@@ -95,6 +104,43 @@ def load_mix(name_or_path: str | os.PathLike[str]) -> Mix:
     if isinstance(name_or_path, os.PathLike) or _looks_like_path(text_name):
         raise WorkloadError(text_name, [f"no such file (shipped mixes: {listed})"])
     raise WorkloadError(text_name, [f"unknown mix {text_name!r}; shipped mixes: {listed}; or give a path to a YAML file"])
+
+
+def _narrowed(mix: Mix, name: str, models_text: str) -> Mix:
+    """``mix``'s classes of the models in ``models_text`` (``A+B``), named ``name``."""
+    wanted = [m.strip() for m in models_text.split("+") if m.strip()]
+    have = sorted({c.model for c in mix.classes})
+    unknown = [m for m in wanted if m not in have]
+    if not wanted or unknown:
+        found = f"{', '.join(map(repr, unknown))} not among" if unknown else "no models named; give some of"
+        raise WorkloadError(name, [f"{found} the models of mix {mix.name!r} ({', '.join(have)}): "
+                                   f"NAME{MODELS_OPTION}MODEL[+MODEL]"])
+    classes = tuple(c for c in mix.classes if c.model in wanted)
+    return dataclasses.replace(mix, name=name, classes=classes)
+
+
+def mix_for_models(models: Iterable[str]) -> str | None:
+    """The shipped mix a server serving ``models`` can take, named as :func:`load_mix` reads it.
+
+    The default mix when every one of its models is served; else the shipped mix whose models are
+    all served and cover the most of them (then the most classes; then by name); else the shipped
+    mix with the most served models and classes, narrowed to those (``tiny:models=tiny-sd3``).
+    None when no shipped mix has a served model."""
+    served = set(models)
+    best: tuple[tuple[bool, int, int], str] | None = None
+    for name in list_mixes():
+        classes = load_mix(name).classes
+        mine = {c.model for c in classes} & served
+        if not mine:
+            continue
+        whole = all(c.model in served for c in classes)
+        if whole and name == DEFAULT_MIX:
+            return name
+        key = (whole, len(mine), sum(1 for c in classes if c.model in served))
+        label = name if whole else f"{name}{MODELS_OPTION}{'+'.join(sorted(mine))}"
+        if best is None or key > best[0]:
+            best = (key, label)
+    return None if best is None else best[1]
 
 
 def load_cluster(

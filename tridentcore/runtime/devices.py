@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from ..core.cluster import GPU_MEMORY_GIB, ClusterError, ClusterSpec, parse_cluster
-from ..core.defaults import DEFAULT_PROFILE, MAX_GPUS_PER_NODE
+from ..core.defaults import DEFAULT_CPU_PROFILE, DEFAULT_PROFILE, MAX_GPUS_PER_NODE
 from ..core.errors import TridentError
 from ..core.types import STAGES
 
@@ -57,7 +57,7 @@ class DeviceSpec:
 
     @property
     def default_profile(self) -> str:
-        return "cpu" if self.kind == "cpu" else DEFAULT_PROFILE
+        return DEFAULT_CPU_PROFILE if self.kind == "cpu" else DEFAULT_PROFILE
 
     @property
     def real(self) -> bool:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from .connection import LOCK_WAIT_S
 from .errors import DuplicateRunError, RowsError, SchemaVersionError, StoreError, UnknownRunError
-from .readers import (CappedResult, export_run, list_runs, open_readonly, query_readonly, query_readonly_capped,
-                      read_run_tables, run_summary)
+from .readers import (CappedResult, QueryRows, export_run, list_runs, open_readonly, query_readonly,
+                      query_readonly_capped, query_readonly_rows, read_run_tables, run_summary)
 from .schema import CLIENT_STATES, CLIENT_TABLES, RUN_STATUSES, SCHEMA_VERSION, TABLES, VIEWS, arrow_schema
 from .writer import ResultsStore, client_requests_table, new_run_id, rows_to_arrow
 
@@ -44,7 +44,9 @@ __all__ = [
     "open_readonly",
     "query_readonly",
     "query_readonly_capped",
+    "query_readonly_rows",
     "CappedResult",
+    "QueryRows",
     "list_runs",
     "run_summary",
     "export_run",

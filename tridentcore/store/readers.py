@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas
     import pyarrow
 
-__all__ = ["CappedResult", "export_run", "list_runs", "open_readonly", "query_readonly", "query_readonly_capped",
-           "read_run_tables", "run_summary"]
+__all__ = ["CappedResult", "QueryRows", "export_run", "list_runs", "open_readonly", "query_readonly",
+           "query_readonly_capped", "query_readonly_rows", "read_run_tables", "run_summary"]
 
 
 def open_readonly(path: str | os.PathLike[str], *, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
@@ -152,6 +152,43 @@ def query_readonly_capped(
     frame = chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
     truncated = len(frame) > max_rows
     return CappedResult(frame.head(max_rows) if truncated else frame, truncated, max_rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryRows:
+    """The first rows of a query's result as Python values (DuckDB's own: ``None`` for NULL, ints
+    stay ints): ``columns`` (empty for a statement without a result), at most ``max_rows`` ``rows``,
+    and whether the query had more (``truncated``)."""
+
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+    truncated: bool
+    max_rows: int
+
+
+def query_readonly_rows(
+    path: str | os.PathLike[str],
+    sql: str,
+    *,
+    max_rows: int,
+    timeout_s: float | None = 30.0,
+    memory_limit: str = "2GB",
+    wait_s: float = LOCK_WAIT_S,
+) -> QueryRows:
+    """:func:`query_readonly_capped` without pandas: the rows as DuckDB hands them to Python (no
+    NULL integer turned into a float), for printing (``trident sql``)."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    con = _sandboxed(path, memory_limit=memory_limit, temp_directory=None, max_temp_directory_size=None,
+                     wait_s=wait_s)
+    try:
+        with _Deadline(con, timeout_s):
+            res = con.execute(sql)
+            columns = tuple(d[0] for d in res.description or ())
+            rows = res.fetchmany(max_rows + 1) if columns else []
+    finally:
+        con.close()
+    return QueryRows(columns, tuple(rows[:max_rows]), len(rows) > max_rows, max_rows)
 
 
 def list_runs(path: str | os.PathLike[str]) -> pandas.DataFrame:

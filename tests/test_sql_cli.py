@@ -1,0 +1,152 @@
+"""`trident sql`: read-only SQL on a results database; every example query of results/README.md runs
+through it against a database written by a real run (a short `trident simulate --db`; the live
+queries against a short live bench of the tiny mix on CPU workers, marked slow)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tridentcore.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "results" / "README.md"
+runner = CliRunner()
+
+
+def readme_queries(live: bool = False) -> list[str]:
+    """The ```sql blocks of results/README.md (and, with ``live``, the ```sql live ones too)."""
+    pattern = r"```sql(?: live)?\n(.*?)```" if live else r"```sql\n(.*?)```"
+    return re.findall(pattern, README.read_text(), flags=re.S)
+
+
+def _sql(*args: str):
+    return runner.invoke(app, ["sql", *args])
+
+
+def _error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    """Two policies of a short simulated run of the tiny mix, stored by `trident simulate --db`."""
+    path = tmp_path_factory.mktemp("sql") / "t.duckdb"
+    result = runner.invoke(app, ["simulate", "--mix", "tiny", "--profile", "cpu", "--cluster", "2xcpu", "--rate", "2",
+                                 "--duration", "30", "--policies", "trident,pipeline-static:degree=1",
+                                 "--db", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_readme_has_queries_and_names_no_duckdb_cli():
+    text = README.read_text()
+    assert len(readme_queries()) >= 5 and len(readme_queries(live=True)) > len(readme_queries())
+    assert "trident sql" in text
+    assert "duckdb -readonly" not in text  # the duckdb command-line tool is installed by nothing here
+
+
+@pytest.mark.parametrize("index", range(len(readme_queries())))
+def test_readme_query_runs_through_trident_sql(db: Path, index: int):
+    sql = readme_queries()[index]
+    result = _sql("--db", str(db), "--json", sql)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert rows and isinstance(rows[0], dict), sql
+
+
+def test_table_csv_and_json_show_the_same_rows(db: Path):
+    sql = "SELECT policy, requests, round(attainment, 3) AS attainment, NULL AS nothing FROM run_summary ORDER BY policy"
+    table = _sql("--db", str(db), sql)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["policy", "requests", "attainment", "nothing"]
+    assert set(lines[1]) <= {"-", " "} and len(lines) == 4
+    assert lines[2].split()[0] == "pipeline-static:degree=1" and lines[2].split()[-1] == "NULL"
+    rows = list(csv.DictReader(io.StringIO(_sql("--db", str(db), "--csv", sql).stdout)))
+    objects = json.loads(_sql("--db", str(db), "--json", sql).stdout)
+    assert [r["policy"] for r in rows] == [o["policy"] for o in objects] == ["pipeline-static:degree=1", "trident"]
+    assert [int(r["requests"]) for r in rows] == [o["requests"] for o in objects]  # integers stay integers
+    assert rows[0]["nothing"] == "" and objects[0]["nothing"] is None
+
+
+def test_empty_results_and_the_row_cap(db: Path):
+    empty = _sql("--db", str(db), "SELECT run_id FROM runs WHERE false")
+    assert empty.exit_code == 0 and "(no rows)" in empty.stdout
+    assert json.loads(_sql("--db", str(db), "--json", "SELECT run_id FROM runs WHERE false").stdout) == []
+    capped = _sql("--db", str(db), "--json", "--max-rows", "5", "SELECT * FROM range(100)")
+    assert capped.exit_code == 0 and len(json.loads(capped.stdout)) == 5
+    assert "--max-rows" in capped.stderr
+
+
+def test_sql_from_standard_input(db: Path):
+    result = runner.invoke(app, ["sql", "--db", str(db), "--json", "-"], input="SELECT count(*) AS n FROM runs\n")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [{"n": 2}]
+
+
+@pytest.mark.parametrize("sql, needle", [
+    ("SELEC 1", "Parser Error"),
+    ("SELECT * FROM no_such_table", "no_such_table"),
+    ("DELETE FROM runs", "read-only"),
+    ("CREATE TABLE t (x INT)", "read-only"),
+    ("SELECT * FROM read_csv('/etc/hostname')", "disabled"),
+    ("ATTACH '{dir}/other.duckdb' AS other", "disabled"),
+])  # fmt: skip
+def test_bad_or_writing_sql_is_one_line_and_exit_2(db: Path, sql: str, needle: str):
+    before = hashlib.sha256(db.read_bytes()).hexdigest()
+    line = _error_line(_sql("--db", str(db), sql.format(dir=db.parent)))
+    assert not (db.parent / "other.duckdb").exists()
+    assert needle in line, line
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # the file is untouched
+
+
+def test_missing_database_and_conflicting_options(tmp_path: Path, db: Path):
+    line = _error_line(_sql("--db", str(tmp_path / "none.duckdb"), "SELECT 1"))
+    assert "no results database at" in line and "trident simulate --db" in line
+    assert not (tmp_path / "none.duckdb").exists()
+    assert "not both" in _error_line(_sql("--db", str(db), "--csv", "--json", "SELECT 1"))
+    assert "no SQL" in _error_line(_sql("--db", str(db), "  "))
+
+
+def test_a_bad_query_from_the_shell_prints_no_traceback(db: Path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "sql", "--db", str(db), "SELECT * FROM nope"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: Catalog Error") and len(out.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_every_readme_query_runs_on_a_live_run_of_the_tiny_mix(tmp_path: Path):
+    """A live bench of the tiny mix on two CPU workers (no --profile, --cluster or --time-scale: the cpu
+    profile on 2xcpu at time scale 1 follow from --devices cpu:2) and the same schedule simulated: every
+    query of results/README.md, the live ones included, returns rows through `trident sql`."""
+    path = tmp_path / "live.duckdb"
+    args = ["--mix", "tiny", "--policies", "trident", "--rate", "2", "--duration", "6", "--seed", "1", "--db", str(path),
+            "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    live = subprocess.run([sys.executable, "-m", "tridentcore.cli", "bench", "--backend", "live", "--devices", "cpu:2",
+                           *args], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert live.returncode == 0, live.stdout[-2000:] + live.stderr[-2000:]
+    sim = runner.invoke(app, ["bench", "--backend", "sim", "--profile", "cpu", "--cluster", "2xcpu", *args])
+    assert sim.exit_code == 0, sim.output
+    for sql in readme_queries(live=True):
+        result = _sql("--db", str(path), "--json", sql)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout), sql
