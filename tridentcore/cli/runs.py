@@ -183,9 +183,9 @@ def sql(
     max_rows: int = typer.Option(SQL_MAX_ROWS, min=1, help="Print at most this many rows (a note on stderr says "
                                                            "when the result had more)."),
 ) -> None:
-    """Run SQL on a results database, read-only, and print the result as a table (or --csv, --json).
+    """Run read-only SQL on a results database and print a table.
 
-    The connection is read-only with file access off, and a query stops after 30 s:
+    Output is an aligned table, or --csv / --json. The connection is read-only with file access off, and a query stops after 30 s:
     `trident sql "SELECT policy, attainment, p95_s FROM run_summary"`."""
     from ..store import query_readonly_rows
 
