@@ -131,13 +131,21 @@ def test_a_cluster_the_profile_lacks_names_the_profile_that_has_it():
         load_scenario(RunSpec(mix="tiny", profile="cpu"))
 
 
-def test_simulate_the_tiny_mix_from_the_command_line():
-    bad = runner.invoke(app, ["simulate", "--mix", "tiny", "--duration", "30"])
+def test_simulate_the_tiny_mix_from_the_command_line(tmp_path):
+    """Neither --profile nor --cluster: the pair that prices the mix; a profile given that cannot: the
+    error names the pair that can."""
+    bad = runner.invoke(app, ["simulate", "--mix", "tiny", "--profile", "h200", "--duration", "30"])
     assert bad.exit_code == 2 and "--profile cpu --cluster 2xcpu" in bad.stderr
-    good = runner.invoke(app, ["simulate", "--mix", "tiny", "--profile", "cpu", "--cluster", "2xcpu",
-                               "--duration", "30", "--policies", "trident", "--json"])
-    assert good.exit_code == 0, good.output
-    assert json.loads(good.stdout)[0]["requests"] > 10
+    rows = {}
+    for extra in ([], ["--profile", "cpu", "--cluster", "2xcpu"]):
+        good = runner.invoke(app, ["simulate", "--mix", "tiny", *extra, "--duration", "30", "--policies", "trident",
+                                   "--json"])
+        assert good.exit_code == 0, good.output
+        rows[len(extra)] = {k: v for k, v in json.loads(good.stdout)[0].items() if k != "planner_p99_ms"}
+    assert rows[0]["requests"] > 10 and rows[0] == rows[4]
+    shown = runner.invoke(app, ["bench", "--mix", "tiny", "--duration", "30", "--policies", "trident",
+                                "--db", str(tmp_path / "runs.duckdb")])
+    assert shown.exit_code == 0 and "on 1x2xcpu (cpu)" in shown.stdout, shown.output
 
 
 # ---------------------------------------------------------------------- what a server serves

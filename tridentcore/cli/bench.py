@@ -18,7 +18,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_LIVE_TIME_SCALE, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
                              DEFAULT_SLO_SCALE, DEFAULT_TARGET, DEFAULT_TIME_SCALE)
 from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
-                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, db_message, delta, fail, json_safe, load_workload, one_line, policy_specs,
+                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
                      setup_logging, store_errors, table, value)
 
 __all__ = ["bench"]
@@ -82,11 +82,9 @@ def bench(
     if backend == "live":
         if goodput:
             _fail("--goodput bisects the rate in the simulator; use it with --backend sim")
-        cluster_given = getattr(ctx.get_parameter_source("cluster"), "name", "DEFAULT") != "DEFAULT"
-        profile_given = getattr(ctx.get_parameter_source("profile"), "name", "DEFAULT") != "DEFAULT"
         _bench_live(policies=policies, mix=mix, trace=trace, model=model, arrival=arrival, rate=rate,
-                    duration=duration, slo_scale=slo_scale, seed=seed, profile=profile if profile_given else None,
-                    cluster=cluster if cluster_given else None, devices=devices, time_scale=time_scale, keep=keep,
+                    duration=duration, slo_scale=slo_scale, seed=seed, profile=given(ctx, "profile", profile),
+                    cluster=given(ctx, "cluster", cluster), devices=devices, time_scale=time_scale, keep=keep,
                     db=db, json_out=json_out, progress=progress)
         return
     if backend != "sim":
@@ -94,7 +92,8 @@ def bench(
     if goodput and trace is not None:
         _fail("--goodput sweeps the rate of a mix; it does not apply to a trace")
     _bench_sim(policies=policies, mix=mix, trace=trace, model=model, arrival=arrival, rate=rate, duration=duration,
-               slo_scale=slo_scale, seed=seed, profile=profile, cluster=cluster, goodput=goodput, target=target,
+               slo_scale=slo_scale, seed=seed, profile=given(ctx, "profile", profile),
+               cluster=given(ctx, "cluster", cluster), goodput=goodput, target=target,
                db=db, json_out=json_out, progress=progress)
 
 
@@ -168,7 +167,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
         typer.echo(json.dumps(out, indent=1))
         return
     load = "" if trace is not None else f" at {rate:g} req/s for {duration:g} s"
-    typer.echo(f"{loaded.scenario.workload_label}{load} on {loaded.cluster.label} ({profile}), slo scale {slo_scale:g}, "
+    typer.echo(f"{loaded.scenario.workload_label}{load} on {loaded.cluster.label} ({loaded.scenario.profile}), slo scale {slo_scale:g}, "
                f"seed {seed}: {len(loaded.requests(rate))} requests")
     if goodput:
         typer.echo(f"capacity ceiling: {cap:.3f} req/s (every request at its most GPU-efficient degree)")

@@ -16,7 +16,7 @@ import typer
 from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAULT_POLICIES
 from ..core.metrics import finite
 
-__all__ = ["HELP_MARKUP", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
+__all__ = ["HELP_MARKUP", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
            "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
@@ -35,7 +35,8 @@ CLUSTER_HELP = "NODESxGPUSxKIND (2x8xH200), GPUSxKIND (2xcpu: two CPU workers), 
 ARRIVAL_HELP = "poisson | gamma:cv=K | constant | bursts:size=N"
 
 # The workload options every simulating command takes (``name: Opt = DEFAULT_...`` in a signature).
-ProfileOpt = Annotated[str, typer.Option(help="Shipped profile name or CSV path.")]
+ProfileOpt = Annotated[str, typer.Option(help="Shipped profile name or CSV path (not given with --cluster not given "
+                                               "either: the shipped pair that prices the mix, cpu on 2xcpu for tiny).")]
 ClusterOpt = Annotated[str, typer.Option(help=CLUSTER_HELP)]
 MixOpt = Annotated[str | None, typer.Option(help=MIX_HELP)]
 ModelOpt = Annotated[str | None, typer.Option(help="Model the paper-format trace is for.")]
@@ -180,17 +181,26 @@ def fitted_noise(run_id: str | None, db: str | None, noise: float, bias: str | N
     return round(fit.sigma, 4), tuple((s, round(b, 4)) for s, b in fit.bias)
 
 
+def given(ctx: typer.Context, name: str, value):
+    """``value`` if the option ``name`` was given on the command line (or by its environment), else None."""
+    return None if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") == "DEFAULT" else value
+
+
 def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed, noise=DEFAULT_NOISE_SIGMA,
                   bias=None):
     """The simulator's loaded inputs of a workload given on the command line (``--mix`` xor ``--trace``;
-    ``bias``: ``--bias`` text or (stage, factor) pairs)."""
-    from ..bench.scenario import load_scenario
+    ``bias``: ``--bias`` text or (stage, factor) pairs). A ``profile`` or ``cluster`` of None is the one
+    that prices the mix (``bench.scenario.pricing_for``: ``h200`` on ``2x8xH200`` for the GPU mixes,
+    ``cpu`` on ``2xcpu`` for ``tiny``)."""
+    from ..bench.scenario import load_scenario, pricing_for
     from ..bench.spec import RunSpec
 
     if mix is None and trace is None:
         mix = DEFAULT_MIX
     if mix is not None and trace is not None:
         fail("give --mix or --trace, not both")
+    if profile is None or cluster is None:
+        profile, cluster = pricing_for(mix if trace is None else None, profile, cluster)
     spec = RunSpec(profile=profile, cluster=cluster, mix=mix if trace is None else None, trace=trace,
                    trace_model=model, arrival=arrival, duration_s=duration, slo_scale=slo_scale, seed=seed,
                    noise_sigma=noise, noise_bias=parse_bias(bias) if bias is None or isinstance(bias, str) else bias)

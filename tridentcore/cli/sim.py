@@ -8,7 +8,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_SWEEP_DURATION_S,
                              DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
-                     NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
+                     NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
                      fitted_noise, json_safe, load_workload, setup_logging, table)
 
 __all__ = ["simulate", "sweep"]
@@ -18,6 +18,7 @@ _COLUMNS = ("policy", "requests", "attainment", "mean_s", "p50_s", "p95_s", "p99
 
 
 def simulate(
+    ctx: typer.Context,
     profile: ProfileOpt = DEFAULT_PROFILE,
     cluster: ClusterOpt = DEFAULT_CLUSTER,
     mix: MixOpt = None,
@@ -47,7 +48,7 @@ def simulate(
     setup_logging(verbose)
     noise, bias = fitted_noise(noise_from, noise_db or db, noise, bias, err=json_out)
     try:
-        loaded = load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
+        loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
         specs = split_specs(policies)
         for spec in specs:
             make_policy(spec)  # validate every spec before running any
@@ -72,6 +73,7 @@ def simulate(
 
 
 def sweep(
+    ctx: typer.Context,
     profile: ProfileOpt = DEFAULT_PROFILE,
     cluster: ClusterOpt = DEFAULT_CLUSTER,
     mix: MixOpt = None,
@@ -104,7 +106,7 @@ def sweep(
         fail("give exactly one of --goodput or --rates")
     noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out)
     try:
-        loaded = load_workload(profile, cluster, mix, None, None, arrival, duration, slo_scale, seed, noise, bias)
+        loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, None, None, arrival, duration, slo_scale, seed, noise, bias)
         specs = split_specs(policies)
         for spec in specs:
             make_policy(spec)
