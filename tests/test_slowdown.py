@@ -152,18 +152,23 @@ def test_ray_cpu_slots_are_slowed_too():
 
 
 # ------------------------------------------------------------------------------ real servers (the issue's check)
-def _slowed_burst(policy: str, n: int = 16, warm: int = 3, bursts: int = 2) -> tuple[list[int], int, dict]:
-    """A server on ``cpu:2 --slowdown 3``; ``warm`` requests one at a time (with a deadline they always
-    meet) teach the calibration the slower devices, then ``bursts`` bursts of ``n`` (one after the other
-    has been answered) under the default deadlines. Returns the bursts' status codes, how many of them
-    met their SLO, and ``GET /v1/cluster``."""
+SMALL = {"model": "tiny-sd3", "prompt": "a red cube", "size": "64x64", "steps": 4}
+LARGE = {"model": "tiny-sd3", "prompt": "a red cube", "size": "128x128", "steps": 8}
+
+
+def _slowed_burst(policy: str, n: int = 16, warm: int = 2, bursts: int = 2) -> tuple[list[int], int, dict]:
+    """A server on ``cpu:2 --slowdown 3``; ``warm`` rounds of one request of each class at a time (with a
+    deadline they always meet) teach the calibration the slower devices, then ``bursts`` bursts of ``n``,
+    small and large requests in turn (one burst after the other has been answered), under the default
+    deadlines. Returns the bursts' status codes, how many of them met their SLO, and ``GET /v1/cluster``."""
     server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2", "--slowdown", f"{K:g}",
                            "--policy", policy], timeout_s=300)
     try:
         for _ in range(warm):
-            (resp,) = burst(server.url, 1, slo_ms=600_000)
-            assert resp.status_code == 200, resp.text
-        got = [r for _ in range(bursts) for r in burst(server.url, n)]
+            for body in (SMALL, LARGE):
+                (resp,) = burst(server.url, 1, body, slo_ms=600_000)
+                assert resp.status_code == 200, resp.text
+        got = [r for _ in range(bursts) for r in burst(server.url, n, (SMALL, LARGE))]
         codes = [r.status_code for r in got]
         met = sum(t["met_slo"] for r in got if r.status_code == 200 for t in r.json()["timings"])
         cluster = httpx.get(f"{server.url}/v1/cluster", timeout=10).json()
@@ -175,10 +180,12 @@ def _slowed_burst(policy: str, n: int = 16, warm: int = 3, bursts: int = 2) -> t
 @pytest.mark.slow
 def test_trident_serves_a_slowed_burst_and_meets_at_least_as_many_slos_as_pipeline_static():
     """The issue's check. The warm-up matters: a deadline is fixed at admission from the cost model as
-    calibrated then, and the uncalibrated profile's deadline (about 280 ms for this shape) is below what
-    one request alone takes at K = 3, so without it no request of the burst can meet its SLO under any
-    policy and the comparison says nothing. Two bursts each: at most about 5 of a burst of 16 can meet
-    their deadline on two slowed workers, and a busy host moves one burst's count by 1 or 2."""
+    calibrated then, and the uncalibrated profile's deadlines are below what one request alone takes
+    at K = 3, so without it no request of the burst can meet its SLO under any policy and the
+    comparison says nothing. The bursts mix two classes (64 px at 4 steps, 128 px at 8): a burst of
+    one class is served first come, first served by both policies alike (level within noise on a
+    shared host), a mixed one shows what ordering by deadline and setting hopeless requests aside
+    gains (simulated with the same classes and the cpu profile: 16 of 32 met against 12)."""
     results = {policy: _slowed_burst(policy) for policy in ("trident", "pipeline-static:degree=1")}
     met = {policy: got[1] for policy, got in results.items()}
     print(f"in-SLO of 2 x 16 at --slowdown {K:g}: {met}")
@@ -190,8 +197,4 @@ def test_trident_serves_a_slowed_burst_and_meets_at_least_as_many_slos_as_pipeli
         factors = {row["stage"]: row["factor"] for row in cluster["calibration"]}
         assert set(factors) == {"encode", "diffuse", "decode"}, (policy, factors)
         assert factors["diffuse"] >= 2.0 and min(factors.values()) >= 1.5, (policy, factors)
-    # The issue asks for trident >= pipeline-static. On this 2-core host with other jobs running the two
-    # are level within noise (at most about 5 of a burst of 16 can meet their deadline on two slowed
-    # workers): the strict comparison held in 3 of the 4 runs measured (6/6, 8/8, 8/8; 6/7 in a CI
-    # run next to other load). Asserted with a margin of 2 of 32, so a real regression still fails.
-    assert met["trident"] >= met["pipeline-static:degree=1"] - 2, met
+    assert met["trident"] >= met["pipeline-static:degree=1"], met
