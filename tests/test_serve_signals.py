@@ -21,17 +21,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from children import default_sigint  # noqa: E402  (tests/, on sys.path under pytest)
 
 from tridentcore.store import query_readonly
 
 pytestmark = pytest.mark.slow
 
 READY = re.compile(r"trident serve: ready at (http://127\.0\.0\.1:\d+) \(devices (\S+); models (\S+); policy (\S+);")
-
-
-def default_sigint() -> None:
-    """``preexec_fn``: the child takes SIGINT at its default even if this process ignores it."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _ready_line(err_path: Path, proc: subprocess.Popen, timeout_s: float = 240.0) -> re.Match:
