@@ -36,7 +36,8 @@ test: $(STAMP)
 
 # The workbench (`streamlit run app.py`, headless) on embedded defaults: the home page compares the
 # four policies on the image-video mix (simulated 2x8xH200, the h200 profile), computed before it
-# serves; the Live page points at a `trident serve` (tiny CPU pipelines). HOST=0.0.0.0 to share it: then it
+# serves and stored once in results/trident.duckdb (for the Runs and SQL pages); the Live page points at
+# a `trident serve` (tiny CPU pipelines). HOST=0.0.0.0 to share it: then it
 # asks for the password in TRIDENT_WORKBENCH_PASSWORD (and shows nothing while that is unset).
 HOST ?= 127.0.0.1
 PORT ?= 8501

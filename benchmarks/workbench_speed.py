@@ -57,7 +57,8 @@ def serve(warm: bool, log_dir: Path, script_args: tuple[str, ...] = ()):
     ``script_args`` are the workbench's own (``--db PATH``, ``--results-dir DIR``)."""
     port = _free_port()
     if warm:
-        cmd = [sys.executable, "-m", "workbench", "--port", str(port), *script_args]
+        # (--no-store-default: the timings are of pages, and the repository's results/ stays as it is)
+        cmd = [sys.executable, "-m", "workbench", "--port", str(port), "--no-store-default", *script_args]
     else:
         cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port)]

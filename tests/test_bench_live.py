@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from children import default_sigint  # noqa: E402  (tests/, on sys.path under pytest)
 
 from tridentcore.bench.live import UNMAPPED_ID_BASE
 from tridentcore.store import query_readonly
@@ -158,7 +159,8 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "bench", "--backend", "live", "--policies",
                              "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
                              "--duration", "400", "--time-scale", "0.05", "--db", str(db), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
+                            preexec_fn=default_sigint)  # the Ctrl-C below reaches it under `make test &` too
     # Ctrl-C once Locust has been sending for a while (the schedule runs 20 s): on a busy host the
     # server takes longer to start than any fixed sleep would allow
     import psutil

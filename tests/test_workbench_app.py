@@ -257,13 +257,42 @@ def test_profiles_page_plots_shipped_and_uploaded_profiles():
 
 
 # ------------------------------------------------------------------------------ Runs
-def test_runs_page_missing_database_is_an_error(tmp_path, monkeypatch):
+def test_runs_and_sql_pages_say_how_to_write_a_named_database_that_is_not_there_yet(tmp_path, monkeypatch):
     _argv(monkeypatch, tmp_path / "missing.duckdb", results_dir=tmp_path / "results")
-    at = _app(db_path=str(tmp_path / "missing.duckdb"))
-    at.run()
-    at.switch_page("workbench/pages/runs.py").run()
-    _clean(at)
-    assert any("no results database" in e.value for e in at.error)
+    for page in ("runs", "sql"):
+        at = _app(db_path=str(tmp_path / "missing.duckdb"))
+        at.run()
+        at.switch_page(f"workbench/pages/{page}.py").run()
+        _clean(at)
+        assert not at.error  # not written yet is a state, not a failure
+        assert any("no results database" in i.value and "trident simulate --db" in i.value for i in at.info), page
+
+
+def test_the_default_comparison_is_stored_once_with_the_home_pages_numbers(tmp_path):
+    """What `python -m workbench` stores before it serves: the home page's four runs, once per database."""
+    from tridentcore.store import query_readonly
+    from workbench import data
+
+    db = tmp_path / "results" / "trident.duckdb"
+    ids = data.store_default_comparison(db)
+    assert len(ids) == 4 and data.store_default_comparison(db) == []  # a second start stores nothing
+    runs = query_readonly(db, "SELECT policy, attainment, requests, backend FROM run_summary").set_index("policy")
+    assert list(runs.index) == list(data.DEFAULT_POLICIES) and set(runs.backend) == {"sim"}
+    for policy in data.DEFAULT_POLICIES:
+        frames = data.simulate_frames(data.DEFAULT_SCENARIO, policy, data.DEFAULT_RATE)
+        assert runs.loc[policy, "attainment"] == pytest.approx(frames.summary["attainment"])
+        assert runs.loc[policy, "requests"] == len(frames.requests)
+    assert data.store_default_comparison(db, policies=("trident", "pipeline-static:degree=2")) != []  # a new one only
+    assert len(query_readonly(db, "SELECT 1 FROM runs")) == 5
+
+
+def test_a_default_comparison_that_cannot_be_stored_does_not_stop_the_workbench(tmp_path, caplog):
+    from workbench.__main__ import _store_default
+
+    db = tmp_path / "trident.duckdb"
+    db.write_text("not a database")
+    _store_default(db)  # logged, not raised: the Runs and SQL pages then say there is nothing to show
+    assert "was not stored" in caplog.text
 
 
 def test_runs_page_lists_filters_diffs_and_offers_parquet(results_db, monkeypatch):
@@ -297,6 +326,11 @@ def test_sql_page_runs_queries_and_refuses_file_access(results_db, monkeypatch):
     _clean(at)
     assert list(at.dataframe[0].value["policy"]) == ["pipeline-static:degree=1", "trident"]
     assert len(at.get("plotly_chart")) == 1 and len(at.get("download_button")) == 1
+    at.text_area(key="sql_text").set_value("SELECT nope FROM run_summar_" + "x" * 200).run()
+    _clean(at)
+    assert len(at.error) == 1 and at.error[0].value.startswith("The query failed: Catalog Error\\: Table")
+    assert "```" not in at.error[0].value  # no code block in the box: the message wraps at its width
+    assert at.code and at.code[0].value.startswith("LINE 1: ") and at.code[0].proto.wrap_lines
     for sneaky in ("SELECT * FROM read_csv('/etc/passwd')",
                    f"COPY (SELECT 1) TO '{Path(results_db).parent / 'x.csv'}'",
                    f"ATTACH '{Path(results_db).parent / 'other.duckdb'}' AS o"):

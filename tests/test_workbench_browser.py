@@ -67,10 +67,12 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 60.0) -> 
 
 @pytest.fixture()
 def server(tmp_path):
+    """`python -m workbench` as `make run` starts it, on a fresh results directory of its own."""
     port = _free_port()
     log = (tmp_path / "streamlit.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "--port", str(port)], cwd=ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "--port", str(port), "--results-dir",
+                             str(tmp_path / "results")], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc)
@@ -131,6 +133,57 @@ def _policy_titles(page) -> list[str]:
     return page.locator("[data-testid=stMain] h3").all_inner_texts()[:4]
 
 
+ERRORS = "[data-testid=stAlertContentError], [data-testid=stException]"  # st.error and tracebacks
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_browser_first_visit_every_page_shows_its_content_and_no_error(chromium, server, tmp_path):
+    """A newcomer's first start (`make run` on a fresh results directory): every page, in the order of
+    the navigation, shows its main content and no red box; the Runs and SQL pages show the default
+    comparison that the start stored, and the Live page, with no server up, says how to start one."""
+    from workbench.live import DEFAULT_URL, SERVE_COMMAND
+
+    assert (tmp_path / "results" / "trident.duckdb").is_file()  # stored before the workbench served
+    something_at_8000 = _port_in_use(int(DEFAULT_URL.rsplit(":", 1)[1]))  # another job's server: not ours to judge
+    ARTIFACTS.mkdir(exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless=new"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(server)
+            checks = {  # page: what its main content is, once drawn
+                "Compare": f"document.querySelectorAll('{METRICS}').length >= 24 && "
+                           "document.querySelectorAll('.js-plotly-plot').length >= 2",
+                "Profiles": "document.querySelectorAll('.js-plotly-plot').length >= 1",
+                "Live": "[...document.querySelectorAll('[data-testid=stAlertContentInfo]')]"
+                        ".some(e => e.innerText.includes('No trident server answers'))"
+                        if not something_at_8000 else "document.querySelectorAll('h1').length >= 1",
+                "Runs": "[...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
+                        ".some(e => e.innerText.includes('4 of 4 runs')) && "
+                        "document.querySelectorAll('.js-plotly-plot').length >= 1",
+                "SQL": "[...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
+                       ".some(e => e.innerText.startsWith('4 rows'))",
+            }
+            for name, drawn in checks.items():
+                if name != "Compare":
+                    page.get_by_role("link", name=name).click()
+                page.wait_for_function(drawn, timeout=90_000)
+                page.wait_for_timeout(2500)  # a refresh of the Live page's view (every 2 s) included
+                errors = page.locator(ERRORS)
+                assert errors.count() == 0, f"{name}: {errors.all_inner_texts()}"
+                page.screenshot(path=str(ARTIFACTS / f"workbench-first-{name.lower()}.png"), full_page=True)
+                if name == "Live" and not something_at_8000:
+                    text = page.locator("[data-testid=stMain]").inner_text()
+                    assert SERVE_COMMAND in text and "cannot reach" not in text
+                    assert page.get_by_role("button", name="Start a local server").count() == 1
+        finally:
+            browser.close()
+
+
 def test_browser_default_comparison_then_policy_and_rate(chromium, server):
     ARTIFACTS.mkdir(exist_ok=True)
     with playwright_api.sync_playwright() as p:
@@ -172,7 +225,7 @@ def test_browser_default_comparison_then_policy_and_rate(chromium, server):
             page.get_by_role("link", name="Live").click()
             page.get_by_label("Server URL").fill(f"http://127.0.0.1:{_free_port()}")
             page.get_by_label("Server URL").press("Enter")
-            page.get_by_text("cannot reach a server").first.wait_for(timeout=30_000)
+            page.get_by_text("No trident server answers").first.wait_for(timeout=30_000)
             assert page.locator("[data-testid=stException]").count() == 0
 
             # a service that is not a trident server: a fixed message, nothing of what it sent

@@ -203,10 +203,15 @@ def test_replies_are_read_up_to_a_cap(monkeypatch):
         httpd.server_close()
 
 
-def test_unreachable_server_is_a_message_not_a_traceback():
+def test_unreachable_server_is_a_calm_note_with_the_one_serve_command():
     at = _live_page(f"http://127.0.0.1:{_free_port()}")
     _clean(at)
-    assert any("cannot reach a server" in e.value and "trident serve" in e.value for e in at.error)
+    assert not at.error  # no server up yet (the first visit) is not a failure
+    notes = [i.value for i in at.info]
+    assert len(notes) == 1 and "No trident server answers" in notes[0] and live.SERVE_COMMAND in notes[0]
+    assert at.button(key="live_start_local").proto.label == "Start a local server"
+    text = " ".join(c.value for c in at.caption) + at.button(key="live_start_local").proto.help
+    assert "trident serve --" not in text.replace(live.SERVE_COMMAND, "")  # no other command on the page
     assert not at.metric and not at.get("plotly_chart")
     at.text_input(key="live_url").set_value("ftp://127.0.0.1:8000").run()
     _clean(at)

@@ -2,7 +2,9 @@
 
 What ``make run`` calls. Before Streamlit serves, it computes the home page's default comparison
 (:func:`workbench.data.warm_up`, about a second), so the first visitor sees it painted at once
-instead of waiting for the imports and the four simulations. Everything else is Streamlit's own
+instead of waiting for the imports and the four simulations, and stores it in the default results
+database (``results/trident.duckdb``, once per database: :func:`workbench.data.store_default_comparison`),
+so the Runs and SQL pages have runs to show from the first start. Everything else is Streamlit's own
 ``run``: flags after ``--`` go to it (``python -m workbench -- --theme.base dark``). ``--db PATH``
 names a results database the Runs and SQL pages may open besides those under ``results/``; off
 loopback the workbench asks for the password in ``TRIDENT_WORKBENCH_PASSWORD``.
@@ -31,6 +33,17 @@ def _warm() -> None:
         log.exception("warm-up failed")
 
 
+def _store_default(db: Path) -> None:
+    try:
+        from workbench import data
+
+        stored = data.store_default_comparison(db)
+        if stored:
+            log.info("stored the default comparison in %s (%d runs)", db, len(stored))
+    except Exception as exc:  # the Runs and SQL pages say there is nothing yet; the server starts anyway
+        log.warning("the default comparison was not stored in %s: %s", db, exc)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.split("\n")[0])
     parser.add_argument("--address", default="127.0.0.1",
@@ -42,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-dir", metavar="DIR", help="where the pages look for results databases "
                                                              "(default: results/ of the repository)")
     parser.add_argument("--no-warm-up", action="store_true", help="do not compute the default comparison ahead")
+    parser.add_argument("--no-store-default", action="store_true",
+                        help="do not store the default comparison in the default database (RESULTS-DIR/trident.duckdb)")
     parser.add_argument("streamlit_args", nargs="*", help="more `streamlit run` flags, after --")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -52,6 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no app.py at {ROOT}: run this from a clone of the repository")
     if not args.no_warm_up:  # before serving, not beside it: no page waits on a half-done import
         _warm()
+    from workbench.access import parse_options
+
+    opts = parse_options(["--results-dir", args.results_dir] if args.results_dir else [])
+    if not args.no_store_default:  # before serving: the Runs page's first visit finds it
+        _store_default(opts.default_db)
     host = f"[{args.address}]" if ":" in args.address else args.address
     print(f"TridentServe workbench: http://{host}:{args.port}  (Ctrl-C stops)", flush=True)
     from workbench.access import PASSWORD_ENV, is_loopback

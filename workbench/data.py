@@ -51,6 +51,7 @@ __all__ = [
     "RunFrames",
     "DbSignature",
     "error_text",
+    "plain_markdown",
     "goodput_on_grid",
     "parse_rates",
     "save_upload",
@@ -59,6 +60,7 @@ __all__ = [
     "scenario_capacity",
     "validate_comparison",
     "warm_up",
+    "store_default_comparison",
     "profile_frame",
     "default_steps",
     "db_signature",
@@ -97,6 +99,15 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]  # KeyError's str() adds quotes
     return text or type(exc).__name__
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:&\"'=^])")
+
+
+def plain_markdown(text: str) -> str:
+    """``text`` as Markdown that shows it as it is (every punctuation character escaped, each line
+    break kept), wrapping at the box's width: for messages that quote SQL or paths."""
+    return "  \n".join(_MARKDOWN_SPECIAL.sub(r"\\\1", line) for line in text.splitlines())
 
 
 # ----------------------------------------------------------------------------------- uploads
@@ -187,6 +198,30 @@ def warm_up(policies: Sequence[str] = DEFAULT_POLICIES, scenario: Scenario = DEF
                 if ev is not None:
                     ev.set()
     return time.perf_counter() - t0
+
+
+def store_default_comparison(db: str | os.PathLike[str], policies: Sequence[str] = DEFAULT_POLICIES,
+                             scenario: Scenario = DEFAULT_SCENARIO, rate: float = DEFAULT_RATE) -> list[str]:
+    """Store the comparison the home page opens with in ``db`` as simulated runs (what ``trident bench``
+    stores for them), so that the Runs and SQL pages have something to show from the first start;
+    returns the run ids stored now. Once per database: a policy whose run of the same scenario and rate
+    is there (``config_json``'s ``default_comparison``) is not stored again. Store errors (a lock
+    held past the store's wait) propagate."""
+    from tridentcore.bench.runs import run_and_store
+    from tridentcore.store import query_readonly
+
+    key = hashlib.sha256(scenario.to_json(rate=rate).encode()).hexdigest()[:16]
+    have: set[str] = set()
+    if Path(db).is_file():
+        have = set(query_readonly(db, "SELECT policy FROM runs WHERE json_extract_string(config_json, "
+                                      "'$.default_comparison') = ?", [key])["policy"])
+    todo = [p for p in policies if p not in have]
+    if not todo:
+        return []
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    loaded = _loaded(scenario)
+    return [run_and_store(loaded, p, rate, db, extra_config={"source": "workbench", "default_comparison": key})
+            for p in todo]
 
 
 def simulate_frames(scenario: Scenario, policy: str, rate: float | None) -> RunFrames:

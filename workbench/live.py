@@ -41,6 +41,9 @@ from tridentcore.core.errors import TridentError
 __all__ = [
     "DEFAULT_URL",
     "Generation",
+    "LOCAL_DEVICES",
+    "LOCAL_MODELS",
+    "SERVE_COMMAND",
     "LiveError",
     "NotSupported",
     "NotTrident",
@@ -71,7 +74,11 @@ MAX_REPLY_BYTES = 8 * 1024**2  # control-plane replies (/v1/cluster of a large c
 MAX_MEDIA_REPLY_BYTES = 256 * 1024**2  # a test prompt's images or animation, base64
 MAX_MESSAGE_CHARS = 300
 GENERATE_TIMEOUT_S = 300.0  # a test prompt waits for its image (tiny CPU pipelines: well under a minute)
-START_HINT = "start one with `trident serve --models tiny-sd3 --devices cpu:1` (it listens on http://127.0.0.1:8000)"
+# The one `trident serve` the workbench suggests, and the one its Live page can start itself (tiny CPU
+# pipelines: real images and animations); by hand it listens on DEFAULT_URL.
+LOCAL_MODELS = "tiny-sd3,tiny-wan"
+LOCAL_DEVICES = "cpu:1"
+SERVE_COMMAND = f"trident serve --models {LOCAL_MODELS} --devices {LOCAL_DEVICES}"
 
 
 class LiveError(TridentError):
@@ -169,7 +176,8 @@ def _exchange(method: str, url: str, path: str, *, timeout_s: float, cap_bytes: 
             raw = _read_capped(resp, cap_bytes, deadline, timeout_s, what)
             return resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, raw
     except httpx.ConnectError:
-        raise Unreachable(f"cannot reach a server at {url}; {START_HINT}") from None
+        raise Unreachable(f"cannot reach a server at {url}; start one with `{SERVE_COMMAND}` "
+                          f"(it listens on {DEFAULT_URL})") from None
     except httpx.TimeoutException:
         raise Unreachable(f"{url} did not answer {method} {path} within {timeout_s:g} s") from None
     except httpx.HTTPError as exc:  # its text may quote what the other side sent: the type only
@@ -444,11 +452,9 @@ def generate(base_url: str, model: ServedModel, prompt: str, *, size: str | None
 
 
 # ----------------------------------------------------------------------------------- a local server
-# The Live page can start one `trident serve` of its own (tiny CPU pipelines) so that it has
-# something to watch without a second terminal: one per workbench process, on 127.0.0.1 and a free
-# port, stopped (by its PID, through ServerProcess.stop) from the page or when the workbench exits.
-LOCAL_MODELS = "tiny-sd3,tiny-wan"
-LOCAL_DEVICES = "cpu:1"
+# The Live page can start one `trident serve` of its own (SERVE_COMMAND) so that it has something to
+# watch without a second terminal: one per workbench process, on 127.0.0.1 and a free port, stopped
+# (by its PID, through ServerProcess.stop) from the page or when the workbench exits.
 _local: dict[str, Any] = {}
 _local_lock = threading.Lock()
 

@@ -7,7 +7,7 @@ import typer
 from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED,
                              DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
                              DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
-from .common import fail, quiet_libraries, setup_logging
+from .common import EXIT_INTERRUPTED, fail, quiet_libraries, setup_logging
 
 __all__ = ["serve"]
 
@@ -69,10 +69,14 @@ def serve(
 ) -> None:
     """Serve the HTTP API over live workers driven by a policy.
 
-    OpenAPI docs at /docs.
+    OpenAPI docs at /docs. Once it serves it prints one line (URL, devices, models, policy). Ctrl-C
+    or SIGTERM stops it: it drains the requests in flight, stops its workers and stores the rest of
+    the run; it exits 0 after SIGTERM, 130 after Ctrl-C (SIGINT), 1 when the run could not all be
+    stored.
     """
     import logging
     import os
+    import signal
 
     setup_logging(verbose)
     quiet_libraries()
@@ -104,16 +108,28 @@ def serve(
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     try:
-        run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
+        stopped_by = run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
-                                late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait))
+                                late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait),
+                                on_ready=_announce)
     except SetupError as exc:
         fail(str(exc))
     except RecordsNotStored as exc:  # served, but the run is not all in --db: say so in the exit status
         fail(str(exc), code=1)
+    except KeyboardInterrupt:  # Ctrl-C before it served (loading, building): nothing to drain
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    if stopped_by == signal.SIGINT:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _announce(ready) -> None:
+    """The ready line (stderr, with the logs): where it serves, and what."""
+    stored = f"; run {ready.run_id} stored in {ready.db}" if ready.db else ""
+    typer.echo(f"trident serve: ready at {ready.url} (devices {ready.devices}; models {','.join(ready.models)}; "
+               f"policy {ready.policy}{stored}); API docs at {ready.url}/docs; Ctrl-C stops", err=True)
 
 
 def _from_spec(path: str, given: set[str]) -> dict:

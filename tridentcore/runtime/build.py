@@ -99,6 +99,12 @@ class Runtime:
     def engine_of(self, model: str) -> Engine:
         return self.part_of(model).engine
 
+    def stopping(self) -> None:
+        """The server was told to stop: its workers' ends are expected (``Worker.stopping``)."""
+        for part in self.parts:
+            if part.engine is not None:
+                part.engine.workers.stopping()
+
     async def start(self) -> None:
         await self.engine.start()
         for part in self.parts:  # real workers report what their pipelines accept

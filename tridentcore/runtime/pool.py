@@ -50,6 +50,12 @@ class Worker:
         """Stop the running diffuse ``dispatch_id`` at a step boundary (``stop_step`` by ``wall_at``
         on the emulated clock; real workers stop at their next boundary and report the step)."""
 
+    def stopping(self) -> None:
+        """The server was told to stop (SIGINT, SIGTERM): a worker that ends from now on was stopped
+        with it (a signal to the whole process group reaches its process too), not lost: no warning,
+        no restart. Its work in flight still ends as lost; :meth:`stop` follows."""
+        self._stopping = True
+
     async def stop(self) -> None:
         """Shut down (processes are terminated if they do not exit by themselves)."""
 
@@ -69,6 +75,10 @@ class WorkerPool:
     async def start(self) -> None:
         # processes import torch and build pipelines: start them together
         await asyncio.gather(*(w.start() for w in self.workers))
+
+    def stopping(self) -> None:
+        for w in self.workers:
+            w.stopping()
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)

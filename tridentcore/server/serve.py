@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,12 +70,36 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Ready:
+    """What a server that has started serving tells its entry point (``trident serve``'s ready line)."""
+
+    url: str
+    devices: str  # as parsed, one part per device kind (cpu:2,emulated:8xH200)
+    models: tuple[str, ...]
+    policy: str
+    db: str | None = None
+    run_id: str | None = None
+
+
 def _server_class():
     import uvicorn
 
     class _Server(uvicorn.Server):
-        """uvicorn's server, but a SIGTERM/SIGINT that ended in a clean drain exits 0 (uvicorn re-raises
-        the signal after its shutdown, which would make every clean stop look like a kill)."""
+        """uvicorn's server, but a SIGTERM/SIGINT that ended in a clean drain returns (uvicorn re-raises
+        the signal after its shutdown, which would make every clean stop look like a kill); the first
+        signal is kept in ``stop_signal`` and reported to ``on_signal``, so the entry point chooses
+        the exit status and the workers know their end is coming."""
+
+        stop_signal: int | None = None
+        on_signal: Callable[[int], None] | None = None
+
+        def handle_exit(self, sig: int, frame) -> None:
+            if self.stop_signal is None:
+                self.stop_signal = sig
+                if self.on_signal is not None:
+                    self.on_signal(sig)
+            super().handle_exit(sig, frame)
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -92,10 +116,11 @@ def _server_class():
     return _Server
 
 
-def run_server(opts: ServeOptions) -> None:
-    """Validate, build, reserve the run id (with ``db``), bind, serve until SIGINT/SIGTERM (then drain
-    and store the rest). ``RecordsNotStored`` when the run could not all be stored (its journal says
-    what is missing and stays for ``trident runs recover``)."""
+def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = None) -> int | None:
+    """Validate, build, reserve the run id (with ``db``), bind, serve until SIGINT/SIGTERM (then drain,
+    stop the workers and store the rest); returns the signal that stopped it (None: it stopped
+    otherwise). ``on_ready`` is called once it serves. ``RecordsNotStored`` when the run could not
+    all be stored (its journal says what is missing and stays for ``trident runs recover``)."""
     try:
         api_key = load_api_key(opts.api_key, opts.api_key_file)
     except ApiKeyError as exc:
@@ -109,12 +134,13 @@ def run_server(opts: ServeOptions) -> None:
                             record=bool(opts.db), keep_ended=opts.keep_ended, expected=opts.expected)
     records = _records(opts, runtime) if opts.db else None
     try:
-        _serve(opts, runtime, records, api_key)
+        stopped_by = _serve(opts, runtime, records, api_key, on_ready)
     finally:
         if records is not None:
             records.discard()  # a run that never started serving gives its id back
     if records is not None and records.problem:
         raise RecordsNotStored(records.problem)
+    return stopped_by
 
 
 def _records(opts: ServeOptions, runtime) -> RunRecords:
@@ -132,7 +158,8 @@ def _records(opts: ServeOptions, runtime) -> RunRecords:
     return RunRecords(runtime.engine, journal, provenance=provenance(), final_wait_s=opts.db_wait_s)
 
 
-def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str | None) -> None:
+def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str | None,
+           on_ready: Callable[[Ready], None] | None) -> int | None:
     import uvicorn
 
     app = create_app(runtime, ServerConfig(api_key=api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
@@ -142,24 +169,37 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
         sock = bind(opts.host, opts.port)
     except OSError as exc:
         raise SetupError([f"cannot bind {opts.host}:{opts.port}: {exc}"]) from None
+    port = sock.getsockname()[1]  # now: a server stopped while it started closes the socket
     config = uvicorn.Config(app, log_level=opts.log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=opts.drain_timeout_s + 5)
     server = _server_class()(config)
+    server.on_signal = lambda sig: runtime.stopping()  # a worker that ends from now on was stopped, not lost
 
     async def main() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.02)
-        if server.started:
+        serving = server.started and not server.should_exit  # not stopped (Ctrl-C) while it started
+        if serving:
             # everything loaded so far (libraries, app, pipelines' bookkeeping) lives as long as the server:
             # keep it out of the cyclic collector's full passes, whose pauses otherwise stall every request
             gc.collect()
             gc.freeze()
-        if server.started and opts.port_file:
+        if serving and opts.port_file:
             path = Path(opts.port_file)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(str(sock.getsockname()[1]))
+            tmp.write_text(str(port))
             os.replace(tmp, path)
+        if serving and on_ready is not None:
+            on_ready(_ready(opts, runtime, records, port))
         await task
 
     asyncio.run(main())
+    return server.stop_signal
+
+
+def _ready(opts: ServeOptions, runtime, records: RunRecords | None, port: int) -> Ready:
+    host = f"[{opts.host}]" if ":" in opts.host else opts.host
+    return Ready(url=f"http://{host}:{port}", devices=",".join(p.devices.text for p in runtime.parts),
+                 models=tuple(runtime.models), policy=str(runtime.engine.policy.spec), db=opts.db,
+                 run_id=records.run_id if records is not None else None)

@@ -15,9 +15,8 @@ REFRESH = {"every 2 s": 2.0, "every 5 s": 5.0, "every 10 s": 10.0, "off": None}
 
 st.title("Live cluster")
 st.caption("A running `trident serve`, read over its HTTP API: the live placement (which stages are resident on "
-           "which device), memory, queues and recent requests. Start one with "
-           "`trident serve --models tiny-sd3,tiny-wan --devices cpu:2` (real tiny pipelines on CPU) or "
-           "`trident serve --models sd3-medium,wan2.1-1.3b --devices emulated:2x8xH200` (the cost model's time, no pixels).")
+           "which device), memory, queues and recent requests, and a test prompt. Any `trident serve` will do "
+           "(README, \"Live serving\"); the workbench can start one on tiny CPU pipelines for you.")
 
 
 def start_local() -> None:
@@ -47,14 +46,13 @@ api_key = st.text_input("API key", type="password", key="live_api_key",
 b1, b2 = st.columns([1, 3], vertical_alignment="center")
 if local is None:
     b1.button("Start a local server", key="live_start_local", on_click=start_local,
-              help=f"trident serve --models {live.LOCAL_MODELS} --devices {live.LOCAL_DEVICES} on 127.0.0.1 "
-                   "(tiny CPU pipelines: real images and animations); it stops with the workbench")
-    b2.caption(f"or start one yourself; the workbench can run `{live.LOCAL_MODELS}` on `{live.LOCAL_DEVICES}` for "
-               "you (it takes a few seconds).")
+              help=f"`{live.SERVE_COMMAND}` on 127.0.0.1 and a free port (tiny CPU pipelines: real images and "
+                   "animations); it stops with the workbench")
+    b2.caption("Tiny CPU pipelines, real images and animations; it takes a few seconds to start and stops with the "
+               "workbench.")
 else:
     b1.button("Stop the local server", key="live_stop_local", on_click=live.stop_local_server)
-    b2.caption(f"The workbench runs a local `trident serve` ({live.LOCAL_MODELS} on {live.LOCAL_DEVICES}) at "
-               f"{local.url}, process {local.pid}.")
+    b2.caption(f"The workbench runs `{live.SERVE_COMMAND}` at {local.url}, process {local.pid}.")
 if "live_local_error" in st.session_state:
     st.error(st.session_state.pop("live_local_error"))
 
@@ -73,6 +71,14 @@ every = REFRESH[refresh]
 def cluster_view(url: str, limit: int, api_key: str | None) -> None:
     try:
         cluster = live.fetch_cluster(url, api_key)
+    except live.Unreachable:  # nothing is up yet (the first visit): how to start one, calmly
+        here = live.local_server()
+        st.info(f"No trident server answers at {url} yet. "
+                + (f"The workbench's own server is at {here.url}: put that in **Server URL**." if here else
+                   f"Press **Start a local server** above, or run `{live.SERVE_COMMAND}` in a terminal "
+                   f"(it listens on {live.DEFAULT_URL})."))
+        st.caption("This view looks again on its own" + (f" {refresh}." if every else " when refresh is on."))
+        return
     except live.LiveError as exc:
         st.error(str(exc))
         st.caption("This view retries on its own" + (f" {refresh}." if every else " when refresh is on."))
@@ -129,7 +135,7 @@ try:
     models = live.fetch_models(url, api_key)
 except live.LiveError as exc:
     if isinstance(exc, live.Unreachable):
-        st.info("A test prompt needs a reachable server (see above).")
+        st.caption("A test prompt needs a server (see above).")
     else:
         st.error(f"The served models cannot be listed: {exc}")
     st.stop()

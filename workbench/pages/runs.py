@@ -19,8 +19,11 @@ if path is None:
 try:
     sig = data.db_signature(path)
     runs = data.cached_runs(sig)
-except Exception as exc:  # a missing file, a locked or foreign file: say so, no traceback
-    st.error(data.error_text(exc))
+except FileNotFoundError as exc:  # named with --db but not written yet: where one comes from
+    st.info(data.error_text(exc))
+    st.stop()
+except Exception as exc:  # a locked or foreign file: say so, no traceback
+    st.error(data.plain_markdown(data.error_text(exc)))
     st.stop()
 if runs.empty:
     st.info(f"{access.database_label(path)} holds no runs yet.")

@@ -37,11 +37,19 @@ if not sql:
     st.stop()
 try:
     sig = data.db_signature(path)
+except FileNotFoundError as exc:  # named with --db but not written yet: where one comes from
+    st.info(data.error_text(exc))
+    st.stop()
+try:
     t0 = time.perf_counter()
     capped = data.cached_sql(sig, sql)
     took = time.perf_counter() - t0
-except Exception as exc:  # permission, syntax, catalog, interrupt, limits, missing file: a message, no traceback
-    st.error("The query failed:\n\n```\n" + data.error_text(exc) + "\n```")
+except Exception as exc:  # permission, syntax, catalog, interrupt, limits: a message, no traceback
+    # wrapped at the box's width; DuckDB's pointer into the query ("LINE 1: ... ^^^") below it
+    message, _, where = data.error_text(exc).partition("\n\nLINE ")
+    st.error("The query failed: " + data.plain_markdown(message))
+    if where:
+        st.code("LINE " + where, language=None, wrap_lines=True)
     st.stop()
 
 result = capped.frame

@@ -1,0 +1,82 @@
+"""`trident serve --devices cpu:2` as a terminal runs it: one line once it serves, and a quiet stop.
+
+The server runs in its own process group (as a shell job does), with SIGINT at its default even when
+this test runs under a shell that ignores it (``make test &``). Ctrl-C is SIGINT to the whole group
+(what a terminal sends): the worker processes ignore it and the server drains, stops them and stores
+the run, exit 130. SIGTERM to the server alone, or to the whole group (``kill -TERM -PGID``,
+systemd's stop), exits 0. Never a traceback, never a worker "exited with code" warning, and no
+process of the server outlives it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from children import default_sigint  # noqa: E402  (tests/, on sys.path under pytest)
+
+from tridentcore.store import query_readonly
+
+pytestmark = pytest.mark.slow
+
+READY = re.compile(r"trident serve: ready at (http://127\.0\.0\.1:\d+) \(devices (\S+); models (\S+); policy (\S+);")
+
+
+def _ready_line(err_path: Path, proc: subprocess.Popen, timeout_s: float = 240.0) -> re.Match:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = err_path.read_text(errors="replace")
+        m = READY.search(text)
+        if m:
+            return m
+        if proc.poll() is not None:
+            raise AssertionError(f"trident serve exited ({proc.returncode}) before it was ready:\n{text[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"no ready line within {timeout_s} s:\n{err_path.read_text(errors='replace')[-3000:]}")
+
+
+@pytest.mark.parametrize("how, code", [("ctrl-c", 130), ("sigterm", 0), ("sigterm-group", 0)])
+def test_serve_says_where_it_serves_and_stops_quietly(tmp_path, how, code):
+    db = tmp_path / "serve.duckdb"
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
+                                 "cpu:2", "--port", "0", "--db", str(db)], stdout=o, stderr=e,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=default_sigint)
+    try:
+        m = _ready_line(err, proc)
+        url, devices, models, policy = m.groups()
+        assert (devices, models, policy) == ("cpu:2", "tiny-sd3", "trident")
+        assert httpx.get(url + "/healthz", timeout=10).json()["ok"] is True
+        body = {"prompt": "a red fox", "model": "tiny-sd3", "size": "64x64", "steps": 2, "slo_ms": 10_000_000}
+        assert httpx.post(url + "/v1/images/generations", json=body, timeout=120).status_code == 200
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 2  # the two workers (and multiprocessing's resource tracker)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # the group: the server and its workers, as a terminal does
+        elif how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(120) == code
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    text = err.read_text(errors="replace") + out.read_text(errors="replace")
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert "exited with code" not in text, text[-3000:]
+    assert len(READY.findall(text)) == 1
+    gone = psutil.wait_procs(family, timeout=15)[1]
+    assert not gone, f"still running after the server: {gone}"
+    runs = query_readonly(db, "SELECT run_id, status FROM runs")
+    assert len(runs) == 1 and runs.status[0] == "done"
+    assert len(query_readonly(db, "SELECT 1 FROM requests WHERE run_id = ?", [runs.run_id[0]])) == 1
