@@ -41,8 +41,9 @@ test: $(STAMP)
 # asks for the password in TRIDENT_WORKBENCH_PASSWORD (and shows nothing while that is unset).
 HOST ?= 127.0.0.1
 PORT ?= 8501
+WORKBENCH_ARGS ?=  # more `python -m workbench` flags, e.g. --results-dir DIR
 run: $(STAMP)
-	$(BIN)/python -m workbench --address $(HOST) --port $(PORT)
+	$(BIN)/python -m workbench --address $(HOST) --port $(PORT) $(WORKBENCH_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cost_accuracy.py
