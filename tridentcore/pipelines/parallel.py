@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -238,7 +238,6 @@ def diffuse_parallel(pipe: StagedPipeline, group, call: DiffuseCall | None = Non
     if problems:
         raise DegreeError(f"{pipe.name}: " + "; ".join(problems))
     shape = (call.height, call.width, call.frames)
-    seed: int | Sequence[int] = call.seed
     with sequence_parallel(tr, group if degree > 1 else None):
-        return pipe.diffuse(embeddings, shape, seed=seed, steps=call.steps, guidance=call.guidance,
+        return pipe.diffuse(embeddings, shape, seed=call.seed, steps=call.steps, guidance=call.guidance,
                             start_step=call.start_step, end_step=call.end_step, latents=latents)
