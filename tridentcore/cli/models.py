@@ -37,11 +37,15 @@ def generate(
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:i."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
     fps: int = typer.Option(8, min=1, help="Frames per second of an animation."),
+    degree: int = typer.Option(1, min=1, help="Run the diffuse sequence-parallel (Ulysses) over K local processes: "
+                                              "gloo on cpu, NCCL on cuda (cuda:0..K-1). Transformer models only; K "
+                                              "must divide the attention heads and the image tokens."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Generate one image or animation from a prompt.
 
-    Runs encode -> diffuse -> decode for the prompt and writes the image or animation.
+    Runs encode -> diffuse -> decode for the prompt and writes the image or animation. With
+    --degree K the diffuse runs on K processes (this one the lead, which encodes and decodes).
     """
     setup_logging(verbose)
     quiet_libraries()
@@ -59,11 +63,23 @@ def generate(
         problems = limits.check(height, width, n_frames)
         if problems:
             fail(f"{model}: " + "; ".join(problems))
+        if degree > 1:
+            from ..pipelines.parallel import degree_problems
+
+            problems = degree_problems(pipe, height, width, n_frames, degree)
+            if problems:
+                fail(f"{model}: " + "; ".join(problems))
         t0 = time.perf_counter()
         emb = pipe.encode([prompt], None if negative_prompt is None else [negative_prompt])
         t1 = time.perf_counter()
-        latents = pipe.diffuse(emb, (height, width, n_frames), seed=seed, steps=steps, guidance=guidance)
+        if degree == 1:
+            latents = pipe.diffuse(emb, (height, width, n_frames), seed=seed, steps=steps, guidance=guidance)
+            diffuse_s = time.perf_counter() - t1
+        else:
+            latents, diffuse_s = _diffuse_on_local_group(pipe, model, emb, (height, width, n_frames), seed, steps,
+                                                         guidance, device, dtype, degree)
         t2 = time.perf_counter()
+        group_s = t2 - t1 - diffuse_s
         pixels = pipe.decode(latents)[0]
         t3 = time.perf_counter()
         path = save_output(pixels, out, fps=fps)
@@ -71,8 +87,29 @@ def generate(
         fail(str(exc))
     typer.echo(
         f"wrote {path} ({width}x{height}" + (f", {n_frames} frames" if limits.video else "")
-        + f") encode {1000 * (t1 - t0):.0f} ms, diffuse {1000 * (t2 - t1):.0f} ms, decode {1000 * (t3 - t2):.0f} ms"
+        + f") encode {1000 * (t1 - t0):.0f} ms, diffuse {1000 * diffuse_s:.0f} ms, decode {1000 * (t3 - t2):.0f} ms"
+        + (f" (diffuse at degree {degree}; starting and stopping the members: {group_s:.1f} s)" if degree > 1 else "")
     )
+
+
+def _diffuse_on_local_group(pipe, model, emb, shape, seed, steps, guidance, device, dtype, degree):
+    """The diffuse on ``degree`` local processes (this one the lead): the latents and the diffuse's own
+    seconds (starting and stopping the members not counted)."""
+    import time
+
+    import torch.distributed as dist
+
+    from ..pipelines.parallel import DiffuseCall
+    from ..runtime.local_group import LocalGroup, MemberFailed
+
+    call = DiffuseCall(height=shape[0], width=shape[1], frames=shape[2], seed=seed, steps=steps, guidance=guidance)
+    try:
+        with LocalGroup(model, device, dtype, degree) as group:
+            t0 = time.perf_counter()
+            latents = group.diffuse(pipe, call, emb)
+            return latents, time.perf_counter() - t0
+    except (MemberFailed, dist.DistError) as exc:
+        fail(f"the diffuse at degree {degree} failed: {exc}")
 
 
 def profile(

@@ -100,6 +100,11 @@ class StagedPipeline:
         multiple = max(16, self.vae_scale * 2)
         return ModelLimits(min_size=multiple * 2, max_size=MAX_SIDE_PX, size_multiple=multiple, video=False)
 
+    def image_tokens(self, height: int, width: int, frames: int = 1) -> int | None:
+        """The latent tokens the denoiser attends over for one request of this size (what a
+        sequence-parallel diffuse splits across its members); None for a UNet, which has none."""
+        return None
+
     def modules(self) -> dict[str, list[torch.nn.Module]]:
         """The modules each stage needs resident: what placing or evicting a stage moves."""
         enc = [m for k, m in self.pipe.components.items() if k.startswith("text_encoder") and m is not None]

@@ -15,6 +15,9 @@ class FluxStaged(StagedPipeline):
     cfg = False  # guidance-distilled: one forward per step, guidance is an input
     default_guidance = 3.5
 
+    def image_tokens(self, height, width, frames=1):
+        return (height // (self.vae_scale * 2)) * (width // (self.vae_scale * 2))  # packed 2x2 latents
+
     def _encode(self, prompts, negatives):
         pe, ppe, _text_ids = self.pipe.encode_prompt(
             prompt=prompts, prompt_2=None, device=self.device, num_images_per_prompt=1,

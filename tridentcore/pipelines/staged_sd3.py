@@ -13,6 +13,10 @@ class SD3Staged(StagedPipeline):
     family = "sd3"
     default_guidance = 7.0
 
+    def image_tokens(self, height, width, frames=1):
+        patch = self.vae_scale * int(self.pipe.transformer.config.patch_size)
+        return (height // patch) * (width // patch)
+
     def _encode(self, prompts, negatives):
         pe, npe, ppe, nppe = self.pipe.encode_prompt(
             prompt=prompts, prompt_2=None, prompt_3=None, negative_prompt=negatives,

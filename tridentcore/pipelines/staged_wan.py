@@ -26,6 +26,11 @@ class WanStaged(StagedPipeline):
         return ModelLimits(min_size=multiple * 2, max_size=1280, size_multiple=multiple, video=True,
                            frames_multiple=t, max_frames=129, max_prompt_tokens=512)
 
+    def image_tokens(self, height, width, frames=1):
+        pt, ph, pw = (int(p) for p in self.pipe.transformer.config.patch_size)
+        lat_frames = (frames - 1) // int(self.pipe.vae_scale_factor_temporal) + 1
+        return (lat_frames // pt) * (height // self.vae_scale // ph) * (width // self.vae_scale // pw)
+
     def _encode(self, prompts, negatives):
         pe, npe = self.pipe.encode_prompt(
             prompt=prompts, negative_prompt=negatives, do_classifier_free_guidance=True,
