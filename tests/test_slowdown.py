@@ -156,7 +156,7 @@ SMALL = {"model": "tiny-sd3", "prompt": "a red cube", "size": "64x64", "steps": 
 LARGE = {"model": "tiny-sd3", "prompt": "a red cube", "size": "128x128", "steps": 8}
 
 
-def _slowed_burst(policy: str, n: int = 16, warm: int = 2, bursts: int = 2) -> tuple[list[int], int, dict]:
+def _slowed_burst(policy: str, n: int = 16, warm: int = 2, bursts: int = 3) -> tuple[list[int], int, dict]:
     """A server on ``cpu:2 --slowdown 3``; ``warm`` rounds of one request of each class at a time (with a
     deadline they always meet) teach the calibration the slower devices, then ``bursts`` bursts of ``n``,
     small and large requests in turn (one burst after the other has been answered), under the default
@@ -185,12 +185,13 @@ def test_trident_serves_a_slowed_burst_and_meets_at_least_as_many_slos_as_pipeli
     comparison says nothing. The bursts mix two classes (64 px at 4 steps, 128 px at 8): a burst of
     one class is served first come, first served by both policies alike (level within noise on a
     shared host), a mixed one shows what ordering by deadline and setting hopeless requests aside
-    gains (simulated with the same classes and the cpu profile: 16 of 32 met against 12)."""
+    gains (simulated with the same classes and the cpu profile: 16 of 32 met against 12). Three
+    bursts per policy, so that a busy host's noise (a request or two per burst) does not decide it."""
     results = {policy: _slowed_burst(policy) for policy in ("trident", "pipeline-static:degree=1")}
     met = {policy: got[1] for policy, got in results.items()}
-    print(f"in-SLO of 2 x 16 at --slowdown {K:g}: {met}")
+    print(f"in-SLO of 3 x 16 at --slowdown {K:g}: {met}")
     for policy, (codes, _, cluster) in results.items():
-        assert codes == [200] * 32, (policy, codes)
+        assert codes == [200] * 48, (policy, codes)
         assert [d["slowdown"] for d in cluster["devices"]] == [K, K]
         # the calibration saw the slower devices: its factors are about K x what this host takes over the
         # shipped cpu profile (loose bounds: the host's own factor varies with its load)
