@@ -55,7 +55,8 @@ import torch.distributed as dist
 from .parallel_sd3 import SD3_PLAN, sd3_problems, swap_sd3_processors
 from .staged_base import Embeddings, StagedPipeline
 
-__all__ = ["DegreeError", "DiffuseCall", "backend_for", "degree_problems", "diffuse_parallel", "sequence_parallel"]
+__all__ = ["DegreeError", "DiffuseCall", "agree", "backend_for", "degree_problems", "diffuse_parallel", "sequence_parallel",
+           "transformer_of"]
 
 _LATENTS = "__latents__"  # the resumed latents travel with the embeddings under this key
 
@@ -103,6 +104,19 @@ def _plan(transformer: torch.nn.Module | None) -> _Plan | None:
 
 def _transformer(pipe: StagedPipeline) -> torch.nn.Module | None:
     return getattr(pipe.pipe, "transformer", None)
+
+
+def transformer_of(pipe: StagedPipeline) -> torch.nn.Module | None:
+    """The denoiser :func:`sequence_parallel` wraps (None for a UNet pipeline)."""
+    return _transformer(pipe)
+
+
+def agree(group, flag: bool, device: torch.device) -> bool:
+    """The lead's (group rank 0) ``flag`` on every member: collective, one small broadcast. A serving
+    worker's step loop calls it at each step boundary so that every member stops at the same step."""
+    box = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.broadcast(box, group=group, group_src=0)
+    return bool(box.item())
 
 
 def degree_problems(pipe: StagedPipeline, height: int, width: int, frames: int, degree: int,

@@ -48,6 +48,7 @@ from .devices import (DEVICE_FORMS, DeviceSpec, SetupError, gpu_kind_of, host_me
 from .engine import Engine, EngineConfig
 from .group import EngineGroup
 from .models import ModelEntry, emulated_entry, video_models
+from .parallel_worlds import WorldKeys
 from .workers import CpuWorker, EmulatedWorker, WorkerPool
 
 __all__ = ["BACKENDS", "DEVICE_FORMS", "DeviceSpec", "Part", "Runtime", "SetupError", "build_runtime", "gpu_kind_of",
@@ -176,9 +177,9 @@ def _workers(part: Part, backend: str, threads: int, ray_address: str | None, sl
         return WorkerPool([EmulatedWorker(g.id) for g in dev.cluster.gpus])
     if dev.kind == "cuda":
         return WorkerPool([CpuWorker(g.id, part.models, threads=threads, device=f"cuda:{dev.indices[g.id]}",
-                                     sources=sources) for g in dev.cluster.gpus])
+                                     sources=sources) for g in dev.cluster.gpus], worlds=WorldKeys())
     return WorkerPool([CpuWorker(g.id, part.models, threads=threads, sources=sources, slowdown=slowdown)
-                       for g in dev.cluster.gpus])
+                       for g in dev.cluster.gpus], worlds=WorldKeys())
 
 
 def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_POLICY, *, profile: str | None = None,

@@ -60,6 +60,7 @@ from . import stored, views
 from .api import Accepted, EngineConfig, Outcome, Refused, Submission
 from .artifacts import ArtifactCache
 from .clock import EngineClock
+from .parallel_worlds import MemberSet
 from .workers import StageResult, StageTask, WorkerPool, failure
 
 __all__ = ["Accepted", "Engine", "EngineConfig", "Outcome", "PolicyBug", "Refused", "Submission"]
@@ -316,6 +317,8 @@ class Engine:
 
     # ------------------------------------------------------------------------------ workers
     def _worker_lost(self, slot: int, reason: str) -> None:
+        if getattr(self.workers, "worlds", None) is not None:
+            self.workers.worlds.forget([slot])  # its worlds are broken; the next parallel dispatch meets afresh
         self._post(WorkerLost(slot, reason))
 
     def _worker_restored(self, slot: int) -> None:
@@ -417,6 +420,10 @@ class Engine:
             resident=tuple(sorted(self.state.resident[a.gpus[0]])),
         )
         worker = self.workers[a.gpus[0]]
+        keys = getattr(self.workers, "worlds", None)
+        if keys is not None and a.stage == StageKind.DIFFUSE and len(a.gpus) > 1:  # sequence-parallel
+            worker = MemberSet([self.workers[g] for g in a.gpus], keys,
+                               [tuple(sorted(self.state.resident[g])) for g in a.gpus])
         self._tasks[run.id] = asyncio.get_running_loop().create_task(self._run(run.id, worker, task))
 
     def _emulated_s(self, started: Started) -> float:

@@ -65,6 +65,9 @@ class WorkerPool:
     """The workers of a run, indexed by device slot (= GPU id in the cluster)."""
 
     workers: list[Worker] = field(default_factory=list)
+    # local worker processes (cpu, cuda): a diffuse on k > 1 of them runs sequence-parallel, its
+    # members meeting through this (``parallel_worlds``); None: a multi-device dispatch runs on its lead
+    worlds: object = None
 
     def __getitem__(self, slot: int) -> Worker:
         return self.workers[slot]
@@ -73,6 +76,8 @@ class WorkerPool:
         return len(self.workers)
 
     async def start(self) -> None:
+        if self.worlds is not None:
+            self.worlds.start()
         # processes import torch and build pipelines: start them together
         await asyncio.gather(*(w.start() for w in self.workers))
 

@@ -40,6 +40,8 @@ class StageTask:
     # testing aid (``trident serve --inject-oom``): "oom" makes the worker fail this task with a real
     # allocation failure (a CPU process asks torch's allocator for more than any address space)
     fault: str = ""
+    # a diffuse on k > 1 local workers: this member's world (``parallel_worlds.WorldSpec``); None: alone
+    world: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,7 @@ class StageResult:
     oom: bool = False
     lost: bool = False
     wall_s: float = 0.0
+    degree: int = 1  # a diffuse: the members it ran sequence-parallel over (1: alone)
 
     @property
     def ok(self) -> bool:

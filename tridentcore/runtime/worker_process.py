@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from ..core.types import StageKind
+from .parallel_worlds import Worlds
 from .residency import Residency
 from .tasks import ModelCard, StageResult, StageTask, failure, is_oom
 
@@ -25,14 +26,15 @@ def _slice(value, i: int):
 
 
 def run_task(pipes: dict, cards: dict, task: StageTask, stop_flag, residency: Residency | None = None,
-             slowdown: float = 1.0) -> StageResult:
+             slowdown: float = 1.0, worlds=None) -> StageResult:
     """Run one task inside a worker process (torch imported there); an allocation failure comes back as
     a value (``oom``), which the engine reports to the policy as ``StageFailed(oom=True)``.
-    ``slowdown``: take that many times the computed time (the module's docstring)."""
+    ``slowdown``: take that many times the computed time (the module's docstring). ``worlds``: the
+    process's :class:`~.parallel_worlds.Worlds` (a diffuse with ``task.world`` runs sequence-parallel)."""
     try:
         if residency is not None:
             residency.sync(task)
-        return _execute_stage(pipes, task, stop_flag, slowdown)
+        return _execute_stage(pipes, task, stop_flag, slowdown, worlds)
     except Exception as exc:  # noqa: BLE001 - only allocation failures are values here; the rest propagate
         if not is_oom(exc):
             raise
@@ -55,7 +57,7 @@ def _slow(slowdown: float, since: float) -> None:
         time.sleep((slowdown - 1.0) * (time.perf_counter() - since))
 
 
-def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.0) -> StageResult:
+def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.0, worlds=None) -> StageResult:
     import torch
 
     from ..pipelines.media import encode_animation, encode_image
@@ -77,35 +79,7 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.
         _slow(slowdown, t0)
         return StageResult(0, outputs, wall_s=time.perf_counter() - t0)
     if task.stage == StageKind.DIFFUSE:
-        # requests of one batch share model and shape; guidance may differ: one sub-batch per value
-        groups: dict[float | None, list[int]] = {}
-        for i, g in enumerate(task.guidances):
-            groups.setdefault(g, []).append(i)
-        state = []
-        for g, idx in groups.items():
-            embs = [task.inputs[i][0] for i in idx]
-            emb = {k: torch.cat([e[k] for e in embs]).to(dev) for k in embs[0]}
-            lat = None
-            if task.start_step > 0:
-                lat = torch.cat([task.inputs[i][1] for i in idx]).to(dev)
-            state.append([g, idx, emb, lat])
-        reached = task.start_step
-        shape = (task.height, task.width, task.frames)
-        for step in range(task.start_step, task.end_step):
-            t_step = time.perf_counter()
-            for entry in state:
-                g, idx, emb, lat = entry
-                entry[3] = pipe.diffuse(emb, shape, seed=[task.seeds[i] for i in idx], steps=task.steps,
-                                        guidance=g, start_step=step, end_step=step + 1, latents=lat)
-            _slow(slowdown, t_step)  # per step: a preemption still stops the slower device at a boundary
-            reached = step + 1
-            if stop_flag.value == task.dispatch_id and reached < task.end_step:
-                break
-        outputs: list = [None] * n
-        for g, idx, emb, lat in state:
-            for j, i in enumerate(idx):
-                outputs[i] = out(_slice(lat, j))
-        return StageResult(reached, tuple(outputs), wall_s=time.perf_counter() - t0)
+        return _diffuse(pipe, task, stop_flag, slowdown, worlds, t0, out)
     latents = torch.cat(list(task.inputs))
     pixels = out(pipe.decode(latents, tiled=task.tiled))
     media = []
@@ -115,6 +89,78 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.
                      else encode_image(arr[0] if arr.ndim == 4 else arr, "PNG"))
     _slow(slowdown, t0)
     return StageResult(0, tuple(media), wall_s=time.perf_counter() - t0)
+
+
+def _diffuse(pipe, task: StageTask, stop_flag, slowdown: float, worlds, t0: float, out) -> StageResult:
+    """The diffuse of one dispatch, step by step (a stop is checked at each boundary); with
+    ``task.world``, this process is one member of a sequence-parallel group (``parallel_worlds``):
+    every member runs the same steps on its share of the tokens, the lead decides each stop and
+    broadcasts it, and only the lead returns latents. A degree the shape or the model cannot take
+    (a UNet, indivisible tokens or heads) runs on the lead alone: every member sees the same task, so
+    all decide that alike, without a collective."""
+    import contextlib
+
+    import torch
+
+    dev = pipe.device
+    n = len(task.request_ids)
+    # requests of one batch share model and shape; guidance may differ: one sub-batch per value
+    groups: dict[float | None, list[int]] = {}
+    for i, g in enumerate(task.guidances):
+        groups.setdefault(g, []).append(i)
+    state = []
+    for g, idx in groups.items():
+        embs = [task.inputs[i][0] for i in idx]
+        emb = {k: torch.cat([e[k] for e in embs]).to(dev) for k in embs[0]}
+        lat = None
+        if task.start_step > 0:
+            lat = torch.cat([task.inputs[i][1] for i in idx]).to(dev)
+        state.append([g, idx, emb, lat])
+    spec, group, lead = task.world, None, True
+    split = contextlib.nullcontext()
+    if spec is not None and len(spec.members) > 1:
+        from ..pipelines.parallel import degree_problems, sequence_parallel, transformer_of
+
+        lead = spec.rank == 0
+        text = state[0][2].get("prompt_embeds")
+        if degree_problems(pipe, task.height, task.width, task.frames, len(spec.members),
+                           None if text is None else int(text.shape[1])):
+            if not lead:
+                return StageResult(task.start_step, (), wall_s=time.perf_counter() - t0)  # the lead runs it alone
+        else:
+            group = worlds.join(spec, dev)
+            split = sequence_parallel(transformer_of(pipe), group)
+    reached = task.start_step
+    shape = (task.height, task.width, task.frames)
+    try:
+        with split:
+            for step in range(task.start_step, task.end_step):
+                t_step = time.perf_counter()
+                for entry in state:
+                    g, idx, emb, lat = entry
+                    entry[3] = pipe.diffuse(emb, shape, seed=[task.seeds[i] for i in idx], steps=task.steps,
+                                            guidance=g, start_step=step, end_step=step + 1, latents=lat)
+                _slow(slowdown, t_step)  # per step: a preemption still stops the slower device at a boundary
+                reached = step + 1
+                stop = stop_flag.value == task.dispatch_id and reached < task.end_step
+                if group is not None and reached < task.end_step:
+                    from ..pipelines.parallel import agree
+
+                    stop = agree(group, stop, dev)
+                if stop:
+                    break
+    except BaseException:
+        if group is not None:
+            worlds.leave()  # a broken world is abandoned (the engine forgets its key too)
+        raise
+    if not lead:
+        return StageResult(reached, (), wall_s=time.perf_counter() - t0)
+    outputs: list = [None] * n
+    for g, idx, emb, lat in state:
+        for j, i in enumerate(idx):
+            outputs[i] = out(_slice(lat, j))
+    return StageResult(reached, tuple(outputs), wall_s=time.perf_counter() - t0,
+                       degree=1 if group is None else len(spec.members))
 
 
 def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
@@ -182,6 +228,7 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
     try:
         pipes, cards = load_pipelines(models, threads, device, sources)
         residency = Residency(pipes, device) if device.startswith("cuda") else None
+        worlds = Worlds()
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which gives up on this slot
         conn.send(("broken", slot, f"{type(exc).__name__}: {exc}"))
         return
@@ -196,7 +243,7 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
         task: StageTask = msg[1]
         try:
             with torch.inference_mode():
-                result = run_task(pipes, cards, task, stop_flag, residency, slowdown)
+                result = run_task(pipes, cards, task, stop_flag, residency, slowdown, worlds)
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
             result = failure(exc)
         try:

@@ -1,0 +1,145 @@
+"""A diffuse dispatched on k > 1 `cpu:N` devices runs sequence-parallel over exactly those k worker
+processes (issue 13; `tridentcore/runtime/parallel_worlds.py`).
+
+tiny-flux at 64x64 (16 image tokens, 2 heads) divides by 2. The image must equal degree 1's (the
+split changes float rounding only); the response's stage timings name both devices; a member
+SIGKILLed mid-diffuse fails the dispatch, the request is retried and finishes, and nothing hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import signal
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("torch")
+
+from tridentcore.core.types import Shape  # noqa: E402
+from tridentcore.runtime.api import Submission  # noqa: E402
+from tridentcore.runtime.build import build_runtime  # noqa: E402
+
+LONG_SLO_S = 10_000.0
+
+
+def _pixels(png: bytes):
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+
+def run(coro, timeout_s: float):
+    return asyncio.run(asyncio.wait_for(coro, timeout_s))
+
+
+async def _serve_one(policy: str, steps: int = 4, seed: int = 3):
+    rt = build_runtime("tiny-flux", "cpu:2", policy, strict=True)
+    await rt.start()
+    e = rt.engine
+    try:
+        rid = e.submit([Submission("tiny-flux", "a red cube", Shape(64, 64, 1, steps), seed=seed,
+                                   slo_s=LONG_SLO_S)]).ids[0]
+        out = await e.wait(rid, 120)
+        return out, list(e.spans), e.workers.worlds
+    finally:
+        await e.shutdown(5)
+
+
+def test_pipeline_static_degree_2_runs_the_diffuse_on_both_workers_and_gives_degree_1s_image():
+    two, spans2, worlds = run(_serve_one("pipeline-static:degree=2"), 240)
+    one, spans1, _ = run(_serve_one("pipeline-static:degree=1"), 240)
+    assert two.state == one.state == "done"
+    assert [(s.stage, s.gpus) for s in spans2] == [("encode", (0, 1)), ("diffuse", (0, 1)), ("decode", (0, 1))]
+    assert [s.gpus for s in spans1] == [(0,), (0,), (0,)]
+    assert worlds.parallel_runs == 1 and worlds.meetings == 1  # it really ran split, not on the lead alone
+    diff = np.abs(_pixels(two.result) - _pixels(one.result)).mean()
+    assert diff <= 1.0, diff
+
+
+def test_a_replica_meets_once_and_a_preempted_parallel_diffuse_stops_on_every_member():
+    async def main():
+        rt = build_runtime("tiny-flux", "cpu:2", "pipeline-static:degree=2", strict=True)
+        await rt.start()
+        e = rt.engine
+        try:
+            ids = [e.submit([Submission("tiny-flux", "x", Shape(64, 64, 1, 3), seed=s, slo_s=LONG_SLO_S)]).ids[0]
+                   for s in range(2)]
+            await asyncio.gather(*(e.wait(r, 120) for r in ids))
+            assert e.workers.worlds.meetings == 1 and e.workers.worlds.parallel_runs == 2
+            long = e.submit([Submission("tiny-flux", "x", Shape(128, 128, 1, 400), seed=9, slo_s=LONG_SLO_S)]).ids[0]
+            for _ in range(2000):
+                if e.describe(long)["state"] == "diffusing":
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.3)
+            assert e.cancel(long)
+            await e.wait(long, 60)
+            # both members stopped at the lead's step: the next request runs at once on the same world
+            after = e.submit([Submission("tiny-flux", "x", Shape(64, 64, 1, 2), seed=1, slo_s=LONG_SLO_S)]).ids[0]
+            out = await e.wait(after, 60)
+            return e, long, out
+        finally:
+            await e.shutdown(5)
+
+    e, long, out = run(main(), 300)
+    assert out.state == "done"
+    diffuse = [s for s in e.spans if s.request_id == long and s.stage == "diffuse"]
+    assert diffuse and diffuse[0].outcome == "preempted" and diffuse[0].end_step < 400
+    assert e.workers.worlds.parallel_runs == 4
+
+
+def test_a_member_killed_mid_diffuse_fails_the_dispatch_and_the_request_is_retried():
+    async def main():
+        rt = build_runtime("tiny-flux", "cpu:2", "pipeline-static:degree=2", strict=True)
+        await rt.start()
+        e = rt.engine
+        try:
+            rid = e.submit([Submission("tiny-flux", "x", Shape(128, 128, 1, 300), seed=4, slo_s=LONG_SLO_S)]).ids[0]
+            for _ in range(3000):
+                r = e.view.running_on(1)
+                if r is not None and r.action.stage == "diffuse":
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError("no diffuse ever ran")
+            await asyncio.sleep(0.2)
+            os.kill(e.workers[1].pid, signal.SIGKILL)  # the member (not the lead), a process this test started
+            out = await e.wait(rid, 240)
+            return e, out
+        finally:
+            await e.shutdown(5)
+
+    e, out = run(main(), 400)
+    assert out.state == "done", out.reason
+    outcomes = [(s.stage, s.outcome, s.gpus) for s in e.spans if s.stage == "diffuse"]
+    assert outcomes[0] == ("diffuse", "failed", (0, 1)) and outcomes[-1] == ("diffuse", "done", (0, 1)), outcomes
+    assert e.workers[1].restarts == 1
+    assert e.workers.worlds.meetings == 2  # the broken world was abandoned, the retry met afresh
+
+
+@pytest.mark.slow
+def test_trident_serve_degree_2_names_both_devices_and_serves_degree_1s_image():
+    import httpx
+
+    from tridentcore.bench.launch import start_server
+
+    body = {"prompt": "a red fox in snow", "model": "tiny-flux", "size": "64x64", "steps": 4, "seed": 11,
+            "slo_ms": 10_000_000}
+    images, devices = {}, {}
+    for degree in (2, 1):
+        server = start_server(["--models", "tiny-flux", "--devices", "cpu:2", "--policy",
+                               f"pipeline-static:degree={degree}"], timeout_s=180)
+        try:
+            with httpx.Client(base_url=server.url, timeout=120) as client:
+                resp = client.post("/v1/images/generations", json=body)
+                assert resp.status_code == 200, resp.text
+                images[degree] = _pixels(base64.b64decode(resp.json()["data"][0]["b64_json"]))
+                devices[degree] = {s["stage"]: s["devices"] for s in resp.json()["timings"][0]["stages"]}
+        finally:
+            assert server.stop() == 0
+    assert devices[2]["diffuse"] == [0, 1] and devices[1]["diffuse"] == [0]
+    assert np.abs(images[2] - images[1]).mean() <= 1.0

@@ -1,0 +1,181 @@
+"""A diffuse dispatched on k > 1 local worker processes (``cpu:N``, ``cuda:...``) runs sequence-parallel
+(Ulysses, :mod:`tridentcore.pipelines.parallel`) over exactly those k processes.
+
+**One short-lived world per member set, not one world with every group made up front.** A process
+group's ``new_group`` is collective over the whole default world, so a world of all N workers would
+have to create, at start-up, a group for every device set a policy may pick (every subset of size
+2, 4, 8 of a node: 99 groups on 8 devices), and rebuild all of it, on every worker, whenever one
+worker dies. Instead the members of a dispatch meet in a torch.distributed world of their own:
+gloo (NCCL on CUDA) through ``PrefixStore(key, TCPStore)`` on 127.0.0.1, the store served by the
+engine's process on a free port (:class:`WorldKeys`). A world is named by a key the engine hands
+out; the members keep it after the dispatch, and the next dispatch on the same member set reuses
+it when every member still holds that key, so a replica that runs request after request on one set
+(``pipeline-static:degree=k``) meets once. Any set of devices can meet, so the policies need no
+aligned blocks, and simulated and live clusters choose device sets alike. A world that broke (a
+member died, a collective timed out) is simply abandoned: its keys are forgotten here and the
+members tear it down on their side (:class:`Worlds`), and the next dispatch meets afresh.
+
+The price, measured on the reference machine (2 cores, gloo, 127.0.0.1): a fresh meeting of two
+members takes a few milliseconds (README, "Live serving").
+
+Every collective has a timeout (``DEFAULT_PARALLEL_TIMEOUT_S``): a member whose peer died mid-step
+fails at once (gloo sees the closed socket), and one waiting for a peer that never arrives fails
+after the timeout; neither hangs.
+
+Each member gets the same :class:`~tridentcore.runtime.tasks.StageTask` (its inputs are
+shared-memory handles, so the encode output reaches every member without a copy) with its own
+:class:`WorldSpec`; the lead (the dispatch's first device, rank 0) returns the latents, the others
+an acknowledgement. The lead decides at every step boundary whether to stop (a preemption or a
+cancellation reaches only its flag) and broadcasts the decision, so every member stops at the same
+step (``worker_process``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+
+from .pool import Worker
+from .tasks import StageResult, StageTask
+
+__all__ = ["DEFAULT_PARALLEL_TIMEOUT_S", "MemberSet", "WorldKeys", "WorldSpec", "Worlds"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PARALLEL_TIMEOUT_S = 60.0  # a member waits this long for a peer (meeting or collective)
+_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class WorldSpec:
+    """Which world a member of a parallel dispatch joins, and as which rank."""
+
+    key: str  # unique per world: members holding the same key are in one world
+    members: tuple[int, ...]  # device slots, the lead first (rank = index)
+    rank: int
+    port: int  # the engine's TCPStore on 127.0.0.1
+    timeout_s: float = DEFAULT_PARALLEL_TIMEOUT_S
+
+
+class WorldKeys:
+    """The engine's side: the store the members meet through, and which world each slot holds."""
+
+    def __init__(self, timeout_s: float = DEFAULT_PARALLEL_TIMEOUT_S) -> None:
+        self.timeout_s = timeout_s
+        self.store = None
+        self.meetings = 0  # fresh worlds handed out (reuses not counted)
+        self.parallel_runs = 0  # dispatches that ran sequence-parallel (the rest ran on their lead alone)
+        self._held: dict[int, str] = {}  # slot -> key of the world it holds
+        self._members: dict[str, tuple[int, ...]] = {}
+        self._ids = itertools.count()
+
+    def start(self) -> None:
+        import torch.distributed as dist
+
+        if self.store is None:
+            self.store = dist.TCPStore(_HOST, 0, None, is_master=True, timeout=timedelta(seconds=self.timeout_s),
+                                       wait_for_workers=False)
+
+    @property
+    def port(self) -> int:
+        if self.store is None:
+            raise RuntimeError("WorldKeys.start() first")
+        return self.store.port
+
+    def specs(self, members: Sequence[int]) -> list[WorldSpec]:
+        """One spec per member of a dispatch on ``members`` (lead first): the world they all hold, or a new one."""
+        members = tuple(members)
+        key = self._held.get(members[0])
+        if key is None or self._members.get(key) != members or any(self._held.get(s) != key for s in members):
+            key = f"w{next(self._ids)}"
+            self.meetings += 1
+            self._members[key] = members
+            for s in members:
+                self._drop(s)
+                self._held[s] = key
+        return [WorldSpec(key, members, r, self.port, self.timeout_s) for r in range(len(members))]
+
+    def forget(self, slots: Sequence[int]) -> None:
+        """The worlds of ``slots`` are broken (a member lost, a dispatch failed): nobody reuses them."""
+        for s in slots:
+            key = self._held.get(s)
+            for m in self._members.pop(key, ()) if key is not None else ():
+                if self._held.get(m) == key:
+                    del self._held[m]
+            self._held.pop(s, None)
+
+    def _drop(self, slot: int) -> None:
+        key = self._held.pop(slot, None)
+        if key is not None and not any(k == key for k in self._held.values()):
+            self._members.pop(key, None)
+
+
+class MemberSet(Worker):
+    """The members of one parallel dispatch, run as one: every member gets the task with its world;
+    the lead's result is the dispatch's (any member failing fails it)."""
+
+    def __init__(self, workers: Sequence[Worker], keys: WorldKeys,
+                 resident: Sequence[tuple[tuple[str, str], ...]] | None = None) -> None:
+        self.workers = tuple(workers)
+        self.keys = keys
+        self.resident = tuple(resident) if resident is not None else None  # per member (a GPU keeps its own)
+        self.slot = self.workers[0].slot
+        self.kind = self.workers[0].kind
+
+    async def run(self, task: StageTask) -> StageResult:
+        specs = self.keys.specs([w.slot for w in self.workers])
+        tasks = [replace(task, world=s) if self.resident is None else replace(task, world=s, resident=self.resident[i])
+                 for i, s in enumerate(specs)]
+        results = await asyncio.gather(*(w.run(t) for w, t in zip(self.workers, tasks)))
+        bad = [r for r in results if not r.ok]
+        if bad:
+            self.keys.forget([w.slot for w in self.workers])
+            lost = [r for r in bad if r.lost]
+            first = (lost or bad)[0]
+            return StageResult(error=first.error or "a member of the group failed", oom=any(r.oom for r in bad),
+                               lost=bool(lost))
+        lead = results[0]
+        if lead.degree > 1:
+            self.keys.parallel_runs += 1
+        else:
+            logger.warning("dispatch %d on devices %s ran on its lead alone: %s at %dx%dx%d cannot split %d ways",
+                           task.dispatch_id, ",".join(map(str, specs[0].members)), task.model, task.width,
+                           task.height, task.frames, len(specs))
+        return lead
+
+
+class Worlds:
+    """A worker process's side: the world it holds now (one at most), joined and left on demand."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self._stores: dict[int, object] = {}
+
+    def join(self, spec: WorldSpec, device):
+        """The group of ``spec``'s world (this process's default world), met afresh unless already held."""
+        import torch.distributed as dist
+
+        from ..pipelines.parallel import backend_for
+
+        if self.key == spec.key and dist.is_initialized():
+            return dist.group.WORLD
+        self.leave()
+        timeout = timedelta(seconds=spec.timeout_s)
+        base = self._stores.get(spec.port)
+        if base is None:
+            base = self._stores[spec.port] = dist.TCPStore(_HOST, spec.port, None, is_master=False, timeout=timeout)
+        dist.init_process_group(backend_for(device), store=dist.PrefixStore(spec.key, base), rank=spec.rank,
+                                world_size=len(spec.members), timeout=timeout)
+        self.key = spec.key
+        return dist.group.WORLD
+
+    def leave(self) -> None:
+        import torch.distributed as dist
+
+        self.key = None
+        if dist.is_initialized():
+            dist.destroy_process_group()
