@@ -143,3 +143,32 @@ def test_trident_serve_degree_2_names_both_devices_and_serves_degree_1s_image():
             assert server.stop() == 0
     assert devices[2]["diffuse"] == [0, 1] and devices[1]["diffuse"] == [0]
     assert np.abs(images[2] - images[1]).mean() <= 1.0
+
+
+def test_pipeline_static_runs_a_stage_lost_with_a_worker_again_on_its_replica_once_it_is_whole():
+    """Pure scenario (no processes): the diffuse on replica (0, 1) dies with worker 1; nothing starts
+    while the replica is short of a GPU; when it is back, the diffuse starts again there from the
+    step it had reached, and an out-of-memory failure still fails the request."""
+    from tridentcore.core.cluster import parse_cluster
+    from tridentcore.core.driver import Completed, DriverCore
+    from tridentcore.core.events import RequestArrived, WorkerLost, WorkerRestored
+    from tridentcore.core.policy import make_policy
+    from tridentcore.core.workload import RequestSpec
+    from tridentcore.profiles import load_profile
+
+    cost = load_profile("cpu").cost_model()
+    core = DriverCore(parse_cluster("1x2xcpu", {"cpu": 8.0}), cost, make_policy("pipeline-static:degree=2"),
+                      gpu_kind="cpu")
+    core.start(["tiny-flux"], None, 0.0)
+    shape = Shape(64, 64, 1, 10)
+    (enc,) = core.step(RequestArrived(RequestSpec(0, "tiny-flux", "x", shape, 1, None, LONG_SLO_S, 0.0)), 0.0).started
+    (dif,) = core.step(Completed(enc.run.id), 0.1).started
+    assert dif.run.action.gpus == (0, 1)
+    lost = core.step(WorkerLost(1, "killed"), 0.2)
+    assert lost.started == [] and core.view.request(0).state.value == "encoded"
+    (again,) = core.step(WorkerRestored(1), 0.5).started
+    assert (again.run.action.stage, again.run.action.gpus, again.run.action.start_step) == ("diffuse", (0, 1), 0)
+    (dec,) = core.step(Completed(again.run.id), 0.6).started
+    core.step(Completed(dec.run.id), 0.7)
+    assert core.view.request(0).state.value == "done"
+    assert [s.outcome for s in core.recorder.spans if s.stage == "diffuse"] == ["failed", "done"]

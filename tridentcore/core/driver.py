@@ -229,7 +229,7 @@ class DriverCore:
         out.ended.extend(a.request_ids)
         return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end, preempted, predicted, measured)
 
-    def _failed(self, run: Running, reason: str, oom: bool, now: float, out: Effects) -> StageFailed:
+    def _failed(self, run: Running, reason: str, oom: bool, now: float, out: Effects, lost: bool = False) -> StageFailed:
         """A running dispatch failed: its requests go back to waiting, or fail after ``max_attempts``."""
         state, a = self.state, run.action
         give_up = set()
@@ -244,14 +244,14 @@ class DriverCore:
             if rid in give_up and not state.requests[rid].state.terminal:
                 state.end_request(rid, RequestState.FAILED, now,
                                   f"{a.stage} failed {self.max_attempts} times; last: {reason}")
-        return StageFailed(run.id, a.stage, a.request_ids, a.gpus, reason, oom)
+        return StageFailed(run.id, a.stage, a.request_ids, a.gpus, reason, oom, lost)
 
     def _lost(self, gpu: int, reason: str, now: float, out: Effects) -> list[Event]:
         state = self.state
         events: list[Event] = []
         did = state.busy[gpu]
         if did is not None and did in state.running:
-            events.append(self._failed(state.running[did], f"worker {gpu} lost: {reason}", False, now, out))
+            events.append(self._failed(state.running[did], f"worker {gpu} lost: {reason}", False, now, out, lost=True))
         if state.alive[gpu]:
             for (model, stage), gib in sorted(state.resident[gpu].items()):
                 self.recorder.placement(PlacementRow(now, gpu, model, stage, "evict", gib))

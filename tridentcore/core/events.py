@@ -44,6 +44,7 @@ class StageFailed:
     gpus: tuple[int, ...]
     reason: str
     oom: bool = False
+    lost: bool = False  # it died with a worker (one of its GPUs was lost), not of its own doing
 
 
 @dataclass(frozen=True, slots=True)

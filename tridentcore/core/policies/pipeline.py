@@ -12,6 +12,12 @@ for its whole pipeline. Requests that do not fit the idle GPUs are passed over b
 
 Neither batches, and neither checks memory before starting: an out-of-memory error fails the
 request (counted, not hidden). Stages never share a GPU.
+
+A stage lost with its worker (a process killed mid-stage, a member of a sequence-parallel diffuse
+included) is not the request's fault: ``pipeline-static`` keeps the replica for the request and
+runs the stage again there once every GPU of the replica is back (a diffuse from the step it had
+reached); the driver's retry cap (``DEFAULT_MAX_ATTEMPTS``) still ends it. ``pipeline-dynamic``
+fails it, as before.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from ..events import Action, Dispatch, Fail, RequestArrived, StageFailed, StageFinished
+from ..events import Action, Dispatch, Fail, RequestArrived, StageFailed, StageFinished, WorkerRestored
 from ..policy import Policy, PolicyError, register
 from ..state import ClusterView
 from ..types import StageKind
@@ -58,6 +64,7 @@ class PipelineStatic(_PipelineBase):
         self.queues: list[deque[int]] = [deque() for _ in self.replicas]
         self.queued_s = [0.0] * len(self.replicas)  # predicted work waiting per replica
         self.active: list[int | None] = [None] * len(self.replicas)
+        self.again: dict[int, StageKind] = {}  # replica -> the stage its request lost with a worker
         self.estimate: dict[int, float] = {}
         return place_everything(view, models)
 
@@ -83,10 +90,25 @@ class PipelineStatic(_PipelineBase):
             return self._next_stage(view, event)
         if isinstance(event, StageFailed):
             r = self.replica_of_gpu[event.gpus[0]]
+            rid = event.request_ids[0]
+            if event.lost and not view.request(rid).state.terminal:
+                self.again[r] = event.stage  # lost with a worker: again on this replica when it is whole
+                return self._again(view, r)
             self.active[r] = None
             actions: list[Action] = [Fail(rid, event.reason) for rid in event.request_ids]
             return actions + self._start_next(view, r)
+        if isinstance(event, WorkerRestored):
+            return [a for r in list(self.again) for a in self._again(view, r)]
         return []
+
+    def _again(self, view: ClusterView, r: int) -> list[Action]:
+        if not all(view.is_alive(g) and view.is_idle(g) for g in self.replicas[r]):
+            return []
+        stage, rid = self.again.pop(r), self.active[r]
+        if stage == StageKind.DIFFUSE:
+            rec = view.request(rid)
+            return [Dispatch(stage, (rid,), self.replicas[r], rec.steps_done, rec.spec.shape.steps)]
+        return [Dispatch(stage, (rid,), self.replicas[r])]
 
     def _start_next(self, view: ClusterView, r: int) -> list[Action]:
         if self.active[r] is not None or not self.queues[r]:
