@@ -172,3 +172,40 @@ def test_pipeline_static_runs_a_stage_lost_with_a_worker_again_on_its_replica_on
     core.step(Completed(dec.run.id), 0.7)
     assert core.view.request(0).state.value == "done"
     assert [s.outcome for s in core.recorder.spans if s.stage == "diffuse"] == ["failed", "done"]
+
+
+# ------------------------------------------------------------------------------ UNets: degree 1 only
+@pytest.mark.parametrize("profile,model,shape", [("cpu", "tiny-sd", Shape(256, 256, 1, 10)),
+                                                 ("cpu", "tiny-sdxl", Shape(256, 256, 1, 10)),
+                                                 ("h200", "sdxl", Shape(1024, 1024, 1, 30))])
+def test_a_unet_diffuse_is_priced_at_degree_1_and_every_policy_dispatches_it_on_one_gpu(profile, model, shape):
+    from tridentcore.core.cluster import parse_cluster
+    from tridentcore.core.driver import Completed, DriverCore
+    from tridentcore.core.events import RequestArrived, Tick
+    from tridentcore.core.policy import make_policy
+    from tridentcore.core.workload import RequestSpec
+    from tridentcore.profiles import load_profile
+
+    cost = load_profile(profile).cost_model()
+    kind = cost.gpus()[0]
+    assert not cost.splits(model) and cost.splits("tiny-flux" if profile == "cpu" else "flux-dev")
+    for d in (2, 4, 8):
+        assert cost.latency_s(model, "diffuse", shape, 1, d, kind) == cost.latency_s(model, "diffuse", shape, 1, 1, kind)
+        assert cost.activation_gib(model, "diffuse", shape, 1, d, kind) == cost.activation_gib(model, "diffuse", shape, 1, 1, kind)
+    cluster = parse_cluster(f"1x8x{kind}") if profile == "h200" else parse_cluster("1x8xcpu", {"cpu": 8.0})
+    for spec in ("pipeline-static:degree=2", "pipeline-dynamic", "trident-paper", "trident"):
+        core = DriverCore(cluster, cost, make_policy(spec), gpu_kind=kind)
+        core.start([model], None, 0.0)
+        started = list(core.step(RequestArrived(RequestSpec(0, model, "x", shape, 1, None, 1e6, 0.0)), 0.0).started)
+        now, diffuse = 0.0, None
+        while diffuse is None:
+            now += 0.5
+            if not started:
+                started = list(core.step(Tick(), now).started)
+                continue
+            s = started.pop(0)
+            if s.run.action.stage == "diffuse":
+                diffuse = s.run.action
+            else:
+                started += core.step(Completed(s.run.id), now).started
+        assert len(diffuse.gpus) == 1, (spec, diffuse)

@@ -52,6 +52,14 @@ For ``diffuse`` at degree d:
 Activation memory at degree d > 1 for ``diffuse`` is the degree-1 value divided by d (each GPU
 holds 1/d of the sequence) unless rows at degree d exist. Weights are per GPU and do not shrink
 with degree (sequence parallelism replicates them).
+
+**Degree-1 models.** A UNet denoiser (SD 1.x, SDXL) has no token sequence to split: its diffuse
+runs at degree 1 only (``pipelines/parallel.py`` refuses more). The models named in ``degree_one``
+(from the profile: :func:`tridentcore.profiles.load_profile` reads them from
+``profiles/data/denoisers.csv``) answer :meth:`CostModel.splits` False, and their diffuse at
+degree d > 1 costs what it costs at degree 1 in time and in activation memory (one GPU of the group
+runs it, the others wait), so no efficiency floor ever picks d > 1 for them, and the policies
+dispatch their diffuse on one GPU.
 """
 
 from __future__ import annotations
@@ -103,6 +111,7 @@ class CostModel:
 
     __slots__ = (
         "_tables", "_links", "_scaling", "_max_extrapolation", "_gpus", "_adjustments", "_memo", "_models", "_stages",
+        "_degree_one",
     )  # fmt: skip
 
     def __init__(
@@ -113,8 +122,10 @@ class CostModel:
         links: Mapping[str, float] | None = None,
         scaling: ScalingModel | None = None,
         max_extrapolation: float = 2.0,
+        degree_one: Iterable[str] = (),
     ) -> None:
         rows = tuple(rows)
+        self._degree_one = frozenset(degree_one)
         if not rows:
             raise ValueError("a cost model needs at least one profile row")
         if not (max_extrapolation >= 1.0 and math.isfinite(max_extrapolation)):
@@ -181,6 +192,15 @@ class CostModel:
         found = {s for g, m, s, _ in self._tables if m == model and (gpu is None or g == gpu)}
         return tuple(s for s in StageKind if s in found)
 
+    def splits(self, model: str) -> bool:
+        """Whether ``model``'s diffuse can run sequence-parallel (False: a UNet, degree 1 only)."""
+        return model not in self._degree_one
+
+    @property
+    def degree_one(self) -> frozenset[str]:
+        """The models whose diffuse runs at degree 1 only (the module docstring)."""
+        return self._degree_one
+
     def degrees(self, model: str, stage: StageKind | str, gpu: str | None = None) -> tuple[int, ...]:
         """Degrees with measured rows for ``model``/``stage``."""
         gpu = self._resolve_gpu(gpu)
@@ -234,7 +254,9 @@ class CostModel:
             return cached
         gpu, stage, tokens = self._check(model, stage, shape, batch, degree, gpu)
         value = None
-        if stage is StageKind.DIFFUSE and degree > 1:
+        if stage is StageKind.DIFFUSE and degree > 1 and model in self._degree_one:
+            value = self._eval(gpu, model, stage, shape, tokens, batch, 1, "act_gib")  # all of it on one GPU
+        elif stage is StageKind.DIFFUSE and degree > 1:
             table = self._tables.get((gpu, model, stage, degree))
             if table is not None:
                 try:
@@ -374,7 +396,7 @@ class CostModel:
     def _latency_ms(
         self, gpu: str, model: str, stage: StageKind, shape: Shape | None, tokens: int | None, batch: int, degree: int
     ) -> float:
-        if degree == 1 or stage is not StageKind.DIFFUSE:
+        if degree == 1 or stage is not StageKind.DIFFUSE or model in self._degree_one:
             return self._eval(gpu, model, stage, shape, tokens, batch, 1, "latency_ms")
         table = self._tables.get((gpu, model, stage, degree))
         if table is not None:

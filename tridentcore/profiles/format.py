@@ -39,6 +39,7 @@ __all__ = [
     "parse_profile",
     "save_profile",
     "shipped_profiles",
+    "unet_models",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 _DATA_PACKAGE = "tridentcore.profiles"
 _DATA_DIR = "data"
 # CSVs in data/ that are reference material, not stage profiles.
-REFERENCE_FILES: tuple[str, ...] = ("published_scaling.csv",)
+REFERENCE_FILES: tuple[str, ...] = ("published_scaling.csv", "denoisers.csv")
 PUBLISHED_SCALING_COLUMNS: tuple[str, ...] = (
     "gpu", "model", "height", "width", "frames", "steps", "degree", "total_s", "note", "source",
 )  # fmt: skip
@@ -75,9 +76,11 @@ class Profile:
     rows: tuple[ProfileRow, ...]
 
     def cost_model(self, **kw: Any) -> "CostModel":
-        """A :class:`~tridentcore.core.costmodel.CostModel` over these rows (``kw`` passed on)."""
+        """A :class:`~tridentcore.core.costmodel.CostModel` over these rows (``kw`` passed on); its
+        degree-1 models are this profile's UNets (:func:`unet_models`) unless ``degree_one`` is given."""
         from tridentcore.core.costmodel import CostModel
 
+        kw.setdefault("degree_one", unet_models(self.models()))
         return CostModel(self.rows, **kw)
 
     def gpus(self) -> tuple[str, ...]:
@@ -121,6 +124,16 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
     if isinstance(name_or_path, os.PathLike) or os.sep in text_name or "/" in text_name or text_name.endswith(".csv"):
         raise ProfileError(text_name, [f"no such file (shipped profiles: {listed})"])
     raise ProfileError(text_name, [f"unknown profile {text_name!r}; shipped profiles: {listed}; or give a path to a CSV file"])
+
+
+def unet_models(models: Iterable[str]) -> frozenset[str]:
+    """Which of ``models`` have a UNet denoiser, whose diffuse runs at degree 1 only (no token sequence
+    to split): the ``unet`` rows of ``data/denoisers.csv`` (every built-in and profile model is
+    listed there; a model it does not name, a pipeline directory say, counts as a transformer, and
+    a worker that cannot split it runs it on the dispatch's lead alone)."""
+    text = _data_dir().joinpath("denoisers.csv").read_text(encoding="utf-8")
+    unets = {row["model"].strip() for row in csv.DictReader(io.StringIO(text)) if row["denoiser"].strip() == "unet"}
+    return frozenset(m for m in models if m in unets)
 
 
 # ---------------------------------------------------------------------- parsing

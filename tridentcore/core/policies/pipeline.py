@@ -3,7 +3,9 @@
 ``pipeline-static:degree=k`` (xDiT-style): the cluster is cut into fixed replicas of k GPUs on one
 node, each holding every stage of every model. A request joins the least-loaded replica's FIFO
 queue (load = the replica's predicted remaining work) and holds all k GPUs from encode to decode;
-encode and decode run at degree k too (they do not speed up: the other GPUs wait).
+encode and decode run at degree k too (they do not speed up: the other GPUs wait), and so does the
+diffuse of a UNet model, which runs at degree 1 only (``CostModel.splits``): it is dispatched on
+the replica's first GPU, the others held idle.
 
 ``pipeline-dynamic``: one FIFO queue; each request gets its own GPU count, the SLO reference
 degree (the largest degree whose parallel efficiency is >= 0.8), and holds those GPUs on one node
@@ -37,15 +39,19 @@ _NEXT = {StageKind.ENCODE: StageKind.DIFFUSE, StageKind.DIFFUSE: StageKind.DECOD
 class _PipelineBase(Policy):
     """Shared: a request holds its group through the three stages."""
 
-    def _next_stage(self, view: ClusterView, ev: StageFinished) -> list[Action]:
+    def _next_stage(self, view: ClusterView, ev: StageFinished, group: tuple[int, ...] | None = None) -> list[Action]:
+        """The request's next stage on its ``group`` (default: the GPUs the last stage ran on); a
+        degree-1 model's diffuse (a UNet: ``CostModel.splits``) on the group's first GPU alone."""
         nxt = _NEXT.get(ev.stage)
         if nxt is None:
             return []
         rid = ev.request_ids[0]
+        group = group or ev.gpus
         if nxt == StageKind.DIFFUSE:
             rec = view.request(rid)
-            return [Dispatch(StageKind.DIFFUSE, (rid,), ev.gpus, rec.steps_done, rec.spec.shape.steps)]
-        return [Dispatch(nxt, (rid,), ev.gpus)]
+            gpus = group if view.cost.splits(rec.spec.model) else group[:1]
+            return [Dispatch(StageKind.DIFFUSE, (rid,), gpus, rec.steps_done, rec.spec.shape.steps)]
+        return [Dispatch(nxt, (rid,), group)]
 
 
 @register
@@ -87,7 +93,7 @@ class PipelineStatic(_PipelineBase):
             if event.stage == StageKind.DECODE or view.request(event.request_ids[0]).state.terminal:
                 self.active[r] = None
                 return self._start_next(view, r)
-            return self._next_stage(view, event)
+            return self._next_stage(view, event, self.replicas[r])
         if isinstance(event, StageFailed):
             r = self.replica_of_gpu[event.gpus[0]]
             rid = event.request_ids[0]
@@ -105,10 +111,12 @@ class PipelineStatic(_PipelineBase):
         if not all(view.is_alive(g) and view.is_idle(g) for g in self.replicas[r]):
             return []
         stage, rid = self.again.pop(r), self.active[r]
+        group = self.replicas[r]
         if stage == StageKind.DIFFUSE:
             rec = view.request(rid)
-            return [Dispatch(stage, (rid,), self.replicas[r], rec.steps_done, rec.spec.shape.steps)]
-        return [Dispatch(stage, (rid,), self.replicas[r])]
+            gpus = group if view.cost.splits(rec.spec.model) else group[:1]
+            return [Dispatch(stage, (rid,), gpus, rec.steps_done, rec.spec.shape.steps)]
+        return [Dispatch(stage, (rid,), group)]
 
     def _start_next(self, view: ClusterView, r: int) -> list[Action]:
         if self.active[r] is not None or not self.queues[r]:

@@ -328,7 +328,7 @@ class Trident(Policy):
             # ---- diffuse: while GPUs are spare, the degrees that meet the deadline with the noise
             # margin (stretched predictions); under load, as predicted (GPU-seconds are dear then)
             stretch = self.stretch if busy_frac < self.opts["spread"] else 1.0
-            feasible = [d for d in self.degrees
+            feasible = [d for d in info.degrees
                         if now + self._remaining(rec, info, d, StageKind.DIFFUSE) * stretch <= spec.deadline_s - margin]
             if stretch == 1.0 and self.stretch > 1.0 and feasible:
                 # under load: still the noise margin, where it costs few GPU-seconds more
@@ -339,11 +339,11 @@ class Trident(Policy):
                     feasible = [d for d in feasible if d >= safe[0]]
             late = entry[0] == math.inf
             if late:  # already late: the fewest GPU-seconds, no reservation, no preemption
-                feasible = [self.degrees[0]]
+                feasible = [info.degrees[0]]
             elif not feasible:
                 feasible = [info.fast_d]
             if self.safer.get(rid):  # retry after an OOM: the most GPUs first (activations split)
-                order = sorted(set(feasible) | {d for d in self.degrees if d >= info.eff_d}, reverse=True)
+                order = sorted(set(feasible) | {d for d in info.degrees if d >= info.eff_d}, reverse=True)
             elif busy_frac < self.opts["spread"] and info.eff_d in feasible:
                 order = [info.eff_d] + [d for d in feasible if d != info.eff_d]
             else:
