@@ -209,3 +209,35 @@ def test_a_unet_diffuse_is_priced_at_degree_1_and_every_policy_dispatches_it_on_
             else:
                 started += core.step(Completed(s.run.id), now).started
         assert len(diffuse.gpus) == 1, (spec, diffuse)
+
+
+def test_a_live_run_at_degree_2_with_a_killed_member_replays_identically():
+    """Sim/live parity at degree 2: pipeline-static:degree=2 on cpu:2 (tiny-flux), a member killed
+    mid parallel diffuse; the report log replayed through the simulator decides exactly alike."""
+    from tridentcore.sim.replay import compare, replay
+
+    async def main():
+        rt = build_runtime("tiny-flux", "cpu:2", "pipeline-static:degree=2", strict=True, log_reports=True)
+        await rt.start()
+        e = rt.engine
+        try:
+            ids = [e.submit([Submission("tiny-flux", "x", Shape(128, 128, 1, 60), seed=s, slo_s=LONG_SLO_S)]).ids[0]
+                   for s in range(3)]
+            for _ in range(3000):
+                r = e.view.running_on(1)
+                if r is not None and r.action.stage == "diffuse":
+                    break
+                await asyncio.sleep(0.005)
+            os.kill(e.workers[1].pid, signal.SIGKILL)  # a worker process this test started
+            await asyncio.gather(*(e.wait(r, 240) for r in ids))
+        finally:
+            await e.shutdown(5)
+        return e
+
+    e = run(main(), 400)
+    assert all(r.state == "done" for r in e.request_rows())
+    assert any(s.outcome == "failed" and s.gpus == (0, 1) for s in e.spans)
+    sim = replay(e.core)
+    parity = compare(e.request_rows(), e.spans, e.placements, sim)
+    assert parity.exact, parity.first_difference
+    assert parity.fraction == 1.0 and len(sim.spans) == len(e.spans)

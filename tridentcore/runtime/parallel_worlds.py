@@ -19,9 +19,12 @@ The price, measured on the reference machine (2 cores, gloo, 127.0.0.1, a test r
 fresh meeting of two started members takes about 20 ms, paid once per member set while no member
 leaves it (``WorldKeys.meetings`` counts them).
 
-Every collective has a timeout (``DEFAULT_PARALLEL_TIMEOUT_S``): a member whose peer died mid-step
-fails at once (gloo sees the closed socket), and one waiting for a peer that never arrives fails
-after the timeout; neither hangs.
+Every collective has a timeout (``DEFAULT_PARALLEL_TIMEOUT_S``), and a member whose peer died
+mid-step fails at once (gloo sees the closed socket). But one still meeting when its peer died
+waits on the store, and c10d's store client retries past that timeout: so when a member of a
+running parallel dispatch is lost, a member that has not failed within ``ABANDON_GRACE_S`` is
+stopped (:meth:`~tridentcore.runtime.pool.Worker.abort`) and restarts like any lost worker. Nothing
+hangs; the cost is one more restart.
 
 Each member gets the same :class:`~tridentcore.runtime.tasks.StageTask` (its inputs are
 shared-memory handles, so the encode output reaches every member without a copy) with its own
@@ -48,6 +51,8 @@ __all__ = ["DEFAULT_PARALLEL_TIMEOUT_S", "MemberSet", "WorldKeys", "WorldSpec", 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL_TIMEOUT_S = 60.0  # a member waits this long for a peer (meeting or collective)
+ABANDON_GRACE_S = 0.5  # after a member died, how long the others may take to fail before they are stopped (well
+# under a restart, so the retry never meets a member that is about to be stopped)
 _HOST = "127.0.0.1"
 
 
@@ -131,7 +136,22 @@ class MemberSet(Worker):
         specs = self.keys.specs([w.slot for w in self.workers])
         tasks = [replace(task, world=s) if self.resident is None else replace(task, world=s, resident=self.resident[i])
                  for i, s in enumerate(specs)]
-        results = await asyncio.gather(*(w.run(t) for w, t in zip(self.workers, tasks)))
+        runs = [asyncio.ensure_future(w.run(t)) for w, t in zip(self.workers, tasks)]
+        pending = set(runs)
+        while pending:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if pending and any(r.done() and r.result().lost for r in runs):
+                # a member died: the others fail at once if their collective sees the closed socket, but
+                # one still meeting (or waiting on the store) would wait out its timeout: past a grace
+                # period it is stopped (and restarted, as a lost worker is), so nothing hangs
+                _, pending = await asyncio.wait(pending, timeout=ABANDON_GRACE_S)
+                for r, w in zip(runs, self.workers):
+                    if r in pending:
+                        logger.warning("worker %d: still in a group whose member died; stopping it", w.slot)
+                        w.abort()
+                if pending:
+                    await asyncio.wait(pending)
+        results = [r.result() for r in runs]
         bad = [r for r in results if not r.ok]
         if bad:
             self.keys.forget([w.slot for w in self.workers])

@@ -50,6 +50,10 @@ class Worker:
         """Stop the running diffuse ``dispatch_id`` at a step boundary (``stop_step`` by ``wall_at``
         on the emulated clock; real workers stop at their next boundary and report the step)."""
 
+    def abort(self) -> None:
+        """Stop this worker's work in flight by stopping its process (restarted as a lost one is); a
+        worker without a process of its own cannot."""
+
     def stopping(self) -> None:
         """The server was told to stop (SIGINT, SIGTERM): a worker that ends from now on was stopped
         with it (a signal to the whole process group reaches its process too), not lost: no warning,

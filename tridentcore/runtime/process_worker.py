@@ -224,6 +224,9 @@ class CpuWorker(Worker):
             return StageResult(error=f"worker {self.slot}: {exc}", lost=True)
         return await fut
 
+    def abort(self) -> None:
+        self._kill(self._proc)  # this worker's own process; its death is seen and it restarts
+
     def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
         if self._flag is not None:
             self._flag.value = dispatch_id
