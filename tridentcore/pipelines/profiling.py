@@ -14,6 +14,17 @@ median over ``repeats`` timed calls of ``steps`` steps each, divided by ``steps`
 
 ``peak_gib`` is the stage's own weights plus its activations (other stages' weights may be
 resident during profiling; they are not counted), matching the shipped profiles' meaning.
+
+**Degrees.** With ``degrees`` beyond 1 the ``diffuse`` points are measured again at every degree
+d > 1, sequence-parallel over d cooperating workers: a *group factory* (``groups(d)``, a context
+manager for an object with ``diffuse(pipe, call, embeddings)``, e.g.
+:class:`tridentcore.runtime.local_group.LocalGroup`) is entered once per degree, and the lead's
+call is timed as above (the median over ``repeats``), the memory on the lead (per device, as the
+cost model means it). This module does not start processes itself: the caller passes the factory
+(``trident profile`` passes K local processes, one torch thread each by default). ``encode`` and
+``decode`` run on one device whatever the degree, so they are measured at degree 1 only. A degree
+a model or shape cannot take (a UNet, tokens or heads it does not divide) is skipped with a note
+(``on_note``), not an error.
 """
 
 from __future__ import annotations
@@ -23,7 +34,9 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..core.types import STAGES, ProfileRow, StageKind
 
@@ -44,6 +57,11 @@ class ProfileSpec:
     repeats: int = 5
     warmup: int = 1
     stages: tuple[str, ...] = STAGES
+    degrees: tuple[int, ...] = (1,)  # diffuse only beyond 1 (the module docstring)
+
+
+GroupFactory = Callable[[int], AbstractContextManager[Any]]
+"""``groups(degree)``: a context manager giving an object with ``diffuse(pipe, call, embeddings)``."""
 
 
 @dataclass
@@ -138,12 +156,22 @@ def plan_points(spec: ProfileSpec, video: bool) -> list[tuple[str, int, int, int
     return points
 
 
-def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[ProfileRow], None] | None = None) -> list[ProfileRow]:
-    """Measure every point of ``spec`` and return profile rows (CSV format of docs/profiles.md)."""
+def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[ProfileRow], None] | None = None,
+                groups: GroupFactory | None = None, on_note: Callable[[str], None] | None = None) -> list[ProfileRow]:
+    """Measure every point of ``spec`` and return profile rows (CSV format of docs/profiles.md).
+
+    ``groups`` runs the diffuse points of ``spec.degrees`` beyond 1 (the module docstring);
+    ``on_note`` hears every degree skipped and why.
+    """
     from tqdm import tqdm
 
     from . import MODELS, load_pipeline
 
+    higher = sorted({d for d in spec.degrees if d > 1})
+    if any(d < 1 for d in spec.degrees) or not spec.degrees:
+        raise ValueError(f"degrees must be positive integers (got {spec.degrees!r})")
+    if higher and StageKind.DIFFUSE in spec.stages and groups is None:
+        raise ValueError(f"degrees {higher} need a group factory (groups=) to run the diffuse on")
     pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype)
     info = MODELS.get(spec.model)
     model_name = (info.profile_name if info and info.profile_name else spec.model)
@@ -157,7 +185,7 @@ def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[Prof
     weights = {s: pipe.weights_bytes(s) / GIB for s in STAGES}
     source = "measured" if not meter.notes else "measured (" + ", ".join(meter.notes) + ")"
     rows: list[ProfileRow] = []
-    points = plan_points(spec, video)
+    points = plan_points(spec, video) if 1 in spec.degrees else []
     bar = tqdm(points, desc=f"profile {spec.model}", unit="point", disable=not progress)
     embeddings_cache: dict[int, dict] = {}
 
@@ -165,6 +193,21 @@ def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[Prof
         if batch not in embeddings_cache:
             embeddings_cache[batch] = pipe.encode([f"a photo of object {i}" for i in range(batch)])
         return embeddings_cache[batch]
+
+    def record(stage: str, h: int, w: int, f: int, b: int, degree: int, call: Callable[[], object], divisor: int):
+        times = _timed(call, spec.device, spec.repeats, spec.warmup)
+        _, act = meter.measure(call)
+        row = ProfileRow(
+            gpu=kind, model=model_name, stage=StageKind(stage),
+            height=h or None, width=w or None, frames=(f if h else None),
+            batch=b, degree=degree,
+            latency_ms=round(statistics.median(times) / divisor * 1000, 3),
+            peak_gib=round(weights[stage] + act, 4), act_gib=round(act, 4),
+            weights_gib=round(weights[stage], 4), source=source,
+        )
+        rows.append(row)
+        if on_row:
+            on_row(row)
 
     for stage, h, w, f, b in bar:
         bar.set_postfix_str(f"{stage} {w}x{h}" + (f"x{f}" if video else "") + f" b{b}" if h else f"{stage} b{b}")
@@ -181,20 +224,51 @@ def run_profile(spec: ProfileSpec, progress: bool = True, on_row: Callable[[Prof
             latents = pipe.diffuse(embeddings(b), (h, w, f), seed=seeds, steps=spec.steps, end_step=1)
             call = lambda: pipe.decode(latents)  # noqa: E731
             divisor = 1
-        times = _timed(call, spec.device, spec.repeats, spec.warmup)
-        _, act = meter.measure(call)
-        row = ProfileRow(
-            gpu=kind, model=model_name, stage=StageKind(stage),
-            height=h or None, width=w or None, frames=(f if h else None),
-            batch=b, degree=1,
-            latency_ms=round(statistics.median(times) / divisor * 1000, 3),
-            peak_gib=round(weights[stage] + act, 4), act_gib=round(act, 4),
-            weights_gib=round(weights[stage], 4), source=source,
-        )
-        rows.append(row)
-        if on_row:
-            on_row(row)
+        record(stage, h, w, f, b, 1, call, divisor)
+
+    if StageKind.DIFFUSE not in spec.stages:
+        return rows
+    for degree in higher:
+        feasible = _feasible(pipe, spec, video, degree, embeddings, on_note)
+        if not feasible:
+            continue
+        bar = tqdm(feasible, desc=f"profile {spec.model} degree {degree}", unit="point", disable=not progress)
+        with groups(degree) as group:  # type: ignore[misc]  # checked above
+            for h, w, f, b in bar:
+                bar.set_postfix_str(f"diffuse {w}x{h}" + (f"x{f}" if video else "") + f" b{b}")
+                call = _parallel_call(group, pipe, embeddings(b), h, w, f, b, spec.steps)
+                record(StageKind.DIFFUSE, h, w, f, b, degree, call, spec.steps)
     return rows
+
+
+def _feasible(pipe, spec: ProfileSpec, video: bool, degree: int, embeddings, on_note) -> list[tuple[int, int, int, int]]:
+    """The diffuse points ``pipe`` can run at ``degree``; the others are reported to ``on_note``, one line per reason."""
+    from .parallel import degree_problems
+
+    feasible, skipped = [], {}
+    for h, w in spec.sizes:
+        for f in spec.frames if video else (1,):
+            for b in spec.batches:
+                text = embeddings(b).get("prompt_embeds")
+                problems = degree_problems(pipe, h, w, f, degree, None if text is None else int(text.shape[1]))
+                if problems:
+                    label = f"{w}x{h}" + (f"x{f}" if video else "") + f" b{b}"
+                    skipped.setdefault("; ".join(problems), []).append(label)
+                else:
+                    feasible.append((h, w, f, b))
+    for why, labels in skipped.items():
+        text = f"{spec.model} diffuse at degree {degree} skipped ({', '.join(labels)}): {why}"
+        logger.info("%s", text)
+        if on_note:
+            on_note(text)
+    return feasible
+
+
+def _parallel_call(group, pipe, emb, h: int, w: int, f: int, b: int, steps: int) -> Callable[[], object]:
+    from .parallel import DiffuseCall
+
+    call = DiffuseCall(height=h, width=w, frames=f, seed=tuple(range(b)), steps=steps)
+    return lambda: group.diffuse(pipe, call, emb)
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
