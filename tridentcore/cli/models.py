@@ -155,7 +155,7 @@ def profile(
     import torch
     import torch.distributed as dist
 
-    from ..pipelines.profiling import ProfileSpec, parse_ints, parse_sizes, run_profile
+    from ..pipelines.profiling import ProfileSpec, parse_ints, parse_sizes, run_profiles
     from ..profiles.format import load_profile, save_profile
     from ..runtime.local_group import MemberFailed
 
@@ -170,15 +170,16 @@ def profile(
         bad = [s for s in stage_list if s not in STAGES]
         if bad:
             fail(f"unknown stage(s) {', '.join(bad)}; valid: encode, diffuse, decode")
-        rows = []
-        for name in (m.strip() for m in model.split(",") if m.strip()):
-            spec = ProfileSpec(
+        specs = [
+            ProfileSpec(
                 model=name, device=device, dtype=dtype, sizes=parse_sizes(sizes),
                 frames=parse_ints(frames, "frames"), batches=parse_ints(batches, "batches"),
                 steps=steps, repeats=repeats, warmup=warmup, stages=stage_list, degrees=degree_list,
             )
-            rows += run_profile(spec, progress=True, groups=_local_groups(name, device, dtype, threads),
-                                on_note=lambda text: typer.echo(f"note: {text}"))
+            for name in (m.strip() for m in model.split(",") if m.strip())
+        ]
+        rows = run_profiles(specs, progress=True, groups=_local_groups(threads),
+                            on_note=lambda text: typer.echo(f"note: {text}"))
         if append and Path(out).exists():
             key = lambda r: (r.gpu, r.model, r.stage, r.height, r.width, r.frames, r.batch, r.degree)  # noqa: E731
             fresh = {key(r) for r in rows}
@@ -191,11 +192,11 @@ def profile(
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
 
-def _local_groups(model: str, device: str, dtype: str, threads: int):
-    """``groups(K)`` for the profile runner: K local processes, ``threads`` torch threads each."""
+def _local_groups(threads: int):
+    """``groups(spec, K)`` for the profile runner: K local processes, ``threads`` torch threads each."""
     from ..runtime.local_group import LocalGroup
 
-    return lambda degree: LocalGroup(model, device, dtype, degree, cores=threads * degree)
+    return lambda spec, degree: LocalGroup(spec.model, spec.device, spec.dtype, degree, cores=threads * degree)
 
 
 def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
