@@ -117,3 +117,19 @@ def test_tiny_flux_xl_is_small_to_build_and_splits_two_and_four_ways():
     assert (config.num_attention_heads, config.attention_head_dim) == (4, 64)
     assert pipe.image_tokens(256, 256) == 256
     assert degree_problems(pipe, 256, 256, 1, 2, 512) == degree_problems(pipe, 256, 256, 1, 4, 512) == []
+
+
+def test_the_speedup_benchmark_runs_in_quick_mode():
+    import json
+
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "parallel_speedup.py"), "--quick", "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    (row,) = out["rows"]
+    assert row["size"] == 256 and row["collectives_per_step"] > 0
+    assert row["d1_ms"] > 0 and row["d2_ms"] > 0 and row["no_compute_comm_ms"] > 0
+    # the shipped profile predicts this shape both ways: the scaling model, and the degree-2 rows
+    assert row["predicted_scaling"] == pytest.approx(1.03, abs=0.01)
+    assert row["predicted_rows"] == pytest.approx(106.144 / 91.573, abs=0.01)
+    assert out["loadavg_start"] and out["loadavg_end"]
