@@ -125,7 +125,12 @@ def profile(
     warmup: int = typer.Option(1, min=0, help="Untimed calls before timing."),
     stages: str = typer.Option("encode,diffuse,decode", help="Stages to measure."),
     append: bool = typer.Option(False, help="Keep the rows already in --out (same points are replaced)."),
-    threads: int = typer.Option(1, min=1, help="CPU threads for torch (CPU workers serve with one)."),
+    threads: int = typer.Option(1, min=1, help="CPU threads for torch (CPU workers serve with one); at degree K, "
+                                               "per process."),
+    degrees: str = typer.Option("1", help="Degrees to measure the diffuse at, e.g. 1,2,4: beyond 1 sequence-parallel "
+                                          "over K local processes (gloo on cpu, NCCL on cuda:I..I+K-1), timed on the "
+                                          "lead. Encode and decode: degree 1 only. Degrees a model or shape cannot "
+                                          "take are skipped with a note."),
     from_run: str = typer.Option(None, help="Instead of measuring: fold this stored live run's measured stage "
                                             "times into --base (the points it measured at least 3 times)."),
     db: str = typer.Option(DEFAULT_DB, help="--from-run: the DuckDB results file."),
@@ -144,27 +149,37 @@ def profile(
     if not model:
         fail("give --model (pipelines to measure) or --from-run (a stored live run)")
     quiet_libraries()
+    import os
     from pathlib import Path
 
-    from ..profiles.format import load_profile, save_profile
-    from ..pipelines.profiling import ProfileSpec, parse_ints, parse_sizes, run_profile
-
     import torch
+    import torch.distributed as dist
+
+    from ..pipelines.profiling import ProfileSpec, parse_ints, parse_sizes, run_profiles
+    from ..profiles.format import load_profile, save_profile
+    from ..runtime.local_group import MemberFailed
 
     torch.set_num_threads(threads)
     try:
+        degree_list = parse_ints(degrees, "degrees")
+        cores = len(os.sched_getaffinity(0))
+        if device == "cpu" and max(degree_list) * threads > cores:
+            typer.echo(f"note: degree {max(degree_list)} x {threads} thread(s) per process exceeds the {cores} "
+                       "cores here: the processes share cores, so that degree's rows measure an oversubscribed host")
         stage_list = tuple(s.strip() for s in stages.split(",") if s.strip())
         bad = [s for s in stage_list if s not in STAGES]
         if bad:
             fail(f"unknown stage(s) {', '.join(bad)}; valid: encode, diffuse, decode")
-        rows = []
-        for name in (m.strip() for m in model.split(",") if m.strip()):
-            spec = ProfileSpec(
+        specs = [
+            ProfileSpec(
                 model=name, device=device, dtype=dtype, sizes=parse_sizes(sizes),
                 frames=parse_ints(frames, "frames"), batches=parse_ints(batches, "batches"),
-                steps=steps, repeats=repeats, warmup=warmup, stages=stage_list,
+                steps=steps, repeats=repeats, warmup=warmup, stages=stage_list, degrees=degree_list,
             )
-            rows += run_profile(spec, progress=True)
+            for name in (m.strip() for m in model.split(",") if m.strip())
+        ]
+        rows = run_profiles(specs, progress=True, groups=_local_groups(threads),
+                            on_note=lambda text: typer.echo(f"note: {text}"))
         if append and Path(out).exists():
             key = lambda r: (r.gpu, r.model, r.stage, r.height, r.width, r.frames, r.batch, r.degree)  # noqa: E731
             fresh = {key(r) for r in rows}
@@ -172,7 +187,16 @@ def profile(
         save_profile(rows, out)
     except ValueError as exc:
         fail(str(exc))
+    except (MemberFailed, dist.DistError) as exc:
+        fail(f"the diffuse at degree > 1 failed: {exc}")
     typer.echo(f"wrote {len(rows)} rows to {out}")
+
+
+def _local_groups(threads: int):
+    """``groups(spec, K)`` for the profile runner: K local processes, ``threads`` torch threads each."""
+    from ..runtime.local_group import LocalGroup
+
+    return lambda spec, degree: LocalGroup(spec.model, spec.device, spec.dtype, degree, cores=threads * degree)
 
 
 def _fold(run_id: str, db: str, base: str | None, out: str) -> None:

@@ -38,6 +38,8 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("tiny-sd", "sd", "image", "SD-1.x-style UNet, DDIM scheduler, one CLIP encoder (tiny, random)"),
         ModelInfo("tiny-wan", "wan", "video", "Wan2.1-style video transformer, Wan VAE, UMT5 encoder (tiny, random)"),
         ModelInfo("tiny-flux", "flux", "image", "Flux-style guidance-distilled transformer, CLIP + T5 encoders (tiny, random)"),
+        ModelInfo("tiny-flux-xl", "flux", "image", "tiny-flux with a wider, deeper transformer (width 256, 4 blocks; "
+                  "compute outweighs a sequence-parallel step's all-to-alls on CPU)"),
         ModelInfo("tiny-sdxl", "sdxl", "image", "SDXL-style UNet with two CLIP encoders, Euler scheduler (tiny, random)"),
         ModelInfo("arch:sd3-medium", "sd3", "image", "Stable Diffusion 3 medium architecture (2B MMDiT, CLIP-L/G, T5-XXL), random weights", "sd3-medium"),
         ModelInfo("arch:flux-dev", "flux", "image", "FLUX.1-dev architecture (12B transformer, CLIP-L, T5-XXL), random weights", "flux-dev"),

@@ -148,7 +148,7 @@ def _sd3(tiny: bool):
 
 
 # -------------------------------------------------------------------------------------------- Flux
-def _flux(tiny: bool):
+def _flux(tiny: bool, xl: bool = False):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     with _plain():
@@ -159,11 +159,21 @@ def _flux(tiny: bool):
     if tiny:
         te1 = _clip(32, 2, 4, 37, 32, 1000, "gelu", False)
         te2 = _t5(32, 8, 37, 2, 4, 1000)
-        transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-            guidance_embeds=True, axes_dims_rope=(4, 4, 8),
-        )
+        if xl:
+            # tiny-flux-xl: the same encoders and VAE; a transformer wide enough (256) that a
+            # sequence-parallel step's compute outweighs its all-to-alls (README, "Results";
+            # benchmarks/parallel_speedup.py). 4 heads: degrees 2 and 4 divide them.
+            transformer = FluxTransformer2DModel(
+                patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=64,
+                num_attention_heads=4, joint_attention_dim=32, pooled_projection_dim=32,
+                guidance_embeds=True, axes_dims_rope=(16, 24, 24),
+            )
+        else:
+            transformer = FluxTransformer2DModel(
+                patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                guidance_embeds=True, axes_dims_rope=(4, 4, 8),
+            )
         vae = _vae_kl((8, 16, 16, 16), 4, 8, 1, 0.3611, 0.1159)
     else:
         te1 = _clip(768, 12, 12, 3072, 768, 49408, "quick_gelu", False)
@@ -183,6 +193,11 @@ def _flux(tiny: bool):
         text_encoder_2=te2,
         tokenizer_2=build_t5_tokenizer(512),
     )
+
+
+def _flux_xl(tiny: bool):
+    """tiny-flux with a transformer of width 256 (4 heads x 64), 2 double + 2 single blocks."""
+    return _flux(tiny, xl=True)
 
 
 # ------------------------------------------------------------------------------------- SD 1.x / 2.x
@@ -305,6 +320,7 @@ BUILDERS: dict[str, tuple[str, bool, Callable[[bool], Any]]] = {
     "tiny-sd": ("sd", True, _sd),
     "tiny-wan": ("wan", True, _wan),
     "tiny-flux": ("flux", True, _flux),
+    "tiny-flux-xl": ("flux", True, _flux_xl),
     "tiny-sdxl": ("sdxl", True, _sdxl),
     "arch:sd3-medium": ("sd3", False, _sd3),
     "arch:flux-dev": ("flux", False, _flux),
