@@ -23,13 +23,13 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+
+from .parallel_worlds import meet, store_client, store_server
 
 __all__ = ["LocalGroup", "Member", "MemberFailed", "plan_members"]
 
 logger = logging.getLogger(__name__)
 
-_HOST = "127.0.0.1"
 _DIFFUSE, _STOP = "diffuse", "stop"
 
 
@@ -68,15 +68,11 @@ def plan_members(device: str, degree: int, cores: int) -> tuple[Member, ...]:
 
 def _join(member: Member, port: int, timeout_s: float, store=None):
     import torch
-    import torch.distributed as dist
 
     if member.device.startswith("cuda"):
         torch.cuda.set_device(member.device)
-    if store is None:
-        store = dist.TCPStore(_HOST, port, member.world, is_master=False, timeout=timedelta(seconds=timeout_s))
-    dist.init_process_group(member.backend, store=store, rank=member.rank, world_size=member.world,
-                            timeout=timedelta(seconds=timeout_s))
-    return dist.group.WORLD
+    return meet(member.backend, store if store is not None else store_client(port, timeout_s, member.world),
+                member.rank, member.world, timeout_s)
 
 
 def _command(group, command: str) -> str:
@@ -155,8 +151,7 @@ class LocalGroup:
         self.members = plan_members(self.device, self.degree, cores)
         if dist.is_initialized():
             raise RuntimeError("this process is already in a torch.distributed group")
-        store = dist.TCPStore(_HOST, 0, self.degree, is_master=True, timeout=timedelta(seconds=self.timeout_s),
-                              wait_for_workers=False)
+        store = store_server(self.timeout_s, self.degree)
         ctx = mp.get_context("spawn")
         for member in self.members[1:]:
             parent, child = ctx.Pipe(duplex=False)

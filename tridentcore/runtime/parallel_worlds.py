@@ -46,7 +46,7 @@ from datetime import timedelta
 from .pool import Worker
 from .tasks import StageResult, StageTask
 
-__all__ = ["DEFAULT_PARALLEL_TIMEOUT_S", "MemberSet", "WorldKeys", "WorldSpec", "Worlds"]
+__all__ = ["DEFAULT_PARALLEL_TIMEOUT_S", "MemberSet", "WorldKeys", "WorldSpec", "Worlds", "meet", "store_client", "store_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,32 @@ DEFAULT_PARALLEL_TIMEOUT_S = 60.0  # a member waits this long for a peer (meetin
 ABANDON_GRACE_S = 0.5  # after a member died, how long the others may take to fail before they are stopped (well
 # under a restart, so the retry never meets a member that is about to be stopped)
 _HOST = "127.0.0.1"
+
+
+def meet(backend: str, store, rank: int, world_size: int, timeout_s: float):
+    """Join this process's default torch.distributed world through ``store`` (a TCPStore on 127.0.0.1,
+    or a prefix of one) as ``rank`` of ``world_size``; its group. Used by the serving workers
+    (:class:`Worlds`) and by ``trident generate --degree K``'s members (``local_group``)."""
+    import torch.distributed as dist
+
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=timeout_s))
+    return dist.group.WORLD
+
+
+def store_server(timeout_s: float, world_size: int | None = None):
+    """A TCPStore served by this process on 127.0.0.1, on a free port (its ``port``)."""
+    import torch.distributed as dist
+
+    return dist.TCPStore(_HOST, 0, world_size, is_master=True, timeout=timedelta(seconds=timeout_s),
+                         wait_for_workers=False)
+
+
+def store_client(port: int, timeout_s: float, world_size: int | None = None):
+    """A client of the TCPStore served on 127.0.0.1:``port``."""
+    import torch.distributed as dist
+
+    return dist.TCPStore(_HOST, port, world_size, is_master=False, timeout=timedelta(seconds=timeout_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +106,8 @@ class WorldKeys:
         self._ids = itertools.count()
 
     def start(self) -> None:
-        import torch.distributed as dist
-
         if self.store is None:
-            self.store = dist.TCPStore(_HOST, 0, None, is_master=True, timeout=timedelta(seconds=self.timeout_s),
-                                       wait_for_workers=False)
+            self.store = store_server(self.timeout_s)
 
     @property
     def port(self) -> int:
@@ -185,14 +208,13 @@ class Worlds:
         if self.key == spec.key and dist.is_initialized():
             return dist.group.WORLD
         self.leave()
-        timeout = timedelta(seconds=spec.timeout_s)
         base = self._stores.get(spec.port)
         if base is None:
-            base = self._stores[spec.port] = dist.TCPStore(_HOST, spec.port, None, is_master=False, timeout=timeout)
-        dist.init_process_group(backend_for(device), store=dist.PrefixStore(spec.key, base), rank=spec.rank,
-                                world_size=len(spec.members), timeout=timeout)
+            base = self._stores[spec.port] = store_client(spec.port, spec.timeout_s)
+        group = meet(backend_for(device), dist.PrefixStore(spec.key, base), spec.rank, len(spec.members),
+                     spec.timeout_s)
         self.key = spec.key
-        return dist.group.WORLD
+        return group
 
     def leave(self) -> None:
         import torch.distributed as dist
