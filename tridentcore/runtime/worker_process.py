@@ -119,7 +119,7 @@ def _diffuse(pipe, task: StageTask, stop_flag, slowdown: float, worlds, t0: floa
     spec, group, lead = task.world, None, True
     split = contextlib.nullcontext()
     if spec is not None and len(spec.members) > 1:
-        from ..pipelines.parallel import degree_problems, sequence_parallel, transformer_of
+        from ..pipelines.parallel import agree, degree_problems, sequence_parallel, transformer_of
 
         lead = spec.rank == 0
         text = state[0][2].get("prompt_embeds")
@@ -144,8 +144,6 @@ def _diffuse(pipe, task: StageTask, stop_flag, slowdown: float, worlds, t0: floa
                 reached = step + 1
                 stop = stop_flag.value == task.dispatch_id and reached < task.end_step
                 if group is not None and reached < task.end_step:
-                    from ..pipelines.parallel import agree
-
                     stop = agree(group, stop, dev)
                 if stop:
                     break
