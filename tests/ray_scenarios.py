@@ -2,7 +2,7 @@
 loopback-only network namespace (so no Ray traffic can leave it), against the Ray head the test
 started there. Each writes one JSON object to ``--out``; the test makes the assertions.
 
-    python tests/ray_scenarios.py emulated|cpu --address 127.0.0.1:6379 --out result.json
+    python tests/ray_scenarios.py emulated|cpu|parallel --address 127.0.0.1:6379 --out result.json
 """
 
 from __future__ import annotations
@@ -234,14 +234,80 @@ async def cpu(address: str) -> dict:
     return out
 
 
+async def local_flux():
+    """tiny-flux at degree 1 on the local backend (a worker process): the image degree 2 must equal."""
+    rt = build_runtime("tiny-flux", "cpu:1", "pipeline-static:degree=1", backend="local", strict=True)
+    await rt.start()
+    e = rt.engine
+    try:
+        return await e.wait(e.submit([cube()]).ids[0], 120)
+    finally:
+        await e.shutdown(5)
+
+
+def cube() -> Submission:
+    return Submission("tiny-flux", "a red cube", Shape(64, 64, 1, 4), seed=3, slo_s=LONG_SLO_S)
+
+
+async def parallel(address: str) -> dict:
+    """(d) cpu:2 tiny-flux as Ray actors under pipeline-static:degree=2: the diffuse runs
+    sequence-parallel across both actors (a gloo world met inside them), its image equals the local
+    backend's at degree 1; a member killed mid-diffuse: the request is retried, the world met afresh."""
+    import io
+
+    import numpy as np
+    import ray
+    from PIL import Image
+
+    def pixels(png: bytes):
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+    t0 = time.monotonic()
+    one = await local_flux()
+    rt = build_runtime("tiny-flux", "cpu:2", "pipeline-static:degree=2", backend="ray", ray_address=address,
+                       strict=True)
+    await rt.start()
+    e = rt.engine
+    out: dict = {"pids": [w.pid for w in e.workers.workers], "own_pid": os.getpid()}
+    try:
+        rid = e.submit([cube()]).ids[0]
+        two = await e.wait(rid, 120)
+        out.update(state=two.state, spans=[(s.stage, s.outcome, list(s.gpus)) for s in e.spans],
+                   pixel_diff=float(np.abs(pixels(two.result) - pixels(one.result)).mean()) if two.result else None,
+                   parallel_runs=e.workers.worlds.parallel_runs, meetings=e.workers.worlds.meetings,
+                   store_host=e.workers.worlds.host)
+        # kill the member (not the lead) mid-diffuse
+        long = e.submit([Submission("tiny-flux", "x", Shape(128, 128, 1, 300), seed=4, slo_s=LONG_SLO_S)]).ids[0]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = e.view.running_on(1)
+            if r is not None and r.action.stage == "diffuse":
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.2)
+        out["killed_pid"] = e.workers[1].pid
+        ray.kill(e.workers[1].actor)
+        after = await e.wait(long, 240)
+        out.update(kill_state=after.state, kill_reason=after.reason,
+                   kill_diffuses=[(s.outcome, list(s.gpus)) for s in e.spans if s.request_id == long
+                                  and s.stage == "diffuse"],
+                   restarts=e.workers[1].restarts, new_pid=e.workers[1].pid,
+                   meetings_after=e.workers.worlds.meetings, parallel_runs_after=e.workers.worlds.parallel_runs)
+    finally:
+        await e.shutdown(5)
+    out.update(records(e, [rid, long]))
+    out["total_s"] = time.monotonic() - t0
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=("emulated", "cpu"))
+    parser.add_argument("scenario", choices=("emulated", "cpu", "parallel"))
     parser.add_argument("--address", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     try:
-        result = asyncio.run({"emulated": emulated, "cpu": cpu}[args.scenario](args.address))
+        result = asyncio.run({"emulated": emulated, "cpu": cpu, "parallel": parallel}[args.scenario](args.address))
     except BaseException:  # the test shows it first, above the logs
         import traceback
 

@@ -235,3 +235,33 @@ def test_the_backend_and_the_device_are_the_only_difference_between_cpu_and_cuda
     assert plan_members("cpu", 4, 2)[0].threads == 1  # never fewer than one
     with pytest.raises(ValueError, match="unknown device"):
         plan_members("cpu:1", 2, 2)
+
+
+# ------------------------------------------------------------------------------- loopback only
+def _listening_on(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp* writes them) of sockets listening on ``port``."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
+def test_the_worlds_store_listens_on_loopback_only():
+    # c10d's own TCPStore server listens on every interface; ours binds 127.0.0.1 and hands the socket over
+    from tridentcore.runtime.parallel_worlds import WorldKeys, store_client
+
+    keys = WorldKeys(timeout_s=10)
+    keys.start()
+    assert _listening_on(keys.port) == {"0100007F"}  # 127.0.0.1, nothing else
+    client = store_client(keys.port, 10)
+    client.set("k", "v")
+    assert keys.store.get("k") == b"v"

@@ -211,3 +211,17 @@ def test_killed_actor_is_restarted_and_every_request_completes(cpu_result):
     assert r["after_restart_equal"]
     assert all(n == 1 for n in r["terminal_entries"].values())
     assert r["live_left"] == 0 and r["busy_left"] == 0 and r["errors"] == []
+
+
+def test_a_diffuse_on_two_actors_runs_sequence_parallel_and_survives_a_killed_member(ns):
+    r = ns.scenario("parallel", timeout_s=400)
+    assert r["state"] == "done" and r["own_pid"] not in r["pids"]
+    assert [s[2] for s in r["spans"] if s[0] == "diffuse"] == [[0, 1]]
+    assert r["parallel_runs"] == 1 and r["meetings"] == 1 and r["store_host"] == "127.0.0.1"  # split, not lead alone
+    assert r["pixel_diff"] <= 1.0, r["pixel_diff"]  # the image equals the local backend's at degree 1
+    assert r["kill_state"] == "done", r["kill_reason"]
+    assert r["kill_diffuses"][0] == ["failed", [0, 1]] and r["kill_diffuses"][-1] == ["done", [0, 1]]
+    assert r["restarts"] == 1 and r["new_pid"] != r["killed_pid"]
+    assert r["meetings_after"] == 2 and r["parallel_runs_after"] == 2  # the broken world abandoned, met afresh
+    assert all(n == 1 for n in r["terminal_entries"].values())
+    assert r["live_left"] == 0 and r["busy_left"] == 0 and r["errors"] == []

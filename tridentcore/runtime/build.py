@@ -172,7 +172,8 @@ def _workers(part: Part, backend: str, threads: int, ray_address: str | None, sl
         emulated = dev.kind == "emulated"
         return RayWorkerPool([RayWorker(g.id, () if emulated else part.models, emulated=emulated, threads=threads,
                                         slowdown=slowdown)
-                              for g in dev.cluster.gpus], address=ray_address or None)
+                              for g in dev.cluster.gpus], address=ray_address or None,
+                             worlds=None if emulated else WorldKeys())
     if dev.kind == "emulated":
         return WorkerPool([EmulatedWorker(g.id) for g in dev.cluster.gpus])
     if dev.kind == "cuda":

@@ -15,6 +15,11 @@ aligned blocks, and simulated and live clusters choose device sets alike. A worl
 member died, a collective timed out) is simply abandoned: its keys are forgotten here and the
 members tear it down on their side (:class:`Worlds`), and the next dispatch meets afresh.
 
+The same holds for Ray actors (``ray_workers``): they meet inside the actors, at the server node's
+address when the cluster has several nodes. The store's listening socket is bound to that one
+address (127.0.0.1 locally) and so are gloo's sockets: c10d's defaults would listen on every
+interface, or on whatever the host name resolves to.
+
 The price, measured on the reference machine (2 cores, gloo, 127.0.0.1, a test run beside it): a
 fresh meeting of two started members takes about 20 ms, paid once per member set while no member
 leaves it (``WorldKeys.meetings`` counts them).
@@ -46,40 +51,59 @@ from datetime import timedelta
 from .pool import Worker
 from .tasks import StageResult, StageTask
 
-__all__ = ["DEFAULT_PARALLEL_TIMEOUT_S", "MemberSet", "WorldKeys", "WorldSpec", "Worlds", "meet", "store_client", "store_server"]
+__all__ = ["DEFAULT_PARALLEL_TIMEOUT_S", "LOOPBACK", "MemberSet", "WorldKeys", "WorldSpec", "Worlds", "meet", "store_client", "store_server"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL_TIMEOUT_S = 60.0  # a member waits this long for a peer (meeting or collective)
 ABANDON_GRACE_S = 0.5  # after a member died, how long the others may take to fail before they are stopped (well
 # under a restart, so the retry never meets a member that is about to be stopped)
-_HOST = "127.0.0.1"
+LOOPBACK = "127.0.0.1"  # where worlds meet unless their members are on several nodes (Ray)
 
 
-def meet(backend: str, store, rank: int, world_size: int, timeout_s: float):
-    """Join this process's default torch.distributed world through ``store`` (a TCPStore on 127.0.0.1,
-    or a prefix of one) as ``rank`` of ``world_size``; its group. Used by the serving workers
-    (:class:`Worlds`) and by ``trident generate --degree K``'s members (``local_group``)."""
+def meet(backend: str, store, rank: int, world_size: int, timeout_s: float, host: str = LOOPBACK):
+    """Join this process's default torch.distributed world through ``store`` (a TCPStore, or a prefix of
+    one) as ``rank`` of ``world_size``; its group. Used by the serving workers (:class:`Worlds`) and by
+    ``trident generate --degree K``'s members (``local_group``). gloo's sockets are bound to ``host``
+    (127.0.0.1 unless the members are on several nodes): left to itself, gloo binds to whatever the
+    machine's host name resolves to, often an address every machine on the network can reach."""
     import torch.distributed as dist
 
+    options = None
+    if backend == "gloo":
+        options = dist.ProcessGroupGloo._Options()
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                            timeout=timedelta(seconds=timeout_s))
+                            timeout=timedelta(seconds=timeout_s), pg_options=options)
     return dist.group.WORLD
 
 
-def store_server(timeout_s: float, world_size: int | None = None):
-    """A TCPStore served by this process on 127.0.0.1, on a free port (its ``port``)."""
+def store_server(timeout_s: float, world_size: int | None = None, host: str = LOOPBACK):
+    """A TCPStore served by this process on ``host`` (127.0.0.1 unless members are on other nodes), on a
+    free port (its ``port``). The listening socket is bound here and handed over: c10d's own server
+    would listen on every interface of the machine."""
+    import socket
+
     import torch.distributed as dist
 
-    return dist.TCPStore(_HOST, 0, world_size, is_master=True, timeout=timedelta(seconds=timeout_s),
-                         wait_for_workers=False)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+        sock.listen(128)
+        port = sock.getsockname()[1]
+    except BaseException:
+        sock.close()
+        raise
+    return dist.TCPStore(host, port, world_size, is_master=True, timeout=timedelta(seconds=timeout_s),
+                         wait_for_workers=False, master_listen_fd=sock.detach())
 
 
-def store_client(port: int, timeout_s: float, world_size: int | None = None):
-    """A client of the TCPStore served on 127.0.0.1:``port``."""
+def store_client(port: int, timeout_s: float, world_size: int | None = None, host: str = LOOPBACK):
+    """A client of the TCPStore served on ``host``:``port``."""
     import torch.distributed as dist
 
-    return dist.TCPStore(_HOST, port, world_size, is_master=False, timeout=timedelta(seconds=timeout_s))
+    return dist.TCPStore(host, port, world_size, is_master=False, timeout=timedelta(seconds=timeout_s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +113,17 @@ class WorldSpec:
     key: str  # unique per world: members holding the same key are in one world
     members: tuple[int, ...]  # device slots, the lead first (rank = index)
     rank: int
-    port: int  # the engine's TCPStore on 127.0.0.1
+    port: int  # the engine's TCPStore, on ``host``
     timeout_s: float = DEFAULT_PARALLEL_TIMEOUT_S
+    host: str = LOOPBACK  # the store's address, and the one each member's gloo sockets bind to
 
 
 class WorldKeys:
     """The engine's side: the store the members meet through, and which world each slot holds."""
 
-    def __init__(self, timeout_s: float = DEFAULT_PARALLEL_TIMEOUT_S) -> None:
+    def __init__(self, timeout_s: float = DEFAULT_PARALLEL_TIMEOUT_S, host: str = LOOPBACK) -> None:
         self.timeout_s = timeout_s
+        self.host = host  # the store's address (set before start: a Ray cluster's may be another node's)
         self.store = None
         self.meetings = 0  # fresh worlds handed out (reuses not counted)
         self.parallel_runs = 0  # dispatches that ran sequence-parallel (the rest ran on their lead alone)
@@ -107,7 +133,7 @@ class WorldKeys:
 
     def start(self) -> None:
         if self.store is None:
-            self.store = store_server(self.timeout_s)
+            self.store = store_server(self.timeout_s, host=self.host)
 
     @property
     def port(self) -> int:
@@ -126,7 +152,7 @@ class WorldKeys:
             for s in members:
                 self._drop(s)
                 self._held[s] = key
-        return [WorldSpec(key, members, r, self.port, self.timeout_s) for r in range(len(members))]
+        return [WorldSpec(key, members, r, self.port, self.timeout_s, self.host) for r in range(len(members))]
 
     def forget(self, slots: Sequence[int]) -> None:
         """The worlds of ``slots`` are broken (a member lost, a dispatch failed): nobody reuses them."""
@@ -195,9 +221,10 @@ class MemberSet(Worker):
 class Worlds:
     """A worker process's side: the world it holds now (one at most), joined and left on demand."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str | None = None) -> None:
         self.key: str | None = None
-        self._stores: dict[int, object] = {}
+        self.address = address  # this node's address, for worlds whose store is not on loopback (Ray)
+        self._stores: dict[tuple[str, int], object] = {}
 
     def join(self, spec: WorldSpec, device):
         """The group of ``spec``'s world (this process's default world), met afresh unless already held."""
@@ -208,11 +235,12 @@ class Worlds:
         if self.key == spec.key and dist.is_initialized():
             return dist.group.WORLD
         self.leave()
-        base = self._stores.get(spec.port)
+        base = self._stores.get((spec.host, spec.port))
         if base is None:
-            base = self._stores[spec.port] = store_client(spec.port, spec.timeout_s)
+            base = self._stores[(spec.host, spec.port)] = store_client(spec.port, spec.timeout_s, host=spec.host)
+        bind = LOOPBACK if spec.host == LOOPBACK or self.address is None else self.address
         group = meet(backend_for(device), dist.PrefixStore(spec.key, base), spec.rank, len(spec.members),
-                     spec.timeout_s)
+                     spec.timeout_s, bind)
         self.key = spec.key
         return group
 

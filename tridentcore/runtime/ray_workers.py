@@ -97,6 +97,7 @@ class StageActor:
         self._cond = threading.Condition()
         self._preempts: dict[int, tuple[int, float]] = {}  # emulated: dispatch -> (stop step, monotonic deadline)
         self._parked = threading.Event()
+        self._worlds = None  # this actor's sequence-parallel world (``parallel_worlds.Worlds``), made on first use
 
     def ready(self) -> dict:
         import ray
@@ -126,16 +127,22 @@ class StageActor:
             return (result, *([None] * n)) if split else result
         import torch
 
+        from .parallel_worlds import Worlds
         from .workers import _execute
 
+        if task.world is not None and self._worlds is None:
+            import ray
+
+            self._worlds = Worlds(ray.util.get_node_ip_address())
         try:
             with torch.inference_mode():
-                result = _execute(self.pipes, self.cards, task, self._flag, None, self.slowdown)
+                result = _execute(self.pipes, self.cards, task, self._flag, None, self.slowdown, self._worlds)
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
             result = failure(exc)
         if not split:
             return result
-        outputs = result.outputs if result.ok else (None,) * n
+        # a member of a parallel diffuse other than the lead hands back no latents: one None per request
+        outputs = result.outputs if result.ok and result.outputs else (None,) * n
         return (replace(result, outputs=()), *outputs)
 
     def _emulate(self, task: StageTask) -> StageResult:
@@ -314,6 +321,14 @@ class RayWorker(Worker):
             result = replace(result, outputs=outputs)  # references; the objects stay in the store
         return result
 
+    def abort(self) -> None:
+        """Stop the actor (a member of a parallel dispatch whose peer died, still waiting on it): it is
+        replaced as a lost one is."""
+        if self.alive and self.actor is not None:
+            import ray
+
+            ray.kill(self.actor, no_restart=True)
+
     def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
         if not self.alive or self.actor is None:
             return
@@ -372,6 +387,9 @@ class RayWorkerPool(WorkerPool):
         if have is not None and need > have + 1e-9:
             raise RuntimeError(f"the Ray cluster has {have:g} CPUs; {len(self.workers)} workers ask for {need:g} "
                                f"(add nodes, or fewer devices)")
+        if self.worlds is not None and self.address is not None:
+            # actors on other nodes meet at this node's address (a private instance: all on loopback)
+            self.worlds.host = ray.util.get_node_ip_address()
         await super().start()
 
     async def stop(self) -> None:
