@@ -95,6 +95,10 @@ class Trident(Policy):
                                    "if it spends at most this many times the GPU-seconds of the smallest feasible one"),
         "spread": (float, 0.5, "use the faster efficient degree while fewer than this fraction of GPUs are busy"),
         "preempt": (parse_bool, True, "pause long diffuses between steps for urgent requests"),
+        "wide": (parse_bool, True, "work-conserving: a diffuse takes the GPUs no other waiting work needs, up to the "
+                                   "fastest degree worth them, and is shrunk at a step boundary when new work "
+                                   "needs them"),
+        "gain": (float, 0.05, "wide: doubling the degree is worth it while it cuts the step time by this fraction"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
         "late": (parse_late, DEFAULT_LATE, "serve: a request that can no longer meet its deadline runs after the "
                                            "others (an SLO miss); reject: turn it away, only before any stage ran"),
@@ -125,6 +129,8 @@ class Trident(Policy):
         self.last_plan_s = now
         self.safer: dict[int, int] = {}  # request id -> OOM retries
         self.paused_at: dict[int, float] = {}  # request id -> when it was last preempted
+        self.base: dict[int, int] = {}  # request id -> the degree its running diffuse would have had unwidened
+        self.cap: dict[int, int] = {}  # request id -> the most GPUs its next diffuse may take (it was shrunk)
         self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
         self.noise = Spread()  # how far completed dispatches strayed from their predictions
         self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
@@ -303,8 +309,13 @@ class Trident(Policy):
                 if idle_total:
                     g, evictions = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec)
                 if g is None:
-                    # no GPU now: if one frees too late for this request, pause a long diffuse
+                    # no GPU now: shrink a widened diffuse, or, if a GPU frees too late for this
+                    # request, pause a long diffuse
                     blocked += 1
+                    if self.opts["wide"] and not preempted_now and blocked <= _MAX_BLOCKED and self._shrink(
+                            view, reserved, now, self._soonest(view, reserved, now, 1)[0], 1, actions):
+                        preempted_now = True
+                        continue
                     if blocked <= _MAX_BLOCKED and self.opts["preempt"] and not preempted_now and preempt_tries < 2:
                         d = info.eff_d if stage == StageKind.ENCODE else 1
                         latest = spec.deadline_s - margin - self._remaining(rec, info, d, stage)
@@ -348,6 +359,16 @@ class Trident(Policy):
                 order = [info.eff_d] + [d for d in feasible if d != info.eff_d]
             else:
                 order = sorted(feasible)
+            base = order[0]
+            if self.opts["wide"] and not late and idle_total:
+                # work-conserving: the GPUs that the rest of the waiting work leaves idle speed this one
+                # up (to the fastest degree still worth its GPUs); shrunk when new work needs them
+                wide = self._widest(info, feasible, idle_total - (len(scan) - i))
+                if wide > base:
+                    order = [d for d in sorted(feasible, reverse=True) if base < d <= wide] + order
+            cap = self.cap.get(rid)
+            if cap is not None:
+                order = [d for d in order if d <= cap] or [min(order)]
             placed = False
             if idle_total:
                 for d in order:
@@ -370,6 +391,9 @@ class Trident(Policy):
                     idle_total -= d
                     busy_frac = 1.0 - idle_total / n_gpus
                     actions.append(Dispatch(StageKind.DIFFUSE, tuple(batch), group, rec.steps_done, spec.shape.steps))
+                    for b in batch:
+                        self.base[b] = min(base, d)
+                        self.cap.pop(b, None)
                     placed = True
                     break
             if placed or late:
@@ -381,6 +405,9 @@ class Trident(Policy):
             d = min(feasible)
             latest = spec.deadline_s - margin - self._remaining(rec, info, d, StageKind.DIFFUSE)
             when, group = self._soonest(view, reserved, now, d)
+            if self.opts["wide"] and not preempted_now and self._shrink(view, reserved, now, when, base, actions):
+                preempted_now = True
+                continue
             if group is not None and when <= latest:
                 for g in group:
                     reserved[g] = when
@@ -393,6 +420,8 @@ class Trident(Policy):
             if group is not None:
                 for g in group:
                     reserved[g] = when
+        if self.opts["wide"] and idle_total and not blocked and not preempted_now:
+            self._grow(view, idle, reserved, now, actions)
         return actions
 
     # ------------------------------------------------------------------------------ choosing GPUs
@@ -464,6 +493,90 @@ class Trident(Policy):
             if t < best_t:
                 best_t, best = t, tuple(g for _, g in times[:d])
         return best_t, best
+
+    def _widest(self, info: ClassInfo, feasible: list[int], spare: int) -> int:
+        """The largest degree within ``spare`` GPUs at which each doubling still cuts the step time by
+        ``gain`` (0: none is)."""
+        best = 0
+        for d in sorted(feasible):
+            if d > spare:
+                break
+            if best and info.step_s[d] > (1.0 - self.opts["gain"]) * info.step_s[best]:
+                break
+            best = d
+        return best
+
+    def _grow(self, view, idle, reserved, now, actions) -> None:
+        """GPUs idle with nothing waiting: pause the running diffuse that gains most from them at its next
+        step boundary; it resumes at once, wider (the GPUs must hold its weights: no load)."""
+        best, best_gain = None, 0.0
+        for run in view.running():
+            a = run.action
+            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
+                continue
+            vid, d = a.request_ids[0], len(a.gpus)
+            if now - self.paused_at.get(vid, -math.inf) < 10 * run.step_s or any(g in reserved for g in a.gpus):
+                continue
+            v = view.request(vid)
+            info = self._info_for(view, v.spec.model, v.spec.shape)
+            node = view.node_of(a.gpus[0])
+            spare = sum(g not in reserved and view.has_resident(v.spec.model, StageKind.DIFFUSE, g)
+                        for g in idle[node])
+            k = self._widest(info, [x for x in info.degrees if x >= d], d + spare)
+            if k <= d:
+                continue
+            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
+            left = a.end_step - a.start_step - done
+            gain = left * (info.step_s[d] - info.step_s[k]) - 2 * run.step_s  # the pause costs up to a step, and more
+            if gain > best_gain:
+                best, best_gain = vid, gain
+        if best is not None:
+            actions.append(Preempt(best))
+            self.paused_at[best] = now
+
+    def _shrink(self, view, reserved, now, when, need, actions) -> bool:
+        """Work that needs ``need`` GPUs waits until ``when``: shrink a widened diffuse at its next step
+        boundary instead (it resumes at once on part of its GPUs, still within its deadline), if that
+        frees room sooner. The victim with the most work left is chosen."""
+        best, best_left = None, 0.0
+        for run in view.running():
+            a = run.action
+            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
+                continue
+            vid, d = a.request_ids[0], len(a.gpus)
+            base = self.base.get(vid, d)
+            if d <= base or any(g in reserved for g in a.gpus):
+                continue
+            if now - self.paused_at.get(vid, -math.inf) < 10 * run.step_s:
+                continue  # no pause/resume cycles that make no progress
+            node = view.node_of(a.gpus[0])
+            free_here = sum(g not in reserved for g in view.idle_gpus(node))
+            v = view.request(vid)
+            vinfo = self._info_for(view, v.spec.model, v.spec.shape)
+            keep = [k for k in vinfo.degrees if base <= k < d and d - k + free_here >= need]
+            if not keep:
+                continue
+            k = max(keep)
+            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
+            freed_at = max(now, run.compute_start_s) + done * run.step_s
+            if freed_at + run.step_s >= when:
+                continue  # waiting for the GPUs to free is about as quick
+            left = a.end_step - a.start_step - done
+            if vid not in self.hopeless and freed_at + left * vinfo.step_s[k] * self.stretch + vinfo.dec_s > (
+                    v.spec.deadline_s - self.opts["margin"] * v.spec.slo_s):
+                continue  # shrunk, it would miss its deadline
+            loss = left * (vinfo.step_s[k] - vinfo.step_s[d])  # how much later the victim ends
+            if loss >= when - freed_at:
+                continue  # it would lose more than the waiting work gains
+            if left * run.step_s > best_left:
+                best, best_left = (vid, k, freed_at), left * run.step_s
+        if best is None:
+            return False
+        vid, k, _ = best
+        actions.append(Preempt(vid))
+        self.paused_at[vid] = now
+        self.cap[vid] = k
+        return True
 
     def _preempt(self, view, reserved, now, d, rec, info, stage, actions) -> bool:
         """Pause the best victim for ``rec`` (if any): the Preempt action, and its GPUs reserved."""
