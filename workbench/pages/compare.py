@@ -223,12 +223,18 @@ first = runs[tasks[0]]
 workload = Path(trace).name if trace else Path(str(mix)).name
 summary_line = (f"**{workload}** · {scenario.arrival} · cluster {cluster} ({first.n_gpus} GPUs, {first.gpu_mem_gib:g} GiB each) · "
                 f"profile {Path(profile).name} · SLO scale {slo_scale:g}")
+ceiling_note = ""
 if trace is None:
     try:
-        summary_line += f" · capacity ceiling {data.cached_capacity(scenario):.3f} req/s"
+        ceil = data.cached_ceilings(scenario)
+        summary_line += (f" · capacity ceiling {ceil['capacity_rps']:.3f} req/s · SLO-aware ceiling "
+                         f"{ceil['slo_aware_rps']:.3f} req/s")
+        ceiling_note = ceil["note"]
     except (ValueError, LookupError) as exc:
         st.warning(f"capacity ceiling: {data.error_text(exc)}")
 st.markdown(summary_line)
+if ceiling_note:
+    st.caption(f"SLO-aware ceiling: {ceiling_note}.")
 st.caption(f"simulated {len(tasks)} run(s) in {sum(r.wall_s for r in runs.values()):.2f} s of simulator time")
 
 detail_rate = rates[0]
