@@ -212,8 +212,9 @@ except Exception as exc:  # expected: a policy that cannot run this cluster; oth
     st.stop()
 bar.empty()
 
-points = pd.DataFrame([{"policy": p, "rate": r, **{k: runs[(p, r)].summary[k] for k in ("attainment", "p95_s")}}
-                       for p, r in tasks if r is not None])
+points = pd.DataFrame([{"policy": p, "rate": r,
+                         **{k: runs[(p, r)].summary[k] for k in ("attainment", "mean_s", "p95_s")}}
+                        for p, r in tasks if r is not None])
 if sweep:
     grid = data.goodput_on_grid(points)
     for p in policies:
@@ -261,6 +262,9 @@ with st.expander("SLO attainment per request class"):
 
 if sweep:
     st.plotly_chart(figures.rate_curves(points), width="stretch")
+    st.plotly_chart(figures.latency_vs_rate(points), width="stretch")
+    st.caption("Pareto frontier: at each swept rate, the lowest latency among the policies with at least 90 % SLO "
+               "attainment (hover a star for the policy); no star at a rate where none reaches 90 %.")
 st.plotly_chart(figures.latency_cdf({p: detail[p].requests["latency_s"].dropna() for p in policies}), width="stretch")
 
 # ---------------------------------------------------------------------------------- timelines
