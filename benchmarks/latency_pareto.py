@@ -125,17 +125,25 @@ def _row(c: dict) -> str:
 
 
 def summary(table: list[dict]) -> list[str]:
-    """How many cells trident is within, and the worst ones."""
+    """How many cells trident is within, on which count it is outside, and the worst cells."""
     within = [c for c in table if not c["flags"]]
     compared = [c for c in table if c["best_mean"] is not None]
+    count = {flag: sum(flag in c["flags"] for c in table) for flag in ("mean", "p95", "att")}
     lines = [f"trident is within 5 % of the best mean and P95 and at most {GAP_POINTS:g} point below the best "
-             f"attainment in **{len(within)} of {len(table)} cells**. Cells where no other policy reaches "
-             f"{TARGET:.0%} attainment (only the attainment gap applies): {len(table) - len(compared)}."]
-    for key, label, fmt in (("mean_ratio", "mean ratio", "{:.2f}"), ("p95_ratio", "P95 ratio", "{:.2f}"),
-                            ("gap_points", "attainment gap", "{:+.1f} pts")):
-        worst = sorted((c for c in table if math.isfinite(c[key])), key=lambda c: -c[key])[:3]
-        lines.append(f"Worst {label}: " + "; ".join(
-            f"{c['mix']} x{c['slo_scale']:g} at {c['fraction']:.0%} " + fmt.format(c[key]) for c in worst))
+             f"attainment in **{len(within)} of {len(table)} cells**; outside on the mean in {count['mean']}, on the "
+             f"P95 in {count['p95']}, on attainment in {count['att']}. In {len(table) - len(compared)} cells no other "
+             f"policy reaches {TARGET:.0%} attainment (only the attainment gap applies); of the {len(compared)} cells "
+             f"where one does, trident is within in {sum(1 for c in compared if not c['flags'])}."]
+    for key, flag, label, fmt in (("mean_ratio", "mean", "mean ratio", "{:.2f}"), ("p95_ratio", "p95", "P95 ratio", "{:.2f}"),
+                                  ("gap_points", "att", "attainment gap", "{:+.1f} pts")):
+        worst = sorted((c for c in table if flag in c["flags"]), key=lambda c: -c[key])[:3]
+        if worst:
+            lines.append(f"Worst {label}: " + "; ".join(
+                f"{c['mix']} x{c['slo_scale']:g} at {c['fraction']:.0%} " + fmt.format(c[key]) for c in worst) + ".")
+    if not count["att"]:
+        largest = max((c["gap_points"] for c in table), default=math.nan)
+        lines.append(f"trident's attainment is never more than {GAP_POINTS:g} point below the best other policy's "
+                     f"(largest gap {largest:+.1f} pts).")
     return lines
 
 
@@ -151,8 +159,11 @@ def markdown(rows: list[dict], args, wall_s: float | None) -> str:
            "attainment at that rate, the lowest mean and the lowest P95 (each with its policy; `-`: none reaches "
            f"{TARGET:.0%}); the highest attainment of any other policy; the ratios trident / best; the attainment gap "
            f"(best - trident, points). **outside**: mean or P95 more than {LATENCY_TOL:.0%} above the best, or "
-           f"attainment more than {GAP_POINTS:g} point below.", "", *summary(table), ""]
-    for key in sorted({(c["mix"], c["slo_scale"]) for c in table}):
+           f"attainment more than {GAP_POINTS:g} point below.", ""]
+    for line in summary(table):
+        out += [line, ""]
+    order = {m: i for i, m in enumerate(args.mixes.split(","))}
+    for key in sorted({(c["mix"], c["slo_scale"]) for c in table}, key=lambda k: (order.get(k[0], len(order)), k)):
         sel = [c for c in table if (c["mix"], c["slo_scale"]) == key]
         out += [f"## {key[0]}, SLO scale {key[1]:g} (SLO-aware ceiling {sel[0]['slo_aware_capacity_rps']:.3f} req/s, "
                 f"capacity ceiling {sel[0]['capacity_rps']:.3f} req/s)", "", HEADER,
