@@ -4,10 +4,12 @@
         [--scales 1.5,3,5] [--cluster 2x8xH200] [--profile h200] [--duration 1800] [--jobs 2]
         [--noise SIGMA] [--out results/goodput.json] [--markdown FILE] [--reuse EARLIER.json]
 
-For every (mix, SLO scale): the capacity ceiling, and per policy the goodput (highest rate with
->= 90 % overall attainment) and fair goodput (every request class >= 90 %), by bisection over rates
-with common random numbers. Prints one table per mix and the ratios the issue asks for: trident
-over the best pipeline-static degree, and trident over trident-paper (fair goodput).
+For every (mix, SLO scale): the capacity ceiling, the SLO-aware ceiling (each class at the cheapest
+degree and batch that meets its SLO without queueing: ``tridentcore.core.capacity``), and per
+policy the goodput (highest rate with >= 90 % overall attainment) and fair goodput (every request
+class >= 90 %), by bisection over rates with common random numbers. Prints one table per mix and
+the ratios the issue asks for: trident over the best pipeline-static degree, trident over
+trident-paper, and trident as a fraction of the SLO-aware ceiling (fair goodput).
 """
 
 from __future__ import annotations
@@ -20,24 +22,50 @@ from pathlib import Path
 
 from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE, DEFAULT_SWEEP_DURATION_S
 
+__all__ = ["POLICIES", "ceilings_for", "markdown"]
+
 POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-static:degree=4",
             "pipeline-static:degree=8", "pipeline-dynamic", "trident-paper", "trident", "trident:late=reject")
 
 
+def ceilings_for(mix: str, scale: float, cluster: str = DEFAULT_CLUSTER, profile: str = DEFAULT_PROFILE) -> tuple[float, float]:
+    """(capacity ceiling, SLO-aware ceiling) in req/s of ``mix`` at SLO ``scale``: the cost model
+    alone, no simulation (rows of an older --out file lack the second)."""
+    from tridentcore.bench.scenario import ceilings, load_scenario
+    from tridentcore.bench.spec import RunSpec
+
+    efficient, slo_aware = ceilings(load_scenario(RunSpec(profile=profile, cluster=cluster, mix=mix, slo_scale=scale)))
+    return efficient.rps, slo_aware.rps
+
+
 def _one(args):
     mix, scale, policy, cluster, profile, duration, seed, target, noise = args
-    from tridentcore.bench.scenario import capacity_rps, load_scenario, sweep_goodput
+    from tridentcore.bench.scenario import ceilings, load_scenario, sweep_goodput
     from tridentcore.bench.spec import RunSpec
 
     loaded = load_scenario(RunSpec(profile=profile, cluster=cluster, mix=mix, duration_s=duration,
                                     slo_scale=scale, seed=seed, noise_sigma=noise))
     t0 = time.perf_counter()
-    cap = capacity_rps(loaded)
+    efficient, slo_aware = ceilings(loaded)
+    cap = efficient.rps
     g = sweep_goodput(loaded, policy, target, rel_tol=0.01, cap=cap)
     curve = [{"rate": p.rate, "attainment": p.attainment, "min_class": p.min_class,
               "by_class": {k: a for k, (_, a) in p.by_class.items()}} for p in g.points]
-    return {"mix": mix, "slo_scale": scale, "policy": policy, "noise_sigma": noise, "capacity_rps": cap, "goodput_rps": g.goodput_rps,
+    return {"mix": mix, "slo_scale": scale, "policy": policy, "noise_sigma": noise, "capacity_rps": cap,
+            "slo_aware_capacity_rps": slo_aware.rps, "goodput_rps": g.goodput_rps,
             "fair_goodput_rps": g.fair_goodput_rps, "sweep_s": time.perf_counter() - t0, "curve": curve}
+
+
+def _with_ceilings(rows: list[dict], args) -> list[dict]:
+    """``rows`` with ``slo_aware_capacity_rps`` filled in where an older --out file lacks it."""
+    missing = {(r["mix"], r["slo_scale"]) for r in rows if "slo_aware_capacity_rps" not in r}
+    found = {k: ceilings_for(k[0], k[1], args.cluster, args.profile)[1] for k in missing}
+    return [r if "slo_aware_capacity_rps" in r else {**r, "slo_aware_capacity_rps": found[(r["mix"], r["slo_scale"])]}
+            for r in rows]
+
+
+def _fraction(goodput: float, ceiling: float) -> str:
+    return f"{goodput / ceiling:.0%}" if ceiling > 0 else "-"
 
 
 def main() -> None:
@@ -82,6 +110,7 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1))
         print(f"{len(todo)} sweeps in {time.perf_counter() - t0:.0f} s ({len(rows) - len(todo)} reused); curves in {out}")
+    rows = _with_ceilings(rows, args)
     if args.markdown:
         Path(args.markdown).write_text(markdown(rows, args))
         print(f"markdown in {args.markdown}")
@@ -90,10 +119,13 @@ def main() -> None:
             sel = [r for r in rows if r["mix"] == mix and r["slo_scale"] == scale]
             if not sel:
                 continue
-            print(f"\n{mix}  SLO scale {scale:g}  capacity ceiling {sel[0]['capacity_rps']:.3f} req/s")
-            print(f"  {'policy':<26} {'goodput':>8} {'fair':>8}")
+            slo_cap = sel[0]["slo_aware_capacity_rps"]
+            print(f"\n{mix}  SLO scale {scale:g}  capacity ceiling {sel[0]['capacity_rps']:.3f} req/s, "
+                  f"SLO-aware ceiling {slo_cap:.3f} req/s")
+            print(f"  {'policy':<26} {'goodput':>8} {'fair':>8} {'fair / SLO-aware':>17}")
             for r in sel:
-                print(f"  {r['policy']:<26} {r['goodput_rps']:8.3f} {r['fair_goodput_rps']:8.3f}")
+                print(f"  {r['policy']:<26} {r['goodput_rps']:8.3f} {r['fair_goodput_rps']:8.3f} "
+                      f"{_fraction(r['fair_goodput_rps'], slo_cap):>17}")
             by = {r["policy"]: r for r in sel}
             static = [r for r in sel if r["policy"].startswith("pipeline-static")]
             if "trident" in by and static:
@@ -108,6 +140,7 @@ def main() -> None:
 
 def markdown(rows: list[dict], args) -> str:
     """Tables per mix and scale, ratios, and every simulated rate's attainment per class."""
+    rows = _with_ceilings(rows, args)
     noise = f", stage-time noise sigma {args.noise:g}" if getattr(args, "noise", 0.0) else ""
     out = [f"# Goodput on {args.cluster}, profile {args.profile}, {args.duration:g} s of Poisson arrivals, seed {args.seed}"
            + noise,
@@ -117,11 +150,16 @@ def markdown(rows: list[dict], args) -> str:
         out += [f"The rows of {', '.join(p for p in args.reuse_policies.split(';') if p)} are taken from an earlier run "
                 "of the same settings (`--reuse`): their code did not change.", ""]
     keys = sorted({(r["mix"], r["slo_scale"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    out += _ceiling_table(rows, keys)
     for mix, scale in keys:
         sel = [r for r in rows if r["mix"] == mix and r["slo_scale"] == scale]
-        out += [f"## {mix}, SLO scale {scale:g} (capacity ceiling {sel[0]['capacity_rps']:.3f} req/s)", "",
-                "| policy | goodput (req/s) | fair goodput (req/s) |", "| --- | ---: | ---: |"]
-        out += [f"| {r['policy']} | {r['goodput_rps']:.3f} | {r['fair_goodput_rps']:.3f} |" for r in sel]
+        slo_cap = sel[0]["slo_aware_capacity_rps"]
+        out += [f"## {mix}, SLO scale {scale:g} (capacity ceiling {sel[0]['capacity_rps']:.3f} req/s, "
+                f"SLO-aware ceiling {slo_cap:.3f} req/s)", "",
+                "| policy | goodput (req/s) | fair goodput (req/s) | fair / SLO-aware ceiling |",
+                "| --- | ---: | ---: | ---: |"]
+        out += [f"| {r['policy']} | {r['goodput_rps']:.3f} | {r['fair_goodput_rps']:.3f} | "
+                f"{_fraction(r['fair_goodput_rps'], slo_cap)} |" for r in sel]
         by = {r["policy"]: r for r in sel}
         static = [r for r in sel if r["policy"].startswith("pipeline-static")]
         if "trident" in by and static:
@@ -132,6 +170,7 @@ def markdown(rows: list[dict], args) -> str:
             if "trident-paper" in by:
                 p = by["trident-paper"]["fair_goodput_rps"]
                 line += "; trident / trident-paper: " + (f"{by['trident']['fair_goodput_rps'] / p:.2f}x" if p else "inf")
+            line += f"; trident / SLO-aware ceiling: {_fraction(by['trident']['fair_goodput_rps'], slo_cap)}"
             out += ["", line]
         out += ["", "<details><summary>attainment vs rate, per policy and class</summary>", ""]
         for r in sel:
@@ -146,6 +185,25 @@ def markdown(rows: list[dict], args) -> str:
             out.append("")
         out += ["</details>", ""]
     return "\n".join(out) + "\n"
+
+
+def _ceiling_table(rows: list[dict], keys: list[tuple[str, float]]) -> list[str]:
+    """Markdown lines: per mix and scale both ceilings and trident's fair goodput as a fraction of each."""
+    out = ["The capacity ceiling prices every request at its most GPU-efficient degree (batch 1, SLO aside); the",
+           "SLO-aware ceiling prices each class at the cheapest degree and batch (a batch the profile measured) whose",
+           "no-queue latency meets its SLO (`tridentcore/core/capacity.py`). With batching the SLO-aware ceiling can",
+           "be above the other one.", "",
+           "| mix | SLO scale | capacity ceiling (req/s) | SLO-aware ceiling (req/s) | trident fair goodput (req/s) "
+           "| trident / ceiling | trident / SLO-aware ceiling |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for mix, scale in keys:
+        sel = {r["policy"]: r for r in rows if r["mix"] == mix and r["slo_scale"] == scale}
+        first = next(iter(sel.values()))
+        cap, slo_cap = first["capacity_rps"], first["slo_aware_capacity_rps"]
+        fair = sel["trident"]["fair_goodput_rps"] if "trident" in sel else None
+        cells = ["-", "-", "-"] if fair is None else [f"{fair:.3f}", _fraction(fair, cap), _fraction(fair, slo_cap)]
+        out.append(f"| {mix} | {scale:g} | {cap:.3f} | {slo_cap:.3f} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 if __name__ == "__main__":

@@ -143,6 +143,10 @@ def test_home_rate_sweep_adds_goodput_and_rate_curves():
     assert not at.error
     labels = [label for label, _ in _metrics(at)]
     assert labels.count("Goodput") == 2
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert len(charts) == 4  # attainment vs rate, latency vs rate, latency CDF, per-GPU timeline
+    assert "Pareto frontier" in charts[1] and "Mean latency" in charts[1]
+    assert any("SLO-aware ceiling" in m.value for m in at.markdown)
     at.text_input(key="cmp_rates").set_value("0.3, fast").run()
     assert any("fast" in e.value for e in at.error)
     _clean(at)

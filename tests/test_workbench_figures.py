@@ -208,6 +208,26 @@ def test_rate_curves_two_panels_per_policy():
     assert list(fig.data[0].x) == [0.25, 0.5] and list(fig.data[0].y) == [0.95, 0.8]
 
 
+def test_latency_vs_rate_marks_the_pareto_frontier():
+    pts = pd.DataFrame({"policy": ["a", "a", "a", "b", "b", "b"], "rate": [0.25, 0.5, 1.0, 0.25, 0.5, 1.0],
+                        "attainment": [0.99, 0.95, 0.5, 0.97, 0.8, 0.6],
+                        "mean_s": [4.0, 6.0, 30.0, 3.0, 5.0, 20.0], "p95_s": [9.0, 12.0, 80.0, 10.0, 9.0, 50.0]})
+    front = figures.latency_frontier(pts, "mean_s")
+    # b is faster at 0.5 req/s but below 90 %: a holds the frontier there; at 1.0 nobody reaches 90 %
+    assert list(front["rate"]) == [0.25, 0.5] and list(front["policy"]) == ["b", "a"]
+    assert list(figures.latency_frontier(pts, "p95_s")["policy"]) == ["a", "a"]
+    fig = figures.latency_vs_rate(pts)
+    assert len(fig.data) == 6  # per panel: a, b and the frontier
+    by_name = [(t.name, t.xaxis) for t in fig.data]
+    assert by_name[2] == ("Pareto frontier (attainment >= 90%)", "x") and by_name[5][1] == "x2"
+    mean_front, p95_front = fig.data[2], fig.data[5]
+    assert list(mean_front.x) == [0.25, 0.5] and list(mean_front.y) == [3.0, 6.0] and mean_front.line.dash == "dash"
+    assert list(p95_front.y) == [9.0, 12.0] and list(p95_front.text) == ["a", "a"]
+    assert list(fig.data[0].x) == [0.25, 0.5, 1.0] and list(fig.data[0].y) == [4.0, 6.0, 30.0]
+    none = figures.latency_vs_rate(pts.assign(attainment=0.1))
+    assert len(none.data[2].x) == 0
+
+
 def test_profile_figures_show_the_stage_discrepancy():
     prof = _profile()
     assert list(prof.loc[prof["stage"] == "encode", "shape"].unique()) == ["-"]

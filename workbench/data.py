@@ -33,7 +33,7 @@ import pandas as pd
 from tridentcore.core.defaults import DEFAULT_DB, DEFAULT_POLICIES, DEFAULT_RATE
 from tridentcore.core.metrics import attainment_by_class, summarize
 from tridentcore.core.types import DEGREES
-from tridentcore.bench.scenario import Loaded, Scenario, capacity_rps, load_scenario, run_one, sweep_goodput
+from tridentcore.bench.scenario import Loaded, Scenario, capacity_rps, ceilings, load_scenario, run_one, sweep_goodput
 
 from workbench.frames import RunFrames, placements_to_frame, requests_to_frame, samples_to_frame, spans_to_frame
 from workbench.kpis import Kpi, kpis, markdown_table
@@ -58,6 +58,7 @@ __all__ = [
     "simulate_frames",
     "goodput_bisect",
     "scenario_capacity",
+    "scenario_ceilings",
     "validate_comparison",
     "warm_up",
     "store_default_comparison",
@@ -184,7 +185,7 @@ def warm_up(policies: Sequence[str] = DEFAULT_POLICIES, scenario: Scenario = DEF
             finally:
                 _warming.pop(k).set()
         runs = [_warm[k] for k in keys if k in _warm]
-        scenario_capacity(scenario)
+        scenario_ceilings(scenario)
         if runs:  # the first figure of a process pays for Plotly's imports and validators: pay it here
             from workbench import figures
 
@@ -251,6 +252,13 @@ def _simulate_frames(scenario: Scenario, policy: str, rate: float | None) -> Run
 
 def scenario_capacity(scenario: Scenario) -> float:
     return capacity_rps(_loaded(scenario))
+
+
+def scenario_ceilings(scenario: Scenario) -> dict:
+    """The capacity ceiling and the SLO-aware one (req/s), and the SLO-aware pricing's note ('' or
+    the classes that meet their SLO at no degree), as plain values."""
+    efficient, slo_aware = ceilings(_loaded(scenario))
+    return {"capacity_rps": efficient.rps, "slo_aware_rps": slo_aware.rps, "note": slo_aware.note()}
 
 
 def goodput_bisect(scenario: Scenario, policy: str, target: float = 0.9) -> dict:
@@ -323,6 +331,7 @@ def _cache(**kw):
 cached_simulate = _cache(max_entries=128)(simulate_frames)
 cached_goodput = _cache(max_entries=64)(goodput_bisect)
 cached_capacity = _cache(max_entries=64)(scenario_capacity)
+cached_ceilings = _cache(max_entries=64)(scenario_ceilings)
 cached_runs = _cache(max_entries=16)(runs_frame)
 cached_summaries = _cache(max_entries=64)(summaries_frame)
 cached_class_attainment = _cache(max_entries=64)(class_attainment_frame)

@@ -5,7 +5,7 @@ No Streamlit here and no I/O: every function takes the rows it draws and returns
 those of the results store (``tridentcore/store``) and of :mod:`workbench.data`.
 
 This module is the import path the pages use; the figures live in :mod:`workbench.figures_runs`
-(latency, rates, attainment, SQL charts), :mod:`workbench.figures_timelines` (per-GPU timelines and
+(latency, rates and the latency Pareto frontier, attainment, SQL charts), :mod:`workbench.figures_timelines` (per-GPU timelines and
 placements), :mod:`workbench.figures_profiles`, :mod:`workbench.figures_live`, and what they share in
 :mod:`workbench.figures_base`.
 """
@@ -15,7 +15,8 @@ from __future__ import annotations
 from workbench.figures_base import STAGE_COLORS, STAGES, empty_figure
 from workbench.figures_live import live_devices, live_queues
 from workbench.figures_profiles import stage_discrepancy, stage_latency_by_shape, stage_memory_by_shape
-from workbench.figures_runs import CHART_KINDS, class_attainment, latency_cdf, quick_chart, rate_curves
+from workbench.figures_runs import (CHART_KINDS, class_attainment, latency_cdf, latency_frontier, latency_vs_rate,
+                                    quick_chart, rate_curves)
 from workbench.figures_timelines import (dispatch_bars, gpu_memory, gpu_timeline, placement_heatmap, placement_intervals,
                                          placement_timeline)
 
@@ -29,6 +30,8 @@ __all__ = [
     "gpu_memory",
     "gpu_timeline",
     "latency_cdf",
+    "latency_frontier",
+    "latency_vs_rate",
     "live_devices",
     "live_queues",
     "placement_heatmap",

@@ -1,5 +1,5 @@
-"""Figures of run outcomes: latency CDFs, attainment against rate, attainment per class, and quick
-charts of SQL query results.
+"""Figures of run outcomes: latency CDFs, attainment and latency against rate (with the latency
+Pareto frontier), attainment per class, and quick charts of SQL query results.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from plotly.subplots import make_subplots
 
 from workbench.figures_base import _color, _np, _series_colors, empty_figure
 
-__all__ = ["CHART_KINDS", "class_attainment", "latency_cdf", "quick_chart", "rate_curves"]
+__all__ = ["CHART_KINDS", "class_attainment", "latency_cdf", "latency_frontier", "latency_vs_rate", "quick_chart",
+           "rate_curves"]
 
 
 def _ecdf(values: Sequence[float], max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,6 +67,49 @@ def rate_curves(points: pd.DataFrame, *, target: float = 0.9) -> go.Figure:
     fig.update_yaxes(tickformat=".0%", range=[0, 1.02], row=1, col=1)
     fig.update_xaxes(title_text="rate (req/s)")
     fig.update_layout(height=380, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def latency_frontier(points: pd.DataFrame, column: str, *, target: float = 0.9) -> pd.DataFrame:
+    """Per rate, the policy with the lowest ``column`` among those with attainment >= ``target``
+    (rates where none reaches it are left out). Columns: rate, ``column``, policy; sorted by rate."""
+    ok = points[(points["attainment"] >= target) & points[column].notna()]
+    if ok.empty:
+        return pd.DataFrame({"rate": [], column: [], "policy": []})
+    best = ok.loc[ok.groupby("rate")[column].idxmin(), ["rate", column, "policy"]]
+    return best.sort_values("rate").reset_index(drop=True)
+
+
+def latency_vs_rate(points: pd.DataFrame, *, target: float = 0.9) -> go.Figure:
+    """Mean and P95 latency against request rate, one line per policy, with the Pareto frontier:
+    at each rate the lowest latency among the policies with attainment >= ``target`` (a thick
+    dashed line; its hover names the policy).
+
+    ``points``: columns ``policy``, ``rate``, ``attainment``, ``mean_s``, ``p95_s``.
+    """
+    panels = (("mean_s", "Mean latency (s)"), ("p95_s", "P95 latency (s)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in panels])
+    colors = _series_colors(list(dict.fromkeys(points["policy"].astype(str))))
+    ordered = points.sort_values("rate")
+    for col, (column, _) in enumerate(panels, start=1):
+        for policy, grp in ordered.groupby("policy", sort=False):
+            fig.add_trace(go.Scatter(x=_np(grp["rate"]), y=_np(grp[column]), mode="lines+markers", name=str(policy),
+                                     legendgroup=str(policy), showlegend=col == 1, line=dict(color=colors[str(policy)]),
+                                     customdata=_np(grp["attainment"]),
+                                     hovertemplate="%{x:.3g} req/s: %{y:.2f} s (attainment %{customdata:.1%})<extra>"
+                                                   + str(policy) + "</extra>"),
+                          row=1, col=col)
+        front = latency_frontier(points, column, target=target)
+        fig.add_trace(go.Scatter(x=_np(front["rate"]), y=_np(front[column]), mode="lines+markers",
+                                 name=f"Pareto frontier (attainment >= {target:.0%})", legendgroup="frontier",
+                                 showlegend=col == 1, text=list(front["policy"].astype(str)),
+                                 line=dict(color="rgba(0,0,0,0.45)", width=6, dash="dash"),
+                                 marker=dict(symbol="star", size=13, color="rgba(0,0,0,0.7)"),
+                                 hovertemplate="%{x:.3g} req/s: %{y:.2f} s, %{text}<extra>frontier</extra>"),
+                      row=1, col=col)
+    fig.update_xaxes(title_text="rate (req/s)")
+    fig.update_yaxes(title_text="latency (s)", rangemode="tozero")
+    fig.update_layout(height=400, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.25))
     return fig
 
 

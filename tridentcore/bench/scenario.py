@@ -9,7 +9,8 @@ policies are not noise from different draws.
 Goodput is the highest rate whose overall SLO attainment is >= target; fair goodput the highest
 rate at which *every* request class (model and shape) attains >= target. Both are found by
 bisection. The capacity ceiling is the rate the cluster would sustain with every request at its
-most GPU-efficient degree and perfect packing.
+most GPU-efficient degree and perfect packing; the SLO-aware ceiling prices each class at the
+cheapest degree and batch that meets its SLO without queueing (:mod:`tridentcore.core.capacity`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..core.capacity import Ceiling, ClassDemand, efficient_ceiling, slo_aware_ceiling
 from ..core.cluster import CPU_KIND, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
 from ..core.defaults import DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER, DEFAULT_PROFILE, DEFAULT_TARGET
@@ -31,8 +33,8 @@ from ..sim.engine import SimResult, StageNoise, simulate
 from .provenance import git_sha, hardware, package_versions
 from .spec import RunSpec, RunSpecError
 
-__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "evaluate", "goodput_range", "load_scenario",
-           "pricing_for", "run_meta", "run_one", "schedule_requests", "sweep_goodput"]
+__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "ceilings", "evaluate", "goodput_range",
+           "load_scenario", "pricing_for", "run_meta", "run_one", "schedule_requests", "sweep_goodput"]
 
 Scenario = RunSpec  # the name this module's callers used before the one run spec (issue 10)
 
@@ -75,7 +77,7 @@ class Loaded:
             self._cache[key] = generate_requests(self.mix, self.scenario.arrival, rate, self.scenario.duration_s,
                                                  self.scenario.seed, slo)
             if len(self._cache) > 64:
-                self._cache.pop(next(k for k in self._cache if k != "expected"))
+                self._cache.pop(next(k for k in self._cache if k not in ("expected", "ceilings")))
         return self._cache[key]
 
 
@@ -217,23 +219,29 @@ def run_one(loaded: Loaded, policy_spec: str, rate: float | None, *, record: boo
 
 def capacity_rps(loaded: Loaded) -> float:
     """Rate the cluster sustains with every request at its most GPU-efficient degree, perfectly packed."""
-    cost, kind, cluster = loaded.cost, loaded.gpu_kind, loaded.cluster
+    return ceilings(loaded)[0].rps
+
+
+def ceilings(loaded: Loaded) -> tuple[Ceiling, Ceiling]:
+    """The efficient and the SLO-aware capacity ceilings of the scenario's workload (its mix's
+    classes at their weights, or a trace's requests by class and SLO)."""
+    if "ceilings" not in loaded._cache:
+        demands = _demands(loaded)
+        cluster = loaded.cluster
+        args = (loaded.cost, loaded.gpu_kind, demands, cluster.num_gpus, cluster.gpus_per_node)
+        loaded._cache["ceilings"] = (efficient_ceiling(*args), slo_aware_ceiling(*args))
+    return loaded._cache["ceilings"]
+
+
+def _demands(loaded: Loaded) -> list[ClassDemand]:
     if loaded.mix is not None:
-        classes = [(c.model, c.shape, c.weight) for c in loaded.mix.classes]
-    else:
-        counts: dict = {}
-        for r in loaded.trace_requests or []:
-            counts[(r.model, r.shape)] = counts.get((r.model, r.shape), 0) + 1
-        classes = [(m, s, n) for (m, s), n in counts.items()]
-    total_w = sum(w for _, _, w in classes)
-    degrees = [d for d in (1, 2, 4, 8) if d <= cluster.gpus_per_node]
-    gpu_s = 0.0
-    for model, shape, w in classes:
-        enc = cost.latency_s(model, StageKind.ENCODE, None, 1, 1, kind)
-        dec = cost.latency_s(model, StageKind.DECODE, shape, 1, 1, kind)
-        best = min(d * shape.steps * cost.latency_s(model, StageKind.DIFFUSE, shape, 1, d, kind) for d in degrees)
-        gpu_s += w / total_w * (enc + best + dec)
-    return cluster.num_gpus / gpu_s
+        sc = loaded.scenario
+        slo = make_slo_fn(loaded.cost, sc.slo_scale, loaded.cluster.gpus_per_node, loaded.gpu_kind)
+        return [ClassDemand(c.model, c.shape, c.weight, slo(c.model, c.shape)) for c in loaded.mix.classes]
+    counts: dict[tuple[str, Shape, float], int] = {}
+    for r in loaded.trace_requests or []:
+        counts[(r.model, r.shape, r.slo_s)] = counts.get((r.model, r.shape, r.slo_s), 0) + 1
+    return [ClassDemand(m, s, n, slo) for (m, s, slo), n in counts.items()]
 
 
 @dataclass

@@ -18,7 +18,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_LIVE_TIME_SCALE, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
                              DEFAULT_SLO_SCALE, DEFAULT_TARGET, DEFAULT_TIME_SCALE)
 from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
-                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
+                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
                      setup_logging, store_errors, table, value)
 
 __all__ = ["bench"]
@@ -170,7 +170,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
     typer.echo(f"{loaded.scenario.workload_label}{load} on {loaded.cluster.label} ({loaded.scenario.profile}), slo scale {slo_scale:g}, "
                f"seed {seed}: {len(loaded.requests(rate))} requests")
     if goodput:
-        typer.echo(f"capacity ceiling: {cap:.3f} req/s (every request at its most GPU-efficient degree)")
+        typer.echo("\n".join(ceiling_lines(loaded)))
     typer.echo(_dash_table(rows, columns))
     typer.echo(f"stored {len(stored)} runs in {db} (bench {bench_id}); `trident runs show RUN_ID --db {db}` for details")
 

@@ -18,7 +18,7 @@ from ..core.metrics import finite
 
 __all__ = ["HELP_MARKUP", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
-           "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
+           "ceiling_lines", "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
 
 EXIT_INTERRUPTED = 130
@@ -208,6 +208,20 @@ def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_sc
     if problems:
         fail("; ".join(problems))
     return load_scenario(spec)
+
+
+def ceiling_lines(loaded) -> list[str]:
+    """The capacity ceilings of a loaded workload as the commands print them: the efficient one,
+    the SLO-aware one, and the SLO-aware pricing's note when a class cannot meet its SLO."""
+    from ..bench.scenario import ceilings
+
+    efficient, slo_aware = ceilings(loaded)
+    lines = [f"capacity ceiling: {efficient.rps:.3f} req/s (every request at its most GPU-efficient degree)",
+             f"SLO-aware ceiling: {slo_aware.rps:.3f} req/s (each class at the cheapest degree and batch that meets "
+             "its SLO without queueing)"]
+    if slo_aware.note():
+        lines.append(f"  {slo_aware.note()}")
+    return lines
 
 
 def policy_specs(policies: str, *, unique: bool = False) -> list[str]:

@@ -9,7 +9,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
-                     fitted_noise, json_safe, load_workload, setup_logging, table)
+                     ceiling_lines, fitted_noise, json_safe, load_workload, setup_logging, table)
 
 __all__ = ["simulate", "sweep"]
 
@@ -99,7 +99,7 @@ def sweep(
     import json
 
     from ..core.policy import PolicyError, make_policy, split_specs
-    from ..bench.scenario import capacity_rps, evaluate, sweep_goodput
+    from ..bench.scenario import capacity_rps, ceilings, evaluate, sweep_goodput
 
     setup_logging(verbose)
     if goodput == (rates is not None):
@@ -111,15 +111,16 @@ def sweep(
         for spec in specs:
             make_policy(spec)
         cap = capacity_rps(loaded)
+        slo_cap = ceilings(loaded)[1].rps
         if goodput:
             results = [sweep_goodput(loaded, spec, target, cap=cap) for spec in specs]
-            out = {"capacity_rps": cap, "target": target,
+            out = {"capacity_rps": cap, "slo_aware_capacity_rps": slo_cap, "target": target,
                    "policies": [{"policy": g.policy, "goodput_rps": g.goodput_rps,
                                  "fair_goodput_rps": g.fair_goodput_rps} for g in results]}
             if json_out:
                 typer.echo(json.dumps(out, indent=1))
                 return
-            typer.echo(f"capacity ceiling: {cap:.3f} req/s (every request at its most GPU-efficient degree)")
+            typer.echo("\n".join(ceiling_lines(loaded)))
             typer.echo(table(out["policies"], ("policy", "goodput_rps", "fair_goodput_rps")))
             return
         rate_list = [float(r) for r in rates.split(",") if r.strip()]
@@ -128,12 +129,12 @@ def sweep(
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         fail(str(exc))
     if json_out:
-        typer.echo(json.dumps({"capacity_rps": cap, "points": [
+        typer.echo(json.dumps({"capacity_rps": cap, "slo_aware_capacity_rps": slo_cap, "points": [
             {"policy": spec, "rate": p.rate, "attainment": p.attainment, "min_class": p.min_class,
              "by_class": {k: a for k, (_, a) in p.by_class.items()}} for spec, ps in points.items() for p in ps]},
             indent=1))
         return
-    typer.echo(f"capacity ceiling: {cap:.3f} req/s")
+    typer.echo("\n".join(ceiling_lines(loaded)))
     classes = sorted({k for ps in points.values() for p in ps for k in p.by_class})
     cols = ("policy", "rate", "attainment", *classes)
     rows = [{"policy": spec, "rate": p.rate, "attainment": p.attainment,

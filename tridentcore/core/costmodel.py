@@ -207,6 +207,12 @@ class CostModel:
         stage = StageKind.parse(stage)
         return tuple(sorted(d for g, m, s, d in self._tables if (g, m, s) == (gpu, model, stage)))
 
+    def batches(self, model: str, stage: StageKind | str, gpu: str | None = None) -> tuple[int, ...]:
+        """Batch sizes measured for ``model``/``stage`` at degree 1 (its batch levels)."""
+        gpu = self._resolve_gpu(gpu)
+        table = self._tables.get((gpu, model, self._resolve_stage(model, stage, gpu), 1))
+        return () if table is None else table.levels
+
     def has(self, model: str, stage: StageKind | str, gpu: str | None = None) -> bool:
         """Whether rows exist for ``model``/``stage`` (on ``gpu``; on any kind when None)."""
         try:

@@ -1,11 +1,12 @@
 """What a request sequence asks of a cluster: counts, rate and offered load in GPU-seconds per second.
 
 Each request is costed at its most GPU-efficient degree, as the capacity ceiling of
-:func:`tridentcore.bench.scenario.capacity_rps` does: encode (1 GPU) + min over degrees ``d`` of
-``d x steps x step(d)`` + decode (1 GPU), batch 1, degrees 1, 2, 4, 8 up to a node's GPU count. The
-offered load is the arrival rate times the mean of that cost; the cluster's capacity is its GPU
-count (GPU-seconds per second). An offered load above capacity means queues grow without bound
-under any policy: no placement or dispatch can pack the work tighter than that.
+:func:`tridentcore.bench.scenario.capacity_rps` does (:func:`tridentcore.core.capacity.efficient_price`):
+encode (1 GPU) + min over degrees ``d`` of ``d x steps x step(d)`` + decode (1 GPU), batch 1,
+degrees 1, 2, 4, 8 up to a node's GPU count. The offered load is the arrival rate times the mean of
+that cost; the cluster's capacity is its GPU count (GPU-seconds per second). An offered load above
+capacity means queues grow without bound under any policy: no placement or dispatch can pack the
+work tighter than that.
 
 The rate of ``n`` arrivals spanning ``first..last`` is ``(n - 1) / (last - first)`` (gaps per
 second, exact for constant arrivals); it is undefined for one request or when all arrive at once.
@@ -16,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..core.capacity import ClassDemand, efficient_price
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
-from ..core.types import DEGREES, Shape, StageKind, class_label
+from ..core.types import Shape, class_label
 from ..core.workload import RequestSpec
 
 __all__ = ["ClassLoad", "TraceStats", "min_gpu_s", "trace_stats"]
@@ -84,14 +86,8 @@ class TraceStats:
 
 def min_gpu_s(cost: CostModel, gpu_kind: str, model: str, shape: Shape, max_degree: int) -> tuple[float, int]:
     """GPU-seconds of one request at its most GPU-efficient degree, and that degree."""
-    encode = cost.latency_s(model, StageKind.ENCODE, None, 1, 1, gpu_kind)
-    decode = cost.latency_s(model, StageKind.DECODE, shape, 1, 1, gpu_kind)
-    best, degree = min(
-        (d * shape.steps * cost.latency_s(model, StageKind.DIFFUSE, shape, 1, d, gpu_kind), d)
-        for d in DEGREES
-        if d <= max_degree
-    )
-    return encode + best + decode, degree
+    price = efficient_price(cost, gpu_kind, ClassDemand(model, shape, 1.0), max_degree)
+    return price.gpu_s_each, price.degree
 
 
 def trace_stats(requests: Sequence[RequestSpec], cost: CostModel, cluster: ClusterSpec, gpu_kind: str) -> TraceStats:

@@ -212,8 +212,9 @@ except Exception as exc:  # expected: a policy that cannot run this cluster; oth
     st.stop()
 bar.empty()
 
-points = pd.DataFrame([{"policy": p, "rate": r, **{k: runs[(p, r)].summary[k] for k in ("attainment", "p95_s")}}
-                       for p, r in tasks if r is not None])
+points = pd.DataFrame([{"policy": p, "rate": r,
+                         **{k: runs[(p, r)].summary[k] for k in ("attainment", "mean_s", "p95_s")}}
+                        for p, r in tasks if r is not None])
 if sweep:
     grid = data.goodput_on_grid(points)
     for p in policies:
@@ -223,12 +224,18 @@ first = runs[tasks[0]]
 workload = Path(trace).name if trace else Path(str(mix)).name
 summary_line = (f"**{workload}** · {scenario.arrival} · cluster {cluster} ({first.n_gpus} GPUs, {first.gpu_mem_gib:g} GiB each) · "
                 f"profile {Path(profile).name} · SLO scale {slo_scale:g}")
+ceiling_note = ""
 if trace is None:
     try:
-        summary_line += f" · capacity ceiling {data.cached_capacity(scenario):.3f} req/s"
+        ceil = data.cached_ceilings(scenario)
+        summary_line += (f" · capacity ceiling {ceil['capacity_rps']:.3f} req/s · SLO-aware ceiling "
+                         f"{ceil['slo_aware_rps']:.3f} req/s")
+        ceiling_note = ceil["note"]
     except (ValueError, LookupError) as exc:
         st.warning(f"capacity ceiling: {data.error_text(exc)}")
 st.markdown(summary_line)
+if ceiling_note:
+    st.caption(f"SLO-aware ceiling: {ceiling_note}.")
 st.caption(f"simulated {len(tasks)} run(s) in {sum(r.wall_s for r in runs.values()):.2f} s of simulator time")
 
 detail_rate = rates[0]
@@ -255,6 +262,9 @@ with st.expander("SLO attainment per request class"):
 
 if sweep:
     st.plotly_chart(figures.rate_curves(points), width="stretch")
+    st.plotly_chart(figures.latency_vs_rate(points), width="stretch")
+    st.caption("Pareto frontier: at each swept rate, the lowest latency among the policies with at least 90 % SLO "
+               "attainment (hover a star for the policy); no star at a rate where none reaches 90 %.")
 st.plotly_chart(figures.latency_cdf({p: detail[p].requests["latency_s"].dropna() for p in policies}), width="stretch")
 
 # ---------------------------------------------------------------------------------- timelines

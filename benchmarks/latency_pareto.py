@@ -1,0 +1,225 @@
+"""Latency against the best other policy, per mix, SLO scale and offered rate (issue 14, item 4).
+
+    python benchmarks/latency_pareto.py [--mixes sd3-mixed,flux-uniform,video-wan,image-video]
+        [--scales 1.5,3,5] [--fractions 0.1,0.25,0.5,0.75,1] [--duration 900] [--jobs 2]
+        [--cluster 2x8xH200] [--profile h200] [--seed 0] [--trident trident]
+        [--markdown benchmarks/results/latency_pareto_2x8xH200.md] [--json FILE] [--from-json FILE] [--quick]
+
+Rates are fractions of each (mix, SLO scale)'s SLO-aware capacity ceiling
+(``tridentcore/core/capacity.py``: each class at the cheapest degree and batch that meets its SLO
+without queueing). At every rate the simulator runs ``--trident`` and every baseline of
+``benchmarks/goodput.py`` on the same requests (common random numbers: one seed, the same requests
+at every rate, compressed in time). A cell holds trident's attainment, mean and P95 latency
+(finished requests); among the other policies with >= 90 % attainment at that rate the lowest mean
+and the lowest P95 (each with its policy); the highest attainment of any other policy; and the
+ratios trident mean / best mean, trident P95 / best P95 and the attainment gap (best - trident, in
+points). A cell is flagged when trident's mean or P95 is more than 5 % above the best, or its
+attainment more than 0.5 point below. ``--quick`` is a smoke test (video-wan, scale 3, 50 % and
+100 %, 300 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from goodput import POLICIES  # noqa: E402  (the sibling script's policy list)
+
+__all__ = ["BASELINES", "cells", "markdown"]
+
+BASELINES = tuple(p for p in POLICIES if p.split(":", 1)[0] != "trident")  # trident's own variants are not "others"
+TARGET = 0.9  # a baseline counts at a rate only with at least this attainment
+LATENCY_TOL = 0.05  # trident within 5 % of the best mean and P95
+GAP_POINTS = 0.5  # and at most half a point below the best attainment
+DEFAULT_MARKDOWN = "benchmarks/results/latency_pareto_2x8xH200.md"
+QUICK = {"mixes": "video-wan", "scales": "3", "fractions": "0.5,1", "duration": 300.0}
+
+
+def _runs(args) -> list[dict]:
+    """One policy at every fraction of one (mix, scale): its attainment and latencies per rate."""
+    mix, scale, policy, fractions, cluster, profile, duration, seed = args
+    from tridentcore.bench.scenario import ceilings, evaluate, load_scenario
+    from tridentcore.bench.spec import RunSpec
+
+    loaded = load_scenario(RunSpec(profile=profile, cluster=cluster, mix=mix, duration_s=duration, slo_scale=scale,
+                                   seed=seed))
+    efficient, slo_aware = ceilings(loaded)
+    rates = [f * slo_aware.rps for f in fractions]
+    loaded.check_rates(rates)
+    out = []
+    for fraction, rate in zip(fractions, rates, strict=True):
+        t0 = time.perf_counter()
+        point = evaluate(loaded, policy, rate)
+        out.append({"mix": mix, "slo_scale": scale, "fraction": fraction, "rate": rate, "policy": policy,
+                    "capacity_rps": efficient.rps, "slo_aware_capacity_rps": slo_aware.rps,
+                    "attainment": point.attainment, "min_class": point.min_class, "mean_s": point.summary["mean_s"],
+                    "p95_s": point.summary["p95_s"], "requests": point.summary["requests"],
+                    "wall_s": time.perf_counter() - t0})
+    return out
+
+
+def _best(rows: list[dict], key: str) -> dict | None:
+    ok = [r for r in rows if r["attainment"] >= TARGET and math.isfinite(r[key])]
+    return min(ok, key=lambda r: r[key]) if ok else None
+
+
+def cells(rows: list[dict], trident: str = "trident") -> list[dict]:
+    """One cell per (mix, scale, fraction): trident's figures, the best others', the ratios and the flags."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["mix"], r["slo_scale"], r["fraction"]), []).append(r)
+    out = []
+    for (mix, scale, fraction), sel in groups.items():
+        mine = next((r for r in sel if r["policy"] == trident), None)
+        others = [r for r in sel if r["policy"] != trident and r["policy"].split(":", 1)[0] != "trident"]
+        if mine is None or not others:
+            continue
+        best_mean, best_p95 = _best(others, "mean_s"), _best(others, "p95_s")
+        best_att = max(others, key=lambda r: r["attainment"])
+        mean_ratio = mine["mean_s"] / best_mean["mean_s"] if best_mean else math.nan
+        p95_ratio = mine["p95_s"] / best_p95["p95_s"] if best_p95 else math.nan
+        gap = 100 * (best_att["attainment"] - mine["attainment"])
+        flags = [name for name, bad in (("mean", mean_ratio > 1 + LATENCY_TOL), ("p95", p95_ratio > 1 + LATENCY_TOL),
+                                        ("att", gap > GAP_POINTS)) if bad]
+        out.append({"mix": mix, "slo_scale": scale, "fraction": fraction, "rate": mine["rate"],
+                    "slo_aware_capacity_rps": mine["slo_aware_capacity_rps"], "capacity_rps": mine["capacity_rps"],
+                    "attainment": mine["attainment"], "mean_s": mine["mean_s"], "p95_s": mine["p95_s"],
+                    "best_mean": best_mean, "best_p95": best_p95, "best_att": best_att,
+                    "mean_ratio": mean_ratio, "p95_ratio": p95_ratio, "gap_points": gap, "flags": flags})
+    return sorted(out, key=lambda c: (c["mix"], c["slo_scale"], c["fraction"]))
+
+
+def _short(policy: str) -> str:
+    """``static k=2``, ``dynamic``, ``paper``: the table's policy names."""
+    if policy.startswith("pipeline-static:degree="):
+        return "static k=" + policy.split("=", 1)[1]
+    return {"pipeline-dynamic": "dynamic", "trident-paper": "paper"}.get(policy, policy)
+
+
+def _named(row: dict | None, key: str) -> str:
+    return "-" if row is None else f"{row[key]:.1f} ({_short(row['policy'])})"
+
+
+def _ratio(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.2f}"
+
+
+HEADER = ("| % of SLO-aware ceiling | rate (req/s) | trident att | trident mean (s) | trident P95 (s) | best mean (s) "
+          "| best P95 (s) | best att | mean ratio | P95 ratio | att gap (pts) | outside |")
+
+
+def _row(c: dict) -> str:
+    best_att = f"{c['best_att']['attainment']:.3f} ({_short(c['best_att']['policy'])})"
+    return (f"| {c['fraction']:.0%} | {c['rate']:.3f} | {c['attainment']:.3f} | {c['mean_s']:.1f} | {c['p95_s']:.1f} | "
+            f"{_named(c['best_mean'], 'mean_s')} | {_named(c['best_p95'], 'p95_s')} | {best_att} | "
+            f"{_ratio(c['mean_ratio'])} | {_ratio(c['p95_ratio'])} | {c['gap_points']:+.1f} | "
+            f"{'**' + ', '.join(c['flags']) + '**' if c['flags'] else ''} |")
+
+
+def summary(table: list[dict]) -> list[str]:
+    """How many cells trident is within, on which count it is outside, and the worst cells."""
+    within = [c for c in table if not c["flags"]]
+    compared = [c for c in table if c["best_mean"] is not None]
+    count = {flag: sum(flag in c["flags"] for c in table) for flag in ("mean", "p95", "att")}
+    lines = [f"trident is within 5 % of the best mean and P95 and at most {GAP_POINTS:g} point below the best "
+             f"attainment in **{len(within)} of {len(table)} cells**; outside on the mean in {count['mean']}, on the "
+             f"P95 in {count['p95']}, on attainment in {count['att']}. In {len(table) - len(compared)} cells no other "
+             f"policy reaches {TARGET:.0%} attainment (only the attainment gap applies); of the {len(compared)} cells "
+             f"where one does, trident is within in {sum(1 for c in compared if not c['flags'])}."]
+    for key, flag, label, fmt in (("mean_ratio", "mean", "mean ratio", "{:.2f}"), ("p95_ratio", "p95", "P95 ratio", "{:.2f}"),
+                                  ("gap_points", "att", "attainment gap", "{:+.1f} pts")):
+        worst = sorted((c for c in table if flag in c["flags"]), key=lambda c: -c[key])[:3]
+        if worst:
+            lines.append(f"Worst {label}: " + "; ".join(
+                f"{c['mix']} x{c['slo_scale']:g} at {c['fraction']:.0%} " + fmt.format(c[key]) for c in worst) + ".")
+    if not count["att"]:
+        largest = max((c["gap_points"] for c in table), default=math.nan)
+        lines.append(f"trident's attainment is never more than {GAP_POINTS:g} point below the best other policy's "
+                     f"(largest gap {largest:+.1f} pts).")
+    return lines
+
+
+def markdown(rows: list[dict], args, wall_s: float | None) -> str:
+    table = cells(rows, args.trident)
+    made = f" in {wall_s:.0f} s with --jobs {args.jobs}" if wall_s is not None else ""
+    out = [f"# Latency Pareto on {args.cluster}, profile {args.profile}, {args.duration:g} s of Poisson arrivals, "
+           f"seed {args.seed}", "",
+           f"Made by `python benchmarks/latency_pareto.py`{made} (numbers from the simulator). Rates are fractions of "
+           "the SLO-aware capacity ceiling (each class at the cheapest degree and batch that meets its SLO without "
+           "queueing; `tridentcore/core/capacity.py`). Per cell: `" + args.trident + "`'s SLO attainment, mean and P95 "
+           f"latency of finished requests; among the other policies ({', '.join(BASELINES)}) with >= {TARGET:.0%} "
+           "attainment at that rate, the lowest mean and the lowest P95 (each with its policy; `-`: none reaches "
+           f"{TARGET:.0%}); the highest attainment of any other policy; the ratios trident / best; the attainment gap "
+           f"(best - trident, points). **outside**: mean or P95 more than {LATENCY_TOL:.0%} above the best, or "
+           f"attainment more than {GAP_POINTS:g} point below.", ""]
+    for line in summary(table):
+        out += [line, ""]
+    order = {m: i for i, m in enumerate(args.mixes.split(","))}
+    for key in sorted({(c["mix"], c["slo_scale"]) for c in table}, key=lambda k: (order.get(k[0], len(order)), k)):
+        sel = [c for c in table if (c["mix"], c["slo_scale"]) == key]
+        out += [f"## {key[0]}, SLO scale {key[1]:g} (SLO-aware ceiling {sel[0]['slo_aware_capacity_rps']:.3f} req/s, "
+                f"capacity ceiling {sel[0]['capacity_rps']:.3f} req/s)", "", HEADER,
+                "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        out += [_row(c) for c in sel]
+        out.append("")
+    return "\n".join(out)
+
+
+def _tasks(args) -> list[tuple]:
+    fractions = tuple(float(f) for f in args.fractions.split(","))
+    policies = (args.trident, *BASELINES)
+    heavy_first = sorted(policies, key=lambda p: p.split(":", 1)[0] not in ("trident", "trident-paper"))
+    return [(m, float(s), p, fractions, args.cluster, args.profile, args.duration, args.seed)
+            for p in heavy_first for m in args.mixes.split(",") for s in args.scales.split(",")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mixes", default="sd3-mixed,flux-uniform,video-wan,image-video")
+    ap.add_argument("--scales", default="1.5,3,5")
+    ap.add_argument("--fractions", default="0.1,0.25,0.5,0.75,1", help="rates as fractions of the SLO-aware ceiling")
+    ap.add_argument("--duration", type=float, default=900.0)
+    ap.add_argument("--cluster", default=DEFAULT_CLUSTER)
+    ap.add_argument("--profile", default=DEFAULT_PROFILE)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trident", default="trident", help="the policy spec compared with the baselines")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--markdown", default=DEFAULT_MARKDOWN)
+    ap.add_argument("--json", default=None, help="also write every simulated (policy, rate) row here")
+    ap.add_argument("--from-json", default=None, help="render an earlier --json file instead of running")
+    ap.add_argument("--quick", action="store_true", help="smoke test: one mix, one scale, two rates, 300 s")
+    args = ap.parse_args()
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    wall_s = None
+    if args.from_json:
+        rows = json.loads(Path(args.from_json).read_text())
+    else:
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            rows = [r for part in pool.map(_runs, _tasks(args)) for r in part]
+        wall_s = time.perf_counter() - t0
+        print(f"{len(rows)} simulations in {wall_s:.0f} s with --jobs {args.jobs}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+    text = markdown(rows, args, wall_s)
+    path = Path(args.markdown)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    print(text.split("\n## ", 1)[0].split("\n\n", 2)[-1])
+    for block in text.split("\n## ")[1:]:
+        print("\n## " + block)
+    print(f"markdown in {path}")
+
+
+if __name__ == "__main__":
+    main()

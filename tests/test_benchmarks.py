@@ -1,0 +1,63 @@
+"""The benchmark scripts that back README tables, run in their quick modes (issue 14)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(policy: str, attainment: float, mean_s: float, p95_s: float, fraction: float = 0.5) -> dict:
+    return {"mix": "m", "slo_scale": 3.0, "fraction": fraction, "rate": fraction * 2, "policy": policy,
+            "capacity_rps": 2.5, "slo_aware_capacity_rps": 2.0, "attainment": attainment, "mean_s": mean_s,
+            "p95_s": p95_s}
+
+
+def test_latency_pareto_cells_compare_trident_with_the_best_others():
+    lp = _script("latency_pareto")
+    rows = [_row("trident", 0.97, 10.4, 30.0), _row("trident:late=reject", 1.0, 1.0, 1.0),
+            _row("pipeline-dynamic", 0.95, 10.0, 40.0), _row("trident-paper", 0.91, 12.0, 25.0),
+            _row("pipeline-static:degree=1", 0.80, 5.0, 6.0),  # fast but below 90 %: not a "best" latency
+            _row("trident", 0.50, 99.0, 200.0, 1.0), _row("trident-paper", 0.60, 50.0, 100.0, 1.0)]
+    half, full = lp.cells(rows)
+    assert half["best_mean"]["policy"] == "pipeline-dynamic" and half["best_p95"]["policy"] == "trident-paper"
+    assert half["mean_ratio"] == pytest.approx(1.04) and half["p95_ratio"] == pytest.approx(1.2)
+    assert half["best_att"]["policy"] == "pipeline-dynamic"  # trident's own late=reject variant is not an other
+    assert half["gap_points"] == pytest.approx(-2.0) and half["flags"] == ["p95"]
+    assert full["best_mean"] is None and math.isnan(full["mean_ratio"])
+    assert full["gap_points"] == pytest.approx(10.0) and full["flags"] == ["att"]
+
+
+def test_latency_pareto_quick_writes_one_table(tmp_path):
+    lp = _script("latency_pareto")
+    md, raw = tmp_path / "pareto.md", tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency_pareto.py"), "--quick", "--jobs", "1",
+                           "--markdown", str(md), "--json", str(raw)], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = json.loads(raw.read_text())
+    assert {r["policy"] for r in rows} == {"trident", *lp.BASELINES} and len(lp.BASELINES) == 6
+    assert sorted({r["fraction"] for r in rows}) == [0.5, 1.0] and len(rows) == 14
+    for r in rows:
+        assert r["mix"] == "video-wan" and r["slo_scale"] == 3.0
+        assert r["rate"] == pytest.approx(r["fraction"] * r["slo_aware_capacity_rps"])
+    text = md.read_text()
+    assert text.count("\n## ") == 1 and "## video-wan, SLO scale 3 (SLO-aware ceiling 0.181 req/s" in text
+    table = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [line.split(" | ")[0] for line in table] == ["| 50%", "| 100%"]
+    assert all(line.count("|") == lp.HEADER.count("|") for line in table)
+    assert "of 2 cells" in text and "of 2 cells" in done.stdout
