@@ -112,3 +112,50 @@ def test_a_diffuse_resumed_at_another_degree_gives_the_uninterrupted_image_and_r
     assert parity.exact, parity.first_difference
     assert [(s.dispatch_id, s.transfer_s, s.degree) for s in sim.spans] == [
         (s.dispatch_id, s.transfer_s, s.degree) for s in e.spans]
+
+
+def test_denoisers_csv_bounds_each_tiny_model_by_the_heads_its_kernel_splits():
+    """The cost model's degree rule is the kernel's (``pipelines/parallel.py::degree_problems``): for
+    every tiny model, denoisers.csv's heads are its transformer's, and a degree fails on heads exactly
+    when ``CostModel.allows_degree`` refuses it (a UNet refuses every degree > 1)."""
+    from tridentcore.pipelines import MODELS, load_pipeline
+    from tridentcore.pipelines.parallel import degree_problems, transformer_of
+    from tridentcore.profiles import load_profile
+
+    cost = load_profile("cpu").cost_model()
+    tiny = [m for m in MODELS if m.startswith("tiny-")]
+    assert set(cost.models()) == set(tiny)
+    for model in tiny:
+        pipe = load_pipeline(model)
+        tr = transformer_of(pipe)
+        assert cost.heads.get(model) == (None if tr is None else int(tr.config.num_attention_heads)), model
+        frames = 5 if pipe.limits.video else 1  # 256x256 (x5): token counts every degree up to 8 divides
+        for d in (2, 3, 4, 8):
+            problems = degree_problems(pipe, 256, 256, frames, d)
+            on_heads = any("attention heads" in p for p in problems)
+            assert (on_heads or tr is None and bool(problems)) == (not cost.allows_degree(model, d)), (model, d, problems)
+
+
+async def _serve_degree_4():
+    rt = build_runtime("tiny-flux", "cpu:4", "pipeline-static:degree=4", strict=True, log_reports=True)
+    await rt.start()
+    e = rt.engine
+    try:
+        rid = e.submit([Submission("tiny-flux", "a red cube", SHAPE, seed=3, slo_s=LONG_SLO_S)]).ids[0]
+        return e, await e.wait(rid, 120)
+    finally:
+        await e.shutdown(5)
+
+
+@pytest.mark.slow
+def test_pipeline_static_degree_4_runs_tiny_flux_on_two_of_its_replica_live_as_simulated():
+    """tiny-flux has 2 heads: a replica of 4 ``cpu`` workers runs its diffuse on the first 2, really
+    split (not on the lead alone), and the simulator, replaying the log, prices exactly that."""
+    e, out = asyncio.run(asyncio.wait_for(_serve_degree_4(), 300))
+    assert out.state == "done", out.reason
+    assert [(s.stage, s.gpus) for s in e.spans] == [("encode", (0, 1, 2, 3)), ("diffuse", (0, 1)),
+                                                   ("decode", (0, 1, 2, 3))]
+    assert e.workers.worlds.parallel_runs == 1
+    sim = replay(e.core)
+    parity = compare(e.request_rows(), e.spans, e.placements, sim)
+    assert parity.exact, parity.first_difference
