@@ -11,8 +11,8 @@ refused (a warning at start names a head-bound model), as the simulator prices i
 workers run it.
 
 ``pipeline-dynamic``: one FIFO queue; each request gets its own GPU count, the SLO reference
-degree (the largest degree whose parallel efficiency is >= 0.8), and holds those GPUs on one node
-for its whole pipeline. Requests that do not fit the idle GPUs are passed over by later ones that do
+degree (the largest degree its model can take whose parallel efficiency is >= 0.8), and holds
+those GPUs on one node for its whole pipeline. Requests that do not fit the idle GPUs are passed over by later ones that do
 (backfilling), so small requests do not wait behind a large one.
 
 Neither batches, and neither checks memory before starting: an out-of-memory error fails the
@@ -21,13 +21,16 @@ request (counted, not hidden). Stages never share a GPU.
 A stage lost with its worker (a process killed mid-stage, a member of a sequence-parallel diffuse
 included) is not the request's fault: ``pipeline-static`` keeps the replica for the request and
 runs the stage again there once every GPU of the replica is back (a diffuse from the step it had
-reached); the driver's retry cap (``DEFAULT_MAX_ATTEMPTS``) still ends it. ``pipeline-dynamic``
-fails it, as before.
+reached); the driver's retry cap (``DEFAULT_MAX_ATTEMPTS``) still ends it. ``pipeline-dynamic``,
+which has no replicas to keep, runs the stage again at the request's degree on the first idle GPUs
+of a node that has enough (wherever its inputs are: they move, at their transfer cost), ahead of
+every request still waiting for its encode; the same cap ends it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Sequence
 
@@ -145,6 +148,7 @@ class PipelineDynamic(_PipelineBase):
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
         self.queue: deque[int] = deque()
         self.degree_of: dict[int, int] = {}
+        self.again: deque[tuple[int, StageKind, int]] = deque()  # (request, stage lost with a worker, degree)
         return place_everything(view, models)
 
     def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
@@ -157,31 +161,49 @@ class PipelineDynamic(_PipelineBase):
         elif isinstance(event, StageFinished):
             if event.stage != StageKind.DECODE and not view.request(event.request_ids[0]).state.terminal:
                 return self._next_stage(view, event)
+        elif isinstance(event, StageFailed) and event.lost:  # not the request's fault: run the stage again
+            self.again.extend((rid, event.stage, len(event.gpus)) for rid in event.request_ids
+                              if not view.request(rid).state.terminal)
         elif isinstance(event, StageFailed):
             actions += [Fail(rid, event.reason) for rid in event.request_ids]
         return actions + self._fill(view)
 
     def _fill(self, view: ClusterView) -> list[Action]:
-        if not self.queue or view.idle_count == 0:
+        """Stages lost with a worker first, then new requests, each on the first node with enough idle
+        GPUs; one that finds no room holds back every later one at least as wide (backfilling)."""
+        if not (self.queue or self.again) or view.idle_count == 0:
             return []
         idle = {k: view.idle_gpus(k) for k in range(len(view.nodes))}
         out: list[Action] = []
-        smallest_blocked = None
-        kept: deque[int] = deque()
-        while self.queue:
-            rid = self.queue.popleft()
-            d = self.degree_of[rid]
-            if smallest_blocked is not None and d >= smallest_blocked:
-                kept.append(rid)
-                continue
+        blocked = [math.inf]  # the smallest degree that found no room in this pass
+
+        def room(d: int) -> tuple[int, ...] | None:
+            if d >= blocked[0]:
+                return None
             node = next((k for k, g in idle.items() if len(g) >= d), None)
             if node is None:
-                kept.append(rid)
-                smallest_blocked = d if smallest_blocked is None else min(smallest_blocked, d)
-                if smallest_blocked == 1:
-                    break
-                continue
+                blocked[0] = d
+                return None
             group, idle[node] = tuple(idle[node][:d]), idle[node][d:]
+            return group
+
+        again: deque[tuple[int, StageKind, int]] = deque()
+        for rid, stage, d in self.again:
+            if view.request(rid).state.terminal:
+                continue  # cancelled while it waited
+            group = room(d)
+            if group is None:
+                again.append((rid, stage, d))
+            else:
+                out.append(self._stage_on(view, stage, rid, group))
+        self.again = again
+        kept: deque[int] = deque()
+        while self.queue and blocked[0] > 1:
+            rid = self.queue.popleft()
+            group = room(self.degree_of[rid])
+            if group is None:
+                kept.append(rid)
+                continue
             out.append(Dispatch(StageKind.ENCODE, (rid,), group))
             del self.degree_of[rid]
         kept.extend(self.queue)
