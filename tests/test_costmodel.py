@@ -337,3 +337,62 @@ def test_shapes_with_equal_token_counts_are_one_point():
     assert model.latency_s("m", "diffuse", Shape(512, 1024)) == pytest.approx(0.032)
     assert model.latency_s("m", "diffuse", Shape(1024, 512)) == pytest.approx(0.032)
     assert [(a.tokens, a.measured, a.used) for a in model.adjustments] == [(512 * 1024, 30.0, 32.0)]
+
+
+# ------------------------------------------------------------------------------ degrees a model can take
+def test_a_degree_must_divide_the_heads_where_denoisers_csv_bounds_them():
+    """Our Ulysses kernel splits attention heads: tiny-flux (2 heads) takes degree 2 but not 4, and a
+    degree it cannot take costs degree 1's time and memory (the live lead runs it alone). The real
+    models are left unbound (on GPUs ring x Ulysses splits past the heads), so the H200 tables stand."""
+    cpu = load_profile("cpu").cost_model()
+    assert cpu.heads == {"tiny-sd3": 4, "tiny-flux": 2, "tiny-flux-xl": 4, "tiny-wan": 2}
+    shape = Shape(256, 256)
+    assert [d for d in (1, 2, 3, 4, 8) if cpu.allows_degree("tiny-flux", d)] == [1, 2]
+    assert [d for d in (1, 2, 3, 4, 8) if cpu.allows_degree("tiny-sd3", d)] == [1, 2, 4]
+    assert [d for d in (1, 2, 4) if cpu.allows_degree("tiny-sd", d)] == [1] and not cpu.splits("tiny-sd")
+    assert (cpu.max_degree("tiny-flux", 8), cpu.max_degree("tiny-sd3", 8), cpu.max_degree("tiny-sdxl", 8)) == (2, 4, 1)
+    for d in (4, 8):
+        assert cpu.latency_s("tiny-flux", "diffuse", shape, 1, d) == cpu.latency_s("tiny-flux", "diffuse", shape)
+        assert cpu.activation_gib("tiny-flux", "diffuse", shape, 1, d) == cpu.activation_gib("tiny-flux", "diffuse", shape)
+        assert cpu.parallel_efficiency("tiny-flux", "diffuse", shape, d) == pytest.approx(1 / d)
+    assert cpu.latency_s("tiny-flux", "diffuse", shape, 1, 2) != cpu.latency_s("tiny-flux", "diffuse", shape)
+    h200 = PROFILE.cost_model()
+    assert h200.heads == {}
+    assert all(h200.allows_degree(m, 8) for m in ("sd3-medium", "flux-dev", "wan2.1-1.3b"))
+    assert h200.max_degree("sdxl", 8) == 1
+    with pytest.raises(ValueError, match="heads"):
+        CostModel(ROWS, heads={"flux-dev": 0})
+
+
+def _diffuse_gpus(cost, spec: str, model: str, shape: Shape) -> tuple[int, ...]:
+    """The GPUs of the first diffuse ``spec`` dispatches for one request on one 8-GPU node."""
+    from tridentcore.core.cluster import parse_cluster
+    from tridentcore.core.driver import Completed, DriverCore
+    from tridentcore.core.events import RequestArrived, Tick
+    from tridentcore.core.policy import make_policy
+    from tridentcore.core.workload import RequestSpec
+
+    core = DriverCore(parse_cluster("1x8xH200"), cost, make_policy(spec), gpu_kind="H200")
+    core.start([model], None, 0.0)
+    started = list(core.step(RequestArrived(RequestSpec(0, model, "x", shape, 1, None, 1e6, 0.0)), 0.0).started)
+    now = 0.0
+    while True:
+        now += 0.5
+        if not started:
+            started = list(core.step(Tick(), now).started)
+            continue
+        s = started.pop(0)
+        if s.run.action.stage == "diffuse":
+            return s.run.action.gpus
+        started += core.step(Completed(s.run.id), now).started
+
+
+@pytest.mark.parametrize("spec", ["pipeline-static:degree=8", "pipeline-dynamic", "trident-paper", "trident"])
+def test_every_policy_keeps_a_head_bound_diffuse_within_its_heads(spec):
+    """wan2.1-1.3b 720p video: unbound, every policy splits it 4 or 8 ways; bound to 2 heads (as if
+    our kernel served it), none splits it more than 2 ways (pipeline-static:degree=8 runs it on its
+    replica's first 2 GPUs)."""
+    shape = Shape(720, 1280, 81, 50)
+    free = _diffuse_gpus(PROFILE.cost_model(), spec, "wan2.1-1.3b", shape)
+    bound = _diffuse_gpus(PROFILE.cost_model(heads={"wan2.1-1.3b": 2}), spec, "wan2.1-1.3b", shape)
+    assert len(free) >= 4 and bound == (0, 1), (free, bound)

@@ -174,6 +174,94 @@ def test_pipeline_static_runs_a_stage_lost_with_a_worker_again_on_its_replica_on
     assert [s.outcome for s in core.recorder.spans if s.stage == "diffuse"] == ["failed", "done"]
 
 
+def test_pipeline_dynamic_runs_a_stage_lost_with_a_worker_again_first_and_within_the_retry_cap():
+    """Pure scenario (no processes): pipeline-dynamic on two devices, tiny-flux at degree 1. A diffuse
+    dies with worker 0; it runs again on the next free device, ahead of a request that arrived before
+    its loss; a request whose stage is lost three times fails (``DEFAULT_MAX_ATTEMPTS``)."""
+    from tridentcore.core.cluster import parse_cluster
+    from tridentcore.core.driver import DEFAULT_MAX_ATTEMPTS, Completed, DriverCore
+    from tridentcore.core.events import RequestArrived, WorkerLost, WorkerRestored
+    from tridentcore.core.policy import make_policy
+    from tridentcore.core.workload import RequestSpec
+    from tridentcore.profiles import load_profile
+
+    core = DriverCore(parse_cluster("1x2xcpu", {"cpu": 8.0}), load_profile("cpu").cost_model(),
+                      make_policy("pipeline-dynamic"), gpu_kind="cpu")
+    core.start(["tiny-flux"], None, 0.0)
+    shape = Shape(64, 64, 1, 10)
+
+    def arrive(rid, now):
+        return core.step(RequestArrived(RequestSpec(rid, "tiny-flux", "x", shape, rid, None, LONG_SLO_S, now)), now)
+
+    def only(effects):
+        (s,) = effects.started
+        return s.run
+
+    enc0, enc1 = arrive(0, 0.0).started[0].run, arrive(1, 0.0).started[0].run
+    assert (enc0.action.gpus, enc1.action.gpus) == ((0,), (1,))
+    dif0, dif1 = only(core.step(Completed(enc0.id), 0.1)), only(core.step(Completed(enc1.id), 0.1))
+    assert arrive(2, 0.15).started == []  # no device free: it waits
+    assert core.step(WorkerLost(0, "killed"), 0.2).started == []  # the diffuse waits for a device too
+    dec1 = only(core.step(Completed(dif1.id), 0.3))  # request 1's decode, on its own device
+    again = only(core.step(Completed(dec1.id), 0.4))  # device 1 free: request 0 first, not request 2
+    assert (again.action.request_ids, again.action.stage, again.action.gpus, again.action.start_step) == (
+        (0,), "diffuse", (1,), 0)
+    assert again.transfer_s > 0  # its embeddings move from device 0 to device 1
+    enc2 = only(core.step(WorkerRestored(0), 0.5))
+    assert (enc2.action.request_ids, enc2.action.gpus) == ((2,), (0,))
+    # request 0 again: lost on device 1 (second attempt), then on device 0 (third): it fails
+    assert core.step(WorkerLost(1, "killed"), 0.6).started == []
+    third = only(core.step(Completed(enc2.id), 0.7))  # request 2's diffuse on device 0; request 0 waits
+    assert third.action.request_ids == (2,)
+    core.step(WorkerRestored(1), 0.8)
+    retry = core.view.running_on(1)
+    assert retry is not None and retry.action.request_ids == (0,)
+    core.step(WorkerLost(1, "killed"), 0.9)
+    assert DEFAULT_MAX_ATTEMPTS == 3 and core.view.request(0).state.value == "failed"
+    assert "failed 3 times" in core.view.request(0).reason
+    assert [s.outcome for s in core.recorder.spans if s.request_id == 0 and s.stage == "diffuse"] == ["failed"] * 3
+
+
+def test_pipeline_dynamic_serves_a_request_whose_worker_was_killed_mid_diffuse_and_replays_identically():
+    """Live on cpu:2: the worker running a pipeline-dynamic diffuse is SIGKILLed; the diffuse runs again
+    on the other worker and the request is served; the report log replays identically."""
+    from tridentcore.sim.replay import compare, replay
+
+    async def main():
+        rt = build_runtime("tiny-flux", "cpu:2", "pipeline-dynamic", strict=True, log_reports=True)
+        await rt.start()
+        e = rt.engine
+        try:
+            rid = e.submit([Submission("tiny-flux", "x", Shape(128, 128, 1, 300), seed=4, slo_s=LONG_SLO_S)]).ids[0]
+            for _ in range(3000):
+                r = e.view.running_of(rid)
+                if r is not None and r.action.stage == "diffuse":
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError("no diffuse ever ran")
+            await asyncio.sleep(0.2)
+            victim = r.action.gpus[0]
+            os.kill(e.workers[victim].pid, signal.SIGKILL)  # a worker process this test started
+            out = await e.wait(rid, 240)
+            for _ in range(2400):  # the request did not wait for the restart; the shutdown does
+                if e.view.is_alive(victim):
+                    break
+                await asyncio.sleep(0.05)
+            return e, out, victim
+        finally:
+            await e.shutdown(5)
+
+    e, out, victim = run(main(), 400)
+    assert out.state == "done", out.reason
+    diffuse = [(s.outcome, s.gpus) for s in e.spans if s.stage == "diffuse"]
+    assert diffuse == [("failed", (victim,)), ("done", (1 - victim,))], diffuse
+    assert e.workers[victim].restarts == 1
+    sim = replay(e.core)
+    parity = compare(e.request_rows(), e.spans, e.placements, sim)
+    assert parity.exact, parity.first_difference
+
+
 # ------------------------------------------------------------------------------ UNets: degree 1 only
 @pytest.mark.parametrize("profile,model,shape", [("cpu", "tiny-sd", Shape(256, 256, 1, 10)),
                                                  ("cpu", "tiny-sdxl", Shape(256, 256, 1, 10)),

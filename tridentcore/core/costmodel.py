@@ -3,7 +3,9 @@
 Pure (stdlib only; no torch, numpy, clock or I/O): the simulator calls it on its hot path and the
 live planner calls it for every decision. Build it from :class:`~tridentcore.core.types.ProfileRow`
 values (``tridentcore.profiles.load_profile(...).cost_model()`` does that). The interpolation tables
-below are built by :mod:`tridentcore.core.costtables`; this module answers queries from them.
+below are built by :mod:`tridentcore.core.costtables`; this module answers queries from them. It is
+about 460 lines (a sixth of them this docstring): one class whose answers share the tables, the
+memo and the degree rules, so splitting it would only pass those around.
 
 Units and meanings
 ------------------
@@ -53,13 +55,19 @@ Activation memory at degree d > 1 for ``diffuse`` is the degree-1 value divided 
 holds 1/d of the sequence) unless rows at degree d exist. Weights are per GPU and do not shrink
 with degree (sequence parallelism replicates them).
 
-**Degree-1 models.** A UNet denoiser (SD 1.x, SDXL) has no token sequence to split: its diffuse
-runs at degree 1 only (``pipelines/parallel.py`` refuses more). The models named in ``degree_one``
-(from the profile: :func:`tridentcore.profiles.load_profile` reads them from
-``profiles/data/denoisers.csv``) answer :meth:`CostModel.splits` False, and their diffuse at
-degree d > 1 costs what it costs at degree 1 in time and in activation memory (one GPU of the group
-runs it, the others wait), so no efficiency floor ever picks d > 1 for them, and the policies
-dispatch their diffuse on one GPU.
+**Degrees a model cannot take.** A UNet denoiser (SD 1.x, SDXL) has no token sequence to split: its
+diffuse runs at degree 1 only (``pipelines/parallel.py`` refuses more). A transformer split by our
+Ulysses kernel must divide its attention heads among the members (tiny-flux, 2 heads: degree 2 at
+most). Both come from the profile (:func:`tridentcore.profiles.load_profile` reads
+``profiles/data/denoisers.csv``): the models named in ``degree_one`` answer :meth:`CostModel.splits`
+False, and ``heads`` bounds the others (:meth:`CostModel.allows_degree`: degree 1 always, else a
+model that splits and whose head count, if given, the degree divides). A diffuse at a degree its
+model cannot take costs what it costs at degree 1 in time and in activation memory, because that
+is what the live worker does (the dispatch's lead runs it alone, the others wait): so no efficiency
+floor ever picks such a degree, and the policies dispatch the diffuse on a group it can take
+(:meth:`CostModel.max_degree`). The real models' heads (sd3-medium and flux-dev 24, wan2.1-1.3b 12)
+are left unbound there: on GPUs xDiT splits past the heads with ring x Ulysses, which the shipped
+H200 profile's scaling model stands for and our kernel does not have yet.
 """
 
 from __future__ import annotations
@@ -111,7 +119,7 @@ class CostModel:
 
     __slots__ = (
         "_tables", "_links", "_scaling", "_max_extrapolation", "_gpus", "_adjustments", "_memo", "_models", "_stages",
-        "_degree_one",
+        "_degree_one", "_heads",
     )  # fmt: skip
 
     def __init__(
@@ -123,9 +131,14 @@ class CostModel:
         scaling: ScalingModel | None = None,
         max_extrapolation: float = 2.0,
         degree_one: Iterable[str] = (),
+        heads: Mapping[str, int] | None = None,
     ) -> None:
         rows = tuple(rows)
         self._degree_one = frozenset(degree_one)
+        self._heads = dict(heads or {})
+        bad_heads = [f"{m}={h!r}" for m, h in self._heads.items() if isinstance(h, bool) or not isinstance(h, int) or h < 1]
+        if bad_heads:
+            raise ValueError("heads must be integers >= 1: " + ", ".join(bad_heads))
         if not rows:
             raise ValueError("a cost model needs at least one profile row")
         if not (max_extrapolation >= 1.0 and math.isfinite(max_extrapolation)):
@@ -194,7 +207,24 @@ class CostModel:
 
     def splits(self, model: str) -> bool:
         """Whether ``model``'s diffuse can run sequence-parallel (False: a UNet, degree 1 only)."""
-        return model not in self._degree_one
+        return model not in self._degree_one and self._heads.get(model, 2) > 1
+
+    def allows_degree(self, model: str, degree: int) -> bool:
+        """Whether ``model``'s diffuse really splits ``degree`` ways: degree 1 always; else a model that
+        splits, whose attention heads (where the profile bounds them) ``degree`` divides."""
+        if degree == 1:
+            return True
+        heads = self._heads.get(model)
+        return degree > 1 and self.splits(model) and (heads is None or heads % degree == 0)
+
+    def max_degree(self, model: str, limit: int) -> int:
+        """The largest degree ``<= limit`` that ``model``'s diffuse can take (1 at least)."""
+        return next((d for d in range(limit, 1, -1) if self.allows_degree(model, d)), 1)
+
+    @property
+    def heads(self) -> Mapping[str, int]:
+        """The models whose degree must divide their attention heads, with that head count."""
+        return dict(self._heads)
 
     @property
     def degree_one(self) -> frozenset[str]:
@@ -260,7 +290,7 @@ class CostModel:
             return cached
         gpu, stage, tokens = self._check(model, stage, shape, batch, degree, gpu)
         value = None
-        if stage is StageKind.DIFFUSE and degree > 1 and model in self._degree_one:
+        if stage is StageKind.DIFFUSE and degree > 1 and not self.allows_degree(model, degree):
             value = self._eval(gpu, model, stage, shape, tokens, batch, 1, "act_gib")  # all of it on one GPU
         elif stage is StageKind.DIFFUSE and degree > 1:
             table = self._tables.get((gpu, model, stage, degree))
@@ -402,7 +432,7 @@ class CostModel:
     def _latency_ms(
         self, gpu: str, model: str, stage: StageKind, shape: Shape | None, tokens: int | None, batch: int, degree: int
     ) -> float:
-        if degree == 1 or stage is not StageKind.DIFFUSE or model in self._degree_one:
+        if degree == 1 or stage is not StageKind.DIFFUSE or not self.allows_degree(model, degree):
             return self._eval(gpu, model, stage, shape, tokens, batch, 1, "latency_ms")
         table = self._tables.get((gpu, model, stage, degree))
         if table is not None:

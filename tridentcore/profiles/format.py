@@ -39,6 +39,7 @@ __all__ = [
     "parse_profile",
     "save_profile",
     "shipped_profiles",
+    "ulysses_heads",
     "unet_models",
 ]
 
@@ -77,10 +78,12 @@ class Profile:
 
     def cost_model(self, **kw: Any) -> "CostModel":
         """A :class:`~tridentcore.core.costmodel.CostModel` over these rows (``kw`` passed on); its
-        degree-1 models are this profile's UNets (:func:`unet_models`) unless ``degree_one`` is given."""
+        degree-1 models are this profile's UNets (:func:`unet_models`) unless ``degree_one`` is given, and
+        its head-bound models those of :func:`ulysses_heads` unless ``heads`` is given."""
         from tridentcore.core.costmodel import CostModel
 
         kw.setdefault("degree_one", unet_models(self.models()))
+        kw.setdefault("heads", ulysses_heads(self.models()))
         return CostModel(self.rows, **kw)
 
     def gpus(self) -> tuple[str, ...]:
@@ -126,14 +129,36 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
     raise ProfileError(text_name, [f"unknown profile {text_name!r}; shipped profiles: {listed}; or give a path to a CSV file"])
 
 
+def _denoisers() -> list[dict[str, str]]:
+    """The rows of ``data/denoisers.csv`` (model, denoiser, ulysses_heads, note)."""
+    text = _data_dir().joinpath("denoisers.csv").read_text(encoding="utf-8")
+    return [{k: (v or "").strip() for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+
+
 def unet_models(models: Iterable[str]) -> frozenset[str]:
     """Which of ``models`` have a UNet denoiser, whose diffuse runs at degree 1 only (no token sequence
     to split): the ``unet`` rows of ``data/denoisers.csv`` (every built-in and profile model is
     listed there; a model it does not name, a pipeline directory say, counts as a transformer, and
     a worker that cannot split it runs it on the dispatch's lead alone)."""
-    text = _data_dir().joinpath("denoisers.csv").read_text(encoding="utf-8")
-    unets = {row["model"].strip() for row in csv.DictReader(io.StringIO(text)) if row["denoiser"].strip() == "unet"}
+    unets = {row["model"] for row in _denoisers() if row["denoiser"] == "unet"}
     return frozenset(m for m in models if m in unets)
+
+
+def ulysses_heads(models: Iterable[str]) -> dict[str, int]:
+    """The attention heads a sequence-parallel degree of each of ``models`` must divide, where the
+    serving kernel bounds it (``pipelines/parallel.py`` splits heads, Ulysses alone): the
+    ``ulysses_heads`` column of ``data/denoisers.csv``. A model left empty there (a UNet; the real
+    models, which GPUs split with ring x Ulysses past their heads) or not named is not bound."""
+    wanted = set(models)
+    heads: dict[str, int] = {}
+    for row in _denoisers():
+        text = row.get("ulysses_heads", "")
+        if row["model"] in wanted and text:
+            value = int(text)
+            if value < 1:
+                raise ValueError(f"denoisers.csv: {row['model']}: ulysses_heads must be >= 1 (got {value})")
+            heads[row["model"]] = value
+    return heads
 
 
 # ---------------------------------------------------------------------- parsing

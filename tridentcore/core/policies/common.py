@@ -9,10 +9,13 @@ from ..types import DEGREES, PARALLEL_EFFICIENCY, STAGES, Shape, StageKind, degr
 __all__ = ["degrees_for", "efficient_degree", "pipeline_seconds", "place_everything"]
 
 
-def degrees_for(view: ClusterView) -> tuple[int, ...]:
-    """Degrees a group on one node can have on this cluster."""
+def degrees_for(view: ClusterView, model: str | None = None) -> tuple[int, ...]:
+    """Degrees a group on one node can have on this cluster; with ``model``, only those its diffuse
+    can take (``CostModel.allows_degree``: a UNet 1 only, a head-bound transformer the degrees that
+    divide its heads)."""
     per_node = min(len(n) for n in view.nodes)
-    return degrees_up_to(per_node, DEGREES)
+    degrees = degrees_up_to(per_node, DEGREES)
+    return degrees if model is None else tuple(d for d in degrees if view.cost.allows_degree(model, d))
 
 
 def efficient_degree(cost: CostModel, kind: str, model: str, shape: Shape, degrees: tuple[int, ...]) -> int:

@@ -3,13 +3,16 @@
 ``pipeline-static:degree=k`` (xDiT-style): the cluster is cut into fixed replicas of k GPUs on one
 node, each holding every stage of every model. A request joins the least-loaded replica's FIFO
 queue (load = the replica's predicted remaining work) and holds all k GPUs from encode to decode;
-encode and decode run at degree k too (they do not speed up: the other GPUs wait), and so does the
-diffuse of a UNet model, which runs at degree 1 only (``CostModel.splits``): it is dispatched on
-the replica's first GPU, the others held idle.
+encode and decode run at degree k too (they do not speed up: the other GPUs wait). A diffuse runs
+on the replica's first d GPUs, d the largest degree up to k that its model can take
+(``CostModel.max_degree``: a UNet 1, tiny-flux with 2 attention heads 2), the others held idle:
+a replica wider than its model splits is what an operator asked for, so it is served rather than
+refused (a warning at start names a head-bound model), as the simulator prices it and the live
+workers run it.
 
 ``pipeline-dynamic``: one FIFO queue; each request gets its own GPU count, the SLO reference
-degree (the largest degree whose parallel efficiency is >= 0.8), and holds those GPUs on one node
-for its whole pipeline. Requests that do not fit the idle GPUs are passed over by later ones that do
+degree (the largest degree its model can take whose parallel efficiency is >= 0.8), and holds
+those GPUs on one node for its whole pipeline. Requests that do not fit the idle GPUs are passed over by later ones that do
 (backfilling), so small requests do not wait behind a large one.
 
 Neither batches, and neither checks memory before starting: an out-of-memory error fails the
@@ -18,12 +21,16 @@ request (counted, not hidden). Stages never share a GPU.
 A stage lost with its worker (a process killed mid-stage, a member of a sequence-parallel diffuse
 included) is not the request's fault: ``pipeline-static`` keeps the replica for the request and
 runs the stage again there once every GPU of the replica is back (a diffuse from the step it had
-reached); the driver's retry cap (``DEFAULT_MAX_ATTEMPTS``) still ends it. ``pipeline-dynamic``
-fails it, as before.
+reached); the driver's retry cap (``DEFAULT_MAX_ATTEMPTS``) still ends it. ``pipeline-dynamic``,
+which has no replicas to keep, runs the stage again at the request's degree on the first idle GPUs
+of a node that has enough (wherever its inputs are: they move, at their transfer cost), ahead of
+every request still waiting for its encode; the same cap ends it.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import deque
 from collections.abc import Sequence
 
@@ -35,23 +42,28 @@ from .common import degrees_for, efficient_degree, pipeline_seconds, place_every
 
 _NEXT = {StageKind.ENCODE: StageKind.DIFFUSE, StageKind.DIFFUSE: StageKind.DECODE}
 
+log = logging.getLogger(__name__)
+
 
 class _PipelineBase(Policy):
     """Shared: a request holds its group through the three stages."""
 
     def _next_stage(self, view: ClusterView, ev: StageFinished, group: tuple[int, ...] | None = None) -> list[Action]:
-        """The request's next stage on its ``group`` (default: the GPUs the last stage ran on); a
-        degree-1 model's diffuse (a UNet: ``CostModel.splits``) on the group's first GPU alone."""
+        """The request's next stage on its ``group`` (default: the GPUs the last stage ran on)."""
         nxt = _NEXT.get(ev.stage)
         if nxt is None:
             return []
-        rid = ev.request_ids[0]
-        group = group or ev.gpus
-        if nxt == StageKind.DIFFUSE:
+        return [self._stage_on(view, nxt, ev.request_ids[0], group or ev.gpus)]
+
+    @staticmethod
+    def _stage_on(view: ClusterView, stage: StageKind, rid: int, group: tuple[int, ...]) -> Dispatch:
+        """``stage`` of request ``rid`` on its ``group``; a diffuse (from the step it reached) on the
+        group's first ``CostModel.max_degree`` GPUs."""
+        if stage == StageKind.DIFFUSE:
             rec = view.request(rid)
-            gpus = group if view.cost.splits(rec.spec.model) else group[:1]
-            return [Dispatch(StageKind.DIFFUSE, (rid,), gpus, rec.steps_done, rec.spec.shape.steps)]
-        return [Dispatch(nxt, (rid,), group)]
+            gpus = group[:view.cost.max_degree(rec.spec.model, len(group))]
+            return Dispatch(StageKind.DIFFUSE, (rid,), gpus, rec.steps_done, rec.spec.shape.steps)
+        return Dispatch(stage, (rid,), group)
 
 
 @register
@@ -72,6 +84,11 @@ class PipelineStatic(_PipelineBase):
         self.active: list[int | None] = [None] * len(self.replicas)
         self.again: dict[int, StageKind] = {}  # replica -> the stage its request lost with a worker
         self.estimate: dict[int, float] = {}
+        for m in models:  # a UNet's degree 1 is long documented; a head-bound transformer is noted
+            d = view.cost.max_degree(m, k)
+            if d < k and view.cost.splits(m):
+                log.warning("pipeline-static: %s's diffuse splits at most %d ways (%d attention heads): each "
+                            "replica of %d GPUs runs it on %d of them", m, d, view.cost.heads.get(m, 0), k, d)
         return place_everything(view, models)
 
     def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
@@ -111,12 +128,7 @@ class PipelineStatic(_PipelineBase):
         if not all(view.is_alive(g) and view.is_idle(g) for g in self.replicas[r]):
             return []
         stage, rid = self.again.pop(r), self.active[r]
-        group = self.replicas[r]
-        if stage == StageKind.DIFFUSE:
-            rec = view.request(rid)
-            gpus = group if view.cost.splits(rec.spec.model) else group[:1]
-            return [Dispatch(stage, (rid,), gpus, rec.steps_done, rec.spec.shape.steps)]
-        return [Dispatch(stage, (rid,), group)]
+        return [self._stage_on(view, stage, rid, self.replicas[r])]
 
     def _start_next(self, view: ClusterView, r: int) -> list[Action]:
         if self.active[r] is not None or not self.queues[r]:
@@ -135,44 +147,63 @@ class PipelineDynamic(_PipelineBase):
 
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
         self.queue: deque[int] = deque()
-        self.degrees = degrees_for(view)
         self.degree_of: dict[int, int] = {}
+        self.again: deque[tuple[int, StageKind, int]] = deque()  # (request, stage lost with a worker, degree)
         return place_everything(view, models)
 
     def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
         actions: list[Action] = []
         if isinstance(event, RequestArrived):
             spec = event.request
-            self.degree_of[spec.id] = efficient_degree(view.cost, view.gpu_kind, spec.model, spec.shape, self.degrees)
+            self.degree_of[spec.id] = efficient_degree(view.cost, view.gpu_kind, spec.model, spec.shape,
+                                                       degrees_for(view, spec.model))
             self.queue.append(spec.id)
         elif isinstance(event, StageFinished):
             if event.stage != StageKind.DECODE and not view.request(event.request_ids[0]).state.terminal:
                 return self._next_stage(view, event)
+        elif isinstance(event, StageFailed) and event.lost:  # not the request's fault: run the stage again
+            self.again.extend((rid, event.stage, len(event.gpus)) for rid in event.request_ids
+                              if not view.request(rid).state.terminal)
         elif isinstance(event, StageFailed):
             actions += [Fail(rid, event.reason) for rid in event.request_ids]
         return actions + self._fill(view)
 
     def _fill(self, view: ClusterView) -> list[Action]:
-        if not self.queue or view.idle_count == 0:
+        """Stages lost with a worker first, then new requests, each on the first node with enough idle
+        GPUs; one that finds no room holds back every later one at least as wide (backfilling)."""
+        if not (self.queue or self.again) or view.idle_count == 0:
             return []
         idle = {k: view.idle_gpus(k) for k in range(len(view.nodes))}
         out: list[Action] = []
-        smallest_blocked = None
-        kept: deque[int] = deque()
-        while self.queue:
-            rid = self.queue.popleft()
-            d = self.degree_of[rid]
-            if smallest_blocked is not None and d >= smallest_blocked:
-                kept.append(rid)
-                continue
+        blocked = [math.inf]  # the smallest degree that found no room in this pass
+
+        def room(d: int) -> tuple[int, ...] | None:
+            if d >= blocked[0]:
+                return None
             node = next((k for k, g in idle.items() if len(g) >= d), None)
             if node is None:
-                kept.append(rid)
-                smallest_blocked = d if smallest_blocked is None else min(smallest_blocked, d)
-                if smallest_blocked == 1:
-                    break
-                continue
+                blocked[0] = d
+                return None
             group, idle[node] = tuple(idle[node][:d]), idle[node][d:]
+            return group
+
+        again: deque[tuple[int, StageKind, int]] = deque()
+        for rid, stage, d in self.again:
+            if view.request(rid).state.terminal:
+                continue  # cancelled while it waited
+            group = room(d)
+            if group is None:
+                again.append((rid, stage, d))
+            else:
+                out.append(self._stage_on(view, stage, rid, group))
+        self.again = again
+        kept: deque[int] = deque()
+        while self.queue and blocked[0] > 1:
+            rid = self.queue.popleft()
+            group = room(self.degree_of[rid])
+            if group is None:
+                kept.append(rid)
+                continue
             out.append(Dispatch(StageKind.ENCODE, (rid,), group))
             del self.degree_of[rid]
         kept.extend(self.queue)

@@ -24,7 +24,7 @@ class ClassInfo:
     batch: int  # best diffuse batch (1 = batching does not pay)
     dec_batch: int
     never_fits: str  # non-empty: why no GPU can ever hold it
-    degrees: tuple[int, ...] = (1,)  # the diffuse degrees it may run at (a UNet: 1 only)
+    degrees: tuple[int, ...] = (1,)  # the diffuse degrees it may run at (CostModel.allows_degree)
 
 
 def mix_drift(planned: dict, observed: dict) -> float:
@@ -37,8 +37,7 @@ def mix_drift(planned: dict, observed: dict) -> float:
 def class_info(view: ClusterView, degrees: tuple[int, ...], model: str, shape: Shape) -> ClassInfo:
     """The cost model's answers for one (model, shape) on this cluster, at the given degrees."""
     cost, kind = view.cost, view.gpu_kind
-    if not cost.splits(model):
-        degrees = degrees[:1]  # a UNet: degree 1 only (CostModel.splits)
+    degrees = tuple(d for d in degrees if cost.allows_degree(model, d))  # a UNet: 1 only; heads bound the rest
     enc = cost.latency_s(model, StageKind.ENCODE, None, 1, 1, kind)
     dec = cost.latency_s(model, StageKind.DECODE, shape, 1, 1, kind)
     step = {d: cost.latency_s(model, StageKind.DIFFUSE, shape, 1, d, kind) for d in degrees}

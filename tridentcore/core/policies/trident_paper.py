@@ -11,8 +11,9 @@ and gives each a degree k in {1, 2, 4, 8} on one node; everything else follows f
   (a ``LookupError`` stops it), and never beyond ``max_batch`` (default 64: the cost model
   extrapolates to any batch, so a guard is needed against a flat profile). A batch is one item of
   the program.
-* **Options.** An item may take degree k on node n when k has diffuse parallel efficiency >= 0.8
-  at batch 1 (k = 1 always), node n has k idle GPUs at this tick, and both its encode and its
+* **Options.** An item may take degree k on node n when its model can take k
+  (``CostModel.allows_degree``) and k has diffuse parallel efficiency >= 0.8 at batch 1 (k = 1
+  always), node n has k idle GPUs at this tick, and both its encode and its
   diffuse at (batch, k) fit the memory of the k idle GPUs the group would get
   (``view.memory_needed_gib <= view.free_gib``). A batch with no option for memory reasons is
   split in halves until it has one (a single request that can never fit is rejected on arrival).
@@ -137,7 +138,6 @@ class TridentPaper(Policy):
 
     # ------------------------------------------------------------------------------ setup
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
-        self.degrees = degrees_for(view)
         self.info: dict[tuple[str, Shape], _ClassInfo] = {}
         self._lat: dict[tuple, float] = {}
         self.queue: list[tuple[float, int]] = []  # (deadline, request id), sorted: waiting for the program
@@ -164,7 +164,7 @@ class TridentPaper(Policy):
         if info is not None:
             return info
         cost, kind = view.cost, view.gpu_kind
-        degrees = tuple(k for k in self.degrees
+        degrees = tuple(k for k in degrees_for(view, model)
                         if k == 1
                         or cost.parallel_efficiency(model, StageKind.DIFFUSE, shape, k, 1, kind) >= PARALLEL_EFFICIENCY)
         batch = 1
