@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from collections import deque
 from collections.abc import Sequence
 
 from ..defaults import DEFAULT_LATE
@@ -80,6 +81,8 @@ __all__ = ["Trident"]
 
 _MAX_SCAN = 256  # waiting items looked at per pass (the most urgent first)
 _MAX_BLOCKED = 8  # blocked diffuses per pass that may reserve GPUs or preempt
+_LOAD_WINDOW_S = 60.0  # the offered load that gates widening is over the arrivals of this window
+_LOAD_MIN_WINDOW_S = 10.0  # and at least this long (the first arrivals of a run)
 
 
 @register
@@ -99,6 +102,9 @@ class Trident(Policy):
                                    "fastest degree worth them, and is shrunk at a step boundary when new work "
                                    "needs them"),
         "gain": (float, 0.05, "wide: doubling the degree is worth it while it cuts the step time by this fraction"),
+        "wide_below": (float, 0.5, "wide: only while the offered load (GPU-seconds per second that the last "
+                                   "minute's arrivals need at their efficient degree, over the GPUs) is below this: "
+                                   "near saturation every GPU-second counts"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
         "late": (parse_late, DEFAULT_LATE, "serve: a request that can no longer meet its deadline runs after the "
                                            "others (an SLO miss); reject: turn it away, only before any stage ran"),
@@ -131,6 +137,9 @@ class Trident(Policy):
         self.paused_at: dict[int, float] = {}  # request id -> when it was last preempted
         self.base: dict[int, int] = {}  # request id -> the degree its running diffuse would have had unwidened
         self.cap: dict[int, int] = {}  # request id -> the most GPUs its next diffuse may take (it was shrunk)
+        self.started_s = now
+        self.arrived: deque[tuple[float, float]] = deque()  # (arrival, GPU-seconds at its efficient degree)
+        self.arrived_gpu_s = 0.0  # their sum
         self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
         self.noise = Spread()  # how far completed dispatches strayed from their predictions
         self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
@@ -232,6 +241,9 @@ class Trident(Policy):
                 return [Reject(spec.id, f"can never fit: {info.never_fits}")]
             key = (spec.model, spec.shape)
             self.observed[key] = self.observed.get(key, 0) + 1
+            gpu_s = info.enc_s + spec.shape.steps * info.eff_d * info.step_s[info.eff_d] + info.dec_s
+            self.arrived.append((now, gpu_s))
+            self.arrived_gpu_s += gpu_s
             self._enqueue(view, view.request(spec.id))
         elif isinstance(event, (StageFinished, StageFailed)):
             if isinstance(event, StageFinished) and event.predicted_s > 0 and self.opts["noise_z"]:
@@ -266,6 +278,7 @@ class Trident(Policy):
         idle_total = sum(len(x) for x in idle)
         n_gpus = view.num_gpus
         busy_frac = 1.0 - idle_total / n_gpus
+        widen = self.opts["wide"] and self._offered(now, n_gpus) < self.opts["wide_below"]
         reserved: dict[int, float] = {}  # gpu -> time an urgent diffuse needs it
         margin_frac = self.opts["margin"]
         taken: set[int] = set()
@@ -360,7 +373,7 @@ class Trident(Policy):
             else:
                 order = sorted(feasible)
             base = order[0]
-            if self.opts["wide"] and not late and idle_total:
+            if widen and not late and idle_total:
                 # work-conserving: the GPUs that the rest of the waiting work leaves idle speed this one
                 # up (to the fastest degree still worth its GPUs); shrunk when new work needs them
                 wide = self._widest(info, feasible, idle_total - (len(scan) - i))
@@ -420,7 +433,7 @@ class Trident(Policy):
             if group is not None:
                 for g in group:
                     reserved[g] = when
-        if self.opts["wide"] and idle_total and not blocked and not preempted_now:
+        if widen and idle_total and not blocked and not preempted_now:
             self._grow(view, idle, reserved, now, actions)
         return actions
 
@@ -493,6 +506,14 @@ class Trident(Policy):
             if t < best_t:
                 best_t, best = t, tuple(g for _, g in times[:d])
         return best_t, best
+
+    def _offered(self, now: float, n_gpus: int) -> float:
+        """The offered load: GPU-seconds per second that the last ``_LOAD_WINDOW_S``'s arrivals need at
+        their efficient degrees, over the cluster's GPUs (over the time since start while shorter)."""
+        while self.arrived and self.arrived[0][0] < now - _LOAD_WINDOW_S:
+            self.arrived_gpu_s -= self.arrived.popleft()[1]
+        window = max(_LOAD_MIN_WINDOW_S, min(_LOAD_WINDOW_S, now - self.started_s))
+        return max(0.0, self.arrived_gpu_s) / (window * n_gpus)
 
     def _widest(self, info: ClassInfo, feasible: list[int], spare: int) -> int:
         """The largest degree within ``spare`` GPUs at which each doubling still cuts the step time by
