@@ -1,5 +1,8 @@
 """``trident``: stage-level placement and dispatch, ours.
 
+**Objective**, in this order: SLO attainment (fairly across request classes), then mean and tail
+latency, then GPU-seconds.
+
 Every event (arrival, a stage finishing, a failure) runs one scheduling pass over the waiting work;
 there is no timer in the dispatch path, so a GPU never idles waiting for a planning round.
 
@@ -33,6 +36,15 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 * **Step-level preemption**: when a reservation would come too late, a running diffuse with enough
   slack is paused at its next step boundary (``Preempt``) and resumed later, on the same or other
   GPUs, paying the transfer of its latents.
+* **Work-conserving** (``wide``): GPUs that no waiting work needs speed up the work there is. A
+  diffuse takes, beyond its degree, the idle GPUs that the rest of the waiting work leaves, up to the
+  fastest degree still worth them (each doubling cuts the step time by ``gain``); when new work then
+  waits, a widened diffuse is shrunk at its next step boundary (it resumes at once on part of its
+  GPUs, its latents moving at their transfer cost) if the waiting work gains more than it loses and
+  it still meets its own deadline; when GPUs go idle with nothing waiting, the running diffuse that
+  gains most is grown at its next boundary. Only while the offered load (what the last minute's
+  arrivals need at their efficient degrees) is below ``wide_below`` of the cluster: near saturation
+  every GPU-second counts, and widening would spend them.
 * **Batching** per stage where the profile shows it pays (per-request cost falls by >= 15 %):
   waiting requests of one model (and shape, for diffuse and decode) whose deadlines all hold.
 * **Memory admission**: a dispatch goes only where weights (lazily loaded if missing, load time
@@ -46,9 +58,11 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 * **Late requests** (``late``): one that can no longer meet its deadline even at its fastest degree
   is served after every request that still can (in the same pass, on GPUs the others left idle; a
   diffuse of late requests is the first paused for one that can still make it), and counts as an
-  SLO miss (``late=serve``, the default). ``late=reject`` (goodput mode) turns it away instead, but
-  only while none of its stages has run (at admission, or while it still waits for its encode), so
-  no GPU time is spent on a request that is then dropped.
+  SLO miss (``late=serve``, the default). ``late=reject`` (goodput mode) decides on arrival: a
+  request is admitted if the admitted work ranked ahead of it (an earlier latest start; GPU-seconds at
+  the cheapest degree, spread over every GPU) plus its own latency meets its deadline, and turned
+  away at once otherwise; an admitted request is served, last if it turns late after all, so no GPU
+  time is spent on a request that is then dropped and nobody waits to be rejected.
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
@@ -141,6 +155,8 @@ class Trident(Policy):
         self.arrived: deque[tuple[float, float]] = deque()  # (arrival, GPU-seconds at its efficient degree)
         self.arrived_gpu_s = 0.0  # their sum
         self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
+        # late=reject: admitted request -> (its latest start on arrival, GPU-seconds of its work left)
+        self.owed: dict[int, tuple[float, float]] = {}
         self.noise = Spread()  # how far completed dispatches strayed from their predictions
         self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
         expected = dict(expected or {})
@@ -202,6 +218,17 @@ class Trident(Policy):
         bisect.insort(self.ready, entry)
         self.entry[rec.id] = entry
 
+    def _owe(self, rec: RequestRecord, info: ClassInfo, rank: float) -> None:
+        """late=reject: note the GPU-seconds ``rec``'s admitted work has left (at its cheapest degree)."""
+        self.owed.pop(rec.id, None)
+        if rec.state.terminal:
+            return
+        left = rec.spec.shape.steps - rec.steps_done
+        stage = WAITING_FOR.get(rec.state)
+        owed = left * min(d * info.step_s[d] for d in info.degrees) + info.dec_s + (
+            info.enc_s if stage == StageKind.ENCODE else 0.0)
+        self.owed[rec.id] = (rank, owed)
+
     def _late(self, rid: int) -> None:
         self.hopeless.add(rid)
         self._seq += 1
@@ -220,6 +247,8 @@ class Trident(Policy):
 
         for rid in [r for r in self.first_key if ended(r)]:
             del self.first_key[rid]
+        for rid in [r for r in self.owed if ended(r)]:
+            del self.owed[rid]
         self.hopeless = {r for r in self.hopeless if not ended(r)}
 
     def _dequeue(self, rid: int) -> None:
@@ -239,6 +268,17 @@ class Trident(Policy):
             info = self._info_for(view, spec.model, spec.shape)
             if info.never_fits:
                 return [Reject(spec.id, f"can never fit: {info.never_fits}")]
+            if self.opts["late"] == "reject":
+                rec = view.request(spec.id)
+                own = self._remaining(rec, info, info.eff_d, StageKind.ENCODE)
+                latest = spec.deadline_s - self.opts["margin"] * spec.slo_s
+                # the admitted work ranked ahead of it (an earlier latest start), spread over every GPU
+                ahead = sum(owed for rank, owed in self.owed.values() if rank <= latest - own)
+                wait = ahead / view.num_gpus
+                if now + wait + own > latest:
+                    return [Reject(spec.id, f"cannot meet its deadline: the admitted work ahead takes about "
+                                            f"{wait:.1f} s of the whole cluster")]
+                self._owe(rec, info, latest - own)
             key = (spec.model, spec.shape)
             self.observed[key] = self.observed.get(key, 0) + 1
             gpu_s = info.enc_s + spec.shape.steps * info.eff_d * info.step_s[info.eff_d] + info.dec_s
@@ -251,6 +291,8 @@ class Trident(Policy):
                 self.stretch = self.noise.factor(self.opts["noise_z"])
             for rid in event.request_ids:
                 rec = view.request(rid)
+                if rid in self.owed:
+                    self._owe(rec, self._info_for(view, rec.spec.model, rec.spec.shape), self.owed[rid][0])
                 if isinstance(event, StageFailed) and event.oom:
                     self.safer[rid] = self.safer.get(rid, 0) + 1
                 if not rec.state.terminal:
@@ -307,9 +349,9 @@ class Trident(Policy):
             info = self._info_for(view, spec.model, spec.shape)
             if entry[0] != math.inf and now + self._remaining(rec, info, info.fast_d, stage) > spec.deadline_s + 1e-9:
                 self._dequeue(rid)
-                if self.opts["late"] == "reject" and not started_any(rec):
+                if self.opts["late"] == "reject" and not started_any(rec) and rid not in self.owed:
                     actions.append(Reject(rid, "cannot meet its deadline any more"))
-                else:  # late anyway: keep it, behind every request that can still make it
+                else:  # late anyway (or admitted: served): keep it, behind every request that can still make it
                     self._late(rid)
                     scan.append(self.entry[rid])  # in this pass too: a GPU left idle may take it
                 continue
