@@ -95,8 +95,8 @@ __all__ = ["Trident"]
 
 _MAX_SCAN = 256  # waiting items looked at per pass (the most urgent first)
 _MAX_BLOCKED = 8  # blocked diffuses per pass that may reserve GPUs or preempt
-_LOAD_WINDOW_S = 60.0  # the offered load that gates widening is over the arrivals of this window
-_LOAD_MIN_WINDOW_S = 10.0  # and at least this long (the first arrivals of a run)
+_LOAD_WINDOW_S = 600.0  # the offered load that gates widening is over the arrivals of this window
+_LOAD_MIN_WINDOW_S = 120.0  # and at least this long (the first arrivals of a run)
 
 
 @register
@@ -320,7 +320,7 @@ class Trident(Policy):
         idle_total = sum(len(x) for x in idle)
         n_gpus = view.num_gpus
         busy_frac = 1.0 - idle_total / n_gpus
-        widen = self.opts["wide"] and self._offered(now, n_gpus) < self.opts["wide_below"]
+        widen = self.opts["wide"] and self._base_busy(view) < self.opts["wide_below"] * n_gpus
         reserved: dict[int, float] = {}  # gpu -> time an urgent diffuse needs it
         margin_frac = self.opts["margin"]
         taken: set[int] = set()
@@ -548,6 +548,15 @@ class Trident(Policy):
             if t < best_t:
                 best_t, best = t, tuple(g for _, g in times[:d])
         return best_t, best
+
+    def _base_busy(self, view: ClusterView) -> int:
+        """GPUs the running work would hold at the degrees it would have had without widening."""
+        busy = 0
+        for run in view.running():
+            a = run.action
+            busy += min(len(a.gpus), self.base.get(a.request_ids[0], len(a.gpus))) if a.stage == StageKind.DIFFUSE \
+                else len(a.gpus)
+        return busy
 
     def _offered(self, now: float, n_gpus: int) -> float:
         """The offered load: GPU-seconds per second that the last ``_LOAD_WINDOW_S``'s arrivals need at
