@@ -52,6 +52,9 @@ class ClusterState:
         self._next_dispatch = 0
         self.idle_count = n
         self._weights: dict[tuple[str, str], float] = {}
+        # indexes kept in step with busy / alive / resident (the planner asks for them on every pass)
+        self._idle_on: list[tuple[int, ...] | None] = [None] * len(self.nodes)  # per node; None: recount
+        self._holders: dict[tuple[str, str], frozenset[int]] = {}  # (model, stage) -> GPUs it is resident on
 
     def stage_weights_gib(self, model: str, stage: StageKind) -> float:
         """Weights of one stage instance on one GPU (memoised cost-model answer)."""
@@ -65,8 +68,24 @@ class ClusterState:
         return self.busy[gpu] is None and self.alive[gpu]
 
     def idle_gpus(self, node: int | None = None) -> list[int]:
-        gpus = self.nodes[node] if node is not None else range(len(self.gpus))
-        return [g for g in gpus if self.busy[g] is None and self.alive[g]]
+        if node is not None:
+            return list(self._idle_node(node))
+        return [g for g in range(len(self.gpus)) if self.busy[g] is None and self.alive[g]]
+
+    def idle_by_node(self) -> list[list[int]]:
+        """Per node (in node order), its idle GPUs in id order: fresh lists the caller may change."""
+        return [list(self._idle_node(k)) for k in range(len(self.nodes))]
+
+    def _idle_node(self, node: int) -> tuple[int, ...]:
+        idle = self._idle_on[node]
+        if idle is None:
+            busy, alive = self.busy, self.alive
+            idle = self._idle_on[node] = tuple(g for g in self.nodes[node] if busy[g] is None and alive[g])
+        return idle
+
+    def gpus_holding(self, model: str, stage: StageKind) -> frozenset[int]:
+        """The GPUs on which ``(model, stage)`` is resident."""
+        return self._holders.get((model, stage), frozenset())
 
     def free_gib(self, gpu: int) -> float:
         return self.mem_gib[gpu] - self.weights_gib[gpu] - self.act_gib[gpu]
@@ -172,9 +191,12 @@ class ClusterState:
         w = self.stage_weights_gib(model, stage)
         self.resident[gpu][(model, stage)] = w
         self.weights_gib[gpu] += w
+        self._holders[(model, stage)] = self.gpus_holding(model, stage) | {gpu}
         return w
 
     def evict(self, model: str, stage: StageKind, gpu: int) -> float:
+        if (model, stage) in self.resident[gpu]:
+            self._holders[(model, stage)] = self.gpus_holding(model, stage) - {gpu}
         w = self.resident[gpu].pop((model, stage), 0.0)
         self.weights_gib[gpu] -= w
         return w
@@ -206,6 +228,7 @@ class ClusterState:
                       load_s, transfer_s, act)
         for g in action.gpus:
             self.busy[g] = did
+            self._idle_on[self.node_of[g]] = None
             self.act_gib[g] += act
             self.pending_load_s[g] = 0.0
             if self.weights_gib[g] + self.act_gib[g] > self.mem_gib[g] + 1e-6:
@@ -225,6 +248,7 @@ class ClusterState:
         for g in run.action.gpus:
             if self.busy[g] == run.id:
                 self.busy[g] = None
+                self._idle_on[self.node_of[g]] = None
                 self.act_gib[g] -= run.act_gib
                 if self.alive[g]:
                     self.idle_count += 1
@@ -300,9 +324,12 @@ class ClusterState:
         if self.alive[gpu] == alive:
             return
         self.alive[gpu] = alive
+        self._idle_on[self.node_of[gpu]] = None
         if self.busy[gpu] is None:
             self.idle_count += 1 if alive else -1
         if not alive:  # a lost worker loses its resident weights
+            for key in self.resident[gpu]:
+                self._holders[key] = self._holders[key] - {gpu}
             self.resident[gpu].clear()
             self.weights_gib[gpu] = 0.0
 
@@ -355,6 +382,10 @@ class ClusterView:
     def idle_gpus(self, node: int | None = None) -> list[int]:
         return self._s.idle_gpus(node)
 
+    def idle_by_node(self) -> list[list[int]]:
+        """``[idle_gpus(k) for k in nodes]``, from one call (the planner asks on every pass)."""
+        return self._s.idle_by_node()
+
     @property
     def idle_count(self) -> int:
         return self._s.idle_count
@@ -382,6 +413,10 @@ class ClusterView:
 
     def has_resident(self, model: str, stage: StageKind, gpu: int) -> bool:
         return (model, stage) in self._s.resident[gpu]
+
+    def gpus_holding(self, model: str, stage: StageKind) -> frozenset[int]:
+        """The GPUs on which ``(model, stage)`` is resident (``has_resident`` for all GPUs at once)."""
+        return self._s.gpus_holding(model, stage)
 
     def free_gib(self, gpu: int) -> float:
         return self._s.free_gib(gpu)

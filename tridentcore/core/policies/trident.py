@@ -133,6 +133,8 @@ class Trident(Policy):
             expected = {(m, None): 1.0 for m in models}
         self.planned_mix = {k: float(v) for k, v in expected.items()}
         self.replans = 0
+        self._planned_for: dict | None = None  # the plan _planned_on's cache answers for
+        self._planned: dict[tuple[str, str], frozenset[int]] = {}
         self.plan = self._plan(view, expected)
         return [Place(m, s, g) for g, inst in self.plan.items() for (m, s) in sorted(inst)]
 
@@ -256,7 +258,7 @@ class Trident(Policy):
     # ------------------------------------------------------------------------------ the pass
     def _schedule(self, view: ClusterView, now: float) -> list[Action]:
         actions: list[Action] = []
-        idle = [view.idle_gpus(n) for n in range(len(view.nodes))]
+        idle = view.idle_by_node()
         idle_total = sum(len(x) for x in idle)
         n_gpus = view.num_gpus
         busy_frac = 1.0 - idle_total / n_gpus
@@ -403,23 +405,37 @@ class Trident(Policy):
     def _fits(self, view: ClusterView, model: str, stage: StageKind, shape: Shape, batch: int, degree: int, g: int) -> bool:
         return view.memory_needed_gib(model, stage, shape, batch, degree, g) <= view.free_gib(g) + 1e-9
 
+    def _planned_on(self, model: str, stage: StageKind) -> frozenset[int]:
+        """The GPUs the current plan wants ``(model, stage)`` on (cached per plan)."""
+        if self._planned_for is not self.plan:
+            self._planned_for, self._planned = self.plan, {}
+        gpus = self._planned.get((model, stage))
+        if gpus is None:
+            gpus = self._planned[(model, stage)] = frozenset(g for g, inst in self.plan.items() if (model, stage) in inst)
+        return gpus
+
     def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> tuple[int | None, list[Action]]:
         """One GPU for an encode or decode, and any evictions needed to make room on it."""
         prefer = set(rec.latents_on) if stage == StageKind.DECODE else set()
         plan = self.plan
-        candidates = []
+        held, planned = view.gpus_holding(model, stage), self._planned_on(model, stage)
+        candidates = []  # (preference..., g): best first once sorted
         for gpus in idle:
             size = len(gpus)
             for g in gpus:
-                if not self._usable(view, g, reserved, now, dur):
+                if g in reserved and not self._usable(view, g, reserved, now, dur):
                     continue
-                candidates.append(((g not in prefer, not view.has_resident(model, stage, g),
-                                    (model, stage) not in plan.get(g, ()), size, g), g))
+                candidates.append((g not in prefer, g not in held, g not in planned, size, g))
+        if not candidates:
+            return None, []
+        best = min(candidates)[-1]  # usually fits: then no sort is needed
+        if self._fits(view, model, stage, rec.spec.shape, 1, 1, best):
+            return best, []
         candidates.sort()
-        for _, g in candidates:  # memory admission, best candidate first
+        for *_, g in candidates:  # memory admission, best candidate first
             if self._fits(view, model, stage, rec.spec.shape, 1, 1, g):
                 return g, []
-        for _, g in candidates:  # make room: evict instances the plan does not want there
+        for *_, g in candidates:  # make room: evict instances the plan does not want there
             need = view.memory_needed_gib(model, stage, rec.spec.shape, 1, 1, g)
             spare = [(w, m, s) for (m, s) in view.resident(g) if (m, s) not in plan.get(g, ())
                      and (m, s) != (model, stage) for w in (view.instance_gib(m, s),)]
@@ -436,22 +452,24 @@ class Trident(Policy):
     def _pick_group(self, view, idle, reserved, now, dur, d, rec) -> tuple[int, ...] | None:
         model, shape = rec.spec.model, rec.spec.shape
         near = set(rec.latents_on or rec.embeddings_on)
-        plan = self.plan
+        held, encoders = view.gpus_holding(model, StageKind.DIFFUSE), self._planned_on(model, StageKind.ENCODE)
         options = []
         for node, gpus in enumerate(idle):
             if len(gpus) < d:
                 continue
-            usable = [g for g in gpus if self._usable(view, g, reserved, now, dur)]
+            usable = [g for g in gpus if g not in reserved or self._usable(view, g, reserved, now, dur)]
             if len(usable) < d:
                 continue
-            usable.sort(key=lambda g: (g not in near, not view.has_resident(model, StageKind.DIFFUSE, g),
-                                       (model, StageKind.ENCODE) in plan.get(g, ()), g))
+            usable = [k[-1] for k in sorted((g not in near, g not in held, g in encoders, g) for g in usable)]
             options.append(((len(usable), sum(g not in near for g in usable[:d]), node), usable))
         options.sort()  # best fit first: keep big holes for big requests
         for _, usable in options:
-            fit = [g for g in usable if self._fits(view, model, StageKind.DIFFUSE, shape, 1, d, g)]
-            if len(fit) >= d:
-                return tuple(sorted(fit[:d]))
+            fit = []
+            for g in usable:
+                if self._fits(view, model, StageKind.DIFFUSE, shape, 1, d, g):
+                    fit.append(g)
+                    if len(fit) == d:
+                        return tuple(sorted(fit))
         return None
 
     def _soonest(self, view, reserved, now, d) -> tuple[float, tuple[int, ...] | None]:
