@@ -93,8 +93,9 @@ def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], ac
             for g in sp.gpus:
                 mem[g][k] += act
             k += 1
-    return [GpuSample(t_s=k * sample_s, gpu=g, busy=min(1.0, busy[g][k] / sample_s), mem_gib=round(mem[g][k], 4))
-            for g in range(num_gpus) for k in range(bins)]
+    # positional: the run's largest row list (GPUs x intervals), built once at its end
+    return [GpuSample(k * sample_s, g, min(1.0, b[k] / sample_s), round(m[k], 4))
+            for g, b, m in zip(range(num_gpus), busy, mem) for k in range(bins)]
 
 
 class Recorder:

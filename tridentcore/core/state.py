@@ -74,7 +74,10 @@ class ClusterState:
 
     def idle_by_node(self) -> list[list[int]]:
         """Per node (in node order), its idle GPUs in id order: fresh lists the caller may change."""
-        return [list(self._idle_node(k)) for k in range(len(self.nodes))]
+        if None in self._idle_on:
+            for k in range(len(self.nodes)):
+                self._idle_node(k)
+        return [list(idle) for idle in self._idle_on]  # type: ignore[arg-type]
 
     def _idle_node(self, node: int) -> tuple[int, ...]:
         idle = self._idle_on[node]
