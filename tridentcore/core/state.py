@@ -25,6 +25,8 @@ from .types import Shape, StageKind
 
 __all__ = ["GIB", "ClusterState", "ClusterView", "DispatchCost", "Running", "payload_bytes"]
 
+_WAITING_STATE = {stage: state for state, stage in WAITING_FOR.items()}  # stage -> the state that waits for it
+
 
 class ClusterState:
     """Everything the drivers track. Only drivers call the mutating methods."""
@@ -53,7 +55,8 @@ class ClusterState:
         self.idle_count = n
         self._weights: dict[tuple[str, str], float] = {}
         # indexes kept in step with busy / alive / resident (the planner asks for them on every pass)
-        self._idle_on: list[tuple[int, ...] | None] = [None] * len(self.nodes)  # per node; None: recount
+        self._idle_on: list[tuple[int, ...]] = [()] * len(self.nodes)  # per node, valid unless stale
+        self._idle_stale: set[int] = set(range(len(self.nodes)))  # nodes whose GPUs went busy, idle, up or down
         self._holders: dict[tuple[str, str], frozenset[int]] = {}  # (model, stage) -> GPUs it is resident on
 
     def stage_weights_gib(self, model: str, stage: StageKind) -> float:
@@ -74,17 +77,16 @@ class ClusterState:
 
     def idle_by_node(self) -> list[list[int]]:
         """Per node (in node order), its idle GPUs in id order: fresh lists the caller may change."""
-        if None in self._idle_on:
-            for k in range(len(self.nodes)):
-                self._idle_node(k)
-        return [list(idle) for idle in self._idle_on]  # type: ignore[arg-type]
+        for k in list(self._idle_stale):
+            self._idle_node(k)
+        return [list(idle) for idle in self._idle_on]
 
     def _idle_node(self, node: int) -> tuple[int, ...]:
-        idle = self._idle_on[node]
-        if idle is None:
+        if node in self._idle_stale:
             busy, alive = self.busy, self.alive
-            idle = self._idle_on[node] = tuple(g for g in self.nodes[node] if busy[g] is None and alive[g])
-        return idle
+            self._idle_on[node] = tuple(g for g in self.nodes[node] if busy[g] is None and alive[g])
+            self._idle_stale.discard(node)
+        return self._idle_on[node]
 
     def gpus_holding(self, model: str, stage: StageKind) -> frozenset[int]:
         """The GPUs on which ``(model, stage)`` is resident."""
@@ -121,7 +123,7 @@ class ClusterState:
                 out.append(f"GPU {g} is down")
             elif self.busy[g] is not None:
                 out.append(f"GPU {g} is busy with dispatch {self.busy[g]}")
-        waiting = {v: k for k, v in WAITING_FOR.items()}.get(action.stage)
+        waiting = _WAITING_STATE.get(action.stage)
         if waiting is None:
             out.append(f"unknown stage {action.stage!r}")
             return out
@@ -231,7 +233,7 @@ class ClusterState:
                       load_s, transfer_s, act)
         for g in action.gpus:
             self.busy[g] = did
-            self._idle_on[self.node_of[g]] = None
+            self._idle_stale.add(self.node_of[g])
             self.act_gib[g] += act
             self.pending_load_s[g] = 0.0
             if self.weights_gib[g] + self.act_gib[g] > self.mem_gib[g] + 1e-6:
@@ -251,7 +253,7 @@ class ClusterState:
         for g in run.action.gpus:
             if self.busy[g] == run.id:
                 self.busy[g] = None
-                self._idle_on[self.node_of[g]] = None
+                self._idle_stale.add(self.node_of[g])
                 self.act_gib[g] -= run.act_gib
                 if self.alive[g]:
                     self.idle_count += 1
@@ -327,7 +329,7 @@ class ClusterState:
         if self.alive[gpu] == alive:
             return
         self.alive[gpu] = alive
-        self._idle_on[self.node_of[gpu]] = None
+        self._idle_stale.add(self.node_of[gpu])
         if self.busy[gpu] is None:
             self.idle_count += 1 if alive else -1
         if not alive:  # a lost worker loses its resident weights

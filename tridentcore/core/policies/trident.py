@@ -473,7 +473,8 @@ class Trident(Policy):
         for node, gpus in enumerate(idle):
             if len(gpus) < d:
                 continue
-            usable = [g for g in gpus if g not in reserved or self._usable(view, g, reserved, now, dur)]
+            usable = [g for g in gpus if g not in reserved or self._usable(view, g, reserved, now, dur)
+                      ] if reserved else gpus
             if len(usable) < d:
                 continue
             # GPUs holding the inputs go first: the rest fill what they leave of the d
