@@ -108,7 +108,10 @@ class Spread:
         x = math.log(measured_s / predicted_s)
         # a stage that took its prediction exactly may differ from it by rounding: that is no noise
         x = 0.0 if abs(x) < 1e-9 else x
-        logs = self._logs.setdefault(str(stage), deque(maxlen=self.window))
+        key = str(stage)
+        logs = self._logs.get(key)
+        if logs is None:
+            logs = self._logs[key] = deque(maxlen=self.window)
         if len(logs) == logs.maxlen and logs[0] != 0.0:
             self._nonzero -= 1  # about to leave the window
         logs.append(x)

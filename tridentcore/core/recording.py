@@ -93,9 +93,11 @@ def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], ac
             for g in sp.gpus:
                 mem[g][k] += act
             k += 1
-    # positional: the run's largest row list (GPUs x intervals), built once at its end
-    return [GpuSample(k * sample_s, g, min(1.0, b[k] / sample_s), round(m[k], 4))
-            for g, b, m in zip(range(num_gpus), busy, mem) for k in range(bins)]
+    # the run's largest row list (GPUs x intervals), built once at its end: positional, no calls
+    # but the rows' own (``v if v < 1.0 else 1.0`` is ``min(1.0, v)``)
+    times = [k * sample_s for k in range(bins)]
+    return [GpuSample(t, g, v if v < 1.0 else 1.0, round(m, 4))
+            for g, b, ms in zip(range(num_gpus), busy, mem) for t, v, m in zip(times, [x / sample_s for x in b], ms)]
 
 
 class Recorder:

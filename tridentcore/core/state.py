@@ -84,7 +84,7 @@ class ClusterState:
     def _idle_node(self, node: int) -> tuple[int, ...]:
         if node in self._idle_stale:
             busy, alive = self.busy, self.alive
-            self._idle_on[node] = tuple(g for g in self.nodes[node] if busy[g] is None and alive[g])
+            self._idle_on[node] = tuple([g for g in self.nodes[node] if busy[g] is None and alive[g]])
             self._idle_stale.discard(node)
         return self._idle_on[node]
 

@@ -469,6 +469,7 @@ class Trident(Policy):
         model, shape = rec.spec.model, rec.spec.shape
         near = set(rec.latents_on or rec.embeddings_on)
         held, encoders = view.gpus_holding(model, StageKind.DIFFUSE), self._planned_on(model, StageKind.ENCODE)
+        near_nodes = {view.node_of(g) for g in near}
         options = []
         for node, gpus in enumerate(idle):
             if len(gpus) < d:
@@ -478,7 +479,7 @@ class Trident(Policy):
             if len(usable) < d:
                 continue
             # GPUs holding the inputs go first: the rest fill what they leave of the d
-            far = d - min(d, len(near.intersection(usable)))
+            far = d - min(d, len(near.intersection(usable))) if node in near_nodes else d
             options.append(((len(usable), far, node), usable))
         options.sort()  # best fit first: keep big holes for big requests
         for _, usable in options:
