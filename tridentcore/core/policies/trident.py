@@ -115,6 +115,7 @@ class Trident(Policy):
     # ------------------------------------------------------------------------------ setup
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
         self.degrees = degrees_for(view)
+        self._node_of = tuple(view.node_of(g) for g in range(view.num_gpus))  # GPU -> node, for the GPU search
         self.info: dict[tuple[str, Shape], ClassInfo] = {}
         self.encode_batch: dict[str, int] = {}
         self.ready: list[tuple[float, int, int]] = []  # (latest start, seq, request id), sorted
@@ -448,22 +449,31 @@ class Trident(Policy):
         return None, []
 
     def _first_one(self, view, idle, reserved, now, dur, prefer, held, planned) -> int | None:
-        """The first of ``_pick_one``'s ranking, found with set operations instead of ranking every
-        idle GPU: the usable idle GPUs in ``prefer``, ``held`` and ``planned``, then those in the
-        first two, ... (the order of the key ``(not in prefer, not in held, not in planned)``), and
-        among those the one on the node with the fewest idle GPUs, then the lowest id."""
-        pool = set().union(*idle)
-        pool.difference_update([g for g in reserved if g in pool and not self._usable(view, g, reserved, now, dur)])
-        if not pool:
-            return None
-        # each set below meets the pool only where every set before it is empty: then it is its own tier
-        for tier in (prefer & held & planned, prefer & held, prefer & planned, prefer, held & planned, held, planned):
-            tier = pool.intersection(tier)
-            if tier:
-                break
-        else:
-            tier = pool
-        return min((len(idle[view.node_of(g)]), g) for g in tier)[1]
+        """The first of ``_pick_one``'s ranking without ranking every idle GPU: the usable idle GPUs
+        in ``prefer``, ``held`` and ``planned``, else those in the first two, ... (the order of the
+        key ``(not in prefer, not in held, not in planned)``), and among them the one on the node
+        with the fewest idle GPUs, then the lowest id."""
+        node_of = self._node_of
+        for tier in self._tiers(prefer, held, planned, idle):
+            found = [g for g in tier if g in idle[node_of[g]]
+                     and (g not in reserved or self._usable(view, g, reserved, now, dur))]
+            if found:
+                return min((len(idle[node_of[g]]), g) for g in found)[1]
+        return None
+
+    @staticmethod
+    def _tiers(prefer, held, planned, idle):
+        """Sets of GPUs, each holding a usable idle GPU only where every set before it holds none:
+        then its usable idle GPUs are exactly one tier of ``_pick_one``'s key, in key order. Made
+        lazily: usually an early one has some."""
+        yield prefer & held & planned
+        yield prefer & held
+        yield prefer & planned
+        yield prefer
+        yield held & planned
+        yield held
+        yield planned
+        yield [g for gpus in idle for g in gpus]
 
     def _pick_group(self, view, idle, reserved, now, dur, d, rec) -> tuple[int, ...] | None:
         model, shape = rec.spec.model, rec.spec.shape
