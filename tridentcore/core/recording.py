@@ -73,8 +73,8 @@ def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], ac
     for p in sorted(placements, key=lambda p: p.t_s):
         k0 = min(bins, int(math.ceil(p.t_s / sample_s - 1e-9)))
         delta = p.weights_gib if p.action == "place" else -p.weights_gib
-        for k in range(k0, bins):
-            mem[p.gpu][k] += delta
+        row = mem[p.gpu]
+        row[k0:] = [m + delta for m in row[k0:]]
     seen: set[int] = set()
     for sp in spans:
         if sp.dispatch_id in seen or sp.dispatch_id < 0 or sp.outcome == "oom":
@@ -94,9 +94,11 @@ def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], ac
                 mem[g][k] += act
             k += 1
     # the run's largest row list (GPUs x intervals), built once at its end: positional, no calls
-    # but the rows' own (``v if v < 1.0 else 1.0`` is ``min(1.0, v)``)
+    # but the rows' own (``v if v < 1.0 else 1.0`` is ``min(1.0, v)``), and round(m, 4) (slow: a
+    # correctly rounded decimal) once per distinct memory figure (but for zeros, whose sign it keeps)
     times = [k * sample_s for k in range(bins)]
-    return [GpuSample(t, g, v if v < 1.0 else 1.0, round(m, 4))
+    r4 = {m: round(m, 4) for ms in mem for m in set(ms) if m}
+    return [GpuSample(t, g, v if v < 1.0 else 1.0, r4[m] if m else round(m, 4))
             for g, b, ms in zip(range(num_gpus), busy, mem) for t, v, m in zip(times, [x / sample_s for x in b], ms)]
 
 
