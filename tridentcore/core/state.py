@@ -222,11 +222,13 @@ class ClusterState:
         return PlacementRow(now, action.gpu, action.model, action.stage, "evict", weights) if weights else None
 
     def start(self, action: Dispatch, now: float, compute_start_s: float, predicted_end_s: float,
-              step_s: float = 0.0, load_s: float = 0.0, transfer_s: float = 0.0) -> Running:
+              step_s: float = 0.0, load_s: float = 0.0, transfer_s: float = 0.0, act_gib: float | None = None) -> Running:
+        """Start ``action`` (``act_gib``: its activation memory per GPU if known, ``dispatch_cost``'s)."""
         rec0 = self.requests[action.request_ids[0]]
         shape = rec0.spec.shape
-        act = self.cost.activation_gib(rec0.spec.model, action.stage, None if action.stage == StageKind.ENCODE else shape,
-                                       len(action.request_ids), len(action.gpus), self.gpu_kind)
+        act = act_gib if act_gib is not None else self.cost.activation_gib(
+            rec0.spec.model, action.stage, None if action.stage == StageKind.ENCODE else shape,
+            len(action.request_ids), len(action.gpus), self.gpu_kind)
         did = self._next_dispatch
         self._next_dispatch += 1
         run = Running(did, action, rec0.spec.model, shape, now, compute_start_s, predicted_end_s, step_s,
