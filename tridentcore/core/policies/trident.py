@@ -52,7 +52,7 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
-Per-class cost answers live in :mod:`.trident_classes`; the rest stays one module (about 570 lines)
+Per-class cost answers live in :mod:`.trident_classes`; the rest stays one module (about 620 lines)
 because it is one policy class whose methods all share the ready queue, reservations and plan.
 """
 
