@@ -480,17 +480,13 @@ class Trident(Policy):
         near = set(rec.latents_on or rec.embeddings_on)
         held, encoders = view.gpus_holding(model, StageKind.DIFFUSE), self._planned_on(model, StageKind.ENCODE)
         near_nodes = {view.node_of(g) for g in near}
-        options = []
-        for node, gpus in enumerate(idle):
-            if len(gpus) < d:
-                continue
-            usable = [g for g in gpus if g not in reserved or self._usable(view, g, reserved, now, dur)
-                      ] if reserved else gpus
-            if len(usable) < d:
-                continue
-            # GPUs holding the inputs go first: the rest fill what they leave of the d
-            far = d - min(d, len(near.intersection(usable))) if node in near_nodes else d
-            options.append(((len(usable), far, node), usable))
+        pools = [(node, gpus) for node, gpus in enumerate(idle) if len(gpus) >= d]
+        if reserved:
+            pools = [(node, [g for g in gpus if g not in reserved or self._usable(view, g, reserved, now, dur)])
+                     for node, gpus in pools]
+        # key: usable GPUs (best fit), GPUs among the d taken that lack the inputs (those holding them go first), node
+        options = [((len(usable), d - min(d, len(near.intersection(usable))) if node in near_nodes else d, node),
+                    usable) for node, usable in pools if len(usable) >= d]
         options.sort()  # best fit first: keep big holes for big requests
         for _, usable in options:
             usable = [k[-1] for k in sorted((g not in near, g not in held, g in encoders, g) for g in usable)]
