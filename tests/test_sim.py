@@ -251,6 +251,38 @@ def test_invalid_dispatch_is_a_policy_bug():
     assert any("busy" in p for p in state.problems(Dispatch("encode", (0,), (0, 0))) + ["busy"])
 
 
+def test_idle_and_resident_indexes_follow_every_change():
+    """``idle_by_node`` and ``gpus_holding`` (kept up to date for the planner) say what
+    ``idle_gpus`` and ``has_resident`` say, through starts, ends, placements, evictions and lost GPUs."""
+    state, view = _view("2x2xH200")
+
+    def check():
+        assert view.idle_by_node() == [view.idle_gpus(n) for n in range(len(view.nodes))]
+        for key in (("sd3-medium", StageKind.ENCODE), ("sd3-medium", StageKind.DIFFUSE)):
+            assert view.gpus_holding(*key) == {g for g in range(view.num_gpus) if view.has_resident(*key, g)}
+
+    check()
+    for g in (0, 1, 3):
+        state.place("sd3-medium", StageKind.ENCODE, g)
+    state.place("sd3-medium", StageKind.DIFFUSE, 1)
+    check()
+    state.requests.add(RequestSpec(0, "sd3-medium", "p", Shape(512, 512, 1, 28), 0, None, 10.0, 0.0), 0.0)
+    run = state.start(Dispatch("encode", (0,), (1,)), 0.0, 0.0, 1.0)
+    check()
+    idle = view.idle_by_node()
+    idle[0].clear()  # the caller's copy: the state is not changed through it
+    check()
+    state.evict("sd3-medium", StageKind.ENCODE, 0)
+    state.evict("sd3-medium", StageKind.ENCODE, 0)  # not there any more: nothing changes
+    check()
+    state.set_alive(3, False)  # a lost GPU loses its weights
+    check()
+    state.finish(run.id, 1.0)
+    state.set_alive(3, True)
+    check()
+    assert view.idle_by_node() == [[0, 1], [2, 3]] and view.gpus_holding("sd3-medium", StageKind.ENCODE) == {1}
+
+
 # ---------------------------------------------------------------------------------- speed
 def test_sim_speed_2700_requests_on_128_gpus():
     reqs = _requests("flux-uniform", 1.5, 1800, seed=0)

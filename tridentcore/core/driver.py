@@ -359,7 +359,7 @@ class DriverCore:
                                                      state.stage_weights_gib(model, action.stage), c.load_s))
         compute_start = now + c.load_s + c.transfer_s
         end = compute_start + c.compute_s
-        run = state.start(action, now, compute_start, end, c.step_s, c.load_s, c.transfer_s)
+        run = state.start(action, now, compute_start, end, c.step_s, c.load_s, c.transfer_s, c.act_gib)
         if self.calibration is not None:
             run.factor = self.calibration.factor(model, action.stage, run.shape)
         out.started.append(Started(run, c.total_s))

@@ -98,6 +98,7 @@ class Spread:
     def __init__(self, window: int = 128, min_samples: int = 16, every: int = 8) -> None:
         self.window, self.min_samples, self.every = window, min_samples, every
         self._logs: dict[str, deque[float]] = {}
+        self._nonzero = 0  # log ratios in the windows that are not 0: with none, sigma is 0 (no sorting)
         self.seen = 0
         self.sigma = 0.0
 
@@ -106,10 +107,18 @@ class Spread:
             return
         x = math.log(measured_s / predicted_s)
         # a stage that took its prediction exactly may differ from it by rounding: that is no noise
-        self._logs.setdefault(str(stage), deque(maxlen=self.window)).append(0.0 if abs(x) < 1e-9 else x)
+        x = 0.0 if abs(x) < 1e-9 else x
+        key = str(stage)
+        logs = self._logs.get(key)
+        if logs is None:
+            logs = self._logs[key] = deque(maxlen=self.window)
+        if len(logs) == logs.maxlen and logs[0] != 0.0:
+            self._nonzero -= 1  # about to leave the window
+        logs.append(x)
+        self._nonzero += x != 0.0
         self.seen += 1
         if self.seen >= self.min_samples and (self.seen - self.min_samples) % self.every == 0:
-            self.sigma = _spread(self._logs)[1]
+            self.sigma = _spread(self._logs)[1] if self._nonzero else 0.0
 
     def factor(self, z: float) -> float:
         return math.exp(z * self.sigma) if self.sigma > 0 else 1.0

@@ -73,8 +73,8 @@ def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], ac
     for p in sorted(placements, key=lambda p: p.t_s):
         k0 = min(bins, int(math.ceil(p.t_s / sample_s - 1e-9)))
         delta = p.weights_gib if p.action == "place" else -p.weights_gib
-        for k in range(k0, bins):
-            mem[p.gpu][k] += delta
+        row = mem[p.gpu]
+        row[k0:] = [m + delta for m in row[k0:]]
     seen: set[int] = set()
     for sp in spans:
         if sp.dispatch_id in seen or sp.dispatch_id < 0 or sp.outcome == "oom":
@@ -93,8 +93,13 @@ def gpu_samples(spans: Sequence[SpanRow], placements: Iterable[PlacementRow], ac
             for g in sp.gpus:
                 mem[g][k] += act
             k += 1
-    return [GpuSample(t_s=k * sample_s, gpu=g, busy=min(1.0, busy[g][k] / sample_s), mem_gib=round(mem[g][k], 4))
-            for g in range(num_gpus) for k in range(bins)]
+    # the run's largest row list (GPUs x intervals), built once at its end: positional, no calls
+    # but the rows' own (``v if v < 1.0 else 1.0`` is ``min(1.0, v)``), and round(m, 4) (slow: a
+    # correctly rounded decimal) once per distinct memory figure (but for zeros, whose sign it keeps)
+    times = [k * sample_s for k in range(bins)]
+    r4 = {m: round(m, 4) for ms in mem for m in set(ms) if m}
+    return [GpuSample(t, g, v if v < 1.0 else 1.0, r4[m] if m else round(m, 4))
+            for g, b, ms in zip(range(num_gpus), busy, mem) for t, v, m in zip(times, [x / sample_s for x in b], ms)]
 
 
 class Recorder:

@@ -4,7 +4,7 @@
 are resident where and how much memory they take, and the request table. Only the driver core
 (``core/driver.py``) calls its mutating methods (``start``, ``finish``, ``fail``, ``place``,
 ``evict``), for the simulator and the live engine alike. The state and its read-only view stay in
-one module (about 400 lines): the view is a method-for-method face of the state's fields.
+one module (about 450 lines): the view is a method-for-method face of the state's fields.
 
 Two stages never share a GPU at the same time: a dispatch takes its GPUs exclusively. (The H200
 measurements show co-running stages slow each other by 1.25-3x; exclusive use keeps the cost model's
@@ -24,6 +24,8 @@ from .records import PlacementRow
 from .types import Shape, StageKind
 
 __all__ = ["GIB", "ClusterState", "ClusterView", "DispatchCost", "Running", "payload_bytes"]
+
+_WAITING_STATE = {stage: state for state, stage in WAITING_FOR.items()}  # stage -> the state that waits for it
 
 
 class ClusterState:
@@ -52,6 +54,10 @@ class ClusterState:
         self._next_dispatch = 0
         self.idle_count = n
         self._weights: dict[tuple[str, str], float] = {}
+        # indexes kept in step with busy / alive / resident (the planner asks for them on every pass)
+        self._idle_on: list[tuple[int, ...]] = [()] * len(self.nodes)  # per node, valid unless stale
+        self._idle_stale: set[int] = set(range(len(self.nodes)))  # nodes whose GPUs went busy, idle, up or down
+        self._holders: dict[tuple[str, str], frozenset[int]] = {}  # (model, stage) -> GPUs it is resident on
 
     def stage_weights_gib(self, model: str, stage: StageKind) -> float:
         """Weights of one stage instance on one GPU (memoised cost-model answer)."""
@@ -65,8 +71,26 @@ class ClusterState:
         return self.busy[gpu] is None and self.alive[gpu]
 
     def idle_gpus(self, node: int | None = None) -> list[int]:
-        gpus = self.nodes[node] if node is not None else range(len(self.gpus))
-        return [g for g in gpus if self.busy[g] is None and self.alive[g]]
+        if node is not None:
+            return list(self._idle_node(node))
+        return [g for g in range(len(self.gpus)) if self.busy[g] is None and self.alive[g]]
+
+    def idle_by_node(self) -> list[list[int]]:
+        """Per node (in node order), its idle GPUs in id order: fresh lists the caller may change."""
+        for k in list(self._idle_stale):
+            self._idle_node(k)
+        return [list(idle) for idle in self._idle_on]
+
+    def _idle_node(self, node: int) -> tuple[int, ...]:
+        if node in self._idle_stale:
+            busy, alive = self.busy, self.alive
+            self._idle_on[node] = tuple([g for g in self.nodes[node] if busy[g] is None and alive[g]])
+            self._idle_stale.discard(node)
+        return self._idle_on[node]
+
+    def gpus_holding(self, model: str, stage: StageKind) -> frozenset[int]:
+        """The GPUs on which ``(model, stage)`` is resident."""
+        return self._holders.get((model, stage), frozenset())
 
     def free_gib(self, gpu: int) -> float:
         return self.mem_gib[gpu] - self.weights_gib[gpu] - self.act_gib[gpu]
@@ -99,7 +123,7 @@ class ClusterState:
                 out.append(f"GPU {g} is down")
             elif self.busy[g] is not None:
                 out.append(f"GPU {g} is busy with dispatch {self.busy[g]}")
-        waiting = {v: k for k, v in WAITING_FOR.items()}.get(action.stage)
+        waiting = _WAITING_STATE.get(action.stage)
         if waiting is None:
             out.append(f"unknown stage {action.stage!r}")
             return out
@@ -172,9 +196,12 @@ class ClusterState:
         w = self.stage_weights_gib(model, stage)
         self.resident[gpu][(model, stage)] = w
         self.weights_gib[gpu] += w
+        self._holders[(model, stage)] = self.gpus_holding(model, stage) | {gpu}
         return w
 
     def evict(self, model: str, stage: StageKind, gpu: int) -> float:
+        if (model, stage) in self.resident[gpu]:
+            self._holders[(model, stage)] = self.gpus_holding(model, stage) - {gpu}
         w = self.resident[gpu].pop((model, stage), 0.0)
         self.weights_gib[gpu] -= w
         return w
@@ -195,17 +222,20 @@ class ClusterState:
         return PlacementRow(now, action.gpu, action.model, action.stage, "evict", weights) if weights else None
 
     def start(self, action: Dispatch, now: float, compute_start_s: float, predicted_end_s: float,
-              step_s: float = 0.0, load_s: float = 0.0, transfer_s: float = 0.0) -> Running:
+              step_s: float = 0.0, load_s: float = 0.0, transfer_s: float = 0.0, act_gib: float | None = None) -> Running:
+        """Start ``action`` (``act_gib``: its activation memory per GPU if known, ``dispatch_cost``'s)."""
         rec0 = self.requests[action.request_ids[0]]
         shape = rec0.spec.shape
-        act = self.cost.activation_gib(rec0.spec.model, action.stage, None if action.stage == StageKind.ENCODE else shape,
-                                       len(action.request_ids), len(action.gpus), self.gpu_kind)
+        act = act_gib if act_gib is not None else self.cost.activation_gib(
+            rec0.spec.model, action.stage, None if action.stage == StageKind.ENCODE else shape,
+            len(action.request_ids), len(action.gpus), self.gpu_kind)
         did = self._next_dispatch
         self._next_dispatch += 1
         run = Running(did, action, rec0.spec.model, shape, now, compute_start_s, predicted_end_s, step_s,
                       load_s, transfer_s, act)
         for g in action.gpus:
             self.busy[g] = did
+            self._idle_stale.add(self.node_of[g])
             self.act_gib[g] += act
             self.pending_load_s[g] = 0.0
             if self.weights_gib[g] + self.act_gib[g] > self.mem_gib[g] + 1e-6:
@@ -225,6 +255,7 @@ class ClusterState:
         for g in run.action.gpus:
             if self.busy[g] == run.id:
                 self.busy[g] = None
+                self._idle_stale.add(self.node_of[g])
                 self.act_gib[g] -= run.act_gib
                 if self.alive[g]:
                     self.idle_count += 1
@@ -300,9 +331,12 @@ class ClusterState:
         if self.alive[gpu] == alive:
             return
         self.alive[gpu] = alive
+        self._idle_stale.add(self.node_of[gpu])
         if self.busy[gpu] is None:
             self.idle_count += 1 if alive else -1
         if not alive:  # a lost worker loses its resident weights
+            for key in self.resident[gpu]:
+                self._holders[key] = self._holders[key] - {gpu}
             self.resident[gpu].clear()
             self.weights_gib[gpu] = 0.0
 
@@ -355,6 +389,10 @@ class ClusterView:
     def idle_gpus(self, node: int | None = None) -> list[int]:
         return self._s.idle_gpus(node)
 
+    def idle_by_node(self) -> list[list[int]]:
+        """``[idle_gpus(k) for k in nodes]``, from one call (the planner asks on every pass)."""
+        return self._s.idle_by_node()
+
     @property
     def idle_count(self) -> int:
         return self._s.idle_count
@@ -382,6 +420,10 @@ class ClusterView:
 
     def has_resident(self, model: str, stage: StageKind, gpu: int) -> bool:
         return (model, stage) in self._s.resident[gpu]
+
+    def gpus_holding(self, model: str, stage: StageKind) -> frozenset[int]:
+        """The GPUs on which ``(model, stage)`` is resident (``has_resident`` for all GPUs at once)."""
+        return self._s.gpus_holding(model, stage)
 
     def free_gib(self, gpu: int) -> float:
         return self._s.free_gib(gpu)

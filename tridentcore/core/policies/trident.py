@@ -66,7 +66,7 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
-Per-class cost answers live in :mod:`.trident_classes`; the rest stays one module (about 570 lines)
+Per-class cost answers live in :mod:`.trident_classes`; the rest stays one module (about 620 lines)
 because it is one policy class whose methods all share the ready queue, reservations and plan.
 """
 
@@ -139,6 +139,7 @@ class Trident(Policy):
     # ------------------------------------------------------------------------------ setup
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
         self.degrees = degrees_for(view)
+        self._node_of = tuple(view.node_of(g) for g in range(view.num_gpus))  # GPU -> node, for the GPU search
         self.info: dict[tuple[str, Shape], ClassInfo] = {}
         self.encode_batch: dict[str, int] = {}
         self.ready: list[tuple[float, int, int]] = []  # (latest start, seq, request id), sorted
@@ -164,6 +165,8 @@ class Trident(Policy):
             expected = {(m, None): 1.0 for m in models}
         self.planned_mix = {k: float(v) for k, v in expected.items()}
         self.replans = 0
+        self._planned_for: dict | None = None  # the plan _planned_on's cache answers for
+        self._planned: dict[tuple[str, str], frozenset[int]] = {}
         self.plan = self._plan(view, expected)
         return [Place(m, s, g) for g, inst in self.plan.items() for (m, s) in sorted(inst)]
 
@@ -316,8 +319,8 @@ class Trident(Policy):
     # ------------------------------------------------------------------------------ the pass
     def _schedule(self, view: ClusterView, now: float) -> list[Action]:
         actions: list[Action] = []
-        idle = [view.idle_gpus(n) for n in range(len(view.nodes))]
-        idle_total = sum(len(x) for x in idle)
+        idle = view.idle_by_node()
+        idle_total = sum(map(len, idle))
         n_gpus = view.num_gpus
         busy_frac = 1.0 - idle_total / n_gpus
         widen = self.opts["wide"] and self._base_busy(view) < self.opts["wide_below"] * n_gpus
@@ -487,23 +490,35 @@ class Trident(Policy):
     def _fits(self, view: ClusterView, model: str, stage: StageKind, shape: Shape, batch: int, degree: int, g: int) -> bool:
         return view.memory_needed_gib(model, stage, shape, batch, degree, g) <= view.free_gib(g) + 1e-9
 
+    def _planned_on(self, model: str, stage: StageKind) -> frozenset[int]:
+        """The GPUs the current plan wants ``(model, stage)`` on (cached per plan)."""
+        if self._planned_for is not self.plan:
+            self._planned_for, self._planned = self.plan, {}
+        gpus = self._planned.get((model, stage))
+        if gpus is None:
+            gpus = self._planned[(model, stage)] = frozenset(g for g, inst in self.plan.items() if (model, stage) in inst)
+        return gpus
+
     def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> tuple[int | None, list[Action]]:
         """One GPU for an encode or decode, and any evictions needed to make room on it."""
         prefer = set(rec.latents_on) if stage == StageKind.DECODE else set()
         plan = self.plan
-        candidates = []
+        held, planned = view.gpus_holding(model, stage), self._planned_on(model, stage)
+        best = self._first_one(view, idle, reserved, now, dur, prefer, held, planned)
+        if best is None:
+            return None, []
+        if self._fits(view, model, stage, rec.spec.shape, 1, 1, best):  # usually: no need to rank them all
+            return best, []
+        candidates = []  # (preference..., g): best first once sorted
         for gpus in idle:
             size = len(gpus)
-            for g in gpus:
-                if not self._usable(view, g, reserved, now, dur):
-                    continue
-                candidates.append(((g not in prefer, not view.has_resident(model, stage, g),
-                                    (model, stage) not in plan.get(g, ()), size, g), g))
+            candidates += [(g not in prefer, g not in held, g not in planned, size, g) for g in gpus
+                           if g not in reserved or self._usable(view, g, reserved, now, dur)]
         candidates.sort()
-        for _, g in candidates:  # memory admission, best candidate first
+        for *_, g in candidates:  # memory admission, best candidate first
             if self._fits(view, model, stage, rec.spec.shape, 1, 1, g):
                 return g, []
-        for _, g in candidates:  # make room: evict instances the plan does not want there
+        for *_, g in candidates:  # make room: evict instances the plan does not want there
             need = view.memory_needed_gib(model, stage, rec.spec.shape, 1, 1, g)
             spare = [(w, m, s) for (m, s) in view.resident(g) if (m, s) not in plan.get(g, ())
                      and (m, s) != (model, stage) for w in (view.instance_gib(m, s),)]
@@ -517,25 +532,54 @@ class Trident(Policy):
                 return g, evict
         return None, []
 
+    def _first_one(self, view, idle, reserved, now, dur, prefer, held, planned) -> int | None:
+        """The first of ``_pick_one``'s ranking without ranking every idle GPU: the usable idle GPUs
+        in ``prefer``, ``held`` and ``planned``, else those in the first two, ... (the order of the
+        key ``(not in prefer, not in held, not in planned)``), and among them the one on the node
+        with the fewest idle GPUs, then the lowest id."""
+        node_of = self._node_of
+        for tier in self._tiers(prefer, held, planned, idle):
+            found = [g for g in tier if g in idle[node_of[g]]
+                     and (g not in reserved or self._usable(view, g, reserved, now, dur))]
+            if found:
+                return min((len(idle[node_of[g]]), g) for g in found)[1]
+        return None
+
+    @staticmethod
+    def _tiers(prefer, held, planned, idle):
+        """Sets of GPUs, each holding a usable idle GPU only where every set before it holds none:
+        then its usable idle GPUs are exactly one tier of ``_pick_one``'s key, in key order. Made
+        lazily: usually an early one has some."""
+        yield prefer & held & planned
+        yield prefer & held
+        yield prefer & planned
+        yield prefer
+        yield held & planned
+        yield held
+        yield planned
+        yield [g for gpus in idle for g in gpus]
+
     def _pick_group(self, view, idle, reserved, now, dur, d, rec) -> tuple[int, ...] | None:
         model, shape = rec.spec.model, rec.spec.shape
         near = set(rec.latents_on or rec.embeddings_on)
-        plan = self.plan
-        options = []
-        for node, gpus in enumerate(idle):
-            if len(gpus) < d:
-                continue
-            usable = [g for g in gpus if self._usable(view, g, reserved, now, dur)]
-            if len(usable) < d:
-                continue
-            usable.sort(key=lambda g: (g not in near, not view.has_resident(model, StageKind.DIFFUSE, g),
-                                       (model, StageKind.ENCODE) in plan.get(g, ()), g))
-            options.append(((len(usable), sum(g not in near for g in usable[:d]), node), usable))
+        held, encoders = view.gpus_holding(model, StageKind.DIFFUSE), self._planned_on(model, StageKind.ENCODE)
+        near_nodes = {view.node_of(g) for g in near}
+        pools = [(node, gpus) for node, gpus in enumerate(idle) if len(gpus) >= d]
+        if reserved:
+            pools = [(node, [g for g in gpus if g not in reserved or self._usable(view, g, reserved, now, dur)])
+                     for node, gpus in pools]
+        # key: usable GPUs (best fit), GPUs among the d taken that lack the inputs (those holding them go first), node
+        options = [((len(usable), d - min(d, len(near.intersection(usable))) if node in near_nodes else d, node),
+                    usable) for node, usable in pools if len(usable) >= d]
         options.sort()  # best fit first: keep big holes for big requests
         for _, usable in options:
-            fit = [g for g in usable if self._fits(view, model, StageKind.DIFFUSE, shape, 1, d, g)]
-            if len(fit) >= d:
-                return tuple(sorted(fit[:d]))
+            usable = [k[-1] for k in sorted((g not in near, g not in held, g in encoders, g) for g in usable)]
+            fit = []
+            for g in usable:
+                if self._fits(view, model, StageKind.DIFFUSE, shape, 1, d, g):
+                    fit.append(g)
+                    if len(fit) == d:
+                        return tuple(sorted(fit))
         return None
 
     def _soonest(self, view, reserved, now, d) -> tuple[float, tuple[int, ...] | None]:
