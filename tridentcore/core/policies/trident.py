@@ -42,9 +42,9 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   waits, a widened diffuse is shrunk at its next step boundary (it resumes at once on part of its
   GPUs, its latents moving at their transfer cost) if the waiting work gains more than it loses and
   it still meets its own deadline; when GPUs go idle with nothing waiting, the running diffuse that
-  gains most is grown at its next boundary. Only while the offered load (what the last minute's
-  arrivals need at their efficient degrees) is below ``wide_below`` of the cluster: near saturation
-  every GPU-second counts, and widening would spend them.
+  gains most is grown at its next boundary. Only while the running work would hold less than
+  ``wide_below`` of the GPUs at its unwidened degrees: near saturation every GPU-second counts, and
+  widening would spend them.
 * **Batching** per stage where the profile shows it pays (per-request cost falls by >= 15 %):
   waiting requests of one model (and shape, for diffuse and decode) whose deadlines all hold.
 * **Memory admission**: a dispatch goes only where weights (lazily loaded if missing, load time
@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
 from collections.abc import Sequence
 
 from ..defaults import DEFAULT_LATE
@@ -95,8 +94,6 @@ __all__ = ["Trident"]
 
 _MAX_SCAN = 256  # waiting items looked at per pass (the most urgent first)
 _MAX_BLOCKED = 8  # blocked diffuses per pass that may reserve GPUs or preempt
-_LOAD_WINDOW_S = 600.0  # the offered load that gates widening is over the arrivals of this window
-_LOAD_MIN_WINDOW_S = 120.0  # and at least this long (the first arrivals of a run)
 
 
 @register
@@ -116,9 +113,8 @@ class Trident(Policy):
                                    "fastest degree worth them, and is shrunk at a step boundary when new work "
                                    "needs them"),
         "gain": (float, 0.05, "wide: doubling the degree is worth it while it cuts the step time by this fraction"),
-        "wide_below": (float, 0.5, "wide: only while the offered load (GPU-seconds per second that the last "
-                                   "minute's arrivals need at their efficient degree, over the GPUs) is below this: "
-                                   "near saturation every GPU-second counts"),
+        "wide_below": (float, 0.5, "wide: only while the running work would hold fewer than this fraction of the "
+                                   "GPUs at its unwidened degrees: near saturation every GPU-second counts"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
         "late": (parse_late, DEFAULT_LATE, "serve: a request that can no longer meet its deadline runs after the "
                                            "others (an SLO miss); reject: turn it away, only before any stage ran"),
@@ -152,9 +148,6 @@ class Trident(Policy):
         self.paused_at: dict[int, float] = {}  # request id -> when it was last preempted
         self.base: dict[int, int] = {}  # request id -> the degree its running diffuse would have had unwidened
         self.cap: dict[int, int] = {}  # request id -> the most GPUs its next diffuse may take (it was shrunk)
-        self.started_s = now
-        self.arrived: deque[tuple[float, float]] = deque()  # (arrival, GPU-seconds at its efficient degree)
-        self.arrived_gpu_s = 0.0  # their sum
         self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
         # late=reject: admitted request -> (its latest start on arrival, GPU-seconds of its work left)
         self.owed: dict[int, tuple[float, float]] = {}
@@ -284,9 +277,6 @@ class Trident(Policy):
                 self._owe(rec, info, latest - own)
             key = (spec.model, spec.shape)
             self.observed[key] = self.observed.get(key, 0) + 1
-            gpu_s = info.enc_s + spec.shape.steps * info.eff_d * info.step_s[info.eff_d] + info.dec_s
-            self.arrived.append((now, gpu_s))
-            self.arrived_gpu_s += gpu_s
             self._enqueue(view, view.request(spec.id))
         elif isinstance(event, (StageFinished, StageFailed)):
             if isinstance(event, StageFinished) and event.predicted_s > 0 and self.opts["noise_z"]:
@@ -601,14 +591,6 @@ class Trident(Policy):
             busy += min(len(a.gpus), self.base.get(a.request_ids[0], len(a.gpus))) if a.stage == StageKind.DIFFUSE \
                 else len(a.gpus)
         return busy
-
-    def _offered(self, now: float, n_gpus: int) -> float:
-        """The offered load: GPU-seconds per second that the last ``_LOAD_WINDOW_S``'s arrivals need at
-        their efficient degrees, over the cluster's GPUs (over the time since start while shorter)."""
-        while self.arrived and self.arrived[0][0] < now - _LOAD_WINDOW_S:
-            self.arrived_gpu_s -= self.arrived.popleft()[1]
-        window = max(_LOAD_MIN_WINDOW_S, min(_LOAD_WINDOW_S, now - self.started_s))
-        return max(0.0, self.arrived_gpu_s) / (window * n_gpus)
 
     def _widest(self, info: ClassInfo, feasible: list[int], spare: int) -> int:
         """The largest degree within ``spare`` GPUs at which each doubling still cuts the step time by
