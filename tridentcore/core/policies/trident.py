@@ -66,8 +66,9 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
-Per-class cost answers live in :mod:`.trident_classes`; the rest stays one module (about 620 lines)
-because it is one policy class whose methods all share the ready queue, reservations and plan.
+Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses in
+:mod:`.trident_elastic` (a mixin); the rest stays one module (about 690 lines) because it is one
+policy class whose methods all share the ready queue, reservations and plan.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ from ..workload import RequestSpec
 from .common import degrees_for
 from .options import parse_bool, parse_late
 from .trident_classes import ClassInfo, class_info, mix_drift
+from .trident_elastic import Elastic
 
 __all__ = ["Trident"]
 
@@ -97,7 +99,7 @@ _MAX_BLOCKED = 8  # blocked diffuses per pass that may reserve GPUs or preempt
 
 
 @register
-class Trident(Policy):
+class Trident(Elastic, Policy):
     name = "trident"
     summary = "stage-level placement + dispatch: per-request degrees, least slack first, reservations, preemption, batching"
     options = {
@@ -582,99 +584,6 @@ class Trident(Policy):
             if t < best_t:
                 best_t, best = t, tuple(g for _, g in times[:d])
         return best_t, best
-
-    def _base_busy(self, view: ClusterView) -> int:
-        """GPUs the running work would hold at the degrees it would have had without widening."""
-        busy = 0
-        for run in view.running():
-            a = run.action
-            busy += min(len(a.gpus), self.base.get(a.request_ids[0], len(a.gpus))) if a.stage == StageKind.DIFFUSE \
-                else len(a.gpus)
-        return busy
-
-    def _widest(self, info: ClassInfo, feasible: list[int], spare: int) -> int:
-        """The largest degree within ``spare`` GPUs at which each doubling still cuts the step time by
-        ``gain`` (0: none is)."""
-        best = 0
-        for d in sorted(feasible):
-            if d > spare:
-                break
-            if best and info.step_s[d] > (1.0 - self.opts["gain"]) * info.step_s[best]:
-                break
-            best = d
-        return best
-
-    def _grow(self, view, idle, reserved, now, actions) -> None:
-        """GPUs idle with nothing waiting: pause the running diffuse that gains most from them at its next
-        step boundary; it resumes at once, wider (the GPUs must hold its weights: no load)."""
-        best, best_gain = None, 0.0
-        for run in view.running():
-            a = run.action
-            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
-                continue
-            vid, d = a.request_ids[0], len(a.gpus)
-            if now - self.paused_at.get(vid, -math.inf) < 10 * run.step_s or any(g in reserved for g in a.gpus):
-                continue
-            v = view.request(vid)
-            info = self._info_for(view, v.spec.model, v.spec.shape)
-            node = view.node_of(a.gpus[0])
-            spare = sum(g not in reserved and view.has_resident(v.spec.model, StageKind.DIFFUSE, g)
-                        for g in idle[node])
-            k = self._widest(info, [x for x in info.degrees if x >= d], d + spare)
-            if k <= d:
-                continue
-            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
-            left = a.end_step - a.start_step - done
-            gain = left * (info.step_s[d] - info.step_s[k]) - 2 * run.step_s  # the pause costs up to a step, and more
-            if gain > best_gain:
-                best, best_gain = vid, gain
-        if best is not None:
-            actions.append(Preempt(best))
-            self.paused_at[best] = now
-
-    def _shrink(self, view, reserved, now, when, need, actions) -> bool:
-        """Work that needs ``need`` GPUs waits until ``when``: shrink a widened diffuse at its next step
-        boundary instead (it resumes at once on part of its GPUs, still within its deadline), if that
-        frees room sooner. The victim with the most work left is chosen."""
-        best, best_left = None, 0.0
-        for run in view.running():
-            a = run.action
-            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
-                continue
-            vid, d = a.request_ids[0], len(a.gpus)
-            base = self.base.get(vid, d)
-            if d <= base or any(g in reserved for g in a.gpus):
-                continue
-            if now - self.paused_at.get(vid, -math.inf) < 10 * run.step_s:
-                continue  # no pause/resume cycles that make no progress
-            node = view.node_of(a.gpus[0])
-            free_here = sum(g not in reserved for g in view.idle_gpus(node))
-            v = view.request(vid)
-            vinfo = self._info_for(view, v.spec.model, v.spec.shape)
-            keep = [k for k in vinfo.degrees if base <= k < d and d - k + free_here >= need]
-            if not keep:
-                continue
-            k = max(keep)
-            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
-            freed_at = max(now, run.compute_start_s) + done * run.step_s
-            if freed_at + run.step_s >= when:
-                continue  # waiting for the GPUs to free is about as quick
-            left = a.end_step - a.start_step - done
-            if vid not in self.hopeless and freed_at + left * vinfo.step_s[k] * self.stretch + vinfo.dec_s > (
-                    v.spec.deadline_s - self.opts["margin"] * v.spec.slo_s):
-                continue  # shrunk, it would miss its deadline
-            loss = left * (vinfo.step_s[k] - vinfo.step_s[d])  # how much later the victim ends
-            if loss >= when - freed_at:
-                continue  # it would lose more than the waiting work gains
-            if left * run.step_s > best_left:
-                best, best_left = (vid, k, freed_at), left * run.step_s
-        if best is None:
-            return False
-        vid, k, _ = best
-        actions.append(Preempt(vid))
-        self.paused_at[vid] = now
-        self.cap[vid] = k
-        return True
 
     def _preempt(self, view, reserved, now, d, rec, info, stage, actions) -> bool:
         """Pause the best victim for ``rec`` (if any): the Preempt action, and its GPUs reserved."""

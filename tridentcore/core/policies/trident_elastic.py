@@ -1,0 +1,119 @@
+"""``trident``'s work-conserving part (``wide``): widening a diffuse onto GPUs no waiting work needs,
+shrinking a widened one at a step boundary when work waits, and growing one when GPUs go idle with
+nothing waiting. A mixin of :class:`~.trident.Trident`, whose state it shares: ``opts``, ``base``
+(the degree a running diffuse would have had unwidened), ``cap`` (the most GPUs a shrunk request's
+next diffuse may take), ``paused_at``, ``hopeless``, ``stretch`` and the per-class answers.
+
+A pause here is the same ``Preempt`` as any other: the diffuse stops at its next step boundary, and
+the request, first in line by its arrival rank, is dispatched again at once on the degree the pass
+then gives it (its latents moving at their transfer cost), in the simulator and the live engine
+alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..events import Preempt
+from ..state import ClusterView
+from ..types import StageKind
+from .trident_classes import ClassInfo
+
+__all__ = ["Elastic"]
+
+
+class Elastic:
+    """Widen, shrink and grow diffuses (the module docstring)."""
+
+    def _base_busy(self, view: ClusterView) -> int:
+        """GPUs the running work would hold at the degrees it would have had without widening."""
+        busy = 0
+        for run in view.running():
+            a = run.action
+            busy += min(len(a.gpus), self.base.get(a.request_ids[0], len(a.gpus))) if a.stage == StageKind.DIFFUSE \
+                else len(a.gpus)
+        return busy
+
+    def _widest(self, info: ClassInfo, feasible: list[int], spare: int) -> int:
+        """The largest degree within ``spare`` GPUs at which each doubling still cuts the step time by
+        ``gain`` (0: none is)."""
+        best = 0
+        for d in sorted(feasible):
+            if d > spare:
+                break
+            if best and info.step_s[d] > (1.0 - self.opts["gain"]) * info.step_s[best]:
+                break
+            best = d
+        return best
+
+    def _grow(self, view, idle, reserved, now, actions) -> None:
+        """GPUs idle with nothing waiting: pause the running diffuse that gains most from them at its next
+        step boundary; it resumes at once, wider (the GPUs must hold its weights: no load)."""
+        best, best_gain = None, 0.0
+        for run in view.running():
+            a = run.action
+            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
+                continue
+            vid, d = a.request_ids[0], len(a.gpus)
+            if now - self.paused_at.get(vid, -math.inf) < 10 * run.step_s or any(g in reserved for g in a.gpus):
+                continue
+            v = view.request(vid)
+            info = self._info_for(view, v.spec.model, v.spec.shape)
+            node = view.node_of(a.gpus[0])
+            spare = sum(g not in reserved and view.has_resident(v.spec.model, StageKind.DIFFUSE, g)
+                        for g in idle[node])
+            k = self._widest(info, [x for x in info.degrees if x >= d], d + spare)
+            if k <= d:
+                continue
+            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
+            left = a.end_step - a.start_step - done
+            gain = left * (info.step_s[d] - info.step_s[k]) - 2 * run.step_s  # the pause costs up to a step, and more
+            if gain > best_gain:
+                best, best_gain = vid, gain
+        if best is not None:
+            actions.append(Preempt(best))
+            self.paused_at[best] = now
+
+    def _shrink(self, view, reserved, now, when, need, actions) -> bool:
+        """Work that needs ``need`` GPUs waits until ``when``: shrink a widened diffuse at its next step
+        boundary instead (it resumes at once on part of its GPUs, still within its deadline), if that
+        frees room sooner. The victim with the most work left is chosen."""
+        best, best_left = None, 0.0
+        for run in view.running():
+            a = run.action
+            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
+                continue
+            vid, d = a.request_ids[0], len(a.gpus)
+            base = self.base.get(vid, d)
+            if d <= base or any(g in reserved for g in a.gpus):
+                continue
+            if now - self.paused_at.get(vid, -math.inf) < 10 * run.step_s:
+                continue  # no pause/resume cycles that make no progress
+            node = view.node_of(a.gpus[0])
+            free_here = sum(g not in reserved for g in view.idle_gpus(node))
+            v = view.request(vid)
+            vinfo = self._info_for(view, v.spec.model, v.spec.shape)
+            keep = [k for k in vinfo.degrees if base <= k < d and d - k + free_here >= need]
+            if not keep:
+                continue
+            k = max(keep)
+            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
+            freed_at = max(now, run.compute_start_s) + done * run.step_s
+            if freed_at + run.step_s >= when:
+                continue  # waiting for the GPUs to free is about as quick
+            left = a.end_step - a.start_step - done
+            if vid not in self.hopeless and freed_at + left * vinfo.step_s[k] * self.stretch + vinfo.dec_s > (
+                    v.spec.deadline_s - self.opts["margin"] * v.spec.slo_s):
+                continue  # shrunk, it would miss its deadline
+            loss = left * (vinfo.step_s[k] - vinfo.step_s[d])  # how much later the victim ends
+            if loss >= when - freed_at:
+                continue  # it would lose more than the waiting work gains
+            if left * run.step_s > best_left:
+                best, best_left = (vid, k, freed_at), left * run.step_s
+        if best is None:
+            return False
+        vid, k, _ = best
+        actions.append(Preempt(vid))
+        self.paused_at[vid] = now
+        self.cap[vid] = k
+        return True
