@@ -148,10 +148,12 @@ def test_memory_is_never_exceeded_and_pipeline_ooms_are_counted():
     static = simulate(cluster, H200, make_policy("pipeline-static:degree=1"), reqs)
     assert sum(r.ooms for r in static.requests) == big
     assert sum(r.state == "failed" for r in static.requests) == big
-    ours = simulate(cluster, H200, make_policy("trident"), reqs)
-    assert sum(r.ooms for r in ours.requests) == 0
-    assert all(r.state == "done" for r in ours.requests if r.height == 2048)
-    # it made room by evicting text encoders the plan did not want on those GPUs
+    for spec in ("trident", "trident:wide=false"):
+        ours = simulate(cluster, H200, make_policy(spec), reqs)
+        assert sum(r.ooms for r in ours.requests) == 0
+        assert all(r.state == "done" for r in ours.requests if r.height == 2048)
+    # unwidened, a decode's GPU is one the encoders were planned on: it made room by evicting text
+    # encoders the plan did not want there
     assert any(p.action == "evict" and p.stage == "encode" for p in ours.placements)
     paper = simulate(cluster, H200, make_policy("trident-paper"), reqs)
     assert sum(r.ooms for r in paper.requests) == 0
