@@ -470,7 +470,7 @@ class Trident(Elastic, Policy):
             if group is not None:
                 for g in group:
                     reserved[g] = when
-        if widen and idle_total and not blocked and not preempted_now:
+        if widen and idle_total and not preempted_now:
             self._grow(view, idle, reserved, now, actions)
         return actions
 

@@ -47,8 +47,9 @@ class Elastic:
         return best
 
     def _grow(self, view, idle, reserved, now, actions) -> None:
-        """GPUs idle with nothing waiting: pause the running diffuse that gains most from them at its next
-        step boundary; it resumes at once, wider (the GPUs must hold its weights: no load)."""
+        """GPUs idle that no waiting work could take: pause the running diffuse that gains most from them
+        at its next step boundary; it resumes at once, wider, on its node or another (the GPUs must hold
+        its weights: no load)."""
         best, best_gain = None, 0.0
         for run in view.running():
             a = run.action
@@ -59,10 +60,12 @@ class Elastic:
                 continue
             v = view.request(vid)
             info = self._info_for(view, v.spec.model, v.spec.shape)
-            node = view.node_of(a.gpus[0])
-            spare = sum(g not in reserved and view.has_resident(v.spec.model, StageKind.DIFFUSE, g)
-                        for g in idle[node])
-            k = self._widest(info, [x for x in info.degrees if x >= d], d + spare)
+            here = view.node_of(a.gpus[0])
+            # its own node's idle GPUs join its own; another node's may take it whole (the latents move)
+            room = max((d if n == here else 0) + sum(
+                g not in reserved and view.has_resident(v.spec.model, StageKind.DIFFUSE, g) for g in gpus)
+                for n, gpus in enumerate(idle))
+            k = self._widest(info, [x for x in info.degrees if x >= d], room)
             if k <= d:
                 continue
             done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
