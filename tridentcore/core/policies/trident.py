@@ -304,7 +304,7 @@ class Trident(Elastic, Policy):
                     self.plan = self._plan(view, self.planned_mix)
                     self.replans += 1
                 self.observed = {}
-        if self.ready:
+        if self.ready or self.opts["wide"]:  # wide: idle GPUs may grow a running diffuse
             actions += self._schedule(view, now)
         return actions
 

@@ -1,0 +1,70 @@
+"""``trident`` is work-conserving (issue 14, point 1; the degree change of issue 13, point 2): idle GPUs
+speed up a running diffuse, which gives them back at a step boundary when new work needs them.
+
+Simulated on one node of 8 H200s (``core/policies/trident_elastic.py``); the live engine runs the same
+core, so ``tests/test_parity.py`` (every policy, emulated and CPU workers) covers the live side, and
+``tests/test_degree_change.py`` shows a diffuse resumed at another degree gives the same image.
+"""
+
+from __future__ import annotations
+
+from tridentcore.core.cluster import parse_cluster
+from tridentcore.core.policy import make_policy
+from tridentcore.core.types import Shape
+from tridentcore.core.workload import RequestSpec, make_slo_fn
+from tridentcore.profiles import load_profile
+from tridentcore.sim.engine import simulate
+
+H200 = load_profile("h200").cost_model()
+NODE = parse_cluster("1x8xH200")
+BIG = Shape(2048, 2048, 1, 28)
+slo = make_slo_fn(H200, 3.0, 8)
+
+
+def _req(i: int, arrival: float, shape: Shape = BIG, model: str = "flux-dev") -> RequestSpec:
+    return RequestSpec(i, model, "p", shape, i, None, slo(model, shape), arrival)
+
+
+def _diffuses(res, rid: int) -> list[tuple[int, int, int, str]]:
+    return sorted((s.start_step, s.end_step, s.degree, s.outcome) for s in res.spans
+                  if s.request_id == rid and s.stage == "diffuse")
+
+
+def test_alone_a_request_takes_the_fastest_degree_worth_its_gpus():
+    wide = simulate(NODE, H200, make_policy("trident"), [_req(0, 0.0)])
+    narrow = simulate(NODE, H200, make_policy("trident:wide=false"), [_req(0, 0.0)])
+    assert _diffuses(wide, 0) == [(0, 28, 8, "done")]
+    assert _diffuses(narrow, 0)[0][2] < 8  # its efficient degree: fewer GPU-seconds, slower
+    assert wide.requests[0].finish_s < narrow.requests[0].finish_s
+
+
+def test_a_widened_diffuse_shrinks_at_a_step_boundary_for_new_work_and_grows_back():
+    """The first 2048² request runs on all 8 GPUs; a second arrives mid-way: the first is paused at its
+    next step boundary and resumes at once on part of its GPUs (the second starts long before the first
+    would have ended); when the second ends, the first grows again. Every step runs exactly once."""
+    res = simulate(NODE, H200, make_policy("trident"), [_req(0, 0.0), _req(1, 1.0)])
+    assert {r.state for r in res.requests} == {"done"}
+    first = _diffuses(res, 0)
+    assert first[0][2] == 8 and first[0][3] == "preempted"  # shrunk
+    assert first[1][2] < 8  # resumed narrower
+    assert [p[0] for p in first[1:]] == [p[1] for p in first[:-1]] and first[-1][1] == 28
+    second_start = min(s.started_s for s in res.spans if s.request_id == 1 and s.stage == "diffuse")
+    alone_end = simulate(NODE, H200, make_policy("trident"), [_req(0, 0.0)]).requests[0].finish_s
+    assert second_start < alone_end - 1.0  # it did not wait for the first to finish
+    pause = [s for s in res.spans if s.request_id == 0 and s.stage == "diffuse"][0]
+    assert pause.ended_s - 1.0 < 2 * (pause.ended_s - pause.started_s) / pause.end_step  # within a step or so
+    if len(first) > 2:  # grown back once the second was done
+        assert first[-1][2] > first[1][2]
+    # unwidened, nothing is paused: the second waits for GPUs the first never held
+    plain = simulate(NODE, H200, make_policy("trident:wide=false"), [_req(0, 0.0), _req(1, 1.0)])
+    assert all(p[3] == "done" for p in _diffuses(plain, 0))
+
+
+def test_a_narrow_diffuse_grows_when_gpus_go_idle():
+    """Two 2048² requests at once share the node; when the smaller one's decode frees GPUs the other
+    grows onto them at its next step boundary (the GPUs hold its weights: no load)."""
+    small = Shape(1024, 1024, 1, 28)
+    res = simulate(NODE, H200, make_policy("trident"), [_req(0, 0.0), _req(1, 0.0, small)])
+    pieces = _diffuses(res, 0)
+    assert len(pieces) >= 2 and pieces[-1][2] > pieces[0][2], pieces
+    assert {r.state for r in res.requests} == {"done"}
