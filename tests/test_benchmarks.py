@@ -61,3 +61,16 @@ def test_latency_pareto_quick_writes_one_table(tmp_path):
     assert [line.split(" | ")[0] for line in table] == ["| 50%", "| 100%"]
     assert all(line.count("|") == lp.HEADER.count("|") for line in table)
     assert "of 2 cells" in text and "of 2 cells" in done.stdout
+
+
+def test_gpu_parallel_check_runs_the_kernel_path_on_cpu(tmp_path):
+    """gpu_check.sh's first step, on the CPU (gloo): a world of one met as the workers meet theirs, and the
+    diffuse through the sequence-parallel kernel equals the plain one."""
+    pytest.importorskip("diffusers")
+    out = tmp_path / "kernel.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_parallel_check.py"), "--device", "cpu",
+                           "--models", "tiny-flux", "--size", "64", "--steps", "2", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["ok"] and report["backend"] == "gloo" and report["models"][0]["max_abs_diff"] == 0.0
