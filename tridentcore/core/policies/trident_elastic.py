@@ -46,20 +46,27 @@ class Elastic:
             best = d
         return best
 
+    def _movable(self, view, reserved, now):
+        """The running diffuses a widening may pause, each with its request, class answers and the steps
+        it will have done at its next boundary: one request (a batch stays whole), not paused in its
+        last 10 steps (no pause/resume cycles that make no progress), on no reserved GPU."""
+        for run in view.running():
+            a = run.action
+            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
+                continue
+            if now - self.paused_at.get(a.request_ids[0], -math.inf) < 10 * run.step_s or any(g in reserved for g in a.gpus):
+                continue
+            v = view.request(a.request_ids[0])
+            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
+            yield run, v, self._info_for(view, v.spec.model, v.spec.shape), done
+
     def _grow(self, view, idle, reserved, now, actions) -> None:
         """GPUs idle that no waiting work could take: pause the running diffuse that gains most from them
         at its next step boundary; it resumes at once, wider, on its node or another (the GPUs must hold
         its weights: no load)."""
         best, best_gain = None, 0.0
-        for run in view.running():
-            a = run.action
-            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
-                continue
-            vid, d = a.request_ids[0], len(a.gpus)
-            if now - self.paused_at.get(vid, -math.inf) < 10 * run.step_s or any(g in reserved for g in a.gpus):
-                continue
-            v = view.request(vid)
-            info = self._info_for(view, v.spec.model, v.spec.shape)
+        for run, v, info, done in self._movable(view, reserved, now):
+            a, vid, d = run.action, v.id, len(run.action.gpus)
             here = view.node_of(a.gpus[0])
             # its own node's idle GPUs join its own; another node's may take it whole (the latents move)
             room = max((d if n == here else 0) + sum(
@@ -68,7 +75,6 @@ class Elastic:
             k = self._widest(info, [x for x in info.degrees if x >= d], room)
             if k <= d:
                 continue
-            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
             left = a.end_step - a.start_step - done
             gain = left * (info.step_s[d] - info.step_s[k]) - 2 * run.step_s  # the pause costs up to a step, and more
             if gain > best_gain:
@@ -82,25 +88,16 @@ class Elastic:
         boundary instead (it resumes at once on part of its GPUs, still within its deadline), if that
         frees room sooner. The victim with the most work left is chosen."""
         best, best_left = None, 0.0
-        for run in view.running():
-            a = run.action
-            if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
-                continue
-            vid, d = a.request_ids[0], len(a.gpus)
+        for run, v, vinfo, done in self._movable(view, reserved, now):
+            a, vid, d = run.action, v.id, len(run.action.gpus)
             base = self.base.get(vid, d)
-            if d <= base or any(g in reserved for g in a.gpus):
+            if d <= base:
                 continue
-            if now - self.paused_at.get(vid, -math.inf) < 10 * run.step_s:
-                continue  # no pause/resume cycles that make no progress
-            node = view.node_of(a.gpus[0])
-            free_here = sum(g not in reserved for g in view.idle_gpus(node))
-            v = view.request(vid)
-            vinfo = self._info_for(view, v.spec.model, v.spec.shape)
+            free_here = sum(g not in reserved for g in view.idle_gpus(view.node_of(a.gpus[0])))
             keep = [k for k in vinfo.degrees if base <= k < d and d - k + free_here >= need]
             if not keep:
                 continue
             k = max(keep)
-            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
             freed_at = max(now, run.compute_start_s) + done * run.step_s
             if freed_at + run.step_s >= when:
                 continue  # waiting for the GPUs to free is about as quick
