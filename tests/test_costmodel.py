@@ -367,24 +367,10 @@ def test_a_degree_must_divide_the_heads_where_denoisers_csv_bounds_them():
 def _diffuse_gpus(cost, spec: str, model: str, shape: Shape) -> tuple[int, ...]:
     """The GPUs of the first diffuse ``spec`` dispatches for one request on one 8-GPU node."""
     from tridentcore.core.cluster import parse_cluster
-    from tridentcore.core.driver import Completed, DriverCore
-    from tridentcore.core.events import RequestArrived, Tick
-    from tridentcore.core.policy import make_policy
-    from tridentcore.core.workload import RequestSpec
 
-    core = DriverCore(parse_cluster("1x8xH200"), cost, make_policy(spec), gpu_kind="H200")
-    core.start([model], None, 0.0)
-    started = list(core.step(RequestArrived(RequestSpec(0, model, "x", shape, 1, None, 1e6, 0.0)), 0.0).started)
-    now = 0.0
-    while True:
-        now += 0.5
-        if not started:
-            started = list(core.step(Tick(), now).started)
-            continue
-        s = started.pop(0)
-        if s.run.action.stage == "diffuse":
-            return s.run.action.gpus
-        started += core.step(Completed(s.run.id), now).started
+    from first_diffuse import first_diffuse
+
+    return first_diffuse(parse_cluster("1x8xH200"), cost, "H200", spec, model, shape).gpus
 
 
 @pytest.mark.parametrize("spec", ["pipeline-static:degree=8", "pipeline-dynamic", "trident-paper", "trident"])

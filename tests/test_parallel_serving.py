@@ -36,6 +36,17 @@ def run(coro, timeout_s: float):
     return asyncio.run(asyncio.wait_for(coro, timeout_s))
 
 
+async def _diffusing(running):
+    """Wait until ``running()`` is a diffuse, then 0.2 s more (it is mid-way); that dispatch."""
+    for _ in range(3000):
+        r = running()
+        if r is not None and r.action.stage == "diffuse":
+            await asyncio.sleep(0.2)
+            return r
+        await asyncio.sleep(0.005)
+    raise AssertionError("no diffuse ever ran")
+
+
 async def _serve_one(policy: str, steps: int = 4, seed: int = 3):
     rt = build_runtime("tiny-flux", "cpu:2", policy, strict=True)
     await rt.start()
@@ -99,14 +110,7 @@ def test_a_member_killed_mid_diffuse_fails_the_dispatch_and_the_request_is_retri
         e = rt.engine
         try:
             rid = e.submit([Submission("tiny-flux", "x", Shape(128, 128, 1, 300), seed=4, slo_s=LONG_SLO_S)]).ids[0]
-            for _ in range(3000):
-                r = e.view.running_on(1)
-                if r is not None and r.action.stage == "diffuse":
-                    break
-                await asyncio.sleep(0.005)
-            else:
-                raise AssertionError("no diffuse ever ran")
-            await asyncio.sleep(0.2)
+            await _diffusing(lambda: e.view.running_on(1))
             os.kill(e.workers[1].pid, signal.SIGKILL)  # the member (not the lead), a process this test started
             out = await e.wait(rid, 240)
             return e, out
@@ -199,7 +203,8 @@ def test_pipeline_dynamic_runs_a_stage_lost_with_a_worker_again_first_and_within
 
     enc0, enc1 = arrive(0, 0.0).started[0].run, arrive(1, 0.0).started[0].run
     assert (enc0.action.gpus, enc1.action.gpus) == ((0,), (1,))
-    dif0, dif1 = only(core.step(Completed(enc0.id), 0.1)), only(core.step(Completed(enc1.id), 0.1))
+    only(core.step(Completed(enc0.id), 0.1))  # request 0's diffuse, on device 0 (lost with it below)
+    dif1 = only(core.step(Completed(enc1.id), 0.1))
     assert arrive(2, 0.15).started == []  # no device free: it waits
     assert core.step(WorkerLost(0, "killed"), 0.2).started == []  # the diffuse waits for a device too
     dec1 = only(core.step(Completed(dif1.id), 0.3))  # request 1's decode, on its own device
@@ -233,14 +238,7 @@ def test_pipeline_dynamic_serves_a_request_whose_worker_was_killed_mid_diffuse_a
         e = rt.engine
         try:
             rid = e.submit([Submission("tiny-flux", "x", Shape(128, 128, 1, 300), seed=4, slo_s=LONG_SLO_S)]).ids[0]
-            for _ in range(3000):
-                r = e.view.running_of(rid)
-                if r is not None and r.action.stage == "diffuse":
-                    break
-                await asyncio.sleep(0.005)
-            else:
-                raise AssertionError("no diffuse ever ran")
-            await asyncio.sleep(0.2)
+            r = await _diffusing(lambda: e.view.running_of(rid))
             victim = r.action.gpus[0]
             os.kill(e.workers[victim].pid, signal.SIGKILL)  # a worker process this test started
             out = await e.wait(rid, 240)
@@ -268,11 +266,9 @@ def test_pipeline_dynamic_serves_a_request_whose_worker_was_killed_mid_diffuse_a
                                                  ("h200", "sdxl", Shape(1024, 1024, 1, 30))])
 def test_a_unet_diffuse_is_priced_at_degree_1_and_every_policy_dispatches_it_on_one_gpu(profile, model, shape):
     from tridentcore.core.cluster import parse_cluster
-    from tridentcore.core.driver import Completed, DriverCore
-    from tridentcore.core.events import RequestArrived, Tick
-    from tridentcore.core.policy import make_policy
-    from tridentcore.core.workload import RequestSpec
     from tridentcore.profiles import load_profile
+
+    from first_diffuse import first_diffuse
 
     cost = load_profile(profile).cost_model()
     kind = cost.gpus()[0]
@@ -282,20 +278,7 @@ def test_a_unet_diffuse_is_priced_at_degree_1_and_every_policy_dispatches_it_on_
         assert cost.activation_gib(model, "diffuse", shape, 1, d, kind) == cost.activation_gib(model, "diffuse", shape, 1, 1, kind)
     cluster = parse_cluster(f"1x8x{kind}") if profile == "h200" else parse_cluster("1x8xcpu", {"cpu": 8.0})
     for spec in ("pipeline-static:degree=2", "pipeline-dynamic", "trident-paper", "trident"):
-        core = DriverCore(cluster, cost, make_policy(spec), gpu_kind=kind)
-        core.start([model], None, 0.0)
-        started = list(core.step(RequestArrived(RequestSpec(0, model, "x", shape, 1, None, 1e6, 0.0)), 0.0).started)
-        now, diffuse = 0.0, None
-        while diffuse is None:
-            now += 0.5
-            if not started:
-                started = list(core.step(Tick(), now).started)
-                continue
-            s = started.pop(0)
-            if s.run.action.stage == "diffuse":
-                diffuse = s.run.action
-            else:
-                started += core.step(Completed(s.run.id), now).started
+        diffuse = first_diffuse(cluster, cost, kind, spec, model, shape)
         assert len(diffuse.gpus) == 1, (spec, diffuse)
 
 
