@@ -58,11 +58,9 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 * **Late requests** (``late``): one that can no longer meet its deadline even at its fastest degree
   is served after every request that still can (in the same pass, on GPUs the others left idle; a
   diffuse of late requests is the first paused for one that can still make it), and counts as an
-  SLO miss (``late=serve``, the default). ``late=reject`` (goodput mode) decides on arrival: a
-  request is admitted if the admitted work ranked ahead of it (an earlier latest start; GPU-seconds at
-  the cheapest degree, spread over every GPU) plus its own latency meets its deadline, and turned
-  away at once otherwise; an admitted request is served, last if it turns late after all, so no GPU
-  time is spent on a request that is then dropped and nobody waits to be rejected.
+  SLO miss (``late=serve``, the default). ``late=reject`` (goodput mode) turns it away instead, but
+  only while none of its stages has run (at admission, or while it still waits for its encode), so
+  no GPU time is spent on a request that is then dropped.
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
@@ -151,8 +149,6 @@ class Trident(Elastic, Policy):
         self.base: dict[int, int] = {}  # request id -> the degree its running diffuse would have had unwidened
         self.cap: dict[int, int] = {}  # request id -> the most GPUs its next diffuse may take (it was shrunk)
         self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
-        # late=reject: admitted request -> (its latest start on arrival, GPU-seconds of its work left)
-        self.owed: dict[int, tuple[float, float]] = {}
         self.noise = Spread()  # how far completed dispatches strayed from their predictions
         self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
         expected = dict(expected or {})
@@ -216,17 +212,6 @@ class Trident(Elastic, Policy):
         bisect.insort(self.ready, entry)
         self.entry[rec.id] = entry
 
-    def _owe(self, rec: RequestRecord, info: ClassInfo, rank: float) -> None:
-        """late=reject: note the GPU-seconds ``rec``'s admitted work has left (at its cheapest degree)."""
-        self.owed.pop(rec.id, None)
-        if rec.state.terminal:
-            return
-        left = rec.spec.shape.steps - rec.steps_done
-        stage = WAITING_FOR.get(rec.state)
-        owed = left * min(d * info.step_s[d] for d in info.degrees) + info.dec_s + (
-            info.enc_s if stage == StageKind.ENCODE else 0.0)
-        self.owed[rec.id] = (rank, owed)
-
     def _late(self, rid: int) -> None:
         self.hopeless.add(rid)
         self._seq += 1
@@ -245,8 +230,6 @@ class Trident(Elastic, Policy):
 
         for rid in [r for r in self.first_key if ended(r)]:
             del self.first_key[rid]
-        for rid in [r for r in self.owed if ended(r)]:
-            del self.owed[rid]
         self.hopeless = {r for r in self.hopeless if not ended(r)}
 
     def _dequeue(self, rid: int) -> None:
@@ -266,17 +249,6 @@ class Trident(Elastic, Policy):
             info = self._info_for(view, spec.model, spec.shape)
             if info.never_fits:
                 return [Reject(spec.id, f"can never fit: {info.never_fits}")]
-            if self.opts["late"] == "reject":
-                rec = view.request(spec.id)
-                own = self._remaining(rec, info, info.eff_d, StageKind.ENCODE)
-                latest = spec.deadline_s - self.opts["margin"] * spec.slo_s
-                # the admitted work ranked ahead of it (an earlier latest start), spread over every GPU
-                ahead = sum(owed for rank, owed in self.owed.values() if rank <= latest - own)
-                wait = ahead / view.num_gpus
-                if now + wait + own > latest:
-                    return [Reject(spec.id, f"cannot meet its deadline: the admitted work ahead takes about "
-                                            f"{wait:.1f} s of the whole cluster")]
-                self._owe(rec, info, latest - own)
             key = (spec.model, spec.shape)
             self.observed[key] = self.observed.get(key, 0) + 1
             self._enqueue(view, view.request(spec.id))
@@ -286,8 +258,6 @@ class Trident(Elastic, Policy):
                 self.stretch = self.noise.factor(self.opts["noise_z"])
             for rid in event.request_ids:
                 rec = view.request(rid)
-                if rid in self.owed:
-                    self._owe(rec, self._info_for(view, rec.spec.model, rec.spec.shape), self.owed[rid][0])
                 if isinstance(event, StageFailed) and event.oom:
                     self.safer[rid] = self.safer.get(rid, 0) + 1
                 if not rec.state.terminal:
@@ -344,9 +314,9 @@ class Trident(Elastic, Policy):
             info = self._info_for(view, spec.model, spec.shape)
             if entry[0] != math.inf and now + self._remaining(rec, info, info.fast_d, stage) > spec.deadline_s + 1e-9:
                 self._dequeue(rid)
-                if self.opts["late"] == "reject" and not started_any(rec) and rid not in self.owed:
+                if self.opts["late"] == "reject" and not started_any(rec):
                     actions.append(Reject(rid, "cannot meet its deadline any more"))
-                else:  # late anyway (or admitted: served): keep it, behind every request that can still make it
+                else:  # late anyway: keep it, behind every request that can still make it
                     self._late(rid)
                     scan.append(self.entry[rid])  # in this pass too: a GPU left idle may take it
                 continue
