@@ -148,6 +148,8 @@ class Trident(Elastic, Policy):
         self.paused_at: dict[int, float] = {}  # request id -> when it was last preempted
         self.base: dict[int, int] = {}  # request id -> the degree its running diffuse would have had unwidened
         self.cap: dict[int, int] = {}  # request id -> the most GPUs its next diffuse may take (it was shrunk)
+        self._tops: dict[tuple[str, Shape], int] = {}  # class -> the fastest degree worth its GPUs (wide)
+        self.narrow: set[int] = set()  # wide: requests whose running diffuse is narrower than that
         self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
         self.noise = Spread()  # how far completed dispatches strayed from their predictions
         self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
@@ -244,6 +246,7 @@ class Trident(Elastic, Policy):
         actions: list[Action] = []
         if self.cost_moved(view):  # calibrated stage times: per-class answers are recomputed on demand
             self.info.clear()
+            self._tops.clear()
         if isinstance(event, RequestArrived):
             spec: RequestSpec = event.request
             info = self._info_for(view, spec.model, spec.shape)
@@ -258,6 +261,8 @@ class Trident(Elastic, Policy):
                 self.stretch = self.noise.factor(self.opts["noise_z"])
             for rid in event.request_ids:
                 rec = view.request(rid)
+                if event.stage == StageKind.DIFFUSE:
+                    self.narrow.discard(rid)  # it ended or paused: a new dispatch decides again
                 if isinstance(event, StageFailed) and event.oom:
                     self.safer[rid] = self.safer.get(rid, 0) + 1
                 if not rec.state.terminal:
@@ -274,7 +279,7 @@ class Trident(Elastic, Policy):
                     self.plan = self._plan(view, self.planned_mix)
                     self.replans += 1
                 self.observed = {}
-        if self.ready or self.opts["wide"]:  # wide: idle GPUs may grow a running diffuse
+        if self.ready or self.narrow:  # wide: idle GPUs may grow a narrow running diffuse
             actions += self._schedule(view, now)
         return actions
 
@@ -285,7 +290,14 @@ class Trident(Elastic, Policy):
         idle_total = sum(map(len, idle))
         n_gpus = view.num_gpus
         busy_frac = 1.0 - idle_total / n_gpus
-        widen = self.opts["wide"] and self._base_busy(view) < self.opts["wide_below"] * n_gpus
+        widen = None  # whether to widen: asked at most once a pass, and only when it matters
+
+        def widening() -> bool:
+            nonlocal widen
+            if widen is None:
+                widen = self.opts["wide"] and self._base_busy(view) < self.opts["wide_below"] * n_gpus
+            return widen
+
         reserved: dict[int, float] = {}  # gpu -> time an urgent diffuse needs it
         margin_frac = self.opts["margin"]
         taken: set[int] = set()
@@ -380,7 +392,7 @@ class Trident(Elastic, Policy):
             else:
                 order = sorted(feasible)
             base = order[0]
-            if widen and not late and idle_total:
+            if not late and idle_total and widening():
                 # work-conserving: the GPUs that the rest of the waiting work leaves idle speed this one
                 # up (to the fastest degree still worth its GPUs); shrunk when new work needs them
                 wide = self._widest(info, feasible, idle_total - (len(scan) - i))
@@ -411,9 +423,12 @@ class Trident(Elastic, Policy):
                     idle_total -= d
                     busy_frac = 1.0 - idle_total / n_gpus
                     actions.append(Dispatch(StageKind.DIFFUSE, tuple(batch), group, rec.steps_done, spec.shape.steps))
+                    narrow = self.opts["wide"] and d < self._top(view, spec.model, spec.shape)
                     for b in batch:
                         self.base[b] = min(base, d)
                         self.cap.pop(b, None)
+                        if narrow:  # idle GPUs may grow it later
+                            self.narrow.add(b)
                     placed = True
                     break
             if placed or late:
@@ -440,7 +455,7 @@ class Trident(Elastic, Policy):
             if group is not None:
                 for g in group:
                     reserved[g] = when
-        if widen and idle_total and not preempted_now:
+        if idle_total and not preempted_now and self.narrow and widening():
             self._grow(view, idle, reserved, now, actions)
         return actions
 
@@ -534,11 +549,14 @@ class Trident(Elastic, Policy):
         options = [((len(usable), d - min(d, len(near.intersection(usable))) if node in near_nodes else d, node),
                     usable) for node, usable in pools if len(usable) >= d]
         options.sort()  # best fit first: keep big holes for big requests
+        # memory admission (``_fits``), its parts found once: the activations, and the weights where missing
+        act = view.cost.activation_gib(model, StageKind.DIFFUSE, shape, 1, d, view.gpu_kind)
+        weights = view.instance_gib(model, StageKind.DIFFUSE)
         for _, usable in options:
             usable = [k[-1] for k in sorted((g not in near, g not in held, g in encoders, g) for g in usable)]
             fit = []
             for g in usable:
-                if self._fits(view, model, StageKind.DIFFUSE, shape, 1, d, g):
+                if (act if g in held else weights + act) <= view.free_gib(g) + 1e-9:
                     fit.append(g)
                     if len(fit) == d:
                         return tuple(sorted(fit))

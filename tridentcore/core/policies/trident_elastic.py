@@ -46,11 +46,19 @@ class Elastic:
             best = d
         return best
 
-    def _movable(self, view, reserved, now):
-        """The running diffuses a widening may pause, each with its request, class answers and the steps
+    def _top(self, view, model, shape) -> int:
+        """The fastest degree worth its GPUs for a class, with GPUs to spare."""
+        top = self._tops.get((model, shape))
+        if top is None:
+            info = self._info_for(view, model, shape)
+            top = self._tops[(model, shape)] = self._widest(info, list(info.degrees), view.num_gpus)
+        return top
+
+    def _movable(self, runs, view, reserved, now):
+        """The diffuses of ``runs`` a widening may pause, each with its request, class answers and the steps
         it will have done at its next boundary: one request (a batch stays whole), not paused in its
         last 10 steps (no pause/resume cycles that make no progress), on no reserved GPU."""
-        for run in view.running():
+        for run in runs:
             a = run.action
             if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
                 continue
@@ -65,14 +73,20 @@ class Elastic:
         at its next step boundary; it resumes at once, wider, on its node or another (the GPUs must hold
         its weights: no load)."""
         best, best_gain = None, 0.0
-        for run, v, info, done in self._movable(view, reserved, now):
+        holding: dict[str, list[int]] = {}  # model -> per node, its idle unreserved GPUs that hold its diffuse
+        narrow = [run for run in view.running() if run.action.request_ids[0] in self.narrow]
+        for run, v, info, done in self._movable(narrow, view, reserved, now):
             a, vid, d = run.action, v.id, len(run.action.gpus)
-            here = view.node_of(a.gpus[0])
+            wider = [x for x in info.degrees if x >= d]
+            model = v.spec.model
+            per_node = holding.get(model)
+            if per_node is None:
+                per_node = holding[model] = [sum(g not in reserved and view.has_resident(model, StageKind.DIFFUSE, g)
+                                                 for g in gpus) for gpus in idle]
             # its own node's idle GPUs join its own; another node's may take it whole (the latents move)
-            room = max((d if n == here else 0) + sum(
-                g not in reserved and view.has_resident(v.spec.model, StageKind.DIFFUSE, g) for g in gpus)
-                for n, gpus in enumerate(idle))
-            k = self._widest(info, [x for x in info.degrees if x >= d], room)
+            here = view.node_of(a.gpus[0])
+            room = max((d if n == here else 0) + free for n, free in enumerate(per_node))
+            k = self._widest(info, wider, room)
             if k <= d:
                 continue
             left = a.end_step - a.start_step - done
@@ -88,7 +102,7 @@ class Elastic:
         boundary instead (it resumes at once on part of its GPUs, still within its deadline), if that
         frees room sooner. The victim with the most work left is chosen."""
         best, best_left = None, 0.0
-        for run, v, vinfo, done in self._movable(view, reserved, now):
+        for run, v, vinfo, done in self._movable(view.running(), view, reserved, now):
             a, vid, d = run.action, v.id, len(run.action.gpus)
             base = self.base.get(vid, d)
             if d <= base:
