@@ -41,7 +41,7 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   fastest degree still worth them (each doubling cuts the step time by ``gain``); when new work then
   waits, a widened diffuse is shrunk at its next step boundary (it resumes at once on part of its
   GPUs, its latents moving at their transfer cost) if the waiting work gains more than it loses and
-  it still meets its own deadline; when GPUs go idle with nothing waiting, the running diffuse that
+  it still meets its own deadline; when GPUs go idle that no waiting work can take, the running diffuse that
   gains most is grown at its next boundary. Only while the running work would hold less than
   ``wide_below`` of the GPUs at its unwidened degrees: near saturation every GPU-second counts, and
   widening would spend them.

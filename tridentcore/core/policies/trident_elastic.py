@@ -1,8 +1,9 @@
 """``trident``'s work-conserving part (``wide``): widening a diffuse onto GPUs no waiting work needs,
-shrinking a widened one at a step boundary when work waits, and growing one when GPUs go idle with
-nothing waiting. A mixin of :class:`~.trident.Trident`, whose state it shares: ``opts``, ``base``
-(the degree a running diffuse would have had unwidened), ``cap`` (the most GPUs a shrunk request's
-next diffuse may take), ``paused_at``, ``hopeless``, ``stretch`` and the per-class answers.
+shrinking a widened one at a step boundary when work waits, and growing a narrow one onto GPUs that
+went idle and that no waiting work can take. A mixin of :class:`~.trident.Trident`, whose state it
+shares: ``opts``, ``base`` (the degree a running diffuse would have had unwidened), ``cap`` (the most
+GPUs a shrunk request's next diffuse may take), ``narrow`` (requests whose running diffuse is
+narrower than worth it), ``paused_at``, ``hopeless``, ``stretch`` and the per-class answers.
 
 A pause here is the same ``Preempt`` as any other: the diffuse stops at its next step boundary, and
 the request, first in line by its arrival rank, is dispatched again at once on the degree the pass
