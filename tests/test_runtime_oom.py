@@ -46,9 +46,9 @@ def test_parse_faults_and_setup_errors():
     assert "unknown stage 'paint'" in str(err.value) and "whole number" in str(err.value)
 
 
-def _one(stage_faults: str, devices: str, shape: Shape):
+def _one(stage_faults: str, devices: str, shape: Shape, policy: str = "trident"):
     async def main():
-        rt = build_runtime("sd3-medium", devices, "trident", time_scale=0, inject_oom=stage_faults)
+        rt = build_runtime("sd3-medium", devices, policy, time_scale=0, inject_oom=stage_faults)
         await rt.start()
         eng = rt.engine
         got = eng.submit([Submission("sd3-medium", "x", shape, seed=1, slo_s=LONG_SLO_S)])
@@ -77,9 +77,13 @@ def test_diffuse_oom_is_retried_and_counted():
 
 
 def test_diffuse_oom_retry_takes_more_gpus():
-    _, desc, _, _ = _one("diffuse:1", "emulated:1x8xH200", Shape(1024, 1024, 1, 28))
+    # unwidened: alone on the node, the work-conserving default would already take all 8 GPUs
+    _, desc, _, _ = _one("diffuse:1", "emulated:1x8xH200", Shape(1024, 1024, 1, 28), "trident:wide=false")
     diffuses = [s for s in desc["stages"] if s["stage"] == "diffuse"]
     assert len(diffuses[1]["devices"]) > len(diffuses[0]["devices"])
+    _, desc, _, _ = _one("diffuse:1", "emulated:1x8xH200", Shape(1024, 1024, 1, 28))
+    diffuses = [s for s in desc["stages"] if s["stage"] == "diffuse"]
+    assert len(diffuses[0]["devices"]) == len(diffuses[1]["devices"]) == 8
 
 
 def test_cpu_worker_real_allocation_failure_is_an_oom_value_and_tiled_decode_works():
