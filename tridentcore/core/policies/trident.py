@@ -223,7 +223,7 @@ class Trident(Elastic, Policy):
 
     def _forget_ended(self, view: ClusterView) -> None:
         """Drop what is kept per request for requests that ended without a stage telling (rejected,
-        cancelled, forgotten): arrival ranks and the hopeless set."""
+        cancelled, forgotten): arrival ranks, the hopeless set, unwidened degrees and caps."""
         def ended(rid: int) -> bool:
             try:
                 return view.request(rid).state.terminal
@@ -233,6 +233,9 @@ class Trident(Elastic, Policy):
         for rid in [r for r in self.first_key if ended(r)]:
             del self.first_key[rid]
         self.hopeless = {r for r in self.hopeless if not ended(r)}
+        for kept in (self.base, self.cap):
+            for rid in [r for r in kept if ended(r)]:
+                del kept[rid]
 
     def _dequeue(self, rid: int) -> None:
         entry = self.entry.pop(rid, None)
@@ -270,6 +273,8 @@ class Trident(Elastic, Policy):
                 else:
                     self.first_key.pop(rid, None)
                     self.hopeless.discard(rid)
+                    self.base.pop(rid, None)
+                    self.cap.pop(rid, None)
         elif isinstance(event, Tick):
             self._forget_ended(view)
             if self.opts["replan_s"] and now - self.last_plan_s >= self.opts["replan_s"] and self.observed:
