@@ -82,11 +82,7 @@ def test_a_replica_meets_once_and_a_preempted_parallel_diffuse_stops_on_every_me
             await asyncio.gather(*(e.wait(r, 120) for r in ids))
             assert e.workers.worlds.meetings == 1 and e.workers.worlds.parallel_runs == 2
             long = e.submit([Submission("tiny-flux", "x", Shape(128, 128, 1, 400), seed=9, slo_s=LONG_SLO_S)]).ids[0]
-            for _ in range(2000):
-                if e.describe(long)["state"] == "diffusing":
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)
+            await _diffusing(lambda: e.view.running_of(long))
             assert e.cancel(long)
             await e.wait(long, 60)
             # both members stopped at the lead's step: the next request runs at once on the same world

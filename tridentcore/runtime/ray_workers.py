@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.types import StageKind
+from .parallel_worlds import Worlds
 from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool, failure, load_pipelines
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,6 @@ class StageActor:
             return (result, *([None] * n)) if split else result
         import torch
 
-        from .parallel_worlds import Worlds
         from .workers import _execute
 
         if task.world is not None and self._worlds is None:
