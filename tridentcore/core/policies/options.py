@@ -22,7 +22,8 @@ parse_bool.__name__ = "bool"
 
 def parse_late(text: str) -> str:
     """The ``late`` option: ``serve`` (a request that can no longer meet its deadline runs last and
-    counts as an SLO miss) or ``reject`` (turned away, but only before any of its stages ran)."""
+    counts as an SLO miss) or ``reject`` (a request that could not meet its deadline is turned away on
+    arrival; what is admitted is served)."""
     value = str(text).strip().lower()
     if value not in LATE_MODES:
         raise ValueError(text)

@@ -58,27 +58,32 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 * **Late requests** (``late``): one that can no longer meet its deadline even at its fastest degree
   is served after every request that still can (in the same pass, on GPUs the others left idle; a
   diffuse of late requests is the first paused for one that can still make it), and counts as an
-  SLO miss (``late=serve``, the default). ``late=reject`` (goodput mode) turns it away instead, but
-  only while none of its stages has run (at admission, or while it still waits for its encode), so
-  no GPU time is spent on a request that is then dropped.
+  SLO miss (``late=serve``, the default). ``late=reject`` (goodput mode) decides at admission
+  instead (:mod:`.trident_admission`): an arriving request that could not meet its deadline behind
+  the admitted work ranked ahead of it (a list schedule of that work, the predicted wait stretched by
+  ``admit_wait`` for arrivals that will overtake it) is turned away at once; an admitted one is
+  served, late if it comes to that. No GPU time is spent on a request that is then dropped, and
+  nobody waits to be told no.
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
 Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses in
-:mod:`.trident_elastic` (a mixin); the rest stays one module (about 690 lines) because it is one
-policy class whose methods all share the ready queue, reservations and plan.
+:mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
+(mixins); the rest stays one module (about 710 lines) because it is one policy class whose methods
+all share the ready queue, reservations and plan.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from collections import deque
 from collections.abc import Sequence
 
 from ..defaults import DEFAULT_LATE
 from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
                       Tick)
-from ..lifecycle import WAITING_FOR, RequestRecord, started_any
+from ..lifecycle import WAITING_FOR, RequestRecord
 from ..noise import Spread
 from ..placement import plan_placement
 from ..policy import Policy, register
@@ -87,6 +92,7 @@ from ..types import Shape, StageKind
 from ..workload import RequestSpec
 from .common import degrees_for
 from .options import parse_bool, parse_late
+from .trident_admission import Admission
 from .trident_classes import ClassInfo, class_info, mix_drift
 from .trident_elastic import Elastic
 
@@ -97,7 +103,7 @@ _MAX_BLOCKED = 8  # blocked diffuses per pass that may reserve GPUs or preempt
 
 
 @register
-class Trident(Elastic, Policy):
+class Trident(Elastic, Admission, Policy):
     name = "trident"
     summary = "stage-level placement + dispatch: per-request degrees, least slack first, reservations, preemption, batching"
     options = {
@@ -117,7 +123,11 @@ class Trident(Elastic, Policy):
                                    "GPUs at its unwidened degrees: near saturation every GPU-second counts"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
         "late": (parse_late, DEFAULT_LATE, "serve: a request that can no longer meet its deadline runs after the "
-                                           "others (an SLO miss); reject: turn it away, only before any stage ran"),
+                                           "others (an SLO miss); reject: turn a request away on arrival if it "
+                                           "could not meet its deadline behind the admitted work (admit_wait)"),
+        "admit_wait": (float, 3.0, "late=reject: admit a request only if it meets its deadline with its predicted "
+                                   "wait behind the admitted work stretched by this factor while the work arriving "
+                                   "exceeds the GPUs (overload: later arrivals overtake it)"),
         "drop": (parse_bool, None, "deprecated: drop=true is late=reject, drop=false is late=serve"),
         "order": (str, "admission", "admission: a request keeps the priority it had when it arrived (its latest start "
                                     "for the whole request), so admitted requests finish one by one; stage: "
@@ -151,6 +161,11 @@ class Trident(Elastic, Policy):
         self._tops: dict[tuple[str, Shape], int] = {}  # class -> the fastest degree worth its GPUs (wide)
         self.narrow: set[int] = set()  # wide: requests whose running diffuse is narrower than that
         self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
+        self.arrived: deque[tuple[float, float]] = deque()  # late=reject: (arrival, GPU-seconds) of recent arrivals
+        self.arrived_gpu_s = 0.0  # their sum
+        self.refused: dict[tuple[str, Shape], deque[bool]] = {}  # late=reject: per class, its last admission answers
+        self.refused_all: deque[bool] = deque(maxlen=400)  # and those of every class
+        self.arrived_from = now  # when the arrivals counted begin: the last one dropped, or the start
         self.noise = Spread()  # how far completed dispatches strayed from their predictions
         self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
         expected = dict(expected or {})
@@ -257,7 +272,15 @@ class Trident(Elastic, Policy):
                 return [Reject(spec.id, f"can never fit: {info.never_fits}")]
             key = (spec.model, spec.shape)
             self.observed[key] = self.observed.get(key, 0) + 1
-            self._enqueue(view, view.request(spec.id))
+            rec = view.request(spec.id)
+            self._enqueue(view, rec)
+            if self.opts["late"] == "reject":  # goodput mode decides at admission, and only there
+                self._note_arrival(spec, info, now)
+                refusal = self._admission_refusal(view, rec, info, now)
+                if refusal is not None:
+                    self._dequeue(spec.id)
+                    self.first_key.pop(spec.id, None)
+                    return [Reject(spec.id, refusal)]
         elif isinstance(event, (StageFinished, StageFailed)):
             if isinstance(event, StageFinished) and event.predicted_s > 0 and self.opts["noise_z"]:
                 self.noise.observe(event.stage, event.predicted_s, event.measured_s)
@@ -330,12 +353,10 @@ class Trident(Elastic, Policy):
             spec = rec.spec
             info = self._info_for(view, spec.model, spec.shape)
             if entry[0] != math.inf and now + self._remaining(rec, info, info.fast_d, stage) > spec.deadline_s + 1e-9:
+                # late: keep it (admitted work is served), behind every request that can still make it
                 self._dequeue(rid)
-                if self.opts["late"] == "reject" and not started_any(rec):
-                    actions.append(Reject(rid, "cannot meet its deadline any more"))
-                else:  # late anyway: keep it, behind every request that can still make it
-                    self._late(rid)
-                    scan.append(self.entry[rid])  # in this pass too: a GPU left idle may take it
+                self._late(rid)
+                scan.append(self.entry[rid])  # in this pass too: a GPU left idle may take it
                 continue
             if idle_total == 0 and preempted_now:
                 continue

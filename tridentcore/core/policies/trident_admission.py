@@ -1,0 +1,189 @@
+"""``trident``'s admission test for ``late=reject`` (goodput mode): on arrival, a request is turned
+away if it cannot meet its deadline behind the work already admitted ahead of it; once admitted it
+is served, late if it comes to that. A mixin of :class:`~.trident.Trident`, whose ready queue, class
+answers, unwidened degrees and ``_remaining`` it uses.
+
+The test is a list schedule of the waiting work, in the policy's own order:
+
+* every GPU starts free when the dispatch on it is predicted to end, except a diffuse that
+  ``trident`` would pause for the new request (its requests ranked behind it, or able to wait that
+  long and still meet their deadlines: the preemption rule), free at its next step boundary, and a
+  widened diffuse, which holds only its unwidened degree beyond its next step boundary;
+* each request ranked ahead takes, at the smallest degree that would still meet its deadline if it
+  started now (the degree ``trident`` gives it under load), the GPUs of one node that free soonest,
+  for all its remaining stages; one that can no longer make it is skipped (it will run behind);
+* the new request finishes at the soonest, over its degrees and the nodes, of: after the work ahead,
+  or in a hole the work ahead leaves before it claims its GPUs (backfilling, as ``trident`` does).
+
+Work ranked behind it does not count (it would wait for this one). Under overload the test is
+optimistic: work not yet arrived overtakes the new request, and a request admitted on a hopeful
+estimate is then served late and makes others late too. So while the work arriving (GPU-seconds per
+second at each request's cheapest degree that meets its SLO, over the last minute) exceeds the
+GPUs, the share of the predicted wait due to queued work (not to running work) is stretched by
+``admit_wait``; but not for a class whose recent arrivals were refused more often than all recent
+arrivals (by 2 points): the stretch must not turn fairness into starving the largest class.
+
+Measured (``trident:late=reject``, simulated 2x8xH200, SLO scale 3, 300 s at twice the capacity
+ceiling): flux-uniform, 1078 requests: with no stretch (``admit_wait=1``) 447 finish within their
+SLO of 613 admitted; with the default 3, 475 of 612 (``trident`` serving everything: 286; the best
+baseline: 129); image-video, 494 requests: 420 of 458, and 435 of 452. Past ``_MAX_AHEAD`` requests ahead, the rest is spread
+over all GPUs as GPU-seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from ..lifecycle import WAITING_FOR, RequestRecord
+from ..state import ClusterView
+from ..types import StageKind
+from .trident_classes import ClassInfo
+
+__all__ = ["Admission"]
+
+_MAX_AHEAD = 256  # waiting requests placed one by one; beyond them, their GPU-seconds are spread evenly
+_LOAD_WINDOW_S = 60.0  # the offered load is measured over the arrivals of this many seconds...
+_LOAD_ARRIVALS = 64  # ...or of this many arrivals if they span longer
+_FAIR_ARRIVALS = 40  # a class's last arrivals: the wait is stretched only while the fraction of them
+_FAIR_REFUSED = 0.02  # refused is at most this much above the fraction of all recent arrivals refused
+
+
+class Admission:
+    """The arrival-time admission test of ``late=reject`` (the module docstring)."""
+
+    def _admission_refusal(self, view: ClusterView, rec: RequestRecord, info: ClassInfo, now: float) -> str | None:
+        """Why ``rec`` (just queued) would miss its deadline behind the admitted work ahead of it, or
+        None when it can meet it."""
+        mine = self.entry[rec.id]
+        stage = WAITING_FOR[rec.state]
+        need = self._remaining(rec, info, info.eff_d, stage)
+        # per node, per GPU: [when the running work frees it, when the work ahead frees it, when the
+        # work ahead first claims it] (a hole before the claim may be backfilled)
+        gpus = [[[t, t, math.inf] for t in times] for times in self._free_times(view, now, mine[0], need)]
+        spread = 0.0  # GPU-seconds of the work ahead beyond _MAX_AHEAD
+        placed = 0
+        for entry in self.ready:
+            if entry >= mine or entry[0] == math.inf:
+                break  # the rest is ranked behind it (late work is behind everything)
+            other = view.request(entry[2])
+            ostage = WAITING_FOR.get(other.state)
+            if ostage is None:
+                continue
+            oinfo = self._info_for(view, other.spec.model, other.spec.shape)
+            if now + self._remaining(other, oinfo, oinfo.fast_d, ostage) > other.spec.deadline_s:
+                continue  # found late at the next pass: then it runs behind every request that can make it
+            d = self._degree_now(other, oinfo, ostage, now)
+            dur = self._remaining(other, oinfo, d, ostage)
+            if placed >= _MAX_AHEAD:
+                spread += dur * d
+                continue
+            placed += 1
+            taken = min((sorted(node, key=lambda g: g[1])[:d] for node in gpus if len(node) >= d),
+                        key=lambda group: group[-1][1])
+            start = max(now, taken[-1][1])
+            for g in taken:
+                g[1], g[2] = start + dur, min(g[2], start)
+        shift = spread / view.num_gpus
+        key = (rec.spec.model, rec.spec.shape)
+        refused = self.refused.setdefault(key, deque(maxlen=_FAIR_ARRIVALS))
+        stretch = 1.0
+        overall = self.refused_all
+        if self._offered(now) >= view.num_gpus and (
+                sum(refused) <= (sum(overall) / max(1, len(overall)) + _FAIR_REFUSED) * len(refused)):
+            stretch = self.opts["admit_wait"]
+        finish = math.inf
+        for d in info.degrees:
+            left = self._remaining(rec, info, d, stage)
+            for node in gpus:
+                if len(node) < d:
+                    continue
+                first = max(now, sorted(g[0] for g in node)[d - 1])  # the running work alone
+                after = max(first, sorted(g[1] for g in node)[d - 1] + shift)  # and the work ahead
+                finish = min(finish, first + stretch * (after - first) + left)  # the queued share stretched
+                for start in sorted({max(now, g[0]) for g in node}):  # backfilled: done before a claim
+                    if sum(max(now, g[0]) <= start and g[2] >= start + left for g in node) >= d:
+                        finish = min(finish, start + left)
+                        break
+        refused.append(finish > rec.spec.deadline_s + 1e-9)
+        overall.append(refused[-1])
+        if not refused[-1]:
+            return None
+        return (f"would miss its deadline: {placed + (1 if spread else 0)}+ admitted requests are ahead of it; "
+                f"with its wait stretched x{stretch:g} it would finish {finish - rec.spec.arrival_s:.1f} s after "
+                f"arrival at the earliest, its SLO is {rec.spec.slo_s:.1f} s")
+
+    def _note_arrival(self, spec, info: ClassInfo, now: float) -> None:
+        """Count an arrival's work in the offered load: GPU-seconds at the cheapest degree whose
+        no-queue latency meets its SLO (the fastest degree if none does)."""
+        steps, fixed = spec.shape.steps, info.enc_s + info.dec_s
+        meets = [fixed + steps * info.step_s[d] * d for d in info.degrees
+                 if fixed + steps * info.step_s[d] <= spec.slo_s]
+        work = min(meets) if meets else fixed + steps * info.step_s[info.fast_d] * info.fast_d
+        self.arrived.append((now, work))
+        self.arrived_gpu_s += work
+
+    def _offered(self, now: float) -> float:
+        """GPUs' worth of work arriving per second, every arrival counted (admitted or not): over the
+        last ``_LOAD_WINDOW_S`` seconds, or the last ``_LOAD_ARRIVALS`` arrivals if those span longer
+        (sparse long requests); over the time since start, at least 10 s, before that."""
+        kept = self.arrived
+        while len(kept) > _LOAD_ARRIVALS and kept[0][0] < now - _LOAD_WINDOW_S:
+            self.arrived_from, gpu_s = kept.popleft()
+            self.arrived_gpu_s -= gpu_s
+        return self.arrived_gpu_s / max(10.0, now - self.arrived_from)
+
+    def _free_times(self, view: ClusterView, now: float, key: float, need: float) -> list[list[float]]:
+        """Per node, sorted, when each GPU frees for a request ranked at ``key`` that needs about
+        ``need`` seconds: when the dispatch on it is predicted to end, except that a diffuse that
+        could be paused for it frees at its next step boundary (its requests are ranked behind, or
+        would still meet their deadlines after waiting ``need``: the preemption rule), and a widened
+        diffuse counts at its unwidened degree (a shrink gives the rest back at its next step
+        boundary, and its own steps then take longer)."""
+        until = [view.busy_until(g, now) for g in range(view.num_gpus)]
+        for run in view.running():
+            a = run.action
+            if a.stage != StageKind.DIFFUSE or run.step_s <= 0:
+                continue
+            if all(self._rank(view, rid) > key or self._can_wait(view, rid, run.predicted_end_s + run.step_s + need)
+                   for rid in a.request_ids):
+                for g in a.gpus:
+                    until[g] = min(until[g], now + run.step_s)
+                continue
+            base = self.base.get(a.request_ids[0], len(a.gpus))
+            if base >= len(a.gpus):
+                continue
+            v = view.request(a.request_ids[0])
+            info = self._info_for(view, v.spec.model, v.spec.shape)
+            slower = info.step_s[base] / info.step_s[len(a.gpus)] if len(a.gpus) in info.step_s else 1.0
+            for g in a.gpus[:base]:
+                until[g] = now + max(0.0, run.predicted_end_s - now) * slower
+            for g in a.gpus[base:]:
+                until[g] = min(until[g], now + run.step_s)
+        return [[until[g] for g in gpus] for gpus in view.nodes]
+
+    def _can_wait(self, view: ClusterView, rid: int, diffused_by: float) -> bool:
+        """Whether a running request still meets its deadline if its diffuse ends at ``diffused_by``."""
+        v = view.request(rid)
+        info = self._info_for(view, v.spec.model, v.spec.shape)
+        return diffused_by + info.dec_s <= v.spec.deadline_s - self.opts["margin"] * v.spec.slo_s
+
+    def _rank(self, view: ClusterView, rid: int) -> float:
+        """The queue key of a running request: its rank on arrival (``order=admission``), else its
+        latest start now; +inf for one found late."""
+        if rid in self.hopeless:
+            return math.inf
+        entry = self.first_key.get(rid)
+        if entry is not None:
+            return entry[0]
+        rec = view.request(rid)
+        info = self._info_for(view, rec.spec.model, rec.spec.shape)
+        return rec.spec.deadline_s - self._remaining(rec, info, info.eff_d, StageKind.DIFFUSE)
+
+    def _degree_now(self, rec: RequestRecord, info: ClassInfo, stage: StageKind, now: float) -> int:
+        """The smallest degree at which ``rec`` would still meet its deadline if it started now (the
+        fastest if none would)."""
+        for d in info.degrees:
+            if now + self._remaining(rec, info, d, stage) <= rec.spec.deadline_s:
+                return d
+        return info.fast_d
