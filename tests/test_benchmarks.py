@@ -63,6 +63,22 @@ def test_latency_pareto_quick_writes_one_table(tmp_path):
     assert "of 2 cells" in text and "of 2 cells" in done.stdout
 
 
+def test_goodput_hold_runs_each_earlier_cell_for_each_policy():
+    """video-wan only (its runs are the quickest), 300 s: one line per earlier cell and policy, each
+    column held to its own earlier figure, and a count per policy."""
+    hold = _script("goodput_hold")
+    assert hold.column_of("trident:wide=false") == "trident" and hold.column_of("trident:late=reject") == "trident:late=reject"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "goodput_hold.py"), "--mixes", "video-wan",
+                           "--duration", "300", "--jobs", "1", "--policies", "trident;trident:late=reject"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cells = [line for line in done.stdout.splitlines() if "req/s: lowest class" in line]
+    assert len(cells) == 6 and all(line.endswith(("holds", "FAILS")) for line in cells)
+    assert "at 0.135 req/s" in next(line for line in cells if line.startswith("trident:late=reject") and "x3 " in line)
+    assert "at 0.138 req/s" in next(line for line in cells if line.startswith("trident ") and "x3 " in line)
+    assert "trident: holds " in done.stdout and " of 3 earlier fair goodput figures" in done.stdout
+
+
 def test_gpu_parallel_check_runs_the_kernel_path_on_cpu(tmp_path):
     """gpu_check.sh's first step, on the CPU (gloo): a world of one met as the workers meet theirs, and the
     diffuse through the sequence-parallel kernel equals the plain one."""
