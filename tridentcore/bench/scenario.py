@@ -54,7 +54,10 @@ class Loaded:
     def expected(self) -> dict[tuple[str, Shape], float] | None:
         """What the policy plans its initial placement for (:func:`planned_workload`, read once)."""
         if "expected" not in self._cache:
-            self._cache["expected"] = planned_workload(self.scenario)
+            if self.mix is not None and self.scenario.trace is None:  # the requests' own Shape objects
+                self._cache["expected"] = expected_mix((c.model, c.shape, c.weight) for c in self.mix.classes)
+            else:
+                self._cache["expected"] = planned_workload(self.scenario)
         return self._cache["expected"]
 
     def check_rates(self, rates: Sequence[float]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .defaults import MAX_FRAMES, MAX_MIX_CLASSES, MAX_NAME_CHARS, MAX_SIDE_PX, MAX_STEPS
@@ -35,15 +35,19 @@ class RequestClass:
     frames: int = 1
     steps: int = 28
     weight: float = 1.0
+    # the class's one Shape: requests, the expected mix and the policies' per-class tables share it, so
+    # lookups keyed on it compare by identity
+    _shape: Shape = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = _class_problems(self.model, self.height, self.width, self.frames, self.steps, self.weight)
         if problems:
             raise WorkloadError("invalid request class", [f"{k}: {msg}" for k, msg in problems])
+        object.__setattr__(self, "_shape", Shape(self.height, self.width, self.frames, self.steps))
 
     @property
     def shape(self) -> Shape:
-        return Shape(self.height, self.width, self.frames, self.steps)
+        return self._shape
 
     @property
     def label(self) -> str:
