@@ -1,0 +1,72 @@
+"""Overload: what each policy finishes within its SLO at twice the capacity ceiling (issue 14, point 5).
+
+    python benchmarks/overload.py [--mixes flux-uniform,image-video] [--factor 2] [--duration 300]
+        [--scale 3] [--cluster 2x8xH200] [--profile h200] [--seed 0] [--jobs 2]
+        [--policies "trident;trident:late=reject;trident-paper;pipeline-dynamic;pipeline-static:degree=1;..."]
+
+Per mix and policy: requests, how many finished within their SLO, admitted (not turned away), rejected,
+rejected after waiting (a rejection decided later than the request's arrival) and how many stages ran
+for rejected requests (should be 0). ``trident`` serves every request (late ones after the others);
+``trident:late=reject`` decides on arrival (``core/policies/trident_admission.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE
+
+POLICIES = ("trident", "trident:late=reject", "trident-paper", "pipeline-dynamic", "pipeline-static:degree=1",
+            "pipeline-static:degree=2")
+
+
+def _one(args):
+    mix, policy, factor, duration, scale, cluster, profile, seed = args
+    from tridentcore.bench.scenario import capacity_rps, load_scenario, run_one
+    from tridentcore.bench.spec import RunSpec
+
+    loaded = load_scenario(RunSpec(profile=profile, cluster=cluster, mix=mix, duration_s=duration, slo_scale=scale,
+                                   seed=seed))
+    rate = factor * capacity_rps(loaded)
+    res = run_one(loaded, policy, rate)
+    ran = {s.request_id for s in res.spans}
+    rejected = [r for r in res.requests if r.state == "rejected"]
+    return {"mix": mix, "policy": policy, "rate": rate, "requests": len(res.requests),
+            "met": sum(1 for r in res.requests if r.state == "done" and r.finish_s <= r.deadline_s + 1e-9),
+            "admitted": len(res.requests) - len(rejected), "rejected": len(rejected),
+            "rejected_after_waiting": sum(1 for r in rejected if r.finish_s > r.arrival_s),
+            "rejected_after_a_stage": sum(1 for r in rejected if r.request_id in ran)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mixes", default="flux-uniform,image-video")
+    ap.add_argument("--policies", default=";".join(POLICIES), help="semicolon-separated policy specs")
+    ap.add_argument("--factor", type=float, default=2.0, help="the rate, as a multiple of the capacity ceiling")
+    ap.add_argument("--duration", type=float, default=300.0)
+    ap.add_argument("--scale", type=float, default=3.0, help="SLO scale")
+    ap.add_argument("--cluster", default=DEFAULT_CLUSTER)
+    ap.add_argument("--profile", default=DEFAULT_PROFILE)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    tasks = [(m, p, args.factor, args.duration, args.scale, args.cluster, args.profile, args.seed)
+             for m in args.mixes.split(",") for p in args.policies.split(";") if p]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(_one, tasks))
+    for mix in args.mixes.split(","):
+        sel = [r for r in rows if r["mix"] == mix]
+        print(f"\n{mix}, {args.factor:g}x the capacity ceiling ({sel[0]['rate']:.3f} req/s), SLO scale {args.scale:g}, "
+              f"{args.duration:g} s: {sel[0]['requests']} requests")
+        print(f"  {'policy':<26} {'in SLO':>7} {'admitted':>9} {'rejected':>9} {'after waiting':>14} {'after a stage':>14}")
+        for r in sel:
+            print(f"  {r['policy']:<26} {r['met']:>7} {r['admitted']:>9} {r['rejected']:>9} "
+                  f"{r['rejected_after_waiting']:>14} {r['rejected_after_a_stage']:>14}")
+    print(f"\n{len(tasks)} runs in {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
