@@ -79,6 +79,19 @@ def test_goodput_hold_runs_each_earlier_cell_for_each_policy():
     assert "trident: holds " in done.stdout and " of 3 earlier fair goodput figures" in done.stdout
 
 
+def test_overload_reports_in_slo_admitted_and_rejected_per_policy():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overload.py"), "--mixes", "flux-uniform",
+                           "--duration", "150", "--jobs", "1", "--policies", "trident;trident:late=reject"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in done.stdout.splitlines()
+            if line.startswith("  trident")}
+    assert set(rows) == {"trident", "trident:late=reject"}
+    met, admitted, rejected, waited, staged = rows["trident:late=reject"]
+    assert rejected > 0 and waited == 0 and staged == 0 and admitted + rejected == rows["trident"][1]
+    assert rows["trident"][2] == 0 and met > rows["trident"][0] > 0
+
+
 def test_gpu_parallel_check_runs_the_kernel_path_on_cpu(tmp_path):
     """gpu_check.sh's first step, on the CPU (gloo): a world of one met as the workers meet theirs, and the
     diffuse through the sequence-parallel kernel equals the plain one."""
