@@ -6,6 +6,8 @@
     ``--runs`` times in one process: the best wall time (the least disturbed by other work on the
     host), the median, and the host's load average (the first run also imports the placement
     solver, scipy).
+    The host's own speed is printed beside it (a fixed pure-Python loop, best of 3), since the same
+    host answers at very different speeds from one hour to the next.
 (2) Decision time: bursts of 512 requests at once (arrival ``bursts:size=512``) on 16x8xH200, so the
     policy decides with >= 256 requests waiting; each call to ``on_event`` is timed, and the p50 /
     p99 over the calls made while >= 256 requests were waiting is reported.
@@ -57,6 +59,18 @@ class Timed:
         return actions
 
 
+def host_loop_s(n: int = 2_000_000) -> float:
+    """Best of 3 timings of an ``n``-iteration pure-Python loop: how fast this host runs Python now."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(n):
+            total += i
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policies", default="trident,trident-paper")
@@ -76,7 +90,7 @@ def main() -> None:
         print(f"{spec}: {len(reqs)} requests, flux-uniform 1.5/s 1800 s on {args.cluster}: "
               f"sim wall best {min(walls):.2f} s, median {statistics.median(walls):.2f} s "
               f"(runs {', '.join(f'{w:.2f}' for w in walls)}; load average {load}), "
-              f"attainment {s['attainment']:.3f}")
+              f"attainment {s['attainment']:.3f}; host: a 2M-iteration Python loop {host_loop_s():.3f} s")
         loaded = load_scenario(RunSpec(cluster=args.cluster, mix="flux-uniform", arrival="bursts:size=512",
                                         duration_s=600))
         reqs = loaded.requests(8.0)
