@@ -24,10 +24,12 @@ GPUs, the share of the predicted wait due to queued work (not to running work) i
 arrivals (by 2 points): the stretch must not turn fairness into starving the largest class.
 
 Measured (``trident:late=reject``, simulated 2x8xH200, SLO scale 3, 300 s at twice the capacity
-ceiling): flux-uniform, 1078 requests: with no stretch (``admit_wait=1``) 447 finish within their
-SLO of 613 admitted; with the default 3, 475 of 612 (``trident`` serving everything: 286; the best
-baseline: 129); image-video, 494 requests: 420 of 458, and 435 of 452. Past ``_MAX_AHEAD`` requests ahead, the rest is spread
-over all GPUs as GPU-seconds.
+ceiling; ``benchmarks/overload.py``): flux-uniform, 1078 requests: with no stretch
+(``admit_wait=1``) 447 finish within their SLO of 613 admitted; with the default 3, 475 of 612
+(``trident`` serving everything: 286; the best baseline: 129); image-video, 494 requests: 420 of
+458, and 435 of 452.
+
+Past ``_MAX_AHEAD`` requests ahead, the rest is spread over all GPUs as GPU-seconds.
 """
 
 from __future__ import annotations
@@ -134,11 +136,11 @@ class Admission:
         return self.arrived_gpu_s / max(10.0, now - self.arrived_from)
 
     def _free_times(self, view: ClusterView, now: float, key: float, need: float) -> list[list[float]]:
-        """Per node, sorted, when each GPU frees for a request ranked at ``key`` that needs about
-        ``need`` seconds: when the dispatch on it is predicted to end, except that a diffuse that
-        could be paused for it frees at its next step boundary (its requests are ranked behind, or
-        would still meet their deadlines after waiting ``need``: the preemption rule), and a widened
-        diffuse counts at its unwidened degree (a shrink gives the rest back at its next step
+        """Per node, per GPU (in id order), when it frees for a request ranked at ``key`` that needs
+        about ``need`` seconds: when the dispatch on it is predicted to end, except that a diffuse
+        that could be paused for it frees at its next step boundary (its requests are ranked behind,
+        or would still meet their deadlines after waiting ``need``: the preemption rule), and a
+        widened diffuse counts at its unwidened degree (a shrink gives the rest back at its next step
         boundary, and its own steps then take longer)."""
         until = [view.busy_until(g, now) for g in range(view.num_gpus)]
         for run in view.running():
