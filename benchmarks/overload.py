@@ -61,7 +61,8 @@ def main() -> None:
         sel = [r for r in rows if r["mix"] == mix]
         print(f"\n{mix}, {args.factor:g}x the capacity ceiling ({sel[0]['rate']:.3f} req/s), SLO scale {args.scale:g}, "
               f"{args.duration:g} s: {sel[0]['requests']} requests")
-        print(f"  {'policy':<26} {'in SLO':>7} {'admitted':>9} {'rejected':>9} {'after waiting':>14} {'after a stage':>14}")
+        print(f"  {'policy':<26} {'in SLO':>7} {'admitted':>9} {'rejected':>9} {'after waiting':>14} "
+              f"{'after a stage':>14}")
         for r in sel:
             print(f"  {r['policy']:<26} {r['met']:>7} {r['admitted']:>9} {r['rejected']:>9} "
                   f"{r['rejected_after_waiting']:>14} {r['rejected_after_a_stage']:>14}")
