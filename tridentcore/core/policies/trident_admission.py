@@ -51,6 +51,10 @@ _FAIR_ARRIVALS = 40  # a class's last arrivals: the wait is stretched only while
 _FAIR_REFUSED = 0.02  # refused is at most this much above the fraction of all recent arrivals refused
 
 
+def _by_ahead(g: list) -> tuple[float, int]:
+    return g[1], g[3]
+
+
 class Admission:
     """The arrival-time admission test of ``late=reject`` (the module docstring)."""
 
@@ -61,8 +65,10 @@ class Admission:
         stage = WAITING_FOR[rec.state]
         need = self._remaining(rec, info, info.eff_d, stage)
         # per node, per GPU: [when the running work frees it, when the work ahead frees it, when the
-        # work ahead first claims it] (a hole before the claim may be backfilled)
-        gpus = [[[t, t, math.inf] for t in times] for times in self._free_times(view, now, mine[0], need)]
+        # work ahead first claims it (a hole before the claim may be backfilled), its place on the node],
+        # kept in order of when the work ahead frees them
+        gpus = [sorted(([t, t, math.inf, i] for i, t in enumerate(times)), key=_by_ahead)
+                for times in self._free_times(view, now, mine[0], need)]
         spread = 0.0  # GPU-seconds of the work ahead beyond _MAX_AHEAD
         placed = 0
         for entry in self.ready:
@@ -81,11 +87,11 @@ class Admission:
                 spread += dur * d
                 continue
             placed += 1
-            taken = min((sorted(node, key=lambda g: g[1])[:d] for node in gpus if len(node) >= d),
-                        key=lambda group: group[-1][1])
-            start = max(now, taken[-1][1])
-            for g in taken:
+            node = min((node for node in gpus if len(node) >= d), key=lambda node: node[d - 1][1])
+            start = max(now, node[d - 1][1])
+            for g in node[:d]:
                 g[1], g[2] = start + dur, min(g[2], start)
+            node.sort(key=_by_ahead)
         shift = spread / view.num_gpus
         key = (rec.spec.model, rec.spec.shape)
         refused = self.refused.setdefault(key, deque(maxlen=_FAIR_ARRIVALS))
@@ -94,20 +100,29 @@ class Admission:
         if self._offered(now) >= view.num_gpus and (
                 sum(refused) <= (sum(overall) / max(1, len(overall)) + _FAIR_REFUSED) * len(refused)):
             stretch = self.opts["admit_wait"]
+        deadline = rec.spec.deadline_s + 1e-9
         finish = math.inf
+        # per node: when its GPUs free after the running work alone, and after the work ahead too
+        nodes = [(sorted(max(now, g[0]) for g in node), sorted(g[1] for g in node), node) for node in gpus]
         for d in info.degrees:
             left = self._remaining(rec, info, d, stage)
-            for node in gpus:
+            for running, ahead, node in nodes:
                 if len(node) < d:
                     continue
-                first = max(now, sorted(g[0] for g in node)[d - 1])  # the running work alone
-                after = max(first, sorted(g[1] for g in node)[d - 1] + shift)  # and the work ahead
+                first = running[d - 1]
+                after = max(first, ahead[d - 1] + shift)
                 finish = min(finish, first + stretch * (after - first) + left)  # the queued share stretched
-                for start in sorted({max(now, g[0]) for g in node}):  # backfilled: done before a claim
-                    if sum(max(now, g[0]) <= start and g[2] >= start + left for g in node) >= d:
-                        finish = min(finish, start + left)
-                        break
-        refused.append(finish > rec.spec.deadline_s + 1e-9)
+                if after > first:  # the work ahead claims GPUs here: it may leave a hole to backfill
+                    for start in running:
+                        if start + left < finish and sum(max(now, g[0]) <= start and g[2] >= start + left
+                                                         for g in node) >= d:
+                            finish = start + left
+                            break
+                if finish <= deadline:
+                    break  # it can make it: that is all the answer needs
+            if finish <= deadline:
+                break
+        refused.append(finish > deadline)
         overall.append(refused[-1])
         if not refused[-1]:
             return None
