@@ -86,8 +86,10 @@ def _task(did: int, stage: StageKind, inputs=(), *, size: int = 128, steps: int 
 
 def test_a_slowed_worker_reports_about_k_times_the_wall_time_and_still_stops_at_a_step():
     """Two worker processes, as ``cpu:N`` makes them, one slowed K-fold: the same stages, interleaved,
-    take about K times as long there (loose: >= 2x, medians of three), and a preempted slowed diffuse
-    stops at a step boundary."""
+    take about K times as long there (loose, medians of five: a diffuse >= 2x; a decode >= 1.5x, as
+    its wall time also holds the PNG encoding and the hand-over, which the slowdown does not stretch,
+    and it lasts only tens of ms on a shared host), and a preempted slowed diffuse stops at a step
+    boundary."""
     pytest.importorskip("torch")
     from tridentcore.runtime.process_worker import CpuWorker
 
@@ -99,7 +101,7 @@ def test_a_slowed_worker_reports_about_k_times_the_wall_time_and_still_stops_at_
             assert enc.ok, enc.error
             did = 10
             walls: dict[tuple[str, float], list[float]] = {}
-            for _ in range(3):
+            for _ in range(5):
                 for worker in (plain, slow):
                     did += 1
                     dif = await worker.run(_task(did, StageKind.DIFFUSE, ((enc.outputs[0], None),)))
@@ -124,7 +126,7 @@ def test_a_slowed_worker_reports_about_k_times_the_wall_time_and_still_stops_at_
     for stage in ("diffuse", "decode"):
         base, slowed = statistics.median(walls[(stage, 1.0)]), statistics.median(walls[(stage, K)])
         print(f"{stage}: median wall {base:.4f} s plain, {slowed:.4f} s at --slowdown {K:g} ({slowed / base:.2f}x)")
-        assert slowed >= 2.0 * base, (stage, walls)
+        assert slowed >= (2.0 if stage == "diffuse" else 1.5) * base, (stage, walls)
         assert slowed <= 10.0 * base, (stage, walls)  # a sanity bound: it waits K-1 times, not more
     print(f"preempted slowed diffuse: stopped at step {stopped.end_step} of {steps} after {stopped.wall_s:.3f} s")
     assert stopped.ok and 0 < stopped.end_step < steps, stopped
