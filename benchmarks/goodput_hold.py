@@ -1,7 +1,7 @@
 """Does a policy still hold the fair goodput of an earlier table? (issue 14: "fair goodput must not drop")
 
     python benchmarks/goodput_hold.py [--policies "trident;trident:late=reject"] [--jobs 2]
-        [--cluster 2x8xH200] [--profile h200] [--duration 1800] [--seed 0]
+        [--cluster 2x8xH200] [--profile h200] [--duration 1800] [--seed 0 | --seeds 0,1,2,3]
 
 Fair goodput is found by bisection on one seed, and attainment is not monotone in the rate near the
 edge: the unchanged policy can fail a rate a little below the one its own bisection reported (the
@@ -11,7 +11,9 @@ table before issue 14 (``EARLIER``: commit 7b1c5e8^), run the policy for ``--dur
 Poisson arrivals (the same requests as the bisection's, common random numbers) and report the lowest
 per-class attainment; it holds the cell if that is >= 90 %. Run it for the policy as it was too
 (``trident:wide=false`` makes today's ``trident`` decide as it did before issue 14) to see which
-cells the earlier figure itself fails.
+cells the earlier figure itself fails. ``--seeds`` repeats it on other request streams: near a cell's
+edge one seed's answer turns on a few requests (an early decision changes every later one), so the
+mean of the lowest class over seeds says more about a policy than any one seed does.
 """
 
 from __future__ import annotations
@@ -63,25 +65,41 @@ def main() -> None:
     ap.add_argument("--cluster", default=DEFAULT_CLUSTER)
     ap.add_argument("--profile", default=DEFAULT_PROFILE)
     ap.add_argument("--duration", type=float, default=DEFAULT_SWEEP_DURATION_S)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="the seed (the bisection's own is 0)")
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated seeds instead of --seed: each cell run on each, and per cell the mean of "
+                         "its lowest class over them (the same requests for every policy at a seed)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--mixes", default=None, help="only these mixes (comma-separated)")
     args = ap.parse_args()
     mixes = set(args.mixes.split(",")) if args.mixes else None
-    tasks = [(p, mix, scale, rate, args.cluster, args.profile, args.duration, args.seed)
-             for p in (q for q in args.policies.split(";") if q)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    policies = [q for q in args.policies.split(";") if q]
+    tasks = [(p, mix, scale, rate, args.cluster, args.profile, args.duration, seed)
+             for seed in seeds for p in policies
              for (mix, scale), rate in EARLIER[column_of(p)].items() if mixes is None or mix in mixes]
     t0 = time.perf_counter()
     held: dict[str, int] = {}
+    lows: dict[tuple[str, str, float], list[float]] = {}  # (policy, mix, scale) -> lowest class per seed
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for (policy, mix, scale, rate, *_), low, overall in pool.map(_one, tasks):
+        for (policy, mix, scale, rate, *_, seed), low, overall in pool.map(_one, tasks):
             ok = low >= TARGET
             held[policy] = held.get(policy, 0) + ok
-            print(f"{policy:<28} {mix:<13} x{scale:<4g} at {rate:.3f} req/s: lowest class {low:.3f}, "
+            lows.setdefault((policy, mix, scale), []).append(low)
+            at_seed = f" seed {seed}" if len(seeds) > 1 else ""
+            print(f"{policy:<28} {mix:<13} x{scale:<4g} at {rate:.3f} req/s{at_seed}: lowest class {low:.3f}, "
                   f"overall {overall:.3f}  {'holds' if ok else 'FAILS'}", flush=True)
+    if len(seeds) > 1:
+        print(f"\nlowest class, mean over seeds {', '.join(map(str, seeds))}:")
+        cells = list(dict.fromkeys((mix, scale) for _, mix, scale in lows))
+        print(f"{'cell':<20}" + "".join(f"{p:>30}" for p in policies))
+        for mix, scale in cells:
+            print(f"{mix + ' x' + format(scale, 'g'):<20}"
+                  + "".join(f"{sum(v) / len(v):>30.3f}" for p in policies for v in (lows[(p, mix, scale)],)))
     for policy, n in held.items():
         total = sum(1 for t in tasks if t[0] == policy)
-        print(f"{policy}: holds {n} of {total} earlier fair goodput figures")
+        print(f"{policy}: holds {n} of {total} earlier fair goodput figures"
+              + (" (cells x seeds)" if len(seeds) > 1 else ""))
     print(f"{len(tasks)} runs in {time.perf_counter() - t0:.0f} s")
 
 

@@ -77,6 +77,19 @@ def test_goodput_hold_runs_each_earlier_cell_for_each_policy():
     assert "at 0.135 req/s" in next(line for line in cells if line.startswith("trident:late=reject") and "x3 " in line)
     assert "at 0.138 req/s" in next(line for line in cells if line.startswith("trident ") and "x3 " in line)
     assert "trident: holds " in done.stdout and " of 3 earlier fair goodput figures" in done.stdout
+    # --seeds: each cell on each seed, then the mean of the lowest class per cell and policy
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "goodput_hold.py"), "--mixes", "video-wan",
+                           "--duration", "300", "--jobs", "1", "--policies", "trident;trident:wide=false",
+                           "--seeds", "0,1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    per_seed = [line for line in done.stdout.splitlines() if "req/s seed " in line]
+    assert len(per_seed) == 12 and {line.split(" seed ")[1][0] for line in per_seed} == {"0", "1"}
+    means = done.stdout.split("mean over seeds 0, 1:")[1].splitlines()
+    row = next(line for line in means if line.startswith("video-wan x3 "))
+    lows = [float(line.split("lowest class ")[1].split(",")[0]) for line in per_seed
+            if line.startswith("trident ") and " x3 " in line]
+    assert float(row.split()[2]) == pytest.approx(sum(lows) / 2, abs=1e-3)
+    assert " of 6 earlier fair goodput figures (cells x seeds)" in done.stdout
 
 
 def test_overload_reports_in_slo_admitted_and_rejected_per_policy():
