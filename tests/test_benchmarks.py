@@ -116,3 +116,23 @@ def test_gpu_parallel_check_runs_the_kernel_path_on_cpu(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(out.read_text())
     assert report["ok"] and report["backend"] == "gloo" and report["models"][0]["max_abs_diff"] == 0.0
+
+
+def test_class_alone_runs_each_class_of_the_mix_on_its_own():
+    """One line per class, fraction, policy; the rate is the fraction of that class's own SLO-aware
+    ceiling, and the request count is what that rate gives over the duration."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "class_alone.py"), "--mixes", "video-wan",
+                           "--duration", "600", "--fractions", "0.5", "--policies", "trident", "--seeds", "0",
+                           "--jobs", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("  video-wan")]
+    assert len(lines) == 4 and {line.split()[2] for line in lines} == {"832x480x17", "832x480x33", "832x480x81",
+                                                                       "1280x720x81"}
+    for line in lines:
+        rate = float(line.split("(")[1].split()[0])
+        n = int(line.split("req/s, ")[1].split()[0])
+        assert 0.5 * 600 * rate < n < 1.5 * 600 * rate
+        assert 0.0 <= float(line.split()[-1]) <= 1.0
+    small = next(line for line in lines if "832x480x17" in line)
+    big = next(line for line in lines if "1280x720x81" in line)
+    assert float(small.split("(")[1].split()[0]) > 10 * float(big.split("(")[1].split()[0])
