@@ -59,6 +59,16 @@ def _one(args):
     return args, point.min_class, point.attainment
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds are integers separated by commas, not {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed given twice: {text!r}")
+    return seeds
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policies", default="trident;trident:late=reject", help="semicolon-separated policy specs")
@@ -66,14 +76,14 @@ def main() -> None:
     ap.add_argument("--profile", default=DEFAULT_PROFILE)
     ap.add_argument("--duration", type=float, default=DEFAULT_SWEEP_DURATION_S)
     ap.add_argument("--seed", type=int, default=0, help="the seed (the bisection's own is 0)")
-    ap.add_argument("--seeds", default=None,
+    ap.add_argument("--seeds", default=None, type=_seed_list,
                     help="comma-separated seeds instead of --seed: each cell run on each, and per cell the mean of "
                          "its lowest class over them (the same requests for every policy at a seed)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--mixes", default=None, help="only these mixes (comma-separated)")
     args = ap.parse_args()
     mixes = set(args.mixes.split(",")) if args.mixes else None
-    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    seeds = args.seeds or [args.seed]
     policies = [q for q in args.policies.split(";") if q]
     tasks = [(p, mix, scale, rate, args.cluster, args.profile, args.duration, seed)
              for seed in seeds for p in policies
