@@ -136,3 +136,20 @@ def test_class_alone_runs_each_class_of_the_mix_on_its_own():
     small = next(line for line in lines if "832x480x17" in line)
     big = next(line for line in lines if "1280x720x81" in line)
     assert float(small.split("(")[1].split()[0]) > 10 * float(big.split("(")[1].split()[0])
+
+
+def test_ceiling_fraction_bisects_each_seed_and_reports_mean_and_lowest():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ceiling_fraction.py"), "--mixes", "video-wan",
+                           "--duration", "600", "--seeds", "0,1", "--policies", "trident", "--jobs", "1"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("  video-wan")]
+    ceiling = float(line.split()[2])
+    assert ceiling == pytest.approx(0.181, abs=0.001)  # the SLO-aware ceiling at SLO scale 3 (README)
+    per_seed = line.split(f"{line.split()[2]}  ")[1].split("   ")[0].split(", ")
+    assert [p.split(":")[0] for p in per_seed] == ["0", "1"]
+    fractions = [float(p.split()[2].rstrip("%")) / 100 for p in per_seed]
+    for p, f in zip(per_seed, fractions):
+        assert float(p.split()[1]) / ceiling == pytest.approx(f, abs=0.006)
+    mean, lowest = (float(x.rstrip("%")) / 100 for x in line.split()[-2:])
+    assert mean == pytest.approx(sum(fractions) / 2, abs=0.01) and lowest == pytest.approx(min(fractions), abs=0.006)
