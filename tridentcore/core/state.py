@@ -54,6 +54,11 @@ class ClusterState:
         self._next_dispatch = 0
         self.idle_count = n
         self._weights: dict[tuple[str, str], float] = {}
+        # dispatch_cost's cost-model answers: (model, stage, shape, batch, degree) -> (activation GiB, s per call)
+        self._versioned = hasattr(cost, "version")  # a calibrated model: its latencies move with its version
+        self._answers_version = 0
+        self._memo: dict[tuple, tuple[float, float]] = {}
+        self._transfers: dict[tuple, float] = {}
         # indexes kept in step with busy / alive / resident (the planner asks for them on every pass)
         self._idle_on: list[tuple[int, ...]] = [()] * len(self.nodes)  # per node, valid unless stale
         self._idle_stale: set[int] = set(range(len(self.nodes)))  # nodes whose GPUs went busy, idle, up or down
@@ -77,9 +82,13 @@ class ClusterState:
 
     def idle_by_node(self) -> list[list[int]]:
         """Per node (in node order), its idle GPUs in id order: fresh lists the caller may change."""
-        for k in list(self._idle_stale):
-            self._idle_node(k)
-        return [list(idle) for idle in self._idle_on]
+        stale = self._idle_stale
+        if stale:
+            busy, alive, nodes, idle_on = self.busy, self.alive, self.nodes, self._idle_on
+            for k in stale:
+                idle_on[k] = tuple([g for g in nodes[k] if busy[g] is None and alive[g]])
+            stale.clear()
+        return list(map(list, self._idle_on))
 
     def _idle_node(self, node: int) -> tuple[int, ...]:
         if node in self._idle_stale:
@@ -154,39 +163,75 @@ class ClusterState:
 
     def dispatch_cost(self, action: Dispatch) -> DispatchCost:
         """The cost model's answer for a dispatch on the current state (pure: nothing changes)."""
-        cost, kind = self.cost, self.gpu_kind
-        recs = [self.requests[r] for r in action.request_ids]
-        model, shape = recs[0].spec.model, recs[0].spec.shape
+        records = self.requests
+        recs = [records[r] for r in action.request_ids]
+        spec = recs[0].spec
+        model, shape = spec.model, spec.shape
         stage, batch, degree = action.stage, len(recs), len(action.gpus)
+        act, call_s = self._answers(model, stage, shape, batch, degree)
         load = 0.0
         oom = False
-        act = cost.activation_gib(model, stage, None if stage == StageKind.ENCODE else shape, batch, degree, kind)
+        key = (model, stage)
+        resident, pending, mem, weights, acts = self.resident, self.pending_load_s, self.mem_gib, self.weights_gib, self.act_gib
         for g in action.gpus:
-            missing = (model, stage) not in self.resident[g]
-            load = max(load, self.pending_load_s[g] + (cost.load_s(model, stage, kind) if missing else 0.0))
-            need = (self.stage_weights_gib(model, stage) if missing else 0.0) + act
-            if need > self.free_gib(g) + 1e-9:
+            if key in resident[g]:
+                load = max(load, pending[g] + 0.0)
+                need = 0.0 + act
+            else:
+                load = max(load, pending[g] + self.cost.load_s(model, stage, self.gpu_kind))
+                need = self.stage_weights_gib(model, stage) + act
+            if need > mem[g] - weights[g] - acts[g] + 1e-9:  # free_gib(g)
                 oom = True
         transfer = 0.0
         step = 0.0
         if stage == StageKind.ENCODE:
-            compute = cost.latency_s(model, StageKind.ENCODE, None, batch, 1, kind)
+            compute = call_s
         elif stage == StageKind.DIFFUSE:
-            step = cost.latency_s(model, StageKind.DIFFUSE, shape, batch, degree, kind)
+            step = call_s
             compute = (action.end_step - action.start_step) * step
             for rec in recs:
                 source = rec.latents_on if rec.steps_done else rec.embeddings_on
                 link = self.link(source, action.gpus)
                 if link != "local":
-                    kind_ = "latents" if rec.steps_done else "embeddings"
-                    transfer = max(transfer, cost.transfer_s(payload_bytes(kind_, model, shape), link))
+                    transfer = max(transfer, self._transfer_s("latents" if rec.steps_done else "embeddings",
+                                                              model, shape, link))
         else:
-            compute = cost.latency_s(model, StageKind.DECODE, shape, batch, 1, kind)
+            compute = call_s
             for rec in recs:
                 link = self.link(rec.latents_on, action.gpus)
                 if link != "local":
-                    transfer = max(transfer, cost.transfer_s(payload_bytes("latents", model, shape), link))
+                    transfer = max(transfer, self._transfer_s("latents", model, shape, link))
         return DispatchCost(load, transfer, compute, step, act, oom)
+
+    def _answers(self, model: str, stage: StageKind, shape: Shape, batch: int, degree: int) -> tuple[float, float]:
+        """A dispatch's activation memory per GPU and its seconds per call (a diffuse: per step) by
+        the cost model, memoised (forgotten when a calibrated model's latencies move)."""
+        version = self.cost.version if self._versioned else 0
+        if version != self._answers_version:
+            self._answers_version, self._memo = version, {}
+        key = (model, stage, shape, batch, degree)
+        got = self._memo.get(key)
+        if got is None:
+            cost, kind = self.cost, self.gpu_kind
+            if stage == StageKind.ENCODE:
+                got = (cost.activation_gib(model, stage, None, batch, degree, kind),
+                       cost.latency_s(model, StageKind.ENCODE, None, batch, 1, kind))
+            elif stage == StageKind.DIFFUSE:
+                got = (cost.activation_gib(model, stage, shape, batch, degree, kind),
+                       cost.latency_s(model, StageKind.DIFFUSE, shape, batch, degree, kind))
+            else:
+                got = (cost.activation_gib(model, stage, shape, batch, degree, kind),
+                       cost.latency_s(model, StageKind.DECODE, shape, batch, 1, kind))
+            self._memo[key] = got
+        return got
+
+    def _transfer_s(self, kind: str, model: str, shape: Shape, link: str) -> float:
+        """Seconds to move one request's embeddings or latents over ``link`` (memoised)."""
+        key = (kind, model, shape, link)
+        t = self._transfers.get(key)
+        if t is None:
+            t = self._transfers[key] = self.cost.transfer_s(payload_bytes(kind, model, shape), link)
+        return t
 
     # ------------------------------------------------------------------------------- changes
     def place(self, model: str, stage: StageKind, gpu: int) -> float:
@@ -233,35 +278,37 @@ class ClusterState:
         self._next_dispatch += 1
         run = Running(did, action, rec0.spec.model, shape, now, compute_start_s, predicted_end_s, step_s,
                       load_s, transfer_s, act)
+        busy, stale, node_of, acts, weights, mem = (self.busy, self._idle_stale, self.node_of, self.act_gib,
+                                                     self.weights_gib, self.mem_gib)
         for g in action.gpus:
-            self.busy[g] = did
-            self._idle_stale.add(self.node_of[g])
-            self.act_gib[g] += act
+            busy[g] = did
+            stale.add(node_of[g])
+            acts[g] += act
             self.pending_load_s[g] = 0.0
-            if self.weights_gib[g] + self.act_gib[g] > self.mem_gib[g] + 1e-6:
-                raise MemoryError(f"GPU {g}: {self.weights_gib[g] + self.act_gib[g]:.2f} GiB in use exceeds "
-                                  f"its {self.mem_gib[g]:.2f} GiB (dispatch {action})")
+            if weights[g] + acts[g] > mem[g] + 1e-6:
+                raise MemoryError(f"GPU {g}: {weights[g] + acts[g]:.2f} GiB in use exceeds "
+                                  f"its {mem[g]:.2f} GiB (dispatch {action})")
         self.idle_count -= len(action.gpus)
         state = RUNNING_STATE[action.stage]
+        requests, queued = self.requests, run.queued_s
         for rid in action.request_ids:
-            rec = self.requests[rid]
-            run.queued_s[rid] = rec.ready_s
-            self.requests.transition(rid, state, now)
+            queued[rid] = requests.transition(rid, state, now).ready_s  # a running state keeps ready_s
             self.by_request[rid] = did
         self.running[did] = run
         return run
 
     def _release(self, run: Running) -> None:
+        busy, stale, node_of, acts, alive, did = self.busy, self._idle_stale, self.node_of, self.act_gib, self.alive, run.id
         for g in run.action.gpus:
-            if self.busy[g] == run.id:
-                self.busy[g] = None
-                self._idle_stale.add(self.node_of[g])
-                self.act_gib[g] -= run.act_gib
-                if self.alive[g]:
+            if busy[g] == did:
+                busy[g] = None
+                stale.add(node_of[g])
+                acts[g] -= run.act_gib
+                if alive[g]:
                     self.idle_count += 1
         for rid in run.action.request_ids:
             self.by_request.pop(rid, None)
-        del self.running[run.id]
+        del self.running[did]
 
     def finish(self, dispatch_id: int, now: float, end_step: int = 0) -> Running:
         """A dispatch ended normally (a diffuse piece at ``end_step``)."""
