@@ -219,15 +219,19 @@ class Trident(Elastic, Admission, Policy):
         stage = WAITING_FOR.get(rec.state)
         if stage is None:
             return
-        info = self._info_for(view, rec.spec.model, rec.spec.shape)
-        key = rec.spec.deadline_s - self._remaining(rec, info, info.eff_d, stage)
-        self._seq += 1
-        entry = (key, self._seq, rec.id)
-        if self.opts["order"] == "admission":  # the rank it got on arrival (ties: in arrival order)
-            entry = self.first_key.setdefault(rec.id, entry)
-        self._dequeue(rec.id)
+        spec = rec.spec
+        rid = spec.id
+        admission = self.opts["order"] == "admission"  # the rank it got on arrival (ties: in arrival order)
+        entry = self.first_key.get(rid) if admission else None
+        if entry is None:
+            info = self._info_for(view, spec.model, spec.shape)
+            self._seq += 1  # (only the order of the sequence numbers matters: they break ties)
+            entry = (spec.deadline_s - self._remaining(rec, info, info.eff_d, stage), self._seq, rid)
+            if admission:
+                self.first_key[rid] = entry
+        self._dequeue(rid)
         bisect.insort(self.ready, entry)
-        self.entry[rec.id] = entry
+        self.entry[rid] = entry
 
     def _late(self, rid: int) -> None:
         self.hopeless.add(rid)
@@ -318,14 +322,7 @@ class Trident(Elastic, Admission, Policy):
         idle_total = sum(map(len, idle))
         n_gpus = view.num_gpus
         busy_frac = 1.0 - idle_total / n_gpus
-        widen = None  # whether to widen: asked at most once a pass, and only when it matters
-
-        def widening() -> bool:
-            nonlocal widen
-            if widen is None:
-                widen = self.opts["wide"] and self._base_busy(view) < self.opts["wide_below"] * n_gpus
-            return widen
-
+        widen = None  # whether to widen (_widening): asked at most once a pass, and only when it matters
         reserved: dict[int, float] = {}  # gpu -> time an urgent diffuse needs it
         margin_frac = self.opts["margin"]
         taken: set[int] = set()
@@ -418,7 +415,7 @@ class Trident(Elastic, Admission, Policy):
             else:
                 order = sorted(feasible)
             base = order[0]
-            if not late and idle_total and widening():
+            if not late and idle_total and (widen := self._widening(view, n_gpus) if widen is None else widen):
                 # work-conserving: the GPUs that the rest of the waiting work leaves idle speed this one
                 # up (to the fastest degree still worth its GPUs); shrunk when new work needs them
                 wide = self._widest(info, feasible, idle_total - (len(scan) - i))
@@ -481,9 +478,14 @@ class Trident(Elastic, Admission, Policy):
             if group is not None:
                 for g in group:
                     reserved[g] = when
-        if idle_total and not preempted_now and self.narrow and widening():
+        if idle_total and not preempted_now and self.narrow and (
+                self._widening(view, n_gpus) if widen is None else widen):
             self._grow(view, idle, reserved, now, actions)
         return actions
+
+    def _widening(self, view: ClusterView, n_gpus: int) -> bool:
+        """Whether this pass widens diffuses: the running work holds little at its unwidened degrees."""
+        return self.opts["wide"] and self._base_busy(view) < self.opts["wide_below"] * n_gpus
 
     # ------------------------------------------------------------------------------ choosing GPUs
     def _usable(self, view: ClusterView, g: int, reserved: dict[int, float], now: float, dur: float) -> bool:
@@ -510,7 +512,11 @@ class Trident(Elastic, Admission, Policy):
         best = self._first_one(view, idle, reserved, now, dur, prefer, held, planned)
         if best is None:
             return None, []
-        if self._fits(view, model, stage, rec.spec.shape, 1, 1, best):  # usually: no need to rank them all
+        # usually it fits (``_fits``, with the weights missing where the GPU does not hold them): no need
+        # to rank them all
+        act = view.cost.activation_gib(model, stage, None if stage == StageKind.ENCODE else rec.spec.shape, 1, 1,
+                                       view.gpu_kind)
+        if (act if best in held else view.instance_gib(model, stage) + act) <= view.free_gib(best) + 1e-9:
             return best, []
         candidates = []  # (preference..., g): best first once sorted
         for gpus in idle:
@@ -542,10 +548,13 @@ class Trident(Elastic, Admission, Policy):
         with the fewest idle GPUs, then the lowest id."""
         node_of = self._node_of
         for tier in self._tiers(prefer, held, planned, idle):
-            found = [g for g in tier if g in idle[node_of[g]]
-                     and (g not in reserved or self._usable(view, g, reserved, now, dur))]
+            if reserved:
+                found = [g for g in tier if g in idle[node_of[g]]
+                         and (g not in reserved or self._usable(view, g, reserved, now, dur))]
+            else:
+                found = [g for g in tier if g in idle[node_of[g]]]
             if found:
-                return min((len(idle[node_of[g]]), g) for g in found)[1]
+                return found[0] if len(found) == 1 else min([(len(idle[node_of[g]]), g) for g in found])[1]
         return None
 
     @staticmethod
@@ -553,10 +562,11 @@ class Trident(Elastic, Admission, Policy):
         """Sets of GPUs, each holding a usable idle GPU only where every set before it holds none:
         then its usable idle GPUs are exactly one tier of ``_pick_one``'s key, in key order. Made
         lazily: usually an early one has some."""
-        yield prefer & held & planned
-        yield prefer & held
-        yield prefer & planned
-        yield prefer
+        if prefer:  # (else these four are empty)
+            yield prefer & held & planned
+            yield prefer & held
+            yield prefer & planned
+            yield prefer
         yield held & planned
         yield held
         yield planned
