@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .events import Dispatch
+from .frozen import quick_init
 from .types import Shape
 
 GIB = 2**30
@@ -27,6 +28,7 @@ def payload_bytes(kind: str, model: str, shape: Shape, batch: int = 1) -> float:
     return 16 * (shape.height // 8) * (shape.width // 8) * latent_frames * 4.0 * batch
 
 
+@quick_init  # built per dispatch: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class DispatchCost:
     """What a dispatch will take: weight loading, input transfer and compute, in seconds."""
