@@ -71,6 +71,7 @@ class RunMeta:
     wall_s: float = column("DOUBLE", default=0.0, comment="how long the run took on the host")
 
 
+@quick_init  # built per request: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class RequestRow:
     """One row of ``requests``: a request's shape, its deadline and how it ended."""

@@ -83,7 +83,7 @@ from collections.abc import Sequence
 from ..defaults import DEFAULT_LATE
 from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
                       Tick)
-from ..lifecycle import WAITING_FOR, RequestRecord
+from ..lifecycle import TERMINAL, WAITING_FOR, RequestRecord
 from ..noise import Spread
 from ..placement import plan_placement
 from ..policy import Policy, register
@@ -295,7 +295,7 @@ class Trident(Elastic, Admission, Policy):
                     self.narrow.discard(rid)  # it ended or paused: a new dispatch decides again
                 if isinstance(event, StageFailed) and event.oom:
                     self.safer[rid] = self.safer.get(rid, 0) + 1
-                if not rec.state.terminal:
+                if rec.state not in TERMINAL:
                     self._enqueue(view, rec)
                 else:
                     self.first_key.pop(rid, None)
@@ -344,7 +344,7 @@ class Trident(Elastic, Admission, Policy):
             stage = WAITING_FOR.get(rec.state)
             if stage is None:
                 self._dequeue(rid)
-                if rec.state.terminal:
+                if rec.state in TERMINAL:
                     self.hopeless.discard(rid)
                 continue
             spec = rec.spec
@@ -387,15 +387,15 @@ class Trident(Elastic, Admission, Policy):
                 for b in batch:
                     taken.add(b)
                     self._dequeue(b)
-                idle[view.node_of(g)].remove(g)
+                idle[self._node_of[g]].remove(g)
                 idle_total -= 1
                 actions.append(Dispatch(stage, tuple(batch), (g,)))
                 continue
             # ---- diffuse: while GPUs are spare, the degrees that meet the deadline with the noise
             # margin (stretched predictions); under load, as predicted (GPU-seconds are dear then)
             stretch = self.stretch if busy_frac < self.opts["spread"] else 1.0
-            feasible = [d for d in info.degrees
-                        if now + self._remaining(rec, info, d, StageKind.DIFFUSE) * stretch <= spec.deadline_s - margin]
+            left, step_s, dec_s, by = spec.shape.steps - rec.steps_done, info.step_s, info.dec_s, spec.deadline_s - margin
+            feasible = [d for d in info.degrees if now + (left * step_s[d] + dec_s) * stretch <= by]  # _remaining
             if stretch == 1.0 and self.stretch > 1.0 and feasible:
                 # under load: still the noise margin, where it costs few GPU-seconds more
                 d0, cap, by = min(feasible), self.opts["noise_cost"], spec.deadline_s - margin
@@ -440,7 +440,7 @@ class Trident(Elastic, Admission, Policy):
                     for b in batch:
                         taken.add(b)
                         self._dequeue(b)
-                    node = view.node_of(group[0])
+                    node = self._node_of[group[0]]
                     for g in group:
                         idle[node].remove(g)
                     idle_total -= d
@@ -576,7 +576,8 @@ class Trident(Elastic, Admission, Policy):
         model, shape = rec.spec.model, rec.spec.shape
         near = set(rec.latents_on or rec.embeddings_on)
         held, encoders = view.gpus_holding(model, StageKind.DIFFUSE), self._planned_on(model, StageKind.ENCODE)
-        near_nodes = {view.node_of(g) for g in near}
+        node_of = self._node_of
+        near_nodes = {node_of[g] for g in near}
         pools = [(node, gpus) for node, gpus in enumerate(idle) if len(gpus) >= d]
         if reserved:
             pools = [(node, [g for g in gpus if g not in reserved or self._usable(view, g, reserved, now, dur)])
