@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from .cluster import ClusterSpec, GpuSpec
 from .costmodel import CostModel
 from .events import Dispatch, Evict, Place
-from .lifecycle import RUNNING_STATE, WAITING_FOR, RequestRecord, RequestState, RequestTable
+from .lifecycle import RUNNING_STATE, TERMINAL, WAITING_FOR, RequestRecord, RequestState, RequestTable
 from .dispatch import GIB, DispatchCost, Running, payload_bytes
 from .records import PlacementRow
 from .types import Shape, StageKind
@@ -26,6 +26,7 @@ from .types import Shape, StageKind
 __all__ = ["GIB", "ClusterState", "ClusterView", "DispatchCost", "Running", "payload_bytes"]
 
 _WAITING_STATE = {stage: state for state, stage in WAITING_FOR.items()}  # stage -> the state that waits for it
+_NONE: frozenset[int] = frozenset()
 
 
 class ClusterState:
@@ -99,7 +100,7 @@ class ClusterState:
 
     def gpus_holding(self, model: str, stage: StageKind) -> frozenset[int]:
         """The GPUs on which ``(model, stage)`` is resident."""
-        return self._holders.get((model, stage), frozenset())
+        return self._holders.get((model, stage), _NONE)
 
     def free_gib(self, gpu: int) -> float:
         return self.mem_gib[gpu] - self.weights_gib[gpu] - self.act_gib[gpu]
@@ -121,24 +122,27 @@ class ClusterState:
     def problems(self, action: Dispatch) -> list[str]:
         """Why a dispatch is invalid (a policy bug), empty when it may start."""
         out: list[str] = []
+        gpus = action.gpus
         if not action.request_ids:
             out.append("dispatch without requests")
-        if not action.gpus or len(set(action.gpus)) != len(action.gpus):
-            out.append(f"bad GPU group {action.gpus}")
-        for g in action.gpus:
-            if not 0 <= g < len(self.gpus):
+        if not gpus or (len(gpus) > 1 and len(set(gpus)) != len(gpus)):
+            out.append(f"bad GPU group {gpus}")
+        n, alive, busy = len(self.gpus), self.alive, self.busy
+        for g in gpus:
+            if not 0 <= g < n:
                 out.append(f"no GPU {g}")
-            elif not self.alive[g]:
+            elif not alive[g]:
                 out.append(f"GPU {g} is down")
-            elif self.busy[g] is not None:
-                out.append(f"GPU {g} is busy with dispatch {self.busy[g]}")
+            elif busy[g] is not None:
+                out.append(f"GPU {g} is busy with dispatch {busy[g]}")
         waiting = _WAITING_STATE.get(action.stage)
         if waiting is None:
             out.append(f"unknown stage {action.stage!r}")
             return out
         first: RequestRecord | None = None
+        get = self.requests.by_id.get
         for rid in action.request_ids:
-            rec = self.requests.get(rid)
+            rec = get(rid)
             if rec is None:
                 out.append(f"unknown request {rid}")
                 continue
@@ -163,7 +167,7 @@ class ClusterState:
 
     def dispatch_cost(self, action: Dispatch) -> DispatchCost:
         """The cost model's answer for a dispatch on the current state (pure: nothing changes)."""
-        records = self.requests
+        records = self.requests.by_id
         recs = [records[r] for r in action.request_ids]
         spec = recs[0].spec
         model, shape = spec.model, spec.shape
@@ -315,9 +319,10 @@ class ClusterState:
         run = self.running[dispatch_id]
         self._release(run)
         stage = run.action.stage
+        records = self.requests.by_id
         for rid in run.action.request_ids:
-            rec = self.requests[rid]
-            if rec.state.terminal:  # cancelled while running
+            rec = records[rid]
+            if rec.state in TERMINAL:  # cancelled while running
                 continue
             if stage == StageKind.ENCODE:
                 rec.embeddings_on = run.action.gpus
@@ -470,10 +475,11 @@ class ClusterView:
 
     def gpus_holding(self, model: str, stage: StageKind) -> frozenset[int]:
         """The GPUs on which ``(model, stage)`` is resident (``has_resident`` for all GPUs at once)."""
-        return self._s.gpus_holding(model, stage)
+        return self._s._holders.get((model, stage), _NONE)  # ClusterState.gpus_holding, one call less
 
     def free_gib(self, gpu: int) -> float:
-        return self._s.free_gib(gpu)
+        s = self._s  # ClusterState.free_gib, one call less (the planner asks per GPU)
+        return s.mem_gib[gpu] - s.weights_gib[gpu] - s.act_gib[gpu]
 
     def instance_gib(self, model: str, stage: StageKind) -> float:
         """Weights of one ``(model, stage)`` instance on one GPU."""
@@ -486,7 +492,7 @@ class ClusterView:
         return self._s.memory_needed_gib(model, stage, shape, batch, degree, gpu)
 
     def request(self, request_id: int) -> RequestRecord:
-        return self._s.requests[request_id]
+        return self._s.requests.by_id[request_id]
 
     def requests(self) -> Iterable[RequestRecord]:
         return iter(self._s.requests)
