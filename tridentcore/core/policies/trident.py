@@ -175,6 +175,7 @@ class Trident(Elastic, Admission, Policy):
         self.replans = 0
         self._planned_for: dict | None = None  # the plan _planned_on's cache answers for
         self._planned: dict[tuple[str, str], frozenset[int]] = {}
+        self._both: dict[tuple[int, int], tuple[frozenset[int], frozenset[int], frozenset[int]]] = {}  # _held_planned
         self.plan = self._plan(view, expected)
         return [Place(m, s, g) for g, inst in self.plan.items() for (m, s) in sorted(inst)]
 
@@ -362,7 +363,7 @@ class Trident(Elastic, Admission, Policy):
                 dur = info.enc_s if stage == StageKind.ENCODE else info.dec_s
                 g, evictions = (None, [])
                 if idle_total:
-                    g, evictions = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec)
+                    g, evictions = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec, info)
                 if g is None:
                     # no GPU now: shrink a widened diffuse, or, if a GPU frees too late for this
                     # request, pause a long diffuse
@@ -430,7 +431,7 @@ class Trident(Elastic, Admission, Policy):
                     if d >= blocked_degree and d > 1:
                         continue
                     dur = (spec.shape.steps - rec.steps_done) * info.step_s[d]
-                    group = self._pick_group(view, idle, reserved, now, dur, d, rec)
+                    group = self._pick_group(view, idle, reserved, now, dur, d, rec, info)
                     if group is None:
                         blocked_degree = min(blocked_degree, d)
                         continue
@@ -504,7 +505,15 @@ class Trident(Elastic, Admission, Policy):
             gpus = self._planned[(model, stage)] = frozenset(g for g, inst in self.plan.items() if (model, stage) in inst)
         return gpus
 
-    def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> tuple[int | None, list[Action]]:
+    def _act(self, view: ClusterView, info: ClassInfo, model: str, stage: StageKind, shape: Shape, degree: int) -> float:
+        """Activation GiB per GPU of one request's ``stage`` at ``degree`` (the cost model's, kept per class)."""
+        act = info.act_gib.get((stage, degree))
+        if act is None:
+            act = info.act_gib[(stage, degree)] = view.cost.activation_gib(
+                model, stage, None if stage == StageKind.ENCODE else shape, 1, degree, view.gpu_kind)
+        return act
+
+    def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec, info) -> tuple[int | None, list[Action]]:
         """One GPU for an encode or decode, and any evictions needed to make room on it."""
         prefer = set(rec.latents_on) if stage == StageKind.DECODE else set()
         plan = self.plan
@@ -514,8 +523,7 @@ class Trident(Elastic, Admission, Policy):
             return None, []
         # usually it fits (``_fits``, with the weights missing where the GPU does not hold them): no need
         # to rank them all
-        act = view.cost.activation_gib(model, stage, None if stage == StageKind.ENCODE else rec.spec.shape, 1, 1,
-                                       view.gpu_kind)
+        act = self._act(view, info, model, stage, rec.spec.shape, 1)
         if (act if best in held else view.instance_gib(model, stage) + act) <= view.free_gib(best) + 1e-9:
             return best, []
         candidates = []  # (preference..., g): best first once sorted
@@ -547,7 +555,10 @@ class Trident(Elastic, Admission, Policy):
         key ``(not in prefer, not in held, not in planned)``), and among them the one on the node
         with the fewest idle GPUs, then the lowest id."""
         node_of = self._node_of
-        for tier in self._tiers(prefer, held, planned, idle):
+        both = self._held_planned(held, planned)
+        for tier in self._tiers(prefer, held, planned, both) if prefer else (both, held, planned, None):
+            if tier is None:  # the last tier: every idle GPU
+                tier = [g for gpus in idle for g in gpus]
             if reserved:
                 found = [g for g in tier if g in idle[node_of[g]]
                          and (g not in reserved or self._usable(view, g, reserved, now, dur))]
@@ -558,36 +569,46 @@ class Trident(Elastic, Admission, Policy):
         return None
 
     @staticmethod
-    def _tiers(prefer, held, planned, idle):
+    def _tiers(prefer, held, planned, both):
         """Sets of GPUs, each holding a usable idle GPU only where every set before it holds none:
-        then its usable idle GPUs are exactly one tier of ``_pick_one``'s key, in key order. Made
-        lazily: usually an early one has some."""
-        if prefer:  # (else these four are empty)
-            yield prefer & held & planned
-            yield prefer & held
-            yield prefer & planned
-            yield prefer
-        yield held & planned
+        then its usable idle GPUs are exactly one tier of ``_pick_one``'s key, in key order (``both``:
+        ``held & planned``; None: every idle GPU). Made lazily: usually an early one has some. Without
+        ``prefer`` its four tiers are empty: ``_first_one`` starts at ``both``."""
+        yield prefer & both
+        yield prefer & held
+        yield prefer & planned
+        yield prefer
+        yield both
         yield held
         yield planned
-        yield [g for gpus in idle for g in gpus]
+        yield None
 
-    def _pick_group(self, view, idle, reserved, now, dur, d, rec) -> tuple[int, ...] | None:
+    def _held_planned(self, held: frozenset[int], planned: frozenset[int]) -> frozenset[int]:
+        """``held & planned``, kept while both are the same sets (a placement change or a new plan
+        makes new ones); the few pairs asked for are kept, their sets with them."""
+        got = self._both.get((id(held), id(planned)))
+        if got is None or got[0] is not held or got[1] is not planned:
+            if len(self._both) >= 64:
+                self._both.clear()
+            got = self._both[(id(held), id(planned))] = (held, planned, held & planned)
+        return got[2]
+
+    def _pick_group(self, view, idle, reserved, now, dur, d, rec, info) -> tuple[int, ...] | None:
         model, shape = rec.spec.model, rec.spec.shape
         near = set(rec.latents_on or rec.embeddings_on)
         held, encoders = view.gpus_holding(model, StageKind.DIFFUSE), self._planned_on(model, StageKind.ENCODE)
         node_of = self._node_of
         near_nodes = {node_of[g] for g in near}
-        pools = [(node, gpus) for node, gpus in enumerate(idle) if len(gpus) >= d]
+        pools = enumerate(idle)
         if reserved:
             pools = [(node, [g for g in gpus if g not in reserved or self._usable(view, g, reserved, now, dur)])
-                     for node, gpus in pools]
+                     for node, gpus in pools if len(gpus) >= d]
         # key: usable GPUs (best fit), GPUs among the d taken that lack the inputs (those holding them go first), node
         options = [((len(usable), d - min(d, len(near.intersection(usable))) if node in near_nodes else d, node),
                     usable) for node, usable in pools if len(usable) >= d]
         options.sort()  # best fit first: keep big holes for big requests
         # memory admission (``_fits``), its parts found once: the activations, and the weights where missing
-        act = view.cost.activation_gib(model, StageKind.DIFFUSE, shape, 1, d, view.gpu_kind)
+        act = self._act(view, info, model, StageKind.DIFFUSE, shape, d)
         weights = view.instance_gib(model, StageKind.DIFFUSE)
         for _, usable in options:
             usable = [k[-1] for k in sorted((g not in near, g not in held, g in encoders, g) for g in usable)]
