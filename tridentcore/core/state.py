@@ -4,7 +4,7 @@
 are resident where and how much memory they take, and the request table. Only the driver core
 (``core/driver.py``) calls its mutating methods (``start``, ``finish``, ``fail``, ``place``,
 ``evict``), for the simulator and the live engine alike. The state and its read-only view stay in
-one module (about 450 lines): the view is a method-for-method face of the state's fields.
+one module (about 470 lines): the view is a method-for-method face of the state's fields.
 
 Two stages never share a GPU at the same time: a dispatch takes its GPUs exclusively. (The H200
 measurements show co-running stages slow each other by 1.25-3x; exclusive use keeps the cost model's
@@ -19,7 +19,7 @@ from .cluster import ClusterSpec, GpuSpec
 from .costmodel import CostModel
 from .events import Dispatch, Evict, Place
 from .lifecycle import RUNNING_STATE, TERMINAL, WAITING_FOR, RequestRecord, RequestState, RequestTable
-from .dispatch import GIB, DispatchCost, Running, payload_bytes
+from .dispatch import GIB, CostAnswers, DispatchCost, Running, payload_bytes
 from .records import PlacementRow
 from .types import Shape, StageKind
 
@@ -55,11 +55,7 @@ class ClusterState:
         self._next_dispatch = 0
         self.idle_count = n
         self._weights: dict[tuple[str, str], float] = {}
-        # dispatch_cost's cost-model answers: (model, stage, shape, batch, degree) -> (activation GiB, s per call)
-        self._versioned = hasattr(cost, "version")  # a calibrated model: its latencies move with its version
-        self._answers_version = 0
-        self._memo: dict[tuple, tuple[float, float]] = {}
-        self._transfers: dict[tuple, float] = {}
+        self._answers = CostAnswers(cost, self.gpu_kind)  # dispatch_cost's cost-model answers, memoised
         # indexes kept in step with busy / alive / resident (the planner asks for them on every pass)
         self._idle_on: list[tuple[int, ...]] = [()] * len(self.nodes)  # per node, valid unless stale
         self._idle_stale: set[int] = set(range(len(self.nodes)))  # nodes whose GPUs went busy, idle, up or down
@@ -172,7 +168,7 @@ class ClusterState:
         spec = recs[0].spec
         model, shape = spec.model, spec.shape
         stage, batch, degree = action.stage, len(recs), len(action.gpus)
-        act, call_s = self._answers(model, stage, shape, batch, degree)
+        act, call_s = self._answers.act_and_call_s(model, stage, shape, batch, degree)
         load = 0.0
         oom = False
         key = (model, stage)
@@ -197,45 +193,15 @@ class ClusterState:
                 source = rec.latents_on if rec.steps_done else rec.embeddings_on
                 link = self.link(source, action.gpus)
                 if link != "local":
-                    transfer = max(transfer, self._transfer_s("latents" if rec.steps_done else "embeddings",
-                                                              model, shape, link))
+                    transfer = max(transfer, self._answers.transfer_s(
+                        "latents" if rec.steps_done else "embeddings", model, shape, link))
         else:
             compute = call_s
             for rec in recs:
                 link = self.link(rec.latents_on, action.gpus)
                 if link != "local":
-                    transfer = max(transfer, self._transfer_s("latents", model, shape, link))
+                    transfer = max(transfer, self._answers.transfer_s("latents", model, shape, link))
         return DispatchCost(load, transfer, compute, step, act, oom)
-
-    def _answers(self, model: str, stage: StageKind, shape: Shape, batch: int, degree: int) -> tuple[float, float]:
-        """A dispatch's activation memory per GPU and its seconds per call (a diffuse: per step) by
-        the cost model, memoised (forgotten when a calibrated model's latencies move)."""
-        version = self.cost.version if self._versioned else 0
-        if version != self._answers_version:
-            self._answers_version, self._memo = version, {}
-        key = (model, stage, shape, batch, degree)
-        got = self._memo.get(key)
-        if got is None:
-            cost, kind = self.cost, self.gpu_kind
-            if stage == StageKind.ENCODE:
-                got = (cost.activation_gib(model, stage, None, batch, degree, kind),
-                       cost.latency_s(model, StageKind.ENCODE, None, batch, 1, kind))
-            elif stage == StageKind.DIFFUSE:
-                got = (cost.activation_gib(model, stage, shape, batch, degree, kind),
-                       cost.latency_s(model, StageKind.DIFFUSE, shape, batch, degree, kind))
-            else:
-                got = (cost.activation_gib(model, stage, shape, batch, degree, kind),
-                       cost.latency_s(model, StageKind.DECODE, shape, batch, 1, kind))
-            self._memo[key] = got
-        return got
-
-    def _transfer_s(self, kind: str, model: str, shape: Shape, link: str) -> float:
-        """Seconds to move one request's embeddings or latents over ``link`` (memoised)."""
-        key = (kind, model, shape, link)
-        t = self._transfers.get(key)
-        if t is None:
-            t = self._transfers[key] = self.cost.transfer_s(payload_bytes(kind, model, shape), link)
-        return t
 
     # ------------------------------------------------------------------------------- changes
     def place(self, model: str, stage: StageKind, gpu: int) -> float:
