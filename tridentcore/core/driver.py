@@ -365,8 +365,9 @@ class DriverCore:
             self.recorder.oom(did, action, state, now)
             return StageFailed(did, action.stage, action.request_ids, action.gpus, "out of memory", oom=True)
         model = state.requests[action.request_ids[0]].spec.model
+        held = state.gpus_holding(model, action.stage)
         for g in action.gpus:  # lazy placement: weights loaded as part of this dispatch
-            if state.place(model, action.stage, g):
+            if g not in held and state.place(model, action.stage, g):
                 self.recorder.placement(PlacementRow(now, g, model, action.stage, "place",
                                                      state.stage_weights_gib(model, action.stage), c.load_s))
         compute_start = now + c.load_s + c.transfer_s
