@@ -1,15 +1,18 @@
 """A dispatch's price and its record while it runs: what the cluster state and the drivers share.
 
 :func:`payload_bytes` sizes what moves between stages, :class:`DispatchCost` is the cost model's
-answer for one dispatch on the current state, :class:`Running` is a dispatch in flight.
+answer for one dispatch on the current state (from :class:`CostAnswers`, the cost model's answers it
+needs, memoised), :class:`Running` is a dispatch in flight.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .costmodel import CostModel
 from .events import Dispatch
-from .types import Shape
+from .frozen import quick_init
+from .types import Shape, StageKind
 
 GIB = 2**30
 
@@ -27,6 +30,7 @@ def payload_bytes(kind: str, model: str, shape: Shape, batch: int = 1) -> float:
     return 16 * (shape.height // 8) * (shape.width // 8) * latent_frames * 4.0 * batch
 
 
+@quick_init  # built per dispatch: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class DispatchCost:
     """What a dispatch will take: weight loading, input transfer and compute, in seconds."""
@@ -61,3 +65,48 @@ class Running:
     queued_s: dict[int, float] = field(default_factory=dict)
     preempt_at_step: int | None = None  # diffuse paused at this step
     factor: float = 1.0  # the calibration factor its predictions were made with (1: uncalibrated)
+
+
+class CostAnswers:
+    """The cost model's answers that a dispatch's price needs, memoised: per (model, stage, shape,
+    batch, degree) the activation memory per GPU and the seconds per call (a diffuse: per step), and
+    per (payload, model, shape, link) the transfer time. A calibrated model's latencies move with its
+    ``version``: its answers are then asked again."""
+
+    def __init__(self, cost: CostModel, gpu_kind: str) -> None:
+        self.cost = cost
+        self.gpu_kind = gpu_kind
+        self._versioned = hasattr(cost, "version")
+        self._version = 0
+        self._calls: dict[tuple, tuple[float, float]] = {}
+        self._transfers: dict[tuple, float] = {}
+
+    def act_and_call_s(self, model: str, stage: StageKind, shape: Shape, batch: int, degree: int) -> tuple[float, float]:
+        """Activation GiB per GPU and seconds per call of ``batch`` requests at ``degree`` (encode and
+        decode run at degree 1; an encode's activations take no shape)."""
+        version = self.cost.version if self._versioned else 0  # type: ignore[attr-defined]
+        if version != self._version:
+            self._version, self._calls = version, {}
+        key = (model, stage, shape, batch, degree)
+        got = self._calls.get(key)
+        if got is None:
+            cost, kind = self.cost, self.gpu_kind
+            if stage == StageKind.ENCODE:
+                got = (cost.activation_gib(model, stage, None, batch, degree, kind),
+                       cost.latency_s(model, StageKind.ENCODE, None, batch, 1, kind))
+            elif stage == StageKind.DIFFUSE:
+                got = (cost.activation_gib(model, stage, shape, batch, degree, kind),
+                       cost.latency_s(model, StageKind.DIFFUSE, shape, batch, degree, kind))
+            else:
+                got = (cost.activation_gib(model, stage, shape, batch, degree, kind),
+                       cost.latency_s(model, StageKind.DECODE, shape, batch, 1, kind))
+            self._calls[key] = got
+        return got
+
+    def transfer_s(self, kind: str, model: str, shape: Shape, link: str) -> float:
+        """Seconds to move one request's ``kind`` (embeddings or latents) over ``link``."""
+        key = (kind, model, shape, link)
+        t = self._transfers.get(key)
+        if t is None:
+            t = self._transfers[key] = self.cost.transfer_s(payload_bytes(kind, model, shape), link)
+        return t

@@ -39,7 +39,7 @@ from .costmodel import CostModel
 from .errors import TridentError
 from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, StageFailed,
                      StageFinished, Tick, WorkerLost, WorkerRestored)
-from .lifecycle import RequestState
+from .lifecycle import TERMINAL, RequestState
 from .policy import Policy
 from .records import PlacementRow
 from .recording import Recorder
@@ -149,18 +149,24 @@ class DriverCore:
     def _run(self, events: Iterable[Event], now: float, out: Effects) -> None:
         queue = deque(events)
         handled = 0
+        on_event, view, timer = self.policy.on_event, self.view, self._timer
         while queue:
             event = queue.popleft()
             handled += 1
             if handled > MAX_FOLLOW_UPS:
                 raise PolicyBug(f"{self.policy.spec}: {MAX_FOLLOW_UPS} events at t={now:.6f} without progress")
             self.events += 1
-            actions = self._decide(lambda: self.policy.on_event(self.view, event, now))
+            if timer is None:
+                actions = on_event(view, event, now)
+            else:  # as _decide, without a closure per event
+                t0 = timer()
+                actions = on_event(view, event, now)
+                self.decision_ms.append((timer() - t0) * 1000.0)
             if actions:
                 queue.extend(self._apply(actions, now, out))
         reqs = self.state.requests
         out.ended = [rid for rid in dict.fromkeys(out.ended) if (rec := reqs.get(rid)) is not None
-                     and rec.state.terminal]
+                     and rec.state in TERMINAL]
 
     def _decide(self, call: Callable[[], list[Action]]) -> list[Action]:
         if self._timer is None:
@@ -322,9 +328,15 @@ class DriverCore:
 
     def _dispatch(self, action: Dispatch, now: float, out: Effects) -> Event | None:
         state = self.state
-        live = tuple(r for r in action.request_ids
-                     if (rec := state.requests.get(r)) is not None and not rec.state.terminal)
-        if live != action.request_ids:
+        get = state.requests.get
+        ended = False
+        for r in action.request_ids:
+            rec = get(r)
+            if rec is None or rec.state in TERMINAL:
+                ended = True
+                break
+        if ended:
+            live = tuple(r for r in action.request_ids if (rec := get(r)) is not None and rec.state not in TERMINAL)
             if not live:
                 # Every request of it ended while the policy held it (cancelled): nothing runs. The
                 # policy hears that the stage "finished" for ended requests, which every policy
@@ -353,8 +365,9 @@ class DriverCore:
             self.recorder.oom(did, action, state, now)
             return StageFailed(did, action.stage, action.request_ids, action.gpus, "out of memory", oom=True)
         model = state.requests[action.request_ids[0]].spec.model
+        held = state.gpus_holding(model, action.stage)
         for g in action.gpus:  # lazy placement: weights loaded as part of this dispatch
-            if state.place(model, action.stage, g):
+            if g not in held and state.place(model, action.stage, g):
                 self.recorder.placement(PlacementRow(now, g, model, action.stage, "place",
                                                      state.stage_weights_gib(model, action.stage), c.load_s))
         compute_start = now + c.load_s + c.transfer_s

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .frozen import quick_init
 from .types import StageKind
 from .workload import RequestSpec
 
 # ------------------------------------------------------------------------------------------ events
 
 
+@quick_init  # built per request: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class RequestArrived:
     request: RequestSpec
 
 
+@quick_init  # built per dispatch: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class StageFinished:
     """A dispatch ended normally. For a diffuse piece, ``end_step`` says how far it got; a
@@ -86,6 +89,7 @@ class Evict:
     gpu: int
 
 
+@quick_init  # built per dispatch: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class Dispatch:
     """Run ``stage`` for a batch of requests on a GPU group (degree = ``len(gpus)``).

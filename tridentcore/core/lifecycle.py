@@ -17,7 +17,8 @@ accepted request ends in exactly one terminal state with a reason.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 
 from .errors import TridentError
 from .types import StageKind
@@ -107,6 +108,7 @@ class RequestTable:
 
     def __init__(self) -> None:
         self._records: dict[int, RequestRecord] = {}
+        self.by_id: Mapping[int, RequestRecord] = MappingProxyType(self._records)  # read-only, live
         self.live = 0  # requests not yet in a terminal state
 
     def add(self, spec: RequestSpec, now: float) -> RequestRecord:

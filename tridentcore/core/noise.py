@@ -105,8 +105,8 @@ class Spread:
     def observe(self, stage: str, predicted_s: float, measured_s: float) -> None:
         if not (predicted_s > 0 and measured_s > 0 and math.isfinite(predicted_s) and math.isfinite(measured_s)):
             return
-        x = math.log(measured_s / predicted_s)
         # a stage that took its prediction exactly may differ from it by rounding: that is no noise
+        x = 0.0 if measured_s == predicted_s else math.log(measured_s / predicted_s)
         x = 0.0 if abs(x) < 1e-9 else x
         key = str(stage)
         logs = self._logs.get(key)

@@ -29,10 +29,9 @@ def span_rows(run: Running, t: float, outcome: str, end_step: int, compute_s: fl
         predicted = run.compute_start_s - run.started_s + (a.end_step - a.start_step) * run.step_s
     else:
         predicted = run.predicted_end_s - run.started_s
-    return [SpanRow(dispatch_id=run.id, request_id=rid, stage=a.stage, gpus=a.gpus, degree=len(a.gpus),
-                    batch=len(a.request_ids), queued_s=run.queued_s[rid], started_s=run.started_s, ended_s=t,
-                    predicted_s=predicted, start_step=a.start_step, end_step=end_step, outcome=outcome,
-                    load_s=run.load_s, transfer_s=run.transfer_s, compute_s=compute_s)
+    degree, batch, queued = len(a.gpus), len(a.request_ids), run.queued_s
+    return [SpanRow(run.id, rid, a.stage, a.gpus, degree, batch, queued[rid], run.started_s, t, predicted,
+                    a.start_step, end_step, outcome, run.load_s, run.transfer_s, compute_s)  # positionally
             for rid in a.request_ids]
 
 

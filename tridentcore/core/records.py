@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .frozen import quick_init
 from .types import class_label
 
 __all__ = [
@@ -70,6 +71,7 @@ class RunMeta:
     wall_s: float = column("DOUBLE", default=0.0, comment="how long the run took on the host")
 
 
+@quick_init  # built per request: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class RequestRow:
     """One row of ``requests``: a request's shape, its deadline and how it ended."""
@@ -94,6 +96,7 @@ class RequestRow:
         return class_label(self.model, self)
 
 
+@quick_init  # built per dispatch: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class SpanRow:
     """One row of ``stage_spans``: one stage (or a piece of diffuse) of a batch on a GPU group."""
@@ -130,6 +133,7 @@ class PlacementRow:
     load_s: float = column("DOUBLE", default=0.0)
 
 
+@quick_init  # built per GPU and sampling interval: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class GpuSample:
     """One row of ``gpu_samples``: a GPU's state at a sampling instant."""

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 from .dispatch import Running
 from .events import RequestArrived, Tick, WorkerLost, WorkerRestored
+from .frozen import quick_init
 
 # ------------------------------------------------------------------------------------------ reports
 
 
+@quick_init  # built per dispatch: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class Completed:
     """A dispatch ended. ``error`` empty: it ran; for a diffuse, ``end_step`` is the step it reached
@@ -59,6 +61,7 @@ Report = RequestArrived | Completed | WorkerLost | WorkerRestored | Tick | Cance
 # ------------------------------------------------------------------------------------------ effects
 
 
+@quick_init  # built per dispatch: see core/frozen.py
 @dataclass(frozen=True, slots=True)
 class Started:
     """A dispatch started: ``run.predicted_end_s`` is the cost model's end, ``total_s`` its duration."""

@@ -4,7 +4,7 @@
 are resident where and how much memory they take, and the request table. Only the driver core
 (``core/driver.py``) calls its mutating methods (``start``, ``finish``, ``fail``, ``place``,
 ``evict``), for the simulator and the live engine alike. The state and its read-only view stay in
-one module (about 450 lines): the view is a method-for-method face of the state's fields.
+one module (about 470 lines): the view is a method-for-method face of the state's fields.
 
 Two stages never share a GPU at the same time: a dispatch takes its GPUs exclusively. (The H200
 measurements show co-running stages slow each other by 1.25-3x; exclusive use keeps the cost model's
@@ -18,14 +18,15 @@ from collections.abc import Iterable
 from .cluster import ClusterSpec, GpuSpec
 from .costmodel import CostModel
 from .events import Dispatch, Evict, Place
-from .lifecycle import RUNNING_STATE, WAITING_FOR, RequestRecord, RequestState, RequestTable
-from .dispatch import GIB, DispatchCost, Running, payload_bytes
+from .lifecycle import RUNNING_STATE, TERMINAL, WAITING_FOR, RequestRecord, RequestState, RequestTable
+from .dispatch import GIB, CostAnswers, DispatchCost, Running, payload_bytes
 from .records import PlacementRow
 from .types import Shape, StageKind
 
 __all__ = ["GIB", "ClusterState", "ClusterView", "DispatchCost", "Running", "payload_bytes"]
 
 _WAITING_STATE = {stage: state for state, stage in WAITING_FOR.items()}  # stage -> the state that waits for it
+_NONE: frozenset[int] = frozenset()
 
 
 class ClusterState:
@@ -54,6 +55,7 @@ class ClusterState:
         self._next_dispatch = 0
         self.idle_count = n
         self._weights: dict[tuple[str, str], float] = {}
+        self._answers = CostAnswers(cost, self.gpu_kind)  # dispatch_cost's cost-model answers, memoised
         # indexes kept in step with busy / alive / resident (the planner asks for them on every pass)
         self._idle_on: list[tuple[int, ...]] = [()] * len(self.nodes)  # per node, valid unless stale
         self._idle_stale: set[int] = set(range(len(self.nodes)))  # nodes whose GPUs went busy, idle, up or down
@@ -77,9 +79,13 @@ class ClusterState:
 
     def idle_by_node(self) -> list[list[int]]:
         """Per node (in node order), its idle GPUs in id order: fresh lists the caller may change."""
-        for k in list(self._idle_stale):
-            self._idle_node(k)
-        return [list(idle) for idle in self._idle_on]
+        stale = self._idle_stale
+        if stale:
+            busy, alive, nodes, idle_on = self.busy, self.alive, self.nodes, self._idle_on
+            for k in stale:
+                idle_on[k] = tuple([g for g in nodes[k] if busy[g] is None and alive[g]])
+            stale.clear()
+        return list(map(list, self._idle_on))
 
     def _idle_node(self, node: int) -> tuple[int, ...]:
         if node in self._idle_stale:
@@ -90,7 +96,7 @@ class ClusterState:
 
     def gpus_holding(self, model: str, stage: StageKind) -> frozenset[int]:
         """The GPUs on which ``(model, stage)`` is resident."""
-        return self._holders.get((model, stage), frozenset())
+        return self._holders.get((model, stage), _NONE)
 
     def free_gib(self, gpu: int) -> float:
         return self.mem_gib[gpu] - self.weights_gib[gpu] - self.act_gib[gpu]
@@ -112,24 +118,27 @@ class ClusterState:
     def problems(self, action: Dispatch) -> list[str]:
         """Why a dispatch is invalid (a policy bug), empty when it may start."""
         out: list[str] = []
+        gpus = action.gpus
         if not action.request_ids:
             out.append("dispatch without requests")
-        if not action.gpus or len(set(action.gpus)) != len(action.gpus):
-            out.append(f"bad GPU group {action.gpus}")
-        for g in action.gpus:
-            if not 0 <= g < len(self.gpus):
+        if not gpus or (len(gpus) > 1 and len(set(gpus)) != len(gpus)):
+            out.append(f"bad GPU group {gpus}")
+        n, alive, busy = len(self.gpus), self.alive, self.busy
+        for g in gpus:
+            if not 0 <= g < n:
                 out.append(f"no GPU {g}")
-            elif not self.alive[g]:
+            elif not alive[g]:
                 out.append(f"GPU {g} is down")
-            elif self.busy[g] is not None:
-                out.append(f"GPU {g} is busy with dispatch {self.busy[g]}")
+            elif busy[g] is not None:
+                out.append(f"GPU {g} is busy with dispatch {busy[g]}")
         waiting = _WAITING_STATE.get(action.stage)
         if waiting is None:
             out.append(f"unknown stage {action.stage!r}")
             return out
         first: RequestRecord | None = None
+        get = self.requests.by_id.get
         for rid in action.request_ids:
-            rec = self.requests.get(rid)
+            rec = get(rid)
             if rec is None:
                 out.append(f"unknown request {rid}")
                 continue
@@ -154,38 +163,44 @@ class ClusterState:
 
     def dispatch_cost(self, action: Dispatch) -> DispatchCost:
         """The cost model's answer for a dispatch on the current state (pure: nothing changes)."""
-        cost, kind = self.cost, self.gpu_kind
-        recs = [self.requests[r] for r in action.request_ids]
-        model, shape = recs[0].spec.model, recs[0].spec.shape
+        records = self.requests.by_id
+        recs = [records[r] for r in action.request_ids]
+        spec = recs[0].spec
+        model, shape = spec.model, spec.shape
         stage, batch, degree = action.stage, len(recs), len(action.gpus)
+        act, call_s = self._answers.act_and_call_s(model, stage, shape, batch, degree)
         load = 0.0
         oom = False
-        act = cost.activation_gib(model, stage, None if stage == StageKind.ENCODE else shape, batch, degree, kind)
+        key = (model, stage)
+        resident, pending, mem, weights, acts = self.resident, self.pending_load_s, self.mem_gib, self.weights_gib, self.act_gib
         for g in action.gpus:
-            missing = (model, stage) not in self.resident[g]
-            load = max(load, self.pending_load_s[g] + (cost.load_s(model, stage, kind) if missing else 0.0))
-            need = (self.stage_weights_gib(model, stage) if missing else 0.0) + act
-            if need > self.free_gib(g) + 1e-9:
+            if key in resident[g]:
+                load = max(load, pending[g] + 0.0)
+                need = 0.0 + act
+            else:
+                load = max(load, pending[g] + self.cost.load_s(model, stage, self.gpu_kind))
+                need = self.stage_weights_gib(model, stage) + act
+            if need > mem[g] - weights[g] - acts[g] + 1e-9:  # free_gib(g)
                 oom = True
         transfer = 0.0
         step = 0.0
         if stage == StageKind.ENCODE:
-            compute = cost.latency_s(model, StageKind.ENCODE, None, batch, 1, kind)
+            compute = call_s
         elif stage == StageKind.DIFFUSE:
-            step = cost.latency_s(model, StageKind.DIFFUSE, shape, batch, degree, kind)
+            step = call_s
             compute = (action.end_step - action.start_step) * step
             for rec in recs:
                 source = rec.latents_on if rec.steps_done else rec.embeddings_on
                 link = self.link(source, action.gpus)
                 if link != "local":
-                    kind_ = "latents" if rec.steps_done else "embeddings"
-                    transfer = max(transfer, cost.transfer_s(payload_bytes(kind_, model, shape), link))
+                    transfer = max(transfer, self._answers.transfer_s(
+                        "latents" if rec.steps_done else "embeddings", model, shape, link))
         else:
-            compute = cost.latency_s(model, StageKind.DECODE, shape, batch, 1, kind)
+            compute = call_s
             for rec in recs:
                 link = self.link(rec.latents_on, action.gpus)
                 if link != "local":
-                    transfer = max(transfer, cost.transfer_s(payload_bytes("latents", model, shape), link))
+                    transfer = max(transfer, self._answers.transfer_s("latents", model, shape, link))
         return DispatchCost(load, transfer, compute, step, act, oom)
 
     # ------------------------------------------------------------------------------- changes
@@ -233,44 +248,47 @@ class ClusterState:
         self._next_dispatch += 1
         run = Running(did, action, rec0.spec.model, shape, now, compute_start_s, predicted_end_s, step_s,
                       load_s, transfer_s, act)
+        busy, stale, node_of, acts, weights, mem = (self.busy, self._idle_stale, self.node_of, self.act_gib,
+                                                     self.weights_gib, self.mem_gib)
         for g in action.gpus:
-            self.busy[g] = did
-            self._idle_stale.add(self.node_of[g])
-            self.act_gib[g] += act
+            busy[g] = did
+            stale.add(node_of[g])
+            acts[g] += act
             self.pending_load_s[g] = 0.0
-            if self.weights_gib[g] + self.act_gib[g] > self.mem_gib[g] + 1e-6:
-                raise MemoryError(f"GPU {g}: {self.weights_gib[g] + self.act_gib[g]:.2f} GiB in use exceeds "
-                                  f"its {self.mem_gib[g]:.2f} GiB (dispatch {action})")
+            if weights[g] + acts[g] > mem[g] + 1e-6:
+                raise MemoryError(f"GPU {g}: {weights[g] + acts[g]:.2f} GiB in use exceeds "
+                                  f"its {mem[g]:.2f} GiB (dispatch {action})")
         self.idle_count -= len(action.gpus)
         state = RUNNING_STATE[action.stage]
+        requests, queued = self.requests, run.queued_s
         for rid in action.request_ids:
-            rec = self.requests[rid]
-            run.queued_s[rid] = rec.ready_s
-            self.requests.transition(rid, state, now)
+            queued[rid] = requests.transition(rid, state, now).ready_s  # a running state keeps ready_s
             self.by_request[rid] = did
         self.running[did] = run
         return run
 
     def _release(self, run: Running) -> None:
+        busy, stale, node_of, acts, alive, did = self.busy, self._idle_stale, self.node_of, self.act_gib, self.alive, run.id
         for g in run.action.gpus:
-            if self.busy[g] == run.id:
-                self.busy[g] = None
-                self._idle_stale.add(self.node_of[g])
-                self.act_gib[g] -= run.act_gib
-                if self.alive[g]:
+            if busy[g] == did:
+                busy[g] = None
+                stale.add(node_of[g])
+                acts[g] -= run.act_gib
+                if alive[g]:
                     self.idle_count += 1
         for rid in run.action.request_ids:
             self.by_request.pop(rid, None)
-        del self.running[run.id]
+        del self.running[did]
 
     def finish(self, dispatch_id: int, now: float, end_step: int = 0) -> Running:
         """A dispatch ended normally (a diffuse piece at ``end_step``)."""
         run = self.running[dispatch_id]
         self._release(run)
         stage = run.action.stage
+        records = self.requests.by_id
         for rid in run.action.request_ids:
-            rec = self.requests[rid]
-            if rec.state.terminal:  # cancelled while running
+            rec = records[rid]
+            if rec.state in TERMINAL:  # cancelled while running
                 continue
             if stage == StageKind.ENCODE:
                 rec.embeddings_on = run.action.gpus
@@ -423,10 +441,11 @@ class ClusterView:
 
     def gpus_holding(self, model: str, stage: StageKind) -> frozenset[int]:
         """The GPUs on which ``(model, stage)`` is resident (``has_resident`` for all GPUs at once)."""
-        return self._s.gpus_holding(model, stage)
+        return self._s._holders.get((model, stage), _NONE)  # ClusterState.gpus_holding, one call less
 
     def free_gib(self, gpu: int) -> float:
-        return self._s.free_gib(gpu)
+        s = self._s  # ClusterState.free_gib, one call less (the planner asks per GPU)
+        return s.mem_gib[gpu] - s.weights_gib[gpu] - s.act_gib[gpu]
 
     def instance_gib(self, model: str, stage: StageKind) -> float:
         """Weights of one ``(model, stage)`` instance on one GPU."""
@@ -439,7 +458,7 @@ class ClusterView:
         return self._s.memory_needed_gib(model, stage, shape, batch, degree, gpu)
 
     def request(self, request_id: int) -> RequestRecord:
-        return self._s.requests[request_id]
+        return self._s.requests.by_id[request_id]
 
     def requests(self) -> Iterable[RequestRecord]:
         return iter(self._s.requests)

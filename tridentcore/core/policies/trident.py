@@ -69,7 +69,7 @@ Stages never share a GPU at the same time (exclusive dispatch).
 
 Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses in
 :mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
-(mixins); the rest stays one module (about 710 lines) because it is one policy class whose methods
+(mixins); the rest stays one module (about 740 lines) because it is one policy class whose methods
 all share the ready queue, reservations and plan.
 """
 
@@ -83,7 +83,7 @@ from collections.abc import Sequence
 from ..defaults import DEFAULT_LATE
 from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
                       Tick)
-from ..lifecycle import WAITING_FOR, RequestRecord
+from ..lifecycle import TERMINAL, WAITING_FOR, RequestRecord
 from ..noise import Spread
 from ..placement import plan_placement
 from ..policy import Policy, register
@@ -175,6 +175,7 @@ class Trident(Elastic, Admission, Policy):
         self.replans = 0
         self._planned_for: dict | None = None  # the plan _planned_on's cache answers for
         self._planned: dict[tuple[str, str], frozenset[int]] = {}
+        self._both: dict[tuple[int, int], tuple[frozenset[int], frozenset[int], frozenset[int]]] = {}  # _held_planned
         self.plan = self._plan(view, expected)
         return [Place(m, s, g) for g, inst in self.plan.items() for (m, s) in sorted(inst)]
 
@@ -219,15 +220,19 @@ class Trident(Elastic, Admission, Policy):
         stage = WAITING_FOR.get(rec.state)
         if stage is None:
             return
-        info = self._info_for(view, rec.spec.model, rec.spec.shape)
-        key = rec.spec.deadline_s - self._remaining(rec, info, info.eff_d, stage)
-        self._seq += 1
-        entry = (key, self._seq, rec.id)
-        if self.opts["order"] == "admission":  # the rank it got on arrival (ties: in arrival order)
-            entry = self.first_key.setdefault(rec.id, entry)
-        self._dequeue(rec.id)
+        spec = rec.spec
+        rid = spec.id
+        admission = self.opts["order"] == "admission"  # the rank it got on arrival (ties: in arrival order)
+        entry = self.first_key.get(rid) if admission else None
+        if entry is None:
+            info = self._info_for(view, spec.model, spec.shape)
+            self._seq += 1  # (only the order of the sequence numbers matters: they break ties)
+            entry = (spec.deadline_s - self._remaining(rec, info, info.eff_d, stage), self._seq, rid)
+            if admission:
+                self.first_key[rid] = entry
+        self._dequeue(rid)
         bisect.insort(self.ready, entry)
-        self.entry[rec.id] = entry
+        self.entry[rid] = entry
 
     def _late(self, rid: int) -> None:
         self.hopeless.add(rid)
@@ -291,7 +296,7 @@ class Trident(Elastic, Admission, Policy):
                     self.narrow.discard(rid)  # it ended or paused: a new dispatch decides again
                 if isinstance(event, StageFailed) and event.oom:
                     self.safer[rid] = self.safer.get(rid, 0) + 1
-                if not rec.state.terminal:
+                if rec.state not in TERMINAL:
                     self._enqueue(view, rec)
                 else:
                     self.first_key.pop(rid, None)
@@ -318,14 +323,7 @@ class Trident(Elastic, Admission, Policy):
         idle_total = sum(map(len, idle))
         n_gpus = view.num_gpus
         busy_frac = 1.0 - idle_total / n_gpus
-        widen = None  # whether to widen: asked at most once a pass, and only when it matters
-
-        def widening() -> bool:
-            nonlocal widen
-            if widen is None:
-                widen = self.opts["wide"] and self._base_busy(view) < self.opts["wide_below"] * n_gpus
-            return widen
-
+        widen = None  # whether to widen (_widening): asked at most once a pass, and only when it matters
         reserved: dict[int, float] = {}  # gpu -> time an urgent diffuse needs it
         margin_frac = self.opts["margin"]
         taken: set[int] = set()
@@ -347,7 +345,7 @@ class Trident(Elastic, Admission, Policy):
             stage = WAITING_FOR.get(rec.state)
             if stage is None:
                 self._dequeue(rid)
-                if rec.state.terminal:
+                if rec.state in TERMINAL:
                     self.hopeless.discard(rid)
                 continue
             spec = rec.spec
@@ -365,7 +363,7 @@ class Trident(Elastic, Admission, Policy):
                 dur = info.enc_s if stage == StageKind.ENCODE else info.dec_s
                 g, evictions = (None, [])
                 if idle_total:
-                    g, evictions = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec)
+                    g, evictions = self._pick_one(view, idle, reserved, now, dur, spec.model, stage, rec, info)
                 if g is None:
                     # no GPU now: shrink a widened diffuse, or, if a GPU frees too late for this
                     # request, pause a long diffuse
@@ -390,15 +388,15 @@ class Trident(Elastic, Admission, Policy):
                 for b in batch:
                     taken.add(b)
                     self._dequeue(b)
-                idle[view.node_of(g)].remove(g)
+                idle[self._node_of[g]].remove(g)
                 idle_total -= 1
                 actions.append(Dispatch(stage, tuple(batch), (g,)))
                 continue
             # ---- diffuse: while GPUs are spare, the degrees that meet the deadline with the noise
             # margin (stretched predictions); under load, as predicted (GPU-seconds are dear then)
             stretch = self.stretch if busy_frac < self.opts["spread"] else 1.0
-            feasible = [d for d in info.degrees
-                        if now + self._remaining(rec, info, d, StageKind.DIFFUSE) * stretch <= spec.deadline_s - margin]
+            left, step_s, dec_s, by = spec.shape.steps - rec.steps_done, info.step_s, info.dec_s, spec.deadline_s - margin
+            feasible = [d for d in info.degrees if now + (left * step_s[d] + dec_s) * stretch <= by]  # _remaining
             if stretch == 1.0 and self.stretch > 1.0 and feasible:
                 # under load: still the noise margin, where it costs few GPU-seconds more
                 d0, cap, by = min(feasible), self.opts["noise_cost"], spec.deadline_s - margin
@@ -418,7 +416,7 @@ class Trident(Elastic, Admission, Policy):
             else:
                 order = sorted(feasible)
             base = order[0]
-            if not late and idle_total and widening():
+            if not late and idle_total and (widen := self._widening(view, n_gpus) if widen is None else widen):
                 # work-conserving: the GPUs that the rest of the waiting work leaves idle speed this one
                 # up (to the fastest degree still worth its GPUs); shrunk when new work needs them
                 wide = self._widest(info, feasible, idle_total - (len(scan) - i))
@@ -433,7 +431,7 @@ class Trident(Elastic, Admission, Policy):
                     if d >= blocked_degree and d > 1:
                         continue
                     dur = (spec.shape.steps - rec.steps_done) * info.step_s[d]
-                    group = self._pick_group(view, idle, reserved, now, dur, d, rec)
+                    group = self._pick_group(view, idle, reserved, now, dur, d, rec, info)
                     if group is None:
                         blocked_degree = min(blocked_degree, d)
                         continue
@@ -443,7 +441,7 @@ class Trident(Elastic, Admission, Policy):
                     for b in batch:
                         taken.add(b)
                         self._dequeue(b)
-                    node = view.node_of(group[0])
+                    node = self._node_of[group[0]]
                     for g in group:
                         idle[node].remove(g)
                     idle_total -= d
@@ -481,9 +479,14 @@ class Trident(Elastic, Admission, Policy):
             if group is not None:
                 for g in group:
                     reserved[g] = when
-        if idle_total and not preempted_now and self.narrow and widening():
+        if idle_total and not preempted_now and self.narrow and (
+                self._widening(view, n_gpus) if widen is None else widen):
             self._grow(view, idle, reserved, now, actions)
         return actions
+
+    def _widening(self, view: ClusterView, n_gpus: int) -> bool:
+        """Whether this pass widens diffuses: the running work holds little at its unwidened degrees."""
+        return self.opts["wide"] and self._base_busy(view) < self.opts["wide_below"] * n_gpus
 
     # ------------------------------------------------------------------------------ choosing GPUs
     def _usable(self, view: ClusterView, g: int, reserved: dict[int, float], now: float, dur: float) -> bool:
@@ -502,7 +505,15 @@ class Trident(Elastic, Admission, Policy):
             gpus = self._planned[(model, stage)] = frozenset(g for g, inst in self.plan.items() if (model, stage) in inst)
         return gpus
 
-    def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec) -> tuple[int | None, list[Action]]:
+    def _act(self, view: ClusterView, info: ClassInfo, model: str, stage: StageKind, shape: Shape, degree: int) -> float:
+        """Activation GiB per GPU of one request's ``stage`` at ``degree`` (the cost model's, kept per class)."""
+        act = info.act_gib.get((stage, degree))
+        if act is None:
+            act = info.act_gib[(stage, degree)] = view.cost.activation_gib(
+                model, stage, None if stage == StageKind.ENCODE else shape, 1, degree, view.gpu_kind)
+        return act
+
+    def _pick_one(self, view, idle, reserved, now, dur, model, stage, rec, info) -> tuple[int | None, list[Action]]:
         """One GPU for an encode or decode, and any evictions needed to make room on it."""
         prefer = set(rec.latents_on) if stage == StageKind.DECODE else set()
         plan = self.plan
@@ -510,7 +521,10 @@ class Trident(Elastic, Admission, Policy):
         best = self._first_one(view, idle, reserved, now, dur, prefer, held, planned)
         if best is None:
             return None, []
-        if self._fits(view, model, stage, rec.spec.shape, 1, 1, best):  # usually: no need to rank them all
+        # usually it fits (``_fits``, with the weights missing where the GPU does not hold them): no need
+        # to rank them all
+        act = self._act(view, info, model, stage, rec.spec.shape, 1)
+        if (act if best in held else view.instance_gib(model, stage) + act) <= view.free_gib(best) + 1e-9:
             return best, []
         candidates = []  # (preference..., g): best first once sorted
         for gpus in idle:
@@ -541,42 +555,60 @@ class Trident(Elastic, Admission, Policy):
         key ``(not in prefer, not in held, not in planned)``), and among them the one on the node
         with the fewest idle GPUs, then the lowest id."""
         node_of = self._node_of
-        for tier in self._tiers(prefer, held, planned, idle):
-            found = [g for g in tier if g in idle[node_of[g]]
-                     and (g not in reserved or self._usable(view, g, reserved, now, dur))]
+        both = self._held_planned(held, planned)
+        for tier in self._tiers(prefer, held, planned, both) if prefer else (both, held, planned, None):
+            if tier is None:  # the last tier: every idle GPU
+                tier = [g for gpus in idle for g in gpus]
+            if reserved:
+                found = [g for g in tier if g in idle[node_of[g]]
+                         and (g not in reserved or self._usable(view, g, reserved, now, dur))]
+            else:
+                found = [g for g in tier if g in idle[node_of[g]]]
             if found:
-                return min((len(idle[node_of[g]]), g) for g in found)[1]
+                return found[0] if len(found) == 1 else min([(len(idle[node_of[g]]), g) for g in found])[1]
         return None
 
     @staticmethod
-    def _tiers(prefer, held, planned, idle):
+    def _tiers(prefer, held, planned, both):
         """Sets of GPUs, each holding a usable idle GPU only where every set before it holds none:
-        then its usable idle GPUs are exactly one tier of ``_pick_one``'s key, in key order. Made
-        lazily: usually an early one has some."""
-        yield prefer & held & planned
+        then its usable idle GPUs are exactly one tier of ``_pick_one``'s key, in key order (``both``:
+        ``held & planned``; None: every idle GPU). Made lazily: usually an early one has some. Without
+        ``prefer`` its four tiers are empty: ``_first_one`` starts at ``both``."""
+        yield prefer & both
         yield prefer & held
         yield prefer & planned
         yield prefer
-        yield held & planned
+        yield both
         yield held
         yield planned
-        yield [g for gpus in idle for g in gpus]
+        yield None
 
-    def _pick_group(self, view, idle, reserved, now, dur, d, rec) -> tuple[int, ...] | None:
+    def _held_planned(self, held: frozenset[int], planned: frozenset[int]) -> frozenset[int]:
+        """``held & planned``, kept while both are the same sets (a placement change or a new plan
+        makes new ones); the few pairs asked for are kept, their sets with them."""
+        got = self._both.get((id(held), id(planned)))
+        if got is None or got[0] is not held or got[1] is not planned:
+            if len(self._both) >= 64:
+                self._both.clear()
+            got = self._both[(id(held), id(planned))] = (held, planned, held & planned)
+        return got[2]
+
+    def _pick_group(self, view, idle, reserved, now, dur, d, rec, info) -> tuple[int, ...] | None:
         model, shape = rec.spec.model, rec.spec.shape
         near = set(rec.latents_on or rec.embeddings_on)
         held, encoders = view.gpus_holding(model, StageKind.DIFFUSE), self._planned_on(model, StageKind.ENCODE)
-        near_nodes = {view.node_of(g) for g in near}
-        pools = [(node, gpus) for node, gpus in enumerate(idle) if len(gpus) >= d]
+        node_of = self._node_of
+        near_nodes = {node_of[g] for g in near}
+        pools = enumerate(idle)
         if reserved:
             pools = [(node, [g for g in gpus if g not in reserved or self._usable(view, g, reserved, now, dur)])
-                     for node, gpus in pools]
+                     for node, gpus in pools if len(gpus) >= d]
         # key: usable GPUs (best fit), GPUs among the d taken that lack the inputs (those holding them go first), node
         options = [((len(usable), d - min(d, len(near.intersection(usable))) if node in near_nodes else d, node),
                     usable) for node, usable in pools if len(usable) >= d]
         options.sort()  # best fit first: keep big holes for big requests
         # memory admission (``_fits``), its parts found once: the activations, and the weights where missing
-        act = view.cost.activation_gib(model, StageKind.DIFFUSE, shape, 1, d, view.gpu_kind)
+        act = self._act(view, info, model, StageKind.DIFFUSE, shape, d)
         weights = view.instance_gib(model, StageKind.DIFFUSE)
         for _, usable in options:
             usable = [k[-1] for k in sorted((g not in near, g not in held, g in encoders, g) for g in usable)]

@@ -4,7 +4,7 @@ once per class (:func:`class_info`), and how far an observed mix has drifted fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..state import ClusterView
 from ..types import PARALLEL_EFFICIENCY, Shape, StageKind
@@ -25,6 +25,8 @@ class ClassInfo:
     dec_batch: int
     never_fits: str  # non-empty: why no GPU can ever hold it
     degrees: tuple[int, ...] = (1,)  # the diffuse degrees it may run at (CostModel.allows_degree)
+    # (stage, degree) -> activation GiB per GPU of one request, as the cost model answers (filled as asked)
+    act_gib: dict[tuple[str, int], float] = field(default_factory=dict)
 
 
 def mix_drift(planned: dict, observed: dict) -> float:

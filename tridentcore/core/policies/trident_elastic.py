@@ -29,10 +29,15 @@ class Elastic:
     def _base_busy(self, view: ClusterView) -> int:
         """GPUs the running work would hold at the degrees it would have had without widening."""
         busy = 0
+        base = self.base
         for run in view.running():
             a = run.action
-            busy += min(len(a.gpus), self.base.get(a.request_ids[0], len(a.gpus))) if a.stage == StageKind.DIFFUSE \
-                else len(a.gpus)
+            n = len(a.gpus)
+            if a.stage == StageKind.DIFFUSE:
+                b = base.get(a.request_ids[0], n)
+                busy += b if b < n else n
+            else:
+                busy += n
         return busy
 
     def _widest(self, info: ClassInfo, feasible: list[int], spare: int) -> int:
