@@ -120,7 +120,7 @@ class DriverCore:
         """The policy's initial placement (a deployment: costs no load time)."""
         self.started_with = (tuple(models), dict(expected) if expected is not None else None)
         out = Effects()
-        actions = self._decide(lambda: self.policy.start(self.view, list(models), now, expected))
+        actions = self._decide(self.policy.start, self.view, list(models), now, expected)
         follow = self._apply(actions, now, out, initial=True)
         self._run(follow, now, out)
         return out
@@ -149,30 +149,26 @@ class DriverCore:
     def _run(self, events: Iterable[Event], now: float, out: Effects) -> None:
         queue = deque(events)
         handled = 0
-        on_event, view, timer = self.policy.on_event, self.view, self._timer
+        on_event, view = self.policy.on_event, self.view
         while queue:
             event = queue.popleft()
             handled += 1
             if handled > MAX_FOLLOW_UPS:
                 raise PolicyBug(f"{self.policy.spec}: {MAX_FOLLOW_UPS} events at t={now:.6f} without progress")
             self.events += 1
-            if timer is None:
-                actions = on_event(view, event, now)
-            else:  # as _decide, without a closure per event
-                t0 = timer()
-                actions = on_event(view, event, now)
-                self.decision_ms.append((timer() - t0) * 1000.0)
+            actions = self._decide(on_event, view, event, now)
             if actions:
                 queue.extend(self._apply(actions, now, out))
         reqs = self.state.requests
         out.ended = [rid for rid in dict.fromkeys(out.ended) if (rec := reqs.get(rid)) is not None
                      and rec.state in TERMINAL]
 
-    def _decide(self, call: Callable[[], list[Action]]) -> list[Action]:
+    def _decide(self, call: Callable[..., list[Action]], *args) -> list[Action]:
+        """``call(*args)``: a policy's decision, timed into ``decision_ms`` when the driver has a timer."""
         if self._timer is None:
-            return call()
+            return call(*args)
         t0 = self._timer()
-        actions = call()
+        actions = call(*args)
         self.decision_ms.append((self._timer() - t0) * 1000.0)
         return actions
 
@@ -329,13 +325,7 @@ class DriverCore:
     def _dispatch(self, action: Dispatch, now: float, out: Effects) -> Event | None:
         state = self.state
         get = state.requests.get
-        ended = False
-        for r in action.request_ids:
-            rec = get(r)
-            if rec is None or rec.state in TERMINAL:
-                ended = True
-                break
-        if ended:
+        if any((rec := get(r)) is None or rec.state in TERMINAL for r in action.request_ids):
             live = tuple(r for r in action.request_ids if (rec := get(r)) is not None and rec.state not in TERMINAL)
             if not live:
                 # Every request of it ended while the policy held it (cancelled): nothing runs. The

@@ -175,8 +175,8 @@ class ClusterState:
         resident, pending, mem, weights, acts = self.resident, self.pending_load_s, self.mem_gib, self.weights_gib, self.act_gib
         for g in action.gpus:
             if key in resident[g]:
-                load = max(load, pending[g] + 0.0)
-                need = 0.0 + act
+                load = max(load, pending[g])
+                need = act
             else:
                 load = max(load, pending[g] + self.cost.load_s(model, stage, self.gpu_kind))
                 need = self.stage_weights_gib(model, stage) + act

@@ -218,10 +218,8 @@ class Simulator:
             return
         for s in effects.started:
             run = s.run
-            if self._draw is None and run.factor == 1.0:  # _finish_at, inline (the usual case)
-                self._due[run.id] = t = run.predicted_end_s
-                self._seq += 1
-                heapq.heappush(self._heap, (t, self._seq, _FINISH, (run.id, None)))
+            if self._draw is None and run.factor == 1.0:
+                self._finish_at(run.id, run.predicted_end_s, None)
                 continue
             a = run.action
             f = self._factor[run.id] = (self._draw(a.stage, a.request_ids[0], a.start_step)

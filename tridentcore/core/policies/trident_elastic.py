@@ -33,11 +33,7 @@ class Elastic:
         for run in view.running():
             a = run.action
             n = len(a.gpus)
-            if a.stage == StageKind.DIFFUSE:
-                b = base.get(a.request_ids[0], n)
-                busy += b if b < n else n
-            else:
-                busy += n
+            busy += min(n, base.get(a.request_ids[0], n)) if a.stage == StageKind.DIFFUSE else n
         return busy
 
     def _widest(self, info: ClassInfo, feasible: list[int], spare: int) -> int:
