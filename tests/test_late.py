@@ -130,8 +130,9 @@ def test_at_twice_capacity_trident_serves_what_it_admits_and_beats_every_baselin
     """flux-uniform at 2x its capacity ceiling (issue 14, point 5). Serve mode finishes every request;
     reject mode turns requests away at the moment they arrive, never after waiting, serves every
     request it admitted, and turns away no more than the overload makes necessary (at twice the
-    ceiling about half must go); both finish more requests within their SLO than any baseline,
-    reject mode far more than serve mode."""
+    ceiling about half must go); both finish more requests within their SLO than any baseline.
+    Serve mode's triage (what reject mode would turn away is admitted late at once, behind the rest)
+    keeps it near reject mode, far above serving in deadline order alone (``triage=false``)."""
     from tridentcore.bench.scenario import capacity_rps
 
     loaded = load_scenario(RunSpec(profile="h200", cluster="2x8xH200", mix="flux-uniform", duration_s=300,
@@ -151,7 +152,9 @@ def test_at_twice_capacity_trident_serves_what_it_admits_and_beats_every_baselin
     admitted = [r for r in rejecting.requests if r.state != "rejected"]
     assert {r.state for r in admitted} == {"done"}
     assert len(rejected) <= 0.55 * len(rejecting.requests), (len(rejected), len(rejecting.requests))
-    assert met(rejecting) > 1.4 * met(serving), (met(rejecting), met(serving))
+    untriaged = run_one(loaded, "trident:triage=false", rate)
+    assert {r.state for r in untriaged.requests} == {"done"}
+    assert met(rejecting) >= met(serving) > 1.3 * met(untriaged), (met(rejecting), met(serving), met(untriaged))
     baselines = {p: met(run_one(loaded, p, rate)) for p in ("trident-paper", "pipeline-dynamic",
                                                              "pipeline-static:degree=1", "pipeline-static:degree=2")}
     best = max(baselines.values())

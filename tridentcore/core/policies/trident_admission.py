@@ -1,7 +1,9 @@
 """``trident``'s admission test for ``late=reject`` (goodput mode): on arrival, a request is turned
 away if it cannot meet its deadline behind the work already admitted ahead of it; once admitted it
-is served, late if it comes to that. A mixin of :class:`~.trident.Trident`, whose ready queue, class
-answers, unwidened degrees and ``_remaining`` it uses.
+is served, late if it comes to that. Under ``late=serve`` with ``triage`` (the default) the same
+answer admits it late instead: it is served behind every request that can still make it. A mixin of
+:class:`~.trident.Trident`, whose ready queue, class answers, unwidened degrees and ``_remaining`` it
+uses.
 
 The test is a list schedule of the waiting work, in the policy's own order:
 
@@ -29,7 +31,10 @@ ceiling; ``benchmarks/overload.py``): flux-uniform, 1078 requests: with no stret
 (``trident`` serving everything: 286; the best baseline: 129); image-video, 494 requests: 420 of
 458, and 435 of 452.
 
-Past ``_MAX_AHEAD`` requests ahead, the rest is spread over all GPUs as GPU-seconds.
+Past ``_MAX_AHEAD`` requests ahead, the rest is spread over all GPUs as GPU-seconds. A request with
+nothing ranked ahead of it that can start now on idle GPUs is admitted without building the schedule
+(the schedule's own answer: the light-load case, most arrivals, costs no more than a glance at the
+idle GPUs).
 """
 
 from __future__ import annotations
@@ -63,6 +68,13 @@ class Admission:
         None when it can meet it."""
         mine = self.entry[rec.id]
         stage = WAITING_FOR[rec.state]
+        key = (rec.spec.model, rec.spec.shape)
+        refused = self.refused.setdefault(key, deque(maxlen=_FAIR_ARRIVALS))
+        overall = self.refused_all
+        if self.ready[0] == mine and self._starts_now(view, rec, info, stage, now):
+            refused.append(False)  # the list schedule's answer, without building it
+            overall.append(False)
+            return None
         need = self._remaining(rec, info, info.eff_d, stage)
         # per node, per GPU: [when the running work frees it, when the work ahead frees it, when the
         # work ahead first claims it (a hole before the claim may be backfilled), its place on the node],
@@ -93,10 +105,7 @@ class Admission:
                 g[1], g[2] = start + dur, min(g[2], start)
             node.sort(key=_by_ahead)
         shift = spread / view.num_gpus
-        key = (rec.spec.model, rec.spec.shape)
-        refused = self.refused.setdefault(key, deque(maxlen=_FAIR_ARRIVALS))
         stretch = 1.0
-        overall = self.refused_all
         if self._offered(now) >= view.num_gpus and (
                 sum(refused) <= (sum(overall) / max(1, len(overall)) + _FAIR_REFUSED) * len(refused)):
             stretch = self.opts["admit_wait"]
@@ -129,6 +138,14 @@ class Admission:
         return (f"would miss its deadline: {placed + (1 if spread else 0)}+ admitted requests are ahead of it; "
                 f"with its wait stretched x{stretch:g} it would finish {finish - rec.spec.arrival_s:.1f} s after "
                 f"arrival at the earliest, its SLO is {rec.spec.slo_s:.1f} s")
+
+    def _starts_now(self, view: ClusterView, rec: RequestRecord, info: ClassInfo, stage: StageKind, now: float) -> bool:
+        """Whether ``rec``, with nothing ranked ahead of it, meets its deadline starting now on the idle
+        GPUs of one node: then the list schedule admits it too (idle GPUs free at ``now``), and the
+        common case at light load costs no schedule."""
+        most = max(map(len, view.idle_by_node()))
+        deadline = rec.spec.deadline_s + 1e-9
+        return any(d <= most and now + self._remaining(rec, info, d, stage) <= deadline for d in info.degrees)
 
     def _note_arrival(self, spec, info: ClassInfo, now: float) -> None:
         """Count an arrival's work in the offered load: GPU-seconds at the cheapest degree whose
