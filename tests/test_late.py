@@ -132,7 +132,7 @@ def test_at_twice_capacity_trident_serves_what_it_admits_and_beats_every_baselin
     request it admitted, and turns away no more than the overload makes necessary (at twice the
     ceiling about half must go); both finish more requests within their SLO than any baseline.
     Serve mode's triage (what reject mode would turn away is admitted late at once, behind the rest)
-    keeps it near reject mode, far above serving in deadline order alone (``triage=false``)."""
+    puts it with reject mode, far above serving in deadline order alone (``triage=false``)."""
     from tridentcore.bench.scenario import capacity_rps
 
     loaded = load_scenario(RunSpec(profile="h200", cluster="2x8xH200", mix="flux-uniform", duration_s=300,
@@ -154,7 +154,7 @@ def test_at_twice_capacity_trident_serves_what_it_admits_and_beats_every_baselin
     assert len(rejected) <= 0.55 * len(rejecting.requests), (len(rejected), len(rejecting.requests))
     untriaged = run_one(loaded, "trident:triage=false", rate)
     assert {r.state for r in untriaged.requests} == {"done"}
-    assert met(rejecting) >= met(serving) > 1.3 * met(untriaged), (met(rejecting), met(serving), met(untriaged))
+    assert min(met(rejecting), met(serving)) > 1.3 * met(untriaged), (met(rejecting), met(serving), met(untriaged))
     baselines = {p: met(run_one(loaded, p, rate)) for p in ("trident-paper", "pipeline-dynamic",
                                                              "pipeline-static:degree=1", "pipeline-static:degree=2")}
     best = max(baselines.values())

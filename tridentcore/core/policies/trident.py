@@ -423,7 +423,9 @@ class Trident(Elastic, Admission, Policy):
                 if safe:
                     feasible = [d for d in feasible if d >= safe[0]]
             late = entry[0] == math.inf
-            if late:  # already late: the fewest GPU-seconds, no reservation, no preemption
+            if late and not (feasible and rid in self.demoted):
+                # already late: the fewest GPU-seconds, no reservation, no preemption (one admitted late
+                # by triage that can still make it takes a degree that does, on GPUs left idle)
                 feasible = [info.degrees[0]]
             elif not feasible:
                 feasible = [info.fast_d]
