@@ -49,9 +49,10 @@ def serve(
     ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "
                                                "none: start Ray on this host."),
     late: str = typer.Option(None, help="serve (the default): a request that can no longer meet its deadline is "
-                                         "still served, last, and counts as an SLO miss; reject (goodput mode): a "
-                                         "request that could not meet its deadline behind the admitted work is "
-                                         "turned away on arrival with 503 + Retry-After."),
+                                         "still served, last, and counts as an SLO miss (trident also admits one that "
+                                         "would miss behind the admitted work as late at once); reject (goodput "
+                                         "mode): a request that could not meet its deadline behind the admitted "
+                                         "work is turned away on arrival with 503 + Retry-After."),
     calibrate: bool = typer.Option(DEFAULT_LIVE_CALIBRATE, "--calibrate/--no-calibrate",
                                    help="Learn measured / predicted stage times per model and stage; the policy and "
                                         "new deadlines use the calibrated cost model (/v1/cluster, /metrics)."),
