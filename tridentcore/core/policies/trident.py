@@ -67,15 +67,16 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   request it would turn away is admitted late at once, so it runs only on GPUs the requests that can
   still make it leave idle, instead of taking its turn by deadline and making them late too (without
   triage, overload cascades: each request served in deadline order is itself about to miss).
+  A request it admits late that can still make it takes a degree that does, on GPUs left idle.
   Simulated, SLO scale 3, fair goodput / SLO-aware ceiling with triage (without): flux-uniform 94 %
-  (89 %), sd3-mixed 93 % (88 %); at twice the capacity ceiling flux-uniform finishes 445 of 1,078
+  (89 %), sd3-mixed 94 % (88 %); at twice the capacity ceiling flux-uniform finishes 489 of 1,078
   within their SLO (286), goodput mode 475 by turning 466 away.
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
 Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses in
 :mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
-(mixins); the rest stays one module (about 740 lines) because it is one policy class whose methods
+(mixins); the rest stays one module (about 760 lines) because it is one policy class whose methods
 all share the ready queue, reservations and plan.
 """
 

@@ -28,8 +28,8 @@ arrivals (by 2 points): the stretch must not turn fairness into starving the lar
 Measured (``trident:late=reject``, simulated 2x8xH200, SLO scale 3, 300 s at twice the capacity
 ceiling; ``benchmarks/overload.py``): flux-uniform, 1078 requests: with no stretch
 (``admit_wait=1``) 447 finish within their SLO of 613 admitted; with the default 3, 475 of 612
-(``trident`` serving everything: 286; the best baseline: 129); image-video, 494 requests: 420 of
-458, and 435 of 452.
+(``trident`` serving everything: 286, or 489 with triage; the best baseline: 129); image-video, 494
+requests: 420 of 458, and 435 of 452.
 
 Past ``_MAX_AHEAD`` requests ahead, the rest is spread over all GPUs as GPU-seconds. A request with
 nothing ranked ahead of it that can start now on idle GPUs is admitted without building the schedule
