@@ -294,7 +294,7 @@ class Trident(Elastic, Admission, Policy):
             self.observed[key] = self.observed.get(key, 0) + 1
             rec = view.request(spec.id)
             self._enqueue(view, rec)
-            if self.opts["late"] == "reject" or self.opts["triage"]:  # decided at admission, and only there
+            if self.opts["late"] == "reject" or self.opts["triage"]:  # the admission test: on arrival only
                 self._note_arrival(spec, info, now)
                 refusal = self._admission_refusal(view, rec, info, now)
                 if refusal is not None:
