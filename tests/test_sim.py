@@ -254,12 +254,13 @@ def test_invalid_dispatch_is_a_policy_bug():
 
 
 def test_idle_and_resident_indexes_follow_every_change():
-    """``idle_by_node`` and ``gpus_holding`` (kept up to date for the planner) say what
+    """``idle_by_node``, ``idle_on_nodes`` and ``gpus_holding`` (kept up to date for the planner) say what
     ``idle_gpus`` and ``has_resident`` say, through starts, ends, placements, evictions and lost GPUs."""
     state, view = _view("2x2xH200")
 
     def check():
         assert view.idle_by_node() == [view.idle_gpus(n) for n in range(len(view.nodes))]
+        assert view.idle_on_nodes() == tuple(tuple(view.idle_gpus(n)) for n in range(len(view.nodes)))
         for key in (("sd3-medium", StageKind.ENCODE), ("sd3-medium", StageKind.DIFFUSE)):
             assert view.gpus_holding(*key) == {g for g in range(view.num_gpus) if view.has_resident(*key, g)}
 
@@ -284,6 +285,27 @@ def test_idle_and_resident_indexes_follow_every_change():
     check()
     assert view.idle_by_node() == [[0, 1], [2, 3]] and view.gpus_holding("sd3-medium", StageKind.ENCODE) == {1}
 
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_trident_first_one_is_the_best_of_its_ranking(data):
+    """``trident``'s single-GPU search (``_first_one``) answers what ranking every usable idle GPU by
+    (not in prefer, not held, not planned, idle GPUs on its node, id) answers: small tiers are looked
+    up among the idle GPUs, large ones the other way round."""
+    state, view = _view("4x8xH200")
+    policy = make_policy("trident")
+    policy.start(view, ["sd3-medium"], 0.0, {("sd3-medium", Shape(1024, 1024, 1, 28)): 1.0})
+    gpus = st.sets(st.integers(0, 31))
+    idle_set = data.draw(gpus)
+    idle = [tuple(g for g in range(8 * k, 8 * k + 8) if g in idle_set) for k in range(4)]
+    prefer, held, planned = data.draw(gpus), frozenset(data.draw(gpus)), frozenset(data.draw(gpus))
+    reserved = {g: data.draw(st.sampled_from([0.5, 5.0])) for g in data.draw(gpus)}
+    now, dur = 0.0, 1.0  # a GPU reserved from 0.5 is not usable for 1 s; one reserved from 5.0 is
+    usable = [g for g in idle_set if g not in reserved or now + dur <= reserved[g]]
+    ranked = sorted((g not in prefer, g not in held, g not in planned, len(idle[g // 8]), g) for g in usable)
+    want = ranked[0][-1] if ranked else None
+    assert policy._first_one(view, idle, reserved, now, dur, set(prefer), held, planned) == want
 
 # ---------------------------------------------------------------------------------- speed
 def test_sim_speed_2700_requests_on_128_gpus():

@@ -79,13 +79,18 @@ class ClusterState:
 
     def idle_by_node(self) -> list[list[int]]:
         """Per node (in node order), its idle GPUs in id order: fresh lists the caller may change."""
+        return list(map(list, self.idle_on_nodes()))
+
+    def idle_on_nodes(self) -> list[tuple[int, ...]]:
+        """``idle_by_node`` as kept: per node, a tuple of its idle GPUs in id order (the list is the
+        state's own: read it, never change it)."""
         stale = self._idle_stale
         if stale:
             busy, alive, nodes, idle_on = self.busy, self.alive, self.nodes, self._idle_on
             for k in stale:
                 idle_on[k] = tuple([g for g in nodes[k] if busy[g] is None and alive[g]])
             stale.clear()
-        return list(map(list, self._idle_on))
+        return self._idle_on
 
     def _idle_node(self, node: int) -> tuple[int, ...]:
         if node in self._idle_stale:
@@ -111,8 +116,12 @@ class ClusterState:
         a, b = tuple(a), tuple(b)
         if not a or set(b) <= set(a):
             return "local"
-        nodes = {self.node_of[g] for g in a} | {self.node_of[g] for g in b}
-        return "nvlink" if len(nodes) == 1 else "network"
+        node_of = self.node_of
+        node = node_of[a[0]]
+        for g in a + b:
+            if node_of[g] != node:
+                return "network"
+        return "nvlink"
 
     # ------------------------------------------------------------------------------- checks
     def problems(self, action: Dispatch) -> list[str]:
@@ -175,11 +184,13 @@ class ClusterState:
         resident, pending, mem, weights, acts = self.resident, self.pending_load_s, self.mem_gib, self.weights_gib, self.act_gib
         for g in action.gpus:
             if key in resident[g]:
-                load = max(load, pending[g])
+                wait = pending[g]
                 need = act
             else:
-                load = max(load, pending[g] + self.cost.load_s(model, stage, self.gpu_kind))
+                wait = pending[g] + self.cost.load_s(model, stage, self.gpu_kind)
                 need = self.stage_weights_gib(model, stage) + act
+            if wait > load:
+                load = wait
             if need > mem[g] - weights[g] - acts[g] + 1e-9:  # free_gib(g)
                 oom = True
         transfer = 0.0
@@ -408,8 +419,12 @@ class ClusterView:
         return self._s.idle_gpus(node)
 
     def idle_by_node(self) -> list[list[int]]:
-        """``[idle_gpus(k) for k in nodes]``, from one call (the planner asks on every pass)."""
+        """``[idle_gpus(k) for k in nodes]``, from one call: fresh lists the caller may change."""
         return self._s.idle_by_node()
+
+    def idle_on_nodes(self) -> tuple[tuple[int, ...], ...]:
+        """``idle_by_node`` as tuples, without copying them (the planner asks on every pass)."""
+        return tuple(self._s.idle_on_nodes())
 
     @property
     def idle_count(self) -> int:

@@ -338,7 +338,7 @@ class Trident(Elastic, Admission, Policy):
     # ------------------------------------------------------------------------------ the pass
     def _schedule(self, view: ClusterView, now: float) -> list[Action]:
         actions: list[Action] = []
-        idle = view.idle_by_node()
+        idle = list(view.idle_on_nodes())  # per node, its idle GPUs (a tuple, replaced as GPUs are taken)
         idle_total = sum(map(len, idle))
         n_gpus = view.num_gpus
         busy_frac = 1.0 - idle_total / n_gpus
@@ -407,7 +407,8 @@ class Trident(Elastic, Admission, Policy):
                 for b in batch:
                     taken.add(b)
                     self._dequeue(b)
-                idle[self._node_of[g]].remove(g)
+                node = self._node_of[g]
+                idle[node] = tuple([x for x in idle[node] if x != g])
                 idle_total -= 1
                 actions.append(Dispatch(stage, tuple(batch), (g,)))
                 continue
@@ -463,8 +464,7 @@ class Trident(Elastic, Admission, Policy):
                         taken.add(b)
                         self._dequeue(b)
                     node = self._node_of[group[0]]
-                    for g in group:
-                        idle[node].remove(g)
+                    idle[node] = tuple([x for x in idle[node] if x not in group])
                     idle_total -= d
                     busy_frac = 1.0 - idle_total / n_gpus
                     actions.append(Dispatch(StageKind.DIFFUSE, tuple(batch), group, rec.steps_done, spec.shape.steps))
@@ -578,15 +578,29 @@ class Trident(Elastic, Admission, Policy):
         node_of = self._node_of
         both = self._held_planned(held, planned)
         for tier in self._tiers(prefer, held, planned, both) if prefer else (both, held, planned, None):
-            if tier is None:  # the last tier: every idle GPU
-                tier = [g for gpus in idle for g in gpus]
-            if reserved:
-                found = [g for g in tier if g in idle[node_of[g]]
-                         and (g not in reserved or self._usable(view, g, reserved, now, dur))]
-            else:
-                found = [g for g in tier if g in idle[node_of[g]]]
-            if found:
-                return found[0] if len(found) == 1 else min([(len(idle[node_of[g]]), g) for g in found])[1]
+            if tier is not None and len(tier) <= 8:  # a small tier: its members looked up among the idle
+                if reserved:
+                    found = [g for g in tier if g in idle[node_of[g]]
+                             and (g not in reserved or self._usable(view, g, reserved, now, dur))]
+                else:
+                    found = [g for g in tier if g in idle[node_of[g]]]
+                if found:
+                    return found[0] if len(found) == 1 else min([(len(idle[node_of[g]]), g) for g in found])[1]
+                continue
+            # a large tier (None: every GPU): the idle GPUs looked up in it, per node the first (the
+            # lowest id: a node's idle GPUs are in id order), the node with the fewest idle GPUs first
+            best = None
+            for gpus in idle:
+                if not gpus or (best is not None and len(gpus) > best[0]):
+                    continue
+                for g in gpus:
+                    if (tier is None or g in tier) and (
+                            g not in reserved or self._usable(view, g, reserved, now, dur)):
+                        if best is None or (len(gpus), g) < best:
+                            best = (len(gpus), g)
+                        break
+            if best is not None:
+                return best[1]
         return None
 
     @staticmethod

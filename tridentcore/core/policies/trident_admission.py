@@ -143,7 +143,7 @@ class Admission:
         """Whether ``rec``, with nothing ranked ahead of it, meets its deadline starting now on the idle
         GPUs of one node: then the list schedule admits it too (idle GPUs free at ``now``), and the
         common case at light load costs no schedule."""
-        most = max(map(len, view.idle_by_node()))
+        most = max(map(len, view.idle_on_nodes()))
         deadline = rec.spec.deadline_s + 1e-9
         return any(d <= most and now + self._remaining(rec, info, d, stage) <= deadline for d in info.degrees)
 
