@@ -1,6 +1,7 @@
 """Planner decision time with 128 GPUs and >= 256 queued requests, and simulator wall time.
 
     python benchmarks/planner_speed.py [--policies trident,trident-paper] [--cluster 16x8xH200] [--runs 5]
+        [--against REV [--rounds 4] [--reference-s S]]
 
 (1) Simulator speed: flux-uniform at 1.5 req/s for 1800 s (~2,700 requests) on 16x8xH200, run
     ``--runs`` times in one process: the best wall time (the least disturbed by other work on the
@@ -11,14 +12,25 @@
 (2) Decision time: bursts of 512 requests at once (arrival ``bursts:size=512``) on 16x8xH200, so the
     policy decides with >= 256 requests waiting; each call to ``on_event`` is timed, and the p50 /
     p99 over the calls made while >= 256 requests were waiting is reported.
+(3) ``--against REV``: the simulator's wall time relative to another commit's code (a git worktree of
+    REV in a temporary folder), in alternating rounds of fresh processes (REV, then this checkout,
+    ``--rounds`` times), so that both see the host in the same minutes: the best of each round's runs,
+    their ratio per round and its median. With ``--reference-s S`` (REV's time when it was measured,
+    e.g. ``--against 7961960 --reference-s 1.07``, the code and time issue 14 started from) the median
+    ratio times S: this checkout's time on the host as it was then.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from tridentcore.core.metrics import quantile, summarize
 from tridentcore.core.policy import make_policy
@@ -71,12 +83,67 @@ def host_loop_s(n: int = 2_000_000) -> float:
     return best
 
 
+_TIME_SIM = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tridentcore.core.policy import make_policy
+from tridentcore.bench.scenario import load_scenario
+from tridentcore.bench.spec import RunSpec
+from tridentcore.sim.engine import simulate
+loaded = load_scenario(RunSpec(cluster=sys.argv[3], mix="flux-uniform", duration_s=1800))
+reqs = loaded.requests(1.5)
+walls = []
+for _ in range(int(sys.argv[4]) + 1):  # the first run also imports the placement solver: not counted
+    t0 = time.perf_counter()
+    simulate(loaded.cluster, loaded.cost, make_policy(sys.argv[2]), reqs, gpu_kind=loaded.gpu_kind)
+    walls.append(time.perf_counter() - t0)
+print(min(walls[1:]))
+"""
+
+
+def _best_wall(code: Path, policy: str, cluster: str, runs: int) -> float:
+    """The best of ``runs`` simulator runs of the code under ``code``, in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", _TIME_SIM, str(code), policy, cluster, str(runs)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def against(rev: str, policy: str, cluster: str, rounds: int, runs: int, reference_s: float | None) -> None:
+    """Alternate rounds of ``rev``'s code and this checkout's (the module docstring, (3))."""
+    here = Path(__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp(prefix="planner-speed-"))
+    tree = tmp / "tree"
+    subprocess.run(["git", "-C", str(here), "worktree", "add", "--detach", "--quiet", str(tree), rev], check=True)
+    try:
+        ratios = []
+        for k in range(rounds):
+            old, new = _best_wall(tree, policy, cluster, runs), _best_wall(here, policy, cluster, runs)
+            ratios.append(new / old)
+            print(f"round {k + 1}: {rev} {old:.2f} s, this checkout {new:.2f} s, ratio {new / old:.3f} "
+                  f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+        ratio = statistics.median(ratios)
+        line = f"{policy}: this checkout / {rev}: median ratio {ratio:.3f} over {rounds} rounds"
+        if reference_s:
+            line += f"; x {reference_s:g} s ({rev} as measured then) = {ratio * reference_s:.2f} s"
+        print(line)
+    finally:
+        subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(tree)], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policies", default="trident,trident-paper")
     ap.add_argument("--cluster", default="16x8xH200")
     ap.add_argument("--runs", type=int, default=5, help="simulator runs per policy (best and median reported)")
+    ap.add_argument("--against", metavar="REV", help="also time the simulator against this commit's code (3)")
+    ap.add_argument("--rounds", type=int, default=4, help="--against: alternating rounds")
+    ap.add_argument("--reference-s", type=float, help="--against: REV's simulator time when it was measured")
     args = ap.parse_args()
+    if args.against:
+        for spec in args.policies.split(","):
+            against(args.against, spec, args.cluster, args.rounds, max(1, args.runs), args.reference_s)
+        return
     for spec in args.policies.split(","):
         loaded = load_scenario(RunSpec(cluster=args.cluster, mix="flux-uniform", duration_s=1800))
         reqs = loaded.requests(1.5)
