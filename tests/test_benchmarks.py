@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,24 @@ def test_overload_reports_in_slo_admitted_and_rejected_per_policy():
     met, admitted, rejected, waited, staged = rows["trident:late=reject"]
     assert rejected > 0 and waited == 0 and staged == 0 and admitted + rejected == rows["trident"][1]
     assert rows["trident"][2] == 0 and met > rows["trident"][0] > 0
+
+
+def test_planner_speed_against_a_commit_times_both_and_removes_its_worktree():
+    """``--against REV``: REV's code (a git worktree) and this checkout in alternating fresh processes,
+    their ratio, the ratio times REV's time as measured then; the worktree is gone afterwards."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    before = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ROOT).stdout
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "planner_speed.py"), "--policies", "trident",
+                           "--cluster", "4x8xH200", "--against", "HEAD", "--rounds", "1", "--runs", "1",
+                           "--reference-s", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    round_line, summary = done.stdout.strip().splitlines()
+    old, new = (float(x) for x in re.findall(r"([0-9.]+) s", round_line)[:2])
+    ratio = float(re.search(r"median ratio ([0-9.]+)", summary).group(1))
+    assert ratio == pytest.approx(new / old, rel=0.02)  # the times are printed to 0.01 s
+    assert re.search(r"x 2 s \(HEAD as measured then\) = ([0-9.]+) s", summary).group(1) == f"{2 * ratio:.2f}"
+    assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ROOT).stdout == before
 
 
 def test_gpu_parallel_check_runs_the_kernel_path_on_cpu(tmp_path):
