@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 from tridentcore.core.metrics import quantile, summarize
-from tridentcore.core.policy import make_policy
+from tridentcore.core.policy import PolicyError, make_policy
 from tridentcore.bench.scenario import load_scenario
 from tridentcore.bench.spec import RunSpec
 from tridentcore.sim.engine import simulate
@@ -86,7 +87,7 @@ def host_loop_s(n: int = 2_000_000) -> float:
 _TIME_SIM = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from tridentcore.core.policy import make_policy
+from tridentcore.core.policy import PolicyError, make_policy
 from tridentcore.bench.scenario import load_scenario
 from tridentcore.bench.spec import RunSpec
 from tridentcore.sim.engine import simulate
@@ -101,34 +102,54 @@ print(min(walls[1:]))
 """
 
 
-def _best_wall(code: Path, policy: str, cluster: str, runs: int) -> float:
+def _best_wall(code: Path, label: str, policy: str, cluster: str, runs: int) -> float:
     """The best of ``runs`` simulator runs of the code under ``code``, in a fresh process."""
     out = subprocess.run([sys.executable, "-c", _TIME_SIM, str(code), policy, cluster, str(runs)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"timing {label}'s code failed (exit {out.returncode}):\n{out.stderr.strip()[-2000:]}")
     return float(out.stdout.split()[-1])
+
+
+def _git(here: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True)
+
+
+def _on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # so that the worktree is removed on the way out (finally)
 
 
 def against(rev: str, policy: str, cluster: str, rounds: int, runs: int, reference_s: float | None) -> None:
     """Alternate rounds of ``rev``'s code and this checkout's (the module docstring, (3))."""
     here = Path(__file__).resolve().parents[1]
+    if _git(here, "rev-parse", "--is-inside-work-tree").returncode != 0:
+        raise SystemExit(f"--against needs a git checkout: {here} is not one")
+    if _git(here, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").returncode != 0:
+        raise SystemExit(f"--against {rev}: no such commit in {here}")
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     tmp = Path(tempfile.mkdtemp(prefix="planner-speed-"))
     tree = tmp / "tree"
-    subprocess.run(["git", "-C", str(here), "worktree", "add", "--detach", "--quiet", str(tree), rev], check=True)
     try:
+        added = _git(here, "worktree", "add", "--detach", "--quiet", str(tree), rev)
+        if added.returncode != 0:
+            raise SystemExit(f"git worktree add {rev} failed: {added.stderr.strip()}")
         ratios = []
         for k in range(rounds):
-            old, new = _best_wall(tree, policy, cluster, runs), _best_wall(here, policy, cluster, runs)
+            old = _best_wall(tree, rev, policy, cluster, runs)
+            new = _best_wall(here, "this checkout", policy, cluster, runs)
             ratios.append(new / old)
             print(f"round {k + 1}: {rev} {old:.2f} s, this checkout {new:.2f} s, ratio {new / old:.3f} "
                   f"(load average {os.getloadavg()[0]:.2f})", flush=True)
         ratio = statistics.median(ratios)
         line = f"{policy}: this checkout / {rev}: median ratio {ratio:.3f} over {rounds} rounds"
-        if reference_s:
+        if reference_s is not None:
             line += f"; x {reference_s:g} s ({rev} as measured then) = {ratio * reference_s:.2f} s"
         print(line)
     finally:
-        subprocess.run(["git", "-C", str(here), "worktree", "remove", "--force", str(tree)], check=False)
+        if tree.exists():
+            _git(here, "worktree", "remove", "--force", str(tree))
         shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:
@@ -140,9 +161,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4, help="--against: alternating rounds")
     ap.add_argument("--reference-s", type=float, help="--against: REV's simulator time when it was measured")
     args = ap.parse_args()
+    if args.runs < 1 or args.rounds < 1:
+        ap.error("--runs and --rounds must be at least 1")
+    if args.reference_s is not None and not args.reference_s > 0:
+        ap.error("--reference-s must be a time in seconds above 0")
+    if not args.against and (args.reference_s is not None or args.rounds != ap.get_default("rounds")):
+        ap.error("--rounds and --reference-s go with --against")
+    for spec in args.policies.split(","):
+        try:
+            make_policy(spec)
+        except PolicyError as e:
+            ap.error(str(e))
     if args.against:
         for spec in args.policies.split(","):
-            against(args.against, spec, args.cluster, args.rounds, max(1, args.runs), args.reference_s)
+            against(args.against, spec, args.cluster, args.rounds, args.runs, args.reference_s)
         return
     for spec in args.policies.split(","):
         loaded = load_scenario(RunSpec(cluster=args.cluster, mix="flux-uniform", duration_s=1800))

@@ -122,6 +122,10 @@ def test_planner_speed_against_a_commit_times_both_and_removes_its_worktree():
     assert ratio == pytest.approx(new / old, rel=0.02)  # the times are printed to 0.01 s
     assert re.search(r"x 2 s \(HEAD as measured then\) = ([0-9.]+) s", summary).group(1) == f"{2 * ratio:.2f}"
     assert subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=ROOT).stdout == before
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "planner_speed.py"), "--against", "no-such-commit"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert bad.returncode == 1 and "--against no-such-commit: no such commit" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_gpu_parallel_check_runs_the_kernel_path_on_cpu(tmp_path):
