@@ -87,7 +87,7 @@ def host_loop_s(n: int = 2_000_000) -> float:
 _TIME_SIM = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from tridentcore.core.policy import PolicyError, make_policy
+from tridentcore.core.policy import make_policy
 from tridentcore.bench.scenario import load_scenario
 from tridentcore.bench.spec import RunSpec
 from tridentcore.sim.engine import simulate
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--policies", default="trident,trident-paper")
     ap.add_argument("--cluster", default="16x8xH200")
     ap.add_argument("--runs", type=int, default=5, help="simulator runs per policy (best and median reported)")
-    ap.add_argument("--against", metavar="REV", help="also time the simulator against this commit's code (3)")
+    ap.add_argument("--against", metavar="REV", help="instead: the simulator's time against this commit's code (3)")
     ap.add_argument("--rounds", type=int, default=4, help="--against: alternating rounds")
     ap.add_argument("--reference-s", type=float, help="--against: REV's simulator time when it was measured")
     args = ap.parse_args()
