@@ -119,7 +119,7 @@ def _on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # so that the worktree is removed on the way out (finally)
 
 
-def against(rev: str, policy: str, cluster: str, rounds: int, runs: int, reference_s: float | None) -> None:
+def against(rev: str, policies: list[str], cluster: str, rounds: int, runs: int, reference_s: float | None) -> None:
     """Alternate rounds of ``rev``'s code and this checkout's (the module docstring, (3))."""
     here = Path(__file__).resolve().parents[1]
     if _git(here, "rev-parse", "--is-inside-work-tree").returncode != 0:
@@ -133,18 +133,19 @@ def against(rev: str, policy: str, cluster: str, rounds: int, runs: int, referen
         added = _git(here, "worktree", "add", "--detach", "--quiet", str(tree), rev)
         if added.returncode != 0:
             raise SystemExit(f"git worktree add {rev} failed: {added.stderr.strip()}")
-        ratios = []
-        for k in range(rounds):
-            old = _best_wall(tree, rev, policy, cluster, runs)
-            new = _best_wall(here, "this checkout", policy, cluster, runs)
-            ratios.append(new / old)
-            print(f"round {k + 1}: {rev} {old:.2f} s, this checkout {new:.2f} s, ratio {new / old:.3f} "
-                  f"(load average {os.getloadavg()[0]:.2f})", flush=True)
-        ratio = statistics.median(ratios)
-        line = f"{policy}: this checkout / {rev}: median ratio {ratio:.3f} over {rounds} rounds"
-        if reference_s is not None:
-            line += f"; x {reference_s:g} s ({rev} as measured then) = {ratio * reference_s:.2f} s"
-        print(line)
+        for policy in policies:  # one worktree for every policy
+            ratios = []
+            for k in range(rounds):
+                old = _best_wall(tree, rev, policy, cluster, runs)
+                new = _best_wall(here, "this checkout", policy, cluster, runs)
+                ratios.append(new / old)
+                print(f"round {k + 1}: {rev} {old:.2f} s, this checkout {new:.2f} s, ratio {new / old:.3f} "
+                      f"(load average {os.getloadavg()[0]:.2f})", flush=True)
+            ratio = statistics.median(ratios)
+            line = f"{policy}: this checkout / {rev}: median ratio {ratio:.3f} over {rounds} rounds"
+            if reference_s is not None:
+                line += f"; x {reference_s:g} s ({rev} as measured then) = {ratio * reference_s:.2f} s"
+            print(line)
     finally:
         if tree.exists():
             _git(here, "worktree", "remove", "--force", str(tree))
@@ -167,20 +168,20 @@ def main() -> None:
         ap.error("--reference-s must be a time in seconds above 0")
     if not args.against and (args.reference_s is not None or args.rounds != ap.get_default("rounds")):
         ap.error("--rounds and --reference-s go with --against")
-    for spec in args.policies.split(","):
+    policies = args.policies.split(",")
+    for spec in policies:
         try:
             make_policy(spec)
         except PolicyError as e:
             ap.error(str(e))
     if args.against:
-        for spec in args.policies.split(","):
-            against(args.against, spec, args.cluster, args.rounds, args.runs, args.reference_s)
+        against(args.against, policies, args.cluster, args.rounds, args.runs, args.reference_s)
         return
-    for spec in args.policies.split(","):
+    for spec in policies:
         loaded = load_scenario(RunSpec(cluster=args.cluster, mix="flux-uniform", duration_s=1800))
         reqs = loaded.requests(1.5)
         walls = []
-        for _ in range(max(1, args.runs)):
+        for _ in range(args.runs):
             t0 = time.perf_counter()
             res = simulate(loaded.cluster, loaded.cost, make_policy(spec), reqs, gpu_kind=loaded.gpu_kind)
             walls.append(time.perf_counter() - t0)

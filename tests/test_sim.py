@@ -286,7 +286,6 @@ def test_idle_and_resident_indexes_follow_every_change():
     assert view.idle_by_node() == [[0, 1], [2, 3]] and view.gpus_holding("sd3-medium", StageKind.ENCODE) == {1}
 
 
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_trident_first_one_is_the_best_of_its_ranking(data):
@@ -306,6 +305,7 @@ def test_trident_first_one_is_the_best_of_its_ranking(data):
     ranked = sorted((g not in prefer, g not in held, g not in planned, len(idle[g // 8]), g) for g in usable)
     want = ranked[0][-1] if ranked else None
     assert policy._first_one(view, idle, reserved, now, dur, set(prefer), held, planned) == want
+
 
 # ---------------------------------------------------------------------------------- speed
 def test_sim_speed_2700_requests_on_128_gpus():
