@@ -11,6 +11,8 @@ rate at which *every* request class (model and shape) attains >= target. Both ar
 bisection. The capacity ceiling is the rate the cluster would sustain with every request at its
 most GPU-efficient degree and perfect packing; the SLO-aware ceiling prices each class at the
 cheapest degree and batch that meets its SLO without queueing (:mod:`tridentcore.core.capacity`).
+Neither knows when the requests arrive; the hindsight bound does (:mod:`tridentcore.core.hindsight`:
+a linear program over one stream), and :func:`hindsight_goodput` bisects it like a policy.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..core.cluster import CPU_KIND, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
 from ..core.defaults import DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER, DEFAULT_PROFILE, DEFAULT_TARGET
 from ..core.driver import expected_mix
+from ..core.hindsight import HindsightBound, hindsight_bound
 from ..core.metrics import attainment_by_class, min_class_attainment, summarize
 from ..core.policy import make_policy
 from ..core.records import RunMeta
@@ -34,7 +37,8 @@ from .provenance import git_sha, hardware, package_versions
 from .spec import RunSpec, RunSpecError
 
 __all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "ceilings", "evaluate", "goodput_range",
-           "load_scenario", "pricing_for", "run_meta", "run_one", "schedule_requests", "sweep_goodput"]
+           "hindsight_at", "hindsight_goodput", "load_scenario", "pricing_for", "run_meta", "run_one",
+           "schedule_requests", "sweep_goodput"]
 
 Scenario = RunSpec  # the name this module's callers used before the one run spec (issue 10)
 
@@ -309,6 +313,30 @@ def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARG
     fair_hi = overall if overall > 0 else hi
     fair = _bisect(lambda r: point(r).min_class >= target, lo, max(fair_hi, lo), rel_tol, max_iter) if overall else 0.0
     return Goodput(policy_spec, overall, fair, sorted(cache.values(), key=lambda p: p.rate))
+
+
+def hindsight_at(loaded: Loaded, rate: float, *, slot_s: float = 1.0) -> HindsightBound:
+    """The hindsight bound (:mod:`tridentcore.core.hindsight`) of the stream ``rate`` gives: the
+    most lowest-class attainment any scheduler could reach on exactly these requests."""
+    cl = loaded.cluster
+    return hindsight_bound(loaded.requests(rate), loaded.cost, loaded.gpu_kind, cl.num_gpus, cl.gpus_per_node,
+                           slot_s=slot_s)
+
+
+def hindsight_goodput(loaded: Loaded, lo: float, hi: float, target: float = DEFAULT_TARGET, *,
+                      rel_tol: float = 0.01) -> tuple[float, dict[float, HindsightBound]]:
+    """The highest rate in [lo, hi] at which the hindsight bound's lowest class is >= ``target``:
+    no scheduler has a higher fair goodput on these streams (bisection, as :func:`sweep_goodput`;
+    0 if ``lo`` fails). Also every rate's bound."""
+    seen: dict[float, HindsightBound] = {}
+
+    def passes(rate: float) -> bool:
+        key = round(rate, 6)
+        if key not in seen:
+            seen[key] = hindsight_at(loaded, rate)
+        return seen[key].min_class >= target
+
+    return _bisect(passes, lo, hi, rel_tol, 14), seen
 
 
 # ------------------------------------------------------------------------------------ stored runs

@@ -1,0 +1,235 @@
+"""The hindsight bound: the most SLO attainment any scheduler could reach on one request stream.
+
+The capacity ceilings (:mod:`.capacity`) price a workload's classes and divide the cluster's
+GPU-seconds by them: they know the mix but not when its requests arrive, so a burst that needs more
+GPUs than the cluster has counts the same as a steady stream. This bound knows the stream. It is a
+linear program over time slots of ``slot_s`` seconds that relaxes everything a real scheduler must
+respect except the three things no scheduler can escape:
+
+* a request's work happens after it arrives and, to meet its SLO, before its deadline;
+* in any slot, the GPU-seconds used are at most ``num_gpus x slot_s``;
+* each stage runs at a speed some (degree, batch) of the cost model gives it, one at a time.
+
+Per request ``r`` the program has a completion ``z_r`` in [0, 1] and, per stage, option and slot, the
+fraction ``y`` of that slot the stage runs at that option. An option is one (degree ``d``, batch
+``b``) of the stage: the request progresses ``slot_s / T(d, b)`` of the stage per slot and holds
+``d / b`` GPUs (its share of a batch). Every stage must progress ``z_r``; per slot a request runs at
+most one option at a time (its ``y`` sum to 1 or less), and the GPUs held sum to ``num_gpus`` or
+less. Maximise the lowest class's mean ``z`` (fair goodput's criterion: every class attains).
+
+What it relaxes, so the optimum is an upper bound on every real schedule's lowest class attainment
+(a real schedule is a feasible point with ``z`` 0 or 1): stage order within a request (each stage has
+its own window: encode in [arrival, deadline - the fastest diffuse and decode], diffuse after the
+fastest encode and before the deadline less the fastest decode, decode after the fastest encode and
+diffuse), requests finished in part, degrees and batches changed at any instant and at no cost
+(batch partners, node boundaries, weight loads, memory and transfers are ignored), slots rounded
+outwards to whole slots, and perfect knowledge of the future. Options inside the convex hull of the
+others (and of standing still) are dropped: a mix of the hull's options does as well in every slot.
+Encode and decode, one GPU each, are priced by one option that is as fast as their fastest and as
+cheap in GPU-seconds as their cheapest (a mix of it does at least as well as any real option), and
+may overlap the request's diffuse within a slot; only the diffuse's options share the
+one-at-a-time limit. Both keep the program small and only loosen the bound.
+
+Pure: the program is built here; ``scipy.optimize.linprog`` solves it (HiGHS's interior point
+method with crossover: on these programs 5-10x faster than its simplex), imported lazily.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .slo import SLO_TOLERANCE_S
+from .types import Shape, StageKind, class_label, degrees_up_to
+
+if TYPE_CHECKING:
+    from .costmodel import CostModel
+    from .requests import RequestSpec
+
+__all__ = ["HindsightBound", "StageOption", "hindsight_bound", "stage_options"]
+
+STAGES = (StageKind.ENCODE, StageKind.DIFFUSE, StageKind.DECODE)
+
+
+@dataclass(frozen=True, slots=True)
+class StageOption:
+    """One way to run a stage of one request: ``duration_s`` for the whole stage holding ``share`` GPUs."""
+
+    degree: int
+    batch: int
+    duration_s: float
+    share: float  # GPUs held by this request: degree / batch
+
+    @property
+    def gpu_s(self) -> float:
+        return self.duration_s * self.share
+
+
+@dataclass(frozen=True, slots=True)
+class HindsightBound:
+    """The program's optimum: per class (requests, the most attainment it can have while every class
+    has at least ``min_class``), and the lowest class's."""
+
+    min_class: float
+    by_class: dict[str, tuple[int, float]]
+    variables: int
+    slot_s: float
+
+
+def _hull(points: list[StageOption]) -> list[StageOption]:
+    """The options on the lower convex hull of (progress rate, GPUs held) with standing still at
+    (0, 0): the ones no mix of the others beats; fastest last."""
+    pts = sorted(points, key=lambda o: (1.0 / o.duration_s, o.share))
+    kept: list[tuple[float, float, StageOption | None]] = [(0.0, 0.0, None)]
+    for o in pts:
+        x, y = 1.0 / o.duration_s, o.share
+        if kept[-1][2] is not None and abs(kept[-1][0] - x) <= 1e-12 * x:
+            continue  # same speed, more GPUs (sorted by share within a speed)
+        while len(kept) >= 2:
+            (x1, y1, _), (x2, y2, _) = kept[-2], kept[-1]
+            if (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) <= 0:  # the middle point is not below the chord
+                kept.pop()
+            else:
+                break
+        kept.append((x, y, o))
+    return [o for _, _, o in kept if o is not None]
+
+
+def stage_options(cost: "CostModel", gpu_kind: str | None, model: str, shape: Shape, max_degree: int
+                  ) -> dict[StageKind, list[StageOption]]:
+    """Per stage, the options of one request the program uses: the diffuse's (degree, batch) on the
+    convex hull, at every degree up to ``max_degree`` and batches 1 up to the largest measured level
+    (sizes the cost model cannot answer for are skipped); encode and decode (one GPU) as one option,
+    their fastest time at their cheapest GPU-seconds."""
+    out: dict[StageKind, list[StageOption]] = {}
+    for stage in STAGES:
+        levels = cost.batches(model, stage, gpu_kind) or (1,)
+        sizes = range(1, max(levels) + 1)
+        degrees = degrees_up_to(max_degree) if stage is StageKind.DIFFUSE else (1,)
+        found: list[StageOption] = []
+        for d in degrees:
+            for b in sizes:
+                try:
+                    t = cost.latency_s(model, stage, shape if stage is not StageKind.ENCODE else None, b, d, gpu_kind)
+                except LookupError:
+                    if b == 1 and d == 1:
+                        raise
+                    continue
+                if stage is StageKind.DIFFUSE:
+                    t *= shape.steps
+                if t > 0:
+                    found.append(StageOption(d, b, t, d / b))
+        if stage is StageKind.DIFFUSE:
+            out[stage] = _hull(found)
+        else:  # as fast as the fastest, as cheap as the cheapest: it beats every real option
+            fastest = min(o.duration_s for o in found)
+            out[stage] = [StageOption(1, 1, fastest, min(o.gpu_s for o in found) / fastest)]
+    return out
+
+
+def _windows(arrival: float, deadline: float, fastest: Sequence[float]) -> list[tuple[float, float]]:
+    """Per stage (encode, diffuse, decode), the interval it can run in and still meet the deadline."""
+    enc, dif, dec = fastest
+    return [(arrival, deadline - dif - dec), (arrival + enc, deadline - dec), (arrival + enc + dif, deadline)]
+
+
+def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_kind: str | None, num_gpus: int,
+                    max_degree: int, *, slot_s: float = 1.0, time_limit_s: float = 600.0) -> HindsightBound:
+    """The most lowest-class SLO attainment any scheduler could reach on ``requests`` (module doc)."""
+    import numpy as np
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    if not requests:
+        raise ValueError("the hindsight bound needs at least one request")
+    if not (slot_s > 0 and num_gpus > 0):
+        raise ValueError(f"slot_s and num_gpus must be > 0 (got {slot_s}, {num_gpus})")
+    options: dict[tuple[str, Shape], dict[StageKind, list[StageOption]]] = {}
+    classes: dict[str, list[int]] = {}
+    # columns: z_r per request, then m (the lowest class's attainment), then the y's
+    n = len(requests)
+    col_m = n
+    next_col = n + 1
+    cap_rows: list[np.ndarray] = []  # (slot, column, share) triples, built per request stage option
+    prog_rows, prog_cols, prog_vals = [], [], []  # per (request, stage): sum y * slot/T - z >= 0
+    busy_rows, busy_cols = [], []  # per (request, slot): sum y <= 1
+    n_prog = n_busy = 0
+    hopeless: list[int] = []
+    for i, r in enumerate(requests):
+        key = (r.model, r.shape)
+        if key not in options:
+            options[key] = stage_options(cost, gpu_kind, r.model, r.shape, max_degree)
+        opts = options[key]
+        classes.setdefault(class_label(r.model, r.shape), []).append(i)
+        fastest = [min(o.duration_s for o in opts[s]) for s in STAGES]
+        deadline = r.arrival_s + r.slo_s + SLO_TOLERANCE_S
+        windows = _windows(r.arrival_s, deadline, fastest)
+        if any(hi - lo < f - 1e-9 for (lo, hi), f in zip(windows, fastest, strict=True)):
+            hopeless.append(i)  # no option meets the deadline: z_r is held at 0
+            continue
+        busy_of: dict[int, int] = {}
+        for stage, (lo, hi) in zip(STAGES, windows, strict=True):
+            first, last = math.floor(lo / slot_s), math.ceil(hi / slot_s)  # slots [first, last)
+            slots = np.arange(first, last)
+            for o in opts[stage]:
+                cols = np.arange(next_col, next_col + len(slots))
+                next_col += len(slots)
+                cap_rows.append(np.stack([slots, cols, np.full(len(slots), o.share)]))
+                prog_rows.append(np.full(len(slots), n_prog))
+                prog_cols.append(cols)
+                prog_vals.append(np.full(len(slots), slot_s / o.duration_s))
+                if stage is not StageKind.DIFFUSE or len(opts[stage]) == 1:
+                    continue  # one option: its bound of 1 is the one-at-a-time limit
+                for s, c in zip(slots.tolist(), cols.tolist(), strict=True):
+                    row = busy_of.get(s)
+                    if row is None:
+                        row = busy_of[s] = n_busy
+                        n_busy += 1
+                    busy_rows.append(row)
+                    busy_cols.append(c)
+            prog_rows.append(np.array([n_prog]))
+            prog_cols.append(np.array([i]))
+            prog_vals.append(np.array([-1.0]))
+            n_prog += 1
+    cap = np.concatenate(cap_rows, axis=1) if cap_rows else np.zeros((3, 0))
+    first_slot = int(cap[0].min()) if cap.shape[1] else 0
+    n_slots = int(cap[0].max()) - first_slot + 1 if cap.shape[1] else 0
+    n_cols = next_col
+    labels = sorted(classes)
+    # rows: capacity per slot; busy per (request, slot); -progress per (request, stage); m - mean z per class
+    blocks_r = [cap[0] - first_slot]
+    blocks_c = [cap[1]]
+    blocks_v = [cap[2]]
+    off = n_slots
+    blocks_r.append(np.array(busy_rows, dtype=float) + off)
+    blocks_c.append(np.array(busy_cols, dtype=float))
+    blocks_v.append(np.ones(len(busy_rows)))
+    off += n_busy
+    if prog_rows:
+        blocks_r.append(np.concatenate(prog_rows).astype(float) + off)
+        blocks_c.append(np.concatenate(prog_cols).astype(float))
+        blocks_v.append(-np.concatenate(prog_vals))
+    off += n_prog
+    for k, label in enumerate(labels):
+        members = classes[label]
+        blocks_r.append(np.full(len(members) + 1, off + k, dtype=float))
+        blocks_c.append(np.array([col_m, *members], dtype=float))
+        blocks_v.append(np.array([1.0, *([-1.0 / len(members)] * len(members))]))
+    n_rows = off + len(labels)
+    a = coo_matrix((np.concatenate(blocks_v), (np.concatenate(blocks_r).astype(int), np.concatenate(blocks_c).astype(int))),
+                   shape=(n_rows, n_cols)).tocsr()
+    b = np.concatenate([np.full(n_slots, float(num_gpus)), np.ones(n_busy), np.zeros(n_prog + len(labels))])
+    c = np.zeros(n_cols)
+    c[col_m] = -1.0
+    c[:n] = -1e-6 / n  # among the max-min optima, one that completes the most
+    upper = np.ones(n_cols)
+    upper[hopeless] = 0.0
+    res = linprog(c, A_ub=a, b_ub=b, bounds=np.stack([np.zeros(n_cols), upper], axis=1), method="highs-ipm",
+                  options={"time_limit": time_limit_s, "presolve": True})
+    if res.status != 0 or res.x is None:
+        raise RuntimeError(f"the hindsight program did not solve: {res.message}")
+    z = res.x[:n]
+    by_class = {label: (len(classes[label]), float(min(1.0, z[classes[label]].mean()))) for label in labels}
+    return HindsightBound(float(min(1.0, res.x[col_m])), by_class, n_cols, slot_s)
