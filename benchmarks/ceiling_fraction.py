@@ -10,7 +10,9 @@ per class, and one burst of arrivals decides the answer (seed 0 has one near its
 (mix, policy) is bisected the same way (``sweep_goodput``, 1 % tolerance) on each seed's stream of
 ``--duration`` seconds, and the fair goodput is printed per seed as a fraction of the SLO-aware
 ceiling (``tridentcore/core/capacity.py``), with the mean and the lowest. A fraction above 100 % says
-the run ended before a backlog at that rate made a class miss 10 % of its deadlines.
+the run ended before a backlog at that rate made a class miss 10 % of its deadlines. In brackets:
+the fraction of the stream's own SLO-aware ceiling (its classes priced as often as that stream has
+them at that rate, not at the mix's weights: ``stream_ceiling``).
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE
 
 def _one(args):
     mix, scale, policy, seed, duration, cluster, profile = args
-    from tridentcore.bench.scenario import ceilings, load_scenario, sweep_goodput
+    from tridentcore.bench.scenario import ceilings, load_scenario, stream_ceiling, sweep_goodput
     from tridentcore.bench.spec import RunSpec
 
     loaded = load_scenario(RunSpec(profile=profile, cluster=cluster, mix=mix, duration_s=duration, slo_scale=scale,
                                    seed=seed))
     efficient, slo_aware = ceilings(loaded)
     got = sweep_goodput(loaded, policy, rel_tol=0.01, cap=efficient.rps)
-    return args, got.fair_goodput_rps, slo_aware.rps
+    fair = got.fair_goodput_rps
+    own = stream_ceiling(loaded, fair).rps if fair > 0 else 0.0
+    return args, fair, slo_aware.rps, own
 
 
 def main() -> None:
@@ -52,18 +56,18 @@ def main() -> None:
     tasks = [(m, args.scale, p, s, args.duration, args.cluster, args.profile) for m in mixes for p in policies
              for s in seeds]
     t0 = time.perf_counter()
-    got: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+    got: dict[tuple[str, str], list[tuple[int, float, float, float]]] = {}
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for (mix, _, policy, seed, *_), fair, ceiling in pool.map(_one, tasks):
-            got.setdefault((mix, policy), []).append((seed, fair, ceiling))
+        for (mix, _, policy, seed, *_), fair, ceiling, own in pool.map(_one, tasks):
+            got.setdefault((mix, policy), []).append((seed, fair, ceiling, own))
     print(f"Fair goodput / SLO-aware ceiling at SLO scale {args.scale:g}, {args.duration:g} s per seed; per mix and "
-          f"policy: the ceiling (req/s), then per seed its fair goodput (req/s) and fraction, then the mean and "
-          f"the lowest fraction:")
+          f"policy: the ceiling (req/s), then per seed its fair goodput (req/s) and fraction (of the stream's own "
+          f"ceiling), then the mean and the lowest fraction:")
     for (mix, policy), runs in got.items():
         ceiling = runs[0][2]
-        fractions = [fair / ceiling for _, fair, _ in runs] if ceiling > 0 else [0.0]
-        each = ", ".join(f"{seed}: {fair:.3f} {fair / ceiling:.0%}" if ceiling > 0 else f"{seed}: {fair:.3f}"
-                         for seed, fair, _ in runs)
+        fractions = [fair / ceiling for _, fair, _, _ in runs] if ceiling > 0 else [0.0]
+        each = ", ".join((f"{seed}: {fair:.3f} {fair / ceiling:.0%}" if ceiling > 0 else f"{seed}: {fair:.3f}")
+                         + (f" ({fair / own:.0%})" if own > 0 else "") for seed, fair, _, own in runs)
         print(f"  {mix:<13} {policy:<26} {ceiling:8.3f}  {each}   {statistics.mean(fractions):.0%}   "
               f"{min(fractions):.0%}")
     print(f"{len(tasks)} bisections in {time.perf_counter() - t0:.0f} s")

@@ -8,7 +8,9 @@ The capacity ceilings price a mix and ignore when its requests come; the goodput
 have bursts. The hindsight bound is the most lowest-class SLO attainment any scheduler could reach
 on one stream, knowing its future, with free preemption and degree changes (a linear program, solved
 with HiGHS). For each rate (``--fractions`` of the SLO-aware ceiling, or ``--rates`` in req/s) this
-prints the bound's lowest class and each policy's simulated one on the same requests. With
+prints the rate as a fraction of the stream's own SLO-aware ceiling (its classes priced as often as
+the stream has them, not at the mix's weights), the bound's lowest class and each policy's simulated
+one on the same requests. With
 ``--goodput`` it also bisects the hindsight fair goodput: the highest rate at which the bound still
 lets every class reach 90 %, an upper bound on every policy's fair goodput on these streams.
 
@@ -45,7 +47,8 @@ def main() -> None:
     if any(not r > 0 for r in (rates or fractions)):
         ap.error("rates and fractions must be > 0")
 
-    from tridentcore.bench.scenario import ceilings, evaluate, goodput_range, hindsight_at, hindsight_goodput, load_scenario
+    from tridentcore.bench.scenario import (ceilings, evaluate, goodput_range, hindsight_at, hindsight_goodput,
+                                            load_scenario, stream_ceiling)
     from tridentcore.bench.spec import RunSpec, RunSpecError
 
     try:
@@ -59,14 +62,15 @@ def main() -> None:
     policies = [p for p in args.policies.split(";") if p.strip()]
     print(f"{args.mix} on {args.cluster}, SLO scale {args.scale:g}, seed {args.seed}, {args.duration:g} s; "
           f"SLO-aware ceiling {slo_aware:.3f} req/s. Lowest class's SLO attainment:")
-    print(f"{'rate':>8} {'of ceiling':>10} {'requests':>8} {'bound':>7} {'solve s':>7}"
+    print(f"{'rate':>8} {'of ceiling':>10} {'of stream':>9} {'requests':>8} {'bound':>7} {'solve s':>7}"
           + "".join(f" {p:>22}" for p in policies))
     for rate in rates:
         t0 = time.perf_counter()
         bound = hindsight_at(loaded, rate)
         solve = time.perf_counter() - t0
         got = [evaluate(loaded, p, rate).min_class for p in policies]
-        print(f"{rate:8.4f} {rate / slo_aware:10.0%} {len(loaded.requests(rate)):8d} {bound.min_class:7.3f} "
+        own = stream_ceiling(loaded, rate).rps
+        print(f"{rate:8.4f} {rate / slo_aware:10.0%} {rate / own:9.0%} {len(loaded.requests(rate)):8d} {bound.min_class:7.3f} "
               f"{solve:7.1f}" + "".join(f" {g:22.3f}" for g in got))
     if args.goodput:
         t0 = time.perf_counter()

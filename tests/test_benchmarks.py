@@ -174,5 +174,24 @@ def test_ceiling_fraction_bisects_each_seed_and_reports_mean_and_lowest():
     fractions = [float(p.split()[2].rstrip("%")) / 100 for p in per_seed]
     for p, f in zip(per_seed, fractions):
         assert float(p.split()[1]) / ceiling == pytest.approx(f, abs=0.006)
+        own = float(p.split()[3].strip("()%")) / 100  # against the stream's own class counts
+        assert 0.6 * f < own < 1.6 * f
     mean, lowest = (float(x.rstrip("%")) / 100 for x in line.split()[-2:])
     assert mean == pytest.approx(sum(fractions) / 2, abs=0.01) and lowest == pytest.approx(min(fractions), abs=0.006)
+
+
+def test_hindsight_sets_the_bound_beside_a_policy_on_the_same_stream():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hindsight.py"), "--mix", "video-wan",
+                           "--duration", "300", "--fractions", "0.5,1.4", "--policies", "trident;pipeline-static:degree=1"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 2
+    for rate, of_ceiling, of_stream, n, bound, _solve, trident, static in rows:
+        assert float(bound) >= max(float(trident), float(static)) - 1e-6  # nothing beats hindsight
+        assert 0.6 * float(of_ceiling.rstrip("%")) < float(of_stream.rstrip("%")) < 1.6 * float(of_ceiling.rstrip("%"))
+        assert 0.5 * 300 * float(rate) < int(n) < 1.5 * 300 * float(rate)
+    assert float(rows[0][4]) > float(rows[1][4])  # 1.4x the ceiling binds
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hindsight.py"), "--fractions", "0.5,x"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and "comma-separated numbers" in bad.stderr
