@@ -2,7 +2,7 @@
 
     python benchmarks/hindsight.py [--mix video-wan] [--scale 3] [--seed 0] [--duration 1800]
         [--fractions 0.8,0.9,1] [--rates R1,R2] [--policies "trident;trident:late=reject"]
-        [--goodput] [--cluster 2x8xH200] [--profile h200]
+        [--goodput] [--slot 1] [--time-limit 600] [--cluster 2x8xH200] [--profile h200]
 
 The capacity ceilings price a mix and ignore when its requests come; the goodput table's streams
 have bursts. The hindsight bound is the most lowest-class SLO attainment any scheduler could reach
@@ -15,7 +15,8 @@ one on the same requests. With
 lets every class reach 90 %, an upper bound on every policy's fair goodput on these streams.
 
 Solve times on the 2-core reference machine: video-wan at 0.16 req/s (311 requests, 160 k
-variables) about 16 s; flux-uniform at 1.7 req/s (3,074 requests) about 4 min.
+variables) 16-32 s; flux-uniform at 1.7 req/s (3,074 requests, 384 k variables) about 4 min;
+sd3-mixed at 4.6 req/s (8,172 requests) did not solve in the default 10 minutes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def main() -> None:
     ap.add_argument("--rates", default=None, help="rates in req/s (instead of --fractions)")
     ap.add_argument("--policies", default="trident", help="semicolon-separated policy specs ('' for none)")
     ap.add_argument("--goodput", action="store_true", help="also bisect the hindsight fair goodput")
+    ap.add_argument("--slot", type=float, default=1.0, help="slot length, seconds (longer: a smaller, looser program)")
+    ap.add_argument("--time-limit", type=float, default=600.0, help="seconds HiGHS may take per program")
     ap.add_argument("--cluster", default=DEFAULT_CLUSTER)
     ap.add_argument("--profile", default=DEFAULT_PROFILE)
     args = ap.parse_args()
@@ -44,8 +47,8 @@ def main() -> None:
         rates = [float(x) for x in args.rates.split(",") if x.strip()] if args.rates else None
     except ValueError as e:
         ap.error(f"--fractions and --rates take comma-separated numbers: {e}")
-    if any(not r > 0 for r in (rates or fractions)):
-        ap.error("rates and fractions must be > 0")
+    if any(not r > 0 for r in (rates or fractions)) or not (args.slot > 0 and args.time_limit > 0):
+        ap.error("rates, fractions, --slot and --time-limit must be > 0")
 
     from tridentcore.bench.scenario import (ceilings, evaluate, goodput_range, hindsight_at, hindsight_goodput,
                                             load_scenario, stream_ceiling)
@@ -63,19 +66,27 @@ def main() -> None:
     print(f"{args.mix} on {args.cluster}, SLO scale {args.scale:g}, seed {args.seed}, {args.duration:g} s; "
           f"SLO-aware ceiling {slo_aware:.3f} req/s. Lowest class's SLO attainment:")
     print(f"{'rate':>8} {'of ceiling':>10} {'of stream':>9} {'requests':>8} {'bound':>7} {'solve s':>7}"
-          + "".join(f" {p:>22}" for p in policies))
+          + "".join(f" {p:>22}" for p in policies), flush=True)
     for rate in rates:
         t0 = time.perf_counter()
-        bound = hindsight_at(loaded, rate)
+        try:
+            bound = hindsight_at(loaded, rate, slot_s=args.slot, time_limit_s=args.time_limit)
+        except RuntimeError as e:
+            raise SystemExit(f"hindsight.py: at {rate:.4f} req/s {e} (a larger --time-limit or --slot, or a shorter "
+                             f"--duration)") from None
         solve = time.perf_counter() - t0
         got = [evaluate(loaded, p, rate).min_class for p in policies]
         own = stream_ceiling(loaded, rate).rps
         print(f"{rate:8.4f} {rate / slo_aware:10.0%} {rate / own:9.0%} {len(loaded.requests(rate)):8d} {bound.min_class:7.3f} "
-              f"{solve:7.1f}" + "".join(f" {g:22.3f}" for g in got))
+              f"{solve:7.1f}" + "".join(f" {g:22.3f}" for g in got), flush=True)
     if args.goodput:
         t0 = time.perf_counter()
         lo, hi = goodput_range(ceilings(loaded)[0].rps)
-        best, seen = hindsight_goodput(loaded, lo, hi, DEFAULT_TARGET)
+        try:
+            best, seen = hindsight_goodput(loaded, lo, hi, DEFAULT_TARGET, slot_s=args.slot,
+                                           time_limit_s=args.time_limit)
+        except RuntimeError as e:
+            raise SystemExit(f"hindsight.py: {e} (a larger --time-limit or --slot, or a shorter --duration)") from None
         print(f"hindsight fair goodput (every class >= {DEFAULT_TARGET:.0%} in the bound): {best:.4f} req/s, "
               f"{best / slo_aware:.0%} of the SLO-aware ceiling ({len(seen)} programs, "
               f"{time.perf_counter() - t0:.0f} s)")

@@ -195,3 +195,8 @@ def test_hindsight_sets_the_bound_beside_a_policy_on_the_same_stream():
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hindsight.py"), "--fractions", "0.5,x"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "comma-separated numbers" in bad.stderr
+    short = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hindsight.py"), "--duration", "600",
+                            "--fractions", "1", "--policies", "", "--time-limit", "0.001"],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert short.returncode == 1 and "did not solve" in short.stderr and "--time-limit" in short.stderr
+    assert "Traceback" not in short.stderr

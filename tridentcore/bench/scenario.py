@@ -329,16 +329,17 @@ def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARG
     return Goodput(policy_spec, overall, fair, sorted(cache.values(), key=lambda p: p.rate))
 
 
-def hindsight_at(loaded: Loaded, rate: float, *, slot_s: float = 1.0) -> HindsightBound:
+def hindsight_at(loaded: Loaded, rate: float, *, slot_s: float = 1.0, time_limit_s: float = 600.0) -> HindsightBound:
     """The hindsight bound (:mod:`tridentcore.core.hindsight`) of the stream ``rate`` gives: the
     most lowest-class attainment any scheduler could reach on exactly these requests."""
     cl = loaded.cluster
     return hindsight_bound(loaded.requests(rate), loaded.cost, loaded.gpu_kind, cl.num_gpus, cl.gpus_per_node,
-                           slot_s=slot_s)
+                           slot_s=slot_s, time_limit_s=time_limit_s)
 
 
 def hindsight_goodput(loaded: Loaded, lo: float, hi: float, target: float = DEFAULT_TARGET, *,
-                      rel_tol: float = 0.01) -> tuple[float, dict[float, HindsightBound]]:
+                      rel_tol: float = 0.01, slot_s: float = 1.0,
+                      time_limit_s: float = 600.0) -> tuple[float, dict[float, HindsightBound]]:
     """The highest rate in [lo, hi] at which the hindsight bound's lowest class is >= ``target``:
     no scheduler has a higher fair goodput on these streams (bisection, as :func:`sweep_goodput`;
     0 if ``lo`` fails). Also every rate's bound."""
@@ -347,7 +348,7 @@ def hindsight_goodput(loaded: Loaded, lo: float, hi: float, target: float = DEFA
     def passes(rate: float) -> bool:
         key = round(rate, 6)
         if key not in seen:
-            seen[key] = hindsight_at(loaded, rate)
+            seen[key] = hindsight_at(loaded, rate, slot_s=slot_s, time_limit_s=time_limit_s)
         return seen[key].min_class >= target
 
     return _bisect(passes, lo, hi, rel_tol, 14), seen
