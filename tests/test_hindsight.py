@@ -84,3 +84,21 @@ def test_bad_input_is_refused_in_words():
         hindsight_bound([], H200, "H200", 16, 8)
     with pytest.raises(ValueError, match="slot_s and num_gpus"):
         hindsight_bound(reqs, H200, "H200", 16, 8, slot_s=0)
+
+
+def test_the_stream_ceiling_prices_the_classes_as_often_as_the_stream_has_them():
+    from collections import Counter
+
+    from tridentcore.bench.scenario import ceilings, load_scenario, stream_ceiling
+    from tridentcore.bench.spec import RunSpec
+
+    loaded = load_scenario(RunSpec(profile="h200", cluster="2x8xH200", mix="video-wan", duration_s=1800.0,
+                                   slo_scale=3.0, seed=0))
+    mix_ceiling = ceilings(loaded)[1]
+    reqs = loaded.requests(0.141)
+    price = {c.label: c.gpu_s_each for c in mix_ceiling.classes}
+    counts = Counter(class_label(r.model, r.shape) for r in reqs)
+    own = stream_ceiling(loaded, 0.141)
+    assert own.rps == pytest.approx(16 * len(reqs) / sum(price[k] * n for k, n in counts.items()), rel=1e-9)
+    assert counts["wan2.1-1.3b 1280x720x81"] / len(reqs) > 0.28  # this draw is 720p-heavy (README) ...
+    assert own.rps < 0.9 * mix_ceiling.rps  # ... so its own ceiling is lower: 0.160 against 0.181 req/s
