@@ -4,11 +4,13 @@ under overload, and its pieces (the options' hull, hopeless requests) do what th
 from __future__ import annotations
 
 import dataclasses
+import math
+import random
 
 import pytest
 
 from tridentcore.core.cluster import parse_cluster
-from tridentcore.core.hindsight import StageOption, _hull, hindsight_bound, stage_options
+from tridentcore.core.hindsight import StageOption, _compress, _hull, hindsight_bound, stage_options
 from tridentcore.core.metrics import attainment_by_class, min_class_attainment
 from tridentcore.core.policy import make_policy
 from tridentcore.core.types import Shape, StageKind, class_label
@@ -76,6 +78,36 @@ def test_the_hull_keeps_only_options_no_mix_of_the_others_beats():
     opts = stage_options(H200, "H200", "flux-dev", Shape(1024, 1024, 1, 28), 8)
     assert [o.degree for o in opts[StageKind.DIFFUSE]] == sorted(o.degree for o in opts[StageKind.DIFFUSE])
     assert len(opts[StageKind.ENCODE]) == len(opts[StageKind.DECODE]) == 1
+
+
+def _lowest_share(options, rate):
+    """The fewest GPUs a mix of ``options`` (and standing still) holds while progressing at ``rate``."""
+    pts = [(0.0, 0.0)] + sorted((1.0 / o.duration_s, o.share) for o in options)
+    for (x1, y1), (x2, y2) in zip(pts, pts[1:]):
+        if x1 <= rate <= x2 * (1 + 1e-12):
+            return y1 + (y2 - y1) * (rate - x1) / (x2 - x1)
+    return math.inf
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_compressed_options_do_at_least_as_well_as_every_real_one(seed):
+    rng = random.Random(seed)
+    real = []
+    for d in (1, 2, 3, 4, 8):  # a diminishing speed-up per degree, a diminishing saving per batch size
+        step = 10.0 / d ** rng.uniform(0.5, 0.95)
+        for b in range(1, rng.randint(1, 60)):
+            real.append(StageOption(d, b, step * b ** rng.uniform(0.6, 1.0), d / b))
+    hull = _hull(real)
+    small = _compress(hull)
+    assert len(small) <= len(hull) and small[-1] == hull[-1]  # the fastest stays a real option
+    for o in real:
+        assert _lowest_share(small, 1.0 / o.duration_s) <= o.share * (1 + 1e-9)
+
+
+def test_a_cost_model_that_batches_far_gives_a_short_option_list():
+    opts = stage_options(H200, "H200", "sd3-medium", Shape(512, 512, 1, 28), 8)[StageKind.DIFFUSE]
+    assert len(opts) <= 24  # from some 260 hull options (batches up to 256 at every degree)
+    assert {o.degree for o in opts} == set(range(1, 9))  # a node's every group size, not only powers of 2
 
 
 def test_bad_input_is_refused_in_words():

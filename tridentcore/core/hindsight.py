@@ -42,15 +42,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .slo import SLO_TOLERANCE_S
-from .types import Shape, StageKind, class_label, degrees_up_to
+from .types import Shape, StageKind, class_label
 
 if TYPE_CHECKING:
     from .costmodel import CostModel
     from .requests import RequestSpec
 
-__all__ = ["HindsightBound", "StageOption", "hindsight_bound", "stage_options"]
+__all__ = ["MAX_BATCH", "MAX_VARIABLES", "HindsightBound", "StageOption", "hindsight_bound", "stage_options"]
 
 STAGES = (StageKind.ENCODE, StageKind.DIFFUSE, StageKind.DECODE)
+MAX_BATCH = 256  # batch sizes tried per stage (the cost model stops answering well before, past its levels)
+MAX_VARIABLES = 4_000_000  # a larger program is refused before it is built (memory: about 1 GB per million)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +71,8 @@ class StageOption:
 
 @dataclass(frozen=True, slots=True)
 class HindsightBound:
-    """The program's optimum: per class (requests, the most attainment it can have while every class
-    has at least ``min_class``), and the lowest class's."""
+    """The program's optimum: the lowest class's attainment (the bound), and per class (requests, its
+    mean completion in the optimum found: one optimum's, not the most that class alone could have)."""
 
     min_class: float
     by_class: dict[str, tuple[int, float]]
@@ -97,32 +99,56 @@ def _hull(points: list[StageOption]) -> list[StageOption]:
     return [o for _, _, o in kept if o is not None]
 
 
+def _compress(hull: list[StageOption]) -> list[StageOption]:
+    """Fewer options whose mixes do at least as well as every mix of ``hull``'s. Along a run of hull
+    options at one degree (batch sizes, up to hundreds of them where the cost model extrapolates), only
+    the run's ends are kept, and between them the corner where the run's first and last edges (lines
+    through two neighbouring hull options) meet: both lines lie under every option, so the corner
+    lies under the run. The corner is a made-up option (the degree of its run, the batch of the
+    run's end). Only loosens the bound; keeps the program small."""
+    pts = [(0.0, 0.0)] + [(1.0 / o.duration_s, o.share) for o in hull]  # pts[i + 1] is hull[i]
+    n = len(hull)
+    keep = [i for i in range(n) if i in (0, n - 1) or hull[i - 1].degree != hull[i].degree
+            or hull[i + 1].degree != hull[i].degree]
+    out: list[StageOption] = []
+    for a, c in zip([None, *keep], keep):
+        if a is not None and c > a + 1:  # options a+1 .. c-1 dropped: the corner of edges a->a+1 and c-1->c
+            (x1, y1), (x2, y2) = pts[a + 1], pts[a + 2]
+            (x3, y3), (x4, y4) = pts[c], pts[c + 1]
+            s1, s2 = (y2 - y1) / (x2 - x1), (y4 - y3) / (x4 - x3)
+            if s2 > s1 * (1 + 1e-12):
+                x = (y3 - s2 * x3 - (y1 - s1 * x1)) / (s1 - s2)
+                out.append(StageOption(hull[c].degree, hull[c].batch, 1.0 / x, y1 + s1 * (x - x1)))
+        out.append(hull[c])
+    return out
+
+
 def stage_options(cost: "CostModel", gpu_kind: str | None, model: str, shape: Shape, max_degree: int
                   ) -> dict[StageKind, list[StageOption]]:
     """Per stage, the options of one request the program uses: the diffuse's (degree, batch) on the
-    convex hull, at every degree up to ``max_degree`` and batches 1 up to the largest measured level
-    (sizes the cost model cannot answer for are skipped); encode and decode (one GPU) as one option,
-    their fastest time at their cheapest GPU-seconds."""
+    convex hull; encode and decode (one GPU) as one option, their fastest time at their cheapest
+    GPU-seconds. Every degree from 1 to ``max_degree`` (a policy may run any group size a node
+    holds, ``pipeline-static:degree=6`` on six GPUs) and every batch size the cost model answers for,
+    extrapolated past the measured levels as far as it goes (policies batch up to that: ``trident``
+    encodes 8 at a time), up to :data:`MAX_BATCH`; what it cannot answer is skipped."""
     out: dict[StageKind, list[StageOption]] = {}
     for stage in STAGES:
-        levels = cost.batches(model, stage, gpu_kind) or (1,)
-        sizes = range(1, max(levels) + 1)
-        degrees = degrees_up_to(max_degree) if stage is StageKind.DIFFUSE else (1,)
+        degrees = range(1, max_degree + 1) if stage is StageKind.DIFFUSE else (1,)
         found: list[StageOption] = []
         for d in degrees:
-            for b in sizes:
+            for b in range(1, MAX_BATCH + 1):
                 try:
                     t = cost.latency_s(model, stage, shape if stage is not StageKind.ENCODE else None, b, d, gpu_kind)
                 except LookupError:
                     if b == 1 and d == 1:
                         raise
-                    continue
+                    break  # past what the cost model answers at this degree (a larger batch is further)
                 if stage is StageKind.DIFFUSE:
                     t *= shape.steps
                 if t > 0:
                     found.append(StageOption(d, b, t, d / b))
         if stage is StageKind.DIFFUSE:
-            out[stage] = _hull(found)
+            out[stage] = _compress(_hull(found))
         else:  # as fast as the fastest, as cheap as the cheapest: it beats every real option
             fastest = min(o.duration_s for o in found)
             out[stage] = [StageOption(1, 1, fastest, min(o.gpu_s for o in found) / fastest)]
@@ -144,8 +170,8 @@ def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_ki
 
     if not requests:
         raise ValueError("the hindsight bound needs at least one request")
-    if not (slot_s > 0 and num_gpus > 0):
-        raise ValueError(f"slot_s and num_gpus must be > 0 (got {slot_s}, {num_gpus})")
+    if not (0 < slot_s < math.inf and num_gpus > 0):
+        raise ValueError(f"slot_s and num_gpus must be finite and > 0 (got {slot_s}, {num_gpus})")
     options: dict[tuple[str, Shape], dict[StageKind, list[StageOption]]] = {}
     classes: dict[str, list[int]] = {}
     # columns: z_r per request, then m (the lowest class's attainment), then the y's
@@ -172,6 +198,9 @@ def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_ki
         busy_of: dict[int, int] = {}
         for stage, (lo, hi) in zip(STAGES, windows, strict=True):
             first, last = math.floor(lo / slot_s), math.ceil(hi / slot_s)  # slots [first, last)
+            if next_col + len(opts[stage]) * (last - first) > MAX_VARIABLES:  # checked before it is built
+                raise ValueError(f"the hindsight program of {n} requests would have over {MAX_VARIABLES:,} "
+                                 f"variables (slots of {slot_s:g} s): use longer slots or a shorter stream")
             slots = np.arange(first, last)
             for o in opts[stage]:
                 cols = np.arange(next_col, next_col + len(slots))
@@ -231,5 +260,10 @@ def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_ki
     if res.status != 0 or res.x is None:
         raise RuntimeError(f"the hindsight program did not solve: {res.message}")
     z = res.x[:n]
-    by_class = {label: (len(classes[label]), float(min(1.0, z[classes[label]].mean()))) for label in labels}
-    return HindsightBound(float(min(1.0, res.x[col_m])), by_class, n_cols, slot_s)
+    by_class = {label: (len(classes[label]), _unit(z[classes[label]].mean())) for label in labels}
+    return HindsightBound(_unit(res.x[col_m]), by_class, n_cols, slot_s)
+
+
+def _unit(x: float) -> float:
+    """A solver's value clipped to [0, 1] (its tolerances give -1e-12 or 1 + 1e-9), and never -0.0."""
+    return float(min(1.0, max(0.0, x))) + 0.0
