@@ -14,9 +14,11 @@ one on the same requests. With
 ``--goodput`` it also bisects the hindsight fair goodput: the highest rate at which the bound still
 lets every class reach 90 %, an upper bound on every policy's fair goodput on these streams.
 
-Solve times on the 2-core reference machine: video-wan at 0.16 req/s (311 requests, 160 k
-variables) 16-32 s; flux-uniform at 1.7 req/s (3,074 requests, 384 k variables) about 4 min;
-sd3-mixed at 4.6 req/s (8,172 requests) did not solve in the default 10 minutes.
+Solve times on the 2-core reference machine, another job on the second core: video-wan at 0.16
+req/s (311 requests) 100-150 s a program, the ``--goodput`` bisection 10 programs (28 min);
+image-video at 0.78 req/s (1,436 requests) 78 s; flux-uniform at 1.7 req/s (3,074 requests) and
+sd3-mixed at 4.6 req/s (8,172 requests) did not solve in the default 10 minutes. ``--slot 2``
+makes a program about half the size (video-wan, 7200 s: 40 s to 10 min).
 """
 
 from __future__ import annotations
