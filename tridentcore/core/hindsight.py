@@ -23,15 +23,19 @@ its own window: encode in [arrival, deadline - the fastest diffuse and decode], 
 fastest encode and before the deadline less the fastest decode, decode after the fastest encode and
 diffuse), requests finished in part, degrees and batches changed at any instant and at no cost
 (batch partners, node boundaries, weight loads, memory and transfers are ignored), slots rounded
-outwards to whole slots, and perfect knowledge of the future. Options inside the convex hull of the
-others (and of standing still) are dropped: a mix of the hull's options does as well in every slot.
+outwards to whole slots, and perfect knowledge of the future. The options are every degree up to a
+node's GPUs and every batch the cost model prices (:func:`stage_options`); those inside the convex
+hull of the others (and of standing still) are dropped, since a mix of the hull's options does as
+well in every slot, and long runs of batch sizes are replaced by corners under the hull
+(:func:`_compress`). The bound holds for the cost model's stage times: a run whose stages are
+faster than predicted (noise, a biased profile) can beat it.
 Encode and decode, one GPU each, are priced by one option that is as fast as their fastest and as
 cheap in GPU-seconds as their cheapest (a mix of it does at least as well as any real option), and
 may overlap the request's diffuse within a slot; only the diffuse's options share the
 one-at-a-time limit. Both keep the program small and only loosen the bound.
 
 Pure: the program is built here; ``scipy.optimize.linprog`` solves it (HiGHS's interior point
-method with crossover: on these programs 5-10x faster than its simplex), imported lazily.
+method with crossover: on these programs several times faster than its simplex), imported lazily.
 """
 
 from __future__ import annotations
