@@ -341,8 +341,9 @@ def hindsight_goodput(loaded: Loaded, lo: float, hi: float, target: float = DEFA
                       rel_tol: float = 0.01, slot_s: float = 1.0,
                       time_limit_s: float = 600.0) -> tuple[float, dict[float, HindsightBound]]:
     """The highest rate in [lo, hi] at which the hindsight bound's lowest class is >= ``target``:
-    no scheduler has a higher fair goodput on these streams (bisection, as :func:`sweep_goodput`;
-    0 if ``lo`` fails). Also every rate's bound."""
+    no scheduler has a higher fair goodput on these streams, as far as the bisection's assumption
+    holds (pass or fail monotone in rate, as :func:`sweep_goodput`; 0 if ``lo`` fails). Also every
+    rate's bound."""
     seen: dict[float, HindsightBound] = {}
 
     def passes(rate: float) -> bool:
