@@ -21,7 +21,7 @@ from tridentcore.sim.engine import simulate
 
 H200 = load_profile("h200").cost_model()
 POLICIES = ("pipeline-static:degree=1", "pipeline-static:degree=2", "pipeline-dynamic", "trident-paper", "trident",
-            "trident:late=reject")
+            "trident:late=reject", "trident:grow=true")
 
 
 def _stream(mix: str, rate: float, duration: float, seed: int, scale: float, max_degree: int):

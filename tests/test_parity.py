@@ -85,6 +85,29 @@ def test_preemption_and_forgetting_replay_identically():
     assert_exact(e)
 
 
+def test_a_head_start_grown_at_a_step_boundary_replays_identically():
+    """``trident:grow=true`` live: on two emulated GPUs a 480p video takes one, and a 720p one that
+    needs both (its SLO: 223 s, 243 s on one GPU) starts on the other at once, is paused at a step boundary when the first frees and
+    resumes on both (``tests/test_trident_wide.py`` has the simulated case)."""
+    async def main():
+        rt = build_runtime("wan2.1-1.3b", "emulated:1x2xH200", "trident:spread=0,wide=false,grow=true",
+                           time_scale=0.005, max_queued=10, strict=True, log_reports=True)
+        await rt.start()
+        e = rt.engine
+        got = e.submit([Submission("wan2.1-1.3b", "a", Shape(480, 832, 33, 50), seed=0, slo_s=31.0),
+                        Submission("wan2.1-1.3b", "b", Shape(720, 1280, 81, 50), seed=1, slo_s=223.0)])
+        await asyncio.gather(*(e.wait(r) for r in got.ids))
+        await e.shutdown(5)
+        return e
+
+    e = run(main(), 120)
+    assert {r.state for r in e.request_rows()} == {"done"}
+    big = sorted((s.start_step, s.degree, s.outcome) for s in e.spans if s.stage == "diffuse" and s.degree and
+                 s.request_id == max(r.request_id for r in e.request_rows()))
+    assert [(d, o) for _, d, o in big] == [(1, "preempted"), (2, "done")], big
+    assert_exact(e)
+
+
 def test_cpu_workers_with_a_killed_worker_replay_identically():
     """Real tiny pipelines in two worker processes; one is SIGKILLed while it runs a diffuse: its
     dispatch fails, the worker is restarted, every request completes, and the replay (lost and

@@ -68,3 +68,29 @@ def test_a_narrow_diffuse_grows_when_gpus_go_idle():
     pieces = _diffuses(res, 0)
     assert len(pieces) >= 2 and pieces[-1][2] > pieces[0][2], pieces
     assert {r.state for r in res.requests} == {"done"}
+
+
+def test_a_waiting_diffuse_starts_on_the_idle_part_of_its_group_and_grows():
+    """``grow`` (opt-in): on two GPUs, a 480p x 33 video takes one (``spread=0``: the fewest GPU-seconds);
+    a 720p one arriving next needs both to meet its SLO (one alone takes 243 s against 223). With
+    ``grow`` it starts at once on the idle GPU, is paused at a step boundary when the other frees and
+    resumes on both: every step once, both within their SLO, the 720p one done earlier than when it waits."""
+    wan = "wan2.1-1.3b"
+    two = parse_cluster("1x2xH200")
+    reqs = [_req(0, 0.0, Shape(480, 832, 33, 50), wan), _req(1, 1.0, Shape(720, 1280, 81, 50), wan)]
+    waits = simulate(two, H200, make_policy("trident:spread=0,wide=false"), reqs)
+    grows = simulate(two, H200, make_policy("trident:spread=0,wide=false,grow=true"), reqs)
+    assert [(p[2], p[3]) for p in _diffuses(waits, 1)] == [(2, "done")]
+    pieces = _diffuses(grows, 1)
+    assert [(p[2], p[3]) for p in pieces] == [(1, "preempted"), (2, "done")], pieces
+    assert pieces[0][0] == 0 and pieces[0][1] == pieces[1][0] > 0 and pieces[1][1] == 50
+    first = min(s.started_s for s in grows.spans if s.request_id == 1 and s.stage == "diffuse")
+    busy_until = max(s.ended_s for s in grows.spans if s.request_id == 0 and s.stage == "diffuse")
+    assert first < busy_until  # it did not wait for the second GPU
+    done = {r.request_id: r for r in grows.requests}
+    assert all(r.state == "done" and r.finish_s <= r.deadline_s for r in grows.requests)
+    assert done[1].finish_s < {r.request_id: r for r in waits.requests}[1].finish_s - 3.0
+    # off by default: the same requests give the same spans as without the option
+    default = simulate(two, H200, make_policy("trident:spread=0,wide=false"), reqs)
+    assert [(s.request_id, s.stage, s.gpus, s.started_s) for s in default.spans] == [
+        (s.request_id, s.stage, s.gpus, s.started_s) for s in waits.spans]

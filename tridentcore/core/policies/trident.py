@@ -45,6 +45,13 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   gains most is grown at its next boundary. Only while the running work would hold less than
   ``wide_below`` of the GPUs at its unwidened degrees: near saturation every GPU-second counts, and
   widening would spend them.
+* **Head starts** (``grow``, opt-in): a diffuse that must wait for a group whose GPUs free one by
+  one starts at once on the ones already idle, at a smaller degree (they would idle until the group
+  is whole otherwise), holds the rest from when they free, and is paused at a step boundary and
+  resumed on the whole group when they do (not if it now finishes in time where it is). Simulated,
+  video-wan at SLO 3, 7200 s streams of seeds 0-7: fair goodput / SLO-aware ceiling mean 95 % (lowest
+  89 %) against 93 % (87 %) without; images within noise. Off by default until every table is run
+  with it.
 * **Batching** per stage where the profile shows it pays (per-request cost falls by >= 15 %):
   waiting requests of one model (and shape, for diffuse and decode) whose deadlines all hold.
 * **Memory admission**: a dispatch goes only where weights (lazily loaded if missing, load time
@@ -74,9 +81,9 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
 
 Stages never share a GPU at the same time (exclusive dispatch).
 
-Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses in
-:mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
-(mixins); the rest stays one module (about 775 lines) because it is one policy class whose methods
+Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses (and
+head starts) in :mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
+(mixins); the rest stays one module (about 800 lines) because it is one policy class whose methods
 all share the ready queue, reservations and plan.
 """
 
@@ -128,6 +135,8 @@ class Trident(Elastic, Admission, Policy):
         "gain": (float, 0.05, "wide: doubling the degree is worth it while it cuts the step time by this fraction"),
         "wide_below": (float, 0.5, "wide: only while the running work would hold fewer than this fraction of the "
                                    "GPUs at its unwidened degrees: near saturation every GPU-second counts"),
+        "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
+                                    "and is grown at a step boundary when the rest free"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
         "late": (parse_late, DEFAULT_LATE, "serve: a request that can no longer meet its deadline runs after the "
                                            "others (an SLO miss); reject: turn a request away on arrival if it "
@@ -169,6 +178,7 @@ class Trident(Elastic, Admission, Policy):
         self.cap: dict[int, int] = {}  # request id -> the most GPUs its next diffuse may take (it was shrunk)
         self._tops: dict[tuple[str, Shape], int] = {}  # class -> the fastest degree worth its GPUs (wide)
         self.narrow: set[int] = set()  # wide: requests whose running diffuse is narrower than that
+        self.growing: dict[int, int] = {}  # grow: request id -> the degree its head start grows to
         self.hopeless: set[int] = set()  # requests found late (they stay late: deadlines do not move)
         self.demoted: set[int] = set()  # triage: admitted late on arrival (they stay behind)
         self.arrived: deque[tuple[float, float]] = deque()  # late=reject: (arrival, GPU-seconds) of recent arrivals
@@ -312,6 +322,7 @@ class Trident(Elastic, Admission, Policy):
                 rec = view.request(rid)
                 if event.stage == StageKind.DIFFUSE:
                     self.narrow.discard(rid)  # it ended or paused: a new dispatch decides again
+                    self.growing.pop(rid, None)
                 if isinstance(event, StageFailed) and event.oom:
                     self.safer[rid] = self.safer.get(rid, 0) + 1
                 if rec.state not in TERMINAL:
@@ -331,7 +342,7 @@ class Trident(Elastic, Admission, Policy):
                     self.plan = self._plan(view, self.planned_mix)
                     self.replans += 1
                 self.observed = {}
-        if self.ready or self.narrow:  # wide: idle GPUs may grow a narrow running diffuse
+        if self.ready or self.narrow or self.growing:  # idle GPUs may grow a running diffuse
             actions += self._schedule(view, now)
         return actions
 
@@ -350,6 +361,8 @@ class Trident(Elastic, Admission, Policy):
         blocked_degree = math.inf  # smallest degree that found no room in this pass
         blocked = 0  # diffuses that found no room (each reserves GPUs or tries a preemption)
         preempt_tries = 0
+        if self.growing:  # head starts hold the GPUs they grow onto
+            self._hold_growth(view, reserved, now, actions)
         scan = self.ready[:_MAX_SCAN]
         i = 0
         while i < len(scan):  # a request found late on the way is looked at again at the end
@@ -489,6 +502,18 @@ class Trident(Elastic, Admission, Policy):
                 preempted_now = True
                 continue
             if group is not None and when <= latest:
+                if self.opts["grow"] and idle_total:
+                    part = self._start_part(view, idle, reserved, now, when, group, d, rec, info)
+                    if part is not None:  # a head start on the group's idle GPUs; grown at ``when``
+                        node = self._node_of[part[0]]
+                        idle[node] = tuple([x for x in idle[node] if x not in part])
+                        idle_total -= len(part)
+                        busy_frac = 1.0 - idle_total / n_gpus
+                        taken.add(rid)
+                        self._dequeue(rid)
+                        actions.append(Dispatch(StageKind.DIFFUSE, (rid,), part, rec.steps_done, spec.shape.steps))
+                        self.base[rid] = len(part)
+                        self.cap.pop(rid, None)
                 for g in group:
                     reserved[g] = when
                 continue

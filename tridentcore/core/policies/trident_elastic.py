@@ -1,9 +1,11 @@
 """``trident``'s work-conserving part (``wide``): widening a diffuse onto GPUs no waiting work needs,
 shrinking a widened one at a step boundary when work waits, and growing a narrow one onto GPUs that
-went idle and that no waiting work can take. A mixin of :class:`~.trident.Trident`, whose state it
-shares: ``opts``, ``base`` (the degree a running diffuse would have had unwidened), ``cap`` (the most
-GPUs a shrunk request's next diffuse may take), ``narrow`` (requests whose running diffuse is
-narrower than worth it), ``paused_at``, ``hopeless``, ``stretch`` and the per-class answers.
+went idle and that no waiting work can take; and head starts (``grow``): a diffuse waiting for a
+group starts on the part of it already idle and is grown when the rest frees. A mixin of
+:class:`~.trident.Trident`, whose state it shares: ``opts``, ``base`` (the degree a running diffuse
+would have had unwidened), ``cap`` (the most GPUs a shrunk request's next diffuse may take),
+``narrow`` (requests whose running diffuse is narrower than worth it), ``growing`` (head starts and
+the degree each grows to), ``paused_at``, ``hopeless``, ``stretch`` and the per-class answers.
 
 A pause here is the same ``Preempt`` as any other: the diffuse stops at its next step boundary, and
 the request, first in line by its arrival rank, is dispatched again at once on the degree the pass
@@ -133,3 +135,51 @@ class Elastic:
         self.paused_at[vid] = now
         self.cap[vid] = k
         return True
+
+    # ------------------------------------------------------------------------------ head starts (grow)
+    def _start_part(self, view, idle, reserved, now, when, group, d, rec, info) -> tuple[int, ...] | None:
+        """A diffuse reserves ``group`` (``d`` GPUs on one node, the last free at ``when``): if some of
+        them are idle now, start it on those at a smaller degree (they would idle until ``when``
+        otherwise), to be grown to ``d`` when the rest free (:meth:`_hold_growth`). The group it
+        starts on, or None."""
+        node = self._node_of[group[0]]
+        here = [g for g in group if g in idle[node] and g not in reserved]
+        part = max((k for k in info.degrees if k <= len(here) and k < d), default=0)
+        if not part or when - now < 3 * info.step_s[part]:
+            return None  # nothing to start on, or too little done before the pause to pay for it
+        left = rec.spec.shape.steps - rec.steps_done
+        only = [tuple(here) if n == node else () for n in range(len(idle))]
+        got = self._pick_group(view, only, reserved, now, left * info.step_s[part], part, rec, info)
+        if got is not None:
+            self.growing[rec.id] = d
+        return got
+
+    def _hold_growth(self, view, reserved, now, actions) -> None:
+        """Each head start (:meth:`_start_part`) holds the GPUs on its node it will grow onto, from when
+        they free, against all waiting work (as a running dispatch holds its own: it was started on the
+        promise of them); once they are all idle it is paused at its next step boundary and dispatched
+        again, wider. One that now finishes in time where it is keeps its GPUs and is not grown."""
+        for rid, d in list(self.growing.items()):
+            run = view.running_of(rid)
+            if run is None or run.action.stage != StageKind.DIFFUSE or rid in self.hopeless:
+                del self.growing[rid]
+                continue
+            v = view.request(rid)
+            info = self._info_for(view, v.spec.model, v.spec.shape)
+            if run.preempt_at_step is None and run.predicted_end_s + info.dec_s <= (
+                    v.spec.deadline_s - self.opts["margin"] * v.spec.slo_s):
+                del self.growing[rid]
+                continue
+            mine = run.action.gpus
+            need = d - len(mine)
+            times = sorted((view.busy_until(g, now), g) for g in view.nodes[view.node_of(mine[0])]
+                           if g not in mine and g not in reserved)
+            if need <= 0 or len(times) < need:
+                del self.growing[rid]
+                continue
+            at = max(now, times[need - 1][0])
+            for _, g in times[:need]:
+                reserved[g] = at
+            if at <= now and run.preempt_at_step is None:
+                actions.append(Preempt(rid))
+                self.paused_at[rid] = now
