@@ -87,8 +87,8 @@ def test_preemption_and_forgetting_replay_identically():
 
 def test_a_head_start_grown_at_a_step_boundary_replays_identically():
     """``trident:grow=true`` live: on two emulated GPUs a 480p video takes one, and a 720p one that
-    needs both (its SLO: 223 s, 243 s on one GPU) starts on the other at once, is paused at a step boundary when the first frees and
-    resumes on both (``tests/test_trident_wide.py`` has the simulated case)."""
+    needs both (its SLO: 223 s; 243 s on one GPU) starts on the other at once, is paused at a step
+    boundary when the first frees and resumes on both (``tests/test_trident_wide.py``: simulated)."""
     async def main():
         rt = build_runtime("wan2.1-1.3b", "emulated:1x2xH200", "trident:spread=0,wide=false,grow=true",
                            time_scale=0.005, max_queued=10, strict=True, log_reports=True)
@@ -102,8 +102,8 @@ def test_a_head_start_grown_at_a_step_boundary_replays_identically():
 
     e = run(main(), 120)
     assert {r.state for r in e.request_rows()} == {"done"}
-    big = sorted((s.start_step, s.degree, s.outcome) for s in e.spans if s.stage == "diffuse" and s.degree and
-                 s.request_id == max(r.request_id for r in e.request_rows()))
+    big = sorted((s.start_step, s.degree, s.outcome) for s in e.spans
+                 if s.stage == "diffuse" and s.request_id == max(r.request_id for r in e.request_rows()))
     assert [(d, o) for _, d, o in big] == [(1, "preempted"), (2, "done")], big
     assert_exact(e)
 
