@@ -174,7 +174,7 @@ class Elastic:
             need = d - len(mine)
             times = sorted((view.busy_until(g, now), g) for g in view.nodes[view.node_of(mine[0])]
                            if g not in mine and g not in reserved)
-            if need <= 0 or len(times) < need:
+            if len(times) < need:  # (need >= 1: a head start runs on fewer GPUs than it grows to)
                 del self.growing[rid]
                 continue
             at = max(now, times[need - 1][0])
