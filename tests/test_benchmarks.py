@@ -192,6 +192,13 @@ def test_hindsight_sets_the_bound_beside_a_policy_on_the_same_stream():
         assert 0.6 * float(of_ceiling.rstrip("%")) < float(of_stream.rstrip("%")) < 1.6 * float(of_ceiling.rstrip("%"))
         assert 0.5 * 300 * float(rate) < int(n) < 1.5 * 300 * float(rate)
     assert float(rows[0][4]) > float(rows[1][4])  # 1.4x the ceiling binds
+    tight = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hindsight.py"), "--mix", "video-wan",
+                            "--duration", "300", "--fractions", "0.5,1.4", "--policies", "trident", "--integral",
+                            "--alone", "--slot", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert tight.returncode == 0 and "(integral, alone bound)" in tight.stdout, tight.stdout + tight.stderr
+    tight_rows = [line.split() for line in tight.stdout.splitlines() if line.strip()[:1].isdigit()]
+    for row, (*_, bound, _solve, trident, _static) in zip(tight_rows, rows, strict=True):
+        assert float(trident) - 1e-6 <= float(row[4].split("/")[0]) <= float(bound) + 0.02  # (2 s slots: a little looser)
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hindsight.py"), "--fractions", "0.5,x"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "comma-separated numbers" in bad.stderr

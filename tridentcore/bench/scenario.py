@@ -329,17 +329,19 @@ def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARG
     return Goodput(policy_spec, overall, fair, sorted(cache.values(), key=lambda p: p.rate))
 
 
-def hindsight_at(loaded: Loaded, rate: float, *, slot_s: float = 1.0, time_limit_s: float = 600.0) -> HindsightBound:
+def hindsight_at(loaded: Loaded, rate: float, *, slot_s: float = 1.0, time_limit_s: float = 600.0,
+                 integral: bool = False, alone: bool = False) -> HindsightBound:
     """The hindsight bound (:mod:`tridentcore.core.hindsight`) of the stream ``rate`` gives: the
-    most lowest-class attainment any scheduler could reach on exactly these requests."""
+    most lowest-class attainment any scheduler could reach on exactly these requests (``alone``: any
+    scheduler of the kind that option names)."""
     cl = loaded.cluster
     return hindsight_bound(loaded.requests(rate), loaded.cost, loaded.gpu_kind, cl.num_gpus, cl.gpus_per_node,
-                           slot_s=slot_s, time_limit_s=time_limit_s)
+                           slot_s=slot_s, time_limit_s=time_limit_s, integral=integral, alone=alone)
 
 
 def hindsight_goodput(loaded: Loaded, lo: float, hi: float, target: float = DEFAULT_TARGET, *,
-                      rel_tol: float = 0.01, slot_s: float = 1.0,
-                      time_limit_s: float = 600.0) -> tuple[float, dict[float, HindsightBound]]:
+                      rel_tol: float = 0.01, slot_s: float = 1.0, time_limit_s: float = 600.0,
+                      integral: bool = False, alone: bool = False) -> tuple[float, dict[float, HindsightBound]]:
     """The highest rate in [lo, hi] at which the hindsight bound's lowest class is >= ``target``:
     no scheduler has a higher fair goodput on these streams, as far as the bisection's assumption
     holds (pass or fail monotone in rate, as :func:`sweep_goodput`; 0 if ``lo`` fails). Also every
@@ -349,7 +351,8 @@ def hindsight_goodput(loaded: Loaded, lo: float, hi: float, target: float = DEFA
     def passes(rate: float) -> bool:
         key = round(rate, 6)
         if key not in seen:
-            seen[key] = hindsight_at(loaded, rate, slot_s=slot_s, time_limit_s=time_limit_s)
+            seen[key] = hindsight_at(loaded, rate, slot_s=slot_s, time_limit_s=time_limit_s, integral=integral,
+                                     alone=alone)
         return seen[key].min_class >= target
 
     return _bisect(passes, lo, hi, rel_tol, 14), seen

@@ -34,8 +34,23 @@ cheap in GPU-seconds as their cheapest (a mix of it does at least as well as any
 may overlap the request's diffuse within a slot; only the diffuse's options share the
 one-at-a-time limit. Both keep the program small and only loosen the bound.
 
+Two options make it tighter, each for what it says:
+
+* ``integral``: every ``z_r`` is 0 or 1 (a mixed integer program, HiGHS's branch and bound): no
+  request is finished in part. Still an upper bound on every schedule. Past the time limit the
+  solver's proven bound is reported, which is still one.
+* ``alone``: a stage may run only at options that would by themselves finish it inside its window
+  (a 1280x720x81 video whose 50 steps take 243 s on one GPU, against a 219 s window, never runs
+  on one GPU, not even for part of its steps; a batch too slow for the SLO is not an option). A
+  bound only for the schedulers that never run a stage of a request that meets its SLO at a
+  degree or batch too slow for it by itself: ``trident`` (each degree it dispatches, widens or
+  shrinks to meets the deadline from then on, so from the arrival too), ``trident-paper`` and the
+  static pipelines; not ``trident:grow=true``, whose head starts run on fewer GPUs than the
+  deadline needs until they are grown.
+
 Pure: the program is built here; ``scipy.optimize.linprog`` solves it (HiGHS's interior point
-method with crossover: on these programs several times faster than its simplex), imported lazily.
+method with crossover: on these programs several times faster than its simplex), ``milp`` the
+integral one; both imported lazily.
 """
 
 from __future__ import annotations
@@ -76,12 +91,18 @@ class StageOption:
 @dataclass(frozen=True, slots=True)
 class HindsightBound:
     """The program's optimum: the lowest class's attainment (the bound), and per class (requests, its
-    mean completion in the optimum found: one optimum's, not the most that class alone could have)."""
+    mean completion in the optimum found: one optimum's, not the most that class alone could have).
+    An integral program stopped by its time limit reports the solver's proven bound as ``min_class``
+    and the best schedule it found as ``found`` and ``by_class`` (solved: ``found`` is within the
+    solver's gap of ``min_class``; a linear program: equal)."""
 
     min_class: float
     by_class: dict[str, tuple[int, float]]
     variables: int
     slot_s: float
+    found: float = math.nan
+    integral: bool = False
+    alone: bool = False
 
 
 def _hull(points: list[StageOption]) -> list[StageOption]:
@@ -127,16 +148,19 @@ def _compress(hull: list[StageOption]) -> list[StageOption]:
     return out
 
 
-def stage_options(cost: "CostModel", gpu_kind: str | None, model: str, shape: Shape, max_degree: int
-                  ) -> dict[StageKind, list[StageOption]]:
+def stage_options(cost: "CostModel", gpu_kind: str | None, model: str, shape: Shape, max_degree: int,
+                  within: Sequence[float] | None = None) -> dict[StageKind, list[StageOption]]:
     """Per stage, the options of one request the program uses: the diffuse's (degree, batch) on the
     convex hull; encode and decode (one GPU) as one option, their fastest time at their cheapest
     GPU-seconds. Every degree from 1 to ``max_degree`` (a policy may run any group size a node
     holds, ``pipeline-static:degree=6`` on six GPUs) and every batch size the cost model answers for,
     extrapolated past the measured levels as far as it goes (policies batch up to that: ``trident``
-    encodes 8 at a time), up to :data:`MAX_BATCH`; what it cannot answer is skipped."""
+    encodes 8 at a time), up to :data:`MAX_BATCH`; what it cannot answer is skipped. ``within``: per
+    stage (encode, diffuse, decode), the longest an option may take (``alone``: the stage's window);
+    slower ones are not options."""
     out: dict[StageKind, list[StageOption]] = {}
-    for stage in STAGES:
+    for k, stage in enumerate(STAGES):
+        longest = math.inf if within is None else within[k] + 1e-9
         degrees = range(1, max_degree + 1) if stage is StageKind.DIFFUSE else (1,)
         found: list[StageOption] = []
         for d in degrees:
@@ -149,8 +173,10 @@ def stage_options(cost: "CostModel", gpu_kind: str | None, model: str, shape: Sh
                     break  # past what the cost model answers at this degree (a larger batch is further)
                 if stage is StageKind.DIFFUSE:
                     t *= shape.steps
-                if t > 0:
+                if 0 < t <= longest:
                     found.append(StageOption(d, b, t, d / b))
+        if not found:
+            raise ValueError(f"no option of {model} {stage.value} takes {longest:.6g} s or less")
         if stage is StageKind.DIFFUSE:
             out[stage] = _compress(_hull(found))
         else:  # as fast as the fastest, as cheap as the cheapest: it beats every real option
@@ -166,17 +192,18 @@ def _windows(arrival: float, deadline: float, fastest: Sequence[float]) -> list[
 
 
 def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_kind: str | None, num_gpus: int,
-                    max_degree: int, *, slot_s: float = 1.0, time_limit_s: float = 600.0) -> HindsightBound:
-    """The most lowest-class SLO attainment any scheduler could reach on ``requests`` (module doc)."""
+                    max_degree: int, *, slot_s: float = 1.0, time_limit_s: float = 600.0, integral: bool = False,
+                    alone: bool = False) -> HindsightBound:
+    """The most lowest-class SLO attainment any scheduler could reach on ``requests`` (module doc;
+    ``integral`` and ``alone`` there)."""
     import numpy as np
-    from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
     if not requests:
         raise ValueError("the hindsight bound needs at least one request")
     if not (0 < slot_s < math.inf and num_gpus > 0):
         raise ValueError(f"slot_s and num_gpus must be finite and > 0 (got {slot_s}, {num_gpus})")
-    options: dict[tuple[str, Shape], dict[StageKind, list[StageOption]]] = {}
+    options: dict[tuple, dict[StageKind, list[StageOption]]] = {}
     classes: dict[str, list[int]] = {}
     # columns: z_r per request, then m (the lowest class's attainment), then the y's
     n = len(requests)
@@ -199,6 +226,11 @@ def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_ki
         if any(hi - lo < f - 1e-9 for (lo, hi), f in zip(windows, fastest, strict=True)):
             hopeless.append(i)  # no option meets the deadline: z_r is held at 0
             continue
+        if alone:  # only the options that alone finish each stage inside its window
+            spans = tuple(round(hi - lo, 9) for lo, hi in windows)
+            if (key, spans) not in options:
+                options[(key, spans)] = stage_options(cost, gpu_kind, r.model, r.shape, max_degree, spans)
+            opts = options[(key, spans)]
         busy_of: dict[int, int] = {}
         for stage, (lo, hi) in zip(STAGES, windows, strict=True):
             first, last = math.floor(lo / slot_s), math.ceil(hi / slot_s)  # slots [first, last)
@@ -259,13 +291,28 @@ def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_ki
     c[:n] = -1e-6 / n  # among the max-min optima, one that completes the most
     upper = np.ones(n_cols)
     upper[hopeless] = 0.0
-    res = linprog(c, A_ub=a, b_ub=b, bounds=np.stack([np.zeros(n_cols), upper], axis=1), method="highs-ipm",
-                  options={"time_limit": time_limit_s, "presolve": True})
-    if res.status != 0 or res.x is None:
-        raise RuntimeError(f"the hindsight program did not solve: {res.message}")
+    if integral:
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        integrality = np.zeros(n_cols)
+        integrality[:n] = 1
+        res = milp(c, integrality=integrality, bounds=Bounds(np.zeros(n_cols), upper),
+                   constraints=LinearConstraint(a, -np.inf, b), options={"time_limit": time_limit_s, "presolve": True})
+        proven = getattr(res, "mip_dual_bound", None)
+        if res.status not in (0, 1) or res.x is None or proven is None or not math.isfinite(proven):
+            raise RuntimeError(f"the integral hindsight program did not solve: {res.message}")
+        # the objective is -m less a tie-break below 1e-6: no schedule has m above -(proven bound)
+        bound = -proven
+    else:
+        from scipy.optimize import linprog
+        res = linprog(c, A_ub=a, b_ub=b, bounds=np.stack([np.zeros(n_cols), upper], axis=1), method="highs-ipm",
+                      options={"time_limit": time_limit_s, "presolve": True})
+        if res.status != 0 or res.x is None:
+            raise RuntimeError(f"the hindsight program did not solve: {res.message}")
+        bound = res.x[col_m]
     z = res.x[:n]
     by_class = {label: (len(classes[label]), _unit(z[classes[label]].mean())) for label in labels}
-    return HindsightBound(_unit(res.x[col_m]), by_class, n_cols, slot_s)
+    found = min(a for _, a in by_class.values())
+    return HindsightBound(_unit(bound), by_class, n_cols, slot_s, found, integral, alone)
 
 
 def _unit(x: float) -> float:
