@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE
+from tridentcore.bench.script import run_script
 
 
 def _one(args):
@@ -74,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

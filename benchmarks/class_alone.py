@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE
+from tridentcore.bench.script import run_script
 
 
 def _alone(mix: str, label: str, scale: float, duration: float, seed: int, cluster: str, profile: str):
@@ -83,4 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE, DEFAULT_SWEEP_DURATION_S
+from tridentcore.bench.script import run_script
 
 __all__ = ["POLICIES", "ceilings_for", "markdown"]
 
@@ -207,4 +208,4 @@ def _ceiling_table(rows: list[dict], keys: list[tuple[str, float]]) -> list[str]
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

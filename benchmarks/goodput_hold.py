@@ -23,6 +23,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE, DEFAULT_SWEEP_DURATION_S
+from tridentcore.bench.script import run_script
 
 # (mix, SLO scale) -> fair goodput (req/s) of `trident` and of `trident:late=reject` in the README
 # table before issue 14 (git show 7b1c5e8^:README.md)
@@ -83,6 +84,9 @@ def main() -> None:
     ap.add_argument("--mixes", default=None, help="only these mixes (comma-separated)")
     args = ap.parse_args()
     mixes = set(args.mixes.split(",")) if args.mixes else None
+    known = {mix for table in EARLIER.values() for mix, _ in table}
+    if mixes is not None and mixes - known:
+        ap.error(f"--mixes: no earlier figures for {', '.join(sorted(mixes - known))} (the table has {', '.join(sorted(known))})")
     seeds = args.seeds or [args.seed]
     policies = [q for q in args.policies.split(";") if q]
     tasks = [(p, mix, scale, rate, args.cluster, args.profile, args.duration, seed)
@@ -114,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

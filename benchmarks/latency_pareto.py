@@ -29,6 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE
+from tridentcore.bench.script import run_script
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from goodput import POLICIES  # noqa: E402  (the sibling script's policy list)
@@ -222,4 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

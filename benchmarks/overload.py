@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE
+from tridentcore.bench.script import run_script
 
 POLICIES = ("trident", "trident:late=reject", "trident-paper", "pipeline-dynamic", "pipeline-static:degree=1",
             "pipeline-static:degree=2")
@@ -52,6 +53,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
+    for flag, v in (("--factor", args.factor), ("--duration", args.duration), ("--scale", args.scale), ("--jobs", args.jobs)):
+        if not 0 < v < float("inf"):
+            ap.error(f"{flag} must be a finite number > 0 (got {v:g})")
     tasks = [(m, p, args.factor, args.duration, args.scale, args.cluster, args.profile, args.seed)
              for m in args.mixes.split(",") for p in args.policies.split(";") if p]
     t0 = time.perf_counter()
@@ -70,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -180,6 +180,17 @@ def test_ceiling_fraction_bisects_each_seed_and_reports_mean_and_lowest():
     assert mean == pytest.approx(sum(fractions) / 2, abs=0.01) and lowest == pytest.approx(min(fractions), abs=0.006)
 
 
+@pytest.mark.parametrize("args", [["overload.py", "--mixes", "nosuch"], ["latency_pareto.py", "--mixes", "nosuch"],
+                                  ["overload.py", "--policies", "trident:grow=maybe"]])
+def test_a_bad_input_to_a_pooled_benchmark_ends_in_one_line(args):
+    """Their runs go to worker processes: the error comes back whole and is printed as one line."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / args[0]), *args[1:], "--jobs", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().startswith(args[0] + ": ") and len(done.stderr.strip().splitlines()) == 1
+    assert ("unknown mix 'nosuch'" if "nosuch" in args else "grow='maybe'") in done.stderr
+
+
 def test_hindsight_sets_the_bound_beside_a_policy_on_the_same_stream():
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hindsight.py"), "--mix", "video-wan",
                            "--duration", "300", "--fractions", "0.5,1.4", "--policies", "trident;pipeline-static:degree=1"],

@@ -50,6 +50,21 @@ def test_project_errors_share_one_root_and_keep_their_builtin_base(error, builti
     assert issubclass(error, TridentError) and issubclass(error, builtin)
 
 
+def test_errors_cross_a_process_boundary_whole():
+    """A benchmark's worker hands an error back pickled: class, message and attributes survive, though
+    many take other arguments than their message (a process pool would otherwise break on them)."""
+    import pickle
+
+    from tridentcore.runtime.devices import SetupError
+
+    for err in (SpecError("mix", ["a", "b"]), WorkloadError("nosuch", ["unknown mix"]), RunSpecError(["p", "q"]),
+                SetupError(["no such device"]), ProfileError("p.csv", ["row 3"]), TraceError("t.jsonl", ["line 2"]),
+                PolicyError("trident: bad"), UnknownRunError("run-x")):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert getattr(back, "problems", None) == getattr(err, "problems", None)
+
+
 def test_store_errors_have_their_own_base():
     assert all(issubclass(e, StoreError) for e in (DuplicateRunError, UnknownRunError, RowsError, SchemaVersionError))
 

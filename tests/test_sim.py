@@ -241,6 +241,39 @@ def test_policy_specs_and_errors():
         make_policy("trident:bogus=1")
     with pytest.raises(PolicyError, match="not a valid"):
         make_policy("pipeline-static:degree=x")
+
+
+@pytest.mark.parametrize("spec", [
+    "trident:replan_s=-1", "trident:replan_s=1e-6", "trident:replan_s=nan", "trident:spread=nan",
+    "trident:spread=-1", "trident:spread=inf", "trident:margin=2", "trident:noise_z=-1", "trident:noise_cost=0.5",
+    "trident:wide_below=2", "trident:gain=-1", "trident:admit_wait=nan", "trident:drift=-1", "trident:order=bogus",
+    "trident-paper:candidates=0", "trident-paper:time_limit_s=0", "trident-paper:max_batch=2.5",
+])
+def test_an_option_out_of_its_range_is_refused_in_words(spec):
+    """Each numeric option has a range, and ``order`` its two values: anything else is refused before a run
+    (a negative ``replan_s`` made the simulator tick into the past forever)."""
+    with pytest.raises(PolicyError, match=r"option \w+=.* is not a valid (number|integer|choice)"):
+        make_policy(spec)
+
+
+def test_options_in_range_and_the_deprecated_drop_that_agrees_with_late_are_taken():
+    p = make_policy("trident:replan_s=0,order=Stage,margin=0,spread=1,drop=true,late=reject")
+    assert (p.opts["replan_s"], p.opts["order"], p.opts["late"], p.tick_s) == (0, "stage", "reject", None)
+    assert make_policy("trident:drop=false").opts["late"] == "serve"
+    with pytest.raises(PolicyError, match="drop=true .* means late=reject, but late=serve"):
+        make_policy("trident:drop=true,late=serve")
+    with pytest.raises(ValueError, match="tick_s"):  # a policy of one's own with a bad tick: refused, not run forever
+        bad = make_policy("pipeline-dynamic")
+        bad.tick_s = -1.0
+        simulate(parse_cluster("1x1xH200"), H200, bad, [])
+
+
+def test_the_initial_placement_is_not_timed_as_a_decision():
+    """``decision_ms`` is the dispatch path's: a run's first decision does not carry the placement solver's
+    import and solve (which made a short run's ``planner_p99_ms`` 100 ms)."""
+    reqs = generate_requests(load_mix("flux-uniform"), "poisson", 0.5, 20.0, 0, make_slo_fn(H200, 3.0, 8))
+    res = simulate(parse_cluster("1x8xH200"), H200, make_policy("trident"), reqs, gpu_kind="H200")
+    assert len(res.decision_ms) == res.events
     assert {"pipeline-static", "pipeline-dynamic", "trident-paper", "trident"} <= set(POLICIES)
 
 

@@ -73,6 +73,10 @@ def test_sweep_rates_prints_classes():
     (["simulate", "--mix", "no-such-mix"], "mix"),
     (["simulate", "--policies", "pipeline-static:degree=3", "--duration", "30"], "divide"),
     (["sweep"], "exactly one of"),
+    (["simulate", "--policies", "", "--duration", "30"], "no policies given"),
+    (["simulate", "--policies", ",", "--json", "--duration", "30"], "no policies given"),
+    (["sweep", "--rates", "1", "--policies", "", "--duration", "30"], "no policies given"),
+    (["simulate", "--policies", "trident:replan_s=-1", "--duration", "30"], "replan_s"),
 ])
 def test_bad_input_is_a_clear_error(args, message):
     result = runner.invoke(app, args)

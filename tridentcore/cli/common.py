@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAULT_POLICIES
+from ..core.errors import one_line
 from ..core.metrics import finite
 
 __all__ = ["HELP_MARKUP", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
@@ -60,14 +61,6 @@ NoiseDbOpt = Annotated[str | None, typer.Option(
 
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-
-def one_line(text: str) -> str:
-    """A multi-problem error (``origin: 3 problems:\\n  a\\n  b``) as one line."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else ""
-    return f"{lines[0]} " + "; ".join(lines[1:])
 
 
 def fail(text: str, code: int = 2) -> None:
@@ -225,13 +218,14 @@ def ceiling_lines(loaded) -> list[str]:
 
 
 def policy_specs(policies: str, *, unique: bool = False) -> list[str]:
-    """The policy specs of a comparison, each validated before any runs (raises ValueError/PolicyError)."""
+    """The policy specs of a comparison, each validated before any runs (raises ValueError/PolicyError;
+    none at all is an error); ``unique``: one given twice is one too."""
     from ..core.policy import make_policy, split_specs
 
     specs = split_specs(policies)
+    if not specs:
+        fail("no policies given")
     if unique:
-        if not specs:
-            fail("no policies given")
         twice = sorted({s for s in specs if specs.count(s) > 1})
         if twice:
             fail(f"policy given twice: {', '.join(twice)}")

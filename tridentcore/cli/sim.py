@@ -9,7 +9,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
-                     ceiling_lines, fitted_noise, json_safe, load_workload, setup_logging, table)
+                     ceiling_lines, fitted_noise, json_safe, load_workload, policy_specs, setup_logging, table)
 
 __all__ = ["simulate", "sweep"]
 
@@ -41,7 +41,7 @@ def simulate(
     """Simulate each policy on one workload; one row per policy."""
     import json
 
-    from ..core.policy import PolicyError, make_policy, split_specs
+    from ..core.policy import PolicyError
     from ..core.metrics import summarize
     from ..bench.scenario import run_meta, run_one
 
@@ -49,9 +49,7 @@ def simulate(
     noise, bias = fitted_noise(noise_from, noise_db or db, noise, bias, err=json_out)
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
-        specs = split_specs(policies)
-        for spec in specs:
-            make_policy(spec)  # validate every spec before running any
+        specs = policy_specs(policies)  # every spec validated before any runs
         if not loaded.requests(rate):
             fail("the workload has no requests (rate x duration too small?)")
         rows = []
@@ -98,7 +96,7 @@ def sweep(
     """
     import json
 
-    from ..core.policy import PolicyError, make_policy, split_specs
+    from ..core.policy import PolicyError
     from ..bench.scenario import capacity_rps, ceilings, evaluate, sweep_goodput
 
     setup_logging(verbose)
@@ -107,9 +105,7 @@ def sweep(
     noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out)
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, None, None, arrival, duration, slo_scale, seed, noise, bias)
-        specs = split_specs(policies)
-        for spec in specs:
-            make_policy(spec)
+        specs = policy_specs(policies)
         cap = capacity_rps(loaded)
         slo_cap = ceilings(loaded)[1].rps
         if goodput:

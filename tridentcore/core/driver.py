@@ -117,10 +117,11 @@ class DriverCore:
     # ------------------------------------------------------------------------------ entry points
     def start(self, models: Sequence[str], expected: Mapping[tuple[str, Shape], float] | None,
               now: float = 0.0) -> Effects:
-        """The policy's initial placement (a deployment: costs no load time)."""
+        """The policy's initial placement (a deployment: costs no load time, and is not timed as a
+        decision: ``decision_ms`` is the dispatch path's, not the deployment's solver and its imports)."""
         self.started_with = (tuple(models), dict(expected) if expected is not None else None)
         out = Effects()
-        actions = self._decide(self.policy.start, self.view, list(models), now, expected)
+        actions = self.policy.start(self.view, list(models), now, expected)
         follow = self._apply(actions, now, out, initial=True)
         self._run(follow, now, out)
         return out

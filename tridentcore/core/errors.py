@@ -15,14 +15,30 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["SpecError", "TridentError", "WorkloadError", "brief", "is_finite", "is_int", "is_number", "listed"]
+__all__ = ["SpecError", "TridentError", "WorkloadError", "brief", "is_finite", "is_int", "is_number", "listed",
+           "one_line"]
 
 _BRIEF_CHARS = 80  # the longest a value is quoted in an error message
 _LISTED = 8  # the most names an error message lists
 
 
 class TridentError(Exception):
-    """Root of the project's errors."""
+    """Root of the project's errors.
+
+    Pickled (a worker process of a benchmark hands one back) as its class, arguments and attributes,
+    not by calling ``__init__`` again: subclasses take other arguments than their message
+    (``SpecError(origin, problems)``), which the default pickling would pass wrong or not at all."""
+
+    def __reduce__(self):
+        return _rebuilt, (type(self), self.args, dict(getattr(self, "__dict__", {})))
+
+
+def _rebuilt(cls: type[TridentError], args: tuple, state: dict) -> TridentError:
+    """A :class:`TridentError` as it was pickled (without calling its ``__init__``)."""
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
 
 
 class SpecError(TridentError, ValueError):
@@ -41,6 +57,14 @@ class SpecError(TridentError, ValueError):
 
 class WorkloadError(SpecError):
     """A workload description that cannot be used; ``problems`` lists every problem found."""
+
+
+def one_line(text: str) -> str:
+    """A multi-problem error (``origin: 3 problems:\\n  a\\n  b``) as one line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else ""
+    return f"{lines[0]} " + "; ".join(lines[1:])
 
 
 def is_int(value: Any) -> bool:

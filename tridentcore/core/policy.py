@@ -37,10 +37,13 @@ class Policy:
             raise PolicyError(f"{self.name}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
         self.opts: dict[str, Any] = {}
         for key, (conv, default, _help) in self.options.items():
-            raw = opts.get(key, default)
+            if key not in opts:
+                self.opts[key] = default
+                continue
+            raw = opts[key]  # given as text (a spec) or as a value (code): checked alike
             try:
-                self.opts[key] = conv(raw) if isinstance(raw, str) else raw
-            except (TypeError, ValueError):
+                self.opts[key] = conv(raw)
+            except (TypeError, ValueError, OverflowError):
                 raise PolicyError(f"{self.name}: option {key}={raw!r} is not a valid {conv.__name__}") from None
         self.spec = self.name + "".join(
             (":" if i == 0 else ",") + f"{k}={v}" for i, (k, v) in enumerate(sorted(opts.items()))

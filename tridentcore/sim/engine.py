@@ -130,6 +130,10 @@ class Simulator:
         noise: StageNoise | None = None,
         calibrate: bool = DEFAULT_SIM_CALIBRATE,
     ) -> None:
+        tick = policy.tick_s
+        if tick is not None and not (isinstance(tick, (int, float)) and 1e-3 <= tick < math.inf):
+            raise ValueError(f"{policy.spec}: tick_s must be None or a number of seconds >= 0.001 (got {tick!r}): "
+                             "the run would never end")
         self.core = DriverCore(cluster, cost, policy, gpu_kind=gpu_kind, record=record, strict=True,
                                timer=time.perf_counter, calibrate=calibrate)
         self.state = self.core.state

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 from ..defaults import LATE_MODES
 
-__all__ = ["parse_bool", "parse_late"]
+__all__ = ["choice", "number", "parse_bool", "parse_late"]
 
 
 def parse_bool(text: str) -> bool:
@@ -31,3 +34,41 @@ def parse_late(text: str) -> str:
 
 
 parse_late.__name__ = "late mode (" + " or ".join(LATE_MODES) + ")"
+
+
+def number(lo: float = -math.inf, hi: float = math.inf, *, integer: bool = False, above: bool = False,
+           or_zero: bool = False) -> Callable[[object], float]:
+    """A numeric policy option: finite, at least ``lo`` (more than it with ``above``) and at most ``hi``,
+    or exactly 0 with ``or_zero`` (0 turning a feature off); an integer with ``integer``. Else
+    ValueError; its ``__name__`` says what is valid (the error message names it)."""
+    def parse(text: object) -> float:
+        if isinstance(text, bool):
+            raise ValueError(text)
+        value = float(str(text).strip()) if isinstance(text, str) else float(text)  # type: ignore[arg-type]
+        if integer:
+            if not value.is_integer():
+                raise ValueError(text)
+            value = int(value)
+        if or_zero and value == 0:
+            return value
+        if not math.isfinite(value) or value < lo or value > hi or (above and value == lo):
+            raise ValueError(text)
+        return value
+
+    low = f"> {lo:g}" if above else f">= {lo:g}"
+    parts = [p for p in (low if lo > -math.inf else "", f"<= {hi:g}" if hi < math.inf else "") if p]
+    parse.__name__ = ("integer" if integer else "number") + (" " + " and ".join(parts) if parts else " (finite)") + (
+        " (or 0)" if or_zero else "")
+    return parse
+
+
+def choice(*values: str) -> Callable[[object], str]:
+    """An option that is one of ``values`` (any case); else ValueError."""
+    def parse(text: object) -> str:
+        value = str(text).strip().lower()
+        if value not in values:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = "choice (" + " or ".join(values) + ")"
+    return parse

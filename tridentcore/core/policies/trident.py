@@ -100,12 +100,12 @@ from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestAr
 from ..lifecycle import TERMINAL, WAITING_FOR, RequestRecord
 from ..noise import Spread
 from ..placement import plan_placement
-from ..policy import Policy, register
+from ..policy import Policy, PolicyError, register
 from ..state import ClusterView
 from ..types import Shape, StageKind
 from ..workload import RequestSpec
 from .common import degrees_for
-from .options import parse_bool, parse_late
+from .options import choice, number, parse_bool, parse_late
 from .trident_admission import Admission
 from .trident_classes import ClassInfo, class_info, mix_drift
 from .trident_elastic import Elastic
@@ -121,19 +121,19 @@ class Trident(Elastic, Admission, Policy):
     name = "trident"
     summary = "stage-level placement + dispatch: per-request degrees, least slack first, reservations, preemption, batching"
     options = {
-        "margin": (float, 0.0, "fraction of each SLO kept as a safety margin"),
-        "noise_z": (float, 2.0, "while GPUs are spare, pick diffuse degrees that meet the deadline with the "
+        "margin": (number(0, 1), 0.0, "fraction of each SLO kept as a safety margin"),
+        "noise_z": (number(0), 2.0, "while GPUs are spare, pick diffuse degrees that meet the deadline with the "
                                 "prediction x exp(this x the log-spread of measured / predicted stage times seen "
                                 "so far) (0: as predicted)"),
-        "noise_cost": (float, 1.1, "under load, the smallest degree that meets the deadline with the noise margin "
+        "noise_cost": (number(1), 1.1, "under load, the smallest degree that meets the deadline with the noise margin "
                                    "if it spends at most this many times the GPU-seconds of the smallest feasible one"),
-        "spread": (float, 0.5, "use the faster efficient degree while fewer than this fraction of GPUs are busy"),
+        "spread": (number(0, 1), 0.5, "use the faster efficient degree while fewer than this fraction of GPUs are busy"),
         "preempt": (parse_bool, True, "pause long diffuses between steps for urgent requests"),
         "wide": (parse_bool, True, "work-conserving: a diffuse takes the GPUs no other waiting work needs, up to the "
                                    "fastest degree worth them, and is shrunk at a step boundary when new work "
                                    "needs them"),
-        "gain": (float, 0.05, "wide: doubling the degree is worth it while it cuts the step time by this fraction"),
-        "wide_below": (float, 0.5, "wide: only while the running work would hold fewer than this fraction of the "
+        "gain": (number(0, 1), 0.05, "wide: doubling the degree is worth it while it cuts the step time by this fraction"),
+        "wide_below": (number(0, 1), 0.5, "wide: only while the running work would hold fewer than this fraction of the "
                                    "GPUs at its unwidened degrees: near saturation every GPU-second counts"),
         "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
                                     "and is grown at a step boundary when the rest free"),
@@ -141,24 +141,29 @@ class Trident(Elastic, Admission, Policy):
         "late": (parse_late, DEFAULT_LATE, "serve: a request that can no longer meet its deadline runs after the "
                                            "others (an SLO miss); reject: turn a request away on arrival if it "
                                            "could not meet its deadline behind the admitted work (admit_wait)"),
-        "admit_wait": (float, 3.0, "late=reject: admit a request only if it meets its deadline with its predicted "
+        "admit_wait": (number(0), 3.0, "late=reject: admit a request only if it meets its deadline with its predicted "
                                    "wait behind the admitted work stretched by this factor while the work arriving "
                                    "exceeds the GPUs (overload: later arrivals overtake it)"),
         "triage": (parse_bool, True, "late=serve: an arriving request that late=reject would turn away is admitted "
                                      "late at once: served behind every request that can still make it"),
         "drop": (parse_bool, None, "deprecated: drop=true is late=reject, drop=false is late=serve"),
-        "order": (str, "admission", "admission: a request keeps the priority it had when it arrived (its latest start "
+        "order": (choice("admission", "stage"), "admission", "admission: a request keeps the priority it had when it arrived (its latest start "
                                     "for the whole request), so admitted requests finish one by one; stage: "
                                     "re-ranked by the slack of what is left after each stage"),
-        "replan_s": (float, 60.0, "check the observed mix against the planned one every N seconds (0: never)"),
-        "drift": (float, 0.2, "re-plan when the observed mix differs from the planned one by this total variation"),
+        "replan_s": (number(1, or_zero=True), 60.0, "check the observed mix against the planned one every N seconds, "
+                                                       "at least 1 (0: never)"),
+        "drift": (number(0, 1), 0.2, "re-plan when the observed mix differs from the planned one by this total variation"),
     }
 
     def __init__(self, **opts) -> None:
         super().__init__(**opts)
         self.tick_s = self.opts["replan_s"] or None
         if self.opts["drop"] is not None:  # runs stored before the late option read the same
-            self.opts["late"] = "reject" if self.opts["drop"] else "serve"
+            late = "reject" if self.opts["drop"] else "serve"
+            if "late" in opts and self.opts["late"] != late:
+                raise PolicyError(f"{self.name}: drop={str(self.opts['drop']).lower()} (deprecated) means late={late}, "
+                                  f"but late={self.opts['late']} is given too")
+            self.opts["late"] = late
 
     # ------------------------------------------------------------------------------ setup
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:

@@ -89,6 +89,7 @@ from ..state import ClusterView
 from ..slo import SLO_TOLERANCE_S
 from ..types import PARALLEL_EFFICIENCY, Shape, StageKind
 from .common import degrees_for, place_everything
+from .options import number
 from .program import (ENUMERATION_BUDGET, ENUMERATION_MAX_OPTIONS, Choice, Option, enumerate_program, greedy_program,
                       milp_program, pack_best)
 
@@ -127,12 +128,12 @@ class TridentPaper(Policy):
     name = "trident-paper"
     summary = "the released TridentServe: an ILP every 0.5 s picks requests and degrees; decode on 1-GPU instances"
     options = {
-        "candidates": (int, 64, "the most urgent queued requests the program considers per tick"),
-        "time_limit_s": (float, 0.25, "HiGHS time limit per solve, seconds"),
-        "node_limit": (int, 2000, "HiGHS branch-and-bound node limit per solve (deterministic budget)"),
-        "max_vars": (int, 4096, "above this many variables the greedy replaces the solver"),
-        "max_batch": (int, 64, "guard on the profiled best batch"),
-        "enumerate_max": (int, ENUMERATION_MAX_OPTIONS, "programs with at most this many options are solved by exact enumeration (0: always HiGHS)"),
+        "candidates": (number(1, integer=True), 64, "the most urgent queued requests the program considers per tick"),
+        "time_limit_s": (number(0, above=True), 0.25, "HiGHS time limit per solve, seconds"),
+        "node_limit": (number(1, integer=True), 2000, "HiGHS branch-and-bound node limit per solve (deterministic budget)"),
+        "max_vars": (number(0, integer=True), 4096, "above this many variables the greedy replaces the solver"),
+        "max_batch": (number(1, integer=True), 64, "guard on the profiled best batch"),
+        "enumerate_max": (number(0, integer=True), ENUMERATION_MAX_OPTIONS, "programs with at most this many options are solved by exact enumeration (0: always HiGHS)"),
     }
     tick_s = 0.5
 
