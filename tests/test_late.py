@@ -94,6 +94,7 @@ def test_reject_mode_never_rejects_after_a_stage_ran_and_serve_mode_never_reject
 def test_late_modes_on_policy_specs():
     assert make_policy("trident").opts["late"] == "serve"
     assert make_policy(with_late("trident", "reject")).opts["late"] == "reject"
+    assert with_late("trident", " REJECT") == "trident:late=reject"  # any case, as the option itself
     assert with_late("trident:preempt=false", "reject") == "trident:preempt=false,late=reject"
     assert make_policy("trident:drop=true").opts["late"] == "reject"  # specs stored before the option
     assert with_late("pipeline-static:degree=2", "serve") == "pipeline-static:degree=2"

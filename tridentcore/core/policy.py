@@ -109,8 +109,10 @@ def with_late(spec: str, late: str) -> str:
     from .defaults import LATE_MODES
     from . import policies  # noqa: F401  (registers the built-in policies)
 
+    given_late = late
+    late = str(late).strip().lower()  # any case, as the policy option takes it
     if late not in LATE_MODES:
-        raise PolicyError(f"late mode {late!r}: expected one of {', '.join(LATE_MODES)}")
+        raise PolicyError(f"late mode {given_late!r}: expected one of {', '.join(LATE_MODES)}")
     name, opts = parse_spec(spec)
     cls = POLICIES.get(name)
     if cls is None:
@@ -120,7 +122,8 @@ def with_late(spec: str, late: str) -> str:
             return spec
         raise PolicyError(f"{name} has no reject mode: it never turns a request away for being late")
     if "late" in opts or "drop" in opts:
-        given = opts.get("late") or ("reject" if opts.get("drop", "").lower() in ("1", "true", "yes", "on") else "serve")
+        given = opts.get("late", "").strip().lower() or (
+            "reject" if opts.get("drop", "").strip().lower() in ("1", "true", "yes", "on") else "serve")
         if given != late:
             raise PolicyError(f"{spec!r} sets late={given}, but late={late} was asked for")
         return spec

@@ -85,7 +85,7 @@ class Jobs:
             raise ApiError("unknown_model", f"model {model!r} is not served; served: {', '.join(models)}", "model")
         if kind is not None and e.kind != kind:
             raise ApiError("invalid", f"model {model!r} makes {e.kind}s; use the {e.kind}s endpoint", "model",
-                           [{"field": "model", "message": f"{model} is a {e.kind} model"}])
+                           [{"field": "model", "message": f"{model} makes {e.kind}s"}])
         return e
 
     def submit(self, body: GenerationRequest | ImageGenerationRequest, kind: str | None) -> Job:

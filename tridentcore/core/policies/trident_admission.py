@@ -136,8 +136,8 @@ class Admission:
         if not refused[-1]:
             return None
         return (f"would miss its deadline: {placed + (1 if spread else 0)}+ admitted requests are ahead of it; "
-                f"with its wait stretched x{stretch:g} it would finish {finish - rec.spec.arrival_s:.1f} s after "
-                f"arrival at the earliest, its SLO is {rec.spec.slo_s:.1f} s")
+                f"with its wait stretched x{stretch:g} it would finish {_secs(finish - rec.spec.arrival_s)} after "
+                f"arrival at the earliest, its SLO is {_secs(rec.spec.slo_s)}")
 
     def _starts_now(self, view: ClusterView, rec: RequestRecord, info: ClassInfo, stage: StageKind, now: float) -> bool:
         """Whether ``rec``, with nothing ranked ahead of it, meets its deadline starting now on the idle
@@ -221,3 +221,9 @@ class Admission:
             if now + self._remaining(rec, info, d, stage) <= rec.spec.deadline_s:
                 return d
         return info.fast_d
+
+
+def _secs(s: float) -> str:
+    """Seconds for a message: three significant digits (0.0834 s, 1.25 s, 84.1 s), so that two different
+    times never print alike at a small SLO; whole seconds from 1000 s."""
+    return f"{s:.0f} s" if abs(s) >= 1000 else f"{s:.3g} s"
