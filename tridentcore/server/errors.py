@@ -108,6 +108,10 @@ def install_error_handlers(app: FastAPI) -> None:
                                                "body"))
             loc = [str(x) for x in e.get("loc", ()) if x not in ("body", "path", "query")]
             msg = e.get("msg", "invalid")
+            if not loc and tuple(e.get("loc", ()))[:1] == ("body",) and isinstance(e.get("input"), (str, bytes)):
+                # the framework parses a body as JSON only when it is sent as JSON
+                ctype = request.headers.get("content-type") or "none"
+                msg = f"the body must be a JSON object sent with Content-Type: application/json (got {ctype[:60]})"
             if e.get("type") == "value_error":  # our own validators' message, without pydantic's prefix
                 msg = str((e.get("ctx") or {}).get("error", msg))
             problems.append((".".join(loc) or "body", msg))
