@@ -2,7 +2,7 @@
 
     python benchmarks/hindsight.py [--mix video-wan] [--scale 3] [--seed 0] [--duration 1800]
         [--fractions 0.8,0.9,1] [--rates R1,R2] [--policies "trident;trident:late=reject"]
-        [--goodput] [--slot 1] [--time-limit 600] [--integral] [--alone] [--cluster 2x8xH200] [--profile h200]
+        [--goodput] [--slot 1] [--time-limit 600] [--integral] [--cluster 2x8xH200] [--profile h200]
 
 The capacity ceilings price a mix and ignore when its requests come; the goodput table's streams
 have bursts. The hindsight bound is the most lowest-class SLO attainment any scheduler could reach
@@ -20,12 +20,9 @@ image-video at 0.78 req/s (1,436 requests) 78 s; flux-uniform at 1.7 req/s (3,07
 sd3-mixed at 4.6 req/s (8,172 requests) did not solve in the default 10 minutes. ``--slot 2``
 makes a program about half the size (video-wan, 7200 s: 40 s to 10 min).
 
-Tighter, each for what it says: ``--integral`` finishes a request whole or not at all (a mixed
-integer program; past the time limit the solver's proven bound is printed, with the best schedule
-it found after a slash); ``--alone`` allows only the degrees and batches that alone finish a stage
-in time, a bound for ``trident`` (not ``grow=true``), ``trident-paper`` and the static pipelines
-(``tridentcore/core/hindsight.py`` says why). Video-wan at 90 % of the ceiling (0.1629 req/s), both
-and ``--slot 2``: 77,000 variables, 170 s.
+``--integral`` finishes a request whole or not at all (a mixed integer program; past the time limit
+the solver's proven bound is printed, with the best schedule it found after a slash): video-wan at
+90 % of the ceiling (0.1629 req/s) with ``--slot 2``, 100,000 variables, minutes a program.
 """
 
 from __future__ import annotations
@@ -69,8 +66,6 @@ def main() -> None:
     ap.add_argument("--slot", type=float, default=1.0, help="slot length, seconds (longer: a smaller, looser program)")
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds HiGHS may take per program")
     ap.add_argument("--integral", action="store_true", help="requests finished whole or not at all (slower)")
-    ap.add_argument("--alone", action="store_true",
-                    help="only degrees and batches that alone finish a stage in time (a bound for trident)")
     ap.add_argument("--cluster", default=DEFAULT_CLUSTER)
     ap.add_argument("--profile", default=DEFAULT_PROFILE)
     args = ap.parse_args()
@@ -100,7 +95,7 @@ def main() -> None:
             loaded.requests(rate)
     except (RunSpecError, ValueError, LookupError) as e:
         raise SystemExit(f"hindsight.py: {e}") from None
-    kind = ", ".join([w for w, on in (("integral", args.integral), ("alone", args.alone)) if on]) or "linear"
+    kind = "integral" if args.integral else "linear"
     print(f"{args.mix} on {args.cluster}, SLO scale {args.scale:g}, seed {args.seed}, {args.duration:g} s; "
           f"SLO-aware ceiling {slo_aware:.3f} req/s. Lowest class's SLO attainment ({kind} bound):")
     print(f"{'rate':>8} {'of ceiling':>10} {'of stream':>9} {'requests':>8} {'bound':>13} {'solve s':>7}"
@@ -111,7 +106,7 @@ def main() -> None:
             got = [evaluate(loaded, p, rate).min_class for p in policies]  # first: a bad policy fails in seconds
             t0 = time.perf_counter()
             bound = hindsight_at(loaded, rate, slot_s=args.slot, time_limit_s=args.time_limit,
-                                 integral=args.integral, alone=args.alone)
+                                 integral=args.integral)
         except (ValueError, LookupError) as e:
             raise SystemExit(f"hindsight.py: at {rate:.4f} req/s: {e}") from None
         except RuntimeError as e:
@@ -126,7 +121,6 @@ def main() -> None:
         try:
             loaded.check_rates([hi])
             best, seen = hindsight_goodput(loaded, lo, hi, DEFAULT_TARGET, slot_s=args.slot, integral=args.integral,
-                                           alone=args.alone,
                                            time_limit_s=args.time_limit)
         except (ValueError, LookupError) as e:
             raise SystemExit(f"hindsight.py: {e}") from None

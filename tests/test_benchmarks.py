@@ -205,11 +205,13 @@ def test_hindsight_sets_the_bound_beside_a_policy_on_the_same_stream():
     assert float(rows[0][4]) > float(rows[1][4])  # 1.4x the ceiling binds
     tight = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hindsight.py"), "--mix", "video-wan",
                             "--duration", "300", "--fractions", "0.5,1.4", "--policies", "trident", "--integral",
-                            "--alone", "--slot", "2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert tight.returncode == 0 and "(integral, alone bound)" in tight.stdout, tight.stdout + tight.stderr
+                            "--slot", "5", "--time-limit", "5"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert tight.returncode == 0 and "(integral bound)" in tight.stdout, tight.stdout + tight.stderr
     tight_rows = [line.split() for line in tight.stdout.splitlines() if line.strip()[:1].isdigit()]
     for row, (*_, bound, _solve, trident, _static) in zip(tight_rows, rows, strict=True):
-        assert float(trident) - 1e-6 <= float(row[4].split("/")[0]) <= float(bound) + 0.02  # (2 s slots: a little looser)
+        # stopped by its time limit: the proven bound / the best schedule found (5 s slots: a little looser)
+        proven, found = (float(x) for x in (row[4] + "/" + row[4]).split("/")[:2])
+        assert float(trident) - 1e-6 <= proven <= float(bound) + 0.02 and found <= proven + 1e-6
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hindsight.py"), "--fractions", "0.5,x"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert bad.returncode == 2 and "comma-separated numbers" in bad.stderr

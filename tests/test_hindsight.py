@@ -51,28 +51,22 @@ def test_no_simulated_policy_beats_the_bound(mix, cluster, rate, seed, scale):
 
 
 @pytest.mark.parametrize(("mix", "cluster", "rate", "seed"), [
-    ("flux-uniform", "1x4xH200", 0.5, 0),  # linear 0.86, integral 0.83, with alone 0.83, trident 0.67 (when written)
-    ("video-wan", "1x8xH200", 0.12, 3),  # 1.0, 1.0, 0.93 (no 720p diffuse on one GPU), trident 0.78
+    ("flux-uniform", "1x4xH200", 0.5, 0),  # linear 0.86, integral 0.83, trident 0.67 (when written)
+    ("video-wan", "1x8xH200", 0.12, 3),  # 1.0 and 1.0, trident 0.78
 ])
-def test_no_simulated_policy_beats_the_tighter_bounds(mix, cluster, rate, seed):
+def test_no_simulated_policy_beats_the_integral_bound(mix, cluster, rate, seed):
     c = parse_cluster(cluster)
     reqs = _stream(mix, rate, 120.0 if mix != "video-wan" else 400.0, seed, 3.0, c.gpus_per_node)
     n, k = c.num_gpus, c.gpus_per_node  # 2 s slots: integral programs of 1 s slots take a minute here
     linear = hindsight_bound(reqs, H200, "H200", n, k, slot_s=2.0)
     integral = hindsight_bound(reqs, H200, "H200", n, k, slot_s=2.0, integral=True)
-    tight = hindsight_bound(reqs, H200, "H200", n, k, slot_s=2.0, integral=True, alone=True)
-    assert tight.integral and tight.alone and not linear.integral
-    assert tight.min_class <= integral.min_class + 1e-6 and integral.min_class <= linear.min_class + 1e-6
-    assert tight.found <= tight.min_class + 1e-6
-    if mix == "video-wan":  # its 720p class cannot mix one GPU's cheap steps into a faster run
-        assert tight.min_class < integral.min_class - 0.05
+    assert integral.integral and not linear.integral
+    assert integral.found <= integral.min_class + 1e-6 <= linear.min_class + 2e-6
     best = 0.0
     for spec in POLICIES:
         res = simulate(c, H200, make_policy(spec), reqs, gpu_kind="H200", record=True)
         got = min_class_attainment(res.requests)
         assert got <= integral.min_class + 1e-6, (spec, got, integral)
-        if spec != "trident:grow=true":  # its head starts run below the degree the deadline needs: not an ``alone`` schedule
-            assert got <= tight.min_class + 1e-6, (spec, got, tight)
         best = max(best, got)
     assert best >= 0.6
 
@@ -88,18 +82,6 @@ def test_an_integral_bound_finishes_requests_whole():
     integral = hindsight_bound(pair, H200, "H200", 1, 1, slot_s=0.25, integral=True)
     assert 0.7 < linear.min_class < 0.85
     assert integral.min_class == pytest.approx(0.5, abs=1e-6)
-
-
-def test_alone_keeps_only_the_options_that_finish_a_stage_in_its_window():
-    shape = Shape(720, 1280, 81, 50)
-    every = stage_options(H200, "H200", "wan2.1-1.3b", shape, 8)[StageKind.DIFFUSE]
-    one_gpu = min(o.duration_s for o in every if o.degree == 1 and o.batch == 1)
-    window = 0.9 * one_gpu  # one GPU alone is too slow for it, two are not
-    kept = stage_options(H200, "H200", "wan2.1-1.3b", shape, 8, (math.inf, window, math.inf))[StageKind.DIFFUSE]
-    assert {o.degree for o in every} >= {1, 2} and 1 not in {o.degree for o in kept}
-    assert all(o.duration_s <= window + 1e-9 for o in kept) and min(o.gpu_s for o in kept) > min(o.gpu_s for o in every)
-    with pytest.raises(ValueError, match="no option"):
-        stage_options(H200, "H200", "wan2.1-1.3b", shape, 8, (math.inf, 1e-3, math.inf))
 
 
 def test_the_bound_binds_under_overload_and_rises_with_the_cluster():

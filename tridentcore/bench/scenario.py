@@ -330,18 +330,17 @@ def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARG
 
 
 def hindsight_at(loaded: Loaded, rate: float, *, slot_s: float = 1.0, time_limit_s: float = 600.0,
-                 integral: bool = False, alone: bool = False) -> HindsightBound:
+                 integral: bool = False) -> HindsightBound:
     """The hindsight bound (:mod:`tridentcore.core.hindsight`) of the stream ``rate`` gives: the
-    most lowest-class attainment any scheduler could reach on exactly these requests (``alone``: any
-    scheduler of the kind that option names)."""
+    most lowest-class attainment any scheduler could reach on exactly these requests."""
     cl = loaded.cluster
     return hindsight_bound(loaded.requests(rate), loaded.cost, loaded.gpu_kind, cl.num_gpus, cl.gpus_per_node,
-                           slot_s=slot_s, time_limit_s=time_limit_s, integral=integral, alone=alone)
+                           slot_s=slot_s, time_limit_s=time_limit_s, integral=integral)
 
 
 def hindsight_goodput(loaded: Loaded, lo: float, hi: float, target: float = DEFAULT_TARGET, *,
                       rel_tol: float = 0.01, slot_s: float = 1.0, time_limit_s: float = 600.0,
-                      integral: bool = False, alone: bool = False) -> tuple[float, dict[float, HindsightBound]]:
+                      integral: bool = False) -> tuple[float, dict[float, HindsightBound]]:
     """The highest rate in [lo, hi] at which the hindsight bound's lowest class is >= ``target``:
     no scheduler has a higher fair goodput on these streams, as far as the bisection's assumption
     holds (pass or fail monotone in rate, as :func:`sweep_goodput`; 0 if ``lo`` fails). Also every
@@ -351,8 +350,7 @@ def hindsight_goodput(loaded: Loaded, lo: float, hi: float, target: float = DEFA
     def passes(rate: float) -> bool:
         key = round(rate, 6)
         if key not in seen:
-            seen[key] = hindsight_at(loaded, rate, slot_s=slot_s, time_limit_s=time_limit_s, integral=integral,
-                                     alone=alone)
+            seen[key] = hindsight_at(loaded, rate, slot_s=slot_s, time_limit_s=time_limit_s, integral=integral)
         return seen[key].min_class >= target
 
     return _bisect(passes, lo, hi, rel_tol, 14), seen

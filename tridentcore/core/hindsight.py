@@ -34,19 +34,13 @@ cheap in GPU-seconds as their cheapest (a mix of it does at least as well as any
 may overlap the request's diffuse within a slot; only the diffuse's options share the
 one-at-a-time limit. Both keep the program small and only loosen the bound.
 
-Two options make it tighter, each for what it says:
-
-* ``integral``: every ``z_r`` is 0 or 1 (a mixed integer program, HiGHS's branch and bound): no
-  request is finished in part. Still an upper bound on every schedule. Past the time limit the
-  solver's proven bound is reported, which is still one.
-* ``alone``: a stage may run only at options that would by themselves finish it inside its window
-  (a 1280x720x81 video whose 50 steps take 243 s on one GPU, against a 219 s window, never runs
-  on one GPU, not even for part of its steps; a batch too slow for the SLO is not an option). A
-  bound only for the schedulers that never run a stage of a request that meets its SLO at a
-  degree or batch too slow for it by itself: ``trident`` (each degree it dispatches, widens or
-  shrinks to meets the deadline from then on, so from the arrival too), ``trident-paper`` and the
-  static pipelines; not ``trident:grow=true``, whose head starts run on fewer GPUs than the
-  deadline needs until they are grown.
+``integral`` makes it tighter: every ``z_r`` is 0 or 1 (a mixed integer program, HiGHS's branch
+and bound), no request is finished in part. Still an upper bound on every schedule; past the time
+limit the solver's proven bound is reported, which is still one. (Not offered: keeping a stage to
+the options that alone would finish it in its window. ``trident`` does run a stage in part at such
+an option: a diffuse paused and resumed late takes the fewest GPUs that still finish its remaining
+steps in time, one GPU for the last steps of a 1280x720x81 video that one GPU alone could not finish
+in its SLO.)
 
 Pure: the program is built here; ``scipy.optimize.linprog`` solves it (HiGHS's interior point
 method with crossover: on these programs several times faster than its simplex), ``milp`` the
@@ -102,7 +96,6 @@ class HindsightBound:
     slot_s: float
     found: float = math.nan
     integral: bool = False
-    alone: bool = False
 
 
 def _hull(points: list[StageOption]) -> list[StageOption]:
@@ -148,19 +141,16 @@ def _compress(hull: list[StageOption]) -> list[StageOption]:
     return out
 
 
-def stage_options(cost: "CostModel", gpu_kind: str | None, model: str, shape: Shape, max_degree: int,
-                  within: Sequence[float] | None = None) -> dict[StageKind, list[StageOption]]:
+def stage_options(cost: "CostModel", gpu_kind: str | None, model: str, shape: Shape, max_degree: int
+                  ) -> dict[StageKind, list[StageOption]]:
     """Per stage, the options of one request the program uses: the diffuse's (degree, batch) on the
     convex hull; encode and decode (one GPU) as one option, their fastest time at their cheapest
     GPU-seconds. Every degree from 1 to ``max_degree`` (a policy may run any group size a node
     holds, ``pipeline-static:degree=6`` on six GPUs) and every batch size the cost model answers for,
     extrapolated past the measured levels as far as it goes (policies batch up to that: ``trident``
-    encodes 8 at a time), up to :data:`MAX_BATCH`; what it cannot answer is skipped. ``within``: per
-    stage (encode, diffuse, decode), the longest an option may take (``alone``: the stage's window);
-    slower ones are not options."""
+    encodes 8 at a time), up to :data:`MAX_BATCH`; what it cannot answer is skipped."""
     out: dict[StageKind, list[StageOption]] = {}
-    for k, stage in enumerate(STAGES):
-        longest = math.inf if within is None else within[k] + 1e-9
+    for stage in STAGES:
         degrees = range(1, max_degree + 1) if stage is StageKind.DIFFUSE else (1,)
         found: list[StageOption] = []
         for d in degrees:
@@ -173,10 +163,8 @@ def stage_options(cost: "CostModel", gpu_kind: str | None, model: str, shape: Sh
                     break  # past what the cost model answers at this degree (a larger batch is further)
                 if stage is StageKind.DIFFUSE:
                     t *= shape.steps
-                if 0 < t <= longest:
+                if t > 0:
                     found.append(StageOption(d, b, t, d / b))
-        if not found:
-            raise ValueError(f"no option of {model} {stage.value} takes {longest:.6g} s or less")
         if stage is StageKind.DIFFUSE:
             out[stage] = _compress(_hull(found))
         else:  # as fast as the fastest, as cheap as the cheapest: it beats every real option
@@ -192,10 +180,10 @@ def _windows(arrival: float, deadline: float, fastest: Sequence[float]) -> list[
 
 
 def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_kind: str | None, num_gpus: int,
-                    max_degree: int, *, slot_s: float = 1.0, time_limit_s: float = 600.0, integral: bool = False,
-                    alone: bool = False) -> HindsightBound:
+                    max_degree: int, *, slot_s: float = 1.0, time_limit_s: float = 600.0,
+                    integral: bool = False) -> HindsightBound:
     """The most lowest-class SLO attainment any scheduler could reach on ``requests`` (module doc;
-    ``integral`` and ``alone`` there)."""
+    ``integral`` there)."""
     import numpy as np
     from scipy.sparse import coo_matrix
 
@@ -203,7 +191,7 @@ def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_ki
         raise ValueError("the hindsight bound needs at least one request")
     if not (0 < slot_s < math.inf and num_gpus > 0):
         raise ValueError(f"slot_s and num_gpus must be finite and > 0 (got {slot_s}, {num_gpus})")
-    options: dict[tuple, dict[StageKind, list[StageOption]]] = {}
+    options: dict[tuple[str, Shape], dict[StageKind, list[StageOption]]] = {}
     classes: dict[str, list[int]] = {}
     # columns: z_r per request, then m (the lowest class's attainment), then the y's
     n = len(requests)
@@ -226,11 +214,6 @@ def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_ki
         if any(hi - lo < f - 1e-9 for (lo, hi), f in zip(windows, fastest, strict=True)):
             hopeless.append(i)  # no option meets the deadline: z_r is held at 0
             continue
-        if alone:  # only the options that alone finish each stage inside its window
-            spans = tuple(round(hi - lo, 9) for lo, hi in windows)
-            if (key, spans) not in options:
-                options[(key, spans)] = stage_options(cost, gpu_kind, r.model, r.shape, max_degree, spans)
-            opts = options[(key, spans)]
         busy_of: dict[int, int] = {}
         for stage, (lo, hi) in zip(STAGES, windows, strict=True):
             first, last = math.floor(lo / slot_s), math.ceil(hi / slot_s)  # slots [first, last)
@@ -312,7 +295,7 @@ def hindsight_bound(requests: Sequence["RequestSpec"], cost: "CostModel", gpu_ki
     z = res.x[:n]
     by_class = {label: (len(classes[label]), _unit(z[classes[label]].mean())) for label in labels}
     found = min(a for _, a in by_class.values())
-    return HindsightBound(_unit(bound), by_class, n_cols, slot_s, found, integral, alone)
+    return HindsightBound(_unit(bound), by_class, n_cols, slot_s, found, integral)
 
 
 def _unit(x: float) -> float:
