@@ -128,6 +128,8 @@ def test_live_backend_validates_before_starting_anything(tmp_path):
     (["--backend", "gpu"], "unknown backend"),
     (["--policies", "trident,nope"], "valid policies"),
     (["--policies", "trident,trident"], "given twice"),
+    (["--policies", "trident,trident:late=serve"], "trident = trident:late=serve"),  # the same policy written twice
+    (["--policies", "pipeline-static:degree=2,degree=4"], "option degree given twice"),
     (["--mix", "no-such-mix"], "unknown mix"),
     (["--trace", "t.jsonl", "--goodput"], "--goodput"),
 ])
@@ -135,6 +137,19 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, needle):
     db = tmp_path / "x.duckdb"
     assert needle in _error_line(runner.invoke(app, ["bench", *args, "--duration", "30", "--db", str(db)]))
     assert not db.exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "not duckdb"])
+def test_a_db_that_cannot_take_a_run_is_refused_before_any_runs(tmp_path, kind):
+    db = tmp_path / "x.duckdb"
+    if kind == "folder":
+        db.mkdir()
+    else:
+        db.write_text("not a database")
+    for command in (["bench", "--backend", "sim", "--no-progress"], ["simulate"]):
+        line = _error_line(runner.invoke(app, [*command, "--policies", "trident", "--duration", "30", "--db", str(db)]))
+        assert f"--db {db}: cannot store runs there" in line
+    assert db.is_dir() if kind == "folder" else db.read_text() == "not a database"
 
 
 def test_ctrl_c_between_runs_keeps_the_stored_ones(tmp_path, monkeypatch):
@@ -168,7 +183,7 @@ def test_ctrl_c_inside_the_write_leaves_nothing_half_written(tmp_path, monkeypat
     def interrupt_second_write(con):  # inside the transaction: after BEGIN, before any row of the run
         real(con)
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 3:  # (the first: --db checked before any run)
             con.execute("INSERT INTO runs SELECT * REPLACE ('half-' || run_id AS run_id) FROM runs LIMIT 1")
             raise KeyboardInterrupt
 

@@ -106,6 +106,8 @@ def test_sql_from_standard_input(db: Path):
     ("CREATE TABLE t (x INT)", "read-only"),
     ("SELECT * FROM read_csv('/etc/hostname')", "disabled"),
     ("ATTACH '{dir}/other.duckdb' AS other", "disabled"),
+    (";", "no SQL statement"),
+    ("/* a comment */ ;", "no SQL statement"),
 ])  # fmt: skip
 def test_bad_or_writing_sql_is_one_line_and_exit_2(db: Path, sql: str, needle: str):
     before = hashlib.sha256(db.read_bytes()).hexdigest()

@@ -440,6 +440,13 @@ def test_export_run_round_trips(db: Path, tmp_path: Path):
     assert sorted(spans, key=lambda s: (s["dispatch_id"], s["request_id"]))[5]["gpus"] == [0, 1, 2, 3]
     with pytest.raises(UnknownRunError):
         export_run(db, "nope", tmp_path / "out2")
+    # a live run's client rows go with it
+    ResultsStore(db).write_client_requests("run-a", [{
+        "request_index": 0, "state": "done", "model": "sd3-medium", "height": 512, "width": 512, "frames": 1,
+        "steps": 28, "request_class": "sd3-medium 512x512", "workload_t_s": 0.0, "scheduled_s": 0.0,
+        "http_status": 200, "reason": "", "stages_json": "{}"}])
+    live = export_run(db, "run-a", tmp_path / "out3")
+    assert set(live) == {*TABLES, "client_requests"} and pq.read_table(live["client_requests"]).num_rows == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ from pathlib import Path
 
 def insert_client_rows(db: str, run_id: str, rows_file: str) -> int:
     """Write the rows of ``rows_file`` under ``run_id`` (one transaction); returns how many."""
+    from ..core.defaults import DEFAULT_DB_WAIT_S
     from ..store import ResultsStore
 
     text = Path(rows_file).read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return ResultsStore(db).write_client_requests(run_id, rows)
+    return ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).write_client_requests(run_id, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

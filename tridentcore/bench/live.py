@@ -37,6 +37,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.defaults import API_KEY_ENV, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_LIVE_CALIBRATE, DEFAULT_LIVE_DEVICES
+from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_LIVE_CALIBRATE,
+                             DEFAULT_LIVE_DEVICES)
 from ..core.errors import TridentError
 from ..core.metrics import finite, quantile
 from ..core.records import RunMeta
@@ -212,19 +214,27 @@ class LiveBench:
         if not requests:
             raise LiveBenchError("the schedule has no requests (rate x duration too small?)")
         created, t0 = time.time(), time.monotonic()
-        tmp = None
-        if self.artifacts is None:
-            tmp = tempfile.TemporaryDirectory(prefix="trident-live-")
-            work = Path(tmp.name)
-        else:
-            work = self.artifacts
-            work.mkdir(parents=True, exist_ok=True)
+        temporary = self.artifacts is None
+        work = Path(tempfile.mkdtemp(prefix="trident-live-")) if temporary else self.artifacts
+        work.mkdir(parents=True, exist_ok=True)
         try:
             got = self._serve_and_load(work, requests)
-            result = self._store(work, got, len(requests), created, time.monotonic() - t0, tmp is None)
-        finally:
-            if tmp is not None:
-                tmp.cleanup()
+        except BaseException:
+            if temporary:
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        try:
+            result = self._store(work, got, len(requests), created, time.monotonic() - t0, not temporary)
+        except Exception as exc:  # the run happened: its rows stay where they are, and the message says where
+            if isinstance(exc, LiveBenchError):
+                if temporary:
+                    shutil.rmtree(work, ignore_errors=True)
+                raise
+            raise LiveBenchError(f"the run could not be stored in {self.db} ({type(exc).__name__}: {exc}); its rows "
+                                 f"are kept: the server's in {work / 'server.duckdb'}, the client's in "
+                                 f"{work / 'rows.jsonl'}") from None
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)
         if got.interrupted:
             raise LiveBenchInterrupted(result)
         return result
@@ -329,7 +339,7 @@ class LiveBench:
         meta = _meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
         self.report("storing", len(rows), scheduled)
         with procs.no_sigint():  # one transaction, not cut short
-            ResultsStore(self.db).write_run_tables(meta, {**tables, "client_requests": rows})
+            ResultsStore(self.db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run_tables(meta, {**tables, "client_requests": rows})
         return LiveRun(self.policy, self.run_id, status, scheduled, states, quantile(lags, 0.5),
                        quantile(lags, 0.99), wall_s, server_meta.run_id, got.locust_exit, got.server_exit,
                        work if kept else None, notes)

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core.defaults import DEFAULT_DB_WAIT_S
 from ..core.errors import TridentError
 from ..store import ResultsStore, UnknownRunError, new_run_id, open_readonly
 from ..store.schema import STAGE_ORDER_SQL
@@ -214,7 +215,7 @@ def run_and_store(loaded: Loaded, policy_spec: str, rate: float | None, db: str 
     if extra_config:
         config = {**json.loads(meta.config_json), **extra_config}
         meta = dataclasses.replace(meta, config_json=json.dumps(config, sort_keys=True))
-    return ResultsStore(db).write_run(meta, result.requests, result.spans, result.placements, result.gpu_samples)
+    return ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run(meta, result.requests, result.spans, result.placements, result.gpu_samples)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_LIVE_TIME_SCALE, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
                              DEFAULT_SLO_SCALE, DEFAULT_TARGET, DEFAULT_TIME_SCALE)
 from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
-                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
+                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, check_db, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
                      setup_logging, store_errors, table, value)
 
 __all__ = ["bench"]
@@ -76,7 +76,10 @@ def bench(
         extra = sorted(name for name in ctx.params if name not in _REPEAT_ONLY
                        and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT")
         if extra:
-            _fail(f"--repeat takes only --db (the run's own config is used); drop {', '.join('--' + e.replace('_', '-') for e in extra)}")
+            flags = {p.name: p for p in ctx.command.params}
+            named = [next((o for o in (*flags[e].opts, *flags[e].secondary_opts)
+                           if (ctx.params[e] is not False) == (o in flags[e].opts)), flags[e].opts[0]) for e in extra]
+            _fail(f"--repeat takes only --db (the run's own config is used); drop {', '.join(named)}")
         _repeat(repeat, db)
         return
     if backend == "live":
@@ -122,6 +125,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
             loaded.check_rates([goodput_range(cap)[1]])  # the highest rate sweep_goodput simulates
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         _fail(str(exc))
+    check_db(db)
 
     bench_id = new_run_id("bench", seed)
     run_ids = {spec: new_run_id(spec, seed) for spec in specs}
@@ -326,6 +330,7 @@ def _bench_live(*, policies, mix, trace, model, arrival, rate, duration, slo_sca
     spec, requests = _live_spec(mix=mix, trace=trace, model=model, arrival=arrival, rate=rate, duration=duration,
                                 slo_scale=slo_scale, seed=seed, profile=profile, cluster=cluster, devices=devices,
                                 time_scale=time_scale)
+    check_db(db)
     bench_id = new_run_id("bench-live", seed)
     results, stored = _run_live(spec, specs, db, seed, keep, progress, {"bench": bench_id}, len(requests))
     _print_live(results, summaries(db, stored), spec, len(requests), db, bench_id, json_out)

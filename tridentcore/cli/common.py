@@ -19,7 +19,7 @@ from ..core.metrics import finite
 
 __all__ = ["HELP_MARKUP", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
-           "ceiling_lines", "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
+           "ceiling_lines", "check_db", "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
 
 EXIT_INTERRUPTED = 130
@@ -134,6 +134,21 @@ def store_errors():
     return (FileNotFoundError, UnknownRunError, SchemaVersionError, duckdb.Error)
 
 
+def check_db(db: str) -> None:
+    """``--db`` checked before any run is spent on it: opened for writing once (created if new) and
+    closed; a path that cannot take a run (a folder, another kind of file, a read-only place, a lock
+    held past the wait) is one line, ``error: …``, exit status 2."""
+    import duckdb
+
+    from ..core.defaults import DEFAULT_DB_WAIT_S
+    from ..store import ResultsStore
+
+    try:
+        ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).check()
+    except (duckdb.Error, OSError) as exc:
+        fail(f"--db {db}: cannot store runs there: {message(exc)}")
+
+
 def db_message(exc: BaseException, db: str) -> str:
     text = message(exc)
     if isinstance(exc, FileNotFoundError) and "no results database" in text:
@@ -225,10 +240,12 @@ def policy_specs(policies: str, *, unique: bool = False) -> list[str]:
     specs = split_specs(policies)
     if not specs:
         fail("no policies given")
-    if unique:
-        twice = sorted({s for s in specs if specs.count(s) > 1})
+    built = [make_policy(spec) for spec in specs]
+    if unique:  # the same policy however it is written (`trident`, `trident:`, `trident:late=serve`)
+        same: dict[tuple, list[str]] = {}
+        for spec, policy in zip(specs, built):
+            same.setdefault((policy.name, tuple(sorted(policy.opts.items(), key=str))), []).append(spec)
+        twice = [" = ".join(group) if len(set(group)) > 1 else group[0] for group in same.values() if len(group) > 1]
         if twice:
             fail(f"policy given twice: {', '.join(twice)}")
-    for spec in specs:
-        make_policy(spec)
     return specs

@@ -123,7 +123,7 @@ def runs_export(
 ) -> None:
     """Write one run's rows to Parquet files, one per table.
 
-    DIR/<table>.parquet: runs, requests, stage_spans, placements, gpu_samples.
+    DIR/<table>.parquet: runs, requests, stage_spans, placements, gpu_samples, and a live run's client_requests.
     """
     from ..bench.runs import resolve_run
     from ..store import export_run
@@ -195,8 +195,8 @@ def sql(
     if not text.strip():
         fail("no SQL given")
     try:
-        result = query_readonly_rows(db, text, max_rows=max_rows)
-    except store_errors() as exc:
+        result = query_readonly_rows(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
+    except (*store_errors(), ValueError) as exc:
         fail(_sql_error(exc, db))
     if csv_out:
         _print_csv(result)
@@ -208,10 +208,16 @@ def sql(
         typer.echo(f"(the first {result.max_rows} rows: the result has more; --max-rows N prints more)", err=True)
 
 
+SQL_TIMEOUT_S = 30.0  # a query of `trident sql` is interrupted after this long
+
+
 def _sql_error(exc: BaseException, db: str) -> str:
     """DuckDB's message up to its ``LINE n:`` excerpt, on one line (the excerpt's caret needs its own line)."""
     if isinstance(exc, FileNotFoundError):
         return db_message(exc, db)
+    if type(exc).__name__ == "InterruptException":  # duckdb's, raised by the reader's deadline
+        return (f"the query ran past {SQL_TIMEOUT_S:g} s and was interrupted: narrow it, or run it with "
+                "`duckdb -readonly` on the file")
     lines = [line.strip() for line in str(exc).splitlines()]
     head = lines[: next((i for i, line in enumerate(lines) if line.startswith("LINE ")), len(lines))]
     return " ".join(line for line in head if line) or type(exc).__name__

@@ -6,10 +6,10 @@ import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_NOISE_SIGMA,
                              DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_SWEEP_DURATION_S,
-                             DEFAULT_TARGET)
+                             DEFAULT_DB_WAIT_S, DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
-                     ceiling_lines, fitted_noise, json_safe, load_workload, policy_specs, setup_logging, table)
+                     ceiling_lines, check_db, fitted_noise, json_safe, load_workload, policy_specs, setup_logging, table)
 
 __all__ = ["simulate", "sweep"]
 
@@ -50,6 +50,8 @@ def simulate(
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
         specs = policy_specs(policies)  # every spec validated before any runs
+        if db:
+            check_db(db)
         if not loaded.requests(rate):
             fail("the workload has no requests (rate x duration too small?)")
         rows = []
@@ -60,7 +62,7 @@ def simulate(
             if db:
                 from ..store import ResultsStore, new_run_id
 
-                ResultsStore(db).write_run(run_meta(new_run_id(spec, seed), loaded, spec, rate, result),
+                ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run(run_meta(new_run_id(spec, seed), loaded, spec, rate, result),
                                            result.requests, result.spans, result.placements, result.gpu_samples)
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         fail(str(exc))

@@ -84,6 +84,8 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise PolicyError(f"bad policy option {item!r} in {spec!r}; expected key=value")
+        if key.strip() in opts:
+            raise PolicyError(f"option {key.strip()} given twice in {spec!r}")
         opts[key.strip()] = value.strip()
     return name.strip(), opts
 

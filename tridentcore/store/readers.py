@@ -65,6 +65,13 @@ def _sandboxed(
     return connect(path, read_only=True, config=config, wait_s=wait_s)
 
 
+def _ran(res: duckdb.DuckDBPyConnection | None) -> duckdb.DuckDBPyConnection:
+    """The result of ``execute``; text with no statement in it (``;``, a comment) has none."""
+    if res is None:
+        raise ValueError("the query has no SQL statement (only ';' or comments)")
+    return res
+
+
 class _Deadline:
     """Interrupts ``con``'s running query after ``timeout_s`` (None or 0: never)."""
 
@@ -106,7 +113,7 @@ def query_readonly(
                      max_temp_directory_size=max_temp_directory_size, wait_s=wait_s)
     try:
         with _Deadline(con, timeout_s):
-            return con.execute(sql, params).df()
+            return _ran(con.execute(sql, params)).df()
     finally:
         con.close()
 
@@ -138,7 +145,7 @@ def query_readonly_capped(
                      max_temp_directory_size=max_temp_directory_size, wait_s=wait_s)
     try:
         with _Deadline(con, timeout_s):
-            res = con.execute(sql, params)
+            res = _ran(con.execute(sql, params))
             chunks = [res.fetch_df_chunk(vectors)]
             rows = len(chunks[0])
             while rows <= max_rows:
@@ -183,7 +190,7 @@ def query_readonly_rows(
                      wait_s=wait_s)
     try:
         with _Deadline(con, timeout_s):
-            res = con.execute(sql)
+            res = _ran(con.execute(sql))
             columns = tuple(d[0] for d in res.description or ())
             rows = res.fetchmany(max_rows + 1) if columns else []
     finally:
@@ -225,7 +232,8 @@ def run_summary(path: str | os.PathLike[str], run_ids: Sequence[str] | None = No
 def export_run(
     path: str | os.PathLike[str], run_id: str, out_dir: str | os.PathLike[str]
 ) -> dict[str, Path]:
-    """Write one run's rows to ``out_dir/<table>.parquet`` (one file per table); return the paths.
+    """Write one run's rows to ``out_dir/<table>.parquet`` (one file per table; a live run's client
+    rows too, ``client_requests``, where it has them); return the paths.
 
     Reads through a read-only connection and writes with pyarrow, so it works where the SQL
     engine's own file access is switched off.
@@ -241,6 +249,10 @@ def export_run(
             name: fetch_arrow(con, f"SELECT * FROM {name} WHERE run_id = ?", [run_id])
             for name in TABLES
         }
+        if con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'client_requests'").fetchall():
+            client = fetch_arrow(con, "SELECT * FROM client_requests WHERE run_id = ?", [run_id])
+            if client.num_rows:
+                tables["client_requests"] = client
     finally:
         con.close()
     out.mkdir(parents=True, exist_ok=True)

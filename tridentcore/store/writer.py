@@ -171,6 +171,15 @@ class ResultsStore:
         finally:
             con.close()
 
+    def check(self) -> None:
+        """Open the database for writing once, creating it (and its tables) if new, and close it: a
+        path that cannot take a run (a folder, another kind of file, a read-only place, a lock held
+        past the wait) raises here, before a run is spent on it."""
+        if self.path.is_dir():
+            raise IsADirectoryError(f"{self.path} is a folder, not a results database file")
+        with self._transaction():
+            pass
+
     def write_client_requests(self, run_id: str, rows: Any) -> int:
         """Add a run's client rows (``client_requests``; a list of dicts, a DataFrame or an Arrow
         table) in one short transaction; return how many. The run need not be in ``runs`` (a
