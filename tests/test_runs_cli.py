@@ -92,6 +92,11 @@ def test_export_writes_parquet_per_table(db, tmp_path):
     assert set(files) == {"runs", "requests", "stage_spans", "placements", "gpu_samples"}
     assert pq.read_table(files["requests"]).num_rows == run_summary(db, [run_id]).requests[0]
     assert set(pq.read_table(files["stage_spans"]).column("run_id").to_pylist()) == {run_id}
+    (tmp_path / "a-file").write_text("x")
+    taken = runner.invoke(app, ["runs", "export", run_id, "--parquet", str(tmp_path / "a-file"), "--db", str(db)])
+    assert taken.exit_code == 2 and "is a file: give a folder" in taken.output
+    folder = runner.invoke(app, ["runs", "recover", "--db", str(tmp_path)])
+    assert folder.exit_code == 2 and "is a folder" in folder.output
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -128,6 +128,10 @@ def runs_export(
     from ..bench.runs import resolve_run
     from ..store import export_run
 
+    from pathlib import Path
+
+    if Path(parquet).exists() and not Path(parquet).is_dir():
+        fail(f"--parquet {parquet} is a file: give a folder (made if missing) for one Parquet file per table")
     try:
         run_id = resolve_run(db, run)
         written = export_run(db, run_id, parquet)
@@ -146,8 +150,12 @@ def runs_recover(
     Ingests the journals servers left next to the database (FILE.journal/): a crashed server's run is
     stored as `crashed`, one whose final write failed as it ended. Journals of running servers are left
     alone. Exit status 1 if a journal could not be ingested (it stays)."""
+    from pathlib import Path
+
     from ..store.journal import pending_journals, recover
 
+    if Path(db).is_dir():
+        fail(f"--db {db} is a folder: give the results database file whose journals to recover")
     if not pending_journals(db):
         typer.echo(f"no journals to recover for {db}")
         return
