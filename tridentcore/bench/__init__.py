@@ -8,6 +8,7 @@ Above both drivers (``sim`` and ``runtime``), below the entry points (``cli``, `
 * :mod:`.runs` — stored runs: look up, report, compare, run a simulated one again;
 * :mod:`.live` — a live bench: ``trident serve`` and Locust as child processes, stored as a run;
 * :mod:`.provenance` — git commit, package versions, hardware.
+* :mod:`.script` — what the benchmark scripts share: a bad input ends in one line.
 
 Import the submodules; this package imports nothing (the Locust file imports :mod:`.spec`).
 """
