@@ -79,4 +79,5 @@ def test_serve_says_where_it_serves_and_stops_quietly(tmp_path, how, code):
     assert not gone, f"still running after the server: {gone}"
     runs = query_readonly(db, "SELECT run_id, status FROM runs")
     assert len(runs) == 1 and runs.status[0] == "done"
+    assert f"trident serve: run {runs.run_id[0]} stored in {db}" in text and "WARNING" not in text  # a plain last line
     assert len(query_readonly(db, "SELECT 1 FROM requests WHERE run_id = ?", [runs.run_id[0]])) == 1

@@ -109,6 +109,7 @@ def serve(
     if backend == "ray":  # a Ray instance this command starts sends no usage reports unless asked to
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+    served: list = []  # the ready server (its run id and database), once it serves
     try:
         stopped_by = run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
@@ -116,13 +117,15 @@ def serve(
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
                                 late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait),
-                                on_ready=_announce)
+                                on_ready=lambda ready: (served.append(ready), _announce(ready)))
     except SetupError as exc:
         fail(str(exc))
     except RecordsNotStored as exc:  # served, but the run is not all in --db: say so in the exit status
         fail(str(exc), code=1)
     except KeyboardInterrupt:  # Ctrl-C before it served (loading, building): nothing to drain
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    if served and served[0].db:  # (a run that could not be stored in full ended above, exit status 1)
+        typer.echo(f"trident serve: run {served[0].run_id} stored in {served[0].db}", err=True)
     if stopped_by == signal.SIGINT:
         raise typer.Exit(EXIT_INTERRUPTED)
 

@@ -294,7 +294,7 @@ class RunRecords:
             logger.error("%s", self.problem)
             return False
         self.journal.remove()
-        logger.warning("stored run %s in %s (%s)", self.run_id, self.db, lines[-1]["meta"]["status"])
+        logger.info("stored run %s in %s (%s)", self.run_id, self.db, lines[-1]["meta"]["status"])
         return True
 
     def discard(self) -> None:
