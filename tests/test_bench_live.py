@@ -181,7 +181,8 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert "interrupted" in err
+    assert "interrupted: stopping the server (it drains its work, up to" in err  # said at once, even without a bar
+    assert "interrupted during trident" in err
     runs = query_readonly(db, "SELECT run_id, status, policy FROM runs")
     assert len(runs) == 1 and runs.status[0] == "interrupted" and runs.policy[0] == "trident"
     rid = runs.run_id[0]

@@ -293,7 +293,8 @@ class LiveBench:
                             except (OSError, ValueError):
                                 pass
                 # stop the server: it drains and writes its rows to its own store
-                self.report("stopping server", len(got.rows or ()), total)
+                self.report(f"interrupted: stopping the server (it drains its work, up to {opts.drain_timeout_s:g} s)"
+                            if got.interrupted else "stopping server", len(got.rows or ()), total)
                 with procs.no_sigint() if got.interrupted else _nothing():
                     got.server_exit = server.stop(stop_s)
                     (work / "server.log").write_text(server.log())

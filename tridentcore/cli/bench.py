@@ -266,7 +266,7 @@ class _LiveBar:
 
         self.bar = tqdm(total=total, desc=f"[{index}/{count}] {policy}", unit="req", file=sys.stderr,
                         disable=not enabled, dynamic_ncols=True, leave=True)
-        self.phase = ""
+        self.enabled, self.phase = enabled, ""
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if total and total != self.bar.total:
@@ -276,6 +276,8 @@ class _LiveBar:
         if phase != self.phase:
             self.phase = phase
             self.bar.set_postfix_str(phase)
+            if not self.enabled and phase.startswith("interrupted"):  # said even without the bar: the wait is long
+                typer.echo(phase, err=True)
 
     def close(self) -> None:
         self.bar.close()
