@@ -176,7 +176,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
     if goodput:
         typer.echo("\n".join(ceiling_lines(loaded)))
     typer.echo(_dash_table(rows, columns))
-    typer.echo(f"stored {len(stored)} runs in {db} (bench {bench_id}); `trident runs show RUN_ID --db {db}` for details")
+    typer.echo(f"stored {len(stored)} runs in {db} (each run's config names this bench, {bench_id}); `trident runs show RUN_ID --db {db}` for details")
 
 
 _REPEAT_KEYS = ("requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms", "rejected", "failed",
@@ -366,7 +366,7 @@ def _print_live(results, rows, spec, scheduled: int, db, bench_id, json_out) -> 
                         "fell behind the schedule", err=True, fg=typer.colors.YELLOW)
         for note in res.notes:
             typer.secho(f"warning: {res.policy}: {note}", err=True, fg=typer.colors.YELLOW)
-    typer.echo(f"stored {len(rows)} runs in {db} (bench {bench_id}); `trident runs show RUN_ID --db {db}` for details")
+    typer.echo(f"stored {len(rows)} runs in {db} (each run's config names this bench, {bench_id}); `trident runs show RUN_ID --db {db}` for details")
 
 
 def _repeat_live(old_id: str, config_json: str, db: str) -> None:
