@@ -69,7 +69,11 @@ def test_generate_video_writes_an_animation(tmp_path, suffix):
         (["--size", "big"], "WIDTHxHEIGHT"),
         (["--model", "tiny-nope"], "unknown model"),
         (["--frames", "9"], "frames must be 1"),
-        (["--out", "x.txt"], "unknown image format"),
+        (["--out", "x.txt"], "unknown output format '.txt'"),
+        (["--out", "x"], "unknown output format '(no suffix)'"),
+        (["--out", "."], "is a folder: give a file name"),
+        (["--seed", "-1"], "--seed"),
+        (["--seed", "2147483648"], "--seed"),
     ],
 )
 def test_generate_bad_input_is_a_clear_error(tmp_path, args, message):

@@ -62,6 +62,22 @@ def test_simulating_a_generated_trace_is_simulating_the_mix(tmp_path):
     assert drop(json.loads(from_trace.output)) == drop(json.loads(from_mix.output))
 
 
+def test_a_trace_of_tiny_models_is_priced_by_the_profile_that_has_them(tmp_path):
+    """As the ``tiny`` mix is (``cpu`` on ``2xcpu``); a byte order mark first is read past; a file without a
+    request line says so, naming it."""
+    trace = _generate(tmp_path, "tiny.jsonl", "--mix", "tiny", "--rate", "1", "--duration", "20")
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + trace.read_bytes())
+    assert read_trace(bom) == read_trace(trace)
+    result = runner.invoke(app, ["simulate", "--trace", str(bom), "--policies", "trident", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["requests"] == len(read_trace(trace))
+    for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n\n# nothing here\n")):
+        (tmp_path / name).write_text(text)
+        line = _error_line(runner.invoke(app, ["simulate", "--trace", str(tmp_path / name)]))
+        assert f"{tmp_path / name}: " in line and ("empty file" in line or "no request lines" in line)
+
+
 def test_generate_then_stats_round_trip(tmp_path):
     trace = _generate(tmp_path, "t.jsonl", "--mix", "image-video", "--arrival", "constant", "--rate", "0.25",
                       "--duration", "120")

@@ -30,7 +30,7 @@ from ..core.hindsight import HindsightBound, hindsight_bound
 from ..core.metrics import attainment_by_class, min_class_attainment, summarize
 from ..core.policy import make_policy
 from ..core.records import RunMeta
-from ..core.types import Shape, StageKind
+from ..core.types import Shape, StageKind, class_label
 from ..core.workload import Mix, RequestSpec, WorkloadError, generate_requests, generated_size_problems, make_slo_fn
 from ..sim.engine import SimResult, StageNoise, simulate
 from .provenance import git_sha, hardware, package_versions
@@ -168,8 +168,10 @@ def _pricing(mix: Mix) -> list[tuple[str, str]]:
     return out
 
 
-def pricing_for(mix: str | None, profile: str | None = None, cluster: str | None = None) -> tuple[str, str]:
-    """The cost profile and cluster a mix is priced with, where either is not given.
+def pricing_for(mix: str | None, profile: str | None = None, cluster: str | None = None, *,
+                trace: str | None = None, model: str | None = None) -> tuple[str, str]:
+    """The cost profile and cluster a mix (or a ``trace``, its classes as a mix; ``model`` for a trace
+    that names none) is priced with, where either is not given.
 
     Neither given: the default profile on the default cluster when it prices every class
     (``h200`` on ``2x8xH200``), else the first shipped profile that does, on its cluster (the
@@ -188,7 +190,18 @@ def pricing_for(mix: str | None, profile: str | None = None, cluster: str | None
             kind = load_cluster(cluster).kind
             names = sorted(shipped_profiles(), key=lambda p: p != DEFAULT_PROFILE)
             return next((p for p in names if kind in load_profile(p).cost_model().gpus()), DEFAULT_PROFILE), cluster
-        pairs = _pricing(load_mix(mix)) if mix else []
+        if mix:
+            pairs = _pricing(load_mix(mix))
+        elif trace:
+            from types import SimpleNamespace
+
+            from ..formats.traces import read_trace
+
+            seen = {(e.model, Shape(e.height, e.width, e.frames, e.steps)) for e in read_trace(trace, model)}
+            pairs = _pricing(SimpleNamespace(classes=[SimpleNamespace(model=m, shape=sh, label=class_label(m, sh))
+                                                      for m, sh in sorted(seen, key=str)]))
+        else:
+            pairs = []
     except (ValueError, LookupError, OSError):  # the run's own checks report it
         pairs = []
     return (profile or DEFAULT_PROFILE, cluster or DEFAULT_CLUSTER) if not pairs else pairs[0]

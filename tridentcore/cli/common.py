@@ -208,7 +208,7 @@ def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_sc
     if mix is not None and trace is not None:
         fail("give --mix or --trace, not both")
     if profile is None or cluster is None:
-        profile, cluster = pricing_for(mix if trace is None else None, profile, cluster)
+        profile, cluster = pricing_for(mix if trace is None else None, profile, cluster, trace=trace, model=model)
     spec = RunSpec(profile=profile, cluster=cluster, mix=mix if trace is None else None, trace=trace,
                    trace_model=model, arrival=arrival, duration_s=duration, slo_scale=slo_scale, seed=seed,
                    noise_sigma=noise, noise_bias=parse_bias(bias) if bias is None or isinstance(bias, str) else bias)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import DEFAULT_DB, DEFAULT_PROFILE
+from ..core.defaults import DEFAULT_DB, DEFAULT_PROFILE, MAX_SEED
 from ..core.types import STAGES, StageKind
 from .common import fail, quiet_libraries, setup_logging
 
@@ -30,7 +30,7 @@ def generate(
     model: str = typer.Option("tiny-sd3", help="Pipeline name (`trident models`), directory or hub id."),
     size: str = typer.Option("256x256", help="WIDTHxHEIGHT, as in the OpenAI images API."),
     steps: int = typer.Option(None, min=1, max=200, help="Denoising steps (default: the model's)."),
-    seed: int = typer.Option(0, help="Noise seed: the same seed gives the same bytes."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Noise seed (0..2^31-1): the same seed gives the same bytes."),
     frames: int = typer.Option(None, min=1, help="Frames (video models)."),
     guidance: float = typer.Option(None, help="Guidance scale (default: the model's)."),
     negative_prompt: str = typer.Option(None, help="Negative prompt (CFG models)."),
@@ -53,10 +53,11 @@ def generate(
 
     from ..core.types import parse_size
     from ..pipelines import load_pipeline
-    from ..pipelines.media import save_output
+    from ..pipelines.media import check_output_path, save_output
 
     try:
         width, height = parse_size(size)
+        check_output_path(out)  # before the model loads: a path that cannot be written costs nothing
         pipe = load_pipeline(model, device=device, dtype=dtype)
         limits = pipe.limits
         n_frames = frames or (17 if limits.video else 1)
@@ -83,7 +84,7 @@ def generate(
         pixels = pipe.decode(latents)[0]
         t3 = time.perf_counter()
         path = save_output(pixels, out, fps=fps)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         fail(str(exc))
     typer.echo(
         f"wrote {path} ({width}x{height}" + (f", {n_frames} frames" if limits.video else "")

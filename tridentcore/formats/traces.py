@@ -36,6 +36,7 @@ characters, model names ``MAX_NAME_CHARS``; seeds in ``0..MAX_SEED``; guidance a
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import random
@@ -267,11 +268,15 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
     problems: list[str] = []
     fmt: str | None = None
     fmt_line = 0
-    lines = text.splitlines()
-    count = sum(1 for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    text = text.removeprefix("\ufeff")  # a byte order mark some editors write first
+
+    def lines():  # one at a time: a file of millions of blank lines is not a list of millions of strings
+        return io.StringIO(text, newline=None)
+
+    count = sum(1 for line in lines() if line.strip() and not line.lstrip().startswith("#"))
     if count > MAX_REQUESTS:
         raise TraceError(origin, [f"{count} request lines; a trace has at most {MAX_REQUESTS}"])
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -320,7 +325,10 @@ def read_trace(path: str | os.PathLike[str], default_model: str | None = None) -
         text = read_bounded(origin, MAX_TRACE_BYTES)
     except InputRefused as exc:
         raise TraceError(origin, [str(exc)]) from None
-    return parse_trace(text, origin=origin, default_model=default_model)
+    entries = parse_trace(text, origin=origin, default_model=default_model)
+    if not entries:
+        raise TraceError(origin, ["no request lines (only blank lines and # comments)" if text.strip() else "empty file"])
+    return entries
 
 
 def format_trace(entries: Iterable[TraceEntry]) -> str:

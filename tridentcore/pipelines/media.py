@@ -41,6 +41,21 @@ def encode_animation(frames, fmt: str = "WEBP", fps: int = 8) -> bytes:
     return buf.getvalue()
 
 
+def check_output_path(path: str | Path) -> None:
+    """What can be told of an output path before anything is made: a known format, and not a folder
+    or a place where no file can be made (ValueError, saying which)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give a file name")
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES and suffix not in ANIMATION_SUFFIXES:
+        raise ValueError(f"{path}: unknown output format {suffix or '(no suffix)'!r}; use one of "
+                         f"{', '.join(sorted({*IMAGE_SUFFIXES, *ANIMATION_SUFFIXES}))}")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{path}: {parent} is not a folder")
+
+
 def save_output(pixels, path: str | Path, fps: int = 8) -> Path:
     """Write one request's output: ``[H, W, 3]`` as an image, ``[F, H, W, 3]`` as an animation."""
     path = Path(path)

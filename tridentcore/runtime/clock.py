@@ -88,8 +88,9 @@ class EngineClock:
         return min(self._meter.idle_s - self._idle0, self.wall_s())
 
     def busy_s(self) -> float:
-        """Wall seconds the loop ran the server since the start (0 where it is not metered)."""
-        return self.wall_s() - self.idle_s()
+        """Wall seconds the loop ran the server since the start (0 where it is not metered; never below 0,
+        though the two readings it is the difference of round apart by a microsecond)."""
+        return max(0.0, self.wall_s() - self.idle_s())
 
     def now(self) -> float:
         if self.scale == 1.0:
