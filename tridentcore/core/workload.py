@@ -109,7 +109,7 @@ def generate_requests(
     except WorkloadError as exc:
         problems.extend(exc.problems)
     if problems:
-        raise WorkloadError("generate_requests", problems)
+        raise WorkloadError("workload", problems)
     assert process is not None
 
     master = random.Random(seed)
@@ -130,7 +130,7 @@ def generate_requests(
         if arrival_s >= duration_s:
             break
         if index >= MAX_REQUESTS:  # (a burst, or a draw above rate x duration)
-            raise WorkloadError("generate_requests", [f"more than {MAX_REQUESTS} requests drawn; a workload has "
+            raise WorkloadError("workload", [f"more than {MAX_REQUESTS} requests drawn; a workload has "
                                                       f"at most {MAX_REQUESTS} (lower the rate or the duration)"])
         shape = cls.shape
         key = (cls.model, shape)
