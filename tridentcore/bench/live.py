@@ -217,24 +217,21 @@ class LiveBench:
         temporary = self.artifacts is None
         work = Path(tempfile.mkdtemp(prefix="trident-live-")) if temporary else self.artifacts
         work.mkdir(parents=True, exist_ok=True)
+        kept = not temporary
         try:
             got = self._serve_and_load(work, requests)
-        except BaseException:
-            if temporary:
-                shutil.rmtree(work, ignore_errors=True)
-            raise
-        try:
-            result = self._store(work, got, len(requests), created, time.monotonic() - t0, not temporary)
-        except Exception as exc:  # the run happened: its rows stay where they are, and the message says where
-            if isinstance(exc, LiveBenchError):
-                if temporary:
-                    shutil.rmtree(work, ignore_errors=True)
+            try:
+                result = self._store(work, got, len(requests), created, time.monotonic() - t0, kept)
+            except LiveBenchError:
                 raise
-            raise LiveBenchError(f"the run could not be stored in {self.db} ({type(exc).__name__}: {exc}); its rows "
-                                 f"are kept: the server's in {work / 'server.duckdb'}, the client's in "
-                                 f"{work / 'rows.jsonl'}") from None
-        if temporary:
-            shutil.rmtree(work, ignore_errors=True)
+            except Exception as exc:  # the run happened: its rows stay where they are, and the message says where
+                kept = True
+                raise LiveBenchError(f"the run could not be stored in {self.db} ({type(exc).__name__}: {exc}); its "
+                                     f"rows are kept: the server's in {work / 'server.duckdb'}, the client's in "
+                                     f"{work / 'rows.jsonl'}") from None
+        finally:
+            if not kept:
+                shutil.rmtree(work, ignore_errors=True)
         if got.interrupted:
             raise LiveBenchInterrupted(result)
         return result

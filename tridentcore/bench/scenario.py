@@ -30,8 +30,8 @@ from ..core.hindsight import HindsightBound, hindsight_bound
 from ..core.metrics import attainment_by_class, min_class_attainment, summarize
 from ..core.policy import make_policy
 from ..core.records import RunMeta
-from ..core.types import Shape, StageKind, class_label
-from ..core.workload import Mix, RequestSpec, WorkloadError, generate_requests, generated_size_problems, make_slo_fn
+from ..core.types import Shape, StageKind
+from ..core.workload import Mix, RequestClass, RequestSpec, WorkloadError, generate_requests, generated_size_problems, make_slo_fn
 from ..sim.engine import SimResult, StageNoise, simulate
 from .provenance import git_sha, hardware, package_versions
 from .spec import RunSpec, RunSpecError
@@ -193,13 +193,10 @@ def pricing_for(mix: str | None, profile: str | None = None, cluster: str | None
         if mix:
             pairs = _pricing(load_mix(mix))
         elif trace:
-            from types import SimpleNamespace
-
             from ..formats.traces import read_trace
 
-            seen = {(e.model, Shape(e.height, e.width, e.frames, e.steps)) for e in read_trace(trace, model)}
-            pairs = _pricing(SimpleNamespace(classes=[SimpleNamespace(model=m, shape=sh, label=class_label(m, sh))
-                                                      for m, sh in sorted(seen, key=str)]))
+            seen = sorted({(e.model, e.height, e.width, e.frames, e.steps) for e in read_trace(trace, model)})
+            pairs = _pricing(Mix("trace", tuple(RequestClass(*c) for c in seen)))
         else:
             pairs = []
     except (ValueError, LookupError, OSError):  # the run's own checks report it

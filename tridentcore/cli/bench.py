@@ -76,9 +76,9 @@ def bench(
         extra = sorted(name for name in ctx.params if name not in _REPEAT_ONLY
                        and getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT")
         if extra:
-            flags = {p.name: p for p in ctx.command.params}
-            named = [next((o for o in (*flags[e].opts, *flags[e].secondary_opts)
-                           if (ctx.params[e] is not False) == (o in flags[e].opts)), flags[e].opts[0]) for e in extra]
+            flags = {p.name: p for p in ctx.command.params}  # as given: --no-progress is a flag's off side
+            named = [flags[e].secondary_opts[0] if ctx.params[e] is False and flags[e].secondary_opts
+                     else flags[e].opts[0] for e in extra]
             _fail(f"--repeat takes only --db (the run's own config is used); drop {', '.join(named)}")
         _repeat(repeat, db)
         return

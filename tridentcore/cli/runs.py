@@ -223,7 +223,9 @@ def _sql_error(exc: BaseException, db: str) -> str:
     """DuckDB's message up to its ``LINE n:`` excerpt, on one line (the excerpt's caret needs its own line)."""
     if isinstance(exc, FileNotFoundError):
         return db_message(exc, db)
-    if type(exc).__name__ == "InterruptException":  # duckdb's, raised by the reader's deadline
+    import duckdb
+
+    if isinstance(exc, duckdb.InterruptException):  # raised by the reader's deadline
         return (f"the query ran past {SQL_TIMEOUT_S:g} s and was interrupted: narrow it, or run it with "
                 "`duckdb -readonly` on the file")
     lines = [line.strip() for line in str(exc).splitlines()]

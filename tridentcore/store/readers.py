@@ -249,7 +249,7 @@ def export_run(
             name: fetch_arrow(con, f"SELECT * FROM {name} WHERE run_id = ?", [run_id])
             for name in TABLES
         }
-        if con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'client_requests'").fetchall():
+        if _has_client_rows(con):
             client = fetch_arrow(con, "SELECT * FROM client_requests WHERE run_id = ?", [run_id])
             if client.num_rows:
                 tables["client_requests"] = client
@@ -264,6 +264,11 @@ def export_run(
     return written
 
 
+def _has_client_rows(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the database has the ``client_requests`` table (made with a live run's first client rows)."""
+    return bool(con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'client_requests'").fetchall())
+
+
 def read_run_tables(path: str | os.PathLike[str], run_id: str) -> tuple[RunMeta, dict[str, pyarrow.Table]]:
     """One run's ``runs`` row and its rows, in the input form of
     :meth:`~tridentcore.store.ResultsStore.write_run_tables` (no ``run_id`` columns; ``requests``
@@ -276,10 +281,8 @@ def read_run_tables(path: str | os.PathLike[str], run_id: str) -> tuple[RunMeta,
         names = [d[0] for d in con.description]
         row = dict(zip(names, found[0], strict=True))
         meta = RunMeta(**{f.name: row[f.name] for f in dataclasses.fields(RunMeta)})
-        has_client = bool(con.execute(
-            "SELECT 1 FROM information_schema.tables WHERE table_name = 'client_requests'").fetchall())
         tables = {}
-        for name in (*TABLES[1:], *(CLIENT_TABLES if has_client else ())):
+        for name in (*TABLES[1:], *(CLIENT_TABLES if _has_client_rows(con) else ())):
             schema = arrow_schema(name)
             table = fetch_arrow(con, f"SELECT {', '.join(schema.names)} FROM {name} WHERE run_id = ?", [run_id])
             tables[name] = table.cast(schema)
