@@ -115,8 +115,8 @@ def test_every_answer_of_the_api_has_the_error_shape():
     assert resp.status_code == 500 and resp.json()["error"]["code"] == "internal"
     assert "RuntimeError" in resp.json()["error"]["message"]
     resp = client.post("/things", json={"steps": 3})
-    assert (resp.status_code, resp.headers["retry-after"]) == (429, "2")
-    assert resp.json() == {"error": {"code": "queue_full", "message": "full"}}
+    assert (resp.status_code, resp.headers["retry-after"]) == (429, "3")  # whole seconds, rounded up
+    assert resp.json() == {"error": {"code": "queue_full", "message": "full", "retry_after_s": 2.4}}
     resp = client.post("/things", json={"steps": True})
     assert resp.status_code == 422 and resp.json()["error"]["field"] == "steps"
     resp = client.post("/things", content=b'{"steps": ', headers={"content-type": "application/json"})

@@ -160,3 +160,55 @@ def test_at_twice_capacity_trident_serves_what_it_admits_and_beats_every_baselin
                                                              "pipeline-static:degree=1", "pipeline-static:degree=2")}
     best = max(baselines.values())
     assert met(serving) > best and met(rejecting) > best, (met(serving), met(rejecting), baselines)
+
+
+def test_a_rejection_says_when_the_same_request_would_be_admitted():
+    """Goodput mode's Reject carries an estimate of how much later the same request could come back:
+    when the work admitted ahead of it has freed the GPUs it needs (the wait stretched as the test
+    stretches it under overload). Sent again then, with nothing new ahead of it, it is admitted and
+    meets its SLO; sent again at a tenth of that, it is turned away again."""
+    from tridentcore.core.cluster import parse_cluster
+    from tridentcore.core.events import Reject
+    from tridentcore.core.types import Shape
+    from tridentcore.core.workload import RequestSpec, make_slo_fn
+    from tridentcore.profiles import load_profile
+    from tridentcore.sim.engine import simulate
+
+    class Watched:
+        def __init__(self, inner):
+            self.inner, self.spec, self.tick_s, self.rejects = inner, inner.spec, inner.tick_s, []
+
+        def start(self, view, models, now, expected=None):
+            return self.inner.start(view, models, now, expected)
+
+        def on_event(self, view, event, now):
+            actions = self.inner.on_event(view, event, now)
+            self.rejects += [a for a in actions if isinstance(a, Reject)]
+            return actions
+
+    cost = load_profile("h200").cost_model()
+    shape = Shape(1024, 1024, 1, 28)
+    slo = make_slo_fn(cost, 3.0, 1)("sd3-medium", shape)
+    burst = [RequestSpec(i, "sd3-medium", "x", shape, i, None, slo, 0.0) for i in range(40)]
+
+    def run(extra):
+        policy = Watched(make_policy("trident:late=reject"))
+        res = simulate(parse_cluster("1x2xH200"), cost, policy, burst + extra)
+        return policy.rejects, {r.request_id: r for r in res.requests}
+
+    rejects, _ = run([])
+    assert len(rejects) > 20 and all(r.retry_s > 0 for r in rejects)
+    last = rejects[-1]
+    for factor, admitted in ((1.0, True), (0.1, False)):
+        again = RequestSpec(100, "sd3-medium", "x", shape, 100, None, slo, factor * last.retry_s)
+        rejects_now, rows = run([again])
+        assert (rows[100].state == "done") is admitted, (factor, rows[100])
+        if admitted:
+            assert rows[100].finish_s <= rows[100].deadline_s + 1e-9
+        else:
+            assert rejects_now[-1].request_id == 100 and rejects_now[-1].retry_s > 0
+    # a request that can never meet its SLO at any degree has no estimate
+    hopeless = RequestSpec(0, "sd3-medium", "x", shape, 0, None, 0.001, 0.0)
+    policy = Watched(make_policy("trident:late=reject"))
+    simulate(parse_cluster("1x2xH200"), cost, policy, [hopeless])
+    assert [r.retry_s for r in policy.rejects] == [0.0]

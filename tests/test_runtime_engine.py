@@ -308,3 +308,28 @@ def test_engine_memory_stays_flat_when_it_keeps_no_records():
     # 1,000 more requests per round: kept, they would cost about 2 KiB each (about 2 MB a round)
     growth = sizes[3] - sizes[2]
     assert growth < 100_000, sizes
+
+
+def test_a_full_queue_says_when_to_come_back_from_the_rate_requests_end():
+    """Retry-After of a full queue: the wall seconds until the requests beyond the bound would have
+    left, at the rate requests ended (here one at a time, 1.57 s each on one emulated GPU); the
+    configured default (1 s) before two have ended."""
+    async def main():
+        rt = build_runtime("sd3-medium", "emulated:1xH200", "pipeline-static:degree=1", time_scale=1.0,
+                           max_queued=2, strict=True)
+        await rt.start()
+        e = rt.engine
+        first = [e.submit([Submission("sd3-medium", "x", IMG, seed=i)]) for i in range(4)]
+        ids = [i for g in first if isinstance(g, Accepted) for i in g.ids]
+        for rid in ids[:2]:
+            await e.wait(rid, timeout_s=30)
+        later = [e.submit([Submission("sd3-medium", "x", IMG, seed=i)]) for i in range(3)]
+        await e.shutdown(0)
+        return first, later
+
+    first, later = run(main())
+    assert [type(g) for g in first] == [Accepted] * 3 + [Refused]
+    assert first[3].retry_after_s == 1.0  # nothing has ended yet: the default
+    refused = [g for g in later if isinstance(g, Refused)]
+    assert refused and all(g.code == "queue_full" for g in refused)
+    assert 1.2 < refused[0].retry_after_s < 4.0, refused[0]  # one request beyond the bound: about 1.57 s

@@ -305,7 +305,8 @@ class DriverCore:
                     follow.append(ev)
             elif isinstance(action, (Reject, Fail)):
                 end = RequestState.REJECTED if isinstance(action, Reject) else RequestState.FAILED
-                problem = state.end_waiting(action.request_id, end, now, action.reason)
+                problem = state.end_waiting(action.request_id, end, now, action.reason,
+                                            action.retry_s if isinstance(action, Reject) else 0.0)
                 if problem:
                     raise PolicyBug(f"{self.policy.spec}: {problem}")
                 out.ended.append(action.request_id)

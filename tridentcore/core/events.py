@@ -123,10 +123,13 @@ class Preempt:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    """Turn a waiting request away (``rejected``): admission control, an impossible request."""
+    """Turn a waiting request away (``rejected``): admission control, an impossible request.
+    ``retry_s``: the policy's estimate of how much later the same request could be admitted (policy
+    seconds; 0: no estimate, e.g. a request that can never fit)."""
 
     request_id: int
     reason: str
+    retry_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

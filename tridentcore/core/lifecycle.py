@@ -75,7 +75,7 @@ class TransitionError(TridentError, RuntimeError):
 class RequestRecord:
     """Mutable progress of one request. Only :class:`RequestTable` changes it."""
 
-    __slots__ = ("spec", "state", "steps_done", "ready_s", "finish_s", "reason", "ooms", "preemptions",
+    __slots__ = ("spec", "state", "steps_done", "ready_s", "finish_s", "reason", "retry_s", "ooms", "preemptions",
                  "embeddings_on", "latents_on", "history")
 
     def __init__(self, spec: RequestSpec, now: float) -> None:
@@ -85,6 +85,7 @@ class RequestRecord:
         self.ready_s = now  # when it became ready for the stage it waits for
         self.finish_s: float | None = None
         self.reason = ""
+        self.retry_s = 0.0  # a rejection's estimate of how much later it could be admitted (0: none)
         self.ooms = 0
         self.preemptions = 0
         self.embeddings_on: tuple[int, ...] = ()  # GPUs holding its text embeddings
@@ -142,7 +143,8 @@ class RequestTable:
         del self._records[request_id]
         return rec
 
-    def transition(self, request_id: int, new: RequestState, now: float, reason: str = "") -> RequestRecord:
+    def transition(self, request_id: int, new: RequestState, now: float, reason: str = "",
+                   retry_s: float = 0.0) -> RequestRecord:
         rec = self._records[request_id]
         if new not in TRANSITIONS[rec.state]:
             raise TransitionError(f"request {request_id}: {rec.state.value} -> {new.value} is not allowed")
@@ -153,6 +155,7 @@ class RequestTable:
         if new in TERMINAL:
             rec.finish_s = now
             rec.reason = reason or new.value
+            rec.retry_s = retry_s
             self.live -= 1
         elif reason:
             rec.reason = reason

@@ -340,16 +340,18 @@ class ClusterState:
         for rid in request_ids:
             self.requests[rid].ooms += 1
 
-    def end_waiting(self, request_id: int, state: RequestState, now: float, reason: str) -> str | None:
-        """Apply a policy's ``Reject``/``Fail``: end a waiting request. A request that is unknown or
-        already ended is left alone; one that is running cannot be ended this way: the message
-        says so (the driver reports a policy bug)."""
+    def end_waiting(self, request_id: int, state: RequestState, now: float, reason: str,
+                    retry_s: float = 0.0) -> str | None:
+        """Apply a policy's ``Reject``/``Fail``: end a waiting request (``retry_s``: a rejection's
+        estimate of when it could be admitted). A request that is unknown or already ended is left
+        alone; one that is running cannot be ended this way: the message says so (the driver reports
+        a policy bug)."""
         rec = self.requests.get(request_id)
         if rec is None or rec.state.terminal:
             return None
         if self.by_request.get(request_id) is not None:
             return f"{state.value} of running request {request_id}"
-        self.requests.transition(request_id, state, now, reason)
+        self.requests.transition(request_id, state, now, reason, retry_s)
         return None
 
     def end_request(self, request_id: int, state: RequestState, now: float, reason: str) -> None:

@@ -67,6 +67,11 @@ __all__ = ["Accepted", "Engine", "EngineConfig", "Outcome", "PolicyBug", "Refuse
 
 logger = logging.getLogger(__name__)
 
+# a full queue's Retry-After: the rate requests ended at, over the latest endings within a window
+_RATE_ENDS = 256
+_RATE_WINDOW_S = 60.0
+_MAX_RETRY_S = 300.0
+
 
 class Engine:
     """One live run: the driver core, the workers, the clock and the clients' waiters."""
@@ -109,6 +114,7 @@ class Engine:
         self._spans_of: dict[int, list[SpanRow]] = {}
         self.core.recorder.listeners.append(self._on_span)
         self._ended: deque[int] = deque()  # ended requests still in the table, oldest first
+        self._ends_at: deque[float] = deque(maxlen=_RATE_ENDS)  # wall times of the latest endings
         self._rows: list[RequestRow] = []  # rows of forgotten requests (record on)
         self.forgotten = 0
         self._faults = {stage: n for stage, n in config.inject_oom if n > 0}  # stage -> injections left
@@ -244,6 +250,20 @@ class Engine:
             counts[s] = counts.get(s, 0) + 1
         return counts
 
+    def queue_retry_s(self, excess: int) -> float:
+        """Wall seconds until ``excess`` more requests have left the queue, at the rate requests ended
+        over the last minute (at least two endings in it); else ``config.retry_after_s``. Between
+        that and ``_MAX_RETRY_S``."""
+        floor = self.config.retry_after_s
+        now = self._clock()
+        recent = [t for t in self._ends_at if t >= now - _RATE_WINDOW_S]
+        if len(recent) < 2:
+            return floor
+        rate = len(recent) / max(1e-3, now - recent[0])  # falls while no request ends
+        if recent[-1] > recent[0]:
+            rate = min(rate, (len(recent) - 1) / (recent[-1] - recent[0]))  # n endings are n - 1 intervals
+        return min(_MAX_RETRY_S, max(floor, excess / rate))
+
     def live_ids(self) -> list[int]:
         """Requests accepted and not yet ended."""
         return list(self._live)
@@ -259,7 +279,7 @@ class Engine:
         waiting = self.waiting_count()
         if waiting + len(items) > self.config.max_queued:
             return Refused("queue_full", f"{waiting} requests are waiting (at most {self.config.max_queued})",
-                           self.config.retry_after_s)
+                           self.queue_retry_s(waiting + len(items) - self.config.max_queued))
         now = self.now()
         ids = []
         slo_of = self._slo_fn()
@@ -439,6 +459,7 @@ class Engine:
         if rec is None or not rec.state.terminal or rid not in self._live:
             return
         self._live.discard(rid)
+        self._ends_at.append(self._clock())
         if rec.state is not RequestState.DONE or self.state.by_request.get(rid) is None:
             self.artifacts.drop(rid)
         for listener in self.end_listeners:

@@ -1,6 +1,7 @@
 """Read-only views of a live engine for the HTTP API: one request's progress, the cluster snapshot.
 
-Plain dicts in engine seconds; device ids are global (``engine.device_offset`` added), so the views
+Plain dicts in engine seconds (but a rejection's ``retry_after_s``: wall seconds, for the
+Retry-After header); device ids are global (``engine.device_offset`` added), so the views
 of the engines of a mixed run can be merged as they are.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..core.lifecycle import WAITING_FOR
+from ..core.lifecycle import WAITING_FOR, RequestState
 from ..core.records import SpanRow
 from ..core.slo import met_slo
 from ..core.types import STAGES, StageKind
@@ -28,6 +29,9 @@ def describe(engine: Engine, request_id: int) -> dict | None:
     return {
         "id": request_id, "state": state.value, "stage": stage, "model": spec.model,
         "reason": rec.reason if state.terminal else "", "steps_done": rec.steps_done, "steps": spec.shape.steps,
+        # a rejection's estimate of how much later the same request could be admitted
+        "retry_after_s": rec.retry_s * engine.clock.scale if state is RequestState.REJECTED and rec.retry_s > 0
+        else None,
         "arrival_s": spec.arrival_s, "deadline_s": spec.deadline_s, "finish_s": rec.finish_s,
         "met_slo": met_slo(state, rec.finish_s, spec.deadline_s),
         "ooms": rec.ooms, "preemptions": rec.preemptions,

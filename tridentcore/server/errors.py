@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 from dataclasses import dataclass
 
@@ -68,8 +69,9 @@ def error_response(err: ApiError) -> JSONResponse:
         body["problems"] = err.problems
     body.update(err.extra)
     headers = {}
-    if err.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, int(round(err.retry_after_s))))
+    if err.retry_after_s is not None:  # whole seconds (RFC 9110), rounded up: not back too early
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s - 1e-6)))
+        body["retry_after_s"] = round(err.retry_after_s, 3)
     if err.code == "unauthorized":
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse({"error": body}, status_code=err.status, headers=headers)
@@ -220,6 +222,7 @@ class ErrorDetail(BaseModel):
     message: str
     field: str | None = None
     problems: list[ErrorProblem] | None = None
+    retry_after_s: float | None = None  # with a Retry-After header: its figure before rounding up
 
 
 class ErrorBody(BaseModel):

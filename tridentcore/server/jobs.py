@@ -175,10 +175,14 @@ class Jobs:
         if state in ("queued", "running"):
             raise ApiError("not_ready", f"request {job.id} is {state}", extra={"state": state})
         if state != "done":
-            reasons = sorted({self.item(job, r)["reason"] for r in job.request_ids
-                              if self.item(job, r)["state"] != "done"})
-            # a rejection (no capacity to meet the deadline, goodput mode) may succeed later: say when
-            retry = self.runtime.engine.config.retry_after_s if state == "rejected" else None
+            ended = [d for d in (self.item(job, r) for r in job.request_ids) if d["state"] != "done"]
+            reasons = sorted({d["reason"] for d in ended})
+            # a rejection (no capacity to meet the deadline, goodput mode) may succeed later: say when,
+            # the policy's estimate where it made one (the longest of the job's), else the default
+            retry = None
+            if state == "rejected":
+                retry = max((d.get("retry_after_s") or 0.0 for d in ended), default=0.0) or \
+                    self.runtime.engine.config.retry_after_s
             raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons), retry_after_s=retry,
                            extra={"id": job.id, "state": state, "request_ids": list(job.request_ids)})
         runtime, engine = self.runtime, self.engine

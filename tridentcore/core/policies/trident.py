@@ -316,7 +316,7 @@ class Trident(Elastic, Admission, Policy):
                     self._dequeue(spec.id)
                     if self.opts["late"] == "reject":
                         self.first_key.pop(spec.id, None)
-                        return [Reject(spec.id, refusal)]
+                        return [Reject(spec.id, *refusal)]
                     self.demoted.add(spec.id)
                     self._late(spec.id)
         elif isinstance(event, (StageFinished, StageFailed)):

@@ -63,9 +63,11 @@ def _by_ahead(g: list) -> tuple[float, int]:
 class Admission:
     """The arrival-time admission test of ``late=reject`` (the module docstring)."""
 
-    def _admission_refusal(self, view: ClusterView, rec: RequestRecord, info: ClassInfo, now: float) -> str | None:
-        """Why ``rec`` (just queued) would miss its deadline behind the admitted work ahead of it, or
-        None when it can meet it."""
+    def _admission_refusal(self, view: ClusterView, rec: RequestRecord, info: ClassInfo,
+                           now: float) -> tuple[str, float] | None:
+        """Why ``rec`` (just queued) would miss its deadline behind the admitted work ahead of it, and
+        by how much (seconds: the same request sent that much later would finish in time if nothing
+        new came ahead of it), or None when it can meet it."""
         mine = self.entry[rec.id]
         stage = WAITING_FOR[rec.state]
         key = (rec.spec.model, rec.spec.shape)
@@ -135,9 +137,17 @@ class Admission:
         overall.append(refused[-1])
         if not refused[-1]:
             return None
+        # when to come back: when the work ahead has freed the GPUs of a degree that alone meets its
+        # SLO, its wait stretched as above (then the request would start at once)
+        slo = rec.spec.slo_s + 1e-9
+        back = min((first + stretch * (max(first, ahead[d - 1] + shift) - first)
+                    for d in info.degrees if self._remaining(rec, info, d, stage) <= slo
+                    for running, ahead, node in nodes if len(node) >= d for first in (running[d - 1],)),
+                   default=math.inf)
         return (f"would miss its deadline: {placed + (1 if spread else 0)}+ admitted requests are ahead of it; "
                 f"with its wait stretched x{stretch:g} it would finish {_secs(finish - rec.spec.arrival_s)} after "
-                f"arrival at the earliest, its SLO is {_secs(rec.spec.slo_s)}")
+                f"arrival at the earliest, its SLO is {_secs(rec.spec.slo_s)}",
+                max(0.0, back - now) if back < math.inf else 0.0)
 
     def _starts_now(self, view: ClusterView, rec: RequestRecord, info: ClassInfo, stage: StageKind, now: float) -> bool:
         """Whether ``rec``, with nothing ranked ahead of it, meets its deadline starting now on the idle
