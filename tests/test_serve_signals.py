@@ -81,3 +81,64 @@ def test_serve_says_where_it_serves_and_stops_quietly(tmp_path, how, code):
     assert len(runs) == 1 and runs.status[0] == "done"
     assert f"trident serve: run {runs.run_id[0]} stored in {db}" in text and "WARNING" not in text  # a plain last line
     assert len(query_readonly(db, "SELECT 1 FROM requests WHERE run_id = ?", [runs.run_id[0]])) == 1
+
+
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c twice"])
+def test_a_stop_drains_while_the_server_still_answers(tmp_path, how):
+    """Requests in flight at a stop: the server keeps answering while it drains (a job's status, 503
+    ``shutting_down`` to a new generation); what the drain cuts short (past ``--drain-timeout``, or
+    at once on a second Ctrl-C) gets the JSON 500 ``failed``, never uvicorn's plain-text 500; the
+    stored run says exactly what the clients were told, and the last line says where it is."""
+    import concurrent.futures as cf
+
+    db = tmp_path / "serve.duckdb"
+    drain = "1" if how == "sigterm" else "120"
+    with open(tmp_path / "out.txt", "wb") as o, open(tmp_path / "err.txt", "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
+                                 "cpu:2", "--port", "0", "--db", str(db), "--drain-timeout", drain],
+                                stdout=o, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=default_sigint)
+    try:
+        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        body = {"prompt": "a red fox", "model": "tiny-sd3", "size": "256x256", "steps": 40, "slo_ms": 10_000_000}
+
+        def one(i: int) -> httpx.Response:
+            return httpx.post(url + "/v1/images/generations", json={**body, "seed": i}, timeout=300)
+
+        with cf.ThreadPoolExecutor(12) as pool:
+            calls = [pool.submit(one, i) for i in range(12)]
+            job = httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"]
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            if how == "sigterm":
+                proc.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(proc.pid, signal.SIGINT)
+                time.sleep(0.3)
+            status = httpx.get(f"{url}/v1/requests/{job}", timeout=30)  # still answered while it drains
+            late = httpx.post(url + "/v1/images/generations", json=body, timeout=30)
+            if how != "sigterm":
+                os.killpg(proc.pid, signal.SIGINT)  # the second Ctrl-C: stop waiting
+            answers = [c.result(timeout=300) for c in calls]
+        assert proc.wait(120) == (0 if how == "sigterm" else 130)
+        assert time.monotonic() - t0 < 30  # not the drain timeout twice over, nor 120 s
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    assert status.status_code == 200 and status.json()["state"] in ("queued", "running", "done", "failed")
+    assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down"
+    codes = [a.status_code for a in answers]
+    cut = [a for a in answers if a.status_code != 200]
+    assert cut, codes  # 12 requests of about a second each on 2 workers: some were still in flight
+    assert all(a.status_code == 500 and a.json()["error"]["code"] == "failed" and "shut down" in a.text
+               for a in cut), [a.text[:200] for a in cut]
+    text = (tmp_path / "err.txt").read_text(errors="replace")
+    assert "Traceback" not in text and "CancelledError" not in text, text[-3000:]
+    runs = query_readonly(db, "SELECT run_id, status FROM runs")
+    assert len(runs) == 1 and runs.status[0] == "interrupted"
+    assert f"trident serve: run {runs.run_id[0]} stored in {db}" in text
+    states = query_readonly(db, "SELECT state, count(*) AS n FROM requests GROUP BY state")
+    stored = dict(zip(states.state, states.n))
+    assert stored.get("done", 0) >= codes.count(200) and sum(stored.values()) == 13
+    assert stored.get("done", 0) <= codes.count(200) + 1  # the synchronous answers match; +1: the async job

@@ -126,6 +126,8 @@ def serve(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if served and served[0].db:  # (a run that could not be stored in full ended above, exit status 1)
         typer.echo(f"trident serve: run {served[0].run_id} stored in {served[0].db}", err=True)
+    elif not served and stopped_by is not None:
+        typer.echo("trident serve: stopped before it served" + ("; nothing stored" if db else ""), err=True)
     if stopped_by == signal.SIGINT:
         raise typer.Exit(EXIT_INTERRUPTED)
 

@@ -77,6 +77,7 @@ class Runtime:
     engine: Engine | EngineGroup
     models: dict[str, ModelEntry]
     parts: list[Part]
+    stop_requested: bool = False  # the server was told to stop (``stopping``)
 
     @property
     def devices(self) -> DeviceSpec:
@@ -102,6 +103,7 @@ class Runtime:
 
     def stopping(self) -> None:
         """The server was told to stop: its workers' ends are expected (``Worker.stopping``)."""
+        self.stop_requested = True
         for part in self.parts:
             if part.engine is not None:
                 part.engine.workers.stopping()

@@ -122,6 +122,7 @@ class Engine:
         self._tick_task: asyncio.Task | None = None
         self.started = False
         self._closing = False
+        self._hurry = False  # the drain under way stops waiting (a second Ctrl-C)
         self._closed = False
         self.started_unix_s = 0.0
         self.wall_s = 0.0
@@ -217,7 +218,7 @@ class Engine:
             return
         self._closing = True
         deadline = self._clock() + max(0.0, drain_timeout_s)
-        while self._live and self._clock() < deadline:
+        while self._live and self._clock() < deadline and not self._hurry:
             await asyncio.sleep(0.01)
         self.cut_short = len(self._live)
         self._post(ShutDown("the server shut down before the request finished"))
@@ -228,6 +229,10 @@ class Engine:
             task.cancel()
         await self.workers.stop()
         self.wall_s = self._clock() - self._t0
+
+    def hurry(self) -> None:
+        """End a drain under way now (``shutdown`` then fails what is still in flight)."""
+        self._hurry = True
 
     # ------------------------------------------------------------------------------ client API
     @property

@@ -95,6 +95,10 @@ class EngineGroup:
     async def shutdown(self, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         await asyncio.gather(*(e.shutdown(drain_timeout_s) for e in self.parts))
 
+    def hurry(self) -> None:
+        for e in self.parts:
+            e.hurry()
+
     @property
     def cut_short(self) -> int:
         return sum(e.cut_short for e in self.parts)

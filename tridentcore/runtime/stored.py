@@ -153,6 +153,7 @@ class RunRecords:
         self._busy_since: float | None = None  # the store refused our ingests since (locked)
         self.started = False
         self.problem = ""  # why the run is not (all) in the store, once close() says so
+        self.stored = False  # close() stored it all
         self.journal_errors = 0
 
     @property
@@ -294,6 +295,7 @@ class RunRecords:
             logger.error("%s", self.problem)
             return False
         self.journal.remove()
+        self.stored = True
         logger.info("stored run %s in %s (%s)", self.run_id, self.db, lines[-1]["meta"]["status"])
         return True
 

@@ -70,7 +70,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
     async def lifespan(app: FastAPI):
         await runtime.start()
         try:
-            if records is not None:
+            if records is not None and not runtime.stop_requested:  # stopped while it loaded: nothing to store
                 await records.start()
             yield
         finally:

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ from .app import ServerConfig, create_app, is_loopback
 from .auth import ApiKeyError, load_api_key
 
 logger = logging.getLogger(__name__)
+
+_DOORS_CLOSE_S = 5.0  # after the drain: how long uvicorn waits for the connections still open
 
 
 @dataclass(frozen=True)
@@ -86,20 +88,50 @@ def _server_class():
     import uvicorn
 
     class _Server(uvicorn.Server):
-        """uvicorn's server, but a SIGTERM/SIGINT that ended in a clean drain returns (uvicorn re-raises
-        the signal after its shutdown, which would make every clean stop look like a kill); the first
-        signal is kept in ``stop_signal`` and reported to ``on_signal``, so the entry point chooses
-        the exit status and the workers know their end is coming."""
+        """uvicorn's server, stopped in the order a serving system needs. The first SIGTERM/SIGINT
+        drains the runtime while the server still answers (``drain``): a new generation gets 503
+        ``shutting_down``, a job's status and result answer as before, in-flight requests finish or,
+        past the drain timeout, fail with the JSON 500 ``failed``; only then does uvicorn close its
+        doors. A second signal ends the drain at once (``hurry``; the run is still stored), a third
+        exits without waiting for anything (what is not stored stays in the run's journal).
+
+        uvicorn re-raises the signal after its shutdown, which would make every clean stop look like
+        a kill: not here. The first signal is kept in ``stop_signal`` and reported to ``on_signal``,
+        so the entry point chooses the exit status and the workers know their end is coming."""
 
         stop_signal: int | None = None
         on_signal: Callable[[int], None] | None = None
+        drain: Callable[[], Awaitable[None]] | None = None
+        hurry: Callable[[], None] | None = None
+        signals = 0
+        _draining: asyncio.Task | None = None
 
         def handle_exit(self, sig: int, frame) -> None:
-            if self.stop_signal is None:
+            self.signals += 1
+            if self.signals == 1:
                 self.stop_signal = sig
                 if self.on_signal is not None:
                     self.on_signal(sig)
-            super().handle_exit(sig, frame)
+                if self.drain is None:
+                    self.should_exit = True
+            elif self.signals == 2:
+                if self.hurry is not None:
+                    self.hurry()
+                self.should_exit = True
+            else:
+                self.should_exit = self.force_exit = True
+
+        async def on_tick(self, counter: int) -> bool:
+            if self.stop_signal is not None and self.drain is not None and self._draining is None:
+                self._draining = asyncio.get_running_loop().create_task(self._drain_then_exit())
+            return await super().on_tick(counter)
+
+        async def _drain_then_exit(self) -> None:
+            try:
+                await self.drain()
+                await asyncio.sleep(0.05)  # the failed requests' handlers answer before the doors close
+            finally:
+                self.should_exit = True
 
         @contextlib.contextmanager
         def capture_signals(self):
@@ -138,6 +170,10 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
     finally:
         if records is not None:
             records.discard()  # a run that never started serving gives its id back
+    if records is not None and records.started and not records.stored and not records.problem:
+        records.problem = (f"run {records.run_id} was not stored: the server was stopped before its end was "
+                           f"written (a third signal); its journal holds what it has: "
+                           f"trident runs recover --db {records.db}")
     if records is not None and records.problem:
         raise RecordsNotStored(records.problem)
     return stopped_by
@@ -170,16 +206,20 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
     except OSError as exc:
         raise SetupError([f"cannot bind {opts.host}:{opts.port}: {exc}"]) from None
     port = sock.getsockname()[1]  # now: a server stopped while it started closes the socket
+    # the drain happens before uvicorn's shutdown (``_Server``): what is left then are answers being
+    # written, idle keep-alive connections and bodies that stall
     config = uvicorn.Config(app, log_level=opts.log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=opts.drain_timeout_s + 5)
+                            timeout_graceful_shutdown=_DOORS_CLOSE_S)
     server = _server_class()(config)
     server.on_signal = lambda sig: runtime.stopping()  # a worker that ends from now on was stopped, not lost
+    server.drain = lambda: runtime.engine.shutdown(opts.drain_timeout_s)
+    server.hurry = runtime.engine.hurry
 
     async def main() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.02)
-        serving = server.started and not server.should_exit  # not stopped (Ctrl-C) while it started
+        serving = server.started and server.stop_signal is None  # not stopped (Ctrl-C) while it started
         if serving:
             # everything loaded so far (libraries, app, pipelines' bookkeeping) lives as long as the server:
             # keep it out of the cyclic collector's full passes, whose pauses otherwise stall every request
