@@ -154,7 +154,10 @@ def test_repeat_of_a_live_run_runs_it_live_again(bench, tmp_path):
     assert n == len(query_readonly(db, "SELECT 1 FROM client_requests WHERE run_id = ?", [old]))
 
 
-def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path, sig):
+    """Ctrl-C, or SIGTERM (``timeout``, a CI cancel), to the bench alone: the server and Locust are
+    stopped, the run in progress is stored as interrupted, nothing it started is left running."""
     db = tmp_path / "i.duckdb"
     proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "bench", "--backend", "live", "--policies",
                              "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
@@ -178,9 +181,11 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path):
     while time.monotonic() < deadline and proc.poll() is None and not locust_running():
         time.sleep(0.2)
     time.sleep(4)
-    proc.send_signal(signal.SIGINT)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
+    assert not psutil.wait_procs(family, timeout=15)[1]  # the server, its workers, Locust: all stopped
     assert "interrupted: stopping the server (it drains its work, up to" in err  # said at once, even without a bar
     assert "interrupted during trident" in err
     runs = query_readonly(db, "SELECT run_id, status, policy FROM runs")

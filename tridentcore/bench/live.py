@@ -282,7 +282,7 @@ class LiveBench:
                     procs.engine_ids(server.url, got.rows, api_key)
                 except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
                     got.interrupted = True
-                    with procs.no_sigint():
+                    with procs.no_interrupts():
                         got.rows = procs.read_rows(work / "rows.jsonl")
                         if got.rows is not None and server.proc.poll() is None:
                             try:
@@ -292,7 +292,7 @@ class LiveBench:
                 # stop the server: it drains and writes its rows to its own store
                 self.report(f"interrupted: stopping the server (it drains its work, up to {opts.drain_timeout_s:g} s)"
                             if got.interrupted else "stopping server", len(got.rows or ()), total)
-                with procs.no_sigint() if got.interrupted else _nothing():
+                with procs.no_interrupts() if got.interrupted else _nothing():
                     got.server_exit = server.stop(stop_s)
                     (work / "server.log").write_text(server.log())
         except procs.ChildError as exc:
@@ -336,7 +336,7 @@ class LiveBench:
         status = "interrupted" if got.interrupted else "complete"
         meta = _meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
         self.report("storing", len(rows), scheduled)
-        with procs.no_sigint():  # one transaction, not cut short
+        with procs.no_interrupts():  # one transaction, not cut short
             ResultsStore(self.db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run_tables(meta, {**tables, "client_requests": rows})
         return LiveRun(self.policy, self.run_id, status, scheduled, states, quantile(lags, 0.5),
                        quantile(lags, 0.99), wall_s, server_meta.run_id, got.locust_exit, got.server_exit,

@@ -1,8 +1,8 @@
 """The child processes of a live bench, as context managers: ``trident serve`` and Locust.
 
 Each context manager stops only the process it started (by its PID: SIGTERM, wait, SIGKILL past a
-timeout), also when the body raises (Ctrl-C included); the stop itself ignores SIGINT so a
-second Ctrl-C cannot leave a child running. Plus the small readers of what the children write
+timeout), also when the body raises (Ctrl-C included, and SIGTERM inside ``sigterm_interrupts``);
+the stop itself ignores SIGINT and SIGTERM so a second signal cannot leave a child running. Plus the small readers of what the children write
 (the Locust file's rows and progress files) and the HTTP calls made to the server (health, and
 which engine request each API job became).
 """
@@ -26,8 +26,8 @@ from typing import Any
 
 from ..core.errors import TridentError
 
-__all__ = ["ChildError", "locust_process", "locustfile", "no_sigint", "read_progress", "read_rows", "server_process",
-           "stop_process", "tail", "wait_healthy", "http_json", "locust_cmd", "engine_ids"]
+__all__ = ["ChildError", "engine_ids", "http_json", "locust_cmd", "locust_process", "locustfile", "no_interrupts",
+           "read_progress", "read_rows", "server_process", "sigterm_interrupts", "stop_process", "tail", "wait_healthy"]
 
 
 class ChildError(TridentError, RuntimeError):
@@ -72,17 +72,32 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
     raise ChildError(f"trident serve at {url} not healthy after {timeout_s:.0f} s ({last})")
 
 
-class no_sigint(contextlib.AbstractContextManager):  # noqa: N801 - used like a function
-    """SIGINT ignored inside (main thread only): cleanup and the store write run to their end."""
+class no_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - used like a function
+    """SIGINT and SIGTERM ignored inside (main thread only): cleanup and the store write run to
+    their end."""
+
+    def __enter__(self) -> None:
+        self.old: dict = {}
+        if threading.current_thread() is threading.main_thread():
+            self.old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+
+
+class sigterm_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - used like a function
+    """SIGTERM raises KeyboardInterrupt inside (main thread only), as Ctrl-C does: a live bench stopped
+    by ``timeout``, a CI cancel or systemd stops the processes it started and stores what it ran."""
 
     def __enter__(self) -> None:
         self.old = None
         if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            self.old = signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     def __exit__(self, *exc: object) -> None:
         if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
+            signal.signal(signal.SIGTERM, self.old)
 
 
 def stop_process(proc: subprocess.Popen | None, timeout_s: float) -> int | None:
@@ -117,7 +132,7 @@ def server_process(args: Sequence[str], startup_timeout_s: float, stop_timeout_s
         wait_healthy(server.url, server.proc, startup_timeout_s)
         yield server
     finally:
-        with no_sigint():
+        with no_interrupts():
             server.stop(stop_timeout_s)  # (removes its temporary folder; a no-op when stopped)
 
 
@@ -132,7 +147,7 @@ def locust_process(cmd: Sequence[str], log_path: Path, cwd: Path,
     try:
         yield proc
     finally:
-        with no_sigint():
+        with no_interrupts():
             stop_process(proc, 30.0)
 
 

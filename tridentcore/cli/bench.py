@@ -289,6 +289,7 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
     from pathlib import Path
 
     from ..bench.live import LiveBench, LiveBenchError
+    from ..bench.live_procs import sigterm_interrupts
     from ..store import new_run_id
 
     results, stored = [], []
@@ -296,8 +297,9 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
         run_id = new_run_id(policy, seed)
         bar = _LiveBar(progress, policy, total, k, len(specs))
         try:
-            result = LiveBench(spec, policy, run_id, db, extra_config=extra_config, progress=bar,
-                               artifacts=Path(keep) / run_id if keep else None).run()
+            with sigterm_interrupts():  # SIGTERM (timeout, a CI cancel) ends it as Ctrl-C does
+                result = LiveBench(spec, policy, run_id, db, extra_config=extra_config, progress=bar,
+                                   artifacts=Path(keep) / run_id if keep else None).run()
         except KeyboardInterrupt as exc:  # LiveBenchInterrupted: the run in progress, stored as interrupted
             bar.close()
             partial = getattr(exc, "partial", None)
