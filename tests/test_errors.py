@@ -142,3 +142,57 @@ def test_a_size_is_ascii_digits_and_its_error_never_quotes_python():
         with pytest.raises(ValueError, match="WIDTHxHEIGHT") as info:
             parse_size(text)
         assert "int_max_str_digits" not in str(info.value) and len(str(info.value)) < 100
+
+
+def test_head_is_answered_as_get_without_a_body():
+    from fastapi.testclient import TestClient
+
+    from tridentcore.runtime.build import build_runtime
+    from tridentcore.server.app import create_app
+
+    with TestClient(create_app(build_runtime("sd3-medium", "emulated:1xH200", time_scale=0.0))) as client:
+        for path in ("/healthz", "/v1/models", "/v1/requests"):
+            got, head = client.get(path), client.head(path)
+            assert head.status_code == got.status_code == 200, path
+            assert head.content == b"" and head.headers["content-length"] == got.headers["content-length"]
+        assert client.head("/v1/requests/nosuch").status_code == 404
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408_and_frees_the_request():
+    """A client that sends its headers and then stalls (or trickles) gets 408 ``body_timeout`` in the
+    error shape, and the app never sees the request."""
+    import asyncio
+
+    from tridentcore.server.errors import BodyLimit
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope)
+
+    async def main():
+        chunks = [{"type": "http.request", "body": b'{"prompt": ', "more_body": True}]
+
+        async def receive():
+            if chunks:
+                return chunks.pop()
+            await asyncio.sleep(3600)  # the rest never comes
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/requests", "headers": [(b"content-length", b"100")]}
+        t0 = asyncio.get_running_loop().time()
+        await BodyLimit(app, max_bytes=1000, timeout_s=0.2)(scope, receive, send)
+        return sent, asyncio.get_running_loop().time() - t0
+
+    sent, took = asyncio.run(main())
+    assert not seen and 0.2 <= took < 2.0
+    start, body = sent[0], sent[-1]
+    assert start["status"] == 408
+    import json
+
+    err = json.loads(body["body"])["error"]
+    assert err["code"] == "body_timeout" and "11 bytes came" in err["message"]

@@ -5,12 +5,14 @@ code from :data:`STATUS`, and every response body has the same shape::
 
 :func:`install_error_handlers` puts the mapping on an app (routes only raise ``ApiError``; a body
 that is not JSON, an unknown path and a method a path does not take answer in the same shape), and
-:class:`BodyLimit` answers an oversized body with the same shape. :func:`responses` declares a
-route's error statuses in the OpenAPI document, from the same table.
+:class:`BodyLimit` answers an oversized or late body with the same shape. :func:`responses` declares a
+route's error statuses in the OpenAPI document, from the same table. :class:`HeadAsGet` answers HEAD
+wherever GET is answered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import math
@@ -35,6 +37,7 @@ STATUS: dict[str, int] = {
     "gone": 410,  # the result was dropped (results are kept for a bounded number of requests)
     "not_ready": 409,  # the request has not finished yet
     "too_large": 413,  # request body over the limit
+    "body_timeout": 408,  # the request body did not arrive in time (a stalled or trickling client)
     "queue_full": 429,  # bounded queue: come back after Retry-After seconds
     "unauthorized": 401,
     "shutting_down": 503,
@@ -241,12 +244,36 @@ def responses(*codes: str) -> dict[int, dict]:
             for status, cs in sorted(by_status.items())}
 
 
-class BodyLimit:
-    """ASGI middleware: a body over the limit gets 413 (``too_large``) before the app reads it."""
+BODY_TIMEOUT_S = 30.0  # a request's body must have arrived this long after it began
 
-    def __init__(self, app, max_bytes: int) -> None:
+
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as GET without the body (health probes use HEAD)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        return await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
+class BodyLimit:
+    """ASGI middleware: a body over the limit gets 413 (``too_large``) before the app reads it, and
+    one that has not all arrived ``timeout_s`` after the request began gets 408 (``body_timeout``):
+    a client that stalls or trickles its body holds neither memory nor the server's shutdown."""
+
+    def __init__(self, app, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -256,15 +283,22 @@ class BodyLimit:
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 return await self._too_large(scope, receive, send)
         body = bytearray()
-        while True:
-            msg = await receive()
-            if msg["type"] == "http.disconnect":
-                return
-            body += msg.get("body", b"")
-            if len(body) > limit:
-                return await self._too_large(scope, receive, send)
-            if not msg.get("more_body"):
-                break
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        return
+                    body += msg.get("body", b"")
+                    if len(body) > limit:
+                        return await self._too_large(scope, receive, send)
+                    if not msg.get("more_body"):
+                        break
+        except TimeoutError:
+            resp = error_response(ApiError("body_timeout", f"the request body did not arrive within "
+                                                           f"{self.timeout_s:g} s ({len(body)} bytes came)"))
+            resp.headers["Connection"] = "close"
+            return await resp(scope, receive, send)
         sent = False
 
         async def replay():
