@@ -98,6 +98,32 @@ def test_a_dead_servers_journal_is_recovered_as_crashed(tmp_path):
     assert counts["spans"] == 2 and counts["pl"] == 1 and counts["samples"] == 2 and counts["busy"] > 0
 
 
+def test_a_journal_whose_tail_was_lost_behind_the_store_is_still_closed_as_crashed(tmp_path):
+    """The machine went down: the store holds a line the journal lost (written, ingested, never on
+    disk). The recovery's end line is numbered past what the store holds, so the run is closed as
+    crashed, not left running for good with its journal gone."""
+    db = tmp_path / "r.duckdb"
+    journal = _journal_of_three(db)
+    journal.append(rows_lines({"requests": [_request(3)]}, [], 3.0, 1.0))
+    assert Ingester(ResultsStore(db), journal.path).ingest() == 1 + 2 + 2 + 1 + 1
+    data = journal.path.read_bytes()
+    journal.path.write_bytes(data[:data.rstrip(b"\n").rfind(b"\n") + 1])  # the last line lost
+    journal.close()
+    (got,) = recover(db)
+    assert (got.outcome, got.status) == ("ingested", "crashed")
+    assert _one(db, "SELECT status FROM runs")["status"] == "crashed" and not pending_journals(db)
+    # a journal that lost its end line after the store took it: the stored ending stands
+    journal = _journal_of_three(db, "j2")
+    journal.append([end_line(_meta("j2", "done"), {"gpu_samples": []})])
+    Ingester(ResultsStore(db), journal.path).ingest()
+    data = journal.path.read_bytes()
+    journal.path.write_bytes(data[:data.rstrip(b"\n").rfind(b"\n") + 1])
+    journal.close()
+    (got,) = recover(db)
+    assert (got.outcome, got.status) == ("ingested", "done")
+    assert _one(db, "SELECT status FROM runs WHERE run_id = 'j2'")["status"] == "done"
+
+
 def test_ingest_is_idempotent_and_catches_up(tmp_path):
     db = tmp_path / "r.duckdb"
     journal = _journal_of_three(db)

@@ -498,21 +498,33 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
             _unlink(path)  # reserved, never served: nothing to store
             return Recovery(run_id, path, "empty", message="the server never started serving")
         end = next((line for line in lines if line.get("kind") == "end"), None)
-        if end is None:  # its server died: close the run as crashed (in the journal first)
-            end = _crash_end(lines)
-            Journal(db, run_id, path, fd, lines[-1]["seq"] + 1).append([end])
-            lines.append(end)
-        status = end["meta"]["status"]
-        requests = sum(_count((line.get("tables") or {}).get("requests")) for line in lines)
         ingester = Ingester(ResultsStore(db), path)
         try:
             rows = ingester.ingest(wait_s)
+            stored = _stored_status(ingester, run_id, wait_s)
+            if end is None and stored in ("running", ""):  # its server died: close the run as crashed
+                # (in the journal first), numbered past all the store holds: a journal whose tail was
+                # lost with the machine can be behind the store
+                end = _crash_end(lines)
+                Journal(db, run_id, path, fd, max(ingester.seq, lines[-1]["seq"]) + 1).append([end])
+                lines.append(end)
+                rows += ingester.ingest(wait_s)
         except Exception as exc:  # noqa: BLE001 - reported; the journal stays for the next try
+            status = end["meta"]["status"] if end is not None else ""
             return Recovery(run_id, path, "failed", status, message=f"{type(exc).__name__}: {exc}".strip())
+        status = end["meta"]["status"] if end is not None else stored  # the store had its end already
+        requests = sum(_count((line.get("tables") or {}).get("requests")) for line in lines)
         _unlink(path)
         return Recovery(run_id, path, "ingested", status, rows, requests)
     finally:
         os.close(fd)
+
+
+def _stored_status(ingester: Ingester, run_id: str, wait_s: float) -> str:
+    """The run's status in the store ("" if it has no row)."""
+    with ingester.store._transaction(ensure_schema=False, wait_s=wait_s) as con:
+        got = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    return str(got[0][0]) if got else ""
 
 
 def _safe_run_id(path: Path) -> str:
