@@ -62,6 +62,11 @@ def test_latency_pareto_quick_writes_one_table(tmp_path):
     assert [line.split(" | ")[0] for line in table] == ["| 50%", "| 100%"]
     assert all(line.count("|") == lp.HEADER.count("|") for line in table)
     assert "of 2 cells" in text and "of 2 cells" in done.stdout
+    # without --markdown a smoke test prints its table and writes none (the published one stays)
+    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency_pareto.py"), "--quick", "--from-json",
+                            str(raw)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert again.returncode == 0 and "of 2 cells" in again.stdout, again.stderr
+    assert "markdown in" not in again.stdout and not (tmp_path / "benchmarks").exists()
 
 
 def test_goodput_hold_runs_each_earlier_cell_for_each_policy():
