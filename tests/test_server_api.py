@@ -305,6 +305,10 @@ def test_api_key_required_when_set_and_off_loopback():
     result = CliRunner().invoke(app, ["serve", "--models", "sd3-medium", "--devices", "emulated:1xH200",
                                       "--host", "0.0.0.0", "--port", "0"], env={"TRIDENT_API_KEY": ""})
     assert result.exit_code == 2 and "api-key" in result.output
+    # a port file where none can be written: one line before anything starts (not a traceback once it serves)
+    result = CliRunner().invoke(app, ["serve", "--models", "sd3-medium", "--devices", "emulated:1xH200",
+                                      "--port", "0", "--port-file", "/proc/nosuch/p.port"])
+    assert result.exit_code == 2 and "--port-file /proc/nosuch/p.port: cannot write there" in result.output
 
 
 def test_keep_alive_requests_are_not_delayed_by_nagle(fast):

@@ -159,6 +159,11 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
         raise SetupError([str(exc)]) from None
     if not is_loopback(opts.host) and not api_key:
         raise SetupError([f"binding {opts.host} (not loopback) needs an API key: TRIDENT_API_KEY or --api-key-file"])
+    if opts.port_file:  # its folder made now, as --db's is: not found only once the server serves
+        try:
+            Path(opts.port_file).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SetupError([f"--port-file {opts.port_file}: cannot write there ({exc.strerror or exc})"]) from None
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom, late=opts.late,
