@@ -111,6 +111,12 @@ def test_bad_requests_are_rejected_with_reasons(pipes):
         pipes["tiny-wan"].diffuse(pipes["tiny-wan"].encode(["x"]), (32, 32, 6), seed=0, steps=2)
     with pytest.raises(ValueError, match="seeds"):
         sp.diffuse(sp.encode(["a", "b"]), (64, 64), seed=[1, 2, 3], steps=2)
+    # the limits are what the transformer can run: tiny-wan's rotary table has 32 positions per axis
+    wan = pipes["tiny-wan"]
+    assert (wan.limits.max_frames, wan.limits.max_size) == (125, 512)
+    assert wan.diffuse(wan.encode(["x"]), (32, 32, 125), seed=0, steps=1) is not None
+    with pytest.raises(ValueError, match=r"frames 129 is not k\*4\+1 in \[1, 125\]"):
+        wan.diffuse(wan.encode(["x"]), (32, 32, 129), seed=0, steps=1)
     with pytest.raises(ValueError, match="unknown model"):
         load_pipeline("tiny-nope")
 

@@ -23,8 +23,15 @@ class WanStaged(StagedPipeline):
     def limits(self) -> ModelLimits:
         t = int(self.pipe.vae_scale_factor_temporal)
         multiple = max(16, self.vae_scale * 2)
-        return ModelLimits(min_size=multiple * 2, max_size=1280, size_multiple=multiple, video=True,
-                           frames_multiple=t, max_frames=129, max_prompt_tokens=512)
+        # the rotary table has rope_max_seq_len positions per axis (latent frames, rows, columns of
+        # patches): past it the transformer cannot run (the tiny model's 32: 125 frames, 512 px)
+        config = self.pipe.transformer.config
+        rope = int(config.rope_max_seq_len)
+        pt, ph, _ = (int(p) for p in config.patch_size)
+        max_size = min(1280, rope * self.vae_scale * ph) // multiple * multiple
+        max_frames = min(129, ((rope * pt - 1) * t + 1))
+        return ModelLimits(min_size=multiple * 2, max_size=max_size, size_multiple=multiple, video=True,
+                           frames_multiple=t, max_frames=max_frames, max_prompt_tokens=512)
 
     def image_tokens(self, height, width, frames=1):
         pt, ph, pw = (int(p) for p in self.pipe.transformer.config.patch_size)
