@@ -145,8 +145,10 @@ def test_runs_without_measurements_are_refused(tmp_path):
     db = tmp_path / "runs.duckdb"
     _store_run(db, "sim-run", backend="sim", n=10)
     _store_run(db, "emu-run", devices="emulated:1xH200", n=10)
+    _store_run(db, "mixed-run", devices="cpu:1,emulated:2x8xH200", n=10)  # a live bench's label: 2x8xH200
     base = ["simulate", "--mix", "sd3-mixed", "--duration", "20", "--noise-db", str(db), "--noise-from"]
-    for run_id, why in (("sim-run", "is simulated"), ("emu-run", "emulated devices"), ("nope", "no run 'nope'")):
+    for run_id, why in (("sim-run", "is simulated"), ("emu-run", "emulated devices"), ("nope", "no run 'nope'"),
+                        ("mixed-run", "mixes device kinds")):
         result = CliRunner().invoke(app, [*base, run_id])
         assert result.exit_code == 2 and why in result.output, result.output
     result = CliRunner().invoke(app, [*base, "sim-run", "--noise", "0.1"])

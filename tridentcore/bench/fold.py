@@ -80,11 +80,14 @@ def measured_dispatches(db: str | os.PathLike[str], run_id: str) -> MeasuredRun:
     run = runs.iloc[0]
     if run.backend != "live":
         raise ValueError(f"run {run_id} is simulated: its stage times are the profile's own")
-    if "+" in run.cluster:
-        raise ValueError(f"run {run_id} mixes device kinds ({run.cluster}); use one kind at a time")
     config = json.loads(run.config_json or "{}")
     devices = str(config.get("devices", ""))
-    if devices.strip().lower().startswith("emulated"):
+    # a live bench stores the emulated part's cluster (``cpu:1,emulated:2x8xH200`` -> 2x8xH200), a
+    # server the parts joined by " + ": the devices say it either way
+    kinds = {part.partition(":")[0].strip().lower() for part in devices.split(",") if part.strip()}
+    if "+" in run.cluster or len(kinds) > 1:
+        raise ValueError(f"run {run_id} mixes device kinds ({devices or run.cluster}); use one kind at a time")
+    if "emulated" in kinds:
         raise ValueError(f"run {run_id} ran on emulated devices ({devices}): they take the profile's own time")
     if float(config.get("slowdown", 1.0)) != 1.0:
         raise ValueError(f"run {run_id} ran with --slowdown {config['slowdown']:g}: its stage times are that many "
