@@ -46,6 +46,13 @@ def test_a_cpu_run_folds_into_the_cpu_profile(tmp_path):
         assert (f.peak_gib, f.act_gib, f.weights_gib) == (b.peak_gib, b.act_gib, b.weights_gib)
         assert f.stage == "encode" or (f.height, f.width) == (64, 64)
     assert "3 from run cpu-run" in result.output
+    assert "tiny-sd3 diffuse 64x64 batch 1:" in result.output and "None" not in result.output
+    # against a profile of another device kind nothing matches: an error, and no unchanged copy written
+    other = tmp_path / "h200.csv"
+    result = CliRunner().invoke(app, ["profile", "--from-run", "cpu-run", "--db", str(db), "--base", "h200",
+                                      "--out", str(other)])
+    assert result.exit_code == 2 and "nothing written" in result.output and not other.exists()
+    assert "tiny-sd3 encode batch 1 degree 1" in result.output  # no shape printed for an encode
 
 
 def test_runs_without_measurements_are_refused(tmp_path):

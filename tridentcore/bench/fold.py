@@ -136,7 +136,7 @@ def fold_run(db: str | os.PathLike[str], run_id: str, base: str, *, min_samples:
             rows.append(new)
         else:
             rows.append(row)
-    unmatched = tuple(f"{m} {s} {w}x{h}x{f} batch {b} degree {d} ({len(v)} measured)"
+    unmatched = tuple(f"{m} {s}{'' if h is None else f' {w}x{h}x{f}'} batch {b} degree {d} ({len(v)} measured)"
                       for (g, m, s, h, w, f, b, d), v in sorted(measured.items(), key=lambda kv: str(kv[0]))
                       if (g, m, s, h, w, f, b, d) not in matched)
     return Folded(tuple(rows), tuple(updated), unmatched)

@@ -24,6 +24,26 @@ def models() -> None:
     typer.echo(f"{'<path or hub id>':<{width}}  any    a diffusers SD3, Flux, SD/SDXL or Wan pipeline (from_pretrained)")
 
 
+def _check_device(device: str, degree: int = 1) -> None:
+    """``--device`` checked before any model loads: ``cpu``, ``cuda`` or ``cuda:I``, with the CUDA
+    devices it names visible (``cuda:I`` to ``cuda:I+degree-1`` at a degree); else one line, exit 2."""
+    kind, colon, index = device.strip().partition(":")
+    if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
+        fail(f"--device {device}: unknown device; valid: cpu, cuda, cuda:I")
+    if kind == "cpu":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        fail(f"--device {device}: no CUDA device is visible (torch.cuda.is_available() is False)")
+    first, count = int(index or 0), torch.cuda.device_count()
+    last = first + degree - 1
+    if last >= count:
+        needs = f"cuda:{first}" if degree == 1 else f"cuda:{first}..cuda:{last} (degree {degree})"
+        fail(f"--device {device}: {needs} is not visible; {count} CUDA device{'s' if count != 1 else ''} "
+             f"visible (cuda:0..cuda:{count - 1})")
+
+
 def generate(
     prompt: str = typer.Option(..., help="What to draw."),
     out: str = typer.Option(..., help="Output file: .png/.jpg/.webp for images, .webp/.gif for video."),
@@ -55,6 +75,7 @@ def generate(
     from ..pipelines import load_pipeline
     from ..pipelines.media import check_output_path, save_output
 
+    _check_device(device, degree)
     try:
         width, height = parse_size(size)
         check_output_path(out)  # before the model loads: a path that cannot be written costs nothing
@@ -150,13 +171,19 @@ def profile(
     if not model:
         fail("give --model (pipelines to measure) or --from-run (a stored live run)")
     quiet_libraries()
+    from ..pipelines.profiling import parse_ints
+
+    try:
+        _check_device(device, max(parse_ints(degrees, "degrees")))
+    except ValueError as exc:
+        fail(str(exc))
     import os
     from pathlib import Path
 
     import torch
     import torch.distributed as dist
 
-    from ..pipelines.profiling import ProfileSpec, parse_ints, parse_sizes, run_profiles
+    from ..pipelines.profiling import ProfileSpec, parse_sizes, run_profiles
     from ..profiles.format import load_profile, save_profile
     from ..runtime.local_group import MemberFailed
 
@@ -214,9 +241,15 @@ def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
         folded = fold_run(db, run_id, base)
     except (ValueError, LookupError, OSError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    if not folded.updated:  # an unchanged copy of the base is no answer
+        fail(f"no stage of run {run_id} was measured often enough on a shape and device kind that {base} has "
+             f"a row for; nothing written" + (f" (measured, not in {base}: {'; '.join(folded.unmatched[:3])}"
+                                               f"{'; ...' if len(folded.unmatched) > 3 else ''})"
+                                               if folded.unmatched else ""))
     save_profile(folded.rows, out)
     for before, after, n in folded.updated:
         shape = "" if before.height is None else f" {before.width}x{before.height}"
+        shape += f"x{before.frames}" if before.frames and before.frames > 1 else ""
         typer.echo(f"{after.model} {after.stage}{shape} batch {after.batch}: {before.latency_ms:g} -> "
                    f"{after.latency_ms:g} ms ({n} measured)")
     for text in folded.unmatched:
