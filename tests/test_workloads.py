@@ -322,6 +322,10 @@ def test_parse_arrival():
     for bad in ("uniform", "gamma", "gamma:cv=0", "gamma:cv=x", "bursts:size=2.5", "poisson:cv=1", "gamma:k=2"):
         with pytest.raises(WorkloadError, match="valid forms: poisson, constant, gamma:cv=K"):
             parse_arrival(bad)
+    with pytest.raises(WorkloadError) as got:  # the valid forms are a hint, not a second problem
+        parse_arrival("bursts:size=0")
+    assert list(got.value.problems) == [f"size must be an integer in 1..{100_000} (got '0'); valid forms: "
+                                  f"poisson, constant, gamma:cv=K (K > 0), bursts:size=N (1 <= N <= 100000)"]
 
 
 # ---------------------------------------------------------------------- generate_requests

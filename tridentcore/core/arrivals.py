@@ -148,7 +148,8 @@ def parse_arrival(text: "str | ArrivalProcess") -> ArrivalProcess:
         else:
             problems.append(f"size must be an integer in 1..{MAX_REQUESTS} (got {brief(params['size'])})")
     if problems:
-        raise WorkloadError(origin, problems + [f"valid forms: {ARRIVAL_FORMS}"])
+        problems[-1] += f"; valid forms: {ARRIVAL_FORMS}"  # a hint, not one more problem
+        raise WorkloadError(origin, problems)
     return ArrivalProcess(kind=kind, cv=cv, size=size)
 
 
