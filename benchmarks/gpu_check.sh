@@ -41,6 +41,10 @@ fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "no CUDA device is visible (torch.cuda.is_available() is False): this check is for a GPU machine" >&2
+    exit 2
+fi
 # the sequence-parallel path on this device first (a world of one over NCCL; issue 13): a failure is
 # printed and the serving check still runs
 kernel=()
