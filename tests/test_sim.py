@@ -402,3 +402,28 @@ def test_only_ended_requests_can_be_forgotten():
         table.forget(1)
     table.transition(1, RequestState.CANCELLED, 1.0, "by the client")
     assert table.forget(1).reason == "by the client" and 1 not in table and len(table) == 0
+
+
+def test_a_clusters_own_link_speeds_price_its_transfers():
+    """``intra_link_gbps`` and ``inter_link_gbps`` of a cluster file are what a transfer between
+    GPUs costs (they were checked and then ignored: every cluster moved data at the defaults)."""
+    from tridentcore.core.cluster import cluster_from_dict
+    from tridentcore.core.costmodel import GB_BYTES
+    from tridentcore.core.dispatch import payload_bytes
+    from tridentcore.core.events import Dispatch
+    from tridentcore.core.workload import RequestSpec
+
+    shape = Shape(1024, 1024, 1, 28)
+    latents = payload_bytes("latents", "sd3-medium", shape)
+    for inter, intra in ((50.0, 450.0), (0.5, 10.0)):
+        cluster = cluster_from_dict({"nodes": 2, "gpus_per_node": 2, "kind": "H200", "inter_link_gbps": inter,
+                                     "intra_link_gbps": intra})
+        state = ClusterState(cluster, H200)
+        for rid in (0, 1):
+            rec = state.requests.add(RequestSpec(rid, "sd3-medium", "x", shape, rid, None, 100.0, 0.0), 0.0)
+            rec.latents_on, rec.steps_done = (0,), shape.steps
+        # request 0 decodes on the other node, request 1 on the same node
+        across = state.dispatch_cost(Dispatch(StageKind.DECODE, (0,), (2,)))
+        within = state.dispatch_cost(Dispatch(StageKind.DECODE, (1,), (1,)))
+        assert across.transfer_s == pytest.approx(latents / (inter * GB_BYTES))
+        assert within.transfer_s == pytest.approx(latents / (intra * GB_BYTES))

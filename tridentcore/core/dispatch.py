@@ -7,9 +7,10 @@ needs, memoised), :class:`Running` is a dispatch in flight.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .costmodel import CostModel
+from .costmodel import GB_BYTES, CostModel
 from .events import Dispatch
 from .frozen import quick_init
 from .types import Shape, StageKind
@@ -73,9 +74,10 @@ class CostAnswers:
     per (payload, model, shape, link) the transfer time. A calibrated model's latencies move with its
     ``version``: its answers are then asked again."""
 
-    def __init__(self, cost: CostModel, gpu_kind: str) -> None:
+    def __init__(self, cost: CostModel, gpu_kind: str, links_gbps: Mapping[str, float] | None = None) -> None:
         self.cost = cost
         self.gpu_kind = gpu_kind
+        self.links_gbps = dict(links_gbps or {})  # the cluster's own links (GB/s), over the cost model's
         self._versioned = hasattr(cost, "version")
         self._version = 0
         self._calls: dict[tuple, tuple[float, float]] = {}
@@ -108,5 +110,8 @@ class CostAnswers:
         key = (kind, model, shape, link)
         t = self._transfers.get(key)
         if t is None:
-            t = self._transfers[key] = self.cost.transfer_s(payload_bytes(kind, model, shape), link)
+            nbytes = payload_bytes(kind, model, shape)
+            gbps = self.links_gbps.get(link)
+            t = self._transfers[key] = (self.cost.transfer_s(nbytes, link) if gbps is None
+                                        else nbytes / (gbps * GB_BYTES))
         return t

@@ -55,7 +55,9 @@ class ClusterState:
         self._next_dispatch = 0
         self.idle_count = n
         self._weights: dict[tuple[str, str], float] = {}
-        self._answers = CostAnswers(cost, self.gpu_kind)  # dispatch_cost's cost-model answers, memoised
+        # dispatch_cost's cost-model answers, memoised; transfers at the cluster's own link speeds
+        self._answers = CostAnswers(cost, self.gpu_kind, {"nvlink": cluster.intra_link_gbps,
+                                                          "network": cluster.inter_link_gbps})
         # indexes kept in step with busy / alive / resident (the planner asks for them on every pass)
         self._idle_on: list[tuple[int, ...]] = [()] * len(self.nodes)  # per node, valid unless stale
         self._idle_stale: set[int] = set(range(len(self.nodes)))  # nodes whose GPUs went busy, idle, up or down
