@@ -139,17 +139,21 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, needle):
     assert not db.exists()
 
 
-@pytest.mark.parametrize("kind", ["folder", "not duckdb"])
-def test_a_db_that_cannot_take_a_run_is_refused_before_any_runs(tmp_path, kind):
-    db = tmp_path / "x.duckdb"
+@pytest.mark.parametrize("kind, text", [("folder", ""), ("x.duckdb", "not a database"), ("x.json", '{"a": 1}\n'),
+                                        ("x.csv", "a,b\n1,2\n"), ("x.parquet", "")])
+def test_a_db_that_cannot_take_a_run_is_refused_before_any_runs(tmp_path, kind, text):
+    # DuckDB opens a .json or .csv file as data, read-only: a run "stored" there was lost without a word
+    db = tmp_path / ("x.duckdb" if kind == "folder" else kind)
     if kind == "folder":
         db.mkdir()
     else:
-        db.write_text("not a database")
+        db.write_text(text)
     for command in (["bench", "--backend", "sim", "--no-progress"], ["simulate"]):
         line = _error_line(runner.invoke(app, [*command, "--policies", "trident", "--duration", "30", "--db", str(db)]))
         assert f"--db {db}: cannot store runs there" in line
-    assert db.is_dir() if kind == "folder" else db.read_text() == "not a database"
+        assert kind == "folder" or line.endswith("not a DuckDB database (" + (
+            "an empty file)" if not text else "no DuckDB file header)")), line
+    assert db.is_dir() if kind == "folder" else db.read_text() == text
 
 
 def test_ctrl_c_between_runs_keeps_the_stored_ones(tmp_path, monkeypatch):

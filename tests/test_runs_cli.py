@@ -126,6 +126,16 @@ def test_a_file_that_is_not_a_results_database(tmp_path):
     assert "not a results database" in _error_line(runner.invoke(app, ["runs", "list", "--db", str(other)]))
 
 
+@pytest.mark.parametrize("name, text", [("r.json", '{"run_id": "x"}\n'), ("r.csv", "run_id\nx\n"), ("r.txt", "x")])
+def test_a_file_that_is_not_a_duckdb_database(tmp_path, name, text):
+    other = tmp_path / name  # DuckDB would open the .json and .csv as data (a misleading catalog error)
+    other.write_text(text)
+    for command in (["list"], ["show", "x"], ["diff", "x", "y"]):
+        line = _error_line(runner.invoke(app, ["runs", *command, "--db", str(other)]))
+        assert line == f"error: --db {other}: not a DuckDB database (no DuckDB file header)"
+    assert other.read_text() == text
+
+
 def test_show_a_run_without_rows(tmp_path):
     from tridentcore.core.records import RunMeta
     from tridentcore.store import ResultsStore

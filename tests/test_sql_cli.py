@@ -125,6 +125,15 @@ def test_missing_database_and_conflicting_options(tmp_path: Path, db: Path):
     assert "no SQL" in _error_line(_sql("--db", str(db), "  "))
 
 
+@pytest.mark.parametrize("name, text", [("n.json", '{"a": 1}\n'), ("n.csv", "a,b\n1,2\n"), ("n.duckdb", "")])
+def test_a_file_that_is_not_a_duckdb_database(tmp_path: Path, name: str, text: str):
+    other = tmp_path / name  # DuckDB opens a .json or .csv as data: "Cannot launch in-memory database ..."
+    other.write_text(text)
+    line = _error_line(_sql("--db", str(other), "SELECT 1"))
+    assert line.startswith(f"error: --db {other}: not a DuckDB database ("), line
+    assert other.read_text() == text
+
+
 def test_a_bad_query_from_the_shell_prints_no_traceback(db: Path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "sql", "--db", str(db), "SELECT * FROM nope"],

@@ -129,9 +129,9 @@ def store_errors():
     """Exceptions of a store read that become ``error: …`` lines."""
     import duckdb
 
-    from ..store import SchemaVersionError, UnknownRunError
+    from ..store import NotADatabaseError, SchemaVersionError, UnknownRunError
 
-    return (FileNotFoundError, UnknownRunError, SchemaVersionError, duckdb.Error)
+    return (FileNotFoundError, NotADatabaseError, UnknownRunError, SchemaVersionError, duckdb.Error)
 
 
 def check_db(db: str) -> None:
@@ -141,15 +141,23 @@ def check_db(db: str) -> None:
     import duckdb
 
     from ..core.defaults import DEFAULT_DB_WAIT_S
-    from ..store import ResultsStore
+    from ..store import NotADatabaseError, ResultsStore
 
     try:
         ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).check()
+    except NotADatabaseError as exc:  # a JSON, CSV or text file: never written over
+        fail(f"--db {db}: cannot store runs there: {exc.reason}")
     except (duckdb.Error, OSError) as exc:
         fail(f"--db {db}: cannot store runs there: {message(exc)}")
 
 
-def db_message(exc: BaseException, db: str) -> str:
+def db_message(exc: BaseException, db: str, flag: str = "--db") -> str:
+    """A store read's error as its line; ``flag``: the option that named ``db`` ("": none did), which
+    a file that is not a DuckDB database is named with."""
+    from ..store import NotADatabaseError
+
+    if isinstance(exc, NotADatabaseError):
+        return f"{flag} {db}: {exc.reason}".lstrip()
     text = message(exc)
     if isinstance(exc, FileNotFoundError) and "no results database" in text:
         text += " (runs are written there by `trident bench --db` or `trident simulate --db`)"
@@ -184,7 +192,7 @@ def fitted_noise(run_id: str | None, db: str | None, noise: float, bias: str | N
     try:
         fit = fit_run_noise(db, run_id)
     except (ValueError, LookupError, *store_errors()) as exc:
-        fail(db_message(exc, db))
+        fail(db_message(exc, db, flag=""))
     typer.echo(f"stage-time noise fitted to run {run_id} ({fit.total} dispatches): {fit.describe()}", err=err)
     return round(fit.sigma, 4), tuple((s, round(b, 4)) for s, b in fit.bias)
 

@@ -221,9 +221,10 @@ SQL_TIMEOUT_S = 30.0  # a query of `trident sql` is interrupted after this long
 
 def _sql_error(exc: BaseException, db: str) -> str:
     """DuckDB's message up to its ``LINE n:`` excerpt, on one line (the excerpt's caret needs its own line)."""
-    if isinstance(exc, FileNotFoundError):
-        return db_message(exc, db)
     import duckdb
+
+    if not isinstance(exc, duckdb.Error):  # no database there, or not a DuckDB one
+        return db_message(exc, db)
 
     if isinstance(exc, duckdb.InterruptException):  # raised by the reader's deadline
         return (f"the query ran past {SQL_TIMEOUT_S:g} s and was interrupted: narrow it, or run it with "

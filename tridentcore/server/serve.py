@@ -187,13 +187,15 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
 def _records(opts: ServeOptions, runtime) -> RunRecords:
     """Reserve the run id in ``opts.db`` (after ingesting what crashed servers left there)."""
     from ..bench.provenance import provenance
-    from ..store import DuplicateRunError, StoreError, new_run_id
+    from ..store import DuplicateRunError, NotADatabaseError, StoreError, new_run_id
 
     run_id = opts.run_id or new_run_id(runtime.engine.policy.spec, 0, salt="live")
     try:
         journal = open_journal(opts.db, run_id)
     except DuplicateRunError as exc:
         raise SetupError([str(exc)]) from None
+    except NotADatabaseError as exc:
+        raise SetupError([f"--db {opts.db}: cannot store the run there: {exc.reason}"]) from None
     except (StoreError, OSError) as exc:
         raise SetupError([f"cannot store the run in {opts.db}: {exc}"]) from None
     return RunRecords(runtime.engine, journal, provenance=provenance(), final_wait_s=opts.db_wait_s)

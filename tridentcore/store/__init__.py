@@ -22,7 +22,7 @@ the functions that need them.
 from __future__ import annotations
 
 from .connection import LOCK_WAIT_S
-from .errors import DuplicateRunError, RowsError, SchemaVersionError, StoreError, UnknownRunError
+from .errors import DuplicateRunError, NotADatabaseError, RowsError, SchemaVersionError, StoreError, UnknownRunError
 from .readers import (CappedResult, QueryRows, export_run, list_runs, open_readonly, query_readonly,
                       query_readonly_capped, query_readonly_rows, read_run_tables, run_summary)
 from .schema import CLIENT_STATES, CLIENT_TABLES, RUN_STATUSES, SCHEMA_VERSION, TABLES, VIEWS, arrow_schema
@@ -35,6 +35,7 @@ __all__ = [
     "RUN_STATUSES",
     "LOCK_WAIT_S",
     "DuplicateRunError",
+    "NotADatabaseError",
     "UnknownRunError",
     "SchemaVersionError",
     "StoreError",

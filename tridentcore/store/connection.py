@@ -4,6 +4,10 @@ Locking: a process holding a read-write DuckDB connection locks the file against
 process, readers included. So the writer opens, writes one transaction and closes at once, and
 every reader opens ``read_only=True`` and closes when done. Opening retries for a few seconds
 while another process holds a conflicting lock.
+
+An existing file must be a DuckDB database (its header says so): DuckDB opens a JSON or CSV file as
+data in a read-only in-memory database, so a writer would store nothing and a reader would fail
+with a misleading catalog error.
 """
 
 from __future__ import annotations
@@ -13,13 +17,34 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .errors import NotADatabaseError
+
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
     import pyarrow
 
-__all__ = ["LOCK_WAIT_S", "connect", "fetch_arrow"]
+__all__ = ["DUCKDB_MAGIC", "LOCK_WAIT_S", "check_header", "connect", "fetch_arrow"]
 
 LOCK_WAIT_S = 10.0  # how long an open waits for another process's conflicting lock
+DUCKDB_MAGIC = b"DUCK"  # a DuckDB file's magic bytes, after its 8-byte checksum
+_MAGIC_OFFSET = 8
+
+
+def check_header(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`NotADatabaseError` if ``path`` is an existing regular file that is not a DuckDB
+    database (an empty file too: DuckDB refuses it as well). A missing path, a folder, a device or
+    a file we may not read is left to the caller and to DuckDB."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return
+        with path.open("rb") as f:
+            head = f.read(_MAGIC_OFFSET + len(DUCKDB_MAGIC))
+    except OSError:
+        return
+    if head[_MAGIC_OFFSET:] != DUCKDB_MAGIC:
+        raise NotADatabaseError(os.fspath(path), "not a DuckDB database (" + (
+            "an empty file" if not head else "no DuckDB file header") + ")")
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -34,12 +59,14 @@ def connect(
     config: dict[str, Any] | None = None,
     wait_s: float = LOCK_WAIT_S,
 ) -> duckdb.DuckDBPyConnection:
-    """Open ``path``; while another process holds a conflicting lock, retry for up to ``wait_s``."""
+    """Open ``path``; while another process holds a conflicting lock, retry for up to ``wait_s``. An
+    existing file that is not a DuckDB database raises :class:`NotADatabaseError` (an ``OSError``)."""
     import duckdb
 
     path = Path(path)
     if read_only and not path.exists():
         raise FileNotFoundError(f"no results database at {path}")
+    check_header(path)
     deadline = time.monotonic() + wait_s
     delay = 0.01
     while True:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tridentcore.core.errors import TridentError
 
-__all__ = ["DuplicateRunError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError"]
+__all__ = ["DuplicateRunError", "NotADatabaseError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError"]
 
 
 class StoreError(TridentError):
@@ -25,3 +25,14 @@ class SchemaVersionError(StoreError, RuntimeError):
 
 class RowsError(StoreError, ValueError):
     """Rows (or a run status) the store cannot take; the message names every problem."""
+
+
+class NotADatabaseError(StoreError, OSError):
+    """An existing file that is not a DuckDB database (a JSON, CSV or text file given as ``--db``):
+    refused before DuckDB opens it, since DuckDB would read some such files as data, read-only.
+    ``reason`` is the message without the path."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
