@@ -55,7 +55,9 @@ def bench(tmp_path_factory):
     return db, tmp / "keep", json.loads(out.stdout), wall_s
 
 
-def test_every_policy_stored_with_what_reproduces_it(bench):
+def test_every_policy_stored_with_what_reproduces_it(bench, tmp_path):
+    from tridentcore.bench.spec_schema import load_spec
+
     db, _, rows, wall_s = bench
     assert [r["policy"] for r in rows] == list(POLICIES)
     runs = query_readonly(db, "SELECT * FROM runs WHERE backend = 'live' ORDER BY created_unix_s")
@@ -66,6 +68,10 @@ def test_every_policy_stored_with_what_reproduces_it(bench):
         assert config["policy"] == r.policy and config["server_run_id"]
         assert "locust" in json.loads(r.packages_json) and json.loads(r.hardware_json)["cpus"] >= 1
         assert r.git_sha and r.cluster == "1x8xH200"
+        # a stored config is a spec file too: every key a live bench and its server store is accepted
+        for name, part in (("run", config), ("server", config["server_config"])):
+            (tmp_path / f"{name}.json").write_text(json.dumps(part))
+            load_spec(tmp_path / f"{name}.json")
     assert wall_s < 200  # loose: four servers, four Locust runs
 
 

@@ -218,7 +218,7 @@ def test_drawn_workload_bounds(tmp_path, args, needle):
 # ---------------------------------------------------------------------------------- run-spec files (serve)
 @pytest.mark.parametrize("text, needle", [
     ('{"cluster": ' + "[" * 200_000 + "]" * 200_000 + "}", f"nested more than {MAX_NESTING} deep"),
-    ('{"rate": ' + "9" * 4000 + "}", "--rate: must be a number > 0"),
+    ('{"rate": ' + "9" * 4000 + "}", "spec.json: rate: must be a number > 0"),
     ('{"rate": 1e9, "duration_s": 600}', f"a workload has at most {MAX_REQUESTS}"),
     ('{"noise_bias": [[1, 2, 3]]}', "too many values to unpack"),
     ('{"devices": "emulated:100000x1000xH200", "policies": ["trident"]}', "the node count must be in 1..4096"),

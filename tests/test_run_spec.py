@@ -3,6 +3,7 @@ the defaults declared once, and ``trident serve --spec``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.request
 from pathlib import Path
@@ -60,6 +61,73 @@ def test_spec_files(tmp_path):
         read_spec_file(tmp_path / "bad.json")
     with pytest.raises(RunSpecError, match="cannot read"):
         read_spec_file(tmp_path / "missing.json")
+
+
+def test_a_spec_file_with_a_key_it_does_not_know_is_refused(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"mix": "tiny", "time_scael": 0.1, "devcies": "cpu:2", "bogus_key": 1}))
+    for read in (read_spec_file, load_spec):
+        with pytest.raises(RunSpecError) as err:
+            read(path)
+        text = str(err.value)
+        assert text.startswith(f"{path}: unknown key(s) time_scael (did you mean time_scale?), "
+                               "devcies (did you mean devices?), bogus_key; valid keys: profile, cluster, mix,"), text
+    path.write_text(json.dumps({"mix": "tiny", "time_scale": 0.1, "devices": "cpu:2"}))
+    assert load_spec(path) == RunSpec(mix="tiny", time_scale=0.1, devices="cpu:2")
+
+
+def test_a_spec_files_problems_name_the_file_and_the_key(tmp_path):
+    from typer.testing import CliRunner
+
+    from tridentcore.cli import app
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"rate": -2, "seed": "x", "noise_bias": {"decode": 0}, "time_scale": 0}))
+    for read in (read_spec_file, load_spec):
+        with pytest.raises(RunSpecError) as err:
+            read(path)
+        assert err.value.problems == (f"{path}: rate: must be a number > 0 (requests per second), got -2",
+                                      f"{path}: time_scale: must be a number > 0 (wall seconds per workload second), got 0",
+                                      f"{path}: seed: must be a 64-bit integer, got 'x'",
+                                      f"{path}: noise_bias: decode: the factor must be a number > 0, got 0")
+    path.write_text(json.dumps({"rate": -2}))
+    result = CliRunner().invoke(app, ["serve", "--spec", str(path), "--port", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip() == f"error: {path}: rate: must be a number > 0 (requests per second), got -2"
+    path.write_text(json.dumps({"noise_bias": [[1, 2, 3]]}))
+    with pytest.raises(RunSpecError, match=f"^{path}: noise_bias: expected .stage, factor. pairs"):
+        load_spec(path)
+    with pytest.raises(RunSpecError, match="^--rate: must be"):  # an in-memory spec names the option
+        validate_spec({"rate": -2})
+
+
+def test_every_config_the_project_stores_loads_as_a_spec_file(tmp_path):
+    """A stored run's config_json is a spec file too: the keys the writers add (a bench id, --repeat's,
+    the workbench's, a live bench's options) are accepted; a live bench's own test covers the rest."""
+    from typer.testing import CliRunner
+
+    from tridentcore.bench.live import LiveBenchSpec, LiveOptions
+    from tridentcore.bench.spec import CONFIG_KEYS
+    from tridentcore.cli import app
+    from tridentcore.store import query_readonly
+
+    db = tmp_path / "r.duckdb"
+    runner = CliRunner()
+    out = runner.invoke(app, ["bench", "--mix", "tiny", "--rate", "1", "--duration", "10", "--policies", "trident",
+                              "--db", str(db), "--no-progress"])
+    assert out.exit_code == 0, out.output
+    run_id = query_readonly(db, "SELECT run_id FROM runs").run_id[0]
+    out = runner.invoke(app, ["bench", "--repeat", run_id, "--db", str(db)])
+    assert out.exit_code == 0, out.output
+    configs = [json.loads(c) for c in query_readonly(db, "SELECT config_json FROM runs").config_json]
+    assert {"bench", "repeat_of"} <= {k for c in configs for k in c}
+    configs.append(RunSpec(mix="tiny").config(source="workbench", default_comparison="k"))  # workbench/data.py
+    live = LiveBenchSpec(RunSpec(policies=("trident",)), LiveOptions()).config(bench="b")
+    assert set(live) - {f.name for f in dataclasses.fields(RunSpec)} <= set(CONFIG_KEYS)
+    for k, config in enumerate([*configs, live]):
+        path = tmp_path / f"{k}.json"
+        path.write_text(json.dumps(config))
+        assert load_spec(path) == read_spec_file(path) == validate_spec(config)
 
 
 def test_defaults_are_declared_once():

@@ -5,7 +5,9 @@ arrival process, rate, duration, seed), the SLO scale, the policies, the backend
 run, the devices and the time scale. Its JSON (:meth:`RunSpec.config`) is the ``config_json`` a
 run is stored with; ``trident bench --repeat`` reads it back (:meth:`RunSpec.from_config`, which
 also reads the configs of runs stored before this spec existed), ``trident serve --spec FILE``
-and the Locust file (``--spec FILE``) read it from a file (:func:`read_spec_file`).
+and the Locust file (``--spec FILE``) read it from a file (:func:`read_spec_file`: a key that is
+neither the spec's nor one a stored config adds, :data:`CONFIG_KEYS`, is an error, and every
+problem names the file and the key).
 
 This module is light (the Locust child imports it): the standard library, ``tridentcore.core``
 and ``tridentcore.formats.bounded`` (a spec file is read within bounds) only. Validation of
@@ -28,15 +30,32 @@ from typing import Any
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_NOISE_SIGMA,
                              DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE,
                              MAX_CONFIG_BYTES)
-from ..core.errors import TridentError, brief, is_finite
+from ..core.errors import TridentError, brief, is_finite, listed
 from ..core.types import STAGES
 from ..core.workload import ARRIVAL_FORMS, generated_size_problems, parse_arrival
 from ..formats.bounded import InputRefused, load_json, read_bounded
 
-__all__ = ["BACKENDS", "RunSpec", "RunSpecError", "TRACE_PREFIX", "read_spec_file", "write_spec_file"]
+__all__ = ["BACKENDS", "CONFIG_KEYS", "KEY_OF", "OPTION_OF", "SPEC_KEYS", "TRACE_PREFIX", "RunSpec", "RunSpecError",
+           "read_spec_config", "read_spec_file", "unknown_keys", "write_spec_file"]
 
 BACKENDS = ("sim", "live")
 TRACE_PREFIX = "trace:"  # the Locust file's --arrival trace:FILE
+# the command-line option of each spec key named otherwise (the rest: --KEY), and back
+OPTION_OF = {"duration_s": "duration", "slo_scale": "slo-scale", "time_scale": "time-scale",
+             "trace_model": "trace-model", "noise_sigma": "noise", "noise_bias": "bias"}
+KEY_OF = {option: key for key, option in OPTION_OF.items()}
+# The keys a stored run's config_json holds besides the spec's own, each written by the project. A
+# run's config is a spec file too (the live bench hands its children one), so a spec file may hold
+# them (they are ignored); any other key is an error (a misspelt key would silently take its default).
+CONFIG_KEYS = (
+    "policy", "arrival_spec",  # RunSpec.config: the forms configs were stored in before the spec
+    "bench", "source", "default_comparison", "repeat_of",  # what it belongs to: a bench, the workbench, --repeat
+    # a live bench (bench.live.LiveBenchSpec.config): the harness's options (LiveOptions), what the run saw
+    "models", "max_queued", "users", "answer_timeout_s", "startup_timeout_s", "drain_timeout_s", "calibrate",
+    "server_run_id", "server_config", "locust_exit", "server_exit", "client_states", "scheduled", "served_models",
+    "lag_p50_ms", "lag_p99_ms",
+    "slowdown", "calibration", "clock",  # a server's own run (trident serve --db: runtime.stored.run_meta)
+)
 
 
 class RunSpecError(TridentError, ValueError):
@@ -80,43 +99,61 @@ class RunSpec:
         return dataclasses.replace(self, **changes)
 
     def problems(self) -> list[str]:
-        """Problems with the numbers, the backend and the arrival form (files are read later)."""
+        """Problems with the numbers, the backend and the arrival form (files are read later), each
+        named by its command-line option: ``--rate: message``."""
+        return [f"{option}: {message}" for _, option, message in self._problems()]
+
+    def file_problems(self, origin: str) -> list[str]:
+        """:meth:`problems` as in a spec file ``origin``, each named by the file and its key:
+        ``run.json: rate: message``."""
+        return [f"{origin}: {key}: {message}" for key, _, message in self._problems()]
+
+    def _problems(self) -> list[tuple[str, str, str]]:
+        """(spec key, command-line option, message) of every problem."""
         problems = []
         if self.trace is None:
             if not self.mix:
-                problems.append("--mix: give a mix or a trace")
+                problems.append(("mix", "--mix", "give a mix or a trace"))
             if not _finite_positive(self.rate):
-                problems.append(f"--rate: must be a number > 0 (requests per second), got {brief(self.rate)}")
+                problems.append(("rate", "--rate",
+                                 f"must be a number > 0 (requests per second), got {brief(self.rate)}"))
             if not _finite_positive(self.duration_s):
-                problems.append(f"--duration: must be a number of seconds > 0, got {brief(self.duration_s)}")
-            problems.extend(f"--{key}: {msg}" for key, msg in generated_size_problems(self.rate, self.duration_s))
+                problems.append(("duration_s", "--duration",
+                                 f"must be a number of seconds > 0, got {brief(self.duration_s)}"))
+            problems.extend((KEY_OF.get(option, option), f"--{option}", msg)
+                            for option, msg in generated_size_problems(self.rate, self.duration_s))
             try:
                 parse_arrival(self.arrival)
             except ValueError as exc:
-                problems.append(f"--arrival: {exc} (forms: {ARRIVAL_FORMS}, trace:FILE)")
+                problems.append(("arrival", "--arrival", f"{exc} (forms: {ARRIVAL_FORMS}, trace:FILE)"))
         elif not self.trace:
-            problems.append("--arrival: trace:FILE needs a file name")
+            problems.append(("trace", "--arrival", "trace:FILE needs a file name"))
         if not _finite_positive(self.time_scale):
-            problems.append(f"--time-scale: must be a number > 0 (wall seconds per workload second), "
-                            f"got {brief(self.time_scale)}")
+            problems.append(("time_scale", "--time-scale", "must be a number > 0 (wall seconds per workload second), "
+                                                           f"got {brief(self.time_scale)}"))
         if not _finite_positive(self.slo_scale):
-            problems.append(f"--slo-scale: must be a number > 0, got {brief(self.slo_scale)}")
+            problems.append(("slo_scale", "--slo-scale", f"must be a number > 0, got {brief(self.slo_scale)}"))
         if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and -2**63 <= self.seed < 2**63):
-            problems.append(f"--seed: must be a 64-bit integer, got {brief(self.seed)}")
+            problems.append(("seed", "--seed", f"must be a 64-bit integer, got {brief(self.seed)}"))
         if not (is_finite(self.noise_sigma) and 0.0 <= self.noise_sigma <= 2.0):
-            problems.append(f"--noise: must be a number within [0, 2] (the log-spread), got {brief(self.noise_sigma)}")
+            problems.append(("noise_sigma", "--noise", "must be a number within [0, 2] (the log-spread), "
+                                                       f"got {brief(self.noise_sigma)}"))
         for stage, factor in self.noise_bias:
             if stage not in STAGES:
-                problems.append(f"--bias: unknown stage {brief(stage)}; expected one of {', '.join(STAGES)}")
+                problems.append(("noise_bias", "--bias",
+                                 f"unknown stage {brief(stage)}; expected one of {', '.join(STAGES)}"))
             elif not _finite_positive(factor):
-                problems.append(f"--bias {stage}: the factor must be a number > 0, got {brief(factor)}")
+                problems.append((f"noise_bias: {stage}", f"--bias {stage}",
+                                 f"the factor must be a number > 0, got {brief(factor)}"))
         if self.backend not in BACKENDS:
-            problems.append(f"--backend: unknown backend {brief(self.backend)}; valid: {', '.join(BACKENDS)}")
+            problems.append(("backend", "--backend",
+                             f"unknown backend {brief(self.backend)}; valid: {', '.join(BACKENDS)}"))
         return problems
 
-    def check(self) -> RunSpec:
-        """This spec, or :class:`RunSpecError` with every problem."""
-        problems = self.problems()
+    def check(self, origin: str | None = None) -> RunSpec:
+        """This spec, or :class:`RunSpecError` with every problem (named by file and key when it was
+        read from the spec file ``origin``)."""
+        problems = self.problems() if origin is None else self.file_problems(origin)
         if problems:
             raise RunSpecError(problems)
         return self
@@ -140,9 +177,10 @@ class RunSpec:
     def from_config(cls, config: Mapping[str, Any]) -> RunSpec:
         """A spec from a stored ``config_json`` dict or a spec file, unchecked (see :meth:`check`).
 
-        Unknown keys (a bench id, the server's config, live-only options) are ignored; a missing
-        key takes its default; ``policy`` (one policy) and ``arrival_spec`` (``trace:FILE``) of
-        older configs are understood."""
+        Other keys (a bench id, the server's config, live-only options) are ignored here (a spec
+        file's keys are checked by :func:`read_spec_config`); a missing key takes its default;
+        ``policy`` (one policy) and ``arrival_spec`` (``trace:FILE``) of older configs are understood.
+        A value of the wrong shape is a ValueError naming its key."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in config.items() if k in names}
         if "policies" not in kwargs and config.get("policy"):
@@ -150,7 +188,10 @@ class RunSpec:
         if isinstance(kwargs.get("policies"), str):
             kwargs["policies"] = (kwargs["policies"],)
         if "policies" in kwargs:
-            kwargs["policies"] = tuple(kwargs["policies"] or ())
+            try:
+                kwargs["policies"] = tuple(kwargs["policies"] or ())
+            except TypeError:
+                raise ValueError(f"policies: expected a list of policy specs, got {brief(kwargs['policies'])}") from None
         spec_arrival = config.get("arrival_spec")
         if isinstance(spec_arrival, str) and spec_arrival.startswith(TRACE_PREFIX) and not kwargs.get("trace"):
             kwargs["trace"] = spec_arrival[len(TRACE_PREFIX):]
@@ -164,7 +205,11 @@ class RunSpec:
         if isinstance(bias, Mapping):
             bias = list(bias.items())
         if bias is not None:
-            kwargs["noise_bias"] = tuple((str(s), f) for s, f in bias)
+            try:
+                kwargs["noise_bias"] = tuple((str(s), f) for s, f in bias)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"noise_bias: expected [stage, factor] pairs or {{stage: factor}}, got "
+                                 f"{brief(config.get('noise_bias'))} ({exc})") from None
         return cls(**kwargs)
 
 
@@ -172,19 +217,50 @@ def _finite_positive(value: object) -> bool:
     return is_finite(value) and value > 0  # type: ignore[operator]
 
 
-def read_spec_file(path: str | os.PathLike[str]) -> RunSpec:
-    """A spec from a JSON file (:meth:`RunSpec.config` form), unchecked; plain json, no pydantic.
-    The file is read within bounds (at most ``MAX_CONFIG_BYTES``, ``MAX_NESTING`` deep)."""
+SPEC_KEYS = tuple(f.name for f in dataclasses.fields(RunSpec))
+
+
+def unknown_keys(config: Mapping[str, Any], origin: str) -> list[str]:
+    """The problem (one, or none) of a spec file's keys that are neither the spec's nor a stored
+    config's (:data:`CONFIG_KEYS`): each named, with the closest valid key where one is close."""
+    import difflib
+
+    unknown = [k for k in config if k not in SPEC_KEYS and k not in CONFIG_KEYS]
+    if not unknown:
+        return []
+    named = []
+    for key in unknown[:8]:  # the most listed() shows: a hostile file's many keys cost nothing more
+        close = difflib.get_close_matches(key, SPEC_KEYS + CONFIG_KEYS, n=1) if len(key) <= 80 else []
+        named.append(f"{key} (did you mean {close[0]}?)" if close else key)
+    return [f"{origin}: unknown key(s) {listed(named + unknown[8:])}; valid keys: {', '.join(SPEC_KEYS)} "
+            "(and those a stored run's config_json adds)"]
+
+
+def read_spec_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object of a spec file, read within bounds (at most ``MAX_CONFIG_BYTES``,
+    ``MAX_NESTING`` deep), its keys checked (:func:`unknown_keys`)."""
+    origin = os.fspath(path)
     try:
         data = load_json(read_bounded(path, MAX_CONFIG_BYTES))
     except InputRefused as exc:
-        raise RunSpecError([f"--spec: cannot read {os.fspath(path)}: {exc}"]) from None
+        raise RunSpecError([f"--spec: cannot read {origin}: {exc}"]) from None
     if not isinstance(data, dict):
-        raise RunSpecError([f"--spec: {os.fspath(path)} does not hold a JSON object"])
+        raise RunSpecError([f"--spec: {origin} does not hold a JSON object"])
+    problems = unknown_keys(data, origin)
+    if problems:
+        raise RunSpecError(problems)
+    return data
+
+
+def read_spec_file(path: str | os.PathLike[str]) -> RunSpec:
+    """A checked spec from a JSON file (:meth:`RunSpec.config` form); plain json, no pydantic. Every
+    problem names the file and the key (``run.json: rate: must be a number > 0 ...``)."""
+    origin, config = os.fspath(path), read_spec_config(path)
     try:
-        return RunSpec.from_config(data)
+        spec = RunSpec.from_config(config)
     except (TypeError, ValueError) as exc:  # a key of the wrong shape (bias pairs)
-        raise RunSpecError([f"--spec: {os.fspath(path)}: {exc}"]) from None
+        raise RunSpecError([f"{origin}: {exc}"]) from None
+    return spec.check(origin)
 
 
 def write_spec_file(spec: RunSpec, path: str | os.PathLike[str], **extra: Any) -> Path:
