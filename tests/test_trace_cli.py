@@ -72,6 +72,11 @@ def test_a_trace_of_tiny_models_is_priced_by_the_profile_that_has_them(tmp_path)
     result = runner.invoke(app, ["simulate", "--trace", str(bom), "--policies", "trident", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)[0]["requests"] == len(read_trace(trace))
+    stats = runner.invoke(app, ["trace", "stats", str(trace), "--json"])  # priced as simulate prices it
+    given = runner.invoke(app, ["trace", "stats", str(trace), "--profile", "cpu", "--cluster", "2xcpu", "--json"])
+    assert stats.exit_code == given.exit_code == 0, stats.output + given.output
+    assert json.loads(stats.stdout) == json.loads(given.stdout)
+    assert json.loads(stats.stdout)["cluster"] == "1x2xcpu" and json.loads(stats.stdout)["requests"] == len(read_trace(trace))
     for name, text in (("empty.jsonl", ""), ("blank.jsonl", "\n\n# nothing here\n")):
         (tmp_path / name).write_text(text)
         line = _error_line(runner.invoke(app, ["simulate", "--trace", str(tmp_path / name)]))
@@ -111,6 +116,25 @@ def test_stats_table_and_overload_warning(tmp_path):
     assert result.exit_code == 0 and "warning" not in result.stderr
 
 
+def test_a_model_no_profile_row_prices_is_named_with_its_file_and_lines(tmp_path):
+    """A typo in a trace's model: the file and the lines it is on, as the trace's other errors; in a
+    mix file, the class (its entry in the file and its label)."""
+    line = '{"t": %d, "model": "%s", "height": 1024, "width": 1024, "steps": 28}\n'
+    typo = tmp_path / "typo.jsonl"
+    typo.write_text("# one typo, twice\n" + line % (0, "sd3-mediun") + line % (1, "sd3-medium") + line % (2, "sd3-mediun"))
+    for command in (["simulate", "--trace", str(typo), "--policies", "trident"], ["trace", "stats", str(typo)]):
+        assert _error_line(runner.invoke(app, command)).startswith(
+            f"error: {typo}: lines 2, 4: no rows for model 'sd3-mediun' on H200; models on H200: ")
+    typo.write_text(line % (0, "sd3-mediun"))
+    assert _error_line(runner.invoke(app, ["simulate", "--trace", str(typo)])).startswith(
+        f"error: {typo}: line 1: no rows for model 'sd3-mediun'")
+    mix = tmp_path / "typo.yaml"
+    mix.write_text("name: typo\nclasses:\n  - {model: sd3-medium, height: 512, width: 512, steps: 28}\n"
+                   "  - {model: sd3-mediun, height: 1024, width: 1024, steps: 28}\n")
+    assert f"cannot cost mix '{mix}': classes[1] (sd3-mediun 1024x1024): no rows for model 'sd3-mediun'" in (
+        _error_line(runner.invoke(app, ["simulate", "--mix", str(mix), "--policies", "trident", "--duration", "30"])))
+
+
 def test_import_paper_trace(tmp_path):
     src = tmp_path / "paper.txt"
     src.write_text(PAPER)
@@ -146,7 +170,7 @@ def test_import_paper_trace(tmp_path):
     (["trace", "stats", "{paper}", "--model", "no-such-model"], "no-such-model"),
     (["trace", "stats", "{paper}", "--model", "sd3-medium", "--cluster", "banana"], "banana"),
     (["trace", "generate", "--mix", "no-such-mix", "--out", "{tmp}/x.jsonl"], "unknown mix"),
-    (["trace", "generate", "--arrival", "gamma:cv=-1", "--rate", "-1", "--out", "{tmp}/x.jsonl"], "3 problems"),
+    (["trace", "generate", "--arrival", "gamma:cv=-1", "--rate", "-1", "--out", "{tmp}/x.jsonl"], "2 problems"),
     (["trace", "generate", "--rate", "0.001", "--duration", "1", "--seed", "1", "--out", "{tmp}/x.jsonl"], None),
 ])
 def test_errors_are_one_line(tmp_path, args, needle):

@@ -105,8 +105,8 @@ def planned_workload(spec: RunSpec) -> dict[tuple[str, Shape], float] | None:
 def load_scenario(sc: RunSpec, *, profile_flag: str = "--profile") -> Loaded:
     """``sc``'s inputs, loaded and checked once (``profile_flag``: how the caller's command spells
     the profile option, for the hint when another shipped profile prices the mix)."""
-    from ..formats.mixes import load_cluster, load_mix
-    from ..formats.traces import read_trace, requests_from_trace
+    from ..formats.mixes import MODELS_OPTION, load_cluster, load_mix
+    from ..formats.traces import TraceError, read_trace, requests_from_trace
     from ..profiles import load_profile, shipped_profiles
 
     cost = load_profile(sc.profile).cost_model()
@@ -121,11 +121,17 @@ def load_scenario(sc: RunSpec, *, profile_flag: str = "--profile") -> Loaded:
     mix = trace = None
     if sc.trace is not None:
         entries = read_trace(sc.trace, default_model=sc.trace_model)
+        missing = _unpriced_lines(cost, gpu_kind, entries)
+        if missing:  # named by the file and its lines, as the trace's other errors are
+            classes = Mix("trace", tuple(RequestClass(*c) for c in sorted({_class_of(e) for e in entries})))
+            hint = [f"; it is priced by {_flag_hint(p, c, profile_flag)}"
+                    for p, c in _pricing(classes) if p != sc.profile]
+            raise TraceError(sc.trace, [*missing[:-1], missing[-1] + "".join(hint[:1])])
         slo = make_slo_fn(cost, sc.slo_scale, cluster.gpus_per_node, gpu_kind)
         trace = requests_from_trace(entries, slo, sc.seed)
     elif sc.mix is not None:
         mix = load_mix(sc.mix)
-        missing = _unpriced(cost, gpu_kind, mix)
+        missing = _unpriced(cost, gpu_kind, mix, indexed=MODELS_OPTION not in sc.mix)
         if missing:
             hint = [f"it is priced by {_flag_hint(p, c, profile_flag)}" for p, c in _pricing(mix) if p != sc.profile][:1]
             raise ValueError(f"profile {sc.profile!r} on {cluster.label} cannot cost mix {sc.mix!r}: "
@@ -139,13 +145,34 @@ def _flag_hint(profile: str, cluster: str, profile_flag: str = "--profile") -> s
     return f"{profile_flag} {profile} --cluster {cluster}"
 
 
-def _unpriced(cost: CostModel, kind: str, mix: Mix) -> list[str]:
-    """What ``cost`` cannot price of ``mix`` on ``kind``: each problem once, with the classes it hits."""
+def _unpriced(cost: CostModel, kind: str, mix: Mix, *, indexed: bool = False) -> list[str]:
+    """What ``cost`` cannot price of ``mix`` on ``kind``: each problem once, with the classes it hits
+    (``indexed``: each also by its entry in the mix's file, ``classes[1] (sd3-medium 1024x1024)``)."""
     where: dict[str, list[str]] = {}
-    for c in mix.classes:
+    for i, c in enumerate(mix.classes):
         for problem in _check_class(cost, kind, c.model, c.shape):
-            where.setdefault(problem, []).append(c.label)
+            where.setdefault(problem, []).append(f"classes[{i}] ({c.label})" if indexed else c.label)
     return [f"{', '.join(labels)}: {problem}" for problem, labels in where.items()]
+
+
+def _class_of(entry) -> tuple[str, int, int, int, int]:
+    return entry.model, entry.height, entry.width, entry.frames, entry.steps
+
+
+def _unpriced_lines(cost: CostModel, kind: str, entries) -> list[str]:
+    """What ``cost`` cannot price of a trace's entries on ``kind``: each problem once, with the lines
+    of the file it is on (``line 3: ...``, ``lines 3, 8, ... (12 in all): ...``)."""
+    from ..core.errors import listed
+
+    checked: dict[tuple, list[str]] = {}
+    where: dict[str, list[int]] = {}
+    for e in entries:
+        key = _class_of(e)
+        if key not in checked:
+            checked[key] = _check_class(cost, kind, e.model, e.shape)
+        for problem in checked[key]:
+            where.setdefault(problem, []).append(e.line)
+    return [f"line{'s' if len(lines) > 1 else ''} {listed(lines)}: {problem}" for problem, lines in where.items()]
 
 
 def _cluster_for(kind: str) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
-                             DEFAULT_RATE, DEFAULT_SEED)
-from .common import ARRIVAL_HELP, CLUSTER_HELP, HELP_MARKUP, MIX_HELP, fail, one_line, table
+                             DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE)
+from .common import ARRIVAL_HELP, CLUSTER_HELP, HELP_MARKUP, MIX_HELP, fail, given, load_workload, one_line, table
 
 __all__ = ["trace_app"]
 
@@ -92,8 +92,12 @@ def trace_import(
 
 @trace_app.command("stats")
 def trace_stats_command(
+    ctx: typer.Context,
     file: str = typer.Argument(..., help="A trace (JSON lines or the paper's Request(...) lines)."),
-    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path (costs of each request)."),
+    profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path (costs of each request; "
+                                                      "with --cluster not given either: the shipped pair that "
+                                                      "prices the trace's models, cpu on 2xcpu for tiny ones, as "
+                                                      "`trident simulate --trace` does)."),
     cluster: str = typer.Option(DEFAULT_CLUSTER, help=CLUSTER_HELP),
     model: str = typer.Option(None, help="Model of a paper-format trace's requests."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -105,12 +109,11 @@ def trace_stats_command(
     """
     import json
 
-    from ..bench.scenario import load_scenario
-    from ..bench.spec import RunSpec
     from ..sim.tracestats import trace_stats
 
-    try:
-        loaded = load_scenario(RunSpec(profile=profile, cluster=cluster, mix=None, trace=file, trace_model=model))
+    try:  # priced as `trident simulate --trace` prices it (the arrival, duration and seed are the trace's)
+        loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), None, file, model,
+                               DEFAULT_ARRIVAL, DEFAULT_DURATION_S, DEFAULT_SLO_SCALE, DEFAULT_SEED)
         if not loaded.trace_requests:
             fail(f"{file}: no requests in the trace")
         stats = trace_stats(loaded.trace_requests, loaded.cost, loaded.cluster, loaded.gpu_kind)

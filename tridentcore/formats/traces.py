@@ -22,8 +22,9 @@ timestamp, height, width, num_frames (default 1), num_inference_steps, prompt, n
 seed and model are ignored.
 
 The format is detected per file from its first line that is not blank and not a ``#`` comment;
-errors name the file and the line. Imports only the standard library, ``tridentcore.core`` and
-:mod:`.bounded`.
+errors name the file and the line (an entry keeps its line number, ``TraceEntry.line``, for the
+errors found later, such as a model the cost profile lacks). Imports only the standard library,
+``tridentcore.core`` and :mod:`.bounded`.
 
 Bounds (``core/defaults.py``), checked before any request is built: a file of at most
 ``MAX_TRACE_BYTES``, at most ``MAX_REQUESTS`` request lines, each a JSON object nested at most
@@ -41,7 +42,7 @@ import json
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ class TraceEntry:
     seed: int | None = None
     negative_prompt: str = ""
     guidance: float | None = None
+    line: int = field(default=0, compare=False, repr=False)  # the file's line it was read from (0: none)
 
     def __post_init__(self) -> None:
         problems = [f"{key}: {msg}" for key, msg in _entry_problems(self._fields())]
@@ -178,8 +180,9 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None) -> TraceEntry | list[str]:
-    """A TraceEntry, or the problems (``field: message``) with ``raw`` (already renamed to our keys)."""
+def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None, line: int = 0) -> TraceEntry | list[str]:
+    """A TraceEntry (read from ``line``), or the problems (``field: message``) with ``raw`` (already
+    renamed to our keys)."""
     problems = []
     missing = [
         k for k in ("t", "model", "height", "width", "steps") if k not in raw and not (k == "model" and default_model)
@@ -206,7 +209,7 @@ def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None) -> Tra
         fields["t"] = float(fields["t"])
     if _is_int(fields["guidance"]):
         fields["guidance"] = float(fields["guidance"])
-    return TraceEntry(**fields)
+    return TraceEntry(**fields, line=line)
 
 
 def _parse_json_line(text: str) -> dict[str, Any] | str:
@@ -306,7 +309,7 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
         unknown = sorted(k for k in raw if k not in _JSON_KEYS)  # (paper lines are renamed already)
         if unknown:
             problems.append(f"line {number}: unknown key(s) {listed(unknown)}; valid keys: {', '.join(_JSON_KEYS)}")
-        result = _entry_from_fields(raw, default_model)
+        result = _entry_from_fields(raw, default_model, number)
         if isinstance(result, list):
             problems.extend(f"line {number}: {p}" for p in result)
         elif unknown:
