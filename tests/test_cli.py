@@ -87,6 +87,45 @@ def test_generate_bad_input_is_a_clear_error(tmp_path, args, message):
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("command", ["generate", "profile"])
+@pytest.mark.parametrize("device, gpus, message", [
+    ("cuda", 0, "--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)"),
+    ("cuda:0", 0, "--device cuda:0: no CUDA device is visible (torch.cuda.is_available() is False)"),
+    ("cuda:1", 1, "--device cuda:1: cuda:1 is not visible; 1 CUDA device visible (cuda:0)"),
+    ("tpu", 0, "--device tpu: unknown device; valid: cpu, cuda, cuda:I"),
+])
+def test_a_device_that_is_not_there_is_one_line_before_any_model_loads(tmp_path, monkeypatch, command, device, gpus,
+                                                                       message):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)  # the same answer with or without a GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    what = ["--prompt", "x", "--size", "64x64"] if command == "generate" else ["--model", "tiny-sd3"]
+    result = runner.invoke(app, [command, *what, "--device", device, "--out", str(tmp_path / "o.png")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip() == f"error: {message}"
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_unknown_model_names_itself_and_the_known_ones(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+
+    def offline(*args, **kwargs):  # what huggingface_hub raises without a network (no stack trace shown)
+        try:
+            raise ConnectionError("[Errno -2] Name or service not known")
+        except ConnectionError as exc:
+            raise OSError("Cannot load model nope-model: the model is not fully cached locally. Please check out "
+                          "the root cause in the stacktrace above.") from exc
+
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", offline)
+    result = runner.invoke(app, ["generate", "--model", "nope-model", "--prompt", "x", "--out", str(tmp_path / "o.png")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = result.stderr.strip()
+    assert line.startswith("error: unknown model 'nope-model': not a built-in model (tiny-sd3, tiny-sd, ") and (
+        "arch:wan2.1-1.3b; `trident models`)" in line), line
+    assert "stacktrace" not in line and line.endswith("(ConnectionError: [Errno -2] Name or service not known)")
+
+
 def test_profile_writes_a_valid_csv(tmp_path):
     pytest.importorskip("torch")
     from tridentcore.profiles import load_profile

@@ -41,7 +41,7 @@ def _check_device(device: str, degree: int = 1) -> None:
     if last >= count:
         needs = f"cuda:{first}" if degree == 1 else f"cuda:{first}..cuda:{last} (degree {degree})"
         fail(f"--device {device}: {needs} is not visible; {count} CUDA device{'s' if count != 1 else ''} "
-             f"visible (cuda:0..cuda:{count - 1})")
+             f"visible ({'cuda:0' if count == 1 else f'cuda:0..cuda:{count - 1}'})")
 
 
 def generate(

@@ -62,6 +62,17 @@ def _torch_dtype(dtype):
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(sorted(table))}") from None
 
 
+def _root_cause(exc: BaseException) -> str:
+    """Why a ``from_pretrained`` failed, on one line: the first line of the innermost error it was
+    raised from (huggingface_hub's own message points to a stack trace the CLI does not show)."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(root).replace(" Please check out the root cause in the stacktrace above.", "").strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return f"{type(root).__name__}: {first}" if root is not exc else first or type(exc).__name__
+
+
 def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPipeline":
     """Load a pipeline by registry name, directory or hub id, as stage executors."""
     from .builders import BUILDERS, build
@@ -92,7 +103,11 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, **absent)
     except OSError as exc:
-        raise ValueError(f"cannot load pipeline {name!r}: {exc}") from exc
+        if path.exists() or "/" in name:  # a directory, or a hub id (ORG/NAME)
+            raise ValueError(f"cannot load pipeline {name!r}: {_root_cause(exc)}") from exc
+        raise ValueError(f"unknown model {name!r}: not a built-in model ({', '.join(MODELS)}; `trident models`), "
+                         f"not a diffusers pipeline directory, and not loadable as a hub id ({_root_cause(exc)})"
+                         ) from exc
     class_name = class_name or type(pipe).__name__
     family = PIPELINE_CLASSES.get(class_name)
     if family is None:
