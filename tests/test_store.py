@@ -209,6 +209,37 @@ def test_attainment_by_shape_known_answers(db: Path):
     assert wan.p50_s == pytest.approx(20.0)  # only one done request
 
 
+def test_dispatches_view_one_row_per_dispatch_with_its_outcome(db: Path):
+    """The columns in their order (outcome last), and run A's six dispatches: the preempted diffuse
+    (dispatch 5) is the one whose outcome is not done, so a query can leave it out."""
+    df = query_readonly(db, "SELECT * FROM dispatches WHERE run_id = 'run-a' ORDER BY dispatch_id")
+    assert list(df.columns) == ["run_id", "dispatch_id", "stage", "spans", "duration_s", "n_gpus", "degree", "batch",
+                                "predicted_s", "load_s", "transfer_s", "outcome"]
+    assert list(df.dispatch_id) == [1, 2, 3, 4, 5, 6]
+    assert list(df.spans) == [3, 2, 1, 1, 1, 1]
+    assert list(df.outcome) == ["done", "done", "done", "done", "preempted", "done"]
+
+
+def test_client_summary_counts_every_client_state(db: Path):
+    """One count per state a client row can end in, ``cancelled`` included (the last column)."""
+    from tridentcore.store.schema import CLIENT_STATES
+
+    def row(i: int, state: str) -> dict:
+        return {"request_index": i, "state": state, "model": "flux", "height": 512, "width": 512, "frames": 1,
+                "steps": 28, "request_class": "flux 512x512", "workload_t_s": float(i), "scheduled_s": float(i),
+                "http_status": 200 if state == "done" else 0, "reason": "", "stages_json": "{}"}
+
+    states = ["done", "done", "cancelled", "cancelled", "cancelled", "refused", "error", "unfinished", "rejected",
+              "failed"]
+    ResultsStore(db).write_client_requests("run-b", [row(i, s) for i, s in enumerate(states)])
+    df = query_readonly(db, "SELECT * FROM client_summary WHERE run_id = 'run-b'")
+    assert df.columns[-1] == "cancelled"
+    got = df.iloc[0]
+    column = {"error": "errors"}  # the one count not named as its state
+    assert {s: int(got[column.get(s, s)]) for s in CLIENT_STATES} == {s: states.count(s) for s in CLIENT_STATES}
+    assert int(got.requests) == len(states)
+
+
 def test_list_runs(db: Path):
     df = list_runs(db)
     assert list(df.run_id) == ["run-a", "run-b"]

@@ -199,7 +199,8 @@ CREATE TABLE IF NOT EXISTS journal_ingests (
 
 # A dispatch (one row per dispatch) is the unit of GPU occupancy: a batched dispatch writes one
 # span row per request, all with the same dispatch_id, and must be counted once. Its duration is
-# the span of its rows (max end - min start), its GPU count the size of its GPU group.
+# the span of its rows (max end - min start), its GPU count the size of its GPU group, its outcome
+# that of its rows (core.recording.span_rows writes one outcome for all the rows of a dispatch).
 _DDL_VIEWS = """
 CREATE OR REPLACE VIEW dispatches AS
 SELECT run_id, dispatch_id,
@@ -211,7 +212,8 @@ SELECT run_id, dispatch_id,
        max(batch)                              AS batch,
        max(predicted_s)                        AS predicted_s,
        max(load_s)                             AS load_s,
-       max(transfer_s)                         AS transfer_s
+       max(transfer_s)                         AS transfer_s,
+       any_value(outcome)                      AS outcome
 FROM stage_spans
 GROUP BY run_id, dispatch_id;
 
@@ -316,7 +318,8 @@ SELECT run_id,
        quantile_cont(lag_ms, 0.99)                         AS lag_p99_ms,
        max(lag_ms)                                         AS lag_max_ms,
        avg(latency_ms) / 1000                              AS mean_s,
-       quantile_cont(latency_ms, 0.99) / 1000              AS p99_s
+       quantile_cont(latency_ms, 0.99) / 1000              AS p99_s,
+       count(*) FILTER (WHERE state = 'cancelled')         AS cancelled
 FROM client_requests
 GROUP BY run_id;
 """
