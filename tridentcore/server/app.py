@@ -20,6 +20,7 @@ drains it and stores the rest.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -72,11 +73,17 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
         try:
             if records is not None and not runtime.stop_requested:  # stopped while it loaded: nothing to store
                 await records.start()
-            yield
+            try:
+                yield
+            except asyncio.CancelledError:  # a third signal (the process goes now): store what can be, below
+                pass
         finally:
-            await engine.shutdown(config.drain_timeout_s)
-            if records is not None:
-                await records.close()
+            try:
+                await engine.shutdown(config.drain_timeout_s)
+                if records is not None:
+                    await records.close()
+            except asyncio.CancelledError:  # the rest stays in the run's journal (the exit status says so)
+                logger.warning("stopped before the run was stored")
 
     app = FastAPI(title="TridentServe", version="0.1.0", lifespan=lifespan,
                   description="Stage-level serving for diffusion pipelines.")
