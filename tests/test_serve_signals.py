@@ -142,3 +142,41 @@ def test_a_stop_drains_while_the_server_still_answers(tmp_path, how):
     stored = dict(zip(states.state, states.n))
     assert stored.get("done", 0) >= codes.count(200) and sum(stored.values()) == 13
     assert stored.get("done", 0) <= codes.count(200) + 1  # the synchronous answers match; +1: the async job
+
+
+def test_a_third_ctrl_c_exits_at_once_and_says_the_run_was_not_stored(tmp_path):
+    """Three Ctrl-Cs in a row: out at once, no traceback, exit 1 with the run's id and the way to
+    recover it; the journal keeps what was written, and ``runs recover`` closes the run."""
+    import concurrent.futures as cf
+
+    db = tmp_path / "serve.duckdb"
+    with open(tmp_path / "out.txt", "wb") as o, open(tmp_path / "err.txt", "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
+                                 "cpu:2", "--port", "0", "--db", str(db)], stdout=o, stderr=e,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=default_sigint)
+    try:
+        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        body = {"prompt": "a red fox", "model": "tiny-sd3", "size": "256x256", "steps": 40, "slo_ms": 10_000_000}
+        with cf.ThreadPoolExecutor(8) as pool:
+            calls = [pool.submit(httpx.post, url + "/v1/images/generations", json={**body, "seed": i}, timeout=300)
+                     for i in range(8)]
+            time.sleep(1.5)
+            for _ in range(3):
+                os.killpg(proc.pid, signal.SIGINT)
+                time.sleep(0.05)
+            cf.wait(calls, timeout=120)
+        assert proc.wait(60) == 1
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    text = (tmp_path / "err.txt").read_text(errors="replace")
+    assert "Traceback" not in text, text[-3000:]
+    assert "was not stored" in text and f"trident runs recover --db {db}" in text
+    assert "stored in" not in text.splitlines()[-1]
+    from tridentcore.cli import app
+    from typer.testing import CliRunner
+
+    assert CliRunner().invoke(app, ["runs", "recover", "--db", str(db)]).exit_code == 0
+    runs = query_readonly(db, "SELECT status FROM runs")
+    assert list(runs.status) == ["crashed"]
