@@ -99,6 +99,13 @@ def test_a_spec_files_problems_name_the_file_and_the_key(tmp_path):
         load_spec(path)
     with pytest.raises(RunSpecError, match="^--rate: must be"):  # an in-memory spec names the option
         validate_spec({"rate": -2})
+    # a model its mix misspells: the server's refusal says where the model came from
+    mix = tmp_path / "typo.yaml"
+    mix.write_text("name: typo\nclasses:\n  - {model: sd3-mediun, height: 512, width: 512, frames: 1, steps: 28}\n")
+    path.write_text(json.dumps({"mix": str(mix), "devices": "emulated:1x2xH200"}))
+    result = CliRunner().invoke(app, ["serve", "--spec", str(path), "--port", "0"])
+    assert result.exit_code == 2 and "'sd3-mediun'" in result.stderr
+    assert result.stderr.strip().endswith(f"(the models of --spec {path}'s mix {mix})")
 
 
 def test_every_config_the_project_stores_loads_as_a_spec_file(tmp_path):

@@ -95,14 +95,14 @@ def serve(
     from ..runtime.stored import RecordsNotStored
     from ..server.serve import ServeOptions, run_server
 
-    expected = None
+    expected = models_from = None
     if spec is not None:
         given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}
         taken = _from_spec(spec, given)
         devices, policy = taken.get("devices", devices), taken.get("policy", policy)
         time_scale, slo_scale = taken.get("time_scale", time_scale), taken.get("slo_scale", slo_scale)
         profile, models = taken.get("profile", profile), taken.get("models", models)
-        expected = taken.get("expected")
+        expected, models_from = taken.get("expected"), taken.get("models_from")
     if not models:
         fail("give --models (or a --spec whose workload names them)")
 
@@ -118,8 +118,9 @@ def serve(
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
                                 late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait),
                                 on_ready=lambda ready: (served.append(ready), _announce(ready)))
-    except SetupError as exc:
-        fail(str(exc))
+    except SetupError as exc:  # a model the spec's mix names is said to come from there
+        fail(str(exc) + (f" ({models_from})" if models_from and any(
+            f"'{m}'" in str(exc) for m in models.split(",")) else ""))
     except RecordsNotStored as exc:  # served, but the run is not all in --db: say so in the exit status
         fail(str(exc), code=1)
     except KeyboardInterrupt:  # Ctrl-C before it served (loading, building): nothing to drain
@@ -170,6 +171,7 @@ def _from_spec(path: str, given: set[str]) -> dict:
                 from ..formats.mixes import load_mix
 
                 out["models"] = ",".join(sorted({c.model for c in load_mix(run.mix).classes}))
+                out["models_from"] = f"the models of --spec {path}'s mix {run.mix}"
         except ValueError as exc:
             fail(f"--spec {path}: {exc}")
     return {k: v for k, v in out.items() if k not in given}
