@@ -196,3 +196,35 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_frees_the_request():
 
     err = json.loads(body["body"])["error"]
     assert err["code"] == "body_timeout" and "11 bytes came" in err["message"]
+
+
+def test_a_body_still_arriving_when_the_server_stops_gets_503_at_once():
+    """A stalled body is answered 503 ``shutting_down`` as soon as the server begins to stop (within
+    a poll), not held until uvicorn cancels it with a plain-text 500."""
+    import asyncio
+    import json
+
+    from tridentcore.server.errors import BodyLimit
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app never sees the request")
+
+    async def main():
+        async def receive():
+            await asyncio.sleep(3600)  # the body never comes
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + 0.3
+        scope = {"type": "http", "method": "POST", "path": "/v1/requests", "headers": [(b"content-length", b"100")]}
+        await BodyLimit(app, max_bytes=1000, timeout_s=30, closing=lambda: loop.time() >= stop_at)(scope, receive, send)
+        return sent, loop.time() - stop_at
+
+    sent, late = asyncio.run(main())
+    assert 0 <= late < 1.0
+    assert sent[0]["status"] == 503 and (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[-1]["body"])["error"]["code"] == "shutting_down"

@@ -94,7 +94,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
     install_error_handlers(app)
     for module in (generation, requests, control):
         app.include_router(module.router)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, closing=lambda: engine.closing)
     if config.api_key:  # added late, so it runs early: no body is read for a request without the key
         app.add_middleware(RequireApiKey, api_key=config.api_key)
     app.add_middleware(HeadAsGet)  # outermost: a HEAD is a GET to every check after it
