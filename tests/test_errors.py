@@ -199,12 +199,13 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_frees_the_request():
 
 
 def test_a_body_still_arriving_when_the_server_stops_gets_503_at_once():
-    """A stalled body is answered 503 ``shutting_down`` as soon as the server begins to stop (within
-    a poll), not held until uvicorn cancels it with a plain-text 500."""
+    """A stalled body is answered 503 ``shutting_down`` as soon as the server begins to stop, not
+    held until uvicorn cancels it with a plain-text 500; a body that begins after that is refused
+    without being read."""
     import asyncio
     import json
 
-    from tridentcore.server.errors import BodyLimit
+    from tridentcore.server.errors import BodyLimit, BodyWaits
 
     async def app(scope, receive, send):
         raise AssertionError("the app never sees the request")
@@ -213,18 +214,27 @@ def test_a_body_still_arriving_when_the_server_stops_gets_503_at_once():
         async def receive():
             await asyncio.sleep(3600)  # the body never comes
 
-        sent = []
+        sent, later = [], []
 
         async def send(message):
             sent.append(message)
 
-        loop = asyncio.get_running_loop()
-        stop_at = loop.time() + 0.3
-        scope = {"type": "http", "method": "POST", "path": "/v1/requests", "headers": [(b"content-length", b"100")]}
-        await BodyLimit(app, max_bytes=1000, timeout_s=30, closing=lambda: loop.time() >= stop_at)(scope, receive, send)
-        return sent, loop.time() - stop_at
+        async def send_later(message):
+            later.append(message)
 
-    sent, late = asyncio.run(main())
-    assert 0 <= late < 1.0
-    assert sent[0]["status"] == 503 and (b"connection", b"close") in sent[0]["headers"]
-    assert json.loads(sent[-1]["body"])["error"]["code"] == "shutting_down"
+        waits = BodyWaits()
+        limit = BodyLimit(app, max_bytes=1000, timeout_s=30, waits=waits)
+        scope = {"type": "http", "method": "POST", "path": "/v1/requests", "headers": [(b"content-length", b"100")]}
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, waits.stop)
+        t0 = loop.time()
+        await limit(scope, receive, send)
+        took = loop.time() - t0
+        await limit(scope, receive, send_later)
+        return sent, later, took, waits
+
+    sent, later, took, waits = asyncio.run(main())
+    assert 0.2 <= took < 1.0 and not waits.tasks
+    for answer in (sent, later):
+        assert answer[0]["status"] == 503 and (b"connection", b"close") in answer[0]["headers"]
+        assert json.loads(answer[-1]["body"])["error"]["code"] == "shutting_down"

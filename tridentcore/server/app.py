@@ -31,7 +31,7 @@ from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 from ..runtime.build import Runtime
 from ..runtime.stored import RunRecords
 from .auth import RequireApiKey
-from .errors import BodyLimit, HeadAsGet, install_error_handlers
+from .errors import BodyLimit, BodyWaits, HeadAsGet, install_error_handlers
 from .jobs import ENDED, Job, Jobs
 from .metrics import Metrics
 from .routes import control, generation, requests
@@ -94,7 +94,8 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
     install_error_handlers(app)
     for module in (generation, requests, control):
         app.include_router(module.router)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, closing=lambda: engine.closing)
+    app.state.body_waits = BodyWaits()  # a stopping server answers the bodies still arriving (serve.py)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, waits=app.state.body_waits)
     if config.api_key:  # added late, so it runs early: no body is read for a request without the key
         app.add_middleware(RequireApiKey, api_key=config.api_key)
     app.add_middleware(HeadAsGet)  # outermost: a HEAD is a GET to every check after it

@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -246,7 +245,6 @@ def responses(*codes: str) -> dict[int, dict]:
 
 
 BODY_TIMEOUT_S = 30.0  # a request's body must have arrived this long after it began
-_CLOSING_POLL_S = 0.25  # a body still arriving looks this often whether the server began to stop
 
 
 class HeadAsGet:
@@ -267,18 +265,31 @@ class HeadAsGet:
         return await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
+class BodyWaits:
+    """The requests whose body is still arriving (their tasks), so that a server that begins to stop
+    can answer them at once (:meth:`stop`) rather than hold its shutdown for them."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task] = set()
+        self.stopping = False
+
+    def stop(self) -> None:
+        self.stopping = True
+        for task in list(self.tasks):
+            task.cancel()
+
+
 class BodyLimit:
     """ASGI middleware: a body over the limit gets 413 (``too_large``) before the app reads it; one
     that has not all arrived ``timeout_s`` after the request began gets 408 (``body_timeout``), and
-    one still arriving when the server begins to stop (``closing``) gets 503 (``shutting_down``) at
-    once: a client that stalls or trickles its body holds neither memory nor the server's shutdown."""
+    one still arriving when the server begins to stop (``waits.stop()``) gets 503 (``shutting_down``)
+    at once: a client that stalls or trickles its body holds neither memory nor the shutdown."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S,
-                 closing: Callable[[], bool] | None = None) -> None:
+    def __init__(self, app, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S, waits: BodyWaits | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
-        self.closing = closing
+        self.waits = waits
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -287,24 +298,37 @@ class BodyLimit:
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
                 return await self._too_large(scope, receive, send)
+        waits = self.waits
+        if waits is not None and waits.stopping:
+            return await self._refuse(ApiError("shutting_down", "the server is shutting down"), scope, receive, send)
         body = bytearray()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        while True:
-            got = await self._next(receive, loop, deadline)
-            if isinstance(got, ApiError):
-                resp = error_response(got if got.code == "shutting_down" else ApiError(
-                    "body_timeout", f"the request body did not arrive within {self.timeout_s:g} s "
-                                    f"({len(body)} bytes came)"))
-                resp.headers["Connection"] = "close"
-                return await resp(scope, receive, send)
-            if got["type"] == "http.disconnect":
-                return
-            body += got.get("body", b"")
-            if len(body) > limit:
-                return await self._too_large(scope, receive, send)
-            if not got.get("more_body"):
-                break
+        task = asyncio.current_task()
+        if waits is not None:
+            waits.tasks.add(task)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    msg = await receive()
+                    if msg["type"] == "http.disconnect":
+                        return
+                    body += msg.get("body", b"")
+                    if len(body) > limit:
+                        return await self._too_large(scope, receive, send)
+                    if not msg.get("more_body"):
+                        break
+        except TimeoutError:
+            return await self._refuse(ApiError("body_timeout", f"the request body did not arrive within "
+                                                               f"{self.timeout_s:g} s ({len(body)} bytes came)"),
+                                      scope, receive, send)
+        except asyncio.CancelledError:
+            if waits is None or not waits.stopping:
+                raise
+            task.uncancel()  # cancelled by waits.stop(): answer it
+            return await self._refuse(ApiError("shutting_down", "the server is shutting down; the request body "
+                                                                "had not all arrived"), scope, receive, send)
+        finally:
+            if waits is not None:
+                waits.tasks.discard(task)
         sent = False
 
         async def replay():
@@ -316,23 +340,11 @@ class BodyLimit:
 
         return await self.app(scope, replay, send)
 
-    async def _next(self, receive, loop, deadline: float):
-        """The next message of the body, or an ApiError: past ``deadline`` (``body_timeout``), or the
-        server began to stop (``shutting_down``; looked at every ``_CLOSING_POLL_S``)."""
-        nxt = asyncio.ensure_future(receive())
-        try:
-            while not nxt.done():
-                left = deadline - loop.time()
-                if left <= 0:
-                    return ApiError("body_timeout", "")
-                if self.closing is not None and self.closing():
-                    return ApiError("shutting_down", "the server is shutting down; the request body had not all "
-                                                     "arrived")
-                await asyncio.wait((nxt,), timeout=min(left, _CLOSING_POLL_S))
-            return nxt.result()
-        finally:
-            if not nxt.done():
-                nxt.cancel()
+    @staticmethod
+    async def _refuse(err: ApiError, scope, receive, send):
+        resp = error_response(err)
+        resp.headers["Connection"] = "close"
+        await resp(scope, receive, send)
 
     async def _too_large(self, scope, receive, send):
         resp = error_response(ApiError("too_large", f"request body is over {self.max_bytes} bytes"))

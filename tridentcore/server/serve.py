@@ -219,7 +219,12 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
                             timeout_graceful_shutdown=_DOORS_CLOSE_S)
     server = _server_class()(config)
     server.on_signal = lambda sig: runtime.stopping()  # a worker that ends from now on was stopped, not lost
-    server.drain = lambda: runtime.engine.shutdown(opts.drain_timeout_s)
+
+    async def drain() -> None:
+        app.state.body_waits.stop()  # a body still arriving is answered 503 now, not held to the end
+        await runtime.engine.shutdown(opts.drain_timeout_s)
+
+    server.drain = drain
     server.hurry = runtime.engine.hurry
 
     async def main() -> None:
