@@ -115,6 +115,10 @@ class Admission:
         finish = math.inf
         # per node: when its GPUs free after the running work alone, and after the work ahead too
         nodes = [(sorted(max(now, g[0]) for g in node), sorted(g[1] for g in node), node) for node in gpus]
+        # a refusal also says when to come back: when the work ahead has freed the GPUs of a degree
+        # that alone meets its SLO, its wait stretched as here (then the request would start at once)
+        slo = rec.spec.slo_s + 1e-9
+        back = math.inf
         for d in info.degrees:
             left = self._remaining(rec, info, d, stage)
             for running, ahead, node in nodes:
@@ -122,7 +126,10 @@ class Admission:
                     continue
                 first = running[d - 1]
                 after = max(first, ahead[d - 1] + shift)
-                finish = min(finish, first + stretch * (after - first) + left)  # the queued share stretched
+                begins = first + stretch * (after - first)  # the queued share stretched
+                if left <= slo and begins < back:
+                    back = begins
+                finish = min(finish, begins + left)
                 if after > first:  # the work ahead claims GPUs here: it may leave a hole to backfill
                     for start in running:
                         if start + left < finish and sum(max(now, g[0]) <= start and g[2] >= start + left
@@ -137,13 +144,6 @@ class Admission:
         overall.append(refused[-1])
         if not refused[-1]:
             return None
-        # when to come back: when the work ahead has freed the GPUs of a degree that alone meets its
-        # SLO, its wait stretched as above (then the request would start at once)
-        slo = rec.spec.slo_s + 1e-9
-        back = min((first + stretch * (max(first, ahead[d - 1] + shift) - first)
-                    for d in info.degrees if self._remaining(rec, info, d, stage) <= slo
-                    for running, ahead, node in nodes if len(node) >= d for first in (running[d - 1],)),
-                   default=math.inf)
         return (f"would miss its deadline: {placed + (1 if spread else 0)}+ admitted requests are ahead of it; "
                 f"with its wait stretched x{stretch:g} it would finish {_secs(finish - rec.spec.arrival_s)} after "
                 f"arrival at the earliest, its SLO is {_secs(rec.spec.slo_s)}",
