@@ -115,8 +115,10 @@ def test_a_stop_drains_while_the_server_still_answers(tmp_path, how):
             else:
                 os.killpg(proc.pid, signal.SIGINT)
                 time.sleep(0.3)
-            status = httpx.get(f"{url}/v1/requests/{job}", timeout=30)  # still answered while it drains
+            # sent at once: refused from the signal on, not admitted in the moment before the drain begins
+            # only to be cut short by it
             late = httpx.post(url + "/v1/images/generations", json=body, timeout=30)
+            status = httpx.get(f"{url}/v1/requests/{job}", timeout=30)  # still answered while it drains
             if how != "sigterm":
                 os.killpg(proc.pid, signal.SIGINT)  # the second Ctrl-C: stop waiting
             answers = [c.result(timeout=300) for c in calls]

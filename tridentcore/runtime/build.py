@@ -102,8 +102,10 @@ class Runtime:
         return self.part_of(model).engine
 
     def stopping(self) -> None:
-        """The server was told to stop: its workers' ends are expected (``Worker.stopping``)."""
+        """The server was told to stop: new work is refused at once, and its workers' ends are expected
+        (``Worker.stopping``)."""
         self.stop_requested = True
+        self.engine.close_doors()
         for part in self.parts:
             if part.engine is not None:
                 part.engine.workers.stopping()

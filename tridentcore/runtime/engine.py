@@ -230,6 +230,12 @@ class Engine:
         await self.workers.stop()
         self.wall_s = self._clock() - self._t0
 
+    def close_doors(self) -> None:
+        """Refuse new work from now on (``shutting_down``), before the drain itself begins: a signal
+        handler calls it, so a request that arrives between the signal and the drain is not admitted
+        only to be cut short."""
+        self._closing = True
+
     def hurry(self) -> None:
         """End a drain under way now (``shutdown`` then fails what is still in flight)."""
         self._hurry = True

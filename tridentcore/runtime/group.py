@@ -95,6 +95,10 @@ class EngineGroup:
     async def shutdown(self, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         await asyncio.gather(*(e.shutdown(drain_timeout_s) for e in self.parts))
 
+    def close_doors(self) -> None:
+        for e in self.parts:
+            e.close_doors()
+
     def hurry(self) -> None:
         for e in self.parts:
             e.hurry()
