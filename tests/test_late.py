@@ -32,7 +32,7 @@ POLICIES = ["trident", "pipeline-static:degree=1", "pipeline-dynamic", "trident-
 def test_bursts_are_all_served_by_default(policy):
     server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2", "--policy", policy], timeout_s=180)
     try:
-        for n in (8, 16, 32):
+        for n in (8, 32):
             codes = [r.status_code for r in burst(server.url, n)]
             assert codes == [200] * n, (policy, n, codes)
     finally:

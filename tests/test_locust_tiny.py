@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "workloads" / "mixed.py"
 
 
-def _locust(tmp_path: Path, host: str, *args: str) -> tuple[subprocess.CompletedProcess, list[dict], dict]:
-    """Locust headless for 20 s against ``host``: the process, its per-request rows, its aggregated stats."""
+def _locust(tmp_path: Path, host: str, *args: str,
+            run_s: int = 20) -> tuple[subprocess.CompletedProcess, list[dict], dict]:
+    """Locust headless for ``run_s`` against ``host``: the process, its per-request rows, its aggregated stats."""
     rows = tmp_path / "rows.jsonl"
-    out = subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-t", "20s",
+    out = subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-t", f"{run_s}s",
                           "--host", host, *args, "--rows-out", str(rows), "--csv", str(tmp_path / "l"),
                           "--only-summary"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     got = [json.loads(line) for line in rows.read_text().splitlines()] if rows.exists() else []
@@ -55,7 +56,7 @@ def test_locust_mix_tiny_against_the_tiny_cpu_server_needs_no_other_flag(tmp_pat
 def test_locust_without_mix_sends_what_a_tiny_sd3_server_serves(tmp_path):
     server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2"], timeout_s=300)
     try:
-        out, rows, stats = _locust(tmp_path, server.url)
+        out, rows, stats = _locust(tmp_path, server.url, run_s=8)  # one model: a few requests show what it sends
     finally:
         assert server.stop() == 0
     assert out.returncode == 0, out.stderr[-3000:]
