@@ -147,6 +147,29 @@ def test_openapi_declares_every_status_and_the_real_limits(fast):
     assert models["wan2.1-1.3b"]["frames"]["max"] == 129  # the schema's maximum is a served model's
 
 
+def test_models_advertise_the_pixels_the_profile_prices_and_the_server_keeps_to_them(fast):
+    """A size inside a model's side bounds can still be one the profile cannot price: ``/v1/models`` says
+    which (width*height*frames), and the server takes a request at its edge and refuses one past it."""
+    _, client, _ = fast
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    sd3, wan = models["sd3-medium"], models["wan2.1-1.3b"]
+    lo, hi = sd3["pixels"]["min"], sd3["pixels"]["max"]
+    assert sd3["pixels"]["of"] == "width*height*frames" and 0 < lo < 1024 * 1024 < hi < sd3["size"]["max"] ** 2
+    side = int(hi ** 0.5) // 16 * 16  # the largest square of 16s within the range, and the next one past it
+    ok = client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium", "size": f"{side}x{side}"})
+    assert ok.status_code == 200, ok.text
+    big = side + 16
+    past = client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium", "size": f"{big}x{big}"})
+    assert past.status_code == 422, past.text
+    assert f"from {lo:,} to {hi:,}" in past.json()["error"]["message"]
+    # a video's frames count: a size the 17-frame default takes is past the range at 129 frames
+    w, h = map(int, wan["size"]["default"].split("x"))
+    assert w * h * wan["frames"]["default"] <= wan["pixels"]["max"] < 2048 * 1152 * 129
+    resp = client.post("/v1/videos/generations", json={"prompt": "x", "model": "wan2.1-1.3b", "size": "2048x1152",
+                                                        "frames": 129})
+    assert resp.status_code == 422 and "width*height*frames" in resp.json()["error"]["message"], resp.text
+
+
 def test_unknown_model_404_and_body_too_large_413(fast):
     _, client, _ = fast
     resp = client.post("/v1/images/generations", json={"prompt": "x", "model": "dall-e-9"})

@@ -254,6 +254,17 @@ class CostModel:
         gpu = self._gpus[0] if gpu is None else gpu
         return any((g, m, s) == (gpu, model, stage_kind) for g, m, s, _ in self._tables)
 
+    def token_span(self, model: str, stage: StageKind | str, gpu: str | None = None) -> tuple[int, int] | None:
+        """The token counts (pixels x frames) :meth:`latency_s` prices ``model``/``stage`` at, batch 1 and
+        degree 1: a closed range, or None where the stage's cost does not depend on the shape. Raises
+        :class:`CostModelError` when there are no such rows."""
+        gpu = self._resolve_gpu(gpu)
+        kind = self._resolve_stage(model, stage, gpu)
+        table = self._tables.get((gpu, model, kind, 1))
+        if table is None or table.levels[0] != 1:
+            raise CostModelError(f"no data for {self._where(gpu, model, kind, None, 1, 1)}")
+        return table.curves["latency_ms"][1].span(self._max_extrapolation)
+
     # ------------------------------------------------------------------ answers
     def latency_s(
         self,

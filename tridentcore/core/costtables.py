@@ -70,6 +70,16 @@ class Curve:
             return f"one measured shape ({self.tokens[0]} tokens)"
         return f"measured {self.tokens[0]}..{self.tokens[-1]} tokens"
 
+    def span(self, max_extrapolation: float) -> tuple[int, int] | None:
+        """The token counts :meth:`at` answers: None for no shape axis (every count), else the closed
+        range, as far as ``max_extrapolation`` reaches past the measured ends (one measured shape: that
+        shape alone)."""
+        if self.tokens is None:
+            return None
+        if len(self.tokens) == 1:
+            return self.tokens[0], self.tokens[0]
+        return math.ceil(self.tokens[0] / max_extrapolation), math.floor(self.tokens[-1] * max_extrapolation)
+
     def at(self, tokens: int | None, max_extrapolation: float) -> float:
         if self.tokens is None:
             return self.values[0]

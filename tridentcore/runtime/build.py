@@ -47,7 +47,7 @@ from .devices import (DEVICE_FORMS, DeviceSpec, SetupError, gpu_kind_of, host_me
                       parse_profiles)
 from .engine import Engine, EngineConfig
 from .group import EngineGroup
-from .models import ModelEntry, emulated_entry, video_models
+from .models import ModelEntry, emulated_entry, priced, video_models
 from .parallel_worlds import WorldKeys
 from .workers import CpuWorker, EmulatedWorker, WorkerPool
 
@@ -115,7 +115,7 @@ class Runtime:
         for part in self.parts:  # real workers report what their pipelines accept
             if part.devices.real:
                 for name, card in part.engine.workers.cards().items():
-                    self.models[name] = _device_entry(card, part.devices.kind)
+                    self.models[name] = priced(_device_entry(card, part.devices.kind), part.cost, part.gpu_kind)
 
 
 def _device_entry(card, kind: str) -> ModelEntry:

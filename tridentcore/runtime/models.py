@@ -10,7 +10,7 @@ never guessed at.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..core.costmodel import CostModel
 from ..core.defaults import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SIDE_PX, MAX_STEPS
@@ -39,6 +39,8 @@ class ModelEntry:
     max_frames: int = 1
     default_frames: int = 1
     emulated: bool = False  # no pixels: emulated devices only take the time
+    # width x height x frames the profile prices (closed range; None: not known): a request must also be in it
+    pixels: tuple[int, int] | None = None
 
     @property
     def video(self) -> bool:
@@ -51,17 +53,35 @@ class ModelEntry:
                      "default": f"{self.default_width}x{self.default_height}"},
             "frames": ({"rule": f"k*{self.frames_multiple}+1", "max": self.max_frames, "default": self.default_frames}
                        if self.video else {"rule": "1"}),
+            "pixels": ({"min": self.pixels[0], "max": self.pixels[1], "of": "width*height*frames"}
+                       if self.pixels is not None else None),
             "steps": {"min": 1, "max": MAX_STEPS, "default": self.default_steps},
             "prompt": {"max_chars": MAX_PROMPT_CHARS},
         }
 
 
 def emulated_entry(name: str, cost: CostModel, gpu: str, video: bool) -> ModelEntry:
-    """A profile model served on emulated devices (sizes bounded by what the profile can price)."""
+    """A profile model served on emulated devices: the API's bounds, and the pixels the profile prices."""
     if video:
-        return ModelEntry(name, "video", 128, 2048, 16, 50, 832, 480, frames_multiple=4, max_frames=MAX_FRAMES,
-                          default_frames=17, emulated=True)
-    return ModelEntry(name, "image", 128, MAX_SIDE_PX, 16, 28, 1024, 1024, emulated=True)
+        entry = ModelEntry(name, "video", 128, 2048, 16, 50, 832, 480, frames_multiple=4, max_frames=MAX_FRAMES,
+                           default_frames=17, emulated=True)
+    else:
+        entry = ModelEntry(name, "image", 128, MAX_SIDE_PX, 16, 28, 1024, 1024, emulated=True)
+    return priced(entry, cost, gpu)
+
+
+def priced(entry: ModelEntry, cost: CostModel, gpu: str) -> ModelEntry:
+    """``entry`` with ``pixels``: the width x height x frames that both the diffuse and the decode are
+    priced at by ``cost`` on ``gpu`` (a stage without rows is left to :func:`check_request` to name)."""
+    lo, hi = 1, None
+    for stage in (StageKind.DIFFUSE, StageKind.DECODE):
+        try:
+            span = cost.token_span(entry.name, stage, gpu)
+        except LookupError:
+            continue
+        if span is not None:
+            lo, hi = max(lo, span[0]), span[1] if hi is None else min(hi, span[1])
+    return replace(entry, pixels=None if hi is None else (lo, hi))
 
 
 def check_request(entry: ModelEntry, cost: CostModel, gpu: str, width: int, height: int, frames: int,
@@ -99,7 +119,10 @@ def check_request(entry: ModelEntry, cost: CostModel, gpu: str, width: int, heig
             cost.latency_s(entry.name, StageKind.DIFFUSE, shape, 1, 1, gpu)
             cost.latency_s(entry.name, StageKind.DECODE, shape, 1, 1, gpu)
         except LookupError as exc:
-            problems.append(Problem("size", f"the {gpu} profile cannot price {entry.name} at {shape.label()}: {exc}"))
+            takes = (f"; it prices width*height*frames from {entry.pixels[0]:,} to {entry.pixels[1]:,}"
+                     if entry.pixels is not None and entry.pixels[0] <= entry.pixels[1] else "")
+            problems.append(Problem("size", f"the {gpu} profile cannot price {entry.name} at {shape.label()}: "
+                                            f"{exc}{takes}"))
     return problems
 
 
