@@ -203,6 +203,46 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path, sig):
     assert len(server) <= len(client)  # the server saw only what was sent
 
 
+def test_a_server_killed_during_the_load_ends_the_run_as_crashed(tmp_path):
+    """kill -9 of the server mid-load: the bench stops Locust at once, stores what both wrote with
+    status crashed, says the server died and exits non-zero (it was stored complete, exit 0)."""
+    import psutil
+
+    db = tmp_path / "k.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "bench", "--backend", "live", "--policies",
+                             "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
+                             "--duration", "400", "--time-scale", "0.05", "--db", str(db), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def child(word: str):
+        for c in psutil.Process(proc.pid).children(recursive=False):
+            try:
+                if word in " ".join(c.cmdline()):
+                    return c
+            except psutil.Error:
+                pass
+        return None
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and child("locust") is None:
+        time.sleep(0.2)
+    time.sleep(3)
+    server = child(" serve ")
+    assert server is not None and proc.poll() is None
+    family = psutil.Process(proc.pid).children(recursive=True)
+    killed_at = time.monotonic()
+    server.kill()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-3000:]  # the CLI's exit status for a failed run
+    assert time.monotonic() - killed_at < 60  # not the rest of the 20 s schedule plus its answer wait
+    assert "trident serve died during the load (killed by SIGKILL)" in err and "stored as crashed" in err
+    assert not psutil.wait_procs(family, timeout=15)[1]  # Locust and the server's workers: all stopped
+    runs = query_readonly(db, "SELECT run_id, status, policy FROM runs")
+    assert len(runs) == 1 and runs.status[0] == "crashed" and runs.policy[0] == "trident"  # the second never ran
+    client = query_readonly(db, "SELECT state FROM client_requests WHERE run_id = ?", [runs.run_id[0]])
+    assert len(client) > 0 and set(client.state) != {"done"}  # the ones cut short are not counted as answered
+
+
 def test_live_options_turn_the_servers_calibration_off_and_a_stored_config_keeps_it():
     import typer.main
 

@@ -27,7 +27,10 @@ but the client never learned the id of (only in an interrupted run) keeps
 Ctrl-C stops Locust and the server (the context managers of :mod:`.live_procs`: only the
 processes started here, by PID), stores what both had written with status ``interrupted`` in one
 transaction and raises :class:`LiveBenchInterrupted` (a ``KeyboardInterrupt``) whose ``partial``
-is that stored run (``None`` when nothing could be stored).
+is that stored run (``None`` when nothing could be stored). A server that dies on its own during
+the load (killed, crashed) ends the load at once: Locust is stopped and writes its rows, the
+server's journal is ingested, the run is stored with status ``crashed`` and
+:class:`LiveServerDied` (a :class:`LiveBenchError`) says so, with the end of the server's log.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ from . import live_procs as procs
 from .spec import RunSpec
 
 __all__ = ["LiveBench", "LiveBenchError", "LiveBenchInterrupted", "LiveBenchSpec", "LiveOptions", "LiveRun",
-           "UNMAPPED_ID_BASE", "cluster_of_devices", "run_policy", "served_models", "spec_from_config"]
+           "LiveServerDied", "UNMAPPED_ID_BASE", "cluster_of_devices", "exit_words", "run_policy", "served_models",
+           "spec_from_config"]
 
 UNMAPPED_ID_BASE = 1_000_000_000
 
@@ -63,6 +67,29 @@ Progress = Callable[[str, int, int], None]  # (phase, finished, scheduled)
 
 class LiveBenchError(TridentError, RuntimeError):
     """A live bench that could not run (a child process failed); the message says which and why."""
+
+
+class LiveServerDied(LiveBenchError):
+    """``trident serve`` exited on its own during the load (killed, crashed); ``partial`` is the run
+    stored as ``crashed`` with what both children had written (None: nothing could be stored)."""
+
+    def __init__(self, message: str, partial: LiveRun | None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+def exit_words(code: int | None) -> str:
+    """A child's exit code in words: ``exit 3``, ``killed by SIGKILL``."""
+    import signal
+
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit {code}"
 
 
 def cluster_of_devices(devices: str) -> str | None:
@@ -153,7 +180,7 @@ class LiveRun:
 
     policy: str
     run_id: str
-    status: str  # complete | interrupted
+    status: str  # complete | interrupted | crashed (the server died during the load)
     scheduled: int
     states: dict[str, int]  # client states -> count
     lag_p50_ms: float
@@ -182,6 +209,7 @@ class _Collected:
     locust_exit: int | None = None
     server_exit: int | None = None
     interrupted: bool = False
+    server_died: bool = False  # the server exited on its own before the bench stopped it
     models: tuple[str, ...] = ()
 
 
@@ -203,7 +231,8 @@ class LiveBench:
         self.artifacts = Path(artifacts) if artifacts is not None else None
 
     def run(self) -> LiveRun:
-        """Run, store, return the stored run; :class:`LiveBenchInterrupted` on Ctrl-C."""
+        """Run, store, return the stored run; :class:`LiveBenchInterrupted` on Ctrl-C,
+        :class:`LiveServerDied` when the server died during the load (the run stored as crashed)."""
         from .scenario import schedule_requests
         from .spec import RunSpecError
 
@@ -220,6 +249,7 @@ class LiveBench:
         kept = not temporary
         try:
             got = self._serve_and_load(work, requests)
+            last = [line for line in procs.tail(work / "server.log").splitlines() if line.strip()][-3:]
             try:
                 result = self._store(work, got, len(requests), created, time.monotonic() - t0, kept)
             except LiveBenchError:
@@ -234,6 +264,11 @@ class LiveBench:
                 shutil.rmtree(work, ignore_errors=True)
         if got.interrupted:
             raise LiveBenchInterrupted(result)
+        if got.server_died:
+            what = (f"run {result.run_id} stored as crashed with what both had written" if result is not None
+                    else "nothing could be stored")
+            raise LiveServerDied(f"trident serve died during the load ({exit_words(got.server_exit)}); {what}"
+                                 + ("; the last lines of its log:\n" + "\n".join(last) if last else ""), result)
         return result
 
     # -------------------------------------------------------------- the children
@@ -269,17 +304,23 @@ class LiveBench:
                     cmd = procs.locust_cmd(server.url, spec_file, self.run_id, work, opts.users, run_time_s)
                     with procs.locust_process(cmd, work / "locust.log", work, env=key_env) as locust:
                         while locust.poll() is None:
+                            if server.proc.poll() is not None:  # died on its own: Locust is stopped on the
+                                got.server_died = True          # way out and writes its rows
+                                break
                             seen = procs.read_progress(work / "progress")
                             if seen is not None:
                                 self.report("load", seen[0], seen[2])
                             time.sleep(0.25)
-                        got.locust_exit = locust.returncode
+                    got.locust_exit = locust.returncode
+                    got.server_died = got.server_died or server.proc.poll() is not None
                     got.rows = procs.read_rows(work / "rows.jsonl")
                     if got.rows is None:
-                        raise LiveBenchError(f"Locust (exit {got.locust_exit}) wrote no rows:\n"
-                                             f"{procs.tail(work / 'locust.log')}")
+                        raise LiveBenchError(f"Locust ({exit_words(got.locust_exit)}) wrote no rows"
+                                             + (f"; trident serve died ({exit_words(server.proc.returncode)})"
+                                                if got.server_died else "") + f":\n{procs.tail(work / 'locust.log')}")
                     self.report("collecting", len(got.rows), total)
-                    procs.engine_ids(server.url, got.rows, api_key)
+                    if not got.server_died:
+                        procs.engine_ids(server.url, got.rows, api_key)
                 except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
                     got.interrupted = True
                     with procs.no_interrupts():
@@ -291,7 +332,9 @@ class LiveBench:
                                 pass
                 # stop the server: it drains and writes its rows to its own store
                 self.report(f"interrupted: stopping the server (it drains its work, up to {opts.drain_timeout_s:g} s)"
-                            if got.interrupted else "stopping server", len(got.rows or ()), total)
+                            if got.interrupted else
+                            f"trident serve died ({exit_words(server.proc.returncode)}): storing what it wrote"
+                            if got.server_died else "stopping server", len(got.rows or ()), total)
                 with procs.no_interrupts() if got.interrupted else _nothing():
                     got.server_exit = server.stop(stop_s)
                     (work / "server.log").write_text(server.log())
@@ -311,9 +354,9 @@ class LiveBench:
                 if r.outcome == "failed":
                     raise LiveBenchError(f"the server's journal {r.path} could not be ingested: {r.message}")
         if not server_db.exists():
-            if got.interrupted:
+            if got.interrupted or got.server_died:
                 return None
-            raise LiveBenchError(f"trident serve (exit {got.server_exit}) wrote no rows to its store:\n"
+            raise LiveBenchError(f"trident serve ({exit_words(got.server_exit)}) wrote no rows to its store:\n"
                                  f"{procs.tail(work / 'server.log')}")
         ids = _run_ids(server_db)
         if len(ids) != 1:
@@ -321,7 +364,7 @@ class LiveBench:
         server_meta, tables = read_run_tables(server_db, ids[0])
         rows = got.rows or []
         notes = []
-        if not got.interrupted and len(rows) != scheduled:
+        if not (got.interrupted or got.server_died) and len(rows) != scheduled:
             notes.append(f"{scheduled - len(rows)} scheduled requests have no client row")
         tables = _remap(tables, rows)
         lags = [r["lag_ms"] for r in rows if r.get("lag_ms") is not None]
@@ -333,7 +376,7 @@ class LiveBench:
                  "server_exit": got.server_exit, "client_states": states, "scheduled": scheduled,
                  "served_models": list(got.models),
                  "lag_p50_ms": finite(quantile(lags, 0.5)), "lag_p99_ms": finite(quantile(lags, 0.99))}
-        status = "interrupted" if got.interrupted else "complete"
+        status = "interrupted" if got.interrupted else "crashed" if got.server_died else "complete"
         meta = _meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
         self.report("storing", len(rows), scheduled)
         with procs.no_interrupts():  # one transaction, not cut short

@@ -288,7 +288,7 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
     """Run each policy live; returns (LiveRun results, stored run ids). Ctrl-C: see bench's help."""
     from pathlib import Path
 
-    from ..bench.live import LiveBench, LiveBenchError
+    from ..bench.live import LiveBench, LiveBenchError, LiveServerDied
     from ..bench.live_procs import sigterm_interrupts
     from ..store import new_run_id
 
@@ -313,7 +313,9 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (LiveBenchError, ValueError, OSError) as exc:
             bar.close()
-            done = f" ({len(stored)} runs stored before it: {', '.join(stored)})" if stored else ""
+            if isinstance(exc, LiveServerDied) and exc.partial is not None:
+                stored.append(exc.partial.run_id)
+            done = f" (stored: {', '.join(stored)})" if stored else ""
             _fail((f"live run of {policy} failed: {exc}{done}"))
         bar.close()
         results.append(result)
