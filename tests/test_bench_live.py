@@ -43,9 +43,9 @@ def bench(tmp_path_factory):
     mix.write_text(MIX)
     db = tmp / "live.duckdb"
     t0 = time.monotonic()
-    # the mix named relative to the working directory: the server and Locust run elsewhere
+    # the mix and --keep named relative to the working directory: the server and Locust run elsewhere
     out = _trident("bench", "--backend", "live", "--policies", ",".join(POLICIES), "--mix", mix.name, *ARGS,
-                   "--db", str(db), "--keep", str(tmp / "keep"), "--json", "--no-progress", cwd=tmp)
+                   "--db", str(db), "--keep", "keep", "--json", "--no-progress", cwd=tmp)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     wall_s = time.monotonic() - t0
     # the same schedule through the simulator, in the same store (README's live-vs-sim query)

@@ -77,8 +77,14 @@ def test_locustfile_imports_nothing_heavy():
     (["--mix", "tiny", "--cluster", "8xH200"], "--mix/--cost-profile/--cluster: profile 'h200' on 1x8xH200"),
     ([], "--mix: cannot ask the server which models it serves (GET http://127.0.0.1:9/v1/models"),
     (["--rate", "-1"], "--mix: cannot ask the server"),  # (with the other problems, in one message)
+    # where the rows go is checked before the run, not after it (a traceback at the end, the rows lost)
+    (["--mix", "tiny", "--rows-out", "no-such-folder/rows.jsonl"], "--rows-out no-such-folder/rows.jsonl: the folder"),
+    (["--mix", "tiny", "--db", "."], "--db .: is a folder, not a file"),
+    (["--arrival", "trace:paper.txt"], "--trace-model to the Locust file"),
 ])  # fmt: skip
 def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
+    (tmp_path / "paper.txt").write_text("Request(request_id=0, timestamp=0.0, height=64, width=64, "
+                                        "num_inference_steps=2, prompt='a')\n")
     out = _locust("--headless", "-t", "2s", "--host", "http://127.0.0.1:9", *args, cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr, out.stderr[-2000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,10 +54,15 @@ def test_locust_mix_tiny_against_the_tiny_cpu_server_needs_no_other_flag(tmp_pat
     assert "profile='cpu', cluster='2xcpu'" in out.stderr  # the SLOs are priced by the cpu profile
 
 
-def test_locust_without_mix_sends_what_a_tiny_sd3_server_serves(tmp_path):
+def test_locust_without_mix_sends_what_a_tiny_sd3_server_serves_and_replays_a_trace(tmp_path):
     server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2"], timeout_s=300)
+    trace = tmp_path / "trace.jsonl"  # no prompts (the API needs one) and tiny models (priced by cpu, not h200)
+    trace.write_text("".join(f'{{"t": {t}, "model": "tiny-sd3", "height": 64, "width": 64, "steps": 2}}\n'
+                             for t in (0, 0.5, 1.0, 1.5)))
     try:
         out, rows, stats = _locust(tmp_path, server.url, run_s=8)  # one model: a few requests show what it sends
+        (tmp_path / "replay").mkdir()
+        replay, replayed, _ = _locust(tmp_path / "replay", server.url, "--arrival", f"trace:{trace}", run_s=20)
     finally:
         assert server.stop() == 0
     assert out.returncode == 0, out.stderr[-3000:]
@@ -66,3 +72,9 @@ def test_locust_without_mix_sends_what_a_tiny_sd3_server_serves(tmp_path):
     assert {r["state"] for r in answered} == {"done"} and {r["model"] for r in rows} == {"tiny-sd3"}
     # (Locust's CSV lags its last responses by up to its write interval when -t ends the run)
     assert 0 < int(stats["Request Count"]) <= len(answered) and int(stats["Failure Count"]) == 0
+    # one row per scheduled request, those -t cut off included (the schedule fills -t by default)
+    scheduled = int(re.search(r"run \S+: \d+ of (\d+) scheduled requests", out.stderr).group(1))
+    assert len(rows) == scheduled and sorted(r["request_index"] for r in rows) == list(range(scheduled))
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    assert "profile='cpu', cluster='2xcpu'" in replay.stderr
+    assert [r["state"] for r in replayed] == ["done"] * 4, [r["reason"] for r in replayed]

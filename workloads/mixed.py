@@ -29,8 +29,9 @@ p50/p99 lag is printed, with a warning when the p99 is over 50 ms.
 **Time.** ``--rate`` and ``--duration`` are in workload seconds; arrival ``t`` is sent at
 ``t x --time-scale`` wall seconds. Against ``trident serve --time-scale S`` pass the same S.
 ``--duration`` defaults to the run time (``-t``) in workload seconds, else 60. The run ends when
-every scheduled request has finished (or at ``-t``; requests still in flight are then recorded
-as ``unfinished``).
+every scheduled request has finished (or at ``-t``; requests still in flight, and those not yet
+due, are then recorded as ``unfinished``, so a schedule that fills ``-t`` always ends with some:
+give ``--duration`` below ``-t`` to leave time for the answers).
 
 **Spec.** ``--spec FILE`` reads the whole run spec (``tridentcore.bench.spec.RunSpec`` as JSON, the
 form ``trident bench --backend live`` writes for its Locust child) and overrides the workload
@@ -40,7 +41,11 @@ options above; it is read with ``json``, nothing heavier.
 server's per-stage timings, lag) goes to ``--rows-out FILE`` (JSON lines) and/or, with ``--db``,
 to the results store's ``client_requests`` table: this process never imports the store (duckdb);
 it writes the rows to a JSON-lines file and a short child process
-(``python -m tridentcore.bench.client_rows``) inserts them at the end. ``trident bench --backend
+(``python -m tridentcore.bench.client_rows``) inserts them at the end. Both paths are checked
+before the run starts (a folder that does not exist or cannot be written is refused then, not
+after the run); a store that still cannot be written at the end leaves the rows in a JSON-lines
+file whose path the error names. A standalone run's ``client_requests.server_request_id`` is the
+server's request id (``request_index`` is the schedule's). ``trident bench --backend
 live`` stores a whole live run (server and client rows, one transaction) instead.
 
 **Key.** With ``TRIDENT_API_KEY`` in its environment, every request carries
@@ -62,6 +67,7 @@ import math
 import os
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -166,7 +172,7 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
     from tridentcore.bench.scenario import pricing_for  # (the simulator's modules: once Locust has started)
 
     profile, cluster = pricing_for(mix if trace is None else None, options.cost_profile or None,
-                                   options.cluster or None)
+                                   options.cluster or None, trace=trace, model=options.trace_model or None)
     spec = RunSpec(mix=None if trace is not None else (mix or DEFAULT_MIX), trace=trace,
                    arrival=DEFAULT_ARRIVAL if trace is not None else arrival, rate=rate, duration_s=duration,
                    seed=seed, slo_scale=slo_scale, profile=profile, cluster=cluster, time_scale=time_scale,
@@ -206,6 +212,7 @@ class Run:
     inflight: Group = field(default_factory=Group)
     claimed_all: Event = field(default_factory=Event)
     finished: Event = field(default_factory=Event)
+    stored: Event = field(default_factory=Event)  # the rows are written (or failed to be)
     ended: bool = False
     stopped_at_s: float | None = None
 
@@ -300,6 +307,23 @@ def _on_init(environment, **_kw) -> None:
         _exit_with("; ".join(exc.problems))
     if not arrivals:
         _exit_with("the schedule has no requests (rate x duration too small?)")
+    problems = [p for p in (_unwritable("--rows-out", options.rows_out), _unwritable("--db", options.db)) if p]
+    if problems:
+        _exit_with("; ".join(problems))
+
+
+def _unwritable(flag: str, path: str | None) -> str | None:
+    """Why the rows could not be written to ``path`` at the end (None: they can, as far as can be told now)."""
+    if not path:
+        return None
+    if os.path.isdir(path):
+        return f"{flag} {path}: is a folder, not a file"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"{flag} {path}: the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"{flag} {path}: cannot be written (permissions)"
+    return None
 
 
 def _new_run_id(spec: RunSpec) -> str:
@@ -380,22 +404,40 @@ def _on_test_stop(environment, **_kw) -> None:
     run.stopped_at_s = time.monotonic() - run.t0
     run.inflight.kill(block=True, timeout=5)
     run.finished.set()
-    # arrivals due before the stop but never claimed (too few users, or the stop came first) are
-    # part of the run too: they were never sent
-    for a in run.arrivals[run.next_index:]:
-        if a.send_s > run.stopped_at_s:
-            break
-        run.rows[a.index] = {**base_row(a), "reason": "not sent before the run ended"}
+    # arrivals never sent (too few users, the stop came first, or -t ended the run before they were
+    # due) are part of the run too: one row each
+    for a in run.arrivals:  # (a claimed arrival has no row while its user sleeps until it is due)
+        if a.index not in run.rows:
+            why = ("due but not sent before the run ended" if a.send_s <= run.stopped_at_s
+                   else "the run ended before it was due")
+            run.rows[a.index] = {**base_row(a), "reason": why}
     rows = [run.rows[i] for i in sorted(run.rows)]
-    _report(run, rows)
     options = environment.parsed_options
-    if options.rows_out:
-        _write_rows(rows, options.rows_out)
-    if options.db:
-        _write_db(run.run_id, rows, options.db)
+    try:
+        _report(run, rows, options)
+        written = None
+        if options.rows_out:
+            try:
+                _write_rows(rows, options.rows_out)
+                written = options.rows_out
+            except OSError as exc:
+                _late_error(f"could not write the rows to --rows-out {options.rows_out}: {exc}")
+        if options.db:
+            _write_db(run.run_id, rows, options.db, written)
+    finally:
+        run.stored.set()
 
 
-def _report(run: Run, rows: list[dict]) -> None:
+@events.quitting.add_listener
+def _on_quitting(environment, **_kw) -> None:
+    """Locust exits once its runner has quit: a run that ended by itself just before ``-t`` is still
+    writing its rows (the store's child process takes about a second), so wait for them."""
+    run = _run
+    if run is not None and run.ended and not run.stored.wait(timeout=600):
+        _late_error("the rows were still being written after 600 s; giving up")
+
+
+def _report(run: Run, rows: list[dict], options) -> None:
     states: dict[str, int] = {}
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
@@ -409,9 +451,19 @@ def _report(run: Run, rows: list[dict]) -> None:
         print(f"[mixed.py] WARNING: schedule lag p99 {p99:.1f} ms exceeds {LAG_WARN_MS:.0f} ms: requests went out "
               "later than scheduled (the load generator could not keep up: a busy CPU?), so the server saw a "
               "smoother, lighter load than the schedule and its latencies understate it", file=sys.stderr, flush=True)
-    if states.get("unfinished"):
-        print(f"[mixed.py] note: {states['unfinished']} requests unfinished when the run ended (raise -t)",
-              file=sys.stderr, flush=True)
+    unfinished = states.get("unfinished", 0)
+    if unfinished:
+        unsent = sum(1 for r in rows if r["state"] == "unfinished" and r["sent_s"] is None)
+        run_time = getattr(options, "run_time", None)
+        if run_time and run.stopped_at_s is not None and run.stopped_at_s + START_LEAD_S >= 0.95 * run_time:
+            why = (f"-t ({run_time:g} s) ended the run; --duration defaults to -t, so the schedule's last requests "
+                   "were due at its end: give --duration below -t to leave time for the answers"
+                   if options.duration in (None, "") and not options.spec else f"-t ({run_time:g} s) ended the run: "
+                   "raise -t, or lower --duration")
+        else:
+            why = "the run was stopped before they ended"
+        print(f"[mixed.py] note: {unfinished} requests unfinished ({unfinished - unsent} sent and not answered, "
+              f"{unsent} never sent): {why}", file=sys.stderr, flush=True)
 
 
 def _write_rows(rows: list[dict], path: str) -> None:
@@ -422,21 +474,37 @@ def _write_rows(rows: list[dict], path: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_db(run_id: str, rows: list[dict], db: str) -> None:
+def _late_error(message: str) -> None:
+    """An error after the run: said, and the exit status 2 (the run itself is over)."""
+    print(f"[mixed.py] error: {message}", file=sys.stderr, flush=True)
+    if _env is not None:
+        _env.process_exit_code = 2
+
+
+def _write_db(run_id: str, rows: list[dict], db: str, written: str | None) -> None:
     """Insert the rows into ``db`` through a short child process (``tridentcore.bench.client_rows``):
-    the store's duckdb never enters this (gevent-patched) process."""
-    with tempfile.TemporaryDirectory(prefix="mixed-rows-") as tmp:
-        path = os.path.join(tmp, "rows.jsonl")
+    the store's duckdb never enters this (gevent-patched) process. ``written``: the --rows-out file
+    already holding them; when the insert fails and there is none, the rows file is kept."""
+    tmp = tempfile.mkdtemp(prefix="mixed-rows-")
+    path = os.path.join(tmp, "rows.jsonl")
+    try:
         _write_rows(rows, path)
         out = subprocess.run([sys.executable, "-m", "tridentcore.bench.client_rows", "--db", db, "--run-id", run_id,
                               path], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if out.returncode != 0:
-        message = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
-        print(f"[mixed.py] error: could not write the client rows to {db}: {message}", file=sys.stderr, flush=True)
-        if _env is not None:
-            _env.process_exit_code = 2
+        failed = None if out.returncode == 0 else (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+    except OSError as exc:
+        failed = str(exc)
+    if failed is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"[mixed.py] {out.stdout.strip()}", file=sys.stderr, flush=True)
         return
-    print(f"[mixed.py] {out.stdout.strip()}", file=sys.stderr, flush=True)
+    if written:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the rows are in --rows-out {written}"
+    else:
+        kept = (f"the rows are kept in {path} (`python -m tridentcore.bench.client_rows --db DB --run-id {run_id} "
+                f"{path}` stores them)" if os.path.exists(path) else "the rows are lost")
+    _late_error(f"could not write the client rows to {db}: {failed}; {kept}")
 
 
 if __name__ == "__main__":  # `python workloads/mixed.py --help`: Locust's options and this file's, in one list

@@ -33,7 +33,8 @@ def base_row(a: Arrival) -> dict:
 
 
 def absorb_response(row: dict, status: int, body, error: str) -> str | None:
-    """Fill ``row`` from a response; return a failure message for Locust (None: success)."""
+    """Fill ``row`` from a response; return a failure message for Locust (None: success): the HTTP
+    status and the API's error code, the same for every refusal of a kind."""
     row["http_status"] = status
     if status == 0:
         row["state"], row["reason"] = "error", error or "no HTTP response"
@@ -63,4 +64,6 @@ def absorb_response(row: dict, status: int, body, error: str) -> str | None:
     ids = err.get("request_ids")
     if isinstance(ids, list) and ids:
         row["server_request_id"] = ids[0]
-    return f"{status} {row['reason']}"[:300]
+    # Locust groups its error report by this text: the code only (the row keeps the whole message,
+    # which names the job and its timings and would make a line of each refusal)
+    return f"{status} {code or 'error'}"

@@ -228,7 +228,7 @@ class LiveBench:
         self.db = db
         self.extra_config = dict(extra_config or {})
         self.report = progress or (lambda phase, done, total: None)
-        self.artifacts = Path(artifacts) if artifacts is not None else None
+        self.artifacts = Path(artifacts).resolve() if artifacts is not None else None  # (the children run elsewhere)
 
     def run(self) -> LiveRun:
         """Run, store, return the stored run; :class:`LiveBenchInterrupted` on Ctrl-C,

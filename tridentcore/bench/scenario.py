@@ -184,15 +184,25 @@ def _cluster_for(kind: str) -> str:
 
 def _pricing(mix: Mix) -> list[tuple[str, str]]:
     """(profile, cluster) of every shipped profile and GPU kind that prices every class of ``mix``,
-    the default profile first."""
+    the default profile first; when none does, the one that comes nearest (most classes priced, then
+    most of its models known), so the run's error names the profile that has those models (none
+    nearer than knowing nothing: an empty list)."""
     from ..profiles import load_profile, shipped_profiles
 
     names = sorted(shipped_profiles(), key=lambda p: p != DEFAULT_PROFILE)
-    out = []
+    out, near = [], []
+    models = {c.model for c in mix.classes}
     for name in names:
         cost = load_profile(name).cost_model()
-        out.extend((name, _cluster_for(kind)) for kind in cost.gpus() if not _unpriced(cost, kind, mix))
-    return out
+        for kind in cost.gpus():
+            unpriced = sum(1 for c in mix.classes if _check_class(cost, kind, c.model, c.shape))
+            if not unpriced:
+                out.append((name, _cluster_for(kind)))
+            near.append((len(mix.classes) - unpriced, len(models & set(cost.models(kind))), name, kind))
+    if out:
+        return out
+    best = max(near, key=lambda n: n[:2], default=None)  # (max keeps the first of equals: default first)
+    return [(best[2], _cluster_for(best[3]))] if best is not None and best[:2] != (0, 0) else []
 
 
 def pricing_for(mix: str | None, profile: str | None = None, cluster: str | None = None, *,

@@ -233,8 +233,14 @@ def _live_spec(*, mix, trace, model, arrival, rate, duration, slo_scale, seed, p
     from ..core.cluster import CPU_KIND
     from ..bench.spec import RunSpec, RunSpecError
 
+    from ..runtime.devices import SetupError, parse_devices
+
     if mix is not None and trace is not None:
         _fail("give --mix or --trace, not both")
+    try:
+        parse_devices(devices)  # (a kind it does not know is named as such, not as a profile that cannot cost it)
+    except SetupError as exc:
+        _fail("--devices: " + "; ".join(exc.problems))
     emulated = cluster_of_devices(devices)
     if cluster is not None and emulated is not None and cluster != emulated:
         _fail(f"--cluster {cluster} differs from the emulated devices {emulated} (--devices {devices}); drop --cluster")

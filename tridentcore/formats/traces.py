@@ -7,7 +7,8 @@ Our format, one JSON object per line (docs/design.md, "Workloads")::
 
 ``t`` (seconds from the start of the run), ``height``, ``width`` and ``steps`` are required;
 ``model`` is required unless the reader is given ``default_model``; ``frames`` defaults to 1,
-``prompt`` to ""; ``seed``, ``negative_prompt`` and ``guidance`` are optional. Other keys are
+``prompt`` to "" (a request replays an empty prompt as one of the
+workload's stock prompts, ``core.requests.PROMPTS``: the HTTP API needs one); ``seed``, ``negative_prompt`` and ``guidance`` are optional. Other keys are
 errors (a typo should not pass silently).
 
 The paper's traces are one Python-like call per line::
@@ -51,7 +52,7 @@ from tridentcore.core.defaults import (MAX_GUIDANCE, MAX_NAME_CHARS, MAX_PROMPT_
 from tridentcore.core.errors import TridentError, brief, is_finite, listed
 from tridentcore.core.mix import shape_problems
 from tridentcore.core.types import Shape
-from tridentcore.core.workload import RequestSpec, SloFn
+from tridentcore.core.workload import PROMPTS, RequestSpec, SloFn
 
 from .bounded import InputRefused, load_json, read_bounded
 
@@ -188,7 +189,7 @@ def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None, line: 
         k for k in ("t", "model", "height", "width", "steps") if k not in raw and not (k == "model" and default_model)
     ]
     if missing:
-        hint = " (or pass a default model: --model)" if "model" in missing else ""
+        hint = " (or give a default model: --model to trident, --trace-model to the Locust file)" if "model" in missing else ""
         problems.append(f"missing {', '.join(missing)}{hint}")
     fields = {
         "t": raw.get("t", 0.0),
@@ -296,7 +297,7 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
                 raise TraceError(
                     origin,
                     [f"line {number}: the paper's Request(...) traces do not name a model; "
-                     "give one (default_model=, --model on the command line)"],
+                     "give one (--model to trident, --trace-model to the Locust file; default_model= in Python)"],
                 )  # fmt: skip
         if kind != fmt:
             expected = "a JSON object" if fmt == "jsonl" else "a Request(...) line"
@@ -371,7 +372,8 @@ def requests_from_trace(
     """Requests in arrival order (stable sort by ``t``), ids 0, 1, ...; ``arrival_s`` = ``t``
     (minus the first ``t`` when ``start_at_zero``). Entries without a seed get one from
     ``random.Random(seed)``; one draw per entry either way, so a seed in one entry does not
-    change the others'. ``slo_s`` = ``slo_fn(model, shape)``."""
+    change the others'. An empty prompt becomes the stock prompt that draw picks (the API refuses an
+    empty one; the simulator never reads it). ``slo_s`` = ``slo_fn(model, shape)``."""
     rng = random.Random(seed)
     ordered = sorted(entries, key=lambda e: e.t)
     offset = ordered[0].t if (start_at_zero and ordered) else 0.0
@@ -383,7 +385,7 @@ def requests_from_trace(
             RequestSpec(
                 id=index,
                 model=entry.model,
-                prompt=entry.prompt,
+                prompt=entry.prompt or PROMPTS[drawn % len(PROMPTS)],
                 shape=shape,
                 seed=entry.seed if entry.seed is not None else drawn,
                 guidance=entry.guidance,
