@@ -49,6 +49,11 @@ def test_generate_writes_json_lines_deterministically(tmp_path):
     assert all(0 <= e.t < 60 for e in entries) and [e.t for e in entries] == sorted(e.t for e in entries)
     assert {e.model for e in entries} == {"sd3-medium", "wan2.1-1.3b"}
     assert all(e.seed is not None and e.prompt for e in entries)
+    # --out -: the trace on stdout (it wrote a file named "-"), what was written on stderr
+    piped = runner.invoke(app, ["trace", "generate", "--out", "-", *args])  # (click 8.2+: stdout, stderr apart)
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout == a.read_text() and "to standard output" in piped.stderr
+    assert not (Path.cwd() / "-").exists()
 
 
 def test_simulating_a_generated_trace_is_simulating_the_mix(tmp_path):

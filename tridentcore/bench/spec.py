@@ -125,7 +125,10 @@ class RunSpec:
             try:
                 parse_arrival(self.arrival)
             except ValueError as exc:
-                problems.append(("arrival", "--arrival", f"{exc} (forms: {ARRIVAL_FORMS}, trace:FILE)"))
+                text = str(exc)  # (the forms once, trace:FILE with them)
+                text = (text.replace(ARRIVAL_FORMS, f"{ARRIVAL_FORMS}, trace:FILE") if ARRIVAL_FORMS in text
+                        else f"{text} (forms: {ARRIVAL_FORMS}, trace:FILE)")
+                problems.append(("arrival", "--arrival", text))
         elif not self.trace:
             problems.append(("trace", "--arrival", "trace:FILE needs a file name"))
         if not _finite_positive(self.time_scale):

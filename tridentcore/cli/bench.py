@@ -33,7 +33,7 @@ def _dash_table(rows: list[dict], columns) -> str:
 
 
 _BENCH_COLUMNS = ("policy", "requests", "attainment", "mean_s", "p95_s", "p99_s", "ooms", "rejected", "gpu_s_per_met")
-_REPEAT_ONLY = {"repeat", "db", "verbose"}
+_REPEAT_ONLY = {"repeat", "db", "verbose", "progress"}
 
 
 def bench(
@@ -59,7 +59,7 @@ def bench(
                                                 "the schedule is sent compressed by it; default "
                                                 f"{DEFAULT_LIVE_TIME_SCALE:g} with emulated devices, else 1)."),
     keep: str = typer.Option(None, help="Live: keep Locust's CSV/HTML reports and the logs in DIR/<run_id>/."),
-    repeat: str = typer.Option(None, help="Run a stored run (sim or live) again from its config and compare; takes only --db."),
+    repeat: str = typer.Option(None, help="Run a stored run (sim or live) again from its config and compare; takes only --db (and --no-progress)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per policy."),
     progress: bool = typer.Option(True, help="Progress bar on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -79,8 +79,8 @@ def bench(
             flags = {p.name: p for p in ctx.command.params}  # as given: --no-progress is a flag's off side
             named = [flags[e].secondary_opts[0] if ctx.params[e] is False and flags[e].secondary_opts
                      else flags[e].opts[0] for e in extra]
-            _fail(f"--repeat takes only --db (the run's own config is used); drop {', '.join(named)}")
-        _repeat(repeat, db)
+            _fail(f"--repeat takes only --db and --no-progress (the run's own config is used); drop {', '.join(named)}")
+        _repeat(repeat, db, progress)
         return
     if backend == "live":
         if goodput:
@@ -183,7 +183,7 @@ _REPEAT_KEYS = ("requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "
                 "preemptions", "gpu_s", "gpu_s_per_met")
 
 
-def _repeat(run: str, db: str) -> None:
+def _repeat(run: str, db: str, progress: bool = True) -> None:
     from ..core.policy import PolicyError
     from ..bench.runs import RunConfigError, repeat_run, resolve_run
     from ..store import query_readonly
@@ -198,7 +198,7 @@ def _repeat(run: str, db: str) -> None:
         if '"devices"' not in config:
             _fail(f"run {run_id!r} is a live run without a live bench's config (it was not written by "
                   "`trident bench --backend live`); only sim runs and live bench runs can be repeated")
-        _repeat_live(run_id, config, db)
+        _repeat_live(run_id, config, db, progress)
         return
     try:
         rep = repeat_run(db, run)
@@ -379,7 +379,7 @@ def _print_live(results, rows, spec, scheduled: int, db, bench_id, json_out) -> 
     typer.echo(f"stored {len(rows)} runs in {db} (each run's config names this bench, {bench_id}); `trident runs show RUN_ID --db {db}` for details")
 
 
-def _repeat_live(old_id: str, config_json: str, db: str) -> None:
+def _repeat_live(old_id: str, config_json: str, db: str, progress: bool = True) -> None:
     import json
 
     from ..bench.live import spec_from_config
@@ -391,7 +391,7 @@ def _repeat_live(old_id: str, config_json: str, db: str) -> None:
         total = len(schedule_requests(spec.run))
     except (ValueError, TypeError) as exc:
         _fail((f"run {old_id!r}: {exc}"))
-    results, stored = _run_live(spec, [policy], db, spec.run.seed, None, True, {"repeat_of": old_id}, total)
+    results, stored = _run_live(spec, [policy], db, spec.run.seed, None, progress, {"repeat_of": old_id}, total)
     old, new = summaries(db, [old_id, stored[0]])
     typer.echo(f"repeat of {old_id} (live {policy}, {old['mix']} at {old['rate_rps']:g} req/s, seed {old['seed']}, "
                f"devices {spec.devices}, time scale {spec.run.time_scale:g})")

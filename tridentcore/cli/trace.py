@@ -5,6 +5,8 @@ Formats: ``tridentcore.formats.traces``; offered load: ``tridentcore.sim.tracest
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
@@ -24,7 +26,7 @@ def _dash_table(rows: list[dict], columns) -> str:
 
 @trace_app.command("generate")
 def trace_generate(
-    out: str = typer.Option(..., help="JSON-lines trace to write."),
+    out: str = typer.Option(..., help="JSON-lines trace to write (-: standard output)."),
     mix: str = typer.Option(DEFAULT_MIX, help=MIX_HELP),
     arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
     rate: float = typer.Option(DEFAULT_RATE, help="Mean requests per second."),
@@ -35,10 +37,8 @@ def trace_generate(
 
     The requests are exactly those `trident simulate --mix MIX --seed SEED` draws at this rate, so simulating the trace gives the same run. SLOs are not part of the trace: whoever replays it sets them (--slo-scale of simulate and bench).
     """
-    from pathlib import Path
-
     from ..formats.mixes import load_mix
-    from ..formats.traces import entries_from_requests, write_trace
+    from ..formats.traces import entries_from_requests
 
     from ..core.workload import generate_requests
 
@@ -47,12 +47,30 @@ def trace_generate(
         requests = generate_requests(loaded_mix, arrival, rate, duration, seed, lambda model, shape: 1.0)
         if not requests:
             fail("no requests (rate x duration too small?)")
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_trace(entries_from_requests(requests), out)
+        _write(entries_from_requests(requests), out)
     except (ValueError, OSError) as exc:
         fail(one_line(str(exc)))
-    typer.echo(f"wrote {len(requests)} requests to {out} (mix {loaded_mix.name}, {arrival} at {rate:g} req/s "
+    _said(out, f"wrote {len(requests)} requests to {out} (mix {loaded_mix.name}, {arrival} at {rate:g} req/s "
                f"over {duration:g} s, seed {seed})")
+
+
+def _write(entries, out: str) -> None:
+    """The trace as JSON lines to ``out`` (its folder made), or to standard output for ``-``."""
+    from pathlib import Path
+
+    from ..formats.traces import format_trace, write_trace
+
+    if out == "-":
+        sys.stdout.write(format_trace(entries))
+        sys.stdout.flush()
+        return
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_trace(entries, out)
+
+
+def _said(out: str, line: str) -> None:
+    """What was written: on stdout, or on stderr when the trace itself went to stdout."""
+    typer.echo(line.replace(" to -", " to standard output"), err=out == "-")
 
 
 def _trace_format(path: str) -> str:
@@ -67,27 +85,24 @@ def _trace_format(path: str) -> str:
 @trace_app.command("import")
 def trace_import(
     file: str = typer.Argument(..., help="A trace: the paper's Request(...) lines or JSON lines (detected)."),
-    out: str = typer.Option(..., help="JSON-lines trace to write."),
+    out: str = typer.Option(..., help="JSON-lines trace to write (-: standard output)."),
     model: str = typer.Option(None, help="Model of the requests (the paper's traces do not name one)."),
 ) -> None:
     """Convert a trace to JSON lines.
 
     The TridentServe paper's Request(...) format is detected.
     """
-    from pathlib import Path
-
-    from ..formats.traces import read_trace, write_trace
+    from ..formats.traces import read_trace
 
     try:
         entries = read_trace(file, default_model=model)
         if not entries:
             fail(f"{file}: no requests in the trace")
         kind = _trace_format(file)
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_trace(entries, out)
+        _write(entries, out)
     except (ValueError, OSError) as exc:
         fail(one_line(str(exc)))
-    typer.echo(f"imported {len(entries)} requests ({kind}) from {file} to {out}")
+    _said(out, f"imported {len(entries)} requests ({kind}) from {file} to {out}")
 
 
 @trace_app.command("stats")

@@ -289,7 +289,9 @@ class Engine:
             return Refused("shutting_down", "the server is shutting down" if self._closing else "not started yet")
         waiting = self.waiting_count()
         if waiting + len(items) > self.config.max_queued:
-            return Refused("queue_full", f"{waiting} requests are waiting (at most {self.config.max_queued})",
+            adds = f"this one adds {len(items)}" if len(items) == 1 else f"these add {len(items)}"
+            return Refused("queue_full", f"{waiting} requests are waiting and {adds}: more than the queue's "
+                                         f"{self.config.max_queued} (--max-queued)",
                            self.queue_retry_s(waiting + len(items) - self.config.max_queued))
         now = self.now()
         ids = []
