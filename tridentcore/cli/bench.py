@@ -366,11 +366,17 @@ def _print_live(results, rows, spec, scheduled: int, db, bench_id, json_out) -> 
     typer.echo(f"{s.workload_label}{load} (workload seconds; sent at x{s.time_scale:g} wall) on "
                f"{spec.devices}, slo scale {s.slo_scale:g}, seed {s.seed}: {scheduled} requests per policy")
     typer.echo(_dash_table(rows, _LIVE_COLUMNS))
+    by_run = {r["run_id"]: r for r in rows}
     for res in results:
         odd = {k: v for k, v in res.states.items() if k not in ("done", "rejected", "failed")}
         if odd:
-            typer.secho(f"warning: {res.policy}: client saw {odd} (not in the server's rows: attainment there "
-                        "counts only what the server accepted)", err=True, fg=typer.colors.YELLOW)
+            row = by_run.get(res.run_id, {})
+            n, att = row.get("requests"), row.get("attainment")
+            known = n is not None and att is not None and math.isfinite(float(att)) and scheduled > 0
+            over_all = f"; over all {scheduled} scheduled it is {float(att) * int(n) / scheduled:.3f}" if known else ""
+            typer.secho(f"warning: {res.policy}: client saw {odd}: not in the server's rows, so the table's "
+                        f"attainment counts only the {n} requests the server accepted{over_all}",
+                        err=True, fg=typer.colors.YELLOW)
         if not math.isnan(res.lag_p99_ms) and res.lag_p99_ms > 50:
             typer.secho(f"warning: {res.policy}: schedule lag p99 {res.lag_p99_ms:.1f} ms > 50 ms: the load generator "
                         "fell behind the schedule", err=True, fg=typer.colors.YELLOW)
