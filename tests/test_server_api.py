@@ -374,3 +374,35 @@ def test_requests_the_engine_forgot_still_answer_with_how_they_ended():
             assert client.delete(f"/v1/requests/{ids[0]}").json()["cancelled"] == 0
     finally:
         assert server.stop() == 0
+
+
+def test_results_outlive_forgotten_requests_within_their_own_budget():
+    """--keep-ended 0 forgets a request as it ends, yet its client still gets the image (it got a 500
+    after the work was done); results are dropped by --results-mib (410 gone), never by --keep-ended;
+    a request for more items than the queue holds is a 422 naming n, not a 429 retried forever."""
+    import base64
+
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:1", "--keep-ended", "0", "--results-mib", "1",
+                           "--max-queued", "2"], timeout_s=300)
+    try:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            body = {"prompt": "x", "model": "tiny-sd3", "size": "256x256", "steps": 2}
+            ids, sizes = [], []
+            for seed in range(8):
+                resp = client.post("/v1/images/generations", json={**body, "seed": seed})
+                assert resp.status_code == 200, resp.text
+                sizes.append(len(base64.b64decode(resp.json()["data"][0]["b64_json"])))
+                ids.append(resp.json()["id"])
+            assert min(sizes) > 1 << 17  # (noise-like PNGs of ~190 KB: 1 MiB holds a few)
+            got = [client.get(f"/v1/requests/{i}/result").status_code for i in ids]
+            assert got[-1] == 200 and got[0] == 410 and set(got) == {200, 410}, got
+            assert client.get(f"/v1/requests/{ids[0]}").json()["state"] == "done"  # how it ended is still known
+            resp = client.post("/v1/images/generations", json={**body, "n": 3})
+            assert resp.status_code == 422 and resp.json()["error"]["field"] == "n", resp.text
+            assert "--max-queued" in resp.json()["error"]["message"]
+            metrics = client.get("/metrics").text
+            assert 'trident_requests_refused_total{reason="queue_full"} 0.0' in metrics
+            long_id = "a" * 20_000
+            assert len(client.get(f"/v1/requests/{long_id}").content) < 1000  # the id quoted briefly
+    finally:
+        assert server.stop() == 0

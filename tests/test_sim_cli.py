@@ -77,6 +77,11 @@ def test_sweep_rates_prints_classes():
     (["simulate", "--policies", ",", "--json", "--duration", "30"], "no policies given"),
     (["sweep", "--rates", "1", "--policies", "", "--duration", "30"], "no policies given"),
     (["simulate", "--policies", "trident:replan_s=-1", "--duration", "30"], "replan_s"),
+    (["sweep", "--rates", ""], "--rates: give at least one rate"),  # (a traceback, after the ceilings)
+    (["sweep", "--rates", "1,abc"], "--rates: not a number: 'abc'"),
+    # an --out that cannot be written is refused before minutes of measuring (it was a traceback after)
+    (["profile", "--model", "tiny-sd3", "--out", "."], "--out .: is a folder"),
+    (["profile", "--model", "tiny-sd3", "--out", "/proc/no/p.csv"], "--out /proc/no/p.csv: cannot be written"),
 ])
 def test_bad_input_is_a_clear_error(args, message):
     result = runner.invoke(app, args)

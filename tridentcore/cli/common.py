@@ -17,7 +17,7 @@ from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAUL
 from ..core.errors import one_line
 from ..core.metrics import finite
 
-__all__ = ["HELP_MARKUP", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
+__all__ = ["HELP_MARKUP", "check_out", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
            "ceiling_lines", "check_db", "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
@@ -149,6 +149,27 @@ def check_db(db: str) -> None:
         fail(f"--db {db}: cannot store runs there: {exc.reason}")
     except (duckdb.Error, OSError) as exc:
         fail(f"--db {db}: cannot store runs there: {message(exc)}")
+
+
+def check_out(path: str, flag: str = "--out") -> None:
+    """An output file checked before the work that fills it: its folder made (as the other commands
+    do), then opened for appending once (an empty file it created is removed again); a folder, a
+    read-only place or a path that cannot be made is one line, ``error: …``, exit status 2."""
+    import os
+    from pathlib import Path
+
+    out = Path(path)
+    if out.is_dir():
+        fail(f"{flag} {path}: is a folder, not a file")
+    existed = out.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a"):
+            pass
+    except OSError as exc:
+        fail(f"{flag} {path}: cannot be written ({exc.strerror or exc})")
+    if not existed:
+        os.unlink(out)
 
 
 def db_message(exc: BaseException, db: str, flag: str = "--db") -> str:

@@ -9,7 +9,7 @@ import typer
 
 from ..core.defaults import DEFAULT_DB, DEFAULT_PROFILE, MAX_SEED
 from ..core.types import STAGES, StageKind
-from .common import fail, quiet_libraries, setup_logging
+from .common import check_out, fail, quiet_libraries, setup_logging
 
 __all__ = ["cost", "generate", "models", "profile"]
 
@@ -165,6 +165,7 @@ def profile(
     for, or folds a live run's measurements into a profile (--from-run).
     """
     setup_logging(verbose)
+    check_out(out)  # (before minutes of measuring, not after)
     if from_run is not None:
         _fold(from_run, db, base, out)
         return
@@ -208,6 +209,8 @@ def profile(
         ]
         rows = run_profiles(specs, progress=True, groups=_local_groups(threads),
                             on_note=lambda text: typer.echo(f"note: {text}"))
+        if not rows:
+            fail("nothing measured: every point asked for was skipped (the notes above say why); nothing written")
         if append and Path(out).exists():
             key = lambda r: (r.gpu, r.model, r.stage, r.height, r.width, r.frames, r.batch, r.degree)  # noqa: E731
             fresh = {key(r) for r in rows}
@@ -217,6 +220,8 @@ def profile(
         fail(str(exc))
     except (MemberFailed, dist.DistError) as exc:
         fail(f"the diffuse at degree > 1 failed: {exc}")
+    except OSError as exc:  # (checked at the start; a disk that filled meanwhile)
+        fail(f"--out {out}: cannot be written ({exc.strerror or exc})")
     typer.echo(f"wrote {len(rows)} rows to {out}")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED,
+from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_RESULTS, DEFAULT_RESULTS_MIB,
                              DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
                              DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from .common import EXIT_INTERRUPTED, fail, quiet_libraries, setup_logging
@@ -31,7 +31,9 @@ def serve(
     time_scale: float = typer.Option(DEFAULT_TIME_SCALE, min=0.0, help="Emulated devices: wall seconds per cost-model second (0: zero-cost)."),
     profile: str = typer.Option(None, help="Cost profile (default: h200 for emulated and cuda, cpu for cpu:N) or a CSV "
                                            "path; with mixed kinds it applies to all but cpu, or give KIND=NAME pairs."),
-    max_queued: int = typer.Option(DEFAULT_MAX_QUEUED, min=1, help="Waiting requests past which submissions get 429."),
+    max_queued: int = typer.Option(DEFAULT_MAX_QUEUED, min=1, help="Submissions get 429 while this many requests wait "
+                                   "(for their first stage or between stages: admitted ones count again when they wait "
+                                   "for their next); a request with more images or videos (n) is refused 422."),
     slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, help="Default deadline: arrival + scale x reference latency."),
     api_key_file: str = typer.Option(None, help="File holding the API key (stripped; keep it mode 600). With a key, "
                                                 "every route but /healthz needs Authorization: Bearer KEY. "
@@ -44,7 +46,11 @@ def serve(
     run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); refused if it is stored "
                                           "or another server holds it."),
     keep_ended: int = typer.Option(DEFAULT_KEEP_ENDED, min=0, help="Ended requests kept in full in memory; older ones keep only "
-                                                      "their final status (and their store row with --db)."),
+                                                      "their final status (and their store row with --db); "
+                                                      "their images and videos are kept apart (--results-mib)."),
+    results_mib: int = typer.Option(DEFAULT_RESULTS_MIB, min=1, help=f"Finished images and videos kept for clients "
+                                    f"to fetch: at most this many MiB (and {DEFAULT_MAX_RESULTS} results), the "
+                                    "oldest dropped first (410 gone after)."),
     backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
     ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "
                                                "none: start Ray on this host."),
@@ -114,7 +120,7 @@ def serve(
         stopped_by = run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
-                                port_file=port_file, run_id=run_id, keep_ended=keep_ended, log_level="info" if verbose else "warning",
+                                port_file=port_file, run_id=run_id, keep_ended=keep_ended, results_mib=results_mib, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
                                 late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait),
                                 on_ready=lambda ready: (served.append(ready), _announce(ready)))

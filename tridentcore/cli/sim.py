@@ -104,6 +104,7 @@ def sweep(
     setup_logging(verbose)
     if goodput == (rates is not None):
         fail("give exactly one of --goodput or --rates")
+    rate_list = _rates(rates) if rates is not None else []
     noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out)
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, None, None, arrival, duration, slo_scale, seed, noise, bias)
@@ -121,7 +122,6 @@ def sweep(
             typer.echo("\n".join(ceiling_lines(loaded)))
             typer.echo(table(out["policies"], ("policy", "goodput_rps", "fair_goodput_rps")))
             return
-        rate_list = [float(r) for r in rates.split(",") if r.strip()]
         loaded.check_rates(rate_list)
         points = {spec: [evaluate(loaded, spec, r) for r in rate_list] for spec in specs}
     except (ValueError, LookupError, PolicyError, OSError) as exc:
@@ -138,3 +138,20 @@ def sweep(
     rows = [{"policy": spec, "rate": p.rate, "attainment": p.attainment,
              **{k: p.by_class.get(k, (0, float("nan")))[1] for k in classes}} for spec, ps in points.items() for p in ps]
     typer.echo(table(rows, cols))
+
+
+def _rates(text: str) -> list[float]:
+    """``--rates``: a comma list of numbers, at least one; else one ``error:`` line."""
+    parts = [r.strip() for r in text.split(",") if r.strip()]
+    if not parts:
+        fail("--rates: give at least one rate (a comma list, e.g. 0.5,1,2)")
+    bad = []
+    out = []
+    for r in parts:
+        try:
+            out.append(float(r))
+        except ValueError:
+            bad.append(repr(r))
+    if bad:
+        fail(f"--rates: not a number: {', '.join(bad)} (a comma list of requests per second, e.g. 0.5,1,2)")
+    return out

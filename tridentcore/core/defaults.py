@@ -16,7 +16,7 @@ __all__ = [
     "DEFAULT_LIVE_DEVICES", "DEFAULT_LIVE_TIME_SCALE",
     "DEFAULT_MIX", "DEFAULT_POLICIES", "DEFAULT_POLICY", "DEFAULT_PROFILE", "DEFAULT_RATE", "DEFAULT_SEED",
     "DEFAULT_SLO_SCALE", "DEFAULT_SWEEP_DURATION_S", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE",
-    "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED",
+    "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED", "DEFAULT_MAX_RESULTS", "DEFAULT_RESULTS_MIB",
     "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
     "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S", "MEASURED_NOISE_SIGMA", "MEASURED_NOISE_BIAS",
     "MAX_STEPS", "MAX_SIDE_PX", "MAX_FRAMES", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_GUIDANCE", "MAX_REQUESTS",
@@ -69,6 +69,8 @@ MEASURED_NOISE_BIAS = (("decode", 0.989), ("diffuse", 1.935), ("encode", 2.923))
 LATE_MODES = ("serve", "reject")  # what a policy does with a request that can no longer meet its deadline
 DEFAULT_LATE = "serve"  # docs/design.md: late requests are served (an SLO miss); rejecting is the operator's choice
 DEFAULT_KEEP_ENDED = 10_000  # `trident serve`: ended requests kept in full in memory (older ones forgotten)
+DEFAULT_MAX_RESULTS = 1024  # `trident serve`: finished images/videos kept for clients to fetch ...
+DEFAULT_RESULTS_MIB = 1024  # ... and at most this many MiB of them (the oldest dropped first)
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-flight work finish
 # `trident serve --db`: how long the final write waits for another process's lock on the file; longer
 # than a read-only query may run (the workbench's SQL console interrupts one at 30 s)

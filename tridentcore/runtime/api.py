@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_SLO_SCALE,
-                             DEFAULT_TIME_SCALE)
+from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
+                             DEFAULT_RESULTS_MIB, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from ..core.driver import DEFAULT_MAX_ATTEMPTS
 from ..core.types import Shape
 
@@ -20,7 +20,8 @@ class EngineConfig:
     time_scale: float = DEFAULT_TIME_SCALE  # wall seconds per engine second (emulated durations are scaled by it)
     slo_scale: float = DEFAULT_SLO_SCALE  # default deadline: arrival + slo_scale x reference latency
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # a request whose stage fails this often (lost worker, error) fails
-    max_results: int = 1024  # finished results kept for clients to fetch (oldest dropped first)
+    max_results: int = DEFAULT_MAX_RESULTS  # finished results kept for clients to fetch (oldest dropped first) ...
+    results_mib: int = DEFAULT_RESULTS_MIB  # ... and at most this many MiB of them
     # ended requests kept in full (describe, outcome); older ones are forgotten, leaving only their
     # store row when ``record`` is on, so a long-lived server's memory stays bounded
     keep_ended: int = DEFAULT_KEEP_ENDED

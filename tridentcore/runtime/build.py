@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..core.costmodel import CostModel
-from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
+from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, MAX_FRAMES, MAX_SIDE_PX)
 from ..core.policy import make_policy, with_late
 from ..core.types import Shape
@@ -192,7 +192,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
                   slo_scale: float = DEFAULT_SLO_SCALE,
                   strict: bool = False, threads: int = 1, backend: str = "local",
                   ray_address: str | None = None, inject_oom: str | None = None, record: bool = True,
-                  keep_ended: int = DEFAULT_KEEP_ENDED, log_reports: bool = False, late: str | None = None,
+                  keep_ended: int = DEFAULT_KEEP_ENDED, results_mib: int = DEFAULT_RESULTS_MIB,
+                  log_reports: bool = False, late: str | None = None,
                   calibrate: bool = DEFAULT_LIVE_CALIBRATE, slowdown: float = 1.0,
                   expected: Mapping[tuple[str, Shape], float] | None = None) -> Runtime:
     """Validate everything and build a not-yet-started runtime (``await runtime.start()``).
@@ -250,6 +251,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
         problems.append(f"max_queued must be >= 1 (got {max_queued})")
     if not keep_ended >= 0:
         problems.append(f"keep_ended must be >= 0 (got {keep_ended})")
+    if not results_mib >= 1:
+        problems.append(f"results_mib must be >= 1 (got {results_mib})")
     faults, fault_problems = parse_faults(inject_oom)
     problems += fault_problems
     if backend not in BACKENDS:
@@ -290,7 +293,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
             entries.update({m: emulated_entry(m, part.cost, part.gpu_kind, m in video) for m in part.models})
         config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
                               slo_scale=slo_scale, strict=strict, inject_oom=faults, record=record,
-                              keep_ended=keep_ended, log_reports=log_reports,
+                              keep_ended=keep_ended, results_mib=results_mib, log_reports=log_reports,
                               # emulated devices take the profile's time by construction: what they would
                               # learn is the harness's own overhead magnified by 1 / time_scale
                               calibrate=calibrate and dev.kind != "emulated")

@@ -107,7 +107,7 @@ class Engine:
         self._live: set[int] = set()
         self._waiters: dict[int, list[asyncio.Future]] = {}
         self._tasks: dict[int, asyncio.Task] = {}  # dispatch id -> its worker task
-        self.artifacts = ArtifactCache(config.max_results)
+        self.artifacts = ArtifactCache(config.max_results, config.results_mib << 20)
         self.errors: list[str] = []
         self.end_listeners: list[Callable[[object], None]] = []  # called with each request record as it ends
         self.forget_listeners: list[Callable[[int], None]] = []  # called with a request id just before it is forgotten
@@ -117,6 +117,7 @@ class Engine:
         self._ends_at: deque[float] = deque(maxlen=_RATE_ENDS)  # wall times of the latest endings
         self._rows: list[RequestRow] = []  # rows of forgotten requests (record on)
         self.forgotten = 0
+        self.refused: dict[str, int] = {}  # submissions turned away before admission (items), by code
         self._faults = {stage: n for stage, n in config.inject_oom if n > 0}  # stage -> injections left
         self._tiled: set[int] = set()  # decode dispatches run tiled (a retry after an out-of-memory error)
         self._tick_task: asyncio.Task | None = None
@@ -286,12 +287,14 @@ class Engine:
     def submit(self, items: Sequence[Submission]) -> Accepted | Refused:
         """Admit requests (all or none); they arrive now."""
         if self._closing or not self.started:
+            self.refused["shutting_down"] = self.refused.get("shutting_down", 0) + len(items)
             return Refused("shutting_down", "the server is shutting down" if self._closing else "not started yet")
         waiting = self.waiting_count()
         if waiting + len(items) > self.config.max_queued:
+            self.refused["queue_full"] = self.refused.get("queue_full", 0) + len(items)
             adds = f"this one adds {len(items)}" if len(items) == 1 else f"these add {len(items)}"
-            return Refused("queue_full", f"{waiting} requests are waiting and {adds}: more than the queue's "
-                                         f"{self.config.max_queued} (--max-queued)",
+            return Refused("queue_full", f"{waiting} requests are waiting (for any stage) and {adds}: more than "
+                                         f"the queue's {self.config.max_queued} (--max-queued)",
                            self.queue_retry_s(waiting + len(items) - self.config.max_queued))
         now = self.now()
         ids = []
@@ -333,6 +336,11 @@ class Engine:
 
     def has_result(self, request_id: int) -> bool:
         return self.artifacts.has_result(request_id)
+
+    def result(self, request_id: int) -> bytes | None:
+        """A finished request's media bytes while the results cache keeps them (also after the
+        request itself is forgotten past ``keep_ended``)."""
+        return self.artifacts.result(request_id)
 
     def describe(self, request_id: int) -> dict | None:
         """State, the stage it is in or waits for, progress and per-stage timings (engine seconds)."""

@@ -127,6 +127,9 @@ class EngineGroup:
     def has_result(self, request_id: int) -> bool:
         return self._engine_of(request_id).has_result(request_id)
 
+    def result(self, request_id: int) -> bytes | None:
+        return self._engine_of(request_id).result(request_id)
+
     def describe(self, request_id: int) -> dict | None:
         return self._engine_of(request_id).describe(request_id)
 

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..core.errors import brief
 from ..core.types import Shape, parse_size, size_label
 from ..runtime.engine import Accepted, Submission
 from ..runtime.models import ModelEntry, check_request
@@ -106,6 +107,10 @@ class Jobs:
             cost, gpu_kind = self.runtime.pricing(entry.name)
             problems += [(p.field, p.message) for p in check_request(entry, cost, gpu_kind, width, height, frames,
                                                                        steps, body.prompt)]
+        queue = self.runtime.engine_of(entry.name).config.max_queued
+        if body.n > queue:  # (never admitted, however empty the queue: a 429 would be retried forever)
+            problems.append(("n", f"{body.n} items are more than this server's queue holds ({queue}, --max-queued); "
+                                  f"send at most {queue} per request"))
         if problems:
             raise invalid(problems)
         seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31 - body.n)
@@ -146,7 +151,7 @@ class Jobs:
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
-            raise ApiError("not_found", f"no request {job_id!r}")
+            raise ApiError("not_found", f"no request {brief(job_id)}")  # (at most 80 characters of it)
         return job
 
     def recent(self, limit: int) -> list[Job]:
@@ -195,9 +200,9 @@ class Jobs:
                             "deadline_ms": 1000 * (d["deadline_s"] - d["arrival_s"]), "stages": d["stages"]})
             if emulated:
                 continue
-            if not engine.has_result(rid):
+            blob = engine.result(rid)  # (kept apart from the request's record: --keep-ended may forget that first)
+            if blob is None:
                 raise ApiError("gone", f"the result of request {job.id} is no longer kept")
-            blob = engine.outcome(rid).result
             if job.response_format == "url":
                 data.append({"url": f"/v1/requests/{job.id}/result/{i}"})
             else:
@@ -216,10 +221,10 @@ class Jobs:
         self.result_body(job)  # raises unless done
         if self.runtime.models[job.model].emulated:
             raise ApiError("no_pixels", "emulated devices make no pixels")
-        out = self.engine.outcome(job.request_ids[index])
-        if out is None or out.result is None:
+        blob = self.engine.result(job.request_ids[index])
+        if blob is None:
             raise ApiError("gone", f"the result of request {job.id} is no longer kept")
-        return out.result, "image/png" if job.kind == "image" else "image/webp"
+        return blob, "image/png" if job.kind == "image" else "image/webp"
 
     def cancel(self, job: Job) -> int:
         """Cancel every item not yet ended; how many were."""

@@ -7,7 +7,7 @@ span as it is recorded); gauges are read from the engine at scrape time.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..core.lifecycle import RequestState
 from ..core.slo import met_slo
@@ -98,6 +98,17 @@ class Metrics:
                 yield g
 
         self.registry.register(_Att())
+        parts = getattr(engine, "parts", None) or [engine]
+
+        class _Refused:
+            def collect(self):
+                c = CounterMetricFamily("trident_requests_refused", "Requests turned away before admission (never "
+                                        "in the run's rows): 429 queue_full, 503 shutting_down", labels=["reason"])
+                for reason in ("queue_full", "shutting_down"):
+                    c.add_metric([reason], sum(p.refused.get(reason, 0) for p in parts))
+                yield c
+
+        self.registry.register(_Refused())
         engine.end_listeners.append(self.on_end)
         engine.span_listeners.append(self.on_span)
 

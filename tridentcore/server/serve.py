@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.defaults import (DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE,
+from ..core.defaults import (DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE,
                              DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from ..core.types import Shape
@@ -39,6 +39,7 @@ class ServeOptions:
     run_id: str | None = None
     db_wait_s: float = DEFAULT_DB_WAIT_S  # how long the final write waits for another process's lock on db
     keep_ended: int = DEFAULT_KEEP_ENDED
+    results_mib: int = DEFAULT_RESULTS_MIB  # finished images/videos kept for clients: at most this many MiB
     time_scale: float = DEFAULT_TIME_SCALE
     profile: str | None = None
     max_queued: int = DEFAULT_MAX_QUEUED
@@ -168,7 +169,8 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom, late=opts.late,
                             calibrate=opts.calibrate, slowdown=opts.slowdown,
-                            record=bool(opts.db), keep_ended=opts.keep_ended, expected=opts.expected)
+                            record=bool(opts.db), keep_ended=opts.keep_ended, results_mib=opts.results_mib,
+                            expected=opts.expected)
     records = _records(opts, runtime) if opts.db else None
     try:
         stopped_by = _serve(opts, runtime, records, api_key, on_ready)
@@ -189,14 +191,18 @@ def _records(opts: ServeOptions, runtime) -> RunRecords:
     from ..bench.provenance import provenance
     from ..store import DuplicateRunError, NotADatabaseError, StoreError, new_run_id
 
+    import duckdb
+
     run_id = opts.run_id or new_run_id(runtime.engine.policy.spec, 0, salt="live")
+    if Path(opts.db).is_dir():
+        raise SetupError([f"--db {opts.db}: is a folder, not a DuckDB file"])
     try:
         journal = open_journal(opts.db, run_id)
     except DuplicateRunError as exc:
         raise SetupError([str(exc)]) from None
     except NotADatabaseError as exc:
         raise SetupError([f"--db {opts.db}: cannot store the run there: {exc.reason}"]) from None
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, duckdb.Error) as exc:
         raise SetupError([f"cannot store the run in {opts.db}: {exc}"]) from None
     return RunRecords(runtime.engine, journal, provenance=provenance(), final_wait_s=opts.db_wait_s)
 
@@ -240,7 +246,7 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
         if serving and opts.port_file:
             path = Path(opts.port_file)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(str(port))
+            tmp.write_text(f"{port}\n")
             os.replace(tmp, path)
         if serving and on_ready is not None:
             on_ready(_ready(opts, runtime, records, port))
