@@ -546,3 +546,24 @@ def test_tables_and_arrow_schemas_come_from_the_row_types(db: Path):
             assert tuple(arrow_schema(table).names) == column_names(row_type), table
     finally:
         con.close()
+
+
+def test_another_programs_database_with_a_runs_table_is_named_as_such_and_never_written(tmp_path):
+    """A DuckDB file with its own ``runs`` table: readers and writers say it is not ours (they gave
+    binder errors about run_summary and run_id), and its table is left as it was."""
+    from tridentcore.store import NotADatabaseError
+
+    path = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE runs (x INTEGER)")
+    con.execute("INSERT INTO runs VALUES (7)")
+    con.close()
+    for read in (lambda: open_readonly(path), lambda: list_runs(path)):
+        with pytest.raises(NotADatabaseError, match="not a TridentServe results database.*runs"):
+            read()
+    with pytest.raises(NotADatabaseError, match="no schema_version"):
+        ResultsStore(path).check()
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT * FROM runs").fetchall() == [(7,)]
+    assert {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()} == {"runs"}
+    con.close()

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from tridentcore.core.records import RunMeta
 
 from .connection import LOCK_WAIT_S, connect, fetch_arrow
-from .errors import UnknownRunError
-from .schema import CLIENT_TABLES, TABLES, arrow_schema
+from .errors import NotADatabaseError, UnknownRunError
+from .schema import CLIENT_TABLES, TABLES, ForeignSchemaError, arrow_schema, foreign_tables
 
 if TYPE_CHECKING:  # pragma: no cover
     import duckdb
@@ -28,8 +28,18 @@ __all__ = ["CappedResult", "QueryRows", "export_run", "list_runs", "open_readonl
 
 
 def open_readonly(path: str | os.PathLike[str], *, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to a results database (the caller closes it)."""
-    return connect(path, read_only=True, wait_s=wait_s)
+    """A read-only connection to a results database (the caller closes it); another program's
+    database with tables named as ours is :class:`NotADatabaseError` (not a query's binder error)."""
+    con = connect(path, read_only=True, wait_s=wait_s)
+    try:
+        foreign = foreign_tables(con)
+    except BaseException:
+        con.close()
+        raise
+    if foreign:
+        con.close()
+        raise NotADatabaseError(os.fspath(path), str(ForeignSchemaError(foreign)))
+    return con
 
 
 @dataclasses.dataclass(frozen=True)

@@ -330,7 +330,10 @@ _CREATE_ORDER = ("runs", "requests", "stage_spans", "placements", "client_reques
 
 def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create tables and views if missing; bring an older database up to this version (its
-    :data:`MIGRATIONS`); refuse a newer one."""
+    :data:`MIGRATIONS`); refuse a newer one, and a database whose tables are another program's."""
+    foreign = foreign_tables(con)
+    if foreign:
+        raise ForeignSchemaError(foreign)
     con.execute(_DDL_VERSION)
     found = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
     if found is not None and found < SCHEMA_VERSION and all(v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
@@ -349,6 +352,25 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
             "write to a new file or migrate the old one"
         )
     con.execute(_DDL_VIEWS)
+
+
+class ForeignSchemaError(ValueError):
+    """A DuckDB database with tables named as ours but no ``schema_version``: another program's,
+    never written into (the message says which tables)."""
+
+    def __init__(self, tables: list[str]) -> None:
+        self.tables = tables
+        super().__init__(f"not a TridentServe results database: it has a table named {', '.join(tables)} but no "
+                         "schema_version table (another program's database?)")
+
+
+def foreign_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Our table names that ``con``'s database holds without our ``schema_version`` (empty: ours, or empty)."""
+    names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables "
+                                       "WHERE table_schema = 'main'").fetchall()}
+    if "schema_version" in names:
+        return []
+    return sorted(names & {*TABLES, *CLIENT_TABLES, "run_summary"})
 
 
 def views_sql() -> str:

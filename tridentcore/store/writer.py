@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING, Any
 from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 
 from .connection import LOCK_WAIT_S, connect
-from .errors import DuplicateRunError, RowsError, UnknownRunError
+from .errors import DuplicateRunError, NotADatabaseError, RowsError, UnknownRunError
 from .schema import (
     CLIENT_STATES,
     CLIENT_TABLES,
     RUN_STATUSES,
     TABLES,
+    ForeignSchemaError,
     arrow_schema,
     create_schema,
     input_columns,
@@ -159,7 +160,10 @@ class ResultsStore:
             con.execute("BEGIN TRANSACTION")
             try:
                 if ensure_schema:
-                    create_schema(con)
+                    try:
+                        create_schema(con)
+                    except ForeignSchemaError as exc:  # another program's database: never written into
+                        raise NotADatabaseError(str(self.path), str(exc)) from None
                 yield con
                 con.execute("COMMIT")
             except BaseException:
