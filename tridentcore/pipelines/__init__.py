@@ -93,8 +93,12 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         index = path / "model_index.json"
         if not index.is_file():
             raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
-        spec = json.loads(index.read_text())
-        class_name = spec["_class_name"]
+        try:
+            spec = json.loads(index.read_text(encoding="utf-8"))
+            class_name = spec["_class_name"]
+        except (ValueError, TypeError, KeyError, OSError) as exc:  # (UnicodeDecodeError is a ValueError)
+            why = "no _class_name" if isinstance(exc, (KeyError, TypeError)) else str(exc)
+            raise ValueError(f"cannot load pipeline {name!r}: {index} is not a diffusers model index ({why})") from None
         source = str(path)
         # Optional components saved as absent (SD3 without T5, say) must be passed as None.
         absent = {k: None for k, v in spec.items() if isinstance(v, list) and v[:1] == [None]}
