@@ -132,10 +132,12 @@ def test_live_backend_validates_before_starting_anything(tmp_path):
     (["--policies", "pipeline-static:degree=2,degree=4"], "option degree given twice"),
     (["--mix", "no-such-mix"], "unknown mix"),
     (["--trace", "t.jsonl", "--goodput"], "--goodput"),
+    (["--trace", "t.jsonl", "--rate", "3"], "--rate does not apply to --trace"),  # (it was ignored)
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, needle):
     db = tmp_path / "x.duckdb"
-    assert needle in _error_line(runner.invoke(app, ["bench", *args, "--duration", "30", "--db", str(db)]))
+    short = [] if "--trace" in args else ["--duration", "30"]  # (a trace refuses --duration: its times rule)
+    assert needle in _error_line(runner.invoke(app, ["bench", *args, *short, "--db", str(db)]))
     assert not db.exists()
 
 

@@ -30,7 +30,8 @@ def test_simulate_table_and_db_agree_with_sql_views(tmp_path):
     result = runner.invoke(app, ["simulate", "--mix", "image-video", "--rate", "0.5", "--duration", "120",
                                  "--policies", "pipeline-dynamic,trident", "--db", str(db), "--json"])
     assert result.exit_code == 0, result.output
-    rows = {r["policy"]: r for r in json.loads(result.output)}
+    rows = {r["policy"]: r for r in json.loads(result.stdout)}  # (stdout: one JSON document)
+    assert f"stored 2 runs in {db}: " in result.stderr
     from tridentcore.store import query_readonly, run_summary
 
     summary = run_summary(db)

@@ -59,8 +59,8 @@ def test_generate_writes_json_lines_deterministically(tmp_path):
 def test_simulating_a_generated_trace_is_simulating_the_mix(tmp_path):
     trace = _generate(tmp_path, "t.jsonl", "--mix", "sd3-mixed", "--rate", "1.5", "--duration", "60", "--seed", "5")
     common = ["simulate", "--cluster", "1x8xH200", "--policies", "trident,pipeline-static:degree=2", "--json",
-              "--duration", "60", "--seed", "5"]
-    from_mix = runner.invoke(app, [*common, "--mix", "sd3-mixed", "--rate", "1.5"])
+              "--seed", "5"]
+    from_mix = runner.invoke(app, [*common, "--mix", "sd3-mixed", "--rate", "1.5", "--duration", "60"])
     from_trace = runner.invoke(app, [*common, "--trace", str(trace)])
     assert from_mix.exit_code == 0 and from_trace.exit_code == 0, from_mix.output + from_trace.output
     drop = lambda rows: [{k: v for k, v in r.items() if k != "planner_p99_ms"} for r in rows]  # noqa: E731 (wall clock)

@@ -18,7 +18,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_LIVE_TIME_SCALE, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
                              DEFAULT_SLO_SCALE, DEFAULT_TARGET, DEFAULT_TIME_SCALE)
 from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
-                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, check_db, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
+                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, check_db, refuse_mix_options_with_trace, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
                      setup_logging, store_errors, table, value)
 
 __all__ = ["bench"]
@@ -71,6 +71,7 @@ def bench(
     Live (--backend live): for each policy `trident serve --devices DEVICES --time-scale SCALE` and Locust (workloads/mixed.py) run as child processes on loopback with the simulator's schedule for the same seed (--rate and --duration in workload seconds; the sends are compressed by --time-scale); the server's rows and the client's rows are stored as one run. Ctrl-C stops both children and stores the run in progress as interrupted. --repeat of a live run runs it live again and prints both summaries (live runs are not expected to be identical).
     """
     setup_logging(verbose)
+    refuse_mix_options_with_trace(ctx, trace)
     if repeat is not None:
         # (typer ships its own click: compare the ParameterSource by name)
         extra = sorted(name for name in ctx.params if name not in _REPEAT_ONLY

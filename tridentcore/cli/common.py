@@ -17,7 +17,7 @@ from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAUL
 from ..core.errors import one_line
 from ..core.metrics import finite
 
-__all__ = ["HELP_MARKUP", "check_out", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
+__all__ = ["HELP_MARKUP", "check_out", "refuse_mix_options_with_trace", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
            "ceiling_lines", "check_db", "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
@@ -221,6 +221,17 @@ def fitted_noise(run_id: str | None, db: str | None, noise: float, bias: str | N
 def given(ctx: typer.Context, name: str, value):
     """``value`` if the option ``name`` was given on the command line (or by its environment), else None."""
     return None if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") == "DEFAULT" else value
+
+
+def refuse_mix_options_with_trace(ctx: typer.Context, trace: str | None) -> None:
+    """A trace sets the times and the requests: --rate, --duration and --arrival given with it would be
+    ignored, so they are refused (one line, exit 2)."""
+    if trace is None:
+        return
+    named = [f"--{n}" for n in ("rate", "duration", "arrival") if n in ctx.params and given(ctx, n, True)]
+    if named:
+        fail(f"{', '.join(named)} do{'es' if len(named) == 1 else ''} not apply to --trace (the trace's own times "
+             "and requests are replayed); drop " + ("it" if len(named) == 1 else "them"))
 
 
 def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed, noise=DEFAULT_NOISE_SIGMA,

@@ -9,7 +9,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_DB_WAIT_S, DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
-                     ceiling_lines, check_db, fitted_noise, json_safe, load_workload, policy_specs, setup_logging, table)
+                     ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, policy_specs, setup_logging, table)
 
 __all__ = ["simulate", "sweep"]
 
@@ -46,6 +46,7 @@ def simulate(
     from ..bench.scenario import run_meta, run_one
 
     setup_logging(verbose)
+    refuse_mix_options_with_trace(ctx, trace)
     noise, bias = fitted_noise(noise_from, noise_db or db, noise, bias, err=json_out)
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
@@ -54,7 +55,7 @@ def simulate(
             check_db(db)
         if not loaded.requests(rate):
             fail("the workload has no requests (rate x duration too small?)")
-        rows = []
+        rows, stored = [], []
         for spec in specs:
             result = run_one(loaded, spec, rate)
             row = summarize(spec, result.requests, result.spans, result.decision_ms)
@@ -62,14 +63,18 @@ def simulate(
             if db:
                 from ..store import ResultsStore, new_run_id
 
-                ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run(run_meta(new_run_id(spec, seed), loaded, spec, rate, result),
+                run_id = new_run_id(spec, seed)
+                ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run(run_meta(run_id, loaded, spec, rate, result),
                                            result.requests, result.spans, result.placements, result.gpu_samples)
+                stored.append(run_id)
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         fail(str(exc))
     if json_out:
         typer.echo(json.dumps([json_safe(r) for r in rows], indent=1))
     else:
         typer.echo(table(rows, _COLUMNS))
+    if stored:  # (on stderr: --json's stdout stays one JSON document)
+        typer.echo(f"stored {len(stored)} runs in {db}: {', '.join(stored)}", err=True)
 
 
 def sweep(
