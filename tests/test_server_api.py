@@ -110,6 +110,8 @@ def test_parse_errors_unknown_paths_and_wrong_methods_answer_in_the_error_shape(
         assert resp.json()["error"]["field"] == "body" and "detail" not in resp.json()
     resp = client.post("/v1/images/generations", content=b'{"prompt": "x"}', headers={"content-type": "text/plain"})
     assert resp.status_code == 422 and "Content-Type: application/json (got text/plain)" in _problem(resp)[1], resp.text
+    resp = client.post("/v1/images/generations", json="a fox")  # JSON, but not an object
+    assert resp.status_code == 422 and _problem(resp)[1].endswith("the body must be a JSON object ({...}), not a JSON string")
     resp = client.get("/v1/no-such-thing")
     assert resp.status_code == 404 and resp.json()["error"] == {"code": "not_found",
                                                                 "message": "no such path: /v1/no-such-thing"}

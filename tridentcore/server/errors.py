@@ -116,7 +116,10 @@ def install_error_handlers(app: FastAPI) -> None:
             if not loc and tuple(e.get("loc", ()))[:1] == ("body",) and isinstance(e.get("input"), (str, bytes)):
                 # the framework parses a body as JSON only when it is sent as JSON
                 ctype = request.headers.get("content-type") or "none"
-                msg = f"the body must be a JSON object sent with Content-Type: application/json (got {ctype[:60]})"
+                if ctype.split(";")[0].strip().lower() == "application/json":  # JSON, but a string, not an object
+                    msg = "the body must be a JSON object ({...}), not a JSON string"
+                else:
+                    msg = f"the body must be a JSON object sent with Content-Type: application/json (got {ctype[:60]})"
             if e.get("type") == "value_error":  # our own validators' message, without pydantic's prefix
                 msg = str((e.get("ctx") or {}).get("error", msg))
             problems.append((".".join(loc) or "body", msg))
