@@ -159,15 +159,21 @@ def test_a_third_ctrl_c_exits_at_once_and_says_the_run_was_not_stored(tmp_path):
     try:
         url = _ready_line(tmp_path / "err.txt", proc).group(1)
         body = {"prompt": "a red fox", "model": "tiny-sd3", "size": "256x256", "steps": 40, "slo_ms": 10_000_000}
-        with cf.ThreadPoolExecutor(8) as pool:
+        quick = {"prompt": "a cat", "model": "tiny-sd3", "size": "64x64", "steps": 2, "slo_ms": 60_000}
+        with cf.ThreadPoolExecutor(16) as pool:
             calls = [pool.submit(httpx.post, url + "/v1/images/generations", json={**body, "seed": i}, timeout=300)
                      for i in range(8)]
-            time.sleep(1.5)
+            time.sleep(1.0)
+            calls += [pool.submit(httpx.post, url + "/v1/images/generations", json={**quick, "seed": i}, timeout=300)
+                      for i in range(6)]  # some answered just before the signals: their endings must survive
+            time.sleep(0.5)
             for _ in range(3):
                 os.killpg(proc.pid, signal.SIGINT)
                 time.sleep(0.05)
             cf.wait(calls, timeout=120)
         assert proc.wait(60) == 1
+        answered = [c.result().json()["request_ids"][0] for c in calls
+                    if c.exception() is None and c.result().status_code == 200]
     finally:
         if proc.poll() is None:  # only the process this test started
             proc.kill()
@@ -182,3 +188,5 @@ def test_a_third_ctrl_c_exits_at_once_and_says_the_run_was_not_stored(tmp_path):
     assert CliRunner().invoke(app, ["runs", "recover", "--db", str(db)]).exit_code == 0
     runs = query_readonly(db, "SELECT status FROM runs")
     assert list(runs.status) == ["crashed"]
+    done = set(query_readonly(db, "SELECT request_id FROM requests WHERE state = 'done'").request_id)
+    assert set(answered) <= done, (answered, done)  # every answer a client got is in the recovered run

@@ -299,6 +299,20 @@ class RunRecords:
         logger.info("stored run %s in %s (%s)", self.run_id, self.db, lines[-1]["meta"]["status"])
         return True
 
+    def flush_journal(self) -> None:
+        """Append what ended since the last flush to the journal (no ingest, no end line): a server
+        stopped at once (a third signal) keeps in its journal the endings its clients were already
+        told, for ``trident runs recover``. Call with the event loop stopped."""
+        if not self.started or self.stored or self.journal.closed:
+            return
+        lines = self._unwritten + self._collect()
+        self._unwritten = []
+        if lines:
+            try:
+                self.ingester.wrote(*self.journal.append(lines))
+            except OSError as exc:
+                logger.error("could not write the journal %s (%s)", self.journal.path, exc)
+
     def discard(self) -> None:
         """Give up a run that never started serving: its reservation goes (nothing to store). A run
         that started keeps its journal (released) for a recovery."""

@@ -176,6 +176,7 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
         stopped_by = _serve(opts, runtime, records, api_key, on_ready)
     finally:
         if records is not None:
+            records.flush_journal()  # (stopped at once: what ended since the last flush, for a recovery)
             records.discard()  # a run that never started serving gives its id back
     if records is not None and records.started and not records.stored and not records.problem:
         records.problem = (f"run {records.run_id} was not stored: the server was stopped before its end was "
