@@ -146,7 +146,9 @@ def test_import_paper_trace(tmp_path):
     out = tmp_path / "out" / "p.jsonl"
     result = runner.invoke(app, ["trace", "import", str(src), "--model", "sd3-medium", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "imported 2 requests (paper Request(...) lines)" in result.stdout
+    assert "imported 2 requests (paper Request(...) lines)" in result.stdout and "warning" not in result.stderr
+    typo = runner.invoke(app, ["trace", "import", str(src), "--model", "sd3-mediun", "--out", str(tmp_path / "t.jsonl")])
+    assert typo.exit_code == 0 and "no shipped profile has rows for sd3-mediun" in typo.stderr  # (said at once)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows == [
         {"t": 0.0, "model": "sd3-medium", "height": 1024, "width": 1024, "frames": 1, "steps": 28,

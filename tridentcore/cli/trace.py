@@ -103,6 +103,20 @@ def trace_import(
     except (ValueError, OSError) as exc:
         fail(one_line(str(exc)))
     _said(out, f"imported {len(entries)} requests ({kind}) from {file} to {out}")
+    unpriced = _unpriced_models({e.model for e in entries})
+    if unpriced:  # (a warning: the trace is valid; a profile of the user's own may price it)
+        typer.secho(f"warning: no shipped profile has rows for {', '.join(unpriced)}: simulate and bench will need "
+                    "--profile with rows for it (`trident profile`)", err=True, fg=typer.colors.YELLOW)
+
+
+def _unpriced_models(models: set[str]) -> list[str]:
+    """The models of ``models`` that no shipped profile prices."""
+    from ..profiles import load_profile, shipped_profiles
+
+    known: set[str] = set()
+    for name in shipped_profiles():
+        known.update(load_profile(name).cost_model().models())
+    return sorted(models - known)
 
 
 @trace_app.command("stats")
