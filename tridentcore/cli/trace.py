@@ -70,7 +70,10 @@ def _write(entries, out: str) -> None:
 
 def _said(out: str, line: str) -> None:
     """What was written: on stdout, or on stderr when the trace itself went to stdout."""
-    typer.echo(line.replace(" to -", " to standard output"), err=out == "-")
+    if out == "-":
+        typer.echo(line.replace(" to - ", " to standard output ").replace(" to -", " to standard output"), err=True)
+    else:
+        typer.echo(line)
 
 
 def _trace_format(path: str) -> str:
