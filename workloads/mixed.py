@@ -65,9 +65,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
