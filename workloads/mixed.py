@@ -57,18 +57,18 @@ latency from ``--cost-profile`` on ``--cluster``), sent as ``slo_ms``.
 
 Imports nothing heavy (no torch, diffusers, transformers, duckdb or requests of its own;
 ``[tool.importlinter]`` forbids duckdb, torch and diffusers here).
+
+One module of about 470 lines with one job, the Locust file: Locust loads its options, its user
+class and its event listeners from this one file. The schedule (``workloads/schedule.py``) and the
+rows, with where they go (``workloads/rows.py``), live beside it as plain functions.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -85,7 +85,7 @@ from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLU
                                        DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
 from tridentcore.core.metrics import quantile
 from tridentcore.formats.mixes import list_mixes
-from workloads.rows import absorb_response, base_row
+from workloads.rows import absorb_response, base_row, store_rows, unwritable, write_rows
 from workloads.schedule import Arrival, ScheduleError, Served, build_schedule, served_mix
 
 logger = logging.getLogger("workloads.mixed")
@@ -307,23 +307,9 @@ def _on_init(environment, **_kw) -> None:
         _exit_with("; ".join(exc.problems))
     if not arrivals:
         _exit_with("the schedule has no requests (rate x duration too small?)")
-    problems = [p for p in (_unwritable("--rows-out", options.rows_out), _unwritable("--db", options.db)) if p]
+    problems = [p for p in (unwritable("--rows-out", options.rows_out), unwritable("--db", options.db)) if p]
     if problems:
         _exit_with("; ".join(problems))
-
-
-def _unwritable(flag: str, path: str | None) -> str | None:
-    """Why the rows could not be written to ``path`` at the end (None: they can, as far as can be told now)."""
-    if not path:
-        return None
-    if os.path.isdir(path):
-        return f"{flag} {path}: is a folder, not a file"
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return f"{flag} {path}: the folder {folder} does not exist"
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        return f"{flag} {path}: cannot be written (permissions)"
-    return None
 
 
 def _new_run_id(spec: RunSpec) -> str:
@@ -418,12 +404,14 @@ def _on_test_stop(environment, **_kw) -> None:
         written = None
         if options.rows_out:
             try:
-                _write_rows(rows, options.rows_out)
+                write_rows(rows, options.rows_out)
                 written = options.rows_out
             except OSError as exc:
                 _late_error(f"could not write the rows to --rows-out {options.rows_out}: {exc}")
         if options.db:
-            _write_db(run.run_id, rows, options.db, written)
+            failed = store_rows(run.run_id, rows, options.db, written)
+            if failed:
+                _late_error(failed)
     finally:
         run.stored.set()
 
@@ -466,45 +454,11 @@ def _report(run: Run, rows: list[dict], options) -> None:
               f"{unsent} never sent): {why}", file=sys.stderr, flush=True)
 
 
-def _write_rows(rows: list[dict], path: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, separators=(",", ":")) + "\n")
-    os.replace(tmp, path)
-
-
 def _late_error(message: str) -> None:
     """An error after the run: said, and the exit status 2 (the run itself is over)."""
     print(f"[mixed.py] error: {message}", file=sys.stderr, flush=True)
     if _env is not None:
         _env.process_exit_code = 2
-
-
-def _write_db(run_id: str, rows: list[dict], db: str, written: str | None) -> None:
-    """Insert the rows into ``db`` through a short child process (``tridentcore.bench.client_rows``):
-    the store's duckdb never enters this (gevent-patched) process. ``written``: the --rows-out file
-    already holding them; when the insert fails and there is none, the rows file is kept."""
-    tmp = tempfile.mkdtemp(prefix="mixed-rows-")
-    path = os.path.join(tmp, "rows.jsonl")
-    try:
-        _write_rows(rows, path)
-        out = subprocess.run([sys.executable, "-m", "tridentcore.bench.client_rows", "--db", db, "--run-id", run_id,
-                              path], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        failed = None if out.returncode == 0 else (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
-    except OSError as exc:
-        failed = str(exc)
-    if failed is None:
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"[mixed.py] {out.stdout.strip()}", file=sys.stderr, flush=True)
-        return
-    if written:
-        shutil.rmtree(tmp, ignore_errors=True)
-        kept = f"the rows are in --rows-out {written}"
-    else:
-        kept = (f"the rows are kept in {path} (`python -m tridentcore.bench.client_rows --db DB --run-id {run_id} "
-                f"{path}` stores them)" if os.path.exists(path) else "the rows are lost")
-    _late_error(f"could not write the client rows to {db}: {failed}; {kept}")
 
 
 if __name__ == "__main__":  # `python workloads/mixed.py --help`: Locust's options and this file's, in one list

@@ -1,17 +1,24 @@
 """The Locust file's client rows: one per scheduled request, filled from the server's answer.
 
 Plain functions over dicts (no gevent, no Locust), so they are testable on their own. The row's
-keys are the results store's ``client_requests`` columns (less ``run_id``).
+keys are the results store's ``client_requests`` columns (less ``run_id``). Also where the rows go
+at the end: checked before the run (:func:`unwritable`), written as JSON lines (:func:`write_rows`)
+and stored by a short child process (:func:`store_rows`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 from tridentcore.core.types import STAGES
 from workloads.schedule import Arrival
 
-__all__ = ["ERROR_STATES", "absorb_response", "base_row"]
+__all__ = ["ERROR_STATES", "absorb_response", "base_row", "store_rows", "unwritable", "write_rows"]
 
 # the API's error codes -> the row's state
 ERROR_STATES = {"rejected": "rejected", "failed": "failed", "cancelled": "cancelled",
@@ -67,3 +74,53 @@ def absorb_response(row: dict, status: int, body, error: str) -> str | None:
     # Locust groups its error report by this text: the code only (the row keeps the whole message,
     # which names the job and its timings and would make a line of each refusal)
     return f"{status} {code or 'error'}"
+
+
+def unwritable(flag: str, path: str | None) -> str | None:
+    """Why the rows could not be written to ``path`` at the end (None: they can, as far as can be told now)."""
+    if not path:
+        return None
+    if os.path.isdir(path):
+        return f"{flag} {path}: is a folder, not a file"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"{flag} {path}: the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"{flag} {path}: cannot be written (permissions)"
+    return None
+
+
+def write_rows(rows: list[dict], path: str) -> None:
+    """The rows as JSON lines, replacing ``path`` whole."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+
+
+def store_rows(run_id: str, rows: list[dict], db: str, written: str | None) -> str | None:
+    """Insert the rows into ``db`` through a short child process (``tridentcore.bench.client_rows``):
+    the store's duckdb never enters the (gevent-patched) Locust process. ``written``: the --rows-out
+    file already holding them; when the insert fails and there is none, the rows file is kept.
+    Returns the error to report (None: stored, and said so on stderr)."""
+    tmp = tempfile.mkdtemp(prefix="mixed-rows-")
+    path = os.path.join(tmp, "rows.jsonl")
+    try:
+        write_rows(rows, path)
+        out = subprocess.run([sys.executable, "-m", "tridentcore.bench.client_rows", "--db", db, "--run-id", run_id,
+                              path], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        failed = None if out.returncode == 0 else (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+    except OSError as exc:
+        failed = str(exc)
+    if failed is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"[mixed.py] {out.stdout.strip()}", file=sys.stderr, flush=True)
+        return None
+    if written:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the rows are in --rows-out {written}"
+    else:
+        kept = (f"the rows are kept in {path} (`python -m tridentcore.bench.client_rows --db DB --run-id {run_id} "
+                f"{path}` stores them)" if os.path.exists(path) else "the rows are lost")
+    return f"could not write the client rows to {db}: {failed}; {kept}"

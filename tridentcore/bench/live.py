@@ -54,10 +54,11 @@ from ..core.errors import TridentError
 from ..core.metrics import finite, quantile
 from ..core.records import RunMeta
 from . import live_procs as procs
+from .live_procs import exit_words
 from .spec import RunSpec
 
 __all__ = ["LiveBench", "LiveBenchError", "LiveBenchInterrupted", "LiveBenchSpec", "LiveOptions", "LiveRun",
-           "LiveServerDied", "UNMAPPED_ID_BASE", "cluster_of_devices", "exit_words", "run_policy", "served_models",
+           "LiveServerDied", "UNMAPPED_ID_BASE", "cluster_of_devices", "run_policy", "served_models",
            "spec_from_config"]
 
 UNMAPPED_ID_BASE = 1_000_000_000
@@ -76,20 +77,6 @@ class LiveServerDied(LiveBenchError):
     def __init__(self, message: str, partial: LiveRun | None) -> None:
         super().__init__(message)
         self.partial = partial
-
-
-def exit_words(code: int | None) -> str:
-    """A child's exit code in words: ``exit 3``, ``killed by SIGKILL``."""
-    import signal
-
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit {code}"
 
 
 def cluster_of_devices(devices: str) -> str | None:
@@ -249,7 +236,8 @@ class LiveBench:
         kept = not temporary
         try:
             got = self._serve_and_load(work, requests)
-            last = [line for line in procs.tail(work / "server.log").splitlines() if line.strip()][-3:]
+            last = ([line for line in procs.tail(work / "server.log").splitlines() if line.strip()][-3:]
+                    if got.server_died else [])  # (read before a temporary work folder goes)
             try:
                 result = self._store(work, got, len(requests), created, time.monotonic() - t0, kept)
             except LiveBenchError:

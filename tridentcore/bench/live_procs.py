@@ -26,7 +26,7 @@ from typing import Any
 
 from ..core.errors import TridentError
 
-__all__ = ["ChildError", "engine_ids", "http_json", "locust_cmd", "locust_process", "locustfile", "no_interrupts",
+__all__ = ["ChildError", "engine_ids", "exit_words", "http_json", "locust_cmd", "locust_process", "locustfile", "no_interrupts",
            "read_progress", "read_rows", "server_process", "sigterm_interrupts", "stop_process", "tail", "wait_healthy"]
 
 
@@ -98,6 +98,18 @@ class sigterm_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - use
     def __exit__(self, *exc: object) -> None:
         if self.old is not None:
             signal.signal(signal.SIGTERM, self.old)
+
+
+def exit_words(code: int | None) -> str:
+    """A child's exit code in words: ``exit 3``, ``killed by SIGKILL``."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit {code}"
 
 
 def stop_process(proc: subprocess.Popen | None, timeout_s: float) -> int | None:

@@ -50,7 +50,7 @@ def trace_generate(
         _write(entries_from_requests(requests), out)
     except (ValueError, OSError) as exc:
         fail(one_line(str(exc)))
-    _said(out, f"wrote {len(requests)} requests to {out} (mix {loaded_mix.name}, {arrival} at {rate:g} req/s "
+    _said(out, f"wrote {len(requests)} requests to {_where(out)} (mix {loaded_mix.name}, {arrival} at {rate:g} req/s "
                f"over {duration:g} s, seed {seed})")
 
 
@@ -68,12 +68,13 @@ def _write(entries, out: str) -> None:
     write_trace(entries, out)
 
 
+def _where(out: str) -> str:
+    return "standard output" if out == "-" else out
+
+
 def _said(out: str, line: str) -> None:
     """What was written: on stdout, or on stderr when the trace itself went to stdout."""
-    if out == "-":
-        typer.echo(line.replace(" to - ", " to standard output ").replace(" to -", " to standard output"), err=True)
-    else:
-        typer.echo(line)
+    typer.echo(line, err=out == "-")
 
 
 def _trace_format(path: str) -> str:
@@ -105,7 +106,7 @@ def trace_import(
         _write(entries, out)
     except (ValueError, OSError) as exc:
         fail(one_line(str(exc)))
-    _said(out, f"imported {len(entries)} requests ({kind}) from {file} to {out}")
+    _said(out, f"imported {len(entries)} requests ({kind}) from {file} to {_where(out)}")
     unpriced = _unpriced_models({e.model for e in entries})
     if unpriced:  # (a warning: the trace is valid; a profile of the user's own may price it)
         typer.secho(f"warning: no shipped profile has rows for {', '.join(unpriced)}: simulate and bench will need "

@@ -53,8 +53,5 @@ class ArtifactCache:
         """Forget a request's intermediate outputs (it ended, or no stage of it is running)."""
         self._between.pop(request_id, None)
 
-    def has_result(self, request_id: int) -> bool:
-        return request_id in self.results
-
     def result(self, request_id: int) -> bytes | None:
         return self.results.get(request_id)

@@ -334,9 +334,6 @@ class Engine:
             return None
         return Outcome(request_id, rec.state.value, rec.reason, self.artifacts.result(request_id))
 
-    def has_result(self, request_id: int) -> bool:
-        return self.artifacts.has_result(request_id)
-
     def result(self, request_id: int) -> bytes | None:
         """A finished request's media bytes while the results cache keeps them (also after the
         request itself is forgotten past ``keep_ended``)."""

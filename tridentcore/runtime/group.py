@@ -124,9 +124,6 @@ class EngineGroup:
     def outcome(self, request_id: int) -> Outcome | None:
         return self._engine_of(request_id).outcome(request_id)
 
-    def has_result(self, request_id: int) -> bool:
-        return self._engine_of(request_id).has_result(request_id)
-
     def result(self, request_id: int) -> bytes | None:
         return self._engine_of(request_id).result(request_id)
 

@@ -303,15 +303,8 @@ class RunRecords:
         """Append what ended since the last flush to the journal (no ingest, no end line): a server
         stopped at once (a third signal) keeps in its journal the endings its clients were already
         told, for ``trident runs recover``. Call with the event loop stopped."""
-        if not self.started or self.stored or self.journal.closed:
-            return
-        lines = self._unwritten + self._collect()
-        self._unwritten = []
-        if lines:
-            try:
-                self.ingester.wrote(*self.journal.append(lines))
-            except OSError as exc:
-                logger.error("could not write the journal %s (%s)", self.journal.path, exc)
+        if self.started and not self.stored and not self.journal.closed:
+            self._write_and_ingest(self._collect(), None)
 
     def discard(self) -> None:
         """Give up a run that never started serving: its reservation goes (nothing to store). A run
