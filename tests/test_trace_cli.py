@@ -140,6 +140,21 @@ def test_a_model_no_profile_row_prices_is_named_with_its_file_and_lines(tmp_path
         _error_line(runner.invoke(app, ["simulate", "--mix", str(mix), "--policies", "trident", "--duration", "30"])))
 
 
+def test_a_shape_the_http_api_refuses_is_refused_before_simulating(tmp_path):
+    """Frames that are not k*4+1 for the video model, a side that is not a multiple of 16: the server
+    (emulated devices, as the live bench runs the trace) refuses them with 422, so the simulator must
+    not count them as served requests: the lines are named, one problem each; a valid trace runs."""
+    line = '{"t": %d, "model": "wan2.1-1.3b", "height": 480, "width": %d, "frames": %d, "steps": 50}\n'
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(line % (0, 832, 20) + line % (1, 830, 17) + line % (2, 832, 17) + line % (3, 832, 20))
+    for command in (["simulate", "--trace", str(bad), "--policies", "trident"], ["trace", "stats", str(bad)]):
+        got = _error_line(runner.invoke(app, command))
+        assert got.startswith(f"error: {bad}: 2 problems: lines 1, 4: frames 20 must be k*4+1 in "), got
+        assert "line 2: width 830 is not a multiple of 16 (the HTTP API refuses it)" in got
+    bad.write_text(line % (0, 832, 17) + line % (1, 832, 81))
+    assert runner.invoke(app, ["simulate", "--trace", str(bad), "--policies", "trident"]).exit_code == 0
+
+
 def test_import_paper_trace(tmp_path):
     src = tmp_path / "paper.txt"
     src.write_text(PAPER)

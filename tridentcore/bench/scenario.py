@@ -121,7 +121,7 @@ def load_scenario(sc: RunSpec, *, profile_flag: str = "--profile") -> Loaded:
     mix = trace = None
     if sc.trace is not None:
         entries = read_trace(sc.trace, default_model=sc.trace_model)
-        missing = _unpriced_lines(cost, gpu_kind, entries)
+        missing = _unpriced_lines(cost, gpu_kind, entries, _video_models(sc.profile))
         if missing:  # named by the file and its lines, as the trace's other errors are
             classes = Mix("trace", tuple(RequestClass(*c) for c in sorted({_class_of(e) for e in entries})))
             hint = [f"; it is priced by {_flag_hint(p, c, profile_flag)}"
@@ -131,7 +131,7 @@ def load_scenario(sc: RunSpec, *, profile_flag: str = "--profile") -> Loaded:
         trace = requests_from_trace(entries, slo, sc.seed)
     elif sc.mix is not None:
         mix = load_mix(sc.mix)
-        missing = _unpriced(cost, gpu_kind, mix, indexed=MODELS_OPTION not in sc.mix)
+        missing = _unpriced(cost, gpu_kind, mix, _video_models(sc.profile), indexed=MODELS_OPTION not in sc.mix)
         if missing:
             hint = [f"it is priced by {_flag_hint(p, c, profile_flag)}" for p, c in _pricing(mix) if p != sc.profile][:1]
             raise ValueError(f"profile {sc.profile!r} on {cluster.label} cannot cost mix {sc.mix!r}: "
@@ -145,12 +145,14 @@ def _flag_hint(profile: str, cluster: str, profile_flag: str = "--profile") -> s
     return f"{profile_flag} {profile} --cluster {cluster}"
 
 
-def _unpriced(cost: CostModel, kind: str, mix: Mix, *, indexed: bool = False) -> list[str]:
-    """What ``cost`` cannot price of ``mix`` on ``kind``: each problem once, with the classes it hits
-    (``indexed``: each also by its entry in the mix's file, ``classes[1] (sd3-medium 1024x1024)``)."""
+def _unpriced(cost: CostModel, kind: str, mix: Mix, video: frozenset[str] = frozenset(), *,
+              indexed: bool = False) -> list[str]:
+    """What ``cost`` cannot price of ``mix`` on ``kind``, or the HTTP API would refuse (``video``: the
+    profile's video models): each problem once, with the classes it hits (``indexed``: each also by
+    its entry in the mix's file, ``classes[1] (sd3-medium 1024x1024)``)."""
     where: dict[str, list[str]] = {}
     for i, c in enumerate(mix.classes):
-        for problem in _check_class(cost, kind, c.model, c.shape):
+        for problem in _api_problems(cost, kind, video, c.model, c.shape) or _check_class(cost, kind, c.model, c.shape):
             where.setdefault(problem, []).append(f"classes[{i}] ({c.label})" if indexed else c.label)
     return [f"{', '.join(labels)}: {problem}" for problem, labels in where.items()]
 
@@ -159,9 +161,10 @@ def _class_of(entry) -> tuple[str, int, int, int, int]:
     return entry.model, entry.height, entry.width, entry.frames, entry.steps
 
 
-def _unpriced_lines(cost: CostModel, kind: str, entries) -> list[str]:
-    """What ``cost`` cannot price of a trace's entries on ``kind``: each problem once, with the lines
-    of the file it is on (``line 3: ...``, ``lines 3, 8, ... (12 in all): ...``)."""
+def _unpriced_lines(cost: CostModel, kind: str, entries, video: frozenset[str] = frozenset()) -> list[str]:
+    """What ``cost`` cannot price of a trace's entries on ``kind``, or the HTTP API would refuse
+    (``video``: the profile's video models): each problem once, with the lines of the file it is on
+    (``line 3: ...``, ``lines 3, 8, ... (12 in all): ...``)."""
     from ..core.errors import listed
 
     checked: dict[tuple, list[str]] = {}
@@ -169,7 +172,8 @@ def _unpriced_lines(cost: CostModel, kind: str, entries) -> list[str]:
     for e in entries:
         key = _class_of(e)
         if key not in checked:
-            checked[key] = _check_class(cost, kind, e.model, e.shape)
+            checked[key] = _api_problems(cost, kind, video, e.model, e.shape) or _check_class(cost, kind, e.model,
+                                                                                               e.shape)
         for problem in checked[key]:
             where.setdefault(problem, []).append(e.line)
     return [f"line{'s' if len(lines) > 1 else ''} {listed(lines)}: {problem}" for problem, lines in where.items()]
@@ -251,6 +255,28 @@ def schedule_requests(spec: RunSpec, *, profile_flag: str = "--profile") -> list
     except (ValueError, LookupError, OSError) as exc:
         option = "--arrival" if spec.trace else f"--mix/{profile_flag}/--cluster"
         raise RunSpecError([f"{option}: {' '.join(str(exc).split())}"]) from None
+
+
+def _video_models(profile: str) -> frozenset[str]:
+    from ..profiles import load_profile
+    from ..runtime.models import video_models
+
+    return frozenset(video_models(load_profile(profile).rows))
+
+
+def _api_problems(cost: CostModel, kind: str, video: frozenset[str], model: str, shape) -> list[str]:
+    """What the HTTP API would refuse of ``model`` at ``shape`` (its size multiple and bounds, the frame
+    counts its video VAE takes), so that a run simulated from it can be run live too: the live bench
+    sends the same requests to ``trident serve`` on emulated devices, whose rules these are. Not for
+    the ``cpu`` kind: its models run live as the real tiny pipelines, whose own rules (smaller sides)
+    are read from the pipelines (torch), and a shape they refuse is refused there."""
+    from ..runtime.models import emulated_entry, shape_problems
+
+    if kind == CPU_KIND or model not in cost.models(kind):
+        return []  # (a model the profile lacks is named by the pricing check)
+    entry = emulated_entry(model, cost, kind, model in video)
+    return [f"{p.message} (the HTTP API refuses it)"
+            for p in shape_problems(entry, shape.width, shape.height, shape.frames)]
 
 
 def _check_class(cost: CostModel, kind: str, model: str, shape) -> list[str]:

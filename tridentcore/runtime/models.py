@@ -84,27 +84,30 @@ def priced(entry: ModelEntry, cost: CostModel, gpu: str) -> ModelEntry:
     return replace(entry, pixels=None if hi is None else (lo, hi))
 
 
-def check_request(entry: ModelEntry, cost: CostModel, gpu: str, width: int, height: int, frames: int,
-                  steps: int, prompt: str) -> list[Problem]:
-    """Every problem with one request for ``entry`` (empty: it may be submitted)."""
+def shape_problems(entry: ModelEntry, width: int, height: int, frames: int) -> list[Problem]:
+    """What is wrong with ``width`` x ``height`` x ``frames`` for ``entry``'s pipeline (its latent grid,
+    side bounds and the frame counts its video VAE takes); pricing is checked apart."""
     problems: list[Problem] = []
-    size_ok = True
     for what, value in (("width", width), ("height", height)):
         if value % entry.size_multiple:
             problems.append(Problem("size", f"{what} {value} is not a multiple of {entry.size_multiple}"))
-            size_ok = False
         if not entry.min_size <= value <= entry.max_size:
             problems.append(Problem("size", f"{what} {value} is outside [{entry.min_size}, {entry.max_size}] "
                                             f"for {entry.name}"))
-            size_ok = False
     if entry.video:
         if frames < 1 or (frames - 1) % entry.frames_multiple or frames > entry.max_frames:
             problems.append(Problem("frames", f"frames {frames} must be k*{entry.frames_multiple}+1 in "
                                               f"[1, {entry.max_frames}] for {entry.name}"))
-            size_ok = False
     elif frames != 1:
         problems.append(Problem("frames", f"frames must be 1 for the image model {entry.name} (got {frames})"))
-        size_ok = False
+    return problems
+
+
+def check_request(entry: ModelEntry, cost: CostModel, gpu: str, width: int, height: int, frames: int,
+                  steps: int, prompt: str) -> list[Problem]:
+    """Every problem with one request for ``entry`` (empty: it may be submitted)."""
+    problems = shape_problems(entry, width, height, frames)
+    size_ok = not problems
     if not 1 <= steps <= MAX_STEPS:
         problems.append(Problem("steps", f"steps {steps} is outside [1, {MAX_STEPS}]"))
         size_ok = False
