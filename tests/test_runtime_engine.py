@@ -4,6 +4,7 @@ the bounded queue, preemption at a step boundary, shutdown, and the store rows."
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import Counter
 
 import pytest
@@ -87,7 +88,7 @@ def test_emulated_times_follow_the_cost_model():
         assert run_s <= sp.predicted_s + 0.5  # wall jitter magnified 20x stays well under a second
 
 
-def test_bounded_queue_refuses_past_max_queued():
+def test_bounded_queue_refuses_past_max_queued(tmp_path):
     async def main():
         rt = build_runtime("sd3-medium", "emulated:1xH200", "pipeline-static:degree=1", time_scale=1.0,
                            max_queued=3, strict=True)
@@ -104,6 +105,15 @@ def test_bounded_queue_refuses_past_max_queued():
     assert len(accepted) == 4  # one running + three waiting
     assert refused and all(r.code == "queue_full" and r.retry_after_s > 0 for r in refused)
     assert isinstance(too_many, Refused)
+    # the stored run says how many it turned away (they are never rows); `trident runs show` prints it
+    assert json.loads(e.run_meta("r").config_json)["refused"] == {"queue_full": len(refused) + 2}
+    from typer.testing import CliRunner
+
+    from tridentcore.cli import app
+
+    db = str(tmp_path / "r.duckdb")
+    shown = CliRunner().invoke(app, ["runs", "show", e.write_store(db), "--db", db])
+    assert f"refused before admission (not in its rows): {len(refused) + 2} queue_full" in shown.stdout, shown.output
     # shutdown without drain time failed the rest explicitly
     rows = e.request_rows()
     assert len(rows) == 4 and all(r.state == "failed" and "shut down" in r.reason for r in rows)

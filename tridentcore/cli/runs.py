@@ -7,6 +7,7 @@ read-only query (``query_readonly_rows``); these commands only format.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import typer
@@ -70,6 +71,9 @@ def runs_show(
                f"cluster {m['cluster']}, profile {m['profile']}, slo scale {m['slo_scale']:g}, seed {m['seed']}")
     typer.echo(f"  status {m['status']}, created {str(m['created_at'])[:19]} UTC, wall {m['wall_s']:.2f} s, "
                f"git {m['git_sha'][:12] or '-'}")
+    refused = _refused(m.get("config_json"))
+    if refused:
+        typer.echo(f"  refused before admission (not in its rows): {refused}")
     typer.echo("summary")
     width = max(map(len, _SUMMARY_KEYS))
     for key in _SUMMARY_KEYS:
@@ -81,6 +85,16 @@ def runs_show(
     typer.echo(_dash_table(report.stages, ("stage", "spans", "dispatches", "mean_s", "p95_s", "mean_queue_s",
                                       "p95_queue_s", "mean_batch", "mean_degree", "gpu_s", "load_s",
                                       "preempted", "oom")))
+
+
+def _refused(config_json: str | None) -> str:
+    """A server's run: the requests it turned away before admission, by code (``12 queue_full``), from
+    its stored configuration; "" when none were (or the run is not a server's)."""
+    try:
+        refused = json.loads(config_json or "{}").get("refused") or {}
+    except (ValueError, AttributeError):
+        return ""
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()) if isinstance(n, int) and n > 0)
 
 
 _DIFF_KEYS = ("requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms", "rejected", "failed",

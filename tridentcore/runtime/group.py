@@ -215,6 +215,11 @@ class EngineGroup:
         cfg["models"] = list(self.models)
         cfg["calibration"] = [row for m in metas for row in json.loads(m.config_json).get("calibration", [])]
         cfg["slowdown"] = max(views.slowdown(e) for e in self.parts)
+        refused: dict[str, int] = {}
+        for e in self.parts:
+            for reason, n in e.refused.items():
+                refused[reason] = refused.get(reason, 0) + n
+        cfg["refused"] = dict(sorted(refused.items()))
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
                          "time_scale": e.config.time_scale, "clock": views.clock(e), "slowdown": views.slowdown(e)}
                         for label, e in zip(self.labels, self.parts)]

@@ -65,6 +65,8 @@ def run_meta(engine: Engine, run_id: str, config: dict | None = None,
                                 "time_scale": engine.config.time_scale, "max_queued": engine.config.max_queued,
                                 "slowdown": views.slowdown(engine), "calibration": views.calibration(engine),
                                 "clock": views.clock(engine),
+                                # turned away before admission (429 queue_full, 503 shutting_down): never rows
+                                "refused": dict(sorted(engine.refused.items())),
                                 **(config or {})}, sort_keys=True),
         git_sha=prov.get("git_sha", ""), packages_json=prov.get("packages_json", "{}"),
         hardware_json=prov.get("hardware_json", "{}"), status="complete",
