@@ -190,3 +190,45 @@ def test_a_third_ctrl_c_exits_at_once_and_says_the_run_was_not_stored(tmp_path):
     assert list(runs.status) == ["crashed"]
     done = set(query_readonly(db, "SELECT request_id FROM requests WHERE state = 'done'").request_id)
     assert set(answered) <= done, (answered, done)  # every answer a client got is in the recovered run
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie nobody reaps yet (it ended)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_server_started_by_a_bench_stops_and_stores_its_run_when_the_bench_is_killed(tmp_path):
+    """``kill -9`` of the process that started ``trident serve`` (``trident bench --backend live``, the
+    workbench): the server noticed nothing and served for ever. Now it drains and stops on its own
+    within seconds, and its run is stored (interrupted: it was stopped, not lost)."""
+    db = tmp_path / "runs.duckdb"
+    starter = (
+        "import sys, time\n"
+        "from tridentcore.bench.launch import start_server\n"
+        f"s = start_server(['--models', 'sd3-medium', '--devices', 'emulated:1x2xH200', '--db', {str(db)!r}])\n"
+        "print(s.proc.pid, s.url, flush=True)\n"
+        "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, url = parent.stdout.readline().split()
+        pid = int(pid)
+        body = {"model": "sd3-medium", "prompt": "x", "size": "512x512"}
+        assert httpx.post(f"{url}/v1/images/generations", json=body, timeout=60).status_code == 200
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 60
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gone(pid), "the server outlived the process that started it"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        try:
+            psutil.Process(pid).kill()
+        except (psutil.NoSuchProcess, NameError, UnboundLocalError):
+            pass
+    rows = query_readonly(str(db), "SELECT status, (SELECT count(*) FROM requests) AS n FROM runs")
+    assert list(rows["n"]) == [1] and rows["status"][0] in ("interrupted", "done"), rows

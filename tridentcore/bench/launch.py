@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.defaults import API_KEY_ENV
+from ..core.defaults import API_KEY_ENV, PARENT_PID_ENV
 from ..core.errors import TridentError
 
 
@@ -68,13 +68,16 @@ def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float =
     """``trident serve ARGS --host HOST --port 0`` in a child process; returns once it serves.
 
     The child gets this process's environment and ``env``, less an inherited ``TRIDENT_API_KEY``:
-    it has an API key only when ``env`` gives it one (through the environment, never argv)."""
+    it has an API key only when ``env`` gives it one (through the environment, never argv); and
+    ``TRIDENT_STOP_WITH_PARENT``, this process's PID: the server drains and stops when this process
+    is gone, killed too (it was left serving for ever)."""
     tmp = tempfile.TemporaryDirectory(prefix="trident-serve-")
     port_file = Path(tmp.name) / "port"
     log_path = Path(tmp.name) / "server.log"
     cmd = [sys.executable, "-m", "tridentcore.cli", "serve", *args, "--host", host, "--port", "0",
            "--port-file", str(port_file)]
     child_env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
+    child_env[PARENT_PID_ENV] = str(os.getpid())  # it stops when this process is gone, even by kill -9
     child_env.update(env or {})
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)

@@ -77,6 +77,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-fli
 DEFAULT_DB_WAIT_S = 35.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # `trident serve`: largest request body (413 past it)
 API_KEY_ENV = "TRIDENT_API_KEY"  # `trident serve`'s API key (or --api-key-file); the Locust file and the workbench send it
+PARENT_PID_ENV = "TRIDENT_STOP_WITH_PARENT"  # `trident serve` started by a bench or the workbench: the starter's PID; the server stops (drains) when its parent is gone (a kill -9 of the starter)
 
 # Bounds on inputs (issue 12): a file or option past one is refused with a one-line error naming it.
 MAX_STEPS = 200  # denoising steps of one request (HTTP bodies, traces, mixes)
