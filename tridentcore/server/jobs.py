@@ -226,9 +226,9 @@ class Jobs:
             raise ApiError("gone", f"the result of request {job.id} is no longer kept")
         return blob, "image/png" if job.kind == "image" else "image/webp"
 
-    def cancel(self, job: Job) -> int:
+    def cancel(self, job: Job, reason: str = "cancelled by the client") -> int:
         """Cancel every item not yet ended; how many were."""
-        return sum(self.engine.cancel(r) for r in job.request_ids)
+        return sum(self.engine.cancel(r, reason) for r in job.request_ids)
 
     async def wait(self, job: Job) -> None:
         await asyncio.gather(*(self.engine.wait(r) for r in job.request_ids))
