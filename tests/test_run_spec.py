@@ -213,3 +213,26 @@ def test_serve_reads_a_spec_file_and_flags_win(tmp_path):
         assert {m["id"] for m in _get(f"{server.url}/v1/models")["data"]} == {"sd3-medium"}
     finally:
         server.stop()
+
+
+def test_serve_spec_of_a_live_bench_on_cpu_and_emulated_devices_serves_what_the_bench_served(tmp_path):
+    """The README's live bench runs on cpu:1,emulated:2x8xH200, serving tiny-sd3 on the cpu part besides
+    the mix's models (a server refuses a device kind that serves no model); its stored config_json as
+    --spec failed with "devices 'cpu:1' serve none of the models" (an outside test). A spec without
+    served_models is served as the bench would; one with it (a stored run), with those models."""
+    from tridentcore.bench.launch import start_server
+
+    spec = RunSpec(mix="image-video", policies=("trident",), backend="live", devices="cpu:1,emulated:1x2xH200",
+                   time_scale=0.05)
+    path = write_spec_file(spec, tmp_path / "spec.json")
+    for stored in (False, True):
+        if stored:
+            text = json.loads(path.read_text())
+            text["served_models"] = ["sd3-medium", "tiny-sd3", "tiny-wan", "wan2.1-1.3b"]
+            path.write_text(json.dumps(text))
+        server = start_server(["--spec", str(path)], timeout_s=300)
+        try:
+            models = {m["id"] for m in _get(f"{server.url}/v1/models")["data"]}
+            assert models == {"sd3-medium", "wan2.1-1.3b", "tiny-sd3"} | ({"tiny-wan"} if stored else set())
+        finally:
+            server.stop()

@@ -146,6 +146,19 @@ def _announce(ready) -> None:
                f"policy {ready.policy}{stored}); API docs at {ready.url}/docs; Ctrl-C stops", err=True)
 
 
+def _stored_served_models(path: str) -> list[str]:
+    """``served_models`` of a spec that is a live bench's stored ``config_json`` (empty: none)."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            served = json.load(f).get("served_models")
+    except (OSError, ValueError, AttributeError):
+        return []
+    ok = isinstance(served, list) and served and all(isinstance(m, str) and m.strip() for m in served)
+    return list(served) if ok else []
+
+
 def _from_spec(path: str, given: set[str]) -> dict:
     """The serve options a run spec file sets, less those given on the command line."""
     from ..bench.spec import RunSpecError
@@ -172,12 +185,22 @@ def _from_spec(path: str, given: set[str]) -> dict:
     except ValueError as exc:
         fail(f"--spec {path}: {exc}")
     if "models" not in given:
+        from ..bench.live import served_models
+
         try:
             if run.trace is None:
                 from ..formats.mixes import load_mix
 
-                out["models"] = ",".join(sorted({c.model for c in load_mix(run.mix).classes}))
+                workload = {c.model for c in load_mix(run.mix).classes}
                 out["models_from"] = f"the models of --spec {path}'s mix {run.mix}"
+            else:
+                from ..formats.traces import read_trace
+
+                workload = {e.model for e in read_trace(run.trace, default_model=run.trace_model)}
+                out["models_from"] = f"the models of --spec {path}'s trace {run.trace}"
         except ValueError as exc:
             fail(f"--spec {path}: {exc}")
+        # what the live bench served (a stored run says; else as it would: a cpu part serves tiny-sd3)
+        served = _stored_served_models(path) or served_models(out.get("devices", ""), workload)
+        out["models"] = ",".join(served)
     return {k: v for k, v in out.items() if k not in given}
