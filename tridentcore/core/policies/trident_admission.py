@@ -189,10 +189,11 @@ class Admission:
             a = run.action
             if a.stage != StageKind.DIFFUSE or run.step_s <= 0:
                 continue
+            boundary = _next_boundary(run, now)
             if all(self._rank(view, rid) > key or self._can_wait(view, rid, run.predicted_end_s + run.step_s + need)
                    for rid in a.request_ids):
                 for g in a.gpus:
-                    until[g] = min(until[g], now + run.step_s)
+                    until[g] = min(until[g], boundary)
                 continue
             base = self.base.get(a.request_ids[0], len(a.gpus))
             if base >= len(a.gpus):
@@ -203,7 +204,7 @@ class Admission:
             for g in a.gpus[:base]:
                 until[g] = now + max(0.0, run.predicted_end_s - now) * slower
             for g in a.gpus[base:]:
-                until[g] = min(until[g], now + run.step_s)
+                until[g] = min(until[g], boundary)
         return [[until[g] for g in gpus] for gpus in view.nodes]
 
     def _can_wait(self, view: ClusterView, rid: int, diffused_by: float) -> bool:
@@ -231,6 +232,16 @@ class Admission:
             if now + self._remaining(rec, info, d, stage) <= rec.spec.deadline_s:
                 return d
         return info.fast_d
+
+
+def _next_boundary(run, now: float) -> float:
+    """When a running diffuse can next be paused or shrunk: at the end of the step it is in, and not
+    before it has run one step (``trident`` pauses nothing younger: no pause/resume cycles that make no
+    progress). It was ``now`` plus a whole step, which turned away a short request that the running
+    diffuse's next boundary, a fraction of a step away, leaves time for."""
+    start, step = run.compute_start_s, run.step_s
+    done = math.ceil(max(0.0, now - start) / step - 1e-9)
+    return max(now, start + max(1, done) * step)
 
 
 def _secs(s: float) -> str:
