@@ -99,6 +99,14 @@ def test_sql_from_standard_input(db: Path):
     assert json.loads(result.stdout) == [{"n": 2}]
 
 
+def test_several_statements_say_that_only_the_last_result_is_printed(db: Path):
+    result = runner.invoke(app, ["sql", "--db", str(db), "--json", "SELECT 1 AS a; SELECT 2 AS b"])
+    assert result.exit_code == 0 and json.loads(result.stdout) == [{"b": 2}], result.output
+    assert "2 statements: the result printed is the last one's" in result.stderr
+    one = runner.invoke(app, ["sql", "--db", str(db), "SELECT 1 AS a;"])
+    assert one.exit_code == 0 and "statements" not in one.stderr
+
+
 @pytest.mark.parametrize("sql, needle", [
     ("SELEC 1", "Parser Error"),
     ("SELECT * FROM no_such_table", "no_such_table"),

@@ -228,9 +228,23 @@ def sql(
         typer.echo(_sql_table(result.columns, result.rows))
     if result.truncated:
         typer.echo(f"(the first {result.max_rows} rows: the result has more; --max-rows N prints more)", err=True)
+    statements = _statements(text)
+    if statements > 1:
+        typer.echo(f"({statements} statements: the result printed is the last one's; run one at a time to see "
+                   "each)", err=True)
 
 
 SQL_TIMEOUT_S = 30.0  # a query of `trident sql` is interrupted after this long
+
+
+def _statements(text: str) -> int:
+    """How many SQL statements ``text`` holds (it ran, so it parses)."""
+    import duckdb
+
+    try:
+        return len(duckdb.extract_statements(text))
+    except duckdb.Error:
+        return 1
 
 
 def _sql_error(exc: BaseException, db: str) -> str:
