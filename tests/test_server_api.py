@@ -437,3 +437,7 @@ def test_a_synchronous_generation_whose_client_disconnects_is_cancelled(tmp_path
     rows = query_readonly(str(db), "SELECT model, state, reason FROM requests ORDER BY request_id")
     assert list(rows["state"]) == ["cancelled"] * 4 + ["done"], rows
     assert set(rows["reason"][:4]) == {"the client disconnected before the answer"}, rows
+    # a stage that ran for them is stored cancelled, not preempted (no preemption counted that never was)
+    spans = query_readonly(str(db), "SELECT q.state, s.outcome FROM stage_spans s JOIN requests q USING (run_id, request_id)")
+    ran = set(zip(spans["state"], spans["outcome"]))
+    assert ("cancelled", "cancelled") in ran and "preempted" not in {o for _, o in ran}, ran  # (encodes: done)

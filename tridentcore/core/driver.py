@@ -218,7 +218,11 @@ class DriverCore:
             preempted = end < a.end_step
             run.preempt_at_step = end if preempted else None
         self.state.finish(run.id, now, end)
-        self.recorder.span(run, now, "preempted" if preempted else "done", end, compute_s)
+        # every request of it cancelled while it ran: its output is dropped, whether it stopped early or not
+        states = [self.state.requests[r].state for r in a.request_ids if r in self.state.requests]
+        cancelled = bool(states) and all(st == RequestState.CANCELLED for st in states)
+        self.recorder.span(run, now, "cancelled" if cancelled else "preempted" if preempted else "done", end,
+                           compute_s)
         # its compute time (after the predicted weight loading and transfers), predicted and taken: as
         # the worker measured it, or else by the driver's clock (which adds the hand-over to and from it)
         if a.stage == StageKind.DIFFUSE:

@@ -113,7 +113,7 @@ class SpanRow:
     predicted_s: float = column("DOUBLE", comment="the cost model's duration for it (sim: equals ended - started)")
     start_step: int = column("INTEGER", default=0)
     end_step: int = column("INTEGER", default=0)
-    outcome: str = column("VARCHAR", default="done", comment="done | preempted | failed | oom")
+    outcome: str = column("VARCHAR", default="done", comment="done | preempted | failed | oom | cancelled (every request of it was, while it ran)")
     load_s: float = column("DOUBLE", default=0.0, comment="weight loading charged to this dispatch (lazy placement)")
     transfer_s: float = column("DOUBLE", default=0.0, comment="moving embeddings/latents to its GPUs")
     compute_s: float | None = column("DOUBLE", nullable=True, default=None,
