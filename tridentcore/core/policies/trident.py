@@ -76,8 +76,8 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   triage, overload cascades: each request served in deadline order is itself about to miss).
   A request it admits late that can still make it takes a degree that does, on GPUs left idle.
   Simulated, SLO scale 3, fair goodput / SLO-aware ceiling with triage (without): flux-uniform 94 %
-  (89 %), sd3-mixed 94 % (88 %); at twice the capacity ceiling flux-uniform finishes 489 of 1,078
-  within their SLO (286), goodput mode 475 by turning 466 away.
+  (89 %), sd3-mixed 93 % (88 %); at twice the capacity ceiling flux-uniform finishes 484 of 1,078
+  within their SLO (286), goodput mode 488 by turning 467 away.
 
 Stages never share a GPU at the same time (exclusive dispatch).
 

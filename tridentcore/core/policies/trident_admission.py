@@ -26,10 +26,12 @@ GPUs, the share of the predicted wait due to queued work (not to running work) i
 arrivals (by 2 points): the stretch must not turn fairness into starving the largest class.
 
 Measured (``trident:late=reject``, simulated 2x8xH200, SLO scale 3, 300 s at twice the capacity
-ceiling; ``benchmarks/overload.py``): flux-uniform, 1078 requests: with no stretch
-(``admit_wait=1``) 447 finish within their SLO of 613 admitted; with the default 3, 475 of 612
-(``trident`` serving everything: 286, or 489 with triage; the best baseline: 129); image-video, 494
-requests: 420 of 458, and 435 of 452.
+ceiling; ``benchmarks/overload.py``, seed 0, since running diffuses free at their next step boundary
+here): flux-uniform, 1078 requests: with no stretch (``admit_wait=1``) 356 finish within their SLO of
+557 admitted; with the default 3, 488 of 611 (``trident`` serving everything: 286, or 484 with
+triage; the best baseline: 129); image-video, 494 requests: 417 of 455, and 416 of 449 (``trident``
+with triage: 431). Over seeds 0-3 the boundary changed the sums by -2 % (flux-uniform) and +1 %
+(image-video) in goodput mode, within noise in serve mode (with a whole step: 475 and 435 at seed 0).
 
 Past ``_MAX_AHEAD`` requests ahead, the rest is spread over all GPUs as GPU-seconds. A request with
 nothing ranked ahead of it that can start now on idle GPUs is admitted without building the schedule
