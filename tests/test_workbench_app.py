@@ -233,6 +233,15 @@ def test_home_trace_upload_runs_the_trace():
     _clean(at)
     assert not at.error
     assert any("20 requests" in (m.help or "") for m in at.metric)
+    # the summary names the file as uploaded, and no arrival process (a trace brings its own times)
+    summary = " ".join(m.value for m in at.markdown)
+    assert "**t.jsonl** · cluster" in summary and "poisson" not in summary, summary
+    # an error in the trace names the uploaded file, not the copy the workbench saved
+    bad = lines[:3] + [json.dumps({"t": 9, "model": "sd3-medium", "height": 512, "width": 500, "steps": 28})]
+    at.file_uploader(key="cmp_trace_file").set_value(("mine.jsonl", "\n".join(bad).encode(), "application/json")).run()
+    _clean(at)
+    errors = " ".join(e.value for e in at.error)
+    assert "mine.jsonl: line 4: width 500 is not a multiple of 16" in errors and "trident-workbench-uploads" not in errors, errors
 
 
 # ------------------------------------------------------------------------------ Profiles

@@ -21,6 +21,15 @@ st.title("Compare policies")
 st.caption("Pipeline-level serving (the whole pipeline on fixed GPUs) against stage-level serving "
            "(TridentServe), on one workload: simulated in-process from the stage profile, or live.")
 
+uploaded: dict[str, str] = {}  # an uploaded file's saved path -> the name it was uploaded as (this script run)
+
+
+def _named(text: str) -> str:
+    """``text`` with each uploaded file's saved path (``/tmp/trident-workbench-uploads/<hash>.jsonl``)
+    replaced by the name the user uploaded it as."""
+    for path, name in uploaded.items():
+        text = text.replace(path, name)
+    return text
 
 
 def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, devices: str, time_scale: float,
@@ -37,7 +46,7 @@ def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, 
     try:
         plan = live_bench.plan_live(scenario, rates[0], devices, time_scale)
     except ValueError as exc:
-        st.error(data.error_text(exc))
+        st.error(_named(data.error_text(exc)))
         return
     st.markdown(f"{len(policies)} policies × **{plan.requests} requests** on `{devices}`; the sends take "
                 f"{plan.send_wall_s:.1f} s of wall time per policy (time scale {time_scale:g}), plus start-up and "
@@ -54,7 +63,7 @@ def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, 
             ids = live_bench.run_live(plan, policies, db, progress)
         except (LiveBenchError, ValueError, OSError) as exc:
             bar.empty()
-            st.error(f"live run failed: {data.error_text(exc)}")
+            st.error(f"live run failed: {_named(data.error_text(exc))}")
             return
         bar.empty()
         st.session_state["cmp_live_last"] = {"db": db, "run_ids": ids}
@@ -90,6 +99,7 @@ with st.sidebar:
     source = st.radio("Workload", ("named mix", "mix file (YAML)", "trace file"), key="cmp_source")
     mix = trace = trace_model = None
     problems: list[str] = []
+    uploaded.clear()
     if source == "named mix":
         mixes = list(list_mixes())
         default_mix = data.DEFAULT_SCENARIO.mix
@@ -100,6 +110,7 @@ with st.sidebar:
             problems.append("upload a mix YAML file (the format of tridentcore/formats/data/mixes/*.yaml)")
         else:
             mix = data.save_upload(up.getvalue(), Path(up.name).suffix or ".yaml")
+            uploaded[mix] = up.name
     else:
         up = st.file_uploader("Trace (JSON lines or the paper's Request(...) lines)", key="cmp_trace_file")
         trace_model = st.text_input("Model (paper-format traces name none)", "", key="cmp_trace_model").strip() or None
@@ -107,6 +118,7 @@ with st.sidebar:
             problems.append("upload a trace file")
         else:
             trace = data.save_upload(up.getvalue(), Path(up.name).suffix or ".jsonl")
+            uploaded[trace] = up.name
 
     kind = st.selectbox("Arrival process", ARRIVALS, key="cmp_arrival", disabled=trace is not None)
     arrival = kind
@@ -155,6 +167,7 @@ with st.sidebar:
             problems.append("upload a profile CSV (the format of tridentcore/profiles/data/*.csv)")
         else:
             profile = data.save_upload(up.getvalue(), ".csv")
+            uploaded[profile] = up.name
     chosen = st.multiselect("Policies", data.POLICY_CHOICES, default=list(data.DEFAULT_POLICIES), key="cmp_policies")
     extra = st.text_input("More policy specs (comma-separated, e.g. pipeline-static:degree=2)", "", key="cmp_extra")
     policies = list(dict.fromkeys(chosen + (split_specs(extra) if extra.strip() else [])))
@@ -183,7 +196,7 @@ scenario = RunSpec(profile=profile, cluster=cluster, mix=mix, trace=trace, trace
 invalid = data.validate_comparison(scenario, policies, rates)
 if invalid:
     for p in invalid:
-        st.error(p)
+        st.error(_named(p))
     st.stop()
 
 if live_mode:
@@ -208,7 +221,7 @@ except Exception as exc:  # expected: a policy that cannot run this cluster; oth
     bar.empty()
     if not isinstance(exc, (ValueError, LookupError)):
         logging.getLogger(__name__).exception("simulation failed")
-    st.error(f"simulation failed: {data.error_text(exc)}")
+    st.error(f"simulation failed: {_named(data.error_text(exc))}")
     st.stop()
 bar.empty()
 
@@ -221,9 +234,10 @@ if sweep:
         goodputs.setdefault(p, {"goodput_rps": grid.get(p, 0.0), "grid": True})
 
 first = runs[tasks[0]]
-workload = Path(trace).name if trace else Path(str(mix)).name
-summary_line = (f"**{workload}** · {scenario.arrival} · cluster {cluster} ({first.n_gpus} GPUs, {first.gpu_mem_gib:g} GiB each) · "
-                f"profile {Path(profile).name} · SLO scale {slo_scale:g}")
+workload = uploaded.get(trace or "") or uploaded.get(str(mix)) or Path(trace or str(mix)).name
+arrivals = "" if trace else f"{scenario.arrival} · "  # (a trace brings its own arrival times)
+summary_line = (f"**{workload}** · {arrivals}cluster {cluster} ({first.n_gpus} GPUs, {first.gpu_mem_gib:g} GiB each) · "
+                f"profile {uploaded.get(profile) or Path(profile).name} · SLO scale {slo_scale:g}")
 ceiling_note = ""
 if trace is None:
     try:
