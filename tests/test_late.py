@@ -235,3 +235,42 @@ def test_a_rejection_says_when_the_same_request_would_be_admitted():
     policy = Watched(make_policy("trident:late=reject"))
     simulate(parse_cluster("1x2xH200"), cost, policy, [hopeless])
     assert [r.retry_s for r in policy.rejects] == [0.0]
+
+
+def test_a_hung_worker_is_stopped_and_its_stage_retried_elsewhere():
+    """A worker process that stops answering (SIGSTOP here: a stuck driver, a deadlock) left its stage
+    running for ever, the device counted alive and the client waiting (an outside test). Past the hang
+    bounds (here 3 s and 5 x the predicted time; by default 60 s and 20 x) the worker is stopped and
+    restarted, and the stage is retried on the other worker: the request is served."""
+    import asyncio
+    import dataclasses
+
+    from tridentcore.core.types import Shape
+    from tridentcore.runtime.build import build_runtime
+    from tridentcore.runtime.engine import Accepted, Submission
+
+    async def main():
+        rt = build_runtime("tiny-sd3", "cpu:2", "trident")
+        e = rt.engine
+        e.config = dataclasses.replace(e.config, hung_min_s=3.0, hung_factor=5.0)
+        await rt.start()
+        try:
+            got = e.submit([Submission("tiny-sd3", "a red cube", Shape(128, 128, 1, 100), seed=1)])
+            assert isinstance(got, Accepted)
+            stopped = None
+            deadline = time.monotonic() + 60
+            while stopped is None and time.monotonic() < deadline:
+                for run in list(e.state.running.values()):
+                    if run.action.stage.value == "diffuse":
+                        stopped = e.workers[run.action.gpus[0]].pid
+                        os.kill(stopped, signal.SIGSTOP)  # a worker process this test's runtime started
+                        break
+                await asyncio.sleep(0.01)
+            assert stopped is not None, "no diffuse ever ran"
+            outcome = await asyncio.wait_for(e.wait(got.ids[0]), 120)
+            return outcome, e.hung
+        finally:
+            await e.shutdown(0)
+
+    outcome, hung = asyncio.run(main())
+    assert outcome.state == "done" and hung == 1, (outcome, hung)

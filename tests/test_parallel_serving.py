@@ -95,7 +95,7 @@ def test_a_replica_meets_once_and_a_preempted_parallel_diffuse_stops_on_every_me
     e, long, out = run(main(), 300)
     assert out.state == "done"
     diffuse = [s for s in e.spans if s.request_id == long and s.stage == "diffuse"]
-    assert diffuse and diffuse[0].outcome == "preempted" and diffuse[0].end_step < 400
+    assert diffuse and diffuse[0].outcome == "cancelled" and diffuse[0].end_step < 400
     assert e.workers.worlds.parallel_runs == 4
 
 

@@ -98,7 +98,7 @@ def test_cancel_stops_a_running_diffuse_at_a_step_boundary(cpu_server):
             break
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert diffuse[0]["outcome"] == "preempted" and diffuse[0]["end_step"] < 200
+    assert diffuse[0]["outcome"] == "cancelled" and diffuse[0]["end_step"] < 200
     assert client.get(f"/v1/requests/{rid}/result").json()["error"]["code"] == "cancelled"
 
 

@@ -197,7 +197,7 @@ def test_cancel_stops_a_running_diffuse_in_an_actor(cpu_result):
     assert r["cancel_state"] == "cancelled"
     assert len(r["cancel_diffuse"]) == 1
     outcome, end_step = r["cancel_diffuse"][0]
-    assert outcome == "preempted" and end_step < 200
+    assert outcome == "cancelled" and end_step < 200
 
 
 def test_killed_actor_is_restarted_and_every_request_completes(cpu_result):

@@ -72,6 +72,8 @@ DEFAULT_KEEP_ENDED = 10_000  # `trident serve`: ended requests kept in full in m
 DEFAULT_MAX_RESULTS = 1024  # `trident serve`: finished images/videos kept for clients to fetch ...
 DEFAULT_RESULTS_MIB = 1024  # ... and at most this many MiB of them (the oldest dropped first)
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-flight work finish
+HUNG_STAGE_MIN_S = 60.0  # `trident serve` on real devices: a stage still running after this many seconds and...
+HUNG_STAGE_FACTOR = 20.0  # ...this many times its predicted time takes its worker as hung: it is stopped and restarted
 # `trident serve --db`: how long the final write waits for another process's lock on the file; longer
 # than a read-only query may run (the workbench's SQL console interrupts one at 30 s)
 DEFAULT_DB_WAIT_S = 35.0

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
-                             DEFAULT_RESULTS_MIB, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+                             DEFAULT_RESULTS_MIB, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, HUNG_STAGE_FACTOR,
+                             HUNG_STAGE_MIN_S)
 from ..core.driver import DEFAULT_MAX_ATTEMPTS
 from ..core.types import Shape
 
@@ -38,6 +39,9 @@ class EngineConfig:
     # testing aid (``trident serve --inject-oom decode:1``): the first N dispatches of a stage fail in their
     # worker with an out-of-memory error, which then takes the real path (StageFailed(oom=True), retry)
     inject_oom: tuple[tuple[str, int], ...] = ()
+    # real devices: a stage running past both bounds takes its worker as hung (stopped, restarted)
+    hung_min_s: float = HUNG_STAGE_MIN_S
+    hung_factor: float = HUNG_STAGE_FACTOR
 
 
 @dataclass(frozen=True, slots=True)

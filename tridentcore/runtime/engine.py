@@ -118,6 +118,7 @@ class Engine:
         self._rows: list[RequestRow] = []  # rows of forgotten requests (record on)
         self.forgotten = 0
         self.refused: dict[str, int] = {}  # submissions turned away before admission (items), by code
+        self.hung = 0  # stages whose worker was taken as hung and stopped (_watched)
         self._faults = {stage: n for stage, n in config.inject_oom if n > 0}  # stage -> injections left
         self._tiled: set[int] = set()  # decode dispatches run tiled (a retry after an out-of-memory error)
         self._tick_task: asyncio.Task | None = None
@@ -364,7 +365,7 @@ class Engine:
 
     async def _run(self, did: int, worker, task: StageTask) -> None:
         try:
-            result = await worker.run(task)
+            result = await self._watched(did, worker, task)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a worker bug is a failed stage, not a dead engine
@@ -378,6 +379,30 @@ class Engine:
                       else Completed(did, result.end_step if task.stage == StageKind.DIFFUSE else None,
                                      compute_s=result.wall_s / self._scale if result.wall_s > 0 else None))
             self._post(report, result)
+
+    async def _watched(self, did: int, worker, task: StageTask) -> StageResult:
+        """``worker.run(task)``; on real devices (time scale 1), a stage still running after
+        ``hung_min_s`` and ``hung_factor`` times its predicted time (``EngineConfig``) takes its worker as hung
+        (a stopped process, a stuck driver): the worker is stopped (``abort``: its process is killed),
+        so the stage fails as lost, is retried elsewhere, and the worker restarts. It used to run on
+        for ever, the devices counted alive and the request's client waiting to the end."""
+        work = asyncio.ensure_future(worker.run(task))
+        run = self.state.running.get(did)
+        if self.config.time_scale != 1.0 or run is None:
+            return await work
+        limit = max(self.config.hung_min_s, self.config.hung_factor * max(0.0, run.predicted_end_s - run.started_s))
+        try:
+            done, _ = await asyncio.wait((work,), timeout=limit)
+            if not done:
+                logger.warning("worker %s: %s of dispatch %d still running after %.0f s (predicted %.2f s): "
+                               "taken as hung, stopped and restarted", getattr(worker, "slot", "?"),
+                               task.stage.value, did, limit, run.predicted_end_s - run.started_s)
+                self.hung += 1
+                worker.abort()
+            return await work
+        finally:
+            if not work.done():
+                work.cancel()
 
     # ------------------------------------------------------------------------------ the loop
     def _post(self, report: Report, result: StageResult | None = None) -> None:

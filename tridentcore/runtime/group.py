@@ -220,6 +220,7 @@ class EngineGroup:
             for reason, n in e.refused.items():
                 refused[reason] = refused.get(reason, 0) + n
         cfg["refused"] = dict(sorted(refused.items()))
+        cfg["hung"] = sum(e.hung for e in self.parts)
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
                          "time_scale": e.config.time_scale, "clock": views.clock(e), "slowdown": views.slowdown(e)}
                         for label, e in zip(self.labels, self.parts)]

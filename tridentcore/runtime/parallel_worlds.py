@@ -221,6 +221,11 @@ class MemberSet(Worker):
 class Worlds:
     """A worker process's side: the world it holds now (one at most), joined and left on demand."""
 
+
+    def abort(self) -> None:
+        """Stop every member's process (each restarts as a lost worker does)."""
+        for w in self.workers:
+            w.abort()
     def __init__(self, address: str | None = None) -> None:
         self.key: str | None = None
         self.address = address  # this node's address, for worlds whose store is not on loopback (Ray)
