@@ -2,11 +2,12 @@
 
 :func:`payload_bytes` sizes what moves between stages, :class:`DispatchCost` is the cost model's
 answer for one dispatch on the current state (from :class:`CostAnswers`, the cost model's answers it
-needs, memoised), :class:`Running` is a dispatch in flight.
+needs, memoised), :class:`Running` is a dispatch in flight, :func:`next_boundary` the step boundary it reaches next.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -66,6 +67,15 @@ class Running:
     queued_s: dict[int, float] = field(default_factory=dict)
     preempt_at_step: int | None = None  # diffuse paused at this step
     factor: float = 1.0  # the calibration factor its predictions were made with (1: uncalibrated)
+
+
+def next_boundary(run: Running, now: float) -> tuple[int, float]:
+    """The step boundary a running diffuse reaches next at or after ``now``, and when, by the cost
+    model's step time (a run still loading weights pauses at its first step)."""
+    if run.step_s <= 0 or now <= run.compute_start_s:
+        return run.action.start_step, max(now, run.compute_start_s)
+    done = math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
+    return run.action.start_step + done, max(now, run.compute_start_s + done * run.step_s)
 
 
 class CostAnswers:

@@ -28,7 +28,6 @@ Pure: no clock (decision times are measured only if the driver passes a ``timer`
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -36,6 +35,7 @@ from dataclasses import replace
 from .calibration import CalibratedCost, Calibration
 from .cluster import ClusterSpec
 from .costmodel import CostModel
+from .dispatch import next_boundary
 from .errors import TridentError
 from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, StageFailed,
                      StageFinished, Tick, WorkerLost, WorkerRestored)
@@ -70,15 +70,6 @@ def expected_mix(items: Iterable[tuple[str, Shape, float]]) -> dict[tuple[str, S
     for model, shape, weight in items:
         out[(model, shape)] = out.get((model, shape), 0.0) + float(weight)
     return out
-
-
-def next_boundary(run: Running, now: float) -> tuple[int, float]:
-    """The step boundary a running diffuse reaches next at or after ``now``, and when, by the cost
-    model's step time (a run still loading weights pauses at its first step)."""
-    if run.step_s <= 0 or now <= run.compute_start_s:
-        return run.action.start_step, max(now, run.compute_start_s)
-    done = math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
-    return run.action.start_step + done, max(now, run.compute_start_s + done * run.step_s)
 
 
 # --------------------------------------------------------------------------------------- the core

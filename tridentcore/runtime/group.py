@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -215,11 +216,7 @@ class EngineGroup:
         cfg["models"] = list(self.models)
         cfg["calibration"] = [row for m in metas for row in json.loads(m.config_json).get("calibration", [])]
         cfg["slowdown"] = max(views.slowdown(e) for e in self.parts)
-        refused: dict[str, int] = {}
-        for e in self.parts:
-            for reason, n in e.refused.items():
-                refused[reason] = refused.get(reason, 0) + n
-        cfg["refused"] = dict(sorted(refused.items()))
+        cfg["refused"] = dict(sorted(sum((Counter(e.refused) for e in self.parts), Counter()).items()))
         cfg["hung"] = sum(e.hung for e in self.parts)
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
                          "time_scale": e.config.time_scale, "clock": views.clock(e), "slowdown": views.slowdown(e)}

@@ -25,8 +25,8 @@ uploaded: dict[str, str] = {}  # an uploaded file's saved path -> the name it wa
 
 
 def _named(text: str) -> str:
-    """``text`` with each uploaded file's saved path (``/tmp/trident-workbench-uploads/<hash>.jsonl``)
-    replaced by the name the user uploaded it as."""
+    """``text`` with each uploaded file's saved copy (``data.UPLOAD_DIR``, named by its hash) replaced
+    by the name the user uploaded it as."""
     for path, name in uploaded.items():
         text = text.replace(path, name)
     return text
@@ -99,7 +99,6 @@ with st.sidebar:
     source = st.radio("Workload", ("named mix", "mix file (YAML)", "trace file"), key="cmp_source")
     mix = trace = trace_model = None
     problems: list[str] = []
-    uploaded.clear()
     if source == "named mix":
         mixes = list(list_mixes())
         default_mix = data.DEFAULT_SCENARIO.mix

@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from ..dispatch import next_boundary
 from ..lifecycle import WAITING_FOR, RequestRecord
 from ..state import ClusterView
 from ..types import StageKind
@@ -237,13 +238,11 @@ class Admission:
 
 
 def _next_boundary(run, now: float) -> float:
-    """When a running diffuse can next be paused or shrunk: at the end of the step it is in, and not
-    before it has run one step (``trident`` pauses nothing younger: no pause/resume cycles that make no
-    progress). It was ``now`` plus a whole step, which turned away a short request that the running
-    diffuse's next boundary, a fraction of a step away, leaves time for."""
-    start, step = run.compute_start_s, run.step_s
-    done = math.ceil(max(0.0, now - start) / step - 1e-9)
-    return max(now, start + max(1, done) * step)
+    """When a running diffuse can next be paused or shrunk: its next step boundary, and not before it
+    has run one step (``trident`` pauses nothing younger: no pause/resume cycles that make no progress).
+    It was ``now`` plus a whole step, which turned away a short request that the running diffuse's next
+    boundary, a fraction of a step away, leaves time for."""
+    return max(next_boundary(run, now)[1], run.compute_start_s + run.step_s)
 
 
 def _secs(s: float) -> str:
