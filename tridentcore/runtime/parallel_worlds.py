@@ -181,6 +181,11 @@ class MemberSet(Worker):
         self.slot = self.workers[0].slot
         self.kind = self.workers[0].kind
 
+    def abort(self) -> None:
+        """Stop every member's process (each restarts as a lost worker does)."""
+        for w in self.workers:
+            w.abort()
+
     async def run(self, task: StageTask) -> StageResult:
         specs = self.keys.specs([w.slot for w in self.workers])
         tasks = [replace(task, world=s) if self.resident is None else replace(task, world=s, resident=self.resident[i])
@@ -221,11 +226,6 @@ class MemberSet(Worker):
 class Worlds:
     """A worker process's side: the world it holds now (one at most), joined and left on demand."""
 
-
-    def abort(self) -> None:
-        """Stop every member's process (each restarts as a lost worker does)."""
-        for w in self.workers:
-            w.abort()
     def __init__(self, address: str | None = None) -> None:
         self.key: str | None = None
         self.address = address  # this node's address, for worlds whose store is not on loopback (Ray)
