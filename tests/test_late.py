@@ -23,7 +23,8 @@ from tridentcore.bench.scenario import load_scenario, run_one
 from tridentcore.bench.spec import RunSpec
 from tridentcore.core.policy import PolicyError, make_policy, with_late
 
-from http_bursts import burst  # noqa: E402  (tests/, on sys.path under pytest)
+from children import served_past_a_hung_worker  # noqa: E402  (tests/, on sys.path under pytest)
+from http_bursts import burst  # noqa: E402
 
 POLICIES = ["trident", "pipeline-static:degree=1", "pipeline-dynamic", "trident-paper"]
 
@@ -242,35 +243,9 @@ def test_a_hung_worker_is_stopped_and_its_stage_retried_elsewhere():
     running for ever, the device counted alive and the client waiting (an outside test). Past the hang
     bounds (here 3 s and 5 x the predicted time; by default 180 s and 20 x) the worker is stopped and
     restarted, and the stage is retried on the other worker: the request is served."""
-    import asyncio
-    import dataclasses
-
     from tridentcore.core.types import Shape
-    from tridentcore.runtime.build import build_runtime
-    from tridentcore.runtime.engine import Accepted, Submission
+    from tridentcore.runtime.engine import Submission
 
-    async def main():
-        rt = build_runtime("tiny-sd3", "cpu:2", "trident")
-        e = rt.engine
-        e.config = dataclasses.replace(e.config, hung_min_s=3.0, hung_factor=5.0)
-        await rt.start()
-        try:
-            got = e.submit([Submission("tiny-sd3", "a red cube", Shape(128, 128, 1, 100), seed=1)])
-            assert isinstance(got, Accepted)
-            stopped = None
-            deadline = time.monotonic() + 60
-            while stopped is None and time.monotonic() < deadline:
-                for run in list(e.state.running.values()):
-                    if run.action.stage.value == "diffuse":
-                        stopped = e.workers[run.action.gpus[0]].pid
-                        os.kill(stopped, signal.SIGSTOP)  # a worker process this test's runtime started
-                        break
-                await asyncio.sleep(0.01)
-            assert stopped is not None, "no diffuse ever ran"
-            outcome = await asyncio.wait_for(e.wait(got.ids[0]), 120)
-            return outcome, e.hung
-        finally:
-            await e.shutdown(0)
-
-    outcome, hung = asyncio.run(main())
+    outcome, hung = served_past_a_hung_worker("tiny-sd3", "trident",
+                                              Submission("tiny-sd3", "a red cube", Shape(128, 128, 1, 100), seed=1))
     assert outcome.state == "done" and hung == 1, (outcome, hung)

@@ -313,29 +313,9 @@ def test_a_live_run_at_degree_2_with_a_killed_member_replays_identically():
 def test_a_hung_member_of_a_parallel_diffuse_stops_the_whole_group_and_the_request_is_served():
     """The hang watch stops a stuck dispatch's worker (``abort``); a sequence-parallel dispatch's worker
     is its member set, whose abort must stop every member (it stopped none: the base class's no-op)."""
-    import dataclasses
-    import time
+    from children import served_past_a_hung_worker  # (tests/, on sys.path under pytest)
 
-    async def main():
-        rt = build_runtime("tiny-flux", "cpu:2", "pipeline-static:degree=2")
-        e = rt.engine
-        e.config = dataclasses.replace(e.config, hung_min_s=3.0, hung_factor=5.0)
-        await rt.start()
-        try:
-            rid = e.submit([Submission("tiny-flux", "x", Shape(64, 64, 1, 60), seed=3, slo_s=LONG_SLO_S)]).ids[0]
-            deadline = time.monotonic() + 60
-            stopped = None
-            while stopped is None and time.monotonic() < deadline:
-                for run_ in list(e.state.running.values()):
-                    if run_.action.stage.value == "diffuse" and len(run_.action.gpus) == 2:
-                        stopped = e.workers[run_.action.gpus[1]].pid
-                        os.kill(stopped, signal.SIGSTOP)  # a worker process this test's runtime started
-                        break
-                await asyncio.sleep(0.01)
-            assert stopped is not None, "no parallel diffuse ever ran"
-            return await e.wait(rid, 150), e.hung
-        finally:
-            await e.shutdown(5)
-
-    outcome, hung = run(main(), 300)
+    outcome, hung = served_past_a_hung_worker(
+        "tiny-flux", "pipeline-static:degree=2", Submission("tiny-flux", "x", Shape(64, 64, 1, 60), seed=3,
+                                                             slo_s=LONG_SLO_S), degree=2)
     assert outcome.state == "done" and hung >= 1, (outcome, hung)
