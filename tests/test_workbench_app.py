@@ -152,7 +152,10 @@ def test_home_rate_sweep_adds_goodput_and_rate_curves():
     _clean(at)
 
 
-def test_home_live_mode_checks_its_inputs_before_running():
+def test_home_live_mode_checks_its_inputs_before_running(tmp_path, monkeypatch):
+    from workbench import live_jobs
+
+    monkeypatch.setattr(live_jobs, "JOBS_DIR", tmp_path / "jobs")  # no job of this machine's
     at = _app()
     at.run()
     at.radio(key="cmp_backend").set_value("live (trident bench)").run()
@@ -170,13 +173,17 @@ def test_home_live_mode_checks_its_inputs_before_running():
 
 
 def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_path, monkeypatch):
-    """One policy, a handful of requests: a real `trident serve` on emulated GPUs and Locust."""
+    """One policy, a handful of requests: a real `trident serve` on emulated GPUs and Locust, in a
+    job process of its own; the page shows its progress, then (once it ended) the stored runs."""
     import importlib.util
+
+    from workbench import live_jobs
 
     if importlib.util.find_spec("locust") is None:  # never import it here: Locust runs as its own process
         pytest.skip("locust is not installed")
     db = tmp_path / "live.duckdb"
     _argv(monkeypatch, db, results_dir=tmp_path / "results")
+    monkeypatch.setattr(live_jobs, "JOBS_DIR", tmp_path / "jobs")
     at = _app()
     at.run()
     at.radio(key="cmp_backend").set_value("live (trident bench)").run()
@@ -185,6 +192,16 @@ def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_pat
     at.number_input(key="cmp_duration").set_value(10.0)
     at.selectbox(key="cmp_live_db").set_value(db.resolve()).run()
     at.button(key="cmp_live_run").click().run()
+    _clean(at)
+    assert not at.error, [e.value for e in at.error]
+    job = live_jobs.current()
+    assert job is not None and job.policies == ["trident"]
+    assert any("Live job" in c.value for c in at.caption) and not at.metric  # its progress, no runs yet
+    deadline = time.monotonic() + 240
+    while live_jobs.read(job.dir).active and time.monotonic() < deadline:
+        time.sleep(1)
+    assert live_jobs.read(job.dir).state == "done", live_jobs.read(job.dir)
+    at.run()  # the page as a visitor sees it when they come back
     _clean(at)
     assert not at.error, [e.value for e in at.error]
     assert [h.value for h in at.subheader] == ["trident"]

@@ -2,8 +2,8 @@
 runs them (``tridentcore.bench.live.LiveBench``: a ``trident serve`` and Locust as child processes
 on loopback, the simulator's schedule for the same seed), each stored as a run in the results file.
 
-No Streamlit here: the page passes a progress callback and gets the stored run ids back, then reads
-the runs from the store like any other.
+No Streamlit here. :func:`run_live` runs in a job process of its own (``workbench.live_jobs``), which
+reports its progress to the page; the page reads the stored runs from the store like any other.
 """
 
 from __future__ import annotations
@@ -66,28 +66,38 @@ def plan_live(scenario: RunSpec, rate: float | None, devices: str, time_scale: f
 
 
 def run_live(plan: LivePlan, policies: Sequence[str], db: str, progress: Progress | None = None,
-             extra_config: dict | None = None) -> list[str]:
+             extra_config: dict | None = None, stored: list[str] | None = None) -> list[str]:
     """Run each policy live and store it in ``db``; returns the stored run ids, in policy order.
 
+    ``stored``: a list the ids are appended to as each run is stored, the run of a policy that ended
+    early included (interrupted, or its server died): what a caller still has when this raises.
     Raises ``tridentcore.bench.live.LiveBenchError`` (a child process failed; runs stored before it
-    stay stored). Stopping the page stops the children: ``LiveBench`` stops what it started.
+    stay stored) and ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM inside ``sigterm_interrupts``: the
+    run in progress stored as interrupted). Its children are stopped either way (``LiveBench``
+    stops what it started). The workbench runs this in a job process of its own (``live_jobs``).
     """
     from pathlib import Path
 
-    from tridentcore.bench.live import LiveBench
+    from tridentcore.bench.live import LiveBench, LiveServerDied
     from tridentcore.store import new_run_id
 
     Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
     seed = plan.spec.run.seed
     bench_id = new_run_id("bench-live", seed)
-    stored: list[str] = []
+    stored = [] if stored is None else stored
     for k, policy in enumerate(policies, start=1):
         def report(phase: str, done: int, total: int, k=k, policy=policy) -> None:
             if progress is not None:
                 progress(k, policy, phase, done, total)
 
-        result = LiveBench(plan.spec, policy, new_run_id(policy, seed), db,
-                           extra_config={"bench": bench_id, "source": "workbench", **(extra_config or {})},
-                           progress=report).run()
+        try:
+            result = LiveBench(plan.spec, policy, new_run_id(policy, seed), db,
+                               extra_config={"bench": bench_id, "source": "workbench", **(extra_config or {})},
+                               progress=report).run()
+        except (KeyboardInterrupt, LiveServerDied) as exc:  # (LiveBenchInterrupted: a KeyboardInterrupt)
+            partial = getattr(exc, "partial", None)
+            if partial is not None:
+                stored.append(partial.run_id)
+            raise
         stored.append(result.run_id)
     return stored

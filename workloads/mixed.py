@@ -48,6 +48,10 @@ file whose path the error names. A standalone run's ``client_requests.server_req
 server's request id (``request_index`` is the schedule's). ``trident bench --backend
 live`` stores a whole live run (server and client rows, one transaction) instead.
 
+**Parent.** With ``TRIDENT_STOP_WITH_PARENT`` naming its parent's PID (set by ``trident bench
+--backend live`` and the workbench's live jobs), the run ends, its rows written, once that parent is
+gone (a ``kill -9`` of the bench): it would otherwise send to a stopped server until ``-t``.
+
 **Key.** With ``TRIDENT_API_KEY`` in its environment, every request carries
 ``Authorization: Bearer KEY`` (a server with an API key answers 401 without it).
 
@@ -82,7 +86,8 @@ from locust.stats import CSV_STATS_INTERVAL_SEC
 from tridentcore.bench.spec import TRACE_PREFIX, RunSpec, read_spec_file
 from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER,
                                        DEFAULT_CPU_PROFILE, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
-                                       DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+                                       DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE,
+                                       PARENT_PID_ENV)
 from tridentcore.core.metrics import quantile
 from tridentcore.formats.mixes import list_mixes
 from workloads.rows import absorb_response, base_row, store_rows, unwritable, write_rows
@@ -343,6 +348,18 @@ def _on_test_start(environment, **_kw) -> None:
     gevent.spawn(_finish_when_done, environment, run)
     if options.progress_file:
         gevent.spawn(_write_progress, run, options.progress_file)
+    parent = os.environ.get(PARENT_PID_ENV, "").strip()
+    if parent.isdigit() and int(parent) == os.getppid():  # (one inherited from further up is not ours)
+        gevent.spawn(_end_with_parent, environment, run, int(parent))
+
+
+def _end_with_parent(environment, run: Run, parent: int) -> None:
+    while not run.ended:
+        if os.getppid() != parent:
+            logger.error("the process that started this run (PID %d) is gone: ending the run", parent)
+            _end(environment)
+            return
+        gevent.sleep(1.0)
 
 
 def _finish_when_done(environment, run: Run) -> None:

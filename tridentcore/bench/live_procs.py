@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.defaults import PARENT_PID_ENV
 from ..core.errors import TridentError
 
 __all__ = ["ChildError", "engine_ids", "exit_words", "http_json", "locust_cmd", "locust_process", "locustfile", "no_interrupts",
@@ -152,10 +153,12 @@ def server_process(args: Sequence[str], startup_timeout_s: float, stop_timeout_s
 def locust_process(cmd: Sequence[str], log_path: Path, cwd: Path,
                    env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """Locust (``cmd``) in its own session with its output in ``log_path``; stopped on exit.
-    ``env``: added to its environment."""
+    ``env``: added to its environment, with ``TRIDENT_STOP_WITH_PARENT`` (this process: the run
+    ends when this process is gone, killed too; ``workloads/mixed.py``)."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=cwd, env={**os.environ, **env} if env else None)
+                                start_new_session=True, cwd=cwd,
+                                env={**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())})
     try:
         yield proc
     finally:

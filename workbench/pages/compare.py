@@ -1,6 +1,7 @@
 """Compare: policies side by side on one simulated scenario (the workbench's home page)."""
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,7 @@ from tridentcore.bench.spec import RunSpec
 from tridentcore.core.policy import split_specs
 from tridentcore.formats.mixes import list_mixes
 from tridentcore.profiles import shipped_profiles
-from workbench import access, data, figures, live_bench
+from workbench import access, data, figures, live_bench, live_jobs
 
 access.gate()
 
@@ -34,55 +35,85 @@ def _named(text: str) -> str:
 
 def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, devices: str, time_scale: float,
               db: str) -> None:
-    """Compare's live mode: run the policies through `trident bench --backend live`'s library and
-    show the stored runs (KPI cards and latency CDF from the results store)."""
-    from tridentcore.bench.live import LiveBenchError
-
+    """Compare's live mode: the policies run by `trident bench --backend live`'s library in a job
+    process of its own (``live_jobs``: it goes on when the page is left), its progress shown while it
+    runs, then its stored runs (KPI cards and latency CDF from the results store)."""
     st.caption("Live: each policy on a real `trident serve` driven by Locust (child processes on 127.0.0.1) with the "
-               "simulator's requests for the same seed, stored as runs (see **Runs** to diff them).")
-    if sweep:
+               "simulator's requests for the same seed, stored as runs (see **Runs** to diff them). The comparison "
+               "runs as a job of its own: leaving this page or closing the browser does not stop it.")
+    running = live_jobs.current()
+    if running is not None:
+        show_job(running.id)
+    elif sweep:
         st.error("A live comparison runs one rate: choose **one rate** under Load.")
-        return
-    try:
-        plan = live_bench.plan_live(scenario, rates[0], devices, time_scale)
-    except ValueError as exc:
-        st.error(_named(data.error_text(exc)))
-        return
-    st.markdown(f"{len(policies)} policies × **{plan.requests} requests** on `{devices}`; the sends take "
-                f"{plan.send_wall_s:.1f} s of wall time per policy (time scale {time_scale:g}), plus start-up and "
-                f"the last answers. Runs are stored in `{access.database_label(Path(db))}`.")
-    if st.button("Run live", type="primary", key="cmp_live_run"):
-        bar = st.progress(0.0, text="starting…")
-
-        def progress(k: int, policy: str, phase: str, done: int, total: int) -> None:
-            frac = ((k - 1) + (done / total if total else 0.0)) / len(policies)
-            bar.progress(min(max(frac, 0.0), 1.0),
-                         text=f"[{k}/{len(policies)}] {policy}: {phase} ({done}/{total} requests)")
-
+    else:
         try:
-            ids = live_bench.run_live(plan, policies, db, progress)
-        except (LiveBenchError, ValueError, OSError) as exc:
-            bar.empty()
-            st.error(f"live run failed: {_named(data.error_text(exc))}")
+            plan = live_bench.plan_live(scenario, rates[0], devices, time_scale)
+        except ValueError as exc:
+            st.error(_named(data.error_text(exc)))
             return
-        bar.empty()
-        st.session_state["cmp_live_last"] = {"db": db, "run_ids": ids}
-    last = st.session_state.get("cmp_live_last")
-    if not last:
+        st.markdown(f"{len(policies)} policies × **{plan.requests} requests** on `{devices}`; the sends take "
+                    f"{plan.send_wall_s:.1f} s of wall time per policy (time scale {time_scale:g}), plus start-up and "
+                    f"the last answers. Runs are stored in `{access.database_label(Path(db))}`.")
+        if st.button("Run live", type="primary", key="cmp_live_run"):
+            try:
+                live_jobs.start(plan, policies, db)
+            except (ValueError, OSError) as exc:  # JobBusy: another tab started one first
+                st.error(f"live run not started: {_named(data.error_text(exc))}")
+                return
+            st.rerun()
+    show_last_job(db)
+
+
+@st.fragment(run_every=timedelta(seconds=2))
+def show_job(job_id: str) -> None:
+    """A running job's progress and its Stop button, read again every 2 s; the whole page reruns
+    when it ends (to show its runs)."""
+    job = live_jobs.read(live_jobs.JOBS_DIR / job_id)
+    if not job.active:
+        st.rerun()
+    n = len(job.policies)
+    what = (f"[{job.k}/{n}] {job.policy}: {job.phase} ({job.done}/{job.total} requests)" if job.k
+            else "starting the job…")
+    st.progress(job.fraction, text=what)
+    st.caption(f"Live job {job.id} (PID {job.pid}): {', '.join(job.policies)} on {job.what}, into "
+               f"`{access.database_label(Path(job.db))}`; {len(job.run_ids)} of {n} runs stored so far.")
+    if job.state == "stopping":
+        st.info("Stopping: the run in progress is stored as interrupted once its server has drained.")
+    elif st.button("Stop", key="cmp_live_stop"):
+        live_jobs.stop(job)
+        st.rerun(scope="fragment")
+
+
+def show_last_job(db: str) -> None:
+    """The newest ended job into ``db``: how it ended, and its stored runs."""
+    job = live_jobs.latest(db)
+    if job is None:
         st.info("Press **Run live** to run the policies live; their stored runs appear here.")
         return
+    if job.active:
+        return
+    n, label = len(job.policies), access.database_label(Path(db))
+    if job.state == "stopped":
+        st.warning(f"Live job {job.id} was stopped: {len(job.run_ids)} of {n} runs stored (the last one as "
+                   "interrupted, with what was answered before the stop).")
+    elif job.state in ("failed", "vanished"):
+        st.error(f"live job {job.id} failed: {_named(job.error or 'no reason given')}"
+                 + (f" ({len(job.run_ids)} of {n} runs stored before it)" if job.run_ids else ""))
+    if not job.run_ids:
+        return
     try:
-        sig = data.db_signature(last["db"])
-        summary = data.cached_summaries(sig, last["run_ids"]).set_index("run_id")
-        lat = {rid: data.cached_latencies(sig, rid) for rid in last["run_ids"]}
+        sig = data.db_signature(db)
+        summary = data.cached_summaries(sig, job.run_ids).set_index("run_id")
+        lat = {rid: data.cached_latencies(sig, rid) for rid in job.run_ids}
     except Exception as exc:  # a moved or locked file: say so
         st.error(data.error_text(exc))
         return
-    rows = {rid: summary.loc[rid].to_dict() for rid in last["run_ids"] if rid in summary.index}
+    rows = {rid: summary.loc[rid].to_dict() for rid in job.run_ids if rid in summary.index}
     if not rows:
-        st.error(f"the runs of the last live comparison are no longer in {access.database_label(Path(last['db']))}")
+        st.error(f"the runs of the last live comparison are no longer in {label}")
         return
-    st.caption(f"Stored runs in {access.database_label(Path(last['db']))}: " + ", ".join(rows))
+    st.caption(f"The last live comparison ({job.what}), stored in {label}: " + ", ".join(rows))
     base = next(iter(rows.values()))
     for col, row in zip(st.columns(len(rows)), rows.values(), strict=True):
         with col.container(border=True):
@@ -201,6 +232,9 @@ if invalid:
 if live_mode:
     show_live(scenario, policies, rates, sweep, devices, float(time_scale), live_db)
     st.stop()
+if (job := live_jobs.current()) is not None:  # (a visitor back on this page finds its inputs as they start)
+    st.info(f"A live comparison is running ({', '.join(job.policies)}: job {job.id}); choose **Run: live** in the "
+            "sidebar to follow it or stop it.")
 
 # ---------------------------------------------------------------------------------- run
 tasks = [(p, r) for r in rates for p in policies]

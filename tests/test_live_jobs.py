@@ -1,0 +1,108 @@
+"""The workbench's live comparisons as jobs (``workbench.live_jobs``): a process of their own that
+outlives the page, one at a time, stopped by the page with the run in progress stored as
+interrupted, and a killed job reported as such. Real children throughout: the job process, a
+``trident serve`` on emulated GPUs and Locust."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import time
+
+import pytest
+
+from tridentcore.bench.spec import RunSpec
+from workbench import live_bench, live_jobs
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("locust") is None, reason="locust is not installed")
+
+
+def _plan(duration_s: float):
+    scenario = RunSpec(profile="h200", cluster="2x8xH200", mix="flux-uniform", duration_s=duration_s, seed=0)
+    return live_bench.plan_live(scenario, 1.0, "emulated:2x8xH200", 0.05)
+
+
+def _wait(job, until, timeout_s: float = 180.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = live_jobs.read(job.dir)
+        if until(now):
+            return now
+        time.sleep(0.3)
+    raise AssertionError(f"job never got there: {live_jobs.read(job.dir)}")
+
+
+def _gone(pid: int, timeout_s: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        if open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z":  # ended, not yet reaped
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_job_runs_in_its_own_session_one_at_a_time_and_stops_with_its_run_stored_as_interrupted(tmp_path):
+    from tridentcore.store import list_runs
+
+    db, jobs = str(tmp_path / "live.duckdb"), tmp_path / "jobs"
+    job = live_jobs.start(_plan(600.0), ["trident", "pipeline-dynamic"], db, jobs_dir=jobs)
+    try:
+        assert os.getsid(job.pid) != os.getsid(0)  # detached: a page (or workbench) that goes does not take it along
+        with pytest.raises(live_jobs.JobBusy, match="already running"):
+            live_jobs.start(_plan(10.0), ["trident"], db, jobs_dir=jobs)
+        busy = _wait(job, lambda j: j.k == 1 and j.phase == "load" and j.done >= 3)
+        assert live_jobs.current(jobs).id == job.id and 0 < busy.fraction < 0.5
+        assert live_jobs.stop(busy)
+        ended = _wait(job, lambda j: not j.active)
+    finally:
+        if live_jobs.read(job.dir).active:
+            os.kill(job.pid, signal.SIGKILL)
+    assert ended.state == "stopped", ended
+    assert len(ended.run_ids) == 1  # the first policy's, as far as it got; the second never began
+    runs = list_runs(db)
+    assert list(runs["run_id"]) == ended.run_ids and list(runs["status"]) == ["interrupted"]
+    assert 3 <= int(runs["requests"].iloc[0]) < busy.total
+    assert live_jobs.current(jobs) is None and live_jobs.latest(db, jobs).id == job.id
+    assert not live_jobs.stop(ended)  # nothing left to stop
+    # the next one may start now, and a finished job's folder is what the page reads
+    again = live_jobs.start(_plan(4.0), ["trident"], db, jobs_dir=jobs)
+    done = _wait(again, lambda j: not j.active)
+    assert done.state == "done" and len(done.run_ids) == 1 and done.error is None
+    assert [j.id for j in live_jobs.jobs(jobs)] == [again.id, job.id]
+
+
+def test_a_killed_job_reads_as_vanished_and_its_children_stop_by_themselves(tmp_path):
+    db, jobs = str(tmp_path / "live.duckdb"), tmp_path / "jobs"
+    job = live_jobs.start(_plan(120.0), ["trident"], db, jobs_dir=jobs)
+    _wait(job, lambda j: j.phase == "load")
+    children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _child_of(int(p), job.pid)]
+    server = [p for p in children if b"serve" in _cmdline(p)]
+    locust = [p for p in children if b"locust" in _cmdline(p)]
+    assert len(server) == 1 and len(locust) == 1
+    os.kill(job.pid, signal.SIGKILL)
+    gone = _wait(job, lambda j: not j.active, timeout_s=10)
+    assert gone.state == "vanished" and "without a word" in gone.error
+    assert live_jobs.current(jobs) is None  # the next may start
+    assert _gone(server[0]), "trident serve kept running after its job was killed"
+    assert _gone(locust[0]), "Locust kept sending after its job was killed"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().split(")")[-1].split()[1]) == parent
+    except (OSError, ValueError, IndexError):
+        return False
