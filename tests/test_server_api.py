@@ -441,3 +441,29 @@ def test_a_synchronous_generation_whose_client_disconnects_is_cancelled(tmp_path
     spans = query_readonly(str(db), "SELECT q.state, s.outcome FROM stage_spans s JOIN requests q USING (run_id, request_id)")
     ran = set(zip(spans["state"], spans["outcome"]))
     assert ("cancelled", "cancelled") in ran and "preempted" not in {o for _, o in ran}, ran  # (encodes: done)
+
+
+def test_steps_done_moves_while_a_diffuse_runs():
+    """GET /v1/requests/{id}: a running diffuse's ``steps_done`` is what its device reports (an
+    emulated device: in proportion to its emulated time), not 0 until the whole stage ends."""
+    server = start_server(["--models", "wan2.1-1.3b", "--devices", "emulated:1xH200", "--time-scale", "0.05",
+                           "--policy", "pipeline-static:degree=1"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            resp = client.post("/v1/requests", json={"prompt": "waves", "model": "wan2.1-1.3b",
+                                                     "frames": 33, "steps": 40})
+            assert resp.status_code == 202, resp.text
+            rid, seen = resp.json()["id"], []
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                item = client.get(f"/v1/requests/{rid}").json()["items"][0]
+                if item["state"] == "diffusing":
+                    seen.append(item["steps_done"])
+                if item["state"] == "done":
+                    break
+                time.sleep(0.05)
+    finally:
+        server.stop()
+    assert item["state"] == "done" and item["steps_done"] == 40
+    moving = sorted(set(seen))
+    assert seen == sorted(seen) and len(moving) >= 3 and 0 < moving[1] and moving[-1] < 40, seen

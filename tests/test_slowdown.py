@@ -115,9 +115,15 @@ def test_a_slowed_worker_reports_about_k_times_the_wall_time_and_still_stops_at_
             steps = 64
             run = asyncio.ensure_future(slow.run(_task(99, StageKind.DIFFUSE, ((enc.outputs[0], None),),
                                                        steps=steps)))
-            await asyncio.sleep(0.3)
+            seen = []  # the steps the worker reports done while it runs (the API's steps_done)
+            while len(set(seen)) < 2 and not run.done():
+                await asyncio.sleep(0.02)
+                if (k := slow.progress(99)) is not None:
+                    seen.append(k)
             slow.preempt(99, 0, 0.0)
             stopped = await run
+            assert seen == sorted(seen) and 1 <= seen[0] < seen[-1] < steps, seen
+            assert slow.progress(99) is None and stopped.end_step >= seen[-1]  # forgotten once it ended
             return walls, stopped, steps
         finally:
             await asyncio.gather(plain.stop(), slow.stop())

@@ -27,6 +27,7 @@ class EmulatedWorker(Worker):
         self._deadline = 0.0
         self._stop_step: int | None = None
         self._wake: asyncio.Event | None = None
+        self._span = (0.0, 0.0, 0, 0)  # the running task's start, duration and steps
         self.clock: EngineClock | None = None
 
     def _now(self) -> float:
@@ -38,6 +39,7 @@ class EmulatedWorker(Worker):
             raise MemoryError(f"emulated device {self.slot}: out of memory (fault injected by --inject-oom)")
         t0 = self._now()
         self._did, self._deadline, self._stop_step = task.dispatch_id, t0 + task.duration_s, None
+        self._span = (t0, task.duration_s, task.start_step, task.end_step)
         self._wake = wake = asyncio.Event()
         try:
             while True:
@@ -55,6 +57,14 @@ class EmulatedWorker(Worker):
             return StageResult(end_step=end, outputs=(None,) * len(task.request_ids), wall_s=self._now() - t0)
         finally:
             self._did = self._wake = None
+
+    def progress(self, dispatch_id: int) -> int | None:
+        """Steps in proportion to the emulated time gone (there is no step to count)."""
+        if self._did != dispatch_id:
+            return None
+        t0, duration, start, end = self._span
+        frac = (self._now() - t0) / duration if duration > 0 else 1.0
+        return min(end - 1, start + int(max(frac, 0.0) * (end - start))) if end > start else start
 
     def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
         if self._did != dispatch_id or self._wake is None:

@@ -46,6 +46,10 @@ class Worker:
                 self.on_restored(self.slot)
             return
 
+    def progress(self, dispatch_id: int) -> int | None:
+        """The denoising steps the running diffuse ``dispatch_id`` has reached (None: not known)."""
+        return None
+
     def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
         """Stop the running diffuse ``dispatch_id`` at a step boundary (``stop_step`` by ``wall_at``
         on the emulated clock; real workers stop at their next boundary and report the step)."""

@@ -74,6 +74,7 @@ class CpuWorker(Worker):
         self._flag = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, asyncio.Future] = {}
+        self._steps: dict[int, int] = {}  # dispatch id -> denoising steps its process reports done
         self._ready: asyncio.Future | None = None
         self._stopping = False
         self._restart_task: asyncio.Task | None = None
@@ -151,7 +152,11 @@ class CpuWorker(Worker):
         elif kind == "broken":
             if self._ready is not None and not self._ready.done():
                 self._ready.set_exception(RuntimeError(f"worker {self.slot}: {msg[2]}"))
+        elif kind == "step":
+            if msg[1] in self._pending:
+                self._steps[msg[1]] = msg[2]
         elif kind == "result":
+            self._steps.pop(msg[1], None)
             fut = self._pending.pop(msg[1], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg[2])
@@ -223,6 +228,9 @@ class CpuWorker(Worker):
             self._pending.pop(task.dispatch_id, None)
             return StageResult(error=f"worker {self.slot}: {exc}", lost=True)
         return await fut
+
+    def progress(self, dispatch_id: int) -> int | None:
+        return self._steps.get(dispatch_id)
 
     def abort(self) -> None:
         self._kill(self._proc)  # this worker's own process; its death is seen and it restarts

@@ -26,9 +26,14 @@ def describe(engine: Engine, request_id: int) -> dict | None:
     state = rec.state
     stage = run.action.stage if run is not None else WAITING_FOR.get(state)
     spec = rec.spec
+    steps_done = rec.steps_done  # as of its last diffuse piece; the one running now, as its worker says
+    if run is not None and run.action.stage == StageKind.DIFFUSE:
+        reached = engine.workers[run.action.gpus[0]].progress(run.id)
+        if reached is not None:
+            steps_done = max(steps_done, reached)
     return {
         "id": request_id, "state": state.value, "stage": stage, "model": spec.model,
-        "reason": rec.reason if state.terminal else "", "steps_done": rec.steps_done, "steps": spec.shape.steps,
+        "reason": rec.reason if state.terminal else "", "steps_done": steps_done, "steps": spec.shape.steps,
         # a rejection's estimate of how much later the same request could be admitted
         "retry_after_s": rec.retry_s * engine.clock.scale if state is RequestState.REJECTED and rec.retry_s > 0
         else None,

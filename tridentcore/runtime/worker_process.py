@@ -26,15 +26,16 @@ def _slice(value, i: int):
 
 
 def run_task(pipes: dict, cards: dict, task: StageTask, stop_flag, residency: Residency | None = None,
-             slowdown: float = 1.0, worlds=None) -> StageResult:
+             slowdown: float = 1.0, worlds=None, on_step=None) -> StageResult:
     """Run one task inside a worker process (torch imported there); an allocation failure comes back as
     a value (``oom``), which the engine reports to the policy as ``StageFailed(oom=True)``.
     ``slowdown``: take that many times the computed time (the module's docstring). ``worlds``: the
-    process's :class:`~.parallel_worlds.Worlds` (a diffuse with ``task.world`` runs sequence-parallel)."""
+    process's :class:`~.parallel_worlds.Worlds` (a diffuse with ``task.world`` runs sequence-parallel).
+    ``on_step(dispatch_id, steps_reached)``: called after each denoising step of a diffuse (by its lead)."""
     try:
         if residency is not None:
             residency.sync(task)
-        return _execute_stage(pipes, task, stop_flag, slowdown, worlds)
+        return _execute_stage(pipes, task, stop_flag, slowdown, worlds, on_step)
     except Exception as exc:  # noqa: BLE001 - only allocation failures are values here; the rest propagate
         if not is_oom(exc):
             raise
@@ -57,7 +58,8 @@ def _slow(slowdown: float, since: float) -> None:
         time.sleep((slowdown - 1.0) * (time.perf_counter() - since))
 
 
-def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.0, worlds=None) -> StageResult:
+def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.0, worlds=None,
+                   on_step=None) -> StageResult:
     import torch
 
     from ..pipelines.media import encode_animation, encode_image
@@ -79,7 +81,7 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.
         _slow(slowdown, t0)
         return StageResult(0, outputs, wall_s=time.perf_counter() - t0)
     if task.stage == StageKind.DIFFUSE:
-        return _diffuse(pipe, task, stop_flag, slowdown, worlds, t0, out)
+        return _diffuse(pipe, task, stop_flag, slowdown, worlds, t0, out, on_step)
     latents = torch.cat(list(task.inputs))
     pixels = out(pipe.decode(latents, tiled=task.tiled))
     media = []
@@ -91,7 +93,7 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.
     return StageResult(0, tuple(media), wall_s=time.perf_counter() - t0)
 
 
-def _diffuse(pipe, task: StageTask, stop_flag, slowdown: float, worlds, t0: float, out) -> StageResult:
+def _diffuse(pipe, task: StageTask, stop_flag, slowdown: float, worlds, t0: float, out, on_step=None) -> StageResult:
     """The diffuse of one dispatch, step by step (a stop is checked at each boundary); with
     ``task.world``, this process is one member of a sequence-parallel group (``parallel_worlds``):
     every member runs the same steps on its share of the tokens, the lead decides each stop and
@@ -142,6 +144,8 @@ def _diffuse(pipe, task: StageTask, stop_flag, slowdown: float, worlds, t0: floa
                                             guidance=g, start_step=step, end_step=step + 1, latents=lat)
                 _slow(slowdown, t_step)  # per step: a preemption still stops the slower device at a boundary
                 reached = step + 1
+                if on_step is not None and lead and reached < task.end_step:
+                    on_step(task.dispatch_id, reached)
                 stop = stop_flag.value == task.dispatch_id and reached < task.end_step
                 if group is not None and reached < task.end_step:
                     stop = agree(group, stop, dev)
@@ -231,6 +235,13 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
         conn.send(("broken", slot, f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", slot, cards))
+
+    def on_step(dispatch_id: int, reached: int) -> None:  # progress, for the API's steps_done
+        try:
+            conn.send(("step", dispatch_id, reached))
+        except (BrokenPipeError, OSError):
+            pass
+
     while True:
         try:
             msg = conn.recv()
@@ -241,7 +252,7 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
         task: StageTask = msg[1]
         try:
             with torch.inference_mode():
-                result = run_task(pipes, cards, task, stop_flag, residency, slowdown, worlds)
+                result = run_task(pipes, cards, task, stop_flag, residency, slowdown, worlds, on_step)
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
             result = failure(exc)
         try:
