@@ -32,7 +32,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=30 tests
 
 # The workbench (`streamlit run app.py`, headless) on embedded defaults: the home page compares the
 # four policies on the image-video mix (simulated 2x8xH200, the h200 profile), computed before it
