@@ -74,6 +74,11 @@ def test_a_job_runs_in_its_own_session_one_at_a_time_and_stops_with_its_run_stor
     done = _wait(again, lambda j: not j.active)
     assert done.state == "done" and len(done.run_ids) == 1 and done.error is None
     assert [j.id for j in live_jobs.jobs(jobs)] == [again.id, job.id]
+    deadline = time.monotonic() + 10  # an ended job is reaped by the next listing: no zombie stays behind
+    while os.path.exists(f"/proc/{again.pid}") and time.monotonic() < deadline:
+        live_jobs.jobs(jobs)
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{again.pid}"), "the ended job stayed a zombie"
 
 
 def test_a_killed_job_reads_as_vanished_and_its_children_stop_by_themselves(tmp_path):

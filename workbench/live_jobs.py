@@ -137,6 +137,7 @@ def read(folder: Path) -> Job:
 
 def jobs(jobs_dir: Path | None = None) -> list[Job]:
     """Every job with a folder, newest first."""
+    _reap()
     root = Path(jobs_dir or JOBS_DIR)
     if not root.is_dir():
         return []
@@ -266,6 +267,14 @@ class _locked:  # noqa: N801 - used like a function
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
+
+
+def _reap() -> None:
+    """Collect the exit of every job this process started that has ended (a job that ended while
+    nobody looked stayed a zombie for as long as the workbench ran)."""
+    for pid, proc in list(_children.items()):
+        if proc.poll() is not None:
+            _children.pop(pid, None)
 
 
 def _alive(pid: int | None, folder: Path, started: float) -> bool:
