@@ -8,6 +8,7 @@ process that already imported requests/transformers breaks, so this test process
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -204,3 +205,32 @@ def test_headless_run_writes_client_rows_and_locust_reports(tmp_path):
         counts[cells["Name"]] = int(cells["Request Count"])
     assert counts.pop("Aggregated") == expected
     assert counts == df.groupby("request_class").size().to_dict()  # names are model and shape
+
+
+def test_a_run_whose_starter_is_gone_ends_at_once_with_its_rows_written(tmp_path):
+    """``TRIDENT_STOP_WITH_PARENT`` (a live bench's Locust): the bench killed while Locust was still
+    starting left it sending for the whole ``-t`` to a server that was gone. Now a starter already
+    gone when the run starts ends it at once, every scheduled request in the rows."""
+    rows = tmp_path / "rows.jsonl"
+    starter = (
+        "import os, subprocess, sys\n"
+        "from tridentcore.core.defaults import PARENT_PID_ENV\n"
+        f"p = subprocess.Popen([sys.executable, '-m', 'locust', '-f', {str(LOCUSTFILE)!r}, '--headless', '-u', '1',\n"
+        "                      '-r', '1', '-t', '600s', '--host', 'http://127.0.0.1:9', '--mix', 'image-video',\n"
+        f"                      '--rate', '1', '--duration', '500', '--rows-out', {str(rows)!r}],\n"
+        "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,\n"
+        "                     env={**os.environ, PARENT_PID_ENV: str(os.getpid())})\n"
+        "print(p.pid, flush=True)\n"
+        "os._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=60, cwd=REPO)
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
+            open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z":
+        time.sleep(0.2)
+    alive = os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "Locust went on sending after its starter was gone"
+    lines = rows.read_text().splitlines()
+    assert len(lines) > 400  # the whole schedule, recorded as never sent

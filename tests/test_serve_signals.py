@@ -232,3 +232,29 @@ def test_a_server_started_by_a_bench_stops_and_stores_its_run_when_the_bench_is_
             pass
     rows = query_readonly(str(db), "SELECT status, (SELECT count(*) FROM requests) AS n FROM runs")
     assert list(rows["n"]) == [1] and rows["status"][0] in ("interrupted", "done"), rows
+
+
+def test_a_server_whose_starter_dies_while_it_starts_stops_once_up():
+    """The same ``kill -9`` while ``trident serve`` is still starting: by the time it looked, its parent was
+    already init, and it took that for "started by hand" and served for ever. Now the starter named in
+    its environment being gone is enough: it stops as soon as it is up."""
+    starter = (
+        "import os, subprocess, sys\n"
+        "from tridentcore.core.defaults import PARENT_PID_ENV\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'tridentcore.cli', 'serve', '--models', 'sd3-medium',\n"
+        "                      '--devices', 'emulated:1x2xH200', '--port', '0'], stdout=subprocess.DEVNULL,\n"
+        "                     stderr=subprocess.DEVNULL, env={**os.environ, PARENT_PID_ENV: str(os.getpid())})\n"
+        "print(p.pid, flush=True)\n"
+        "os._exit(0)\n")  # gone at once, long before the server serves
+    out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 90
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gone(pid), "the server outlived the process that started it"
+    finally:
+        try:
+            psutil.Process(pid).kill()
+        except (psutil.NoSuchProcess, NameError):
+            pass

@@ -42,11 +42,22 @@ def plan_live(scenario: RunSpec, rate: float | None, devices: str, time_scale: f
     from tridentcore.bench.scenario import schedule_requests
     from tridentcore.bench.spec import RunSpecError
 
+    from tridentcore.runtime.devices import SetupError, parse_devices
+
     problems: list[str] = []
     devices = devices.strip()
     if not devices:
         problems.append("give the devices to serve on, e.g. emulated:2x8xH200 or cpu:2")
-    emulated = cluster_of_devices(devices) if devices else None
+    else:  # what `trident serve --devices` would refuse, refused here (not by a job that fails)
+        try:
+            kinds = {d.kind for d in parse_devices(devices)}
+        except SetupError as exc:
+            problems += exc.problems
+        else:
+            if "emulated" not in kinds and time_scale != 1.0:
+                problems.append(f"{devices} runs at wall time: set the time scale to 1 (it stretches emulated "
+                                "devices only)")
+    emulated = cluster_of_devices(devices) if devices and not problems else None
     if emulated is not None and emulated != scenario.cluster:
         problems.append(f"the emulated devices ({emulated}) differ from the cluster ({scenario.cluster}): "
                         "SLOs would be computed for another cluster")

@@ -87,9 +87,10 @@ class Job:
 
 # ------------------------------------------------------------------------------ the page's side
 def start(plan, policies: Sequence[str], db: str, extra_config: dict | None = None,
-          jobs_dir: Path | None = None) -> Job:
+          jobs_dir: Path | None = None, names: dict[str, str] | None = None) -> Job:
     """Start a live comparison (a :class:`workbench.live_bench.LivePlan`) as a job; returns it as
-    started. :class:`JobBusy` when one is running already."""
+    started. :class:`JobBusy` when one is running already. ``names``: an uploaded file's saved path
+    -> the name it was uploaded as (for the job's description)."""
     jobs_dir = Path(jobs_dir or JOBS_DIR)
     jobs_dir.mkdir(parents=True, exist_ok=True)
     with _locked(jobs_dir):
@@ -106,7 +107,7 @@ def start(plan, policies: Sequence[str], db: str, extra_config: dict | None = No
                  "send_wall_s": plan.send_wall_s}
         (folder / "job.json").write_text(json.dumps(order, default=str))
         _write_status(folder, {"state": "starting", "started": time.time(), "policies": list(policies),
-                               "db": str(db), "what": _what(plan)})
+                               "db": str(db), "what": _what(plan, names or {})})
         with open(folder / "job.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "workbench.live_jobs", str(folder)],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -156,15 +157,24 @@ def latest(db: str, jobs_dir: Path | None = None) -> Job | None:
 
 
 def stop(job: Job) -> bool:
-    """SIGTERM the job's process (only if it is still the job's): the policy in progress ends and is
-    stored as interrupted. False when there was nothing to stop."""
+    """Stop the job: the policy in progress ends and is stored (``interrupted`` if its load was cut
+    short), the runs before it kept. False when there was nothing to stop.
+
+    The stop is written to the job's status first, then the job's process (only if it is still the
+    job's) gets SIGTERM, but only once it said it runs, with its handler in place; a job still
+    starting reads the stop itself as it begins (both under the folder's lock: no stop is lost)."""
     if not job.active or not _alive(job.pid, job.dir, job.started):
         return False
-    _update(job.dir, state="stopping", phase="stopping: the run in progress is stored as interrupted")
-    try:
-        os.kill(job.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
+    with _locked(job.dir):
+        st = _read_status(job.dir)
+        running = st.get("state") in ("running", "stopping")
+        st.update(stop=True, state="stopping", phase="stopping: the run in progress is being stored")
+        _write_status(job.dir, st)
+    if running and job.pid:
+        try:
+            os.kill(job.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
     return True
 
 
@@ -180,10 +190,11 @@ def main(folder: Path) -> int:
     order = json.loads((folder / "job.json").read_text())
     stored: list[str] = []
     reporter = _Reporter(folder, stored)
-    _update(folder, state="running", pid=os.getpid())
     state, error = "done", None
     try:
         with sigterm_interrupts():  # the page's Stop (SIGTERM) ends it as Ctrl-C does
+            if not _begin(folder):
+                raise KeyboardInterrupt  # stopped before it began
             plan = LivePlan(LiveBenchSpec(RunSpec.from_config(order["run"])), int(order["requests"]),
                             float(order["send_wall_s"]))
             run_live(plan, order["policies"], order["db"], reporter, order["extra_config"], stored=stored)
@@ -191,8 +202,20 @@ def main(folder: Path) -> int:
         state = "stopped"
     except Exception as exc:  # whatever went wrong is the job's answer, for the page to show
         state, error = "failed", error_text(exc)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a late Stop must not cut the last word short
     _update(folder, state=state, error=error, run_ids=stored, ended=time.time())
     return 0 if state == "done" else 1
+
+
+def _begin(folder: Path) -> bool:
+    """Say the job runs (SIGTERM is now the page's way to stop it), unless a stop came first."""
+    with _locked(folder):
+        st = _read_status(folder)
+        if st.get("stop"):
+            return False
+        st.update(state="running", pid=os.getpid())
+        _write_status(folder, st)
+    return True
 
 
 class _Reporter:
@@ -208,16 +231,20 @@ class _Reporter:
             return
         self.last_t, self.last_phase = now, phase
         fields = {"k": k, "policy": policy, "phase": phase, "done": done, "total": total, "run_ids": list(self.stored)}
-        if _read_status(self.folder).get("state") == "stopping":
+        if _read_status(self.folder).get("stop"):
             fields.pop("phase")  # keep saying why it is ending
         _update(self.folder, **fields)
 
 
 # ------------------------------------------------------------------------------ the folder
-def _what(plan) -> str:
+def _what(plan, names: dict[str, str]) -> str:
     run = plan.spec.run
-    load = (f"trace {Path(run.trace).name}" if run.trace else
-            f"{Path(run.mix).name if os.path.isfile(str(run.mix)) else run.mix} at {run.rate:g} req/s for {run.duration_s:g} s")
+
+    def named(path: str) -> str:
+        return names.get(path) or names.get(os.path.abspath(path)) or Path(path).name
+
+    load = (f"trace {named(run.trace)}" if run.trace else
+            f"{named(run.mix) if os.path.isfile(str(run.mix)) else run.mix} at {run.rate:g} req/s for {run.duration_s:g} s")
     return (f"{load}, {run.arrival} arrivals, SLO scale {run.slo_scale:g}, seed {run.seed}: {plan.requests} requests "
             f"per policy on {plan.spec.devices} (time scale {run.time_scale:g})")
 
@@ -241,12 +268,12 @@ def _write_status(folder: Path, status: dict[str, Any]) -> None:
 
 
 def _update(folder: Path, **fields: Any) -> None:
-    # the page writes ``pid`` and ``stopping``, the job everything else: a lock keeps one from
+    # the page writes ``pid`` and the stop, the job everything else: a lock keeps one from
     # overwriting the other's fields with what it read before
     with _locked(folder):
         st = _read_status(folder)
-        if fields.get("state") == "running" and st.get("state") == "stopping":
-            fields.pop("state")  # stopped before it began: SIGTERM is on its way
+        if st.get("stop") and fields.get("state") in ("running", "starting"):
+            fields.pop("state")  # (it is stopping)
         st.update(fields)
         _write_status(folder, st)
 
@@ -282,7 +309,9 @@ def _alive(pid: int | None, folder: Path, started: float) -> bool:
     if not pid:
         return time.time() - started < 30.0  # just started: the PID is being written
     proc = _children.get(pid)
-    if proc is not None and proc.poll() is not None:
+    if proc is not None:  # this process's own child: its PID is its own until it is reaped here
+        if proc.poll() is None:
+            return True
         _children.pop(pid, None)
         return False
     try:

@@ -83,6 +83,7 @@ from locust import FastHttpUser, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
+from tridentcore.bench.parent import GONE, starter
 from tridentcore.bench.spec import TRACE_PREFIX, RunSpec, read_spec_file
 from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER,
                                        DEFAULT_CPU_PROFILE, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
@@ -348,15 +349,16 @@ def _on_test_start(environment, **_kw) -> None:
     gevent.spawn(_finish_when_done, environment, run)
     if options.progress_file:
         gevent.spawn(_write_progress, run, options.progress_file)
-    parent = os.environ.get(PARENT_PID_ENV, "").strip()
-    if parent.isdigit() and int(parent) == os.getppid():  # (one inherited from further up is not ours)
-        gevent.spawn(_end_with_parent, environment, run, int(parent))
+    parent = starter()
+    if parent is not None:
+        gevent.spawn(_end_with_parent, environment, run, parent)
 
 
 def _end_with_parent(environment, run: Run, parent: int) -> None:
     while not run.ended:
-        if os.getppid() != parent:
-            logger.error("the process that started this run (PID %d) is gone: ending the run", parent)
+        if parent == GONE or os.getppid() != parent:
+            logger.error("the process that started this run (%s %s) is gone: ending the run", PARENT_PID_ENV,
+                         os.environ.get(PARENT_PID_ENV))
             _end(environment)
             return
         gevent.sleep(1.0)

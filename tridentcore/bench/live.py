@@ -181,7 +181,9 @@ class LiveRun:
 
 
 class LiveBenchInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a live run: ``partial`` is the run stored as ``interrupted`` (None: nothing stored)."""
+    """Ctrl-C (or SIGTERM) during a live run: ``partial`` is the run as stored (None: nothing stored):
+    ``interrupted`` when the stop cut its load short; ``complete`` when the stop came after its load,
+    while it was being stopped or stored (it was held until the run was stored)."""
 
     def __init__(self, partial: LiveRun | None) -> None:
         super().__init__()
@@ -239,7 +241,8 @@ class LiveBench:
             last = ([line for line in procs.tail(work / "server.log").splitlines() if line.strip()][-3:]
                     if got.server_died else [])  # (read before a temporary work folder goes)
             try:
-                result = self._store(work, got, len(requests), created, time.monotonic() - t0, kept)
+                with procs.no_interrupts():
+                    result = self._store(work, got, len(requests), created, time.monotonic() - t0, kept)
             except LiveBenchError:
                 raise
             except Exception as exc:  # the run happened: its rows stay where they are, and the message says where
@@ -250,7 +253,7 @@ class LiveBench:
         finally:
             if not kept:
                 shutil.rmtree(work, ignore_errors=True)
-        if got.interrupted:
+        if procs.take_held_interrupt() or got.interrupted:  # a stop that came while it was stopped or stored
             raise LiveBenchInterrupted(result)
         if got.server_died:
             what = (f"run {result.run_id} stored as crashed with what both had written" if result is not None
@@ -323,7 +326,7 @@ class LiveBench:
                             if got.interrupted else
                             f"trident serve died ({exit_words(server.proc.returncode)}): storing what it wrote"
                             if got.server_died else "stopping server", len(got.rows or ()), total)
-                with procs.no_interrupts() if got.interrupted else _nothing():
+                with procs.no_interrupts():  # (a stop asked for now is acted on once the run is stored)
                     got.server_exit = server.stop(stop_s)
                     (work / "server.log").write_text(server.log())
         except procs.ChildError as exc:
@@ -380,14 +383,6 @@ def run_policy(spec: LiveBenchSpec, policy: str, run_id: str, db: str | os.PathL
     """``LiveBench(...).run()``: run one policy live and store it."""
     return LiveBench(spec, policy, run_id, db, extra_config=extra_config, progress=progress,
                      artifacts=artifacts).run()
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ------------------------------------------------------------------------------ rows

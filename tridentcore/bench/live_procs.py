@@ -2,7 +2,8 @@
 
 Each context manager stops only the process it started (by its PID: SIGTERM, wait, SIGKILL past a
 timeout), also when the body raises (Ctrl-C included, and SIGTERM inside ``sigterm_interrupts``);
-the stop itself ignores SIGINT and SIGTERM so a second signal cannot leave a child running. Plus the small readers of what the children write
+the stop itself holds SIGINT and SIGTERM (``no_interrupts``: noted, acted on once the run is stored) so a
+second signal cannot leave a child running or lose a run. Plus the small readers of what the children write
 (the Locust file's rows and progress files) and the HTTP calls made to the server (health, and
 which engine request each API job became).
 """
@@ -73,14 +74,26 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
     raise ChildError(f"trident serve at {url} not healthy after {timeout_s:.0f} s ({last})")
 
 
+_held: list[int] = []  # signals that arrived inside ``no_interrupts``, not yet taken
+
+
+def take_held_interrupt() -> bool:
+    """Whether a SIGINT or SIGTERM arrived inside ``no_interrupts`` since the last call (a stop
+    asked for while a run was being stopped or stored: it is acted on once the run is stored)."""
+    held = bool(_held)
+    _held.clear()
+    return held
+
+
 class no_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - used like a function
-    """SIGINT and SIGTERM ignored inside (main thread only): cleanup and the store write run to
-    their end."""
+    """SIGINT and SIGTERM held inside (main thread only): cleanup and the store write run to their
+    end, and a signal that arrives meanwhile is noted (:func:`take_held_interrupt`), not lost."""
 
     def __enter__(self) -> None:
         self.old: dict = {}
         if threading.current_thread() is threading.main_thread():
-            self.old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self.old = {sig: signal.signal(sig, lambda signum, frame: _held.append(signum))
+                        for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.old.items():

@@ -312,7 +312,7 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
             partial = getattr(exc, "partial", None)
             if partial is not None:
                 stored.append(partial.run_id)
-                what = f"run {partial.run_id} stored as interrupted"
+                what = f"run {partial.run_id} stored as {partial.status}"
             else:
                 what = "its run was not stored: nothing half-written"
             typer.secho(f"interrupted during {policy} ({what}); {len(stored)} of {len(specs)} runs stored in {db}"

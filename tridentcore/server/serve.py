@@ -18,6 +18,7 @@ from ..core.defaults import (DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT
                              DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, PARENT_PID_ENV)
 from ..core.types import Shape
+from ..bench.parent import GONE, starter
 from ..runtime.build import SetupError, build_runtime
 from ..runtime.stored import RecordsNotStored, RunRecords, open_journal
 from .app import ServerConfig, create_app, is_loopback
@@ -125,8 +126,9 @@ def _server_class():
 
         async def on_tick(self, counter: int) -> bool:
             if self.parent_pid is not None and counter % 10 == 0 and self.signals == 0 and (
-                    os.getppid() != self.parent_pid):
-                logger.warning("the process that started this server (PID %d) is gone: stopping", self.parent_pid)
+                    self.parent_pid == GONE or os.getppid() != self.parent_pid):
+                logger.warning("the process that started this server (%s %s) is gone: stopping", PARENT_PID_ENV,
+                               os.environ.get(PARENT_PID_ENV))
                 self.handle_exit(signal.SIGTERM, None)
             if self.stop_signal is not None and self.drain is not None and self._draining is None:
                 self._draining = asyncio.get_running_loop().create_task(self._drain_then_exit())
@@ -231,7 +233,7 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
                             timeout_graceful_shutdown=_DOORS_CLOSE_S)
     server = _server_class()(config)
     server.on_signal = lambda sig: runtime.stopping()  # a worker that ends from now on was stopped, not lost
-    server.parent_pid = _parent_pid()
+    server.parent_pid = starter()  # (gone already: the starter died while this server started)
 
     async def drain() -> None:
         app.state.body_waits.stop()  # a body still arriving is answered 503 now, not held to the end
@@ -261,15 +263,6 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
 
     asyncio.run(main())
     return server.stop_signal
-
-
-def _parent_pid() -> int | None:
-    """``TRIDENT_STOP_WITH_PARENT`` (set by ``bench.launch.start_server``): the starter's PID, if it is
-    still this process's parent (a server started by hand ignores a value it inherited)."""
-    raw = os.environ.get(PARENT_PID_ENV, "").strip()
-    if not raw.isdigit() or int(raw) != os.getppid():
-        return None
-    return int(raw)
 
 
 def _ready(opts: ServeOptions, runtime, records: RunRecords | None, port: int) -> Ready:

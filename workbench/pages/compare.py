@@ -57,7 +57,7 @@ def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, 
                     f"the last answers. Runs are stored in `{access.database_label(Path(db))}`.")
         if st.button("Run live", type="primary", key="cmp_live_run"):
             try:
-                live_jobs.start(plan, policies, db)
+                live_jobs.start(plan, policies, db, names=uploaded)
             except (ValueError, OSError) as exc:  # JobBusy: another tab started one first
                 st.error(f"live run not started: {_named(data.error_text(exc))}")
                 return
@@ -79,7 +79,8 @@ def show_job(job_id: str) -> None:
     st.caption(f"Live job {job.id} (PID {job.pid}): {', '.join(job.policies)} on {job.what}, into "
                f"`{access.database_label(Path(job.db))}`; {len(job.run_ids)} of {n} runs stored so far.")
     if job.state == "stopping":
-        st.info("Stopping: the run in progress is stored as interrupted once its server has drained.")
+        st.info("Stopping: the run in progress is stored once its server has drained (as interrupted if the "
+                "stop cut its load short); no further policy runs.")
     elif st.button("Stop", key="cmp_live_stop"):
         live_jobs.stop(job)
         st.rerun(scope="fragment")
@@ -95,8 +96,9 @@ def show_last_job(db: str) -> None:
         return
     n, label = len(job.policies), access.database_label(Path(db))
     if job.state == "stopped":
-        st.warning(f"Live job {job.id} was stopped: {len(job.run_ids)} of {n} runs stored (the last one as "
-                   "interrupted, with what was answered before the stop).")
+        st.warning(f"Live job {job.id} was stopped: " + (
+            f"{len(job.run_ids)} of {n} runs stored (a run the stop cut short is stored as interrupted, with "
+            "what was answered before the stop)." if job.run_ids else "no run was stored."))
     elif job.state in ("failed", "vanished"):
         st.error(f"live job {job.id} failed: {_named(job.error or 'no reason given')}"
                  + (f" ({len(job.run_ids)} of {n} runs stored before it)" if job.run_ids else ""))

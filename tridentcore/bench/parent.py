@@ -1,0 +1,37 @@
+"""The parent watch of the children a bench starts (``trident serve``, Locust): they end when the
+process that started them is gone, ``kill -9`` included, instead of serving or sending for ever.
+
+The starter puts its PID in ``TRIDENT_STOP_WITH_PARENT`` (``core.defaults.PARENT_PID_ENV``) of the
+child's environment. :func:`starter` reads it: the starter is watched while it is still the
+parent; one that is already gone when the child first looks (killed while the child was starting:
+the child has been handed to init) means the child should end at once; a value inherited from
+further up, naming a live process that is not the parent, is not this child's and is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..core.defaults import PARENT_PID_ENV
+
+__all__ = ["GONE", "starter"]
+
+GONE = -1  # the starter named in the environment is already gone
+
+
+def starter() -> int | None:
+    """The starter's PID to watch (``os.getppid()`` stops being it when it dies), :data:`GONE`, or
+    None (no starter named, or not ours)."""
+    raw = os.environ.get(PARENT_PID_ENV, "").strip()
+    if not raw.isdigit() or int(raw) <= 1:
+        return None
+    pid = int(raw)
+    if pid == os.getppid():
+        return pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return GONE
+    except PermissionError:  # alive, someone else's: not ours
+        return None
+    return None
