@@ -166,6 +166,12 @@ def test_home_live_mode_checks_its_inputs_before_running(tmp_path, monkeypatch):
     at.text_input(key="cmp_live_devices").set_value("emulated:1x8xH200").run()
     _clean(at)
     assert any("differ from the cluster" in e.value for e in at.error)
+    for devices, words in (("cpu:abc", "cpu:N needs a worker count"), ("garbage", "expected emulated:"),
+                           ("cpu:2", "set the time scale to 1")):  # refused here, not by a job that fails
+        at.text_input(key="cmp_live_devices").set_value(devices).run()
+        _clean(at)
+        assert any(words in e.value for e in at.error), (devices, [e.value for e in at.error])
+        assert not any(b.key == "cmp_live_run" for b in at.button)  # nothing to start
     at.text_input(key="cmp_live_devices").set_value("emulated:2x8xH200")
     at.radio(key="cmp_rate_mode").set_value("rate sweep").run()
     _clean(at)
