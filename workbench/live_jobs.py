@@ -167,7 +167,9 @@ def stop(job: Job) -> bool:
         return False
     with _locked(job.dir):
         st = _read_status(job.dir)
-        running = st.get("state") in ("running", "stopping")
+        if st.get("state") not in ACTIVE:  # it ended meanwhile
+            return False
+        running = bool(st.get("begun"))  # its SIGTERM handler is in place
         st.update(stop=True, state="stopping", phase="stopping: the run in progress is being stored")
         _write_status(job.dir, st)
     if running and job.pid:
@@ -213,7 +215,7 @@ def _begin(folder: Path) -> bool:
         st = _read_status(folder)
         if st.get("stop"):
             return False
-        st.update(state="running", pid=os.getpid())
+        st.update(state="running", pid=os.getpid(), begun=True)
         _write_status(folder, st)
     return True
 
