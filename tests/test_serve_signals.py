@@ -234,10 +234,12 @@ def test_a_server_started_by_a_bench_stops_and_stores_its_run_when_the_bench_is_
     assert list(rows["n"]) == [1] and rows["status"][0] in ("interrupted", "done"), rows
 
 
-def test_a_server_whose_starter_dies_while_it_starts_stops_once_up():
+@pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])
+def test_a_server_whose_starter_dies_while_it_starts_stops_once_up(reaped):
     """The same ``kill -9`` while ``trident serve`` is still starting: by the time it looked, its parent was
     already init, and it took that for "started by hand" and served for ever. Now the starter named in
-    its environment being gone is enough: it stops as soon as it is up."""
+    its environment being gone is enough: it stops as soon as it is up; also while the dead starter is
+    a zombie its own parent has not reaped yet (a workbench job killed while nobody lists the jobs)."""
     starter = (
         "import os, subprocess, sys\n"
         "from tridentcore.core.defaults import PARENT_PID_ENV\n"
@@ -246,14 +248,18 @@ def test_a_server_whose_starter_dies_while_it_starts_stops_once_up():
         "                     stderr=subprocess.DEVNULL, env={**os.environ, PARENT_PID_ENV: str(os.getpid())})\n"
         "print(p.pid, flush=True)\n"
         "os._exit(0)\n")  # gone at once, long before the server serves
-    out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=60)
-    pid = int(out.stdout.split()[0])
+    first = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
+    pid = int(first.stdout.readline().split()[0])
+    if reaped:
+        first.wait(60)
     try:
         deadline = time.monotonic() + 90
         while not _gone(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _gone(pid), "the server outlived the process that started it"
     finally:
+        first.wait(60)
+        first.stdout.close()
         try:
             psutil.Process(pid).kill()
         except (psutil.NoSuchProcess, NameError):

@@ -4,7 +4,8 @@ process that started them is gone, ``kill -9`` included, instead of serving or s
 The starter puts its PID in ``TRIDENT_STOP_WITH_PARENT`` (``core.defaults.PARENT_PID_ENV``) of the
 child's environment. :func:`starter` reads it: the starter is watched while it is still the
 parent; one that is already gone when the child first looks (killed while the child was starting:
-the child has been handed to init) means the child should end at once; a value inherited from
+the child has been handed to init), or has ended and waits to be reaped (a zombie: a workbench job
+killed while nobody lists the jobs), means the child should end at once; a value inherited from
 further up, naming a live process that is not the parent, is not this child's and is ignored.
 """
 
@@ -34,4 +35,13 @@ def starter() -> int | None:
         return GONE
     except PermissionError:  # alive, someone else's: not ours
         return None
-    return None
+    return GONE if _zombie(pid) else None  # (killed, not yet reaped by its own parent: gone too)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended and waits to be reaped (Linux; False where there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
