@@ -41,7 +41,6 @@ def plan_live(scenario: RunSpec, rate: float | None, devices: str, time_scale: f
     from tridentcore.bench.live import LiveBenchSpec, cluster_of_devices
     from tridentcore.bench.scenario import schedule_requests
     from tridentcore.bench.spec import RunSpecError
-
     from tridentcore.runtime.devices import SetupError, parse_devices
 
     problems: list[str] = []
@@ -84,7 +83,7 @@ def run_live(plan: LivePlan, policies: Sequence[str], db: str, progress: Progres
     early included (interrupted, or its server died): what a caller still has when this raises.
     Raises ``tridentcore.bench.live.LiveBenchError`` (a child process failed; runs stored before it
     stay stored) and ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM inside ``sigterm_interrupts``: the
-    run in progress stored as interrupted). Its children are stopped either way (``LiveBench``
+    run in progress stored, as interrupted if the stop cut its load short). Its children are stopped either way (``LiveBench``
     stops what it started). The workbench runs this in a job process of its own (``live_jobs``).
     """
     from pathlib import Path
