@@ -9,6 +9,7 @@ test means to stop with SIGINT (a Ctrl-C) would never see it. Such children are 
 from __future__ import annotations
 
 import signal
+import time
 
 
 def default_sigint() -> None:
@@ -16,6 +17,23 @@ def default_sigint() -> None:
     KeyboardInterrupt), whatever this process does with it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
+
+def ended(pid: int) -> bool:
+    """No such process, or a zombie nobody reaps yet (it ended)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_ended(pid: int, timeout_s: float) -> bool:
+    """Whether ``pid`` ended within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not ended(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ended(pid)
 
 
 def served_past_a_hung_worker(models: str, policy: str, submission, degree: int = 1) -> tuple:

@@ -25,6 +25,8 @@ from tridentcore.bench.scenario import load_scenario
 from tridentcore.bench.spec import RunSpec
 from workloads.schedule import build_schedule
 
+from children import wait_ended  # noqa: E402  (tests/, on sys.path under pytest)
+
 REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "workloads" / "mixed.py"
 OPTIONS = ("--mix", "--rate", "--arrival", "--slo-scale", "--seed", "--duration", "--time-scale", "--cost-profile",
@@ -224,11 +226,7 @@ def test_a_run_whose_starter_is_gone_ends_at_once_with_its_rows_written(tmp_path
         "os._exit(0)\n")
     out = subprocess.run([sys.executable, "-c", starter], capture_output=True, text=True, timeout=60, cwd=REPO)
     pid = int(out.stdout.split()[0])
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
-            open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z":
-        time.sleep(0.2)
-    alive = os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z"
+    alive = not wait_ended(pid, 60)
     if alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, "Locust went on sending after its starter was gone"

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from children import default_sigint  # noqa: E402  (tests/, on sys.path under pytest)
+from children import default_sigint, wait_ended  # noqa: E402  (tests/, on sys.path under pytest)
 
 from tridentcore.store import query_readonly
 
@@ -192,14 +192,6 @@ def test_a_third_ctrl_c_exits_at_once_and_says_the_run_was_not_stored(tmp_path):
     assert set(answered) <= done, (answered, done)  # every answer a client got is in the recovered run
 
 
-def _gone(pid: int) -> bool:
-    """No such process, or a zombie nobody reaps yet (it ended)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_a_server_started_by_a_bench_stops_and_stores_its_run_when_the_bench_is_killed(tmp_path):
     """``kill -9`` of the process that started ``trident serve`` (``trident bench --backend live``, the
     workbench): the server noticed nothing and served for ever. Now it drains and stops on its own
@@ -219,10 +211,7 @@ def test_a_server_started_by_a_bench_stops_and_stores_its_run_when_the_bench_is_
         assert httpx.post(f"{url}/v1/images/generations", json=body, timeout=60).status_code == 200
         parent.kill()
         parent.wait(10)
-        deadline = time.monotonic() + 60
-        while not _gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _gone(pid), "the server outlived the process that started it"
+        assert wait_ended(pid, 60), "the server outlived the process that started it"
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -253,10 +242,7 @@ def test_a_server_whose_starter_dies_while_it_starts_stops_once_up(reaped):
     if reaped:
         first.wait(60)
     try:
-        deadline = time.monotonic() + 90
-        while not _gone(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert _gone(pid), "the server outlived the process that started it"
+        assert wait_ended(pid, 90), "the server outlived the process that started it"
     finally:
         first.wait(60)
         first.stdout.close()

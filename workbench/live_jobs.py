@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,10 +233,7 @@ class _Reporter:
         if phase == self.last_phase and now - self.last_t < _WRITE_EVERY_S:
             return
         self.last_t, self.last_phase = now, phase
-        fields = {"k": k, "policy": policy, "phase": phase, "done": done, "total": total, "run_ids": list(self.stored)}
-        if _read_status(self.folder).get("stop"):
-            fields.pop("phase")  # keep saying why it is ending
-        _update(self.folder, **fields)
+        _update(self.folder, k=k, policy=policy, phase=phase, done=done, total=total, run_ids=list(self.stored))
 
 
 # ------------------------------------------------------------------------------ the folder
@@ -274,8 +272,8 @@ def _update(folder: Path, **fields: Any) -> None:
     # overwriting the other's fields with what it read before
     with _locked(folder):
         st = _read_status(folder)
-        if st.get("stop") and fields.get("state") in ("running", "starting"):
-            fields.pop("state")  # (it is stopping)
+        if st.get("stop") and "phase" in fields and "state" not in fields:
+            del fields["phase"]  # a stopping job keeps saying why it is ending
         st.update(fields)
         _write_status(folder, st)
 
@@ -332,8 +330,6 @@ def _alive(pid: int | None, folder: Path, started: float) -> bool:
 
 
 def _prune(jobs_dir: Path) -> None:
-    import shutil
-
     ended = [j for j in jobs(jobs_dir) if not j.active]
     for job in ended[KEEP:]:
         shutil.rmtree(job.dir, ignore_errors=True)

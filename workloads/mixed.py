@@ -83,7 +83,7 @@ from locust import FastHttpUser, constant, events, task
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
-from tridentcore.bench.parent import GONE, starter
+from tridentcore.bench.parent import starter, starter_gone
 from tridentcore.bench.spec import TRACE_PREFIX, RunSpec, read_spec_file
 from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER,
                                        DEFAULT_CPU_PROFILE, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
@@ -356,7 +356,7 @@ def _on_test_start(environment, **_kw) -> None:
 
 def _end_with_parent(environment, run: Run, parent: int) -> None:
     while not run.ended:
-        if parent == GONE or os.getppid() != parent:
+        if starter_gone(parent):
             logger.error("the process that started this run (%s %s) is gone: ending the run", PARENT_PID_ENV,
                          os.environ.get(PARENT_PID_ENV))
             _end(environment)

@@ -15,7 +15,7 @@ import os
 
 from ..core.defaults import PARENT_PID_ENV
 
-__all__ = ["GONE", "starter"]
+__all__ = ["GONE", "starter", "starter_gone"]
 
 GONE = -1  # the starter named in the environment is already gone
 
@@ -36,6 +36,11 @@ def starter() -> int | None:
     except PermissionError:  # alive, someone else's: not ours
         return None
     return GONE if _zombie(pid) else None  # (killed, not yet reaped by its own parent: gone too)
+
+
+def starter_gone(watched: int) -> bool:
+    """Whether the starter that :func:`starter` gave (not None) is gone now."""
+    return watched == GONE or os.getppid() != watched
 
 
 def _zombie(pid: int) -> bool:

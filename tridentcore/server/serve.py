@@ -18,7 +18,7 @@ from ..core.defaults import (DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT
                              DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, PARENT_PID_ENV)
 from ..core.types import Shape
-from ..bench.parent import GONE, starter
+from ..bench.parent import starter, starter_gone
 from ..runtime.build import SetupError, build_runtime
 from ..runtime.stored import RecordsNotStored, RunRecords, open_journal
 from .app import ServerConfig, create_app, is_loopback
@@ -125,8 +125,7 @@ def _server_class():
                 self.should_exit = self.force_exit = True
 
         async def on_tick(self, counter: int) -> bool:
-            if self.parent_pid is not None and counter % 10 == 0 and self.signals == 0 and (
-                    self.parent_pid == GONE or os.getppid() != self.parent_pid):
+            if self.parent_pid is not None and counter % 10 == 0 and self.signals == 0 and starter_gone(self.parent_pid):
                 logger.warning("the process that started this server (%s %s) is gone: stopping", PARENT_PID_ENV,
                                os.environ.get(PARENT_PID_ENV))
                 self.handle_exit(signal.SIGTERM, None)
