@@ -84,3 +84,26 @@ def test_a_killed_job_reads_as_vanished_and_its_children_stop_by_themselves(tmp_
     assert live_jobs.current(jobs) is None  # the next may start
     assert wait_ended(server[0], 60), "trident serve kept running after its job was killed"
     assert wait_ended(locust[0], 60), "Locust kept sending after its job was killed"
+
+
+def test_a_stop_before_the_job_runs_and_one_while_a_run_is_stored_are_both_kept(tmp_path):
+    """A Stop pressed as the job starts (before its SIGTERM handler is in place: the signal would
+    have killed it) ends it ``stopped``; one pressed after a policy's load, while its server is
+    stopped and its run stored (signals held then, and before this, thrown away: the job ran every
+    other policy; or, stopping the server, the run was lost) keeps that run as complete and runs no
+    further policy."""
+    from tridentcore.store import list_runs
+
+    db, jobs = str(tmp_path / "live.duckdb"), tmp_path / "jobs"
+    early = live_jobs.start(_plan(10.0), ["trident"], db, jobs_dir=jobs)
+    assert live_jobs.stop(early)
+    ended = _wait(early, lambda j: not j.active, timeout_s=60)
+    assert ended.state == "stopped" and ended.run_ids == [] and ended.error is None, ended
+
+    job = live_jobs.start(_plan(10.0), ["trident", "pipeline-dynamic"], db, jobs_dir=jobs)
+    late = _wait(job, lambda j: j.k == 1 and j.phase in ("collecting", "stopping server", "storing"), timeout_s=120)
+    assert live_jobs.stop(late)
+    ended = _wait(job, lambda j: not j.active)
+    assert ended.state == "stopped" and len(ended.run_ids) == 1, ended
+    runs = list_runs(db)
+    assert list(runs["run_id"]) == ended.run_ids and list(runs["status"]) == ["complete"]
