@@ -30,8 +30,10 @@ classes:
 ARGS = ["--rate", "4", "--duration", "12", "--seed", "2", "--time-scale", "0.05", "--devices", "emulated:8xH200"]
 
 
-def _trident(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def _trident(*args: str, timeout: float = 240, cwd: Path | None = None,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "tridentcore.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 
@@ -203,16 +205,15 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path, sig):
     assert len(server) <= len(client)  # the server saw only what was sent
 
 
-def test_a_server_killed_during_the_load_ends_the_run_as_crashed(tmp_path):
-    """kill -9 of the server mid-load: the bench stops Locust at once, stores what both wrote with
-    status crashed, says the server died and exits non-zero (it was stored complete, exit 0)."""
+def _long_bench_under_load(db: Path, env: dict | None = None):
+    """A two-policy live bench of 400 s, 3 s into its first policy's load; returns it and a finder
+    of its children by a word of their command line."""
     import psutil
 
-    db = tmp_path / "k.duckdb"
     proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "bench", "--backend", "live", "--policies",
                              "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
                              "--duration", "400", "--time-scale", "0.05", "--db", str(db), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
 
     def child(word: str):
         for c in psutil.Process(proc.pid).children(recursive=False):
@@ -227,20 +228,88 @@ def test_a_server_killed_during_the_load_ends_the_run_as_crashed(tmp_path):
     while time.monotonic() < deadline and proc.poll() is None and child("locust") is None:
         time.sleep(0.2)
     time.sleep(3)
-    server = child(" serve ")
-    assert server is not None and proc.poll() is None
+    return proc, child
+
+
+@pytest.mark.parametrize("victim", ["server", "locust"])
+def test_a_child_killed_during_the_load_ends_the_run_as_crashed(tmp_path, victim):
+    """kill -9 of the server mid-load: the bench stops Locust at once, stores what both wrote with
+    status crashed, says the server died and exits non-zero (it was stored complete, exit 0).
+    kill -9 of Locust: the server is stopped as usual and what it served is stored, as crashed, with
+    no client rows (the bench failed with "wrote no rows" and stored nothing)."""
+    import psutil
+
+    db = tmp_path / "k.duckdb"
+    proc, child = _long_bench_under_load(db)
+    target = child(" serve " if victim == "server" else "locust")
+    assert target is not None and proc.poll() is None
     family = psutil.Process(proc.pid).children(recursive=True)
     killed_at = time.monotonic()
-    server.kill()
+    target.kill()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err[-3000:]  # the CLI's exit status for a failed run
     assert time.monotonic() - killed_at < 60  # not the rest of the 20 s schedule plus its answer wait
-    assert "trident serve died during the load (killed by SIGKILL)" in err and "stored as crashed" in err
     assert not psutil.wait_procs(family, timeout=15)[1]  # Locust and the server's workers: all stopped
-    runs = query_readonly(db, "SELECT run_id, status, policy FROM runs")
+    runs = query_readonly(db, "SELECT run_id, status, policy, config_json FROM runs")
     assert len(runs) == 1 and runs.status[0] == "crashed" and runs.policy[0] == "trident"  # the second never ran
-    client = query_readonly(db, "SELECT state FROM client_requests WHERE run_id = ?", [runs.run_id[0]])
-    assert len(client) > 0 and set(client.state) != {"done"}  # the ones cut short are not counted as answered
+    assert json.loads(runs.config_json[0])["crashed"] == victim
+    rid = runs.run_id[0]
+    client = query_readonly(db, "SELECT state FROM client_requests WHERE run_id = ?", [rid])
+    served = query_readonly(db, "SELECT state FROM requests WHERE run_id = ?", [rid])
+    if victim == "server":
+        assert "trident serve died during the load (killed by SIGKILL)" in err and "stored as crashed" in err
+        assert len(client) > 0 and set(client.state) != {"done"}  # the ones cut short are not counted as answered
+    else:
+        assert "Locust ended during the load (killed by SIGKILL) without writing its rows" in err, err[-3000:]
+        assert f"run {rid} stored as crashed with the server's rows" in err
+        assert len(client) == 0 and (served.state == "done").sum() > 0  # what was served before the kill
+
+
+def test_the_run_of_a_killed_bench_is_stored_by_the_next_recover(tmp_path):
+    """kill -9 of the bench mid-load: its server and Locust end by themselves and leave their rows in
+    the work folder (they were left there, unread, with the server's log folder); `trident runs
+    recover` (as the next live bench on the database) stores the run as interrupted and removes both."""
+    import psutil
+
+    db, tmp = tmp_path / "o.duckdb", tmp_path / "tmp"
+    tmp.mkdir()
+    proc, child = _long_bench_under_load(db, {"TMPDIR": str(tmp)})
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert child(" serve ") is not None and child("locust") is not None
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert not psutil.wait_procs(family, timeout=90)[1]  # they noticed their starter gone and ended
+    left = sorted(p.name.split("-")[1] for p in tmp.iterdir())
+    assert left == ["live", "serve"], left
+    env = {"TMPDIR": str(tmp)}
+    out = _trident("runs", "recover", "--db", str(db), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "of a killed live bench as interrupted" in out.stdout and "no journals to recover" in out.stdout
+    assert list(tmp.iterdir()) == []
+    runs = query_readonly(db, "SELECT run_id, status, policy, config_json FROM runs")
+    assert list(runs.status) == ["interrupted"] and list(runs.policy) == ["trident"]
+    assert "bench was killed" in json.loads(runs.config_json[0])["recovered"]
+    rid = runs.run_id[0]
+    client = query_readonly(db, "SELECT state, server_request_id FROM client_requests WHERE run_id = ?", [rid])
+    served = query_readonly(db, "SELECT request_id, state FROM requests WHERE run_id = ?", [rid])
+    assert (client.state == "done").sum() > 0 and (served.state == "done").sum() >= (client.state == "done").sum()
+    assert (served.request_id < UNMAPPED_ID_BASE).sum() >= (client.state == "done").sum()  # joined on the schedule
+    again = _trident("runs", "recover", "--db", str(db), cwd=tmp_path, env=env)
+    assert again.returncode == 0 and "killed live bench" not in again.stdout + again.stderr
+
+
+def test_a_claimed_work_folder_is_left_while_its_lock_is_held_and_only_for_its_own_database(tmp_path):
+    from tridentcore.bench.orphans import Owner, recover_orphans
+
+    work = tmp_path / "trident-live-x"
+    work.mkdir()
+    owner = Owner(work, {"db": str(tmp_path / "a.duckdb"), "run_id": "r", "config": {}})
+    assert recover_orphans(tmp_path / "a.duckdb", tmp_path) == []  # held: its bench (or a child) runs
+    owner.close()
+    assert recover_orphans(tmp_path / "b.duckdb", tmp_path) == []  # another database's
+    got = recover_orphans(tmp_path / "a.duckdb", tmp_path)
+    assert [g.outcome for g in got] == ["failed"] and "config_json lacks" in got[0].message
+    assert work.is_dir() and not (tmp_path / "a.duckdb").exists()  # kept for a later try, nothing written
 
 
 def test_live_options_turn_the_servers_calibration_off_and_a_stored_config_keeps_it():

@@ -70,10 +70,11 @@ def test_a_job_runs_in_its_own_session_one_at_a_time_and_stops_with_its_run_stor
     assert not psutil.pid_exists(again.pid), "the ended job stayed a zombie"
 
 
-def test_a_killed_job_reads_as_vanished_and_its_children_stop_by_themselves(tmp_path):
+def test_a_killed_job_reads_as_vanished_and_its_children_stop_by_themselves(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the job's work folder: left by the kill, read back below
     db, jobs = str(tmp_path / "live.duckdb"), tmp_path / "jobs"
     job = live_jobs.start(_plan(120.0), ["trident"], db, jobs_dir=jobs)
-    _wait(job, lambda j: j.phase == "load")
+    _wait(job, lambda j: j.phase == "load" and j.done >= 2)
     children = psutil.Process(job.pid).children()
     server = [p.pid for p in children if "serve" in p.cmdline()]
     locust = [p.pid for p in children if "locust" in p.cmdline()]
@@ -84,6 +85,16 @@ def test_a_killed_job_reads_as_vanished_and_its_children_stop_by_themselves(tmp_
     assert live_jobs.current(jobs) is None  # the next may start
     assert wait_ended(server[0], 60), "trident serve kept running after its job was killed"
     assert wait_ended(locust[0], 60), "Locust kept sending after its job was killed"
+    # what the killed job's server and Locust had written is stored by the next job on the database
+    from tridentcore.store import list_runs
+
+    done = _wait(live_jobs.start(_plan(4.0), ["trident"], db, jobs_dir=jobs), lambda j: not j.active)
+    assert done.state == "done" and len(done.run_ids) == 1
+    runs = list_runs(db).set_index("run_id")
+    assert len(runs) == 2 and runs.loc[done.run_ids[0], "status"] == "complete", runs
+    killed = runs.drop(index=done.run_ids[0])
+    assert list(killed["status"]) == ["interrupted"] and int(killed["requests"].iloc[0]) >= 2
+    assert not list(tmp_path.glob("trident-live-*")) and not list(tmp_path.glob("trident-serve-*"))
 
 
 def test_a_stop_before_the_job_runs_and_one_while_a_run_is_stored_are_both_kept(tmp_path):

@@ -80,7 +80,7 @@ def run_live(plan: LivePlan, policies: Sequence[str], db: str, progress: Progres
     """Run each policy live and store it in ``db``; returns the stored run ids, in policy order.
 
     ``stored``: a list the ids are appended to as each run is stored, the run of a policy that ended
-    early included (interrupted, or its server died): what a caller still has when this raises.
+    early included (interrupted, or its server or Locust died): what a caller still has when this raises.
     Raises ``tridentcore.bench.live.LiveBenchError`` (a child process failed; runs stored before it
     stay stored) and ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM inside ``sigterm_interrupts``: the
     run in progress stored, as interrupted if the stop cut its load short). Its children are stopped either way (``LiveBench``
@@ -88,10 +88,12 @@ def run_live(plan: LivePlan, policies: Sequence[str], db: str, progress: Progres
     """
     from pathlib import Path
 
-    from tridentcore.bench.live import LiveBench, LiveServerDied
+    from tridentcore.bench.live import LiveBench, LiveRunCrashed
+    from tridentcore.bench.orphans import recover_orphans
     from tridentcore.store import new_run_id
 
     Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    recover_orphans(db)  # runs of killed live benches on this database: stored, shown on the Runs page
     seed = plan.spec.run.seed
     bench_id = new_run_id("bench-live", seed)
     stored = [] if stored is None else stored
@@ -104,7 +106,7 @@ def run_live(plan: LivePlan, policies: Sequence[str], db: str, progress: Progres
             result = LiveBench(plan.spec, policy, new_run_id(policy, seed), db,
                                extra_config={"bench": bench_id, "source": "workbench", **(extra_config or {})},
                                progress=report).run()
-        except (KeyboardInterrupt, LiveServerDied) as exc:  # (LiveBenchInterrupted: a KeyboardInterrupt)
+        except (KeyboardInterrupt, LiveRunCrashed) as exc:  # (LiveBenchInterrupted: a KeyboardInterrupt)
             partial = getattr(exc, "partial", None)
             if partial is not None:
                 stored.append(partial.run_id)

@@ -64,13 +64,14 @@ class ServerProcess:
 
 
 def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float = 120.0,
-                 env: dict[str, str] | None = None) -> ServerProcess:
+                 env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> ServerProcess:
     """``trident serve ARGS --host HOST --port 0`` in a child process; returns once it serves.
 
     The child gets this process's environment and ``env``, less an inherited ``TRIDENT_API_KEY``:
     it has an API key only when ``env`` gives it one (through the environment, never argv); and
     ``TRIDENT_STOP_WITH_PARENT``, this process's PID: the server drains and stops when this process
-    is gone, killed too (it was left serving for ever)."""
+    is gone, killed too (it was left serving for ever). ``pass_fds``: descriptors it keeps open
+    (a live bench's lock on its work folder, :mod:`.orphans`)."""
     tmp = tempfile.TemporaryDirectory(prefix="trident-serve-")
     port_file = Path(tmp.name) / "port"
     log_path = Path(tmp.name) / "server.log"
@@ -80,7 +81,8 @@ def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float =
     child_env[PARENT_PID_ENV] = str(os.getpid())  # it stops when this process is gone, even by kill -9
     child_env.update(env or {})
     log = open(log_path, "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env,
+                            pass_fds=pass_fds)
     log.close()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -30,7 +30,10 @@ transaction and raises :class:`LiveBenchInterrupted` (a ``KeyboardInterrupt``) w
 is that stored run (``None`` when nothing could be stored). A server that dies on its own during
 the load (killed, crashed) ends the load at once: Locust is stopped and writes its rows, the
 server's journal is ingested, the run is stored with status ``crashed`` and
-:class:`LiveServerDied` (a :class:`LiveBenchError`) says so, with the end of the server's log.
+:class:`LiveServerDied` (a :class:`LiveRunCrashed`) says so, with the end of the server's log.
+Locust ending without its rows (killed, crashed) does not lose what the server did: the server is
+stopped as usual (it drains and stores), the run is stored as ``crashed`` with the server's rows
+and no client rows, and :class:`LiveClientDied` says so.
 """
 
 from __future__ import annotations
@@ -52,16 +55,14 @@ from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEO
                              DEFAULT_LIVE_DEVICES)
 from ..core.errors import TridentError
 from ..core.metrics import finite, quantile
-from ..core.records import RunMeta
 from . import live_procs as procs
 from .live_procs import exit_words
+from .live_rows import UNMAPPED_ID_BASE, live_run_meta, remap_to_schedule, server_run_ids
 from .spec import RunSpec
 
 __all__ = ["LiveBench", "LiveBenchError", "LiveBenchInterrupted", "LiveBenchSpec", "LiveOptions", "LiveRun",
-           "LiveServerDied", "UNMAPPED_ID_BASE", "cluster_of_devices", "run_policy", "served_models",
-           "spec_from_config"]
-
-UNMAPPED_ID_BASE = 1_000_000_000
+           "LiveClientDied", "LiveRunCrashed", "LiveServerDied", "UNMAPPED_ID_BASE", "cluster_of_devices",
+           "run_policy", "served_models", "spec_from_config"]
 
 Progress = Callable[[str, int, int], None]  # (phase, finished, scheduled)
 
@@ -70,13 +71,22 @@ class LiveBenchError(TridentError, RuntimeError):
     """A live bench that could not run (a child process failed); the message says which and why."""
 
 
-class LiveServerDied(LiveBenchError):
-    """``trident serve`` exited on its own during the load (killed, crashed); ``partial`` is the run
-    stored as ``crashed`` with what both children had written (None: nothing could be stored)."""
+class LiveRunCrashed(LiveBenchError):
+    """A child died during the load (killed, crashed); ``partial`` is the run stored as ``crashed``
+    with what both children had written (None: nothing could be stored)."""
 
     def __init__(self, message: str, partial: LiveRun | None) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+class LiveServerDied(LiveRunCrashed):
+    """``trident serve`` exited on its own during the load: Locust is stopped and both rows are stored."""
+
+
+class LiveClientDied(LiveRunCrashed):
+    """Locust ended without writing its rows (killed, crashed): the server is stopped as usual
+    and the run is stored with the server's rows alone (no ``client_requests``)."""
 
 
 def cluster_of_devices(devices: str) -> str | None:
@@ -167,7 +177,7 @@ class LiveRun:
 
     policy: str
     run_id: str
-    status: str  # complete | interrupted | crashed (the server died during the load)
+    status: str  # complete | interrupted | crashed (the server, or Locust, died during the load)
     scheduled: int
     states: dict[str, int]  # client states -> count
     lag_p50_ms: float
@@ -199,6 +209,8 @@ class _Collected:
     server_exit: int | None = None
     interrupted: bool = False
     server_died: bool = False  # the server exited on its own before the bench stopped it
+    client_died: bool = False  # Locust ended without writing its rows
+    orphaned: bool = False  # stored by bench.orphans from the folder of a killed bench
     models: tuple[str, ...] = ()
 
 
@@ -221,7 +233,8 @@ class LiveBench:
 
     def run(self) -> LiveRun:
         """Run, store, return the stored run; :class:`LiveBenchInterrupted` on Ctrl-C,
-        :class:`LiveServerDied` when the server died during the load (the run stored as crashed)."""
+        :class:`LiveServerDied` when the server died during the load, :class:`LiveClientDied` when Locust
+        ended without its rows (either way the run stored as crashed)."""
         from .scenario import schedule_requests
         from .spec import RunSpecError
 
@@ -231,15 +244,23 @@ class LiveBench:
             raise LiveBenchError(str(exc)) from None
         if not requests:
             raise LiveBenchError("the schedule has no requests (rate x duration too small?)")
+        from .orphans import PREFIX, Owner, info_of
+
         created, t0 = time.time(), time.monotonic()
         temporary = self.artifacts is None
-        work = Path(tempfile.mkdtemp(prefix="trident-live-")) if temporary else self.artifacts
+        work = Path(tempfile.mkdtemp(prefix=PREFIX)) if temporary else self.artifacts
         work.mkdir(parents=True, exist_ok=True)
         kept = not temporary
+        # a temporary folder is claimed (locked, with what stores its run) while this process or a
+        # child runs: if this process is killed, the next bench on the database stores the run
+        owner = (Owner(work, info_of(self.db, self.run_id, self.policy, LiveBenchSpec(self.run_spec, self.spec.options)
+                                     .config(), self.extra_config, len(requests), self._models(requests), created))
+                 if temporary else None)
         try:
-            got = self._serve_and_load(work, requests)
-            last = ([line for line in procs.tail(work / "server.log").splitlines() if line.strip()][-3:]
-                    if got.server_died else [])  # (read before a temporary work folder goes)
+            got = self._serve_and_load(work, requests, owner)
+            log = "server.log" if got.server_died else "locust.log" if got.client_died else None
+            last = ([line for line in procs.tail(work / log).splitlines() if line.strip()][-3:]
+                    if log else [])  # (read before a temporary work folder goes)
             try:
                 with procs.no_interrupts():
                     result = self._store(work, got, len(requests), created, time.monotonic() - t0, kept)
@@ -253,13 +274,22 @@ class LiveBench:
         finally:
             if not kept:
                 shutil.rmtree(work, ignore_errors=True)
+            if owner is not None:  # (a kept folder whose run was not stored: the next bench tries again)
+                owner.close()
         if procs.take_held_interrupt() or got.interrupted:  # a stop that came while it was stopped or stored
             raise LiveBenchInterrupted(result)
-        if got.server_died:
-            what = (f"run {result.run_id} stored as crashed with what both had written" if result is not None
-                    else "nothing could be stored")
-            raise LiveServerDied(f"trident serve died during the load ({exit_words(got.server_exit)}); {what}"
-                                 + ("; the last lines of its log:\n" + "\n".join(last) if last else ""), result)
+        if got.server_died or got.client_died:
+            tail = "; the last lines of its log:\n" + "\n".join(last) if last else ""
+            if got.server_died:
+                what = (f"run {result.run_id} stored as crashed with what both had written" if result is not None
+                        else "nothing could be stored")
+                client = "; Locust wrote no rows" if got.client_died else ""
+                raise LiveServerDied(f"trident serve died during the load ({exit_words(got.server_exit)}){client}; "
+                                     f"{what}{tail}", result)
+            what = (f"run {result.run_id} stored as crashed with the server's rows" if result is not None
+                    else "the server served nothing, nothing stored")
+            raise LiveClientDied(f"Locust ended during the load ({exit_words(got.locust_exit)}) without writing its "
+                                 f"rows; {what}{tail}", result)
         return result
 
     # -------------------------------------------------------------- the children
@@ -270,7 +300,7 @@ class LiveBench:
         return ["--spec", str(spec_file), "--models", ",".join(models), "--db", str(work / "server.duckdb"),
                 *self.spec.options.serve_args()]
 
-    def _serve_and_load(self, work: Path, requests) -> _Collected:
+    def _serve_and_load(self, work: Path, requests, owner=None) -> _Collected:
         from .spec import write_spec_file
 
         if (work / "server.duckdb").exists():
@@ -287,13 +317,16 @@ class LiveBench:
         api_key = secrets.token_urlsafe(24)
         key_env = {API_KEY_ENV: api_key}
         self.report("starting server", 0, total)
+        fds = owner.fds if owner is not None else ()
         try:
             with procs.server_process(self._server_args(work, spec_file, got.models),
-                                      opts.startup_timeout_s, stop_s, env=key_env) as server:
+                                      opts.startup_timeout_s, stop_s, env=key_env, pass_fds=fds) as server:
+                if owner is not None:
+                    owner.update(server_folder=str(server.log_path.parent))
                 try:
                     self.report("load", 0, total)
                     cmd = procs.locust_cmd(server.url, spec_file, self.run_id, work, opts.users, run_time_s)
-                    with procs.locust_process(cmd, work / "locust.log", work, env=key_env) as locust:
+                    with procs.locust_process(cmd, work / "locust.log", work, env=key_env, pass_fds=fds) as locust:
                         while locust.poll() is None:
                             if server.proc.poll() is not None:  # died on its own: Locust is stopped on the
                                 got.server_died = True          # way out and writes its rows
@@ -305,12 +338,9 @@ class LiveBench:
                     got.locust_exit = locust.returncode
                     got.server_died = got.server_died or server.proc.poll() is not None
                     got.rows = procs.read_rows(work / "rows.jsonl")
-                    if got.rows is None:
-                        raise LiveBenchError(f"Locust ({exit_words(got.locust_exit)}) wrote no rows"
-                                             + (f"; trident serve died ({exit_words(server.proc.returncode)})"
-                                                if got.server_died else "") + f":\n{procs.tail(work / 'locust.log')}")
-                    self.report("collecting", len(got.rows), total)
-                    if not got.server_died:
+                    got.client_died = got.rows is None  # (killed, crashed): the server's rows are still stored
+                    self.report("collecting", len(got.rows or ()), total)
+                    if got.rows and not got.server_died:
                         procs.engine_ids(server.url, got.rows, api_key)
                 except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
                     got.interrupted = True
@@ -325,7 +355,9 @@ class LiveBench:
                 self.report(f"interrupted: stopping the server (it drains its work, up to {opts.drain_timeout_s:g} s)"
                             if got.interrupted else
                             f"trident serve died ({exit_words(server.proc.returncode)}): storing what it wrote"
-                            if got.server_died else "stopping server", len(got.rows or ()), total)
+                            if got.server_died else
+                            f"Locust ended without its rows ({exit_words(got.locust_exit)}): stopping the server"
+                            if got.client_died else "stopping server", len(got.rows or ()), total)
                 with procs.no_interrupts():  # (a stop asked for now is acted on once the run is stored)
                     got.server_exit = server.stop(stop_s)
                     (work / "server.log").write_text(server.log())
@@ -334,6 +366,14 @@ class LiveBench:
         return got
 
     # -------------------------------------------------------------- the store
+    def store_left(self, work: Path, scheduled: int, models: Sequence[str], created: float,
+                   wall_s: float) -> LiveRun | None:
+        """Store, as ``interrupted``, the run a killed bench left in its work folder ``work`` (what its
+        server and Locust wrote there as they ended; :mod:`.orphans`); None when nothing was served."""
+        got = _Collected(rows=procs.read_rows(work / "rows.jsonl"), interrupted=True, orphaned=True,
+                         models=tuple(models))
+        return self._store(work, got, scheduled, created, wall_s, False)
+
     def _store(self, work: Path, got: _Collected, scheduled: int, created: float, wall_s: float,
                kept: bool) -> LiveRun | None:
         from ..store import ResultsStore, read_run_tables
@@ -344,20 +384,23 @@ class LiveBench:
             for r in recover(server_db):
                 if r.outcome == "failed":
                     raise LiveBenchError(f"the server's journal {r.path} could not be ingested: {r.message}")
+        crashed = got.server_died or got.client_died
         if not server_db.exists():
-            if got.interrupted or got.server_died:
+            if got.interrupted or crashed:
                 return None
             raise LiveBenchError(f"trident serve ({exit_words(got.server_exit)}) wrote no rows to its store:\n"
                                  f"{procs.tail(work / 'server.log')}")
-        ids = _run_ids(server_db)
+        ids = server_run_ids(server_db)
         if len(ids) != 1:
             raise LiveBenchError(f"trident serve wrote {len(ids)} runs to {server_db}; expected one")
         server_meta, tables = read_run_tables(server_db, ids[0])
+        if (got.orphaned or got.client_died and not got.server_died) and tables["requests"].num_rows == 0:
+            return None  # Locust died, or the bench was killed, before anything was sent: no run to keep
         rows = got.rows or []
         notes = []
-        if not (got.interrupted or got.server_died) and len(rows) != scheduled:
+        if not (got.interrupted or crashed) and len(rows) != scheduled:
             notes.append(f"{scheduled - len(rows)} scheduled requests have no client row")
-        tables = _remap(tables, rows)
+        tables = remap_to_schedule(tables, rows)
         lags = [r["lag_ms"] for r in rows if r.get("lag_ms") is not None]
         states: dict[str, int] = {}
         for r in rows:
@@ -367,8 +410,10 @@ class LiveBench:
                  "server_exit": got.server_exit, "client_states": states, "scheduled": scheduled,
                  "served_models": list(got.models),
                  "lag_p50_ms": finite(quantile(lags, 0.5)), "lag_p99_ms": finite(quantile(lags, 0.99))}
-        status = "interrupted" if got.interrupted else "crashed" if got.server_died else "complete"
-        meta = _meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
+        if crashed:
+            extra["crashed"] = "server" if got.server_died else "locust"
+        status = "interrupted" if got.interrupted else "crashed" if crashed else "complete"
+        meta = live_run_meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
         self.report("storing", len(rows), scheduled)
         with procs.no_interrupts():  # one transaction, not cut short
             ResultsStore(self.db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run_tables(meta, {**tables, "client_requests": rows})
@@ -383,55 +428,3 @@ def run_policy(spec: LiveBenchSpec, policy: str, run_id: str, db: str | os.PathL
     """``LiveBench(...).run()``: run one policy live and store it."""
     return LiveBench(spec, policy, run_id, db, extra_config=extra_config, progress=progress,
                      artifacts=artifacts).run()
-
-
-# ------------------------------------------------------------------------------ rows
-def _remap(tables: dict, rows: list[dict]) -> dict:
-    """Server tables with request ids replaced by schedule indices (see the module docstring)."""
-    import pyarrow as pa
-
-    index_of = {int(r["server_request_id"]): int(r["request_index"]) for r in rows
-                if r.get("server_request_id") is not None}
-    out = dict(tables)
-    for name in ("requests", "stage_spans"):
-        table = tables[name]
-        ids = table.column("request_id").to_pylist()
-        new = pa.array([index_of.get(i, UNMAPPED_ID_BASE + i) for i in ids], type=pa.int64())
-        out[name] = table.set_column(table.column_names.index("request_id"), "request_id", new)
-    return out
-
-
-def _meta(spec: LiveBenchSpec, policy: str, run_id: str, status: str, created: float, wall_s: float,
-          extra: dict) -> RunMeta:
-    from .provenance import LIVE_PACKAGES, git_sha, hardware, package_versions
-
-    run = spec.run.replace(policies=(policy,))
-    emulated = cluster_of_devices(spec.devices)
-    hw = {**hardware(), "devices": spec.devices, "gpus": emulated or run.cluster, "gpus_emulated": emulated is not None}
-    return RunMeta(run_id=run_id, backend="live", policy=policy, seed=run.seed, profile=run.profile,
-                   cluster=_cluster_label(run.cluster), mix=run.workload_label,
-                   rate_rps=float(run.rate if not run.trace else 0.0), duration_s=float(run.duration_s),
-                   slo_scale=float(run.slo_scale),
-                   config_json=json.dumps(LiveBenchSpec(run, spec.options).config(**extra), sort_keys=True, default=str),
-                   git_sha=git_sha(), packages_json=json.dumps(package_versions(LIVE_PACKAGES), sort_keys=True),
-                   hardware_json=json.dumps(hw, sort_keys=True), status=status, created_unix_s=created, wall_s=wall_s)
-
-
-def _cluster_label(cluster: str) -> str:
-    try:
-        from ..formats.mixes import load_cluster
-
-        return load_cluster(cluster).label
-    except (ValueError, OSError):
-        return cluster
-
-
-def _run_ids(path: Path) -> list[str]:
-    from ..store import open_readonly
-
-    con = open_readonly(path)
-    try:
-        return [r[0] for r in con.execute("SELECT run_id FROM runs ORDER BY created_unix_s").fetchall()]
-    finally:
-        con.close()
-

@@ -142,16 +142,17 @@ def stop_process(proc: subprocess.Popen | None, timeout_s: float) -> int | None:
 
 @contextlib.contextmanager
 def server_process(args: Sequence[str], startup_timeout_s: float, stop_timeout_s: float,
-                   env: dict[str, str] | None = None) -> Iterator[Any]:
+                   env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> Iterator[Any]:
     """``trident serve ARGS`` on loopback and a free port, healthy; stopped (drained) on exit.
-    ``env``: added to its environment (``TRIDENT_API_KEY``: its API key).
+    ``env``: added to its environment (``TRIDENT_API_KEY``: its API key); ``pass_fds``: descriptors
+    it keeps open (the work folder's lock, :mod:`.orphans`).
 
     Yields the :class:`~tridentcore.bench.launch.ServerProcess`; stop it inside the block to get
     its exit code (the exit stop is then a no-op)."""
     from .launch import LaunchError, start_server
 
     try:
-        server = start_server(list(args), timeout_s=startup_timeout_s, env=env)
+        server = start_server(list(args), timeout_s=startup_timeout_s, env=env, pass_fds=pass_fds)
     except LaunchError as exc:
         raise ChildError(str(exc)) from None
     try:
@@ -163,14 +164,14 @@ def server_process(args: Sequence[str], startup_timeout_s: float, stop_timeout_s
 
 
 @contextlib.contextmanager
-def locust_process(cmd: Sequence[str], log_path: Path, cwd: Path,
-                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def locust_process(cmd: Sequence[str], log_path: Path, cwd: Path, env: dict[str, str] | None = None,
+                   pass_fds: tuple[int, ...] = ()) -> Iterator[subprocess.Popen]:
     """Locust (``cmd``) in its own session with its output in ``log_path``; stopped on exit.
     ``env``: added to its environment, with ``TRIDENT_STOP_WITH_PARENT`` (this process: the run
-    ends when this process is gone, killed too; ``workloads/mixed.py``)."""
+    ends when this process is gone, killed too; ``workloads/mixed.py``); ``pass_fds``: as for the server."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=cwd,
+                                start_new_session=True, cwd=cwd, pass_fds=pass_fds,
                                 env={**os.environ, **(env or {}), PARENT_PID_ENV: str(os.getpid())})
     try:
         yield proc

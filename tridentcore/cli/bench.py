@@ -295,10 +295,13 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
     """Run each policy live; returns (LiveRun results, stored run ids). Ctrl-C: see bench's help."""
     from pathlib import Path
 
-    from ..bench.live import LiveBench, LiveBenchError, LiveServerDied
+    from ..bench.live import LiveBench, LiveBenchError, LiveRunCrashed
     from ..bench.live_procs import sigterm_interrupts
+    from ..bench.orphans import recover_orphans
     from ..store import new_run_id
 
+    for r in recover_orphans(db):  # runs of live benches on this database that were killed
+        typer.echo(r.message, err=True)
     results, stored = [], []
     for k, policy in enumerate(specs, start=1):
         run_id = new_run_id(policy, seed)
@@ -320,7 +323,7 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except (LiveBenchError, ValueError, OSError) as exc:
             bar.close()
-            if isinstance(exc, LiveServerDied) and exc.partial is not None:
+            if isinstance(exc, LiveRunCrashed) and exc.partial is not None:
                 stored.append(exc.partial.run_id)
             done = f" (stored: {', '.join(stored)})" if stored else ""
             _fail((f"live run of {policy} failed: {exc}{done}"))

@@ -159,25 +159,33 @@ def runs_recover(
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
     wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds to wait for another process's lock on the database."),
 ) -> None:
-    """Store the runs that servers left in journals.
+    """Store the runs that servers left in journals, and those of killed live benches.
 
     Ingests the journals servers left next to the database (FILE.journal/): a crashed server's run is
     stored as `crashed`, one whose final write failed as it ended. Journals of running servers are left
-    alone. Exit status 1 if a journal could not be ingested (it stays)."""
+    alone. Then stores, as `interrupted`, the runs that killed `trident bench --backend live` runs on
+    this database left in their temporary work folders (trident-live-*), and removes those folders.
+    Exit status 1 if a journal or a folder could not be stored (it stays)."""
     from pathlib import Path
 
+    from ..bench.orphans import recover_orphans
     from ..store.journal import pending_journals, recover
 
     if Path(db).is_dir():
         fail(f"--db {db} is a folder: give the results database file whose journals to recover")
+    failed = 0
+    for r in recover_orphans(db):
+        typer.echo(r.message, err=r.outcome == "failed")
+        failed += r.outcome == "failed"
     if not pending_journals(db):
         typer.echo(f"no journals to recover for {db}")
+        if failed:
+            raise typer.Exit(1)
         return
     try:
         done = recover(db, wait_s=wait)
     except (*store_errors(), OSError) as exc:
         fail(one_line(db_message(exc, db)))
-    failed = 0
     for r in done:
         if r.outcome == "ingested":
             typer.echo(f"recovered run {r.run_id}: {r.rows} rows ({r.requests} requests), status {r.status}")
