@@ -213,11 +213,15 @@ async def cpu(address: str) -> dict:
     after = [await e.wait(r, 120) for r in again.ids]
     out["after_restart_equal"] = bool(after[0].result == ray_png)
     # a cancel stops a running diffuse at a step boundary (the actor's stop flag)
-    long = e.submit([Submission("tiny-sd3", "x", Shape(128, 128, 1, 200), slo_s=LONG_SLO_S)]).ids[0]
+    long = e.submit([Submission("tiny-sd3", "x", Shape(128, 128, 1, 1000), slo_s=LONG_SLO_S)]).ids[0]
     deadline = time.monotonic() + 60
     while e.describe(long)["state"] != "diffusing" and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
-    await asyncio.sleep(0.1)
+    seen_steps = []  # steps_done while the diffuse runs in its actor (asked of it every 0.25 s)
+    for _ in range(12):
+        await asyncio.sleep(0.1)
+        seen_steps.append(e.describe(long)["steps_done"])
+    out["running_steps"] = seen_steps
     e.cancel(long)
     cancelled = await e.wait(long, 60)
     while e.state.by_request.get(long) is not None and time.monotonic() < deadline:

@@ -159,7 +159,7 @@ def runs_recover(
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
     wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds to wait for another process's lock on the database."),
 ) -> None:
-    """Store the runs that servers left in journals, and those of killed live benches.
+    """Store the runs that dead servers and killed live benches left.
 
     Ingests the journals servers left next to the database (FILE.journal/): a crashed server's run is
     stored as `crashed`, one whose final write failed as it ended. Journals of running servers are left

@@ -12,7 +12,14 @@ from .clock import EngineClock
 from .pool import Worker
 from .tasks import StageResult, StageTask
 
-__all__ = ["EmulatedWorker"]
+__all__ = ["EmulatedWorker", "proportional_step"]
+
+
+def proportional_step(elapsed_s: float, duration_s: float, start: int, end: int) -> int:
+    """The step an emulated piece of steps ``start..end`` taking ``duration_s`` has reached after
+    ``elapsed_s``, in proportion (below ``end`` until the piece reports its end)."""
+    frac = elapsed_s / duration_s if duration_s > 0 else 1.0
+    return min(end - 1, start + int(max(frac, 0.0) * (end - start))) if end > start else start
 
 
 class EmulatedWorker(Worker):
@@ -63,8 +70,7 @@ class EmulatedWorker(Worker):
         if self._did != dispatch_id:
             return None
         t0, duration, start, end = self._span
-        frac = (self._now() - t0) / duration if duration > 0 else 1.0
-        return min(end - 1, start + int(max(frac, 0.0) * (end - start))) if end > start else start
+        return proportional_step(self._now() - t0, duration, start, end)
 
     def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
         if self._did != dispatch_id or self._wake is None:

@@ -6,7 +6,9 @@ the policies are unchanged.
   :class:`~tridentcore.runtime.workers.EmulatedWorker` does, in its own process).
 * A **cpu** slot's actor loads the requested tiny pipelines (one torch thread) and runs the same
   stage code as a local :class:`~tridentcore.runtime.workers.CpuWorker` (``workers._execute``),
-  ``slowdown`` (``--slowdown K``) included.
+  ``slowdown`` (``--slowdown K``) included. A running diffuse's steps (``progress``, the API's
+  ``steps_done``) are asked of the actor every ``STEPS_POLL_S`` (a threaded actor answers while
+  it computes); an emulated slot's are in proportion to the time gone.
 
 Tensors never pass through the engine. An encode or diffuse call is made with
 ``num_returns = 1 + batch``: the first return is the :class:`StageResult` without outputs, the
@@ -38,11 +40,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.types import StageKind
+from .emulated import proportional_step
 from .parallel_worlds import Worlds
 from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool, failure, load_pipelines
 
 logger = logging.getLogger(__name__)
 
+STEPS_POLL_S = 0.25  # how often a running diffuse's actor is asked for its steps
 EMULATED_CPUS = 0.05  # an emulated slot's actor mostly sleeps
 CPU_SLOT_CPUS = 0.5  # a cpu slot's actor runs one torch thread
 
@@ -99,6 +103,7 @@ class StageActor:
         self._preempts: dict[int, tuple[int, float]] = {}  # emulated: dispatch -> (stop step, monotonic deadline)
         self._parked = threading.Event()
         self._worlds = None  # this actor's sequence-parallel world (``parallel_worlds.Worlds``), made on first use
+        self._steps: dict[int, int] = {}  # a running diffuse's dispatch -> steps reached (asked by ``steps``)
 
     def ready(self) -> dict:
         import ray
@@ -116,6 +121,10 @@ class StageActor:
         with self._cond:
             self._preempts[dispatch_id] = (stop_step, time.monotonic() + max(0.0, delay_s))
             self._cond.notify_all()
+
+    def steps(self, dispatch_id: int) -> int | None:
+        """The steps a running diffuse has reached (answered on another thread while ``run`` runs)."""
+        return self._steps.get(dispatch_id)
 
     def run(self, task: StageTask, split: bool):
         n = len(task.request_ids)
@@ -136,9 +145,12 @@ class StageActor:
             self._worlds = Worlds(ray.util.get_node_ip_address())
         try:
             with torch.inference_mode():
-                result = _execute(self.pipes, self.cards, task, self._flag, None, self.slowdown, self._worlds)
+                result = _execute(self.pipes, self.cards, task, self._flag, None, self.slowdown, self._worlds,
+                                  self._steps.__setitem__)
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
             result = failure(exc)
+        finally:
+            self._steps.pop(task.dispatch_id, None)
         if not split:
             return result
         # a member of a parallel diffuse other than the lead hands back no latents: one None per request
@@ -222,6 +234,8 @@ class RayWorker(Worker):
         self._stopping = False
         self._watch: asyncio.Task | None = None
         self._restart_task: asyncio.Task | None = None
+        self._running: tuple[int, float, StageTask] | None = None  # (dispatch, monotonic start, task)
+        self._steps: dict[int, int] = {}  # a cpu slot's running diffuse -> steps reached, as last asked
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -311,15 +325,45 @@ class RayWorker(Worker):
             head, outputs = refs[0], tuple(refs[1:])
         else:
             head, outputs = actor.run.remote(task, False), ()
+        self._running = (task.dispatch_id, time.monotonic(), task)
+        asking = (asyncio.get_running_loop().create_task(self._ask_steps(actor, task.dispatch_id))
+                  if not self.emulated and task.stage == StageKind.DIFFUSE else None)
         try:
             result: StageResult = await head
         except _lost_errors() as exc:
             reason = _reason(exc)
             self._died(gen, reason)  # the engine fails the running dispatch first
             return StageResult(error=f"worker {self.slot}: {reason}", lost=True)
+        finally:
+            self._running = None
+            if asking is not None:
+                asking.cancel()
+            self._steps.pop(task.dispatch_id, None)
         if split and result.ok:
             result = replace(result, outputs=outputs)  # references; the objects stay in the store
         return result
+
+    async def _ask_steps(self, actor, dispatch_id: int) -> None:
+        """Ask the actor for a running diffuse's steps every ``STEPS_POLL_S`` (its pipe: ``progress``)."""
+        while True:
+            await asyncio.sleep(STEPS_POLL_S)
+            try:
+                reached = await actor.steps.remote(dispatch_id)
+            except Exception:  # noqa: BLE001 - the actor died: ``run`` says so
+                return
+            if reached is not None:
+                self._steps[dispatch_id] = reached
+
+    def progress(self, dispatch_id: int) -> int | None:
+        """A running diffuse's steps: as the actor last said (cpu slots, every ``STEPS_POLL_S``), or
+        in proportion to the time gone (emulated slots, which sleep the given duration)."""
+        running = self._running
+        if running is None or running[0] != dispatch_id:
+            return None
+        if not self.emulated:
+            return self._steps.get(dispatch_id)
+        _, t0, task = running
+        return proportional_step(time.monotonic() - t0, task.duration_s, task.start_step, task.end_step)
 
     def abort(self) -> None:
         """Stop the actor (a member of a parallel dispatch whose peer died, still waiting on it): it is
