@@ -28,6 +28,8 @@ from tridentcore.store import DuplicateRunError, ResultsStore, open_readonly, qu
 from tridentcore.store.journal import (Ingester, Journal, end_line, journal_path, pending_journals, recover,
                                        rows_lines, start_line)
 
+pytestmark = pytest.mark.serial  # timing bounds that need the machine to itself: `make test` runs these alone
+
 ARGS = ["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0.01"]
 BODY = {"prompt": "x", "model": "sd3-medium", "size": "512x512", "steps": 4}
 

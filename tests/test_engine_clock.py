@@ -16,6 +16,8 @@ import pytest
 from tridentcore.bench.launch import start_server
 from tridentcore.runtime.clock import EngineClock, LoopMeter
 
+pytestmark = pytest.mark.serial  # timing bounds that need the machine to itself: `make test` runs these alone
+
 
 class _FakeSelector:
     def __init__(self, wall: list[float]) -> None:

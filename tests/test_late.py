@@ -26,6 +26,8 @@ from tridentcore.core.policy import PolicyError, make_policy, with_late
 from children import served_past_a_hung_worker  # noqa: E402  (tests/, on sys.path under pytest)
 from http_bursts import burst  # noqa: E402
 
+pytestmark = pytest.mark.serial  # timing bounds that need the machine to itself: `make test` runs these alone
+
 POLICIES = ["trident", "pipeline-static:degree=1", "pipeline-dynamic", "trident-paper"]
 
 

@@ -10,8 +10,11 @@ import asyncio
 import time
 
 import httpx
+import pytest
 
 from tridentcore.bench.launch import start_server
+
+pytestmark = pytest.mark.serial  # timing bounds that need the machine to itself: `make test` runs these alone
 
 TIME_SCALE = 0.25  # wall seconds per cost-model second
 MAX_QUEUED = 8

@@ -23,6 +23,8 @@ from tridentcore.runtime.tasks import StageTask
 
 from http_bursts import burst  # noqa: E402  (tests/, on sys.path under pytest)
 
+pytestmark = pytest.mark.serial  # timing bounds that need the machine to itself: `make test` runs these alone
+
 K = 3.0
 
 
