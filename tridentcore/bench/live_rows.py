@@ -34,10 +34,11 @@ def remap_to_schedule(tables: dict, rows: list[dict]) -> dict:
 
 
 def live_run_meta(spec: LiveBenchSpec, policy: str, run_id: str, status: str, created: float, wall_s: float,
-          extra: dict) -> RunMeta:
+                  extra: dict) -> RunMeta:
+    """The ``runs`` row of one policy's live run: the run spec and the harness's options as its
+    ``config_json`` (``extra`` added), git commit, package versions and hardware."""
+    from .live import LiveBenchSpec, cluster_of_devices  # (the module that imports this one)
     from .provenance import LIVE_PACKAGES, git_sha, hardware, package_versions
-
-    from .live import LiveBenchSpec, cluster_of_devices
 
     run = spec.run.replace(policies=(policy,))
     emulated = cluster_of_devices(spec.devices)

@@ -44,10 +44,13 @@ class Owner:
     def __init__(self, work: Path, info: Mapping[str, Any]) -> None:
         self.path = work / OWNER
         self.info = dict(info)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
+        # written and locked under another name, then renamed: nobody sees it unlocked or half written
+        tmp = work / f".{OWNER}.tmp"
+        self.fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
         if fcntl is not None:
             fcntl.flock(self.fd, fcntl.LOCK_EX)
         self._write()
+        os.replace(tmp, self.path)
 
     def update(self, **more: Any) -> None:
         self.info.update(more)
