@@ -161,11 +161,12 @@ def runs_recover(
 ) -> None:
     """Store the runs that dead servers and killed live benches left.
 
-    Ingests the journals servers left next to the database (FILE.journal/): a crashed server's run is
-    stored as `crashed`, one whose final write failed as it ended. Journals of running servers are left
-    alone. Then stores, as `interrupted`, the runs that killed `trident bench --backend live` runs on
-    this database left in their temporary work folders (trident-live-*), and removes those folders.
-    Exit status 1 if a journal or a folder could not be stored (it stays)."""
+    Stores, as `interrupted`, the runs that killed `trident bench --backend live` runs on this
+    database left in their temporary work folders (trident-live-*), and removes those folders. Then
+    ingests the journals servers left next to the database (FILE.journal/): a crashed server's run is
+    stored as `crashed`, one whose final write failed as it ended. Journals of running servers, and
+    folders of benches still running, are left alone. Exit status 1 if a journal or a folder could
+    not be stored (it stays)."""
     from pathlib import Path
 
     from ..bench.orphans import recover_orphans
