@@ -205,14 +205,15 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path, sig):
     assert len(server) <= len(client)  # the server saw only what was sent
 
 
-def _long_bench_under_load(db: Path, env: dict | None = None):
+def _long_bench_under_load(db: Path, env: dict | None = None, extra: list[str] | None = None):
     """A two-policy live bench of 400 s, 3 s into its first policy's load; returns it and a finder
     of its children by a word of their command line."""
     import psutil
 
     proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "bench", "--backend", "live", "--policies",
                              "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
-                             "--duration", "400", "--time-scale", "0.05", "--db", str(db), "--no-progress"],
+                             "--duration", "400", "--time-scale", "0.05", "--db", str(db), "--no-progress",
+                             *(extra or [])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
 
     def child(word: str):
@@ -279,12 +280,12 @@ def test_the_run_of_a_killed_bench_is_stored_by_the_next_recover(tmp_path):
     proc.kill()
     proc.communicate(timeout=30)
     assert not psutil.wait_procs(family, timeout=90)[1]  # they noticed their starter gone and ended
-    left = sorted(p.name.split("-")[1] for p in tmp.iterdir())
-    assert left == ["live", "serve"], left
+    left = [p.name.split("-")[1] for p in tmp.iterdir()]
+    assert left == ["live"], left  # the server's log in it too: nothing of the run elsewhere
     env = {"TMPDIR": str(tmp)}
     out = _trident("runs", "recover", "--db", str(db), cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "of a killed live bench as interrupted" in out.stdout and "no journals to recover" in out.stdout
+    assert "of a killed live bench as interrupted" in out.stdout and "scheduled requests answered" in out.stdout
     assert list(tmp.iterdir()) == []
     runs = query_readonly(db, "SELECT run_id, status, policy, config_json FROM runs")
     assert list(runs.status) == ["interrupted"] and list(runs.policy) == ["trident"]
@@ -295,7 +296,58 @@ def test_the_run_of_a_killed_bench_is_stored_by_the_next_recover(tmp_path):
     assert (client.state == "done").sum() > 0 and (served.state == "done").sum() >= (client.state == "done").sum()
     assert (served.request_id < UNMAPPED_ID_BASE).sum() >= (client.state == "done").sum()  # joined on the schedule
     again = _trident("runs", "recover", "--db", str(db), cwd=tmp_path, env=env)
-    assert again.returncode == 0 and "killed live bench" not in again.stdout + again.stderr
+    assert again.returncode == 0 and "no journals to recover" in again.stdout, again.stdout + again.stderr
+
+
+def test_a_kept_folder_of_a_killed_bench_is_stored_by_recover_folder_and_stays(tmp_path):
+    """--keep: the run folder stays the user's; `runs recover --folder` stores its run and drops only the claim."""
+    import psutil
+
+    db, tmp, keep = tmp_path / "k.duckdb", tmp_path / "tmp", tmp_path / "keep"
+    tmp.mkdir()
+    proc, child = _long_bench_under_load(db, {"TMPDIR": str(tmp)}, ["--keep", str(keep)])
+    family = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert not psutil.wait_procs(family, timeout=90)[1]
+    assert list(tmp.iterdir()) == []  # nothing of the run outside its kept folder
+    env = {"TMPDIR": str(tmp)}
+    out = _trident("runs", "recover", "--db", str(db), cwd=tmp_path, env=env)
+    assert "no journals to recover" in out.stdout  # a kept folder is looked in only when named
+    out = _trident("runs", "recover", "--db", str(db), "--folder", str(keep), cwd=tmp_path, env=env)
+    assert out.returncode == 0 and "as interrupted" in out.stdout and "kept" in out.stdout, out.stdout + out.stderr
+    (run,) = keep.iterdir()
+    assert (run / "server.log").is_file() and (run / "rows.jsonl").is_file() and not (run / "owner.json").exists()
+    runs = query_readonly(db, "SELECT run_id, status FROM runs")
+    assert list(runs.run_id) == [run.name] and list(runs.status) == ["interrupted"]
+
+
+def test_a_run_whose_store_failed_is_stored_later_with_the_status_it_reached(tmp_path):
+    """A folder whose bench got past the load (its owner.json says complete) but could not store:
+    recover stores it as complete, saying why it was left (it was stored as interrupted)."""
+    from tridentcore.bench.live import spec_from_config
+    from tridentcore.bench.orphans import OWNER, Owner, info_of, recover_orphans
+
+    db, keep = tmp_path / "s.duckdb", tmp_path / "keep"
+    out = _trident("bench", "--backend", "live", "--policies", "trident", "--mix", "image-video", "--rate", "2",
+                   "--duration", "3", "--time-scale", "0.05", "--db", str(tmp_path / "first.duckdb"),
+                   "--keep", str(keep), "--no-progress", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (run,) = keep.iterdir()
+    config = json.loads(query_readonly(tmp_path / "first.duckdb", "SELECT config_json FROM runs").config_json[0])
+    assert not (run / OWNER).exists()  # stored: the kept folder holds no claim
+    # the claim as a bench whose store into s.duckdb failed after the load would have left it
+    spec, policy = spec_from_config(config)
+    owner = Owner(run, info_of(db, "s1", policy, spec.config(), {}, config["scheduled"],
+                               tuple(config["served_models"]), time.time(), kept=True))
+    owner.update(status="complete", crashed=None, store_failed="IOException: Conflicting lock")
+    assert [r.outcome for r in recover_orphans(db, tmp_path / "none", [keep])] == ["busy"]  # this process holds it
+    owner.close()
+    (got,) = recover_orphans(db, tmp_path / "none", [keep])
+    assert got.outcome == "stored" and "whose store failed as complete" in got.message, got.message
+    runs = query_readonly(db, "SELECT run_id, status, config_json FROM runs")
+    assert list(runs.status) == ["complete"]
+    assert "store failed (IOException" in json.loads(runs.config_json[0])["recovered"]
 
 
 def test_a_claimed_work_folder_is_left_while_its_lock_is_held_and_only_for_its_own_database(tmp_path):
@@ -304,11 +356,15 @@ def test_a_claimed_work_folder_is_left_while_its_lock_is_held_and_only_for_its_o
     work = tmp_path / "trident-live-x"
     work.mkdir()
     owner = Owner(work, {"db": str(tmp_path / "a.duckdb"), "run_id": "r", "config": {}})
-    assert recover_orphans(tmp_path / "a.duckdb", tmp_path) == []  # held: its bench (or a child) runs
+    assert [r.outcome for r in recover_orphans(tmp_path / "a.duckdb", tmp_path)] == ["busy"]  # its bench runs
     owner.close()
     assert recover_orphans(tmp_path / "b.duckdb", tmp_path) == []  # another database's
     got = recover_orphans(tmp_path / "a.duckdb", tmp_path)
     assert [g.outcome for g in got] == ["failed"] and "config_json lacks" in got[0].message
+    junk = tmp_path / "trident-live-junk"
+    junk.mkdir()
+    (junk / "owner.json").write_text('{"db": 1')  # not ours: said, never a failure of this database's recover
+    assert [g.outcome for g in recover_orphans(tmp_path / "b.duckdb", tmp_path)] == ["unreadable"]
     assert work.is_dir() and not (tmp_path / "a.duckdb").exists()  # kept for a later try, nothing written
 
 

@@ -64,17 +64,22 @@ class ServerProcess:
 
 
 def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float = 120.0,
-                 env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> ServerProcess:
+                 env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
+                 folder: Path | None = None) -> ServerProcess:
     """``trident serve ARGS --host HOST --port 0`` in a child process; returns once it serves.
 
     The child gets this process's environment and ``env``, less an inherited ``TRIDENT_API_KEY``:
     it has an API key only when ``env`` gives it one (through the environment, never argv); and
     ``TRIDENT_STOP_WITH_PARENT``, this process's PID: the server drains and stops when this process
     is gone, killed too (it was left serving for ever). ``pass_fds``: descriptors it keeps open
-    (a live bench's lock on its work folder, :mod:`.orphans`)."""
-    tmp = tempfile.TemporaryDirectory(prefix="trident-serve-")
-    port_file = Path(tmp.name) / "port"
-    log_path = Path(tmp.name) / "server.log"
+    (a live bench's lock on its work folder, :mod:`.orphans`). ``folder``: where its port file and
+    log go (default: a temporary folder of its own, removed by :meth:`ServerProcess.stop`)."""
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.TemporaryDirectory(prefix="trident-serve-") if folder is None else None
+    where = Path(tmp.name) if tmp is not None else folder
+    port_file = where / "port"
+    log_path = where / "server.log"
     cmd = [sys.executable, "-m", "tridentcore.cli", "serve", *args, "--host", host, "--port", "0",
            "--port-file", str(port_file)]
     child_env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
@@ -95,5 +100,6 @@ def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float =
         proc.kill()
         proc.wait(10)
     text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    tmp.cleanup()
+    if tmp is not None:
+        tmp.cleanup()
     raise LaunchError(f"trident serve did not start (exit {proc.returncode}):\n{text[-4000:]}")

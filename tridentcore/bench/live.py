@@ -251,11 +251,11 @@ class LiveBench:
         work = Path(tempfile.mkdtemp(prefix=PREFIX)) if temporary else self.artifacts
         work.mkdir(parents=True, exist_ok=True)
         kept = not temporary
-        # a temporary folder is claimed (locked, with what stores its run) while this process or a
-        # child runs: if this process is killed, the next bench on the database stores the run
-        owner = (Owner(work, info_of(self.db, self.run_id, self.policy, LiveBenchSpec(self.run_spec, self.spec.options)
-                                     .config(), self.extra_config, len(requests), self._models(requests), created))
-                 if temporary else None)
+        # the folder is claimed (locked, with what stores its run) while this process or a child
+        # runs: if this process is killed, the next bench on the database (or `runs recover`) stores it
+        owner = Owner(work, info_of(self.db, self.run_id, self.policy, LiveBenchSpec(self.run_spec, self.spec.options)
+                                    .config(), self.extra_config, len(requests), self._models(requests), created,
+                                    kept=not temporary))
         try:
             got = self._serve_and_load(work, requests, owner)
             log = "server.log" if got.server_died else "locust.log" if got.client_died else None
@@ -268,14 +268,17 @@ class LiveBench:
                 raise
             except Exception as exc:  # the run happened: its rows stay where they are, and the message says where
                 kept = True
+                owner.update(store_failed=f"{type(exc).__name__}: {exc}")
                 raise LiveBenchError(f"the run could not be stored in {self.db} ({type(exc).__name__}: {exc}); its "
                                      f"rows are kept: the server's in {work / 'server.duckdb'}, the client's in "
-                                     f"{work / 'rows.jsonl'}") from None
+                                     f"{work / 'rows.jsonl'}; `trident runs recover --db {self.db}"
+                                     + (f" --folder {work}" if not temporary else "") + "` stores them") from None
+            if not temporary:
+                owner.done()  # stored: a kept folder is the user's, nothing in it left to recover
         finally:
             if not kept:
                 shutil.rmtree(work, ignore_errors=True)
-            if owner is not None:  # (a kept folder whose run was not stored: the next bench tries again)
-                owner.close()
+            owner.close()  # (a folder whose run was not stored: the next bench or recover stores it)
         if procs.take_held_interrupt() or got.interrupted:  # a stop that came while it was stopped or stored
             raise LiveBenchInterrupted(result)
         if got.server_died or got.client_died:
@@ -300,7 +303,7 @@ class LiveBench:
         return ["--spec", str(spec_file), "--models", ",".join(models), "--db", str(work / "server.duckdb"),
                 *self.spec.options.serve_args()]
 
-    def _serve_and_load(self, work: Path, requests, owner=None) -> _Collected:
+    def _serve_and_load(self, work: Path, requests, owner) -> _Collected:
         from .spec import write_spec_file
 
         if (work / "server.duckdb").exists():
@@ -317,12 +320,10 @@ class LiveBench:
         api_key = secrets.token_urlsafe(24)
         key_env = {API_KEY_ENV: api_key}
         self.report("starting server", 0, total)
-        fds = owner.fds if owner is not None else ()
-        try:
+        fds = owner.fds
+        try:  # (the server's port file and log in the work folder: nothing of it elsewhere)
             with procs.server_process(self._server_args(work, spec_file, got.models),
-                                      opts.startup_timeout_s, stop_s, env=key_env, pass_fds=fds) as server:
-                if owner is not None:
-                    owner.update(server_folder=str(server.log_path.parent))
+                                      opts.startup_timeout_s, stop_s, env=key_env, pass_fds=fds, folder=work) as server:
                 try:
                     self.report("load", 0, total)
                     cmd = procs.locust_cmd(server.url, spec_file, self.run_id, work, opts.users, run_time_s)
@@ -339,6 +340,7 @@ class LiveBench:
                     got.server_died = got.server_died or server.proc.poll() is not None
                     got.rows = procs.read_rows(work / "rows.jsonl")
                     got.client_died = got.rows is None  # (killed, crashed): the server's rows are still stored
+                    owner.update(**_outcome(got))  # the load is over: a recovery stores the run as this
                     self.report("collecting", len(got.rows or ()), total)
                     if got.rows and not got.server_died:
                         procs.engine_ids(server.url, got.rows, api_key)
@@ -360,22 +362,24 @@ class LiveBench:
                             if got.client_died else "stopping server", len(got.rows or ()), total)
                 with procs.no_interrupts():  # (a stop asked for now is acted on once the run is stored)
                     got.server_exit = server.stop(stop_s)
-                    (work / "server.log").write_text(server.log())
         except procs.ChildError as exc:
             raise LiveBenchError(str(exc)) from None
         return got
 
     # -------------------------------------------------------------- the store
-    def store_left(self, work: Path, scheduled: int, models: Sequence[str], created: float,
-                   wall_s: float) -> LiveRun | None:
-        """Store, as ``interrupted``, the run a killed bench left in its work folder ``work`` (what its
-        server and Locust wrote there as they ended; :mod:`.orphans`); None when nothing was served."""
-        got = _Collected(rows=procs.read_rows(work / "rows.jsonl"), interrupted=True, orphaned=True,
+    def store_left(self, work: Path, scheduled: int, models: Sequence[str], created: float, wall_s: float,
+                   status: str = "interrupted", crashed: str | None = None,
+                   lock_wait_s: float = DEFAULT_DB_WAIT_S) -> LiveRun | None:
+        """Store the run a bench left in its work folder ``work`` (killed, or its store failed: what
+        its server and Locust wrote there as they ended; :mod:`.orphans`) with the ``status`` it had
+        reached (``interrupted`` if the bench was killed during the load); None when nothing was served."""
+        got = _Collected(rows=procs.read_rows(work / "rows.jsonl"), interrupted=status == "interrupted",
+                         server_died=crashed == "server", client_died=crashed == "locust", orphaned=True,
                          models=tuple(models))
-        return self._store(work, got, scheduled, created, wall_s, False)
+        return self._store(work, got, scheduled, created, wall_s, False, lock_wait_s)
 
     def _store(self, work: Path, got: _Collected, scheduled: int, created: float, wall_s: float,
-               kept: bool) -> LiveRun | None:
+               kept: bool, lock_wait_s: float = DEFAULT_DB_WAIT_S) -> LiveRun | None:
         from ..store import ResultsStore, read_run_tables
         from ..store.journal import pending_journals, recover
 
@@ -410,16 +414,23 @@ class LiveBench:
                  "server_exit": got.server_exit, "client_states": states, "scheduled": scheduled,
                  "served_models": list(got.models),
                  "lag_p50_ms": finite(quantile(lags, 0.5)), "lag_p99_ms": finite(quantile(lags, 0.99))}
-        if crashed:
-            extra["crashed"] = "server" if got.server_died else "locust"
-        status = "interrupted" if got.interrupted else "crashed" if crashed else "complete"
+        outcome = _outcome(got)
+        if outcome["crashed"]:
+            extra["crashed"] = outcome["crashed"]
+        status = outcome["status"]
         meta = live_run_meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
         self.report("storing", len(rows), scheduled)
         with procs.no_interrupts():  # one transaction, not cut short
-            ResultsStore(self.db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run_tables(meta, {**tables, "client_requests": rows})
+            ResultsStore(self.db, lock_wait_s=lock_wait_s).write_run_tables(meta, {**tables, "client_requests": rows})
         return LiveRun(self.policy, self.run_id, status, scheduled, states, quantile(lags, 0.5),
                        quantile(lags, 0.99), wall_s, server_meta.run_id, got.locust_exit, got.server_exit,
                        work if kept else None, notes)
+
+
+def _outcome(got: _Collected) -> dict:
+    """The stored status of a run whose children left ``got``, and which child died (None: neither)."""
+    crashed = "server" if got.server_died else "locust" if got.client_died else None
+    return {"status": "interrupted" if got.interrupted else "crashed" if crashed else "complete", "crashed": crashed}
 
 
 def run_policy(spec: LiveBenchSpec, policy: str, run_id: str, db: str | os.PathLike[str], *,

@@ -142,17 +142,18 @@ def stop_process(proc: subprocess.Popen | None, timeout_s: float) -> int | None:
 
 @contextlib.contextmanager
 def server_process(args: Sequence[str], startup_timeout_s: float, stop_timeout_s: float,
-                   env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = ()) -> Iterator[Any]:
+                   env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
+                   folder: Path | None = None) -> Iterator[Any]:
     """``trident serve ARGS`` on loopback and a free port, healthy; stopped (drained) on exit.
     ``env``: added to its environment (``TRIDENT_API_KEY``: its API key); ``pass_fds``: descriptors
-    it keeps open (the work folder's lock, :mod:`.orphans`).
+    it keeps open (the work folder's lock, :mod:`.orphans`); ``folder``: where its port file and log go.
 
     Yields the :class:`~tridentcore.bench.launch.ServerProcess`; stop it inside the block to get
     its exit code (the exit stop is then a no-op)."""
     from .launch import LaunchError, start_server
 
     try:
-        server = start_server(list(args), timeout_s=startup_timeout_s, env=env, pass_fds=pass_fds)
+        server = start_server(list(args), timeout_s=startup_timeout_s, env=env, pass_fds=pass_fds, folder=folder)
     except LaunchError as exc:
         raise ChildError(str(exc)) from None
     try:

@@ -1,18 +1,20 @@
-"""Live runs whose bench was killed: what their work folder holds is stored, not lost.
+"""Live runs whose bench was killed, or whose store failed: what their work folder holds is stored.
 
-A live bench (:mod:`.live`) runs each policy in a temporary work folder (``trident-live-*``). It
-writes :data:`OWNER` there first (the results database, the run id, the policy and the live spec
-that ran it) and holds an exclusive ``flock`` on it, whose descriptor it hands to ``trident serve``
-and to Locust: the lock is free only once the bench and both children have ended. A bench killed
-with ``kill -9`` leaves the folder behind; its server and Locust end by themselves
-(:mod:`.parent`), the server having drained and stored its rows in the folder's ``server.duckdb``,
-Locust having written its client rows to ``rows.jsonl``.
+A live bench (:mod:`.live`) runs each policy in a work folder (a temporary ``trident-live-*``, or
+its ``--keep`` folder). It writes :data:`OWNER` there first (the results database, the run id, the
+policy and the live spec that ran it; once the load is over, the status the run reached) and holds
+an exclusive ``flock`` on it, whose descriptor it hands to ``trident serve`` and to Locust: the
+lock is free only once the bench and both children have ended. A bench killed with ``kill -9``
+leaves the folder behind; its server and Locust end by themselves (:mod:`.parent`), the server
+having drained and stored its rows (and its log) in the folder, Locust having written its client
+rows there. A bench whose store failed leaves it too.
 
-:func:`recover_orphans` stores such a run in its database as ``interrupted`` (``config_json``
-says ``recovered``) and removes the folder, and the server's log folder with it. The next live
-bench on the same database does this before it starts, and so does ``trident runs recover --db``.
-A folder whose lock is held (its bench, server or Locust still running) is left alone, and so is
-one that could not be stored (it says why and stays for the next try).
+:func:`recover_orphans` stores such a run in its database (``interrupted`` if the bench was killed
+during the load, else the status it had reached; ``config_json.recovered`` says what happened)
+and removes a temporary folder (a kept one stays, without its claim). The next live bench on the
+same database does this before it starts, and so does ``trident runs recover --db`` (``--folder``
+for kept folders). A folder whose lock is held is left (``busy``), one of another database is not
+read, and one that could not be stored stays for the next try.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..core.defaults import DEFAULT_DB_WAIT_S
 
 try:
     import fcntl
@@ -66,6 +70,13 @@ class Owner:
         """The descriptors a child is to be handed (``pass_fds``): it holds the lock while it runs."""
         return (self.fd,) if fcntl is not None else ()
 
+    def done(self) -> None:
+        """The run is stored: nothing here is left to recover (a kept folder stays, without the claim)."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
@@ -75,8 +86,10 @@ class Owner:
 @dataclass(frozen=True)
 class Recovered:
     """One orphaned folder and what became of it: ``outcome`` ``stored`` (the run ``run_id``; or
-    found stored already), ``empty`` (nothing served: the folder removed) or ``failed`` (the folder
-    stays for the next try); ``message`` says it in words."""
+    found stored already), ``empty`` (nothing served: the folder removed), ``busy`` (its bench,
+    server or Locust still runs: left for a later recover), ``unreadable`` (its ``owner.json`` is
+    not one this code wrote: left alone) or ``failed`` (the folder stays for the next try);
+    ``message`` says it in words."""
 
     folder: Path
     run_id: str | None
@@ -84,80 +97,103 @@ class Recovered:
     message: str
 
 
-def recover_orphans(db: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> list[Recovered]:
-    """Store the runs of killed live benches on ``db`` left in ``root`` (default: the temporary
-    folder) and remove their folders; folders of other databases, and those in use, are left."""
+def recover_orphans(db: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
+                    folders: Sequence[str | os.PathLike[str]] = (),
+                    wait_s: float | None = None) -> list[Recovered]:
+    """Store the runs that live benches on ``db`` left behind (killed, or their store failed): the
+    ``trident-live-*`` folders in ``root`` (default: the temporary folder), and ``folders`` (a
+    bench's ``--keep`` folder: itself, or the run folders in it). Temporary folders are removed once
+    stored; kept ones stay, without their claim. Folders of other databases are left unread.
+    ``wait_s``: how long to wait for another process's lock on ``db`` (default: the store's)."""
     want = Path(db).expanduser().resolve()
     base = Path(root) if root is not None else Path(tempfile.gettempdir())
     if fcntl is None:
         return []
+    found: list[Path] = []
     try:
-        folders = sorted(p for p in base.glob(f"{PREFIX}*") if (p / OWNER).is_file())
+        found += sorted(p for p in base.glob(f"{PREFIX}*") if (p / OWNER).is_file())
+        for f in map(Path, folders):
+            found += [f] if (f / OWNER).is_file() else sorted(p for p in f.glob("*") if (p / OWNER).is_file())
     except OSError:
-        return []
+        pass
     out = []
-    for folder in folders:
-        got = _recover_one(folder, want)
+    for folder in dict.fromkeys(found):
+        got = _recover_one(folder, want, DEFAULT_DB_WAIT_S if wait_s is None else wait_s)
         if got is not None:
             out.append(got)
     return out
 
 
-def _recover_one(folder: Path, db: Path) -> Recovered | None:
+def _recover_one(folder: Path, db: Path, wait_s: float) -> Recovered | None:
     try:
         fd = os.open(folder / OWNER, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     try:
+        try:  # (written whole before it got its name: readable without the lock)
+            info = json.loads(os.pread(fd, 1 << 22, 0).decode("utf-8"))
+            mine = Path(info["db"]) == db
+        except (OSError, ValueError, KeyError, TypeError):
+            return Recovered(folder, None, "unreadable", f"left {folder}: its {OWNER} is not a live bench's")
+        if not mine:
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # its bench, server or Locust still runs
-            return None
+        except OSError:
+            return Recovered(folder, None, "busy", f"left {folder}: its bench, server or Locust still runs "
+                                                   "(a later recover or live bench stores it)")
         if os.fstat(fd).st_nlink == 0:  # recovered by another process meanwhile
             return None
         try:
-            info = json.loads(Path(folder / OWNER).read_text(encoding="utf-8"))
-            if Path(info["db"]) != db:
-                return None
-            return _store(folder, info)
+            return _store(folder, info, wait_s)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return Recovered(folder, None, "failed", f"could not read the killed live run in {folder}: {exc}")
+            return Recovered(folder, None, "failed", f"could not read the live run left in {folder}: {exc}")
     finally:
         os.close(fd)
 
 
-def _store(folder: Path, info: dict) -> Recovered:
+def _store(folder: Path, info: dict, wait_s: float) -> Recovered:
     from ..store.errors import DuplicateRunError
     from .live import LiveBench, spec_from_config
 
     run_id = str(info["run_id"])
     spec, policy = spec_from_config(info["config"])
-    note = "its bench was killed; stored from its work folder by the next live bench or `trident runs recover`"
+    status, crashed = str(info.get("status") or "interrupted"), info.get("crashed")
+    failed = info.get("store_failed")
+    whose = "a live bench whose store failed" if failed else "a killed live bench"
+    note = (f"its bench's store failed ({failed})" if failed else
+            "its bench was killed" + (" after the load" if status != "interrupted" else ""))
+    note += "; stored from its work folder by the next live bench or `trident runs recover`"
     bench = LiveBench(spec, policy, run_id, info["db"], extra_config={**info.get("extra_config", {}), "recovered": note})
     created = float(info.get("created", 0.0))
     ended = max((p.stat().st_mtime for p in folder.iterdir()), default=created)
+    kept = bool(info.get("kept"))
+    gone = "kept" if kept else "removed"
     try:
         result = bench.store_left(folder, int(info.get("scheduled", 0)), info.get("models", ()), created,
-                                  max(0.0, ended - created))
+                                  max(0.0, ended - created), status, crashed, wait_s)
     except DuplicateRunError:
-        outcome, message = "stored", f"run {run_id} of a killed live bench was stored already; removed {folder}"
+        outcome, message = "stored", f"run {run_id} of {whose} was stored already; {gone} {folder}"
     except Exception as exc:  # (a locked database, a journal that failed...): never the new bench's end
-        return Recovered(folder, None, "failed", f"could not store the run {run_id} of a killed live bench from "
-                                                 f"{folder} ({type(exc).__name__}: {exc}); it stays for the next try")
+        return Recovered(folder, None, "failed", f"could not store the run {run_id} of {whose} from {folder} "
+                                                 f"({type(exc).__name__}: {exc}); it stays for the next try")
     else:
         outcome = "stored" if result is not None else "empty"
-        message = (f"stored run {run_id} ({policy}) of a killed live bench as interrupted: "
-                   f"{sum(result.states.values())} client rows" if result is not None else
-                   f"a killed live bench's run {run_id} ({policy}) had served nothing; removed {folder}")
-    for path in (folder, info.get("server_folder")):
-        if path:
-            shutil.rmtree(path, ignore_errors=True)
+        answered = sum(n for state, n in result.states.items() if state != "unfinished") if result else 0
+        message = (f"stored run {run_id} ({policy}) of {whose} as {result.status}: {answered} of "
+                   f"{result.scheduled} scheduled requests answered; {gone} {folder}" if result is not None else
+                   f"the run {run_id} ({policy}) of {whose} had served nothing; {gone} {folder}")
+    if kept:
+        (folder / OWNER).unlink(missing_ok=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
     return Recovered(folder, run_id if outcome == "stored" else None, outcome, message)
 
 
 def info_of(db: str | os.PathLike[str], run_id: str, policy: str, config: dict, extra_config: Mapping[str, Any],
-            scheduled: int, models: tuple[str, ...], created: float) -> dict[str, Any]:
-    """What :data:`OWNER` holds for one policy's live run."""
+            scheduled: int, models: tuple[str, ...], created: float, kept: bool = False) -> dict[str, Any]:
+    """What :data:`OWNER` holds for one policy's live run (the bench adds ``status`` and ``crashed``
+    once the load is over, and ``store_failed`` if its store failed)."""
     return {"db": str(Path(db).expanduser().resolve()), "run_id": run_id, "policy": policy, "config": config,
             "extra_config": dict(extra_config), "scheduled": scheduled, "models": list(models),
-            "created": created, "pid": os.getpid()}
+            "created": created, "pid": os.getpid(), "kept": kept}

@@ -158,11 +158,14 @@ def runs_export(
 def runs_recover(
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
     wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds to wait for another process's lock on the database."),
+    folder: list[str] = typer.Option([], "--folder", metavar="DIR", show_default=False,
+                                     help="A live bench's --keep folder to look in too (repeatable)."),
 ) -> None:
     """Store the runs that dead servers and killed live benches left.
 
     Stores, as `interrupted`, the runs that killed `trident bench --backend live` runs on this
-    database left in their temporary work folders (trident-live-*), and removes those folders. Then
+    database left in their temporary work folders (trident-live-*), and removes those folders
+    (--folder: a --keep folder, left in place; a run whose store failed is stored likewise). Then
     ingests the journals servers left next to the database (FILE.journal/): a crashed server's run is
     stored as `crashed`, one whose final write failed as it ended. Journals of running servers, and
     folders of benches still running, are left alone. Exit status 1 if a journal or a folder could
@@ -175,11 +178,13 @@ def runs_recover(
     if Path(db).is_dir():
         fail(f"--db {db} is a folder: give the results database file whose journals to recover")
     failed = 0
-    for r in recover_orphans(db):
-        typer.echo(r.message, err=r.outcome == "failed")
+    left = recover_orphans(db, folders=folder, wait_s=wait)
+    for r in left:
+        typer.echo(r.message, err=r.outcome in ("failed", "unreadable"))
         failed += r.outcome == "failed"
     if not pending_journals(db):
-        typer.echo(f"no journals to recover for {db}")
+        if not left:
+            typer.echo(f"no journals to recover for {db}, and no live bench's folder")
         if failed:
             raise typer.Exit(1)
         return
