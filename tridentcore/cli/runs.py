@@ -163,9 +163,10 @@ def runs_recover(
 ) -> None:
     """Store the runs that dead servers and killed live benches left.
 
-    Stores, as `interrupted`, the runs that killed `trident bench --backend live` runs on this
-    database left in their temporary work folders (trident-live-*), and removes those folders
-    (--folder: a --keep folder, left in place; a run whose store failed is stored likewise). Then
+    Stores the runs that killed `trident bench --backend live` runs on this database left in their
+    temporary work folders (trident-live-*), as `interrupted` (or the status they had reached, if
+    the kill came after the load), and removes those folders (--folder: a --keep folder, left in
+    place; a run whose store failed is stored likewise, with its status). Then
     ingests the journals servers left next to the database (FILE.journal/): a crashed server's run is
     stored as `crashed`, one whose final write failed as it ended. Journals of running servers, and
     folders of benches still running, are left alone. Exit status 1 if a journal or a folder could
