@@ -58,6 +58,7 @@ from ..core.metrics import finite, quantile
 from . import live_procs as procs
 from .live_procs import exit_words
 from .live_rows import UNMAPPED_ID_BASE, live_run_meta, remap_to_schedule, server_run_ids
+from .orphans import PREFIX, Owner, info_of
 from .spec import RunSpec
 
 __all__ = ["LiveBench", "LiveBenchError", "LiveBenchInterrupted", "LiveBenchSpec", "LiveOptions", "LiveRun",
@@ -244,8 +245,6 @@ class LiveBench:
             raise LiveBenchError(str(exc)) from None
         if not requests:
             raise LiveBenchError("the schedule has no requests (rate x duration too small?)")
-        from .orphans import PREFIX, Owner, info_of
-
         created, t0 = time.time(), time.monotonic()
         temporary = self.artifacts is None
         work = Path(tempfile.mkdtemp(prefix=PREFIX)) if temporary else self.artifacts
@@ -388,7 +387,8 @@ class LiveBench:
             for r in recover(server_db):
                 if r.outcome == "failed":
                     raise LiveBenchError(f"the server's journal {r.path} could not be ingested: {r.message}")
-        crashed = got.server_died or got.client_died
+        outcome = _outcome(got)
+        crashed = outcome["crashed"] is not None
         if not server_db.exists():
             if got.interrupted or crashed:
                 return None
@@ -414,8 +414,7 @@ class LiveBench:
                  "server_exit": got.server_exit, "client_states": states, "scheduled": scheduled,
                  "served_models": list(got.models),
                  "lag_p50_ms": finite(quantile(lags, 0.5)), "lag_p99_ms": finite(quantile(lags, 0.99))}
-        outcome = _outcome(got)
-        if outcome["crashed"]:
+        if crashed:
             extra["crashed"] = outcome["crashed"]
         status = outcome["status"]
         meta = live_run_meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)

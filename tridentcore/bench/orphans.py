@@ -105,10 +105,10 @@ def recover_orphans(db: str | os.PathLike[str], root: str | os.PathLike[str] | N
     bench's ``--keep`` folder: itself, or the run folders in it). Temporary folders are removed once
     stored; kept ones stay, without their claim. Folders of other databases are left unread.
     ``wait_s``: how long to wait for another process's lock on ``db`` (default: the store's)."""
-    want = Path(db).expanduser().resolve()
-    base = Path(root) if root is not None else Path(tempfile.gettempdir())
     if fcntl is None:
         return []
+    want = Path(db).expanduser().resolve()
+    base = Path(root) if root is not None else Path(tempfile.gettempdir())
     found: list[Path] = []
     try:
         found += sorted(p for p in base.glob(f"{PREFIX}*") if (p / OWNER).is_file())
@@ -137,9 +137,9 @@ def _recover_one(folder: Path, db: Path, wait_s: float) -> Recovered | None:
             return Recovered(folder, None, "unreadable", f"left {folder}: its {OWNER} is not a live bench's")
         if not mine:
             return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        from ..store.journal import try_lock  # (the journals' own claim works the same way)
+
+        if not try_lock(fd):
             return Recovered(folder, None, "busy", f"left {folder}: its bench, server or Locust still runs "
                                                    "(a later recover or live bench stores it)")
         if os.fstat(fd).st_nlink == 0:  # recovered by another process meanwhile

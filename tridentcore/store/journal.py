@@ -65,7 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .writer import ResultsStore
 
 __all__ = ["FORMAT", "JOURNAL_TABLES", "MAX_LINE_ROWS", "Ingester", "Journal", "JournalError", "Recovery",
-           "journal_dir", "journal_path", "pending_journals", "recover", "recover_journal"]
+           "journal_dir", "journal_path", "pending_journals", "recover", "recover_journal", "try_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _try_lock(fd: int) -> bool:
+def try_lock(fd: int) -> bool:
+    """An exclusive ``flock`` on ``fd`` if nobody holds one (False: held elsewhere); other errors raise."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return True
@@ -257,7 +258,7 @@ def _taken_message(db, run_id: str, path: Path) -> str:
     except FileNotFoundError:
         return f"run {run_id!r} was being stored by another process just now; choose another --run-id"
     try:
-        free = _try_lock(fd)
+        free = try_lock(fd)
     finally:
         os.close(fd)
     if free:
@@ -481,7 +482,7 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
     except FileNotFoundError:  # recovered (and deleted) by someone else meanwhile
         return Recovery(urllib.parse.unquote(path.stem), path, "ingested", message="recovered by another process")
     try:
-        if not _try_lock(fd):
+        if not try_lock(fd):
             return Recovery(_safe_run_id(path), path, "live", message=f"owned by {_owner_of(path)}")
         if not path.exists():
             return Recovery(_safe_run_id(path), path, "ingested", message="recovered by another process")
@@ -550,7 +551,7 @@ def _sweep_temporaries(folder: Path) -> None:
         except OSError:
             continue
         try:
-            if _try_lock(fd):
+            if try_lock(fd):
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
         finally:
