@@ -105,6 +105,18 @@ async def emulated(address: str) -> dict:
     e.cancel(ids[5])
     e.cancel(ids[-1])
     outs = await asyncio.gather(*(e.wait(r, 60) for r in ids))
+    # a long emulated diffuse (1000 steps of a 720p video, seconds at this time scale): its steps_done
+    # moves while the actor sleeps, in proportion to the time gone
+    long = e.submit([Submission("wan2.1-1.3b", "long", Shape(720, 1280, 81, 1000), slo_s=LONG_SLO_S)]).ids[0]
+    deadline = time.monotonic() + 60
+    while e.describe(long)["state"] != "diffusing" and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    running_steps = []
+    for _ in range(8):
+        await asyncio.sleep(0.1)
+        running_steps.append(e.describe(long)["steps_done"])
+    e.cancel(long)
+    cancelled = await e.wait(long, 60)
     snap = e.snapshot()
     await e.shutdown(5)
     out = records(e, ids)
@@ -113,7 +125,7 @@ async def emulated(address: str) -> dict:
                worker_kinds=sorted({d["worker"] for d in snap["devices"]}),
                worker_pids=[d["pid"] for d in snap["devices"]], own_pid=os.getpid(),
                preemptions=sum(e.state.requests[r].preemptions for r in ids), bad_address=bad_address,
-               bad_address_s=bad_s)
+               bad_address_s=bad_s, running_steps=running_steps, long_state=cancelled.state)
     out["http"] = serve_over_http(address)
     return out
 

@@ -175,6 +175,9 @@ def test_emulated_devices_as_ray_actors_every_request_ends_once(ns):
     assert r["reasons_ok"] and r["spans_ok"]
     assert r["live_left"] == 0 and r["busy_left"] == 0 and r["errors"] == []
     assert r["counts"].get("done", 0) >= 12 and r["counts"].get("cancelled", 0) >= 1
+    steps = r["running_steps"]  # a long emulated diffuse: steps_done moved while it ran, below its end
+    assert steps == sorted(steps) and 0 < steps[-1] < 1000 and steps[-1] > steps[0], steps
+    assert r["long_state"] == "cancelled"
     assert r["bad_address"].startswith("no Ray cluster answers at 127.0.0.1:1") and r["bad_address_s"] < 10
     http = r["http"]
     assert http["status"] == 200 and http["stages"] == ["encode", "diffuse", "decode"], http
