@@ -343,11 +343,18 @@ def test_a_run_whose_store_failed_is_stored_later_with_the_status_it_reached(tmp
     owner.update(status="complete", crashed=None, store_failed="IOException: Conflicting lock")
     assert [r.outcome for r in recover_orphans(db, tmp_path / "none", [keep])] == ["busy"]  # this process holds it
     owner.close()
-    (got,) = recover_orphans(db, tmp_path / "none", [keep])
-    assert got.outcome == "stored" and "whose store failed as complete" in got.message, got.message
-    runs = query_readonly(db, "SELECT run_id, status, config_json FROM runs")
-    assert list(runs.status) == ["complete"]
+    # the next bench on s.duckdb with the same --keep folder stores it before its own run
+    (tmp_path / "none").mkdir()
+    out = _trident("bench", "--backend", "live", "--policies", "trident", "--mix", "image-video", "--rate", "2",
+                   "--duration", "3", "--time-scale", "0.05", "--db", str(db), "--keep", str(keep), "--no-progress",
+                   cwd=tmp_path, env={"TMPDIR": str(tmp_path / "none")})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "whose store failed as complete" in out.stderr, out.stderr[-3000:]
+    runs = query_readonly(db, "SELECT run_id, status, config_json FROM runs ORDER BY created_at")
+    assert list(runs.run_id)[0] == "s1" and list(runs.status) == ["complete", "complete"]
     assert "store failed (IOException" in json.loads(runs.config_json[0])["recovered"]
+    assert "recovered" not in json.loads(runs.config_json[1])
+    assert not any((p / OWNER).exists() for p in keep.iterdir())  # both kept folders stay, unclaimed
 
 
 def test_a_claimed_work_folder_is_left_while_its_lock_is_held_and_only_for_its_own_database(tmp_path):

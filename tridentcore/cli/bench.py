@@ -300,7 +300,9 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
     from ..bench.orphans import recover_orphans
     from ..store import new_run_id
 
-    for r in recover_orphans(db):  # runs of live benches on this database that were killed
+    # runs of live benches on this database that were killed (or could not store): in the temporary
+    # folder, and in this bench's --keep folder
+    for r in recover_orphans(db, folders=[keep] if keep else ()):
         typer.echo(r.message, err=True)
     results, stored = [], []
     for k, policy in enumerate(specs, start=1):
