@@ -89,9 +89,19 @@ def test_diffuse_oom_retry_takes_more_gpus():
 def test_cpu_worker_real_allocation_failure_is_an_oom_value_and_tiled_decode_works():
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a worker runs; restored below (later tests in this process run as before)
+    try:
+        _oom_then_tiled()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _oom_then_tiled():
+    import torch
+
     from tridentcore.pipelines import load_pipeline
 
-    torch.set_num_threads(1)
     pipes = {"tiny-sd3": load_pipeline("tiny-sd3")}
     common = {"model": "tiny-sd3", "request_ids": (0,), "height": 64, "width": 64, "frames": 1, "steps": 2,
               "prompts": ("x",), "negative_prompts": ("",), "seeds": (3,), "guidances": (None,)}
