@@ -42,6 +42,49 @@ def test_backend_setup_errors():
     assert "unknown backend 'slurm'" in text and "local, ray" in text and "applies to backend 'ray' only" in text
     rt = build_runtime("sd3-medium", "emulated:2xH200", backend="ray", ray_address="auto")  # no side effects
     assert [w.kind for w in rt.engine.workers.workers] == ["ray-emulated"] * 2
+    with pytest.raises(SetupError, match="an empty Ray address"):
+        build_runtime("sd3-medium", "emulated:1xH200", backend="ray", ray_address=" ")
+
+
+def test_an_address_that_does_not_answer_as_a_ray_head_fails_in_seconds(tmp_path, monkeypatch):
+    """ray.init retries such an address for minutes, deaf to Ctrl-C: the probe says why at once (a real
+    head passes it in the scenarios below, which connect to one)."""
+    import http.server
+    import socket
+    import threading
+
+    from tridentcore.runtime.ray_workers import _probe
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts (the kernel does) and never says a word
+    web = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="accepts connections but said nothing in 1 s"):
+            _probe(f"127.0.0.1:{silent.getsockname()[1]}", timeout_s=1)
+        assert time.monotonic() - t0 < 5
+        with pytest.raises(RuntimeError, match="does not speak gRPC"):
+            _probe(f"127.0.0.1:{web.server_address[1]}", timeout_s=2)
+        for bad in ("garbage", "127.0.0.1:99999"):
+            with pytest.raises(RuntimeError, match="give HOST:PORT"):
+                _probe(bad)
+        # auto: the cluster RAY_ADDRESS names, else the last one started on this host (its file may be stale)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+        _probe("auto")  # none known: ray.init says so itself
+        (tmp_path / "ray").mkdir()
+        (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{silent.getsockname()[1]}\n")
+        with pytest.raises(RuntimeError, match="said nothing"):
+            _probe("auto", timeout_s=1)
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{web.server_address[1]}")
+        with pytest.raises(RuntimeError, match="does not speak gRPC"):
+            _probe("auto", timeout_s=2)
+    finally:
+        web.shutdown()
+        web.server_close()
+        silent.close()
 
 
 def _netns_unavailable() -> str | None:

@@ -250,3 +250,58 @@ def test_a_server_whose_starter_dies_while_it_starts_stops_once_up(reaped):
             psutil.Process(pid).kill()
         except (psutil.NoSuchProcess, NameError):
             pass
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_while_it_starts_the_port_refuses_and_a_failed_start_is_one_line(tmp_path):
+    """A client that comes while the workers load is refused at once (it used to hang on a socket that
+    listened before the app could answer); a start that fails in a worker (a saved pipeline without its
+    denoiser's weights) ends in one `error:` line and exit 2 (it was a traceback and exit 3)."""
+    from tridentcore.pipelines import load_pipeline
+
+    port = _free_port()
+    err = tmp_path / "err.txt"
+    with open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3",
+                                 "--devices", "cpu:1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=e,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=default_sigint)
+    refused = 0
+    try:
+        while not READY.search(err.read_text(errors="replace")) and proc.poll() is None:
+            t0 = time.monotonic()
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            except httpx.ConnectError:
+                refused += 1
+            assert time.monotonic() - t0 < 2, "a client waited on a server still starting"
+            time.sleep(0.05)
+        m = _ready_line(err, proc)
+        assert refused >= 1  # the workers take seconds to load: it was asked while they did
+        assert httpx.get(m.group(1) + "/healthz", timeout=10).json()["ok"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+    folder = tmp_path / "saved"
+    load_pipeline("tiny-sd3").pipe.save_pretrained(folder)
+    for weights in (folder / "transformer").glob("*.safetensors"):
+        weights.unlink()
+    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
+    lines = rows.read_text().splitlines()
+    profile = tmp_path / "saved.csv"
+    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", "cpu,saved,", 1)
+                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "saved", "--devices", "cpu:1",
+                          "--profile", str(profile), "--port", "0"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "startup failed" not in out.stderr, out.stderr[-3000:]
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert line.startswith("error: the server could not start: worker 0:") and "transformer" in line, line

@@ -259,7 +259,9 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
         problems.append(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     elif backend == "ray" and importlib.util.find_spec("ray") is None:
         problems.append("backend 'ray' needs the ray package (pip install 'tridentserve[ray]')")
-    if ray_address and backend != "ray":
+    if ray_address is not None and not ray_address.strip():
+        problems.append("an empty Ray address: give HOST:PORT, auto or ray://HOST:PORT (none: a private instance)")
+    elif ray_address and backend != "ray":
         problems.append("a Ray address applies to backend 'ray' only")
     if len(parts) == len(devs):
         for m in dict.fromkeys(names):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -69,7 +69,13 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await runtime.start()
+        try:
+            await runtime.start()
+        except Exception as exc:  # workers or Ray that could not start: the entry point says it in a line
+            app.state.startup_error = exc
+            with suppress(Exception):  # the workers that did start are stopped
+                await engine.shutdown(0)
+            raise
         try:
             if records is not None and not runtime.stop_requested:  # stopped while it loaded: nothing to store
                 await records.start()
@@ -88,6 +94,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
     app = FastAPI(title="TridentServe", version="0.1.0", lifespan=lifespan,
                   description="Stage-level serving for diffusion pipelines.")
     app.state.config = config
+    app.state.startup_error = None  # what stopped the runtime's start (the lifespan's), if anything
     app.state.runtime = runtime
     app.state.jobs = jobs
     app.state.metrics = Metrics(engine)

@@ -69,7 +69,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(2048)
+    # not listening yet: uvicorn listens once the app has started (its workers, its models), so a
+    # client or health check that comes while it starts is refused at once instead of hanging
     sock.setblocking(False)
     return sock
 
@@ -138,6 +139,12 @@ def _server_class():
                 await self.drain()
                 await asyncio.sleep(0.05)  # the failed requests' handlers answer before the doors close
             finally:
+                self.should_exit = True
+
+        async def startup(self, sockets=None) -> None:
+            try:
+                await super().startup(sockets=sockets)
+            except SystemExit:  # the app's start failed (uvicorn exits 3): ``run_server`` says why, in a line
                 self.should_exit = True
 
         @contextlib.contextmanager
@@ -260,8 +267,36 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
             on_ready(_ready(opts, runtime, records, port))
         await task
 
-    asyncio.run(main())
+    quiet = _QuietFailedStart(app)  # the failed start's traceback (uvicorn logs it) is said in one line instead
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addFilter(quiet)
+    try:
+        asyncio.run(main())
+    finally:
+        uvicorn_log.removeFilter(quiet)
+        sock.close()
+    if not server.started and server.stop_signal is None:
+        error = app.state.startup_error
+        raise SetupError([f"the server could not start: {_one_line(error)}" if error is not None else
+                          "the server could not start (its log above says why)"])
     return server.stop_signal
+
+
+class _QuietFailedStart(logging.Filter):
+    """Drops uvicorn's records of a start that failed in the runtime (a traceback, "Application
+    startup failed"): ``run_server`` raises the cause as one line."""
+
+    def __init__(self, app) -> None:
+        super().__init__()
+        self.app = app
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(self.app.state, "startup_error", None) is None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, (RuntimeError, ValueError, OSError)) else f"{type(exc).__name__}: {text}"
 
 
 def _ready(opts: ServeOptions, runtime, records: RunRecords | None, port: int) -> Ready:
