@@ -302,7 +302,18 @@ async def parallel(address: str) -> dict:
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.2)
         out["killed_pid"] = e.workers[1].pid
+        first = e.view.running_on(0).id
         ray.kill(e.workers[1].actor)
+        while time.monotonic() < deadline + 120:  # the retry: steps_done moves while it runs
+            r = e.view.running_on(0)
+            if r is not None and r.id != first and r.action.stage == "diffuse":
+                break
+            await asyncio.sleep(0.005)
+        retry_steps = []
+        for _ in range(10):
+            await asyncio.sleep(0.3)
+            retry_steps.append(e.describe(long)["steps_done"])
+        out["retry_steps"] = retry_steps
         after = await e.wait(long, 240)
         out.update(kill_state=after.state, kill_reason=after.reason,
                    kill_diffuses=[(s.outcome, list(s.gpus)) for s in e.spans if s.request_id == long

@@ -87,6 +87,46 @@ def test_an_address_that_does_not_answer_as_a_ray_head_fails_in_seconds(tmp_path
         silent.close()
 
 
+def test_a_failed_call_that_ends_after_its_retry_began_leaves_the_retry_progress():
+    """The race an outside test met: a dispatch whose actor was killed ends (its call raises) only
+    after the engine has retried the work on the same slot's new actor; its end must not clear what
+    the slot says of the retry's steps (they read 0 until the retry finished)."""
+    import asyncio
+
+    from tridentcore.core.types import StageKind
+    from tridentcore.runtime.ray_workers import RayWorker
+    from tridentcore.runtime.tasks import StageResult, StageTask
+
+    class Calls:  # the actor's ``run`` method as the worker calls it: one awaitable per dispatch
+        def __init__(self, calls: dict) -> None:
+            self.calls = calls
+
+        def remote(self, task, split):
+            return self.calls[task.dispatch_id]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        calls = {1: loop.create_future(), 2: loop.create_future()}
+        worker = RayWorker(0, emulated=True)
+        worker.actor, worker.alive = type("Actor", (), {"run": Calls(calls)})(), True
+        task = {"stage": StageKind.DIFFUSE, "model": "m", "request_ids": (7,), "height": 8, "width": 8,
+                "frames": 1, "steps": 100, "end_step": 100, "duration_s": 2.0}
+        old = loop.create_task(worker.run(StageTask(1, **task)))
+        await asyncio.sleep(0)
+        new = loop.create_task(worker.run(StageTask(2, **task)))  # the retry, on the replaced actor
+        await asyncio.sleep(0.5)
+        calls[1].set_result(StageResult(error="worker 0: actor lost"))  # the old call ends now
+        await old
+        seen = worker.progress(2)
+        calls[2].set_result(StageResult(end_step=100))
+        await new
+        return seen, worker.progress(2)
+
+    seen, after = asyncio.run(scenario())
+    assert seen is not None and 10 <= seen < 100, seen  # in proportion to the time gone (0.5 of 2 s)
+    assert after is None  # the retry ended: nothing running
+
+
 def _netns_unavailable() -> str | None:
     if shutil.which("ip") is None:
         return "the `ip` command (iproute2) is not installed"
@@ -270,6 +310,8 @@ def test_a_diffuse_on_two_actors_runs_sequence_parallel_and_survives_a_killed_me
     assert r["kill_state"] == "done", r["kill_reason"]
     assert r["kill_diffuses"][0] == ["failed", [0, 1]] and r["kill_diffuses"][-1] == ["done", [0, 1]]
     assert r["restarts"] == 1 and r["new_pid"] != r["killed_pid"]
+    steps = r["retry_steps"]  # the retried diffuse reports its steps as it runs (they stayed 0 after a kill)
+    assert steps == sorted(steps) and any(0 < s < 300 for s in steps), steps
     assert r["meetings_after"] == 2 and r["parallel_runs_after"] == 2  # the broken world abandoned, met afresh
     assert all(n == 1 for n in r["terminal_entries"].values())
     assert r["live_left"] == 0 and r["busy_left"] == 0 and r["errors"] == []

@@ -336,7 +336,10 @@ class RayWorker(Worker):
             self._died(gen, reason)  # the engine fails the running dispatch first
             return StageResult(error=f"worker {self.slot}: {reason}", lost=True)
         finally:
-            self._running = None
+            # only its own: a dispatch failed for a lost peer may end here after its retry began on this
+            # worker (a killed actor's call can take seconds to raise), whose progress must stay
+            if self._running is not None and self._running[0] == task.dispatch_id:
+                self._running = None
             if asking is not None:
                 asking.cancel()
             self._steps.pop(task.dispatch_id, None)
