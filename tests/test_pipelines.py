@@ -134,6 +134,11 @@ def test_save_pretrained_and_serve_back_from_disk(pipes, name, tmp_path):
 def test_not_a_pipeline_directory(tmp_path):
     with pytest.raises(ValueError, match="model_index.json"):
         load_pipeline(str(tmp_path))
+    # a class diffusers does not have (or none we serve): said before loading (it was diffusers' traceback)
+    for class_name in ("NoSuchPipeline", "StableDiffusionUpscalePipeline", ["a", "list"]):
+        (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": class_name}))
+        with pytest.raises(ValueError, match="is not supported; supported: .*StableDiffusion3Pipeline"):
+            load_pipeline(str(tmp_path))
 
 
 def test_tiny_pipelines_build_fast_and_identically():

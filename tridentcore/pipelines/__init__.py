@@ -99,6 +99,9 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         except (ValueError, TypeError, KeyError, OSError) as exc:  # (UnicodeDecodeError is a ValueError)
             why = "no _class_name" if isinstance(exc, (KeyError, TypeError)) else str(exc)
             raise ValueError(f"cannot load pipeline {name!r}: {index} is not a diffusers model index ({why})") from None
+        if not isinstance(class_name, str) or class_name not in PIPELINE_CLASSES:  # before diffusers looks it up
+            raise ValueError(f"{name}: pipeline class {class_name} is not supported; supported: "
+                             f"{', '.join(PIPELINE_CLASSES)}")
         source = str(path)
         # Optional components saved as absent (SD3 without T5, say) must be passed as None.
         absent = {k: None for k, v in spec.items() if isinstance(v, list) and v[:1] == [None]}
