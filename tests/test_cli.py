@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -159,6 +160,16 @@ def test_profile_rejects_bad_points(tmp_path):
     result = runner.invoke(app, ["profile", "--model", "tiny-sd3", "--sizes", "65", "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 2
     assert "multiple of 16" in result.output
+    # lists that are wrong as typed: said at once, before any model is built (an empty item was dropped)
+    for args, said in ((["--sizes", "64,,128"], "sizes: an empty item in '64,,128'"),
+                       (["--sizes", "0"], "sizes must be positive"),
+                       (["--batches", "1,,2"], "batches: an empty item"),
+                       (["--stages", ""], "--stages: none given")):
+        t0 = time.perf_counter()
+        result = runner.invoke(app, ["profile", "--model", "tiny-sd3", *args, "--out", str(tmp_path / "p.csv")])
+        assert result.exit_code == 2 and said in result.output, (args, result.output)
+        assert time.perf_counter() - t0 < 2.0, args
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_console_script_runs_in_a_fresh_process():

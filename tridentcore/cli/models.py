@@ -136,7 +136,7 @@ def _diffuse_on_local_group(pipe, model, emb, shape, seed, steps, guidance, devi
 
 def profile(
     model: str = typer.Option(None, help="Pipeline name(s), comma separated (`trident models`)."),
-    out: str = typer.Option(..., help="CSV to write (the format of docs/profiles.md)."),
+    out: str = typer.Option(..., help="CSV to write (the format of docs/profiles.md; its folder made if missing)."),
     device: str = typer.Option("cpu", help="cpu or cuda:i."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
     sizes: str = typer.Option("64,128,256", help="Squares (64,128) or WIDTHxHEIGHT items."),
@@ -196,6 +196,8 @@ def profile(
             typer.echo(f"note: degree {max(degree_list)} x {threads} thread(s) per process exceeds the {cores} "
                        "cores here: the processes share cores, so that degree's rows measure an oversubscribed host")
         stage_list = tuple(s.strip() for s in stages.split(",") if s.strip())
+        if not stage_list:
+            fail("--stages: none given; valid: encode, diffuse, decode")
         bad = [s for s in stage_list if s not in STAGES]
         if bad:
             fail(f"unknown stage(s) {', '.join(bad)}; valid: encode, diffuse, decode")

@@ -328,23 +328,34 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
     from ..core.types import parse_size
 
     out = []
-    for item in (t.strip() for t in text.split(",") if t.strip()):
+    for item in _items(text, "sizes"):
         if item.isdigit():
+            if int(item) < 1:
+                raise ValueError(f"sizes must be positive (got {item!r} in {text!r})")
             out.append((int(item), int(item)))
         else:
             w, h = parse_size(item)
             out.append((h, w))
-    if not out:
-        raise ValueError("no sizes given")
     return tuple(out)
 
 
+def _items(text: str, what: str) -> list[str]:
+    """The items of a comma list; none, or an empty one among them (``64,,128``), is an error."""
+    items = [t.strip() for t in text.split(",")]
+    if not any(items):
+        raise ValueError(f"no {what} given")
+    if not all(items):
+        raise ValueError(f"{what}: an empty item in {text!r}")
+    return items
+
+
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    items = _items(text, what)
     try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
+        values = tuple(int(t) for t in items)
     except ValueError:
         raise ValueError(f"{what} must be a comma list of integers (got {text!r})") from None
-    if not values or any(v < 1 for v in values):
+    if any(v < 1 for v in values):
         raise ValueError(f"{what} must be positive integers (got {text!r})")
     return values
 
