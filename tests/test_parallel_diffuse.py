@@ -265,3 +265,29 @@ def test_the_worlds_store_listens_on_loopback_only():
     client = store_client(keys.port, 10)
     client.set("k", "v")
     assert keys.store.get("k") == b"v"
+
+
+_MEMBER_LOADING = """
+import multiprocessing, sys
+from tridentcore.runtime.local_group import Member, member_main
+lead, end = multiprocessing.Pipe()
+print("started", flush=True)
+member_main(Member(1, 2, "gloo", "cpu", 1), 1, "tiny-sd3", "float32", 30.0, end)
+print("ended", flush=True)
+"""
+
+
+def test_a_member_interrupted_while_it_loads_ends_without_a_traceback():
+    """Ctrl-C at the terminal reaches every process of `generate --degree K`: a member still loading
+    ends quietly (its lead says what happened), not with a KeyboardInterrupt traceback of its own."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _MEMBER_LOADING], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(0.3)  # in the pipeline's imports or build (seconds here)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and proc.returncode == 0 and out.strip() == "ended", err[-2000:]

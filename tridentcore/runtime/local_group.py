@@ -84,7 +84,16 @@ def _command(group, command: str) -> str:
 
 
 def member_main(member: Member, port: int, model: str, dtype: str, timeout_s: float, conn) -> None:
-    """Entry point of a member process: load, join, then follow the lead's commands until ``stop``."""
+    """Entry point of a member process: load, join, then follow the lead's commands until ``stop``.
+    A Ctrl-C at the terminal reaches the whole process group: a member then ends quietly (its lead,
+    interrupted too, stops the group and says so), without a traceback of its own."""
+    try:
+        _member(member, port, model, dtype, timeout_s, conn)
+    except KeyboardInterrupt:
+        pass
+
+
+def _member(member: Member, port: int, model: str, dtype: str, timeout_s: float, conn) -> None:
     import torch
     import torch.distributed as dist
 
