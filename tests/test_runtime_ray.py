@@ -53,7 +53,7 @@ def test_an_address_that_does_not_answer_as_a_ray_head_fails_in_seconds(tmp_path
     import socket
     import threading
 
-    from tridentcore.runtime.ray_workers import _probe
+    from tridentcore.runtime.ray_address import probe_ray_address as _probe
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

@@ -37,12 +37,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from ..core.types import StageKind
 from .emulated import proportional_step
 from .parallel_worlds import Worlds
+from .ray_address import probe_ray_address
 from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool, failure, load_pipelines
 
 logger = logging.getLogger(__name__)
@@ -384,50 +384,6 @@ class RayWorker(Worker):
         self.actor.preempt.remote(dispatch_id, stop_step, max(0.0, wall_at - time.monotonic()))
 
 
-_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
-
-
-def _probe(address: str | None, timeout_s: float = 5.0) -> None:
-    """Fail fast where ``ray.init`` would retry for minutes, deaf to Ctrl-C: a ``HOST:PORT`` (``auto``:
-    the one ``RAY_ADDRESS`` or the last cluster started on this host names) with nothing listening, or
-    with something that does not answer as a Ray head does (its GCS is a gRPC server: to an HTTP/2
-    preface it answers with a SETTINGS frame)."""
-    import socket
-    import tempfile
-
-    if address == "auto":
-        address = os.environ.get("RAY_ADDRESS") or None
-        if address is None:
-            try:
-                known = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-                address = known.read_text().strip() or None
-            except OSError:
-                return  # no cluster known here: ray.init says so at once
-    if not address or "://" in address:
-        return
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise RuntimeError(f"--ray-address {address}: give HOST:PORT (a port 1-65535), auto or ray://HOST:PORT")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout_s) as conn:
-            conn.settimeout(timeout_s)
-            conn.sendall(_HTTP2_PREFACE)
-            head = b""
-            while len(head) < 9:
-                got = conn.recv(9 - len(head))
-                if not got:
-                    break
-                head += got
-    except socket.timeout:
-        raise RuntimeError(f"no Ray cluster answers at {address}: it accepts connections but said nothing "
-                           f"in {timeout_s:g} s (not a Ray head's GCS port?)") from None
-    except OSError as exc:
-        raise RuntimeError(f"no Ray cluster answers at {address}: {exc}") from None
-    if len(head) < 9 or head[3] != 0x04:  # a frame's type is its 4th byte; 0x04: SETTINGS
-        raise RuntimeError(f"no Ray cluster answers at {address}: what listens there does not speak gRPC "
-                           f"(not a Ray head's GCS port?)")
-
-
 @dataclass
 class RayWorkerPool(WorkerPool):
     """Ray workers, and the connection to the Ray cluster they live on (made when the pool starts).
@@ -444,7 +400,7 @@ class RayWorkerPool(WorkerPool):
         import ray
 
         if not ray.is_initialized():
-            _probe(self.address)
+            probe_ray_address(self.address)
             opts: dict[str, Any] = {"logging_level": logging.WARNING}
             if self.address is None:  # a new local instance: no dashboard (options of a running cluster are its own)
                 opts["include_dashboard"] = False
