@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from .parallel_worlds import meet, store_client, store_server
+from .sigint import ignore_sigint, sigint_blocked
 
 __all__ = ["LocalGroup", "Member", "MemberFailed", "plan_members"]
 
@@ -85,15 +86,9 @@ def _command(group, command: str) -> str:
 
 def member_main(member: Member, port: int, model: str, dtype: str, timeout_s: float, conn) -> None:
     """Entry point of a member process: load, join, then follow the lead's commands until ``stop``.
-    A Ctrl-C at the terminal reaches the whole process group: a member then ends quietly (its lead,
-    interrupted too, stops the group and says so), without a traceback of its own."""
-    try:
-        _member(member, port, model, dtype, timeout_s, conn)
-    except KeyboardInterrupt:
-        pass
-
-
-def _member(member: Member, port: int, model: str, dtype: str, timeout_s: float, conn) -> None:
+    It ignores SIGINT (``runtime/sigint.py``): a Ctrl-C at the terminal reaches the whole process
+    group, and the lead, interrupted, stops its members itself."""
+    ignore_sigint()
     import torch
     import torch.distributed as dist
 
@@ -166,7 +161,8 @@ class LocalGroup:
             parent, child = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=member_main, name=f"trident-member-{member.rank}", daemon=True,
                                args=(member, store.port, self.model, self.dtype, self.timeout_s, child))
-            proc.start()
+            with sigint_blocked():  # born deaf to Ctrl-C: member_main ignores it before it unblocks it
+                proc.start()
             child.close()
             self._procs.append(proc)
             self._conns.append(parent)
@@ -229,16 +225,18 @@ class LocalGroup:
         import torch
         import torch.distributed as dist
 
+        asked = False  # the members were told to stop (they end by themselves): else they are stopped
         if self.group is not None and not self.broken:
             try:
                 _command(self.group, _STOP)
+                asked = True
             except Exception:  # noqa: BLE001 - then the members are stopped below
                 self.broken = True
         if dist.is_initialized():
             dist.destroy_process_group()
         self.group = None
-        for proc in self._procs:
-            proc.join(timeout=10 if not self.broken else 1)
+        for proc in self._procs:  # (never met, e.g. interrupted while they loaded: they would wait to meet)
+            proc.join(timeout=10 if asked else 1)
             if proc.is_alive():
                 proc.terminate()  # only processes this group started, by their handles
                 proc.join(timeout=5)

@@ -9,37 +9,19 @@ which drains its requests on live workers and then stops them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from .pool import Worker
+from .sigint import sigint_blocked
 from .tasks import ModelCard, StageResult, StageTask
 from .worker_process import worker_main
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CpuWorker"]
-
-
-@contextlib.contextmanager
-def _sigint_blocked():
-    """SIGINT blocked in this thread while a worker process is spawned; the child inherits the mask
-    through fork and exec, so a Ctrl-C while it starts up waits for :func:`worker_main`, which ignores
-    it. A SIGINT meant for this process meanwhile reaches another thread, or waits here until the
-    block ends: none is lost."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:
-        yield
-        return
-    old = mask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        mask(signal.SIG_SETMASK, old)
 
 
 class CpuWorker(Worker):
@@ -98,7 +80,7 @@ class CpuWorker(Worker):
                                                       self.device, self.sources, self.slowdown),
                            name=f"trident-worker-{self.slot}", daemon=True)
         self._ready = self._loop.create_future()
-        with _sigint_blocked():  # born deaf to Ctrl-C: worker_main ignores it before it unblocks it
+        with sigint_blocked():  # born deaf to Ctrl-C: worker_main ignores it before it unblocks it
             proc.start()
         child.close()
         self._proc, self._conn, self.pid = proc, parent, proc.pid

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from ..core.types import StageKind
 from .parallel_worlds import Worlds
 from .residency import Residency
+from .sigint import ignore_sigint
 from .tasks import ModelCard, StageResult, StageTask, failure, is_oom
 
 __all__ = ["load_pipelines", "run_task", "worker_main"]
@@ -211,20 +212,12 @@ def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
     return pipes, cards
 
 
-def _ignore_sigint() -> None:
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):  # the parent spawned it with SIGINT blocked
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int, device: str = "cpu",
                  sources: dict[str, str] | None = None, slowdown: float = 1.0) -> None:
     """Entry point of a worker process (``slowdown``: the module's docstring). It ignores SIGINT: its
     parent stops it (``process_worker``), after draining on it; a Ctrl-C at the terminal reaches
     every process of the group, and a worker that obeyed it would print a traceback and lose work."""
-    _ignore_sigint()
+    ignore_sigint()
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
 
     try:

@@ -1,0 +1,37 @@
+"""Child processes that Ctrl-C does not reach: a terminal's Ctrl-C signals the whole foreground
+process group, and a child that took it would die mid-import or mid-step with a traceback of its own
+while its parent (the server, or ``generate --degree K``'s lead) is the one that decides how to stop
+it. The parent spawns it with SIGINT blocked (:func:`sigint_blocked`: the child inherits the mask
+through fork and exec, so a Ctrl-C while it starts waits); the child ignores SIGINT and then unblocks
+it (:func:`ignore_sigint`), first thing in its entry point. None is lost meanwhile: a SIGINT meant
+for the parent reaches another of its threads, or waits until the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+__all__ = ["ignore_sigint", "sigint_blocked"]
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while a child process is spawned."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
+
+
+def ignore_sigint() -> None:
+    """In the child: ignore SIGINT, then unblock it (its parent spawned it blocked)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
