@@ -5,6 +5,10 @@ it. The parent spawns it with SIGINT blocked (:func:`sigint_blocked`: the child 
 through fork and exec, so a Ctrl-C while it starts waits); the child ignores SIGINT and then unblocks
 it (:func:`ignore_sigint`), first thing in its entry point. None is lost meanwhile: a SIGINT meant
 for the parent reaches another of its threads, or waits until the block ends.
+
+multiprocessing's first spawn of a process starts its resource tracker, and that start unblocks
+SIGINT in the calling thread (``ResourceTracker.ensure_running``) just before the child is forked, so
+the child would be born hearing it: :func:`sigint_blocked` starts the tracker before it blocks.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ __all__ = ["ignore_sigint", "sigint_blocked"]
 
 @contextlib.contextmanager
 def sigint_blocked() -> Iterator[None]:
-    """SIGINT blocked in this thread while a child process is spawned."""
+    """SIGINT blocked in this thread while a multiprocessing child process is spawned."""
     mask = getattr(signal, "pthread_sigmask", None)
     if mask is None:
         yield
         return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # (its first start would unblock SIGINT here: the docstring)
     old = mask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
