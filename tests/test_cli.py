@@ -78,6 +78,9 @@ def test_generate_video_writes_an_animation(tmp_path, suffix):
         (["--out", "."], "is a folder: give a file name"),
         (["--seed", "-1"], "--seed"),
         (["--seed", "2147483648"], "--seed"),
+        # no model takes these: said before the model loads (a folder that cannot load would say so)
+        (["--size", "63x63", "--model", "no-such-folder/"], "--size 63x63: height 63 is not a multiple of 16"),
+        (["--size", "16x16", "--model", "no-such-folder/"], "height 16 is outside [32, 4096]"),
     ],
 )
 def test_generate_bad_input_is_a_clear_error(tmp_path, args, message):

@@ -141,6 +141,53 @@ def test_not_a_pipeline_directory(tmp_path):
             load_pipeline(str(tmp_path))
 
 
+# The model indexes of the public checkpoints (component -> [library, class]), as published.
+REAL_INDEXES = {
+    "StableDiffusionPipeline": {"feature_extractor": ["transformers", "CLIPImageProcessor"],
+                                "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+                                "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+                                "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+                                "vae": ["diffusers", "AutoencoderKL"]},
+    "StableDiffusionXLPipeline": {"text_encoder": ["transformers", "CLIPTextModel"],
+                                  "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                                  "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+                                  "scheduler": ["diffusers", "EulerDiscreteScheduler"]},
+    "StableDiffusion3Pipeline": {"text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+                                 "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+                                 "text_encoder_3": ["transformers", "T5EncoderModel"],
+                                 "transformer": ["diffusers", "SD3Transformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]},
+    "FluxPipeline": {"text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
+                     "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]},
+    "WanPipeline": {"text_encoder": ["transformers", "UMT5EncoderModel"], "transformer": ["diffusers", "WanTransformer3DModel"],
+                    "transformer_2": [None, None], "vae": ["diffusers", "AutoencoderKLWan"]},
+}
+
+
+def test_a_folder_whose_components_are_not_its_class_is_refused_before_loading(pipes, tmp_path):
+    """An SD3 folder relabelled FluxPipeline loaded and failed at its first encode with diffusers'
+    AttributeError; now the index is checked against the class before a weight is read."""
+    from tridentcore.pipelines import _check_components
+
+    for class_name, spec in REAL_INDEXES.items():  # the published checkpoints pass
+        _check_components("real", class_name, spec)
+    pipes["tiny-sd3"].pipe.save_pretrained(tmp_path)
+    index = tmp_path / "model_index.json"
+    spec = json.loads(index.read_text())
+    index.write_text(json.dumps({**spec, "_class_name": "FluxPipeline"}))
+    with pytest.raises(ValueError, match="says FluxPipeline, whose text_encoder is a CLIPTextModel, but names "
+                                         "transformers.CLIPTextModelWithProjection"):
+        load_pipeline(str(tmp_path))
+    index.write_text(json.dumps({**spec, "transformer": ["diffusers", "NoSuchModel"]}))
+    with pytest.raises(ValueError, match="whose transformer is a SD3Transformer2DModel, but names diffusers.NoSuchModel"):
+        load_pipeline(str(tmp_path))
+    index.write_text(json.dumps(spec))
+    (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    # diffusers' own message named only the .bin file it fell back to
+    with pytest.raises(ValueError, match=r"no file named diffusion_pytorch_model\.safetensors, or "
+                                         r"diffusion_pytorch_model\.bin, found in directory .*transformer"):
+        load_pipeline(str(tmp_path))
+
+
 def test_tiny_pipelines_build_fast_and_identically():
     t0 = time.perf_counter()
     a = load_pipeline("tiny-sd3")

@@ -74,10 +74,14 @@ def generate(
     from ..core.types import parse_size
     from ..pipelines import load_pipeline
     from ..pipelines.media import check_output_path, save_output
+    from ..pipelines.staged_base import ANY_MODEL
 
     _check_device(device, degree)
     try:
         width, height = parse_size(size)
+        problems = ANY_MODEL.check(height, width)
+        if problems:  # before the model loads: no model takes it
+            fail(f"--size {size}: " + "; ".join(problems) + " (no supported model takes it)")
         check_output_path(out)  # before the model loads: a path that cannot be written costs nothing
         pipe = load_pipeline(model, device=device, dtype=dtype)
         limits = pipe.limits

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,7 +71,37 @@ def _root_cause(exc: BaseException) -> str:
         root = root.__cause__
     text = str(root).replace(" Please check out the root cause in the stacktrace above.", "").strip()
     first = text.splitlines()[0].strip() if text else ""
+    # diffusers looks for the .safetensors file, then falls back to the .bin and names only that one
+    first = re.sub(r"no file named (\S+)\.bin found in", r"no file named \1.safetensors, or \1.bin, found in", first)
     return f"{type(root).__name__}: {first}" if root is not exc else first or type(exc).__name__
+
+
+def _check_components(name: str, class_name: str, spec: dict) -> None:
+    """Each model component the index names (denoiser, VAE, text encoders) is of a class the pipeline
+    class takes: a folder relabelled with another supported class (an SD3 folder saved as
+    ``FluxPipeline``) would load and fail only at its first encode, with the library's traceback."""
+    import importlib
+
+    import diffusers
+    import torch
+
+    def library(lib: str):  # where diffusers finds a component's class: a library, or one of its pipelines
+        try:
+            return importlib.import_module(lib if lib in ("diffusers", "transformers") else f"diffusers.pipelines.{lib}")
+        except ImportError:
+            return None
+
+    takes = getattr(diffusers, class_name)._get_signature_types()
+    for key, entry in spec.items():
+        if key.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0]):
+            continue
+        wanted = tuple(t for t in takes.get(key, ()) if isinstance(t, type) and issubclass(t, torch.nn.Module))
+        if not wanted:  # schedulers, tokenizers, processors, or a key the class does not take
+            continue
+        named = getattr(library(str(entry[0])), str(entry[1]), None)
+        if not (isinstance(named, type) and issubclass(named, wanted)):
+            raise ValueError(f"{name}: model_index.json says {class_name}, whose {key} is a "
+                             f"{' or '.join(t.__name__ for t in wanted)}, but names {entry[0]}.{entry[1]} for it")
 
 
 def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPipeline":
@@ -102,6 +133,7 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         if not isinstance(class_name, str) or class_name not in PIPELINE_CLASSES:  # before diffusers looks it up
             raise ValueError(f"{name}: pipeline class {class_name} is not supported; supported: "
                              f"{', '.join(PIPELINE_CLASSES)}")
+        _check_components(name, class_name, spec)
         source = str(path)
         # Optional components saved as absent (SD3 without T5, say) must be passed as None.
         absent = {k: None for k, v in spec.items() if isinstance(v, list) and v[:1] == [None]}

@@ -17,7 +17,7 @@ from ..core.types import STAGES, StageKind
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Embeddings", "ModelLimits", "StagedPipeline"]
+__all__ = ["ANY_MODEL", "Embeddings", "ModelLimits", "StagedPipeline"]
 
 Embeddings = dict[str, torch.Tensor]
 
@@ -50,6 +50,12 @@ class ModelLimits:
         elif frames != 1:
             problems.append(f"frames must be 1 for an image model (got {frames})")
         return problems
+
+
+# What every supported model takes at least (sides of 32 px or more, multiples of 16, at most
+# MAX_SIDE_PX: each family's multiple is max(16, 2 x its VAE's scale)): a size outside it is refused
+# before a model is built.
+ANY_MODEL = ModelLimits(min_size=32, max_size=MAX_SIDE_PX, size_multiple=16, video=False)
 
 
 def _generators(seed: int | Sequence[int], batch: int) -> list[torch.Generator]:
