@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 
@@ -127,18 +129,27 @@ async def emulated(address: str) -> dict:
                preemptions=sum(e.state.requests[r].preemptions for r in ids), bad_address=bad_address,
                bad_address_s=bad_s, running_steps=running_steps, long_state=cancelled.state)
     out["http"] = serve_over_http(address)
+    # without --ray-address: a private instance, though RAY_ADDRESS names the head (ray.init() would join it)
+    tmp = tempfile.mkdtemp(prefix="trt-rp-", dir="/tmp")  # its session files (short: Ray's socket paths)
+    try:
+        out["http_private"] = serve_over_http(None, env={"RAY_ADDRESS": address, "RAY_TMPDIR": tmp})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def serve_over_http(address: str) -> dict:
-    """The CLI path: `trident serve --backend ray --ray-address ADDR` answers a generation."""
+def serve_over_http(address: str | None, env: dict[str, str] | None = None) -> dict:
+    """The CLI path: `trident serve --backend ray --ray-address ADDR` answers a generation (None: no
+    --ray-address, a private Ray instance: its own GCS, a child process of the server)."""
     import httpx
+    import psutil
 
     from tridentcore.bench.launch import start_server
 
     t0 = time.monotonic()
     server = start_server(["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0.01",
-                           "--backend", "ray", "--ray-address", address], timeout_s=120)
+                           "--backend", "ray", *(["--ray-address", address] if address else [])],
+                          timeout_s=120, env=env)
     try:
         with httpx.Client(base_url=server.url, timeout=60) as client:
             resp = client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium",
@@ -146,7 +157,9 @@ def serve_over_http(address: str) -> dict:
             cluster = client.get("/v1/cluster").json()
         result = {"status": resp.status_code, "stages": [s["stage"] for s in resp.json()["timings"][0]["stages"]]
                   if resp.status_code == 200 else resp.text,
-                  "workers": sorted({d["worker"] for d in cluster["devices"]})}
+                  "workers": sorted({d["worker"] for d in cluster["devices"]}),
+                  "own_gcs": any(p.name().startswith("gcs_server")
+                                 for p in psutil.Process(server.pid).children(recursive=True))}
     finally:
         log = server.log()
         result_code = server.stop()

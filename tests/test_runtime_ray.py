@@ -264,7 +264,10 @@ def test_emulated_devices_as_ray_actors_every_request_ends_once(ns):
     assert r["bad_address"].startswith("no Ray cluster answers at 127.0.0.1:1") and r["bad_address_s"] < 10
     http = r["http"]
     assert http["status"] == 200 and http["stages"] == ["encode", "diffuse", "decode"], http
-    assert http["workers"] == ["ray-emulated"] and http["exit_code"] == 0, http
+    assert http["workers"] == ["ray-emulated"] and http["exit_code"] == 0 and not http["own_gcs"], http
+    # no --ray-address: a private instance of its own (it joined the cluster RAY_ADDRESS names, before)
+    private = r["http_private"]
+    assert private["status"] == 200 and private["own_gcs"] and private["exit_code"] == 0, private
 
 
 def test_cpu_actors_png_equals_the_local_backend(cpu_result):
