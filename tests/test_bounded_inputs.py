@@ -112,6 +112,27 @@ def test_paper_trace_time_is_bounded_too(tmp_path):
     assert "line 1: t: must be a finite number of seconds" in line and "1e+300" in line, line
 
 
+@pytest.mark.parametrize("minus", [500, 100_000])
+def test_paper_trace_deep_expression_is_one_line(tmp_path, minus):
+    """``num_inference_steps=-----...4``: 500 signs made quoting the value (ast.unparse) recurse past
+    Python's limit (a RecursionError traceback); 100,000 gave a reason that was empty."""
+    trace = _file(tmp_path, "paper.txt", "Request(timestamp=0.0, height=64, width=64, prompt='a', "
+                                         f"num_inference_steps={'-' * minus}4)\n")
+    line = _refused("trace", "stats", trace, "--model", "tiny-sd3")
+    said = "num_inference_steps: not a literal value (---" if minus == 500 else "cannot parse the Request(...) call: nested too deeply"
+    assert said in line, line
+
+
+def test_paper_trace_keyword_twice_is_refused_and_minus_zero_is_zero(tmp_path):
+    trace = _file(tmp_path, "paper.txt", "Request(timestamp=0.0, height=64, width=64, prompt='a', prompt='b', "
+                                         "num_inference_steps=4)\n")
+    assert "line 1: prompt: given twice" in _refused("trace", "stats", trace, "--model", "tiny-sd3")
+    trace = _file(tmp_path, "zero.txt", "Request(timestamp=-0.0, height=64, width=64, num_inference_steps=4)\n")
+    proc, _ = _trident("trace", "import", trace, "--model", "tiny-sd3", "--out", str(tmp_path / "o.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "o.jsonl").read_text())["t"] == 0.0 and '"t": 0.0' in (tmp_path / "o.jsonl").read_text()
+
+
 def test_trace_nested_200k_deep_is_one_line_not_a_recursion_error(tmp_path):
     trace = _jsonl(tmp_path, "deep.jsonl", '{"t": ' + "[" * 200_000 + "]" * 200_000 + "}")
     line = _refused("simulate", "--trace", trace)

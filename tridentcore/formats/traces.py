@@ -206,8 +206,8 @@ def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None, line: 
     problems.extend(f"{key}: {msg}" for key, msg in _entry_problems(fields))
     if problems:
         return problems
-    if _is_int(fields["t"]):
-        fields["t"] = float(fields["t"])
+    if _is_int(fields["t"]) or fields["t"] == 0:
+        fields["t"] = float(fields["t"]) + 0.0  # (-0.0 + 0.0 is 0.0: written back as 0.0)
     if _is_int(fields["guidance"]):
         fields["guidance"] = float(fields["guidance"])
     return TraceEntry(**fields, line=line)
@@ -233,7 +233,8 @@ def _parse_paper_line(text: str) -> dict[str, Any] | str:
     except SyntaxError as exc:
         return f"cannot parse the Request(...) call: {exc.msg} (column {exc.offset})"
     except (ValueError, RecursionError, MemoryError) as exc:
-        return f"cannot parse the Request(...) call: {exc}"
+        why = "nested too deeply" if isinstance(exc, (RecursionError, MemoryError)) else str(exc) or "ValueError"
+        return f"cannot parse the Request(...) call: {why}"
     call = tree.body
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Request"):
         return "expected a call Request(key=value, ...)"
@@ -241,17 +242,24 @@ def _parse_paper_line(text: str) -> dict[str, Any] | str:
         return "Request(...) takes keyword arguments only"
     out: dict[str, Any] = {}
     problems = []
+    seen: set[str] = set()
     for keyword in call.keywords:
         if keyword.arg is None:
             problems.append("Request(**...) is not allowed")
             continue
+        if keyword.arg in seen:  # (Python itself refuses a call with a keyword given twice)
+            problems.append(f"{keyword.arg[:40]}: given twice")
+            continue
+        seen.add(keyword.arg)
         ours = _PAPER_FIELDS.get(keyword.arg)
         if ours is None:
             continue
         try:
             out[ours] = ast.literal_eval(keyword.value)
         except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-            problems.append(f"{keyword.arg[:40]}: not a literal value ({ast.unparse(keyword.value)[:60]})")
+            # the text as written (ast.unparse of a deep expression recursed past Python's limit)
+            quoted = (ast.get_source_segment(text, keyword.value) or "")[:60]
+            problems.append(f"{keyword.arg[:40]}: not a literal value ({quoted})")
     if problems:
         return "; ".join(problems)
     return out
