@@ -319,13 +319,19 @@ def test_parse_arrival():
     assert parse_arrival("bursts:size=8").size == 8
     for text in ("poisson", "constant", "gamma:cv=4", "bursts:size=8"):
         assert parse_arrival(text).label == text
-    for bad in ("uniform", "gamma", "gamma:cv=0", "gamma:cv=x", "bursts:size=2.5", "poisson:cv=1", "gamma:k=2"):
+    for bad in ("uniform", "gamma", "gamma:cv=0", "gamma:cv=x", "bursts:size=2.5", "poisson:cv=1", "gamma:k=2",
+                # a tiny cv divided by zero (1e-300) or hung drawing gaps (1e-160); a huge one overflowed
+                "gamma:cv=1e-300", "gamma:cv=1e-160", "gamma:cv=0.0009", "gamma:cv=1e300", "gamma:cv=inf"):
         with pytest.raises(WorkloadError, match="valid forms: poisson, constant, gamma:cv=K"):
             parse_arrival(bad)
     with pytest.raises(WorkloadError) as got:  # the valid forms are a hint, not a second problem
         parse_arrival("bursts:size=0")
     assert list(got.value.problems) == [f"size must be an integer in 1..{100_000} (got '0'); valid forms: "
-                                  f"poisson, constant, gamma:cv=K (K > 0), bursts:size=N (1 <= N <= 100000)"]
+                                  f"poisson, constant, gamma:cv=K (0.001 <= K <= 1000), bursts:size=N (1 <= N <= 100000)"]
+    with pytest.raises(WorkloadError, match=r"cv must be a number in \[0.001, 1000\] \(got '1e-160'\)"):
+        parse_arrival("gamma:cv=1e-160")
+    for edge in ("gamma:cv=0.001", "gamma:cv=1000"):  # the bounds draw gaps at once
+        assert len(unit_arrivals(edge, 1000, random.Random(1))) == 1000
 
 
 # ---------------------------------------------------------------------- generate_requests

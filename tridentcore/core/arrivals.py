@@ -12,7 +12,9 @@ The first arrival is at time 0 for every process (a run starts with a request, a
 
 * ``poisson``: exponential gaps (CV 1);
 * ``gamma:cv=K``: gamma gaps with mean 1 and coefficient of variation ``K`` (shape ``1/K**2``,
-  scale ``K**2``); ``K > 1`` is burstier than Poisson, ``K < 1`` more regular;
+  scale ``K**2``); ``K > 1`` is burstier than Poisson, ``K < 1`` more regular; ``K`` in
+  ``[MIN_CV, MAX_CV]`` (below, the gaps are ``constant``'s to many digits and the shape overflows;
+  above, a stream is one request in a million gaps);
 * ``constant``: gaps of exactly 1 (times ``0, 1/r, 2/r, ...``);
 * ``bursts:size=N``: ``N`` arrivals at the same instant, bursts ``N`` unit times apart (the mean
   rate stays ``r``).
@@ -36,7 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ARRIVAL_FORMS", "ArrivalProcess", "parse_arrival", "unit_arrivals"]
 
-ARRIVAL_FORMS = f"poisson, constant, gamma:cv=K (K > 0), bursts:size=N (1 <= N <= {MAX_REQUESTS})"
+MIN_CV, MAX_CV = 1e-3, 1e3
+ARRIVAL_FORMS = (f"poisson, constant, gamma:cv=K ({MIN_CV:g} <= K <= {MAX_CV:g}), "
+                 f"bursts:size=N (1 <= N <= {MAX_REQUESTS})")
+_CV_BOUNDS = f"cv must be a number in [{MIN_CV:g}, {MAX_CV:g}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +56,8 @@ class ArrivalProcess:
         problems = []
         if self.kind not in _ARRIVAL_KINDS:
             problems.append(f"unknown arrival process {self.kind!r}; valid forms: {ARRIVAL_FORMS}")
-        if not (is_number(self.cv) and self.cv > 0 and math.isfinite(self.cv)):
-            problems.append(f"cv must be a positive finite number (got {self.cv!r})")
+        if not (is_number(self.cv) and MIN_CV <= self.cv <= MAX_CV):
+            problems.append(f"{_CV_BOUNDS} (got {self.cv!r})")
         if not (is_int(self.size) and 1 <= self.size <= MAX_REQUESTS):
             problems.append(f"size must be an integer in 1..{MAX_REQUESTS} (got {brief(self.size)})")
         if problems:
@@ -138,10 +143,10 @@ def parse_arrival(text: "str | ArrivalProcess") -> ArrivalProcess:
         try:
             cv = float(params["cv"])
         except ValueError:
-            problems.append(f"cv must be a number (got {params['cv']!r})")
+            problems.append(f"cv must be a number (got {brief(params['cv'])})")
         else:
-            if not (cv > 0 and math.isfinite(cv)):
-                problems.append(f"cv must be a positive finite number (got {params['cv']!r})")
+            if not MIN_CV <= cv <= MAX_CV:
+                problems.append(f"{_CV_BOUNDS} (got {brief(params['cv'])})")
     if "size" in params:
         if params["size"].isdigit() and len(params["size"]) <= 9 and 1 <= int(params["size"]) <= MAX_REQUESTS:
             size = int(params["size"])
