@@ -254,6 +254,27 @@ def test_serve_cpu_worker_count_is_bounded():
     assert f"cpu:N needs a worker count N in 1..{MAX_GPUS_PER_NODE}" in line, line
 
 
+@pytest.mark.parametrize("option, value", [("--slo-scale", "inf"), ("--slo-scale", "1e308"), ("--slowdown", "1e308"),
+                                           ("--time-scale", "1e308"), ("--seed", "9223372036854775808"), ("--seed", "-1")])
+def test_scales_and_seeds_are_bounded_before_any_work(tmp_path, option, value):
+    """``serve --slo-scale inf`` or ``1e308`` started and answered every generation with a 500 (an
+    infinite deadline, then an answer JSON could not hold); ``--slowdown 1e308`` likewise; a seed
+    past 2^63 ran the whole simulation, then failed to store it (a traceback)."""
+    if option == "--seed":
+        args = ["simulate", "--mix", "tiny", "--duration", "10", "--seed", value, "--db", str(tmp_path / "r.duckdb")]
+    else:
+        args = ["serve", "--models", "sd3-medium" if option == "--time-scale" else "tiny-sd3",
+                "--devices", "emulated:1x2xH200" if option == "--time-scale" else "cpu:1", option, value, "--port", "0"]
+    proc, elapsed = _trident(*args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"Invalid value for '{option}'" in proc.stderr and elapsed < PROMPT_S, proc.stderr
+    assert not (tmp_path / "r.duckdb").exists()
+    if option == "--slo-scale":  # a run spec's scales are bounded too
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps({"slo_scale": float(value)}) if value != "inf" else '{"slo_scale": 1e999}')
+        assert "slo_scale: must be a number in (0, 1000]" in _refused("serve", "--spec", str(spec), "--port", "0")
+
+
 # ---------------------------------------------------------------------------------- in process
 def test_brief_never_expands_a_shared_structure():
     laughs: list = ["lol"] * 9

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_NOISE_SIGMA,
                              DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE,
-                             MAX_CONFIG_BYTES)
+                             MAX_CONFIG_BYTES, MAX_SCALE)
 from ..core.errors import TridentError, brief, is_finite, listed
 from ..core.types import STAGES
 from ..core.workload import ARRIVAL_FORMS, generated_size_problems, parse_arrival
@@ -131,11 +131,11 @@ class RunSpec:
                 problems.append(("arrival", "--arrival", text))
         elif not self.trace:
             problems.append(("trace", "--arrival", "trace:FILE needs a file name"))
-        if not _finite_positive(self.time_scale):
-            problems.append(("time_scale", "--time-scale", "must be a number > 0 (wall seconds per workload second), "
-                                                           f"got {brief(self.time_scale)}"))
-        if not _finite_positive(self.slo_scale):
-            problems.append(("slo_scale", "--slo-scale", f"must be a number > 0, got {brief(self.slo_scale)}"))
+        if not (_finite_positive(self.time_scale) and self.time_scale <= MAX_SCALE):
+            problems.append(("time_scale", "--time-scale", f"must be a number in (0, {MAX_SCALE:g}] (wall seconds per "
+                                                           f"workload second), got {brief(self.time_scale)}"))
+        if not (_finite_positive(self.slo_scale) and self.slo_scale <= MAX_SCALE):
+            problems.append(("slo_scale", "--slo-scale", f"must be a number in (0, {MAX_SCALE:g}], got {brief(self.slo_scale)}"))
         if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and -2**63 <= self.seed < 2**63):
             problems.append(("seed", "--seed", f"must be a 64-bit integer, got {brief(self.seed)}"))
         if not (is_finite(self.noise_sigma) and 0.0 <= self.noise_sigma <= 2.0):

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAULT_POLICIES
+from ..core.defaults import DEFAULT_DB, DEFAULT_MIX, DEFAULT_NOISE_SIGMA, DEFAULT_POLICIES, MAX_SCALE, MAX_SEED
 from ..core.errors import one_line
 from ..core.metrics import finite
 
@@ -44,8 +44,9 @@ ModelOpt = Annotated[str | None, typer.Option(help="Model the paper-format trace
 ArrivalOpt = Annotated[str, typer.Option(help=ARRIVAL_HELP)]
 RateOpt = Annotated[float, typer.Option(help="Requests per second (mixes), > 0.")]
 DurationOpt = Annotated[float, typer.Option(min=1.0, help="Seconds of arrivals.")]
-SloScaleOpt = Annotated[float, typer.Option(min=0.1, help="Deadline = arrival + scale x reference latency.")]
-SeedOpt = Annotated[int, typer.Option()]
+SloScaleOpt = Annotated[float, typer.Option(min=0.1, max=MAX_SCALE,
+                                             help="Deadline = arrival + scale x reference latency.")]
+SeedOpt = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Same seed, same requests (0..2^31-1).")]
 PoliciesOpt = Annotated[str, typer.Option(help=POLICIES_HELP)]
 NoiseOpt = Annotated[float, typer.Option("--noise", help="Stage times stray from the cost model's predictions: each "
                                                           "dispatch takes prediction x a lognormal factor of mean 1 "

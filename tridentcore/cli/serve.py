@@ -6,7 +6,7 @@ import typer
 
 from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_RESULTS, DEFAULT_RESULTS_MIB,
                              DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
-                             DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE)
+                             DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, MAX_SCALE)
 from .common import EXIT_INTERRUPTED, fail, quiet_libraries, setup_logging
 
 __all__ = ["serve"]
@@ -28,13 +28,13 @@ def serve(
     db_wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds the final write waits for another process's "
                                                                    "lock on --db; past it the server exits 1 and its "
                                                                    "journal keeps the rows."),
-    time_scale: float = typer.Option(DEFAULT_TIME_SCALE, min=0.0, help="Emulated devices: wall seconds per cost-model second (0: zero-cost)."),
+    time_scale: float = typer.Option(DEFAULT_TIME_SCALE, min=0.0, max=MAX_SCALE, help="Emulated devices: wall seconds per cost-model second (0: zero-cost)."),
     profile: str = typer.Option(None, help="Cost profile (default: h200 for emulated and cuda, cpu for cpu:N) or a CSV "
                                            "path; with mixed kinds it applies to all but cpu, or give KIND=NAME pairs."),
     max_queued: int = typer.Option(DEFAULT_MAX_QUEUED, min=1, help="Submissions get 429 while this many requests wait "
                                    "(for their first stage or between stages: admitted ones count again when they wait "
                                    "for their next); a request with more images or videos (n) is refused 422."),
-    slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, help="Default deadline: arrival + scale x reference latency."),
+    slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1, max=MAX_SCALE, help="Default deadline: arrival + scale x reference latency."),
     api_key_file: str = typer.Option(None, help="File holding the API key (stripped; keep it mode 600). With a key, "
                                                 "every route but /healthz needs Authorization: Bearer KEY. "
                                                 "Or set TRIDENT_API_KEY."),
@@ -62,11 +62,11 @@ def serve(
     calibrate: bool = typer.Option(DEFAULT_LIVE_CALIBRATE, "--calibrate/--no-calibrate",
                                    help="Learn measured / predicted stage times per model and stage; the policy and "
                                         "new deadlines use the calibrated cost model (/v1/cluster, /metrics)."),
-    slowdown: float = typer.Option(1.0, metavar="K",
+    slowdown: float = typer.Option(1.0, metavar="K", max=MAX_SCALE,
                                    help="Testing aid, cpu devices: each worker takes K times the time it computed "
                                         "(it sleeps K-1 times that after each stage, per step in a diffuse): a "
                                         "device K times slower than its profile, whose factor the calibration "
-                                        "learns. K >= 1 (1: as they are)."),
+                                        "learns. 1 <= K <= 1000 (1: as they are)."),
     inject_oom: str = typer.Option(None, envvar="TRIDENT_INJECT_OOM",
                                    help="Testing aid: STAGE:N[,STAGE:N] makes the first N dispatches of STAGE fail "
                                         "out of memory in their worker (retried at a safer configuration, counted)."),

@@ -10,7 +10,7 @@ import sys
 import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
-                             DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE)
+                             DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, MAX_SEED)
 from .common import ARRIVAL_HELP, CLUSTER_HELP, HELP_MARKUP, MIX_HELP, fail, given, load_workload, one_line, table
 
 __all__ = ["trace_app"]
@@ -31,7 +31,8 @@ def trace_generate(
     arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
     rate: float = typer.Option(DEFAULT_RATE, help="Mean requests per second."),
     duration: float = typer.Option(DEFAULT_DURATION_S, help="Seconds of arrivals."),
-    seed: int = typer.Option(DEFAULT_SEED, help="Same seed, same requests (as `trident simulate --mix` draws them)."),
+    seed: int = typer.Option(DEFAULT_SEED, min=0, max=MAX_SEED,
+                             help="Same seed, same requests (as `trident simulate --mix` draws them; 0..2^31-1)."),
 ) -> None:
     """Draw a mix's open-loop arrivals into a JSON-lines trace.
 

@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 
 from ..core.costmodel import CostModel
 from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
-                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, MAX_FRAMES, MAX_SIDE_PX)
+                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, MAX_FRAMES, MAX_SIDE_PX, MAX_SCALE)
+from ..core.errors import is_number
 from ..core.policy import make_policy, with_late
 from ..core.types import Shape
 from .devices import (DEVICE_FORMS, DeviceSpec, SetupError, gpu_kind_of, host_mem_gib, parse_devices, parse_faults,
@@ -234,16 +235,18 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
     if len(set(names)) != len(names):
         problems.append(f"models {', '.join(names)}: a model is named twice")
     emulated = any(d.kind == "emulated" for d in devs)
-    if not time_scale >= 0:
-        problems.append(f"time_scale must be >= 0 (got {time_scale})")
+    if not 0 <= time_scale <= MAX_SCALE:
+        problems.append(f"time_scale must be in [0, {MAX_SCALE:g}] (got {time_scale})")
+    if not (is_number(slo_scale) and 0 < slo_scale <= MAX_SCALE):
+        problems.append(f"slo_scale must be in (0, {MAX_SCALE:g}] (got {slo_scale})")
     if not emulated and time_scale != 1.0:
         problems.append("--time-scale applies to emulated devices only")
     try:
         slow = float(slowdown)
     except (TypeError, ValueError):
         slow = math.nan
-    if not (math.isfinite(slow) and slow >= 1.0):
-        problems.append(f"slowdown must be a finite number >= 1 (got {slowdown!r}); 1: devices as they are")
+    if not 1.0 <= slow <= MAX_SCALE:
+        problems.append(f"slowdown must be a number in [1, {MAX_SCALE:g}] (got {slowdown!r}); 1: devices as they are")
     elif slow != 1.0 and not any(d.kind == "cpu" for d in devs):
         problems.append("--slowdown applies to cpu devices only (emulated devices have --time-scale; "
                         "cuda devices are real)")
