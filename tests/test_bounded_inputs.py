@@ -220,6 +220,12 @@ def test_cluster_yaml_bounds(tmp_path):
             f"1..{MAX_GPUS_PER_NODE} (got 1000)") in line, line
     path = _file(tmp_path, "inf.yaml", "nodes: 1\ngpus_per_node: 8\nkind: H200\nmem_gib: 1.0e+999\n")
     assert "mem_gib must be a positive finite number (got inf)" in _refused("simulate", "--cluster", path)
+    # links of 1e-12 GB/s: trident's transfers took 10^10 simulated seconds, the simulation hours
+    path = _file(tmp_path, "slow.yaml", "nodes: 1\ngpus_per_node: 8\nkind: H200\nintra_link_gbps: 1.0e-12\n")
+    assert "intra_link_gbps must be at least 0.01 GB/s (got 1e-12)" in _refused("simulate", "--cluster", path,
+                                                                               "--policies", "trident")
+    path = _file(tmp_path, "text.yaml", "nodes: 1\ngpus_per_node: 8\nkind: H200\nmem_gib: 1e3\n")
+    assert "(got '1e3') (YAML reads 1e3 as text: write 1.0e3)" in _refused("simulate", "--cluster", path)
 
 
 # ---------------------------------------------------------------------------------- drawn workloads

@@ -81,6 +81,9 @@ CPU_WORKER_MEM_GIB = 8.0  # nominal memory of one CPU worker where none is given
 # GB/s (1e9 bytes/s) one direction; the same nominal figures as costmodel.DEFAULT_LINKS_GBPS.
 DEFAULT_INTRA_LINK_GBPS = 450.0
 DEFAULT_INTER_LINK_GBPS = 50.0
+# The slowest link a cluster may have, GB/s (10 MB/s, slower than any interconnect diffusion is served over):
+# at 1e-12 a transfer took 10^10 simulated seconds and the simulation of them hours.
+MIN_LINK_GBPS = 0.01
 
 CLUSTER_FORMS = ("GPUSxKIND (one node, e.g. 8xH200; 2xcpu: two CPU workers) or NODESxGPUSxKIND "
                  "(e.g. 2x8xH200, 4x8xH200)")
@@ -195,9 +198,13 @@ def _spec_problems(
                         f"a cluster has at most {MAX_CLUSTER_GPUS}")
     if not (isinstance(kind, str) and kind.strip() and kind == kind.strip() and len(kind) <= MAX_NAME_CHARS):
         problems.append(f"kind must be a non-empty GPU name such as H200 (got {brief(kind)})")
-    for name, value in (("mem_gib", mem_gib), ("intra_link_gbps", intra_link_gbps), ("inter_link_gbps", inter_link_gbps)):
+    for name, value, least in (("mem_gib", mem_gib, 0.0), ("intra_link_gbps", intra_link_gbps, MIN_LINK_GBPS),
+                               ("inter_link_gbps", inter_link_gbps, MIN_LINK_GBPS)):
         if not (is_finite(value) and value > 0):
-            problems.append(f"{name} must be a positive finite number (got {brief(value)})")
+            hint = " (YAML reads 1e3 as text: write 1.0e3)" if isinstance(value, str) else ""
+            problems.append(f"{name} must be a positive finite number (got {brief(value)}){hint}")
+        elif value < least:
+            problems.append(f"{name} must be at least {least:g} GB/s (got {brief(value)})")
     return problems
 
 
