@@ -199,6 +199,12 @@ def test_mix_bounds(tmp_path):
                                           "steps: 1000000000, weight: 1e999}\n")
     line = _refused("simulate", "--mix", steps)
     assert f"classes[0].steps: must be an integer in 1..{MAX_STEPS}" in line and "classes[0].weight" in line, line
+    # two weights of 1e308 added up to inf: every request was drawn from the last class
+    heavy = _file(tmp_path, "heavy.yaml", "name: x\nclasses:\n"
+                  "  - {model: sd3-medium, height: 512, width: 512, steps: 28, weight: 1.0e+308}\n"
+                  "  - {model: sd3-medium, height: 1024, width: 1024, steps: 28, weight: 1.0e+308}\n")
+    line = _refused("trace", "generate", "--mix", heavy, "--out", str(tmp_path / "g.jsonl"))
+    assert "classes[0].weight: must be a number in (0, 1e+09] (got 1e+308)" in line, line
 
 
 @pytest.mark.parametrize("cluster, needle", [

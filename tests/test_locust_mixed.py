@@ -73,7 +73,7 @@ def test_locustfile_imports_nothing_heavy():
     (["--mix", "no-such-mix"], "unknown mix 'no-such-mix'"),
     (["--rate", "-1"], "--rate: must be a number > 0"),
     (["--arrival", "gamma:cv=x"], "--arrival:"),
-    (["--time-scale", "0"], "--time-scale: must be a number > 0"),
+    (["--time-scale", "0"], "--time-scale: must be a number in (0, 1000]"),
     (["--arrival", "trace:no-such-file.jsonl"], "no-such-file.jsonl"),
     (["--rate", "abc"], "argument --rate: invalid float value"),
     (["--mix", "tiny", "--cost-profile", "h200"], "it is priced by --cost-profile cpu --cluster 2xcpu"),

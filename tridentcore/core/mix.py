@@ -22,6 +22,10 @@ from .types import Shape, class_label
 if TYPE_CHECKING:
     import random
 
+# A class's weight at most (weights are relative: two of 1e308 added up to inf, and every request was
+# drawn from the last class)
+MAX_WEIGHT = 1e9
+
 __all__ = ["Mix", "RequestClass", "cumulative_weights", "mix_from_dict", "shape_problems"]
 
 
@@ -74,8 +78,8 @@ def _class_problems(model: Any, height: Any, width: Any, frames: Any, steps: Any
     if not (isinstance(model, str) and model.strip() and len(model) <= MAX_NAME_CHARS):
         problems.append(("model", f"must be a model name of 1..{MAX_NAME_CHARS} characters (got {brief(model)})"))
     problems.extend(shape_problems({"height": height, "width": width, "frames": frames, "steps": steps}))
-    if not (is_finite(weight) and weight > 0):
-        problems.append(("weight", f"must be a positive finite number (got {brief(weight)})"))
+    if not (is_finite(weight) and 0 < weight <= MAX_WEIGHT):
+        problems.append(("weight", f"must be a number in (0, {MAX_WEIGHT:g}] (got {brief(weight)})"))
     return problems
 
 
