@@ -95,6 +95,18 @@ def test_export_writes_parquet_per_table(db, tmp_path):
     (tmp_path / "a-file").write_text("x")
     taken = runner.invoke(app, ["runs", "export", run_id, "--parquet", str(tmp_path / "a-file"), "--db", str(db)])
     assert taken.exit_code == 2 and "is a file: give a folder" in taken.output
+    # a table's name taken by a folder: nothing written (runs.parquet and requests.parquet were left)
+    (tmp_path / "busy" / "stage_spans.parquet").mkdir(parents=True)
+    busy = runner.invoke(app, ["runs", "export", run_id, "--parquet", str(tmp_path / "busy"), "--db", str(db)])
+    assert busy.exit_code == 2 and "stage_spans.parquet: not a file (nothing written)" in busy.output, busy.output
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["stage_spans.parquet"]
+    # again into the same folder: said what it replaced, and what else is there
+    (tmp_path / "out" / "client_requests.parquet").write_bytes(b"")
+    again = runner.invoke(app, ["runs", "export", run_id, "--parquet", str(tmp_path / "out"), "--db", str(db)])
+    assert again.exit_code == 0 and "(replaced: runs.parquet, requests.parquet" in again.output, again.output
+    assert "also holds client_requests.parquet, not of this export" in again.output
+    empty = runner.invoke(app, ["runs", "export", run_id, "--parquet", "", "--db", str(db)])
+    assert empty.exit_code == 2 and "--parquet: no folder given" in empty.output
     folder = runner.invoke(app, ["runs", "recover", "--db", str(tmp_path)])
     assert folder.exit_code == 2 and "is a folder" in folder.output
 

@@ -144,14 +144,28 @@ def runs_export(
 
     from pathlib import Path
 
+    if not parquet.strip():
+        fail("--parquet: no folder given")
     if Path(parquet).exists() and not Path(parquet).is_dir():
         fail(f"--parquet {parquet} is a file: give a folder (made if missing) for one Parquet file per table")
+    before = {p.name for p in Path(parquet).glob("*.parquet")} if Path(parquet).is_dir() else set()
     try:
         run_id = resolve_run(db, run)
-        written = export_run(db, run_id, parquet)
     except (*store_errors(), OSError) as exc:
         fail(one_line(db_message(exc, db)))
-    typer.echo(f"exported run {run_id} to {parquet}: " + ", ".join(p.name for p in written.values()))
+    try:
+        written = export_run(db, run_id, parquet)
+    except IsADirectoryError as exc:
+        fail(f"--parquet {parquet}: {exc}")
+    except (*store_errors(), OSError) as exc:
+        fail(one_line(db_message(exc, db)))
+    names = [p.name for p in written.values()]
+    replaced = [n for n in names if n in before]
+    typer.echo(f"exported run {run_id} to {parquet}: " + ", ".join(names)
+               + (f" (replaced: {', '.join(replaced)})" if replaced else ""))
+    others = sorted(before - set(names))
+    if others:
+        typer.echo(f"note: {parquet} also holds {', '.join(others)}, not of this export")
 
 
 @runs_app.command("recover")

@@ -265,13 +265,23 @@ def export_run(
                 tables["client_requests"] = client
     finally:
         con.close()
+    targets = {name: out / f"{name}.parquet" for name in tables}
+    blocked = [str(t) for t in targets.values() if t.exists() and not t.is_file()]
+    if blocked:
+        raise IsADirectoryError(f"{', '.join(blocked)}: not a file (nothing written)")
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    for name, table in tables.items():
-        target = out / f"{name}.parquet"
-        pq.write_table(table, target)
-        written[name] = target
-    return written
+    # every table to a file of its own first, then each moved into place: a write that fails leaves
+    # nothing half-exported
+    parts = {name: target.with_name(f".{target.name}.{os.getpid()}.part") for name, target in targets.items()}
+    try:
+        for name, table in tables.items():
+            pq.write_table(table, parts[name])
+        for name, part in parts.items():
+            os.replace(part, targets[name])
+    finally:
+        for part in parts.values():
+            part.unlink(missing_ok=True)
+    return targets
 
 
 def _has_client_rows(con: duckdb.DuckDBPyConnection) -> bool:
