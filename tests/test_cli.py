@@ -167,7 +167,7 @@ def test_profile_rejects_bad_points(tmp_path):
     for args, said in ((["--sizes", "64,,128"], "sizes: an empty item in '64,,128'"),
                        (["--sizes", "0"], "sizes must be positive"),
                        (["--batches", "1,,2"], "batches: an empty item"),
-                       (["--stages", ""], "--stages: none given")):
+                       (["--stages", ","], "--stages: none given"), (["--stages", ""], "--stages: an empty value")):
         t0 = time.perf_counter()
         result = runner.invoke(app, ["profile", "--model", "tiny-sd3", *args, "--out", str(tmp_path / "p.csv")])
         assert result.exit_code == 2 and said in result.output, (args, result.output)

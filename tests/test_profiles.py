@@ -57,6 +57,9 @@ def test_unknown_shipped_name_lists_valid_names():
 def test_missing_path_is_an_error(tmp_path):
     with pytest.raises(ProfileError, match="no such file"):
         load_profile(tmp_path / "absent.csv")
+    for there in (tmp_path, "/dev/zero"):  # (they read "no such file")
+        with pytest.raises(ProfileError, match="not a regular file"):
+            load_profile(str(there))
 
 
 def test_broken_csv_reports_every_problem_with_file_line_and_column(tmp_path):

@@ -106,7 +106,7 @@ def test_export_writes_parquet_per_table(db, tmp_path):
     assert again.exit_code == 0 and "(replaced: runs.parquet, requests.parquet" in again.output, again.output
     assert "also holds client_requests.parquet, not of this export" in again.output
     empty = runner.invoke(app, ["runs", "export", run_id, "--parquet", "", "--db", str(db)])
-    assert empty.exit_code == 2 and "--parquet: no folder given" in empty.output
+    assert empty.exit_code == 2 and "--parquet: an empty value" in empty.output
     folder = runner.invoke(app, ["runs", "recover", "--db", str(tmp_path)])
     assert folder.exit_code == 2 and "is a folder" in folder.output
 

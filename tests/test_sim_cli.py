@@ -74,11 +74,16 @@ def test_sweep_rates_prints_classes():
     (["simulate", "--mix", "no-such-mix"], "mix"),
     (["simulate", "--policies", "pipeline-static:degree=3", "--duration", "30"], "divide"),
     (["sweep"], "exactly one of"),
-    (["simulate", "--policies", "", "--duration", "30"], "no policies given"),
+    (["simulate", "--policies", "", "--duration", "30"], "--policies: an empty value; give one, or leave the option out"),
     (["simulate", "--policies", ",", "--json", "--duration", "30"], "no policies given"),
-    (["sweep", "--rates", "1", "--policies", "", "--duration", "30"], "no policies given"),
+    (["sweep", "--rates", "1", "--policies", ",", "--duration", "30"], "no policies given"),
+    # given empty: refused (--profile, --cluster, --bias read as not given, --db stored nothing, without a word)
+    (["simulate", "--profile", "", "--duration", "30"], "--profile: an empty value"),
+    (["simulate", "--cluster=", "--duration", "30"], "--cluster: an empty value"),
+    (["simulate", "--bias", " ", "--duration", "30"], "--bias: an empty value"),
+    (["simulate", "--db", "", "--duration", "30"], "--db: an empty value"),
     (["simulate", "--policies", "trident:replan_s=-1", "--duration", "30"], "replan_s"),
-    (["sweep", "--rates", ""], "--rates: give at least one rate"),  # (a traceback, after the ceilings)
+    (["sweep", "--rates", ","], "--rates: give at least one rate"),  # (a traceback, after the ceilings)
     (["sweep", "--rates", "1,abc"], "--rates: not a number: 'abc'"),
     # an --out that cannot be written is refused before minutes of measuring (it was a traceback after)
     (["profile", "--model", "tiny-sd3", "--out", "."], "--out .: is a folder"),

@@ -9,13 +9,43 @@ and the simulator commands stay fast.
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
 
 from . import bench, models, runs, serve, sim, trace
-from .common import HELP_MARKUP
+from .common import HELP_MARKUP, fail
 
 __all__ = ["app"]
 
+# Options whose value may be empty text (a prompt); any other option given "" is refused: an empty
+# --profile, --cluster or --bias read as not given (the default, without a word), an empty --db stored nothing.
+_MAY_BE_EMPTY = ("--prompt", "--negative-prompt")
+
+
+def _empty_option(args: list[str]) -> str | None:
+    """The first option in ``args`` given an empty (or blank) value, ``--name ""`` or ``--name=``."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        if not arg.startswith("--") or arg.split("=", 1)[0] in _MAY_BE_EMPTY:
+            continue
+        name, eq, value = arg.partition("=")
+        if eq and not value.strip():
+            return name
+        if not eq and i + 1 < len(args) and not args[i + 1].strip():
+            return name
+    return None
+
+
+class _Commands(TyperGroup):
+    def parse_args(self, ctx, args):
+        name = _empty_option(args)
+        if name is not None:
+            fail(f"{name}: an empty value; give one, or leave the option out for its default")
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="trident",
     help="TridentServe: stage-level serving for diffusion pipelines.",
     no_args_is_help=True,

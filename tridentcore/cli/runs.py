@@ -144,8 +144,6 @@ def runs_export(
 
     from pathlib import Path
 
-    if not parquet.strip():
-        fail("--parquet: no folder given")
     if Path(parquet).exists() and not Path(parquet).is_dir():
         fail(f"--parquet {parquet} is a file: give a folder (made if missing) for one Parquet file per table")
     before = {p.name for p in Path(parquet).glob("*.parquet")} if Path(parquet).is_dir() else set()

@@ -124,6 +124,8 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
             raise ProfileError(str(path), [f"cannot read: {exc}"]) from None
         return parse_profile(text, name=path.stem, origin=str(path))
     listed = ", ".join(shipped) if shipped else "(none)"
+    if path.exists():  # a folder or a device (/dev/zero): it said "no such file"
+        raise ProfileError(text_name, ["not a regular file (give a profile CSV)"])
     if isinstance(name_or_path, os.PathLike) or os.sep in text_name or "/" in text_name or text_name.endswith(".csv"):
         raise ProfileError(text_name, [f"no such file (shipped profiles: {listed})"])
     raise ProfileError(text_name, [f"unknown profile {text_name!r}; shipped profiles: {listed}; or give a path to a CSV file"])
