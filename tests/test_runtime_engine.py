@@ -129,15 +129,18 @@ def test_cancel_queued_and_running():
         await asyncio.sleep(0.005)
         assert e.describe(a)["state"] in ("encoding", "diffusing")
         assert e.cancel(b)  # queued
-        while e.describe(a)["state"] != "diffusing":
+        while e.describe(a)["state"] != "diffusing" or e.describe(a)["steps_done"] == 0:
             await asyncio.sleep(0.001)
         assert e.cancel(a)  # running: ends now, its diffuse stops at a step boundary
         assert not e.cancel(a)
         outs = await asyncio.gather(*(e.wait(r) for r in (a, b, c)))
+        while e.view.running_of(a) is not None:  # its diffuse stops at the next step boundary
+            await asyncio.sleep(0.001)
+        progress = e.describe(a)["steps_done"]
         await e.shutdown(5)
-        return e, (a, b, c), outs
+        return e, (a, b, c), outs, progress
 
-    e, ids, outs = run(main())
+    e, ids, outs, progress = run(main())
     assert [o.state for o in outs] == ["cancelled", "cancelled", "done"]
     assert all(o.reason == "cancelled by the client" for o in outs[:2])
     check_records(e, ids)
@@ -145,6 +148,7 @@ def test_cancel_queued_and_running():
     assert not [s for s in e.spans if s.request_id == b]  # never ran
     diffuse_a = [s for s in e.spans if s.request_id == a and s.stage == "diffuse"]
     assert len(diffuse_a) == 1 and diffuse_a[0].end_step < SMALL.steps  # stopped early, result dropped
+    assert progress == diffuse_a[0].end_step > 0  # how far it got stays readable (it read 0 once it stopped)
     assert a not in e.results
 
 

@@ -301,7 +301,9 @@ class ClusterState:
         records = self.requests.by_id
         for rid in run.action.request_ids:
             rec = records[rid]
-            if rec.state in TERMINAL:  # cancelled while running
+            if rec.state in TERMINAL:  # cancelled while running: keep how far it got (its progress read 0)
+                if stage == StageKind.DIFFUSE:
+                    rec.steps_done = max(rec.steps_done, end_step)
                 continue
             if stage == StageKind.ENCODE:
                 rec.embeddings_on = run.action.gpus
