@@ -13,8 +13,8 @@ The first arrival is at time 0 for every process (a run starts with a request, a
 * ``poisson``: exponential gaps (CV 1);
 * ``gamma:cv=K``: gamma gaps with mean 1 and coefficient of variation ``K`` (shape ``1/K**2``,
   scale ``K**2``); ``K > 1`` is burstier than Poisson, ``K < 1`` more regular; ``K`` in
-  ``[MIN_CV, MAX_CV]`` (below, the gaps are ``constant``'s to many digits and the shape overflows;
-  above, a stream is one request in a million gaps);
+  ``[MIN_CV, MAX_CV]`` (below, the gaps are ``constant``'s to within 0.1 %, and at ``1e-160``
+  drawing them hung; above, nearly every gap is 0 and the few others are huge);
 * ``constant``: gaps of exactly 1 (times ``0, 1/r, 2/r, ...``);
 * ``bursts:size=N``: ``N`` arrivals at the same instant, bursts ``N`` unit times apart (the mean
   rate stays ``r``).
