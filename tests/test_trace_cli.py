@@ -153,6 +153,14 @@ def test_a_shape_the_http_api_refuses_is_refused_before_simulating(tmp_path):
         assert "line 2: width 830 is not a multiple of 16 (the HTTP API refuses it)" in got
     bad.write_text(line % (0, 832, 17) + line % (1, 832, 81))
     assert runner.invoke(app, ["simulate", "--trace", str(bad), "--policies", "trident"]).exit_code == 0
+    # the tiny models (cpu profile): what every pipeline refuses (they simulated, then failed live)
+    tiny = '{"t": %d, "model": "%s", "height": %d, "width": 64, "frames": %d, "steps": 2}\n'
+    bad.write_text(tiny % (0, "tiny-sd3", 63, 1) + tiny % (1, "tiny-sd3", 64, 9) + tiny % (2, "tiny-wan", 64, 10))
+    got = _error_line(runner.invoke(app, ["simulate", "--trace", str(bad), "--policies", "trident"]))
+    assert "line 1: height 63 is not a multiple of 16" in got and "line 2: frames must be 1 for the image model " \
+        "tiny-sd3 (got 9)" in got and "line 3: frames 10 must be k*4+1" in got, got
+    bad.write_text(tiny % (0, "tiny-sd3", 48, 1) + tiny % (1, "tiny-wan", 64, 9))
+    assert runner.invoke(app, ["simulate", "--trace", str(bad), "--policies", "trident"]).exit_code == 0
 
 
 def test_import_paper_trace(tmp_path):

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..core.capacity import Ceiling, ClassDemand, efficient_ceiling, slo_aware_ceiling
 from ..core.cluster import CPU_KIND, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
-from ..core.defaults import DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER, DEFAULT_PROFILE, DEFAULT_TARGET
+from ..core.defaults import DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER, DEFAULT_PROFILE, DEFAULT_TARGET, MAX_FRAMES, MAX_SIDE_PX
 from ..core.driver import expected_mix
 from ..core.hindsight import HindsightBound, hindsight_bound
 from ..core.metrics import attainment_by_class, min_class_attainment, summarize
@@ -267,14 +267,19 @@ def _video_models(profile: str) -> frozenset[str]:
 def _api_problems(cost: CostModel, kind: str, video: frozenset[str], model: str, shape) -> list[str]:
     """What the HTTP API would refuse of ``model`` at ``shape`` (its size multiple and bounds, the frame
     counts its video VAE takes), so that a run simulated from it can be run live too: the live bench
-    sends the same requests to ``trident serve`` on emulated devices, whose rules these are. Not for
-    the ``cpu`` kind: its models run live as the real tiny pipelines, whose own rules (smaller sides)
-    are read from the pipelines (torch), and a shape they refuse is refused there."""
-    from ..runtime.models import emulated_entry, shape_problems
+    sends the same requests to ``trident serve`` on emulated devices, whose rules these are. On the
+    ``cpu`` kind its models run live as the real tiny pipelines, whose exact rules are read from the
+    pipelines (torch): here only what every pipeline refuses (sides not multiples of 16 or under 32,
+    frames on an image model, a video's frames not 4k+1; a trace of those simulated, then failed live)."""
+    from ..runtime.models import ModelEntry, emulated_entry, shape_problems
 
-    if kind == CPU_KIND or model not in cost.models(kind):
+    if model not in cost.models(kind):
         return []  # (a model the profile lacks is named by the pricing check)
-    entry = emulated_entry(model, cost, kind, model in video)
+    if kind == CPU_KIND:
+        entry = ModelEntry(model, "video" if model in video else "image", 32, MAX_SIDE_PX, 16, 1, 64, 64,
+                           frames_multiple=4, max_frames=MAX_FRAMES)
+    else:
+        entry = emulated_entry(model, cost, kind, model in video)
     return [f"{p.message} (the HTTP API refuses it)"
             for p in shape_problems(entry, shape.width, shape.height, shape.frames)]
 
