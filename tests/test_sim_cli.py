@@ -82,6 +82,9 @@ def test_sweep_rates_prints_classes():
     (["simulate", "--cluster=", "--duration", "30"], "--cluster: an empty value"),
     (["simulate", "--bias", " ", "--duration", "30"], "--bias: an empty value"),
     (["simulate", "--db", "", "--duration", "30"], "--db: an empty value"),
+    # a folder or a device where a file is due (they read "no such file")
+    (["simulate", "--mix", "/dev/zero"], "/dev/zero: not a regular file (give a mix YAML file)"),
+    (["simulate", "--cluster", "/dev/null"], "/dev/null: not a regular file (give a cluster YAML file)"),
     (["simulate", "--policies", "trident:replan_s=-1", "--duration", "30"], "replan_s"),
     (["sweep", "--rates", ","], "--rates: give at least one rate"),  # (a traceback, after the ceilings)
     (["sweep", "--rates", "1,abc"], "--rates: not a number: 'abc'"),

@@ -101,6 +101,8 @@ def load_mix(name_or_path: str | os.PathLike[str]) -> Mix:
         data = _parse_yaml(_read(path, origin, WorkloadError), origin, WorkloadError)
         return mix_from_dict(data, origin=origin)
     listed = ", ".join(shipped) if shipped else "(none)"
+    if path.exists():  # a folder or a device: it said "no such file"
+        raise WorkloadError(text_name, ["not a regular file (give a mix YAML file)"])
     if isinstance(name_or_path, os.PathLike) or _looks_like_path(text_name):
         raise WorkloadError(text_name, [f"no such file (shipped mixes: {listed})"])
     raise WorkloadError(text_name, [f"unknown mix {text_name!r}; shipped mixes: {listed}; or give a path to a YAML file"])
@@ -154,7 +156,8 @@ def load_cluster(
     if isinstance(text_or_yaml_path, os.PathLike) or _looks_like_path(text):
         origin = str(path)
         if not _is_file(path):
-            raise ClusterError(origin, ["no such file (or write the cluster like 8xH200 / 2x8xH200)"])
+            raise ClusterError(origin, ["not a regular file (give a cluster YAML file)" if path.exists() else
+                                        "no such file (or write the cluster like 8xH200 / 2x8xH200)"])
         data = _parse_yaml(_read(path, origin, ClusterError), origin, ClusterError)
         if isinstance(data, Mapping) and set(data) == {"cluster"} and isinstance(data["cluster"], Mapping):
             data = data["cluster"]
