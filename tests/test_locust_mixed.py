@@ -84,6 +84,13 @@ def test_locustfile_imports_nothing_heavy():
     (["--mix", "tiny", "--rows-out", "no-such-folder/rows.jsonl"], "--rows-out no-such-folder/rows.jsonl: the folder"),
     (["--mix", "tiny", "--db", "."], "--db .: is a folder, not a file"),
     (["--arrival", "trace:paper.txt"], "--trace-model to the Locust file"),
+    # the server is asked before any load with --mix too (the whole -t of failed requests, then exit 1)
+    (["--mix", "tiny"], "--host http://127.0.0.1:9: cannot ask the server which models it serves"),
+    (["--mix", "tiny", "--host", "http://[::zz"], "--host http://[::zz: cannot ask the server which models it serves "
+                                                   "(GET http://[::zz/v1/models: Invalid IPv6 URL)"),  # (a traceback)
+    # rows that could only fail at the end: a folder no file can be made in, a file that is not DuckDB
+    (["--mix", "tiny", "--rows-out", "/proc/nope.jsonl"], "--rows-out /proc/nope.jsonl: cannot be written"),
+    (["--mix", "tiny", "--db", "paper.txt"], "--db paper.txt: paper.txt: not a DuckDB database"),
 ])  # fmt: skip
 def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
     (tmp_path / "paper.txt").write_text("Request(request_id=0, timestamp=0.0, height=64, width=64, "
@@ -214,12 +221,14 @@ def test_a_run_whose_starter_is_gone_ends_at_once_with_its_rows_written(tmp_path
     starting left it sending for the whole ``-t`` to a server that was gone. Now a starter already
     gone when the run starts ends it at once, every scheduled request in the rows."""
     rows = tmp_path / "rows.jsonl"
+    spec = tmp_path / "spec.json"  # (as a bench gives it: with --mix, a server that is down is refused first)
+    spec.write_text(json.dumps({"mix": "image-video", "rate": 1, "duration_s": 500, "backend": "live"}))
     starter = (
         "import os, subprocess, sys\n"
         "from tridentcore.core.defaults import PARENT_PID_ENV\n"
         f"p = subprocess.Popen([sys.executable, '-m', 'locust', '-f', {str(LOCUSTFILE)!r}, '--headless', '-u', '1',\n"
-        "                      '-r', '1', '-t', '600s', '--host', 'http://127.0.0.1:9', '--mix', 'image-video',\n"
-        f"                      '--rate', '1', '--duration', '500', '--rows-out', {str(rows)!r}],\n"
+        f"                      '-r', '1', '-t', '600s', '--host', 'http://127.0.0.1:9', '--spec', {str(spec)!r},\n"
+        f"                      '--rows-out', {str(rows)!r}],\n"
         "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,\n"
         "                     env={**os.environ, PARENT_PID_ENV: str(os.getpid())})\n"
         "print(p.pid, flush=True)\n"

@@ -90,8 +90,8 @@ from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLU
                                        DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE,
                                        PARENT_PID_ENV)
 from tridentcore.core.metrics import quantile
-from tridentcore.formats.mixes import list_mixes
-from workloads.rows import absorb_response, base_row, store_rows, unwritable, write_rows
+from tridentcore.formats.mixes import list_mixes, load_mix
+from workloads.rows import absorb_response, base_row, db_problem, store_rows, unwritable, write_rows
 from workloads.schedule import Arrival, ScheduleError, Served, build_schedule, served_mix
 
 logger = logging.getLogger("workloads.mixed")
@@ -204,6 +204,27 @@ def _served_mix(host: str | None) -> tuple[str | None, str | None]:
     return got.mix, got.problem and f"--mix: {got.problem}"
 
 
+def _serves(host: str, mix: str | None) -> str | None:
+    """Why the server at ``host`` cannot take the load (it does not answer, refuses the key, or lacks a
+    model of ``mix``); None: it can, as far as ``GET /v1/models`` tells (a run sent everything first)."""
+    if host not in _served:
+        _served[host] = served_mix(host, _headers)
+    got = _served[host]
+    if not got.reachable:
+        return f"--host {host}: {got.problem.removesuffix('; give --mix')}"
+    if mix is None:
+        return None
+    try:
+        needed = {c.model for c in load_mix(mix).classes}
+    except Exception:  # noqa: BLE001 - the mix's own problem is said by the spec's check
+        return None
+    missing = sorted(needed - set(got.models))
+    if missing:
+        return (f"--mix {mix}: the server at {host} does not serve {', '.join(missing)} "
+                f"(it serves {', '.join(got.models) or 'no models'})")
+    return None
+
+
 # ------------------------------------------------------------------------------ one run
 @dataclass
 class Run:
@@ -307,15 +328,21 @@ def _on_init(environment, **_kw) -> None:
     options = environment.parsed_options
     if options is None or not (options.headless or environment.host or options.mix or options.spec):
         return  # the web UI's form gives the host (and the mix follows it) at the start
-    try:
-        arrivals = build_schedule(spec_from_options(options, environment.host))
-    except ScheduleError as exc:
-        _exit_with("; ".join(exc.problems))
-    if not arrivals:
-        _exit_with("the schedule has no requests (rate x duration too small?)")
+    # where the rows go, then the workload and the server: every problem in one message, before any load
     problems = [p for p in (unwritable("--rows-out", options.rows_out), unwritable("--db", options.db)) if p]
+    if options.db and not problems:  # (a file that is not a results database, a run id already stored there)
+        problems = [p for p in (db_problem(options.db, options.run_id or None),) if p]
+    try:
+        spec = spec_from_options(options, environment.host)
+        arrivals = build_schedule(spec)
+    except ScheduleError as exc:
+        _exit_with("; ".join([*exc.problems, *problems]))
+    if environment.host and (spec.mix is None or options.mix):  # (without --mix the server was asked already)
+        problems += [p for p in (_serves(environment.host, spec.mix),) if p]  # it answers, serves the mix's models
     if problems:
         _exit_with("; ".join(problems))
+    if not arrivals:
+        _exit_with("the schedule has no requests (rate x duration too small?)")
 
 
 def _new_run_id(spec: RunSpec) -> str:

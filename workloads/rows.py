@@ -87,7 +87,26 @@ def unwritable(flag: str, path: str | None) -> str | None:
         return f"{flag} {path}: the folder {folder} does not exist"
     if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return f"{flag} {path}: cannot be written (permissions)"
+    probe = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.probe")
+    try:  # a file made there and removed (root passes the permission test where none can be made: /proc)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{flag} {path}: cannot be written ({exc.strerror or exc})"
     return None
+
+
+def db_problem(db: str, run_id: str | None) -> str | None:
+    """Why the rows could not be stored in ``db`` at the end (not a results database, or ``run_id``
+    already has client rows there): asked of ``tridentcore.bench.client_rows --check`` in a short child
+    process, as the rows are stored (duckdb never enters the Locust process). None: they can."""
+    cmd = [sys.executable, "-m", "tridentcore.bench.client_rows", "--check", "--db", db]
+    out = subprocess.run([*cmd, *(["--run-id", run_id] if run_id else [])], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    if out.returncode == 0:
+        return None
+    said = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1].removeprefix("error: ")
+    return f"--db {db}: {said}"
 
 
 def write_rows(rows: list[dict], path: str) -> None:

@@ -88,6 +88,7 @@ class Served:
     mix: str | None
     models: tuple[str, ...] = ()
     problem: str | None = None
+    reachable: bool = True  # it answered GET /v1/models (False: the problem says why not)
 
 
 def served_mix(host: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> Served:
@@ -106,11 +107,15 @@ def served_mix(host: str, headers: dict[str, str] | None = None, timeout_s: floa
             data = json.loads(resp.read(_MODELS_REPLY_BYTES))
         models = [str(m["id"]) for m in data["data"]]
     except urllib.error.HTTPError as exc:
-        key = " (the server wants an API key: set TRIDENT_API_KEY)" if exc.code == 401 else ""
-        return Served(None, problem=f"GET {url} answered HTTP {exc.code}{key}; give --mix")
+        key = ""
+        if exc.code == 401:
+            key = (" (the server refused the API key in TRIDENT_API_KEY)" if headers and headers.get("Authorization")
+                   else " (the server wants an API key: set TRIDENT_API_KEY)")
+        return Served(None, problem=f"GET {url} answered HTTP {exc.code}{key}; give --mix", reachable=False)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        return Served(None, problem=f"cannot ask the server which models it serves (GET {url}: {reason}); give --mix")
+        return Served(None, problem=f"cannot ask the server which models it serves (GET {url}: {reason}); give --mix",
+                      reachable=False)
     mix = mix_for_models(models)
     problem = None if mix else (f"the server at {host} serves {', '.join(models) or 'no models'}, in no shipped "
                                 f"mix ({', '.join(list_mixes())}); give --mix FILE.yaml")
