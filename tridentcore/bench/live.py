@@ -340,7 +340,7 @@ class LiveBench:
                     got.rows = procs.read_rows(work / "rows.jsonl")
                     got.client_died = got.rows is None  # (killed, crashed): the server's rows are still stored
                     owner.update(**_outcome(got))  # the load is over: a recovery stores the run as this
-                    self.report("collecting", len(got.rows or ()), total)
+                    self.report("collecting", sum(1 for r in got.rows or () if r.get("state") != "unfinished"), total)
                     if got.rows and not got.server_died:
                         procs.engine_ids(server.url, got.rows, api_key)
                 except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
@@ -353,12 +353,13 @@ class LiveBench:
                             except (OSError, ValueError):
                                 pass
                 # stop the server: it drains and writes its rows to its own store
+                answered = sum(1 for r in got.rows or () if r.get("state") != "unfinished")  # (rows: every scheduled one)
                 self.report(f"interrupted: stopping the server (it drains its work, up to {opts.drain_timeout_s:g} s)"
                             if got.interrupted else
                             f"trident serve died ({exit_words(server.proc.returncode)}): storing what it wrote"
                             if got.server_died else
                             f"Locust ended without its rows ({exit_words(got.locust_exit)}): stopping the server"
-                            if got.client_died else "stopping server", len(got.rows or ()), total)
+                            if got.client_died else "stopping server", answered, total)
                 with procs.no_interrupts():  # (a stop asked for now is acted on once the run is stored)
                     got.server_exit = server.stop(stop_s)
         except procs.ChildError as exc:
@@ -418,7 +419,7 @@ class LiveBench:
             extra["crashed"] = outcome["crashed"]
         status = outcome["status"]
         meta = live_run_meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
-        self.report("storing", len(rows), scheduled)
+        self.report("storing", len(rows) - states.get("unfinished", 0), scheduled)  # (a row per scheduled request)
         with procs.no_interrupts():  # one transaction, not cut short
             ResultsStore(self.db, lock_wait_s=lock_wait_s).write_run_tables(meta, {**tables, "client_requests": rows})
         return LiveRun(self.policy, self.run_id, status, scheduled, states, quantile(lags, 0.5),

@@ -29,7 +29,8 @@ from ..core.defaults import PARENT_PID_ENV
 from ..core.errors import TridentError
 
 __all__ = ["ChildError", "engine_ids", "exit_words", "http_json", "locust_cmd", "locust_process", "locustfile", "no_interrupts",
-           "read_progress", "read_rows", "server_process", "sigterm_interrupts", "stop_process", "tail", "wait_healthy"]
+           "read_progress", "read_rows", "server_process", "sigterm_interrupts", "stop_process", "stopped_by_sigterm",
+           "tail", "wait_healthy"]
 
 
 class ChildError(TridentError, RuntimeError):
@@ -75,14 +76,21 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
 
 
 _held: list[int] = []  # signals that arrived inside ``no_interrupts``, not yet taken
+_stopped_by: list[int] = []  # SIGTERMs that stopped a live bench (its exit status says which signal)
 
 
 def take_held_interrupt() -> bool:
     """Whether a SIGINT or SIGTERM arrived inside ``no_interrupts`` since the last call (a stop
     asked for while a run was being stopped or stored: it is acted on once the run is stored)."""
     held = bool(_held)
+    _stopped_by.extend(s for s in _held if s == signal.SIGTERM)
     _held.clear()
     return held
+
+
+def stopped_by_sigterm() -> bool:
+    """Whether a SIGTERM (not a Ctrl-C) stopped this process's live bench: exit 143, not 130."""
+    return bool(_stopped_by)
 
 
 class no_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - used like a function
@@ -107,7 +115,12 @@ class sigterm_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - use
     def __enter__(self) -> None:
         self.old = None
         if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+            self.old = signal.signal(signal.SIGTERM, self._interrupt)
+
+    @staticmethod
+    def _interrupt(signum, frame) -> None:
+        _stopped_by.append(signum)
+        raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
         if self.old is not None:
