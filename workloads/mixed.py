@@ -328,7 +328,7 @@ def _on_init(environment, **_kw) -> None:
     options = environment.parsed_options
     if options is None or not (options.headless or environment.host or options.mix or options.spec):
         return  # the web UI's form gives the host (and the mix follows it) at the start
-    # where the rows go, then the workload and the server: every problem in one message, before any load
+    # before any load: where the rows go and the workload (their problems in one message), then the server
     problems = [p for p in (unwritable("--rows-out", options.rows_out), unwritable("--db", options.db)) if p]
     if options.db and not problems:  # (a file that is not a results database, a run id already stored there)
         problems = [p for p in (db_problem(options.db, options.run_id or None),) if p]
