@@ -205,7 +205,7 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path, sig):
     assert len(server) <= len(client)  # the server saw only what was sent
 
 
-def _long_bench_under_load(db: Path, env: dict | None = None, extra: list[str] | None = None):
+def _long_bench_under_load(db: Path, env: dict | None = None, extra: list[str] | None = None, **popen):
     """A two-policy live bench of 400 s, 3 s into its first policy's load; returns it and a finder
     of its children by a word of their command line."""
     import psutil
@@ -214,7 +214,8 @@ def _long_bench_under_load(db: Path, env: dict | None = None, extra: list[str] |
                              "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
                              "--duration", "400", "--time-scale", "0.05", "--db", str(db), "--no-progress",
                              *(extra or [])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+                            **popen)
 
     def child(word: str):
         for c in psutil.Process(proc.pid).children(recursive=False):
@@ -230,6 +231,29 @@ def _long_bench_under_load(db: Path, env: dict | None = None, extra: list[str] |
         time.sleep(0.2)
     time.sleep(3)
     return proc, child
+
+
+def test_a_ctrl_c_to_the_group_of_a_bench_that_ignores_it_ends_the_run_as_interrupted(tmp_path):
+    """A bench started with SIGINT ignored (``cmd &`` in a script, nohup): a Ctrl-C to its process
+    group stops the server (it drains, exit 130) and Locust. The run was stored as crashed ("trident
+    serve died during the load") and the bench went on to fail; now it is an interrupted run, as if
+    the bench had heard the Ctrl-C itself: stored as such, exit 130, nothing left running."""
+    import signal as signals
+
+    import psutil
+
+    db = tmp_path / "g.duckdb"
+    proc, _ = _long_bench_under_load(db, start_new_session=True,
+                                     preexec_fn=lambda: signals.signal(signals.SIGINT, signals.SIG_IGN))
+    assert proc.poll() is None
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signals.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted during trident" in err and "died" not in err, err[-3000:]
+    assert not psutil.wait_procs(family, timeout=15)[1]
+    runs = query_readonly(db, "SELECT status, policy FROM runs")
+    assert list(runs.status) == ["interrupted"] and list(runs.policy) == ["trident"]  # the second never ran
 
 
 @pytest.mark.parametrize("victim", ["server", "locust"])

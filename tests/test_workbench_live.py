@@ -62,7 +62,8 @@ def test_urls_are_normalized_or_refused():
     assert live.normalize_url(" 127.0.0.1:8000/ ") == "http://127.0.0.1:8000"
     assert live.normalize_url("https://h.example/") == "https://h.example"
     for bad in ("", "ftp://127.0.0.1", "http://127.0.0.1:99999", "http://", "file:///etc/passwd",
-                "http://user:pw@127.0.0.1:8000", "http://127.0.0.1:8000/?x=1", "http://127.0.0.1:8000/#frag"):
+                "http://user:pw@127.0.0.1:8000", "http://127.0.0.1:8000/?x=1", "http://127.0.0.1:8000/#frag",
+                "not a url", "http://127.0.0.1 :8000"):  # (spaces: it was taken as the host "not a url")
         with pytest.raises(live.LiveError):
             live.normalize_url(bad)
 

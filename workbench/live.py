@@ -102,6 +102,8 @@ def normalize_url(text: str) -> str:
     text = text.strip()
     if not text:
         raise LiveError(f"give the server's URL, e.g. {DEFAULT_URL}")
+    if any(c.isspace() for c in text):  # ("not a url" read as the host "not a url")
+        raise LiveError(f"{text!r} is not a URL (it has spaces); give one like {DEFAULT_URL}")
     if "://" not in text:
         text = "http://" + text
     parts = urlsplit(text)

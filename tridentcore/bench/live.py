@@ -61,6 +61,8 @@ from .live_rows import UNMAPPED_ID_BASE, live_run_meta, remap_to_schedule, serve
 from .orphans import PREFIX, Owner, info_of
 from .spec import RunSpec
 
+SERVER_INTERRUPTED = 130  # `trident serve`'s exit after a Ctrl-C, having drained (cli.common.EXIT_INTERRUPTED)
+
 __all__ = ["LiveBench", "LiveBenchError", "LiveBenchInterrupted", "LiveBenchSpec", "LiveOptions", "LiveRun",
            "LiveClientDied", "LiveRunCrashed", "LiveServerDied", "UNMAPPED_ID_BASE", "cluster_of_devices",
            "run_policy", "served_models", "spec_from_config"]
@@ -328,20 +330,24 @@ class LiveBench:
                     cmd = procs.locust_cmd(server.url, spec_file, self.run_id, work, opts.users, run_time_s)
                     with procs.locust_process(cmd, work / "locust.log", work, env=key_env, pass_fds=fds) as locust:
                         while locust.poll() is None:
-                            if server.proc.poll() is not None:  # died on its own: Locust is stopped on the
-                                got.server_died = True          # way out and writes its rows
+                            if server.proc.poll() is not None:  # ended on its own: Locust is stopped on the
+                                # way out and writes its rows. Exit 130: a Ctrl-C to the process group
+                                # that this bench ignores (started with SIGINT ignored, as `cmd &` in a
+                                # script does): the server drained and stopped, as asked, no crash
+                                got.interrupted = server.proc.returncode == SERVER_INTERRUPTED
+                                got.server_died = not got.interrupted
                                 break
                             seen = procs.read_progress(work / "progress")
                             if seen is not None:
                                 self.report("load", seen[0], seen[2])
                             time.sleep(0.25)
                     got.locust_exit = locust.returncode
-                    got.server_died = got.server_died or server.proc.poll() is not None
+                    got.server_died = got.server_died or (server.proc.poll() is not None and not got.interrupted)
                     got.rows = procs.read_rows(work / "rows.jsonl")
                     got.client_died = got.rows is None  # (killed, crashed): the server's rows are still stored
                     owner.update(**_outcome(got))  # the load is over: a recovery stores the run as this
                     self.report("collecting", sum(1 for r in got.rows or () if r.get("state") != "unfinished"), total)
-                    if got.rows and not got.server_died:
+                    if got.rows and server.proc.poll() is None:
                         procs.engine_ids(server.url, got.rows, api_key)
                 except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
                     got.interrupted = True
