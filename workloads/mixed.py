@@ -62,7 +62,7 @@ latency from ``--cost-profile`` on ``--cluster``), sent as ``slo_ms``.
 Imports nothing heavy (no torch, diffusers, transformers, duckdb or requests of its own;
 ``[tool.importlinter]`` forbids duckdb, torch and diffusers here).
 
-One module of about 490 lines with one job, the Locust file: Locust loads its options, its user
+One module of about 520 lines with one job, the Locust file: Locust loads its options, its user
 class and its event listeners from this one file. The schedule (``workloads/schedule.py``) and the
 rows, with where they go (``workloads/rows.py``), live beside it as plain functions.
 """
@@ -195,21 +195,25 @@ def _served_mix(host: str | None) -> tuple[str | None, str | None]:
     """The mix of what the server at ``host`` serves, or a problem saying why there is none."""
     if not host:
         return None, f"--mix: no --host to ask what it serves; give --host or --mix ({', '.join(list_mixes())})"
-    if host not in _served:
-        _served[host] = got = served_mix(host, _headers)
-        if got.mix is not None:
-            print(f"[mixed.py] no --mix: the server at {host} serves {', '.join(got.models)}; sending mix {got.mix}",
-                  file=sys.stderr, flush=True)
-    got = _served[host]
+    fresh = host not in _served
+    got = _asked(host)
+    if fresh and got.mix is not None:
+        print(f"[mixed.py] no --mix: the server at {host} serves {', '.join(got.models)}; sending mix {got.mix}",
+              file=sys.stderr, flush=True)
     return got.mix, got.problem and f"--mix: {got.problem}"
+
+
+def _asked(host: str) -> Served:
+    """What the server at ``host`` serves (``GET /v1/models``), asked once per host."""
+    if host not in _served:
+        _served[host] = served_mix(host, _headers)
+    return _served[host]
 
 
 def _serves(host: str, mix: str | None) -> str | None:
     """Why the server at ``host`` cannot take the load (it does not answer, refuses the key, or lacks a
     model of ``mix``); None: it can, as far as ``GET /v1/models`` tells (a run sent everything first)."""
-    if host not in _served:
-        _served[host] = served_mix(host, _headers)
-    got = _served[host]
+    got = _asked(host)
     if not got.reachable:
         return f"--host {host}: {got.problem.removesuffix('; give --mix')}"
     if mix is None:

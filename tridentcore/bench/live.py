@@ -346,7 +346,7 @@ class LiveBench:
                     got.rows = procs.read_rows(work / "rows.jsonl")
                     got.client_died = got.rows is None  # (killed, crashed): the server's rows are still stored
                     owner.update(**_outcome(got))  # the load is over: a recovery stores the run as this
-                    self.report("collecting", sum(1 for r in got.rows or () if r.get("state") != "unfinished"), total)
+                    self.report("collecting", _answered(got.rows), total)
                     if got.rows and server.proc.poll() is None:
                         procs.engine_ids(server.url, got.rows, api_key)
                 except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
@@ -359,13 +359,12 @@ class LiveBench:
                             except (OSError, ValueError):
                                 pass
                 # stop the server: it drains and writes its rows to its own store
-                answered = sum(1 for r in got.rows or () if r.get("state") != "unfinished")  # (rows: every scheduled one)
                 self.report(f"interrupted: stopping the server (it drains its work, up to {opts.drain_timeout_s:g} s)"
                             if got.interrupted else
                             f"trident serve died ({exit_words(server.proc.returncode)}): storing what it wrote"
                             if got.server_died else
                             f"Locust ended without its rows ({exit_words(got.locust_exit)}): stopping the server"
-                            if got.client_died else "stopping server", answered, total)
+                            if got.client_died else "stopping server", _answered(got.rows), total)
                 with procs.no_interrupts():  # (a stop asked for now is acted on once the run is stored)
                     got.server_exit = server.stop(stop_s)
         except procs.ChildError as exc:
@@ -431,6 +430,11 @@ class LiveBench:
         return LiveRun(self.policy, self.run_id, status, scheduled, states, quantile(lags, 0.5),
                        quantile(lags, 0.99), wall_s, server_meta.run_id, got.locust_exit, got.server_exit,
                        work if kept else None, notes)
+
+
+def _answered(rows: list[dict] | None) -> int:
+    """The client rows that got an answer (Locust writes one per scheduled request, ``unfinished`` if none)."""
+    return sum(1 for r in rows or () if r.get("state") != "unfinished")
 
 
 def _outcome(got: _Collected) -> dict:
