@@ -9,6 +9,7 @@ nothing listens at the URL or the URL is not one.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import socket
 import threading
@@ -119,8 +120,34 @@ def test_the_servers_health_is_checked_and_its_errors_are_its_own(emulated):
     with pytest.raises(live.NotSupported) as err:  # a trident 404 (its error shape): its message is shown
         live._request("GET", emulated, "/no/such/route")
     assert str(err.value).endswith("(HTTP 404: no such path: /no/such/route)")
-    with pytest.raises(live.Unreachable):
-        live.check_server(f"http://127.0.0.1:{_free_port()}")
+    port = _free_port()
+    with pytest.raises(live.Unreachable) as err:
+        live.check_server(f"http://127.0.0.1:{port}")
+    assert err.value.reason == f"nothing listens at http://127.0.0.1:{port} (connection refused)"
+    assert str(err.value).endswith(f"start a server there with `{live.SERVE_COMMAND} --port {port}`")
+
+
+def test_why_a_server_is_unreachable_is_named_with_the_command_that_would_serve_there():
+    import httpx
+
+    def failed(cause: BaseException) -> httpx.ConnectError:  # as httpx raises it: the OS error under its own
+        try:
+            try:
+                raise cause
+            except OSError as exc:
+                raise httpx.ConnectError(str(exc)) from exc
+        except httpx.ConnectError as exc:
+            return exc
+
+    here = live._unreachable(live.DEFAULT_URL, failed(ConnectionRefusedError(111, "Connection refused")))
+    assert str(here) == (f"nothing listens at {live.DEFAULT_URL} (connection refused); "
+                         f"start a server there with `{live.SERVE_COMMAND}`")
+    unknown = live._unreachable("http://gpu-box:8000", failed(socket.gaierror(-2, "Name or service not known")))
+    assert str(unknown) == unknown.reason == "cannot reach http://gpu-box:8000: this machine knows no host named 'gpu-box'"
+    down = live._unreachable("http://10.0.0.7:9000", failed(OSError(errno.EHOSTUNREACH, "No route to host")))
+    assert str(down) == "cannot reach http://10.0.0.7:9000 (No route to host)"
+    assert live.serve_command_for("http://localhost:8100") == f"{live.SERVE_COMMAND} --port 8100"
+    assert live.serve_command_for("https://127.0.0.1:8100") is None
 
 
 SECRET = "SSH-2.0-OpenSSH_9.2 internal-banner-51c0"
@@ -205,11 +232,13 @@ def test_replies_are_read_up_to_a_cap(monkeypatch):
 
 
 def test_unreachable_server_is_a_calm_note_with_the_one_serve_command():
-    at = _live_page(f"http://127.0.0.1:{_free_port()}")
+    port = _free_port()
+    at = _live_page(f"http://127.0.0.1:{port}")
     _clean(at)
     assert not at.error  # no server up yet (the first visit) is not a failure
     notes = [i.value for i in at.info]
-    assert len(notes) == 1 and "No trident server answers" in notes[0] and live.SERVE_COMMAND in notes[0]
+    assert len(notes) == 1 and "No trident server answers" in notes[0] and "(connection refused)" in notes[0]
+    assert f"run `{live.SERVE_COMMAND} --port {port}` in a terminal" in notes[0]  # the port of the URL asked
     assert at.button(key="live_start_local").proto.label == "Start a local server"
     text = " ".join(c.value for c in at.caption) + at.button(key="live_start_local").proto.help
     assert "trident serve --" not in text.replace(live.SERVE_COMMAND, "")  # no other command on the page

@@ -27,6 +27,8 @@ import atexit
 import base64
 import json
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -59,6 +61,7 @@ __all__ = [
     "media_kind",
     "normalize_url",
     "requests_frame",
+    "serve_command_for",
     "size_choices",
     "stages_frame",
     "start_local_server",
@@ -90,7 +93,12 @@ class NotSupported(LiveError):
 
 
 class Unreachable(LiveError):
-    """Nothing answers at the URL (connection refused, no such host, a timeout)."""
+    """Nothing answers at the URL (connection refused, no such host, a timeout); ``reason`` is why,
+    without the advice that ``str()`` adds."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class NotTrident(LiveError):
@@ -177,13 +185,39 @@ def _exchange(method: str, url: str, path: str, *, timeout_s: float, cap_bytes: 
                 raise LiveError(f"{what}: no answer within {timeout_s:g} s")
             raw = _read_capped(resp, cap_bytes, deadline, timeout_s, what)
             return resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, raw
-    except httpx.ConnectError:
-        raise Unreachable(f"cannot reach a server at {url}; start one with `{SERVE_COMMAND}` "
-                          f"(it listens on {DEFAULT_URL})") from None
+    except httpx.ConnectError as exc:
+        raise _unreachable(url, exc) from None
     except httpx.TimeoutException:
         raise Unreachable(f"{url} did not answer {method} {path} within {timeout_s:g} s") from None
     except httpx.HTTPError as exc:  # its text may quote what the other side sent: the type only
         raise LiveError(f"{what} failed ({type(exc).__name__})") from None
+
+
+def serve_command_for(url: str) -> str | None:
+    """The ``trident serve`` command that would listen at ``url`` (a normalized URL), for an address
+    of this machine over http; None for any other."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return SERVE_COMMAND if url == DEFAULT_URL else f"{SERVE_COMMAND} --port {parts.port or 80}"
+
+
+def _unreachable(url: str, exc: BaseException) -> Unreachable:
+    """Why nothing answered at ``url``: a refused connection, an unknown host or another network
+    error, named from the OS error under httpx's; with the command that would serve there."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        why = f"nothing listens at {url} (connection refused)"
+    elif isinstance(cause, socket.gaierror):
+        why = f"cannot reach {url}: this machine knows no host named {urlsplit(url).hostname!r}"
+    elif isinstance(cause, OSError) and cause.errno:
+        why = f"cannot reach {url} ({os.strerror(cause.errno)})"
+    else:
+        why = f"cannot reach {url} ({type(exc).__name__})"
+    command = serve_command_for(url)
+    return Unreachable(why + (f"; start a server there with `{command}`" if command else ""), reason=why)
 
 
 def _health(raw: bytes) -> dict | None:

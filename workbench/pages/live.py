@@ -71,12 +71,12 @@ every = REFRESH[refresh]
 def cluster_view(url: str, limit: int, api_key: str | None) -> None:
     try:
         cluster = live.fetch_cluster(url, api_key)
-    except live.Unreachable:  # nothing is up yet (the first visit): how to start one, calmly
-        here = live.local_server()
-        st.info(f"No trident server answers at {url} yet. "
+    except live.Unreachable as exc:  # nothing is up yet (the first visit): how to start one, calmly
+        here, command = live.local_server(), live.serve_command_for(url)
+        st.info(f"No trident server answers at {url} yet: {exc.reason}. "
                 + (f"The workbench's own server is at {here.url}: put that in **Server URL**." if here else
-                   f"Press **Start a local server** above, or run `{live.SERVE_COMMAND}` in a terminal "
-                   f"(it listens on {live.DEFAULT_URL})."))
+                   "Press **Start a local server** above" + (f", or run `{command}` in a terminal." if command
+                                                             else ".")))
         st.caption("This view looks again on its own" + (f" {refresh}." if every else " when refresh is on."))
         return
     except live.LiveError as exc:
