@@ -419,3 +419,56 @@ def test_live_options_turn_the_servers_calibration_off_and_a_stored_config_keeps
     old = LiveBenchSpec(RunSpec(policies=("trident",))).config()
     del old["calibrate"]  # a run stored before the option existed calibrated (the live default)
     assert spec_from_config(old)[0].options.calibrate is True
+
+
+def test_a_ctrl_c_that_reaches_the_server_as_locust_ends_is_an_interrupted_run(tmp_path):
+    """A Ctrl-C to the process group of a bench that ignores it, arriving just as Locust ends (its
+    schedule done) and before the bench stops the server: the server drains and exits 130. That
+    was read as a crash ("trident serve died") or, when the bench's own stop came before the exit,
+    as a complete run after which the next policy ran, the Ctrl-C lost. Here the SIGINT goes to the
+    server the moment Locust is gone; whichever comes first, the run's status agrees with how the
+    server ended: interrupted (exit 130, the bench exits 130, no second policy) or, if the bench's
+    SIGTERM won, complete with exit 0."""
+    import psutil
+
+    db = tmp_path / "e.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "bench", "--backend", "live", "--policies",
+                             "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
+                             "--duration", "8", "--seed", "3", "--time-scale", "0.05", "--db", str(db), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    server = locust = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        for c in psutil.Process(proc.pid).children(recursive=False):
+            try:
+                line = " ".join(c.cmdline())
+            except psutil.Error:
+                continue
+            server = c if " serve " in line and server is None else server
+            locust = c if "locust" in line and locust is None else locust
+        if locust is not None:
+            break
+        time.sleep(0.005)
+    assert server is not None and locust is not None, proc.communicate(timeout=120)[1][-3000:]
+    while time.monotonic() < deadline:  # Locust ended (gone, or a zombie not yet reaped)
+        try:
+            if locust.status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.002)
+    try:
+        server.send_signal(signal.SIGINT)
+    except psutil.NoSuchProcess:
+        pytest.fail("the bench stopped its server before the test's Ctrl-C could reach it")
+    out, err = proc.communicate(timeout=180)
+    assert "died" not in err, err[-3000:]
+    runs = query_readonly(db, "SELECT status, policy, config_json FROM runs")
+    first = json.loads(runs.config_json[0])
+    assert runs.policy[0] == "trident"
+    if runs.status[0] == "interrupted":
+        assert first["server_exit"] == 130 and proc.returncode == 130 and len(runs) == 1, err[-3000:]
+    else:  # the bench's stop reached the server first
+        assert runs.status[0] == "complete" and first["server_exit"] == 0, err[-3000:]
+        assert proc.returncode == 0 and list(runs.status) == ["complete", "complete"], err[-3000:]

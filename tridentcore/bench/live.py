@@ -330,25 +330,25 @@ class LiveBench:
                     cmd = procs.locust_cmd(server.url, spec_file, self.run_id, work, opts.users, run_time_s)
                     with procs.locust_process(cmd, work / "locust.log", work, env=key_env, pass_fds=fds) as locust:
                         while locust.poll() is None:
-                            if server.proc.poll() is not None:  # ended on its own: Locust is stopped on the
-                                # way out and writes its rows. Exit 130: a Ctrl-C to the process group
-                                # that this bench ignores (started with SIGINT ignored, as `cmd &` in a
-                                # script does): the server drained and stopped, as asked, no crash
-                                got.interrupted = server.proc.returncode == SERVER_INTERRUPTED
-                                got.server_died = not got.interrupted
-                                break
+                            if _ended_on_its_own(got, server.proc.poll()):  # Locust is stopped on the
+                                break  # way out and writes its rows
                             seen = procs.read_progress(work / "progress")
                             if seen is not None:
                                 self.report("load", seen[0], seen[2])
                             time.sleep(0.25)
                     got.locust_exit = locust.returncode
-                    got.server_died = got.server_died or (server.proc.poll() is not None and not got.interrupted)
+                    _ended_on_its_own(got, server.proc.poll())
                     got.rows = procs.read_rows(work / "rows.jsonl")
                     got.client_died = got.rows is None  # (killed, crashed): the server's rows are still stored
                     owner.update(**_outcome(got))  # the load is over: a recovery stores the run as this
                     self.report("collecting", _answered(got.rows), total)
                     if got.rows and server.proc.poll() is None:
-                        procs.engine_ids(server.url, got.rows, api_key)
+                        try:
+                            procs.engine_ids(server.url, got.rows, api_key)
+                        except (OSError, ValueError):  # it ended meanwhile: why is read below
+                            pass
+                        if _ended_on_its_own(got, server.proc.poll()):
+                            owner.update(**_outcome(got))
                 except KeyboardInterrupt:  # Locust is stopped (its context manager); keep what it wrote
                     got.interrupted = True
                     with procs.no_interrupts():
@@ -367,6 +367,8 @@ class LiveBench:
                             if got.client_died else "stopping server", _answered(got.rows), total)
                 with procs.no_interrupts():  # (a stop asked for now is acted on once the run is stored)
                     got.server_exit = server.stop(stop_s)
+                if got.server_exit == SERVER_INTERRUPTED and not got.server_died:  # a group Ctrl-C that reached
+                    got.interrupted = True  # it as Locust ended or after (our stop is a SIGTERM: exit 0)
         except procs.ChildError as exc:
             raise LiveBenchError(str(exc)) from None
         return got
@@ -430,6 +432,18 @@ class LiveBench:
         return LiveRun(self.policy, self.run_id, status, scheduled, states, quantile(lags, 0.5),
                        quantile(lags, 0.99), wall_s, server_meta.run_id, got.locust_exit, got.server_exit,
                        work if kept else None, notes)
+
+
+def _ended_on_its_own(got: _Collected, code: int | None) -> bool:
+    """Note in ``got`` a server that has ended before the bench stopped it (``code``, its exit, None
+    while it runs); whether it is news. Exit 130 is a Ctrl-C to the process group that the bench
+    ignores (started with SIGINT ignored, as ``cmd &`` in a script is): the server drained and
+    stopped as asked, an interrupted run; any other exit is a crash."""
+    if code is None or got.interrupted or got.server_died:
+        return False
+    got.interrupted = code == SERVER_INTERRUPTED
+    got.server_died = not got.interrupted
+    return True
 
 
 def _answered(rows: list[dict] | None) -> int:
