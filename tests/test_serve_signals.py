@@ -4,7 +4,7 @@ The server runs in its own process group (as a shell job does), with SIGINT at i
 this test runs under a shell that ignores it (``make test &``). Ctrl-C is SIGINT to the whole group
 (what a terminal sends): the worker processes ignore it and the server drains, stops them and stores
 the run, exit 130. SIGTERM to the server alone, or to the whole group (``kill -TERM -PGID``,
-systemd's stop), exits 0. Never a traceback, never a worker "exited with code" warning, and no
+systemd's stop: the workers ignore it too), exits 0. Never a traceback, never a worker "exited with code" warning, and no
 process of the server outlives it.
 """
 
@@ -305,3 +305,53 @@ def test_while_it_starts_the_port_refuses_and_a_failed_start_is_one_line(tmp_pat
     assert "Traceback" not in out.stderr and "startup failed" not in out.stderr, out.stderr[-3000:]
     (line,) = [x for x in out.stderr.splitlines() if x.startswith("error:")]
     assert line.startswith("error: the server could not start: worker 0:") and "transformer" in line, line
+
+
+@pytest.mark.parametrize("how", ["sigterm-group", "sigterm, then a worker killed"])
+def test_a_sigterm_drains_on_live_workers_and_a_worker_lost_meanwhile_is_replaced(tmp_path, how):
+    """SIGTERM to the whole group (``kill -TERM -PGID``, GNU ``timeout``, systemd's control-group
+    stop) with requests in flight: the worker processes ignore it, as they do a Ctrl-C, and the
+    server drains on them; every request is answered. Before, the workers died at once and the
+    drain sent each dispatch to a dead device three times: most requests failed ("worker 0 is
+    down") within a second, the run stored as done. A worker killed during the drain (``kill -9``)
+    is lost as at any other time: its work goes to the other one and it is restarted (before, the
+    same three failures, with a live worker beside it)."""
+    import concurrent.futures as cf
+
+    db = tmp_path / "serve.duckdb"
+    with open(tmp_path / "out.txt", "wb") as o, open(tmp_path / "err.txt", "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
+                                 "cpu:2", "--port", "0", "--db", str(db), "--drain-timeout", "240"],
+                                stdout=o, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=default_sigint)
+    try:
+        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        workers = [c for c in psutil.Process(proc.pid).children() if "resource_tracker" not in " ".join(c.cmdline())]
+        assert len(workers) == 2, workers
+        body = {"prompt": "a red fox", "model": "tiny-sd3", "size": "256x256", "steps": 60, "slo_ms": 10_000_000}
+
+        def one(i: int) -> httpx.Response:
+            return httpx.post(url + "/v1/images/generations", json={**body, "seed": i}, timeout=300)
+
+        with cf.ThreadPoolExecutor(12) as pool:
+            calls = [pool.submit(one, i) for i in range(12)]
+            cf.wait(calls, return_when=cf.FIRST_COMPLETED)  # (about a second each: most still to do)
+            if how == "sigterm-group":
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                workers[0].kill()
+            answers = [c.result(timeout=300) for c in calls]
+        assert proc.wait(240) == 0
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    text = (tmp_path / "err.txt").read_text(errors="replace")
+    assert [a.status_code for a in answers] == [200] * 12, [a.text[:200] for a in answers if a.status_code != 200]
+    assert "Traceback" not in text, text[-3000:]
+    runs = query_readonly(db, "SELECT run_id, status FROM runs")
+    assert list(runs.status) == ["done"]
+    states = query_readonly(db, "SELECT state, count(*) AS n FROM requests GROUP BY state")
+    assert dict(zip(states.state, states.n)) == {"done": 12}

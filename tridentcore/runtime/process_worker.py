@@ -1,9 +1,11 @@
 """A worker process on this host (CPU, or one GPU with ``device="cuda:I"``), spawned, watched through
 its process sentinel, and restarted when it dies.
 
-Its parent stops it (a "stop" message, then SIGTERM, then SIGKILL): the worker ignores SIGINT, so a
-Ctrl-C at the terminal, which signals the whole foreground process group, stops only the server,
-which drains its requests on live workers and then stops them.
+Its parent stops it (a "stop" message, then SIGKILL): the worker ignores SIGINT and SIGTERM, so a
+Ctrl-C at the terminal, which signals the whole foreground process group, or a SIGTERM to the group
+stops only the server, which drains its requests on live workers and then stops them. A worker that
+dies during the drain (killed, crashed) is lost as at any other time: its work goes elsewhere and it
+is restarted until the server stops it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from .pool import Worker
-from .sigint import sigint_blocked
+from .sigint import STOP_SIGNALS, signals_blocked
 from .tasks import ModelCard, StageResult, StageTask
 from .worker_process import worker_main
 
@@ -80,7 +82,7 @@ class CpuWorker(Worker):
                                                       self.device, self.sources, self.slowdown),
                            name=f"trident-worker-{self.slot}", daemon=True)
         self._ready = self._loop.create_future()
-        with sigint_blocked():  # born deaf to Ctrl-C: worker_main ignores it before it unblocks it
+        with signals_blocked(STOP_SIGNALS):  # born deaf to them: worker_main ignores them, then unblocks
             proc.start()
         child.close()
         self._proc, self._conn, self.pid = proc, parent, proc.pid
@@ -191,11 +193,13 @@ class CpuWorker(Worker):
             deadline = time.monotonic() + 5.0
             while proc.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            if proc.is_alive():
-                proc.terminate()
-                await asyncio.sleep(0.2)
-                self._kill(proc)
+            self._kill(proc)  # (it ignores SIGTERM)
         self.alive = False
+
+    def stopping(self) -> None:
+        """The server was told to stop: nothing changes here. Its process ignores the signals a
+        terminal or a service manager sends the whole group, so one that ends during the drain was
+        killed or crashed, and is handled as at any other time (``_died``: lost, restarted)."""
 
     # -- work --------------------------------------------------------------------------------
     async def run(self, task: StageTask) -> StageResult:

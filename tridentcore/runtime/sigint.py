@@ -17,12 +17,16 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-__all__ = ["ignore_sigint", "sigint_blocked"]
+__all__ = ["STOP_SIGNALS", "ignore_sigint", "ignore_signals", "sigint_blocked", "signals_blocked"]
+
+# What a server's worker process ignores: SIGTERM to the whole group too (``kill -TERM -PGID``, GNU
+# ``timeout`` relaying one, systemd's ``KillMode=control-group``), so the server drains on live workers.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def sigint_blocked() -> Iterator[None]:
-    """SIGINT blocked in this thread while a multiprocessing child process is spawned."""
+def signals_blocked(signals: tuple[int, ...] = (signal.SIGINT,)) -> Iterator[None]:
+    """``signals`` blocked in this thread while a multiprocessing child process is spawned."""
     mask = getattr(signal, "pthread_sigmask", None)
     if mask is None:
         yield
@@ -30,15 +34,26 @@ def sigint_blocked() -> Iterator[None]:
     from multiprocessing import resource_tracker
 
     resource_tracker.ensure_running()  # (its first start would unblock SIGINT here: the docstring)
-    old = mask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = mask(signal.SIG_BLOCK, set(signals))
     try:
         yield
     finally:
         mask(signal.SIG_SETMASK, old)
 
 
+def ignore_signals(signals: tuple[int, ...] = (signal.SIGINT,)) -> None:
+    """In the child: ignore ``signals``, then unblock them (its parent spawned it with them blocked)."""
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(signals))
+
+
+def sigint_blocked() -> contextlib.AbstractContextManager[None]:
+    """SIGINT blocked in this thread while a multiprocessing child process is spawned."""
+    return signals_blocked((signal.SIGINT,))
+
+
 def ignore_sigint() -> None:
     """In the child: ignore SIGINT, then unblock it (its parent spawned it blocked)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    ignore_signals((signal.SIGINT,))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from ..core.types import StageKind
 from .parallel_worlds import Worlds
 from .residency import Residency
-from .sigint import ignore_sigint
+from .sigint import STOP_SIGNALS, ignore_signals
 from .tasks import ModelCard, StageResult, StageTask, failure, is_oom
 
 __all__ = ["load_pipelines", "run_task", "worker_main"]
@@ -214,10 +214,12 @@ def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
 
 def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int, device: str = "cpu",
                  sources: dict[str, str] | None = None, slowdown: float = 1.0) -> None:
-    """Entry point of a worker process (``slowdown``: the module's docstring). It ignores SIGINT: its
-    parent stops it (``process_worker``), after draining on it; a Ctrl-C at the terminal reaches
-    every process of the group, and a worker that obeyed it would print a traceback and lose work."""
-    ignore_sigint()
+    """Entry point of a worker process (``slowdown``: the module's docstring). It ignores SIGINT and
+    SIGTERM: its parent stops it (``process_worker``), after draining on it; a Ctrl-C at the terminal,
+    or a SIGTERM to the process group (``kill -TERM -PGID``, systemd), reaches every process of the
+    group, and a worker that obeyed it would lose the work the server drains. With its parent gone
+    (killed) it ends after its task in hand, when the pipe closes."""
+    ignore_signals(STOP_SIGNALS)
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
 
     try:
