@@ -307,7 +307,7 @@ def test_while_it_starts_the_port_refuses_and_a_failed_start_is_one_line(tmp_pat
     assert line.startswith("error: the server could not start: worker 0:") and "transformer" in line, line
 
 
-@pytest.mark.parametrize("how", ["sigterm-group", "sigterm, then a worker killed"])
+@pytest.mark.parametrize("how", ["sigterm-group", "sighup-group", "sigterm, then a worker killed"])
 def test_a_sigterm_drains_on_live_workers_and_a_worker_lost_meanwhile_is_replaced(tmp_path, how):
     """SIGTERM to the whole group (``kill -TERM -PGID``, GNU ``timeout``, systemd's control-group
     stop) with requests in flight: the worker processes ignore it, as they do a Ctrl-C, and the
@@ -315,7 +315,9 @@ def test_a_sigterm_drains_on_live_workers_and_a_worker_lost_meanwhile_is_replace
     drain sent each dispatch to a dead device three times: most requests failed ("worker 0 is
     down") within a second, the run stored as done. A worker killed during the drain (``kill -9``)
     is lost as at any other time: its work goes to the other one and it is restarted (before, the
-    same three failures, with a live worker beside it)."""
+    same three failures, with a live worker beside it). SIGHUP (a closed terminal, a dropped SSH
+    session) is taken as SIGTERM: it killed the server and its workers at once, the run left
+    ``running`` for ``runs recover``."""
     import concurrent.futures as cf
 
     db = tmp_path / "serve.duckdb"
@@ -336,8 +338,8 @@ def test_a_sigterm_drains_on_live_workers_and_a_worker_lost_meanwhile_is_replace
         with cf.ThreadPoolExecutor(12) as pool:
             calls = [pool.submit(one, i) for i in range(12)]
             cf.wait(calls, return_when=cf.FIRST_COMPLETED)  # (about a second each: most still to do)
-            if how == "sigterm-group":
-                os.killpg(proc.pid, signal.SIGTERM)
+            if how.endswith("-group"):
+                os.killpg(proc.pid, signal.SIGTERM if how == "sigterm-group" else signal.SIGHUP)
             else:
                 proc.send_signal(signal.SIGTERM)
                 time.sleep(0.5)

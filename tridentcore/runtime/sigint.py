@@ -19,9 +19,10 @@ from collections.abc import Iterator
 
 __all__ = ["STOP_SIGNALS", "ignore_sigint", "ignore_signals", "sigint_blocked", "signals_blocked"]
 
-# What a server's worker process ignores: SIGTERM to the whole group too (``kill -TERM -PGID``, GNU
-# ``timeout`` relaying one, systemd's ``KillMode=control-group``), so the server drains on live workers.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What stops a server (it drains), and what its worker processes ignore: sent to the whole group
+# (a terminal's Ctrl-C, ``kill -TERM -PGID``, GNU ``timeout`` relaying one, systemd's
+# ``KillMode=control-group``, the SIGHUP of a closed terminal), the server drains on live workers.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager

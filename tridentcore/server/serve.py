@@ -20,6 +20,7 @@ from ..core.defaults import (DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT
 from ..core.types import Shape
 from ..bench.parent import starter, starter_gone
 from ..runtime.build import SetupError, build_runtime
+from ..runtime.sigint import STOP_SIGNALS
 from ..runtime.stored import RecordsNotStored, RunRecords, open_journal
 from .app import ServerConfig, create_app, is_loopback
 from .auth import ApiKeyError, load_api_key
@@ -92,7 +93,7 @@ def _server_class():
 
     class _Server(uvicorn.Server):
         """uvicorn's server, stopped in the order a serving system needs. The first SIGTERM/SIGINT
-        drains the runtime while the server still answers (``drain``): a new generation gets 503
+        (or SIGHUP: a closed terminal, a dropped SSH session; as SIGTERM) drains the runtime while the server still answers (``drain``): a new generation gets 503
         ``shutting_down``, a job's status and result answer as before, in-flight requests finish or,
         past the drain timeout, fail with the JSON 500 ``failed``; only then does uvicorn close its
         doors. A second signal ends the drain at once (``hurry``; the run is still stored), a third
@@ -152,7 +153,7 @@ def _server_class():
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
             try:
                 yield
             finally:
