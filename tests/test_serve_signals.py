@@ -357,3 +357,35 @@ def test_a_sigterm_drains_on_live_workers_and_a_worker_lost_meanwhile_is_replace
     assert list(runs.status) == ["done"]
     states = query_readonly(db, "SELECT state, count(*) AS n FROM requests GROUP BY state")
     assert dict(zip(states.state, states.n)) == {"done": 12}
+
+
+def test_refusals_while_it_drains_are_counted_in_metrics_and_the_stored_run(tmp_path):
+    """A generation sent while the server drains gets 503 ``shutting_down`` from its HTTP layer,
+    before its body is read; those refusals were counted nowhere (``/metrics`` read 0, the run's
+    ``refused`` was empty). Each now counts once (its ``n`` unread) in both."""
+    import json
+
+    db = tmp_path / "serve.duckdb"
+    with open(tmp_path / "out.txt", "wb") as o, open(tmp_path / "err.txt", "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
+                                 "emulated:1xH200", "--time-scale", "1", "--port", "0", "--db", str(db)],
+                                stdout=o, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        body = {"prompt": "a red fox", "model": "sd3-medium", "size": "1024x1024", "slo_ms": 10_000_000}
+        assert httpx.post(url + "/v1/requests", json={**body, "n": 4}, timeout=30).status_code == 202  # seconds
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # the drain has begun: the HTTP layer refuses
+        late = [httpx.post(url + "/v1/images/generations", json={**body, "n": n}, timeout=30) for n in (1, 2, 1)]
+        assert [r.status_code for r in late] == [503] * 3 and all(r.json()["error"]["code"] == "shutting_down"
+                                                                  for r in late)
+        metrics = httpx.get(url + "/metrics", timeout=30).text
+        assert 'trident_requests_refused_total{reason="shutting_down"} 3.0' in metrics, metrics[-2000:]
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    runs = query_readonly(db, "SELECT status, config_json FROM runs")
+    assert list(runs.status) == ["done"] and json.loads(runs.config_json[0])["refused"] == {"shutting_down": 3}

@@ -242,6 +242,11 @@ class Engine:
         """End a drain under way now (``shutdown`` then fails what is still in flight)."""
         self._hurry = True
 
+    def note_refused(self, reason: str, items: int = 1) -> None:
+        """Count a submission turned away before admission (``reason``: its error code), here or
+        before its body was read (a stopping server's HTTP layer: one, whatever its ``n``)."""
+        self.refused[reason] = self.refused.get(reason, 0) + items
+
     # ------------------------------------------------------------------------------ client API
     @property
     def closing(self) -> bool:
@@ -288,11 +293,11 @@ class Engine:
     def submit(self, items: Sequence[Submission]) -> Accepted | Refused:
         """Admit requests (all or none); they arrive now."""
         if self._closing or not self.started:
-            self.refused["shutting_down"] = self.refused.get("shutting_down", 0) + len(items)
+            self.note_refused("shutting_down", len(items))
             return Refused("shutting_down", "the server is shutting down" if self._closing else "not started yet")
         waiting = self.waiting_count()
         if waiting + len(items) > self.config.max_queued:
-            self.refused["queue_full"] = self.refused.get("queue_full", 0) + len(items)
+            self.note_refused("queue_full", len(items))
             adds = f"this one adds {len(items)}" if len(items) == 1 else f"these add {len(items)}"
             return Refused("queue_full", f"{waiting} requests are waiting (for any stage) and {adds}: more than "
                                          f"the queue's {self.config.max_queued} (--max-queued)",

@@ -104,6 +104,9 @@ class EngineGroup:
         for e in self.parts:
             e.hurry()
 
+    def note_refused(self, reason: str, items: int = 1) -> None:
+        self.parts[0].note_refused(reason, items)  # (counted over every part wherever it is read)
+
     @property
     def cut_short(self) -> int:
         return sum(e.cut_short for e in self.parts)

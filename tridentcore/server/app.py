@@ -102,7 +102,8 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
     for module in (generation, requests, control):
         app.include_router(module.router)
     app.state.body_waits = BodyWaits()  # a stopping server answers the bodies still arriving (serve.py)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, waits=app.state.body_waits)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, waits=app.state.body_waits,
+                       on_refused=engine.note_refused)
     if config.api_key:  # added late, so it runs early: no body is read for a request without the key
         app.add_middleware(RequireApiKey, api_key=config.api_key)
     app.add_middleware(HeadAsGet)  # outermost: a HEAD is a GET to every check after it

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
@@ -288,11 +289,18 @@ class BodyLimit:
     one still arriving when the server begins to stop (``waits.stop()``) gets 503 (``shutting_down``)
     at once: a client that stalls or trickles its body holds neither memory nor the shutdown."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S, waits: BodyWaits | None = None) -> None:
+    def __init__(self, app, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S, waits: BodyWaits | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.waits = waits
+        self.on_refused = on_refused  # told of each 503 shutting_down (the engine counts refusals)
+
+    async def _shutting_down(self, message: str, scope, receive, send):
+        if self.on_refused is not None:
+            self.on_refused("shutting_down")
+        return await self._refuse(ApiError("shutting_down", message), scope, receive, send)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -303,7 +311,7 @@ class BodyLimit:
                 return await self._too_large(scope, receive, send)
         waits = self.waits
         if waits is not None and waits.stopping:
-            return await self._refuse(ApiError("shutting_down", "the server is shutting down"), scope, receive, send)
+            return await self._shutting_down("the server is shutting down", scope, receive, send)
         body = bytearray()
         task = asyncio.current_task()
         if waits is not None:
@@ -327,8 +335,8 @@ class BodyLimit:
             if waits is None or not waits.stopping:
                 raise
             task.uncancel()  # cancelled by waits.stop(): answer it
-            return await self._refuse(ApiError("shutting_down", "the server is shutting down; the request body "
-                                                                "had not all arrived"), scope, receive, send)
+            return await self._shutting_down("the server is shutting down; the request body had not all arrived",
+                                             scope, receive, send)
         finally:
             if waits is not None:
                 waits.tasks.discard(task)
