@@ -380,7 +380,8 @@ def test_requests_the_engine_forgot_still_answer_with_how_they_ended():
 
 def test_results_outlive_forgotten_requests_within_their_own_budget():
     """--keep-ended 0 forgets a request as it ends, yet its client still gets the image (it got a 500
-    after the work was done); results are dropped by --results-mib (410 gone), never by --keep-ended;
+    after the work was done); results are dropped by --results-mib (410 gone), never by --keep-ended,
+    nor before a synchronous answer has read them (n=2 over the limit together);
     a request for more items than the queue holds is a 422 naming n, not a 429 retried forever."""
     import base64
 
@@ -399,6 +400,11 @@ def test_results_outlive_forgotten_requests_within_their_own_budget():
             got = [client.get(f"/v1/requests/{i}/result").status_code for i in ids]
             assert got[-1] == 200 and got[0] == 410 and set(got) == {200, 410}, got
             assert client.get(f"/v1/requests/{ids[0]}").json()["state"] == "done"  # how it ended is still known
+            # a synchronous answer gets all of its own, more than --results-mib together (it was a 410)
+            resp = client.post("/v1/images/generations", json={**body, "size": "512x512", "n": 2})
+            assert resp.status_code == 200, resp.text
+            pngs = [base64.b64decode(d["b64_json"]) for d in resp.json()["data"]]
+            assert len(pngs) == 2 and sum(map(len, pngs)) > 1 << 20 and all(p[:4] == b"\x89PNG" for p in pngs)
             resp = client.post("/v1/images/generations", json={**body, "n": 3})
             assert resp.status_code == 422 and resp.json()["error"]["field"] == "n", resp.text
             assert "--max-queued" in resp.json()["error"]["message"]

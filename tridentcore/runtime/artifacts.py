@@ -3,8 +3,9 @@
 Embeddings (after encode) and latents (after each diffuse piece) stay here between stages: on CPU
 workers they are shared-memory tensor handles, so the next stage's worker maps them without a copy;
 on emulated devices they are None. A finished decode's media bytes wait here for the client to fetch
-them, the oldest dropped first past ``max_results`` results or ``max_bytes`` bytes (the newest
-is always kept: a synchronous request's client is about to read it).
+them, the oldest dropped first past ``max_results`` results or ``max_bytes`` bytes. A synchronous
+generation's results are held (:meth:`ArtifactCache.hold`) until its answer is made, so all ``n`` of
+them reach its client whatever the limits; the newest is always kept.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class ArtifactCache:
         self._between: dict[int, dict[str, Any]] = {}  # request id -> {"embeddings": ..., "latents": ...}
         self.results: OrderedDict[int, bytes | None] = OrderedDict()
         self.result_bytes = 0
+        self._held: set[int] = set()  # results a synchronous answer still has to read: not dropped
 
     def inputs(self, stage: StageKind, request_ids: Sequence[int]) -> tuple:
         """A stage's inputs, one per request: encode (); diffuse (embeddings, latents or None); decode latents."""
@@ -45,9 +47,28 @@ class ArtifactCache:
             old = self.results.pop(request_id, None)
             self.result_bytes += len(output or b"") - len(old or b"")
             self.results[request_id] = output
-            while len(self.results) > 1 and (len(self.results) > self.max_results or self.result_bytes > self.max_bytes):
-                _, dropped = self.results.popitem(last=False)
-                self.result_bytes -= len(dropped or b"")
+            self._trim()
+
+    def _over(self) -> bool:
+        return len(self.results) > 1 and (len(self.results) > self.max_results or self.result_bytes > self.max_bytes)
+
+    def _trim(self) -> None:
+        """Drop the oldest results not held until the cache is within its limits (or only held ones are left)."""
+        if not self._over():
+            return
+        for rid in [r for r in self.results if r not in self._held]:
+            dropped = self.results.pop(rid)
+            self.result_bytes -= len(dropped or b"")
+            if not self._over():
+                return
+
+    def hold(self, request_ids: Sequence[int]) -> None:
+        """Keep these requests' results (when they come) until :meth:`release`: a synchronous answer reads them."""
+        self._held.update(request_ids)
+
+    def release(self, request_ids: Sequence[int]) -> None:
+        self._held.difference_update(request_ids)
+        self._trim()
 
     def drop(self, request_id: int) -> None:
         """Forget a request's intermediate outputs (it ended, or no stage of it is running)."""

@@ -345,6 +345,13 @@ class Engine:
         request itself is forgotten past ``keep_ended``)."""
         return self.artifacts.result(request_id)
 
+    def hold_results(self, request_ids: Sequence[int]) -> None:
+        """Keep these requests' results, whatever the cache's limits, until :meth:`release_results`."""
+        self.artifacts.hold(request_ids)
+
+    def release_results(self, request_ids: Sequence[int]) -> None:
+        self.artifacts.release(request_ids)
+
     def describe(self, request_id: int) -> dict | None:
         """State, the stage it is in or waits for, progress and per-stage timings (engine seconds)."""
         return views.describe(self, request_id)

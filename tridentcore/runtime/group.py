@@ -131,6 +131,14 @@ class EngineGroup:
     def result(self, request_id: int) -> bytes | None:
         return self._engine_of(request_id).result(request_id)
 
+    def hold_results(self, request_ids: Sequence[int]) -> None:
+        for rid in request_ids:
+            self._engine_of(rid).hold_results((rid,))
+
+    def release_results(self, request_ids: Sequence[int]) -> None:
+        for rid in request_ids:
+            self._engine_of(rid).release_results((rid,))
+
     def describe(self, request_id: int) -> dict | None:
         return self._engine_of(request_id).describe(request_id)
 

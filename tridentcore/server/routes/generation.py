@@ -45,18 +45,23 @@ async def _disconnected(request: Request) -> None:
 
 async def _answer(request: Request, jobs: Jobs, job) -> Response:
     """The job's answer once it has ended; if the client disconnects first, the job is cancelled (an
-    answer nobody reads: 499, as nginx logs a client that closed its connection)."""
-    done = asyncio.ensure_future(jobs.wait(job))
-    gone = asyncio.ensure_future(_disconnected(request))
+    answer nobody reads: 499, as nginx logs a client that closed its connection). Its results are
+    held until the answer is made: all ``n`` of them, whatever ``--results-mib``."""
+    jobs.engine.hold_results(job.request_ids)
     try:
-        await asyncio.wait((done, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:  # (the handler cancelled too: neither is left behind)
-        gone.cancel()
-        ended = done.done()
-        if not ended:
-            done.cancel()
-    if not ended:  # the client went first
-        jobs.cancel(job, "the client disconnected before the answer")
-        return Response(status_code=499)
-    done.result()  # (an error is raised as it was)
-    return JSONResponse(jobs.result_body(job))
+        done = asyncio.ensure_future(jobs.wait(job))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait((done, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:  # (the handler cancelled too: neither is left behind)
+            gone.cancel()
+            ended = done.done()
+            if not ended:
+                done.cancel()
+        if not ended:  # the client went first
+            jobs.cancel(job, "the client disconnected before the answer")
+            return Response(status_code=499)
+        done.result()  # (an error is raised as it was)
+        return JSONResponse(jobs.result_body(job))
+    finally:
+        jobs.engine.release_results(job.request_ids)
