@@ -6,6 +6,7 @@ boundary by a cancel; a worker SIGKILLed mid-request is restarted and every requ
 from __future__ import annotations
 
 import base64
+import io
 import os
 import signal
 import time
@@ -79,6 +80,20 @@ def test_video_is_an_animated_webp(cpu_server):
     blobs = [base64.b64decode(d["b64_json"]) for d in resp.json()["data"]]
     assert len(blobs) == 2 and all(b[:4] == b"RIFF" and b[8:12] == b"WEBP" and b"ANIM" in b for b in blobs)
     assert blobs[0] != blobs[1]  # seeds 1 and 2
+    # one frame is a WebP too, as its media type says (it was a PNG served as image/webp)
+    resp = client.post("/v1/requests", json={"prompt": "one", "model": "tiny-wan", "size": "64x64", "frames": 1,
+                                             "steps": 2, "slo_ms": LONG_SLO_MS, "response_format": "url"})
+    assert resp.status_code == 202, resp.text
+    job = resp.json()["id"]
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/requests/{job}").json()["state"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    raw = client.get(f"/v1/requests/{job}/result/0")
+    assert raw.headers["content-type"] == "image/webp" and raw.content[:4] == b"RIFF" and raw.content[8:12] == b"WEBP"
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(raw.content)).size == (64, 64)
 
 
 def test_cancel_stops_a_running_diffuse_at_a_step_boundary(cpu_server):

@@ -86,9 +86,10 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.
     latents = torch.cat(list(task.inputs))
     pixels = out(pipe.decode(latents, tiled=task.tiled))
     media = []
+    video = pipe.limits.video  # a video is an animated WebP, one of a single frame too (served as image/webp)
     for i in range(n):
         arr = pixels[i]
-        media.append(encode_animation(arr, "WEBP") if arr.ndim == 4 and arr.shape[0] > 1
+        media.append(encode_animation(arr if arr.ndim == 4 else arr[None], "WEBP") if video
                      else encode_image(arr[0] if arr.ndim == 4 else arr, "PNG"))
     _slow(slowdown, t0)
     return StageResult(0, tuple(media), wall_s=time.perf_counter() - t0)
