@@ -67,6 +67,16 @@ def test_urls_are_normalized_or_refused():
                 "not a url", "http://127.0.0.1 :8000"):  # (spaces: it was taken as the host "not a url")
         with pytest.raises(live.LiveError):
             live.normalize_url(bad)
+    assert live.normalize_url("[::1]:8100") == "http://[::1]:8100"
+    # each of these was a traceback on the Live page (an outside test), or a wrong hint (port 0: "--port 80")
+    for bad, says in (("http://[::1", "not a URL"), ("http://[zz]:80", "not a URL"), ("x" * 3000, "not a host name"),
+                      ("http://a..b:80", "not a host name"), ("http://127.0.0.1:0", "port 0 is no server's port")):
+        with pytest.raises(live.LiveError, match=says) as err:
+            live.normalize_url(bad)
+        assert len(str(err.value)) < 300
+    with pytest.raises(live.LiveError) as err:  # the port as typed, not dropped
+        live.normalize_url("http://user:pw@127.0.0.1:1")
+    assert str(err.value).startswith("http://127.0.0.1:1: give the server's address alone")
 
 
 def test_recent_requests_flatten_jobs_and_plain_rows():

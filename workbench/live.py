@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import base64
 import json
+import ipaddress
 import math
 import os
 import socket
@@ -114,18 +115,33 @@ def normalize_url(text: str) -> str:
         raise LiveError(f"{text!r} is not a URL (it has spaces); give one like {DEFAULT_URL}")
     if "://" not in text:
         text = "http://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https"):
-        raise LiveError(f"{text}: the URL must start with http:// or https://")
+    shown = text if len(text) <= 100 else text[:100] + "…"
     try:
-        parts.port  # noqa: B018 - raises on a bad port
+        parts = urlsplit(text)
+    except ValueError as exc:  # a bracketed host that is not one: "http://[::1"
+        raise LiveError(f"{shown}: not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise LiveError(f"{shown}: the URL must start with http:// or https://")
+    try:
+        port = parts.port
     except ValueError:
-        raise LiveError(f"{text}: the port is not a number in 0..65535") from None
-    if not parts.hostname:
-        raise LiveError(f"{text}: no host in the URL")
+        raise LiveError(f"{shown}: the port is not a number in 1..65535") from None
+    if port == 0:
+        raise LiveError(f"{shown}: port 0 is no server's port; give the one it listens on (1..65535)")
+    host = parts.hostname
+    if not host:
+        raise LiveError(f"{shown}: no host in the URL")
+    if "[" in parts.netloc:  # a bracketed host must be an IPv6 address
+        try:
+            ipaddress.IPv6Address(host.split("%")[0])
+        except ValueError:
+            raise LiveError(f"{shown}: [{host}] is not an IPv6 address") from None
+    elif len(host) > 253 or any(not 0 < len(label) <= 63 for label in host.rstrip(".").split(".")):
+        raise LiveError(f"{shown}: not a host name (at most 253 characters, in labels of 1 to 63)")
     if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
-        raise LiveError(f"{parts.scheme}://{parts.hostname}: give the server's address alone "
-                        "(scheme://host:port), with no user, query or fragment")
+        where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+        raise LiveError(f"{where}: give the server's address alone (scheme://host:port), with no user, query or "
+                        "fragment")
     return text.rstrip("/")
 
 
