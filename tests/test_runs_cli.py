@@ -116,6 +116,9 @@ def test_export_writes_parquet_per_table(db, tmp_path):
     (["runs", "show", "2"], "is ambiguous"),
     (["runs", "diff", "nope", "{trident}"], "run 'nope' is not in"),
     (["runs", "export", "nope", "--parquet", "{tmp}/x"], "run 'nope' is not in"),
+    # "" began every id: shown or exported the one run a database held
+    (["runs", "show", ""], "give a run id, or the start of one"),
+    (["runs", "export", " ", "--parquet", "{tmp}/x"], "give a run id, or the start of one"),
 ])
 def test_unknown_run_is_a_clear_error(db, tmp_path, args, needle):
     args = [a.format(trident=_ids(db)["trident"], tmp=tmp_path) for a in args] + ["--db", str(db)]
@@ -136,6 +139,11 @@ def test_a_file_that_is_not_a_results_database(tmp_path):
     other = tmp_path / "other.duckdb"
     duckdb.connect(str(other)).close()
     assert "not a results database" in _error_line(runner.invoke(app, ["runs", "list", "--db", str(other)]))
+    folder = tmp_path / "adir.duckdb"  # was DuckDB's "IO Error: Could not read from file ...: Is a directory"
+    folder.mkdir()
+    for command in (["runs", "list"], ["sql", "SELECT 1"]):
+        line = _error_line(runner.invoke(app, [*command, "--db", str(folder)]))
+        assert line == f"error: {folder} is a folder, not a results database file", line
 
 
 @pytest.mark.parametrize("name, text", [("r.json", '{"run_id": "x"}\n'), ("r.csv", "run_id\nx\n"), ("r.txt", "x")])

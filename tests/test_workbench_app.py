@@ -304,6 +304,31 @@ def test_runs_and_sql_pages_say_how_to_write_a_named_database_that_is_not_there_
         assert any("no results database" in i.value and "trident simulate --db" in i.value for i in at.info), page
 
 
+def test_runs_and_sql_pages_name_a_folder_and_an_empty_database_in_a_line(tmp_path, monkeypatch):
+    """A folder named as the database was "no results database at ... (write one with ...)", advice that
+    fails; an empty DuckDB file was DuckDB's catalog error on the Runs page (outside test)."""
+    import duckdb
+
+    folder, blank = tmp_path / "adir.duckdb", tmp_path / "blank.duckdb"
+    folder.mkdir()
+    duckdb.connect(str(blank)).close()
+    for db, says in ((folder, "is a folder, not a results database file"),
+                     (blank, "not a results database (no runs table)")):
+        _argv(monkeypatch, db, results_dir=tmp_path / "results")
+        for page in ("runs", "sql"):
+            at = _app(db_path=str(db))
+            at.run()
+            at.switch_page(f"workbench/pages/{page}.py").run()
+            if page == "sql":
+                at.text_area(key="sql_text").set_value("SELECT count(*) FROM runs").run()
+            assert not at.exception, (db, page, at.exception)
+            errors = [e.value.replace("\\", "") for e in at.error]  # (markdown escapes)
+            if page == "sql" and db == blank:  # a console: a query of a table it lacks is DuckDB's own error
+                assert any("Table with name runs does not exist" in e for e in errors), errors
+                continue
+            assert any(says in e for e in errors) and not any("Catalog Error" in e for e in errors), (db, page, errors)
+
+
 def test_the_default_comparison_is_stored_once_with_the_home_pages_numbers(tmp_path):
     """What `python -m workbench` stores before it serves: the home page's four runs, once per database."""
     from tridentcore.store import query_readonly

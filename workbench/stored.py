@@ -42,6 +42,8 @@ class DbSignature:
 def db_signature(path: str | os.PathLike[str]) -> DbSignature:
     """The file's signature; FileNotFoundError with a hint when there is no file."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise IsADirectoryError(f"{p} is a folder, not a results database file; choose another file")
     if not p.is_file():
         raise FileNotFoundError(
             f"no results database at {p} (write one with `trident simulate --db {p}` or choose another file)")

@@ -64,6 +64,8 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) 
 
 
 def _resolve(con: duckdb.DuckDBPyConnection, db: str | os.PathLike[str], run: str) -> str:
+    if not run.strip():  # ("" is a prefix of every id)
+        raise UnknownRunError("give a run id, or the start of one (`trident runs list` shows them)")
     if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run]).fetchall():
         return run
     found = [r[0] for r in con.execute(

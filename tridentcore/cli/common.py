@@ -132,7 +132,7 @@ def store_errors():
 
     from ..store import NotADatabaseError, SchemaVersionError, UnknownRunError
 
-    return (FileNotFoundError, NotADatabaseError, UnknownRunError, SchemaVersionError, duckdb.Error)
+    return (FileNotFoundError, IsADirectoryError, NotADatabaseError, UnknownRunError, SchemaVersionError, duckdb.Error)
 
 
 def check_db(db: str) -> None:

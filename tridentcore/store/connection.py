@@ -64,6 +64,8 @@ def connect(
     import duckdb
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a results database file")
     if read_only and not path.exists():
         raise FileNotFoundError(f"no results database at {path}")
     check_header(path)

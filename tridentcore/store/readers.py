@@ -209,9 +209,12 @@ def query_readonly_rows(
 
 
 def list_runs(path: str | os.PathLike[str]) -> pandas.DataFrame:
-    """Stored runs, oldest first, with their request counts."""
+    """Stored runs, oldest first, with their request counts; :class:`NotADatabaseError` for a DuckDB
+    file with no ``runs`` table (an empty database, another program's)."""
     con = open_readonly(path)
     try:
+        if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'runs'").fetchall():
+            raise NotADatabaseError(os.fspath(path), "not a results database (no runs table)")
         return con.execute(
             """
             SELECT r.run_id, r.created_at, r.backend, r.policy, r.seed, r.profile, r.cluster, r.mix,

@@ -40,6 +40,9 @@ try:
 except FileNotFoundError as exc:  # named with --db but not written yet: where one comes from
     st.info(data.error_text(exc))
     st.stop()
+except OSError as exc:  # a folder
+    st.error(data.plain_markdown(data.error_text(exc)))
+    st.stop()
 try:
     t0 = time.perf_counter()
     capped = data.cached_sql(sig, sql)
