@@ -387,6 +387,11 @@ def test_sql_page_runs_queries_and_refuses_file_access(results_db, monkeypatch):
     _clean(at)
     assert list(at.dataframe[0].value["policy"]) == ["pipeline-static:degree=1", "trident"]
     assert len(at.get("plotly_chart")) == 1 and len(at.get("download_button")) == 1
+    assert not any("statements" in i.value for i in at.info)
+    at.text_area(key="sql_text").set_value("SELECT 1 AS a; SELECT 2 AS b").run()  # (only the last was shown, unsaid)
+    _clean(at)
+    assert list(at.dataframe[0].value.columns) == ["b"]
+    assert any(i.value.startswith("2 statements: the result shown is the last one's") for i in at.info)
     at.text_area(key="sql_text").set_value("SELECT nope FROM run_summar_" + "x" * 200).run()
     _clean(at)
     assert len(at.error) == 1 and at.error[0].value.startswith("The query failed: Catalog Error\\: Table")

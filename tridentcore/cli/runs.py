@@ -236,7 +236,7 @@ def sql(
 
     Output is an aligned table, or --csv / --json. The connection is read-only with file access off, and a query stops after 30 s:
     `trident sql "SELECT policy, attainment, p95_s FROM run_summary"`."""
-    from ..store import query_readonly_rows
+    from ..store import query_readonly_rows, statement_count
 
     if csv_out and json_out:
         fail("give --csv or --json, not both")
@@ -255,23 +255,13 @@ def sql(
         typer.echo(_sql_table(result.columns, result.rows))
     if result.truncated:
         typer.echo(f"(the first {result.max_rows} rows: the result has more; --max-rows N prints more)", err=True)
-    statements = _statements(text)
+    statements = statement_count(text)
     if statements > 1:
         typer.echo(f"({statements} statements: the result printed is the last one's; run one at a time to see "
                    "each)", err=True)
 
 
 SQL_TIMEOUT_S = 30.0  # a query of `trident sql` is interrupted after this long
-
-
-def _statements(text: str) -> int:
-    """How many SQL statements ``text`` holds (it ran, so it parses)."""
-    import duckdb
-
-    try:
-        return len(duckdb.extract_statements(text))
-    except duckdb.Error:
-        return 1
 
 
 def _sql_error(exc: BaseException, db: str) -> str:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pyarrow
 
 __all__ = ["CappedResult", "QueryRows", "export_run", "list_runs", "open_readonly", "query_readonly",
-           "query_readonly_capped", "query_readonly_rows", "read_run_tables", "run_summary"]
+           "query_readonly_capped", "query_readonly_rows", "read_run_tables", "run_summary", "statement_count"]
 
 
 def open_readonly(path: str | os.PathLike[str], *, wait_s: float = LOCK_WAIT_S) -> duckdb.DuckDBPyConnection:
@@ -73,6 +73,17 @@ def _sandboxed(
         config["max_temp_directory_size"] = max_temp_directory_size
     config["lock_configuration"] = True  # last: nothing after it may change
     return connect(path, read_only=True, config=config, wait_s=wait_s)
+
+
+def statement_count(text: str) -> int:
+    """How many SQL statements ``text`` holds (1 where it does not parse: its error comes from running it).
+    A console shows the last one's result: with more than one, it says so."""
+    import duckdb
+
+    try:
+        return len(duckdb.extract_statements(text))
+    except duckdb.Error:
+        return 1
 
 
 def _ran(res: duckdb.DuckDBPyConnection | None) -> duckdb.DuckDBPyConnection:

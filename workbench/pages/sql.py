@@ -5,6 +5,7 @@ import time
 import pandas as pd
 import streamlit as st
 
+from tridentcore.store import statement_count
 from workbench import access, data, figures, stored
 
 access.gate()
@@ -61,6 +62,8 @@ if capped.truncated:
                f"{capped.max_rows:,}; aggregate, filter or add a LIMIT, or query the file with `duckdb -readonly`.")
 st.caption(f"{len(result):,}{'+' if capped.truncated else ''} rows × {len(result.columns)} columns in "
            f"{took * 1000:.0f} ms")
+if (statements := statement_count(sql)) > 1:
+    st.info(f"{statements} statements: the result shown is the last one's; run one at a time to see each.")
 st.dataframe(result, width="stretch", hide_index=True)
 st.download_button("Download CSV" + (f" (the first {capped.max_rows:,} rows)" if capped.truncated else ""),
                    data=lambda: result.to_csv(index=False), file_name="query.csv", mime="text/csv", key="sql_csv",
