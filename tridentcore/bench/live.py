@@ -33,7 +33,11 @@ server's journal is ingested, the run is stored with status ``crashed`` and
 :class:`LiveServerDied` (a :class:`LiveRunCrashed`) says so, with the end of the server's log.
 Locust ending without its rows (killed, crashed) does not lose what the server did: the server is
 stopped as usual (it drains and stores), the run is stored as ``crashed`` with the server's rows
-and no client rows, and :class:`LiveClientDied` says so.
+and no client rows, and :class:`LiveClientDied` says so. A Ctrl-C to the process group of a bench
+that ignores SIGINT reaches the server alone (exit 130, drained): at any moment, an interrupted run.
+
+One module of about 470 lines with one job, a policy's live run from its two children to its
+stored run: every way the children can end is decided and stored in one place.
 """
 
 from __future__ import annotations
