@@ -93,8 +93,8 @@ def _server_class():
 
     class _Server(uvicorn.Server):
         """uvicorn's server, stopped in the order a serving system needs. The first SIGTERM/SIGINT
-        (or SIGHUP: a closed terminal, a dropped SSH session; as SIGTERM) drains the runtime while the server still answers (``drain``): a new generation gets 503
-        ``shutting_down``, a job's status and result answer as before, in-flight requests finish or,
+        (or SIGHUP: a closed terminal, a dropped SSH session; as SIGTERM) drains the runtime while
+        the server still answers (``drain``): a new generation gets 503 ``shutting_down``, a job's status and result answer as before, in-flight requests finish or,
         past the drain timeout, fail with the JSON 500 ``failed``; only then does uvicorn close its
         doors. A second signal ends the drain at once (``hurry``; the run is still stored), a third
         exits without waiting for anything (what is not stored stays in the run's journal).
