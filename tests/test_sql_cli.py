@@ -82,6 +82,10 @@ def test_table_csv_and_json_show_the_same_rows(db: Path):
     assert [r["policy"] for r in rows] == [o["policy"] for o in objects] == ["pipeline-static:degree=1", "trident"]
     assert [int(r["requests"]) for r in rows] == [o["requests"] for o in objects]  # integers stay integers
     assert rows[0]["nothing"] == "" and objects[0]["nothing"] is None
+    # nested values are JSON, not Python's repr (a STRUCT was the string "{'k': 1}", a BLOB "b'abc'")
+    nested = json.loads(_sql("--db", str(db), "--json", "SELECT [1, 2] AS l, {'k': 1, 'n': {'b': 'ab'::BLOB}} AS s, "
+                                                       "'abc'::BLOB AS b, map([1], ['a']) AS m").stdout)
+    assert nested == [{"l": [1, 2], "s": {"k": 1, "n": {"b": "6162"}}, "b": "616263", "m": {"1": "a"}}]
 
 
 def test_empty_results_and_the_row_cap(db: Path):

@@ -228,7 +228,8 @@ def sql(
                                                           "'-' reads it from standard input."),
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
     csv_out: bool = typer.Option(False, "--csv", help="Print comma-separated values with a header line."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per row."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per row (a STRUCT or "
+                                  "MAP an object, a BLOB its hex digits, NaN and infinities null, a DECIMAL a string)."),
     max_rows: int = typer.Option(SQL_MAX_ROWS, min=1, help="Print at most this many rows (a note on stderr says "
                                                            "when the result had more)."),
 ) -> None:
@@ -315,11 +316,18 @@ def _print_json(result) -> None:
     import json
     import math
 
-    def plain(v):
+    def plain(v):  # JSON has no NaN or infinity: null; a STRUCT or MAP an object, a BLOB its hex digits
         if isinstance(v, float) and not math.isfinite(v):
             return None
-        return v if v is None or isinstance(v, (bool, int, float, str)) else (
-            [plain(x) for x in v] if isinstance(v, (list, tuple)) else str(v))
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            return bytes(v).hex()
+        return str(v)
 
     objects = [json.dumps({c: plain(v) for c, v in zip(result.columns, row)}) for row in result.rows]
     typer.echo("[\n" + ",\n".join(objects) + "\n]" if objects else "[]")
