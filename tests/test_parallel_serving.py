@@ -13,6 +13,7 @@ import base64
 import io
 import os
 import signal
+import time
 
 import pytest
 
@@ -319,3 +320,39 @@ def test_a_hung_member_of_a_parallel_diffuse_stops_the_whole_group_and_the_reque
         "tiny-flux", "pipeline-static:degree=2", Submission("tiny-flux", "x", Shape(64, 64, 1, 60), seed=3,
                                                              slo_s=LONG_SLO_S), degree=2)
     assert outcome.state == "done" and hung >= 1, (outcome, hung)
+
+
+def test_a_frozen_member_fails_the_dispatch_at_the_collective_timeout_not_the_hang_watch():
+    """A member frozen mid-diffuse (SIGSTOP): the lead's collective times out and fails, but the
+    dispatch waited for the frozen member until the hang watch (180 s) stopped it (outside test: 180 s
+    for a 60 s collective timeout). Now once a member has failed, one that has not ended within a
+    grace period is stopped and restarts; the request is retried and served, counted as no hang."""
+    async def main():
+        rt = build_runtime("tiny-flux", "cpu:2", "pipeline-static:degree=2")
+        e = rt.engine
+        e.workers.worlds.timeout_s = 3.0  # the collective timeout of the first dispatch (60 s by default)
+        assert e.config.hung_min_s >= 60  # the hang watch stays out of it
+        await rt.start()
+        try:
+            rid = e.submit([Submission("tiny-flux", "x", Shape(128, 128, 1, 60), seed=3, slo_s=LONG_SLO_S)]).ids[0]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                run = next((r for r in list(e.state.running.values())
+                            if r.action.stage.value == "diffuse" and len(r.action.gpus) == 2), None)
+                # frozen mid-diffuse: once the lead has done a step (the members have met and computed)
+                if run is not None and (e.workers[run.action.gpus[0]].progress(run.id) or 0) >= 1:
+                    os.kill(e.workers[run.action.gpus[-1]].pid, signal.SIGSTOP)  # a process this runtime started
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("no degree-2 diffuse ran")
+            e.workers.worlds.timeout_s = 60.0  # the retry's (it meets the restarted member)
+            t0 = time.monotonic()
+            outcome = await e.wait(rid, 170)  # (the hang watch would end it at 180 s)
+            return outcome, time.monotonic() - t0, e.hung
+        finally:
+            await e.shutdown(5)
+
+    outcome, waited, hung = run(main(), 200)
+    assert outcome.state == "done" and hung == 0, (outcome, hung)
+    assert waited < 60, waited  # the 3 s timeout, the grace and a restart; not the hang watch's 180 s

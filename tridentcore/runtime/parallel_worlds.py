@@ -28,7 +28,9 @@ Every collective has a timeout (``DEFAULT_PARALLEL_TIMEOUT_S``), and a member wh
 mid-step fails at once (gloo sees the closed socket). But one still meeting when its peer died
 waits on the store, and c10d's store client retries past that timeout: so when a member of a
 running parallel dispatch is lost, a member that has not failed within ``ABANDON_GRACE_S`` is
-stopped (:meth:`~tridentcore.runtime.pool.Worker.abort`) and restarts like any lost worker. Nothing
+stopped (:meth:`~tridentcore.runtime.pool.Worker.abort`) and restarts like any lost worker. A peer
+that stops answering without dying (frozen) makes the others' collective time out: once a member
+has failed, one that has not ended within ``FAILED_GRACE_S`` is stopped the same way. Nothing
 hangs; the cost is one more restart.
 
 Each member gets the same :class:`~tridentcore.runtime.tasks.StageTask` (its inputs are
@@ -58,6 +60,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_PARALLEL_TIMEOUT_S = 60.0  # a member waits this long for a peer (meeting or collective)
 ABANDON_GRACE_S = 0.5  # after a member died, how long the others may take to fail before they are stopped (well
 # under a restart, so the retry never meets a member that is about to be stopped)
+FAILED_GRACE_S = 5.0  # after a member failed (its collective timed out: a peer frozen), how long the others may
+# take to end: a live one fails at once when the failed one leaves the world; one that does not answers nothing
 LOOPBACK = "127.0.0.1"  # where worlds meet unless their members are on several nodes (Ray)
 
 
@@ -194,14 +198,19 @@ class MemberSet(Worker):
         pending = set(runs)
         while pending:
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            if pending and any(r.done() and r.result().lost for r in runs):
+            ended = [r.result() for r in runs if r.done()]
+            if pending and any(not r.ok for r in ended):
                 # a member died: the others fail at once if their collective sees the closed socket, but
-                # one still meeting (or waiting on the store) would wait out its timeout: past a grace
-                # period it is stopped (and restarted, as a lost worker is), so nothing hangs
-                _, pending = await asyncio.wait(pending, timeout=ABANDON_GRACE_S)
+                # one still meeting (or waiting on the store) would wait out its timeout. A member failed
+                # (a collective past its timeout: a peer that stopped answering, frozen): a live peer fails
+                # as soon as it leaves the world, a frozen one never ends. Past a grace period the rest are
+                # stopped (and restarted, as a lost worker is), so nothing hangs
+                died = any(r.lost for r in ended)
+                _, pending = await asyncio.wait(pending, timeout=ABANDON_GRACE_S if died else FAILED_GRACE_S)
                 for r, w in zip(runs, self.workers):
-                    if r in pending:
-                        logger.warning("worker %d: still in a group whose member died; stopping it", w.slot)
+                    if r in pending or (pending and not died):  # (after a timeout: every member, afresh)
+                        logger.warning("worker %d: %s; stopping it", w.slot, "still in a group whose member died"
+                                       if died else "in a group whose collective timed out")
                         w.abort()
                 if pending:
                     await asyncio.wait(pending)
