@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_RESULTS, DEFAULT_RESULTS_MIB,
-                             DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
+                             DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
                              DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, MAX_SCALE)
 from .common import EXIT_INTERRUPTED, fail, quiet_libraries, setup_logging
 
@@ -42,6 +42,10 @@ def serve(
                                            "(ps, /proc); use TRIDENT_API_KEY or --api-key-file."),
     drain_timeout: float = typer.Option(DEFAULT_DRAIN_TIMEOUT_S, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
     max_body: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1024, help="Largest request body in bytes (413 past it)."),
+    client_timeout: float = typer.Option(DEFAULT_CLIENT_TIMEOUT_S, min=0.1, max=3600.0, metavar="SECONDS",
+                                         help="A request's line and headers must arrive within this after the "
+                                              "connection opened (or the previous answer), then its body within "
+                                              "this after its headers: 408 and the connection closed past it."),
     port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
     run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); refused if it is stored "
                                           "or another server holds it."),
@@ -121,6 +125,7 @@ def serve(
         stopped_by = run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
+                                client_timeout_s=client_timeout,
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, results_mib=results_mib, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
                                 late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait),

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 
-from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
+from ..core.defaults import DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES
 from ..runtime.build import Runtime
 from ..runtime.stored import RunRecords
 from .auth import RequireApiKey
@@ -51,6 +51,7 @@ class ServerConfig:
     run_id: str | None = None  # the stored run's id (None: a new one); a client's rows can join on it
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     max_jobs: int = 10_000  # ended jobs kept for GET (oldest forgotten first)
+    client_timeout_s: float = DEFAULT_CLIENT_TIMEOUT_S  # a body must have arrived this long after its request began
 
 
 def is_loopback(host: str) -> bool:
@@ -102,7 +103,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
     for module in (generation, requests, control):
         app.include_router(module.router)
     app.state.body_waits = BodyWaits()  # a stopping server answers the bodies still arriving (serve.py)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, waits=app.state.body_waits,
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.client_timeout_s, waits=app.state.body_waits,
                        on_refused=engine.note_refused)
     if config.api_key:  # added late, so it runs early: no body is read for a request without the key
         app.add_middleware(RequireApiKey, api_key=config.api_key)

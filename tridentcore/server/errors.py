@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
+from ..core.defaults import DEFAULT_CLIENT_TIMEOUT_S
 from ..core.errors import TridentError
 
 # error code -> HTTP status (the one table)
@@ -39,6 +40,7 @@ STATUS: dict[str, int] = {
     "not_ready": 409,  # the request has not finished yet
     "too_large": 413,  # request body over the limit
     "body_timeout": 408,  # the request body did not arrive in time (a stalled or trickling client)
+    "head_timeout": 408,  # the request line and headers did not arrive in time (answered by ``protocol``)
     "queue_full": 429,  # bounded queue: come back after Retry-After seconds
     "unauthorized": 401,
     "shutting_down": 503,
@@ -248,7 +250,7 @@ def responses(*codes: str) -> dict[int, dict]:
             for status, cs in sorted(by_status.items())}
 
 
-BODY_TIMEOUT_S = 30.0  # a request's body must have arrived this long after it began
+BODY_TIMEOUT_S = DEFAULT_CLIENT_TIMEOUT_S  # a request's body must have arrived this long after it began
 
 
 class HeadAsGet:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.defaults import (DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE,
+from ..core.defaults import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE,
                              DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, PARENT_PID_ENV)
 from ..core.types import Shape
@@ -24,6 +24,7 @@ from ..runtime.sigint import STOP_SIGNALS
 from ..runtime.stored import RecordsNotStored, RunRecords, open_journal
 from .app import ServerConfig, create_app, is_loopback
 from .auth import ApiKeyError, load_api_key
+from .protocol import protocol_class, raise_open_files_limit
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ServeOptions:
     api_key_file: str | None = None  # or a file holding it (stripped); not both
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    client_timeout_s: float = DEFAULT_CLIENT_TIMEOUT_S  # a request's head, then its body, must arrive within this
     port_file: str | None = None
     log_level: str = "warning"
     backend: str = "local"  # local | ray
@@ -228,7 +230,11 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
 
     app = create_app(runtime, ServerConfig(api_key=api_key, max_body_bytes=opts.max_body_bytes, db=opts.db,
                                            run_id=records.run_id if records else opts.run_id,
-                                           drain_timeout_s=opts.drain_timeout_s), records)
+                                           drain_timeout_s=opts.drain_timeout_s,
+                                           client_timeout_s=opts.client_timeout_s), records)
+    raised = raise_open_files_limit()  # a connection is an open file: the soft limit is often 1024
+    if raised is not None:
+        logger.info("open files limit raised from %d to %d", *raised)
     try:
         sock = bind(opts.host, opts.port)
     except OSError as exc:
@@ -237,7 +243,7 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
     # the drain happens before uvicorn's shutdown (``_Server``): what is left then are answers being
     # written, idle keep-alive connections and bodies that stall
     config = uvicorn.Config(app, log_level=opts.log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=_DOORS_CLOSE_S)
+                            timeout_graceful_shutdown=_DOORS_CLOSE_S, http=protocol_class(opts.client_timeout_s))
     server = _server_class()(config)
     server.on_signal = lambda sig: runtime.stopping()  # a worker that ends from now on was stopped, not lost
     server.parent_pid = starter()  # (gone already: the starter died while this server started)
