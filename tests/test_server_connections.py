@@ -84,7 +84,7 @@ def test_a_head_trickled_a_byte_at_a_time_is_not_kept_alive_by_each_byte(server)
         raw, _ = _read_all(sock, 10)
     status, _, err = _error(raw)
     assert status == 408 and err["code"] == "head_timeout", raw
-    assert TIMEOUT_S * 0.9 <= answered < 2.5, answered
+    assert TIMEOUT_S * 0.9 <= answered < 2.9, answered  # before the trickle ended (3 s)
 
 
 def test_a_silent_connection_is_closed_without_an_answer(server):
