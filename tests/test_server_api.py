@@ -108,6 +108,11 @@ def test_parse_errors_unknown_paths_and_wrong_methods_answer_in_the_error_shape(
         resp = client.post("/v1/images/generations", content=raw, headers={"content-type": "application/json"})
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_request", resp.text
         assert resp.json()["error"]["field"] == "body" and "detail" not in resp.json()
+    # why it could not be read, not the framework's "There was an error parsing the body"
+    for raw, why in ((b'{"prompt": "x", "steps": ' + b"9" * 5000 + b"}", "a number in it has more than 4300 digits"),
+                     (b'{"prompt": "\xff"}', "it is not UTF-8 (byte 0xff at byte 12)")):
+        resp = client.post("/v1/images/generations", content=raw, headers={"content-type": "application/json"})
+        assert resp.status_code == 400 and resp.json()["error"]["message"].endswith(why), resp.text
     resp = client.post("/v1/images/generations", content=b'{"prompt": "x"}', headers={"content-type": "text/plain"})
     assert resp.status_code == 422 and "Content-Type: application/json (got text/plain)" in _problem(resp)[1], resp.text
     resp = client.post("/v1/images/generations", json="a fox")  # JSON, but not an object

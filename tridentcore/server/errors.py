@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -136,8 +137,8 @@ def install_error_handlers(app: FastAPI) -> None:
                                 status_code=exc.status_code, headers=exc.headers)
         path = request.url.path
         field, headers = None, dict(exc.headers or {})
-        if exc.status_code == 400:  # the framework could not read the body (not UTF-8)
-            message, field = f"the body could not be read as JSON: {exc.detail}", "body"
+        if exc.status_code == 400:  # the framework could not read the body (not UTF-8, a number too long)
+            message, field = f"the body could not be read as JSON: {_unreadable(exc)}", "body"
         elif exc.status_code == 404:
             message = f"no such path: {path}"
         elif exc.status_code == 405:  # Allow: every route's methods on the path (not only the first's)
@@ -157,6 +158,16 @@ def install_error_handlers(app: FastAPI) -> None:
                                                    "this is a bug"))
 
     _document_errors(app)
+
+
+def _unreadable(exc: HTTPException) -> str:
+    """Why the framework could not read a body as JSON, from the error it raised this one from."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"it is not UTF-8 (byte 0x{cause.object[cause.start]:02x} at byte {cause.start})"
+    if isinstance(cause, ValueError) and "digits" in str(cause):  # Python's limit on an integer's digits
+        return f"a number in it has more than {sys.get_int_max_str_digits()} digits"
+    return str(exc.detail)
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
