@@ -392,6 +392,12 @@ def test_sql_page_runs_queries_and_refuses_file_access(results_db, monkeypatch):
     _clean(at)
     assert list(at.dataframe[0].value.columns) == ["b"]
     assert any(i.value.startswith("2 statements: the result shown is the last one's") for i in at.info)
+    # integers past 2**53 keep their digits in the browser's table (as text); smaller ones stay numbers
+    at.text_area(key="sql_text").set_value("SELECT 9007199254740993 AS big, -18014398509481985 AS neg, 7 AS small, "
+                                           "18446744073709551615::UBIGINT AS u").run()
+    _clean(at)
+    row = at.dataframe[0].value.iloc[0].to_dict()
+    assert row == {"big": "9007199254740993", "neg": "-18014398509481985", "small": 7, "u": "18446744073709551615"}, row
     at.text_area(key="sql_text").set_value("SELECT nope FROM run_summar_" + "x" * 200).run()
     _clean(at)
     assert len(at.error) == 1 and at.error[0].value.startswith("The query failed: Catalog Error\\: Table")

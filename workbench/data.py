@@ -111,6 +111,23 @@ def plain_markdown(text: str) -> str:
     return "  \n".join(_MARKDOWN_SPECIAL.sub(r"\\\1", line) for line in text.splitlines())
 
 
+_EXACT_IN_A_BROWSER = 2**53  # integers past this lose digits as JavaScript numbers (the table's)
+
+
+def exact_for_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each integer column that holds a value past 2**53 as text, so that the browser's
+    table shows its digits (it holds numbers as doubles: 9007199254740993 would show ...992). The
+    CSV download keeps the frame itself."""
+    big = [c for c in frame.columns if pd.api.types.is_integer_dtype(frame[c]) and not frame.empty
+           and (frame[c].max() > _EXACT_IN_A_BROWSER or frame[c].min() < -_EXACT_IN_A_BROWSER)]
+    if not big:
+        return frame
+    shown = frame.copy()
+    for c in big:
+        shown[c] = frame[c].map(lambda v: None if pd.isna(v) else str(int(v)))
+    return shown
+
+
 # ----------------------------------------------------------------------------------- uploads
 def save_upload(content: bytes, suffix: str) -> str:
     """Store uploaded bytes under a name derived from their content; return the path.

@@ -64,7 +64,7 @@ st.caption(f"{len(result):,}{'+' if capped.truncated else ''} rows × {len(resul
            f"{took * 1000:.0f} ms")
 if (statements := statement_count(sql)) > 1:
     st.info(f"{statements} statements: the result shown is the last one's; run one at a time to see each.")
-st.dataframe(result, width="stretch", hide_index=True)
+st.dataframe(data.exact_for_display(result), width="stretch", hide_index=True)
 st.download_button("Download CSV" + (f" (the first {capped.max_rows:,} rows)" if capped.truncated else ""),
                    data=lambda: result.to_csv(index=False), file_name="query.csv", mime="text/csv", key="sql_csv",
                    on_click="ignore")
