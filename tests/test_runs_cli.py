@@ -80,6 +80,22 @@ def test_diff_shows_both_runs_and_class_deltas(db):
     for metric in ("mean_s", "p95_s", "p99_s", "ooms", "rejected", "gpu_s_per_met"):
         assert any(x.startswith(metric + " ") for x in out.splitlines()), metric
     assert "attainment by request class" in out and "sd3-medium 512x512" in out
+    assert "note:" not in out  # the same workload
+
+
+def test_diff_says_when_the_runs_served_different_workloads(db, tmp_path):
+    import shutil
+
+    other = tmp_path / "other.duckdb"
+    shutil.copy(db, other)
+    result = runner.invoke(app, ["bench", "--mix", "image-video", "--rate", "0.3", "--duration", "60", "--seed", "3",
+                                 "--policies", "trident", "--db", str(other), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    a = _ids(db)["trident"]
+    b = next(r.run_id for r in run_summary(other).itertuples() if r.run_id not in _ids(db).values())
+    out = runner.invoke(app, ["runs", "diff", a, b, "--db", str(other)]).stdout
+    assert ("note: A and B did not serve the same workload (rate 0.5 / 0.3; seed 2 / 3): B - A compares different "
+            "requests, not only the policies") in out, out
 
 
 def test_export_writes_parquet_per_table(db, tmp_path):

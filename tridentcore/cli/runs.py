@@ -120,6 +120,12 @@ def runs_diff(
     a, b = diff.a, diff.b
     typer.echo(f"A  {a['run_id']}  {a['backend']} {a['policy']}  {a['mix']} at {a['rate_rps']:g} req/s, seed {a['seed']}")
     typer.echo(f"B  {b['run_id']}  {b['backend']} {b['policy']}  {b['mix']} at {b['rate_rps']:g} req/s, seed {b['seed']}")
+    differs = [f"{label} {a[k]:g} / {b[k]:g}" if isinstance(a[k], float) and isinstance(b[k], float) else
+               f"{label} {a[k]} / {b[k]}"
+               for k, label in _WORKLOAD_KEYS if a[k] != b[k] and not (a[k] is None and b[k] is None)]
+    if differs:
+        typer.echo(f"note: A and B did not serve the same workload ({'; '.join(differs)}): B - A compares "
+                   "different requests, not only the policies")
     rows = [{"metric": k, "A": value(a[k], k), "B": value(b[k], k), "B - A": delta(a[k], b[k], k)} for k in _DIFF_KEYS]
     typer.echo(_dash_table(rows, ("metric", "A", "B", "B - A")))
     typer.echo("attainment by request class")
@@ -127,6 +133,10 @@ def runs_diff(
              "A": value(c["attainment_a"], "attainment"), "B": value(c["attainment_b"], "attainment"),
              "B - A": delta(c["attainment_a"], c["attainment_b"], "attainment")} for c in diff.classes]
     typer.echo(_dash_table(rows, ("request_class", "requests_A", "requests_B", "A", "B", "B - A")))
+
+
+_WORKLOAD_KEYS = (("mix", "mix"), ("rate_rps", "rate"), ("seed", "seed"), ("cluster", "cluster"),
+                  ("slo_scale", "SLO scale"))  # what two runs must share for B - A to compare policies alone
 
 
 @runs_app.command("export")
