@@ -250,9 +250,11 @@ def test_profile_figures_show_the_stage_discrepancy():
 
 
 def test_class_attainment_and_quick_chart():
-    df = pd.DataFrame({"run": ["A", "A", "B"], "request_class": ["x", "y", "x"], "attainment": [1.0, 0.5, 0.75]})
+    df = pd.DataFrame({"run": ["A", "A", "B"], "request_class": ["x", "y", "x"], "attainment": [1.0, 0.0, 0.75]})
     fig = figures.class_attainment(df)
     assert [t.name for t in fig.data] == ["A", "B"]
+    # a class at 0 % has no bar to see: its label says 0 % (B has no class y at all: nothing there)
+    assert list(fig.data[0].text) == ["100%", "0%"] and list(fig.data[1].text) == ["75%"]
     res = pd.DataFrame({"policy": ["a", "b"], "attainment": [0.9, 0.8], "p95_s": [10.0, 12.0]})
     for kind in figures.CHART_KINDS:
         q = figures.quick_chart(res, "policy", ["attainment", "p95_s"], kind)

@@ -122,10 +122,13 @@ def class_attainment(df: pd.DataFrame, *, run_col: str = "run", target: float = 
         return empty_figure("no requests")
     fig = go.Figure()
     for i, (run, grp) in enumerate(df.groupby(run_col, sort=False)):
+        # each bar says its value: a class at 0 % draws no bar, and must not read as a class the run lacks
         fig.add_trace(go.Bar(x=grp["request_class"], y=grp["attainment"], name=str(run), marker_color=_color(i),
+                             text=[f"{v:.0%}" if pd.notna(v) else "" for v in grp["attainment"]],
+                             textposition="outside", cliponaxis=False,
                              hovertemplate="%{x}: %{y:.1%}<extra>" + str(run) + "</extra>"))
     fig.add_hline(y=target, line=dict(dash="dot", color="gray"))
-    fig.update_layout(barmode="group", title="SLO attainment per request class", yaxis=dict(tickformat=".0%", range=[0, 1.02]),
+    fig.update_layout(barmode="group", title="SLO attainment per request class", yaxis=dict(tickformat=".0%", range=[0, 1.1]),
                       height=380, margin=dict(t=50, b=40), legend=dict(orientation="h", y=-0.35))
     return fig
 
