@@ -215,3 +215,88 @@ def test_errors_are_one_line(tmp_path, args, needle):
         assert result.exit_code == 0, result.output
         return
     assert needle in _error_line(result)
+
+
+@pytest.mark.parametrize("text", [
+    '{"t": 0, "model": "sd3-medium", "height": 512, "width": 512, "steps": 4, "prompt": "a \\ud800 b"}\n',
+    "Request(request_id=0, timestamp=0.0, height=512, width=512, num_frames=1, prompt='a \\ud800 b', "
+    "negative_prompt='', num_inference_steps=4)\n",
+], ids=["json", "paper"])
+def test_a_prompt_that_is_not_unicode_is_refused_and_an_import_leaves_its_out_file(tmp_path, text):
+    """A lone surrogate (JSON's "\\ud800" escape) was read, simulated, then broke `trace import`, whose
+    --out was emptied first, and was refused by the HTTP API in a live bench stored complete."""
+    src = tmp_path / "uni.trace"
+    src.write_text(text)
+    out = tmp_path / "keep.jsonl"
+    out.write_text('{"t": 1}\n')
+    got = _error_line(runner.invoke(app, ["trace", "import", str(src), "--model", "sd3-medium", "--out", str(out)]))
+    assert "line 1: prompt: holds a lone surrogate (\\ud800 at character 2), which is not Unicode text" in got, got
+    assert out.read_text() == '{"t": 1}\n'
+    assert "lone surrogate" in _error_line(runner.invoke(app, ["simulate", "--trace", str(src), "--model", "sd3-medium"]))
+
+
+def test_a_failed_write_leaves_the_out_file_as_it_was(tmp_path, monkeypatch):
+    from tridentcore.formats import traces
+
+    out = tmp_path / "keep.jsonl"
+    out.write_text('{"t": 1}\n')
+    src = _generate(tmp_path, "g.jsonl", "--duration", "5")
+    monkeypatch.setattr(traces, "format_trace", lambda entries: "".join(["x\n", "\ud800"]))  # cannot be encoded
+    result = runner.invoke(app, ["trace", "import", str(src), "--out", str(out)])
+    assert result.exit_code == 2 and out.read_text() == '{"t": 1}\n' and list(tmp_path.glob(".keep*")) == []
+
+
+def _fifo(folder: Path, text: str | None = None) -> Path:
+    """A FIFO in ``folder`` (made) that one writer (a thread) fills once with ``text``: it can be read
+    once, as a pipe (None: nobody writes it)."""
+    import os
+    import threading
+
+    folder.mkdir()
+    path = folder / "trace.fifo"
+    os.mkfifo(path)
+    if text is None:
+        return path
+
+    def write():
+        with open(path, "w") as f:
+            f.write(text)
+
+    threading.Thread(target=write, daemon=True).start()
+    return path
+
+
+def test_a_trace_from_a_pipe_is_read_once_and_used_everywhere(tmp_path):
+    """`<(gunzip -c t.jsonl.gz)`: stats said "empty file", a bench "empty file", a FIFO hung (each
+    command opened its trace more than once)."""
+    src = _generate(tmp_path, "g.jsonl", "--mix", "sd3-mixed", "--rate", "3", "--duration", "20")
+    want = runner.invoke(app, ["trace", "stats", str(src), "--json"])
+    got = runner.invoke(app, ["trace", "stats", str(_fifo(tmp_path / "a", src.read_text())), "--json"])
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout)["requests"] == json.loads(want.stdout)["requests"] == 67
+    db = tmp_path / "p.duckdb"
+    bench = runner.invoke(app, ["bench", "--trace", str(_fifo(tmp_path / "b", src.read_text())), "--policies", "trident",
+                                "--db", str(db), "--no-progress"])
+    assert bench.exit_code == 0, bench.output
+    imported = runner.invoke(app, ["trace", "import", str(_fifo(tmp_path / "c", src.read_text())),
+                                   "--out", str(tmp_path / "i.jsonl")])
+    assert imported.exit_code == 0 and "(JSON lines)" in imported.stdout, imported.output
+    # a live bench hands the file to Locust, which would read it again: refused before anything starts
+    got = _error_line(runner.invoke(app, ["bench", "--backend", "live", "--trace", str(_fifo(tmp_path / "d")),
+                                          "--db", str(db)]))
+    assert "is not a regular file (a pipe?)" in got, got
+
+
+def test_a_stored_trace_run_says_the_traces_rate_and_span(tmp_path):
+    """They were the unused mix options' defaults (0.5 req/s for 600 s)."""
+    from tridentcore.store import run_summary
+
+    src = _generate(tmp_path, "g.jsonl", "--mix", "sd3-mixed", "--rate", "3", "--duration", "20")
+    stats = json.loads(runner.invoke(app, ["trace", "stats", str(src), "--json"]).stdout)
+    db = tmp_path / "p.duckdb"
+    assert runner.invoke(app, ["bench", "--trace", str(src), "--policies", "trident", "--db", str(db),
+                               "--no-progress"]).exit_code == 0
+    row = run_summary(db).iloc[0]
+    assert row.rate_rps == pytest.approx(stats["rate_rps"]) and row.rate_rps == pytest.approx(3.307, abs=1e-3)
+    show = runner.invoke(app, ["runs", "show", row.run_id, "--db", str(db)]).stdout
+    assert "at 3.30717 req/s for 19.9567 s" in show, show

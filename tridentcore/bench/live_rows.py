@@ -41,11 +41,16 @@ def live_run_meta(spec: LiveBenchSpec, policy: str, run_id: str, status: str, cr
     from .provenance import LIVE_PACKAGES, git_sha, hardware, package_versions
 
     run = spec.run.replace(policies=(policy,))
+    rate_rps, duration_s = float(run.rate), float(run.duration_s)
+    if run.trace:  # the trace's own span and mean rate (as `trident trace stats` says them)
+        from ..formats.traces import read_trace, trace_span
+
+        duration_s, rate_rps = trace_span([e.t for e in read_trace(run.trace, default_model=run.trace_model)])
     emulated = cluster_of_devices(spec.devices)
     hw = {**hardware(), "devices": spec.devices, "gpus": emulated or run.cluster, "gpus_emulated": emulated is not None}
     return RunMeta(run_id=run_id, backend="live", policy=policy, seed=run.seed, profile=run.profile,
                    cluster=_cluster_label(run.cluster), mix=run.workload_label,
-                   rate_rps=float(run.rate if not run.trace else 0.0), duration_s=float(run.duration_s),
+                   rate_rps=rate_rps, duration_s=duration_s,
                    slo_scale=float(run.slo_scale),
                    config_json=json.dumps(LiveBenchSpec(run, spec.options).config(**extra), sort_keys=True, default=str),
                    git_sha=git_sha(), packages_json=json.dumps(package_versions(LIVE_PACKAGES), sort_keys=True),

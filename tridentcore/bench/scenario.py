@@ -437,10 +437,15 @@ def hindsight_goodput(loaded: Loaded, lo: float, hi: float, target: float = DEFA
 # ------------------------------------------------------------------------------------ stored runs
 def run_meta(run_id: str, loaded: Loaded, policy_spec: str, rate: float | None, result: SimResult, backend: str = "sim") -> RunMeta:
     sc = loaded.scenario
+    duration_s, rate_rps = sc.duration_s, float(rate or 0.0)
+    if sc.trace is not None:  # the trace's own (its span and mean rate), not the unused mix options'
+        from ..formats.traces import trace_span
+
+        duration_s, rate_rps = trace_span([r.arrival_s for r in loaded.trace_requests or ()])
     return RunMeta(
         run_id=run_id, backend=backend, policy=policy_spec, seed=sc.seed, profile=sc.profile,
-        cluster=loaded.cluster.label, mix=sc.workload_label, rate_rps=float(rate or 0.0),
-        duration_s=sc.duration_s, slo_scale=sc.slo_scale,
+        cluster=loaded.cluster.label, mix=sc.workload_label, rate_rps=rate_rps,
+        duration_s=duration_s, slo_scale=sc.slo_scale,
         config_json=json.dumps(sc.replace(rate=rate, policies=(policy_spec,)).config(), sort_keys=True, default=str),
         git_sha=git_sha(), packages_json=json.dumps(package_versions(), sort_keys=True),
         hardware_json=json.dumps(hardware(), sort_keys=True), wall_s=result.wall_s,

@@ -8,6 +8,7 @@ Ctrl-C and format.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from typing import Any
@@ -238,6 +239,9 @@ def _live_spec(*, mix, trace, model, arrival, rate, duration, slo_scale, seed, p
 
     if mix is not None and trace is not None:
         _fail("give --mix or --trace, not both")
+    if trace is not None and os.path.exists(trace) and not os.path.isfile(trace):
+        _fail(f"--trace {trace} is not a regular file (a pipe?): a live bench hands the trace to Locust, which reads "
+              "it again; write it to a file first")
     try:
         parse_devices(devices)  # (a kind it does not know is named as such, not as a profile that cannot cost it)
     except SetupError as exc:

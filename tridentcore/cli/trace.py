@@ -79,12 +79,9 @@ def _said(out: str, line: str) -> None:
 
 
 def _trace_format(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            head = line.strip()
-            if head and not head.startswith("#"):
-                return "paper Request(...) lines" if head.startswith("Request(") else "JSON lines"
-    return "empty"
+    from ..formats.traces import read_trace_text, trace_format
+
+    return trace_format(read_trace_text(path))  # (a pipe's text is kept from its first reading)
 
 
 @trace_app.command("import")

@@ -42,6 +42,7 @@ import io
 import json
 import os
 import random
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +64,10 @@ __all__ = [
     "format_trace",
     "parse_trace",
     "read_trace",
+    "read_trace_text",
     "requests_from_trace",
+    "trace_format",
+    "trace_span",
     "write_trace",
 ]
 
@@ -165,6 +169,13 @@ def _entry_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
             problems.append((key, f"must be a string (got {brief(value)})"))
         elif len(value) > MAX_PROMPT_CHARS:
             problems.append((key, f"{len(value)} characters; at most {MAX_PROMPT_CHARS}"))
+    for key in ("model", "prompt", "negative_prompt"):
+        value = fields[key]
+        if isinstance(value, str) and (bad := _lone_surrogate(value)) is not None:
+            # JSON's "\ud800" escape (or the paper's '\ud800') reads as a string no UTF-8 can hold:
+            # the HTTP API refuses it, a trace written back cannot hold it
+            problems.append((key, f"holds a lone surrogate (\\u{ord(value[bad]):04x} at character {bad}), "
+                                  "which is not Unicode text"))
     seed = fields["seed"]
     if seed is not None and not (_is_int(seed) and 0 <= seed <= MAX_SEED):
         problems.append(("seed", f"must be an integer in 0..{MAX_SEED} (got {brief(seed)})"))
@@ -172,6 +183,15 @@ def _entry_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
     if guidance is not None and not (is_finite(guidance) and 0 <= guidance <= MAX_GUIDANCE):
         problems.append(("guidance", f"must be a finite number in [0, {MAX_GUIDANCE:g}] (got {brief(guidance)})"))
     return problems
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """The index of the first code point of ``text`` that UTF-8 cannot encode (U+D800..U+DFFF), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def _integral(value: Any) -> Any:
@@ -330,13 +350,43 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
     return entries
 
 
-def read_trace(path: str | os.PathLike[str], default_model: str | None = None) -> list[TraceEntry]:
-    """Read a trace file (format detected per file); errors name the file and line."""
+_READ_ONCE: dict[str, str] = {}  # the text of traces that are not regular files, by path (read_trace_text)
+
+
+def read_trace_text(path: str | os.PathLike[str]) -> str:
+    """The text of a trace file, within ``MAX_TRACE_BYTES``. A pipe, a FIFO or a process substitution
+    (``<(gunzip -c t.jsonl.gz)``) can be read only once: its text is kept for the rest of this
+    process, so every later reader (a bench reads its trace more than once) gets the same."""
     origin = os.fspath(path)
+    try:
+        regular = stat.S_ISREG(os.stat(origin).st_mode)
+    except OSError:
+        regular = True  # (read_bounded says why it cannot be read)
+    if not regular and origin in _READ_ONCE:
+        return _READ_ONCE[origin]
     try:
         text = read_bounded(origin, MAX_TRACE_BYTES)
     except InputRefused as exc:
         raise TraceError(origin, [str(exc)]) from None
+    if not regular:
+        _READ_ONCE[origin] = text
+    return text
+
+
+def trace_format(text: str) -> str:
+    """Which format a trace's text is in, as said to a user: ``JSON lines``, ``paper Request(...)
+    lines`` or ``empty``."""
+    for line in io.StringIO(text.removeprefix("\ufeff"), newline=None):
+        head = line.strip()
+        if head and not head.startswith("#"):
+            return "paper Request(...) lines" if head.startswith("Request(") else "JSON lines"
+    return "empty"
+
+
+def read_trace(path: str | os.PathLike[str], default_model: str | None = None) -> list[TraceEntry]:
+    """Read a trace file (format detected per file); errors name the file and line."""
+    origin = os.fspath(path)
+    text = read_trace_text(origin)
     entries = parse_trace(text, origin=origin, default_model=default_model)
     if not entries:
         raise TraceError(origin, ["no request lines (only blank lines and # comments)" if text.strip() else "empty file"])
@@ -349,10 +399,26 @@ def format_trace(entries: Iterable[TraceEntry]) -> str:
 
 
 def write_trace(entries: Iterable[TraceEntry], path: str | os.PathLike[str]) -> Path:
-    """Write ``entries`` as JSON lines; returns the path written."""
+    """Write ``entries`` as JSON lines; returns the path written. The file is replaced whole, once
+    written: a failure leaves a file already there as it was."""
     out = Path(path)
-    out.write_text(format_trace(entries), encoding="utf-8")
+    text = format_trace(entries)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
+
+
+def trace_span(times: Sequence[float]) -> tuple[float, float]:
+    """The seconds from a trace's first arrival to its last (``times``: its arrival times), and its
+    mean rate over them (requests after the first per second; 0 with fewer than two requests or one
+    instant), as ``trident trace stats`` says them."""
+    times = list(times)
+    span = max(times, default=0.0) - min(times, default=0.0)
+    return span, (len(times) - 1) / span if len(times) >= 2 and span > 0 else 0.0
 
 
 def entries_from_requests(requests: Iterable[RequestSpec]) -> list[TraceEntry]:
