@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.defaults import API_KEY_ENV, PARENT_PID_ENV
+from ..core.defaults import API_KEY_ENV, PARENT_PID_ENV, STOPPING_SUFFIX
 from ..core.errors import TridentError
 
 
@@ -32,6 +32,7 @@ class ServerProcess:
     host: str
     log_path: Path
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    port_file: Path | None = None
 
     @property
     def url(self) -> str:
@@ -40,6 +41,16 @@ class ServerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def stopping_signal(self) -> int | None:
+        """The signal that began to stop the server (``--port-file``'s ``.stopping`` file), while it
+        drains and after; None while it serves."""
+        if self.port_file is None:
+            return None
+        try:
+            return int(self.port_file.with_name(self.port_file.name + STOPPING_SUFFIX).read_text())
+        except (OSError, ValueError):
+            return None
 
     def log(self) -> str:
         try:
@@ -92,7 +103,7 @@ def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float =
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if port_file.exists():
-            return ServerProcess(proc, int(port_file.read_text()), host, log_path, tmp)
+            return ServerProcess(proc, int(port_file.read_text()), host, log_path, tmp, port_file)
         if proc.poll() is not None:
             break
         time.sleep(0.05)

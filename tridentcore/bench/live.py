@@ -48,6 +48,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -336,6 +337,9 @@ class LiveBench:
                         while locust.poll() is None:
                             if _ended_on_its_own(got, server.proc.poll()):  # Locust is stopped on the
                                 break  # way out and writes its rows
+                            if server.stopping_signal() == signal.SIGINT:  # a Ctrl-C to the group, which
+                                got.interrupted = True  # this bench ignores, reached the server: it drains,
+                                break  # and what Locust sends now would only be refused (503)
                             seen = procs.read_progress(work / "progress")
                             if seen is not None:
                                 self.report("load", seen[0], seen[2])

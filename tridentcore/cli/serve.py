@@ -46,7 +46,8 @@ def serve(
                                          help="A request's line and headers must arrive within this after the "
                                               "connection opened (or the previous answer), then its body within "
                                               "this after its headers: 408 and the connection closed past it."),
-    port_file: str = typer.Option(None, help="Write the bound port here once the server is ready."),
+    port_file: str = typer.Option(None, help="Write the bound port here once the server is ready (and, once it begins "
+                                             "to stop, the number of the signal that stops it to FILE.stopping)."),
     run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); refused if it is stored "
                                           "or another server holds it."),
     keep_ended: int = typer.Option(DEFAULT_KEEP_ENDED, min=0, help="Ended requests kept in full in memory; older ones keep only "

@@ -17,7 +17,7 @@ __all__ = [
     "DEFAULT_MIX", "DEFAULT_POLICIES", "DEFAULT_POLICY", "DEFAULT_PROFILE", "DEFAULT_RATE", "DEFAULT_SEED",
     "DEFAULT_SLO_SCALE", "DEFAULT_SWEEP_DURATION_S", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE",
     "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED", "DEFAULT_MAX_RESULTS", "DEFAULT_RESULTS_MIB",
-    "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_CLIENT_TIMEOUT_S", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
+    "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_CLIENT_TIMEOUT_S", "STOPPING_SUFFIX", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
     "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S", "MEASURED_NOISE_SIGMA", "MEASURED_NOISE_BIAS",
     "MAX_STEPS", "MAX_SIDE_PX", "MAX_FRAMES", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_GUIDANCE", "MAX_REQUESTS",
     "MAX_WORKLOAD_S", "MAX_MIX_CLASSES", "MAX_CLUSTER_GPUS", "MAX_GPUS_PER_NODE", "MAX_TRACE_BYTES",
@@ -80,6 +80,7 @@ DEFAULT_DB_WAIT_S = 35.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # `trident serve`: largest request body (413 past it)
 DEFAULT_CLIENT_TIMEOUT_S = 30.0  # `trident serve`: a request's head, and then its body, must arrive within this (408 past it)
 API_KEY_ENV = "TRIDENT_API_KEY"  # `trident serve`'s API key (or --api-key-file); the Locust file and the workbench send it
+STOPPING_SUFFIX = ".stopping"  # `trident serve --port-file FILE`: FILE.stopping holds the number of the signal that stops it
 PARENT_PID_ENV = "TRIDENT_STOP_WITH_PARENT"  # `trident serve` started by a bench or the workbench: the starter's PID; the server stops (drains) when its parent is gone (a kill -9 of the starter)
 
 # Bounds on inputs (issue 12): a file or option past one is refused with a one-line error naming it.

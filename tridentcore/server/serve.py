@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..core.defaults import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE,
                              DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
-                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, PARENT_PID_ENV)
+                             DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, PARENT_PID_ENV, STOPPING_SUFFIX)
 from ..core.types import Shape
 from ..bench.parent import starter, starter_gone
 from ..runtime.build import SetupError, build_runtime
@@ -29,6 +29,12 @@ from .protocol import protocol_class, raise_open_files_limit
 logger = logging.getLogger(__name__)
 
 _DOORS_CLOSE_S = 5.0  # after the drain: how long uvicorn waits for the connections still open
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -245,7 +251,13 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
     config = uvicorn.Config(app, log_level=opts.log_level, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=_DOORS_CLOSE_S, http=protocol_class(opts.client_timeout_s))
     server = _server_class()(config)
-    server.on_signal = lambda sig: runtime.stopping()  # a worker that ends from now on was stopped, not lost
+    def on_signal(sig: int) -> None:
+        runtime.stopping()  # a worker that ends from now on was stopped, not lost
+        if opts.port_file:  # who started it learns that it stops, and why, before it has drained
+            with contextlib.suppress(OSError):
+                _write_atomically(Path(opts.port_file + STOPPING_SUFFIX), f"{sig}\n")
+
+    server.on_signal = on_signal
     server.parent_pid = starter()  # (gone already: the starter died while this server started)
 
     async def drain() -> None:
@@ -266,10 +278,7 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
             gc.collect()
             gc.freeze()
         if serving and opts.port_file:
-            path = Path(opts.port_file)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(f"{port}\n")
-            os.replace(tmp, path)
+            _write_atomically(Path(opts.port_file), f"{port}\n")
         if serving and on_ready is not None:
             on_ready(_ready(opts, runtime, records, port))
         await task
