@@ -91,14 +91,26 @@ def test_locustfile_imports_nothing_heavy():
     # rows that could only fail at the end: a folder no file can be made in, a file that is not DuckDB
     (["--mix", "tiny", "--rows-out", "/proc/nope.jsonl"], "--rows-out /proc/nope.jsonl: cannot be written"),
     (["--mix", "tiny", "--db", "paper.txt"], "--db paper.txt: paper.txt: not a DuckDB database"),
+    # what trident refuses too (outside test: each was taken, or ignored without a word)
+    (["--mix", "tiny", "--seed", "-1"], "--seed: must be an integer in 0..2147483647, got -1"),
+    (["--mix", "tiny", "--seed", "2147483648"], "--seed: must be an integer in 0..2147483647, got 2147483648"),
+    (["--arrival", "trace:t.jsonl", "--mix", "tiny"], "--mix: not used with --arrival trace:FILE (the trace gives "
+                                                      "the requests and their times); drop it"),
+    (["--arrival", "trace:t.jsonl", "--rate", "50", "--duration", "5"], "--rate, --duration: not used with --arrival "
+                                                                         "trace:FILE"),
+    (["--mix", "tiny", "-u", "0"], "-u 0: no user would send the schedule; give -u 1"),
+    # a run refused before its load leaves no database behind
+    (["--mix", "tiny", "--db", "new.duckdb"], "--host http://127.0.0.1:9: cannot ask the server"),
 ])  # fmt: skip
 def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
     (tmp_path / "paper.txt").write_text("Request(request_id=0, timestamp=0.0, height=64, width=64, "
                                         "num_inference_steps=2, prompt='a')\n")
+    (tmp_path / "t.jsonl").write_text('{"t": 0, "model": "tiny-sd3", "height": 64, "width": 64, "steps": 2}\n')
     out = _locust("--headless", "-t", "2s", "--host", "http://127.0.0.1:9", *args, cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+    assert not (tmp_path / "new.duckdb").exists()
 
 
 def test_schedule_is_the_simulators():

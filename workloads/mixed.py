@@ -88,7 +88,7 @@ from tridentcore.bench.spec import TRACE_PREFIX, RunSpec, read_spec_file
 from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER,
                                        DEFAULT_CPU_PROFILE, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
                                        DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE,
-                                       PARENT_PID_ENV)
+                                       MAX_SEED, PARENT_PID_ENV)
 from tridentcore.core.metrics import quantile
 from tridentcore.formats.mixes import list_mixes, load_mix
 from workloads.rows import absorb_response, base_row, db_problem, store_rows, unwritable, write_rows
@@ -107,7 +107,8 @@ def _add_options(parser) -> None:
     group.add_argument("--mix", type=str, default=None, env_var="TRIDENT_MIX",
                        help=f"Named mix ({', '.join(list_mixes())}), NAME:models=A+B (its classes of those models) "
                             "or a mix YAML file (default: the shipped mix of the models the server at --host serves).")
-    group.add_argument("--rate", type=float, default=DEFAULT_RATE, help="Mean requests per workload second (a mix).")
+    group.add_argument("--rate", type=float, default=None,
+                       help=f"Mean requests per workload second (a mix; default {DEFAULT_RATE:g}).")
     group.add_argument("--arrival", type=str, default=DEFAULT_ARRIVAL,
                        help="poisson | gamma:cv=K | constant | bursts:size=N | trace:FILE (replay a trace).")
     group.add_argument("--slo-scale", type=float, default=DEFAULT_SLO_SCALE,
@@ -164,14 +165,22 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
     seed = _num(options.seed, int, "seed", problems)
     time_scale = _num(options.time_scale, float, "time-scale", problems)
     duration = _num(options.duration, float, "duration", problems)
-    if problems:
-        raise ScheduleError(problems)
-    run_time = getattr(options, "run_time", None)
-    if duration is None:
-        duration = run_time / time_scale if run_time and time_scale and time_scale > 0 else DEFAULT_LOCUST_DURATION_S
+    if seed is not None and not 0 <= seed <= MAX_SEED:  # (as trident's options and traces take them)
+        problems.append(f"--seed: must be an integer in 0..{MAX_SEED}, got {seed}")
     arrival = str(options.arrival)
     trace = arrival[len(TRACE_PREFIX):] if arrival.startswith(TRACE_PREFIX) else None
     mix = str(options.mix or "") or None
+    if trace is not None:  # a trace is the whole workload: these would be ignored without a word
+        given = [flag for flag, value in (("--mix", mix), ("--rate", rate), ("--duration", duration)) if value is not None]
+        if given:
+            problems.append(f"{', '.join(given)}: not used with --arrival trace:FILE (the trace gives the requests "
+                            "and their times); drop {}".format("them" if len(given) > 1 else "it"))
+    if problems:
+        raise ScheduleError(problems)
+    rate = DEFAULT_RATE if rate is None else rate
+    run_time = getattr(options, "run_time", None)
+    if duration is None:
+        duration = run_time / time_scale if run_time and time_scale and time_scale > 0 else DEFAULT_LOCUST_DURATION_S
     if trace is None and mix is None:
         mix, problem = _served_mix(host)
         problems += [problem] if problem else []
@@ -330,6 +339,9 @@ def _on_init(environment, **_kw) -> None:
         _exit_with("workloads/mixed.py runs as one process (each worker would send the whole schedule); "
                    "drop --master/--worker/--processes")
     options = environment.parsed_options
+    if options is not None and options.headless and getattr(options, "num_users", None) == 0:
+        _exit_with("-u 0: no user would send the schedule; give -u 1 (one user carries any rate: it sends "
+                   "each request in a greenlet of its own)")
     if options is None or not (options.headless or environment.host or options.mix or options.spec):
         return  # the web UI's form gives the host (and the mix follows it) at the start
     # before any load: where the rows go and the workload (their problems in one message), then the server

@@ -31,6 +31,8 @@ def check_target(db: str, run_id: str | None) -> None:
     from ..core.defaults import DEFAULT_DB_WAIT_S
     from ..store import ResultsStore, open_readonly
 
+    if not Path(db).exists():  # made when the rows are stored, not now: a run that never starts leaves nothing
+        return
     ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).check()
     if run_id:
         con = open_readonly(db)
