@@ -162,10 +162,11 @@ def test_repeat_of_a_live_run_runs_it_live_again(bench, tmp_path):
     assert n == len(query_readonly(db, "SELECT 1 FROM client_requests WHERE run_id = ?", [old]))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path, sig):
-    """Ctrl-C, or SIGTERM (``timeout``, a CI cancel), to the bench alone: the server and Locust are
-    stopped, the run in progress is stored as interrupted, nothing it started is left running."""
+    """Ctrl-C, or SIGTERM (``timeout``, a CI cancel), or SIGHUP (a closed terminal: it died with 129 and
+    stored nothing until `runs recover`), to the bench alone: the server and Locust are stopped, the run
+    in progress is stored as interrupted, nothing it started is left running."""
     db = tmp_path / "i.duckdb"
     proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "bench", "--backend", "live", "--policies",
                              "trident,pipeline-static:degree=1", "--mix", "image-video", "--rate", "2",
@@ -192,7 +193,7 @@ def test_ctrl_c_stores_the_run_in_progress_as_interrupted(tmp_path, sig):
     family = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + sig, err[-3000:]  # 130 after Ctrl-C, 143 after SIGTERM (it was 130 for both)
+    assert proc.returncode == 128 + sig, err[-3000:]  # 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP
     assert not psutil.wait_procs(family, timeout=15)[1]  # the server, its workers, Locust: all stopped
     assert "interrupted: stopping the server (it drains its work, up to" in err  # said at once, even without a bar
     assert "interrupted during trident" in err

@@ -43,14 +43,23 @@ def _ready_line(err_path: Path, proc: subprocess.Popen, timeout_s: float = 240.0
     raise AssertionError(f"no ready line within {timeout_s} s:\n{err_path.read_text(errors='replace')[-3000:]}")
 
 
-@pytest.mark.parametrize("how, code", [("ctrl-c", 130), ("sigterm", 0), ("sigterm-group", 0)])
+def _nohup() -> None:
+    """As ``nohup`` starts a command: SIGHUP ignored (and SIGINT at its default, as ``default_sigint``)."""
+    default_sigint()
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("how, code", [("ctrl-c", 130), ("sigterm", 0), ("sigterm-group", 0), ("nohup, sighup", 0)])
 def test_serve_says_where_it_serves_and_stops_quietly(tmp_path, how, code):
+    """``nohup, sighup``: a server started under nohup outlives its terminal's SIGHUP (it had been
+    taken as SIGTERM, since SIGHUP stops a server that is not nohup'd), then stops on SIGTERM."""
     db = tmp_path / "serve.duckdb"
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
                                  "cpu:2", "--port", "0", "--db", str(db)], stdout=o, stderr=e,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=default_sigint)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=_nohup if how.startswith("nohup") else default_sigint)
     try:
         m = _ready_line(err, proc)
         url, devices, models, policy = m.groups()
@@ -63,6 +72,12 @@ def test_serve_says_where_it_serves_and_stops_quietly(tmp_path, how, code):
         if how == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)  # the group: the server and its workers, as a terminal does
         elif how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        elif how == "nohup, sighup":
+            os.killpg(proc.pid, signal.SIGHUP)  # the terminal closed
+            time.sleep(1.0)
+            assert proc.poll() is None and httpx.post(url + "/v1/images/generations", json=body,
+                                                      timeout=120).status_code == 200
             proc.send_signal(signal.SIGTERM)
         else:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -80,7 +95,8 @@ def test_serve_says_where_it_serves_and_stops_quietly(tmp_path, how, code):
     runs = query_readonly(db, "SELECT run_id, status FROM runs")
     assert len(runs) == 1 and runs.status[0] == "done"
     assert f"trident serve: run {runs.run_id[0]} stored in {db}" in text and "WARNING" not in text  # a plain last line
-    assert len(query_readonly(db, "SELECT 1 FROM requests WHERE run_id = ?", [runs.run_id[0]])) == 1
+    assert len(query_readonly(db, "SELECT 1 FROM requests WHERE run_id = ?", [runs.run_id[0]])) == (
+        2 if how.startswith("nohup") else 1)
 
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c twice"])

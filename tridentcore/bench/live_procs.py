@@ -27,9 +27,10 @@ from typing import Any
 
 from ..core.defaults import PARENT_PID_ENV
 from ..core.errors import TridentError
+from ..runtime.sigint import stop_signals_heard
 
 __all__ = ["ChildError", "engine_ids", "exit_words", "http_json", "locust_cmd", "locust_process", "locustfile", "no_interrupts",
-           "read_progress", "read_rows", "server_process", "sigterm_interrupts", "stop_process", "stopped_by_sigterm",
+           "read_progress", "read_rows", "server_process", "sigterm_interrupts", "stop_process", "stopping_signal",
            "tail", "wait_healthy"]
 
 
@@ -76,32 +77,39 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
 
 
 _held: list[int] = []  # signals that arrived inside ``no_interrupts``, not yet taken
-_stopped_by: list[int] = []  # SIGTERMs that stopped a live bench (its exit status says which signal)
+_stopped_by: list[int] = []  # SIGTERMs (SIGHUPs) that stopped a live bench (its exit status says which signal)
+
+
+def _terms() -> tuple[int, ...]:
+    """The signals taken as SIGTERM: SIGTERM, and SIGHUP (a closed terminal) unless this process was
+    started ignoring it (``nohup``)."""
+    return tuple(sig for sig in stop_signals_heard() if sig != signal.SIGINT)
 
 
 def take_held_interrupt() -> bool:
-    """Whether a SIGINT or SIGTERM arrived inside ``no_interrupts`` since the last call (a stop
+    """Whether a SIGINT, SIGTERM or SIGHUP arrived inside ``no_interrupts`` since the last call (a stop
     asked for while a run was being stopped or stored: it is acted on once the run is stored)."""
     held = bool(_held)
-    _stopped_by.extend(s for s in _held if s == signal.SIGTERM)
+    _stopped_by.extend(s for s in _held if s != signal.SIGINT)
     _held.clear()
     return held
 
 
-def stopped_by_sigterm() -> bool:
-    """Whether a SIGTERM (not a Ctrl-C) stopped this process's live bench: exit 143, not 130."""
-    return bool(_stopped_by)
+def stopping_signal() -> int | None:
+    """The SIGTERM or SIGHUP (not a Ctrl-C) that stopped this process's live bench, if one did: its exit
+    status is 128 + it (143, 129), not 130."""
+    return _stopped_by[0] if _stopped_by else None
 
 
 class no_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - used like a function
-    """SIGINT and SIGTERM held inside (main thread only): cleanup and the store write run to their
-    end, and a signal that arrives meanwhile is noted (:func:`take_held_interrupt`), not lost."""
+    """SIGINT, SIGTERM and SIGHUP held inside (main thread only): cleanup and the store write run to
+    their end, and a signal that arrives meanwhile is noted (:func:`take_held_interrupt`), not lost."""
 
     def __enter__(self) -> None:
         self.old: dict = {}
         if threading.current_thread() is threading.main_thread():
             self.old = {sig: signal.signal(sig, lambda signum, frame: _held.append(signum))
-                        for sig in (signal.SIGINT, signal.SIGTERM)}
+                        for sig in (signal.SIGINT, *_terms())}
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.old.items():
@@ -109,13 +117,14 @@ class no_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - used lik
 
 
 class sigterm_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - used like a function
-    """SIGTERM raises KeyboardInterrupt inside (main thread only), as Ctrl-C does: a live bench stopped
-    by ``timeout``, a CI cancel or systemd stops the processes it started and stores what it ran."""
+    """SIGTERM (and SIGHUP, a closed terminal, unless started under ``nohup``) raises KeyboardInterrupt
+    inside (main thread only), as Ctrl-C does: a live bench stopped by ``timeout``, a CI cancel,
+    systemd or a dropped SSH session stops the processes it started and stores what it ran."""
 
     def __enter__(self) -> None:
-        self.old = None
+        self.old: dict = {}
         if threading.current_thread() is threading.main_thread():
-            self.old = signal.signal(signal.SIGTERM, self._interrupt)
+            self.old = {sig: signal.signal(sig, self._interrupt) for sig in _terms()}
 
     @staticmethod
     def _interrupt(signum, frame) -> None:
@@ -123,8 +132,8 @@ class sigterm_interrupts(contextlib.AbstractContextManager):  # noqa: N801 - use
         raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
-        if self.old is not None:
-            signal.signal(signal.SIGTERM, self.old)
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
 
 
 def exit_words(code: int | None) -> str:

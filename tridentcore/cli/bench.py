@@ -69,7 +69,7 @@ def bench(
 
     Every run is stored (with what reproduces it) in --db. Prints a side-by-side table and the run ids. Ctrl-C stops: runs already stored stay, the run in progress is not written (each run is one transaction). With --repeat RUN_ID a stored sim run is simulated again and old and new summaries are printed; exit status 1 if they differ.
 
-    Live (--backend live): for each policy `trident serve --devices DEVICES --time-scale SCALE` and Locust (workloads/mixed.py) run as child processes on loopback with the simulator's schedule for the same seed (--rate and --duration in workload seconds; the sends are compressed by --time-scale); the server's rows and the client's rows are stored as one run. Ctrl-C (or SIGTERM) stops both children and stores the run in progress as interrupted; exit 130 (143 after SIGTERM). --repeat of a live run runs it live again and prints both summaries (live runs are not expected to be identical).
+    Live (--backend live): for each policy `trident serve --devices DEVICES --time-scale SCALE` and Locust (workloads/mixed.py) run as child processes on loopback with the simulator's schedule for the same seed (--rate and --duration in workload seconds; the sends are compressed by --time-scale); the server's rows and the client's rows are stored as one run. Ctrl-C (or SIGTERM, or SIGHUP unless started under nohup) stops both children and stores the run in progress as interrupted; exit 130 (143 after SIGTERM, 129 after SIGHUP). --repeat of a live run runs it live again and prints both summaries (live runs are not expected to be identical).
     """
     setup_logging(verbose)
     refuse_mix_options_with_trace(ctx, trace)
@@ -297,11 +297,10 @@ class _LiveBar:
 def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, progress: bool,
               extra_config: dict, total: int) -> tuple[list, list[str]]:
     """Run each policy live; returns (LiveRun results, stored run ids). Ctrl-C: see bench's help."""
-    import signal
     from pathlib import Path
 
     from ..bench.live import LiveBench, LiveBenchError, LiveRunCrashed
-    from ..bench.live_procs import sigterm_interrupts, stopped_by_sigterm
+    from ..bench.live_procs import sigterm_interrupts, stopping_signal
     from ..bench.orphans import recover_orphans
     from ..store import new_run_id
 
@@ -327,7 +326,7 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
                 what = "its run was not stored: nothing half-written"
             typer.secho(f"interrupted during {policy} ({what}); {len(stored)} of {len(specs)} runs stored in {db}"
                         + (": " + ", ".join(stored) if stored else ""), err=True, fg=typer.colors.YELLOW)
-            raise typer.Exit(128 + signal.SIGTERM if stopped_by_sigterm() else EXIT_INTERRUPTED) from None
+            raise typer.Exit(128 + stopping_signal() if stopping_signal() else EXIT_INTERRUPTED) from None
         except (LiveBenchError, ValueError, OSError) as exc:
             bar.close()
             if isinstance(exc, LiveRunCrashed) and exc.partial is not None:

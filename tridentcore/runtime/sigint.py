@@ -17,12 +17,19 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-__all__ = ["STOP_SIGNALS", "ignore_sigint", "ignore_signals", "sigint_blocked", "signals_blocked"]
+__all__ = ["STOP_SIGNALS", "ignore_sigint", "stop_signals_heard", "ignore_signals", "sigint_blocked", "signals_blocked"]
 
 # What stops a server (it drains), and what its worker processes ignore: sent to the whole group
 # (a terminal's Ctrl-C, ``kill -TERM -PGID``, GNU ``timeout`` relaying one, systemd's
 # ``KillMode=control-group``, the SIGHUP of a closed terminal), the server drains on live workers.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_signals_heard() -> tuple[int, ...]:
+    """The :data:`STOP_SIGNALS` a server or a bench should act on: all but a SIGHUP this process was
+    started ignoring (``nohup``: it is meant to outlive its terminal)."""
+    return tuple(sig for sig in STOP_SIGNALS
+                 if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from ..core.defaults import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_DB_WAIT_S, DEFAUL
 from ..core.types import Shape
 from ..bench.parent import starter, starter_gone
 from ..runtime.build import SetupError, build_runtime
-from ..runtime.sigint import STOP_SIGNALS
+from ..runtime.sigint import stop_signals_heard
 from ..runtime.stored import RecordsNotStored, RunRecords, open_journal
 from .app import ServerConfig, create_app, is_loopback
 from .auth import ApiKeyError, load_api_key
@@ -161,7 +161,7 @@ def _server_class():
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in stop_signals_heard()}
             try:
                 yield
             finally:
