@@ -300,3 +300,28 @@ def test_a_stored_trace_run_says_the_traces_rate_and_span(tmp_path):
     assert row.rate_rps == pytest.approx(stats["rate_rps"]) and row.rate_rps == pytest.approx(3.307, abs=1e-3)
     show = runner.invoke(app, ["runs", "show", row.run_id, "--db", str(db)]).stdout
     assert "at 3.30717 req/s for 19.9567 s" in show, show
+
+
+def test_a_stored_run_names_its_files_whole_and_a_repeat_refuses_one_that_changed(tmp_path, monkeypatch):
+    """A trace (or mix) named relative to the folder the bench ran in could not be found by a repeat
+    from elsewhere, and one edited since was repeated as if the code had changed ("different:
+    requests, ..."). The config now holds each file's absolute path and SHA-256."""
+    from tridentcore.store import query_readonly
+
+    work = tmp_path / "work"
+    work.mkdir()
+    src = _generate(work, "g.jsonl", "--mix", "sd3-mixed", "--rate", "3", "--duration", "10")
+    db = tmp_path / "p.duckdb"
+    monkeypatch.chdir(work)
+    assert runner.invoke(app, ["bench", "--trace", "g.jsonl", "--policies", "trident", "--db", str(db),
+                               "--no-progress"]).exit_code == 0
+    (run_id, config), = query_readonly(db, "SELECT run_id, config_json FROM runs").itertuples(index=False)
+    config = json.loads(config)
+    assert config["trace"] == str(src) and config["inputs"]["trace"]["path"] == str(src)
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    again = runner.invoke(app, ["bench", "--repeat", run_id, "--db", str(db)])
+    assert again.exit_code == 0 and "identical" in again.stdout, again.output
+    with open(src, "a") as f:
+        f.write('{"t": 11, "model": "sd3-medium", "height": 512, "width": 512, "steps": 4}\n')
+    got = _error_line(runner.invoke(app, ["bench", "--repeat", run_id, "--db", str(db)]))
+    assert f"cannot be repeated as it ran: its trace {src} has changed since it was stored (sha256 " in got, got

@@ -248,6 +248,15 @@ _ROWS_SQL = (
 )
 
 
+def refuse_changed_inputs(config: Mapping[str, Any], run_id: str) -> None:
+    """:class:`RunConfigError` if a file the run read is gone or has changed since (``changed_inputs``)."""
+    from .spec import changed_inputs
+
+    problems = changed_inputs(config)
+    if problems:
+        raise RunConfigError(f"run {run_id!r} cannot be repeated as it ran: {'; '.join(problems)}")
+
+
 def repeat_run(db: str | os.PathLike[str], run: str) -> Repeat:
     """Simulate a stored sim run again from its config and store the new run next to it."""
     con = _open(db)
@@ -260,6 +269,7 @@ def repeat_run(db: str | os.PathLike[str], run: str) -> Repeat:
         raise RunConfigError(f"run {old_id!r} is a {meta['backend']} run; only sim runs can be repeated "
                              "(the live backend of `trident bench` is not available yet)")
     scenario, policy, rate = scenario_from_config(meta["config_json"], origin=f"run {old_id!r}")
+    refuse_changed_inputs(json.loads(meta["config_json"]), old_id)
     loaded = load_scenario(scenario)
     new_id = run_and_store(loaded, policy, rate, db, extra_config={"repeat_of": old_id})
     con = _open(db)

@@ -35,8 +35,8 @@ from ..core.types import STAGES
 from ..core.workload import ARRIVAL_FORMS, generated_size_problems, parse_arrival
 from ..formats.bounded import InputRefused, load_json, read_bounded
 
-__all__ = ["BACKENDS", "CONFIG_KEYS", "KEY_OF", "OPTION_OF", "SPEC_KEYS", "TRACE_PREFIX", "RunSpec", "RunSpecError",
-           "read_spec_config", "read_spec_file", "unknown_keys", "write_spec_file"]
+__all__ = ["BACKENDS", "CONFIG_KEYS", "FILE_KEYS", "KEY_OF", "OPTION_OF", "SPEC_KEYS", "TRACE_PREFIX", "RunSpec", "RunSpecError",
+           "changed_inputs", "input_files", "read_spec_config", "read_spec_file", "unknown_keys", "write_spec_file"]
 
 BACKENDS = ("sim", "live")
 TRACE_PREFIX = "trace:"  # the Locust file's --arrival trace:FILE
@@ -55,7 +55,9 @@ CONFIG_KEYS = (
     "server_run_id", "server_config", "locust_exit", "server_exit", "client_states", "scheduled", "served_models",
     "lag_p50_ms", "lag_p99_ms",
     "slowdown", "calibration", "clock", "refused", "hung",  # a server's own run (trident serve --db: runtime.stored.run_meta)
+    "inputs",  # RunSpec.config: the files it read (path, sha256), checked by --repeat (changed_inputs)
 )
+FILE_KEYS = ("mix", "cluster", "trace", "profile")  # spec keys that may name a file rather than a shipped name
 
 
 class RunSpecError(TridentError, ValueError):
@@ -167,10 +169,14 @@ class RunSpec:
 
         With one policy it also holds ``policy`` (the key runs stored before this spec used)."""
         out: dict[str, Any] = dataclasses.asdict(self)
+        files = input_files(self)
+        if files:  # each by its absolute path (a run repeated from another folder finds it) and its digest
+            out.update({key: f["path"] for key, f in files.items()})
+            out["inputs"] = files
         out["policies"] = list(self.policies)
         if len(self.policies) == 1:
             out["policy"] = self.policies[0]
-        out["arrival_spec"] = self.arrival_spec
+        out["arrival_spec"] = f"{TRACE_PREFIX}{out['trace']}" if self.trace is not None else self.arrival
         return {**out, **extra}
 
     def to_json(self, **extra: Any) -> str:
@@ -214,6 +220,54 @@ class RunSpec:
                 raise ValueError(f"noise_bias: expected [stage, factor] pairs or {{stage: factor}}, got "
                                  f"{brief(config.get('noise_bias'))} ({exc})") from None
         return cls(**kwargs)
+
+
+_digests: dict[tuple[str, int, int], str] = {}  # (path, mtime, size) -> sha256: a file is hashed once
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    st = os.stat(path)
+    key = (path, st.st_mtime_ns, st.st_size)
+    if key not in _digests:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _digests[key] = h.hexdigest()
+    return _digests[key]
+
+
+def input_files(spec: RunSpec) -> dict[str, dict[str, str]]:
+    """The files ``spec`` reads (a mix, cluster, trace or profile given as a path to a regular file;
+    not a shipped name, not a pipe): each key's absolute path and the SHA-256 of its bytes."""
+    out = {}
+    for key in FILE_KEYS:
+        value = getattr(spec, key)
+        if isinstance(value, str) and os.path.isfile(value):
+            path = os.path.abspath(value)
+            out[key] = {"path": path, "sha256": _sha256(path)}
+    return out
+
+
+def changed_inputs(config: Mapping[str, Any]) -> list[str]:
+    """What of the files a stored run read (its config's ``inputs``) is gone or differs now: a repeat
+    would run other requests (or another cluster, other costs) under the same name."""
+    problems = []
+    inputs = config.get("inputs")
+    for key, f in (inputs.items() if isinstance(inputs, Mapping) else ()):
+        if not (isinstance(f, Mapping) and isinstance(f.get("path"), str) and isinstance(f.get("sha256"), str)):
+            continue
+        path, was = f["path"], f["sha256"]
+        try:
+            now = _sha256(path)
+        except OSError as exc:
+            problems.append(f"its {key} {path} cannot be read ({exc.strerror or exc})")
+            continue
+        if now != was:
+            problems.append(f"its {key} {path} has changed since it was stored (sha256 {was[:12]}..., now {now[:12]}...)")
+    return problems
 
 
 def _finite_positive(value: object) -> bool:

@@ -399,9 +399,13 @@ def _repeat_live(old_id: str, config_json: str, db: str, progress: bool = True) 
     import json
 
     from ..bench.live import spec_from_config
-    from ..bench.runs import summaries
+    from ..bench.runs import refuse_changed_inputs, summaries
     from ..bench.scenario import schedule_requests
 
+    try:
+        refuse_changed_inputs(json.loads(config_json), old_id)
+    except ValueError as exc:
+        _fail(str(exc))
     try:
         spec, policy = spec_from_config(json.loads(config_json))
         total = len(schedule_requests(spec.run))
