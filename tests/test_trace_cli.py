@@ -325,3 +325,11 @@ def test_a_stored_run_names_its_files_whole_and_a_repeat_refuses_one_that_change
         f.write('{"t": 11, "model": "sd3-medium", "height": 512, "width": 512, "steps": 4}\n')
     got = _error_line(runner.invoke(app, ["bench", "--repeat", run_id, "--db", str(db)]))
     assert f"cannot be repeated as it ran: its trace {src} has changed since it was stored (sha256 " in got, got
+
+
+def test_a_key_given_twice_in_a_json_line_is_refused(tmp_path):
+    """The last value won without a word (the paper's format already refused a keyword given twice)."""
+    src = tmp_path / "dup.jsonl"
+    src.write_text('{"t": 0, "model": "sd3-medium", "height": 512, "width": 512, "steps": 4, "steps": 8}\n')
+    for args in (["trace", "stats", str(src)], ["simulate", "--trace", str(src)]):
+        assert 'line 1: the key "steps" is given twice in one object' in _error_line(runner.invoke(app, args))

@@ -79,10 +79,28 @@ def _too_long_int(kind: str, exc: ValueError) -> InputRefused:
     return InputRefused(f"not valid {kind} ({' '.join(str(exc).split()[:8])})")
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict, refusing a key given twice (``json.loads`` keeps the last
+    silently: a trace line's ``"steps"`` given twice ran with the second)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def load_json(text: str) -> Any:
-    """``json.loads`` within bounds; :class:`InputRefused` with the decoder's reason otherwise."""
+    """``json.loads`` within bounds, each object's keys given once; :class:`InputRefused` with the
+    decoder's reason otherwise."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise InputRefused(f"the key {_cut(json.dumps(exc.args[0]), 60)} is given twice in one object") from None
     except json.JSONDecodeError as exc:
         raise InputRefused(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
