@@ -133,6 +133,9 @@ def test_live_backend_validates_before_starting_anything(tmp_path):
     (["--mix", "no-such-mix"], "unknown mix"),
     (["--trace", "t.jsonl", "--goodput"], "--goodput"),
     (["--trace", "t.jsonl", "--rate", "3"], "--rate does not apply to --trace"),  # (it was ignored)
+    # live-only options with the simulator (they were ignored without a word)
+    (["--devices", "cpu:2", "--keep", "k"], "--devices, --keep: apply to --backend live only; drop them"),
+    (["--time-scale", "0.5"], "--time-scale: applies to --backend live only; drop it or add --backend live"),
 ])
 def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, args, needle):
     db = tmp_path / "x.duckdb"

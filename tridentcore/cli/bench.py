@@ -94,6 +94,11 @@ def bench(
         return
     if backend != "sim":
         _fail(f"unknown backend {backend!r}; valid: sim, live")
+    live_only = [f"--{name.replace('_', '-')}" for name in ("devices", "time_scale", "keep")
+                 if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"]
+    if live_only:  # (they were ignored without a word)
+        _fail(f"{', '.join(live_only)}: {'apply' if len(live_only) > 1 else 'applies'} to --backend live only; "
+              "drop {} or add --backend live".format("them" if len(live_only) > 1 else "it"))
     if goodput and trace is not None:
         _fail("--goodput sweeps the rate of a mix; it does not apply to a trace")
     _bench_sim(policies=policies, mix=mix, trace=trace, model=model, arrival=arrival, rate=rate, duration=duration,
