@@ -219,3 +219,11 @@ def test_bench_a_trace_and_repeat_it(tmp_path):
     (run_id,) = run_summary(db).run_id
     again = runner.invoke(app, ["bench", "--repeat", run_id, "--db", str(db)])
     assert again.exit_code == 0 and "identical" in again.stdout, again.output
+
+
+def test_a_policy_written_with_an_empty_option_list_is_stored_under_its_name(tmp_path):
+    """`trident:` was stored as policy `trident:`, a group of its own beside `trident` (outside test)."""
+    db = tmp_path / "c.duckdb"
+    result = runner.invoke(app, ["bench", "--policies", "trident:", "--duration", "30", "--db", str(db), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert list(query_readonly(db, "SELECT policy FROM runs").policy) == ["trident"]

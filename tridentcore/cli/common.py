@@ -278,7 +278,8 @@ def policy_specs(policies: str, *, unique: bool = False) -> list[str]:
     none at all is an error); ``unique``: one given twice is one too."""
     from ..core.policy import make_policy, split_specs
 
-    specs = split_specs(policies)
+    # `trident:` (no options after the colon) is `trident`: stored and grouped under one name
+    specs = [spec[:-1].rstrip() if spec.endswith(":") and spec.count(":") == 1 else spec for spec in split_specs(policies)]
     if not specs:
         fail("no policies given")
     built = [make_policy(spec) for spec in specs]
