@@ -230,8 +230,16 @@ def test_cluster_yaml_bounds(tmp_path):
     path = _file(tmp_path, "slow.yaml", "nodes: 1\ngpus_per_node: 8\nkind: H200\nintra_link_gbps: 1.0e-12\n")
     assert "intra_link_gbps must be at least 0.01 GB/s (got 1e-12)" in _refused("simulate", "--cluster", path,
                                                                                "--policies", "trident")
-    path = _file(tmp_path, "text.yaml", "nodes: 1\ngpus_per_node: 8\nkind: H200\nmem_gib: 1e3\n")
-    assert "(got '1e3') (YAML reads 1e3 as text: write 1.0e3)" in _refused("simulate", "--cluster", path)
+    # numbers with an exponent are numbers, as YAML 1.2 reads them (PyYAML read 1e3 and 1.0e3 as text, and
+    # the message's advice, 1.0e3, was refused too); text is still refused, a key given twice too
+    for text in ("1e3", "1.0e3"):
+        path = _file(tmp_path, "num.yaml", f"nodes: 1\ngpus_per_node: 8\nkind: H200\nmem_gib: {text}\n")
+        proc, _ = _trident("simulate", "--cluster", path, "--duration", "30")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    path = _file(tmp_path, "text.yaml", "nodes: 1\ngpus_per_node: 8\nkind: H200\nmem_gib: '1e3'\n")
+    assert "mem_gib must be a positive finite number (got '1e3')" in _refused("simulate", "--cluster", path)
+    path = _file(tmp_path, "twice.yaml", "nodes: 1\nnodes: 2\ngpus_per_node: 8\nkind: H200\n")
+    assert "line 2: the key 'nodes' is given twice in one mapping" in _refused("simulate", "--cluster", path)
 
 
 # ---------------------------------------------------------------------------------- drawn workloads
@@ -322,3 +330,19 @@ def test_http_api_bounds_are_the_same_names():
     steps = {type(m).__name__: m for m in VideoGenerationRequest.model_fields["steps"].metadata}
     assert steps["Le"].le == MAX_STEPS == models.MAX_STEPS
     assert models.MAX_PROMPT_CHARS == MAX_PROMPT_CHARS
+
+
+def test_yaml_keys_given_twice_are_refused_and_exponents_are_numbers():
+    """PyYAML kept the last of two keys (a mix's second `classes:` list dropped the first, a class's
+    second `height` won) and read 1e9 as text (a mix weight at its stated bound, 1e+09, was refused)."""
+    from tridentcore.formats.bounded import InputRefused, load_yaml
+
+    with pytest.raises(InputRefused, match=r"line 3: the key 'classes' is given twice in one mapping"):
+        load_yaml("name: m\nclasses: []\nclasses: [{model: sd3-medium}]\n")
+    with pytest.raises(InputRefused, match=r"the key 'height' is given twice"):
+        load_yaml("classes:\n  - {model: sd3-medium, height: 512, height: 1024}\n")
+    assert load_yaml("a: 1e9\nb: 1.0e3\nc: -2E-4\nd: 1.0e+3\ne: 12\nf: '1e9'\ng: e5\n") == {
+        "a": 1e9, "b": 1000.0, "c": -2e-4, "d": 1000.0, "e": 12, "f": "1e9", "g": "e5"}
+    import yaml
+
+    assert yaml.safe_load("a: 1e9") == {"a": "1e9"}  # PyYAML's own loader is left as it was

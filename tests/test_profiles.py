@@ -161,3 +161,39 @@ def test_published_scaling_ratios():
     assert eager4[0].ratio == pytest.approx(4.24 / 6.71)
     assert compiled4[0].ratio == pytest.approx(1.63 / 4.30)
     assert all(p.ratio == 1.0 for p in points if p.degree == 1)
+
+
+
+
+def _row(latency: str = "35.0", height: int = 768, peak: str = "4.1") -> str:
+    return f"H200,m,diffuse,{height},{height},1,1,1,{latency},{peak},0.2,3.8,measured\n"
+
+
+@pytest.mark.parametrize("latency, peak", [("1e10", "4.1"), ("1e308", "4.1"), ("1e-320", "4.1"), ("35", "1e9")])
+def test_numbers_past_their_range_are_refused(tmp_path, latency, peak):
+    """A latency of 1e10 ms (a profile CSV of the user's own) made trident's simulation run for minutes,
+    1e308 for ever; 1e-320 priced a stage at 0.0 ms."""
+    path = tmp_path / "p.csv"
+    path.write_text(HEADER + "\n" + _row(latency, peak=peak))
+    with pytest.raises(ProfileError, match=r"line 2, column (latency_ms|peak_gib): \S+ is outside \["):
+        load_profile(path)
+
+
+def test_a_profile_file_past_the_size_limit_is_not_read(tmp_path):
+    from tridentcore.core.defaults import MAX_PROFILE_BYTES
+
+    path = tmp_path / "big.csv"
+    path.write_text(HEADER + "\n" + "#" * (MAX_PROFILE_BYTES + 10) + "\n")
+    with pytest.raises(ProfileError, match=f"larger than the limit of {MAX_PROFILE_BYTES} bytes"):
+        load_profile(path)
+
+
+def test_a_large_profile_loads_in_near_linear_time(tmp_path):
+    """20,000 rows of one model and stage took 7 s (every row compared with every other)."""
+    import time
+
+    path = tmp_path / "many.csv"
+    path.write_text(HEADER + "\n" + "".join(_row(f"{35 + i * 0.01:.2f}", 16 * (i + 1)) for i in range(20_000)))
+    t0 = time.perf_counter()
+    load_profile(path).cost_model()
+    assert time.perf_counter() - t0 < 5.0  # about 1 s here; a loose bound for a busy host

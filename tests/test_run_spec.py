@@ -89,7 +89,7 @@ def test_a_spec_files_problems_name_the_file_and_the_key(tmp_path):
         assert err.value.problems == (f"{path}: rate: must be a number > 0 (requests per second), got -2",
                                       f"{path}: time_scale: must be a number in (0, 1000] (wall seconds per workload second), got 0",
                                       f"{path}: seed: must be a 64-bit integer, got 'x'",
-                                      f"{path}: noise_bias: decode: the factor must be a number > 0, got 0")
+                                      f"{path}: noise_bias: decode: the factor must be a number in (0, 1000], got 0")
     path.write_text(json.dumps({"rate": -2}))
     result = CliRunner().invoke(app, ["serve", "--spec", str(path), "--port", "0"])
     assert result.exit_code == 2 and "Traceback" not in result.output

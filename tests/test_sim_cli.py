@@ -87,6 +87,10 @@ def test_sweep_rates_prints_classes():
     (["simulate", "--cluster", "/dev/null"], "/dev/null: not a regular file (give a cluster YAML file)"),
     (["simulate", "--policies", "trident:replan_s=-1", "--duration", "30"], "replan_s"),
     (["sweep", "--rates", ","], "--rates: give at least one rate"),  # (a traceback, after the ceilings)
+    # a bias factor of 1e8 ran trident's simulation for minutes, 1e308 for ever; a stage twice: the last won
+    (["simulate", "--bias", "decode=1e308", "--duration", "30"], "the factor must be a number in (0, 1000], got 1e+308"),
+    (["simulate", "--bias", "decode=2,decode=3", "--duration", "30"], "--bias: stage 'decode' given twice"),
+    (["sweep", "--goodput", "--slo-scale", "5000"], "--slo-scale"),  # (simulate's bound, 1000, now sweep's too)
     (["sweep", "--rates", "1,abc"], "--rates: not a number: 'abc'"),
     # an --out that cannot be written is refused before minutes of measuring (it was a traceback after)
     (["profile", "--model", "tiny-sd3", "--out", "."], "--out .: is a folder"),
@@ -128,3 +132,17 @@ def test_simulate_without_options_runs_the_workbench_home_pages_comparison():
             params["slo_scale"], params["seed"]) == (scenario.mix, scenario.cluster, scenario.profile,
                                                      scenario.arrival, scenario.slo_scale, scenario.seed)
     assert params["policies"] == ",".join(data.DEFAULT_POLICIES)
+
+
+def test_sweep_says_when_a_goodput_is_the_searchs_upper_end():
+    """At a low target every rate the bisection tries passes, and it printed its highest rate (1.25 x the
+    capacity ceiling) as the goodput, though higher rates pass too (outside test: 2.21 printed, 2.5 passing)."""
+    result = runner.invoke(app, ["sweep", "--goodput", "--target", "0.05", "--mix", "flux-uniform", "--duration", "60",
+                                 "--policies", "trident", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    (p,) = out["policies"]
+    assert p["at_search_max"] and p["goodput_rps"] == pytest.approx(out["search_max_rps"])
+    text = runner.invoke(app, ["sweep", "--goodput", "--target", "0.05", "--mix", "flux-uniform", "--duration", "60",
+                               "--policies", "trident"])
+    assert "note: trident meets the target at the search's highest rate" in text.stderr, text.stderr

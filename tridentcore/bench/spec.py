@@ -147,9 +147,10 @@ class RunSpec:
             if stage not in STAGES:
                 problems.append(("noise_bias", "--bias",
                                  f"unknown stage {brief(stage)}; expected one of {', '.join(STAGES)}"))
-            elif not _finite_positive(factor):
+            elif not (_finite_positive(factor) and factor <= MAX_SCALE):
+                # (a factor of 1e8 made trident's simulation run for minutes, 1e308 for ever)
                 problems.append((f"noise_bias: {stage}", f"--bias {stage}",
-                                 f"the factor must be a number > 0, got {brief(factor)}"))
+                                 f"the factor must be a number in (0, {MAX_SCALE:g}], got {brief(factor)}"))
         if self.backend not in BACKENDS:
             problems.append(("backend", "--backend",
                              f"unknown backend {brief(self.backend)}; valid: {', '.join(BACKENDS)}"))

@@ -198,6 +198,8 @@ def parse_bias(text: str | None) -> tuple[tuple[str, float], ...]:
             fail(f"--bias {item!r}: expected STAGE=FACTOR (decode=1.5)")
         if not eq:
             fail(f"--bias {item!r}: expected STAGE=FACTOR (decode=1.5)")
+        if [s for s, _ in pairs].count(pairs[-1][0]) > 1:
+            fail(f"--bias: stage {pairs[-1][0]!r} given twice")
     return tuple(pairs)
 
 

@@ -84,7 +84,7 @@ def sweep(
     mix: MixOpt = None,
     arrival: ArrivalOpt = DEFAULT_ARRIVAL,
     duration: float = typer.Option(DEFAULT_SWEEP_DURATION_S, min=1.0, help="Seconds of arrivals per simulated rate."),
-    slo_scale: float = typer.Option(DEFAULT_SLO_SCALE, min=0.1),
+    slo_scale: SloScaleOpt = DEFAULT_SLO_SCALE,
     seed: SeedOpt = DEFAULT_SEED,
     policies: PoliciesOpt = DEFAULT_POLICIES_TEXT,
     noise: NoiseOpt = DEFAULT_NOISE_SIGMA,
@@ -104,7 +104,7 @@ def sweep(
     import json
 
     from ..core.policy import PolicyError
-    from ..bench.scenario import capacity_rps, ceilings, evaluate, sweep_goodput
+    from ..bench.scenario import capacity_rps, ceilings, evaluate, goodput_range, sweep_goodput
 
     setup_logging(verbose)
     if goodput == (rates is not None):
@@ -118,14 +118,21 @@ def sweep(
         slo_cap = ceilings(loaded)[1].rps
         if goodput:
             results = [sweep_goodput(loaded, spec, target, cap=cap) for spec in specs]
-            out = {"capacity_rps": cap, "slo_aware_capacity_rps": slo_cap, "target": target,
+            top = goodput_range(cap)[1]  # the bisection's highest rate: a policy that passes there may go higher
+            out = {"capacity_rps": cap, "slo_aware_capacity_rps": slo_cap, "target": target, "search_max_rps": top,
                    "policies": [{"policy": g.policy, "goodput_rps": g.goodput_rps,
-                                 "fair_goodput_rps": g.fair_goodput_rps} for g in results]}
+                                 "fair_goodput_rps": g.fair_goodput_rps,
+                                 "at_search_max": g.goodput_rps >= top * (1 - 1e-9)} for g in results]}
             if json_out:
                 typer.echo(json.dumps(out, indent=1))
                 return
             typer.echo("\n".join(ceiling_lines(loaded)))
             typer.echo(table(out["policies"], ("policy", "goodput_rps", "fair_goodput_rps")))
+            for p in out["policies"]:
+                if p["at_search_max"]:
+                    typer.secho(f"note: {p['policy']} meets the target at the search's highest rate ({top:.3g} req/s, "
+                                "1.25 x the capacity ceiling): its goodput is at least that, not that; "
+                                "`--rates` beyond it shows how far", err=True, fg=typer.colors.YELLOW)
             return
         loaded.check_rates(rate_list)
         points = {spec: [evaluate(loaded, spec, r) for r in rate_list] for spec in specs}

@@ -201,8 +201,7 @@ def _spec_problems(
     for name, value, least in (("mem_gib", mem_gib, 0.0), ("intra_link_gbps", intra_link_gbps, MIN_LINK_GBPS),
                                ("inter_link_gbps", inter_link_gbps, MIN_LINK_GBPS)):
         if not (is_finite(value) and value > 0):
-            hint = " (YAML reads 1e3 as text: write 1.0e3)" if isinstance(value, str) else ""
-            problems.append(f"{name} must be a positive finite number (got {brief(value)}){hint}")
+            problems.append(f"{name} must be a positive finite number (got {brief(value)})")
         elif value < least:
             problems.append(f"{name} must be at least {least:g} GB/s (got {brief(value)})")
     return problems

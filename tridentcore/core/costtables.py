@@ -167,12 +167,38 @@ class Table:
 
 
 def monotone(points: dict[tuple[int | None, int], float]) -> dict[tuple[int | None, int], float]:
-    """Smallest majorant of ``points`` that is non-decreasing in tokens and in batch."""
-    out = {}
-    for (t, b), _ in points.items():
-        out[(t, b)] = max(
-            v2 for (t2, b2), v2 in points.items() if b2 <= b and (t is None or (t2 is not None and t2 <= t))
-        )
+    """Smallest majorant of ``points`` that is non-decreasing in tokens and in batch: each point's
+    value is the largest of the points at no more batch and no more tokens (a point without tokens,
+    an encode, takes every point at no more batch). O(n log n): the points in batch order, a
+    prefix-maximum (Fenwick) tree over tokens (comparing each pair took 7 s for 20,000 rows)."""
+    tokens = sorted({t for t, _ in points if t is not None})
+    rank = {t: i + 1 for i, t in enumerate(tokens)}
+    tree = [-math.inf] * (len(tokens) + 1)  # tree[i]: the max over a range of token ranks ending at i
+    best = -math.inf  # the max over every point inserted so far (all at no more batch)
+    items = sorted(points.items(), key=lambda kv: kv[0][1])
+    out: dict[tuple[int | None, int], float] = {}
+    i = 0
+    while i < len(items):
+        j = i
+        while j < len(items) and items[j][0][1] == items[i][0][1]:  # every point of this batch first
+            (t2, _), v2 = items[j]
+            best = max(best, v2)
+            if t2 is not None:
+                k = rank[t2]
+                while k <= len(tokens):
+                    tree[k] = max(tree[k], v2)
+                    k += k & -k
+            j += 1
+        for (t, b), _ in items[i:j]:
+            if t is None:
+                out[(t, b)] = best
+                continue
+            k, top = rank[t], -math.inf
+            while k > 0:
+                top = max(top, tree[k])
+                k -= k & -k
+            out[(t, b)] = top
+        i = j
     return out
 
 

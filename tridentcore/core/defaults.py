@@ -21,7 +21,7 @@ __all__ = [
     "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S", "MEASURED_NOISE_SIGMA", "MEASURED_NOISE_BIAS",
     "MAX_STEPS", "MAX_SIDE_PX", "MAX_FRAMES", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_GUIDANCE", "MAX_REQUESTS",
     "MAX_WORKLOAD_S", "MAX_MIX_CLASSES", "MAX_CLUSTER_GPUS", "MAX_GPUS_PER_NODE", "MAX_TRACE_BYTES",
-    "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_NAME_CHARS", "MAX_GPU_SAMPLES", "MAX_SCALE",
+    "MAX_CONFIG_BYTES", "MAX_PROFILE_BYTES", "MAX_NESTING", "MAX_NAME_CHARS", "MAX_GPU_SAMPLES", "MAX_SCALE",
 ]  # fmt: skip
 
 DEFAULT_PROFILE = "h200"  # shipped cost profile the simulator and emulated GPUs price stages with
@@ -97,6 +97,7 @@ MAX_CLUSTER_GPUS = 4096  # GPUs of one cluster (nodes x GPUs per node; also boun
 MAX_GPUS_PER_NODE = 128  # GPUs of one node, worker processes of cpu:N (the largest NVLink domains have 72)
 MAX_TRACE_BYTES = 64 << 20  # largest trace file read (several hundred thousand JSON lines)
 MAX_CONFIG_BYTES = 1 << 20  # largest mix, cluster or run-spec file read (ours are a few KiB)
+MAX_PROFILE_BYTES = 16 << 20  # largest profile CSV read (ours are a few KiB; 16 MiB is some 300,000 rows)
 MAX_NAME_CHARS = 128  # a model, mix or GPU kind name
 MAX_NESTING = 32  # lists and mappings nested in any JSON or YAML input (ours need 3)
 MAX_GPU_SAMPLES = 1_000_000  # rows of a run's gpu_samples: a longer run is sampled at a coarser interval

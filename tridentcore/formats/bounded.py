@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import yaml
@@ -132,6 +133,28 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A mapping whose keys are each given once (PyYAML keeps the last silently: a mix class's
+        second ``height``, a second ``classes:`` list dropping the first)."""
+        seen: set = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise InputRefused(f"line {key_node.start_mark.line + 1}: the key "
+                                       f"{_cut(key_node.value, 60)!r} is given twice in one mapping")
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# Numbers with an exponent are floats as YAML 1.2 reads them (1e9, 1.0e3, 2E-4); PyYAML follows YAML 1.1,
+# which reads them as text unless they have a dot and a signed exponent (1.0e+3). The table is copied
+# (its lists too): adding to it in place would change every SafeLoader in the process.
+_BoundedLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+for _first in "-+.0123456789":
+    _BoundedLoader.yaml_implicit_resolvers.setdefault(_first, []).append(("tag:yaml.org,2002:float", _EXP_FLOAT))
 
 
 def load_yaml(text: str) -> Any:

@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tridentcore.core.defaults import MAX_PROFILE_BYTES, MAX_WORKLOAD_S
 from tridentcore.core.errors import TridentError
 from tridentcore.core.scaling import ScalingPoint
 from tridentcore.core.types import PROFILE_COLUMNS, ProfileRow, StageKind
@@ -119,7 +120,11 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
     path = Path(text_name)
     if path.is_file():
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, "rb") as f:
+                data = f.read(MAX_PROFILE_BYTES + 1)
+            if len(data) > MAX_PROFILE_BYTES:  # (ours are a few KiB; parsing grows with the rows)
+                raise ProfileError(str(path), [f"larger than the limit of {MAX_PROFILE_BYTES} bytes"])
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ProfileError(str(path), [f"cannot read: {exc}"]) from None
         return parse_profile(text, name=path.stem, origin=str(path))
@@ -192,7 +197,17 @@ def _parse_float(text: str, column: str, problems: list[str], where: str, *, pos
     if value < 0:
         problems.append(f"{where}, column {column}: negative value ({text}); must be >= 0")
         return None
+    low, high = _BOUNDS[column]
+    if positive and value < low or value > high:
+        # (a latency of 1e10 ms made trident's simulation run for minutes; 1e-320 priced a stage at 0.0 ms)
+        problems.append(f"{where}, column {column}: {text} is outside [{low:g}, {high:g}]")
+        return None
     return value
+
+
+# the range of each number column: a stage call of 1 us to a day; memory up to 100,000 GiB
+_BOUNDS = {"latency_ms": (1e-3, MAX_WORKLOAD_S * 1000.0), "peak_gib": (0.0, 1e5), "act_gib": (0.0, 1e5),
+           "weights_gib": (0.0, 1e5)}
 
 
 def parse_profile(text: str, *, name: str = "profile", origin: str = "<string>") -> Profile:
