@@ -81,6 +81,13 @@ def test_generate_video_writes_an_animation(tmp_path, suffix):
         # no model takes these: said before the model loads (a folder that cannot load would say so)
         (["--size", "63x63", "--model", "no-such-folder/"], "--size 63x63: height 63 is not a multiple of 16"),
         (["--size", "16x16", "--model", "no-such-folder/"], "height 16 is outside [32, 4096]"),
+        # outside test: inf made a black image, nan and -5 no guidance, 1e308 a traceback (tiny-flux)
+        (["--guidance", "nan"], "--guidance must be a finite number in [0, 100] (got nan)"),
+        (["--guidance", "inf"], "--guidance must be a finite number in [0, 100] (got inf)"),
+        (["--guidance", "-5"], "--guidance must be a finite number in [0, 100] (got -5)"),
+        # said before generating, not after
+        (["--out", "/proc/x.png"], "/proc/x.png: cannot be written"),
+        (["--model", "tiny-wan", "--frames", "9"], "9 frames need an animation format: .webp, .gif"),
     ],
 )
 def test_generate_bad_input_is_a_clear_error(tmp_path, args, message):
@@ -214,3 +221,15 @@ def test_help_reads_at_80_columns(path):
     for param in command.params:
         if getattr(param, "show_default", False) and param.default is not None and not getattr(param, "is_flag", False):
             assert f"[default: {param.default}" in flat, (param.name, out)
+
+
+def test_profile_append_reads_its_out_file_before_measuring(tmp_path):
+    """`--append` onto a file that is not a profile measured every point first, then failed (nothing saved:
+    hours on a GPU)."""
+    out = tmp_path / "notprof.csv"
+    out.write_text("name: not a profile\n")
+    result = runner.invoke(app, ["profile", "--model", "tiny-sd3", "--sizes", "64,128,256", "--batches", "1,2,4",
+                                 "--out", str(out), "--append"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.startswith(f"error: --append: {out}: ") and "measuring" not in result.output
+    assert "row" not in result.stdout.lower(), result.stdout  # nothing was measured

@@ -5,9 +5,11 @@ Heavy modules (torch, diffusers) are imported inside the commands that need them
 
 from __future__ import annotations
 
+import math
+
 import typer
 
-from ..core.defaults import DEFAULT_DB, DEFAULT_PROFILE, MAX_SEED
+from ..core.defaults import DEFAULT_DB, DEFAULT_PROFILE, MAX_GUIDANCE, MAX_SEED
 from ..core.types import STAGES, StageKind
 from .common import check_out, fail, quiet_libraries, setup_logging
 
@@ -77,6 +79,9 @@ def generate(
     from ..pipelines.staged_base import ANY_MODEL
 
     _check_device(device, degree)
+    if guidance is not None and not (math.isfinite(guidance) and 0.0 <= guidance <= MAX_GUIDANCE):
+        # (inf made a black image, nan and -5 no guidance at all, 1e308 a traceback on tiny-flux)
+        fail(f"--guidance must be a finite number in [0, {MAX_GUIDANCE:g}] (got {guidance:g})")
     try:
         width, height = parse_size(size)
         problems = ANY_MODEL.check(height, width)
@@ -89,6 +94,7 @@ def generate(
         problems = limits.check(height, width, n_frames)
         if problems:
             fail(f"{model}: " + "; ".join(problems))
+        check_output_path(out, n_frames)  # an image format for a video: said before it is made
         if degree > 1:
             from ..pipelines.parallel import degree_problems
 
@@ -193,6 +199,12 @@ def profile(
     from ..runtime.local_group import MemberFailed
 
     torch.set_num_threads(threads)
+    kept = []
+    if append and Path(out).exists():  # read now, not after minutes (hours on a GPU) of measuring
+        try:
+            kept = load_profile(out).rows
+        except ValueError as exc:
+            fail(f"--append: {exc}")
     try:
         degree_list = parse_ints(degrees, "degrees")
         cores = len(os.sched_getaffinity(0))
@@ -217,10 +229,10 @@ def profile(
                             on_note=lambda text: typer.echo(f"note: {text}"))
         if not rows:
             fail("nothing measured: every point asked for was skipped (the notes above say why); nothing written")
-        if append and Path(out).exists():
+        if kept:
             key = lambda r: (r.gpu, r.model, r.stage, r.height, r.width, r.frames, r.batch, r.degree)  # noqa: E731
             fresh = {key(r) for r in rows}
-            rows = [r for r in load_profile(out).rows if key(r) not in fresh] + rows
+            rows = [r for r in kept if key(r) not in fresh] + rows
         save_profile(rows, out)
     except ValueError as exc:
         fail(str(exc))
