@@ -188,6 +188,18 @@ def test_a_folder_whose_components_are_not_its_class_is_refused_before_loading(p
         load_pipeline(str(tmp_path))
 
 
+def test_a_folder_whose_component_config_is_broken_is_one_line(pipes, tmp_path):
+    """A VAE config with `"latent_channels": "abc"` (outside test) gave diffusers' 40-line traceback."""
+    pipes["tiny-sd3"].pipe.save_pretrained(tmp_path)
+    config = tmp_path / "vae" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "latent_channels": "abc"}))
+    with pytest.raises(ValueError, match=r"cannot load pipeline .*: TypeError: .*\(a component's config\.json holds a "
+                                         r"value its class cannot take\?\)"):
+        load_pipeline(str(tmp_path))
+    with pytest.raises(ValueError, match=r"^\./no-such: no such folder \(a built-in model is one of tiny-sd3"):
+        load_pipeline("./no-such")  # (it was tried as a hub id: "Repo id must use alphanumeric chars")
+
+
 def test_tiny_pipelines_build_fast_and_identically():
     t0 = time.perf_counter()
     a = load_pipeline("tiny-sd3")

@@ -137,10 +137,19 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         source = str(path)
         # Optional components saved as absent (SD3 without T5, say) must be passed as None.
         absent = {k: None for k, v in spec.items() if isinstance(v, list) and v[:1] == [None]}
+    elif name.startswith(("./", "../", "/", "~")) or name.endswith("/"):  # a path, not a hub id
+        raise ValueError(f"{name}: no such folder (a built-in model is one of {', '.join(MODELS)}; `trident models`)")
     else:
         class_name, source, absent = None, name, {}
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, **absent)
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as exc:
+        if not path.exists():
+            raise
+        # a component whose config.json holds what its class cannot take (a string for a size, a
+        # negative head count): the library's traceback, said in a line
+        raise ValueError(f"cannot load pipeline {name!r}: {type(exc).__name__}: {_root_cause(exc)} (a component's "
+                         "config.json holds a value its class cannot take?)") from exc
     except OSError as exc:
         if path.exists() or "/" in name:  # a directory, or a hub id (ORG/NAME)
             raise ValueError(f"cannot load pipeline {name!r}: {_root_cause(exc)}") from exc
