@@ -115,8 +115,14 @@ def test_bad_requests_are_rejected_with_reasons(pipes):
     wan = pipes["tiny-wan"]
     assert (wan.limits.max_frames, wan.limits.max_size) == (125, 512)
     assert wan.diffuse(wan.encode(["x"]), (32, 32, 125), seed=0, steps=1) is not None
-    with pytest.raises(ValueError, match=r"frames 129 is not k\*4\+1 in \[1, 125\]"):
+    with pytest.raises(ValueError, match=r"frames 129 is over this model's 125"):  # (it said "is not k*4+1")
         wan.diffuse(wan.encode(["x"]), (32, 32, 129), seed=0, steps=1)
+    with pytest.raises(ValueError, match=r"frames 10 is not k\*4\+1"):
+        wan.diffuse(wan.encode(["x"]), (32, 32, 10), seed=0, steps=1)
+    # tiny-sd3's position table has 96 patches a side: 1536 px (2048 failed in diffusers, in latent patches)
+    sd3 = pipes["tiny-sd3"]
+    assert sd3.limits.max_size == 1536 and sd3.limits.check(2048, 2048) == [
+        "height 2048 is outside [32, 1536]", "width 2048 is outside [32, 1536]"]
     with pytest.raises(ValueError, match="unknown model"):
         load_pipeline("tiny-nope")
 

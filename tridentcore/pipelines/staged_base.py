@@ -43,10 +43,10 @@ class ModelLimits:
             if not self.min_size <= value <= self.max_size:
                 problems.append(f"{name} {value} is outside [{self.min_size}, {self.max_size}]")
         if self.video:
-            if frames < 1 or (frames - 1) % self.frames_multiple or frames > self.max_frames:
-                problems.append(
-                    f"frames {frames} is not k*{self.frames_multiple}+1 in [1, {self.max_frames}]"
-                )
+            if frames < 1 or (frames - 1) % self.frames_multiple:
+                problems.append(f"frames {frames} is not k*{self.frames_multiple}+1")
+            elif frames > self.max_frames:  # (129 is 32*4+1: "not k*4+1 in [1, 125]" said the wrong thing)
+                problems.append(f"frames {frames} is over this model's {self.max_frames}")
         elif frames != 1:
             problems.append(f"frames must be 1 for an image model (got {frames})")
         return problems

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from .staged_base import StagedPipeline, _cfg, _decode_shifted, _noise
+from .staged_base import ModelLimits, StagedPipeline, _cfg, _decode_shifted, _noise
 
 __all__ = ["SD3Staged"]
 
@@ -12,6 +14,18 @@ __all__ = ["SD3Staged"]
 class SD3Staged(StagedPipeline):
     family = "sd3"
     default_guidance = 7.0
+
+    @property
+    def limits(self) -> ModelLimits:
+        # the position table has pos_embed_max_size patches a side: past it the transformer cannot run
+        # (the tiny model's 96: 1536 px; it said "Height (128) cannot be greater than pos_embed_max_size")
+        base = super().limits
+        config = self.pipe.transformer.config
+        most = getattr(config, "pos_embed_max_size", None)
+        if not most:
+            return base
+        side = min(base.max_size, int(most) * int(config.patch_size) * self.vae_scale)
+        return dataclasses.replace(base, max_size=side // base.size_multiple * base.size_multiple)
 
     def image_tokens(self, height, width, frames=1):
         patch = self.vae_scale * int(self.pipe.transformer.config.patch_size)
