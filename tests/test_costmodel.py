@@ -312,6 +312,13 @@ def test_cli_cost_human_readable_and_options():
         (["--model", "sd3-medium", "--stage", "upscale", "--size", "512x512"], "upscale"),
         (["--profile", "h300", "--model", "sd3-medium", "--stage", "diffuse", "--size", "512x512"], "h200"),
         (["--model", "sd3-medium", "--stage", "diffuse", "--size", "512x512", "--batch", "0"], "batch"),
+        # priced far past any cluster (outside test: a 3.32x speed-up at degree 1000000, 31,050 GiB at batch 100000)
+        (["--model", "sd3-medium", "--stage", "diffuse", "--size", "512x512", "--degree", "1000000"],
+         "--degree must be an integer in 1..128 (got 1000000)"),
+        (["--model", "sd3-medium", "--stage", "diffuse", "--size", "512x512", "--batch", "100000"],
+         "--batch must be an integer in 1..1024"),
+        (["--model", "wan2.1-1.3b", "--stage", "diffuse", "--size", "832x480", "--frames", "1000"],
+         "--frames must be an integer in 1..129"),
     ],
 )
 def test_cli_cost_bad_input_exits_2_with_one_line(args, needle):
@@ -382,3 +389,16 @@ def test_every_policy_keeps_a_head_bound_diffuse_within_its_heads(spec):
     free = _diffuse_gpus(PROFILE.cost_model(), spec, "wan2.1-1.3b", shape)
     bound = _diffuse_gpus(PROFILE.cost_model(heads={"wan2.1-1.3b": 2}), spec, "wan2.1-1.3b", shape)
     assert len(free) >= 4 and bound == (0, 1), (free, bound)
+
+
+def test_cli_cost_names_its_option_for_a_profile_of_several_gpus(tmp_path):
+    """It said "pass gpu=" (a Python keyword), not the option."""
+    from importlib import resources
+
+    text = resources.files("tridentcore.profiles").joinpath("data/h200.csv").read_text()  # relabelled below
+    head, *rows = text.splitlines()
+    path = tmp_path / "two.csv"
+    path.write_text("\n".join([head, *rows, *(r.replace("H200", "B200", 1) for r in rows)]) + "\n")
+    result = runner.invoke(app, ["cost", "--profile", str(path), "--model", "sd3-medium", "--stage", "diffuse",
+                                 "--size", "512x512"])
+    assert result.exit_code == 2 and result.stderr.strip().endswith("several gpu kinds (B200, H200); give --gpu")
