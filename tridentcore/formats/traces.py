@@ -32,7 +32,12 @@ Bounds (``core/defaults.py``), checked before any request is built: a file of at
 ``MAX_NESTING`` deep; ``t`` finite in ``[0, MAX_WORKLOAD_S]``; height and width at most
 ``MAX_SIDE_PX``, frames ``MAX_FRAMES``, steps ``MAX_STEPS``; prompts ``MAX_PROMPT_CHARS``
 characters, model names ``MAX_NAME_CHARS``; seeds in ``0..MAX_SEED``; guidance at most
-``MAX_GUIDANCE`` (the HTTP API's bounds, where it has them, are the same names).
+``MAX_GUIDANCE`` (the HTTP API's bounds, where it has them, are the same names); a prompt that
+UTF-8 cannot hold (a lone surrogate) is refused. A trace that is not a regular file (a pipe) is read
+once and kept (:func:`read_trace_text`); a trace is written whole or not at all (:func:`write_trace`).
+
+One module of about 470 lines with one job, a trace between its file and its requests: both
+formats, their bounds and the errors that name a file's lines are read and written in one place.
 """
 
 from __future__ import annotations
