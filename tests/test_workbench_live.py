@@ -77,6 +77,19 @@ def test_urls_are_normalized_or_refused():
     with pytest.raises(live.LiveError) as err:  # the port as typed, not dropped
         live.normalize_url("http://user:pw@127.0.0.1:1")
     assert str(err.value).startswith("http://127.0.0.1:1: give the server's address alone")
+    # a second outside test: each was a traceback (httpx.InvalidURL, the IDNA codec's error)
+    for bad, says in (("http://999.1.1.1", "999.1.1.1 is not an IPv4 address"),
+                      ("http://\uff46\uff55\uff4c\uff4c:1", "characters other than printable ASCII"),
+                      ("http://127.0.0.1:1/\x7f", "characters other than printable ASCII")):
+        with pytest.raises(live.LiveError, match=says):
+            live.normalize_url(bad)
+    with pytest.raises(live.LiveError, match=r"not a URL that can be reached \(") as err:
+        live.check_server(live.normalize_url("http://xn--a"))
+    # a bare ? or # at the end was kept, so /healthz went after it (a real server read as "not trident")
+    assert live.normalize_url("http://127.0.0.1:8000?") == live.normalize_url("http://127.0.0.1:8000#") == \
+        "http://127.0.0.1:8000"
+    with pytest.raises(live.LiveError, match="the API key has characters other than printable ASCII"):
+        live._exchange("GET", "http://127.0.0.1:9", "/healthz", timeout_s=1, cap_bytes=100, api_key="cl\u00e9")
 
 
 def test_recent_requests_flatten_jobs_and_plain_rows():
@@ -101,6 +114,11 @@ def test_model_entries_sizes_and_media_kinds():
                          "frames": {"rule": "k*4+1", "max": 33, "default": 9}, "steps": {"min": 1, "max": 200, "default": 20}})
     assert video.endpoint == "/v1/videos/generations" and video.frames_multiple == 4 and video.default_frames == 9
     assert live.size_choices(video) == ["64x64", "32x32", "128x128", "256x256", "512x512"]
+    # only the sizes the server's profile prices (it answered 422 for 512x512 at 9 frames: an outside test)
+    priced = live._model({"id": "tiny-wan", "kind": "video", "size": {"min": 32, "max": 512, "multiple_of": 16,
+                          "default": "64x64"}, "frames": {"rule": "k*4+1", "max": 33, "default": 9},
+                          "steps": {"max": 200, "default": 20}, "pixels": {"min": 1, "max": 557056}})
+    assert live.size_choices(priced) == ["64x64", "32x32", "128x128"]
     assert live.media_kind(b"\x89PNG\r\n\x1a\n...") == "image/png"
     assert live.media_kind(b"RIFF\x00\x00\x00\x00WEBPVP8X") == "image/webp"
 
@@ -329,9 +347,16 @@ def test_local_tiny_cpu_server_started_from_the_page_returns_an_image_and_stops(
         blob = base64.b64decode(url.split(",", 1)[1])
         assert url.startswith("data:image/webp;base64,") and blob[:4] == b"RIFF" and b"ANIM" in blob[:64]
 
+        # a stop for a process that is not the one running (a button drawn before it was replaced) stops nothing
+        assert live.stop_local_server(pid=server.pid + 100_000) is None and live.local_server() is server
+        # the button stops it in the background (the page is not held for its drain) and says so
         at.button(key="live_stop_local").click().run()
         _clean(at)
-        assert live.local_server() is None and server.proc.poll() is not None
+        assert live.local_server() is None
+        assert server.proc.wait(live.LOCAL_STOP_TIMEOUT_S) == 0  # drained and stored, not killed
+        at.run()
+        _clean(at)
+        assert not at.button(key="live_start_local").disabled and live.stopping_local_server() is None
     finally:
         live.stop_local_server()
 

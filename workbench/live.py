@@ -30,6 +30,7 @@ import ipaddress
 import math
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +40,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+from tridentcore.core.defaults import DEFAULT_DRAIN_TIMEOUT_S
 from tridentcore.core.errors import TridentError
 
 __all__ = [
@@ -50,6 +52,7 @@ __all__ = [
     "LiveError",
     "NotSupported",
     "NotTrident",
+    "BadUrl",
     "Unreachable",
     "ServedModel",
     "check_server",
@@ -67,6 +70,9 @@ __all__ = [
     "stages_frame",
     "start_local_server",
     "stop_local_server",
+    "stopping_local_server",
+    "LOCAL_STOP_TIMEOUT_S",
+    "DEFAULT_DRAIN_TIMEOUT_S",
 ]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -106,6 +112,10 @@ class NotTrident(LiveError):
     """Something answers at the URL, but not a trident server: nothing of its reply is shown."""
 
 
+class BadUrl(LiveError):
+    """A URL that cannot be asked at all (httpx or the IDNA codec refuses it; our own text, not a reply)."""
+
+
 def normalize_url(text: str) -> str:
     """``127.0.0.1:8000/`` -> ``http://127.0.0.1:8000``; LiveError naming the problem otherwise."""
     text = text.strip()
@@ -113,6 +123,9 @@ def normalize_url(text: str) -> str:
         raise LiveError(f"give the server's URL, e.g. {DEFAULT_URL}")
     if any(c.isspace() for c in text):  # ("not a url" read as the host "not a url")
         raise LiveError(f"{text!r} is not a URL (it has spaces); give one like {DEFAULT_URL}")
+    if not (text.isascii() and text.isprintable()):  # (a DEL, a full-width letter: httpx's traceback)
+        raise LiveError(f"{text[:100]!r} is not a URL (it has characters other than printable ASCII; a host "
+                        "of other letters goes in its xn-- form)")
     if "://" not in text:
         text = "http://" + text
     shown = text if len(text) <= 100 else text[:100] + "…"
@@ -142,7 +155,14 @@ def normalize_url(text: str) -> str:
         where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
         raise LiveError(f"{where}: give the server's address alone (scheme://host:port), with no user, query or "
                         "fragment")
-    return text.rstrip("/")
+    if host.replace(".", "").isdigit():  # (999.1.1.1: httpx's "Invalid IPv4 address" traceback)
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise LiveError(f"{shown}: {host} is not an IPv4 address") from None
+    # rebuilt from its parts: a bare "?" or "#" at the end (no query, no fragment) is dropped, not kept
+    # in front of the paths the workbench asks for
+    return f"{parts.scheme}://{parts.netloc}{parts.path}".rstrip("/")
 
 
 _NOT_JSON = object()
@@ -193,6 +213,9 @@ def _exchange(method: str, url: str, path: str, *, timeout_s: float, cap_bytes: 
     deadline = time.monotonic() + timeout_s
     headers = {"accept": "application/json", "accept-encoding": "identity"}
     if api_key and api_key.strip():
+        if not (api_key.strip().isascii() and api_key.strip().isprintable()):  # (a traceback: 'ascii' codec)
+            raise LiveError("the API key has characters other than printable ASCII: a trident server's key is "
+                            "ASCII text (as TRIDENT_API_KEY holds it)")
         headers["authorization"] = f"Bearer {api_key.strip()}"
     try:
         with httpx.stream(method, url + path, json=json_body, params=params, timeout=timeout, follow_redirects=False,
@@ -207,6 +230,8 @@ def _exchange(method: str, url: str, path: str, *, timeout_s: float, cap_bytes: 
         raise Unreachable(f"{url} did not answer {method} {path} within {timeout_s:g} s") from None
     except httpx.HTTPError as exc:  # its text may quote what the other side sent: the type only
         raise LiveError(f"{what} failed ({type(exc).__name__})") from None
+    except (httpx.InvalidURL, UnicodeError) as exc:  # our URL, which httpx or the IDNA codec refuses
+        raise BadUrl(f"{url}: not a URL that can be reached ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def serve_command_for(url: str) -> str | None:
@@ -224,7 +249,9 @@ def _unreachable(url: str, exc: BaseException) -> Unreachable:
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, ConnectionRefusedError):
+    if isinstance(cause, ssl.SSLError):  # (it said "Operation not permitted", the strerror of its errno 1)
+        why = f"{url}: the TLS handshake failed ({cause.reason or 'SSL error'}): is the server plain http://?"
+    elif isinstance(cause, ConnectionRefusedError):
         why = f"nothing listens at {url} (connection refused)"
     elif isinstance(cause, socket.gaierror):
         why = f"cannot reach {url}: this machine knows no host named {urlsplit(url).hostname!r}"
@@ -256,7 +283,7 @@ def check_server(base_url: str) -> dict:
     url = normalize_url(base_url)
     try:
         status, _, raw = _exchange("GET", url, "/healthz", timeout_s=HEALTH_TIMEOUT_S, cap_bytes=HEALTH_MAX_BYTES)
-    except Unreachable:
+    except (Unreachable, BadUrl):
         raise
     except LiveError:  # it answers, but not as an HTTP server should, or at length
         raise NotTrident(f"not a trident server at {url}") from None
@@ -324,6 +351,7 @@ class ServedModel:
     default_frames: int = 1
     max_frames: int = 1
     frames_multiple: int = 1
+    max_pixels: int | None = None  # width*height*frames the server's profile prices (None: not said)
 
     @property
     def endpoint(self) -> str:
@@ -347,6 +375,7 @@ def _model(d: Mapping[str, Any]) -> ServedModel:
         default_steps=int(steps.get("default", 28)), max_steps=int(steps.get("max", 200)),
         default_frames=int(frames.get("default", 1)) if kind == "video" else 1,
         max_frames=int(frames.get("max", 1)) if kind == "video" else 1, frames_multiple=multiple,
+        max_pixels=int(pixels["max"]) if isinstance(pixels := d.get("pixels"), Mapping) and "max" in pixels else None,
     )
 
 
@@ -367,10 +396,13 @@ def fetch_requests(base_url: str, limit: int = 20, api_key: str | None = None) -
 
 
 def size_choices(model: ServedModel, limit: int = 8) -> list[str]:
-    """Square sizes a test prompt can pick for ``model`` (the default first), smallest to largest."""
+    """Square sizes a test prompt can pick for ``model`` (the default first), smallest to largest: those
+    the server takes, its profile's priced pixels included (at the model's default frames)."""
     out = [model.default_size]
     side = model.min_size + (-model.min_size) % model.size_multiple
-    while side <= model.max_size and len(out) < limit:
+    frames = model.default_frames if model.kind == "video" else 1
+    while (side <= model.max_size and len(out) < limit
+           and (model.max_pixels is None or side * side * frames <= model.max_pixels)):
         label = f"{side}x{side}"
         if label not in out:
             out.append(label)
@@ -538,8 +570,31 @@ def start_local_server(models: str = LOCAL_MODELS, devices: str = LOCAL_DEVICES,
         return srv.url
 
 
-def stop_local_server() -> int | None:
-    """Stop the server :func:`start_local_server` started (SIGTERM, then its drain); its exit status."""
+# how long a stopping local server may take before it is killed: its drain (--drain-timeout, 30 s by
+# default), the connections still open (5 s) and storing; stopped at 30 s, a busy server was killed
+# in the middle of its own drain and its worker outlived it
+LOCAL_STOP_TIMEOUT_S = DEFAULT_DRAIN_TIMEOUT_S + 30.0
+
+
+def stopping_local_server():
+    """The local server this process is stopping (it drains), or None."""
+    srv = _local.get("stopping")
+    return srv if srv is not None and srv.proc.poll() is None else None
+
+
+def stop_local_server(pid: int | None = None, wait: bool = True) -> int | None:
+    """Stop the server :func:`start_local_server` started (SIGTERM, then its drain); its exit status.
+    ``pid``: only if it is still that process (a button drawn for a server that has since been
+    replaced stops nothing). ``wait=False``: return at once (None) while it drains in a thread of
+    its own; :func:`stopping_local_server` tells it is on its way."""
     with _local_lock:
-        srv = _local.pop("server", None)
-        return None if srv is None else srv.stop(timeout_s=30.0)
+        srv = _local.get("server")
+        if srv is None or (pid is not None and srv.pid != pid):
+            return None
+        _local.pop("server")
+        if wait:
+            return srv.stop(timeout_s=LOCAL_STOP_TIMEOUT_S)
+        _local["stopping"] = srv
+        threading.Thread(target=srv.stop, kwargs={"timeout_s": LOCAL_STOP_TIMEOUT_S}, daemon=True,
+                         name="stop-local-server").start()
+        return None

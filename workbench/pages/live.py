@@ -44,14 +44,21 @@ api_key = st.text_input("API key", type="password", key="live_api_key",
                              "every route but /healthz only with the key. Leave empty for an open server.") or None
 
 b1, b2 = st.columns([1, 3], vertical_alignment="center")
-if local is None:
+stopping = live.stopping_local_server()
+if local is None and stopping is not None:
+    b1.button("Start a local server", key="live_start_local", disabled=True)
+    b2.caption(f"The local server (process {stopping.pid}) is stopping: it drains the requests it has (up to "
+               f"{live.DEFAULT_DRAIN_TIMEOUT_S:g} s), then stores its run.")
+elif local is None:
     b1.button("Start a local server", key="live_start_local", on_click=start_local,
               help=f"`{live.SERVE_COMMAND}` on 127.0.0.1 and a free port (tiny CPU pipelines: real images and "
                    "animations); it stops with the workbench")
     b2.caption("Tiny CPU pipelines, real images and animations; it takes a few seconds to start and stops with the "
                "workbench.")
 else:
-    b1.button("Stop the local server", key="live_stop_local", on_click=live.stop_local_server)
+    # the process the button was drawn for: a page drawn before that server ended stops no other one
+    b1.button("Stop the local server", key="live_stop_local", on_click=live.stop_local_server,
+              kwargs={"pid": local.pid, "wait": False})
     b2.caption(f"The workbench runs `{live.SERVE_COMMAND}` at {local.url}, process {local.pid}.")
 if "live_local_error" in st.session_state:
     st.error(st.session_state.pop("live_local_error"))
@@ -69,6 +76,12 @@ every = REFRESH[refresh]
 
 @st.fragment(run_every=timedelta(seconds=every) if every else None)
 def cluster_view(url: str, limit: int, api_key: str | None) -> None:
+    # the header above (start or stop, which process) is drawn with the page, not with this view: when
+    # the local server has ended (killed, stopped from another tab) or finished stopping, draw it anew
+    drawn = (local.pid if local is not None else None, stopping.pid if stopping is not None else None)
+    now = (getattr(live.local_server(), "pid", None), getattr(live.stopping_local_server(), "pid", None))
+    if now != drawn:
+        st.rerun()
     try:
         cluster = live.fetch_cluster(url, api_key)
     except live.Unreachable as exc:  # nothing is up yet (the first visit): how to start one, calmly
