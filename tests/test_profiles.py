@@ -197,3 +197,10 @@ def test_a_large_profile_loads_in_near_linear_time(tmp_path):
     t0 = time.perf_counter()
     load_profile(path).cost_model()
     assert time.perf_counter() - t0 < 5.0  # about 1 s here; a loose bound for a busy host
+
+
+def test_a_byte_order_mark_before_the_header_is_read_as_such(tmp_path):
+    """It was refused: "unknown column '\\ufeffgpu'" (a mix YAML with one was read)."""
+    path = tmp_path / "bom.csv"
+    path.write_text("\ufeff" + HEADER + "\n" + _row())
+    assert len(load_profile(path).rows) == 1

@@ -92,6 +92,7 @@ def test_sweep_rates_prints_classes():
     (["simulate", "--bias", "decode=2,decode=3", "--duration", "30"], "--bias: stage 'decode' given twice"),
     (["sweep", "--goodput", "--slo-scale", "5000"], "--slo-scale"),  # (simulate's bound, 1000, now sweep's too)
     (["sweep", "--rates", "1,abc"], "--rates: not a number: 'abc'"),
+    (["sweep", "--rates", "1,,2"], "--rates 1,,2: an empty item"),  # (it was dropped without a word)
     # an --out that cannot be written is refused before minutes of measuring (it was a traceback after)
     (["profile", "--model", "tiny-sd3", "--out", "."], "--out .: is a folder"),
     (["profile", "--model", "tiny-sd3", "--out", "/proc/no/p.csv"], "--out /proc/no/p.csv: cannot be written"),

@@ -154,9 +154,11 @@ def sweep(
 
 def _rates(text: str) -> list[float]:
     """``--rates``: a comma list of numbers, at least one; else one ``error:`` line."""
-    parts = [r.strip() for r in text.split(",") if r.strip()]
-    if not parts:
+    parts = [r.strip() for r in text.split(",")]
+    if not any(parts):
         fail("--rates: give at least one rate (a comma list, e.g. 0.5,1,2)")
+    if not all(parts):  # (`1,,2` dropped its empty item without a word)
+        fail(f"--rates {text}: an empty item; give a comma list of numbers, e.g. 0.5,1,2")
     bad = []
     out = []
     for r in parts:

@@ -213,7 +213,8 @@ _BOUNDS = {"latency_ms": (1e-3, MAX_WORKLOAD_S * 1000.0), "peak_gib": (0.0, 1e5)
 def parse_profile(text: str, *, name: str = "profile", origin: str = "<string>") -> Profile:
     """Parse and validate profile CSV text; raise one :class:`ProfileError` listing every problem."""
     problems: list[str] = []
-    reader = csv.reader(io.StringIO(text))
+    # a byte order mark some editors write first (it read as part of the first column's name)
+    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
     try:
         header = next(reader)
     except StopIteration:
