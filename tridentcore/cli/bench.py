@@ -35,6 +35,7 @@ def _dash_table(rows: list[dict], columns) -> str:
 
 _BENCH_COLUMNS = ("policy", "requests", "attainment", "mean_s", "p95_s", "p99_s", "ooms", "rejected", "gpu_s_per_met")
 _REPEAT_ONLY = {"repeat", "db", "verbose", "progress"}
+MIN_LIVE_TIME_SCALE = 0.001  # a live bench's smallest --time-scale: 1 ms of host time reads as 1 workload second
 
 
 def bench(
@@ -260,8 +261,12 @@ def _live_spec(*, mix, trace, model, arrival, rate, duration, slo_scale, seed, p
         profile, _ = pricing_for(None, None, cluster)  # the shipped profile of the cluster's kind
     if time_scale is None:  # real devices (cpu, cuda) take their own time: only emulated ones are scaled
         time_scale = DEFAULT_LIVE_TIME_SCALE if emulated is not None else DEFAULT_TIME_SCALE
-    if not time_scale > 0:
-        _fail("--time-scale must be > 0 for a live bench (the schedule is sent at t x time scale)")
+    if not time_scale >= MIN_LIVE_TIME_SCALE:
+        # (1e-9 was taken: the whole schedule sent in a microsecond, and each millisecond of the host's own
+        # work read as a million workload seconds: mean latency 57,579 s, attainment 0)
+        _fail(f"--time-scale must be at least {MIN_LIVE_TIME_SCALE:g} for a live bench (the schedule is sent at t x "
+              "time scale, and latencies are read back divided by it: below that the host's own milliseconds "
+              "per request are most of what is measured)")
     run = RunSpec(profile=profile, cluster=cluster, mix=None if trace else (mix or DEFAULT_MIX), trace=trace,
                   trace_model=model, arrival=arrival, rate=rate, duration_s=duration, seed=seed, slo_scale=slo_scale,
                   backend="live", devices=devices, time_scale=time_scale)
