@@ -319,6 +319,8 @@ def test_cli_cost_human_readable_and_options():
          "--batch must be an integer in 1..1024"),
         (["--model", "wan2.1-1.3b", "--stage", "diffuse", "--size", "832x480", "--frames", "1000"],
          "--frames must be an integer in 1..129"),
+        (["--profile", "cpu", "--model", "tiny-sd3", "--stage", "diffuse", "--size", "64x64", "--frames", "5"],
+         "--frames 5: tiny-sd3 is an image model (frames 1)"),  # (it was priced, though simulate refuses it)
     ],
 )
 def test_cli_cost_bad_input_exits_2_with_one_line(args, needle):

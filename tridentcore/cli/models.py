@@ -317,6 +317,11 @@ def cost(
             raise ValueError(f"--size WIDTHxHEIGHT is required for stage {stage!r}")
         loaded = load_profile(profile)
         costs = loaded.cost_model()
+        if frames > 1 and stage != StageKind.ENCODE:
+            from ..runtime.models import video_models
+
+            if model in costs.models() and model not in video_models(loaded.rows):  # (it was priced)
+                raise ValueError(f"--frames {frames}: {model} is an image model (frames 1)")
         result = {
             "profile": loaded.name,
             "model": model,
