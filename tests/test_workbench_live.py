@@ -139,6 +139,10 @@ def test_live_figures_draw_devices_and_queues():
     q = figures.live_queues({"encode": 1, "diffuse": 3, "decode": 0}, {"encode": 0, "diffuse": 2, "decode": 0})
     assert list(q.data[0].y) == [1, 3, 0] and list(q.data[1].y) == [0, 2, 0]
     assert "no devices" in figures.live_devices(live.devices_frame({"devices": []})).layout.annotations[0].text
+    # a reply of another shape (a service that answers /healthz as trident does): a line, not a traceback
+    for odd in ({"devices": [{"id": "x"}]}, {"devices": [7]}, {"devices": [{"mem_gib": "lots"}]}):
+        with pytest.raises(live.LiveError, match="a device the workbench cannot read"):
+            live.devices_frame(odd)
 
 
 # ------------------------------------------------------------------------------ the page

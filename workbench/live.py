@@ -416,18 +416,24 @@ _DEVICE_COLUMNS = ("device", "node", "kind", "alive", "busy", "running", "reside
 
 
 def devices_frame(cluster: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per device of a ``/v1/cluster`` reply: state, what runs, resident stages, memory."""
+    """One row per device of a ``/v1/cluster`` reply: state, what runs, resident stages, memory.
+    LiveError for a reply of another shape (a service that answers /healthz as trident does, then
+    something else: it was a traceback)."""
     rows = []
-    for d in cluster.get("devices", ()):
-        run = d.get("running") or None
-        running = "" if not run else f"{run.get('stage', '?')} ×{len(run.get('requests', ()))}"
-        rows.append({
-            "device": int(d.get("id", len(rows))), "node": d.get("node"), "kind": str(d.get("kind", "")),
-            "alive": bool(d.get("alive", True)), "busy": bool(d.get("busy", False)), "running": running,
-            "resident": ", ".join(d.get("resident", ())),
-            "weights_gib": float(d.get("weights_gib") or 0.0), "activations_gib": float(d.get("activations_gib") or 0.0),
-            "free_gib": float(d.get("free_gib") or 0.0), "mem_gib": float(d.get("mem_gib") or 0.0),
-        })
+    try:
+        for d in cluster.get("devices", ()):
+            run = d.get("running") or None
+            running = "" if not run else f"{run.get('stage', '?')} ×{len(run.get('requests', ()))}"
+            rows.append({
+                "device": int(d.get("id", len(rows))), "node": d.get("node"), "kind": str(d.get("kind", "")),
+                "alive": bool(d.get("alive", True)), "busy": bool(d.get("busy", False)), "running": running,
+                "resident": ", ".join(map(str, d.get("resident", ()))),
+                "weights_gib": float(d.get("weights_gib") or 0.0),
+                "activations_gib": float(d.get("activations_gib") or 0.0),
+                "free_gib": float(d.get("free_gib") or 0.0), "mem_gib": float(d.get("mem_gib") or 0.0),
+            })
+    except (AttributeError, TypeError, ValueError):
+        raise LiveError("GET /v1/cluster: a device the workbench cannot read: is the URL a `trident serve`?") from None
     return pd.DataFrame(rows, columns=list(_DEVICE_COLUMNS))
 
 

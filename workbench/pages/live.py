@@ -84,6 +84,7 @@ def cluster_view(url: str, limit: int, api_key: str | None) -> None:
         st.rerun()
     try:
         cluster = live.fetch_cluster(url, api_key)
+        devices = live.devices_frame(cluster)
     except live.Unreachable as exc:  # nothing is up yet (the first visit): how to start one, calmly
         here, command = live.local_server(), live.serve_command_for(url)
         st.info(f"No trident server answers at {url} yet: {exc.reason}. "
@@ -97,7 +98,6 @@ def cluster_view(url: str, limit: int, api_key: str | None) -> None:
         st.caption("This view retries on its own" + (f" {refresh}." if every else " when refresh is on."))
         return
     queues, running = cluster.get("queues", {}), cluster.get("running", {})
-    devices = live.devices_frame(cluster)
     cols = st.columns(5)
     cols[0].metric("Live requests", int(cluster.get("live_requests", 0)))
     cols[1].metric("Waiting", int(sum(queues.values())), help=", ".join(f"{s}: {n}" for s, n in queues.items()))
