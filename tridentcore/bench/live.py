@@ -238,6 +238,7 @@ class LiveBench:
         self.extra_config = dict(extra_config or {})
         self.report = progress or (lambda phase, done, total: None)
         self.artifacts = Path(artifacts).resolve() if artifacts is not None else None  # (the children run elsewhere)
+        self.span: tuple[float, float] | None = None  # a trace's (seconds, mean rate), from its schedule
 
     def run(self) -> LiveRun:
         """Run, store, return the stored run; :class:`LiveBenchInterrupted` on Ctrl-C,
@@ -252,6 +253,10 @@ class LiveBench:
             raise LiveBenchError(str(exc)) from None
         if not requests:
             raise LiveBenchError("the schedule has no requests (rate x duration too small?)")
+        if self.run_spec.trace:
+            from ..formats.traces import trace_span
+
+            self.span = trace_span([r.arrival_s for r in requests])
         created, t0 = time.time(), time.monotonic()
         temporary = self.artifacts is None
         work = Path(tempfile.mkdtemp(prefix=PREFIX)) if temporary else self.artifacts
@@ -433,7 +438,7 @@ class LiveBench:
         if crashed:
             extra["crashed"] = outcome["crashed"]
         status = outcome["status"]
-        meta = live_run_meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra)
+        meta = live_run_meta(self.spec, self.policy, self.run_id, status, created, wall_s, extra, self.span)
         self.report("storing", len(rows) - states.get("unfinished", 0), scheduled)  # (a row per scheduled request)
         with procs.no_interrupts():  # one transaction, not cut short
             ResultsStore(self.db, lock_wait_s=lock_wait_s).write_run_tables(meta, {**tables, "client_requests": rows})

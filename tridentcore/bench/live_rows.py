@@ -34,18 +34,27 @@ def remap_to_schedule(tables: dict, rows: list[dict]) -> dict:
 
 
 def live_run_meta(spec: LiveBenchSpec, policy: str, run_id: str, status: str, created: float, wall_s: float,
-                  extra: dict) -> RunMeta:
+                  extra: dict, span: tuple[float, float] | None = None) -> RunMeta:
     """The ``runs`` row of one policy's live run: the run spec and the harness's options as its
-    ``config_json`` (``extra`` added), git commit, package versions and hardware."""
+    ``config_json`` (``extra`` added), git commit, package versions and hardware. ``span``: a trace's
+    seconds and mean rate, from the schedule the bench sent (None: read from the trace, as when a
+    killed bench's run is stored later; a trace gone by then leaves its rate 0)."""
     from .live import LiveBenchSpec, cluster_of_devices  # (the module that imports this one)
     from .provenance import LIVE_PACKAGES, git_sha, hardware, package_versions
 
     run = spec.run.replace(policies=(policy,))
     rate_rps, duration_s = float(run.rate), float(run.duration_s)
     if run.trace:  # the trace's own span and mean rate (as `trident trace stats` says them)
-        from ..formats.traces import read_trace, trace_span
+        rate_rps = 0.0
+        if span is None:
+            from ..formats.traces import read_trace, trace_span
 
-        duration_s, rate_rps = trace_span([e.t for e in read_trace(run.trace, default_model=run.trace_model)])
+            try:
+                span = trace_span([e.t for e in read_trace(run.trace, default_model=run.trace_model)])
+            except (ValueError, OSError):  # (the run is stored all the same)
+                span = None
+        if span is not None:
+            duration_s, rate_rps = span
     emulated = cluster_of_devices(spec.devices)
     hw = {**hardware(), "devices": spec.devices, "gpus": emulated or run.cluster, "gpus_emulated": emulated is not None}
     return RunMeta(run_id=run_id, backend="live", policy=policy, seed=run.seed, profile=run.profile,

@@ -88,6 +88,7 @@ def generate(
         if problems:  # before the model loads: no model takes it
             fail(f"--size {size}: " + "; ".join(problems) + " (no supported model takes it)")
         check_output_path(out)  # before the model loads: a path that cannot be written costs nothing
+        check_out(out)
         pipe = load_pipeline(model, device=device, dtype=dtype)
         limits = pipe.limits
         n_frames = frames or (17 if limits.video else 1)

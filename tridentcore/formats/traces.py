@@ -384,7 +384,7 @@ def trace_format(text: str) -> str:
     for line in io.StringIO(text.removeprefix("\ufeff"), newline=None):
         head = line.strip()
         if head and not head.startswith("#"):
-            return "paper Request(...) lines" if head.startswith("Request(") else "JSON lines"
+            return "paper Request(...) lines" if _detect(head) == "paper" else "JSON lines"
     return "empty"
 
 
