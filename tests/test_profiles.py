@@ -179,6 +179,18 @@ def test_numbers_past_their_range_are_refused(tmp_path, latency, peak):
         load_profile(path)
 
 
+@pytest.mark.parametrize("peak, below", [("3.0", "weights_gib"), ("0.1", "act_gib")])
+def test_a_peak_below_the_weights_or_the_activations_is_refused(tmp_path, peak, below):
+    """The peak includes both (shared/profiles/README.md); a row with peak 3.0 under weights 3.8 (swapped
+    columns) was read."""
+    path = tmp_path / "p.csv"
+    path.write_text(HEADER + "\n" + _row(peak=peak))
+    with pytest.raises(ProfileError, match=rf"line 2, column peak_gib: {float(peak):g} is below {below}"):
+        load_profile(path)
+    path.write_text(HEADER + "\n" + _row(peak="4.0"))  # 3.8 + 0.2: rounded as the file rounds its parts
+    assert len(load_profile(path).rows) == 1
+
+
 def test_a_profile_file_past_the_size_limit_is_not_read(tmp_path):
     from tridentcore.core.defaults import MAX_PROFILE_BYTES
 

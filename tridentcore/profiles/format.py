@@ -210,6 +210,20 @@ _BOUNDS = {"latency_ms": (1e-3, MAX_WORKLOAD_S * 1000.0), "peak_gib": (0.0, 1e5)
            "weights_gib": (0.0, 1e5)}
 
 
+# a peak is rounded in the file as its parts are: a thousandth of a GiB of slack
+_MEMORY_SLACK_GIB = 1e-3
+
+
+def _check_memory(floats: dict[str, float], problems: list[str], where: str) -> None:
+    """A call's peak holds its stage's weights and its activations (shared/profiles/README.md): a peak
+    below either is a row whose columns are swapped or mistyped."""
+    peak = floats["peak_gib"]
+    for column in ("weights_gib", "act_gib"):
+        if peak + _MEMORY_SLACK_GIB < floats[column]:
+            problems.append(f"{where}, column peak_gib: {peak:g} is below {column} ({floats[column]:g}); "
+                            f"the peak includes the weights and the activations")
+
+
 def parse_profile(text: str, *, name: str = "profile", origin: str = "<string>") -> Profile:
     """Parse and validate profile CSV text; raise one :class:`ProfileError` listing every problem."""
     problems: list[str] = []
@@ -282,6 +296,8 @@ def parse_profile(text: str, *, name: str = "profile", origin: str = "<string>")
         if "source" in cell and not cell["source"]:
             problems.append(f"{where}, column source: empty (write 'measured' or why the row was derived)")
 
+        if len(problems) == before and not missing:
+            _check_memory(floats, problems, where)  # type: ignore[arg-type]
         if len(problems) > before or missing or stage is None:
             continue
         row = ProfileRow(
