@@ -58,7 +58,7 @@ def serve(
                                     "oldest dropped first (410 gone after)."),
     backend: str = typer.Option("local", help="local: workers on this host; ray: one Ray actor per device slot."),
     ray_address: str = typer.Option(None, help="--backend ray: a running Ray cluster (auto, HEAD:6379); "
-                                               "none: start Ray on this host."),
+                                               "not given: a private Ray instance on this host."),
     late: str = typer.Option(None, help="serve (the default): a request that can no longer meet its deadline is "
                                          "still served, last, and counts as an SLO miss (trident also admits one that "
                                          "would miss behind the admitted work as late at once); reject (goodput "

@@ -263,7 +263,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
     elif backend == "ray" and importlib.util.find_spec("ray") is None:
         problems.append("backend 'ray' needs the ray package (pip install 'tridentserve[ray]')")
     if ray_address is not None and not ray_address.strip():
-        problems.append("an empty Ray address: give HOST:PORT, auto or ray://HOST:PORT (none: a private instance)")
+        problems.append("an empty Ray address: give HOST:PORT, auto or ray://HOST:PORT (not given: a private instance)")
     elif ray_address and backend != "ray":
         problems.append("a Ray address applies to backend 'ray' only")
     if len(parts) == len(devs):

@@ -20,7 +20,7 @@ _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x0
 
 def probe_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     """Fail fast where ``ray.init`` would retry for minutes, deaf to Ctrl-C: a ``HOST:PORT`` (``auto``:
-    the one ``RAY_ADDRESS`` or the last cluster started on this host names) with nothing listening, or
+    the one ``RAY_ADDRESS`` or the last cluster started on this host names; neither: an error) with nothing listening, or
     with something that does not answer as a Ray head does (its GCS is a gRPC server: to an HTTP/2
     preface it answers with a SETTINGS frame)."""
     if address == "auto":
@@ -29,8 +29,11 @@ def probe_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
             try:
                 known = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
                 address = known.read_text().strip() or None
-            except OSError:
-                return  # no cluster known here: ray.init says so at once
+            except OSError:  # (left to ray.init, it scanned the host's processes and joined another
+                # trident serve's private instance, to lose every worker when that server stopped)
+                raise RuntimeError("--ray-address auto: no Ray cluster is known on this host (RAY_ADDRESS is "
+                                   "unset and no `ray start` left its address): give HEAD:PORT, or leave "
+                                   "--ray-address out for a private instance") from None
     if not address or "://" in address:
         return
     host, sep, port = address.rpartition(":")
