@@ -76,6 +76,9 @@ def test_an_address_that_does_not_answer_as_a_ray_head_fails_in_seconds(tmp_path
         with pytest.raises(RuntimeError, match="no Ray cluster is known on this host"):
             _probe("auto")  # none known: never left to ray.init (it joined another server's private instance)
         (tmp_path / "ray").mkdir()
+        (tmp_path / "ray" / "ray_current_cluster").write_text("\n")  # an empty file names none either
+        with pytest.raises(RuntimeError, match="no Ray cluster is known on this host"):
+            _probe("auto")
         (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{silent.getsockname()[1]}\n")
         with pytest.raises(RuntimeError, match="said nothing"):
             _probe("auto", timeout_s=1)

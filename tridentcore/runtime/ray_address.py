@@ -29,11 +29,13 @@ def probe_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
             try:
                 known = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
                 address = known.read_text().strip() or None
-            except OSError:  # (left to ray.init, it scanned the host's processes and joined another
+            except OSError:
+                address = None
+            if address is None:  # (left to ray.init, it scanned the host's processes and joined another
                 # trident serve's private instance, to lose every worker when that server stopped)
                 raise RuntimeError("--ray-address auto: no Ray cluster is known on this host (RAY_ADDRESS is "
                                    "unset and no `ray start` left its address): give HEAD:PORT, or leave "
-                                   "--ray-address out for a private instance") from None
+                                   "--ray-address out for a private instance")
     if not address or "://" in address:
         return
     host, sep, port = address.rpartition(":")
