@@ -181,7 +181,7 @@ def test_numbers_past_their_range_are_refused(tmp_path, latency, peak):
 
 @pytest.mark.parametrize("peak, below", [("3.0", "weights_gib"), ("0.1", "act_gib")])
 def test_a_peak_below_the_weights_or_the_activations_is_refused(tmp_path, peak, below):
-    """The peak includes both (shared/profiles/README.md); a row with peak 3.0 under weights 3.8 (swapped
+    """The peak includes both (docs/profiles.md); a row with peak 3.0 under weights 3.8 (swapped
     columns) was read."""
     path = tmp_path / "p.csv"
     path.write_text(HEADER + "\n" + _row(peak=peak))

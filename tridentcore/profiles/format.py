@@ -215,7 +215,7 @@ _MEMORY_SLACK_GIB = 1e-3
 
 
 def _check_memory(floats: dict[str, float], problems: list[str], where: str) -> None:
-    """A call's peak holds its stage's weights and its activations (shared/profiles/README.md): a peak
+    """A call's peak holds its stage's weights and its activations (docs/profiles.md): a peak
     below either is a row whose columns are swapped or mistyped."""
     peak = floats["peak_gib"]
     for column in ("weights_gib", "act_gib"):
