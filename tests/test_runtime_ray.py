@@ -279,10 +279,11 @@ def test_cpu_actors_png_equals_the_local_backend(cpu_result):
     assert r["worker_kinds"] == ["ray-cpu"] and r["own_pid"] not in r["pids"]
     assert r["png_state"] == "done" and r["png_magic_ok"]
     assert r["png_equal_local"], "the Ray actors' PNG differs from the local backend's"
-    # the engine holds object references between stages, never tensors; a decode hands back bytes
+    # the engine holds object references between stages, never tensors; a decode hands back the
+    # request's frames, which the engine encodes (the PNG above)
     types = r["types"]
     assert types["encode_out"] == types["diffuse_out"] == types["diffuse_in"] == types["decode_in"] == ["ObjectRef"]
-    assert types["decode_out"] == ["bytes"]
+    assert types["decode_out"] == ["Pixels"]
 
 
 def test_cancel_stops_a_running_diffuse_in_an_actor(cpu_result):

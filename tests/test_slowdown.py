@@ -111,7 +111,7 @@ def test_a_slowed_worker_reports_about_k_times_the_wall_time_and_still_stops_at_
                     assert dif.ok and dif.end_step == 8, dif.error
                     did += 1
                     dec = await worker.run(_task(did, StageKind.DECODE, (dif.outputs[0],)))
-                    assert dec.ok and dec.outputs[0][:8] == b"\x89PNG\r\n\x1a\n", dec.error
+                    assert dec.ok and dec.outputs[0].encode()[:8] == b"\x89PNG\r\n\x1a\n", dec.error
                     walls.setdefault(("diffuse", worker.slowdown), []).append(dif.wall_s)
                     walls.setdefault(("decode", worker.slowdown), []).append(dec.wall_s)
             # a long slowed diffuse, preempted a little after it began: it stops at a step boundary

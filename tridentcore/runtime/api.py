@@ -71,7 +71,7 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one request ended (``result``: encoded media bytes; None on emulated devices)."""
+    """How one request ended (``result``: its encoded media; None on emulated devices)."""
 
     request_id: int
     state: str

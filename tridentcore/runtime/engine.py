@@ -31,7 +31,7 @@ records (``SpanRow``, ``PlacementRow``, ``RequestRow``); a server with a results
 them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are
 ``runtime/views.py``, the client types ``runtime/api.py``.
 
-One class of about 560 lines, one job (a live run on one device kind): the loop, the client API,
+One class of about 600 lines, one job (a live run on one device kind): the loop, the client API,
 the worker tasks and the endings share the pending queue, the waiters and the live set, and
 splitting them would only pass those around.
 """
@@ -40,10 +40,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
@@ -61,6 +63,7 @@ from .api import Accepted, EngineConfig, Outcome, Refused, Submission
 from .artifacts import ArtifactCache
 from .clock import EngineClock
 from .parallel_worlds import MemberSet
+from .tasks import Pixels
 from .workers import StageResult, StageTask, WorkerPool, failure
 
 __all__ = ["Accepted", "Engine", "EngineConfig", "Outcome", "PolicyBug", "Refused", "Submission"]
@@ -121,6 +124,11 @@ class Engine:
         self.hung = 0  # stages whose worker was taken as hung and stopped (_watched)
         self._faults = {stage: n for stage, n in config.inject_oom if n > 0}  # stage -> injections left
         self._tiled: set[int] = set()  # decode dispatches run tiled (a retry after an out-of-memory error)
+        # requests whose decode ended and whose media is being encoded (tasks.Pixels), with the wall time
+        # that began; each ends for its client (waiters, listeners, its result) once its media is made
+        self._encoding: dict[int, float] = {}
+        self._encoder: ThreadPoolExecutor | None = None
+        self.media_s: dict[int, float] = {}  # wall seconds each request's media took to encode
         self._tick_task: asyncio.Task | None = None
         self.started = False
         self._closing = False
@@ -222,8 +230,12 @@ class Engine:
         deadline = self._clock() + max(0.0, drain_timeout_s)
         while self._live and self._clock() < deadline and not self._hurry:
             await asyncio.sleep(0.01)
-        self.cut_short = len(self._live)
+        self.cut_short = len(self._live) - len(self._encoding)
         self._post(ShutDown("the server shut down before the request finished"))
+        while self._encoding:  # done requests whose media is still being made (at most seconds)
+            await asyncio.sleep(0.01)
+        if self._encoder is not None:
+            self._encoder.shutdown(wait=False)
         self._closed = True
         if self._tick_task is not None:
             self._tick_task.cancel()
@@ -264,7 +276,7 @@ class Engine:
         counts: dict[str, int] = {}
         reqs = self.state.requests
         for rid in self._live:
-            s = reqs[rid].state.value
+            s = RequestState.DECODING.value if rid in self._encoding else reqs[rid].state.value
             counts[s] = counts.get(s, 0) + 1
         return counts
 
@@ -324,11 +336,16 @@ class Engine:
         self._post(Cancelled(request_id, reason))
         return True
 
+    def encoding(self, request_id: int) -> bool:
+        """Whether this request's decode ended and its media is still being encoded: done for the
+        policy, not yet for its client (no result yet)."""
+        return request_id in self._encoding
+
     async def wait(self, request_id: int, timeout_s: float | None = None) -> Outcome:
         rec = self.state.requests.get(request_id)
         if rec is None:
             raise KeyError(request_id)
-        if not rec.state.terminal:
+        if not rec.state.terminal or request_id in self._encoding:
             fut = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(request_id, []).append(fut)
             await asyncio.wait_for(fut, timeout_s)
@@ -336,7 +353,7 @@ class Engine:
 
     def outcome(self, request_id: int) -> Outcome | None:
         rec = self.state.requests.get(request_id)
-        if rec is None or not rec.state.terminal:
+        if rec is None or not rec.state.terminal or request_id in self._encoding:
             return None
         return Outcome(request_id, rec.state.value, rec.reason, self.artifacts.result(request_id))
 
@@ -458,7 +475,34 @@ class Engine:
             rec = reqs.get(rid)
             if rec is None or (rec.state.terminal and rec.state is not RequestState.DONE):
                 continue  # cancelled while it ran: its output is dropped
-            self.artifacts.keep(stage, rid, result.outputs[i] if i < len(result.outputs) else None)
+            output = result.outputs[i] if i < len(result.outputs) else None
+            if isinstance(output, Pixels):
+                self._encode_media(rid, output)
+            else:
+                self.artifacts.keep(stage, rid, output)
+
+    def _encode_media(self, rid: int, pixels: Pixels) -> None:
+        """Encode a decoded request's frames on the engine's media threads (PNG and WebP encoders let go
+        of the GIL), the device already free for its next stage; the request ends for its client when
+        they are done (``_encoded``)."""
+        if self._encoder is None:
+            self._encoder = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="media")
+        self._encoding[rid] = time.perf_counter()
+        fut = asyncio.get_running_loop().run_in_executor(self._encoder, pixels.encode)
+        fut.add_done_callback(lambda f, rid=rid: self._encoded(rid, f))
+
+    def _encoded(self, rid: int, fut: asyncio.Future) -> None:
+        began = self._encoding.pop(rid, None)
+        if began is not None:
+            self.media_s[rid] = time.perf_counter() - began
+        try:
+            media = fut.result()
+        except Exception as exc:  # noqa: BLE001 - one request's media; the server goes on
+            logger.exception("request %d: encoding its media failed", rid)
+            self.errors.append(f"media of request {rid}: {type(exc).__name__}: {exc}")
+            media = None
+        self.artifacts.keep(StageKind.DECODE, rid, media)
+        self._finalize(rid, self.now())
 
     def _execute(self, effects: Effects, now: float) -> None:
         for started in effects.started:
@@ -511,8 +555,8 @@ class Engine:
     # ------------------------------------------------------------------------------ endings
     def _finalize(self, rid: int, now: float) -> None:
         rec = self.state.requests.get(rid)
-        if rec is None or not rec.state.terminal or rid not in self._live:
-            return
+        if rec is None or not rec.state.terminal or rid not in self._live or rid in self._encoding:
+            return  # (a request whose media is being encoded ends when that is done: _encoded)
         self._live.discard(rid)
         self._ends_at.append(self._clock())
         if rec.state is not RequestState.DONE or self.state.by_request.get(rid) is None:
@@ -541,6 +585,7 @@ class Engine:
             if self.config.record:
                 self._rows.append(request_row(rec))
             self._spans_of.pop(rid, None)
+            self.media_s.pop(rid, None)
             self.forgotten += 1
 
     # ------------------------------------------------------------------------------ records

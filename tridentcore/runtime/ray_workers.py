@@ -16,7 +16,8 @@ others are one object per request (embeddings, latents) left in the Ray object s
 keeps those ``ObjectRef``\\ s as the request's artifacts and hands them, inside the next
 :class:`StageTask`, to whichever actor runs the next stage, which fetches them itself. The caller
 (the engine's process) owns the returned objects, so they outlive the actor that made them (on
-the same node). A decode returns the encoded media bytes in its result.
+the same node). A decode returns the request's frames in its result (``tasks.Pixels``), which
+the engine encodes to media on its own threads.
 
 Losing an actor is seen two ways: a call in flight raises ``RayActorError`` (``ActorDiedError``,
 ``ActorUnavailableError``), and every actor holds one parked call that raises the same when it dies

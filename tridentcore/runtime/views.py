@@ -25,6 +25,9 @@ def describe(engine: Engine, request_id: int) -> dict | None:
     run = engine.view.running_of(request_id)
     state = rec.state
     stage = run.action.stage if run is not None else WAITING_FOR.get(state)
+    encoding = engine.encoding(request_id)
+    if encoding:  # its decode ended; its media (PNG, WebP) is being encoded: not yet done for its client
+        state, stage = RequestState.DECODING, StageKind.DECODE
     spec = rec.spec
     steps_done = rec.steps_done  # as of its last diffuse piece; the one running now, as its worker says
     if run is not None and run.action.stage == StageKind.DIFFUSE:
@@ -41,6 +44,8 @@ def describe(engine: Engine, request_id: int) -> dict | None:
         "met_slo": met_slo(state, rec.finish_s, spec.deadline_s),
         "ooms": rec.ooms, "preemptions": rec.preemptions,
         "stages": [span_dict(engine, sp) for sp in engine.spans_of(request_id)],
+        # wall ms its media took to encode, after the decode's span (None: not yet, or none made)
+        "media_ms": None if encoding or request_id not in engine.media_s else 1000 * engine.media_s[request_id],
     }
 
 

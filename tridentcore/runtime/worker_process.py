@@ -17,7 +17,7 @@ from ..core.types import StageKind
 from .parallel_worlds import Worlds
 from .residency import Residency
 from .sigint import STOP_SIGNALS, ignore_signals
-from .tasks import ModelCard, StageResult, StageTask, failure, is_oom
+from .tasks import ModelCard, Pixels, StageResult, StageTask, failure, is_oom
 
 __all__ = ["load_pipelines", "run_task", "worker_main"]
 
@@ -63,8 +63,6 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.
                    on_step=None) -> StageResult:
     import torch
 
-    from ..pipelines.media import encode_animation, encode_image
-
     pipe = pipes[task.model]
     dev = pipe.device  # where the stage computes; inputs and outputs cross processes in host memory
     host = dev.type == "cpu"
@@ -85,14 +83,11 @@ def _execute_stage(pipes: dict, task: StageTask, stop_flag, slowdown: float = 1.
         return _diffuse(pipe, task, stop_flag, slowdown, worlds, t0, out, on_step)
     latents = torch.cat(list(task.inputs))
     pixels = out(pipe.decode(latents, tiled=task.tiled))
-    media = []
     video = pipe.limits.video  # a video is an animated WebP, one of a single frame too (served as image/webp)
-    for i in range(n):
-        arr = pixels[i]
-        media.append(encode_animation(arr if arr.ndim == 4 else arr[None], "WEBP") if video
-                     else encode_image(arr[0] if arr.ndim == 4 else arr, "PNG"))
+    # the frames, not their media: the engine encodes those off this device's time (tasks.Pixels)
+    frames = tuple(Pixels((pixels[i] if pixels[i].ndim == 4 else pixels[i][None]).clone(), video) for i in range(n))
     _slow(slowdown, t0)
-    return StageResult(0, tuple(media), wall_s=time.perf_counter() - t0)
+    return StageResult(0, frames, wall_s=time.perf_counter() - t0)
 
 
 def _diffuse(pipe, task: StageTask, stop_flag, slowdown: float, worlds, t0: float, out, on_step=None) -> StageResult:
