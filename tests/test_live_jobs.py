@@ -118,3 +118,25 @@ def test_a_stop_before_the_job_runs_and_one_while_a_run_is_stored_are_both_kept(
     assert ended.state == "stopped" and len(ended.run_ids) == 1, ended
     runs = list_runs(db)
     assert list(runs["run_id"]) == ended.run_ids and list(runs["status"]) == ["complete"]
+
+
+def test_a_locked_database_is_refused_before_any_policy_runs(tmp_path):
+    """Another process holds the database for writing: the comparison fails at once, saying so. It
+    used to run a whole policy (a minute) and fail only when storing it (outside test)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "held.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(120)", str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        stored: list[str] = []
+        t0 = time.monotonic()
+        with pytest.raises(live_bench.DatabaseUnavailable, match="cannot take runs.*lock") as info:
+            live_bench.run_live(_plan(600.0), ["trident", "pipeline-dynamic"], str(db), stored=stored, db_wait_s=1.0)
+        assert time.monotonic() - t0 < 20, "it waited on the lock, not on a policy"
+        assert stored == [] and "\n" not in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()

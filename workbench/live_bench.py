@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from tridentcore.bench.spec import RunSpec
 from tridentcore.core.defaults import DEFAULT_LIVE_TIME_SCALE
 
-__all__ = ["DEFAULT_TIME_SCALE", "LivePlan", "default_devices", "plan_live", "run_live"]
+__all__ = ["DEFAULT_TIME_SCALE", "DatabaseUnavailable", "LivePlan", "default_devices", "plan_live", "run_live"]
 
 DEFAULT_TIME_SCALE = DEFAULT_LIVE_TIME_SCALE  # as `trident bench --backend live`
 
@@ -25,6 +25,10 @@ Progress = Callable[[int, str, str, int, int], None]
 def default_devices(cluster: str) -> str:
     """``trident serve --devices`` for a simulated cluster: the same GPUs, emulated."""
     return f"emulated:{cluster}"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The results database cannot take a run (locked by another process, not a database): no policy ran."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,8 @@ def plan_live(scenario: RunSpec, rate: float | None, devices: str, time_scale: f
 
 
 def run_live(plan: LivePlan, policies: Sequence[str], db: str, progress: Progress | None = None,
-             extra_config: dict | None = None, stored: list[str] | None = None) -> list[str]:
+             extra_config: dict | None = None, stored: list[str] | None = None,
+             db_wait_s: float | None = None) -> list[str]:
     """Run each policy live and store it in ``db``; returns the stored run ids, in policy order.
 
     ``stored``: a list the ids are appended to as each run is stored, the run of a policy that ended
@@ -85,15 +90,26 @@ def run_live(plan: LivePlan, policies: Sequence[str], db: str, progress: Progres
     stay stored) and ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM inside ``sigterm_interrupts``: the
     run in progress stored, as interrupted if the stop cut its load short). Its children are stopped either way (``LiveBench``
     stops what it started). The workbench runs this in a job process of its own (``live_jobs``).
+    A database that cannot take a run (another process's lock held past ``db_wait_s``, default
+    ``DEFAULT_DB_WAIT_S``; another kind of file) raises ``DatabaseUnavailable`` before any policy runs.
     """
     from pathlib import Path
 
+    import duckdb
+
     from tridentcore.bench.live import LiveBench, LiveRunCrashed
     from tridentcore.bench.orphans import recover_orphans
-    from tridentcore.store import new_run_id
+    from tridentcore.core.defaults import DEFAULT_DB_WAIT_S
+    from tridentcore.store import ResultsStore, new_run_id
 
     Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    recover_orphans(db)  # runs of killed live benches on this database: stored, shown on the Runs page
+    wait_s = DEFAULT_DB_WAIT_S if db_wait_s is None else db_wait_s
+    recover_orphans(db, wait_s=wait_s)  # runs of killed live benches on this database: stored, shown on the Runs page
+    try:  # before a minute per policy is spent: it used to fail only when the first run was stored
+        ResultsStore(db, lock_wait_s=wait_s).check()
+    except (duckdb.Error, OSError) as exc:
+        raise DatabaseUnavailable(f"the results database {db} cannot take runs: "
+                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
     seed = plan.spec.run.seed
     bench_id = new_run_id("bench-live", seed)
     stored = [] if stored is None else stored

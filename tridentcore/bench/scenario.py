@@ -362,10 +362,23 @@ def evaluate(loaded: Loaded, policy_spec: str, rate: float) -> RatePoint:
     return RatePoint(rate, s["attainment"], min_class_attainment(res.requests), attainment_by_class(res.requests), s)
 
 
-def _bisect(passes: Callable[[float], bool], lo: float, hi: float, rel_tol: float, max_iter: int) -> float:
-    """Highest rate in [lo, hi] that passes, assuming pass/fail is monotone in rate (0 if lo fails)."""
+def _bisect(passes: Callable[[float], bool], lo: float, hi: float, rel_tol: float, max_iter: int,
+            probes: int = 0) -> float:
+    """Highest rate in [lo, hi] that passes, assuming pass/fail is monotone in rate above the lowest
+    rate that passes. When ``lo`` fails, up to ``probes`` rates spaced evenly in log scale up to ``hi``
+    are tried, lowest first, and the bisection starts from the first that passes (0 if none does): a
+    short stream's attainment at a low rate can fail by chance (7 of 9 requests met) where more
+    requests pass."""
     if not passes(lo):
-        return 0.0
+        if lo <= 0 or hi <= lo:
+            return 0.0
+        for k in range(1, probes + 1):
+            rate = lo * (hi / lo) ** (k / probes)
+            if passes(rate):
+                lo = rate
+                break
+        else:
+            return 0.0
     if passes(hi):
         return hi
     for _ in range(max_iter):
@@ -387,6 +400,9 @@ class Goodput:
     points: list[RatePoint]
 
 
+GOODPUT_PROBES = 6  # rates tried above a lowest rate that fails (``_bisect``)
+
+
 def goodput_range(cap: float) -> tuple[float, float]:
     """The rates :func:`sweep_goodput` bisects between, from the capacity ceiling."""
     return 0.02 * cap, 1.25 * cap
@@ -405,9 +421,10 @@ def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARG
 
     lo, hi = goodput_range(cap)
     loaded.check_rates([hi])  # the highest rate the bisection may simulate
-    overall = _bisect(lambda r: point(r).attainment >= target, lo, hi, rel_tol, max_iter)
+    overall = _bisect(lambda r: point(r).attainment >= target, lo, hi, rel_tol, max_iter, GOODPUT_PROBES)
     fair_hi = overall if overall > 0 else hi
-    fair = _bisect(lambda r: point(r).min_class >= target, lo, max(fair_hi, lo), rel_tol, max_iter) if overall else 0.0
+    fair = _bisect(lambda r: point(r).min_class >= target, lo, max(fair_hi, lo), rel_tol, max_iter,
+                   GOODPUT_PROBES) if overall else 0.0
     return Goodput(policy_spec, overall, fair, sorted(cache.values(), key=lambda p: p.rate))
 
 
