@@ -125,6 +125,55 @@ def test_media_is_encoded_after_the_decode_and_a_done_request_always_has_its_res
     assert "decoding" in seen or "diffusing" in seen  # (it was polled while it ran)
 
 
+def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path):
+    """The only worker is killed and cannot come back (its model's folder is gone, as a dead Ray
+    node's actors cannot): requests used to be accepted and wait for ever. Within
+    ``--no-device-timeout`` they wait (a restart takes seconds); past it, the waiting ones fail,
+    new ones get 503 no_devices with Retry-After, and /healthz says no device is alive."""
+    import shutil
+    from pathlib import Path
+
+    from tridentcore.pipelines import load_pipeline
+
+    folder = tmp_path / "saved"
+    load_pipeline("tiny-sd3").pipe.save_pretrained(folder)
+    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
+    lines = rows.read_text().splitlines()
+    profile = tmp_path / "saved.csv"
+    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", f"cpu,{folder},", 1)
+                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    server = start_server(["--models", str(folder), "--devices", "cpu:1", "--profile", str(profile),
+                           "--no-device-timeout", "4"], timeout_s=180)
+    try:
+        client = httpx.Client(base_url=server.url, timeout=60)
+        body = {"prompt": "x", "model": str(folder), "size": "64x64", "steps": 2, "slo_ms": LONG_SLO_MS}
+        assert client.post("/v1/images/generations", json=body).status_code == 200
+        (pid,) = [d["pid"] for d in client.get("/v1/cluster").json()["devices"]]
+        shutil.rmtree(folder)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while client.get("/healthz").json()["devices_alive"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        waiting = client.post("/v1/requests", json=body)
+        assert waiting.status_code == 202, waiting.text  # an outage shorter than the timeout only queues
+        job = waiting.json()["id"]
+        t0 = time.monotonic()
+        while client.get(f"/v1/requests/{job}").json()["state"] != "failed":
+            assert time.monotonic() - t0 < 20, client.get(f"/v1/requests/{job}").json()
+            time.sleep(0.1)
+        reason = client.get(f"/v1/requests/{job}").json()["items"][0]["reason"]
+        assert "no device was alive for 4 s" in reason, reason
+        refused = client.post("/v1/images/generations", json=body)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_devices", refused.text
+        assert float(refused.headers["retry-after"]) > 0
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["devices_alive"] == 0
+        client.close()
+    finally:
+        assert server.stop() == 0
+
+
 def test_cancel_stops_a_running_diffuse_at_a_step_boundary(cpu_server):
     _, client = cpu_server
     rid = client.post("/v1/requests", json={"prompt": "x", "model": "tiny-sd3", "size": "128x128", "steps": 200,

@@ -405,3 +405,4 @@ def test_refusals_while_it_drains_are_counted_in_metrics_and_the_stored_run(tmp_
             proc.wait(10)
     runs = query_readonly(db, "SELECT status, config_json FROM runs")
     assert list(runs.status) == ["done"] and json.loads(runs.config_json[0])["refused"] == {"shutting_down": 3}
+    assert json.loads(runs.config_json[0])["workers"] == {"kinds": ["emulated"], "restarts": 0}  # what ran it

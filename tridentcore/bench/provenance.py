@@ -16,7 +16,7 @@ from pathlib import Path
 __all__ = ["LIVE_PACKAGES", "SIM_PACKAGES", "git_sha", "hardware", "package_versions", "provenance"]
 
 SIM_PACKAGES = ("tridentserve", "duckdb", "numpy", "scipy", "torch", "diffusers")
-LIVE_PACKAGES = (*SIM_PACKAGES, "locust", "gevent", "geventhttpclient", "fastapi", "uvicorn")
+LIVE_PACKAGES = (*SIM_PACKAGES, "locust", "gevent", "geventhttpclient", "fastapi", "uvicorn", "ray")
 
 
 def git_sha() -> str:

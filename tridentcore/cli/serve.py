@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_RESULTS, DEFAULT_RESULTS_MIB,
+from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_NO_DEVICE_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_RESULTS, DEFAULT_RESULTS_MIB,
                              DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
                              DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, MAX_SCALE)
 from .common import EXIT_INTERRUPTED, fail, quiet_libraries, setup_logging
@@ -41,6 +41,9 @@ def serve(
     api_key: str = typer.Option(None, help="Deprecated: the key on the command line is visible to every user "
                                            "(ps, /proc); use TRIDENT_API_KEY or --api-key-file."),
     drain_timeout: float = typer.Option(DEFAULT_DRAIN_TIMEOUT_S, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
+    no_device_timeout: float = typer.Option(DEFAULT_NO_DEVICE_TIMEOUT_S, min=1.0, max=86400.0, metavar="SECONDS",
+                                            help="With no device alive this long (every worker lost, none back yet), "
+                                                 "the waiting requests fail and new ones get 503 until one is back."),
     max_body: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1024, help="Largest request body in bytes (413 past it)."),
     client_timeout: float = typer.Option(DEFAULT_CLIENT_TIMEOUT_S, min=0.1, max=3600.0, metavar="SECONDS",
                                          help="A request's line and headers must arrive within this after the "
@@ -126,6 +129,7 @@ def serve(
         stopped_by = run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
+                                no_device_timeout_s=no_device_timeout,
                                 client_timeout_s=client_timeout,
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, results_mib=results_mib, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,

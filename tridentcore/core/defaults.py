@@ -17,7 +17,7 @@ __all__ = [
     "DEFAULT_MIX", "DEFAULT_POLICIES", "DEFAULT_POLICY", "DEFAULT_PROFILE", "DEFAULT_RATE", "DEFAULT_SEED",
     "DEFAULT_SLO_SCALE", "DEFAULT_SWEEP_DURATION_S", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE",
     "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED", "DEFAULT_MAX_RESULTS", "DEFAULT_RESULTS_MIB",
-    "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_CLIENT_TIMEOUT_S", "STOPPING_SUFFIX", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
+    "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_NO_DEVICE_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_CLIENT_TIMEOUT_S", "STOPPING_SUFFIX", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
     "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S", "MEASURED_NOISE_SIGMA", "MEASURED_NOISE_BIAS",
     "MAX_STEPS", "MAX_SIDE_PX", "MAX_FRAMES", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_GUIDANCE", "MAX_REQUESTS",
     "MAX_WORKLOAD_S", "MAX_MIX_CLASSES", "MAX_CLUSTER_GPUS", "MAX_GPUS_PER_NODE", "MAX_TRACE_BYTES",
@@ -72,6 +72,9 @@ DEFAULT_KEEP_ENDED = 10_000  # `trident serve`: ended requests kept in full in m
 DEFAULT_MAX_RESULTS = 1024  # `trident serve`: finished images/videos kept for clients to fetch ...
 DEFAULT_RESULTS_MIB = 1024  # ... and at most this many MiB of them (the oldest dropped first)
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-flight work finish
+# `trident serve`: with no device alive this long (every worker lost and not yet back), the waiting
+# requests fail and new ones get 503 until one is back
+DEFAULT_NO_DEVICE_TIMEOUT_S = 30.0
 HUNG_STAGE_MIN_S = 180.0  # `trident serve` on real devices: a stage still running after this many seconds (a first dispatch may load weights) and...
 HUNG_STAGE_FACTOR = 20.0  # ...this many times its predicted time takes its worker as hung: it is stopped and restarted
 # `trident serve --db`: how long the final write waits for another process's lock on the file; longer

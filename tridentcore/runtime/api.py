@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESULTS,
-                             DEFAULT_RESULTS_MIB, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, HUNG_STAGE_FACTOR,
+                             DEFAULT_NO_DEVICE_TIMEOUT_S, DEFAULT_RESULTS_MIB, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, HUNG_STAGE_FACTOR,
                              HUNG_STAGE_MIN_S)
 from ..core.driver import DEFAULT_MAX_ATTEMPTS
 from ..core.types import Shape
@@ -42,6 +42,9 @@ class EngineConfig:
     # real devices: a stage running past both bounds takes its worker as hung (stopped, restarted)
     hung_min_s: float = HUNG_STAGE_MIN_S
     hung_factor: float = HUNG_STAGE_FACTOR
+    # with no device alive this long (wall seconds), waiting requests fail and submissions are refused
+    # (503 no_devices) until one is back; shorter outages (a worker restarting) only queue
+    no_device_timeout_s: float = DEFAULT_NO_DEVICE_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..core.costmodel import CostModel
-from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
+from ..core.defaults import (DEFAULT_KEEP_ENDED, DEFAULT_NO_DEVICE_TIMEOUT_S, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, MAX_FRAMES, MAX_SIDE_PX, MAX_SCALE)
 from ..core.errors import is_number
 from ..core.policy import make_policy, with_late
@@ -196,7 +196,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
                   keep_ended: int = DEFAULT_KEEP_ENDED, results_mib: int = DEFAULT_RESULTS_MIB,
                   log_reports: bool = False, late: str | None = None,
                   calibrate: bool = DEFAULT_LIVE_CALIBRATE, slowdown: float = 1.0,
-                  expected: Mapping[tuple[str, Shape], float] | None = None) -> Runtime:
+                  expected: Mapping[tuple[str, Shape], float] | None = None,
+                  no_device_timeout_s: float = DEFAULT_NO_DEVICE_TIMEOUT_S) -> Runtime:
     """Validate everything and build a not-yet-started runtime (``await runtime.start()``).
 
     ``expected``: the workload the policy plans its initial placement for (``core.driver.expected_mix``
@@ -299,6 +300,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
         config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
                               slo_scale=slo_scale, strict=strict, inject_oom=faults, record=record,
                               keep_ended=keep_ended, results_mib=results_mib, log_reports=log_reports,
+                              no_device_timeout_s=no_device_timeout_s,
                               # emulated devices take the profile's time by construction: what they would
                               # learn is the harness's own overhead magnified by 1 / time_scale
                               calibrate=calibrate and dev.kind != "emulated")

@@ -130,6 +130,8 @@ class Engine:
         self._encoder: ThreadPoolExecutor | None = None
         self.media_s: dict[int, float] = {}  # wall seconds each request's media took to encode
         self._tick_task: asyncio.Task | None = None
+        self._watch_task: asyncio.Task | None = None
+        self._down_since: float | None = None  # wall clock since when no device has been alive (_watch_devices)
         self.started = False
         self._closing = False
         self._hurry = False  # the drain under way stops waiting (a second Ctrl-C)
@@ -210,6 +212,8 @@ class Engine:
         self._execute(self.core.start(self.models, self.expected, 0.0), 0.0)
         if self.policy.tick_s:
             self._tick_task = asyncio.get_running_loop().create_task(self._ticker())
+        if any(hasattr(w, "on_lost") for w in self.workers.workers):  # workers that can be lost
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_devices())
         self.started = True
 
     async def _ticker(self) -> None:
@@ -221,6 +225,29 @@ class Engine:
             await asyncio.sleep(wall)
             if self.state.requests.live and not self._closed:
                 self._post(Tick())
+
+    async def _watch_devices(self, every_s: float = 0.5) -> None:
+        """With no device alive for ``config.no_device_timeout_s`` (every worker lost and none back:
+        a Ray node gone, a model folder removed under a restarting worker), fail the waiting
+        requests, which would otherwise wait for ever; ``submit`` refuses new ones meanwhile. A
+        shorter outage (a worker restarting in seconds) only queues them."""
+        limit = self.config.no_device_timeout_s
+        while not self._closed:
+            await asyncio.sleep(every_s)
+            if self._closed or self._closing:
+                return
+            if any(self.state.alive):
+                self._down_since = None
+                continue
+            if self._down_since is None:
+                self._down_since = self._clock()
+                logger.warning("no device is alive: waiting requests fail in %.0f s unless one is back", limit)
+            elif self._clock() - self._down_since >= limit and self.state.requests.live:
+                self._post(ShutDown(f"no device was alive for {limit:.0f} s (every worker lost, none back)"))
+
+    def devices_down_s(self) -> float:
+        """Wall seconds since no device has been alive (0: one is)."""
+        return 0.0 if self._down_since is None or any(self.state.alive) else self._clock() - self._down_since
 
     async def shutdown(self, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         """Refuse new work, let in-flight work finish for up to ``drain_timeout_s``, fail the rest."""
@@ -237,8 +264,9 @@ class Engine:
         if self._encoder is not None:
             self._encoder.shutdown(wait=False)
         self._closed = True
-        if self._tick_task is not None:
-            self._tick_task.cancel()
+        for task in (self._tick_task, self._watch_task):
+            if task is not None:
+                task.cancel()
         for task in list(self._tasks.values()):
             task.cancel()
         await self.workers.stop()
@@ -307,6 +335,11 @@ class Engine:
         if self._closing or not self.started:
             self.note_refused("shutting_down", len(items))
             return Refused("shutting_down", "the server is shutting down" if self._closing else "not started yet")
+        down_s = self.devices_down_s()
+        if down_s >= self.config.no_device_timeout_s:
+            self.note_refused("no_devices", len(items))
+            return Refused("no_devices", f"no device has been alive for {down_s:.0f} s (every worker lost, none back "
+                                         "yet): nothing could run it", self.config.no_device_timeout_s)
         waiting = self.waiting_count()
         if waiting + len(items) > self.config.max_queued:
             self.note_refused("queue_full", len(items))

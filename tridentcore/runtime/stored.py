@@ -68,6 +68,7 @@ def run_meta(engine: Engine, run_id: str, config: dict | None = None,
                                 # turned away before admission (429 queue_full, 503 shutting_down): never rows
                                 "refused": dict(sorted(engine.refused.items())),
                                 "hung": engine.hung,  # stages whose worker was taken as hung (stopped, restarted)
+                                "workers": views.workers(engine),
                                 **(config or {})}, sort_keys=True),
         git_sha=prov.get("git_sha", ""), packages_json=prov.get("packages_json", "{}"),
         hardware_json=prov.get("hardware_json", "{}"), status="complete",

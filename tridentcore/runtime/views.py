@@ -121,6 +121,17 @@ def slowdown(engine: Engine) -> float:
     return max((slowdown_of(engine.workers[g]) for g in range(len(engine.workers))), default=1.0)
 
 
+def workers(engine: Engine) -> dict:
+    """What ran the stages: the worker kinds (``cpu``, ``cuda``, ``emulated``, ``ray-cpu`` ...), the
+    restarts of lost workers, and a Ray cluster's address (None: a private instance) where Ray ran them."""
+    pool = engine.workers
+    kinds = sorted({str(getattr(pool[g], "kind", "")) for g in range(len(pool))})
+    out: dict = {"kinds": kinds, "restarts": sum(int(getattr(pool[g], "restarts", 0)) for g in range(len(pool)))}
+    if any(k.startswith("ray") for k in kinds):
+        out["ray_address"] = getattr(pool, "address", None)
+    return out
+
+
 def calibration(engine: Engine) -> list[dict]:
     """Per model and stage: the measured / predicted factor the policy and new deadlines use."""
     cal = engine.core.calibration

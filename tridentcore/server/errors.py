@@ -45,6 +45,7 @@ STATUS: dict[str, int] = {
     "queue_full": 429,  # bounded queue: come back after Retry-After seconds
     "unauthorized": 401,
     "shutting_down": 503,
+    "no_devices": 503,  # every device lost for --no-device-timeout seconds: come back after Retry-After
     # how a generation ended, when it did not end "done"
     "rejected": 503,  # the policy turned it away (no capacity to meet it, can never fit)
     "failed": 500,  # a stage failed too often, or the server shut down under it

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.defaults import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE,
+from ..core.defaults import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_NO_DEVICE_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE,
                              DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, PARENT_PID_ENV, STOPPING_SUFFIX)
 from ..core.types import Shape
@@ -56,6 +56,7 @@ class ServeOptions:
     api_key: str | None = None  # the key itself (from TRIDENT_API_KEY, read by the entry point)
     api_key_file: str | None = None  # or a file holding it (stripped); not both
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    no_device_timeout_s: float = DEFAULT_NO_DEVICE_TIMEOUT_S
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     client_timeout_s: float = DEFAULT_CLIENT_TIMEOUT_S  # a request's head, then its body, must arrive within this
     port_file: str | None = None
@@ -192,7 +193,7 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom, late=opts.late,
                             calibrate=opts.calibrate, slowdown=opts.slowdown,
                             record=bool(opts.db), keep_ended=opts.keep_ended, results_mib=opts.results_mib,
-                            expected=opts.expected)
+                            expected=opts.expected, no_device_timeout_s=opts.no_device_timeout_s)
     records = _records(opts, runtime) if opts.db else None
     try:
         stopped_by = _serve(opts, runtime, records, api_key, on_ready)
