@@ -323,3 +323,45 @@ def test_a_diffuse_on_two_actors_runs_sequence_parallel_and_survives_a_killed_me
     assert r["meetings_after"] == 2 and r["parallel_runs_after"] == 2  # the broken world abandoned, met afresh
     assert all(n == 1 for n in r["terminal_entries"].values())
     assert r["live_left"] == 0 and r["busy_left"] == 0 and r["errors"] == []
+
+
+def test_a_sigterm_while_ray_starts_stops_the_server_cleanly(ns, tmp_path):
+    """SIGTERM to a server with a private Ray instance while ``ray.init`` runs (its GCS up, the rest
+    starting) met Ray's own handler: a 40-line traceback, exit 2 (or an abort), and Ray's processes
+    left running for a minute. Now: exit 0 as any stop, no traceback, and Ray's processes end."""
+    import psutil
+
+    env = {k: v for k, v in ns.env.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = ns.tmp  # (its socket paths stay short)
+    err = tmp_path / "err.txt"
+    with open(err, "wb") as e:
+        proc = subprocess.Popen(ns.exec_cmd(sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium",
+                                            "--devices", "emulated:1xH200", "--backend", "ray", "--port", "0"),
+                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    try:
+        server = psutil.Process(proc.pid)
+        gcs = None
+        deadline = time.monotonic() + 120
+        while gcs is None and proc.poll() is None and time.monotonic() < deadline:
+            for child in server.children(recursive=True):
+                try:
+                    if "gcs_server" in child.name():
+                        gcs = child
+                        break
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.01)
+        assert gcs is not None, err.read_text(errors="replace")[-3000:]
+        ray_procs = [p for p in server.children(recursive=True)]
+        os.kill(proc.pid, signal.SIGTERM)  # ray.init is still running: its raylet and agents are not up yet
+        code = proc.wait(60)
+        text = err.read_text(errors="replace")
+        assert code == 0, text[-3000:]
+        assert "Traceback" not in text and "SystemExit" not in text, text[-3000:]
+        _, alive = psutil.wait_procs(ray_procs, timeout=20)
+        assert not alive, [(p.pid, p.name()) for p in alive]
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)

@@ -385,6 +385,10 @@ class RayWorker(Worker):
         self.actor.preempt.remote(dispatch_id, stop_step, max(0.0, wall_at - time.monotonic()))
 
 
+class StartInterrupted(RuntimeError):
+    """The pool's start was stopped by a signal (the server, told of it, stops without serving)."""
+
+
 @dataclass
 class RayWorkerPool(WorkerPool):
     """Ray workers, and the connection to the Ray cluster they live on (made when the pool starts).
@@ -414,6 +418,17 @@ class RayWorkerPool(WorkerPool):
                 # "local": a new instance even where RAY_ADDRESS or a cluster started on this host would be
                 # joined (or, if it is gone, waited for without end)
                 ray.init(address=self.address or "local", **opts)
+            except SystemExit as exc:
+                # a SIGTERM while ray.init ran met Ray's handler (sys.exit inside ray.init: a traceback,
+                # Ray's processes left running); what is started is stopped and the server is told, as
+                # if the signal had come a moment later
+                if main and previous is not None:
+                    signal.signal(signal.SIGTERM, previous)
+                ray.shutdown()
+                if exc.code != signal.SIGTERM or not callable(previous):
+                    raise
+                previous(signal.SIGTERM, None)
+                raise StartInterrupted("stopped by SIGTERM while connecting to Ray") from None
             finally:
                 if main and previous is not None:
                     signal.signal(signal.SIGTERM, previous)
