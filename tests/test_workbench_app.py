@@ -22,6 +22,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from tridentcore.profiles.format import _data_dir  # noqa: E402
 from tridentcore.bench.scenario import load_scenario, run_meta, run_one  # noqa: E402
 from tridentcore.bench.spec import RunSpec  # noqa: E402
+from tridentcore.bench.spec import RunSpec  # noqa: E402
 from tridentcore.store import ResultsStore, new_run_id  # noqa: E402
 from workbench import access  # noqa: E402
 
@@ -172,7 +173,13 @@ def test_home_live_mode_checks_its_inputs_before_running(tmp_path, monkeypatch):
         _clean(at)
         assert any(words in e.value for e in at.error), (devices, [e.value for e in at.error])
         assert not any(b.key == "cmp_live_run" for b in at.button)  # nothing to start
-    at.text_input(key="cmp_live_devices").set_value("emulated:2x8xH200")
+    at.text_input(key="cmp_live_devices").set_value("emulated:2x8xH200").run()
+    assert not at.warning
+    at.number_input(key="cmp_live_time_scale").set_value(0.001).run()  # allowed, and said
+    _clean(at)
+    assert any("attainment measures the harness" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any(b.key == "cmp_live_run" for b in at.button)
+    at.number_input(key="cmp_live_time_scale").set_value(0.05)
     at.radio(key="cmp_rate_mode").set_value("rate sweep").run()
     _clean(at)
     assert any("one rate" in e.value for e in at.error)
@@ -218,6 +225,46 @@ def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_pat
     runs = list_runs(str(db))
     assert list(runs["backend"]) == ["live"] and list(runs["policy"]) == ["trident"]
     assert runs["run_id"].iloc[0] in " ".join(c.value for c in at.caption)
+
+
+def test_home_live_mode_the_tab_that_lost_the_start_shows_the_running_job(tmp_path, monkeypatch):
+    """Two tabs press "Run live" together: the one refused showed only the refusal, neither the job
+    that runs nor its Stop, until it was reloaded (outside test)."""
+    import importlib.util
+
+    from workbench import live_bench, live_jobs
+
+    if importlib.util.find_spec("locust") is None:  # never import it here: Locust runs as its own process
+        pytest.skip("locust is not installed")
+    db = tmp_path / "live.duckdb"
+    _argv(monkeypatch, db, results_dir=tmp_path / "results")
+    monkeypatch.setattr(live_jobs, "JOBS_DIR", tmp_path / "jobs")
+    at = _app()
+    at.run()
+    at.radio(key="cmp_backend").set_value("live (trident bench)").run()
+    at.multiselect(key="cmp_policies").set_value(["trident"])
+    at.selectbox(key="cmp_live_db").set_value(db.resolve()).run()
+    assert any(b.key == "cmp_live_run" for b in at.button)
+    scenario = RunSpec(profile="h200", cluster="2x8xH200", mix="flux-uniform", duration_s=600.0, seed=0)
+    other = live_jobs.start(live_bench.plan_live(scenario, 1.0, "emulated:2x8xH200", 0.05), ["trident"], str(db))
+    real_current, calls = live_jobs.current, []
+
+    def current_as_read_before_the_other_start(*args, **kwargs):  # the race: this tab looked just before
+        calls.append(1)
+        return None if len(calls) == 1 else real_current(*args, **kwargs)
+
+    monkeypatch.setattr(live_jobs, "current", current_as_read_before_the_other_start)
+    try:  # the other tab's job started between this page's check and its own start
+        at.button(key="cmp_live_run").click().run()
+        _clean(at)
+        assert any("already running" in e.value for e in at.error), [e.value for e in at.error]
+        assert any(f"Live job {other.id}" in c.value for c in at.caption), [c.value for c in at.caption]
+        assert any(b.key == "cmp_live_stop" for b in at.button)
+    finally:
+        live_jobs.stop(live_jobs.read(other.dir))
+        deadline = time.monotonic() + 120
+        while live_jobs.read(other.dir).active and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 def test_home_bad_mix_yaml_is_an_error_message():

@@ -55,11 +55,16 @@ def show_live(scenario: RunSpec, policies: list[str], rates: list, sweep: bool, 
         st.markdown(f"{len(policies)} policies × **{plan.requests} requests** on `{devices}`; the sends take "
                     f"{plan.send_wall_s:.1f} s of wall time per policy (time scale {time_scale:g}), plus start-up and "
                     f"the last answers. Runs are stored in `{access.database_label(Path(db))}`.")
+        for warning in live_bench.live_warnings(plan, len(policies)):
+            st.warning(warning)
         if st.button("Run live", type="primary", key="cmp_live_run"):
             try:
                 live_jobs.start(plan, policies, db, names=uploaded)
             except (ValueError, OSError) as exc:  # JobBusy: another tab started one first
                 st.error(f"live run not started: {_named(data.error_text(exc))}")
+                other = live_jobs.current()
+                if other is not None:  # that one's progress and its Stop, here too (not only after a reload)
+                    show_job(other.id)
                 return
             st.rerun()
     show_last_job(db)
@@ -271,7 +276,7 @@ if sweep:
 first = runs[tasks[0]]
 workload = uploaded.get(trace or "") or uploaded.get(str(mix)) or Path(trace or str(mix)).name
 arrivals = "" if trace else f"{scenario.arrival} · "  # (a trace brings its own arrival times)
-summary_line = (f"**{workload}** · {arrivals}cluster {cluster} ({first.n_gpus} GPUs, {first.gpu_mem_gib:g} GiB each) · "
+summary_line = (f"**{workload}** · {arrivals}cluster {cluster} ({first.n_gpus} GPU{'' if first.n_gpus == 1 else 's'}, {first.gpu_mem_gib:g} GiB each) · "
                 f"profile {uploaded.get(profile) or Path(profile).name} · SLO scale {slo_scale:g}")
 ceiling_note = ""
 if trace is None:
