@@ -9,6 +9,8 @@ binding and the password, the databases the pages may open, and the SQL console'
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 import tomllib
@@ -265,6 +267,57 @@ def test_home_live_mode_the_tab_that_lost_the_start_shows_the_running_job(tmp_pa
         deadline = time.monotonic() + 120
         while live_jobs.read(other.dir).active and time.monotonic() < deadline:
             time.sleep(0.5)
+
+
+def test_home_live_mode_marks_an_interrupted_run_and_says_which_runs_are_gone(tmp_path, monkeypatch):
+    """The last comparison's cards: a run the stop cut short is marked (it was compared with complete
+    ones as if whole), and a run deleted from the database since is named (it was dropped from the
+    cards without a word). Outside test of the Compare page."""
+    import importlib.util
+
+    import duckdb
+
+    from workbench import live_bench, live_jobs
+
+    if importlib.util.find_spec("locust") is None:  # never import it here: Locust runs as its own process
+        pytest.skip("locust is not installed")
+    db = tmp_path / "live.duckdb"
+    _argv(monkeypatch, db, results_dir=tmp_path / "results")
+    monkeypatch.setattr(live_jobs, "JOBS_DIR", tmp_path / "jobs")
+    scenario = RunSpec(profile="h200", cluster="2x8xH200", mix="flux-uniform", duration_s=300.0, seed=0)
+    job = live_jobs.start(live_bench.plan_live(scenario, 1.0, "emulated:2x8xH200", 0.05),
+                          ["trident", "pipeline-dynamic", "trident-paper"], str(db))
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            now = live_jobs.read(job.dir)
+            if now.k == 2 and now.phase == "load" and now.done >= 3 or not now.active:
+                break
+            time.sleep(0.3)
+        assert live_jobs.stop(live_jobs.read(job.dir))
+        while live_jobs.read(job.dir).active and time.monotonic() < deadline:
+            time.sleep(0.3)
+    finally:
+        if live_jobs.read(job.dir).active:
+            os.kill(job.pid, signal.SIGKILL)
+    ended = live_jobs.read(job.dir)
+    assert ended.state == "stopped" and len(ended.run_ids) == 2, ended
+    con = duckdb.connect(str(db))
+    try:
+        for table in ("requests", "stage_spans", "placements", "gpu_samples", "client_requests", "runs"):
+            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [ended.run_ids[0]])
+    finally:
+        con.close()
+    at = _app()
+    at.run()
+    at.radio(key="cmp_backend").set_value("live (trident bench)").run()
+    at.selectbox(key="cmp_live_db").set_value(db.resolve()).run()
+    _clean(at)
+    warnings = [w.value for w in at.warning]
+    assert any("1 of the comparison's 2 stored runs are no longer in" in w and ended.run_ids[0] in w
+               for w in warnings), warnings
+    assert any(w.startswith("**interrupted**") for w in warnings), warnings
+    assert [h.value for h in at.subheader] == ["pipeline-dynamic"]
 
 
 def test_home_bad_mix_yaml_is_an_error_message():

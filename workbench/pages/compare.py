@@ -120,11 +120,18 @@ def show_last_job(db: str) -> None:
     if not rows:
         st.error(f"the runs of the last live comparison are no longer in {label}")
         return
+    gone = [rid for rid in job.run_ids if rid not in rows]
+    if gone:  # deleted since (runs delete, another tool): said, not dropped from the cards silently
+        st.warning(f"{len(gone)} of the comparison's {len(job.run_ids)} stored runs are no longer in {label}: "
+                   + ", ".join(gone))
     st.caption(f"The last live comparison ({job.what}), stored in {label}: " + ", ".join(rows))
     base = next(iter(rows.values()))
     for col, row in zip(st.columns(len(rows)), rows.values(), strict=True):
         with col.container(border=True):
             st.subheader(str(row["policy"]))
+            status = str(row.get("status") or "")
+            if status not in ("complete", "done", ""):  # a run cut short: its numbers cover part of the load
+                st.warning(f"**{status}**: the run ended early; its figures cover what was answered before")
             for k in data.kpis(row, base):
                 st.metric(k.label, k.value, k.delta, delta_color=k.delta_color, help=k.help)
     st.plotly_chart(figures.latency_cdf({f"{r['policy']} (live)": lat[rid] for rid, r in rows.items()}), width="stretch")
