@@ -736,3 +736,28 @@ def test_sql_query_over_its_memory_fails_clearly_without_spilling_next_to_the_da
     assert sorted(p.name for p in db.parent.iterdir()) == ["big.duckdb"]  # no big.duckdb.tmp/
     assert _tree_bytes(db.parent) - before < 1024**2
     assert took < 45, took
+
+
+def test_a_database_another_program_holds_for_writing_is_said_in_words(tmp_path):
+    """The Runs page showed DuckDB's raw lock error (after a blank wait); now the holder and what to do."""
+    import subprocess
+
+    import duckdb
+
+    from tridentcore.store import open_readonly
+    from workbench import data
+
+    db = tmp_path / "held.duckdb"
+    duckdb.connect(str(db)).close()
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(60)", str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(duckdb.Error) as info:
+            open_readonly(str(db), wait_s=0.2)
+        text = data.error_text(info.value)
+        assert text.startswith(f"{db} is held for writing by another process (PID {holder.pid}, python"), text
+        assert "Close that, then reload." in text and "duckdb.org" not in text
+    finally:
+        holder.kill()
+        holder.wait()

@@ -94,11 +94,21 @@ DEFAULT_SCENARIO = Scenario()
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "trident-workbench-uploads"
 
 
+_LOCKED = re.compile(r'Could not set lock on file "(?P<path>[^"]*)": Conflicting lock is held in (?P<exe>\S+) '
+                     r'\(PID (?P<pid>\d+)\)')
+
+
 def error_text(exc: BaseException) -> str:
     """The message a page shows for an expected failure (never a traceback)."""
     text = str(exc).strip()
     if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]  # KeyError's str() adds quotes
+    locked = _LOCKED.search(text)
+    if locked:  # DuckDB's words name the holder; say what it means for a reader
+        return (f"{locked['path']} is held for writing by another process (PID {locked['pid']}, "
+                f"{locked['exe'].rsplit('/', 1)[-1]}), past the wait for it to let go: trident's own writers "
+                "hold it for moments, so this is likely another program (a DuckDB shell, a notebook) with it "
+                "open for writing. Close that, then reload.")
     return text or type(exc).__name__
 
 

@@ -17,8 +17,9 @@ path = access.database_picker("Results database (opened read-only)", "runs_db")
 if path is None:
     st.stop()
 try:
-    sig = data.db_signature(path)
-    runs = data.cached_runs(sig)
+    with st.spinner(f"Reading {access.database_label(path)} (waiting while another process writes it)"):
+        sig = data.db_signature(path)
+        runs = data.cached_runs(sig)
 except FileNotFoundError as exc:  # named with --db but not written yet: where one comes from
     st.info(data.error_text(exc))
     st.stop()
