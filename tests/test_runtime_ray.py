@@ -365,3 +365,48 @@ def test_a_sigterm_while_ray_starts_stops_the_server_cleanly(ns, tmp_path):
         if proc.poll() is None:  # only the process this test started
             proc.kill()
             proc.wait(10)
+
+
+def test_a_server_waiting_for_room_on_a_busy_cluster_says_so_and_stops_on_sigterm(ns, tmp_path):
+    """Another job holds the cluster's CPUs: the server's actors wait for room. It waited deaf to
+    SIGINT and SIGTERM until the 180 s actor timeout, then said "actor not ready" without why. Now
+    it says what it waits for (the CPUs it asks, those free) and a SIGTERM stops it at once."""
+    holder_code = ("import time, ray\n"
+                   f"ray.init(address='{ADDRESS}', logging_level='ERROR')\n"
+                   "@ray.remote(num_cpus=2)\n"
+                   "class Hold:\n"
+                   "    def ok(self):\n"
+                   "        return 1\n"
+                   "h = Hold.remote()\n"
+                   "ray.get(h.ok.remote())\n"
+                   "print('held', flush=True)\n"
+                   "time.sleep(300)\n")
+    holder = subprocess.Popen(ns.exec_cmd(sys.executable, "-c", holder_code), stdout=subprocess.PIPE, text=True,
+                              stderr=subprocess.DEVNULL, env=ns.env, start_new_session=True)
+    err = tmp_path / "err.txt"
+    proc = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with open(err, "wb") as e:
+            proc = subprocess.Popen(ns.exec_cmd(sys.executable, "-m", "tridentcore.cli", "serve", "--models",
+                                                "sd3-medium", "--devices", "emulated:1xH200", "--backend", "ray",
+                                                "--ray-address", ADDRESS, "--port", "0"),
+                                    stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, env=ns.env,
+                                    start_new_session=True)
+        deadline = time.monotonic() + 90
+        while "still waits to start" not in err.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
+            time.sleep(0.1)
+        text = err.read_text(errors="replace")
+        assert "it asks 0.05 CPU; the cluster has 0 of 2 CPUs free: other work holds the rest" in text, text[-2000:]
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(30)
+        text = err.read_text(errors="replace")
+        assert code == 0 and time.monotonic() - t0 < 10, text[-3000:]
+        assert "Traceback" not in text and "stopped before it served" in text, text[-3000:]
+    finally:
+        for p in (proc, holder):  # only the processes this test started
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)

@@ -42,8 +42,9 @@ def serve(
                                            "(ps, /proc); use TRIDENT_API_KEY or --api-key-file."),
     drain_timeout: float = typer.Option(DEFAULT_DRAIN_TIMEOUT_S, min=0.0, help="Seconds shutdown waits for in-flight work before failing it."),
     no_device_timeout: float = typer.Option(DEFAULT_NO_DEVICE_TIMEOUT_S, min=1.0, max=86400.0, metavar="SECONDS",
-                                            help="With no device alive this long (every worker lost, none back yet), "
-                                                 "the waiting requests fail and new ones get 503 until one is back."),
+                                            help="With no device alive this long and every lost worker's restart "
+                                                 "failing, the waiting requests fail and new ones get 503 until one "
+                                                 "is back (a restart under way only keeps them queued)."),
     max_body: int = typer.Option(DEFAULT_MAX_BODY_BYTES, min=1024, help="Largest request body in bytes (413 past it)."),
     client_timeout: float = typer.Option(DEFAULT_CLIENT_TIMEOUT_S, min=0.1, max=3600.0, metavar="SECONDS",
                                          help="A request's line and headers must arrive within this after the "

@@ -72,7 +72,7 @@ DEFAULT_KEEP_ENDED = 10_000  # `trident serve`: ended requests kept in full in m
 DEFAULT_MAX_RESULTS = 1024  # `trident serve`: finished images/videos kept for clients to fetch ...
 DEFAULT_RESULTS_MIB = 1024  # ... and at most this many MiB of them (the oldest dropped first)
 DEFAULT_DRAIN_TIMEOUT_S = 30.0  # `trident serve`: how long shutdown lets in-flight work finish
-# `trident serve`: with no device alive this long (every worker lost and not yet back), the waiting
+# `trident serve`: with no device alive this long and every lost worker's restart failing, the waiting
 # requests fail and new ones get 503 until one is back
 DEFAULT_NO_DEVICE_TIMEOUT_S = 30.0
 HUNG_STAGE_MIN_S = 180.0  # `trident serve` on real devices: a stage still running after this many seconds (a first dispatch may load weights) and...

@@ -42,8 +42,9 @@ class EngineConfig:
     # real devices: a stage running past both bounds takes its worker as hung (stopped, restarted)
     hung_min_s: float = HUNG_STAGE_MIN_S
     hung_factor: float = HUNG_STAGE_FACTOR
-    # with no device alive this long (wall seconds), waiting requests fail and submissions are refused
-    # (503 no_devices) until one is back; shorter outages (a worker restarting) only queue
+    # with no device alive this long (wall seconds) and every lost worker's restart failing, waiting
+    # requests fail and submissions are refused (503 no_devices) until one is back; a restart under way
+    # only keeps them queued
     no_device_timeout_s: float = DEFAULT_NO_DEVICE_TIMEOUT_S
 
 

@@ -227,10 +227,11 @@ class Engine:
                 self._post(Tick())
 
     async def _watch_devices(self, every_s: float = 0.5) -> None:
-        """With no device alive for ``config.no_device_timeout_s`` (every worker lost and none back:
-        a Ray node gone, a model folder removed under a restarting worker), fail the waiting
-        requests, which would otherwise wait for ever; ``submit`` refuses new ones meanwhile. A
-        shorter outage (a worker restarting in seconds) only queues them."""
+        """With no device alive for ``config.no_device_timeout_s`` and every lost worker's restart
+        failing (a Ray node gone, a model folder removed under a restarting worker), fail the
+        waiting requests, which would otherwise wait for ever; ``submit`` refuses new ones
+        meanwhile. A restart still under way (a model loading for a minute, an actor on a busy
+        cluster) only keeps them queued."""
         limit = self.config.no_device_timeout_s
         while not self._closed:
             await asyncio.sleep(every_s)
@@ -241,13 +242,21 @@ class Engine:
                 continue
             if self._down_since is None:
                 self._down_since = self._clock()
-                logger.warning("no device is alive: waiting requests fail in %.0f s unless one is back", limit)
-            elif self._clock() - self._down_since >= limit and self.state.requests.live:
-                self._post(ShutDown(f"no device was alive for {limit:.0f} s (every worker lost, none back)"))
+                logger.warning("no device is alive: waiting requests fail if none is back in %.0f s and every "
+                               "restart fails", limit)
+            elif self.devices_down_s() >= limit and self.state.requests.live:
+                self._post(ShutDown(f"no device was alive for {limit:.0f} s (every worker lost, its restarts "
+                                    "failing)"))
 
     def devices_down_s(self) -> float:
-        """Wall seconds since no device has been alive (0: one is)."""
-        return 0.0 if self._down_since is None or any(self.state.alive) else self._clock() - self._down_since
+        """Wall seconds since no device has been alive while every lost worker's restart fails
+        (0: a device is alive, or a restart may still succeed)."""
+        if self._down_since is None or any(self.state.alive):
+            return 0.0
+        workers = self.workers.workers
+        if not all(getattr(w, "restart_failures", 0) > 0 for w in workers if not getattr(w, "alive", True)):
+            return 0.0
+        return self._clock() - self._down_since
 
     async def shutdown(self, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         """Refuse new work, let in-flight work finish for up to ``drain_timeout_s``, fail the rest."""
@@ -338,8 +347,8 @@ class Engine:
         down_s = self.devices_down_s()
         if down_s >= self.config.no_device_timeout_s:
             self.note_refused("no_devices", len(items))
-            return Refused("no_devices", f"no device has been alive for {down_s:.0f} s (every worker lost, none back "
-                                         "yet): nothing could run it", self.config.no_device_timeout_s)
+            return Refused("no_devices", f"no device has been alive for {down_s:.0f} s (every worker lost, its "
+                                         "restarts failing): nothing could run it", self.config.no_device_timeout_s)
         waiting = self.waiting_count()
         if waiting + len(items) > self.config.max_queued:
             self.note_refused("queue_full", len(items))

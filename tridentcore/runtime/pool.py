@@ -20,6 +20,7 @@ class Worker:
     kind: str = ""
     alive: bool = True
     slowdown: float = 1.0  # testing aid (``trident serve --slowdown K``): K times the time it computed
+    restart_failures: int = 0  # restarts of this lost worker that failed since it was last up
 
     async def start(self) -> None:
         """Bring the worker up (a process: spawned and its pipelines loaded)."""
@@ -39,8 +40,10 @@ class Worker:
                 await self._spawn()
             except Exception as exc:  # noqa: BLE001
                 logger.warning("worker %d: restart failed: %s", self.slot, exc)
+                self.restart_failures += 1
                 delay = min(30.0, max(0.5, 2 * delay))
                 continue
+            self.restart_failures = 0
             self.restarts += 1
             if self.on_restored is not None and not self._stopping:
                 self.on_restored(self.slot)

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 STEPS_POLL_S = 0.25  # how often a running diffuse's actor is asked for its steps
 EMULATED_CPUS = 0.05  # an emulated slot's actor mostly sleeps
 CPU_SLOT_CPUS = 0.5  # a cpu slot's actor runs one torch thread
+ACTOR_WAIT_SAID_S = 5.0  # an actor still not started after this long is said in the log, with the cluster's room
 
 
 class _StopFlag:
@@ -205,6 +206,19 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
+def _room(num_cpus: float) -> str:
+    """Why an actor may wait: the CPUs it asks against those the cluster has free (" (...)"; "" unknown)."""
+    import ray
+
+    try:
+        free = ray.available_resources().get("CPU", 0.0)
+        total = ray.cluster_resources().get("CPU", 0.0)
+    except Exception:  # noqa: BLE001 - the message only
+        return ""
+    held = ": other work holds the rest" if free + 1e-9 < num_cpus else ""
+    return f" (it asks {num_cpus:g} CPU; the cluster has {free:g} of {total:g} CPUs free{held})"
+
+
 class RayWorker(Worker):
     """One device slot served by a Ray actor; a new actor replaces one that dies."""
 
@@ -249,11 +263,29 @@ class RayWorker(Worker):
 
         actor = _actor_class().options(num_cpus=self.num_cpus, scheduling_strategy="SPREAD").remote(
             self.slot, self.models, self.threads, self.emulated, self.slowdown)
-        try:
-            info = await asyncio.wait_for(actor.ready.remote(), self.start_timeout_s)
-        except asyncio.TimeoutError:
+        ready = asyncio.ensure_future(actor.ready.remote())
+        deadline = time.monotonic() + self.start_timeout_s
+        # in slices: a server told to stop (``stopping``) while its actors wait for room on a busy
+        # cluster stops now, not at the timeout
+        said = False
+        while not ready.done():
+            left = deadline - time.monotonic()
+            if self._stopping or left <= 0:
+                break
+            if not said and self.start_timeout_s - left >= ACTOR_WAIT_SAID_S:
+                said = True
+                logger.warning("worker %d: its actor still waits to start after %.0f s%s", self.slot,
+                               ACTOR_WAIT_SAID_S, _room(self.num_cpus))
+            await asyncio.wait((ready,), timeout=min(0.2, left))
+        if not ready.done():
+            ready.cancel()
             ray.kill(actor, no_restart=True)
-            raise RuntimeError(f"worker {self.slot}: actor not ready after {self.start_timeout_s:.0f} s") from None
+            if self._stopping:
+                raise StartInterrupted(f"worker {self.slot}: stopped while its actor started")
+            raise RuntimeError(f"worker {self.slot}: actor not ready after {self.start_timeout_s:.0f} s"
+                               f"{_room(self.num_cpus)}")
+        try:
+            info = ready.result()
         except Exception as exc:
             ray.kill(actor, no_restart=True)
             raise RuntimeError(f"worker {self.slot}: actor failed to start: {_reason(exc)}") from exc
