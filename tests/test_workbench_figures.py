@@ -125,6 +125,30 @@ def test_save_upload_is_content_addressed(tmp_path, monkeypatch):
     assert open(a, "rb").read() == b"x: 1\n"
 
 
+def test_uploads_are_the_users_own_and_old_ones_go(tmp_path, monkeypatch):
+    """Uploads (traces may hold prompts) were readable by every user (0644) and kept for ever."""
+    import os
+    import stat
+    import time
+
+    folder = tmp_path / "uploads"
+    monkeypatch.setattr(data, "UPLOAD_DIR", folder)
+    first = data.save_upload(b"x: 1\n", ".yaml")
+    assert stat.S_IMODE(os.stat(first).st_mode) == 0o600 and stat.S_IMODE(folder.stat().st_mode) == 0o700
+    old = time.time() - data.UPLOAD_KEEP_S - 60
+    os.utime(first, (old, old))
+    second = data.save_upload(b"x: 2\n", ".yaml")
+    assert not os.path.exists(first) and os.path.exists(second)  # unused for a week: removed
+    os.utime(second, (old, old))
+    assert data.save_upload(b"x: 2\n", ".yaml") == second and os.path.exists(second)  # used again: kept
+    elsewhere = tmp_path / "not-mine"
+    elsewhere.mkdir()
+    (tmp_path / "link").symlink_to(elsewhere)
+    monkeypatch.setattr(data, "UPLOAD_DIR", tmp_path / "link")
+    with pytest.raises(OSError, match="not a folder of this user's"):
+        data.save_upload(b"x: 3\n", ".yaml")
+
+
 def test_db_signature_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results database"):
         data.db_signature(tmp_path / "none.duckdb")
@@ -206,6 +230,8 @@ def test_rate_curves_two_panels_per_policy():
     fig = figures.rate_curves(pts)
     assert len(fig.data) == 4
     assert list(fig.data[0].x) == [0.25, 0.5] and list(fig.data[0].y) == [0.95, 0.8]
+    # the second panel: requests met per second, not a P95 that latency_vs_rate draws already
+    assert list(fig.data[1].y) == [0.2375, 0.4] and "within SLO" in fig.layout.annotations[1].text
 
 
 def test_latency_vs_rate_marks_the_pareto_frontier():

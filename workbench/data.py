@@ -91,7 +91,9 @@ POLICY_CHOICES: tuple[str, ...] = (
 # The comparison the home page opens with: the default policies on the default scenario
 # (``tridentcore.core.defaults``), the same that `trident simulate` runs without options.
 DEFAULT_SCENARIO = Scenario()
-UPLOAD_DIR = Path(tempfile.gettempdir()) / "trident-workbench-uploads"
+# per user, mode 0700 (uploads are the visitors' files: traces may hold prompts); files 0600
+UPLOAD_DIR = Path(tempfile.gettempdir()) / f"trident-workbench-uploads-{os.getuid() if hasattr(os, 'getuid') else 0}"
+UPLOAD_KEEP_S = 7 * 86400  # uploads not used for this long are removed when the next one is saved
 
 
 _LOCKED = re.compile(r'Could not set lock on file "(?P<path>[^"]*)": Conflicting lock is held in (?P<exe>\S+) '
@@ -145,14 +147,34 @@ def save_upload(content: bytes, suffix: str) -> str:
     The library reads mixes, traces and profiles from paths; a content-addressed name makes the
     path (and so every cache key built from it) change exactly when the content does.
     """
-    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    UPLOAD_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = UPLOAD_DIR.lstat()
+    if not UPLOAD_DIR.is_dir() or UPLOAD_DIR.is_symlink() or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        raise OSError(f"{UPLOAD_DIR} is not a folder of this user's: uploads are not saved there")
+    os.chmod(UPLOAD_DIR, 0o700)
     digest = hashlib.sha256(content).hexdigest()[:20]
     path = UPLOAD_DIR / f"{digest}{suffix}"
     if not path.exists():
         tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-        tmp.write_bytes(content)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
         os.replace(tmp, path)
+    else:
+        os.utime(path)  # used again: kept another UPLOAD_KEEP_S
+    _forget_old_uploads(keep=path)
     return str(path)
+
+
+def _forget_old_uploads(keep: Path) -> None:
+    """Remove uploads unused for ``UPLOAD_KEEP_S`` (the folder outlives the app; nothing else cleans it)."""
+    cutoff = time.time() - UPLOAD_KEEP_S
+    for old in UPLOAD_DIR.iterdir():
+        try:
+            if old != keep and old.is_file() and old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            pass
 
 
 # ----------------------------------------------------------------------------------- simulation

@@ -46,11 +46,12 @@ def latency_cdf(latencies: Mapping[str, Sequence[float]], *, max_points: int = 1
 
 
 def rate_curves(points: pd.DataFrame, *, target: float = 0.9) -> go.Figure:
-    """SLO attainment and P95 latency against request rate, one line per policy.
+    """SLO attainment, and the requests met per second (rate x attainment), against request rate,
+    one line per policy (latency against rate is :func:`latency_vs_rate`'s).
 
-    ``points``: columns ``policy``, ``rate``, ``attainment``, ``p95_s``.
+    ``points``: columns ``policy``, ``rate``, ``attainment``.
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("SLO attainment", "P95 latency (s)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("SLO attainment", "Requests within SLO (req/s)"))
     colors = _series_colors(list(dict.fromkeys(points["policy"].astype(str))))
     for policy, grp in points.sort_values("rate").groupby("policy", sort=False):
         color = colors[str(policy)]
@@ -58,9 +59,10 @@ def rate_curves(points: pd.DataFrame, *, target: float = 0.9) -> go.Figure:
                                  legendgroup=str(policy), line=dict(color=color),
                                  hovertemplate="%{x:.3g} req/s: %{y:.1%}<extra>" + str(policy) + "</extra>"),
                       row=1, col=1)
-        fig.add_trace(go.Scatter(x=_np(grp["rate"]), y=_np(grp["p95_s"]), mode="lines+markers", name=str(policy),
-                                 legendgroup=str(policy), showlegend=False, line=dict(color=color),
-                                 hovertemplate="%{x:.3g} req/s: %{y:.2f} s<extra>" + str(policy) + "</extra>"),
+        fig.add_trace(go.Scatter(x=_np(grp["rate"]), y=_np(grp["rate"] * grp["attainment"]), mode="lines+markers",
+                                 name=str(policy), legendgroup=str(policy), showlegend=False, line=dict(color=color),
+                                 hovertemplate="%{x:.3g} req/s: %{y:.3g} within SLO per s<extra>" + str(policy)
+                                               + "</extra>"),
                       row=1, col=2)
     fig.add_hline(y=target, line=dict(dash="dot", color="gray"), row=1, col=1,
                   annotation_text=f"target {target:.0%}", annotation_position="bottom left")

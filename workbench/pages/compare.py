@@ -297,7 +297,8 @@ if trace is None:
 st.markdown(summary_line)
 if ceiling_note:
     st.caption(f"SLO-aware ceiling: {ceiling_note}.")
-st.caption(f"simulated {len(tasks)} run(s) in {sum(r.wall_s for r in runs.values()):.2f} s of simulator time")
+st.caption(f"{len(tasks)} simulated run(s), {sum(r.wall_s for r in runs.values()):.2f} s of simulator time when each "
+           "was made (a run simulated before, here or by another visitor, is reused, not made again)")
 
 detail_rate = rates[0]
 if sweep:
