@@ -187,9 +187,9 @@ def test_home_live_mode_checks_its_inputs_before_running(tmp_path, monkeypatch):
     assert any("one rate" in e.value for e in at.error)
 
 
-def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_path, monkeypatch):
-    """One policy, a handful of requests: a real `trident serve` on emulated GPUs and Locust, in a
-    job process of its own; the page shows its progress, then (once it ended) the stored runs."""
+def _live_page(tmp_path, monkeypatch):
+    """The Compare page in live mode with trident chosen, its jobs and database under ``tmp_path``
+    (skips where Locust is not installed); returns the app and the database path."""
     import importlib.util
 
     from workbench import live_jobs
@@ -203,6 +203,15 @@ def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_pat
     at.run()
     at.radio(key="cmp_backend").set_value("live (trident bench)").run()
     at.multiselect(key="cmp_policies").set_value(["trident"])
+    return at, db
+
+
+def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_path, monkeypatch):
+    """One policy, a handful of requests: a real `trident serve` on emulated GPUs and Locust, in a
+    job process of its own; the page shows its progress, then (once it ended) the stored runs."""
+    from workbench import live_jobs
+
+    at, db = _live_page(tmp_path, monkeypatch)
     at.number_input(key="cmp_rate").set_value(1.0)
     at.number_input(key="cmp_duration").set_value(10.0)
     at.selectbox(key="cmp_live_db").set_value(db.resolve()).run()
@@ -232,19 +241,9 @@ def test_home_live_mode_runs_the_policies_live_and_shows_the_stored_runs(tmp_pat
 def test_home_live_mode_the_tab_that_lost_the_start_shows_the_running_job(tmp_path, monkeypatch):
     """Two tabs press "Run live" together: the one refused showed only the refusal, neither the job
     that runs nor its Stop, until it was reloaded (outside test)."""
-    import importlib.util
-
     from workbench import live_bench, live_jobs
 
-    if importlib.util.find_spec("locust") is None:  # never import it here: Locust runs as its own process
-        pytest.skip("locust is not installed")
-    db = tmp_path / "live.duckdb"
-    _argv(monkeypatch, db, results_dir=tmp_path / "results")
-    monkeypatch.setattr(live_jobs, "JOBS_DIR", tmp_path / "jobs")
-    at = _app()
-    at.run()
-    at.radio(key="cmp_backend").set_value("live (trident bench)").run()
-    at.multiselect(key="cmp_policies").set_value(["trident"])
+    at, db = _live_page(tmp_path, monkeypatch)
     at.selectbox(key="cmp_live_db").set_value(db.resolve()).run()
     assert any(b.key == "cmp_live_run" for b in at.button)
     scenario = RunSpec(profile="h200", cluster="2x8xH200", mix="flux-uniform", duration_s=600.0, seed=0)
