@@ -24,7 +24,6 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from tridentcore.profiles.format import _data_dir  # noqa: E402
 from tridentcore.bench.scenario import load_scenario, run_meta, run_one  # noqa: E402
 from tridentcore.bench.spec import RunSpec  # noqa: E402
-from tridentcore.bench.spec import RunSpec  # noqa: E402
 from tridentcore.store import ResultsStore, new_run_id  # noqa: E402
 from workbench import access  # noqa: E402
 
