@@ -248,6 +248,7 @@ def test_policy_specs_and_errors():
     "trident:spread=-1", "trident:spread=inf", "trident:margin=2", "trident:noise_z=-1", "trident:noise_cost=0.5",
     "trident:wide_below=2", "trident:gain=-1", "trident:admit_wait=nan", "trident:drift=-1", "trident:order=bogus",
     "trident-paper:candidates=0", "trident-paper:time_limit_s=0", "trident-paper:max_batch=2.5",
+    "pipeline-static:degree=0", "pipeline-static:degree=-1", "pipeline-static:degree=1.5",
 ])
 def test_an_option_out_of_its_range_is_refused_in_words(spec):
     """Each numeric option has a range, and ``order`` its two values: anything else is refused before a run

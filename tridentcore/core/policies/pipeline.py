@@ -39,6 +39,7 @@ from ..policy import Policy, PolicyError, register
 from ..state import ClusterView
 from ..types import StageKind
 from .common import degrees_for, efficient_degree, pipeline_seconds, place_everything
+from .options import number
 
 _NEXT = {StageKind.ENCODE: StageKind.DIFFUSE, StageKind.DIFFUSE: StageKind.DECODE}
 
@@ -70,7 +71,7 @@ class _PipelineBase(Policy):
 class PipelineStatic(_PipelineBase):
     name = "pipeline-static"
     summary = "fixed replicas of k GPUs, each holding the whole pipeline; least-loaded replica"
-    options = {"degree": (int, 1, "GPUs per replica (1, 2, 4 or 8; divides GPUs per node)")}
+    options = {"degree": (number(1, integer=True), 1, "GPUs per replica (1, 2, 4 or 8; divides GPUs per node)")}
 
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
         k = self.opts["degree"]
