@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
