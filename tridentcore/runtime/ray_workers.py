@@ -26,6 +26,9 @@ then ``WorkerLost``), a new actor is created, and the engine hears ``on_restored
 (``WorkerRestored``) once it is ready: the events local CPU workers produce.
 
 ``ray`` is imported only here and only once the pool starts (``pip install 'tridentserve[ray]'``).
+
+About 480 lines, one job (device slots as Ray actors): the actor, its worker and the pool share the
+actor's lifecycle (start, wait for room, loss, restart) and Ray's import, which stays here alone.
 """
 
 from __future__ import annotations
