@@ -65,7 +65,7 @@ def run_meta(engine: Engine, run_id: str, config: dict | None = None,
                                 "time_scale": engine.config.time_scale, "max_queued": engine.config.max_queued,
                                 "slowdown": views.slowdown(engine), "calibration": views.calibration(engine),
                                 "clock": views.clock(engine),
-                                # turned away before admission (429 queue_full, 503 shutting_down): never rows
+                                # turned away before admission (429 queue_full, 503 shutting_down, 503 no_devices): never rows
                                 "refused": dict(sorted(engine.refused.items())),
                                 "hung": engine.hung,  # stages whose worker was taken as hung (stopped, restarted)
                                 "workers": views.workers(engine),
