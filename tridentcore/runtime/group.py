@@ -229,8 +229,8 @@ class EngineGroup:
         cfg["slowdown"] = max(views.slowdown(e) for e in self.parts)
         cfg["refused"] = dict(sorted(sum((Counter(e.refused) for e in self.parts), Counter()).items()))
         cfg["hung"] = sum(e.hung for e in self.parts)
-        cfg["workers"] = {"kinds": sorted({k for e in self.parts for k in views.workers(e)["kinds"]}),
-                          "restarts": sum(views.workers(e)["restarts"] for e in self.parts)}
+        each = [views.workers(e) for e in self.parts]
+        cfg["workers"] = {"kinds": sorted({k for w in each for k in w["kinds"]}), "restarts": sum(w["restarts"] for w in each)}
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
                          "time_scale": e.config.time_scale, "clock": views.clock(e), "slowdown": views.slowdown(e)}
                         for label, e in zip(self.labels, self.parts)]
