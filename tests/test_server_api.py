@@ -410,6 +410,17 @@ def test_results_outlive_forgotten_requests_within_their_own_budget():
             assert resp.status_code == 200, resp.text
             pngs = [base64.b64decode(d["b64_json"]) for d in resp.json()["data"]]
             assert len(pngs) == 2 and sum(map(len, pngs)) > 1 << 20 and all(p[:4] == b"\x89PNG" for p in pngs)
+            # ... and so does a polled one: its first item's result was dropped for its second, so it read
+            # done and answered 410 (an outside test); a generation's results are kept and dropped together
+            job = client.post("/v1/requests", json={**body, "size": "512x512", "n": 2}).json()["id"]
+            deadline = time.monotonic() + 120
+            while client.get(f"/v1/requests/{job}").json()["state"] != "done" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.get(f"/v1/requests/{job}/result").status_code == 200
+            files = [client.get(f"/v1/requests/{job}/result/{k}") for k in range(2)]
+            assert [f.status_code for f in files] == [200, 200] and sum(len(f.content) for f in files) > 1 << 20
+            client.post("/v1/images/generations", json={**body, "seed": 9})  # a newer one: the pair goes, both
+            assert [client.get(f"/v1/requests/{job}/result/{k}").status_code for k in range(2)] == [410, 410]
             resp = client.post("/v1/images/generations", json={**body, "n": 3})
             assert resp.status_code == 422 and resp.json()["error"]["field"] == "n", resp.text
             assert "--max-queued" in resp.json()["error"]["message"]

@@ -357,18 +357,20 @@ class Engine:
                                          f"the queue's {self.config.max_queued} (--max-queued)",
                            self.queue_retry_s(waiting + len(items) - self.config.max_queued))
         now = self.now()
-        ids = []
         slo_of = self._slo_fn()
+        specs = []
         for item in items:
             rid = self._next_id
             self._next_id += self._id_step
             slo = item.slo_s if item.slo_s is not None else slo_of(item.model, item.shape)
-            spec = RequestSpec(rid, item.model, item.prompt, item.shape, int(item.seed), item.guidance, float(slo),
-                               now, item.negative_prompt)
-            ids.append(rid)
-            self._live.add(rid)
+            specs.append(RequestSpec(rid, item.model, item.prompt, item.shape, int(item.seed), item.guidance,
+                                     float(slo), now, item.negative_prompt))
+        ids = tuple(spec.id for spec in specs)
+        self.artifacts.group(ids)  # (before they arrive: one may be rejected, so end, at once)
+        for spec in specs:
+            self._live.add(spec.id)
             self._post(RequestArrived(spec))
-        return Accepted(tuple(ids))
+        return Accepted(ids)
 
     def cancel(self, request_id: int, reason: str = "cancelled by the client") -> bool:
         """Cancel a request; False if it is unknown or already ended."""
@@ -603,6 +605,7 @@ class Engine:
         self._ends_at.append(self._clock())
         if rec.state is not RequestState.DONE or self.state.by_request.get(rid) is None:
             self.artifacts.drop(rid)
+        self.artifacts.ended(rid)
         for listener in self.end_listeners:
             listener(rec)
         for fut in self._waiters.pop(rid, ()):
