@@ -100,15 +100,16 @@ def test_warm_up_holds_exactly_the_comparison_the_home_page_opens_with(monkeypat
     simulate anything itself (its default inputs are the warm-up's scenario, rate and policies)."""
     import streamlit as st
 
-    from workbench import data
+    from workbench import child, data
 
     data.warm_up()
     st.cache_data.clear()
+    child.results.clear()
 
-    def no_simulation(*args):
+    def no_simulation(fn, *args):
         raise AssertionError(f"the home page simulated {args[1:]} although the warm-up had it")
 
-    monkeypatch.setattr(data, "_simulate_frames", no_simulation)
+    monkeypatch.setattr(child, "ChildCall", no_simulation)
     at = _app()
     at.run()
     _clean(at)

@@ -258,3 +258,58 @@ def test_browser_default_comparison_then_policy_and_rate(chromium, server):
     (ARTIFACTS / "workbench-browser.txt").write_text(
         f"first open of the default comparison (python -m workbench, fresh server and browser): "
         f"KPI cards {kpis_s:.2f} s, charts {charts_s:.2f} s\n")
+
+
+def _computing_children() -> list[int]:
+    """PIDs of the workbench's computations under this test: the children of a forkserver of ours."""
+    procs: dict[int, tuple[int, str]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                procs[int(d.name)] = (ppid, (d / "cmdline").read_bytes().decode(errors="replace"))
+            except (OSError, ValueError, IndexError):
+                continue
+    ours, todo = set(), [os.getpid()]
+    while todo:
+        parent = todo.pop()
+        kids = [pid for pid, (ppid, _) in procs.items() if ppid == parent]
+        ours.update(kids)
+        todo += kids
+    return [pid for pid in ours if "forkserver" in procs.get(procs[pid][0], (0, ""))[1]]
+
+
+def test_browser_a_long_simulation_stops_with_the_page(chromium, server):
+    """A simulation of tens of thousands of requests held its tab for minutes, deaf to Stop (an outside
+    test: 96,000 requests). It now runs in a child process that Stop, or a changed input, ends at once;
+    the page then computes the next comparison as usual."""
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless=new"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            page.goto(server)
+            _wait_values(page, 24)
+            rate = page.get_by_label("Rate (req/s)")
+            rate.fill("2")  # 2.5x the mix's capacity: trident's queue grows for the whole run
+            rate.press("Enter")
+            duration = page.get_by_label("Duration of arrivals (simulated s)")
+            duration.fill("40000")  # (this rerun stops the one the rate started)
+            duration.press("Enter")
+            page.get_by_text("(Stop, top right, ends it)").first.wait_for(timeout=60_000)
+            deadline = time.monotonic() + 30
+            while not _computing_children() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _computing_children(), "no child process computes the simulation"
+            page.get_by_role("button", name="Stop").click()
+            deadline = time.monotonic() + 10
+            while _computing_children() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not _computing_children(), "Stop left the simulation running"
+            duration.fill("600")
+            duration.press("Enter")
+            rate.fill("0.7")
+            rate.press("Enter")
+            _wait_values(page, 24, timeout_ms=120_000)
+            assert page.locator("[data-testid=stException]").count() == 0
+        finally:
+            browser.close()

@@ -56,6 +56,7 @@ __all__ = [
     "parse_rates",
     "save_upload",
     "simulate_frames",
+    "warm_frames",
     "goodput_bisect",
     "scenario_capacity",
     "scenario_ceilings",
@@ -274,16 +275,19 @@ def store_default_comparison(db: str | os.PathLike[str], policies: Sequence[str]
             for p in todo]
 
 
-def simulate_frames(scenario: Scenario, policy: str, rate: float | None) -> RunFrames:
-    """Simulate one policy at one rate (``None`` for a trace) and return its rows as DataFrames."""
+def warm_frames(scenario: Scenario, policy: str, rate: float | None) -> RunFrames | None:
+    """The warm-up's run of this comparison (waiting for it while it is being made), or None."""
     key = (scenario, policy, rate)
     pending = _warming.get(key)
     if pending is not None:
         pending.wait(120.0)
-    warm = _warm.get(key)
-    if warm is not None:
-        return warm
-    return _simulate_frames(scenario, policy, rate)
+    return _warm.get(key)
+
+
+def simulate_frames(scenario: Scenario, policy: str, rate: float | None) -> RunFrames:
+    """Simulate one policy at one rate (``None`` for a trace) and return its rows as DataFrames."""
+    warm = warm_frames(scenario, policy, rate)
+    return warm if warm is not None else _simulate_frames(scenario, policy, rate)
 
 
 def _simulate_frames(scenario: Scenario, policy: str, rate: float | None) -> RunFrames:
@@ -377,8 +381,6 @@ def _cache(**kw):
     return wrap
 
 
-cached_simulate = _cache(max_entries=128)(simulate_frames)
-cached_goodput = _cache(max_entries=64)(goodput_bisect)
 cached_capacity = _cache(max_entries=64)(scenario_capacity)
 cached_ceilings = _cache(max_entries=64)(scenario_ceilings)
 cached_runs = _cache(max_entries=16)(runs_frame)
