@@ -333,6 +333,24 @@ def test_home_bad_mix_yaml_is_an_error_message():
     assert not at.error and at.metric
 
 
+def test_home_an_upload_that_cannot_be_saved_is_an_error_message(monkeypatch, tmp_path):
+    """The upload folder is not this user's (here: a symlink): the page said the OSError's traceback."""
+    from workbench import data
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.setattr(data, "UPLOAD_DIR", tmp_path / "link")
+    at = _app()
+    at.run()
+    at.radio(key="cmp_source").set_value("mix file (YAML)").run()
+    good = b"name: tiny\nclasses:\n  - {model: sd3-medium, height: 512, width: 512, frames: 1, steps: 28, weight: 1}\n"
+    at.file_uploader(key="cmp_mix_file").set_value(("good.yaml", good, "text/yaml")).run()
+    _clean(at)
+    assert not at.exception and not at.metric
+    assert any(e.value.startswith("good.yaml could not be saved for the simulator: ") and "not a folder of this user"
+               in e.value for e in at.error), [e.value for e in at.error]
+
+
 def test_home_profile_missing_a_model_is_an_error_message():
     h200 = _data_dir().joinpath("h200.csv").read_text(encoding="utf-8").splitlines()
     no_wan = "\n".join(line for line in h200 if "wan2.1" not in line).encode()

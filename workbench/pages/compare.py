@@ -139,6 +139,18 @@ def show_last_job(db: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- inputs
+def saved(up, suffix: str) -> str | None:
+    """An uploaded file's path once saved (its name remembered for the captions); None, and why in
+    ``problems``, when it cannot be saved (a full disk, an upload folder that is not this user's)."""
+    try:
+        path = data.save_upload(up.getvalue(), suffix)
+    except OSError as exc:
+        problems.append(f"{up.name} could not be saved for the simulator: {exc}")
+        return None
+    uploaded[path] = up.name
+    return path
+
+
 with st.sidebar:
     st.header("Scenario")
     backend = st.radio("Run", ("simulated", "live (trident bench)"), key="cmp_backend", horizontal=True)
@@ -154,16 +166,14 @@ with st.sidebar:
         if up is None:
             problems.append("upload a mix YAML file (the format of tridentcore/formats/data/mixes/*.yaml)")
         else:
-            mix = data.save_upload(up.getvalue(), Path(up.name).suffix or ".yaml")
-            uploaded[mix] = up.name
+            mix = saved(up, Path(up.name).suffix or ".yaml")
     else:
         up = st.file_uploader("Trace (JSON lines or the paper's Request(...) lines)", key="cmp_trace_file")
         trace_model = st.text_input("Model (paper-format traces name none)", "", key="cmp_trace_model").strip() or None
         if up is None:
             problems.append("upload a trace file")
         else:
-            trace = data.save_upload(up.getvalue(), Path(up.name).suffix or ".jsonl")
-            uploaded[trace] = up.name
+            trace = saved(up, Path(up.name).suffix or ".jsonl")
 
     kind = st.selectbox("Arrival process", ARRIVALS, key="cmp_arrival", disabled=trace is not None)
     arrival = kind
@@ -211,8 +221,7 @@ with st.sidebar:
         if up is None:
             problems.append("upload a profile CSV (the format of tridentcore/profiles/data/*.csv)")
         else:
-            profile = data.save_upload(up.getvalue(), ".csv")
-            uploaded[profile] = up.name
+            profile = saved(up, ".csv")
     chosen = st.multiselect("Policies", data.POLICY_CHOICES, default=list(data.DEFAULT_POLICIES), key="cmp_policies")
     extra = st.text_input("More policy specs (comma-separated, e.g. pipeline-static:degree=2)", "", key="cmp_extra")
     policies = list(dict.fromkeys(chosen + (split_specs(extra) if extra.strip() else [])))
