@@ -78,3 +78,45 @@ def test_the_cache_of_answers_keeps_within_its_bounds_and_gives_copies():
     assert cache.get("c") is None  # past the count
     assert cache.get("d") is None  # past the bytes
     assert cache.get("b") == "b" * 10 and cache.get("e") is not None
+
+
+def test_run_all_runs_calls_side_by_side_in_order_and_a_stop_ends_every_child(monkeypatch):
+    monkeypatch.setattr(child, "results", child.ResultCache())
+    scenario = replace(data.DEFAULT_SCENARIO, duration_s=120.0)
+    calls = [(data.simulate_frames, (scenario, p, 0.6)) for p in ("trident", "pipeline-static:degree=1", "trident-paper")]
+    seen: list[tuple[int, list[int]]] = []
+    got = child.run_all(calls, lambda done, running, s: seen.append((done, running)), parallel=2)
+    assert [r.policy for r in got] == ["trident", "pipeline-static:degree=1", "trident-paper"]
+    assert seen[0] == (0, [0, 1]) and max(len(r) for _, r in seen) == 2  # two at a time
+    assert len(child.results) == 3
+    seen.clear()
+    again = child.run_all(calls, lambda *a: seen.append(a))  # all kept: no child, no wait
+    assert seen == [] and [r.summary for r in again] == [r.summary for r in got]
+
+    huge = replace(data.DEFAULT_SCENARIO, duration_s=40_000.0)
+
+    class Stopped(BaseException):  # (what Streamlit raises in the page: not an Exception)
+        pass
+
+    def stop_after_a_second(done, running, seconds):
+        if seconds > 1.0:
+            raise Stopped
+
+    real = child.ChildCall
+    started: list[child.ChildCall] = []
+
+    def recording(*a):
+        started.append(real(*a))
+        return started[-1]
+
+    monkeypatch.setattr(child, "ChildCall", recording)
+    with pytest.raises(Stopped):
+        child.run_all([(data.simulate_frames, (huge, p, 2.0)) for p in ("trident", "trident-paper")],
+                      stop_after_a_second, parallel=2)
+    assert len(started) == 2 and not any(_alive(c.pid) for c in started)
+
+    started.clear()
+    with pytest.raises(PolicyError):  # one call's error ends the other's child too
+        child.run_all([(data.simulate_frames, (huge, "trident", 2.0)), (data.simulate_frames, (huge, "nope", 1.0))],
+                      lambda *a: None, parallel=2)
+    assert len(started) == 2 and not any(_alive(c.pid) for c in started)

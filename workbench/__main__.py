@@ -26,6 +26,9 @@ def _warm() -> None:
     try:
         from workbench import data
 
+        from workbench import child
+
+        child.prestart()  # the simulations' forkserver: its imports paid now, not by the first visitor
         log.info("computing the default comparison…")
         took = data.warm_up()
         log.info("default comparison ready (%.1f s)", took)

@@ -14,15 +14,18 @@ process, bounded by count and by bytes; each reader gets its own copy.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import pickle
 import sys
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-_PRELOAD = ["workbench.data"]
+_PRELOAD = ["workbench._forkserver"]
 _OK, _ERROR = b"\x00", b"\x01"
 _ctx_lock = threading.Lock()
 _ctx: Any = None
@@ -39,6 +42,13 @@ def _context():
             ctx.set_forkserver_preload(_PRELOAD + (["__main__"] if main and os.path.isfile(main) else []))
             _ctx = ctx
         return _ctx
+
+
+def prestart() -> None:
+    """Start the forkserver now (``python -m workbench`` does, before it serves), not at the first
+    simulation a visitor asks for."""
+    _context()
+    multiprocessing.forkserver.ensure_running()
 
 
 def _run(conn, fn: Callable[..., Any], args: tuple) -> None:
@@ -104,6 +114,46 @@ class ChildCall:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_all(calls: Sequence[tuple[Callable[..., Any], tuple]], waiting: Callable[[int, list[int], float], None],
+            parallel: int | None = None) -> list[Any]:
+    """Each ``fn(*args)`` of ``calls``: from :data:`results`, or made in child processes, ``parallel``
+    at once (the machine's cores by default), each answer kept in :data:`results`. ``waiting(done,
+    running, seconds)`` is called at least once a second while children run (``running``: the
+    indexes of the calls under way); an exception from it (the page stopped) or from a call ends
+    every child still running and propagates."""
+    out: list[Any] = [None] * len(calls)
+    todo = []
+    for i, (fn, args) in enumerate(calls):
+        got = results.get((fn.__name__, *args))
+        if got is None:
+            todo.append(i)
+        else:
+            out[i] = got
+    parallel = max(1, parallel or os.cpu_count() or 1)
+    running: dict[int, ChildCall] = {}
+    t0, done = time.monotonic(), len(calls) - len(todo)
+    try:
+        while todo or running:
+            while todo and len(running) < parallel:
+                i = todo.pop(0)
+                fn, args = calls[i]
+                running[i] = ChildCall(fn, *args)
+            waiting(done, sorted(running), time.monotonic() - t0)
+            multiprocessing.connection.wait([c._recv for c in running.values()], timeout=1.0)
+            for i, call in list(running.items()):
+                if call.ready(0.0):
+                    fn, args = calls[i]
+                    results.put((fn.__name__, *args), call.payload)
+                    out[i] = call.result()
+                    call.stop()
+                    del running[i]
+                    done += 1
+    finally:
+        for call in running.values():
+            call.stop()
+    return out
 
 
 def unpickle(payload: bytes) -> Any:

@@ -1,7 +1,6 @@
 """Compare: policies side by side on one simulated scenario (the workbench's home page)."""
 
 import logging
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -266,34 +265,32 @@ runs: dict[tuple[str, float | None], data.RunFrames] = {}
 bar = st.progress(0.0, text="simulating…")
 
 
-def computed(done: float, label: str, fn, *args):
-    """``fn(*args)``: made before (by anyone), or made now in a child process while the bar counts the
-    seconds; Stop (or any change of input) ends that process at the bar's next update."""
-    key = (fn.__name__, *args)
-    got = child.results.get(key)
-    if got is not None:
-        return got
-    t0 = time.monotonic()
-    with child.ChildCall(fn, *args) as call:
-        while not call.ready(1.0):  # (Streamlit shows its Stop button after 0.5 s without an update)
-            bar.progress(done, text=f"{label}: {time.monotonic() - t0:.0f} s (Stop, top right, ends it)")
-        child.results.put(key, call.payload)
-        return call.result()
+def waiting(doing: str, labels: list[str]):
+    """What the bar says while children compute (at least once a second: each update is where
+    Streamlit's Stop, or a changed input, ends the page, and with it the children)."""
+    def say(done: int, running: list[int], seconds: float) -> None:
+        bar.progress(done / len(labels), text=f"{doing} {', '.join(labels[i] for i in running)} ({done}/{len(labels)} "
+                                              f"done): {seconds:.0f} s (Stop, top right, ends it)")
+    return say
 
 
 try:
-    for i, (policy, rate) in enumerate(tasks, start=1):
-        what = f"{policy} at {rate if rate is not None else 'trace'} req/s ({i}/{len(tasks)})"
+    todo = []
+    for policy, rate in tasks:
         got = data.warm_frames(scenario, policy, rate)
         if got is None:
-            got = computed((i - 1) / len(tasks), f"simulating {what}", data.simulate_frames, scenario, policy, rate)
-        runs[(policy, rate)] = got
-        bar.progress(i / len(tasks), text=f"simulated {what}")
+            todo.append((policy, rate))
+        else:
+            runs[(policy, rate)] = got
+    made = child.run_all([(data.simulate_frames, (scenario, p, r)) for p, r in todo],
+                         waiting("simulating", [f"{p} at {r if r is not None else 'trace'} req/s" for p, r in todo]))
+    runs.update(zip(todo, made, strict=True))
+    runs = {t: runs[t] for t in tasks}  # (in the order of the tasks)
     goodputs: dict[str, dict] = {}
     if bisect:
-        for i, policy in enumerate(policies, start=1):
-            goodputs[policy] = computed((i - 1) / len(policies), f"bisecting goodput of {policy} ({i}/{len(policies)})",
-                                        data.goodput_bisect, scenario, policy)
+        made = child.run_all([(data.goodput_bisect, (scenario, p)) for p in policies],
+                             waiting("bisecting the goodput of", list(policies)))
+        goodputs.update(zip(policies, made, strict=True))
 except Exception as exc:  # expected: a policy that cannot run this cluster; otherwise a bug, still a message
     bar.empty()
     if not isinstance(exc, (ValueError, LookupError)):
