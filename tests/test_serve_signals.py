@@ -268,6 +268,50 @@ def test_a_server_whose_starter_dies_while_it_starts_stops_once_up(reaped):
             pass
 
 
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stop_while_the_workers_load_ends_the_start_at_once(tmp_path, how):
+    """Ctrl-C while the workers loaded their pipelines waited for every model to load, then stopped
+    (10.5 s on tiny-sd3 + tiny-wan, longer than a whole start; outside test). A worker still loading
+    is now stopped at once. Here its loading process is frozen (SIGSTOP): without that, the server
+    would wait for it until the start timeout."""
+    db = tmp_path / "serve.duckdb"
+    err = tmp_path / "err.txt"
+    with open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
+                                 "cpu:1", "--port", "0", "--db", str(db)], stdout=subprocess.DEVNULL, stderr=e,
+                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=default_sigint)
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while worker is None and time.monotonic() < deadline and proc.poll() is None:
+            worker = next((c for c in psutil.Process(proc.pid).children()
+                           if "multiprocessing.spawn" in " ".join(c.cmdline())), None)
+            time.sleep(0.05)
+        assert worker is not None, err.read_text(errors="replace")[-3000:]
+        worker.suspend()  # (frozen while it imports or loads: it would never say ready)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # the group, as a terminal does (the worker ignores it)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:  # only the processes this test started
+            proc.kill()
+            proc.wait(10)
+        if worker is not None and psutil.pid_exists(worker.pid) and worker.status() == psutil.STATUS_STOPPED:
+            worker.kill()  # (frozen, it would outlive the test)
+    text = err.read_text(errors="replace")
+    assert code == (130 if how == "ctrl-c" else 0), text[-3000:]
+    assert took < 30, took  # (about 1 s here; it waited for the start timeout, 180 s)
+    assert "Traceback" not in text and not READY.search(text), text[-3000:]
+    assert text.rstrip().endswith("trident serve: stopped before it served; nothing stored"), text[-3000:]
+    assert psutil.wait_procs([worker], timeout=15)[1] == [], "the loading worker outlived the server"
+    assert not db.exists() or len(query_readonly(db, "SELECT 1 FROM runs")) == 0
+
+
 def _free_port() -> int:
     import socket
 

@@ -13,6 +13,11 @@ logger = logging.getLogger(__name__)
 __all__ = ["Worker", "WorkerPool"]
 
 
+class StartInterrupted(RuntimeError):
+    """A worker's (or the pool's) start was stopped by a signal: the server, told of it, stops
+    without serving."""
+
+
 class Worker:
     """One device slot. ``run`` is called only while the slot is idle (dispatch is exclusive)."""
 
@@ -38,6 +43,8 @@ class Worker:
                 await asyncio.sleep(delay)
             try:
                 await self._spawn()
+            except StartInterrupted:  # the server stops: no restart
+                return
             except Exception as exc:  # noqa: BLE001
                 logger.warning("worker %d: restart failed: %s", self.slot, exc)
                 self.restart_failures += 1

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from .pool import Worker
+from .pool import StartInterrupted, Worker
 from .sigint import STOP_SIGNALS, signals_blocked
 from .tasks import ModelCard, StageResult, StageTask
 from .worker_process import worker_main
@@ -61,6 +61,7 @@ class CpuWorker(Worker):
         self._steps: dict[int, int] = {}  # dispatch id -> denoising steps its process reports done
         self._ready: asyncio.Future | None = None
         self._stopping = False
+        self._start_stopped = False  # told to stop while not (yet) up: a start under way or to come ends
         self._restart_task: asyncio.Task | None = None
         self._generation = 0
 
@@ -73,6 +74,9 @@ class CpuWorker(Worker):
         import torch.multiprocessing as tmp  # noqa: F401  (shared-memory reductions in this process)
         import multiprocessing as mp
 
+        self._ready = self._loop.create_future()  # (before the check: a stop from now on interrupts it)
+        if self._start_stopped:  # told to stop before this start (say, while torch was imported above)
+            raise StartInterrupted(f"worker {self.slot}: stopped before it started")
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
         self._flag = ctx.Value("q", -1, lock=False)
@@ -81,7 +85,6 @@ class CpuWorker(Worker):
         proc = ctx.Process(target=worker_main, args=(self.slot, self.models, child, self._flag, self.threads,
                                                       self.device, self.sources, self.slowdown),
                            name=f"trident-worker-{self.slot}", daemon=True)
-        self._ready = self._loop.create_future()
         with signals_blocked(STOP_SIGNALS):  # born deaf to them: worker_main ignores them, then unblocks
             proc.start()
         child.close()
@@ -197,9 +200,24 @@ class CpuWorker(Worker):
         self.alive = False
 
     def stopping(self) -> None:
-        """The server was told to stop: nothing changes here. Its process ignores the signals a
-        terminal or a service manager sends the whole group, so one that ends during the drain was
-        killed or crashed, and is handled as at any other time (``_died``: lost, restarted)."""
+        """The server was told to stop. A worker still loading its pipelines is stopped now (its
+        process killed: it has no work; its start ends with ``StartInterrupted``), so that a Ctrl-C
+        while the server starts does not wait for every model to load. Otherwise nothing changes
+        here: its process ignores the signals a terminal or a service manager sends the whole group,
+        so one that ends during the drain was killed or crashed, and is handled as at any other time
+        (``_died``: lost, restarted). (Called from a signal handler: the work is the loop's.)"""
+        if self.alive:
+            return
+        self._start_stopped = True  # (a start not yet under way ends as it begins: ``_spawn``)
+        if self._loop is not None and self._ready is not None and not self._ready.done():
+            self._loop.call_soon_threadsafe(self._interrupt_start)
+
+    def _interrupt_start(self) -> None:
+        if self._ready is None or self._ready.done():
+            return  # (it became ready meanwhile: it stops with the others)
+        self._stopping = True  # no restart
+        self._ready.set_exception(StartInterrupted(f"worker {self.slot}: stopped while it loaded its pipelines"))
+        self._kill(self._proc)
 
     # -- work --------------------------------------------------------------------------------
     async def run(self, task: StageTask) -> StageResult:

@@ -47,6 +47,7 @@ from ..core.types import StageKind
 from .emulated import proportional_step
 from .parallel_worlds import Worlds
 from .ray_address import probe_ray_address
+from .pool import StartInterrupted
 from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool, failure, load_pipelines
 
 logger = logging.getLogger(__name__)
@@ -418,10 +419,6 @@ class RayWorker(Worker):
             return
         # the engine's monotonic clock is not the actor's (another node): send a delay instead
         self.actor.preempt.remote(dispatch_id, stop_step, max(0.0, wall_at - time.monotonic()))
-
-
-class StartInterrupted(RuntimeError):
-    """The pool's start was stopped by a signal (the server, told of it, stops without serving)."""
 
 
 @dataclass
