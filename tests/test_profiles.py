@@ -76,6 +76,11 @@ def test_broken_csv_reports_every_problem_with_file_line_and_column(tmp_path):
         GOOD_DIFFUSE,  # 10: duplicate of line 2
         "H200,m,diffuse,2048,2048,1,2,1,20,4.0,x,3.8,measured",  # 11: act_gib not a number
         "H200,m,diffuse,2048,2048,1,4,1,20,4.0,0.1",  # 12: too few fields
+        # 13-16: past what any request asks or a node holds (a side of 10^20 px priced 4096^2 at 0.14 s)
+        "H200,m,diffuse,99999999999999999999,2048,1,1,1,20,4.0,0.1,3.8,measured",
+        "H200,m,decode,1024,1024,130,1,1,20,4.0,0.1,3.8,measured",
+        "H200,m,diffuse,1024,1024,1,1025,1,20,4.0,0.1,3.8,measured",
+        "H200,m,diffuse,1024,1024,1,1,129,20,4.0,0.1,3.8,measured",
     ]
     path = tmp_path / "broken.csv"
     path.write_text("\n".join(lines) + "\n")
@@ -95,6 +100,10 @@ def test_broken_csv_reports_every_problem_with_file_line_and_column(tmp_path):
         ("line 10", "duplicate of line 2", ""),
         ("line 11", "column act_gib", "not a number"),
         ("line 12", "expected 13 fields", ""),
+        ("line 13", "column height", "99999999999999999999 is above 4096 (the largest side any request may ask)"),
+        ("line 14", "column frames", "130 is above 129"),
+        ("line 15", "column batch", "1025 is above 1024"),
+        ("line 16", "column degree", "129 is above 128 (the GPUs of one node at most)"),
     ]
     for line, column, what in expected:
         assert any(p.startswith(line + ",") or p.startswith(line + ":") for p in problems), (line, problems)
@@ -205,7 +214,9 @@ def test_a_large_profile_loads_in_near_linear_time(tmp_path):
     import time
 
     path = tmp_path / "many.csv"
-    path.write_text(HEADER + "\n" + "".join(_row(f"{35 + i * 0.01:.2f}", 16 * (i + 1)) for i in range(20_000)))
+    rows = (f"H200,m,diffuse,{16 * (1 + i % 256)},{16 * (1 + i // 256)},1,1,1,{35 + i * 0.01:.2f},4.1,0.2,3.8,measured\n"
+            for i in range(20_000))  # (every side within 4096)
+    path.write_text(HEADER + "\n" + "".join(rows))
     t0 = time.perf_counter()
     load_profile(path).cost_model()
     assert time.perf_counter() - t0 < 5.0  # about 1 s here; a loose bound for a busy host

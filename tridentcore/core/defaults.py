@@ -90,6 +90,7 @@ PARENT_PID_ENV = "TRIDENT_STOP_WITH_PARENT"  # `trident serve` started by a benc
 MAX_STEPS = 200  # denoising steps of one request (HTTP bodies, traces, mixes)
 MAX_SIDE_PX = 4096  # height or width of one request, pixels: the image pipelines' 4096, the most any model takes
 MAX_FRAMES = 129  # frames of one video request (HTTP bodies, traces, mixes): Wan's 129, the most any model takes
+MAX_PROFILE_BATCH = 1024  # batch size of one profile row (the shipped profiles measure up to 8)
 MAX_PROMPT_CHARS = 2000  # characters of a prompt or a negative prompt (HTTP bodies, traces)
 MAX_SEED = 2**31 - 1  # seeds are 0..MAX_SEED (31 bits, as the workload generator draws them)
 MAX_GUIDANCE = 100.0  # classifier-free guidance scale (HTTP bodies, traces)

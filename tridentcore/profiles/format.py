@@ -23,7 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tridentcore.core.defaults import MAX_PROFILE_BYTES, MAX_WORKLOAD_S
+from tridentcore.core.defaults import (MAX_FRAMES, MAX_GPUS_PER_NODE, MAX_PROFILE_BATCH, MAX_PROFILE_BYTES, MAX_SIDE_PX,
+                                       MAX_WORKLOAD_S)
 from tridentcore.core.errors import TridentError
 from tridentcore.core.scaling import ScalingPoint
 from tridentcore.core.types import PROFILE_COLUMNS, ProfileRow, StageKind
@@ -178,7 +179,20 @@ def _parse_int(text: str, column: str, problems: list[str], where: str) -> int |
     if value < 1:
         problems.append(f"{where}, column {column}: must be >= 1 (got {value})")
         return None
+    high = _INT_BOUNDS[column]
+    if value > high:
+        # (a side of 10^20 px made a 4096x4096 diffuse look measured, and priced it at 0.14 s)
+        problems.append(f"{where}, column {column}: {value} is above {high} ({_INT_WHY[column]})")
+        return None
     return value
+
+
+# the most each integer column can hold: what any request can ask (sides, frames), the GPUs of a node
+_INT_BOUNDS = {"height": MAX_SIDE_PX, "width": MAX_SIDE_PX, "frames": MAX_FRAMES, "batch": MAX_PROFILE_BATCH,
+               "degree": MAX_GPUS_PER_NODE}
+_INT_WHY = {"height": "the largest side any request may ask", "width": "the largest side any request may ask",
+            "frames": "the most frames any request may ask", "batch": "the largest batch a profile may price",
+            "degree": "the GPUs of one node at most"}
 
 
 def _parse_float(text: str, column: str, problems: list[str], where: str, *, positive: bool) -> float | None:
