@@ -167,3 +167,41 @@ def test_sweep_says_when_a_goodput_is_the_searchs_upper_end():
     text = runner.invoke(app, ["sweep", "--goodput", "--target", "0.05", "--mix", "flux-uniform", "--duration", "60",
                                "--policies", "trident"])
     assert "note: trident meets the target at the search's highest rate" in text.stderr, text.stderr
+
+
+def test_ctrl_c_during_simulate_db_says_which_runs_are_stored(tmp_path):
+    """Each policy's run is stored whole as it ends; Ctrl-C after the first exited 130 without a word,
+    leaving a user to find out which runs were there (outside test)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from children import default_sigint  # (tests/, on sys.path under pytest)
+
+    from tridentcore.store import query_readonly
+
+    db = tmp_path / "sim.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "simulate", "--cluster", "4096x1xH200",
+                             "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if len(query_readonly(str(db), "SELECT run_id FROM runs")):
+                    break
+            except Exception:  # not made yet, or being written
+                pass
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    stored = list(query_readonly(str(db), "SELECT run_id FROM runs ORDER BY created_at")["run_id"])
+    assert proc.returncode == 130 and 1 <= len(stored) < 4, (proc.returncode, stored, err)
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("interrupted after ") and f"of 4 policies; {len(stored)} runs stored in {db}: " in line, err
+    assert line.endswith(", ".join(stored)), (line, stored)

@@ -7,7 +7,7 @@ import typer
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_NOISE_SIGMA,
                              DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_SWEEP_DURATION_S,
                              DEFAULT_DB_WAIT_S, DEFAULT_TARGET)
-from .common import (DEFAULT_POLICIES_TEXT, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
+from .common import (DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
                      ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, policy_specs, setup_logging, table)
 
@@ -55,7 +55,7 @@ def simulate(
             check_db(db)
         if not loaded.requests(rate):
             fail("the workload has no requests (rate x duration too small?)")
-        rows, stored = [], []
+        rows, stored, writing = [], [], None
         for spec in specs:
             result = run_one(loaded, spec, rate)
             row = summarize(spec, result.requests, result.spans, result.decision_ms)
@@ -63,10 +63,16 @@ def simulate(
             if db:
                 from ..store import ResultsStore, new_run_id
 
-                run_id = new_run_id(spec, seed)
+                writing = run_id = new_run_id(spec, seed)
                 ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run(run_meta(run_id, loaded, spec, rate, result),
                                            result.requests, result.spans, result.placements, result.gpu_samples)
                 stored.append(run_id)
+    except KeyboardInterrupt:  # each run is stored whole as it ends: say which are there
+        if db:
+            _add_if_committed(db, writing, stored)
+            typer.secho(f"interrupted after {len(rows)} of {len(specs)} policies; {len(stored)} runs stored in {db}"
+                        + (": " + ", ".join(stored) if stored else ""), err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         fail(str(exc))
     if json_out:
@@ -75,6 +81,19 @@ def simulate(
         typer.echo(table(rows, _COLUMNS))
     if stored:  # (on stderr: --json's stdout stays one JSON document)
         typer.echo(f"stored {len(stored)} runs in {db}: {', '.join(stored)}", err=True)
+
+
+def _add_if_committed(db: str, run_id: str | None, stored: list[str]) -> None:
+    """An interrupt just after a run's transaction committed: the run is there after all."""
+    if run_id is None or run_id in stored:
+        return
+    from ..bench.runs import resolve_run
+
+    try:
+        resolve_run(db, run_id)
+    except Exception:  # noqa: BLE001 - not there (rolled back), or the file is not readable now
+        return
+    stored.append(run_id)
 
 
 def sweep(
