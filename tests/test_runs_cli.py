@@ -121,6 +121,8 @@ def test_export_writes_parquet_per_table(db, tmp_path):
     again = runner.invoke(app, ["runs", "export", run_id, "--parquet", str(tmp_path / "out"), "--db", str(db)])
     assert again.exit_code == 0 and "(replaced: runs.parquet, requests.parquet" in again.output, again.output
     assert "also holds client_requests.parquet, not of this export" in again.output
+    proc = runner.invoke(app, ["runs", "export", run_id, "--parquet", "/proc/pq", "--db", str(db)])  # ([Errno 2] ...)
+    assert proc.exit_code == 2 and "--parquet /proc/pq: cannot be written (No such file or directory)" in proc.output
     empty = runner.invoke(app, ["runs", "export", run_id, "--parquet", "", "--db", str(db)])
     assert empty.exit_code == 2 and "--parquet: an empty value" in empty.output
     folder = runner.invoke(app, ["runs", "recover", "--db", str(tmp_path)])

@@ -202,6 +202,10 @@ def test_import_paper_trace(tmp_path):
     (["trace", "generate", "--mix", "no-such-mix", "--out", "{tmp}/x.jsonl"], "unknown mix"),
     (["trace", "generate", "--arrival", "gamma:cv=-1", "--rate", "-1", "--out", "{tmp}/x.jsonl"], "2 problems"),
     (["trace", "generate", "--rate", "0.001", "--duration", "1", "--seed", "1", "--out", "{tmp}/x.jsonl"], None),
+    # the temporary file's errno line (`[Errno 21] Is a directory: '.d.11340.tmp' -> 'd'`; outside test)
+    (["trace", "generate", "--out", "{tmp}"], "--out {tmp}: is a folder, not a file"),
+    (["trace", "import", "{paper}", "--model", "sd3-medium", "--out", "{tmp}"], "--out {tmp}: is a folder, not a file"),
+    (["trace", "generate", "--out", "/proc/x.jsonl"], "--out /proc/x.jsonl: cannot be written (No such file or"),
 ])
 def test_errors_are_one_line(tmp_path, args, needle):
     paper = tmp_path / "paper.txt"
@@ -210,6 +214,7 @@ def test_errors_are_one_line(tmp_path, args, needle):
     bad.write_text('{"t": 0, "model": "m", "height": 0, "width": 8, "steps": 2}\n{"t": -1, "model": "m", "height": 8, '
                    '"width": 8, "steps": 2, "colour": 1}\n')
     args = [a.format(paper=paper, tmp=tmp_path, bad=bad) for a in args]
+    needle = needle if needle is None else needle.format(tmp=tmp_path)
     result = runner.invoke(app, args)
     if needle is None:  # a mix with at least the first arrival (t = 0) always yields a request
         assert result.exit_code == 0, result.output

@@ -165,7 +165,9 @@ def runs_export(
         written = export_run(db, run_id, parquet)
     except IsADirectoryError as exc:
         fail(f"--parquet {parquet}: {exc}")
-    except (*store_errors(), OSError) as exc:
+    except OSError as exc:  # the folder (made if missing) cannot be made or written: the database is fine
+        fail(f"--parquet {parquet}: cannot be written ({exc.strerror or one_line(str(exc))})")
+    except store_errors() as exc:
         fail(one_line(db_message(exc, db)))
     names = [p.name for p in written.values()]
     replaced = [n for n in names if n in before]

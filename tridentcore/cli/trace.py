@@ -11,7 +11,7 @@ import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
                              DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, MAX_SEED)
-from .common import ARRIVAL_HELP, CLUSTER_HELP, HELP_MARKUP, MIX_HELP, fail, given, load_workload, one_line, table
+from .common import ARRIVAL_HELP, CLUSTER_HELP, HELP_MARKUP, MIX_HELP, check_out, fail, given, load_workload, one_line, table
 
 __all__ = ["trace_app"]
 
@@ -43,6 +43,8 @@ def trace_generate(
 
     from ..core.workload import generate_requests
 
+    if out != "-":
+        check_out(out)  # (before the trace is drawn: a folder or a place it cannot write is said at once)
     try:
         loaded_mix = load_mix(mix)
         requests = generate_requests(loaded_mix, arrival, rate, duration, seed, lambda model, shape: 1.0)
@@ -65,8 +67,11 @@ def _write(entries, out: str) -> None:
         sys.stdout.write(format_trace(entries))
         sys.stdout.flush()
         return
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_trace(entries, out)
+    try:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_trace(entries, out)
+    except OSError as exc:  # (its words, not the temporary file's name: a full disk, say)
+        fail(f"--out {out}: cannot be written ({exc.strerror or exc})")
 
 
 def _where(out: str) -> str:
@@ -96,6 +101,8 @@ def trace_import(
     """
     from ..formats.traces import read_trace
 
+    if out != "-":
+        check_out(out)
     try:
         entries = read_trace(file, default_model=model)
         if not entries:
