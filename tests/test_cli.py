@@ -22,6 +22,26 @@ def test_help_lists_every_command_with_a_line():
         assert command in result.output
 
 
+@pytest.mark.parametrize("args, said", [
+    (["simulate", "--duration", "-1"], "Invalid value for '--duration': "),
+    (["serve", "--max-queued", "0"], "Invalid value for '--max-queued': "),
+    (["sweep", "--target", "1.5"], "Invalid value for '--target': "),
+    (["trace", "generate", "--out", "x.jsonl", "--seed", "-1"], "Invalid value for '--seed': "),
+    (["simulate", "--no-such-option"], "No such option: --no-such-option"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+])
+def test_an_option_out_of_range_or_unknown_is_one_error_line(args, said):
+    """They printed Click's usage block (four lines, the error last) where every other refusal is one
+    `error:` line (outside test)."""
+    result = subprocess.run([sys.executable, "-m", "tridentcore.cli", *args], capture_output=True, text=True,
+                            timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    command = " ".join(["tridentcore.cli"] + [a for a in args[:2] if a in ("trace", "generate", "simulate", "serve",
+                                                                          "sweep")])  # (run as python -m here)
+    assert lines[0].startswith("error: ") and said in lines[0] and lines[0].endswith(f"{command} --help`)"), lines
+
+
 def test_models_lists_the_builtin_pipelines():
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0

@@ -36,12 +36,26 @@ def _empty_option(args: list[str]) -> str | None:
     return None
 
 
+# Click's UsageError (the base of BadParameter, NoSuchOption, ...), from the Click that Typer uses:
+# Typer >= 0.2x carries its own copy, an older one uses the click package
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
 class _Commands(TyperGroup):
     def parse_args(self, ctx, args):
         name = _empty_option(args)
         if name is not None:
             fail(f"{name}: an empty value; give one, or leave the option out for its default")
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
+        """A command's option out of its range or unknown is one ``error:`` line, as every other
+        refusal (it was Click's usage block: four lines, the error last)."""
+        try:
+            return super().invoke(ctx)
+        except _USAGE_ERROR as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            fail(f"{exc.format_message()} (see `{where} --help`)")
 
 
 app = typer.Typer(
