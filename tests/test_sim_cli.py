@@ -113,6 +113,11 @@ def test_sweep_rates_prints_classes():
     (["sweep", "--goodput", "--slo-scale", "5000"], "--slo-scale"),  # (simulate's bound, 1000, now sweep's too)
     (["sweep", "--rates", "1,abc"], "--rates: not a number: 'abc'"),
     (["sweep", "--rates", "1,,2"], "--rates 1,,2: an empty item"),  # (it was dropped without a word)
+    # before any simulation (rate 1 was simulated, then nan failed), and nothing given twice (outside test)
+    (["sweep", "--rates", "1,nan", "--duration", "30"], "--rates: not a rate > 0: nan"),
+    (["sweep", "--rates", "1,1.0,2", "--duration", "30"], "--rates: given more than once: 1, 1.0"),
+    (["simulate", "--policies", "trident,trident:", "--duration", "30"], "policy given twice: trident"),
+    (["sweep", "--goodput", "--policies", "trident,trident"], "policy given twice: trident"),
     # an --out that cannot be written is refused before minutes of measuring (it was a traceback after)
     (["profile", "--model", "tiny-sd3", "--out", "."], "--out .: is a folder"),
     (["profile", "--model", "tiny-sd3", "--out", "/proc/no/p.csv"], "--out /proc/no/p.csv: cannot be written"),

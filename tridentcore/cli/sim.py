@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_NOISE_SIGMA,
@@ -50,7 +52,7 @@ def simulate(
     noise, bias = fitted_noise(noise_from, noise_db or db, noise, bias, err=json_out)
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
-        specs = policy_specs(policies)  # every spec validated before any runs
+        specs = policy_specs(policies, unique=True)  # every spec validated before any runs
         if db:
             check_db(db)
         if not loaded.requests(rate):
@@ -132,7 +134,7 @@ def sweep(
     noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out)
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, None, None, arrival, duration, slo_scale, seed, noise, bias)
-        specs = policy_specs(policies)
+        specs = policy_specs(policies, unique=True)
         cap = capacity_rps(loaded)
         slo_cap = ceilings(loaded)[1].rps
         if goodput:
@@ -187,4 +189,11 @@ def _rates(text: str) -> list[float]:
             bad.append(repr(r))
     if bad:
         fail(f"--rates: not a number: {', '.join(bad)} (a comma list of requests per second, e.g. 0.5,1,2)")
+    # before any simulation: `1,nan` simulated rate 1, then failed
+    bad = [r for r, v in zip(parts, out) if not (math.isfinite(v) and v > 0)]
+    if bad:
+        fail(f"--rates: not a rate > 0: {', '.join(bad)} (requests per second, e.g. 0.5,1,2)")
+    twice = sorted({r for r in parts if out.count(float(r)) > 1}, key=float)
+    if twice:
+        fail(f"--rates: given more than once: {', '.join(twice)}")
     return out
