@@ -158,6 +158,30 @@ def test_head_is_answered_as_get_without_a_body():
         assert client.head("/v1/requests/nosuch").status_code == 404
 
 
+def test_a_json_key_given_twice_is_refused_naming_it():
+    """`{"steps": 2, "steps": 3}` was served with 3 steps: the last value won without a word (outside
+    test), where trace and spec files refuse a key given twice."""
+    from fastapi.testclient import TestClient
+
+    from tridentcore.runtime.build import build_runtime
+    from tridentcore.server.app import create_app
+
+    with TestClient(create_app(build_runtime("sd3-medium", "emulated:1xH200", time_scale=0.0))) as client:
+        raw = b'{"model": "sd3-medium", "prompt": "a", "size": "512x512", "steps": 2, "steps": 3}'
+        resp = client.post("/v1/requests", content=raw, headers={"content-type": "application/json"})
+        assert resp.status_code == 422, resp.text
+        error = resp.json()["error"]
+        assert error["code"] == "invalid" and error["field"] == "steps"
+        assert error["message"] == "steps: given twice in the body; give it once"
+        nested = b'{"model": "sd3-medium", "prompt": "a", "extra": {"k": 1, "k": 2}, "prompt": "b"}'
+        resp = client.post("/v1/images/generations", content=nested, headers={"content-type": "application/json"})
+        assert resp.status_code == 422 and [p["field"] for p in resp.json()["error"]["problems"]] == ["k", "prompt"]
+        once = raw.replace(b', "steps": 3', b"")
+        assert client.post("/v1/requests", content=once, headers={"content-type": "application/json"}).status_code == 202
+        broken = client.post("/v1/requests", content=b'{"steps": ', headers={"content-type": "application/json"})
+        assert broken.status_code == 400  # (not JSON: the framework's answer, as before)
+
+
 def test_a_body_that_does_not_arrive_in_time_gets_408_and_frees_the_request():
     """A client that sends its headers and then stalls (or trickles) gets 408 ``body_timeout`` in the
     error shape, and the app never sees the request."""

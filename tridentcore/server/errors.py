@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import json
 import math
 import re
 import sys
@@ -297,11 +298,32 @@ class BodyWaits:
             task.cancel()
 
 
+def _keys_given_twice(body: bytes) -> list[str]:
+    """The keys a JSON body gives more than once in one object (at any depth), in order; [] for a
+    body that is not JSON (the framework says what is wrong with it)."""
+    twice: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and key not in twice:
+                twice.append(key[:80])
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return []
+    return twice
+
+
 class BodyLimit:
     """ASGI middleware: a body over the limit gets 413 (``too_large``) before the app reads it; one
     that has not all arrived ``timeout_s`` after the request began gets 408 (``body_timeout``), and
     one still arriving when the server begins to stop (``waits.stop()``) gets 503 (``shutting_down``)
-    at once: a client that stalls or trickles its body holds neither memory nor the shutdown."""
+    at once: a client that stalls or trickles its body holds neither memory nor the shutdown. A JSON
+    body that gives a key twice gets 422 (``invalid``, naming the key): as trace and spec files."""
 
     def __init__(self, app, max_bytes: int, timeout_s: float = BODY_TIMEOUT_S, waits: BodyWaits | None = None,
                  on_refused: Callable[[str], None] | None = None) -> None:
@@ -354,6 +376,10 @@ class BodyLimit:
         finally:
             if waits is not None:
                 waits.tasks.discard(task)
+        twice = _keys_given_twice(bytes(body))
+        if twice:  # (read by the framework, the last value won without a word)
+            return await self._refuse(invalid([(key, "given twice in the body; give it once") for key in twice]),
+                                      scope, receive, send)
         sent = False
 
         async def replay():
