@@ -313,3 +313,68 @@ def test_browser_a_long_simulation_stops_with_the_page(chromium, server):
             assert page.locator("[data-testid=stException]").count() == 0
         finally:
             browser.close()
+
+
+def test_browser_a_local_server_stopped_in_one_tab_while_busy_is_redrawn_in_the_other(chromium, server):
+    """Two tabs on the Live page, one local server. A stop while it serves a long request: the tab that
+    pressed Stop was held for the drain (30 s, then the server was killed in the middle of its drain);
+    the other tab kept its Stop button for a process that was gone. Now the stop drains in the
+    background (the page says so at once), the request in flight ends done, and the other tab draws
+    its header anew: "stopping", then "Start a local server"."""
+    import re
+
+    import httpx
+
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless=new"])
+        try:
+            a = browser.new_page(viewport={"width": 1400, "height": 1200})
+            a.goto(server)
+            _wait_values(a, 24)
+            a.get_by_role("link", name="Live").click()
+            a.get_by_role("button", name="Start a local server").click()
+            a.get_by_role("button", name="Stop the local server").wait_for(timeout=180_000)
+            url = re.search(r"at (http://127\.0\.0\.1:\d+), process (\d+)", a.locator("[data-testid=stMain]").inner_text())
+            assert url, a.locator("[data-testid=stMain]").inner_text()[:2000]
+            local, pid = url.group(1), int(url.group(2))
+
+            b = browser.new_page(viewport={"width": 1400, "height": 1200})
+            b.goto(server)
+            _wait_values(b, 24)
+            b.get_by_role("link", name="Live").click()
+            b.get_by_role("button", name="Stop the local server").wait_for(timeout=60_000)
+
+            busy = {"model": "tiny-wan", "prompt": "a slow one", "size": "128x128", "frames": 17, "steps": 60,
+                    "slo_ms": 10_000_000}
+            resp = httpx.post(f"{local}/v1/requests", json=busy, timeout=30)
+            assert resp.status_code == 202, resp.text
+            job = resp.json()["id"]
+            deadline = time.monotonic() + 60
+            while httpx.get(f"{local}/v1/requests/{job}", timeout=10).json()["state"] == "queued":
+                assert time.monotonic() < deadline, "the request never started"
+                time.sleep(0.2)
+            t0 = time.monotonic()
+            b.get_by_role("button", name="Stop the local server").click()
+            b.get_by_text(f"The local server (process {pid}) is stopping").wait_for(timeout=10_000)
+            said_s = time.monotonic() - t0
+            # the other tab, drawn while the server ran, notices on its own (its view refreshes every 2 s)
+            a.get_by_text(f"The local server (process {pid}) is stopping").wait_for(timeout=15_000)
+            states = []
+            while True:  # it drains: the request in flight runs to its end, its status still answered
+                try:
+                    states.append(httpx.get(f"{local}/v1/requests/{job}", timeout=10).json()["state"])
+                except httpx.TransportError:
+                    break
+                if states[-1] == "done":
+                    break
+                time.sleep(0.3)
+            assert states and states[-1] == "done", states
+            for page in (a, b):
+                page.get_by_role("button", name="Start a local server").wait_for(timeout=90_000)
+                assert page.locator("[data-testid=stException]").count() == 0
+            assert said_s < 8.0, said_s  # (the tab was held 30 s)
+        finally:
+            browser.close()
+            from workbench import live  # (only if this process started one: it did not; the workbench did)
+
+            assert live.local_server() is None
