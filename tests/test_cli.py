@@ -156,8 +156,14 @@ def test_an_unknown_model_names_itself_and_the_known_ones(tmp_path, monkeypatch)
     assert result.exit_code == 2 and "Traceback" not in result.output
     line = result.stderr.strip()
     assert line.startswith("error: unknown model 'nope-model': not a built-in model (tiny-sd3, tiny-sd, ") and (
-        "arch:wan2.1-1.3b; `trident models`)" in line), line
-    assert "stacktrace" not in line and line.endswith("(ConnectionError: [Errno -2] Name or service not known)")
+        "arch:wan2.1-1.3b; `trident models`)" in line) and line.endswith("not a hub id (ORG/NAME)"), line
+    # a hub id that cannot be reached: the root cause, not huggingface_hub's pointer to a stack trace
+    result = runner.invoke(app, ["generate", "--model", "org/nope-model", "--prompt", "x", "--out",
+                                 str(tmp_path / "o.png")])
+    line = result.stderr.strip()
+    assert result.exit_code == 2 and "stacktrace" not in line and line.startswith("error: cannot load pipeline "
+                                                                                  "'org/nope-model': "), line
+    assert line.endswith("ConnectionError: [Errno -2] Name or service not known"), line
 
 
 def test_profile_writes_a_valid_csv(tmp_path):

@@ -206,6 +206,21 @@ def test_a_folder_whose_component_config_is_broken_is_one_line(pipes, tmp_path):
         load_pipeline("./no-such")  # (it was tried as a hub id: "Repo id must use alphanumeric chars")
 
 
+def test_a_bare_name_that_is_not_built_in_is_not_looked_up_on_the_hub(monkeypatch):
+    """`sd3medium` (a typo of a built-in name) was tried as a hub id: a DNS query, then after 6 s
+    offline "Name or service not known". A hub id is ORG/NAME; anything else is refused at once."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"the network was asked: {args[:2]}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for name in ("sd3medium", "a/b/c"):
+        with pytest.raises(ValueError, match=r"unknown model .*not a hub id \(ORG/NAME\)"):
+            load_pipeline(name)
+
+
 def test_tiny_pipelines_build_fast_and_identically():
     t0 = time.perf_counter()
     a = load_pipeline("tiny-sd3")

@@ -139,6 +139,9 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         absent = {k: None for k, v in spec.items() if isinstance(v, list) and v[:1] == [None]}
     elif name.startswith(("./", "../", "/", "~")) or name.endswith("/"):  # a path, not a hub id
         raise ValueError(f"{name}: no such folder (a built-in model is one of {', '.join(MODELS)}; `trident models`)")
+    elif name.count("/") != 1:  # a typo of a built-in name is not looked up on the hub (a DNS query, 6 s offline)
+        raise ValueError(f"unknown model {name!r}: not a built-in model ({', '.join(MODELS)}; `trident models`), "
+                         "not a folder here, and not a hub id (ORG/NAME)")
     else:
         class_name, source, absent = None, name, {}
     try:
@@ -150,12 +153,8 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         # negative head count): the library's traceback, said in a line
         raise ValueError(f"cannot load pipeline {name!r}: {type(exc).__name__}: {_root_cause(exc)} (a component's "
                          "config.json holds a value its class cannot take?)") from exc
-    except OSError as exc:
-        if path.exists() or "/" in name:  # a directory, or a hub id (ORG/NAME)
-            raise ValueError(f"cannot load pipeline {name!r}: {_root_cause(exc)}") from exc
-        raise ValueError(f"unknown model {name!r}: not a built-in model ({', '.join(MODELS)}; `trident models`), "
-                         f"not a diffusers pipeline directory, and not loadable as a hub id ({_root_cause(exc)})"
-                         ) from exc
+    except OSError as exc:  # a directory, or a hub id (ORG/NAME) not reachable or not there
+        raise ValueError(f"cannot load pipeline {name!r}: {_root_cause(exc)}") from exc
     class_name = class_name or type(pipe).__name__
     family = PIPELINE_CLASSES.get(class_name)
     if family is None:
