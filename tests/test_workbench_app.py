@@ -755,6 +755,37 @@ def test_sql_query_over_its_memory_fails_clearly_without_spilling_next_to_the_da
     assert took < 45, took
 
 
+@pytest.mark.parametrize("sql, said", [
+    ("SELECT list(range(300000000))", "the query used more than 2 GiB of memory and was stopped"),
+    ("SELECT repeat('x', 10000000) AS s FROM range(200)", "the query used more than 2 GiB of memory and was stopped"),
+    ("SELECT repeat('x', 1000000) AS s FROM range(50)", "first 50 rows take 48 MiB, more than"),
+])
+def test_sql_whose_result_outgrows_duckdbs_limit_is_stopped_in_its_own_process(tmp_path, monkeypatch, sql, said):
+    """DuckDB's memory limit does not cover a result made into Python objects: the first query grew
+    the workbench to 15 GB over 52 s, the second to 6.8 GB before its size was refused (outside
+    test). Each query now runs in a child process, ended past 2 GiB; the page's process stays small."""
+    db = _write_runs(tmp_path / "results" / "q.duckdb")
+    _argv(monkeypatch, results_dir=db.parent)
+    at = _app()
+    at.run()
+    at.switch_page("workbench/pages/sql.py").run()
+    before = _rss_mib()
+    t0 = time.perf_counter()
+    at.text_area(key="sql_text").set_value(sql).run()
+    took = time.perf_counter() - t0
+    _clean(at)
+    assert len(at.error) == 1 and at.error[0].value.startswith("The query failed: ") and said in at.error[0].value, \
+        [e.value for e in at.error]
+    assert _rss_mib() - before < 300 and took < 30, (before, _rss_mib(), took)
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def test_a_database_another_program_holds_for_writing_is_said_in_words(tmp_path):
     """The Runs page showed DuckDB's raw lock error (after a blank wait); now the holder and what to do."""
     import subprocess

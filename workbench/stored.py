@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ def run_zip(sig: DbSignature, run_id: str) -> bytes:
 # SQL_MEMORY_LIMIT of memory and spill at most SQL_MAX_SPILL to a private temporary folder (never
 # next to the database), a query is interrupted after SQL_TIMEOUT_S, at most SQL_MAX_ROWS rows of a
 # result leave DuckDB, and a result over SQL_MAX_BYTES in memory is refused (the page caches results).
+# It runs in a child process that is ended past SQL_MAX_GROWTH of memory or SQL_KILL_AFTER_S.
 SQL_MEMORY_LIMIT = "1GB"
 SQL_MAX_SPILL = "256MB"
 SQL_TIMEOUT_S = 30.0
@@ -115,6 +117,10 @@ SQL_MAX_ROWS = 10_000
 SQL_MAX_BYTES = 32 * 1024**2
 SQL_CONCURRENT = 2  # queries at once in this process (each may use the memory limit); others wait
 SQL_QUEUE_WAIT_S = 30.0
+# the query's child process (``run_sql``): ended past this much memory above the process it was forked
+# from (DuckDB's limit, the result made into Python objects, slack), or this long after it began
+SQL_MAX_GROWTH = 2 * 1024**3
+SQL_KILL_AFTER_S = SQL_TIMEOUT_S + 5.0
 
 _sql_slots = threading.BoundedSemaphore(SQL_CONCURRENT)
 _spill: dict[str, str] = {}
@@ -136,34 +142,78 @@ def sql_spill_dir() -> str:
 
 def run_sql(sig: DbSignature, sql: str) -> CappedResult:
     """Untrusted SQL over the results file (``store.query_readonly_capped``): read-only, no file
-    access, within the SQL console's limits (above); the first SQL_MAX_ROWS rows of the result."""
-    import duckdb
+    access, within the SQL console's limits (above); the first SQL_MAX_ROWS rows of the result.
 
-    from tridentcore.store import query_readonly_capped
+    It runs in a child process (:mod:`workbench.child`): DuckDB's memory limit does not cover what
+    leaves it, and ``SELECT list(range(300000000))`` grew the workbench to 15 GB while its result was
+    made into Python objects, past the timeout, which cannot interrupt that. The child is ended when
+    it grows SQL_MAX_GROWTH past the process it was forked from, or runs SQL_KILL_AFTER_S."""
+    from workbench import child
 
     if not _sql_slots.acquire(timeout=SQL_QUEUE_WAIT_S):
         raise SqlLimitError(f"the SQL console is busy ({SQL_CONCURRENT} queries running); try again")
     try:
-        try:
-            result = query_readonly_capped(sig.path, sql, max_rows=SQL_MAX_ROWS, timeout_s=SQL_TIMEOUT_S,
-                                           memory_limit=SQL_MEMORY_LIMIT, temp_directory=sql_spill_dir(),
-                                           max_temp_directory_size=SQL_MAX_SPILL)
-        except duckdb.Error as exc:
-            if isinstance(exc, duckdb.OutOfMemoryException):
-                raise SqlLimitError(f"the query needs more than the SQL console allows ({SQL_MEMORY_LIMIT} of memory "
-                                    f"and {SQL_MAX_SPILL} of temporary files): narrow it, or run it with "
-                                    "`duckdb -readonly` on the file") from None
-            if isinstance(exc, duckdb.InterruptException):
-                raise SqlLimitError(f"the query ran past the SQL console's {SQL_TIMEOUT_S:g} s and was "
-                                    "interrupted") from None
-            raise
+        with child.ChildCall(_capped_query, sig.path, sql, sql_spill_dir()) as call:
+            t0, start = time.monotonic(), _rss_bytes(_parent_pid(call.pid))
+            while not call.ready(0.05):
+                grown = _rss_bytes(call.pid) - start
+                if grown > SQL_MAX_GROWTH:
+                    call.stop()
+                    raise SqlLimitError(f"the query used more than {SQL_MAX_GROWTH / 1024**3:g} GiB of memory and "
+                                        "was stopped (a result is made into Python objects past DuckDB's own "
+                                        "limit): select fewer or narrower rows or columns, or run it with "
+                                        "`duckdb -readonly` on the file")
+                if time.monotonic() - t0 > SQL_KILL_AFTER_S:
+                    call.stop()
+                    raise SqlLimitError(f"the query ran past the SQL console's {SQL_TIMEOUT_S:g} s and was stopped")
+            return call.result()
     finally:
         _sql_slots.release()
+
+
+def _capped_query(path: str, sql: str, spill_dir: str) -> CappedResult:
+    """In the child (:func:`run_sql`): the query within DuckDB's limits, its result's size checked
+    before it is sent back."""
+    import duckdb
+
+    from tridentcore.store import query_readonly_capped
+
+    try:
+        result = query_readonly_capped(path, sql, max_rows=SQL_MAX_ROWS, timeout_s=SQL_TIMEOUT_S,
+                                       memory_limit=SQL_MEMORY_LIMIT, temp_directory=spill_dir,
+                                       max_temp_directory_size=SQL_MAX_SPILL)
+    except duckdb.Error as exc:
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            raise SqlLimitError(f"the query needs more than the SQL console allows ({SQL_MEMORY_LIMIT} of memory "
+                                f"and {SQL_MAX_SPILL} of temporary files): narrow it, or run it with "
+                                "`duckdb -readonly` on the file") from None
+        if isinstance(exc, duckdb.InterruptException):
+            raise SqlLimitError(f"the query ran past the SQL console's {SQL_TIMEOUT_S:g} s and was "
+                                "interrupted") from None
+        raise
     size = int(result.frame.memory_usage(index=True, deep=True).sum())
     if size > SQL_MAX_BYTES:
         raise SqlLimitError(f"the result's first {len(result.frame)} rows take {size / 1024**2:.0f} MiB, more than the "
                             f"SQL console keeps ({SQL_MAX_BYTES / 1024**2:.0f} MiB): select fewer or narrower columns")
     return result
+
+
+def _parent_pid(pid: int | None) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _rss_bytes(pid: int | None) -> int:
+    """A process's resident memory (0 when it cannot be read: gone, or not Linux)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 _SQL_BLOCK = re.compile(r"```sql\s*\n(.*?)```", re.S)

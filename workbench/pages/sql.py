@@ -16,7 +16,8 @@ st.title("SQL console")
 st.caption("DuckDB over a results database, opened read-only with external access off: SQL cannot write the "
            "database, read or write files, or attach other databases. A query may use "
            f"{stored.SQL_MEMORY_LIMIT} of memory and {stored.SQL_MAX_SPILL} of temporary files, runs for at most "
-           f"{stored.SQL_TIMEOUT_S:g} s, and shows at most {stored.SQL_MAX_ROWS:,} rows. "
+           f"{stored.SQL_TIMEOUT_S:g} s, and shows at most {stored.SQL_MAX_ROWS:,} rows; it runs in a process of its "
+           f"own, stopped past {stored.SQL_MAX_GROWTH / 1024**3:g} GiB of memory. "
            "Tables, views and columns: results/README.md.")
 
 path = access.database_picker("Results database", "sql_db")
