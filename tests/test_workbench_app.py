@@ -150,6 +150,9 @@ def test_home_rate_sweep_adds_goodput_and_rate_curves():
     assert len(charts) == 4  # attainment vs rate, latency vs rate, latency CDF, per-GPU timeline
     assert "Pareto frontier" in charts[1] and "Mean latency" in charts[1]
     assert any("SLO-aware ceiling" in m.value for m in at.markdown)
+    # trident holds 90 % at 0.9 req/s over 120 s, above the SLO-aware ceiling (0.788): said why (outside test)
+    assert any(i.value.startswith("Goodput above the SLO-aware ceiling (0.788 req/s): trident 0.900 req/s.")
+               for i in at.info), [i.value for i in at.info]
     at.text_input(key="cmp_rates").set_value("0.3, fast").run()
     assert any("fast" in e.value for e in at.error)
     _clean(at)

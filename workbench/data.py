@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from tridentcore.core.defaults import DEFAULT_DB, DEFAULT_POLICIES, DEFAULT_RATE
-from tridentcore.core.metrics import attainment_by_class, summarize
+from tridentcore.core.metrics import above_ceiling_note, attainment_by_class, summarize
 from tridentcore.core.types import DEGREES
 from tridentcore.bench.scenario import Loaded, Scenario, capacity_rps, ceilings, load_scenario, run_one, sweep_goodput
 
@@ -57,6 +57,7 @@ __all__ = [
     "save_upload",
     "simulate_frames",
     "warm_frames",
+    "above_ceiling_note",
     "goodput_bisect",
     "scenario_capacity",
     "scenario_ceilings",

@@ -184,7 +184,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
     if goodput:
         typer.echo("\n".join(ceiling_lines(loaded)))
     typer.echo(_dash_table(rows, columns))
-    typer.echo(f"stored {len(stored)} runs in {db} (each run's config names this bench, {bench_id}); `trident runs show RUN_ID --db {db}` for details")
+    typer.echo(f"stored {len(stored)} run{'' if len(stored) == 1 else 's'} in {db} (each run's config names this bench, {bench_id}); `trident runs show RUN_ID --db {db}` for details")
 
 
 _REPEAT_KEYS = ("requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms", "rejected", "failed",

@@ -72,7 +72,7 @@ def simulate(
     except KeyboardInterrupt:  # each run is stored whole as it ends: say which are there
         if db:
             _add_if_committed(db, writing, stored)
-            typer.secho(f"interrupted after {len(rows)} of {len(specs)} policies; {len(stored)} runs stored in {db}"
+            typer.secho(f"interrupted after {len(rows)} of {len(specs)} policies; {_runs(len(stored))} stored in {db}"
                         + (": " + ", ".join(stored) if stored else ""), err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (ValueError, LookupError, PolicyError, OSError) as exc:
@@ -82,7 +82,11 @@ def simulate(
     else:
         typer.echo(table(rows, _COLUMNS))
     if stored:  # (on stderr: --json's stdout stays one JSON document)
-        typer.echo(f"stored {len(stored)} runs in {db}: {', '.join(stored)}", err=True)
+        typer.echo(f"stored {_runs(len(stored))} in {db}: {', '.join(stored)}", err=True)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
 
 
 def _add_if_committed(db: str, run_id: str | None, stored: list[str]) -> None:
@@ -126,6 +130,7 @@ def sweep(
 
     from ..core.policy import PolicyError
     from ..bench.scenario import capacity_rps, ceilings, evaluate, goodput_range, sweep_goodput
+    from ..core.metrics import above_ceiling_note
 
     setup_logging(verbose)
     if goodput == (rates is not None):
@@ -149,6 +154,9 @@ def sweep(
                 return
             typer.echo("\n".join(ceiling_lines(loaded)))
             typer.echo(table(out["policies"], ("policy", "goodput_rps", "fair_goodput_rps")))
+            note = above_ceiling_note({g.policy: g.goodput_rps for g in results}, slo_cap, duration, target)
+            if note:
+                typer.secho(f"note: {note}", err=True, fg=typer.colors.YELLOW)
             for p in out["policies"]:
                 if p["at_search_max"]:
                     typer.secho(f"note: {p['policy']} meets the target at the search's highest rate ({top:.3g} req/s, "

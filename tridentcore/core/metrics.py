@@ -83,3 +83,18 @@ def attainment_by_class(requests: Sequence[RequestRow]) -> dict[str, tuple[int, 
 def min_class_attainment(requests: Sequence[RequestRow]) -> float:
     by = attainment_by_class(requests)
     return min((a for _, a in by.values()), default=math.nan)
+
+
+def above_ceiling_note(goodputs: dict[str, float], ceiling_rps: float, duration_s: float, target: float = 0.9) -> str:
+    """Why a goodput can read above the SLO-aware capacity ceiling ('' when none does). The ceiling is
+    the rate of requests a cluster can serve within their SLOs; goodput is the arrival rate at which a
+    ``target`` share of them are, so it may reach ceiling / target (the rest served late), and a
+    finite run adds to that: its last arrivals are served after the arrivals stop."""
+    above = [f"{p} {g:.3f}" for p, g in goodputs.items() if g > ceiling_rps * (1 + 1e-9)]
+    if not above or not math.isfinite(ceiling_rps) or not 0 < target <= 1:
+        return ""
+    return (f"goodput above the SLO-aware ceiling ({ceiling_rps:.3f} req/s): {', '.join(above)} req/s. The ceiling is "
+            f"how many requests per second the cluster can finish within their SLOs; goodput is the arrival rate at "
+            f"which {target:.0%} of them are, so it may reach the ceiling / {target:g} = {ceiling_rps / target:.3f} "
+            f"req/s (the other {1 - target:.0%} served late), and more in a run of {duration_s:g} s, whose last "
+            "arrivals are served after the arrivals stop (a longer duration comes closer to the sustained rate).")

@@ -312,10 +312,11 @@ workload = uploaded.get(trace or "") or uploaded.get(str(mix)) or Path(trace or 
 arrivals = "" if trace else f"{scenario.arrival} · "  # (a trace brings its own arrival times)
 summary_line = (f"**{workload}** · {arrivals}cluster {cluster} ({first.n_gpus} GPU{'' if first.n_gpus == 1 else 's'}, {first.gpu_mem_gib:g} GiB each) · "
                 f"profile {uploaded.get(profile) or Path(profile).name} · SLO scale {slo_scale:g}")
-ceiling_note = ""
+ceiling_note, slo_ceiling = "", float("nan")
 if trace is None:
     try:
         ceil = data.cached_ceilings(scenario)
+        slo_ceiling = ceil["slo_aware_rps"]
         summary_line += (f" · capacity ceiling {ceil['capacity_rps']:.3f} req/s · SLO-aware ceiling "
                          f"{ceil['slo_aware_rps']:.3f} req/s")
         ceiling_note = ceil["note"]
@@ -343,6 +344,9 @@ for col, policy in zip(cols, policies, strict=True):
             st.metric(k.label, k.value, k.delta, delta_color=k.delta_color, help=k.help)
 if len(policies) > 1:
     st.caption(f"Deltas are against {policies[0]}.")
+above = data.above_ceiling_note({p: g["goodput_rps"] for p, g in goodputs.items()}, slo_ceiling, scenario.duration_s)
+if above:
+    st.info(above[0].upper() + above[1:])
 
 with st.expander("SLO attainment per request class"):
     by_class = pd.DataFrame({p: {c: a for c, (_, a) in detail[p].by_class.items()} for p in policies})
