@@ -201,7 +201,7 @@ def _rates(text: str) -> list[float]:
     bad = [r for r, v in zip(parts, out) if not (math.isfinite(v) and v > 0)]
     if bad:
         fail(f"--rates: not a rate > 0: {', '.join(bad)} (requests per second, e.g. 0.5,1,2)")
-    twice = sorted({r for r in parts if out.count(float(r)) > 1}, key=float)
+    twice = list(dict.fromkeys(r for r, v in zip(parts, out) if out.count(v) > 1))  # (as given, in order)
     if twice:
         fail(f"--rates: given more than once: {', '.join(twice)}")
     return out
