@@ -269,6 +269,12 @@ def test_bad_mix_yaml_names_file_index_and_field(tmp_path):
         load_mix("no-such-mix")
     with pytest.raises(WorkloadError, match="classes: must be a non-empty list"):
         mix_from_dict({"name": "x", "classes": []})
+    # a file without `name:` is named after the file (it was an error that hid the file's other problems)
+    unnamed = tmp_path / "my-mix.yaml"
+    unnamed.write_text("classes:\n  - {model: m, height: 8, width: 8, steps: 2}\n")
+    assert load_mix(str(unnamed)).name == "my-mix"
+    with pytest.raises(WorkloadError, match="name: must be a string"):
+        mix_from_dict({"classes": [{"model": "m", "height": 8, "width": 8, "steps": 2}]})  # (no file: no default)
 
 
 # ---------------------------------------------------------------------- arrival processes

@@ -149,10 +149,11 @@ _CLASS_KEYS = ("model", "height", "width", "frames", "steps", "weight")
 _MIX_KEYS = ("name", "description", "classes")
 
 
-def mix_from_dict(data: Any, *, origin: str = "mix") -> Mix:
+def mix_from_dict(data: Any, *, origin: str = "mix", default_name: str | None = None) -> Mix:
     """The YAML form of a mix to a :class:`Mix`; every problem is named by entry index and field.
 
-    ``{name, description?, classes: [{model, height, width, frames? (1), steps, weight? (1.0)}]}``
+    ``{name, description?, classes: [{model, height, width, frames? (1), steps, weight? (1.0)}]}``;
+    ``name`` may be left out when ``default_name`` is given (a file's: its stem).
     """
     if not isinstance(data, Mapping):
         raise WorkloadError(origin, [f"expected a mapping with keys {', '.join(_MIX_KEYS)} (got {type(data).__name__})"])
@@ -160,7 +161,7 @@ def mix_from_dict(data: Any, *, origin: str = "mix") -> Mix:
     unknown = [k for k in data if k not in _MIX_KEYS]
     if unknown:
         problems.append(f"unknown key(s) {listed(sorted(unknown, key=str))}; valid keys: {', '.join(_MIX_KEYS)}")
-    name = data.get("name")
+    name = data.get("name", default_name)
     if not (isinstance(name, str) and name.strip() and len(name) <= MAX_NAME_CHARS):
         problems.append(f"name: must be a string of 1..{MAX_NAME_CHARS} characters (got {brief(name)})")
     description = data.get("description", "")

@@ -99,7 +99,7 @@ def load_mix(name_or_path: str | os.PathLike[str]) -> Mix:
     if _is_file(path):
         origin = str(path)
         data = _parse_yaml(_read(path, origin, WorkloadError), origin, WorkloadError)
-        return mix_from_dict(data, origin=origin)
+        return mix_from_dict(data, origin=origin, default_name=path.stem[:128] or None)
     listed = ", ".join(shipped) if shipped else "(none)"
     if path.exists():  # a folder or a device: it said "no such file"
         raise WorkloadError(text_name, ["not a regular file (give a mix YAML file)"])
