@@ -102,8 +102,8 @@ def test_generate_video_writes_an_animation(tmp_path, suffix):
         (["--size", "63x63", "--model", "no-such-folder/"], "--size 63x63: height 63 is not a multiple of 16"),
         (["--size", "16x16", "--model", "no-such-folder/"], "height 16 is outside [32, 4096]"),
         # outside test: inf made a black image, nan and -5 no guidance, 1e308 a traceback (tiny-flux)
-        (["--guidance", "nan"], "--guidance must be a finite number in [0, 100] (got nan)"),
-        (["--guidance", "inf"], "--guidance must be a finite number in [0, 100] (got inf)"),
+        (["--guidance", "nan"], "--guidance: nan is not a finite number; give a number"),
+        (["--guidance", "inf"], "--guidance: inf is not a finite number; give a number"),
         (["--guidance", "-5"], "--guidance must be a finite number in [0, 100] (got -5)"),
         # said before generating, not after
         (["--out", "/proc/x.png"], "/proc/x.png: cannot be written"),

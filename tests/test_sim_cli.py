@@ -117,6 +117,10 @@ def test_sweep_rates_prints_classes():
     (["sweep", "--rates", "1,nan", "--duration", "30"], "--rates: not a rate > 0: nan"),
     (["sweep", "--rates", "1,1.0,2", "--duration", "30"], "--rates: given more than once: 1, 1.0"),
     (["simulate", "--policies", "trident,trident:", "--duration", "30"], "policy given twice: trident"),
+    # NaN read "a rate > 0 is needed with a mix", "Input should be greater than or equal to 1" (outside test)
+    (["simulate", "--rate", "nan"], "--rate: nan is not a finite number; give a number"),
+    (["simulate", "--duration=-Infinity"], "--duration: -Infinity is not a finite number"),
+    (["serve", "--time-scale", "NaN"], "--time-scale: NaN is not a finite number"),
     (["sweep", "--goodput", "--policies", "trident,trident"], "policy given twice: trident"),
     # an --out that cannot be written is refused before minutes of measuring (it was a traceback after)
     (["profile", "--model", "tiny-sd3", "--out", "."], "--out .: is a folder"),

@@ -41,11 +41,30 @@ def _empty_option(args: list[str]) -> str | None:
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
+def _not_finite_option(args: list[str]) -> tuple[str, str] | None:
+    """The first option in ``args`` given NaN or an infinity (``--rate nan``, ``--duration=inf``), and
+    the value: Click's range check said "Input should be greater than or equal to 1" of a NaN."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return None
+        if not arg.startswith("--") or arg.split("=", 1)[0] in _MAY_BE_EMPTY:
+            continue
+        name, eq, value = arg.partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            return name, value.strip()
+    return None
+
+
 class _Commands(TyperGroup):
     def parse_args(self, ctx, args):
         name = _empty_option(args)
         if name is not None:
             fail(f"{name}: an empty value; give one, or leave the option out for its default")
+        odd = _not_finite_option(args)
+        if odd is not None:
+            fail(f"{odd[0]}: {odd[1]} is not a finite number; give a number")
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx):
