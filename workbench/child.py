@@ -18,7 +18,6 @@ import multiprocessing.connection
 import multiprocessing.forkserver
 import os
 import pickle
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -32,14 +31,13 @@ _ctx: Any = None
 
 
 def _context():
-    """The forkserver context, its server preloading the workbench and the main script (``streamlit``'s,
-    under ``streamlit run``), so that a child neither imports them again nor runs the script again."""
+    """The forkserver context, its server preloading the workbench (:mod:`workbench._forkserver`, which
+    also keeps the children from running the page's script again), so that a child imports nothing."""
     global _ctx
     with _ctx_lock:
         if _ctx is None:
             ctx = multiprocessing.get_context("forkserver")
-            main = getattr(sys.modules.get("__main__"), "__file__", None)
-            ctx.set_forkserver_preload(_PRELOAD + (["__main__"] if main and os.path.isfile(main) else []))
+            ctx.set_forkserver_preload(_PRELOAD)
             _ctx = ctx
         return _ctx
 
