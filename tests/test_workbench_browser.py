@@ -260,6 +260,14 @@ def test_browser_default_comparison_then_policy_and_rate(chromium, server):
         f"KPI cards {kpis_s:.2f} s, charts {charts_s:.2f} s\n")
 
 
+def _home(browser, server: str):
+    """A new tab on the home page, once its default comparison is drawn."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(server)
+    _wait_values(page, 24)
+    return page
+
+
 def _computing_children() -> list[int]:
     """PIDs of the workbench's computations under this test: the children of a forkserver of ours."""
     procs: dict[int, tuple[int, str]] = {}
@@ -286,9 +294,7 @@ def test_browser_a_long_simulation_stops_with_the_page(chromium, server, tmp_pat
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless=new"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1200})
-            page.goto(server)
-            _wait_values(page, 24)
+            page = _home(browser, server)
             rate = page.get_by_label("Rate (req/s)")
             rate.fill("2")  # 2.5x the mix's capacity: trident's queue grows for the whole run
             rate.press("Enter")
@@ -332,9 +338,7 @@ def test_browser_a_local_server_stopped_in_one_tab_while_busy_is_redrawn_in_the_
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless=new"])
         try:
-            a = browser.new_page(viewport={"width": 1400, "height": 1200})
-            a.goto(server)
-            _wait_values(a, 24)
+            a = _home(browser, server)
             a.get_by_role("link", name="Live").click()
             a.get_by_role("button", name="Start a local server").click()
             a.get_by_role("button", name="Stop the local server").wait_for(timeout=180_000)
@@ -342,9 +346,7 @@ def test_browser_a_local_server_stopped_in_one_tab_while_busy_is_redrawn_in_the_
             assert url, a.locator("[data-testid=stMain]").inner_text()[:2000]
             local, pid = url.group(1), int(url.group(2))
 
-            b = browser.new_page(viewport={"width": 1400, "height": 1200})
-            b.goto(server)
-            _wait_values(b, 24)
+            b = _home(browser, server)
             b.get_by_role("link", name="Live").click()
             b.get_by_role("button", name="Stop the local server").wait_for(timeout=60_000)
 

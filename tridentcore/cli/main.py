@@ -21,40 +21,33 @@ __all__ = ["app"]
 _MAY_BE_EMPTY = ("--prompt", "--negative-prompt")
 
 
-def _empty_option(args: list[str]) -> str | None:
-    """The first option in ``args`` given an empty (or blank) value, ``--name ""`` or ``--name=``."""
+def _option_values(args: list[str]):
+    """``(name, value)`` of each ``--name value`` or ``--name=value`` in ``args`` (up to ``--``),
+    but the options that may be empty text; ``value`` is None for an option at the end."""
     for i, arg in enumerate(args):
         if arg == "--":
-            return None
+            return
         if not arg.startswith("--") or arg.split("=", 1)[0] in _MAY_BE_EMPTY:
             continue
         name, eq, value = arg.partition("=")
-        if eq and not value.strip():
-            return name
-        if not eq and i + 1 < len(args) and not args[i + 1].strip():
-            return name
-    return None
+        yield name, (value if eq else args[i + 1] if i + 1 < len(args) else None)
 
 
-# Click's UsageError (the base of BadParameter, NoSuchOption, ...), from the Click that Typer uses:
-# Typer >= 0.2x carries its own copy, an older one uses the click package
-_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+def _empty_option(args: list[str]) -> str | None:
+    """The first option in ``args`` given an empty (or blank) value, ``--name ""`` or ``--name=``."""
+    return next((name for name, value in _option_values(args) if value is not None and not value.strip()), None)
 
 
 def _not_finite_option(args: list[str]) -> tuple[str, str] | None:
     """The first option in ``args`` given NaN or an infinity (``--rate nan``, ``--duration=inf``), and
     the value: Click's range check said "Input should be greater than or equal to 1" of a NaN."""
-    for i, arg in enumerate(args):
-        if arg == "--":
-            return None
-        if not arg.startswith("--") or arg.split("=", 1)[0] in _MAY_BE_EMPTY:
-            continue
-        name, eq, value = arg.partition("=")
-        if not eq:
-            value = args[i + 1] if i + 1 < len(args) else ""
-        if value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
-            return name, value.strip()
-    return None
+    return next(((name, value.strip()) for name, value in _option_values(args)
+                 if value is not None and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity")), None)
+
+
+# Click's UsageError (the base of BadParameter, NoSuchOption, ...), from the Click that Typer uses:
+# Typer >= 0.2x carries its own copy, an older one uses the click package
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 class _Commands(TyperGroup):
