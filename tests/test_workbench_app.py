@@ -780,6 +780,9 @@ def test_sql_whose_result_outgrows_duckdbs_limit_is_stopped_in_its_own_process(t
     assert len(at.error) == 1 and at.error[0].value.startswith("The query failed: ") and said in at.error[0].value, \
         [e.value for e in at.error]
     assert _rss_mib() - before < 300 and took < 30, (before, _rss_mib(), took)
+    from workbench import stored
+
+    assert list(Path(stored.sql_spill_dir()).iterdir()) == []  # (a query ended at a limit leaves no spill files)
 
 
 def _rss_mib() -> float:

@@ -152,8 +152,9 @@ def run_sql(sig: DbSignature, sql: str) -> CappedResult:
 
     if not _sql_slots.acquire(timeout=SQL_QUEUE_WAIT_S):
         raise SqlLimitError(f"the SQL console is busy ({SQL_CONCURRENT} queries running); try again")
+    spill = tempfile.mkdtemp(dir=sql_spill_dir())  # its own: a child ended at a limit leaves its spill files
     try:
-        with child.ChildCall(_capped_query, sig.path, sql, sql_spill_dir()) as call:
+        with child.ChildCall(_capped_query, sig.path, sql, spill) as call:
             t0, start = time.monotonic(), _rss_bytes(_parent_pid(call.pid))
             while not call.ready(0.05):
                 grown = _rss_bytes(call.pid) - start
@@ -168,6 +169,7 @@ def run_sql(sig: DbSignature, sql: str) -> CappedResult:
                     raise SqlLimitError(f"the query ran past the SQL console's {SQL_TIMEOUT_S:g} s and was stopped")
             return call.result()
     finally:
+        shutil.rmtree(spill, ignore_errors=True)
         _sql_slots.release()
 
 
