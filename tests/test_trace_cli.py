@@ -338,3 +338,22 @@ def test_a_key_given_twice_in_a_json_line_is_refused(tmp_path):
     src.write_text('{"t": 0, "model": "sd3-medium", "height": 512, "width": 512, "steps": 4, "steps": 8}\n')
     for args in (["trace", "stats", str(src)], ["simulate", "--trace", str(src)]):
         assert 'line 1: the key "steps" is given twice in one object' in _error_line(runner.invoke(app, args))
+
+
+def test_an_out_that_is_a_pipe_is_refused_at_once(tmp_path):
+    """`--out FIFO` waited for a reader for ever (the check opened it for writing; outside test)."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (["trace", "generate", "--duration", "60", "--out", str(fifo)],
+                 ["profile", "--model", "tiny-sd3", "--out", str(fifo)]):
+        proc = subprocess.run([sys.executable, "-m", "tridentcore.cli", *args], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 2 and proc.stderr.strip().startswith(f"error: --out {fifo}: not a regular file"), \
+            proc.stderr
+    assert "or - for standard output" in subprocess.run(
+        [sys.executable, "-m", "tridentcore.cli", "trace", "generate", "--out", str(fifo)], capture_output=True,
+        text=True, timeout=60).stderr

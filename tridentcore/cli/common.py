@@ -152,16 +152,19 @@ def check_db(db: str) -> None:
         fail(f"--db {db}: cannot store runs there: {message(exc)}")
 
 
-def check_out(path: str, flag: str = "--out") -> None:
+def check_out(path: str, flag: str = "--out", dash: bool = False) -> None:
     """An output file checked before the work that fills it: its folder made (as the other commands
     do), then opened for appending once (an empty file it created is removed again); a folder, a
-    read-only place or a path that cannot be made is one line, ``error: …``, exit status 2."""
+    read-only place or a path that cannot be made is one line, ``error: …``, exit status 2; so is a
+    pipe or a device (``dash``: the command writes standard output for ``-``, and says so)."""
     import os
     from pathlib import Path
 
     out = Path(path)
     if out.is_dir():
         fail(f"{flag} {path}: is a folder, not a file")
+    if out.exists() and not out.is_file():  # a pipe or a device: opened, it waited for a reader for ever
+        fail(f"{flag} {path}: not a regular file (give a file's path{', or - for standard output' if dash else ''})")
     existed = out.exists()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

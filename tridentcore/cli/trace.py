@@ -44,7 +44,7 @@ def trace_generate(
     from ..core.workload import generate_requests
 
     if out != "-":
-        check_out(out)  # (before the trace is drawn: a folder or a place it cannot write is said at once)
+        check_out(out, dash=True)  # (before the trace is drawn: a folder or a place it cannot write is said at once)
     try:
         loaded_mix = load_mix(mix)
         requests = generate_requests(loaded_mix, arrival, rate, duration, seed, lambda model, shape: 1.0)
@@ -102,7 +102,7 @@ def trace_import(
     from ..formats.traces import read_trace
 
     if out != "-":
-        check_out(out)
+        check_out(out, dash=True)
     try:
         entries = read_trace(file, default_model=model)
         if not entries:
