@@ -206,6 +206,7 @@ def test_import_paper_trace(tmp_path):
     (["trace", "generate", "--out", "{tmp}"], "--out {tmp}: is a folder, not a file"),
     (["trace", "import", "{paper}", "--model", "sd3-medium", "--out", "{tmp}"], "--out {tmp}: is a folder, not a file"),
     (["trace", "generate", "--out", "/proc/x.jsonl"], "--out /proc/x.jsonl: cannot be written (No such file or"),
+    (["trace", "generate", "--out", "{tmp}/" + "a" * 300 + ".jsonl"], "cannot be written (File name too long)"),
 ])
 def test_errors_are_one_line(tmp_path, args, needle):
     paper = tmp_path / "paper.txt"
@@ -357,3 +358,24 @@ def test_an_out_that_is_a_pipe_is_refused_at_once(tmp_path):
     assert "or - for standard output" in subprocess.run(
         [sys.executable, "-m", "tridentcore.cli", "trace", "generate", "--out", str(fifo)], capture_output=True,
         text=True, timeout=60).stderr
+
+
+def test_an_out_through_a_symlink_writes_its_target_and_a_device_is_never_replaced(tmp_path):
+    """The trace was written beside the target and moved over it: a symlink was replaced by a file,
+    and, as root, `--out /dev/null` made the machine's /dev/null a regular file (outside test)."""
+    import os
+
+    from tridentcore.formats.traces import read_trace, write_trace
+
+    target = tmp_path / "t.jsonl"
+    target.write_text("")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    result = runner.invoke(app, ["trace", "generate", "--duration", "30", "--out", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and len(read_trace(str(target))) == 17
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):  # (the library refuses it too, without opening it)
+        write_trace(read_trace(str(target)), fifo)
+    assert fifo.exists() and not fifo.is_file() and not list(tmp_path.glob(".*.tmp"))

@@ -161,11 +161,14 @@ def check_out(path: str, flag: str = "--out", dash: bool = False) -> None:
     from pathlib import Path
 
     out = Path(path)
-    if out.is_dir():
-        fail(f"{flag} {path}: is a folder, not a file")
-    if out.exists() and not out.is_file():  # a pipe or a device: opened, it waited for a reader for ever
-        fail(f"{flag} {path}: not a regular file (give a file's path{', or - for standard output' if dash else ''})")
-    existed = out.exists()
+    try:
+        if out.is_dir():
+            fail(f"{flag} {path}: is a folder, not a file")
+        if out.exists() and not out.is_file():  # a pipe or a device: opened, it waited for a reader for ever
+            fail(f"{flag} {path}: not a regular file (give a file's path{', or - for standard output' if dash else ''})")
+        existed = out.exists()
+    except OSError as exc:  # a name too long for the file system, say
+        fail(f"{flag} {path}: cannot be written ({exc.strerror or exc})")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "a"):

@@ -43,6 +43,7 @@ formats, their bounds and the errors that name a file's lines are read and writt
 from __future__ import annotations
 
 import ast
+import errno
 import io
 import json
 import os
@@ -405,8 +406,12 @@ def format_trace(entries: Iterable[TraceEntry]) -> str:
 
 def write_trace(entries: Iterable[TraceEntry], path: str | os.PathLike[str]) -> Path:
     """Write ``entries`` as JSON lines; returns the path written. The file is replaced whole, once
-    written: a failure leaves a file already there as it was."""
+    written: a failure leaves a file already there as it was. Through a symlink, its target is
+    written; anything else that is not a regular file (a device, a pipe) is refused."""
     out = Path(path)
+    if out.exists() and not out.is_file():  # (replaced, /dev/null became a file: as root, the machine's)
+        raise OSError(errno.EINVAL, "not a regular file", str(out))
+    out = Path(os.path.realpath(out))  # a symlink's target is written, the link kept
     text = format_trace(entries)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
