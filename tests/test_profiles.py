@@ -81,6 +81,7 @@ def test_broken_csv_reports_every_problem_with_file_line_and_column(tmp_path):
         "H200,m,decode,1024,1024,130,1,1,20,4.0,0.1,3.8,measured",
         "H200,m,diffuse,1024,1024,1,1025,1,20,4.0,0.1,3.8,measured",
         "H200,m,diffuse,1024,1024,1,1,129,20,4.0,0.1,3.8,measured",
+        "H200,m,diffuse,5_12,512,1,1,+2,20,4.0,0.1,3.8,measured",  # 17: Python-only spellings (outside test)
     ]
     path = tmp_path / "broken.csv"
     path.write_text("\n".join(lines) + "\n")
@@ -104,6 +105,8 @@ def test_broken_csv_reports_every_problem_with_file_line_and_column(tmp_path):
         ("line 14", "column frames", "130 is above 129"),
         ("line 15", "column batch", "1025 is above 1024"),
         ("line 16", "column degree", "129 is above 128 (the GPUs of one node at most)"),
+        ("line 17", "column height", "not an integer ('5_12')"),
+        ("line 17", "column degree", "not an integer ('+2')"),
     ]
     for line, column, what in expected:
         assert any(p.startswith(line + ",") or p.startswith(line + ":") for p in problems), (line, problems)

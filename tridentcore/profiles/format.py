@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -174,11 +175,10 @@ def ulysses_heads(models: Iterable[str]) -> dict[str, int]:
 
 # ---------------------------------------------------------------------- parsing
 def _parse_int(text: str, column: str, problems: list[str], where: str) -> int | None:
-    try:
-        value = int(text)
-    except ValueError:
+    if not re.fullmatch(r"-?[0-9]+", text):  # (Python's int() also took `5_12` and `+2`)
         problems.append(f"{where}, column {column}: not an integer ({text!r})")
         return None
+    value = int(text)
     if value < 1:
         problems.append(f"{where}, column {column}: must be >= 1 (got {value})")
         return None
