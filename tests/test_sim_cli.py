@@ -232,3 +232,31 @@ def test_a_goodput_above_the_slo_aware_ceiling_is_explained():
     goodput = float(result.stdout.strip().splitlines()[-1].split()[1])
     assert goodput > 0.788  # (0.91: the same seed's stream, deterministic)
     assert "note: goodput above the SLO-aware ceiling (0.788 req/s): trident" in result.stderr, result.stderr
+
+
+def test_ctrl_c_before_any_run_is_stored_leaves_no_database(tmp_path):
+    """`simulate --db NEW` interrupted before its first run was stored left an empty 270 KB database
+    (outside test): a database the command made and stored nothing in is removed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from children import default_sigint  # (tests/, on sys.path under pytest)
+
+    db = tmp_path / "new.duckdb"
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "simulate", "--duration", "20000", "--db", str(db)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    try:
+        deadline = time.monotonic() + 60
+        while not db.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert db.exists()  # (made by the check before any run)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130 and f"0 runs stored in {db}" in err.strip().splitlines()[-1], err
+    assert not db.exists() and not list(tmp_path.iterdir())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 import typer
 
@@ -50,14 +52,15 @@ def simulate(
     setup_logging(verbose)
     refuse_mix_options_with_trace(ctx, trace)
     noise, bias = fitted_noise(noise_from, noise_db or db, noise, bias, err=json_out)
+    rows, stored, writing, made, specs = [], [], None, False, []
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
         specs = policy_specs(policies, unique=True)  # every spec validated before any runs
-        if db:
-            check_db(db)
         if not loaded.requests(rate):
             fail("the workload has no requests (rate x duration too small?)")
-        rows, stored, writing = [], [], None
+        made = bool(db) and not os.path.exists(db)  # (a database this run made, then stored nothing in, goes)
+        if db:
+            check_db(db)
         for spec in specs:
             result = run_one(loaded, spec, rate)
             row = summarize(spec, result.requests, result.spans, result.decision_ms)
@@ -72,10 +75,15 @@ def simulate(
     except KeyboardInterrupt:  # each run is stored whole as it ends: say which are there
         if db:
             _add_if_committed(db, writing, stored)
-            typer.secho(f"interrupted after {len(rows)} of {len(specs)} policies; {_runs(len(stored))} stored in {db}"
-                        + (": " + ", ".join(stored) if stored else ""), err=True, fg=typer.colors.YELLOW)
+            _drop_if_unused(db, made, stored)
+            said = (f"interrupted after {len(rows)} of {len(specs)} policies; {_runs(len(stored))} stored in {db}"
+                    + (": " + ", ".join(stored) if stored else "") if specs else
+                    f"interrupted before any policy ran; nothing stored in {db}")
+            typer.secho(said, err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (ValueError, LookupError, PolicyError, OSError) as exc:
+        if db:
+            _drop_if_unused(db, made, stored)
         fail(str(exc))
     if json_out:
         typer.echo(json.dumps([json_safe(r) for r in rows], indent=1))
@@ -87,6 +95,14 @@ def simulate(
 
 def _runs(n: int) -> str:
     return f"{n} run" if n == 1 else f"{n} runs"
+
+
+def _drop_if_unused(db: str, made: bool, stored: list[str]) -> None:
+    """A database this command made and stored no run in is removed (an empty 270 KB file was left)."""
+    if made and not stored:
+        for path in (db, db + ".wal"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def _add_if_committed(db: str, run_id: str | None, stored: list[str]) -> None:
