@@ -98,9 +98,11 @@ def test_generate_video_writes_an_animation(tmp_path, suffix):
         (["--out", "."], "is a folder: give a file name"),
         (["--seed", "-1"], "--seed"),
         (["--seed", "2147483648"], "--seed"),
-        # no model takes these: said before the model loads (a folder that cannot load would say so)
-        (["--size", "63x63", "--model", "no-such-folder/"], "--size 63x63: height 63 is not a multiple of 16"),
-        (["--size", "16x16", "--model", "no-such-folder/"], "height 16 is outside [32, 4096]"),
+        # no model takes these: said before the model loads (a hub id, never looked up here, would be)
+        (["--size", "63x63", "--model", "org/no-such-model"], "--size 63x63: height 63 is not a multiple of 16"),
+        (["--size", "16x16", "--model", "org/no-such-model"], "height 16 is outside [32, 4096]"),
+        # a typo of a built-in name: said before torch is imported (it took 5 s; outside test)
+        (["--model", "sd3medium"], "unknown model 'sd3medium': not a built-in model"),
         # outside test: inf made a black image, nan and -5 no guidance, 1e308 a traceback (tiny-flux)
         (["--guidance", "nan"], "--guidance: nan is not a finite number; give a number"),
         (["--guidance", "inf"], "--guidance: inf is not a finite number; give a number"),

@@ -74,7 +74,12 @@ def generate(
     import time
 
     from ..core.types import parse_size
-    from ..pipelines import load_pipeline
+    from ..pipelines import check_model_name, load_pipeline
+
+    try:
+        check_model_name(model)  # (a typo is said before torch and diffusers are imported: 5 s)
+    except ValueError as exc:
+        fail(str(exc))
     from ..pipelines.media import check_output_path, save_output
     from ..pipelines.staged_base import ANY_MODEL
 

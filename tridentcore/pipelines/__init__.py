@@ -104,6 +104,22 @@ def _check_components(name: str, class_name: str, spec: dict) -> None:
                              f"{' or '.join(t.__name__ for t in wanted)}, but names {entry[0]}.{entry[1]} for it")
 
 
+def check_model_name(name: str) -> None:
+    """ValueError unless ``name`` can name a pipeline: a built-in model, a folder, or a hub id
+    (``ORG/NAME``). Cheap (no torch, no diffusers): commands say a typo before loading anything."""
+    if name in MODELS:
+        return
+    if name.startswith(("tiny-", "arch:")):
+        raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(MODELS)}")
+    if Path(name).expanduser().exists():
+        return
+    if name.startswith(("./", "../", "/", "~")) or name.endswith("/"):  # a path, not a hub id
+        raise ValueError(f"{name}: no such folder (a built-in model is one of {', '.join(MODELS)}; `trident models`)")
+    if name.count("/") != 1:  # a typo of a built-in name is not looked up on the hub (a DNS query, 6 s offline)
+        raise ValueError(f"unknown model {name!r}: not a built-in model ({', '.join(MODELS)}; `trident models`), "
+                         "not a folder here, and not a hub id (ORG/NAME)")
+
+
 def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPipeline":
     """Load a pipeline by registry name, directory or hub id, as stage executors."""
     from .builders import BUILDERS, build
@@ -114,8 +130,7 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         family, tiny, _ = BUILDERS[name]
         pipe = build(name, device=device, dtype=torch_dtype)
         return FAMILIES[family](pipe, name, tiny=tiny)
-    if name.startswith(("tiny-", "arch:")):
-        raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(MODELS)}")
+    check_model_name(name)
 
     from diffusers import DiffusionPipeline
 
@@ -137,12 +152,7 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         source = str(path)
         # Optional components saved as absent (SD3 without T5, say) must be passed as None.
         absent = {k: None for k, v in spec.items() if isinstance(v, list) and v[:1] == [None]}
-    elif name.startswith(("./", "../", "/", "~")) or name.endswith("/"):  # a path, not a hub id
-        raise ValueError(f"{name}: no such folder (a built-in model is one of {', '.join(MODELS)}; `trident models`)")
-    elif name.count("/") != 1:  # a typo of a built-in name is not looked up on the hub (a DNS query, 6 s offline)
-        raise ValueError(f"unknown model {name!r}: not a built-in model ({', '.join(MODELS)}; `trident models`), "
-                         "not a folder here, and not a hub id (ORG/NAME)")
-    else:
+    else:  # (a hub id: check_model_name refused the rest)
         class_name, source, absent = None, name, {}
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, **absent)
