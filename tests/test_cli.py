@@ -29,6 +29,7 @@ def test_help_lists_every_command_with_a_line():
     (["trace", "generate", "--out", "x.jsonl", "--seed", "-1"], "Invalid value for '--seed': "),
     (["simulate", "--no-such-option"], "No such option: --no-such-option"),
     (["no-such-command"], "No such command 'no-such-command'"),
+    (["simulate", "--duration"], "Option '--duration' requires an argument."),  # (it pointed at `trident --help`)
 ])
 def test_an_option_out_of_range_or_unknown_is_one_error_line(args, said):
     """They printed Click's usage block (four lines, the error last) where every other refusal is one

@@ -176,6 +176,9 @@ def test_a_json_key_given_twice_is_refused_naming_it():
         nested = b'{"model": "sd3-medium", "prompt": "a", "extra": {"k": 1, "k": 2}, "prompt": "b"}'
         resp = client.post("/v1/images/generations", content=nested, headers={"content-type": "application/json"})
         assert resp.status_code == 422 and [p["field"] for p in resp.json()["error"]["problems"]] == ["k", "prompt"]
+        empty = b'{"model": "sd3-medium", "prompt": "a", "": 1, "": 2}'
+        resp = client.post("/v1/requests", content=empty, headers={"content-type": "application/json"})
+        assert resp.json()["error"]["message"] == '"": given twice in the body; give it once'  # (it read ": given")
         once = raw.replace(b', "steps": 3', b"")
         assert client.post("/v1/requests", content=once, headers={"content-type": "application/json"}).status_code == 202
         broken = client.post("/v1/requests", content=b'{"steps": ', headers={"content-type": "application/json"})

@@ -66,7 +66,8 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except _USAGE_ERROR as exc:
-            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            where = exc.ctx.command_path if exc.ctx is not None else " ".join(  # (a value missing: no context)
+                filter(None, (ctx.command_path, ctx.invoked_subcommand)))
             fail(f"{exc.format_message()} (see `{where} --help`)")
 
 

@@ -306,8 +306,8 @@ def _keys_given_twice(body: bytes) -> list[str]:
     def pairs(items: list[tuple[str, object]]) -> dict:
         seen: set[str] = set()
         for key, _ in items:
-            if key in seen and key not in twice:
-                twice.append(key[:80])
+            if key in seen and (key[:80] or '""') not in twice:
+                twice.append(key[:80] or '""')  # (an empty key is named as "")
             seen.add(key)
         return dict(items)
 
