@@ -178,9 +178,9 @@ def test_sweep_says_when_a_goodput_is_the_searchs_upper_end():
     assert "note: trident meets the target at the search's highest rate" in text.stderr, text.stderr
 
 
-def test_ctrl_c_during_simulate_db_says_which_runs_are_stored(tmp_path):
-    """Each policy's run is stored whole as it ends; Ctrl-C after the first exited 130 without a word,
-    leaving a user to find out which runs were there (outside test)."""
+def _interrupted(args: list[str], ready) -> tuple[int, str]:
+    """``trident ARGS`` in a process of its own, sent SIGINT (a Ctrl-C) once ``ready()`` holds (or 120 s
+    passed); its exit status and standard error."""
     import signal
     import subprocess
     import sys
@@ -188,29 +188,37 @@ def test_ctrl_c_during_simulate_db_says_which_runs_are_stored(tmp_path):
 
     from children import default_sigint  # (tests/, on sys.path under pytest)
 
-    from tridentcore.store import query_readonly
-
-    db = tmp_path / "sim.duckdb"
-    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "simulate", "--cluster", "4096x1xH200",
-                             "--db", str(db)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=default_sigint)
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if len(query_readonly(str(db), "SELECT run_id FROM runs")):
-                    break
-            except Exception:  # not made yet, or being written
-                pass
-            time.sleep(0.2)
+        while not ready() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         err = proc.communicate(timeout=60)[1]
+        return proc.returncode, err
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_ctrl_c_during_simulate_db_says_which_runs_are_stored(tmp_path):
+    """Each policy's run is stored whole as it ends; Ctrl-C after the first exited 130 without a word,
+    leaving a user to find out which runs were there (outside test)."""
+    from tridentcore.store import query_readonly
+
+    db = tmp_path / "sim.duckdb"
+
+    def a_run_is_stored() -> bool:
+        try:
+            return len(query_readonly(str(db), "SELECT run_id FROM runs")) > 0
+        except Exception:  # not made yet, or being written
+            return False
+
+    code, err = _interrupted(["simulate", "--cluster", "4096x1xH200", "--db", str(db)], a_run_is_stored)
     stored = list(query_readonly(str(db), "SELECT run_id FROM runs ORDER BY created_at")["run_id"])
-    assert proc.returncode == 130 and 1 <= len(stored) < 4, (proc.returncode, stored, err)
+    assert code == 130 and 1 <= len(stored) < 4, (code, stored, err)
     line = err.strip().splitlines()[-1]
     runs = "1 run" if len(stored) == 1 else f"{len(stored)} runs"
     assert line.startswith("interrupted after ") and f"of 4 policies; {runs} stored in {db}: " in line, err
@@ -237,26 +245,7 @@ def test_a_goodput_above_the_slo_aware_ceiling_is_explained():
 def test_ctrl_c_before_any_run_is_stored_leaves_no_database(tmp_path):
     """`simulate --db NEW` interrupted before its first run was stored left an empty 270 KB database
     (outside test): a database the command made and stored nothing in is removed."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from children import default_sigint  # (tests/, on sys.path under pytest)
-
     db = tmp_path / "new.duckdb"
-    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "simulate", "--duration", "20000", "--db", str(db)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
-    try:
-        deadline = time.monotonic() + 60
-        while not db.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert db.exists()  # (made by the check before any run)
-        proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=60)[1]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    assert proc.returncode == 130 and f"0 runs stored in {db}" in err.strip().splitlines()[-1], err
+    code, err = _interrupted(["simulate", "--duration", "20000", "--db", str(db)], db.exists)  # (made by the check)
+    assert code == 130 and f"0 runs stored in {db}" in err.strip().splitlines()[-1], err
     assert not db.exists() and not list(tmp_path.iterdir())
