@@ -29,7 +29,7 @@ if the name exists), so reserving a run id is atomic and a live server's journal
 for a dead one. A recovery takes the same lock before it touches a journal. (``flock`` needs a local
 file system: on NFS a live server's lock may not be seen by another host.)
 
-One module of about 600 lines: the writer, the ingester and the recovery share the line format,
+One module of about 630 lines: the writer, the ingester and the recovery share the line format,
 the lock and the ingest bookkeeping, and each is needed to read the others.
 """
 
