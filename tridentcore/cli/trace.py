@@ -58,9 +58,8 @@ def trace_generate(
 
 
 def _write(entries, out: str) -> None:
-    """The trace as JSON lines to ``out`` (its folder made), or to standard output for ``-``."""
-    from pathlib import Path
-
+    """The trace as JSON lines to ``out`` (checked, its folder made, by ``check_out``), or to standard
+    output for ``-``."""
     from ..formats.traces import format_trace, write_trace
 
     if out == "-":
@@ -68,7 +67,6 @@ def _write(entries, out: str) -> None:
         sys.stdout.flush()
         return
     try:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_trace(entries, out)
     except OSError as exc:  # (its words, not the temporary file's name: a full disk, say)
         fail(f"--out {out}: cannot be written ({exc.strerror or exc})")
