@@ -347,3 +347,72 @@ def test_a_full_queue_says_when_to_come_back_from_the_rate_requests_end():
     refused = [g for g in later if isinstance(g, Refused)]
     assert refused and all(g.code == "queue_full" for g in refused)
     assert 1.2 < refused[0].retry_after_s < 4.0, refused[0]  # one request beyond the bound: about 1.57 s
+
+
+def test_a_policy_error_after_a_dispatch_still_sends_that_dispatch():
+    """A non-strict engine (a server) outlives a policy bug; but one raised after a Dispatch of the same
+    step was applied unwound the step, and that dispatch, marked running, never reached a worker: its
+    GPU busy for ever and every later request queued behind it (outside review)."""
+    from tridentcore.core.events import Fail
+
+    async def main():
+        rt = build_runtime("sd3-medium", "emulated:1xH200", "pipeline-static:degree=1", time_scale=0.01)
+        e = rt.engine
+        policy = e.core.policy
+        decide = policy.on_event
+
+        def buggy(view, event, now):  # the right dispatch, then an impossible Fail of the running request
+            actions = decide(view, event, now)
+            if isinstance(event, RequestArrived) and event.request.id == 0:
+                assert any(isinstance(a, Dispatch) for a in actions)
+                actions = [*actions, Fail(0, "bug")]
+            return actions
+
+        policy.on_event = buggy
+        await rt.start()
+        first = e.submit([Submission("sd3-medium", "x", SMALL, seed=1)]).ids[0]
+        second = e.submit([Submission("sd3-medium", "y", SMALL, seed=2)]).ids[0]
+        outs = await asyncio.wait_for(asyncio.gather(e.wait(first), e.wait(second)), 20)
+        await e.shutdown(1)
+        return e, outs
+
+    e, outs = run(main())
+    assert [o.state for o in outs] == ["done", "done"]
+    assert any("PolicyBug" in m and "failed of running request 0" in m for m in e.errors), e.errors
+
+
+def test_media_that_cannot_be_encoded_ends_its_request_failed():
+    """A decode whose frames cannot be encoded for the client: the request ends failed with the reason
+    (it was stored and counted done, while its client was told its result was no longer kept)."""
+    import dataclasses
+
+    from tridentcore.core.types import StageKind
+    from tridentcore.runtime.tasks import Pixels
+
+    async def main():
+        rt = build_runtime("sd3-medium", "emulated:1xH200", "pipeline-static:degree=1", time_scale=0.0)
+        e = rt.engine
+        for worker in e.workers.workers:
+            ran = worker.run
+
+            async def broken(task, ran=ran):  # frames the encoder refuses (not an array)
+                res = await ran(task)
+                if task.stage == StageKind.DECODE and res.ok:
+                    res = dataclasses.replace(res, outputs=tuple(Pixels(None, False) for _ in task.request_ids))
+                return res
+
+            worker.run = broken
+        await rt.start()
+        rid = e.submit([Submission("sd3-medium", "x", SMALL, seed=1)]).ids[0]
+        out = await e.wait(rid)
+        described = e.describe(rid)
+        await e.shutdown(1)
+        return e, rid, out, described
+
+    e, rid, out, described = run(main())
+    assert out.state == "failed" and out.result is None
+    assert out.reason.startswith("its media could not be encoded (TypeError")
+    assert described["state"] == "failed"
+    (row,) = [r for r in e.request_rows() if r.request_id == rid]
+    assert row.state == "failed" and row.reason == out.reason
+    assert any(m.startswith(f"media of request {rid}: TypeError") for m in e.errors)

@@ -383,6 +383,33 @@ def test_requests_the_engine_forgot_still_answer_with_how_they_ended():
         assert server.stop() == 0
 
 
+def test_a_request_rejected_on_arrival_and_forgotten_at_once_still_answers_rejected():
+    """Goodput mode with --keep-ended 0: a request turned away on arrival ends, and is forgotten, inside
+    its own submission, before the server has recorded whose it is. It answered 500 (TypeError) and the
+    list of requests answered 500 from then on (outside review)."""
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "0.05",
+                           "--policy", "trident:late=reject", "--keep-ended", "0", "--drain-timeout", "0"])
+    body = {"prompt": "x", "model": "sd3-medium", "size": "1024x1024", "steps": 28}
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            answers = [client.post("/v1/requests", json={**body, "seed": i}) for i in range(8)]
+            assert [r.status_code for r in answers] == [202] * 8, [r.text[:200] for r in answers]
+            states = [r.json()["state"] for r in answers]
+            assert "rejected" in states and states[0] == "running", states
+            rejected = answers[states.index("rejected")].json()
+            again = client.get(f"/v1/requests/{rejected['id']}")
+            assert again.status_code == 200 and again.json()["items"][0]["state"] == "rejected"
+            assert "deadline" in again.json()["items"][0]["reason"]
+            sync = client.post("/v1/images/generations", json={**body, "seed": 99})
+            assert sync.status_code == 503 and sync.json()["error"]["code"] == "rejected", sync.text[:300]
+            assert "Retry-After" in sync.headers
+            listed = client.get("/v1/requests")
+            assert listed.status_code == 200, listed.text[:300]
+            assert len(listed.json()["data"]) == 9
+    finally:
+        assert server.stop() == 0
+
+
 def test_results_outlive_forgotten_requests_within_their_own_budget():
     """--keep-ended 0 forgets a request as it ends, yet its client still gets the image (it got a 500
     after the work was done); results are dropped by --results-mib (410 gone), never by --keep-ended,

@@ -405,6 +405,28 @@ def test_only_ended_requests_can_be_forgotten():
     assert table.forget(1).reason == "by the client" and 1 not in table and len(table) == 0
 
 
+def test_only_a_done_request_can_lose_its_result():
+    from tridentcore.core.lifecycle import RequestTable, TransitionError
+    from tridentcore.core.types import Shape
+    from tridentcore.core.workload import RequestSpec
+
+    table = RequestTable()
+    for rid in (1, 2):
+        table.add(RequestSpec(rid, "m", "p", Shape(512, 512, 1, 4), 0, None, 10.0, 0.0), 0.0)
+    table.transition(2, RequestState.CANCELLED, 1.0, "by the client")
+    with pytest.raises(TransitionError, match="only a done request"):
+        table.lose_result(1, 1.0, "lost")  # still queued
+    with pytest.raises(TransitionError, match="only a done request"):
+        table.lose_result(2, 1.0, "lost")
+    for state in ("encoding", "encoded", "diffusing", "diffused", "decoding", "done"):
+        table.transition(1, RequestState(state), 2.0)
+    live = table.live
+    rec = table.lose_result(1, 3.0, "its media could not be encoded")
+    assert rec.state is RequestState.FAILED and rec.reason == "its media could not be encoded"
+    assert rec.finish_s == 3.0 and rec.history[-2:] == [(2.0, RequestState.DONE), (3.0, RequestState.FAILED)]
+    assert table.live == live == 0
+
+
 def test_a_clusters_own_link_speeds_price_its_transfers():
     """``intra_link_gbps`` and ``inter_link_gbps`` of a cluster file are what a transfer between
     GPUs costs (they were checked and then ignored: every cluster moved data at the defaults)."""

@@ -3,8 +3,8 @@ effects. Both drivers (the simulator and the live engine) and the test drivers u
 how time passes.
 
 A driver reports what happened (:data:`Report`: a request arrived, a dispatch completed or failed, a
-worker was lost or came back, a tick fell due, a client cancelled, the run shut down) together with
-``now``. The core
+worker was lost or came back, a tick fell due, a client cancelled, a result was lost, the run shut
+down) together with ``now``. The core
 
 1. **absorbs** the report into the :class:`~tridentcore.core.state.ClusterState` (``requests.add``,
    ``finish``, ``fail``, ``set_alive``...), which yields the policy events (``StageFinished``...);
@@ -43,12 +43,12 @@ from .lifecycle import TERMINAL, RequestState
 from .policy import Policy
 from .records import PlacementRow
 from .recording import Recorder
-from .reports import Cancelled, Completed, Effects, Forgot, Paused, Report, ShutDown, Started
+from .reports import Cancelled, Completed, Effects, Forgot, Paused, Report, ResultLost, ShutDown, Started
 from .state import ClusterState, ClusterView, Running
 from .types import Shape, StageKind
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "Cancelled", "Completed", "DriverCore", "Effects", "Forgot", "Paused", "PolicyBug",
-           "Report", "ShutDown", "Started", "expected_mix", "next_boundary"]
+           "Report", "ResultLost", "ShutDown", "Started", "StepFailed", "expected_mix", "next_boundary"]
 
 DEFAULT_MAX_ATTEMPTS = 3  # a request whose running stage fails this often (lost worker, error) fails
 MAX_FOLLOW_UPS = 10_000  # follow-up events in one step past which the policy is looping (a bug)
@@ -56,6 +56,17 @@ MAX_FOLLOW_UPS = 10_000  # follow-up events in one step past which the policy is
 
 class PolicyBug(TridentError, RuntimeError):
     """A policy asked for something impossible (a busy GPU, a request in the wrong state...)."""
+
+
+class StepFailed(TridentError, RuntimeError):
+    """A step of a non-strict core that raised part-way (a policy bug, or the policy itself raised):
+    ``effects`` holds what it had applied by then, which the driver must still carry out (a dispatch
+    already marked running that no worker is sent to would hold its GPUs for ever). The error that
+    stopped the step is ``__cause__``."""
+
+    def __init__(self, effects: "Effects") -> None:
+        super().__init__("a step failed part-way")
+        self.effects = effects
 
 
 # ------------------------------------------------------------------------------------ start inputs
@@ -80,7 +91,9 @@ class DriverCore:
 
     ``strict``: an invalid dispatch raises :class:`PolicyBug` (the simulator, tests); otherwise its
     requests fail with an internal-error reason and the message goes to ``errors`` (a server
-    outlives a bad decision). ``timer``: a clock for measuring decision times (None: not measured).
+    outlives a bad decision), and a step that raises part-way (any other policy bug, or the policy
+    itself raising) raises :class:`StepFailed` carrying the effects applied before it. ``timer``: a
+    clock for measuring decision times (None: not measured).
     """
 
     def __init__(self, cluster: ClusterSpec, cost: CostModel, policy: Policy, *, gpu_kind: str | None = None,
@@ -122,7 +135,13 @@ class DriverCore:
         if self.log is not None:
             self.log.append((now, report))
         out = Effects()
-        self._run(self._absorb(report, now, out), now, out)
+        try:
+            self._run(self._absorb(report, now, out), now, out)
+        except Exception as exc:
+            if self.strict:
+                raise
+            self._settle(out)  # the rest of this step's events are dropped; what was applied stands
+            raise StepFailed(out) from exc
         return out
 
     # A step in two halves, for scenario tests that look at a policy's actions before applying them
@@ -151,6 +170,10 @@ class DriverCore:
             actions = self._decide(on_event, view, event, now)
             if actions:
                 queue.extend(self._apply(actions, now, out))
+        self._settle(out)
+
+    def _settle(self, out: Effects) -> None:
+        """``out.ended``: each request once, only those that did end."""
         reqs = self.state.requests
         out.ended = [rid for rid in dict.fromkeys(out.ended) if (rec := reqs.get(rid)) is not None
                      and rec.state in TERMINAL]
@@ -191,6 +214,12 @@ class DriverCore:
         if isinstance(report, Forgot):
             state.requests.forget(report.request_id)
             self._attempts.pop(report.request_id, None)
+            return []
+        if isinstance(report, ResultLost):
+            rec = state.requests.get(report.request_id)
+            if rec is not None and rec.state is RequestState.DONE:
+                state.requests.lose_result(report.request_id, now, report.reason)
+                out.ended.append(report.request_id)
             return []
         if isinstance(report, ShutDown):
             self._fail_everything(report.reason, now, out)

@@ -11,7 +11,9 @@
 A diffuse may run in pieces (``Dispatch`` of steps ``[a, b)``); between pieces the request is
 ``encoded`` again with ``steps_done`` > 0. Failures that a policy retries (an out-of-memory error,
 a lost worker) send the request back to the state it was in before the stage started. Every
-accepted request ends in exactly one terminal state with a reason.
+accepted request ends in exactly one terminal state with a reason; the one exception is the live
+engine's: a request ``done`` for the policy whose media could not then be encoded for its client
+ends ``failed`` instead (:meth:`RequestTable.lose_result`, before its client or any record sees it).
 """
 
 from __future__ import annotations
@@ -141,6 +143,19 @@ class RequestTable:
         if not rec.state.terminal:
             raise TransitionError(f"request {request_id} is {rec.state.value}: only ended requests can be forgotten")
         del self._records[request_id]
+        return rec
+
+    def lose_result(self, request_id: int, now: float, reason: str) -> RequestRecord:
+        """``done`` -> ``failed``: the request's result was lost before its client had it (the live
+        engine could not encode its media). Not in :data:`TRANSITIONS`: no policy action makes it."""
+        rec = self._records[request_id]
+        if rec.state is not RequestState.DONE:
+            raise TransitionError(f"request {request_id}: only a done request can lose its result "
+                                  f"(it is {rec.state.value})")
+        rec.state = RequestState.FAILED
+        rec.history.append((now, RequestState.FAILED))
+        rec.finish_s = now
+        rec.reason = reason
         return rec
 
     def transition(self, request_id: int, new: RequestState, now: float, reason: str = "",

@@ -50,13 +50,22 @@ class Forgot:
 
 
 @dataclass(frozen=True, slots=True)
+class ResultLost:
+    """A request done for the policy lost its result before its client had it (the live engine could
+    not encode its media): it ends ``failed`` with ``reason`` (the policy, done with it, is not told)."""
+
+    request_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class ShutDown:
     """The run stops: running dispatches and live requests fail with ``reason``."""
 
     reason: str
 
 
-Report = RequestArrived | Completed | WorkerLost | WorkerRestored | Tick | Cancelled | Forgot | ShutDown
+Report = RequestArrived | Completed | WorkerLost | WorkerRestored | Tick | Cancelled | Forgot | ResultLost | ShutDown
 
 # ------------------------------------------------------------------------------------------ effects
 

@@ -31,7 +31,7 @@ records (``SpanRow``, ``PlacementRow``, ``RequestRow``); a server with a results
 them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are
 ``runtime/views.py``, the client types ``runtime/api.py``.
 
-One class of about 660 lines, one job (a live run on one device kind): the loop, the client API,
+One class of about 670 lines, one job (a live run on one device kind): the loop, the client API,
 the worker tasks and the endings share the pending queue, the waiters and the live set, and
 splitting them would only pass those around.
 """
@@ -50,7 +50,8 @@ from concurrent.futures import ThreadPoolExecutor
 from ..core.cluster import ClusterSpec
 from ..core.costmodel import CostModel
 from ..core.defaults import DEFAULT_DRAIN_TIMEOUT_S
-from ..core.driver import Cancelled, Completed, DriverCore, Effects, Forgot, PolicyBug, Report, ShutDown, Started
+from ..core.driver import (Cancelled, Completed, DriverCore, Effects, Forgot, PolicyBug, Report, ResultLost, ShutDown,
+                           Started, StepFailed)
 from ..core.events import RequestArrived, Tick, WorkerLost, WorkerRestored
 from ..core.lifecycle import WAITING_FOR, RequestState
 from ..core.policy import Policy
@@ -123,7 +124,7 @@ class Engine:
         self.refused: dict[str, int] = {}  # submissions turned away before admission (items), by code
         self.hung = 0  # stages whose worker was taken as hung and stopped (_watched)
         self._faults = {stage: n for stage, n in config.inject_oom if n > 0}  # stage -> injections left
-        self._tiled: set[int] = set()  # decode dispatches run tiled (a retry after an out-of-memory error)
+        self._tiled: dict[int, int] = {}  # decode dispatches run tiled (retried after an OOM) -> requests kept
         # requests whose decode ended and whose media is being encoded (tasks.Pixels), with the wall time
         # that began; each ends for its client (waiters, listeners, its result) once its media is made
         self._encoding: dict[int, float] = {}
@@ -503,15 +504,20 @@ class Engine:
 
     def _step(self, report: Report, result: StageResult | None) -> None:
         now = self.now()
+        run = None
         if isinstance(report, Completed):
             self._tasks.pop(report.dispatch_id, None)
             run = self.state.running.get(report.dispatch_id)
+        failed = None
+        try:
             effects = self.core.step(report, now)
-            if run is not None and result is not None and result.ok:
-                self._keep_outputs(run.action.stage, run.action.request_ids, result)
-        else:
-            effects = self.core.step(report, now)
+        except StepFailed as exc:  # what the step applied before it failed is carried out all the same
+            effects, failed = exc.effects, exc.__cause__
+        if run is not None and result is not None and result.ok:
+            self._keep_outputs(run.action.stage, run.action.request_ids, result)
         self._execute(effects, now)
+        if failed is not None:
+            raise failed  # (logged by _post, as any error of a step)
 
     def _keep_outputs(self, stage: StageKind, request_ids: Sequence[int], result: StageResult) -> None:
         reqs = self.state.requests
@@ -541,10 +547,12 @@ class Engine:
             self.media_s[rid] = time.perf_counter() - began
         try:
             media = fut.result()
-        except Exception as exc:  # noqa: BLE001 - one request's media; the server goes on
-            logger.exception("request %d: encoding its media failed", rid)
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - one request's media; the server goes on
+            logger.error("request %d: encoding its media failed", rid, exc_info=exc)
             self.errors.append(f"media of request {rid}: {type(exc).__name__}: {exc}")
-            media = None
+            # it ends failed, not done without a result: its client, the metrics and the records agree
+            self._post(ResultLost(rid, f"its media could not be encoded ({type(exc).__name__}: {exc})"[:300]))
+            return
         self.artifacts.keep(StageKind.DECODE, rid, media)
         self._finalize(rid, self.now())
 
@@ -568,7 +576,7 @@ class Engine:
         # policy decides the rest of the safer configuration (batch, degree)
         tiled = a.stage == StageKind.DECODE and any(r.ooms for r in recs)
         if tiled:
-            self._tiled.add(run.id)
+            self._tiled[run.id] = len(a.request_ids)
         fault = ""
         if self._faults.get(a.stage, 0) > 0:
             self._faults[a.stage] -= 1
@@ -629,7 +637,11 @@ class Engine:
             self.core.step(Forgot(rid), now)  # at the time of the step that ended it (one clock read)
             if self.config.record:
                 self._rows.append(request_row(rec))
-            self._spans_of.pop(rid, None)
+            for span in self._spans_of.pop(rid, ()):
+                if span.dispatch_id in self._tiled:
+                    self._tiled[span.dispatch_id] -= 1
+                    if self._tiled[span.dispatch_id] <= 0:
+                        del self._tiled[span.dispatch_id]
             self.media_s.pop(rid, None)
             self.forgotten += 1
 

@@ -62,6 +62,7 @@ class Jobs:
         self.max_jobs = max_jobs
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._owner: dict[int, Job] = {}  # request id -> its job, until the engine forgets the request
+        self._arriving: dict[int, dict] | None = None  # during engine.submit: requests forgotten in it, as they ended
 
     def attach(self) -> None:
         """Keep an ended request's last state when the engine forgets it (call once, at app creation)."""
@@ -71,6 +72,8 @@ class Jobs:
         job = self._owner.pop(rid, None)
         if job is not None:
             job.final[rid] = self.engine.describe(rid)
+        elif self._arriving is not None:  # rejected on arrival and forgotten at once (--keep-ended below n)
+            self._arriving[rid] = self.engine.describe(rid)
 
     # ------------------------------------------------------------------ creating
     def entry_for(self, model: str | None, kind: str | None) -> ModelEntry:
@@ -118,17 +121,22 @@ class Jobs:
         slo_s = None if body.slo_ms is None else body.slo_ms / 1000.0
         items = [Submission(entry.name, body.prompt, shape, seed + i, body.guidance, body.negative_prompt, slo_s)
                  for i in range(body.n)]
-        got = self.engine.submit(items)
+        self._arriving = {}
+        try:
+            got = self.engine.submit(items)
+        finally:
+            arriving, self._arriving = self._arriving, None
         if not isinstance(got, Accepted):
             raise ApiError(got.code, got.reason, retry_after_s=got.retry_after_s or None)
         job_id = new_job_id()
         while job_id in self.jobs:  # 96 random bits: never, in practice
             job_id = new_job_id()
         job = Job(job_id, entry.kind, entry.name, got.ids, body.response_format, time.time(),
-                  {"size": size_label(width, height), "frames": frames, "steps": steps, "seed": seed})
+                  {"size": size_label(width, height), "frames": frames, "steps": steps, "seed": seed}, arriving)
         self.jobs[job_id] = job
         for rid in got.ids:
-            self._owner[rid] = job
+            if rid not in arriving:
+                self._owner[rid] = job
         self._trim()
         return job
 
@@ -231,4 +239,13 @@ class Jobs:
         return sum(self.engine.cancel(r, reason) for r in job.request_ids)
 
     async def wait(self, job: Job) -> None:
-        await asyncio.gather(*(self.engine.wait(r) for r in job.request_ids))
+        await asyncio.gather(*(self._wait_for(job, r) for r in job.request_ids))
+
+    async def _wait_for(self, job: Job, rid: int) -> None:
+        if rid in job.final:
+            return
+        try:
+            await self.engine.wait(rid)
+        except KeyError:  # forgotten before the wait began: it has ended
+            if rid not in job.final:
+                raise
