@@ -322,6 +322,42 @@ def test_gpu_samples_are_bounded_for_a_long_run():
     assert gpu_samples([span], [], {}, num_gpus=1, end_s=float("inf")) == []
 
 
+def test_a_servers_gpu_usage_stays_bounded_and_doubles_its_interval(monkeypatch):
+    """A server keeps only its GPU usage (``GpuUsage``, streaming): past the bound on its values the
+    interval doubles as it goes, giving what the whole run's spans give at that interval."""
+    import random
+
+    from tridentcore.core import recording
+    from tridentcore.core.records import PlacementRow, SpanRow
+
+    rng = random.Random(3)
+    spans, t = [], 0.0
+    for did in range(300):  # back to back on 4 GPUs, over about 1,000 s
+        start = t + rng.uniform(0, 2)
+        t = start + rng.uniform(0.5, 5)
+        gpus = tuple(rng.sample(range(4), rng.choice((1, 2))))
+        spans += [SpanRow(did, did * 2 + i, "diffuse", gpus, len(gpus), 2, start, start, t, 1.0, 0, 1, "done")
+                  for i in range(2)]
+    act = {s.dispatch_id: rng.choice((0.0, 1.5, 3.25)) for s in spans}
+    placed = [PlacementRow(0.0, g, "m", "diffuse", "place", 4.0) for g in range(4)]
+    placed.append(PlacementRow(333.0, 2, "m", "diffuse", "evict", 4.0))
+    end = t + 1.0
+    want = recording.gpu_samples(spans, placed, act, 4, end, sample_s=80.0)  # 10 s doubled three times
+
+    monkeypatch.setattr(recording, "MAX_GPU_SAMPLES", 64)  # 100 intervals of 10 s x 4 GPUs would be 400
+    usage = recording.GpuUsage(4, 10.0)
+    for row in placed:
+        usage.placement(row)
+    for i in range(0, len(spans), 2):
+        usage.add(spans[i:i + 2], {spans[i].dispatch_id: act[spans[i].dispatch_id]})
+        assert len(usage.busy[0]) * 4 <= 64
+    got = usage.samples(end)
+    assert usage.sample_s == 80.0 and len(got) == len(want) <= 64
+    assert [(r.t_s, r.gpu) for r in got] == [(r.t_s, r.gpu) for r in want]
+    assert all(abs(a.busy - b.busy) < 1e-9 and abs(a.mem_gib - b.mem_gib) < 1e-9 for a, b in zip(got, want))
+    assert recording.GpuUsage(4, 10.0).samples(end) == []  # no dispatch ran
+
+
 def test_http_api_bounds_are_the_same_names():
     from tridentcore.runtime import models
     from tridentcore.server.schemas import VideoGenerationRequest

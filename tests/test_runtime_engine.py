@@ -292,17 +292,22 @@ def test_a_long_lived_engine_forgets_ended_requests_and_keeps_their_rows():
     assert e.run_meta("r").rate_rps > 0 and not e._spans_of.keys() - set(e.state.requests._records)
 
 
-def test_engine_memory_stays_flat_when_it_keeps_no_records():
-    """A server without --db (record off) forgets ended requests and keeps no rows: allocations stop
-    growing once ``keep_ended`` is reached."""
+@pytest.mark.parametrize("streaming", [False, True], ids=["no-db", "db"])
+def test_engine_memory_stays_flat_when_it_keeps_no_records(streaming):
+    """A server without --db (record off) forgets ended requests and keeps no rows; one with --db
+    sends every row to its journal as it is made (``stream_records``) and keeps none either (it kept
+    them all, about 2 KiB a request, for as long as it served): allocations stop growing once
+    ``keep_ended`` is reached."""
     import gc
     import tracemalloc
 
     async def main():
         rt = build_runtime("sd3-medium", "emulated:1x2xH200", "pipeline-static:degree=1", time_scale=0.0,
-                           max_queued=100_000, strict=True, keep_ended=200, record=False)
+                           max_queued=100_000, strict=True, keep_ended=200, record=streaming)
         await rt.start()
         e = rt.engine
+        if streaming:
+            e.stream_records()
         sizes = []
         for rounds in range(4):
             for _ in range(10):
@@ -318,7 +323,8 @@ def test_engine_memory_stays_flat_when_it_keeps_no_records():
         e, sizes = run(main())
     finally:
         tracemalloc.stop()
-    assert e.forgotten == 4000 - 200 and e.spans == [] and e.request_rows() != []
+    assert e.forgotten == 4000 - 200 and e.spans == [] and len(e.request_rows()) == 200
+    assert not streaming or {s.gpu for s in e.gpu_samples()} == {0, 1}
     # 1,000 more requests per round: kept, they would cost about 2 KiB each (about 2 MB a round)
     growth = sizes[3] - sizes[2]
     assert growth < 100_000, sizes
@@ -416,3 +422,34 @@ def test_media_that_cannot_be_encoded_ends_its_request_failed():
     (row,) = [r for r in e.request_rows() if r.request_id == rid]
     assert row.state == "failed" and row.reason == out.reason
     assert any(m.startswith(f"media of request {rid}: TypeError") for m in e.errors)
+
+
+def test_a_streaming_engine_gives_the_gpu_samples_of_the_rows_it_streamed():
+    """``stream_records`` keeps only what the GPU samples need: they are those the streamed rows make."""
+    from tridentcore.core.recording import gpu_samples
+
+    async def main():
+        rt = build_runtime("sd3-medium,wan2.1-1.3b", "emulated:1x4xH200", "trident", time_scale=0.002,
+                           strict=True, keep_ended=5, record=True)
+        await rt.start()
+        e = rt.engine
+        spans, placements = [], list(e.placement_rows())
+        e.span_listeners.append(spans.append)
+        e.placement_listeners.append(placements.append)
+        e.stream_records()
+        ids = [r for i in range(24) for r in e.submit([mixed(i)]).ids]
+        await asyncio.gather(*(e.wait(r) for r in ids))
+        end = e.now()
+        got = e.core.recorder.gpu_samples(4, end)  # (at the same end: the clock runs on)
+        await e.shutdown(1)
+        return e, spans, placements, got, end
+
+    e, spans, placements, got, end = run(main())
+    assert e.spans == [] and e.placements == [] and len(e.request_rows()) == 5
+    assert len({s.dispatch_id for s in spans}) > 24
+    want = gpu_samples(spans, placements, {}, 4, end)
+    assert [(s.t_s, s.gpu, s.busy) for s in got] == [(s.t_s, s.gpu, s.busy) for s in want]
+    assert len(got) >= 4 * 3 and any(s.busy > 0 for s in got)
+    # memory: the weights placed (as without activations) plus each dispatch's activations
+    assert all(g.mem_gib >= w.mem_gib - 1e-9 for g, w in zip(got, want)) and any(
+        g.mem_gib > w.mem_gib for g, w in zip(got, want))

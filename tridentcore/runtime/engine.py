@@ -119,7 +119,8 @@ class Engine:
         self.core.recorder.listeners.append(self._on_span)
         self._ended: deque[int] = deque()  # ended requests still in the table, oldest first
         self._ends_at: deque[float] = deque(maxlen=_RATE_ENDS)  # wall times of the latest endings
-        self._rows: list[RequestRow] = []  # rows of forgotten requests (record on)
+        self._rows: list[RequestRow] = []  # rows of forgotten requests (record on, not streaming)
+        self.streaming = False  # stream_records(): every row goes to the listeners' journal, none is kept
         self.forgotten = 0
         self.refused: dict[str, int] = {}  # submissions turned away before admission (items), by code
         self.hung = 0  # stages whose worker was taken as hung and stopped (_watched)
@@ -635,7 +636,7 @@ class Engine:
                 listener(rid)
             rec = state.requests[rid]
             self.core.step(Forgot(rid), now)  # at the time of the step that ended it (one clock read)
-            if self.config.record:
+            if self.config.record and not self.streaming:
                 self._rows.append(request_row(rec))
             for span in self._spans_of.pop(rid, ()):
                 if span.dispatch_id in self._tiled:
@@ -648,6 +649,14 @@ class Engine:
     # ------------------------------------------------------------------------------ records
     def _on_span(self, span: SpanRow) -> None:
         self._spans_of.setdefault(span.request_id, []).append(span)
+
+    def stream_records(self) -> None:
+        """Keep no rows from now on, only the GPU samples: a server whose rows all reach its journal
+        through the listeners as they are made (``trident serve --db``) would otherwise hold them
+        all, about 2 KiB a request, for as long as it serves. ``request_rows`` then gives only the
+        requests still in the table, and ``span_rows`` / ``placement_rows`` nothing new."""
+        self.streaming = True
+        self.core.recorder.stream(len(self.state.gpus))
 
     def span_rows(self) -> list[SpanRow]:
         return self.spans

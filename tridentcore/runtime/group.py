@@ -204,6 +204,10 @@ class EngineGroup:
         did = span.dispatch_id * n + i if span.dispatch_id >= 0 else span.dispatch_id
         return replace(span, gpus=tuple(g + off for g in span.gpus), dispatch_id=did)
 
+    def stream_records(self) -> None:
+        for e in self.parts:
+            e.stream_records()
+
     def request_rows(self) -> list[RequestRow]:
         rows = [r for e in self.parts for r in e.request_rows()]
         return sorted(rows, key=lambda r: r.request_id)

@@ -207,6 +207,7 @@ class RunRecords:
 
         run = self.run
         self._placements = list(run.placement_rows())  # the initial placement, made as it started
+        run.stream_records()  # every row reaches the journal through the listeners: the run keeps none
         run.end_listeners.append(self._on_end)
         run.span_listeners.append(self._on_span)
         run.placement_listeners.append(self._on_placement)
