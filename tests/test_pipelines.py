@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import time
 
 import numpy as np
@@ -204,6 +206,40 @@ def test_a_folder_whose_component_config_is_broken_is_one_line(pipes, tmp_path):
         load_pipeline(str(tmp_path))
     with pytest.raises(ValueError, match=r"^\./no-such: no such folder \(a built-in model is one of tiny-sd3"):
         load_pipeline("./no-such")  # (it was tried as a hub id: "Repo id must use alphanumeric chars")
+
+
+def test_a_folder_with_damaged_weights_or_a_missing_tokenizer_file_names_it(pipes, tmp_path):
+    """An emptied or truncated text-encoder model.safetensors gave safetensors' own error with a
+    58-line traceback, and a tokenizer without its tokenizer.json "Couldn't instantiate the backend
+    tokenizer from one of:" and a wrong hint about config.json (outside test)."""
+    import shutil
+
+    saved = tmp_path / "saved"
+    pipes["tiny-sd3"].pipe.save_pretrained(saved)
+    weights = "text_encoder/model.safetensors"
+    size = (saved / weights).stat().st_size
+
+    def damaged(case, change):
+        folder = tmp_path / case
+        shutil.copytree(saved, folder)
+        change(folder)
+        with pytest.raises(ValueError) as err:
+            load_pipeline(str(folder))
+        return str(err.value)
+
+    emptied = damaged("empty", lambda f: (f / weights).write_bytes(b""))
+    assert emptied == f"cannot load pipeline {str(tmp_path / 'empty')!r}: {weights}: 0 bytes: empty or cut short " \
+                      "(not a safetensors file)"
+    cut = damaged("cut", lambda f: os.truncate(f / weights, size - 100))
+    assert f"{weights}: cut short: its tensors need {size} bytes, the file has {size - 100}" in cut
+    longer = damaged("longer", lambda f: (f / weights).open("ab").write(b"\0" * 10))
+    assert f"{weights}: has bytes past its tensors: its tensors need {size} bytes, the file has {size + 10}" in longer
+    garbage = damaged("garbage", lambda f: (f / "vae/diffusion_pytorch_model.safetensors").write_bytes(b"x" * 4096))
+    assert "vae/diffusion_pytorch_model.safetensors: cut short, or not a safetensors file" in garbage
+    no_json = damaged("tokenizer", lambda f: (f / "tokenizer/tokenizer.json").unlink())
+    assert "config.json holds" not in no_json and "tokenizer/ holds: tokenizer_config.json" in no_json
+    assert re.search(r": tokenizer \(\w+ in tokenizer/\): Couldn't instantiate the backend tokenizer from one of: "
+                     r"\(1\) a `tokenizers` library serialization file", no_json), no_json
 
 
 def test_a_bare_name_that_is_not_built_in_is_not_looked_up_on_the_hub(monkeypatch):

@@ -269,6 +269,18 @@ def test_setup_errors_name_every_problem():
         build_runtime("tiny-sd3", "cpu:1", time_scale=0.5)
 
 
+def test_a_pipeline_folder_no_profile_prices_says_how_to_measure_it(tmp_path):
+    """A saved pipeline served without a profile of its own was "not in profile 'cpu'" and no more
+    (outside test): the answer names the command that measures it."""
+    folder = str(tmp_path / "my-sd3")
+    (tmp_path / "my-sd3").mkdir()
+    with pytest.raises(SetupError) as err:
+        build_runtime(folder, "cpu:1")
+    assert "not in profile 'cpu'" in str(err.value)
+    assert f"measure it with `trident profile --model {folder} --device cpu --out FILE.csv` and serve with " \
+           "`--profile FILE.csv`" in str(err.value)
+
+
 def test_a_long_lived_engine_forgets_ended_requests_and_keeps_their_rows():
     """Past ``keep_ended`` the oldest ended requests leave the table (their store rows stay, complete)."""
     async def main():

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .folder import failing_tokenizer, weights_problems
+
 if TYPE_CHECKING:  # pragma: no cover
     from .staged import StagedPipeline
 
@@ -70,7 +72,10 @@ def _root_cause(exc: BaseException) -> str:
     while root.__cause__ is not None:
         root = root.__cause__
     text = str(root).replace(" Please check out the root cause in the stacktrace above.", "").strip()
-    first = text.splitlines()[0].strip() if text else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith(":") and len(lines) > 1:  # ("... from one of:" and the list on the next lines)
+        first = " ".join(lines)[:400]
     # diffusers looks for the .safetensors file, then falls back to the .bin and names only that one
     first = re.sub(r"no file named (\S+)\.bin found in", r"no file named \1.safetensors, or \1.bin, found in", first)
     return f"{type(root).__name__}: {first}" if root is not exc else first or type(exc).__name__
@@ -149,6 +154,10 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
             raise ValueError(f"{name}: pipeline class {class_name} is not supported; supported: "
                              f"{', '.join(PIPELINE_CLASSES)}")
         _check_components(name, class_name, spec)
+        damaged = weights_problems(path)
+        if damaged:  # (said before loading: safetensors' own error names no file, with a long traceback)
+            raise ValueError(f"cannot load pipeline {name!r}: " + "; ".join(damaged[:3]) +
+                             (f" (and {len(damaged) - 3} more)" if len(damaged) > 3 else ""))
         source = str(path)
         # Optional components saved as absent (SD3 without T5, say) must be passed as None.
         absent = {k: None for k, v in spec.items() if isinstance(v, list) and v[:1] == [None]}
@@ -156,15 +165,18 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         class_name, source, absent = None, name, {}
     try:
         pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, **absent)
-    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as exc:
+    except OSError as exc:  # a directory, or a hub id (ORG/NAME) not reachable or not there
+        raise ValueError(f"cannot load pipeline {name!r}: {_root_cause(exc)}") from exc
+    except Exception as exc:
         if not path.exists():
             raise
+        tokenizer = failing_tokenizer(path, spec)
+        if tokenizer:  # (a file of it missing: the library's message names neither)
+            raise ValueError(f"cannot load pipeline {name!r}: {tokenizer}") from exc
         # a component whose config.json holds what its class cannot take (a string for a size, a
         # negative head count): the library's traceback, said in a line
         raise ValueError(f"cannot load pipeline {name!r}: {type(exc).__name__}: {_root_cause(exc)} (a component's "
                          "config.json holds a value its class cannot take?)") from exc
-    except OSError as exc:  # a directory, or a hub id (ORG/NAME) not reachable or not there
-        raise ValueError(f"cannot load pipeline {name!r}: {_root_cause(exc)}") from exc
     class_name = class_name or type(pipe).__name__
     family = PIPELINE_CLASSES.get(class_name)
     if family is None:

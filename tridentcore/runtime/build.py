@@ -156,7 +156,12 @@ def _model_problems(part: Part, model: str) -> list[str]:
     problems = []
     known = part.cost.models(part.gpu_kind)
     if model not in known:
-        problems.append(f"model {model!r} is not in profile {part.profile!r} (it has {', '.join(known)})")
+        problem = f"model {model!r} is not in profile {part.profile!r} (it has {', '.join(known)})"
+        if os.path.isdir(model):  # a saved pipeline: nothing prices it until it is measured
+            device = "cpu" if part.devices.kind != "cuda" else "cuda:0"
+            problem += (f"; measure it with `trident profile --model {model} --device {device} --out FILE.csv` "
+                        "and serve with `--profile FILE.csv` (its rows name the model as given here)")
+        problems.append(problem)
     if part.devices.real and pipeline_for(model, part.devices.kind) is None:
         from ..pipelines import MODELS
 

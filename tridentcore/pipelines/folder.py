@@ -1,0 +1,92 @@
+"""What is wrong with a saved pipeline folder, said in a line that names the file or component.
+
+A diffusers folder loads component by component (``from_pretrained``), and a damaged one failed deep
+inside a library: a truncated or emptied text-encoder ``model.safetensors`` raised safetensors' own
+error with a 58-line traceback (the denoiser's and the VAE's are caught by diffusers and named), and
+a tokenizer folder missing its ``tokenizer.json`` said "Couldn't instantiate the backend tokenizer
+from one of:" and no more. Here:
+
+* :func:`weights_problems`, before loading: every ``.safetensors`` file's header is read (8 bytes of
+  length, then JSON) and checked against the file's size, without loading a tensor;
+* :func:`failing_tokenizer`, after a load failed: which tokenizer component cannot be loaded alone,
+  and the files its folder holds.
+
+Torch-free (transformers is imported only by :func:`failing_tokenizer`, on the error path).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["failing_tokenizer", "weights_problems"]
+
+_MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on its JSON header
+
+
+def _safetensors_problem(path: Path) -> str:
+    """Why ``path`` is not a whole safetensors file ("" when it is)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{size} bytes: empty or cut short (not a safetensors file)"
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, _MAX_HEADER_BYTES):
+                return f"cut short, or not a safetensors file (its header says {n} bytes; the file has {size})"
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    except ValueError:  # (UnicodeDecodeError is one)
+        return "not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return "not a safetensors file (its header is not a JSON object)"
+    end = 0
+    for key, tensor in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = tensor.get("data_offsets") if isinstance(tensor, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)):
+            return f"not a safetensors file (tensor {key[:40]!r} has no data offsets)"
+        end = max(end, offsets[1])
+    need = 8 + n + end
+    if need != size:
+        return f"{'cut short' if size < need else 'has bytes past its tensors'}: its tensors need {need} bytes, the file has {size}"
+    return ""
+
+
+def weights_problems(folder: Path) -> list[str]:
+    """``relative/path.safetensors: why`` for each damaged weights file of a pipeline folder (its
+    components' folders and the folder itself)."""
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*/*.safetensors"))
+    out = []
+    for f in files:
+        if not f.is_file():
+            continue
+        why = _safetensors_problem(f)
+        if why:
+            out.append(f"{f.relative_to(folder)}: {why}")
+    return out
+
+
+def failing_tokenizer(folder: Path, spec: dict) -> str:
+    """After the whole pipeline failed to load: ``component (Class in folder/): why; it holds: files``
+    for the first tokenizer of the model index that cannot be loaded alone ("" if each can)."""
+    import transformers
+
+    from . import _root_cause
+
+    for key, entry in spec.items():
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) and "Tokenizer" in entry[1]):
+            continue
+        cls = getattr(transformers, entry[1], None)
+        sub = folder / key
+        if cls is None or not sub.is_dir():
+            continue
+        try:
+            cls.from_pretrained(str(sub))
+        except Exception as exc:  # noqa: BLE001 - any failure is the answer
+            held = ", ".join(sorted(p.name for p in sub.iterdir())[:8]) or "nothing"
+            return f"{key} ({entry[1]} in {key}/): {_root_cause(exc)}; {key}/ holds: {held}"
+    return ""
