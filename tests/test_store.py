@@ -391,6 +391,29 @@ def test_writer_waits_for_a_reader_in_another_process(db: Path):
     print(f"writer waited {waited:.2f} s for the reader")
 
 
+def test_a_lock_held_past_the_wait_names_its_holder_and_the_wait(db: Path):
+    """A reader kept out by another process's read-write connection said DuckDB's "IO Error: Could
+    not set lock on file ..." after 10 s, without saying it had waited (outside test)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time, duckdb
+            con = duckdb.connect({str(db)!r})
+            print("open", flush=True)
+            time.sleep(30)
+        """)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(duckdb.IOException) as err:
+            open_readonly(db, wait_s=0.5)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert str(err.value).startswith(f"{db} is locked by process {holder.pid}, whose connection to it conflicts "
+                                     "with this one: waited 0.5 s")
+
+
 def test_import_tridentcore_does_not_import_duckdb():
     out = _python("""
         import sys, tridentcore, tridentcore.core.records

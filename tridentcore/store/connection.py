@@ -13,6 +13,7 @@ with a misleading catalog error.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,16 @@ def check_header(path: str | os.PathLike[str]) -> None:
             "an empty file" if not head else "no DuckDB file header") + ")")
 
 
+def _locked(path: Path, exc: Exception, wait_s: float) -> str:
+    """A lock conflict that outlasted the wait, said plainly (DuckDB's own text names the holder's
+    PID inside a long "Could not set lock on file" sentence)."""
+    holder = re.search(r"\(PID (\d+)\)", str(exc))
+    who = f"process {holder.group(1)}" if holder else "another process"
+    return (f"{path} is locked by {who}, whose connection to it conflicts with this one: waited {wait_s:g} s "
+            "(TridentServe's own readers and writers hold it for moments; a DuckDB shell or notebook holds it "
+            "until it closes its connection)")
+
+
 def _is_lock_conflict(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set" in text)
@@ -75,8 +86,10 @@ def connect(
         try:
             return duckdb.connect(str(path), read_only=read_only, config=config or {})
         except duckdb.IOException as exc:
-            if not _is_lock_conflict(exc) or time.monotonic() >= deadline:
+            if not _is_lock_conflict(exc):
                 raise
+            if time.monotonic() >= deadline:
+                raise duckdb.IOException(_locked(path, exc, wait_s)) from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
 
