@@ -70,7 +70,8 @@ def test_locustfile_imports_nothing_heavy():
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--mix", "no-such-mix"], "unknown mix 'no-such-mix'"),
+    (["--mix", "no-such-mix"], "--mix: no-such-mix: unknown mix 'no-such-mix'"),  # (not all three)
+    (["--mix", "tiny", "--cluster", "3xfoo"], "--cluster: cluster '3xfoo': unknown GPU kind 'foo'"),
     (["--rate", "-1"], "--rate: must be a number > 0"),
     (["--arrival", "gamma:cv=x"], "--arrival:"),
     (["--time-scale", "0"], "--time-scale: must be a number in (0, 1000]"),

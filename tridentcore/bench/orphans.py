@@ -179,9 +179,11 @@ def _store(folder: Path, info: dict, wait_s: float) -> Recovered:
                                                  f"({type(exc).__name__}: {exc}); it stays for the next try")
     else:
         outcome = "stored" if result is not None else "empty"
-        answered = sum(n for state, n in result.states.items() if state != "unfinished") if result else 0
-        message = (f"stored run {run_id} ({policy}) of {whose} as {result.status}: {answered} of "
-                   f"{result.scheduled} scheduled requests answered; {gone} {folder}" if result is not None else
+        ended = {state: n for state, n in sorted(result.states.items()) if state != "unfinished" and n} \
+            if result else {}
+        how = f" ({', '.join(f'{n} {state}' for state, n in ended.items())})" if ended else ""
+        message = (f"stored run {run_id} ({policy}) of {whose} as {result.status}: {sum(ended.values())} of "
+                   f"{result.scheduled} scheduled requests answered{how}; {gone} {folder}" if result is not None else
                    f"the run {run_id} ({policy}) of {whose} had served nothing; {gone} {folder}")
     if kept:
         (folder / OWNER).unlink(missing_ok=True)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..core.capacity import Ceiling, ClassDemand, efficient_ceiling, slo_aware_ceiling
-from ..core.cluster import CPU_KIND, ClusterSpec, parse_cluster
+from ..core.cluster import CPU_KIND, ClusterError, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
 from ..core.defaults import DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER, DEFAULT_PROFILE, DEFAULT_TARGET, MAX_FRAMES, MAX_SIDE_PX
 from ..core.driver import expected_mix
@@ -257,7 +257,13 @@ def schedule_requests(spec: RunSpec, *, profile_flag: str = "--profile") -> list
     try:
         return load_scenario(spec, profile_flag=profile_flag).requests(None if spec.trace else spec.rate)
     except (ValueError, LookupError, OSError) as exc:
-        option = "--arrival" if spec.trace else f"--mix/{profile_flag}/--cluster"
+        from ..profiles.format import ProfileError
+
+        if spec.trace:
+            option = "--arrival"
+        else:  # the option at fault where one alone is (a profile that cannot price the mix: all three)
+            option = {WorkloadError: "--mix", ClusterError: "--cluster", ProfileError: profile_flag}.get(
+                type(exc), f"--mix/{profile_flag}/--cluster")
         raise RunSpecError([f"{option}: {' '.join(str(exc).split())}"]) from None
 
 

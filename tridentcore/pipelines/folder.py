@@ -52,7 +52,8 @@ def _safetensors_problem(path: Path) -> str:
         end = max(end, offsets[1])
     need = 8 + n + end
     if need != size:
-        return f"{'cut short' if size < need else 'has bytes past its tensors'}: its tensors need {need} bytes, the file has {size}"
+        how = "cut short" if size < need else "has bytes past its tensors"
+        return f"{how}: its tensors need {need} bytes, the file has {size}"
     return ""
 
 
