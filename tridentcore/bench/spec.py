@@ -301,7 +301,7 @@ def read_spec_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = load_json(read_bounded(path, MAX_CONFIG_BYTES))
     except InputRefused as exc:
-        raise RunSpecError([f"--spec: cannot read {origin}: {exc}"]) from None
+        raise RunSpecError([f"--spec: {origin}: {exc}"]) from None
     if not isinstance(data, dict):
         raise RunSpecError([f"--spec: {origin} does not hold a JSON object"])
     problems = unknown_keys(data, origin)
