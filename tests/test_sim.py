@@ -376,6 +376,58 @@ def test_placement_solver_packs_memory_short_gpus():
     assert not any(s == "encode" for inst in greedy.values() for _, s in inst)
 
 
+@pytest.mark.parametrize("policy", ["trident", "trident:batch=false"])
+def test_trident_on_gpus_too_small_for_its_plan_serves_every_request(tmp_path, policy):
+    """24 GiB GPUs (fuzzed, outside test): the plan holds flux-dev's 22 GiB denoiser nowhere (with the
+    activation reserve it fits no GPU), yet each request fits an empty one. Its diffuses waited for ever
+    (the simulation never ended); and an encode batch chosen for a GPU with room for one ran out of
+    memory, was put back and chosen again, 10,000 times (PolicyBug)."""
+    from tridentcore.bench.scenario import load_scenario, run_one
+    from tridentcore.bench.spec import RunSpec
+
+    (tmp_path / "cluster.yaml").write_text("nodes: 3\ngpus_per_node: 4\nkind: H200\nmem_gib: 24\n")
+    (tmp_path / "mix.yaml").write_text("""name: small-gpus
+classes:
+  - {model: flux-dev, height: 1024, width: 1280, frames: 1, steps: 2, weight: 0.01}
+  - {model: sdxl, height: 1536, width: 1280, frames: 1, steps: 2, weight: 1}
+  - {model: flux-dev, height: 768, width: 1280, frames: 1, steps: 1, weight: 2}
+  - {model: wan2.1-1.3b, height: 832, width: 720, frames: 33, steps: 28, weight: 0.01}
+  - {model: sd3-medium, height: 1024, width: 1280, frames: 1, steps: 1, weight: 7}
+""")
+    loaded = load_scenario(RunSpec(profile="h200", cluster=str(tmp_path / "cluster.yaml"),
+                                   mix=str(tmp_path / "mix.yaml"), arrival="gamma:cv=4", rate=40.0, duration_s=10,
+                                   seed=361, slo_scale=2))
+    res = run_one(loaded, policy, 40.0)
+    assert len(res.requests) == 484 and {r.state for r in res.requests} == {"done"}
+    flux = {g for s in res.spans if s.stage == "diffuse" and s.request_id in
+            {r.request_id for r in res.requests if r.model == "flux-dev"} for g in s.gpus}
+    assert flux  # on GPUs made room on
+
+
+def test_a_policy_that_leaves_requests_waiting_on_an_idle_cluster_is_a_bug_not_a_hang():
+    from tridentcore.core.driver import PolicyBug
+    from tridentcore.core.policy import Policy
+
+    class Idle(Policy):
+        name = "idle"
+        tick_s = 1.0
+
+        def start(self, view, models, now, expected=None):
+            return []
+
+        def on_event(self, view, event, now):
+            return []
+
+    slo = make_slo_fn(H200, 3.0, 8)
+    shape = Shape(512, 512, 1, 4)
+    req = RequestSpec(0, "sd3-medium", "p", shape, 0, None, slo("sd3-medium", shape), 0.0)
+    t0 = time.perf_counter()
+    with pytest.raises(PolicyBug, match=r"idle: stalled at t=100\.0 s: 1 requests wait, nothing runs and nothing "
+                                        r"will arrive \(100 ticks changed nothing\)"):
+        simulate(parse_cluster("1x1xH200"), H200, Idle(), [req])
+    assert time.perf_counter() - t0 < 5
+
+
 def test_trident_replans_when_the_mix_drifts():
     """Declared mix: 60 % sd3, 40 % wan. Observed: sd3 only for 300 s, then wan only."""
     slo = make_slo_fn(H200, 3.0, 8)

@@ -50,6 +50,7 @@ __all__ = ["PolicyBug", "SimResult", "Simulator", "StageNoise", "simulate"]
 logger = logging.getLogger(__name__)
 
 _ARRIVAL, _FINISH, _TICK, _REPORT = 0, 1, 2, 3
+STALLED_TICKS = 100  # policy ticks in a row that change nothing while requests wait on an idle cluster: a bug
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,7 @@ class Simulator:
             if nxt is not None:
                 self._push(nxt.arrival_s, _ARRIVAL, nxt)
         heap = self._heap
+        idle_ticks = 0
         while heap:
             t, _, kind, payload = heapq.heappop(heap)
             if self.time_limit_s is not None and t > self.time_limit_s:
@@ -198,7 +200,15 @@ class Simulator:
                 report = Tick()
             else:
                 report = payload  # type: ignore[assignment]
-            self._effects(core.step(report, t))
+            effects = core.step(report, t)
+            self._effects(effects)
+            if kind != _TICK or effects.started or effects.ended or state.running or nxt is not None:
+                idle_ticks = 0
+            else:  # nothing runs, nothing will arrive, and the policy's timer changed nothing
+                idle_ticks += 1
+                if idle_ticks >= STALLED_TICKS:
+                    raise PolicyBug(f"{policy.spec}: stalled at t={t:.1f} s: {state.requests.live} requests wait, "
+                                    f"nothing runs and nothing will arrive ({idle_ticks} ticks changed nothing)")
             if (self.replay is None and policy.tick_s and not self._tick_pending
                     and (state.requests.live or nxt is not None)):
                 self._tick_pending = True

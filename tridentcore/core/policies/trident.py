@@ -83,7 +83,7 @@ Stages never share a GPU at the same time (exclusive dispatch).
 
 Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses (and
 head starts) in :mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
-(mixins); the rest stays one module (about 800 lines) because it is one policy class whose methods
+(mixins); the rest stays one module (about 830 lines) because it is one policy class whose methods
 all share the ready queue, reservations and plan.
 """
 
@@ -422,6 +422,12 @@ class Trident(Elastic, Admission, Policy):
                 limit = self._stage_batch(view, info, stage, spec.model)
                 if limit > 1 and self.opts["batch"]:
                     batch += self._mates(view, rid, stage, spec, limit - 1, taken)
+                    # as many as fit there (g was chosen for one: a batch that runs out of memory is
+                    # put back and would be chosen again, for ever)
+                    room = view.free_gib(g) + sum(view.instance_gib(e.model, e.stage) for e in evictions) + 1e-9
+                    need = view.memory_needed_gib
+                    while len(batch) > 1 and need(spec.model, stage, spec.shape, len(batch), 1, g) > room:
+                        batch.pop()
                 for b in batch:
                     taken.add(b)
                     self._dequeue(b)
@@ -471,10 +477,12 @@ class Trident(Elastic, Admission, Policy):
                     if d >= blocked_degree and d > 1:
                         continue
                     dur = (spec.shape.steps - rec.steps_done) * info.step_s[d]
-                    group = self._pick_group(view, idle, reserved, now, dur, d, rec, info)
+                    evictions: list[Action] = []
+                    group = self._pick_group(view, idle, reserved, now, dur, d, rec, info, evictions)
                     if group is None:
                         blocked_degree = min(blocked_degree, d)
                         continue
+                    actions += evictions
                     batch = [rid]
                     if (self.opts["batch"] and info.batch > 1 and rec.steps_done == 0 and not self.safer.get(rid)):
                         batch += self._diffuse_mates(view, rec, info, d, group, now, taken, margin)
@@ -658,7 +666,12 @@ class Trident(Elastic, Admission, Policy):
             got = self._both[(id(held), id(planned))] = (held, planned, held & planned)
         return got[2]
 
-    def _pick_group(self, view, idle, reserved, now, dur, d, rec, info) -> tuple[int, ...] | None:
+    def _pick_group(self, view, idle, reserved, now, dur, d, rec, info,
+                    evict: list | None = None) -> tuple[int, ...] | None:
+        """``d`` idle GPUs on one node where the diffuse fits (best fit first). ``evict`` given, and
+        the plan holding this denoiser nowhere (the planner could not fit it beside its activation
+        reserve, on small GPUs): idle GPUs are also made room on, their evictions appended to it;
+        without that its requests waited for ever."""
         model, shape = rec.spec.model, rec.spec.shape
         near = set(rec.latents_on or rec.embeddings_on)
         held, encoders = view.gpus_holding(model, StageKind.DIFFUSE), self._planned_on(model, StageKind.ENCODE)
@@ -683,6 +696,25 @@ class Trident(Elastic, Admission, Policy):
                     fit.append(g)
                     if len(fit) == d:
                         return tuple(sorted(fit))
+        if evict is None or self._planned_on(model, StageKind.DIFFUSE):
+            return None
+        for _, usable in options:  # make room: the fewest evictions, the largest instances first
+            room = []
+            for g in usable:
+                need, free, out = (act if g in held else weights + act), view.free_gib(g), []
+                for w, m, s in sorted(((view.instance_gib(m, s), m, s) for m, s in view.resident(g)
+                                       if (m, s) != (model, StageKind.DIFFUSE)), reverse=True):
+                    if free >= need - 1e-9:
+                        break
+                    out.append(Evict(m, s, g))
+                    free += w
+                if free >= need - 1e-9:
+                    room.append((len(out), g, out))
+            if len(room) >= d:
+                room.sort(key=lambda r: r[:2])
+                for _, _, out in room[:d]:
+                    evict.extend(out)
+                return tuple(sorted(g for _, g, _ in room[:d]))
         return None
 
     def _soonest(self, view, reserved, now, d) -> tuple[float, tuple[int, ...] | None]:
