@@ -465,3 +465,29 @@ def test_a_streaming_engine_gives_the_gpu_samples_of_the_rows_it_streamed():
     # memory: the weights placed (as without activations) plus each dispatch's activations
     assert all(g.mem_gib >= w.mem_gib - 1e-9 for g, w in zip(got, want)) and any(
         g.mem_gib > w.mem_gib for g, w in zip(got, want))
+
+
+def test_pipeline_static_starts_nothing_on_a_replica_with_a_gpu_down():
+    """A worker of a pipeline-static replica lost while the replica was idle (kill -9, outside test):
+    the next request was dispatched there anyway, failed as an invalid dispatch, and the replica then
+    waited for it for ever: every later request routed there stayed queued, /healthz ok. Now new
+    requests go to whole replicas, and a replica's queue waits for it to be whole again."""
+    async def main(devices):
+        rt = build_runtime("sd3-medium", devices, "pipeline-static:degree=2", time_scale=0.001)
+        await rt.start()
+        e = rt.engine
+        e._worker_lost(1, "killed")  # replica 0 is GPUs 0 and 1
+        ids = [e.submit([Submission("sd3-medium", "x", SMALL, seed=i)]).ids[0] for i in range(3)]
+        await asyncio.sleep(0.2)
+        waiting = [e.describe(r)["state"] for r in ids]
+        e._worker_restored(1)
+        outs = await asyncio.wait_for(asyncio.gather(*(e.wait(r) for r in ids)), 20)
+        await e.shutdown(1)
+        return e, waiting, outs
+
+    for devices, waits, gpus in (("emulated:1x2xH200", True, {0, 1}), ("emulated:1x4xH200", False, {2, 3})):
+        e, waiting, outs = run(main(devices))
+        assert [o.state for o in outs] == ["done"] * 3, [(o.state, o.reason) for o in outs]
+        assert not e.errors, e.errors
+        assert (waiting == ["queued"] * 3) if waits else "done" in waiting, waiting
+        assert {g for s in e.spans for g in s.gpus} == gpus

@@ -98,11 +98,11 @@ class PipelineStatic(_PipelineBase):
             est = pipeline_seconds(view.cost, view.gpu_kind, spec.model, spec.shape, self.opts["degree"])
             self.estimate[spec.id] = est
 
-            def load(r: int) -> float:
+            def load(r: int) -> tuple[bool, float]:  # (a replica with a GPU down comes last)
                 busy = max(0.0, view.busy_until(self.replicas[r][0], now) - now) if self.active[r] is not None else 0.0
-                return busy + self.queued_s[r]
+                return not self._whole(view, r), busy + self.queued_s[r]
 
-            r = min(range(len(self.replicas)), key=lambda i: (load(i), i))
+            r = min(range(len(self.replicas)), key=lambda i: (*load(i), i))
             self.queues[r].append(spec.id)
             self.queued_s[r] += est
             return self._start_next(view, r)
@@ -122,8 +122,12 @@ class PipelineStatic(_PipelineBase):
             actions: list[Action] = [Fail(rid, event.reason) for rid in event.request_ids]
             return actions + self._start_next(view, r)
         if isinstance(event, WorkerRestored):
-            return [a for r in list(self.again) for a in self._again(view, r)]
+            actions = [a for r in list(self.again) for a in self._again(view, r)]
+            return actions + [a for r in range(len(self.replicas)) for a in self._start_next(view, r)]
         return []
+
+    def _whole(self, view: ClusterView, r: int) -> bool:
+        return all(view.is_alive(g) for g in self.replicas[r])
 
     def _again(self, view: ClusterView, r: int) -> list[Action]:
         if not all(view.is_alive(g) and view.is_idle(g) for g in self.replicas[r]):
@@ -132,7 +136,9 @@ class PipelineStatic(_PipelineBase):
         return [self._stage_on(view, stage, rid, self.replicas[r])]
 
     def _start_next(self, view: ClusterView, r: int) -> list[Action]:
-        if self.active[r] is not None or not self.queues[r]:
+        # a replica with a GPU down (its worker restarting) starts nothing until it is whole again: a
+        # dispatch there was invalid, its request failed, and the replica waited for it for ever
+        if self.active[r] is not None or not self.queues[r] or not self._whole(view, r):
             return []
         rid = self.queues[r].popleft()
         self.queued_s[r] -= self.estimate.pop(rid, 0.0)
