@@ -367,7 +367,8 @@ def test_while_it_starts_the_port_refuses_and_a_failed_start_is_one_line(tmp_pat
     assert line.startswith("error: the server could not start: worker 0:") and "transformer" in line, line
 
 
-@pytest.mark.parametrize("how", ["sigterm-group", "sighup-group", "sigterm, then a worker killed"])
+@pytest.mark.parametrize("how", ["sigterm-group", "sighup-group", "sigterm, then a worker killed",
+                                 "both workers killed, then a sigterm"])
 def test_a_sigterm_drains_on_live_workers_and_a_worker_lost_meanwhile_is_replaced(tmp_path, how):
     """SIGTERM to the whole group (``kill -TERM -PGID``, GNU ``timeout``, systemd's control-group
     stop) with requests in flight: the worker processes ignore it, as they do a Ctrl-C, and the
@@ -377,7 +378,9 @@ def test_a_sigterm_drains_on_live_workers_and_a_worker_lost_meanwhile_is_replace
     is lost as at any other time: its work goes to the other one and it is restarted (before, the
     same three failures, with a live worker beside it). SIGHUP (a closed terminal, a dropped SSH
     session) is taken as SIGTERM: it killed the server and its workers at once, the run left
-    ``running`` for ``runs recover``."""
+    ``running`` for ``runs recover``. Both workers killed and then a SIGTERM while they restart: the
+    restarts go on and the drain serves every request on them (the stop killed the restarts, and every
+    request still waiting failed when the drain ran out, outside test)."""
     import concurrent.futures as cf
 
     db = tmp_path / "serve.duckdb"
@@ -400,6 +403,11 @@ def test_a_sigterm_drains_on_live_workers_and_a_worker_lost_meanwhile_is_replace
             cf.wait(calls, return_when=cf.FIRST_COMPLETED)  # (about a second each: most still to do)
             if how.endswith("-group"):
                 os.killpg(proc.pid, signal.SIGTERM if how == "sigterm-group" else signal.SIGHUP)
+            elif how.endswith("then a sigterm"):  # the stop came while both restarted: it stopped the restarts,
+                for w in workers:                  # and the drain waited for devices that never came back
+                    w.kill()
+                time.sleep(0.3)
+                proc.send_signal(signal.SIGTERM)
             else:
                 proc.send_signal(signal.SIGTERM)
                 time.sleep(0.5)

@@ -64,6 +64,7 @@ class CpuWorker(Worker):
         self._start_stopped = False  # told to stop while not (yet) up: a start under way or to come ends
         self._restart_task: asyncio.Task | None = None
         self._generation = 0
+        self._was_up = False  # its first start is over: a start now is a restart, which a stop lets finish
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -96,7 +97,7 @@ class CpuWorker(Worker):
         except asyncio.TimeoutError:
             self._kill(proc)
             raise RuntimeError(f"worker {self.slot}: not ready after {self.start_timeout_s:.0f} s") from None
-        self.alive = True
+        self.alive = self._was_up = True
 
     def _reader(self, proc, conn, gen: int) -> None:
         """Thread: hand every message to the loop; report the process's end once."""
@@ -205,8 +206,10 @@ class CpuWorker(Worker):
         while the server starts does not wait for every model to load. Otherwise nothing changes
         here: its process ignores the signals a terminal or a service manager sends the whole group,
         so one that ends during the drain was killed or crashed, and is handled as at any other time
-        (``_died``: lost, restarted). (Called from a signal handler: the work is the loop's.)"""
-        if self.alive:
+        (``_died``: lost, restarted), and one that was already restarting when the stop came goes on
+        restarting: the requests the drain still serves wait for it. (Called from a signal handler:
+        the work is the loop's.)"""
+        if self.alive or self._was_up:
             return
         self._start_stopped = True  # (a start not yet under way ends as it begins: ``_spawn``)
         if self._loop is not None and self._ready is not None and not self._ready.done():
