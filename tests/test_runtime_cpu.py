@@ -227,3 +227,81 @@ def test_sigkilled_worker_is_restarted_and_every_request_completes(cpu_server):
         time.sleep(0.1)
     resp = client.post("/v1/images/generations", json={**body, "steps": 2, "size": "64x64"})
     assert resp.status_code == 200
+    # /metrics counts the restart (it was only in the stored run)
+    metrics = client.get("/metrics").text
+    assert f'trident_worker_restarts_total{{device="{victim["id"]}"}} 1.0' in metrics, metrics[-3000:]
+    assert "trident_stages_hung_total 0.0" in metrics
+
+
+def test_a_result_handed_over_just_before_its_worker_dies_is_kept():
+    """A worker process that sends its decode's result and dies at once: the reader thread queues the
+    result and the death back to back, and the death was handled first (the engine's task awaiting
+    the result had not run): the stage failed as lost and was redone, an attempt spent; a request on
+    its last attempt failed with its result in hand (outside review). Here the death is reported right
+    behind the result, as the reader thread does, with one attempt allowed."""
+    import asyncio
+
+    from tridentcore.core.types import Shape, StageKind
+    from tridentcore.runtime.build import build_runtime
+    from tridentcore.runtime.engine import Submission
+
+    async def main():
+        rt = build_runtime("tiny-sd3", "cpu:1", "trident")
+        e = rt.engine
+        e.core.max_attempts = 1
+        (worker,) = e.workers.workers
+        message = worker._message
+        killed = []
+
+        def dies_after_its_decode(gen, msg):
+            message(gen, msg)
+            run = e.state.running.get(msg[1]) if msg[0] == "result" else None
+            if run is not None and run.action.stage == StageKind.DECODE and not killed:
+                killed.append(worker.pid)
+                worker._proc.kill()
+                worker._died(gen, -9)  # (the reader thread's report comes later: a stale generation by then)
+
+        worker._message = dies_after_its_decode
+        await rt.start()
+        rid = e.submit([Submission("tiny-sd3", "a cube", Shape(64, 64, 1, 4), 1)]).ids[0]
+        out = await asyncio.wait_for(e.wait(rid), 120)
+        spans = [(s.stage, s.outcome) for s in e.spans if s.request_id == rid]
+        await e.shutdown(10)
+        return out, killed, spans
+
+    out, killed, spans = asyncio.run(main())
+    assert killed and out.state == "done" and out.result.startswith(b"\x89PNG"), (out.state, out.reason)
+    assert spans == [("encode", "done"), ("diffuse", "done"), ("decode", "done")]
+
+
+def test_a_killed_worker_leaves_no_temporary_folder(tmp_path):
+    """A worker process that has sent a tensor holds a ``pymp-*`` folder (multiprocessing's socket for
+    sharing them); killed, it cannot remove it: each kill left one in $TMPDIR for good (outside test).
+    Each worker's temporary files now go to a folder of its own that the server removes when it ends."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp(prefix="tmpdir-"))  # (short: a socket's path must stay under 108 bytes)
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:1"], env={"TMPDIR": str(tmp)}, timeout_s=180,
+                          folder=tmp_path / "server")
+    try:
+        client = httpx.Client(base_url=server.url, timeout=120)
+        body = {"prompt": "x", "model": "tiny-sd3", "size": "64x64", "steps": 2}
+        assert client.post("/v1/images/generations", json=body).status_code == 200
+        (device,) = client.get("/v1/cluster").json()["devices"]
+        assert sorted(p.name[:4] for p in tmp.iterdir()) == ["pymp", "tw0-"]  # the server's own, the worker's
+        os.kill(device["pid"], signal.SIGKILL)  # the worker process of the server this test started
+        deadline = time.monotonic() + 60
+        while (dev := client.get("/v1/cluster").json()["devices"][0])["pid"] in (device["pid"], None) \
+                or not dev["alive"]:
+            assert time.monotonic() < deadline, dev
+            time.sleep(0.1)
+        assert client.post("/v1/images/generations", json=body).status_code == 200
+        assert len([p for p in tmp.iterdir() if p.name.startswith("tw0-")]) == 1  # the killed one's is gone
+        client.close()
+        assert server.stop() == 0
+        assert list(tmp.iterdir()) == []
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -42,7 +42,7 @@ def check_records(engine: Engine, ids) -> None:
             assert row.finish_s >= max(s.ended_s for s in spans) - 1e-9
     assert engine.state.requests.live == 0
     assert all(b is None for b in engine.state.busy)
-    assert engine.errors == []
+    assert not engine.errors, list(engine.errors)
 
 
 @pytest.mark.parametrize("policy", ["trident", "pipeline-static:degree=1", "pipeline-dynamic", "trident-paper"])

@@ -75,6 +75,7 @@ logger = logging.getLogger(__name__)
 _RATE_ENDS = 256
 _RATE_WINDOW_S = 60.0
 _MAX_RETRY_S = 300.0
+_MAX_ERRORS = 1000  # errors kept for a look (a server that outlives bad events for weeks keeps the latest)
 
 
 class Engine:
@@ -112,7 +113,7 @@ class Engine:
         self._waiters: dict[int, list[asyncio.Future]] = {}
         self._tasks: dict[int, asyncio.Task] = {}  # dispatch id -> its worker task
         self.artifacts = ArtifactCache(config.max_results, config.results_mib << 20)
-        self.errors: list[str] = []
+        self.errors: deque[str] = deque(maxlen=_MAX_ERRORS)  # the latest (each is also logged)
         self.end_listeners: list[Callable[[object], None]] = []  # called with each request record as it ends
         self.forget_listeners: list[Callable[[int], None]] = []  # called with a request id just before it is forgotten
         self._spans_of: dict[int, list[SpanRow]] = {}
@@ -430,9 +431,16 @@ class Engine:
         return dispatch_id in self._tiled
 
     # ------------------------------------------------------------------------------ workers
-    def _worker_lost(self, slot: int, reason: str) -> None:
+    def _worker_lost(self, slot: int, reason: str, delivered: tuple[int, StageResult] | None = None) -> None:
         if getattr(self.workers, "worlds", None) is not None:
             self.workers.worlds.forget([slot])  # its worlds are broken; the next parallel dispatch meets afresh
+        if delivered is not None:  # a result its process handed over just before it ended
+            did, result = delivered
+            run, task = self.state.running.get(did), self._tasks.get(did)
+            if result.ok and run is not None and run.action.gpus == (slot,) and task is not None and not task.done():
+                # the task awaiting it has not run yet: the stage is taken as done, not failed and redone
+                task.cancel()
+                self._post(self._completed(did, run.action.stage, result), result)
         self._post(WorkerLost(slot, reason))
 
     def _worker_restored(self, slot: int) -> None:
@@ -450,10 +458,13 @@ class Engine:
             else:
                 logger.exception("worker %s failed", getattr(worker, "slot", "?"))
         if not self._closed:
-            report = (Completed(did, error=result.error or "worker lost", oom=result.oom) if not result.ok
-                      else Completed(did, result.end_step if task.stage == StageKind.DIFFUSE else None,
-                                     compute_s=result.wall_s / self._scale if result.wall_s > 0 else None))
-            self._post(report, result)
+            self._post(self._completed(did, task.stage, result), result)
+
+    def _completed(self, did: int, stage: StageKind, result: StageResult) -> Completed:
+        if not result.ok:
+            return Completed(did, error=result.error or "worker lost", oom=result.oom)
+        return Completed(did, result.end_step if stage == StageKind.DIFFUSE else None,
+                         compute_s=result.wall_s / self._scale if result.wall_s > 0 else None)
 
     async def _watched(self, did: int, worker, task: StageTask) -> StageResult:
         """``worker.run(task)``; on real devices (time scale 1), a stage still running after

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +27,11 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CpuWorker"]
 
+# A worker's temporary folder, ``$TMPDIR/twN-XXXXXXXX``, holds multiprocessing's ``pymp-*/listener-*``
+# socket, whose path must stay under the 108 bytes of a Unix socket address: with a longer $TMPDIR
+# the worker uses $TMPDIR itself, as it did before (and a killed one leaves its socket folder there).
+_MAX_TMP_CHARS = 60
+
 
 class CpuWorker(Worker):
     """A worker process on this host, computing on the CPU or on one GPU (``device="cuda:I"``);
@@ -33,7 +40,7 @@ class CpuWorker(Worker):
 
     def __init__(self, slot: int, models: Sequence[str], *, threads: int = 1, device: str = "cpu",
                  sources: dict[str, str] | None = None, slowdown: float = 1.0,
-                 on_lost: Callable[[int, str], None] | None = None,
+                 on_lost: Callable[..., None] | None = None,
                  on_restored: Callable[[int], None] | None = None,
                  restart: bool = True, start_timeout_s: float | None = None) -> None:
         self.slot = slot
@@ -65,6 +72,10 @@ class CpuWorker(Worker):
         self._restart_task: asyncio.Task | None = None
         self._generation = 0
         self._was_up = False  # its first start is over: a start now is a restart, which a stop lets finish
+        # the last result handed over (dispatch id, result): its process may die before the engine's task
+        # awaiting it has run; the engine is told of it with the loss (``on_lost``), not to lose it
+        self._delivered: tuple[int, StageResult] | None = None
+        self._tmp: dict[int, str] = {}  # generation -> its process's temporary folder (removed when it ends)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -83,8 +94,11 @@ class CpuWorker(Worker):
         self._flag = ctx.Value("q", -1, lock=False)
         self._generation += 1
         gen = self._generation
+        folder = None
+        if len(tempfile.gettempdir()) <= _MAX_TMP_CHARS:  # (else the socket's path would be too long)
+            folder = self._tmp[gen] = tempfile.mkdtemp(prefix=f"tw{self.slot}-")
         proc = ctx.Process(target=worker_main, args=(self.slot, self.models, child, self._flag, self.threads,
-                                                      self.device, self.sources, self.slowdown),
+                                                      self.device, self.sources, self.slowdown, folder),
                            name=f"trident-worker-{self.slot}", daemon=True)
         with signals_blocked(STOP_SIGNALS):  # born deaf to them: worker_main ignores them, then unblocks
             proc.start()
@@ -148,8 +162,10 @@ class CpuWorker(Worker):
             fut = self._pending.pop(msg[1], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg[2])
+                self._delivered = (msg[1], msg[2])
 
     def _died(self, gen: int, exitcode) -> None:
+        self._remove_tmp(gen)
         if gen != self._generation:
             return
         was_alive = self.alive
@@ -164,8 +180,10 @@ class CpuWorker(Worker):
                     fut.set_result(StageResult(error=reason, lost=True))
             return
         logger.warning("worker %d: %s", self.slot, reason)
+        delivered, self._delivered = self._delivered, None
+        self._steps.clear()
         if was_alive and self.on_lost is not None:
-            self.on_lost(self.slot, reason)  # the engine fails the running dispatch first
+            self.on_lost(self.slot, reason, delivered)  # the engine fails the running dispatch first
         for fut in pending.values():
             if not fut.done():
                 fut.set_result(StageResult(error=reason, lost=True))
@@ -198,7 +216,16 @@ class CpuWorker(Worker):
             while proc.is_alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             self._kill(proc)  # (it ignores SIGTERM)
+            if proc.is_alive():
+                await asyncio.to_thread(proc.join, 5)
         self.alive = False
+        for gen in list(self._tmp):
+            self._remove_tmp(gen)
+
+    def _remove_tmp(self, gen: int) -> None:
+        folder = self._tmp.pop(gen, None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def stopping(self) -> None:
         """The server was told to stop. A worker still loading its pipelines is stopped now (its

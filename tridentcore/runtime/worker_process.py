@@ -209,13 +209,19 @@ def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
 
 
 def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int, device: str = "cpu",
-                 sources: dict[str, str] | None = None, slowdown: float = 1.0) -> None:
+                 sources: dict[str, str] | None = None, slowdown: float = 1.0, tmp_dir: str | None = None) -> None:
     """Entry point of a worker process (``slowdown``: the module's docstring). It ignores SIGINT and
     SIGTERM: its parent stops it (``process_worker``), after draining on it; a Ctrl-C at the terminal,
     or a SIGTERM to the process group (``kill -TERM -PGID``, systemd), reaches every process of the
     group, and a worker that obeyed it would lose the work the server drains. With its parent gone
-    (killed) it ends after its task in hand, when the pipe closes."""
+    (killed) it ends after its task in hand, when the pipe closes. ``tmp_dir``: its temporary files
+    (the socket multiprocessing shares tensors through) go there, a folder its parent removes when it
+    ends: a killed worker cannot remove its own."""
     ignore_signals(STOP_SIGNALS)
+    if tmp_dir:
+        import tempfile
+
+        os.environ["TMPDIR"] = tempfile.tempdir = tmp_dir
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
 
     try:

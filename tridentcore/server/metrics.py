@@ -110,6 +110,24 @@ class Metrics:
                 yield c
 
         self.registry.register(_Refused())
+
+        class _Workers:
+            def collect(self):
+                c = CounterMetricFamily("trident_worker_restarts", "Times a device's worker process was restarted "
+                                        "after it died or was stopped as hung", labels=["device"])
+                first = 0
+                for p in parts:
+                    pool = p.workers.workers
+                    for i, w in enumerate(pool):
+                        c.add_metric([str(first + i)], int(getattr(w, "restarts", 0)))
+                    first += len(pool)
+                yield c
+                hung = CounterMetricFamily("trident_stages_hung", "Stages taken as hung (past their bound): the "
+                                           "worker was stopped and the stage run again")
+                hung.add_metric([], sum(p.hung for p in parts))
+                yield hung
+
+        self.registry.register(_Workers())
         engine.end_listeners.append(self.on_end)
         engine.span_listeners.append(self.on_span)
 
