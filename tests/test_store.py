@@ -410,8 +410,8 @@ def test_a_lock_held_past_the_wait_names_its_holder_and_the_wait(db: Path):
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    assert str(err.value).startswith(f"{db} is locked by process {holder.pid}, whose connection to it conflicts "
-                                     "with this one: waited 0.5 s")
+    assert str(err.value).startswith(f"{db} is held by another process (PID {holder.pid}, python")
+    assert "whose connection to it conflicts with this one, past a wait of 0.5 s" in str(err.value)
 
 
 def test_import_tridentcore_does_not_import_duckdb():

@@ -810,7 +810,7 @@ def test_a_database_another_program_holds_for_writing_is_said_in_words(tmp_path)
         with pytest.raises(duckdb.Error) as info:
             open_readonly(str(db), wait_s=0.2)
         text = data.error_text(info.value)
-        assert text.startswith(f"{db} is held for writing by another process (PID {holder.pid}, python"), text
+        assert text.startswith(f"{db} is held by another process (PID {holder.pid}, python"), text
         assert "Close that, then reload." in text and "duckdb.org" not in text
     finally:
         holder.kill()

@@ -107,6 +107,8 @@ def error_text(exc: BaseException) -> str:
     text = str(exc).strip()
     if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]  # KeyError's str() adds quotes
+    if getattr(exc, "locked", False):  # the store's words (``store.connection``): what to do here
+        return f"{text}. Close that, then reload."
     locked = _LOCKED.search(text)
     if locked:  # DuckDB's words name the holder; say what it means for a reader
         return (f"{locked['path']} is held for writing by another process (PID {locked['pid']}, "

@@ -48,14 +48,18 @@ def check_header(path: str | os.PathLike[str]) -> None:
             "an empty file" if not head else "no DuckDB file header") + ")")
 
 
+_HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>\S+) \(PID (?P<pid>\d+)\)")
+
+
 def _locked(path: Path, exc: Exception, wait_s: float) -> str:
     """A lock conflict that outlasted the wait, said plainly (DuckDB's own text names the holder's
-    PID inside a long "Could not set lock on file" sentence)."""
-    holder = re.search(r"\(PID (\d+)\)", str(exc))
-    who = f"process {holder.group(1)}" if holder else "another process"
-    return (f"{path} is locked by {who}, whose connection to it conflicts with this one: waited {wait_s:g} s "
-            "(TridentServe's own readers and writers hold it for moments; a DuckDB shell or notebook holds it "
-            "until it closes its connection)")
+    PID and program inside a long "Could not set lock on file" sentence and a link)."""
+    holder = _HOLDER.search(str(exc))
+    who = (f"another process (PID {holder['pid']}, {holder['exe'].rsplit('/', 1)[-1]})" if holder
+           else "another process")
+    return (f"{path} is held by {who} whose connection to it conflicts with this one, past a wait of "
+            f"{wait_s:g} s for it to let go: TridentServe's own readers and writers hold it for moments, so "
+            "this is likely another program (a DuckDB shell, a notebook) with it open")
 
 
 def _is_lock_conflict(exc: Exception) -> bool:
@@ -89,7 +93,9 @@ def connect(
             if not _is_lock_conflict(exc):
                 raise
             if time.monotonic() >= deadline:
-                raise duckdb.IOException(_locked(path, exc, wait_s)) from exc
+                err = duckdb.IOException(_locked(path, exc, wait_s))
+                err.locked = True  # (a page adds what to do: close it, then reload)
+                raise err from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
 
