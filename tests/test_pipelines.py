@@ -236,6 +236,17 @@ def test_a_folder_with_damaged_weights_or_a_missing_tokenizer_file_names_it(pipe
     assert f"{weights}: has bytes past its tensors: its tensors need {size} bytes, the file has {size + 10}" in longer
     garbage = damaged("garbage", lambda f: (f / "vae/diffusion_pytorch_model.safetensors").write_bytes(b"x" * 4096))
     assert "vae/diffusion_pytorch_model.safetensors: cut short, or not a safetensors file" in garbage
+    def dangling(f):
+        (f / weights).unlink()
+        (f / weights).symlink_to(f / "gone.safetensors")
+
+    assert f"{weights}: a link to {tmp_path / 'link' / 'gone.safetensors'}, which does not exist" in damaged(
+        "link", dangling)  # (these two read "no file named model.safetensors")
+    assert f"{weights}: a folder, not a weights file" in damaged(
+        "folder", lambda f: ((f / weights).unlink(), (f / weights).mkdir()))
+    index = "transformer/diffusion_pytorch_model.safetensors.index.json"  # (blamed on a config.json)
+    assert f"{index}: not JSON (Expecting property name" in damaged(
+        "index", lambda f: (f / index).write_text('{"weight_map": {oops'))
     no_json = damaged("tokenizer", lambda f: (f / "tokenizer/tokenizer.json").unlink())
     assert "config.json holds" not in no_json and "tokenizer/ holds: tokenizer_config.json" in no_json
     assert re.search(r": tokenizer \(\w+ in tokenizer/\): Couldn't instantiate the backend tokenizer from one of: "

@@ -7,7 +7,9 @@ a tokenizer folder missing its ``tokenizer.json`` said "Couldn't instantiate the
 from one of:" and no more. Here:
 
 * :func:`weights_problems`, before loading: every ``.safetensors`` file's header is read (8 bytes of
-  length, then JSON) and checked against the file's size, without loading a tensor;
+  length, then JSON) and checked against the file's size, without loading a tensor (a dangling link
+  or a folder in its place is said as such), and every JSON file (configs, shard indexes,
+  tokenizers) must parse;
 * :func:`failing_tokenizer`, after a load failed: which tokenizer component cannot be loaded alone,
   and the files its folder holds.
 
@@ -17,11 +19,13 @@ Torch-free (transformers is imported only by :func:`failing_tokenizer`, on the e
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 __all__ = ["failing_tokenizer", "weights_problems"]
 
 _MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on its JSON header
+_MAX_JSON_BYTES = 64 * 2**20  # a component's JSON files parsed before loading (a tokenizer.json: a few MB)
 
 
 def _safetensors_problem(path: Path) -> str:
@@ -63,11 +67,24 @@ def weights_problems(folder: Path) -> list[str]:
     files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*/*.safetensors"))
     out = []
     for f in files:
-        if not f.is_file():
-            continue
-        why = _safetensors_problem(f)
+        if f.is_symlink() and not f.exists():
+            why = f"a link to {os.readlink(f)}, which does not exist"
+        elif f.is_dir():
+            why = "a folder, not a weights file"
+        elif not f.is_file():
+            why = "not a regular file"
+        else:
+            why = _safetensors_problem(f)
         if why:
             out.append(f"{f.relative_to(folder)}: {why}")
+    for f in sorted(folder.glob("*.json")) + sorted(folder.glob("*/*.json")):  # configs, indexes, tokenizers
+        try:
+            if f.is_file() and f.stat().st_size <= _MAX_JSON_BYTES:
+                json.loads(f.read_bytes())
+        except OSError as exc:
+            out.append(f"{f.relative_to(folder)}: cannot be read ({exc.strerror or type(exc).__name__})")
+        except ValueError as exc:  # (UnicodeDecodeError is one)
+            out.append(f"{f.relative_to(folder)}: not JSON ({str(exc)[:120]})")
     return out
 
 
