@@ -219,9 +219,14 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
     ends: a killed worker cannot remove its own."""
     ignore_signals(STOP_SIGNALS)
     if tmp_dir:
+        import shutil
         import tempfile
+        from multiprocessing import util
 
         os.environ["TMPDIR"] = tempfile.tempdir = tmp_dir
+        # removed as it ends, after multiprocessing's own folder in it (exit priority -100): a parent
+        # killed with SIGKILL cannot remove it, and this process then ends when the pipe closes
+        util.Finalize(None, shutil.rmtree, args=(tmp_dir,), kwargs={"ignore_errors": True}, exitpriority=-200)
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions)
 
     try:
