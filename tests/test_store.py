@@ -590,3 +590,20 @@ def test_another_programs_database_with_a_runs_table_is_named_as_such_and_never_
     assert con.execute("SELECT * FROM runs").fetchall() == [(7,)]
     assert {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()} == {"runs"}
     con.close()
+
+
+def test_a_ctrl_c_that_reaches_duckdb_mid_query_is_a_keyboard_interrupt(tmp_path, monkeypatch):
+    """DuckDB turns a Ctrl-C during a query into ``RuntimeError: Query interrupted``: a CI run of
+    `simulate --db NEW` interrupted while the database was being made printed that traceback (exit 1)
+    instead of "interrupted before any policy ran" (exit 130)."""
+    from tridentcore.store import writer
+
+    def interrupted(con):
+        raise RuntimeError("Query interrupted")
+
+    monkeypatch.setattr(writer, "create_schema", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ResultsStore(tmp_path / "new.duckdb").check()
+    monkeypatch.setattr(writer, "create_schema", lambda con: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):
+        ResultsStore(tmp_path / "new.duckdb").check()

@@ -166,11 +166,13 @@ class ResultsStore:
                         raise NotADatabaseError(str(self.path), str(exc)) from None
                 yield con
                 con.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 try:
                     con.execute("ROLLBACK")
                 except Exception:  # the original error is the one worth seeing
                     pass
+                if _interrupted(exc):  # a Ctrl-C that reached DuckDB mid-query is said as one
+                    raise KeyboardInterrupt from exc
                 raise
         finally:
             con.close()
@@ -239,3 +241,13 @@ def new_run_id(policy: str, seed: int, *, now_unix_s: float | None = None, salt:
     slug = re.sub(r"[^a-z0-9]+", "-", policy.lower()).strip("-")[:40].strip("-") or "run"
     digest = hashlib.sha1(f"{now!r}|{policy}|{seed}|{os.getpid()}|{salt}".encode()).hexdigest()[:6]
     return f"{stamp}-{slug}-s{seed}-{digest}"
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """A query DuckDB stopped because a signal (Ctrl-C) came while it ran: ``InterruptException``, or
+    ``RuntimeError: Query interrupted`` as some statements raise it (the writer never interrupts its
+    own queries). A command's Ctrl-C handling then sees it, not a traceback."""
+    import duckdb
+
+    return isinstance(exc, duckdb.InterruptException) or (
+        isinstance(exc, RuntimeError) and str(exc).strip().lower() == "query interrupted")
