@@ -98,23 +98,13 @@ UPLOAD_DIR = Path(tempfile.gettempdir()) / f"trident-workbench-uploads-{os.getui
 UPLOAD_KEEP_S = 7 * 86400  # uploads not used for this long are removed when the next one is saved
 
 
-_LOCKED = re.compile(r'Could not set lock on file "(?P<path>[^"]*)": Conflicting lock is held in (?P<exe>\S+) '
-                     r'\(PID (?P<pid>\d+)\)')
-
-
 def error_text(exc: BaseException) -> str:
     """The message a page shows for an expected failure (never a traceback)."""
     text = str(exc).strip()
     if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
         text = exc.args[0]  # KeyError's str() adds quotes
-    if getattr(exc, "locked", False):  # the store's words (``store.connection``): what to do here
+    if getattr(exc, "locked", False):  # a lock held past the wait, in the store's words: what to do here
         return f"{text}. Close that, then reload."
-    locked = _LOCKED.search(text)
-    if locked:  # DuckDB's words name the holder; say what it means for a reader
-        return (f"{locked['path']} is held for writing by another process (PID {locked['pid']}, "
-                f"{locked['exe'].rsplit('/', 1)[-1]}), past the wait for it to let go: trident's own writers "
-                "hold it for moments, so this is likely another program (a DuckDB shell, a notebook) with it "
-                "open for writing. Close that, then reload.")
     return text or type(exc).__name__
 
 

@@ -602,17 +602,23 @@ class Trident(Elastic, Admission, Policy):
                 return g, []
         for *_, g in candidates:  # make room: evict instances the plan does not want there
             need = view.memory_needed_gib(model, stage, rec.spec.shape, 1, 1, g)
-            spare = [(w, m, s) for (m, s) in view.resident(g) if (m, s) not in plan.get(g, ())
-                     and (m, s) != (model, stage) for w in (view.instance_gib(m, s),)]
-            evict, free = [], view.free_gib(g)
-            for w, m, s in sorted(spare, reverse=True):
-                if free >= need:
-                    break
-                evict.append(Evict(m, s, g))
-                free += w
-            if free >= need - 1e-9:
+            evict = self._room_on(view, g, need, [i for i in view.resident(g) if i not in plan.get(g, ())
+                                                  and i != (model, stage)])
+            if evict is not None:
                 return g, evict
         return None, []
+
+    @staticmethod
+    def _room_on(view, g, need, spare) -> list[Action] | None:
+        """The evictions, of the ``spare`` instances on ``g``, largest first, that leave ``need`` GiB
+        free there (None: even all of them do not)."""
+        evict, free = [], view.free_gib(g)
+        for w, m, s in sorted(((view.instance_gib(m, s), m, s) for m, s in spare), reverse=True):
+            if free >= need:
+                break
+            evict.append(Evict(m, s, g))
+            free += w
+        return evict if free >= need - 1e-9 else None
 
     def _first_one(self, view, idle, reserved, now, dur, prefer, held, planned) -> int | None:
         """The first of ``_pick_one``'s ranking without ranking every idle GPU: the usable idle GPUs
@@ -707,14 +713,9 @@ class Trident(Elastic, Admission, Policy):
         for _, usable in options:  # make room: the fewest evictions, the largest instances first
             room = []
             for g in usable:
-                need, free, out = (act if g in held else weights + act), view.free_gib(g), []
-                for w, m, s in sorted(((view.instance_gib(m, s), m, s) for m, s in view.resident(g)
-                                       if (m, s) != (model, StageKind.DIFFUSE)), reverse=True):
-                    if free >= need - 1e-9:
-                        break
-                    out.append(Evict(m, s, g))
-                    free += w
-                if free >= need - 1e-9:
+                out = self._room_on(view, g, act if g in held else weights + act,
+                                    [i for i in view.resident(g) if i != (model, StageKind.DIFFUSE)])
+                if out is not None:
                     room.append((len(out), g, out))
             if len(room) >= d:
                 room.sort(key=lambda r: r[:2])
