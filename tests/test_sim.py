@@ -404,6 +404,29 @@ classes:
     assert flux  # on GPUs made room on
 
 
+@pytest.mark.parametrize("policy", ["pipeline-static", "pipeline-dynamic", "trident-paper"])
+def test_a_pipeline_level_deployment_that_does_not_fit_a_gpu_is_refused_at_start(tmp_path, policy):
+    """Fuzzed (outside test): every stage of sd3-medium and wan2.1-1.3b on every 24 GiB GPU is 27.8
+    GiB of weights. It was placed anyway: the GPUs held more than they have, and every request ran out
+    of memory. The deployment is refused, with its size and the GPU's."""
+    from tridentcore.bench.scenario import load_scenario, run_one
+    from tridentcore.bench.spec import RunSpec
+    from tridentcore.core.policy import PolicyError
+
+    (tmp_path / "cluster.yaml").write_text("nodes: 1\ngpus_per_node: 4\nkind: H200\nmem_gib: 24\n")
+    small = load_scenario(RunSpec(profile="h200", cluster=str(tmp_path / "cluster.yaml"), mix="image-video",
+                                  rate=0.2, duration_s=60))
+    with pytest.raises(PolicyError, match=r"27\.8 GiB of weights, more than GPU 0's 24\.0 GiB"):
+        run_one(small, policy, 0.2)
+    res = run_one(small, "trident", 0.2)  # stage-level: each stage where it fits
+    assert res.requests and {r.state for r in res.requests} == {"done"}
+    # on a GPU that holds it all, the same deployment serves
+    (tmp_path / "cluster.yaml").write_text("nodes: 1\ngpus_per_node: 4\nkind: H200\nmem_gib: 60\n")
+    big = load_scenario(RunSpec(profile="h200", cluster=str(tmp_path / "cluster.yaml"), mix="image-video",
+                                rate=0.2, duration_s=60))
+    assert {r.state for r in run_one(big, policy, 0.2).requests} == {"done"}
+
+
 def test_a_policy_that_leaves_requests_waiting_on_an_idle_cluster_is_a_bug_not_a_hang():
     from tridentcore.core.driver import PolicyBug
     from tridentcore.core.policy import Policy

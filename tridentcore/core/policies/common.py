@@ -35,8 +35,20 @@ def pipeline_seconds(cost: CostModel, kind: str, model: str, shape: Shape, degre
             + cost.latency_s(model, StageKind.DECODE, shape, 1, 1, kind))
 
 
-def place_everything(view: ClusterView, models, stages=STAGES):
-    """Place actions putting every stage of every model on every GPU (pipeline-level deployment)."""
-    from ..events import Place
+def place_everything(view: ClusterView, models, stages=STAGES, policy: str = "pipeline-level"):
+    """Place actions putting every stage of every model on every GPU (pipeline-level deployment).
 
+    Raises ``PolicyError`` where those weights exceed a GPU's memory: the deployment cannot exist
+    (placed anyway, the GPU held more than it has and every request ran out of memory)."""
+    from ..events import Place
+    from ..policy import PolicyError
+
+    need = sum(view.instance_gib(m, s) for m in models for s in stages)
+    small = [g for g in range(view.num_gpus) if need > view.mem_gib(g) + 1e-9]
+    if small:
+        names = ", ".join(models)
+        raise PolicyError(
+            f"{policy}: every GPU holds every stage of every model ({names}): {need:.1f} GiB of weights, "
+            f"more than GPU {small[0]}'s {view.mem_gib(small[0]):.1f} GiB; serve fewer models, use GPUs "
+            f"with more memory, or a stage-level policy (trident)")
     return [Place(m, s, g) for g in range(view.num_gpus) for m in models for s in stages]

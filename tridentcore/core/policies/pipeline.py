@@ -90,7 +90,7 @@ class PipelineStatic(_PipelineBase):
             if d < k and view.cost.splits(m):
                 log.warning("pipeline-static: %s's diffuse splits at most %d ways (%d attention heads): each "
                             "replica of %d GPUs runs it on %d of them", m, d, view.cost.heads.get(m, 0), k, d)
-        return place_everything(view, models)
+        return place_everything(view, models, policy=self.name)
 
     def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
         if isinstance(event, RequestArrived):
@@ -156,7 +156,7 @@ class PipelineDynamic(_PipelineBase):
         self.queue: deque[int] = deque()
         self.degree_of: dict[int, int] = {}
         self.again: deque[tuple[int, StageKind, int]] = deque()  # (request, stage lost with a worker, degree)
-        return place_everything(view, models)
+        return place_everything(view, models, policy=self.name)
 
     def on_event(self, view: ClusterView, event, now: float) -> list[Action]:
         actions: list[Action] = []

@@ -144,7 +144,7 @@ class TridentPaper(Policy):
         self.queue: list[tuple[float, int]] = []  # (deadline, request id), sorted: waiting for the program
         self.decode_queue: deque[tuple[tuple[int, ...], tuple[int, ...]]] = deque()  # (request ids, diffuse group)
         self.paths: Counter[str] = Counter()
-        return place_everything(view, models)
+        return place_everything(view, models, policy=self.name)
 
     def _latency(self, view: ClusterView, model: str, stage: StageKind, shape: Shape | None, batch: int, degree: int) -> float:
         key = (model, stage, shape, batch, degree)
