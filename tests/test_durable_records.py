@@ -291,3 +291,94 @@ def test_a_shutdown_that_cuts_requests_short_is_interrupted(tmp_path):
     run = _one(db, "SELECT status, (SELECT list(state) FROM requests) AS states FROM runs")
     assert run["status"] == "interrupted" and list(run["states"]) == ["failed"]
     assert not pending_journals(db)
+
+
+def _mount_tmpfs(where: Path, mib: int) -> None:
+    where.mkdir()
+    got = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(where)], capture_output=True,
+                         text=True)
+    if got.returncode != 0:
+        pytest.skip(f"a full disk needs a small file system; cannot mount a tmpfs here: {got.stderr.strip()}")
+
+
+def _fill(folder: Path) -> Path:
+    """A file that takes every free byte of ``folder``'s file system."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        with pytest.raises(OSError, match="No space left"):
+            while True:
+                f.write(b"\0" * 65536)
+    with open(filler, "ab", buffering=0) as f:  # the last partial chunk's room too
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 512)
+    return filler
+
+
+def test_a_full_disk_refuses_new_work_and_loses_no_accepted_request(tmp_path):
+    """Outside test: with the journal's disk full the server answered 202 to 300 more requests, ran
+    them, said `/healthz` ok, and its SIGTERM exit lost their rows (1,500 acknowledged, 1,200 stored),
+    no count given. Now: while the journal cannot be written new requests are refused (503
+    records_unwritable, /healthz 503 saying why), accepted again once it can; a stop on a full disk
+    waits up to --db-wait for room. Every request answered 200 is stored, once."""
+    small = tmp_path / "small"
+    _mount_tmpfs(small, 24)
+    db = small / "f.duckdb"
+    server = None
+    try:
+        server = start_server([*ARGS, "--db", str(db), "--run-id", "full", "--db-wait", "20"])
+        ok = 0
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            def generate(i: int) -> httpx.Response:
+                return client.post("/v1/images/generations", json={**BODY, "seed": i, "response_format": "url"})
+
+            for i in range(5):
+                assert generate(i).status_code == 200
+                ok += 1
+            time.sleep(1.5)  # in DuckDB (its file has its size before the disk fills)
+            filler = _fill(small)
+            refused = None
+            for i in range(5, 400):  # accepted until the journal's last page is full, then refused
+                got = generate(i)
+                if got.status_code == 200:
+                    ok += 1
+                    continue
+                refused = got
+                break
+            assert refused is not None and refused.status_code == 503, server.log()[-3000:]
+            body = refused.json()["error"]
+            assert body["code"] == "records_unwritable" and "No space left on device" in body["message"]
+            assert refused.headers["Retry-After"] == "5"
+            health = client.get("/healthz")
+            assert health.status_code == 503 and "cannot be written" in health.json()["records"]
+            filler.unlink()  # room again: accepted again at the next flush
+            deadline = time.monotonic() + 15
+            while generate(1000).status_code != 200:
+                assert time.monotonic() < deadline, server.log()[-3000:]
+                time.sleep(0.3)
+            ok += 1
+            assert client.get("/healthz").status_code == 200
+            for i in range(3):
+                assert generate(2000 + i).status_code == 200
+                ok += 1
+            filler = _fill(small)  # full again as it stops: the stop waits for room
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(2.0)
+        assert server.proc.poll() is None, server.log()[-3000:]  # waiting for room (--db-wait 20)
+        filler.unlink()
+        code = server.proc.wait(60)
+        log = server.log()
+        assert code == 0, log[-3000:]
+        assert "trying again" in log and "written again after" in log
+        server.stop()
+        run = _one(db, "SELECT status, config_json FROM runs WHERE run_id = 'full'")
+        assert run["status"] == "done"
+        assert json.loads(run["config_json"])["refused"]["records_unwritable"] >= 1
+        got = _one(db, "SELECT count(*) AS n, count(DISTINCT request_id) AS ids, count(*) FILTER (WHERE state = 'done') "
+                       "AS done FROM requests")
+        assert got == {"n": ok, "ids": ok, "done": ok}, (got, ok)
+        assert not pending_journals(db)
+    finally:
+        if server is not None:
+            server.stop()
+        subprocess.run(["umount", str(small)], check=False)

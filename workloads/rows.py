@@ -22,7 +22,8 @@ __all__ = ["ERROR_STATES", "absorb_response", "base_row", "store_rows", "unwrita
 
 # the API's error codes -> the row's state
 ERROR_STATES = {"rejected": "rejected", "failed": "failed", "cancelled": "cancelled",
-                "queue_full": "refused", "shutting_down": "refused"}
+                "queue_full": "refused", "shutting_down": "refused", "no_devices": "refused",
+                "records_unwritable": "refused"}
 
 
 def base_row(a: Arrival) -> dict:

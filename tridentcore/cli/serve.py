@@ -26,8 +26,8 @@ def serve(
                                       "happen (a journal next to it, FILE.journal/, holds what is not in yet; a crashed "
                                       "run's journal is ingested at the next start or by `trident runs recover`)."),
     db_wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds the final write waits for another process's "
-                                                                   "lock on --db; past it the server exits 1 and its "
-                                                                   "journal keeps the rows."),
+                                                                   "lock on --db (and for room on a full disk); past it "
+                                                                   "the server exits 1 and its journal keeps the rows."),
     time_scale: float = typer.Option(DEFAULT_TIME_SCALE, min=0.0, max=MAX_SCALE, help="Emulated devices: wall seconds per cost-model second (0: zero-cost)."),
     profile: str = typer.Option(None, help="Cost profile (default: h200 for emulated and cuda, cpu for cpu:N) or a CSV "
                                            "path; with mixed kinds it applies to all but cpu, or give KIND=NAME pairs."),

@@ -68,7 +68,7 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    code: str  # queue_full | shutting_down
+    code: str  # queue_full | shutting_down | no_devices | records_unwritable
     reason: str
     retry_after_s: float = 0.0
 

@@ -75,6 +75,7 @@ logger = logging.getLogger(__name__)
 _RATE_ENDS = 256
 _RATE_WINDOW_S = 60.0
 _MAX_RETRY_S = 300.0
+RECORDS_RETRY_S = 5.0  # Retry-After while the run's records cannot be written
 _MAX_ERRORS = 1000  # errors kept for a look (a server that outlives bad events for weeks keeps the latest)
 
 
@@ -124,6 +125,9 @@ class Engine:
         self.streaming = False  # stream_records(): every row goes to the listeners' journal, none is kept
         self.forgotten = 0
         self.refused: dict[str, int] = {}  # submissions turned away before admission (items), by code
+        # why the run's records cannot be written now (its journal: a full disk): new work is refused
+        # meanwhile (503 records_unwritable), so that no request is accepted that could not be recorded
+        self.records_down = ""
         self.hung = 0  # stages whose worker was taken as hung and stopped (_watched)
         self._faults = {stage: n for stage, n in config.inject_oom if n > 0}  # stage -> injections left
         self._tiled: dict[int, int] = {}  # decode dispatches run tiled (retried after an OOM) -> requests kept
@@ -347,6 +351,10 @@ class Engine:
         if self._closing or not self.started:
             self.note_refused("shutting_down", len(items))
             return Refused("shutting_down", "the server is shutting down" if self._closing else "not started yet")
+        if self.records_down:
+            self.note_refused("records_unwritable", len(items))
+            return Refused("records_unwritable", f"{self.records_down}: a request accepted now could not be recorded",
+                           RECORDS_RETRY_S)
         down_s = self.devices_down_s()
         if down_s >= self.config.no_device_timeout_s:
             self.note_refused("no_devices", len(items))

@@ -155,6 +155,8 @@ class RunRecords:
         self._last_ingest = 0.0
         self._last_line = 0.0
         self._busy_since: float | None = None  # the store refused our ingests since (locked)
+        self._down_since: float | None = None  # the journal could not be written since (a full disk)
+        self._refused_before = 0
         self.started = False
         self.problem = ""  # why the run is not (all) in the store, once close() says so
         self.stored = False  # close() stored it all
@@ -240,9 +242,22 @@ class RunRecords:
         except OSError as exc:
             self._unwritten = lines
             self.journal_errors += 1
-            logger.error("could not write the journal %s (%s); %d lines wait in memory", self.journal.path, exc,
-                         len(lines))
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                self._refused_before = self._refused()
+            why = f"the run's journal {self.journal.path} cannot be written ({exc.strerror or exc})"
+            for e in _parts(self.run):  # no request is accepted that could not be recorded
+                e.records_down = why
+            logger.error("could not write the journal %s (%s); %d lines wait in memory, new requests are refused "
+                         "(503 records_unwritable)", self.journal.path, exc, len(lines))
             return False
+        if self._down_since is not None:
+            for e in _parts(self.run):
+                e.records_down = ""
+            logger.warning("journal %s written again after %.1f s; %d requests were refused meanwhile",
+                           self.journal.path, time.monotonic() - self._down_since,
+                           self._refused() - self._refused_before)
+            self._down_since = None
         if wait_s is None or not self.ingester.pending():
             return True
         self._last_ingest = time.monotonic()
@@ -279,18 +294,30 @@ class RunRecords:
         lines.append(end_line(meta, {"requests": unfinished, "gpu_samples": run.gpu_samples()}))
         return await asyncio.to_thread(self._finish, lines)
 
+    def _refused(self) -> int:
+        return sum(e.refused.get("records_unwritable", 0) for e in _parts(self.run))
+
     def _finish(self, lines: list[dict]) -> bool:
         lines = self._unwritten + lines
         self._unwritten = []
-        try:
-            self.ingester.wrote(*self.journal.append(lines))
-        except OSError as exc:
-            self.journal.close()
-            self.problem = (f"could not write the end of the run's journal {self.journal.path} ({exc}); what it "
-                            f"holds is recoverable (run {self.run_id} is stored as crashed): "
-                            f"trident runs recover --db {self.db}")
-            logger.error("%s", self.problem)
-            return False
+        give_up = time.monotonic() + self.final_wait_s  # a full disk may get room (as --db-wait waits for a lock)
+        while True:
+            try:
+                self.ingester.wrote(*self.journal.append(lines))
+                break
+            except OSError as exc:
+                if time.monotonic() >= give_up:
+                    self.journal.close()
+                    ended, arrived = _requests_in(lines)
+                    self.problem = (f"could not write the end of the run's journal {self.journal.path} ({exc}) "
+                                    f"within {self.final_wait_s:g} s: the endings of {ended} requests and the "
+                                    f"arrivals of {arrived} are lost; what the journal holds is recoverable "
+                                    f"(run {self.run_id} is stored as crashed): trident runs recover --db {self.db}")
+                    logger.error("%s", self.problem)
+                    return False
+                logger.warning("could not write the end of the run's journal %s (%s); trying again for up to "
+                               "%.0f s", self.journal.path, exc, give_up - time.monotonic())
+                time.sleep(min(0.5, max(0.0, give_up - time.monotonic())))
         try:
             self.ingester.ingest(self.final_wait_s)
         except Exception as exc:  # noqa: BLE001 - reported, never hidden: the exit status says so
@@ -320,6 +347,14 @@ class RunRecords:
             self.journal.close()
         else:
             self.journal.remove()
+
+
+def _requests_in(lines: list[dict]) -> tuple[int, int]:
+    """(request rows, arrivals) that journal ``lines`` hold."""
+    from ..store.journal import _count
+
+    return (sum(_count((line.get("tables") or {}).get("requests")) for line in lines),
+            sum(_count(line.get("arrivals")) for line in lines))
 
 
 def _short(exc: BaseException) -> str:

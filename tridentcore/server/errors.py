@@ -47,6 +47,7 @@ STATUS: dict[str, int] = {
     "unauthorized": 401,
     "shutting_down": 503,
     "no_devices": 503,  # every device lost for --no-device-timeout seconds: come back after Retry-After
+    "records_unwritable": 503,  # with --db: the run's journal cannot be written (a full disk); come back later
     # how a generation ended, when it did not end "done"
     "rejected": 503,  # the policy turned it away (no capacity to meet it, can never fit)
     "failed": 500,  # a stage failed too often, or the server shut down under it

@@ -103,9 +103,10 @@ class Metrics:
         class _Refused:
             def collect(self):
                 c = CounterMetricFamily("trident_requests_refused", "Requests turned away before admission (never "
-                                        "in the run's rows): 429 queue_full, 503 shutting_down, 503 no_devices",
+                                        "in the run's rows): 429 queue_full, 503 shutting_down, 503 no_devices, "
+                                        "503 records_unwritable",
                                         labels=["reason"])
-                for reason in ("queue_full", "shutting_down", "no_devices"):
+                for reason in ("queue_full", "shutting_down", "no_devices", "records_unwritable"):
                     c.add_metric([reason], sum(p.refused.get(reason, 0) for p in parts))
                 yield c
 

@@ -33,11 +33,15 @@ async def prometheus(metrics: Metrics = Depends(deps.metrics)) -> Response:
 
 
 @router.get("/healthz", responses={503: {"content": {"application/json": {}},
-                                         "description": "no device is alive, or the server is closing (ok false)"}})
+                                         "description": "no device is alive, the server is closing, or its run's "
+                                                        "records cannot be written (ok false)"}})
 async def healthz(runtime: Runtime = Depends(deps.runtime)) -> JSONResponse:
     engine = runtime.engine
     snap = engine.snapshot()
     alive = sum(1 for d in snap["devices"] if d["alive"])
-    ok = alive > 0 and not engine.closing
-    return JSONResponse({"ok": ok, "devices_alive": alive, "devices": len(snap["devices"]),
-                         "live_requests": snap["live_requests"]}, status_code=200 if ok else 503)
+    records = next((p.records_down for p in getattr(engine, "parts", None) or [engine] if p.records_down), "")
+    ok = alive > 0 and not engine.closing and not records
+    body = {"ok": ok, "devices_alive": alive, "devices": len(snap["devices"]), "live_requests": snap["live_requests"]}
+    if records:
+        body["records"] = records
+    return JSONResponse(body, status_code=200 if ok else 503)

@@ -19,9 +19,11 @@ from . import deps
 router = APIRouter(tags=["generation"], dependencies=[Depends(deps.authorized)])
 
 # what a generation may answer besides 200: the body (400, 408, 413, 422), the key (401), the model (404), the
-# queue (429), the server closing or without a device (503), and how the generation ended when it did not end done
+# queue (429), the server closing, without a device or unable to record the run (503), and how the generation
+# ended when it did not end done
 _ERRORS = responses("bad_request", "unauthorized", "unknown_model", "too_large", "body_timeout", "invalid",
-                   "queue_full", "shutting_down", "no_devices", "rejected", "failed", "cancelled", "gone")
+                   "queue_full", "shutting_down", "no_devices", "records_unwritable", "rejected", "failed",
+                   "cancelled", "gone")
 
 
 @router.post("/v1/images/generations", responses=_ERRORS)
