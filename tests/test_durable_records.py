@@ -142,6 +142,81 @@ def test_ingest_is_idempotent_and_catches_up(tmp_path):
     assert query_readonly(db, "SELECT seq FROM journal_ingests ORDER BY seq").seq.tolist() == [2, 3, 4]
 
 
+def _damaged_journal(db: Path, run_id: str, damage) -> Path:
+    """A dead server's journal of three lines plus one more request (``_request(3)``), then ``damage``
+    (lines -> lines) applied to its text."""
+    journal = _journal_of_three(db, run_id)
+    journal.append(rows_lines({"requests": [_request(3)]}, [], 3.0, 1.0))
+    journal.close()
+    lines = journal.path.read_text().splitlines(keepends=True)
+    journal.path.write_text("".join(damage(lines)))
+    return journal.path
+
+
+@pytest.mark.parametrize("damage, kept", [
+    (lambda ls: [*ls, "[1,2]\n"], [0, 1, 3]),  # valid JSON, not a journal line: was a traceback
+    (lambda ls: [*ls, "null\n"], [0, 1, 3]),
+    (lambda ls: [*ls, "\0\xff garbage\n"], [0, 1, 3]),  # garbage at the end: the whole run was refused
+    (lambda ls: [ls[0], ls[1], "X" + ls[2], ls[3]], [3]),  # a line in the middle broken: its rows only
+    (lambda ls: [*ls, ls[-1]], [0, 1, 3]),  # the last line twice: its rows were stored twice
+    (lambda ls: ["42\n", *ls[1:]], [0, 1, 3]),  # the open line gone: the start line names the run
+])
+def test_a_damaged_journal_is_recovered_line_by_line_and_kept(tmp_path, damage, kept):
+    """Outside test: a journal line that was JSON but not an object (``[1,2]``, ``null``, ``42``)
+    crashed `runs recover` and `serve --db` with a traceback (AttributeError); any damaged line kept
+    the whole run out of the store (it stayed ``running``); a line written twice stored its rows
+    twice. Every good line is stored now, the damaged ones named, and the journal kept for a look."""
+    db = tmp_path / "d.duckdb"
+    path = _damaged_journal(db, "dmg", damage)
+    out = _cli("runs", "recover", "--db", str(db))
+    assert out.exit_code == 0, out.output
+    assert "recovered run dmg" in out.output and "status crashed" in out.output
+    assert "damaged line" in out.output and "left out" in out.output and ".damaged" in out.output
+    assert not pending_journals(db) and path.with_name(path.name + ".damaged").exists()
+    assert _one(db, "SELECT status FROM runs WHERE run_id = 'dmg'")["status"] == "crashed"
+    got = query_readonly(db, "SELECT request_id, state FROM requests WHERE state = 'done' ORDER BY request_id")
+    assert got.request_id.tolist() == kept
+
+
+def test_a_journal_another_recovery_holds_is_not_said_to_be_served(tmp_path):
+    """Outside test: of two `runs recover` at once, the one that lost the lock said `left run ...: its
+    server is running (owned by pid N)`, N the dead server's."""
+    from tridentcore.store.journal import try_lock
+
+    db = tmp_path / "b.duckdb"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = _damaged_journal(db, "raced", lambda ls: [ls[0].replace(f'"pid": {os.getpid()}', f'"pid": {dead.pid}'),
+                                                       *ls[1:]])
+    assert f'"pid": {dead.pid}' in path.read_text()
+    fd = os.open(path, os.O_RDWR)  # another recovery, under way
+    try:
+        assert try_lock(fd)
+        out = _cli("runs", "recover", "--db", str(db))
+    finally:
+        os.close(fd)
+    assert out.exit_code == 0 and "its server is running" not in out.output
+    assert f"left run raced: another process is recovering it (its server, pid {dead.pid}" in out.output, out.output
+    assert "recovered run raced" in _cli("runs", "recover", "--db", str(db)).output
+
+
+def test_recovery_names_what_is_not_a_journal_and_goes_on_with_the_rest(tmp_path):
+    """Outside test: a folder named like a journal stopped the whole recovery with a bare
+    `[Errno 21] Is a directory` (the real journal after it was left `running`); a dangling link was
+    reported as `recovered run zz: 0 rows (0 requests), status `."""
+    db = tmp_path / "n.duckdb"
+    _damaged_journal(db, "real", lambda ls: ls)
+    folder = db.with_name(db.name + ".journal")
+    (folder / "00.jsonl").mkdir()
+    (folder / "zz.jsonl").symlink_to(tmp_path / "nowhere")
+    out = _cli("runs", "recover", "--db", str(db))
+    assert out.exit_code == 1  # two could not be recovered (they stay)
+    assert "could not recover run 00" in out.output and "a folder, not a journal" in out.output
+    assert "could not recover run zz" in out.output and "which does not exist" in out.output
+    assert "recovered run real: 10 rows (4 requests), status crashed" in out.output, out.output
+    assert _one(db, "SELECT status FROM runs WHERE run_id = 'real'")["status"] == "crashed"
+
+
 # ------------------------------------------------------------------------------ real servers
 def _serve(n: int, url: str) -> list[float]:
     """``n`` requests, one after another; the monotonic time each answer came back."""

@@ -219,9 +219,12 @@ def runs_recover(
         fail(one_line(db_message(exc, db)))
     for r in done:
         if r.outcome == "ingested":
-            typer.echo(f"recovered run {r.run_id}: {r.rows} rows ({r.requests} requests), status {r.status}")
+            typer.echo(f"recovered run {r.run_id}: {r.rows} rows ({r.requests} requests), status {r.status}"
+                       + (f"; {r.message}" if r.message else ""))
         elif r.outcome == "live":
             typer.echo(f"left run {r.run_id}: its server is running ({r.message})")
+        elif r.outcome in ("busy", "gone"):
+            typer.echo(f"left run {r.run_id}: {r.message}")
         elif r.outcome == "empty":
             typer.echo(f"removed the journal of run {r.run_id}: {r.message}")
         else:

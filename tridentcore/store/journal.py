@@ -19,7 +19,8 @@ The file: JSON lines, each with a sequence number ``seq`` (0, 1, 2, ...) and a `
   journal of a dead process), the rows only the end knows (``gpu_samples``, requests never ended).
 
 A line is at most :data:`MAX_LINE_ROWS` rows; a torn last line (the process died mid-write) is
-ignored. Each ingest transaction also inserts a ``journal_ingests`` row with the last ``seq`` it
+ignored. A recovery stores every good line of a damaged journal (a line that is not a journal line,
+or repeats a ``seq``, is left out and named) and keeps the file as ``<run id>.jsonl.damaged``. Each ingest transaction also inserts a ``journal_ingests`` row with the last ``seq`` it
 holds, so an ingest retried after a failure, or repeated by a recovery, never inserts a row twice.
 
 **Ownership.** The owner holds an exclusive ``flock`` on its journal for as long as it lives; the
@@ -29,7 +30,7 @@ if the name exists), so reserving a run id is atomic and a live server's journal
 for a dead one. A recovery takes the same lock before it touches a journal. (``flock`` needs a local
 file system: on NFS a live server's lock may not be seen by another host.)
 
-One module of about 630 lines: the writer, the ingester and the recovery share the line format,
+One module of about 700 lines: the writer, the ingester and the recovery share the line format,
 the lock and the ingest bookkeeping, and each is needed to read the others.
 """
 
@@ -149,14 +150,35 @@ def try_lock(fd: int) -> bool:
         raise
 
 
+def _writer_of(path: Path) -> tuple[object, object]:
+    """(pid, host) of the process that opened the journal, as its ``open`` line says (None: unknown)."""
+    try:
+        with open(path, "rb") as f:
+            first = _parsed(f.readline())
+    except OSError:
+        return None, None
+    return (first.get("pid"), first.get("host")) if first is not None else (None, None)
+
+
 def _owner_of(path: Path) -> str:
     """What the journal's ``open`` line says about its owner, for messages."""
+    pid, host = _writer_of(path)
+    return f"pid {pid} on {host}" if pid is not None else "an unknown process"
+
+
+def _writer_gone(path: Path) -> bool:
+    """Whether the process that opened the journal ran on this host and is gone (its lock is then held
+    by someone else: a recovery)."""
+    pid, host = _writer_of(path)
+    if host != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
     try:
-        with open(path, encoding="utf-8") as f:
-            first = json.loads(f.readline())
-        return f"pid {first.get('pid')} on {first.get('host')}"
-    except (OSError, ValueError):
-        return "an unknown process"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 class Journal:
@@ -268,21 +290,38 @@ def _taken_message(db, run_id: str, path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------- reading
-def read_lines(path: Path, offset: int = 0) -> tuple[list[dict], int]:
+def _parsed(raw: bytes) -> dict | None:
+    """A journal line as written (a JSON object with an integer ``seq`` and a text ``kind``), or None."""
+    try:
+        line = json.loads(raw)
+    except ValueError:
+        return None
+    if (not isinstance(line, dict) or not isinstance(line.get("seq"), int) or isinstance(line.get("seq"), bool)
+            or not isinstance(line.get("kind"), str)):
+        return None
+    return line
+
+
+def read_lines(path: Path, offset: int = 0, skipped: list[int] | None = None) -> tuple[list[dict], int]:
     """The complete lines of a journal from byte ``offset``, and the offset after the last of them.
-    A torn last line (no newline: its writer died mid-write) is left out; a damaged line before the
-    end is a :class:`JournalError`."""
+    A torn last line (no newline: its writer died mid-write) is left out. A damaged line before the
+    end (not a journal line, or a ``seq`` not above the one before: a line written twice) is a
+    :class:`JournalError`; with ``skipped`` given, it is left out and its byte offset appended there
+    (a recovery keeps every good line)."""
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read()
     end = data.rfind(b"\n") + 1
-    out = []
+    out: list[dict] = []
     pos = 0
     for raw in data[:end].split(b"\n")[:-1]:
-        try:
-            out.append(json.loads(raw))
-        except ValueError:
-            raise JournalError(f"{path}: damaged line at byte {offset + pos}") from None
+        line = _parsed(raw)
+        if line is None or (out and line["seq"] <= out[-1]["seq"]):
+            if skipped is None:
+                raise JournalError(f"{path}: damaged line at byte {offset + pos}")
+            skipped.append(offset + pos)
+        else:
+            out.append(line)
         pos += len(raw) + 1
     return out, offset + end
 
@@ -301,6 +340,7 @@ class Ingester:
     run_id: str | None = None
     schema_ok: bool = False  # this process has made sure the schema is there
     ingested_rows: int = 0  # rows this ingester inserted
+    skipped: list[int] | None = None  # a recovery's: damaged lines are left out, their offsets noted here
     # the journal's writer hands over what it appended (:meth:`wrote`), so its own lines need not be
     # read back and parsed again; dropped (and the file read instead) past MAX_CACHED_ROWS
     _cache: list[dict] = dataclasses.field(default_factory=list)
@@ -343,7 +383,7 @@ class Ingester:
             lines, end = list(self._cache), self._cache_end
         else:
             self._drop_cache()
-            lines, end = read_lines(self.path, self.offset)
+            lines, end = read_lines(self.path, self.offset, self.skipped)
         inserted = 0
         while lines:
             batch, rows = [], 0
@@ -458,7 +498,9 @@ class Recovery:
 
     run_id: str
     path: Path
-    outcome: str  # ingested | live (another process owns it) | empty (the server never started) | failed
+    # ingested | live (its server runs) | busy (another recovery holds it) | gone (recovered by another
+    # process meanwhile) | empty (the server never started) | failed
+    outcome: str
     status: str = ""  # the run's status as stored (crashed, or done / interrupted when it had ended)
     rows: int = 0  # rows this recovery inserted
     requests: int = 0  # request rows the journal holds
@@ -477,29 +519,37 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
     """:func:`recover` for one journal."""
     from .writer import ResultsStore
 
+    named = urllib.parse.unquote(path.name.removesuffix(".jsonl"))
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
-    except FileNotFoundError:  # recovered (and deleted) by someone else meanwhile
-        return Recovery(urllib.parse.unquote(path.stem), path, "ingested", message="recovered by another process")
+    except FileNotFoundError:
+        if path.is_symlink():
+            return Recovery(named, path, "failed", message=f"a link to {os.readlink(path)}, which does not exist")
+        return Recovery(named, path, "gone", message="recovered by another process meanwhile")
+    except OSError as exc:  # a folder by that name, a file it may not write (immutable, read-only disk)
+        what = "a folder, not a journal" if path.is_dir() else f"cannot open it for writing: {exc.strerror or exc}"
+        return Recovery(named, path, "failed", message=what)
     try:
         if not try_lock(fd):
+            if _writer_gone(path):
+                return Recovery(_safe_run_id(path), path, "busy",
+                                message=f"another process is recovering it (its server, {_owner_of(path)}, is gone)")
             return Recovery(_safe_run_id(path), path, "live", message=f"owned by {_owner_of(path)}")
         if not path.exists():
-            return Recovery(_safe_run_id(path), path, "ingested", message="recovered by another process")
-        try:
-            lines, good = read_lines(path)
-        except JournalError as exc:
-            return Recovery(_safe_run_id(path), path, "failed", message=str(exc))
+            return Recovery(named, path, "gone", message="recovered by another process meanwhile")
+        skipped: list[int] = []
+        lines, good = read_lines(path, skipped=skipped)
         if os.fstat(fd).st_size > good:
             os.ftruncate(fd, good)  # a line its dead writer tore: never complete, never ingested
-        if not lines or lines[0].get("kind") != "open":
-            return Recovery(_safe_run_id(path), path, "failed", message="not a journal (no open line)")
-        run_id = lines[0]["run_id"]
-        if not any(line.get("kind") == "start" for line in lines):
+        run_id = _run_id_in(lines)
+        if run_id is None:
+            return Recovery(named, path, "failed", message="not a journal (neither an open nor a start line)"
+                            + (f"; damaged lines at bytes {_bytes(skipped)}" if skipped else ""))
+        if not any(line["kind"] == "start" for line in lines):
             _unlink(path)  # reserved, never served: nothing to store
             return Recovery(run_id, path, "empty", message="the server never started serving")
-        end = next((line for line in lines if line.get("kind") == "end"), None)
-        ingester = Ingester(ResultsStore(db), path)
+        end = next((line for line in lines if line["kind"] == "end"), None)
+        ingester = Ingester(ResultsStore(db), path, run_id=run_id, skipped=[])
         try:
             rows = ingester.ingest(wait_s)
             stored = _stored_status(ingester, run_id, wait_s)
@@ -515,10 +565,33 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
             return Recovery(run_id, path, "failed", status, message=f"{type(exc).__name__}: {exc}".strip())
         status = end["meta"]["status"] if end is not None else stored  # the store had its end already
         requests = sum(_count((line.get("tables") or {}).get("requests")) for line in lines)
-        _unlink(path)
-        return Recovery(run_id, path, "ingested", status, rows, requests)
+        if not skipped:
+            _unlink(path)
+            return Recovery(run_id, path, "ingested", status, rows, requests)
+        kept = path.with_name(path.name + ".damaged")  # out of the journals' glob, kept for a look
+        os.replace(path, kept)
+        _fsync_dir(path.parent)
+        return Recovery(run_id, path, "ingested", status, rows, requests,
+                        message=f"{len(skipped)} damaged line{'s' if len(skipped) > 1 else ''} left out (at byte "
+                                f"{_bytes(skipped)}); every other line stored; the journal is kept as {kept}")
     finally:
         os.close(fd)
+
+
+def _run_id_in(lines: list[dict]) -> str | None:
+    """The run id of a journal's lines: its ``open`` line's, else (that line damaged) its ``start``'s."""
+    for line in lines:
+        if line["kind"] == "open" and isinstance(line.get("run_id"), str):
+            return line["run_id"]
+        meta = line.get("meta")
+        if line["kind"] == "start" and isinstance(meta, dict) and isinstance(meta.get("run_id"), str):
+            return meta["run_id"]
+    return None
+
+
+def _bytes(offsets: list[int]) -> str:
+    shown = ", ".join(map(str, offsets[:5]))
+    return shown + (f" and {len(offsets) - 5} more" if len(offsets) > 5 else "")
 
 
 def _stored_status(ingester: Ingester, run_id: str, wait_s: float) -> str:
@@ -530,9 +603,10 @@ def _stored_status(ingester: Ingester, run_id: str, wait_s: float) -> str:
 
 def _safe_run_id(path: Path) -> str:
     try:
-        return _run_id_of(path)
-    except (OSError, JournalError, ValueError, KeyError):
-        return urllib.parse.unquote(path.stem)
+        found = _run_id_in(read_lines(path, skipped=[])[0])
+    except OSError:
+        found = None
+    return found or urllib.parse.unquote(path.name.removesuffix(".jsonl"))
 
 
 def _unlink(path: Path) -> None:
