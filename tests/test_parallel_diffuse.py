@@ -295,3 +295,45 @@ def test_ctrl_c_stops_generate_degree_2_quietly_while_members_load_or_compute(af
     assert proc.returncode == 130 and "Traceback" not in out and "Error" not in out, out[-3000:]
     assert time.monotonic() - t0 < 20
     assert not psutil.wait_procs(family, timeout=10)[1]
+
+
+def test_a_member_killed_mid_diffuse_is_named_not_aborted(tmp_path):
+    """Outside test: `generate --degree 2` with its member killed (kill -9) during the diffuse printed
+    only `Aborted!` (exit 1): reading the dead member's pipe raised EOFError, which the CLI takes as a
+    Ctrl-C. It names the member and how it ended, exit 2."""
+    import signal
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "generate", "--model", "tiny-sd3", "--prompt",
+                             "x", "--size", "1024x512", "--steps", "200", "--degree", "2", "--out", str(tmp_path / "x.png")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lead = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120
+        member = None
+        while member is None:  # the member (not multiprocessing's resource tracker)
+            assert time.monotonic() < deadline and proc.poll() is None
+            for child in lead.children():
+                try:
+                    cmd = " ".join(child.cmdline())
+                except psutil.Error:
+                    continue
+                if "spawn_main" in cmd and "resource_tracker" not in cmd:
+                    member = child
+            time.sleep(0.02)
+        # loaded and in the group: connected to the lead's store and to the lead (gloo)
+        while len([c for c in member.net_connections(kind="tcp") if c.status == "ESTABLISHED"]) < 2:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(1.0)  # 200 steps of 1024x512 on two processes: well inside the diffuse
+        member.send_signal(signal.SIGKILL)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 2, out[-3000:]
+    assert "error: the diffuse at degree 2 failed: trident-member-1 was killed (SIGKILL)" in out, out[-3000:]
+    assert "Aborted" not in out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -74,6 +75,20 @@ def _join(member: Member, port: int, timeout_s: float, store=None):
         torch.cuda.set_device(member.device)
     return meet(member.backend, store if store is not None else store_client(port, timeout_s, member.world),
                 member.rank, member.world, timeout_s)
+
+
+def _ended(proc) -> str:
+    """How a member process ended, for messages (reaped first: its exit code is known only then)."""
+    proc.join(1.0)
+    code = proc.exitcode
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        try:
+            return f"was killed ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"was killed (signal {-code})"
+    return f"exited (code {code})"
 
 
 def _command(group, command: str) -> str:
@@ -183,12 +198,15 @@ class LocalGroup:
             ready = wait([*waiting, *(p.sentinel for p in waiting.values())], timeout=left)
             for conn, proc in list(waiting.items()):
                 if conn in ready and conn.poll():
-                    kind, what = conn.recv()
+                    try:
+                        kind, what = conn.recv()
+                    except (EOFError, OSError):  # it died: its end of the pipe closed
+                        raise MemberFailed(f"{proc.name} {_ended(proc)} before loading {self.model}") from None
                     if kind == "error":
                         raise MemberFailed(what)
                     del waiting[conn]
                 elif proc.sentinel in ready and not conn.poll():
-                    raise MemberFailed(f"{proc.name} exited (code {proc.exitcode}) before loading {self.model}")
+                    raise MemberFailed(f"{proc.name} {_ended(proc)} before loading {self.model}")
 
     def diffuse(self, pipe, call, embeddings, latents=None):
         """One sequence-parallel diffuse of ``pipe`` (the lead's pipeline) over the group; the latents."""
@@ -213,9 +231,13 @@ class LocalGroup:
 
         wait(self._conns, timeout=wait_s)
         errors = []
-        for conn in self._conns:
+        for conn, proc in zip(self._conns, self._procs):
             while conn.poll():
-                kind, what = conn.recv()
+                try:
+                    kind, what = conn.recv()
+                except (EOFError, OSError):  # it died (killed): its end of the pipe closed
+                    errors.append(f"{proc.name} {_ended(proc)}")
+                    break
                 if kind == "error":
                     errors.append(what)
         return errors
