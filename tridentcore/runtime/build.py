@@ -182,7 +182,7 @@ def _workers(part: Part, backend: str, threads: int, ray_address: str | None, sl
         emulated = dev.kind == "emulated"
         return RayWorkerPool([RayWorker(g.id, () if emulated else part.models, emulated=emulated, threads=threads,
                                         slowdown=slowdown)
-                              for g in dev.cluster.gpus], address=ray_address or None,
+                              for g in dev.cluster.gpus], address=(ray_address or "").strip() or None,
                              worlds=None if emulated else WorldKeys())
     if dev.kind == "emulated":
         return WorkerPool([EmulatedWorker(g.id) for g in dev.cluster.gpus])
@@ -269,7 +269,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
     elif backend == "ray" and importlib.util.find_spec("ray") is None:
         problems.append("backend 'ray' needs the ray package (pip install 'tridentserve[ray]')")
     if ray_address is not None and not ray_address.strip():
-        problems.append("an empty Ray address: give HOST:PORT, auto or ray://HOST:PORT (not given: a private instance)")
+        problems.append("an empty Ray address: give HOST:PORT or auto (not given: a private instance)")
     elif ray_address and backend != "ray":
         problems.append("a Ray address applies to backend 'ray' only")
     if len(parts) == len(devs):

@@ -36,11 +36,24 @@ def probe_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
                 raise RuntimeError("--ray-address auto: no Ray cluster is known on this host (RAY_ADDRESS is "
                                    "unset and no `ray start` left its address): give HEAD:PORT, or leave "
                                    "--ray-address out for a private instance")
-    if not address or "://" in address:
+    address = address.strip() if address else address
+    if not address:
+        return
+    scheme, sep, _ = address.partition("://")
+    if sep:
+        if scheme != "ray":
+            raise RuntimeError(f"--ray-address {address}: a {scheme}:// address is not a Ray head's; give HEAD:PORT "
+                               f"(the GCS port `ray start --head` prints, 6379 by default) or auto")
+        import importlib.util
+
+        if importlib.util.find_spec("grpc") is None:  # what Ray Client needs (ray itself does not)
+            raise RuntimeError(f"--ray-address {address}: a ray:// address goes through Ray Client, which needs "
+                               f"`pip install 'ray[client]'`; or give the head's HEAD:PORT (its GCS port, 6379 by "
+                               f"default) from a node of the cluster")
         return
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise RuntimeError(f"--ray-address {address}: give HOST:PORT (a port 1-65535), auto or ray://HOST:PORT")
+        raise RuntimeError(f"--ray-address {address}: give HOST:PORT (a port 1-65535) or auto")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout_s) as conn:
             conn.settimeout(timeout_s)

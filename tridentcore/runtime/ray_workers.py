@@ -219,8 +219,10 @@ def _room(num_cpus: float) -> str:
         total = ray.cluster_resources().get("CPU", 0.0)
     except Exception:  # noqa: BLE001 - the message only
         return ""
-    held = ": other work holds the rest" if free + 1e-9 < num_cpus else ""
-    return f" (it asks {num_cpus:g} CPU; the cluster has {free:g} of {total:g} CPUs free{held})"
+    if free + 1e-9 < num_cpus:
+        return f" (it asks {num_cpus:g} CPU; the cluster has {free:g} of {total:g} CPUs free: other work holds the rest)"
+    # (an actor holds its CPUs while it loads: room is not what it waits for)
+    return f" (it asks {num_cpus:g} CPU and {free:g} of {total:g} are free: most likely it is still loading its models)"
 
 
 class RayWorker(Worker):
@@ -278,7 +280,7 @@ class RayWorker(Worker):
                 break
             if not said and self.start_timeout_s - left >= ACTOR_WAIT_SAID_S:
                 said = True
-                logger.warning("worker %d: its actor still waits to start after %.0f s%s", self.slot,
+                logger.warning("worker %d: its actor is not ready after %.0f s%s", self.slot,
                                ACTOR_WAIT_SAID_S, _room(self.num_cpus))
             await asyncio.wait((ready,), timeout=min(0.2, left))
         if not ready.done():
@@ -425,9 +427,9 @@ class RayWorker(Worker):
 class RayWorkerPool(WorkerPool):
     """Ray workers, and the connection to the Ray cluster they live on (made when the pool starts).
 
-    ``address``: a running cluster (``auto``, ``HOST:6379``, ``ray://…``); None starts a Ray
-    instance on this host for this process (stopped again with the pool). ``init_options`` go to
-    ``ray.init`` as they are (e.g. ``num_cpus`` of a local instance)."""
+    ``address``: a running cluster (``auto``, ``HOST:6379``; ``ray://…`` with Ray Client installed);
+    None starts a Ray instance on this host for this process (stopped again with the pool).
+    ``init_options`` go to ``ray.init`` as they are (e.g. ``num_cpus`` of a local instance)."""
 
     address: str | None = None
     init_options: dict[str, Any] | None = None
