@@ -461,10 +461,11 @@ class Engine:
             raise
         except Exception as exc:  # noqa: BLE001 - a worker bug is a failed stage, not a dead engine
             result = failure(exc)
-            if result.oom:  # an expected outcome: the policy retries it at a safer configuration
-                logger.warning("worker %s: %s", getattr(worker, "slot", "?"), result.error)
-            else:
+            if not result.oom:  # (an out-of-memory is expected: the policy retries at a safer configuration)
                 logger.exception("worker %s failed", getattr(worker, "slot", "?"))
+        if not result.ok and not self._closed:  # why, said here: the stored span has no room for it
+            logger.warning("worker %s: %s of dispatch %d failed: %s", getattr(worker, "slot", "?"),
+                           task.stage.value, did, result.error or "no reason given")
         if not self._closed:
             self._post(self._completed(did, task.stage, result), result)
 
