@@ -457,3 +457,24 @@ def test_a_full_disk_refuses_new_work_and_loses_no_accepted_request(tmp_path):
         if server is not None:
             server.stop()
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_crashed_run_keeps_its_refusal_counts(tmp_path):
+    """Outside test: a run recovered after `kill -9` kept the `config_json` of its start: the 503s and
+    429s it had answered were gone (`refused` {}), its clock read 0.4 s of a 9.6 s run."""
+    db = tmp_path / "c.duckdb"
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "1",
+                           "--max-queued", "1", "--db", str(db), "--run-id", "refusing"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            codes = [client.post("/v1/requests", json={**BODY, "size": "1024x1024", "steps": 28, "seed": i}).status_code
+                     for i in range(6)]
+        time.sleep(1.5)  # journaled (a change of the counts is a line)
+    finally:
+        _kill9(server)
+    assert codes.count(429) >= 3 and set(codes) <= {202, 429}, codes
+    out = _cli("runs", "recover", "--db", str(db))
+    assert out.exit_code == 0 and "status crashed" in out.output, out.output
+    config = json.loads(_one(db, "SELECT config_json FROM runs WHERE run_id = 'refusing'")["config_json"])
+    assert config["refused"] == {"queue_full": codes.count(429)}
+    assert config["clock"]["wall_s"] > 1.0

@@ -155,6 +155,7 @@ class RunRecords:
         self._task: asyncio.Task | None = None
         self._last_ingest = 0.0
         self._last_line = 0.0
+        self._refused_said: dict[str, int] = {}  # the refusal counts the journal has (a change is a line)
         self._busy_since: float | None = None  # the store refused our ingests since (locked)
         self._down_since: float | None = None  # the journal could not be written since (a full disk)
         self._refused_before = 0
@@ -195,12 +196,25 @@ class RunRecords:
                     self._arrived.add(rid)
                     arrivals.append(request_row(e.state.requests[rid]))
         now = time.monotonic()
-        if not arrivals and not any(tables.values()) and now - self._last_line < HEARTBEAT_S:
+        refused = self._refused_all()
+        if (not arrivals and not any(tables.values()) and refused == self._refused_said
+                and now - self._last_line < HEARTBEAT_S):
             return []
-        self._last_line = now
+        self._last_line, self._refused_said = now, refused
         t_s = max(e.now() for e in _parts(self.run))
         wall_s = max(e.elapsed_wall_s() for e in _parts(self.run))
-        return list(rows_lines({k: v for k, v in tables.items() if v}, arrivals, t_s, wall_s))
+        lines = list(rows_lines({k: v for k, v in tables.items() if v}, arrivals, t_s, wall_s))
+        # the run's counts as they stand (refusals, hung stages, restarts, its clock): a crashed run's
+        # ``config_json`` is its last line's, not the start's
+        lines[-1]["config_json"] = self.run.run_meta(self.run_id, self.config, self.provenance).config_json
+        return lines
+
+    def _refused_all(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in _parts(self.run):
+            for reason, n in e.refused.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:

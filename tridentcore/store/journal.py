@@ -13,8 +13,9 @@ The file: JSON lines, each with a sequence number ``seq`` (0, 1, 2, ...) and a `
 * ``start``: the run's ``runs`` row (status ``running``) and how many devices it has;
 * ``rows``: rows that appeared since the previous line, column-wise per table (``requests`` of
   requests that ended, ``stage_spans``, ``placements``), ``arrivals`` (requests accepted and not
-  yet ended, as they stood: a crashed run stores those it never ended as ``unfinished``), and the
-  run's clock (``t_s``, ``wall_s``);
+  yet ended, as they stood: a crashed run stores those it never ended as ``unfinished``), the
+  run's clock (``t_s``, ``wall_s``) and its ``config_json`` as it stands (refusals, restarts: a
+  crashed run keeps the last);
 * ``end``: the final ``runs`` row (done, interrupted, or crashed when a recovery closed the
   journal of a dead process), the rows only the end knows (``gpu_samples``, requests never ended).
 
@@ -644,7 +645,10 @@ def _crash_end(lines: list[dict]) -> dict:
     spans: list[SpanRow] = []
     placements: list[PlacementRow] = []
     t_s, wall_s = 0.0, 0.0
+    config_json = meta.config_json
     for line in lines:
+        if isinstance(line.get("config_json"), str):
+            config_json = line["config_json"]  # the run's counts as its last line had them
         tables = line.get("tables") or {}
         ended.update(tables.get("requests", {}).get("request_id", ()))
         for row in rows_of(line.get("arrivals") or {}, "requests"):
@@ -659,7 +663,7 @@ def _crash_end(lines: list[dict]) -> dict:
     accepted = len(ended | set(arrived))
     gpus = max([int(start.get("gpus") or 0), *(g + 1 for s in spans for g in s.gpus), *(p.gpu + 1 for p in placements)])
     samples: list[GpuSample] = derive_gpu_samples(spans, placements, {}, gpus, t_s, SAMPLE_S)
-    final = dataclasses.replace(meta, status="crashed", duration_s=t_s, wall_s=wall_s,
+    final = dataclasses.replace(meta, status="crashed", duration_s=t_s, wall_s=wall_s, config_json=config_json,
                                 rate_rps=accepted / t_s if t_s > 0 else 0.0)
     return {"kind": "end", "meta": _meta_dict(final), "recovered_unix_s": time.time(),
             "tables": {"requests": columns_of(unfinished, "requests"),
