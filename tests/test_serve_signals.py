@@ -217,12 +217,13 @@ def test_a_server_started_by_a_bench_stops_and_stores_its_run_when_the_bench_is_
         "import sys, time\n"
         "from tridentcore.bench.launch import start_server\n"
         f"s = start_server(['--models', 'sd3-medium', '--devices', 'emulated:1x2xH200', '--db', {str(db)!r}])\n"
-        "print(s.proc.pid, s.url, flush=True)\n"
+        "print(s.proc.pid, s.url, s.log_path.parent, flush=True)\n"
         "time.sleep(600)\n")
     parent = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True)
     try:
-        pid, url = parent.stdout.readline().split()
+        pid, url, folder = parent.stdout.readline().split()
         pid = int(pid)
+        assert Path(folder).name.startswith("trident-serve-") and (Path(folder) / "server.log").exists()
         body = {"model": "sd3-medium", "prompt": "x", "size": "512x512"}
         assert httpx.post(f"{url}/v1/images/generations", json=body, timeout=60).status_code == 200
         parent.kill()
@@ -237,6 +238,8 @@ def test_a_server_started_by_a_bench_stops_and_stores_its_run_when_the_bench_is_
             pass
     rows = query_readonly(str(db), "SELECT status, (SELECT count(*) FROM requests) AS n FROM runs")
     assert list(rows["n"]) == [1] and rows["status"][0] in ("interrupted", "done"), rows
+    # the folder its starter made for its port file and log went with it (each such kill left one)
+    assert not Path(folder).exists()
 
 
 @pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])

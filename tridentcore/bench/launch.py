@@ -74,6 +74,8 @@ class ServerProcess:
         return code
 
 
+SERVE_FOLDER_PREFIX = "trident-serve-"  # the temporary folder of a server's port file and log (its starter's)
+
 def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float = 120.0,
                  env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
                  folder: Path | None = None) -> ServerProcess:
@@ -87,7 +89,7 @@ def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float =
     log go (default: a temporary folder of its own, removed by :meth:`ServerProcess.stop`)."""
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.TemporaryDirectory(prefix="trident-serve-") if folder is None else None
+    tmp = tempfile.TemporaryDirectory(prefix=SERVE_FOLDER_PREFIX) if folder is None else None
     where = Path(tmp.name) if tmp is not None else folder
     port_file = where / "port"
     log_path = where / "server.log"

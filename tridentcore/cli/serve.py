@@ -127,7 +127,7 @@ def serve(
 
     served: list = []  # the ready server (its run id and database), once it serves
     try:
-        stopped_by = run_server(ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
+        stopped_by = _serve_then_tidy(port_file, run_server, ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 no_device_timeout_s=no_device_timeout,
@@ -149,6 +149,27 @@ def serve(
         typer.echo("trident serve: stopped before it served" + ("; nothing stored" if db else ""), err=True)
     if stopped_by == signal.SIGINT:
         raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _serve_then_tidy(port_file: str | None, run, *args, **kw):
+    """``run(*args, **kw)``; then, when the process that started this server is gone (killed), the
+    folder it made for the port file and the log (``start_server``'s ``trident-serve-*``, in the
+    temporary directory) goes too: nobody else would remove it."""
+    try:
+        return run(*args, **kw)
+    finally:
+        if port_file:
+            import shutil
+            import tempfile
+            from pathlib import Path
+
+            from ..bench.launch import SERVE_FOLDER_PREFIX
+            from ..bench.parent import GONE, starter
+
+            folder = Path(port_file).resolve().parent
+            if (starter() == GONE and folder.name.startswith(SERVE_FOLDER_PREFIX)
+                    and folder.parent == Path(tempfile.gettempdir()).resolve()):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _announce(ready) -> None:
