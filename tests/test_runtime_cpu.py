@@ -290,7 +290,9 @@ def test_a_killed_worker_leaves_no_temporary_folder(tmp_path):
         body = {"prompt": "x", "model": "tiny-sd3", "size": "64x64", "steps": 2}
         assert client.post("/v1/images/generations", json=body).status_code == 200
         (device,) = client.get("/v1/cluster").json()["devices"]
-        assert sorted(p.name[:4] for p in tmp.iterdir()) == ["pymp", "tw0-"]  # the server's own, the worker's
+        (own,) = tmp.iterdir()  # the server's folder (``runtime/tmpdirs.py``): everything of it is in there
+        assert own.name.startswith(f"trident-{server.proc.pid}-")
+        assert sorted(p.name[:4] for p in own.iterdir()) == ["pymp", "tw0-"]  # the server's own, the worker's
         os.kill(device["pid"], signal.SIGKILL)  # the worker process of the server this test started
         deadline = time.monotonic() + 60
         while (dev := client.get("/v1/cluster").json()["devices"][0])["pid"] in (device["pid"], None) \
@@ -298,7 +300,7 @@ def test_a_killed_worker_leaves_no_temporary_folder(tmp_path):
             assert time.monotonic() < deadline, dev
             time.sleep(0.1)
         assert client.post("/v1/images/generations", json=body).status_code == 200
-        assert len([p for p in tmp.iterdir() if p.name.startswith("tw0-")]) == 1  # the killed one's is gone
+        assert len([p for p in own.iterdir() if p.name.startswith("tw0-")]) == 1  # the killed one's is gone
         client.close()
         assert server.stop() == 0
         assert list(tmp.iterdir()) == []

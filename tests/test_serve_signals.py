@@ -461,3 +461,43 @@ def test_refusals_while_it_drains_are_counted_in_metrics_and_the_stored_run(tmp_
     runs = query_readonly(db, "SELECT status, config_json FROM runs")
     assert list(runs.status) == ["done"] and json.loads(runs.config_json[0])["refused"] == {"shutting_down": 3}
     assert json.loads(runs.config_json[0])["workers"] == {"kinds": ["emulated"], "restarts": 0}  # what ran it
+
+
+def test_a_server_keeps_its_temporary_files_in_a_folder_of_its_own_and_the_next_one_removes_a_killed_ones():
+    """Outside tests, twice: `kill -9` of a `cpu:1` server left its `pymp-*` folder (multiprocessing's
+    socket) in $TMPDIR, one per kill. A server's temporary files now go into `trident-PID-*`, removed
+    as it ends; one killed with SIGKILL cannot, and the next server to start removes it."""
+    import tempfile
+
+    from tridentcore.bench.launch import start_server
+
+    base = tempfile.mkdtemp(prefix="tt", dir="/tmp")  # short: a socket's path has to fit in 108 bytes
+    try:
+        def own(pid: int) -> list[str]:
+            return [p for p in os.listdir(base) if p.startswith(f"trident-{pid}-")]
+
+        first = start_server(["--models", "tiny-sd3", "--devices", "cpu:1"], env={"TMPDIR": base})
+        try:
+            body = {"model": "tiny-sd3", "prompt": "x", "size": "64x64", "steps": 2}
+            assert httpx.post(f"{first.url}/v1/images/generations", json=body, timeout=120).status_code == 200
+            (mine,) = own(first.proc.pid)
+            inside = os.listdir(os.path.join(base, mine))
+            assert any(p.startswith("tw0-") for p in inside), inside  # its worker's folder is in it
+            assert sorted(os.listdir(base)) == [mine]  # nothing of it elsewhere
+            os.kill(first.proc.pid, signal.SIGKILL)
+            first.proc.wait(10)
+        finally:
+            first.stop()
+        assert own(first.proc.pid), "a server killed with SIGKILL cannot remove its folder"
+        second = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200"], env={"TMPDIR": base})
+        try:
+            assert not own(first.proc.pid)  # removed by the next server to start
+            assert own(second.proc.pid)
+        finally:
+            assert second.stop() == 0
+        assert os.listdir(base) == []  # a server that stops removes its own
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+

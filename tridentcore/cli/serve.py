@@ -125,9 +125,15 @@ def serve(
     if backend == "ray":  # a Ray instance this command starts sends no usage reports unless asked to
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+    import tempfile
+
+    from ..runtime.tmpdirs import use_own_temp_folder
+
+    temp = tempfile.gettempdir()  # (the starter's, where it made the folder of --port-file)
+    use_own_temp_folder()  # (a server killed with SIGKILL left multiprocessing's socket folder behind)
     served: list = []  # the ready server (its run id and database), once it serves
     try:
-        stopped_by = _serve_then_tidy(port_file, run_server, ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
+        stopped_by = _serve_then_tidy(port_file, temp, run_server, ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 no_device_timeout_s=no_device_timeout,
@@ -151,16 +157,15 @@ def serve(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _serve_then_tidy(port_file: str | None, run, *args, **kw):
+def _serve_then_tidy(port_file: str | None, temp: str, run, *args, **kw):
     """``run(*args, **kw)``; then, when the process that started this server is gone (killed), the
     folder it made for the port file and the log (``start_server``'s ``trident-serve-*``, in the
-    temporary directory) goes too: nobody else would remove it."""
+    temporary directory ``temp``) goes too: nobody else would remove it."""
     try:
         return run(*args, **kw)
     finally:
         if port_file:
             import shutil
-            import tempfile
             from pathlib import Path
 
             from ..bench.launch import SERVE_FOLDER_PREFIX
@@ -168,7 +173,7 @@ def _serve_then_tidy(port_file: str | None, run, *args, **kw):
 
             folder = Path(port_file).resolve().parent
             if (starter() == GONE and folder.name.startswith(SERVE_FOLDER_PREFIX)
-                    and folder.parent == Path(tempfile.gettempdir()).resolve()):
+                    and folder.parent == Path(temp).resolve()):
                 shutil.rmtree(folder, ignore_errors=True)
 
 
