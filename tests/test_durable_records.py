@@ -160,6 +160,8 @@ def _damaged_journal(db: Path, run_id: str, damage) -> Path:
     (lambda ls: [ls[0], ls[1], "X" + ls[2], ls[3]], [3]),  # a line in the middle broken: its rows only
     (lambda ls: [*ls, ls[-1]], [0, 1, 3]),  # the last line twice: its rows were stored twice
     (lambda ls: ["42\n", *ls[1:]], [0, 1, 3]),  # the open line gone: the start line names the run
+    # a line whose seq is damaged (huge) before good ones: every line stored, the run still closed
+    (lambda ls: [ls[0], ls[1], ls[2].replace('"seq":2,', '"seq":999999999,'), "X\n", ls[3]], [0, 1, 3]),
 ])
 def test_a_damaged_journal_is_recovered_line_by_line_and_kept(tmp_path, damage, kept):
     """Outside test: a journal line that was JSON but not an object (``[1,2]``, ``null``, ``42``)

@@ -316,11 +316,13 @@ class RunRecords:
         lines = self._unwritten + lines
         self._unwritten = []
         give_up = time.monotonic() + self.final_wait_s  # a full disk may get room (as --db-wait waits for a lock)
+        tries = 0
         while True:
             try:
                 self.ingester.wrote(*self.journal.append(lines))
                 break
             except OSError as exc:
+                tries += 1
                 if time.monotonic() >= give_up:
                     self.journal.close()
                     ended, arrived = _requests_in(lines)
@@ -330,8 +332,9 @@ class RunRecords:
                                     f"(run {self.run_id} is stored as crashed): trident runs recover --db {self.db}")
                     logger.error("%s", self.problem)
                     return False
-                logger.warning("could not write the end of the run's journal %s (%s); trying again for up to "
-                               "%.0f s", self.journal.path, exc, give_up - time.monotonic())
+                if tries == 1:
+                    logger.warning("could not write the end of the run's journal %s (%s); trying again for up to "
+                                   "%.0f s", self.journal.path, exc, give_up - time.monotonic())
                 time.sleep(min(0.5, max(0.0, give_up - time.monotonic())))
         try:
             self.ingester.ingest(self.final_wait_s)

@@ -20,9 +20,10 @@ The file: JSON lines, each with a sequence number ``seq`` (0, 1, 2, ...) and a `
   journal of a dead process), the rows only the end knows (``gpu_samples``, requests never ended).
 
 A line is at most :data:`MAX_LINE_ROWS` rows; a torn last line (the process died mid-write) is
-ignored. A recovery stores every good line of a damaged journal (a line that is not a journal line,
-or repeats a ``seq``, is left out and named) and keeps the file as ``<run id>.jsonl.damaged``. Each ingest transaction also inserts a ``journal_ingests`` row with the last ``seq`` it
+ignored. Each ingest transaction also inserts a ``journal_ingests`` row with the last ``seq`` it
 holds, so an ingest retried after a failure, or repeated by a recovery, never inserts a row twice.
+A recovery stores every good line of a damaged journal (a line that is not a journal line, or
+repeats a ``seq``, is left out and named) and keeps the file as ``<run id>.jsonl.damaged``.
 
 **Ownership.** The owner holds an exclusive ``flock`` on its journal for as long as it lives; the
 kernel drops it when the process dies (``kill -9`` included). The journal appears under its final
@@ -306,24 +307,31 @@ def _parsed(raw: bytes) -> dict | None:
 def read_lines(path: Path, offset: int = 0, skipped: list[int] | None = None) -> tuple[list[dict], int]:
     """The complete lines of a journal from byte ``offset``, and the offset after the last of them.
     A torn last line (no newline: its writer died mid-write) is left out. A damaged line before the
-    end (not a journal line, or a ``seq`` not above the one before: a line written twice) is a
-    :class:`JournalError`; with ``skipped`` given, it is left out and its byte offset appended there
-    (a recovery keeps every good line)."""
+    end (not a journal line, or a ``seq`` not above the one before) is a :class:`JournalError`; with
+    ``skipped`` given (a recovery, which keeps every good line), a line that is not a journal line
+    or repeats a ``seq`` already read (written twice) is left out, its byte offset appended there,
+    and the rest are put in ``seq`` order."""
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read()
     end = data.rfind(b"\n") + 1
     out: list[dict] = []
+    seen: set[int] = set()
     pos = 0
     for raw in data[:end].split(b"\n")[:-1]:
         line = _parsed(raw)
-        if line is None or (out and line["seq"] <= out[-1]["seq"]):
-            if skipped is None:
+        if skipped is None:
+            if line is None or (out and line["seq"] <= out[-1]["seq"]):
                 raise JournalError(f"{path}: damaged line at byte {offset + pos}")
+            out.append(line)
+        elif line is None or line["seq"] in seen:
             skipped.append(offset + pos)
         else:
+            seen.add(line["seq"])
             out.append(line)
         pos += len(raw) + 1
+    if skipped is not None:
+        out.sort(key=lambda line: line["seq"])
     return out, offset + end
 
 
@@ -545,7 +553,7 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
         run_id = _run_id_in(lines)
         if run_id is None:
             return Recovery(named, path, "failed", message="not a journal (neither an open nor a start line)"
-                            + (f"; damaged lines at bytes {_bytes(skipped)}" if skipped else ""))
+                            + (f"; {_bytes(skipped)}" if skipped else ""))
         if not any(line["kind"] == "start" for line in lines):
             _unlink(path)  # reserved, never served: nothing to store
             return Recovery(run_id, path, "empty", message="the server never started serving")
@@ -573,8 +581,7 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
         os.replace(path, kept)
         _fsync_dir(path.parent)
         return Recovery(run_id, path, "ingested", status, rows, requests,
-                        message=f"{len(skipped)} damaged line{'s' if len(skipped) > 1 else ''} left out (at byte "
-                                f"{_bytes(skipped)}); every other line stored; the journal is kept as {kept}")
+                        message=f"{_bytes(skipped)}; every other line stored; the journal is kept as {kept}")
     finally:
         os.close(fd)
 
@@ -591,8 +598,10 @@ def _run_id_in(lines: list[dict]) -> str | None:
 
 
 def _bytes(offsets: list[int]) -> str:
-    shown = ", ".join(map(str, offsets[:5]))
-    return shown + (f" and {len(offsets) - 5} more" if len(offsets) > 5 else "")
+    """``N damaged line(s) left out (at byte(s) ...)``."""
+    shown = ", ".join(map(str, offsets[:5])) + (f" and {len(offsets) - 5} more" if len(offsets) > 5 else "")
+    many = len(offsets) > 1
+    return f"{len(offsets)} damaged line{'s' if many else ''} left out (at byte{'s' if many else ''} {shown})"
 
 
 def _stored_status(ingester: Ingester, run_id: str, wait_s: float) -> str:
