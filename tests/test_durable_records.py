@@ -162,6 +162,11 @@ def _damaged_journal(db: Path, run_id: str, damage) -> Path:
     (lambda ls: ["42\n", *ls[1:]], [0, 1, 3]),  # the open line gone: the start line names the run
     # a line whose seq is damaged (huge) before good ones: every line stored, the run still closed
     (lambda ls: [ls[0], ls[1], ls[2].replace('"seq":2,', '"seq":999999999,'), "X\n", ls[3]], [0, 1, 3]),
+    # (a second outside test) a seq past int64 failed the whole transaction; so did one line whose table
+    # lacked a column (ArrowInvalid); a line nested 100,000 deep was a RecursionError traceback
+    (lambda ls: [*ls[:3], ls[3].replace('"seq":3,', '"seq":' + "9" * 30 + ","), ls[3]], [0, 1, 3]),
+    (lambda ls: [*ls[:2], ls[2].replace('"model":', '"modelx":', 1), ls[3]], [3]),
+    (lambda ls: [*ls, "[" * 100_000 + "]" * 100_000 + "\n"], [0, 1, 3]),
 ])
 def test_a_damaged_journal_is_recovered_line_by_line_and_kept(tmp_path, damage, kept):
     """Outside test: a journal line that was JSON but not an object (``[1,2]``, ``null``, ``42``)
@@ -178,6 +183,41 @@ def test_a_damaged_journal_is_recovered_line_by_line_and_kept(tmp_path, damage, 
     assert _one(db, "SELECT status FROM runs WHERE run_id = 'dmg'")["status"] == "crashed"
     got = query_readonly(db, "SELECT request_id, state FROM requests WHERE state = 'done' ORDER BY request_id")
     assert got.request_id.tolist() == kept
+
+
+def test_a_journal_that_lost_its_start_line_is_stored_when_the_store_has_the_run(tmp_path):
+    """Outside test: a journal without its start line (cut, or damaged) was taken for a server that
+    never served: deleted with its rows, the run left `running` for good. The store's row of the run
+    stands in for it; without one the journal is kept, not deleted. A last line whole but for its
+    newline was dropped as torn."""
+    db = tmp_path / "s.duckdb"
+    journal = _journal_of_three(db, "nostart")
+    Ingester(ResultsStore(db), journal.path).ingest()  # the start is in the store (running)
+    journal.append(rows_lines({"requests": [_request(3)]}, [], 3.0, 1.0))
+    journal.close()
+    lines = journal.path.read_text().splitlines(keepends=True)
+    journal.path.write_text("".join([lines[0], "X\n", *lines[2:]]).rstrip("\n"))  # start gone, no last newline
+    out = _cli("runs", "recover", "--db", str(db))
+    assert out.exit_code == 0 and "recovered run nostart" in out.output and "status crashed" in out.output, out.output
+    got = query_readonly(db, "SELECT request_id FROM requests WHERE state = 'done' ORDER BY request_id")
+    assert got.request_id.tolist() == [0, 1, 3]  # request 3's line had lost only its newline
+    # two lines swapped: each stored (they were left out as damaged)
+    path = _damaged_journal(tmp_path / "swap.duckdb", "swapped", lambda ls: [ls[0], ls[1], ls[3], ls[2]])
+    out = _cli("runs", "recover", "--db", str(tmp_path / "swap.duckdb"))
+    assert out.exit_code == 0 and "damaged" not in out.output and not path.exists(), out.output
+    assert _one(tmp_path / "swap.duckdb", "SELECT count(*) FILTER (WHERE state = 'done') AS n FROM requests")["n"] == 3
+    # an empty journal of a run the store holds: the run is closed too
+    journal = _journal_of_three(db, "emptied")
+    Ingester(ResultsStore(db), journal.path).ingest()
+    journal.close()
+    journal.path.write_text("")
+    assert "recovered run emptied" in _cli("runs", "recover", "--db", str(db)).output
+    assert _one(db, "SELECT status FROM runs WHERE run_id = 'emptied'")["status"] == "crashed"
+    # no start line and the store knows nothing of the run: kept, said, not deleted
+    path = _damaged_journal(tmp_path / "other.duckdb", "lost", lambda ls: [ls[0], *ls[2:]])
+    out = _cli("runs", "recover", "--db", str(tmp_path / "other.duckdb"))
+    assert out.exit_code == 1 and "its start line is lost" in out.output and "cannot be stored" in out.output
+    assert path.with_name(path.name + ".damaged").exists() and not pending_journals(tmp_path / "other.duckdb")
 
 
 def test_a_journal_another_recovery_holds_is_not_said_to_be_served(tmp_path):

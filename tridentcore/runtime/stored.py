@@ -327,9 +327,11 @@ class RunRecords:
                     self.journal.close()
                     ended, arrived = _requests_in(lines)
                     self.problem = (f"could not write the end of the run's journal {self.journal.path} ({exc}) "
-                                    f"within {self.final_wait_s:g} s: the endings of {ended} requests and the "
-                                    f"arrivals of {arrived} are lost; what the journal holds is recoverable "
-                                    f"(run {self.run_id} is stored as crashed): trident runs recover --db {self.db}")
+                                    f"within {self.final_wait_s:g} s: the rows of {ended} requests that ended (each "
+                                    f"stored as unfinished where its arrival was journaled, else not at all) and "
+                                    f"the arrivals of {arrived} more are lost; what the journal holds is "
+                                    f"recoverable (run {self.run_id} is stored as crashed): "
+                                    f"trident runs recover --db {self.db}")
                     logger.error("%s", self.problem)
                     return False
                 if tries == 1:

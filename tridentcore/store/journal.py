@@ -293,15 +293,44 @@ def _taken_message(db, run_id: str, path: Path) -> str:
 
 # ----------------------------------------------------------------------------------- reading
 def _parsed(raw: bytes) -> dict | None:
-    """A journal line as written (a JSON object with an integer ``seq`` and a text ``kind``), or None."""
+    """A journal line as written (a JSON object with a ``seq`` in 0..2**63-1 and a text ``kind``), or None."""
     try:
         line = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # (a line nested past Python's depth)
         return None
-    if (not isinstance(line, dict) or not isinstance(line.get("seq"), int) or isinstance(line.get("seq"), bool)
-            or not isinstance(line.get("kind"), str)):
+    if not isinstance(line, dict) or not isinstance(line.get("kind"), str):
+        return None
+    seq = line.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
         return None
     return line
+
+
+def _well_formed(line: dict) -> bool:
+    """Whether a line's contents can be stored as they are: its ``meta`` a ``runs`` row, its tables
+    known, their columns the row type's, of one length and of their types (a recovery's check: a
+    line that fails it would fail the whole transaction)."""
+    from .writer import rows_to_arrow
+
+    kind = line["kind"]
+    try:
+        if kind in ("start", "end"):
+            rows_to_arrow([_meta_of(line["meta"])], "runs")
+        groups = list((line.get("tables") or {}).items())
+        if line.get("arrivals") is not None:
+            groups.append(("requests", line["arrivals"]))
+        for table, cols in groups:
+            if table not in JOURNAL_TABLES or not isinstance(cols, dict):
+                return False
+            fields = dataclasses.fields(ROW_TYPES[table])
+            needed = {f.name for f in fields
+                      if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+            if not needed <= set(cols) <= {f.name for f in fields} or len({len(v) for v in cols.values()}) > 1:
+                return False
+            _arrow(cols, table)
+    except Exception:  # noqa: BLE001 - any way it fails is a damaged line
+        return False
+    return True
 
 
 def read_lines(path: Path, offset: int = 0, skipped: list[int] | None = None) -> tuple[list[dict], int]:
@@ -324,7 +353,7 @@ def read_lines(path: Path, offset: int = 0, skipped: list[int] | None = None) ->
             if line is None or (out and line["seq"] <= out[-1]["seq"]):
                 raise JournalError(f"{path}: damaged line at byte {offset + pos}")
             out.append(line)
-        elif line is None or line["seq"] in seen:
+        elif line is None or line["seq"] in seen or not _well_formed(line):
             skipped.append(offset + pos)
         else:
             seen.add(line["seq"])
@@ -548,25 +577,39 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
             return Recovery(named, path, "gone", message="recovered by another process meanwhile")
         skipped: list[int] = []
         lines, good = read_lines(path, skipped=skipped)
-        if os.fstat(fd).st_size > good:
-            os.ftruncate(fd, good)  # a line its dead writer tore: never complete, never ingested
-        run_id = _run_id_in(lines)
-        if run_id is None:
-            return Recovery(named, path, "failed", message="not a journal (neither an open nor a start line)"
-                            + (f"; {_bytes(skipped)}" if skipped else ""))
-        if not any(line["kind"] == "start" for line in lines):
-            _unlink(path)  # reserved, never served: nothing to store
-            return Recovery(run_id, path, "empty", message="the server never started serving")
-        end = next((line for line in lines if line["kind"] == "end"), None)
+        notes = _mend_tail(fd, path, good, lines)
+        if notes == ["kept"]:  # a last line complete but for its newline: read again with it
+            skipped, notes = [], []
+            lines, good = read_lines(path, skipped=skipped)
+        if skipped:
+            notes.insert(0, _bytes(skipped))
+        run_id = _run_id_in(lines) or named
+        start = next((line for line in lines if line["kind"] == "start"), None)
+        data = [line for line in lines if line["kind"] in ("rows", "end")]
         ingester = Ingester(ResultsStore(db), path, run_id=run_id, skipped=[])
         try:
+            meta = _meta_of(start["meta"]) if start is not None else _stored_meta(ingester, run_id, wait_s)
+        except Exception as exc:  # noqa: BLE001 - the store cannot be read now: the journal stays for the next try
+            return Recovery(run_id, path, "failed", message=f"{type(exc).__name__}: {exc}".strip())
+        if meta is None:  # no start line, and the store has no row of the run
+            if not data and not skipped:
+                _unlink(path)  # reserved, never served: nothing to store
+                return Recovery(run_id, path, "empty", message="the server never started serving")
+            kept = _keep(path)
+            rows = sum(_line_rows(line) - 1 for line in data)
+            return Recovery(run_id, path, "failed", message="; ".join(
+                [*notes, f"its start line is lost and the store has no row of run {run_id}: its {rows} rows cannot "
+                         f"be stored; the journal is kept as {kept}"]))
+        end = next((line for line in lines if line["kind"] == "end"), None)
+        try:
             rows = ingester.ingest(wait_s)
-            stored = _stored_status(ingester, run_id, wait_s)
+            stored, held = _stored_status(ingester, run_id, wait_s)
             if end is None and stored in ("running", ""):  # its server died: close the run as crashed
                 # (in the journal first), numbered past all the store holds: a journal whose tail was
                 # lost with the machine can be behind the store
-                end = _crash_end(lines)
-                Journal(db, run_id, path, fd, max(ingester.seq, lines[-1]["seq"]) + 1).append([end])
+                end = _crash_end(lines, meta, int((start or {}).get("gpus") or 0))
+                seq = max([held, ingester.seq, *(line["seq"] for line in lines)]) + 1
+                Journal(db, run_id, path, fd, seq).append([end])
                 lines.append(end)
                 rows += ingester.ingest(wait_s)
         except Exception as exc:  # noqa: BLE001 - reported; the journal stays for the next try
@@ -576,14 +619,52 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
         requests = sum(_count((line.get("tables") or {}).get("requests")) for line in lines)
         if not skipped:
             _unlink(path)
-            return Recovery(run_id, path, "ingested", status, rows, requests)
-        kept = path.with_name(path.name + ".damaged")  # out of the journals' glob, kept for a look
-        os.replace(path, kept)
-        _fsync_dir(path.parent)
+            return Recovery(run_id, path, "ingested", status, rows, requests, message="; ".join(notes))
+        kept = _keep(path)
         return Recovery(run_id, path, "ingested", status, rows, requests,
-                        message=f"{_bytes(skipped)}; every other line stored; the journal is kept as {kept}")
+                        message="; ".join([*notes, f"every other line stored; the journal is kept as {kept}"]))
     finally:
         os.close(fd)
+
+
+def _mend_tail(fd: int, path: Path, good: int, lines: list[dict]) -> list[str]:
+    """What follows a journal's last newline (its dead writer's last line): ``["kept"]`` when it is a
+    whole line but for the newline (added), else it is cut off and a note says so."""
+    size = os.fstat(fd).st_size
+    if size <= good:
+        return []
+    with open(path, "rb") as f:
+        f.seek(good)
+        tail = f.read()
+    last = _parsed(tail)
+    if last is not None and last["seq"] not in {line["seq"] for line in lines} and _well_formed(last):
+        os.write(fd, b"\n")
+        return ["kept"]
+    os.ftruncate(fd, good)  # torn as its writer died: never complete, never ingested
+    return [f"its last line, cut short ({size - good} bytes), dropped"]
+
+
+def _keep(path: Path) -> Path:
+    """Move a journal out of the journals' way (``RUN.jsonl.damaged``), kept for a look."""
+    kept = path.with_name(path.name + ".damaged")
+    os.replace(path, kept)
+    _fsync_dir(path.parent)
+    return kept
+
+
+def _stored_meta(ingester: Ingester, run_id: str, wait_s: float) -> RunMeta | None:
+    """The run's ``runs`` row in the store, if the store has one."""
+    if not os.path.exists(ingester.store.path):
+        return None
+    import duckdb
+
+    names = [f.name for f in dataclasses.fields(RunMeta)]
+    with ingester.store._transaction(ensure_schema=False, wait_s=wait_s) as con:  # (a lock held past the wait raises)
+        try:
+            got = con.execute(f"SELECT {', '.join(names)} FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        except duckdb.CatalogException:  # no runs table yet
+            return None
+    return RunMeta(**dict(zip(names, got[0]))) if got else None
 
 
 def _run_id_in(lines: list[dict]) -> str | None:
@@ -604,11 +685,12 @@ def _bytes(offsets: list[int]) -> str:
     return f"{len(offsets)} damaged line{'s' if many else ''} left out (at byte{'s' if many else ''} {shown})"
 
 
-def _stored_status(ingester: Ingester, run_id: str, wait_s: float) -> str:
-    """The run's status in the store ("" if it has no row)."""
+def _stored_status(ingester: Ingester, run_id: str, wait_s: float) -> tuple[str, int]:
+    """The run's status in the store ("" if it has no row), and the last journal line it holds (-1: none)."""
     with ingester.store._transaction(ensure_schema=False, wait_s=wait_s) as con:
         got = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
-    return str(got[0][0]) if got else ""
+        seq = con.execute("SELECT max(seq) FROM journal_ingests WHERE run_id = ?", [run_id]).fetchall()[0][0]
+    return (str(got[0][0]) if got else ""), (-1 if seq is None else int(seq))
 
 
 def _safe_run_id(path: Path) -> str:
@@ -642,13 +724,11 @@ def _sweep_temporaries(folder: Path) -> None:
             os.close(fd)
 
 
-def _crash_end(lines: list[dict]) -> dict:
+def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0) -> dict:
     """The ``end`` line a recovery writes for a dead server's journal: status ``crashed``, the run's
     duration as far as the journal knows, the requests it accepted and never ended (``unfinished``)
     and the GPU samples derived from its spans and placements (weights only: the dispatches'
     activation memory is not journaled)."""
-    start = next(line for line in lines if line.get("kind") == "start")
-    meta = _meta_of(start["meta"])
     ended: set[int] = set()
     arrived: dict[int, RequestRow] = {}
     spans: list[SpanRow] = []
@@ -670,7 +750,7 @@ def _crash_end(lines: list[dict]) -> dict:
     unfinished = [dataclasses.replace(r, state="unfinished", reason=CRASHED_REASON)
                   for rid, r in sorted(arrived.items()) if rid not in ended]
     accepted = len(ended | set(arrived))
-    gpus = max([int(start.get("gpus") or 0), *(g + 1 for s in spans for g in s.gpus), *(p.gpu + 1 for p in placements)])
+    gpus = max([gpus, *(g + 1 for s in spans for g in s.gpus), *(p.gpu + 1 for p in placements)])
     samples: list[GpuSample] = derive_gpu_samples(spans, placements, {}, gpus, t_s, SAMPLE_S)
     final = dataclasses.replace(meta, status="crashed", duration_s=t_s, wall_s=wall_s, config_json=config_json,
                                 rate_rps=accepted / t_s if t_s > 0 else 0.0)
