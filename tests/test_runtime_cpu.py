@@ -292,7 +292,8 @@ def test_a_killed_worker_leaves_no_temporary_folder(tmp_path):
         (device,) = client.get("/v1/cluster").json()["devices"]
         (own,) = tmp.iterdir()  # the server's folder (``runtime/tmpdirs.py``): everything of it is in there
         assert own.name.startswith(f"trident-{server.proc.pid}-")
-        assert sorted(p.name[:4] for p in own.iterdir()) == ["pymp", "tw0-"]  # the server's own, the worker's
+        # the server's own, the worker's (and the lock that says the folder is in use)
+        assert sorted(p.name[:4] for p in own.iterdir()) == [".own", "pymp", "tw0-"]
         os.kill(device["pid"], signal.SIGKILL)  # the worker process of the server this test started
         deadline = time.monotonic() + 60
         while (dev := client.get("/v1/cluster").json()["devices"][0])["pid"] in (device["pid"], None) \

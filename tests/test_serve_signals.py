@@ -467,6 +467,7 @@ def test_a_server_keeps_its_temporary_files_in_a_folder_of_its_own_and_the_next_
     """Outside tests, twice: `kill -9` of a `cpu:1` server left its `pymp-*` folder (multiprocessing's
     socket) in $TMPDIR, one per kill. A server's temporary files now go into `trident-PID-*`, removed
     as it ends; one killed with SIGKILL cannot, and the next server to start removes it."""
+    import shutil
     import tempfile
 
     from tridentcore.bench.launch import start_server
@@ -489,15 +490,24 @@ def test_a_server_keeps_its_temporary_files_in_a_folder_of_its_own_and_the_next_
         finally:
             first.stop()
         assert own(first.proc.pid), "a server killed with SIGKILL cannot remove its folder"
-        second = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200"], env={"TMPDIR": base})
+        # a live server of another PID namespace (its PID means nothing here): its lock keeps its folder
+        import fcntl
+
+        other = os.path.join(base, f"trident-{first.proc.pid}-otherpid")
+        os.mkdir(other)
+        held = os.open(os.path.join(other, ".owner"), os.O_RDWR | os.O_CREAT)
+        fcntl.flock(held, fcntl.LOCK_EX)
         try:
-            assert not own(first.proc.pid)  # removed by the next server to start
-            assert own(second.proc.pid)
+            second = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200"], env={"TMPDIR": base})
+            try:
+                assert own(first.proc.pid) == [os.path.basename(other)]  # the killed one's removed, the other kept
+                assert own(second.proc.pid)
+            finally:
+                assert second.stop() == 0
         finally:
-            assert second.stop() == 0
+            os.close(held)
+        shutil.rmtree(other)
         assert os.listdir(base) == []  # a server that stops removes its own
     finally:
-        import shutil
-
         shutil.rmtree(base, ignore_errors=True)
 

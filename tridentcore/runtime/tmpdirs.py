@@ -5,14 +5,19 @@ directory of the process that sends them, and removes it as that process ends: a
 with SIGKILL left its ``pymp-*`` folder behind, one per kill. With :func:`use_own_temp_folder` the
 server's temporary files (its workers' ``twN-*`` folders included) go into one folder named with its
 PID, removed as it ends; and each server that starts removes the folders of servers that are gone.
+A server holds an exclusive ``flock`` on its folder's ``.owner`` file while it lives (the kernel
+drops it when the process dies, ``kill -9`` included): a folder is removed only when that lock can
+be taken, so servers in other PID namespaces sharing the directory keep theirs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 __all__ = ["use_own_temp_folder"]
@@ -23,6 +28,8 @@ _NAME = re.compile(r"trident-(\d+)-[a-z0-9_]{8}")
 # below a short $TMPDIR (else the temporary directory is used as it is, as before)
 _MAX_BASE_CHARS = 35
 _OWN: str | None = None  # this process's folder, once made
+_OWNER_FD: int | None = None  # its ``.owner`` file, locked for as long as this process lives
+_YOUNG_S = 60.0  # a folder without its ``.owner`` file yet is being made: left alone this long
 
 
 def use_own_temp_folder() -> str | None:
@@ -31,7 +38,7 @@ def use_own_temp_folder() -> str | None:
     long for it: nothing changes)."""
     from multiprocessing import util
 
-    global _OWN
+    global _OWN, _OWNER_FD
     if _OWN is not None and tempfile.tempdir == _OWN and os.path.isdir(_OWN):
         return _OWN  # (asked again in one process: `trident serve` run in-process by tests)
     base = tempfile.gettempdir()
@@ -39,6 +46,8 @@ def use_own_temp_folder() -> str | None:
         return None
     sweep(base)
     folder = tempfile.mkdtemp(prefix=f"trident-{os.getpid()}-", dir=base)
+    _OWNER_FD = os.open(os.path.join(folder, ".owner"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(_OWNER_FD, fcntl.LOCK_EX)
     tempfile.tempdir = _OWN = folder
     # after multiprocessing's own clean-up of its folder in it (exit priority -100)
     util.Finalize(None, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, exitpriority=-200)
@@ -50,14 +59,30 @@ def sweep(base: str) -> list[str]:
     removed."""
     removed = []
     for path in Path(base).glob("trident-*-*"):
-        match = _NAME.fullmatch(path.name)
-        if match is None or int(match[1]) == os.getpid() or not path.is_dir() or path.is_symlink():
+        if _NAME.fullmatch(path.name) is None or path == Path(_OWN or "") or not path.is_dir() or path.is_symlink():
             continue
-        try:
-            os.kill(int(match[1]), 0)
-        except ProcessLookupError:
+        if _abandoned(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))
-        except (OSError, OverflowError):  # alive (another user's), or no PID at all
-            continue
     return removed
+
+
+def _abandoned(path: Path) -> bool:
+    """Whether no live process holds ``path``'s ``.owner`` lock (one that has none yet is being made,
+    unless it is old)."""
+    try:
+        fd = os.open(path / ".owner", os.O_RDONLY)
+    except FileNotFoundError:
+        try:
+            return time.time() - path.stat().st_mtime > _YOUNG_S
+        except OSError:
+            return False
+    except OSError:  # another user's
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:  # held: its server lives
+        return False
+    finally:
+        os.close(fd)
