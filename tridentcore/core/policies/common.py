@@ -50,5 +50,6 @@ def place_everything(view: ClusterView, models, stages=STAGES, policy: str = "pi
         raise PolicyError(
             f"{policy}: every GPU holds every stage of every model ({names}): {need:.1f} GiB of weights, "
             f"more than GPU {small[0]}'s {view.mem_gib(small[0]):.1f} GiB; serve fewer models, use GPUs "
-            f"with more memory, or a stage-level policy (trident)")
+            f"with more memory, or leave out the policies that deploy so (pipeline-static, pipeline-dynamic, "
+            f"trident-paper): trident places each stage where it fits")
     return [Place(m, s, g) for g in range(view.num_gpus) for m in models for s in stages]
