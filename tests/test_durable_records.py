@@ -495,6 +495,14 @@ def test_a_full_disk_refuses_new_work_and_loses_no_accepted_request(tmp_path):
                        "AS done FROM requests")
         assert got == {"n": ok, "ids": ok, "done": ok}, (got, ok)
         assert not pending_journals(db)
+        # a server started on the full disk: one line, and no empty journal folder left behind
+        filler = _fill(small)
+        other = small / "g.duckdb"
+        started = subprocess.run([sys.executable, "-m", "tridentcore.cli", "serve", *ARGS, "--db", str(other),
+                                  "--port", "0"], capture_output=True, text=True, timeout=120)
+        assert started.returncode == 2 and "No space left on device" in started.stderr, started.stderr[-2000:]
+        assert not other.with_name(other.name + ".journal").exists()
+        filler.unlink()
     finally:
         if server is not None:
             server.stop()

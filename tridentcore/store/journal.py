@@ -32,7 +32,7 @@ if the name exists), so reserving a run id is atomic and a live server's journal
 for a dead one. A recovery takes the same lock before it touches a journal. (``flock`` needs a local
 file system: on NFS a live server's lock may not be seen by another host.)
 
-One module of about 700 lines: the writer, the ingester and the recovery share the line format,
+One module of about 800 lines: the writer, the ingester and the recovery share the line format,
 the lock and the ingest bookkeeping, and each is needed to read the others.
 """
 
@@ -208,6 +208,10 @@ class Journal:
             except FileNotFoundError:
                 if attempt == 2:
                     raise
+            except OSError:  # (a full disk): the folder made for it goes again, when empty
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+                raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             line = {"seq": 0, "kind": "open", "format": FORMAT, "run_id": run_id, "pid": os.getpid(),
@@ -222,6 +226,8 @@ class Journal:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            with contextlib.suppress(OSError):  # (a full disk): the folder made for it goes again, when empty
+                path.parent.rmdir()
             raise
         os.unlink(tmp)
         _fsync_dir(path.parent)
