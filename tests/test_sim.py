@@ -420,6 +420,18 @@ def test_a_pipeline_level_deployment_that_does_not_fit_a_gpu_is_refused_at_start
         run_one(small, policy, 0.2)
     res = run_one(small, "trident", 0.2)  # stage-level: each stage where it fits
     assert res.requests and {r.state for r in res.requests} == {"done"}
+    # a comparison runs the policies that can start and names the others (it stopped whole)
+    from typer.testing import CliRunner
+
+    from tridentcore.cli import app
+
+    args = ["simulate", "--profile", "h200", "--cluster", str(tmp_path / "cluster.yaml"), "--mix", "image-video",
+            "--rate", "0.2", "--duration", "60"]
+    both = CliRunner().invoke(app, [*args, "--policies", f"{policy},trident"])
+    assert both.exit_code == 0 and f"not run: {policy}: every GPU holds" in both.output, both.output
+    assert "\ntrident " in both.output
+    alone = CliRunner().invoke(app, [*args, "--policies", policy])
+    assert alone.exit_code == 2 and f"{policy}: every GPU holds" in alone.output
     # on a GPU that holds it all, the same deployment serves
     (tmp_path / "cluster.yaml").write_text("nodes: 1\ngpus_per_node: 4\nkind: H200\nmem_gib: 60\n")
     big = load_scenario(RunSpec(profile="h200", cluster=str(tmp_path / "cluster.yaml"), mix="image-video",

@@ -354,6 +354,23 @@ def test_home_an_upload_that_cannot_be_saved_is_an_error_message(monkeypatch, tm
                in e.value for e in at.error), [e.value for e in at.error]
 
 
+def test_home_a_policy_that_cannot_start_on_the_cluster_is_left_out_and_the_rest_run(tmp_path):
+    """Outside test: on 24 GiB GPUs a pipeline-level policy refuses (every model on every GPU does not
+    fit); the page said "simulation failed" and showed nothing, trident's results included."""
+    small = tmp_path / "small.yaml"
+    small.write_text("nodes: 1\ngpus_per_node: 4\nkind: H200\nmem_gib: 24\n")
+    at = _app()
+    at.run()
+    at.text_input(key="cmp_cluster").set_value(str(small)).run()
+    at.multiselect(key="cmp_policies").set_value(["pipeline-static:degree=1", "trident"]).run()
+    _clean(at)
+    assert any("not run: pipeline-static: every GPU holds" in w.value and "24.0 GiB" in w.value for w in at.warning)
+    assert [h.value for h in at.subheader][:1] == ["trident"] and _metrics(at)
+    at.multiselect(key="cmp_policies").set_value(["pipeline-static:degree=1"]).run()  # none left: an error
+    _clean(at)
+    assert any("not run: pipeline-static: every GPU holds" in e.value for e in at.error) and not at.metric
+
+
 def test_home_profile_missing_a_model_is_an_error_message():
     h200 = _data_dir().joinpath("h200.csv").read_text(encoding="utf-8").splitlines()
     no_wan = "\n".join(line for line in h200 if "wan2.1" not in line).encode()

@@ -203,6 +203,15 @@ def validate_comparison(scenario: Scenario, policies: Sequence[str], rates: Sequ
     return problems
 
 
+@functools.lru_cache(maxsize=256)
+def start_refusal(scenario: Scenario, policy: str) -> str | None:
+    """Why ``policy`` cannot start on the scenario's cluster (its deployment does not fit, ...), or None:
+    the comparison leaves it out and says so (the page asks on every rerun: kept)."""
+    from tridentcore.bench.scenario import start_refusal as refusal
+
+    return refusal(_loaded(scenario), policy)
+
+
 # The default comparison, computed once per process by :func:`warm_up` (``python -m workbench`` starts
 # it with the server, before anyone opens a page). A page asking for a run the warm-up is still
 # computing waits for it rather than computing it a second time.

@@ -14,7 +14,7 @@ cheapest degree and batch that meets its SLO without queueing (:mod:`tridentcore
 Neither knows when the requests arrive; the hindsight bound does (:mod:`tridentcore.core.hindsight`:
 a linear program over one stream), and :func:`hindsight_goodput` bisects it like a policy.
 
-One module of about 480 lines with one job, a simulated comparison from its inputs to its stored
+One module of about 500 lines with one job, a simulated comparison from its inputs to its stored
 rows: loading and checking a workload, the rates it is run at and the rows a run is stored as stay
 together, so a sweep, a bench and the workbench price and store a run the same way.
 """
@@ -29,10 +29,10 @@ from ..core.capacity import Ceiling, ClassDemand, efficient_ceiling, slo_aware_c
 from ..core.cluster import CPU_KIND, ClusterError, ClusterSpec, parse_cluster
 from ..core.costmodel import CostModel
 from ..core.defaults import DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER, DEFAULT_PROFILE, DEFAULT_TARGET, MAX_FRAMES, MAX_SIDE_PX
-from ..core.driver import expected_mix
+from ..core.driver import DriverCore, expected_mix
 from ..core.hindsight import HindsightBound, hindsight_bound
 from ..core.metrics import attainment_by_class, min_class_attainment, summarize
-from ..core.policy import make_policy
+from ..core.policy import PolicyError, make_policy
 from ..core.records import RunMeta
 from ..core.types import Shape, StageKind
 from ..core.workload import Mix, RequestClass, RequestSpec, WorkloadError, generate_requests, generated_size_problems, make_slo_fn
@@ -42,7 +42,7 @@ from .spec import RunSpec, RunSpecError
 
 __all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "ceilings", "evaluate", "goodput_range",
            "hindsight_at", "hindsight_goodput", "load_scenario", "pricing_for", "run_meta", "run_one",
-           "schedule_requests", "stream_ceiling", "sweep_goodput"]
+           "schedule_requests", "start_refusal", "stream_ceiling", "sweep_goodput"]
 
 Scenario = RunSpec  # the name this module's callers used before the one run spec (issue 10)
 
@@ -310,6 +310,22 @@ def run_one(loaded: Loaded, policy_spec: str, rate: float | None, *, record: boo
     noise = StageNoise(sc.noise_sigma, sc.noise_bias, sc.seed)  # the same draws for every policy
     return simulate(loaded.cluster, loaded.cost, policy, loaded.requests(rate), gpu_kind=loaded.gpu_kind,
                     record=record, expected=loaded.expected(), noise=noise)
+
+
+def start_refusal(loaded: Loaded, policy_spec: str) -> str | None:
+    """Why ``policy_spec`` cannot start on this scenario's cluster (a deployment whose weights do not
+    fit its GPUs, a degree that does not divide its nodes), or None: a comparison leaves such a policy
+    out, and says why, instead of failing whole (its start, on an empty cluster, decides)."""
+    expected = loaded.expected()
+    if not expected:
+        return None
+    core = DriverCore(loaded.cluster, loaded.cost, make_policy(policy_spec), gpu_kind=loaded.gpu_kind, record=False,
+                      strict=True)
+    try:
+        core.start(tuple(sorted({model for model, _ in expected})), expected, 0.0)
+    except PolicyError as exc:
+        return str(exc)
+    return None
 
 
 def capacity_rps(loaded: Loaded) -> float:

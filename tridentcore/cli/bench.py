@@ -20,7 +20,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_SLO_SCALE, DEFAULT_TARGET, DEFAULT_TIME_SCALE)
 from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
                      MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, check_db, refuse_mix_options_with_trace, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
-                     setup_logging, store_errors, table, value)
+                     runnable_specs, setup_logging, store_errors, table, value)
 
 __all__ = ["bench"]
 
@@ -128,6 +128,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
         specs = _policy_specs(policies)
         if not loaded.requests(rate):
             _fail("the workload has no requests (rate x duration too small?)")
+        specs = runnable_specs(loaded, specs)
         cap = capacity_rps(loaded) if goodput else None
         if cap is not None:
             loaded.check_rates([goodput_range(cap)[1]])  # the highest rate sweep_goodput simulates

@@ -281,6 +281,19 @@ def ceiling_lines(loaded) -> list[str]:
     return lines
 
 
+def runnable_specs(loaded, specs: list[str]) -> list[str]:
+    """``specs`` less those that cannot start on ``loaded``'s cluster, each said on stderr (a comparison
+    runs the others); none left is an error naming why."""
+    from ..bench.scenario import start_refusal
+
+    refused = {spec: why for spec in specs if (why := start_refusal(loaded, spec)) is not None}
+    if refused and len(refused) == len(specs):
+        fail("; ".join(refused.values()))
+    for why in refused.values():
+        typer.secho(f"not run: {why}", err=True, fg=typer.colors.YELLOW)
+    return [spec for spec in specs if spec not in refused]
+
+
 def policy_specs(policies: str, *, unique: bool = False) -> list[str]:
     """The policy specs of a comparison, each validated before any runs (raises ValueError/PolicyError;
     none at all is an error); ``unique``: one given twice is one too."""

@@ -13,7 +13,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_DB_WAIT_S, DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
-                     ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, policy_specs, setup_logging, table)
+                     ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, policy_specs, runnable_specs, setup_logging, table)
 
 __all__ = ["simulate", "sweep"]
 
@@ -58,6 +58,7 @@ def simulate(
         specs = policy_specs(policies, unique=True)  # every spec validated before any runs
         if not loaded.requests(rate):
             fail("the workload has no requests (rate x duration too small?)")
+        specs = runnable_specs(loaded, specs)
         made = bool(db) and not os.path.exists(db)  # (a database this run made, then stored nothing in, goes)
         if db:
             check_db(db)
@@ -155,7 +156,7 @@ def sweep(
     noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out)
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, None, None, arrival, duration, slo_scale, seed, noise, bias)
-        specs = policy_specs(policies, unique=True)
+        specs = runnable_specs(loaded, policy_specs(policies, unique=True))
         cap = capacity_rps(loaded)
         slo_cap = ceilings(loaded)[1].rps
         if goodput:

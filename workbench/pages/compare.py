@@ -251,6 +251,12 @@ if invalid:
     for p in invalid:
         st.error(_named(p))
     st.stop()
+refused = {p: why for p in policies if (why := data.start_refusal(scenario, p)) is not None}
+for why in refused.values():  # (the others run: one that cannot start stopped the whole comparison)
+    (st.error if len(refused) == len(policies) else st.warning)(f"not run: {_named(why)}")
+policies = [p for p in policies if p not in refused]
+if not policies:
+    st.stop()
 
 if live_mode:
     show_live(scenario, policies, rates, sweep, devices, float(time_scale), live_db)
