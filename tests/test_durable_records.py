@@ -380,7 +380,10 @@ def test_a_reader_through_shutdown_exits_nonzero_and_keeps_the_journal(tmp_path)
 
 
 def test_a_duplicate_run_id_is_refused_at_start(tmp_path):
+    import tempfile
+
     db = tmp_path / "d.duckdb"
+    before = tempfile.gettempdir()
     server = start_server([*ARGS, "--db", str(db), "--run-id", "dup"])
     try:
         _serve(2, server.url)
@@ -391,6 +394,9 @@ def test_a_duplicate_run_id_is_refused_at_start(tmp_path):
         assert server.stop() == 0
     stored = _cli("serve", *ARGS, "--db", str(db), "--run-id", "dup")
     assert stored.exit_code == 2 and "already in" in stored.output, stored.output
+    # run inside this process, the command left its temporary directory as it was (it kept its own
+    # folder there: a later test's temporary files went into it, too deep for a socket's path; CI)
+    assert tempfile.gettempdir() == before
     assert not pending_journals(db)
     assert _one(db, "SELECT count(*) AS n FROM runs")["n"] == 1
 

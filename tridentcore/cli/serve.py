@@ -161,9 +161,12 @@ def _serve_then_tidy(port_file: str | None, temp: str, run, *args, **kw):
     """``run(*args, **kw)``; then, when the process that started this server is gone (killed), the
     folder it made for the port file and the log (``start_server``'s ``trident-serve-*``, in the
     temporary directory ``temp``) goes too: nobody else would remove it."""
+    from ..runtime.tmpdirs import restore_temp_dir
+
     try:
         return run(*args, **kw)
     finally:
+        restore_temp_dir()  # (this command run inside another program: its temporary directory as it was)
         if port_file:
             import shutil
             from pathlib import Path

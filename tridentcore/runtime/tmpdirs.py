@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["use_own_temp_folder"]
+__all__ = ["restore_temp_dir", "use_own_temp_folder"]
 
 _NAME = re.compile(r"trident-(\d+)-[a-z0-9_]{8}")
 # the server's folder (25 characters) holds its workers' folders (``twN-*``, 14), which hold
@@ -28,6 +28,7 @@ _NAME = re.compile(r"trident-(\d+)-[a-z0-9_]{8}")
 # below a short $TMPDIR (else the temporary directory is used as it is, as before)
 _MAX_BASE_CHARS = 35
 _OWN: str | None = None  # this process's folder, once made
+_BEFORE: str | None = None  # ``tempfile.tempdir`` as it was before
 _OWNER_FD: int | None = None  # its ``.owner`` file, locked for as long as this process lives
 _YOUNG_S = 60.0  # a folder without its ``.owner`` file yet is being made: left alone this long
 
@@ -38,9 +39,10 @@ def use_own_temp_folder() -> str | None:
     long for it: nothing changes)."""
     from multiprocessing import util
 
-    global _OWN, _OWNER_FD
+    global _OWN, _OWNER_FD, _BEFORE
     if _OWN is not None and tempfile.tempdir == _OWN and os.path.isdir(_OWN):
-        return _OWN  # (asked again in one process: `trident serve` run in-process by tests)
+        return _OWN
+    _BEFORE = tempfile.tempdir
     base = tempfile.gettempdir()
     if len(base) > _MAX_BASE_CHARS:
         return None
@@ -52,6 +54,16 @@ def use_own_temp_folder() -> str | None:
     # after multiprocessing's own clean-up of its folder in it (exit priority -100)
     util.Finalize(None, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, exitpriority=-200)
     return folder
+
+
+def restore_temp_dir() -> None:
+    """The temporary directory as it was before :func:`use_own_temp_folder` (a `trident serve` run
+    inside another program, tests: what the program makes next goes where it did); the folder itself
+    stays, held, until this process ends (multiprocessing may still use its socket there)."""
+    global _OWN
+    if _OWN is not None and tempfile.tempdir == _OWN:
+        tempfile.tempdir = _BEFORE
+    _OWN = None
 
 
 def sweep(base: str) -> list[str]:
