@@ -203,13 +203,13 @@ def validate_comparison(scenario: Scenario, policies: Sequence[str], rates: Sequ
     return problems
 
 
-@functools.lru_cache(maxsize=256)
-def start_refusal(scenario: Scenario, policy: str) -> str | None:
-    """Why ``policy`` cannot start on the scenario's cluster (its deployment does not fit, ...), or None:
-    the comparison leaves it out and says so (the page asks on every rerun: kept)."""
-    from tridentcore.bench.scenario import start_refusal as refusal
+def start_refusals(scenario: Scenario, policies: Sequence[str]) -> dict[str, str]:
+    """Why each of ``policies`` that cannot start on the scenario's cluster cannot (its deployment does
+    not fit, ...): the comparison leaves those out and says so."""
+    from tridentcore.bench.scenario import start_refusal
 
-    return refusal(_loaded(scenario), policy)
+    loaded = _loaded(scenario)
+    return {p: why for p in policies if (why := start_refusal(loaded, p)) is not None}
 
 
 # The default comparison, computed once per process by :func:`warm_up` (``python -m workbench`` starts

@@ -251,7 +251,7 @@ if invalid:
     for p in invalid:
         st.error(_named(p))
     st.stop()
-refused = {p: why for p in policies if (why := data.start_refusal(scenario, p)) is not None}
+refused = data.start_refusals(scenario, policies)
 for why in refused.values():  # (the others run: one that cannot start stopped the whole comparison)
     (st.error if len(refused) == len(policies) else st.warning)(f"not run: {_named(why)}")
 policies = [p for p in policies if p not in refused]
