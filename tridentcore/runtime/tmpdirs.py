@@ -13,6 +13,7 @@ be taken, so servers in other PID namespaces sharing the directory keep theirs.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import time
 from pathlib import Path
 
 __all__ = ["restore_temp_dir", "use_own_temp_folder"]
+
+logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"trident-(\d+)-[a-z0-9_]{8}")
 # the server's folder (25 characters) holds its workers' folders (``twN-*``, 14), which hold
@@ -46,10 +49,14 @@ def use_own_temp_folder() -> str | None:
     base = tempfile.gettempdir()
     if len(base) > _MAX_BASE_CHARS:
         return None
-    sweep(base)
-    folder = tempfile.mkdtemp(prefix=f"trident-{os.getpid()}-", dir=base)
-    _OWNER_FD = os.open(os.path.join(folder, ".owner"), os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(_OWNER_FD, fcntl.LOCK_EX)
+    try:
+        sweep(base)
+        folder = tempfile.mkdtemp(prefix=f"trident-{os.getpid()}-", dir=base)
+        _OWNER_FD = os.open(os.path.join(folder, ".owner"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(_OWNER_FD, fcntl.LOCK_EX)
+    except OSError as exc:  # (a file system without flock, ...): the temporary directory as it is
+        logger.warning("temporary files stay in %s, not in a folder of this server's own: %s", base, exc)
+        return None
     tempfile.tempdir = _OWN = folder
     # after multiprocessing's own clean-up of its folder in it (exit priority -100)
     util.Finalize(None, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, exitpriority=-200)
