@@ -49,12 +49,15 @@ def use_own_temp_folder() -> str | None:
     base = tempfile.gettempdir()
     if len(base) > _MAX_BASE_CHARS:
         return None
+    folder = None
     try:
         sweep(base)
         folder = tempfile.mkdtemp(prefix=f"trident-{os.getpid()}-", dir=base)
         _OWNER_FD = os.open(os.path.join(folder, ".owner"), os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(_OWNER_FD, fcntl.LOCK_EX)
     except OSError as exc:  # (a file system without flock, ...): the temporary directory as it is
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         logger.warning("temporary files stay in %s, not in a folder of this server's own: %s", base, exc)
         return None
     tempfile.tempdir = _OWN = folder
