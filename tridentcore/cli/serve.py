@@ -125,15 +125,9 @@ def serve(
     if backend == "ray":  # a Ray instance this command starts sends no usage reports unless asked to
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-    import tempfile
-
-    from ..runtime.tmpdirs import use_own_temp_folder
-
-    temp = tempfile.gettempdir()  # (the starter's, where it made the folder of --port-file)
-    use_own_temp_folder()  # (a server killed with SIGKILL left multiprocessing's socket folder behind)
     served: list = []  # the ready server (its run id and database), once it serves
     try:
-        stopped_by = _serve_then_tidy(port_file, temp, run_server, ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
+        stopped_by = _serve_then_tidy(port_file, run_server, ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
                                 time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
                                 api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
                                 no_device_timeout_s=no_device_timeout,
@@ -157,12 +151,18 @@ def serve(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _serve_then_tidy(port_file: str | None, temp: str, run, *args, **kw):
-    """``run(*args, **kw)``; then, when the process that started this server is gone (killed), the
-    folder it made for the port file and the log (``start_server``'s ``trident-serve-*``, in the
-    temporary directory ``temp``) goes too: nobody else would remove it."""
-    from ..runtime.tmpdirs import restore_temp_dir
+def _serve_then_tidy(port_file: str | None, run, *args, **kw):
+    """``run(*args, **kw)`` with this server's temporary files in a folder of its own (a server killed
+    with SIGKILL left multiprocessing's socket folder behind: ``runtime/tmpdirs.py``); then, when the
+    process that started it is gone (killed), the folder it made for the port file and the log
+    (``start_server``'s ``trident-serve-*``, in the temporary directory) goes too: nobody else would
+    remove it."""
+    import tempfile
 
+    from ..runtime.tmpdirs import restore_temp_dir, use_own_temp_folder
+
+    temp = tempfile.gettempdir()  # (the starter's, where it made the folder of --port-file)
+    use_own_temp_folder()
     try:
         return run(*args, **kw)
     finally:

@@ -4,7 +4,7 @@
 are resident where and how much memory they take, and the request table. Only the driver core
 (``core/driver.py``) calls its mutating methods (``start``, ``finish``, ``fail``, ``place``,
 ``evict``), for the simulator and the live engine alike. The state and its read-only view stay in
-one module (about 480 lines): the view is a method-for-method face of the state's fields.
+one module (about 490 lines): the view is a method-for-method face of the state's fields.
 
 Two stages never share a GPU at the same time: a dispatch takes its GPUs exclusively. (The H200
 measurements show co-running stages slow each other by 1.25-3x; exclusive use keeps the cost model's

@@ -27,7 +27,7 @@ then ``WorkerLost``), a new actor is created, and the engine hears ``on_restored
 
 ``ray`` is imported only here and only once the pool starts (``pip install 'tridentserve[ray]'``).
 
-About 480 lines, one job (device slots as Ray actors): the actor, its worker and the pool share the
+About 490 lines, one job (device slots as Ray actors): the actor, its worker and the pool share the
 actor's lifecycle (start, wait for room, loss, restart) and Ray's import, which stays here alone.
 """
 

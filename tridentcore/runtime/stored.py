@@ -259,7 +259,7 @@ class RunRecords:
             self.journal_errors += 1
             if self._down_since is None:
                 self._down_since = time.monotonic()
-                self._refused_before = self._refused()
+                self._refused_before = self._refused_all().get("records_unwritable", 0)
             why = f"the run's journal {self.journal.path} cannot be written ({exc.strerror or exc})"
             for e in _parts(self.run):  # no request is accepted that could not be recorded
                 e.records_down = why
@@ -271,7 +271,7 @@ class RunRecords:
                 e.records_down = ""
             logger.warning("journal %s written again after %.1f s; %d requests were refused meanwhile",
                            self.journal.path, time.monotonic() - self._down_since,
-                           self._refused() - self._refused_before)
+                           self._refused_all().get("records_unwritable", 0) - self._refused_before)
             self._down_since = None
         if wait_s is None or not self.ingester.pending():
             return True
@@ -308,9 +308,6 @@ class RunRecords:
         meta = dataclasses.replace(run.run_meta(self.run_id, self.config, self.provenance), status=status)
         lines.append(end_line(meta, {"requests": unfinished, "gpu_samples": run.gpu_samples()}))
         return await asyncio.to_thread(self._finish, lines)
-
-    def _refused(self) -> int:
-        return sum(e.refused.get("records_unwritable", 0) for e in _parts(self.run))
 
     def _finish(self, lines: list[dict]) -> bool:
         lines = self._unwritten + lines

@@ -583,9 +583,9 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
             return Recovery(named, path, "gone", message="recovered by another process meanwhile")
         skipped: list[int] = []
         lines, good = read_lines(path, skipped=skipped)
-        notes = _mend_tail(fd, path, good, lines)
-        if notes == ["kept"]:  # a last line complete but for its newline: read again with it
-            skipped, notes = [], []
+        completed, notes = _mend_tail(fd, path, good, lines)
+        if completed:  # a last line whole but for its newline: read again with it
+            skipped = []
             lines, good = read_lines(path, skipped=skipped)
         if skipped:
             notes.insert(0, _bytes(skipped))
@@ -633,21 +633,21 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
         os.close(fd)
 
 
-def _mend_tail(fd: int, path: Path, good: int, lines: list[dict]) -> list[str]:
-    """What follows a journal's last newline (its dead writer's last line): ``["kept"]`` when it is a
-    whole line but for the newline (added), else it is cut off and a note says so."""
+def _mend_tail(fd: int, path: Path, good: int, lines: list[dict]) -> tuple[bool, list[str]]:
+    """What follows a journal's last newline (its dead writer's last line): completed (True) when it
+    is a whole line but for the newline (added), else cut off, with a note that says so."""
     size = os.fstat(fd).st_size
     if size <= good:
-        return []
+        return False, []
     with open(path, "rb") as f:
         f.seek(good)
         tail = f.read()
     last = _parsed(tail)
     if last is not None and last["seq"] not in {line["seq"] for line in lines} and _well_formed(last):
         os.write(fd, b"\n")
-        return ["kept"]
+        return True, []
     os.ftruncate(fd, good)  # torn as its writer died: never complete, never ingested
-    return [f"its last line, cut short ({size - good} bytes), dropped"]
+    return False, [f"its last line, cut short ({size - good} bytes), dropped"]
 
 
 def _keep(path: Path) -> Path:
