@@ -522,6 +522,7 @@ def test_a_crashed_run_keeps_its_refusal_counts(tmp_path):
     server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "1",
                            "--max-queued", "1", "--db", str(db), "--run-id", "refusing"])
     try:
+        time.sleep(1.2)  # the refusals a second into the run: the clock the journal keeps with them is past 1 s
         with httpx.Client(base_url=server.url, timeout=60) as client:
             codes = [client.post("/v1/requests", json={**BODY, "size": "1024x1024", "steps": 28, "seed": i}).status_code
                      for i in range(6)]
