@@ -92,3 +92,29 @@ def test_a_waiting_diffuse_starts_on_the_idle_part_of_its_group_and_grows():
     assert done[1].finish_s < {r.request_id: r for r in waits.requests}[1].finish_s - 3.0
     # opt-in: turning it on by default changes every table of trident's results (re-run them first)
     assert make_policy("trident").opts["grow"] is False
+
+
+def test_a_loose_slo_widens_while_more_of_the_cluster_is_busy():
+    """Under a loose SLO (3x the no-queue latency, >= ``loose``) a narrow diffuse is grown onto idle GPUs
+    while the unwidened work holds up to ``wide_loose`` (0.7) of them, not only ``wide_below`` (0.5):
+    five flux requests within 2 s on 8 GPUs, the 1024² and a 2048² one started at one GPU grow at a step
+    boundary, and the last to finish does so 2 s sooner. Under a tight SLO (1.5x) the bound stays
+    ``wide_below``: the same decisions either way."""
+    arrivals = [(1536, 0.0), (1536, 1.2), (1024, 1.5), (2048, 1.7), (2048, 2.0)]
+
+    def run(scale: float, policy: str):
+        slo_at = make_slo_fn(H200, scale, 8)
+        reqs = [RequestSpec(i, "flux-dev", "p", Shape(w, w, 1, 28), i, None, slo_at("flux-dev", Shape(w, w, 1, 28)), t)
+                for i, (w, t) in enumerate(arrivals)]
+        res = simulate(NODE, H200, make_policy(policy), reqs)
+        assert all(r.state == "done" and r.finish_s <= r.deadline_s for r in res.requests)
+        return res, [r.finish_s - r.arrival_s for r in res.requests]
+
+    loose, loose_lat = run(3.0, "trident")
+    held, held_lat = run(3.0, "trident:wide_loose=0.5")  # as trident decided before wide_loose
+    assert max(_diffuses(loose, 3), key=lambda p: p[1])[2] > max(_diffuses(held, 3), key=lambda p: p[1])[2]
+    assert len(_diffuses(loose, 2)) > len(_diffuses(held, 2))  # grown at a step boundary
+    assert max(loose_lat) < max(held_lat) - 2.0 and sum(loose_lat) < sum(held_lat)
+    tight, _ = run(1.5, "trident")
+    tight_held, _ = run(1.5, "trident:wide_loose=0.5")
+    assert [_diffuses(tight, i) for i in range(5)] == [_diffuses(tight_held, i) for i in range(5)]

@@ -72,14 +72,17 @@ class Elastic:
             done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
             yield run, v, self._info_for(view, v.spec.model, v.spec.shape), done
 
-    def _grow(self, view, idle, reserved, now, actions) -> None:
+    def _grow(self, view, idle, reserved, now, actions, base_frac: float) -> None:
         """GPUs idle that no waiting work could take: pause the running diffuse that gains most from them
         at its next step boundary; it resumes at once, wider, on its node or another (the GPUs must hold
-        its weights: no load)."""
+        its weights: no load). Only diffuses whose bound (``_wide_bound``) is above ``base_frac``, the
+        fraction of the GPUs the running work holds unwidened."""
         best, best_gain = None, 0.0
         holding: dict[str, list[int]] = {}  # model -> per node, its idle unreserved GPUs that hold its diffuse
         narrow = [run for run in view.running() if run.action.request_ids[0] in self.narrow]
         for run, v, info, done in self._movable(narrow, view, reserved, now):
+            if base_frac >= self._wide_bound(v.spec, info):
+                continue
             a, vid, d = run.action, v.id, len(run.action.gpus)
             wider = [x for x in info.degrees if x >= d]
             model = v.spec.model
