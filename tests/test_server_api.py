@@ -104,10 +104,13 @@ def test_a_huge_size_or_a_non_finite_number_is_a_clean_422(fast):
 
 def test_parse_errors_unknown_paths_and_wrong_methods_answer_in_the_error_shape(fast):
     _, client, _ = fast
-    for raw in (b'{"prompt": ', b"\xff\xfe{}"):  # not JSON; not UTF-8
+    for raw in (b'{"prompt": ', b"\xff\xfe{}", b""):  # not JSON; not UTF-8; empty
         resp = client.post("/v1/images/generations", content=raw, headers={"content-type": "application/json"})
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "bad_request", resp.text
         assert resp.json()["error"]["field"] == "body" and "detail" not in resp.json()
+    for path in ("/v1/images/generations", "/v1/requests"):  # not "body: Field required"
+        resp = client.post(path, content=b"", headers={"content-type": "application/json"})
+        assert resp.status_code == 400 and resp.json()["error"]["message"] == "the body is empty: send a JSON object"
     # why it could not be read, not the framework's "There was an error parsing the body"
     for raw, why in ((b'{"prompt": "x", "steps": ' + b"9" * 5000 + b"}", "a number in it has more than 4300 digits"),
                      (b'{"prompt": "\xff"}', "it is not UTF-8 (byte 0xff at byte 12)")):

@@ -118,8 +118,9 @@ def test_a_stalled_body_gets_408_after_the_same_timeout(server):
 
 
 @pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nno colon here\r\n\r\n",
-                                 b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n"],
-                         ids=["request-line", "header", "head-over-16KiB"])
+                                 b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n",
+                                 b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 60000 + b"\r\n\r\n"],
+                         ids=["request-line", "header", "head-over-16KiB", "header-over-16KiB-whole"])
 def test_what_is_not_http_gets_a_json_400(server, raw):
     with _connect(server) as sock:
         sock.sendall(raw)
@@ -127,6 +128,40 @@ def test_what_is_not_http_gets_a_json_400(server, raw):
     status, headers, err = _error(got)
     assert status == 400 and headers["content-type"] == "application/json", got[:200]
     assert err["code"] == "bad_request" and "not a valid HTTP/1.1 request" in err["message"], err
+
+
+def test_a_head_over_16_kib_is_refused_however_it_arrives_and_a_large_body_is_not_a_head(server):
+    """A head arriving whole in one read passed h11's bound at any size (60 KB did), and one sent in
+    4 KiB pieces too (20 KB); a small head followed by a large body in the same write is not a head."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 20000 + b"\r\n\r\n"
+    with _connect(server) as sock:
+        for i in range(0, len(head), 4096):
+            sock.sendall(head[i:i + 4096])
+            time.sleep(0.02)
+        got, _ = _read_all(sock, 10)
+    status, _, err = _error(got)
+    assert status == 400 and err["code"] == "bad_request", got[:200]
+    with _connect(server) as sock:
+        body = json.dumps({"prompt": "x" * 40000, "model": "sd3-medium"}).encode()
+        sock.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        got, _ = _read_all(sock, 10)
+    status, _, err = _error(got)
+    assert status == 422 and err["field"] == "prompt", got[:300]  # read as a request: its prompt is too long
+
+
+def test_a_request_with_both_content_length_and_chunked_is_refused(server):
+    """RFC 9112 section 6.3: the two framings disagree (a smuggling vector behind a proxy), so the request
+    is refused and the connection closed, as two Content-Lengths are."""
+    body = b'{"prompt": "a cat", "model": "sd3-medium", "size": "512x512", "steps": 1}'
+    with _connect(server) as sock:
+        sock.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + f"{len(body):x}".encode() + b"\r\n" + body + b"\r\n0\r\n\r\n")
+        got, took = _read_all(sock, 10)
+    status, headers, err = _error(got)
+    assert status == 400 and err["code"] == "bad_request" and "Transfer-Encoding" in err["message"], got[:300]
+    assert headers.get("connection") == "close" and took < 5
 
 
 def test_the_open_files_limit_is_raised_and_the_server_still_serves(server):

@@ -114,6 +114,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = []
         for e in exc.errors():
+            if e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",):
+                return error_response(ApiError("bad_request", "the body is empty: send a JSON object", "body"))
             if e.get("type") == "json_invalid":
                 pos, why = (e.get("loc") or ("body", "?"))[-1], (e.get("ctx") or {}).get("error", "")
                 return error_response(ApiError("bad_request", f"the body is not JSON: {why} at character {pos}",
@@ -340,7 +342,15 @@ class BodyLimit:
         return await self._refuse(ApiError("shutting_down", message), scope, receive, send)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        names = {name for name, _ in scope.get("headers", ())}
+        if b"content-length" in names and b"transfer-encoding" in names:
+            # RFC 9112 6.3: the framings disagree (request smuggling behind a proxy); refuse and close
+            return await self._refuse(ApiError("bad_request", "a request with both Content-Length and "
+                                                              "Transfer-Encoding; send one of them"),
+                                      scope, receive, send)
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         limit = self.max_bytes
         for name, value in scope.get("headers", ()):

@@ -12,6 +12,9 @@ facing many clients needs.
 * **The API's error shape for what h11 refuses.** A request that is not HTTP/1.1 (a malformed request
   line or header, a head over h11's 16 KiB) is answered 400 with ``{"error": {"code":
   "bad_request", ...}}`` as every other error, not uvicorn's plain text.
+* **16 KiB for a head, however it arrives.** h11 bounds only a head still incomplete in its buffer:
+  one that came whole in a single read passed at any size (60 KB did). The bytes of the awaited head
+  are kept up to the bound, and a head that has not ended within it is refused as above.
 
 :func:`raise_open_files_limit` lifts the process's soft limit on open files to its hard limit (each
 connection is one), as servers commonly do at start; a soft limit of 1024 is many systems' default.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from http import HTTPStatus
 
 from .errors import STATUS
@@ -29,6 +33,9 @@ from .errors import STATUS
 __all__ = ["protocol_class", "raise_open_files_limit"]
 
 logger = logging.getLogger(__name__)
+
+HEAD_LIMIT = 16 * 1024  # bytes of a request line and headers (h11's bound on an incomplete one)
+_HEAD_END = re.compile(rb"\n\r?\n")  # where a head ends, as h11 reads it (a bare LF ends a line too)
 
 
 def _error_bytes(code: str, message: str) -> bytes:
@@ -50,6 +57,7 @@ def protocol_class(timeout_s: float) -> type[asyncio.Protocol]:
     class DeadlineH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0  # bytes of the awaited head received so far
+        _head_start = b""  # its first HEAD_LIMIT + 4 bytes (is its end within the bound?)
 
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
@@ -61,7 +69,12 @@ def protocol_class(timeout_s: float) -> type[asyncio.Protocol]:
 
         def data_received(self, data: bytes) -> None:
             if self._head_timer is not None:
+                if self._head_bytes <= HEAD_LIMIT:
+                    self._head_start += data[:HEAD_LIMIT + 4 - len(self._head_start)]
                 self._head_bytes += len(data)
+                if self._head_bytes > HEAD_LIMIT and _HEAD_END.search(self._head_start) is None:
+                    self.send_400_response("head over the bound")
+                    return
             super().data_received(data)
             if self.conn.their_state is not h11.IDLE:  # a request's head came whole (or was refused)
                 self._head_arrived()
@@ -75,7 +88,7 @@ def protocol_class(timeout_s: float) -> type[asyncio.Protocol]:
 
         def _await_head(self) -> None:
             self._head_arrived()
-            self._head_bytes = 0
+            self._head_bytes, self._head_start = 0, b""
             self._head_timer = self.loop.call_later(timeout_s, self._head_late)
 
         def _head_arrived(self) -> None:
