@@ -45,6 +45,7 @@ FLUSH_S = 0.5  # journal cadence: rows reach the disk at most this long after th
 INGEST_S = 1.0  # DuckDB cadence: the store is at most about this long behind the journal
 LOCK_WAIT_S = 0.25  # how long a running server's ingest waits for another process's lock (then: next time)
 HEARTBEAT_S = 5.0  # an idle run still journals its clock this often (a crashed run's duration)
+_DOWN_LOG_S = 60.0  # a journal that still cannot be written is logged again this often (or when the error changes)
 
 
 class RecordsNotStored(TridentError, RuntimeError):
@@ -158,6 +159,7 @@ class RunRecords:
         self._refused_said: dict[str, int] = {}  # the refusal counts the journal has (a change is a line)
         self._busy_since: float | None = None  # the store refused our ingests since (locked)
         self._down_since: float | None = None  # the journal could not be written since (a full disk)
+        self._down_said: tuple[float, str] = (0.0, "")  # when the failure was last logged, and as what
         self._refused_before = 0
         self.started = False
         self.problem = ""  # why the run is not (all) in the store, once close() says so
@@ -263,8 +265,12 @@ class RunRecords:
             why = f"the run's journal {self.journal.path} cannot be written ({exc.strerror or exc})"
             for e in _parts(self.run):  # no request is accepted that could not be recorded
                 e.records_down = why
-            logger.error("could not write the journal %s (%s); %d lines wait in memory, new requests are refused "
-                         "(503 records_unwritable)", self.journal.path, exc, len(lines))
+            now, said = time.monotonic(), str(exc)
+            if said != self._down_said[1] or now - self._down_said[0] >= _DOWN_LOG_S:  # not twice a second
+                self._down_said = (now, said)
+                logger.error("could not write the journal %s (%s) for %.0f s; %d lines wait in memory, new requests "
+                             "are refused (503 records_unwritable)", self.journal.path, exc, now - self._down_since,
+                             len(lines))
             return False
         if self._down_since is not None:
             for e in _parts(self.run):
@@ -272,7 +278,7 @@ class RunRecords:
             logger.warning("journal %s written again after %.1f s; %d requests were refused meanwhile",
                            self.journal.path, time.monotonic() - self._down_since,
                            self._refused_all().get("records_unwritable", 0) - self._refused_before)
-            self._down_since = None
+            self._down_since, self._down_said = None, (0.0, "")
         if wait_s is None or not self.ingester.pending():
             return True
         self._last_ingest = time.monotonic()
