@@ -108,6 +108,11 @@ def test_generate_video_writes_an_animation(tmp_path, suffix):
         (["--guidance", "nan"], "--guidance: nan is not a finite number; give a number"),
         (["--guidance", "inf"], "--guidance: inf is not a finite number; give a number"),
         (["--guidance", "-5"], "--guidance must be a finite number in [0, 100] (got -5)"),
+        # the API's prompt bounds (outside test: both were drawn here and refused by the API)
+        (["--prompt", ""], "--prompt must not be empty"),
+        (["--prompt", "  "], "--prompt must not be empty"),
+        (["--prompt", "x" * 2001], "--prompt has 2,001 characters; at most 2,000"),
+        (["--negative-prompt", "x" * 5000], "--negative-prompt has 5,000 characters; at most 2,000"),
         # said before generating, not after
         (["--out", "/proc/x.png"], "/proc/x.png: cannot be written"),
         (["--model", "tiny-wan", "--frames", "9"], "9 frames need an animation format: .webp, .gif"),

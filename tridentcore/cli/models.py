@@ -9,7 +9,8 @@ import math
 
 import typer
 
-from ..core.defaults import DEFAULT_DB, DEFAULT_PROFILE, MAX_FRAMES, MAX_GPUS_PER_NODE, MAX_GUIDANCE, MAX_SEED
+from ..core.defaults import (DEFAULT_DB, DEFAULT_PROFILE, MAX_FRAMES, MAX_GPUS_PER_NODE, MAX_GUIDANCE,
+                             MAX_PROMPT_CHARS, MAX_SEED)
 from ..core.types import STAGES, StageKind
 from .common import check_out, fail, quiet_libraries, setup_logging
 
@@ -84,6 +85,12 @@ def generate(
     from ..pipelines.staged_base import ANY_MODEL
 
     _check_device(device, degree)
+    # the API's bounds (an empty or a 5,000-character prompt was drawn here and refused there)
+    if not prompt.strip():
+        fail("--prompt must not be empty")
+    for name, text in (("--prompt", prompt), ("--negative-prompt", negative_prompt or "")):
+        if len(text) > MAX_PROMPT_CHARS:
+            fail(f"{name} has {len(text):,} characters; at most {MAX_PROMPT_CHARS:,} (the API's bound)")
     if guidance is not None and not (math.isfinite(guidance) and 0.0 <= guidance <= MAX_GUIDANCE):
         # (inf made a black image, nan and -5 no guidance at all, 1e308 a traceback on tiny-flux)
         fail(f"--guidance must be a finite number in [0, {MAX_GUIDANCE:g}] (got {guidance:g})")

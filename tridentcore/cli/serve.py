@@ -24,7 +24,8 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free port; see --port-file)."),
     db: str = typer.Option(None, help="DuckDB results file: the run's requests, spans and placements, stored as they "
                                       "happen (a journal next to it, FILE.journal/, holds what is not in yet; a crashed "
-                                      "run's journal is ingested at the next start or by `trident runs recover`)."),
+                                      "run's journal is ingested at the next start or by `trident runs recover`). Folders "
+                                      "on its path that do not exist are made."),
     db_wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds the final write waits for another process's "
                                                                    "lock on --db (and for room on a full disk); past it "
                                                                    "the server exits 1 and its journal keeps the rows."),
