@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,24 @@ def test_every_readme_query_runs_on_a_live_run_of_the_tiny_mix(tmp_path: Path):
         result = _sql("--db", str(path), "--json", sql)
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout), sql
+
+
+def test_a_query_whose_result_outgrows_memory_is_stopped_in_seconds(db: Path):
+    """Outside test: `SELECT list(range(300000000))` grew `trident sql` to 15 GB for 37 s (DuckDB's
+    memory limit does not cover all it allocates for a result, nor the Python objects made of it);
+    now the process may grow by SQL_MAX_GROWTH and the query fails with one line saying so."""
+    import resource
+
+    # a second bound on the child, should the process's own fail: this test must not take the host down
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (8 * 1024**3, resource.RLIM_INFINITY))
+
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "tridentcore.cli", "sql", "--db", str(db),
+                           "SELECT list(range(300000000)) AS l"], capture_output=True, text=True, timeout=120,
+                          preexec_fn=cap)
+    took = time.monotonic() - t0
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == ("error: the query needs more than 3 GiB of memory: narrow it, or "
+                                                    "run it with `duckdb -readonly` on the file"), done.stderr[-2000:]
+    assert took < 25, took  # (loose: the bound is reached in under a second here)

@@ -7,6 +7,7 @@ read-only query (``query_readonly_rows``); these commands only format.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
@@ -250,7 +251,7 @@ def sql(
 ) -> None:
     """Run read-only SQL on a results database and print a table.
 
-    Output is an aligned table, or --csv / --json. The connection is read-only with file access off, and a query stops after 30 s:
+    Output is an aligned table, or --csv / --json. The connection is read-only with file access off, and a query stops after 30 s or 3 GiB of memory:
     `trident sql "SELECT policy, attainment, p95_s FROM run_summary"`."""
     from ..store import query_readonly_rows, statement_count
 
@@ -260,7 +261,10 @@ def sql(
     if not text.strip():
         fail("no SQL given")
     try:
-        result = query_readonly_rows(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
+        with _memory_bound(SQL_MAX_GROWTH):
+            result = query_readonly_rows(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
+    except MemoryError:
+        fail(_OUT_OF_MEMORY)
     except (*store_errors(), ValueError) as exc:
         fail(_sql_error(exc, db))
     if csv_out:
@@ -278,6 +282,39 @@ def sql(
 
 
 SQL_TIMEOUT_S = 30.0  # a query of `trident sql` is interrupted after this long
+# and may grow the process by this much: DuckDB's own limit (2 GB) does not cover everything it allocates
+# for a result, nor the result made into Python objects (`SELECT list(range(300000000))` took 15 GB)
+SQL_MAX_GROWTH = 3 * 1024**3
+_OUT_OF_MEMORY = (f"the query needs more than {SQL_MAX_GROWTH / 1024**3:g} GiB of memory: narrow it, or run it with "
+                  "`duckdb -readonly` on the file")
+
+
+@contextlib.contextmanager
+def _memory_bound(growth: int):
+    """Within the block, this process's data segment (the heap and private mappings: Linux's
+    RLIMIT_DATA) may grow by at most ``growth`` bytes: past it an allocation fails (MemoryError, or
+    DuckDB's out-of-memory error) instead of the host running out. No bound where the process's size
+    cannot be read (not Linux)."""
+    import resource
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            data = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    except (OSError, StopIteration, ValueError, AttributeError):
+        yield
+        return
+    bound = data + growth
+    if hard != resource.RLIM_INFINITY:
+        bound = min(bound, hard)
+    if soft != resource.RLIM_INFINITY and soft <= bound:  # already bounded as tightly
+        yield
+        return
+    resource.setrlimit(resource.RLIMIT_DATA, (bound, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 def _sql_error(exc: BaseException, db: str) -> str:
@@ -287,6 +324,8 @@ def _sql_error(exc: BaseException, db: str) -> str:
     if not isinstance(exc, duckdb.Error):  # no database there, or not a DuckDB one
         return db_message(exc, db)
 
+    if isinstance(exc, duckdb.OutOfMemoryException):
+        return _OUT_OF_MEMORY
     if isinstance(exc, duckdb.InterruptException):  # raised by the reader's deadline
         return (f"the query ran past {SQL_TIMEOUT_S:g} s and was interrupted: narrow it, or run it with "
                 "`duckdb -readonly` on the file")
