@@ -1,4 +1,4 @@
-"""`trident runs list | show | diff | export` over a results database (read-only)."""
+"""`trident runs list | show | diff | export` over a results database (read-only), and `runs delete`."""
 
 from __future__ import annotations
 
@@ -183,3 +183,56 @@ def test_show_a_run_without_rows(tmp_path):
     result = runner.invoke(app, ["runs", "show", "only", "--db", str(path)])
     assert result.exit_code == 0, result.output
     assert result.stdout.count("(none)") == 2  # no classes, no stages
+
+
+def test_delete_removes_every_row_of_a_run_and_refuses_what_it_should_not_delete(tmp_path):
+    """Outside test: a stored run could not be deleted but by another tool. Every row of the run goes,
+    the other run stays whole; a prefix, an unknown id, a run still `running` and one whose journal is
+    not stored yet are refused, each named, and the exit status is 1."""
+    import shutil
+
+    import duckdb
+
+    from tridentcore.store import ResultsStore
+    from tridentcore.store.journal import journal_path
+
+    db = tmp_path / "d.duckdb"
+    result = runner.invoke(app, ["simulate", "--mix", "tiny", "--profile", "cpu", "--cluster", "2xcpu", "--rate", "2",
+                                 "--duration", "20", "--policies", "trident,pipeline-static:degree=1,pipeline-dynamic",
+                                 "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    ids = _ids(db)
+    gone, kept, running = ids["trident"], ids["pipeline-static:degree=1"], ids["pipeline-dynamic"]
+
+    def counts(run_id: str) -> dict[str, int]:
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            return {t: con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0]
+                    for t in ("runs", "requests", "stage_spans", "placements")}
+        finally:
+            con.close()
+
+    before = counts(gone)
+    assert before["runs"] == 1 and before["requests"] > 0 and before["stage_spans"] > 0
+    kept_before = counts(kept)
+    ResultsStore(db).mark_status(running, "running")
+    refused = runner.invoke(app, ["runs", "delete", gone[:-2], "nope", running, "--db", str(db)])
+    assert refused.exit_code == 1, refused.output
+    assert f"run {gone[:-2]!r} is not a whole run id (it begins {gone}): give the whole id" in refused.stderr
+    assert "run 'nope' is not in" in refused.stderr
+    assert f"run {running!r} is running" in refused.stderr
+    journal = journal_path(db, kept)
+    journal.parent.mkdir()
+    journal.write_text("")
+    refused = runner.invoke(app, ["runs", "delete", kept, "--db", str(db)])
+    assert refused.exit_code == 1 and "is not stored yet" in refused.stderr, refused.output
+    shutil.rmtree(journal.parent)
+    assert counts(gone) == before and counts(kept) == kept_before
+    deleted = runner.invoke(app, ["runs", "delete", gone, "--db", str(db)])
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout.startswith(f"deleted run {gone}: {before['requests']} requests, {before['stage_spans']} "
+                                     f"stage_spans, {before['placements']} placements"), deleted.stdout
+    assert counts(gone) == {"runs": 0, "requests": 0, "stage_spans": 0, "placements": 0}
+    assert counts(kept) == kept_before
+    again = runner.invoke(app, ["runs", "delete", gone, "--db", str(db)])
+    assert again.exit_code == 1 and f"run {gone!r} is not in" in again.stderr

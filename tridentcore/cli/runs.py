@@ -179,6 +179,58 @@ def runs_export(
         typer.echo(f"note: {parquet} also holds {', '.join(others)}, not of this export")
 
 
+@runs_app.command("delete")
+def runs_delete(
+    runs: list[str] = typer.Argument(..., metavar="RUN...", help="Run ids, whole (no prefixes: a deletion names what "
+                                                               "it deletes)."),
+    db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
+    wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds to wait for another process's lock on the database."),
+) -> None:
+    """Delete stored runs: every row of each (requests, spans, placements, GPU samples, client rows).
+
+    A run still `running` (its server writes it) or with a journal not yet recovered is refused; each
+    run is deleted in its own transaction. Exit status 1 if any run was not deleted."""
+    from pathlib import Path
+
+    from ..bench.runs import resolve_run
+    from ..store import ResultsStore, StoreError, UnknownRunError
+    from ..store.journal import journal_path
+
+    if Path(db).is_dir():
+        fail(f"--db {db} is a folder: give the results database file")
+    if not Path(db).is_file():
+        fail(f"no results database at {db}")
+    store, failed = ResultsStore(db, lock_wait_s=wait), 0
+    for run in dict.fromkeys(runs):
+        why = ""
+        if journal_path(db, run).exists():
+            why = (f"its journal {journal_path(db, run)} is not stored yet (its server runs, or `trident runs "
+                   "recover` stores it first)")
+        else:
+            try:
+                counts = store.delete_run(run)
+            except UnknownRunError as exc:
+                why = one_line(str(exc.args[0]) if exc.args else str(exc))  # (a KeyError's str() is quoted)
+                try:
+                    named = resolve_run(db, run)
+                except (*store_errors(), OSError):
+                    named = None
+                if named is not None and named != run:
+                    why = f"run {run!r} is not a whole run id (it begins {named}): give the whole id"
+            except StoreError as exc:  # still running
+                why = one_line(str(exc))
+            except (*store_errors(), OSError) as exc:
+                why = one_line(db_message(exc, db))
+        if why:
+            failed += 1
+            typer.echo(f"not deleted: {why}", err=True)
+            continue
+        rows = ", ".join(f"{n} {t}" for t, n in counts.items() if n and t not in ("runs", "journal_ingests"))
+        typer.echo(f"deleted run {run}" + (f": {rows}" if rows else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
 @runs_app.command("recover")
 def runs_recover(
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),

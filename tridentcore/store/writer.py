@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 
 from .connection import LOCK_WAIT_S, connect
-from .errors import DuplicateRunError, NotADatabaseError, RowsError, UnknownRunError
+from .errors import DuplicateRunError, NotADatabaseError, RowsError, StoreError, UnknownRunError
 from .schema import (
     CLIENT_STATES,
     CLIENT_TABLES,
@@ -197,6 +197,28 @@ class ResultsStore:
                 raise DuplicateRunError(f"run {run_id!r} already has client rows in {self.path}")
             insert_rows(con, "client_requests", table, run_id)
         return table.num_rows
+
+    def delete_run(self, run_id: str) -> dict[str, int]:
+        """Delete every row of one run (``runs`` and each table keyed by its id, client rows and the
+        journal's ingest marks included) in one transaction; the rows deleted per table. Refuses a run
+        it does not hold (``UnknownRunError``) and one whose status is ``running`` (``StoreError``: its
+        server writes it, or died and its journal is still to be recovered)."""
+        if not self.path.is_file():
+            raise UnknownRunError(f"run {run_id!r}: no results database at {self.path}")
+        tables = ("runs", *(t for t in TABLES if t != "runs"), *CLIENT_TABLES, "journal_ingests")
+        with self._transaction() as con:
+            status = con.execute("SELECT status FROM runs WHERE run_id = ?", [run_id]).fetchall()
+            if status and status[0][0] == "running":
+                raise StoreError(f"run {run_id!r} is running: its server still writes it (or died: `trident runs "
+                                 "recover` closes it first)")
+            counts = {t: con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0]
+                      for t in tables}
+            if not any(counts.values()):
+                raise UnknownRunError(f"run {run_id!r} is not in {self.path}")
+            for t in tables:
+                if counts[t]:
+                    con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
+        return counts
 
     def mark_status(self, run_id: str, status: str) -> None:
         """Set a stored run's status (one of ``RUN_STATUSES``)."""
