@@ -1,5 +1,5 @@
 """``trident runs …`` and ``trident sql``: stored runs in a results database (opened read-only;
-``recover`` writes).
+``recover`` and ``delete`` write).
 
 Library calls: ``tridentcore.bench.runs``, ``tridentcore.store.journal`` and the store's sandboxed
 read-only query (``query_readonly_rows``); these commands only format.
