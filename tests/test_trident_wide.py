@@ -115,6 +115,8 @@ def test_a_loose_slo_widens_while_more_of_the_cluster_is_busy():
     assert max(_diffuses(loose, 3), key=lambda p: p[1])[2] > max(_diffuses(held, 3), key=lambda p: p[1])[2]
     assert len(_diffuses(loose, 2)) > len(_diffuses(held, 2))  # grown at a step boundary
     assert max(loose_lat) < max(held_lat) - 2.0 and sum(loose_lat) < sum(held_lat)
+    low, _ = run(3.0, "trident:wide_loose=0.2")  # never below wide_below: a loose SLO widens at least as far
+    assert [_diffuses(low, i) for i in range(5)] == [_diffuses(held, i) for i in range(5)]
     tight, _ = run(1.5, "trident")
     tight_held, _ = run(1.5, "trident:wide_loose=0.5")
     assert [_diffuses(tight, i) for i in range(5)] == [_diffuses(tight_held, i) for i in range(5)]

@@ -18,7 +18,7 @@ from .common import DB_HELP, DEFAULT_DB, HELP_MARKUP, db_message, delta, fail, o
 
 __all__ = ["runs_app", "sql"]
 
-runs_app = typer.Typer(help="Stored runs in a results database.\n\nOpened read-only; `recover` writes.",
+runs_app = typer.Typer(help="Stored runs in a results database.\n\nOpened read-only; `recover` and `delete` write.",
                        no_args_is_help=True, rich_markup_mode=HELP_MARKUP)
 
 

@@ -140,7 +140,8 @@ class Trident(Elastic, Admission, Policy):
         "wide_below": (number(0, 1), 0.5, "wide: only while the running work would hold fewer than this fraction of the "
                                    "GPUs at its unwidened degrees: near saturation every GPU-second counts"),
         "wide_loose": (number(0, 1), 0.7, "wide: the same bound for a request whose SLO is at least `loose` times its "
-                                   "no-queue latency (its latency, not its deadline, is then what is at stake)"),
+                                   "no-queue latency (its latency, not its deadline, is then what is at stake); "
+                                   "never below wide_below"),
         "loose": (number(1), 2.0, "wide: the SLO, as a multiple of a request's no-queue latency, from which "
                                   "wide_loose bounds its widening instead of wide_below"),
         "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
@@ -561,11 +562,13 @@ class Trident(Elastic, Admission, Policy):
 
     def _wide_bound(self, spec: RequestSpec, info: ClassInfo) -> float:
         """The fraction of the GPUs the running work may hold (unwidened) for this request to be widened:
-        ``wide_loose`` when its SLO is at least ``loose`` times its no-queue latency, else ``wide_below``.
+        ``wide_loose`` (or ``wide_below`` if that is higher: a loose SLO is widened at least as far as a tight
+        one) when its SLO is at least ``loose`` times its no-queue latency, else ``wide_below``.
         Widening spends GPU-seconds that a tight deadline arriving later may need; a loose one leaves
         room, and latency is then what its user sees."""
         ref = info.enc_s + spec.shape.steps * info.step_s[info.eff_d] + info.dec_s
-        return self.opts["wide_loose"] if spec.slo_s >= self.opts["loose"] * ref else self.opts["wide_below"]
+        below = self.opts["wide_below"]
+        return max(below, self.opts["wide_loose"]) if spec.slo_s >= self.opts["loose"] * ref else below
 
     # ------------------------------------------------------------------------------ choosing GPUs
     def _usable(self, view: ClusterView, g: int, reserved: dict[int, float], now: float, dur: float) -> bool:
