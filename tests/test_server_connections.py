@@ -141,6 +141,13 @@ def test_a_head_over_16_kib_is_refused_however_it_arrives_and_a_large_body_is_no
         got, _ = _read_all(sock, 10)
     status, _, err = _error(got)
     assert status == 400 and err["code"] == "bad_request", got[:200]
+    # pipelined after a good request in the same write: parsed from h11's buffer when the first is answered
+    with _connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + head)
+        got, _ = _read_all(sock, 10)
+    first, _, rest = got.partition(b"HTTP/1.1 400")
+    assert first.startswith(b"HTTP/1.1 200") and rest, got[:400]
+    assert b'"code": "bad_request"' in rest and b"HTTP/1.1 200" not in rest, got[:400]
     with _connect(server) as sock:
         body = json.dumps({"prompt": "x" * 40000, "model": "sd3-medium"}).encode()
         sock.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

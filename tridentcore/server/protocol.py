@@ -13,7 +13,8 @@ facing many clients needs.
   line or header, a head over h11's 16 KiB) is answered 400 with ``{"error": {"code":
   "bad_request", ...}}`` as every other error, not uvicorn's plain text.
 * **16 KiB for a head, however it arrives.** h11 bounds only a head still incomplete in its buffer:
-  one that came whole in a single read passed at any size (60 KB did). The bytes of the awaited head
+  one that came whole in a single read passed at any size (60 KB did), and so did one pipelined in the
+  same read as the request before it. The bytes of the awaited head (those that came early included)
   are kept up to the bound, and a head that has not ended within it is refused as above.
 
 :func:`raise_open_files_limit` lifts the process's soft limit on open files to its hard limit (each
@@ -80,6 +81,12 @@ def protocol_class(timeout_s: float) -> type[asyncio.Protocol]:
                 self._head_arrived()
 
         def on_response_complete(self) -> None:
+            if self.conn.their_state is h11.DONE and not self.transport.is_closing():
+                # what came after the request (pipelined) is parsed by the next cycle, here: its head
+                # is held to the bound too (whole in h11's buffer, it would pass at any size)
+                early = self.conn.trailing_data[0]
+                if len(early) > HEAD_LIMIT and _HEAD_END.search(early, 0, HEAD_LIMIT + 4) is None:
+                    self.send_400_response("pipelined head over the bound")
             super().on_response_complete()
             if self.transport.is_closing():
                 return
@@ -88,7 +95,8 @@ def protocol_class(timeout_s: float) -> type[asyncio.Protocol]:
 
         def _await_head(self) -> None:
             self._head_arrived()
-            self._head_bytes, self._head_start = 0, b""
+            early = bytes(self.conn.trailing_data[0])  # the part of it that came with the previous request
+            self._head_bytes, self._head_start = len(early), early[:HEAD_LIMIT + 4]
             self._head_timer = self.loop.call_later(timeout_s, self._head_late)
 
         def _head_arrived(self) -> None:
