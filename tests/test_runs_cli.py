@@ -236,3 +236,6 @@ def test_delete_removes_every_row_of_a_run_and_refuses_what_it_should_not_delete
     assert counts(kept) == kept_before
     again = runner.invoke(app, ["runs", "delete", gone, "--db", str(db)])
     assert again.exit_code == 1 and f"run {gone!r} is not in" in again.stderr
+    other = tmp_path / "other.duckdb"
+    other.write_text("not a database")
+    assert "not a DuckDB database" in _error_line(runner.invoke(app, ["runs", "delete", "x", "--db", str(other)]))

@@ -195,3 +195,17 @@ def test_a_query_whose_result_outgrows_memory_is_stopped_in_seconds(db: Path):
     assert done.stderr.strip().splitlines()[-1] == ("error: the query needs more than 3 GiB of memory: narrow it, or "
                                                     "run it with `duckdb -readonly` on the file"), done.stderr[-2000:]
     assert took < 25, took  # (loose: the bound is reached in under a second here)
+
+
+def test_a_long_value_is_cut_in_the_table_and_whole_in_csv(db: Path):
+    """Outside test: every row of the aligned table is padded to the widest value, so one 10 MB string
+    made 10,000 rows print 100 GB. The table cuts a value at TABLE_CELL_MAX characters (and says so);
+    --csv prints it whole."""
+    sql = "SELECT CASE WHEN i = 0 THEN repeat('x', 100000) ELSE 'a' END AS s, i FROM range(50) t(i)"
+    table = _sql("--db", str(db), sql)
+    assert table.exit_code == 0, table.output
+    assert max(map(len, table.stdout.splitlines())) < 250 and len(table.stdout) < 15_000
+    assert "x" * 199 + "…" in table.stdout
+    assert "values over 200 characters are cut in the table; --csv or --json prints them whole" in table.stderr
+    whole = _sql("--db", str(db), "--csv", sql)
+    assert whole.exit_code == 0 and "x" * 100000 in whole.stdout and "cut" not in whole.stderr

@@ -193,7 +193,7 @@ def runs_delete(
     from pathlib import Path
 
     from ..bench.runs import resolve_run
-    from ..store import ResultsStore, StoreError, UnknownRunError
+    from ..store import NotADatabaseError, ResultsStore, StoreError, UnknownRunError
     from ..store.journal import journal_path
 
     if Path(db).is_dir():
@@ -217,6 +217,8 @@ def runs_delete(
                     named = None
                 if named is not None and named != run:
                     why = f"run {run!r} is not a whole run id (it begins {named}): give the whole id"
+            except NotADatabaseError as exc:  # the file, not the run: one error line, as for a folder
+                fail(one_line(db_message(exc, db)))
             except StoreError as exc:  # still running
                 why = one_line(str(exc))
             except (*store_errors(), OSError) as exc:
@@ -325,6 +327,9 @@ def sql(
         _print_json(result)
     elif result.columns:
         typer.echo(_sql_table(result.columns, result.rows))
+        if any(len(_cell(v)) > TABLE_CELL_MAX for row in result.rows for v in row):
+            typer.echo(f"(values over {TABLE_CELL_MAX} characters are cut in the table; --csv or --json prints them "
+                       "whole)", err=True)
     if result.truncated:
         typer.echo(f"(the first {result.max_rows} rows: the result has more; --max-rows N prints more)", err=True)
     statements = statement_count(text)
@@ -395,9 +400,19 @@ def _cell(v) -> str:
     return str(v)
 
 
+TABLE_CELL_MAX = 200  # characters of a value in the aligned table (--csv and --json print values whole)
+
+
+def _shown(v) -> str:
+    text = _cell(v)
+    return text if len(text) <= TABLE_CELL_MAX else text[:TABLE_CELL_MAX - 1] + "…"
+
+
 def _sql_table(columns, rows) -> str:
-    """Aligned columns: numbers to the right, the rest to the left; NULL as ``NULL``."""
-    cells = [[_cell(v) for v in row] for row in rows]
+    """Aligned columns: numbers to the right, the rest to the left; NULL as ``NULL``; a value over
+    TABLE_CELL_MAX characters cut to it (every row is padded to the widest value: one 10 MB string
+    made 10,000 rows print 100 GB)."""
+    cells = [[_shown(v) for v in row] for row in rows]
     numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(columns))]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
