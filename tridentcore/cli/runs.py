@@ -181,14 +181,14 @@ def runs_export(
 
 @runs_app.command("delete")
 def runs_delete(
-    runs: list[str] = typer.Argument(..., metavar="RUN...", help="Run ids, whole (no prefixes: a deletion names what "
+    runs: list[str] = typer.Argument(..., metavar="RUN", help="Run ids, whole (no prefixes: a deletion names what "
                                                                "it deletes)."),
     db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
     wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds to wait for another process's lock on the database."),
 ) -> None:
-    """Delete stored runs: every row of each (requests, spans, placements, GPU samples, client rows).
+    """Delete stored runs, every row of each.
 
-    A run still `running` (its server writes it) or with a journal not yet recovered is refused; each
+    Every table's rows of each run go (requests, spans, placements, GPU samples, client rows). A run still `running` (its server writes it) or with a journal not yet recovered is refused; each
     run is deleted in its own transaction. Exit status 1 if any run was not deleted."""
     from pathlib import Path
 
