@@ -307,10 +307,10 @@ def test_browser_a_long_simulation_stops_with_the_page(chromium, server, tmp_pat
                 time.sleep(0.2)
             assert _computing_children(), "no child process computes the simulation"
             page.get_by_role("button", name="Stop").click()
-            deadline = time.monotonic() + 10
-            while _computing_children() and time.monotonic() < deadline:
+            t0 = time.monotonic()  # (a loose bound: it ends within a second or two; CI's busy host once took over 10 s)
+            while _computing_children() and time.monotonic() < t0 + 25:
                 time.sleep(0.2)
-            assert not _computing_children(), "Stop left the simulation running"
+            assert not _computing_children(), f"Stop left the simulation running ({time.monotonic() - t0:.0f} s)"
             duration.fill("600")
             duration.press("Enter")
             rate.fill("0.7")
