@@ -1,7 +1,7 @@
 """The ``trident`` app: every command, registered from its module.
 
 Commands live in ``models`` (models, generate, profile, cost), ``sim`` (simulate, sweep),
-``serve``, ``bench``, ``runs`` (runs, sql) and ``trace``; they share only ``common``. Heavy
+``serve``, ``bench``, ``runs``, ``sql`` and ``trace``; they share only ``common``. Heavy
 modules (torch, diffusers) are imported inside the commands that need them, so ``trident --help``
 and the simulator commands stay fast.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import typer
 from typer.core import TyperGroup
 
-from . import bench, models, runs, serve, sim, trace
+from . import bench, models, runs, serve, sim, sql, trace
 from .common import HELP_MARKUP, fail
 
 __all__ = ["app"]
@@ -85,5 +85,5 @@ for command in (models.models, models.generate, models.profile, models.cost, sim
     app.command()(command)
 app.add_typer(trace.trace_app, name="trace")
 app.add_typer(runs.runs_app, name="runs")
-app.command("sql")(runs.sql)
+app.command("sql")(sql.sql)
 app.command("bench")(bench.bench)  # (after trace and runs: the order `trident --help` lists them in)

@@ -1,22 +1,20 @@
-"""``trident runs …`` and ``trident sql``: stored runs in a results database (opened read-only;
-``recover`` and ``delete`` write).
+"""``trident runs …``: stored runs in a results database (opened read-only; ``recover`` and
+``delete`` write). ``trident sql`` is :mod:`.sql`.
 
-Library calls: ``tridentcore.bench.runs``, ``tridentcore.store.journal`` and the store's sandboxed
-read-only query (``query_readonly_rows``); these commands only format.
+Library calls: ``tridentcore.bench.runs``, ``tridentcore.store`` and ``tridentcore.store.journal``;
+these commands only format.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 
 import typer
 
 from ..core.defaults import DEFAULT_DB_WAIT_S
 from .common import DB_HELP, DEFAULT_DB, HELP_MARKUP, db_message, delta, fail, one_line, store_errors, table, value
 
-__all__ = ["runs_app", "sql"]
+__all__ = ["runs_app"]
 
 runs_app = typer.Typer(help="Stored runs in a results database.\n\nOpened read-only; `recover` and `delete` write.",
                        no_args_is_help=True, rich_markup_mode=HELP_MARKUP)
@@ -287,168 +285,3 @@ def runs_recover(
             typer.echo(f"could not recover run {r.run_id} from {r.path}: {r.message}", err=True)
     if failed:
         raise typer.Exit(1)
-
-
-# ------------------------------------------------------------------------------ trident sql
-SQL_MAX_ROWS = 10_000  # rows `trident sql` prints unless told otherwise
-
-
-def sql(
-    query: str = typer.Argument(..., metavar="SQL", help="The query (the tables and views of results/README.md); "
-                                                          "'-' reads it from standard input."),
-    db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
-    csv_out: bool = typer.Option(False, "--csv", help="Print comma-separated values with a header line."),
-    json_out: bool = typer.Option(False, "--json", help="Print a JSON list, one object per row (a STRUCT or "
-                                  "MAP an object, a BLOB its hex digits, NaN and infinities null, a DECIMAL a string)."),
-    max_rows: int = typer.Option(SQL_MAX_ROWS, min=1, help="Print at most this many rows (a note on stderr says "
-                                                           "when the result had more)."),
-) -> None:
-    """Run read-only SQL on a results database and print a table.
-
-    Output is an aligned table, or --csv / --json. The connection is read-only with file access off, and a query stops after 30 s or 3 GiB of memory:
-    `trident sql "SELECT policy, attainment, p95_s FROM run_summary"`."""
-    from ..store import query_readonly_rows, statement_count
-
-    if csv_out and json_out:
-        fail("give --csv or --json, not both")
-    text = sys.stdin.read() if query == "-" else query
-    if not text.strip():
-        fail("no SQL given")
-    try:
-        with _memory_bound(SQL_MAX_GROWTH):
-            result = query_readonly_rows(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
-    except MemoryError:
-        fail(_OUT_OF_MEMORY)
-    except (*store_errors(), ValueError) as exc:
-        fail(_sql_error(exc, db))
-    if csv_out:
-        _print_csv(result)
-    elif json_out:
-        _print_json(result)
-    elif result.columns:
-        typer.echo(_sql_table(result.columns, result.rows))
-        if any(len(_cell(v)) > TABLE_CELL_MAX for row in result.rows for v in row):
-            typer.echo(f"(values over {TABLE_CELL_MAX} characters are cut in the table; --csv or --json prints them "
-                       "whole)", err=True)
-    if result.truncated:
-        typer.echo(f"(the first {result.max_rows} rows: the result has more; --max-rows N prints more)", err=True)
-    statements = statement_count(text)
-    if statements > 1:
-        typer.echo(f"({statements} statements: the result printed is the last one's; run one at a time to see "
-                   "each)", err=True)
-
-
-SQL_TIMEOUT_S = 30.0  # a query of `trident sql` is interrupted after this long
-# and may grow the process by this much: DuckDB's own limit (2 GB) does not cover everything it allocates
-# for a result, nor the result made into Python objects (`SELECT list(range(300000000))` took 15 GB)
-SQL_MAX_GROWTH = 3 * 1024**3
-_OUT_OF_MEMORY = (f"the query needs more than {SQL_MAX_GROWTH / 1024**3:g} GiB of memory: narrow it, or run it with "
-                  "`duckdb -readonly` on the file")
-
-
-@contextlib.contextmanager
-def _memory_bound(growth: int):
-    """Within the block, this process's data segment (the heap and private mappings: Linux's
-    RLIMIT_DATA) may grow by at most ``growth`` bytes: past it an allocation fails (MemoryError, or
-    DuckDB's out-of-memory error) instead of the host running out. No bound where the process's size
-    cannot be read (not Linux)."""
-    import resource
-
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            data = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
-        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    except (OSError, StopIteration, ValueError, AttributeError):
-        yield
-        return
-    bound = data + growth
-    if hard != resource.RLIM_INFINITY:
-        bound = min(bound, hard)
-    if soft != resource.RLIM_INFINITY and soft <= bound:  # already bounded as tightly
-        yield
-        return
-    resource.setrlimit(resource.RLIMIT_DATA, (bound, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-
-
-def _sql_error(exc: BaseException, db: str) -> str:
-    """DuckDB's message up to its ``LINE n:`` excerpt, on one line (the excerpt's caret needs its own line)."""
-    import duckdb
-
-    if not isinstance(exc, duckdb.Error):  # no database there, or not a DuckDB one
-        return db_message(exc, db)
-
-    if isinstance(exc, duckdb.OutOfMemoryException):
-        return _OUT_OF_MEMORY
-    if isinstance(exc, duckdb.InterruptException):  # raised by the reader's deadline
-        return (f"the query ran past {SQL_TIMEOUT_S:g} s and was interrupted: narrow it, or run it with "
-                "`duckdb -readonly` on the file")
-    lines = [line.strip() for line in str(exc).splitlines()]
-    head = lines[: next((i for i, line in enumerate(lines) if line.startswith("LINE ")), len(lines))]
-    return " ".join(line for line in head if line) or type(exc).__name__
-
-
-def _cell(v) -> str:
-    """A value as the table shows it: NULL, floats to 6 decimals (3 significant digits below 1e-4)."""
-    if v is None:
-        return "NULL"
-    if isinstance(v, float) and v == v and abs(v) != float("inf"):
-        return f"{v:.3g}" if v and abs(v) < 1e-4 else str(round(v, 6))
-    return str(v)
-
-
-TABLE_CELL_MAX = 200  # characters of a value in the aligned table (--csv and --json print values whole)
-
-
-def _shown(v) -> str:
-    text = _cell(v)
-    return text if len(text) <= TABLE_CELL_MAX else text[:TABLE_CELL_MAX - 1] + "…"
-
-
-def _sql_table(columns, rows) -> str:
-    """Aligned columns: numbers to the right, the rest to the left; NULL as ``NULL``; a value over
-    TABLE_CELL_MAX characters cut to it (every row is padded to the widest value: one 10 MB string
-    made 10,000 rows print 100 GB)."""
-    cells = [[_shown(v) for v in row] for row in rows]
-    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(columns))]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in cells:
-        lines.append("  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(r, widths, numeric)).rstrip())
-    if not rows:
-        lines.append("(no rows)")
-    return "\n".join(lines)
-
-
-def _print_csv(result) -> None:
-    import csv
-
-    out = csv.writer(sys.stdout, lineterminator="\n")
-    if result.columns:
-        out.writerow(result.columns)
-    out.writerows(["" if v is None else v for v in row] for row in result.rows)
-
-
-def _print_json(result) -> None:
-    import json
-    import math
-
-    def plain(v):  # JSON has no NaN or infinity: null; a STRUCT or MAP an object, a BLOB its hex digits
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if v is None or isinstance(v, (bool, int, float, str)):
-            return v
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {str(k): plain(x) for k, x in v.items()}
-        if isinstance(v, (bytes, bytearray, memoryview)):
-            return bytes(v).hex()
-        return str(v)
-
-    objects = [json.dumps({c: plain(v) for c, v in zip(result.columns, row)}) for row in result.rows]
-    typer.echo("[\n" + ",\n".join(objects) + "\n]" if objects else "[]")
