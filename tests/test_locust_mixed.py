@@ -87,6 +87,9 @@ def test_locustfile_imports_nothing_heavy():
     (["--arrival", "trace:paper.txt"], "--trace-model to the Locust file"),
     # the server is asked before any load with --mix too (the whole -t of failed requests, then exit 1)
     (["--mix", "tiny"], "--host http://127.0.0.1:9: cannot ask the server which models it serves"),
+    # and with --spec naming a mix (outside test: the whole -t of failed requests, then exit 1)
+    (["--spec", "run.json"], "--host http://127.0.0.1:9: cannot ask the server which models it serves"),
+    (["--spec", "big-seed.json"], "big-seed.json: seed: must be an integer in 0..2147483647, got 1099511627776"),
     (["--mix", "tiny", "--host", "http://[::zz"], "--host http://[::zz: cannot ask the server which models it serves "
                                                    "(GET http://[::zz/v1/models: Invalid IPv6 URL)"),  # (a traceback)
     # rows that could only fail at the end: a folder no file can be made in, a file that is not DuckDB
@@ -107,6 +110,8 @@ def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
     (tmp_path / "paper.txt").write_text("Request(request_id=0, timestamp=0.0, height=64, width=64, "
                                         "num_inference_steps=2, prompt='a')\n")
     (tmp_path / "t.jsonl").write_text('{"t": 0, "model": "tiny-sd3", "height": 64, "width": 64, "steps": 2}\n')
+    (tmp_path / "run.json").write_text('{"mix": "sd3-mixed", "rate": 2, "duration_s": 10}')
+    (tmp_path / "big-seed.json").write_text('{"mix": "sd3-mixed", "seed": 1099511627776}')
     out = _locust("--headless", "-t", "2s", "--host", "http://127.0.0.1:9", *args, cwd=tmp_path)
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr, out.stderr[-2000:]

@@ -89,8 +89,14 @@ def test_a_spec_files_problems_name_the_file_and_the_key(tmp_path):
             read(path)
         assert err.value.problems == (f"{path}: rate: must be a number > 0 (requests per second), got -2",
                                       f"{path}: time_scale: must be a number in (0, 1000] (wall seconds per workload second), got 0",
-                                      f"{path}: seed: must be a 64-bit integer, got 'x'",
+                                      f"{path}: seed: must be an integer in 0..2147483647, got 'x'",
                                       f"{path}: noise_bias: decode: the factor must be a number in (0, 1000], got 0")
+    for seed in (-1, 2**31, 2**40):  # as --seed takes them: a run a spec file starts can be replayed
+        path.write_text(json.dumps({"seed": seed}))
+        with pytest.raises(RunSpecError, match=f"^{path}: seed: must be an integer in 0..2147483647, got {seed}$"):
+            load_spec(path)
+    path.write_text(json.dumps({"seed": 2**31 - 1}))
+    assert load_spec(path).seed == 2**31 - 1
     path.write_text(json.dumps({"rate": -2}))
     result = CliRunner().invoke(app, ["serve", "--spec", str(path), "--port", "0"])
     assert result.exit_code == 2 and "Traceback" not in result.output

@@ -353,7 +353,8 @@ def _on_init(environment, **_kw) -> None:
         arrivals = build_schedule(spec)
     except ScheduleError as exc:
         _exit_with("; ".join([*exc.problems, *problems]))
-    if environment.host and (spec.mix is None or options.mix):  # (without --mix the server was asked already)
+    if environment.host and (spec.mix is None or options.mix or options.spec):  # (without --mix or --spec the
+        # server was asked already, for its mix)
         problems += [p for p in (_serves(environment.host, spec.mix),) if p]  # it answers, serves the mix's models
     if problems:
         _exit_with("; ".join(problems))

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_NOISE_SIGMA,
                              DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE,
-                             MAX_CONFIG_BYTES, MAX_SCALE)
+                             MAX_CONFIG_BYTES, MAX_SCALE, MAX_SEED)
 from ..core.errors import TridentError, brief, is_finite, listed
 from ..core.types import STAGES
 from ..core.workload import ARRIVAL_FORMS, generated_size_problems, parse_arrival
@@ -138,8 +138,9 @@ class RunSpec:
                                                            f"workload second), got {brief(self.time_scale)}"))
         if not (_finite_positive(self.slo_scale) and self.slo_scale <= MAX_SCALE):
             problems.append(("slo_scale", "--slo-scale", f"must be a number in (0, {MAX_SCALE:g}], got {brief(self.slo_scale)}"))
-        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and -2**63 <= self.seed < 2**63):
-            problems.append(("seed", "--seed", f"must be a 64-bit integer, got {brief(self.seed)}"))
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= MAX_SEED):
+            # (as the options, traces and the API take them: a run a spec file starts can be replayed)
+            problems.append(("seed", "--seed", f"must be an integer in 0..{MAX_SEED}, got {brief(self.seed)}"))
         if not (is_finite(self.noise_sigma) and 0.0 <= self.noise_sigma <= 2.0):
             problems.append(("noise_sigma", "--noise", "must be a number within [0, 2] (the log-spread), "
                                                        f"got {brief(self.noise_sigma)}"))
