@@ -8,6 +8,8 @@ core, so ``tests/test_parity.py`` (every policy, emulated and CPU workers) cover
 
 from __future__ import annotations
 
+import pytest
+
 from tridentcore.core.cluster import parse_cluster
 from tridentcore.core.policy import make_policy
 from tridentcore.core.types import Shape
@@ -38,11 +40,14 @@ def test_alone_a_request_takes_the_fastest_degree_worth_its_gpus():
     assert wide.requests[0].finish_s < narrow.requests[0].finish_s
 
 
-def test_a_widened_diffuse_shrinks_at_a_step_boundary_for_new_work_and_grows_back():
-    """The first 2048² request runs on all 8 GPUs; a second arrives mid-way: the first is paused at its
-    next step boundary and resumes at once on part of its GPUs (the second starts long before the first
-    would have ended); when the second ends, the first grows again. Every step runs exactly once."""
-    res = simulate(NODE, H200, make_policy("trident"), [_req(0, 0.0), _req(1, 1.0)])
+@pytest.mark.parametrize("arrival", [1.0, 4.0])
+def test_a_widened_diffuse_shrinks_at_a_step_boundary_for_new_work_and_grows_back(arrival):
+    """The first 2048² request runs on all 8 GPUs (6.9 s alone); a second arrives after 1 s or after 4 s
+    (more than half its steps done): the first is paused at its next step boundary and resumes at once
+    on part of its GPUs (the second starts long before the first would have ended); when the second
+    ends, the first grows again. Every step runs exactly once. (The 4 s case once waited for the whole
+    run: the boundary was reckoned from the decision's time plus the steps done since the start.)"""
+    res = simulate(NODE, H200, make_policy("trident"), [_req(0, 0.0), _req(1, arrival)])
     assert {r.state for r in res.requests} == {"done"}
     first = _diffuses(res, 0)
     assert first[0][2] == 8 and first[0][3] == "preempted"  # shrunk
@@ -52,11 +57,11 @@ def test_a_widened_diffuse_shrinks_at_a_step_boundary_for_new_work_and_grows_bac
     alone_end = simulate(NODE, H200, make_policy("trident"), [_req(0, 0.0)]).requests[0].finish_s
     assert second_start < alone_end - 1.0  # it did not wait for the first to finish
     pause = [s for s in res.spans if s.request_id == 0 and s.stage == "diffuse"][0]
-    assert pause.ended_s - 1.0 < 2 * (pause.ended_s - pause.started_s) / pause.end_step  # within a step or so
+    assert pause.ended_s - arrival < 2 * (pause.ended_s - pause.started_s) / pause.end_step  # within a step or so
     if len(first) > 2:  # grown back once the second was done
         assert first[-1][2] > first[1][2]
     # unwidened, nothing is paused: the second waits for GPUs the first never held
-    plain = simulate(NODE, H200, make_policy("trident:wide=false"), [_req(0, 0.0), _req(1, 1.0)])
+    plain = simulate(NODE, H200, make_policy("trident:wide=false"), [_req(0, 0.0), _req(1, arrival)])
     assert all(p[3] == "done" for p in _diffuses(plain, 0))
 
 
@@ -120,3 +125,25 @@ def test_a_loose_slo_widens_while_more_of_the_cluster_is_busy():
     tight, _ = run(1.5, "trident")
     tight_held, _ = run(1.5, "trident:wide_loose=0.5")
     assert [_diffuses(tight, i) for i in range(5)] == [_diffuses(tight_held, i) for i in range(5)]
+
+
+def test_a_widened_diffuse_is_not_shrunk_to_become_the_longer_wait_when_the_newcomer_can_wait():
+    """A 512² request arrives 5 s into a 2048² run on all 8 GPUs: waiting about 2 s for them it still
+    meets its deadline, while shrinking the first (26 of 28 steps left at half the degree) would make
+    the first the longer of the two. ``shrink_tail`` keeps the first whole: the longer latency is lower
+    (tail first, once the deadlines are safe); without it the mean-only test shrinks it."""
+    small = Shape(512, 512, 1, 28)
+    reqs = [_req(0, 0.0), _req(1, 5.0, small)]
+    kept = simulate(NODE, H200, make_policy("trident"), reqs)
+    shrunk = simulate(NODE, H200, make_policy("trident:shrink_tail=false"), reqs)
+    assert _diffuses(kept, 0) == [(0, 28, 8, "done")]
+    assert _diffuses(shrunk, 0)[0][3] == "preempted"
+    for res in (kept, shrunk):
+        assert all(r.state == "done" and r.finish_s <= r.deadline_s for r in res.requests)
+    def longest(res):
+        return max(r.finish_s - r.arrival_s for r in res.requests)
+    assert longest(kept) < longest(shrunk) - 0.3
+    # a newcomer that would miss its deadline by waiting still gets the GPUs (attainment first)
+    early = simulate(NODE, H200, make_policy("trident"), [_req(0, 0.0), _req(1, 1.0, small)])
+    assert _diffuses(early, 0)[0][3] == "preempted"
+    assert all(r.finish_s <= r.deadline_s for r in early.requests)

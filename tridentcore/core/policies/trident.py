@@ -144,6 +144,9 @@ class Trident(Elastic, Admission, Policy):
                                    "never below wide_below"),
         "loose": (number(1), 2.0, "wide: the SLO, as a multiple of a request's no-queue latency, from which "
                                   "wide_loose bounds its widening instead of wide_below"),
+        "shrink_tail": (parse_bool, True, "wide: shrink a widened diffuse for waiting work only if its latency stays "
+                                          "below the waiting request's had it waited, unless that one would miss "
+                                          "its deadline"),
         "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
                                     "and is grown at a step boundary when the rest free"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
@@ -421,7 +424,8 @@ class Trident(Elastic, Admission, Policy):
                     # request, pause a long diffuse
                     blocked += 1
                     if self.opts["wide"] and not preempted_now and blocked <= _MAX_BLOCKED and self._shrink(
-                            view, reserved, now, self._soonest(view, reserved, now, 1)[0], 1, actions):
+                            view, reserved, now, self._soonest(view, reserved, now, 1)[0], 1, actions,
+                            (spec.arrival_s, self._remaining(rec, info, info.eff_d, stage), spec.deadline_s)):
                         preempted_now = True
                         continue
                     if blocked <= _MAX_BLOCKED and self.opts["preempt"] and not preempted_now and preempt_tries < 2:
@@ -527,7 +531,9 @@ class Trident(Elastic, Admission, Policy):
             d = min(feasible)
             latest = spec.deadline_s - margin - self._remaining(rec, info, d, StageKind.DIFFUSE)
             when, group = self._soonest(view, reserved, now, d)
-            if self.opts["wide"] and not preempted_now and self._shrink(view, reserved, now, when, base, actions):
+            if self.opts["wide"] and not preempted_now and self._shrink(
+                    view, reserved, now, when, base, actions,
+                    (spec.arrival_s, self._remaining(rec, info, base, StageKind.DIFFUSE), spec.deadline_s)):
                 preempted_now = True
                 continue
             if group is not None and when <= latest:

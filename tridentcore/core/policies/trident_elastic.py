@@ -104,11 +104,19 @@ class Elastic:
             actions.append(Preempt(best))
             self.paused_at[best] = now
 
-    def _shrink(self, view, reserved, now, when, need, actions) -> bool:
+    def _shrink(self, view, reserved, now, when, need, actions, waiter=None) -> bool:
         """Work that needs ``need`` GPUs waits until ``when``: shrink a widened diffuse at its next step
         boundary instead (it resumes at once on part of its GPUs, still within its deadline), if that
-        frees room sooner. The victim with the most work left is chosen."""
+        frees room sooner. The victim with the most work left is chosen. ``waiter``: the waiting
+        request's (arrival, time it needs from its start to its end, deadline); with ``shrink_tail``
+        a victim is shrunk only if its latency stays below the waiter's had it waited (the longer of
+        the two latencies falls), unless the waiter would miss its deadline by waiting."""
         best, best_left = None, 0.0
+        tail = None
+        if waiter is not None and self.opts["shrink_tail"]:
+            arrival, rest, deadline = waiter
+            if when + rest <= deadline:  # waiting, it makes its deadline: the tail decides
+                tail = when + rest - arrival
         for run, v, vinfo, done in self._movable(view.running(), view, reserved, now):
             a, vid, d = run.action, v.id, len(run.action.gpus)
             base = self.base.get(vid, d)
@@ -119,7 +127,7 @@ class Elastic:
             if not keep:
                 continue
             k = max(keep)
-            freed_at = max(now, run.compute_start_s) + done * run.step_s
+            freed_at = max(now, run.compute_start_s + done * run.step_s)  # its next step boundary
             if freed_at + run.step_s >= when:
                 continue  # waiting for the GPUs to free is about as quick
             left = a.end_step - a.start_step - done
@@ -129,6 +137,8 @@ class Elastic:
             loss = left * (vinfo.step_s[k] - vinfo.step_s[d])  # how much later the victim ends
             if loss >= when - freed_at:
                 continue  # it would lose more than the waiting work gains
+            if tail is not None and freed_at + left * vinfo.step_s[k] + vinfo.dec_s - v.spec.arrival_s > tail:
+                continue  # the victim would become the longer wait of the two
             if left * run.step_s > best_left:
                 best, best_left = (vid, k, freed_at), left * run.step_s
         if best is None:
