@@ -179,8 +179,10 @@ def test_profile_writes_a_valid_csv(tmp_path):
     from tridentcore.profiles import load_profile
 
     out = tmp_path / "p.csv"
-    result = runner.invoke(app, ["profile", "--model", "tiny-sd3", "--sizes", "64,128", "--batches", "1,2",
-                                 "--steps", "1", "--repeats", "2", "--out", str(out)])
+    # a point named twice is measured once (it was written twice: a profile its own reader refused)
+    result = runner.invoke(app, ["profile", "--model", "tiny-sd3,tiny-sd3", "--sizes", "64,128,64x64", "--batches",
+                                 "1,2,2", "--stages", "encode,diffuse,decode,diffuse", "--steps", "1", "--repeats", "2",
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     prof = load_profile(out)
     stages = {(r.stage.value, r.height, r.batch) for r in prof.rows}
@@ -208,12 +210,44 @@ def test_profile_rejects_bad_points(tmp_path):
     for args, said in ((["--sizes", "64,,128"], "sizes: an empty item in '64,,128'"),
                        (["--sizes", "0"], "sizes must be positive"),
                        (["--batches", "1,,2"], "batches: an empty item"),
-                       (["--stages", ","], "--stages: none given"), (["--stages", ""], "--stages: an empty value")):
+                       (["--stages", ","], "--stages: none given"), (["--stages", ""], "--stages: an empty value"),
+                       # unbounded, they took the host's memory (10 GB) or crashed it (outside test)
+                       (["--batches", "1,100000"], "batches must be integers in 1..1024 (got '1,100000')"),
+                       (["--degrees", "129"], "degrees must be integers in 1..128"),
+                       (["--frames", "130"], "frames must be integers in 1..129"),
+                       (["--threads", "1000000"], "--threads': Input should be less than or equal to 1024"),
+                       (["--model", ","], "--model ',': no pipeline named")):
         t0 = time.perf_counter()
-        result = runner.invoke(app, ["profile", "--model", "tiny-sd3", *args, "--out", str(tmp_path / "p.csv")])
-        assert result.exit_code == 2 and said in result.output, (args, result.output)
+        model = [] if "--model" in args else ["--model", "tiny-sd3"]
+        result = runner.invoke(app, ["profile", *model, *args, "--out", str(tmp_path / "p.csv")])
+        assert result.exit_code == 2 and said in " ".join(result.output.replace("│", " ").split()), (args, result.output)
         assert time.perf_counter() - t0 < 2.0, args
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_full_size_architecture_that_cannot_fit_in_host_memory_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    """``arch:*`` on the CPU builds the real model (random weights): sd3-medium in float32 took a 23 GiB
+    host to 22 GiB before it was stopped (outside test). With 8 GiB available it is refused at once,
+    with its size; a tiny model and a GPU device are not checked."""
+    import tridentcore.cli.models as models_cli
+
+    monkeypatch.setattr(models_cli, "_available_gib", lambda: 8.0)
+    for args in (["profile", "--model", "tiny-sd3,arch:sd3-medium", "--out", str(tmp_path / "p.csv")],
+                 ["generate", "--model", "arch:sd3-medium", "--prompt", "a cat", "--out", str(tmp_path / "a.png")]):
+        t0 = time.perf_counter()
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert "arch:sd3-medium in float32 on the CPU needs about 28.7 GiB" in text and "8.0 GiB is available" in text, text
+        assert "--dtype bfloat16" in text
+        assert time.perf_counter() - t0 < 5.0
+    assert models_cli._host_memory_problem(["arch:sd3-medium"], "cpu", "bfloat16") is not None  # 15 GiB > 8 GiB
+    assert models_cli._host_memory_problem(["arch:sd3-medium"], "cuda:0", "float32") is None
+    assert models_cli._host_memory_problem(["tiny-sd3"], "cpu", "float32") is None
+    monkeypatch.setattr(models_cli, "_available_gib", lambda: 64.0)
+    assert models_cli._host_memory_problem(["arch:sd3-medium"], "cpu", "float32") is None
+    assert "x 4 processes" in models_cli._host_memory_problem(["arch:sd3-medium"], "cpu", "float32", 4)
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "a.png").exists()
 
 
 def test_console_script_runs_in_a_fresh_process():

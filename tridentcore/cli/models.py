@@ -10,11 +10,13 @@ import math
 import typer
 
 from ..core.defaults import (DEFAULT_DB, DEFAULT_PROFILE, MAX_FRAMES, MAX_GPUS_PER_NODE, MAX_GUIDANCE,
-                             MAX_PROMPT_CHARS, MAX_SEED)
+                             MAX_PROFILE_BATCH, MAX_PROMPT_CHARS, MAX_SEED)
 from ..core.types import STAGES, StageKind
 from .common import check_out, fail, quiet_libraries, setup_logging
 
 __all__ = ["cost", "generate", "models", "profile"]
+
+MAX_THREADS = 1024  # profile --threads (a million made OpenBLAS fail to start its threads: a segfault)
 
 
 def models() -> None:
@@ -45,6 +47,50 @@ def _check_device(device: str, degree: int = 1) -> None:
         needs = f"cuda:{first}" if degree == 1 else f"cuda:{first}..cuda:{last} (degree {degree})"
         fail(f"--device {device}: {needs} is not visible; {count} CUDA device{'s' if count != 1 else ''} "
              f"visible ({'cuda:0' if count == 1 else f'cuda:0..cuda:{count - 1}'})")
+
+
+def _host_memory_problem(models: list[str], device: str, dtype: str, processes: int = 1) -> str | None:
+    """An ``arch:*`` model built on the CPU takes its full size in host memory: why it cannot fit in
+    the memory available now (its weights by the shipped H200 profile's measurement, in bfloat16,
+    twice that in float32, once per process), or None. An outside test: ``profile --model
+    arch:sd3-medium`` took a 23 GiB host to 22 GiB before it was stopped. Linux only (elsewhere: None)."""
+    if device.strip() != "cpu":
+        return None
+    from ..pipelines import MODELS
+    from ..profiles import load_profile
+
+    rows = None
+    for name in dict.fromkeys(models):
+        info = MODELS.get(name)
+        if info is None or not name.startswith("arch:") or info.profile_name is None:
+            continue
+        if rows is None:
+            rows = load_profile(DEFAULT_PROFILE).rows
+        per_stage: dict[str, float] = {}
+        for r in rows:
+            if r.model == info.profile_name:
+                per_stage[r.stage] = max(per_stage.get(r.stage, 0.0), r.weights_gib)
+        need = sum(per_stage.values()) * (1 if dtype == "bfloat16" else 2) * processes
+        free = _available_gib()
+        if free is not None and need > 0.9 * free:
+            times = f" x {processes} processes" if processes > 1 else ""
+            return (f"{name} in {dtype} on the CPU needs about {need:.1f} GiB of host memory for its weights "
+                    f"({sum(per_stage.values()):.1f} GiB in bfloat16 by the {DEFAULT_PROFILE} profile{times}); "
+                    f"{free:.1f} GiB is available: use a GPU (--device cuda), a tiny-* model"
+                    + (", or --dtype bfloat16" if dtype != "bfloat16" else ""))
+    return None
+
+
+def _available_gib() -> float | None:
+    """``MemAvailable`` of /proc/meminfo in GiB (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def generate(
@@ -85,6 +131,9 @@ def generate(
     from ..pipelines.staged_base import ANY_MODEL
 
     _check_device(device, degree)
+    problem = _host_memory_problem([model], device, dtype, degree)
+    if problem:
+        fail(problem)
     # the API's bounds (an empty or a 5,000-character prompt was drawn here and refused there)
     if not prompt.strip():
         fail("--prompt must not be empty")
@@ -170,7 +219,7 @@ def profile(
     warmup: int = typer.Option(1, min=0, help="Untimed calls before timing."),
     stages: str = typer.Option("encode,diffuse,decode", help="Stages to measure."),
     append: bool = typer.Option(False, help="Keep the rows already in --out (same points are replaced)."),
-    threads: int = typer.Option(1, min=1, help="CPU threads for torch (CPU workers serve with one); at degree K, "
+    threads: int = typer.Option(1, min=1, max=MAX_THREADS, help="CPU threads for torch (CPU workers serve with one); at degree K, "
                                                "per process."),
     degrees: str = typer.Option("1", help="Degrees to measure the diffuse at, e.g. 1,2,4: beyond 1 sequence-parallel "
                                           "over K local processes (gloo on cpu, NCCL on cuda:I..I+K-1), timed on the "
@@ -197,10 +246,19 @@ def profile(
     quiet_libraries()
     from ..pipelines.profiling import parse_ints
 
+    model_list = list(dict.fromkeys(m.strip() for m in model.split(",") if m.strip()))  # (each once)
+    if not model_list:
+        fail(f"--model {model!r}: no pipeline named")
     try:
-        _check_device(device, max(parse_ints(degrees, "degrees")))
+        degree_list = parse_ints(degrees, "degrees", MAX_GPUS_PER_NODE)
+        batch_list = parse_ints(batches, "batches", MAX_PROFILE_BATCH)  # (100000 took 10 GB before it was stopped)
+        frame_list = parse_ints(frames, "frames", MAX_FRAMES)
+        _check_device(device, max(degree_list))
     except ValueError as exc:
         fail(str(exc))
+    problem = _host_memory_problem(model_list, device, dtype, max(degree_list))
+    if problem:
+        fail(problem)
     import os
     from pathlib import Path
 
@@ -219,12 +277,11 @@ def profile(
         except ValueError as exc:
             fail(f"--append: {exc}")
     try:
-        degree_list = parse_ints(degrees, "degrees")
         cores = len(os.sched_getaffinity(0))
         if device == "cpu" and max(degree_list) * threads > cores:
             typer.echo(f"note: degree {max(degree_list)} x {threads} thread(s) per process exceeds the {cores} "
                        "cores here: the processes share cores, so that degree's rows measure an oversubscribed host")
-        stage_list = tuple(s.strip() for s in stages.split(",") if s.strip())
+        stage_list = tuple(dict.fromkeys(s.strip() for s in stages.split(",") if s.strip()))
         if not stage_list:
             fail("--stages: none given; valid: encode, diffuse, decode")
         bad = [s for s in stage_list if s not in STAGES]
@@ -233,10 +290,10 @@ def profile(
         specs = [
             ProfileSpec(
                 model=name, device=device, dtype=dtype, sizes=parse_sizes(sizes),
-                frames=parse_ints(frames, "frames"), batches=parse_ints(batches, "batches"),
+                frames=frame_list, batches=batch_list,
                 steps=steps, repeats=repeats, warmup=warmup, stages=stage_list, degrees=degree_list,
             )
-            for name in (m.strip() for m in model.split(",") if m.strip())
+            for name in model_list
         ]
         rows = run_profiles(specs, progress=True, groups=_local_groups(threads),
                             on_note=lambda text: typer.echo(f"note: {text}"))

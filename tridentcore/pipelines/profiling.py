@@ -336,7 +336,7 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
         else:
             w, h = parse_size(item)
             out.append((h, w))
-    return tuple(out)
+    return tuple(dict.fromkeys(out))  # (each once)
 
 
 def _items(text: str, what: str) -> list[str]:
@@ -349,13 +349,17 @@ def _items(text: str, what: str) -> list[str]:
     return items
 
 
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
+def parse_ints(text: str, what: str, most: int | None = None) -> tuple[int, ...]:
+    """A comma list of integers in 1..``most``, each once (a point given twice was measured twice and
+    written twice: a profile its own reader refuses)."""
     items = _items(text, what)
     try:
-        values = tuple(int(t) for t in items)
+        values = tuple(dict.fromkeys(int(t) for t in items))
     except ValueError:
         raise ValueError(f"{what} must be a comma list of integers (got {text!r})") from None
     if any(v < 1 for v in values):
         raise ValueError(f"{what} must be positive integers (got {text!r})")
+    if most is not None and any(v > most for v in values):
+        raise ValueError(f"{what} must be integers in 1..{most} (got {text!r})")
     return values
 
