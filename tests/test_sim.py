@@ -537,3 +537,17 @@ def test_a_clusters_own_link_speeds_price_its_transfers():
         within = state.dispatch_cost(Dispatch(StageKind.DECODE, (1,), (1,)))
         assert across.transfer_s == pytest.approx(latents / (inter * GB_BYTES))
         assert within.transfer_s == pytest.approx(latents / (intra * GB_BYTES))
+
+
+@pytest.mark.parametrize("policy", ["trident", "trident:replan_s=1e9", "pipeline-dynamic"])
+def test_a_run_ends_with_its_last_request_not_at_a_later_timer(policy):
+    """A policy's timer set while work ran (trident's replan tick: 60 s, or 1e9 s) once stretched the
+    run to it: idle GPU samples up to t = 1e9 (a million rows stored) and an end time that never was."""
+    from tridentcore.bench.scenario import load_scenario, run_one
+    from tridentcore.bench.spec import RunSpec
+
+    loaded = load_scenario(RunSpec(mix="tiny", profile="cpu", cluster="2xcpu", duration_s=20))
+    res = run_one(loaded, policy, 0.5, record=True)
+    last = max(r.finish_s for r in res.requests)
+    assert res.end_s == last
+    assert len(res.gpu_samples) < 20 and max(s.t_s for s in res.gpu_samples) <= last

@@ -182,6 +182,11 @@ class Simulator:
             t, _, kind, payload = heapq.heappop(heap)
             if self.time_limit_s is not None and t > self.time_limit_s:
                 break
+            if kind == _TICK and nxt is None and not state.requests.live and not state.running:
+                # the work is over: a timer set while it ran would stretch the run (and its GPU
+                # samples, all idle) to the next tick (replan_s=1e9: 31 years of samples)
+                self._tick_pending = False
+                continue
             self.now = t
             if kind == _ARRIVAL:
                 report: Report = RequestArrived(payload)  # type: ignore[arg-type]
