@@ -551,3 +551,29 @@ def test_a_run_ends_with_its_last_request_not_at_a_later_timer(policy):
     last = max(r.finish_s for r in res.requests)
     assert res.end_s == last
     assert len(res.gpu_samples) < 20 and max(s.t_s for s in res.gpu_samples) <= last
+
+
+def test_a_stage_no_gpu_can_hold_is_refused_at_start(tmp_path):
+    """Outside test: on 1 GiB GPUs `trident` turned away every request (exit 0, "rejected 40", not a
+    word why). Now it refuses at start, naming each stage that fits nowhere with its size."""
+    from typer.testing import CliRunner
+
+    from tridentcore.bench.scenario import load_scenario, run_one
+    from tridentcore.bench.spec import RunSpec
+    from tridentcore.cli import app
+    from tridentcore.core.policy import PolicyError
+
+    (tmp_path / "cluster.yaml").write_text("nodes: 2\ngpus_per_node: 8\nkind: H200\nmem_gib: 1\n")
+    tiny = load_scenario(RunSpec(profile="h200", cluster=str(tmp_path / "cluster.yaml"), mix="sd3-mixed",
+                                 rate=0.2, duration_s=60))
+    with pytest.raises(PolicyError, match=r"^trident: no GPU can hold these stages' weights: sd3-medium encode "
+                                          r"\(10\.4 GiB\), sd3-medium diffuse \(3\.8 GiB\); the largest GPU has 1\.0 GiB$"):
+        run_one(tiny, "trident", 0.2)
+    out = CliRunner().invoke(app, ["simulate", "--profile", "h200", "--cluster", str(tmp_path / "cluster.yaml"),
+                                   "--mix", "sd3-mixed", "--duration", "60", "--policies", "trident"])
+    assert out.exit_code == 2 and "sd3-medium encode (10.4 GiB)" in out.output, out.output
+    # 12 GiB holds every stage, one at a time: it serves
+    (tmp_path / "cluster.yaml").write_text("nodes: 2\ngpus_per_node: 8\nkind: H200\nmem_gib: 12\n")
+    ok = load_scenario(RunSpec(profile="h200", cluster=str(tmp_path / "cluster.yaml"), mix="sd3-mixed",
+                               rate=0.2, duration_s=60))
+    assert {r.state for r in run_one(ok, "trident", 0.2).requests} == {"done"}

@@ -35,6 +35,21 @@ def pipeline_seconds(cost: CostModel, kind: str, model: str, shape: Shape, degre
             + cost.latency_s(model, StageKind.DECODE, shape, 1, 1, kind))
 
 
+def check_stages_fit(view: ClusterView, models, policy: str, stages=STAGES) -> None:
+    """``PolicyError`` naming each stage whose weights alone exceed every GPU's memory: no placement
+    can run it, and every request of the model would be turned away (an outside test: a cluster of
+    1 GiB GPUs, exit 0 and "rejected 40" without a word)."""
+    from ..policy import PolicyError
+
+    largest = max(view.mem_gib(g) for g in range(view.num_gpus))
+    too_big = [(m, s, view.instance_gib(m, s)) for m in models for s in stages
+               if view.instance_gib(m, s) > largest + 1e-9]
+    if too_big:
+        named = ", ".join(f"{m} {s.value} ({gib:.1f} GiB)" for m, s, gib in too_big)
+        which = "this stage's" if len(too_big) == 1 else "these stages'"
+        raise PolicyError(f"{policy}: no GPU can hold {which} weights: {named}; the largest GPU has {largest:.1f} GiB")
+
+
 def place_everything(view: ClusterView, models, stages=STAGES, policy: str = "pipeline-level"):
     """Place actions putting every stage of every model on every GPU (pipeline-level deployment).
 

@@ -108,7 +108,7 @@ from ..policy import Policy, PolicyError, register
 from ..state import ClusterView
 from ..types import Shape, StageKind
 from ..workload import RequestSpec
-from .common import degrees_for
+from .common import check_stages_fit, degrees_for
 from .options import choice, number, parse_bool, parse_late
 from .trident_admission import Admission
 from .trident_classes import ClassInfo, class_info, mix_drift
@@ -179,6 +179,7 @@ class Trident(Elastic, Admission, Policy):
 
     # ------------------------------------------------------------------------------ setup
     def start(self, view: ClusterView, models: Sequence[str], now: float, expected=None) -> list[Action]:
+        check_stages_fit(view, models, self.spec)
         self.degrees = degrees_for(view)
         self._node_of = tuple(view.node_of(g) for g in range(view.num_gpus))  # GPU -> node, for the GPU search
         self.info: dict[tuple[str, Shape], ClassInfo] = {}
