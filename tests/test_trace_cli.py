@@ -197,6 +197,7 @@ def test_import_paper_trace(tmp_path):
     (["trace", "stats", "{paper}"], "--model"),
     (["trace", "stats", "{tmp}/missing.jsonl"], "cannot read"),
     (["trace", "stats", "{bad}"], "3 problems: line 1: height"),
+    (["trace", "stats", "{gz}"], "gzip-compressed, not text: give it uncompressed"),  # (was "not UTF-8 text (byte 1)")
     (["trace", "stats", "{paper}", "--model", "no-such-model"], "no-such-model"),
     (["trace", "stats", "{paper}", "--model", "sd3-medium", "--cluster", "banana"], "banana"),
     (["trace", "generate", "--mix", "no-such-mix", "--out", "{tmp}/x.jsonl"], "unknown mix"),
@@ -214,7 +215,11 @@ def test_errors_are_one_line(tmp_path, args, needle):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"t": 0, "model": "m", "height": 0, "width": 8, "steps": 2}\n{"t": -1, "model": "m", "height": 8, '
                    '"width": 8, "steps": 2, "colour": 1}\n')
-    args = [a.format(paper=paper, tmp=tmp_path, bad=bad) for a in args]
+    import gzip
+
+    gz = tmp_path / "t.jsonl.gz"
+    gz.write_bytes(gzip.compress(b'{"t": 0, "model": "sd3-medium", "height": 512, "width": 512, "steps": 4}\n'))
+    args = [a.format(paper=paper, tmp=tmp_path, bad=bad, gz=gz) for a in args]
     needle = needle if needle is None else needle.format(tmp=tmp_path)
     result = runner.invoke(app, args)
     if needle is None:  # a mix with at least the first arrival (t = 0) always yields a request

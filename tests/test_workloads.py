@@ -495,8 +495,15 @@ def test_paper_trace_lines_parse(tmp_path):
 
 
 def test_paper_trace_errors(tmp_path):
-    with pytest.raises(TraceError, match="do not name a model"):
+    with pytest.raises(TraceError, match=r"^<trace>: line 1: this Request\(\.\.\.\) line names no model \(and 2 more "
+                                         r"lines\): the paper's traces do not; give one \(--model to trident"):
         parse_trace(PAPER_LINES)
+    # a line that names its model needs no default (outside test: it was refused all the same)
+    named = "Request(timestamp=0, height=64, width=64, num_inference_steps=8, model='tiny-sd')\n"
+    assert [e.model for e in parse_trace(named)] == ["tiny-sd"]
+    assert [e.model for e in parse_trace(named, default_model="tiny-sd3")] == ["tiny-sd"]
+    with pytest.raises(TraceError, match="^<trace>: line 2: this Request"):
+        parse_trace(named + "Request(timestamp=1, height=64, width=64, num_inference_steps=8)\n")
     path = tmp_path / "paper_bad.txt"
     path.write_text(
         PAPER_LINES.splitlines()[0] + "\n"

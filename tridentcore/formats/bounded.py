@@ -47,6 +47,9 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
+        if data.startswith(b"\x1f\x8b"):
+            raise InputRefused("gzip-compressed, not text: give it uncompressed (a shell can pass it "
+                               "through a pipe: <(gunzip -c FILE))") from None
         raise InputRefused(f"not UTF-8 text (byte {exc.start})") from None
 
 

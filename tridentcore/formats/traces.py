@@ -18,7 +18,7 @@ The paper's traces are one Python-like call per line::
 
 They are parsed without ``eval``: ``ast.parse`` of the call, ``ast.literal_eval`` of each keyword
 value, so prompts may hold commas and either kind of (escaped) quote. They do not name a model:
-the reader needs ``default_model`` (``--model`` on the command line). Keywords other than
+a line without ``model=`` needs the reader's ``default_model`` (``--model`` on the command line). Keywords other than
 timestamp, height, width, num_frames (default 1), num_inference_steps, prompt, negative_prompt,
 seed and model are ignored.
 
@@ -306,6 +306,8 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
     problems: list[str] = []
     fmt: str | None = None
     fmt_line = 0
+    unnamed: list[int] = []  # paper lines without model= (and no default_model)
+    unnamed_at = 0
     text = text.removeprefix("\ufeff")  # a byte order mark some editors write first
 
     def lines():  # one at a time: a file of millions of blank lines is not a list of millions of strings
@@ -327,12 +329,6 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
                      f"or the paper's Request(request_id=..., timestamp=..., ...) lines"],
                 )  # fmt: skip
             fmt, fmt_line = kind, number
-            if fmt == "paper" and default_model is None:
-                raise TraceError(
-                    origin,
-                    [f"line {number}: the paper's Request(...) traces do not name a model; "
-                     "give one (--model to trident, --trace-model to the Locust file; default_model= in Python)"],
-                )  # fmt: skip
         if kind != fmt:
             expected = "a JSON object" if fmt == "jsonl" else "a Request(...) line"
             problems.append(f"line {number}: expected {expected} (format detected from line {fmt_line})")
@@ -340,6 +336,13 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
         raw = _parse_json_line(stripped) if fmt == "jsonl" else _parse_paper_line(stripped)
         if isinstance(raw, str):
             problems.append(f"line {number}: {raw}")
+            continue
+        if fmt == "paper" and default_model is None and "model" not in raw:
+            # (a line that names its model, model='...', needs no default: it was refused all the same)
+            if not unnamed:
+                problems.append("")  # said once, where the first such line is, with their count (below)
+                unnamed_at = len(problems) - 1
+            unnamed.append(number)
             continue
         unknown = sorted(k for k in raw if k not in _JSON_KEYS)  # (paper lines are renamed already)
         if unknown:
@@ -351,6 +354,11 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
             continue
         else:
             entries.append(result)
+    if unnamed:
+        more = f" (and {len(unnamed) - 1} more line{'s' if len(unnamed) > 2 else ''})" if len(unnamed) > 1 else ""
+        problems[unnamed_at] = (f"line {unnamed[0]}: this Request(...) line names no model{more}: the paper's traces do "
+                                "not; give one (--model to trident, --trace-model to the Locust file; default_model= "
+                                "in Python)")
     if problems:
         raise TraceError(origin, problems)
     return entries
