@@ -42,6 +42,9 @@ def test_mixed_cpu_and_emulated_devices_one_api_one_run(tmp_path):
                 (0, "cpu", "cpu:1"), (1, "H200", "emulated:1x2xH200"), (2, "H200", "emulated:1x2xH200")]
             assert {p["devices"]: p["models"] for p in snap["parts"]} == {"cpu:1": ["tiny-sd3"],
                                                                           "emulated:1x2xH200": ["sd3-medium"]}
+            # the server's clock is the scaled part's (it read the cpu part's 1.0: outside test)
+            assert snap["time_scale"] == snap["clock"]["time_scale"] == 0.02
+            assert {p["devices"]: p["time_scale"] for p in snap["parts"]} == {"cpu:1": 1.0, "emulated:1x2xH200": 0.02}
             ids = [item["id"] for job in client.get("/v1/requests").json()["data"] for item in job["items"]]
             assert len(ids) == len(set(ids)) == 3
             metrics = client.get("/metrics").text

@@ -72,7 +72,7 @@ def serve(
     calibrate: bool = typer.Option(DEFAULT_LIVE_CALIBRATE, "--calibrate/--no-calibrate",
                                    help="Learn measured / predicted stage times per model and stage; the policy and "
                                         "new deadlines use the calibrated cost model (/v1/cluster, /metrics)."),
-    slowdown: float = typer.Option(1.0, metavar="K", max=MAX_SCALE,
+    slowdown: float = typer.Option(1.0, metavar="K", min=1.0, max=MAX_SCALE,
                                    help="Testing aid, cpu devices: each worker takes K times the time it computed "
                                         "(it sleeps K-1 times that after each stage, per step in a diffuse): a "
                                         "device K times slower than its profile, whose factor the calibration "

@@ -163,11 +163,14 @@ class EngineGroup:
             for k in queues:
                 queues[k] += snap["queues"][k]
                 running[k] += snap["running"][k]
+        # the clock of the part --time-scale applies to (emulated devices; a cpu part runs at 1: an
+        # outside test read 1.0 on a server started at 0.05 with cpu:1 first)
+        main = next((s for s in snaps if s["time_scale"] != 1.0), snaps[0])
         return {
             "devices": devices, "instances": instances, "queues": queues, "running": running,
             "live_requests": sum(s["live_requests"] for s in snaps), "policy": self.parts[0].policy.spec,
             "cluster": " + ".join(s["cluster"] for s in snaps), "profile": ",".join(s["profile"] for s in snaps),
-            "time_scale": snaps[0]["time_scale"], "now_s": snaps[0]["now_s"], "clock": snaps[0]["clock"],
+            "time_scale": main["time_scale"], "now_s": main["now_s"], "clock": main["clock"],
             "calibration": [row for s in snaps for row in s["calibration"]],
             "parts": [{"devices": label, "cluster": s["cluster"], "profile": s["profile"],
                        "time_scale": s["time_scale"], "now_s": s["now_s"], "clock": s["clock"],
