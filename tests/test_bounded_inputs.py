@@ -212,6 +212,7 @@ def test_mix_bounds(tmp_path):
     ("64x128xH200", f"64 nodes x 128 GPUs = 8192 GPUs; a cluster has at most {MAX_CLUSTER_GPUS}"),
     ("1x1000xH200", f"the GPU count per node must be in 1..{MAX_GPUS_PER_NODE} (got 1000)"),
     ("9" * 5000 + "xH200", "5005 characters"),
+    ("\uff11x8xH200", "expected "),  # a full-width digit (outside test: it was read as 1)
 ])
 def test_cluster_text_bounds(cluster, needle):
     line = _refused("simulate", "--cluster", cluster)

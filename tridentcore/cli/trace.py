@@ -166,7 +166,7 @@ def trace_stats_command(
                          "gpu_s_each": c.gpu_s_each} for c in stats.classes],
         }, indent=1))
     else:
-        rate = "-" if stats.rate_rps is None else f"{stats.rate_rps:.3f} req/s"
+        rate = "-" if stats.rate_rps is None else f"{stats.rate_rps:.4g} req/s"
         typer.echo(f"{file}: {stats.requests} requests over {stats.duration_s:.1f} s "
                    f"(first at {stats.first_s:.2f} s), rate {rate}")
         rows = [{"class": c.label, "steps": c.steps, "requests": c.requests,

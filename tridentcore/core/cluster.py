@@ -87,7 +87,7 @@ MIN_LINK_GBPS = 0.01
 
 CLUSTER_FORMS = ("GPUSxKIND (one node, e.g. 8xH200; 2xcpu: two CPU workers) or NODESxGPUSxKIND "
                  "(e.g. 2x8xH200, 4x8xH200)")
-_CLUSTER_RE = re.compile(r"^\s*(?:(\d+)\s*[xX*]\s*)?(\d+)\s*[xX*]\s*([A-Za-z][A-Za-z0-9_.-]*)\s*$")
+_CLUSTER_RE = re.compile(r"^\s*(?:(\d+)\s*[xX*]\s*)?(\d+)\s*[xX*]\s*([A-Za-z][A-Za-z0-9_.-]*)\s*$", re.ASCII)  # (ASCII digits: ０-９ were taken)
 _MAX_TEXT_CHARS = 64  # a cluster written out (2x8xH200) is a few characters; longer text is not parsed
 _YAML_KEYS = ("nodes", "gpus_per_node", "kind", "mem_gib", "intra_link_gbps", "inter_link_gbps")
 _REQUIRED_KEYS = ("nodes", "gpus_per_node", "kind")
