@@ -551,6 +551,12 @@ def test_a_run_ends_with_its_last_request_not_at_a_later_timer(policy):
     last = max(r.finish_s for r in res.requests)
     assert res.end_s == last
     assert len(res.gpu_samples) < 20 and max(s.t_s for s in res.gpu_samples) <= last
+    # nor at the old end of a diffuse that was paused (shrunk) and scheduled anew (outside test: a run
+    # whose last request ended at 673 s ended at 835 s, 256 idle samples after it)
+    loaded = load_scenario(RunSpec(mix="image-video", profile="h200", cluster="2x8xH200", duration_s=600,
+                                   slo_scale=5))
+    res = run_one(loaded, policy, 0.5, record=True)
+    assert res.end_s == max(r.finish_s for r in res.requests)
 
 
 def test_a_stage_no_gpu_can_hold_is_refused_at_start(tmp_path):
@@ -566,12 +572,20 @@ def test_a_stage_no_gpu_can_hold_is_refused_at_start(tmp_path):
     (tmp_path / "cluster.yaml").write_text("nodes: 2\ngpus_per_node: 8\nkind: H200\nmem_gib: 1\n")
     tiny = load_scenario(RunSpec(profile="h200", cluster=str(tmp_path / "cluster.yaml"), mix="sd3-mixed",
                                  rate=0.2, duration_s=60))
-    with pytest.raises(PolicyError, match=r"^trident: no GPU can hold these stages' weights: sd3-medium encode "
-                                          r"\(10\.4 GiB\), sd3-medium diffuse \(3\.8 GiB\); the largest GPU has 1\.0 GiB$"):
+    with pytest.raises(PolicyError, match=r"^trident: no GPU can hold these stages' weights \(an encode: with its "
+                                          r"working memory\): sd3-medium encode \(10\.53 GiB\), sd3-medium diffuse "
+                                          r"\(3\.78 GiB\); the largest GPU has 1\.00 GiB$"):
         run_one(tiny, "trident", 0.2)
+    # weights that fit but an encode's working memory that never does (outside test: 11 GiB GPUs took
+    # every video-wan request and turned each away, exit 0)
+    (tmp_path / "c10.yaml").write_text("nodes: 2\ngpus_per_node: 8\nkind: H200\nmem_gib: 10.7\n")
+    wan = load_scenario(RunSpec(profile="h200", cluster=str(tmp_path / "c10.yaml"), mix="video-wan",
+                                rate=0.2, duration_s=60))
+    with pytest.raises(PolicyError, match=r"wan2\.1-1\.3b encode \(11\.0\d GiB\); the largest GPU has 10\.70 GiB$"):
+        run_one(wan, "trident", 0.2)
     out = CliRunner().invoke(app, ["simulate", "--profile", "h200", "--cluster", str(tmp_path / "cluster.yaml"),
                                    "--mix", "sd3-mixed", "--duration", "60", "--policies", "trident"])
-    assert out.exit_code == 2 and "sd3-medium encode (10.4 GiB)" in out.output, out.output
+    assert out.exit_code == 2 and "sd3-medium encode (10.53 GiB)" in out.output, out.output
     # 12 GiB holds every stage, one at a time: it serves
     (tmp_path / "cluster.yaml").write_text("nodes: 2\ngpus_per_node: 8\nkind: H200\nmem_gib: 12\n")
     ok = load_scenario(RunSpec(profile="h200", cluster=str(tmp_path / "cluster.yaml"), mix="sd3-mixed",

@@ -187,6 +187,8 @@ class Simulator:
                 # samples, all idle) to the next tick (replan_s=1e9: 31 years of samples)
                 self._tick_pending = False
                 continue
+            if kind == _FINISH and self._due.get(payload[0]) != t:  # type: ignore[index]
+                continue  # superseded (paused: a new end was scheduled); its old time is no event
             self.now = t
             if kind == _ARRIVAL:
                 report: Report = RequestArrived(payload)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from ..costmodel import CostModel
 from ..state import ClusterView
 from ..types import DEGREES, PARALLEL_EFFICIENCY, STAGES, Shape, StageKind, degrees_up_to
@@ -42,12 +44,18 @@ def check_stages_fit(view: ClusterView, models, policy: str, stages=STAGES) -> N
     from ..policy import PolicyError
 
     largest = max(view.mem_gib(g) for g in range(view.num_gpus))
-    too_big = [(m, s, view.instance_gib(m, s)) for m in models for s in stages
-               if view.instance_gib(m, s) > largest + 1e-9]
+
+    def least(m, s):  # weights, and an encode's working memory (the same for every request)
+        act = view.cost.activation_gib(m, s, None, 1, 1, view.gpu_kind) if s == StageKind.ENCODE else 0.0
+        return view.instance_gib(m, s) + act
+
+    too_big = [(m, s, least(m, s)) for m in models for s in stages if least(m, s) > largest + 1e-9]
     if too_big:
-        named = ", ".join(f"{m} {s.value} ({gib:.1f} GiB)" for m, s, gib in too_big)
+        up = lambda gib: math.ceil(gib * 100 - 1e-6) / 100  # noqa: E731 - (11.0007 is said as 11.01, not as 11.00)
+        named = ", ".join(f"{m} {s.value} ({up(gib):.2f} GiB)" for m, s, gib in too_big)
         which = "this stage's" if len(too_big) == 1 else "these stages'"
-        raise PolicyError(f"{policy}: no GPU can hold {which} weights: {named}; the largest GPU has {largest:.1f} GiB")
+        raise PolicyError(f"{policy}: no GPU can hold {which} weights (an encode: with its working memory): {named}; "
+                          f"the largest GPU has {math.floor(largest * 100 + 1e-6) / 100:.2f} GiB")
 
 
 def place_everything(view: ClusterView, models, stages=STAGES, policy: str = "pipeline-level"):

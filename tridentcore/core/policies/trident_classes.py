@@ -63,5 +63,5 @@ def class_info(view: ClusterView, degrees: tuple[int, ...], model: str, shape: S
         need = cost.weights_gib(model, stage, kind) + cost.activation_gib(
             model, stage, None if stage == StageKind.ENCODE else shape, 1, d, kind)
         if need > biggest:
-            problems.append(f"{stage} needs {need:.1f} GiB per GPU, the largest GPU has {biggest:.0f}")
+            problems.append(f"{stage} needs {need:.1f} GiB per GPU, the largest GPU has {biggest:.1f} GiB")
     return ClassInfo(enc, dec, step, eff, fast, batch, dec_batch, "; ".join(problems), tuple(degrees))
