@@ -103,6 +103,8 @@ def test_locustfile_imports_nothing_heavy():
     (["--arrival", "trace:t.jsonl", "--rate", "50", "--duration", "5"], "--rate, --duration: not used with --arrival "
                                                                          "trace:FILE"),
     (["--mix", "tiny", "-u", "0"], "-u 0: no user would send the schedule; give -u 1"),
+    # argparse reads --trace as --trace-model: the default mix was sent instead of the trace (outside test)
+    (["--trace", "t.jsonl"], "--trace-model t.jsonl: only with --arrival trace:FILE"),
     # a run refused before its load leaves no database behind
     (["--mix", "tiny", "--db", "new.duckdb"], "--host http://127.0.0.1:9: cannot ask the server"),
 ])  # fmt: skip
@@ -259,3 +261,19 @@ def test_a_run_whose_starter_is_gone_ends_at_once_with_its_rows_written(tmp_path
     assert not alive, "Locust went on sending after its starter was gone"
     lines = rows.read_text().splitlines()
     assert len(lines) > 400  # the whole schedule, recorded as never sent
+
+
+def test_a_server_that_lacks_a_model_of_the_mix_is_named_before_any_load(tmp_path):
+    """A server of sd3-medium only, a mix with wan videos: refused before any load, by the flag the mix
+    came from (a --spec's mix was named as --mix: outside test)."""
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0.05"])
+    try:
+        (tmp_path / "run.json").write_text('{"mix": "image-video", "rate": 2, "duration_s": 10}')
+        for args, said in ((["--mix", "image-video"], f"--mix image-video: the server at {server.url} does not "
+                                                       "serve wan2.1-1.3b (it serves sd3-medium)"),
+                           (["--spec", "run.json"], f"--spec run.json: its mix image-video: the server at "
+                                                    f"{server.url} does not serve wan2.1-1.3b")):
+            out = _locust("--headless", "-t", "5s", "--host", server.url, *args, cwd=tmp_path)
+            assert out.returncode == 2 and said in out.stderr, out.stderr[-2000:]
+    finally:
+        assert server.stop() == 0

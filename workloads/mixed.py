@@ -175,6 +175,9 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
         if given:
             problems.append(f"{', '.join(given)}: not used with --arrival trace:FILE (the trace gives the requests "
                             "and their times); drop {}".format("them" if len(given) > 1 else "it"))
+    if trace is None and getattr(options, "trace_model", None):  # (argparse takes --trace FILE for it, too)
+        problems.append(f"--trace-model {options.trace_model}: only with --arrival trace:FILE (the model of a "
+                        "paper-format trace's requests); a trace is replayed with --arrival trace:FILE")
     if problems:
         raise ScheduleError(problems)
     rate = DEFAULT_RATE if rate is None else rate
@@ -219,7 +222,7 @@ def _asked(host: str) -> Served:
     return _served[host]
 
 
-def _serves(host: str, mix: str | None) -> str | None:
+def _serves(host: str, mix: str | None, flag: str = "--mix") -> str | None:
     """Why the server at ``host`` cannot take the load (it does not answer, refuses the key, or lacks a
     model of ``mix``); None: it can, as far as ``GET /v1/models`` tells (a run sent everything first)."""
     got = _asked(host)
@@ -233,7 +236,7 @@ def _serves(host: str, mix: str | None) -> str | None:
         return None
     missing = sorted(needed - set(got.models))
     if missing:
-        return (f"--mix {mix}: the server at {host} does not serve {', '.join(missing)} "
+        return (f"{flag} {mix}: the server at {host} does not serve {', '.join(missing)} "
                 f"(it serves {', '.join(got.models) or 'no models'})")
     return None
 
@@ -355,7 +358,8 @@ def _on_init(environment, **_kw) -> None:
         _exit_with("; ".join([*exc.problems, *problems]))
     if environment.host and (spec.mix is None or options.mix or options.spec):  # (without --mix or --spec the
         # server was asked already, for its mix)
-        problems += [p for p in (_serves(environment.host, spec.mix),) if p]  # it answers, serves the mix's models
+        flag = f"--spec {options.spec}: its mix" if options.spec else "--mix"
+        problems += [p for p in (_serves(environment.host, spec.mix, flag),) if p]  # it answers, serves the mix's models
     if problems:
         _exit_with("; ".join(problems))
     if not arrivals:
