@@ -241,7 +241,13 @@ def test_a_full_size_architecture_that_cannot_fit_in_host_memory_is_refused_befo
         assert "arch:sd3-medium in float32 on the CPU needs about 28.7 GiB" in text and "8.0 GiB is available" in text, text
         assert "--dtype bfloat16" in text
         assert time.perf_counter() - t0 < 5.0
-    assert models_cli._host_memory_problem(["arch:sd3-medium"], "cpu", "bfloat16") is not None  # 15 GiB > 8 GiB
+    for half in ("bfloat16", "bf16", "fp16", "float16"):  # (only "bfloat16" was halved: outside test)
+        text = models_cli._host_memory_problem(["arch:sd3-medium"], "cpu", half)  # 14.3 GiB > 8 GiB
+        assert f"arch:sd3-medium in {half} on the CPU needs about 14.3 GiB" in text and "--dtype" not in text
+    for bad in ("bogus", "BFLOAT16"):  # the dtype's own error, not a size guessed from it
+        result = runner.invoke(app, ["profile", "--model", "arch:sd3-medium", "--dtype", bad, "--out",
+                                     str(tmp_path / "p.csv")])
+        assert result.exit_code == 2 and f"--dtype: unknown dtype '{bad}'; valid: bf16, bfloat16" in result.output
     assert models_cli._host_memory_problem(["arch:sd3-medium"], "cuda:0", "float32") is None
     assert models_cli._host_memory_problem(["tiny-sd3"], "cpu", "float32") is None
     monkeypatch.setattr(models_cli, "_available_gib", lambda: 64.0)

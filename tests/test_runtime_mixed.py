@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import httpx
 from PIL import Image
@@ -53,6 +54,8 @@ def test_mixed_cpu_and_emulated_devices_one_api_one_run(tmp_path):
         assert server.stop() == 0
     runs = query_readonly(db, "SELECT run_id, cluster, profile, config_json FROM runs")
     assert len(runs) == 1 and runs["cluster"][0] == "1x1xcpu + 1x2xH200" and runs["profile"][0] == "cpu,h200"
+    config = json.loads(runs["config_json"][0])  # the stored run's clock too is the scaled part's (it was 1.0)
+    assert config["time_scale"] == config["clock"]["time_scale"] == 0.02
     reqs = query_readonly(db, "SELECT request_id, model, state FROM requests ORDER BY request_id")
     assert sorted(reqs["request_id"]) == sorted(ids) and set(reqs["state"]) == {"done"}
     spans = query_readonly(db, "SELECT request_id, gpus, dispatch_id, stage FROM stage_spans")

@@ -54,10 +54,12 @@ def _host_memory_problem(models: list[str], device: str, dtype: str, processes: 
     the memory available now (its weights by the shipped H200 profile's measurement, in bfloat16,
     twice that in float32, once per process), or None. An outside test: ``profile --model
     arch:sd3-medium`` took a 23 GiB host to 22 GiB before it was stopped. Linux only (elsewhere: None)."""
+    from ..pipelines import DTYPE_BYTES, MODELS, check_dtype
+    from ..profiles import load_profile
+
+    check_dtype(dtype)  # (ValueError: said before a size is guessed from it)
     if device.strip() != "cpu":
         return None
-    from ..pipelines import MODELS
-    from ..profiles import load_profile
 
     rows = None
     for name in dict.fromkeys(models):
@@ -70,14 +72,14 @@ def _host_memory_problem(models: list[str], device: str, dtype: str, processes: 
         for r in rows:
             if r.model == info.profile_name:
                 per_stage[r.stage] = max(per_stage.get(r.stage, 0.0), r.weights_gib)
-        need = sum(per_stage.values()) * (1 if dtype == "bfloat16" else 2) * processes
+        need = sum(per_stage.values()) * DTYPE_BYTES[dtype] / 2 * processes
         free = _available_gib()
         if free is not None and need > 0.9 * free:
             times = f" x {processes} processes" if processes > 1 else ""
             return (f"{name} in {dtype} on the CPU needs about {need:.1f} GiB of host memory for its weights "
                     f"({sum(per_stage.values()):.1f} GiB in bfloat16 by the {DEFAULT_PROFILE} profile{times}); "
                     f"{free:.1f} GiB is available: use a GPU (--device cuda), a tiny-* model"
-                    + (", or --dtype bfloat16" if dtype != "bfloat16" else ""))
+                    + (", or --dtype bfloat16" if DTYPE_BYTES[dtype] > 2 else ""))
     return None
 
 
@@ -131,7 +133,10 @@ def generate(
     from ..pipelines.staged_base import ANY_MODEL
 
     _check_device(device, degree)
-    problem = _host_memory_problem([model], device, dtype, degree)
+    try:
+        problem = _host_memory_problem([model], device, dtype, degree)
+    except ValueError as exc:
+        fail(f"--dtype: {exc}")
     if problem:
         fail(problem)
     # the API's bounds (an empty or a 5,000-character prompt was drawn here and refused there)
@@ -256,7 +261,10 @@ def profile(
         _check_device(device, max(degree_list))
     except ValueError as exc:
         fail(str(exc))
-    problem = _host_memory_problem(model_list, device, dtype, max(degree_list))
+    try:
+        problem = _host_memory_problem(model_list, device, dtype, max(degree_list))
+    except ValueError as exc:
+        fail(f"--dtype: {exc}")
     if problem:
         fail(problem)
     import os

@@ -52,6 +52,16 @@ MODELS: dict[str, ModelInfo] = {
 }
 
 
+# dtype names the pipelines take, and bytes per weight (a check of size before torch is imported)
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+
+
+def check_dtype(dtype: str) -> None:
+    """ValueError unless ``dtype`` names one the pipelines take (cheap: no torch)."""
+    if str(dtype) not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(sorted(DTYPE_BYTES))}")
+
+
 def _torch_dtype(dtype):
     import torch
 

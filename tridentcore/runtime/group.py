@@ -236,6 +236,8 @@ class EngineGroup:
         cfg["slowdown"] = max(views.slowdown(e) for e in self.parts)
         cfg["refused"] = dict(sorted(sum((Counter(e.refused) for e in self.parts), Counter()).items()))
         cfg["hung"] = sum(e.hung for e in self.parts)
+        main = next((e for e in self.parts if e.config.time_scale != 1.0), self.parts[0])  # (as snapshot())
+        cfg["time_scale"], cfg["clock"] = main.config.time_scale, views.clock(main)
         each = [views.workers(e) for e in self.parts]
         cfg["workers"] = {"kinds": sorted({k for w in each for k in w["kinds"]}), "restarts": sum(w["restarts"] for w in each)}
         cfg["parts"] = [{"devices": label, "models": list(e.models), "profile": e.profile,
