@@ -357,11 +357,10 @@ def test_home_an_upload_that_cannot_be_saved_is_an_error_message(monkeypatch, tm
 def test_home_a_policy_that_cannot_start_on_the_cluster_is_left_out_and_the_rest_run(tmp_path):
     """Outside test: on 24 GiB GPUs a pipeline-level policy refuses (every model on every GPU does not
     fit); the page said "simulation failed" and showed nothing, trident's results included."""
-    small = tmp_path / "small.yaml"
-    small.write_text("nodes: 1\ngpus_per_node: 4\nkind: H200\nmem_gib: 24\n")
+    small = b"nodes: 1\ngpus_per_node: 4\nkind: H200\nmem_gib: 24\n"
     at = _app()
     at.run()
-    at.text_input(key="cmp_cluster").set_value(str(small)).run()
+    at.file_uploader(key="cmp_cluster_file").set_value(("small.yaml", small, "text/yaml")).run()
     at.multiselect(key="cmp_policies").set_value(["pipeline-static:degree=1", "trident"]).run()
     _clean(at)
     assert any("not run: pipeline-static: every GPU holds" in w.value and "24.0 GiB" in w.value for w in at.warning)
@@ -383,7 +382,10 @@ def test_home_profile_missing_a_model_is_an_error_message():
     assert not at.metric
 
 
-def test_home_trace_upload_runs_the_trace():
+def test_home_trace_upload_runs_the_trace(tmp_path, monkeypatch):
+    from workbench import data
+
+    monkeypatch.setattr(data, "UPLOAD_DIR", tmp_path / "uploads")
     lines = [json.dumps({"t": i * 2.0, "model": "sd3-medium", "height": 512, "width": 512, "frames": 1, "steps": 28,
                          "prompt": "a cat"}) for i in range(20)]
     at = _app()
@@ -402,6 +404,8 @@ def test_home_trace_upload_runs_the_trace():
     _clean(at)
     errors = " ".join(e.value for e in at.error)
     assert "mine.jsonl: line 4: width 500 is not a multiple of 16" in errors and "trident-workbench-uploads" not in errors, errors
+    # a refused upload is not kept (an outside test: a 27 MB trace the page refused, kept for 7 days)
+    assert len(list((tmp_path / "uploads").iterdir())) == 1  # the good trace only
 
 
 # ------------------------------------------------------------------------------ Profiles
@@ -832,3 +836,20 @@ def test_a_database_another_program_holds_for_writing_is_said_in_words(tmp_path)
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_home_the_cluster_field_takes_no_path(tmp_path):
+    """Outside test: a path typed as the cluster was read as a cluster YAML, and its lines shown as
+    "unknown key(s)" (/etc/shadow's, as the workbench's user); whether a path existed was said too.
+    The field takes NODESxGPUSxKIND; a cluster YAML is uploaded."""
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("password-hash-1: x\nnodes: 1\n")
+    at = _app()
+    at.run()
+    for typed in (str(secret), str(tmp_path / "nope.yaml"), str(tmp_path)):
+        at.text_input(key="cmp_cluster").set_value(typed).run()
+        _clean(at)
+        shown = " ".join(e.value for e in at.error)
+        assert "expected GPUSxKIND" in shown and "upload it below the field" in shown, shown
+        assert "password-hash" not in shown and "no such file" not in shown and "not a regular file" not in shown
+        assert not at.metric

@@ -141,6 +141,14 @@ def test_uploads_are_the_users_own_and_old_ones_go(tmp_path, monkeypatch):
     assert not os.path.exists(first) and os.path.exists(second)  # unused for a week: removed
     os.utime(second, (old, old))
     assert data.save_upload(b"x: 2\n", ".yaml") == second and os.path.exists(second)  # used again: kept
+    # the folder is capped: the least recently used go first (an outside test: no cap on 200 MB uploads)
+    monkeypatch.setattr(data, "UPLOAD_MAX_BYTES", 25)
+    now = time.time()
+    paths = []
+    for i in range(4):  # 10 bytes each, one second apart
+        paths.append(data.save_upload(f"y: {i:05d}\n".encode(), ".yaml"))
+        os.utime(paths[-1], (now - 10 + i, now - 10 + i))
+    assert [os.path.exists(p) for p in paths] == [False, False, True, True] and os.path.exists(second)  # (newer)
     elsewhere = tmp_path / "not-mine"
     elsewhere.mkdir()
     (tmp_path / "link").symlink_to(elsewhere)

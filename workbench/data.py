@@ -25,7 +25,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -96,6 +96,7 @@ DEFAULT_SCENARIO = Scenario()
 # per user, mode 0700 (uploads are the visitors' files: traces may hold prompts); files 0600
 UPLOAD_DIR = Path(tempfile.gettempdir()) / f"trident-workbench-uploads-{os.getuid() if hasattr(os, 'getuid') else 0}"
 UPLOAD_KEEP_S = 7 * 86400  # uploads not used for this long are removed when the next one is saved
+UPLOAD_MAX_BYTES = 512 * 2**20  # and the least recently used beyond this many bytes in all (uploads of up to 200 MB each)
 
 
 def error_text(exc: BaseException) -> str:
@@ -161,14 +162,38 @@ def save_upload(content: bytes, suffix: str) -> str:
 
 
 def _forget_old_uploads(keep: Path) -> None:
-    """Remove uploads unused for ``UPLOAD_KEEP_S`` (the folder outlives the app; nothing else cleans it)."""
+    """Remove uploads unused for ``UPLOAD_KEEP_S`` (the folder outlives the app; nothing else cleans it),
+    then the least recently used while the folder holds more than ``UPLOAD_MAX_BYTES``."""
     cutoff = time.time() - UPLOAD_KEEP_S
+    kept = []
     for old in UPLOAD_DIR.iterdir():
         try:
-            if old != keep and old.is_file() and old.stat().st_mtime < cutoff:
+            if old == keep or not old.is_file():
+                continue
+            st_ = old.stat()
+            if st_.st_mtime < cutoff:
                 old.unlink()
+            else:
+                kept.append((st_.st_mtime, st_.st_size, old))
         except OSError:
             pass
+    total = sum(size for _, size, _ in kept) + (keep.stat().st_size if keep.exists() else 0)
+    for _, size, old in sorted(kept):  # oldest first
+        if total <= UPLOAD_MAX_BYTES:
+            break
+        try:
+            old.unlink()
+            total -= size
+        except OSError:
+            pass
+
+
+def drop_uploads(uploaded: Mapping[str, str]) -> None:
+    """Remove saved uploads the page refused (``uploaded``: path -> the name it was uploaded as)."""
+    for path in uploaded:
+        p = Path(path)
+        if p.parent == UPLOAD_DIR:
+            p.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------- simulation

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from tridentcore.bench.spec import RunSpec
+from tridentcore.core.cluster import parse_cluster
 from tridentcore.core.policy import split_specs
 from tridentcore.formats.mixes import list_mixes
 from tridentcore.profiles import shipped_profiles
@@ -210,6 +211,16 @@ with st.sidebar:
     st.header("Cluster and policies")
     cluster = st.text_input("Cluster (NODESxGPUSxKIND, e.g. 2x8xH200)", data.DEFAULT_SCENARIO.cluster,
                             key="cmp_cluster").strip()
+    cluster_file = st.file_uploader("…or a cluster YAML file (nodes, gpus_per_node, kind, mem_gib)",
+                                    type=["yaml", "yml"], key="cmp_cluster_file")
+    if cluster_file is not None:
+        cluster = saved(cluster_file, ".yaml") or data.DEFAULT_SCENARIO.cluster
+    else:
+        try:  # the text form only: a path typed here read any file on the host and showed its lines
+            parse_cluster(cluster)  # (an outside test: /etc/shadow's lines as "unknown key(s)")
+        except ValueError as exc:
+            problems.append(f"{data.error_text(exc)} (a cluster YAML file: upload it below the field)")
+            cluster = data.DEFAULT_SCENARIO.cluster
     profiles = list(shipped_profiles())
     profile_choice = st.selectbox("Profile", profiles + [UPLOAD_PROFILE],
                                   index=profiles.index(data.DEFAULT_SCENARIO.profile)
@@ -250,6 +261,7 @@ invalid = data.validate_comparison(scenario, policies, rates)
 if invalid:
     for p in invalid:
         st.error(_named(p))
+    data.drop_uploads(uploaded)  # refused: not kept (an outside test found 27 MB traces kept for 7 days)
     st.stop()
 refused = data.start_refusals(scenario, policies)
 for why in refused.values():  # (the others run: one that cannot start stopped the whole comparison)
@@ -316,7 +328,7 @@ if sweep:
 first = runs[tasks[0]]
 workload = uploaded.get(trace or "") or uploaded.get(str(mix)) or Path(trace or str(mix)).name
 arrivals = "" if trace else f"{scenario.arrival} · "  # (a trace brings its own arrival times)
-summary_line = (f"**{workload}** · {arrivals}cluster {cluster} ({first.n_gpus} GPU{'' if first.n_gpus == 1 else 's'}, {first.gpu_mem_gib:g} GiB each) · "
+summary_line = (f"**{workload}** · {arrivals}cluster {uploaded.get(cluster, cluster)} ({first.n_gpus} GPU{'' if first.n_gpus == 1 else 's'}, {first.gpu_mem_gib:g} GiB each) · "
                 f"profile {uploaded.get(profile) or Path(profile).name} · SLO scale {slo_scale:g}")
 ceiling_note, slo_ceiling = "", float("nan")
 if trace is None:
