@@ -853,3 +853,40 @@ def test_home_the_cluster_field_takes_no_path(tmp_path):
         assert "expected GPUSxKIND" in shown and "upload it below the field" in shown, shown
         assert "password-hash" not in shown and "no such file" not in shown and "not a regular file" not in shown
         assert not at.metric
+
+
+def test_a_stopped_page_ends_its_sql_query_at_once(tmp_path, monkeypatch):
+    """Outside test: Streamlit's Stop (or a closed tab) left the query's child at 95 % CPU until the
+    30 s limit; two such queries took both cores. The query now reports while it runs, and the page's
+    update there (which raises when the page is stopped) ends the child within a second."""
+    import os
+
+    from workbench import child, stored
+
+    db = _write_runs(tmp_path / "q.duckdb")
+    calls = []
+
+    class Recorded(child.ChildCall):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            calls.append(self)
+
+    monkeypatch.setattr(child, "ChildCall", Recorded)
+
+    class Stopped(BaseException):  # (as Streamlit's StopException: not an Exception)
+        pass
+
+    def tick(seconds: float) -> None:
+        if seconds >= 1.0:
+            raise Stopped
+
+    t0 = time.perf_counter()
+    with pytest.raises(Stopped), stored.sql_waiting(tick):
+        stored.run_sql(stored.db_signature(str(db)), "SELECT sum(hash(x + 2)) FROM range(100000000000) t(x)")
+    assert time.perf_counter() - t0 < 5.0
+    assert len(calls) == 1
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{calls[0].pid}"):
+        time.sleep(0.1)
+    status = Path(f"/proc/{calls[0].pid}/status")
+    assert not status.exists() or "zombie" in status.read_text()  # the query's child is gone

@@ -40,7 +40,8 @@ from workbench.kpis import Kpi, kpis, markdown_table
 from workbench.profile_frames import default_steps, profile_frame
 from workbench.stored import REPO_ROOT  # noqa: F401  (its old home)
 from workbench.stored import (SQL_MAX_ROWS, DbSignature, SqlLimitError, class_attainment_frame, db_signature, latencies,
-                              run_sql, run_zip, runs_frame, sql_examples, stage_breakdown_frame, summaries_frame)
+                              run_sql, run_zip, runs_frame, sql_examples, sql_waiting, stage_breakdown_frame,
+                              summaries_frame)
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -77,6 +78,7 @@ __all__ = [
     "SQL_MAX_ROWS",
     "SqlLimitError",
     "sql_examples",
+    "sql_waiting",
     "Kpi",
     "kpis",
     "markdown_table",

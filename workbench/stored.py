@@ -5,6 +5,7 @@ time), a run as a zip, untrusted read-only SQL within limits, and the SQL exampl
 from __future__ import annotations
 
 import atexit
+import contextlib
 import io
 import os
 import re
@@ -13,7 +14,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from tridentcore.store.schema import STAGE_ORDER_SQL
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["SQL_MAX_ROWS", "DbSignature", "SqlLimitError", "class_attainment_frame", "db_signature", "latencies",
-           "run_sql", "run_zip", "runs_frame", "sql_examples", "sql_spill_dir", "stage_breakdown_frame",
+           "run_sql", "run_zip", "runs_frame", "sql_examples", "sql_spill_dir", "sql_waiting", "stage_breakdown_frame",
            "summaries_frame"]
 
 
@@ -123,6 +124,7 @@ SQL_MAX_GROWTH = 2 * 1024**3
 SQL_KILL_AFTER_S = SQL_TIMEOUT_S + 5.0
 
 _sql_slots = threading.BoundedSemaphore(SQL_CONCURRENT)
+_waiting = threading.local()  # .fn: called about twice a second while this thread's query runs (sql_waiting)
 _spill: dict[str, str] = {}
 _spill_lock = threading.Lock()
 
@@ -138,6 +140,18 @@ def sql_spill_dir() -> str:
             _spill["dir"] = tempfile.mkdtemp(prefix="trident-workbench-sql-")
             atexit.register(shutil.rmtree, _spill["dir"], True)
         return _spill["dir"]
+
+
+@contextlib.contextmanager
+def sql_waiting(fn: Callable[[float], None]):
+    """While in this block, :func:`run_sql` calls ``fn(seconds)`` about twice a second as its query
+    runs (in this thread): a page's placeholder update there is where Streamlit's Stop, a reload or a
+    closed tab ends the page, and with it the query's child (it ran on to its 30 s limit: outside test)."""
+    _waiting.fn = fn
+    try:
+        yield
+    finally:
+        _waiting.fn = None
 
 
 def run_sql(sig: DbSignature, sql: str) -> CappedResult:
@@ -156,7 +170,12 @@ def run_sql(sig: DbSignature, sql: str) -> CappedResult:
     try:
         with child.ChildCall(_capped_query, sig.path, sql, spill) as call:
             t0, start = time.monotonic(), _rss_bytes(_parent_pid(call.pid))
+            said = t0
             while not call.ready(0.05):
+                tick = getattr(_waiting, "fn", None)
+                if tick is not None and time.monotonic() - said >= 0.5:
+                    said = time.monotonic()
+                    tick(said - t0)  # (an exception here, the page stopping, ends the child: ChildCall.__exit__)
                 grown = _rss_bytes(call.pid) - start
                 if grown > SQL_MAX_GROWTH:
                     call.stop()

@@ -45,10 +45,14 @@ except FileNotFoundError as exc:  # named with --db but not written yet: where o
 except OSError as exc:  # a folder
     st.error(data.plain_markdown(data.error_text(exc)))
     st.stop()
+running = st.empty()
 try:
     t0 = time.perf_counter()
-    capped = data.cached_sql(sig, sql)
+    # each update of the line is where Stop, a reload or a closed tab ends the page and the query's child
+    with data.sql_waiting(lambda s: running.caption(f"running the query: {s:.0f} s (Stop, top right, ends it)")):
+        capped = data.cached_sql(sig, sql)
     took = time.perf_counter() - t0
+    running.empty()
 except Exception as exc:  # permission, syntax, catalog, interrupt, limits: a message, no traceback
     # wrapped at the box's width; DuckDB's pointer into the query ("LINE 1: ... ^^^") below it
     message, _, where = data.error_text(exc).partition("\n\nLINE ")
