@@ -53,7 +53,8 @@ def _host_memory_problem(models: list[str], device: str, dtype: str, processes: 
     """An ``arch:*`` model built on the CPU takes its full size in host memory: why it cannot fit in
     the memory available now (its weights by the shipped H200 profile's measurement, in bfloat16,
     twice that in float32, once per process), or None. An outside test: ``profile --model
-    arch:sd3-medium`` took a 23 GiB host to 22 GiB before it was stopped. Linux only (elsewhere: None)."""
+    arch:sd3-medium`` took a 23 GiB host to 22 GiB before it was stopped. Linux only (elsewhere: None).
+    ValueError for a dtype the pipelines do not take (said before a size is guessed from it)."""
     from ..pipelines import DTYPE_BYTES, MODELS, check_dtype
     from ..profiles import load_profile
 

@@ -38,9 +38,10 @@ def pipeline_seconds(cost: CostModel, kind: str, model: str, shape: Shape, degre
 
 
 def check_stages_fit(view: ClusterView, models, policy: str, stages=STAGES) -> None:
-    """``PolicyError`` naming each stage whose weights alone exceed every GPU's memory: no placement
-    can run it, and every request of the model would be turned away (an outside test: a cluster of
-    1 GiB GPUs, exit 0 and "rejected 40" without a word)."""
+    """``PolicyError`` naming each stage whose weights (an encode's with its working memory, the same
+    for every request) exceed every GPU's memory: no placement can run it, and every request of the
+    model would be turned away (outside tests: 1 GiB and 11 GiB GPUs, exit 0 and every request
+    rejected without a word)."""
     from ..policy import PolicyError
 
     largest = max(view.mem_gib(g) for g in range(view.num_gpus))
