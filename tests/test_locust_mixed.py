@@ -241,13 +241,23 @@ def test_a_run_whose_starter_is_gone_ends_at_once_with_its_rows_written(tmp_path
     starting left it sending for the whole ``-t`` to a server that was gone. Now a starter already
     gone when the run starts ends it at once, every scheduled request in the rows."""
     rows = tmp_path / "rows.jsonl"
-    spec = tmp_path / "spec.json"  # (as a bench gives it: with --mix, a server that is down is refused first)
+    spec = tmp_path / "spec.json"  # (as a bench gives it)
     spec.write_text(json.dumps({"mix": "image-video", "rate": 1, "duration_s": 500, "backend": "live"}))
+    # a server that answers (one that is down is refused before the run starts)
+    server = start_server(["--models", "sd3-medium,wan2.1-1.3b", "--devices", "emulated:1x2xH200", "--time-scale",
+                           "0.05"])
+    try:
+        _starter_gone(server.url, spec, rows)
+    finally:
+        server.stop()
+
+
+def _starter_gone(host: str, spec: Path, rows: Path) -> None:
     starter = (
         "import os, subprocess, sys\n"
         "from tridentcore.core.defaults import PARENT_PID_ENV\n"
         f"p = subprocess.Popen([sys.executable, '-m', 'locust', '-f', {str(LOCUSTFILE)!r}, '--headless', '-u', '1',\n"
-        f"                      '-r', '1', '-t', '600s', '--host', 'http://127.0.0.1:9', '--spec', {str(spec)!r},\n"
+        f"                      '-r', '1', '-t', '600s', '--host', {host!r}, '--spec', {str(spec)!r},\n"
         f"                      '--rows-out', {str(rows)!r}],\n"
         "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,\n"
         "                     env={**os.environ, PARENT_PID_ENV: str(os.getpid())})\n"
