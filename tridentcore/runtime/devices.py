@@ -66,11 +66,23 @@ class DeviceSpec:
 
 
 def host_mem_gib() -> float:
+    return _meminfo_gib("MemTotal:") or 8.0
+
+
+def host_available_gib() -> float | None:
+    """The memory available to a new process now (``MemAvailable``), GiB; None where it is not known."""
+    return _meminfo_gib("MemAvailable:")
+
+
+def _meminfo_gib(key: str) -> float | None:
     try:
         with open("/proc/meminfo") as f:
-            return int(f.readline().split()[1]) / 2**20
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 2**20
     except (OSError, ValueError, IndexError):
-        return 8.0
+        return None
+    return None
 
 
 def _split_devices(text: str) -> list[str]:

@@ -197,8 +197,8 @@ class Simulator:
                     self._push(nxt.arrival_s, _ARRIVAL, nxt)
             elif kind == _FINISH:
                 did, end_step = payload  # type: ignore[misc]
-                if self._due.get(did) != t or did not in state.running:
-                    continue  # superseded (paused: a new end was scheduled)
+                if did not in state.running:
+                    continue  # (a superseded end was passed over above)
                 del self._due[did]
                 self._factor.pop(did, None)
                 report = Completed(did, end_step)
