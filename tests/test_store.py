@@ -311,6 +311,28 @@ def test_other_schema_version_refused(db: Path):
     assert counts(db, "run-z")["runs"] == 0
 
 
+def test_a_newer_schema_is_refused_before_the_work_not_after(db: Path, tmp_path: Path):
+    """Outside test: ``simulate --db`` and ``bench --db`` on a newer schema ended in a traceback, and
+    ``serve --db`` served the whole run before its final write found it. Now the CLI says it in one
+    line (exit 2) and a server's run id is not reserved there (no journal left)."""
+    from typer.testing import CliRunner
+
+    from tridentcore.cli import app
+    from tridentcore.runtime.stored import open_journal
+
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE schema_version SET version = 99")
+    con.close()
+    for cmd in (["simulate"], ["bench", "--no-progress"]):
+        out = CliRunner().invoke(app, cmd + ["--duration", "10", "--policies", "trident", "--db", str(db)])
+        assert out.exit_code == 2, out.output
+        assert out.output.strip().endswith(f"error: --db {db}: cannot store runs there: database schema version 99, "
+                                           f"this code writes version {SCHEMA_VERSION}; write to a new file or migrate the old one")
+    with pytest.raises(SchemaVersionError, match="version 99"):
+        open_journal(str(db), "run-new")
+    assert not any(Path(f"{db}.journal").glob("*.jsonl"))
+
+
 def test_an_older_database_is_migrated_by_a_writer(db: Path):
     """A version-1 file (stage spans without the worker's ``compute_s``) takes new runs: the writer
     adds the column (old rows NULL) and records the new version; readers see both runs."""

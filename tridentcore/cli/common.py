@@ -142,13 +142,13 @@ def check_db(db: str) -> None:
     import duckdb
 
     from ..core.defaults import DEFAULT_DB_WAIT_S
-    from ..store import NotADatabaseError, ResultsStore
+    from ..store import NotADatabaseError, ResultsStore, SchemaVersionError
 
     try:
         ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).check()
     except NotADatabaseError as exc:  # a JSON, CSV or text file: never written over
         fail(f"--db {db}: cannot store runs there: {exc.reason}")
-    except (duckdb.Error, OSError) as exc:
+    except (duckdb.Error, OSError, SchemaVersionError) as exc:  # (a newer schema: outside test, a traceback)
         fail(f"--db {db}: cannot store runs there: {message(exc)}")
 
 

@@ -115,8 +115,13 @@ def open_journal(db: str, run_id: str) -> Journal:
 
 
 def _stored(con, run_id: str) -> bool:
-    """Whether ``run_id`` is in the ``runs`` table (closes ``con``; no pandas in a server)."""
+    """Whether ``run_id`` is in the ``runs`` table (closes ``con``; no pandas in a server);
+    ``SchemaVersionError`` for a database this code cannot write (outside test: a newer schema was
+    found only by the final write, after the whole run was served)."""
+    from ..store import check_version
+
     try:
+        check_version(con)
         if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'runs'").fetchall():
             return False
         return bool(con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall())

@@ -25,7 +25,7 @@ from .connection import LOCK_WAIT_S
 from .errors import DuplicateRunError, NotADatabaseError, RowsError, SchemaVersionError, StoreError, UnknownRunError
 from .readers import (CappedResult, QueryRows, export_run, list_runs, open_readonly, query_readonly,
                       query_readonly_capped, query_readonly_rows, read_run_tables, run_summary, statement_count)
-from .schema import CLIENT_STATES, CLIENT_TABLES, RUN_STATUSES, SCHEMA_VERSION, TABLES, VIEWS, arrow_schema
+from .schema import CLIENT_STATES, CLIENT_TABLES, RUN_STATUSES, SCHEMA_VERSION, TABLES, VIEWS, arrow_schema, check_version
 from .writer import ResultsStore, client_requests_table, new_run_id, rows_to_arrow
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "CLIENT_TABLES",
     "CLIENT_STATES",
     "arrow_schema",
+    "check_version",
     "client_requests_table",
     "read_run_tables",
     "rows_to_arrow",

@@ -43,6 +43,7 @@ __all__ = [
     "Column",
     "SchemaVersionError",
     "arrow_schema",
+    "check_version",
     "create_schema",
     "ddl",
     "insert_sql",
@@ -347,11 +348,26 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     if found is None:
         con.execute("INSERT INTO schema_version VALUES (?, now()::TIMESTAMP)", [SCHEMA_VERSION])
     elif found != SCHEMA_VERSION:
-        raise SchemaVersionError(
-            f"database schema version {found}, this code writes version {SCHEMA_VERSION}; "
-            "write to a new file or migrate the old one"
-        )
+        raise _version_error(found)
     con.execute(_DDL_VIEWS)
+
+
+def check_version(con: duckdb.DuckDBPyConnection) -> None:
+    """``SchemaVersionError`` where a writer of this code would refuse the database (a newer schema, or
+    an older one with no migration), asked read-only: a server asks before it serves, not at its end."""
+    if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'schema_version'").fetchall():
+        return
+    found = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
+    if found is None or found == SCHEMA_VERSION:
+        return
+    if found < SCHEMA_VERSION and all(v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
+        return
+    raise _version_error(found)
+
+
+def _version_error(found: int) -> SchemaVersionError:
+    return SchemaVersionError(f"database schema version {found}, this code writes version {SCHEMA_VERSION}; "
+                              "write to a new file or migrate the old one")
 
 
 class ForeignSchemaError(ValueError):
