@@ -194,10 +194,10 @@ def test_late_requests_are_served_first_found_late_first_finished():
     10th finished at 198 s, the mean at 189 s (pipeline-dynamic: 41 s and 107 s). A late request now
     keeps its rank among the late through its stages."""
     loaded = load_scenario(RunSpec(profile="h200", cluster="1x1xH200", mix="sd3-mixed", arrival="bursts:size=60",
-                                   rate=1, duration_s=1, seed=1, slo_scale=2))
+                                   rate=60, duration_s=1, seed=1, slo_scale=2))
     finished = {}
     for policy in ("trident", "pipeline-dynamic"):
-        res = run_one(loaded, policy, 1)
+        res = run_one(loaded, policy, 60)
         assert len(res.requests) == 60 and {r.state for r in res.requests} == {"done"}
         finished[policy] = sorted(r.finish_s for r in res.requests)
     assert finished["trident"][9] < 60.0, finished["trident"][:10]

@@ -319,6 +319,28 @@ def test_bursts_keep_the_mean_rate():
     assert sorted({r.arrival_s for r in requests}) == [0.0, 2.0, 4.0, 6.0, 8.0]
 
 
+def test_bursts_are_whole_and_less_than_one_is_refused():
+    """Outside test: ``bursts:size=1000`` at 0.01/s over 10 s simulated 1000 requests (0.1 asked),
+    and ``size=100000`` at 0.5/s over 10 s one burst of 100,000, past the size guard (it counted
+    rate x duration). Less than one burst's worth is refused; the guard counts whole bursts."""
+    from tridentcore.core.defaults import MAX_REQUESTS
+    from tridentcore.core.workload import generated_size_problems
+
+    for size, rate, duration in ((1000, 0.01, 10.0), (100_000, 0.5, 10.0), (100, 0.5, 100.0)):
+        with pytest.raises(WorkloadError, match=rf"arrival: bursts:size={size} at {rate:g}/s over {duration:g} s: "
+                                                r"rate x duration is [\d.]+ requests, less than one burst"):
+            generate_requests(small_mix(), f"bursts:size={size}", rate, duration, 0, const_slo)
+    # whole bursts: 2.5 bursts' worth sends 3 (the first at 0 s), and the guard counts those
+    assert len(generate_requests(small_mix(), "bursts:size=4", 1.0, 10.0, 0, const_slo)) == 12
+    assert MAX_REQUESTS == 100_000
+    (field, msg), = generated_size_problems(990.01, 100.0, "bursts:size=3000")  # 99,001 asked: 34 bursts
+    assert field == "rate" and "99001 requests expected (102000 in whole bursts of 3000)" in msg
+    assert generated_size_problems(990.0, 100.0, "bursts:size=3000") == []  # 99,000: 33 bursts
+    # other processes are not bursts: one request at 0 s whatever the rate
+    assert len(generate_requests(small_mix(), "poisson", 0.01, 1.0, 0, const_slo)) == 1
+    assert generated_size_problems(0.01, 1.0, "bursts:size=1") == []
+
+
 def test_parse_arrival():
     assert parse_arrival("poisson") == ArrivalProcess("poisson")
     assert parse_arrival("Gamma:cv=2.5") == ArrivalProcess("gamma", cv=2.5)
@@ -382,6 +404,10 @@ def test_generate_requests_uses_slo_fn_and_validates(h200):
     arrival=st.sampled_from(["poisson", "constant", "gamma:cv=0.3", "gamma:cv=5", "bursts:size=1", "bursts:size=7"]),
 )
 def test_generated_requests_property(rate, duration, seed, arrival):
+    if arrival == "bursts:size=7" and rate * duration < 7:  # less than one burst: refused (the next test)
+        with pytest.raises(WorkloadError, match="less than one burst"):
+            generate_requests(small_mix(), arrival, rate, duration, seed, const_slo)
+        return
     requests = generate_requests(small_mix(), arrival, rate, duration, seed, const_slo)
     times = [r.arrival_s for r in requests]
     assert times == sorted(times)

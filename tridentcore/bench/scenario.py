@@ -73,7 +73,8 @@ class Loaded:
         requests than a workload may hold (``MAX_REQUESTS``): checked before a sweep starts."""
         if self.trace_requests is not None:
             return
-        problems = [f"{key}: {msg}" for r in rates for key, msg in generated_size_problems(r, self.scenario.duration_s)]
+        problems = [f"{key}: {msg}" for r in rates
+                    for key, msg in generated_size_problems(r, self.scenario.duration_s, self.scenario.arrival)]
         if problems:
             raise WorkloadError(f"mix {self.scenario.mix}", problems[:1])
 

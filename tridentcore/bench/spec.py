@@ -123,7 +123,7 @@ class RunSpec:
                 problems.append(("duration_s", "--duration",
                                  f"must be a number of seconds > 0, got {brief(self.duration_s)}"))
             problems.extend((KEY_OF.get(option, option), f"--{option}", msg)
-                            for option, msg in generated_size_problems(self.rate, self.duration_s))
+                            for option, msg in generated_size_problems(self.rate, self.duration_s, self.arrival))
             try:
                 parse_arrival(self.arrival)
             except ValueError as exc:

@@ -17,7 +17,8 @@ The first arrival is at time 0 for every process (a run starts with a request, a
   drawing them hung; above, nearly every gap is 0 and the few others are huge);
 * ``constant``: gaps of exactly 1 (times ``0, 1/r, 2/r, ...``);
 * ``bursts:size=N``: ``N`` arrivals at the same instant, bursts ``N`` unit times apart (the mean
-  rate stays ``r``).
+  rate stays ``r``; a workload holds whole bursts, and less than one is refused:
+  ``core.workload.generated_size_problems``).
 
 Pure: randomness comes from an injected ``random.Random``.
 """

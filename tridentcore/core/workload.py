@@ -59,15 +59,38 @@ __all__ = [
 _SEED_BITS = 31
 
 
-def generated_size_problems(rate: float, duration_s: float) -> list[tuple[str, str]]:
+def generated_size_problems(rate: float, duration_s: float,
+                            arrival: "str | ArrivalProcess | None" = None) -> list[tuple[str, str]]:
     """``(field, message)`` for what is past the bounds of a drawn workload (``core/defaults.py``):
     a duration over ``MAX_WORKLOAD_S`` (``duration``), or more than ``MAX_REQUESTS`` requests
     expected, rate x duration (``rate``). Checked before a request is drawn; numbers that are not
-    positive and finite are left to the caller's own checks."""
+    positive and finite are left to the caller's own checks (and an ``arrival`` that does not parse).
+
+    ``bursts:size=N`` sends whole bursts, the first at 0 s: ``N x ceil(rate x duration / N)``
+    requests, which is what is counted; less than one burst's worth (``rate x duration < N``) is
+    refused (``arrival``), since its one burst would be many times the rate asked (outside test:
+    1000 requests for 0.01/s over 10 s, and 100,000 at once for 0.5/s over 10 s)."""
     if is_finite(duration_s) and duration_s > MAX_WORKLOAD_S:
         return [("duration", f"{duration_s:g} s is over the limit of {MAX_WORKLOAD_S:g} s")]
-    if is_finite(rate) and is_finite(duration_s) and rate > 0 and duration_s > 0 and rate * duration_s > MAX_REQUESTS:
-        return [("rate", f"{rate:g}/s x {duration_s:g} s = {rate * duration_s:.0f} requests expected; a workload "
+    if not (is_finite(rate) and is_finite(duration_s) and rate > 0 and duration_s > 0):
+        return []
+    expected = rate * duration_s
+    size = 1
+    if arrival is not None:
+        try:
+            process = parse_arrival(arrival)
+        except WorkloadError:
+            process = None
+        if process is not None and process.kind == "bursts":
+            size = process.size
+    if size > 1 and expected < size:
+        return [("arrival", f"bursts:size={size} at {rate:g}/s over {duration_s:g} s: rate x duration is "
+                            f"{expected:.3g} requests, less than one burst (bursts are whole, the first at 0 s: "
+                            f"it would send {size}); lower the size, or raise the rate or the duration")]
+    count = size * math.ceil(expected / size - 1e-9)
+    if count > MAX_REQUESTS:
+        whole = f" ({count} in whole bursts of {size})" if count != round(expected) else ""
+        return [("rate", f"{rate:g}/s x {duration_s:g} s = {expected:.0f} requests expected{whole}; a workload "
                          f"has at most {MAX_REQUESTS} (lower the rate or the duration)")]
     return []
 
@@ -102,7 +125,7 @@ def generate_requests(
         problems.append(f"duration_s must be a positive finite number (got {duration_s!r})")
     if not is_int(seed):
         problems.append(f"seed must be an integer (got {seed!r})")
-    problems.extend(f"{key}: {msg}" for key, msg in generated_size_problems(rate, duration_s))
+    problems.extend(f"{key}: {msg}" for key, msg in generated_size_problems(rate, duration_s, arrival))
     process = None
     try:
         process = parse_arrival(arrival)
