@@ -86,7 +86,8 @@ class Jobs:
                            "model")
         e = models.get(model)
         if e is None:
-            raise ApiError("unknown_model", f"model {model!r} is not served; served: {', '.join(models)}", "model")
+            raise ApiError("unknown_model", f"model {brief(model)} is not served; served: {', '.join(models)}",
+                           "model")
         if kind is not None and e.kind != kind:
             raise ApiError("invalid", f"model {model!r} makes {e.kind}s; use the {e.kind}s endpoint", "model",
                            [{"field": "model", "message": f"{model} makes {e.kind}s"}])

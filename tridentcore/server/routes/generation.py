@@ -21,8 +21,8 @@ router = APIRouter(tags=["generation"], dependencies=[Depends(deps.authorized)])
 # what a generation may answer besides 200: the body (400, 408, 413, 422), the key (401), the model (404), the
 # queue (429), the server closing, without a device or unable to record the run (503), and how the generation
 # ended when it did not end done
-_ERRORS = responses("bad_request", "unauthorized", "unknown_model", "too_large", "body_timeout", "invalid",
-                   "queue_full", "shutting_down", "no_devices", "records_unwritable", "rejected", "failed",
+_ERRORS = responses("bad_request", "unauthorized", "unknown_model", "too_large", "unsupported_encoding", "body_timeout",
+                   "invalid", "queue_full", "shutting_down", "no_devices", "records_unwritable", "rejected", "failed",
                    "cancelled", "gone")
 
 

@@ -17,8 +17,8 @@ _RESULT = ("not_found", "not_ready", "cancelled", "gone", "failed", "rejected")
 
 
 @router.post("/v1/requests", status_code=202, dependencies=[Depends(deps.authorized)],
-             responses=responses("bad_request", "unauthorized", "unknown_model", "too_large", "body_timeout", "invalid",
-                                 "queue_full", "shutting_down", "no_devices", "records_unwritable"))
+             responses=responses("bad_request", "unauthorized", "unknown_model", "too_large", "unsupported_encoding",
+                                 "body_timeout", "invalid", "queue_full", "shutting_down", "no_devices", "records_unwritable"))
 async def create_request(body: GenerationRequest, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """Submit without waiting: 202 with the id to poll."""
     job = jobs.submit(body, None)
