@@ -310,6 +310,11 @@ def test_store_written_at_shutdown_is_consistent(tmp_path):
     again = CliRunner().invoke(app, ["serve", "--models", "sd3-medium", "--devices", "emulated:1xH200",
                                      "--db", str(db), "--run-id", "live-1"])
     assert again.exit_code == 2 and "already in" in again.output
+    # without --db the id names nothing (outside test: served, the option ignored without a word)
+    alone = CliRunner().invoke(app, ["serve", "--models", "sd3-medium", "--devices", "emulated:1xH200",
+                                     "--run-id", "../../etc"])
+    assert alone.exit_code == 2 and alone.output.strip().endswith(
+        "error: --run-id '../../etc': the id of the run stored in --db; give --db FILE, or leave --run-id out")
     req = query_readonly(db, "SELECT state, count(*) AS n FROM requests GROUP BY state")
     assert dict(zip(req["state"], req["n"])) == {"done": 6}
     spans = query_readonly(db, "SELECT stage, count(*) AS n FROM stage_spans GROUP BY stage ORDER BY stage")

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..core.defaults import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_NO_DEVICE_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE,
                              DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, PARENT_PID_ENV, STOPPING_SUFFIX)
+from ..core.errors import brief
 from ..core.types import Shape
 from ..bench.parent import starter, starter_gone
 from ..runtime.build import SetupError, build_runtime
@@ -183,6 +184,9 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
         raise SetupError([str(exc)]) from None
     if not is_loopback(opts.host) and not api_key:
         raise SetupError([f"binding {opts.host} (not loopback) needs an API key: TRIDENT_API_KEY or --api-key-file"])
+    if opts.run_id is not None and not opts.db:  # (outside test: taken without a word, nothing stored under it)
+        raise SetupError([f"--run-id {brief(opts.run_id)}: the id of the run stored in --db; give --db FILE, "
+                          "or leave --run-id out"])
     if opts.port_file:  # its folder made now, as --db's is: not found only once the server serves
         try:
             Path(opts.port_file).parent.mkdir(parents=True, exist_ok=True)
