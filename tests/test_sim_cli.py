@@ -178,9 +178,9 @@ def test_sweep_says_when_a_goodput_is_the_searchs_upper_end():
     assert "note: trident meets the target at the search's highest rate" in text.stderr, text.stderr
 
 
-def _interrupted(args: list[str], ready) -> tuple[int, str]:
-    """``trident ARGS`` in a process of its own, sent SIGINT (a Ctrl-C) once ``ready()`` holds (or 120 s
-    passed); its exit status and standard error."""
+def _interrupted(args: list[str], ready, sig: str = "SIGINT") -> tuple[int, str]:
+    """``trident ARGS`` in a process of its own, sent SIGINT (a Ctrl-C; or ``sig``) once ``ready()``
+    holds (or 120 s passed); its exit status and standard error."""
     import signal
     import subprocess
     import sys
@@ -194,7 +194,7 @@ def _interrupted(args: list[str], ready) -> tuple[int, str]:
         deadline = time.monotonic() + 120
         while not ready() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         err = proc.communicate(timeout=60)[1]
         return proc.returncode, err
     finally:
@@ -203,9 +203,11 @@ def _interrupted(args: list[str], ready) -> tuple[int, str]:
             proc.wait(10)
 
 
-def test_ctrl_c_during_simulate_db_says_which_runs_are_stored(tmp_path):
+@pytest.mark.parametrize("sig, status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_during_simulate_db_says_which_runs_are_stored(tmp_path, sig, status):
     """Each policy's run is stored whole as it ends; Ctrl-C after the first exited 130 without a word,
-    leaving a user to find out which runs were there (outside test)."""
+    leaving a user to find out which runs were there (outside test). SIGTERM (timeout, systemd, kill)
+    exited 143 without a word (outside test): it is said the same way."""
     from tridentcore.store import query_readonly
 
     db = tmp_path / "sim.duckdb"
@@ -216,9 +218,9 @@ def test_ctrl_c_during_simulate_db_says_which_runs_are_stored(tmp_path):
         except Exception:  # not made yet, or being written
             return False
 
-    code, err = _interrupted(["simulate", "--cluster", "4096x1xH200", "--db", str(db)], a_run_is_stored)
+    code, err = _interrupted(["simulate", "--cluster", "4096x1xH200", "--db", str(db)], a_run_is_stored, sig)
     stored = list(query_readonly(str(db), "SELECT run_id FROM runs ORDER BY created_at")["run_id"])
-    assert code == 130 and 1 <= len(stored) < 4, (code, stored, err)
+    assert code == status and 1 <= len(stored) < 4, (code, stored, err)
     line = err.strip().splitlines()[-1]
     runs = "1 run" if len(stored) == 1 else f"{len(stored)} runs"
     assert line.startswith("interrupted after ") and f"of 4 policies; {runs} stored in {db}: " in line, err

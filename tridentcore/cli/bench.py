@@ -68,7 +68,7 @@ def bench(
 ) -> None:
     """Compare policies on one workload and store every run.
 
-    Every run is stored (with what reproduces it) in --db. Prints a side-by-side table and the run ids. Ctrl-C stops: runs already stored stay, the run in progress is not written (each run is one transaction). With --repeat RUN_ID a stored sim run is simulated again and old and new summaries are printed; exit status 1 if they differ.
+    Every run is stored (with what reproduces it) in --db. Prints a side-by-side table and the run ids. Ctrl-C (or SIGTERM, or SIGHUP unless started under nohup) stops: runs already stored stay, the run in progress is not written (each run is one transaction); exit 130 (143 after SIGTERM, 129 after SIGHUP). With --repeat RUN_ID a stored sim run is simulated again and old and new summaries are printed; exit status 1 if they differ.
 
     Live (--backend live): for each policy `trident serve --devices DEVICES --time-scale SCALE` and Locust (workloads/mixed.py) run as child processes on loopback with the simulator's schedule for the same seed (--rate and --duration in workload seconds; the sends are compressed by --time-scale); the server's rows and the client's rows are stored as one run. Ctrl-C (or SIGTERM, or SIGHUP unless started under nohup) stops both children and stores the run in progress as interrupted; exit 130 (143 after SIGTERM, 129 after SIGHUP). --repeat of a live run runs it live again and prints both summaries (live runs are not expected to be identical).
     """
@@ -118,6 +118,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
 
     from tqdm import tqdm
 
+    from ..bench.live_procs import sigterm_interrupts, stopping_signal
     from ..bench.scenario import capacity_rps, goodput_range, sweep_goodput
     from ..core.policy import PolicyError
     from ..bench.runs import resolve_run, run_and_store, summaries
@@ -143,15 +144,16 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
     current, phase = None, "simulating"
     bar = tqdm(specs, desc="bench", unit="policy", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
-        for spec in bar:
-            current, phase = spec, "simulating"
-            bar.set_postfix_str(spec)
-            run_and_store(loaded, spec, rate, db, extra_config={"bench": bench_id}, run_id=run_ids[spec])
-            stored.append(run_ids[spec])
-            if goodput:
-                phase = "sweeping goodput for"
-                bar.set_postfix_str(f"{spec} goodput")
-                goodputs[spec] = sweep_goodput(loaded, spec, target, cap=cap)
+        with sigterm_interrupts():  # SIGTERM (timeout, systemd) ends it as Ctrl-C does: what is stored said
+            for spec in bar:
+                current, phase = spec, "simulating"
+                bar.set_postfix_str(spec)
+                run_and_store(loaded, spec, rate, db, extra_config={"bench": bench_id}, run_id=run_ids[spec])
+                stored.append(run_ids[spec])
+                if goodput:
+                    phase = "sweeping goodput for"
+                    bar.set_postfix_str(f"{spec} goodput")
+                    goodputs[spec] = sweep_goodput(loaded, spec, target, cap=cap)
     except KeyboardInterrupt:
         bar.close()
         if current is not None and run_ids[current] not in stored:
@@ -160,10 +162,11 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
                 stored.append(run_ids[current])
             except Exception:
                 pass
-        half = "" if run_ids[current] in stored else " (its run was not stored: nothing half-written)"
-        typer.secho(f"interrupted while {phase} {current}{half}; {len(stored)} of {len(specs)} runs stored in {db}"
-                    + (": " + ", ".join(stored) if stored else ""), err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        half = "" if current is None or run_ids[current] in stored else " (its run was not stored: nothing half-written)"
+        typer.secho(f"interrupted while {phase} {current or 'the first policy'}{half}; {len(stored)} of {len(specs)} "
+                    f"runs stored in {db}" + (": " + ", ".join(stored) if stored else ""), err=True,
+                    fg=typer.colors.YELLOW)
+        raise typer.Exit(128 + stopping_signal() if stopping_signal() else EXIT_INTERRUPTED) from None
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         bar.close()
         _fail(str(exc))

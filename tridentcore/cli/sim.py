@@ -47,6 +47,7 @@ def simulate(
 
     from ..core.policy import PolicyError
     from ..core.metrics import summarize
+    from ..bench.live_procs import sigterm_interrupts, stopping_signal
     from ..bench.scenario import run_meta, run_one
 
     setup_logging(verbose)
@@ -54,25 +55,26 @@ def simulate(
     noise, bias = fitted_noise(noise_from, noise_db or db, noise, bias, err=json_out)
     rows, stored, writing, made, specs = [], [], None, False, []
     try:
-        loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
-        specs = policy_specs(policies, unique=True)  # every spec validated before any runs
-        if not loaded.requests(rate):
-            fail("the workload has no requests (rate x duration too small?)")
-        specs = runnable_specs(loaded, specs)
-        made = bool(db) and not os.path.exists(db)  # (a database this run made, then stored nothing in, goes)
-        if db:
-            check_db(db)
-        for spec in specs:
-            result = run_one(loaded, spec, rate)
-            row = summarize(spec, result.requests, result.spans, result.decision_ms)
-            rows.append({c: row[c] for c in _COLUMNS})
+        with sigterm_interrupts():  # SIGTERM (timeout, systemd) ends it as Ctrl-C does: what is stored said
+            loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, trace, model, arrival, duration, slo_scale, seed, noise, bias)
+            specs = policy_specs(policies, unique=True)  # every spec validated before any runs
+            if not loaded.requests(rate):
+                fail("the workload has no requests (rate x duration too small?)")
+            specs = runnable_specs(loaded, specs)
+            made = bool(db) and not os.path.exists(db)  # (a database this run made, then stored nothing in, goes)
             if db:
-                from ..store import ResultsStore, new_run_id
+                check_db(db)
+            for spec in specs:
+                result = run_one(loaded, spec, rate)
+                row = summarize(spec, result.requests, result.spans, result.decision_ms)
+                rows.append({c: row[c] for c in _COLUMNS})
+                if db:
+                    from ..store import ResultsStore, new_run_id
 
-                writing = run_id = new_run_id(spec, seed)
-                ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run(run_meta(run_id, loaded, spec, rate, result),
-                                           result.requests, result.spans, result.placements, result.gpu_samples)
-                stored.append(run_id)
+                    writing = run_id = new_run_id(spec, seed)
+                    ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).write_run(run_meta(run_id, loaded, spec, rate, result),
+                                               result.requests, result.spans, result.placements, result.gpu_samples)
+                    stored.append(run_id)
     except KeyboardInterrupt:  # each run is stored whole as it ends: say which are there
         if db:
             _add_if_committed(db, writing, stored)
@@ -81,7 +83,7 @@ def simulate(
                     + (": " + ", ".join(stored) if stored else "") if specs else
                     f"interrupted before any policy ran; nothing stored in {db}")
             typer.secho(said, err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(128 + stopping_signal() if stopping_signal() else EXIT_INTERRUPTED) from None
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         if db:
             _drop_if_unused(db, made, stored)
