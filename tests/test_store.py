@@ -468,6 +468,23 @@ def test_query_readonly_refuses_files_and_writes(db: Path, tmp_path: Path, sql: 
     assert counts(db, "run-a")["requests"] == 6
 
 
+def test_sandboxed_sql_cannot_write_beside_the_database(db: Path):
+    """Outside test: DuckDB's default spill folder, ``FILE.tmp/`` beside the database, was the one
+    folder a sandboxed query could write (``trident sql``: ``COPY ... TO 'FILE.tmp/x.csv'``, 6.9 MB).
+    Each sandboxed connection now spills into a private folder of its own, removed after."""
+    from tridentcore.store import query_readonly_capped, query_readonly_rows
+
+    beside = Path(f"{db}.tmp")
+    beside.mkdir()
+    copy = f"COPY (SELECT * FROM range(1000)) TO '{beside / 'x.csv'}'"
+    for ask in (lambda: query_readonly(db, copy), lambda: query_readonly_capped(db, copy, max_rows=5),
+                lambda: query_readonly_rows(db, copy, max_rows=5)):
+        with pytest.raises(duckdb.Error, match="file system operations are disabled"):
+            ask()
+    assert list(beside.iterdir()) == []
+    assert query_readonly_rows(db, "SELECT count(*) FROM runs", max_rows=5).rows == ((2,),)
+
+
 def test_query_readonly_answers_and_takes_parameters(db: Path):
     df = query_readonly(db, "SELECT run_id, attainment FROM run_summary WHERE run_id = ?", ["run-b"])
     assert df.to_dict("records") == [{"run_id": "run-b", "attainment": 1.0}]

@@ -6,9 +6,10 @@ Every reader opens ``read_only=True`` and closes when done (see
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ class CappedResult:
     max_rows: int
 
 
+@contextlib.contextmanager
 def _sandboxed(
     path: str | os.PathLike[str],
     *,
@@ -59,20 +61,31 @@ def _sandboxed(
     temp_directory: str | os.PathLike[str] | None,
     max_temp_directory_size: str | None,
     wait_s: float,
-) -> duckdb.DuckDBPyConnection:
-    """A read-only connection for untrusted SQL: no file system, no extensions, locked settings."""
-    config: dict[str, Any] = {
-        "enable_external_access": False,
-        "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-        "memory_limit": memory_limit,
-    }
-    if temp_directory is not None:  # else DuckDB's default: a folder next to the database
-        config["temp_directory"] = str(temp_directory)
-    if max_temp_directory_size is not None:
-        config["max_temp_directory_size"] = max_temp_directory_size
-    config["lock_configuration"] = True  # last: nothing after it may change
-    return connect(path, read_only=True, config=config, wait_s=wait_s)
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection for untrusted SQL: no file system, no extensions, locked settings;
+    closed after. DuckDB spills into ``temp_directory``, or else a private temporary folder removed
+    after: never its default, ``FILE.tmp/`` beside the database, the one folder such a query may
+    write (outside test: ``COPY ... TO 'FILE.tmp/x.csv'`` from ``trident sql`` wrote 6.9 MB there)."""
+    import tempfile
+
+    with contextlib.ExitStack() as stack:
+        if temp_directory is None:
+            temp_directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="trident-sql-"))
+        config: dict[str, Any] = {
+            "enable_external_access": False,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+            "memory_limit": memory_limit,
+            "temp_directory": str(temp_directory),
+        }
+        if max_temp_directory_size is not None:
+            config["max_temp_directory_size"] = max_temp_directory_size
+        config["lock_configuration"] = True  # last: nothing after it may change
+        con = connect(path, read_only=True, config=config, wait_s=wait_s)
+        try:
+            yield con
+        finally:
+            con.close()
 
 
 def statement_count(text: str) -> int:
@@ -126,17 +139,13 @@ def query_readonly(
     The connection is read-only, file system access is off (no ``COPY … TO``, ``read_csv``,
     ``ATTACH``, extension installs) and the configuration is locked so the SQL cannot turn it back
     on. The query is interrupted after ``timeout_s``. ``temp_directory`` and
-    ``max_temp_directory_size`` say where DuckDB may spill and how much (default: DuckDB's own, a
-    folder next to the database, bounded by the free disk). The whole result is returned: for a
+    ``max_temp_directory_size`` say where DuckDB may spill and how much (default: a private temporary
+    folder, removed after, bounded by the free disk). The whole result is returned: for a
     bounded one, :func:`query_readonly_capped`.
     """
-    con = _sandboxed(path, memory_limit=memory_limit, temp_directory=temp_directory,
-                     max_temp_directory_size=max_temp_directory_size, wait_s=wait_s)
-    try:
-        with _Deadline(con, timeout_s):
-            return _ran(con.execute(sql, params)).df()
-    finally:
-        con.close()
+    with _sandboxed(path, memory_limit=memory_limit, temp_directory=temp_directory,
+                    max_temp_directory_size=max_temp_directory_size, wait_s=wait_s) as con, _Deadline(con, timeout_s):
+        return _ran(con.execute(sql, params)).df()
 
 
 def query_readonly_capped(
@@ -162,21 +171,17 @@ def query_readonly_capped(
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     vectors = -(-(max_rows + 1) // 2048)  # DuckDB hands rows over in vectors of 2048
-    con = _sandboxed(path, memory_limit=memory_limit, temp_directory=temp_directory,
-                     max_temp_directory_size=max_temp_directory_size, wait_s=wait_s)
-    try:
-        with _Deadline(con, timeout_s):
-            res = _ran(con.execute(sql, params))
-            chunks = [res.fetch_df_chunk(vectors)]
-            rows = len(chunks[0])
-            while rows <= max_rows:
-                more = res.fetch_df_chunk(vectors)
-                if more.empty:
-                    break
-                chunks.append(more)
-                rows += len(more)
-    finally:
-        con.close()
+    with _sandboxed(path, memory_limit=memory_limit, temp_directory=temp_directory,
+                    max_temp_directory_size=max_temp_directory_size, wait_s=wait_s) as con, _Deadline(con, timeout_s):
+        res = _ran(con.execute(sql, params))
+        chunks = [res.fetch_df_chunk(vectors)]
+        rows = len(chunks[0])
+        while rows <= max_rows:
+            more = res.fetch_df_chunk(vectors)
+            if more.empty:
+                break
+            chunks.append(more)
+            rows += len(more)
     frame = chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
     truncated = len(frame) > max_rows
     return CappedResult(frame.head(max_rows) if truncated else frame, truncated, max_rows)
@@ -207,15 +212,11 @@ def query_readonly_rows(
     NULL integer turned into a float), for printing (``trident sql``)."""
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-    con = _sandboxed(path, memory_limit=memory_limit, temp_directory=None, max_temp_directory_size=None,
-                     wait_s=wait_s)
-    try:
-        with _Deadline(con, timeout_s):
-            res = _ran(con.execute(sql))
-            columns = tuple(d[0] for d in res.description or ())
-            rows = res.fetchmany(max_rows + 1) if columns else []
-    finally:
-        con.close()
+    with _sandboxed(path, memory_limit=memory_limit, temp_directory=None, max_temp_directory_size=None,
+                    wait_s=wait_s) as con, _Deadline(con, timeout_s):
+        res = _ran(con.execute(sql))
+        columns = tuple(d[0] for d in res.description or ())
+        rows = res.fetchmany(max_rows + 1) if columns else []
     return QueryRows(columns, tuple(rows[:max_rows]), len(rows) > max_rows, max_rows)
 
 
