@@ -519,3 +519,35 @@ def test_a_server_keeps_its_temporary_files_in_a_folder_of_its_own_and_the_next_
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
+
+
+def test_a_worker_whose_server_is_killed_ends_at_its_next_step():
+    """Outside test: `kill -9` of a busy `cpu:2` server left its workers computing at 82 % CPU for
+    7-19 s, to the end of their stage (on a GPU, a long stage's whole length, the device held). A
+    worker now ends at its next step boundary: its progress message finds the pipe broken."""
+    from tridentcore.bench.launch import start_server
+
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:1", "--slowdown", "50"])
+    worker = None
+    try:
+        body = {"model": "tiny-sd3", "prompt": "x", "size": "64x64", "steps": 200}
+        job = httpx.post(f"{server.url}/v1/requests", json=body, timeout=30).json()["id"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the diffuse under way: a few steps done, ~200 to go
+            items = httpx.get(f"{server.url}/v1/requests/{job}", timeout=30).json()["items"]
+            if items[0].get("steps_done", 0) >= 2:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"the diffuse did not start: {items}")
+        (worker,) = [p for p in psutil.Process(server.proc.pid).children() if "spawn_main" in _cmd(p)]
+        os.kill(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(10)
+        t0 = time.monotonic()
+        gone, _ = psutil.wait_procs([worker], timeout=60)
+        assert gone, "the worker computed on after its server was killed"
+        assert time.monotonic() - t0 < 30  # (a step takes about 50x its compute; the stage's rest, minutes)
+    finally:
+        server.stop()
+        if worker is not None and worker.is_running():  # (the test failed: the orphan this test made)
+            worker.kill()

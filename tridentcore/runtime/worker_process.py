@@ -22,6 +22,12 @@ from .tasks import ModelCard, Pixels, StageResult, StageTask, failure, is_oom
 __all__ = ["load_pipelines", "run_task", "worker_main"]
 
 
+class ParentGone(Exception):
+    """The worker's parent (the server) is gone: its pipe broke as a step's progress was sent. The
+    task in hand ends there, and the process with it (outside test: workers killed with their server
+    computed on for 7-19 s, to their stage's end; on a GPU, a long stage's whole length)."""
+
+
 def _slice(value, i: int):
     return value[i:i + 1].clone()
 
@@ -214,7 +220,8 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
     SIGTERM: its parent stops it (``process_worker``), after draining on it; a Ctrl-C at the terminal,
     or a SIGTERM to the process group (``kill -TERM -PGID``, systemd), reaches every process of the
     group, and a worker that obeyed it would lose the work the server drains. With its parent gone
-    (killed) it ends after its task in hand, when the pipe closes. ``tmp_dir``: its temporary files
+    (killed) it ends at the next step boundary of a diffuse in hand (:class:`ParentGone`), else after
+    its task in hand, when the pipe closes. ``tmp_dir``: its temporary files
     (the socket multiprocessing shares tensors through) go there, a folder its parent removes when it
     ends: a killed worker cannot remove its own."""
     ignore_signals(STOP_SIGNALS)
@@ -242,7 +249,7 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
         try:
             conn.send(("step", dispatch_id, reached))
         except (BrokenPipeError, OSError):
-            pass
+            raise ParentGone(f"worker {slot}: its parent is gone (step {reached} of dispatch {dispatch_id})") from None
 
     while True:
         try:
@@ -255,6 +262,8 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
         try:
             with torch.inference_mode():
                 result = run_task(pipes, cards, task, stop_flag, residency, slowdown, worlds, on_step)
+        except ParentGone:
+            break
         except Exception as exc:  # noqa: BLE001 - an expected outcome, reported as a value
             result = failure(exc)
         try:
