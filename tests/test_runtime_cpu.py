@@ -195,6 +195,28 @@ def test_cancel_stops_a_running_diffuse_at_a_step_boundary(cpu_server):
     assert client.get(f"/v1/requests/{rid}/result").json()["error"]["code"] == "cancelled"
 
 
+def test_an_item_done_before_its_generation_is_cancelled_is_still_served(cpu_server):
+    """Outside test: an item of an n=4 generation was done when the generation was cancelled, and its
+    image answered 409 cancelled, as the cancelled items did. A done item's file is served."""
+    _, client = cpu_server
+    job = client.post("/v1/requests", json={"prompt": "x", "model": "tiny-sd3", "size": "256x256", "steps": 150,
+                                            "n": 4, "slo_ms": LONG_SLO_MS}).json()["id"]
+    deadline = time.monotonic() + 120
+    while "done" not in (states := [i["state"] for i in client.get(f"/v1/requests/{job}").json()["items"]]):
+        assert time.monotonic() < deadline, states
+        time.sleep(0.02)
+    client.delete(f"/v1/requests/{job}")
+    items = _wait_done(client, [job])[job]["items"]
+    ended = [i["state"] for i in items]
+    assert "done" in ended and "cancelled" in ended, ended  # (the four items do not all end at once)
+    for k, state in enumerate(ended):
+        resp = client.get(f"/v1/requests/{job}/result/{k}")
+        if state == "done":
+            assert resp.status_code == 200 and resp.content[:8] == b"\x89PNG\r\n\x1a\n", (k, resp.text[:200])
+        else:
+            assert resp.status_code == 409 and resp.json()["error"]["code"] == "cancelled", (k, resp.text[:200])
+
+
 def test_sigkilled_worker_is_restarted_and_every_request_completes(cpu_server):
     _, client = cpu_server
     body = {"prompt": "x", "model": "tiny-sd3", "size": "128x128", "steps": 40, "slo_ms": LONG_SLO_MS}

@@ -224,10 +224,13 @@ class Jobs:
         return body
 
     def result_file(self, job: Job, index: int) -> tuple[bytes, str]:
-        """One image (PNG) or video (animated WebP) of a finished generation, and its media type."""
+        """One image (PNG) or video (animated WebP) of a generation, once that item is done (the others
+        may have ended otherwise: outside test, an item done before its generation was cancelled was
+        answered 409 cancelled, its computed image kept from its client), and its media type."""
         if not 0 <= index < len(job.request_ids):
             raise ApiError("not_found", f"request {job.id} has items 0..{len(job.request_ids) - 1}")
-        self.result_body(job)  # raises unless done
+        if self.item(job, job.request_ids[index])["state"] != "done":
+            self.result_body(job)  # raises: not finished yet, or how it ended
         if self.runtime.models[job.model].emulated:
             raise ApiError("no_pixels", "emulated devices make no pixels")
         blob = self.engine.result(job.request_ids[index])

@@ -48,7 +48,8 @@ async def get_result(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONRespon
             responses={200: {"content": {"image/png": {}, "image/webp": {}}, "description": "the file"},
                        **responses(*_RESULT, "invalid", "no_pixels")})
 async def get_result_file(job_id: str, index: int, jobs: Jobs = Depends(deps.jobs)) -> Response:
-    """One image (PNG) or video (animated WebP) of a finished generation."""
+    """One image (PNG) or video (animated WebP) of a generation, once that item is done (409 before; if it
+    ended otherwise, its ending's status)."""
     content, media_type = jobs.result_file(jobs.get(job_id), index)
     return Response(content, media_type=media_type)
 
