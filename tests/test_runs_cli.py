@@ -94,8 +94,30 @@ def test_diff_says_when_the_runs_served_different_workloads(db, tmp_path):
     a = _ids(db)["trident"]
     b = next(r.run_id for r in run_summary(other).itertuples() if r.run_id not in _ids(db).values())
     out = runner.invoke(app, ["runs", "diff", a, b, "--db", str(other)]).stdout
-    assert ("note: A and B did not serve the same workload (rate 0.5 / 0.3; seed 2 / 3): B - A compares different "
-            "requests, not only the policies") in out, out
+    assert ("note: A and B did not serve the same workload (rate 0.5 / 0.3; seed 2 / 3): B - A compares more than "
+            "the policies") in out, out
+
+
+def test_show_and_diff_name_noise_bias_and_a_cluster_file(tmp_path):
+    """Outside test: runs with --noise 0.3 --bias decode=2, or on a cluster YAML of 30 GiB GPUs, read
+    exactly as runs without (the label 1x2xH200 hides the memory), and diff said nothing."""
+    db = tmp_path / "r.duckdb"
+    (tmp_path / "c.yaml").write_text("nodes: 1\ngpus_per_node: 2\nkind: H200\nmem_gib: 30\n")
+    for extra in (["--noise", "0.3", "--bias", "decode=2"], [], ["--cluster", str(tmp_path / "c.yaml")],
+                  ["--cluster", "1x2xH200"]):
+        result = runner.invoke(app, ["simulate", "--mix", "sd3-mixed", "--duration", "60", "--policies", "trident",
+                                     "--db", str(db), *extra])
+        assert result.exit_code == 0, result.output
+    noisy, plain, filed, labelled = list(run_summary(db).run_id)
+    shown = runner.invoke(app, ["runs", "show", noisy, "--db", str(db)]).stdout
+    assert "  stage times drawn with noise sigma 0.3, bias decode x2\n" in shown, shown
+    shown = runner.invoke(app, ["runs", "show", filed, "--db", str(db)]).stdout
+    assert f"  cluster from {tmp_path / 'c.yaml'}, sha256 " in shown, shown
+    out = runner.invoke(app, ["runs", "diff", noisy, plain, "--db", str(db)]).stdout
+    assert "(stage times noise sigma 0.3, bias decode x2 / -)" in out, out
+    out = runner.invoke(app, ["runs", "diff", filed, labelled, "--db", str(db)]).stdout
+    assert f"(cluster file {tmp_path / 'c.yaml'}, sha256 " in out and " / -): B - A compares more" in out, out
+    assert "note:" not in runner.invoke(app, ["runs", "diff", plain, plain, "--db", str(db)]).stdout
 
 
 def test_export_writes_parquet_per_table(db, tmp_path):

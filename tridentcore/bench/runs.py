@@ -161,6 +161,8 @@ def diff_runs(db: str | os.PathLike[str], run_a: str, run_b: str) -> RunDiff:
     try:
         a, b = _resolve(con, db, run_a), _resolve(con, db, run_b)
         rows = {r["run_id"]: r for r in _rows(con, "SELECT * FROM run_summary WHERE run_id IN (?, ?)", [a, b])}
+        for r in _rows(con, "SELECT run_id, config_json FROM runs WHERE run_id IN (?, ?)", [a, b]):
+            rows[r["run_id"]]["config_json"] = r["config_json"]  # (noise, bias, a cluster file: runs diff's note)
         classes = _rows(con, """
             WITH a AS (SELECT * FROM attainment_by_shape WHERE run_id = ?),
                  b AS (SELECT * FROM attainment_by_shape WHERE run_id = ?)

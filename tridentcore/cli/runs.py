@@ -70,6 +70,10 @@ def runs_show(
                f"cluster {m['cluster']}, profile {m['profile']}, slo scale {m['slo_scale']:g}, seed {m['seed']}")
     typer.echo(f"  status {m['status']}, created {str(m['created_at'])[:19]} UTC, wall {m['wall_s']:.2f} s, "
                f"git {m['git_sha'][:12] or '-'}")
+    if _cluster_file(m):
+        typer.echo(f"  cluster from {_cluster_file(m)}")
+    if _stage_times(m):
+        typer.echo(f"  stage times drawn with {_stage_times(m)}")
     refused = _refused(m.get("config_json"))
     if refused:
         typer.echo(f"  refused before admission (not in its rows): {refused}")
@@ -84,6 +88,35 @@ def runs_show(
     typer.echo(_dash_table(report.stages, ("stage", "spans", "dispatches", "mean_s", "p95_s", "mean_queue_s",
                                       "p95_queue_s", "mean_batch", "mean_degree", "gpu_s", "load_s",
                                       "preempted", "oom")))
+
+
+def _config(meta: dict) -> dict:
+    try:
+        config = json.loads(meta.get("config_json") or "{}")
+    except ValueError:
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _stage_times(meta: dict) -> str:
+    """A simulated run's stage-time noise and bias (``noise sigma 0.3, bias decode x2``), "" without."""
+    config = _config(meta)
+    sigma, bias = config.get("noise_sigma") or 0.0, config.get("noise_bias") or []
+    parts = [f"noise sigma {sigma:g}"] if isinstance(sigma, (int, float)) and sigma else []
+    try:
+        parts += [f"bias {stage} x{factor:g}" for stage, factor in bias]
+    except (TypeError, ValueError):
+        pass
+    return ", ".join(parts)
+
+
+def _cluster_file(meta: dict) -> str:
+    """A run's cluster YAML (``FILE, sha256 1234abcd5678``) when it came from one, else "": the label
+    (``1x2xH200``) does not show its memory or links (outside test: 30 and 141 GiB GPUs read alike)."""
+    source = (_config(meta).get("inputs") or {}).get("cluster")
+    if not isinstance(source, dict):
+        return ""
+    return f"{source.get('path')}, sha256 {str(source.get('sha256'))[:12]}"
 
 
 def _refused(config_json: str | None) -> str:
@@ -122,9 +155,12 @@ def runs_diff(
     differs = [f"{label} {a[k]:g} / {b[k]:g}" if isinstance(a[k], float) and isinstance(b[k], float) else
                f"{label} {a[k]} / {b[k]}"
                for k, label in _WORKLOAD_KEYS if a[k] != b[k] and not (a[k] is None and b[k] is None)]
+    for label, said in (("cluster file", _cluster_file), ("stage times", _stage_times)):  # (outside test: unsaid)
+        if said(a) != said(b):
+            differs.append(f"{label} {said(a) or '-'} / {said(b) or '-'}")
     if differs:
         typer.echo(f"note: A and B did not serve the same workload ({'; '.join(differs)}): B - A compares "
-                   "different requests, not only the policies")
+                   "more than the policies")
     rows = [{"metric": k, "A": value(a[k], k), "B": value(b[k], k), "B - A": delta(a[k], b[k], k)} for k in _DIFF_KEYS]
     typer.echo(_dash_table(rows, ("metric", "A", "B", "B - A")))
     typer.echo("attainment by request class")
