@@ -384,3 +384,18 @@ def test_yaml_keys_given_twice_are_refused_and_exponents_are_numbers():
     import yaml
 
     assert yaml.safe_load("a: 1e9") == {"a": "1e9"}  # PyYAML's own loader is left as it was
+
+
+def test_a_missing_recover_folder_a_binary_profile_and_a_zero_target_are_said(tmp_path):
+    """Outside test: `runs recover --folder /nonexist` read "no journals to recover", exit 0; a binary
+    profile CSV gave Python's codec error; `sweep --goodput --target 0` was taken (every rate passes)."""
+    line = _refused("runs", "recover", "--db", str(tmp_path / "r.duckdb"), "--folder", str(tmp_path / "nonexist"))
+    assert line == f"error: --folder {tmp_path / 'nonexist'}: no such folder (a live bench's --keep folder)"
+    (tmp_path / "p.csv").write_bytes(b"gpu,model,stage\n\xd0\xff\xfe\n")
+    line = _refused("simulate", "--profile", str(tmp_path / "p.csv"), "--duration", "10")
+    assert line.endswith("p.csv: not UTF-8 text (byte 16)"), line
+    line = _refused("sweep", "--goodput", "--target", "0", "--duration", "10", "--policies", "trident")
+    assert line == "error: --target 0: an attainment above 0 (at most 1); at 0 every rate would pass"
+    line = _refused("bench", "--goodput", "--target", "0", "--duration", "10", "--policies", "trident",
+                    "--db", str(tmp_path / "b.duckdb"), "--no-progress")
+    assert line == "error: --target 0: an attainment above 0 (at most 1); at 0 every rate would pass"

@@ -130,6 +130,10 @@ def test_simulate_and_sweep_take_their_noise_from_a_stored_run(tmp_path):
     assert f"sigma {fit.sigma:.3f}" in line and "encode bias" in line
     result = CliRunner().invoke(app, ["sweep", *common, "--rates", "0.5"])
     assert result.exit_code == 0 and "stage-time noise fitted to run cpu-run" in result.output
+    # a unique prefix, as the runs commands take (outside test: only a whole id was)
+    prefix = [x if x != "cpu-run" else "cpu-r" for x in common]
+    result = CliRunner().invoke(app, ["simulate", *prefix, "--rate", "0.5"])
+    assert result.exit_code == 0 and result.output.startswith("stage-time noise fitted to run cpu-run ("), result.output
     # the fitted values are the run spec's, so a stored simulated run records them
     sim_db = tmp_path / "sim.duckdb"
     result = CliRunner().invoke(app, ["simulate", *common, "--rate", "0.5", "--db", str(sim_db)])
@@ -147,7 +151,7 @@ def test_runs_without_measurements_are_refused(tmp_path):
     _store_run(db, "emu-run", devices="emulated:1xH200", n=10)
     _store_run(db, "mixed-run", devices="cpu:1,emulated:2x8xH200", n=10)  # a live bench's label: 2x8xH200
     base = ["simulate", "--mix", "sd3-mixed", "--duration", "20", "--noise-db", str(db), "--noise-from"]
-    for run_id, why in (("sim-run", "is simulated"), ("emu-run", "emulated devices"), ("nope", "no run 'nope'"),
+    for run_id, why in (("sim-run", "is simulated"), ("emu-run", "emulated devices"), ("nope", "run 'nope' is not in"),
                         ("mixed-run", "mixes device kinds")):
         result = CliRunner().invoke(app, [*base, run_id])
         assert result.exit_code == 2 and why in result.output, result.output

@@ -433,6 +433,8 @@ def goodput_range(cap: float) -> tuple[float, float]:
 
 def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARGET, *, rel_tol: float = 0.01,
                   max_iter: int = 14, cap: float | None = None) -> Goodput:
+    if not 0 < target <= 1:  # (outside test: --target 0 was taken, and every rate passes it)
+        raise ValueError(f"target must be an attainment above 0 and at most 1, got {target!r}")
     cap = capacity_rps(loaded) if cap is None else cap
     cache: dict[float, RatePoint] = {}
 

@@ -102,6 +102,8 @@ def bench(
               "drop {} or add --backend live".format("them" if len(live_only) > 1 else "it"))
     if goodput and trace is not None:
         _fail("--goodput sweeps the rate of a mix; it does not apply to a trace")
+    if goodput and not target > 0:
+        _fail(f"--target {target:g}: an attainment above 0 (at most 1); at 0 every rate would pass")
     _bench_sim(policies=policies, mix=mix, trace=trace, model=model, arrival=arrival, rate=rate, duration=duration,
                slo_scale=slo_scale, seed=seed, profile=given(ctx, "profile", profile),
                cluster=given(ctx, "cluster", cluster), goodput=goodput, target=target,

@@ -217,9 +217,11 @@ def fitted_noise(run_id: str | None, db: str | None, noise: float, bias: str | N
     if noise != DEFAULT_NOISE_SIGMA or bias:
         fail("give --noise/--bias or --noise-from, not both")
     from ..bench.fold import fit_run_noise
+    from ..bench.runs import resolve_run
 
     db = db or DEFAULT_DB
     try:
+        run_id = resolve_run(db, run_id)  # a unique prefix too, as the runs commands take (outside test)
         fit = fit_run_noise(db, run_id)
     except (ValueError, LookupError, *store_errors()) as exc:
         fail(db_message(exc, db, flag=""))

@@ -291,6 +291,10 @@ def runs_recover(
 
     if Path(db).is_dir():
         fail(f"--db {db} is a folder: give the results database file whose journals to recover")
+    for given in folder:  # (outside test: a mistyped --folder read "no journals to recover", exit 0)
+        if not Path(given).is_dir():
+            fail(f"--folder {given}: {'not a folder' if Path(given).exists() else 'no such folder'} (a live bench's "
+                 "--keep folder)")
     failed = 0
     left = recover_orphans(db, folders=folder, wait_s=wait)
     for r in left:

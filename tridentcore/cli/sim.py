@@ -154,6 +154,8 @@ def sweep(
     setup_logging(verbose)
     if goodput == (rates is not None):
         fail("give exactly one of --goodput or --rates")
+    if goodput and not target > 0:
+        fail(f"--target {target:g}: an attainment above 0 (at most 1); at 0 every rate would pass")
     rate_list = _rates(rates) if rates is not None else []
     noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out)
     try:

@@ -130,8 +130,10 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
             if len(data) > MAX_PROFILE_BYTES:  # (ours are a few KiB; parsing grows with the rows)
                 raise ProfileError(str(path), [f"larger than the limit of {MAX_PROFILE_BYTES} bytes"])
             text = data.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ProfileError(str(path), [f"cannot read: {exc}"]) from None
+        except OSError as exc:
+            raise ProfileError(str(path), [f"cannot read: {exc.strerror or exc}"]) from None
+        except UnicodeDecodeError as exc:  # (said as trace and YAML files say it, not as Python's codec)
+            raise ProfileError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
         return parse_profile(text, name=path.stem, origin=str(path))
     listed = ", ".join(shipped) if shipped else "(none)"
     if path.exists():  # a folder or a device (/dev/zero): it said "no such file"
