@@ -261,3 +261,26 @@ def test_delete_removes_every_row_of_a_run_and_refuses_what_it_should_not_delete
     other = tmp_path / "other.duckdb"
     other.write_text("not a database")
     assert "not a DuckDB database" in _error_line(runner.invoke(app, ["runs", "delete", "x", "--db", str(other)]))
+
+
+def test_control_characters_in_stored_values_are_printed_escaped(tmp_path):
+    """Outside test: a mix file whose path held `ESC ] 0 ; PWN BEL` was echoed raw by `runs list` (a
+    shared results file could retitle or drive the reader's terminal); so was a SQL result's text."""
+    import shutil
+
+    import tridentcore
+
+    folder = tmp_path / "m\x1b]0;PWN\x07"
+    folder.mkdir()
+    mix = folder / "mix.yaml"
+    shutil.copy(Path(tridentcore.__file__).parent / "formats" / "data" / "mixes" / "sd3-mixed.yaml", mix)
+    db = tmp_path / "r.duckdb"
+    result = runner.invoke(app, ["simulate", "--mix", str(mix), "--duration", "30", "--policies", "trident",
+                                 "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    (run,) = list(run_summary(db).run_id)
+    for args in (["runs", "list"], ["runs", "show", run], ["runs", "diff", run, run],
+                 ["sql", "SELECT mix, 'a' || chr(27) || ']0;T' || chr(7) || 'b' AS t FROM runs"]):
+        out = runner.invoke(app, [*args, "--db", str(db)]).stdout
+        assert "\x1b" not in out and "\x07" not in out, (args, out)
+        assert "\\x1b]0;PWN\\x07" in out, (args, out)

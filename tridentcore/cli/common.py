@@ -19,7 +19,7 @@ from ..core.metrics import finite
 
 __all__ = ["HELP_MARKUP", "check_out", "refuse_mix_options_with_trace", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
-           "ceiling_lines", "check_db", "db_message", "delta", "fail", "finite", "fmt", "json_safe", "load_workload", "message", "one_line",
+           "ceiling_lines", "check_db", "db_message", "delta", "fail", "finite", "fmt", "printable", "json_safe", "load_workload", "message", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
 
 EXIT_INTERRUPTED = 130
@@ -84,12 +84,22 @@ def message(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------ tables
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as ``\\xNN``: a stored value (a file's path, a SQL
+    result) never moves the cursor, retitles the terminal or breaks a table's lines (outside test:
+    a mix path holding ``ESC ] 0 ; ... BEL``, echoed raw by ``runs list``)."""
+    return text.translate(_CONTROLS)
+
+
 def fmt(v: Any, key: str) -> str:
     if isinstance(v, float):
         if math.isnan(v) or math.isinf(v):
             return "-"
         return f"{v:.3f}" if key == "attainment" else f"{v:.2f}"
-    return str(v)
+    return printable(str(v))
 
 
 def table(rows: list[dict], columns, *, none_as_dash: bool = False) -> str:

@@ -12,7 +12,8 @@ import json
 import typer
 
 from ..core.defaults import DEFAULT_DB_WAIT_S
-from .common import DB_HELP, DEFAULT_DB, HELP_MARKUP, db_message, delta, fail, one_line, store_errors, table, value
+from .common import (DB_HELP, DEFAULT_DB, HELP_MARKUP, db_message, delta, fail, one_line, printable, store_errors, table,
+                     value)
 
 __all__ = ["runs_app"]
 
@@ -65,13 +66,14 @@ def runs_show(
     except store_errors() as exc:
         fail(one_line(db_message(exc, db)))
     m = report.meta
-    typer.echo(f"run {report.run_id}")
-    typer.echo(f"  {m['backend']} {m['policy']}  mix {m['mix']} at {m['rate_rps']:g} req/s for {m['duration_s']:g} s, "
-               f"cluster {m['cluster']}, profile {m['profile']}, slo scale {m['slo_scale']:g}, seed {m['seed']}")
+    typer.echo(f"run {printable(report.run_id)}")
+    typer.echo(printable(f"  {m['backend']} {m['policy']}  mix {m['mix']} at {m['rate_rps']:g} req/s for "
+                         f"{m['duration_s']:g} s, cluster {m['cluster']}, profile {m['profile']}, slo scale "
+                         f"{m['slo_scale']:g}, seed {m['seed']}"))
     typer.echo(f"  status {m['status']}, created {str(m['created_at'])[:19]} UTC, wall {m['wall_s']:.2f} s, "
                f"git {m['git_sha'][:12] or '-'}")
     if _cluster_file(m):
-        typer.echo(f"  cluster from {_cluster_file(m)}")
+        typer.echo(printable(f"  cluster from {_cluster_file(m)}"))
     if _stage_times(m):
         typer.echo(f"  stage times drawn with {_stage_times(m)}")
     refused = _refused(m.get("config_json"))
@@ -150,8 +152,9 @@ def runs_diff(
     except store_errors() as exc:
         fail(one_line(db_message(exc, db)))
     a, b = diff.a, diff.b
-    typer.echo(f"A  {a['run_id']}  {a['backend']} {a['policy']}  {a['mix']} at {a['rate_rps']:g} req/s, seed {a['seed']}")
-    typer.echo(f"B  {b['run_id']}  {b['backend']} {b['policy']}  {b['mix']} at {b['rate_rps']:g} req/s, seed {b['seed']}")
+    for name, r in (("A", a), ("B", b)):
+        typer.echo(printable(f"{name}  {r['run_id']}  {r['backend']} {r['policy']}  {r['mix']} at {r['rate_rps']:g} "
+                             f"req/s, seed {r['seed']}"))
     differs = [f"{label} {a[k]:g} / {b[k]:g}" if isinstance(a[k], float) and isinstance(b[k], float) else
                f"{label} {a[k]} / {b[k]}"
                for k, label in _WORKLOAD_KEYS if a[k] != b[k] and not (a[k] is None and b[k] is None)]
@@ -159,8 +162,8 @@ def runs_diff(
         if said(a) != said(b):
             differs.append(f"{label} {said(a) or '-'} / {said(b) or '-'}")
     if differs:
-        typer.echo(f"note: A and B did not serve the same workload ({'; '.join(differs)}): B - A compares "
-                   "more than the policies")
+        typer.echo(printable(f"note: A and B did not serve the same workload ({'; '.join(differs)}): B - A "
+                             "compares more than the policies"))
     rows = [{"metric": k, "A": value(a[k], k), "B": value(b[k], k), "B - A": delta(a[k], b[k], k)} for k in _DIFF_KEYS]
     typer.echo(_dash_table(rows, ("metric", "A", "B", "B - A")))
     typer.echo("attainment by request class")

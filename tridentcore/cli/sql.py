@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from .common import DB_HELP, DEFAULT_DB, db_message, fail, store_errors
+from .common import DB_HELP, DEFAULT_DB, db_message, fail, printable, store_errors
 
 __all__ = ["sql"]
 
@@ -122,7 +122,7 @@ def _cell(v) -> str:
         return "NULL"
     if isinstance(v, float) and v == v and abs(v) != float("inf"):
         return f"{v:.3g}" if v and abs(v) < 1e-4 else str(round(v, 6))
-    return str(v)
+    return printable(str(v))  # (--csv and --json print values as they are, quoted by their format)
 
 
 TABLE_CELL_MAX = 200  # characters of a value in the aligned table (--csv and --json print values whole)
