@@ -399,3 +399,12 @@ def test_a_missing_recover_folder_a_binary_profile_and_a_zero_target_are_said(tm
     line = _refused("bench", "--goodput", "--target", "0", "--duration", "10", "--policies", "trident",
                     "--db", str(tmp_path / "b.duckdb"), "--no-progress")
     assert line == "error: --target 0: an attainment above 0 (at most 1); at 0 every rate would pass"
+
+
+def test_a_long_policy_spec_is_not_echoed_whole():
+    """Outside tests: a 5,000-character policy name, option or value was echoed whole in its error
+    (the CLI's line, the workbench's page); each is cut to 80 characters."""
+    long = "x" * 5000
+    for spec in (long, f"trident:{long}=1", f"trident:wide={long}", f"trident:{long}", f"trident:late={long}"):
+        line = _refused("simulate", "--duration", "10", "--policies", spec)
+        assert len(line) < 600 and "x" * 100 not in line, line[:300]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from .errors import TridentError
+from .errors import TridentError, brief, listed
 from .events import Action, Event
 from .state import ClusterView
 from .types import Shape
@@ -34,7 +34,7 @@ class Policy:
         unknown = sorted(set(opts) - set(self.options))
         if unknown:
             valid = ", ".join(self.options) or "none"
-            raise PolicyError(f"{self.name}: unknown option(s) {', '.join(unknown)}; valid options: {valid}")
+            raise PolicyError(f"{self.name}: unknown option(s) {listed(unknown)}; valid options: {valid}")
         self.opts: dict[str, Any] = {}
         for key, (conv, default, _help) in self.options.items():
             if key not in opts:
@@ -44,7 +44,7 @@ class Policy:
             try:
                 self.opts[key] = conv(raw)
             except (TypeError, ValueError, OverflowError):
-                raise PolicyError(f"{self.name}: option {key}={raw!r} is not a valid {conv.__name__}") from None
+                raise PolicyError(f"{self.name}: option {key}={brief(raw)} is not a valid {conv.__name__}") from None
         self.spec = self.name + "".join(
             (":" if i == 0 else ",") + f"{k}={v}" for i, (k, v) in enumerate(sorted(opts.items()))
         )
@@ -83,9 +83,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
-            raise PolicyError(f"bad policy option {item!r} in {spec!r}; expected key=value")
+            raise PolicyError(f"bad policy option {brief(item)} in {brief(spec)}; expected key=value")
         if key.strip() in opts:
-            raise PolicyError(f"option {key.strip()} given twice in {spec!r}")
+            raise PolicyError(f"option {brief(key.strip())} given twice in {brief(spec)}")
         opts[key.strip()] = value.strip()
     return name.strip(), opts
 
@@ -97,7 +97,7 @@ def make_policy(spec: str) -> Policy:
     name, opts = parse_spec(spec)
     cls = POLICIES.get(name)
     if cls is None:
-        raise PolicyError(f"unknown policy {name!r}; valid policies: {', '.join(sorted(POLICIES))}")
+        raise PolicyError(f"unknown policy {brief(name)}; valid policies: {', '.join(sorted(POLICIES))}")
     policy = cls(**opts)
     policy.spec = spec.strip()
     return policy
@@ -114,11 +114,11 @@ def with_late(spec: str, late: str) -> str:
     given_late = late
     late = str(late).strip().lower()  # any case, as the policy option takes it
     if late not in LATE_MODES:
-        raise PolicyError(f"late mode {given_late!r}: expected one of {', '.join(LATE_MODES)}")
+        raise PolicyError(f"late mode {brief(given_late)}: expected one of {', '.join(LATE_MODES)}")
     name, opts = parse_spec(spec)
     cls = POLICIES.get(name)
     if cls is None:
-        raise PolicyError(f"unknown policy {name!r}; valid policies: {', '.join(sorted(POLICIES))}")
+        raise PolicyError(f"unknown policy {brief(name)}; valid policies: {', '.join(sorted(POLICIES))}")
     if "late" not in cls.options:
         if late == "serve":
             return spec
@@ -127,7 +127,7 @@ def with_late(spec: str, late: str) -> str:
         given = opts.get("late", "").strip().lower() or (
             "reject" if opts.get("drop", "").strip().lower() in ("1", "true", "yes", "on") else "serve")
         if given != late:
-            raise PolicyError(f"{spec!r} sets late={given}, but late={late} was asked for")
+            raise PolicyError(f"{brief(spec)} sets late={given[:80]}, but late={late} was asked for")
         return spec
     return spec.strip() + (":" if ":" not in spec else ",") + f"late={late}"
 
