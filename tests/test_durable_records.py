@@ -295,8 +295,9 @@ def test_kill_9_loses_nothing_that_completed_a_second_before(tmp_path):
     assert not pending_journals(db)
     after = _one(db, "SELECT status, duration_s FROM runs WHERE run_id = 'killed'")
     assert after["status"] == "crashed" and after["duration_s"] > 0
-    got = _one(db, "SELECT count(*) FILTER (WHERE state = 'done') AS done, count(*) AS n FROM requests")
-    assert got == {"done": 20, "n": 20}
+    got = _one(db, "SELECT count(*) FILTER (WHERE state = 'done') AS done, count(*) AS n, "
+                   "count(DISTINCT job_id) FILTER (WHERE job_id LIKE 'gen-%') AS jobs FROM requests")
+    assert got == {"done": 20, "n": 20, "jobs": 20}  # each row names its generation, after a crash too
     assert _one(db, "SELECT count(*) AS n FROM stage_spans")["n"] == 60
     assert _one(db, "SELECT count(*) AS n FROM gpu_samples")["n"] > 0
     assert _cli("runs", "recover", "--db", str(db)).output.startswith("no journals")

@@ -186,6 +186,9 @@ def test_unknown_model_404_and_body_too_large_413(fast):
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "unknown_model"
     assert "sd3-medium" in resp.json()["error"]["message"]
     assert client.get("/v1/requests/gen-999999").status_code == 404
+    # a job id from before a restart: said where it is (outside test: only "no request ...")
+    message = client.get("/v1/requests/gen-999999").json()["error"]["message"]
+    assert message.startswith("no request 'gen-999999' on this server (it began ") and "job_id = " in message
     big = b'{"prompt": "' + b"x" * (2 << 20) + b'"}'
     resp = client.post("/v1/images/generations", content=big, headers={"content-type": "application/json"})
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "too_large"
@@ -296,12 +299,18 @@ def test_store_written_at_shutdown_is_consistent(tmp_path):
                            "--policy", "pipeline-dynamic", "--db", str(db), "--run-id", "live-1"])
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
+            jobs = []
             for i in range(3):
-                assert client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium",
-                                                                   "size": "512x512", "n": 2}).status_code == 200
+                resp = client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium",
+                                                                   "size": "512x512", "n": 2})
+                assert resp.status_code == 200
+                jobs.append(resp.json()["id"])
             assert client.post("/v1/requests", json={"prompt": "x", "model": "nope"}).status_code == 404
     finally:
         assert server.stop() == 0
+    # each request's row names its generation (outside test: a job id could not be traced after a restart)
+    named = query_readonly(db, "SELECT job_id, count(*) AS n FROM requests GROUP BY job_id")
+    assert dict(zip(named["job_id"], named["n"])) == {job: 2 for job in jobs}
     runs = query_readonly(db, "SELECT run_id, backend, policy FROM runs")
     assert len(runs) == 1 and runs["backend"][0] == "live" and runs["policy"][0] == "pipeline-dynamic"
     assert runs["run_id"][0] == "live-1"

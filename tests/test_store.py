@@ -338,6 +338,7 @@ def test_an_older_database_is_migrated_by_a_writer(db: Path):
     adds the column (old rows NULL) and records the new version; readers see both runs."""
     con = duckdb.connect(str(db))
     con.execute("ALTER TABLE stage_spans DROP COLUMN compute_s")
+    con.execute("ALTER TABLE requests DROP COLUMN job_id")  # version 4
     con.execute("DROP TABLE journal_ingests")  # version 3
     con.execute("DELETE FROM schema_version")
     con.execute("INSERT INTO schema_version VALUES (1, now()::TIMESTAMP)")
@@ -348,8 +349,9 @@ def test_an_older_database_is_migrated_by_a_writer(db: Path):
                              "GROUP BY run_id ORDER BY run_id").values.tolist()
     assert got == [["run-a", 0, len(RUN_A_SPANS)], ["run-b", 0, len(RUN_B_SPANS)],
                    ["run-new", len(RUN_B_SPANS), len(RUN_B_SPANS)]]
-    assert query_readonly(db, "SELECT max(version) AS v FROM schema_version").v[0] == SCHEMA_VERSION == 3
+    assert query_readonly(db, "SELECT max(version) AS v FROM schema_version").v[0] == SCHEMA_VERSION == 4
     assert query_readonly(db, "SELECT count(*) AS n FROM journal_ingests").n[0] == 0  # version 3's table
+    assert query_readonly(db, "SELECT count(*) AS n FROM requests WHERE job_id IS NOT NULL").n[0] == 0  # version 4's
     assert run_summary(db).run_id.tolist() == ["run-a", "run-b", "run-new"]
 
 

@@ -46,7 +46,7 @@ def request_row(rec: RequestRecord) -> RequestRow:
         frames=spec.shape.frames, steps=spec.shape.steps, arrival_s=spec.arrival_s,
         deadline_s=spec.deadline_s, state=rec.state.value if terminal else "unfinished",
         reason=rec.reason if terminal else f"still {rec.state.value} when the run ended",
-        finish_s=rec.finish_s, ooms=rec.ooms, preemptions=rec.preemptions,
+        finish_s=rec.finish_s, ooms=rec.ooms, preemptions=rec.preemptions, job_id=spec.job_id or None,
     )
 
 

@@ -89,6 +89,8 @@ class RequestRow:
     finish_s: float | None = column("DOUBLE", nullable=True, default=None, comment="when it reached its terminal state")
     ooms: int = column("INTEGER", default=0, comment="out-of-memory failures it met on the way (retried or final)")
     preemptions: int = column("INTEGER", default=0)
+    job_id: str | None = column("VARCHAR", nullable=True, default=None,
+                                comment="a live request's generation, as the HTTP API named it (gen-...)")
 
     @property
     def request_class(self) -> str:

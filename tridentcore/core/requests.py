@@ -38,7 +38,8 @@ PROMPTS: tuple[str, ...] = (
 class RequestSpec:
     """One request as a workload issues it. ``guidance`` None = the model's default.
 
-    ``slo_s`` is the allowed latency; the deadline is ``arrival_s + slo_s``.
+    ``slo_s`` is the allowed latency; the deadline is ``arrival_s + slo_s``. ``job_id``: the HTTP
+    API's id of the generation it belongs to (``gen-...``), stored with its row; empty in simulations.
     """
 
     id: int
@@ -50,6 +51,7 @@ class RequestSpec:
     slo_s: float
     arrival_s: float
     negative_prompt: str = ""
+    job_id: str = ""
 
     def __post_init__(self) -> None:
         problems = []
@@ -71,6 +73,8 @@ class RequestSpec:
             problems.append(f"arrival_s must be a finite number >= 0 (got {self.arrival_s!r})")
         if not isinstance(self.negative_prompt, str):
             problems.append(f"negative_prompt must be a string (got {type(self.negative_prompt).__name__})")
+        if not isinstance(self.job_id, str):
+            problems.append(f"job_id must be a string (got {type(self.job_id).__name__})")
         if problems:
             raise WorkloadError(f"request {self.id!r}", problems)
 

@@ -59,6 +59,7 @@ class Submission:
     guidance: float | None = None
     negative_prompt: str = ""
     slo_s: float | None = None  # engine seconds; None: slo_scale x the reference latency
+    job_id: str = ""  # the API's generation (gen-...), stored with the request's row
 
 
 @dataclass(frozen=True, slots=True)

@@ -375,7 +375,7 @@ class Engine:
             self._next_id += self._id_step
             slo = item.slo_s if item.slo_s is not None else slo_of(item.model, item.shape)
             specs.append(RequestSpec(rid, item.model, item.prompt, item.shape, int(item.seed), item.guidance,
-                                     float(slo), now, item.negative_prompt))
+                                     float(slo), now, item.negative_prompt, item.job_id))
         ids = tuple(spec.id for spec in specs)
         self.artifacts.group(ids)  # (before they arrive: one may be rejected, so end, at once)
         for spec in specs:

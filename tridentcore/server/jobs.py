@@ -120,8 +120,11 @@ class Jobs:
         seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31 - body.n)
         shape = Shape(height, width, frames, steps)
         slo_s = None if body.slo_ms is None else body.slo_ms / 1000.0
-        items = [Submission(entry.name, body.prompt, shape, seed + i, body.guidance, body.negative_prompt, slo_s)
-                 for i in range(body.n)]
+        job_id = new_job_id()
+        while job_id in self.jobs:  # 96 random bits: never, in practice
+            job_id = new_job_id()
+        items = [Submission(entry.name, body.prompt, shape, seed + i, body.guidance, body.negative_prompt, slo_s,
+                            job_id) for i in range(body.n)]
         self._arriving = {}
         try:
             got = self.engine.submit(items)
@@ -129,9 +132,6 @@ class Jobs:
             arriving, self._arriving = self._arriving, None
         if not isinstance(got, Accepted):
             raise ApiError(got.code, got.reason, retry_after_s=got.retry_after_s or None)
-        job_id = new_job_id()
-        while job_id in self.jobs:  # 96 random bits: never, in practice
-            job_id = new_job_id()
         job = Job(job_id, entry.kind, entry.name, got.ids, body.response_format, time.time(),
                   {"size": size_label(width, height), "frames": frames, "steps": steps, "seed": seed}, arriving)
         self.jobs[job_id] = job
@@ -160,7 +160,12 @@ class Jobs:
     def get(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
-            raise ApiError("not_found", f"no request {brief(job_id)}")  # (at most 80 characters of it)
+            started = getattr(self.engine, "started_unix_s", None)
+            since = f" (it began {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(started))} UTC)" if started else ""
+            # (outside test: a job id from before a restart read only "no request ..."; its rows are stored)
+            raise ApiError("not_found", f"no request {brief(job_id)} on this server{since}; a request of an earlier "
+                                        "server with --db is in its store: trident sql \"SELECT * FROM requests WHERE "
+                                        "job_id = '...'\"")  # (the id: at most 80 characters of it)
         return job
 
     def recent(self, limit: int) -> list[Job]:

@@ -51,11 +51,12 @@ __all__ = [
     "table_columns",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # what brings a database of an older version to the next one (applied in order by a writer)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: ("ALTER TABLE stage_spans ADD COLUMN compute_s DOUBLE",),  # the worker's own compute time
     2: (),  # adds journal_ingests (created, if missing, with the other tables)
+    3: ("ALTER TABLE requests ADD COLUMN job_id VARCHAR",),  # a live request's generation (the API's gen-...)
 }
 TABLES = ("runs", "requests", "stage_spans", "placements", "gpu_samples")
 VIEWS = ("run_summary", "stage_breakdown", "attainment_by_shape")
