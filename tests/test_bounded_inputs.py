@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -384,6 +385,12 @@ def test_yaml_keys_given_twice_are_refused_and_exponents_are_numbers():
     import yaml
 
     assert yaml.safe_load("a: 1e9") == {"a": "1e9"}  # PyYAML's own loader is left as it was
+    # YAML 1.1's other integers, which PyYAML reads, are refused (outside test: `nodes: 1_0` made 10 nodes;
+    # `010` is 8, `1:0` 60)
+    for text in ("1_0", "010", "1:0", "0b11", "-0_7"):
+        with pytest.raises(InputRefused, match=rf"line 1: '{re.escape(text)}' is an integer only in YAML 1.1"):
+            load_yaml(f"nodes: {text}\n")
+    assert load_yaml("a: 10\nb: -3\nc: 0\nd: 0x10\ne: '010'\n") == {"a": 10, "b": -3, "c": 0, "d": 16, "e": "010"}
 
 
 def test_a_missing_recover_folder_a_binary_profile_and_a_zero_target_are_said(tmp_path):

@@ -160,6 +160,23 @@ for _first in "-+.0123456789":
     _BoundedLoader.yaml_implicit_resolvers.setdefault(_first, []).append(("tag:yaml.org,2002:float", _EXP_FLOAT))
 
 
+_PLAIN_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9]*|0x[0-9a-fA-F]+)$")
+
+
+def _yaml_int(loader: yaml.SafeLoader, node: Any) -> int:
+    """An integer as YAML 1.2 reads it; YAML 1.1's other forms, which PyYAML still reads, are refused
+    rather than read as another number (outside test: ``nodes: 1_0`` made 10 nodes; ``010`` is 8,
+    ``1:0`` is 60)."""
+    text = str(node.value)
+    if not _PLAIN_INT.match(text):
+        raise InputRefused(f"line {node.start_mark.line + 1}: {_cut(text, 40)!r} is an integer only in YAML 1.1 "
+                           "(underscores, a leading 0 for octal, 0b, or base 60 with ':'); write it in decimal")
+    return loader.construct_yaml_int(node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _yaml_int)
+
+
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` without aliases and deep nesting; :class:`InputRefused` otherwise."""
     try:
