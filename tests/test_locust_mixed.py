@@ -104,7 +104,9 @@ def test_locustfile_imports_nothing_heavy():
                                                                          "trace:FILE"),
     (["--mix", "tiny", "-u", "0"], "-u 0: no user would send the schedule; give -u 1"),
     # argparse reads --trace as --trace-model: the default mix was sent instead of the trace (outside test)
-    (["--trace", "t.jsonl"], "--trace-model t.jsonl: only with --arrival trace:FILE"),
+    # (and said it as --trace-model, an option not typed: now named as typed, outside test)
+    (["--trace", "t.jsonl"], "--trace t.jsonl: (taken as --trace-model) only with --arrival trace:FILE"),
+    (["--trace-model", "t.jsonl"], "error: --trace-model t.jsonl: only with --arrival trace:FILE"),
     # a run refused before its load leaves no database behind
     (["--mix", "tiny", "--db", "new.duckdb"], "--host http://127.0.0.1:9: cannot ask the server"),
 ])  # fmt: skip

@@ -176,8 +176,12 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
             problems.append(f"{', '.join(given)}: not used with --arrival trace:FILE (the trace gives the requests "
                             "and their times); drop {}".format("them" if len(given) > 1 else "it"))
     if trace is None and getattr(options, "trace_model", None):  # (argparse takes --trace FILE for it, too)
-        problems.append(f"--trace-model {options.trace_model}: only with --arrival trace:FILE (the model of a "
-                        "paper-format trace's requests); a trace is replayed with --arrival trace:FILE")
+        # named as typed (outside test: `--trace FILE` was said as --trace-model, an option not given)
+        typed = next((a.split("=", 1)[0] for a in sys.argv[1:] if len(a) > 2 and "--trace-model".startswith(
+            a.split("=", 1)[0])), "--trace-model")
+        problems.append(f"{typed} {options.trace_model}: {'' if typed == '--trace-model' else '(taken as --trace-model) '}"
+                        "only with --arrival trace:FILE (the model of a paper-format trace's requests); a trace "
+                        "is replayed with --arrival trace:FILE")
     if problems:
         raise ScheduleError(problems)
     rate = DEFAULT_RATE if rate is None else rate
