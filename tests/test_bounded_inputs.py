@@ -274,6 +274,14 @@ def test_serve_spec_file_bounds(tmp_path, text, needle):
 def test_serve_cpu_worker_count_is_bounded():
     line = _refused("serve", "--devices", "cpu:100000", "--models", "sd3-medium", "--port", "0")
     assert f"cpu:N needs a worker count N in 1..{MAX_GPUS_PER_NODE}" in line, line
+    # ASCII digits only, as a cluster's (outside test: `cpu:\u0662`, Arabic-Indic, started 2 workers)
+    from tridentcore.runtime.devices import SetupError, parse_devices
+
+    for text in ("cpu:\u0662", "cpu:\uff11"):
+        with pytest.raises(SetupError, match="cpu:N needs a worker count"):
+            parse_devices(text)
+    with pytest.raises(SetupError, match="; separate kinds with ','"):  # (it named only the count)
+        parse_devices("cpu:1;emulated:8xH200")
 
 
 @pytest.mark.parametrize("option, value", [("--slo-scale", "inf"), ("--slo-scale", "1e308"), ("--slowdown", "1e308"),

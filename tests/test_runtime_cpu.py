@@ -125,11 +125,14 @@ def test_media_is_encoded_after_the_decode_and_a_done_request_always_has_its_res
     assert "decoding" in seen or "diffusing" in seen  # (it was polled while it ran)
 
 
-def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path):
+@pytest.mark.parametrize("devices", ["cpu:1", "cpu:1,emulated:1xH200"])
+def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path, devices):
     """The only worker is killed and cannot come back (its model's folder is gone, as a dead Ray
     node's actors cannot): requests used to be accepted and wait for ever. Within
     ``--no-device-timeout`` they wait (a restart takes seconds); past it, the waiting ones fail,
-    new ones get 503 no_devices with Retry-After, and /healthz says no device is alive."""
+    new ones get 503 no_devices with Retry-After, and /healthz says no device is alive. With a second
+    kind of device alive (outside test: /healthz said all was well, the messages "no device is
+    alive"), /healthz stays ok and names the kind that is down and its models; the other kind serves."""
     import shutil
     from pathlib import Path
 
@@ -142,17 +145,19 @@ def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path
     profile = tmp_path / "saved.csv"
     profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", f"cpu,{folder},", 1)
                                                for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
-    server = start_server(["--models", str(folder), "--devices", "cpu:1", "--profile", str(profile),
-                           "--no-device-timeout", "4"], timeout_s=180)
+    mixed = devices != "cpu:1"
+    server = start_server(["--models", str(folder) + (",sd3-medium" if mixed else ""), "--devices", devices,
+                           "--profile", f"cpu={profile},emulated=h200" if mixed else str(profile),
+                           "--no-device-timeout", "4", *(["--time-scale", "0"] if mixed else [])], timeout_s=180)
     try:
         client = httpx.Client(base_url=server.url, timeout=60)
         body = {"prompt": "x", "model": str(folder), "size": "64x64", "steps": 2, "slo_ms": LONG_SLO_MS}
         assert client.post("/v1/images/generations", json=body).status_code == 200
-        (pid,) = [d["pid"] for d in client.get("/v1/cluster").json()["devices"]]
+        (pid,) = [d["pid"] for d in client.get("/v1/cluster").json()["devices"] if d.get("pid")]
         shutil.rmtree(folder)
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while client.get("/healthz").json()["devices_alive"]:
+        while client.get("/healthz").json()["devices_alive"] > mixed:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         waiting = client.post("/v1/requests", json=body)
@@ -163,12 +168,18 @@ def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path
             assert time.monotonic() - t0 < 20, client.get(f"/v1/requests/{job}").json()
             time.sleep(0.1)
         reason = client.get(f"/v1/requests/{job}").json()["items"][0]["reason"]
-        assert "no device was alive for 4 s (every worker lost, its restarts failing)" in reason, reason
+        assert "no device of cpu:1 was alive for 4 s (every worker lost, its restarts failing)" in reason, reason
         refused = client.post("/v1/images/generations", json=body)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_devices", refused.text
         assert float(refused.headers["retry-after"]) > 0
         health = client.get("/healthz")
-        assert health.status_code == 503 and health.json()["devices_alive"] == 0
+        if mixed:
+            assert health.status_code == 200 and health.json()["devices_alive"] == 1, health.text
+            assert health.json()["down"] == [{"devices": "cpu:1", "models": [str(folder)]}], health.text
+            other = {**body, "model": "sd3-medium", "size": "512x512"}
+            assert client.post("/v1/images/generations", json=other).status_code == 200
+        else:
+            assert health.status_code == 503 and health.json()["devices_alive"] == 0 and "down" not in health.json()
         client.close()
     finally:
         assert server.stop() == 0

@@ -146,8 +146,10 @@ def _parse_one(text: str) -> DeviceSpec:
             raise SetupError([f"devices {text!r}: {p}" for p in exc.problems]) from None
         return DeviceSpec("emulated", cluster, text)
     if kind == "cpu":
-        if not re.fullmatch(r"\s*\d{1,9}\s*", rest) or not 1 <= int(rest) <= MAX_GPUS_PER_NODE:
-            raise SetupError([f"devices {text!r}: cpu:N needs a worker count N in 1..{MAX_GPUS_PER_NODE}"])
+        # ASCII digits only, as a cluster's counts (outside test: `cpu:٢`, Arabic-Indic, started 2 workers)
+        if not re.fullmatch(r"\s*[0-9]{1,9}\s*", rest) or not 1 <= int(rest) <= MAX_GPUS_PER_NODE:
+            hint = "; separate kinds with ','" if re.search(r"[;|\s]\s*[a-z]+:", rest) else ""
+            raise SetupError([f"devices {text!r}: cpu:N needs a worker count N in 1..{MAX_GPUS_PER_NODE}{hint}"])
         n = int(rest)
         cluster = ClusterSpec(nodes=1, gpus_per_node=n, kind="cpu", mem_gib=round(host_mem_gib() / n, 3))
         return DeviceSpec("cpu", cluster, text)

@@ -249,11 +249,11 @@ class Engine:
                 continue
             if self._down_since is None:
                 self._down_since = self._clock()
-                logger.warning("no device is alive: waiting requests fail if none is back in %.0f s and every "
-                               "restart fails", limit)
+                logger.warning("no device of %s (models %s) is alive: its waiting requests fail if none is back in "
+                               "%.0f s and every restart fails", self.devices, ", ".join(self.models), limit)
             elif self.devices_down_s() >= limit and self.state.requests.live:
-                self._post(ShutDown(f"no device was alive for {limit:.0f} s (every worker lost, its restarts "
-                                    "failing)"))
+                self._post(ShutDown(f"no device of {self.devices} was alive for {limit:.0f} s (every worker lost, its "
+                                    "restarts failing)"))
 
     def devices_down_s(self) -> float:
         """Wall seconds since no device has been alive while every lost worker's restart fails
@@ -358,8 +358,9 @@ class Engine:
         down_s = self.devices_down_s()
         if down_s >= self.config.no_device_timeout_s:
             self.note_refused("no_devices", len(items))
-            return Refused("no_devices", f"no device has been alive for {down_s:.0f} s (every worker lost, its "
-                                         "restarts failing): nothing could run it", self.config.no_device_timeout_s)
+            return Refused("no_devices", f"no device of {self.devices} has been alive for {down_s:.0f} s (every "
+                                         "worker lost, its restarts failing): nothing could run it",
+                           self.config.no_device_timeout_s)
         waiting = self.waiting_count()
         if waiting + len(items) > self.config.max_queued:
             self.note_refused("queue_full", len(items))

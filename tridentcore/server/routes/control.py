@@ -42,6 +42,12 @@ async def healthz(runtime: Runtime = Depends(deps.runtime)) -> JSONResponse:
     records = next((p.records_down for p in getattr(engine, "parts", None) or [engine] if p.records_down), "")
     ok = alive > 0 and not engine.closing and not records
     body = {"ok": ok, "devices_alive": alive, "devices": len(snap["devices"]), "live_requests": snap["live_requests"]}
+    # devices of several kinds: a kind with none alive, and the models only it serves (outside test: "ok" while
+    # a served model had no device at all); the others still serve, so ok stays as it is
+    down = [{"devices": label, "models": list(part.models)} for part, label in
+            zip(getattr(engine, "parts", ()), getattr(engine, "labels", ())) if not any(part.state.alive)]
+    if down:
+        body["down"] = down
     if records:
         body["records"] = records
     return JSONResponse(body, status_code=200 if ok else 503)
