@@ -409,7 +409,8 @@ def test_a_server_waiting_for_room_on_a_busy_cluster_says_so_and_stops_on_sigter
             assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
             time.sleep(0.1)
         text = err.read_text(errors="replace")
-        assert "it asks 0.05 CPU; the cluster has 0 of 2 CPUs free: other work holds the rest" in text, text[-2000:]
+        assert ("it asks 0.05 CPU; the cluster has 0 of 2 CPUs free: the rest is held: this server's other actors, or "
+                "other work") in text, text[-2000:]
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGTERM)
         code = proc.wait(30)

@@ -219,8 +219,9 @@ def _room(num_cpus: float) -> str:
         total = ray.cluster_resources().get("CPU", 0.0)
     except Exception:  # noqa: BLE001 - the message only
         return ""
-    if free + 1e-9 < num_cpus:
-        return f" (it asks {num_cpus:g} CPU; the cluster has {free:g} of {total:g} CPUs free: other work holds the rest)"
+    if free + 1e-9 < num_cpus:  # (outside test: "other work" said of this server's own actors, and of a lost node)
+        held = "no node is left" if total <= 0 else "the rest is held: this server's other actors, or other work"
+        return f" (it asks {num_cpus:g} CPU; the cluster has {free:g} of {total:g} CPUs free: {held})"
     # (an actor holds its CPUs while it loads: room is not what it waits for)
     return f" (it asks {num_cpus:g} CPU and {free:g} of {total:g} are free: most likely it is still loading its models)"
 
