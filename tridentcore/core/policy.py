@@ -85,7 +85,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         if not eq or not key.strip():
             raise PolicyError(f"bad policy option {brief(item)} in {brief(spec)}; expected key=value")
         if key.strip() in opts:
-            raise PolicyError(f"option {brief(key.strip())} given twice in {brief(spec)}")
+            raise PolicyError(f"option {key.strip()[:80]} given twice in {brief(spec)}")
         opts[key.strip()] = value.strip()
     return name.strip(), opts
 
