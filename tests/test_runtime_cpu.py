@@ -125,14 +125,15 @@ def test_media_is_encoded_after_the_decode_and_a_done_request_always_has_its_res
     assert "decoding" in seen or "diffusing" in seen  # (it was polled while it ran)
 
 
-@pytest.mark.parametrize("devices", ["cpu:1", "cpu:1,emulated:1xH200"])
+@pytest.mark.parametrize("devices", ["cpu:1", "emulated:1xH200,cpu:1"])
 def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path, devices):
     """The only worker is killed and cannot come back (its model's folder is gone, as a dead Ray
     node's actors cannot): requests used to be accepted and wait for ever. Within
     ``--no-device-timeout`` they wait (a restart takes seconds); past it, the waiting ones fail,
     new ones get 503 no_devices with Retry-After, and /healthz says no device is alive. With a second
     kind of device alive (outside test: /healthz said all was well, the messages "no device is
-    alive"), /healthz stays ok and names the kind that is down and its models; the other kind serves."""
+    alive"), /healthz stays ok and names the kind that is down and its models; the other kind serves;
+    the log names the lost worker by its device id, as /v1/cluster does (it counted each kind from 0)."""
     import shutil
     from pathlib import Path
 
@@ -153,7 +154,8 @@ def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path
         client = httpx.Client(base_url=server.url, timeout=60)
         body = {"prompt": "x", "model": str(folder), "size": "64x64", "steps": 2, "slo_ms": LONG_SLO_MS}
         assert client.post("/v1/images/generations", json=body).status_code == 200
-        (pid,) = [d["pid"] for d in client.get("/v1/cluster").json()["devices"] if d.get("pid")]
+        ((device, pid),) = [(d["id"], d["pid"]) for d in client.get("/v1/cluster").json()["devices"] if d.get("pid")]
+        assert device == (1 if mixed else 0)
         shutil.rmtree(folder)
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -178,6 +180,8 @@ def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path
             assert health.json()["down"] == [{"devices": "cpu:1", "models": [str(folder)]}], health.text
             other = {**body, "model": "sd3-medium", "size": "512x512"}
             assert client.post("/v1/images/generations", json=other).status_code == 200
+            log = server.log_path.read_text(errors="replace")
+            assert f"worker 1: worker process {pid} exited" in log and "worker 0: worker process" not in log, log[-3000:]
         else:
             assert health.status_code == 503 and health.json()["devices_alive"] == 0 and "down" not in health.json()
         client.close()

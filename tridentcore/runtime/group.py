@@ -51,6 +51,8 @@ class EngineGroup:
                 self._of_model[m] = i
             e.share_ids(i, len(self.parts))
             e.device_offset = offset
+            for w in e.workers.workers:  # (its log lines name the device as the API does)
+                w.device_offset = offset
             self.offsets.append(offset)
             offset += len(e.state.gpus)
             e.span_listeners.append(self._span_forwarder(i))

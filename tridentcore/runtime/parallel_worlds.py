@@ -209,7 +209,7 @@ class MemberSet(Worker):
                 _, pending = await asyncio.wait(pending, timeout=ABANDON_GRACE_S if died else FAILED_GRACE_S)
                 for r, w in zip(runs, self.workers):
                     if r in pending or (pending and not died):  # (after a timeout: every member, afresh)
-                        logger.warning("worker %d: %s; stopping it", w.slot, "still in a group whose member died"
+                        logger.warning("%s: %s; stopping it", w.name, "still in a group whose member died"
                                        if died else "in a group whose collective timed out")
                         w.abort()
                 if pending:

@@ -26,6 +26,13 @@ class Worker:
     alive: bool = True
     slowdown: float = 1.0  # testing aid (``trident serve --slowdown K``): K times the time it computed
     restart_failures: int = 0  # restarts of this lost worker that failed since it was last up
+    device_offset: int = 0  # its slot + this is its device id in a run of several kinds (EngineGroup)
+
+    @property
+    def name(self) -> str:
+        """``worker N``, N its device id as ``/v1/cluster`` and ``/metrics`` give it (outside test: the
+        logs of a run of several kinds named each kind's devices from 0)."""
+        return f"worker {self.slot + self.device_offset}"
 
     async def start(self) -> None:
         """Bring the worker up (a process: spawned and its pipelines loaded)."""
@@ -46,7 +53,7 @@ class Worker:
             except StartInterrupted:  # the server stops: no restart
                 return
             except Exception as exc:  # noqa: BLE001
-                logger.warning("worker %d: restart failed: %s", self.slot, exc)
+                logger.warning("%s: restart failed: %s", self.name, exc)
                 self.restart_failures += 1
                 delay = min(30.0, max(0.5, 2 * delay))
                 continue

@@ -88,7 +88,7 @@ class CpuWorker(Worker):
 
         self._ready = self._loop.create_future()  # (before the check: a stop from now on interrupts it)
         if self._start_stopped:  # told to stop before this start (say, while torch was imported above)
-            raise StartInterrupted(f"worker {self.slot}: stopped before it started")
+            raise StartInterrupted(f"{self.name}: stopped before it started")
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
         self._flag = ctx.Value("q", -1, lock=False)
@@ -110,7 +110,7 @@ class CpuWorker(Worker):
             await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout_s)
         except asyncio.TimeoutError:
             self._kill(proc)
-            raise RuntimeError(f"worker {self.slot}: not ready after {self.start_timeout_s:.0f} s") from None
+            raise RuntimeError(f"{self.name}: not ready after {self.start_timeout_s:.0f} s") from None
         self.alive = self._was_up = True
 
     def _reader(self, proc, conn, gen: int) -> None:
@@ -129,7 +129,7 @@ class CpuWorker(Worker):
                 except (EOFError, OSError):
                     break
                 except Exception as exc:  # noqa: BLE001 - e.g. a shared tensor whose sender died
-                    logger.warning("worker %d: unreadable message: %s", self.slot, exc)
+                    logger.warning("%s: unreadable message: %s", self.name, exc)
                     continue
                 try:
                     loop.call_soon_threadsafe(self._message, gen, msg)
@@ -153,7 +153,7 @@ class CpuWorker(Worker):
                 self._ready.set_result(True)
         elif kind == "broken":
             if self._ready is not None and not self._ready.done():
-                self._ready.set_exception(RuntimeError(f"worker {self.slot}: {msg[2]}"))
+                self._ready.set_exception(RuntimeError(f"{self.name}: {msg[2]}"))
         elif kind == "step":
             if msg[1] in self._pending:
                 self._steps[msg[1]] = msg[2]
@@ -173,13 +173,13 @@ class CpuWorker(Worker):
         reason = f"worker process {self.pid} exited with code {exitcode}"
         pending, self._pending = self._pending, {}
         if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(RuntimeError(f"worker {self.slot}: {reason} while starting"))
+            self._ready.set_exception(RuntimeError(f"{self.name}: {reason} while starting"))
         if self._stopping:
             for fut in pending.values():
                 if not fut.done():
                     fut.set_result(StageResult(error=reason, lost=True))
             return
-        logger.warning("worker %d: %s", self.slot, reason)
+        logger.warning("%s: %s", self.name, reason)
         delivered, self._delivered = self._delivered, None
         self._steps.clear()
         if was_alive and self.on_lost is not None:
@@ -246,13 +246,13 @@ class CpuWorker(Worker):
         if self._ready is None or self._ready.done():
             return  # (it became ready meanwhile: it stops with the others)
         self._stopping = True  # no restart
-        self._ready.set_exception(StartInterrupted(f"worker {self.slot}: stopped while it loaded its pipelines"))
+        self._ready.set_exception(StartInterrupted(f"{self.name}: stopped while it loaded its pipelines"))
         self._kill(self._proc)
 
     # -- work --------------------------------------------------------------------------------
     async def run(self, task: StageTask) -> StageResult:
         if not self.alive or self._conn is None:
-            return StageResult(error=f"worker {self.slot} is down", lost=True)
+            return StageResult(error=f"{self.name} is down", lost=True)
         fut = self._loop.create_future()
         self._pending[task.dispatch_id] = fut
         self._flag.value = -1
@@ -260,7 +260,7 @@ class CpuWorker(Worker):
             self._conn.send(("run", task))
         except (BrokenPipeError, OSError) as exc:
             self._pending.pop(task.dispatch_id, None)
-            return StageResult(error=f"worker {self.slot}: {exc}", lost=True)
+            return StageResult(error=f"{self.name}: {exc}", lost=True)
         return await fut
 
     def progress(self, dispatch_id: int) -> int | None:

@@ -281,21 +281,21 @@ class RayWorker(Worker):
                 break
             if not said and self.start_timeout_s - left >= ACTOR_WAIT_SAID_S:
                 said = True
-                logger.warning("worker %d: its actor is not ready after %.0f s%s", self.slot,
+                logger.warning("%s: its actor is not ready after %.0f s%s", self.name,
                                ACTOR_WAIT_SAID_S, _room(self.num_cpus))
             await asyncio.wait((ready,), timeout=min(0.2, left))
         if not ready.done():
             ready.cancel()
             ray.kill(actor, no_restart=True)
             if self._stopping:
-                raise StartInterrupted(f"worker {self.slot}: stopped while its actor started")
-            raise RuntimeError(f"worker {self.slot}: actor not ready after {self.start_timeout_s:.0f} s"
+                raise StartInterrupted(f"{self.name}: stopped while its actor started")
+            raise RuntimeError(f"{self.name}: actor not ready after {self.start_timeout_s:.0f} s"
                                f"{_room(self.num_cpus)}")
         try:
             info = ready.result()
         except Exception as exc:
             ray.kill(actor, no_restart=True)
-            raise RuntimeError(f"worker {self.slot}: actor failed to start: {_reason(exc)}") from exc
+            raise RuntimeError(f"{self.name}: actor failed to start: {_reason(exc)}") from exc
         self._generation += 1
         gen = self._generation
         self.actor, self.pid, self.node, self.cards = actor, info["pid"], info["node"], info["cards"]
@@ -320,7 +320,7 @@ class RayWorker(Worker):
         was_alive, self.alive = self.alive, False
         if self._stopping:
             return
-        logger.warning("worker %d: actor (pid %s) lost: %s", self.slot, self.pid, reason)
+        logger.warning("%s: actor (pid %s) lost: %s", self.name, self.pid, reason)
         if was_alive and self.on_lost is not None:
             self.on_lost(self.slot, f"ray actor (pid {self.pid}) lost: {reason}")
         if self.restart and self._restart_task is None:
@@ -358,7 +358,7 @@ class RayWorker(Worker):
     async def run(self, task: StageTask) -> StageResult:
         actor, gen = self.actor, self._generation
         if not self.alive or actor is None:
-            return StageResult(error=f"worker {self.slot} is down", lost=True)
+            return StageResult(error=f"{self.name} is down", lost=True)
         n = len(task.request_ids)
         split = not self.emulated and task.stage in (StageKind.ENCODE, StageKind.DIFFUSE) and n > 0
         if split:
@@ -374,7 +374,7 @@ class RayWorker(Worker):
         except _lost_errors() as exc:
             reason = _reason(exc)
             self._died(gen, reason)  # the engine fails the running dispatch first
-            return StageResult(error=f"worker {self.slot}: {reason}", lost=True)
+            return StageResult(error=f"{self.name}: {reason}", lost=True)
         finally:
             # only its own: a dispatch failed for a lost peer may end here after its retry began on this
             # worker (a killed actor's call can take seconds to raise), whose progress must stay
