@@ -72,11 +72,12 @@ def runs_show(
                          f"{m['slo_scale']:g}, seed {m['seed']}"))
     typer.echo(f"  status {m['status']}, created {str(m['created_at'])[:19]} UTC, wall {m['wall_s']:.2f} s, "
                f"git {m['git_sha'][:12] or '-'}")
-    if _cluster_file(m):
-        typer.echo(printable(f"  cluster from {_cluster_file(m)}"))
-    if _stage_times(m):
-        typer.echo(f"  stage times drawn with {_stage_times(m)}")
-    refused = _refused(m.get("config_json"))
+    cluster_file, stage_times = _cluster_file(m), _stage_times(m)
+    if cluster_file:
+        typer.echo(printable(f"  cluster from {cluster_file}"))
+    if stage_times:
+        typer.echo(f"  stage times drawn with {stage_times}")
+    refused = _refused(m)
     if refused:
         typer.echo(f"  refused before admission (not in its rows): {refused}")
     typer.echo("summary")
@@ -121,12 +122,11 @@ def _cluster_file(meta: dict) -> str:
     return f"{source.get('path')}, sha256 {str(source.get('sha256'))[:12]}"
 
 
-def _refused(config_json: str | None) -> str:
+def _refused(meta: dict) -> str:
     """A server's run: the requests it turned away before admission, by code (``12 queue_full``), from
     its stored configuration; "" when none were (or the run is not a server's)."""
-    try:
-        refused = json.loads(config_json or "{}").get("refused") or {}
-    except (ValueError, AttributeError):
+    refused = _config(meta).get("refused")
+    if not isinstance(refused, dict):
         return ""
     return ", ".join(f"{n} {reason}" for reason, n in sorted(refused.items()) if isinstance(n, int) and n > 0)
 
@@ -159,8 +159,9 @@ def runs_diff(
                f"{label} {a[k]} / {b[k]}"
                for k, label in _WORKLOAD_KEYS if a[k] != b[k] and not (a[k] is None and b[k] is None)]
     for label, said in (("cluster file", _cluster_file), ("stage times", _stage_times)):  # (outside test: unsaid)
-        if said(a) != said(b):
-            differs.append(f"{label} {said(a) or '-'} / {said(b) or '-'}")
+        in_a, in_b = said(a), said(b)
+        if in_a != in_b:
+            differs.append(f"{label} {in_a or '-'} / {in_b or '-'}")
     if differs:
         typer.echo(printable(f"note: A and B did not serve the same workload ({'; '.join(differs)}): B - A "
                              "compares more than the policies"))

@@ -125,12 +125,13 @@ def generate_requests(
         problems.append(f"duration_s must be a positive finite number (got {duration_s!r})")
     if not is_int(seed):
         problems.append(f"seed must be an integer (got {seed!r})")
-    problems.extend(f"{key}: {msg}" for key, msg in generated_size_problems(rate, duration_s, arrival))
-    process = None
+    process, arrival_problems = None, []
     try:
         process = parse_arrival(arrival)
     except WorkloadError as exc:
-        problems.extend(exc.problems)
+        arrival_problems = exc.problems
+    problems.extend(f"{key}: {msg}" for key, msg in generated_size_problems(rate, duration_s, process))
+    problems.extend(arrival_problems)
     if problems:
         raise WorkloadError("workload", problems)
     assert process is not None

@@ -338,7 +338,7 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
         raise ForeignSchemaError(foreign)
     con.execute(_DDL_VERSION)
     found = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
-    if found is not None and found < SCHEMA_VERSION and all(v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
+    if found is not None and _migrates(found):
         for v in range(found, SCHEMA_VERSION):
             for sql in MIGRATIONS[v]:
                 con.execute(sql)
@@ -361,9 +361,13 @@ def check_version(con: duckdb.DuckDBPyConnection) -> None:
     found = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
     if found is None or found == SCHEMA_VERSION:
         return
-    if found < SCHEMA_VERSION and all(v in MIGRATIONS for v in range(found, SCHEMA_VERSION)):
-        return
-    raise _version_error(found)
+    if not _migrates(found):
+        raise _version_error(found)
+
+
+def _migrates(found: int) -> bool:
+    """Whether :data:`MIGRATIONS` bring a database of version ``found`` (older) up to this code's."""
+    return found < SCHEMA_VERSION and all(v in MIGRATIONS for v in range(found, SCHEMA_VERSION))
 
 
 def _version_error(found: int) -> SchemaVersionError:
