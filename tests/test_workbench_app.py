@@ -756,6 +756,46 @@ def test_sql_results_are_capped_with_a_note(results_db, monkeypatch):
     assert len(at.dataframe[0].value) == 10_000 and not at.warning
 
 
+def test_a_query_shown_again_after_its_progress_line_is_the_cached_table_not_an_error(results_db, monkeypatch):
+    """Outside test: once a query had run long enough to show its "running the query" line, every
+    later showing of it (the same query again, a chart option changed, the page reloaded by anyone
+    within the hour) failed with Streamlit's CacheReplayClosureError: the line was recorded inside
+    the cached call and replayed onto a placeholder of an earlier run of the page. Also: a failed
+    query's progress line no longer stays above its error."""
+    from workbench import stored
+
+    monkeypatch.setattr(stored, "SQL_TICK_S", 0.0)  # the line on every poll, however fast the query
+    _argv(monkeypatch, results_db)
+    at = _app()
+    at.run()
+    at.switch_page("workbench/pages/sql.py").run()
+    slow = "SELECT x % 3 AS k, count(*) AS n FROM range(3000000) t(x) WHERE hash(x) % 5 = 0 GROUP BY k ORDER BY k"
+    for sql in (slow, "SELECT 3 AS c", slow, slow):
+        at.text_area(key="sql_text").set_value(sql).run()
+        _clean(at)
+        assert not at.error, [e.value for e in at.error]
+        shown = at.dataframe[0].value
+        assert list(shown.columns) == (["c"] if sql == "SELECT 3 AS c" else ["k", "n"])
+    assert list(shown["k"]) == [0, 1, 2] and shown["n"].sum() > 0
+    at.selectbox(key="sql_kind").set_value("line").run()  # a chart option: the page runs again, from the cache
+    _clean(at)
+    assert not at.error and len(at.get("plotly_chart")) == 1
+    at.text_area(key="sql_text").set_value("SELECT nope FROM range(3000000) t(x) WHERE hash(x) % 5 = 0").run()
+    _clean(at)
+    assert len(at.error) == 1 and not any("running the query" in c.value for c in at.caption)
+
+
+def test_a_run_zip_keeps_every_file_in_one_folder_whatever_the_run_id():
+    """Outside test: the Runs page's Parquet zip named its entries after the raw run id, and
+    `serve --run-id ../x` is accepted: entries ``../x/runs.parquet`` left the extraction folder."""
+    from workbench.stored import zip_folder
+
+    for run_id in ("../x", "/abs", "..", ".", "a/../../b", "run 1", "ünï"):
+        folder = zip_folder(run_id)
+        assert "/" not in folder and folder not in (".", "..", "") and "\\" not in folder, run_id
+    assert zip_folder("20261205-trident-s0") == "20261205-trident-s0"
+
+
 def _tree_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 

@@ -40,7 +40,7 @@ from workbench.kpis import Kpi, kpis, markdown_table
 from workbench.profile_frames import default_steps, profile_frame
 from workbench.stored import REPO_ROOT  # noqa: F401  (its old home)
 from workbench.stored import (SQL_MAX_ROWS, DbSignature, SqlLimitError, class_attainment_frame, db_signature, latencies,
-                              run_sql, run_zip, runs_frame, sql_examples, sql_waiting, stage_breakdown_frame,
+                              SqlResults, run_sql, run_zip, runs_frame, sql_examples, sql_waiting, stage_breakdown_frame,
                               summaries_frame)
 
 __all__ = [
@@ -418,4 +418,4 @@ cached_class_attainment = _cache(max_entries=64)(class_attainment_frame)
 cached_stage_breakdown = _cache(max_entries=64)(stage_breakdown_frame)
 cached_latencies = _cache(max_entries=64)(latencies)
 # at most 16 results of at most SQL_MAX_ROWS rows and SQL_MAX_BYTES each (workbench.stored), for an hour
-cached_sql = _cache(max_entries=16, ttl=3600)(run_sql)
+cached_sql = SqlResults(max_entries=16, ttl_s=3600)

@@ -5,7 +5,9 @@ time), a run as a zip, untrusted read-only SQL within limits, and the SQL exampl
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -13,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
+import urllib.parse
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ from tridentcore.store.schema import STAGE_ORDER_SQL
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["SQL_MAX_ROWS", "DbSignature", "SqlLimitError", "class_attainment_frame", "db_signature", "latencies",
-           "run_sql", "run_zip", "runs_frame", "sql_examples", "sql_spill_dir", "sql_waiting", "stage_breakdown_frame",
+           "SqlResults", "run_sql", "run_zip", "zip_folder", "runs_frame", "sql_examples", "sql_spill_dir", "sql_waiting", "stage_breakdown_frame",
            "summaries_frame"]
 
 
@@ -93,6 +96,14 @@ def latencies(sig: DbSignature, run_id: str) -> pd.Series:
     return df["latency_s"]
 
 
+def zip_folder(run_id: str) -> str:
+    """The folder of a run's files in its zip: the run id with every character that could leave
+    the folder, or is not portable, %-escaped (as its journal's file name), never ``.`` or ``..``;
+    a run id such as ``../x`` or ``/abs`` named entries outside the folder the zip is extracted to."""
+    name = urllib.parse.quote(run_id, safe="")
+    return (name.replace(".", "%2E") or "run") if name.strip(".") == "" else name
+
+
 def run_zip(sig: DbSignature, run_id: str) -> bytes:
     """One run as a zip of Parquet files (one per table), via ``store.export_run``."""
     from tridentcore.store import export_run
@@ -102,7 +113,7 @@ def run_zip(sig: DbSignature, run_id: str) -> bytes:
         written = export_run(sig.path, run_id, tmp)
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for name, path in written.items():
-                zf.write(path, arcname=f"{run_id}/{name}.parquet")
+                zf.write(path, arcname=f"{zip_folder(run_id)}/{name}.parquet")
     return buf.getvalue()
 
 
@@ -122,6 +133,7 @@ SQL_QUEUE_WAIT_S = 30.0
 # from (DuckDB's limit, the result made into Python objects, slack), or this long after it began
 SQL_MAX_GROWTH = 2 * 1024**3
 SQL_KILL_AFTER_S = SQL_TIMEOUT_S + 5.0
+SQL_TICK_S = 0.5  # how often a running query's page hears from it (sql_waiting)
 
 _sql_slots = threading.BoundedSemaphore(SQL_CONCURRENT)
 _waiting = threading.local()  # .fn: called about twice a second while this thread's query runs (sql_waiting)
@@ -154,6 +166,47 @@ def sql_waiting(fn: Callable[[float], None]):
         _waiting.fn = None
 
 
+class SqlResults:
+    """The console's cache of results: at most ``max_entries`` (the least recently used go first),
+    each for ``ttl_s``, shared by every page of this process; a failed query is not kept.
+
+    Not ``st.cache_data``: that records the Streamlit elements called inside the cached function
+    and replays them on a hit, and :func:`run_sql`'s progress line (``sql_waiting``) updates a
+    placeholder made outside it, so every later hit of a query that ran 0.5 s or more failed with
+    Streamlit's CacheReplayClosureError (outside test: the page's default query, for an hour)."""
+
+    def __init__(self, max_entries: int, ttl_s: float, run: Callable[[DbSignature, str], CappedResult] | None = None):
+        self.max_entries, self.ttl_s = max_entries, ttl_s
+        self._run = run  # None: run_sql
+        self._kept: collections.OrderedDict[tuple[DbSignature, str], tuple[float, CappedResult]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, sig: DbSignature, sql: str) -> CappedResult:
+        key, now = (sig, sql), time.monotonic()
+        with self._lock:
+            hit = self._kept.get(key)
+            if hit is not None and now - hit[0] < self.ttl_s:
+                self._kept.move_to_end(key)
+                return _copied(hit[1])
+            self._kept.pop(key, None)
+        result = (self._run or run_sql)(sig, sql)  # outside the lock: another page's query need not wait for this one
+        with self._lock:
+            self._kept[key] = (time.monotonic(), result)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.max_entries:
+                self._kept.popitem(last=False)
+        return _copied(result)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+
+
+def _copied(result: CappedResult) -> CappedResult:
+    """A page's own copy (as st.cache_data gave): what one page does to its frame is not another's."""
+    return dataclasses.replace(result, frame=result.frame.copy())
+
+
 def run_sql(sig: DbSignature, sql: str) -> CappedResult:
     """Untrusted SQL over the results file (``store.query_readonly_capped``): read-only, no file
     access, within the SQL console's limits (above); the first SQL_MAX_ROWS rows of the result.
@@ -173,7 +226,7 @@ def run_sql(sig: DbSignature, sql: str) -> CappedResult:
             said = t0
             while not call.ready(0.05):
                 tick = getattr(_waiting, "fn", None)
-                if tick is not None and time.monotonic() - said >= 0.5:
+                if tick is not None and time.monotonic() - said >= SQL_TICK_S:
                     said = time.monotonic()
                     tick(said - t0)  # (an exception here, the page stopping, ends the child: ChildCall.__exit__)
                 grown = _rss_bytes(call.pid) - start

@@ -54,6 +54,7 @@ try:
     took = time.perf_counter() - t0
     running.empty()
 except Exception as exc:  # permission, syntax, catalog, interrupt, limits: a message, no traceback
+    running.empty()  # (its "running the query" line stayed above the error)
     # wrapped at the box's width; DuckDB's pointer into the query ("LINE 1: ... ^^^") below it
     message, _, where = data.error_text(exc).partition("\n\nLINE ")
     st.error("The query failed: " + data.plain_markdown(message))
