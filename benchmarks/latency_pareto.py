@@ -202,6 +202,15 @@ def main() -> None:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
+    for flag in ("fractions", "scales"):  # named here, not later as "a rate > 0 is needed with a mix"
+        for item in str(getattr(args, flag)).split(","):
+            try:
+                ok = 0 < float(item) < math.inf
+            except ValueError:
+                ok = False
+            if not ok:
+                ap.error(f"--{flag}: {item!r} is not a number > 0 (comma-separated, e.g. "
+                         f"{ap.get_default(flag)})")
     wall_s = None
     if args.from_json:
         rows = json.loads(Path(args.from_json).read_text())

@@ -27,28 +27,41 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    from tridentcore.core.defaults import MAX_FRAMES, MAX_STEPS
+    from tridentcore.core.types import parse_size
+
+    # refused before the imports and the build (a traceback 10-20 s later, or steps 0 timed as 28: outside test)
+    for flag, value, low, high in (("--steps", args.steps, 1, MAX_STEPS), ("--runs", args.runs, 1, 10_000),
+                                   ("--frames", args.frames, 1, MAX_FRAMES), ("--threads", args.threads, 0, 1024)):
+        if not low <= value <= high:
+            ap.error(f"{flag} must be from {low} to {high}, got {value}")
+    try:
+        width, height = parse_size(args.size)
+    except ValueError as exc:
+        ap.error(f"--size: {exc}")
 
     import torch
 
-    from tridentcore.core.types import parse_size
     from tridentcore.pipelines import load_pipeline
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    width, height = parse_size(args.size)
     t0 = time.perf_counter()
     import diffusers  # noqa: F401  (library import, timed apart from building the model)
     import transformers  # noqa: F401
 
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pipe = load_pipeline(args.model)
-    first_build_s = time.perf_counter() - t0  # includes diffusers' lazy imports of the model modules
-    t0 = time.perf_counter()
-    pipe = load_pipeline(args.model)
-    build_s = time.perf_counter() - t0
-    shape = (height, width, args.frames)
-    pipe.generate("warm-up", shape, seed=0, steps=args.steps)
+    try:
+        pipe = load_pipeline(args.model)
+        first_build_s = time.perf_counter() - t0  # includes diffusers' lazy imports of the model modules
+        t0 = time.perf_counter()
+        pipe = load_pipeline(args.model)
+        build_s = time.perf_counter() - t0
+        shape = (height, width, args.frames)
+        pipe.generate("warm-up", shape, seed=0, steps=args.steps)
+    except (ValueError, OSError) as exc:  # an unknown model, a size the pipeline cannot take: one line
+        ap.error(f"{args.model} at {args.size}x{args.frames}: {exc}")
     enc, dif, dec, tot = [], [], [], []
     for i in range(args.runs):
         a = time.perf_counter()

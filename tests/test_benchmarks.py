@@ -188,6 +188,20 @@ def test_ceiling_fraction_bisects_each_seed_and_reports_mean_and_lowest():
     assert mean == pytest.approx(sum(fractions) / 2, abs=0.01) and lowest == pytest.approx(min(fractions), abs=0.006)
 
 
+@pytest.mark.parametrize("args, said", [(["tiny_latency.py", "--steps", "0"], "--steps must be from 1 to 200, got 0"),
+                                        (["tiny_latency.py", "--runs", "0"], "--runs must be from 1"),
+                                        (["tiny_latency.py", "--size", "65"], "--size: size must be WIDTHxHEIGHT"),
+                                        (["latency_pareto.py", "--fractions", "0"], "--fractions: '0' is not a number > 0"),
+                                        (["latency_pareto.py", "--scales", "3,,5"], "--scales: '' is not a number > 0")])
+def test_a_bad_flag_of_a_benchmark_is_named_before_its_work(args, said):
+    """Outside test: tiny_latency.py timed `--steps 0` as the default 28 steps and ended a bad size or
+    `--runs 0` in a traceback; latency_pareto.py's `--fractions 0` said "a rate > 0 is needed"."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / args[0]), *args[1:]],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert said in done.stderr.strip().splitlines()[-1], done.stderr
+
+
 @pytest.mark.parametrize("args", [["overload.py", "--mixes", "nosuch"], ["latency_pareto.py", "--mixes", "nosuch"],
                                   ["overload.py", "--policies", "trident:grow=maybe"]])
 def test_a_bad_input_to_a_pooled_benchmark_ends_in_one_line(args):

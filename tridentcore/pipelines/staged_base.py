@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.defaults import MAX_SIDE_PX
+from ..core.defaults import MAX_SIDE_PX, MAX_STEPS
 from ..core.types import STAGES, StageKind
 
 logger = logging.getLogger(__name__)
@@ -158,7 +158,12 @@ class StagedPipeline:
         ``(height, width[, frames])`` tuple. ``latents`` are required when ``start_step > 0``.
         """
         height, width, frames = _hwf(shape)
-        steps = int(steps or getattr(shape, "steps", None) or self.default_steps)
+        if steps is None:
+            steps = getattr(shape, "steps", None) or self.default_steps
+        if isinstance(steps, bool) or int(steps) != steps or not 1 <= int(steps) <= MAX_STEPS:
+            # (0 ran the default 28 steps, unsaid: outside test)
+            raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {steps!r}")
+        steps = int(steps)
         guidance = self.default_guidance if guidance is None else float(guidance)
         end_step = steps if end_step is None else int(end_step)
         if not 0 <= start_step <= end_step <= steps:
