@@ -289,3 +289,40 @@ def test_a_server_that_lacks_a_model_of_the_mix_is_named_before_any_load(tmp_pat
             assert out.returncode == 2 and said in out.stderr, out.stderr[-2000:]
     finally:
         assert server.stop() == 0
+
+
+def test_a_run_whose_server_is_killed_ends_soon_saying_so_with_every_request_in_its_rows(tmp_path):
+    """Outside test: after a `kill -9` of the server the run sent the rest of its schedule into refused
+    connections (44 rows of "[Errno 111] Connection refused", Locust's median 1 ms) and exited 1 with
+    nothing said. Now it ends about SERVER_GONE_AFTER_S after the first refusal, says when the server
+    stopped answering, exits 2, and the requests it did not send are rows saying why."""
+    server = start_server(["--models", "sd3-medium,wan2.1-1.3b", "--devices", "emulated:1x8xH200", "--time-scale",
+                           "0.5"])
+    rows, progress = tmp_path / "rows.jsonl", tmp_path / "progress"
+    proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-t", "120s",
+                             "--host", server.url, "--mix", "image-video", "--rate", "1", "--duration", "80",
+                             "--time-scale", "0.5", "--seed", "3", "--rows-out", str(rows),
+                             "--progress-file", str(progress)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (progress.exists() and int(progress.read_text().split()[0] or 0) >= 2):
+            time.sleep(0.2)
+        assert progress.exists() and int(progress.read_text().split()[0]) >= 2, "no answers before the kill"
+        server.proc.kill()
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    assert proc.returncode == 2 and "stopped answering at" in err and "Traceback" not in err, err[-3000:]
+    assert took < 20, f"Locust went on for {took:.0f} s after the server was killed"
+    lines = [json.loads(line) for line in rows.read_text().splitlines()]
+    expected = len(build_schedule(RunSpec(mix="image-video", rate=1, duration_s=80, seed=3, time_scale=0.5)))
+    assert len(lines) == expected  # nothing lost
+    unsent = [r for r in lines if r["sent_s"] is None]
+    assert unsent and all("the server stopped answering (connection refused)" in r["reason"] for r in unsent)
+    refused = [r for r in lines if r["sent_s"] is not None and "refused" in r["reason"]]
+    assert 0 < len(refused) < 10, len(refused)  # a few in the seconds it took to tell, not the rest of the schedule

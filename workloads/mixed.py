@@ -52,6 +52,12 @@ live`` stores a whole live run (server and client rows, one transaction) instead
 --backend live`` and the workbench's live jobs), the run ends, its rows written, once that parent is
 gone (a ``kill -9`` of the bench): it would otherwise send to a stopped server until ``-t``.
 
+**Server gone.** A run whose sends are refused (nothing listens at ``--host``: the server was
+stopped or killed) for ``SERVER_GONE_AFTER_S`` with no answer since, and whose port still refuses
+a connection then, ends at once, with an error naming when (exit status 2): it went on sending the
+rest of the schedule into refused connections, each counted as a 1 ms failure in Locust's table.
+The requests never sent are in the rows as ``unfinished``, with why.
+
 **Key.** With ``TRIDENT_API_KEY`` in its environment, every request carries
 ``Authorization: Bearer KEY`` (a server with an API key answers 401 without it).
 
@@ -62,7 +68,7 @@ latency from ``--cost-profile`` on ``--cluster``), sent as ``slo_ms``.
 Imports nothing heavy (no torch, diffusers, transformers, duckdb or requests of its own;
 ``[tool.importlinter]`` forbids duckdb, torch and diffusers here).
 
-One module of about 540 lines with one job, the Locust file: Locust loads its options, its user
+One module of about 580 lines with one job, the Locust file: Locust loads its options, its user
 class and its event listeners from this one file. The schedule (``workloads/schedule.py``) and the
 rows, with where they go (``workloads/rows.py``), live beside it as plain functions.
 """
@@ -92,12 +98,13 @@ from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLU
 from tridentcore.core.metrics import quantile
 from tridentcore.formats.mixes import list_mixes, load_mix
 from workloads.rows import absorb_response, base_row, db_problem, store_rows, unwritable, write_rows
-from workloads.schedule import Arrival, ScheduleError, Served, build_schedule, served_mix
+from workloads.schedule import Arrival, ScheduleError, Served, build_schedule, refuses_connections, served_mix
 
 logger = logging.getLogger("workloads.mixed")
 
 LAG_WARN_MS = 50.0
 START_LEAD_S = 0.2  # the schedule starts this long after test start (users are being spawned)
+SERVER_GONE_AFTER_S = 2.0  # sends refused this long, with no answer since: the server is gone (if its port refuses)
 
 
 # ------------------------------------------------------------------------------ options
@@ -262,6 +269,8 @@ class Run:
     stored: Event = field(default_factory=Event)  # the rows are written (or failed to be)
     ended: bool = False
     stopped_at_s: float | None = None
+    refused_since: float | None = None  # time.monotonic() of the first refused send since the last answer
+    server_gone_s: float | None = None  # schedule time the server stopped answering, when that ended the run
 
     def claim(self) -> Arrival | None:
         if self.next_index >= len(self.arrivals):
@@ -321,6 +330,10 @@ class MixUser(FastHttpUser):
             except Exception:  # noqa: BLE001 - any undecodable body is an error row
                 body = None
             error = "" if status else str(getattr(resp, "error", "") or "connection failed")
+            if status:
+                run.refused_since = None
+            elif isinstance(getattr(resp, "error", None), ConnectionRefusedError) and run.refused_since is None:
+                run.refused_since = finished
             failure = absorb_response(row, status, body, error)
             row["finished_s"] = finished - run.t0
             row["client_ms"] = 1000.0 * (finished - sent)
@@ -399,6 +412,7 @@ def _on_test_start(environment, **_kw) -> None:
     logger.info("run %s: %d requests over %.1f workload s (%.1f wall s), %s", run_id, len(arrivals),
                 arrivals[-1].t_s if arrivals else 0.0, arrivals[-1].send_s if arrivals else 0.0, spec)
     gevent.spawn(_finish_when_done, environment, run)
+    gevent.spawn(_end_when_server_gone, environment, run)
     if options.progress_file:
         gevent.spawn(_write_progress, run, options.progress_file)
     parent = starter()
@@ -414,6 +428,22 @@ def _end_with_parent(environment, run: Run, parent: int) -> None:
             _end(environment)
             return
         gevent.sleep(1.0)
+
+
+def _end_when_server_gone(environment, run: Run) -> None:
+    while not run.ended:
+        gevent.sleep(0.5)
+        since = run.refused_since
+        if since is None or time.monotonic() - since < SERVER_GONE_AFTER_S or run.ended:
+            continue
+        if not refuses_connections(environment.host):  # (in a gevent-patched process: this greenlet only waits)
+            run.refused_since = None
+            continue
+        run.server_gone_s = since - run.t0
+        logger.error("the server at %s stopped answering at %.1f s (connection refused): ending the run",
+                     environment.host, run.server_gone_s)
+        _end(environment)
+        return
 
 
 def _finish_when_done(environment, run: Run) -> None:
@@ -467,11 +497,18 @@ def _on_test_stop(environment, **_kw) -> None:
         if a.index not in run.rows:
             why = ("due but not sent before the run ended" if a.send_s <= run.stopped_at_s
                    else "the run ended before it was due")
+            if run.server_gone_s is not None:
+                why = f"not sent: the server stopped answering (connection refused) at {run.server_gone_s:.1f} s"
             run.rows[a.index] = {**base_row(a), "reason": why}
     rows = [run.rows[i] for i in sorted(run.rows)]
     options = environment.parsed_options
     try:
         _report(run, rows, options)
+        if run.server_gone_s is not None:
+            unsent = sum(1 for r in rows if r["sent_s"] is None)
+            _late_error(f"the server at {environment.host} stopped answering at {run.server_gone_s:.1f} s (its "
+                        f"port refuses connections): the run ended there; {unsent} of {len(rows)} scheduled "
+                        "requests were never sent (in the rows as unfinished)")
         written = None
         if options.rows_out:
             try:
@@ -519,6 +556,8 @@ def _report(run: Run, rows: list[dict], options) -> None:
                    "were due at its end: give --duration below -t to leave time for the answers"
                    if options.duration in (None, "") and not options.spec else f"-t ({run_time:g} s) ended the run: "
                    "raise -t, or lower --duration")
+        elif run.server_gone_s is not None:
+            why = "the server stopped answering"
         else:
             why = "the run was stopped before they ended"
         print(f"[mixed.py] note: {unfinished} requests unfinished ({unfinished - unsent} sent and not answered, "

@@ -120,3 +120,20 @@ def served_mix(host: str, headers: dict[str, str] | None = None, timeout_s: floa
     problem = None if mix else (f"the server at {host} serves {', '.join(models) or 'no models'}, in no shipped "
                                 f"mix ({', '.join(list_mixes())}); give --mix FILE.yaml")
     return Served(mix, tuple(models), problem)
+
+
+def refuses_connections(host: str, timeout_s: float = 2.0) -> bool:
+    """Whether nothing listens at ``host`` (a URL) any more: its port refuses a TCP connection. A
+    timeout or any other error is not taken as refused (a busy server can be slow to accept)."""
+    import socket
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(host)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "127.0.0.1", port), timeout=timeout_s).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
