@@ -401,3 +401,61 @@ def test_server_without_recent_requests_says_so():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_server_that_dies_while_watched_is_said_to_have_ended_not_to_be_not_started_yet():
+    """Outside test: a server the page had shown, then `kill -9`ed, read as "No trident server answers
+    ... yet ... Press Start a local server" (the first visit's note), the workbench's own server too,
+    with nothing saying it had ended or how."""
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0"])
+    try:
+        at = _live_page(server.url)
+        _clean(at)
+        assert at.metric and not at.error and not at.warning
+        server.proc.kill()
+        server.proc.wait(30)
+        at.run()
+        _clean(at)
+        said = [w.value for w in at.warning]
+        assert len(said) == 1 and f"The trident server at {server.url} stopped answering" in said[0], said
+        assert "(connection refused)" in said[0] and not any("yet" in i.value for i in at.info)
+    finally:
+        server.stop()
+    url = live.start_local_server("sd3-medium", "emulated:1x2xH200")
+    try:
+        own = live.local_server()
+        at = _live_page(url)
+        _clean(at)
+        assert at.metric and live.ended_local_server() is None
+        own.proc.kill()
+        own.proc.wait(30)
+        at.run()
+        _clean(at)
+        said = [e.value for e in at.error]
+        assert len(said) == 1 and f"local server at {url} (process {own.pid}) has ended (killed by SIGKILL)" in said[0]
+        assert at.button(key="live_start_local").proto.label == "Start a local server"
+    finally:
+        live.stop_local_server()
+    assert live.ended_local_server() is None and live.local_server() is None
+
+
+def test_a_connection_closed_without_an_answer_is_said_in_words():
+    """Outside test: a server killed during a test prompt read "... failed (RemoteProtocolError)"."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def hang_up() -> None:
+        for _ in range(3):
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            conn.close()  # the request read, no answer
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        with pytest.raises(live.LiveError, match="the server closed the connection without an answer"):
+            live.fetch_cluster(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    finally:
+        listener.close()

@@ -228,6 +228,9 @@ def _exchange(method: str, url: str, path: str, *, timeout_s: float, cap_bytes: 
         raise _unreachable(url, exc) from None
     except httpx.TimeoutException:
         raise Unreachable(f"{url} did not answer {method} {path} within {timeout_s:g} s") from None
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:  # (it said only "failed (RemoteProtocolError)")
+        raise LiveError(f"{what} failed: the server closed the connection without an answer (it stopped or "
+                        f"crashed?) ({type(exc).__name__})") from None
     except httpx.HTTPError as exc:  # its text may quote what the other side sent: the type only
         raise LiveError(f"{what} failed ({type(exc).__name__})") from None
     except (httpx.InvalidURL, UnicodeError) as exc:  # our URL, which httpx or the IDNA codec refuses
@@ -553,6 +556,17 @@ def local_server():
     """The running server this process started (``tridentcore.bench.launch.ServerProcess``), or None."""
     srv = _local.get("server")
     return srv if srv is not None and srv.proc.poll() is None else None
+
+
+def ended_local_server() -> tuple[str, int, str] | None:
+    """The server this process started, when it ended without being stopped (killed, crashed): its
+    URL, PID and exit in words; None otherwise. (The page said "no server answers yet" instead.)"""
+    from tridentcore.bench.live_procs import exit_words
+
+    srv = _local.get("server")
+    if srv is None or srv.proc.poll() is None:
+        return None
+    return srv.url, srv.pid, exit_words(srv.proc.returncode)
 
 
 def start_local_server(models: str = LOCAL_MODELS, devices: str = LOCAL_DEVICES, timeout_s: float = 180.0) -> str:

@@ -82,11 +82,22 @@ def cluster_view(url: str, limit: int, api_key: str | None) -> None:
     now = (getattr(live.local_server(), "pid", None), getattr(live.stopping_local_server(), "pid", None))
     if now != drawn:
         st.rerun()
+    answered = st.session_state.setdefault("live_answered", set())  # URLs that have answered this session
     try:
         cluster = live.fetch_cluster(url, api_key)
         devices = live.devices_frame(cluster)
+        answered.add(url)
     except live.Unreachable as exc:  # nothing is up yet (the first visit): how to start one, calmly
-        here, command = live.local_server(), live.serve_command_for(url)
+        here, command, ended = live.local_server(), live.serve_command_for(url), live.ended_local_server()
+        if ended is not None and ended[0] == url:  # (it read as "not started yet")
+            st.error(f"The workbench's local server at {url} (process {ended[1]}) has ended ({ended[2]}): "
+                     "press **Start a local server** above for a new one.")
+            return
+        if url in answered:
+            st.warning(f"The trident server at {url} stopped answering: {exc.reason}. It answered earlier in "
+                       "this session; this view looks again on its own" + (f" {refresh}." if every else
+                                                                            " when refresh is on."))
+            return
         st.info(f"No trident server answers at {url} yet: {exc.reason}. "
                 + (f"The workbench's own server is at {here.url}: put that in **Server URL**." if here else
                    "Press **Start a local server** above" + (f", or run `{command}` in a terminal." if command
