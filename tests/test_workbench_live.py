@@ -456,6 +456,7 @@ def test_a_connection_closed_without_an_answer_is_said_in_words():
     threading.Thread(target=hang_up, daemon=True).start()
     try:
         with pytest.raises(live.LiveError, match="the server closed the connection without an answer"):
-            live.fetch_cluster(f"http://127.0.0.1:{listener.getsockname()[1]}")
+            live._exchange("POST", f"http://127.0.0.1:{listener.getsockname()[1]}", "/v1/images/generations",
+                           timeout_s=10, cap_bytes=1024, json_body={"prompt": "x"})  # (after /healthz had answered)
     finally:
         listener.close()
