@@ -87,6 +87,14 @@ def test_parse_rates_sorts_dedups_and_names_bad_items():
         data.parse_rates("0.5, abc, -1")
     with pytest.raises(ValueError, match="at least one"):
         data.parse_rates("  ")
+    # outside test: an empty item dropped, fullwidth digits read, 399 rates taken
+    with pytest.raises(ValueError, match="an empty item in '1,,2'"):
+        data.parse_rates("1,,2")
+    with pytest.raises(ValueError, match="cannot use: ０.５"):
+        data.parse_rates("０.５")
+    with pytest.raises(ValueError, match=f"51 rates: at most {data.MAX_RATES}"):
+        data.parse_rates(",".join(str(0.01 * i) for i in range(1, 52)))
+    assert len(data.parse_rates(" ".join(str(0.01 * i) for i in range(1, 51)))) == 50
 
 
 def test_goodput_on_grid_is_the_highest_passing_rate_below_the_first_failure():

@@ -350,12 +350,20 @@ def goodput_bisect(scenario: Scenario, policy: str, target: float = 0.9) -> dict
             "points": [(p.rate, p.attainment, p.min_class) for p in g.points]}
 
 
+MAX_RATES = 50  # rates in one sweep (each simulated for every policy, on the workbench's cores)
+
+
 def parse_rates(text: str) -> list[float]:
-    """``"0.25, 0.5 1"`` -> ``[0.25, 0.5, 1.0]`` (sorted, unique); ValueError naming bad items."""
+    """``"0.25, 0.5 1"`` -> ``[0.25, 0.5, 1.0]`` (sorted, unique); ValueError naming bad items, an
+    empty item between separators (``1,,2``, which was dropped unsaid), and more than MAX_RATES."""
+    if re.search(r"[,;]\s*[,;]", text.strip()):
+        raise ValueError(f"an empty item in {text.strip()[:80]!r}: give numbers separated by commas, e.g. 0.25, 0.5, 1")
     items = [t for t in re.split(r"[,\s;]+", text.strip()) if t]
     rates, bad = [], []
     for item in items:
         try:
+            if not item.isascii():  # (float() reads fullwidth and other scripts' digits)
+                raise ValueError(item)
             value = float(item)
         except ValueError:
             bad.append(item)
@@ -368,6 +376,8 @@ def parse_rates(text: str) -> list[float]:
         raise ValueError(f"rates must be positive numbers; cannot use: {', '.join(bad)}")
     if not rates:
         raise ValueError("give at least one rate (req/s), e.g. 0.25, 0.5, 0.75, 1")
+    if len(set(rates)) > MAX_RATES:  # (399 were taken: 1,596 simulations on every core)
+        raise ValueError(f"{len(set(rates))} rates: at most {MAX_RATES} in one sweep")
     return sorted(set(rates))
 
 
