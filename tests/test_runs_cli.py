@@ -284,3 +284,25 @@ def test_control_characters_in_stored_values_are_printed_escaped(tmp_path):
         out = runner.invoke(app, [*args, "--db", str(db)]).stdout
         assert "\x1b" not in out and "\x07" not in out, (args, out)
         assert "\\x1b]0;PWN\\x07" in out, (args, out)
+
+
+def test_a_database_of_client_rows_alone_names_them(db, tmp_path):
+    """Outside test: a standalone Locust run's --db holds its client rows alone; `runs list` said
+    "no runs in FILE" and `runs show` "not in FILE (0 runs stored)", the rows reachable only by SQL."""
+    import json
+
+    from tridentcore.bench.client_rows import insert_client_rows
+    from tridentcore.bench.spec import RunSpec
+    from workloads.rows import base_row
+    from workloads.schedule import build_schedule
+
+    rows = [base_row(a) for a in build_schedule(RunSpec(mix="image-video", rate=1, duration_s=10, seed=1))]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    only = tmp_path / "client.duckdb"
+    assert insert_client_rows(str(only), "l1", str(tmp_path / "rows.jsonl")) == len(rows)
+    listed = runner.invoke(app, ["runs", "list", "--db", str(only)])
+    assert listed.exit_code == 0 and f"no runs in {only}" in listed.stdout, listed.output
+    assert f"client rows only (a standalone Locust run's --db, no server records): l1 ({len(rows)} requests)" in listed.stdout
+    line = _error_line(runner.invoke(app, ["runs", "show", "l1", "--db", str(only)]))
+    assert f"run 'l1' has only client rows in {only} ({len(rows)} requests" in line and "client_requests" in line
+    assert "client rows only" not in runner.invoke(app, ["runs", "list", "--db", str(db)]).stdout  # (a bench's: its run)

@@ -76,6 +76,11 @@ def _resolve(con: duckdb.DuckDBPyConnection, db: str | os.PathLike[str], run: st
         shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
         raise UnknownRunError(f"run {run!r} is ambiguous in {os.fspath(db)}: it begins {shown}")
     total = con.execute("SELECT count(*) FROM runs").fetchall()[0][0]
+    client = con.execute("SELECT count(*) FROM client_requests WHERE run_id = ?", [run]).fetchall()[0][0]
+    if client:  # (it read as "not in FILE (0 runs stored)")
+        raise UnknownRunError(f"run {run!r} has only client rows in {os.fspath(db)} ({client} requests, as a standalone "
+                              f"Locust run with --db stores them; {total} runs stored): `trident sql --db "
+                              f"{os.fspath(db)} \"SELECT * FROM client_requests WHERE run_id = '{run}'\"` shows them")
     raise UnknownRunError(f"run {run!r} is not in {os.fspath(db)} ({total} runs stored; see `trident runs list`)")
 
 
@@ -107,6 +112,18 @@ def list_stored_runs(db: str | os.PathLike[str]) -> list[dict[str, Any]]:
             SELECT s.run_id, s.created_at, s.backend, s.policy, s.mix, s.cluster, s.rate_rps, s.seed,
                    s.status, s.requests, s.attainment, s.p95_s
             FROM run_summary s ORDER BY s.created_at, s.run_id""")
+    finally:
+        con.close()
+
+
+def client_only_runs(db: str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """Run ids that have client rows (``client_requests``: a standalone Locust run's ``--db``) and no
+    run of their own, with their request counts; ``trident runs list`` names them under its table."""
+    con = _open(db)
+    try:
+        return [(r[0], int(r[1])) for r in con.execute(
+            "SELECT run_id, count(*) FROM client_requests WHERE run_id NOT IN (SELECT run_id FROM runs) "
+            "GROUP BY run_id ORDER BY run_id").fetchall()]
     finally:
         con.close()
 

@@ -32,18 +32,24 @@ _LIST_COLUMNS = ("run_id", "created_at", "backend", "policy", "mix", "cluster", 
 @runs_app.command("list")
 def runs_list(db: str = typer.Option(DEFAULT_DB, help=DB_HELP)) -> None:
     """Every stored run, oldest first, with its headline numbers."""
-    from ..bench.runs import list_stored_runs
+    from ..bench.runs import client_only_runs, list_stored_runs
 
     try:
         rows = list_stored_runs(db)
+        client = client_only_runs(db)
     except store_errors() as exc:
         fail(one_line(db_message(exc, db)))
     if not rows:
         typer.echo(f"no runs in {db}")
-        return
-    for r in rows:
-        r["created_at"] = str(r["created_at"])[:19]
-    typer.echo(_dash_table(rows, _LIST_COLUMNS))
+    else:
+        for r in rows:
+            r["created_at"] = str(r["created_at"])[:19]
+        typer.echo(_dash_table(rows, _LIST_COLUMNS))
+    if client:  # (a database of Locust's rows alone read as empty)
+        shown = ", ".join(f"{printable(run_id)} ({n} requests)" for run_id, n in client[:10])
+        more = f", and {len(client) - 10} more" if len(client) > 10 else ""
+        typer.echo(f"client rows only (a standalone Locust run's --db, no server records): {shown}{more}; "
+                   "`trident sql \"SELECT * FROM client_requests WHERE run_id = '...'\"` shows them")
 
 
 _SUMMARY_KEYS = ("requests", "done", "met", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "rejected", "failed",
