@@ -404,3 +404,28 @@ def test_cli_cost_names_its_option_for_a_profile_of_several_gpus(tmp_path):
     result = runner.invoke(app, ["cost", "--profile", str(path), "--model", "sd3-medium", "--stage", "diffuse",
                                  "--size", "512x512"])
     assert result.exit_code == 2 and result.stderr.strip().endswith("several gpu kinds (B200, H200); give --gpu")
+
+
+def test_a_measured_latency_raised_far_to_stay_monotone_is_warned_about_with_its_source_row(tmp_path, caplog):
+    """Outside test: one 5000 ms typo in a custom profile's 256x256 row priced 512x512 at 5000 ms (59 ms
+    measured), said only in a debug log. The shipped profiles raise no latency by more than 1.3x."""
+    import logging
+    from pathlib import Path
+
+    from tridentcore.core import costmodel
+    from tridentcore.profiles import load_profile
+
+    for name in ("h200", "cpu"):
+        assert load_profile(name).cost_model().raised() == ()
+    shipped = (Path(costmodel.__file__).parents[1] / "profiles" / "data" / "cpu.csv").read_text()
+    row = "cpu,tiny-sd3,diffuse,256,256,1,1,1,14.167,"
+    assert row in shipped
+    (tmp_path / "typo.csv").write_text(shipped.replace(row, row.replace("14.167", "5000")))
+    costmodel._SAID.clear()
+    with caplog.at_level(logging.WARNING, logger="tridentcore.core.costmodel"):
+        costs = load_profile(tmp_path / "typo.csv").cost_model()
+        load_profile(tmp_path / "typo.csv").cost_model()  # said once per process
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(said) == 1 and "raised over 2x to keep costs monotone" in said[0], said
+    assert "the row that sets it: tiny-sd3 diffuse 256x256x1 batch 1 degree 1 5000 ms" in said[0]
+    assert costs.raised() and all(a.used == 5000 for a in costs.raised())

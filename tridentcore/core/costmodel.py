@@ -4,7 +4,7 @@ Pure (stdlib only; no torch, numpy, clock or I/O): the simulator calls it on its
 live planner calls it for every decision. Build it from :class:`~tridentcore.core.types.ProfileRow`
 values (``tridentcore.profiles.load_profile(...).cost_model()`` does that). The interpolation tables
 below are built by :mod:`tridentcore.core.costtables`; this module answers queries from them. It is
-about 470 lines (a sixth of them this docstring): one class whose answers share the tables, the
+about 490 lines (a sixth of them this docstring): one class whose answers share the tables, the
 memo and the degree rules, so splitting it would only pass those around.
 
 Units and meanings
@@ -91,6 +91,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# a measured latency raised more than this many times to keep costs monotone is warned about (the
+# shipped profiles' largest: 1.3x); the warnings said so far in this process
+RAISED_WARN = 2.0
+_SAID: set[tuple[str, ...]] = set()
 
 GB_BYTES = 1e9
 GIB_BYTES = 2**30
@@ -173,12 +177,33 @@ class CostModel:
         }
         for adj in self._adjustments:
             log.debug("monotone adjustment: %s", adj)
+        raised = self.raised()
+        if raised and (said := tuple(a.describe() for a in raised)) not in _SAID:
+            _SAID.add(said)  # once per process (a profile is priced many times over)
+            top = raised[0]  # the value it was raised to is a smaller shape's or batch's: name that row
+            source = next((r for r in rows if (r.gpu, r.model, r.stage, r.degree) == (top.gpu, top.model, top.stage,
+                                                                                   top.degree)
+                           and r.latency_ms == top.used), None)
+            culprit = ("" if source is None else f"; the row that sets it: {source.model} {source.stage.value} "
+                       f"{source.width}x{source.height}x{source.frames} batch {source.batch} degree {source.degree} "
+                       f"{source.latency_ms:g} ms (a typo or an outlier?)")
+            log.warning("%d measured latencies of the profile were raised over %gx to keep costs monotone in shape and "
+                        "batch: %s%s%s", len(raised), RAISED_WARN, "; ".join(said[:3]), "; ..." if len(said) > 3 else "",
+                        culprit)
 
     # ------------------------------------------------------------------ what the profile holds
     @property
     def adjustments(self) -> tuple[Adjustment, ...]:
         """Measured values raised to keep costs monotone (launch-bound noise); empty if none."""
         return self._adjustments
+
+    def raised(self, over: float = 0.0) -> tuple[Adjustment, ...]:
+        """The measured latencies raised more than ``over`` (default RAISED_WARN) times, largest first:
+        no launch-bound noise, a row that prices every larger shape (one 85x outlier in a custom CSV
+        repriced the whole range above it, said only in a debug log: outside test)."""
+        over = over or RAISED_WARN
+        big = [a for a in self._adjustments if a.quantity == "latency_ms" and a.used > over * a.measured]
+        return tuple(sorted(big, key=lambda a: a.used / a.measured if a.measured > 0 else math.inf, reverse=True))
 
     @property
     def links(self) -> Mapping[str, float]:

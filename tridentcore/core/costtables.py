@@ -36,6 +36,11 @@ class Adjustment:
     measured: float
     used: float
 
+    def describe(self) -> str:
+        where = f"tokens {self.tokens} " if self.tokens is not None else ""
+        return (f"{self.model} {self.stage.value} {where}batch {self.batch} degree {self.degree} on {self.gpu}: "
+                f"{self.quantity} measured {self.measured:.4g}, used {self.used:.4g}")
+
 
 class Curve:
     """One quantity along the token axis at one batch level (precomputed for fast lookup)."""
