@@ -326,3 +326,27 @@ def test_a_run_whose_server_is_killed_ends_soon_saying_so_with_every_request_in_
     assert unsent and all("the server stopped answering (connection refused)" in r["reason"] for r in unsent)
     refused = [r for r in lines if r["sent_s"] is not None and "refused" in r["reason"]]
     assert 0 < len(refused) < 10, len(refused)  # a few in the seconds it took to tell, not the rest of the schedule
+
+
+def test_a_spec_file_is_priced_as_its_mix_and_its_problems_name_its_keys(tmp_path):
+    """Outside test: a spec of `{"mix": "tiny", ...}` was priced by h200 (which cannot price the tiny
+    models) where `--mix tiny` takes the cpu profile, and the error named flags never given
+    (`--mix/--cost-profile/--cluster: ...`, `--arrival: ...`)."""
+    (tmp_path / "tiny.json").write_text('{"mix": "tiny", "rate": 1, "duration_s": 5}')
+    (tmp_path / "h200.json").write_text('{"mix": "tiny", "rate": 1, "duration_s": 5, "profile": "h200"}')
+    probe = (
+        "import sys, types\n"
+        "import workloads.mixed as m\n"
+        "for name in sys.argv[1:]:\n"
+        "    options = types.SimpleNamespace(spec=name)\n"
+        "    try:\n"
+        "        spec = m.spec_from_options(options)\n"
+        "        print('ok', spec.profile, spec.cluster, len(m._schedule(spec, options)))\n"
+        "    except m.ScheduleError as exc:\n"
+        "        print('error', '; '.join(exc.problems))\n")
+    out = subprocess.run([sys.executable, "-c", probe, "tiny.json", "h200.json"], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    tiny, h200 = out.stdout.splitlines()
+    assert tiny.startswith("ok cpu 2xcpu ") and int(tiny.split()[-1]) > 0, tiny
+    assert h200.startswith("error --spec h200.json: mix/profile/cluster: ") and "--mix" not in h200, h200

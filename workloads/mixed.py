@@ -68,13 +68,14 @@ latency from ``--cost-profile`` on ``--cluster``), sent as ``slo_ms``.
 Imports nothing heavy (no torch, diffusers, transformers, duckdb or requests of its own;
 ``[tool.importlinter]`` forbids duckdb, torch and diffusers here).
 
-One module of about 580 lines with one job, the Locust file: Locust loads its options, its user
+One module of about 610 lines with one job, the Locust file: Locust loads its options, its user
 class and its event listeners from this one file. The schedule (``workloads/schedule.py``) and the
 rows, with where they go (``workloads/rows.py``), live beside it as plain functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -90,7 +91,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from tridentcore.bench.parent import starter, starter_gone
-from tridentcore.bench.spec import TRACE_PREFIX, RunSpec, read_spec_file
+from tridentcore.bench.spec import TRACE_PREFIX, RunSpec, read_spec_config, read_spec_file
 from tridentcore.core.defaults import (API_KEY_ENV, DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_CPU_CLUSTER,
                                        DEFAULT_CPU_PROFILE, DEFAULT_LOCUST_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
                                        DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE,
@@ -161,11 +162,44 @@ def _num(value, kind, name: str, problems: list[str]):
     return out
 
 
+# a --spec file's keys for the options a problem names (the file gives them: outside test, a spec's
+# problem named flags never given, "--mix/--cost-profile/--cluster: ...")
+_SPEC_KEYS = {"--mix": "mix", "--cost-profile": "profile", "--cluster": "cluster", "--arrival": "trace",
+              "--rate": "rate", "--duration": "duration_s", "--seed": "seed", "--slo-scale": "slo_scale",
+              "--time-scale": "time_scale"}
+
+
+def _schedule(spec: RunSpec, options) -> list[Arrival]:
+    """``build_schedule(spec)``; a ``--spec`` file's problems name the file and its keys."""
+    try:
+        return build_schedule(spec)
+    except ScheduleError as exc:
+        path = getattr(options, "spec", None)
+        if not path:
+            raise
+        worded = []
+        for problem in exc.problems:
+            flags, sep, rest = problem.partition(": ")
+            keys = [_SPEC_KEYS.get(f) for f in flags.split("/")]
+            worded.append(f"--spec {path}: {'/'.join(keys)}: {rest}" if sep and all(keys) else problem)
+        raise ScheduleError(worded) from None
+
+
 def spec_from_options(options, host: str | None = None) -> RunSpec:
     """The run spec the parsed options ask for (``--spec FILE``, else the workload options; without
-    ``--mix``, the mix the server at ``host`` serves); :class:`ScheduleError` lists every bad value."""
+    ``--mix``, the mix the server at ``host`` serves); :class:`ScheduleError` lists every bad value.
+    A spec file without ``profile`` and ``cluster`` is priced as ``--mix`` is: by the first shipped
+    profile that prices its classes (``tiny``: ``cpu`` on ``2xcpu``; it was ``h200``, which cannot)."""
     if getattr(options, "spec", None):
-        return read_spec_file(options.spec)
+        spec = read_spec_file(options.spec)
+        given = read_spec_config(options.spec)
+        if "profile" not in given or "cluster" not in given:
+            from tridentcore.bench.scenario import pricing_for
+
+            profile, cluster = pricing_for(spec.mix if spec.trace is None else None, given.get("profile"),
+                                           given.get("cluster"), trace=spec.trace, model=spec.trace_model)
+            spec = dataclasses.replace(spec, profile=profile, cluster=cluster)
+        return spec
     problems: list[str] = []
     rate = _num(options.rate, float, "rate", problems)
     slo_scale = _num(options.slo_scale, float, "slo-scale", problems)
@@ -370,7 +404,7 @@ def _on_init(environment, **_kw) -> None:
         problems = [p for p in (db_problem(options.db, options.run_id or None),) if p]
     try:
         spec = spec_from_options(options, environment.host)
-        arrivals = build_schedule(spec)
+        arrivals = _schedule(spec, options)
     except ScheduleError as exc:
         _exit_with("; ".join([*exc.problems, *problems]))
     if environment.host and (spec.mix is None or options.mix or options.spec):  # (without --mix or --spec the
@@ -399,7 +433,7 @@ def _on_test_start(environment, **_kw) -> None:
     options = environment.parsed_options
     try:
         spec = spec_from_options(options, environment.host)
-        arrivals = build_schedule(spec)
+        arrivals = _schedule(spec, options)
     except ScheduleError as exc:
         logger.error("cannot start: %s", "; ".join(exc.problems))
         _end(environment)
