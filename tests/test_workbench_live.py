@@ -13,6 +13,7 @@ import errno
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def _live_page(url: str) -> AppTest:
 
 def _clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
+
+
+def _generated(at: AppTest, timeout_s: float = 120.0) -> None:
+    """After Generate: the page's script returns at once (the prompt runs in a thread of its own);
+    run it again until the result is shown (what the page's one-second fragment does in a browser)."""
+    deadline = time.monotonic() + timeout_s
+    while any("is generating" in i.value for i in at.info):
+        assert time.monotonic() < deadline, "the test prompt did not end"
+        time.sleep(0.1)
+        at.run()
 
 
 def _free_port() -> int:
@@ -296,6 +307,7 @@ def test_emulated_server_shows_devices_queue_and_timings_without_pixels(emulated
     at.number_input(key="live_steps_wan2.1-1.3b").set_value(3)
     at.number_input(key="live_frames_wan2.1-1.3b").set_value(9)
     at.button(key="live_send").click().run()
+    _generated(at)
     _clean(at)
     assert not at.error
     assert any("emulated devices" in i.value and "no pixels" in i.value for i in at.info)
@@ -314,6 +326,7 @@ def test_invalid_prompt_is_the_servers_message(emulated):
     at = _live_page(emulated)
     at.text_area(key="live_prompt").set_value("   ")
     at.button(key="live_send").click().run()
+    _generated(at)
     _clean(at)
     assert any("The test prompt failed" in e.value and "422" in e.value for e in at.error)
 
@@ -333,6 +346,7 @@ def test_local_tiny_cpu_server_started_from_the_page_returns_an_image_and_stops(
         at.selectbox(key="live_size_tiny-sd3").set_value("64x64")
         at.number_input(key="live_steps_tiny-sd3").set_value(4)
         at.button(key="live_send").click().run()
+        _generated(at)
         _clean(at)
         assert not at.error
         imgs = at.get("image")
@@ -346,6 +360,7 @@ def test_local_tiny_cpu_server_started_from_the_page_returns_an_image_and_stops(
         at.number_input(key="live_steps_tiny-wan").set_value(2)
         at.number_input(key="live_frames_tiny-wan").set_value(5)
         at.button(key="live_send").click().run()
+        _generated(at)
         _clean(at)
         url = at.get("image")[0].proto.imgs[0].url
         blob = base64.b64decode(url.split(",", 1)[1])
@@ -460,3 +475,26 @@ def test_a_connection_closed_without_an_answer_is_said_in_words():
                            timeout_s=10, cap_bytes=1024, json_body={"prompt": "x"})  # (after /healthz had answered)
     finally:
         listener.close()
+
+
+def test_a_test_prompt_runs_beside_the_page_which_keeps_refreshing(emulated):
+    """Outside test: a 200-step prompt held the page's script, so the cluster view (every 2 s) stood
+    still until it ended (up to 300 s). Now the script returns at once and the view is drawn anew
+    while the prompt runs; its result is shown once it is done."""
+    slow = start_server(["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0.5"])
+    try:
+        at = _live_page(slow.url)
+        at.number_input(key="live_steps_sd3-medium").set_value(150)  # emulated, at time scale 0.5: several wall seconds
+        t0 = time.monotonic()
+        at.button(key="live_send").click().run()
+        _clean(at)
+        assert time.monotonic() - t0 < 5 and any("is generating" in i.value for i in at.info)
+        at.run()  # the page again while the prompt runs: the cluster view shows it running
+        _clean(at)
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics["Live requests"] == "1", metrics
+        _generated(at)
+        _clean(at)
+        assert not at.error and any("sd3-medium" in m.value and "steps 150" in m.value for m in at.markdown)
+    finally:
+        slow.stop()

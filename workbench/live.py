@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import concurrent.futures
 import json
 import ipaddress
 import math
@@ -542,6 +543,17 @@ def generate(base_url: str, model: ServedModel, prompt: str, *, size: str | None
                       state=str(reply.get("state", "")), media=media, timings=list(reply.get("timings", ())),
                       emulated=bool(reply.get("emulated", model.emulated)), note=str(reply.get("note", "")),
                       wall_s=wall_s, meta=meta)
+
+
+# A page's test prompt runs in one of these threads, not in the page's script: Streamlit runs a
+# session's fragments only between script runs, so a prompt waited on in the script froze the cluster
+# view above it for as long as the generation took (up to GENERATE_TIMEOUT_S: outside test).
+_generations = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="live-generate")
+
+
+def start_generation(base_url: str, model: ServedModel, prompt: str, **kw: Any) -> concurrent.futures.Future:
+    """:func:`generate` in a worker thread; the future's result is the Generation (or its LiveError)."""
+    return _generations.submit(generate, base_url, model, prompt, **kw)
 
 
 # ----------------------------------------------------------------------------------- a local server

@@ -2,6 +2,7 @@
 requests (refreshed every few seconds) and a test prompt whose image or animation comes back."""
 
 import base64
+import time
 from datetime import timedelta
 
 import pandas as pd
@@ -181,17 +182,32 @@ with st.form("live_prompt_form"):
     seed = d.number_input("Seed", 0, 2**31 - 1, 0, key="live_seed")
     sent = st.form_submit_button(f"Generate {'a video' if model.kind == 'video' else 'an image'}", type="primary",
                                  key="live_send")
-if sent:
-    with st.spinner(f"{model.id} is generating…"):
-        try:
-            st.session_state["live_result"] = live.generate(url, model, prompt, size=size, steps=int(steps),
-                                                            frames=int(frames) if frames else None, seed=int(seed),
-                                                            api_key=api_key)
-            st.session_state.pop("live_result_error", None)
-        except live.LiveError as exc:
-            st.session_state["live_result_error"] = str(exc)
-            st.session_state.pop("live_result", None)
+if sent:  # generated in a thread of its own: the cluster view above keeps refreshing meanwhile
+    st.session_state["live_pending"] = (
+        live.start_generation(url, model, prompt, size=size, steps=int(steps), frames=int(frames) if frames else None,
+                              seed=int(seed), api_key=api_key), model.id, time.monotonic())
 
+
+@st.fragment(run_every=timedelta(seconds=1) if "live_pending" in st.session_state else None)
+def pending_view() -> None:
+    pending = st.session_state.get("live_pending")
+    if pending is None:
+        return
+    future, name, t0 = pending
+    if not future.done():
+        st.info(f"{name} is generating… {time.monotonic() - t0:.0f} s (the cluster view above keeps refreshing)")
+        return
+    st.session_state.pop("live_pending")
+    try:
+        st.session_state["live_result"] = future.result()
+        st.session_state.pop("live_result_error", None)
+    except live.LiveError as exc:
+        st.session_state["live_result_error"] = str(exc)
+        st.session_state.pop("live_result", None)
+    st.rerun()  # the whole page, to show the result below
+
+
+pending_view()
 if "live_result_error" in st.session_state:
     st.error(f"The test prompt failed: {st.session_state['live_result_error']}")
 gen = st.session_state.get("live_result")
