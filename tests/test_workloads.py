@@ -304,6 +304,15 @@ def test_gamma_cv():
     assert _cv(regular) == pytest.approx(0.5, rel=0.05)
 
 
+def test_a_bursty_gamma_stream_holds_the_requests_its_rate_asks_for():
+    """Outside test: the arrival at 0 began a gap, so T unit times held about T + (K**2 + 1) / 2
+    arrivals (cv=30 at 0.5 req/s for 600 s: 689 requests on average for 300 asked). The first gap is
+    now the stationary stream's: 1 + T on average, whatever K."""
+    for cv in (10.0, 0.5):
+        counts = [len(unit_arrivals(f"gamma:cv={cv:g}", 100.0, random.Random(seed))) for seed in range(1000)]
+        assert statistics.fmean(counts) == pytest.approx(101.0, abs=8.0), (cv, statistics.fmean(counts))
+
+
 def test_constant_is_exact():
     assert unit_arrivals("constant", 5, random.Random(0)) == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert unit_arrivals("constant", 3.0, random.Random(0)) == [0.0, 1.0, 2.0]  # a float is a horizon
