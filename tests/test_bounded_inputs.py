@@ -423,3 +423,23 @@ def test_a_long_policy_spec_is_not_echoed_whole():
     for spec in (long, f"trident:{long}=1", f"trident:wide={long}", f"trident:{long}", f"trident:late={long}"):
         line = _refused("simulate", "--duration", "10", "--policies", spec)
         assert len(line) < 600 and "x" * 100 not in line, line[:300]
+
+
+def test_a_cluster_key_that_is_not_a_mapping_and_a_size_too_large_are_named_as_such(tmp_path):
+    """Outside test: `cluster:` holding a list (two GPU kinds) read as "unknown key(s) cluster ... missing
+    key(s) nodes ..."; a size such as 12345678x1 as "must be WIDTHxHEIGHT", the form it has."""
+    from tridentcore.core.cluster import ClusterError
+    from tridentcore.core.types import parse_size
+    from tridentcore.formats.mixes import load_cluster
+
+    listed = _file(tmp_path, "two.yaml", "cluster:\n  - {nodes: 1, gpus_per_node: 8, kind: H200}\n"
+                                         "  - {nodes: 1, gpus_per_node: 8, kind: A100}\n")
+    with pytest.raises(ClusterError, match="cluster: expected one mapping .* got a list: a cluster is of one GPU kind"):
+        load_cluster(listed)
+    with pytest.raises(ClusterError, match="cluster: expected one mapping .* got int"):
+        load_cluster(_file(tmp_path, "five.yaml", "cluster: 5\n"))
+    assert load_cluster(_file(tmp_path, "ok.yaml", "cluster: {nodes: 1, gpus_per_node: 8, kind: H200}\n")).num_gpus == 8
+    with pytest.raises(ValueError, match="size '12345678x1' is too large: at most 99999 pixels a side"):
+        parse_size("12345678x1")
+    with pytest.raises(ValueError, match="size must be WIDTHxHEIGHT"):
+        parse_size("12x34x56")

@@ -138,10 +138,25 @@ def test_a_size_is_ascii_digits_and_its_error_never_quotes_python():
     from tridentcore.core.types import parse_size
 
     assert parse_size("1024x768") == (1024, 768) and parse_size(" 64 X 64") == (64, 64)
-    for text in ("\u0661\u0660\u0662\u0664x\u0665\u0661\u0662", "\u00b2x2", "1" * 5000 + "x8", "123456x8"):
-        with pytest.raises(ValueError, match="WIDTHxHEIGHT") as info:
+    for text, said in (("\u0661\u0660\u0662\u0664x\u0665\u0661\u0662", "WIDTHxHEIGHT"), ("\u00b2x2", "WIDTHxHEIGHT"),
+                       ("1" * 5000 + "x8", "is too large"), ("123456x8", "is too large")):
+        with pytest.raises(ValueError, match=said) as info:
             parse_size(text)
         assert "int_max_str_digits" not in str(info.value) and len(str(info.value)) < 100
+
+
+def test_a_seed_whose_items_run_past_the_seed_range_is_refused():
+    """Outside test: seed 2147483647 with n 3 was served, its items seeded up to 2**31 + 1."""
+    from fastapi.testclient import TestClient
+
+    from tridentcore.runtime.build import build_runtime
+    from tridentcore.server.app import create_app
+
+    with TestClient(create_app(build_runtime("sd3-medium", "emulated:1xH200", time_scale=0.0))) as client:
+        body = {"model": "sd3-medium", "prompt": "x", "size": "512x512", "steps": 2, "n": 3}
+        got = client.post("/v1/images/generations", json={**body, "seed": 2**31 - 1})
+        assert got.status_code == 422 and "give a seed of at most 2147483645" in got.text, got.text
+        assert client.post("/v1/images/generations", json={**body, "seed": 2**31 - 3}).status_code == 200
 
 
 def test_head_is_answered_as_get_without_a_body():

@@ -79,7 +79,9 @@ def measured_dispatches(db: str | os.PathLike[str], run_id: str) -> MeasuredRun:
         raise UnknownRunError(f"no run {run_id!r} in {os.fspath(db)}")
     run = runs.iloc[0]
     if run.backend != "live":
-        raise ValueError(f"run {run_id} is simulated: its stage times are the profile's own")
+        # (a noisy simulated run's times are drawn, not the profile's own, as this said: outside test)
+        raise ValueError(f"run {run_id} is simulated: its stage times were computed from the profile (and its noise "
+                         "options, if any), not measured on devices; a live run on real devices is needed")
     config = json.loads(run.config_json or "{}")
     devices = str(config.get("devices", ""))
     # a live bench stores the emulated part's cluster (``cpu:1,emulated:2x8xH200`` -> 2x8xH200), a

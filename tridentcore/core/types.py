@@ -124,8 +124,11 @@ def parse_size(text: str) -> tuple[int, int]:
     parts = text.lower().replace(" ", "").split("x")
     # ASCII digits only (str.isdigit also takes other scripts' digits), at most 5 a side (int() of
     # thousands of digits fails with a message about the interpreter's limit)
+    shown = text if len(text) <= 24 else text[:24] + "..."
+    if len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts) and max(map(len, parts)) > 5:
+        # (in the right form, only too large: it said "must be WIDTHxHEIGHT": outside test)
+        raise ValueError(f"size {shown!r} is too large: at most 99999 pixels a side")
     if len(parts) != 2 or not all(p.isascii() and p.isdigit() and len(p) <= 5 for p in parts):
-        shown = text if len(text) <= 24 else text[:24] + "..."
         raise ValueError(f"size must be WIDTHxHEIGHT, e.g. 1024x768 (got {shown!r})")
     width, height = int(parts[0]), int(parts[1])
     if width <= 0 or height <= 0:

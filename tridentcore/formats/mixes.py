@@ -159,7 +159,11 @@ def load_cluster(
             raise ClusterError(origin, ["not a regular file (give a cluster YAML file)" if path.exists() else
                                         "no such file (or write the cluster like 8xH200 / 2x8xH200)"])
         data = _parse_yaml(_read(path, origin, ClusterError), origin, ClusterError)
-        if isinstance(data, Mapping) and set(data) == {"cluster"} and isinstance(data["cluster"], Mapping):
+        if isinstance(data, Mapping) and set(data) == {"cluster"}:
+            if not isinstance(data["cluster"], Mapping):  # (it read as "unknown key(s) cluster": outside test)
+                raise ClusterError(origin, [
+                    f"cluster: expected one mapping (nodes, gpus_per_node, kind, ...), got "
+                    f"{'a list: a cluster is of one GPU kind' if isinstance(data['cluster'], list) else type(data['cluster']).__name__}"])
             data = data["cluster"]
         return cluster_from_dict(data, memory_overrides, origin=origin)  # type: ignore[arg-type]
     return parse_cluster(text, memory_overrides)

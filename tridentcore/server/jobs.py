@@ -19,6 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..core.defaults import MAX_SEED
 from ..core.errors import brief
 from ..core.types import Shape, parse_size, size_label
 from ..runtime.engine import Accepted, Submission
@@ -115,6 +116,9 @@ class Jobs:
         if body.n > queue:  # (never admitted, however empty the queue: a 429 would be retried forever)
             problems.append(("n", f"{body.n} items are more than this server's queue holds ({queue}, --max-queued); "
                                   f"send at most {queue} per request"))
+        if body.seed is not None and body.seed + body.n - 1 > MAX_SEED:  # (its items ran past it: outside test)
+            problems.append(("seed", f"seed {body.seed} with n {body.n}: the items take seeds seed .. seed+n-1, "
+                                     f"at most {MAX_SEED}; give a seed of at most {MAX_SEED - body.n + 1}"))
         if problems:
             raise invalid(problems)
         seed = body.seed if body.seed is not None else random.SystemRandom().randrange(2**31 - body.n)
