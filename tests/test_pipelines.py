@@ -109,8 +109,8 @@ def test_bad_requests_are_rejected_with_reasons(pipes):
         sp.diffuse(emb, (64, 64), seed=0, steps=4, start_step=2)
     with pytest.raises(ValueError, match="end_step"):
         sp.diffuse(emb, (64, 64), seed=0, steps=4, end_step=5)
-    for steps in (0, -1, 201, 2.5, True):  # (0 ran the default 28 steps, unsaid: outside test)
-        with pytest.raises(ValueError, match="steps must be a whole number from 1 to 200"):
+    for steps in (0, -1, 2.5, True):  # (0 ran the default 28 steps, unsaid: outside test)
+        with pytest.raises(ValueError, match="steps must be a whole number >= 1"):
             sp.diffuse(emb, (64, 64), seed=0, steps=steps)
     with pytest.raises(ValueError, match="frames"):
         pipes["tiny-wan"].diffuse(pipes["tiny-wan"].encode(["x"]), (32, 32, 6), seed=0, steps=2)

@@ -101,10 +101,18 @@ class WorkerPool:
         return len(self.workers)
 
     async def start(self) -> None:
-        if self.worlds is not None:
-            self.worlds.start()
-        # processes import torch and build pipelines: start them together
-        await asyncio.gather(*(w.start() for w in self.workers))
+        # processes import torch and build pipelines: start them together. The store that the members
+        # of a parallel diffuse meet through imports torch.distributed in this process (about 2 s of
+        # CPU, which came before any worker was spawned): after they are, and not at all for one worker
+        # (no dispatch has two members)
+        starts = [w.start() for w in self.workers]
+        if self.worlds is not None and len(self.workers) > 1:
+            starts.append(self._start_worlds())
+        await asyncio.gather(*starts)
+
+    async def _start_worlds(self) -> None:
+        await asyncio.sleep(0)  # (the workers' starts run first, to their first await: their spawn)
+        self.worlds.start()
 
     def stopping(self) -> None:
         for w in self.workers:

@@ -11,6 +11,7 @@ is restarted until the server stops it.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import shutil
 import tempfile
@@ -83,11 +84,10 @@ class CpuWorker(Worker):
         await self._spawn()
 
     async def _spawn(self) -> None:
-        import torch.multiprocessing as tmp  # noqa: F401  (shared-memory reductions in this process)
         import multiprocessing as mp
 
         self._ready = self._loop.create_future()  # (before the check: a stop from now on interrupts it)
-        if self._start_stopped:  # told to stop before this start (say, while torch was imported above)
+        if self._start_stopped:  # told to stop before this start
             raise StartInterrupted(f"{self.name}: stopped before it started")
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
@@ -106,6 +106,12 @@ class CpuWorker(Worker):
         self._proc, self._conn, self.pid = proc, parent, proc.pid
         threading.Thread(target=self._reader, args=(proc, parent, gen), name=f"trident-reader-{self.slot}",
                          daemon=True).start()
+        # torch's shared-memory reductions in this process, for the tensors sent to the process: imported
+        # while it starts (imported before it was spawned, its 2-3 s of CPU delayed every worker), once
+        # the other workers starting beside this one have been spawned too (they run until their first
+        # await). In this thread: torch imported in two threads at once aborted the server
+        await asyncio.sleep(0)
+        importlib.import_module("torch.multiprocessing")
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout_s)
         except asyncio.TimeoutError:
