@@ -4,7 +4,7 @@ Pure (stdlib only; no torch, numpy, clock or I/O): the simulator calls it on its
 live planner calls it for every decision. Build it from :class:`~tridentcore.core.types.ProfileRow`
 values (``tridentcore.profiles.load_profile(...).cost_model()`` does that). The interpolation tables
 below are built by :mod:`tridentcore.core.costtables`; this module answers queries from them. It is
-about 490 lines (a sixth of them this docstring): one class whose answers share the tables, the
+about 500 lines (a sixth of them this docstring): one class whose answers share the tables, the
 memo and the degree rules, so splitting it would only pass those around.
 
 Units and meanings
