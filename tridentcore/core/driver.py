@@ -174,9 +174,10 @@ class DriverCore:
 
     def _settle(self, out: Effects) -> None:
         """``out.ended``: each request once, only those that did end."""
-        reqs = self.state.requests
-        out.ended = [rid for rid in dict.fromkeys(out.ended) if (rec := reqs.get(rid)) is not None
-                     and rec.state in TERMINAL]
+        if out.ended:
+            get = self.state.requests.by_id.get
+            out.ended = [rid for rid in dict.fromkeys(out.ended) if (rec := get(rid)) is not None
+                         and rec.state in TERMINAL]
 
     def _decide(self, call: Callable[..., list[Action]], *args) -> list[Action]:
         """``call(*args)``: a policy's decision, timed into ``decision_ms`` when the driver has a timer."""
@@ -239,7 +240,8 @@ class DriverCore:
             run.preempt_at_step = end if preempted else None
         self.state.finish(run.id, now, end)
         # every request of it cancelled while it ran: its output is dropped, whether it stopped early or not
-        states = [self.state.requests[r].state for r in a.request_ids if r in self.state.requests]
+        get = self.state.requests.by_id.get
+        states = [rec.state for r in a.request_ids if (rec := get(r)) is not None]
         cancelled = bool(states) and all(st == RequestState.CANCELLED for st in states)
         self.recorder.span(run, now, "cancelled" if cancelled else "preempted" if preempted else "done", end,
                            compute_s)

@@ -108,10 +108,9 @@ class Spread:
         # a stage that took its prediction exactly may differ from it by rounding: that is no noise
         x = 0.0 if measured_s == predicted_s else math.log(measured_s / predicted_s)
         x = 0.0 if abs(x) < 1e-9 else x
-        key = str(stage)
-        logs = self._logs.get(key)
+        logs = self._logs.get(stage)  # (a StageKind hashes and compares as its value: str() only once)
         if logs is None:
-            logs = self._logs[key] = deque(maxlen=self.window)
+            logs = self._logs[str(stage)] = deque(maxlen=self.window)
         if len(logs) == logs.maxlen and logs[0] != 0.0:
             self._nonzero -= 1  # about to leave the window
         logs.append(x)
