@@ -115,6 +115,36 @@ def test_a_spec_files_problems_name_the_file_and_the_key(tmp_path):
     assert result.stderr.strip().endswith(f"(the models of --spec {path}'s mix {mix})")
 
 
+def test_a_spec_file_with_values_of_the_wrong_type_is_one_line_naming_the_key(tmp_path):
+    """``policies: [1]`` (or ``[null]``, ``[["trident"]]``) passed the spec's checks and ended ``serve
+    --spec`` in a traceback (``'int' object has no attribute 'strip'``); a number for a string key, a
+    stage given twice in ``noise_bias`` (``--bias`` refuses it) and a UTF-8 BOM (traces and mixes
+    take one) were not said either (outside test)."""
+    from typer.testing import CliRunner
+
+    from tridentcore.cli import app
+
+    path = tmp_path / "run.json"
+    cases = {
+        '{"mix": "tiny", "policies": [1]}': "policies: each must be a policy spec (a string), got 1",
+        '{"mix": "tiny", "policies": [null]}': "policies: each must be a policy spec (a string), got None",
+        '{"mix": "tiny", "policies": [["trident"]]}': "policies: each must be a policy spec (a string), got ['trident']",
+        '{"mix": "tiny", "cluster": 5}': "cluster: must be a string, got 5",
+        '{"mix": 7}': "mix: must be a string, got 7",
+        '{"mix": "tiny", "noise_bias": [["decode", 1.5], ["decode", 2]]}': "noise_bias: stage 'decode' given twice",
+    }
+    for text, said in cases.items():
+        path.write_text(text)
+        with pytest.raises(RunSpecError) as err:
+            load_spec(path)
+        assert err.value.problems == (f"{path}: {said}",), text
+        result = CliRunner().invoke(app, ["serve", "--spec", str(path), "--port", "0"])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert result.stderr.strip() == f"error: {path}: {said}"
+    path.write_bytes(b'\xef\xbb\xbf{"mix": "tiny", "seed": 3}')
+    assert load_spec(path) == RunSpec(mix="tiny", seed=3)
+
+
 def test_every_config_the_project_stores_loads_as_a_spec_file(tmp_path):
     """A stored run's config_json is a spec file too: the keys the writers add (a bench id, --repeat's,
     the workbench's, a live bench's options) are accepted; a live bench's own test covers the rest."""

@@ -113,6 +113,17 @@ class RunSpec:
     def _problems(self) -> list[tuple[str, str, str]]:
         """(spec key, command-line option, message) of every problem."""
         problems = []
+        for key, value in (("profile", self.profile), ("cluster", self.cluster), ("mix", self.mix),
+                           ("trace", self.trace), ("trace_model", self.trace_model), ("arrival", self.arrival),
+                           ("backend", self.backend), ("devices", self.devices)):
+            if value is not None and not isinstance(value, str):  # (a spec file's [1] or 7: a traceback later)
+                problems.append((key, f"--{OPTION_OF.get(key, key).replace('_', '-')}",
+                                 f"must be a string, got {brief(value)}"))
+        if problems:
+            return problems
+        for p in self.policies:
+            if not (isinstance(p, str) and p.strip()):
+                problems.append(("policies", "--policies", f"each must be a policy spec (a string), got {brief(p)}"))
         if self.trace is None:
             if not self.mix:
                 problems.append(("mix", "--mix", "give a mix or a trace"))
@@ -144,7 +155,12 @@ class RunSpec:
         if not (is_finite(self.noise_sigma) and 0.0 <= self.noise_sigma <= 2.0):
             problems.append(("noise_sigma", "--noise", "must be a number within [0, 2] (the log-spread), "
                                                        f"got {brief(self.noise_sigma)}"))
+        seen_stages: set[str] = set()
         for stage, factor in self.noise_bias:
+            if stage in seen_stages:  # (as --bias says it: one factor a stage)
+                problems.append(("noise_bias", "--bias", f"stage {brief(stage)} given twice"))
+                continue
+            seen_stages.add(stage)
             if stage not in STAGES:
                 problems.append(("noise_bias", "--bias",
                                  f"unknown stage {brief(stage)}; expected one of {', '.join(STAGES)}"))
@@ -300,7 +316,7 @@ def read_spec_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     ``MAX_NESTING`` deep), its keys checked (:func:`unknown_keys`)."""
     origin = os.fspath(path)
     try:
-        data = load_json(read_bounded(path, MAX_CONFIG_BYTES))
+        data = load_json(read_bounded(path, MAX_CONFIG_BYTES).removeprefix("\ufeff"))  # (a BOM: as traces, mixes)
     except InputRefused as exc:
         raise RunSpecError([f"--spec: {origin}: {exc}"]) from None
     if not isinstance(data, dict):
