@@ -110,7 +110,7 @@ def test_paper_trace_time_is_bounded_too(tmp_path):
     trace = _file(tmp_path, "paper.txt", "Request(request_id=0, timestamp=1e300, height=1024, width=1024, "
                                          "num_frames=1, prompt='a', num_inference_steps=28)\n")
     line = _refused("trace", "import", trace, "--model", "sd3-medium", "--out", str(tmp_path / "o.jsonl"))
-    assert "line 1: t: must be a finite number of seconds" in line and "1e+300" in line, line
+    assert "line 1: timestamp: must be a finite number of seconds" in line and "1e+300" in line, line
 
 
 @pytest.mark.parametrize("minus", [500, 100_000])

@@ -228,6 +228,27 @@ def test_errors_are_one_line(tmp_path, args, needle):
     assert needle in _error_line(result)
 
 
+def test_a_paper_lines_problems_are_in_its_own_words(tmp_path):
+    """A ``Request(...)`` line's problems name its keywords (``timestamp``, ``num_inference_steps``), not
+    the JSON-lines keys (``missing t``); an integer of 5000 digits is said so, not with Python's advice
+    on ``sys.set_int_max_str_digits()``; an endless device is said to be one; one request is one
+    (outside test)."""
+    paper = tmp_path / "paper.txt"
+    paper.write_text("Request(request_id=1, height=512, width=512, num_inference_steps=0)\n")
+    line = _error_line(runner.invoke(app, ["trace", "stats", str(paper), "--model", "sd3-medium"]))
+    assert line == (f"error: {paper}: 2 problems: line 1: missing timestamp; "
+                    "line 1: num_inference_steps: must be an integer in 1..200 (got 0)"), line
+    paper.write_text(f"Request(request_id=1, timestamp={'9' * 5000}, height=512, width=512, num_inference_steps=4)\n")
+    line = _error_line(runner.invoke(app, ["trace", "stats", str(paper), "--model", "sd3-medium"]))
+    assert line == f"error: {paper}: line 1: cannot parse the Request(...) call: an integer of more than 4300 digits"
+    line = _error_line(runner.invoke(app, ["trace", "stats", "/dev/zero"]))
+    assert line.startswith("error: /dev/zero: not a regular file, and more than the limit of "), line
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"t": 0, "model": "sd3-medium", "height": 512, "width": 512, "steps": 4}\n')
+    result = runner.invoke(app, ["trace", "stats", str(one)])
+    assert result.exit_code == 0 and result.output.startswith(f"{one}: 1 request over 0.0 s"), result.output
+
+
 @pytest.mark.parametrize("text", [
     '{"t": 0, "model": "sd3-medium", "height": 512, "width": 512, "steps": 4, "prompt": "a \\ud800 b"}\n',
     "Request(request_id=0, timestamp=0.0, height=512, width=512, num_frames=1, prompt='a \\ud800 b', "

@@ -167,7 +167,7 @@ def trace_stats_command(
         }, indent=1))
     else:
         rate = "-" if stats.rate_rps is None else f"{stats.rate_rps:.4g} req/s"
-        typer.echo(f"{file}: {stats.requests} requests over {stats.duration_s:.1f} s "
+        typer.echo(f"{file}: {stats.requests} request{'' if stats.requests == 1 else 's'} over {stats.duration_s:.1f} s "
                    f"(first at {stats.first_s:.2f} s), rate {rate}")
         rows = [{"class": c.label, "steps": c.steps, "requests": c.requests,
                  "share": f"{100 * c.requests / stats.requests:.1f}%", "best_degree": c.best_degree,

@@ -43,6 +43,8 @@ def read_bounded(path: str | os.PathLike[str], max_bytes: int) -> str:
     except OSError as exc:
         raise InputRefused(f"cannot read: {exc.strerror or exc}") from None
     if len(data) > max_bytes:
+        if not os.path.isfile(path):  # a device or a pipe (/dev/zero, <(cmd)): it may never end
+            raise InputRefused(f"not a regular file, and more than the limit of {max_bytes} bytes came from it")
         raise InputRefused(f"larger than the limit of {max_bytes} bytes")
     try:
         return data.decode("utf-8")

@@ -90,6 +90,7 @@ _PAPER_FIELDS = {
     "seed": "seed",
     "model": "model",
 }
+_PAPER_NAMES = {ours: theirs for theirs, ours in _PAPER_FIELDS.items()}  # a paper line's problems in its own words
 
 
 class TraceError(TridentError, ValueError):
@@ -207,12 +208,15 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None, line: int = 0) -> TraceEntry | list[str]:
+def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None, line: int = 0,
+                       names: Mapping[str, str] | None = None) -> TraceEntry | list[str]:
     """A TraceEntry (read from ``line``), or the problems (``field: message``) with ``raw`` (already
-    renamed to our keys)."""
+    renamed to our keys; ``names``: our keys as the line names them, a paper line's keywords)."""
     problems = []
+    name = (lambda k: names.get(k, k)) if names else (lambda k: k)
     missing = [
-        k for k in ("t", "model", "height", "width", "steps") if k not in raw and not (k == "model" and default_model)
+        name(k) for k in ("t", "model", "height", "width", "steps")
+        if k not in raw and not (k == "model" and default_model)
     ]
     if missing:
         hint = " (or give a default model: --model to trident, --trace-model to the Locust file)" if "model" in missing else ""
@@ -229,7 +233,7 @@ def _entry_from_fields(raw: Mapping[str, Any], default_model: str | None, line: 
         "negative_prompt": raw.get("negative_prompt", "") if raw.get("negative_prompt") is not None else "",
         "guidance": raw.get("guidance"),
     }
-    problems.extend(f"{key}: {msg}" for key, msg in _entry_problems(fields))
+    problems.extend(f"{name(key)}: {msg}" for key, msg in _entry_problems(fields))
     if problems:
         return problems
     if _is_int(fields["t"]) or fields["t"] == 0:
@@ -257,9 +261,12 @@ def _parse_paper_line(text: str) -> dict[str, Any] | str:
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as exc:
+        if "max_str_digits" in str(exc.msg):  # (Python's advice on its own limit is no help here)
+            return "cannot parse the Request(...) call: an integer of more than 4300 digits"
         return f"cannot parse the Request(...) call: {exc.msg} (column {exc.offset})"
     except (ValueError, RecursionError, MemoryError) as exc:
-        why = "nested too deeply" if isinstance(exc, (RecursionError, MemoryError)) else str(exc) or "ValueError"
+        why = ("nested too deeply" if isinstance(exc, (RecursionError, MemoryError))
+               else "an integer of more than 4300 digits" if "max_str_digits" in str(exc) else str(exc) or "ValueError")
         return f"cannot parse the Request(...) call: {why}"
     call = tree.body
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Request"):
@@ -347,7 +354,7 @@ def parse_trace(text: str, *, origin: str = "<trace>", default_model: str | None
         unknown = sorted(k for k in raw if k not in _JSON_KEYS)  # (paper lines are renamed already)
         if unknown:
             problems.append(f"line {number}: unknown key(s) {listed(unknown)}; valid keys: {', '.join(_JSON_KEYS)}")
-        result = _entry_from_fields(raw, default_model, number)
+        result = _entry_from_fields(raw, default_model, number, _PAPER_NAMES if fmt == "paper" else None)
         if isinstance(result, list):
             problems.extend(f"line {number}: {p}" for p in result)
         elif unknown:
