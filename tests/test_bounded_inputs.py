@@ -439,6 +439,11 @@ def test_a_cluster_key_that_is_not_a_mapping_and_a_size_too_large_are_named_as_s
     with pytest.raises(ClusterError, match="cluster: expected one mapping .* got int"):
         load_cluster(_file(tmp_path, "five.yaml", "cluster: 5\n"))
     assert load_cluster(_file(tmp_path, "ok.yaml", "cluster: {nodes: 1, gpus_per_node: 8, kind: H200}\n")).num_gpus == 8
+    # a key beside cluster: read as "unknown key(s) cluster, extra ... missing key(s) nodes ..." (outside test)
+    with pytest.raises(ClusterError, match=r"^\S+beside.yaml: unknown key\(s\) beside cluster: extra \(a file that holds"):
+        load_cluster(_file(tmp_path, "beside.yaml", "cluster: {nodes: 1, gpus_per_node: 8, kind: H200}\nextra: 1\n"))
+    with pytest.raises(ClusterError, match=r"\(got an empty file\)$"):  # (it said "got NoneType")
+        load_cluster(_file(tmp_path, "empty.yaml", ""))
     with pytest.raises(ValueError, match="size '12345678x1' is too large: at most 99999 pixels a side"):
         parse_size("12345678x1")
     with pytest.raises(ValueError, match="size must be WIDTHxHEIGHT"):

@@ -50,7 +50,7 @@ SeedOpt = Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Same seed, same
 PoliciesOpt = Annotated[str, typer.Option(help=POLICIES_HELP)]
 NoiseOpt = Annotated[float, typer.Option("--noise", help="Stage times stray from the cost model's predictions: each "
                                                           "dispatch takes prediction x a lognormal factor of mean 1 "
-                                                          "and this log-spread (0: exactly as predicted).")]
+                                                          "and this log-spread, within [0, 2] (0: exactly as predicted).")]
 BiasOpt = Annotated[str | None, typer.Option("--bias", help="STAGE=F[,STAGE=F]: the mean factor of a stage's actual "
                                                             "time over its prediction (decode=1.5).")]
 NoiseFromOpt = Annotated[str | None, typer.Option(

@@ -136,7 +136,7 @@ def sweep(
     noise_from: NoiseFromOpt = None,
     noise_db: NoiseDbOpt = None,
     goodput: bool = typer.Option(False, "--goodput", help="Bisect goodput and fair goodput per policy."),
-    target: float = typer.Option(DEFAULT_TARGET, min=0.0, max=1.0, help="Attainment target for goodput."),
+    target: float = typer.Option(DEFAULT_TARGET, max=1.0, help="Attainment target for goodput: above 0, at most 1."),
     rates: str = typer.Option(None, help="Comma list of rates: attainment per rate and per class."),
     json_out: bool = typer.Option(False, "--json"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),

@@ -287,7 +287,7 @@ def cluster_from_dict(
     written, e.g. ``cpu`` to match the cpu profile); a known kind takes the table's spelling.
     """
     if not isinstance(data, Mapping):
-        raise ClusterError(origin, [f"expected a mapping with keys {', '.join(_YAML_KEYS)} (got {type(data).__name__})"])
+        raise ClusterError(origin, [f"expected a mapping with keys {', '.join(_YAML_KEYS)} (got {'an empty file' if data is None else type(data).__name__})"])
     problems = []
     unknown = [k for k in data if k not in _YAML_KEYS]
     if unknown:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tridentcore.core.cluster import ClusterError, ClusterSpec, cluster_from_dict, parse_cluster
 from tridentcore.core.defaults import DEFAULT_MIX, MAX_CONFIG_BYTES
+from tridentcore.core.errors import listed
 from tridentcore.core.workload import Mix, WorkloadError, mix_from_dict
 
 from .bounded import InputRefused, load_yaml, read_bounded
@@ -159,6 +160,10 @@ def load_cluster(
             raise ClusterError(origin, ["not a regular file (give a cluster YAML file)" if path.exists() else
                                         "no such file (or write the cluster like 8xH200 / 2x8xH200)"])
         data = _parse_yaml(_read(path, origin, ClusterError), origin, ClusterError)
+        if isinstance(data, Mapping) and "cluster" in data and len(data) > 1:  # (read as "unknown key(s) cluster, extra")
+            others = [k for k in data if k != "cluster"]
+            raise ClusterError(origin, [f"unknown key(s) beside cluster: {listed(sorted(others, key=str))} (a file "
+                                        "that holds cluster: holds nothing else: nodes, gpus_per_node, kind, ... go under it)"])
         if isinstance(data, Mapping) and set(data) == {"cluster"}:
             if not isinstance(data["cluster"], Mapping):  # (it read as "unknown key(s) cluster": outside test)
                 raise ClusterError(origin, [

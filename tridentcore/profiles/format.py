@@ -298,7 +298,7 @@ def parse_profile(text: str, *, name: str = "profile", origin: str = "<string>")
                 dims[column] = None
             elif stage is not None:
                 if not raw:
-                    problems.append(f"{where}, column {column}: {stage.value} rows need a shape; empty")
+                    problems.append(f"{where}, column {column}: {stage.value} rows need a shape (the cell is empty)")
                     dims[column] = None
                 else:
                     dims[column] = _parse_int(raw, column, problems, where)
