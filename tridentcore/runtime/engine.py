@@ -31,7 +31,7 @@ records (``SpanRow``, ``PlacementRow``, ``RequestRow``); a server with a results
 them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are
 ``runtime/views.py``, the client types ``runtime/api.py``.
 
-One class of about 700 lines, one job (a live run on one device kind): the loop, the client API,
+One class of about 720 lines, one job (a live run on one device kind): the loop, the client API,
 the worker tasks and the endings share the pending queue, the waiters and the live set, and
 splitting them would only pass those around.
 """
@@ -538,8 +538,25 @@ class Engine:
         if run is not None and result is not None and result.ok:
             self._keep_outputs(run.action.stage, run.action.request_ids, result)
         self._execute(effects, now)
+        if isinstance(report, Cancelled):
+            self._stop_cancelled(report.request_id, effects, now)
         if failed is not None:
             raise failed  # (logged by _post, as any error of a step)
+
+    def _stop_cancelled(self, rid: int, effects: Effects, now: float) -> None:
+        """A cancelled request's running diffuse, every request of it ended, stops at the device's next
+        step boundary. The driver pauses it at the boundary the cost model predicts; a device slower
+        than predicted is already past its predicted end, where the driver sees nothing to stop (it
+        ran every remaining step, its device busy, outside test): the device is told all the same."""
+        did = self.state.by_request.get(rid)
+        run = self.state.running.get(did) if did is not None else None
+        if (run is None or run.action.stage != StageKind.DIFFUSE or any(p.run.id == did for p in effects.paused)
+                or not all((rec := self.state.requests.get(r)) is None or rec.state.terminal
+                           for r in run.action.request_ids)):
+            return
+        # (an emulated device, which takes the predicted time, keeps its end: it is in its last step)
+        self.workers[run.action.gpus[0]].preempt(did, run.action.end_step,
+                                                 self.clock.wall_at(max(now, run.predicted_end_s)))
 
     def _keep_outputs(self, stage: StageKind, request_ids: Sequence[int], result: StageResult) -> None:
         reqs = self.state.requests
