@@ -533,3 +533,36 @@ def test_steps_done_moves_while_a_diffuse_runs():
     assert item["state"] == "done" and item["steps_done"] == 40
     moving = sorted(set(seen))
     assert seen == sorted(seen) and len(moving) >= 3 and 0 < moving[1] and moving[-1] < 40, seen
+
+
+def test_a_port_file_and_its_stopping_file_left_by_an_earlier_server_are_not_taken_as_this_ones(tmp_path):
+    """``--port-file FILE``: FILE holds the port once the server serves, FILE.stopping the signal that
+    stops it. An earlier server's were left in place: the new one served while FILE.stopping said it
+    was stopping (15), and FILE held the old port until the new one was ready (outside test). Both
+    go as it starts; FILE.stopping is written again when this one stops."""
+    import signal
+    import subprocess
+    import sys
+
+    port_file = tmp_path / "p.port"
+    stopping = tmp_path / "p.port.stopping"
+    port_file.write_text("1\n")
+    stopping.write_text("15\n")
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
+                             "emulated:1xH200", "--port", "0", "--port-file", str(port_file)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (port_file.exists() and port_file.read_text().strip() not in ("", "1")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+            time.sleep(0.05)
+        port = int(port_file.read_text())
+        assert not stopping.exists()  # (removed before it served)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    assert stopping.read_text().strip() == str(int(signal.SIGTERM))

@@ -190,6 +190,8 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
     if opts.port_file:  # its folder made now, as --db's is: not found only once the server serves
         try:
             Path(opts.port_file).parent.mkdir(parents=True, exist_ok=True)
+            for stale in (opts.port_file, opts.port_file + STOPPING_SUFFIX):  # an earlier server's, at this path:
+                Path(stale).unlink(missing_ok=True)  # its port, and that it stopped, are not this one's
         except OSError as exc:
             raise SetupError([f"--port-file {opts.port_file}: cannot write there ({exc.strerror or exc})"]) from None
     runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
