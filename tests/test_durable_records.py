@@ -303,6 +303,33 @@ def test_kill_9_loses_nothing_that_completed_a_second_before(tmp_path):
     assert _cli("runs", "recover", "--db", str(db)).output.startswith("no journals")
 
 
+def test_a_journal_deleted_while_it_serves_is_written_again_and_a_kill_9_loses_nothing(tmp_path):
+    """The journal folder removed while the server ran (``rm -rf FILE.journal``): the server went on
+    writing into the deleted file, nothing more reached DuckDB, and after a ``kill -9`` no journal was
+    left to recover: the run stayed ``running`` for good and the requests answered since were in no
+    file (outside test). The journal is written again at its name before its next line."""
+    import shutil
+
+    db = tmp_path / "d.duckdb"
+    server = start_server([*ARGS, "--db", str(db), "--run-id", "deleted"])
+    try:
+        _serve(5, server.url)
+        time.sleep(1.5)
+        shutil.rmtree(f"{db}.journal")
+        _serve(5, server.url)
+        time.sleep(2.0)
+        assert [p.name for p in pending_journals(db)] == ["deleted.jsonl"]  # back at its name
+        before = _one(db, "SELECT count(*) AS done FROM requests WHERE run_id = 'deleted' AND state = 'done'")
+    finally:
+        _kill9(server)
+    assert before == {"done": 10}  # the store went on being written
+    out = _cli("runs", "recover", "--db", str(db))
+    assert out.exit_code == 0 and "recovered run deleted" in out.output, out.output
+    got = _one(db, "SELECT (SELECT status FROM runs) AS status, count(*) FILTER (WHERE state = 'done') AS done, "
+                   "count(*) AS n FROM requests")
+    assert got == {"status": "crashed", "done": 10, "n": 10}
+
+
 def test_the_next_start_recovers_a_crash_and_readers_can_open_the_file_while_it_serves(tmp_path):
     db = tmp_path / "n.duckdb"
     first = start_server([*ARGS, "--db", str(db), "--run-id", "first"])

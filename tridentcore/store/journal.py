@@ -30,9 +30,11 @@ kernel drops it when the process dies (``kill -9`` included). The journal appear
 name already locked (written as a temporary file, locked, then hard-linked into place, which fails
 if the name exists), so reserving a run id is atomic and a live server's journal is never taken
 for a dead one. A recovery takes the same lock before it touches a journal. (``flock`` needs a local
-file system: on NFS a live server's lock may not be seen by another host.)
+file system: on NFS a live server's lock may not be seen by another host.) A journal deleted while
+its owner holds it (``rm``, its folder removed) is written again at its name from the copy the
+owner holds open, before its next line (:meth:`Journal.append`).
 
-One module of about 800 lines: the writer, the ingester and the recovery share the line format,
+One module of about 840 lines: the writer, the ingester and the recovery share the line format,
 the lock and the ingest bookkeeping, and each is needed to read the others.
 """
 
@@ -77,7 +79,9 @@ MAX_LINE_ROWS = 5_000  # rows per journal line
 MAX_TRANSACTION_ROWS = 50_000  # rows per ingest transaction (a journal far behind is ingested in several)
 MAX_CACHED_ROWS = 200_000  # rows an owner's ingester keeps in memory (past it: read back from the file)
 JOURNAL_TABLES = ("requests", "stage_spans", "placements", "gpu_samples")
-CRASHED_REASON = "the server stopped (crashed) before the request finished"
+# (the journal is written every half second: a request answered in the last one reads so too, outside test)
+CRASHED_REASON = ("the server crashed; the request had not finished when its journal was last written "
+                  "(one answered in the half second before the crash reads so too)")
 SAMPLE_S = 10.0  # the gpu_samples interval (as the engine's)
 
 
@@ -244,6 +248,9 @@ class Journal:
         if self._fd is None:
             raise JournalError(f"journal {self.path} is closed")
         lines = list(lines)
+        st = os.fstat(self._fd)
+        if st.st_nlink == 0:  # deleted while held (rm, its folder removed): written again first
+            self._restore(st.st_size)
         size = os.fstat(self._fd).st_size
         if not lines:
             return [], size, size
@@ -265,6 +272,43 @@ class Journal:
             raise
         self._seq = seq
         return written, size, size + len(data)
+
+    def _restore(self, size: int) -> None:
+        """The journal was deleted while this process held it: its lines went on into a file no name
+        reaches, so the store's ingest (which reads the path) and a recovery after a crash saw none of
+        them (outside test: a run left ``running`` for good, its requests in no file). Write it again at
+        its path from the copy held open (the same bytes at the same offsets: the ingest goes on where
+        it was), locked, and hold that one. OSError if it cannot be (the caller refuses new requests)."""
+        path, old = self.path, self._fd
+        if old is None:
+            raise JournalError(f"journal {path} is closed")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            offset = 0
+            while offset < size:
+                chunk = os.pread(old, min(1 << 20, size - offset), offset)
+                if not chunk:
+                    raise OSError(errno.EIO, f"the deleted journal {path} could not be read back")
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view):]
+                offset += len(chunk)
+            os.fsync(fd)
+            os.link(tmp, path)  # (FileExistsError: another file took the name meanwhile; it is not ours)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.unlink(tmp)
+        _fsync_dir(path.parent)
+        os.close(old)
+        self._fd = fd
+        logger.warning("the journal %s was deleted while the server ran; written again from the copy it held "
+                       "(%d bytes)", path, size)
 
     def close(self) -> None:
         """Release the lock (the file stays: a later recovery ingests what it holds)."""
