@@ -566,3 +566,26 @@ def test_a_port_file_and_its_stopping_file_left_by_an_earlier_server_are_not_tak
             proc.kill()
             proc.wait(10)
     assert stopping.read_text().strip() == str(int(signal.SIGTERM))
+
+
+def test_slo_attainment_is_nan_until_a_request_has_ended():
+    """``trident_slo_attainment`` read 1.0 on a server that had ended no request (0 of 0), a figure a
+    dashboard takes for a perfect run (outside test); it is NaN until one ends, then met / ended."""
+    import math
+
+    from fastapi.testclient import TestClient
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tridentcore.runtime.build import build_runtime
+    from tridentcore.server.app import create_app
+
+    def attainment(client) -> float:
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        (sample,) = families["trident_slo_attainment"].samples
+        return sample.value
+
+    with TestClient(create_app(build_runtime("sd3-medium", "emulated:1xH200", time_scale=0.0))) as client:
+        assert math.isnan(attainment(client))
+        body = {"prompt": "x", "model": "sd3-medium", "size": "512x512", "steps": 4, "slo_ms": 10_000_000}
+        assert client.post("/v1/images/generations", json=body).status_code == 200
+        assert attainment(client) == 1.0

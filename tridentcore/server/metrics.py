@@ -6,6 +6,8 @@ span as it is recorded); gauges are read from the engine at scrape time.
 
 from __future__ import annotations
 
+import math
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -93,8 +95,10 @@ class Metrics:
 
         class _Att:
             def collect(self):
-                g = GaugeMetricFamily("trident_slo_attainment", "Fraction of ended requests done by their deadline")
-                g.add_metric([], att._n_met / att._n_ended if att._n_ended else 1.0)
+                g = GaugeMetricFamily("trident_slo_attainment", "Fraction of ended requests done by their deadline "
+                                                                "(NaN until one has ended)")
+                # (it read 1.0 before any request had ended: 0/0 is no attainment at all; outside test)
+                g.add_metric([], att._n_met / att._n_ended if att._n_ended else math.nan)
                 yield g
 
         self.registry.register(_Att())
