@@ -100,8 +100,8 @@ def open_journal(db: str, run_id: str) -> Journal:
 
     for r in recover(db):
         if r.outcome == "ingested":
-            logger.warning("recovered run %s from %s: %d rows, status %s%s", r.run_id, r.path, r.rows, r.status,
-                           f"; {r.message}" if r.message else "")
+            logger.warning("recovered run %s from %s: %d rows (%d requests), status %s%s", r.run_id, r.path, r.rows,
+                           r.requests, r.status, f"; {r.message}" if r.message else "")  # (as `runs recover` says it)
         elif r.outcome == "failed":
             logger.error("could not recover run %s from %s: %s", r.run_id, r.path, r.message)
     journal = Journal.reserve(db, run_id)
