@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from tridentcore.bench.launch import start_server
 from tridentcore.cli import app
-from tridentcore.core.types import Shape, StageKind
+from tridentcore.core.types import StageKind
 from tridentcore.runtime.build import SetupError, build_runtime
 from tridentcore.runtime.tasks import StageTask
 
@@ -220,39 +220,3 @@ def test_trident_serves_a_slowed_burst_and_meets_at_least_as_many_slos_as_pipeli
             break
     assert met["trident"] >= met["pipeline-static:degree=1"], met
 
-
-def test_a_cancelled_diffuse_slower_than_predicted_stops_at_its_next_step():
-    """A cancelled request's running diffuse stops at the device's next step boundary. The driver
-    pauses it at the boundary the cost model predicts; on a device slower than predicted (an
-    uncalibrated profile, a busy host) the predicted end had passed, the driver saw nothing to stop,
-    and the device ran every remaining step (outside test: 34 more steps, 1.2 s of a device kept busy
-    after the request had ended). Here a cpu slot slowed 10-fold, uncalibrated: cancelled well past
-    its predicted end, it stops within a few steps."""
-    pytest.importorskip("torch")
-    from tridentcore.runtime.engine import Submission
-
-    async def main():
-        rt = build_runtime("tiny-sd3", "cpu:1", "pipeline-static:degree=1", slowdown=10.0, calibrate=False)
-        await rt.start()
-        e = rt.engine
-        try:
-            shape = Shape(64, 64, 1, 100)
-            rid = e.submit([Submission("tiny-sd3", "x", shape, seed=1)]).ids[0]
-            while True:  # its diffuse running, past the end the cost model predicted for it
-                run = e.view.running_of(rid)
-                if run is not None and run.action.stage == StageKind.DIFFUSE and e.now() > run.predicted_end_s:
-                    break
-                await asyncio.sleep(0.01)
-            at = e.describe(rid)["steps_done"]
-            assert e.cancel(rid)
-            await e.wait(rid)
-            while e.view.running_of(rid) is not None:
-                await asyncio.sleep(0.01)
-            return at, [s for s in e.spans if s.request_id == rid and s.stage == StageKind.DIFFUSE]
-        finally:
-            await e.shutdown(5)
-
-    at, (span,) = asyncio.run(asyncio.wait_for(main(), 300))
-    print(f"cancelled at step {at} (predicted end passed); the diffuse stopped at step {span.end_step} of 100")
-    assert span.outcome == "cancelled" and span.end_step < 100, span
-    assert span.end_step <= at + 20, (at, span)  # (its next boundary; loose: steps go on while it is told)
