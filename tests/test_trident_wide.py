@@ -147,3 +147,30 @@ def test_a_widened_diffuse_is_not_shrunk_to_become_the_longer_wait_when_the_newc
     early = simulate(NODE, H200, make_policy("trident"), [_req(0, 0.0), _req(1, 1.0, small)])
     assert _diffuses(early, 0)[0][3] == "preempted"
     assert all(r.finish_s <= r.deadline_s for r in early.requests)
+
+
+def test_a_request_past_saving_takes_the_idle_gpus_while_only_late_work_is_left():
+    """A request that cannot meet its deadline any more (an SLO below what it takes alone; live, one
+    admitted and then made late by tens of ms of server overhead) ran at degree 1 on an idle node:
+    its SLO is lost, and its latency is then what is at stake (the objective: attainment, then
+    latency, then GPU-seconds). While only late work runs and waits, it takes the idle GPUs, as
+    any request does, and is shrunk for new work; with ``late_wide=false``, degree 1 as before.
+    Behind a request that can still make it, it is not widened."""
+    hopeless = RequestSpec(0, "flux-dev", "p", BIG, 0, None, 0.5, 0.0)
+    wide = simulate(NODE, H200, make_policy("trident"), [hopeless])
+    narrow = simulate(NODE, H200, make_policy("trident:late_wide=false"), [hopeless])
+    assert [d[2] for d in _diffuses(wide, 0)] == [8]
+    assert [d[2] for d in _diffuses(narrow, 0)] == [1]
+    assert wide.requests[0].finish_s < narrow.requests[0].finish_s / 3
+    # a request that can make its deadline arrives while the late one runs wide: it gets GPUs at a step
+    # boundary, and meets its deadline
+    res = simulate(NODE, H200, make_policy("trident"), [hopeless, _req(1, 1.0)])
+    (late, ontime) = sorted(res.requests, key=lambda r: r.request_id)
+    assert ontime.finish_s <= ontime.deadline_s and late.finish_s > late.deadline_s
+    assert _diffuses(res, 0)[0][2] == 8 and _diffuses(res, 0)[0][3] == "preempted", _diffuses(res, 0)
+    # arriving while a request that can make it runs: one GPU while that one runs, the idle ones after
+    res = simulate(NODE, H200, make_policy("trident"), [_req(1, 0.0), RequestSpec(0, "flux-dev", "p", BIG, 0, None,
+                                                                                  0.5, 0.05)])
+    assert [d[2] for d in _diffuses(res, 0)] == [1, 8], _diffuses(res, 0)
+    ontime = [r for r in res.requests if r.request_id == 1][0]
+    assert ontime.finish_s <= ontime.deadline_s and max(d[1] for d in _diffuses(res, 1)) == 28

@@ -147,6 +147,10 @@ class Trident(Elastic, Admission, Policy):
         "shrink_tail": (parse_bool, True, "wide: shrink a widened diffuse for waiting work only if its latency stays "
                                           "below the waiting request's had it waited, unless that one would miss "
                                           "its deadline"),
+        "late_wide": (parse_bool, True, "wide: while only requests that can no longer meet their deadlines run or "
+                                        "wait, they too take the idle GPUs, up to the fastest degree worth them (their "
+                                        "latency is then what is at stake), and are shrunk when new work needs them; "
+                                        "false: they run at the cheapest degree"),
         "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
                                     "and is grown at a step boundary when the rest free"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
@@ -385,6 +389,8 @@ class Trident(Elastic, Admission, Policy):
         blocked_degree = math.inf  # smallest degree that found no room in this pass
         blocked = 0  # diffuses that found no room (each reserves GPUs or tries a preemption)
         preempt_tries = 0
+        late_only = None  # only late work runs and waits (late_wide): asked at most once a pass, when it matters
+        ontime = False  # a request that can still make its deadline was looked at in this pass
         if self.growing:  # head starts hold the GPUs they grow onto
             self._hold_growth(view, reserved, now, actions)
         scan = self.ready[:_MAX_SCAN]
@@ -412,6 +418,8 @@ class Trident(Elastic, Admission, Policy):
                 self._late(rid)
                 scan.append(self.entry[rid])  # in this pass too: a GPU left idle may take it
                 continue
+            if entry[0] != math.inf:
+                ontime = True
             if idle_total == 0 and preempted_now:
                 continue
             margin = margin_frac * spec.slo_s
@@ -482,13 +490,19 @@ class Trident(Elastic, Admission, Policy):
             else:
                 order = sorted(feasible)
             base = order[0]
-            if not late and idle_total and self.opts["wide"] and (base_busy := self._base_busy(view) if base_busy is None
-                                                                 else base_busy) < self._wide_bound(spec, info) * n_gpus:
+            if late and late_only is None:
+                late_only = self.opts["late_wide"] and not ontime and all(
+                    r in self.hopeless for run in view.running() for r in run.action.request_ids)
+            if (idle_total and self.opts["wide"] and (not late or late_only)
+                    and (base_busy := self._base_busy(view) if base_busy is None else base_busy)
+                    < self._wide_bound(spec, info) * n_gpus):
                 # work-conserving: the GPUs that the rest of the waiting work leaves idle speed this one
-                # up (to the fastest degree still worth its GPUs); shrunk when new work needs them
-                wide = self._widest(info, feasible, idle_total - (len(scan) - i))
+                # up (to the fastest degree still worth its GPUs); shrunk when new work needs them. A late
+                # request (behind every other: what is left is idle) may take any degree that is worth it
+                wider = list(info.degrees) if late else feasible
+                wide = self._widest(info, wider, idle_total - (len(scan) - i))
                 if wide > base:
-                    order = [d for d in sorted(feasible, reverse=True) if base < d <= wide] + order
+                    order = [d for d in sorted(wider, reverse=True) if base < d <= wide] + order
             cap = self.cap.get(rid)
             if cap is not None:
                 order = [d for d in order if d <= cap] or [min(order)]
