@@ -36,7 +36,7 @@ stopped as usual (it drains and stores), the run is stored as ``crashed`` with t
 and no client rows, and :class:`LiveClientDied` says so. A Ctrl-C to the process group of a bench
 that ignores SIGINT reaches the server alone (exit 130, drained): at any moment, an interrupted run.
 
-One module of about 470 lines with one job, a policy's live run from its two children to its
+One module of about 480 lines with one job, a policy's live run from its two children to its
 stored run: every way the children can end is decided and stored in one place.
 """
 

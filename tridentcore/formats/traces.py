@@ -36,7 +36,7 @@ characters, model names ``MAX_NAME_CHARS``; seeds in ``0..MAX_SEED``; guidance a
 UTF-8 cannot hold (a lone surrogate) is refused. A trace that is not a regular file (a pipe) is read
 once and kept (:func:`read_trace_text`); a trace is written whole or not at all (:func:`write_trace`).
 
-One module of about 490 lines with one job, a trace between its file and its requests: both
+One module of about 500 lines with one job, a trace between its file and its requests: both
 formats, their bounds and the errors that name a file's lines are read and written in one place.
 """
 
