@@ -142,6 +142,21 @@ def test_ingest_is_idempotent_and_catches_up(tmp_path):
     assert query_readonly(db, "SELECT seq FROM journal_ingests ORDER BY seq").seq.tolist() == [2, 3, 4]
 
 
+def test_recover_names_a_run_left_running_without_a_journal(tmp_path):
+    """A run stored as ``running`` whose journal is gone (a crashed server's, deleted before any
+    recovery): ``runs recover`` read "no journals to recover" and nothing said why the run stayed
+    ``running`` for good (outside test). It is named; its rows stand."""
+    db = tmp_path / "r.duckdb"
+    journal = _journal_of_three(db, "lost")
+    Ingester(ResultsStore(db), journal.path).ingest()
+    journal.remove()  # (as `rm` would: the run's row says running, and no journal is left)
+    out = _cli("runs", "recover", "--db", str(db))
+    assert out.exit_code == 0 and out.stdout.startswith("no journals to recover"), out.output
+    assert out.stderr.strip() == (f"note: stored as running with no journal beside {db}: lost (its server may still run, "
+                                  "or its journal was deleted: nothing here can close it; its rows stored so far stand)")
+    assert _one(db, "SELECT status FROM runs")["status"] == "running"
+
+
 def _damaged_journal(db: Path, run_id: str, damage) -> Path:
     """A dead server's journal of three lines plus one more request (``_request(3)``), then ``damage``
     (lines -> lines) applied to its text."""

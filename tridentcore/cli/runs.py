@@ -313,6 +313,7 @@ def runs_recover(
     if not pending_journals(db):
         if not left:
             typer.echo(f"no journals to recover for {db}, and no live bench's folder")
+        _running_without_journal(db)
         if failed:
             raise typer.Exit(1)
         return
@@ -333,5 +334,29 @@ def runs_recover(
         else:
             failed += 1
             typer.echo(f"could not recover run {r.run_id} from {r.path}: {r.message}", err=True)
+    _running_without_journal(db)
     if failed:
         raise typer.Exit(1)
+
+
+def _running_without_journal(db: str) -> None:
+    """Name the runs stored as ``running`` that have no journal beside the database: nothing here can
+    close them (outside test: a crashed server whose journal was deleted read "no journals to recover"
+    and stayed ``running`` for good). Their server may be serving from another host's copy of the
+    folder, or their journal was lost; their rows stored so far stand."""
+    from pathlib import Path
+
+    from ..store import query_readonly
+    from ..store.journal import journal_path
+
+    if not Path(db).is_file():
+        return
+    try:
+        runs = query_readonly(db, "SELECT run_id FROM runs WHERE status = 'running' ORDER BY created_unix_s")
+    except (*store_errors(), OSError):
+        return  # (said by the commands that read the file; a recovery has nothing to add)
+    lost = [r for r in runs.run_id if not journal_path(db, r).exists()]
+    if lost:
+        shown = ", ".join(printable(r) for r in lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+        typer.echo(f"note: stored as running with no journal beside {db}: {shown} (its server may still run, or "
+                   "its journal was deleted: nothing here can close it; its rows stored so far stand)", err=True)
