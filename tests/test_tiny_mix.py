@@ -208,3 +208,20 @@ def test_a_mix_file_of_tiny_models_is_priced_by_the_cpu_profile(tmp_path):
     assert pricing_for(str(path)) == ("cpu", "2xcpu")
     assert pricing_for(str(path), None, "1xcpu") == ("cpu", "1xcpu")
     assert len(build_schedule(RunSpec(mix=str(path), profile="cpu", cluster="1xcpu", rate=1, duration_s=20))) > 5
+
+
+def test_a_models_advertised_default_size_is_one_its_profile_prices():
+    """``/v1/models`` advertised tiny-flux-xl's default size as 128x128 on cpu devices, and a request
+    without ``size`` then got 422: the cpu profile's smallest tiny-flux-xl shape is 256x256 (65,536
+    pixels), 128x128 more than 2x below it (outside test). The default is now the smallest square on
+    the pipeline's grid that the profile prices; a default it prices already is kept."""
+    from tridentcore.profiles import load_profile
+    from tridentcore.runtime.models import ModelEntry, check_request, priced
+
+    cost = load_profile("cpu").cost_model()
+    xl = priced(ModelEntry("tiny-flux-xl", "image", 32, 1024, 16, 8, 128, 128), cost, "cpu")
+    assert (xl.default_width, xl.default_height) == (192, 192) and xl.pixels[0] <= 192 * 192
+    assert check_request(xl, cost, "cpu", xl.default_width, xl.default_height, 1, 8, "x") == []
+    assert check_request(xl, cost, "cpu", 128, 128, 1, 8, "x")  # (what it advertised before)
+    sd3 = priced(ModelEntry("tiny-sd3", "image", 32, 1024, 16, 8, 128, 128), cost, "cpu")
+    assert (sd3.default_width, sd3.default_height) == (128, 128)

@@ -81,7 +81,19 @@ def priced(entry: ModelEntry, cost: CostModel, gpu: str) -> ModelEntry:
             continue
         if span is not None:
             lo, hi = max(lo, span[0]), span[1] if hi is None else min(hi, span[1])
-    return replace(entry, pixels=None if hi is None else (lo, hi))
+    if hi is None:
+        return replace(entry, pixels=None)
+    out = replace(entry, pixels=(lo, hi))
+    frames = entry.default_frames if entry.video else 1
+    if not lo <= entry.default_width * entry.default_height * frames <= hi:
+        # the default size priced too (tiny-flux-xl's 128x128 on the cpu profile, whose smallest
+        # measured shape is larger, was advertised and then refused with 422; outside test): the
+        # smallest square the profile prices, on the pipeline's grid
+        m = entry.size_multiple
+        side = next((k for k in range(max(entry.min_size, m), entry.max_size + 1, m) if k * k * frames >= lo), None)
+        if side is not None and side * side * frames <= hi:
+            out = replace(out, default_width=side, default_height=side)
+    return out
 
 
 def shape_problems(entry: ModelEntry, width: int, height: int, frames: int) -> list[Problem]:
