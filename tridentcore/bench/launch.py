@@ -93,6 +93,8 @@ def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float =
     where = Path(tmp.name) if tmp is not None else folder
     port_file = where / "port"
     log_path = where / "server.log"
+    for stale in (port_file, port_file.with_name(port_file.name + STOPPING_SUFFIX)):  # an earlier server's, in a
+        stale.unlink(missing_ok=True)  # folder given again: its port would be read before this one wrote its own
     cmd = [sys.executable, "-m", "tridentcore.cli", "serve", *args, "--host", host, "--port", "0",
            "--port-file", str(port_file)]
     child_env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
