@@ -260,7 +260,7 @@ def test_a_rejection_says_when_the_same_request_would_be_admitted():
 def test_a_hung_worker_is_stopped_and_its_stage_retried_elsewhere():
     """A worker process that stops answering (SIGSTOP here: a stuck driver, a deadlock) left its stage
     running for ever, the device counted alive and the client waiting (an outside test). Past the hang
-    bounds (here 3 s and 5 x the predicted time; by default 180 s and 20 x) the worker is stopped and
+    bounds (here 8 s and 5 x the predicted time; by default 180 s and 20 x) the worker is stopped and
     restarted, and the stage is retried on the other worker: the request is served."""
     from tridentcore.core.types import Shape
     from tridentcore.runtime.engine import Submission
