@@ -136,6 +136,13 @@ def _meta_of(d: Mapping[str, Any]) -> RunMeta:
 
 
 # ----------------------------------------------------------------------------------- the writer
+def _write_all(fd: int, data: bytes) -> None:
+    """``data`` written whole to ``fd`` (``os.write`` may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -249,9 +256,9 @@ class Journal:
             raise JournalError(f"journal {self.path} is closed")
         lines = list(lines)
         st = os.fstat(self._fd)
-        if st.st_nlink == 0:  # deleted while held (rm, its folder removed): written again first
+        if st.st_nlink == 0:  # deleted while held (rm, its folder removed): written again first (same size)
             self._restore(st.st_size)
-        size = os.fstat(self._fd).st_size
+        size = st.st_size
         if not lines:
             return [], size, size
         seq = self._seq
@@ -261,10 +268,7 @@ class Journal:
             seq += 1
         data = ("\n".join(json.dumps(line, separators=(",", ":")) for line in written) + "\n").encode()
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(self._fd, view)
-                view = view[n:]
+            _write_all(self._fd, data)
             os.fsync(self._fd)
         except OSError:
             with contextlib.suppress(OSError):
@@ -292,9 +296,7 @@ class Journal:
                 chunk = os.pread(old, min(1 << 20, size - offset), offset)
                 if not chunk:
                     raise OSError(errno.EIO, f"the deleted journal {path} could not be read back")
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, chunk)
                 offset += len(chunk)
             os.fsync(fd)
             os.link(tmp, path)  # (FileExistsError: another file took the name meanwhile; it is not ours)
