@@ -3,8 +3,8 @@
 By default every policy finishes every request it admitted: one that can no longer meet its deadline
 runs after the others and counts as an SLO miss. ``late=reject`` (``trident serve --late reject``,
 ``trident:late=reject`` in the simulator) is goodput mode: a request that could not meet its
-deadline behind the admitted work is turned away on arrival with 503 and Retry-After, and what is
-admitted is served. Real servers on ``cpu:2`` (tiny-sd3), bursts of
+deadline behind the admitted work is turned away on arrival with 503 and Retry-After (none where no
+wait makes it), and what is admitted is served. Real servers on ``cpu:2`` (tiny-sd3), bursts of
 concurrent requests, a worker killed mid-burst; the simulator for the never-after-a-stage property.
 """
 
@@ -68,12 +68,15 @@ def test_reject_mode_answers_503_with_retry_after_before_any_stage_ran():
     try:
         (hopeless,) = burst(server.url, 1, slo_ms=1)  # the least the API takes (1 ms): turned away at admission
         assert hopeless.status_code == 503, hopeless.text
-        assert int(hopeless.headers["Retry-After"]) >= 1
+        # no wait makes a 1 ms SLO: no Retry-After (it said 1 s: a client would retry for ever), and why
+        assert "Retry-After" not in hopeless.headers, hopeless.headers
         err = hopeless.json()["error"]
-        assert err["code"] == "rejected" and "deadline" in err["message"]
+        assert err["code"] == "rejected" and "cannot meet its SLO at any wait" in err["message"], err
+        assert err["retry_useless"] is True and "retry_after_s" not in err
         (rid,) = err["request_ids"]
         job = httpx.get(f"{server.url}/v1/requests/{err['id']}", timeout=10).json()
         assert job["items"][0]["stages"] == []  # no stage ran for it
+        assert job["items"][0]["retry_useless"] is True and job["items"][0]["retry_after_s"] is None
         (fine,) = burst(server.url, 1, slo_ms=60_000)  # a client's own deadline is honoured
         assert fine.status_code == 200
     finally:

@@ -125,7 +125,8 @@ class Preempt:
 class Reject:
     """Turn a waiting request away (``rejected``): admission control, an impossible request.
     ``retry_s``: the policy's estimate of how much later the same request could be admitted (policy
-    seconds; 0: no estimate, e.g. a request that can never fit)."""
+    seconds; 0: no estimate; ``math.inf``: never, whatever the wait: it can never fit, or no degree
+    meets its SLO even alone on idle GPUs)."""
 
     request_id: int
     reason: str

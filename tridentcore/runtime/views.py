@@ -7,6 +7,7 @@ of the engines of a mixed run can be merged as they are.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from ..core.lifecycle import WAITING_FOR, RequestState
@@ -37,9 +38,11 @@ def describe(engine: Engine, request_id: int) -> dict | None:
     return {
         "id": request_id, "state": state.value, "stage": stage, "model": spec.model,
         "reason": rec.reason if state.terminal else "", "steps_done": steps_done, "steps": spec.shape.steps,
-        # a rejection's estimate of how much later the same request could be admitted
-        "retry_after_s": rec.retry_s * engine.clock.scale if state is RequestState.REJECTED and rec.retry_s > 0
-        else None,
+        # a rejection's estimate of how much later the same request could be admitted; never (no wait
+        # makes it: it can never fit, or no degree meets its SLO even alone): ``retry_useless``
+        "retry_after_s": rec.retry_s * engine.clock.scale
+        if state is RequestState.REJECTED and 0 < rec.retry_s < math.inf else None,
+        "retry_useless": state is RequestState.REJECTED and rec.retry_s == math.inf,
         "arrival_s": spec.arrival_s, "deadline_s": spec.deadline_s, "finish_s": rec.finish_s,
         "met_slo": met_slo(state, rec.finish_s, spec.deadline_s),
         "ooms": rec.ooms, "preemptions": rec.preemptions,

@@ -202,12 +202,17 @@ class Jobs:
             reasons = sorted({d["reason"] for d in ended})
             # a rejection (no capacity to meet the deadline, goodput mode) may succeed later: say when,
             # the policy's estimate where it made one (the longest of the job's), else the default
+            # the default; none where no wait makes it (it can never fit, or no degree meets its SLO alone)
             retry = None
+            extra = {"id": job.id, "state": state, "request_ids": list(job.request_ids)}
             if state == "rejected":
-                retry = max((d.get("retry_after_s") or 0.0 for d in ended), default=0.0) or \
-                    self.runtime.engine.config.retry_after_s
+                if all(d.get("retry_useless") for d in ended if d["state"] == "rejected"):
+                    extra["retry_useless"] = True
+                else:
+                    retry = max((d.get("retry_after_s") or 0.0 for d in ended), default=0.0) or \
+                        self.runtime.engine.config.retry_after_s
             raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons), retry_after_s=retry,
-                           extra={"id": job.id, "state": state, "request_ids": list(job.request_ids)})
+                           extra=extra)
         runtime, engine = self.runtime, self.engine
         data = []
         emulated = runtime.models[job.model].emulated if job.model in runtime.models else False

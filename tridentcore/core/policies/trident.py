@@ -327,7 +327,7 @@ class Trident(Elastic, Admission, Policy):
             spec: RequestSpec = event.request
             info = self._info_for(view, spec.model, spec.shape)
             if info.never_fits:
-                return [Reject(spec.id, f"can never fit: {info.never_fits}")]
+                return [Reject(spec.id, f"can never fit: {info.never_fits}", math.inf)]
             key = (spec.model, spec.shape)
             self.observed[key] = self.observed.get(key, 0) + 1
             rec = view.request(spec.id)

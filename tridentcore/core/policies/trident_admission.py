@@ -147,6 +147,11 @@ class Admission:
         overall.append(refused[-1])
         if not refused[-1]:
             return None
+        if back == math.inf:
+            fastest = min(self._remaining(rec, info, d, stage) for d in info.degrees)
+            if fastest > slo:  # no wait makes it: a retry is refused again (no Retry-After)
+                return (f"cannot meet its SLO at any wait: alone on idle GPUs at its fastest degree it would take "
+                        f"{_secs(fastest)}, its SLO is {_secs(rec.spec.slo_s)}", math.inf)
         return (f"would miss its deadline: {placed + (1 if spread else 0)}+ admitted requests are ahead of it; "
                 f"with its wait stretched x{stretch:g} it would finish {_secs(finish - rec.spec.arrival_s)} after "
                 f"arrival at the earliest, its SLO is {_secs(rec.spec.slo_s)}",

@@ -78,6 +78,7 @@ because it is this specification plus one policy class whose methods all share i
 from __future__ import annotations
 
 import bisect
+import math
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -212,7 +213,7 @@ class TridentPaper(Policy):
             except LookupError as exc:
                 return [Reject(spec.id, f"no cost data: {exc}")]
             if info.never_fits:
-                return [Reject(spec.id, f"can never fit: {info.never_fits}")]
+                return [Reject(spec.id, f"can never fit: {info.never_fits}", math.inf)]
             bisect.insort(self.queue, (spec.deadline_s, spec.id))
             return []  # the program decides on the next tick
         if isinstance(event, StageFinished):
