@@ -151,6 +151,8 @@ class Trident(Elastic, Admission, Policy):
                                         "wait, they too take the idle GPUs, up to the fastest degree worth them (their "
                                         "latency is then what is at stake), and are shrunk when new work needs them; "
                                         "false: they run at the cheapest degree"),
+        "shrink_grown": (parse_bool, True, "wide: a diffuse paused to be widened may be shrunk or paused again for waiting "
+                                           "work after one step at its new degree (other pauses: after 10 steps)"),
         "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
                                     "and is grown at a step boundary when the rest free"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
@@ -196,6 +198,7 @@ class Trident(Elastic, Admission, Policy):
         self.last_plan_s = now
         self.safer: dict[int, int] = {}  # request id -> OOM retries
         self.paused_at: dict[int, float] = {}  # request id -> when it was last preempted
+        self.grown: set[int] = set()  # requests whose last pause widened them (a shrink need not wait 10 steps)
         self.base: dict[int, int] = {}  # request id -> the degree its running diffuse would have had unwidened
         self.cap: dict[int, int] = {}  # request id -> the most GPUs its next diffuse may take (it was shrunk)
         self._tops: dict[tuple[str, Shape], int] = {}  # class -> the fastest degree worth its GPUs (wide)
@@ -295,7 +298,7 @@ class Trident(Elastic, Admission, Policy):
 
     def _forget_ended(self, view: ClusterView) -> None:
         """Drop what is kept per request for requests that ended without a stage telling (rejected,
-        cancelled, forgotten): arrival ranks, the hopeless set, unwidened degrees and caps."""
+        cancelled, forgotten): arrival ranks, the hopeless set, unwidened degrees, caps and pauses."""
         def ended(rid: int) -> bool:
             try:
                 return view.request(rid).state.terminal
@@ -306,9 +309,10 @@ class Trident(Elastic, Admission, Policy):
             del self.first_key[rid]
         self.hopeless = {r: seq for r, seq in self.hopeless.items() if not ended(r)}
         self.demoted = {r for r in self.demoted if not ended(r)}
-        for kept in (self.base, self.cap):
+        for kept in (self.base, self.cap, self.paused_at):
             for rid in [r for r in kept if ended(r)]:
                 del kept[rid]
+        self.grown = {r for r in self.grown if not ended(r)}
 
     def _dequeue(self, rid: int) -> None:
         entry = self.entry.pop(rid, None)
@@ -361,6 +365,8 @@ class Trident(Elastic, Admission, Policy):
                     self.demoted.discard(rid)
                     self.base.pop(rid, None)
                     self.cap.pop(rid, None)
+                    self.paused_at.pop(rid, None)
+                    self.grown.discard(rid)
         elif isinstance(event, Tick):
             self._forget_ended(view)
             if self.opts["replan_s"] and now - self.last_plan_s >= self.opts["replan_s"] and self.observed:
@@ -781,6 +787,7 @@ class Trident(Elastic, Admission, Policy):
         victim, freed_at, freed = got
         actions.append(Preempt(victim))
         self.paused_at[victim] = now
+        self.grown.discard(victim)
         for g in freed:
             reserved[g] = freed_at
         return True
@@ -796,7 +803,8 @@ class Trident(Elastic, Admission, Policy):
             # a victim must have run at least a step, and not have been paused just before: no
             # pause/resume cycles that make no progress
             if now - run.compute_start_s < run.step_s or any(
-                    now - self.paused_at.get(v, -math.inf) < 10 * run.step_s for v in a.request_ids):
+                    now - self.paused_at.get(v, -math.inf) < 10 * run.step_s and not self._regrown(v)
+                    for v in a.request_ids):
                 continue
             node = view.node_of(a.gpus[0])
             free_here = [g for g in view.idle_gpus(node) if g not in reserved]

@@ -58,15 +58,26 @@ class Elastic:
             top = self._tops[(model, shape)] = self._widest(info, list(info.degrees), view.num_gpus)
         return top
 
-    def _movable(self, runs, view, reserved, now):
+    def _regrown(self, rid: int) -> bool:
+        """Whether ``rid``'s last pause widened it (``shrink_grown``): waiting work may then pause it after
+        one step at its new degree, not ten: the GPUs it took were idle, and giving them back makes
+        progress (only new work that needs them shrinks it, and a shrunk request is not grown for 10 steps)."""
+        return rid in self.grown and self.opts["shrink_grown"]
+
+    def _movable(self, runs, view, reserved, now, shrinking=False):
         """The diffuses of ``runs`` a widening may pause, each with its request, class answers and the steps
         it will have done at its next boundary: one request (a batch stays whole), not paused in its
-        last 10 steps (no pause/resume cycles that make no progress), on no reserved GPU."""
+        last 10 steps (no pause/resume cycles that make no progress; ``shrinking``: one widened by its
+        last pause, after a step), on no reserved GPU."""
         for run in runs:
             a = run.action
             if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
                 continue
-            if now - self.paused_at.get(a.request_ids[0], -math.inf) < 10 * run.step_s or any(g in reserved for g in a.gpus):
+            rid = a.request_ids[0]
+            if now - self.paused_at.get(rid, -math.inf) < 10 * run.step_s and not (
+                    shrinking and self._regrown(rid) and now - run.compute_start_s >= run.step_s):
+                continue
+            if any(g in reserved for g in a.gpus):
                 continue
             v = view.request(a.request_ids[0])
             done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
@@ -103,6 +114,7 @@ class Elastic:
         if best is not None:
             actions.append(Preempt(best))
             self.paused_at[best] = now
+            self.grown.add(best)
 
     def _shrink(self, view, reserved, now, when, need, actions, waiter=None) -> bool:
         """Work that needs ``need`` GPUs waits until ``when``: shrink a widened diffuse at its next step
@@ -117,7 +129,7 @@ class Elastic:
             arrival, rest, deadline = waiter
             if when + rest <= deadline:  # waiting, it makes its deadline: the tail decides
                 tail = when + rest - arrival
-        for run, v, vinfo, done in self._movable(view.running(), view, reserved, now):
+        for run, v, vinfo, done in self._movable(view.running(), view, reserved, now, shrinking=True):
             a, vid, d = run.action, v.id, len(run.action.gpus)
             base = self.base.get(vid, d)
             if d <= base:
@@ -146,6 +158,7 @@ class Elastic:
         vid, k, _ = best
         actions.append(Preempt(vid))
         self.paused_at[vid] = now
+        self.grown.discard(vid)
         self.cap[vid] = k
         return True
 
@@ -196,3 +209,4 @@ class Elastic:
             if at <= now and run.preempt_at_step is None:
                 actions.append(Preempt(rid))
                 self.paused_at[rid] = now
+                self.grown.add(rid)
