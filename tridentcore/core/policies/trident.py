@@ -42,7 +42,9 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   waits, a widened diffuse is shrunk at its next step boundary (it resumes at once on part of its
   GPUs, its latents moving at their transfer cost) if the waiting work gains more than it loses and
   it still meets its own deadline; when GPUs go idle that no waiting work can take, the running diffuse that
-  gains most is grown at its next boundary. Only while the running work would hold less than
+  gains most is grown at its next boundary. A paused diffuse is not paused again for 10 of its steps
+  (no cycles without progress), except one widened by that pause: new work may take the GPUs it took
+  idle back after one step (``shrink_grown``). Only while the running work would hold less than
   ``wide_below`` (0.5) of the GPUs at its unwidened degrees: near saturation every GPU-second counts,
   and widening would spend them. A request whose SLO is at least ``loose`` (2) times its no-queue
   latency is widened up to ``wide_loose`` (0.7): its deadline leaves room, and its latency is what
@@ -87,7 +89,7 @@ Stages never share a GPU at the same time (exclusive dispatch).
 
 Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses (and
 head starts) in :mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
-(mixins); the rest stays one module (about 880 lines) because it is one policy class whose methods
+(mixins); the rest stays one module (about 890 lines) because it is one policy class whose methods
 all share the ready queue, reservations and plan.
 """
 
