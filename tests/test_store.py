@@ -220,6 +220,40 @@ def test_dispatches_view_one_row_per_dispatch_with_its_outcome(db: Path):
     assert list(df.outcome) == ["done", "done", "done", "done", "preempted", "done"]
 
 
+def test_run_summary_of_a_million_dispatches_fits_a_small_memory_limit(tmp_path: Path):
+    """The views group span rows by dispatch only where a dispatch is batched (one row per request):
+    grouping every row ran out of the SQL console's 1 GB at 7.7 million span rows, so the workbench's
+    SQL page failed on the query it opens with (outside test: 235 runs, 2.3 million requests). Here
+    a million batch-1 dispatches under 64 MB and 16 MB of spill (the old view: out of memory)."""
+    import numpy as np
+    import pyarrow as pa
+    from tridentcore.store.schema import arrow_schema
+
+    n = 1_000_000
+    ids = np.arange(n, dtype=np.int64)
+    cols = {"dispatch_id": ids, "request_id": ids // 3, "stage": pa.array(["diffuse"] * n),
+            "gpus": pa.array([[0, 1]] * n, type=pa.list_(pa.int32())), "degree": np.full(n, 2, np.int32),
+            "batch": np.ones(n, np.int32), "queued_s": ids * 0.1, "started_s": ids * 0.1, "ended_s": ids * 0.1 + 1.0,
+            "predicted_s": np.ones(n), "start_step": np.zeros(n, np.int32), "end_step": np.full(n, 28, np.int32),
+            "outcome": pa.array(["done"] * n), "load_s": np.zeros(n), "transfer_s": np.zeros(n),
+            "compute_s": pa.nulls(n, pa.float64())}
+    schema = arrow_schema("stage_spans")
+    spans = pa.table([pa.array(cols[f.name], type=f.type) for f in schema], schema=schema)
+    path = tmp_path / "big.duckdb"
+    store = ResultsStore(path)
+    store.write_run_tables(meta("big", "trident", 1.0), {"stage_spans": spans})
+    store.write_run(meta("run-b", "trident", 2000.0, seed=8), RUN_B_REQUESTS, RUN_B_SPANS)  # a batched dispatch too
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    got = query_readonly_capped(path, "SELECT run_id, dispatches, gpu_s FROM run_summary ORDER BY run_id", max_rows=10,
+                                memory_limit="64MB", temp_directory=spill, max_temp_directory_size="16MB").frame
+    assert got.values.tolist() == [["big", n, 2.0 * n], ["run-b", 1, 4.0]]
+    stages = query_readonly_capped(path, "SELECT run_id, dispatches, spans FROM stage_breakdown ORDER BY run_id",
+                                   max_rows=10, memory_limit="64MB", temp_directory=spill,
+                                   max_temp_directory_size="16MB").frame
+    assert stages.values.tolist() == [["big", n, n], ["run-b", 1, 4]]
+
+
 def test_client_summary_counts_every_client_state(db: Path):
     """One count per state a client row can end in, ``cancelled`` included (the last column)."""
     from tridentcore.store.schema import CLIENT_STATES
