@@ -157,6 +157,25 @@ def test_recover_names_a_run_left_running_without_a_journal(tmp_path):
     assert _one(db, "SELECT status FROM runs")["status"] == "running"
 
 
+def test_a_database_given_through_a_link_is_journaled_beside_the_file_itself(tmp_path):
+    """``--db link.duckdb`` (a symbolic link to ``real/r.duckdb``): the journal went beside the link,
+    and ``runs recover --db real/r.duckdb`` said "no journals to recover" while ``runs list`` said
+    nothing could close the run (outside test). The journal is beside the file, whichever name
+    a command is given."""
+    real = tmp_path / "real" / "r.duckdb"
+    real.parent.mkdir()
+    ResultsStore(real).write_run(_meta("other", "done"), [_request(9)], [])
+    link = tmp_path / "link.duckdb"
+    link.symlink_to(real)
+    journal = _journal_of_three(link, "linked")
+    journal.close()  # (a dead server's: its lock released)
+    assert journal.path.parent == tmp_path / "real" / "r.duckdb.journal"
+    assert [p.name for p in pending_journals(real)] == [p.name for p in pending_journals(link)] == ["linked.jsonl"]
+    out = _cli("runs", "recover", "--db", str(real))
+    assert out.exit_code == 0 and "recovered run linked" in out.output, out.output
+    assert _one(real, "SELECT status FROM runs WHERE run_id = 'linked'")["status"] == "crashed"
+
+
 def _damaged_journal(db: Path, run_id: str, damage) -> Path:
     """A dead server's journal of three lines plus one more request (``_request(3)``), then ``damage``
     (lines -> lines) applied to its text."""
@@ -343,6 +362,38 @@ def test_a_journal_deleted_while_it_serves_is_written_again_and_a_kill_9_loses_n
     got = _one(db, "SELECT (SELECT status FROM runs) AS status, count(*) FILTER (WHERE state = 'done') AS done, "
                    "count(*) AS n FROM requests")
     assert got == {"status": "crashed", "done": 10, "n": 10}
+
+
+def test_a_database_moved_away_while_it_serves_is_not_split_and_the_run_is_recovered_whole(tmp_path):
+    """The database moved away while the server ran (a weekly rotation): the server made a new file
+    at the path and put the rest of the run's rows there without its ``runs`` row; at the stop "the
+    journal ends a run it never started", and ``runs recover`` failed so for ever (outside test).
+    Now nothing more is written at the path (no new file); the stop says why and keeps the journal,
+    which stores the whole run wherever the operator points a recovery."""
+    db = tmp_path / "r.duckdb"
+    moved = tmp_path / "week1.duckdb"
+    server = start_server([*ARGS, "--db", str(db), "--run-id", "rotated"])
+    try:
+        _serve(5, server.url)
+        time.sleep(1.5)
+        assert _one(db, "SELECT count(*) AS n FROM requests")["n"] == 5
+        os.rename(db, moved)
+        _serve(5, server.url)
+        time.sleep(2.0)
+        assert not db.exists()  # no second file with half a run
+        os.kill(server.pid, signal.SIGTERM)
+        server.proc.wait(60)
+        log = server.log()
+    finally:
+        code = server.stop()
+    assert code == 1
+    assert "was deleted after this run's rows were first stored there" in log, log[-2000:]
+    assert _one(moved, "SELECT count(*) AS n FROM requests")["n"] == 5  # the rotated file: as it was
+    out = _cli("runs", "recover", "--db", str(db))
+    assert out.exit_code == 0 and "recovered run rotated" in out.output, out.output
+    got = _one(db, "SELECT (SELECT status FROM runs) AS status, count(*) FILTER (WHERE state = 'done') AS done "
+                   "FROM requests")
+    assert got == {"status": "done", "done": 10}
 
 
 def test_the_next_start_recovers_a_crash_and_readers_can_open_the_file_while_it_serves(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tridentcore.core.errors import TridentError
 
-__all__ = ["DuplicateRunError", "NotADatabaseError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError"]
+__all__ = ["DatabaseReplacedError", "DuplicateRunError", "NotADatabaseError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError"]
 
 
 class StoreError(TridentError):
@@ -36,3 +36,9 @@ class NotADatabaseError(StoreError, OSError):
         self.path = path
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class DatabaseReplacedError(StoreError, RuntimeError):
+    """The database file a journal was being ingested into was moved, deleted or replaced since (a
+    rotation, ``rm``): nothing more is written at its path, which would split the run between two
+    files; the journal keeps every line for a recovery."""

@@ -60,7 +60,7 @@ from tridentcore.core.records import ROW_TYPES, GpuSample, PlacementRow, Request
 from tridentcore.core.recording import gpu_samples as derive_gpu_samples
 
 from .connection import LOCK_WAIT_S
-from .errors import DuplicateRunError, StoreError
+from .errors import DatabaseReplacedError, DuplicateRunError, StoreError
 from .schema import arrow_schema
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,8 +90,13 @@ class JournalError(StoreError):
 
 
 def journal_dir(db: str | os.PathLike[str]) -> Path:
-    """The folder of ``db``'s journals: ``<db>.journal``."""
-    return Path(f"{os.fspath(db)}.journal")
+    """The folder of ``db``'s journals: ``<db>.journal``, beside the file itself where ``db`` is a
+    symbolic link (outside test: a server given a link journaled beside the link, and a recovery
+    given the file's own path found nothing to recover)."""
+    path = os.fspath(db)
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    return Path(f"{path}.journal")
 
 
 def journal_path(db: str | os.PathLike[str], run_id: str) -> Path:
@@ -437,6 +442,8 @@ class Ingester:
     _cache_from: int = -1  # file offset where the cached lines start
     _cache_end: int = -1
     _cache_rows: int = 0
+    _db_file: tuple[int, int] | None = None  # (device, inode) of the database this ingester first wrote
+
 
     def wrote(self, lines: list[dict], start: int, end: int) -> None:
         """The writer appended ``lines`` (as :meth:`Journal.append` returned them) at file offsets
@@ -491,13 +498,36 @@ class Ingester:
         self._drop_cache()
         return inserted
 
+    def _same_database(self) -> None:
+        """Raise :class:`DatabaseReplacedError` when the file at the store's path is no longer the one
+        this ingester wrote (outside test: a database moved away while its server ran got a new file
+        at its path holding the rest of the run without its ``runs`` row; neither could be closed)."""
+        if self._db_file is None:
+            return
+        try:
+            st = os.stat(self.store.path)
+            now = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now != self._db_file:
+            raise DatabaseReplacedError(
+                f"{self.store.path} was {'deleted' if now is None else 'replaced'} after this run's rows were first "
+                f"stored there (moved away, removed, or another file put in its place): nothing more is written "
+                f"there, so that the run is not split between two files; the journal {self.path} holds every row. "
+                f"Put the file back to go on, or store the whole run in whatever file is at that path: "
+                f"trident runs recover --db {self.store.path}")
+
     def _transaction(self, lines: list[dict], wait_s: float | None) -> int:
         if self.run_id is None:
             self.run_id = _run_id_of(self.path)
         run_id = self.run_id
+        self._same_database()
         try:
             with self.store._transaction(ensure_schema=not self.schema_ok, wait_s=wait_s) as con:
                 self.schema_ok = True
+                if self._db_file is None:
+                    st = os.stat(self.store.path)
+                    self._db_file = (st.st_dev, st.st_ino)
                 done = con.execute("SELECT max(seq) FROM journal_ingests WHERE run_id = ?", [run_id]).fetchall()[0][0]
                 done = -1 if done is None else int(done)
                 todo = [line for line in lines if line["seq"] > done]
