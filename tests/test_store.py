@@ -667,6 +667,36 @@ def test_another_programs_database_with_a_runs_table_is_named_as_such_and_never_
     con.close()
 
 
+def test_another_programs_database_of_other_tables_is_never_written_and_a_server_refuses_it(tmp_path):
+    """A DuckDB file of unrelated tables (a typo in ``--db`` naming an analytics database): ``serve``
+    started, served and put our 8 tables and 6 views beside ``customers`` (outside test). Writers now
+    refuse any database with tables and no ``schema_version``, and ``serve --db`` says so before it
+    serves (exit 2, no journal left); an empty DuckDB file is taken."""
+    from tridentcore.store import NotADatabaseError
+
+    path = tmp_path / "analytics.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE customers (id INTEGER)")
+    con.execute("CREATE SCHEMA sales")
+    con.execute("CREATE TABLE sales.orders (id INTEGER)")
+    con.close()
+    with pytest.raises(NotADatabaseError, match=r"it holds customers, sales\.orders and no schema_version"):
+        write_both(path)
+    out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
+                          "emulated:1xH200", "--port", "0", "--db", str(path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "not a TridentServe results database: it holds customers" in out.stderr, out.stderr
+    con = duckdb.connect(str(path), read_only=True)
+    assert sorted(r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()) == [
+        "customers", "orders"]
+    con.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analytics.duckdb"]  # no journal folder
+    empty = tmp_path / "empty.duckdb"
+    duckdb.connect(str(empty)).close()
+    write_both(empty)
+    assert [r.run_id for r in list_runs(empty).itertuples()] == ["run-a", "run-b"]
+
+
 def test_a_ctrl_c_that_reaches_duckdb_mid_query_is_a_keyboard_interrupt(tmp_path, monkeypatch):
     """DuckDB turns a Ctrl-C during a query into ``RuntimeError: Query interrupted``: a CI run of
     `simulate --db NEW` interrupted while the database was being made printed that traceback (exit 1)

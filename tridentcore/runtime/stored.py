@@ -95,8 +95,9 @@ def open_journal(db: str, run_id: str) -> Journal:
     ``DuplicateRunError``) and refuse an id already stored (``DuplicateRunError``, journal removed)."""
     import os
 
-    from ..store import DuplicateRunError, open_readonly
+    from ..store import DuplicateRunError, NotADatabaseError, open_readonly
     from ..store.journal import Journal, recover
+    from ..store.schema import ForeignSchemaError
 
     for r in recover(db):
         if r.outcome == "ingested":
@@ -108,6 +109,9 @@ def open_journal(db: str, run_id: str) -> Journal:
     try:
         if os.path.exists(db) and _stored(open_readonly(db), run_id):
             raise DuplicateRunError(f"run {run_id!r} is already in {db}; choose another --run-id")
+    except ForeignSchemaError as exc:  # another program's database: refused before serving
+        journal.remove()
+        raise NotADatabaseError(db, str(exc)) from None
     except BaseException:
         journal.remove()
         raise

@@ -348,6 +348,9 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
     foreign = foreign_tables(con)
     if foreign:
         raise ForeignSchemaError(foreign)
+    others = _tables_without_version(con)
+    if others:  # outside test: `--db` naming an analytics database got our 8 tables beside its own
+        raise ForeignSchemaError(others, ours=False)
     con.execute(_DDL_VERSION)
     found = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
     if found is not None and _migrates(found):
@@ -367,8 +370,12 @@ def create_schema(con: duckdb.DuckDBPyConnection) -> None:
 
 def check_version(con: duckdb.DuckDBPyConnection) -> None:
     """``SchemaVersionError`` where a writer of this code would refuse the database (a newer schema, or
-    an older one with no migration), asked read-only: a server asks before it serves, not at its end."""
+    an older one with no migration), ``ForeignSchemaError`` for another program's, asked read-only: a
+    server asks before it serves, not at its end."""
     if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'schema_version'").fetchall():
+        others = _tables_without_version(con)
+        if others:  # another program's database: a writer refuses it (ForeignSchemaError)
+            raise ForeignSchemaError(others, ours=False)
         return
     found = con.execute("SELECT max(version) FROM schema_version").fetchall()[0][0]
     if found is None or found == SCHEMA_VERSION:
@@ -389,12 +396,17 @@ def _version_error(found: int) -> SchemaVersionError:
 
 class ForeignSchemaError(ValueError):
     """A DuckDB database with tables named as ours but no ``schema_version``: another program's,
-    never written into (the message says which tables)."""
+    never written into (the message says which tables); for a writer, any table at all."""
 
-    def __init__(self, tables: list[str]) -> None:
+    def __init__(self, tables: list[str], ours: bool = True) -> None:
         self.tables = tables
-        super().__init__(f"not a TridentServe results database: it has a table named {', '.join(tables)} but no "
-                         "schema_version table (another program's database?)")
+        listed = ", ".join(tables[:5]) + (f" and {len(tables) - 5} more" if len(tables) > 5 else "")
+        if ours:
+            super().__init__(f"not a TridentServe results database: it has a table named {listed} but no "
+                             "schema_version table (another program's database?)")
+        else:
+            super().__init__(f"not a TridentServe results database: it holds {listed} and no schema_version table "
+                             "(another program's database?); not written into: give a new file or an empty one")
 
 
 def foreign_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -404,6 +416,15 @@ def foreign_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     if "schema_version" in names:
         return []
     return sorted(names & {*TABLES, *CLIENT_TABLES, "run_summary"})
+
+
+def _tables_without_version(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every table and view of ``con``'s database (any schema) when it has no ``schema_version`` (empty:
+    ours, or empty)."""
+    names = sorted(f"{r[1]}" if r[0] == "main" else f"{r[0]}.{r[1]}" for r in con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_catalog = current_database()").fetchall())
+    return [] if "schema_version" in names else names
 
 
 def views_sql() -> str:
