@@ -470,6 +470,27 @@ def test_a_lock_held_past_the_wait_names_its_holder_and_the_wait(db: Path):
         holder.wait(timeout=30)
     assert str(err.value).startswith(f"{db} is held by another process (PID {holder.pid}, python")
     assert "whose connection to it conflicts with this one, past a wait of 0.5 s" in str(err.value)
+    assert "\n" not in str(err.value)  # its command line (a -c script here) on one line
+
+
+def test_a_lock_held_by_a_tridentserve_process_says_so_not_another_program(db: Path):
+    """Two servers on one file: each was told the other was "likely another program (a DuckDB shell, a
+    notebook)" (outside test). A holder whose command line is TridentServe's is named as such."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, duckdb; con = duckdb.connect(sys.argv[1]); print('open', flush=True); "
+         "time.sleep(30)", str(db), "trident", "serve"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(duckdb.IOException) as err:
+            open_readonly(db, wait_s=0.5)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    text = str(err.value)
+    assert text.startswith(f"{db} is held by another TridentServe process (PID {holder.pid}: python"), text
+    assert "), past a wait of 0.5 s" in text and "take turns" in text and "another program" not in text
 
 
 def test_import_tridentcore_does_not_import_duckdb():

@@ -51,11 +51,35 @@ def check_header(path: str | os.PathLike[str]) -> None:
 _HOLDER = re.compile(r"Conflicting lock is held in (?P<exe>\S+) \(PID (?P<pid>\d+)\)")
 
 
+def _command_of(pid: str) -> str:
+    """A process's command line on one line ("" where it cannot be read: another OS, gone, not ours)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    words = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
+    words = [w.rsplit("/", 1)[-1] if i < 2 else w for i, w in enumerate(words)]  # program names without folders
+    return " ".join(" ".join(words).split())
+
+
+def _short(command: str) -> str:
+    return command if len(command) <= 120 else command[:117] + "..."
+
+
 def _locked(path: Path, exc: Exception, wait_s: float) -> str:
     """A lock conflict that outlasted the wait, said plainly (DuckDB's own text names the holder's
-    PID and program inside a long "Could not set lock on file" sentence and a link)."""
+    PID and program inside a long "Could not set lock on file" sentence and a link), with the
+    holder's command line where it can be read: a TridentServe process (another server or a bench
+    storing into the same file; outside test: two servers on one file were each told to look for
+    "another program") holds it only for its transactions, and they take turns."""
     holder = _HOLDER.search(str(exc))
-    who = (f"another process (PID {holder['pid']}, {holder['exe'].rsplit('/', 1)[-1]})" if holder
+    command = _command_of(holder["pid"]) if holder else ""
+    if holder and ("trident" in command or ("streamlit" in command and "app.py" in command)):
+        return (f"{path} is held by another TridentServe process (PID {holder['pid']}: {_short(command)}), past a wait of "
+                f"{wait_s:g} s for it to let go: it holds the file for its own transactions (a server's ingest, "
+                "a bench's write, a read), so the two take turns; a long one (a large run written, a heavy "
+                "query) makes the other wait")
+    who = (f"another process (PID {holder['pid']}, {_short(command) or holder['exe'].rsplit('/', 1)[-1]})" if holder
            else "another process")
     return (f"{path} is held by {who} whose connection to it conflicts with this one, past a wait of "
             f"{wait_s:g} s for it to let go: TridentServe's own readers and writers hold it for moments, so "
