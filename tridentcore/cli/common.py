@@ -61,7 +61,10 @@ NoiseDbOpt = Annotated[str | None, typer.Option(
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """Warnings (``-v``: everything) on stderr, each with its local time: a server's log read days later
+    says when a store stayed locked or a journal could not be written (outside test: no time at all)."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
 
 
 def fail(text: str, code: int = 2) -> None:
