@@ -505,6 +505,9 @@ def test_runs_page_lists_filters_diffs_and_offers_parquet(results_db, monkeypatc
     _clean(at)
     assert not at.error
     assert "2 of 2 runs" in " ".join(c.value for c in at.caption)
+    from tridentcore.store import list_runs
+    stored = list(list_runs(results_db).run_id)  # oldest first
+    assert list(at.dataframe[0].value["run_id"]) == stored[::-1]  # the newest at the top (outside test: 235 runs)
     a, b = at.selectbox(key="runs_a").value, at.selectbox(key="runs_b").value
     assert a != b
     diff = at.dataframe[1].value  # the summary diff: A, B, B - A

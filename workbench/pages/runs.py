@@ -43,8 +43,8 @@ with st.expander("Filters", expanded=True):
     if text:
         keep &= runs["run_id"].str.contains(text, case=False, regex=False)
 shown = runs[keep]
-st.caption(f"{len(shown)} of {len(runs)} runs")
-st.dataframe(shown, width="stretch", hide_index=True)
+st.caption(f"{len(shown)} of {len(runs)} runs, newest first")
+st.dataframe(shown.iloc[::-1], width="stretch", hide_index=True)  # (outside test: 235 runs, the newest at the bottom)
 if shown.empty:
     st.stop()
 
