@@ -32,7 +32,7 @@ def sql(
 
     Output is an aligned table, or --csv / --json. The connection is read-only with file access off, and a query stops after 30 s or 3 GiB of memory:
     `trident sql "SELECT policy, attainment, p95_s FROM run_summary"`."""
-    from ..store import query_readonly_rows, statement_count
+    from ..store import query_readonly_rows, query_readonly_stream, statement_count
 
     if csv_out and json_out:
         fail("give --csv or --json, not both")
@@ -41,15 +41,17 @@ def sql(
         fail("no SQL given")
     try:
         with _memory_bound(SQL_MAX_GROWTH):
-            result = query_readonly_rows(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
+            if csv_out or json_out:  # written as the rows come: a large export holds one chunk at a time
+                with query_readonly_stream(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S) as result:
+                    (_print_csv if csv_out else _print_json)(result)
+            else:
+                result = query_readonly_rows(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
     except MemoryError:
         fail(_OUT_OF_MEMORY)
     except (*store_errors(), ValueError) as exc:
         fail(_sql_error(exc, db))
-    if csv_out:
-        _print_csv(result)
-    elif json_out:
-        _print_json(result)
+    if csv_out or json_out:
+        pass
     elif result.columns:
         typer.echo(_sql_table(result.columns, result.rows))
         if any(len(_cell(v)) > TABLE_CELL_MAX for row in result.rows for v in row):
@@ -109,7 +111,8 @@ def _sql_error(exc: BaseException, db: str) -> str:
     if isinstance(exc, duckdb.OutOfMemoryException):
         return _OUT_OF_MEMORY
     if isinstance(exc, duckdb.InterruptException):  # raised by the reader's deadline
-        return (f"the query ran past {SQL_TIMEOUT_S:g} s and was interrupted: narrow it, or run it with "
+        return (f"the query ran past {SQL_TIMEOUT_S:g} s in DuckDB (running it and handing over its rows; "
+                "writing them out is not counted) and was interrupted: narrow it, or run it with "
                 "`duckdb -readonly` on the file")
     lines = [line.strip() for line in str(exc).splitlines()]
     head = lines[: next((i for i, line in enumerate(lines) if line.startswith("LINE ")), len(lines))]
@@ -155,7 +158,8 @@ def _print_csv(result) -> None:
     out = csv.writer(sys.stdout, lineterminator="\n")
     if result.columns:
         out.writerow(result.columns)
-    out.writerows(["" if v is None else v for v in row] for row in result.rows)
+    for rows in result.chunks:
+        out.writerows(["" if v is None else v for v in row] for row in rows)
 
 
 def _print_json(result) -> None:
@@ -175,5 +179,9 @@ def _print_json(result) -> None:
             return bytes(v).hex()
         return str(v)
 
-    objects = [json.dumps({c: plain(v) for c, v in zip(result.columns, row)}) for row in result.rows]
-    typer.echo("[\n" + ",\n".join(objects) + "\n]" if objects else "[]")
+    first = True
+    for rows in result.chunks:
+        text = ",\n".join(json.dumps({c: plain(v) for c, v in zip(result.columns, row)}) for row in rows)
+        sys.stdout.write(("[\n" if first else ",\n") + text)
+        first = False
+    sys.stdout.write("[]\n" if first else "\n]\n")

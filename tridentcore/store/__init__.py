@@ -24,7 +24,8 @@ from __future__ import annotations
 from .connection import LOCK_WAIT_S
 from .errors import DuplicateRunError, NotADatabaseError, RowsError, SchemaVersionError, StoreError, UnknownRunError
 from .readers import (CappedResult, QueryRows, export_run, list_runs, open_readonly, query_readonly,
-                      query_readonly_capped, query_readonly_rows, read_run_tables, run_summary, statement_count)
+                      query_readonly_capped, query_readonly_rows, query_readonly_stream, read_run_tables, run_summary,
+                      statement_count)
 from .schema import CLIENT_STATES, CLIENT_TABLES, RUN_STATUSES, SCHEMA_VERSION, TABLES, VIEWS, arrow_schema, check_version
 from .writer import ResultsStore, client_requests_table, new_run_id, rows_to_arrow
 
@@ -46,6 +47,7 @@ __all__ = [
     "query_readonly",
     "query_readonly_capped",
     "query_readonly_rows",
+    "query_readonly_stream",
     "statement_count",
     "CappedResult",
     "QueryRows",
