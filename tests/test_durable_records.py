@@ -357,6 +357,12 @@ def test_a_journal_deleted_while_it_serves_is_written_again_and_a_kill_9_loses_n
     finally:
         _kill9(server)
     assert before == {"done": 10}  # the store went on being written
+    # a dead server's run read as live (`running`, no word of a recovery; outside test): now said
+    gone = (f"note: stored as running, but its server is gone (its journal is held by no process): deleted; "
+            f"`trident runs recover --db {db}` stores what the journal holds and closes it as crashed")
+    for args in (("list",), ("show", "deleted")):
+        listed = _cli("runs", *args, "--db", str(db))
+        assert listed.exit_code == 0 and listed.stderr.strip() == gone, (args, listed.output)
     out = _cli("runs", "recover", "--db", str(db))
     assert out.exit_code == 0 and "recovered run deleted" in out.output, out.output
     got = _one(db, "SELECT (SELECT status FROM runs) AS status, count(*) FILTER (WHERE state = 'done') AS done, "
@@ -419,6 +425,8 @@ def test_the_next_start_recovers_a_crash_and_readers_can_open_the_file_while_it_
         opened = json.loads(out.strip().splitlines()[-1])
         assert opened["failed"] == 0 and opened["opened"] >= 10, out
         assert max(opened["requests_seen"]) > 0  # rows of this run appeared while it served
+        listed = _cli("runs", "list", "--db", str(db))  # a live server's run: no "server is gone" note
+        assert listed.exit_code == 0 and "second" in listed.stdout and "gone" not in listed.stderr, listed.output
     finally:
         assert second.stop() == 0
     runs = query_readonly(db, "SELECT run_id, status FROM runs ORDER BY run_id")

@@ -45,6 +45,7 @@ def runs_list(db: str = typer.Option(DEFAULT_DB, help=DB_HELP)) -> None:
         for r in rows:
             r["created_at"] = str(r["created_at"])[:19]
         typer.echo(_dash_table(rows, _LIST_COLUMNS))
+        _servers_gone(db, [r["run_id"] for r in rows if r.get("status") == "running"])
     if client:  # (a database of Locust's rows alone read as empty)
         shown = ", ".join(f"{printable(run_id)} ({n} requests)" for run_id, n in client[:10])
         more = f", and {len(client) - 10} more" if len(client) > 10 else ""
@@ -78,6 +79,8 @@ def runs_show(
                          f"{m['slo_scale']:g}, seed {m['seed']}"))
     typer.echo(f"  status {m['status']}, created {str(m['created_at'])[:19]} UTC, wall {m['wall_s']:.2f} s, "
                f"git {m['git_sha'][:12] or '-'}")
+    if m["status"] == "running":
+        _servers_gone(db, [report.run_id])
     cluster_file, stage_times = _cluster_file(m), _stage_times(m)
     if cluster_file:
         typer.echo(printable(f"  cluster from {cluster_file}"))
@@ -337,6 +340,18 @@ def runs_recover(
     _running_without_journal(db)
     if failed:
         raise typer.Exit(1)
+
+
+def _servers_gone(db: str, running: list[str]) -> None:
+    """Name the runs stored as ``running`` whose server is gone (their journal is held by no process):
+    they read as live, ``wall 0.93 s``, with no word that a recovery closes them (outside test)."""
+    from ..store.journal import server_gone
+
+    gone = [r for r in running if server_gone(db, r)]
+    if gone:
+        shown = ", ".join(printable(r) for r in gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
+        typer.echo(f"note: stored as running, but its server is gone (its journal is held by no process): {shown}; "
+                   f"`trident runs recover --db {db}` stores what the journal holds and closes it as crashed", err=True)
 
 
 def _running_without_journal(db: str) -> None:

@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .writer import ResultsStore
 
 __all__ = ["FORMAT", "JOURNAL_TABLES", "MAX_LINE_ROWS", "Ingester", "Journal", "JournalError", "Recovery",
-           "journal_dir", "journal_path", "pending_journals", "recover", "recover_journal", "try_lock"]
+           "journal_dir", "journal_path", "pending_journals", "recover", "recover_journal", "server_gone", "try_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,21 @@ def try_lock(fd: int) -> bool:
         if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             return False
         raise
+
+
+def server_gone(db: str | os.PathLike[str], run_id: str) -> bool:
+    """Whether ``run_id`` has a journal beside ``db`` that no process holds: its server died (``kill
+    -9``, a crash) and a recovery would close the run (the lock is taken and let go at once)."""
+    try:
+        fd = os.open(journal_path(db, run_id), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return try_lock(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _writer_of(path: Path) -> tuple[object, object]:
