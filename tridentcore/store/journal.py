@@ -34,7 +34,7 @@ file system: on NFS a live server's lock may not be seen by another host.) A jou
 its owner holds it (``rm``, its folder removed) is written again at its name from the copy the
 owner holds open, before its next line (:meth:`Journal.append`).
 
-One module of about 880 lines: the writer, the ingester and the recovery share the line format,
+One module of about 890 lines: the writer, the ingester and the recovery share the line format,
 the lock and the ingest bookkeeping, and each is needed to read the others.
 """
 
