@@ -270,7 +270,8 @@ SELECT r.run_id, r.policy, r.backend, r.seed, r.mix, r.cluster, r.rate_rps, r.sl
        coalesce(g.gpu_s, 0.0) / nullif(q.met, 0)   AS gpu_s_per_met
 FROM runs r
 LEFT JOIN req q USING (run_id)
-LEFT JOIN gpu g USING (run_id);
+LEFT JOIN gpu g USING (run_id)
+ORDER BY r.created_unix_s, r.run_id;
 
 CREATE OR REPLACE VIEW stage_breakdown AS
 WITH s AS (
