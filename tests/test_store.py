@@ -449,16 +449,12 @@ def test_writer_waits_for_a_reader_in_another_process(db: Path):
     print(f"writer waited {waited:.2f} s for the reader")
 
 
-def test_a_lock_held_past_the_wait_names_its_holder_and_the_wait(db: Path):
-    """A reader kept out by another process's read-write connection said DuckDB's "IO Error: Could
-    not set lock on file ..." after 10 s, without saying it had waited (outside test)."""
+def _held_open_error(db: Path, *args: str) -> tuple[str, int]:
+    """The error of a reader kept out for 0.5 s by another process (``python -c SCRIPT DB ARGS``) that
+    holds ``db`` read-write, and that process's PID."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
-            import time, duckdb
-            con = duckdb.connect({str(db)!r})
-            print("open", flush=True)
-            time.sleep(30)
-        """)],
+        [sys.executable, "-c", "import sys, time, duckdb\ncon = duckdb.connect(sys.argv[1])\n"
+         "print('open', flush=True)\ntime.sleep(30)", str(db), *args],
         stdout=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     try:
@@ -468,28 +464,23 @@ def test_a_lock_held_past_the_wait_names_its_holder_and_the_wait(db: Path):
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    assert str(err.value).startswith(f"{db} is held by another process (PID {holder.pid}, python")
-    assert "whose connection to it conflicts with this one, past a wait of 0.5 s" in str(err.value)
-    assert "\n" not in str(err.value)  # its command line (a -c script here) on one line
+    return str(err.value), holder.pid
+
+
+def test_a_lock_held_past_the_wait_names_its_holder_and_the_wait(db: Path):
+    """A reader kept out by another process's read-write connection said DuckDB's "IO Error: Could
+    not set lock on file ..." after 10 s, without saying it had waited (outside test)."""
+    text, pid = _held_open_error(db)
+    assert text.startswith(f"{db} is held by another process (PID {pid}, python")
+    assert "whose connection to it conflicts with this one, past a wait of 0.5 s" in text
+    assert "\n" not in text  # its command line (a -c script of several lines here) on one line
 
 
 def test_a_lock_held_by_a_tridentserve_process_says_so_not_another_program(db: Path):
     """Two servers on one file: each was told the other was "likely another program (a DuckDB shell, a
     notebook)" (outside test). A holder whose command line is TridentServe's is named as such."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time, duckdb; con = duckdb.connect(sys.argv[1]); print('open', flush=True); "
-         "time.sleep(30)", str(db), "trident", "serve"],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "open"
-        with pytest.raises(duckdb.IOException) as err:
-            open_readonly(db, wait_s=0.5)
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
-    text = str(err.value)
-    assert text.startswith(f"{db} is held by another TridentServe process (PID {holder.pid}: python"), text
+    text, pid = _held_open_error(db, "trident", "serve")
+    assert text.startswith(f"{db} is held by another TridentServe process (PID {pid}: python"), text
     assert "), past a wait of 0.5 s" in text and "take turns" in text and "another program" not in text
 
 
