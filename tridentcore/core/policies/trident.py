@@ -43,8 +43,9 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   GPUs, its latents moving at their transfer cost) if the waiting work gains more than it loses and
   it still meets its own deadline; when GPUs go idle that no waiting work can take, the running diffuse that
   gains most is grown at its next boundary. A paused diffuse is not paused again for 10 of its steps
-  (no cycles without progress), except one widened by that pause: new work may take the GPUs it took
-  idle back after one step (``shrink_grown``). Only while the running work would hold less than
+  (no cycles without progress), except one widened by that pause: while the running work holds at
+  most ``wide_below`` of the GPUs, new work may take the GPUs it took idle back after one step
+  (``shrink_grown``). Only while the running work would hold less than
   ``wide_below`` (0.5) of the GPUs at its unwidened degrees: near saturation every GPU-second counts,
   and widening would spend them. A request whose SLO is at least ``loose`` (2) times its no-queue
   latency is widened up to ``wide_loose`` (0.7): its deadline leaves room, and its latency is what
@@ -154,7 +155,8 @@ class Trident(Elastic, Admission, Policy):
                                         "latency is then what is at stake), and are shrunk when new work needs them; "
                                         "false: they run at the cheapest degree"),
         "shrink_grown": (parse_bool, True, "wide: a diffuse paused to be widened may be shrunk or paused again for waiting "
-                                           "work after one step at its new degree (other pauses: after 10 steps)"),
+                                           "work after one step at its new degree while the running work holds at most "
+                                           "wide_below of the GPUs unwidened (other pauses: after 10 steps)"),
         "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
                                     "and is grown at a step boundary when the rest free"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
@@ -805,7 +807,7 @@ class Trident(Elastic, Admission, Policy):
             # a victim must have run at least a step, and not have been paused just before: no
             # pause/resume cycles that make no progress
             if now - run.compute_start_s < run.step_s or any(
-                    now - self.paused_at.get(v, -math.inf) < 10 * run.step_s and not self._regrown(v)
+                    now - self.paused_at.get(v, -math.inf) < 10 * run.step_s and not self._regrown(v, view)
                     for v in a.request_ids):
                 continue
             node = view.node_of(a.gpus[0])
