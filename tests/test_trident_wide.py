@@ -177,19 +177,19 @@ def test_a_request_past_saving_takes_the_idle_gpus_while_only_late_work_is_left(
 
 
 @pytest.mark.parametrize("steps_after", [1.5, 3])
-def test_a_diffuse_just_widened_gives_gpus_back_to_new_work_after_a_step(steps_after):
+def test_with_shrink_grown_a_diffuse_just_widened_gives_gpus_back_to_new_work_after_a_step(steps_after):
     """A 2048² request grows from 4 to 8 GPUs when a 1024² one ends (2.6 s in); a 1024² request with a
     6 s SLO arrives 1.5 or 3 of its steps later. Waiting for the GPUs (until 7.25 s) it misses its
     deadline, and it did: a paused diffuse was not paused again for 10 of its steps, which guarded
     against pause cycles without progress but also kept the GPUs it had just taken while idle (in the
     latency table, image-video x1.5 at 25 %: a 768² image waited 2.1 s for a video widened 0.4 s
-    before it arrived). Now one widened by its last pause is shrunk after one step at its new degree;
-    ``shrink_grown=false`` keeps the old guard."""
+    before it arrived). With ``shrink_grown`` (opt-in: under overload it lost requests in SLO) one
+    widened by its last pause is shrunk after one step at its new degree; the default keeps the guard."""
     small = Shape(1024, 1024, 1, 28)
     newcomer = RequestSpec(2, "flux-dev", "p", small, 2, None, 6.0, 2.6 + steps_after * 0.233)
     reqs = [_req(0, 0.0), _req(1, 0.0, small), newcomer]
-    res = simulate(NODE, H200, make_policy("trident"), reqs)
-    old = simulate(NODE, H200, make_policy("trident:shrink_grown=false"), reqs)
+    res = simulate(NODE, H200, make_policy("trident:shrink_grown=true"), reqs)
+    old = simulate(NODE, H200, make_policy("trident"), reqs)
     for r in (res, old):
         assert [p[2] for p in _diffuses(r, 0)][:2] == [4, 8]  # grown when the 1024² request ended
     assert all(r.state == "done" and r.finish_s <= r.deadline_s for r in res.requests)
