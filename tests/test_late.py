@@ -11,6 +11,7 @@ concurrent requests, a worker killed mid-burst; the simulator for the never-afte
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import os
 import signal
 import time
@@ -253,11 +254,13 @@ def test_a_rejection_says_when_the_same_request_would_be_admitted():
             assert rows[100].finish_s <= rows[100].deadline_s + 1e-9
         else:
             assert rejects_now[-1].request_id == 100 and rejects_now[-1].retry_s > 0
-    # a request that can never meet its SLO at any degree has no estimate
+    # a request that can never meet its SLO at any degree: no wait makes it (inf: the server sends no
+    # Retry-After; it said 1 s, the default where there was no estimate)
     hopeless = RequestSpec(0, "sd3-medium", "x", shape, 0, None, 0.001, 0.0)
     policy = Watched(make_policy("trident:late=reject"))
     simulate(parse_cluster("1x2xH200"), cost, policy, [hopeless])
-    assert [r.retry_s for r in policy.rejects] == [0.0]
+    assert [r.retry_s for r in policy.rejects] == [math.inf]
+    assert policy.rejects[0].reason.startswith("cannot meet its SLO at any wait: alone on idle GPUs")
 
 
 def test_a_hung_worker_is_stopped_and_its_stage_retried_elsewhere():
