@@ -46,7 +46,7 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   (no cycles without progress); opt-in (``shrink_grown``), one widened by that pause gives the GPUs
   it took idle back to new work after one step while the running work holds at most ``wide_below``
   of the GPUs (simulated: the latency table's cells within 5 % from 35 to 39 of 40, but image-video
-  at twice the ceiling 438 to 407 requests in SLO). Only while the running work would hold less than
+  at twice the ceiling 437 to 398 requests in SLO). Only while the running work would hold less than
   ``wide_below`` (0.5) of the GPUs at its unwidened degrees: near saturation every GPU-second counts,
   and widening would spend them. A request whose SLO is at least ``loose`` (2) times its no-queue
   latency is widened up to ``wide_loose`` (0.7): its deadline leaves room, and its latency is what
