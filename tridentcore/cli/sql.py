@@ -50,9 +50,7 @@ def sql(
         fail(_OUT_OF_MEMORY)
     except (*store_errors(), ValueError) as exc:
         fail(_sql_error(exc, db))
-    if csv_out or json_out:
-        pass
-    elif result.columns:
+    if not (csv_out or json_out) and result.columns:  # (CSV and JSON were written as they came)
         typer.echo(_sql_table(result.columns, result.rows))
         if any(len(_cell(v)) > TABLE_CELL_MAX for row in result.rows for v in row):
             typer.echo(f"(values over {TABLE_CELL_MAX} characters are cut in the table; --csv or --json prints them "
