@@ -373,6 +373,7 @@ def test_browser_a_local_server_stopped_in_one_tab_while_busy_is_redrawn_in_the_
                     break
                 time.sleep(0.3)
             assert states and states[-1] == "done", states
+            drained_s = time.monotonic() - t0
             # the other tab, drawn while the server ran, notices on its own (its view refreshes every 2 s):
             # "stopping", or already "Start a local server" where the drain ended first (a CI run waited
             # for "stopping" before asking the request's state, and the server had gone meanwhile)
@@ -381,7 +382,10 @@ def test_browser_a_local_server_stopped_in_one_tab_while_busy_is_redrawn_in_the_
             for page in (a, b):
                 page.get_by_role("button", name="Start a local server").wait_for(timeout=90_000)
                 assert page.locator("[data-testid=stException]").count() == 0
-            assert said_s < 8.0, said_s  # (the tab was held 30 s)
+            # the tab said so while the drain still ran (it was held until the drain ended, 30 s); the
+            # time itself only loosely: a CI host under load took 9.8 s to redraw the page
+            assert states[0] != "done" and said_s < drained_s, (said_s, drained_s, states)
+            assert said_s < 25.0, said_s
         finally:
             browser.close()
             from workbench import live  # (only if this process started one: it did not; the workbench did)
