@@ -1,13 +1,17 @@
 """Overload: what each policy finishes within its SLO at twice the capacity ceiling (issue 14, point 5).
 
     python benchmarks/overload.py [--mixes flux-uniform,image-video] [--factor 2] [--duration 300]
-        [--scale 3] [--cluster 2x8xH200] [--profile h200] [--seed 0] [--jobs 2]
+        [--scale 3] [--cluster 2x8xH200] [--profile h200] [--seed 0 | --seeds 0,1,2,3] [--jobs 2]
         [--policies "trident;trident:late=reject;trident-paper;pipeline-dynamic;pipeline-static:degree=1;..."]
 
 Per mix and policy: requests, how many finished within their SLO, admitted (not turned away), rejected,
 rejected after waiting (a rejection decided later than the request's arrival) and how many stages ran
 for rejected requests (should be 0). ``trident`` serves every request (late ones after the others);
 ``trident:late=reject`` decides on arrival (``core/policies/trident_admission.py``).
+
+``--seeds``: the same over several streams, each figure summed, and the in-SLO count per stream beside
+it. Past the ceiling one early decision changes everything after it (the queue carries it), so one
+stream's count moves by tens of requests with any change to a policy; compare policies on the sum.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _one(args):
     res = run_one(loaded, policy, rate)
     ran = {s.request_id for s in res.spans}
     rejected = [r for r in res.requests if r.state == "rejected"]
-    return {"mix": mix, "policy": policy, "rate": rate, "requests": len(res.requests),
+    return {"mix": mix, "policy": policy, "seed": seed, "rate": rate, "requests": len(res.requests),
             "met": sum(1 for r in res.requests if r.state == "done" and r.finish_s <= r.deadline_s + 1e-9),
             "admitted": len(res.requests) - len(rejected), "rejected": len(rejected),
             "rejected_after_waiting": sum(1 for r in rejected if r.finish_s > r.arrival_s),
@@ -51,25 +55,42 @@ def main() -> None:
     ap.add_argument("--cluster", default=DEFAULT_CLUSTER)
     ap.add_argument("--profile", default=DEFAULT_PROFILE)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2,3 (instead of --seed): sums")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
     for flag, v in (("--factor", args.factor), ("--duration", args.duration), ("--scale", args.scale), ("--jobs", args.jobs)):
         if not 0 < v < float("inf"):
             ap.error(f"{flag} must be a finite number > 0 (got {v:g})")
-    tasks = [(m, p, args.factor, args.duration, args.scale, args.cluster, args.profile, args.seed)
-             for m in args.mixes.split(",") for p in args.policies.split(";") if p]
+    if args.seeds is None:
+        seeds = [args.seed]
+    else:
+        try:
+            seeds = [int(x) for x in args.seeds.split(",")]
+        except ValueError:
+            ap.error(f"--seeds takes comma-separated integers, e.g. 0,1,2,3 (got {args.seeds!r})")
+        if len(set(seeds)) != len(seeds):
+            ap.error(f"--seeds names a seed twice ({args.seeds})")
+    tasks = [(m, p, args.factor, args.duration, args.scale, args.cluster, args.profile, seed)
+             for m in args.mixes.split(",") for p in args.policies.split(";") if p for seed in seeds]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(_one, tasks))
+    keys = ("met", "admitted", "rejected", "rejected_after_waiting", "rejected_after_a_stage")
     for mix in args.mixes.split(","):
         sel = [r for r in rows if r["mix"] == mix]
+        streams = (f"seed {seeds[0]}" if len(seeds) == 1 else
+                   f"{len(seeds)} streams (seeds {', '.join(map(str, seeds))}), figures summed")
         print(f"\n{mix}, {args.factor:g}x the capacity ceiling ({sel[0]['rate']:.3f} req/s), SLO scale {args.scale:g}, "
-              f"{args.duration:g} s: {sel[0]['requests']} requests")
+              f"{args.duration:g} s, {streams}: {sum(r['requests'] for r in sel if r['policy'] == sel[0]['policy'])} "
+              "requests")
         print(f"  {'policy':<26} {'in SLO':>7} {'admitted':>9} {'rejected':>9} {'after waiting':>14} "
-              f"{'after a stage':>14}")
-        for r in sel:
-            print(f"  {r['policy']:<26} {r['met']:>7} {r['admitted']:>9} {r['rejected']:>9} "
-                  f"{r['rejected_after_waiting']:>14} {r['rejected_after_a_stage']:>14}")
+              f"{'after a stage':>14}" + ("  in SLO per stream" if len(seeds) > 1 else ""))
+        for policy in dict.fromkeys(r["policy"] for r in sel):
+            mine = [r for r in sel if r["policy"] == policy]
+            tot = {k: sum(r[k] for r in mine) for k in keys}
+            print(f"  {policy:<26} {tot['met']:>7} {tot['admitted']:>9} {tot['rejected']:>9} "
+                  f"{tot['rejected_after_waiting']:>14} {tot['rejected_after_a_stage']:>14}"
+                  + ("  " + " ".join(str(r["met"]) for r in mine) if len(seeds) > 1 else ""))
     print(f"\n{len(tasks)} runs in {time.perf_counter() - t0:.0f} s")
 
 

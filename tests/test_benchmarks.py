@@ -114,6 +114,30 @@ def test_overload_reports_in_slo_admitted_and_rejected_per_policy():
     assert rows["trident"][2] == 0 and met >= 0.95 * rows["trident"][0] > 0
 
 
+def test_overload_over_several_seeds_sums_each_figure_and_gives_each_streams_count():
+    """``--seeds``: one stream's in-SLO count past the ceiling swings by tens with any change to a policy,
+    so the figures are summed over streams, each stream's count beside them, equal to a lone run's."""
+    def run(*extra):
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overload.py"), "--mixes", "flux-uniform",
+                               "--duration", "60", "--jobs", "1", "--policies", "trident:late=reject", *extra],
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    both = run("--seeds", "3,4")
+    row = next(line.split() for line in both.splitlines() if line.startswith("  trident"))
+    met, admitted, rejected = int(row[1]), int(row[2]), int(row[3])
+    per_stream = [int(x) for x in row[6:]]
+    assert "2 streams (seeds 3, 4), figures summed" in both and len(per_stream) == 2 and sum(per_stream) == met
+    alone = [next(line.split() for line in run("--seed", str(seed)).splitlines() if line.startswith("  trident"))
+             for seed in (3, 4)]
+    assert [int(r[1]) for r in alone] == per_stream
+    assert sum(int(r[2]) for r in alone) == admitted and sum(int(r[3]) for r in alone) == rejected
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "overload.py"), "--seeds", "1,x"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert bad.returncode == 2 and "--seeds takes comma-separated integers" in bad.stderr
+
+
 def test_planner_speed_against_a_commit_times_both_and_removes_its_worktree():
     """``--against REV``: REV's code (a git worktree) and this checkout in alternating fresh processes,
     their ratio, the ratio times REV's time as measured then; the worktree is gone afterwards."""
