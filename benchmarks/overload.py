@@ -83,12 +83,13 @@ def main() -> None:
         print(f"\n{mix}, {args.factor:g}x the capacity ceiling ({sel[0]['rate']:.3f} req/s), SLO scale {args.scale:g}, "
               f"{args.duration:g} s, {streams}: {sum(r['requests'] for r in sel if r['policy'] == sel[0]['policy'])} "
               "requests")
-        print(f"  {'policy':<26} {'in SLO':>7} {'admitted':>9} {'rejected':>9} {'after waiting':>14} "
+        width = max(26, *(len(r["policy"]) for r in sel))
+        print(f"  {'policy':<{width}} {'in SLO':>7} {'admitted':>9} {'rejected':>9} {'after waiting':>14} "
               f"{'after a stage':>14}" + ("  in SLO per stream" if len(seeds) > 1 else ""))
         for policy in dict.fromkeys(r["policy"] for r in sel):
             mine = [r for r in sel if r["policy"] == policy]
             tot = {k: sum(r[k] for r in mine) for k in keys}
-            print(f"  {policy:<26} {tot['met']:>7} {tot['admitted']:>9} {tot['rejected']:>9} "
+            print(f"  {policy:<{width}} {tot['met']:>7} {tot['admitted']:>9} {tot['rejected']:>9} "
                   f"{tot['rejected_after_waiting']:>14} {tot['rejected_after_a_stage']:>14}"
                   + ("  " + " ".join(str(r["met"]) for r in mine) if len(seeds) > 1 else ""))
     print(f"\n{len(tasks)} runs in {time.perf_counter() - t0:.0f} s")
