@@ -157,8 +157,10 @@ class Trident(Elastic, Admission, Policy):
                                         "false: they run at the cheapest degree"),
         "shrink_grown": (parse_bool, False, "wide: a diffuse paused to be widened may be shrunk or paused again for waiting "
                                             "work after one step at its new degree while the running work holds at most "
-                                            "wide_below of the GPUs unwidened (other pauses: after 10 steps); opt-in: "
-                                            "better latency at low load, fewer requests in SLO under overload"),
+                                            "grown_below of the GPUs unwidened (other pauses: after 10 steps); opt-in: "
+                                            "better latency at low load, not yet checked everywhere"),
+        "grown_below": (number(0, 1), 0.3, "shrink_grown: the bound on the GPUs the running work holds unwidened (0.5 "
+                                           "lost fair goodput on image-video at SLO 1.5 and 3)"),
         "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
                                     "and is grown at a step boundary when the rest free"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
