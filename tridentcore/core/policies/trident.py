@@ -44,9 +44,9 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   it still meets its own deadline; when GPUs go idle that no waiting work can take, the running diffuse that
   gains most is grown at its next boundary. A paused diffuse is not paused again for 10 of its steps
   (no cycles without progress); opt-in (``shrink_grown``), one widened by that pause gives the GPUs
-  it took idle back to new work after one step while the running work holds at most ``wide_below``
-  of the GPUs (simulated: the latency table's cells within 5 % from 35 to 39 of 40, but image-video
-  at twice the ceiling 437 to 398 requests in SLO). Only while the running work would hold less than
+  it took idle back to new work after one step while the running work holds at most ``grown_below``
+  (0.3) of the GPUs (simulated: the latency table's cells within 5 % from 35 to 38 of 40; see the
+  README for what is not yet checked). Only while the running work would hold less than
   ``wide_below`` (0.5) of the GPUs at its unwidened degrees: near saturation every GPU-second counts,
   and widening would spend them. A request whose SLO is at least ``loose`` (2) times its no-queue
   latency is widened up to ``wide_loose`` (0.7): its deadline leaves room, and its latency is what
