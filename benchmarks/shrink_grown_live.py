@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 
 import httpx
+from live_reality import start_spinners, stop_spinners  # (benchmarks/: this script's folder)
 
 from tridentcore.bench.launch import start_server
 from tridentcore.bench.script import run_script
@@ -74,8 +73,7 @@ def main() -> None:
         afters = [float(x) for x in args.after.split(",")]
     except ValueError:
         ap.error(f"--after takes comma-separated numbers (got {args.after!r})")
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)] \
-        if args.spin else []
+    spinners = start_spinners(os.cpu_count() or 1) if args.spin else []  # (they end with this process, killed too)
     try:
         for after in afters:
             for policy in (p for p in args.policies.split(";") if p):
@@ -86,9 +84,7 @@ def main() -> None:
                 print(f"newcomer {after:g} steps after the growth, {policy}: {said}; "
                       f"newcomer {'met' if met else 'MISSED'} its SLO", flush=True)
     finally:
-        for p in spinners:
-            p.kill()
-            p.wait()
+        stop_spinners(spinners)
 
 
 if __name__ == "__main__":
