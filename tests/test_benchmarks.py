@@ -140,17 +140,17 @@ def test_overload_over_several_seeds_sums_each_figure_and_gives_each_streams_cou
 
 def test_shrink_grown_shows_live_a_widened_diffuse_giving_gpus_back_to_a_newcomer():
     """The simulated scenario of ``test_trident_wide`` through ``trident serve`` (emulated H200s, time
-    scale 1): a newcomer that arrives 7 steps after the growth misses its 4.5 s SLO under the default
-    (it waits for the widened request's 8 GPUs; simulated 5.33 s, live 5.47 s here) and meets it with
-    ``shrink_grown`` (2.64 s, live 2.46 s)."""
+    scale 1): a newcomer that arrives 7 steps after the growth misses its 4.5 s SLO with
+    ``shrink_grown=false`` (it waits for the widened request's 8 GPUs; simulated 5.33 s, live 5.47 s
+    here) and meets it under the default, ``shrink_grown`` (2.64 s, live 2.46 s)."""
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shrink_grown_live.py")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {line.split(": ", 1)[0].split(", ", 1)[1]: line for line in done.stdout.splitlines()
              if line.startswith("newcomer 7 steps after the growth, ")}
-    assert set(lines) == {"trident", "trident:shrink_grown=true"}, done.stdout
-    assert lines["trident"].endswith("newcomer MISSED its SLO"), done.stdout
-    assert lines["trident:shrink_grown=true"].endswith("newcomer met its SLO"), done.stdout
+    assert set(lines) == {"trident:shrink_grown=false", "trident"}, done.stdout
+    assert lines["trident:shrink_grown=false"].endswith("newcomer MISSED its SLO"), done.stdout
+    assert lines["trident"].endswith("newcomer met its SLO"), done.stdout
 
 
 def test_planner_speed_against_a_commit_times_both_and_removes_its_worktree():

@@ -183,16 +183,16 @@ def test_with_shrink_grown_a_diffuse_just_widened_gives_gpus_back_to_new_work_af
     deadline, and it did: a paused diffuse was not paused again for 10 of its steps, which guarded
     against pause cycles without progress but also kept the GPUs it had just taken while idle (in the
     latency table, image-video x1.5 at 25 %: a 768² image waited 2.1 s for a video widened 0.4 s
-    before it arrived). With ``shrink_grown`` (opt-in) one widened by its last pause is shrunk after one
-    step at its new degree while the running work holds at most ``grown_below`` of the GPUs unwidened
-    (0.3; here the 2048² request's unwidened degree is 2 of 8); the default policy keeps the guard, as
-    does the option once the running work holds more (``grown_below=0.2``)."""
+    before it arrived). Now (``shrink_grown``, the default) one widened by its last pause is shrunk after
+    one step at its new degree while the running work holds at most ``grown_below`` of the GPUs
+    unwidened (0.3; here the 2048² request's unwidened degree is 2 of 8); ``shrink_grown=false`` keeps
+    the guard, as does the default once the running work holds more (``grown_below=0.2``)."""
     small = Shape(1024, 1024, 1, 28)
     newcomer = RequestSpec(2, "flux-dev", "p", small, 2, None, 6.0, 2.6 + steps_after * 0.233)
     reqs = [_req(0, 0.0), _req(1, 0.0, small), newcomer]
-    res = simulate(NODE, H200, make_policy("trident:shrink_grown=true"), reqs)
-    old = simulate(NODE, H200, make_policy("trident"), reqs)
-    bound = simulate(NODE, H200, make_policy("trident:shrink_grown=true,grown_below=0.2"), reqs)
+    res = simulate(NODE, H200, make_policy("trident"), reqs)
+    old = simulate(NODE, H200, make_policy("trident:shrink_grown=false"), reqs)
+    bound = simulate(NODE, H200, make_policy("trident:grown_below=0.2"), reqs)
     assert [p[2:] for p in _diffuses(bound, 0)] == [p[2:] for p in _diffuses(old, 0)]
     for r in (res, old):
         assert [p[2] for p in _diffuses(r, 0)][:2] == [4, 8]  # grown when the 1024² request ended
