@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tridentcore.cli import app
-from tridentcore.store import run_summary
+from tridentcore.store import list_runs, run_summary
 
 runner = CliRunner()
 
@@ -306,3 +306,16 @@ def test_a_database_of_client_rows_alone_names_them(db, tmp_path):
     line = _error_line(runner.invoke(app, ["runs", "show", "l1", "--db", str(only)]))
     assert f"run 'l1' has only client rows in {only} ({len(rows)} requests" in line and "client_requests" in line
     assert "client rows only" not in runner.invoke(app, ["runs", "list", "--db", str(db)]).stdout  # (a bench's: its run)
+
+
+def test_list_limit_shows_the_newest_runs_and_says_how_many_are_stored(db):
+    ids = list(list_runs(db).run_id)  # oldest first
+    assert len(ids) == 2
+    newest = runner.invoke(app, ["runs", "list", "--db", str(db), "--limit", "1"])
+    assert newest.exit_code == 0, newest.output
+    assert ids[1] in newest.stdout and ids[0] not in newest.stdout
+    assert "the newest 1 of 2 runs (--limit)" in newest.stdout
+    every = runner.invoke(app, ["runs", "list", "--db", str(db), "--limit", "5"])
+    assert every.exit_code == 0 and all(i in every.stdout for i in ids) and "--limit" not in every.stdout
+    assert every.stdout == runner.invoke(app, ["runs", "list", "--db", str(db)]).stdout
+    assert "--limit" in _error_line(runner.invoke(app, ["runs", "list", "--db", str(db), "--limit", "0"]))

@@ -40,6 +40,7 @@ __all__ = [
     "RunConfigError",
     "resolve_run",
     "list_stored_runs",
+    "stored_run_count",
     "show_run",
     "diff_runs",
     "summaries",
@@ -104,14 +105,28 @@ def resolve_run(db: str | os.PathLike[str], run: str) -> str:
         con.close()
 
 
-def list_stored_runs(db: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every stored run, oldest first, with its headline numbers."""
+def list_stored_runs(db: str | os.PathLike[str], limit: int | None = None) -> list[dict[str, Any]]:
+    """Every stored run, oldest first, with its headline numbers; ``limit``: only the newest ``limit``
+    runs (still oldest first), their summaries alone computed."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (got {limit})")
+    newest = "" if limit is None else (
+        "WHERE s.run_id IN (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT ?)")
     con = _open(db)
     try:
-        return _rows(con, """
+        return _rows(con, f"""
             SELECT s.run_id, s.created_at, s.backend, s.policy, s.mix, s.cluster, s.rate_rps, s.seed,
                    s.status, s.requests, s.attainment, s.p95_s
-            FROM run_summary s ORDER BY s.created_at, s.run_id""")
+            FROM run_summary s {newest} ORDER BY s.created_at, s.run_id""", [] if limit is None else [limit])
+    finally:
+        con.close()
+
+
+def stored_run_count(db: str | os.PathLike[str]) -> int:
+    """How many runs ``db`` holds."""
+    con = _open(db)
+    try:
+        return int(con.execute("SELECT count(*) FROM runs").fetchone()[0])
     finally:
         con.close()
 

@@ -30,12 +30,16 @@ _LIST_COLUMNS = ("run_id", "created_at", "backend", "policy", "mix", "cluster", 
 
 
 @runs_app.command("list")
-def runs_list(db: str = typer.Option(DEFAULT_DB, help=DB_HELP)) -> None:
+def runs_list(
+    db: str = typer.Option(DEFAULT_DB, help=DB_HELP),
+    limit: int | None = typer.Option(None, min=1, help="Only the newest N runs (still oldest first)."),
+) -> None:
     """Every stored run, oldest first, with its headline numbers."""
-    from ..bench.runs import client_only_runs, list_stored_runs
+    from ..bench.runs import client_only_runs, list_stored_runs, stored_run_count
 
     try:
-        rows = list_stored_runs(db)
+        rows = list_stored_runs(db, limit)
+        total = len(rows) if limit is None or len(rows) < limit else stored_run_count(db)
         client = client_only_runs(db)
     except store_errors() as exc:
         fail(one_line(db_message(exc, db)))
@@ -45,6 +49,8 @@ def runs_list(db: str = typer.Option(DEFAULT_DB, help=DB_HELP)) -> None:
         for r in rows:
             r["created_at"] = str(r["created_at"])[:19]
         typer.echo(_dash_table(rows, _LIST_COLUMNS))
+        if total > len(rows):
+            typer.echo(f"the newest {len(rows)} of {total} runs (--limit)")
         _servers_gone(db, [r["run_id"] for r in rows if r.get("status") == "running"])
     if client:  # (a database of Locust's rows alone read as empty)
         shown = ", ".join(f"{printable(run_id)} ({n} requests)" for run_id, n in client[:10])
