@@ -8,6 +8,8 @@ core, so ``tests/test_parity.py`` (every policy, emulated and CPU workers) cover
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tridentcore.core.cluster import parse_cluster
@@ -202,3 +204,23 @@ def test_with_shrink_grown_a_diffuse_just_widened_gives_gpus_back_to_new_work_af
     assert shrunk_at - newcomer.arrival_s < 2 * 0.233  # at its next step boundary or so
     late = [r for r in old.requests if r.request_id == 2][0]
     assert late.finish_s > late.deadline_s and _diffuses(old, 0)[-1][2:] == (8, "done")
+
+
+def test_with_shrink_urgent_a_diffuse_just_widened_gives_gpus_back_to_a_request_that_would_miss_at_any_load():
+    """The scenario above with the load bound shut (``grown_below=0.2``: the running work holds more, so
+    the 10-step guard stands and the newcomer misses its 6 s SLO). ``shrink_urgent`` lets a diffuse
+    widened by its last pause give the GPUs back after one step at any load, but only for a waiting
+    request that would miss its deadline by waiting: the newcomer then meets it; one that would meet
+    its deadline waiting (a 60 s SLO) still waits."""
+    small = Shape(1024, 1024, 1, 28)
+    newcomer = RequestSpec(2, "flux-dev", "p", small, 2, None, 6.0, 2.6 + 3 * 0.233)
+    reqs = [_req(0, 0.0), _req(1, 0.0, small), newcomer]
+    guarded = simulate(NODE, H200, make_policy("trident:grown_below=0.2"), reqs)
+    urgent = simulate(NODE, H200, make_policy("trident:grown_below=0.2,shrink_urgent=true"), reqs)
+    late = [r for r in guarded.requests if r.request_id == 2][0]
+    assert late.finish_s > late.deadline_s and _diffuses(guarded, 0)[-1][2:] == (8, "done")
+    assert all(r.state == "done" and r.finish_s <= r.deadline_s for r in urgent.requests)
+    assert [p[2:] for p in _diffuses(urgent, 0)] == [(4, "preempted"), (8, "preempted"), (4, "done")]
+    relaxed = reqs[:2] + [dataclasses.replace(newcomer, slo_s=60.0)]
+    waits = simulate(NODE, H200, make_policy("trident:grown_below=0.2,shrink_urgent=true"), relaxed)
+    assert _diffuses(waits, 0)[-1][2:] == (8, "done")

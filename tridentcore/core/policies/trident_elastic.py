@@ -70,23 +70,27 @@ class Elastic:
         return (rid in self.grown and self.opts["shrink_grown"]
                 and self._base_busy(view) <= self.opts["grown_below"] * view.num_gpus)
 
-    def _movable(self, runs, view, reserved, now, shrinking=False):
+    def _movable(self, runs, view, reserved, now, shrinking=False, start_by=None):
         """The diffuses of ``runs`` a widening may pause, each with its request, class answers and the steps
         it will have done at its next boundary: one request (a batch stays whole), not paused in its
         last 10 steps (no pause/resume cycles that make no progress; ``shrinking``: one widened by its
-        last pause, after a step), on no reserved GPU."""
+        last pause, after a step, see :meth:`_regrown`; or, ``shrink_urgent``, at any load if its next
+        boundary comes by ``start_by``, when the waiting request must start to meet its deadline), on no
+        reserved GPU."""
         for run in runs:
             a = run.action
             if a.stage != StageKind.DIFFUSE or run.preempt_at_step is not None or run.step_s <= 0 or len(a.request_ids) > 1:
                 continue
             rid = a.request_ids[0]
+            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
             if now - self.paused_at.get(rid, -math.inf) < 10 * run.step_s and not (
-                    shrinking and now - run.compute_start_s >= run.step_s and self._regrown(rid, view)):
+                    shrinking and now - run.compute_start_s >= run.step_s and (self._regrown(rid, view) or (
+                        start_by is not None and rid in self.grown and self.opts["shrink_urgent"]
+                        and run.compute_start_s + done * run.step_s <= start_by))):
                 continue
             if any(g in reserved for g in a.gpus):
                 continue
             v = view.request(a.request_ids[0])
-            done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
             yield run, v, self._info_for(view, v.spec.model, v.spec.shape), done
 
     def _grow(self, view, idle, reserved, now, actions, base_frac: float) -> None:
@@ -130,12 +134,15 @@ class Elastic:
         a victim is shrunk only if its latency stays below the waiter's had it waited (the longer of
         the two latencies falls), unless the waiter would miss its deadline by waiting."""
         best, best_left = None, 0.0
-        tail = None
-        if waiter is not None and self.opts["shrink_tail"]:
+        tail = start_by = None
+        if waiter is not None:
             arrival, rest, deadline = waiter
             if when + rest <= deadline:  # waiting, it makes its deadline: the tail decides
-                tail = when + rest - arrival
-        for run, v, vinfo, done in self._movable(view.running(), view, reserved, now, shrinking=True):
+                tail = when + rest - arrival if self.opts["shrink_tail"] else None
+            else:  # it would miss: a diffuse just widened may give GPUs back if that saves it
+                start_by = deadline - rest
+        for run, v, vinfo, done in self._movable(view.running(), view, reserved, now, shrinking=True,
+                                                 start_by=start_by):
             a, vid, d = run.action, v.id, len(run.action.gpus)
             base = self.base.get(vid, d)
             if d <= base:
