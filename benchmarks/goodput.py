@@ -123,9 +123,10 @@ def main() -> None:
             slo_cap = sel[0]["slo_aware_capacity_rps"]
             print(f"\n{mix}  SLO scale {scale:g}  capacity ceiling {sel[0]['capacity_rps']:.3f} req/s, "
                   f"SLO-aware ceiling {slo_cap:.3f} req/s")
-            print(f"  {'policy':<26} {'goodput':>8} {'fair':>8} {'fair / SLO-aware':>17}")
+            w = max(26, *(len(r["policy"]) for r in sel))  # (long policy specs keep the columns)
+            print(f"  {'policy':<{w}} {'goodput':>8} {'fair':>8} {'fair / SLO-aware':>17}")
             for r in sel:
-                print(f"  {r['policy']:<26} {r['goodput_rps']:8.3f} {r['fair_goodput_rps']:8.3f} "
+                print(f"  {r['policy']:<{w}} {r['goodput_rps']:8.3f} {r['fair_goodput_rps']:8.3f} "
                       f"{_fraction(r['fair_goodput_rps'], slo_cap):>17}")
             by = {r["policy"]: r for r in sel}
             static = [r for r in sel if r["policy"].startswith("pipeline-static")]

@@ -110,6 +110,7 @@ def list_stored_runs(db: str | os.PathLike[str], limit: int | None = None) -> li
     runs (still oldest first), their summaries alone computed."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (got {limit})")
+    limit = None if limit is None else min(limit, 2**62)  # (DuckDB's LIMIT takes a BIGINT)
     newest = "" if limit is None else (
         "WHERE s.run_id IN (SELECT run_id FROM runs ORDER BY created_at DESC, run_id DESC LIMIT ?)")
     con = _open(db)
@@ -122,11 +123,14 @@ def list_stored_runs(db: str | os.PathLike[str], limit: int | None = None) -> li
         con.close()
 
 
-def stored_run_count(db: str | os.PathLike[str]) -> int:
-    """How many runs ``db`` holds."""
+def stored_run_count(db: str | os.PathLike[str]) -> tuple[int, list[str]]:
+    """How many runs ``db`` holds, and the ids of those stored as ``running`` (oldest first)."""
     con = _open(db)
     try:
-        return int(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+        count = int(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+        running = [r[0] for r in con.execute(
+            "SELECT run_id FROM runs WHERE status = 'running' ORDER BY created_at, run_id").fetchall()]
+        return count, running
     finally:
         con.close()
 

@@ -39,7 +39,8 @@ def runs_list(
 
     try:
         rows = list_stored_runs(db, limit)
-        total = len(rows) if limit is None or len(rows) < limit else stored_run_count(db)
+        total, running = ((len(rows), [r["run_id"] for r in rows if r.get("status") == "running"])
+                          if limit is None or len(rows) < limit else stored_run_count(db))
         client = client_only_runs(db)
     except store_errors() as exc:
         fail(one_line(db_message(exc, db)))
@@ -49,9 +50,9 @@ def runs_list(
         for r in rows:
             r["created_at"] = str(r["created_at"])[:19]
         typer.echo(_dash_table(rows, _LIST_COLUMNS))
-        if total > len(rows):
-            typer.echo(f"the newest {len(rows)} of {total} runs (--limit)")
-        _servers_gone(db, [r["run_id"] for r in rows if r.get("status") == "running"])
+        if total > len(rows):  # (on stderr: the table on stdout stays rows alone)
+            typer.echo(f"the newest {len(rows)} of {total} runs (--limit)", err=True)
+        _servers_gone(db, running)  # (every run stored as running, shown or not)
     if client:  # (a database of Locust's rows alone read as empty)
         shown = ", ".join(f"{printable(run_id)} ({n} requests)" for run_id, n in client[:10])
         more = f", and {len(client) - 10} more" if len(client) > 10 else ""
