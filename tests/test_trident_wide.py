@@ -206,14 +206,18 @@ def test_with_shrink_grown_a_diffuse_just_widened_gives_gpus_back_to_new_work_af
     assert late.finish_s > late.deadline_s and _diffuses(old, 0)[-1][2:] == (8, "done")
 
 
-def test_with_shrink_urgent_a_diffuse_just_widened_gives_gpus_back_to_a_request_that_would_miss_at_any_load():
+@pytest.mark.parametrize(("slo_s", "steps_after"), [(6.0, 3), (4.5, 7)])
+def test_with_shrink_urgent_a_diffuse_just_widened_gives_gpus_back_to_a_request_that_would_miss_at_any_load(
+        slo_s, steps_after):
     """The scenario above with the load bound shut (``grown_below=0.2``: the running work holds more, so
-    the 10-step guard stands and the newcomer misses its 6 s SLO). ``shrink_urgent`` lets a diffuse
+    the 10-step guard stands and the newcomer misses its SLO). ``shrink_urgent`` lets a diffuse
     widened by its last pause give the GPUs back after one step at any load, but only for a waiting
-    request that would miss its deadline by waiting: the newcomer then meets it; one that would meet
-    its deadline waiting (a 60 s SLO) still waits."""
+    request that would miss its deadline by waiting: the newcomer then meets it, also where it can
+    only at a wider degree than its cheapest (4.5 s: an outside test found the option idle there when
+    it asked whether the cheapest degree could still make it); one that would meet its deadline
+    waiting (a 60 s SLO) still waits."""
     small = Shape(1024, 1024, 1, 28)
-    newcomer = RequestSpec(2, "flux-dev", "p", small, 2, None, 6.0, 2.6 + 3 * 0.233)
+    newcomer = RequestSpec(2, "flux-dev", "p", small, 2, None, slo_s, 2.6 + steps_after * 0.233)
     reqs = [_req(0, 0.0), _req(1, 0.0, small), newcomer]
     guarded = simulate(NODE, H200, make_policy("trident:grown_below=0.2"), reqs)
     urgent = simulate(NODE, H200, make_policy("trident:grown_below=0.2,shrink_urgent=true"), reqs)

@@ -164,7 +164,8 @@ class Trident(Elastic, Admission, Policy):
                                            "lost fair goodput on image-video at SLO 1.5 and 3)"),
         "shrink_urgent": (parse_bool, False, "wide: a diffuse paused to be widened may be shrunk after one step at its "
                                              "new degree, at any load, for a waiting request that would miss its "
-                                             "deadline by waiting and meets it if the shrink frees its GPUs"),
+                                             "deadline by waiting and could meet it at its fastest degree worth "
+                                             "the GPUs once the shrink frees them"),
         "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
                                     "and is grown at a step boundary when the rest free"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
@@ -452,7 +453,8 @@ class Trident(Elastic, Admission, Policy):
                     blocked += 1
                     if self.opts["wide"] and not preempted_now and blocked <= _MAX_BLOCKED and self._shrink(
                             view, reserved, now, self._soonest(view, reserved, now, 1)[0], 1, actions,
-                            (spec.arrival_s, self._remaining(rec, info, info.eff_d, stage), spec.deadline_s)):
+                            (spec.arrival_s, self._remaining(rec, info, info.eff_d, stage), spec.deadline_s,
+                             rec, info, stage)):
                         preempted_now = True
                         continue
                     if blocked <= _MAX_BLOCKED and self.opts["preempt"] and not preempted_now and preempt_tries < 2:
@@ -566,7 +568,8 @@ class Trident(Elastic, Admission, Policy):
             when, group = self._soonest(view, reserved, now, d)
             if self.opts["wide"] and not preempted_now and self._shrink(
                     view, reserved, now, when, base, actions,
-                    (spec.arrival_s, self._remaining(rec, info, base, StageKind.DIFFUSE), spec.deadline_s)):
+                    (spec.arrival_s, self._remaining(rec, info, base, StageKind.DIFFUSE), spec.deadline_s,
+                     rec, info, StageKind.DIFFUSE)):
                 preempted_now = True
                 continue
             if group is not None and when <= latest:
