@@ -40,7 +40,7 @@ __all__ = [
     "RunConfigError",
     "resolve_run",
     "list_stored_runs",
-    "stored_run_count",
+    "count_and_running_runs",
     "show_run",
     "diff_runs",
     "summaries",
@@ -123,7 +123,7 @@ def list_stored_runs(db: str | os.PathLike[str], limit: int | None = None) -> li
         con.close()
 
 
-def stored_run_count(db: str | os.PathLike[str]) -> tuple[int, list[str]]:
+def count_and_running_runs(db: str | os.PathLike[str]) -> tuple[int, list[str]]:
     """How many runs ``db`` holds, and the ids of those stored as ``running`` (oldest first)."""
     con = _open(db)
     try:

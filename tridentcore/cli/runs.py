@@ -35,12 +35,12 @@ def runs_list(
     limit: int | None = typer.Option(None, min=1, help="Only the newest N runs (still oldest first)."),
 ) -> None:
     """Every stored run, oldest first, with its headline numbers."""
-    from ..bench.runs import client_only_runs, list_stored_runs, stored_run_count
+    from ..bench.runs import client_only_runs, list_stored_runs, count_and_running_runs
 
     try:
         rows = list_stored_runs(db, limit)
         total, running = ((len(rows), [r["run_id"] for r in rows if r.get("status") == "running"])
-                          if limit is None or len(rows) < limit else stored_run_count(db))
+                          if limit is None or len(rows) < limit else count_and_running_runs(db))
         client = client_only_runs(db)
     except store_errors() as exc:
         fail(one_line(db_message(exc, db)))
