@@ -35,7 +35,7 @@ def runs_list(
     limit: int | None = typer.Option(None, min=1, help="Only the newest N runs (still oldest first)."),
 ) -> None:
     """Every stored run, oldest first, with its headline numbers."""
-    from ..bench.runs import client_only_runs, list_stored_runs, count_and_running_runs
+    from ..bench.runs import client_only_runs, count_and_running_runs, list_stored_runs
 
     try:
         rows = list_stored_runs(db, limit)

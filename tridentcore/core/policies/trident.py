@@ -453,8 +453,7 @@ class Trident(Elastic, Admission, Policy):
                     blocked += 1
                     if self.opts["wide"] and not preempted_now and blocked <= _MAX_BLOCKED and self._shrink(
                             view, reserved, now, self._soonest(view, reserved, now, 1)[0], 1, actions,
-                            (spec.arrival_s, self._remaining(rec, info, info.eff_d, stage), spec.deadline_s,
-                             rec, info, stage)):
+                            (rec, info, stage, info.eff_d)):
                         preempted_now = True
                         continue
                     if blocked <= _MAX_BLOCKED and self.opts["preempt"] and not preempted_now and preempt_tries < 2:
@@ -568,8 +567,7 @@ class Trident(Elastic, Admission, Policy):
             when, group = self._soonest(view, reserved, now, d)
             if self.opts["wide"] and not preempted_now and self._shrink(
                     view, reserved, now, when, base, actions,
-                    (spec.arrival_s, self._remaining(rec, info, base, StageKind.DIFFUSE), spec.deadline_s,
-                     rec, info, StageKind.DIFFUSE)):
+                    (rec, info, StageKind.DIFFUSE, base)):
                 preempted_now = True
                 continue
             if group is not None and when <= latest:

@@ -85,7 +85,8 @@ class Elastic:
             done = 0 if now <= run.compute_start_s else math.ceil((now - run.compute_start_s) / run.step_s - 1e-9)
             if now - self.paused_at.get(rid, -math.inf) < 10 * run.step_s and not (
                     shrinking and now - run.compute_start_s >= run.step_s and (self._regrown(rid, view) or (
-                        start_by is not None and rid in self.grown and run.compute_start_s + done * run.step_s <= start_by))):
+                        start_by is not None and rid in self.grown
+                        and run.compute_start_s + done * run.step_s <= start_by))):
                 continue
             if any(g in reserved for g in a.gpus):
                 continue
@@ -129,19 +130,22 @@ class Elastic:
         """Work that needs ``need`` GPUs waits until ``when``: shrink a widened diffuse at its next step
         boundary instead (it resumes at once on part of its GPUs, still within its deadline), if that
         frees room sooner. The victim with the most work left is chosen. ``waiter``: the waiting
-        request's (arrival, time it needs from its start to its end, deadline, record, class answers,
-        stage); with ``shrink_tail`` a victim is shrunk only if its latency stays below the waiter's had
-        it waited (the longer of the two latencies falls), unless the waiter would miss its deadline by
-        waiting; then (``shrink_urgent``) a diffuse just widened may give GPUs back at any load if the
-        waiter can still meet its deadline at its fastest degree worth the GPUs."""
+        request's (record, class answers, stage, the degree it would start at); with ``shrink_tail`` a
+        victim is shrunk only if its latency stays below the waiter's had it waited (the longer of the
+        two latencies falls), unless the waiter would miss its deadline by waiting; then
+        (``shrink_urgent``) a diffuse just widened may give GPUs back at any load if the waiter can still
+        meet its deadline at its fastest degree worth the GPUs."""
         best, best_left = None, 0.0
         tail = start_by = None
         if waiter is not None:
-            arrival, rest, deadline, rec, info, stage = waiter
-            if when + rest <= deadline:  # waiting, it makes its deadline: the tail decides
-                tail = when + rest - arrival if self.opts["shrink_tail"] else None
+            rec, info, stage, degree = waiter
+            spec = rec.spec
+            rest = self._remaining(rec, info, degree, stage)  # from its start to its end
+            if when + rest <= spec.deadline_s:  # waiting, it makes its deadline: the tail decides
+                tail = when + rest - spec.arrival_s if self.opts["shrink_tail"] else None
             elif self.opts["shrink_urgent"]:  # it would miss: a diffuse just widened may give GPUs back
-                start_by = deadline - self._remaining(rec, info, self._top(view, rec.spec.model, rec.spec.shape), stage)
+                fastest = self._top(view, spec.model, spec.shape)
+                start_by = spec.deadline_s - self._remaining(rec, info, fastest, stage)
         for run, v, vinfo, done in self._movable(view.running(), view, reserved, now, shrinking=True,
                                                  start_by=start_by):
             a, vid, d = run.action, v.id, len(run.action.gpus)
