@@ -93,7 +93,7 @@ Stages never share a GPU at the same time (exclusive dispatch).
 
 Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses (and
 head starts) in :mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
-(mixins); the rest stays one module (about 900 lines) because it is one policy class whose methods
+(mixins); the rest stays one module (about 910 lines) because it is one policy class whose methods
 all share the ready queue, reservations and plan.
 """
 
@@ -217,6 +217,7 @@ class Trident(Elastic, Admission, Policy):
         self._tops: dict[tuple[str, Shape], int] = {}  # class -> the fastest degree worth its GPUs (wide)
         self.narrow: set[int] = set()  # wide: requests whose running diffuse is narrower than that
         self.growing: dict[int, int] = {}  # grow: request id -> the degree its head start grows to
+        self._frees = self._widened_now = None  # a pass's caches (_soonest, _widened), cleared by each pass
         # requests found late (they stay late: deadlines do not move) -> their rank among the late, kept
         # through their stages (first found late, first served: a fresh rank per stage sent each one that
         # had finished its diffuse behind every other late request's, so none finished until all had
@@ -396,6 +397,7 @@ class Trident(Elastic, Admission, Policy):
     # ------------------------------------------------------------------------------ the pass
     def _schedule(self, view: ClusterView, now: float) -> list[Action]:
         actions: list[Action] = []
+        self._frees = self._widened_now = None  # the pass's caches (_soonest, _widened)
         idle = list(view.idle_on_nodes())  # per node, its idle GPUs (a tuple, replaced as GPUs are taken)
         idle_total = sum(map(len, idle))
         n_gpus = view.num_gpus
@@ -451,9 +453,9 @@ class Trident(Elastic, Admission, Policy):
                     # no GPU now: shrink a widened diffuse, or, if a GPU frees too late for this
                     # request, pause a long diffuse
                     blocked += 1
-                    if self.opts["wide"] and not preempted_now and blocked <= _MAX_BLOCKED and self._shrink(
-                            view, reserved, now, self._soonest(view, reserved, now, 1)[0], 1, actions,
-                            (rec, info, stage, info.eff_d)):
+                    if (self.opts["wide"] and not preempted_now and blocked <= _MAX_BLOCKED and self._widened(view)
+                            and self._shrink(view, reserved, now, self._soonest(view, reserved, now, 1)[0], 1,
+                                             actions, (rec, info, stage, info.eff_d))):
                         preempted_now = True
                         continue
                     if blocked <= _MAX_BLOCKED and self.opts["preempt"] and not preempted_now and preempt_tries < 2:
@@ -782,14 +784,24 @@ class Trident(Elastic, Admission, Policy):
         return None
 
     def _soonest(self, view, reserved, now, d) -> tuple[float, tuple[int, ...] | None]:
+        """The ``d`` unreserved GPUs of one node that free soonest (``busy_until``), and when the last of
+        them frees: the node where that is earliest (inf, None: no node has ``d``)."""
+        frees = self._frees
+        if frees is None:  # per node, (busy_until, gpu) sorted: once a pass (the view holds still in it)
+            frees = self._frees = [sorted((view.busy_until(g, now), g) for g in gpus) for gpus in view.nodes]
         best_t, best = math.inf, None
-        for gpus in view.nodes:
-            times = sorted((view.busy_until(g, now), g) for g in gpus if g not in reserved)
-            if len(times) < d:
-                continue
-            t = times[d - 1][0]
+        for times in frees:
+            got = []
+            for tg in times:
+                if tg[1] not in reserved:
+                    got.append(tg)
+                    if len(got) == d:
+                        break
+            else:
+                continue  # fewer than d unreserved
+            t = got[-1][0]
             if t < best_t:
-                best_t, best = t, tuple(g for _, g in times[:d])
+                best_t, best = t, tuple(g for _, g in got)
         return best_t, best
 
     def _preempt(self, view, reserved, now, d, rec, info, stage, actions) -> bool:

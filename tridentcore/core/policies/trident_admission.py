@@ -104,7 +104,10 @@ class Admission:
                 spread += dur * d
                 continue
             placed += 1
-            node = min((node for node in gpus if len(node) >= d), key=lambda node: node[d - 1][1])
+            node, at = None, math.inf  # the node whose d-th GPU frees first (the first such node)
+            for n in gpus:
+                if len(n) >= d and (node is None or n[d - 1][1] < at):
+                    node, at = n, n[d - 1][1]
             start = max(now, node[d - 1][1])
             for g in node[:d]:
                 g[1], g[2] = start + dur, min(g[2], start)
@@ -134,8 +137,10 @@ class Admission:
                     back = begins
                 finish = min(finish, begins + left)
                 if after > first:  # the work ahead claims GPUs here: it may leave a hole to backfill
-                    for start in running:
-                        if start + left < finish and sum(max(now, g[0]) <= start and g[2] >= start + left
+                    for start in running:  # in order: once a start is too late, so are the rest
+                        if start + left >= finish:
+                            break
+                        if sum(max(now, g[0]) <= start and g[2] >= start + left
                                                          for g in node) >= d:
                             finish = start + left
                             break

@@ -126,6 +126,17 @@ class Elastic:
             self.paused_at[best] = now
             self.grown.add(best)
 
+    def _widened(self, view: ClusterView) -> list:
+        """The running diffuses wider than their unwidened degree (``base``): the only ones a shrink may
+        pause (most passes under load have none). Once a pass (``_schedule`` clears it)."""
+        got = self._widened_now
+        if got is None:
+            base = self.base
+            got = self._widened_now = [
+                run for run in view.running() if run.action.stage == StageKind.DIFFUSE
+                and len(run.action.gpus) > base.get(run.action.request_ids[0], len(run.action.gpus))]
+        return got
+
     def _shrink(self, view, reserved, now, when, need, actions, waiter=None) -> bool:
         """Work that needs ``need`` GPUs waits until ``when``: shrink a widened diffuse at its next step
         boundary instead (it resumes at once on part of its GPUs, still within its deadline), if that
@@ -135,6 +146,10 @@ class Elastic:
         two latencies falls), unless the waiter would miss its deadline by waiting; then
         (``shrink_urgent``) a diffuse just widened may give GPUs back at any load if the waiter can still
         meet its deadline at its fastest degree worth the GPUs."""
+        widened = self._widened(view)
+        if not widened:
+            return False
+        base = self.base
         best, best_left = None, 0.0
         tail = start_by = None
         if waiter is not None:
@@ -146,14 +161,11 @@ class Elastic:
             elif self.opts["shrink_urgent"]:  # it would miss: a diffuse just widened may give GPUs back
                 fastest = self._top(view, spec.model, spec.shape)
                 start_by = spec.deadline_s - self._remaining(rec, info, fastest, stage)
-        for run, v, vinfo, done in self._movable(view.running(), view, reserved, now, shrinking=True,
-                                                 start_by=start_by):
+        for run, v, vinfo, done in self._movable(widened, view, reserved, now, shrinking=True, start_by=start_by):
             a, vid, d = run.action, v.id, len(run.action.gpus)
-            base = self.base.get(vid, d)
-            if d <= base:
-                continue
+            low = base[vid]
             free_here = sum(g not in reserved for g in view.idle_gpus(view.node_of(a.gpus[0])))
-            keep = [k for k in vinfo.degrees if base <= k < d and d - k + free_here >= need]
+            keep = [k for k in vinfo.degrees if low <= k < d and d - k + free_here >= need]
             if not keep:
                 continue
             k = max(keep)
