@@ -8,7 +8,7 @@ Starts ``trident serve --models sd3-medium --devices emulated:1x2xH200 --time-sc
 the moment the last answer arrives. Then it reads, per completed request, whether its row was
 
 * already in DuckDB at the kill (the ingester's transactions, about every second), and
-* in the store after ``trident runs recover`` (the journal, flushed and fsynced every 0.5 s),
+* in the store after ``trident runs recover`` (the journal: fsynced every 0.5 s and before each answer),
 
 and prints the lag of each: the age (seconds between its answer and the kill) of the youngest
 request before which every request is stored. Request ids are the send order (one client, one

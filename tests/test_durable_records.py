@@ -337,6 +337,45 @@ def test_kill_9_loses_nothing_that_completed_a_second_before(tmp_path):
     assert _cli("runs", "recover", "--db", str(db)).output.startswith("no journals")
 
 
+def test_a_request_answered_is_in_the_journal_before_its_answer_so_a_kill_9_right_after_loses_none(tmp_path):
+    """Outside test: a request answered in the half second before a ``kill -9`` was stored
+    ``unfinished`` (the journal was written every half second, the answer sent before). The answer now
+    waits for the request's row to reach the journal: killed the moment the last answer arrives, every
+    answered request is stored done. Both ways of asking: the call that waits, and a submitted request
+    whose result is fetched."""
+    db = tmp_path / "right.duckdb"
+    server = start_server([*ARGS, "--db", str(db), "--run-id", "right"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for i in range(6):
+                assert client.post("/v1/images/generations", json={**BODY, "seed": i}).status_code == 200
+            _kill9(server)
+    finally:
+        if server.proc.poll() is None:
+            _kill9(server)
+    assert "recovered run right" in _cli("runs", "recover", "--db", str(db)).output
+    assert _one(db, "SELECT count(*) FILTER (WHERE state = 'done') AS done, count(*) AS n FROM requests "
+                    "WHERE run_id = 'right'") == {"done": 6, "n": 6}
+
+    server = start_server([*ARGS, "--db", str(db), "--run-id", "polled"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for i in range(6):
+                job = client.post("/v1/requests", json={**BODY, "seed": i}).json()["id"]
+                deadline = time.monotonic() + 30
+                while (got := client.get(f"/v1/requests/{job}/result")).status_code == 409:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.005)
+                assert got.status_code == 200, got.text
+            _kill9(server)
+    finally:
+        if server.proc.poll() is None:
+            _kill9(server)
+    assert "recovered run polled" in _cli("runs", "recover", "--db", str(db)).output
+    assert _one(db, "SELECT count(*) FILTER (WHERE state = 'done') AS done, count(*) AS n FROM requests "
+                    "WHERE run_id = 'polled'") == {"done": 6, "n": 6}
+
+
 def test_a_journal_deleted_while_it_serves_is_written_again_and_a_kill_9_loses_nothing(tmp_path):
     """The journal folder removed while the server ran (``rm -rf FILE.journal``): the server went on
     writing into the deleted file, nothing more reached DuckDB, and after a ``kill -9`` no journal was

@@ -7,7 +7,9 @@ Two ways in:
   reserves the run id (ingesting the journals that crashed servers left first, refusing an id
   that is stored or reserved); :meth:`RunRecords.start` writes the ``runs`` row (``running``);
   every :data:`FLUSH_S` the requests that ended, the spans and the placement changes since the
-  last flush go to the run's journal (``tridentcore.store.journal``; flushed and fsynced), and
+  last flush go to the run's journal (``tridentcore.store.journal``; flushed and fsynced), and at
+  once when an answer waits for them (:meth:`RunRecords.written`: a request is answered only once its
+  row is in the journal, so a ``kill -9`` loses no request a client was answered for), and
   about every second what the journal holds is ingested into DuckDB in one short transaction
   (the file is locked only while it lasts; a lock held by a reader just postpones it).
   :meth:`RunRecords.close` writes the rest (requests never ended, GPU samples, the final
@@ -21,6 +23,7 @@ bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -162,6 +165,10 @@ class RunRecords:
         self._arrived: set[int] = set()  # live requests already journaled as arrivals
         self._unwritten: list[dict] = []  # lines a failed journal write left (tried again first)
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # the flush loop's: stop, or an answer waits for its request's row
+        self._ended = 0  # requests ended so far (their rows numbered in that order)
+        self._unjournaled: dict[int, int] = {}  # request id -> its row's number, until the journal holds it
+        self._flushed = asyncio.Event()  # set (and replaced) after each write attempt
         self._task: asyncio.Task | None = None
         self._last_ingest = 0.0
         self._last_line = 0.0
@@ -187,6 +194,30 @@ class RunRecords:
     def _on_end(self, rec) -> None:
         self._requests.append(request_row(rec))
         self._arrived.discard(rec.spec.id)
+        self._ended += 1
+        self._unjournaled[rec.spec.id] = self._ended
+
+    async def written(self, request_ids) -> None:
+        """Return once the journal holds the rows of ``request_ids`` that have ended (a server answers
+        a request only then: a ``kill -9`` after the answer loses no row the client was told about),
+        flushing now rather than at the next :data:`FLUSH_S`; also when a write attempt fails (the
+        journal cannot be written: the rows wait in memory, new requests are refused) or the run is
+        closing (``close`` writes them)."""
+        while (self._task is not None and not self._stop.is_set()
+               and any(r in self._unjournaled for r in request_ids)):
+            flushed = self._flushed
+            self._wake.set()
+            await flushed.wait()
+            if self._down_since is not None:
+                return
+
+    def _journaled(self, upto: int) -> None:
+        """(On the event loop, after a write attempt.) Rows numbered up to ``upto`` are in the journal
+        (0: the attempt failed); wake the answers waiting."""
+        if upto:
+            self._unjournaled = {r: n for r, n in self._unjournaled.items() if n > upto}
+        flushed, self._flushed = self._flushed, asyncio.Event()
+        flushed.set()
 
     def _on_span(self, row: SpanRow) -> None:
         self._spans.append(row)
@@ -247,16 +278,24 @@ class RunRecords:
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.flush_s)
-                return
-            except asyncio.TimeoutError:
-                pass
-            lines = self._collect()
-            due = time.monotonic() - self._last_ingest >= self.ingest_s
-            if lines or due:
-                await asyncio.to_thread(self._write_and_ingest, lines, self.lock_wait_s if due else None)
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_s)
+                self._wake.clear()
+                if self._stop.is_set():
+                    return
+                upto = self._ended
+                lines = self._collect()
+                due = time.monotonic() - self._last_ingest >= self.ingest_s
+                wrote = True
+                if lines or self._unwritten:
+                    wrote = await asyncio.to_thread(self._write_and_ingest, lines, None)
+                self._journaled(upto if wrote else 0)  # the answers waiting go before the ingest
+                if wrote and due:
+                    await asyncio.to_thread(self._write_and_ingest, [], self.lock_wait_s)
+        finally:
+            self._journaled(0)  # (stopped: close writes the rest; nobody waits on)
 
     def _write_and_ingest(self, lines: list[dict], wait_s: float | None) -> bool:
         """(In a thread.) Append ``lines`` to the journal; then, when ``wait_s`` is given, ingest what
@@ -314,6 +353,7 @@ class RunRecords:
             self.discard()
             return True
         self._stop.set()
+        self._wake.set()
         if self._task is not None:
             await self._task
         run = self.run

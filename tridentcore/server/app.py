@@ -65,7 +65,7 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
     closes ``records`` (``records.problem`` then says if the run is not all stored)."""
     config = config or ServerConfig()
     engine = runtime.engine
-    jobs = Jobs(runtime, config.max_jobs)
+    jobs = Jobs(runtime, config.max_jobs, records)
     jobs.attach()
 
     @asynccontextmanager

@@ -28,6 +28,7 @@ from .errors import ApiError, invalid
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runtime.build import Runtime
+    from ..runtime.stored import RunRecords
     from .schemas import GenerationRequest, ImageGenerationRequest
 
 __all__ = ["ENDED", "JOB_ID_PREFIX", "Job", "Jobs", "new_job_id"]
@@ -57,10 +58,11 @@ class Job:
 class Jobs:
     """The server's jobs over one runtime's engine."""
 
-    def __init__(self, runtime: Runtime, max_jobs: int) -> None:
+    def __init__(self, runtime: Runtime, max_jobs: int, records: RunRecords | None = None) -> None:
         self.runtime = runtime
         self.engine = runtime.engine
         self.max_jobs = max_jobs
+        self.records = records  # with --db: an ended request is answered once its row is in the run's journal
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._owner: dict[int, Job] = {}  # request id -> its job, until the engine forgets the request
         self._arriving: dict[int, dict] | None = None  # during engine.submit: requests forgotten in it, as they ended
@@ -258,6 +260,13 @@ class Jobs:
 
     async def wait(self, job: Job) -> None:
         await asyncio.gather(*(self._wait_for(job, r) for r in job.request_ids))
+        await self.written(job)
+
+    async def written(self, job: Job) -> None:
+        """Once the rows of the job's ended requests are in the run's journal (with ``--db``; at once
+        without): what a client was answered survives a ``kill -9`` of the server."""
+        if self.records is not None:
+            await self.records.written(job.request_ids)
 
     async def _wait_for(self, job: Job, rid: int) -> None:
         if rid in job.final:

@@ -1,7 +1,8 @@
 """A server's run journal: its rows on disk as they appear, then ingested into the results store.
 
 A server with ``--db FILE`` never holds the DuckDB lock while it serves. It appends its rows to a
-journal, ``FILE.journal/<run id>.jsonl`` (one per run), flushed and fsynced every half second, and
+journal, ``FILE.journal/<run id>.jsonl`` (one per run), flushed and fsynced every half second and
+before a request is answered (``RunRecords.written``), and
 ingests what the journal holds into DuckDB in short transactions (open, insert, close). The
 journal is the durable copy: a transaction that cannot get the lock (a reader holds the file) is
 simply tried again later, and whatever a crash leaves in the journal is ingested by the next
@@ -79,9 +80,9 @@ MAX_LINE_ROWS = 5_000  # rows per journal line
 MAX_TRANSACTION_ROWS = 50_000  # rows per ingest transaction (a journal far behind is ingested in several)
 MAX_CACHED_ROWS = 200_000  # rows an owner's ingester keeps in memory (past it: read back from the file)
 JOURNAL_TABLES = ("requests", "stage_spans", "placements", "gpu_samples")
-# (the journal is written every half second: a request answered in the last one reads so too, outside test)
-CRASHED_REASON = ("the server crashed; the request had not finished when its journal was last written "
-                  "(one answered in the half second before the crash reads so too)")
+# (an answer waits for its request's row in the journal: an answered request is never stored so, unless the
+# journal could not be written then, which the server logs and answers new requests 503 for)
+CRASHED_REASON = "the server crashed before the request finished (its client had no answer)"
 SAMPLE_S = 10.0  # the gpu_samples interval (as the engine's)
 
 

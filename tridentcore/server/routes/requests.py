@@ -41,7 +41,9 @@ async def get_request(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONRespo
 @router.get("/v1/requests/{job_id}/result", responses=responses(*_RESULT))
 async def get_result(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """The finished generation (409 while it runs; the ending's status if it did not finish)."""
-    return JSONResponse(jobs.result_body(jobs.get(job_id)))
+    job = jobs.get(job_id)
+    await jobs.written(job)
+    return JSONResponse(jobs.result_body(job))
 
 
 @router.get("/v1/requests/{job_id}/result/{index}", response_class=Response,
@@ -50,7 +52,9 @@ async def get_result(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONRespon
 async def get_result_file(job_id: str, index: int, jobs: Jobs = Depends(deps.jobs)) -> Response:
     """One image (PNG) or video (animated WebP) of a generation, once that item is done (409 before; if it
     ended otherwise, its ending's status)."""
-    content, media_type = jobs.result_file(jobs.get(job_id), index)
+    job = jobs.get(job_id)
+    await jobs.written(job)
+    content, media_type = jobs.result_file(job, index)
     return Response(content, media_type=media_type)
 
 
