@@ -203,7 +203,7 @@ class RunRecords:
         flushing now rather than at the next :data:`FLUSH_S`; also when a write attempt fails (the
         journal cannot be written: the rows wait in memory, new requests are refused) or the run is
         closing (``close`` writes them)."""
-        while (self._task is not None and not self._stop.is_set()
+        while (self._task is not None and not self._task.done() and not self._stop.is_set()
                and any(r in self._unjournaled for r in request_ids)):
             flushed = self._flushed
             self._wake.set()
