@@ -337,43 +337,60 @@ def test_kill_9_loses_nothing_that_completed_a_second_before(tmp_path):
     assert _cli("runs", "recover", "--db", str(db)).output.startswith("no journals")
 
 
+def _answered_then_killed(db, run_id: str, ask) -> dict:
+    """Serve, ``ask(client)`` (the requests, each answered), ``kill -9`` the moment the last answer
+    arrives, recover: the run's requests, done and all (a request accepted and not ended is stored
+    ``unfinished``)."""
+    server = start_server([*ARGS, "--db", str(db), "--run-id", run_id])
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            ask(client)
+            _kill9(server)
+    finally:
+        if server.proc.poll() is None:
+            _kill9(server)
+    assert f"recovered run {run_id}" in _cli("runs", "recover", "--db", str(db)).output
+    return _one(db, "SELECT count(*) FILTER (WHERE state = 'done') AS done, count(*) AS n FROM requests "
+                    "WHERE run_id = ?", [run_id])
+
+
 def test_a_request_answered_is_in_the_journal_before_its_answer_so_a_kill_9_right_after_loses_none(tmp_path):
     """Outside test: a request answered in the half second before a ``kill -9`` was stored
     ``unfinished`` (the journal was written every half second, the answer sent before). The answer now
     waits for the request's row to reach the journal: killed the moment the last answer arrives, every
-    answered request is stored done. Both ways of asking: the call that waits, and a submitted request
-    whose result is fetched."""
-    db = tmp_path / "right.duckdb"
-    server = start_server([*ARGS, "--db", str(db), "--run-id", "right"])
-    try:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            for i in range(6):
-                assert client.post("/v1/images/generations", json={**BODY, "seed": i}).status_code == 200
-            _kill9(server)
-    finally:
-        if server.proc.poll() is None:
-            _kill9(server)
-    assert "recovered run right" in _cli("runs", "recover", "--db", str(db)).output
-    assert _one(db, "SELECT count(*) FILTER (WHERE state = 'done') AS done, count(*) AS n FROM requests "
-                    "WHERE run_id = 'right'") == {"done": 6, "n": 6}
+    answered request is stored done. Every way of asking: the call that waits, a submitted request
+    whose result is fetched, one whose status is polled until done (an outside test found the status
+    answered before the row), and submissions answered 202 (each stored, unfinished)."""
+    def waiting(client):
+        for i in range(6):
+            assert client.post("/v1/images/generations", json={**BODY, "seed": i}).status_code == 200
 
-    server = start_server([*ARGS, "--db", str(db), "--run-id", "polled"])
-    try:
-        with httpx.Client(base_url=server.url, timeout=60) as client:
-            for i in range(6):
-                job = client.post("/v1/requests", json={**BODY, "seed": i}).json()["id"]
-                deadline = time.monotonic() + 30
-                while (got := client.get(f"/v1/requests/{job}/result")).status_code == 409:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.005)
-                assert got.status_code == 200, got.text
-            _kill9(server)
-    finally:
-        if server.proc.poll() is None:
-            _kill9(server)
-    assert "recovered run polled" in _cli("runs", "recover", "--db", str(db)).output
-    assert _one(db, "SELECT count(*) FILTER (WHERE state = 'done') AS done, count(*) AS n FROM requests "
-                    "WHERE run_id = 'polled'") == {"done": 6, "n": 6}
+    def polled(client):
+        for i in range(6):
+            job = client.post("/v1/requests", json={**BODY, "seed": i}).json()["id"]
+            deadline = time.monotonic() + 30
+            while (got := client.get(f"/v1/requests/{job}/result")).status_code == 409:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            assert got.status_code == 200, got.text
+
+    def status(client):
+        for i in range(6):
+            job = client.post("/v1/requests", json={**BODY, "seed": i}).json()["id"]
+            deadline = time.monotonic() + 30
+            while client.get(f"/v1/requests/{job}").json()["state"] != "done":
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+
+    def submitted(client):
+        for i in range(6):
+            assert client.post("/v1/requests", json={**BODY, "seed": i, "steps": 100}).status_code == 202
+
+    db = tmp_path / "right.duckdb"
+    assert _answered_then_killed(db, "waiting", waiting) == {"done": 6, "n": 6}
+    assert _answered_then_killed(db, "polled", polled) == {"done": 6, "n": 6}
+    assert _answered_then_killed(db, "status", status) == {"done": 6, "n": 6}
+    assert _answered_then_killed(db, "submitted", submitted)["n"] == 6  # (done or unfinished)
 
 
 def test_a_journal_deleted_while_it_serves_is_written_again_and_a_kill_9_loses_nothing(tmp_path):
@@ -553,7 +570,7 @@ def test_a_shutdown_that_cuts_requests_short_is_interrupted(tmp_path):
     finally:
         assert server.stop() == 0
     run = _one(db, "SELECT status, (SELECT list(state) FROM requests) AS states FROM runs")
-    assert run["status"] == "interrupted" and list(run["states"]) == ["failed"]
+    assert run["status"] == "interrupted" and list(run["states"]) == ["failed"], run
     assert not pending_journals(db)
 
 

@@ -342,6 +342,10 @@ class Engine:
         """Requests accepted and not yet ended."""
         return list(self._live)
 
+    def is_live(self, rid: int) -> bool:
+        """Whether request ``rid`` was accepted here and has not ended."""
+        return rid in self._live
+
     def waiting_count(self) -> int:
         reqs = self.state.requests
         return sum(1 for rid in self._live if reqs[rid].state in WAITING_FOR)

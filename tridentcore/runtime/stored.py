@@ -8,16 +8,20 @@ Two ways in:
   that is stored or reserved); :meth:`RunRecords.start` writes the ``runs`` row (``running``);
   every :data:`FLUSH_S` the requests that ended, the spans and the placement changes since the
   last flush go to the run's journal (``tridentcore.store.journal``; flushed and fsynced), and at
-  once when an answer waits for them (:meth:`RunRecords.written`: a request is answered only once its
-  row is in the journal, so a ``kill -9`` loses no request a client was answered for), and
-  about every second what the journal holds is ingested into DuckDB in one short transaction
-  (the file is locked only while it lasts; a lock held by a reader just postpones it).
+  once when an answer waits for them (:meth:`RunRecords.written`: a request is answered only once the
+  journal holds it as it stands, so a ``kill -9`` loses no request a client was told about), and
+  about every second, in a task of its own (an answer never waits for it), what the journal holds is
+  ingested into DuckDB in one short transaction (the file is locked only while it lasts; a lock held
+  by a reader just postpones it).
   :meth:`RunRecords.close` writes the rest (requests never ended, GPU samples, the final
   ``runs`` row: ``done``, or ``interrupted`` when the drain ran out), ingests it, and deletes the
   journal; when that fails the journal stays for ``trident runs recover`` and ``close`` says why.
 
 Provenance (git commit, package versions, hardware) is the caller's to give: it is gathered by the
 bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
+
+One module of about 470 lines: ``RunRecords``' flushing, answering and closing share its buffers and
+their bookkeeping, and ``write`` is the same rows in one go.
 """
 
 from __future__ import annotations
@@ -168,9 +172,10 @@ class RunRecords:
         self._wake = asyncio.Event()  # the flush loop's: stop, or an answer waits for its request's row
         self._ended = 0  # requests ended so far (their rows numbered in that order)
         self._unjournaled: dict[int, int] = {}  # request id -> its row's number, until the journal holds it
+        self._arriving: set[int] = set()  # arrivals collected into the write under way
         self._flushed = asyncio.Event()  # set (and replaced) after each write attempt
         self._task: asyncio.Task | None = None
-        self._last_ingest = 0.0
+        self._ingest_task: asyncio.Task | None = None
         self._last_line = 0.0
         self._refused_said: dict[str, int] = {}  # the refusal counts the journal has (a change is a line)
         self._busy_since: float | None = None  # the store refused our ingests since (locked)
@@ -197,25 +202,35 @@ class RunRecords:
         self._ended += 1
         self._unjournaled[rec.spec.id] = self._ended
 
+    def _unsaved(self, rid: int) -> bool:
+        """Whether the journal does not hold ``rid`` as it stands: ended and its row not written, or
+        accepted and its arrival not written."""
+        if rid in self._unjournaled or rid in self._arriving:
+            return True
+        return rid not in self._arrived and any(e.is_live(rid) for e in _parts(self.run))
+
     async def written(self, request_ids) -> None:
-        """Return once the journal holds the rows of ``request_ids`` that have ended (a server answers
-        a request only then: a ``kill -9`` after the answer loses no row the client was told about),
-        flushing now rather than at the next :data:`FLUSH_S`; also when a write attempt fails (the
-        journal cannot be written: the rows wait in memory, new requests are refused) or the run is
-        closing (``close`` writes them)."""
+        """Return once the journal holds ``request_ids`` as they stand: the rows of those that ended,
+        the arrivals of those still live (a server answers only then, a 202 or a status as much as a
+        result: a ``kill -9`` after an answer loses no request the client was told about), flushing
+        now rather than at the next :data:`FLUSH_S`. Also returns when a write attempt fails (the
+        journal cannot be written: the rows wait in memory and new requests are refused, but the
+        answers already due go out) or the run is closing (``close`` writes the rest)."""
         while (self._task is not None and not self._task.done() and not self._stop.is_set()
-               and any(r in self._unjournaled for r in request_ids)):
+               and any(self._unsaved(r) for r in request_ids)):
             flushed = self._flushed
             self._wake.set()
             await flushed.wait()
             if self._down_since is not None:
                 return
 
-    def _journaled(self, upto: int) -> None:
-        """(On the event loop, after a write attempt.) Rows numbered up to ``upto`` are in the journal
-        (0: the attempt failed); wake the answers waiting."""
-        if upto:
+    def _journaled(self, upto: int | None) -> None:
+        """(On the event loop, after a write attempt.) The rows of the requests ended up to number
+        ``upto`` and the arrivals collected are in the journal (None: the attempt failed); wake the
+        answers waiting."""
+        if upto is not None:
             self._unjournaled = {r: n for r, n in self._unjournaled.items() if n > upto}
+            self._arriving = set()
         flushed, self._flushed = self._flushed, asyncio.Event()
         flushed.set()
 
@@ -236,6 +251,7 @@ class RunRecords:
             for rid in e.live_ids():
                 if rid not in self._arrived:
                     self._arrived.add(rid)
+                    self._arriving.add(rid)
                     arrivals.append(request_row(e.state.requests[rid]))
         now = time.monotonic()
         refused = self._refused_all()
@@ -275,9 +291,13 @@ class RunRecords:
         lines = [start_line(meta, gpus), *self._collect()]
         self.started = True
         await asyncio.to_thread(self._write_and_ingest, lines, self.lock_wait_s)
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._arriving = set()
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._loop())
+        self._ingest_task = loop.create_task(self._ingest_loop())
 
     async def _loop(self) -> None:
+        """Write what appeared every ``flush_s``, and at once when an answer waits for it."""
         try:
             while not self._stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -287,15 +307,23 @@ class RunRecords:
                     return
                 upto = self._ended
                 lines = self._collect()
-                due = time.monotonic() - self._last_ingest >= self.ingest_s
                 wrote = True
                 if lines or self._unwritten:
                     wrote = await asyncio.to_thread(self._write_and_ingest, lines, None)
-                self._journaled(upto if wrote else 0)  # the answers waiting go before the ingest
-                if wrote and due:
-                    await asyncio.to_thread(self._write_and_ingest, [], self.lock_wait_s)
+                self._journaled(upto if wrote else None)
         finally:
-            self._journaled(0)  # (stopped: close writes the rest; nobody waits on)
+            self._journaled(None)  # (stopped: close writes the rest; nobody waits on)
+
+    async def _ingest_loop(self) -> None:
+        """Ingest what the journal holds about every ``ingest_s``, in a thread of its own: an answer
+        waiting for a journal write never waits for DuckDB (its lock, a reader's)."""
+        while not self._stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.ingest_s)
+            if self._stop.is_set():
+                return
+            if self.ingester.pending():
+                await asyncio.to_thread(self._ingest, self.lock_wait_s)
 
     def _write_and_ingest(self, lines: list[dict], wait_s: float | None) -> bool:
         """(In a thread.) Append ``lines`` to the journal; then, when ``wait_s`` is given, ingest what
@@ -329,7 +357,10 @@ class RunRecords:
             self._down_since, self._down_said = None, (0.0, "")
         if wait_s is None or not self.ingester.pending():
             return True
-        self._last_ingest = time.monotonic()
+        return self._ingest(wait_s)
+
+    def _ingest(self, wait_s: float) -> bool:
+        """(In a thread.) Ingest what the journal holds; whether it went through."""
         try:
             self.ingester.ingest(wait_s)
         except Exception as exc:  # noqa: BLE001 - the journal holds the rows; next time
@@ -354,8 +385,9 @@ class RunRecords:
             return True
         self._stop.set()
         self._wake.set()
-        if self._task is not None:
-            await self._task
+        for task in (self._task, self._ingest_task):
+            if task is not None:
+                await task
         run = self.run
         lines = self._collect()
         unfinished = [r for r in run.request_rows() if r.state == "unfinished"]

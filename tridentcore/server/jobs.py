@@ -263,7 +263,7 @@ class Jobs:
         await self.written(job)
 
     async def written(self, job: Job) -> None:
-        """Once the rows of the job's ended requests are in the run's journal (with ``--db``; at once
+        """Once the run's journal holds the job's requests as they stand (with ``--db``; at once
         without): what a client was answered survives a ``kill -9`` of the server."""
         if self.records is not None:
             await self.records.written(job.request_ids)

@@ -35,7 +35,7 @@ file system: on NFS a live server's lock may not be seen by another host.) A jou
 its owner holds it (``rm``, its folder removed) is written again at its name from the copy the
 owner holds open, before its next line (:meth:`Journal.append`).
 
-One module of about 890 lines: the writer, the ingester and the recovery share the line format,
+One module of about 900 lines: the writer, the ingester and the recovery share the line format,
 the lock and the ingest bookkeeping, and each is needed to read the others.
 """
 
@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -459,6 +460,8 @@ class Ingester:
     _cache_end: int = -1
     _cache_rows: int = 0
     _db_file: tuple[int, int] | None = None  # (device, inode) of the database this ingester first wrote
+    # the owner writes (``wrote``) while an ingest runs in another thread: the cache is touched under it
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
 
     def wrote(self, lines: list[dict], start: int, end: int) -> None:
@@ -467,15 +470,16 @@ class Ingester:
         if not lines:
             return
         rows = sum(_line_rows(line) for line in lines)
-        contiguous = start == (self._cache_end if self._cache else self.offset)
-        if not contiguous or self._cache_rows + rows > MAX_CACHED_ROWS:
-            self._drop_cache()
-            return
-        if not self._cache:
-            self._cache_from = start
-        self._cache += lines
-        self._cache_end = end
-        self._cache_rows += rows
+        with self._lock:
+            contiguous = start == (self._cache_end if self._cache else self.offset)
+            if not contiguous or self._cache_rows + rows > MAX_CACHED_ROWS:
+                self._drop_cache()
+                return
+            if not self._cache:
+                self._cache_from = start
+            self._cache = [*self._cache, *lines]
+            self._cache_end = end
+            self._cache_rows += rows
 
     def _drop_cache(self) -> None:
         self._cache, self._cache_from, self._cache_end, self._cache_rows = [], -1, -1, 0
@@ -492,10 +496,13 @@ class Ingester:
         :data:`MAX_TRANSACTION_ROWS` rows; returns the rows inserted. Raises when the store cannot be
         written (locked past ``wait_s``, disk, schema): nothing of the failed transaction is kept
         and the next call starts there again."""
-        if self._cache and self._cache_from == self.offset:
-            lines, end = list(self._cache), self._cache_end
-        else:
-            self._drop_cache()
+        with self._lock:
+            if self._cache and self._cache_from == self.offset:
+                lines, end = list(self._cache), self._cache_end
+            else:
+                self._drop_cache()
+                lines = None
+        if lines is None:  # (lines appended meanwhile are read if whole, else the next ingest reads them)
             lines, end = read_lines(self.path, self.offset, self.skipped)
         inserted = 0
         while lines:
@@ -510,8 +517,9 @@ class Ingester:
             inserted += n
             self.ingested_rows += n
             lines = lines[len(batch):]
-        self.offset = end
-        self._drop_cache()
+        with self._lock:
+            self.offset = end
+            self._drop_cache()  # (what was appended meanwhile is read back from the file next time)
         return inserted
 
     def _same_database(self) -> None:

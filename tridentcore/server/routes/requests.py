@@ -22,6 +22,7 @@ _RESULT = ("not_found", "not_ready", "cancelled", "gone", "failed", "rejected")
 async def create_request(body: GenerationRequest, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """Submit without waiting: 202 with the id to poll."""
     job = jobs.submit(body, None)
+    await jobs.written(job)  # (with --db: the journal holds it before the client hears of it)
     return JSONResponse({"id": job.id, "state": jobs.state(job), "status_url": f"/v1/requests/{job.id}",
                          "result_url": f"/v1/requests/{job.id}/result"}, status_code=202)
 
@@ -35,7 +36,9 @@ async def list_requests(limit: int = Query(50, ge=1, le=1000), jobs: Jobs = Depe
 @router.get("/v1/requests/{job_id}", responses=responses("not_found"))
 async def get_request(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """State, current stage, progress and per-stage timings of each item."""
-    return JSONResponse(jobs.status_body(jobs.get(job_id)))
+    job = jobs.get(job_id)
+    await jobs.written(job)
+    return JSONResponse(jobs.status_body(job))
 
 
 @router.get("/v1/requests/{job_id}/result", responses=responses(*_RESULT))
@@ -64,4 +67,5 @@ async def cancel_request(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONRe
     """Cancel every item not yet ended (a running stage's output is dropped when it ends)."""
     job = jobs.get(job_id)
     n = jobs.cancel(job)
+    await jobs.written(job)
     return JSONResponse({"id": job.id, "cancelled": n, "state": jobs.state(job)})
