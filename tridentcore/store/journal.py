@@ -81,9 +81,11 @@ MAX_LINE_ROWS = 5_000  # rows per journal line
 MAX_TRANSACTION_ROWS = 50_000  # rows per ingest transaction (a journal far behind is ingested in several)
 MAX_CACHED_ROWS = 200_000  # rows an owner's ingester keeps in memory (past it: read back from the file)
 JOURNAL_TABLES = ("requests", "stage_spans", "placements", "gpu_samples")
-# (an answer waits for its request's row in the journal: an answered request is never stored so, unless the
-# journal could not be written then, which the server logs and answers new requests 503 for)
-CRASHED_REASON = "the server crashed before the request finished (its client had no answer)"
+# (a result or an end state is answered only once the journal holds it: such a request is never stored so,
+# unless the journal could not be written then, which the server logs and answers new requests 503 for;
+# a 202 or a status while it ran may have been answered)
+CRASHED_REASON = ("the server crashed before the request finished (its client was told no result and no end "
+                  "state)")
 SAMPLE_S = 10.0  # the gpu_samples interval (as the engine's)
 
 
