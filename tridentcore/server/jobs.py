@@ -62,7 +62,7 @@ class Jobs:
         self.runtime = runtime
         self.engine = runtime.engine
         self.max_jobs = max_jobs
-        self.records = records  # with --db: an ended request is answered once its row is in the run's journal
+        self.records = records  # with --db: a request is answered once the run's journal holds it as it stands
         self.jobs: OrderedDict[str, Job] = OrderedDict()
         self._owner: dict[int, Job] = {}  # request id -> its job, until the engine forgets the request
         self._arriving: dict[int, dict] | None = None  # during engine.submit: requests forgotten in it, as they ended
