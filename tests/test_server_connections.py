@@ -204,3 +204,19 @@ def test_many_stalled_clients_do_not_lock_the_others_out(server):
         for sock in socks:
             sock.close()
     assert statuses == [408] * n
+
+
+def test_a_client_still_sending_after_its_408_reads_the_answer_not_a_reset(server):
+    """A 408 then an immediate close: the bytes the client sent after it reached a closed socket, which
+    answered with a reset, and the client read ``ECONNRESET`` instead of the 408 (seen once in CI under
+    load, for the byte-a-time head above). The server now half-closes after its answer and drops what
+    still comes for a while (a lingering close, as nginx's)."""
+    with _connect(server) as sock:
+        sock.sendall(b"GET /healthz HT")
+        time.sleep(TIMEOUT_S + 0.5)  # the 408 has been sent (unread) and the server's side closed
+        for _ in range(5):
+            sock.sendall(b"X")
+            time.sleep(0.05)
+        raw, _ = _read_all(sock, 10)
+    status, _, err = _error(raw)
+    assert status == 408 and err["code"] == "head_timeout", raw

@@ -17,6 +17,12 @@ facing many clients needs.
   same read as the request before it. The bytes of the awaited head (those that came early included)
   are kept up to the bound, and a head that has not ended within it is refused as above.
 
+Both answers are followed by a **lingering close** (as nginx's ``lingering_close``): the answer is
+sent with a FIN, and what the client still sends is read and dropped for up to :data:`LINGER_S`
+before the socket closes. Closed at once, a socket that has unread input sends a reset, and a client
+still sending its head (a byte at a time, or the rest of an oversized one) lost the 408 or 400 to
+``ECONNRESET`` (seen in a test under load).
+
 :func:`raise_open_files_limit` lifts the process's soft limit on open files to its hard limit (each
 connection is one), as servers commonly do at start; a soft limit of 1024 is many systems' default.
 """
@@ -36,6 +42,7 @@ __all__ = ["protocol_class", "raise_open_files_limit"]
 logger = logging.getLogger(__name__)
 
 HEAD_LIMIT = 16 * 1024  # bytes of a request line and headers (h11's bound on an incomplete one)
+LINGER_S = 2.0  # after a 408 or 400 of our own: the client's input is read and dropped this long at most
 _HEAD_END = re.compile(rb"\n\r?\n")  # where a head ends, as h11 reads it (a bare LF ends a line too)
 
 
@@ -68,7 +75,11 @@ def protocol_class(timeout_s: float) -> type[asyncio.Protocol]:
             self._head_arrived()
             super().connection_lost(exc)
 
+        _lingering = False  # answered and half-closed: input is dropped until the client closes or LINGER_S
+
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return
             if self._head_timer is not None:
                 if self._head_bytes <= HEAD_LIMIT:
                     self._head_start += data[:HEAD_LIMIT + 4 - len(self._head_start)]
@@ -115,6 +126,8 @@ def protocol_class(timeout_s: float) -> type[asyncio.Protocol]:
                     "head_timeout",
                     f"the request line and headers did not arrive within {timeout_s:g} s "
                     f"({self._head_bytes} bytes came)"))
+                self._close_lingering()
+                return
             self.transport.close()
 
         def send_400_response(self, msg: str) -> None:
@@ -123,7 +136,25 @@ def protocol_class(timeout_s: float) -> type[asyncio.Protocol]:
                 "bad_request",
                 "not a valid HTTP/1.1 request (a malformed request line or header, or a request line "
                 "and headers over 16 KiB)"))
-            self.transport.close()
+            self._close_lingering()
+
+        def _close_lingering(self) -> None:
+            """Send what was written and a FIN; drop the client's input until it closes, or for
+            ``LINGER_S``; then close (the module docstring)."""
+            self._lingering = True
+            transport = self.transport
+            if not transport.can_write_eof():
+                transport.close()
+                return
+            transport.write_eof()
+            transport.resume_reading()  # (h11's flow control may have paused it: the input is drained)
+            self.loop.call_later(LINGER_S, transport.close)
+
+        def eof_received(self):
+            if self._lingering:  # the client is done too
+                self.transport.close()
+                return None
+            return super().eof_received()
 
     return DeadlineH11Protocol
 
