@@ -559,6 +559,35 @@ def test_a_duplicate_run_id_is_refused_at_start(tmp_path):
     assert _one(db, "SELECT count(*) AS n FROM runs")["n"] == 1
 
 
+def test_a_numbered_run_id_takes_the_next_number_so_a_restart_after_a_crash_is_not_refused(tmp_path):
+    """A supervisor restarts a crashed server with the same command line: with ``--run-id prod`` the
+    restart was refused (the crashed run is stored) and crash-looped; ``prod-{n}`` numbers each start."""
+    db = tmp_path / "p.duckdb"
+    numbered = [*ARGS, "--db", str(db), "--run-id", "prod-{n}"]
+    first = start_server(numbered)
+    try:
+        _serve(3, first.url)
+    finally:
+        _kill9(first)
+    again = start_server(numbered)  # recovers prod-1 (crashed), serves as prod-2
+    try:
+        beside = start_server(numbered)  # prod-2's journal is held: prod-3
+        try:
+            _serve(2, again.url)
+            _serve(1, beside.url)
+        finally:
+            assert beside.stop() == 0
+    finally:
+        assert again.stop() == 0
+    runs = query_readonly(db, "SELECT run_id, status, (SELECT count(*) FROM requests q WHERE q.run_id = r.run_id) AS n "
+                              "FROM runs r ORDER BY run_id")
+    assert list(zip(runs.run_id, runs.status, runs.n)) == [("prod-1", "crashed", 3), ("prod-2", "done", 2),
+                                                            ("prod-3", "done", 1)]
+    assert not pending_journals(db)
+    twice = _cli("serve", *ARGS, "--db", str(db), "--run-id", "a-{n}-{n}")
+    assert twice.exit_code == 2 and "at most one {n}" in twice.output, twice.output
+
+
 def test_a_shutdown_that_cuts_requests_short_is_interrupted(tmp_path):
     db = tmp_path / "i.duckdb"
     server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "1",

@@ -29,6 +29,7 @@ from tridentcore.store import (  # noqa: E402
     export_run,
     list_runs,
     new_run_id,
+    next_run_number,
     open_readonly,
     query_readonly,
     query_readonly_capped,
@@ -394,6 +395,13 @@ def test_new_run_id_is_readable_and_unique():
     assert a == new_run_id("pipeline-static:degree=2", 7, now_unix_s=1_700_000_000.0, salt="x")
     assert re.fullmatch(r"20231114-221320-pipeline-static-degree-2-s7-[0-9a-f]{6}", a), a
     assert len({new_run_id("trident", 1) for _ in range(200)}) == 200
+
+
+def test_a_numbered_run_id_goes_above_the_highest_taken_number_of_its_pattern():
+    assert next_run_number("prod-{n}", []) == 1
+    assert next_run_number("prod-{n}", ["prod-1", "prod-7", "prod-3", "prod-x", "prod-", "prod-2-b", "dev-9"]) == 8
+    assert next_run_number("{n}.night", ["3.night", "12.night", "4.day", "night"]) == 13
+    assert next_run_number("r{n}", ["r١٢"]) == 1  # digits other than 0-9 are not a number of its
 
 
 # ---------------------------------------------------------------------------------------------

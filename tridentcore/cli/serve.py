@@ -54,7 +54,8 @@ def serve(
     port_file: str = typer.Option(None, help="Write the bound port here once the server is ready (and, once it begins "
                                              "to stop, the number of the signal that stops it to FILE.stopping)."),
     run_id: str = typer.Option(None, help="Id of the run written to --db (default: a new one); refused if it is stored "
-                                          "or another server holds it."),
+                                          "or another server holds it. A {n} in it takes the next free number at "
+                                          "each start ('prod-{n}': prod-1, then prod-2 after a restart)."),
     keep_ended: int = typer.Option(DEFAULT_KEEP_ENDED, min=0, help="Ended requests kept in full in memory; older ones keep only "
                                                       "their final status (and their store row with --db); "
                                                       "their images and videos are kept apart (--results-mib)."),

@@ -20,7 +20,7 @@ Two ways in:
 Provenance (git commit, package versions, hardware) is the caller's to give: it is gathered by the
 bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
 
-One module of about 470 lines: ``RunRecords``' flushing, answering and closing share its buffers and
+One module of about 490 lines: ``RunRecords``' flushing, answering and closing share its buffers and
 their bookkeeping, and ``write`` is the same rows in one go.
 """
 
@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -99,12 +100,11 @@ def write(run: Engine | EngineGroup, path: str, run_id: str | None = None, confi
 def open_journal(db: str, run_id: str) -> Journal:
     """Reserve ``run_id`` in ``db`` for a server: first ingest the journals dead servers left (each is
     logged), then create this run's journal (atomic: a second server with the id gets
-    ``DuplicateRunError``) and refuse an id already stored (``DuplicateRunError``, journal removed)."""
-    import os
-
-    from ..store import DuplicateRunError, NotADatabaseError, open_readonly
-    from ..store.journal import Journal, recover
-    from ..store.schema import ForeignSchemaError
+    ``DuplicateRunError``) and refuse an id already stored (``DuplicateRunError``, journal removed).
+    An id with ``{n}`` (``RUN_NUMBER``) takes the next number that neither is stored nor has a
+    journal, so a server a supervisor restarts with the same ``--run-id`` after a crash is not refused."""
+    from ..store import RUN_NUMBER, DuplicateRunError, next_run_number
+    from ..store.journal import pending_journals, recover
 
     for r in recover(db):
         if r.outcome == "ingested":
@@ -112,30 +112,53 @@ def open_journal(db: str, run_id: str) -> Journal:
                            r.requests, r.status, f"; {r.message}" if r.message else "")  # (as `runs recover` says it)
         elif r.outcome == "failed":
             logger.error("could not recover run %s from %s: %s", r.run_id, r.path, r.message)
+    if RUN_NUMBER not in run_id:
+        return _reserve(db, run_id)
+    held = [urllib.parse.unquote(p.name.removesuffix(".jsonl")) for p in pending_journals(db)]
+    first = next_run_number(run_id, [*held, *_stored(db, None, run_id.partition(RUN_NUMBER)[0])])
+    for n in range(first, first + 100):  # (an id taken meanwhile by a server starting beside this one: the next)
+        with contextlib.suppress(DuplicateRunError):
+            return _reserve(db, run_id.replace(RUN_NUMBER, str(n)))
+    raise DuplicateRunError(f"run {run_id!r}: numbers {first}-{first + 99} were all taken while this server started")
+
+
+def _reserve(db: str, run_id: str) -> Journal:
+    from ..store import DuplicateRunError
+    from ..store.journal import Journal
+
     journal = Journal.reserve(db, run_id)
     try:
-        if os.path.exists(db) and _stored(open_readonly(db), run_id):
-            raise DuplicateRunError(f"run {run_id!r} is already in {db}; choose another --run-id")
-    except ForeignSchemaError as exc:  # another program's database: refused before serving
-        journal.remove()
-        raise NotADatabaseError(db, str(exc)) from None
+        if _stored(db, run_id):
+            raise DuplicateRunError(f"run {run_id!r} is already in {db}; choose another --run-id (one with {{n}}, "
+                                    f"as 'prod-{{n}}', is numbered afresh at each start)")
     except BaseException:
         journal.remove()
         raise
     return journal
 
 
-def _stored(con, run_id: str) -> bool:
-    """Whether ``run_id`` is in the ``runs`` table (closes ``con``; no pandas in a server);
-    ``SchemaVersionError`` for a database this code cannot write (outside test: a newer schema was
+def _stored(db: str, run_id: str | None, head: str = ""):
+    """Whether ``run_id`` is in ``db``'s ``runs`` table, or (``run_id`` None) the stored ids that start
+    with ``head`` (read-only; no pandas in a server). ``NotADatabaseError`` for another program's
+    database, ``SchemaVersionError`` for one this code cannot write (outside test: a newer schema was
     found only by the final write, after the whole run was served)."""
-    from ..store import check_version
+    import os
 
+    from ..store import NotADatabaseError, check_version, open_readonly
+    from ..store.schema import ForeignSchemaError
+
+    if not os.path.exists(db):
+        return [] if run_id is None else False
+    con = open_readonly(db)
     try:
         check_version(con)
         if not con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'runs'").fetchall():
-            return False
+            return [] if run_id is None else False
+        if run_id is None:
+            return [r for (r,) in con.execute("SELECT run_id FROM runs WHERE starts_with(run_id, ?)", [head]).fetchall()]
         return bool(con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall())
+    except ForeignSchemaError as exc:  # another program's database: refused before serving
+        raise NotADatabaseError(db, str(exc)) from None
     finally:
         con.close()
 

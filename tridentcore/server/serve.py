@@ -187,6 +187,8 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
     if opts.run_id is not None and not opts.db:  # (outside test: taken without a word, nothing stored under it)
         raise SetupError([f"--run-id {brief(opts.run_id)}: the id of the run stored in --db; give --db FILE, "
                           "or leave --run-id out"])
+    if opts.run_id is not None and opts.run_id.count("{n}") > 1:
+        raise SetupError([f"--run-id {brief(opts.run_id)}: at most one {{n}} (the number it takes at each start)"])
     if opts.port_file:  # its folder made now, as --db's is: not found only once the server serves
         try:
             Path(opts.port_file).parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from .readers import (CappedResult, QueryRows, export_run, list_runs, open_reado
                       query_readonly_capped, query_readonly_rows, query_readonly_stream, read_run_tables, run_summary,
                       statement_count)
 from .schema import CLIENT_STATES, CLIENT_TABLES, RUN_STATUSES, SCHEMA_VERSION, TABLES, VIEWS, arrow_schema, check_version
-from .writer import ResultsStore, client_requests_table, new_run_id, rows_to_arrow
+from .writer import RUN_NUMBER, ResultsStore, client_requests_table, new_run_id, next_run_number, rows_to_arrow
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -43,6 +43,8 @@ __all__ = [
     "RowsError",
     "ResultsStore",
     "new_run_id",
+    "next_run_number",
+    "RUN_NUMBER",
     "open_readonly",
     "query_readonly",
     "query_readonly_capped",

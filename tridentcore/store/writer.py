@@ -1,4 +1,4 @@
-"""Writing runs: :class:`ResultsStore` (one transaction per call), rows to Arrow, run ids.
+"""Writing runs: :class:`ResultsStore` (one transaction per call), rows to Arrow, run ids (new and numbered).
 
 The simulator and the live engine both hand :meth:`ResultsStore.write_run` the same records
 (``tridentcore.core.records``); every table is inserted from an Arrow table whose schema is
@@ -263,6 +263,18 @@ def new_run_id(policy: str, seed: int, *, now_unix_s: float | None = None, salt:
     slug = re.sub(r"[^a-z0-9]+", "-", policy.lower()).strip("-")[:40].strip("-") or "run"
     digest = hashlib.sha1(f"{now!r}|{policy}|{seed}|{os.getpid()}|{salt}".encode()).hexdigest()[:6]
     return f"{stamp}-{slug}-s{seed}-{digest}"
+
+
+RUN_NUMBER = "{n}"  # in a run id: numbered afresh at each start (``serve --run-id 'prod-{n}'``)
+
+
+def next_run_number(template: str, taken: Iterable[str]) -> int:
+    """The number for ``template``'s :data:`RUN_NUMBER`: one above the highest of the ``taken`` ids
+    that match it (``prod-{n}`` with ``prod-1``, ``prod-7`` taken: 8), 1 when none does."""
+    head, _, tail = template.partition(RUN_NUMBER)
+    used = [int(middle) for i in taken if len(i) > len(head) + len(tail) and i.startswith(head) and i.endswith(tail)
+            and (middle := i[len(head):len(i) - len(tail)]).isascii() and middle.isdigit()]
+    return max(used, default=0) + 1
 
 
 def _interrupted(exc: BaseException) -> bool:
