@@ -42,6 +42,7 @@ LATENCY_TOL = 0.05  # trident within 5 % of the best mean and P95
 GAP_POINTS = 0.5  # and at most half a point below the best attainment
 DEFAULT_MARKDOWN = "benchmarks/results/latency_pareto_2x8xH200.md"
 QUICK = {"mixes": "video-wan", "scales": "3", "fractions": "0.5,1", "duration": 300.0}
+SETTINGS = ("mixes", "scales", "fractions", "duration", "cluster", "profile", "seed", "trident", "jobs")  # in --json
 
 
 def _runs(args) -> list[dict]:
@@ -131,9 +132,9 @@ def summary(table: list[dict]) -> list[str]:
     compared = [c for c in table if c["best_mean"] is not None]
     count = {flag: sum(flag in c["flags"] for c in table) for flag in ("mean", "p95", "att")}
     lines = [f"trident is within 5 % of the best mean and P95 and at most {GAP_POINTS:g} point below the best "
-             f"attainment in **{len(within)} of {len(table)} cells**; outside on the mean in {count['mean']}, on the "
-             f"P95 in {count['p95']}, on attainment in {count['att']}. In {len(table) - len(compared)} cells no other "
-             f"policy reaches {TARGET:.0%} attainment (only the attainment gap applies); of the {len(compared)} cells "
+             f"attainment in **{len(within)} of {_cells(len(table))}**; outside on the mean in {count['mean']}, on the "
+             f"P95 in {count['p95']}, on attainment in {count['att']}. In {_cells(len(table) - len(compared))} no other "
+             f"policy reaches {TARGET:.0%} attainment (only the attainment gap applies); of the {_cells(len(compared))} "
              f"where one does, trident is within in {sum(1 for c in compared if not c['flags'])}."]
     for key, flag, label, fmt in (("mean_ratio", "mean", "mean ratio", "{:.2f}"), ("p95_ratio", "p95", "P95 ratio", "{:.2f}"),
                                   ("gap_points", "att", "attainment gap", "{:+.1f} pts")):
@@ -144,8 +145,13 @@ def summary(table: list[dict]) -> list[str]:
     if not count["att"]:
         largest = max((c["gap_points"] for c in table), default=math.nan)
         lines.append(f"trident's attainment is never more than {GAP_POINTS:g} point below the best other policy's "
-                     f"(largest gap {largest:+.1f} pts).")
+                     + (f"(largest gap {largest:+.1f} pts)." if largest >= 0 else
+                        f"(it is above it in every cell, by {-largest:.1f} pts at least)."))
     return lines
+
+
+def _cells(n: int) -> str:
+    return f"{n} cell" if n == 1 else f"{n} cells"
 
 
 def markdown(rows: list[dict], args, wall_s: float | None) -> str:
@@ -196,12 +202,19 @@ def main() -> None:
     ap.add_argument("--markdown", default=None,
                     help=f"write the table here (default {DEFAULT_MARKDOWN}; --quick writes none unless given)")
     ap.add_argument("--json", default=None, help="also write every simulated (policy, rate) row here")
-    ap.add_argument("--from-json", default=None, help="render an earlier --json file instead of running")
+    ap.add_argument("--from-json", default=None, help="render an earlier --json file instead of running (with the "
+                    "settings it was made with; no Markdown file unless --markdown is given)")
     ap.add_argument("--quick", action="store_true", help="smoke test: one mix, one scale, two rates, 300 s")
     args = ap.parse_args()
     if args.quick:
+        given = [f"--{k}" for k in QUICK if getattr(args, k) != ap.get_default(k)]
+        if given:  # (outside test: --quick --mixes nope ran the quick table without a word)
+            ap.error(f"--quick sets {', '.join(given)} itself (" + ", ".join(f"--{k} {v:g}" if isinstance(v, float)
+                     else f"--{k} {v}" for k, v in QUICK.items()) + "): leave them out, or leave out --quick")
         for key, value in QUICK.items():
             setattr(args, key, value)
+    if not 0 <= args.seed < 2**31:
+        ap.error(f"--seed: {args.seed} is not in 0..2147483647")
     for flag in ("fractions", "scales"):  # named here, not later as "a rate > 0 is needed with a mix"
         for item in str(getattr(args, flag)).split(","):
             try:
@@ -213,7 +226,7 @@ def main() -> None:
                          f"{ap.get_default(flag)})")
     wall_s = None
     if args.from_json:
-        rows = json.loads(Path(args.from_json).read_text())
+        rows = _from_json(ap, args)
     else:
         t0 = time.perf_counter()
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -221,17 +234,47 @@ def main() -> None:
         wall_s = time.perf_counter() - t0
         print(f"{len(rows)} simulations in {wall_s:.0f} s with --jobs {args.jobs}")
         if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1))
+            settings = {k: getattr(args, k) for k in SETTINGS}
+            _write(ap, "--json", args.json, json.dumps({"settings": settings, "rows": rows}, indent=1))
     text = markdown(rows, args, wall_s)
     print(text.split("\n## ", 1)[0].split("\n\n", 2)[-1])
     for block in text.split("\n## ")[1:]:
         print("\n## " + block)
-    out = args.markdown or (None if args.quick else DEFAULT_MARKDOWN)  # a smoke test never replaces the table
+    # a smoke test, or a file rendered again, never replaces the committed table unless told to
+    out = args.markdown or (None if args.quick or args.from_json else DEFAULT_MARKDOWN)
     if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
-        print(f"markdown in {path}")
+        _write(ap, "--markdown", out, text + "\n")
+        print(f"markdown in {out}")
+
+
+def _write(ap, flag: str, where: str, text: str) -> None:
+    try:
+        Path(where).parent.mkdir(parents=True, exist_ok=True)
+        Path(where).write_text(text)
+    except OSError as exc:
+        ap.error(f"{flag} {where}: cannot write it ({exc.strerror or exc})")
+
+
+def _from_json(ap, args) -> list[dict]:
+    """The rows of an earlier ``--json`` file; the settings it was made with replace the command line's
+    (the table's heading names them), and ``--trident``, when given, must be a policy it holds."""
+    try:
+        got = json.loads(Path(args.from_json).read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        ap.error(f"--from-json {args.from_json}: cannot read it ({getattr(exc, 'strerror', None) or exc})")
+    except ValueError as exc:
+        ap.error(f"--from-json {args.from_json}: not JSON ({exc})")
+    if not (isinstance(got, dict) and isinstance(got.get("rows"), list) and isinstance(got.get("settings"), dict)
+            and set(SETTINGS) <= set(got["settings"]) and got["rows"]):
+        ap.error(f"--from-json {args.from_json}: not a file this script wrote with --json (settings and rows)")
+    trident = args.trident if args.trident != ap.get_default("trident") else got["settings"]["trident"]
+    for key in SETTINGS:
+        setattr(args, key, got["settings"][key])
+    held = sorted({r.get("policy") for r in got["rows"] if isinstance(r, dict)} - set(BASELINES), key=str)
+    if trident not in held:
+        ap.error(f"--trident {trident}: no rows of it in {args.from_json} (it holds {', '.join(map(str, held)) or 'none'})")
+    args.trident = trident
+    return got["rows"]
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ def test_latency_pareto_quick_writes_one_table(tmp_path):
                            "--markdown", str(md), "--json", str(raw)], capture_output=True, text=True, timeout=300,
                           cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = json.loads(raw.read_text())
+    saved = json.loads(raw.read_text())
+    rows = saved["rows"]
+    assert saved["settings"]["duration"] == 300 and saved["settings"]["mixes"] == "video-wan"
     assert {r["policy"] for r in rows} == {"trident", *lp.BASELINES} and len(lp.BASELINES) == 6
     assert sorted({r["fraction"] for r in rows}) == [0.5, 1.0] and len(rows) == 14
     for r in rows:
@@ -62,11 +64,19 @@ def test_latency_pareto_quick_writes_one_table(tmp_path):
     assert [line.split(" | ")[0] for line in table] == ["| 50%", "| 100%"]
     assert all(line.count("|") == lp.HEADER.count("|") for line in table)
     assert "of 2 cells" in text and "of 2 cells" in done.stdout
-    # without --markdown a smoke test prints its table and writes none (the published one stays)
-    again = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency_pareto.py"), "--quick", "--from-json",
-                            str(raw)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    # rendered again (outside test: it replaced the published table, headed with the command line's
+    # 900 s): the file's settings head it, and without --markdown nothing is written
+    def render(*args):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency_pareto.py"), "--from-json", str(raw),
+                               *args], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    again = render("--duration", "900")
     assert again.returncode == 0 and "of 2 cells" in again.stdout, again.stderr
     assert "markdown in" not in again.stdout and not (tmp_path / "benchmarks").exists()
+    assert render("--markdown", str(md)).returncode == 0
+    assert md.read_text().startswith("# Latency Pareto on 2x8xH200, profile h200, 300 s of Poisson arrivals, seed 0\n")
+    other = render("--trident", "trident:late=reject")
+    assert other.returncode == 2 and "no rows of it in" in other.stderr and "it holds trident" in other.stderr
 
 
 def test_goodput_hold_runs_each_earlier_cell_for_each_policy():
@@ -231,7 +241,10 @@ def test_ceiling_fraction_bisects_each_seed_and_reports_mean_and_lowest():
                                         (["tiny_latency.py", "--runs", "0"], "--runs must be from 1"),
                                         (["tiny_latency.py", "--size", "65"], "--size: size must be WIDTHxHEIGHT"),
                                         (["latency_pareto.py", "--fractions", "0"], "--fractions: '0' is not a number > 0"),
-                                        (["latency_pareto.py", "--scales", "3,,5"], "--scales: '' is not a number > 0")])
+                                        (["latency_pareto.py", "--scales", "3,,5"], "--scales: '' is not a number > 0"),
+                                        (["latency_pareto.py", "--quick", "--mixes", "nope"], "--quick sets --mixes itself"),
+                                        (["latency_pareto.py", "--from-json", "/nonexistent"], "cannot read it"),
+                                        (["latency_pareto.py", "--seed", "-1"], "--seed: -1 is not in")])
 def test_a_bad_flag_of_a_benchmark_is_named_before_its_work(args, said):
     """Outside test: tiny_latency.py timed `--steps 0` as the default 28 steps and ended a bad size or
     `--runs 0` in a traceback; latency_pareto.py's `--fractions 0` said "a rate > 0 is needed"."""

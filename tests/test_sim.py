@@ -249,6 +249,9 @@ def test_policy_specs_and_errors():
     "trident:wide_below=2", "trident:gain=-1", "trident:admit_wait=nan", "trident:drift=-1", "trident:order=bogus",
     "trident-paper:candidates=0", "trident-paper:time_limit_s=0", "trident-paper:max_batch=2.5",
     "pipeline-static:degree=0", "pipeline-static:degree=-1", "pipeline-static:degree=1.5",
+    # integers as written: 20 digits came back rounded through a float, 1e308 as 309 digits, 8.0 was 8
+    "pipeline-static:degree=99999999999999999999", "pipeline-static:degree=1e308", "pipeline-static:degree=8.0",
+    "trident-paper:max_batch=1e308", "pipeline-static:degree=٨",
 ])
 def test_an_option_out_of_its_range_is_refused_in_words(spec):
     """Each numeric option has a range, and ``order`` its two values: anything else is refused before a run

@@ -44,8 +44,14 @@ def number(lo: float = -math.inf, hi: float = math.inf, *, integer: bool = False
     def parse(text: object) -> float:
         if isinstance(text, bool):
             raise ValueError(text)
-        value = float(str(text).strip()) if isinstance(text, str) else float(text)  # type: ignore[arg-type]
-        if integer:
+        if integer and isinstance(text, str):  # as written, not through a float (20 digits came back rounded)
+            digits = text.strip().removeprefix("-").removeprefix("+")
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= 18):
+                raise ValueError(text)
+            value = int(text.strip())
+        else:
+            value = float(str(text).strip()) if isinstance(text, str) else float(text)  # type: ignore[arg-type]
+        if integer and not isinstance(value, int):
             if not value.is_integer():
                 raise ValueError(text)
             value = int(value)
