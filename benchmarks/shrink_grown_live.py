@@ -1,6 +1,6 @@
 """Live check of ``shrink_grown``: a widened diffuse gives its GPUs back to new work after one step.
 
-    python benchmarks/shrink_grown_live.py [--policies "trident:shrink_grown=false;trident"]
+    python benchmarks/shrink_grown_live.py [--policies "trident:shrink_grown=false,shrink_urgent=false;trident"]
         [--after 7] [--newcomer-slo-ms 4500] [--spin]
 
 The scenario of ``tests/test_trident_wide.py::test_with_shrink_grown_...``, through ``trident serve``
@@ -9,8 +9,9 @@ and a 1024² flux-dev request at once (SLO scale 3); when the 1024² one ends (a
 2048² diffuse is grown from 4 to 8 GPUs; a 1024² request with a 4.5 s SLO (``--newcomer-slo-ms``)
 arrives ``--after`` of its steps (0.233 s each) later. Per policy and arrival: each request's state,
 latency and SLO. ``--spin``: one spinning process per core meanwhile (a busy host). The simulator
-says, for 7 steps: the newcomer misses with ``shrink_grown=false`` (5.33 s: it waits for the 8 GPUs)
-and meets its SLO under the default, ``shrink_grown`` (2.64 s).
+says, for 7 steps: the newcomer misses with ``shrink_grown=false,shrink_urgent=false`` (5.33 s: it
+waits for the 8 GPUs) and meets its SLO under the default, ``shrink_grown`` (2.64 s; ``shrink_urgent``
+alone, ``shrink_grown=false``, meets it too: it would miss by waiting).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def scenario(policy: str, after_steps: float, newcomer_slo_ms: float = 4500.0) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policies", default="trident:shrink_grown=false;trident", help="semicolon-separated policy specs")
+    ap.add_argument("--policies", default="trident:shrink_grown=false,shrink_urgent=false;trident", help="semicolon-separated policy specs")
     ap.add_argument("--after", default="7", help="the newcomer's arrival, in steps after the growth")
     ap.add_argument("--newcomer-slo-ms", type=float, default=4500.0)
     ap.add_argument("--spin", action="store_true", help="one spinning process per core meanwhile")

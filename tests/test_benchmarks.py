@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -41,6 +42,18 @@ def test_latency_pareto_cells_compare_trident_with_the_best_others():
     assert half["gap_points"] == pytest.approx(-2.0) and half["flags"] == ["p95"]
     assert full["best_mean"] is None and math.isnan(full["mean_ratio"])
     assert full["gap_points"] == pytest.approx(10.0) and full["flags"] == ["att"]
+
+
+def test_latency_pareto_says_why_a_cell_analysed_by_hand_is_outside_only_in_the_table_analysed():
+    """Issue 14: where trident falls short, the table says so and why: the hand analysis of a cell is
+    printed while that cell is flagged, in a table made with the settings it was analysed in."""
+    lp = _script("latency_pareto")
+    args = argparse.Namespace(seed=0, duration=900.0, cluster="2x8xH200", profile="h200", trident="trident")
+    cell = {"mix": "image-video", "slo_scale": 5.0, "fraction": 0.25, "flags": ["p95"]}
+    (line,) = lp.why([cell, {**cell, "mix": "flux-uniform"}], args)
+    assert line.startswith("Why image-video x5 at 25% is outside: the P95 of its 194 requests")
+    assert lp.why([{**cell, "flags": []}], args) == []  # within: nothing to explain
+    assert lp.why([cell], argparse.Namespace(**{**vars(args), "seed": 1})) == []  # another stream: not analysed
 
 
 def test_latency_pareto_quick_writes_one_table(tmp_path):
@@ -151,15 +164,15 @@ def test_overload_over_several_seeds_sums_each_figure_and_gives_each_streams_cou
 def test_shrink_grown_shows_live_a_widened_diffuse_giving_gpus_back_to_a_newcomer():
     """The simulated scenario of ``test_trident_wide`` through ``trident serve`` (emulated H200s, time
     scale 1): a newcomer that arrives 7 steps after the growth misses its 4.5 s SLO with
-    ``shrink_grown=false`` (it waits for the widened request's 8 GPUs; simulated 5.33 s, live 5.47 s
-    here) and meets it under the default, ``shrink_grown`` (2.64 s, live 2.46 s)."""
+    ``shrink_grown=false,shrink_urgent=false`` (it waits for the widened request's 8 GPUs; simulated
+    5.33 s, live 5.47 s here) and meets it under the default, ``shrink_grown`` (2.64 s, live 2.46 s)."""
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "shrink_grown_live.py")],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {line.split(": ", 1)[0].split(", ", 1)[1]: line for line in done.stdout.splitlines()
              if line.startswith("newcomer 7 steps after the growth, ")}
-    assert set(lines) == {"trident:shrink_grown=false", "trident"}, done.stdout
-    assert lines["trident:shrink_grown=false"].endswith("newcomer MISSED its SLO"), done.stdout
+    assert set(lines) == {"trident:shrink_grown=false,shrink_urgent=false", "trident"}, done.stdout
+    assert lines["trident:shrink_grown=false,shrink_urgent=false"].endswith("newcomer MISSED its SLO"), done.stdout
     assert lines["trident"].endswith("newcomer met its SLO"), done.stdout
 
 

@@ -46,11 +46,12 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   (no cycles without progress), except one widened by that pause (``shrink_grown``): it gives the
   GPUs it took idle back to new work after one step while the running work holds at most
   ``grown_below`` (0.3) of the GPUs (simulated: the latency table's cells within 5 % from 35 to 38
-  of 40, 118 to 121 of 132 over three streams; fair goodput equal or up); opt-in (``shrink_urgent``),
-  at any load for a waiting request that would miss its deadline by waiting (39 of 40, but fair
-  goodput at SLO 1.5 lower: image-video 0.434 to 0.425 req/s). Only while the running work would
-  hold less than ``wide_below`` (0.5) of the GPUs at its unwidened degrees: near saturation every
-  GPU-second counts, and widening would spend them. A request whose SLO is at least ``loose`` (2)
+  of 40, 118 to 121 of 132 over three streams; fair goodput equal or up), and (``shrink_urgent``)
+  however many GPUs the running work holds for a waiting request that would miss its deadline by
+  waiting, while the work arriving is below ``urgent_load`` (0.5) of the GPUs (39 of 40 cells, 122
+  of 132; without that bound fair goodput at SLO 1.5 fell: image-video 0.434 to 0.425 req/s).
+  Widening only while the running work would hold less than ``wide_below`` (0.5) of the GPUs at
+  its unwidened degrees: near saturation every GPU-second counts, and widening would spend them. A request whose SLO is at least ``loose`` (2)
   times its no-queue latency is widened up to ``wide_loose`` (0.7): its deadline leaves room, and
   its latency is what is at stake (simulated, 2x8xH200: the latency table's cells within 5 % of the
   best baseline from 30 to 34 of 40, fair goodput within the bisection's noise; with 0.7 for every
@@ -93,7 +94,7 @@ Stages never share a GPU at the same time (exclusive dispatch).
 
 Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses (and
 head starts) in :mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
-(mixins); the rest stays one module (about 910 lines) because it is one policy class whose methods
+(mixins); the rest stays one module (about 920 lines) because it is one policy class whose methods
 all share the ready queue, reservations and plan.
 """
 
@@ -162,10 +163,15 @@ class Trident(Elastic, Admission, Policy):
                                            "grown_below of the GPUs unwidened (other pauses, and false: after 10 steps)"),
         "grown_below": (number(0, 1), 0.3, "shrink_grown: the bound on the GPUs the running work holds unwidened (0.5 "
                                            "lost fair goodput on image-video at SLO 1.5 and 3)"),
-        "shrink_urgent": (parse_bool, False, "wide: a diffuse paused to be widened may be shrunk after one step at its "
-                                             "new degree, at any load, for a waiting request that would miss its "
-                                             "deadline by waiting and could meet it at its fastest degree worth "
-                                             "the GPUs once the shrink frees them"),
+        "shrink_urgent": (parse_bool, True, "wide: a diffuse paused to be widened may be shrunk after one step at its "
+                                            "new degree, however many GPUs the running work holds, for a waiting "
+                                            "request that would miss its deadline by waiting and could meet it at "
+                                            "its fastest degree worth the GPUs once the shrink frees them, while the "
+                                            "work arriving is below urgent_load"),
+        "urgent_load": (number(0), 0.5, "shrink_urgent: only while the work arriving (GPU-seconds per second at each "
+                                        "request's cheapest degree that meets its SLO, over the last minute or 64 "
+                                        "arrivals) is below this fraction of the GPUs (near saturation, at any "
+                                        "fraction, it cost fair goodput at SLO 1.5)"),
         "grow": (parse_bool, False, "a diffuse waiting for GPUs that free one by one starts on those already idle "
                                     "and is grown at a step boundary when the rest free"),
         "batch": (parse_bool, True, "batch same-shape requests per stage where the profile shows it pays"),
@@ -350,8 +356,8 @@ class Trident(Elastic, Admission, Policy):
             self.observed[key] = self.observed.get(key, 0) + 1
             rec = view.request(spec.id)
             self._enqueue(view, rec)
+            self._note_arrival(spec, info, now)  # the offered load (the admission test, urgent_load)
             if self.opts["late"] == "reject" or self.opts["triage"]:  # the admission test: on arrival only
-                self._note_arrival(spec, info, now)
                 refusal = self._admission_refusal(view, rec, info, now)
                 if refusal is not None:
                     self._dequeue(spec.id)

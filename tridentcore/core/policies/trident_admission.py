@@ -179,6 +179,7 @@ class Admission:
         work = min(meets) if meets else fixed + steps * info.step_s[info.fast_d] * info.fast_d
         self.arrived.append((now, work))
         self.arrived_gpu_s += work
+        self._offered(now)  # (drops what fell out of the window: nothing else may ask for a long time)
 
     def _offered(self, now: float) -> float:
         """GPUs' worth of work arriving per second, every arrival counted (admitted or not): over the
