@@ -51,11 +51,12 @@ there is no timer in the dispatch path, so a GPU never idles waiting for a plann
   waiting, while the work arriving is below ``urgent_load`` (0.5) of the GPUs (39 of 40 cells, 122
   of 132; without that bound fair goodput at SLO 1.5 fell: image-video 0.434 to 0.425 req/s).
   Widening only while the running work would hold less than ``wide_below`` (0.5) of the GPUs at
-  its unwidened degrees: near saturation every GPU-second counts, and widening would spend them. A request whose SLO is at least ``loose`` (2)
-  times its no-queue latency is widened up to ``wide_loose`` (0.7): its deadline leaves room, and
-  its latency is what is at stake (simulated, 2x8xH200: the latency table's cells within 5 % of the
-  best baseline from 30 to 34 of 40, fair goodput within the bisection's noise; with 0.7 for every
-  request the tight SLOs of scale 1.5 lose attainment).
+  its unwidened degrees: near saturation every GPU-second counts, and widening would spend them. A
+  request whose SLO is at least ``loose`` (2) times its no-queue latency is widened up to
+  ``wide_loose`` (0.7): its deadline leaves room, and its latency is what is at stake (simulated,
+  2x8xH200: the latency table's cells within 5 % of the best baseline from 30 to 34 of 40, fair
+  goodput within the bisection's noise; with 0.7 for every request the tight SLOs of scale 1.5 lose
+  attainment).
 * **Head starts** (``grow``, opt-in): a diffuse that must wait for a group whose GPUs free one by
   one starts at once on the ones already idle, at a smaller degree (they would idle until the group
   is whole otherwise), holds the rest from when they free, and is paused at a step boundary and
