@@ -282,6 +282,10 @@ def _write(ap, flag: str, where: str, text: str) -> None:
         ap.error(f"{flag} {where}: cannot write it ({exc.strerror or exc})")
 
 
+_TEXT = ("mix", "policy")  # what a row of --json must hold (cells and markdown read them)
+_NUMBERS = ("slo_scale", "fraction", "rate", "capacity_rps", "slo_aware_capacity_rps", "attainment", "mean_s", "p95_s")
+
+
 def _from_json(ap, args) -> list[dict]:
     """The rows of an earlier ``--json`` file; the settings it was made with replace the command line's
     (the table's heading names them), and ``--trident``, when given, must be a policy it holds."""
@@ -291,12 +295,26 @@ def _from_json(ap, args) -> list[dict]:
         ap.error(f"--from-json {args.from_json}: cannot read it ({getattr(exc, 'strerror', None) or exc})")
     except ValueError as exc:
         ap.error(f"--from-json {args.from_json}: not JSON ({exc})")
+    where = f"--from-json {args.from_json}"
     if not (isinstance(got, dict) and isinstance(got.get("rows"), list) and isinstance(got.get("settings"), dict)
-            and set(SETTINGS) <= set(got["settings"]) and got["rows"]):
-        ap.error(f"--from-json {args.from_json}: not a file this script wrote with --json (settings and rows)")
-    trident = args.trident if args.trident != ap.get_default("trident") else got["settings"]["trident"]
+            and got["rows"]):
+        ap.error(f"{where}: not a file this script wrote with --json (settings and rows)")
+    settings = got["settings"]
+    for key in SETTINGS:  # (outside test: a missing or mistyped one ended in a bare key or a format error)
+        kind = type(ap.get_default(key))
+        if key not in settings or not isinstance(settings[key], int if kind is int else (int, float) if kind is float
+                                                 else str) or isinstance(settings[key], bool):
+            ap.error(f"{where}: settings.{key} missing or not "
+                     + {int: "an integer", float: "a number"}.get(kind, "text"))
+    for i, row in enumerate(got["rows"]):
+        problem = "not an object" if not isinstance(row, dict) else next(
+            (f"{k} missing or not {'text' if k in _TEXT else 'a number'}" for k in (*_TEXT, *_NUMBERS)
+             if not isinstance(row.get(k), str if k in _TEXT else (int, float)) or isinstance(row.get(k), bool)), None)
+        if problem:
+            ap.error(f"{where}: row {i}: {problem}")
+    trident = args.trident if args.trident != ap.get_default("trident") else settings["trident"]
     for key in SETTINGS:
-        setattr(args, key, got["settings"][key])
+        setattr(args, key, settings[key])
     held = sorted({r.get("policy") for r in got["rows"] if isinstance(r, dict)} - set(BASELINES), key=str)
     if trident not in held:
         ap.error(f"--trident {trident}: no rows of it in {args.from_json} (it holds {', '.join(map(str, held)) or 'none'})")

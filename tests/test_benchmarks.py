@@ -90,6 +90,16 @@ def test_latency_pareto_quick_writes_one_table(tmp_path):
     assert md.read_text().startswith("# Latency Pareto on 2x8xH200, profile h200, 300 s of Poisson arrivals, seed 0\n")
     other = render("--trident", "trident:late=reject")
     assert other.returncode == 2 and "no rows of it in" in other.stderr and "it holds trident" in other.stderr
+    # a hand-edited file (outside test: a bare key, or a traceback): the row or setting is named
+    for edit, said in ((lambda d: d["rows"][0].pop("mean_s"), "row 0: mean_s missing or not a number"),
+                       (lambda d: d["rows"].__setitem__(2, 5), "row 2: not an object"),
+                       (lambda d: d["settings"].__setitem__("duration", "abc"), "settings.duration missing or not a number")):
+        edited = json.loads(raw.read_text())
+        edit(edited)
+        (tmp_path / "edited.json").write_text(json.dumps(edited))
+        bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "latency_pareto.py"), "--from-json",
+                              str(tmp_path / "edited.json")], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert bad.returncode == 2 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 def test_goodput_hold_runs_each_earlier_cell_for_each_policy():

@@ -402,6 +402,7 @@ def test_a_numbered_run_id_goes_above_the_highest_taken_number_of_its_pattern():
     assert next_run_number("prod-{n}", ["prod-1", "prod-7", "prod-3", "prod-x", "prod-", "prod-2-b", "dev-9"]) == 8
     assert next_run_number("{n}.night", ["3.night", "12.night", "4.day", "night"]) == 13
     assert next_run_number("r{n}", ["r١٢"]) == 1  # digits other than 0-9 are not a number of its
+    assert next_run_number("r{n}", ["r" + "9" * 5000, "r3"]) == 4  # nor 19 digits or more (Python's int limit)
 
 
 # ---------------------------------------------------------------------------------------------

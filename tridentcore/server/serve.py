@@ -187,8 +187,8 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
     if opts.run_id is not None and not opts.db:  # (outside test: taken without a word, nothing stored under it)
         raise SetupError([f"--run-id {brief(opts.run_id)}: the id of the run stored in --db; give --db FILE, "
                           "or leave --run-id out"])
-    if opts.run_id is not None and opts.run_id.count("{n}") > 1:
-        raise SetupError([f"--run-id {brief(opts.run_id)}: at most one {{n}} (the number it takes at each start)"])
+    if opts.run_id is not None:
+        _check_run_id(opts.run_id)
     if opts.port_file:  # its folder made now, as --db's is: not found only once the server serves
         try:
             Path(opts.port_file).parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +216,25 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
     if records is not None and records.problem:
         raise RecordsNotStored(records.problem)
     return stopped_by
+
+
+MAX_RUN_ID_BYTES = 200  # %-encoded, with {n} at 20 digits: the journal's file name (and its temporary one) fit 255
+
+
+def _check_run_id(run_id: str) -> None:
+    """A ``--run-id`` the journal can be named after (outside test: 30 CJK characters, or 225 ASCII ones,
+    ended in a raw ENAMETOOLONG; a newline split the one-line messages that name the run)."""
+    import unicodedata
+    import urllib.parse
+
+    if run_id.count("{n}") > 1:
+        raise SetupError([f"--run-id {brief(run_id)}: at most one {{n}} (the number it takes at each start)"])
+    if any(unicodedata.category(c).startswith("C") for c in run_id):
+        raise SetupError([f"--run-id {brief(run_id)}: control characters (a newline, a tab) are not allowed"])
+    size = len(urllib.parse.quote(run_id.replace("{n}", "9" * 20), safe=""))
+    if size > MAX_RUN_ID_BYTES:
+        raise SetupError([f"--run-id {brief(run_id)}: {size} bytes once %-encoded for its journal's file name "
+                          f"(non-ASCII characters take 6-12), at most {MAX_RUN_ID_BYTES}"])
 
 
 def _records(opts: ServeOptions, runtime) -> RunRecords:

@@ -270,10 +270,11 @@ RUN_NUMBER = "{n}"  # in a run id: numbered afresh at each start (``serve --run-
 
 def next_run_number(template: str, taken: Iterable[str]) -> int:
     """The number for ``template``'s :data:`RUN_NUMBER`: one above the highest of the ``taken`` ids
-    that match it (``prod-{n}`` with ``prod-1``, ``prod-7`` taken: 8), 1 when none does."""
+    that match it (``prod-{n}`` with ``prod-1``, ``prod-7`` taken: 8), 1 when none does; more than 18
+    digits are not a number of its (outside test: 4,301 digits ended in Python's int limit)."""
     head, _, tail = template.partition(RUN_NUMBER)
     used = [int(middle) for i in taken if len(i) > len(head) + len(tail) and i.startswith(head) and i.endswith(tail)
-            and (middle := i[len(head):len(i) - len(tail)]).isascii() and middle.isdigit()]
+            and (middle := i[len(head):len(i) - len(tail)]).isascii() and middle.isdigit() and len(middle) <= 18]
     return max(used, default=0) + 1
 
 
