@@ -307,3 +307,18 @@ def test_profile_append_reads_its_out_file_before_measuring(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.startswith(f"error: --append: {out}: ") and "measuring" not in result.output
     assert "row" not in result.stdout.lower(), result.stdout  # nothing was measured
+
+
+def test_policies_lists_each_policy_and_a_policys_options_with_default_and_meaning():
+    """Outside test: no command showed what a policy option does (only the names, after a bad one)."""
+    listed = runner.invoke(app, ["policies"])
+    assert listed.exit_code == 0 and {line.split()[0] for line in listed.stdout.splitlines()[:4]} == {
+        "pipeline-dynamic", "pipeline-static", "trident", "trident-paper"}, listed.output
+    opts = runner.invoke(app, ["policies", "trident"])
+    assert opts.exit_code == 0, opts.output
+    assert "  urgent_load=0.5 (number >= 0): shrink_urgent: only while the work arriving" in opts.stdout
+    assert "  shrink_urgent=true (bool): " in opts.stdout and "  late=serve (late mode" in opts.stdout
+    assert "  degree=1 (integer >= 1): " in runner.invoke(app, ["policies", "pipeline-static"]).stdout
+    bad = runner.invoke(app, ["policies", "nope"])
+    assert bad.exit_code == 2 and "unknown policy 'nope'; valid policies: pipeline-dynamic" in bad.output
+

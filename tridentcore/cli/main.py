@@ -1,6 +1,6 @@
 """The ``trident`` app: every command, registered from its module.
 
-Commands live in ``models`` (models, generate, profile, cost), ``sim`` (simulate, sweep),
+Commands live in ``models`` (models, generate, profile, cost), ``sim`` (simulate, sweep, policies),
 ``serve``, ``bench``, ``runs``, ``sql`` and ``trace``; they share only ``common``. Heavy
 modules (torch, diffusers) are imported inside the commands that need them, so ``trident --help``
 and the simulator commands stay fast.
@@ -81,7 +81,8 @@ app = typer.Typer(
     rich_markup_mode=HELP_MARKUP,
 )
 
-for command in (models.models, models.generate, models.profile, models.cost, sim.simulate, sim.sweep, serve.serve):
+for command in (models.models, models.generate, models.profile, models.cost, sim.simulate, sim.sweep, sim.policies,
+                serve.serve):
     app.command()(command)
 app.add_typer(trace.trace_app, name="trace")
 app.add_typer(runs.runs_app, name="runs")

@@ -1,4 +1,5 @@
-"""``trident simulate`` and ``trident sweep``: policies on a simulated cluster (not stored unless --db)."""
+"""``trident simulate`` and ``trident sweep``: policies on a simulated cluster (not stored unless --db);
+``trident policies``: the policies and their options."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from .common import (DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, BiasOp
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
                      ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, policy_specs, runnable_specs, setup_logging, table)
 
-__all__ = ["simulate", "sweep"]
+__all__ = ["policies", "simulate", "sweep"]
 
 _COLUMNS = ("policy", "requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms", "rejected",
             "gpu_s_per_met", "planner_p99_ms")
@@ -226,3 +227,33 @@ def _rates(text: str) -> list[float]:
     if twice:
         fail(f"--rates: given more than once: {', '.join(twice)}")
     return out
+
+
+def policies(name: str = typer.Argument(None, metavar="NAME",
+                                        help="A policy: list its options, each with its default and what it does.")
+             ) -> None:
+    """List the scheduling policies, or one policy's options.
+
+    With NAME, each option of that policy with its default and what it does; give them in --policies
+    as NAME:key=value,key=value."""
+    import textwrap
+
+    from ..core.errors import brief
+    from ..core.policy import POLICIES, make_policy
+
+    make_policy("trident")  # (registers the built-in policies)
+    if name is None:
+        for key in sorted(POLICIES):
+            typer.echo(f"{key:18} {POLICIES[key].summary}")
+        typer.echo("`trident policies NAME` lists a policy's options (NAME:key=value,... in --policies)")
+        return
+    cls = POLICIES.get(name.strip())
+    if cls is None:  # (outside test: the only listing of an option was its name, after a bad one)
+        fail(f"unknown policy {brief(name)}; valid policies: {', '.join(sorted(POLICIES))}")
+    typer.echo(f"{cls.name}: {cls.summary}")
+    for key, (conv, default, help_text) in cls.options.items():
+        shown = str(default).lower() if isinstance(default, bool) or default is None else f"{default:g}" if isinstance(
+            default, float) else str(default)
+        typer.echo(textwrap.fill(f"{key}={shown} ({conv.__name__}): {help_text}", width=110, initial_indent="  ",
+                                 subsequent_indent="      "))
+
