@@ -238,18 +238,17 @@ def policies(name: str = typer.Argument(None, metavar="NAME",
     as NAME:key=value,key=value."""
     import textwrap
 
-    from ..core.errors import brief
-    from ..core.policy import POLICIES, make_policy
+    from ..core.policy import PolicyError, policy_class, registered_policies
 
-    make_policy("trident")  # (registers the built-in policies)
     if name is None:
-        for key in sorted(POLICIES):
-            typer.echo(f"{key:18} {POLICIES[key].summary}")
+        for key, cls in sorted(registered_policies().items()):
+            typer.echo(f"{key:18} {cls.summary}")
         typer.echo("`trident policies NAME` lists a policy's options (NAME:key=value,... in --policies)")
         return
-    cls = POLICIES.get(name.strip())
-    if cls is None:  # (outside test: the only listing of an option was its name, after a bad one)
-        fail(f"unknown policy {brief(name)}; valid policies: {', '.join(sorted(POLICIES))}")
+    try:  # (outside test: the only listing of an option was its name, after a bad one)
+        cls = policy_class(name.strip())
+    except PolicyError as exc:
+        fail(str(exc))
     typer.echo(f"{cls.name}: {cls.summary}")
     for key, (conv, default, help_text) in cls.options.items():
         shown = str(default).lower() if isinstance(default, bool) or default is None else f"{default:g}" if isinstance(

@@ -90,14 +90,25 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name.strip(), opts
 
 
-def make_policy(spec: str) -> Policy:
-    """Build a policy from its spec; an unknown name lists the valid ones."""
+def registered_policies() -> dict[str, type[Policy]]:
+    """Every policy by name (the built-in ones registered on first use)."""
     from . import policies  # noqa: F401  (registers the built-in policies)
 
-    name, opts = parse_spec(spec)
-    cls = POLICIES.get(name)
+    return POLICIES
+
+
+def policy_class(name: str) -> type[Policy]:
+    """The policy called ``name``; an unknown name lists the valid ones."""
+    cls = registered_policies().get(name)
     if cls is None:
         raise PolicyError(f"unknown policy {brief(name)}; valid policies: {', '.join(sorted(POLICIES))}")
+    return cls
+
+
+def make_policy(spec: str) -> Policy:
+    """Build a policy from its spec; an unknown name lists the valid ones."""
+    name, opts = parse_spec(spec)
+    cls = policy_class(name)
     policy = cls(**opts)
     policy.spec = spec.strip()
     return policy
@@ -109,16 +120,13 @@ def with_late(spec: str, late: str) -> str:
     A policy without a ``late`` option never turns a request away for being late, so ``serve`` leaves
     its spec as it is and ``reject`` is an error; a spec that already sets another mode is an error."""
     from .defaults import LATE_MODES
-    from . import policies  # noqa: F401  (registers the built-in policies)
 
     given_late = late
     late = str(late).strip().lower()  # any case, as the policy option takes it
     if late not in LATE_MODES:
         raise PolicyError(f"late mode {brief(given_late)}: expected one of {', '.join(LATE_MODES)}")
     name, opts = parse_spec(spec)
-    cls = POLICIES.get(name)
-    if cls is None:
-        raise PolicyError(f"unknown policy {brief(name)}; valid policies: {', '.join(sorted(POLICIES))}")
+    cls = policy_class(name)
     if "late" not in cls.options:
         if late == "serve":
             return spec

@@ -32,7 +32,6 @@ import dataclasses
 import json
 import logging
 import time
-import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -104,7 +103,7 @@ def open_journal(db: str, run_id: str) -> Journal:
     An id with ``{n}`` (``RUN_NUMBER``) takes the next number that neither is stored nor has a
     journal, so a server a supervisor restarts with the same ``--run-id`` after a crash is not refused."""
     from ..store import RUN_NUMBER, DuplicateRunError, next_run_number
-    from ..store.journal import pending_journals, recover
+    from ..store.journal import named_run_id, pending_journals, recover
 
     for r in recover(db):
         if r.outcome == "ingested":
@@ -114,7 +113,7 @@ def open_journal(db: str, run_id: str) -> Journal:
             logger.error("could not recover run %s from %s: %s", r.run_id, r.path, r.message)
     if RUN_NUMBER not in run_id:
         return _reserve(db, run_id)
-    held = [urllib.parse.unquote(p.name.removesuffix(".jsonl")) for p in pending_journals(db)]
+    held = [named_run_id(p) for p in pending_journals(db)]
     first = next_run_number(run_id, [*held, *_stored(db, None, run_id.partition(RUN_NUMBER)[0])])
     for n in range(first, first + 100):  # (an id taken meanwhile by a server starting beside this one: the next)
         with contextlib.suppress(DuplicateRunError):

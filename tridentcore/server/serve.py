@@ -225,13 +225,15 @@ def _check_run_id(run_id: str) -> None:
     """A ``--run-id`` the journal can be named after (outside test: 30 CJK characters, or 225 ASCII ones,
     ended in a raw ENAMETOOLONG; a newline split the one-line messages that name the run)."""
     import unicodedata
-    import urllib.parse
 
-    if run_id.count("{n}") > 1:
-        raise SetupError([f"--run-id {brief(run_id)}: at most one {{n}} (the number it takes at each start)"])
+    from ..store import RUN_NUMBER
+    from ..store.journal import journal_path
+
+    if run_id.count(RUN_NUMBER) > 1:
+        raise SetupError([f"--run-id {brief(run_id)}: at most one {RUN_NUMBER} (the number it takes at each start)"])
     if any(unicodedata.category(c).startswith("C") for c in run_id):
         raise SetupError([f"--run-id {brief(run_id)}: control characters (a newline, a tab) are not allowed"])
-    size = len(urllib.parse.quote(run_id.replace("{n}", "9" * 20), safe=""))
+    size = len(journal_path("", run_id.replace(RUN_NUMBER, "9" * 20)).stem)
     if size > MAX_RUN_ID_BYTES:
         raise SetupError([f"--run-id {brief(run_id)}: {size} bytes once %-encoded for its journal's file name "
                           f"(non-ASCII characters take 6-12), at most {MAX_RUN_ID_BYTES}"])

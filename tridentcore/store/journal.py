@@ -107,6 +107,11 @@ def journal_path(db: str | os.PathLike[str], run_id: str) -> Path:
     return journal_dir(db) / f"{urllib.parse.quote(run_id, safe='')}.jsonl"
 
 
+def named_run_id(path: Path) -> str:
+    """The run id a journal's file name says (the inverse of :func:`journal_path`)."""
+    return urllib.parse.unquote(path.name.removesuffix(".jsonl"))
+
+
 def pending_journals(db: str | os.PathLike[str]) -> list[Path]:
     """The journals of ``db`` (of live servers and of dead ones not yet recovered), by name."""
     folder = journal_dir(db)
@@ -665,7 +670,7 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
     """:func:`recover` for one journal."""
     from .writer import ResultsStore
 
-    named = urllib.parse.unquote(path.name.removesuffix(".jsonl"))
+    named = named_run_id(path)
     try:
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
     except FileNotFoundError:
@@ -806,7 +811,7 @@ def _safe_run_id(path: Path) -> str:
         found = _run_id_in(read_lines(path, skipped=[])[0])
     except OSError:
         found = None
-    return found or urllib.parse.unquote(path.name.removesuffix(".jsonl"))
+    return found or named_run_id(path)
 
 
 def _unlink(path: Path) -> None:
