@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_NO_DEVICE_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_RESULTS, DEFAULT_RESULTS_MIB,
+from ..core.defaults import (API_KEY_ENV, DEFAULT_DB_WAIT_S, DEFAULT_JOURNAL_MIB, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_NO_DEVICE_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_MAX_RESULTS, DEFAULT_RESULTS_MIB,
                              DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_LIVE_CALIBRATE, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY,
                              DEFAULT_SERVE_DEVICES, DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, MAX_SCALE)
 from .common import EXIT_INTERRUPTED, fail, quiet_libraries, setup_logging
@@ -29,6 +29,10 @@ def serve(
     db_wait: float = typer.Option(DEFAULT_DB_WAIT_S, min=0.0, help="Seconds the final write waits for another process's "
                                                                    "lock on --db (and for room on a full disk); past it "
                                                                    "the server exits 1 and its journal keeps the rows."),
+    journal_mb: float = typer.Option(DEFAULT_JOURNAL_MIB, min=0.01, metavar="MIB", help="With --db: once the run's "
+                                     "journal is past this size (about 0.7 kB a request), what the store already holds "
+                                     "is dropped from it, so that a server running for weeks keeps a journal of about "
+                                     "this size."),
     time_scale: float = typer.Option(DEFAULT_TIME_SCALE, min=0.0, max=MAX_SCALE, help="Emulated devices: wall seconds per cost-model second (0: zero-cost)."),
     profile: str = typer.Option(None, help="Cost profile (default: h200 for emulated and cuda, cpu for cpu:N) or a CSV "
                                            "path; with mixed kinds it applies to all but cpu, or give KIND=NAME pairs."),
@@ -136,7 +140,8 @@ def serve(
                                 client_timeout_s=client_timeout,
                                 port_file=port_file, run_id=run_id, keep_ended=keep_ended, results_mib=results_mib, log_level="info" if verbose else "warning",
                                 backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
-                                late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait),
+                                late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait,
+                                journal_mib=journal_mb),
                                 on_ready=lambda ready: (served.append(ready), _announce(ready)))
     except SetupError as exc:  # a model the spec's mix names is said to come from there
         fail(str(exc) + (f" ({models_from})" if models_from and any(

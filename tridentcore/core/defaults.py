@@ -18,7 +18,7 @@ __all__ = [
     "DEFAULT_SLO_SCALE", "DEFAULT_SWEEP_DURATION_S", "DEFAULT_TARGET", "DEFAULT_TIME_SCALE",
     "DEFAULT_LOCUST_DURATION_S", "DEFAULT_DB", "DEFAULT_SERVE_DEVICES", "DEFAULT_MAX_QUEUED", "DEFAULT_KEEP_ENDED", "DEFAULT_MAX_RESULTS", "DEFAULT_RESULTS_MIB",
     "DEFAULT_DRAIN_TIMEOUT_S", "DEFAULT_NO_DEVICE_TIMEOUT_S", "DEFAULT_MAX_BODY_BYTES", "DEFAULT_CLIENT_TIMEOUT_S", "STOPPING_SUFFIX", "DEFAULT_LATE", "LATE_MODES", "DEFAULT_NOISE_SIGMA",
-    "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S", "MEASURED_NOISE_SIGMA", "MEASURED_NOISE_BIAS",
+    "DEFAULT_LIVE_CALIBRATE", "DEFAULT_SIM_CALIBRATE", "DEFAULT_DB_WAIT_S", "DEFAULT_JOURNAL_MIB", "MEASURED_NOISE_SIGMA", "MEASURED_NOISE_BIAS",
     "MAX_STEPS", "MAX_SIDE_PX", "MAX_FRAMES", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_GUIDANCE", "MAX_REQUESTS",
     "MAX_WORKLOAD_S", "MAX_MIX_CLASSES", "MAX_CLUSTER_GPUS", "MAX_GPUS_PER_NODE", "MAX_TRACE_BYTES",
     "MAX_CONFIG_BYTES", "MAX_PROFILE_BYTES", "MAX_NESTING", "MAX_NAME_CHARS", "MAX_GPU_SAMPLES", "MAX_SCALE",
@@ -80,6 +80,7 @@ HUNG_STAGE_FACTOR = 20.0  # ...this many times its predicted time takes its work
 # `trident serve --db`: how long the final write waits for another process's lock on the file; longer
 # than a read-only query may run (the workbench's SQL console interrupts one at 30 s)
 DEFAULT_DB_WAIT_S = 35.0
+DEFAULT_JOURNAL_MIB = 64.0  # `serve --db`: the run's journal is compacted past this size (--journal-mb)
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # `trident serve`: largest request body (413 past it)
 DEFAULT_CLIENT_TIMEOUT_S = 30.0  # `trident serve`: a request's head, and then its body, must arrive within this (408 past it)
 API_KEY_ENV = "TRIDENT_API_KEY"  # `trident serve`'s API key (or --api-key-file); the Locust file and the workbench send it

@@ -16,11 +16,15 @@ Two ways in:
   :meth:`RunRecords.close` writes the rest (requests never ended, GPU samples, the final
   ``runs`` row: ``done``, or ``interrupted`` when the drain ran out), ingests it, and deletes the
   journal; when that fails the journal stays for ``trident runs recover`` and ``close`` says why.
+  Past ``compact_bytes`` (``serve --journal-mb``) the journal is compacted after an ingest: the
+  lines the store holds give way to one line with what a recovery still needs of them
+  (:meth:`~tridentcore.store.journal.Journal.compact`), so a server that runs for weeks keeps a
+  journal of about that size.
 
 Provenance (git commit, package versions, hardware) is the caller's to give: it is gathered by the
 bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
 
-One module of about 490 lines: ``RunRecords``' flushing, answering and closing share its buffers and
+One module of about 520 lines: ``RunRecords``' flushing, answering and closing share its buffers and
 their bookkeeping, and ``write`` is the same rows in one go.
 """
 
@@ -31,11 +35,12 @@ import contextlib
 import dataclasses
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from ..core.defaults import DEFAULT_DB_WAIT_S
+from ..core.defaults import DEFAULT_DB_WAIT_S, DEFAULT_JOURNAL_MIB
 from ..core.errors import TridentError
 from ..core.records import PlacementRow, RequestRow, RunMeta, SpanRow
 from ..core.recording import request_row
@@ -52,6 +57,7 @@ FLUSH_S = 0.5  # journal cadence: rows reach the disk at most this long after th
 INGEST_S = 1.0  # DuckDB cadence: the store is at most about this long behind the journal
 LOCK_WAIT_S = 0.25  # how long a running server's ingest waits for another process's lock (then: next time)
 HEARTBEAT_S = 5.0  # an idle run still journals its clock this often (a crashed run's duration)
+COMPACT_BYTES = int(DEFAULT_JOURNAL_MIB * (1 << 20))  # a journal past this size is compacted after an ingest
 _DOWN_LOG_S = 60.0  # a journal that still cannot be written is logged again this often (or when the error changes)
 
 
@@ -174,7 +180,8 @@ class RunRecords:
 
     def __init__(self, run: Engine | EngineGroup, journal: Journal, *, config: dict | None = None,
                  provenance: Mapping[str, str] | None = None, flush_s: float = FLUSH_S, ingest_s: float = INGEST_S,
-                 lock_wait_s: float = LOCK_WAIT_S, final_wait_s: float = DEFAULT_DB_WAIT_S) -> None:
+                 lock_wait_s: float = LOCK_WAIT_S, final_wait_s: float = DEFAULT_DB_WAIT_S,
+                 compact_bytes: int = COMPACT_BYTES) -> None:
         from ..store import ResultsStore
         from ..store.journal import Ingester
 
@@ -184,7 +191,13 @@ class RunRecords:
         self.provenance = dict(provenance or {})
         self.flush_s, self.ingest_s = flush_s, ingest_s
         self.lock_wait_s, self.final_wait_s = lock_wait_s, final_wait_s
-        self.ingester = Ingester(ResultsStore(journal.db), journal.path, run_id=journal.run_id)
+        self.ingester = Ingester(ResultsStore(journal.db), journal.path, run_id=journal.run_id, track=True)
+        self.compact_bytes = compact_bytes
+        self.compactions = 0
+        self._compact_after = 0.0  # (monotonic) no compaction before: one failed
+        # appends (the flush thread) and compactions (the ingest thread) change the file one at a time,
+        # and the ingester hears of an append before a compaction can move it
+        self._journal_lock = threading.Lock()
         self._requests: list[RequestRow] = []
         self._spans: list[SpanRow] = []
         self._placements: list[PlacementRow] = []
@@ -353,7 +366,8 @@ class RunRecords:
         lines = self._unwritten + lines
         self._unwritten = []
         try:
-            self.ingester.wrote(*self.journal.append(lines))
+            with self._journal_lock:
+                self.ingester.wrote(*self.journal.append(lines))
         except OSError as exc:
             self._unwritten = lines
             self.journal_errors += 1
@@ -394,7 +408,32 @@ class RunRecords:
         if self._busy_since is not None:
             logger.warning("results store %s written again after %.1f s", self.db, time.monotonic() - self._busy_since)
             self._busy_since = None
+        self._compact()
         return True
+
+    def _compact(self) -> None:
+        """(In a thread, after an ingest.) Compact the journal once it is past ``compact_bytes``; a
+        failure (a full disk) leaves it as it was, to be tried again a minute later."""
+        with self._journal_lock:
+            if self._stop.is_set() or self.journal.closed or time.monotonic() < self._compact_after:
+                return
+            try:
+                size = self.journal.size()
+                if size <= self.compact_bytes:
+                    return
+                ing, t0 = self.ingester, time.monotonic()
+                offset = self.journal.compact(ing.offset, ing.seq, ing.summary())
+            except OSError as exc:
+                self._compact_after = time.monotonic() + _DOWN_LOG_S
+                logger.warning("could not compact the journal %s (%s); it stays as it is (tried again in %.0f s)",
+                               self.journal.path, exc, _DOWN_LOG_S)
+                return
+            if offset is None:
+                return
+            ing.compacted(offset)
+            self.compactions += 1
+            logger.info("journal %s compacted: %d bytes to %d in %.1f ms", self.journal.path, size, self.journal.size(),
+                        1e3 * (time.monotonic() - t0))
 
     async def close(self) -> bool:
         """Write the rest and the final ``runs`` row, ingest all, delete the journal; call once the
@@ -425,7 +464,8 @@ class RunRecords:
         tries = 0
         while True:
             try:
-                self.ingester.wrote(*self.journal.append(lines))
+                with self._journal_lock:
+                    self.ingester.wrote(*self.journal.append(lines))
                 break
             except OSError as exc:
                 tries += 1

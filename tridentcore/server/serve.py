@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.defaults import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_DB_WAIT_S, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_NO_DEVICE_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE,
+from ..core.defaults import (DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_DB_WAIT_S, DEFAULT_JOURNAL_MIB, DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_NO_DEVICE_TIMEOUT_S, DEFAULT_KEEP_ENDED, DEFAULT_RESULTS_MIB, DEFAULT_LIVE_CALIBRATE,
                              DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUED, DEFAULT_POLICY, DEFAULT_SERVE_DEVICES,
                              DEFAULT_SLO_SCALE, DEFAULT_TIME_SCALE, PARENT_PID_ENV, STOPPING_SUFFIX)
 from ..core.errors import brief
@@ -48,6 +48,7 @@ class ServeOptions:
     db: str | None = None
     run_id: str | None = None
     db_wait_s: float = DEFAULT_DB_WAIT_S  # how long the final write waits for another process's lock on db
+    journal_mib: float = DEFAULT_JOURNAL_MIB  # the run's journal is compacted past this size
     keep_ended: int = DEFAULT_KEEP_ENDED
     results_mib: int = DEFAULT_RESULTS_MIB  # finished images/videos kept for clients: at most this many MiB
     time_scale: float = DEFAULT_TIME_SCALE
@@ -257,7 +258,8 @@ def _records(opts: ServeOptions, runtime) -> RunRecords:
         raise SetupError([f"--db {opts.db}: cannot store the run there: {exc.reason}"]) from None
     except (StoreError, OSError, duckdb.Error) as exc:
         raise SetupError([f"cannot store the run in {opts.db}: {exc}"]) from None
-    return RunRecords(runtime.engine, journal, provenance=provenance(), final_wait_s=opts.db_wait_s)
+    return RunRecords(runtime.engine, journal, provenance=provenance(), final_wait_s=opts.db_wait_s,
+                      compact_bytes=int(opts.journal_mib * (1 << 20)))
 
 
 def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str | None,

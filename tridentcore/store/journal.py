@@ -18,7 +18,20 @@ The file: JSON lines, each with a sequence number ``seq`` (0, 1, 2, ...) and a `
   run's clock (``t_s``, ``wall_s``) and its ``config_json`` as it stands (refusals, restarts: a
   crashed run keeps the last);
 * ``end``: the final ``runs`` row (done, interrupted, or crashed when a recovery closed the
-  journal of a dead process), the rows only the end knows (``gpu_samples``, requests never ended).
+  journal of a dead process), the rows only the end knows (``gpu_samples``, requests never ended);
+* ``compact``: what the lines it replaced still say that the store does not hold (the arrivals of
+  requests not yet ended, the run's clock and ``config_json``); its ``seq`` is the last line it
+  replaced.
+
+**Compaction.** A server's journal would grow for as long as it serves (about 0.7 kB a request).
+Once what it holds is in the store and it is past a size (``trident serve --journal-mb``), its
+owner writes it again (:meth:`Journal.compact`): its ``open`` and ``start`` lines, one ``compact``
+line for every line the store holds, and the lines appended since, as they were. The new file is
+locked before it takes the name (an atomic rename), so the journal is never unowned; a process that
+opened the old file and gets its lock once the owner lets go of it sees that the name is no longer
+that file and looks again (:func:`_lock_current`). A recovery of a compacted journal takes the spans,
+placements and ended requests of the lines replaced from the store (the crashed run's GPU samples
+and unfinished requests are derived from the whole run).
 
 A line is at most :data:`MAX_LINE_ROWS` rows; a torn last line (the process died mid-write) is
 ignored. Each ingest transaction also inserts a ``journal_ingests`` row with the last ``seq`` it
@@ -35,7 +48,7 @@ file system: on NFS a live server's lock may not be seen by another host.) A jou
 its owner holds it (``rm``, its folder removed) is written again at its name from the copy the
 owner holds open, before its next line (:meth:`Journal.append`).
 
-One module of about 900 lines: the writer, the ingester and the recovery share the line format,
+One module of about 1,000 lines: the writer, the ingester and the recovery share the line format,
 the lock and the ingest bookkeeping, and each is needed to read the others.
 """
 
@@ -61,7 +74,7 @@ from typing import TYPE_CHECKING, Any
 from tridentcore.core.records import ROW_TYPES, GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 from tridentcore.core.recording import gpu_samples as derive_gpu_samples
 
-from .connection import LOCK_WAIT_S
+from .connection import LOCK_WAIT_S, fetch_arrow
 from .errors import DatabaseReplacedError, DuplicateRunError, StoreError
 from .schema import arrow_schema
 
@@ -72,7 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .writer import ResultsStore
 
 __all__ = ["FORMAT", "JOURNAL_TABLES", "MAX_LINE_ROWS", "Ingester", "Journal", "JournalError", "Recovery",
-           "journal_dir", "journal_path", "pending_journals", "recover", "recover_journal", "server_gone", "try_lock"]
+           "compact_line", "journal_dir", "journal_path", "pending_journals", "recover", "recover_journal", "server_gone", "try_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,19 +190,46 @@ def try_lock(fd: int) -> bool:
         raise
 
 
+def _lock_current(path: Path, flags: int) -> tuple[int | None, bool]:
+    """Open ``path`` and try its lock: (fd, whether locked), or (None, False) when it cannot be
+    opened (OSError other than a missing file raises). Locked means the file still at ``path``: its
+    owner compacts it into a new file, renamed over it, and lets go of the old one only then; a lock
+    got on the old one (opened before the rename) is dropped and the name opened again."""
+    for _ in range(10):
+        try:
+            fd = os.open(path, flags)
+        except FileNotFoundError:
+            return None, False
+        try:
+            if not try_lock(fd):
+                return fd, False
+            st = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                return fd, True  # (gone: the caller says so)
+            if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                return fd, True
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the old file of a compaction: its owner holds the new one
+    try:  # replaced at every look: its owner lives (and compacts)
+        return os.open(path, flags), False
+    except FileNotFoundError:
+        return None, False
+
+
 def server_gone(db: str | os.PathLike[str], run_id: str) -> bool:
     """Whether ``run_id`` has a journal beside ``db`` that no process holds: its server died (``kill
     -9``, a crash) and a recovery would close the run (the lock is taken and let go at once)."""
     try:
-        fd = os.open(journal_path(db, run_id), os.O_RDONLY)
+        fd, locked = _lock_current(journal_path(db, run_id), os.O_RDONLY)
     except OSError:
         return False
-    try:
-        return try_lock(fd)
-    except OSError:
-        return False
-    finally:
+    if fd is not None:
         os.close(fd)
+    return locked
 
 
 def _writer_of(path: Path) -> tuple[object, object]:
@@ -341,6 +381,63 @@ class Journal:
         logger.warning("the journal %s was deleted while the server ran; written again from the copy it held "
                        "(%d bytes)", path, size)
 
+    def size(self) -> int:
+        if self._fd is None:
+            raise JournalError(f"journal {self.path} is closed")
+        return os.fstat(self._fd).st_size
+
+    def compact(self, upto: int, seq: int, summary: dict) -> int | None:
+        """Write the journal again without its lines before byte ``upto`` (the store holds them; the
+        last has ``seq``) but its ``open`` and ``start`` lines: a ``compact`` line in their place
+        (``summary``: :func:`compact_line`, given ``seq``), then the lines from ``upto`` on as they
+        are. The new file is locked before it is renamed over the old one, then the old one is let
+        go (module docstring). Returns the new offset of byte ``upto``; None when there is nothing
+        to drop (the store holds no line past ``start``). An OSError (a full disk) leaves the
+        journal as it was."""
+        if self._fd is None:
+            raise JournalError(f"journal {self.path} is closed")
+        old = self._fd
+        size = os.fstat(old).st_size
+        first = b""
+        while first.count(b"\n") < 2 and len(first) < min(size, upto):
+            chunk = os.pread(old, 1 << 16, len(first))
+            if not chunk:
+                break
+            first += chunk
+        head, head_seq = b"", -1
+        for raw in first.split(b"\n")[:2]:  # the open line and the start line (seq 0 and 1)
+            line = _parsed(raw)
+            if line is None or line["kind"] not in ("open", "start") or len(head) + len(raw) >= len(first):
+                break
+            head, head_seq = head + raw + b"\n", line["seq"]
+        if not head.endswith(b"\n") or head_seq < 1 or seq <= head_seq or upto <= len(head):
+            return None
+        middle = (json.dumps({"seq": seq, **summary}, separators=(",", ":")) + "\n").encode()
+        path = self.path
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _write_all(fd, head + middle)
+            offset = upto
+            while offset < size:  # the lines appended since the store's last ingest, as they are
+                chunk = os.pread(old, min(1 << 20, size - offset), offset)
+                if not chunk:
+                    raise OSError(errno.EIO, f"the journal {path} could not be read back")
+                _write_all(fd, chunk)
+                offset += len(chunk)
+            os.fsync(fd)
+            os.rename(tmp, path)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path.parent)
+        os.close(old)
+        self._fd = fd
+        return len(head) + len(middle)
+
     def close(self) -> None:
         """Release the lock (the file stays: a later recovery ingests what it holds)."""
         if self._fd is not None:
@@ -469,6 +566,11 @@ class Ingester:
     _db_file: tuple[int, int] | None = None  # (device, inode) of the database this ingester first wrote
     # the owner writes (``wrote``) while an ingest runs in another thread: the cache is touched under it
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+    # the owner's (``track``): what a ``compact`` line must say of the lines ingested (:meth:`summary`)
+    track: bool = False
+    _open: dict = dataclasses.field(default_factory=dict, repr=False)  # request id -> its arrival's columns
+    _clock: tuple = (0.0, 0.0, None)  # t_s, wall_s, config_json of the last line that had them
+    compactions: int = 0  # times the journal was compacted under this ingester
 
 
     def wrote(self, lines: list[dict], start: int, end: int) -> None:
@@ -511,6 +613,7 @@ class Ingester:
                 lines = None
         if lines is None:  # (lines appended meanwhile are read if whole, else the next ingest reads them)
             lines, end = read_lines(self.path, self.offset, self.skipped)
+        read = lines
         inserted = 0
         while lines:
             batch, rows = [], 0
@@ -524,10 +627,43 @@ class Ingester:
             inserted += n
             self.ingested_rows += n
             lines = lines[len(batch):]
+        if self.track:
+            self._note(read)
         with self._lock:
             self.offset = end
             self._drop_cache()  # (what was appended meanwhile is read back from the file next time)
         return inserted
+
+    def _note(self, lines: list[dict]) -> None:
+        """Keep what :meth:`summary` says of ``lines`` (now in the store)."""
+        t_s, wall_s, config_json = self._clock
+        for line in lines:
+            arrivals = line.get("arrivals") or {}
+            for i, rid in enumerate(arrivals.get("request_id", ())):
+                self._open[rid] = {name: values[i] for name, values in arrivals.items()}
+            for rid in ((line.get("tables") or {}).get("requests") or {}).get("request_id", ()):
+                self._open.pop(rid, None)
+            t_s = max(t_s, float(line.get("t_s") or 0.0))
+            wall_s = max(wall_s, float(line.get("wall_s") or 0.0))
+            if isinstance(line.get("config_json"), str):
+                config_json = line["config_json"]
+        self._clock = (t_s, wall_s, config_json)
+
+    def summary(self) -> dict:
+        """The ``compact`` line (without its ``seq``) for every line this ingester has ingested (``track``)."""
+        if not self.track:
+            raise JournalError("this ingester keeps no summary (track=False)")
+        rows = list(self._open.values())
+        t_s, wall_s, config_json = self._clock
+        arrivals = {name: [row[name] for row in rows] for name in rows[0]} if rows else None
+        return compact_line(arrivals, t_s, wall_s, config_json)
+
+    def compacted(self, offset: int) -> None:
+        """The journal was written again (:meth:`Journal.compact`): what is not ingested starts at ``offset``."""
+        with self._lock:
+            self.offset = offset
+            self.compactions += 1
+            self._drop_cache()
 
     def _same_database(self) -> None:
         """Raise :class:`DatabaseReplacedError` when the file at the store's path is no longer the one
@@ -541,11 +677,15 @@ class Ingester:
         except FileNotFoundError:
             now = None
         if now != self._db_file:
+            held = (f"the journal {self.path} holds every row" if not self.compactions else
+                    f"the journal {self.path} holds every row since it was last compacted (--journal-mb), the "
+                    f"file moved away the rows before")
             raise DatabaseReplacedError(
                 f"{self.store.path} was {'deleted' if now is None else 'replaced'} after this run's rows were first "
                 f"stored there (moved away, removed, or another file put in its place): nothing more is written "
-                f"there, so that the run is not split between two files; the journal {self.path} holds every row. "
-                f"Put the file back to go on, or store the whole run in whatever file is at that path: "
+                f"there, so that the run is not split between two files; {held}. "
+                f"Put the file back to go on, or store the {'rest' if self.compactions else 'whole'} of the run in "
+                f"whatever file is at that path: "
                 f"trident runs recover --db {self.store.path}")
 
     def _transaction(self, lines: list[dict], wait_s: float | None) -> int:
@@ -636,7 +776,7 @@ def _apply(con: duckdb.DuckDBPyConnection, run_id: str, lines: list[dict]) -> in
                     [meta.status, meta.duration_s, meta.rate_rps, meta.wall_s, meta.config_json, run_id]).fetchall()
                 if not found:
                     raise JournalError(f"run {run_id!r}: the journal ends a run it never started")
-        elif kind != "open":
+        elif kind not in ("open", "compact"):  # (a compact line's seq is one the store holds already)
             raise JournalError(f"unknown journal line kind {kind!r}")
     flush()
     return inserted
@@ -672,16 +812,16 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
 
     named = named_run_id(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND)
-    except FileNotFoundError:
-        if path.is_symlink():
-            return Recovery(named, path, "failed", message=f"a link to {os.readlink(path)}, which does not exist")
-        return Recovery(named, path, "gone", message="recovered by another process meanwhile")
+        fd, locked = _lock_current(path, os.O_RDWR | os.O_APPEND)
     except OSError as exc:  # a folder by that name, a file it may not write (immutable, read-only disk)
         what = "a folder, not a journal" if path.is_dir() else f"cannot open it for writing: {exc.strerror or exc}"
         return Recovery(named, path, "failed", message=what)
+    if fd is None:
+        if path.is_symlink():
+            return Recovery(named, path, "failed", message=f"a link to {os.readlink(path)}, which does not exist")
+        return Recovery(named, path, "gone", message="recovered by another process meanwhile")
     try:
-        if not try_lock(fd):
+        if not locked:
             if _writer_gone(path):
                 return Recovery(_safe_run_id(path), path, "busy",
                                 message=f"another process is recovering it (its server, {_owner_of(path)}, is gone)")
@@ -720,7 +860,9 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
             if end is None and stored in ("running", ""):  # its server died: close the run as crashed
                 # (in the journal first), numbered past all the store holds: a journal whose tail was
                 # lost with the machine can be behind the store
-                end = _crash_end(lines, meta, int((start or {}).get("gpus") or 0))
+                compacted = any(line["kind"] == "compact" for line in lines)
+                end = _crash_end(lines, meta, int((start or {}).get("gpus") or 0),
+                                 _stored_rows(ingester, run_id, wait_s) if compacted else None)
                 seq = max([held, ingester.seq, *(line["seq"] for line in lines)]) + 1
                 Journal(db, run_id, path, fd, seq).append([end])
                 lines.append(end)
@@ -837,15 +979,31 @@ def _sweep_temporaries(folder: Path) -> None:
             os.close(fd)
 
 
-def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0) -> dict:
+def _stored_rows(ingester: Ingester, run_id: str, wait_s: float) -> tuple[list[SpanRow], list[PlacementRow], set[int]]:
+    """The spans, placements and ended request ids the store holds of ``run_id`` (those of the lines a
+    compaction dropped, and more)."""
+    out = []
+    with ingester.store._transaction(ensure_schema=False, wait_s=wait_s) as con:
+        for table in ("stage_spans", "placements"):
+            names = [f.name for f in dataclasses.fields(ROW_TYPES[table])]
+            cols = fetch_arrow(con, f"SELECT {', '.join(names)} FROM {table} WHERE run_id = ?", [run_id]).to_pydict()
+            out.append(rows_of(cols, table))
+        ended = {int(r[0]) for r in con.execute("SELECT request_id FROM requests WHERE run_id = ?", [run_id]).fetchall()}
+    return out[0], out[1], ended
+
+
+def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0,
+               stored: tuple[list[SpanRow], list[PlacementRow], set[int]] | None = None) -> dict:
     """The ``end`` line a recovery writes for a dead server's journal: status ``crashed``, the run's
     duration as far as the journal knows, the requests it accepted and never ended (``unfinished``)
     and the GPU samples derived from its spans and placements (weights only: the dispatches'
-    activation memory is not journaled)."""
-    ended: set[int] = set()
+    activation memory is not journaled). ``stored``: the spans, placements and ended requests of
+    the run in the store once the journal is ingested, used instead of the journal's for a compacted
+    journal (:func:`_stored_rows`)."""
+    ended: set[int] = set(stored[2]) if stored else set()
     arrived: dict[int, RequestRow] = {}
-    spans: list[SpanRow] = []
-    placements: list[PlacementRow] = []
+    spans: list[SpanRow] = list(stored[0]) if stored else []
+    placements: list[PlacementRow] = list(stored[1]) if stored else []
     t_s, wall_s = 0.0, 0.0
     config_json = meta.config_json
     for line in lines:
@@ -855,8 +1013,9 @@ def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0) -> dict:
         ended.update(tables.get("requests", {}).get("request_id", ()))
         for row in rows_of(line.get("arrivals") or {}, "requests"):
             arrived[row.request_id] = row
-        spans += rows_of(tables.get("stage_spans") or {}, "stage_spans")
-        placements += rows_of(tables.get("placements") or {}, "placements")
+        if not stored:
+            spans += rows_of(tables.get("stage_spans") or {}, "stage_spans")
+            placements += rows_of(tables.get("placements") or {}, "placements")
         t_s = max(t_s, float(line.get("t_s") or 0.0))
         wall_s = max(wall_s, float(line.get("wall_s") or 0.0))
     t_s = max([t_s, *(s.ended_s for s in spans), *(p.t_s for p in placements)])
@@ -870,6 +1029,17 @@ def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0) -> dict:
     return {"kind": "end", "meta": _meta_dict(final), "recovered_unix_s": time.time(),
             "tables": {"requests": columns_of(unfinished, "requests"),
                        "gpu_samples": columns_of(samples, "gpu_samples")}}
+
+
+def compact_line(arrivals: Mapping[str, list] | None, t_s: float, wall_s: float, config_json: str | None) -> dict:
+    """The ``compact`` line that stands for the lines a compaction drops (``arrivals``: the requests
+    they accepted that had not ended, as columns)."""
+    line = {"kind": "compact", "compacted_unix_s": time.time(), "t_s": t_s, "wall_s": wall_s}
+    if config_json is not None:
+        line["config_json"] = config_json
+    if arrivals:
+        line["arrivals"] = dict(arrivals)
+    return line
 
 
 def start_line(meta: RunMeta, gpus: int) -> dict:
