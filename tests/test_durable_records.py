@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 from tridentcore.bench.launch import start_server
 from tridentcore.core.records import PlacementRow, RequestRow, RunMeta, SpanRow
 from tridentcore.store import DuplicateRunError, ResultsStore, open_readonly, query_readonly
-from tridentcore.store.journal import (Ingester, Journal, end_line, journal_path, pending_journals, recover,
-                                       rows_lines, start_line)
+from tridentcore.store.journal import Ingester, Journal, end_line, journal_path, pending_journals, rows_lines, start_line
+from tridentcore.store.recovery import recover
 
 pytestmark = pytest.mark.serial  # timing bounds that need the machine to itself: `make test` runs these alone
 

@@ -21,8 +21,8 @@ from tridentcore.bench.launch import start_server
 from tridentcore.core.records import PlacementRow, RequestRow, RunMeta, SpanRow
 from tridentcore.store import ResultsStore, query_readonly
 from tridentcore.store import journal as journal_mod
-from tridentcore.store.journal import (Ingester, Journal, journal_path, pending_journals, recover, recover_journal,
-                                       rows_lines, server_gone, start_line)
+from tridentcore.store.journal import Ingester, Journal, journal_path, pending_journals, rows_lines, server_gone, start_line
+from tridentcore.store.recovery import recover, recover_journal
 
 
 def _meta(run_id: str) -> RunMeta:

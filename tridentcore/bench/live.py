@@ -401,7 +401,8 @@ class LiveBench:
     def _store(self, work: Path, got: _Collected, scheduled: int, created: float, wall_s: float,
                kept: bool, lock_wait_s: float = DEFAULT_DB_WAIT_S) -> LiveRun | None:
         from ..store import ResultsStore, read_run_tables
-        from ..store.journal import pending_journals, recover
+        from ..store.journal import pending_journals
+        from ..store.recovery import recover
 
         server_db = work / "server.duckdb"
         if pending_journals(server_db):  # a server killed past its stop timeout, or whose final write failed

@@ -307,7 +307,8 @@ def runs_recover(
     from pathlib import Path
 
     from ..bench.orphans import recover_orphans
-    from ..store.journal import pending_journals, recover
+    from ..store.journal import pending_journals
+    from ..store.recovery import recover
 
     if Path(db).is_dir():
         fail(f"--db {db} is a folder: give the results database file whose journals to recover")

@@ -109,7 +109,8 @@ def open_journal(db: str, run_id: str) -> Journal:
     An id with ``{n}`` (``RUN_NUMBER``) takes the next number that neither is stored nor has a
     journal, so a server a supervisor restarts with the same ``--run-id`` after a crash is not refused."""
     from ..store import RUN_NUMBER, DuplicateRunError, next_run_number
-    from ..store.journal import named_run_id, pending_journals, recover
+    from ..store.journal import named_run_id, pending_journals
+    from ..store.recovery import recover
 
     for r in recover(db):
         if r.outcome == "ingested":
