@@ -48,7 +48,7 @@ file system: on NFS a live server's lock may not be seen by another host.) A jou
 its owner holds it (``rm``, its folder removed) is written again at its name from the copy the
 owner holds open, before its next line (:meth:`Journal.append`).
 
-One module of about 820 lines: the writer and the ingester share the line format, the lock and the
+One module of about 810 lines: the writer and the ingester share the line format, the lock and the
 ingest bookkeeping, and each is needed to read the other (the recovery, which uses both, is
 :mod:`tridentcore.store.recovery`).
 """
@@ -345,34 +345,43 @@ class Journal:
         them (outside test: a run left ``running`` for good, its requests in no file). Write it again at
         its path from the copy held open (the same bytes at the same offsets: the ingest goes on where
         it was), locked, and hold that one. OSError if it cannot be (the caller refuses new requests)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rewrite(b"", 0, size, replace=False)
+        logger.warning("the journal %s was deleted while the server ran; written again from the copy it held "
+                       "(%d bytes)", self.path, size)
+
+    def _rewrite(self, prefix: bytes, start: int, size: int, *, replace: bool) -> None:
+        """Hold a new file at the journal's path: ``prefix``, then the bytes ``start`` to ``size`` of the
+        file held now, written as a temporary file, locked and fsynced, then put in place: renamed over
+        the old one (``replace``) or linked where no file is (FileExistsError: another took the name
+        meanwhile; it is not ours). Then the old one is let go."""
         path, old = self.path, self._fd
         if old is None:
             raise JournalError(f"journal {path} is closed")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            offset = 0
+            _write_all(fd, prefix)
+            offset = start
             while offset < size:
                 chunk = os.pread(old, min(1 << 20, size - offset), offset)
                 if not chunk:
-                    raise OSError(errno.EIO, f"the deleted journal {path} could not be read back")
+                    raise OSError(errno.EIO, f"the journal {path} could not be read back")
                 _write_all(fd, chunk)
                 offset += len(chunk)
             os.fsync(fd)
-            os.link(tmp, path)  # (FileExistsError: another file took the name meanwhile; it is not ours)
+            (os.rename if replace else os.link)(tmp, path)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        os.unlink(tmp)
+        if not replace:
+            os.unlink(tmp)
         _fsync_dir(path.parent)
         os.close(old)
         self._fd = fd
-        logger.warning("the journal %s was deleted while the server ran; written again from the copy it held "
-                       "(%d bytes)", path, size)
 
     def size(self) -> int:
         if self._fd is None:
@@ -406,29 +415,7 @@ class Journal:
         if not head.endswith(b"\n") or head_seq < 1 or seq <= head_seq or upto <= len(head):
             return None
         middle = (json.dumps({"seq": seq, **summary}, separators=(",", ":")) + "\n").encode()
-        path = self.path
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            _write_all(fd, head + middle)
-            offset = upto
-            while offset < size:  # the lines appended since the store's last ingest, as they are
-                chunk = os.pread(old, min(1 << 20, size - offset), offset)
-                if not chunk:
-                    raise OSError(errno.EIO, f"the journal {path} could not be read back")
-                _write_all(fd, chunk)
-                offset += len(chunk)
-            os.fsync(fd)
-            os.rename(tmp, path)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(path.parent)
-        os.close(old)
-        self._fd = fd
+        self._rewrite(head + middle, upto, size, replace=True)  # (the lines appended since the ingest, as they are)
         return len(head) + len(middle)
 
     def close(self) -> None:
