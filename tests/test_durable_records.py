@@ -360,7 +360,8 @@ def test_a_request_answered_is_in_the_journal_before_its_answer_so_a_kill_9_righ
     waits for the request's row to reach the journal: killed the moment the last answer arrives, every
     answered request is stored done. Every way of asking: the call that waits, a submitted request
     whose result is fetched, one whose status is polled until done (an outside test found the status
-    answered before the row), and submissions answered 202 (each stored, unfinished)."""
+    answered before the row), submissions answered 202 (each stored, unfinished), and the list of
+    requests polled until it says they are done."""
     def waiting(client):
         for i in range(6):
             assert client.post("/v1/images/generations", json={**BODY, "seed": i}).status_code == 200
@@ -386,11 +387,20 @@ def test_a_request_answered_is_in_the_journal_before_its_answer_so_a_kill_9_righ
         for i in range(6):
             assert client.post("/v1/requests", json={**BODY, "seed": i, "steps": 100}).status_code == 202
 
+    def listed(client):  # submitted, then the list polled until it says all six are done
+        for i in range(6):
+            assert client.post("/v1/requests", json={**BODY, "seed": i}).status_code == 202
+        deadline = time.monotonic() + 30
+        while [j["state"] for j in client.get("/v1/requests").json()["data"]] != ["done"] * 6:
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+
     db = tmp_path / "right.duckdb"
     assert _answered_then_killed(db, "waiting", waiting) == {"done": 6, "n": 6}
     assert _answered_then_killed(db, "polled", polled) == {"done": 6, "n": 6}
     assert _answered_then_killed(db, "status", status) == {"done": 6, "n": 6}
     assert _answered_then_killed(db, "submitted", submitted)["n"] == 6  # (done or unfinished)
+    assert _answered_then_killed(db, "listed", listed) == {"done": 6, "n": 6}  # (the list waited for none)
 
 
 def test_a_journal_deleted_while_it_serves_is_written_again_and_a_kill_9_loses_nothing(tmp_path):

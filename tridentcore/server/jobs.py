@@ -262,11 +262,11 @@ class Jobs:
         await asyncio.gather(*(self._wait_for(job, r) for r in job.request_ids))
         await self.written(job)
 
-    async def written(self, job: Job) -> None:
-        """Once the run's journal holds the job's requests as they stand (with ``--db``; at once
+    async def written(self, *jobs: Job) -> None:
+        """Once the run's journal holds the jobs' requests as they stand (with ``--db``; at once
         without): what a client was answered survives a ``kill -9`` of the server."""
         if self.records is not None:
-            await self.records.written(job.request_ids)
+            await self.records.written([r for job in jobs for r in job.request_ids])
 
     async def _wait_for(self, job: Job, rid: int) -> None:
         if rid in job.final:

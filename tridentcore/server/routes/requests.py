@@ -30,7 +30,9 @@ async def create_request(body: GenerationRequest, jobs: Jobs = Depends(deps.jobs
 @router.get("/v1/requests", responses=responses("invalid"))
 async def list_requests(limit: int = Query(50, ge=1, le=1000), jobs: Jobs = Depends(deps.jobs)) -> JSONResponse:
     """The most recent requests, newest first (the server keeps the last ``max_jobs``)."""
-    return JSONResponse({"object": "list", "data": [jobs.status_body(j) for j in jobs.recent(limit)]})
+    recent = jobs.recent(limit)
+    await jobs.written(*recent)  # (as a single status: a state listed is one the journal holds)
+    return JSONResponse({"object": "list", "data": [jobs.status_body(j) for j in recent]})
 
 
 @router.get("/v1/requests/{job_id}", responses=responses("not_found"))
