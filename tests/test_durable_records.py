@@ -598,7 +598,9 @@ def test_a_numbered_run_id_takes_the_next_number_so_a_restart_after_a_crash_is_n
     assert twice.exit_code == 2 and "at most one {n}" in twice.output, twice.output
     # ids the journal cannot be named after (outside test: a raw ENAMETOOLONG), or that split a line
     for bad, said in (("運行" * 14 + "-{n}", "bytes once %-encoded"), ("x" * 230, "bytes once %-encoded"),
-                      ("line1\n{n}", "control characters")):
+                      ("line1\n{n}", "control characters"),
+                      ("prod-{N}", "'{N}' is not a placeholder"), ("prod-{ n }", "'{ n }' is not a placeholder"),
+                      ("prod-{n}-{seq}", "'{seq}' is not a placeholder")):
         refused = _cli("serve", *ARGS, "--db", str(db), "--run-id", bad)
         assert refused.exit_code == 2 and said in refused.output and "Errno" not in refused.output, refused.output
     assert not pending_journals(db)

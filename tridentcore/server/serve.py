@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -232,6 +233,10 @@ def _check_run_id(run_id: str) -> None:
 
     if run_id.count(RUN_NUMBER) > 1:
         raise SetupError([f"--run-id {brief(run_id)}: at most one {RUN_NUMBER} (the number it takes at each start)"])
+    other = re.search(r"\{[^{}]*\}", run_id.replace(RUN_NUMBER, ""))
+    if other:  # ({N} taken as it is: the id of the first start, refused as stored at the next one)
+        raise SetupError([f"--run-id {brief(run_id)}: {brief(other.group())} is not a placeholder; the number a "
+                          f"run takes at each start is written {RUN_NUMBER} (lowercase, no spaces)"])
     if any(unicodedata.category(c).startswith("C") for c in run_id):
         raise SetupError([f"--run-id {brief(run_id)}: control characters (a newline, a tab) are not allowed"])
     size = len(journal_path("", run_id.replace(RUN_NUMBER, "9" * 20)).stem)
