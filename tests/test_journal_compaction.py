@@ -182,3 +182,69 @@ def test_journal_mb_must_be_a_positive_size(bad):
     out = CliRunner().invoke(app, ["serve", "--models", "sd3-medium", "--devices", "emulated:1xH200",
                                    "--journal-mb", bad])
     assert out.exit_code == 2 and "--journal-mb" in out.output
+
+
+def test_a_recovery_sweeps_only_temporary_files_old_enough_that_no_live_owner_can_be_about_to_lock_them(tmp_path):
+    """A reservation, compaction or restore creates its temporary file and then locks it: an outside
+    test's recovery in a loop took the lock in between and removed a compaction's file (its rename
+    then failed). A temporary file younger than a minute is left, an older unlocked one removed."""
+    db = tmp_path / "s.duckdb"
+    journal, _, _ = _journaled(db, "s", 3, None)
+    folder = journal.path.parent
+    fresh, stale = folder / ".s.jsonl.1.aa.tmp", folder / ".s.jsonl.2.bb.tmp"
+    fresh.write_text("")
+    stale.write_text("")
+    os.utime(stale, (time.time() - 120, time.time() - 120))
+    (got,) = recover(db)
+    assert got.outcome == "live"
+    assert fresh.exists() and not stale.exists()
+    journal.close()
+
+
+def test_a_failed_compaction_is_tried_again_after_the_next_ingest_not_a_minute_later(tmp_path, monkeypatch):
+    """An outside test's disk, full during a compaction and freed seconds later, was filled again by the
+    journal itself while the next compaction waited a minute."""
+    import asyncio
+    import threading
+
+    from tridentcore.runtime.stored import RunRecords
+
+    db = tmp_path / "f.duckdb"
+    journal, ing, _ = _journaled(db, "f", 20, None)
+    records = object.__new__(RunRecords)  # (only what a compaction touches: it runs after an ingest)
+    records.journal, records.ingester, records.compact_bytes, records.compactions = journal, ing, 1000, 0
+    records._journal_lock, records._stop, records._compact_said = threading.Lock(), asyncio.Event(), -60.0
+    real, calls = Journal.compact, []
+
+    def full_once(self, *args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real(self, *args)
+
+    monkeypatch.setattr(Journal, "compact", full_once)
+    size = journal.size()
+    records._compact()
+    assert records.compactions == 0 and journal.size() == size
+    records._compact()  # the next ingest's
+    assert records.compactions == 1 and journal.size() < size / 3
+    journal.close()
+
+
+def test_a_crashed_run_whose_journal_could_not_be_written_for_a_while_does_not_say_its_clients_were_told_nothing(tmp_path):
+    """Requests answered while the journal could not be written (a full disk) may end with no row; a
+    recovery stored them unfinished, "its client was told no result" (outside test: 20 answered done)."""
+    from tridentcore.store.recovery import CRASHED_REASON, CRASHED_UNWRITTEN_REASON
+
+    for refused, reason in ((0, CRASHED_REASON), (5, CRASHED_UNWRITTEN_REASON)):
+        db = tmp_path / f"u{refused}.duckdb"
+        journal = Journal.reserve(db, "u")
+        journal.append([start_line(_meta("u"), 2)])
+        lines = list(rows_lines({}, [_request(7, "running")], 1.0, 1.0))
+        lines[-1]["config_json"] = '{"refused": {"records_unwritable": %d}}' % refused
+        journal.append(lines)
+        journal.close()
+        (got,) = recover(db)
+        assert got.status == "crashed"
+        rows = query_readonly(db, "SELECT state, reason FROM requests")
+        assert list(zip(rows.state, rows.reason)) == [("unfinished", reason)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -32,7 +33,12 @@ __all__ = ["CRASHED_REASON", "Recovery", "recover", "recover_journal"]
 # a 202 or a status while it ran may have been answered)
 CRASHED_REASON = ("the server crashed before the request finished (its client was told no result and no end "
                   "state)")
+# the same, for a run whose journal could not be written for a while (a full disk): requests answered
+# then may have ended with no row, their answers sent unrecorded (503 records_unwritable for new ones)
+CRASHED_UNWRITTEN_REASON = ("the server crashed before the request finished, or after its end was answered while "
+                            "the run's journal could not be written (a full disk), before it was recorded")
 SAMPLE_S = 10.0  # the gpu_samples interval (as the engine's)
+TMP_GRACE_S = 60.0  # a temporary file younger than this is never swept (its owner may not have locked it yet)
 
 
 @dataclass(frozen=True)
@@ -217,14 +223,17 @@ def _unlink(path: Path) -> None:
 
 
 def _sweep_temporaries(folder: Path) -> None:
-    """Remove reservations that died before they were linked into place (nobody holds their lock)."""
+    """Remove the temporary files of reservations, compactions and restores whose process died before it
+    put them in place: nobody holds their lock, and they are older than :data:`TMP_GRACE_S` (a live
+    owner creates one and only then locks it: an outside test's recovery in a loop took the lock in
+    between and removed a compaction's file)."""
     for tmp in folder.glob(".*.tmp"):
         try:
             fd = os.open(tmp, os.O_RDONLY)
         except OSError:
             continue
         try:
-            if try_lock(fd):
+            if time.time() - os.fstat(fd).st_mtime >= TMP_GRACE_S and try_lock(fd):
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
         finally:
@@ -271,7 +280,8 @@ def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0,
         t_s = max(t_s, float(line.get("t_s") or 0.0))
         wall_s = max(wall_s, float(line.get("wall_s") or 0.0))
     t_s = max([t_s, *(s.ended_s for s in spans), *(p.t_s for p in placements)])
-    unfinished = [dataclasses.replace(r, state="unfinished", reason=CRASHED_REASON)
+    reason = CRASHED_UNWRITTEN_REASON if _unwritable(config_json) else CRASHED_REASON
+    unfinished = [dataclasses.replace(r, state="unfinished", reason=reason)
                   for rid, r in sorted(arrived.items()) if rid not in ended]
     accepted = len(ended | set(arrived))
     gpus = max([gpus, *(g + 1 for s in spans for g in s.gpus), *(p.gpu + 1 for p in placements)])
@@ -281,3 +291,13 @@ def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0,
     return {"kind": "end", "meta": _meta_dict(final), "recovered_unix_s": time.time(),
             "tables": {"requests": columns_of(unfinished, "requests"),
                        "gpu_samples": columns_of(samples, "gpu_samples")}}
+
+
+def _unwritable(config_json: str | None) -> bool:
+    """Whether the run's counts say its journal could not be written for a while (requests refused 503
+    ``records_unwritable``)."""
+    try:
+        refused = json.loads(config_json or "{}").get("refused") or {}
+        return int(refused.get("records_unwritable") or 0) > 0
+    except (ValueError, TypeError, AttributeError):
+        return False
