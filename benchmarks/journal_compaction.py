@@ -29,12 +29,9 @@ import time
 from pathlib import Path
 
 import httpx
+from live_reality import start_spinners, stop_spinners  # (benchmarks/: this script's folder)
 
 BODY = {"prompt": "x", "model": "sd3-medium", "size": "512x512", "steps": 4}
-
-
-def _spinners(n: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
 
 
 def one_run(mb: float, seconds: float, clients: int) -> dict:
@@ -107,13 +104,11 @@ def main() -> None:
     ap.add_argument("--spin", action="store_true", help="a busy process per core throughout")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    spinners = _spinners(os.cpu_count() or 1) if args.spin else []
+    spinners = start_spinners(os.cpu_count() or 1) if args.spin else []
     try:
         rows = [one_run(float(mb), args.seconds, args.clients) for mb in args.mb.split(",")]
     finally:
-        for p in spinners:
-            p.kill()
-            p.wait()
+        stop_spinners(spinners)
     if args.json:
         print(json.dumps(rows, indent=1))
         return
