@@ -9,7 +9,6 @@ import base64
 import io
 import os
 import signal
-import tempfile
 import time
 
 import httpx
@@ -387,16 +386,3 @@ def test_a_cancelled_diffuse_slower_than_predicted_stops_at_its_next_step():
     print(f"cancelled at step {at} (predicted end passed); the diffuse stopped at step {span.end_step} of 100")
     assert span.outcome == "cancelled" and span.end_step < 100, span
     assert span.end_step <= at + 20, (at, span)  # (its next boundary; loose: steps go on while it is told)
-
-
-def test_cpu_workers_fork_from_the_forkserver_unless_the_temporary_folder_is_too_long_for_its_socket(monkeypatch):
-    """CPU workers are forked from a preloaded forkserver, whose Unix socket lives in the temporary folder:
-    with a 76-character $TMPDIR the server could not start at all ("AF_UNIX path too long", outside
-    test 90); such a folder now gets spawned workers, as before the forkserver. GPU workers are spawned."""
-    from tridentcore.runtime import process_worker
-
-    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
-    assert process_worker._context("cpu").get_start_method() == "forkserver"
-    assert process_worker._context("cuda:0").get_start_method() == "spawn"
-    monkeypatch.setattr(tempfile, "tempdir", "/tmp/" + "y" * 71)  # 76 bytes
-    assert process_worker._context("cpu").get_start_method() == "spawn"

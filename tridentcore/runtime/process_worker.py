@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import os
 import shutil
 import tempfile
 import threading
@@ -40,18 +39,11 @@ _MAX_TMP_CHARS = 60
 _PRELOAD = ["tridentcore.runtime._worker_preload"]
 
 
-# the forkserver listens on a Unix socket at $TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX (32 bytes past the
-# folder), whose path must fit the 108 bytes of a socket address
-_MAX_FORKSERVER_TMP_BYTES = 107 - 32
-
-
 def _context(device: str):
-    """The multiprocessing context a worker for ``device`` starts in (the module docstring): spawned
-    also where the temporary folder's path is too long for the forkserver's socket (outside test: a
-    76-character $TMPDIR failed the start, "AF_UNIX path too long")."""
+    """The multiprocessing context a worker for ``device`` starts in (the module docstring)."""
     import multiprocessing as mp
 
-    if device.startswith("cuda") or len(os.fsencode(tempfile.gettempdir())) > _MAX_FORKSERVER_TMP_BYTES:
+    if device.startswith("cuda"):
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)  # (for its first start: one already running keeps its own)
