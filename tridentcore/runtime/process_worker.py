@@ -1,9 +1,9 @@
 """A worker process on this host (CPU, or one GPU with ``device="cuda:I"``), watched through its
 process sentinel, and restarted when it dies. A CPU worker is forked from a server process that has
 imported torch, diffusers and transformers once (multiprocessing's forkserver, preloading
-:mod:`._worker_preload`): a worker killed is back in about 0.4 s, where a spawned one spent 6-7 s
-importing them (the first start waits for the forkserver's imports once). A GPU worker is spawned
-(a process forked from one that touched CUDA cannot use it).
+:mod:`._worker_preload`): up in about 0.3 s, not the 5-6 s of CPU a spawned one spends importing,
+and its restart after a crash as quick. A GPU worker is spawned (a process forked from one that
+touched CUDA cannot use it).
 
 Its parent stops it (a "stop" message, then SIGKILL): the worker ignores SIGINT and SIGTERM, so a
 Ctrl-C at the terminal, which signals the whole foreground process group, or a SIGTERM to the group
