@@ -1,9 +1,5 @@
-"""A worker process on this host (CPU, or one GPU with ``device="cuda:I"``), watched through its
-process sentinel, and restarted when it dies. A CPU worker is forked from a server process that has
-imported torch, diffusers and transformers once (multiprocessing's forkserver, preloading
-:mod:`._worker_preload`): up in about 0.3 s, not the 5-6 s of CPU a spawned one spends importing,
-and its restart after a crash as quick. A GPU worker is spawned (a process forked from one that
-touched CUDA cannot use it).
+"""A worker process on this host (CPU, or one GPU with ``device="cuda:I"``), spawned, watched through
+its process sentinel, and restarted when it dies.
 
 Its parent stops it (a "stop" message, then SIGKILL): the worker ignores SIGINT and SIGTERM, so a
 Ctrl-C at the terminal, which signals the whole foreground process group, or a SIGTERM to the group
@@ -36,40 +32,6 @@ __all__ = ["CpuWorker"]
 # socket, whose path must stay under the 108 bytes of a Unix socket address: with a longer $TMPDIR
 # the worker uses $TMPDIR itself, as it did before (and a killed one leaves its socket folder there).
 _MAX_TMP_CHARS = 60
-_PRELOAD = ["tridentcore.runtime._worker_preload"]
-
-
-def _context(device: str):
-    """The multiprocessing context a worker for ``device`` starts in (the module docstring)."""
-    import multiprocessing as mp
-
-    if device.startswith("cuda"):
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)  # (for its first start: one already running keeps its own)
-    return ctx
-
-
-def _start_in_thread(proc, done: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
-    """(A thread.) Start ``proc`` with the stop signals blocked: it is born deaf to them (``worker_main``
-    ignores them, then unblocks), and so is the forkserver its first start launches, and every process
-    forked from it. ``done`` is resolved on ``loop``."""
-    def settle(exc: BaseException | None) -> None:
-        if not done.done():
-            done.set_result(None) if exc is None else done.set_exception(exc)
-
-    try:
-        with signals_blocked(STOP_SIGNALS):
-            proc.start()
-    except BaseException as exc:  # noqa: BLE001 - handed to the loop
-        error: BaseException | None = exc
-    else:
-        error = None
-    try:
-        loop.call_soon_threadsafe(settle, error)
-    except RuntimeError:  # the loop is closed: the server is gone, and so must the process be
-        if error is None and proc.is_alive():
-            proc.kill()
 
 
 class CpuWorker(Worker):
@@ -122,10 +84,12 @@ class CpuWorker(Worker):
         await self._spawn()
 
     async def _spawn(self) -> None:
+        import multiprocessing as mp
+
         self._ready = self._loop.create_future()  # (before the check: a stop from now on interrupts it)
         if self._start_stopped:  # told to stop before this start
             raise StartInterrupted(f"{self.name}: stopped before it started")
-        ctx = _context(self.device)
+        ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
         self._flag = ctx.Value("q", -1, lock=False)
         self._generation += 1
@@ -136,24 +100,10 @@ class CpuWorker(Worker):
         proc = ctx.Process(target=worker_main, args=(self.slot, self.models, child, self._flag, self.threads,
                                                       self.device, self.sources, self.slowdown, folder),
                            name=f"trident-worker-{self.slot}", daemon=True)
-        # off the loop, in a thread of its own: the first start waits for the forkserver's imports, and a
-        # stop meanwhile neither waits for it (the thread is a daemon's) nor leaves the process running
-        start = self._loop.create_future()
-        threading.Thread(target=_start_in_thread, args=(proc, start, self._loop), name=f"trident-start-{self.slot}",
-                         daemon=True).start()
-        try:
-            await asyncio.wait((start, self._ready), return_when=asyncio.FIRST_COMPLETED)
-            if not start.done():  # stopped while the forkserver still imports: this start ends now
-                self._ready.result()  # (its StartInterrupted)
-                raise StartInterrupted(f"{self.name}: stopped while it started")
-        except BaseException:  # (a stop, or a cancelled restart): the process, once started, is killed
-            start.add_done_callback(lambda f: f.cancelled() or f.exception() is not None or self._kill(proc))
-            raise
-        start.result()
+        with signals_blocked(STOP_SIGNALS):  # born deaf to them: worker_main ignores them, then unblocks
+            proc.start()
         child.close()
         self._proc, self._conn, self.pid = proc, parent, proc.pid
-        if self._ready.done():  # stopped while it started (``_interrupt_start`` found no process yet)
-            self._kill(proc)
         threading.Thread(target=self._reader, args=(proc, parent, gen), name=f"trident-reader-{self.slot}",
                          daemon=True).start()
         # torch's shared-memory reductions in this process, for the tensors sent to the process: imported
