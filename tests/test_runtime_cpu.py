@@ -6,6 +6,7 @@ boundary by a cancel; a worker SIGKILLed mid-request is restarted and every requ
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import io
 import os
 import signal
@@ -345,6 +346,54 @@ def test_a_killed_worker_leaves_no_temporary_folder(tmp_path):
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_temporary_directory_too_long_for_a_unix_socket_still_serves(tmp_path):
+    """Found by hand: with a $TMPDIR of 76 characters or more every request to a `cpu:N` server failed
+    ("worker process ... exited with code 0", three times, then the request): the socket a worker
+    passes tensors through (``pymp-*/listener-*``) did not fit in a Unix socket address. The server's
+    folder then goes to /tmp, said once in its log, and is removed as it stops."""
+    from pathlib import Path
+
+    long_tmp = tmp_path / ("t" * max(1, 90 - len(str(tmp_path))))
+    long_tmp.mkdir()
+    assert len(str(long_tmp)) >= 90
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2"], env={"TMPDIR": str(long_tmp)},
+                          timeout_s=180, folder=tmp_path / "server")
+    pid = server.proc.pid
+    try:
+        client = httpx.Client(base_url=server.url, timeout=120)
+        body = {"prompt": "x", "model": "tiny-sd3", "size": "64x64", "steps": 2}
+        # several at once: encodes and diffuses on either worker, the server passing latents on
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: client.post("/v1/images/generations", json=body), range(4)))
+        assert [a.status_code for a in answers] == [200] * 4, [a.text[:300] for a in answers]
+        (own,) = Path("/tmp").glob(f"trident-{pid}-*")  # the server's folder, its workers' in it
+        assert sorted(p.name[:4] for p in own.iterdir()) == [".own", "pymp", "tw0-", "tw1-"]
+        assert not [p for p in long_tmp.iterdir() if p.name.startswith(("pymp", "tw", "trident-"))]
+        client.close()
+        assert server.stop() == 0
+        assert server.log().count("too long for the Unix sockets") == 1
+        assert not list(Path("/tmp").glob(f"trident-{pid}-*"))
+    finally:
+        server.stop()
+
+
+def test_a_process_passing_tensors_on_makes_its_socket_folder_short_when_tmpdir_is_long(tmp_path):
+    """An engine run in-process (a live bench, a test) forwards the tensors one worker sent it to
+    another through a socket in its own multiprocessing folder: with a long $TMPDIR that folder is
+    made in /tmp (``tmpdirs.socket_safe_mp_dir``); with a short one, where it was."""
+    import subprocess
+    import sys
+
+    code = ("from multiprocessing import util; from tridentcore.runtime.tmpdirs import socket_safe_mp_dir; "
+            "socket_safe_mp_dir(); print(util.get_temp_dir())")
+    long_tmp = tmp_path / ("t" * max(1, 90 - len(str(tmp_path))))
+    long_tmp.mkdir()
+    for tmp, where in ((long_tmp, "/tmp"), (tmp_path, str(tmp_path))):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(tmp)},
+                             capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        assert os.path.dirname(out) == where and os.path.basename(out).startswith("pymp-"), out
 
 
 def test_a_cancelled_diffuse_slower_than_predicted_stops_at_its_next_step():

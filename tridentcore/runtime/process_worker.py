@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from .pool import StartInterrupted, Worker
 from .sigint import STOP_SIGNALS, signals_blocked
 from .tasks import ModelCard, StageResult, StageTask
+from .tmpdirs import socket_safe_base, socket_safe_mp_dir
 from .worker_process import worker_main
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ __all__ = ["CpuWorker"]
 
 # A worker's temporary folder, ``$TMPDIR/twN-XXXXXXXX``, holds multiprocessing's ``pymp-*/listener-*``
 # socket, whose path must stay under the 108 bytes of a Unix socket address: with a longer $TMPDIR
-# the worker uses $TMPDIR itself, as it did before (and a killed one leaves its socket folder there).
+# it is made in /tmp (``tmpdirs.socket_safe_base``).
 _MAX_TMP_CHARS = 60
 
 
@@ -94,9 +95,11 @@ class CpuWorker(Worker):
         self._flag = ctx.Value("q", -1, lock=False)
         self._generation += 1
         gen = self._generation
+        socket_safe_mp_dir()  # (this process passes on the tensors a worker sent)
         folder = None
-        if len(tempfile.gettempdir()) <= _MAX_TMP_CHARS:  # (else the socket's path would be too long)
-            folder = self._tmp[gen] = tempfile.mkdtemp(prefix=f"tw{self.slot}-")
+        base = socket_safe_base(tempfile.gettempdir(), _MAX_TMP_CHARS)  # (else the socket's path is too long)
+        if base is not None:
+            folder = self._tmp[gen] = tempfile.mkdtemp(prefix=f"tw{self.slot}-", dir=base)
         proc = ctx.Process(target=worker_main, args=(self.slot, self.models, child, self._flag, self.threads,
                                                       self.device, self.sources, self.slowdown, folder),
                            name=f"trident-worker-{self.slot}", daemon=True)

@@ -21,19 +21,65 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["restore_temp_dir", "use_own_temp_folder"]
+__all__ = ["restore_temp_dir", "socket_safe_base", "socket_safe_mp_dir", "use_own_temp_folder"]
 
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"trident-(\d+)-[a-z0-9_]{8}")
 # the server's folder (25 characters) holds its workers' folders (``twN-*``, 14), which hold
 # multiprocessing's socket (``pymp-*/listener-*``, 32): a Unix socket path stays under 108 bytes only
-# below a short $TMPDIR (else the temporary directory is used as it is, as before)
+# below a short $TMPDIR (else below one of ``_SHORT_BASES``; if none may be written in, the temporary
+# directory is used as it is)
 _MAX_BASE_CHARS = 35
 _OWN: str | None = None  # this process's folder, once made
 _BEFORE: str | None = None  # ``tempfile.tempdir`` as it was before
 _OWNER_FD: int | None = None  # its ``.owner`` file, locked for as long as this process lives
 _YOUNG_S = 60.0  # a folder without its ``.owner`` file yet is being made: left alone this long
+# where the socket folders go when $TMPDIR is too long for them (CPython 3.13's multiprocessing falls
+# back to the same ones for its own folder)
+_SHORT_BASES = ("/tmp", "/var/tmp", "/usr/tmp")
+_MP_DIR_CHARS = 75  # multiprocessing's folder (``pymp-*``, 14) and socket (``listener-*``, 18) below it
+_warned: set[str] = set()
+_mp_dir_checked = False  # socket_safe_mp_dir ran in this process
+
+
+def socket_safe_base(base: str, limit: int) -> str | None:
+    """``base`` if it has at most ``limit`` characters, else the first of ``_SHORT_BASES`` that does
+    and that this process may write in (said once in the log), else None: a Unix socket's path must
+    fit in 108 bytes, and a $TMPDIR of 76 characters or more made every tensor a worker sent fail."""
+    if len(base) <= limit:
+        return base
+    for short in _SHORT_BASES:
+        if len(short) <= limit and os.path.isdir(short) and os.access(short, os.W_OK | os.X_OK):
+            if base not in _warned:
+                _warned.add(base)
+                logger.warning("the temporary directory %s (%d characters) is too long for the Unix sockets "
+                               "worker processes pass tensors through: their folders go to %s", base, len(base),
+                               short)
+            return short
+    return None
+
+
+def socket_safe_mp_dir() -> None:
+    """Make multiprocessing's temporary folder of this process (where the socket it shares tensors
+    through is bound) in a short directory when $TMPDIR is too long for that socket: once, before it
+    is first made (a server forwards the tensors one worker sent it to another)."""
+    from multiprocessing import util
+
+    global _mp_dir_checked
+    if _mp_dir_checked:
+        return
+    _mp_dir_checked = True
+    base = tempfile.gettempdir()
+    short = socket_safe_base(base, _MP_DIR_CHARS)
+    if short is None or short == base:
+        return
+    before = tempfile.tempdir
+    tempfile.tempdir = short
+    try:
+        util.get_temp_dir()  # made there (unless made already), removed as this process ends (multiprocessing's own clean-up)
+    finally:
+        tempfile.tempdir = before
 
 
 def use_own_temp_folder() -> str | None:
@@ -46,8 +92,8 @@ def use_own_temp_folder() -> str | None:
     if _OWN is not None and tempfile.tempdir == _OWN and os.path.isdir(_OWN):
         return _OWN
     _BEFORE = tempfile.tempdir
-    base = tempfile.gettempdir()
-    if len(base) > _MAX_BASE_CHARS:
+    base = socket_safe_base(tempfile.gettempdir(), _MAX_BASE_CHARS)
+    if base is None:
         return None
     folder = None
     try:
