@@ -171,6 +171,43 @@ def test_a_stop_drains_while_the_server_still_answers(tmp_path, how):
     assert stored.get("done", 0) <= codes.count(200) + 1  # the synchronous answers match; +1: the async job
 
 
+def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be_read(tmp_path):
+    """A client polling for a request (``POST /v1/requests``) while the server drains: the request
+    ended, the server stopped at once, and the next poll found the doors closed: its image made and
+    never seen (a browser test caught it once workers stopped quicker). The server now answers on
+    until each such client has read how its request ended, for up to 5 s (``serve._PICKUP_S``); a
+    client that never comes back only holds the stop that long, said in the log."""
+    with open(tmp_path / "out.txt", "wb") as o, open(tmp_path / "err.txt", "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
+                                 "emulated:1xH200", "--time-scale", "1", "--port", "0"],
+                                stdout=o, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        body = {"prompt": "a red fox", "model": "sd3-medium", "size": "1024x1024", "slo_ms": 10_000_000}
+        # on one GPU: the first ends, its client gone; the second ends last, and the drain with it
+        _, read = (httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"] for _ in range(2))
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        states = []
+        while not states or states[-1] != "done":  # a client polling every 2 s
+            time.sleep(2.0)
+            states.append(httpx.get(f"{url}/v1/requests/{read}", timeout=30).json()["state"])
+            assert len(states) < 30, states
+        result = httpx.get(f"{url}/v1/requests/{read}/result", timeout=30)
+        assert result.status_code == 200 and result.json()["state"] == "done"
+        t0 = time.monotonic()
+        assert proc.wait(60) == 0
+        waited = time.monotonic() - t0  # for the other client, which never came back
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    text = (tmp_path / "err.txt").read_text(errors="replace")
+    assert "1 request(s) submitted without waiting ended in the drain and their clients have not read how in 5 s" \
+        in text, text[-2000:]
+    assert waited < 15, waited
+
+
 def test_a_third_ctrl_c_exits_at_once_and_says_the_run_was_not_stored(tmp_path):
     """Three Ctrl-Cs in a row: out at once, no traceback, exit 1 with the run's id and the way to
     recover it; the journal keeps what was written, and ``runs recover`` closes the run."""

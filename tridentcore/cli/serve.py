@@ -93,7 +93,8 @@ def serve(
     """Serve the HTTP API over live workers driven by a policy.
 
     OpenAPI docs at /docs. Once it serves it prints one line (URL, devices, models, policy). Ctrl-C
-    or SIGTERM stops it: it drains the requests in flight, stops its workers and stores the rest of
+    or SIGTERM stops it: it drains the requests in flight (and answers for up to 5 s more until the
+    clients polling for them have read how they ended), stops its workers and stores the rest of
     the run; it exits 0 after SIGTERM (or SIGHUP, a closed terminal, unless started under nohup), 130 after Ctrl-C (SIGINT), 1
     when the run could not all be stored, 2 when it could not start (an option, a model or device
     that cannot load, a Ray cluster that does not answer: said in one line).

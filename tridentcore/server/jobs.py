@@ -27,6 +27,8 @@ from ..runtime.models import ModelEntry, check_request
 from .errors import ApiError, invalid
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Callable
+
     from ..runtime.build import Runtime
     from ..runtime.stored import RunRecords
     from .schemas import GenerationRequest, ImageGenerationRequest
@@ -53,6 +55,8 @@ class Job:
     created_unix_s: float
     meta: dict = field(default_factory=dict)
     final: dict[int, dict] = field(default_factory=dict)  # items the engine has forgotten, as they ended
+    polled: bool = False  # submitted without waiting (POST /v1/requests): its client polls for how it ends
+    told: bool = False  # an answer has shown it ended (its status, its result, a cancel, a list)
 
 
 class Jobs:
@@ -189,14 +193,35 @@ class Jobs:
             return "running"
         return "queued"
 
+    def told(self, job: Job, state: str) -> str:
+        """``state``, the job's, about to be answered: an ended one is then known to its client."""
+        if state in ENDED:
+            job.told = True
+        return state
+
+    def polled_in_flight(self) -> list[Job]:
+        """The jobs submitted without waiting that have not ended (as a drain begins: their clients are
+        polling, and :meth:`picked_up` keeps the server answering until they have seen the end)."""
+        return [j for j in self.jobs.values() if j.polled and self.state(j) not in ENDED]
+
+    async def picked_up(self, jobs: list[Job], timeout_s: float, hurry: Callable[[], bool]) -> int:
+        """Wait until an answer has told each of ``jobs`` that it ended (its status or result read), for
+        at most ``timeout_s`` or until ``hurry()``; how many were not told."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (left := sum(not j.told for j in jobs)) and loop.time() < deadline and not hurry():
+            await asyncio.sleep(0.02)
+        return left
+
     def status_body(self, job: Job) -> dict:
         items = [self.item(job, r) for r in job.request_ids]
-        return {"id": job.id, "object": "generation", "kind": job.kind, "model": job.model, "state": self.state(job),
+        return {"id": job.id, "object": "generation", "kind": job.kind, "model": job.model,
+                "state": self.told(job, self.state(job)),
                 "created": int(job.created_unix_s), **job.meta, "items": items}
 
     def result_body(self, job: Job) -> dict:
         """The finished generation; ``ApiError`` while it runs or when it did not end done."""
-        state = self.state(job)
+        state = self.told(job, self.state(job))
         if state in ("queued", "running"):
             raise ApiError("not_ready", f"request {job.id} is {state}", extra={"state": state})
         if state != "done":
@@ -252,6 +277,7 @@ class Jobs:
         blob = self.engine.result(job.request_ids[index])
         if blob is None:
             raise ApiError("gone", f"the result of request {job.id} is no longer kept")
+        job.told = True
         return blob, "image/png" if job.kind == "image" else "image/webp"
 
     def cancel(self, job: Job, reason: str = "cancelled by the client") -> int:

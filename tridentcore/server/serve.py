@@ -31,6 +31,7 @@ from .protocol import protocol_class, raise_open_files_limit
 logger = logging.getLogger(__name__)
 
 _DOORS_CLOSE_S = 5.0  # after the drain: how long uvicorn waits for the connections still open
+_PICKUP_S = 5.0  # after the drain: how long it waits for pollers to read how their requests ended
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -299,7 +300,14 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
 
     async def drain() -> None:
         app.state.body_waits.stop()  # a body still arriving is answered 503 now, not held to the end
+        polled = app.state.jobs.polled_in_flight()
         await runtime.engine.shutdown(opts.drain_timeout_s)
+        # a client polling for a request that ended in the drain would next find the doors closed, its
+        # image made and never seen: the server answers on until each has read how its request ended
+        untold = await app.state.jobs.picked_up(polled, _PICKUP_S, lambda: server.signals >= 2)
+        if untold:
+            logger.warning("%d request(s) submitted without waiting ended in the drain and their clients have "
+                           "not read how in %.0f s: stopping", untold, _PICKUP_S)
 
     server.drain = drain
     server.hurry = runtime.engine.hurry
