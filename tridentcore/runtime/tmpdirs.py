@@ -77,7 +77,7 @@ def socket_safe_mp_dir() -> None:
     before = tempfile.tempdir
     tempfile.tempdir = short
     try:
-        util.get_temp_dir()  # made there (unless made already), removed as this process ends (multiprocessing's own clean-up)
+        util.get_temp_dir()  # made there (unless made already); multiprocessing removes it as this process ends
     finally:
         tempfile.tempdir = before
 

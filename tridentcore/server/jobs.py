@@ -193,7 +193,7 @@ class Jobs:
             return "running"
         return "queued"
 
-    def told(self, job: Job, state: str) -> str:
+    def answering(self, job: Job, state: str) -> str:
         """``state``, the job's, about to be answered: an ended one is then known to its client."""
         if state in ENDED:
             job.told = True
@@ -216,12 +216,12 @@ class Jobs:
     def status_body(self, job: Job) -> dict:
         items = [self.item(job, r) for r in job.request_ids]
         return {"id": job.id, "object": "generation", "kind": job.kind, "model": job.model,
-                "state": self.told(job, self.state(job)),
+                "state": self.answering(job, self.state(job)),
                 "created": int(job.created_unix_s), **job.meta, "items": items}
 
     def result_body(self, job: Job) -> dict:
         """The finished generation; ``ApiError`` while it runs or when it did not end done."""
-        state = self.told(job, self.state(job))
+        state = self.answering(job, self.state(job))
         if state in ("queued", "running"):
             raise ApiError("not_ready", f"request {job.id} is {state}", extra={"state": state})
         if state != "done":

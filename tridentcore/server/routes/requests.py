@@ -24,8 +24,9 @@ async def create_request(body: GenerationRequest, jobs: Jobs = Depends(deps.jobs
     job = jobs.submit(body, None)
     job.polled = True  # (a drain keeps answering until its client has seen how it ended)
     await jobs.written(job)  # (with --db: the journal holds it before the client hears of it)
-    return JSONResponse({"id": job.id, "state": jobs.told(job, jobs.state(job)), "status_url": f"/v1/requests/{job.id}",
-                         "result_url": f"/v1/requests/{job.id}/result"}, status_code=202)
+    return JSONResponse({"id": job.id, "state": jobs.answering(job, jobs.state(job)),
+                         "status_url": f"/v1/requests/{job.id}", "result_url": f"/v1/requests/{job.id}/result"},
+                        status_code=202)
 
 
 @router.get("/v1/requests", responses=responses("invalid"))
@@ -71,4 +72,4 @@ async def cancel_request(job_id: str, jobs: Jobs = Depends(deps.jobs)) -> JSONRe
     job = jobs.get(job_id)
     n = jobs.cancel(job)
     await jobs.written(job)
-    return JSONResponse({"id": job.id, "cancelled": n, "state": jobs.told(job, jobs.state(job))})
+    return JSONResponse({"id": job.id, "cancelled": n, "state": jobs.answering(job, jobs.state(job))})
