@@ -146,10 +146,12 @@ def test_trident_serve_degree_2_names_both_devices_and_serves_degree_1s_image():
     assert np.abs(images[2] - images[1]).mean() <= 1.0
 
 
-def test_pipeline_static_runs_a_stage_lost_with_a_worker_again_on_its_replica_once_it_is_whole():
-    """Pure scenario (no processes): the diffuse on replica (0, 1) dies with worker 1; nothing starts
-    while the replica is short of a GPU; when it is back, the diffuse starts again there from the
-    step it had reached, and an out-of-memory failure still fails the request."""
+@pytest.mark.parametrize("restored_first", [False, True])
+def test_pipeline_static_runs_a_stage_lost_with_a_worker_again_on_its_replica_once_it_is_whole(restored_first):
+    """Pure scenario (no processes): the diffuse on replica (0, 1) dies with worker 1. Worker 0 stays
+    busy (still in the group) until the dispatch's own failed end is reported, whether worker 1 is
+    back before it or after; the diffuse then fails as lost (not the request's fault) and starts
+    again on the whole replica from the step it had reached."""
     from tridentcore.core.cluster import parse_cluster
     from tridentcore.core.driver import Completed, DriverCore
     from tridentcore.core.events import RequestArrived, WorkerLost, WorkerRestored
@@ -166,8 +168,15 @@ def test_pipeline_static_runs_a_stage_lost_with_a_worker_again_on_its_replica_on
     (dif,) = core.step(Completed(enc.run.id), 0.1).started
     assert dif.run.action.gpus == (0, 1)
     lost = core.step(WorkerLost(1, "killed"), 0.2)
-    assert lost.started == [] and core.view.request(0).state.value == "encoded"
-    (again,) = core.step(WorkerRestored(1), 0.5).started
+    assert lost.started == [] and core.view.request(0).state.value == "diffusing"
+    assert not core.view.is_idle(0) and not core.view.is_alive(1)
+    if restored_first:  # back (a forked worker, in well under a second) while worker 0 is still in the group
+        assert core.step(WorkerRestored(1), 0.3).started == [] and not core.view.is_idle(0)
+        (again,) = core.step(Completed(dif.run.id, error="worker process exited with code -9"), 0.5).started
+    else:
+        failed = core.step(Completed(dif.run.id, error="worker process exited with code -9"), 0.3)
+        assert failed.started == [] and core.view.request(0).state.value == "encoded"
+        (again,) = core.step(WorkerRestored(1), 0.5).started
     assert (again.run.action.stage, again.run.action.gpus, again.run.action.start_step) == ("diffuse", (0, 1), 0)
     (dec,) = core.step(Completed(again.run.id), 0.6).started
     core.step(Completed(dec.run.id), 0.7)

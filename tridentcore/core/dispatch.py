@@ -67,6 +67,7 @@ class Running:
     queued_s: dict[int, float] = field(default_factory=dict)
     preempt_at_step: int | None = None  # diffuse paused at this step
     factor: float = 1.0  # the calibration factor its predictions were made with (1: uncalibrated)
+    member_lost: bool = False  # a multi-GPU dispatch one of whose workers was lost while it ran
 
 
 def next_boundary(run: Running, now: float) -> tuple[int, float]:

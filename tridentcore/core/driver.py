@@ -200,7 +200,7 @@ class DriverCore:
             if run is None:
                 return []  # already failed (its worker was lost) or shut down
             if report.error:
-                return [self._failed(run, report.error, report.oom, now, out)]
+                return [self._failed(run, report.error, report.oom, now, out, lost=run.member_lost)]
             return [self._finished(run, report.end_step, now, out, report.compute_s)]
         if isinstance(report, Tick):
             return [report] if state.requests.live else []
@@ -279,8 +279,15 @@ class DriverCore:
         state = self.state
         events: list[Event] = []
         did = state.busy[gpu]
-        if did is not None and did in state.running:
-            events.append(self._failed(state.running[did], f"worker {gpu} lost: {reason}", False, now, out, lost=True))
+        run = state.running.get(did) if did is not None else None
+        if run is not None and len(run.action.gpus) > 1:
+            # A member of a multi-GPU dispatch: the others are still in its group (a survivor leaves it
+            # when its collective fails, or is stopped after a grace period), so none is free until the
+            # dispatch's own end is reported (it fails then, as lost). Freed at once, a survivor got the
+            # next stage while its process was still in the broken group, which then stopped it.
+            run.member_lost = True
+        elif run is not None:
+            events.append(self._failed(run, f"worker {gpu} lost: {reason}", False, now, out, lost=True))
         if state.alive[gpu]:
             for (model, stage), gib in sorted(state.resident[gpu].items()):
                 self.recorder.placement(PlacementRow(now, gpu, model, stage, "evict", gib))

@@ -52,7 +52,9 @@ class StageFailed:
 
 @dataclass(frozen=True, slots=True)
 class WorkerLost:
-    """A GPU (worker) stopped; its running dispatch, if any, is reported as ``StageFailed`` first."""
+    """A GPU (worker) stopped; its running dispatch, if any, is reported as ``StageFailed`` first. A
+    dispatch over several GPUs instead fails (``lost``) when its own end is reported: its other GPUs
+    stay busy until then (their workers are still in its group)."""
 
     gpu: int
     reason: str = "worker lost"
