@@ -435,3 +435,13 @@ def test_a_cancelled_diffuse_slower_than_predicted_stops_at_its_next_step():
     print(f"cancelled at step {at} (predicted end passed); the diffuse stopped at step {span.end_step} of 100")
     assert span.outcome == "cancelled" and span.end_step < 100, span
     assert span.end_step <= at + 20, (at, span)  # (its next boundary; loose: steps go on while it is told)
+
+
+def test_cpu_workers_fork_from_the_forkserver_and_gpu_workers_are_spawned():
+    """CPU workers are forked from a preloaded forkserver (its socket in this process's multiprocessing
+    folder, made short when $TMPDIR is long: the test of a long $TMPDIR above); a process forked from
+    one that touched CUDA cannot use it, so GPU workers are spawned."""
+    from tridentcore.runtime import process_worker
+
+    assert process_worker._context("cpu").get_start_method() == "forkserver"
+    assert process_worker._context("cuda:0").get_start_method() == "spawn"

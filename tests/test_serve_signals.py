@@ -43,6 +43,21 @@ def _ready_line(err_path: Path, proc: subprocess.Popen, timeout_s: float = 240.0
     raise AssertionError(f"no ready line within {timeout_s} s:\n{err_path.read_text(errors='replace')[-3000:]}")
 
 
+def _worker_processes(url: str) -> list[psutil.Process]:
+    """The server's worker processes, by the pids its cluster view gives (forked from its forkserver:
+    not its own children)."""
+    return [psutil.Process(d["pid"]) for d in httpx.get(url + "/v1/cluster", timeout=30).json()["devices"]]
+
+
+def _loading(server_pid: int) -> psutil.Process | None:
+    """The process a starting CPU worker waits for: the forkserver importing torch and diffusers for it
+    (a child of the server), or the worker itself once forked (a child of the forkserver)."""
+    for child in psutil.Process(server_pid).children():
+        if "forkserver" in _cmd(child):
+            return next(iter(child.children()), child)
+    return None
+
+
 def _cmd(p: psutil.Process) -> str:
     """A process's command line; "" for one that ended or is a zombie meanwhile (a CI run failed on a
     zombie child read while the server started)."""
@@ -333,10 +348,10 @@ def test_a_stop_while_the_workers_load_ends_the_start_at_once(tmp_path, how):
     try:
         deadline = time.monotonic() + 120
         while worker is None and time.monotonic() < deadline and proc.poll() is None:
-            worker = next((c for c in psutil.Process(proc.pid).children() if "multiprocessing.spawn" in _cmd(c)), None)
+            worker = _loading(proc.pid)
             time.sleep(0.05)
         assert worker is not None, err.read_text(errors="replace")[-3000:]
-        worker.suspend()  # (frozen while it imports or loads: it would never say ready)
+        worker.suspend()  # (frozen while it imports or loads: the worker would never say ready)
         time.sleep(0.5)
         t0 = time.monotonic()
         if how == "ctrl-c":
@@ -439,7 +454,7 @@ def test_a_sigterm_drains_on_live_workers_and_a_worker_lost_meanwhile_is_replace
                                 preexec_fn=default_sigint)
     try:
         url = _ready_line(tmp_path / "err.txt", proc).group(1)
-        workers = [c for c in psutil.Process(proc.pid).children() if "resource_tracker" not in _cmd(c)]
+        workers = _worker_processes(url)
         assert len(workers) == 2, workers
         body = {"prompt": "a red fox", "model": "tiny-sd3", "size": "256x256", "steps": 60, "slo_ms": 10_000_000}
 
@@ -577,7 +592,7 @@ def test_a_worker_whose_server_is_killed_ends_at_its_next_step():
             time.sleep(0.1)
         else:
             raise AssertionError(f"the diffuse did not start: {items}")
-        (worker,) = [p for p in psutil.Process(server.proc.pid).children() if "spawn_main" in _cmd(p)]
+        (worker,) = _worker_processes(server.url)
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(10)
         t0 = time.monotonic()

@@ -1,5 +1,9 @@
-"""A worker process on this host (CPU, or one GPU with ``device="cuda:I"``), spawned, watched through
-its process sentinel, and restarted when it dies.
+"""A worker process on this host (CPU, or one GPU with ``device="cuda:I"``), watched through its
+process sentinel, and restarted when it dies. A CPU worker is forked from a server process that has
+imported torch, diffusers and transformers once (multiprocessing's forkserver, preloading
+:mod:`._worker_preload`): a worker killed is back in about 0.4 s, where a spawned one spent 6-7 s
+importing them (the first start waits for the forkserver's imports once). A GPU worker is spawned
+(a process forked from one that touched CUDA cannot use it).
 
 Its parent stops it (a "stop" message, then SIGKILL): the worker ignores SIGINT and SIGTERM, so a
 Ctrl-C at the terminal, which signals the whole foreground process group, or a SIGTERM to the group
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -33,6 +38,49 @@ __all__ = ["CpuWorker"]
 # socket, whose path must stay under the 108 bytes of a Unix socket address: with a longer $TMPDIR
 # it is made in /tmp (``tmpdirs.socket_safe_base``).
 _MAX_TMP_CHARS = 60
+_PRELOAD = ["tridentcore.runtime._worker_preload"]
+
+
+# the forkserver listens on a Unix socket in this process's multiprocessing folder (``listener-*``, 18
+# bytes past it), whose path must fit the 108 bytes of a socket address
+_MAX_FORKSERVER_DIR_BYTES = 107 - 18
+
+
+def _context(device: str):
+    """The multiprocessing context a worker for ``device`` starts in (the module docstring). Spawned
+    also where the forkserver's socket could not be bound: a $TMPDIR too long for it (outside test: a
+    76-character one failed the start, "AF_UNIX path too long") and no short directory to write in
+    instead (``tmpdirs.socket_safe_mp_dir``, called first)."""
+    import multiprocessing as mp
+    from multiprocessing import util
+
+    if device.startswith("cuda") or len(os.fsencode(util.get_temp_dir())) > _MAX_FORKSERVER_DIR_BYTES:
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(_PRELOAD)  # (for its first start: one already running keeps its own)
+    return ctx
+
+
+def _start_in_thread(proc, done: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
+    """(A thread.) Start ``proc`` with the stop signals blocked: it is born deaf to them (``worker_main``
+    ignores them, then unblocks), and so is the forkserver its first start launches, and every process
+    forked from it. ``done`` is resolved on ``loop``."""
+    def settle(exc: BaseException | None) -> None:
+        if not done.done():
+            done.set_result(None) if exc is None else done.set_exception(exc)
+
+    try:
+        with signals_blocked(STOP_SIGNALS):
+            proc.start()
+    except BaseException as exc:  # noqa: BLE001 - handed to the loop
+        error: BaseException | None = exc
+    else:
+        error = None
+    try:
+        loop.call_soon_threadsafe(settle, error)
+    except RuntimeError:  # the loop is closed: the server is gone, and so must the process be
+        if error is None and proc.is_alive():
+            proc.kill()
 
 
 class CpuWorker(Worker):
@@ -85,17 +133,15 @@ class CpuWorker(Worker):
         await self._spawn()
 
     async def _spawn(self) -> None:
-        import multiprocessing as mp
-
         self._ready = self._loop.create_future()  # (before the check: a stop from now on interrupts it)
         if self._start_stopped:  # told to stop before this start
             raise StartInterrupted(f"{self.name}: stopped before it started")
-        ctx = mp.get_context("spawn")
+        socket_safe_mp_dir()  # (the forkserver's socket; and this process passes on the tensors a worker sent)
+        ctx = _context(self.device)
         parent, child = ctx.Pipe(duplex=True)
         self._flag = ctx.Value("q", -1, lock=False)
         self._generation += 1
         gen = self._generation
-        socket_safe_mp_dir()  # (this process passes on the tensors a worker sent)
         folder = None
         base = socket_safe_base(tempfile.gettempdir(), _MAX_TMP_CHARS)  # (else the socket's path is too long)
         if base is not None:
@@ -103,10 +149,24 @@ class CpuWorker(Worker):
         proc = ctx.Process(target=worker_main, args=(self.slot, self.models, child, self._flag, self.threads,
                                                       self.device, self.sources, self.slowdown, folder),
                            name=f"trident-worker-{self.slot}", daemon=True)
-        with signals_blocked(STOP_SIGNALS):  # born deaf to them: worker_main ignores them, then unblocks
-            proc.start()
+        # off the loop, in a thread of its own: the first start waits for the forkserver's imports, and a
+        # stop meanwhile neither waits for it (the thread is a daemon's) nor leaves the process running
+        start = self._loop.create_future()
+        threading.Thread(target=_start_in_thread, args=(proc, start, self._loop), name=f"trident-start-{self.slot}",
+                         daemon=True).start()
+        try:
+            await asyncio.wait((start, self._ready), return_when=asyncio.FIRST_COMPLETED)
+            if not start.done():  # stopped while the forkserver still imports: this start ends now
+                self._ready.result()  # (its StartInterrupted)
+                raise StartInterrupted(f"{self.name}: stopped while it started")
+        except BaseException:  # (a stop, or a cancelled restart): the process, once started, is killed
+            start.add_done_callback(lambda f: f.cancelled() or f.exception() is not None or self._kill(proc))
+            raise
+        start.result()
         child.close()
         self._proc, self._conn, self.pid = proc, parent, proc.pid
+        if self._ready.done():  # stopped while it started (``_interrupt_start`` found no process yet)
+            self._kill(proc)
         threading.Thread(target=self._reader, args=(proc, parent, gen), name=f"trident-reader-{self.slot}",
                          daemon=True).start()
         # torch's shared-memory reductions in this process, for the tensors sent to the process: imported

@@ -9,6 +9,7 @@ would slow the host's other workers too) and ``StageResult.wall_s`` includes it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -241,9 +242,13 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
         residency = Residency(pipes, device) if device.startswith("cuda") else None
         worlds = Worlds()
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which gives up on this slot
-        conn.send(("broken", slot, f"{type(exc).__name__}: {exc}"))
+        with contextlib.suppress(OSError):  # (its parent gone meanwhile: nobody to tell)
+            conn.send(("broken", slot, f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", slot, cards))
+    try:
+        conn.send(("ready", slot, cards))
+    except OSError:  # its parent is gone: nothing to serve
+        return
 
     def on_step(dispatch_id: int, reached: int) -> None:  # progress, for the API's steps_done
         try:
