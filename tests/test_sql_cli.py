@@ -231,3 +231,15 @@ def test_a_large_csv_export_is_written_as_it_comes_in_bounded_memory(db):
     cut = _sql("--db", str(db), "--json", "--max-rows", "3", "SELECT range AS i FROM range(5)")
     assert json.loads(cut.stdout) == [{"i": 0}, {"i": 1}, {"i": 2}]
     assert "the first 3 rows: the result has more" in cut.stderr
+
+
+@pytest.mark.parametrize("fmt", ["--csv", "--json"])
+def test_a_query_failing_after_its_first_rows_prints_none_of_them(db: Path, fmt: str):
+    """DuckDB can fail after it has handed over rows (here ``error()`` past the first chunks): the rows
+    written so far stayed on stdout above the error, a cut CSV file or JSON that does not parse.
+    Now ``--csv`` and ``--json`` print once the query has ended, or nothing."""
+    sql = "SELECT i, CASE WHEN i < 150000 THEN 'ok' ELSE error('row ' || i || ' is bad') END AS v FROM range(200000) t(i)"
+    out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "sql", "--db", str(db), fmt, "--max-rows",
+                          "1000000", sql], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stdout == "", (out.returncode, out.stdout[:200])
+    assert "row 150000 is bad" in out.stderr and "Traceback" not in out.stderr, out.stderr

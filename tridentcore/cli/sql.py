@@ -7,7 +7,10 @@ its time and memory and formats the result.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
+from collections.abc import Iterator
+from typing import IO
 
 import typer
 
@@ -42,8 +45,10 @@ def sql(
     try:
         with _memory_bound(SQL_MAX_GROWTH):
             if csv_out or json_out:  # written as the rows come: a large export holds one chunk at a time
-                with query_readonly_stream(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S) as result:
-                    (_print_csv if csv_out else _print_json)(result)
+                with query_readonly_stream(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S) as result, \
+                        _spooled() as out:
+                    (_print_csv if csv_out else _print_json)(result, out)
+                    _copy_out(out)  # all or nothing: a query failing after some rows printed none of them
             else:
                 result = query_readonly_rows(db, text, max_rows=max_rows, timeout_s=SQL_TIMEOUT_S)
     except MemoryError:
@@ -150,17 +155,38 @@ def _sql_table(columns, rows) -> str:
     return "\n".join(lines)
 
 
-def _print_csv(result) -> None:
+SPOOL_MEMORY_BYTES = 64 * 1024**2  # CSV or JSON held in memory before it is spooled to a temporary file
+
+
+@contextlib.contextmanager
+def _spooled() -> Iterator[IO[str]]:
+    """Where ``--csv`` and ``--json`` write their rows until the query has ended: DuckDB can fail after
+    it has given rows (an ``error()`` or a cast past the first chunks; a 30 s or memory bound), and
+    what had reached stdout stayed there, a partial file or invalid JSON under the error (exit 1)."""
+    import tempfile
+
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES, mode="w+", encoding="utf-8",
+                                       newline="") as out:
+        yield out
+
+
+def _copy_out(out: IO[str]) -> None:
+    out.seek(0)
+    shutil.copyfileobj(out, sys.stdout, 1024**2)
+    sys.stdout.flush()
+
+
+def _print_csv(result, stream: IO[str]) -> None:
     import csv
 
-    out = csv.writer(sys.stdout, lineterminator="\n")
+    out = csv.writer(stream, lineterminator="\n")
     if result.columns:
         out.writerow(result.columns)
     for rows in result.chunks:
         out.writerows(["" if v is None else v for v in row] for row in rows)
 
 
-def _print_json(result) -> None:
+def _print_json(result, out: IO[str]) -> None:
     import json
     import math
 
@@ -180,6 +206,6 @@ def _print_json(result) -> None:
     first = True
     for rows in result.chunks:
         text = ",\n".join(json.dumps({c: plain(v) for c, v in zip(result.columns, row)}) for row in rows)
-        sys.stdout.write(("[\n" if first else ",\n") + text)
+        out.write(("[\n" if first else ",\n") + text)
         first = False
-    sys.stdout.write("[]\n" if first else "\n]\n")
+    out.write("[]\n" if first else "\n]\n")
