@@ -58,7 +58,32 @@ def _context(device: str):
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)  # (for its first start: one already running keeps its own)
+    _forkserver_running()
     return ctx
+
+
+def _forkserver_running() -> None:
+    """Start the forkserver if it is not running (its first start, or after it was killed) with $TMPDIR
+    set to this process's temporary directory, the server's own folder (``tmpdirs``): its imports
+    write there (torch makes ``torchinductor_<user>`` in the temporary directory as it is imported),
+    and it reads $TMPDIR, not this process's ``tempfile.tempdir``: each server left that folder in
+    $TMPDIR (found by a test of the server's folder that passed only while the server happened to
+    import torch before its first worker)."""
+    from multiprocessing import forkserver
+
+    folder = tempfile.gettempdir()
+    before = os.environ.get("TMPDIR")
+    if before == folder:
+        forkserver.ensure_running()
+        return
+    os.environ["TMPDIR"] = folder
+    try:
+        forkserver.ensure_running()
+    finally:
+        if before is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before
 
 
 def _start_in_thread(proc, done: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
@@ -81,6 +106,33 @@ def _start_in_thread(proc, done: asyncio.Future, loop: asyncio.AbstractEventLoop
     except RuntimeError:  # the loop is closed: the server is gone, and so must the process be
         if error is None and proc.is_alive():
             proc.kill()
+
+
+def _sharer():
+    """multiprocessing's resource sharer of this process, which holds each file descriptor a pickled
+    tensor sent to a worker until that worker fetches it (None where CPython keeps it otherwise)."""
+    from multiprocessing import resource_sharer
+
+    sharer = getattr(resource_sharer, "_resource_sharer", None)
+    ok = isinstance(getattr(sharer, "_cache", None), dict) and isinstance(getattr(sharer, "_key", None), int)
+    return sharer if ok and hasattr(sharer, "_lock") else None
+
+
+def _unshare(shared: dict[int, range]) -> None:
+    """Close what a dead worker's tasks left in the resource sharer: the descriptors it never fetched
+    (killed before it read a task) stayed open, and their shared memory allocated, for the server's
+    lifetime (outside test 91)."""
+    sharer = _sharer()
+    if sharer is None or not shared:
+        return
+    with sharer._lock:
+        left = [sharer._cache.pop(k) for keys in shared.values() for k in keys if k in sharer._cache]
+    shared.clear()
+    for _send, close in left:
+        try:
+            close()
+        except OSError:
+            pass
 
 
 class CpuWorker(Worker):
@@ -120,6 +172,7 @@ class CpuWorker(Worker):
         self._stopping = False
         self._start_stopped = False  # told to stop while not (yet) up: a start under way or to come ends
         self._restart_task: asyncio.Task | None = None
+        self._shared: dict[int, range] = {}  # dispatch id -> its tensors' keys in the resource sharer (``_sharer``)
         self._generation = 0
         self._was_up = False  # its first start is over: a start now is a restart, which a stop lets finish
         # the last result handed over (dispatch id, result): its process may die before the engine's task
@@ -241,6 +294,7 @@ class CpuWorker(Worker):
         self.alive = False
         reason = f"worker process {self.pid} exited with code {exitcode}"
         pending, self._pending = self._pending, {}
+        _unshare(self._shared)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(RuntimeError(f"{self.name}: {reason} while starting"))
         if self._stopping:
@@ -325,12 +379,20 @@ class CpuWorker(Worker):
         fut = self._loop.create_future()
         self._pending[task.dispatch_id] = fut
         self._flag.value = -1
+        sharer = _sharer()
+        first = sharer._key if sharer is not None else 0
         try:
             self._conn.send(("run", task))
         except (BrokenPipeError, OSError) as exc:
             self._pending.pop(task.dispatch_id, None)
             return StageResult(error=f"{self.name}: {exc}", lost=True)
-        return await fut
+        finally:
+            if sharer is not None and sharer._key > first:  # its tensors, held for the worker to fetch
+                self._shared[task.dispatch_id] = range(first + 1, sharer._key + 1)
+        try:
+            return await fut
+        finally:
+            self._shared.pop(task.dispatch_id, None)
 
     def progress(self, dispatch_id: int) -> int | None:
         return self._steps.get(dispatch_id)
