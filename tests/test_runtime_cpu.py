@@ -488,3 +488,33 @@ def test_a_worker_killed_before_it_read_its_task_leaves_no_tensor_shared_for_it(
 
     before, after, result = asyncio.run(main())
     assert result.lost and after == before, (before, after, result)
+
+
+def test_a_peer_that_goes_away_while_fetching_shared_tensors_is_a_warning_not_a_traceback(caplog, capfd):
+    """multiprocessing's resource sharer (the tensors sent to workers) prints the traceback of any error
+    of its thread: a worker killed while it fetched its task's tensors printed a bare
+    ``ConnectionResetError`` traceback in the server's log (outside test 91). Here a peer connects to
+    the sharer and closes at once, mid-handshake."""
+    import logging
+    import socket
+    from multiprocessing import resource_sharer
+
+    from tridentcore.runtime import process_worker
+
+    process_worker._quiet_sharer_errors()
+    r, w = os.pipe()
+    try:
+        shared = resource_sharer.DupFd(r)  # starts the sharer's thread, as a tensor sent to a worker does
+        address = shared._id[0]
+        with caplog.at_level(logging.WARNING, logger="tridentcore.runtime.process_worker"):
+            with socket.socket(socket.AF_UNIX) as peer:
+                peer.connect(address)
+            deadline = time.monotonic() + 10
+            while "went away while it fetched" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert "went away while it fetched" in caplog.text
+        assert "Traceback" not in capfd.readouterr().err
+        os.close(shared.detach())  # (the sharer still serves)
+    finally:
+        os.close(r)
+        os.close(w)

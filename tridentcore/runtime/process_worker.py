@@ -19,6 +19,7 @@ import importlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -135,6 +136,36 @@ def _unshare(shared: dict[int, range]) -> None:
             pass
 
 
+_SHARER_HOOKED = False
+
+
+def _quiet_sharer_errors() -> None:
+    """A worker that dies while it fetches a task's tensors (killed right after its restart; outside test
+    91) breaks the resource sharer's connection mid-handshake: its thread, which goes on serving, printed
+    the whole ``ConnectionResetError`` traceback to stderr. That one case is a warning line now (what
+    the worker did not fetch is given back when its death is handled: ``_unshare``); every other error
+    reaches the hook that was there."""
+    global _SHARER_HOOKED
+    if _SHARER_HOOKED:
+        return
+    _SHARER_HOOKED = True
+    previous = sys.excepthook
+    where = os.path.join("multiprocessing", "resource_sharer.py")
+
+    def hook(kind, exc, tb) -> None:
+        frames, t = [], tb
+        while t is not None:
+            frames.append(t.tb_frame.f_code.co_filename)
+            t = t.tb_next
+        if issubclass(kind, (ConnectionError, EOFError)) and any(f.endswith(where) for f in frames):
+            logger.warning("a worker process went away while it fetched a task's tensors (%s: %s)",
+                           kind.__name__, exc)
+            return
+        previous(kind, exc, tb)
+
+    sys.excepthook = hook
+
+
 class CpuWorker(Worker):
     """A worker process on this host, computing on the CPU or on one GPU (``device="cuda:I"``);
     restarted when it dies. ``slowdown`` K: a testing aid, the process takes K times the time it
@@ -190,6 +221,7 @@ class CpuWorker(Worker):
         if self._start_stopped:  # told to stop before this start
             raise StartInterrupted(f"{self.name}: stopped before it started")
         socket_safe_mp_dir()  # (the forkserver's socket; and this process passes on the tensors a worker sent)
+        _quiet_sharer_errors()
         ctx = _context(self.device)
         parent, child = ctx.Pipe(duplex=True)
         self._flag = ctx.Value("q", -1, lock=False)
