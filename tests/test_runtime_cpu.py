@@ -482,6 +482,9 @@ def test_a_worker_killed_before_it_read_its_task_leaves_no_tensor_shared_for_it(
             assert shared() >= before + 2  # the tensors wait for a worker that cannot read them
             os.kill(worker.pid, signal.SIGKILL)
             result = await asyncio.wait_for(run, 30)
+            deadline = time.monotonic() + 15  # (given back a little after the death: ``_UNSHARE_AFTER_S``)
+            while shared() != before and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
             return before, shared(), result
         finally:
             await worker.stop()

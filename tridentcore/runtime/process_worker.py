@@ -59,7 +59,6 @@ def _context(device: str):
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)  # (for its first start: one already running keeps its own)
-    _forkserver_running()
     return ctx
 
 
@@ -72,22 +71,23 @@ def _forkserver_running() -> None:
     import torch before its first worker)."""
     from multiprocessing import forkserver
 
-    folder = tempfile.gettempdir()
-    before = os.environ.get("TMPDIR")
-    if before == folder:
-        forkserver.ensure_running()
-        return
-    os.environ["TMPDIR"] = folder
-    try:
-        forkserver.ensure_running()
-    finally:
-        if before is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = before
+    with _ENVIRON_LOCK:  # (workers start in threads of their own)
+        folder = tempfile.gettempdir()
+        before = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = folder
+        try:
+            forkserver.ensure_running()
+        finally:
+            if before is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = before
 
 
-def _start_in_thread(proc, done: asyncio.Future, loop: asyncio.AbstractEventLoop) -> None:
+_ENVIRON_LOCK = threading.Lock()
+
+
+def _start_in_thread(proc, done: asyncio.Future, loop: asyncio.AbstractEventLoop, forked: bool = False) -> None:
     """(A thread.) Start ``proc`` with the stop signals blocked: it is born deaf to them (``worker_main``
     ignores them, then unblocks), and so is the forkserver its first start launches, and every process
     forked from it. ``done`` is resolved on ``loop``."""
@@ -97,6 +97,8 @@ def _start_in_thread(proc, done: asyncio.Future, loop: asyncio.AbstractEventLoop
 
     try:
         with signals_blocked(STOP_SIGNALS):
+            if forked:
+                _forkserver_running()
             proc.start()
     except BaseException as exc:  # noqa: BLE001 - handed to the loop
         error: BaseException | None = exc
@@ -119,6 +121,9 @@ def _sharer():
     return sharer if ok and hasattr(sharer, "_lock") else None
 
 
+_UNSHARE_AFTER_S = 2.0  # a dead worker's unfetched tensors are given back this long after its death is seen
+
+
 def _unshare(shared: dict[int, range]) -> None:
     """Close what a dead worker's tasks left in the resource sharer: the descriptors it never fetched
     (killed before it read a task) stayed open, and their shared memory allocated, for the server's
@@ -127,7 +132,7 @@ def _unshare(shared: dict[int, range]) -> None:
     if sharer is None or not shared:
         return
     with sharer._lock:
-        left = [sharer._cache.pop(k) for keys in shared.values() for k in keys if k in sharer._cache]
+        left = [entry for keys in shared.values() for k in keys if (entry := sharer._cache.pop(k, None)) is not None]
     shared.clear()
     for _send, close in left:
         try:
@@ -237,7 +242,7 @@ class CpuWorker(Worker):
         # off the loop, in a thread of its own: the first start waits for the forkserver's imports, and a
         # stop meanwhile neither waits for it (the thread is a daemon's) nor leaves the process running
         start = self._loop.create_future()
-        threading.Thread(target=_start_in_thread, args=(proc, start, self._loop), name=f"trident-start-{self.slot}",
+        threading.Thread(target=_start_in_thread, args=(proc, start, self._loop, ctx.get_start_method() == "forkserver"), name=f"trident-start-{self.slot}",
                          daemon=True).start()
         try:
             await asyncio.wait((start, self._ready), return_when=asyncio.FIRST_COMPLETED)
@@ -326,7 +331,9 @@ class CpuWorker(Worker):
         self.alive = False
         reason = f"worker process {self.pid} exited with code {exitcode}"
         pending, self._pending = self._pending, {}
-        _unshare(self._shared)
+        if self._shared:  # (later: the sharer's thread may be serving the worker's last fetch right now)
+            self._loop.call_later(_UNSHARE_AFTER_S, _unshare, self._shared)
+            self._shared = {}
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(RuntimeError(f"{self.name}: {reason} while starting"))
         if self._stopping:
