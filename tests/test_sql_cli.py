@@ -238,7 +238,8 @@ def test_a_query_failing_after_its_first_rows_prints_none_of_them(db: Path, fmt:
     """DuckDB can fail after it has handed over rows (here ``error()`` past the first chunks): the rows
     written so far stayed on stdout above the error, a cut CSV file or JSON that does not parse.
     Now ``--csv`` and ``--json`` print once the query has ended, or nothing."""
-    sql = "SELECT i, CASE WHEN i < 150000 THEN 'ok' ELSE error('row ' || i || ' is bad') END AS v FROM range(200000) t(i)"
+    sql = ("SELECT i, CASE WHEN i < 150000 THEN 'ok' ELSE error('row ' || i || ' is bad') END AS v "
+           "FROM range(200000) t(i)")
     out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "sql", "--db", str(db), fmt, "--max-rows",
                           "1000000", sql], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stdout == "", (out.returncode, out.stdout[:200])

@@ -242,8 +242,9 @@ class CpuWorker(Worker):
         # off the loop, in a thread of its own: the first start waits for the forkserver's imports, and a
         # stop meanwhile neither waits for it (the thread is a daemon's) nor leaves the process running
         start = self._loop.create_future()
-        threading.Thread(target=_start_in_thread, args=(proc, start, self._loop, ctx.get_start_method() == "forkserver"), name=f"trident-start-{self.slot}",
-                         daemon=True).start()
+        forked = ctx.get_start_method() == "forkserver"
+        threading.Thread(target=_start_in_thread, args=(proc, start, self._loop, forked),
+                         name=f"trident-start-{self.slot}", daemon=True).start()
         try:
             await asyncio.wait((start, self._ready), return_when=asyncio.FIRST_COMPLETED)
             if not start.done():  # stopped while the forkserver still imports: this start ends now
