@@ -425,10 +425,11 @@ class CpuWorker(Worker):
             self._conn.send(("run", task))
         except (BrokenPipeError, OSError) as exc:
             self._pending.pop(task.dispatch_id, None)
+            if sharer is not None and sharer._key > first:  # pickled, never to be fetched
+                self._loop.call_later(_UNSHARE_AFTER_S, _unshare, {0: range(first + 1, sharer._key + 1)})
             return StageResult(error=f"{self.name}: {exc}", lost=True)
-        finally:
-            if sharer is not None and sharer._key > first:  # its tensors, held for the worker to fetch
-                self._shared[task.dispatch_id] = range(first + 1, sharer._key + 1)
+        if sharer is not None and sharer._key > first:  # its tensors, held for the worker to fetch
+            self._shared[task.dispatch_id] = range(first + 1, sharer._key + 1)
         try:
             return await fut
         finally:
