@@ -246,6 +246,15 @@ class CpuWorker(Worker):
         threading.Thread(target=_start_in_thread, args=(proc, start, self._loop, forked),
                          name=f"trident-start-{self.slot}", daemon=True).start()
         try:
+            # torch's shared-memory reductions in this process, for the tensors sent to the process:
+            # imported now, while the forkserver imports the same libraries on the other core (its
+            # first start), once the other workers starting beside this one have been spawned too
+            # (they run until their first await). Imported before the spawn, its 2-3 s of CPU delayed
+            # every worker; once the process had started, the first start waited for it (`trident
+            # serve --devices cpu:1` ready in 8.5-8.8 s on a quiet 2-core host, now 7.0-7.6 s). In
+            # this thread: torch imported in two threads at once aborted the server
+            await asyncio.sleep(0)
+            importlib.import_module("torch.multiprocessing")
             await asyncio.wait((start, self._ready), return_when=asyncio.FIRST_COMPLETED)
             if not start.done():  # stopped while the forkserver still imports: this start ends now
                 self._ready.result()  # (its StartInterrupted)
@@ -260,12 +269,6 @@ class CpuWorker(Worker):
             self._kill(proc)
         threading.Thread(target=self._reader, args=(proc, parent, gen), name=f"trident-reader-{self.slot}",
                          daemon=True).start()
-        # torch's shared-memory reductions in this process, for the tensors sent to the process: imported
-        # while it starts (imported before it was spawned, its 2-3 s of CPU delayed every worker), once
-        # the other workers starting beside this one have been spawned too (they run until their first
-        # await). In this thread: torch imported in two threads at once aborted the server
-        await asyncio.sleep(0)
-        importlib.import_module("torch.multiprocessing")
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout_s)
         except asyncio.TimeoutError:
