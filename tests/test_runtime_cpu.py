@@ -444,10 +444,10 @@ def test_cpu_workers_fork_from_the_forkserver_and_gpu_workers_are_spawned():
     """CPU workers are forked from a preloaded forkserver (its socket in this process's multiprocessing
     folder, made short when $TMPDIR is long: the test of a long $TMPDIR above); a process forked from
     one that touched CUDA cannot use it, so GPU workers are spawned."""
-    from tridentcore.runtime import process_worker
+    from tridentcore.runtime import worker_forkserver
 
-    assert process_worker._context("cpu").get_start_method() == "forkserver"
-    assert process_worker._context("cuda:0").get_start_method() == "spawn"
+    assert worker_forkserver.context("cpu").get_start_method() == "forkserver"
+    assert worker_forkserver.context("cuda:0").get_start_method() == "spawn"
 
 
 def test_a_worker_killed_before_it_read_its_task_leaves_no_tensor_shared_for_it():
@@ -538,9 +538,9 @@ def test_the_forkserver_ends_as_soon_as_its_server_has_ended(tmp_path):
         "import atexit, pathlib\natexit.register(pathlib.Path(__file__).with_suffix('.ran').touch)\n")
     script = ("import os\n"
               "from multiprocessing import forkserver\n"
-              "from tridentcore.runtime import process_worker\n"
-              "ctx = process_worker._context('cpu')\n"
-              "ctx.set_forkserver_preload(['exit_marker', *process_worker._PRELOAD])\n"
+              "from tridentcore.runtime import worker_forkserver\n"
+              "ctx = worker_forkserver.context('cpu')\n"
+              "ctx.set_forkserver_preload(['exit_marker', *worker_forkserver.PRELOAD])\n"
               "p = ctx.Process(target=os.getpid)\n"  # forked once the preload is over
               "p.start()\n"
               "p.join()\n"

@@ -103,60 +103,86 @@ def serve(
     import os
     import signal
 
-    setup_logging(verbose)
-    quiet_libraries()
-    if api_key is not None:
-        logging.getLogger(__name__).warning("--api-key is deprecated: the key on the command line is visible to "
-                                            "every user of this machine (ps, /proc/PID/cmdline); "
-                                            "use TRIDENT_API_KEY or --api-key-file")
-    # the environment's key unless an option gives one; taken out of the environment, so worker
-    # processes (which run model code) do not inherit it
-    env_key = os.environ.pop(API_KEY_ENV, None)
-    if api_key is None and api_key_file is None:
-        api_key = env_key
-    from ..runtime.build import SetupError
-    from ..runtime.stored import RecordsNotStored
-    from ..server.serve import ServeOptions, run_server
-
-    expected = models_from = None
-    if spec is not None:
-        given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}
-        taken = _from_spec(spec, given)
-        devices, policy = taken.get("devices", devices), taken.get("policy", policy)
-        time_scale, slo_scale = taken.get("time_scale", time_scale), taken.get("slo_scale", slo_scale)
-        profile, models = taken.get("profile", profile), taken.get("models", models)
-        expected, models_from = taken.get("expected"), taken.get("models_from")
-    if not models:
-        fail("give --models (or a --spec whose workload names them)")
-
-    if backend == "ray":  # a Ray instance this command starts sends no usage reports unless asked to
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from ..runtime.sigint import stop_signals_heard
 
     served: list = []  # the ready server (its run id and database), once it serves
+
+    def stop_before_serving(sig: int, frame) -> None:
+        if served:  # after the server's own handlers (storing the run): the default action, as before
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+            return
+        raise StoppedBeforeServing(sig)
+
+    # until the server's own handlers take them (uvicorn's, as it starts the workers), a SIGTERM or
+    # SIGHUP ends the start as a Ctrl-C does: it killed the process while it imported (outside test 92:
+    # exit -15 and an empty log, on a busy host 2 s after launch)
+    previous = {sig: signal.signal(sig, stop_before_serving) for sig in stop_signals_heard() if sig != signal.SIGINT}
     try:
-        stopped_by = _serve_then_tidy(port_file, run_server, ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
-                                time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
-                                api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
-                                no_device_timeout_s=no_device_timeout,
-                                client_timeout_s=client_timeout,
-                                port_file=port_file, run_id=run_id, keep_ended=keep_ended, results_mib=results_mib, log_level="info" if verbose else "warning",
-                                backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
-                                late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait,
-                                journal_mib=journal_mb),
-                                on_ready=lambda ready: (served.append(ready), _announce(ready)))
-    except SetupError as exc:  # a model the spec's mix names is said to come from there
-        fail(str(exc) + (f" ({models_from})" if models_from and any(
-            f"'{m}'" in str(exc) for m in models.split(",")) else ""))
-    except RecordsNotStored as exc:  # served, but the run is not all in --db: say so in the exit status
-        fail(str(exc), code=1)
-    except KeyboardInterrupt:  # Ctrl-C before it served (loading, building): nothing to drain
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    if served and served[0].db:  # (a run that could not be stored in full ended above, exit status 1)
-        typer.echo(f"trident serve: run {served[0].run_id} stored in {served[0].db}", err=True)
-    elif not served and stopped_by is not None:
+        setup_logging(verbose)
+        quiet_libraries()
+        if api_key is not None:
+            logging.getLogger(__name__).warning("--api-key is deprecated: the key on the command line is visible to "
+                                                "every user of this machine (ps, /proc/PID/cmdline); "
+                                                "use TRIDENT_API_KEY or --api-key-file")
+        # the environment's key unless an option gives one; taken out of the environment, so worker
+        # processes (which run model code) do not inherit it
+        env_key = os.environ.pop(API_KEY_ENV, None)
+        if api_key is None and api_key_file is None:
+            api_key = env_key
+        from ..runtime.build import SetupError
+        from ..runtime.stored import RecordsNotStored
+        from ..server.serve import ServeOptions, run_server
+
+        expected = models_from = None
+        if spec is not None:
+            given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") != "DEFAULT"}
+            taken = _from_spec(spec, given)
+            devices, policy = taken.get("devices", devices), taken.get("policy", policy)
+            time_scale, slo_scale = taken.get("time_scale", time_scale), taken.get("slo_scale", slo_scale)
+            profile, models = taken.get("profile", profile), taken.get("models", models)
+            expected, models_from = taken.get("expected"), taken.get("models_from")
+        if not models:
+            fail("give --models (or a --spec whose workload names them)")
+
+        if backend == "ray":  # a Ray instance this command starts sends no usage reports unless asked to
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+        try:
+            stopped_by = _serve_then_tidy(port_file, run_server, ServeOptions(models=models, devices=devices, policy=policy, host=host, port=port, db=db,
+                                    time_scale=time_scale, profile=profile, max_queued=max_queued, slo_scale=slo_scale,
+                                    api_key=api_key, api_key_file=api_key_file, drain_timeout_s=drain_timeout, max_body_bytes=max_body,
+                                    no_device_timeout_s=no_device_timeout,
+                                    client_timeout_s=client_timeout,
+                                    port_file=port_file, run_id=run_id, keep_ended=keep_ended, results_mib=results_mib, log_level="info" if verbose else "warning",
+                                    backend=backend, ray_address=ray_address, inject_oom=inject_oom, expected=expected,
+                                    late=late, calibrate=calibrate, slowdown=slowdown, db_wait_s=db_wait,
+                                    journal_mib=journal_mb),
+                                    on_ready=lambda ready: (served.append(ready), _announce(ready)))
+        except SetupError as exc:  # a model the spec's mix names is said to come from there
+            fail(str(exc) + (f" ({models_from})" if models_from and any(
+                f"'{m}'" in str(exc) for m in models.split(",")) else ""))
+        except RecordsNotStored as exc:  # served, but the run is not all in --db: say so in the exit status
+            fail(str(exc), code=1)
+        except StoppedBeforeServing:
+            raise
+        except KeyboardInterrupt:  # Ctrl-C before it served (loading, building): nothing to drain
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        if served and served[0].db:  # (a run that could not be stored in full ended above, exit status 1)
+            typer.echo(f"trident serve: run {served[0].run_id} stored in {served[0].db}", err=True)
+        elif not served and stopped_by is not None:
+            typer.echo("trident serve: stopped before it served" + ("; nothing stored" if db else ""), err=True)
+        if stopped_by == signal.SIGINT:
+            raise typer.Exit(EXIT_INTERRUPTED)
+    except StoppedBeforeServing:
         typer.echo("trident serve: stopped before it served" + ("; nothing stored" if db else ""), err=True)
-    if stopped_by == signal.SIGINT:
-        raise typer.Exit(EXIT_INTERRUPTED)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class StoppedBeforeServing(KeyboardInterrupt):
+    """A SIGTERM or SIGHUP before the server serves (what Ctrl-C's KeyboardInterrupt is to SIGINT)."""
 
 
 def _serve_then_tidy(port_file: str | None, run, *args, **kw):

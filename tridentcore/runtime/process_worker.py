@@ -1,7 +1,7 @@
 """A worker process on this host (CPU, or one GPU with ``device="cuda:I"``), watched through its
 process sentinel, and restarted when it dies. A CPU worker is forked from a server process that has
 imported torch, diffusers and transformers once (multiprocessing's forkserver, preloading
-:mod:`._worker_preload`): a worker killed is back in about 0.4 s, where a spawned one spent 6-7 s
+:mod:`.worker_forkserver`): a worker killed is back in about 0.4 s, where a spawned one spent 6-7 s
 importing them (the first start waits for the forkserver's imports once). A GPU worker is spawned
 (a process forked from one that touched CUDA cannot use it).
 
@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from . import worker_forkserver
 from .pool import StartInterrupted, Worker
 from .sigint import STOP_SIGNALS, signals_blocked
 from .tasks import ModelCard, StageResult, StageTask
@@ -39,52 +40,6 @@ __all__ = ["CpuWorker"]
 # socket, whose path must stay under the 108 bytes of a Unix socket address: with a longer $TMPDIR
 # it is made in /tmp (``tmpdirs.socket_safe_base``).
 _MAX_TMP_CHARS = 60
-_PRELOAD = ["tridentcore.runtime._worker_preload"]
-
-
-# the forkserver listens on a Unix socket in this process's multiprocessing folder (``listener-*``, 18
-# bytes past it), whose path must fit the 108 bytes of a socket address
-_MAX_FORKSERVER_DIR_BYTES = 107 - 18
-
-
-def _context(device: str):
-    """The multiprocessing context a worker for ``device`` starts in (the module docstring). Spawned
-    also where the forkserver's socket could not be bound: a $TMPDIR too long for it (outside test: a
-    76-character one failed the start, "AF_UNIX path too long") and no short directory to write in
-    instead (``tmpdirs.socket_safe_mp_dir``, called first)."""
-    import multiprocessing as mp
-    from multiprocessing import util
-
-    if device.startswith("cuda") or len(os.fsencode(util.get_temp_dir())) > _MAX_FORKSERVER_DIR_BYTES:
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)  # (for its first start: one already running keeps its own)
-    return ctx
-
-
-def _forkserver_running() -> None:
-    """Start the forkserver if it is not running (its first start, or after it was killed) with $TMPDIR
-    set to this process's temporary directory, the server's own folder (``tmpdirs``): its imports
-    write there (torch makes ``torchinductor_<user>`` in the temporary directory as it is imported),
-    and it reads $TMPDIR, not this process's ``tempfile.tempdir``: each server left that folder in
-    $TMPDIR (found by a test of the server's folder that passed only while the server happened to
-    import torch before its first worker)."""
-    from multiprocessing import forkserver
-
-    with _ENVIRON_LOCK:  # (workers start in threads of their own)
-        folder = tempfile.gettempdir()
-        before = os.environ.get("TMPDIR")
-        os.environ["TMPDIR"] = folder
-        try:
-            forkserver.ensure_running()
-        finally:
-            if before is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = before
-
-
-_ENVIRON_LOCK = threading.Lock()
 
 
 def _start_in_thread(proc, done: asyncio.Future, loop: asyncio.AbstractEventLoop, forked: bool = False) -> None:
@@ -98,7 +53,7 @@ def _start_in_thread(proc, done: asyncio.Future, loop: asyncio.AbstractEventLoop
     try:
         with signals_blocked(STOP_SIGNALS):
             if forked:
-                _forkserver_running()
+                worker_forkserver.ensure_running()
             proc.start()
     except BaseException as exc:  # noqa: BLE001 - handed to the loop
         error: BaseException | None = exc
@@ -227,7 +182,7 @@ class CpuWorker(Worker):
             raise StartInterrupted(f"{self.name}: stopped before it started")
         socket_safe_mp_dir()  # (the forkserver's socket; and this process passes on the tensors a worker sent)
         _quiet_sharer_errors()
-        ctx = _context(self.device)
+        ctx = worker_forkserver.context(self.device)
         parent, child = ctx.Pipe(duplex=True)
         self._flag = ctx.Value("q", -1, lock=False)
         self._generation += 1
