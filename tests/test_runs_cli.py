@@ -263,6 +263,35 @@ def test_delete_removes_every_row_of_a_run_and_refuses_what_it_should_not_delete
     assert "not a DuckDB database" in _error_line(runner.invoke(app, ["runs", "delete", "x", "--db", str(other)]))
 
 
+def test_show_counts_the_requests_a_crash_left_unfinished(db, tmp_path):
+    """Outside test 92: a run recovered after a ``kill -9`` of its server showed ``requests 88``, ``done 2``,
+    ``cancelled 11`` and nothing else: the 75 stored ``unfinished`` (accepted, never ended) were in no
+    line of ``runs show`` (``run_summary`` had no such column)."""
+    import shutil
+
+    import duckdb
+
+    copy = tmp_path / "crashed.duckdb"
+    shutil.copy(db, copy)
+    run_id = _ids(db)["trident"]
+    con = duckdb.connect(str(copy))
+    try:
+        con.execute("UPDATE requests SET state = 'unfinished', met_slo = false WHERE run_id = ? AND request_id % 3 = 0",
+                    [run_id])
+        unfinished = con.execute("SELECT count(*) FROM requests WHERE run_id = ? AND state = 'unfinished'",
+                                 [run_id]).fetchall()[0][0]
+    finally:
+        con.close()
+    assert unfinished > 0
+    result = runner.invoke(app, ["runs", "show", run_id, "--db", str(copy)])
+    assert result.exit_code == 0, result.output
+    summary = {line.split()[0]: line.split()[1]
+               for line in result.stdout.split("summary\n")[1].split("attainment by")[0].splitlines()}
+    assert summary["unfinished"] == str(unfinished)
+    ended = sum(int(summary[k]) for k in ("done", "rejected", "failed", "cancelled", "unfinished"))
+    assert ended == int(summary["requests"]), summary
+
+
 def test_control_characters_in_stored_values_are_printed_escaped(tmp_path):
     """Outside test: a mix file whose path held `ESC ] 0 ; PWN BEL` was echoed raw by `runs list` (a
     shared results file could retitle or drive the reader's terminal); so was a SQL result's text."""

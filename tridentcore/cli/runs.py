@@ -61,7 +61,7 @@ def runs_list(
 
 
 _SUMMARY_KEYS = ("requests", "done", "met", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "rejected", "failed",
-                 "cancelled", "ooms", "preemptions", "dispatches", "gpu_s", "gpu_s_per_met")
+                 "cancelled", "unfinished", "ooms", "preemptions", "dispatches", "gpu_s", "gpu_s_per_met")
 
 
 @runs_app.command("show")
@@ -99,7 +99,8 @@ def runs_show(
     typer.echo("summary")
     width = max(map(len, _SUMMARY_KEYS))
     for key in _SUMMARY_KEYS:
-        typer.echo(f"  {key:<{width}}  {value(report.summary[key], key)}")
+        if key in report.summary:  # (``unfinished``: not in the view of a database no writer has opened since)
+            typer.echo(f"  {key:<{width}}  {value(report.summary[key], key)}")
     typer.echo("attainment by request class (worst first)")
     typer.echo(_dash_table(report.classes, ("request_class", "requests", "met", "attainment", "p50_s", "p95_s",
                                        "rejected", "failed")))
