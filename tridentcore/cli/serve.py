@@ -102,6 +102,7 @@ def serve(
     import logging
     import os
     import signal
+    import threading
 
     from ..runtime.sigint import stop_signals_heard
 
@@ -117,7 +118,8 @@ def serve(
     # until the server's own handlers take them (uvicorn's, as it starts the workers), a SIGTERM or
     # SIGHUP ends the start as a Ctrl-C does: it killed the process while it imported (outside test 92:
     # exit -15 and an empty log, on a busy host 2 s after launch)
-    previous = {sig: signal.signal(sig, stop_before_serving) for sig in stop_signals_heard() if sig != signal.SIGINT}
+    previous = ({sig: signal.signal(sig, stop_before_serving) for sig in stop_signals_heard() if sig != signal.SIGINT}
+                if threading.current_thread() is threading.main_thread() else {})  # (run in a thread: its caller's)
     try:
         setup_logging(verbose)
         quiet_libraries()

@@ -1,6 +1,6 @@
 """A worker process on this host (CPU, or one GPU with ``device="cuda:I"``), watched through its
 process sentinel, and restarted when it dies. A CPU worker is forked from a server process that has
-imported torch, diffusers and transformers once (multiprocessing's forkserver, preloading
+imported torch, diffusers and transformers once (multiprocessing's forkserver,
 :mod:`.worker_forkserver`): a worker killed is back in about 0.4 s, where a spawned one spent 6-7 s
 importing them (the first start waits for the forkserver's imports once). A GPU worker is spawned
 (a process forked from one that touched CUDA cannot use it).
