@@ -173,11 +173,11 @@ def serve(
         if served and served[0].db:  # (a run that could not be stored in full ended above, exit status 1)
             typer.echo(f"trident serve: run {served[0].run_id} stored in {served[0].db}", err=True)
         elif not served and stopped_by is not None:
-            typer.echo("trident serve: stopped before it served" + ("; nothing stored" if db else ""), err=True)
+            _stopped_before_serving(db)
         if stopped_by == signal.SIGINT:
             raise typer.Exit(EXIT_INTERRUPTED)
     except StoppedBeforeServing:
-        typer.echo("trident serve: stopped before it served" + ("; nothing stored" if db else ""), err=True)
+        _stopped_before_serving(db)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -185,6 +185,10 @@ def serve(
 
 class StoppedBeforeServing(KeyboardInterrupt):
     """A SIGTERM or SIGHUP before the server serves (what Ctrl-C's KeyboardInterrupt is to SIGINT)."""
+
+
+def _stopped_before_serving(db: str | None) -> None:
+    typer.echo("trident serve: stopped before it served" + ("; nothing stored" if db else ""), err=True)
 
 
 def _serve_then_tidy(port_file: str | None, run, *args, **kw):
