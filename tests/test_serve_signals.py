@@ -415,6 +415,32 @@ def test_a_sigterm_before_the_workers_start_ends_the_start_as_ctrl_c_does(tmp_pa
     assert not db.exists() or len(query_readonly(db, "SELECT 1 FROM runs")) == 0
 
 
+def test_a_sigterm_just_as_its_handler_is_taken_ends_the_start_as_ctrl_c_does(tmp_path):
+    """The handlers were taken one by one before the command's ``try``: a SIGTERM right after SIGTERM's
+    was taken, before SIGHUP's, raised outside it (exit 130 and no line here; once, in a sweep of
+    random early stops, a traceback and exit 1). Here ``signal.signal`` sends the SIGTERM itself as it
+    takes SIGTERM's handler, so Python runs the handler at the next instruction."""
+    db = tmp_path / "serve.duckdb"
+    script = (
+        "import os, signal, sys\n"
+        "_take, _sent = signal.signal, []\n"
+        "def take(sig, handler):\n"
+        "    old = _take(sig, handler)\n"
+        "    if sig == signal.SIGTERM and callable(handler) and not _sent:\n"
+        "        _sent.append(sig)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return old\n"
+        "signal.signal = take\n"
+        "from tridentcore.cli import app\n"
+        f"app(['serve', '--models', 'tiny-sd3', '--devices', 'cpu:1', '--port', '0', '--db', {str(db)!r}])\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.rstrip().endswith("trident serve: stopped before it served; nothing stored"), out.stderr[-3000:]
+    assert not db.exists()
+
+
 def _free_port() -> int:
     import socket
 
