@@ -441,6 +441,67 @@ def test_a_sigterm_just_as_its_handler_is_taken_ends_the_start_as_ctrl_c_does(tm
     assert not db.exists()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_while_the_command_imports_ends_the_start_as_ctrl_c_does(tmp_path, sig):
+    """Python takes 0.2-0.4 s (more on a busy host) to import the command before ``serve`` runs; a
+    SIGTERM or SIGHUP then killed the server (exit -15, an empty log). Here the import is held where
+    the commands import typer: a module of that name ahead on the path waits on a FIFO, then hands
+    over to the real one."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    fifo = tmp_path / "hold"
+    os.mkfifo(fifo)
+    (shim / "typer.py").write_text(
+        "import os, sys\n"
+        f"with open({str(fifo)!r}, 'rb') as held:\n"
+        "    held.read(1)\n"
+        f"sys.path.remove({str(shim)!r})\n"
+        "del sys.modules['typer']\n"
+        "import typer\n"
+        "sys.modules['typer'] = typer\n")
+    db = tmp_path / "serve.duckdb"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
+                             "cpu:1", "--port", "0", "--db", str(db)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, start_new_session=True, text=True)
+    writer = None
+    try:
+        deadline = time.monotonic() + 60
+        while writer is None:  # (opening it to write fails until the import has opened it to read)
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.02)
+        proc.send_signal(sig)
+        time.sleep(0.2)
+        if proc.poll() is None:
+            os.write(writer, b"x")  # the import goes on
+        _, text = proc.communicate(timeout=60)
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, (proc.returncode, text[-3000:])
+    assert "Traceback" not in text, text[-3000:]
+    assert text.rstrip().endswith("trident serve: stopped before it served; nothing stored"), text[-3000:]
+    assert not db.exists()
+
+
+def test_other_commands_keep_the_default_stop_while_they_import(tmp_path):
+    """Only ``serve`` holds a stop that comes while the command imports: any other command still ends
+    of it there (a held SIGTERM would be lost once it ran)."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "typer.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "profiles"], capture_output=True, text=True,
+                         env=env, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == -signal.SIGTERM, (out.returncode, out.stderr[-2000:])
+
+
 def _free_port() -> int:
     import socket
 

@@ -1,6 +1,6 @@
 """``python -m tridentcore.cli``: the ``trident`` command."""
 
-from .main import app
+from .launch import main
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

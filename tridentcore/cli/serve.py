@@ -104,7 +104,7 @@ def serve(
     import signal
     import threading
 
-    from ..runtime.sigint import stop_signals_heard
+    from ..runtime.sigint import stop_signals_heard, take_held
 
     served: list = []  # the ready server (its run id and database), once it serves
 
@@ -127,6 +127,11 @@ def serve(
                 if sig != signal.SIGINT:
                     previous[sig] = signal.getsignal(sig)
                     signal.signal(sig, stop_before_serving)
+            # a stop that came while the command was imported (``cli/launch.py`` held it): acted on now
+            before, came = take_held()
+            previous.update((sig, handler) for sig, handler in before.items() if sig in previous)
+            if came is not None:
+                raise StoppedBeforeServing(came)
         setup_logging(verbose)
         quiet_libraries()
         if api_key is not None:

@@ -17,7 +17,8 @@ import contextlib
 import signal
 from collections.abc import Iterator
 
-__all__ = ["STOP_SIGNALS", "ignore_sigint", "stop_signals_heard", "ignore_signals", "sigint_blocked", "signals_blocked"]
+__all__ = ["STOP_SIGNALS", "hold_stops", "ignore_sigint", "stop_signals_heard", "ignore_signals", "sigint_blocked",
+           "signals_blocked", "take_held"]
 
 # What stops a server (it drains), and what its worker processes ignore: sent to the whole group
 # (a terminal's Ctrl-C, ``kill -TERM -PGID``, GNU ``timeout`` relaying one, systemd's
@@ -30,6 +31,37 @@ def stop_signals_heard() -> tuple[int, ...]:
     started ignoring (``nohup``: it is meant to outlive its terminal)."""
     return tuple(sig for sig in STOP_SIGNALS
                  if not (sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN))
+
+
+_HELD = (signal.SIGTERM, signal.SIGHUP)
+_held_before: dict[int, object] = {}  # the handlers the held signals had before :func:`hold_stops`
+_held_came: list[int] = []  # the held signals that came since
+
+
+def _hold(sig: int, frame) -> None:
+    _held_came.append(sig)
+
+
+def hold_stops() -> None:
+    """(The ``trident`` command's entry point, for ``serve``, before it imports the command.) Hold
+    SIGTERM and SIGHUP (not a SIGHUP ignored, as under ``nohup``) until :func:`take_held`: one that
+    comes meanwhile is noted instead of killing the process. Main thread only (signals are)."""
+    for sig in _HELD:
+        before = signal.getsignal(sig)
+        if before == signal.SIG_IGN:
+            continue
+        _held_before[sig] = before
+        signal.signal(sig, _hold)
+
+
+def take_held() -> tuple[dict[int, object], int | None]:
+    """(Once the caller has taken the signals itself.) The handlers the held signals had before
+    :func:`hold_stops`, and the first of them that came since (``None``: none, or nothing held);
+    nothing is held any more."""
+    before, came = dict(_held_before), (_held_came[0] if _held_came else None)
+    _held_before.clear()
+    _held_came.clear()
+    return before, came
 
 
 @contextlib.contextmanager
