@@ -562,3 +562,47 @@ def test_the_forkserver_ends_as_soon_as_its_server_has_ended(tmp_path):
     gone_after_s = time.monotonic() - ended
     assert not (tmp_path / "exit_marker.ran").exists(), "the forkserver went through the interpreter's teardown"
     assert gone_after_s < 10
+
+
+def test_workers_outlive_a_killed_forkserver_and_are_still_watched_restarted_and_stopped():
+    """multiprocessing learns a forked worker's end from its forkserver: with the forkserver killed, the
+    server took every worker for dead (exit code 255) though they ran on, and had none for 5-7 s, until
+    a new forkserver had imported. They are now watched through a pidfd: kept, still restarted when
+    killed, and stopped with the server."""
+    import psutil
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:2"], timeout_s=180)
+    try:
+        client = httpx.Client(base_url=server.url, timeout=120)
+        body = {"prompt": "x", "model": "tiny-sd3", "size": "64x64", "steps": 2}
+        before = [d["pid"] for d in client.get("/v1/cluster").json()["devices"]]
+        (forkserver,) = [p for p in psutil.Process(server.proc.pid).children()
+                         if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+        forkserver.kill()  # a child of the server this test started
+        deadline = time.monotonic() + 10
+        while not gone(forkserver.pid):  # (a zombie until the server starts a new one)
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(1.0)  # (the reader threads took the workers for dead at once)
+        devices = client.get("/v1/cluster").json()["devices"]
+        assert [(d["pid"], d["alive"]) for d in devices] == [(pid, True) for pid in before], devices
+        assert client.post("/v1/images/generations", json=body).status_code == 200
+        assert 'trident_worker_restarts_total{device="0"} 0.0' in client.get("/metrics").text
+        os.kill(before[0], signal.SIGKILL)  # a worker of this server, now watched through its pidfd
+        deadline = time.monotonic() + 90
+        while (dev := client.get("/v1/cluster").json()["devices"][0])["pid"] in (before[0], None) or not dev["alive"]:
+            assert time.monotonic() < deadline, dev  # (through a new forkserver: its imports first)
+            time.sleep(0.1)
+        assert client.post("/v1/images/generations", json=body).status_code == 200
+        assert client.get("/v1/cluster").json()["devices"][1]["pid"] == before[1]
+        client.close()
+        assert server.stop() == 0
+        assert gone(before[1]) and gone(dev["pid"])  # the one that outlived its forkserver too
+    finally:
+        server.stop()

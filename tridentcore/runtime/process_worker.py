@@ -2,8 +2,9 @@
 process sentinel, and restarted when it dies. A CPU worker is forked from a server process that has
 imported torch, diffusers and transformers once (multiprocessing's forkserver,
 :mod:`.worker_forkserver`): a worker killed is back in about 0.4 s, where a spawned one spent 6-7 s
-importing them (the first start waits for the forkserver's imports once). A GPU worker is spawned
-(a process forked from one that touched CUDA cannot use it).
+importing them (the first start waits for the forkserver's imports once); one whose forkserver died
+under it is watched on through a pidfd (``worker_forkserver.Watched``). A GPU worker is spawned (a
+process forked from one that touched CUDA cannot use it).
 
 Its parent stops it (a "stop" message, then SIGKILL): the worker ignores SIGINT and SIGTERM, so a
 Ctrl-C at the terminal, which signals the whole foreground process group, or a SIGTERM to the group
@@ -154,6 +155,7 @@ class CpuWorker(Worker):
         self.pid: int | None = None
         self.restarts = 0
         self._proc = None
+        self._watch: worker_forkserver.Watched | None = None  # ``_proc``, watched (also once its forkserver died)
         self._conn = None
         self._flag = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -219,10 +221,12 @@ class CpuWorker(Worker):
             raise
         start.result()
         child.close()
-        self._proc, self._conn, self.pid = proc, parent, proc.pid
+        started = worker_forkserver.start_time(proc.pid) if forked else None  # (known again if its forkserver dies)
+        watch = worker_forkserver.Watched(proc)
+        self._proc, self._watch, self._conn, self.pid = proc, watch, parent, proc.pid
         if self._ready.done():  # stopped while it started (``_interrupt_start`` found no process yet)
             self._kill(proc)
-        threading.Thread(target=self._reader, args=(proc, parent, gen), name=f"trident-reader-{self.slot}",
+        threading.Thread(target=self._reader, args=(watch, parent, gen, started), name=f"trident-reader-{self.slot}",
                          daemon=True).start()
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout_s)
@@ -231,14 +235,16 @@ class CpuWorker(Worker):
             raise RuntimeError(f"{self.name}: not ready after {self.start_timeout_s:.0f} s") from None
         self.alive = self._was_up = True
 
-    def _reader(self, proc, conn, gen: int) -> None:
-        """Thread: hand every message to the loop; report the process's end once."""
+    def _reader(self, watch: worker_forkserver.Watched, conn, gen: int, started: int | None) -> None:
+        """Thread: hand every message to the loop; report the process's end once. A forked process whose
+        forkserver died is watched on through a pidfd (``worker_forkserver.outliving``)."""
         from multiprocessing.connection import wait
 
-        loop = self._loop
+        loop, proc = self._loop, watch.proc
+        sentinel = proc.sentinel
         while True:
             try:
-                ready = wait([conn, proc.sentinel])
+                ready = wait([conn, sentinel])
             except OSError:
                 break
             if conn in ready:
@@ -254,10 +260,15 @@ class CpuWorker(Worker):
                 except RuntimeError:  # the loop is closed: nobody is listening any more
                     return
                 continue
+            if sentinel is proc.sentinel and (pidfd := worker_forkserver.outliving(proc, started)) is not None:
+                watch.pidfd = sentinel = pidfd
+                logger.warning("%s: the forkserver died; worker process %s runs on", self.name, proc.pid)
+                continue
             break
-        proc.join(timeout=5)
+        if watch.pidfd is None:
+            proc.join(timeout=5)
         try:
-            loop.call_soon_threadsafe(self._died, gen, proc.exitcode)
+            loop.call_soon_threadsafe(self._died, gen, None if watch.pidfd is not None else proc.exitcode, watch)
         except RuntimeError:
             pass
 
@@ -282,13 +293,16 @@ class CpuWorker(Worker):
                 fut.set_result(msg[2])
                 self._delivered = (msg[1], msg[2])
 
-    def _died(self, gen: int, exitcode) -> None:
+    def _died(self, gen: int, exitcode, watch: worker_forkserver.Watched | None = None) -> None:
         self._remove_tmp(gen)
+        if watch is not None:  # (its pidfd, if any, closed here, on the loop: ``_kill`` may use it until now)
+            watch.close()
         if gen != self._generation:
             return
         was_alive = self.alive
         self.alive = False
-        reason = f"worker process {self.pid} exited with code {exitcode}"
+        reason = (f"worker process {self.pid} exited with code {exitcode}" if exitcode is not None else
+                  f"worker process {self.pid} ended (its exit code went with its forkserver)")
         pending, self._pending = self._pending, {}
         if self._shared:  # (later: the sharer's thread may be serving the worker's last fetch right now)
             self._loop.call_later(_UNSHARE_AFTER_S, _unshare, self._shared)
@@ -317,10 +331,16 @@ class CpuWorker(Worker):
         finally:
             self._restart_task = None
 
-    @staticmethod
-    def _kill(proc) -> None:
-        if proc is not None and proc.is_alive():
+    def _kill(self, proc) -> None:
+        watch = self._watch
+        if watch is not None and watch.proc is proc:
+            watch.kill()
+        elif proc is not None and proc.is_alive():
             proc.kill()
+
+    def _alive(self, proc) -> bool:
+        watch = self._watch
+        return watch.alive() if watch is not None and watch.proc is proc else proc.is_alive()
 
     async def stop(self) -> None:
         self._stopping = True
@@ -334,11 +354,12 @@ class CpuWorker(Worker):
                 pass
         if proc is not None:
             deadline = time.monotonic() + 5.0
-            while proc.is_alive() and time.monotonic() < deadline:
+            while self._alive(proc) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             self._kill(proc)  # (it ignores SIGTERM)
-            if proc.is_alive():
-                await asyncio.to_thread(proc.join, 5)
+            if self._alive(proc):
+                watch = self._watch
+                await asyncio.to_thread(watch.join if watch is not None and watch.proc is proc else proc.join, 5)
         self.alive = False
         for gen in list(self._tmp):
             self._remove_tmp(gen)

@@ -7,16 +7,24 @@ at once (``_worker_preload``), once its imports are over. A server stopped while
 still imported (a Ctrl-C during the start) exited, and the forkserver went on importing for up to
 5 s more, holding the server's stderr open (a caller reading it to its end waited as long):
 :func:`ensure_running` has the process that starts it kill it as that process exits.
+
+The server learns a forked worker's end from the forkserver (multiprocessing's sentinel for it is a
+pipe the forkserver writes the exit status to), so a forkserver that died took every worker for
+dead (exit code 255) though they ran on: each was abandoned and a new one forked once a new
+forkserver had imported (5-7 s without a worker). :func:`outliving` tells such a worker from a dead
+one and gives a pidfd to watch it by (Linux), as :class:`Watched` does.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import tempfile
 import threading
+import time
 
-__all__ = ["context", "ensure_running"]
+__all__ = ["Watched", "context", "ensure_running", "outliving", "start_time"]
 
 PRELOAD = ["tridentcore.runtime._worker_preload"]
 
@@ -89,3 +97,73 @@ def _end() -> None:
         os.waitpid(pid, 0)
     except (ChildProcessError, ProcessLookupError):  # not a child of this process, or gone already
         pass
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, ``/proc/PID/stat``), to know it again
+    (a pid is reused once its process has gone); ``None`` where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])  # (field 22; the name may hold spaces)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _ended(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def outliving(proc, started: int | None) -> int | None:
+    """For a worker ``proc`` forked from the forkserver whose end multiprocessing has just reported
+    with exit code 255: a pidfd of its process if that is in fact still running (its forkserver is
+    what died), the same process as ``started`` says; otherwise ``None`` (it ended)."""
+    if proc.exitcode != 255 or started is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # gone (or pidfds not supported)
+        return None
+    if start_time(proc.pid) != started or _ended(fd):  # (the pid taken by another process, or ended)
+        os.close(fd)
+        return None
+    return fd
+
+
+class Watched:
+    """A worker process and, once its forkserver has died under it (:func:`outliving`), the pidfd it is
+    watched and stopped by: ``alive``, ``kill`` and ``join`` answer for either."""
+
+    def __init__(self, proc) -> None:
+        self.proc, self.pidfd = proc, None
+
+    def alive(self) -> bool:
+        fd = self.pidfd
+        if fd is not None:
+            return not _ended(fd)  # (closed meanwhile, by ``close`` once it ended: POLLNVAL, ended)
+        return self.proc.is_alive()
+
+    def kill(self) -> None:
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except OSError:  # (ended and reaped)
+                pass
+        elif self.proc.is_alive():
+            self.proc.kill()
+
+    def join(self, timeout: float) -> None:
+        if self.pidfd is None:
+            self.proc.join(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        """(Once its process has ended; on the thread that may ``kill`` it.)"""
+        fd, self.pidfd = self.pidfd, None
+        if fd is not None:
+            os.close(fd)
