@@ -338,6 +338,10 @@ def test_a_killed_worker_leaves_no_temporary_folder(tmp_path):
         # folder, made as the forkserver imports it, is in there too (it was left in $TMPDIR)
         assert sorted(p.name[:4] for p in own.iterdir() if not p.name.startswith("torchinductor_")) == [
             ".own", "pymp", "tw0-"]
+        # the worker's socket for the tensors it sent is in its folder (it went to the server's
+        # multiprocessing folder, handed down with the worker's configuration, and stayed after a kill)
+        assert list(own.glob("tw0-*/pymp-*/listener-*"))
+        server_sockets = sorted(p.name for p in own.glob("pymp-*/*"))
         os.kill(device["pid"], signal.SIGKILL)  # the worker process of the server this test started
         deadline = time.monotonic() + 60
         while (dev := client.get("/v1/cluster").json()["devices"][0])["pid"] in (device["pid"], None) \
@@ -346,6 +350,7 @@ def test_a_killed_worker_leaves_no_temporary_folder(tmp_path):
             time.sleep(0.1)
         assert client.post("/v1/images/generations", json=body).status_code == 200
         assert len([p for p in own.iterdir() if p.name.startswith("tw0-")]) == 1  # the killed one's is gone
+        assert sorted(p.name for p in own.glob("pymp-*/*")) == server_sockets
         client.close()
         assert server.stop() == 0
         assert list(tmp.iterdir()) == []

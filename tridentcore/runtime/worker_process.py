@@ -227,11 +227,16 @@ def worker_main(slot: int, models: Sequence[str], conn, stop_flag, threads: int,
     ends: a killed worker cannot remove its own."""
     ignore_signals(STOP_SIGNALS)
     if tmp_dir:
+        import multiprocessing
         import shutil
         import tempfile
         from multiprocessing import util
 
         os.environ["TMPDIR"] = tempfile.tempdir = tmp_dir
+        # multiprocessing's folder too (the socket its resource sharer sends tensors through): this
+        # process was handed its parent's with the rest of its configuration, so its socket went to the
+        # server's folder and stayed there after a kill
+        multiprocessing.current_process()._config.pop("tempdir", None)
         # removed as it ends, after multiprocessing's own folder in it (exit priority -100): a parent
         # killed with SIGKILL cannot remove it, and this process then ends when the pipe closes
         util.Finalize(None, shutil.rmtree, args=(tmp_dir,), kwargs={"ignore_errors": True}, exitpriority=-200)
