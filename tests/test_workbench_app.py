@@ -148,7 +148,7 @@ def test_home_rate_sweep_adds_goodput_and_rate_curves():
     assert labels.count("Goodput") == 2
     charts = [c.proto.spec for c in at.get("plotly_chart")]
     assert len(charts) == 4  # attainment vs rate, latency vs rate, latency CDF, per-GPU timeline
-    assert "Pareto frontier" in charts[1] and "Mean latency" in charts[1]
+    assert "frontier: lowest latency at each rate" in charts[1] and "Mean latency, finished requests" in charts[1]
     assert any("SLO-aware ceiling" in m.value for m in at.markdown)
     # trident holds 90 % at 0.9 req/s over 120 s, above the SLO-aware ceiling (0.788): said why (outside test)
     assert any(i.value.startswith("Goodput above the SLO-aware ceiling (0.788 req/s): trident 0.900 req/s.")

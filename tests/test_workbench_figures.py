@@ -261,13 +261,28 @@ def test_latency_vs_rate_marks_the_pareto_frontier():
     fig = figures.latency_vs_rate(pts)
     assert len(fig.data) == 6  # per panel: a, b and the frontier
     by_name = [(t.name, t.xaxis) for t in fig.data]
-    assert by_name[2] == ("Pareto frontier (attainment >= 90%)", "x") and by_name[5][1] == "x2"
+    assert by_name[2] == ("frontier: lowest latency at each rate (attainment >= 90%)", "x") and by_name[5][1] == "x2"
     mean_front, p95_front = fig.data[2], fig.data[5]
     assert list(mean_front.x) == [0.25, 0.5] and list(mean_front.y) == [3.0, 6.0] and mean_front.line.dash == "dash"
     assert list(p95_front.y) == [9.0, 12.0] and list(p95_front.text) == ["a", "a"]
     assert list(fig.data[0].x) == [0.25, 0.5, 1.0] and list(fig.data[0].y) == [4.0, 6.0, 30.0]
     none = figures.latency_vs_rate(pts.assign(attainment=0.1))
     assert len(none.data[2].x) == 0
+
+
+def test_the_latency_frontier_names_every_policy_that_ties_and_what_each_turned_away():
+    """Outside test 93: with `trident:late=reject` beside `trident` at rates where their runs were the
+    same, every star named only `trident`; and goodput mode's stars, fast because it had turned
+    requests away (which have no latency), did not say so."""
+    pts = pd.DataFrame({"policy": ["trident", "trident", "goodput", "goodput"], "rate": [0.5, 1.0, 0.5, 1.0],
+                        "attainment": [0.95, 0.92, 0.95, 0.93], "mean_s": [3.0, 9.0, 3.0, 6.0],
+                        "p95_s": [8.0, 30.0, 8.0, 20.0], "rejected": [0, 0, 0, 26], "requests": [250, 500, 250, 500]})
+    front = figures.latency_frontier(pts, "mean_s")
+    assert list(front["policy"]) == ["trident = goodput", "goodput"]
+    fig = figures.latency_vs_rate(pts)
+    assert list(fig.data[2].text) == ["trident = goodput", "goodput, 26 of 500 turned away"]
+    assert list(fig.data[1].text) == ["", ", 26 of 500 turned away"]  # goodput's own line says it too
+    assert "finished requests" in fig.layout.annotations[0].text
 
 
 def test_profile_figures_show_the_stage_discrepancy():

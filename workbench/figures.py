@@ -5,7 +5,7 @@ No Streamlit here and no I/O: every function takes the rows it draws and returns
 those of the results store (``tridentcore/store``) and of :mod:`workbench.data`.
 
 This module is the import path the pages use; the figures live in :mod:`workbench.figures_runs`
-(latency, rates and the latency Pareto frontier, attainment, SQL charts), :mod:`workbench.figures_timelines` (per-GPU timelines and
+(latency, rates and the latency frontier across policies, attainment, SQL charts), :mod:`workbench.figures_timelines` (per-GPU timelines and
 placements), :mod:`workbench.figures_profiles`, :mod:`workbench.figures_live`, and what they share in
 :mod:`workbench.figures_base`.
 """

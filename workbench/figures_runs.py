@@ -1,5 +1,5 @@
 """Figures of run outcomes: latency CDFs, attainment and latency against rate (with the latency
-Pareto frontier), attainment per class, and quick charts of SQL query results.
+frontier across policies), attainment per class, and quick charts of SQL query results.
 """
 
 from __future__ import annotations
@@ -73,38 +73,60 @@ def rate_curves(points: pd.DataFrame, *, target: float = 0.9) -> go.Figure:
 
 
 def latency_frontier(points: pd.DataFrame, column: str, *, target: float = 0.9) -> pd.DataFrame:
-    """Per rate, the policy with the lowest ``column`` among those with attainment >= ``target``
-    (rates where none reaches it are left out). Columns: rate, ``column``, policy; sorted by rate."""
+    """The frontier across policies at each rate: the lowest ``column`` among the policies with
+    attainment >= ``target`` (rates where none reaches it are left out). Columns: rate, ``column``,
+    policy (every policy at that lowest value, joined by " = ": two that tie are both named); sorted
+    by rate. It is taken per rate, not across rates: a lower latency at a higher rate does not
+    remove a lower rate's point (the rate is the load a user has, not a choice)."""
     ok = points[(points["attainment"] >= target) & points[column].notna()]
     if ok.empty:
         return pd.DataFrame({"rate": [], column: [], "policy": []})
-    best = ok.loc[ok.groupby("rate")[column].idxmin(), ["rate", column, "policy"]]
-    return best.sort_values("rate").reset_index(drop=True)
+    rows = []
+    for rate, grp in ok.groupby("rate", sort=True):
+        low = grp[column].min()
+        tied = grp[grp[column] <= low * (1 + 1e-9)]
+        rows.append({"rate": rate, column: low, "policy": " = ".join(dict.fromkeys(tied["policy"].astype(str)))})
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def _turned_away(grp: pd.DataFrame) -> list[str]:
+    """Per point, what its hover adds about the requests left out of its latency: those turned away
+    (goodput mode) of all sent; nothing where the points do not say or none was."""
+    if "rejected" not in grp or "requests" not in grp:
+        return [""] * len(grp)
+    return [f", {int(r)} of {int(n)} turned away" if r else "" for r, n in zip(grp["rejected"], grp["requests"])]
 
 
 def latency_vs_rate(points: pd.DataFrame, *, target: float = 0.9) -> go.Figure:
-    """Mean and P95 latency against request rate, one line per policy, with the Pareto frontier:
-    at each rate the lowest latency among the policies with attainment >= ``target`` (a thick
-    dashed line; its hover names the policy).
+    """Mean and P95 latency of the finished requests against request rate, one line per policy, with
+    the frontier across policies: at each rate the lowest latency among the policies with attainment
+    >= ``target`` (a thick dashed line; its hover names the policy, or the policies that tie).
+    Requests a policy turned away (goodput mode) have no latency: each point's hover says how many
+    there were, so a policy that is fast by turning requests away shows it.
 
-    ``points``: columns ``policy``, ``rate``, ``attainment``, ``mean_s``, ``p95_s``.
+    ``points``: columns ``policy``, ``rate``, ``attainment``, ``mean_s``, ``p95_s``; optionally
+    ``rejected`` and ``requests``.
     """
-    panels = (("mean_s", "Mean latency (s)"), ("p95_s", "P95 latency (s)"))
+    panels = (("mean_s", "Mean latency, finished requests (s)"), ("p95_s", "P95 latency, finished requests (s)"))
     fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in panels])
     colors = _series_colors(list(dict.fromkeys(points["policy"].astype(str))))
     ordered = points.sort_values("rate")
+    away = {(str(p), r): t for p, grp in ordered.groupby("policy", sort=False)
+            for r, t in zip(grp["rate"], _turned_away(grp))}
     for col, (column, _) in enumerate(panels, start=1):
         for policy, grp in ordered.groupby("policy", sort=False):
             fig.add_trace(go.Scatter(x=_np(grp["rate"]), y=_np(grp[column]), mode="lines+markers", name=str(policy),
                                      legendgroup=str(policy), showlegend=col == 1, line=dict(color=colors[str(policy)]),
-                                     customdata=_np(grp["attainment"]),
-                                     hovertemplate="%{x:.3g} req/s: %{y:.2f} s (attainment %{customdata:.1%})<extra>"
+                                     customdata=_np(grp["attainment"]), text=_turned_away(grp),
+                                     hovertemplate="%{x:.3g} req/s: %{y:.2f} s (attainment %{customdata:.1%}%{text})<extra>"
                                                    + str(policy) + "</extra>"),
                           row=1, col=col)
         front = latency_frontier(points, column, target=target)
+        labels = [names + "".join(away.get((n, r), "") for n in names.split(" = "))
+                  for names, r in zip(front["policy"].astype(str), front["rate"])]
         fig.add_trace(go.Scatter(x=_np(front["rate"]), y=_np(front[column]), mode="lines+markers",
-                                 name=f"Pareto frontier (attainment >= {target:.0%})", legendgroup="frontier",
-                                 showlegend=col == 1, text=list(front["policy"].astype(str)),
+                                 name=f"frontier: lowest latency at each rate (attainment >= {target:.0%})",
+                                 legendgroup="frontier", showlegend=col == 1, text=labels,
                                  line=dict(color="rgba(0,0,0,0.45)", width=6, dash="dash"),
                                  marker=dict(symbol="star", size=13, color="rgba(0,0,0,0.7)"),
                                  hovertemplate="%{x:.3g} req/s: %{y:.2f} s, %{text}<extra>frontier</extra>"),

@@ -318,7 +318,7 @@ except Exception as exc:  # expected: a policy that cannot run this cluster; oth
 bar.empty()
 
 points = pd.DataFrame([{"policy": p, "rate": r,
-                         **{k: runs[(p, r)].summary[k] for k in ("attainment", "mean_s", "p95_s")}}
+                         **{k: runs[(p, r)].summary[k] for k in ("attainment", "mean_s", "p95_s", "rejected", "requests")}}
                         for p, r in tasks if r is not None])
 if sweep:
     grid = data.goodput_on_grid(points)
@@ -374,8 +374,11 @@ with st.expander("SLO attainment per request class"):
 if sweep:
     st.plotly_chart(figures.rate_curves(points), width="stretch")
     st.plotly_chart(figures.latency_vs_rate(points), width="stretch")
-    st.caption("Pareto frontier: at each swept rate, the lowest latency among the policies with at least 90 % SLO "
-               "attainment (hover a star for the policy); no star at a rate where none reaches 90 %.")
+    st.caption("Frontier (stars): at each swept rate, the lowest latency among the policies with at least 90 % SLO "
+               "attainment (hover a star for the policy, or the policies that "
+               "tie); no star at a rate where none reaches 90 %. It is taken per rate: a lower latency at a higher "
+               "rate does not remove a star at a lower one. Latency is of the finished requests: a request turned "
+               "away (goodput mode) has none, and each point's hover says how many its policy turned away.")
 st.plotly_chart(figures.latency_cdf({p: detail[p].requests["latency_s"].dropna() for p in policies}), width="stretch")
 
 # ---------------------------------------------------------------------------------- timelines
