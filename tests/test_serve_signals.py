@@ -10,6 +10,7 @@ process of the server outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -378,6 +379,28 @@ def test_a_stop_while_the_workers_load_ends_the_start_at_once(tmp_path, how):
     assert not db.exists() or len(query_readonly(db, "SELECT 1 FROM runs")) == 0
 
 
+@contextlib.contextmanager
+def _held_at(fifo, proc, timeout_s: float, said):
+    """Once ``proc`` has opened ``fifo`` to read (and is held there): the FIFO's write end. ``proc``
+    (started by the test) is killed if it is still running at the end."""
+    writer = None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while writer is None:  # (opening it to write fails until the process has opened it to read)
+            assert proc.poll() is None and time.monotonic() < deadline, said()[-3000:]
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.02)
+        yield writer
+    finally:
+        if writer is not None:
+            os.close(writer)
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_a_sigterm_before_the_workers_start_ends_the_start_as_ctrl_c_does(tmp_path, sig):
     """Until uvicorn's handlers took them, a SIGTERM (or SIGHUP) killed the server where it stood (outside
@@ -391,23 +414,9 @@ def test_a_sigterm_before_the_workers_start_ends_the_start_as_ctrl_c_does(tmp_pa
         proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
                                  "cpu:1", "--port", "0", "--db", str(db), "--spec", str(fifo)], stdout=subprocess.DEVNULL,
                                 stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
-    writer = None
-    try:
-        deadline = time.monotonic() + 120
-        while writer is None:  # (opening it to write fails until the server has opened it to read)
-            assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
-            try:
-                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                time.sleep(0.05)
+    with _held_at(fifo, proc, 120, lambda: err.read_text(errors="replace")):
         proc.send_signal(sig)
         code = proc.wait(60)
-    finally:
-        if writer is not None:
-            os.close(writer)
-        if proc.poll() is None:  # only the process this test started
-            proc.kill()
-            proc.wait(10)
     text = err.read_text(errors="replace")
     assert code == 0, (code, text[-3000:])
     assert "Traceback" not in text, text[-3000:]
@@ -464,26 +473,12 @@ def test_a_stop_while_the_command_imports_ends_the_start_as_ctrl_c_does(tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
                              "cpu:1", "--port", "0", "--db", str(db)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, start_new_session=True, text=True)
-    writer = None
-    try:
-        deadline = time.monotonic() + 60
-        while writer is None:  # (opening it to write fails until the import has opened it to read)
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
-            try:
-                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                time.sleep(0.02)
+    with _held_at(fifo, proc, 60, lambda: proc.stderr.read()) as writer:
         proc.send_signal(sig)
         time.sleep(0.2)
         if proc.poll() is None:
             os.write(writer, b"x")  # the import goes on
         _, text = proc.communicate(timeout=60)
-    finally:
-        if writer is not None:
-            os.close(writer)
-        if proc.poll() is None:  # only the process this test started
-            proc.kill()
-            proc.wait(10)
     assert proc.returncode == 0, (proc.returncode, text[-3000:])
     assert "Traceback" not in text, text[-3000:]
     assert text.rstrip().endswith("trident serve: stopped before it served; nothing stored"), text[-3000:]
