@@ -16,6 +16,12 @@ ratios trident mean / best mean, trident P95 / best P95 and the attainment gap (
 points). A cell is flagged when trident's mean or P95 is more than 5 % above the best, or its
 attainment more than 0.5 point below. ``--quick`` is a smoke test (video-wan, scale 3, 50 % and
 100 %, 300 s).
+
+The Markdown table goes to ``--markdown FILE``; without it, only a run with the settings the committed
+table is made with (the defaults: every mix, scale and fraction, 900 s, seed 0, ``trident``) replaces
+``benchmarks/results/latency_pareto_2x8xH200.md``. An SLO scale at which some class of a mix meets its
+SLO at no degree and batch is refused: the SLO-aware ceiling prices such a class at 0 GPU-seconds, so
+its fractions are no rates at which to compare the policies that serve it.
 """
 
 from __future__ import annotations
@@ -28,13 +34,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE
+from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE, MAX_SCALE
 from tridentcore.bench.script import run_script
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from goodput import POLICIES  # noqa: E402  (the sibling script's policy list)
+from goodput import POLICIES, check_jobs, check_seed, check_writable, write_text  # noqa: E402  (the sibling script's)
 
-__all__ = ["BASELINES", "cells", "markdown"]
+__all__ = ["BASELINES", "cells", "committed_differences", "markdown", "simulate"]
 
 BASELINES = tuple(p for p in POLICIES if p.split(":", 1)[0] != "trident")  # trident's own variants are not "others"
 TARGET = 0.9  # a baseline counts at a rate only with at least this attainment
@@ -215,6 +221,52 @@ def _tasks(args) -> list[tuple]:
             for p in heavy_first for m in args.mixes.split(",") for s in args.scales.split(",")]
 
 
+def simulate(tasks: list[tuple], jobs: int) -> list[dict]:
+    """Every row of every task (:func:`_runs`), in ``jobs`` worker processes."""
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return [r for part in pool.map(_runs, tasks) for r in part]
+
+
+def committed_differences(ap, args) -> list[str]:
+    """The settings (as flags) in which this run differs from the one :data:`DEFAULT_MARKDOWN` is made
+    with, the defaults (``--jobs`` aside: it changes no number); [] for that run."""
+    def same(key: str) -> bool:
+        mine, theirs = getattr(args, key), ap.get_default(key)
+        if key in ("scales", "fractions"):  # the same numbers, however written
+            return sorted(float(x) for x in str(mine).split(",")) == sorted(float(x) for x in theirs.split(","))
+        return mine == theirs
+
+    return [f"--{key} {getattr(args, key):g}" if isinstance(getattr(args, key), float) else f"--{key} {getattr(args, key)}"
+            for key in SETTINGS if key != "jobs" and not same(key)]
+
+
+def _turned_away(args) -> list[str]:
+    """One phrase per (mix, scale) of the run at which some class meets its SLO at no degree and batch
+    (``Ceiling.turned_away``), with the smallest scale at which every class of that mix can."""
+    from tridentcore.bench.scenario import ceilings, load_scenario
+    from tridentcore.bench.spec import RunSpec
+
+    def slo_aware(mix: str, scale: float):
+        return ceilings(load_scenario(RunSpec(profile=args.profile, cluster=args.cluster, mix=mix, slo_scale=scale)))[1]
+
+    out = []
+    for mix in args.mixes.split(","):
+        for scale in dict.fromkeys(float(s) for s in args.scales.split(",")):
+            ceiling = slo_aware(mix, scale)
+            if not ceiling.turned_away:
+                continue
+            low, high = scale, min(2 * scale, MAX_SCALE)  # every class can at high: the SLO grows with the scale
+            while slo_aware(mix, high).turned_away and high < MAX_SCALE:
+                low, high = high, min(2 * high, MAX_SCALE)
+            for _ in range(30):  # to well under 0.01
+                mid = (low + high) / 2
+                low, high = (low, mid) if not slo_aware(mix, mid).turned_away else (mid, high)
+            out.append(f"{mix} x{scale:g}: {len(ceiling.turned_away)} of {len(ceiling.classes)} classes meet their SLO "
+                       f"at no degree or batch ({', '.join(ceiling.turned_away)}; every class can from scale "
+                       f"{math.ceil(high * 100) / 100:g})")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mixes", default="sd3-mixed,flux-uniform,video-wan,image-video")
@@ -240,8 +292,8 @@ def main() -> None:
                      else f"--{k} {v}" for k, v in QUICK.items()) + "): leave them out, or leave out --quick")
         for key, value in QUICK.items():
             setattr(args, key, value)
-    if not 0 <= args.seed < 2**31:
-        ap.error(f"--seed: {args.seed} is not in 0..2147483647")
+    check_seed(ap, "--seed", args.seed)
+    check_jobs(ap, args.jobs)
     for flag in ("fractions", "scales"):  # named here, not later as "a rate > 0 is needed with a mix"
         for item in str(getattr(args, flag)).split(","):
             try:
@@ -251,35 +303,43 @@ def main() -> None:
             if not ok:
                 ap.error(f"--{flag}: {item!r} is not a number > 0 (comma-separated, e.g. "
                          f"{ap.get_default(flag)})")
+            if flag == "scales" and float(item) > MAX_SCALE:  # (outside test: 5000 was tabled)
+                ap.error(f"--scales: {item!r} is over {MAX_SCALE:g}, the largest SLO scale (as trident simulate "
+                         "--slo-scale)")
+    # a smoke test, a file rendered again, or a run with other settings never replaces the committed
+    # table unless told to (outside test: --seed 1, a command the README gives, replaced it)
+    differs = committed_differences(ap, args)
+    out = args.markdown or (None if args.quick or args.from_json or differs else DEFAULT_MARKDOWN)
+    if out:  # before the work, not after it
+        check_writable(ap, "--markdown", out)
+    if args.json and not args.from_json:
+        check_writable(ap, "--json", args.json)
     wall_s = None
     if args.from_json:
         rows = _from_json(ap, args)
     else:
+        away = _turned_away(args)
+        if away:  # (outside test: at 0.5 every policy was tabled at 0.000, at 0.3 "a rate > 0 is needed")
+            ap.error("--scales: " + "; ".join(away) + ": the SLO-aware ceiling is then that of the other classes "
+                     "alone (it prices these at 0 GPU-seconds, turned away), and its fractions overload every policy "
+                     "that serves them; give larger scales")
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            rows = [r for part in pool.map(_runs, _tasks(args)) for r in part]
+        rows = simulate(_tasks(args), args.jobs)
         wall_s = time.perf_counter() - t0
         print(f"{len(rows)} simulations in {wall_s:.0f} s with --jobs {args.jobs}")
         if args.json:
             settings = {k: getattr(args, k) for k in SETTINGS}
-            _write(ap, "--json", args.json, json.dumps({"settings": settings, "rows": rows}, indent=1))
+            write_text(ap, "--json", args.json, json.dumps({"settings": settings, "rows": rows}, indent=1))
     text = markdown(rows, args, wall_s)
     print(text.split("\n## ", 1)[0].split("\n\n", 2)[-1])
     for block in text.split("\n## ")[1:]:
         print("\n## " + block)
-    # a smoke test, or a file rendered again, never replaces the committed table unless told to
-    out = args.markdown or (None if args.quick or args.from_json else DEFAULT_MARKDOWN)
     if out:
-        _write(ap, "--markdown", out, text + "\n")
+        write_text(ap, "--markdown", out, text + "\n")
         print(f"markdown in {out}")
-
-
-def _write(ap, flag: str, where: str, text: str) -> None:
-    try:
-        Path(where).parent.mkdir(parents=True, exist_ok=True)
-        Path(where).write_text(text)
-    except OSError as exc:
-        ap.error(f"{flag} {where}: cannot write it ({exc.strerror or exc})")
+    elif not args.quick and not args.from_json:
+        print(f"markdown not written: {DEFAULT_MARKDOWN} is made with the defaults, and this run has "
+              f"{', '.join(differs)}; give --markdown FILE to write the table")
 
 
 _TEXT = ("mix", "policy")  # what a row of --json must hold (cells and markdown read them)

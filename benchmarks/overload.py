@@ -17,11 +17,16 @@ stream's count moves by tens of requests with any change to a policy; compare po
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE
 from tridentcore.bench.script import run_script
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from goodput import check_seed  # noqa: E402  (the sibling script's)
 
 POLICIES = ("trident", "trident:late=reject", "trident-paper", "pipeline-dynamic", "pipeline-static:degree=1",
             "pipeline-static:degree=2")
@@ -70,13 +75,21 @@ def main() -> None:
             ap.error(f"--seeds takes comma-separated integers, e.g. 0,1,2,3 (got {args.seeds!r})")
         if len(set(seeds)) != len(seeds):
             ap.error(f"--seeds names a seed twice ({args.seeds})")
+    for seed in seeds:  # (outside test: -1 ran seed 1's stream, labelled seed -1)
+        check_seed(ap, "--seed" if args.seeds is None else "--seeds", seed)
+    mixes = [m for m in args.mixes.split(",") if m.strip()]
+    policies = [p for p in args.policies.split(";") if p.strip()]
+    if not mixes:
+        ap.error("--mixes: no mix given (comma-separated, e.g. flux-uniform,image-video)")
+    if not policies:  # (outside test: --policies ";" ended in "list index out of range")
+        ap.error("--policies: no policy given (semicolon-separated specs, e.g. trident;trident-paper)")
     tasks = [(m, p, args.factor, args.duration, args.scale, args.cluster, args.profile, seed)
-             for m in args.mixes.split(",") for p in args.policies.split(";") if p for seed in seeds]
+             for m in mixes for p in policies for seed in seeds]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(_one, tasks))
     keys = ("met", "admitted", "rejected", "rejected_after_waiting", "rejected_after_a_stage")
-    for mix in args.mixes.split(","):
+    for mix in dict.fromkeys(mixes):
         sel = [r for r in rows if r["mix"] == mix]
         streams = (f"seed {seeds[0]}" if len(seeds) == 1 else
                    f"{len(seeds)} streams (seeds {', '.join(map(str, seeds))}), figures summed")

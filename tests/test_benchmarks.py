@@ -267,10 +267,23 @@ def test_ceiling_fraction_bisects_each_seed_and_reports_mean_and_lowest():
                                         (["latency_pareto.py", "--scales", "3,,5"], "--scales: '' is not a number > 0"),
                                         (["latency_pareto.py", "--quick", "--mixes", "nope"], "--quick sets --mixes itself"),
                                         (["latency_pareto.py", "--from-json", "/nonexistent"], "cannot read it"),
-                                        (["latency_pareto.py", "--seed", "-1"], "--seed: -1 is not in")])
+                                        (["latency_pareto.py", "--seed", "-1"], "--seed: -1 is not in"),
+                                        (["latency_pareto.py", "--jobs", "0"], "--jobs: 0 is not a number of worker"),
+                                        (["latency_pareto.py", "--mixes", "video-wan", "--scales", "0.5"],
+                                         "every class can from scale 0.66"),
+                                        (["latency_pareto.py", "--scales", "5000"], "--scales: '5000' is over 1000"),
+                                        (["overload.py", "--policies", ";"], "--policies: no policy given"),
+                                        (["overload.py", "--seed", "-1"], "--seed: -1 is not in 0..2147483647"),
+                                        (["overload.py", "--seeds", "0,-1"], "--seeds: -1 is not in 0..2147483647"),
+                                        (["goodput.py", "--seed", "-1"], "--seed: -1 is not in 0..2147483647"),
+                                        (["goodput.py", "--scales", "x"], "--scales: 'x' is not a number > 0"),
+                                        (["goodput.py", "--from-json", "/nonexistent"], "cannot read it")])
 def test_a_bad_flag_of_a_benchmark_is_named_before_its_work(args, said):
     """Outside test: tiny_latency.py timed `--steps 0` as the default 28 steps and ended a bad size or
-    `--runs 0` in a traceback; latency_pareto.py's `--fractions 0` said "a rate > 0 is needed"."""
+    `--runs 0` in a traceback; latency_pareto.py's `--fractions 0` said "a rate > 0 is needed";
+    overload.py's `--policies ";"` said "list index out of range"; overload.py and goodput.py ran
+    `--seed -1` as seed 1's stream; goodput.py's `--from-json /nonexistent` was a traceback (the rest
+    of goodput.py's: tests/test_benchmark_inputs.py)."""
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / args[0]), *args[1:]],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
