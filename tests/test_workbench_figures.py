@@ -92,6 +92,8 @@ def test_parse_rates_sorts_dedups_and_names_bad_items():
         data.parse_rates("1,,2")
     with pytest.raises(ValueError, match="cannot use: ０.５"):
         data.parse_rates("０.５")
+    with pytest.raises(ValueError, match="cannot use: 1_0"):  # (outside test 93: read as 10 req/s)
+        data.parse_rates("0.5, 1_0")
     with pytest.raises(ValueError, match=f"51 rates: at most {data.MAX_RATES}"):
         data.parse_rates(",".join(str(0.01 * i) for i in range(1, 52)))
     assert len(data.parse_rates(" ".join(str(0.01 * i) for i in range(1, 51)))) == 50

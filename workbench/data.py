@@ -362,7 +362,7 @@ def parse_rates(text: str) -> list[float]:
     rates, bad = [], []
     for item in items:
         try:
-            if not item.isascii():  # (float() reads fullwidth and other scripts' digits)
+            if not item.isascii() or "_" in item:  # (float() reads fullwidth and other scripts' digits, and 1_0 as 10)
                 raise ValueError(item)
             value = float(item)
         except ValueError:
