@@ -182,6 +182,10 @@ class Trident(Elastic, Admission, Policy):
         "admit_wait": (number(0), 3.0, "late=reject: admit a request only if it meets its deadline with its predicted "
                                    "wait behind the admitted work stretched by this factor while the work arriving "
                                    "exceeds the GPUs (overload: later arrivals overtake it)"),
+        "admit_running": (parse_bool, False, "the admission test (late=reject, and triage) also counts the stages "
+                                             "left of the requests ahead whose encode (or a diffuse not to be "
+                                             "paused) is running (fewer admitted requests miss; lower fair goodput "
+                                             "at tight SLOs: trident_admission's docstring)"),
         "triage": (parse_bool, True, "late=serve: an arriving request that late=reject would turn away is admitted "
                                      "late at once: served behind every request that can still make it"),
         "drop": (parse_bool, None, "deprecated: drop=true is late=reject, drop=false is late=serve"),

@@ -11,6 +11,12 @@ The test is a list schedule of the waiting work, in the policy's own order:
   ``trident`` would pause for the new request (its requests ranked behind it, or able to wait that
   long and still meet their deadlines: the preemption rule), free at its next step boundary, and a
   widened diffuse, which holds only its unwidened degree beyond its next step boundary;
+* with ``admit_running`` (opt-in), a request ranked ahead whose encode (or a diffuse not to be
+  paused) is running takes, from when that dispatch ends, the GPUs for the stages it has left,
+  counted as running work (its wait is not stretched below). Without it, those stages are not seen:
+  a burst whose encodes ran in one batch looks as if it had the GPUs to itself (outside test 93: 6 of
+  6 admitted at once on 1x2xH200 at SLO scale 3, 5 met their SLO with stage times as predicted; with
+  it 5 admitted, 5 met);
 * each request ranked ahead takes, at the smallest degree that would still meet its deadline if it
   started now (the degree ``trident`` gives it under load), the GPUs of one node that free soonest,
   for all its remaining stages; one that can no longer make it is skipped (it will run behind);
@@ -32,6 +38,15 @@ here): flux-uniform, 1078 requests: with no stretch (``admit_wait=1``) 356 finis
 triage; the best baseline: 129); image-video, 494 requests: 417 of 455, and 416 of 449 (``trident``
 with triage: 431). Over seeds 0-3 the boundary changed the sums by -2 % (flux-uniform) and +1 %
 (image-video) in goodput mode, within noise in serve mode (with a whole step: 475 and 435 at seed 0).
+``admit_running`` (also in triage) moves those sums to flux-uniform ``trident`` 7,155 (7,068
+without), goodput mode 7,167 (7,194); image-video 6,782 (6,742) and 6,897 (6,696). It is off by
+default because on the goodput table's streams it lowers fair goodput at the tight SLO scale 1.5:
+flux-uniform 1.185 and 1.180 req/s (goodput mode) against 1.211 and 1.231, image-video 0.425 and
+0.404 against 0.434 and 0.427 (sd3-mixed at 3 is up, 4.613 and 4.650 against 4.535 and 4.564;
+``benchmarks/goodput.py --policies "trident;trident:late=reject"``, measured with it on): the list
+schedule prices the stages left at the smallest degree that meets each deadline, with no batching
+or widening, and at tight SLOs that refuses (or, in serve mode, admits late) requests the policy
+would have served in time.
 
 Past ``_MAX_AHEAD`` requests ahead, the rest is spread over all GPUs as GPU-seconds. A request with
 nothing ranked ahead of it that can start now on idle GPUs is admitted without building the schedule
@@ -88,30 +103,45 @@ class Admission:
                 for times in self._free_times(view, now, mine[0], need)]
         spread = 0.0  # GPU-seconds of the work ahead beyond _MAX_AHEAD
         placed = 0
-        for entry in self.ready:
-            if entry >= mine or entry[0] == math.inf:
-                break  # the rest is ranked behind it (late work is behind everything)
-            other = view.request(entry[2])
-            ostage = WAITING_FOR.get(other.state)
-            if ostage is None:
-                continue
+
+        def place(other: RequestRecord, ostage: StageKind, ready_at: float) -> None:
+            nonlocal spread, placed
             oinfo = self._info_for(view, other.spec.model, other.spec.shape)
-            if now + self._remaining(other, oinfo, oinfo.fast_d, ostage) > other.spec.deadline_s:
-                continue  # found late at the next pass: then it runs behind every request that can make it
-            d = self._degree_now(other, oinfo, ostage, now)
+            if ready_at + self._remaining(other, oinfo, oinfo.fast_d, ostage) > other.spec.deadline_s:
+                return  # found late at the next pass: then it runs behind every request that can make it
+            d = self._degree_now(other, oinfo, ostage, ready_at)
             dur = self._remaining(other, oinfo, d, ostage)
             if placed >= _MAX_AHEAD:
                 spread += dur * d
-                continue
+                return
             placed += 1
             node, at = None, math.inf  # the node whose d-th GPU frees first (the first such node)
             for n in gpus:
                 if len(n) >= d and (node is None or n[d - 1][1] < at):
                     node, at = n, n[d - 1][1]
-            start = max(now, node[d - 1][1])
+            start = max(ready_at, node[d - 1][1])
             for g in node[:d]:
                 g[1], g[2] = start + dur, min(g[2], start)
             node.sort(key=_by_ahead)
+
+        if self.opts["admit_running"]:
+            # requests ranked ahead with a stage running: first the stages they have left once it ends,
+            # counted as running work (not stretched below). Left out, a burst whose encodes ran in one
+            # batch was admitted whole, its diffuses unseen, and its last requests missed (outside test
+            # 93: 6 of 6 admitted at once on 1x2xH200, 5 met their SLO, with stage times as predicted)
+            for _, ready_at, other, ostage in self._stages_left(view, now, mine[0], need):
+                place(other, ostage, ready_at)
+            for node in gpus:
+                for g in node:
+                    g[0] = g[1]
+            placed = 0
+        for entry in self.ready:
+            if entry >= mine or entry[0] == math.inf:
+                break  # the rest is ranked behind it (late work is behind everything)
+            other = view.request(entry[2])
+            ostage = WAITING_FOR.get(other.state)
+            if ostage is not None:
+                place(other, ostage, now)
         shift = spread / view.num_gpus
         stretch = 1.0
         if self._offered(now) >= view.num_gpus and (
@@ -155,11 +185,11 @@ class Admission:
         if back == math.inf:
             fastest = min(self._remaining(rec, info, d, stage) for d in info.degrees)
             if fastest > slo:  # no wait makes it: a retry is refused again (no Retry-After)
-                return (f"cannot meet its SLO at any wait: alone on idle GPUs at its fastest degree it would take "
-                        f"{_secs(fastest)}, its SLO is {_secs(rec.spec.slo_s)}", math.inf)
+                return ("cannot meet its SLO at any wait: alone on idle GPUs at its fastest degree it would take "
+                        "{}, its SLO is {}".format(*_secs_apart(fastest, rec.spec.slo_s)), math.inf)
         return (f"would miss its deadline: {placed + (1 if spread else 0)}+ admitted requests are ahead of it; "
-                f"with its wait stretched x{stretch:g} it would finish {_secs(finish - rec.spec.arrival_s)} after "
-                f"arrival at the earliest, its SLO is {_secs(rec.spec.slo_s)}",
+                f"with its wait stretched x{stretch:g} it would finish {{}} after arrival at the earliest, its SLO "
+                f"is {{}}".format(*_secs_apart(finish - rec.spec.arrival_s, rec.spec.slo_s)),
                 max(0.0, back - now) if back < math.inf else 0.0)
 
     def _starts_now(self, view: ClusterView, rec: RequestRecord, info: ClassInfo, stage: StageKind, now: float) -> bool:
@@ -221,6 +251,30 @@ class Admission:
                 until[g] = min(until[g], boundary)
         return [[until[g] for g in gpus] for gpus in view.nodes]
 
+    def _stages_left(self, view: ClusterView, now: float, key: float,
+                     need: float) -> list[tuple[float, float, RequestRecord, StageKind]]:
+        """The requests ranked ahead of ``key`` (not late) whose encode, or whose diffuse that is not to
+        be paused, is running: (rank, when that dispatch is predicted to end, the request, its next
+        stage), the most urgent first. A diffuse that would be paused for a newcomer needing ``need``
+        seconds frees its GPUs at its next boundary (``_free_times``), and its rest waits behind it."""
+        left = []
+        for run in view.running():
+            a = run.action
+            if a.stage == StageKind.DECODE:
+                continue
+            for rid in a.request_ids:
+                rank = self._rank(view, rid)
+                if rank >= key:
+                    continue
+                rec = view.request(rid)
+                if a.stage == StageKind.DIFFUSE and run.step_s > 0 and self._can_wait(
+                        view, rid, run.predicted_end_s + run.step_s + need):
+                    continue  # paused for the newcomer (``_free_times``' rule): its rest comes after
+                nxt = StageKind.DIFFUSE if a.stage == StageKind.ENCODE else StageKind.DECODE
+                left.append((rank, max(now, run.predicted_end_s), rec, nxt))
+        left.sort(key=lambda t: (t[0], t[1]))
+        return left
+
     def _can_wait(self, view: ClusterView, rid: int, diffused_by: float) -> bool:
         """Whether a running request still meets its deadline if its diffuse ends at ``diffused_by``."""
         v = view.request(rid)
@@ -260,3 +314,16 @@ def _secs(s: float) -> str:
     """Seconds for a message: three significant digits (0.0834 s, 1.25 s, 84.1 s), so that two different
     times never print alike at a small SLO; whole seconds from 1000 s."""
     return f"{s:.0f} s" if abs(s) >= 1000 else f"{s:.3g} s"
+
+
+def _secs_apart(a: float, b: float) -> tuple[str, str]:
+    """``a`` and ``b`` as :func:`_secs` says them, with more digits while two different times would
+    print alike (outside test 93: "it would finish 4.71 s after arrival ..., its SLO is 4.71 s", which
+    read as a request that meets its SLO)."""
+    for digits in range(3, 10):
+        if a == b:
+            break
+        one, two = (f"{x:.{digits}g} s" if abs(x) < 1000 else f"{x:.{max(0, digits - 4)}f} s" for x in (a, b))
+        if one != two:
+            return one, two
+    return _secs(a), _secs(b)
