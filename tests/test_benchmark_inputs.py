@@ -3,21 +3,12 @@ simulations replaced by stand-ins (the argument handling is under test here, not
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import load_script as _script  # noqa: E402  (tests/, on sys.path under pytest)
 
 
 def _main(module, monkeypatch, *args: str) -> int:

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_scripts import ROOT, load_script as _script  # noqa: E402  (tests/, on sys.path under pytest)
 
 
 def _row(policy: str, attainment: float, mean_s: float, p95_s: float, fraction: float = 0.5) -> dict:
