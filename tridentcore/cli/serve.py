@@ -120,8 +120,8 @@ def serve(
         # until the server's own handlers take them (uvicorn's, as it starts the workers), a SIGTERM or
         # SIGHUP ends the start as a Ctrl-C does: it killed the process while it imported (outside test
         # 92: exit -15 and an empty log, on a busy host 2 s after launch). Taken inside the ``try``: a
-        # SIGTERM between taking it and taking SIGHUP was raised outside it (a traceback and exit 1, once
-        # in about 200 stops 0.2-0.9 s after launch)
+        # SIGTERM between taking it and taking SIGHUP was raised outside it (exit 130 and no line; most
+        # likely also the one traceback and exit 1 seen in about 200 stops 0.2-0.9 s after launch)
         if threading.current_thread() is threading.main_thread():  # (run in a thread: its caller's)
             for sig in stop_signals_heard():
                 if sig != signal.SIGINT:

@@ -9,6 +9,9 @@ for the parent reaches another of its threads, or waits until the block ends.
 multiprocessing's first spawn of a process starts its resource tracker, and that start unblocks
 SIGINT in the calling thread (``ResourceTracker.ensure_running``) just before the child is forked, so
 the child would be born hearing it: :func:`sigint_blocked` starts the tracker before it blocks.
+
+Also the other way round: :func:`hold_stops` and :func:`take_held` keep a SIGTERM or SIGHUP from
+killing ``trident serve`` while Python still imports the command (``cli/launch.py``).
 """
 
 from __future__ import annotations
