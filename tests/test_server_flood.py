@@ -51,13 +51,14 @@ async def _flood(url: str, rate_rps: float) -> dict:
     codes: dict[int, int] = {}
     bad_429: list[dict] = []
     sent = 0
+    on_time = 0  # sent within the FLOOD_S window (a synchronous client, once answered, sends late)
     interval = CLIENTS / rate_rps
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         t0 = time.monotonic()
 
         async def one(i: int) -> None:
-            nonlocal sent
+            nonlocal sent, on_time
             k = 0
             sync = i % 4 == 0
             while True:
@@ -67,6 +68,7 @@ async def _flood(url: str, rate_rps: float) -> dict:
                 k += 1
                 await asyncio.sleep(max(0.0, at - time.monotonic()))
                 sent += 1
+                on_time += time.monotonic() - t0 <= FLOOD_S
                 path = "/v1/images/generations" if sync else "/v1/requests"
                 resp = await client.post(path, json={**BODY, "seed": i * 1000 + k})
                 codes[resp.status_code] = codes.get(resp.status_code, 0) + 1
@@ -81,8 +83,10 @@ async def _flood(url: str, rate_rps: float) -> dict:
                 accepted.append(job)
 
         await asyncio.gather(*(one(i) for i in range(CLIENTS)))
-        wall = time.monotonic() - t0
-    return {"accepted": accepted, "codes": codes, "sent": sent, "offered_rps": sent / wall, "bad_429": bad_429}
+    # offered: the requests sent within the flood's window over that window, not every request over
+    # the time until the last synchronous one was answered (the queue's wait: a CI run read 5.0x
+    # capacity so, just under the bound)
+    return {"accepted": accepted, "codes": codes, "sent": sent, "offered_rps": on_time / FLOOD_S, "bad_429": bad_429}
 
 
 def test_flood_at_10x_capacity(tmp_path):
