@@ -38,7 +38,7 @@ from tridentcore.core.defaults import DEFAULT_CLUSTER, DEFAULT_PROFILE, MAX_SCAL
 from tridentcore.bench.script import run_script
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from goodput import POLICIES, check_jobs, check_seed, check_writable, write_text  # noqa: E402  (the sibling script's)
+from goodput import POLICIES, check_jobs, check_seed, check_writable, numbers, write_text  # noqa: E402  (the sibling script's)
 
 __all__ = ["BASELINES", "cells", "committed_differences", "markdown", "simulate"]
 
@@ -295,17 +295,8 @@ def main() -> None:
     check_seed(ap, "--seed", args.seed)
     check_jobs(ap, args.jobs)
     for flag in ("fractions", "scales"):  # named here, not later as "a rate > 0 is needed with a mix"
-        for item in str(getattr(args, flag)).split(","):
-            try:
-                ok = 0 < float(item) < math.inf
-            except ValueError:
-                ok = False
-            if not ok:
-                ap.error(f"--{flag}: {item!r} is not a number > 0 (comma-separated, e.g. "
-                         f"{ap.get_default(flag)})")
-            if flag == "scales" and float(item) > MAX_SCALE:  # (outside test: 5000 was tabled)
-                ap.error(f"--scales: {item!r} is over {MAX_SCALE:g}, the largest SLO scale (as trident simulate "
-                         "--slo-scale)")
+        numbers(ap, f"--{flag}", str(getattr(args, flag)), most=MAX_SCALE if flag == "scales" else math.inf,
+                example=ap.get_default(flag))  # (outside test: scale 5000 was tabled)
     # a smoke test, a file rendered again, or a run with other settings never replaces the committed
     # table unless told to (outside test: --seed 1, a command the README gives, replaced it)
     differs = committed_differences(ap, args)

@@ -310,20 +310,17 @@ def _next_boundary(run, now: float) -> float:
     return max(next_boundary(run, now)[1], run.compute_start_s + run.step_s)
 
 
-def _secs(s: float) -> str:
+def _secs(s: float, digits: int = 3) -> str:
     """Seconds for a message: three significant digits (0.0834 s, 1.25 s, 84.1 s), so that two different
-    times never print alike at a small SLO; whole seconds from 1000 s."""
-    return f"{s:.0f} s" if abs(s) >= 1000 else f"{s:.3g} s"
+    times never print alike at a small SLO; whole seconds from 1000 s (``digits`` more: decimals there)."""
+    return f"{s:.{max(0, digits - 4)}f} s" if abs(s) >= 1000 else f"{s:.{digits}g} s"
 
 
 def _secs_apart(a: float, b: float) -> tuple[str, str]:
     """``a`` and ``b`` as :func:`_secs` says them, with more digits while two different times would
     print alike (outside test 93: "it would finish 4.71 s after arrival ..., its SLO is 4.71 s", which
     read as a request that meets its SLO)."""
-    for digits in range(3, 10):
-        if a == b:
-            break
-        one, two = (f"{x:.{digits}g} s" if abs(x) < 1000 else f"{x:.{max(0, digits - 4)}f} s" for x in (a, b))
-        if one != two:
-            return one, two
+    for digits in range(3, 10) if a != b else ():
+        if _secs(a, digits) != _secs(b, digits):
+            return _secs(a, digits), _secs(b, digits)
     return _secs(a), _secs(b)
