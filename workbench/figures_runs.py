@@ -111,13 +111,13 @@ def latency_vs_rate(points: pd.DataFrame, *, target: float = 0.9) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=[title for _, title in panels])
     colors = _series_colors(list(dict.fromkeys(points["policy"].astype(str))))
     ordered = points.sort_values("rate")
-    away = {(str(p), r): t for p, grp in ordered.groupby("policy", sort=False)
-            for r, t in zip(grp["rate"], _turned_away(grp))}
+    said = {str(p): _turned_away(grp) for p, grp in ordered.groupby("policy", sort=False)}  # hover, per point
+    away = {(str(p), r): t for p, grp in ordered.groupby("policy", sort=False) for r, t in zip(grp["rate"], said[str(p)])}
     for col, (column, _) in enumerate(panels, start=1):
         for policy, grp in ordered.groupby("policy", sort=False):
             fig.add_trace(go.Scatter(x=_np(grp["rate"]), y=_np(grp[column]), mode="lines+markers", name=str(policy),
                                      legendgroup=str(policy), showlegend=col == 1, line=dict(color=colors[str(policy)]),
-                                     customdata=_np(grp["attainment"]), text=_turned_away(grp),
+                                     customdata=_np(grp["attainment"]), text=said[str(policy)],
                                      hovertemplate="%{x:.3g} req/s: %{y:.2f} s (attainment %{customdata:.1%}%{text})<extra>"
                                                    + str(policy) + "</extra>"),
                           row=1, col=col)
