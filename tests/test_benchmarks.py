@@ -251,6 +251,26 @@ def test_ceiling_fraction_bisects_each_seed_and_reports_mean_and_lowest():
     assert mean == pytest.approx(sum(fractions) / 2, abs=0.01) and lowest == pytest.approx(min(fractions), abs=0.006)
 
 
+def test_crunch_accounts_for_every_gpu_second_of_its_window():
+    """benchmarks/crunch.py: the window's busy GPU-seconds by class, stage and degree add up to what it
+    says was busy, busy and idle to the cluster's GPUs times the window, and the classes to the stream."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "crunch.py"), "--duration", "600",
+                           "--window", "100,500", "--fraction", "1.2"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    sent = [int(line.split(" of ")[1].split()[0]) for line in lines if " met " in line]
+    assert len(sent) == 4 and 0.6 * 600 * 1.2 * 0.181 < sum(sent) < 1.4 * 600 * 1.2 * 0.181
+    (head,) = [line for line in lines if line.startswith("window 100-500 s:")]
+    busy, total = (float(x) for x in head.split(": ")[1].split(" GPU-seconds")[0].split(" of "))
+    assert total == 16 * 400
+    parts = [float(line.split("degree ")[1].split()[1]) for line in lines if "degree " in line and line.startswith("  ")]
+    assert sum(parts) == pytest.approx(busy, abs=len(parts) + 1)  # each printed to the GPU-second
+    (tail,) = [line for line in lines if line.startswith("idle: ")]
+    idle = float(tail.split()[1])
+    assert idle + busy == pytest.approx(total, abs=2) and 0 <= idle < total
+
+
 @pytest.mark.parametrize("args, said", [(["tiny_latency.py", "--steps", "0"], "--steps must be from 1 to 200, got 0"),
                                         (["tiny_latency.py", "--runs", "0"], "--runs must be from 1"),
                                         (["tiny_latency.py", "--size", "65"], "--size: size must be WIDTHxHEIGHT"),
@@ -268,7 +288,10 @@ def test_ceiling_fraction_bisects_each_seed_and_reports_mean_and_lowest():
                                         (["overload.py", "--seeds", "0,-1"], "--seeds: -1 is not in 0..2147483647"),
                                         (["goodput.py", "--seed", "-1"], "--seed: -1 is not in 0..2147483647"),
                                         (["goodput.py", "--scales", "x"], "--scales: 'x' is not a number > 0"),
-                                        (["goodput.py", "--from-json", "/nonexistent"], "cannot read it")])
+                                        (["goodput.py", "--from-json", "/nonexistent"], "cannot read it"),
+                                        (["crunch.py", "--window", "1800,1000"], "--window: '1800,1000' needs 0"),
+                                        (["crunch.py", "--window", "x"], "--window: 'x' is not START,END"),
+                                        (["crunch.py", "--fraction", "0"], "--fraction: 0 is not a number > 0")])
 def test_a_bad_flag_of_a_benchmark_is_named_before_its_work(args, said):
     """Outside test: tiny_latency.py timed `--steps 0` as the default 28 steps and ended a bad size or
     `--runs 0` in a traceback; latency_pareto.py's `--fractions 0` said "a rate > 0 is needed";
