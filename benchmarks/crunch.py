@@ -116,7 +116,7 @@ def main() -> None:
             spec = specs[s.request_id]
             at = loaded.cost.latency_s(spec.model, StageKind.DIFFUSE, spec.shape, s.batch, s.degree, loaded.gpu_kind)
             one = loaded.cost.latency_s(spec.model, StageKind.DIFFUSE, spec.shape, s.batch, 1, loaded.gpu_kind)
-            above_d1 += gpu_s * (1 - one / (at * s.degree))
+            above_d1 += gpu_s / s.batch * (1 - one / (at * s.degree))  # (a batch has a row per request)
     busy = sum(spent.values())
     idle = gpus * (hi - lo) - busy
     print(f"window {lo:g}-{hi:g} s: {busy:.0f} of {gpus * (hi - lo):.0f} GPU-seconds busy ({busy / gpus / (hi - lo):.0%}),"
