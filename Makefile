@@ -31,8 +31,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# Two passes: the bulk on two workers, a test file per worker (most time is spent waiting on servers
-# and child processes); then the files marked `serial` (timing bounds that need the machine to
+# Two passes: the bulk on two workers, a test file per worker (bound by CPU: the servers and child
+# processes the tests start); then the files marked `serial` (timing bounds that need the machine to
 # itself) alone. Both always run; make fails if either did.
 TEST_WORKERS ?= 2
 test: $(STAMP)
