@@ -350,3 +350,78 @@ def test_a_spec_file_is_priced_as_its_mix_and_its_problems_name_its_keys(tmp_pat
     tiny, h200 = out.stdout.splitlines()
     assert tiny.startswith("ok cpu 2xcpu ") and int(tiny.split()[-1]) > 0, tiny
     assert h200.startswith("error --spec h200.json: mix/profile/cluster: ") and "--mix" not in h200, h200
+
+
+def test_several_users_send_the_whole_schedule_and_a_host_with_a_slash_is_that_host(tmp_path):
+    """Outside test: with more than one user, the first to find no arrival left ended the run while the
+    others still slept on theirs (a schedule sparse enough that nothing was in flight then): `-u 10`
+    sent 16 of 22, `-u 200` none, exit 0. And `--host URL/` sent every request to `//v1/...` (each a
+    traceback, none answered) while `/v1/models`, asked before the load, answered."""
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1x4xH200", "--time-scale", "0.05"])
+    runs = []
+    try:
+        for users, host in (("10", server.url), ("200", server.url), ("1", server.url + "/")):
+            rows = tmp_path / f"rows-{users}.jsonl"
+            out = _locust("--headless", "-u", users, "-r", "100", "-t", "60s", "--host", host, "--mix", "sd3-mixed",
+                          "--rate", "0.1", "--duration", "200", "--time-scale", "0.05", "--seed", "3",
+                          "--rows-out", str(rows), "--only-summary", cwd=tmp_path, timeout=120)
+            runs.append((users, host, out, [json.loads(line) for line in rows.read_text().splitlines()]))
+    finally:
+        assert server.stop() == 0
+    expected = len(build_schedule(RunSpec(mix="sd3-mixed", rate=0.1, duration_s=200, seed=3, time_scale=0.05)))
+    for users, host, out, rows in runs:
+        assert out.returncode == 0 and "Traceback" not in out.stderr, (users, host, out.stderr[-3000:])
+        assert len(rows) == expected and {r["state"] for r in rows} == {"done"}, (users, host, out.stderr[-2000:])
+
+
+def test_a_second_ctrl_c_while_the_rows_are_stored_keeps_them_and_says_where(tmp_path):
+    """Outside test: a second Ctrl-C while the rows went into --db ended Locust in a traceback, the rows
+    lost and their temporary file left unsaid. Here the store waits on a lock this test holds; the second
+    SIGINT stops the insert, and the rows are kept in a file the error names, which the named command
+    stores."""
+    import duckdb
+
+    from tridentcore.store import ResultsStore, query_readonly
+
+    from children import default_sigint
+
+    db, tmp = tmp_path / "c.duckdb", tmp_path / "tmp"
+    tmp.mkdir()
+    ResultsStore(db).check()  # (a results database: made here, before the lock)
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1x4xH200", "--time-scale", "0.05"])
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", "1",
+                                 "-t", "120s", "--host", server.url, "--mix", "sd3-mixed", "--rate", "1", "--duration",
+                                 "2000", "--time-scale", "0.05", "--db", str(db), "--run-id", "cc", "--only-summary"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                env={**os.environ, "TMPDIR": str(tmp)}, preexec_fn=default_sigint)
+        try:
+            time.sleep(6)  # (started, and sending)
+            lock = duckdb.connect(str(db))  # read-write: the store's child waits for it
+            try:
+                proc.send_signal(signal.SIGINT)
+                deadline = time.monotonic() + 30
+                while not list(tmp.glob("mixed-rows-*/rows.jsonl")):
+                    assert time.monotonic() < deadline and proc.poll() is None, "the rows were never written"
+                    time.sleep(0.05)
+                time.sleep(1.0)  # (its child is waiting for the lock)
+                proc.send_signal(signal.SIGINT)
+                _, err = proc.communicate(timeout=60)
+            finally:
+                lock.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    finally:
+        server.stop()
+    assert proc.returncode == 2 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[:3000]
+    (line,) = [line for line in err.splitlines() if "could not write the client rows" in line]
+    assert "stopped by Ctrl-C" in line and "the rows are kept in " in line, line
+    kept = line.split("the rows are kept in ")[1].split(" (")[0]
+    command = line.split("`")[1].replace("DB", str(db)).split()
+    assert command[:3] == ["python", "-m", "tridentcore.bench.client_rows"]
+    stored = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=120)
+    assert stored.returncode == 0, stored.stderr
+    n = len(Path(kept).read_text().splitlines())
+    assert n > 10 and len(query_readonly(db, "SELECT 1 FROM client_requests WHERE run_id = 'cc'")) == n

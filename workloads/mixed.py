@@ -78,7 +78,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import atexit
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -298,7 +300,8 @@ class Run:
     next_index: int = 0
     rows: dict[int, dict] = field(default_factory=dict)
     inflight: Group = field(default_factory=Group)
-    claimed_all: Event = field(default_factory=Event)
+    waiting: int = 0  # arrivals claimed whose users still sleep until they are due (not yet in inflight)
+    claimed_all: Event = field(default_factory=Event)  # every arrival claimed and handed to inflight
     finished: Event = field(default_factory=Event)
     stored: Event = field(default_factory=Event)  # the rows are written (or failed to be)
     ended: bool = False
@@ -307,12 +310,25 @@ class Run:
     server_gone_s: float | None = None  # schedule time the server stopped answering, when that ended the run
 
     def claim(self) -> Arrival | None:
+        """The next arrival, its user to hand it over (:meth:`handed`) once it sent it or gave it up; None:
+        none left."""
         if self.next_index >= len(self.arrivals):
-            self.claimed_all.set()
+            self._all_handed()
             return None
         a = self.arrivals[self.next_index]
         self.next_index += 1
+        self.waiting += 1
         return a
+
+    def handed(self) -> None:
+        self.waiting -= 1
+        self._all_handed()
+
+    def _all_handed(self) -> None:
+        # (the run is over only when no user still sleeps on an arrival it claimed: with several users the
+        # first to find none left ended the run while the others' arrivals were still to be sent)
+        if self.next_index >= len(self.arrivals) and self.waiting == 0:
+            self.claimed_all.set()
 
     def counts(self) -> tuple[int, int]:
         done = sum(1 for r in self.rows.values() if r["finished_s"] is not None or r["state"] != "unfinished")
@@ -342,13 +358,16 @@ class MixUser(FastHttpUser):
         if a is None:
             run.finished.wait()
             return
-        delay = run.t0 + a.send_s - time.monotonic()
-        if delay > 0:
-            gevent.sleep(delay)
-        if run.ended:
-            return
-        run.rows[a.index] = base_row(a)
-        run.inflight.spawn(self._send, run, a)
+        try:
+            delay = run.t0 + a.send_s - time.monotonic()
+            if delay > 0:
+                gevent.sleep(delay)
+            if run.ended:
+                return
+            run.rows[a.index] = base_row(a)
+            run.inflight.spawn(self._send, run, a)
+        finally:
+            run.handed()
 
     def _send(self, run: Run, a: Arrival) -> None:
         row = run.rows[a.index]
@@ -387,6 +406,9 @@ def _exit_with(message: str) -> None:
 def _on_init(environment, **_kw) -> None:
     global _env, _headers
     _env = environment
+    _strip_slash(environment)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where it is ignored: `cmd &`)
+        gevent.signal_handler(signal.SIGINT, _interrupt_main)
     key = os.environ.get(API_KEY_ENV, "").strip()
     _headers = {"Authorization": f"Bearer {key}"} if key else None
     if isinstance(environment.runner, (MasterRunner, WorkerRunner)):
@@ -417,6 +439,21 @@ def _on_init(environment, **_kw) -> None:
         _exit_with("the schedule has no requests (rate x duration too small?)")
 
 
+def _interrupt_main() -> None:
+    """Ctrl-C as a ``KeyboardInterrupt`` in the main greenlet, where Locust stops the run (and a second one
+    stops the store of its rows: :func:`workloads.rows.store_rows` keeps them). Python's own handler raised
+    it in whichever greenlet ran: one sending a request died with a traceback on the way."""
+    gevent.get_hub().parent.throw(KeyboardInterrupt)
+
+
+def _strip_slash(environment) -> None:
+    """``--host http://h:8000/``: the request paths start with ``/``, and Locust joins them to the host
+    as they are (``//v1/images/generations``, which every request failed on while ``/v1/models``, asked
+    before the load, answered)."""
+    if environment.host and environment.host.endswith("/"):
+        environment.host = environment.host.rstrip("/")
+
+
 def _new_run_id(spec: RunSpec) -> str:
     """``20250101-120000-locust-image-video-s0-3fa9c2`` (the form of the store's run ids)."""
     what = "".join(c if c.isalnum() else "-" for c in (spec.mix if spec.trace is None else "trace").lower())
@@ -430,6 +467,7 @@ _test_number = 0
 @events.test_start.add_listener
 def _on_test_start(environment, **_kw) -> None:
     global _run, _test_number
+    _strip_slash(environment)  # (the web UI's form gives the host at the start)
     options = environment.parsed_options
     try:
         spec = spec_from_options(options, environment.host)
@@ -573,10 +611,11 @@ def _report(run: Run, rows: list[dict], options) -> None:
         states[r["state"]] = states.get(r["state"], 0) + 1
     lags = [r["lag_ms"] for r in rows if r["lag_ms"] is not None]
     p50, p99 = quantile(lags, 0.5), quantile(lags, 0.99)
-    lag_max = max(lags) if lags else math.nan
+    lag = (f"schedule lag p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lags):.1f} ms" if lags
+           else "none sent, so no schedule lag")
     text = ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
-    print(f"[mixed.py] run {run.run_id}: {len(rows)} of {len(run.arrivals)} scheduled requests ({text}); "
-          f"schedule lag p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {lag_max:.1f} ms", file=sys.stderr, flush=True)
+    print(f"[mixed.py] run {run.run_id}: {len(rows)} of {len(run.arrivals)} scheduled requests ({text}); {lag}",
+          file=sys.stderr, flush=True)
     if lags and p99 > LAG_WARN_MS:
         print(f"[mixed.py] WARNING: schedule lag p99 {p99:.1f} ms exceeds {LAG_WARN_MS:.0f} ms: requests went out "
               "later than scheduled (the load generator could not keep up: a busy CPU?), so the server saw a "
@@ -599,10 +638,21 @@ def _report(run: Run, rows: list[dict], options) -> None:
 
 
 def _late_error(message: str) -> None:
-    """An error after the run: said, and the exit status 2 (the run itself is over)."""
+    """An error after the run: said, and the exit status 2 (the run itself is over; after a Ctrl-C Locust
+    has taken its exit status before the rows are stored, hence the exit at the end)."""
     print(f"[mixed.py] error: {message}", file=sys.stderr, flush=True)
     if _env is not None:
         _env.process_exit_code = 2
+    atexit.register(_exit_2)
+
+
+def _exit_2() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(2)
 
 
 if __name__ == "__main__":  # `python workloads/mixed.py --help`: Locust's options and this file's, in one list

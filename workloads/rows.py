@@ -133,6 +133,8 @@ def store_rows(run_id: str, rows: list[dict], db: str, written: str | None) -> s
         failed = None if out.returncode == 0 else (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
     except OSError as exc:
         failed = str(exc)
+    except KeyboardInterrupt:  # a second Ctrl-C while they are stored: the insert is stopped, the rows kept
+        failed = "stopped by Ctrl-C while it ran"
     if failed is None:
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"[mixed.py] {out.stdout.strip()}", file=sys.stderr, flush=True)
