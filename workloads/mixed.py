@@ -75,10 +75,10 @@ rows, with where they go (``workloads/rows.py``), live beside it as plain functi
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import logging
 import math
-import atexit
 import os
 import signal
 import sys
