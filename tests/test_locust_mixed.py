@@ -396,7 +396,10 @@ def test_a_second_ctrl_c_while_the_rows_are_stored_keeps_them_and_says_where(tmp
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                                 env={**os.environ, "TMPDIR": str(tmp)}, preexec_fn=default_sigint)
         try:
-            time.sleep(6)  # (started, and sending)
+            deadline = time.monotonic() + 60
+            while _done_on(server.url) < 5:  # (started, and sending)
+                assert time.monotonic() < deadline and proc.poll() is None, "Locust never sent a request"
+                time.sleep(0.2)
             lock = duckdb.connect(str(db))  # read-write: the store's child waits for it
             try:
                 proc.send_signal(signal.SIGINT)
@@ -425,3 +428,10 @@ def test_a_second_ctrl_c_while_the_rows_are_stored_keeps_them_and_says_where(tmp
     assert stored.returncode == 0, stored.stderr
     n = len(Path(kept).read_text().splitlines())
     assert n > 10 and len(query_readonly(db, "SELECT 1 FROM client_requests WHERE run_id = 'cc'")) == n
+
+
+def _done_on(url: str) -> float:
+    """The requests a server has done, as its /metrics says."""
+    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+    (line,) = [line for line in text.splitlines() if line.startswith('trident_requests_ended_total{state="done"}')]
+    return float(line.split()[-1])
