@@ -9,8 +9,8 @@ Runs ``--policy`` on the stream the goodput table bisects (``--seed``, ``--durat
 of the mix's SLO-aware ceiling and prints, per class, the requests that met their SLO; the window's
 GPU-seconds by class, stage and degree (those of requests that then missed apart); the GPU-seconds left
 idle; and the GPU-seconds the window's diffuses spent beyond what each would have cost at degree 1.
-Then the price of the misses that keep each class under ``--target`` (each at its cheapest degree that
-meets its SLO alone) against those two: what a schedule with no idle GPU and every diffuse at its
+Then the price of the misses that keep each class under ``--target`` (each as the SLO-aware ceiling
+prices it: its cheapest degree and batch that meet its SLO alone) against those two: what a schedule with no idle GPU and every diffuse at its
 cheapest degree could have freed, an upper bound that ignores deadlines (a 720p video at degree 1
 alone misses its own).
 """
@@ -40,23 +40,6 @@ def _window(ap, text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _cheapest_alone(cost, gpu: str, model: str, shape, slo_s: float, node_gpus: int) -> float:
-    """GPU-seconds of one request of this class alone at the cheapest diffuse degree that meets its SLO
-    (encode and decode at one GPU); the fastest degree's if none does."""
-    from tridentcore.core.types import StageKind
-
-    ends = cost.latency_s(model, StageKind.ENCODE, None, 1, 1, gpu) + cost.latency_s(model, StageKind.DECODE, shape,
-                                                                                       1, 1, gpu)
-    options = []
-    degree = 1
-    while degree <= node_gpus:
-        step = cost.latency_s(model, StageKind.DIFFUSE, shape, 1, degree, gpu)
-        options.append((ends + step * shape.steps <= slo_s, step * shape.steps * degree, step))
-        degree *= 2
-    feasible = [gpu_s for ok, gpu_s, _ in options if ok]
-    return ends + (min(feasible) if feasible else min(options, key=lambda o: o[2])[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mix", default="video-wan")
@@ -83,12 +66,12 @@ def main() -> None:
 
     loaded = load_scenario(RunSpec(profile=args.profile, cluster=args.cluster, mix=args.mix,
                                    duration_s=args.duration, slo_scale=args.scale, seed=args.seed))
-    ceiling = ceilings(loaded)[1].rps
+    slo_aware = ceilings(loaded)[1]
+    ceiling = slo_aware.rps
     rate = args.fraction * ceiling
     specs = {q.id: q for q in loaded.requests(rate)}
     result = run_one(loaded, args.policy, rate)
-    node_gpus = loaded.cluster.gpus_per_node
-    gpus = loaded.cluster.nodes * node_gpus
+    gpus = loaded.cluster.num_gpus
     label = {r.request_id: r.request_class for r in result.requests}
     missed = {r.request_id for r in result.requests if not (r.state == "done" and r.finish_s <= r.deadline_s + 1e-9)}
 
@@ -125,12 +108,8 @@ def main() -> None:
         if gpu_s >= 1:
             print(f"  {name:<28} {stage:<8} degree {degree}  {gpu_s:7.0f}" + ("  (requests that missed)" if late else ""))
 
-    need = 0.0
-    for name, n in short.items():
-        if n:
-            r = classes[name][0]
-            spec = specs[r.request_id]
-            need += n * _cheapest_alone(loaded.cost, loaded.gpu_kind, spec.model, spec.shape, spec.slo_s, node_gpus)
+    price = {c.label: c.gpu_s_each for c in slo_aware.classes}  # (the ceiling's: cheapest degree meeting the SLO)
+    need = sum(n * price[name] for name, n in short.items())
     print(f"idle: {idle:.0f} GPU-seconds; diffuses beyond their cost at degree 1: {above_d1:.0f}; together "
           f"{idle + above_d1:.0f}")
     if need:

@@ -643,6 +643,7 @@ def _late_error(message: str) -> None:
     print(f"[mixed.py] error: {message}", file=sys.stderr, flush=True)
     if _env is not None:
         _env.process_exit_code = 2
+    atexit.unregister(_exit_2)  # (once, however many errors)
     atexit.register(_exit_2)
 
 
