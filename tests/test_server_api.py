@@ -123,6 +123,12 @@ def test_parse_errors_unknown_paths_and_wrong_methods_answer_in_the_error_shape(
     resp = client.get("/v1/no-such-thing")
     assert resp.status_code == 404 and resp.json()["error"] == {"code": "not_found",
                                                                 "message": "no such path: /v1/no-such-thing"}
+    # a trailing slash: no redirect (Starlette's 307 went to whatever host the Host header named)
+    for method, path in (("GET", "/v1/models/"), ("GET", "/healthz/"), ("POST", "/v1/images/generations/"),
+                         ("DELETE", "/v1/requests/")):
+        resp = client.request(method, path, headers={"host": "elsewhere.example"}, json={"prompt": "x"})
+        assert resp.status_code == 404 and "location" not in resp.headers, (method, path, resp.status_code, resp.headers)
+        assert resp.json()["error"] == {"code": "not_found", "message": f"no such path: {path}"}
     resp = client.put("/v1/images/generations", json={"prompt": "x"})
     assert resp.status_code == 405 and resp.json()["error"]["code"] == "method_not_allowed"
     assert resp.headers["allow"] == "POST"

@@ -92,7 +92,9 @@ def create_app(runtime: Runtime, config: ServerConfig | None = None, records: Ru
             except asyncio.CancelledError:  # the rest stays in the run's journal (the exit status says so)
                 logger.warning("stopped before the run was stored")
 
-    app = FastAPI(title="TridentServe", version="0.1.0", lifespan=lifespan,
+    # redirect_slashes: Starlette answered `/v1/models/` with a 307 to a URL built from the request's Host
+    # header (any host a client names); a path with a trailing slash is a 404 as any unknown path is
+    app = FastAPI(title="TridentServe", version="0.1.0", lifespan=lifespan, redirect_slashes=False,
                   description="Stage-level serving for diffusion pipelines.")
     app.state.config = config
     app.state.startup_error = None  # what stopped the runtime's start (the lifespan's), if anything
