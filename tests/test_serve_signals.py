@@ -201,7 +201,7 @@ def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be
         url = _ready_line(tmp_path / "err.txt", proc).group(1)
         body = {"prompt": "a red fox", "model": "sd3-medium", "size": "1024x1024", "slo_ms": 10_000_000}
         # on one GPU: the first ends, its client gone; the second ends last, and the drain with it
-        _, read = (httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"] for _ in range(2))
+        gone, read = (httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"] for _ in range(2))
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
         states = []
@@ -219,9 +219,35 @@ def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be
             proc.kill()
             proc.wait(10)
     text = (tmp_path / "err.txt").read_text(errors="replace")
-    assert "1 request(s) submitted without waiting ended in the drain and their clients have not read how in 5 s" \
-        in text, text[-2000:]
+    line = re.search(r"1 request\(s\) submitted without waiting ended in the drain and their clients had not read how "
+                     r"([\d.]+) s after it: (\S+); stopping", text)  # the one never read, named
+    assert line and 4.9 <= float(line.group(1)) < 15 and line.group(2) == gone, text[-2000:]
     assert waited < 15, waited
+
+
+def test_a_second_stop_cuts_the_wait_for_pollers_short_and_the_log_says_so(tmp_path):
+    """Outside test 96: a second Ctrl-C ends the drain and the wait for pollers at once, and the log
+    said they had not read how their requests ended "in 5 s", naming none."""
+    with open(tmp_path / "err.txt", "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
+                                 "emulated:1xH200", "--time-scale", "1", "--port", "0"],
+                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        body = {"prompt": "a red fox", "model": "sd3-medium", "size": "2048x2048", "slo_ms": 10_000_000}
+        ids = sorted(httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"] for _ in range(2))
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    text = (tmp_path / "err.txt").read_text(errors="replace")
+    line = re.search(r"2 request\(s\) submitted without waiting ended in the drain and their clients had not read how "
+                     r"([\d.]+) s after it \(cut short by a second stop\): (\S+), (\S+); stopping", text)
+    assert line and float(line.group(1)) < 1 and sorted(line.group(2, 3)) == ids, text[-2000:]
 
 
 def test_a_third_ctrl_c_exits_at_once_and_says_the_run_was_not_stored(tmp_path):

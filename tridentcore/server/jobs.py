@@ -204,14 +204,14 @@ class Jobs:
         polling, and :meth:`picked_up` keeps the server answering until they have seen the end)."""
         return [j for j in self.jobs.values() if j.polled and self.state(j) not in ENDED]
 
-    async def picked_up(self, jobs: list[Job], timeout_s: float, hurry: Callable[[], bool]) -> int:
+    async def picked_up(self, jobs: list[Job], timeout_s: float, hurry: Callable[[], bool]) -> tuple[list[Job], float]:
         """Wait until an answer has told each of ``jobs`` that it ended (its status or result read), for
-        at most ``timeout_s`` or until ``hurry()``; how many were not told."""
+        at most ``timeout_s`` or until ``hurry()``; those not told, and the seconds waited."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while (left := sum(not j.told for j in jobs)) and loop.time() < deadline and not hurry():
+        start = loop.time()
+        while (left := [j for j in jobs if not j.told]) and loop.time() < start + timeout_s and not hurry():
             await asyncio.sleep(0.02)
-        return left
+        return left, loop.time() - start
 
     def status_body(self, job: Job) -> dict:
         items = [self.item(job, r) for r in job.request_ids]
