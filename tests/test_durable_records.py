@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -537,6 +538,9 @@ def test_a_reader_through_shutdown_exits_nonzero_and_keeps_the_journal(tmp_path)
         server.stop()
     assert code == 1, log
     assert "could not write run held" in log and "trident runs recover" in log
+    # the lock's message whole (outside test 96: cut at 300 characters, mid-word, in the error and the warning)
+    whys = re.findall(r"could not write run held to \S+ \((.*?)\); its rows are in", log)
+    assert whys and all("let go:" in why and why.endswith(("with it open", "makes the other wait")) for why in whys), log
     assert [p.name for p in pending_journals(db)] == ["held.jsonl"]
     assert _one(db, "SELECT status FROM runs")["status"] == "running"  # the end never reached DuckDB
     out = _cli("runs", "recover", "--db", str(db))

@@ -58,6 +58,7 @@ INGEST_S = 1.0  # DuckDB cadence: the store is at most about this long behind th
 LOCK_WAIT_S = 0.25  # how long a running server's ingest waits for another process's lock (then: next time)
 HEARTBEAT_S = 5.0  # an idle run still journals its clock this often (a crashed run's duration)
 COMPACT_BYTES = int(DEFAULT_JOURNAL_MIB * (1 << 20))  # a journal past this size is compacted after an ingest
+_SHORT = 300  # characters of another library's error kept in a log line (ours are kept whole)
 _DOWN_LOG_S = 60.0  # a journal that still cannot be written is logged again this often (or when the error changes)
 
 
@@ -529,5 +530,11 @@ def _requests_in(lines: list[dict]) -> tuple[int, int]:
 
 
 def _short(exc: BaseException) -> str:
+    """An error for the log: ours (and the store's lock message) whole, another library's cut to about
+    300 characters at a word ("(...)" marks the cut; it was cut mid-word, our messages too)."""
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    if len(text) > _SHORT and not (isinstance(exc, TridentError) or getattr(exc, "locked", False)):
+        text = text[:_SHORT].rsplit(" ", 1)[0] + " (...)"
+    return f"{type(exc).__name__}: {text}"
