@@ -345,6 +345,8 @@ def test_bursts_are_whole_and_less_than_one_is_refused():
     (field, msg), = generated_size_problems(990.01, 100.0, "bursts:size=3000")  # 99,001 asked: 34 bursts
     assert field == "rate" and "99001 requests expected (102000 in whole bursts of 3000)" in msg
     assert generated_size_problems(990.0, 100.0, "bursts:size=3000") == []  # 99,000: 33 bursts
+    (field, msg), = generated_size_problems(1e300, 600.0, "bursts:size=3")  # a number too large to spell out
+    assert field == "rate" and "= 6e+302 requests expected;" in msg and len(msg) < 200, msg
     # other processes are not bursts: one request at 0 s whatever the rate
     assert len(generate_requests(small_mix(), "poisson", 0.01, 1.0, 0, const_slo)) == 1
     assert generated_size_problems(0.01, 1.0, "bursts:size=1") == []

@@ -89,8 +89,9 @@ def generated_size_problems(rate: float, duration_s: float,
                             f"it would send {size}); lower the size, or raise the rate or the duration")]
     count = size * math.ceil(expected / size - 1e-9)
     if count > MAX_REQUESTS:
-        whole = f" ({count} in whole bursts of {size})" if count != round(expected) else ""
-        return [("rate", f"{rate:g}/s x {duration_s:g} s = {expected:.0f} requests expected{whole}; a workload "
+        many = lambda n: f"{n:.0f}" if n < 1e12 else f"{n:.3g}"  # (a rate of 1e300: 300 digits said)
+        whole = f" ({many(count)} in whole bursts of {size})" if count != round(expected) else ""
+        return [("rate", f"{rate:g}/s x {duration_s:g} s = {many(expected)} requests expected{whole}; a workload "
                          f"has at most {MAX_REQUESTS} (lower the rate or the duration)")]
     return []
 
