@@ -124,6 +124,14 @@ def test_live_backend_validates_before_starting_anything(tmp_path):
         line = _error_line(runner.invoke(app, ["bench", "--backend", "live", *args, "--db", str(tmp_path / "x.duckdb")]))
         assert needle in line
     assert not (tmp_path / "x.duckdb").exists()
+    # --keep a file (outside test 96: the first run failed with "[Errno 20] Not a directory" after its server
+    # started), or under one
+    (tmp_path / "afile").write_text("")
+    for keep in ("afile", "afile/sub"):
+        result = runner.invoke(app, ["bench", "--backend", "live", "--mix", "image-video", "--rate", "1", "--duration", "5",
+                                     "--keep", str(tmp_path / keep), "--db", str(tmp_path / "x.duckdb")])
+        assert result.exit_code == 2 and f"--keep {tmp_path / keep}: " in _error_line(result), result.output
+    assert not (tmp_path / "x.duckdb").exists()
 
 
 @pytest.mark.parametrize("args, needle", [
