@@ -125,15 +125,19 @@ _EXACT_IN_A_BROWSER = 2**53  # integers past this lose digits as JavaScript numb
 
 def exact_for_display(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with each integer column that holds a value past 2**53 as text, so that the browser's
-    table shows its digits (it holds numbers as doubles: 9007199254740993 would show ...992). The
-    CSV download keeps the frame itself."""
+    table shows its digits (it holds numbers as doubles: 9007199254740993 would show ...992), and each
+    duration (DuckDB's INTERVAL) as text too, ``1 days 00:01:04.250000`` (Streamlit shows a duration
+    as "a minute"; outside test). The CSV download keeps the frame itself."""
     big = [c for c in frame.columns if pd.api.types.is_integer_dtype(frame[c]) and not frame.empty
            and (frame[c].max() > _EXACT_IN_A_BROWSER or frame[c].min() < -_EXACT_IN_A_BROWSER)]
-    if not big:
+    spans = [c for c in frame.columns if pd.api.types.is_timedelta64_dtype(frame[c])]
+    if not big and not spans:
         return frame
     shown = frame.copy()
     for c in big:
         shown[c] = frame[c].map(lambda v: None if pd.isna(v) else str(int(v)))
+    for c in spans:
+        shown[c] = frame[c].map(lambda v: None if pd.isna(v) else str(v))
     return shown
 
 

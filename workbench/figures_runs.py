@@ -160,6 +160,12 @@ def class_attainment(df: pd.DataFrame, *, run_col: str = "run", target: float = 
 CHART_KINDS = ("bar", "line", "scatter")
 
 
+def _seconds(column: pd.Series) -> pd.Series:
+    """A duration column (DuckDB's INTERVAL) in seconds (Plotly cannot serialize a timedelta: a query
+    of one failed the SQL page with a traceback; outside test); any other as it is."""
+    return column.dt.total_seconds() if pd.api.types.is_timedelta64_dtype(column) else column
+
+
 def quick_chart(df: pd.DataFrame, x: str, y: Sequence[str] | str, kind: str = "bar", *, max_rows: int = 5000) -> go.Figure:
     """A quick chart of a query result: ``y`` column(s) against ``x`` (first ``max_rows`` rows)."""
     if kind not in CHART_KINDS:
@@ -171,16 +177,17 @@ def quick_chart(df: pd.DataFrame, x: str, y: Sequence[str] | str, kind: str = "b
     if not ys:
         return empty_figure("choose a column to plot")
     d = df.head(max_rows)
-    xs = d[x].astype(str) if d[x].dtype == object else d[x]
+    xs = d[x].astype(str) if d[x].dtype == object else _seconds(d[x])
     fig = go.Figure()
     for i, col in enumerate(ys):
-        vals = pd.to_numeric(d[col], errors="coerce")
+        vals = pd.to_numeric(_seconds(d[col]), errors="coerce")
         if kind == "bar":
             fig.add_trace(go.Bar(x=xs, y=vals, name=col, marker_color=_color(i)))
         else:
             fig.add_trace(go.Scatter(x=xs, y=vals, name=col, mode="lines+markers" if kind == "line" else "markers",
                                      line=dict(color=_color(i))))
-    title = f"{', '.join(ys)} by {x}" + (f" (first {max_rows} rows)" if len(df) > max_rows else "")
-    fig.update_layout(title=title, xaxis_title=x, height=380, margin=dict(t=50, b=40),
+    secs = lambda c: f"{c} (s)" if pd.api.types.is_timedelta64_dtype(d[c]) else c
+    title = f"{', '.join(map(secs, ys))} by {secs(x)}" + (f" (first {max_rows} rows)" if len(df) > max_rows else "")
+    fig.update_layout(title=title, xaxis_title=secs(x), height=380, margin=dict(t=50, b=40),
                       barmode="group", showlegend=len(ys) > 1)
     return fig

@@ -75,7 +75,8 @@ st.download_button("Download CSV" + (f" (the first {capped.max_rows:,} rows)" if
                    data=lambda: result.to_csv(index=False), file_name="query.csv", mime="text/csv", key="sql_csv",
                    on_click="ignore")
 
-numeric = [c for c in result.columns if pd.api.types.is_numeric_dtype(result[c]) and not pd.api.types.is_bool_dtype(result[c])]
+numeric = [c for c in result.columns if (pd.api.types.is_numeric_dtype(result[c]) and not pd.api.types.is_bool_dtype(result[c]))
+           or pd.api.types.is_timedelta64_dtype(result[c])]  # (durations: charted in seconds)
 if numeric and len(result.columns) >= 2 and not result.empty:
     st.subheader("Quick chart")
     c1, c2, c3 = st.columns([1, 2, 3])
