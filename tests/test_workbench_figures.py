@@ -115,6 +115,9 @@ def test_kpis_give_deltas_against_the_baseline():
     assert cards["OOMs"].delta == "-2"
     assert cards["GPU-s per SLO-met request"].value.startswith("∞") and cards["GPU-s per SLO-met request"].delta is None
     assert cards["Goodput"].value == "≥ 0.5 req/s"
+    # no rate of the sweep reached 90 %: a bound that fits the card ("below the sweep" was cut off; outside test 97)
+    cards = {k.label: k for k in data.kpis(other, base, {"goodput_rps": 0.0, "grid": True, "lowest_rps": 0.25})}
+    assert cards["Goodput"].value == "< 0.25 req/s" and "lowest swept rate" in cards["Goodput"].help
     assert all(k.delta is None for k in data.kpis(base, base))
     assert "Goodput" not in {k.label for k in data.kpis(base)}
 

@@ -26,7 +26,8 @@ def _fmt_s(x: float) -> str:
 def kpis(summary: dict, baseline: dict | None = None, goodput: dict | None = None) -> list[Kpi]:
     """The KPI cards of one policy (``summarize`` row), with deltas against ``baseline``'s row.
 
-    ``goodput``: ``{"goodput_rps", "fair_goodput_rps"?, "grid": bool}`` when a sweep was run.
+    ``goodput``: ``{"goodput_rps", "fair_goodput_rps"?, "grid": bool, "lowest_rps"?}`` when a sweep was run
+    (``lowest_rps``: the sweep's lowest rate, the bound said when none reached 90 %).
     """
     def delta(key: str, scale: float = 1.0, unit: str = "", fmt: str = "+.1f") -> str | None:
         if baseline is None or baseline is summary:
@@ -47,8 +48,10 @@ def kpis(summary: dict, baseline: dict | None = None, goodput: dict | None = Non
     if goodput is not None:
         g = goodput["goodput_rps"]
         if goodput.get("grid"):
-            value = f"≥ {g:.3g} req/s" if g > 0 else "below the sweep"
-            hint = "highest swept rate with >= 90 % attainment (tick 'bisect goodput' for the exact value)"
+            # (below the lowest rate: said as a bound that fits the card, "below the sweep" was cut off)
+            value = f"≥ {g:.3g} req/s" if g > 0 else f"< {goodput.get('lowest_rps', math.nan):.3g} req/s"
+            hint = ("highest swept rate with >= 90 % attainment (tick 'bisect goodput' for the exact value)" if g > 0
+                    else "below the lowest swept rate: no rate of the sweep reached 90 % attainment")
         else:
             value = f"{g:.3f} req/s"
             hint = f"bisection; fair goodput (every class >= 90 %): {goodput.get('fair_goodput_rps', math.nan):.3f} req/s"

@@ -132,7 +132,8 @@ def show_last_job(db: str) -> None:
             st.subheader(str(row["policy"]))
             status = str(row.get("status") or "")
             if status not in ("complete", "done", ""):  # a run cut short: its numbers cover part of the load
-                st.warning(f"**{status}**: the run ended early; its figures cover what was answered before")
+                st.warning(f"**{status}**: the run ended early; its figures cover the requests sent before, and "
+                           "those the stop cut off count as misses (not met, in no latency)")
             for k in data.kpis(row, base):
                 st.metric(k.label, k.value, k.delta, delta_color=k.delta_color, help=k.help)
     st.plotly_chart(figures.latency_cdf({f"{r['policy']} (live)": lat[rid] for rid, r in rows.items()}), width="stretch")
@@ -323,7 +324,7 @@ points = pd.DataFrame([{"policy": p, "rate": r,
 if sweep:
     grid = data.goodput_on_grid(points)
     for p in policies:
-        goodputs.setdefault(p, {"goodput_rps": grid.get(p, 0.0), "grid": True})
+        goodputs.setdefault(p, {"goodput_rps": grid.get(p, 0.0), "grid": True, "lowest_rps": min(rates)})
 
 first = runs[tasks[0]]
 workload = uploaded.get(trace or "") or uploaded.get(str(mix)) or Path(trace or str(mix)).name
