@@ -49,7 +49,9 @@ def kpis(summary: dict, baseline: dict | None = None, goodput: dict | None = Non
         g = goodput["goodput_rps"]
         if goodput.get("grid"):
             # (below the lowest rate: said as a bound that fits the card, "below the sweep" was cut off)
-            value = f"≥ {g:.3g} req/s" if g > 0 else f"< {goodput.get('lowest_rps', math.nan):.3g} req/s"
+            lowest = goodput.get("lowest_rps")
+            value = (f"≥ {g:.3g} req/s" if g > 0 else f"< {lowest:.3g} req/s" if lowest is not None
+                     else "below the sweep")
             hint = ("highest swept rate with >= 90 % attainment (tick 'bisect goodput' for the exact value)" if g > 0
                     else "below the lowest swept rate: no rate of the sweep reached 90 % attainment")
         else:
