@@ -136,7 +136,8 @@ def _server_class():
             elif self.signals == 2:
                 if self.hurry is not None:
                     self.hurry()
-                self.should_exit = True
+                if self._draining is None:  # (a drain under way ends soon, hurried, and closes the doors then:
+                    self.should_exit = True  # closed now, the loop's end cancelled it before its last words)
             else:
                 self.should_exit = self.force_exit = True
 
