@@ -747,3 +747,28 @@ def test_a_crashed_run_keeps_its_refusal_counts(tmp_path):
     config = json.loads(_one(db, "SELECT config_json FROM runs WHERE run_id = 'refusing'")["config_json"])
     assert config["refused"] == {"queue_full": codes.count(429)}
     assert config["clock"]["wall_s"] > 1.0
+
+
+def test_a_running_runs_row_follows_its_clock_rate_and_refusals(tmp_path):
+    """Outside test 98: `runs show` of a run still serving read its start's row: "0 req/s for 0.52 s",
+    wall 0.52 s and no refusals, though the server had answered 53 429s, 40 s in."""
+    db = tmp_path / "r.duckdb"
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "1",
+                           "--max-queued", "1", "--db", str(db), "--run-id", "serving"])
+    try:
+        time.sleep(1.2)
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            codes = [client.post("/v1/requests", json={**BODY, "size": "1024x1024", "steps": 28, "seed": i}).status_code
+                     for i in range(6)]
+        time.sleep(2.0)  # journaled and ingested (about every second)
+        run = _one(db, "SELECT status, duration_s, wall_s, rate_rps, config_json FROM runs WHERE run_id = 'serving'")
+        shown = _cli("runs", "show", "serving", "--db", str(db))
+    finally:
+        assert server.stop() == 0
+    assert codes.count(429) >= 3 and set(codes) <= {202, 429}, codes
+    assert run["status"] == "running" and run["duration_s"] > 2.0 and run["wall_s"] > 2.0, run
+    assert run["rate_rps"] == pytest.approx(codes.count(202) / run["duration_s"], rel=0.2), run
+    assert json.loads(run["config_json"])["refused"] == {"queue_full": codes.count(429)}
+    assert shown.exit_code == 0 and "status running" in shown.output and " 0 req/s" not in shown.output, shown.output
+    final = _one(db, "SELECT status, duration_s FROM runs WHERE run_id = 'serving'")
+    assert final["status"] == "done" and final["duration_s"] >= run["duration_s"]

@@ -300,8 +300,9 @@ class RunRecords:
         wall_s = max(e.elapsed_wall_s() for e in _parts(self.run))
         lines = list(rows_lines({k: v for k, v in tables.items() if v}, arrivals, t_s, wall_s))
         # the run's counts as they stand (refusals, hung stages, restarts, its clock): a crashed run's
-        # ``config_json`` is its last line's, not the start's
-        lines[-1]["config_json"] = self.run.run_meta(self.run_id, self.config, self.provenance).config_json
+        # ``config_json`` is its last line's, not the start's; a running run's ``runs`` row follows them
+        meta = self.run.run_meta(self.run_id, self.config, self.provenance)
+        lines[-1]["config_json"], lines[-1]["rate_rps"] = meta.config_json, meta.rate_rps
         return lines
 
     def _refused_all(self) -> dict[str, int]:

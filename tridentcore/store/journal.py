@@ -722,6 +722,7 @@ def _apply(con: duckdb.DuckDBPyConnection, run_id: str, lines: list[dict]) -> in
 
     gathered: dict[str, dict[str, list]] = {}
     inserted = 0
+    clock: dict[str, Any] = {}  # a running run's duration, wall time, rate and counts, as its last rows line says
 
     def flush() -> None:
         nonlocal inserted
@@ -741,6 +742,8 @@ def _apply(con: duckdb.DuckDBPyConnection, run_id: str, lines: list[dict]) -> in
             insert_rows(con, "runs", rows_to_arrow([meta], "runs"), run_id)
             inserted += 1
         elif kind in ("rows", "end"):
+            if kind == "rows":
+                clock.update({k: line[k] for k in ("t_s", "wall_s", "rate_rps", "config_json") if line.get(k) is not None})
             for table, cols in (line.get("tables") or {}).items():
                 if table not in JOURNAL_TABLES:
                     raise JournalError(f"unknown table {table!r} in a journal line")
@@ -759,6 +762,12 @@ def _apply(con: duckdb.DuckDBPyConnection, run_id: str, lines: list[dict]) -> in
         elif kind not in ("open", "compact"):  # (a compact line's seq is one the store holds already)
             raise JournalError(f"unknown journal line kind {kind!r}")
     flush()
+    if clock:  # (a run still serving: its row said the start's 0.5 s, 0 req/s and no refusals until its end)
+        con.execute("UPDATE runs SET duration_s = greatest(duration_s, ?), wall_s = greatest(wall_s, ?), "
+                    "rate_rps = coalesce(?, rate_rps), config_json = coalesce(?, config_json) "
+                    "WHERE run_id = ? AND status = 'running'",
+                    [clock.get("t_s", 0.0), clock.get("wall_s", 0.0), clock.get("rate_rps"), clock.get("config_json"),
+                     run_id])
     return inserted
 
 
