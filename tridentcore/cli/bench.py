@@ -19,7 +19,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_LIVE_TIME_SCALE, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
                              DEFAULT_SLO_SCALE, DEFAULT_TARGET, DEFAULT_TIME_SCALE)
 from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
-                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, check_db, refuse_mix_options_with_trace, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
+                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, check_db, check_folder, refuse_mix_options_with_trace, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
                      runnable_specs, setup_logging, store_errors, table, value)
 
 __all__ = ["bench"]
@@ -355,25 +355,6 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
     return results, stored
 
 
-def _check_keep(keep: str | None) -> None:
-    """--keep is a folder (made if missing) this user can write, checked before any server starts (a file
-    there failed the first run with "[Errno 20] Not a directory")."""
-    import os
-    from pathlib import Path
-
-    if keep is None:
-        return
-    path = Path(keep)
-    try:
-        if path.exists() and not path.is_dir():
-            _fail(f"--keep {keep}: is a file: give a folder (made if missing) for each run's reports and logs")
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        _fail(f"--keep {keep}: cannot be made ({exc.strerror or exc})")
-    if not os.access(path, os.W_OK | os.X_OK):
-        _fail(f"--keep {keep}: cannot be written (no permission)")
-
-
 def _bench_live(*, policies, mix, trace, model, arrival, rate, duration, slo_scale, seed, profile, cluster, devices,
                 time_scale, keep, db, json_out, progress) -> None:
     from ..bench.runs import summaries
@@ -387,7 +368,8 @@ def _bench_live(*, policies, mix, trace, model, arrival, rate, duration, slo_sca
     spec, requests = _live_spec(mix=mix, trace=trace, model=model, arrival=arrival, rate=rate, duration=duration,
                                 slo_scale=slo_scale, seed=seed, profile=profile, cluster=cluster, devices=devices,
                                 time_scale=time_scale)
-    _check_keep(keep)
+    if keep is not None:
+        check_folder(keep, "--keep", "each run's reports and logs")
     check_db(db)
     bench_id = new_run_id("bench-live", seed)
     results, stored = _run_live(spec, specs, db, seed, keep, progress, {"bench": bench_id}, len(requests))

@@ -192,6 +192,25 @@ def check_out(path: str, flag: str = "--out", dash: bool = False) -> None:
         os.unlink(out)
 
 
+def check_folder(path: str, flag: str, what: str) -> None:
+    """An output folder checked before the work that fills it: made if missing (as output files' folders
+    are); a file there, a place it cannot be made or a folder this user cannot write is one line,
+    ``error: …``, exit status 2 (``bench --keep FILE`` failed its first run with "[Errno 20] Not a
+    directory" after its server had started)."""
+    import os
+    from pathlib import Path
+
+    folder = Path(path)
+    try:
+        if folder.exists() and not folder.is_dir():
+            fail(f"{flag} {path}: is a file: give a folder (made if missing) for {what}")
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{flag} {path}: cannot be made ({exc.strerror or exc})")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(f"{flag} {path}: cannot be written (no permission)")
+
+
 def db_message(exc: BaseException, db: str, flag: str = "--db") -> str:
     """A store read's error as its line; ``flag``: the option that named ``db`` ("": none did), which
     a file that is not a DuckDB database is named with."""

@@ -24,7 +24,7 @@ Two ways in:
 Provenance (git commit, package versions, hardware) is the caller's to give: it is gathered by the
 bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
 
-One module of about 530 lines: ``RunRecords``' flushing, answering and closing share its buffers and
+One module of about 540 lines: ``RunRecords``' flushing, answering and closing share its buffers and
 their bookkeeping, and ``write`` is the same rows in one go.
 """
 

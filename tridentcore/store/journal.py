@@ -48,7 +48,7 @@ file system: on NFS a live server's lock may not be seen by another host.) A jou
 its owner holds it (``rm``, its folder removed) is written again at its name from the copy the
 owner holds open, before its next line (:meth:`Journal.append`).
 
-One module of about 810 lines: the writer and the ingester share the line format, the lock and the
+One module of about 820 lines: the writer and the ingester share the line format, the lock and the
 ingest bookkeeping, and each is needed to read the other (the recovery, which uses both, is
 :mod:`tridentcore.store.recovery`).
 """
