@@ -192,7 +192,12 @@ def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be
     ended, the server stopped at once, and the next poll found the doors closed: its image made and
     never seen (a browser test caught it once workers stopped quicker). The server now answers on
     until each such client has read how its request ended, for up to 5 s (``serve._PICKUP_S``); a
-    client that never comes back only holds the stop that long, said in the log."""
+    client that never comes back only holds the stop that long, said in the log. A dashboard listing
+    the recent requests meanwhile (the workbench's Live page, every 2 s) is not their client: its list
+    showed the request ended, the server took the end as read and stopped, and the client polling
+    for it found the doors closed (a CI run of the browser test)."""
+    import threading
+
     with open(tmp_path / "out.txt", "wb") as o, open(tmp_path / "err.txt", "wb") as e:
         proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
                                  "emulated:1xH200", "--time-scale", "1", "--port", "0"],
@@ -204,6 +209,19 @@ def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be
         gone, read = (httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"] for _ in range(2))
         time.sleep(0.3)
         proc.send_signal(signal.SIGTERM)
+        listed = []
+
+        def dashboard() -> None:  # lists the recent requests every 0.2 s while the server answers
+            while proc.poll() is None:
+                try:
+                    listed.append({j["id"]: j["state"] for j in httpx.get(f"{url}/v1/requests?limit=10",
+                                                                          timeout=30).json()["data"]})
+                except httpx.TransportError:
+                    return
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=dashboard, daemon=True)
+        watcher.start()
         states = []
         while not states or states[-1] != "done":  # a client polling every 2 s
             time.sleep(2.0)
@@ -211,6 +229,8 @@ def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be
             assert len(states) < 30, states
         result = httpx.get(f"{url}/v1/requests/{read}/result", timeout=30)
         assert result.status_code == 200 and result.json()["state"] == "done"
+        # the dashboard saw both end before the client did, which did not make them read
+        assert any(seen.get(read) == "done" and seen.get(gone) == "done" for seen in listed), listed[-3:]
         t0 = time.monotonic()
         assert proc.wait(60) == 0
         waited = time.monotonic() - t0  # for the other client, which never came back
@@ -223,6 +243,7 @@ def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be
                      r"([\d.]+) s after it: (\S+); stopping", text)  # the one never read, named
     assert line and 4.9 <= float(line.group(1)) < 15 and line.group(2) == gone, text[-2000:]
     assert waited < 15, waited
+    watcher.join(10)
 
 
 def test_a_second_stop_cuts_the_wait_for_pollers_short_and_the_log_says_so(tmp_path):

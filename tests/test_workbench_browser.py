@@ -356,6 +356,9 @@ def test_browser_a_local_server_stopped_in_one_tab_while_busy_is_redrawn_in_the_
             b.get_by_role("link", name="Live").click()
             b.get_by_role("button", name="Stop the local server").wait_for(timeout=60_000)
 
+            # the server's log, read through its own descriptor: its folder is removed once it has stopped
+            server_log = open(f"/proc/{pid}/fd/1", "rb") if os.path.exists(f"/proc/{pid}/fd/1") else None
+
             busy = {"model": "tiny-wan", "prompt": "a slow one", "size": "128x128", "frames": 17, "steps": 60,
                     "slo_ms": 10_000_000}
             resp = httpx.post(f"{local}/v1/requests", json=busy, timeout=30)
@@ -383,7 +386,11 @@ def test_browser_a_local_server_stopped_in_one_tab_while_busy_is_redrawn_in_the_
                 if states[-1] == "done":
                     break
                 time.sleep(0.3)
-            assert states and states[-1] == "done", (states, time.monotonic() - t0)
+            log_tail = "(no log)"
+            if server_log is not None:
+                with server_log:
+                    log_tail = server_log.read().decode(errors="replace")[-3000:]
+            assert states and states[-1] == "done", (states, time.monotonic() - t0, log_tail)
             drained_s = time.monotonic() - t0
             # the other tab, drawn while the server ran, notices on its own (its view refreshes every 2 s):
             # "stopping", or already "Start a local server" where the drain ended first (a CI run waited

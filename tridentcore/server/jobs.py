@@ -56,7 +56,7 @@ class Job:
     meta: dict = field(default_factory=dict)
     final: dict[int, dict] = field(default_factory=dict)  # items the engine has forgotten, as they ended
     polled: bool = False  # submitted without waiting (POST /v1/requests): its client polls for how it ends
-    told: bool = False  # an answer has shown it ended (its status, its result, a cancel, a list)
+    told: bool = False  # an answer to its client has shown it ended (its status, its result, a cancel)
 
 
 class Jobs:
@@ -213,10 +213,14 @@ class Jobs:
             await asyncio.sleep(0.02)
         return left, loop.time() - start
 
-    def status_body(self, job: Job) -> dict:
+    def status_body(self, job: Job, tells: bool = True) -> dict:
+        """``tells``: the answer goes to the job's client (its own status), not to a list of recent
+        requests, which a dashboard reads: a drain stopped waiting for the client once a list had shown
+        the request ended, and the client's next poll found the doors closed."""
         items = [self.item(job, r) for r in job.request_ids]
+        state = self.state(job)
         return {"id": job.id, "object": "generation", "kind": job.kind, "model": job.model,
-                "state": self.answering(job, self.state(job)),
+                "state": self.answering(job, state) if tells else state,
                 "created": int(job.created_unix_s), **job.meta, "items": items}
 
     def result_body(self, job: Job) -> dict:

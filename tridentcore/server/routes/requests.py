@@ -34,7 +34,7 @@ async def list_requests(limit: int = Query(50, ge=1, le=1000), jobs: Jobs = Depe
     """The most recent requests, newest first (the server keeps the last ``max_jobs``)."""
     recent = jobs.recent(limit)
     await jobs.written(*recent)  # (as a single status: a state listed is one the journal holds)
-    return JSONResponse({"object": "list", "data": [jobs.status_body(j) for j in recent]})
+    return JSONResponse({"object": "list", "data": [jobs.status_body(j, tells=False) for j in recent]})
 
 
 @router.get("/v1/requests/{job_id}", responses=responses("not_found"))
