@@ -125,6 +125,9 @@ def test_sweep_rates_prints_classes():
     # an --out that cannot be written is refused before minutes of measuring (it was a traceback after)
     (["profile", "--model", "tiny-sd3", "--out", "."], "--out .: is a folder"),
     (["profile", "--model", "tiny-sd3", "--out", "/proc/no/p.csv"], "--out /proc/no/p.csv: cannot be written"),
+    # outside test 99: a file named "-" was written; a file in the path read "(File exists)"
+    (["profile", "--model", "tiny-sd3", "--out", "-"], "--out -: this command writes a file, not standard output"),
+    (["profile", "--model", "tiny-sd3", "--out", __file__ + "/p.csv"], "a file stands where the path needs a folder"),
 ])
 def test_bad_input_is_a_clear_error(args, message):
     result = runner.invoke(app, args)

@@ -347,6 +347,9 @@ def test_bursts_are_whole_and_less_than_one_is_refused():
     assert generated_size_problems(990.0, 100.0, "bursts:size=3000") == []  # 99,000: 33 bursts
     (field, msg), = generated_size_problems(1e300, 600.0, "bursts:size=3")  # a number too large to spell out
     assert field == "rate" and "= 6e+302 requests expected;" in msg and len(msg) < 200, msg
+    for arrival in (None, "poisson", "bursts:size=10"):  # past a float's range (outside test 99: a traceback)
+        (field, msg), = generated_size_problems(1e308, 600.0, arrival)
+        assert field == "rate" and "= more than 1.8e+308 requests expected;" in msg, msg
     # other processes are not bursts: one request at 0 s whatever the rate
     assert len(generate_requests(small_mix(), "poisson", 0.01, 1.0, 0, const_slo)) == 1
     assert generated_size_problems(0.01, 1.0, "bursts:size=1") == []

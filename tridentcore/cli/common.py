@@ -173,6 +173,8 @@ def check_out(path: str, flag: str = "--out", dash: bool = False) -> None:
     import os
     from pathlib import Path
 
+    if path == "-" and not dash:  # (outside test 99: `profile --out -` wrote a file named "-")
+        fail(f"{flag} -: this command writes a file, not standard output; give a file's path")
     out = Path(path)
     try:
         if out.is_dir():
@@ -186,6 +188,8 @@ def check_out(path: str, flag: str = "--out", dash: bool = False) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "a"):
             pass
+    except (FileExistsError, NotADirectoryError):  # (a file where a folder of the path should be: "File exists")
+        fail(f"{flag} {path}: cannot be written (a file stands where the path needs a folder)")
     except OSError as exc:
         fail(f"{flag} {path}: cannot be written ({exc.strerror or exc})")
     if not existed:

@@ -87,10 +87,12 @@ def generated_size_problems(rate: float, duration_s: float,
         return [("arrival", f"bursts:size={size} at {rate:g}/s over {duration_s:g} s: rate x duration is "
                             f"{expected:.3g} requests, less than one burst (bursts are whole, the first at 0 s: "
                             f"it would send {size}); lower the size, or raise the rate or the duration")]
-    count = size * math.ceil(expected / size - 1e-9)
+    # (rate x duration past a float's range: infinite, counted as such, not as an integer)
+    count = size * math.ceil(expected / size - 1e-9) if is_finite(expected) else math.inf
     if count > MAX_REQUESTS:
-        many = lambda n: f"{n:.0f}" if n < 1e12 else f"{n:.3g}"  # (a rate of 1e300: 300 digits said)
-        whole = f" ({many(count)} in whole bursts of {size})" if count != round(expected) else ""
+        # (a rate of 1e300: 300 digits said; past a float's range: a traceback)
+        many = lambda n: f"{n:.0f}" if n < 1e12 else f"{n:.3g}" if is_finite(n) else "more than 1.8e+308"
+        whole = f" ({many(count)} in whole bursts of {size})" if is_finite(count) and count != round(expected) else ""
         return [("rate", f"{rate:g}/s x {duration_s:g} s = {many(expected)} requests expected{whole}; a workload "
                          f"has at most {MAX_REQUESTS} (lower the rate or the duration)")]
     return []
