@@ -772,3 +772,42 @@ def test_a_running_runs_row_follows_its_clock_rate_and_refusals(tmp_path):
     assert shown.exit_code == 0 and "status running" in shown.output and " 0 req/s" not in shown.output, shown.output
     final = _one(db, "SELECT status, duration_s FROM runs WHERE run_id = 'serving'")
     assert final["status"] == "done" and final["duration_s"] >= run["duration_s"]
+
+
+def test_a_stored_run_whose_journal_cannot_be_deleted_is_said_stored_and_recovered_once(tmp_path):
+    """Outside test 100: a journal that could not be deleted at a clean stop (``chattr +a``, a read-only
+    disk) gave a traceback and "run was not stored ... (a third signal)", exit 1, though the run was
+    stored; ``runs recover`` then said only "error: [Errno 1] Operation not permitted". Now the stop
+    says the run is stored and the journal stays, and a recovery stores nothing twice and says why
+    the journal is still there."""
+    db = tmp_path / "a.duckdb"
+    server = start_server([*ARGS, "--db", str(db), "--run-id", "kept"], folder=tmp_path / "server")  # (its log kept)
+    journal = journal_path(db, "kept")
+    locked = False
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for _ in range(3):
+                assert client.post("/v1/images/generations", json=BODY).status_code == 200
+        got = subprocess.run(["chattr", "+a", str(journal)], capture_output=True, text=True)
+        if got.returncode != 0:
+            pytest.skip(f"an undeletable journal needs chattr on this file system: {got.stderr.strip()}")
+        locked = True
+        assert server.stop() == 0
+        log = server.log()
+        assert "Traceback" not in log and "not stored" not in log, log[-2000:]
+        assert re.search(r"stored run kept in \S+ \(done\), but its journal \S+kept\.jsonl could not be deleted "
+                         r"\(Operation not permitted\)", log), log[-2000:]
+        run = _one(db, "SELECT status, (SELECT count(*) FROM requests) AS n FROM runs")
+        assert run == {"status": "done", "n": 3}, run
+        again = _cli("runs", "recover", "--db", str(db))
+        assert again.exit_code == 1 and "Traceback" not in again.output, again.output
+        assert re.search(r"recovered run kept: 0 rows \(3 requests\), status done; its journal \S+ could not be "
+                         r"deleted \(Operation not permitted\)", again.output), again.output
+    finally:
+        if locked:
+            subprocess.run(["chattr", "-a", str(journal)], check=True)
+        server.stop()
+    last = _cli("runs", "recover", "--db", str(db))
+    assert last.exit_code == 0 and "recovered run kept: 0 rows" in last.output, last.output
+    assert not pending_journals(db)
+    assert _one(db, "SELECT count(*) AS n FROM requests") == {"n": 3}

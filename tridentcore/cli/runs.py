@@ -304,7 +304,7 @@ def runs_recover(
     ingests the journals servers left next to the database (FILE.journal/): a crashed server's run is
     stored as `crashed`, one whose final write failed as it ended. Journals of running servers, and
     folders of benches still running, are left alone. Exit status 1 if a journal or a folder could
-    not be stored (it stays)."""
+    not be stored (it stays), or a stored journal could not be deleted."""
     from pathlib import Path
 
     from ..bench.orphans import recover_orphans
@@ -336,7 +336,8 @@ def runs_recover(
     for r in done:
         if r.outcome == "ingested":
             typer.echo(f"recovered run {r.run_id}: {r.rows} rows ({r.requests} requests), status {r.status}"
-                       + (f"; {r.message}" if r.message else ""))
+                       + (f"; {r.message}" if r.message else ""), err=r.stays)
+            failed += r.stays
         elif r.outcome == "live":
             typer.echo(f"left run {r.run_id}: its server is running ({r.message})")
         elif r.outcome in ("busy", "gone"):

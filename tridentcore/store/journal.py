@@ -425,11 +425,14 @@ class Journal:
             self._fd = None
 
     def remove(self) -> None:
-        """Delete the journal (everything in it is in the store) and release it."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        _fsync_dir(self.path.parent)
-        self.close()
+        """Delete the journal (everything in it is in the store) and release it (released also where
+        it cannot be deleted: an immutable or append-only file, a read-only disk; ``OSError`` then)."""
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            _fsync_dir(self.path.parent)
+        finally:
+            self.close()
         with contextlib.suppress(OSError):
             self.path.parent.rmdir()  # only when empty
 
