@@ -811,3 +811,40 @@ def test_a_stored_run_whose_journal_cannot_be_deleted_is_said_stored_and_recover
     assert last.exit_code == 0 and "recovered run kept: 0 rows" in last.output, last.output
     assert not pending_journals(db)
     assert _one(db, "SELECT count(*) AS n FROM requests") == {"n": 3}
+
+
+def test_a_disk_that_fills_under_bench_and_simulate_is_one_line_and_leaves_no_empty_database(tmp_path):
+    """Outside test 100, on a small file system: full at the start, `bench --db` and `simulate --db` left a
+    0-byte database that every later run refused ("not a DuckDB database (an empty file)"); full after
+    the first of two runs, a DuckDB traceback, with no word of which run was stored."""
+    small = tmp_path / "small"
+    _mount_tmpfs(small, 3)
+    try:
+        filler = _fill(small)
+        for command in ("bench", "simulate"):
+            db = small / f"{command}.duckdb"
+            got = _cli(command, "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
+                       "--db", str(db), *(["--no-progress"] if command == "bench" else []))
+            assert got.exit_code == 2 and f"--db {db}: cannot store runs there" in got.output, got.output
+            assert "Traceback" not in got.output and not list(small.glob(f"{command}.duckdb*")), got.output
+        filler.unlink()
+        with open(filler, "wb") as f:  # room for the first run's database, not for the second run
+            f.write(b"\0" * (1200 << 10))
+        for command in ("bench", "simulate"):
+            db = small / f"{command}.duckdb"
+            got = _cli(command, "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
+                       "--db", str(db), *(["--no-progress"] if command == "bench" else []))
+            line = re.search(rf"could not store run \S+-pipeline-dynamic-\S+ in {re.escape(str(db))}: .*No space left "
+                             r"on device; 1 run of 2 stored: (\S+-trident-\S+)$", got.output.strip())
+            assert got.exit_code == 2 and line and "Traceback" not in got.output, got.output
+            assert list(query_readonly(db, "SELECT run_id FROM runs").run_id) == [line.group(1)]  # as it said
+            db.unlink()  # (the next command's room)
+            db.with_name(db.name + ".wal").unlink(missing_ok=True)
+        filler.unlink()
+        db = small / "again.duckdb"
+        got = _cli("simulate", "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
+                   "--db", str(db))
+        assert got.exit_code == 0, got.output
+        assert len(query_readonly(db, "SELECT run_id FROM runs")) == 2
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

@@ -7,6 +7,7 @@ Ctrl-C and format.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -20,7 +21,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_SLO_SCALE, DEFAULT_TARGET, DEFAULT_TIME_SCALE)
 from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
                      MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, check_db, check_folder, refuse_mix_options_with_trace, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
-                     runnable_specs, setup_logging, store_errors, table, value)
+                     runnable_specs, setup_logging, store_errors, store_failed, table, value, write_errors)
 
 __all__ = ["bench"]
 
@@ -169,6 +170,13 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
                     f"runs stored in {db}" + (": " + ", ".join(stored) if stored else ""), err=True,
                     fg=typer.colors.YELLOW)
         raise typer.Exit(128 + stopping_signal() if stopping_signal() else EXIT_INTERRUPTED) from None
+    except write_errors() as exc:  # (the store failed part way: a full disk)
+        bar.close()
+        if current is not None and run_ids[current] not in stored:
+            with contextlib.suppress(Exception):  # (committed after all)
+                resolve_run(db, run_ids[current])
+                stored.append(run_ids[current])
+        store_failed(exc, db, run_ids[current], stored, len(specs))
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         bar.close()
         _fail(str(exc))

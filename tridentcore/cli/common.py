@@ -148,6 +148,25 @@ def store_errors():
     return (FileNotFoundError, IsADirectoryError, NotADatabaseError, UnknownRunError, SchemaVersionError, duckdb.Error)
 
 
+def write_errors():
+    """Exceptions of a run's store that fail it part way (a disk that filled, a lock held past the wait):
+    :func:`store_failed` says them."""
+    import duckdb
+
+    from ..store import StoreError
+
+    return (duckdb.Error, StoreError)
+
+
+def store_failed(exc: BaseException, db: str, run_id: str, stored: list[str], total: int) -> None:
+    """``error: …`` (exit status 2) for a run ``run_id`` that could not be stored in ``db``, naming the
+    runs stored before it (outside test 100: a disk that filled between two runs gave a DuckDB traceback,
+    and no word of which runs were in)."""
+    many = "run" if len(stored) == 1 else "runs"
+    fail(f"could not store run {run_id} in {db}: {one_line(db_message(exc, db))}; {len(stored)} {many} of {total} "
+         f"stored" + (": " + ", ".join(stored) if stored else ""))
+
+
 def check_db(db: str) -> None:
     """``--db`` checked before any run is spent on it: opened for writing once (created if new) and
     closed; a path that cannot take a run (a folder, another kind of file, a read-only place, a lock

@@ -155,7 +155,14 @@ class ResultsStore:
         knows it is there): committed when the block ends, rolled back (and the connection closed)
         when it raises. ``wait_s``: how long to wait for another process's lock (default: the store's)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(self.path, read_only=False, wait_s=self.lock_wait_s if wait_s is None else wait_s)
+        wal = self.path.with_name(self.path.name + ".wal")
+        new = not self.path.exists() and not wal.exists()
+        try:
+            con = connect(self.path, read_only=False, wait_s=self.lock_wait_s if wait_s is None else wait_s)
+        except BaseException:
+            if new:
+                self._forget_empty(wal)
+            raise
         try:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -174,8 +181,22 @@ class ResultsStore:
                 if _interrupted(exc):  # a Ctrl-C that reached DuckDB mid-query is said as one
                     raise KeyboardInterrupt from exc
                 raise
-        finally:
+        except BaseException:
             con.close()
+            if new:
+                self._forget_empty(wal)
+            raise
+        else:
+            con.close()
+
+    def _forget_empty(self, wal: Path) -> None:
+        """Remove the database file a failed first transaction created, where it holds nothing (a full
+        disk: outside test 100, a 0-byte file was left, and every later run refused it as "not a
+        DuckDB database (an empty file)"), and its write-ahead log with it."""
+        with contextlib.suppress(OSError):
+            if self.path.is_file() and self.path.stat().st_size == 0:
+                self.path.unlink()
+                wal.unlink(missing_ok=True)
 
     def check(self) -> None:
         """Open the database for writing once, creating it (and its tables) if new, and close it: a
