@@ -848,3 +848,37 @@ def test_a_disk_that_fills_under_bench_and_simulate_is_one_line_and_leaves_no_em
         assert len(query_readonly(db, "SELECT run_id FROM runs")) == 2
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_stop_on_a_full_disk_counts_the_refusals_it_could_not_journal(tmp_path):
+    """Outside test 100: a server stopped while its journal's disk was still full said how many request
+    rows were lost, not that the 503s it had answered meanwhile (records_unwritable) were not in the
+    journal either: recovered, the run read as if it had turned nobody away."""
+    small = tmp_path / "small"
+    _mount_tmpfs(small, 24)
+    db = small / "f.duckdb"
+    server = None
+    try:
+        server = start_server([*ARGS, "--db", str(db), "--run-id", "stopfull", "--db-wait", "1"])
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert client.post("/v1/images/generations", json=BODY).status_code == 200
+            time.sleep(1.5)
+            filler = _fill(small)
+            codes = []
+            while codes[-5:] != [503] * 5:  # accepted until the journal's last page is full, then refused
+                codes.append(client.post("/v1/images/generations", json={**BODY, "seed": len(codes)}).status_code)
+                assert len(codes) < 400, codes
+        time.sleep(1.0)  # the flushes fail meanwhile
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(60)
+        log = server.log()
+        refused = codes.count(503)
+        assert code == 1 and re.search(rf"are lost, and {refused} refusals \(records_unwritable: {refused}\) not "
+                                       r"counted in it; what the journal holds is recoverable", log), (refused, log[-3000:])
+        filler.unlink()
+        out = _cli("runs", "recover", "--db", str(db))
+        assert out.exit_code == 0 and "status crashed" in out.output, out.output
+    finally:
+        if server is not None:
+            server.stop()
+        subprocess.run(["umount", str(small)], check=False)

@@ -24,7 +24,7 @@ Two ways in:
 Provenance (git commit, package versions, hardware) is the caller's to give: it is gathered by the
 bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
 
-One module of about 540 lines: ``RunRecords``' flushing, answering and closing share its buffers and
+One module of about 560 lines: ``RunRecords``' flushing, answering and closing share its buffers and
 their bookkeeping, and ``write`` is the same rows in one go.
 """
 
@@ -214,7 +214,8 @@ class RunRecords:
         self._task: asyncio.Task | None = None
         self._ingest_task: asyncio.Task | None = None
         self._last_line = 0.0
-        self._refused_said: dict[str, int] = {}  # the refusal counts the journal has (a change is a line)
+        self._refused_said: dict[str, int] = {}  # the refusal counts of the last line made (a change is a line)
+        self._refused_written: dict[str, int] = {}  # ... and of the last line the journal holds
         self._busy_since: float | None = None  # the store refused our ingests since (locked)
         self._down_since: float | None = None  # the journal could not be written since (a full disk)
         self._down_said: tuple[float, str] = (0.0, "")  # when the failure was last logged, and as what
@@ -368,9 +369,11 @@ class RunRecords:
         the journal holds. Returns whether both went through."""
         lines = self._unwritten + lines
         self._unwritten = []
+        said = self._refused_said  # (the last line's: every line made so far is in ``lines`` or written)
         try:
             with self._journal_lock:
                 self.ingester.wrote(*self.journal.append(lines))
+            self._refused_written = said
         except OSError as exc:
             self._unwritten = lines
             self.journal_errors += 1
@@ -479,11 +482,16 @@ class RunRecords:
                 if time.monotonic() >= give_up:
                     self.journal.close()
                     ended, arrived = _requests_in(lines)
+                    refused = self._refused_all()  # (outside test 100: the refusals lost went unsaid)
+                    lost = {r: n - self._refused_written.get(r, 0) for r, n in sorted(refused.items())
+                            if n > self._refused_written.get(r, 0)}
+                    counts = (f", and {sum(lost.values())} refusals ({', '.join(f'{r}: {n}' for r, n in lost.items())}) "
+                              f"not counted in it" if lost else "")
                     self.problem = (f"could not write the end of the run's journal {self.journal.path} ({exc}) "
                                     f"within {self.final_wait_s:g} s: the rows of {ended} requests that ended (each "
                                     f"stored as unfinished where its arrival was journaled, else not at all) and "
-                                    f"the arrivals of {arrived} more are lost; what the journal holds is "
-                                    f"recoverable (run {self.run_id} is stored as crashed): "
+                                    f"the arrivals of {arrived} more are lost{counts}; what the journal holds is "
+                                    f"recoverable (run {self.run_id} is stored as crashed once recovered): "
                                     f"trident runs recover --db {self.db}")
                     logger.error("%s", self.problem)
                     return False
