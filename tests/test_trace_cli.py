@@ -208,6 +208,12 @@ def test_import_paper_trace(tmp_path):
     (["trace", "import", "{paper}", "--model", "sd3-medium", "--out", "{tmp}"], "--out {tmp}: is a folder, not a file"),
     (["trace", "generate", "--out", "/proc/x.jsonl"], "--out /proc/x.jsonl: cannot be written (No such file or"),
     (["trace", "generate", "--out", "{tmp}/" + "a" * 300 + ".jsonl"], "cannot be written (File name too long)"),
+    # control characters in a name reached the terminal raw (outside test 99: ESC ] 0 ; ... BEL retitled it)
+    (["trace", "import", "{esc}", "--out", "{tmp}/x.jsonl"],
+     r"line 1: model: must be a model name of 1..128 characters, none of them control characters (got '\x1b]0;pwn\x07')"),
+    (["trace", "import", "{paper}", "--model", "a\nb", "--out", "{tmp}/x.jsonl"], "none of them control characters"),
+    (["trace", "generate", "--mix", "{escmix}", "--out", "{tmp}/x.jsonl"],
+     r"name: must be a string of 1..128 characters, none of them control characters (got 'evil\x1b]0;pwned\x07')"),
 ])
 def test_errors_are_one_line(tmp_path, args, needle):
     paper = tmp_path / "paper.txt"
@@ -219,7 +225,11 @@ def test_errors_are_one_line(tmp_path, args, needle):
 
     gz = tmp_path / "t.jsonl.gz"
     gz.write_bytes(gzip.compress(b'{"t": 0, "model": "sd3-medium", "height": 512, "width": 512, "steps": 4}\n'))
-    args = [a.format(paper=paper, tmp=tmp_path, bad=bad, gz=gz) for a in args]
+    esc = tmp_path / "esc.jsonl"
+    esc.write_text('{"t": 0, "model": "\\u001b]0;pwn\\u0007", "height": 64, "width": 64, "steps": 2}\n')
+    escmix = tmp_path / "esc.yaml"
+    escmix.write_text('name: "evil\\e]0;pwned\\a"\nclasses:\n  - {model: tiny-sd3, height: 64, width: 64, steps: 2}\n')
+    args = [a.format(paper=paper, tmp=tmp_path, bad=bad, gz=gz, esc=esc, escmix=escmix) for a in args]
     needle = needle if needle is None else needle.format(tmp=tmp_path)
     result = runner.invoke(app, args)
     if needle is None:  # a mix with at least the first arrival (t = 0) always yields a request

@@ -83,6 +83,14 @@ def is_finite(value: Any) -> bool:
     return is_number(value) and -sys.float_info.max <= value <= sys.float_info.max
 
 
+def is_name(value: Any, most: int) -> bool:
+    """A name (a model's, a mix's, a GPU kind's): a string of 1..``most`` characters, not all blank,
+    without control characters (outside test 99: a mix named ``ESC ] 0 ; ... BEL`` retitled the
+    terminal that printed it, and a model name with a newline split a message over two lines)."""
+    return (isinstance(value, str) and bool(value.strip()) and len(value) <= most
+            and not any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in value))
+
+
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 2, 4, 4, 4, 4
 _repr.maxstring = _repr.maxother = _repr.maxlong = _BRIEF_CHARS

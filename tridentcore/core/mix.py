@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .defaults import MAX_FRAMES, MAX_MIX_CLASSES, MAX_NAME_CHARS, MAX_SIDE_PX, MAX_STEPS
-from .errors import WorkloadError, brief, is_finite, is_int, listed
+from .errors import WorkloadError, brief, is_finite, is_int, is_name, listed
 from .types import Shape, class_label
 
 if TYPE_CHECKING:
@@ -75,8 +75,9 @@ def shape_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def _class_problems(model: Any, height: Any, width: Any, frames: Any, steps: Any, weight: Any) -> list[tuple[str, str]]:
     problems = []
-    if not (isinstance(model, str) and model.strip() and len(model) <= MAX_NAME_CHARS):
-        problems.append(("model", f"must be a model name of 1..{MAX_NAME_CHARS} characters (got {brief(model)})"))
+    if not is_name(model, MAX_NAME_CHARS):
+        problems.append(("model", f"must be a model name of 1..{MAX_NAME_CHARS} characters, none of them control "
+                                  f"characters (got {brief(model)})"))
     problems.extend(shape_problems({"height": height, "width": width, "frames": frames, "steps": steps}))
     if not (is_finite(weight) and 0 < weight <= MAX_WEIGHT):
         problems.append(("weight", f"must be a number in (0, {MAX_WEIGHT:g}] (got {brief(weight)})"))
@@ -162,8 +163,9 @@ def mix_from_dict(data: Any, *, origin: str = "mix", default_name: str | None = 
     if unknown:
         problems.append(f"unknown key(s) {listed(sorted(unknown, key=str))}; valid keys: {', '.join(_MIX_KEYS)}")
     name = data.get("name", default_name)
-    if not (isinstance(name, str) and name.strip() and len(name) <= MAX_NAME_CHARS):
-        problems.append(f"name: must be a string of 1..{MAX_NAME_CHARS} characters (got {brief(name)})")
+    if not is_name(name, MAX_NAME_CHARS):
+        problems.append(f"name: must be a string of 1..{MAX_NAME_CHARS} characters, none of them control characters "
+                        f"(got {brief(name)})")
     description = data.get("description", "")
     if description is None:
         description = ""

@@ -56,7 +56,7 @@ from typing import Any
 
 from tridentcore.core.defaults import (MAX_GUIDANCE, MAX_NAME_CHARS, MAX_PROMPT_CHARS, MAX_REQUESTS, MAX_SEED,
                                        MAX_TRACE_BYTES, MAX_WORKLOAD_S)
-from tridentcore.core.errors import TridentError, brief, is_finite, listed
+from tridentcore.core.errors import TridentError, brief, is_finite, is_name, listed
 from tridentcore.core.mix import shape_problems
 from tridentcore.core.types import Shape
 from tridentcore.core.workload import PROMPTS, RequestSpec, SloFn
@@ -167,8 +167,9 @@ def _entry_problems(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
     if not (is_finite(t) and 0 <= t <= MAX_WORKLOAD_S):
         problems.append(("t", f"must be a finite number of seconds in [0, {MAX_WORKLOAD_S:g}] (got {brief(t)})"))
     model = fields["model"]
-    if not (isinstance(model, str) and model.strip() and len(model) <= MAX_NAME_CHARS):
-        problems.append(("model", f"must be a model name of 1..{MAX_NAME_CHARS} characters (got {brief(model)})"))
+    if not is_name(model, MAX_NAME_CHARS):
+        problems.append(("model", f"must be a model name of 1..{MAX_NAME_CHARS} characters, none of them control "
+                                  f"characters (got {brief(model)})"))
     problems.extend(shape_problems(fields))
     for key in ("prompt", "negative_prompt"):
         value = fields[key]
