@@ -45,7 +45,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .defaults import MAX_CLUSTER_GPUS, MAX_GPUS_PER_NODE, MAX_NAME_CHARS
-from .errors import brief, is_finite, listed
+from .errors import brief, is_finite, is_name, listed
 from .types import SpecError
 
 __all__ = [
@@ -196,7 +196,7 @@ def _spec_problems(
     if nodes_ok and per_node_ok and nodes * gpus_per_node > MAX_CLUSTER_GPUS:
         problems.append(f"{nodes} nodes x {gpus_per_node} GPUs = {nodes * gpus_per_node} GPUs; "
                         f"a cluster has at most {MAX_CLUSTER_GPUS}")
-    if not (isinstance(kind, str) and kind.strip() and kind == kind.strip() and len(kind) <= MAX_NAME_CHARS):
+    if not (is_name(kind, MAX_NAME_CHARS) and kind == kind.strip()):
         problems.append(f"kind must be a non-empty GPU name such as H200 (got {brief(kind)})")
     for name, value, least in (("mem_gib", mem_gib, 0.0), ("intra_link_gbps", intra_link_gbps, MIN_LINK_GBPS),
                                ("inter_link_gbps", inter_link_gbps, MIN_LINK_GBPS)):
