@@ -415,3 +415,25 @@ def test_an_out_through_a_symlink_writes_its_target_and_a_device_is_never_replac
     with pytest.raises(OSError, match="not a regular file"):  # (the library refuses it too, without opening it)
         write_trace(read_trace(str(target)), fifo)
     assert fifo.exists() and not fifo.is_file() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_import_warns_of_what_simulate_and_stats_will_refuse(tmp_path):
+    """Outside test 99: `trace import` said "imported 1 requests" of lines that `simulate --trace` and
+    `trace stats` then refused (frames on an image model, a side not a multiple of 16 or under 32, a
+    video's frames not 4k+1). The trace is still written (a profile of one's own may take it), with a
+    warning that quotes the refusal."""
+    cases = [({"model": "tiny-sd3", "height": 64, "width": 64, "frames": 5}, "frames must be 1 for the image model tiny-sd3"),
+             ({"model": "tiny-sd3", "height": 72, "width": 64}, "height 72 is not a multiple of 16"),
+             ({"model": "tiny-wan", "height": 64, "width": 64, "frames": 6}, "frames")]
+    for fields, needle in cases:
+        src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+        src.write_text(json.dumps({"t": 0, "steps": 4, **fields}) + "\n")
+        result = runner.invoke(app, ["trace", "import", str(src), "--out", str(out)])
+        assert result.exit_code == 0 and "imported 1 request (JSON lines)" in result.stdout, result.output
+        assert "warning: simulate, bench and trace stats will refuse it as they price it by default: " in result.stderr
+        assert needle in result.stderr and out.exists(), result.stderr
+        refused = runner.invoke(app, ["trace", "stats", str(out)])
+        assert refused.exit_code == 2 and needle in refused.output, refused.output
+    src.write_text(json.dumps({"t": 0, "steps": 4, "model": "tiny-sd3", "height": 64, "width": 64}) + "\n")
+    result = runner.invoke(app, ["trace", "import", str(src), "--out", str(out)])
+    assert result.exit_code == 0 and "warning" not in result.stderr, result.output
