@@ -125,6 +125,11 @@ def test_sweep_rates_prints_classes():
     # an --out that cannot be written is refused before minutes of measuring (it was a traceback after)
     (["profile", "--model", "tiny-sd3", "--out", "."], "--out .: is a folder"),
     (["profile", "--model", "tiny-sd3", "--out", "/proc/no/p.csv"], "--out /proc/no/p.csv: cannot be written"),
+    # outside test 99: an empty policy dropped without a word; fullwidth or underscored rates taken as numbers
+    (["simulate", "--policies", "trident,,pipeline-dynamic"], "--policies trident,,pipeline-dynamic: an empty item"),
+    (["bench", "--policies", "trident,"], "--policies trident,: an empty item"),
+    (["sweep", "--rates", "\uff10.\uff15", "--duration", "30"], "--rates: not a number: '\uff10.\uff15'"),
+    (["sweep", "--rates", "1_0", "--duration", "30"], "--rates: not a number: '1_0'"),
     # outside test 99: a file named "-" was written; a file in the path read "(File exists)"
     (["profile", "--model", "tiny-sd3", "--out", "-"], "--out -: this command writes a file, not standard output"),
     (["profile", "--model", "tiny-sd3", "--out", __file__ + "/p.csv"], "a file stands where the path needs a folder"),

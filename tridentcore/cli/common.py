@@ -356,6 +356,9 @@ def policy_specs(policies: str, *, unique: bool = False) -> list[str]:
     none at all is an error); ``unique``: one given twice is one too."""
     from ..core.policy import make_policy, split_specs
 
+    items = [p.strip() for p in policies.split(",")]
+    if any(items) and not all(items):  # (outside test 99: dropped without a word)
+        fail(f"--policies {policies}: an empty item; give a comma list of policies, e.g. trident,pipeline-dynamic")
     # `trident:` (no options after the colon) is `trident`: stored and grouped under one name
     specs = [spec[:-1].rstrip() if spec.endswith(":") and spec.count(":") == 1 else spec for spec in split_specs(policies)]
     if not specs:

@@ -217,7 +217,9 @@ def _rates(text: str) -> list[float]:
     bad = []
     out = []
     for r in parts:
-        try:
+        try:  # (as --rate reads a number: float() also took `1_0`, fullwidth `０.５` and other scripts' digits)
+            if not r.isascii() or "_" in r:
+                raise ValueError(r)
             out.append(float(r))
         except ValueError:
             bad.append(repr(r))
