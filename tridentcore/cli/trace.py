@@ -11,7 +11,7 @@ import typer
 
 from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_S, DEFAULT_MIX, DEFAULT_PROFILE,
                              DEFAULT_RATE, DEFAULT_SEED, DEFAULT_SLO_SCALE, MAX_SEED)
-from .common import ARRIVAL_HELP, CLUSTER_HELP, HELP_MARKUP, MIX_HELP, check_out, fail, given, load_workload, one_line, table
+from .common import ARRIVAL_HELP, CLUSTER_HELP, HELP_MARKUP, MIX_HELP, DurationOpt, check_out, fail, given, load_workload, one_line, table
 
 __all__ = ["trace_app"]
 
@@ -30,7 +30,7 @@ def trace_generate(
     mix: str = typer.Option(DEFAULT_MIX, help=MIX_HELP),
     arrival: str = typer.Option(DEFAULT_ARRIVAL, help=ARRIVAL_HELP),
     rate: float = typer.Option(DEFAULT_RATE, help="Mean requests per second."),
-    duration: float = typer.Option(DEFAULT_DURATION_S, help="Seconds of arrivals."),
+    duration: DurationOpt = DEFAULT_DURATION_S,  # (at least 1 s, as simulate's: outside test 99, 1e-9 was drawn)
     seed: int = typer.Option(DEFAULT_SEED, min=0, max=MAX_SEED,
                              help="Same seed, same requests (as `trident simulate --mix` draws them; 0..2^31-1)."),
 ) -> None:
