@@ -724,7 +724,7 @@ def test_a_full_disk_refuses_new_work_and_loses_no_accepted_request(tmp_path):
     finally:
         if server is not None:
             server.stop()
-        subprocess.run(["umount", str(small)], check=False)
+        subprocess.run(["umount", "-l", str(small)], check=False)  # (-l: a file still open here does not keep it)
 
 
 def test_a_crashed_run_keeps_its_refusal_counts(tmp_path):
@@ -847,7 +847,7 @@ def test_a_disk_that_fills_under_bench_and_simulate_is_one_line_and_leaves_no_em
         assert got.exit_code == 0, got.output
         assert len(query_readonly(db, "SELECT run_id FROM runs")) == 2
     finally:
-        subprocess.run(["umount", str(small)], check=False)
+        subprocess.run(["umount", "-l", str(small)], check=False)  # (-l: a file still open here does not keep it)
 
 
 def test_a_stop_on_a_full_disk_counts_the_refusals_it_could_not_journal(tmp_path):
@@ -881,4 +881,29 @@ def test_a_stop_on_a_full_disk_counts_the_refusals_it_could_not_journal(tmp_path
     finally:
         if server is not None:
             server.stop()
-        subprocess.run(["umount", str(small)], check=False)
+        subprocess.run(["umount", "-l", str(small)], check=False)  # (-l: a file still open here does not keep it)
+
+
+def test_runs_delete_and_export_on_a_full_disk_name_the_run_and_leave_nothing(tmp_path):
+    """Outside test 100: on a full disk `runs delete A B` printed the same "not deleted: TransactionContext
+    Error: ..." line for each run, naming neither; `runs export --parquet DIR` failed cleanly but left
+    the empty DIR it had made."""
+    small = tmp_path / "small"
+    _mount_tmpfs(small, 8)
+    try:
+        db = small / "d.duckdb"
+        made = _cli("simulate", "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
+                    "--db", str(db))
+        assert made.exit_code == 0, made.output
+        runs = list(query_readonly(db, "SELECT run_id FROM runs ORDER BY run_id").run_id)
+        _fill(small)
+        gone = _cli("runs", "delete", *runs, "--db", str(db))
+        assert gone.exit_code == 1 and "Traceback" not in gone.output, gone.output
+        lines = [line for line in gone.output.splitlines() if line.startswith("not deleted:")]
+        assert [line.split("'")[1] for line in lines] == runs, gone.output
+        out = small / "pq"
+        export = _cli("runs", "export", runs[0], "--parquet", str(out), "--db", str(db))
+        assert export.exit_code == 2 and f"--parquet {out}: cannot be written" in export.output, export.output
+        assert not out.exists()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)  # (-l: a file still open here does not keep it)

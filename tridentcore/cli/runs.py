@@ -217,8 +217,16 @@ def runs_export(
         run_id = resolve_run(db, run)
     except (*store_errors(), OSError) as exc:
         fail(one_line(db_message(exc, db)))
+    made = not Path(parquet).exists()
     try:
-        written = export_run(db, run_id, parquet)
+        try:
+            written = export_run(db, run_id, parquet)
+        except BaseException:  # a folder this export made goes with it (outside test 100: a full disk left it empty)
+            if made:
+                import shutil
+
+                shutil.rmtree(parquet, ignore_errors=True)
+            raise
     except IsADirectoryError as exc:
         fail(f"--parquet {parquet}: {exc}")
     except OSError as exc:  # the folder (made if missing) cannot be made or written: the database is fine
@@ -276,8 +284,8 @@ def runs_delete(
                 fail(one_line(db_message(exc, db)))
             except StoreError as exc:  # still running
                 why = one_line(str(exc))
-            except (*store_errors(), OSError) as exc:
-                why = one_line(db_message(exc, db))
+            except (*store_errors(), OSError) as exc:  # (a full disk: the run named, as the other reasons name it)
+                why = f"run {run!r}: {one_line(db_message(exc, db))}"
         if why:
             failed += 1
             typer.echo(f"not deleted: {why}", err=True)
