@@ -907,3 +907,23 @@ def test_runs_delete_and_export_on_a_full_disk_name_the_run_and_leave_nothing(tm
         assert not out.exists()
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)  # (-l: a file still open here does not keep it)
+
+
+def test_a_journal_whose_run_has_no_row_is_named_by_runs_list_and_show(tmp_path):
+    """Outside test 100: a server whose start's row could not be written (a nearly full disk), then
+    `kill -9`: `runs list` showed no such run and no note, `runs show` said only that it is not in the
+    file, though its journal held 3 requests a recovery then stored."""
+    db = tmp_path / "j.duckdb"
+    ResultsStore(db).check()
+    journal = _journal_of_three(db, "rowless")
+    listed = _cli("runs", "list", "--db", str(db))
+    assert listed.exit_code == 0 and "a journal but no row in" in listed.output and "rowless" in listed.output
+    assert "its server runs (or starts)" in listed.output, listed.output  # (held: this process is its server)
+    journal.close()
+    listed = _cli("runs", "list", "--db", str(db))
+    assert f"rowless; its server is gone: `trident runs recover --db {db}` stores it" in listed.output, listed.output
+    shown = _cli("runs", "show", "rowless", "--db", str(db))
+    assert shown.exit_code == 2 and f"its journal {journal_path(db, 'rowless')} is not stored yet" in shown.output
+    assert _cli("runs", "recover", "--db", str(db)).exit_code == 0
+    listed = _cli("runs", "list", "--db", str(db))
+    assert "rowless" in listed.output and "a journal but no row" not in listed.output, listed.output

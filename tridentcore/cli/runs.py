@@ -53,6 +53,7 @@ def runs_list(
         if total > len(rows):  # (on stderr: the table on stdout stays rows alone)
             typer.echo(f"the newest {len(rows)} of {total} runs (--limit)", err=True)
         _servers_gone(db, running)  # (every run stored as running, shown or not)
+    _journals_without_row(db)
     if client:  # (a database of Locust's rows alone read as empty)
         shown = ", ".join(f"{printable(run_id)} ({n} requests)" for run_id, n in client[:10])
         more = f", and {len(client) - 10} more" if len(client) > 10 else ""
@@ -78,7 +79,11 @@ def runs_show(
     try:
         report = show_run(db, run)
     except store_errors() as exc:
-        fail(one_line(db_message(exc, db)))
+        from ..store.journal import journal_path
+
+        pending = journal_path(db, run)
+        fail(one_line(db_message(exc, db)) + (f"; its journal {pending} is not stored yet (its server runs, or "
+                                              f"`trident runs recover --db {db}` stores it)" if pending.exists() else ""))
     m = report.meta
     typer.echo(f"run {printable(report.run_id)}")
     typer.echo(printable(f"  {m['backend']} {m['policy']}  mix {m['mix']} at {m['rate_rps']:g} req/s for "
@@ -370,6 +375,30 @@ def _servers_gone(db: str, running: list[str]) -> None:
         shown = ", ".join(printable(r) for r in gone[:10]) + (f" and {len(gone) - 10} more" if len(gone) > 10 else "")
         typer.echo(f"note: stored as running, but its server is gone (its journal is held by no process): {shown}; "
                    f"`trident runs recover --db {db}` stores what the journal holds and closes it as crashed", err=True)
+
+
+def _journals_without_row(db: str) -> None:
+    """Name the runs with a journal beside ``db`` and no row in it: a server whose start's row could not
+    be written (a full disk), or one starting now (outside test 100: after its `kill -9` such a run was
+    in no list, and `runs show` said only that it is not in the file)."""
+    from ..store import query_readonly
+    from ..store.journal import named_run_id, pending_journals, server_gone
+
+    pending = {named_run_id(p) for p in pending_journals(db)}
+    if not pending:
+        return
+    try:
+        stored = set(query_readonly(db, "SELECT run_id FROM runs").run_id)
+    except (*store_errors(), OSError):
+        return  # (the list said why the file cannot be read)
+    missing = sorted(pending - stored)
+    for state, runs in (("its server is gone: `trident runs recover --db " + db + "` stores it",
+                         [r for r in missing if server_gone(db, r)]),
+                        ("its server runs (or starts)", [r for r in missing if not server_gone(db, r)])):
+        if runs:
+            shown = ", ".join(printable(r) for r in runs[:10]) + (f" and {len(runs) - 10} more" if len(runs) > 10
+                                                                   else "")
+            typer.echo(f"note: a journal but no row in {db} yet: {shown}; {state}", err=True)
 
 
 def _running_without_journal(db: str) -> None:
