@@ -247,6 +247,8 @@ def test_cluster_yaml_bounds(tmp_path):
 # ---------------------------------------------------------------------------------- drawn workloads
 @pytest.mark.parametrize("args, needle", [
     (["simulate", "--duration", "1e9"], f"--duration: 1e+09 s is over the limit of {MAX_WORKLOAD_S:g} s"),
+    # (outside test 99: "86400 s is over the limit of 86400 s")
+    (["simulate", "--duration", "86400.0001"], f"--duration: 86400.0001 s is over the limit of {MAX_WORKLOAD_S:g} s"),
     (["simulate", "--rate", "1e9", "--duration", "60"], f"a workload has at most {MAX_REQUESTS}"),
     (["simulate", "--arrival", "bursts:size=100000000", "--rate", "0.001"], f"size must be an integer in 1..{MAX_REQUESTS}"),
     (["trace", "generate", "--rate", "1e9", "--out", "{tmp}/g.jsonl"], f"a workload has at most {MAX_REQUESTS}"),
