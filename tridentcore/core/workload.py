@@ -71,7 +71,8 @@ def generated_size_problems(rate: float, duration_s: float,
     refused (``arrival``), since its one burst would be many times the rate asked (outside test:
     1000 requests for 0.01/s over 10 s, and 100,000 at once for 0.5/s over 10 s)."""
     if is_finite(duration_s) and duration_s > MAX_WORKLOAD_S:
-        return [("duration", f"{duration_s:.12g} s is over the limit of {MAX_WORKLOAD_S:g} s")]  # (86400.0001: not "86400")
+        said = f"{duration_s:g}" if float(f"{duration_s:g}") > MAX_WORKLOAD_S else repr(float(duration_s))  # (not "86400")
+        return [("duration", f"{said} s is over the limit of {MAX_WORKLOAD_S:g} s")]
     if not (is_finite(rate) and is_finite(duration_s) and rate > 0 and duration_s > 0):
         return []
     expected = rate * duration_s
