@@ -321,6 +321,11 @@ def test_cli_cost_human_readable_and_options():
          "--frames must be an integer in 1..129"),
         (["--profile", "cpu", "--model", "tiny-sd3", "--stage", "diffuse", "--size", "64x64", "--frames", "5"],
          "--frames 5: tiny-sd3 is an image model (frames 1)"),  # (it was priced, though simulate refuses it)
+        # outside test 99: a size no model takes priced and echoed; a video at its default 1 frame, no word why
+        (["--model", "sd3-medium", "--stage", "encode", "--size", "99999x99999"],
+         "--size 99999x99999: a side of at most 4096 pixels"),
+        (["--model", "wan2.1-1.3b", "--stage", "diffuse", "--size", "832x480"],
+         "(wan2.1-1.3b is a video model: --frames gives its frames, 1 by default)"),
     ],
 )
 def test_cli_cost_bad_input_exits_2_with_one_line(args, needle):

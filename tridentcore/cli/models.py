@@ -10,7 +10,7 @@ import math
 import typer
 
 from ..core.defaults import (DEFAULT_DB, DEFAULT_PROFILE, MAX_FRAMES, MAX_GPUS_PER_NODE, MAX_GUIDANCE,
-                             MAX_PROFILE_BATCH, MAX_PROMPT_CHARS, MAX_SEED)
+                             MAX_PROFILE_BATCH, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE_PX)
 from ..core.types import STAGES, StageKind
 from ..runtime.devices import host_available_gib as _available_gib  # (a name the tests replace)
 from .common import check_out, fail, quiet_libraries, setup_logging
@@ -380,6 +380,8 @@ def cost(
         shape = None
         if size is not None:
             width, height = parse_size(size)
+            if max(width, height) > MAX_SIDE_PX:  # (outside test 99: 99999x99999 priced and echoed)
+                raise ValueError(f"--size {size}: a side of at most {MAX_SIDE_PX} pixels (as every model takes)")
             shape = Shape(height=height, width=width, frames=frames)
         elif stage != StageKind.ENCODE:
             raise ValueError(f"--size WIDTHxHEIGHT is required for stage {stage!r}")
@@ -406,7 +408,13 @@ def cost(
             "speedup": costs.speedup(model, stage, shape, degree, batch, gpu),
         }
     except (CostModelError, ProfileError, ValueError) as exc:
-        fail(str(exc).replace("\n", " ").replace("; pass gpu=", "; give --gpu"))
+        hint = ""
+        if frames == 1 and shape is not None and "below the smallest measured shape" in str(exc):
+            from ..runtime.models import video_models
+
+            if model in video_models(loaded.rows):  # (outside test 99: a video at one frame, no word why)
+                hint = f" ({model} is a video model: --frames gives its frames, 1 by default)"
+        fail(str(exc).replace("\n", " ").replace("; pass gpu=", "; give --gpu") + hint)
     if as_json:
         typer.echo(json.dumps(result))
         return
