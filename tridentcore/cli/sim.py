@@ -161,6 +161,8 @@ def sweep(
         fail("give exactly one of --goodput or --rates")
     if goodput and not target > 0:
         fail(f"--target {target:g}: an attainment above 0 (at most 1); at 0 every rate would pass")
+    if not goodput and given(ctx, "target", target) is not None:  # (outside test 99: ignored without a word)
+        fail("--target applies to --goodput only (--rates prints the attainment at each rate); drop it")
     rate_list = _rates(rates) if rates is not None else []
     noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out)
     try:
