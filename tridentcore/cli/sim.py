@@ -14,7 +14,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_DB_WAIT_S, DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
-                     ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, policy_specs, runnable_specs, setup_logging, store_failed, table, write_errors)
+                     ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, one_line, policy_specs, runnable_specs, setup_logging, store_failed, table, write_errors)
 
 __all__ = ["policies", "simulate", "sweep"]
 
@@ -86,6 +86,8 @@ def simulate(
             typer.secho(said, err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(128 + stopping_signal() if stopping_signal() else EXIT_INTERRUPTED) from None
     except write_errors() as exc:  # (the store failed part way: a full disk)
+        if not db or writing is None:  # (not a run's store)
+            fail(one_line(str(exc)))
         _add_if_committed(db, writing, stored)
         _drop_if_unused(db, made, stored)
         store_failed(exc, db, writing, stored, len(specs))
