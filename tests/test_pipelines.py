@@ -308,3 +308,50 @@ def _time(fn):
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def test_a_folder_whose_config_outgrows_its_weights_or_the_host_is_refused_before_loading(pipes, tmp_path, monkeypatch):
+    """Outside test 101: a transformer config of 200 layers of 1024 heads beside 1.5 MB of weights took
+    16.7 GB of a 23 GB host (and rising) before it was stopped; a model index nested 100,000 deep, a
+    RecursionError traceback; a null VAE, a traceback at the first decode. Each is now one line before
+    a weight is read (the configs are built on the meta device to count their parameters)."""
+    import resource
+    import shutil
+
+    from tridentcore.pipelines import folder as folder_module
+
+    saved = tmp_path / "saved"
+    pipes["tiny-sd3"].pipe.save_pretrained(saved)
+
+    def changed(case, change):
+        where = tmp_path / case
+        shutil.copytree(saved, where)
+        change(where)
+        with pytest.raises(ValueError) as err:
+            load_pipeline(str(where))
+        return str(err.value)
+
+    def huge(where):
+        config = where / "transformer" / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "num_attention_heads": 1024,
+                                      "attention_head_dim": 128, "num_layers": 200}))
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    said = changed("huge", huge)
+    assert re.search(r"transformer/config\.json describes a model of [\d,]+ parameters, but its weights hold [\d,]+ "
+                     r"numbers: the config does not match its weights$", said), said
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20  # KiB: under 1 GiB more
+    deep = changed("deep", lambda w: (w / "model_index.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000))
+    assert deep.endswith("model_index.json is not a diffusers model index (JSON nested too deep)"), deep
+    deep_config = changed("deepcfg", lambda w: (w / "vae" / "config.json").write_text("[" * 100_000 + "]" * 100_000))
+    assert "vae/config.json: not JSON (nested too deep)" in deep_config, deep_config
+
+    def null_vae(where):
+        index = where / "model_index.json"
+        index.write_text(json.dumps({**json.loads(index.read_text()), "vae": [None, None]}))
+
+    assert changed("nullvae", null_vae).endswith("model_index.json names no vae (null), and StableDiffusion3Pipeline "
+                                                 "needs one")
+    monkeypatch.setattr(folder_module, "available_gib", lambda: 0.0001)  # a host with 100 KiB free
+    assert re.search(r"its models need about [\d.]+ GiB of host memory; 0\.0 GiB is available$",
+                     changed("small-host", lambda w: None))

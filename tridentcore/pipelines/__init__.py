@@ -91,29 +91,78 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(root).__name__}: {first}" if root is not exc else first or type(exc).__name__
 
 
+def _component_class(entry: list):
+    """The class a model index entry (``[library, class name]``) names, where diffusers finds it: in a
+    library, or one of its pipelines; None if it names none."""
+    import importlib
+
+    lib = str(entry[0])
+    try:
+        module = importlib.import_module(lib if lib in ("diffusers", "transformers") else f"diffusers.pipelines.{lib}")
+    except ImportError:
+        return None
+    return getattr(module, str(entry[1]), None)
+
+
+def _size_problem(name: str, path: Path, spec: dict, dtype_bytes: int, device: str) -> str:
+    """Why a folder's models cannot be loaded for their size ("" if they can): each model component
+    is built from its config on the meta device (no memory) and its parameters counted. More than
+    twice the numbers its weights files hold is a config that does not match them; more than the
+    host's available memory (on the CPU) cannot load. Outside test 101: a transformer config of 200
+    layers of 1024 heads beside 1.5 MB of weights took 16.7 GB of a 23 GB host before it was stopped."""
+    import torch
+
+    from .folder import available_gib, stored_elements
+
+    total = 0
+    for key, entry in spec.items():
+        if key.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0] and entry[1]):
+            continue
+        cls = _component_class(entry)
+        stored = stored_elements(path / key)
+        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)) or stored is None:
+            continue
+        try:
+            with torch.device("meta"):
+                if hasattr(cls, "load_config"):  # a diffusers model
+                    model = cls.from_config(cls.load_config(str(path / key)))
+                else:  # a transformers model
+                    model = cls(cls.config_class.from_pretrained(str(path / key)))
+            count = sum(p.numel() for p in model.parameters())
+        except Exception:  # noqa: BLE001 - a config its class cannot take: the load says so, in its words
+            continue
+        if count > 2 * stored + 1_000_000:
+            return (f"cannot load pipeline {name!r}: {key}/config.json describes a model of {count:,} parameters, "
+                    f"but its weights hold {stored:,} numbers: the config does not match its weights")
+        total += count
+    need, free = total * dtype_bytes / 2**30, available_gib() if device == "cpu" else None
+    if free is not None and need > 0.9 * free:
+        return (f"cannot load pipeline {name!r}: its models need about {need:.1f} GiB of host memory; "
+                f"{free:.1f} GiB is available")
+    return ""
+
+
+_NEEDED = ("transformer", "unet", "vae", "scheduler")  # components no pipeline runs without (the encoders may be absent)
+
+
 def _check_components(name: str, class_name: str, spec: dict) -> None:
     """Each model component the index names (denoiser, VAE, text encoders) is of a class the pipeline
     class takes: a folder relabelled with another supported class (an SD3 folder saved as
     ``FluxPipeline``) would load and fail only at its first encode, with the library's traceback."""
-    import importlib
-
     import diffusers
     import torch
 
-    def library(lib: str):  # where diffusers finds a component's class: a library, or one of its pipelines
-        try:
-            return importlib.import_module(lib if lib in ("diffusers", "transformers") else f"diffusers.pipelines.{lib}")
-        except ImportError:
-            return None
-
     takes = getattr(diffusers, class_name)._get_signature_types()
     for key, entry in spec.items():
+        if key in _NEEDED and isinstance(entry, list) and entry[:1] == [None]:  # (outside test 101: loaded, then a
+            raise ValueError(f"{name}: model_index.json names no {key} (null), and {class_name} "  # traceback at decode)
+                             f"needs one")
         if key.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0]):
             continue
         wanted = tuple(t for t in takes.get(key, ()) if isinstance(t, type) and issubclass(t, torch.nn.Module))
         if not wanted:  # schedulers, tokenizers, processors, or a key the class does not take
             continue
-        named = getattr(library(str(entry[0])), str(entry[1]), None)
+        named = _component_class(entry)
         if not (isinstance(named, type) and issubclass(named, wanted)):
             raise ValueError(f"{name}: model_index.json says {class_name}, whose {key} is a "
                              f"{' or '.join(t.__name__ for t in wanted)}, but names {entry[0]}.{entry[1]} for it")
@@ -157,6 +206,9 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         try:
             spec = json.loads(index.read_text(encoding="utf-8"))
             class_name = spec["_class_name"]
+        except RecursionError:  # (outside test 101: a traceback)
+            raise ValueError(f"cannot load pipeline {name!r}: {index} is not a diffusers model index (JSON nested "
+                             "too deep)") from None
         except (ValueError, TypeError, KeyError, OSError) as exc:  # (UnicodeDecodeError is a ValueError)
             why = "no _class_name" if isinstance(exc, (KeyError, TypeError)) else str(exc)
             raise ValueError(f"cannot load pipeline {name!r}: {index} is not a diffusers model index ({why})") from None
@@ -168,6 +220,9 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         if damaged:  # (said before loading: safetensors' own error names no file, with a long traceback)
             raise ValueError(f"cannot load pipeline {name!r}: " + "; ".join(damaged[:3]) +
                              (f" (and {len(damaged) - 3} more)" if len(damaged) > 3 else ""))
+        too_big = _size_problem(name, path, spec, torch_dtype.itemsize, str(device).split(":")[0])
+        if too_big:
+            raise ValueError(too_big)
         source = str(path)
         # Optional components saved as absent (SD3 without T5, say) must be passed as None.
         absent = {k: None for k, v in spec.items() if isinstance(v, list) and v[:1] == [None]}

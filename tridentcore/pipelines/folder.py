@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["failing_tokenizer", "weights_problems"]
+__all__ = ["available_gib", "failing_tokenizer", "stored_elements", "weights_problems"]
 
 _MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on its JSON header
 _MAX_JSON_BYTES = 64 * 2**20  # a component's JSON files parsed before loading (a tokenizer.json: a few MB)
@@ -61,6 +61,39 @@ def _safetensors_problem(path: Path) -> str:
     return ""
 
 
+def available_gib() -> float | None:
+    """The memory available to a new process now (``MemAvailable``), GiB; None where it is not known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def stored_elements(folder: Path) -> int | None:
+    """How many numbers the ``.safetensors`` files of one component's folder hold (from their headers;
+    checked whole by :func:`weights_problems` first), or None where it holds none."""
+    total, found = 0, False
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with f.open("rb") as fh:
+                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        except (OSError, ValueError, RecursionError):
+            return None
+        for key, tensor in header.items():
+            shape = tensor.get("shape") if isinstance(tensor, dict) and key != "__metadata__" else None
+            if isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape):
+                count = 1
+                for n in shape:
+                    count *= n
+                total += count
+                found = True
+    return total if found else None
+
+
 def weights_problems(folder: Path) -> list[str]:
     """``relative/path.safetensors: why`` for each damaged weights file of a pipeline folder (its
     components' folders and the folder itself)."""
@@ -85,6 +118,8 @@ def weights_problems(folder: Path) -> list[str]:
             out.append(f"{f.relative_to(folder)}: cannot be read ({exc.strerror or type(exc).__name__})")
         except ValueError as exc:  # (UnicodeDecodeError is one)
             out.append(f"{f.relative_to(folder)}: not JSON ({str(exc)[:120]})")
+        except RecursionError:  # (outside test 101: a traceback)
+            out.append(f"{f.relative_to(folder)}: not JSON (nested too deep)")
     return out
 
 
