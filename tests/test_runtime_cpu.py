@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import json
 import os
+import re
 import signal
 import time
 
@@ -185,6 +187,64 @@ def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path
             assert f"worker 1: worker process {pid} exited" in log and "worker 0: worker process" not in log, log[-3000:]
         else:
             assert health.status_code == 503 and health.json()["devices_alive"] == 0 and "down" not in health.json()
+        client.close()
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_worker_restarted_after_its_folder_was_replaced_does_not_serve_another_model(tmp_path):
+    """Outside test 101: the folder a server served was replaced by another model's (a video pipeline)
+    and the worker killed: the restarted worker loaded what the folder then held and served it under
+    the old name, a WebP video for an image request, without a word. Now the restart is refused (and
+    retried, as a failed restart is, until the folder is back); a folder whose files changed but that
+    holds the same kind of model is served with a warning."""
+    import shutil
+    from pathlib import Path
+
+    from tridentcore.pipelines import load_pipeline
+
+    folder, video, same = tmp_path / "saved", tmp_path / "video", tmp_path / "same"
+    load_pipeline("tiny-sd3").pipe.save_pretrained(folder)
+    load_pipeline("tiny-wan").pipe.save_pretrained(video)
+    shutil.copytree(folder, same)
+    config = same / "vae" / "config.json"  # the same model, one config value written differently
+    config.write_text(json.dumps({**json.loads(config.read_text()), "force_upcast": True}))
+    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
+    lines = rows.read_text().splitlines()
+    profile = tmp_path / "saved.csv"
+    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", f"cpu,{folder},", 1)
+                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    server = start_server(["--models", str(folder), "--devices", "cpu:1", "--profile", str(profile)], timeout_s=180)
+    try:
+        client = httpx.Client(base_url=server.url, timeout=60)
+        body = {"prompt": "x", "model": str(folder), "size": "64x64", "steps": 2, "slo_ms": LONG_SLO_MS}
+
+        def kill_worker_and_swap(into: Path) -> None:
+            ((pid,),) = [(d["pid"],) for d in client.get("/v1/cluster").json()["devices"] if d.get("pid")]
+            shutil.move(folder, tmp_path / f"was-{into.name}")
+            shutil.copytree(into, folder)
+            os.kill(pid, signal.SIGKILL)  # the worker process of the server this test started
+
+        assert client.post("/v1/images/generations", json=body).status_code == 200
+        kill_worker_and_swap(video)
+        deadline = time.monotonic() + 60
+        while "is not the model it served" not in server.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, server.log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        log = server.log_path.read_text(errors="replace")
+        assert re.search(rf"worker 0: restart failed: worker 0: {re.escape(str(folder))} is not the model it served "
+                         r"\(an image model of sides \d+\.\.\d+, \d+ steps by default at the start, now a video "
+                         r"model", log), log[-3000:]
+        assert client.get("/healthz").json()["devices_alive"] == 0
+        shutil.rmtree(folder)
+        shutil.copytree(same, folder)  # the same kind of model again: the next restart serves it, said
+        deadline = time.monotonic() + 90
+        while client.get("/healthz").json()["devices_alive"] != 1:
+            assert time.monotonic() < deadline, server.log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        got = client.post("/v1/images/generations", json={**body, "response_format": "b64_json"})
+        assert got.status_code == 200 and got.json()["kind"] == "image", got.text[:300]
+        assert "changed since it was loaded" in server.log_path.read_text(errors="replace")
         client.close()
     finally:
         assert server.stop() == 0

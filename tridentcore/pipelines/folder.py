@@ -22,7 +22,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["available_gib", "failing_tokenizer", "stored_elements", "weights_problems"]
+__all__ = ["available_gib", "failing_tokenizer", "fingerprint", "stored_elements", "weights_problems"]
 
 _MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on its JSON header
 _MAX_JSON_BYTES = 64 * 2**20  # a component's JSON files parsed before loading (a tokenizer.json: a few MB)
@@ -71,6 +71,30 @@ def available_gib() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
+
+
+def fingerprint(folder: Path) -> str:
+    """A digest of what a pipeline folder holds, read cheaply: its model index, its components'
+    configs, and each weights file's name, size and header (the tensors' names, shapes and offsets,
+    not their values). A worker restarted after the folder was replaced tells by it (outside test 101:
+    it served what the folder then held, another model, under the old name, without a word)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in sorted([*folder.glob("*.json"), *folder.glob("*/*.json"), *folder.glob("*.safetensors"),
+                     *folder.glob("*/*.safetensors")]):
+        try:
+            with f.open("rb") as fh:
+                if f.suffix == ".json":
+                    data = fh.read(_MAX_JSON_BYTES)
+                else:
+                    head = fh.read(8)
+                    data = head + fh.read(min(int.from_bytes(head, "little"), _MAX_HEADER_BYTES))
+                    data += str(f.stat().st_size).encode()
+        except OSError:
+            data = b"?"
+        digest.update(str(f.relative_to(folder)).encode(errors="surrogateescape") + b"\0" + data + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def stored_elements(folder: Path) -> int | None:

@@ -228,12 +228,31 @@ class CpuWorker(Worker):
             self._kill(proc)
         threading.Thread(target=self._reader, args=(watch, parent, gen, started), name=f"trident-reader-{self.slot}",
                          daemon=True).start()
+        first = dict(self.cards)  # (empty before the first start)
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), self.start_timeout_s)
         except asyncio.TimeoutError:
             self._kill(proc)
             raise RuntimeError(f"{self.name}: not ready after {self.start_timeout_s:.0f} s") from None
+        self._same_models(first, proc)
         self.alive = self._was_up = True
+
+    def _same_models(self, first: dict[str, ModelCard], proc) -> None:
+        """A restarted worker serves the models it was started with: one whose folder now holds another
+        pipeline is refused (the process stopped, the start failed: retried as any failed restart),
+        one whose folder's files changed is said (outside test 101: another model was served under the
+        old name, without a word)."""
+        for name, card in first.items():
+            now = self.cards.get(name)
+            changed = card.changed(now) if now is not None else "not loaded"
+            if changed:
+                self.cards = first
+                self._kill(proc)
+                raise RuntimeError(f"{self.name}: {name} is not the model it served ({changed}): its folder was "
+                                   "replaced; restore it, or restart the server to serve what it holds now")
+            if now.source != card.source:
+                logger.warning("%s: the folder of %s changed since it was loaded (its configs or weights files "
+                               "differ): the restarted worker serves what it holds now", self.name, name)
 
     def _reader(self, watch: worker_forkserver.Watched, conn, gen: int, started: int | None) -> None:
         """Thread: hand every message to the loop; report the process's end once. A forked process whose

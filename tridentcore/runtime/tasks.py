@@ -4,7 +4,7 @@ reports about a model it loaded (:class:`ModelCard`), and an allocation failure 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.types import StageKind
@@ -94,6 +94,16 @@ class ModelCard:
     max_frames: int
     default_steps: int
     max_prompt_tokens: int
+    source: str = ""  # a folder's fingerprint (``pipelines.folder.fingerprint``); "" for a built-in model
+
+    def changed(self, other: ModelCard) -> str:
+        """How ``other`` (the same model loaded again: a restarted worker) is not what this card
+        says ("" if it is, its folder's files aside)."""
+        what = lambda c: (f"{'a video' if c.video else 'an image'} model of sides {c.min_size}..{c.max_size}, "  # noqa: E731
+                          f"{c.default_steps} steps by default")
+        if replace(self, source="") == replace(other, source=""):
+            return ""
+        return f"{what(self)} at the start, now {what(other)}" if what(self) != what(other) else "its limits differ"
 
 
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")

@@ -196,11 +196,17 @@ def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
     for m in models:
         src = (sources or {}).get(m, m)
         pipes[m] = load_pipeline(src, device=device, dtype="bfloat16") if cuda else load_pipeline(src)
+    from pathlib import Path
+
+    from ..pipelines.folder import fingerprint
+
     cards = {}
     for m, p in pipes.items():
         lim = p.limits
+        src = Path((sources or {}).get(m, m)).expanduser()
         cards[m] = ModelCard(m, lim.video, lim.min_size, lim.max_size, lim.size_multiple, lim.frames_multiple,
-                             lim.max_frames, p.default_steps, lim.max_prompt_tokens)
+                             lim.max_frames, p.default_steps, lim.max_prompt_tokens,
+                             fingerprint(src) if src.is_dir() else "")
     for m, p in pipes.items():
         card = cards[m]
         size = max(card.min_size, 32)
