@@ -352,6 +352,11 @@ def test_a_folder_whose_config_outgrows_its_weights_or_the_host_is_refused_befor
 
     assert changed("nullvae", null_vae).endswith("model_index.json names no vae (null), and StableDiffusion3Pipeline "
                                                  "needs one")
+    # a component's folder missing, or a link that loops: diffusers named the pipeline's folder instead
+    assert changed("novae", lambda w: shutil.rmtree(w / "vae")).endswith(
+        "vae/: missing (model_index.json names diffusers.AutoencoderKL for it)")
+    assert changed("loop", lambda w: (shutil.rmtree(w / "vae"), (w / "vae").symlink_to("vae"))).endswith(
+        "vae/: a link to vae, which does not exist (or loops)")
     monkeypatch.setattr(folder_module, "available_gib", lambda: 0.0001)  # a host with 100 KiB free
     assert re.search(r"its models need about [\d.]+ GiB of host memory; 0\.0 GiB is available$",
                      changed("small-host", lambda w: None))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,16 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
             raise ValueError(f"{name}: pipeline class {class_name} is not supported; supported: "
                              f"{', '.join(PIPELINE_CLASSES)}")
         _check_components(name, class_name, spec)
+        for key, entry in spec.items():  # (outside test 101: diffusers named the pipeline's folder, not the missing one)
+            if key.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0]):
+                continue
+            sub = path / key
+            if sub.is_symlink() and not sub.exists():
+                raise ValueError(f"cannot load pipeline {name!r}: {key}/: a link to {os.readlink(sub)}, which does not "
+                                 "exist (or loops)")
+            if not sub.is_dir():
+                raise ValueError(f"cannot load pipeline {name!r}: {key}/: " + ("not a folder" if sub.exists() else
+                                 "missing") + f" (model_index.json names {entry[0]}.{entry[1]} for it)")
         damaged = weights_problems(path)
         if damaged:  # (said before loading: safetensors' own error names no file, with a long traceback)
             raise ValueError(f"cannot load pipeline {name!r}: " + "; ".join(damaged[:3]) +

@@ -11,7 +11,11 @@ from one of:" and no more. Here:
   or a folder in its place is said as such), and every JSON file (configs, shard indexes,
   tokenizers) must parse;
 * :func:`failing_tokenizer`, after a load failed: which tokenizer component cannot be loaded alone,
-  and the files its folder holds.
+  and the files its folder holds;
+* :func:`stored_elements`: how many numbers a component's weights hold (against what its config
+  describes, counted on the meta device before loading), and :func:`available_gib`, the host's
+  memory for it;
+* :func:`fingerprint`: a cheap digest of the folder, by which a restarted worker tells it was replaced.
 
 Torch-free (transformers is imported only by :func:`failing_tokenizer`, on the error path).
 """
