@@ -360,3 +360,21 @@ def test_a_folder_whose_config_outgrows_its_weights_or_the_host_is_refused_befor
     monkeypatch.setattr(folder_module, "available_gib", lambda: 0.0001)  # a host with 100 KiB free
     assert re.search(r"its models need about [\d.]+ GiB of host memory; 0\.0 GiB is available$",
                      changed("small-host", lambda w: None))
+
+
+def test_a_mistyped_path_under_a_folder_here_and_a_file_are_said_so(tmp_path, monkeypatch):
+    """Outside test 101: `--model models/sd3` (a typo, `models/` a folder here) was looked up on the hub,
+    failing after 8 s offline with "Name or service not known"; a file given as the folder read "no
+    model_index.json"."""
+    from tridentcore.pipelines import check_model_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "afile").write_text("x")
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"^models/sd3: no such folder \(a built-in model is one of tiny-sd3"):
+        load_pipeline("models/sd3")
+    assert time.perf_counter() - t0 < 5.0
+    check_model_name("someorg/some-model")  # (no folder `someorg` here: still a hub id)
+    with pytest.raises(ValueError, match=r"afile is a file, not a diffusers pipeline directory$"):
+        load_pipeline("afile")

@@ -178,7 +178,10 @@ def check_model_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(MODELS)}")
     if Path(name).expanduser().exists():
         return
-    if name.startswith(("./", "../", "/", "~")) or name.endswith("/"):  # a path, not a hub id
+    # a path, not a hub id: written as one, or ORG/NAME whose ORG is a folder here (outside test 101:
+    # `models/sd3` mistyped was looked up on the hub, a DNS query that failed offline after 8 s)
+    if name.startswith(("./", "../", "/", "~")) or name.endswith("/") or Path(name).parent.name and \
+            Path(name).expanduser().parent.is_dir():
         raise ValueError(f"{name}: no such folder (a built-in model is one of {', '.join(MODELS)}; `trident models`)")
     if name.count("/") != 1:  # a typo of a built-in name is not looked up on the hub (a DNS query, 6 s offline)
         raise ValueError(f"unknown model {name!r}: not a built-in model ({', '.join(MODELS)}; `trident models`), "
@@ -202,6 +205,8 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
     path = Path(name).expanduser()
     if path.exists():
         index = path / "model_index.json"
+        if not path.is_dir():  # (outside test 101: a file read "no model_index.json")
+            raise ValueError(f"{path} is a file, not a diffusers pipeline directory")
         if not index.is_file():
             raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
         try:
