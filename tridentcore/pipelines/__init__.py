@@ -204,6 +204,11 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
 
     path = Path(name).expanduser()
     if path.exists():
+        try:
+            str(path.resolve()).encode("utf-8")
+        except UnicodeEncodeError:  # (outside test 101: a different library's error at each try)
+            raise ValueError(f"{name.encode('utf-8', 'backslashreplace').decode()}: the folder's path is not valid "
+                             "UTF-8 (the weights and tokenizer libraries take UTF-8 paths only); rename it") from None
         index = path / "model_index.json"
         if not path.is_dir():  # (outside test 101: a file read "no model_index.json")
             raise ValueError(f"{path} is a file, not a diffusers pipeline directory")
