@@ -211,24 +211,28 @@ def test_a_folder_whose_component_config_is_broken_is_one_line(pipes, tmp_path):
         load_pipeline("./no-such")  # (it was tried as a hub id: "Repo id must use alphanumeric chars")
 
 
+def _refused_copy(saved, folder, change) -> str:
+    """The error of loading a copy of the pipeline folder ``saved`` at ``folder``, changed by ``change``."""
+    import shutil
+
+    shutil.copytree(saved, folder)
+    change(folder)
+    with pytest.raises(ValueError) as err:
+        load_pipeline(str(folder))
+    return str(err.value)
+
+
 def test_a_folder_with_damaged_weights_or_a_missing_tokenizer_file_names_it(pipes, tmp_path):
     """An emptied or truncated text-encoder model.safetensors gave safetensors' own error with a
     58-line traceback, and a tokenizer without its tokenizer.json "Couldn't instantiate the backend
     tokenizer from one of:" and a wrong hint about config.json (outside test)."""
-    import shutil
-
     saved = tmp_path / "saved"
     pipes["tiny-sd3"].pipe.save_pretrained(saved)
     weights = "text_encoder/model.safetensors"
     size = (saved / weights).stat().st_size
 
     def damaged(case, change):
-        folder = tmp_path / case
-        shutil.copytree(saved, folder)
-        change(folder)
-        with pytest.raises(ValueError) as err:
-            load_pipeline(str(folder))
-        return str(err.value)
+        return _refused_copy(saved, tmp_path / case, change)
 
     emptied = damaged("empty", lambda f: (f / weights).write_bytes(b""))
     assert emptied == f"cannot load pipeline {str(tmp_path / 'empty')!r}: {weights}: 0 bytes: empty or cut short " \
@@ -324,12 +328,7 @@ def test_a_folder_whose_config_outgrows_its_weights_or_the_host_is_refused_befor
     pipes["tiny-sd3"].pipe.save_pretrained(saved)
 
     def changed(case, change):
-        where = tmp_path / case
-        shutil.copytree(saved, where)
-        change(where)
-        with pytest.raises(ValueError) as err:
-            load_pipeline(str(where))
-        return str(err.value)
+        return _refused_copy(saved, tmp_path / case, change)
 
     def huge(where):
         config = where / "transformer" / "config.json"
