@@ -633,6 +633,23 @@ def _mount_tmpfs(where: Path, mib: int) -> None:
         pytest.skip(f"a full disk needs a small file system; cannot mount a tmpfs here: {got.stderr.strip()}")
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk(MIB)``: a tmpfs of that size at ``tmp_path / "small"``, unmounted (lazily: a file
+    still open in this process does not keep it) when the test ends."""
+    mounted = []
+
+    def mount(mib: int) -> Path:
+        where = tmp_path / "small"
+        _mount_tmpfs(where, mib)
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
 def _fill(folder: Path) -> Path:
     """A file that takes every free byte of ``folder``'s file system."""
     filler = folder / "filler"
@@ -813,53 +830,47 @@ def test_a_stored_run_whose_journal_cannot_be_deleted_is_said_stored_and_recover
     assert _one(db, "SELECT count(*) AS n FROM requests") == {"n": 3}
 
 
-def test_a_disk_that_fills_under_bench_and_simulate_is_one_line_and_leaves_no_empty_database(tmp_path):
+def test_a_disk_that_fills_under_bench_and_simulate_is_one_line_and_leaves_no_empty_database(small_disk):
     """Outside test 100, on a small file system: full at the start, `bench --db` and `simulate --db` left a
     0-byte database that every later run refused ("not a DuckDB database (an empty file)"); full after
     the first of two runs, a DuckDB traceback, with no word of which run was stored."""
-    small = tmp_path / "small"
-    _mount_tmpfs(small, 3)
-    try:
-        filler = _fill(small)
-        for command in ("bench", "simulate"):
-            db = small / f"{command}.duckdb"
-            got = _cli(command, "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
-                       "--db", str(db), *(["--no-progress"] if command == "bench" else []))
-            assert got.exit_code == 2 and f"--db {db}: cannot store runs there" in got.output, got.output
-            assert "Traceback" not in got.output and not list(small.glob(f"{command}.duckdb*")), got.output
-        filler.unlink()
-        with open(filler, "wb") as f:  # room for the first run's database, not for the second run
-            f.write(b"\0" * (1200 << 10))
-        for command in ("bench", "simulate"):
-            db = small / f"{command}.duckdb"
-            got = _cli(command, "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
-                       "--db", str(db), *(["--no-progress"] if command == "bench" else []))
-            line = re.search(rf"could not store run \S+-pipeline-dynamic-\S+ in {re.escape(str(db))}: .*No space left "
-                             r"on device; 1 run of 2 stored: (\S+-trident-\S+)$", got.output.strip())
-            assert got.exit_code == 2 and line and "Traceback" not in got.output, got.output
-            assert list(query_readonly(db, "SELECT run_id FROM runs").run_id) == [line.group(1)]  # as it said
-            db.unlink()  # (the next command's room)
-            db.with_name(db.name + ".wal").unlink(missing_ok=True)
-        filler.unlink()
-        db = small / "again.duckdb"
-        got = _cli("simulate", "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
-                   "--db", str(db))
-        assert got.exit_code == 0, got.output
-        assert len(query_readonly(db, "SELECT run_id FROM runs")) == 2
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)  # (-l: a file still open here does not keep it)
+    small = small_disk(3)
+    filler = _fill(small)
+    for command in ("bench", "simulate"):
+        db = small / f"{command}.duckdb"
+        got = _cli(command, "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
+                   "--db", str(db), *(["--no-progress"] if command == "bench" else []))
+        assert got.exit_code == 2 and f"--db {db}: cannot store runs there" in got.output, got.output
+        assert "Traceback" not in got.output and not list(small.glob(f"{command}.duckdb*")), got.output
+    filler.unlink()
+    with open(filler, "wb") as f:  # room for the first run's database, not for the second run
+        f.write(b"\0" * (1200 << 10))
+    for command in ("bench", "simulate"):
+        db = small / f"{command}.duckdb"
+        got = _cli(command, "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
+                   "--db", str(db), *(["--no-progress"] if command == "bench" else []))
+        line = re.search(rf"could not store run \S+-pipeline-dynamic-\S+ in {re.escape(str(db))}: .*No space left "
+                         r"on device; 1 run of 2 stored: (\S+-trident-\S+)$", got.output.strip())
+        assert got.exit_code == 2 and line and "Traceback" not in got.output, got.output
+        assert list(query_readonly(db, "SELECT run_id FROM runs").run_id) == [line.group(1)]  # as it said
+        db.unlink()  # (the next command's room)
+        db.with_name(db.name + ".wal").unlink(missing_ok=True)
+    filler.unlink()
+    db = small / "again.duckdb"
+    got = _cli("simulate", "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
+               "--db", str(db))
+    assert got.exit_code == 0, got.output
+    assert len(query_readonly(db, "SELECT run_id FROM runs")) == 2
 
 
-def test_a_stop_on_a_full_disk_counts_the_refusals_it_could_not_journal(tmp_path):
+def test_a_stop_on_a_full_disk_counts_the_refusals_it_could_not_journal(small_disk):
     """Outside test 100: a server stopped while its journal's disk was still full said how many request
     rows were lost, not that the 503s it had answered meanwhile (records_unwritable) were not in the
     journal either: recovered, the run read as if it had turned nobody away."""
-    small = tmp_path / "small"
-    _mount_tmpfs(small, 24)
+    small = small_disk(24)
     db = small / "f.duckdb"
-    server = None
+    server = start_server([*ARGS, "--db", str(db), "--run-id", "stopfull", "--db-wait", "1"])
     try:
-        server = start_server([*ARGS, "--db", str(db), "--run-id", "stopfull", "--db-wait", "1"])
         with httpx.Client(base_url=server.url, timeout=60) as client:
             assert client.post("/v1/images/generations", json=BODY).status_code == 200
             time.sleep(1.5)
@@ -879,34 +890,28 @@ def test_a_stop_on_a_full_disk_counts_the_refusals_it_could_not_journal(tmp_path
         out = _cli("runs", "recover", "--db", str(db))
         assert out.exit_code == 0 and "status crashed" in out.output, out.output
     finally:
-        if server is not None:
-            server.stop()
-        subprocess.run(["umount", "-l", str(small)], check=False)  # (-l: a file still open here does not keep it)
+        server.stop()
 
 
-def test_runs_delete_and_export_on_a_full_disk_name_the_run_and_leave_nothing(tmp_path):
+def test_runs_delete_and_export_on_a_full_disk_name_the_run_and_leave_nothing(small_disk):
     """Outside test 100: on a full disk `runs delete A B` printed the same "not deleted: TransactionContext
     Error: ..." line for each run, naming neither; `runs export --parquet DIR` failed cleanly but left
     the empty DIR it had made."""
-    small = tmp_path / "small"
-    _mount_tmpfs(small, 8)
-    try:
-        db = small / "d.duckdb"
-        made = _cli("simulate", "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
-                    "--db", str(db))
-        assert made.exit_code == 0, made.output
-        runs = list(query_readonly(db, "SELECT run_id FROM runs ORDER BY run_id").run_id)
-        _fill(small)
-        gone = _cli("runs", "delete", *runs, "--db", str(db))
-        assert gone.exit_code == 1 and "Traceback" not in gone.output, gone.output
-        lines = [line for line in gone.output.splitlines() if line.startswith("not deleted:")]
-        assert [line.split("'")[1] for line in lines] == runs, gone.output
-        out = small / "pq"
-        export = _cli("runs", "export", runs[0], "--parquet", str(out), "--db", str(db))
-        assert export.exit_code == 2 and f"--parquet {out}: cannot be written" in export.output, export.output
-        assert not out.exists()
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)  # (-l: a file still open here does not keep it)
+    small = small_disk(8)
+    db = small / "d.duckdb"
+    made = _cli("simulate", "--policies", "trident,pipeline-dynamic", "--rate", "0.5", "--duration", "60",
+                "--db", str(db))
+    assert made.exit_code == 0, made.output
+    runs = list(query_readonly(db, "SELECT run_id FROM runs ORDER BY run_id").run_id)
+    _fill(small)
+    gone = _cli("runs", "delete", *runs, "--db", str(db))
+    assert gone.exit_code == 1 and "Traceback" not in gone.output, gone.output
+    lines = [line for line in gone.output.splitlines() if line.startswith("not deleted:")]
+    assert [line.split("'")[1] for line in lines] == runs, gone.output
+    out = small / "pq"
+    export = _cli("runs", "export", runs[0], "--parquet", str(out), "--db", str(db))
+    assert export.exit_code == 2 and f"--parquet {out}: cannot be written" in export.output, export.output
+    assert not out.exists()
 
 
 def test_a_journal_whose_run_has_no_row_is_named_by_runs_list_and_show(tmp_path):
