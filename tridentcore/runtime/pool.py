@@ -18,6 +18,23 @@ class StartInterrupted(RuntimeError):
     without serving."""
 
 
+def not_the_models(name: str, first: dict[str, ModelCard], now: dict[str, ModelCard]) -> str:
+    """Why a restarted worker's models (``now``) are not those it was started with (``first``; empty
+    at the first start): "" if they are. One whose folder now holds another kind of pipeline is not
+    (outside test 101: it was served under the old name, without a word); one whose folder's files
+    changed but that holds the same kind of model is, said in the log."""
+    for model, card in first.items():
+        loaded = now.get(model)
+        changed = card.changed(loaded) if loaded is not None else "not loaded"
+        if changed:
+            return (f"{name}: {model} is not the model it served ({changed}): its folder was replaced; restore it, "
+                    "or restart the server to serve what it holds now")
+        if loaded.source != card.source:
+            logger.warning("%s: the folder of %s changed since it was loaded (its configs or weights files differ): "
+                           "the restarted worker serves what it holds now", name, model)
+    return ""
+
+
 class Worker:
     """One device slot. ``run`` is called only while the slot is idle (dispatch is exclusive)."""
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from . import worker_forkserver
-from .pool import StartInterrupted, Worker
+from .pool import StartInterrupted, Worker, not_the_models
 from .sigint import STOP_SIGNALS, signals_blocked
 from .tasks import ModelCard, StageResult, StageTask
 from .tmpdirs import socket_safe_base, socket_safe_mp_dir
@@ -238,21 +238,13 @@ class CpuWorker(Worker):
         self.alive = self._was_up = True
 
     def _same_models(self, first: dict[str, ModelCard], proc) -> None:
-        """A restarted worker serves the models it was started with: one whose folder now holds another
-        pipeline is refused (the process stopped, the start failed: retried as any failed restart),
-        one whose folder's files changed is said (outside test 101: another model was served under the
-        old name, without a word)."""
-        for name, card in first.items():
-            now = self.cards.get(name)
-            changed = card.changed(now) if now is not None else "not loaded"
-            if changed:
-                self.cards = first
-                self._kill(proc)
-                raise RuntimeError(f"{self.name}: {name} is not the model it served ({changed}): its folder was "
-                                   "replaced; restore it, or restart the server to serve what it holds now")
-            if now.source != card.source:
-                logger.warning("%s: the folder of %s changed since it was loaded (its configs or weights files "
-                               "differ): the restarted worker serves what it holds now", self.name, name)
+        """A restarted worker serves the models it was started with (:func:`pool.not_the_models`):
+        otherwise its process is stopped and the start fails (retried as any failed restart)."""
+        problem = not_the_models(self.name, first, self.cards)
+        if problem:
+            self.cards = first
+            self._kill(proc)
+            raise RuntimeError(problem)
 
     def _reader(self, watch: worker_forkserver.Watched, conn, gen: int, started: int | None) -> None:
         """Thread: hand every message to the loop; report the process's end once. A forked process whose

@@ -47,7 +47,7 @@ from ..core.types import StageKind
 from .emulated import proportional_step
 from .parallel_worlds import Worlds
 from .ray_address import probe_ray_address
-from .pool import StartInterrupted
+from .pool import StartInterrupted, not_the_models
 from .workers import ModelCard, StageResult, StageTask, Worker, WorkerPool, failure, load_pipelines
 
 logger = logging.getLogger(__name__)
@@ -296,6 +296,10 @@ class RayWorker(Worker):
         except Exception as exc:
             ray.kill(actor, no_restart=True)
             raise RuntimeError(f"{self.name}: actor failed to start: {_reason(exc)}") from exc
+        problem = not_the_models(self.name, self.cards, info["cards"])  # (a restart after its folder was replaced)
+        if problem:
+            ray.kill(actor, no_restart=True)
+            raise RuntimeError(problem)
         self._generation += 1
         gen = self._generation
         self.actor, self.pid, self.node, self.cards = actor, info["pid"], info["node"], info["cards"]
