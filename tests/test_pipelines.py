@@ -351,6 +351,13 @@ def test_a_folder_whose_config_outgrows_its_weights_or_the_host_is_refused_befor
 
     assert changed("nullvae", null_vae).endswith("model_index.json names no vae (null), and StableDiffusion3Pipeline "
                                                  "needs one")
+    for key, null in (("text_encoder", [None, None]), ("tokenizer_2", [None, None]), ("vae", None)):  # (outside test 102)
+        def set_null(where, key=key, null=null):
+            index = where / "model_index.json"
+            index.write_text(json.dumps({**json.loads(index.read_text()), key: null}))
+
+        assert changed(f"null-{key}", set_null).endswith(f"model_index.json names no {key} (null), and "
+                                                         "StableDiffusion3Pipeline needs one")
     # a component's folder missing, or a link that loops: diffusers named the pipeline's folder instead
     assert changed("novae", lambda w: shutil.rmtree(w / "vae")).endswith(
         "vae/: missing (model_index.json names diffusers.AutoencoderKL for it)")

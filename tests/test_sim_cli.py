@@ -135,6 +135,9 @@ def test_sweep_rates_prints_classes():
      "Invalid value for '--duration': Input should be greater than or equal to 1"),
     (["bench", "--target", "0", "--policies", "trident"], "--target 0: an attainment above 0 (at most 1)"),
     (["sweep", "--rates", "1", "--target", "0.5", "--duration", "30"], "--target applies to --goodput only"),
+    # outside test 102: --model without a trace was ignored without a word
+    (["simulate", "--model", "bogus"], "--model names the model of a paper-format trace's requests (with --trace)"),
+    (["bench", "--model", "bogus", "--policies", "trident"], "--model names the model of a paper-format trace's"),
     # outside test 99: a file named "-" was written; a file in the path read "(File exists)"
     (["profile", "--model", "tiny-sd3", "--out", "-"], "--out -: this command writes a file, not standard output"),
     (["profile", "--model", "tiny-sd3", "--out", __file__ + "/p.csv"], "a file stands where the path needs a folder"),

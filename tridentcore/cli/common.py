@@ -291,8 +291,11 @@ def given(ctx: typer.Context, name: str, value):
 
 def refuse_mix_options_with_trace(ctx: typer.Context, trace: str | None) -> None:
     """A trace sets the times and the requests: --rate, --duration and --arrival given with it would be
-    ignored, so they are refused (one line, exit 2)."""
+    ignored, so they are refused (one line, exit 2); so is --model without a trace."""
     if trace is None:
+        if "model" in ctx.params and given(ctx, "model", True):  # (outside test 102: ignored without a word)
+            fail("--model names the model of a paper-format trace's requests (with --trace); a mix names its own "
+                 "models: drop it")
         return
     named = [f"--{n}" for n in ("rate", "duration", "arrival") if n in ctx.params and given(ctx, n, True)]
     if named:

@@ -143,7 +143,11 @@ def _size_problem(name: str, path: Path, spec: dict, dtype_bytes: int, device: s
     return ""
 
 
-_NEEDED = ("transformer", "unet", "vae", "scheduler")  # components no pipeline runs without (the encoders may be absent)
+# components a model index may leave null (SD3 without its T5 encoder; Wan 2.1 has no second transformer):
+# every other one its pipeline class takes is needed (outside tests 101 and 102: a null VAE or text encoder
+# loaded, then a traceback at the first decode or encode)
+_MAY_BE_NULL = ("text_encoder_3", "tokenizer_3", "transformer_2", "image_encoder", "feature_extractor",
+                "safety_checker")
 
 
 def _check_components(name: str, class_name: str, spec: dict) -> None:
@@ -154,10 +158,15 @@ def _check_components(name: str, class_name: str, spec: dict) -> None:
     import torch
 
     takes = getattr(diffusers, class_name)._get_signature_types()
+    def component(key: str) -> bool:  # a model, tokenizer or scheduler (not a setting such as boundary_ratio)
+        return any(isinstance(t, type) and t.__module__.startswith(("diffusers", "transformers"))
+                   for t in takes.get(key, ()))
+
     for key, entry in spec.items():
-        if key in _NEEDED and isinstance(entry, list) and entry[:1] == [None]:  # (outside test 101: loaded, then a
-            raise ValueError(f"{name}: model_index.json names no {key} (null), and {class_name} "  # traceback at decode)
-                             f"needs one")
+        if (component(key) and key not in _MAY_BE_NULL
+                and (entry is None or isinstance(entry, list) and entry[:1] == [None])):
+            raise ValueError(f"{name}: model_index.json names no {key} (null), and {class_name} needs one")
+    for key, entry in spec.items():
         if key.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0]):
             continue
         wanted = tuple(t for t in takes.get(key, ()) if isinstance(t, type) and issubclass(t, torch.nn.Module))
