@@ -158,6 +158,7 @@ def _check_components(name: str, class_name: str, spec: dict) -> None:
     import torch
 
     takes = getattr(diffusers, class_name)._get_signature_types()
+
     def component(key: str) -> bool:  # a model, tokenizer or scheduler (not a setting such as boundary_ratio)
         return any(isinstance(t, type) and t.__module__.startswith(("diffusers", "transformers"))
                    for t in takes.get(key, ()))
