@@ -246,6 +246,38 @@ def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be
     watcher.join(10)
 
 
+def test_a_client_reading_only_an_emulated_items_file_counts_as_told(tmp_path):
+    """Outside test 102: a client polling only `/v1/requests/{id}/result/0` of an emulated request got
+    409 `no_pixels` once it was done (emulated devices make none), which did not count as having read
+    how it ended: the drain waited its 5 s for that client and named it as never told."""
+    with open(tmp_path / "err.txt", "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
+                                 "emulated:1xH200", "--time-scale", "1", "--port", "0"],
+                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        body = {"prompt": "a red fox", "model": "sd3-medium", "size": "1024x1024", "slo_ms": 10_000_000}
+        job = httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"]
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        codes = []
+        while not codes or codes[-1][1] != "no_pixels":  # the item's file, and nothing else
+            got = httpx.get(f"{url}/v1/requests/{job}/result/0", timeout=30)
+            codes.append((got.status_code, got.json()["error"]["code"]))
+            assert len(codes) < 100, codes
+            time.sleep(0.2)
+        t0 = time.monotonic()
+        assert proc.wait(60) == 0
+        waited = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    text = (tmp_path / "err.txt").read_text(errors="replace")
+    assert codes[-1] == (409, "no_pixels") and "had not read how" not in text, text[-2000:]
+    assert waited < 4.0, (waited, text[-2000:])  # (it waited the whole 5 s for this client)
+
+
 def test_a_second_stop_cuts_the_wait_for_pollers_short_and_the_log_says_so(tmp_path):
     """Outside tests 96 and 98: a second Ctrl-C ends the drain and the wait for pollers at once, and the
     log said they had not read how their requests ended "in 5 s", naming none (96); on CPU workers with
