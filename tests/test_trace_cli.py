@@ -208,6 +208,9 @@ def test_import_paper_trace(tmp_path):
     (["trace", "import", "{paper}", "--model", "sd3-medium", "--out", "{tmp}"], "--out {tmp}: is a folder, not a file"),
     (["trace", "generate", "--out", "/proc/x.jsonl"], "--out /proc/x.jsonl: cannot be written (No such file or"),
     (["trace", "generate", "--out", "{tmp}/" + "a" * 300 + ".jsonl"], "cannot be written (File name too long)"),
+    # a trace of 0.5 s that simulate --mix refuses to draw (outside test 99)
+    (["trace", "generate", "--mix", "tiny", "--duration", "0.5", "--out", "{tmp}/x.jsonl"],
+     "Invalid value for '--duration': Input should be greater than or equal to 1"),
     # control characters in a name reached the terminal raw (outside test 99: ESC ] 0 ; ... BEL retitled it)
     (["trace", "import", "{esc}", "--out", "{tmp}/x.jsonl"],
      r"line 1: model: must be a model name of 1..128 characters, none of them control characters (got '\x1b]0;pwn\x07')"),

@@ -92,6 +92,12 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(root).__name__}: {first}" if root is not exc else first or type(exc).__name__
 
 
+def _named(spec: dict):
+    """``(key, [library, class name])`` of each component a model index names (not null, not a setting)."""
+    return [(key, entry) for key, entry in spec.items()
+            if not key.startswith("_") and isinstance(entry, list) and len(entry) == 2 and entry[0]]
+
+
 def _component_class(entry: list):
     """The class a model index entry (``[library, class name]``) names, where diffusers finds it: in a
     library, or one of its pipelines; None if it names none."""
@@ -116,9 +122,7 @@ def _size_problem(name: str, path: Path, spec: dict, dtype_bytes: int, device: s
     from .folder import available_gib, stored_elements
 
     total = 0
-    for key, entry in spec.items():
-        if key.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0] and entry[1]):
-            continue
+    for key, entry in _named(spec):
         cls = _component_class(entry)
         stored = stored_elements(path / key)
         if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)) or stored is None:
@@ -167,9 +171,7 @@ def _check_components(name: str, class_name: str, spec: dict) -> None:
         if (component(key) and key not in _MAY_BE_NULL
                 and (entry is None or isinstance(entry, list) and entry[:1] == [None])):
             raise ValueError(f"{name}: model_index.json names no {key} (null), and {class_name} needs one")
-    for key, entry in spec.items():
-        if key.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0]):
-            continue
+    for key, entry in _named(spec):
         wanted = tuple(t for t in takes.get(key, ()) if isinstance(t, type) and issubclass(t, torch.nn.Module))
         if not wanted:  # schedulers, tokenizers, processors, or a key the class does not take
             continue
@@ -237,9 +239,7 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
             raise ValueError(f"{name}: pipeline class {class_name} is not supported; supported: "
                              f"{', '.join(PIPELINE_CLASSES)}")
         _check_components(name, class_name, spec)
-        for key, entry in spec.items():  # (outside test 101: diffusers named the pipeline's folder, not the missing one)
-            if key.startswith("_") or not (isinstance(entry, list) and len(entry) == 2 and entry[0]):
-                continue
+        for key, entry in _named(spec):  # (outside test 101: diffusers named the pipeline's folder, not the missing one)
             sub = path / key
             if sub.is_symlink() and not sub.exists():
                 raise ValueError(f"cannot load pipeline {name!r}: {key}/: a link to {os.readlink(sub)}, which does not "

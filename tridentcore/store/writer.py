@@ -159,35 +159,30 @@ class ResultsStore:
         new = not self.path.exists() and not wal.exists()
         try:
             con = connect(self.path, read_only=False, wait_s=self.lock_wait_s if wait_s is None else wait_s)
-        except BaseException:
-            if new:
-                self._forget_empty(wal)
-            raise
-        try:
-            con.execute("BEGIN TRANSACTION")
             try:
-                if ensure_schema:
-                    try:
-                        create_schema(con)
-                    except ForeignSchemaError as exc:  # another program's database: never written into
-                        raise NotADatabaseError(str(self.path), str(exc)) from None
-                yield con
-                con.execute("COMMIT")
-            except BaseException as exc:
+                con.execute("BEGIN TRANSACTION")
                 try:
-                    con.execute("ROLLBACK")
-                except Exception:  # the original error is the one worth seeing
-                    pass
-                if _interrupted(exc):  # a Ctrl-C that reached DuckDB mid-query is said as one
-                    raise KeyboardInterrupt from exc
-                raise
+                    if ensure_schema:
+                        try:
+                            create_schema(con)
+                        except ForeignSchemaError as exc:  # another program's database: never written into
+                            raise NotADatabaseError(str(self.path), str(exc)) from None
+                    yield con
+                    con.execute("COMMIT")
+                except BaseException as exc:
+                    try:
+                        con.execute("ROLLBACK")
+                    except Exception:  # the original error is the one worth seeing
+                        pass
+                    if _interrupted(exc):  # a Ctrl-C that reached DuckDB mid-query is said as one
+                        raise KeyboardInterrupt from exc
+                    raise
+            finally:
+                con.close()
         except BaseException:
-            con.close()
             if new:
                 self._forget_empty(wal)
             raise
-        else:
-            con.close()
 
     def _forget_empty(self, wal: Path) -> None:
         """Remove the database file a failed first transaction created, where it holds nothing (a full
