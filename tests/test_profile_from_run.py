@@ -75,3 +75,10 @@ def test_points_measured_too_rarely_keep_the_profile(tmp_path, min_samples):
     _live_run("cpu:1", "tiny-sd3", Shape(64, 64, 1, 2), min_samples - 1, db, "short-run")
     folded = fold_run(db, "short-run", "cpu", min_samples=min_samples)
     assert folded.updated == () and folded.rows == load_profile("cpu").rows
+    # the cpu profile has these points: too few measurements, not "not in cpu" (outside test 103)
+    assert folded.unmatched == () and len(folded.rare) == 3
+    assert all(f"measured {min_samples - 1} times, at least {min_samples} needed" in text for text in folded.rare)
+    out = tmp_path / "folded.csv"
+    result = CliRunner().invoke(app, ["profile", "--from-run", "short-run", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 2 and "nothing written" in result.output and not out.exists()
+    assert "too rarely: tiny-sd3 " in result.output and "not in cpu" not in result.output

@@ -42,6 +42,7 @@ class Folded:
     rows: tuple[ProfileRow, ...]  # the base profile's rows, the measured ones replaced
     updated: tuple[tuple[ProfileRow, ProfileRow, int], ...]  # (before, after, measurements)
     unmatched: tuple[str, ...]  # measured points the base profile has no row for
+    rare: tuple[str, ...] = ()  # points the base profile has, measured fewer than ``min_samples`` times
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,10 +139,19 @@ def fold_run(db: str | os.PathLike[str], run_id: str, base: str, *, min_samples:
             rows.append(new)
         else:
             rows.append(row)
-    unmatched = tuple(f"{m} {s}{'' if h is None else f' {w}x{h}x{f}'} batch {b} degree {d} ({len(v)} measured)"
-                      for (g, m, s, h, w, f, b, d), v in sorted(measured.items(), key=lambda kv: str(kv[0]))
-                      if (g, m, s, h, w, f, b, d) not in matched)
-    return Folded(tuple(rows), tuple(updated), unmatched)
+    in_base = {_key(row.gpu, row.model, row.stage, row.height, row.width, row.frames, row.batch, row.degree)
+               for row in profile.rows}
+    left = [(key, len(v)) for key, v in sorted(measured.items(), key=lambda kv: str(kv[0])) if key not in matched]
+    # a point the base has but the run measured too rarely is not "not in" it (outside test 103)
+    rare = tuple(f"{_point(key)} (measured {n} times, at least {min_samples} needed)" for key, n in left if key in in_base)
+    unmatched = tuple(f"{_point(key)} ({n} measured)" for key, n in left if key not in in_base)
+    return Folded(tuple(rows), tuple(updated), unmatched, rare)
+
+
+def _point(key: tuple) -> str:
+    """A profile point (a :func:`_key`) as the fold's messages name it: model, stage, shape, batch, degree."""
+    _, m, s, h, w, f, b, d = key
+    return f"{m} {s}{'' if h is None else f' {w}x{h}x{f}'} batch {b} degree {d}"
 
 
 def fit_run_noise(db: str | os.PathLike[str], run_id: str, profile: str | None = None, *,

@@ -333,10 +333,11 @@ def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
     except (ValueError, LookupError, OSError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     if not folded.updated:  # an unchanged copy of the base is no answer
+        said = [f"{what} {'; '.join(points[:3])}{'; ...' if len(points) > 3 else ''}"
+                for what, points in ((f"measured, not in {base}:", folded.unmatched), ("too rarely:", folded.rare))
+                if points]
         fail(f"no stage of run {run_id} was measured often enough on a shape and device kind that {base} has "
-             f"a row for; nothing written" + (f" (measured, not in {base}: {'; '.join(folded.unmatched[:3])}"
-                                               f"{'; ...' if len(folded.unmatched) > 3 else ''})"
-                                               if folded.unmatched else ""))
+             f"a row for; nothing written" + (f" ({'; '.join(said)})" if said else ""))
     save_profile(folded.rows, out)
     for before, after, n in folded.updated:
         shape = "" if before.height is None else f" {before.width}x{before.height}"
@@ -345,6 +346,8 @@ def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
                    f"{after.latency_ms:g} ms ({n} measured)")
     for text in folded.unmatched:
         typer.echo(f"not in {base}: {text}")
+    for text in folded.rare:
+        typer.echo(f"kept from {base}: {text}")
     typer.echo(f"wrote {len(folded.rows)} rows to {out} ({len(folded.updated)} from run {run_id})")
 
 
