@@ -82,3 +82,47 @@ def test_points_measured_too_rarely_keep_the_profile(tmp_path, min_samples):
     result = CliRunner().invoke(app, ["profile", "--from-run", "short-run", "--db", str(db), "--out", str(out)])
     assert result.exit_code == 2 and "nothing written" in result.output and not out.exists()
     assert "too rarely: tiny-sd3 " in result.output and "not in cpu" not in result.output
+
+
+def test_a_served_runs_profile_file_is_stored_whole_and_a_fold_refuses_it_once_changed(tmp_path):
+    """``serve --profile FILE --db``: the run names the file by its absolute path with its SHA-256, so a
+    fold from another folder finds it, and one after the file was edited is refused (outside test 103:
+    stored as given, relative; the fold failed elsewhere, and folded into an edited file silently)."""
+    import json
+    import os
+    import shutil
+
+    import httpx
+
+    from tridentcore.bench.launch import start_server
+    from tridentcore.profiles.format import _data_dir
+    from tridentcore.store import query_readonly
+
+    mine, db = tmp_path / "prof" / "mine.csv", tmp_path / "runs.duckdb"
+    mine.parent.mkdir()
+    shutil.copyfile(_data_dir() / "cpu.csv", mine)
+    relative = os.path.relpath(mine)  # (the server runs in this process's folder)
+    srv = start_server(["--models", "tiny-sd3", "--devices", "cpu:1", "--profile", relative, "--db", str(db),
+                        "--run-id", "served", "--policy", "pipeline-static:degree=1"])
+    try:
+        with httpx.Client(base_url=srv.url, timeout=120) as client:
+            for seed in range(3):
+                r = client.post("/v1/images/generations", json={"model": "tiny-sd3", "prompt": "a red cube",
+                                                                "size": "64x64", "steps": 2, "seed": seed})
+                assert r.status_code == 200, r.text
+    finally:
+        srv.stop()
+    row = query_readonly(db, "SELECT profile, config_json FROM runs WHERE run_id = 'served'").iloc[0]
+    assert row.profile == str(mine.resolve())
+    assert json.loads(row.config_json)["inputs"]["profile"]["path"] == str(mine.resolve())
+    out = tmp_path / "folded.csv"
+    result = CliRunner().invoke(app, ["profile", "--from-run", "served", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 0 and "3 from run served" in result.output, result.output
+    with open(mine, "a") as f:  # edited since the run
+        f.write("\n")
+    out.unlink()
+    result = CliRunner().invoke(app, ["profile", "--from-run", "served", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 2 and "has changed since it was stored" in result.output and not out.exists()
+    result = CliRunner().invoke(app, ["profile", "--from-run", "served", "--db", str(db), "--base", str(mine),
+                                      "--out", str(out)])
+    assert result.exit_code == 0 and out.exists(), result.output

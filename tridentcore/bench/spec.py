@@ -36,7 +36,7 @@ from ..core.workload import ARRIVAL_FORMS, generated_size_problems, parse_arriva
 from ..formats.bounded import InputRefused, load_json, read_bounded
 
 __all__ = ["BACKENDS", "CONFIG_KEYS", "FILE_KEYS", "KEY_OF", "OPTION_OF", "SPEC_KEYS", "TRACE_PREFIX", "RunSpec", "RunSpecError",
-           "changed_inputs", "input_files", "read_spec_config", "read_spec_file", "unknown_keys", "write_spec_file"]
+           "changed_inputs", "file_input", "input_files", "read_spec_config", "read_spec_file", "unknown_keys", "write_spec_file"]
 
 BACKENDS = ("sim", "live")
 TRACE_PREFIX = "trace:"  # the Locust file's --arrival trace:FILE
@@ -257,16 +257,18 @@ def _sha256(path: str) -> str:
     return _digests[key]
 
 
+def file_input(path: str) -> dict[str, str]:
+    """A file a run read, as its config's ``inputs`` name it: its absolute path and the SHA-256 of
+    its bytes (what :func:`changed_inputs` checks it against later)."""
+    path = os.path.abspath(path)
+    return {"path": path, "sha256": _sha256(path)}
+
+
 def input_files(spec: RunSpec) -> dict[str, dict[str, str]]:
     """The files ``spec`` reads (a mix, cluster, trace or profile given as a path to a regular file;
     not a shipped name, not a pipe): each key's absolute path and the SHA-256 of its bytes."""
-    out = {}
-    for key in FILE_KEYS:
-        value = getattr(spec, key)
-        if isinstance(value, str) and os.path.isfile(value):
-            path = os.path.abspath(value)
-            out[key] = {"path": path, "sha256": _sha256(path)}
-    return out
+    return {key: file_input(value) for key in FILE_KEYS
+            if isinstance(value := getattr(spec, key), str) and os.path.isfile(value)}
 
 
 def changed_inputs(config: Mapping[str, Any]) -> list[str]:

@@ -318,6 +318,37 @@ def _local_groups(threads: int):
     return lambda spec, degree: LocalGroup(spec.model, spec.device, spec.dtype, degree, cores=threads * degree)
 
 
+def _run_profile(db: str, run_id: str) -> str:
+    """The profile run ``run_id`` planned with, the fold's default base: refused when it was a file
+    that has changed since the run (its config's ``inputs`` hold its SHA-256) or that is not where
+    the run named it (a server before these were stored named it as given, relative to its folder)."""
+    import json
+    import os
+
+    from ..bench.spec import changed_inputs
+    from ..profiles import shipped_profiles
+    from ..store import query_readonly
+
+    got = query_readonly(db, "SELECT profile, config_json FROM runs WHERE run_id = ?", [run_id])
+    if got.empty:
+        fail(f"no run {run_id!r} in {db}")
+    base = str(got.iloc[0].profile)
+    try:
+        config = json.loads(got.iloc[0].config_json or "{}")
+    except ValueError:
+        config = {}
+    inputs = config.get("inputs") if isinstance(config, dict) else None
+    profile_inputs = {k: v for k, v in inputs.items() if k.startswith("profile")} if isinstance(inputs, dict) else {}
+    changed = changed_inputs({"inputs": profile_inputs})
+    if changed:  # (outside test 103: an edited file was folded into without a word)
+        fail(f"run {run_id}: {'; '.join(changed)}; the fold would mix its measurements with other figures "
+             "(give --base FILE to fold into the file as it is now)")
+    if base not in shipped_profiles() and not os.path.isabs(base) and not os.path.isfile(base):
+        fail(f"run {run_id} planned with the profile {base}, named relative to the folder it was served from, which "
+             "is not here; give --base FILE (its path from here)")
+    return base
+
+
 def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
     from ..bench.fold import fold_run
     from ..profiles.format import save_profile
@@ -325,10 +356,7 @@ def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
 
     try:
         if base is None:
-            got = query_readonly(db, "SELECT profile FROM runs WHERE run_id = ?", [run_id])
-            if got.empty:
-                fail(f"no run {run_id!r} in {db}")
-            base = str(got.iloc[0].profile)
+            base = _run_profile(db, run_id)
         folded = fold_run(db, run_id, base)
     except (ValueError, LookupError, OSError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))

@@ -201,13 +201,14 @@ def run_server(opts: ServeOptions, on_ready: Callable[[Ready], None] | None = No
                 Path(stale).unlink(missing_ok=True)  # its port, and that it stopped, are not this one's
         except OSError as exc:
             raise SetupError([f"--port-file {opts.port_file}: cannot write there ({exc.strerror or exc})"]) from None
-    runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=opts.profile, time_scale=opts.time_scale,
+    profile, inputs = _profile_files(opts.profile)
+    runtime = build_runtime(opts.models, opts.devices, opts.policy, profile=profile, time_scale=opts.time_scale,
                             max_queued=opts.max_queued, slo_scale=opts.slo_scale, backend=opts.backend,
                             ray_address=opts.ray_address, inject_oom=opts.inject_oom, late=opts.late,
                             calibrate=opts.calibrate, slowdown=opts.slowdown,
                             record=bool(opts.db), keep_ended=opts.keep_ended, results_mib=opts.results_mib,
                             expected=opts.expected, no_device_timeout_s=opts.no_device_timeout_s)
-    records = _records(opts, runtime) if opts.db else None
+    records = _records(opts, runtime, {"inputs": inputs} if inputs else None) if opts.db else None
     try:
         stopped_by = _serve(opts, runtime, records, api_key, on_ready)
     finally:
@@ -248,7 +249,28 @@ def _check_run_id(run_id: str) -> None:
                           f"(non-ASCII characters take 6-12), at most {MAX_RUN_ID_BYTES}"])
 
 
-def _records(opts: ServeOptions, runtime) -> RunRecords:
+def _profile_files(text: str | None) -> tuple[str | None, dict[str, dict[str, str]]]:
+    """``--profile`` with each profile given as a file named by its absolute path (the run's row
+    names it so: ``trident profile --from-run`` read a relative one from wherever it ran, outside
+    test 103), and those files as a stored config's ``inputs`` (path and SHA-256: a fold refuses
+    one that has changed since). A shipped name stays a name, as ``load_profile`` takes it."""
+    from ..bench.spec import file_input
+    from ..profiles import shipped_profiles
+
+    if not text:
+        return text, {}
+    shipped, inputs, parts = set(shipped_profiles()), {}, []
+    for part in text.split(",") if "=" in text else [text]:
+        kind, sep, name = part.partition("=") if "=" in text else ("", "", part)
+        name = name.strip()
+        if name not in shipped and os.path.isfile(name):
+            inputs[f"profile:{kind.strip().lower()}" if sep else "profile"] = got = file_input(name)
+            name = got["path"]
+        parts.append(f"{kind}{sep}{name}")
+    return ",".join(parts), inputs
+
+
+def _records(opts: ServeOptions, runtime, config: dict | None = None) -> RunRecords:
     """Reserve the run id in ``opts.db`` (after ingesting what crashed servers left there)."""
     from ..bench.provenance import provenance
     from ..store import DuplicateRunError, NotADatabaseError, StoreError, new_run_id
@@ -266,7 +288,7 @@ def _records(opts: ServeOptions, runtime) -> RunRecords:
         raise SetupError([f"--db {opts.db}: cannot store the run there: {exc.reason}"]) from None
     except (StoreError, OSError, duckdb.Error) as exc:
         raise SetupError([f"cannot store the run in {opts.db}: {exc}"]) from None
-    return RunRecords(runtime.engine, journal, provenance=provenance(), final_wait_s=opts.db_wait_s,
+    return RunRecords(runtime.engine, journal, config=config, provenance=provenance(), final_wait_s=opts.db_wait_s,
                       compact_bytes=int(opts.journal_mib * (1 << 20)))
 
 
