@@ -428,11 +428,24 @@ def test_profiles_page_plots_shipped_and_uploaded_profiles():
     at.file_uploader(key="prof_file").set_value(("bad.csv", bad, "text/csv")).run()
     _clean(at)
     text = " ".join(e.value for e in at.error)
-    assert "bad.csv" in text and "line 2" in text and "line 3" in text
+    assert r"bad\.csv" in text and "line 2" in text and "line 3" in text
+    # a file's name and cells shown as they are, not as Markdown (a link, maths); the first 20 problems of
+    # 2,000; past 16 MiB refused before parsing (outside test 103: an outside link, a frozen tab)
+    header, row = bad.split(b"\n")[0], b"H200,m,diffuse,512,512,1,1,1,xx,1,1,1,[click](https://example.com/x)"
+    name = "**bold** [link](javascript:alert(1)) $x$.csv"
+    at.file_uploader(key="prof_file").set_value((name, b"\n".join([header] + [row] * 2000), "text/csv")).run()
+    _clean(at)
+    text = " ".join(e.value for e in at.error)
+    assert r"\*\*bold\*\* \[link\]\(javascript\:alert\(1\)\) \$x\$" in text and "](" not in text, text[:300]
+    assert "and 1980 more" in text and len(text) < 5000, len(text)
+    at.file_uploader(key="prof_file").set_value(("big.csv", header + b"\n" + b"x" * (16 << 20), "text/csv")).run()
+    _clean(at)
+    assert "larger than the limit of 16777216 bytes" in " ".join(e.value for e in at.error)
     h200 = _data_dir().joinpath("h200.csv").read_bytes()
     at.file_uploader(key="prof_file").set_value(("mine.csv", h200, "text/csv")).run()
     _clean(at)
     assert not at.error and len(at.get("plotly_chart")) == 3
+    assert [n.max for n in at.number_input] == [200]  # steps as a request may ask (it offered 1000)
 
 
 # ------------------------------------------------------------------------------ Runs

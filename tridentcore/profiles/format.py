@@ -60,6 +60,9 @@ PUBLISHED_SCALING_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+SHOWN_PROBLEMS = 20  # problems of a profile said in its error's message (all kept in ``problems``)
+
+
 class ProfileError(TridentError, ValueError):
     """A profile that cannot be used; ``problems`` lists every problem found."""
 
@@ -69,9 +72,14 @@ class ProfileError(TridentError, ValueError):
         count = len(self.problems)
         if count == 1:
             message = f"{origin}: {self.problems[0]}"
-        else:
-            message = f"{origin}: {count} problems:\n" + "\n".join(f"  {p}" for p in self.problems)
+        else:  # the first few, then how many more (2,000 bad rows made one line of 100,000 characters)
+            message = f"{origin}: {count} problems:\n" + "\n".join(f"  {p}" for p in self.shown())
         super().__init__(message)
+
+    def shown(self, most: int = SHOWN_PROBLEMS) -> list[str]:
+        """The first ``most`` problems, then "... and N more" when there are more."""
+        more = len(self.problems) - most
+        return list(self.problems[:most]) + ([f"... and {more} more"] if more > 0 else [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +250,9 @@ def _check_memory(floats: dict[str, float], problems: list[str], where: str) -> 
 
 def parse_profile(text: str, *, name: str = "profile", origin: str = "<string>") -> Profile:
     """Parse and validate profile CSV text; raise one :class:`ProfileError` listing every problem."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_PROFILE_BYTES:  # (as load_profile's: text from elsewhere, an upload, is held to it too)
+        raise ProfileError(origin, [f"larger than the limit of {MAX_PROFILE_BYTES} bytes ({size} bytes)"])
     problems: list[str] = []
     # a byte order mark some editors write first (it read as part of the first column's name)
     reader = csv.reader(io.StringIO(text.removeprefix("\ufeff")))
