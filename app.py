@@ -10,7 +10,9 @@ import streamlit as st
 
 from workbench import access
 
-st.set_page_config(page_title="TridentServe workbench", page_icon=":material/hub:", layout="wide")
+# an emoji: the browser draws it itself (a ":material/..." page icon is fetched from fonts.gstatic.com,
+# a request to another host from a tool that serves loopback; outside test 103)
+st.set_page_config(page_title="TridentServe workbench", page_icon="\N{TRIDENT EMBLEM}", layout="wide")
 access.gate()  # before any page, and before the navigation names them
 
 pages = [

@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -154,6 +155,11 @@ def test_browser_first_visit_every_page_shows_its_content_and_no_error(chromium,
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless=new"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1200})
+            # a loopback tool asks nothing of any other host (outside test 103: its tab's icon came
+            # from fonts.gstatic.com)
+            elsewhere = []
+            page.on("request", lambda r: elsewhere.append(r.url) if urlsplit(r.url).scheme in ("http", "https", "ws", "wss")
+                    and urlsplit(r.url).hostname not in ("127.0.0.1", "localhost") else None)
             page.goto(server)
             checks = {  # page: what its main content is, once drawn
                 "Compare": f"document.querySelectorAll('{METRICS}').length >= 24 && "
@@ -180,6 +186,7 @@ def test_browser_first_visit_every_page_shows_its_content_and_no_error(chromium,
                     text = page.locator("[data-testid=stMain]").inner_text()
                     assert SERVE_COMMAND in text and "cannot reach" not in text
                     assert page.get_by_role("button", name="Start a local server").count() == 1
+            assert not elsewhere, elsewhere
         finally:
             browser.close()
 
