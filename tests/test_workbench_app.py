@@ -527,11 +527,56 @@ def test_runs_page_lists_filters_diffs_and_offers_parquet(results_db, monkeypatc
     assert a != b
     diff = at.dataframe[1].value  # the summary diff: A, B, B - A
     assert list(diff.columns) == ["A", "B", "B − A"] and "attainment" in diff.index
-    assert len(at.get("download_button")) == 1
+    assert not at.get("download_button")  # made on a click (below)
     at.multiselect(key="runs_f_policy").set_value(["trident"]).run()
     _clean(at)
     assert "1 of 2 runs" in " ".join(c.value for c in at.caption)
     assert any("same run" in c.value for c in at.caption)
+
+
+def test_runs_page_makes_a_zip_on_a_click_says_why_not_and_names_a_dead_servers_run(results_db, tmp_path,
+                                                                                    monkeypatch):
+    """The zip is made when asked, for the run picked then: a run deleted since the page was drawn is
+    said so (its download gave no file and no word: outside test 103); a run stored as running whose
+    server was killed is named with how to close it, as `trident runs list` does."""
+    import shutil
+    import signal
+
+    import httpx
+
+    from tridentcore.bench.launch import start_server
+    from tridentcore.store import ResultsStore, list_runs
+
+    db = tmp_path / "runs.duckdb"
+    shutil.copyfile(results_db, db)
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale", "0.01",
+                           "--db", str(db), "--run-id", "killed"])
+    try:
+        r = httpx.post(f"{server.url}/v1/images/generations", timeout=60,
+                       json={"prompt": "x", "model": "sd3-medium", "size": "512x512", "steps": 4})
+        assert r.status_code == 200, r.text
+    finally:
+        os.kill(server.pid, signal.SIGKILL)
+        server.stop()
+    _argv(monkeypatch, db)
+    at = _app(db_path=str(db))
+    at.run()
+    at.switch_page("workbench/pages/runs.py").run()
+    _clean(at)
+    warned = " ".join(w.value for w in at.warning)
+    assert "but its server is gone" in warned and "killed" in warned and "runs recover" in warned, warned
+    pick = at.selectbox(key="runs_dl").value
+    at.button(key="runs_dl_make").click().run()
+    _clean(at)
+    assert not at.error and len(at.get("download_button")) == 1
+    at.selectbox(key="runs_dl").set_value(next(r for r in list_runs(str(db)).run_id if r != pick)).run()
+    assert not at.get("download_button")  # made for another run: not offered for this one
+    pick = at.selectbox(key="runs_dl").value
+    ResultsStore(db).delete_run(pick)  # as another process would, after the page was drawn
+    at.button(key="runs_dl_make").click().run()
+    _clean(at)
+    text = " ".join(e.value for e in at.error)
+    assert "No zip of run" in text and "not in" in text and not at.get("download_button"), text
 
 
 # ------------------------------------------------------------------------------ SQL

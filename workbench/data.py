@@ -40,7 +40,7 @@ from workbench.kpis import Kpi, kpis, markdown_table
 from workbench.profile_frames import default_steps, profile_frame
 from workbench.stored import REPO_ROOT  # noqa: F401  (its old home)
 from workbench.stored import (SQL_MAX_ROWS, DbSignature, SqlLimitError, class_attainment_frame, db_signature, latencies,
-                              SqlResults, run_sql, run_zip, runs_frame, sql_examples, sql_waiting, stage_breakdown_frame,
+                              SqlResults, run_sql, run_zip, runs_frame, servers_gone, sql_examples, sql_waiting, stage_breakdown_frame,
                               summaries_frame)
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "stage_breakdown_frame",
     "latencies",
     "run_zip",
+    "servers_gone",
     "run_sql",
     "SQL_MAX_ROWS",
     "SqlLimitError",

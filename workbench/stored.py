@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.parse
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from tridentcore.store.schema import STAGE_ORDER_SQL
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 __all__ = ["SQL_MAX_ROWS", "DbSignature", "SqlLimitError", "class_attainment_frame", "db_signature", "latencies",
-           "SqlResults", "run_sql", "run_zip", "zip_folder", "runs_frame", "sql_examples", "sql_spill_dir", "sql_waiting", "stage_breakdown_frame",
+           "SqlResults", "run_sql", "run_zip", "servers_gone", "zip_folder", "runs_frame", "sql_examples", "sql_spill_dir", "sql_waiting", "stage_breakdown_frame",
            "summaries_frame"]
 
 
@@ -102,6 +102,14 @@ def zip_folder(run_id: str) -> str:
     a run id such as ``../x`` or ``/abs`` named entries outside the folder the zip is extracted to."""
     name = urllib.parse.quote(run_id, safe="")
     return (name.replace(".", "%2E") or "run") if name.strip(".") == "" else name
+
+
+def servers_gone(path: str | os.PathLike[str], run_ids: Iterable[str]) -> list[str]:
+    """Those of ``run_ids`` (stored as ``running``) whose server is gone: their journal beside ``path``
+    is held by no process (``trident runs list`` says the same of them)."""
+    from tridentcore.store.journal import server_gone
+
+    return [r for r in run_ids if server_gone(path, r)]
 
 
 def run_zip(sig: DbSignature, run_id: str) -> bytes:

@@ -44,6 +44,12 @@ with st.expander("Filters", expanded=True):
         keep &= runs["run_id"].str.contains(text, case=False, regex=False)
 shown = runs[keep]
 st.caption(f"{len(shown)} of {len(runs)} runs, newest first")
+gone = data.servers_gone(path, runs.loc[runs["status"] == "running", "run_id"])
+if gone:  # (outside test 103: a killed server's run read as live, its rate and duration frozen)
+    more = f" and {len(gone) - 10} more" if len(gone) > 10 else ""
+    st.warning(data.plain_markdown(
+        f"Stored as running, but its server is gone (its journal is held by no process): {', '.join(gone[:10])}{more}. "
+        f"`trident runs recover --db {path}` stores what its journal holds and closes it as crashed."))
 st.dataframe(shown.iloc[::-1], width="stretch", hide_index=True)  # (outside test: 235 runs, the newest at the bottom)
 if shown.empty:
     st.stop()
@@ -89,7 +95,25 @@ with st.expander("Stage breakdown"):
     st.dataframe(stages.drop(columns=["run_id"]), width="stretch", hide_index=True)
 
 # ---------------------------------------------------------------------------------- download
+# Made on a click, in the run before the page is drawn again (``_prepare``), for the run picked when
+# it was clicked: a file made only as the browser asks for it (Streamlit's deferred download) could
+# not say why it failed, and a run deleted meanwhile gave no file and no word (outside test 103).
+def _prepare(db: str, run_id: str) -> None:
+    try:
+        st.session_state["runs_zip"] = (db, run_id, data.run_zip(data.db_signature(db), run_id))
+    except Exception as exc:  # a run deleted since the page was drawn, a file replaced or locked
+        st.session_state.pop("runs_zip", None)
+        st.session_state["runs_zip_error"] = f"No zip of run {run_id}: {data.error_text(exc)}"
+
+
 st.subheader("Download")
 pick = st.selectbox("Run", ids, index=len(ids) - 1, format_func=label.get, key="runs_dl")
-st.download_button("Download as Parquet (zip, one file per table)", data=lambda: data.run_zip(sig, pick),
-                   file_name=f"{pick}.zip", mime="application/zip", key="runs_dl_button", on_click="ignore")
+st.button("Make a Parquet zip (one file per table)", key="runs_dl_make", on_click=_prepare, args=(str(path), pick))
+if "runs_zip_error" in st.session_state:
+    st.error(data.plain_markdown(st.session_state.pop("runs_zip_error")))
+made = st.session_state.get("runs_zip")
+if made is not None and made[:2] == (str(path), pick):
+    st.download_button(f"Download {pick}.zip ({len(made[2]) / 1e6:.2f} MB)", data=made[2], file_name=f"{pick}.zip",
+                       mime="application/zip", key="runs_dl_button", on_click="ignore")
+elif made is not None:  # another run or file picked since: not kept
+    del st.session_state["runs_zip"]
