@@ -79,8 +79,9 @@ def test_locustfile_imports_nothing_heavy():
     (["--rate", "abc"], "argument --rate: invalid float value"),
     (["--mix", "tiny", "--cost-profile", "h200"], "it is priced by --cost-profile cpu --cluster 2xcpu"),
     (["--mix", "tiny", "--cluster", "8xH200"], "--mix/--cost-profile/--cluster: profile 'h200' on 1x8xH200"),
-    ([], "--mix: cannot ask the server which models it serves (GET http://127.0.0.1:9/v1/models"),
-    (["--rate", "-1"], "--mix: cannot ask the server"),  # (with the other problems, in one message)
+    # ("give --mix" is no help when the server cannot be asked: it was "--mix: cannot ask ...; give --mix")
+    ([], "--host http://127.0.0.1:9: cannot ask the server which models it serves (GET http://127.0.0.1:9/v1/models"),
+    (["--rate", "-1"], "--host http://127.0.0.1:9: cannot ask the server"),  # (with the other problems, in one message)
     # where the rows go is checked before the run, not after it (a traceback at the end, the rows lost)
     (["--mix", "tiny", "--rows-out", "no-such-folder/rows.jsonl"], "--rows-out no-such-folder/rows.jsonl: the folder"),
     (["--mix", "tiny", "--db", "."], "--db .: is a folder, not a file"),
@@ -287,6 +288,18 @@ def test_a_server_that_lacks_a_model_of_the_mix_is_named_before_any_load(tmp_pat
                                                     f"{server.url} does not serve wan2.1-1.3b")):
             out = _locust("--headless", "-t", "5s", "--host", server.url, *args, cwd=tmp_path)
             assert out.returncode == 2 and said in out.stderr, out.stderr[-2000:]
+        # a trace's models too (outside test 104: all its 25 requests sent, each a 404 unknown_model)
+        made = subprocess.run([sys.executable, "-m", "tridentcore.cli", "trace", "generate", "--mix", "image-video",
+                               "--rate", "2", "--duration", "20", "--seed", "1", "--out", str(tmp_path / "t.jsonl")],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert made.returncode == 0, made.stderr
+        out = _locust("--headless", "-t", "5s", "--host", server.url, "--arrival", "trace:t.jsonl", cwd=tmp_path)
+        said = f"--arrival trace:t.jsonl: the server at {server.url} does not serve wan2.1-1.3b (it serves sd3-medium)"
+        assert out.returncode == 2 and said in out.stderr, out.stderr[-2000:]
+        # a host without its scheme: said how to give it (it read "unknown url type: 127.0.0.1")
+        bare = server.url.removeprefix("http://")
+        out = _locust("--headless", "-t", "5s", "--host", bare, "--mix", "image-video", cwd=tmp_path)
+        assert out.returncode == 2 and f"(give the host as a URL: --host http://{bare})" in out.stderr, out.stderr[-2000:]
     finally:
         assert server.stop() == 0
 

@@ -259,6 +259,8 @@ def _served_mix(host: str | None) -> tuple[str | None, str | None]:
     if fresh and got.mix is not None:
         print(f"[mixed.py] no --mix: the server at {host} serves {', '.join(got.models)}; sending mix {got.mix}",
               file=sys.stderr, flush=True)
+    if not got.reachable:  # ("give --mix" is no help when the server cannot be asked at all: outside test 104)
+        return None, f"--host {host}: {got.problem.removesuffix('; give --mix')}{_scheme_hint(host)}"
     return got.mix, got.problem and f"--mix: {got.problem}"
 
 
@@ -269,23 +271,28 @@ def _asked(host: str) -> Served:
     return _served[host]
 
 
-def _serves(host: str, mix: str | None, flag: str = "--mix") -> str | None:
+def _serves(host: str, mix: str | None, flag: str = "--mix", needed: set[str] | None = None) -> str | None:
     """Why the server at ``host`` cannot take the load (it does not answer, refuses the key, or lacks a
-    model of ``mix``); None: it can, as far as ``GET /v1/models`` tells (a run sent everything first)."""
+    model of ``mix``, or of ``needed``: a trace's); None: it can, as far as ``GET /v1/models`` tells (a
+    run sent everything first)."""
     got = _asked(host)
     if not got.reachable:
-        return f"--host {host}: {got.problem.removesuffix('; give --mix')}"
-    if mix is None:
-        return None
-    try:
-        needed = {c.model for c in load_mix(mix).classes}
-    except Exception:  # noqa: BLE001 - the mix's own problem is said by the spec's check
-        return None
-    missing = sorted(needed - set(got.models))
+        return f"--host {host}: {got.problem.removesuffix('; give --mix')}{_scheme_hint(host)}"
+    if needed is None and mix is not None:
+        try:
+            needed = {c.model for c in load_mix(mix).classes}
+        except Exception:  # noqa: BLE001 - the mix's own problem is said by the spec's check
+            return None
+    missing = sorted((needed or set()) - set(got.models))
     if missing:
-        return (f"{flag} {mix}: the server at {host} does not serve {', '.join(missing)} "
+        return (f"{flag}: the server at {host} does not serve {', '.join(missing)} "
                 f"(it serves {', '.join(got.models) or 'no models'})")
     return None
+
+
+def _scheme_hint(host: str) -> str:
+    """A hint for a host given without its scheme (``127.0.0.1:8000`` read as the URL type "127.0.0.1")."""
+    return "" if "://" in host else f" (give the host as a URL: --host http://{host})"
 
 
 # ------------------------------------------------------------------------------ one run
@@ -429,9 +436,12 @@ def _on_init(environment, **_kw) -> None:
         arrivals = _schedule(spec, options)
     except ScheduleError as exc:
         _exit_with("; ".join([*exc.problems, *problems]))
-    if environment.host and (spec.mix is None or options.mix or options.spec):  # (without --mix or --spec the
+    if environment.host and spec.trace is not None:  # (outside test 104: a trace of other models sent whole, 404s)
+        needed = {a.spec.model for a in arrivals}
+        problems += [p for p in (_serves(environment.host, None, f"--arrival trace:{spec.trace}", needed),) if p]
+    elif environment.host and (spec.mix is None or options.mix or options.spec):  # (without --mix or --spec the
         # server was asked already, for its mix)
-        flag = f"--spec {options.spec}: its mix" if options.spec else "--mix"
+        flag = f"--spec {options.spec}: its mix {spec.mix}" if options.spec else f"--mix {spec.mix}"
         problems += [p for p in (_serves(environment.host, spec.mix, flag),) if p]  # it answers, serves the mix's models
     if problems:
         _exit_with("; ".join(problems))
