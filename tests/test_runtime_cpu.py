@@ -173,7 +173,8 @@ def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path
             assert time.monotonic() - t0 < 20, client.get(f"/v1/requests/{job}").json()
             time.sleep(0.1)
         reason = client.get(f"/v1/requests/{job}").json()["items"][0]["reason"]
-        assert "no device of cpu:1 was alive for 4 s (every worker lost, its restarts failing)" in reason, reason
+        # how long it was down (at least the 4 s limit; checked every 0.5 s)
+        assert re.search(r"no device of cpu:1 was alive for [45] s \(every worker lost, its restarts failing\)", reason), reason
         refused = client.post("/v1/images/generations", json=body)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_devices", refused.text
         assert float(refused.headers["retry-after"]) > 0

@@ -422,3 +422,71 @@ def test_a_server_waiting_for_room_on_a_busy_cluster_says_so_and_stops_on_sigter
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait(10)
+
+
+def _ask(ns, url: str, body: dict | None = None, timeout_s: float = 3.0) -> int:
+    """The HTTP status of GET (POST with ``body``) ``url`` asked from inside the namespace; 0: no answer in time."""
+    code = ("import json, sys, urllib.request, urllib.error\n"
+            f"body = {json.dumps(body)!r}\n"
+            f"req = urllib.request.Request({url!r}, data=None if body == 'null' else body.encode(),\n"
+            "                             headers={'content-type': 'application/json'})\n"
+            "try:\n"
+            f"    print(urllib.request.urlopen(req, timeout={timeout_s}).status)\n"
+            "except urllib.error.HTTPError as exc:\n"
+            "    print(exc.code)\n"
+            "except OSError:\n"
+            "    print(0)\n")
+    out = subprocess.run(ns.exec_cmd(sys.executable, "-c", code), capture_output=True, text=True, timeout=60,
+                         env=ns.env)
+    return int(out.stdout.strip() or 0)
+
+
+def test_a_server_whose_ray_head_is_lost_still_answers_and_drains_on_sigterm(ns, tmp_path):
+    """The head of the server's Ray killed (outside test 104: a head's GCS killed under a server): its
+    blocking Ray calls on the event loop left it deaf to requests and to SIGTERM until Ray ended it 60 s
+    later, exit 1, its run left `running`. Now it answers (503: no device alive), a SIGTERM drains it,
+    exit 0, and its run is stored."""
+    import psutil
+
+    from tridentcore.store import query_readonly
+
+    env = {k: v for k, v in ns.env.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = ns.tmp  # (its socket paths stay short)
+    db, port_file, err = tmp_path / "r.duckdb", tmp_path / "port", tmp_path / "err.txt"
+    with open(err, "wb") as e:
+        proc = subprocess.Popen(ns.exec_cmd(sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium",
+                                            "--devices", "emulated:1x2xH200", "--time-scale", "0.05", "--backend",
+                                            "ray", "--port", "0", "--port-file", str(port_file), "--db", str(db),
+                                            "--run-id", "headless"),
+                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+        body = {"model": "sd3-medium", "prompt": "x", "size": "512x512", "steps": 4}
+        assert _ask(ns, f"{url}/v1/images/generations", body, timeout_s=60) == 200
+        node = psutil.Process(proc.pid).children(recursive=True)  # Ray's: its GCS, raylet, actors, agents
+        assert any(p.name() == "gcs_server" for p in node), err.read_text(errors="replace")[-3000:]
+        for p in node:  # the head node gone, at once
+            p.kill()
+        answers = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 15:  # past the actors' loss and their restarts' 5 s wait
+            answers.append(_ask(ns, f"{url}/healthz"))
+            time.sleep(0.5)
+        assert 0 not in answers and answers[-1] == 503, (answers, err.read_text(errors="replace")[-3000:])
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(60)
+        text = err.read_text(errors="replace")
+        assert code == 0 and time.monotonic() - t0 < 30, text[-3000:]
+        assert "Traceback" not in text and "run headless stored in" in text, text[-3000:]
+        row = query_readonly(db, "SELECT status, requests FROM run_summary WHERE run_id = 'headless'").iloc[0]
+        assert row.status != "running" and row.requests == 1, row
+    finally:
+        if proc.poll() is None:  # only the processes this test started (Ray's: ended with the namespace)
+            proc.kill()
+            proc.wait(10)

@@ -251,9 +251,10 @@ class Engine:
                 self._down_since = self._clock()
                 logger.warning("no device of %s (models %s) is alive: its waiting requests fail if none is back in "
                                "%.0f s and every restart fails", self.devices, ", ".join(self.models), limit)
-            elif self.devices_down_s() >= limit and self.state.requests.live:
-                self._post(ShutDown(f"no device of {self.devices} was alive for {limit:.0f} s (every worker lost, its "
-                                    "restarts failing)"))
+            elif (down_s := self.devices_down_s()) >= limit and self.state.requests.live:
+                # (how long, not the limit: a restart that failed only after 180 s made it read "30 s")
+                self._post(ShutDown(f"no device of {self.devices} was alive for {down_s:.0f} s (every worker lost, "
+                                    "its restarts failing)"))
 
     def devices_down_s(self) -> float:
         """Wall seconds since no device has been alive while every lost worker's restart fails

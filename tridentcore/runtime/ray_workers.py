@@ -27,8 +27,9 @@ then ``WorkerLost``), a new actor is created, and the engine hears ``on_restored
 
 ``ray`` is imported only here and only once the pool starts (``pip install 'tridentserve[ray]'``).
 
-About 490 lines, one job (device slots as Ray actors): the actor, its worker and the pool share the
-actor's lifecycle (start, wait for room, loss, restart) and Ray's import, which stays here alone.
+About 520 lines, one job (device slots as Ray actors): the actor, its worker and the pool share the
+actor's lifecycle (start, wait for room, loss, restart) and Ray's import, which stays here alone. Its
+control calls, which wait for the head's GCS, run off the event loop (:mod:`.offloop`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from typing import Any
 
 from ..core.types import StageKind
 from .emulated import proportional_step
+from .offloop import in_background, off_loop
 from .parallel_worlds import Worlds
 from .ray_address import probe_ray_address
 from .pool import StartInterrupted, not_the_models
@@ -56,6 +58,13 @@ STEPS_POLL_S = 0.25  # how often a running diffuse's actor is asked for its step
 EMULATED_CPUS = 0.05  # an emulated slot's actor mostly sleeps
 CPU_SLOT_CPUS = 0.5  # a cpu slot's actor runs one torch thread
 ACTOR_WAIT_SAID_S = 5.0  # an actor still not started after this long is said in the log, with the cluster's room
+ROOM_LOOK_S = 2.0  # then the cluster's room is looked at this often (a restart with no node left fails)
+RAY_CALL_TIMEOUT_S = 5.0  # a control call (an actor's creation, the cluster's resources) the head did not answer by
+RAY_SHUTDOWN_TIMEOUT_S = 10.0
+# how long this process's Ray waits for its head's GCS to answer again before it ends the process (Ray's
+# default, 60 s, ended a server whose head was gone without a drain or its run stored: outside test 104);
+# the server's own no-device timeout says what is lost meanwhile
+HEAD_RECONNECT_S = 7 * 24 * 3600
 
 
 class _StopFlag:
@@ -210,20 +219,35 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:200]}" if first else type(exc).__name__
 
 
-def _room(num_cpus: float) -> str:
-    """Why an actor may wait: the CPUs it asks against those the cluster has free (" (...)"; "" unknown)."""
+def _cluster_cpus() -> tuple[float, float]:
+    """The Ray cluster's (free, total) CPUs; blocks while its head does not answer (call it off the loop)."""
     import ray
 
+    return ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+
+
+async def _room(num_cpus: float) -> tuple[str, bool]:
+    """Why an actor may wait: the CPUs it asks against those the cluster has free (" (...)"; "" unknown);
+    and whether it cannot start now: no node is left, or the cluster's head does not answer."""
     try:
-        free = ray.available_resources().get("CPU", 0.0)
-        total = ray.cluster_resources().get("CPU", 0.0)
+        free, total = await off_loop(_cluster_cpus, timeout_s=RAY_CALL_TIMEOUT_S, name="ray-resources")
+    except TimeoutError:
+        return f" (the Ray cluster's head did not answer in {RAY_CALL_TIMEOUT_S:g} s: it is gone, or overloaded)", True
     except Exception:  # noqa: BLE001 - the message only
-        return ""
+        return "", False
     if free + 1e-9 < num_cpus:  # (outside test: "other work" said of this server's own actors, and of a lost node)
         held = "no node is left" if total <= 0 else "the rest is held: this server's other actors, or other work"
-        return f" (it asks {num_cpus:g} CPU; the cluster has {free:g} of {total:g} CPUs free: {held})"
+        return f" (it asks {num_cpus:g} CPU; the cluster has {free:g} of {total:g} CPUs free: {held})", total <= 0
     # (an actor holds its CPUs while it loads: room is not what it waits for)
-    return f" (it asks {num_cpus:g} CPU and {free:g} of {total:g} are free: most likely it is still loading its models)"
+    return (f" (it asks {num_cpus:g} CPU and {free:g} of {total:g} are free: most likely it is still loading its "
+            "models)"), False
+
+
+def _kill(actor) -> None:
+    """End ``actor`` for good, not waiting: a kill waits for the head's GCS, gone or not."""
+    import ray
+
+    in_background(lambda: ray.kill(actor, no_restart=True), name="ray-kill")
 
 
 class RayWorker(Worker):
@@ -265,40 +289,52 @@ class RayWorker(Worker):
         self._loop = asyncio.get_running_loop()
         await self._spawn()
 
-    async def _spawn(self) -> None:
-        import ray
-
-        actor = _actor_class().options(num_cpus=self.num_cpus, scheduling_strategy="SPREAD").remote(
+    def _create(self):
+        return _actor_class().options(num_cpus=self.num_cpus, scheduling_strategy="SPREAD").remote(
             self.slot, self.models, self.threads, self.emulated, self.slowdown)
+
+    async def _spawn(self) -> None:
+        restart = self._generation > 0
+        try:
+            actor = await off_loop(self._create, timeout_s=RAY_CALL_TIMEOUT_S, name="ray-create")
+        except TimeoutError:
+            raise RuntimeError(f"{self.name}: its actor could not be created: the Ray cluster's head did not answer "
+                               f"in {RAY_CALL_TIMEOUT_S:g} s") from None
         ready = asyncio.ensure_future(actor.ready.remote())
         deadline = time.monotonic() + self.start_timeout_s
         # in slices: a server told to stop (``stopping``) while its actors wait for room on a busy
         # cluster stops now, not at the timeout
-        said = False
+        said, look_at = False, ACTOR_WAIT_SAID_S
         while not ready.done():
             left = deadline - time.monotonic()
             if self._stopping or left <= 0:
                 break
-            if not said and self.start_timeout_s - left >= ACTOR_WAIT_SAID_S:
-                said = True
-                logger.warning("%s: its actor is not ready after %.0f s%s", self.name,
-                               ACTOR_WAIT_SAID_S, _room(self.num_cpus))
+            if self.start_timeout_s - left >= look_at:
+                room, hopeless = await _room(self.num_cpus)
+                look_at = self.start_timeout_s - left + ROOM_LOOK_S
+                if not said:
+                    said = True
+                    logger.warning("%s: its actor is not ready after %.0f s%s", self.name, ACTOR_WAIT_SAID_S, room)
+                if hopeless and restart:  # (no node left: the restart fails now, and is tried again, with the
+                    ready.cancel()        # engine's no-device clock running; it waited 180 s: outside test 104)
+                    _kill(actor)
+                    raise RuntimeError(f"{self.name}: its actor cannot start{room}")
             await asyncio.wait((ready,), timeout=min(0.2, left))
         if not ready.done():
             ready.cancel()
-            ray.kill(actor, no_restart=True)
+            _kill(actor)
             if self._stopping:
                 raise StartInterrupted(f"{self.name}: stopped while its actor started")
             raise RuntimeError(f"{self.name}: actor not ready after {self.start_timeout_s:.0f} s"
-                               f"{_room(self.num_cpus)}")
+                               f"{(await _room(self.num_cpus))[0]}")
         try:
             info = ready.result()
         except Exception as exc:
-            ray.kill(actor, no_restart=True)
+            _kill(actor)
             raise RuntimeError(f"{self.name}: actor failed to start: {_reason(exc)}") from exc
         problem = not_the_models(self.name, self.cards, info["cards"])  # (a restart after its folder was replaced)
         if problem:
-            ray.kill(actor, no_restart=True)
+            _kill(actor)
             raise RuntimeError(problem)
         self._generation += 1
         gen = self._generation
@@ -331,15 +367,10 @@ class RayWorker(Worker):
             self._restart_task = self._loop.create_task(self._restart())
 
     async def _restart(self) -> None:
-        import ray
-
         try:
             old = self.actor
             if old is not None:
-                try:
-                    ray.kill(old, no_restart=True)  # unavailable is not dead: make sure of it
-                except Exception:  # noqa: BLE001 - already gone
-                    pass
+                _kill(old)  # unavailable is not dead: make sure of it
             await self._respawn()
         finally:
             self._restart_task = None
@@ -350,12 +381,7 @@ class RayWorker(Worker):
             if task is not None:
                 task.cancel()
         if self.actor is not None:
-            import ray
-
-            try:
-                ray.kill(self.actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone, or Ray already shut down
-                pass
+            _kill(self.actor)
         self.alive = False
 
     # -- work --------------------------------------------------------------------------------
@@ -417,9 +443,7 @@ class RayWorker(Worker):
         """Stop the actor (a member of a parallel dispatch whose peer died, still waiting on it): it is
         replaced as a lost one is."""
         if self.alive and self.actor is not None:
-            import ray
-
-            ray.kill(self.actor, no_restart=True)
+            _kill(self.actor)
 
     def preempt(self, dispatch_id: int, stop_step: int, wall_at: float) -> None:
         if not self.alive or self.actor is None:
@@ -441,6 +465,7 @@ class RayWorkerPool(WorkerPool):
     connected_here: bool = False
 
     async def start(self) -> None:
+        os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(HEAD_RECONNECT_S))  # (read at ray.init)
         import ray
 
         if not ray.is_initialized():
@@ -487,5 +512,9 @@ class RayWorkerPool(WorkerPool):
         if self.connected_here:
             import ray
 
-            ray.shutdown()
+            try:  # (it waits for the head's GCS too)
+                await off_loop(ray.shutdown, timeout_s=RAY_SHUTDOWN_TIMEOUT_S, name="ray-shutdown")
+            except TimeoutError:
+                logger.warning("Ray did not shut down in %.0f s (its head is gone?); it ends with this process",
+                               RAY_SHUTDOWN_TIMEOUT_S)
             self.connected_here = False
