@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -238,9 +239,12 @@ def test_delete_removes_every_row_of_a_run_and_refuses_what_it_should_not_delete
     assert before["runs"] == 1 and before["requests"] > 0 and before["stage_spans"] > 0
     kept_before = counts(kept)
     ResultsStore(db).mark_status(running, "running")
-    refused = runner.invoke(app, ["runs", "delete", gone[:-2], "nope", running, "--db", str(db)])
+    shared = os.path.commonprefix([gone, kept, running])  # (a prefix of several: it said "not in", outside test 103)
+    assert shared
+    refused = runner.invoke(app, ["runs", "delete", gone[:-2], "nope", running, shared, "--db", str(db)])
     assert refused.exit_code == 1, refused.output
     assert f"run {gone[:-2]!r} is not a whole run id (it begins {gone}): give the whole id" in refused.stderr
+    assert f"run {shared!r} is not a whole run id (it begins " in refused.stderr and "give the whole id" in refused.stderr
     assert "run 'nope' is not in" in refused.stderr
     assert f"run {running!r} is running" in refused.stderr
     journal = journal_path(db, kept)

@@ -354,7 +354,10 @@ def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
     from ..profiles.format import save_profile
     from ..store import query_readonly
 
+    from ..bench.runs import resolve_run
+
     try:
+        run_id = resolve_run(db, run_id)  # (a unique prefix, as `runs show` takes: outside test 103)
         if base is None:
             base = _run_profile(db, run_id)
         folded = fold_run(db, run_id, base)

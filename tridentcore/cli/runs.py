@@ -281,6 +281,11 @@ def runs_delete(
                 why = one_line(str(exc.args[0]) if exc.args else str(exc))  # (a KeyError's str() is quoted)
                 try:
                     named = resolve_run(db, run)
+                except UnknownRunError as again:  # (outside test 103: 4 runs begin "2026", and it said "not in")
+                    text = str(again.args[0]) if again.args else str(again)
+                    named = None
+                    if " is ambiguous in " in text:
+                        why = f"run {run!r} is not a whole run id ({text.partition(': ')[2]}): give the whole id"
                 except (*store_errors(), OSError):
                     named = None
                 if named is not None and named != run:
