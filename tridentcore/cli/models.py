@@ -351,10 +351,8 @@ def _run_profile(db: str, run_id: str) -> str:
 
 def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
     from ..bench.fold import fold_run
-    from ..profiles.format import save_profile
-    from ..store import query_readonly
-
     from ..bench.runs import resolve_run
+    from ..profiles.format import save_profile
 
     try:
         run_id = resolve_run(db, run_id)  # (a unique prefix, as `runs show` takes: outside test 103)
