@@ -1,6 +1,10 @@
 """``trident models``, ``generate``, ``profile`` and ``cost``: pipelines, stage profiles, the cost model.
 
 Heavy modules (torch, diffusers) are imported inside the commands that need them.
+
+About 460 lines, one job (the commands about a model's pipelines and costs): they share the bounds
+of their options (sizes, frames, degrees, threads) and the deferred heavy imports; ``profile`` is the
+largest, measuring or folding a stored run (``--from-run``).
 """
 
 from __future__ import annotations

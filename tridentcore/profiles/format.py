@@ -9,7 +9,7 @@ the column of each problem.
 Shipped profiles live in ``tridentcore/profiles/data/`` (see its README) and are found by name:
 every ``*.csv`` there except the reference data in :data:`REFERENCE_FILES`.
 
-About 470 lines, one job (the file format: every column's parsing and bounds, the reference files'
+About 480 lines, one job (the file format: every column's parsing and bounds, the reference files'
 readers, the writer); split, the parsing rules and the bounds they check would live apart.
 """
 
