@@ -493,3 +493,56 @@ def test_a_server_whose_ray_head_is_lost_still_answers_and_drains_on_sigterm(ns,
         if proc.poll() is None:  # only the processes this test started (Ray's: ended with the namespace)
             proc.kill()
             proc.wait(10)
+
+
+def test_an_actor_restarted_after_its_folder_was_replaced_does_not_serve_another_model(ns, tmp_path):
+    """The process-worker case of outside test 101 (`tests/test_runtime_cpu.py`), on a Ray actor: the
+    folder a server served replaced by a video pipeline's and the actor killed; the new actor's models
+    are checked by the same function (``pool.not_the_models``) and the restart is refused, not served."""
+    import shutil
+
+    import psutil
+
+    from tridentcore.pipelines import load_pipeline
+
+    folder, video = tmp_path / "saved", tmp_path / "video"
+    load_pipeline("tiny-sd3").pipe.save_pretrained(folder)
+    load_pipeline("tiny-wan").pipe.save_pretrained(video)
+    lines = (HERE.parent / "tridentcore" / "profiles" / "data" / "cpu.csv").read_text().splitlines()
+    profile = tmp_path / "saved.csv"
+    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", f"cpu,{folder},", 1)
+                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    env = {k: v for k, v in ns.env.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = ns.tmp  # (its socket paths stay short)
+    port_file, err = tmp_path / "port", tmp_path / "err.txt"
+    with open(err, "wb") as e:
+        proc = subprocess.Popen(ns.exec_cmd(sys.executable, "-m", "tridentcore.cli", "serve", "--models", str(folder),
+                                            "--devices", "cpu:1", "--profile", str(profile), "--backend", "ray",
+                                            "--port", "0", "--port-file", str(port_file)),
+                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+        body = {"model": str(folder), "prompt": "x", "size": "64x64", "steps": 2, "slo_ms": 80_000_000}
+        assert _ask(ns, f"{url}/v1/images/generations", body, timeout_s=120) == 200
+        actors = [p for p in psutil.Process(proc.pid).children(recursive=True) if "StageActor" in " ".join(p.cmdline())]
+        assert len(actors) == 1, (actors, err.read_text(errors="replace")[-3000:])
+        shutil.move(folder, tmp_path / "was")
+        shutil.copytree(video, folder)
+        actors[0].kill()
+        deadline = time.monotonic() + 120
+        while "is not the model it served" not in err.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        text = err.read_text(errors="replace")
+        assert "restart failed" in text and "now a video model" in text, text[-3000:]
+        assert _ask(ns, f"{url}/healthz") == 503  # no device alive: nothing served under the old name
+        _sigterm_stops(proc, err, within_s=30)
+    finally:
+        if proc.poll() is None:  # only the processes this test started (Ray's: ended with the namespace)
+            proc.kill()
+            proc.wait(10)
