@@ -57,7 +57,7 @@ if shown.empty:
 # ---------------------------------------------------------------------------------- diff
 st.subheader("Diff two runs")
 ids = list(shown["run_id"])
-label = {r.run_id: f"{r.policy} · {r.rate_rps:g} req/s · {r.run_id}" for r in shown.itertuples()}
+label = {r.run_id: f"{r.policy} · {r.rate_rps:.3g} req/s · {r.run_id}" for r in shown.itertuples()}
 c1, c2 = st.columns(2)
 a = c1.selectbox("Run A", ids, index=max(len(ids) - 2, 0), format_func=label.get, key="runs_a")
 b = c2.selectbox("Run B", ids, index=len(ids) - 1, format_func=label.get, key="runs_b")
