@@ -10,6 +10,7 @@ skip, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -420,6 +421,31 @@ def test_a_server_waiting_for_room_on_a_busy_cluster_says_so_and_stops_on_sigter
                 p.wait(10)
 
 
+@contextlib.contextmanager
+def _private_ray_server(ns, tmp_path: Path, *args: str, timeout_s: float = 180):
+    """``trident serve ARGS --backend ray`` with a private Ray instance, in the namespace: (the process,
+    its URL, its stderr file) once it serves; killed at the end if it still runs (only the process this
+    test started: Ray's end with the namespace)."""
+    env = {k: v for k, v in ns.env.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = ns.tmp  # (its socket paths stay short)
+    port_file, err = tmp_path / "port", tmp_path / "err.txt"
+    with open(err, "wb") as e:
+        proc = subprocess.Popen(ns.exec_cmd(sys.executable, "-m", "tridentcore.cli", "serve", *args, "--backend", "ray",
+                                            "--port", "0", "--port-file", str(port_file)),
+                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        yield proc, f"http://127.0.0.1:{port_file.read_text().strip()}", err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def _sigterm_stops(proc: subprocess.Popen, err: Path, within_s: float) -> str:
     """SIGTERM ``proc``: it exits 0 within ``within_s``, no traceback; its stderr (``err``)."""
     t0 = time.monotonic()
@@ -457,22 +483,9 @@ def test_a_server_whose_ray_head_is_lost_still_answers_and_drains_on_sigterm(ns,
 
     from tridentcore.store import query_readonly
 
-    env = {k: v for k, v in ns.env.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = ns.tmp  # (its socket paths stay short)
-    db, port_file, err = tmp_path / "r.duckdb", tmp_path / "port", tmp_path / "err.txt"
-    with open(err, "wb") as e:
-        proc = subprocess.Popen(ns.exec_cmd(sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium",
-                                            "--devices", "emulated:1x2xH200", "--time-scale", "0.05", "--backend",
-                                            "ray", "--port", "0", "--port-file", str(port_file), "--db", str(db),
-                                            "--run-id", "headless"),
-                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists() or not port_file.read_text().strip():
-            assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
-            time.sleep(0.2)
-        url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+    db = tmp_path / "r.duckdb"
+    with _private_ray_server(ns, tmp_path, "--models", "sd3-medium", "--devices", "emulated:1x2xH200", "--time-scale",
+                             "0.05", "--db", str(db), "--run-id", "headless") as (proc, url, err):
         body = {"model": "sd3-medium", "prompt": "x", "size": "512x512", "steps": 4}
         assert _ask(ns, f"{url}/v1/images/generations", body, timeout_s=60) == 200
         node = psutil.Process(proc.pid).children(recursive=True)  # Ray's: its GCS, raylet, actors, agents
@@ -487,12 +500,8 @@ def test_a_server_whose_ray_head_is_lost_still_answers_and_drains_on_sigterm(ns,
         assert 0 not in answers and answers[-1] == 503, (answers, err.read_text(errors="replace")[-3000:])
         text = _sigterm_stops(proc, err, within_s=30)
         assert "run headless stored in" in text, text[-3000:]
-        row = query_readonly(db, "SELECT status, requests FROM run_summary WHERE run_id = 'headless'").iloc[0]
-        assert row.status != "running" and row.requests == 1, row
-    finally:
-        if proc.poll() is None:  # only the processes this test started (Ray's: ended with the namespace)
-            proc.kill()
-            proc.wait(10)
+    row = query_readonly(db, "SELECT status, requests FROM run_summary WHERE run_id = 'headless'").iloc[0]
+    assert row.status != "running" and row.requests == 1, row
 
 
 def test_an_actor_restarted_after_its_folder_was_replaced_does_not_serve_another_model(ns, tmp_path):
@@ -512,21 +521,8 @@ def test_an_actor_restarted_after_its_folder_was_replaced_does_not_serve_another
     profile = tmp_path / "saved.csv"
     profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", f"cpu,{folder},", 1)
                                                for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
-    env = {k: v for k, v in ns.env.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = ns.tmp  # (its socket paths stay short)
-    port_file, err = tmp_path / "port", tmp_path / "err.txt"
-    with open(err, "wb") as e:
-        proc = subprocess.Popen(ns.exec_cmd(sys.executable, "-m", "tridentcore.cli", "serve", "--models", str(folder),
-                                            "--devices", "cpu:1", "--profile", str(profile), "--backend", "ray",
-                                            "--port", "0", "--port-file", str(port_file)),
-                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not port_file.exists() or not port_file.read_text().strip():
-            assert proc.poll() is None and time.monotonic() < deadline, err.read_text(errors="replace")[-3000:]
-            time.sleep(0.2)
-        url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+    with _private_ray_server(ns, tmp_path, "--models", str(folder), "--devices", "cpu:1", "--profile",
+                             str(profile)) as (proc, url, err):
         body = {"model": str(folder), "prompt": "x", "size": "64x64", "steps": 2, "slo_ms": 80_000_000}
         assert _ask(ns, f"{url}/v1/images/generations", body, timeout_s=120) == 200
         actors = [p for p in psutil.Process(proc.pid).children(recursive=True) if "StageActor" in " ".join(p.cmdline())]
@@ -542,7 +538,3 @@ def test_an_actor_restarted_after_its_folder_was_replaced_does_not_serve_another
         assert "restart failed" in text and "now a video model" in text, text[-3000:]
         assert _ask(ns, f"{url}/healthz") == 503  # no device alive: nothing served under the old name
         _sigterm_stops(proc, err, within_s=30)
-    finally:
-        if proc.poll() is None:  # only the processes this test started (Ray's: ended with the namespace)
-            proc.kill()
-            proc.wait(10)
