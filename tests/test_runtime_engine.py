@@ -152,6 +152,33 @@ def test_cancel_queued_and_running():
     assert a not in e.results
 
 
+@pytest.mark.parametrize("policy", ["trident", "pipeline-static:degree=1", "pipeline-dynamic", "trident-paper"])
+def test_a_queued_request_cancelled_and_forgotten_at_once_leaves_the_policy_serving(policy):
+    """Outside test 106: with ``keep_ended`` 0 a request cancelled while queued was forgotten in the same
+    step; the policy, never told, still held it and looked it up on every later event (KeyError): nothing
+    was dispatched again while /healthz said ok. The policy now hears ``RequestCancelled`` first."""
+    async def main():
+        rt = build_runtime("sd3-medium", "emulated:1xH200", policy, time_scale=0.01, keep_ended=0)
+        await rt.start()
+        e = rt.engine
+        ended = {}
+        e.end_listeners.append(lambda rec: ended.setdefault(rec.id, rec.state.value))
+        a, q = (e.submit([Submission("sd3-medium", "x", SMALL, seed=i)]).ids[0] for i in range(2))
+        await asyncio.sleep(0.005)
+        assert e.describe(q)["state"] == "queued"
+        assert e.cancel(q)
+        assert e.describe(q) is None  # forgotten at once
+        await e.wait(a)
+        c = e.submit([Submission("sd3-medium", "x", SMALL, seed=2)]).ids[0]
+        await asyncio.wait_for(e.wait(c), 20)
+        await e.shutdown(5)
+        return e, [ended.get(r) for r in (a, q, c)]
+
+    e, states = run(main())
+    assert states == ["done", "cancelled", "done"]
+    assert not e.errors, list(e.errors)
+
+
 class _ScriptedPreempt(Policy):
     """Request 0 diffuses on GPU 0; when request 1 arrives, 0 is paused and resumed after 1."""
 

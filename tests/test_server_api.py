@@ -595,3 +595,35 @@ def test_slo_attainment_is_nan_until_a_request_has_ended():
         body = {"prompt": "x", "model": "sd3-medium", "size": "512x512", "steps": 4, "slo_ms": 10_000_000}
         assert client.post("/v1/images/generations", json=body).status_code == 200
         assert attainment(client) == 1.0
+
+
+def test_healthz_says_an_engine_whose_events_all_fail_is_stuck_until_one_passes():
+    """Outside test 106: a policy that raised on every event (it looked up a request the engine had
+    forgotten) dispatched nothing again, requests waited for ever, and ``/healthz`` said ok: a
+    supervisor had no way to know that a restart was needed. After ``STUCK_AFTER`` failed events in a
+    row it is 503 with the latest error; one event that passes makes it 200 again."""
+    from fastapi.testclient import TestClient
+
+    from tridentcore.runtime.build import build_runtime
+    from tridentcore.runtime.engine import STUCK_AFTER
+    from tridentcore.server.app import ServerConfig, create_app
+
+    rt = build_runtime("sd3-medium", "emulated:1xH200", time_scale=0.0)
+    body = {"prompt": "x", "model": "sd3-medium", "size": "512x512", "steps": 2}
+    with TestClient(create_app(rt, ServerConfig(drain_timeout_s=0))) as client:
+        assert client.get("/healthz").status_code == 200
+        policy = rt.engine.core.policy
+
+        def broken(view, event, now):
+            raise KeyError(4242)
+
+        policy.on_event = broken  # (an instance attribute: the driver looks it up at each step)
+        for i in range(STUCK_AFTER):
+            assert client.get("/healthz").status_code == 200, i
+            assert client.post("/v1/requests", json=body).status_code == 202
+        got = client.get("/healthz")
+        assert got.status_code == 503 and got.json()["ok"] is False, got.text
+        assert "KeyError: 4242" in got.json()["engine"] and f"last {STUCK_AFTER} events" in got.json()["engine"]
+        del policy.on_event
+        assert client.post("/v1/requests", json=body).status_code == 202
+        assert client.get("/healthz").status_code == 200

@@ -37,8 +37,8 @@ from .cluster import ClusterSpec
 from .costmodel import CostModel
 from .dispatch import next_boundary
 from .errors import TridentError
-from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, StageFailed,
-                     StageFinished, Tick, WorkerLost, WorkerRestored)
+from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, RequestCancelled,
+                     StageFailed, StageFinished, Tick, WorkerLost, WorkerRestored)
 from .lifecycle import TERMINAL, RequestState
 from .policy import Policy
 from .records import PlacementRow
@@ -210,8 +210,10 @@ class DriverCore:
             state.set_alive(report.gpu, True)
             return [report]
         if isinstance(report, Cancelled):
-            self._cancel(report.request_id, report.reason, now, out)
-            return []
+            # one that waited is out of the policy's queues at once: its record may be forgotten next
+            # (outside test 106: a policy that met it later looked up a forgotten id on every event)
+            waited = self._cancel(report.request_id, report.reason, now, out)
+            return [RequestCancelled(report.request_id)] if waited else []
         if isinstance(report, Forgot):
             state.requests.forget(report.request_id)
             self._attempts.pop(report.request_id, None)
@@ -295,16 +297,17 @@ class DriverCore:
         events.append(WorkerLost(gpu, reason))
         return events
 
-    def _cancel(self, rid: int, reason: str, now: float, out: Effects) -> None:
+    def _cancel(self, rid: int, reason: str, now: float, out: Effects) -> bool:
+        """End ``rid`` cancelled; whether it was waiting (no stage of it running)."""
         state = self.state
         rec = state.requests.get(rid)
         if rec is None or rec.state.terminal:
-            return
+            return False
         out.ended.append(rid)
         did = state.by_request.get(rid)
         if did is None:
             state.end_request(rid, RequestState.CANCELLED, now, reason)
-            return
+            return True
         # Running: the request ends now; its stage runs on and its output is dropped when it ends
         # (a diffuse whose every request ended stops at its next step boundary).
         state.requests.transition(rid, RequestState.CANCELLED, now, reason)
@@ -313,6 +316,7 @@ class DriverCore:
             stop, at = next_boundary(run, now)
             if stop < run.action.end_step:
                 out.paused.append(Paused(run, stop, at))
+        return False
 
     def _fail_everything(self, reason: str, now: float, out: Effects) -> None:
         state = self.state

@@ -76,6 +76,7 @@ _RATE_ENDS = 256
 _RATE_WINDOW_S = 60.0
 _MAX_RETRY_S = 300.0
 RECORDS_RETRY_S = 5.0  # Retry-After while the run's records cannot be written
+STUCK_AFTER = 3  # events in a row whose step raised: the engine is taken as stuck (``Engine.stuck``)
 _MAX_ERRORS = 1000  # errors kept for a look (a server that outlives bad events for weeks keeps the latest)
 
 
@@ -115,6 +116,7 @@ class Engine:
         self._tasks: dict[int, asyncio.Task] = {}  # dispatch id -> its worker task
         self.artifacts = ArtifactCache(config.max_results, config.results_mib << 20)
         self.errors: deque[str] = deque(maxlen=_MAX_ERRORS)  # the latest (each is also logged)
+        self.failing = 0  # events in a row whose step raised (reset by one that did not): see ``stuck``
         self.end_listeners: list[Callable[[object], None]] = []  # called with each request record as it ends
         self.forget_listeners: list[Callable[[int], None]] = []  # called with a request id just before it is forgotten
         self._spans_of: dict[int, list[SpanRow]] = {}
@@ -430,6 +432,16 @@ class Engine:
     def release_results(self, request_ids: Sequence[int]) -> None:
         self.artifacts.release(request_ids)
 
+    @property
+    def stuck(self) -> str:
+        """Why the engine is taken as stuck (``/healthz`` 503), empty while it is not: its last
+        ``STUCK_AFTER`` events each raised in the policy or the engine, so it may dispatch nothing
+        again (outside test 106: a policy that raised on every event left requests waiting for ever
+        while the server said it was healthy). Restarting the server is the way out."""
+        if self.failing < STUCK_AFTER:
+            return ""
+        return f"its last {self.failing} events each failed (latest: {self.errors[-1] if self.errors else '?'})"
+
     def describe(self, request_id: int) -> dict | None:
         """State, the stage it is in or waits for, progress and per-stage timings (engine seconds)."""
         return views.describe(self, request_id)
@@ -521,11 +533,15 @@ class Engine:
                         raise
                     logger.exception("policy bug")
                     self.errors.append(f"PolicyBug: {exc}")
+                    self.failing += 1
                 except Exception as exc:  # noqa: BLE001 - a server must outlive a bad event
                     if self.config.strict:
                         raise
                     logger.exception("engine error on %s", type(rep).__name__)
                     self.errors.append(f"{type(exc).__name__}: {exc}")
+                    self.failing += 1
+                else:
+                    self.failing = 0
         finally:
             self._processing = False
 

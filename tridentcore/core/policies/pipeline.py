@@ -34,7 +34,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
-from ..events import Action, Dispatch, Fail, RequestArrived, StageFailed, StageFinished, WorkerRestored
+from ..events import Action, Dispatch, Fail, RequestArrived, RequestCancelled, StageFailed, StageFinished, WorkerRestored
 from ..policy import Policy, PolicyError, register
 from ..state import ClusterView
 from ..types import StageKind
@@ -124,6 +124,17 @@ class PipelineStatic(_PipelineBase):
         if isinstance(event, WorkerRestored):
             actions = [a for r in list(self.again) for a in self._again(view, r)]
             return actions + [a for r in range(len(self.replicas)) for a in self._start_next(view, r)]
+        if isinstance(event, RequestCancelled):  # out of its queue (or its replica) now: it may be forgotten next
+            rid = event.request_id
+            for r, queue in enumerate(self.queues):
+                if rid in queue:
+                    queue.remove(rid)
+                    self.queued_s[r] -= self.estimate.pop(rid, 0.0)
+                    return []
+                if self.active[r] == rid:  # it waited to run its stage again, lost with a worker
+                    self.again.pop(r, None)
+                    self.active[r] = None
+                    return self._start_next(view, r)
         return []
 
     def _whole(self, view: ClusterView, r: int) -> bool:
@@ -173,6 +184,11 @@ class PipelineDynamic(_PipelineBase):
                               if not view.request(rid).state.terminal)
         elif isinstance(event, StageFailed):
             actions += [Fail(rid, event.reason) for rid in event.request_ids]
+        elif isinstance(event, RequestCancelled):  # out of the queues now: it may be forgotten next
+            rid = event.request_id
+            if self.degree_of.pop(rid, None) is not None:
+                self.queue.remove(rid)
+            self.again = deque(a for a in self.again if a[0] != rid)
         return actions + self._fill(view)
 
     def _fill(self, view: ClusterView) -> list[Action]:

@@ -107,8 +107,8 @@ from collections import deque
 from collections.abc import Sequence
 
 from ..defaults import DEFAULT_LATE
-from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, StageFailed, StageFinished,
-                      Tick)
+from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, RequestCancelled, StageFailed,
+                      StageFinished, Tick)
 from ..lifecycle import TERMINAL, WAITING_FOR, RequestRecord
 from ..noise import Spread
 from ..placement import plan_placement
@@ -339,6 +339,17 @@ class Trident(Elastic, Admission, Policy):
                 del kept[rid]
         self.grown = {r for r in self.grown if not ended(r)}
 
+    def _ended(self, rid: int) -> None:
+        """Forget what is kept per request for ``rid``, which ended (the queue entry aside)."""
+        self.first_key.pop(rid, None)
+        self.hopeless.pop(rid, None)
+        self.demoted.discard(rid)
+        self.base.pop(rid, None)
+        self.cap.pop(rid, None)
+        self.paused_at.pop(rid, None)
+        self.grown.discard(rid)
+        self.safer.pop(rid, None)
+
     def _dequeue(self, rid: int) -> None:
         entry = self.entry.pop(rid, None)
         if entry is not None:
@@ -385,13 +396,10 @@ class Trident(Elastic, Admission, Policy):
                 if rec.state not in TERMINAL:
                     self._enqueue(view, rec)
                 else:
-                    self.first_key.pop(rid, None)
-                    self.hopeless.pop(rid, None)
-                    self.demoted.discard(rid)
-                    self.base.pop(rid, None)
-                    self.cap.pop(rid, None)
-                    self.paused_at.pop(rid, None)
-                    self.grown.discard(rid)
+                    self._ended(rid)
+        elif isinstance(event, RequestCancelled):  # out of the queue now: its record may be forgotten next
+            self._dequeue(event.request_id)
+            self._ended(event.request_id)
         elif isinstance(event, Tick):
             self._forget_ended(view)
             if self.opts["replan_s"] and now - self.last_plan_s >= self.opts["replan_s"] and self.observed:

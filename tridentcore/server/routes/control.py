@@ -33,14 +33,17 @@ async def prometheus(metrics: Metrics = Depends(deps.metrics)) -> Response:
 
 
 @router.get("/healthz", responses={503: {"content": {"application/json": {}},
-                                         "description": "no device is alive, the server is closing, or its run's "
-                                                        "records cannot be written (ok false)"}})
+                                         "description": "no device is alive, the server is closing, its run's "
+                                                        "records cannot be written, or its engine is stuck "
+                                                        "(ok false)"}})
 async def healthz(runtime: Runtime = Depends(deps.runtime)) -> JSONResponse:
     engine = runtime.engine
     snap = engine.snapshot()
     alive = sum(1 for d in snap["devices"] if d["alive"])
-    records = next((p.records_down for p in getattr(engine, "parts", None) or [engine] if p.records_down), "")
-    ok = alive > 0 and not engine.closing and not records
+    parts = getattr(engine, "parts", None) or [engine]
+    records = next((p.records_down for p in parts if p.records_down), "")
+    stuck = next((p.stuck for p in parts if p.stuck), "")
+    ok = alive > 0 and not engine.closing and not records and not stuck
     body = {"ok": ok, "devices_alive": alive, "devices": len(snap["devices"]), "live_requests": snap["live_requests"]}
     # devices of several kinds: a kind with none alive, and the models only it serves (outside test: "ok" while
     # a served model had no device at all); the others still serve, so ok stays as it is
@@ -50,4 +53,6 @@ async def healthz(runtime: Runtime = Depends(deps.runtime)) -> JSONResponse:
         body["down"] = down
     if records:
         body["records"] = records
+    if stuck:  # it may dispatch nothing again: restart it (its log has each error's traceback)
+        body["engine"] = stuck
     return JSONResponse(body, status_code=200 if ok else 503)
