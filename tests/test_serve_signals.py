@@ -239,11 +239,45 @@ def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be
             proc.kill()
             proc.wait(10)
     text = (tmp_path / "err.txt").read_text(errors="replace")
-    line = re.search(r"1 request\(s\) submitted without waiting ended in the drain and their clients had not read how "
+    line = re.search(r"1 request\(s\) submitted without waiting ended in the drain or in the 60 s before it and "
+                     r"their clients had not read how "
                      r"([\d.]+) s after it: (\S+); stopping", text)  # the one never read, named
     assert line and 4.9 <= float(line.group(1)) < 15 and line.group(2) == gone, text[-2000:]
     assert waited < 15, waited
     watcher.join(10)
+
+
+def test_a_request_that_ended_just_before_the_stop_is_still_read_by_its_polling_client(tmp_path):
+    """Outside test 106: the drain waited only for requests submitted without waiting that were still in
+    flight as it began. One that had ended a moment before the stop, its client polling every 2 s
+    and not yet back, was not waited for: the server stopped at once, the client's next poll found the
+    port closed and the log said nothing. Now it answers on until that client has read the end."""
+    with open(tmp_path / "err.txt", "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
+                                 "emulated:1xH200", "--time-scale", "1", "--port", "0"],
+                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        body = {"prompt": "a red fox", "model": "sd3-medium", "size": "512x512", "steps": 1}
+        job = httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"]
+        for _ in range(200):  # until it has ended, read from the list (which tells its client nothing)
+            listed = {j["id"]: j["state"] for j in httpx.get(f"{url}/v1/requests", timeout=30).json()["data"]}
+            if listed[job] == "done":
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.0)  # the client's next poll
+        got = httpx.get(f"{url}/v1/requests/{job}", timeout=30)
+        assert got.status_code == 200 and got.json()["state"] == "done", got.text
+        t0 = time.monotonic()
+        assert proc.wait(60) == 0
+        waited = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    text = (tmp_path / "err.txt").read_text(errors="replace")
+    assert "had not read how" not in text and waited < 4.0, (waited, text[-2000:])  # it stops once read
 
 
 def test_a_client_reading_only_an_emulated_items_file_counts_as_told(tmp_path):
@@ -306,8 +340,9 @@ def test_a_second_stop_cuts_the_wait_for_pollers_short_and_the_log_says_so(tmp_p
             proc.kill()
             proc.wait(10)
     text = (tmp_path / "err.txt").read_text(errors="replace")
-    line = re.search(r"(\d+) request\(s\) submitted without waiting ended in the drain and their clients had not read "
-                     r"how ([\d.]+) s after it \(cut short by a second stop\): (.*); stopping", text)
+    line = re.search(r"(\d+) request\(s\) submitted without waiting ended in the drain or in the 60 s before it and "
+                     r"their clients had not read how ([\d.]+) s after it \(cut short by a second stop\): (.*); "
+                     r"stopping", text)
     assert line and float(line.group(2)) < 1, text[-2000:]
     named = line.group(3).split(", ")
     assert int(line.group(1)) == len(named) >= 1 and set(named) <= ids, (named, ids)

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 _DOORS_CLOSE_S = 5.0  # after the drain: how long uvicorn waits for the connections still open
 _PICKUP_S = 5.0  # after the drain: how long it waits for pollers to read how their requests ended
+_RECENT_S = 60.0  # ... those whose requests were in flight as it began, or ended this long before it
 _NAMED = 20  # of the requests whose pollers never read how they ended, the log names this many
 
 
@@ -324,17 +325,19 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
 
     async def drain() -> None:
         app.state.body_waits.stop()  # a body still arriving is answered 503 now, not held to the end
-        polled = app.state.jobs.polled_in_flight()
+        polled = app.state.jobs.polled_untold(_RECENT_S)
         await runtime.engine.shutdown(opts.drain_timeout_s)
-        # a client polling for a request that ended in the drain would next find the doors closed, its
-        # image made and never seen: the server answers on until each has read how its request ended
+        # a client polling for a request that ended in the drain (or just before it) would next find the
+        # doors closed, its image made and never seen: the server answers on until each has read how its
+        # request ended
         untold, waited = await app.state.jobs.picked_up(polled, _PICKUP_S, lambda: server.signals >= 2)
         if untold:
             ids = ", ".join(j.id for j in untold[:_NAMED])
             more = f" and {len(untold) - _NAMED} more" if len(untold) > _NAMED else ""
             cut = " (cut short by a second stop)" if server.signals >= 2 else ""
-            logger.warning("%d request(s) submitted without waiting ended in the drain and their clients had not "
-                           "read how %.1f s after it%s: %s%s; stopping", len(untold), waited, cut, ids, more)
+            logger.warning("%d request(s) submitted without waiting ended in the drain or in the %.0f s before it "
+                           "and their clients had not read how %.1f s after it%s: %s%s; stopping", len(untold),
+                           _RECENT_S, waited, cut, ids, more)
 
     server.drain = drain
     server.hurry = runtime.engine.hurry
