@@ -156,7 +156,7 @@ def test_cancel_queued_and_running():
 def test_a_queued_request_cancelled_and_forgotten_at_once_leaves_the_policy_serving(policy):
     """Outside test 106: with ``keep_ended`` 0 a request cancelled while queued was forgotten in the same
     step; the policy, never told, still held it and looked it up on every later event (KeyError): nothing
-    was dispatched again while /healthz said ok. The policy now hears ``RequestCancelled`` first."""
+    was dispatched again while /healthz said ok. The policy now hears ``RequestEnded`` first."""
     async def main():
         rt = build_runtime("sd3-medium", "emulated:1xH200", policy, time_scale=0.01, keep_ended=0)
         await rt.start()

@@ -625,3 +625,52 @@ def test_a_refusal_never_says_its_finish_and_its_slo_alike():
     assert _secs_apart(4.7149, 4.7109) == ("4.715 s", "4.711 s")
     assert _secs_apart(5.61, 4.71) == ("5.61 s", "4.71 s")  # three digits where they already differ
     assert _secs_apart(1234.6, 1234.2) == ("1235 s", "1234 s")
+
+
+@pytest.mark.parametrize("policy", ["trident", "pipeline-static", "pipeline-dynamic", "trident-paper"])
+def test_requests_that_end_while_they_wait_leave_every_policy_before_they_are_forgotten(policy):
+    """Outside test 106: requests a policy held ended without its action while they waited (a client's
+    cancel; every device lost, and the driver failing what waited) and a long-lived server then
+    forgot them; the policy looked them up on its next events (KeyError on every one: nothing was
+    dispatched again). Now it hears ``RequestEnded`` first: after a cancel, every worker lost, the
+    waiting requests failed and forgotten and the worker back, a new request is served."""
+    from tridentcore.core.driver import DriverCore
+    from tridentcore.core.events import RequestArrived, Tick, WorkerLost, WorkerRestored
+    from tridentcore.core.reports import Cancelled, Completed, Forgot, ShutDown
+
+    core = DriverCore(parse_cluster("1xH200"), H200, make_policy(policy))
+    core.start(["sd3-medium"], None)
+    due: dict[int, float] = {}  # running dispatch -> its predicted end
+
+    def step(report, now):
+        effects = core.step(report, now)
+        due.update({s.run.id: s.run.predicted_end_s for s in effects.started})
+        due.update({p.run.id: p.at_s for p in effects.paused})
+
+    def spec(rid, now):
+        return RequestSpec(rid, "sd3-medium", "x", Shape(512, 512, 1, 20), rid, None, 1e6, now)
+
+    for rid in range(3):  # 0 runs, 1 and 2 wait (one GPU)
+        step(RequestArrived(spec(rid, 0.0)), 0.0)
+    step(Cancelled(1), 0.001)
+    step(Forgot(1), 0.001)
+    step(WorkerLost(0, "killed"), 0.002)  # request 0's stage fails with its worker: it waits again
+    step(ShutDown("no device of emulated:1xH200 was alive for 30 s"), 30.0)  # what waits fails
+    assert {core.state.requests[r].state for r in (0, 2)} == {RequestState.FAILED}
+    step(Forgot(0), 30.0)
+    step(Forgot(2), 30.0)
+    step(WorkerRestored(0), 40.0)
+    step(RequestArrived(spec(3, 41.0)), 41.0)
+    now = 41.0
+    for _ in range(1000):  # completions at their predicted ends; the policy's timer when nothing runs
+        if core.state.requests[3].state.terminal:
+            break
+        live = {d: t for d, t in due.items() if d in core.state.running}
+        if live:
+            did = min(live, key=live.get)
+            now = max(now, due.pop(did))
+            step(Completed(did), now)
+        else:
+            now += core.policy.tick_s or 1.0
+            step(Tick(), now)
+    assert core.state.requests[3].state is RequestState.DONE

@@ -37,7 +37,7 @@ from .cluster import ClusterSpec
 from .costmodel import CostModel
 from .dispatch import next_boundary
 from .errors import TridentError
-from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, RequestCancelled,
+from .events import (Action, Dispatch, Event, Evict, Fail, Place, Preempt, Reject, RequestArrived, RequestEnded,
                      StageFailed, StageFinished, Tick, WorkerLost, WorkerRestored)
 from .lifecycle import TERMINAL, RequestState
 from .policy import Policy
@@ -210,10 +210,10 @@ class DriverCore:
             state.set_alive(report.gpu, True)
             return [report]
         if isinstance(report, Cancelled):
-            # one that waited is out of the policy's queues at once: its record may be forgotten next
+            # one that waited leaves the policy's queues at once: its record may be forgotten next
             # (outside test 106: a policy that met it later looked up a forgotten id on every event)
             waited = self._cancel(report.request_id, report.reason, now, out)
-            return [RequestCancelled(report.request_id)] if waited else []
+            return [RequestEnded(report.request_id)] if waited else []
         if isinstance(report, Forgot):
             state.requests.forget(report.request_id)
             self._attempts.pop(report.request_id, None)
@@ -225,8 +225,8 @@ class DriverCore:
                 out.ended.append(report.request_id)
             return []
         if isinstance(report, ShutDown):
-            self._fail_everything(report.reason, now, out)
-            return []
+            # (a live engine goes on after one, once a device is back: those that waited leave the queues)
+            return [RequestEnded(rid) for rid in self._fail_everything(report.reason, now, out)]
         raise TypeError(f"unknown report {report!r}")
 
     def _finished(self, run: Running, end_step: int | None, now: float, out: Effects,
@@ -318,17 +318,21 @@ class DriverCore:
                 out.paused.append(Paused(run, stop, at))
         return False
 
-    def _fail_everything(self, reason: str, now: float, out: Effects) -> None:
+    def _fail_everything(self, reason: str, now: float, out: Effects) -> list[int]:
+        """Fail every running dispatch and every live request; the requests that were waiting."""
         state = self.state
+        waited = []
         for did in list(state.running):
             run = state.running[did]
             state.fail(did, now, reason, retry=False)
             self.recorder.span(run, now, "failed", run.action.start_step)
             out.ended.extend(run.action.request_ids)
         for rec in list(state.requests):
-            if not rec.state.terminal:
+            if not rec.state.terminal:  # (those of the running dispatches ended above)
                 state.end_request(rec.id, RequestState.FAILED, now, reason)
                 out.ended.append(rec.id)
+                waited.append(rec.id)
+        return waited
 
     # ------------------------------------------------------------------------------ applying
     def _apply(self, actions: Iterable[Action], now: float, out: Effects, initial: bool = False) -> list[Event]:

@@ -71,17 +71,18 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True)
-class RequestCancelled:
-    """A request ended (``cancelled`` by its client) while it waited for a stage, none of its stages
-    running: it leaves the policy's queues now. The driver may forget its record right after this
-    event (a long-lived server keeps only its last ``keep_ended`` ended requests), so a policy never
-    looks it up again. A request cancelled while a stage runs is not told this way: that stage's
-    ``StageFinished`` comes, the request already ended."""
+class RequestEnded:
+    """A request ended while it waited for a stage (none of its stages running) without an action of
+    the policy's: ``cancelled`` by its client, or ``failed`` by the driver (no device alive for too
+    long, a shutdown). It leaves the policy's queues now: the driver may forget its record right
+    after this event (a long-lived server keeps only its last ``keep_ended`` ended requests), so a
+    policy never looks it up again. A request cancelled while a stage runs is not told this way: that
+    stage's ``StageFinished`` comes, the request already ended."""
 
     request_id: int
 
 
-Event = RequestArrived | StageFinished | StageFailed | WorkerLost | WorkerRestored | Tick | RequestCancelled
+Event = RequestArrived | StageFinished | StageFailed | WorkerLost | WorkerRestored | Tick | RequestEnded
 
 # ----------------------------------------------------------------------------------------- actions
 

@@ -3,9 +3,10 @@
 A policy is a small class: ``start`` returns the initial placement (applied before the run, as a
 deployment would be), ``on_event`` turns one event into actions. Policies keep their own queues
 (the order of waiting work is their decision) but never mutate cluster state: they only see a
-:class:`~tridentcore.core.state.ClusterView` and answer with actions. A request they hold may end
-without an action of theirs only by a cancel: ``RequestCancelled`` while it waits (drop it then: a
-long-lived driver may forget its record next), or, while a stage of it runs, that stage's end.
+:class:`~tridentcore.core.state.ClusterView` and answer with actions. A request they hold ends
+without an action of theirs only while it waits (``RequestEnded``: cancelled by its client, or failed
+by the driver; drop it then, a long-lived driver may forget its record next) or by a cancel while a
+stage of it runs (that stage's end says so).
 
 Specs are ``name`` or ``name:key=value,key=value`` (``pipeline-static:degree=2``).
 """

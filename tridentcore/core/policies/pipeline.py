@@ -34,7 +34,8 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
-from ..events import Action, Dispatch, Fail, RequestArrived, RequestCancelled, StageFailed, StageFinished, WorkerRestored
+from ..events import (Action, Dispatch, Fail, RequestArrived, RequestEnded, StageFailed, StageFinished,
+                      WorkerRestored)
 from ..policy import Policy, PolicyError, register
 from ..state import ClusterView
 from ..types import StageKind
@@ -124,7 +125,7 @@ class PipelineStatic(_PipelineBase):
         if isinstance(event, WorkerRestored):
             actions = [a for r in list(self.again) for a in self._again(view, r)]
             return actions + [a for r in range(len(self.replicas)) for a in self._start_next(view, r)]
-        if isinstance(event, RequestCancelled):  # out of its queue (or its replica) now: it may be forgotten next
+        if isinstance(event, RequestEnded):  # out of its queue (or replica) now: it may be forgotten next
             rid = event.request_id
             for r, queue in enumerate(self.queues):
                 if rid in queue:
@@ -184,7 +185,7 @@ class PipelineDynamic(_PipelineBase):
                               if not view.request(rid).state.terminal)
         elif isinstance(event, StageFailed):
             actions += [Fail(rid, event.reason) for rid in event.request_ids]
-        elif isinstance(event, RequestCancelled):  # out of the queues now: it may be forgotten next
+        elif isinstance(event, RequestEnded):  # out of the queues now: it may be forgotten next
             rid = event.request_id
             if self.degree_of.pop(rid, None) is not None:
                 self.queue.remove(rid)

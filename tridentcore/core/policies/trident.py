@@ -107,7 +107,7 @@ from collections import deque
 from collections.abc import Sequence
 
 from ..defaults import DEFAULT_LATE
-from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, RequestCancelled, StageFailed,
+from ..events import (Action, Dispatch, Evict, Place, Preempt, Reject, RequestArrived, RequestEnded, StageFailed,
                       StageFinished, Tick)
 from ..lifecycle import TERMINAL, WAITING_FOR, RequestRecord
 from ..noise import Spread
@@ -397,7 +397,7 @@ class Trident(Elastic, Admission, Policy):
                     self._enqueue(view, rec)
                 else:
                     self._ended(rid)
-        elif isinstance(event, RequestCancelled):  # out of the queue now: its record may be forgotten next
+        elif isinstance(event, RequestEnded):  # out of the queue now: its record may be forgotten next
             self._dequeue(event.request_id)
             self._ended(event.request_id)
         elif isinstance(event, Tick):

@@ -83,7 +83,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..events import (Action, Dispatch, Fail, Reject, RequestArrived, RequestCancelled, StageFailed, StageFinished,
+from ..events import (Action, Dispatch, Fail, Reject, RequestArrived, RequestEnded, StageFailed, StageFinished,
                       Tick)
 from ..lifecycle import RequestState
 from ..policy import Policy, register
@@ -227,7 +227,7 @@ class TridentPaper(Policy):
                 self.decode_queue.append((live, event.gpus))
         elif isinstance(event, StageFailed):
             actions += self._on_failed(view, event)
-        elif isinstance(event, RequestCancelled):  # out of the queues now: it may be forgotten next
+        elif isinstance(event, RequestEnded):  # out of the queues now: it may be forgotten next
             rid = event.request_id
             self.queue = [e for e in self.queue if e[1] != rid]
             self.decode_queue = deque((kept, gpus) for rids, gpus in self.decode_queue
