@@ -192,6 +192,21 @@ def test_import_paper_trace(tmp_path):
     assert result.exit_code == 0 and "(JSON lines)" in result.stdout and again.read_text() == out.read_text()
 
 
+def test_import_reads_standard_input_given_a_dash(tmp_path):
+    """`trace import - --out -` (a filter in a pipe): "-: cannot read: No such file or directory" once."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "paper.txt"
+    src.write_text(PAPER)
+    out = tmp_path / "p.jsonl"
+    assert runner.invoke(app, ["trace", "import", str(src), "--model", "sd3-medium", "--out", str(out)]).exit_code == 0
+    proc = subprocess.run([sys.executable, "-m", "tridentcore.cli", "trace", "import", "-", "--model", "sd3-medium",
+                           "--out", "-"], input=PAPER, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == out.read_text(), proc.stderr
+    assert "imported 2 requests (paper Request(...) lines) from /dev/stdin" in proc.stderr
+
+
 @pytest.mark.parametrize("args, needle", [
     (["trace", "import", "{paper}", "--out", "{tmp}/x.jsonl"], "--model"),
     (["trace", "stats", "{paper}"], "--model"),

@@ -89,7 +89,8 @@ def _trace_format(path: str) -> str:
 
 @trace_app.command("import")
 def trace_import(
-    file: str = typer.Argument(..., help="A trace: the paper's Request(...) lines or JSON lines (detected)."),
+    file: str = typer.Argument(..., help="A trace: the paper's Request(...) lines or JSON lines (detected); "
+                                         "-: standard input."),
     out: str = typer.Option(..., help="JSON-lines trace to write (-: standard output)."),
     model: str = typer.Option(None, help="Model of the requests (the paper's traces do not name one)."),
 ) -> None:
@@ -99,6 +100,8 @@ def trace_import(
     """
     from ..formats.traces import read_trace
 
+    if file == "-":  # (outside test: "-: cannot read: No such file or directory", where --out - writes stdout)
+        file = "/dev/stdin"  # (read once: a pipe's text is kept from its first reading)
     if out != "-":
         check_out(out, dash=True)
     try:
