@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tridentcore.cli import app
+from tridentcore.store import run_summary
 
 runner = CliRunner()
 KEYS = {"policy", "requests", "attainment", "mean_s", "p50_s", "p95_s", "p99_s", "ooms", "rejected",
@@ -107,6 +108,9 @@ def test_sweep_rates_prints_classes():
     (["simulate", "--cluster", "/dev/null"], "/dev/null: not a regular file (give a cluster YAML file)"),
     (["simulate", "--policies", "trident:replan_s=-1", "--duration", "30"], "replan_s"),
     (["sweep", "--rates", ","], "--rates: give at least one rate"),  # (a traceback, after the ceilings)
+    # the Locust file's form (and a stored run's arrival_spec): "unknown arrival process" (outside test 107)
+    (["simulate", "--arrival", "trace:t.jsonl"], "replay it with --trace FILE"),
+    (["bench", "--arrival", "trace:t.jsonl", "--db", "/nonexistent/b.duckdb"], "replay it with --trace FILE"),
     # a bias factor of 1e8 ran trident's simulation for minutes, 1e308 for ever; a stage twice: the last won
     (["simulate", "--bias", "decode=1e308", "--duration", "30"], "the factor must be a number in (0, 1000], got 1e+308"),
     (["simulate", "--bias", "decode=2,decode=3", "--duration", "30"], "--bias: stage 'decode' given twice"),
@@ -190,6 +194,47 @@ def test_sweep_says_when_a_goodput_is_the_searchs_upper_end():
     text = runner.invoke(app, ["sweep", "--goodput", "--target", "0.05", "--mix", "flux-uniform", "--duration", "60",
                                "--policies", "trident"])
     assert "note: trident meets the target at the search's highest rate" in text.stderr, text.stderr
+
+
+def test_goodput_under_bursts_searches_from_one_whole_burst_and_refuses_what_no_rate_allows(tmp_path):
+    """Outside test 107: under ``bursts:size=N`` the goodput search's lowest rate (0.02 x the capacity
+    ceiling) could be less than one burst over the duration: `sweep --goodput` failed part way naming a
+    rate the user never gave, and `bench --goodput` had stored a run by then without saying so. The
+    search now starts at one whole burst; a burst no searched rate can send is refused before any run."""
+    args = ["sweep", "--goodput", "--arrival", "bursts:size=20", "--duration", "300", "--mix", "flux-uniform",
+            "--policies", "trident", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["policies"][0]["fair_goodput_rps"] > 0
+    big = ["--goodput", "--arrival", "bursts:size=5000", "--duration", "60", "--mix", "flux-uniform",
+           "--policies", "trident,pipeline-static"]
+    refused = runner.invoke(app, ["sweep", *big])
+    assert refused.exit_code == 2 and "needs at least 83.3/s (one whole burst)" in refused.stderr, refused.output
+    db = tmp_path / "b.duckdb"
+    refused = runner.invoke(app, ["bench", *big, "--rate", "100", "--db", str(db), "--no-progress"])
+    assert refused.exit_code == 2 and "needs at least 83.3/s" in refused.stderr and not db.exists(), refused.output
+    low = runner.invoke(app, ["sweep", "--goodput", "--arrival", "bursts:size=100", "--duration", "1800", "--mix",
+                              "flux-uniform", "--policies", "pipeline-static"])
+    assert low.exit_code == 0, low.output
+    assert "misses the target even at the search's lowest rate (0.0556 req/s, one whole burst" in low.stderr, low.stderr
+
+
+def test_a_bench_that_fails_after_storing_runs_names_them(tmp_path, monkeypatch):
+    """Outside test 107: a bench whose goodput search failed after its first policy's run was stored
+    said only the error; the run was in the store, unnamed (a Ctrl-C's message names them)."""
+    from tridentcore.bench import scenario
+
+    def failing(*args, **kwargs):
+        raise ValueError("the search failed")
+
+    monkeypatch.setattr(scenario, "sweep_goodput", failing)
+    db = tmp_path / "b.duckdb"
+    result = runner.invoke(app, ["bench", "--goodput", "--mix", "image-video", "--rate", "0.5", "--duration", "60",
+                                 "--policies", "trident,pipeline-static", "--db", str(db), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    (run_id,) = run_summary(db).run_id
+    assert f"the search failed; while sweeping goodput for trident: 1 of 2 runs stored in {db}: {run_id}" \
+        in result.stderr, result.stderr
 
 
 def _interrupted(args: list[str], ready, sig: str = "SIGINT") -> tuple[int, str]:

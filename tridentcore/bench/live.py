@@ -21,8 +21,8 @@ For every policy, :meth:`LiveBench.run`
 Request ids of a stored live run are the schedule's indices (the simulator's request ids for the
 same seed), so a live and a simulated run of one schedule join on ``request_id``;
 ``client_requests.server_request_id`` keeps the engine's own id. A request the server accepted
-but the client never learned the id of (only in an interrupted run) keeps
-``UNMAPPED_ID_BASE + engine id``.
+but the client never learned the id of (only in an interrupted run, and every request of a run
+whose Locust died: the mapping comes from the client's rows) keeps ``UNMAPPED_ID_BASE + engine id``.
 
 Ctrl-C stops Locust and the server (the context managers of :mod:`.live_procs`: only the
 processes started here, by PID), stores what both had written with status ``interrupted`` in one

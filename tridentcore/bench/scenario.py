@@ -35,12 +35,13 @@ from ..core.metrics import attainment_by_class, min_class_attainment, summarize
 from ..core.policy import PolicyError, make_policy
 from ..core.records import RunMeta
 from ..core.types import Shape, StageKind
-from ..core.workload import Mix, RequestClass, RequestSpec, WorkloadError, generate_requests, generated_size_problems, make_slo_fn
+from ..core.workload import (Mix, RequestClass, RequestSpec, WorkloadError, generate_requests, generated_size_problems,
+                             lowest_rate, make_slo_fn)
 from ..sim.engine import SimResult, StageNoise, simulate
 from .provenance import git_sha, hardware, package_versions
 from .spec import RunSpec, RunSpecError
 
-__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "ceilings", "evaluate", "goodput_range",
+__all__ = ["Goodput", "Loaded", "RatePoint", "Scenario", "capacity_rps", "ceilings", "evaluate", "goodput_range", "goodput_rates",
            "hindsight_at", "hindsight_goodput", "load_scenario", "pricing_for", "run_meta", "run_one",
            "schedule_requests", "start_refusal", "stream_ceiling", "sweep_goodput"]
 
@@ -431,6 +432,25 @@ def goodput_range(cap: float) -> tuple[float, float]:
     return 0.02 * cap, 1.25 * cap
 
 
+def goodput_rates(loaded: Loaded, cap: float) -> tuple[float, float]:
+    """:func:`goodput_range` for ``loaded``, its lowest rate raised to the lowest its arrival takes
+    (``bursts:size=N``: one whole burst over the duration) and both checked: a ``WorkloadError``
+    before anything runs (outside test 107: the search's lowest rate, 0.02 x the ceiling, was less
+    than one burst, refused part way, a rate the user never gave, after a bench had stored a run)."""
+    lo, hi = goodput_range(cap)
+    sc = loaded.scenario
+    if loaded.trace_requests is None:
+        floor = lowest_rate(sc.duration_s, sc.arrival) * (1 + 1e-9)
+        if floor > hi:
+            raise WorkloadError(f"mix {sc.mix}", [
+                f"arrival: the goodput search simulates rates up to {hi:.3g}/s (1.25 x the capacity ceiling "
+                f"{cap:.3g}/s), and {sc.arrival} over {sc.duration_s:g} s needs at least {floor:.3g}/s (one whole "
+                f"burst); lower the size or raise the duration"])
+        lo = max(lo, floor)
+    loaded.check_rates([lo, hi])
+    return lo, hi
+
+
 def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARGET, *, rel_tol: float = 0.01,
                   max_iter: int = 14, cap: float | None = None) -> Goodput:
     if not 0 < target <= 1:  # (outside test: --target 0 was taken, and every rate passes it)
@@ -444,8 +464,7 @@ def sweep_goodput(loaded: Loaded, policy_spec: str, target: float = DEFAULT_TARG
             cache[key] = evaluate(loaded, policy_spec, rate)
         return cache[key]
 
-    lo, hi = goodput_range(cap)
-    loaded.check_rates([hi])  # the highest rate the bisection may simulate
+    lo, hi = goodput_rates(loaded, cap)
     overall = _bisect(lambda r: point(r).attainment >= target, lo, hi, rel_tol, max_iter, GOODPUT_PROBES)
     fair_hi = overall if overall > 0 else hi
     fair = _bisect(lambda r: point(r).min_class >= target, lo, max(fair_hi, lo), rel_tol, max_iter,

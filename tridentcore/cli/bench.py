@@ -122,7 +122,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
     from tqdm import tqdm
 
     from ..bench.live_procs import sigterm_interrupts, stopping_signal
-    from ..bench.scenario import capacity_rps, goodput_range, sweep_goodput
+    from ..bench.scenario import capacity_rps, goodput_rates, sweep_goodput
     from ..core.policy import PolicyError
     from ..bench.runs import resolve_run, run_and_store, summaries
     from ..store import new_run_id
@@ -135,7 +135,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
         specs = runnable_specs(loaded, specs)
         cap = capacity_rps(loaded) if goodput else None
         if cap is not None:
-            loaded.check_rates([goodput_range(cap)[1]])  # the highest rate sweep_goodput simulates
+            goodput_rates(loaded, cap)  # the rates sweep_goodput simulates: refused before any run is stored
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         _fail(str(exc))
     check_db(db)
@@ -179,6 +179,9 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
         store_failed(exc, db, run_ids[current], stored, len(specs))
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         bar.close()
+        if stored:  # (what was stored is said, as after a Ctrl-C)
+            _fail(f"{one_line(str(exc))}; while {phase} {current}: {len(stored)} of {len(specs)} runs stored in {db}: "
+                  + ", ".join(stored))
         _fail(str(exc))
     bar.close()
 

@@ -155,7 +155,7 @@ def sweep(
     import json
 
     from ..core.policy import PolicyError
-    from ..bench.scenario import capacity_rps, ceilings, evaluate, goodput_range, sweep_goodput
+    from ..bench.scenario import capacity_rps, ceilings, evaluate, goodput_rates, sweep_goodput
     from ..core.metrics import above_ceiling_note
 
     setup_logging(verbose)
@@ -173,8 +173,9 @@ def sweep(
         cap = capacity_rps(loaded)
         slo_cap = ceilings(loaded)[1].rps
         if goodput:
+            low, top = goodput_rates(loaded, cap)  # (refused before any policy runs where the arrival cannot take them)
             results = [sweep_goodput(loaded, spec, target, cap=cap) for spec in specs]
-            top = goodput_range(cap)[1]  # the bisection's highest rate: a policy that passes there may go higher
+            # top: the bisection's highest rate (a policy that passes there may go higher); low: its lowest
             out = {"capacity_rps": cap, "slo_aware_capacity_rps": slo_cap, "target": target, "search_max_rps": top,
                    "policies": [{"policy": g.policy, "goodput_rps": g.goodput_rps,
                                  "fair_goodput_rps": g.fair_goodput_rps,
@@ -192,6 +193,10 @@ def sweep(
                     typer.secho(f"note: {p['policy']} meets the target at the search's highest rate ({top:.3g} req/s, "
                                 "1.25 x the capacity ceiling): its goodput is at least that, not that; "
                                 "`--rates` beyond it shows how far", err=True, fg=typer.colors.YELLOW)
+                elif not p["goodput_rps"]:
+                    typer.secho(f"note: {p['policy']} misses the target even at the search's lowest rate ({low:.3g} "
+                                f"req/s{', one whole burst over the duration' if low > 0.02 * cap * 1.0001 else ''}): "
+                                "0 says that, not that it serves nothing", err=True, fg=typer.colors.YELLOW)
             return
         loaded.check_rates(rate_list)
         points = {spec: [evaluate(loaded, spec, r) for r in rate_list] for spec in specs}

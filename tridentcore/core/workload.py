@@ -99,6 +99,18 @@ def generated_size_problems(rate: float, duration_s: float,
     return []
 
 
+def lowest_rate(duration_s: float, arrival: "str | ArrivalProcess | None" = None) -> float:
+    """The lowest rate a drawn workload over ``duration_s`` takes (:func:`generated_size_problems`):
+    one whole burst over it for ``bursts:size=N`` (``N / duration_s``); 0 for any other arrival."""
+    if arrival is None or not (is_finite(duration_s) and duration_s > 0):
+        return 0.0
+    try:
+        process = parse_arrival(arrival)
+    except WorkloadError:
+        return 0.0
+    return process.size / duration_s if process.kind == "bursts" and process.size > 1 else 0.0
+
+
 def generate_requests(
     mix: Mix,
     arrival: "str | ArrivalProcess",
