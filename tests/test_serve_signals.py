@@ -247,17 +247,35 @@ def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be
     watcher.join(10)
 
 
-def test_a_request_that_ended_just_before_the_stop_is_still_read_by_its_polling_client(tmp_path):
-    """Outside test 106: the drain waited only for requests submitted without waiting that were still in
-    flight as it began. One that had ended a moment before the stop, its client polling every 2 s
-    and not yet back, was not waited for: the server stopped at once, the client's next poll found the
-    port closed and the log said nothing. Now it answers on until that client has read the end."""
+@contextlib.contextmanager
+def _one_emulated_gpu(tmp_path: Path):
+    """`trident serve` on one emulated H200 at the cost model's own speed, its log in ``err.txt``: the
+    process and its URL; killed at the end if it still runs (only the process started here)."""
     with open(tmp_path / "err.txt", "wb") as e:
         proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
                                  "emulated:1xH200", "--time-scale", "1", "--port", "0"],
                                 stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
-        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        yield proc, _ready_line(tmp_path / "err.txt", proc).group(1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _stop_time(proc: subprocess.Popen) -> float:
+    """Seconds until ``proc`` exits (0, else the test fails)."""
+    t0 = time.monotonic()
+    assert proc.wait(60) == 0
+    return time.monotonic() - t0
+
+
+def test_a_request_that_ended_just_before_the_stop_is_still_read_by_its_polling_client(tmp_path):
+    """Outside test 106: the drain waited only for requests submitted without waiting that were still in
+    flight as it began. One that had ended a moment before the stop, its client polling every 2 s
+    and not yet back, was not waited for: the server stopped at once, the client's next poll found the
+    port closed and the log said nothing. Now it answers on until that client has read the end."""
+    with _one_emulated_gpu(tmp_path) as (proc, url):
         body = {"prompt": "a red fox", "model": "sd3-medium", "size": "512x512", "steps": 1}
         job = httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"]
         for _ in range(200):  # until it has ended, read from the list (which tells its client nothing)
@@ -269,13 +287,7 @@ def test_a_request_that_ended_just_before_the_stop_is_still_read_by_its_polling_
         time.sleep(1.0)  # the client's next poll
         got = httpx.get(f"{url}/v1/requests/{job}", timeout=30)
         assert got.status_code == 200 and got.json()["state"] == "done", got.text
-        t0 = time.monotonic()
-        assert proc.wait(60) == 0
-        waited = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:  # only the process this test started
-            proc.kill()
-            proc.wait(10)
+        waited = _stop_time(proc)
     text = (tmp_path / "err.txt").read_text(errors="replace")
     assert "had not read how" not in text and waited < 4.0, (waited, text[-2000:])  # it stops once read
 
@@ -284,12 +296,7 @@ def test_a_client_reading_only_an_emulated_items_file_counts_as_told(tmp_path):
     """Outside test 102: a client polling only `/v1/requests/{id}/result/0` of an emulated request got
     409 `no_pixels` once it was done (emulated devices make none), which did not count as having read
     how it ended: the drain waited its 5 s for that client and named it as never told."""
-    with open(tmp_path / "err.txt", "wb") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium", "--devices",
-                                 "emulated:1xH200", "--time-scale", "1", "--port", "0"],
-                                stdout=subprocess.DEVNULL, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+    with _one_emulated_gpu(tmp_path) as (proc, url):
         body = {"prompt": "a red fox", "model": "sd3-medium", "size": "1024x1024", "slo_ms": 10_000_000}
         job = httpx.post(url + "/v1/requests", json=body, timeout=30).json()["id"]
         time.sleep(0.3)
@@ -300,13 +307,7 @@ def test_a_client_reading_only_an_emulated_items_file_counts_as_told(tmp_path):
             codes.append((got.status_code, got.json()["error"]["code"]))
             assert len(codes) < 100, codes
             time.sleep(0.2)
-        t0 = time.monotonic()
-        assert proc.wait(60) == 0
-        waited = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:  # only the process this test started
-            proc.kill()
-            proc.wait(10)
+        waited = _stop_time(proc)
     text = (tmp_path / "err.txt").read_text(errors="replace")
     assert codes[-1] == (409, "no_pixels") and "had not read how" not in text, text[-2000:]
     assert waited < 4.0, (waited, text[-2000:])  # (it waited the whole 5 s for this client)
