@@ -624,6 +624,7 @@ def test_healthz_says_an_engine_whose_events_all_fail_is_stuck_until_one_passes(
         got = client.get("/healthz")
         assert got.status_code == 503 and got.json()["ok"] is False, got.text
         assert "KeyError: 4242" in got.json()["engine"] and f"last {STUCK_AFTER} events" in got.json()["engine"]
+        assert f"trident_engine_errors_total {float(STUCK_AFTER)}" in client.get("/metrics").text
         del policy.on_event
         assert client.post("/v1/requests", json=body).status_code == 202
         assert client.get("/healthz").status_code == 200

@@ -117,6 +117,7 @@ class Engine:
         self.artifacts = ArtifactCache(config.max_results, config.results_mib << 20)
         self.errors: deque[str] = deque(maxlen=_MAX_ERRORS)  # the latest (each is also logged)
         self.failing = 0  # events in a row whose step raised (reset by one that did not): see ``stuck``
+        self.errors_total = 0  # events whose step raised, since the start (/metrics)
         self.end_listeners: list[Callable[[object], None]] = []  # called with each request record as it ends
         self.forget_listeners: list[Callable[[int], None]] = []  # called with a request id just before it is forgotten
         self._spans_of: dict[int, list[SpanRow]] = {}
@@ -534,12 +535,14 @@ class Engine:
                     logger.exception("policy bug")
                     self.errors.append(f"PolicyBug: {exc}")
                     self.failing += 1
+                    self.errors_total += 1
                 except Exception as exc:  # noqa: BLE001 - a server must outlive a bad event
                     if self.config.strict:
                         raise
                     logger.exception("engine error on %s", type(rep).__name__)
                     self.errors.append(f"{type(exc).__name__}: {exc}")
                     self.failing += 1
+                    self.errors_total += 1
                 else:
                     self.failing = 0
         finally:

@@ -131,6 +131,11 @@ class Metrics:
                                            "worker was stopped and the stage run again")
                 hung.add_metric([], sum(p.hung for p in parts))
                 yield hung
+                errors = CounterMetricFamily("trident_engine_errors", "Events whose step raised in the policy or the "
+                                             "engine (each logged with its traceback); /healthz is 503 while the "
+                                             "last 3 in a row did")
+                errors.add_metric([], sum(p.errors_total for p in parts))
+                yield errors
 
         self.registry.register(_Workers())
         engine.end_listeners.append(self.on_end)
