@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from children import default_sigint  # noqa: E402  (tests/, on sys.path under pytest)
+from children import default_sigint, wait_ended  # noqa: E402  (tests/, on sys.path under pytest)
 
 from tridentcore.bench.live import UNMAPPED_ID_BASE
 from tridentcore.store import query_readonly
@@ -478,3 +478,40 @@ def test_a_ctrl_c_that_reaches_the_server_as_locust_ends_is_an_interrupted_run(t
     else:  # the bench's stop reached the server first
         assert runs.status[0] == "complete" and first["server_exit"] == 0, err[-3000:]
         assert proc.returncode == 0 and list(runs.status) == ["complete", "complete"], err[-3000:]
+
+
+def test_a_stop_while_a_server_starts_stops_the_server_too(tmp_path):
+    """Outside test 108: a live comparison stopped (SIGINT) while its next policy's server started left
+    that server starting and then serving on its own: the bench's clean-up removed the work folder
+    under it, the server wrote its store there afterwards, and nothing ever recovered the folder.
+    ``start_server`` interrupted now stops the child before the interrupt goes on."""
+    import psutil
+
+    script = tmp_path / "start.py"
+    script.write_text("import sys, time\nfrom pathlib import Path\nfrom tridentcore.bench.launch import start_server\n"
+                      "try:\n"
+                      "    start_server(['--models', 'sd3-medium', '--devices', 'emulated:1xH200'], folder=Path(sys.argv[1]))\n"
+                      "    print('served', flush=True)\n"
+                      "except KeyboardInterrupt:\n"
+                      "    print('interrupted', flush=True)\n"
+                      "time.sleep(60)  # (alive, as a bench storing its other runs: the server stops with it otherwise)\n")
+    folder = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, str(script), str(folder)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+    children: list = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None and not (
+                children and "tridentcore.cli" in " ".join(children[0].cmdline())):  # (exec'd: Popen has returned)
+            children = psutil.Process(proc.pid).children()
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert children and not (folder / "port").exists(), "the server started before the stop"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline().strip() == "interrupted"
+        assert all(wait_ended(c.pid, 15) for c in children), "the server started on after its starter stopped"
+        assert proc.poll() is None  # (its starter lives on)
+    finally:
+        for p in [proc, *children]:  # only the processes this test started
+            if p.poll() is None if isinstance(p, subprocess.Popen) else p.is_running():
+                p.kill()

@@ -76,6 +76,17 @@ class ServerProcess:
 
 SERVE_FOLDER_PREFIX = "trident-serve-"  # the temporary folder of a server's port file and log (its starter's)
 
+def _stop_starting(proc: subprocess.Popen) -> None:
+    """A server still starting: SIGTERM (it ends "stopped before it served"), SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float = 120.0,
                  env: dict[str, str] | None = None, pass_fds: tuple[int, ...] = (),
                  folder: Path | None = None) -> ServerProcess:
@@ -105,12 +116,22 @@ def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float =
                             pass_fds=pass_fds)
     log.close()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if port_file.exists():
-            return ServerProcess(proc, int(port_file.read_text()), host, log_path, tmp, port_file)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline:
+            if port_file.exists():
+                return ServerProcess(proc, int(port_file.read_text()), host, log_path, tmp, port_file)
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    except BaseException:
+        # a Ctrl-C (or a stop taken as one) while it starts: it goes too, not left to start and serve on
+        # its own (outside test 108: a live comparison stopped as its next policy's server started lost
+        # that server's folder to the bench's clean-up while the server wrote into it, and nothing
+        # recovered it)
+        _stop_starting(proc)
+        if tmp is not None:
+            tmp.cleanup()
+        raise
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
