@@ -135,6 +135,15 @@ def test_home_policy_and_rate_changes_recompute_the_cards():
     assert after_rate != after_policy
     static = dict(after_rate[:6])
     assert static["SLO attainment"] != dict(after_policy[:6])["SLO attainment"]
+    # the rate simulated is said (outside test 108: a Rate field out of range showed a value Streamlit had
+    # not taken, beside the last valid rate's figures, named nowhere)
+    assert "rate 0.9 req/s over 600 s · seed 0" in " ".join(m.value for m in at.markdown)
+    # each policy once however written (outside test 108: `trident:` ran trident a second time, as another)
+    at.text_input(key="cmp_extra").set_value("trident:, pipeline-static:degree=2, trident:late=serve").run()
+    _clean(at)
+    heads = [h.value for h in at.subheader]
+    assert heads.count("trident") == 1 and "trident:" not in heads and "trident:late=serve" not in heads, heads
+    assert heads.count("pipeline-static:degree=2") == 1
 
 
 def test_home_rate_sweep_adds_goodput_and_rate_curves():

@@ -119,6 +119,8 @@ def test_kpis_give_deltas_against_the_baseline():
     cards = {k.label: k for k in data.kpis(other, base, {"goodput_rps": 0.0, "grid": True, "lowest_rps": 0.25})}
     assert cards["Goodput"].value == "< 0.25 req/s" and "lowest swept rate" in cards["Goodput"].help
     assert all(k.delta is None for k in data.kpis(base, base))
+    # a difference that rounds to nothing has no delta (outside test 108: "-0.0 pp" with a red arrow)
+    assert {k.label: k for k in data.kpis(dict(base, attainment=0.79999), base)}["SLO attainment"].delta is None
     assert "Goodput" not in {k.label for k in data.kpis(base)}
 
 

@@ -35,7 +35,10 @@ def kpis(summary: dict, baseline: dict | None = None, goodput: dict | None = Non
         a, b = summary.get(key), baseline.get(key)
         if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a == b:
             return None
-        return f"{(a - b) * scale:{fmt}}{unit}"
+        text = f"{(a - b) * scale:{fmt}}"
+        if float(text) == 0:  # a difference that rounds to nothing (outside test 108: "↓ -0.0 pp", in red)
+            return None
+        return text + unit
 
     out = [
         Kpi("SLO attainment", f"{summary['attainment']:.1%}" if math.isfinite(summary["attainment"]) else "—",

@@ -357,21 +357,18 @@ def runnable_specs(loaded, specs: list[str]) -> list[str]:
 def policy_specs(policies: str, *, unique: bool = False) -> list[str]:
     """The policy specs of a comparison, each validated before any runs (raises ValueError/PolicyError;
     none at all is an error); ``unique``: one given twice is one too."""
-    from ..core.policy import make_policy, split_specs
+    from ..core.policy import bare_spec, make_policy, split_specs, unique_specs
 
     items = [p.strip() for p in policies.split(",")]
     if any(items) and not all(items):  # (outside test 99: dropped without a word)
         fail(f"--policies {policies}: an empty item; give a comma list of policies, e.g. trident,pipeline-dynamic")
-    # `trident:` (no options after the colon) is `trident`: stored and grouped under one name
-    specs = [spec[:-1].rstrip() if spec.endswith(":") and spec.count(":") == 1 else spec for spec in split_specs(policies)]
+    specs = [bare_spec(spec) for spec in split_specs(policies)]
     if not specs:
         fail("no policies given")
-    built = [make_policy(spec) for spec in specs]
+    for spec in specs:
+        make_policy(spec)
     if unique:  # the same policy however it is written (`trident`, `trident:`, `trident:late=serve`)
-        same: dict[tuple, list[str]] = {}
-        for spec, policy in zip(specs, built):
-            same.setdefault((policy.name, tuple(sorted(policy.opts.items(), key=str))), []).append(spec)
-        twice = [" = ".join(group) if len(set(group)) > 1 else group[0] for group in same.values() if len(group) > 1]
+        twice = [" = ".join(group) if len(set(group)) > 1 else group[0] for group in unique_specs(specs)[1]]
         if twice:
             fail(f"policy given twice: {', '.join(twice)}")
     return specs

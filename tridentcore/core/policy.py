@@ -143,6 +143,30 @@ def with_late(spec: str, late: str) -> str:
     return spec.strip() + (":" if ":" not in spec else ",") + f"late={late}"
 
 
+def bare_spec(spec: str) -> str:
+    """``trident:`` (no options after the colon) is ``trident``: stored and grouped under one name."""
+    return spec[:-1].rstrip() if spec.endswith(":") and spec.count(":") == 1 else spec
+
+
+def unique_specs(specs: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """``specs`` (bare, :func:`bare_spec`) with each policy once however it is written (``trident``,
+    ``trident:late=serve``: the same name and options), its first spelling kept; and the groups of
+    spellings given more than once. A spec that does not make a policy is kept as written (its error
+    is for its caller to say)."""
+    kept: list[str] = []
+    groups: dict[object, list[str]] = {}
+    for spec in map(bare_spec, specs):
+        try:
+            policy = make_policy(spec)
+            key: object = (policy.name, tuple(sorted(policy.opts.items(), key=str)))
+        except PolicyError:
+            key = spec
+        if key not in groups:
+            kept.append(spec)
+        groups.setdefault(key, []).append(spec)
+    return kept, [group for group in groups.values() if len(group) > 1]
+
+
 def split_specs(text: str) -> list[str]:
     """Split ``a,b:x=1,y=2,c`` into policy specs (an item with ``=`` belongs to the previous spec)."""
     specs: list[str] = []

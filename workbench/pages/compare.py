@@ -9,7 +9,7 @@ import streamlit as st
 
 from tridentcore.bench.spec import RunSpec
 from tridentcore.core.cluster import parse_cluster
-from tridentcore.core.policy import split_specs
+from tridentcore.core.policy import split_specs, unique_specs
 from tridentcore.formats.mixes import list_mixes
 from tridentcore.profiles import shipped_profiles
 from workbench import access, child, data, figures, live_bench, live_jobs
@@ -235,7 +235,8 @@ with st.sidebar:
             profile = saved(up, ".csv")
     chosen = st.multiselect("Policies", data.POLICY_CHOICES, default=list(data.DEFAULT_POLICIES), key="cmp_policies")
     extra = st.text_input("More policy specs (comma-separated, e.g. pipeline-static:degree=2)", "", key="cmp_extra")
-    policies = list(dict.fromkeys(chosen + (split_specs(extra) if extra.strip() else [])))
+    # each policy once however it is written (outside test 108: `trident:` ran trident a second time)
+    policies = unique_specs(chosen + (split_specs(extra) if extra.strip() else []))[0]
 
     live_mode = backend != "simulated"
     if live_mode:
@@ -329,7 +330,11 @@ if sweep:
 first = runs[tasks[0]]
 workload = uploaded.get(trace or "") or uploaded.get(str(mix)) or Path(trace or str(mix)).name
 arrivals = "" if trace else f"{scenario.arrival} · "  # (a trace brings its own arrival times)
-summary_line = (f"**{workload}** · {arrivals}cluster {uploaded.get(cluster, cluster)} ({first.n_gpus} GPU{'' if first.n_gpus == 1 else 's'}, {first.gpu_mem_gib:g} GiB each) · "
+# the rates and duration simulated, said (outside test 108: a Rate field showing a value outside its range,
+# which Streamlit does not take, while the page showed the last valid rate's figures, named nowhere)
+load = "" if trace else (f"{'rates ' + ', '.join(f'{r:g}' for r in rates) if len(rates) > 1 else f'rate {rates[0]:g}'}"
+                         f" req/s over {duration:g} s · seed {seed} · ")
+summary_line = (f"**{workload}** · {arrivals}{load}cluster {uploaded.get(cluster, cluster)} ({first.n_gpus} GPU{'' if first.n_gpus == 1 else 's'}, {first.gpu_mem_gib:g} GiB each) · "
                 f"profile {uploaded.get(profile) or Path(profile).name} · SLO scale {slo_scale:g}")
 ceiling_note, slo_ceiling = "", float("nan")
 if trace is None:
