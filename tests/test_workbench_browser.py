@@ -416,3 +416,37 @@ def test_browser_a_local_server_stopped_in_one_tab_while_busy_is_redrawn_in_the_
             from workbench import live  # (only if this process started one: it did not; the workbench did)
 
             assert live.local_server() is None
+
+
+def test_browser_the_test_prompt_follows_a_server_coming_up_and_going_away(chromium, server):
+    """Outside test 108: the Live page's cluster view (a fragment refreshing every 2 s) found a server
+    that had come up, but the test prompt below it, drawn with the page, still said "A test prompt
+    needs a server" 20 s later; and the prompt form stayed when the server stopped answering. The
+    view now redraws the page when the server comes up or goes away."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--headless=new"])
+        proc = None
+        try:
+            page = _home(browser, server)
+            page.get_by_role("link", name="Live").click()
+            box = page.get_by_label("Server URL")
+            box.fill(url)
+            box.press("Enter")
+            page.get_by_text("A test prompt needs a server").wait_for(timeout=60_000)
+            proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "sd3-medium",
+                                     "--devices", "emulated:1xH200", "--port", str(port)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            page.get_by_role("button", name="Generate an image").wait_for(timeout=90_000)  # no click of ours
+            proc.terminate()
+            assert proc.wait(60) == 0
+            page.get_by_text("A test prompt needs a server").wait_for(timeout=60_000)
+            assert page.get_by_role("button", name="Generate an image").count() == 0
+            assert page.locator("[data-testid=stException]").count() == 0
+        finally:
+            browser.close()
+            if proc is not None and proc.poll() is None:  # only the process this test started
+                proc.kill()
+                proc.wait(10)

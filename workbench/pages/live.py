@@ -84,29 +84,39 @@ def cluster_view(url: str, limit: int, api_key: str | None) -> None:
     if now != drawn:
         st.rerun()
     answered = st.session_state.setdefault("live_answered", set())  # URLs that have answered this session
+    failed: live.LiveError | None = None
     try:
         cluster = live.fetch_cluster(url, api_key)
         devices = live.devices_frame(cluster)
         answered.add(url)
-    except live.Unreachable as exc:  # nothing is up yet (the first visit): how to start one, calmly
+    except live.LiveError as exc:
+        failed = exc
+    # the test prompt below is drawn with the page: when the server comes up or goes away, draw it anew
+    # (outside test 108: "A test prompt needs a server" beside a cluster view that had found it 20 s
+    # before, and a prompt form beside one that said it had stopped answering)
+    if st.session_state.get("live_full_draw"):
+        st.session_state["live_drawn_up"] = failed is None
+    elif (failed is None) != st.session_state.get("live_drawn_up"):
+        st.rerun()
+    if isinstance(failed, live.Unreachable):  # nothing is up yet (the first visit): how to start one, calmly
         here, command, ended = live.local_server(), live.serve_command_for(url), live.ended_local_server()
         if ended is not None and ended[0] == url:  # (it read as "not started yet")
             st.error(f"The workbench's local server at {url} (process {ended[1]}) has ended ({ended[2]}): "
                      "press **Start a local server** above for a new one.")
             return
         if url in answered:
-            st.warning(f"The trident server at {url} stopped answering: {exc.reason}. It answered earlier in "
+            st.warning(f"The trident server at {url} stopped answering: {failed.reason}. It answered earlier in "
                        "this session; this view looks again on its own" + (f" {refresh}." if every else
                                                                             " when refresh is on."))
             return
-        st.info(f"No trident server answers at {url} yet: {exc.reason}. "
+        st.info(f"No trident server answers at {url} yet: {failed.reason}. "
                 + (f"The workbench's own server is at {here.url}: put that in **Server URL**." if here else
                    "Press **Start a local server** above" + (f", or run `{command}` in a terminal." if command
                                                              else ".")))
         st.caption("This view looks again on its own" + (f" {refresh}." if every else " when refresh is on."))
         return
-    except live.LiveError as exc:
-        st.error(str(exc))
+    if failed is not None:
+        st.error(str(failed))
         st.caption("This view retries on its own" + (f" {refresh}." if every else " when refresh is on."))
         return
     queues, running = cluster.get("queues", {}), cluster.get("running", {})
@@ -152,9 +162,38 @@ def cluster_view(url: str, limit: int, api_key: str | None) -> None:
                      column_config={"latency_s": st.column_config.NumberColumn(format="%.3f s")})
 
 
+st.session_state["live_full_draw"] = True  # (cluster_view: this draw of the page's own, not its timer's)
 cluster_view(url, int(limit), api_key)
+st.session_state["live_full_draw"] = False
 
 # ---------------------------------------------------------------------------------- a test prompt
+def outcome_so_far() -> None:
+    """The test prompt under way (refreshed every second), or how the last one failed. Its fragment is
+    made here, at the call: whether it refreshes is decided as it is made (a prompt sent in this run
+    of the page is under way once the form below has been read)."""
+    @st.fragment(run_every=timedelta(seconds=1) if "live_pending" in st.session_state else None)
+    def pending_view() -> None:
+        pending = st.session_state.get("live_pending")
+        if pending is None:
+            return
+        future, name, t0 = pending
+        if not future.done():
+            st.info(f"{name} is generating… {time.monotonic() - t0:.0f} s (the cluster view above keeps refreshing)")
+            return
+        st.session_state.pop("live_pending")
+        try:
+            st.session_state["live_result"] = future.result()
+            st.session_state.pop("live_result_error", None)
+        except live.LiveError as exc:
+            st.session_state["live_result_error"] = str(exc)
+            st.session_state.pop("live_result", None)
+        st.rerun()  # the whole page, to show the result below
+
+    pending_view()
+    if "live_result_error" in st.session_state:
+        st.error(f"The test prompt failed: {st.session_state['live_result_error']}")
+
+
 st.subheader("Send a test prompt")
 try:
     models = live.fetch_models(url, api_key)
@@ -163,6 +202,7 @@ except live.LiveError as exc:
         st.caption("A test prompt needs a server (see above).")
     else:
         st.error(f"The served models cannot be listed: {exc}")
+    outcome_so_far()  # (a prompt whose server died: how it failed was never shown while the server was down)
     st.stop()
 if not models:
     st.info("The server serves no models.")
@@ -188,28 +228,7 @@ if sent:  # generated in a thread of its own: the cluster view above keeps refre
                               seed=int(seed), api_key=api_key), model.id, time.monotonic())
 
 
-@st.fragment(run_every=timedelta(seconds=1) if "live_pending" in st.session_state else None)
-def pending_view() -> None:
-    pending = st.session_state.get("live_pending")
-    if pending is None:
-        return
-    future, name, t0 = pending
-    if not future.done():
-        st.info(f"{name} is generating… {time.monotonic() - t0:.0f} s (the cluster view above keeps refreshing)")
-        return
-    st.session_state.pop("live_pending")
-    try:
-        st.session_state["live_result"] = future.result()
-        st.session_state.pop("live_result_error", None)
-    except live.LiveError as exc:
-        st.session_state["live_result_error"] = str(exc)
-        st.session_state.pop("live_result", None)
-    st.rerun()  # the whole page, to show the result below
-
-
-pending_view()
-if "live_result_error" in st.session_state:
-    st.error(f"The test prompt failed: {st.session_state['live_result_error']}")
+outcome_so_far()
 gen = st.session_state.get("live_result")
 if gen is not None:
     st.markdown(f"**{gen.model}** ({gen.kind}) · {gen.state} · "
