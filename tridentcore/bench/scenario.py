@@ -14,7 +14,7 @@ cheapest degree and batch that meets its SLO without queueing (:mod:`tridentcore
 Neither knows when the requests arrive; the hindsight bound does (:mod:`tridentcore.core.hindsight`:
 a linear program over one stream), and :func:`hindsight_goodput` bisects it like a policy.
 
-One module of about 500 lines with one job, a simulated comparison from its inputs to its stored
+One module of about 520 lines with one job, a simulated comparison from its inputs to its stored
 rows: loading and checking a workload, the rates it is run at and the rows a run is stored as stay
 together, so a sweep, a bench and the workbench price and store a run the same way.
 """
