@@ -109,8 +109,9 @@ def test_sweep_rates_prints_classes():
     (["simulate", "--policies", "trident:replan_s=-1", "--duration", "30"], "replan_s"),
     (["sweep", "--rates", ","], "--rates: give at least one rate"),  # (a traceback, after the ceilings)
     # the Locust file's form (and a stored run's arrival_spec): "unknown arrival process" (outside test 107)
-    (["simulate", "--arrival", "trace:t.jsonl"], "replay it with --trace FILE"),
-    (["bench", "--arrival", "trace:t.jsonl", "--db", "/nonexistent/b.duckdb"], "replay it with --trace FILE"),
+    (["simulate", "--arrival", "trace:t.jsonl"], "`trident bench` replay one with --trace FILE"),
+    (["bench", "--arrival", "trace:t.jsonl", "--db", "/nonexistent/b.duckdb"], "replay one with --trace FILE"),
+    (["sweep", "--goodput", "--arrival", "trace:t.jsonl"], "`trident simulate` and `trident bench` replay one"),
     # a bias factor of 1e8 ran trident's simulation for minutes, 1e308 for ever; a stage twice: the last won
     (["simulate", "--bias", "decode=1e308", "--duration", "30"], "the factor must be a number in (0, 1000], got 1e+308"),
     (["simulate", "--bias", "decode=2,decode=3", "--duration", "30"], "--bias: stage 'decode' given twice"),

@@ -205,6 +205,9 @@ def test_import_reads_standard_input_given_a_dash(tmp_path):
                            "--out", "-"], input=PAPER, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout == out.read_text(), proc.stderr
     assert "imported 2 requests (paper Request(...) lines) from /dev/stdin" in proc.stderr
+    stats = subprocess.run([sys.executable, "-m", "tridentcore.cli", "trace", "stats", "-", "--json"],
+                           input=out.read_text(), capture_output=True, text=True, timeout=120)  # (outside test 109)
+    assert stats.returncode == 0 and json.loads(stats.stdout)["requests"] == 2, stats.stderr
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -145,7 +145,8 @@ def _unpriced_models(models: set[str]) -> list[str]:
 @trace_app.command("stats")
 def trace_stats_command(
     ctx: typer.Context,
-    file: str = typer.Argument(..., help="A trace (JSON lines or the paper's Request(...) lines)."),
+    file: str = typer.Argument(..., help="A trace (JSON lines or the paper's Request(...) lines); -: standard "
+                                         "input."),
     profile: str = typer.Option(DEFAULT_PROFILE, help="Shipped profile name or CSV path (costs of each request; "
                                                       "with --cluster not given either: the shipped pair that "
                                                       "prices the trace's models, cpu on 2xcpu for tiny ones, as "
@@ -163,6 +164,8 @@ def trace_stats_command(
 
     from ..sim.tracestats import trace_stats
 
+    if file == "-":  # (as `trace import -`: outside test 109)
+        file = "/dev/stdin"
     try:  # priced as `trident simulate --trace` prices it (the arrival, duration and seed are the trace's)
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), None, file, model,
                                DEFAULT_ARRIVAL, DEFAULT_DURATION_S, DEFAULT_SLO_SCALE, DEFAULT_SEED)

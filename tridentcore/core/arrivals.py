@@ -126,8 +126,9 @@ def parse_arrival(text: "str | ArrivalProcess") -> ArrivalProcess:
     kind, _, params_text = text.strip().lower().partition(":")
     kind = kind.strip()
     if kind == "trace":  # (the Locust file's form, and a stored run's arrival_spec: outside test 107)
-        raise WorkloadError(origin, [f"a trace is not an arrival process here: replay it with --trace FILE "
-                                     f"(trace:FILE is the Locust file's --arrival); valid forms: {ARRIVAL_FORMS}"])
+        raise WorkloadError(origin, [f"a trace is not an arrival process here: `trident simulate` and `trident "
+                                     f"bench` replay one with --trace FILE (trace:FILE is the Locust file's "
+                                     f"--arrival); valid forms: {ARRIVAL_FORMS}"])
     if kind not in _ARRIVAL_KINDS:
         raise WorkloadError(origin, [f"unknown arrival process {kind!r}; valid forms: {ARRIVAL_FORMS}"])
     allowed = _ARRIVAL_KINDS[kind]
