@@ -35,6 +35,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from tridentcore.bench.launch import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = "[data-testid=stMetricValue]"
 SETTLED = """([text, charts]) => {
@@ -81,12 +83,7 @@ def serve(warm: bool, log_dir: Path, script_args: tuple[str, ...] = ()):
                 raise TimeoutError(f"{url} did not come up")
         yield url, time.perf_counter() - t0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 15.0)
         log.close()
 
 

@@ -76,15 +76,18 @@ class ServerProcess:
 
 SERVE_FOLDER_PREFIX = "trident-serve-"  # the temporary folder of a server's port file and log (its starter's)
 
-def _stop_starting(proc: subprocess.Popen) -> None:
-    """A server still starting: SIGTERM (it ends "stopped before it served"), SIGKILL after 10 s."""
+def stop_process(proc: subprocess.Popen | None, timeout_s: float) -> int | None:
+    """SIGTERM the child we started, wait; SIGKILL past the timeout. Returns its exit code."""
+    if proc is None:
+        return None
     if proc.poll() is None:
-        proc.terminate()
+        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(10)
+            proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+    return proc.returncode
 
 
 def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float = 120.0,
@@ -128,7 +131,7 @@ def start_server(args: list[str], *, host: str = "127.0.0.1", timeout_s: float =
         # its own (outside test 108: a live comparison stopped as its next policy's server started lost
         # that server's folder to the bench's clean-up while the server wrote into it, and nothing
         # recovered it)
-        _stop_starting(proc)
+        stop_process(proc, 10.0)  # (SIGTERM while it starts: "stopped before it served")
         if tmp is not None:
             tmp.cleanup()
         raise

@@ -28,6 +28,7 @@ from typing import Any
 from ..core.defaults import PARENT_PID_ENV
 from ..core.errors import TridentError
 from ..runtime.sigint import stop_signals_heard
+from .launch import stop_process
 
 __all__ = ["ChildError", "engine_ids", "exit_words", "http_json", "locust_cmd", "locust_process", "locustfile", "no_interrupts",
            "read_progress", "read_rows", "server_process", "sigterm_interrupts", "stop_process", "stopping_signal",
@@ -146,20 +147,6 @@ def exit_words(code: int | None) -> str:
         except ValueError:
             return f"killed by signal {-code}"
     return f"exit {code}"
-
-
-def stop_process(proc: subprocess.Popen | None, timeout_s: float) -> int | None:
-    """SIGTERM the child we started, wait; SIGKILL past the timeout. Returns its exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
 
 
 @contextlib.contextmanager
