@@ -2,8 +2,8 @@
 
 Library calls: ``tridentcore.bench.scenario`` and ``tridentcore.bench.runs`` (simulated runs),
 ``tridentcore.bench.live`` (live runs); these functions validate, loop over the policies, handle
-Ctrl-C and format. About 450 lines: the simulated and the live bench share their options, checks and
-output here, each a function of its own.
+Ctrl-C and format. About 450 lines, one job (the `trident bench` command): the simulated and the live
+bench share its options, checks and output, each a function of its own.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def sweep(
     import json
 
     from ..core.policy import PolicyError
-    from ..bench.scenario import capacity_rps, ceilings, evaluate, goodput_rates, sweep_goodput
+    from ..bench.scenario import capacity_rps, ceilings, evaluate, goodput_range, goodput_rates, sweep_goodput
     from ..core.metrics import above_ceiling_note
 
     setup_logging(verbose)
@@ -195,7 +195,7 @@ def sweep(
                                 "`--rates` beyond it shows how far", err=True, fg=typer.colors.YELLOW)
                 elif not p["goodput_rps"]:
                     typer.secho(f"note: {p['policy']} misses the target even at the search's lowest rate ({low:.3g} "
-                                f"req/s{', one whole burst over the duration' if low > 0.02 * cap * 1.0001 else ''}): "
+                                f"req/s{', one whole burst over the duration' if low > goodput_range(cap)[0] * 1.0001 else ''}): "
                                 "0 says that, not that it serves nothing", err=True, fg=typer.colors.YELLOW)
             return
         loaded.check_rates(rate_list)

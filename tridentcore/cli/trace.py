@@ -87,6 +87,12 @@ def _trace_format(path: str) -> str:
     return trace_format(read_trace_text(path))  # (a pipe's text is kept from its first reading)
 
 
+def _stdin(file: str) -> str:
+    """``-`` is standard input (outside tests: "-: cannot read: No such file or directory", where
+    ``--out -`` writes standard output); read once: a pipe's text is kept from its first reading."""
+    return "/dev/stdin" if file == "-" else file
+
+
 @trace_app.command("import")
 def trace_import(
     file: str = typer.Argument(..., help="A trace: the paper's Request(...) lines or JSON lines (detected); "
@@ -100,8 +106,7 @@ def trace_import(
     """
     from ..formats.traces import read_trace
 
-    if file == "-":  # (outside test: "-: cannot read: No such file or directory", where --out - writes stdout)
-        file = "/dev/stdin"  # (read once: a pipe's text is kept from its first reading)
+    file = _stdin(file)
     if out != "-":
         check_out(out, dash=True)
     try:
@@ -164,8 +169,7 @@ def trace_stats_command(
 
     from ..sim.tracestats import trace_stats
 
-    if file == "-":  # (as `trace import -`: outside test 109)
-        file = "/dev/stdin"
+    file = _stdin(file)
     try:  # priced as `trident simulate --trace` prices it (the arrival, duration and seed are the trace's)
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), None, file, model,
                                DEFAULT_ARRIVAL, DEFAULT_DURATION_S, DEFAULT_SLO_SCALE, DEFAULT_SEED)
