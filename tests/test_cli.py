@@ -116,6 +116,8 @@ def test_generate_video_writes_an_animation(tmp_path, suffix):
         # said before generating, not after
         (["--out", "/proc/x.png"], "/proc/x.png: cannot be written"),
         (["--model", "tiny-wan", "--frames", "9"], "9 frames need an animation format: .webp, .gif"),
+        # a GIF counts its delays in 1/100 s (outside test 110: --fps 1000 wrote delays of 0)
+        (["--model", "tiny-wan", "--frames", "9", "--out", "v.gif", "--fps", "51"], "Invalid value for '--fps': Input should be less than or equal to 50"),
     ],
 )
 def test_generate_bad_input_is_a_clear_error(tmp_path, args, message):

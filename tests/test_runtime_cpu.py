@@ -174,9 +174,12 @@ def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path
             time.sleep(0.1)
         reason = client.get(f"/v1/requests/{job}").json()["items"][0]["reason"]
         # how long it was down (at least the 4 s limit; checked every 0.5 s)
-        assert re.search(r"no device of cpu:1 was alive for [45] s \(every worker lost, its restarts failing\)", reason), reason
+        # and why the restarts fail (outside test 110: said in the server's log only)
+        assert re.search(r"no device of cpu:1 was alive for [45] s \(every worker lost, its restarts failing; the last "
+                         rf"restart's error: .*{re.escape(str(folder))}.*\)$", reason), reason
         refused = client.post("/v1/images/generations", json=body)
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "no_devices", refused.text
+        assert "the last restart's error: " in refused.json()["error"]["message"], refused.text
         assert float(refused.headers["retry-after"]) > 0
         health = client.get("/healthz")
         if mixed:
@@ -191,6 +194,40 @@ def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path
         client.close()
     finally:
         assert server.stop() == 0
+
+
+def test_a_folder_whose_weights_give_nan_is_refused_at_the_start_instead_of_serving_black_images(tmp_path):
+    """Outside test 110: a folder whose transformer weights had bytes overwritten (size and header
+    intact) was served: HTTP 200, state done, an all-black PNG. Each stage now refuses NaN or inf
+    output, so the worker's warm-up (a one-step request at start) fails and the server does not
+    start, saying which stage and component; a request meeting it later fails the same way (its
+    stage retried, then failed with the reason), never answered with the black image."""
+    from pathlib import Path
+
+    from tridentcore.bench.launch import LaunchError
+    from tridentcore.pipelines import load_pipeline
+
+    folder = tmp_path / "saved"
+    load_pipeline("tiny-sd3").pipe.save_pretrained(folder)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    with weights.open("r+b") as fh:
+        fh.seek(weights.stat().st_size // 3)
+        fh.write(b"\xff" * (weights.stat().st_size // 3))
+    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
+    lines = rows.read_text().splitlines()
+    profile = tmp_path / "saved.csv"
+    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", f"cpu,{folder},", 1)
+                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    try:
+        server = start_server(["--models", str(folder), "--devices", "cpu:1", "--profile", str(profile)], timeout_s=180)
+    except LaunchError as exc:
+        said = str(exc)
+    else:
+        server.stop()  # (only the server this test started)
+        pytest.fail("a folder whose weights give NaN was served")
+    assert re.search(r"\(exit 2\):\s+error: the server could not start: worker 0: NonFiniteOutput: "
+                     rf"{re.escape(str(folder))}: the diffuse's latents \(steps 0-1\) hold NaN or infinite values "
+                     r"\(float32\): the denoiser's weights may be damaged", said), said
 
 
 def test_a_worker_restarted_after_its_folder_was_replaced_does_not_serve_another_model(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -296,7 +297,7 @@ def test_setup_errors_name_every_problem():
         build_runtime("tiny-sd3", "cpu:1", time_scale=0.5)
 
 
-def test_a_pipeline_folder_no_profile_prices_says_how_to_measure_it(tmp_path):
+def test_a_pipeline_folder_no_profile_prices_says_how_to_measure_it(tmp_path, monkeypatch):
     """A saved pipeline served without a profile of its own was "not in profile 'cpu'" and no more
     (outside test): the answer names the command that measures it."""
     folder = str(tmp_path / "my-sd3")
@@ -306,6 +307,27 @@ def test_a_pipeline_folder_no_profile_prices_says_how_to_measure_it(tmp_path):
     assert "not in profile 'cpu'" in str(err.value)
     assert f"measure it with `trident profile --model {folder} --device cpu --out FILE.csv` and serve with " \
            "`--profile FILE.csv`" in str(err.value)
+
+    # measured as ./my-sd3, served as my-sd3 from the folder above it: the same folder (outside test 110:
+    # told to measure it again); `trident cost` says the same
+    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
+    lines = rows.read_text().splitlines()
+    profile = tmp_path / "my-sd3.csv"
+    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", "cpu,./my-sd3,", 1)
+                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SetupError) as err:
+        build_runtime("my-sd3", "cpu:1", profile=str(profile))
+    assert "'./my-sd3' there is this folder, written another way: serve it as --models ./my-sd3" in str(err.value)
+    assert "measure it with" not in str(err.value)
+    from typer.testing import CliRunner
+
+    from tridentcore.cli.main import app
+
+    got = CliRunner().invoke(app, ["cost", "--model", "my-sd3", "--stage", "diffuse", "--size", "64x64", "--profile",
+                                   str(profile)])
+    assert got.exit_code == 2 and "('./my-sd3' is this folder, written another way: give --model ./my-sd3)" in \
+        got.output, got.output
 
 
 def test_a_long_lived_engine_forgets_ended_requests_and_keeps_their_rows():

@@ -2,7 +2,7 @@
 
 Heavy modules (torch, diffusers) are imported inside the commands that need them.
 
-About 460 lines, one job (the commands about a model's pipelines and costs): they share the bounds
+About 480 lines, one job (the commands about a model's pipelines and costs): they share the bounds
 of their options (sizes, frames, degrees, threads) and the deferred heavy imports; ``profile`` is the
 largest, measuring or folding a stored run (``--from-run``).
 """
@@ -17,7 +17,7 @@ from ..core.defaults import (DEFAULT_DB, DEFAULT_PROFILE, MAX_FRAMES, MAX_GPUS_P
                              MAX_PROFILE_BATCH, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE_PX)
 from ..core.types import STAGES, StageKind
 from ..runtime.devices import host_available_gib as _available_gib  # (a name the tests replace)
-from .common import check_out, fail, quiet_libraries, setup_logging
+from .common import EXIT_INTERRUPTED, check_out, fail, quiet_libraries, setup_logging
 
 __all__ = ["cost", "generate", "models", "profile"]
 
@@ -101,7 +101,8 @@ def generate(
     negative_prompt: str = typer.Option(None, help="Negative prompt (CFG models)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:i."),
     dtype: str = typer.Option("float32", help="float32 or bfloat16."),
-    fps: int = typer.Option(8, min=1, help="Frames per second of an animation."),
+    fps: int = typer.Option(8, min=1, max=50, help="Frames per second of an animation (at most 50: a GIF counts "
+                                                   "its frames' delays in 1/100 s)."),
     degree: int = typer.Option(1, min=1, help="Run the diffuse sequence-parallel (Ulysses) over K local processes: "
                                               "gloo on cpu, NCCL on cuda (cuda:0..K-1). Transformer models only; K "
                                               "must divide the attention heads and the image tokens."),
@@ -178,8 +179,11 @@ def generate(
         path = save_output(pixels, out, fps=fps)
     except (ValueError, OSError) as exc:
         fail(str(exc))
+    except KeyboardInterrupt:  # (outside test 110: exit 130 without a word)
+        typer.secho(f"interrupted; nothing written to {out}", err=True, fg=typer.colors.YELLOW)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     typer.echo(
-        f"wrote {path} ({width}x{height}" + (f", {n_frames} frames" if limits.video else "")
+        f"wrote {path} ({width}x{height}" + (f", {n_frames} frame{'s' if n_frames != 1 else ''}" if limits.video else "")
         + f") encode {1000 * (t1 - t0):.0f} ms, diffuse {1000 * diffuse_s:.0f} ms, decode {1000 * (t3 - t2):.0f} ms"
         + (f" (diffuse at degree {degree}; starting and stopping the members: {group_s:.1f} s)" if degree > 1 else "")
     )
@@ -312,7 +316,7 @@ def profile(
         fail(f"the diffuse at degree > 1 failed: {exc}")
     except OSError as exc:  # (checked at the start; a disk that filled meanwhile)
         fail(f"--out {out}: cannot be written ({exc.strerror or exc})")
-    typer.echo(f"wrote {len(rows)} rows to {out}")
+    typer.echo(f"wrote {len(rows)} row{'s' if len(rows) != 1 else ''} to {out}")
 
 
 def _local_groups(threads: int):
@@ -412,6 +416,7 @@ def cost(
                                      ("degree", degree, MAX_GPUS_PER_NODE)) if not 1 <= value <= most]
     if bad:  # (--degree 1000000 was priced: a 3.32x speed-up; --batch 100000 extrapolated to 31,050 GiB)
         fail("; ".join(bad))
+    costs = None
     try:
         shape = None
         if size is not None:
@@ -450,6 +455,12 @@ def cost(
 
             if model in video_models(loaded.rows):  # (outside test 99: a video at one frame, no word why)
                 hint = f" ({model} is a video model: --frames gives its frames, 1 by default)"
+        elif costs is not None and isinstance(exc, CostModelError) and model not in costs.models():
+            from ..runtime.build import same_folder
+
+            same = same_folder(model, costs.models())
+            if same is not None:  # (outside test 110: the profile's ./saved for saved)
+                hint = f" ({same!r} is this folder, written another way: give --model {same})"
         fail(str(exc).replace("\n", " ").replace("; pass gpu=", "; give --gpu") + hint)
     if as_json:
         typer.echo(json.dumps(result))

@@ -10,6 +10,7 @@ Names:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .folder import failing_tokenizer, weights_problems
+from .folder import failing_tokenizer, files_missing, weights_problems
 
 if TYPE_CHECKING:  # pragma: no cover
     from .staged import StagedPipeline
@@ -111,6 +112,12 @@ def _component_class(entry: list):
     return getattr(module, str(entry[1]), None)
 
 
+def _is_module(cls: type) -> bool:
+    import torch
+
+    return issubclass(cls, torch.nn.Module)
+
+
 def _size_problem(name: str, path: Path, spec: dict, dtype_bytes: int, device: str) -> str:
     """Why a folder's models cannot be loaded for their size ("" if they can): each model component
     is built from its config on the meta device (no memory) and its parameters counted. More than
@@ -200,6 +207,24 @@ def check_model_name(name: str) -> None:
                          "not a folder here, and not a hub id (ORG/NAME)")
 
 
+@contextlib.contextmanager
+def _no_progress_bars():
+    """diffusers' and transformers' loading bars off (outside test 110: two bars a component on the
+    terminal of `trident generate`, and in a server's log at every worker's restart), as they were after."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in was:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, on in was:
+            if on:
+                lib.enable_progress_bar()
+
+
 def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPipeline":
     """Load a pipeline by registry name, directory or hub id, as stage executors."""
     from .builders import BUILDERS, build
@@ -247,6 +272,10 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
             if not sub.is_dir():
                 raise ValueError(f"cannot load pipeline {name!r}: {key}/: " + ("not a folder" if sub.exists() else
                                  "missing") + f" (model_index.json names {entry[0]}.{entry[1]} for it)")
+            cls = _component_class(entry)
+            missing = files_missing(sub, str(entry[1]), isinstance(cls, type) and _is_module(cls))
+            if missing:  # (outside test 110: diffusers said it after loading the components before it)
+                raise ValueError(f"cannot load pipeline {name!r}: {missing}")
         damaged = weights_problems(path)
         if damaged:  # (said before loading: safetensors' own error names no file, with a long traceback)
             raise ValueError(f"cannot load pipeline {name!r}: " + "; ".join(damaged[:3]) +
@@ -260,7 +289,8 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
     else:  # (a hub id: check_model_name refused the rest)
         class_name, source, absent = None, name, {}
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, **absent)
+        with _no_progress_bars():
+            pipe = DiffusionPipeline.from_pretrained(source, dtype=torch_dtype, **absent)
     except OSError as exc:  # a directory, or a hub id (ORG/NAME) not reachable or not there
         raise ValueError(f"cannot load pipeline {name!r}: {_root_cause(exc)}") from exc
     except Exception as exc:

@@ -6,6 +6,10 @@ error with a 58-line traceback (the denoiser's and the VAE's are caught by diffu
 a tokenizer folder missing its ``tokenizer.json`` said "Couldn't instantiate the backend tokenizer
 from one of:" and no more. Here:
 
+* :func:`files_missing`, before loading: a component folder without the files its kind loads from
+  (a model's ``config.json`` and weights, a scheduler's config, a tokenizer's vocabulary), which
+  diffusers said only after loading the components before it (with its progress bar), and a
+  tokenizer with advice to install sentencepiece (outside test 110);
 * :func:`weights_problems`, before loading: every ``.safetensors`` file's header is read (8 bytes of
   length, then JSON) and checked against the file's size, without loading a tensor (a dangling link
   or a folder in its place is said as such), and every JSON file (configs, shard indexes,
@@ -26,7 +30,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["available_gib", "failing_tokenizer", "fingerprint", "stored_elements", "weights_problems"]
+__all__ = ["available_gib", "failing_tokenizer", "files_missing", "fingerprint", "stored_elements", "weights_problems"]
 
 _MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit on its JSON header
 _MAX_JSON_BYTES = 64 * 2**20  # a component's JSON files parsed before loading (a tokenizer.json: a few MB)
@@ -120,6 +124,32 @@ def stored_elements(folder: Path) -> int | None:
                 total += count
                 found = True
     return total if found else None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
+
+
+def files_missing(sub: Path, class_name: str, is_model: bool) -> str:
+    """What a component folder lacks of the files its kind is loaded from ("" if nothing): a model
+    (``is_model``: a torch module) its ``config.json`` and a weights file (or a shard index), a
+    scheduler its ``scheduler_config.json``, a tokenizer a vocabulary file. ``sub`` is a folder."""
+    names = {p.name for p in sub.iterdir()}
+    missing = ""
+    if is_model:
+        if "config.json" not in names:
+            missing = "config.json"
+        elif not any(n.endswith((".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")) for n in names):
+            missing = "weights file (*.safetensors or *.bin)"
+    elif "Scheduler" in class_name:
+        if "scheduler_config.json" not in names:
+            missing = "scheduler_config.json"
+    elif "Tokenizer" in class_name:
+        if not any(n in names for n in _TOKENIZER_FILES) and not any(n.endswith(".model") for n in names):
+            missing = "tokenizer file (tokenizer.json, vocab.json, vocab.txt or a sentencepiece .model)"
+    if not missing:
+        return ""
+    held = ", ".join(sorted(names)[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "") or "nothing"
+    return f"{sub.name}/ ({class_name}) has no {missing}; it holds: {held}"
 
 
 def weights_problems(folder: Path) -> list[str]:

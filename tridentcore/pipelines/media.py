@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,5 +76,16 @@ def save_output(pixels, path: str | Path, fps: int = 8) -> Path:
             raise ValueError(f"unknown image format {suffix!r}; use one of {', '.join(sorted(IMAGE_SUFFIXES))}")
         data = encode_image(arr, IMAGE_SUFFIXES.get(suffix, "GIF"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    # whole or not at all (a Ctrl-C or a full disk while writing would leave part of an image under the
+    # name): written beside it (beside what a link points at), then renamed over it
+    dest = Path(os.path.realpath(path))
+    part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
     return path

@@ -17,7 +17,7 @@ from ..core.types import STAGES, StageKind
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANY_MODEL", "Embeddings", "ModelLimits", "StagedPipeline"]
+__all__ = ["ANY_MODEL", "Embeddings", "ModelLimits", "NonFiniteOutput", "StagedPipeline"]
 
 Embeddings = dict[str, torch.Tensor]
 
@@ -72,8 +72,21 @@ def _noise(shape: tuple[int, ...], seed: int | Sequence[int], device, dtype) -> 
     return torch.cat(rows, dim=0).to(device)
 
 
+class NonFiniteOutput(ValueError):
+    """A stage's output holds NaN or infinite values: never a result to pass on. Damaged weights do it
+    (outside test 110: a transformer file with 1 MB overwritten kept its size and header, and its NaN
+    latents became an all-black image, served with HTTP 200), or numbers that overflow their dtype."""
+
+
+def _check_finite(t: torch.Tensor, what: str, why: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteOutput(f"{what} hold NaN or infinite values ({str(t.dtype).removeprefix('torch.')}): {why}")
+
+
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats to uint8 the way diffusers' image processor does (denormalise, x255, round)."""
+    """[-1, 1] floats to uint8 the way diffusers' image processor does (denormalise, x255, round);
+    :class:`NonFiniteOutput` if they hold NaN or inf (which the conversion would make black)."""
+    _check_finite(images, "the decode's pixels", "the VAE's weights may be damaged, or its numbers overflow")
     images = (images.float() / 2 + 0.5).clamp(0, 1)
     return (images * 255).round().to(torch.uint8)
 
@@ -138,7 +151,10 @@ class StagedPipeline:
             negatives = [negative_prompts] if isinstance(negative_prompts, str) else list(negative_prompts)
         if len(negatives) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(negatives)} negative prompts")
-        return self._encode(prompts, negatives)
+        emb = self._encode(prompts, negatives)
+        for key, t in emb.items():
+            _check_finite(t, f"{self.name}: the encode's {key}", "the text encoders' weights may be damaged")
+        return emb
 
     @torch.inference_mode()
     def diffuse(
@@ -175,8 +191,11 @@ class StagedPipeline:
             raise ValueError(f"{self.name}: " + "; ".join(problems))
         batch = next(iter(embeddings.values())).shape[0]
         scheduler = copy.deepcopy(self.pipe.scheduler)
-        return self._diffuse(embeddings, batch, height, width, frames, seed, steps, guidance,
-                             start_step, end_step, latents, scheduler)
+        out = self._diffuse(embeddings, batch, height, width, frames, seed, steps, guidance,
+                            start_step, end_step, latents, scheduler)
+        _check_finite(out, f"{self.name}: the diffuse's latents (steps {start_step}-{end_step})",
+                      "the denoiser's weights may be damaged")
+        return out
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
@@ -186,6 +205,8 @@ class StagedPipeline:
             vae.enable_tiling()
         try:
             return self._decode(latents.to(self.pipe.vae.device))
+        except NonFiniteOutput as exc:
+            raise NonFiniteOutput(f"{self.name}: {exc}") from None
         finally:
             if tiled and hasattr(vae, "disable_tiling"):
                 vae.disable_tiling()

@@ -53,7 +53,7 @@ from .parallel_worlds import WorldKeys
 from .workers import CpuWorker, EmulatedWorker, WorkerPool
 
 __all__ = ["BACKENDS", "DEVICE_FORMS", "DeviceSpec", "Part", "Runtime", "SetupError", "build_runtime", "gpu_kind_of",
-           "host_mem_gib", "parse_devices", "parse_faults", "parse_profiles", "pipeline_for"]
+           "host_mem_gib", "parse_devices", "parse_faults", "parse_profiles", "pipeline_for", "same_folder"]
 
 BACKENDS = ("local", "ray")
 
@@ -151,13 +151,31 @@ def pipeline_for(model: str, kind: str) -> str | None:
     return None
 
 
+def same_folder(model: str, names) -> str | None:
+    """The one of ``names`` that is the folder ``model`` names, written another way (``./saved`` and
+    ``saved``, a link), if ``model`` is a folder; None if none is."""
+    if not os.path.isdir(model):
+        return None
+    for name in names:
+        try:
+            if name != model and os.path.isdir(name) and os.path.samefile(name, model):
+                return name
+        except OSError:
+            continue
+    return None
+
+
 def _model_problems(part: Part, model: str) -> list[str]:
     """Why ``part`` cannot serve ``model`` (empty: it can)."""
     problems = []
     known = part.cost.models(part.gpu_kind)
     if model not in known:
         problem = f"model {model!r} is not in profile {part.profile!r} (it has {', '.join(known)})"
-        if os.path.isdir(model):  # a saved pipeline: nothing prices it until it is measured
+        same = same_folder(model, known)
+        if same is not None:  # (outside test 110: told to measure again a folder it had measured)
+            problem += (f"; {same!r} there is this folder, written another way: serve it as --models {same} "
+                        "(a profile's rows name a folder as it was written when measured)")
+        elif os.path.isdir(model):  # a saved pipeline: nothing prices it until it is measured
             device = "cpu" if part.devices.kind != "cuda" else "cuda:0"
             problem += (f"; measure it with `trident profile --model {model} --device {device} --out FILE.csv` "
                         "and serve with `--profile FILE.csv` (its rows name the model as given here)")

@@ -31,7 +31,7 @@ records (``SpanRow``, ``PlacementRow``, ``RequestRow``); a server with a results
 them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are
 ``runtime/views.py``, the client types ``runtime/api.py``.
 
-One class of about 740 lines, one job (a live run on one device kind): the loop, the client API,
+One class of about 760 lines, one job (a live run on one device kind): the loop, the client API,
 the worker tasks and the endings share the pending queue, the waiters and the live set, and
 splitting them would only pass those around.
 """
@@ -257,7 +257,17 @@ class Engine:
             elif (down_s := self.devices_down_s()) >= limit and self.state.requests.live:
                 # (how long, not the limit: a restart that failed only after 180 s made it read "30 s")
                 self._post(ShutDown(f"no device of {self.devices} was alive for {down_s:.0f} s (every worker lost, "
-                                    "its restarts failing)"))
+                                    f"its restarts failing{self._restart_errors()})"))
+
+    def _restart_errors(self) -> str:
+        """``; the last restart's error: WHY`` of the lost workers (each distinct one, at most two; each cut
+        at 300 characters), for the requests that fail and the submissions refused: the cause had been in
+        the server's log only (outside test 110: a truncated weights file under a killed worker)."""
+        said = list(dict.fromkeys(why if len(why) <= 300 else why[:299] + "…" for w in self.workers.workers
+                                  if not getattr(w, "alive", True) and (why := getattr(w, "last_restart_error", ""))))
+        if not said:
+            return ""
+        return "; the last restart's error: " + " | ".join(said[:2]) + (f" (and {len(said) - 2} more)" if len(said) > 2 else "")
 
     def devices_down_s(self) -> float:
         """Wall seconds since no device has been alive while every lost worker's restart fails
@@ -367,7 +377,8 @@ class Engine:
         if down_s >= self.config.no_device_timeout_s:
             self.note_refused("no_devices", len(items))
             return Refused("no_devices", f"no device of {self.devices} has been alive for {down_s:.0f} s (every "
-                                         "worker lost, its restarts failing): nothing could run it",
+                                         f"worker lost, its restarts failing{self._restart_errors()}): nothing could "
+                                         "run it",
                            self.config.no_device_timeout_s)
         waiting = self.waiting_count()
         if waiting + len(items) > self.config.max_queued:

@@ -43,6 +43,7 @@ class Worker:
     alive: bool = True
     slowdown: float = 1.0  # testing aid (``trident serve --slowdown K``): K times the time it computed
     restart_failures: int = 0  # restarts of this lost worker that failed since it was last up
+    last_restart_error: str = ""  # why its last restart failed (said to the requests that fail meanwhile)
     device_offset: int = 0  # its slot + this is its device id in a run of several kinds (EngineGroup)
 
     @property
@@ -72,9 +73,11 @@ class Worker:
             except Exception as exc:  # noqa: BLE001
                 logger.warning("%s: restart failed: %s", self.name, exc)
                 self.restart_failures += 1
+                self.last_restart_error = str(exc)
                 delay = min(30.0, max(0.5, 2 * delay))
                 continue
             self.restart_failures = 0
+            self.last_restart_error = ""
             self.restarts += 1
             if self.on_restored is not None and not self._stopping:
                 self.on_restored(self.slot)
