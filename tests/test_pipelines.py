@@ -193,9 +193,9 @@ def test_a_folder_whose_components_are_not_its_class_is_refused_before_loading(p
         load_pipeline(str(tmp_path))
     index.write_text(json.dumps(spec))
     (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
-    # diffusers' own message named only the .bin file it fell back to
-    with pytest.raises(ValueError, match=r"no file named diffusion_pytorch_model\.safetensors, or "
-                                         r"diffusion_pytorch_model\.bin, found in directory .*transformer"):
+    # diffusers' own message named only the .bin file it fell back to (now said before loading)
+    with pytest.raises(ValueError, match=r"transformer/ \(SD3Transformer2DModel\) has no weights file \(\*\.safetensors or "
+                                         r"\*\.bin\); it holds: config\.json$"):
         load_pipeline(str(tmp_path))
 
 
