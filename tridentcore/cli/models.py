@@ -183,7 +183,7 @@ def generate(
         typer.secho(f"interrupted; nothing written to {out}", err=True, fg=typer.colors.YELLOW)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     typer.echo(
-        f"wrote {path} ({width}x{height}" + (f", {n_frames} frame{'s' if n_frames != 1 else ''}" if limits.video else "")
+        f"wrote {path} ({width}x{height}" + (f", {n_frames} frame" + "s" * (n_frames != 1) if limits.video else "")
         + f") encode {1000 * (t1 - t0):.0f} ms, diffuse {1000 * diffuse_s:.0f} ms, decode {1000 * (t3 - t2):.0f} ms"
         + (f" (diffuse at degree {degree}; starting and stopping the members: {group_s:.1f} s)" if degree > 1 else "")
     )

@@ -126,7 +126,7 @@ def stored_elements(folder: Path) -> int | None:
     return total if found else None
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")  # (or a sentencepiece ``.model``, a ``.tiktoken``)
 
 
 def files_missing(sub: Path, class_name: str, is_model: bool) -> str:
@@ -144,7 +144,7 @@ def files_missing(sub: Path, class_name: str, is_model: bool) -> str:
         if "scheduler_config.json" not in names:
             missing = "scheduler_config.json"
     elif "Tokenizer" in class_name:
-        if not any(n in names for n in _TOKENIZER_FILES) and not any(n.endswith(".model") for n in names):
+        if not any(n in names for n in _TOKENIZER_FILES) and not any(n.endswith((".model", ".tiktoken")) for n in names):
             missing = "tokenizer file (tokenizer.json, vocab.json, vocab.txt or a sentencepiece .model)"
     if not missing:
         return ""

@@ -264,10 +264,12 @@ class Engine:
         at 300 characters), for the requests that fail and the submissions refused: the cause had been in
         the server's log only (outside test 110: a truncated weights file under a killed worker)."""
         said = list(dict.fromkeys(why if len(why) <= 300 else why[:299] + "…" for w in self.workers.workers
-                                  if not getattr(w, "alive", True) and (why := getattr(w, "last_restart_error", ""))))
+                                  if not getattr(w, "alive", True)
+                                  and (why := " ".join(getattr(w, "last_restart_error", "").split()))))
         if not said:
             return ""
-        return "; the last restart's error: " + " | ".join(said[:2]) + (f" (and {len(said) - 2} more)" if len(said) > 2 else "")
+        more = f" (and {len(said) - 2} more)" if len(said) > 2 else ""
+        return "; the last restart's error: " + " | ".join(said[:2]) + more
 
     def devices_down_s(self) -> float:
         """Wall seconds since no device has been alive while every lost worker's restart fails
