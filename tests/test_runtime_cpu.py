@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 
 from tridentcore.bench.launch import start_server
 
+from folder_profiles import tiny_sd3_profile_as  # noqa: E402  (tests/, on sys.path under pytest)
+
 LONG_SLO_MS = 10_000_000  # these tests are about completion, not deadlines
 
 
@@ -138,17 +140,12 @@ def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path
     alive"), /healthz stays ok and names the kind that is down and its models; the other kind serves;
     the log names the lost worker by its device id, as /v1/cluster does (it counted each kind from 0)."""
     import shutil
-    from pathlib import Path
 
     from tridentcore.pipelines import load_pipeline
 
     folder = tmp_path / "saved"
     load_pipeline("tiny-sd3").pipe.save_pretrained(folder)
-    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
-    lines = rows.read_text().splitlines()
-    profile = tmp_path / "saved.csv"
-    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", f"cpu,{folder},", 1)
-                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    profile = tiny_sd3_profile_as(str(folder), tmp_path / "saved.csv")
     mixed = devices != "cpu:1"
     server = start_server(["--models", str(folder) + (",sd3-medium" if mixed else ""), "--devices", devices,
                            "--profile", f"cpu={profile},emulated=h200" if mixed else str(profile),
@@ -202,8 +199,6 @@ def test_a_folder_whose_weights_give_nan_is_refused_at_the_start_instead_of_serv
     output, so the worker's warm-up (a one-step request at start) fails and the server does not
     start, saying which stage and component; a request meeting it later fails the same way (its
     stage retried, then failed with the reason), never answered with the black image."""
-    from pathlib import Path
-
     from tridentcore.bench.launch import LaunchError
     from tridentcore.pipelines import load_pipeline
 
@@ -213,11 +208,7 @@ def test_a_folder_whose_weights_give_nan_is_refused_at_the_start_instead_of_serv
     with weights.open("r+b") as fh:
         fh.seek(weights.stat().st_size // 3)
         fh.write(b"\xff" * (weights.stat().st_size // 3))
-    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
-    lines = rows.read_text().splitlines()
-    profile = tmp_path / "saved.csv"
-    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", f"cpu,{folder},", 1)
-                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    profile = tiny_sd3_profile_as(str(folder), tmp_path / "saved.csv")
     try:
         server = start_server(["--models", str(folder), "--devices", "cpu:1", "--profile", str(profile)], timeout_s=180)
     except LaunchError as exc:
@@ -247,11 +238,7 @@ def test_a_worker_restarted_after_its_folder_was_replaced_does_not_serve_another
     shutil.copytree(folder, same)
     config = same / "vae" / "config.json"  # the same model, one config value written differently
     config.write_text(json.dumps({**json.loads(config.read_text()), "force_upcast": True}))
-    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
-    lines = rows.read_text().splitlines()
-    profile = tmp_path / "saved.csv"
-    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", f"cpu,{folder},", 1)
-                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    profile = tiny_sd3_profile_as(str(folder), tmp_path / "saved.csv")
     server = start_server(["--models", str(folder), "--devices", "cpu:1", "--profile", str(profile)], timeout_s=180)
     try:
         client = httpx.Client(base_url=server.url, timeout=60)

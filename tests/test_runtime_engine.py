@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +19,7 @@ from tridentcore.runtime.engine import Accepted, Engine, EngineConfig, Refused, 
 from tridentcore.runtime.workers import EmulatedWorker, WorkerPool
 
 from emulated_workload import IMG, SMALL, mixed, run  # noqa: E402  (tests/, on sys.path under pytest)
+from folder_profiles import tiny_sd3_profile_as  # noqa: E402
 
 TERMINAL = {"done", "failed", "rejected", "cancelled"}
 
@@ -310,11 +310,7 @@ def test_a_pipeline_folder_no_profile_prices_says_how_to_measure_it(tmp_path, mo
 
     # measured as ./my-sd3, served as my-sd3 from the folder above it: the same folder (outside test 110:
     # told to measure it again); `trident cost` says the same
-    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
-    lines = rows.read_text().splitlines()
-    profile = tmp_path / "my-sd3.csv"
-    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", "cpu,./my-sd3,", 1)
-                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    profile = tiny_sd3_profile_as("./my-sd3", tmp_path / "my-sd3.csv")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SetupError) as err:
         build_runtime("my-sd3", "cpu:1", profile=str(profile))

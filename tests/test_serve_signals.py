@@ -23,6 +23,7 @@ import httpx
 import psutil
 import pytest
 from children import default_sigint, wait_ended  # noqa: E402  (tests/, on sys.path under pytest)
+from folder_profiles import tiny_sd3_profile_as  # noqa: E402
 
 from tridentcore.store import query_readonly
 
@@ -663,11 +664,7 @@ def test_while_it_starts_the_port_refuses_and_a_failed_start_is_one_line(tmp_pat
     load_pipeline("tiny-sd3").pipe.save_pretrained(folder)
     for weights in (folder / "transformer").glob("*.safetensors"):
         weights.unlink()
-    rows = Path(__file__).resolve().parents[1] / "tridentcore" / "profiles" / "data" / "cpu.csv"
-    lines = rows.read_text().splitlines()
-    profile = tmp_path / "saved.csv"
-    profile.write_text("\n".join([lines[0]] + [line.replace("cpu,tiny-sd3,", "cpu,saved,", 1)
-                                               for line in lines if line.startswith("cpu,tiny-sd3,")]) + "\n")
+    profile = tiny_sd3_profile_as("saved", tmp_path / "saved.csv")
     out = subprocess.run([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "saved", "--devices", "cpu:1",
                           "--profile", str(profile), "--port", "0"], cwd=tmp_path, capture_output=True, text=True,
                          timeout=240)
