@@ -130,6 +130,49 @@ def test_media_is_encoded_after_the_decode_and_a_done_request_always_has_its_res
     assert "decoding" in seen or "diffusing" in seen  # (it was polled while it ran)
 
 
+def test_a_worker_whose_death_is_reported_late_is_lost_at_its_closed_pipe_and_its_request_waits():
+    """Outside test 112: the forkserver a worker was forked from stopped (``kill -STOP``, standing in for
+    one slow to reap it), the worker killed: its exit status came 5 s later, and meanwhile the engine
+    sent a request's encode to it three times, each a broken pipe within 7 ms (500 "encode failed 3
+    times"), while /healthz said the device was alive. The closed pipe (or a send that fails) now
+    marks the worker lost at once: /healthz says so, the request waits for the restart and is served."""
+    import psutil
+
+    server = start_server(["--models", "tiny-sd3", "--devices", "cpu:1"], timeout_s=180)
+    forkserver = None
+    try:
+        client = httpx.Client(base_url=server.url, timeout=60)
+        ((pid,),) = [(d["pid"],) for d in client.get("/v1/cluster").json()["devices"] if d.get("pid")]
+        forkserver = psutil.Process(pid).ppid()
+        assert forkserver != server.proc.pid and forkserver in {p.pid for p in psutil.Process(
+            server.proc.pid).children(recursive=True)}  # (the server's own forkserver: this test started it)
+        os.kill(forkserver, signal.SIGSTOP)
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        time.sleep(0.3)  # (the outside test's request came 0.5 s after the kill)
+        job = client.post("/v1/requests", json={"prompt": "x", "model": "tiny-sd3", "size": "64x64", "steps": 2,
+                                                "slo_ms": LONG_SLO_MS})
+        assert job.status_code == 202, job.text
+        while client.get("/healthz").json()["devices_alive"] != 0:  # (its exit status came after 5 s)
+            assert time.monotonic() - killed < 3, "the killed worker still counted as alive"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert client.get(f"/v1/requests/{job.json()['id']}").json()["state"] != "failed"
+        os.kill(forkserver, signal.SIGCONT)
+        forkserver = None
+        deadline = time.monotonic() + 60
+        while (state := client.get(f"/v1/requests/{job.json()['id']}").json()["state"]) != "done":
+            assert state != "failed" and time.monotonic() < deadline, client.get(f"/v1/requests/{job.json()['id']}").text
+            time.sleep(0.1)
+        log = server.log_path.read_text(errors="replace")
+        assert "closed its pipe: it ended" in log or "could not be sent its work" in log, log[-3000:]
+        client.close()
+    finally:
+        if forkserver is not None:
+            os.kill(forkserver, signal.SIGCONT)
+        assert server.stop() == 0
+
+
 @pytest.mark.parametrize("devices", ["cpu:1", "emulated:1xH200,cpu:1"])
 def test_with_no_device_back_waiting_requests_fail_and_new_ones_get_503(tmp_path, devices):
     """The only worker is killed and cannot come back (its model's folder is gone, as a dead Ray

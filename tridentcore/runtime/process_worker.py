@@ -253,6 +253,7 @@ class CpuWorker(Worker):
 
         loop, proc = self._loop, watch.proc
         sentinel = proc.sentinel
+        closed = False  # the pipe met its end (the process ended, or is ending)
         while True:
             try:
                 ready = wait([conn, sentinel])
@@ -262,6 +263,7 @@ class CpuWorker(Worker):
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):
+                    closed = True
                     break
                 except Exception as exc:  # noqa: BLE001 - e.g. a shared tensor whose sender died
                     logger.warning("%s: unreadable message: %s", self.name, exc)
@@ -277,7 +279,14 @@ class CpuWorker(Worker):
                 continue
             break
         if watch.pidfd is None:
-            proc.join(timeout=5)
+            proc.join(timeout=0.5 if closed else 5)
+            if closed and proc.exitcode is None:  # lost now; its exit status follows when it is reaped
+                try:
+                    loop.call_soon_threadsafe(self._gone, gen, "closed its pipe: it ended (its exit status has "
+                                                               "not come yet)")
+                except RuntimeError:
+                    return
+                proc.join(timeout=5)
         try:
             loop.call_soon_threadsafe(self._died, gen, None if watch.pidfd is not None else proc.exitcode, watch)
         except RuntimeError:
@@ -310,10 +319,23 @@ class CpuWorker(Worker):
             watch.close()
         if gen != self._generation:
             return
+        self._lost(f"worker process {self.pid} exited with code {exitcode}" if exitcode is not None else
+                   f"worker process {self.pid} ended (its exit code went with its forkserver)")
+
+    def _gone(self, gen: int, why: str) -> None:
+        """The pipe to process generation ``gen`` closed (its reader met its end, or a send failed): the
+        process ended or is ending, so the worker is lost now. Its exit status may come seconds later (a
+        forkserver that is slow to reap it: outside test 112 stopped one, and the three attempts of a
+        request went to the dead worker within 7 ms, each a broken pipe, while /healthz said it was alive);
+        ``_died`` then only adds its exit code to the log."""
+        if gen != self._generation or not self.alive:
+            return
+        self._kill(self._proc)  # (if it lives on without its pipe, it serves nobody)
+        self._lost(f"worker process {self.pid} {why}")
+
+    def _lost(self, reason: str) -> None:
         was_alive = self.alive
         self.alive = False
-        reason = (f"worker process {self.pid} exited with code {exitcode}" if exitcode is not None else
-                  f"worker process {self.pid} ended (its exit code went with its forkserver)")
         pending, self._pending = self._pending, {}
         if self._shared:  # (later: the sharer's thread may be serving the worker's last fetch right now)
             self._loop.call_later(_UNSHARE_AFTER_S, _unshare, self._shared)
@@ -417,6 +439,7 @@ class CpuWorker(Worker):
             self._pending.pop(task.dispatch_id, None)
             if sharer is not None and sharer._key > first:  # pickled, never to be fetched
                 self._loop.call_later(_UNSHARE_AFTER_S, _unshare, {0: range(first + 1, sharer._key + 1)})
+            self._gone(self._generation, f"could not be sent its work ({exc})")
             return StageResult(error=f"{self.name}: {exc}", lost=True)
         if sharer is not None and sharer._key > first:  # its tensors, held for the worker to fetch
             self._shared[task.dispatch_id] = range(first + 1, sharer._key + 1)
