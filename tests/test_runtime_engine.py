@@ -536,3 +536,26 @@ def test_pipeline_static_starts_nothing_on_a_replica_with_a_gpu_down():
         assert not e.errors, e.errors
         assert (waiting == ["queued"] * 3) if waits else "done" in waiting, waiting
         assert {g for s in e.spans for g in s.gpus} == gpus
+
+
+def test_a_run_of_several_kinds_stores_its_ray_address_and_logs_workers_by_device_id(monkeypatch):
+    """Outside test 112: with ``--backend ray`` and several device kinds the stored run kept the worker
+    kinds and restarts but not the Ray cluster's address (one kind's runs keep it); and a stage that
+    failed on an emulated device numbered after a CPU worker was logged as ``worker 1`` for device 2
+    (its index within its kind), beside a line that named it ``worker 2``."""
+    from tridentcore.runtime import views
+    from tridentcore.runtime.engine import _worker_name
+
+    rt = build_runtime("tiny-sd3,sd3-medium", "cpu:1,emulated:1x2xH200")  # (not started: no worker runs)
+    real = views.workers
+
+    def on_ray(engine):  # what a part run by Ray actors reports (a Ray cluster costs a test 40 s to start)
+        out = real(engine)
+        return {**out, "kinds": [f"ray-{k}" for k in out["kinds"]], "ray_address": "127.0.0.1:26379"}
+
+    monkeypatch.setattr(views, "workers", on_ray)
+    workers = json.loads(rt.engine.run_meta("r").config_json)["workers"]
+    assert workers == {"kinds": ["ray-cpu", "ray-emulated"], "ray_address": "127.0.0.1:26379", "restarts": 0}
+    emulated = rt.engine.parts[1].workers.workers
+    assert [_worker_name(w) for w in emulated] == ["worker 1", "worker 2"]
+

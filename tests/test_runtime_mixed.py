@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 
 import httpx
 from PIL import Image
@@ -56,6 +57,20 @@ def test_mixed_cpu_and_emulated_devices_one_api_one_run(tmp_path):
     assert len(runs) == 1 and runs["cluster"][0] == "1x1xcpu + 1x2xH200" and runs["profile"][0] == "cpu,h200"
     config = json.loads(runs["config_json"][0])  # the stored run's clock too is the scaled part's (it was 1.0)
     assert config["time_scale"] == config["clock"]["time_scale"] == 0.02
+    # each part's requests, duration and rate on its own clock, and `runs show` says so (outside test 112:
+    # "0.0083 req/s for 12511 s", the emulated clock's, for 104 requests in 686 s, said as the whole run's)
+    cpu, emu = config["parts"]
+    assert (cpu["requests"], emu["requests"]) == (1, 2) and 0 < cpu["duration_s"] < emu["duration_s"]
+    from typer.testing import CliRunner
+
+    from tridentcore.cli.main import app
+
+    shown = CliRunner().invoke(app, ["runs", "show", runs["run_id"][0], "--db", str(db)])
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"parts on clocks of their own \(each request is timed on its part's; the rate and duration "
+                     r"above are the time-scaled part's\): cpu:1 at time scale 1: 1 request in [\d.]+ s of its "
+                     r"clock \([\d.e-]+ req/s\); emulated:1x2xH200 at time scale 0\.02: 2 requests in [\d.]+ s",
+                     shown.output), shown.output
     reqs = query_readonly(db, "SELECT request_id, model, state FROM requests ORDER BY request_id")
     assert sorted(reqs["request_id"]) == sorted(ids) and set(reqs["state"]) == {"done"}
     spans = query_readonly(db, "SELECT request_id, gpus, dispatch_id, stage FROM stage_spans")

@@ -494,9 +494,9 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a worker bug is a failed stage, not a dead engine
             result = failure(exc)
             if not result.oom:  # (an out-of-memory is expected: the policy retries at a safer configuration)
-                logger.exception("worker %s failed", getattr(worker, "slot", "?"))
+                logger.exception("%s failed", _worker_name(worker))
         if not result.ok and not self._closed:  # why, said here: the stored span has no room for it
-            logger.warning("worker %s: %s of dispatch %d failed: %s", getattr(worker, "slot", "?"),
+            logger.warning("%s: %s of dispatch %d failed: %s", _worker_name(worker),
                            task.stage.value, did, result.error or "no reason given")
         if not self._closed:
             self._post(self._completed(did, task.stage, result), result)
@@ -757,3 +757,10 @@ class Engine:
                     provenance: Mapping[str, str] | None = None) -> str:
         """Write this run's records to a DuckDB results store; returns the run id."""
         return stored.write(self, path, run_id, config, provenance)
+
+
+def _worker_name(worker) -> str:
+    """``worker N``, N the device id /v1/cluster gives it (outside test 112: in a run of several kinds a
+    failure was logged under its index within its kind, beside a line that named it by its device id)."""
+    name = getattr(worker, "name", None)
+    return name if isinstance(name, str) else f"worker {getattr(worker, 'slot', '?')}"
