@@ -112,10 +112,11 @@ def _component_class(entry: list):
     return getattr(module, str(entry[1]), None)
 
 
-def _is_module(cls: type) -> bool:
+def _is_module(cls) -> bool:
+    """Whether ``cls`` (what :func:`_component_class` found) is a model: a torch module class."""
     import torch
 
-    return issubclass(cls, torch.nn.Module)
+    return isinstance(cls, type) and issubclass(cls, torch.nn.Module)
 
 
 def _size_problem(name: str, path: Path, spec: dict, dtype_bytes: int, device: str) -> str:
@@ -132,7 +133,7 @@ def _size_problem(name: str, path: Path, spec: dict, dtype_bytes: int, device: s
     for key, entry in _named(spec):
         cls = _component_class(entry)
         stored = stored_elements(path / key)
-        if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)) or stored is None:
+        if not _is_module(cls) or stored is None:
             continue
         try:
             with torch.device("meta"):
@@ -273,7 +274,7 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
                 raise ValueError(f"cannot load pipeline {name!r}: {key}/: " + ("not a folder" if sub.exists() else
                                  "missing") + f" (model_index.json names {entry[0]}.{entry[1]} for it)")
             cls = _component_class(entry)
-            missing = files_missing(sub, str(entry[1]), isinstance(cls, type) and _is_module(cls))
+            missing = files_missing(sub, str(entry[1]), _is_module(cls))
             if missing:  # (outside test 110: diffusers said it after loading the components before it)
                 raise ValueError(f"cannot load pipeline {name!r}: {missing}")
         damaged = weights_problems(path)

@@ -251,7 +251,7 @@ class EngineGroup:
                          "time_scale": e.config.time_scale, "clock": views.clock(e), "slowdown": views.slowdown(e),
                          "requests": len(e.state.requests) + e.forgotten, "duration_s": m.duration_s}
                         for label, e, m in zip(self.labels, self.parts, metas)]
-        accepted = sum(len(e.state.requests) + e.forgotten for e in self.parts)
+        accepted = sum(part["requests"] for part in cfg["parts"])
         duration = max(m.duration_s for m in metas)
         return replace(first, profile=",".join(m.profile for m in metas),
                        cluster=" + ".join(m.cluster for m in metas), duration_s=duration,

@@ -11,6 +11,9 @@ Ctrl-C at the terminal, which signals the whole foreground process group, or a S
 stops only the server, which drains its requests on live workers and then stops them. A worker that
 dies during the drain (killed, crashed) is lost as at any other time: its work goes elsewhere and it
 is restarted until the server stops it.
+
+About 460 lines, one job (one worker process and its life: start, messages, loss, restart, stop): the
+reader thread, the pending work and the restart share its generation and its pipe.
 """
 
 from __future__ import annotations
