@@ -733,3 +733,22 @@ def test_a_ctrl_c_that_reaches_duckdb_mid_query_is_a_keyboard_interrupt(tmp_path
     monkeypatch.setattr(writer, "create_schema", lambda con: (_ for _ in ()).throw(RuntimeError("other")))
     with pytest.raises(RuntimeError, match="other"):
         ResultsStore(tmp_path / "new.duckdb").check()
+    # ... and at the transaction's BEGIN, before the schema (a later CI run: the same traceback)
+    monkeypatch.undo()
+    real = writer.connect
+
+    class Begins:  # a connection whose BEGIN the Ctrl-C interrupts; the rest is DuckDB's own
+        def __init__(self, con):
+            self.con = con
+
+        def execute(self, sql, *args):
+            if sql == "BEGIN TRANSACTION":
+                raise RuntimeError("Query interrupted")
+            return self.con.execute(sql, *args)
+
+        def close(self):
+            self.con.close()
+
+    monkeypatch.setattr(writer, "connect", lambda *a, **k: Begins(real(*a, **k)))
+    with pytest.raises(KeyboardInterrupt):
+        ResultsStore(tmp_path / "begin.duckdb").check()

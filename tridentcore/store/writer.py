@@ -174,14 +174,14 @@ class ResultsStore:
                         con.execute("ROLLBACK")
                     except Exception:  # the original error is the one worth seeing
                         pass
-                    if _interrupted(exc):  # a Ctrl-C that reached DuckDB mid-query is said as one
-                        raise KeyboardInterrupt from exc
                     raise
             finally:
                 con.close()
-        except BaseException:
+        except BaseException as exc:
             if new:
                 self._forget_empty(wal)
+            if _interrupted(exc):  # a Ctrl-C that reached DuckDB mid-query (its BEGIN too: CI) is said as one
+                raise KeyboardInterrupt from exc
             raise
 
     def _forget_empty(self, wal: Path) -> None:
