@@ -482,6 +482,8 @@ def test_a_mistyped_path_under_a_folder_here_and_a_file_are_said_so(tmp_path, mo
     check_model_name("someorg/some-model")  # (no folder `someorg` here: still a hub id)
     with pytest.raises(ValueError, match=r"afile is a file, not a diffusers pipeline directory$"):
         load_pipeline("afile")
+    with pytest.raises(ValueError, match=r"^\./models is not a diffusers pipeline directory \(no model_index"):
+        load_pipeline("./models")  # (outside test 113: named as typed, not `models`)
     odd = os.fsdecode(b"bad\xff\xfename")  # a folder name that is not UTF-8: one error, the same each time
     (tmp_path / odd).mkdir()
     with pytest.raises(ValueError, match=r"the folder's path is not valid UTF-8 .*; rename it$"):

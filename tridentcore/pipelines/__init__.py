@@ -249,9 +249,9 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
                              "UTF-8 (the weights and tokenizer libraries take UTF-8 paths only); rename it") from None
         index = path / "model_index.json"
         if not path.is_dir():  # (outside test 101: a file read "no model_index.json")
-            raise ValueError(f"{path} is a file, not a diffusers pipeline directory")
+            raise ValueError(f"{name} is a file, not a diffusers pipeline directory")  # (as typed: ./x, ~/x)
         if not index.is_file():
-            raise ValueError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+            raise ValueError(f"{name} is not a diffusers pipeline directory (no model_index.json)")
         try:
             spec = json.loads(index.read_text(encoding="utf-8"))
             class_name = spec["_class_name"]
