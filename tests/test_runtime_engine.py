@@ -349,6 +349,29 @@ def test_a_long_lived_engine_forgets_ended_requests_and_keeps_their_rows():
     assert e.run_meta("r").rate_rps > 0 and not e._spans_of.keys() - set(e.state.requests._records)
 
 
+def test_a_stopped_run_keeps_the_duration_it_stopped_at():
+    """Outside test 113: a run's duration was read off the engine clock when it was stored, which runs on
+    after the stop (at a time scale, 20x as fast while idle): a stored run of several parts read a wall
+    time below its scale-1 part's duration, and its rate fell the later it was stored."""
+    import time
+
+    async def main():
+        rt = build_runtime("sd3-medium", "emulated:1x4xH200", "trident", time_scale=0.05, strict=True)
+        await rt.start()
+        e = rt.engine
+        ids = e.submit([mixed(i) for i in range(3)]).ids
+        await asyncio.gather(*(e.wait(r) for r in ids))
+        await e.shutdown(5)
+        return e
+
+    e = run(main())
+    first = e.run_meta("r")
+    time.sleep(0.3)  # (6 s of the emulated clock while idle)
+    later = e.run_meta("r")
+    assert later.duration_s == first.duration_s and later.rate_rps == first.rate_rps
+    assert first.duration_s <= e.wall_s / 0.05 + 1e-9
+
+
 @pytest.mark.parametrize("streaming", [False, True], ids=["no-db", "db"])
 def test_engine_memory_stays_flat_when_it_keeps_no_records(streaming):
     """A server without --db (record off) forgets ended requests and keeps no rows; one with --db

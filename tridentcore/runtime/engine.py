@@ -148,6 +148,7 @@ class Engine:
         self._closed = False
         self.started_unix_s = 0.0
         self.wall_s = 0.0
+        self.ended_s: float | None = None  # the engine clock when the run stopped (stop())
         self.cut_short = 0  # requests the shutdown failed because the drain ran out before they ended
 
     @property
@@ -303,6 +304,7 @@ class Engine:
             task.cancel()
         await self.workers.stop()
         self.wall_s = self._clock() - self._t0
+        self.ended_s = self.now()  # the run's duration: the clock runs on after the stop (outside test 113)
 
     def close_doors(self) -> None:
         """Refuse new work from now on (``shutting_down``), before the drain itself begins: a signal

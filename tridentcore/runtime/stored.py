@@ -71,7 +71,7 @@ def run_meta(engine: Engine, run_id: str, config: dict | None = None,
              provenance: Mapping[str, str] | None = None) -> RunMeta:
     prov = dict(provenance or {})
     accepted = len(engine.state.requests) + engine.forgotten
-    duration = engine.now() if engine.started else 0.0
+    duration = (engine.ended_s if engine.ended_s is not None else engine.now()) if engine.started else 0.0
     return RunMeta(
         run_id=run_id, backend="live", policy=engine.policy.spec, seed=0, profile=engine.profile,
         cluster=engine.cluster.label, mix="live", rate_rps=accepted / duration if duration > 0 else 0.0,
