@@ -197,6 +197,28 @@ def test_a_file_that_is_not_a_duckdb_database(tmp_path, name, text):
     assert other.read_text() == text
 
 
+def test_a_named_pipe_or_a_device_is_refused_not_waited_on(tmp_path):
+    """Outside test 114: a named pipe given as ``--db`` hung `sql`, `runs` and `serve` for ever (DuckDB's
+    open waited for a writer)."""
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo.duckdb"
+    os.mkfifo(fifo)
+    for command in (["runs", "list"], ["runs", "show", "x"], ["sql", "SELECT 1"], ["simulate", "--duration", "30"]):
+        got = []
+        t = threading.Thread(target=lambda: got.append(runner.invoke(app, [*command, "--db", str(fifo)])), daemon=True)
+        t.start()
+        t.join(30)
+        if t.is_alive():  # (unblock the open so that the test process can end: open the pipe's other side)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        assert got, f"{command} waited on the named pipe"
+        line = _error_line(got[0])
+        assert f"--db {fifo}: " in line and line.endswith(": not a results database file (a named pipe)"), line
+    assert _error_line(runner.invoke(app, ["runs", "list", "--db", "/dev/null"])) == \
+        "error: --db /dev/null: not a results database file (a device)"
+
+
 def test_show_a_run_without_rows(tmp_path):
     from tridentcore.core.records import RunMeta
     from tridentcore.store import ResultsStore
@@ -252,6 +274,11 @@ def test_delete_removes_every_row_of_a_run_and_refuses_what_it_should_not_delete
     journal.write_text("")
     refused = runner.invoke(app, ["runs", "delete", kept, "--db", str(db)])
     assert refused.exit_code == 1 and "is not stored yet" in refused.stderr, refused.output
+    for n in (300, 5000):  # (outside test 114: "OSError: File name too long" tracebacks while a journal folder was there)
+        assert _error_line(runner.invoke(app, ["runs", "show", "a" * n, "--db", str(db)])).startswith(
+            f"error: run '{'a' * n}' is not in ")
+        refused = runner.invoke(app, ["runs", "delete", "a" * n, "--db", str(db)])
+        assert refused.exit_code == 1 and f"run '{'a' * n}' is not in" in refused.stderr, refused.output
     shutil.rmtree(journal.parent)
     assert counts(gone) == before and counts(kept) == kept_before
     deleted = runner.invoke(app, ["runs", "delete", gone, "--db", str(db)])

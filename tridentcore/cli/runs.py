@@ -79,11 +79,11 @@ def runs_show(
     try:
         report = show_run(db, run)
     except store_errors() as exc:
-        from ..store.journal import journal_path
+        from ..store.journal import pending_journal
 
-        pending = journal_path(db, run)
+        pending = pending_journal(db, run)
         fail(one_line(db_message(exc, db)) + (f"; its journal {pending} is not stored yet (its server runs, or "
-                                              f"`trident runs recover --db {db}` stores it)" if pending.exists() else ""))
+                                              f"`trident runs recover --db {db}` stores it)" if pending else ""))
     m = report.meta
     typer.echo(f"run {printable(report.run_id)}")
     typer.echo(printable(f"  {m['backend']} {m['policy']}  mix {m['mix']} at {m['rate_rps']:g} req/s for "
@@ -284,7 +284,7 @@ def runs_delete(
 
     from ..bench.runs import resolve_run
     from ..store import NotADatabaseError, ResultsStore, StoreError, UnknownRunError
-    from ..store.journal import journal_path
+    from ..store.journal import pending_journal
 
     if Path(db).is_dir():
         fail(f"--db {db} is a folder: give the results database file")
@@ -293,8 +293,8 @@ def runs_delete(
     store, failed = ResultsStore(db, lock_wait_s=wait), 0
     for run in dict.fromkeys(runs):
         why = ""
-        if journal_path(db, run).exists():
-            why = (f"its journal {journal_path(db, run)} is not stored yet (its server runs, or `trident runs "
+        if pending_journal(db, run):
+            why = (f"its journal {pending_journal(db, run)} is not stored yet (its server runs, or `trident runs "
                    "recover` stores it first)")
         else:
             try:
@@ -436,7 +436,7 @@ def _running_without_journal(db: str) -> None:
     from pathlib import Path
 
     from ..store import query_readonly
-    from ..store.journal import journal_path
+    from ..store.journal import pending_journal
 
     if not Path(db).is_file():
         return
@@ -444,7 +444,7 @@ def _running_without_journal(db: str) -> None:
         runs = query_readonly(db, "SELECT run_id FROM runs WHERE status = 'running' ORDER BY created_unix_s")
     except (*store_errors(), OSError):
         return  # (said by the commands that read the file; a recovery has nothing to add)
-    lost = [r for r in runs.run_id if not journal_path(db, r).exists()]
+    lost = [r for r in runs.run_id if not pending_journal(db, r)]
     if lost:
         shown = ", ".join(printable(r) for r in lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
         typer.echo(f"note: stored as running with no journal beside {db}: {shown} (its server may still run, or "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,9 +34,17 @@ _MAGIC_OFFSET = 8
 
 def check_header(path: str | os.PathLike[str]) -> None:
     """Raise :class:`NotADatabaseError` if ``path`` is an existing regular file that is not a DuckDB
-    database (an empty file too: DuckDB refuses it as well). A missing path, a folder, a device or
+    database (an empty file too: DuckDB refuses it as well), or a named pipe, socket or device (outside
+    test 114: DuckDB's open of a named pipe waited for a writer for ever). A missing path, a folder or
     a file we may not read is left to the caller and to DuckDB."""
     path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise NotADatabaseError(os.fspath(path), f"not a results database file ({kind})")
     try:
         if not path.is_file():
             return

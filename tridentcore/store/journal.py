@@ -84,7 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .writer import ResultsStore
 
 __all__ = ["FORMAT", "JOURNAL_TABLES", "MAX_LINE_ROWS", "Ingester", "Journal", "JournalError", "compact_line",
-           "journal_dir", "journal_path", "pending_journals", "server_gone", "try_lock"]
+           "journal_dir", "journal_path", "pending_journal", "pending_journals", "server_gone", "try_lock"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,16 @@ def journal_dir(db: str | os.PathLike[str]) -> Path:
 
 def journal_path(db: str | os.PathLike[str], run_id: str) -> Path:
     return journal_dir(db) / f"{urllib.parse.quote(run_id, safe='')}.jsonl"
+
+
+def pending_journal(db: str | os.PathLike[str], run_id: str) -> Path | None:
+    """``run_id``'s journal beside ``db`` if there is one (a run id too long to name a file has none:
+    outside test 114, ``runs show`` of a 300-character id raised "File name too long")."""
+    path = journal_path(db, run_id)
+    try:
+        return path if path.exists() else None
+    except OSError:
+        return None
 
 
 def named_run_id(path: Path) -> str:
