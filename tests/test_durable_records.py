@@ -426,7 +426,8 @@ def test_a_journal_deleted_while_it_serves_is_written_again_and_a_kill_9_loses_n
     assert before == {"done": 10}  # the store went on being written
     # a dead server's run read as live (`running`, no word of a recovery; outside test): now said
     gone = (f"note: stored as running, but its server is gone (its journal is held by no process): deleted; "
-            f"`trident runs recover --db {db}` stores what the journal holds and closes it as crashed")
+            f"`trident runs recover --db {db}` stores what the journal holds and closes it (as crashed, unless its "
+            "journal says how it ended)")
     for args in (("list",), ("list", "--limit", "1"), ("show", "deleted")):
         listed = _cli("runs", *args, "--db", str(db))
         assert listed.exit_code == 0 and listed.stderr.strip() == gone, (args, listed.output)

@@ -381,3 +381,32 @@ def test_list_limit_shows_the_newest_runs_and_says_how_many_are_stored(db):
     assert "--limit" in _error_line(runner.invoke(app, ["runs", "list", "--db", str(db), "--limit", "0"]))
     huge = runner.invoke(app, ["runs", "list", "--db", str(db), "--limit", "99999999999999999999"])
     assert huge.exit_code == 0 and huge.stdout == every.stdout, huge.output  # (was DuckDB's INT64 error)
+
+
+def test_an_export_or_a_diff_of_a_run_still_stored_as_running_says_so(tmp_path):
+    """Outside test 114: `runs export` right after a burst wrote 82 of the 100 answered requests, and the
+    export or diff of a crashed run not yet recovered compared part of it, exit 0 without a word."""
+    from tridentcore.store import ResultsStore
+    from tridentcore.store.journal import journal_path
+
+    db = tmp_path / "d.duckdb"
+    result = runner.invoke(app, ["simulate", "--mix", "tiny", "--profile", "cpu", "--cluster", "2xcpu", "--rate", "2",
+                                 "--duration", "20", "--policies", "trident,pipeline-static:degree=1", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    ids = _ids(db)
+    whole, part = ids["trident"], ids["pipeline-static:degree=1"]
+    exported = runner.invoke(app, ["runs", "export", whole, "--parquet", str(tmp_path / "p0"), "--db", str(db)])
+    assert exported.exit_code == 0 and "note" not in exported.stderr, exported.output
+    ResultsStore(db).mark_status(part, "running")
+    exported = runner.invoke(app, ["runs", "export", part, "--parquet", str(tmp_path / "p1"), "--db", str(db)])
+    assert exported.exit_code == 0, exported.output
+    assert f"note: run {part} is stored as running: exported as far as it is stored (no journal of it" in \
+        exported.stderr, exported.stderr
+    journal = journal_path(db, part)  # a journal no process holds: its server died
+    journal.parent.mkdir()
+    journal.write_text("")
+    diffed = runner.invoke(app, ["runs", "diff", whole, part, "--db", str(db)])
+    assert diffed.exit_code == 0, diffed.output
+    assert diffed.stderr.count("note: run") == 1 and f"note: run {part} is stored as running: compared as far as it " \
+        f"is stored (its server is gone: `trident runs recover --db {db}` stores the rest its journal holds)" in \
+        diffed.stderr, diffed.stderr
