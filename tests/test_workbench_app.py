@@ -282,6 +282,43 @@ def test_home_live_mode_the_tab_that_lost_the_start_shows_the_running_job(tmp_pa
             time.sleep(0.5)
 
 
+def test_home_live_mode_shows_the_end_of_the_job_it_followed_whichever_database_is_chosen(tmp_path, monkeypatch):
+    """Outside test 115: a job into one database, followed on the page while another was chosen (a new
+    browser, the default database) and stopped there, ended in an older job's outcome: that of the
+    database chosen, with the wrong job's id and cards."""
+    from workbench import access, live_bench, live_jobs
+
+    at, db = _live_page(tmp_path, monkeypatch)
+    default = access.options().default_db
+    at.selectbox(key="cmp_live_db").set_value(default).run()
+    scenario = RunSpec(profile="h200", cluster="2x8xH200", mix="flux-uniform", duration_s=600.0, seed=0)
+    plan = live_bench.plan_live(scenario, 1.0, "emulated:2x8xH200", 0.05)
+
+    def stopped(job):
+        live_jobs.stop(live_jobs.read(job.dir))
+        deadline = time.monotonic() + 120
+        while live_jobs.read(job.dir).active and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert live_jobs.read(job.dir).state == "stopped", live_jobs.read(job.dir)
+
+    older = live_jobs.start(plan, ["trident"], str(default))  # an earlier job into the chosen database
+    stopped(older)
+    followed = live_jobs.start(plan, ["trident"], str(db))
+    try:
+        at.run()
+        _clean(at)
+        assert any(f"Live job {followed.id}" in c.value for c in at.caption), [c.value for c in at.caption]
+    finally:
+        stopped(followed)
+    at.run()
+    _clean(at)
+    warnings = [w.value for w in at.warning]
+    assert any(w.startswith(f"Live job {followed.id} was stopped") for w in warnings), warnings
+    assert not any(older.id in w for w in warnings), warnings
+    assert any("The live job this page followed stored its runs in" in i.value for i in at.info), \
+        [i.value for i in at.info]
+
+
 def test_home_live_mode_marks_an_interrupted_run_and_says_which_runs_are_gone(tmp_path, monkeypatch):
     """The last comparison's cards: a run the stop cut short is marked (it was compared with complete
     ones as if whole), and a run deleted from the database since is named (it was dropped from the

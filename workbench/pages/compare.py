@@ -76,6 +76,7 @@ def show_job(job_id: str) -> None:
     """A running job's progress and its Stop button, read again every 2 s; the whole page reruns
     when it ends (to show its runs)."""
     job = live_jobs.read(live_jobs.JOBS_DIR / job_id)
+    st.session_state["cmp_live_watched"] = job.id  # (its end is shown whichever database is chosen: show_last_job)
     if not job.active:
         st.rerun()
     n = len(job.policies)
@@ -92,9 +93,28 @@ def show_job(job_id: str) -> None:
         st.rerun(scope="fragment")
 
 
+def _watched_elsewhere(db: str) -> "live_jobs.Job | None":
+    """The job this browser session last showed running, if it has ended and stored its runs in
+    another database than ``db`` (outside test 115: a job into one file, followed and stopped while
+    another file was chosen, ended in an older job's outcome, that file's)."""
+    job_id = st.session_state.get("cmp_live_watched")
+    folder = live_jobs.JOBS_DIR / job_id if job_id else None
+    if folder is None or not folder.is_dir():
+        return None
+    job = live_jobs.read(folder)
+    return None if job.active or job.db == str(db) else job
+
+
 def show_last_job(db: str) -> None:
-    """The newest ended job into ``db``: how it ended, and its stored runs."""
-    job = live_jobs.latest(db)
+    """The newest ended job into ``db`` (or the one this session followed, wherever it stored its runs):
+    how it ended, and its stored runs."""
+    job = _watched_elsewhere(db)
+    if job is not None:
+        st.info(f"The live job this page followed stored its runs in `{access.database_label(Path(job.db))}`, not in "
+                f"`{access.database_label(Path(db))}` (chosen under *Store runs in*): its outcome is shown here.")
+        db = job.db
+    else:
+        job = live_jobs.latest(db)
     if job is None:
         st.info("Press **Run live** to run the policies live; their stored runs appear here.")
         return
