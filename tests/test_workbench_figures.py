@@ -239,11 +239,14 @@ def test_gpu_memory_one_line_per_gpu_with_capacity():
     assert any(s.y0 == 141.0 for s in fig.layout.shapes)
 
 
-def test_latency_cdf_downsamples_and_ends_at_one():
-    fig = figures.latency_cdf({"a": [float(i) for i in range(10_000)], "b": [3.0, 1.0, 2.0]}, max_points=500)
-    a, b = fig.data
-    assert len(a.x) <= 501 and a.y[-1] == 1.0 and a.x[-1] == 9999.0
-    assert list(b.x) == [1.0, 2.0, 3.0] and list(b.y) == pytest.approx([1 / 3, 2 / 3, 1.0])
+def test_latency_cdf_downsamples_and_rises_from_zero_to_one():
+    fig = figures.latency_cdf({"a": [float(i) for i in range(10_000)], "b": [3.0, 1.0, 2.0], "one": [4.0]},
+                              max_points=500)
+    a, b, one = fig.data
+    assert len(a.x) <= 502 and a.y[-1] == 1.0 and a.x[-1] == 9999.0 and (a.x[0], a.y[0]) == (0.0, 0.0)
+    assert list(b.x) == [1.0, 1.0, 2.0, 3.0] and list(b.y) == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    # one finished request: a vertical step, drawn (a single point was no line at all: outside test 115)
+    assert list(one.x) == [4.0, 4.0] and list(one.y) == [0.0, 1.0]
     assert len(figures.latency_cdf({"empty": []}).data[0].x) == 0
 
 

@@ -27,7 +27,9 @@ def _ecdf(values: Sequence[float], max_points: int) -> tuple[np.ndarray, np.ndar
     if n > max_points:  # keep the shape, not every point: evenly spaced probabilities, plus the tail
         idx = np.unique(np.concatenate([np.linspace(0, n - 1, max_points).round().astype(int), [n - 1]]))
         xs, ps = xs[idx], ps[idx]
-    return xs, ps
+    # the step from 0 at the first value: a curve of one value is a vertical line, not a single point
+    # that no line draws (outside test 115: a run with one finished request had no curve)
+    return np.concatenate([xs[:1], xs]), np.concatenate([[0.0], ps])
 
 
 def latency_cdf(latencies: Mapping[str, Sequence[float]], *, max_points: int = 1000,
