@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import errno
 import json
+import re
 import socket
 import threading
 import time
@@ -79,6 +80,10 @@ def test_urls_are_normalized_or_refused():
         with pytest.raises(live.LiveError):
             live.normalize_url(bad)
     assert live.normalize_url("[::1]:8100") == "http://[::1]:8100"
+    assert live.normalize_url("localhost:8000/x") == "http://localhost:8000/x"
+    for bad in ("javascript:alert(1)", "mailto:a@b", "file:/etc/passwd"):  # (outside test 115: "the port is not a number")
+        with pytest.raises(live.LiveError, match=f"^{re.escape(bad)}: the URL must start with http:// or https://$"):
+            live.normalize_url(bad)
     # each of these was a traceback on the Live page (an outside test), or a wrong hint (port 0: "--port 80")
     for bad, says in (("http://[::1", "not a URL"), ("http://[zz]:80", "not a URL"), ("x" * 3000, "not a host name"),
                       ("http://a..b:80", "not a host name"), ("http://127.0.0.1:0", "port 0 is no server's port")):

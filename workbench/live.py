@@ -26,10 +26,11 @@ from __future__ import annotations
 import atexit
 import base64
 import concurrent.futures
-import json
 import ipaddress
+import json
 import math
 import os
+import re
 import socket
 import ssl
 import threading
@@ -127,9 +128,14 @@ def normalize_url(text: str) -> str:
     if not (text.isascii() and text.isprintable()):  # (a DEL, a full-width letter: httpx's traceback)
         raise LiveError(f"{text[:100]!r} is not a URL (it has characters other than printable ASCII; a host "
                         "of other letters goes in its xn-- form)")
+    shown = text if len(text) <= 100 else text[:100] + "…"
+    if "://" not in text and re.match(r"[A-Za-z][A-Za-z0-9+.-]*:(?!\d+(?:/|$))", text):
+        # another scheme (javascript:, mailto:, file:/x), not a host:port (outside test 115: read as the
+        # host "javascript" with the port "alert(1)")
+        raise LiveError(f"{shown}: the URL must start with http:// or https://")
     if "://" not in text:
         text = "http://" + text
-    shown = text if len(text) <= 100 else text[:100] + "…"
+        shown = text if len(text) <= 100 else text[:100] + "…"
     try:
         parts = urlsplit(text)
     except ValueError as exc:  # a bracketed host that is not one: "http://[::1"
