@@ -62,6 +62,45 @@ def test_factors_are_robust_medians_that_move_in_steps_per_shape_bucket():
     assert cost.weights_gib("sd3-medium", "decode", "H200") == H200.weights_gib("sd3-medium", "decode", "H200")
 
 
+def test_each_layout_has_its_own_factor_while_current_then_falls_back_to_its_bucket():
+    """Outside test 117: on a 2-core host a diffuse on 2 CPU workers took 2x as long as on one (the
+    profile has it faster); its ratios, mixed with degree 1's in one median, set both degrees'
+    predictions wrong, and degree 2 went on being chosen after the host was quiet again."""
+    cal = Calibration(window=8, min_samples=3, step=0.05)
+    shape = Shape(256, 256, 1, 8)
+    for _ in range(4):
+        cal.observe("m", "diffuse", shape, 1.0, 1.5, degree=1)
+        cal.observe("m", "diffuse", shape, 1.0, 3.0, degree=2)
+    assert cal.factor("m", "diffuse", shape, 1) == 1.5 and cal.factor("m", "diffuse", shape, 2) == 3.0
+    assert cal.factor("m", "diffuse", shape, 4) == 2.25  # never run: the bucket's median (of both degrees)
+    for _ in range(3):  # a batch of 2 has its own too (a profile's batching gains may not hold either)
+        cal.observe("m", "decode", shape, 1.0, 2.5, batch=2)
+    assert cal.factor("m", "decode", shape, 1, 2) == 2.5
+    # degree 2 alone from now on (the host changed): degree 1's factor is the bucket's once degree 1 was
+    # not run in the bucket's last `window` observations, and the policy hears of the move (version)
+    version = cal.version
+    for _ in range(6):  # (degree 1 was the bucket's 7th observation of 8)
+        cal.observe("m", "diffuse", shape, 1.0, 1.2, degree=2)
+    assert cal.factor("m", "diffuse", shape, 1) == 1.5  # still current: 7 observations since
+    cal.observe("m", "diffuse", shape, 1.0, 1.2, degree=2)
+    assert cal.factor("m", "diffuse", shape, 1) == 1.2  # the bucket's (its window: degree 2's last 8)
+    assert cal.version > version
+    (row,) = [r for r in cal.snapshot() if r["stage"] == "diffuse"]
+    layouts = {(x["degree"], x["batch"]): x for x in row["buckets"][0]["layouts"]}
+    assert layouts[(1, 1)]["current"] is False and layouts[(2, 1)]["current"] is True
+    assert layouts[(2, 1)]["factor"] == 1.2 and layouts[(1, 1)]["samples"] == 4
+    # the speed-ups (and so the SLO's reference degree) follow each degree's factor
+    cal2, big = Calibration(window=8, min_samples=3), Shape(1024, 1024, 1, 28)
+    for _ in range(3):
+        cal2.observe("sd3-medium", "diffuse", big, 1.0, 1.0, degree=1)
+        cal2.observe("sd3-medium", "diffuse", big, 1.0, 4.0, degree=2)
+    cost = CalibratedCost(H200, cal2)
+    assert cost.speedup("sd3-medium", "diffuse", big, 2, 1, "H200") == pytest.approx(
+        H200.speedup("sd3-medium", "diffuse", big, 2, 1, "H200") / 4.0)
+    assert cost.parallel_efficiency("sd3-medium", "diffuse", big, 2, 1, "H200") == pytest.approx(
+        H200.parallel_efficiency("sd3-medium", "diffuse", big, 2, 1, "H200") / 4.0)
+
+
 def test_the_simulator_learns_a_slower_machine():
     """Stage times 2-3x the profile's (per-stage bias, plus 10 % noise): uncalibrated, predictions stay
     that far off; calibrated, after the first dispatches the median error is under 10 %."""

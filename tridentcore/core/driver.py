@@ -256,7 +256,8 @@ class DriverCore:
         measured = compute_s if compute_s is not None else max(0.0, now - run.compute_start_s)
         if self.calibration is not None and predicted > 0:
             # learnt against the uncalibrated prediction
-            self.calibration.observe(run.model, a.stage, run.shape, predicted / run.factor, measured)
+            self.calibration.observe(run.model, a.stage, run.shape, predicted / run.factor, measured, len(a.gpus),
+                                     len(a.request_ids))
         out.ended.extend(a.request_ids)
         return StageFinished(run.id, a.stage, a.request_ids, a.gpus, end, preempted, predicted, measured)
 
@@ -407,7 +408,8 @@ class DriverCore:
         end = compute_start + c.compute_s
         run = state.start(action, now, compute_start, end, c.step_s, c.load_s, c.transfer_s, c.act_gib)
         if self.calibration is not None:
-            run.factor = self.calibration.factor(model, action.stage, run.shape)
+            run.factor = self.calibration.factor(model, action.stage, run.shape, len(action.gpus),
+                                                 len(action.request_ids))
         out.started.append(Started(run, c.total_s))
         return None
 
