@@ -101,6 +101,8 @@ def fmt(v: Any, key: str) -> str:
     if isinstance(v, float):
         if math.isnan(v) or math.isinf(v):
             return "-"
+        if key.endswith("goodput_rps"):  # rounded down: a goodput rounded up read as a rate that falls short
+            return f"{math.floor(v * 1000.0) / 1000.0:.3f}"  # (outside test 116: 4.7153 printed 4.72)
         return f"{v:.3f}" if key == "attainment" else f"{v:.2f}"
     return printable(str(v))
 
@@ -333,9 +335,12 @@ def ceiling_lines(loaded) -> list[str]:
     from ..bench.scenario import ceilings
 
     efficient, slo_aware = ceilings(loaded)
-    lines = [f"capacity ceiling: {efficient.rps:.3f} req/s (every request at its most GPU-efficient degree)",
+    lines = [f"capacity ceiling: {efficient.rps:.3f} req/s (every request alone, at its most GPU-efficient degree)",
              f"SLO-aware ceiling: {slo_aware.rps:.3f} req/s (each class at the cheapest degree and batch that meets "
              "its SLO without queueing)"]
+    if slo_aware.rps > efficient.rps:  # (outside test 116: read as a ceiling that a goodput reached was above)
+        lines.append("  the SLO-aware ceiling is the higher: it counts batches, which the capacity ceiling does not "
+                     "(a bound for requests served one at a time)")
     if slo_aware.note():
         lines.append(f"  {slo_aware.note()}")
     return lines
