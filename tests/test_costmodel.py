@@ -326,6 +326,9 @@ def test_cli_cost_human_readable_and_options():
          "--size 99999x99999: a side of at most 4096 pixels"),
         (["--model", "wan2.1-1.3b", "--stage", "diffuse", "--size", "832x480"],
          "(wan2.1-1.3b is a video model: --frames gives its frames, 1 by default)"),
+        # outside test 116: a UNet priced at degree 2 ("speed-up 1.00x"), a degree no policy gives it
+        (["--model", "sdxl", "--stage", "diffuse", "--size", "1024x1024", "--degree", "2"],
+         "--degree 2: sdxl's diffuse does not split 2 ways (its denoiser does not split: degree 1 only)"),
     ],
 )
 def test_cli_cost_bad_input_exits_2_with_one_line(args, needle):

@@ -433,6 +433,11 @@ def cost(
 
             if model in costs.models() and model not in video_models(loaded.rows):  # (it was priced)
                 raise ValueError(f"--frames {frames}: {model} is an image model (frames 1)")
+        if stage == StageKind.DIFFUSE and model in costs.models() and not costs.allows_degree(model, degree):
+            # (outside test 116: a UNet's "speed-up 1.00x" at degree 2, a degree no policy gives it)
+            raise ValueError(f"--degree {degree}: {model}'s diffuse does not split {degree} ways (" + (
+                "its denoiser does not split: degree 1 only)" if not costs.splits(model) else
+                f"its {costs.heads()[model]} attention heads do not divide by {degree})"))
         result = {
             "profile": loaded.name,
             "model": model,
