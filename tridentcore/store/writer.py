@@ -169,7 +169,7 @@ class ResultsStore:
                             raise NotADatabaseError(str(self.path), str(exc)) from None
                     yield con
                     con.execute("COMMIT")
-                except BaseException as exc:
+                except BaseException:
                     try:
                         con.execute("ROLLBACK")
                     except Exception:  # the original error is the one worth seeing
