@@ -53,6 +53,7 @@ class Calibration:
         self._layout_published: dict[tuple, float] = {}
         self._layout_last: dict[tuple, int] = {}
         self._seen: dict[tuple, int] = {}
+        self._layouts: dict[tuple, list[tuple]] = {}  # per bucket, its layouts seen
         self.version = 0
         self.observations = 0
 
@@ -73,10 +74,12 @@ class Calibration:
         self.observations += 1
         bucket = (model, str(stage), self.bucket(stage, shape))
         seen = self._seen[bucket] = self._seen.get(bucket, 0) + 1
-        for other, last in self._layout_last.items():  # a layout that falls back now: its answer moves
-            if other[:3] == bucket and seen - last == self.window and other in self._layout_published:
-                self.version += 1
         layout = (*bucket, degree, batch)
+        for other in self._layouts.setdefault(bucket, []):  # a layout that falls back now: its answer moves
+            if seen - self._layout_last[other] == self.window and other != layout and other in self._layout_published:
+                self.version += 1
+        if layout not in self._layout_last:
+            self._layouts[bucket].append(layout)
         self._layout_last[layout] = seen
         ratios = self._layout_ratios.setdefault(layout, deque(maxlen=self.window))
         ratios.append(ratio)
