@@ -89,6 +89,11 @@ def test_each_layout_has_its_own_factor_while_current_then_falls_back_to_its_buc
     layouts = {(x["degree"], x["batch"]): x for x in row["buckets"][0]["layouts"]}
     assert layouts[(1, 1)]["current"] is False and layouts[(2, 1)]["current"] is True
     assert layouts[(2, 1)]["factor"] == 1.2 and layouts[(1, 1)]["samples"] == 4
+    assert layouts[(1, 1)]["factor"] == 1.2  # the factor in use (the bucket's), not its own stale 1.5
+    cal.observe("m", "diffuse", shape, 1.0, 9.0, degree=8)  # one sample: the bucket's is in use (not 1.0)
+    (row,) = [r for r in cal.snapshot() if r["stage"] == "diffuse"]
+    (eight,) = [x for x in row["buckets"][0]["layouts"] if x["degree"] == 8]
+    assert eight["factor"] == cal.factor("m", "diffuse", shape, 8) == 1.2 and eight["samples"] == 1
     # the speed-ups (and so the SLO's reference degree) follow each degree's factor
     cal2, big = Calibration(window=8, min_samples=3), Shape(1024, 1024, 1, 28)
     for _ in range(3):
