@@ -215,8 +215,11 @@ def test_a_named_pipe_or_a_device_is_refused_not_waited_on(tmp_path):
         assert got, f"{command} waited on the named pipe"
         line = _error_line(got[0])
         assert f"--db {fifo}: " in line and line.endswith(": not a results database file (a named pipe)"), line
-    assert _error_line(runner.invoke(app, ["runs", "list", "--db", "/dev/null"])) == \
-        "error: --db /dev/null: not a results database file (a device)"
+    for command in (["runs", "list"], ["runs", "delete", "x"], ["runs", "recover"]):  # (118: delete, recover)
+        assert _error_line(runner.invoke(app, [*command, "--db", "/dev/null"])) == \
+            "error: --db /dev/null: not a results database file (a device)", command
+        assert _error_line(runner.invoke(app, [*command, "--db", str(fifo)])) == \
+            f"error: --db {fifo}: not a results database file (a named pipe)", command
 
 
 def test_show_a_run_without_rows(tmp_path):

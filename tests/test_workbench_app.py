@@ -531,6 +531,28 @@ def test_runs_and_sql_pages_name_a_folder_and_an_empty_database_in_a_line(tmp_pa
             assert any(says in e for e in errors) and not any("Catalog Error" in e for e in errors), (db, page, errors)
 
 
+def test_a_named_pipe_or_a_device_given_as_db_is_said_at_the_start_and_not_offered(tmp_path, monkeypatch):
+    """Outside test 118: `python -m workbench --db FIFO --db /dev/null` started and offered both in every
+    picker; the pages then said "no results database at /dev/null (write one with ...)"."""
+    import os
+    import subprocess
+
+    fifo = tmp_path / "p.duckdb"
+    os.mkfifo(fifo)
+    got = subprocess.run([sys.executable, "-m", "workbench", "--db", str(fifo), "--no-warm-up", "--no-store-default"],
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2 and got.stderr.strip().endswith(
+        f"error: --db {fifo}: not a results database file (a named pipe)"), got.stderr
+    _argv(monkeypatch, "/dev/null", results_dir=tmp_path / "results")
+    at = _app()
+    at.run()
+    at.switch_page("workbench/pages/runs.py").run()
+    assert not at.exception
+    assert any("--db /dev/null: not a results database file (a device)" in w.value for w in at.warning), \
+        [w.value for w in at.warning]
+    assert not any("/dev/null" in i.value for i in at.info), [i.value for i in at.info]
+
+
 def test_the_default_comparison_is_stored_once_with_the_home_pages_numbers(tmp_path):
     """What `python -m workbench` stores before it serves: the home page's four runs, once per database."""
     from tridentcore.store import query_readonly

@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="do not store the default comparison in the default database (RESULTS-DIR/trident.duckdb)")
     parser.add_argument("streamlit_args", nargs="*", help="more `streamlit run` flags, after --")
     args = parser.parse_args(argv)
+    from workbench.access import not_a_file
+
+    for path in args.db:  # (outside test 118: a named pipe or /dev/null was listed in every picker)
+        why = not_a_file(Path(path).expanduser())
+        if why:
+            parser.error(f"--db {path}: {why}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the Live page polls every few seconds
 

@@ -297,6 +297,7 @@ def runs_delete(
 
     if Path(db).is_dir():
         fail(f"--db {db} is a folder: give the results database file")
+    _not_a_file(db)
     if not Path(db).is_file():
         fail(f"no results database at {db}")
     store, failed = ResultsStore(db, lock_wait_s=wait), 0
@@ -362,6 +363,7 @@ def runs_recover(
 
     if Path(db).is_dir():
         fail(f"--db {db} is a folder: give the results database file whose journals to recover")
+    _not_a_file(db)
     for given in folder:  # (outside test: a mistyped --folder read "no journals to recover", exit 0)
         if not Path(given).is_dir():
             fail(f"--folder {given}: {'not a folder' if Path(given).exists() else 'no such folder'} (a live bench's "
@@ -412,6 +414,18 @@ def _servers_gone(db: str, running: list[str]) -> None:
         typer.echo(f"note: stored as running, but its server is gone (its journal is held by no process): {shown}; "
                    f"`trident runs recover --db {db}` stores what the journal holds and closes it (as crashed, "
                    "unless its journal says how it ended)", err=True)
+
+
+def _not_a_file(db: str) -> None:
+    """A named pipe, socket or device as ``--db``: said as every reader says it (outside test 118:
+    `runs delete` read "no results database at", `runs recover` "no journals to recover", exit 0)."""
+    from ..store import NotADatabaseError
+    from ..store.connection import check_header
+
+    try:
+        check_header(db)
+    except NotADatabaseError as exc:
+        fail(f"--db {db}: {exc.reason}")
 
 
 def _not_whole(db: str, running: list[str], done: str) -> None:
