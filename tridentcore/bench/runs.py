@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..core.defaults import DEFAULT_DB_WAIT_S
-from ..core.errors import TridentError
+from ..core.errors import TridentError, brief
 from ..store import ResultsStore, UnknownRunError, new_run_id, open_readonly
 from ..store.schema import STAGE_ORDER_SQL
 from .scenario import Loaded, load_scenario, run_meta, run_one
@@ -82,7 +82,9 @@ def _resolve(con: duckdb.DuckDBPyConnection, db: str | os.PathLike[str], run: st
         raise UnknownRunError(f"run {run!r} has only client rows in {os.fspath(db)} ({client} requests, as a standalone "
                               f"Locust run with --db stores them; {total} runs stored): `trident sql --db "
                               f"{os.fspath(db)} \"SELECT * FROM client_requests WHERE run_id = '{run}'\"` shows them")
-    raise UnknownRunError(f"run {run!r} is not in {os.fspath(db)} ({total} runs stored; see `trident runs list`)")
+    # (outside test 118: a 5,000-character id said in full, and "1 runs stored")
+    raise UnknownRunError(f"run {brief(run)} is not in {os.fspath(db)} ({total} run{'s' * (total != 1)} stored; see "
+                          "`trident runs list`)")
 
 
 def _open(db: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tridentcore.core.errors import brief
 from tridentcore.core.records import RunMeta
 
 from .connection import LOCK_WAIT_S, connect, fetch_arrow
@@ -348,7 +349,7 @@ def export_run(
     con = open_readonly(path)
     try:
         if not con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchall():
-            raise UnknownRunError(f"run {run_id!r} is not in {path}")
+            raise UnknownRunError(f"run {brief(run_id)} is not in {path}")
         tables = {
             name: fetch_arrow(con, f"SELECT * FROM {name} WHERE run_id = ?", [run_id])
             for name in TABLES
@@ -391,7 +392,7 @@ def read_run_tables(path: str | os.PathLike[str], run_id: str) -> tuple[RunMeta,
     try:
         found = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchall()
         if not found:
-            raise UnknownRunError(f"run {run_id!r} is not in {path}")
+            raise UnknownRunError(f"run {brief(run_id)} is not in {path}")
         names = [d[0] for d in con.description]
         row = dict(zip(names, found[0], strict=True))
         meta = RunMeta(**{f.name: row[f.name] for f in dataclasses.fields(RunMeta)})

@@ -20,6 +20,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tridentcore.core.errors import brief
 from tridentcore.core.records import GpuSample, PlacementRow, RequestRow, RunMeta, SpanRow
 
 from .connection import LOCK_WAIT_S, connect
@@ -230,7 +231,7 @@ class ResultsStore:
             counts = {t: con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchone()[0]
                       for t in tables}
             if not any(counts.values()):
-                raise UnknownRunError(f"run {run_id!r} is not in {self.path}")
+                raise UnknownRunError(f"run {brief(run_id)} is not in {self.path}")
             for t in tables:
                 if counts[t]:
                     con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
@@ -249,7 +250,7 @@ class ResultsStore:
         finally:
             con.close()
         if not found:
-            raise UnknownRunError(f"run {run_id!r} is not in {self.path}")
+            raise UnknownRunError(f"run {brief(run_id)} is not in {self.path}")
 
 
 def _check_status(status: str) -> None:
