@@ -142,23 +142,18 @@ def parse_options(argv: Sequence[str]) -> Options:
         return Options(problems=(f"command line: {exc}",))
     results_dir = Path(args.results_dir).expanduser().resolve() if args.results_dir else DEFAULT_RESULTS_DIR
     named = tuple(dict.fromkeys(Path(p).expanduser().resolve() for p in args.db if p.strip()))
-    problems = tuple(f"--db {p}: {why}" for p in named if (why := not_a_file(p)))
-    return Options(results_dir=results_dir, databases=tuple(p for p in named if not not_a_file(p)), problems=problems)
+    why = {p: not_a_file(p) for p in named}
+    return Options(results_dir=results_dir, databases=tuple(p for p in named if not why[p]),
+                   problems=tuple(f"--db {p}: {why[p]}" for p in named if why[p]))
 
 
 def not_a_file(path: Path) -> str | None:
     """Why ``path`` (existing) can be no results database: a named pipe, socket or device (outside test
     118: listed in every picker, then "no results database at /dev/null (write one with ...)")."""
-    import stat
+    from tridentcore.store.connection import special_file
 
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return None
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-        return None
-    kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    return f"not a results database file ({kind})"
+    kind = special_file(path)
+    return f"not a results database file ({kind})" if kind else None
 
 
 def options() -> Options:

@@ -303,9 +303,10 @@ def runs_delete(
     store, failed = ResultsStore(db, lock_wait_s=wait), 0
     for run in dict.fromkeys(runs):
         why = ""
-        if pending_journal(db, run):
-            why = (f"its journal {pending_journal(db, run)} is not stored yet (its server runs, or `trident runs "
-                   "recover` stores it first)")
+        pending = pending_journal(db, run)
+        if pending:
+            why = (f"its journal {pending} is not stored yet (its server runs, or `trident runs recover` stores "
+                   "it first)")
         else:
             try:
                 counts = store.delete_run(run)

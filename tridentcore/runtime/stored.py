@@ -24,8 +24,9 @@ Two ways in:
 Provenance (git commit, package versions, hardware) is the caller's to give: it is gathered by the
 bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
 
-One module of about 560 lines: ``RunRecords``' flushing, answering and closing share its buffers and
-their bookkeeping, and ``write`` is the same rows in one go.
+One module of about 560 lines with one job, a live run's records on their way to the store:
+``RunRecords``' flushing, answering and closing share its buffers and their bookkeeping, and ``write``
+is the same rows in one go.
 """
 
 from __future__ import annotations

@@ -32,18 +32,26 @@ DUCKDB_MAGIC = b"DUCK"  # a DuckDB file's magic bytes, after its 8-byte checksum
 _MAGIC_OFFSET = 8
 
 
+def special_file(path: str | os.PathLike[str]) -> str | None:
+    """``a named pipe``, ``a socket`` or ``a device`` if ``path`` is one (None: a file, a folder, or
+    nothing there): no results database, and a named pipe's open waits for a writer."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+
+
 def check_header(path: str | os.PathLike[str]) -> None:
     """Raise :class:`NotADatabaseError` if ``path`` is an existing regular file that is not a DuckDB
     database (an empty file too: DuckDB refuses it as well), or a named pipe, socket or device (outside
     test 114: DuckDB's open of a named pipe waited for a writer for ever). A missing path, a folder or
     a file we may not read is left to the caller and to DuckDB."""
     path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except OSError:
-        return
-    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device")
+    kind = special_file(path)
+    if kind:
         raise NotADatabaseError(os.fspath(path), f"not a results database file ({kind})")
     try:
         if not path.is_file():
