@@ -244,3 +244,14 @@ def test_a_query_failing_after_its_first_rows_prints_none_of_them(db: Path, fmt:
                           "1000000", sql], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and out.stdout == "", (out.returncode, out.stdout[:200])
     assert "row 150000 is bad" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_sql_that_opens_with_a_comment_is_sql_not_an_option(db: Path):
+    # Click read the argument as an option: "No such option: -- runs\nSELECT ..." (exit 2)
+    text = "-- how many runs\nSELECT count(*) AS n FROM runs"
+    for args in (["--db", str(db), "--json", text], [text, "--json", "--db", str(db)],
+                 ["--db", str(db), "--json", "--", text]):
+        result = _sql(*args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout) == [{"n": 2}]
+    assert "No such option: --nope" in _error_line(_sql("--db", str(db), "--nope"))

@@ -50,8 +50,26 @@ def _not_finite_option(args: list[str]) -> tuple[str, str] | None:
 _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
+def _text_not_option(arg: str) -> bool:
+    """Whether ``arg`` starts like an option but cannot be one: its name (before any ``=``) holds
+    whitespace, as SQL that opens with a comment does (``-- runs of today\\nSELECT ...``)."""
+    return arg.startswith("-") and any(c.isspace() for c in arg.partition("=")[0])
+
+
+def _sql_text_last(args: list[str]) -> list[str]:
+    """``trident sql``'s one argument, SQL, put after ``--`` where it starts with ``-`` and holds
+    whitespace: Click read ``"-- a comment\\nSELECT 1"`` as an option ("No such option")."""
+    if not args or args[0] != "sql" or "--" in args:
+        return args
+    texts = [a for a in args[1:] if _text_not_option(a)]
+    if len(texts) != 1:
+        return args
+    return [a for a in args if a is not texts[0]] + ["--", texts[0]]
+
+
 class _Commands(TyperGroup):
     def parse_args(self, ctx, args):
+        args = _sql_text_last(args)
         name = _empty_option(args)
         if name is not None:
             fail(f"{name}: an empty value; give one, or leave the option out for its default")
