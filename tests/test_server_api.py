@@ -433,6 +433,37 @@ def test_a_request_rejected_on_arrival_and_forgotten_at_once_still_answers_rejec
         assert server.stop() == 0
 
 
+def test_a_generation_is_refused_whole_when_one_of_its_images_is_rejected():
+    """Goodput mode admits each image of a generation on its own: of 8 on one GPU the first ran and
+    were made while the last were refused, and the client, answered 503 for the whole generation, was
+    told to retry it, images already made included (outside test 119). One refused refuses them all,
+    at once, before any is made: waiting (/v1/requests) or answered (the images endpoint)."""
+    server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "0.05",
+                           "--policy", "trident:late=reject", "--drain-timeout", "0"])
+    body = {"prompt": "x", "model": "sd3-medium", "size": "1024x1024", "steps": 28, "n": 8}
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            job = client.post("/v1/requests", json=body)
+            assert job.status_code == 202, job.text[:300]
+            assert job.json()["state"] == "rejected", job.json()
+            items = client.get(f"/v1/requests/{job.json()['id']}").json()["items"]
+            assert [i["state"] for i in items] == ["rejected"] * 8, items
+            assert not [s for i in items for s in i["stages"] if s["stage"] != "encode"], items  # (an encode began)
+            by_policy = [i for i in items if not i["reason"].startswith("refused with request")]
+            assert by_policy and all("deadline" in i["reason"] for i in by_policy), items
+            assert all(i["reason"].startswith(f"refused with request {by_policy[0]['id']} of its generation: ")
+                       for i in items if i not in by_policy), items
+            sync = client.post("/v1/images/generations", json={**body, "seed": 5})
+            assert sync.status_code == 503 and "Retry-After" in sync.headers, sync.text[:300]
+            err = sync.json()["error"]
+            again = client.get(f"/v1/requests/{err['id']}").json()
+            assert [i["state"] for i in again["items"]] == ["rejected"] * 8, again
+            alone = client.post("/v1/images/generations", json={**body, "n": 1, "seed": 9})
+            assert alone.status_code == 200, alone.text[:300]  # nothing of the refused ones holds the GPU
+    finally:
+        assert server.stop() == 0
+
+
 def test_results_outlive_forgotten_requests_within_their_own_budget():
     """--keep-ended 0 forgets a request as it ends, yet its client still gets the image (it got a 500
     after the work was done); results are dropped by --results-mib (410 gone), never by --keep-ended,

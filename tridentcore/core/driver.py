@@ -212,7 +212,8 @@ class DriverCore:
         if isinstance(report, Cancelled):
             # one that waited leaves the policy's queues at once: its record may be forgotten next
             # (outside test 106: a policy that met it later looked up a forgotten id on every event)
-            waited = self._cancel(report.request_id, report.reason, now, out)
+            end = RequestState.REJECTED if report.rejected else RequestState.CANCELLED
+            waited = self._cancel(report.request_id, report.reason, now, out, end, report.retry_s)
             return [RequestEnded(report.request_id)] if waited else []
         if isinstance(report, Forgot):
             state.requests.forget(report.request_id)
@@ -298,8 +299,9 @@ class DriverCore:
         events.append(WorkerLost(gpu, reason))
         return events
 
-    def _cancel(self, rid: int, reason: str, now: float, out: Effects) -> bool:
-        """End ``rid`` cancelled; whether it was waiting (no stage of it running)."""
+    def _cancel(self, rid: int, reason: str, now: float, out: Effects, end: RequestState = RequestState.CANCELLED,
+                retry_s: float = 0.0) -> bool:
+        """End ``rid`` cancelled (or ``end``); whether it was waiting (no stage of it running)."""
         state = self.state
         rec = state.requests.get(rid)
         if rec is None or rec.state.terminal:
@@ -307,11 +309,11 @@ class DriverCore:
         out.ended.append(rid)
         did = state.by_request.get(rid)
         if did is None:
-            state.end_request(rid, RequestState.CANCELLED, now, reason)
+            state.requests.transition(rid, end, now, reason, retry_s)
             return True
         # Running: the request ends now; its stage runs on and its output is dropped when it ends
         # (a diffuse whose every request ended stops at its next step boundary).
-        state.requests.transition(rid, RequestState.CANCELLED, now, reason)
+        state.requests.transition(rid, end, now, reason, retry_s)
         run = state.running[did]
         if run.action.stage == StageKind.DIFFUSE and all(state.requests[r].state.terminal for r in run.action.request_ids):
             stop, at = next_boundary(run, now)

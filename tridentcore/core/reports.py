@@ -36,10 +36,14 @@ class Completed:
 
 @dataclass(frozen=True, slots=True)
 class Cancelled:
-    """A client cancelled a request. A running one ends now and its stage's output is dropped."""
+    """A client cancelled a request. A running one ends now and its stage's output is dropped.
+    ``rejected``: it ends rejected instead (``retry_s`` as a ``Reject``'s): the driver refuses it with
+    another request of its generation, which the policy rejected (a generation is admitted whole)."""
 
     request_id: int
     reason: str = "cancelled by the client"
+    rejected: bool = False
+    retry_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,10 @@ class ArtifactCache:
             for rid in ids:
                 self._group[rid] = ids
 
+    def siblings(self, request_id: int) -> tuple[int, ...]:
+        """The requests submitted with this one (one generation), itself included."""
+        return self._group.get(request_id, (request_id,))
+
     def ended(self, request_id: int) -> None:
         """The request ended (done, failed, cancelled or rejected): its group may now be dropped."""
         ids = self._group.get(request_id, (request_id,))

@@ -112,6 +112,8 @@ class Engine:
         self._id_step = 1
         self.device_offset = 0  # added to device ids in snapshots and timings (engines of a mixed run)
         self._live: set[int] = set()
+        self._arriving: tuple[int, ...] = ()  # the generation being submitted (its requests arriving one by one)
+        self._refusing: set[int] = set()  # requests being refused with a rejected one of their generation
         self._waiters: dict[int, list[asyncio.Future]] = {}
         self._tasks: dict[int, asyncio.Task] = {}  # dispatch id -> its worker task
         self.artifacts = ArtifactCache(config.max_results, config.results_mib << 20)
@@ -402,10 +404,29 @@ class Engine:
                                      float(slo), now, item.negative_prompt, item.job_id))
         ids = tuple(spec.id for spec in specs)
         self.artifacts.group(ids)  # (before they arrive: one may be rejected, so end, at once)
-        for spec in specs:
-            self._live.add(spec.id)
-            self._post(RequestArrived(spec))
+        self._arriving = ids
+        try:
+            for spec in specs:
+                self._live.add(spec.id)
+                self._post(RequestArrived(spec))
+        finally:
+            self._arriving = ()
+        refused = next((rec for r in ids if (rec := self.state.requests.get(r)) is not None
+                        and rec.state is RequestState.REJECTED), None)
+        if refused is not None and len(ids) > 1:  # each heard by the policy: then refused together
+            self._refuse_siblings(refused)
         return Accepted(ids)
+
+    def _refuse_siblings(self, rec) -> None:
+        """A request of a generation of several was rejected: the others end rejected with it, waiting
+        or running (outside test 119: under ``--late reject`` two images of three were made and the third
+        refused; the client, answered 503 for the whole generation, was told to retry all three)."""
+        for rid in self.artifacts.siblings(rec.spec.id):
+            other = self.state.requests.get(rid)
+            if other is not None and not other.state.terminal and rid not in self._refusing:
+                self._refusing.add(rid)  # (its end refuses no one again: _finalize)
+                self._post(Cancelled(rid, f"refused with request {rec.spec.id} of its generation: {rec.reason}",
+                                     rejected=True, retry_s=rec.retry_s))
 
     def cancel(self, request_id: int, reason: str = "cancelled by the client") -> bool:
         """Cancel a request; False if it is unknown or already ended."""
@@ -578,6 +599,7 @@ class Engine:
             self._keep_outputs(run.action.stage, run.action.request_ids, result)
         self._execute(effects, now)
         if isinstance(report, Cancelled):
+            self._refusing.discard(report.request_id)
             self._stop_cancelled(report.request_id, effects, now)
         if failed is not None:
             raise failed  # (logged by _post, as any error of a step)
@@ -689,6 +711,9 @@ class Engine:
             return  # (a request whose media is being encoded ends when that is done: _encoded)
         self._live.discard(rid)
         self._ends_at.append(self._clock())
+        if rec.state is RequestState.REJECTED and rid not in self._arriving and rid not in self._refusing:
+            # (arriving: submit refuses the others once all have arrived)
+            self._refuse_siblings(rec)
         if rec.state is not RequestState.DONE or self.state.by_request.get(rid) is None:
             self.artifacts.drop(rid)
         self.artifacts.ended(rid)
