@@ -324,3 +324,13 @@ def test_policies_lists_each_policy_and_a_policys_options_with_default_and_meani
     bad = runner.invoke(app, ["policies", "nope"])
     assert bad.exit_code == 2 and "unknown policy 'nope'; valid policies: pipeline-dynamic" in bad.output
 
+
+
+@pytest.mark.parametrize("module", ["tridentcore.cli", "tridentcore.cli.launch"])
+def test_the_command_runs_as_a_module(module):
+    # outside tests 119 and 120: `python -m tridentcore.cli.launch` (the script's entry point) did nothing, exit 0
+    out = subprocess.run([sys.executable, "-m", module, "policies"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "trident" in out.stdout, out
+    bad = subprocess.run([sys.executable, "-m", module, "cost", "--model", "nope"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: "), bad

@@ -329,6 +329,9 @@ def test_cli_cost_human_readable_and_options():
         # outside test 116: a UNet priced at degree 2 ("speed-up 1.00x"), a degree no policy gives it
         (["--model", "sdxl", "--stage", "diffuse", "--size", "1024x1024", "--degree", "2"],
          "--degree 2: sdxl's diffuse does not split 2 ways (its denoiser does not split: degree 1 only)"),
+        # outside test 120: a degree its heads do not divide was a TypeError traceback (exit 1)
+        (["--profile", "cpu", "--model", "tiny-sd3", "--stage", "diffuse", "--size", "64x64", "--degree", "3"],
+         "--degree 3: tiny-sd3's diffuse does not split 3 ways (its 4 attention heads do not divide by 3)"),
     ],
 )
 def test_cli_cost_bad_input_exits_2_with_one_line(args, needle):

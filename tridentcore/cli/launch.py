@@ -30,3 +30,7 @@ def main():
     from .main import app
 
     return app()
+
+
+if __name__ == "__main__":  # `python -m tridentcore.cli.launch` (outside tests 119, 120: it did nothing, exit 0)
+    main()

@@ -437,7 +437,7 @@ def cost(
             # (outside test 116: a UNet's "speed-up 1.00x" at degree 2, a degree no policy gives it)
             raise ValueError(f"--degree {degree}: {model}'s diffuse does not split {degree} ways (" + (
                 "its denoiser does not split: degree 1 only)" if not costs.splits(model) else
-                f"its {costs.heads()[model]} attention heads do not divide by {degree})"))
+                f"its {costs.heads[model]} attention heads do not divide by {degree})"))
         result = {
             "profile": loaded.name,
             "model": model,
