@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+import tridentcore.profiles
 from tridentcore.bench.fold import fit_run_noise
 from tridentcore.cli import app
 from tridentcore.core.noise import Spread, fit_noise, robust_sigma
@@ -126,7 +129,9 @@ def test_simulate_and_sweep_take_their_noise_from_a_stored_run(tmp_path):
     result = CliRunner().invoke(app, ["simulate", *common, "--rate", "0.5"])
     assert result.exit_code == 0, result.output
     line = result.output.splitlines()[0]
-    assert line.startswith("stage-time noise fitted to run cpu-run (360 dispatches): sigma ")
+    # h200 (the mix's profile) prices no cpu dispatch: fitted against the run's own profile, and said
+    assert line.startswith("stage-time noise fitted to run cpu-run (360 dispatches) against profile cpu (profile "
+                           "h200 does not price the run's dispatches: "), line
     assert f"sigma {fit.sigma:.3f}" in line and "encode bias" in line
     result = CliRunner().invoke(app, ["sweep", *common, "--rates", "0.5"])
     assert result.exit_code == 0 and "stage-time noise fitted to run cpu-run" in result.output
@@ -165,3 +170,35 @@ def test_the_measured_preset_is_a_valid_noise():
 
     assert not StageNoise(MEASURED_NOISE_SIGMA, MEASURED_NOISE_BIAS).off
     assert RunSpec(noise_sigma=MEASURED_NOISE_SIGMA, noise_bias=MEASURED_NOISE_BIAS).problems() == []
+
+
+def test_noise_from_a_run_is_fitted_against_the_profile_the_simulation_prices_with(tmp_path):
+    """Outside test 120: the biases were fitted against the run's own profile (``cpu``) and multiplied
+    onto ``--profile``, a profile folded from that run: its measured times counted twice (attainment
+    0.50 against the run's 0.78). Against a profile whose times are twice ``cpu``'s the fitted biases
+    are half those against ``cpu``."""
+    import csv
+
+    db = tmp_path / "runs.duckdb"
+    _store_run(db, "cpu-run")
+    rows = list(csv.DictReader(open(Path(tridentcore.profiles.__file__).parent / "data" / "cpu.csv")))
+    for r in rows:
+        r["latency_ms"] = str(2 * float(r["latency_ms"]))
+    slow = tmp_path / "slow.csv"
+    with open(slow, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(rows[0]))
+        out.writeheader()
+        out.writerows(rows)
+
+    def biases(profile: str) -> dict[str, float]:
+        result = CliRunner().invoke(app, ["simulate", "--mix", "tiny", "--profile", profile, "--cluster", "2xcpu",
+                                          "--rate", "1", "--duration", "10", "--policies", "trident",
+                                          "--noise-from", "cpu-run", "--noise-db", str(db)])
+        assert result.exit_code == 0, result.output
+        line = result.output.splitlines()[0]
+        assert f"against profile {profile}: sigma" in line, line
+        return {m[0]: float(m[1]) for m in re.findall(r"(\w+) bias ([0-9.]+)", line)}
+
+    base, doubled = biases("cpu"), biases(str(slow))
+    assert set(base) == {"encode", "diffuse", "decode"}
+    assert {s: doubled[s] / base[s] for s in base} == {s: pytest.approx(0.5, rel=0.01) for s in base}

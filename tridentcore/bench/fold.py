@@ -169,4 +169,4 @@ def fit_run_noise(db: str | os.PathLike[str], run_id: str, profile: str | None =
     for m in run.dispatches:
         per_call = cost.latency_s(m.model, m.stage, m.shape, m.batch, m.degree, kind)
         samples.append((m.stage, per_call * m.steps, m.compute_s))
-    return fit_noise(samples, min_samples=min_samples)
+    return replace(fit_noise(samples, min_samples=min_samples), against=profile or run.profile)

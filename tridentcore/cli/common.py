@@ -55,7 +55,8 @@ BiasOpt = Annotated[str | None, typer.Option("--bias", help="STAGE=F[,STAGE=F]: 
                                                             "time over its prediction (decode=1.5).")]
 NoiseFromOpt = Annotated[str | None, typer.Option(
     "--noise-from", metavar="RUN", help="Fit --noise and --bias to a stored live run on real devices: its completed "
-                                        "dispatches' compute times against its profile's predictions.")]
+                                        "dispatches' compute times against the predictions of the profile the simulation "
+                                        "prices with (the run's own where that one does not price them).")]
 NoiseDbOpt = Annotated[str | None, typer.Option(
     "--noise-db", help=f"--noise-from: the DuckDB results file (default: --db if given, else {DEFAULT_DB}).")]
 
@@ -266,9 +267,15 @@ def parse_bias(text: str | None) -> tuple[tuple[str, float], ...]:
     return tuple(pairs)
 
 
-def fitted_noise(run_id: str | None, db: str | None, noise: float, bias: str | None, *, err: bool = False):
+def fitted_noise(run_id: str | None, db: str | None, noise: float, bias: str | None, *, err: bool = False,
+                 profile: str | None = None):
     """``--noise`` and ``--bias``, or (``--noise-from RUN``) the noise fitted to that stored live run,
-    printed (to stderr when ``err``: the command prints JSON). Returns (sigma, bias text or pairs)."""
+    printed (to stderr when ``err``: the command prints JSON). Returns (sigma, bias text or pairs).
+
+    Fitted against ``profile``, the one the simulation prices with, where it prices the run's
+    dispatches: the biases then scale that profile to the run (outside test 120: fitted against the
+    run's own profile and multiplied onto a profile folded from the run, its times were counted twice,
+    attainment 0.50 against the run's 0.78); else against the run's own profile, and said."""
     if run_id is None:
         return noise, bias
     if noise != DEFAULT_NOISE_SIGMA or bias:
@@ -277,12 +284,20 @@ def fitted_noise(run_id: str | None, db: str | None, noise: float, bias: str | N
     from ..bench.runs import resolve_run
 
     db = db or DEFAULT_DB
+    note = ""
     try:
         run_id = resolve_run(db, run_id)  # a unique prefix too, as the runs commands take (outside test)
-        fit = fit_run_noise(db, run_id)
+        try:
+            fit = fit_run_noise(db, run_id, profile)
+        except (ValueError, LookupError) as exc:
+            if profile is None or isinstance(exc, FileNotFoundError):
+                raise
+            fit = fit_run_noise(db, run_id)
+            note = f" (profile {profile} does not price the run's dispatches: {one_line(str(exc))[:200]})"
     except (ValueError, LookupError, *store_errors()) as exc:
         fail(db_message(exc, db, flag=""))
-    typer.echo(f"stage-time noise fitted to run {run_id} ({fit.total} dispatches): {fit.describe()}", err=err)
+    typer.echo(f"stage-time noise fitted to run {run_id} ({fit.total} dispatches) against profile "
+               f"{fit.against}{note}: {fit.describe()}", err=err)
     return round(fit.sigma, 4), tuple((s, round(b, 4)) for s, b in fit.bias)
 
 
@@ -305,21 +320,32 @@ def refuse_mix_options_with_trace(ctx: typer.Context, trace: str | None) -> None
              "and requests are replayed); drop " + ("it" if len(named) == 1 else "them"))
 
 
+def workload_pricing(profile, cluster, mix, trace, model) -> tuple[str, str]:
+    """The profile and cluster that :func:`load_workload` prices a workload with (``bench.scenario.pricing_for``
+    where either is None; no mix and no trace: the default mix)."""
+    from ..bench.scenario import pricing_for
+
+    if mix is not None and trace is not None:
+        fail("give --mix or --trace, not both")
+    if mix is None and trace is None:
+        mix = DEFAULT_MIX
+    if profile is None or cluster is None:
+        profile, cluster = pricing_for(mix if trace is None else None, profile, cluster, trace=trace, model=model)
+    return profile, cluster
+
+
 def load_workload(profile, cluster, mix, trace, model, arrival, duration, slo_scale, seed, noise=DEFAULT_NOISE_SIGMA,
                   bias=None):
     """The simulator's loaded inputs of a workload given on the command line (``--mix`` xor ``--trace``;
     ``bias``: ``--bias`` text or (stage, factor) pairs). A ``profile`` or ``cluster`` of None is the one
     that prices the mix (``bench.scenario.pricing_for``: ``h200`` on ``2x8xH200`` for the GPU mixes,
     ``cpu`` on ``2xcpu`` for ``tiny``)."""
-    from ..bench.scenario import load_scenario, pricing_for
+    from ..bench.scenario import load_scenario
     from ..bench.spec import RunSpec
 
     if mix is None and trace is None:
         mix = DEFAULT_MIX
-    if mix is not None and trace is not None:
-        fail("give --mix or --trace, not both")
-    if profile is None or cluster is None:
-        profile, cluster = pricing_for(mix if trace is None else None, profile, cluster, trace=trace, model=model)
+    profile, cluster = workload_pricing(profile, cluster, mix, trace, model)
     spec = RunSpec(profile=profile, cluster=cluster, mix=mix if trace is None else None, trace=trace,
                    trace_model=model, arrival=arrival, duration_s=duration, slo_scale=slo_scale, seed=seed,
                    noise_sigma=noise, noise_bias=parse_bias(bias) if bias is None or isinstance(bias, str) else bias)

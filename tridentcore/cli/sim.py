@@ -14,7 +14,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_DB_WAIT_S, DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
-                     ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, one_line, policy_specs, runnable_specs, setup_logging, store_failed, table, write_errors)
+                     ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, one_line, workload_pricing, policy_specs, runnable_specs, setup_logging, store_failed, table, write_errors)
 
 __all__ = ["policies", "simulate", "sweep"]
 
@@ -53,7 +53,8 @@ def simulate(
 
     setup_logging(verbose)
     refuse_mix_options_with_trace(ctx, trace)
-    noise, bias = fitted_noise(noise_from, noise_db or db, noise, bias, err=json_out)
+    noise, bias = fitted_noise(noise_from, noise_db or db, noise, bias, err=json_out, profile=noise_from and (
+        workload_pricing(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, trace, model)[0]))
     rows, stored, writing, made, specs = [], [], None, False, []
     try:
         with sigterm_interrupts():  # SIGTERM (timeout, systemd) ends it as Ctrl-C does: what is stored said
@@ -166,7 +167,8 @@ def sweep(
     if not goodput and given(ctx, "target", target) is not None:  # (outside test 99: ignored without a word)
         fail("--target applies to --goodput only (--rates prints the attainment at each rate); drop it")
     rate_list = _rates(rates) if rates is not None else []
-    noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out)
+    noise, bias = fitted_noise(noise_from, noise_db, noise, bias, err=json_out, profile=noise_from and (
+        workload_pricing(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, None, None)[0]))
     try:
         loaded = load_workload(given(ctx, "profile", profile), given(ctx, "cluster", cluster), mix, None, None, arrival, duration, slo_scale, seed, noise, bias)
         specs = runnable_specs(loaded, policy_specs(policies, unique=True))

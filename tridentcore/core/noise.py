@@ -46,6 +46,7 @@ class NoiseFit:
     bias: tuple[tuple[str, float], ...]  # (stage, mean factor): what StageNoise takes
     median: tuple[tuple[str, float], ...]  # (stage, median measured / predicted)
     samples: tuple[tuple[str, int], ...]  # (stage, dispatches fitted)
+    against: str = ""  # the profile whose predictions the times were fitted against, where the caller names it
 
     @property
     def total(self) -> int:
