@@ -127,3 +127,24 @@ def test_a_served_runs_profile_file_is_stored_whole_and_a_fold_refuses_it_once_c
     result = CliRunner().invoke(app, ["profile", "--from-run", "served", "--db", str(db), "--base", str(mine),
                                       "--out", str(out)])
     assert result.exit_code == 0 and out.exists(), result.output
+
+
+def test_the_other_modes_options_are_refused_and_a_run_still_stored_as_running_is_said(tmp_path):
+    """Outside test 120: `--model` with `--from-run` was ignored (every model of the run folded), `--base`
+    without it ignored (a fresh profile measured); a run stored as running was folded without a word."""
+    import duckdb
+
+    db, out = tmp_path / "runs.duckdb", tmp_path / "folded.csv"
+    for args, needle in ((["--from-run", "r", "--model", "tiny-sd3", "--steps", "3"],
+                          "error: --model, --steps: measuring options, and --from-run measures nothing"),
+                         (["--model", "tiny-sd3", "--base", "cpu"], "error: --base: an option of --from-run"),
+                         (["--model", "tiny-sd3", "--db", str(db)], "error: --db: an option of --from-run")):
+        result = CliRunner().invoke(app, ["profile", *args, "--out", str(out)])
+        assert result.exit_code == 2 and result.stderr.startswith(needle), (args, result.output)
+    assert not out.exists()
+    _live_run("cpu:1", "tiny-sd3", Shape(64, 64, 1, 2), 3, db, "cpu-run")
+    with duckdb.connect(str(db)) as con:  # as a server still serving it stores it
+        con.execute("UPDATE runs SET status = 'running' WHERE run_id = 'cpu-run'")
+    result = CliRunner().invoke(app, ["profile", "--from-run", "cpu-run", "--db", str(db), "--out", str(out)])
+    assert result.exit_code == 0 and out.exists(), result.output
+    assert "note: run cpu-run is stored as running: folded as far as it is stored" in result.stderr

@@ -43,6 +43,7 @@ class Folded:
     updated: tuple[tuple[ProfileRow, ProfileRow, int], ...]  # (before, after, measurements)
     unmatched: tuple[str, ...]  # measured points the base profile has no row for
     rare: tuple[str, ...] = ()  # points the base profile has, measured fewer than ``min_samples`` times
+    status: str = ""  # the run's stored status (``running``: folded as far as it is stored)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +71,13 @@ class MeasuredRun:
     gpu: str  # the device kind (the cluster label's kind: cpu, H200, ...)
     profile: str  # the profile the run planned with
     dispatches: tuple[Measured, ...]
+    status: str = ""  # the run's stored status
 
 
 def measured_dispatches(db: str | os.PathLike[str], run_id: str) -> MeasuredRun:
     """The completed dispatches of a stored live run on real devices of one kind (``ValueError``
     for a simulated run, emulated devices or mixed kinds; :class:`UnknownRunError` for no such run)."""
-    runs = query_readonly(db, "SELECT backend, cluster, profile, config_json FROM runs WHERE run_id = ?", [run_id])
+    runs = query_readonly(db, "SELECT backend, cluster, profile, config_json, status FROM runs WHERE run_id = ?", [run_id])
     if runs.empty:
         raise UnknownRunError(f"no run {run_id!r} in {os.fspath(db)}")
     run = runs.iloc[0]
@@ -110,7 +112,7 @@ def measured_dispatches(db: str | os.PathLike[str], run_id: str) -> MeasuredRun:
             continue
         out.append(Measured(sp.model, str(sp.stage), int(sp.height), int(sp.width), int(sp.frames), int(sp.batch),
                             int(sp.degree), int(steps), float(seconds)))
-    return MeasuredRun(run_id, run.cluster.rsplit("x", 1)[-1], str(run.profile or ""), tuple(out))
+    return MeasuredRun(run_id, run.cluster.rsplit("x", 1)[-1], str(run.profile or ""), tuple(out), str(run.status))
 
 
 def _key(gpu: str, model: str, stage: str, height, width, frames, batch: int, degree: int) -> tuple:
@@ -145,7 +147,7 @@ def fold_run(db: str | os.PathLike[str], run_id: str, base: str, *, min_samples:
     # a point the base has but the run measured too rarely is not "not in" it (outside test 103)
     rare = tuple(f"{_point(key)} (measured {n} times, at least {min_samples} needed)" for key, n in left if key in in_base)
     unmatched = tuple(f"{_point(key)} ({n} measured)" for key, n in left if key not in in_base)
-    return Folded(tuple(rows), tuple(updated), unmatched, rare)
+    return Folded(tuple(rows), tuple(updated), unmatched, rare, run.status)
 
 
 def _point(key: tuple) -> str:

@@ -17,7 +17,7 @@ from ..core.defaults import (DEFAULT_DB, DEFAULT_PROFILE, MAX_FRAMES, MAX_GPUS_P
                              MAX_PROFILE_BATCH, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE_PX)
 from ..core.types import STAGES, StageKind
 from ..runtime.devices import host_available_gib as _available_gib  # (a name the tests replace)
-from .common import EXIT_INTERRUPTED, check_out, fail, quiet_libraries, setup_logging
+from .common import EXIT_INTERRUPTED, check_out, fail, given, note_running, quiet_libraries, setup_logging
 
 __all__ = ["cost", "generate", "models", "profile"]
 
@@ -210,6 +210,7 @@ def _diffuse_on_local_group(pipe, model, emb, shape, seed, steps, guidance, devi
 
 
 def profile(
+    ctx: typer.Context,
     model: str = typer.Option(None, help="Pipeline name(s), comma separated (`trident models`)."),
     out: str = typer.Option(..., help="CSV to write (the format of docs/profiles.md; its folder made if missing)."),
     device: str = typer.Option("cpu", help="cpu or cuda:i."),
@@ -240,6 +241,17 @@ def profile(
     for, or folds a live run's measurements into a profile (--from-run).
     """
     setup_logging(verbose)
+    # the other mode's options were ignored without a word (outside test 120: --model with --from-run folded
+    # every model of the run; --base without it measured afresh)
+    other = ([f"--{n}" for n in _MEASURING if given(ctx, n, True)] if from_run is not None
+             else [f"--{n}" for n in ("base", "db") if given(ctx, n, True)])
+    if other:
+        one = len(other) == 1
+        fail(f"{', '.join(other)}: " + (("a measuring option" if one else "measuring options") + ", and --from-run "
+                                        "measures nothing (it folds the run's measured times into --base)"
+                                        if from_run is not None else
+                                        ("an option" if one else "options") + " of --from-run (folding a stored run)")
+             + "; drop " + ("it" if one else "them"))
     check_out(out)  # (before minutes of measuring, not after)
     if from_run is not None:
         _fold(from_run, db, base, out)
@@ -357,9 +369,14 @@ def _run_profile(db: str, run_id: str) -> str:
     return base
 
 
+_MEASURING = ("model", "device", "dtype", "sizes", "frames", "batches", "steps", "repeats", "warmup", "stages", "append",
+              "threads", "degrees")  # `trident profile`'s options that measure (not --from-run's)
+
+
 def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
     from ..bench.fold import fold_run
     from ..bench.runs import resolve_run
+    from ..profiles import load_profile
     from ..profiles.format import save_profile
 
     try:
@@ -376,6 +393,9 @@ def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
         fail(f"no stage of run {run_id} was measured often enough on a shape and device kind that {base} has "
              f"a row for; nothing written" + (f" ({'; '.join(said)})" if said else ""))
     save_profile(folded.rows, out)
+    load_profile(out).cost_model()  # (its warnings now: the run's points out of line with the base's others)
+    if folded.status == "running":  # (outside test 120: a run still being served was folded without a word)
+        note_running(db, [run_id], "folded")
     for before, after, n in folded.updated:
         shape = "" if before.height is None else f" {before.width}x{before.height}"
         shape += f"x{before.frames}" if before.frames and before.frames > 1 else ""

@@ -12,8 +12,8 @@ import json
 import typer
 
 from ..core.defaults import DEFAULT_DB_WAIT_S
-from .common import (DB_HELP, DEFAULT_DB, HELP_MARKUP, db_message, delta, fail, one_line, printable, store_errors, table,
-                     value)
+from .common import (DB_HELP, DEFAULT_DB, HELP_MARKUP, db_message, delta, fail, note_running, one_line, printable,
+                     store_errors, table, value)
 
 __all__ = ["runs_app"]
 
@@ -199,7 +199,7 @@ def runs_diff(
     for name, r in (("A", a), ("B", b)):
         typer.echo(printable(f"{name}  {r['run_id']}  {r['backend']} {r['policy']}  {r['mix']} at {r['rate_rps']:g} "
                              f"req/s, seed {r['seed']}"))
-    _not_whole(db, [r["run_id"] for r in (a, b) if r.get("status") == "running"], "compared")
+    note_running(db, [r["run_id"] for r in (a, b) if r.get("status") == "running"], "compared")
     differs = [f"{label} {a[k]:g} / {b[k]:g}" if isinstance(a[k], float) and isinstance(b[k], float) else
                f"{label} {a[k]} / {b[k]}"
                for k, label in _WORKLOAD_KEYS if a[k] != b[k] and not (a[k] is None and b[k] is None)]
@@ -272,7 +272,7 @@ def runs_export(
                                       [run_id]).run_id)
     except (*store_errors(), OSError):
         running = []  # (the export read the file a moment ago: a lock now leaves the note out)
-    _not_whole(db, running, "exported")
+    note_running(db, running, "exported")
     others = sorted(before - set(names))
     if others:
         typer.echo(f"note: {parquet} also holds {', '.join(others)}, not of this export")
@@ -427,20 +427,6 @@ def _not_a_file(db: str) -> None:
         check_header(db)
     except NotADatabaseError as exc:
         fail(f"--db {db}: {exc.reason}")
-
-
-def _not_whole(db: str, running: list[str], done: str) -> None:
-    """Name the runs ``done`` (exported, compared) while stored as ``running``: their rows so far, which
-    a live server is still adding to, or whose journal holds the rest until a recovery (outside test 114:
-    an export right after a burst held 82 of 100 answered requests, exit 0 and no word)."""
-    from ..store.journal import pending_journal, server_gone
-
-    for run_id in running:
-        rest = ("its server is gone: `trident runs recover --db " + db + "` stores the rest its journal holds"
-                if server_gone(db, run_id) else "its server is still storing it" if pending_journal(db, run_id)
-                else "no journal of it is beside the database: what is stored is all there is")
-        typer.echo(printable(f"note: run {run_id} is stored as running: {done} as far as it is stored ({rest})"),
-                   err=True)
 
 
 def _journals_without_row(db: str) -> None:

@@ -184,9 +184,13 @@ class CostModel:
             source = next((r for r in rows if (r.gpu, r.model, r.stage, r.degree) == (top.gpu, top.model, top.stage,
                                                                                    top.degree)
                            and r.latency_ms == top.used), None)
+            folded = source is not None and source.source.startswith("run ")  # (`trident profile --from-run`)
             culprit = ("" if source is None else f"; the row that sets it: {source.model} {source.stage.value} "
                        f"{source.width}x{source.height}x{source.frames} batch {source.batch} degree {source.degree} "
-                       f"{source.latency_ms:g} ms (a typo or an outlier?)")
+                       f"{source.latency_ms:g} ms " + (
+                           f"({source.source.partition(':')[0]} measured it, beside rows measured elsewhere: its "
+                           "host slower than theirs? fold a run that measures the rest too, or measure them "
+                           "again on that host)" if folded else "(a typo or an outlier?)"))
             log.warning("%d measured latencies of the profile were raised over %gx to keep costs monotone in shape and "
                         "batch: %s%s%s", len(raised), RAISED_WARN, "; ".join(said[:3]), "; ..." if len(said) > 3 else "",
                         culprit)
