@@ -27,7 +27,7 @@ from tridentcore.bench.launch import start_server
 from tridentcore.core.records import PlacementRow, RequestRow, RunMeta, SpanRow
 from tridentcore.store import DuplicateRunError, ResultsStore, open_readonly, query_readonly
 from tridentcore.store.journal import Ingester, Journal, end_line, journal_path, pending_journals, rows_lines, start_line
-from tridentcore.store.recovery import recover
+from tridentcore.store.recovery import CRASHED_REASON, STOPPED_REASON, recover
 
 pytestmark = pytest.mark.serial  # timing bounds that need the machine to itself: `make test` runs these alone
 
@@ -246,8 +246,12 @@ def test_a_journal_that_lost_its_start_line_is_stored_when_the_store_has_the_run
     Ingester(ResultsStore(db), journal.path).ingest()
     journal.close()
     journal.path.write_text("")
+    before = _one(db, "SELECT duration_s, rate_rps, wall_s FROM runs WHERE run_id = 'emptied'")
+    assert before["duration_s"] == pytest.approx(2.0) and before["wall_s"] == pytest.approx(0.5)
     assert "recovered run emptied" in _cli("runs", "recover", "--db", str(db)).output
-    assert _one(db, "SELECT status FROM runs WHERE run_id = 'emptied'")["status"] == "crashed"
+    # its duration, wall time and rate as the store had them (outside test 120: set to 0 s and 0 req/s)
+    after = _one(db, "SELECT status, duration_s, rate_rps, wall_s FROM runs WHERE run_id = 'emptied'")
+    assert after == {"status": "crashed", **before}, (after, before)
     # no start line and the store knows nothing of the run: kept, said, not deleted
     path = _damaged_journal(tmp_path / "other.duckdb", "lost", lambda ls: [ls[0], *ls[2:]])
     out = _cli("runs", "recover", "--db", str(tmp_path / "other.duckdb"))
@@ -933,3 +937,31 @@ def test_a_journal_whose_run_has_no_row_is_named_by_runs_list_and_show(tmp_path)
     assert _cli("runs", "recover", "--db", str(db)).exit_code == 0
     listed = _cli("runs", "list", "--db", str(db))
     assert "rowless" in listed.output and "a journal but no row" not in listed.output, listed.output
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_recovered_run_says_its_counts_are_its_journals_and_whether_it_was_stopped(tmp_path, stopping):
+    """Outside test 119: after a `kill -9` `runs show` gave the refusals of the journal's last line (691
+    where clients had 728) as the run's count, and workers restarted three times read as a quiet run;
+    a server stopped by three Ctrl-Cs was stored ``crashed``. The counts are said to be a lower bound,
+    the restarts are said, and a run whose last line says it was told to stop is ``interrupted``."""
+    import json
+
+    db = tmp_path / "r.duckdb"
+    journal = _journal_of_three(db, "k9")
+    line = list(rows_lines({"requests": [_request(3)]}, [], 3.0, 1.0))[-1]
+    line["config_json"] = json.dumps({"refused": {"queue_full": 691}, "workers": {"kinds": ["cpu"], "restarts": 3},
+                                      "hung": 1, **({"stopping": True} if stopping else {})})
+    journal.append([line])
+    journal.close()  # as if its process died
+    out = _cli("runs", "recover", "--db", str(db))
+    status = "interrupted" if stopping else "crashed"
+    assert out.exit_code == 0 and f"status {status}" in out.output, out.output
+    reasons = set(query_readonly(db, "SELECT reason FROM requests WHERE state = 'unfinished'").reason)
+    assert reasons == {STOPPED_REASON if stopping else CRASHED_REASON}, reasons
+    shown = _cli("runs", "show", "k9", "--db", str(db))
+    assert shown.exit_code == 0, shown.output
+    assert f"status {status}" in shown.output
+    assert ("refused before admission (not in its rows as its journal last counted them, up to 0.5 s before its "
+            "server ended: at least): 691 queue_full") in shown.output, shown.output
+    assert "workers restarted 3 times (a worker lost: killed, crashed or hung); 1 stage taken as hung" in shown.output

@@ -99,7 +99,7 @@ def test_a_compacted_journal_recovered_after_its_owner_died_stores_what_the_whol
     assert len(whole_rows["requests"]["request_id"]) == 60  # 58 done, 2 unfinished
     assert whole_rows["requests"]["state"].count("unfinished") == 2
     assert len(whole_rows["gpu_samples"]["t_s"]) > 0
-    assert whole_rows["runs"][0]["config_json"] == '{"n": 59}'
+    assert whole_rows["runs"][0]["config_json"] == '{"n": 59, "recovered": true}'  # (its last line's, and closed by a recovery)
 
 
 def test_a_recovery_that_opened_the_journal_as_its_owner_compacted_it_leaves_the_live_run_alone(tmp_path, monkeypatch):

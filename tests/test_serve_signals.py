@@ -352,7 +352,9 @@ def test_a_second_stop_cuts_the_wait_for_pollers_short_and_the_log_says_so(tmp_p
 
 def test_a_third_ctrl_c_exits_at_once_and_says_the_run_was_not_stored(tmp_path):
     """Three Ctrl-Cs in a row: out at once, no traceback, exit 1 with the run's id and the way to
-    recover it; the journal keeps what was written, and ``runs recover`` closes the run."""
+    recover it; the journal keeps what was written, and ``runs recover`` closes the run, interrupted."""
+    from tridentcore.store.recovery import STOPPED_REASON
+
     import concurrent.futures as cf
 
     db = tmp_path / "serve.duckdb"
@@ -391,7 +393,10 @@ def test_a_third_ctrl_c_exits_at_once_and_says_the_run_was_not_stored(tmp_path):
 
     assert CliRunner().invoke(app, ["runs", "recover", "--db", str(db)]).exit_code == 0
     runs = query_readonly(db, "SELECT status FROM runs")
-    assert list(runs.status) == ["crashed"]
+    # told to stop before it ended: interrupted, not crashed (outside test 119), and its unfinished requests say so
+    assert list(runs.status) == ["interrupted"]
+    reasons = set(query_readonly(db, "SELECT reason FROM requests WHERE state = 'unfinished'").reason)
+    assert reasons <= {STOPPED_REASON}, reasons
     done = set(query_readonly(db, "SELECT request_id FROM requests WHERE state = 'done'").request_id)
     assert set(answered) <= done, (answered, done)  # every answer a client got is in the recovered run
 

@@ -308,6 +308,11 @@ class Engine:
         self.wall_s = self._clock() - self._t0
         self.ended_s = self.now()  # the run's duration: the clock runs on after the stop (outside test 113)
 
+    @property
+    def closing(self) -> bool:
+        """Whether new work is refused for good: the server was told to stop (:meth:`close_doors`)."""
+        return self._closing
+
     def close_doors(self) -> None:
         """Refuse new work from now on (``shutting_down``), before the drain itself begins: a signal
         handler calls it, so a request that arrives between the signal and the drain is not admitted

@@ -85,6 +85,8 @@ def run_meta(engine: Engine, run_id: str, config: dict | None = None,
                                 "refused": dict(sorted(engine.refused.items())),
                                 "hung": engine.hung,  # stages whose worker was taken as hung (stopped, restarted)
                                 "workers": views.workers(engine),
+                                # told to stop (a signal): a run its journal leaves unended was stopped, not crashed
+                                **({"stopping": True} if engine.closing else {}),
                                 **(config or {})}, sort_keys=True),
         git_sha=prov.get("git_sha", ""), packages_json=prov.get("packages_json", "{}"),
         hardware_json=prov.get("hardware_json", "{}"), status="complete",
@@ -217,6 +219,7 @@ class RunRecords:
         self._last_line = 0.0
         self._refused_said: dict[str, int] = {}  # the refusal counts of the last line made (a change is a line)
         self._refused_written: dict[str, int] = {}  # ... and of the last line the journal holds
+        self._stopping_said = False  # the last line made said the server was told to stop
         self._busy_since: float | None = None  # the store refused our ingests since (locked)
         self._down_since: float | None = None  # the journal could not be written since (a full disk)
         self._down_said: tuple[float, str] = (0.0, "")  # when the failure was last logged, and as what
@@ -294,10 +297,11 @@ class RunRecords:
                     arrivals.append(request_row(e.state.requests[rid]))
         now = time.monotonic()
         refused = self._refused_all()
+        stopping = any(e.closing for e in _parts(self.run))  # a stop begun is said at once (config_json's "stopping")
         if (not arrivals and not any(tables.values()) and refused == self._refused_said
-                and now - self._last_line < HEARTBEAT_S):
+                and stopping == self._stopping_said and now - self._last_line < HEARTBEAT_S):
             return []
-        self._last_line, self._refused_said = now, refused
+        self._last_line, self._refused_said, self._stopping_said = now, refused, stopping
         t_s = max(e.now() for e in _parts(self.run))
         wall_s = max(e.elapsed_wall_s() for e in _parts(self.run))
         lines = list(rows_lines({k: v for k, v in tables.items() if v}, arrivals, t_s, wall_s))
@@ -518,6 +522,12 @@ class RunRecords:
             return True
         logger.info("stored run %s in %s (%s)", self.run_id, self.db, lines[-1]["meta"]["status"])
         return True
+
+    def wake(self) -> None:
+        """Write what there is now, not at the next :data:`FLUSH_S` (the server was told to stop: a third
+        signal may end the process before then). Safe from a signal handler: the loop sets the event."""
+        if self._task is not None and not self._task.done():
+            self._task.get_loop().call_soon_threadsafe(self._wake.set)
 
     def flush_journal(self) -> None:
         """Append what ended since the last flush to the journal (no ingest, no end line): a server

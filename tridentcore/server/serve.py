@@ -316,6 +316,8 @@ def _serve(opts: ServeOptions, runtime, records: RunRecords | None, api_key: str
     server = _server_class()(config)
     def on_signal(sig: int) -> None:
         runtime.stopping()  # a worker that ends from now on was stopped, not lost
+        if records is not None:  # the journal says so now: a run left unended by a forced stop was stopped
+            records.wake()
         if opts.port_file:  # who started it learns that it stops, and why, before it has drained
             with contextlib.suppress(OSError):
                 _write_atomically(Path(opts.port_file + STOPPING_SUFFIX), f"{sig}\n")

@@ -37,6 +37,10 @@ CRASHED_REASON = ("the server crashed before the request finished (its client wa
 # then may have ended with no row, their answers sent unrecorded (503 records_unwritable for new ones)
 CRASHED_UNWRITTEN_REASON = ("the server crashed before the request finished, or after its end was answered while "
                             "the run's journal could not be written (a full disk), before it was recorded")
+# a run whose last journal line says it was told to stop (a signal), then ended before its end was written:
+# a third signal, or a kill during its drain. Stored ``interrupted``, not ``crashed`` (outside test 119)
+STOPPED_REASON = ("the server was told to stop, then ended before the request finished (a further signal or a "
+                  "kill during its drain; its client was told no result and no end state)")
 SAMPLE_S = 10.0  # the gpu_samples interval (as the engine's)
 TMP_GRACE_S = 60.0  # a temporary file younger than this is never swept (its owner may not have locked it yet)
 
@@ -285,18 +289,43 @@ def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0,
             placements += rows_of(tables.get("placements") or {}, "placements")
         t_s = max(t_s, float(line.get("t_s") or 0.0))
         wall_s = max(wall_s, float(line.get("wall_s") or 0.0))
-    t_s = max([t_s, *(s.ended_s for s in spans), *(p.t_s for p in placements)])
-    reason = CRASHED_UNWRITTEN_REASON if _unwritable(config_json) else CRASHED_REASON
+    # (a journal with no clock, emptied say, leaves the stored row's: outside test 120, it was set to 0 s, 0 req/s)
+    t_s = max([t_s, meta.duration_s or 0.0, *(s.ended_s for s in spans), *(p.t_s for p in placements)])
+    wall_s = max(wall_s, meta.wall_s or 0.0)
+    stopped = _stopping(config_json)
+    config_json = _marked_recovered(config_json)
+    reason = CRASHED_UNWRITTEN_REASON if _unwritable(config_json) else STOPPED_REASON if stopped else CRASHED_REASON
     unfinished = [dataclasses.replace(r, state="unfinished", reason=reason)
                   for rid, r in sorted(arrived.items()) if rid not in ended]
     accepted = len(ended | set(arrived))
     gpus = max([gpus, *(g + 1 for s in spans for g in s.gpus), *(p.gpu + 1 for p in placements)])
     samples: list[GpuSample] = derive_gpu_samples(spans, placements, {}, gpus, t_s, SAMPLE_S)
-    final = dataclasses.replace(meta, status="crashed", duration_s=t_s, wall_s=wall_s, config_json=config_json,
-                                rate_rps=accepted / t_s if t_s > 0 else 0.0)
+    final = dataclasses.replace(meta, status="interrupted" if stopped else "crashed", duration_s=t_s, wall_s=wall_s,
+                                config_json=config_json,
+                                rate_rps=accepted / t_s if accepted and t_s > 0 else meta.rate_rps)
     return {"kind": "end", "meta": _meta_dict(final), "recovered_unix_s": time.time(),
             "tables": {"requests": columns_of(unfinished, "requests"),
                        "gpu_samples": columns_of(samples, "gpu_samples")}}
+
+
+def _marked_recovered(config_json: str | None) -> str | None:
+    """``config_json`` with ``"recovered": true``: the run was closed by a recovery, its counts (refusals,
+    restarts) as its journal's last line had them, not as its server ended."""
+    try:
+        config = json.loads(config_json or "{}")
+    except ValueError:
+        return config_json
+    if not isinstance(config, dict):
+        return config_json
+    return json.dumps({**config, "recovered": True}, sort_keys=True)
+
+
+def _stopping(config_json: str | None) -> bool:
+    """Whether the run's last counts say its server had been told to stop (``"stopping"``)."""
+    try:
+        return bool(json.loads(config_json or "{}").get("stopping"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def _unwritable(config_json: str | None) -> bool:
