@@ -178,6 +178,8 @@ def test_models_advertise_the_pixels_the_profile_prices_and_the_server_keeps_to_
     past = client.post("/v1/images/generations", json={"prompt": "x", "model": "sd3-medium", "size": f"{big}x{big}"})
     assert past.status_code == 422, past.text
     assert f"from {lo:,} to {hi:,}" in past.json()["error"]["message"]
+    # the device kind named as such, not as the profile's name (outside test 120: "the cpu profile" for a CSV)
+    assert past.json()["error"]["message"].startswith(f"size: the profile cannot price sd3-medium on H200 at {big}x{big}")
     # a video's frames count: a size the 17-frame default takes is past the range at 129 frames
     w, h = map(int, wan["size"]["default"].split("x"))
     assert w * h * wan["frames"]["default"] <= wan["pixels"]["max"] < 2048 * 1152 * 129

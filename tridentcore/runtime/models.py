@@ -136,7 +136,7 @@ def check_request(entry: ModelEntry, cost: CostModel, gpu: str, width: int, heig
         except LookupError as exc:
             takes = (f"; it prices width*height*frames from {entry.pixels[0]:,} to {entry.pixels[1]:,}"
                      if entry.pixels is not None and entry.pixels[0] <= entry.pixels[1] else "")
-            problems.append(Problem("size", f"the {gpu} profile cannot price {entry.name} at {shape.label()}: "
+            problems.append(Problem("size", f"the profile cannot price {entry.name} on {gpu} at {shape.label()}: "
                                             f"{exc}{takes}"))
     return problems
 
