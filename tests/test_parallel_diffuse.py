@@ -297,6 +297,36 @@ def test_ctrl_c_stops_generate_degree_2_quietly_while_members_load_or_compute(af
     assert not psutil.wait_procs(family, timeout=10)[1]
 
 
+@pytest.mark.parametrize("after_s", [2.5, 6.0])
+def test_a_sigterm_to_the_lead_of_generate_degree_2_leaves_no_member_traceback(after_s, tmp_path):
+    """`kill PID` of `generate --degree 2`'s lead (outside test 120): its member, finding the lead gone as it
+    reported its load or its collective's failure, printed a BrokenPipeError traceback (and torch's warning
+    of an unwaited collective) under the lead's end. It goes quietly now; nothing is left running."""
+    import signal
+    import time
+
+    import psutil
+
+    out_file = tmp_path / "x.png"
+    proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "generate", "--model", "tiny-sd3", "--prompt",
+                             "x", "--size", "256x256", "--steps", "200", "--degree", "2", "--out", str(out_file)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lead = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 60
+    while not lead.children() and time.monotonic() < deadline:  # the member is spawned
+        time.sleep(0.02)
+    time.sleep(after_s)  # loading or loaded (2.5 s), computing (6 s) on a quiet host
+    family = lead.children(recursive=True)
+    assert family
+    os.kill(proc.pid, signal.SIGTERM)  # the lead this test started, alone
+    out = proc.communicate(timeout=60)[0]
+    if proc.returncode == 0:  # (a host fast enough to finish first: nothing to see)
+        pytest.skip(f"generate ended before the signal: {out[-200:]}")
+    assert proc.returncode == -signal.SIGTERM and "Traceback" not in out and "Warning" not in out, out[-3000:]
+    assert not psutil.wait_procs(family, timeout=10)[1]
+    assert not out_file.exists()
+
+
 def test_a_member_killed_mid_diffuse_is_named_not_aborted(tmp_path):
     """Outside test: `generate --degree 2` with its member killed (kill -9) during the diffuse printed
     only `Aborted!` (exit 1): reading the dead member's pipe raised EOFError, which the CLI takes as a

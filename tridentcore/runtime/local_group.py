@@ -99,6 +99,16 @@ def _command(group, command: str) -> str:
     return box[0]
 
 
+def _tell(conn, message) -> bool:
+    """Send ``message`` to the lead; False when the lead is gone (killed: nobody left to tell, and a member's
+    ``BrokenPipeError`` traceback under the lead's exit was noise; outside test 120)."""
+    try:
+        conn.send(message)
+        return True
+    except (BrokenPipeError, ConnectionResetError, EOFError, OSError):
+        return False
+
+
 def member_main(member: Member, port: int, model: str, dtype: str, timeout_s: float, conn) -> None:
     """Entry point of a member process: load, join, then follow the lead's commands until ``stop``.
     It ignores SIGINT (``runtime/sigint.py``): a Ctrl-C at the terminal reaches the whole process
@@ -114,9 +124,10 @@ def member_main(member: Member, port: int, model: str, dtype: str, timeout_s: fl
     try:
         pipe = load_pipeline(model, device=member.device, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - reported to the lead, which gives up
-        conn.send(("error", f"rank {member.rank}: cannot load {model}: {type(exc).__name__}: {exc}"))
+        _tell(conn, ("error", f"rank {member.rank}: cannot load {model}: {type(exc).__name__}: {exc}"))
         return
-    conn.send(("loaded", member.rank))
+    if not _tell(conn, ("loaded", member.rank)):
+        return
     try:
         group = _join(member, port, timeout_s)
         while _command(group, "") == _DIFFUSE:
@@ -124,9 +135,10 @@ def member_main(member: Member, port: int, model: str, dtype: str, timeout_s: fl
                 diffuse_parallel(pipe, group)
             except ValueError:
                 continue  # raised alike on the lead, which reports it; the group stays usable
-        conn.send(("stopped", member.rank))
+        _tell(conn, ("stopped", member.rank))
     except Exception as exc:  # noqa: BLE001 - the lead's own collective fails too; it reports
-        conn.send(("error", f"rank {member.rank}: {type(exc).__name__}: {exc}"))
+        if not _tell(conn, ("error", f"rank {member.rank}: {type(exc).__name__}: {exc}")):
+            os._exit(1)  # the lead is gone (killed): out now, without torch's teardown warnings about its collective
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
