@@ -2,7 +2,7 @@
 ``delete`` write). ``trident sql`` is :mod:`.sql`.
 
 Library calls: ``tridentcore.bench.runs``, ``tridentcore.store`` and ``tridentcore.store.journal``;
-these commands only format. About 490 lines, one job (the ``runs`` commands and how a stored run is said).
+these commands only format. About 500 lines, one job (the ``runs`` commands and how a stored run is said).
 """
 
 from __future__ import annotations

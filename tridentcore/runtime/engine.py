@@ -31,7 +31,7 @@ records (``SpanRow``, ``PlacementRow``, ``RequestRow``); a server with a results
 them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are
 ``runtime/views.py``, the client types ``runtime/api.py``.
 
-One class of about 760 lines, one job (a live run on one device kind): the loop, the client API,
+One class of about 790 lines, one job (a live run on one device kind): the loop, the client API,
 the worker tasks and the endings share the pending queue, the waiters and the live set, and
 splitting them would only pass those around.
 """
@@ -308,11 +308,6 @@ class Engine:
         self.wall_s = self._clock() - self._t0
         self.ended_s = self.now()  # the run's duration: the clock runs on after the stop (outside test 113)
 
-    @property
-    def closing(self) -> bool:
-        """Whether new work is refused for good: the server was told to stop (:meth:`close_doors`)."""
-        return self._closing
-
     def close_doors(self) -> None:
         """Refuse new work from now on (``shutting_down``), before the drain itself begins: a signal
         handler calls it, so a request that arrives between the signal and the drain is not admitted
@@ -331,6 +326,7 @@ class Engine:
     # ------------------------------------------------------------------------------ client API
     @property
     def closing(self) -> bool:
+        """Whether new work is refused for good: the server was told to stop (:meth:`close_doors`)."""
         return self._closing
 
     def share_ids(self, index: int, parts: int) -> None:

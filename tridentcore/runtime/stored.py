@@ -24,7 +24,7 @@ Two ways in:
 Provenance (git commit, package versions, hardware) is the caller's to give: it is gathered by the
 bench layer (``tridentcore.bench.provenance``), which sits above the runtime.
 
-One module of about 560 lines with one job, a live run's records on their way to the store:
+One module of about 570 lines with one job, a live run's records on their way to the store:
 ``RunRecords``' flushing, answering and closing share its buffers and their bookkeeping, and ``write``
 is the same rows in one go.
 """
