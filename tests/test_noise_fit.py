@@ -131,7 +131,7 @@ def test_simulate_and_sweep_take_their_noise_from_a_stored_run(tmp_path):
     line = result.output.splitlines()[0]
     # h200 (the mix's profile) prices no cpu dispatch: fitted against the run's own profile, and said
     assert line.startswith("stage-time noise fitted to run cpu-run (360 dispatches) against profile cpu (profile "
-                           "h200 does not price the run's dispatches: "), line
+                           "h200 does not price the run's dispatches): sigma "), line
     assert f"sigma {fit.sigma:.3f}" in line and "encode bias" in line
     result = CliRunner().invoke(app, ["sweep", *common, "--rates", "0.5"])
     assert result.exit_code == 0 and "stage-time noise fitted to run cpu-run" in result.output
@@ -200,5 +200,9 @@ def test_noise_from_a_run_is_fitted_against_the_profile_the_simulation_prices_wi
         return {m[0]: float(m[1]) for m in re.findall(r"(\w+) bias ([0-9.]+)", line)}
 
     base, doubled = biases("cpu"), biases(str(slow))
+    # a profile that cannot be read is the error (it was fitted against the run's own, then refused)
+    missing = CliRunner().invoke(app, ["simulate", "--mix", "tiny", "--profile", str(tmp_path / "no.csv"), "--cluster",
+                                       "2xcpu", "--noise-from", "cpu-run", "--noise-db", str(db)])
+    assert missing.exit_code == 2 and "stage-time noise" not in missing.output and "no such file" in missing.output
     assert set(base) == {"encode", "diffuse", "decode"}
     assert {s: doubled[s] / base[s] for s in base} == {s: pytest.approx(0.5, rel=0.01) for s in base}

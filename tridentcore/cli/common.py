@@ -287,13 +287,17 @@ def fitted_noise(run_id: str | None, db: str | None, noise: float, bias: str | N
     note = ""
     try:
         run_id = resolve_run(db, run_id)  # a unique prefix too, as the runs commands take (outside test)
+        if profile is not None:
+            from ..profiles import load_profile
+
+            load_profile(profile)  # (one that cannot be read is the error, not a reason to fit against another)
         try:
             fit = fit_run_noise(db, run_id, profile)
-        except (ValueError, LookupError) as exc:
-            if profile is None or isinstance(exc, FileNotFoundError):
+        except (ValueError, LookupError):
+            if profile is None:
                 raise
             fit = fit_run_noise(db, run_id)
-            note = f" (profile {profile} does not price the run's dispatches: {one_line(str(exc))[:200]})"
+            note = f" (profile {profile} does not price the run's dispatches)"
     except (ValueError, LookupError, *store_errors()) as exc:
         fail(db_message(exc, db, flag=""))
     typer.echo(f"stage-time noise fitted to run {run_id} ({fit.total} dispatches) against profile "
