@@ -435,13 +435,16 @@ def test_a_request_rejected_on_arrival_and_forgotten_at_once_still_answers_rejec
         assert server.stop() == 0
 
 
-def test_a_generation_is_refused_whole_when_one_of_its_images_is_rejected():
+@pytest.mark.parametrize("keep_ended", [None, "0"])
+def test_a_generation_is_refused_whole_when_one_of_its_images_is_rejected(keep_ended):
     """Goodput mode admits each image of a generation on its own: of 8 on one GPU the first ran and
     were made while the last were refused, and the client, answered 503 for the whole generation, was
     told to retry it, images already made included (outside test 119). One refused refuses them all,
-    at once, before any is made: waiting (/v1/requests) or answered (the images endpoint)."""
+    at once, before any is made: waiting (/v1/requests) or answered (the images endpoint); also when
+    each ended request is forgotten at once (``--keep-ended 0``: outside test 122, split as before)."""
     server = start_server(["--models", "sd3-medium", "--devices", "emulated:1xH200", "--time-scale", "0.05",
-                           "--policy", "trident:late=reject", "--drain-timeout", "0"])
+                           "--policy", "trident:late=reject", "--drain-timeout", "0",
+                           *(["--keep-ended", keep_ended] if keep_ended else [])])
     body = {"prompt": "x", "model": "sd3-medium", "size": "1024x1024", "steps": 28, "n": 8}
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -458,6 +461,8 @@ def test_a_generation_is_refused_whole_when_one_of_its_images_is_rejected():
             sync = client.post("/v1/images/generations", json={**body, "seed": 5})
             assert sync.status_code == 503 and "Retry-After" in sync.headers, sync.text[:300]
             err = sync.json()["error"]
+            # the policy's reason, once: not again inside each item's "refused with request R ...: <it>"
+            assert "refused with request" not in err["message"] and "deadline" in err["message"], err
             again = client.get(f"/v1/requests/{err['id']}").json()
             assert [i["state"] for i in again["items"]] == ["rejected"] * 8, again
             alone = client.post("/v1/images/generations", json={**body, "n": 1, "seed": 9})

@@ -67,7 +67,7 @@ from .parallel_worlds import MemberSet
 from .tasks import Pixels
 from .workers import StageResult, StageTask, WorkerPool, failure
 
-__all__ = ["Accepted", "Engine", "EngineConfig", "Outcome", "PolicyBug", "Refused", "Submission"]
+__all__ = ["Accepted", "Engine", "EngineConfig", "Outcome", "PolicyBug", "REFUSED_WITH", "Refused", "Submission"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ _MAX_RETRY_S = 300.0
 RECORDS_RETRY_S = 5.0  # Retry-After while the run's records cannot be written
 STUCK_AFTER = 3  # events in a row whose step raised: the engine is taken as stuck (``Engine.stuck``)
 _MAX_ERRORS = 1000  # errors kept for a look (a server that outlives bad events for weeks keeps the latest)
+# the reason of a request refused with another of its generation: this, that one's id, then its reason
+REFUSED_WITH = "refused with request "
 
 
 class Engine:
@@ -114,6 +116,7 @@ class Engine:
         self._live: set[int] = set()
         self._arriving: tuple[int, ...] = ()  # the generation being submitted (its requests arriving one by one)
         self._refusing: set[int] = set()  # requests being refused with a rejected one of their generation
+        self._arrival_refused: tuple[int, str, float] | None = None  # the first of those arriving rejected
         self._waiters: dict[int, list[asyncio.Future]] = {}
         self._tasks: dict[int, asyncio.Task] = {}  # dispatch id -> its worker task
         self.artifacts = ArtifactCache(config.max_results, config.results_mib << 20)
@@ -405,29 +408,30 @@ class Engine:
                                      float(slo), now, item.negative_prompt, item.job_id))
         ids = tuple(spec.id for spec in specs)
         self.artifacts.group(ids)  # (before they arrive: one may be rejected, so end, at once)
-        self._arriving = ids
+        self._arriving, self._arrival_refused = ids, None
         try:
             for spec in specs:
                 self._live.add(spec.id)
                 self._post(RequestArrived(spec))
         finally:
-            self._arriving = ()
-        refused = next((rec for r in ids if (rec := self.state.requests.get(r)) is not None
-                        and rec.state is RequestState.REJECTED), None)
+            self._arriving, refused = (), self._arrival_refused
+            self._arrival_refused = None
         if refused is not None and len(ids) > 1:  # each heard by the policy: then refused together
-            self._refuse_siblings(refused)
+            self._refuse_siblings(*refused)
         return Accepted(ids)
 
-    def _refuse_siblings(self, rec) -> None:
-        """A request of a generation of several was rejected: the others end rejected with it, waiting
-        or running (outside test 119: under ``--late reject`` two images of three were made and the third
-        refused; the client, answered 503 for the whole generation, was told to retry all three)."""
-        for rid in self.artifacts.siblings(rec.spec.id):
-            other = self.state.requests.get(rid)
-            if other is not None and not other.state.terminal and rid not in self._refusing:
-                self._refusing.add(rid)  # (its end refuses no one again: _finalize)
-                self._post(Cancelled(rid, f"refused with request {rec.spec.id} of its generation: {rec.reason}",
-                                     rejected=True, retry_s=rec.retry_s))
+    def _refuse_siblings(self, rid: int, reason: str, retry_s: float) -> None:
+        """Request ``rid`` of a generation of several was rejected (``reason``, ``retry_s``): the others end
+        rejected with it, waiting or running (outside test 119: under ``--late reject`` two images of three
+        were made and the third refused; the client, answered 503 for the whole generation, was told to
+        retry all three). An encode of the first may have begun: the policy dispatches each as it hears
+        it; its output is dropped."""
+        for other_id in self.artifacts.siblings(rid):
+            other = self.state.requests.get(other_id)
+            if other is not None and not other.state.terminal and other_id not in self._refusing:
+                self._refusing.add(other_id)  # (its end refuses no one again: _finalize)
+                self._post(Cancelled(other_id, f"{REFUSED_WITH}{rid} of its generation: {reason}",
+                                     rejected=True, retry_s=retry_s))
 
     def cancel(self, request_id: int, reason: str = "cancelled by the client") -> bool:
         """Cancel a request; False if it is unknown or already ended."""
@@ -712,9 +716,12 @@ class Engine:
             return  # (a request whose media is being encoded ends when that is done: _encoded)
         self._live.discard(rid)
         self._ends_at.append(self._clock())
-        if rec.state is RequestState.REJECTED and rid not in self._arriving and rid not in self._refusing:
-            # (arriving: submit refuses the others once all have arrived)
-            self._refuse_siblings(rec)
+        if rec.state is RequestState.REJECTED and rid not in self._refusing:
+            if rid in self._arriving:  # submit refuses the others once all have arrived (this one may be
+                if self._arrival_refused is None:  # forgotten by then: --keep-ended 0, outside test 122)
+                    self._arrival_refused = (rid, rec.reason, rec.retry_s)
+            else:
+                self._refuse_siblings(rid, rec.reason, rec.retry_s)
         if rec.state is not RequestState.DONE or self.state.by_request.get(rid) is None:
             self.artifacts.drop(rid)
         self.artifacts.ended(rid)

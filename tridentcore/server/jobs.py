@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from ..core.defaults import MAX_SEED
 from ..core.errors import brief
 from ..core.types import Shape, parse_size, size_label
-from ..runtime.engine import Accepted, Submission
+from ..runtime.engine import REFUSED_WITH, Accepted, Submission
 from ..runtime.models import ModelEntry, check_request
 from .errors import ApiError, invalid
 
@@ -244,6 +244,9 @@ class Jobs:
         if state != "done":
             ended = [d for d in (self.item(job, r) for r in job.request_ids) if d["state"] != "done"]
             reasons = sorted({d["reason"] for d in ended})
+            # the items refused with another of their generation repeat its reason (outside test 122): its own
+            own = [r for r in reasons if not r.startswith(REFUSED_WITH)]
+            reasons = own or reasons
             # a rejection (no capacity to meet the deadline, goodput mode) may succeed later: say when,
             # the policy's estimate where it made one (the longest of the job's), else the default
             # the default; none where no wait makes it (it can never fit, or no degree meets its SLO alone)
