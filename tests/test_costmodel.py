@@ -332,6 +332,8 @@ def test_cli_cost_human_readable_and_options():
         # outside test 120: a degree its heads do not divide was a TypeError traceback (exit 1)
         (["--profile", "cpu", "--model", "tiny-sd3", "--stage", "diffuse", "--size", "64x64", "--degree", "3"],
          "--degree 3: tiny-sd3's diffuse does not split 3 ways (its 4 attention heads do not divide by 3)"),
+        (["--profile", "cpu", "--model", "tiny-sd3", "--stage", "encode", "--degree", "3"],  # (outside test 122)
+         "--degree 3: the encode runs on one GPU (only the diffuse splits): degree 1"),
     ],
 )
 def test_cli_cost_bad_input_exits_2_with_one_line(args, needle):

@@ -953,6 +953,9 @@ def test_a_recovered_run_says_its_counts_are_its_journals_and_whether_it_was_sto
     line["config_json"] = json.dumps({"refused": {"queue_full": 691}, "workers": {"kinds": ["cpu"], "restarts": 3},
                                       "hung": 1, **({"stopping": True} if stopping else {})})
     journal.append([line])
+    Ingester(ResultsStore(db), journal.path).ingest()  # stored as running, as a server's ingest does
+    shown = _cli("runs", "show", "k9", "--db", str(db))  # (outside test 122: said as if exact before a recovery)
+    assert "refused before admission (not in its rows as last stored: at least): 691 queue_full" in shown.output
     journal.close()  # as if its process died
     out = _cli("runs", "recover", "--db", str(db))
     status = "interrupted" if stopping else "crashed"

@@ -137,6 +137,7 @@ def test_the_other_modes_options_are_refused_and_a_run_still_stored_as_running_i
     db, out = tmp_path / "runs.duckdb", tmp_path / "folded.csv"
     for args, needle in ((["--from-run", "r", "--model", "tiny-sd3", "--steps", "3"],
                           "error: --model, --steps: measuring options, and --from-run measures nothing"),
+                         (["--from-run", "r", "--no-append"], "error: --no-append: a measuring option"),
                          (["--model", "tiny-sd3", "--base", "cpu"], "error: --base: an option of --from-run"),
                          (["--model", "tiny-sd3", "--db", str(db)], "error: --db: an option of --from-run")):
         result = CliRunner().invoke(app, ["profile", *args, "--out", str(out)])

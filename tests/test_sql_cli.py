@@ -255,3 +255,6 @@ def test_sql_that_opens_with_a_comment_is_sql_not_an_option(db: Path):
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout) == [{"n": 2}]
     assert "No such option: --nope" in _error_line(_sql("--db", str(db), "--nope"))
+    # an option quoted with its value is not SQL (outside test 122: "the query has no SQL statement")
+    assert _error_line(_sql("--db", str(db), "--max-rows 1")).startswith(
+        "error: --max-rows: an option inside the SQL argument (quoted with its value?)")

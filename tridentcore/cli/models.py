@@ -143,6 +143,7 @@ def generate(
     if guidance is not None and not (math.isfinite(guidance) and 0.0 <= guidance <= MAX_GUIDANCE):
         # (inf made a black image, nan and -5 no guidance at all, 1e308 a traceback on tiny-flux)
         fail(f"--guidance must be a finite number in [0, {MAX_GUIDANCE:g}] (got {guidance:g})")
+    stopped = _term_interrupts()
     try:
         width, height = parse_size(size)
         problems = ANY_MODEL.check(height, width)
@@ -181,7 +182,7 @@ def generate(
         fail(str(exc))
     except KeyboardInterrupt:  # (outside test 110: exit 130 without a word)
         typer.secho(f"interrupted; nothing written to {out}", err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        raise typer.Exit(128 + stopped[0] if stopped else EXIT_INTERRUPTED) from None
     typer.echo(
         f"wrote {path} ({width}x{height}" + (f", {n_frames} frame" + "s" * (n_frames != 1) if limits.video else "")
         + f") encode {1000 * (t1 - t0):.0f} ms, diffuse {1000 * diffuse_s:.0f} ms, decode {1000 * (t3 - t2):.0f} ms"
@@ -206,7 +207,14 @@ def _diffuse_on_local_group(pipe, model, emb, shape, seed, steps, guidance, devi
             latents = group.diffuse(pipe, call, emb)
             return latents, time.perf_counter() - t0
     except (MemberFailed, dist.DistError) as exc:
-        fail(f"the diffuse at degree {degree} failed: {exc}")
+        failed = f"the diffuse at degree {degree} failed: {exc}"
+    # said out of the except, its exception let go first: the frames it held keep the failed collective's work
+    # alive, and their teardown at the interpreter's exit aborted the process now and then ("terminate called
+    # without an active exception", exit -6 after the error line, about 1 run in 5)
+    import gc
+
+    gc.collect()
+    fail(failed)
 
 
 def profile(
@@ -243,8 +251,8 @@ def profile(
     setup_logging(verbose)
     # the other mode's options were ignored without a word (outside test 120: --model with --from-run folded
     # every model of the run; --base without it measured afresh)
-    other = ([f"--{n}" for n in _MEASURING if given(ctx, n, True)] if from_run is not None
-             else [f"--{n}" for n in ("base", "db") if given(ctx, n, True)])
+    other = ([f"--{'no-' if ctx.params.get(n) is False else ''}{n}" for n in _MEASURING if given(ctx, n, True)]
+             if from_run is not None else [f"--{n}" for n in ("base", "db") if given(ctx, n, True)])
     if other:
         one = len(other) == 1
         fail(f"{', '.join(other)}: " + (("a measuring option" if one else "measuring options") + ", and --from-run "
@@ -369,6 +377,24 @@ def _run_profile(db: str, run_id: str) -> str:
     return base
 
 
+def _term_interrupts() -> list[int]:
+    """SIGTERM raises KeyboardInterrupt from now on (main thread only), as a Ctrl-C does: ``generate`` then
+    stops its members itself and says nothing was written (outside test 122: killed where it stood, exit
+    143 without a word, its member computing on for 4 s). The list holds the signal once it came."""
+    import signal
+    import threading
+
+    stopped: list[int] = []
+
+    def interrupt(signum, frame):
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+    return stopped
+
+
 _MEASURING = ("model", "device", "dtype", "sizes", "frames", "batches", "steps", "repeats", "warmup", "stages", "append",
               "threads", "degrees")  # `trident profile`'s options that measure (not --from-run's)
 
@@ -386,6 +412,8 @@ def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
         folded = fold_run(db, run_id, base)
     except (ValueError, LookupError, OSError) as exc:
         fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    if folded.status == "running":  # (outside test 120: a run still being served was folded without a word)
+        note_running(db, [run_id], "folded")
     if not folded.updated:  # an unchanged copy of the base is no answer
         said = [f"{what} {'; '.join(points[:3])}{'; ...' if len(points) > 3 else ''}"
                 for what, points in ((f"measured, not in {base}:", folded.unmatched), ("too rarely:", folded.rare))
@@ -394,8 +422,6 @@ def _fold(run_id: str, db: str, base: str | None, out: str) -> None:
              f"a row for; nothing written" + (f" ({'; '.join(said)})" if said else ""))
     save_profile(folded.rows, out)
     load_profile(out).cost_model()  # (its warnings now: the run's points out of line with the base's others)
-    if folded.status == "running":  # (outside test 120: a run still being served was folded without a word)
-        note_running(db, [run_id], "folded")
     for before, after, n in folded.updated:
         shape = "" if before.height is None else f" {before.width}x{before.height}"
         shape += f"x{before.frames}" if before.frames and before.frames > 1 else ""
@@ -453,6 +479,8 @@ def cost(
 
             if model in costs.models() and model not in video_models(loaded.rows):  # (it was priced)
                 raise ValueError(f"--frames {frames}: {model} is an image model (frames 1)")
+        if stage != StageKind.DIFFUSE and degree > 1:  # (outside test 122: priced and printed as "degree 3")
+            raise ValueError(f"--degree {degree}: the {stage} runs on one GPU (only the diffuse splits): degree 1")
         if stage == StageKind.DIFFUSE and model in costs.models() and not costs.allows_degree(model, degree):
             # (outside test 116: a UNet's "speed-up 1.00x" at degree 2, a degree no policy gives it)
             raise ValueError(f"--degree {degree}: {model}'s diffuse does not split {degree} ways (" + (

@@ -105,7 +105,7 @@ def runs_show(
     if refused:
         # (outside test 119: after a kill -9 the stored counts were short of the 429s clients had, without a word)
         least = (" as its journal last counted them, up to 0.5 s before its server ended: at least"
-                 if _recovered(m) else "")
+                 if _recovered(m) else " as last stored: at least" if m["status"] == "running" else "")
         typer.echo(f"  refused before admission (not in its rows{least}): {refused}")
     workers = _workers(m)
     if workers:

@@ -42,6 +42,10 @@ def sql(
     text = sys.stdin.read() if query == "-" else query
     if not text.strip():
         fail("no SQL given")
+    first = text.split(None, 1)[0] if query != "-" else ""
+    if first.partition("=")[0] in _OPTIONS and "\n" not in text.strip():  # (outside test 122: a SQL comment, then
+        fail(f"{first}: an option inside the SQL argument (quoted with its value?): give it apart, "  # "no statement")
+             f"as `trident sql {first.partition('=')[0]} ... \"SELECT ...\"`")
     try:
         with _memory_bound(SQL_MAX_GROWTH):
             if csv_out or json_out:  # written as the rows come: a large export holds one chunk at a time
@@ -68,6 +72,7 @@ def sql(
                    "each)", err=True)
 
 
+_OPTIONS = ("--db", "--csv", "--json", "--max-rows")  # this command's options, as a quoted SQL argument may hold them
 SQL_TIMEOUT_S = 30.0  # a query of `trident sql` is interrupted after this long
 # and may grow the process by this much: DuckDB's own limit (2 GB) does not cover everything it allocates
 # for a result, nor the result made into Python objects (`SELECT list(range(300000000))` took 15 GB)

@@ -137,8 +137,10 @@ def member_main(member: Member, port: int, model: str, dtype: str, timeout_s: fl
                 continue  # raised alike on the lead, which reports it; the group stays usable
         _tell(conn, ("stopped", member.rank))
     except Exception as exc:  # noqa: BLE001 - the lead's own collective fails too; it reports
-        if not _tell(conn, ("error", f"rank {member.rank}: {type(exc).__name__}: {exc}")):
-            os._exit(1)  # the lead is gone (killed): out now, without torch's teardown warnings about its collective
+        _tell(conn, ("error", f"rank {member.rank}: {type(exc).__name__}: {exc}"))
+        # said (or the lead is gone: killed); out now, without the teardown of the failed collective, which
+        # printed torch's warning of an unwaited collective call under the lead's last words
+        os._exit(1)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
