@@ -120,7 +120,12 @@ def test_live_backend_validates_before_starting_anything(tmp_path):
     for args, needle in ((["--cluster", "8xH200"], "differs from the emulated devices"),
                          (["--time-scale", "0"], "--time-scale"), (["--goodput"], "--goodput"),
                          # (an outside test: taken, mean latency 57,579 s; each host ms read as 1e6 workload s)
-                         (["--time-scale", "1e-9"], "--time-scale must be at least 0.001 for a live bench")):
+                         (["--time-scale", "1e-9"], "--time-scale must be at least 0.001 for a live bench"),
+                         # outside test 121: stored as the cluster given (1x1xcpu on two workers); a time scale
+                         # refused only by the server once started
+                         (["--devices", "cpu:2", "--cluster", "1xcpu"], "--cluster 1xcpu differs from the cpu devices 2xcpu"),
+                         (["--devices", "cpu:2", "--cluster", "2x8xH200"], "differs from the cpu devices"),
+                         (["--devices", "cpu:2", "--time-scale", "0.5"], "it applies to emulated devices only")):
         line = _error_line(runner.invoke(app, ["bench", "--backend", "live", *args, "--db", str(tmp_path / "x.duckdb")]))
         assert needle in line
     assert not (tmp_path / "x.duckdb").exists()

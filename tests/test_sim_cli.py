@@ -311,6 +311,11 @@ def test_ctrl_c_before_any_run_is_stored_leaves_no_database(tmp_path):
     code, err = _interrupted(["simulate", "--duration", "20000", "--db", str(db)], db.exists)  # (made by the check)
     assert code == 130 and f"0 runs stored in {db}" in err.strip().splitlines()[-1], err
     assert not db.exists() and not list(tmp_path.iterdir())
+    # `trident bench` the same, as the README says (outside test 121: its empty database was left)
+    code, err = _interrupted(["bench", "--mix", "image-video", "--rate", "2", "--duration", "3000", "--no-progress",
+                              "--db", str(db)], db.exists)
+    assert code == 130 and f"0 of 4 runs stored in {db}" in err.strip().splitlines()[-1], err
+    assert not db.exists() and not list(tmp_path.iterdir())
 
 
 def test_a_goodput_is_printed_rounded_down_and_a_ceiling_below_the_slo_aware_one_says_why():

@@ -190,6 +190,10 @@ def test_import_paper_trace(tmp_path):
     again = tmp_path / "again.jsonl"
     result = runner.invoke(app, ["trace", "import", str(out), "--out", str(again)])
     assert result.exit_code == 0 and "(JSON lines)" in result.stdout and again.read_text() == out.read_text()
+    # onto itself (outside test 121: the paper-format input replaced by its JSON lines, exit 0)
+    line = _error_line(runner.invoke(app, ["trace", "import", str(src), "--model", "sd3-medium", "--out", str(src)]))
+    assert line == f"error: --out {src} is the trace being imported: write the JSON lines to another file"
+    assert src.read_text() == PAPER
 
 
 def test_import_reads_standard_input_given_a_dash(tmp_path):

@@ -21,7 +21,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_LIVE_TIME_SCALE, DEFAULT_MIX, DEFAULT_PROFILE, DEFAULT_RATE, DEFAULT_SEED,
                              DEFAULT_SLO_SCALE, DEFAULT_TARGET, DEFAULT_TIME_SCALE)
 from .common import (DEFAULT_DB, DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, ClusterOpt, DurationOpt,
-                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, check_db, check_folder, refuse_mix_options_with_trace, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
+                     MixOpt, ModelOpt, PoliciesOpt, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, ceiling_lines, check_db, check_folder, drop_if_unused, refuse_mix_options_with_trace, db_message, given, delta, fail, json_safe, load_workload, one_line, policy_specs,
                      runnable_specs, setup_logging, store_errors, store_failed, table, value, write_errors)
 
 __all__ = ["bench"]
@@ -139,7 +139,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
             goodput_rates(loaded, cap)  # the rates sweep_goodput simulates: refused before any run is stored
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         _fail(str(exc))
-    check_db(db)
+    made = not os.path.exists(db)  # (a database this bench made, then stored nothing in, goes: as simulate's)
 
     bench_id = new_run_id("bench", seed)
     run_ids = {spec: new_run_id(spec, seed) for spec in specs}
@@ -149,6 +149,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
     bar = tqdm(specs, desc="bench", unit="policy", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
         with sigterm_interrupts():  # SIGTERM (timeout, systemd) ends it as Ctrl-C does: what is stored said
+            check_db(db)  # (in here: a Ctrl-C just after it made the file removes it)
             for spec in bar:
                 current, phase = spec, "simulating"
                 bar.set_postfix_str(spec)
@@ -167,6 +168,7 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
             except Exception:
                 pass
         half = "" if current is None or run_ids[current] in stored else " (its run was not stored: nothing half-written)"
+        drop_if_unused(db, made, stored)  # (outside test 121: an empty 270 KB file was left)
         typer.secho(f"interrupted while {phase} {current or 'the first policy'}{half}; {len(stored)} of {len(specs)} "
                     f"runs stored in {db}" + (": " + ", ".join(stored) if stored else ""), err=True,
                     fg=typer.colors.YELLOW)
@@ -177,9 +179,11 @@ def _bench_sim(*, policies, mix, trace, model, arrival, rate, duration, slo_scal
             with contextlib.suppress(Exception):  # (committed after all)
                 resolve_run(db, run_ids[current])
                 stored.append(run_ids[current])
+        drop_if_unused(db, made, stored)
         store_failed(exc, db, run_ids[current], stored, len(specs))
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         bar.close()
+        drop_if_unused(db, made, stored)
         if stored:  # (what was stored is said, as after a Ctrl-C)
             _fail(f"{one_line(str(exc))}; while {phase} {current}: {len(stored)} of {len(specs)} runs stored in {db}: "
                   + ", ".join(stored))
@@ -274,6 +278,19 @@ def _live_spec(*, mix, trace, model, arrival, rate, duration, slo_scale, seed, p
     if cluster is not None and emulated is not None and cluster != emulated:
         _fail(f"--cluster {cluster} differs from the emulated devices {emulated} (--devices {devices}); drop --cluster")
     cpu = re.fullmatch(r"\s*cpu:(\d+)\s*", devices)  # CPU workers only: the SLOs are priced for them
+    if cluster is not None and cpu is not None:  # (outside test 121: stored as the cluster given, 1x1xcpu on cpu:2)
+        from ..core.cluster import parse_cluster
+
+        try:
+            given_cluster = parse_cluster(cluster)
+        except ValueError as exc:
+            _fail(f"--cluster {cluster}: {exc}")
+        if given_cluster.kind != CPU_KIND or given_cluster.num_gpus != int(cpu.group(1)):
+            _fail(f"--cluster {cluster} differs from the cpu devices {cpu.group(1)}x{CPU_KIND} (--devices {devices}); "
+                  "drop --cluster")
+    if time_scale is not None and time_scale != 1.0 and emulated is None:  # (refused by the server, once started)
+        _fail(f"--time-scale {time_scale:g}: it applies to emulated devices only (--devices {devices} take their "
+              "own time)")
     cluster = cluster or emulated or (f"{cpu.group(1)}x{CPU_KIND}" if cpu else DEFAULT_CLUSTER)
     if profile is None:
         profile, _ = pricing_for(None, None, cluster)  # the shipped profile of the cluster's kind
@@ -323,8 +340,9 @@ class _LiveBar:
 
 
 def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, progress: bool,
-              extra_config: dict, total: int) -> tuple[list, list[str]]:
-    """Run each policy live; returns (LiveRun results, stored run ids). Ctrl-C: see bench's help."""
+              extra_config: dict, total: int, made: bool = False) -> tuple[list, list[str]]:
+    """Run each policy live; returns (LiveRun results, stored run ids). Ctrl-C: see bench's help.
+    ``made``: the bench made ``db``; stopped or failed before any run is stored, it is removed."""
     from pathlib import Path
 
     from ..bench.live import LiveBench, LiveBenchError, LiveRunCrashed
@@ -336,6 +354,7 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
     # folder, and in this bench's --keep folder
     for r in recover_orphans(db, folders=[keep] if keep else ()):
         typer.echo(r.message, err=True)
+        made = False
     results, stored = [], []
     for k, policy in enumerate(specs, start=1):
         run_id = new_run_id(policy, seed)
@@ -352,6 +371,7 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
                 what = f"run {partial.run_id} stored as {partial.status}"
             else:
                 what = "its run was not stored: nothing half-written"
+            drop_if_unused(db, made, stored)
             typer.secho(f"interrupted during {policy} ({what}); {len(stored)} of {len(specs)} runs stored in {db}"
                         + (": " + ", ".join(stored) if stored else ""), err=True, fg=typer.colors.YELLOW)
             raise typer.Exit(128 + stopping_signal() if stopping_signal() else EXIT_INTERRUPTED) from None
@@ -359,6 +379,7 @@ def _run_live(spec, specs: list[str], db: str, seed: int, keep: str | None, prog
             bar.close()
             if isinstance(exc, LiveRunCrashed) and exc.partial is not None:
                 stored.append(exc.partial.run_id)
+            drop_if_unused(db, made, stored)
             done = f" (stored: {', '.join(stored)})" if stored else ""
             _fail((f"live run of {policy} failed: {exc}{done}"))
         bar.close()
@@ -382,9 +403,10 @@ def _bench_live(*, policies, mix, trace, model, arrival, rate, duration, slo_sca
                                 time_scale=time_scale)
     if keep is not None:
         check_folder(keep, "--keep", "each run's reports and logs")
+    made = not os.path.exists(db)  # (a database this bench made, then stored nothing in, goes: outside test 121)
     check_db(db)
     bench_id = new_run_id("bench-live", seed)
-    results, stored = _run_live(spec, specs, db, seed, keep, progress, {"bench": bench_id}, len(requests))
+    results, stored = _run_live(spec, specs, db, seed, keep, progress, {"bench": bench_id}, len(requests), made)
     _print_live(results, summaries(db, stored), spec, len(requests), db, bench_id, json_out)
 
 

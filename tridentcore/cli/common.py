@@ -19,7 +19,7 @@ from ..core.metrics import finite
 
 __all__ = ["HELP_MARKUP", "check_out", "refuse_mix_options_with_trace", "BiasOpt", "NoiseDbOpt", "NoiseFromOpt", "NoiseOpt", "fitted_noise", "given", "parse_bias", "ArrivalOpt", "ClusterOpt", "DurationOpt", "MixOpt", "ModelOpt", "PoliciesOpt", "ProfileOpt", "RateOpt",
            "SeedOpt", "SloScaleOpt", "ARRIVAL_HELP", "CLUSTER_HELP", "DB_HELP", "DEFAULT_DB", "DEFAULT_POLICIES_TEXT", "EXIT_INTERRUPTED", "MIX_HELP", "POLICIES_HELP",
-           "ceiling_lines", "check_db", "db_message", "delta", "fail", "finite", "fmt", "printable", "json_safe", "load_workload", "message", "note_running", "one_line",
+           "ceiling_lines", "check_db", "db_message", "delta", "drop_if_unused", "fail", "finite", "fmt", "printable", "json_safe", "load_workload", "message", "note_running", "one_line",
            "policy_specs", "quiet_libraries", "setup_logging", "store_errors", "table", "value"]
 
 EXIT_INTERRUPTED = 130
@@ -421,3 +421,14 @@ def note_running(db: str, running: list[str], done: str) -> None:
                 else "no journal of it is beside the database: what is stored is all there is")
         typer.echo(printable(f"note: run {run_id} is stored as running: {done} as far as it is stored ({rest})"),
                    err=True)
+
+
+def drop_if_unused(db: str, made: bool, stored: list[str]) -> None:
+    """A database this command made and stored no run in is removed (an empty 270 KB file was left)."""
+    import contextlib
+    import os
+
+    if made and not stored:
+        for path in (db, db + ".wal"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)

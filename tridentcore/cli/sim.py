@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 
@@ -14,7 +13,7 @@ from ..core.defaults import (DEFAULT_ARRIVAL, DEFAULT_CLUSTER, DEFAULT_DURATION_
                              DEFAULT_DB_WAIT_S, DEFAULT_TARGET)
 from .common import (DEFAULT_POLICIES_TEXT, EXIT_INTERRUPTED, ArrivalOpt, BiasOpt, ClusterOpt, DurationOpt, MixOpt, ModelOpt,
                      NoiseDbOpt, NoiseFromOpt, NoiseOpt, PoliciesOpt, given, ProfileOpt, RateOpt, SeedOpt, SloScaleOpt, fail,
-                     ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, load_workload, one_line, workload_pricing, policy_specs, runnable_specs, setup_logging, store_failed, table, write_errors)
+                     ceiling_lines, check_db, fitted_noise, refuse_mix_options_with_trace, json_safe, drop_if_unused, load_workload, one_line, workload_pricing, policy_specs, runnable_specs, setup_logging, store_failed, table, write_errors)
 
 __all__ = ["policies", "simulate", "sweep"]
 
@@ -80,7 +79,7 @@ def simulate(
     except KeyboardInterrupt:  # each run is stored whole as it ends: say which are there
         if db:
             _add_if_committed(db, writing, stored)
-            _drop_if_unused(db, made, stored)
+            drop_if_unused(db, made, stored)
             said = (f"interrupted after {len(rows)} of {len(specs)} policies; {_runs(len(stored))} stored in {db}"
                     + (": " + ", ".join(stored) if stored else "") if specs else
                     f"interrupted before any policy ran; nothing stored in {db}")
@@ -90,11 +89,11 @@ def simulate(
         if not db or writing is None:  # (not a run's store)
             fail(one_line(str(exc)))
         _add_if_committed(db, writing, stored)
-        _drop_if_unused(db, made, stored)
+        drop_if_unused(db, made, stored)
         store_failed(exc, db, writing, stored, len(specs))
     except (ValueError, LookupError, PolicyError, OSError) as exc:
         if db:
-            _drop_if_unused(db, made, stored)
+            drop_if_unused(db, made, stored)
         fail(str(exc))
     if json_out:
         typer.echo(json.dumps([json_safe(r) for r in rows], indent=1))
@@ -106,14 +105,6 @@ def simulate(
 
 def _runs(n: int) -> str:
     return f"{n} run" if n == 1 else f"{n} runs"
-
-
-def _drop_if_unused(db: str, made: bool, stored: list[str]) -> None:
-    """A database this command made and stored no run in is removed (an empty 270 KB file was left)."""
-    if made and not stored:
-        for path in (db, db + ".wal"):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
 
 def _add_if_committed(db: str, run_id: str | None, stored: list[str]) -> None:
