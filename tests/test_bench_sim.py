@@ -242,3 +242,33 @@ def test_a_policy_written_with_an_empty_option_list_is_stored_under_its_name(tmp
     result = runner.invoke(app, ["bench", "--policies", "trident:", "--duration", "30", "--db", str(db), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert list(query_readonly(db, "SELECT policy FROM runs").policy) == ["trident"]
+
+
+def test_a_live_bench_on_emulated_devices_says_when_the_server_saw_more_load_than_scheduled(tmp_path):
+    """Outside test 121: at time scale 0.05 the server's clock saw sd3-mixed at 2 req/s as 2.2-2.4 req/s (the
+    host's own work counts at real speed there, the devices' time compressed), unsaid. The bench says it,
+    from the stored rows: server arrival times against the schedule's."""
+    from types import SimpleNamespace
+
+    from tridentcore.cli.bench import _seen_rate
+    from tridentcore.core.records import RequestRow, RunMeta
+    from tridentcore.store import ResultsStore
+
+    db = tmp_path / "r.duckdb"
+    store = ResultsStore(db)
+    for run_id, squeeze in (("squeezed", 0.8), ("faithful", 0.99)):
+        rows = [RequestRow(i, "sd3-medium", 512, 512, 1, 28, squeeze * 0.5 * i, squeeze * 0.5 * i + 10, "done", "",
+                           squeeze * 0.5 * i + 1) for i in range(40)]
+        store.write_run(RunMeta(run_id, "live", "trident", 0, "h200", "1x8xH200", "sd3-mixed", 2.0, 20.0, 3.0, "{}"),
+                        rows, [])
+        store.write_client_requests(run_id, [
+            {"request_index": i, "server_request_id": i, "model": "sd3-medium", "height": 512, "width": 512,
+             "frames": 1, "steps": 28, "request_class": "sd3-medium 512x512", "workload_t_s": 0.5 * i,
+             "scheduled_s": 0.025 * i, "state": "done", "http_status": 200, "reason": "", "stages_json": "[]"}
+            for i in range(40)])
+    run = SimpleNamespace(time_scale=0.05, trace=None, rate=2.0)
+    said = _seen_rate(str(db), "squeezed", run)
+    assert said.startswith("its arrivals came 1.25 times as fast on the server's clock as scheduled, so it served "
+                           "about 2.5 req/s, not 2"), said
+    assert _seen_rate(str(db), "faithful", run) == ""
+    assert _seen_rate(str(db), "squeezed", SimpleNamespace(time_scale=1.0, trace=None, rate=2.0)) == ""
