@@ -42,9 +42,11 @@ def sql(
     text = sys.stdin.read() if query == "-" else query
     if not text.strip():
         fail("no SQL given")
+    # an option quoted with its value (`"--max-rows 1"`) reads as a SQL comment (outside test 122: "the query
+    # has no SQL statement")
     first = text.split(None, 1)[0] if query != "-" else ""
-    if first.partition("=")[0] in _OPTIONS and "\n" not in text.strip():  # (outside test 122: a SQL comment, then
-        fail(f"{first}: an option inside the SQL argument (quoted with its value?): give it apart, "  # "no statement")
+    if first.partition("=")[0] in _OPTIONS and "\n" not in text.strip():
+        fail(f"{first}: an option inside the SQL argument (quoted with its value?): give it apart, "
              f"as `trident sql {first.partition('=')[0]} ... \"SELECT ...\"`")
     try:
         with _memory_bound(SQL_MAX_GROWTH):
