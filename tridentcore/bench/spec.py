@@ -55,6 +55,7 @@ CONFIG_KEYS = (
     "server_run_id", "server_config", "locust_exit", "server_exit", "client_states", "scheduled", "served_models",
     "lag_p50_ms", "lag_p99_ms",
     "slowdown", "calibration", "clock", "refused", "hung", "workers",  # a server's own run (trident serve --db: runtime.stored.run_meta)
+    "stopping", "recovered",  # ... told to stop (a signal); closed by a recovery of its journal (store.recovery)
     "inputs",  # RunSpec.config: the files it read (path, sha256), checked by --repeat (changed_inputs)
 )
 FILE_KEYS = ("mix", "cluster", "trace", "profile")  # spec keys that may name a file rather than a shipped name
