@@ -268,7 +268,8 @@ def test_a_live_bench_on_emulated_devices_says_when_the_server_saw_more_load_tha
             for i in range(40)])
     run = SimpleNamespace(time_scale=0.05, trace=None, rate=2.0)
     said = _seen_rate(str(db), "squeezed", run)
+    # (39 gaps of 0.5 s scheduled, of 0.4 s seen)
     assert said.startswith("its arrivals came 1.25 times as fast on the server's clock as scheduled, so it served "
-                           "about 2.5 req/s, not 2"), said
+                           "about 2.5 req/s, not 2 (--rate 2)"), said
     assert _seen_rate(str(db), "faithful", run) == ""
     assert _seen_rate(str(db), "squeezed", SimpleNamespace(time_scale=1.0, trace=None, rate=2.0)) == ""

@@ -447,7 +447,8 @@ def _print_live(results, rows, spec, scheduled: int, db, bench_id, json_out) -> 
         seen = _seen_rate(db, res.run_id, s)
         if seen:
             typer.secho(f"warning: {res.policy}: {seen}", err=True, fg=typer.colors.YELLOW)
-    typer.echo(f"stored {len(rows)} runs in {db} (each run's config names this bench, {bench_id}); `trident runs show RUN_ID --db {db}` for details")
+    typer.echo(f"stored {len(rows)} run{'' if len(rows) == 1 else 's'} in {db} (each run's config names this bench, "
+               f"{bench_id}); `trident runs show RUN_ID --db {db}` for details")
 
 
 def _seen_rate(db: str, run_id: str, run) -> str:
@@ -461,17 +462,22 @@ def _seen_rate(db: str, run_id: str, run) -> str:
     if run.time_scale == 1.0 or run.trace:
         return ""
     try:
-        got = query_readonly(db, "SELECT count(*) AS n, (max(r.arrival_s) - min(r.arrival_s)) / "
-                                 "nullif(max(c.workload_t_s) - min(c.workload_t_s), 0) AS ratio FROM requests r "
+        got = query_readonly(db, "SELECT count(*) AS n, max(r.arrival_s) - min(r.arrival_s) AS seen, "
+                                 "max(c.workload_t_s) - min(c.workload_t_s) AS scheduled FROM requests r "
                                  "JOIN client_requests c ON c.run_id = r.run_id AND c.server_request_id = r.request_id "
                                  "WHERE r.run_id = ?", [run_id])
     except Exception:  # noqa: BLE001 - a note, never a failure of the bench
         return ""
-    ratio = got["ratio"][0]
-    if got["n"][0] < 20 or ratio is None or not ratio == ratio or ratio <= 0 or 1 / ratio < 1.03:
+    n, seen, scheduled = got["n"][0], got["seen"][0], got["scheduled"][0]
+    if n < 20 or not (seen == seen and scheduled == scheduled and seen > 0 and scheduled > 0):
         return ""
+    ratio = seen / scheduled
+    if 1 / ratio < 1.03:
+        return ""
+    # (the rates of the requests sent: a seed's schedule is not exactly --rate; outside test 123)
     return (f"its arrivals came {1 / ratio:.2f} times as fast on the server's clock as scheduled, so it served "
-            f"about {run.rate / ratio:.3g} req/s, not {run.rate:g}: the host's own work counts at real speed on that "
+            f"about {(n - 1) / seen:.3g} req/s, not {(n - 1) / scheduled:.3g} (--rate {run.rate:g}): the host's own "
+            "work counts at real speed on that "
             f"clock while the devices' time is compressed x{run.time_scale:g} (compare with the simulator at that "
             "rate; a larger --time-scale, or a quieter host, brings them closer)")
 
