@@ -2,7 +2,7 @@
 
 Library calls: ``tridentcore.bench.scenario`` and ``tridentcore.bench.runs`` (simulated runs),
 ``tridentcore.bench.live`` (live runs); these functions validate, loop over the policies, handle
-Ctrl-C and format. About 500 lines, one job (the `trident bench` command): the simulated and the live
+Ctrl-C and format. About 510 lines, one job (the `trident bench` command): the simulated and the live
 bench share its options, checks and output, each a function of its own.
 """
 

@@ -2,7 +2,7 @@
 
 Heavy modules (torch, diffusers) are imported inside the commands that need them.
 
-About 500 lines, one job (the commands about a model's pipelines and costs): they share the bounds
+About 510 lines, one job (the commands about a model's pipelines and costs): they share the bounds
 of their options (sizes, frames, degrees, threads) and the deferred heavy imports; ``profile`` is the
 largest, measuring or folding a stored run (``--from-run``).
 """
@@ -143,46 +143,50 @@ def generate(
     if guidance is not None and not (math.isfinite(guidance) and 0.0 <= guidance <= MAX_GUIDANCE):
         # (inf made a black image, nan and -5 no guidance at all, 1e308 a traceback on tiny-flux)
         fail(f"--guidance must be a finite number in [0, {MAX_GUIDANCE:g}] (got {guidance:g})")
-    stopped = _term_interrupts()
-    try:
-        width, height = parse_size(size)
-        problems = ANY_MODEL.check(height, width)
-        if problems:  # before the model loads: no model takes it
-            fail(f"--size {size}: " + "; ".join(problems) + " (no supported model takes it)")
-        check_output_path(out)  # before the model loads: a path that cannot be written costs nothing
-        check_out(out)
-        pipe = load_pipeline(model, device=device, dtype=dtype)
-        limits = pipe.limits
-        n_frames = frames or (17 if limits.video else 1)
-        problems = limits.check(height, width, n_frames)
-        if problems:
-            fail(f"{model}: " + "; ".join(problems))
-        check_output_path(out, n_frames)  # an image format for a video: said before it is made
-        if degree > 1:
-            from ..pipelines.parallel import degree_problems
+    from ..bench.live_procs import sigterm_interrupts, stopping_signal
 
-            problems = degree_problems(pipe, height, width, n_frames, degree)
+    # SIGTERM ends it as Ctrl-C does: it stops its members itself and says nothing was written (outside test
+    # 122: killed where it stood, exit 143 without a word, its member computing on for 4 s)
+    with sigterm_interrupts():
+        try:
+            width, height = parse_size(size)
+            problems = ANY_MODEL.check(height, width)
+            if problems:  # before the model loads: no model takes it
+                fail(f"--size {size}: " + "; ".join(problems) + " (no supported model takes it)")
+            check_output_path(out)  # before the model loads: a path that cannot be written costs nothing
+            check_out(out)
+            pipe = load_pipeline(model, device=device, dtype=dtype)
+            limits = pipe.limits
+            n_frames = frames or (17 if limits.video else 1)
+            problems = limits.check(height, width, n_frames)
             if problems:
                 fail(f"{model}: " + "; ".join(problems))
-        t0 = time.perf_counter()
-        emb = pipe.encode([prompt], None if negative_prompt is None else [negative_prompt])
-        t1 = time.perf_counter()
-        if degree == 1:
-            latents = pipe.diffuse(emb, (height, width, n_frames), seed=seed, steps=steps, guidance=guidance)
-            diffuse_s = time.perf_counter() - t1
-        else:
-            latents, diffuse_s = _diffuse_on_local_group(pipe, model, emb, (height, width, n_frames), seed, steps,
-                                                         guidance, device, dtype, degree)
-        t2 = time.perf_counter()
-        group_s = t2 - t1 - diffuse_s
-        pixels = pipe.decode(latents)[0]
-        t3 = time.perf_counter()
-        path = save_output(pixels, out, fps=fps)
-    except (ValueError, OSError) as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:  # (outside test 110: exit 130 without a word)
-        typer.secho(f"interrupted; nothing written to {out}", err=True, fg=typer.colors.YELLOW)
-        raise typer.Exit(128 + stopped[0] if stopped else EXIT_INTERRUPTED) from None
+            check_output_path(out, n_frames)  # an image format for a video: said before it is made
+            if degree > 1:
+                from ..pipelines.parallel import degree_problems
+
+                problems = degree_problems(pipe, height, width, n_frames, degree)
+                if problems:
+                    fail(f"{model}: " + "; ".join(problems))
+            t0 = time.perf_counter()
+            emb = pipe.encode([prompt], None if negative_prompt is None else [negative_prompt])
+            t1 = time.perf_counter()
+            if degree == 1:
+                latents = pipe.diffuse(emb, (height, width, n_frames), seed=seed, steps=steps, guidance=guidance)
+                diffuse_s = time.perf_counter() - t1
+            else:
+                latents, diffuse_s = _diffuse_on_local_group(pipe, model, emb, (height, width, n_frames), seed, steps,
+                                                             guidance, device, dtype, degree)
+            t2 = time.perf_counter()
+            group_s = t2 - t1 - diffuse_s
+            pixels = pipe.decode(latents)[0]
+            t3 = time.perf_counter()
+            path = save_output(pixels, out, fps=fps)
+        except (ValueError, OSError) as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:  # (outside test 110: exit 130 without a word)
+            typer.secho(f"interrupted; nothing written to {out}", err=True, fg=typer.colors.YELLOW)
+            raise typer.Exit(128 + stopping_signal() if stopping_signal() else EXIT_INTERRUPTED) from None
     typer.echo(
         f"wrote {path} ({width}x{height}" + (f", {n_frames} frame" + "s" * (n_frames != 1) if limits.video else "")
         + f") encode {1000 * (t1 - t0):.0f} ms, diffuse {1000 * diffuse_s:.0f} ms, decode {1000 * (t3 - t2):.0f} ms"
@@ -375,24 +379,6 @@ def _run_profile(db: str, run_id: str) -> str:
         fail(f"run {run_id} planned with the profile {base}, named relative to the folder it was served from, which "
              "is not here; give --base FILE (its path from here)")
     return base
-
-
-def _term_interrupts() -> list[int]:
-    """SIGTERM raises KeyboardInterrupt from now on (main thread only), as a Ctrl-C does: ``generate`` then
-    stops its members itself and says nothing was written (outside test 122: killed where it stood, exit
-    143 without a word, its member computing on for 4 s). The list holds the signal once it came."""
-    import signal
-    import threading
-
-    stopped: list[int] = []
-
-    def interrupt(signum, frame):
-        stopped.append(signum)
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
-    return stopped
 
 
 _MEASURING = ("model", "device", "dtype", "sizes", "frames", "batches", "steps", "repeats", "warmup", "stages", "append",

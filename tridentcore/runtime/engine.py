@@ -31,7 +31,7 @@ records (``SpanRow``, ``PlacementRow``, ``RequestRow``); a server with a results
 them as they appear and ingests them as it goes (``runtime/stored.py``). The HTTP views are
 ``runtime/views.py``, the client types ``runtime/api.py``.
 
-One class of about 790 lines, one job (a live run on one device kind): the loop, the client API,
+One class of about 800 lines, one job (a live run on one device kind): the loop, the client API,
 the worker tasks and the endings share the pending queue, the waiters and the live set, and
 splitting them would only pass those around.
 """

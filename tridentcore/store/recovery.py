@@ -292,9 +292,12 @@ def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0,
     # (a journal with no clock, emptied say, leaves the stored row's: outside test 120, it was set to 0 s, 0 req/s)
     t_s = max([t_s, meta.duration_s or 0.0, *(s.ended_s for s in spans), *(p.t_s for p in placements)])
     wall_s = max(wall_s, meta.wall_s or 0.0)
-    stopped = _stopping(config_json)
-    config_json = _marked_recovered(config_json)
-    reason = CRASHED_UNWRITTEN_REASON if _unwritable(config_json) else STOPPED_REASON if stopped else CRASHED_REASON
+    config = _config_of(config_json)
+    if config is not None:  # its counts (refusals, restarts) as the journal's last line had them, not as its server ended
+        config_json = json.dumps({**config, "recovered": True}, sort_keys=True)
+    config = config or {}
+    stopped = bool(config.get("stopping"))  # told to stop (a signal): interrupted, not crashed
+    reason = CRASHED_UNWRITTEN_REASON if _unwritable(config) else STOPPED_REASON if stopped else CRASHED_REASON
     unfinished = [dataclasses.replace(r, state="unfinished", reason=reason)
                   for rid, r in sorted(arrived.items()) if rid not in ended]
     accepted = len(ended | set(arrived))
@@ -308,31 +311,19 @@ def _crash_end(lines: list[dict], meta: RunMeta, gpus: int = 0,
                        "gpu_samples": columns_of(samples, "gpu_samples")}}
 
 
-def _marked_recovered(config_json: str | None) -> str | None:
-    """``config_json`` with ``"recovered": true``: the run was closed by a recovery, its counts (refusals,
-    restarts) as its journal's last line had them, not as its server ended."""
+def _config_of(config_json: str | None) -> dict | None:
+    """A run's ``config_json`` as a dict (None where it is not a JSON object)."""
     try:
         config = json.loads(config_json or "{}")
     except ValueError:
-        return config_json
-    if not isinstance(config, dict):
-        return config_json
-    return json.dumps({**config, "recovered": True}, sort_keys=True)
+        return None
+    return config if isinstance(config, dict) else None
 
 
-def _stopping(config_json: str | None) -> bool:
-    """Whether the run's last counts say its server had been told to stop (``"stopping"``)."""
-    try:
-        return bool(json.loads(config_json or "{}").get("stopping"))
-    except (ValueError, AttributeError):
-        return False
-
-
-def _unwritable(config_json: str | None) -> bool:
+def _unwritable(config: dict) -> bool:
     """Whether the run's counts say its journal could not be written for a while (requests refused 503
     ``records_unwritable``)."""
     try:
-        refused = json.loads(config_json or "{}").get("refused") or {}
-        return int(refused.get("records_unwritable") or 0) > 0
-    except (ValueError, TypeError, AttributeError):
+        return int((config.get("refused") or {}).get("records_unwritable") or 0) > 0
+    except (TypeError, ValueError, AttributeError):
         return False
