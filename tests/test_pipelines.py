@@ -6,6 +6,7 @@ import json
 import os
 import re
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -209,6 +210,64 @@ def test_a_folder_whose_component_config_is_broken_is_one_line(pipes, tmp_path):
         load_pipeline(str(tmp_path))
     with pytest.raises(ValueError, match=r"^\./no-such: no such folder \(a built-in model is one of tiny-sd3"):
         load_pipeline("./no-such")  # (it was tried as a hub id: "Repo id must use alphanumeric chars")
+
+
+def test_a_component_from_another_model_is_refused_naming_it(pipes, tmp_path):
+    """Outside test 124: SD 1.5's VAE in an SD3 folder (the same class) loaded, encoded and diffused,
+    then failed at the decode with a traceback (`shift_factor` null); a scheduler config naming a class
+    that does not exist loaded as the index's class with every setting at its default (another image
+    for the same seed, unsaid); a Wan transformer in an SD3 folder said a TypeError naming no component."""
+    import shutil
+
+    from tridentcore.pipelines.staged import FAMILIES
+
+    for name, sp in pipes.items():  # the built-in pipelines go together
+        assert type(sp).mismatches(sp.pipe) == [], name
+    for name in ("tiny-sd3", "tiny-sd", "tiny-wan", "tiny-flux"):
+        pipes[name].pipe.save_pretrained(tmp_path / name)
+
+    def refused(case, base, change):
+        return _refused_copy(tmp_path / base, tmp_path / case, change).split(": ", 1)[1]
+
+    def swap(part, other):
+        def change(f):
+            shutil.rmtree(f / part)
+            shutil.copytree(tmp_path / other / part, f / part)
+        return change
+
+    def edit(path, **values):
+        def change(f):
+            config = json.loads((f / path).read_text())
+            (f / path).write_text(json.dumps({**config, **values}))
+        return change
+
+    null = "shift_factor is null, and the {} family's decode needs a number (a VAE from another model?)"
+    assert refused("sd-vae", "tiny-sd3", swap("vae", "tiny-sd")) == "vae/config.json: " + null.format("sd3")
+    assert refused("sd-vae-flux", "tiny-flux", swap("vae", "tiny-sd")) == "vae/config.json: " + null.format("flux")
+    # (the tiny SD, SD3 and Flux VAEs all take 4 channels: a 16-channel SD3 denoiser, as the real one, by its config)
+    vae = SimpleNamespace(config=SimpleNamespace(latent_channels=4, scaling_factor=1.5, shift_factor=0.06))
+    real = SimpleNamespace(transformer=SimpleNamespace(config=SimpleNamespace(in_channels=16, out_channels=16)), vae=vae)
+    assert FAMILIES["sd3"].mismatches(real) == [
+        "transformer/ makes 16-channel latents and vae/ takes 4 (a component from another model?)"]
+    flux = SimpleNamespace(transformer=SimpleNamespace(config=SimpleNamespace(in_channels=64, out_channels=None)), vae=vae)
+    assert FAMILIES["flux"].mismatches(flux) == [
+        "transformer/ makes 16-channel latents and vae/ takes 4 (a component from another model?)"]
+    assert refused("scaling", "tiny-sd", edit("vae/config.json", scaling_factor=0)).startswith(
+        "vae/config.json: scaling_factor is 0, and the sd family's decode needs a number")
+    assert refused("wan-stats", "tiny-wan", edit("vae/config.json", latents_mean=[0.0])) == (
+        "vae/config.json: latents_mean is not a list of z_dim (16) numbers, which the wan family's decode needs")
+    assert refused("scheduler", "tiny-sd3", lambda f: (f / "scheduler/scheduler_config.json").write_text(
+        '{"_class_name": "NoSuchScheduler"}')) == (
+        "scheduler/scheduler_config.json names NoSuchScheduler, but model_index.json names "
+        "FlowMatchEulerDiscreteScheduler for scheduler/, and NoSuchScheduler is not a scheduler that can stand in for it")
+    assert refused("wan-transformer", "tiny-sd3", swap("transformer", "tiny-wan")) == (
+        "transformer/config.json is a WanTransformer3DModel's, but model_index.json names SD3Transformer2DModel for "
+        "transformer/ (a component from another model?)")
+    # a scheduler config saved by a class the index's stands in for loads (as diffusers allows)
+    shutil.copytree(tmp_path / "tiny-sd", tmp_path / "compatible")
+    edit("scheduler/scheduler_config.json", _class_name="EulerDiscreteScheduler")(tmp_path / "compatible")
+    assert json.loads((tmp_path / "tiny-sd" / "model_index.json").read_text())["scheduler"][1] == "DDIMScheduler"
+    assert isinstance(load_pipeline(str(tmp_path / "compatible")), FAMILIES["sd"])
 
 
 def _refused_copy(saved, folder, change) -> str:

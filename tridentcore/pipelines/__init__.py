@@ -189,6 +189,33 @@ def _check_components(name: str, class_name: str, spec: dict) -> None:
                              f"{' or '.join(t.__name__ for t in wanted)}, but names {entry[0]}.{entry[1]} for it")
 
 
+def _saved_as_other(path: Path, spec: dict) -> str:
+    """A diffusers component whose own config names another class than the model index does (""
+    if none): a denoiser or VAE copied from another model, or a scheduler config naming a class that
+    is neither the index's nor one it stands in for. Outside test 124: a scheduler config naming
+    ``NoSuchScheduler`` (and no settings) loaded as the index's class with every setting at its
+    default, so the same seed made another image, unsaid; a Wan transformer in an SD3 folder gave
+    ``TypeError: unsupported operand type(s) for //: 'int' and 'list'``, naming no component."""
+    for key, entry in _named(spec):
+        cls = _component_class(entry)
+        scheduler = isinstance(cls, type) and hasattr(cls, "_compatibles") and "Scheduler" in cls.__name__
+        if not (scheduler or (_is_module(cls) and str(entry[0]) == "diffusers")):
+            continue  # (transformers' configs name no _class_name; tokenizers and processors are checked on load)
+        config = path / key / ("scheduler_config.json" if scheduler else "config.json")
+        try:
+            saved = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue  # (said by the checks before this one, or by the load)
+        if not isinstance(saved, str) or saved == entry[1] or scheduler and saved in cls._compatibles:
+            continue
+        if scheduler:
+            return (f"{key}/{config.name} names {saved}, but model_index.json names {entry[1]} for {key}/, and "
+                    f"{saved} is not a scheduler that can stand in for it")
+        return f"{key}/config.json is a {saved}'s, but model_index.json names {entry[1]} for {key}/ (a component " \
+               "from another model?)"
+    return ""
+
+
 def check_model_name(name: str) -> None:
     """ValueError unless ``name`` can name a pipeline: a built-in model, a folder, or a hub id
     (``ORG/NAME``). Cheap (no torch, no diffusers): commands say a typo before loading anything."""
@@ -281,6 +308,9 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         if damaged:  # (said before loading: safetensors' own error names no file, with a long traceback)
             raise ValueError(f"cannot load pipeline {name!r}: " + "; ".join(damaged[:3]) +
                              (f" (and {len(damaged) - 3} more)" if len(damaged) > 3 else ""))
+        other = _saved_as_other(path, spec)
+        if other:
+            raise ValueError(f"cannot load pipeline {name!r}: {other}")
         too_big = _size_problem(name, path, spec, torch_dtype.itemsize, str(device).split(":")[0])
         if too_big:
             raise ValueError(too_big)
@@ -310,5 +340,8 @@ def load_pipeline(name: str, device: str = "cpu", dtype="float32") -> "StagedPip
         raise ValueError(
             f"{name}: pipeline class {class_name} is not supported; supported: {', '.join(PIPELINE_CLASSES)}"
         )
+    mismatched = FAMILIES[family].mismatches(pipe)
+    if mismatched:  # (outside test 124: a traceback at the first decode)
+        raise ValueError(f"cannot load pipeline {name!r}: " + "; ".join(mismatched))
     pipe.to(device)
     return FAMILIES[family](pipe, name, tiny=False)

@@ -5,7 +5,9 @@ stages and the shared denoising loop, :class:`ModelLimits`, and the helpers the 
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -105,6 +107,47 @@ class StagedPipeline:
         self.tiny = tiny
         self.device = pipe.device
         self.dtype = self._denoiser().dtype
+
+    # -- components that go together ---------------------------------------------------------------
+    _vae_numbers: tuple[str, ...] = ("scaling_factor",)  # the VAE config's numbers this family's decode uses
+
+    @classmethod
+    def mismatches(cls, pipe) -> list[str]:
+        """What in a loaded pipeline does not go together, each naming its folder (empty: nothing):
+        the numbers the decode takes from the VAE's config, and the latent channels the denoiser makes
+        against those the VAE takes. A VAE of the same class from another model (SD 1.5's in an SD3
+        folder, outside test 124) loaded, encoded and diffused, then failed at the decode with a
+        traceback (``shift_factor`` null); a server said only the TypeError."""
+        out = []
+        config = pipe.vae.config
+        for key in cls._vae_numbers:
+            v = getattr(config, key, None)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
+                    key == "scaling_factor" and v == 0):
+                out.append(f"vae/config.json: {key} is {json.dumps(v)}, and the {cls.family} family's decode needs "
+                           "a number (a VAE from another model?)")
+        out += cls._vae_problems(config)
+        denoiser = "transformer" if getattr(pipe, "transformer", None) is not None else "unet"
+        made, taken = cls._latent_channels(getattr(pipe, denoiser).config), cls._vae_channels(config)
+        if made is not None and taken is not None and made != taken:
+            out.append(f"{denoiser}/ makes {made}-channel latents and vae/ takes {taken} (a component from another "
+                       "model?)")
+        return out
+
+    @staticmethod
+    def _latent_channels(config) -> int | None:
+        """The channels of the latents the denoiser (its config) makes."""
+        return getattr(config, "out_channels", None) or getattr(config, "in_channels", None)
+
+    @staticmethod
+    def _vae_channels(config) -> int | None:
+        """The channels of the latents the VAE (its config) decodes."""
+        return getattr(config, "latent_channels", None)
+
+    @staticmethod
+    def _vae_problems(config) -> list[str]:
+        """The family's own checks of its VAE's config (none here)."""
+        return []
 
     # -- properties a serving system needs -------------------------------------------------------
     def _denoiser(self) -> torch.nn.Module:

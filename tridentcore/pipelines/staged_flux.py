@@ -14,6 +14,12 @@ class FluxStaged(StagedPipeline):
     family = "flux"
     cfg = False  # guidance-distilled: one forward per step, guidance is an input
     default_guidance = 3.5
+    _vae_numbers = ("scaling_factor", "shift_factor")
+
+    @staticmethod
+    def _latent_channels(config):
+        packed = getattr(config, "out_channels", None) or getattr(config, "in_channels", None)
+        return None if packed is None else packed // 4  # 2x2 patches packed into channels
 
     def image_tokens(self, height, width, frames=1):
         return (height // (self.vae_scale * 2)) * (width // (self.vae_scale * 2))  # packed 2x2 latents

@@ -14,6 +14,7 @@ __all__ = ["SD3Staged"]
 class SD3Staged(StagedPipeline):
     family = "sd3"
     default_guidance = 7.0
+    _vae_numbers = ("scaling_factor", "shift_factor")
 
     @property
     def limits(self) -> ModelLimits:

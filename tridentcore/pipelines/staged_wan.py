@@ -14,6 +14,23 @@ class WanStaged(StagedPipeline):
     default_steps = 50
     default_guidance = 5.0
     max_sequence_length = 512  # WanPipeline.__call__'s default (its encode_prompt defaults to 226)
+    _vae_numbers = ()  # (its decode takes latents_mean and latents_std instead: _vae_problems)
+
+    @staticmethod
+    def _vae_channels(config):
+        return getattr(config, "z_dim", None)
+
+    @staticmethod
+    def _vae_problems(config):
+        z = getattr(config, "z_dim", None)
+        out = []
+        for key in ("latents_mean", "latents_std"):
+            v = getattr(config, key, None)
+            if not (isinstance(v, (list, tuple)) and len(v) == z and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+                out.append(f"vae/config.json: {key} is not a list of z_dim ({z}) numbers, which the wan family's "
+                           "decode needs")
+        return out
 
     @property
     def vae_scale(self) -> int:
