@@ -778,7 +778,12 @@ class Trident(Elastic, Admission, Policy):
         # memory admission (``_fits``), its parts found once: the activations, and the weights where missing
         act = self._act(view, info, model, StageKind.DIFFUSE, shape, d)
         weights = view.instance_gib(model, StageKind.DIFFUSE)
+        free = view.free_gib
         for _, usable in options:
+            if len(usable) == d:  # all of them or none: no need to rank them
+                if all((act if g in held else weights + act) <= free(g) + 1e-9 for g in usable):
+                    return tuple(sorted(usable))
+                continue
             usable = [k[-1] for k in sorted((g not in near, g not in held, g in encoders, g) for g in usable)]
             fit = []
             for g in usable:
