@@ -262,10 +262,12 @@ def test_a_live_bench_on_emulated_devices_says_when_the_server_saw_more_load_tha
         store.write_run(RunMeta(run_id, "live", "trident", 0, "h200", "1x8xH200", "sd3-mixed", 2.0, 20.0, 3.0, "{}"),
                         rows, [])
         store.write_client_requests(run_id, [
-            {"request_index": i, "server_request_id": i, "model": "sd3-medium", "height": 512, "width": 512,
+            {"request_index": i, "server_request_id": 7000 + 39 - i, "model": "sd3-medium", "height": 512, "width": 512,
              "frames": 1, "steps": 28, "request_class": "sd3-medium 512x512", "workload_t_s": 0.5 * i,
              "scheduled_s": 0.025 * i, "state": "done", "http_status": 200, "reason": "", "stages_json": "[]"}
             for i in range(40)])
+    # (a stored live run's requests.request_id is the schedule's index; the engine's own ids are others: the
+    # rows are paired on the index, outside test 125)
     run = SimpleNamespace(time_scale=0.05, trace=None, rate=2.0)
     said = _seen_rate(str(db), "squeezed", run)
     # (39 gaps of 0.5 s scheduled, of 0.4 s seen)

@@ -110,11 +110,17 @@ def test_locustfile_imports_nothing_heavy():
     (["--trace-model", "t.jsonl"], "error: --trace-model t.jsonl: only with --arrival trace:FILE"),
     # a run refused before its load leaves no database behind
     (["--mix", "tiny", "--db", "new.duckdb"], "--host http://127.0.0.1:9: cannot ask the server"),
+    # the spec file gives the whole workload (outside test 125: the file's rate was sent, unsaid)
+    # a trace's problems, each said (they were one line without a separator: "missing steps line 2: ...")
+    (["--arrival", "trace:bad.jsonl"], "bad.jsonl: 2 problems: line 1: missing steps; line 2: missing steps"),
+    (["--spec", "run.json", "--rate", "5", "--seed=2"], "--rate, --seed: not used with --spec run.json (the spec file "
+                                                        "gives the whole workload); drop them"),
 ])  # fmt: skip
 def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
     (tmp_path / "paper.txt").write_text("Request(request_id=0, timestamp=0.0, height=64, width=64, "
                                         "num_inference_steps=2, prompt='a')\n")
     (tmp_path / "t.jsonl").write_text('{"t": 0, "model": "tiny-sd3", "height": 64, "width": 64, "steps": 2}\n')
+    (tmp_path / "bad.jsonl").write_text('{"t": 0, "model": "tiny-sd3", "height": 64, "width": 64}\n' * 2)
     (tmp_path / "run.json").write_text('{"mix": "sd3-mixed", "rate": 2, "duration_s": 10}')
     (tmp_path / "big-seed.json").write_text('{"mix": "sd3-mixed", "seed": 1099511627776}')
     out = _locust("--headless", "-t", "2s", "--host", "http://127.0.0.1:9", *args, cwd=tmp_path)
@@ -339,6 +345,56 @@ def test_a_run_whose_server_is_killed_ends_soon_saying_so_with_every_request_in_
     assert unsent and all("the server stopped answering (connection refused)" in r["reason"] for r in unsent)
     refused = [r for r in lines if r["sent_s"] is not None and "refused" in r["reason"]]
     assert 0 < len(refused) < 10, len(refused)  # a few in the seconds it took to tell, not the rest of the schedule
+
+
+def test_the_servers_time_scale_is_followed_or_warned_of_and_a_signal_is_the_exit_status(tmp_path):
+    """Outside test 125: without --time-scale a run against `trident serve --time-scale 0.05` was sent at
+    time scale 1 (a load 20 times lighter than asked), unsaid; a run stopped by SIGINT or SIGTERM exited 0,
+    as one that ended by itself; a trace cut short by -t was told to give --duration, which it refuses."""
+    server = start_server(["--models", "sd3-medium,wan2.1-1.3b", "--devices", "emulated:1x8xH200", "--time-scale",
+                           "0.05"])
+    try:
+        rows = tmp_path / "rows.jsonl"
+        out = _locust("--headless", "-t", "30s", "--host", server.url, "--mix", "image-video", "--rate", "2",
+                      "--duration", "6", "--seed", "3", "--rows-out", str(rows), cwd=tmp_path, timeout=90)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert (f"[mixed.py] no --time-scale: the server at {server.url} runs its clock at time scale 0.05; sending "
+                "the schedule at it") in out.stderr
+        sent = [json.loads(line) for line in rows.read_text().splitlines()]
+        assert sent and all(abs(r["scheduled_s"] - 0.05 * r["workload_t_s"]) < 1e-6 for r in sent)
+        out = _locust("--headless", "-t", "30s", "--host", server.url, "--mix", "image-video", "--rate", "2",
+                      "--duration", "3", "--time-scale", "0.1", cwd=tmp_path, timeout=90)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert (f"WARNING: the schedule is sent at time scale 0.1, but the server at {server.url} runs its clock at "
+                "0.05: it sees the schedule's rates x 0.5 (give --time-scale 0.05, or leave it out)") in out.stderr
+        trace = tmp_path / "t.jsonl"
+        trace.write_text("".join(json.dumps({"t": 2 * i, "model": "sd3-medium", "height": 512, "width": 512, "steps": 28})
+                                 + "\n" for i in range(40)))
+        out = _locust("--headless", "-t", "3s", "--host", server.url, "--arrival", f"trace:{trace}", cwd=tmp_path,
+                      timeout=90)
+        assert "-t (3 s) ended the run before the trace's last requests were answered: raise -t" in out.stderr, \
+            out.stderr[-3000:]
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            progress = tmp_path / f"progress-{sig}"
+            proc = subprocess.Popen([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-t", "120s",
+                                     "--host", server.url, "--mix", "image-video", "--rate", "1", "--duration", "400",
+                                     "--progress-file", str(progress)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and not (progress.exists() and progress.read_text().split()
+                                                            and int(progress.read_text().split()[0]) >= 1):
+                    time.sleep(0.2)
+                proc.send_signal(sig)
+                _, err = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert proc.returncode == 128 + sig, (sig, proc.returncode, err[-3000:])
+            assert "the run was stopped before they ended" in err and "Traceback" not in err, err[-3000:]
+    finally:
+        assert server.stop() == 0
 
 
 def test_a_spec_file_is_priced_as_its_mix_and_its_problems_name_its_keys(tmp_path):

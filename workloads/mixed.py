@@ -27,15 +27,20 @@ coordinated omission). The lag between schedule and send is recorded per request
 p50/p99 lag is printed, with a warning when the p99 is over 50 ms.
 
 **Time.** ``--rate`` and ``--duration`` are in workload seconds; arrival ``t`` is sent at
-``t x --time-scale`` wall seconds. Against ``trident serve --time-scale S`` pass the same S.
+``t x --time-scale`` wall seconds. Without ``--time-scale`` the server's own is used (``trident serve
+--time-scale S``, read from ``GET /v1/cluster``; 1 where it does not say), and one given that is not
+the server's is warned of (the server then sees the schedule's rates times the ratio).
 ``--duration`` defaults to the run time (``-t``) in workload seconds, else 60. The run ends when
 every scheduled request has finished (or at ``-t``; requests still in flight, and those not yet
 due, are then recorded as ``unfinished``, so a schedule that fills ``-t`` always ends with some:
 give ``--duration`` below ``-t`` to leave time for the answers).
 
 **Spec.** ``--spec FILE`` reads the whole run spec (``tridentcore.bench.spec.RunSpec`` as JSON, the
-form ``trident bench --backend live`` writes for its Locust child) and overrides the workload
-options above; it is read with ``json``, nothing heavier.
+form ``trident bench --backend live`` writes for its Locust child) instead of the workload options
+above (any of them given beside it is refused); it is read with ``json``, nothing heavier.
+
+**Exit status.** 0 when the run ended by itself or at ``-t``; 2 on an error (the server gone, the
+rows not stored); 130 after a Ctrl-C (SIGINT) and 143 after SIGTERM, the rows stored as for any end.
 
 **Rows.** One row per scheduled request (schedule, send, finish, state, HTTP status, shape, the
 server's per-stage timings, lag) goes to ``--rows-out FILE`` (JSON lines) and/or, with ``--db``,
@@ -127,8 +132,9 @@ def _add_options(parser) -> None:
     group.add_argument("--duration", type=float, default=None,
                        help="Workload seconds of arrivals (default: the run time -t in workload seconds, "
                             f"else {DEFAULT_LOCUST_DURATION_S:g}).")
-    group.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
-                       help="Wall seconds per workload second (as trident serve --time-scale of emulated GPUs).")
+    group.add_argument("--time-scale", type=float, default=None,
+                       help="Wall seconds per workload second (default: the time scale of the server at --host, "
+                            f"else {DEFAULT_TIME_SCALE:g}; as trident serve --time-scale of emulated GPUs).")
     group.add_argument("--cost-profile", type=str, default=None,
                        help="Cost profile the SLOs are computed from (trident serve --profile; Locust's own --profile "
                             f"is something else). Default: {DEFAULT_PROFILE}, or the shipped profile that prices "
@@ -193,8 +199,15 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
     A spec file without ``profile`` and ``cluster`` is priced as ``--mix`` is: by the first shipped
     profile that prices its classes (``tiny``: ``cpu`` on ``2xcpu``; it was ``h200``, which cannot)."""
     if getattr(options, "spec", None):
+        typed = _typed(_WORKLOAD_FLAGS)
+        if typed:  # (outside test 125: `--spec FILE --rate 5` sent the file's rate, unsaid)
+            raise ScheduleError([f"{', '.join(typed)}: not used with --spec {options.spec} (the spec file gives the "
+                                 "whole workload); drop {}".format("them" if len(typed) > 1 else "it")])
         spec = read_spec_file(options.spec)
         given = read_spec_config(options.spec)
+        scale = _note_time_scale(host, spec.time_scale, "time_scale" in given, f"--spec {options.spec}: no time_scale")
+        if scale != spec.time_scale:
+            spec = dataclasses.replace(spec, time_scale=scale)
         if "profile" not in given or "cluster" not in given:
             from tridentcore.bench.scenario import pricing_for
 
@@ -228,6 +241,7 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
     if problems:
         raise ScheduleError(problems)
     rate = DEFAULT_RATE if rate is None else rate
+    time_scale = _note_time_scale(host, time_scale, time_scale is not None)
     run_time = getattr(options, "run_time", None)
     if duration is None:
         duration = run_time / time_scale if run_time and time_scale and time_scale > 0 else DEFAULT_LOCUST_DURATION_S
@@ -248,17 +262,52 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
 
 
 _served: dict[str, Served] = {}  # host -> what it serves: each server is asked once
+_said: set[str] = set()  # notes said once (the options are read at the start and again at each test's start)
+
+# the options of the workload, which a --spec file gives whole
+_WORKLOAD_FLAGS = ("--mix", "--rate", "--arrival", "--slo-scale", "--seed", "--duration", "--time-scale",
+                   "--cost-profile", "--cluster", "--trace-model")
+
+
+def _typed(flags: tuple[str, ...]) -> list[str]:
+    """Those of ``flags`` on the command line (``--rate 5`` or ``--rate=5``)."""
+    typed = {a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--")}
+    return [f for f in flags if f in typed]
+
+
+def _say_once(text: str) -> None:
+    if text not in _said:
+        _said.add(text)
+        print(text, file=sys.stderr, flush=True)
+
+
+def _note_time_scale(host: str | None, scale: float | None, given: bool, unsaid: str = "no --time-scale") -> float:
+    """The run's time scale: ``scale`` if given, else the server's (said), else the default. A scale
+    given that is not the server's is warned of: the server then sees the schedule's rates x its
+    scale / this one (outside test 125: a run without --time-scale against `trident serve
+    --time-scale 0.05` sent at time scale 1, a load 20 times lighter than asked, unsaid)."""
+    served = _asked(host).time_scale if host else None
+    if not given:
+        if served is None:
+            return DEFAULT_TIME_SCALE
+        if served != DEFAULT_TIME_SCALE:
+            _say_once(f"[mixed.py] {unsaid}: the server at {host} runs its clock at time scale {served:g}; "
+                      "sending the schedule at it")
+        return served
+    if served is not None and scale is not None and scale > 0 and abs(scale / served - 1.0) > 1e-9:
+        _say_once(f"[mixed.py] WARNING: the schedule is sent at time scale {scale:g}, but the server at {host} runs "
+                  f"its clock at {served:g}: it sees the schedule's rates x {served / scale:g} (give --time-scale "
+                  f"{served:g}, or leave it out)")
+    return scale
 
 
 def _served_mix(host: str | None) -> tuple[str | None, str | None]:
     """The mix of what the server at ``host`` serves, or a problem saying why there is none."""
     if not host:
         return None, f"--mix: no --host to ask what it serves; give --host or --mix ({', '.join(list_mixes())})"
-    fresh = host not in _served
     got = _asked(host)
-    if fresh and got.mix is not None:
-        print(f"[mixed.py] no --mix: the server at {host} serves {', '.join(got.models)}; sending mix {got.mix}",
-              file=sys.stderr, flush=True)
+    if got.mix is not None:
+        _say_once(f"[mixed.py] no --mix: the server at {host} serves {', '.join(got.models)}; sending mix {got.mix}")
     if not got.reachable:  # ("give --mix" is no help when the server cannot be asked at all: outside test 104)
         return None, f"--host {host}: {got.problem.removesuffix('; give --mix')}{_scheme_hint(host)}"
     return got.mix, got.problem and f"--mix: {got.problem}"
@@ -416,6 +465,7 @@ def _on_init(environment, **_kw) -> None:
     _strip_slash(environment)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where it is ignored: `cmd &`)
         gevent.signal_handler(signal.SIGINT, _interrupt_main)
+    gevent.signal_handler(signal.SIGTERM, _stopped_by, 128 + signal.SIGTERM)  # (beside Locust's own, which stops it)
     key = os.environ.get(API_KEY_ENV, "").strip()
     _headers = {"Authorization": f"Bearer {key}"} if key else None
     if isinstance(environment.runner, (MasterRunner, WorkerRunner)):
@@ -453,7 +503,15 @@ def _interrupt_main() -> None:
     """Ctrl-C as a ``KeyboardInterrupt`` in the main greenlet, where Locust stops the run (and a second one
     stops the store of its rows: :func:`workloads.rows.store_rows` keeps them). Python's own handler raised
     it in whichever greenlet ran: one sending a request died with a traceback on the way."""
+    _stopped_by(128 + signal.SIGINT)
     gevent.get_hub().parent.throw(KeyboardInterrupt)
+
+
+def _stopped_by(status: int) -> None:
+    """A signal stopped the run: Locust exits with ``status`` (130, 143), as ``trident bench`` and ``trident
+    serve`` do, unless an error set another (outside test 125: 0, as a run that ended by itself)."""
+    if _env is not None and _env.process_exit_code is None:
+        _env.process_exit_code = status
 
 
 def _strip_slash(environment) -> None:
@@ -635,10 +693,13 @@ def _report(run: Run, rows: list[dict], options) -> None:
         unsent = sum(1 for r in rows if r["state"] == "unfinished" and r["sent_s"] is None)
         run_time = getattr(options, "run_time", None)
         if run_time and run.stopped_at_s is not None and run.stopped_at_s + START_LEAD_S >= 0.95 * run_time:
-            why = (f"-t ({run_time:g} s) ended the run; --duration defaults to -t, so the schedule's last requests "
-                   "were due at its end: give --duration below -t to leave time for the answers"
-                   if options.duration in (None, "") and not options.spec else f"-t ({run_time:g} s) ended the run: "
-                   "raise -t, or lower --duration")
+            if run.spec.trace is not None:  # (outside test 125: a trace was told of --duration, which it refuses)
+                why = f"-t ({run_time:g} s) ended the run before the trace's last requests were answered: raise -t"
+            elif options.duration in (None, "") and not options.spec:
+                why = (f"-t ({run_time:g} s) ended the run; --duration defaults to -t, so the schedule's last "
+                       "requests were due at its end: give --duration below -t to leave time for the answers")
+            else:
+                why = f"-t ({run_time:g} s) ended the run: raise -t, or lower --duration"
         elif run.server_gone_s is not None:
             why = "the server stopped answering"
         else:

@@ -22,6 +22,7 @@ duckdb, torch or diffusers; ``[tool.importlinter]`` checks it).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from tridentcore.bench.spec import RunSpec, RunSpecError
@@ -31,6 +32,7 @@ from tridentcore.core.workload import RequestSpec
 __all__ = ["Arrival", "ScheduleError", "Served", "build_schedule", "check_spec", "request_body", "served_mix"]
 
 _MODELS_REPLY_BYTES = 1 << 20  # a /v1/models reply read at most
+_CLUSTER_REPLY_BYTES = 16 << 20  # a /v1/cluster reply (per device) read at most
 
 ScheduleError = RunSpecError  # a schedule that cannot be built; ``problems`` lists every problem
 
@@ -89,6 +91,7 @@ class Served:
     models: tuple[str, ...] = ()
     problem: str | None = None
     reachable: bool = True  # it answered GET /v1/models (False: the problem says why not)
+    time_scale: float | None = None  # its clock's wall seconds per workload second (GET /v1/cluster; None: unknown)
 
 
 def served_mix(host: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> Served:
@@ -119,7 +122,20 @@ def served_mix(host: str, headers: dict[str, str] | None = None, timeout_s: floa
     mix = mix_for_models(models)
     problem = None if mix else (f"the server at {host} serves {', '.join(models) or 'no models'}, in no shipped "
                                 f"mix ({', '.join(list_mixes())}); give --mix FILE.yaml")
-    return Served(mix, tuple(models), problem)
+    return Served(mix, tuple(models), problem, time_scale=_time_scale(opener, host, headers, timeout_s))
+
+
+def _time_scale(opener, host: str, headers: dict[str, str] | None, timeout_s: float) -> float | None:
+    """The server's time scale (``GET /v1/cluster``), or None where it does not say."""
+    import urllib.request
+
+    try:
+        with opener.open(urllib.request.Request(f"{host.rstrip('/')}/v1/cluster", headers=headers or {}),
+                         timeout=timeout_s) as resp:
+            scale = float(json.loads(resp.read(_CLUSTER_REPLY_BYTES))["time_scale"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return scale if math.isfinite(scale) and scale > 0 else None
 
 
 def refuses_connections(host: str, timeout_s: float = 2.0) -> bool:

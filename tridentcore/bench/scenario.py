@@ -266,7 +266,11 @@ def schedule_requests(spec: RunSpec, *, profile_flag: str = "--profile") -> list
         else:  # the option at fault where one alone is (a profile that cannot price the mix: all three)
             option = {WorkloadError: "--mix", ClusterError: "--cluster", ProfileError: profile_flag}.get(
                 type(exc), f"--mix/{profile_flag}/--cluster")
-        raise RunSpecError([f"{option}: {' '.join(str(exc).split())}"]) from None
+        text = str(exc)
+        if "\n" in text and getattr(exc, "problems", None):  # a trace's list of problems, one a line: in a line
+            head, *lines = text.splitlines()
+            text = f"{head} " + "; ".join(line.strip() for line in lines)
+        raise RunSpecError([f"{option}: {' '.join(text.split())}"]) from None
 
 
 def _video_models(profile: str) -> frozenset[str]:

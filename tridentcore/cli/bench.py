@@ -456,7 +456,9 @@ def _seen_rate(db: str, run_id: str, run) -> str:
     its own work (the host's CPU) counts at real speed there while the devices' time is compressed
     (``runtime/clock.py``), so each wall second it is busy brings the next arrival closer on its clock
     (outside test 121: 11-17 % more load at time scale 0.05 on a busy host, unsaid; the simulator
-    matched the run at that higher rate). "" where it did not, or on real devices."""
+    matched the run at that higher rate). "" where it did not, or on real devices. (A stored live run's
+    ``requests.request_id`` is the schedule's index, as ``client_requests.request_index``; the engine's id
+    is ``server_request_id``, on which the join paired 19 of 259 rows wrongly: outside test 125.)"""
     from ..store import query_readonly
 
     if run.time_scale == 1.0 or run.trace:
@@ -464,7 +466,7 @@ def _seen_rate(db: str, run_id: str, run) -> str:
     try:
         got = query_readonly(db, "SELECT count(*) AS n, max(r.arrival_s) - min(r.arrival_s) AS seen, "
                                  "max(c.workload_t_s) - min(c.workload_t_s) AS scheduled FROM requests r "
-                                 "JOIN client_requests c ON c.run_id = r.run_id AND c.server_request_id = r.request_id "
+                                 "JOIN client_requests c ON c.run_id = r.run_id AND c.request_index = r.request_id "
                                  "WHERE r.run_id = ?", [run_id])
     except Exception:  # noqa: BLE001 - a note, never a failure of the bench
         return ""
