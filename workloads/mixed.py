@@ -73,7 +73,7 @@ latency from ``--cost-profile`` on ``--cluster``), sent as ``slo_ms``.
 Imports nothing heavy (no torch, diffusers, transformers, duckdb or requests of its own;
 ``[tool.importlinter]`` forbids duckdb, torch and diffusers here).
 
-One module of about 670 lines with one job, the Locust file: Locust loads its options, its user
+One module of about 730 lines with one job, the Locust file: Locust loads its options, its user
 class and its event listeners from this one file. The schedule (``workloads/schedule.py``) and the
 rows, with where they go (``workloads/rows.py``), live beside it as plain functions.
 """
