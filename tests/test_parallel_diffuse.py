@@ -212,9 +212,16 @@ def test_generate_refuses_a_degree_the_shape_cannot_take(tmp_path):
     result = runner.invoke(app, ["generate", "--model", "tiny-flux", "--prompt", "x", "--size", "48x48", "--steps", "1",
                                  "--degree", "4", "--out", str(tmp_path / "o.png")])
     assert result.exit_code == 2
-    assert "2 attention heads, which degree 4 does not divide" in result.output
+    assert "2 attention heads, which degree 4 does not divide (this model splits 2 ways)" in result.output
+    # (no size helps where the heads do not divide: outside test 126 was told to choose one)
     assert "9 image tokens at 48x48, which degree 4 does not divide" in result.output
+    assert "choose a size" not in result.output
     assert "Traceback" not in result.output
+    result = runner.invoke(app, ["generate", "--model", "tiny-flux", "--prompt", "x", "--size", "48x48", "--steps", "1",
+                                 "--degree", "2", "--out", str(tmp_path / "o.png")])
+    assert result.exit_code == 2
+    assert "9 image tokens at 48x48, which degree 2 does not divide (choose a size whose token count it divides)" \
+        in result.output
 
 
 # ---------------------------------------------------------------------------- gloo on CPU, NCCL on CUDA

@@ -72,6 +72,60 @@ def test_pipeline_static_degree_2_runs_the_diffuse_on_both_workers_and_gives_deg
     assert diff <= 1.0, diff
 
 
+def test_a_diffuse_its_model_cannot_split_runs_on_the_lead_alone_and_is_said_and_stored_as_degree_1():
+    """Outside test 126: a diffuse dispatched on both workers whose shape the model cannot split (tiny-flux
+    at 48x48: 9 image tokens) ran on its lead alone (logged) but its status and stored span said degree 2,
+    and calibration learnt its degree-1 time as degree 2's."""
+    from tridentcore.runtime import views
+
+    async def go():
+        rt = build_runtime("tiny-flux", "cpu:2", "pipeline-static:degree=2", strict=True)
+        await rt.start()
+        e = rt.engine
+        try:
+            rid = e.submit([Submission("tiny-flux", "a red cube", Shape(48, 48, 1, 4), seed=3,
+                                       slo_s=LONG_SLO_S)]).ids[0]
+            out = await e.wait(rid, 120)
+            return out, list(e.spans), e.workers.worlds, views.describe(e, rid), views.calibration(e)
+        finally:
+            await e.shutdown(5)
+
+    out, spans, worlds, status, calibration = run(go(), 240)
+    assert out.state == "done" and worlds.parallel_runs == 0
+    diffuse = [s for s in spans if s.stage == "diffuse"]
+    assert [(s.gpus, s.degree) for s in diffuse] == [((0, 1), 1)]  # it held both, ran on one
+    said = [st for st in status["stages"] if st["stage"] == "diffuse"]
+    assert [(st["devices"], st["degree"]) for st in said] == [([0, 1], 1)]
+    # (the encode and decode on the group's lead are learnt; the diffuse, predicted for 2, is not)
+    assert {row["stage"] for row in calibration} == {"encode", "decode"}, calibration
+
+
+@pytest.mark.parametrize("policy", ["pipeline-static:degree=1", "pipeline-static:degree=2"])
+def test_a_drain_that_times_out_stops_a_diffuse_under_way_at_its_next_step(policy):
+    """Outside test 126: with `--drain-timeout 3` a server whose diffuse was still running exited after
+    8.5 s: each worker waited 5 s for its process, which was computing the failed stage's remaining steps,
+    before it was killed. Now the diffuse stops at its next step boundary and the process reads the stop."""
+    from tridentcore.runtime import views
+
+    async def go():
+        rt = build_runtime("tiny-flux", "cpu:2", policy, strict=True)
+        await rt.start()
+        e = rt.engine
+        rid = e.submit([Submission("tiny-flux", "a red cube", Shape(64, 64, 1, 100_000), seed=3,
+                                   slo_s=LONG_SLO_S)]).ids[0]
+        for _ in range(3000):
+            if (views.describe(e, rid) or {}).get("steps_done", 0) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        await e.shutdown(0.5)
+        return time.monotonic() - t0, views.describe(e, rid)
+
+    took, status = run(go(), 240)
+    assert status["state"] == "failed" and "shut down" in status["reason"], status
+    assert took < 3.0, f"shutdown took {took:.1f} s after a 0.5 s drain"
+
+
 def test_a_replica_meets_once_and_a_preempted_parallel_diffuse_stops_on_every_member():
     async def main():
         rt = build_runtime("tiny-flux", "cpu:2", "pipeline-static:degree=2", strict=True)

@@ -93,7 +93,9 @@ def test_sweep_rates_prints_classes():
     (["simulate", "--policies", "nope"], "valid policies"),
     (["simulate", "--cluster", "banana"], "cluster"),
     (["simulate", "--mix", "no-such-mix"], "mix"),
-    (["simulate", "--policies", "pipeline-static:degree=3", "--duration", "30"], "divide"),
+    (["simulate", "--policies", "pipeline-static:degree=3", "--duration", "30"], "must divide the GPUs per node (8)"),
+    (["simulate", "--policies", "pipeline-static:degree=3", "--duration", "30", "--mix", "tiny"],
+     "must divide the CPU devices per node (2)"),  # (outside test 126: "GPUs" of cpu:2)
     (["sweep"], "exactly one of"),
     (["simulate", "--policies", "", "--duration", "30"], "--policies: an empty value; give one, or leave the option out"),
     (["simulate", "--policies", ",", "--json", "--duration", "30"], "no policies given"),

@@ -201,7 +201,7 @@ class DriverCore:
                 return []  # already failed (its worker was lost) or shut down
             if report.error:
                 return [self._failed(run, report.error, report.oom, now, out, lost=run.member_lost)]
-            return [self._finished(run, report.end_step, now, out, report.compute_s)]
+            return [self._finished(run, report.end_step, now, out, report.compute_s, report.degree)]
         if isinstance(report, Tick):
             return [report] if state.requests.live else []
         if isinstance(report, WorkerLost):
@@ -231,7 +231,7 @@ class DriverCore:
         raise TypeError(f"unknown report {report!r}")
 
     def _finished(self, run: Running, end_step: int | None, now: float, out: Effects,
-                  compute_s: float | None = None) -> StageFinished:
+                  compute_s: float | None = None, degree: int | None = None) -> StageFinished:
         a = run.action
         end = 0
         preempted = False
@@ -247,7 +247,7 @@ class DriverCore:
         states = [rec.state for r in a.request_ids if (rec := get(r)) is not None]
         cancelled = bool(states) and all(st == RequestState.CANCELLED for st in states)
         self.recorder.span(run, now, "cancelled" if cancelled else "preempted" if preempted else "done", end,
-                           compute_s)
+                           compute_s, degree)
         # its compute time (after the predicted weight loading and transfers), predicted and taken: as
         # the worker measured it, or else by the driver's clock (which adds the hand-over to and from it)
         if a.stage == StageKind.DIFFUSE:
@@ -255,6 +255,11 @@ class DriverCore:
         else:
             predicted = run.predicted_end_s - run.compute_start_s
         measured = compute_s if compute_s is not None else max(0.0, now - run.compute_start_s)
+        if degree is not None and degree != len(a.gpus):
+            # it ran at another degree than its prediction's (outside test 126: a degree-2 diffuse its model
+            # could not split ran on its lead alone): nothing to learn from the pair, neither by calibration
+            # nor by a policy's noise estimate (said as nothing predicted)
+            predicted = measured = 0.0
         if self.calibration is not None and predicted > 0:
             # learnt against the uncalibrated prediction
             self.calibration.observe(run.model, a.stage, run.shape, predicted / run.factor, measured, len(a.gpus),

@@ -20,10 +20,12 @@ from .state import ClusterState
 from .types import StageKind
 
 
-def span_rows(run: Running, t: float, outcome: str, end_step: int, compute_s: float | None = None) -> list[SpanRow]:
+def span_rows(run: Running, t: float, outcome: str, end_step: int, compute_s: float | None = None,
+              degree: int | None = None) -> list[SpanRow]:
     """One row per request of a dispatch that ended at ``t`` (``predicted_s``: the cost model's
     duration for the dispatch as planned, load and transfers included; 0 for a failed allocation;
-    ``compute_s``: its compute time as the worker measured it, if it did)."""
+    ``compute_s``: its compute time as the worker measured it, if it did; ``degree``: the degree it
+    ran at where fewer than its GPUs, which the row's ``gpus`` still lists: it held them)."""
     a = run.action
     if outcome == "oom":
         predicted = 0.0
@@ -31,7 +33,7 @@ def span_rows(run: Running, t: float, outcome: str, end_step: int, compute_s: fl
         predicted = run.compute_start_s - run.started_s + (a.end_step - a.start_step) * run.step_s
     else:
         predicted = run.predicted_end_s - run.started_s
-    degree, batch, queued = len(a.gpus), len(a.request_ids), run.queued_s
+    degree, batch, queued = degree or len(a.gpus), len(a.request_ids), run.queued_s
     return [SpanRow(run.id, rid, a.stage, a.gpus, degree, batch, queued[rid], run.started_s, t, predicted,
                     a.start_step, end_step, outcome, run.load_s, run.transfer_s, compute_s)  # positionally
             for rid in a.request_ids]
@@ -209,11 +211,12 @@ class Recorder:
         self.record = False
         self.spans, self.placements, self.act_gib = [], [], {}
 
-    def span(self, run: Running, t: float, outcome: str, end_step: int, compute_s: float | None = None) -> None:
+    def span(self, run: Running, t: float, outcome: str, end_step: int, compute_s: float | None = None,
+             degree: int | None = None) -> None:
         """The rows of a dispatch that ended at ``t``."""
         if self.record:
             self.act_gib[run.id] = run.act_gib
-        rows = span_rows(run, t, outcome, end_step, compute_s)
+        rows = span_rows(run, t, outcome, end_step, compute_s, degree)
         if self.usage is not None:
             self.usage.add(rows, {run.id: run.act_gib})
         self._add(rows)

@@ -25,13 +25,16 @@ class Completed:
     (None: where the core expects it, i.e. the planned end or the pause it asked for). ``error`` set:
     it failed (``oom`` for an out-of-memory error in the worker); its requests go back to waiting.
     ``compute_s``: the compute time the worker itself measured (what calibration learns from: the
-    driver's own clock would add the hand-over to and from the worker); None: the driver's clock."""
+    driver's own clock would add the hand-over to and from the worker); None: the driver's clock.
+    ``degree``: the degree it ran at where fewer than its GPUs (a sequence-parallel group whose model
+    cannot split the request's shape that many ways runs on its lead alone); None: on all of them."""
 
     dispatch_id: int
     end_step: int | None = None
     error: str = ""
     oom: bool = False
     compute_s: float | None = None
+    degree: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,13 +134,15 @@ def degree_problems(pipe: StagedPipeline, height: int, width: int, frames: int, 
                 f"sequence parallelism needs an SD3, Flux or Wan transformer"]
     problems = sd3_problems(tr) if plan.cp_plan is SD3_PLAN else []
     heads = int(tr.config.num_attention_heads)
-    if heads % degree:
-        problems.append(f"{heads} attention heads, which degree {degree} does not divide")
+    if heads % degree:  # (no size helps then: outside test 126 was told to choose one)
+        splits = [d for d in range(2, heads + 1) if heads % d == 0]
+        problems.append(f"{heads} attention heads, which degree {degree} does not divide (this model splits "
+                        + (f"{' or '.join(map(str, splits))} ways" if splits else "no way") + ")")
     tokens = pipe.image_tokens(height, width, frames)
     if tokens % degree:
         shape = f"{width}x{height}" + (f"x{frames}" if frames > 1 else "")
-        problems.append(f"{tokens} image tokens at {shape}, which degree {degree} does not divide "
-                        f"(choose a size whose token count it divides)")
+        problems.append(f"{tokens} image tokens at {shape}, which degree {degree} does not divide"
+                        + ("" if heads % degree else " (choose a size whose token count it divides)"))
     if plan.text_split and text_tokens is not None and text_tokens % degree:
         problems.append(f"{text_tokens} text tokens, which degree {degree} does not divide")
     return problems

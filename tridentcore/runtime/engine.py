@@ -533,7 +533,8 @@ class Engine:
         if not result.ok:
             return Completed(did, error=result.error or "worker lost", oom=result.oom)
         return Completed(did, result.end_step if stage == StageKind.DIFFUSE else None,
-                         compute_s=result.wall_s / self._scale if result.wall_s > 0 else None)
+                         compute_s=result.wall_s / self._scale if result.wall_s > 0 else None,
+                         degree=1 if result.alone else None)
 
     async def _watched(self, did: int, worker, task: StageTask) -> StageResult:
         """``worker.run(task)``; on real devices (time scale 1), a stage still running after

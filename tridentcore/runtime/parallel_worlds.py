@@ -229,6 +229,7 @@ class MemberSet(Worker):
             logger.warning("dispatch %d on devices %s ran on its lead alone: %s at %dx%dx%d cannot split %d ways",
                            task.dispatch_id, ",".join(map(str, specs[0].members)), task.model, task.width,
                            task.height, task.frames, len(specs))
+            return replace(lead, alone=True)  # (stored as degree 1: outside test 126)
         return lead
 
 

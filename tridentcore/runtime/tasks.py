@@ -56,6 +56,7 @@ class StageResult:
     lost: bool = False
     wall_s: float = 0.0
     degree: int = 1  # a diffuse: the members it ran sequence-parallel over (1: alone)
+    alone: bool = False  # a group's dispatch that ran on its lead alone (its model cannot split the shape)
 
     @property
     def ok(self) -> bool:

@@ -53,7 +53,8 @@ def describe(engine: Engine, request_id: int) -> dict | None:
 
 
 def span_dict(engine: Engine, sp: SpanRow) -> dict:
-    out = {"stage": sp.stage, "devices": [g + engine.device_offset for g in sp.gpus], "batch": sp.batch,
+    out = {"stage": sp.stage, "devices": [g + engine.device_offset for g in sp.gpus], "degree": sp.degree,
+           "batch": sp.batch,
            "outcome": sp.outcome, "queued_ms": 1000 * (sp.started_s - sp.queued_s),
            "run_ms": 1000 * (sp.ended_s - sp.started_s), "predicted_ms": 1000 * sp.predicted_s,
            "load_ms": 1000 * sp.load_s, "transfer_ms": 1000 * sp.transfer_s, "start_step": sp.start_step,

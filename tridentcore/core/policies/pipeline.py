@@ -34,6 +34,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 
+from ..cluster import CPU_KIND
 from ..events import (Action, Dispatch, Fail, RequestArrived, RequestEnded, StageFailed, StageFinished,
                       WorkerRestored)
 from ..policy import Policy, PolicyError, register
@@ -78,7 +79,8 @@ class PipelineStatic(_PipelineBase):
         k = self.opts["degree"]
         bad = [len(n) for n in view.nodes if k < 1 or len(n) % k]
         if bad:
-            raise PolicyError(f"pipeline-static: degree {k} must divide the GPUs per node ({bad[0]})")
+            devices = "CPU devices" if view.gpu_kind == CPU_KIND else "GPUs"  # (outside test 126: "GPUs" of cpu:2)
+            raise PolicyError(f"pipeline-static: degree {k} must divide the {devices} per node ({bad[0]})")
         self.replicas = [tuple(node[i:i + k]) for node in view.nodes for i in range(0, len(node), k)]
         self.replica_of_gpu = {g: r for r, group in enumerate(self.replicas) for g in group}
         self.queues: list[deque[int]] = [deque() for _ in self.replicas]
