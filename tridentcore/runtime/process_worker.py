@@ -12,7 +12,7 @@ stops only the server, which drains its requests on live workers and then stops 
 dies during the drain (killed, crashed) is lost as at any other time: its work goes elsewhere and it
 is restarted until the server stops it.
 
-About 460 lines, one job (one worker process and its life: start, messages, loss, restart, stop): the
+About 470 lines, one job (one worker process and its life: start, messages, loss, restart, stop): the
 reader thread, the pending work and the restart share its generation and its pipe.
 """
 
