@@ -121,6 +121,9 @@ def test_several_statements_say_that_only_the_last_result_is_printed(db: Path):
     ("ATTACH '{dir}/other.duckdb' AS other", "disabled"),
     (";", "no SQL statement"),
     ("/* a comment */ ;", "no SQL statement"),
+    # DuckDB's advice to SET a setting, which the locked console refuses, is not given (outside test 127)
+    ("SELECT " + "+".join(["1"] * 1500), "Max expression depth limit of 1000 exceeded. (settings cannot be changed "
+                                         "here: the console's are locked)"),
 ])  # fmt: skip
 def test_bad_or_writing_sql_is_one_line_and_exit_2(db: Path, sql: str, needle: str):
     before = hashlib.sha256(db.read_bytes()).hexdigest()
@@ -128,6 +131,21 @@ def test_bad_or_writing_sql_is_one_line_and_exit_2(db: Path, sql: str, needle: s
     assert not (db.parent / "other.duckdb").exists()
     assert needle in line, line
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before  # the file is untouched
+
+
+def test_a_database_with_no_runs_table_is_said_so_and_a_missing_table_of_a_results_database_is_duckdbs(
+        tmp_path: Path, db: Path):
+    """Outside test 127: an empty DuckDB file said "Catalog Error: Table with name run_summary does not exist!
+    Did you mean "duckdb_schemas"?", pointing elsewhere; the Runs page said it is not a results database."""
+    import duckdb
+
+    empty = tmp_path / "empty.duckdb"
+    duckdb.connect(str(empty)).close()
+    line = _error_line(_sql("--db", str(empty), "SELECT * FROM run_summary"))
+    assert line.endswith("empty.duckdb: not a results database (no runs table)"), line
+    assert "SET" not in line
+    line = _error_line(_sql("--db", str(db), "SELECT * FROM run_summry"))
+    assert "Catalog Error: Table with name run_summry does not exist" in line, line
 
 
 def test_missing_database_and_conflicting_options(tmp_path: Path, db: Path):

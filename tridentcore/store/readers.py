@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -71,6 +72,8 @@ def _sandboxed(
     write (outside test: ``COPY ... TO 'FILE.tmp/x.csv'`` from ``trident sql`` wrote 6.9 MB there)."""
     import tempfile
 
+    import duckdb
+
     with contextlib.ExitStack() as stack:
         if temp_directory is None:
             temp_directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="trident-sql-"))
@@ -87,8 +90,38 @@ def _sandboxed(
         con = connect(path, read_only=True, config=config, wait_s=wait_s)
         try:
             yield con
+        except duckdb.Error as exc:
+            better = _console_error(con, path, exc)
+            if better is None:
+                raise
+            raise better from None
         finally:
             con.close()
+
+
+_SET_ADVICE = re.compile(r'\s*Use "SET [^"]*"[^.]*\.')
+
+
+def _console_error(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str], exc: Exception) -> Exception | None:
+    """DuckDB's error for untrusted SQL said as the console means it (None: as it is). A catalog error on
+    a database with no ``runs`` table: not a results database (DuckDB's "Did you mean duckdb_schemas?"
+    pointed elsewhere); DuckDB's advice to ``SET`` a setting, which the locked configuration refuses
+    (outside test 127: "Use SET max_expression_depth TO x", then "the configuration has been locked")."""
+    import duckdb
+
+    if isinstance(exc, duckdb.CatalogException):
+        try:
+            ours = con.execute("SELECT 1 FROM information_schema.tables WHERE table_name = 'runs'").fetchall()
+        except duckdb.Error:
+            return None
+        if not ours:
+            return NotADatabaseError(os.fspath(path), "not a results database (no runs table)")
+    text = str(exc)
+    advice = _SET_ADVICE.search(text)
+    if advice is None:
+        return None
+    return type(exc)(text[:advice.start()] + text[advice.end():] + " (settings cannot be changed here: the "
+                     "console's are locked)")
 
 
 def statement_count(text: str) -> int:
