@@ -457,6 +457,25 @@ def test_a_server_that_dies_while_watched_is_said_to_have_ended_not_to_be_not_st
     finally:
         live.stop_local_server()
     assert live.ended_local_server() is None and live.local_server() is None
+    # stopped from the page: said so, not as an outage (outside test 127: "stopped answering")
+    url = live.start_local_server("sd3-medium", "emulated:1x2xH200")
+    try:
+        own = live.local_server()
+        at = _live_page(url)
+        _clean(at)
+        assert at.metric and live.stopped_local_server() is None
+        at.button(key="live_stop_local").click().run()
+        for _ in range(300):
+            if live.stopped_local_server() is not None:
+                break
+            time.sleep(0.1)
+        at.run()
+        _clean(at)
+        said = [i.value for i in at.info]
+        assert not at.warning and len(said) == 1, (said, [w.value for w in at.warning])
+        assert f"local server at {url} (process {own.pid}) was stopped from this page" in said[0], said
+    finally:
+        live.stop_local_server()
 
 
 def test_a_connection_closed_without_an_answer_is_said_in_words():

@@ -587,6 +587,18 @@ def ended_local_server() -> tuple[str, int, str] | None:
     return srv.url, srv.pid, exit_words(srv.proc.returncode)
 
 
+def stopped_local_server() -> tuple[str, int, str] | None:
+    """The server this process started and the page stopped, once it has ended: its URL, PID and exit
+    in words; None otherwise (a new one started forgets it). Outside test 127: the page's own Stop read as
+    an outage ("stopped answering ... It answered earlier in this session")."""
+    from tridentcore.bench.live_procs import exit_words
+
+    srv = _local.get("stopped")
+    if srv is None or srv.proc.poll() is None:
+        return None
+    return srv.url, srv.pid, exit_words(srv.proc.returncode)
+
+
 def start_local_server(models: str = LOCAL_MODELS, devices: str = LOCAL_DEVICES, timeout_s: float = 180.0) -> str:
     """Start ``trident serve --models MODELS --devices DEVICES`` on 127.0.0.1 unless this process
     already runs one; returns its URL. LiveError (with the server's own words) when it cannot start."""
@@ -605,6 +617,7 @@ def start_local_server(models: str = LOCAL_MODELS, devices: str = LOCAL_DEVICES,
             atexit.register(stop_local_server)
             _local["atexit"] = True
         _local["server"] = srv
+        _local.pop("stopped", None)
         return srv.url
 
 
@@ -630,6 +643,7 @@ def stop_local_server(pid: int | None = None, wait: bool = True) -> int | None:
         if srv is None or (pid is not None and srv.pid != pid):
             return None
         _local.pop("server")
+        _local["stopped"] = srv
         if wait:
             return srv.stop(timeout_s=LOCAL_STOP_TIMEOUT_S)
         _local["stopping"] = srv

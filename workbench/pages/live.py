@@ -104,6 +104,11 @@ def cluster_view(url: str, limit: int, api_key: str | None) -> None:
             st.error(f"The workbench's local server at {url} (process {ended[1]}) has ended ({ended[2]}): "
                      "press **Start a local server** above for a new one.")
             return
+        stopped = live.stopped_local_server()
+        if stopped is not None and stopped[0] == url:  # (outside test 127: read as an outage)
+            st.info(f"The workbench's local server at {url} (process {stopped[1]}) was stopped from this page "
+                    f"({stopped[2]}): press **Start a local server** above for a new one.")
+            return
         if url in answered:
             st.warning(f"The trident server at {url} stopped answering: {failed.reason}. It answered earlier in "
                        "this session; this view looks again on its own" + (f" {refresh}." if every else
