@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -83,10 +84,11 @@ def test_goodput_is_not_zero_when_only_the_lowest_rate_fails_by_chance():
 
 
 def test_sweep_rates_prints_classes():
-    result = runner.invoke(app, ["sweep", "--rates", "0.5,1", "--mix", "flux-uniform", "--duration", "60",
+    result = runner.invoke(app, ["sweep", "--rates", "0.5,1.0625", "--mix", "flux-uniform", "--duration", "60",
                                  "--policies", "trident"])
     assert result.exit_code == 0, result.output
     assert "flux-dev 2048x2048" in result.output and "capacity ceiling" in result.output
+    assert re.search(r"^trident +1\.0625 ", result.output, re.M), result.output  # (it read 1.06: outside test 128)
 
 
 @pytest.mark.parametrize("args, message", [
