@@ -113,6 +113,7 @@ def test_locustfile_imports_nothing_heavy():
     # the spec file gives the whole workload (outside test 125: the file's rate was sent, unsaid)
     # a trace's problems, each said (they were one line without a separator: "missing steps line 2: ...")
     (["--arrival", "trace:bad.jsonl"], "bad.jsonl: 2 problems: line 1: missing steps; line 2: missing steps"),
+    (["--spec", "run.json", "--rat", "5"], "--rate: not used with --spec run.json"),  # (as argparse takes it)
     (["--spec", "run.json", "--rate", "5", "--seed=2"], "--rate, --seed: not used with --spec run.json (the spec file "
                                                         "gives the whole workload); drop them"),
 ])  # fmt: skip

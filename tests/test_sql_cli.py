@@ -146,6 +146,15 @@ def test_a_database_with_no_runs_table_is_said_so_and_a_missing_table_of_a_resul
     assert "SET" not in line
     line = _error_line(_sql("--db", str(db), "SELECT * FROM run_summry"))
     assert "Catalog Error: Table with name run_summry does not exist" in line, line
+    # a function, a type, or the file's own table misspelt: DuckDB's words, whatever the file (outside test 129)
+    other = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(other))
+    con.execute("CREATE TABLE foo (x INT)")
+    con.close()
+    for sql, said in (("SELECT nosuchfunc(1)", "nosuchfunc does not exist"), ("SELECT * FROM fooo", "fooo does not exist"),
+                      ("SELECT 1::nosuchtype", "nosuchtype")):
+        line = _error_line(_sql("--db", str(other), sql))
+        assert said in line and "not a results database" not in line, (sql, line)
 
 
 def test_missing_database_and_conflicting_options(tmp_path: Path, db: Path):

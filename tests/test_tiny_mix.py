@@ -151,9 +151,10 @@ def test_simulate_the_tiny_mix_from_the_command_line(tmp_path):
 # ---------------------------------------------------------------------- what a server serves
 class _Models(BaseHTTPRequestHandler):
     reply: tuple[int, bytes] = (200, b"{}")
+    cluster: tuple[int, bytes] | None = None  # GET /v1/cluster's, where set
 
     def do_GET(self):  # noqa: N802 - http.server's name
-        status, body = self.reply
+        status, body = self.cluster if self.cluster is not None and self.path.endswith("/v1/cluster") else self.reply
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.end_headers()
@@ -179,6 +180,23 @@ def models_server():
 
 def _models(*names: str) -> bytes:
     return json.dumps({"object": "list", "data": [{"id": n, "object": "model"} for n in names]}).encode()
+
+
+def test_served_mix_reads_the_servers_time_scale_and_its_parts_where_they_differ(models_server):
+    """Outside tests 125 and 129: Locust sent at time scale 1 to a server at 0.05; then, following the
+    server, at 0.05 to the cpu part of `--devices cpu:1,emulated:1x2xH200 --time-scale 0.05` (wall clock)."""
+    url, handler = models_server
+    handler.reply = (200, _models("tiny-sd3"))
+    handler.cluster = (200, json.dumps({"time_scale": 0.05}).encode())
+    got = served_mix(url)
+    assert (got.time_scale, got.time_scales) == (0.05, ())
+    parts = [{"devices": "cpu:1", "time_scale": 1.0}, {"devices": "emulated:1x2xH200", "time_scale": 0.05}]
+    handler.cluster = (200, json.dumps({"time_scale": 0.05, "parts": parts}).encode())
+    assert served_mix(url).time_scales == (("cpu:1", 1.0), ("emulated:1x2xH200", 0.05))
+    for bad in ((404, b"{}"), (200, b"not json"), (200, b'{"time_scale": -1}')):
+        handler.cluster = bad
+        got = served_mix(url)
+        assert (got.time_scale, got.time_scales, got.mix) == (None, (), "tiny:models=tiny-sd3"), bad
 
 
 def test_served_mix_follows_the_servers_models(models_server):

@@ -270,9 +270,10 @@ _WORKLOAD_FLAGS = ("--mix", "--rate", "--arrival", "--slo-scale", "--seed", "--d
 
 
 def _typed(flags: tuple[str, ...]) -> list[str]:
-    """Those of ``flags`` on the command line (``--rate 5`` or ``--rate=5``)."""
-    typed = {a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--")}
-    return [f for f in flags if f in typed]
+    """Those of ``flags`` on the command line: ``--rate 5``, ``--rate=5``, or abbreviated as argparse takes
+    them (``--rat 5``: it parsed, so it names one option alone; outside test 129)."""
+    typed = {a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--") and len(a.split("=", 1)[0]) > 3}
+    return [f for f in flags if any(f.startswith(t) for t in typed)]
 
 
 def _say_once(text: str) -> None:
@@ -286,7 +287,14 @@ def _note_time_scale(host: str | None, scale: float | None, given: bool, unsaid:
     given that is not the server's is warned of: the server then sees the schedule's rates x its
     scale / this one (outside test 125: a run without --time-scale against `trident serve
     --time-scale 0.05` sent at time scale 1, a load 20 times lighter than asked, unsaid)."""
-    served = _asked(host).time_scale if host else None
+    got = _asked(host) if host else None
+    served = got.time_scale if got is not None else None
+    if got is not None and got.time_scales:  # parts on clocks of their own (cpu:1,emulated:...): no one scale
+        parts = ", ".join(f"{label} at {s:g}" for label, s in got.time_scales)
+        if not given:
+            _say_once(f"[mixed.py] WARNING: the server at {host} runs its parts at different time scales ({parts}): "
+                      f"sending at {DEFAULT_TIME_SCALE:g}; give --time-scale, that of the part whose models you send")
+        return DEFAULT_TIME_SCALE if scale is None else scale
     if not given:
         if served is None:
             return DEFAULT_TIME_SCALE

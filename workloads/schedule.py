@@ -92,6 +92,7 @@ class Served:
     problem: str | None = None
     reachable: bool = True  # it answered GET /v1/models (False: the problem says why not)
     time_scale: float | None = None  # its clock's wall seconds per workload second (GET /v1/cluster; None: unknown)
+    time_scales: tuple[tuple[str, float], ...] = ()  # (devices, scale) of its parts where they differ
 
 
 def served_mix(host: str, headers: dict[str, str] | None = None, timeout_s: float = 10.0) -> Served:
@@ -122,20 +123,27 @@ def served_mix(host: str, headers: dict[str, str] | None = None, timeout_s: floa
     mix = mix_for_models(models)
     problem = None if mix else (f"the server at {host} serves {', '.join(models) or 'no models'}, in no shipped "
                                 f"mix ({', '.join(list_mixes())}); give --mix FILE.yaml")
-    return Served(mix, tuple(models), problem, time_scale=_time_scale(opener, host, headers, timeout_s))
+    scale, scales = _time_scale(opener, host, headers, timeout_s)
+    return Served(mix, tuple(models), problem, time_scale=scale, time_scales=scales)
 
 
-def _time_scale(opener, host: str, headers: dict[str, str] | None, timeout_s: float) -> float | None:
-    """The server's time scale (``GET /v1/cluster``), or None where it does not say."""
+def _time_scale(opener, host: str, headers: dict[str, str] | None,
+                timeout_s: float) -> tuple[float | None, tuple[tuple[str, float], ...]]:
+    """The server's time scale (``GET /v1/cluster``; None where it does not say), and its parts' where
+    they differ (``cpu:1,emulated:1x2xH200 --time-scale 0.05``: the cpu part runs on the wall clock)."""
     import urllib.request
 
     try:
         with opener.open(urllib.request.Request(f"{host.rstrip('/')}/v1/cluster", headers=headers or {}),
                          timeout=timeout_s) as resp:
-            scale = float(json.loads(resp.read(_CLUSTER_REPLY_BYTES))["time_scale"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return scale if math.isfinite(scale) and scale > 0 else None
+            cluster = json.loads(resp.read(_CLUSTER_REPLY_BYTES))
+        scale = float(cluster["time_scale"])
+        parts = tuple((str(p["devices"]), float(p["time_scale"])) for p in cluster.get("parts") or ())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, ()
+    if not (math.isfinite(scale) and scale > 0):
+        return None, ()
+    return scale, (parts if len({s for _, s in parts}) > 1 else ())
 
 
 def refuses_connections(host: str, timeout_s: float = 2.0) -> bool:

@@ -199,8 +199,15 @@ def _saved_as_other(path: Path, spec: dict) -> str:
     for key, entry in _named(spec):
         cls = _component_class(entry)
         scheduler = isinstance(cls, type) and hasattr(cls, "_compatibles") and "Scheduler" in cls.__name__
+        if _is_module(cls) and str(entry[0]) == "transformers":
+            projection = _projection_missing(path / key, str(entry[1]))
+            if projection:
+                return f"{key}/config.json is a {projection}'s, but model_index.json names {entry[1]} for {key}/: " \
+                       "its projection would be made up at random, another image each run (a component from " \
+                       "another model?)"
+            continue
         if not (scheduler or (_is_module(cls) and str(entry[0]) == "diffusers")):
-            continue  # (transformers' configs name no _class_name; tokenizers and processors are checked on load)
+            continue  # (tokenizers and processors are checked on load)
         config = path / key / ("scheduler_config.json" if scheduler else "config.json")
         try:
             saved = json.loads(config.read_text(encoding="utf-8")).get("_class_name")
@@ -213,6 +220,24 @@ def _saved_as_other(path: Path, spec: dict) -> str:
                     f"{saved} is not a scheduler that can stand in for it")
         return f"{key}/config.json is a {saved}'s, but model_index.json names {entry[1]} for {key}/ (a component " \
                "from another model?)"
+    return ""
+
+
+def _projection_missing(folder: Path, class_name: str) -> str:
+    """The class a transformers model's config names (``architectures``) where the index's class adds a
+    projection it lacks ("" otherwise): a ``CLIPTextModel`` (Flux's, SD 1.5's) where SD3 wants a
+    ``CLIPTextModelWithProjection``; transformers then initialises the projection at random, unsaid, so
+    the same seed made another image each run (outside test 129). Other differences load as they did
+    (an encoder-only class from a whole model's weights is usual)."""
+    try:
+        archs = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architectures")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return ""
+    if not (isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)):
+        return ""
+    if class_name.endswith("WithProjection") and class_name not in archs and not any(
+            a.endswith("WithProjection") for a in archs):
+        return archs[0]
     return ""
 
 

@@ -16,7 +16,9 @@ The test is a list schedule of the waiting work, in the policy's own order:
   counted as running work (its wait is not stretched below). Without it, those stages are not seen:
   a burst whose encodes ran in one batch looks as if it had the GPUs to itself (outside test 93: 6 of
   6 admitted at once on 1x2xH200 at SLO scale 3, 5 met their SLO with stage times as predicted; with
-  it 5 admitted, 5 met);
+  it 5 admitted, 5 met). Requests that arrived at the same instant as the new one (a generation of n
+  images, a burst) are counted so always: they have done nothing yet (outside test 130: a generation
+  of 8 images was admitted whole on an idle 1x8xH200 where one alone just met its SLO, 7 missed);
 * each request ranked ahead takes, at the smallest degree that would still meet its deadline if it
   started now (the degree ``trident`` gives it under load), the GPUs of one node that free soonest,
   for all its remaining stages; one that can no longer make it is skipped (it will run behind);
@@ -91,11 +93,18 @@ class Admission:
         key = (rec.spec.model, rec.spec.shape)
         refused = self.refused.setdefault(key, deque(maxlen=_FAIR_ARRIVALS))
         overall = self.refused_all
-        if self.ready[0] == mine and self._starts_now(view, rec, info, stage, now):
+        need = self._remaining(rec, info, info.eff_d, stage)
+        # requests that arrived at this same instant (a generation of n images, a burst) and already run
+        # a stage count as running work with their stages left, ``admit_running`` or not: they have done
+        # nothing yet (outside test 130: on an idle 1x8xH200 a generation of 8 images with an 0.8 s SLO,
+        # each image 0.695 s alone on the 8 GPUs, was admitted whole; 7 of 8 missed)
+        together = self._arrived_with[:-1] if len(self._arrived_with) > 1 and self._arrived_at == now else ()
+        left = (self._stages_left(view, now, mine[0], need) if self.opts["admit_running"] else
+                self._stages_left(view, now, mine[0], need, set(together)) if together else [])
+        if not left and self.ready[0] == mine and self._starts_now(view, rec, info, stage, now):
             refused.append(False)  # the list schedule's answer, without building it
             overall.append(False)
             return None
-        need = self._remaining(rec, info, info.eff_d, stage)
         # per node, per GPU: [when the running work frees it, when the work ahead frees it, when the
         # work ahead first claims it (a hole before the claim may be backfilled), its place on the node],
         # kept in order of when the work ahead frees them
@@ -124,12 +133,12 @@ class Admission:
                 g[1], g[2] = start + dur, min(g[2], start)
             node.sort(key=_by_ahead)
 
-        if self.opts["admit_running"]:
+        if left:
             # requests ranked ahead with a stage running: first the stages they have left once it ends,
             # counted as running work (not stretched below). Left out, a burst whose encodes ran in one
             # batch was admitted whole, its diffuses unseen, and its last requests missed (outside test
             # 93: 6 of 6 admitted at once on 1x2xH200, 5 met their SLO, with stage times as predicted)
-            for _, ready_at, other, ostage in self._stages_left(view, now, mine[0], need):
+            for _, ready_at, other, ostage in left:
                 place(other, ostage, ready_at)
             for node in gpus:
                 for g in node:
@@ -251,20 +260,23 @@ class Admission:
                 until[g] = min(until[g], boundary)
         return [[until[g] for g in gpus] for gpus in view.nodes]
 
-    def _stages_left(self, view: ClusterView, now: float, key: float,
-                     need: float) -> list[tuple[float, float, RequestRecord, StageKind]]:
-        """The requests ranked ahead of ``key`` (not late) whose encode, or whose diffuse that is not to
-        be paused, is running: (rank, when that dispatch is predicted to end, the request, its next
-        stage), the most urgent first. A diffuse that would be paused for a newcomer needing ``need``
-        seconds frees its GPUs at its next boundary (``_free_times``), and its rest waits behind it."""
+    def _stages_left(self, view: ClusterView, now: float, key: float, need: float,
+                     only: set[int] | None = None) -> list[tuple[float, float, RequestRecord, StageKind]]:
+        """The requests ranked ahead of ``key`` (or as high: they were admitted first; not late) whose
+        encode, or whose diffuse that is not to be paused, is running: (rank, when that dispatch is
+        predicted to end, the request, its next stage), the most urgent first (``only``: of these
+        requests alone). A diffuse that would be paused for a newcomer needing ``need`` seconds frees
+        its GPUs at its next boundary (``_free_times``), and its rest waits behind it."""
         left = []
         for run in view.running():
             a = run.action
             if a.stage == StageKind.DECODE:
                 continue
             for rid in a.request_ids:
+                if only is not None and rid not in only:
+                    continue
                 rank = self._rank(view, rid)
-                if rank >= key:
+                if rank > key:  # (the same rank: a request of the same class that arrived with it, earlier)
                     continue
                 rec = view.request(rid)
                 if a.stage == StageKind.DIFFUSE and run.step_s > 0 and self._can_wait(
