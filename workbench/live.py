@@ -17,7 +17,7 @@ requests, newest first; a server without it answers 404 and the page says so) an
 ``api_key``: a server started with one answers every route but ``/healthz`` only with
 ``Authorization: Bearer KEY`` (401 otherwise).
 
-One module of about 630 lines with one job, the HTTP client of one page: the trident check, the
+One module of about 650 lines with one job, the HTTP client of one page: the trident check, the
 capped exchange and the reads and parsing of each endpoint share the error rules above.
 """
 

@@ -95,7 +95,7 @@ Stages never share a GPU at the same time (exclusive dispatch).
 
 Per-class cost answers live in :mod:`.trident_classes`, widening, shrinking and growing diffuses (and
 head starts) in :mod:`.trident_elastic` and the admission test of ``late=reject`` in :mod:`.trident_admission`
-(mixins); the rest stays one module (about 930 lines) because it is one policy class whose methods
+(mixins); the rest stays one module (about 940 lines) because it is one policy class whose methods
 all share the ready queue, reservations and plan.
 """
 
