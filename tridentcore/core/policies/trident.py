@@ -239,7 +239,7 @@ class Trident(Elastic, Admission, Policy):
         self.arrived_gpu_s = 0.0  # their sum
         self.refused: dict[tuple[str, Shape], deque[bool]] = {}  # late=reject: per class, its last admission answers
         self.refused_all: deque[bool] = deque(maxlen=400)  # and those of every class
-        self._arrived_at, self._arrived_with = -math.inf, []  # the requests that arrived at that instant
+        self._arrived_at, self._arrived_with = -math.inf, set()  # the requests that arrived at that instant
         self.arrived_from = now  # when the arrivals counted begin: the last one dropped, or the start
         self.noise = Spread()  # how far completed dispatches strayed from their predictions
         self.stretch = 1.0  # exp(noise_z x the observed log-spread): 1 while stage times are as predicted
@@ -372,8 +372,8 @@ class Trident(Elastic, Admission, Policy):
             key = (spec.model, spec.shape)
             self.observed[key] = self.observed.get(key, 0) + 1
             if now != self._arrived_at:
-                self._arrived_at, self._arrived_with = now, []
-            self._arrived_with.append(spec.id)
+                self._arrived_at, self._arrived_with = now, set()
+            self._arrived_with.add(spec.id)
             rec = view.request(spec.id)
             self._enqueue(view, rec)
             self._note_arrival(spec, info, now)  # the offered load (the admission test, urgent_load)

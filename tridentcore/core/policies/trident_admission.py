@@ -98,9 +98,10 @@ class Admission:
         # a stage count as running work with their stages left, ``admit_running`` or not: they have done
         # nothing yet (outside test 130: on an idle 1x8xH200 a generation of 8 images with an 0.8 s SLO,
         # each image 0.695 s alone on the 8 GPUs, was admitted whole; 7 of 8 missed)
-        together = self._arrived_with[:-1] if len(self._arrived_with) > 1 and self._arrived_at == now else ()
+        # (the set holds this request too, which is not running: no copy of a burst's set per arrival)
+        together = len(self._arrived_with) > 1 and self._arrived_at == now
         left = (self._stages_left(view, now, mine[0], need) if self.opts["admit_running"] else
-                self._stages_left(view, now, mine[0], need, set(together)) if together else [])
+                self._stages_left(view, now, mine[0], need, self._arrived_with) if together else [])
         if not left and self.ready[0] == mine and self._starts_now(view, rec, info, stage, now):
             refused.append(False)  # the list schedule's answer, without building it
             overall.append(False)
