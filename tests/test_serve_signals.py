@@ -188,6 +188,53 @@ def test_a_stop_drains_while_the_server_still_answers(tmp_path, how):
     assert stored.get("done", 0) <= codes.count(200) + 1  # the synchronous answers match; +1: the async job
 
 
+def test_a_generation_cut_short_by_the_drain_answers_the_items_it_finished(tmp_path):
+    """A synchronous generation of 2 images on one worker, stopped after its first image was made: the
+    drain (``--drain-timeout 0``) fails the second. The client was answered 500 ``failed`` with no
+    data, though the first image was made and stored as done (outside test 130). The failure now
+    carries the items that ended done: their indices, their images and timings."""
+    import base64
+    import concurrent.futures as cf
+
+    db = tmp_path / "serve.duckdb"
+    with open(tmp_path / "out.txt", "wb") as o, open(tmp_path / "err.txt", "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "tridentcore.cli", "serve", "--models", "tiny-sd3", "--devices",
+                                 "cpu:1", "--port", "0", "--db", str(db), "--drain-timeout", "0",
+                                 "--policy", "pipeline-static:degree=1"],
+                                stdout=o, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=default_sigint)
+    try:
+        url = _ready_line(tmp_path / "err.txt", proc).group(1)
+        body = {"prompt": "a red fox", "model": "tiny-sd3", "size": "256x256", "steps": 200, "n": 2,
+                "slo_ms": 10_000_000}
+        with cf.ThreadPoolExecutor(1) as pool:
+            call = pool.submit(httpx.post, url + "/v1/images/generations", json=body, timeout=300)
+            deadline = time.monotonic() + 120
+            items: list[str] = []
+            while time.monotonic() < deadline and not call.done():
+                listed = httpx.get(url + "/v1/requests", timeout=30).json()["data"]
+                items = [d["state"] for d in listed[0]["items"]] if listed else []
+                if items and items[0] == "done":
+                    break
+                time.sleep(0.05)
+            assert items[:1] == ["done"] and items[1] != "done", items  # the second image still to make
+            proc.send_signal(signal.SIGTERM)
+            answer = call.result(timeout=120)
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:  # only the process this test started
+            proc.kill()
+            proc.wait(10)
+    assert answer.status_code == 500, answer.text[:300]
+    error = answer.json()["error"]
+    assert error["code"] == "failed" and "1 of its 2 done" in error["message"], error["message"]
+    assert error["done"] == [0] and [t["index"] for t in error["timings"]] == [0]
+    assert [d["index"] for d in error["data"]] == [0]
+    assert base64.b64decode(error["data"][0]["b64_json"])[:4] == b"\x89PNG"
+    states = query_readonly(db, "SELECT state, count(*) AS n FROM requests GROUP BY state")
+    assert dict(zip(states.state, states.n)) == {"done": 1, "failed": 1}
+
+
 def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be_read(tmp_path):
     """A client polling for a request (``POST /v1/requests``) while the server drains: the request
     ended, the server stopped at once, and the next poll found the doors closed: its image made and

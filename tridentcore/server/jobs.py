@@ -258,31 +258,48 @@ class Jobs:
                 else:
                     retry = max((d.get("retry_after_s") or 0.0 for d in ended), default=0.0) or \
                         self.runtime.engine.config.retry_after_s
-            raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons), retry_after_s=retry,
-                           extra=extra)
-        runtime, engine = self.runtime, self.engine
-        data = []
-        emulated = runtime.models[job.model].emulated if job.model in runtime.models else False
-        timings = []
-        for i, rid in enumerate(job.request_ids):
-            d = self.item(job, rid)
-            timings.append({"latency_ms": 1000 * ((d["finish_s"] or 0.0) - d["arrival_s"]), "met_slo": d["met_slo"],
-                            "deadline_ms": 1000 * (d["deadline_s"] - d["arrival_s"]), "stages": d["stages"]})
-            if emulated:
-                continue
-            blob = engine.result(rid)  # (kept apart from the request's record: --keep-ended may forget that first)
-            if blob is None:
-                raise ApiError("gone", f"the result of request {job.id} is no longer kept")
-            if job.response_format == "url":
-                data.append({"url": f"/v1/requests/{job.id}/result/{i}"})
-            else:
-                data.append({"b64_json": base64.b64encode(blob).decode("ascii")})
+            # the items that did end done are answered with the failure (outside test 130: a generation of 8 cut
+            # short by a drain answered 500 with nothing, though 7 of its images were made and stored as done)
+            done = [i for i, d in enumerate(self.item(job, r) for r in job.request_ids) if d["state"] == "done"]
+            if done:  # (each with its index; one whose result is no longer kept is left out of data)
+                data, timings, emulated = self._items(job, done, partial=True)
+                extra.update(done=done, timings=timings, **({} if emulated else {"data": data}))
+            raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons)
+                           + (f" ({len(done)} of its {len(job.request_ids)} done: under data)" if done else ""),
+                           retry_after_s=retry, extra=extra)
+        data, timings, emulated = self._items(job, range(len(job.request_ids)), partial=False)
+        runtime = self.runtime
         body = {"id": job.id, "request_ids": list(job.request_ids), "created": int(job.created_unix_s),
                 "model": job.model, "kind": job.kind, "state": state, **job.meta, "data": data, "timings": timings,
                 "emulated": emulated, "time_scale": runtime.engine_of(job.model).config.time_scale}
         if emulated:
             body["note"] = "emulated devices take the cost model's time but make no pixels: data is empty"
         return body
+
+    def _items(self, job: Job, indices, partial: bool) -> tuple[list[dict], list[dict], bool]:
+        """The data (each item's image or video, or its URL; none on emulated devices) and timings of the
+        done items ``indices`` of ``job``, and whether its model is emulated. ``partial``: the job did not
+        end done, and these are the items that did: each entry says its ``index``, and one whose result
+        is no longer kept is left out of the data (the answer is the job's failure, not ``gone``)."""
+        emulated = self.runtime.models[job.model].emulated if job.model in self.runtime.models else False
+        data, timings = [], []
+        for i in indices:
+            rid = job.request_ids[i]
+            d = self.item(job, rid)
+            timings.append({**({"index": i} if partial else {}),
+                            "latency_ms": 1000 * ((d["finish_s"] or 0.0) - d["arrival_s"]), "met_slo": d["met_slo"],
+                            "deadline_ms": 1000 * (d["deadline_s"] - d["arrival_s"]), "stages": d["stages"]})
+            if emulated:
+                continue
+            blob = self.engine.result(rid)  # (kept apart from the request's record: --keep-ended may forget that first)
+            if blob is None:
+                if partial:
+                    continue
+                raise ApiError("gone", f"the result of request {job.id} is no longer kept")
+            item = {"url": f"/v1/requests/{job.id}/result/{i}"} if job.response_format == "url" else \
+                {"b64_json": base64.b64encode(blob).decode("ascii")}
+            data.append({"index": i, **item} if partial else item)
+        return data, timings, emulated
 
     def result_file(self, job: Job, index: int) -> tuple[bytes, str]:
         """One image (PNG) or video (animated WebP) of a generation, once that item is done (the others
