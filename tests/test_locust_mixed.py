@@ -33,9 +33,11 @@ OPTIONS = ("--mix", "--rate", "--arrival", "--slo-scale", "--seed", "--duration"
            "--cluster", "--db", "--run-id")
 
 
-def _locust(*args: str, timeout: float = 60.0, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def _locust(*args: str, timeout: float = 60.0, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Locust on the locustfile with ``args``; ``env``: variables added to this process's environment."""
     return subprocess.run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+                          text=True, timeout=timeout, cwd=cwd, env={**os.environ, **(env or {})})
 
 
 def test_options_are_locust_options():
@@ -116,6 +118,10 @@ def test_locustfile_imports_nothing_heavy():
     (["--spec", "run.json", "--rat", "5"], "--rate: not used with --spec run.json"),  # (as argparse takes it)
     (["--spec", "run.json", "--rate", "5", "--seed=2"], "--rate, --seed: not used with --spec run.json (the spec file "
                                                         "gives the whole workload); drop them"),
+    # ... and so did a config file's values or TRIDENT_MIX beside it (outside test 129)
+    (["--spec", "run.json", "--config", "c.conf"], "--rate (from c.conf), --slo-scale (from c.conf): not used with "
+                                                   "--spec run.json"),
+    (["--spec", "run.json", "TRIDENT_MIX=tiny"], "--mix (TRIDENT_MIX): not used with --spec run.json"),
 ])  # fmt: skip
 def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
     (tmp_path / "paper.txt").write_text("Request(request_id=0, timestamp=0.0, height=64, width=64, "
@@ -124,7 +130,10 @@ def test_bad_option_values_give_a_clear_error(args, needle, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"t": 0, "model": "tiny-sd3", "height": 64, "width": 64}\n' * 2)
     (tmp_path / "run.json").write_text('{"mix": "sd3-mixed", "rate": 2, "duration_s": 10}')
     (tmp_path / "big-seed.json").write_text('{"mix": "sd3-mixed", "seed": 1099511627776}')
-    out = _locust("--headless", "-t", "2s", "--host", "http://127.0.0.1:9", *args, cwd=tmp_path)
+    (tmp_path / "c.conf").write_text("rate = 5\nslo-scale = 2\n")
+    env = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    args = [a for a in args if a.split("=", 1)[0] not in env]
+    out = _locust("--headless", "-t", "2s", "--host", "http://127.0.0.1:9", *args, cwd=tmp_path, env=env)
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr

@@ -37,7 +37,8 @@ give ``--duration`` below ``-t`` to leave time for the answers).
 
 **Spec.** ``--spec FILE`` reads the whole run spec (``tridentcore.bench.spec.RunSpec`` as JSON, the
 form ``trident bench --backend live`` writes for its Locust child) instead of the workload options
-above (any of them given beside it is refused); it is read with ``json``, nothing heavier.
+above (any of them given beside it is refused, on the command line, in ``TRIDENT_MIX`` or a config file);
+it is read with ``json``, nothing heavier.
 
 **Exit status.** 0 when the run ended by itself or at ``-t``; 2 on an error (the server gone, the
 rows not stored); 130 after a Ctrl-C (SIGINT) and 143 after SIGTERM, the rows stored as for any end.
@@ -73,7 +74,7 @@ latency from ``--cost-profile`` on ``--cluster``), sent as ``slo_ms``.
 Imports nothing heavy (no torch, diffusers, transformers, duckdb or requests of its own;
 ``[tool.importlinter]`` forbids duckdb, torch and diffusers here).
 
-One module of about 730 lines with one job, the Locust file: Locust loads its options, its user
+One module of about 770 lines with one job, the Locust file: Locust loads its options, its user
 class and its event listeners from this one file. The schedule (``workloads/schedule.py``) and the
 rows, with where they go (``workloads/rows.py``), live beside it as plain functions.
 """
@@ -118,6 +119,7 @@ SERVER_GONE_AFTER_S = 2.0  # sends refused this long, with no answer since: the 
 # ------------------------------------------------------------------------------ options
 @events.init_command_line_parser.add_listener
 def _add_options(parser) -> None:
+    _parsers.append(parser)  # (its sources, once parsed: a --spec run refuses workload options from any)
     group = parser  # (Locust's include_in_web_ui needs the parser itself, not an argument group)
     group.add_argument("--mix", type=str, default=None, env_var="TRIDENT_MIX",
                        help=f"Named mix ({', '.join(list_mixes())}), NAME:models=A+B (its classes of those models) "
@@ -199,8 +201,9 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
     A spec file without ``profile`` and ``cluster`` is priced as ``--mix`` is: by the first shipped
     profile that prices its classes (``tiny``: ``cpu`` on ``2xcpu``; it was ``h200``, which cannot)."""
     if getattr(options, "spec", None):
-        typed = _typed(_WORKLOAD_FLAGS)
-        if typed:  # (outside test 125: `--spec FILE --rate 5` sent the file's rate, unsaid)
+        typed = _typed(_WORKLOAD_FLAGS) + _set_elsewhere(_WORKLOAD_FLAGS)
+        if typed:  # (outside test 125: `--spec FILE --rate 5` sent the file's rate, unsaid; so did TRIDENT_MIX or a
+            # --config file's rate beside it)
             raise ScheduleError([f"{', '.join(typed)}: not used with --spec {options.spec} (the spec file gives the "
                                  "whole workload); drop {}".format("them" if len(typed) > 1 else "it")])
         spec = read_spec_file(options.spec)
@@ -261,6 +264,7 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
     return spec
 
 
+_parsers: list = []  # the command-line parsers made for this process (Locust makes one per parse)
 _served: dict[str, Served] = {}  # host -> what it serves: each server is asked once
 _said: set[str] = set()  # notes said once (the options are read at the start and again at each test's start)
 
@@ -274,6 +278,27 @@ def _typed(flags: tuple[str, ...]) -> list[str]:
     them (``--rat 5``: it parsed, so it names one option alone; outside test 129)."""
     typed = {a.split("=", 1)[0] for a in sys.argv[1:] if a.startswith("--") and len(a.split("=", 1)[0]) > 3}
     return [f for f in flags if any(f.startswith(t) for t in typed)]
+
+
+def _set_elsewhere(flags: tuple[str, ...]) -> list[str]:
+    """Those of ``flags`` set by an environment variable or a config file (``--config``, ``locust.conf``,
+    ``pyproject.toml``: configargparse's sources, read from the parser that parsed this run), each
+    with its source: ``--mix (TRIDENT_MIX)``, ``--rate (from c.conf)``."""
+    env = {a.env_var: a.option_strings[0] for p in _parsers for a in p._actions
+           if getattr(a, "env_var", None) and a.option_strings}
+    found: dict[str, str] = {}
+    for parser in _parsers:
+        for source, settings in getattr(parser, "get_source_to_settings_dict", dict)().items():
+            for key in settings:
+                if source == "environment_variables":
+                    flag, where = env.get(key, ""), key
+                elif source.startswith("config_file|"):
+                    flag, where = "--" + key.lstrip("-").replace("_", "-"), "from " + source.split("|", 1)[1]
+                else:
+                    continue
+                if flag in flags:
+                    found.setdefault(flag, f"{flag} ({where})")
+    return [found[f] for f in flags if f in found]
 
 
 def _say_once(text: str) -> None:
