@@ -415,3 +415,41 @@ def test_an_export_or_a_diff_of_a_run_still_stored_as_running_says_so(tmp_path):
     assert diffed.stderr.count("note: run") == 1 and f"note: run {part} is stored as running: compared as far as it " \
         f"is stored (its server is gone: `trident runs recover --db {db}` stores the rest its journal holds)" in \
         diffed.stderr, diffed.stderr
+
+
+def test_a_damaged_database_is_said_to_be_damaged_and_a_folders_name_is_refused(tmp_path):
+    """A database whose blocks fail their checksums, or cut short (a disk error, a copy that stopped): DuckDB's
+    own words ("Corrupt database file: computed checksum ...") named no file and said nothing of what to
+    do; a ``--db`` ending in '/' made a file of that name (outside test 131)."""
+    path = tmp_path / "r.duckdb"
+    made = runner.invoke(app, ["simulate", "--mix", "flux-uniform", "--rate", "1.5", "--duration", "1800",
+                               "--policies", "trident", "--db", str(path)])
+    assert made.exit_code == 0, made.output
+    data = path.read_bytes()
+    cut = tmp_path / "cut.duckdb"
+    cut.write_bytes(data[:len(data) // 4])
+    line = _error_line(runner.invoke(app, ["runs", "list", "--db", str(cut)]))
+    assert line.startswith(f"error: --db {cut}: the database file is damaged (the file ends before its last block: "
+                           "cut short; DuckDB: "), line
+    assert "restore the file from a copy" in line
+    # a run stored into it: DuckDB's aborted transaction hid the read that failed ("Current transaction is aborted")
+    line = _error_line(runner.invoke(app, ["simulate", "--mix", "tiny", "--rate", "1", "--duration", "5", "--policies",
+                                           "trident", "--db", str(cut)]))
+    assert "the database file is damaged (the file ends before its last block: cut short" in line, line
+    said = set()  # a byte changed in each 256 KiB block in turn: those `runs list` reads fail their checksums
+    for at in range(4096 * 3, len(data), 1 << 18):
+        flipped = tmp_path / f"f{at}.duckdb"
+        flipped.write_bytes(data[:at] + bytes(b ^ 0xFF for b in data[at:at + 8]) + data[at + 8:])
+        result = runner.invoke(app, ["runs", "list", "--db", str(flipped)])
+        if result.exit_code:
+            said.add(_error_line(result).split(" (")[0] + " (" + _error_line(result).split(" (")[1].split(";")[0])
+    assert said, "no block read by runs list was found"
+    assert said <= {f"error: --db {tmp_path}/f{at}.duckdb: the database file is damaged (a block's checksum does "
+                    "not match" for at in range(4096 * 3, len(data), 1 << 18)}, said
+    for command in (["simulate", "--mix", "tiny", "--rate", "1", "--duration", "5", "--policies", "trident"],
+                    ["bench", "--mix", "tiny", "--rate", "1", "--duration", "5", "--policies", "trident",
+                     "--no-progress"]):
+        line = _error_line(runner.invoke(app, [*command, "--db", f"{tmp_path}/nd/"]))
+        assert line == f"error: --db {tmp_path}/nd/: cannot store runs there: {tmp_path}/nd/ ends in '/', a folder's " \
+                       "name: give the results database file's path", line
+        assert not (tmp_path / "nd").exists()

@@ -752,3 +752,28 @@ def test_a_ctrl_c_that_reaches_duckdb_mid_query_is_a_keyboard_interrupt(tmp_path
     monkeypatch.setattr(writer, "connect", lambda *a, **k: Begins(real(*a, **k)))
     with pytest.raises(KeyboardInterrupt):
         ResultsStore(tmp_path / "begin.duckdb").check()
+
+
+def test_an_insert_into_a_damaged_database_raises_its_own_error_not_the_aborted_transactions(tmp_path: Path):
+    """An insert whose read of a damaged file fails: unregistering its rows in the transaction that
+    failure aborted raised DuckDB's "Current transaction is aborted (please ROLLBACK)" over it, and a
+    server's journal said only that of a database cut short (outside test 131)."""
+    import duckdb
+
+    from tridentcore.store.errors import damage
+    from tridentcore.store.writer import insert_rows, rows_to_arrow
+
+    db = tmp_path / "r.duckdb"
+    store = ResultsStore(db)
+    rows = [req(i, "flux", 1024, 1024, 1, float(i), i + 10.0, "done", i + 4.0) for i in range(20_000)]
+    store.write_run(meta("big", "trident", 1.0), rows, [])
+    cut = tmp_path / "cut.duckdb"
+    cut.write_bytes(db.read_bytes()[:db.stat().st_size // 3])
+    con = duckdb.connect(str(cut))
+    try:
+        con.execute("BEGIN TRANSACTION")
+        with pytest.raises(duckdb.Error) as got:
+            insert_rows(con, "runs", rows_to_arrow([meta("next", "trident", 2.0)], "runs"), "next")
+    finally:
+        con.close()
+    assert damage(got.value) == "the file ends before its last block: cut short", got.value

@@ -229,6 +229,10 @@ def test_import_reads_standard_input_given_a_dash(tmp_path):
     (["trace", "generate", "--out", "{tmp}"], "--out {tmp}: is a folder, not a file"),
     (["trace", "import", "{paper}", "--model", "sd3-medium", "--out", "{tmp}"], "--out {tmp}: is a folder, not a file"),
     (["trace", "generate", "--out", "/proc/x.jsonl"], "--out /proc/x.jsonl: cannot be written (No such file or"),
+    # a folder's name made a file of that name; a results database was written over (outside test 131)
+    (["trace", "generate", "--out", "{tmp}/od/"], "--out {tmp}/od/: ends in '/', a folder's name; give a file's path"),
+    (["trace", "generate", "--out", "{tmp}/runs.duckdb"], "--out {tmp}/runs.duckdb: is a DuckDB database (a results "
+                                                         "store?): not written over; give another file"),
     (["trace", "generate", "--out", "{tmp}/" + "a" * 300 + ".jsonl"], "cannot be written (File name too long)"),
     # a trace of 0.5 s that simulate --mix refuses to draw (outside test 99)
     (["trace", "generate", "--mix", "tiny", "--duration", "0.5", "--out", "{tmp}/x.jsonl"],
@@ -254,6 +258,9 @@ def test_errors_are_one_line(tmp_path, args, needle):
     esc.write_text('{"t": 0, "model": "\\u001b]0;pwn\\u0007", "height": 64, "width": 64, "steps": 2}\n')
     escmix = tmp_path / "esc.yaml"
     escmix.write_text('name: "evil\\e]0;pwned\\a"\nclasses:\n  - {model: tiny-sd3, height: 64, width: 64, steps: 2}\n')
+    import duckdb
+
+    duckdb.connect(str(tmp_path / "runs.duckdb")).close()
     args = [a.format(paper=paper, tmp=tmp_path, bad=bad, gz=gz, esc=esc, escmix=escmix) for a in args]
     needle = needle if needle is None else needle.format(tmp=tmp_path)
     result = runner.invoke(app, args)
@@ -261,6 +268,7 @@ def test_errors_are_one_line(tmp_path, args, needle):
         assert result.exit_code == 0, result.output
         return
     assert needle in _error_line(result)
+    assert (tmp_path / "runs.duckdb").read_bytes()[8:12] == b"DUCK" and not (tmp_path / "od").exists()
 
 
 def test_a_paper_lines_problems_are_in_its_own_words(tmp_path):
@@ -276,6 +284,12 @@ def test_a_paper_lines_problems_are_in_its_own_words(tmp_path):
     paper.write_text(f"Request(request_id=1, timestamp={'9' * 5000}, height=512, width=512, num_inference_steps=4)\n")
     line = _error_line(runner.invoke(app, ["trace", "stats", str(paper), "--model", "sd3-medium"]))
     assert line == f"error: {paper}: line 1: cannot parse the Request(...) call: an integer of more than 4300 digits"
+    # a keyword the reader takes, misspelt: it imported a video as one frame (outside test 131); others are ignored
+    paper.write_text("Request(request_id=0, timestamp=0.0, height=480, width=832, num_frame=81, prompt='a boat', "
+                     "num_inference_steps=50, guidance_scale=7.5)\n")
+    line = _error_line(runner.invoke(app, ["trace", "stats", str(paper), "--model", "wan2.1-1.3b"]))
+    assert line == (f"error: {paper}: line 1: num_frame: not a keyword this reader takes: did you mean "
+                    "num_frames?"), line
     line = _error_line(runner.invoke(app, ["trace", "stats", "/dev/zero"]))
     assert line.startswith("error: /dev/zero: not a regular file, and more than the limit of "), line
     one = tmp_path / "one.jsonl"

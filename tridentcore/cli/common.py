@@ -199,11 +199,14 @@ def check_out(path: str, flag: str = "--out", dash: bool = False) -> None:
         fail(f"{flag} -: this command writes a file, not standard output; give a file's path")
     out = Path(path)
     try:
-        if out.is_dir():
-            fail(f"{flag} {path}: is a folder, not a file")
+        if out.is_dir() or path.endswith(("/", os.sep)):  # (outside test 131: `od/` made a file named od)
+            fail(f"{flag} {path}: is a folder, not a file" if out.is_dir() else
+                 f"{flag} {path}: ends in '/', a folder's name; give a file's path")
         if out.exists() and not out.is_file():  # a pipe or a device: opened, it waited for a reader for ever
             fail(f"{flag} {path}: not a regular file (give a file's path{', or - for standard output' if dash else ''})")
         existed = out.exists()
+        if existed and _is_duckdb(out):  # (outside test 131: a trace written over a results database, every run lost)
+            fail(f"{flag} {path}: is a DuckDB database (a results store?): not written over; give another file")
     except OSError as exc:  # a name too long for the file system, say
         fail(f"{flag} {path}: cannot be written ({exc.strerror or exc})")
     try:
@@ -216,6 +219,18 @@ def check_out(path: str, flag: str = "--out", dash: bool = False) -> None:
         fail(f"{flag} {path}: cannot be written ({exc.strerror or exc})")
     if not existed:
         os.unlink(out)
+
+
+def _is_duckdb(path) -> bool:
+    """Whether ``path`` (an existing file) is a DuckDB database: its header says so."""
+    from ..store import NotADatabaseError
+    from ..store.connection import check_header
+
+    try:
+        check_header(path)
+    except NotADatabaseError:
+        return False
+    return True
 
 
 def check_folder(path: str, flag: str, what: str) -> None:
@@ -241,9 +256,15 @@ def db_message(exc: BaseException, db: str, flag: str = "--db") -> str:
     """A store read's error as its line; ``flag``: the option that named ``db`` ("": none did), which
     a file that is not a DuckDB database is named with."""
     from ..store import NotADatabaseError
+    from ..store.errors import damage
 
     if isinstance(exc, NotADatabaseError):
         return f"{flag} {db}: {exc.reason}".lstrip()
+    what = damage(exc)
+    if what is not None:  # (outside test 131: DuckDB's "Corrupt database file: computed checksum ...", no file named)
+        return (f"{flag} {db}: the database file is damaged ({what}; DuckDB: {one_line(message(exc))[:160]}): the "
+                "tables it can still read answer `trident sql`; restore the file from a copy, and store new runs "
+                "in another").lstrip()
     text = message(exc)
     if isinstance(exc, FileNotFoundError) and "no results database" in text:
         text += " (runs are written there by `trident bench --db` or `trident simulate --db`)"

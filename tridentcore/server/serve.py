@@ -275,12 +275,15 @@ def _records(opts: ServeOptions, runtime, config: dict | None = None) -> RunReco
     """Reserve the run id in ``opts.db`` (after ingesting what crashed servers left there)."""
     from ..bench.provenance import provenance
     from ..store import DuplicateRunError, NotADatabaseError, StoreError, new_run_id
+    from ..store.errors import damage
 
     import duckdb
 
     run_id = opts.run_id or new_run_id(runtime.engine.policy.spec, 0, salt="live")
     if Path(opts.db).is_dir():
         raise SetupError([f"--db {opts.db}: is a folder, not a DuckDB file"])
+    if opts.db.endswith(("/", os.sep)):  # (outside test 131: a folder of that name was made, then refused)
+        raise SetupError([f"--db {opts.db}: ends in '/', a folder's name: give the results database file's path"])
     try:
         journal = open_journal(opts.db, run_id)
     except DuplicateRunError as exc:
@@ -288,7 +291,10 @@ def _records(opts: ServeOptions, runtime, config: dict | None = None) -> RunReco
     except NotADatabaseError as exc:
         raise SetupError([f"--db {opts.db}: cannot store the run there: {exc.reason}"]) from None
     except (StoreError, OSError, duckdb.Error) as exc:
-        raise SetupError([f"cannot store the run in {opts.db}: {exc}"]) from None
+        what = damage(exc)
+        raise SetupError([f"cannot store the run in {opts.db}: " + (
+            f"the database file is damaged ({what}): restore it from a copy, or give another file" if what
+            else str(exc))]) from None
     return RunRecords(runtime.engine, journal, config=config, provenance=provenance(), final_wait_s=opts.db_wait_s,
                       compact_bytes=int(opts.journal_mib * (1 << 20)))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from tridentcore.core.errors import TridentError
 
-__all__ = ["DatabaseReplacedError", "DuplicateRunError", "NotADatabaseError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError"]
+__all__ = ["DatabaseReplacedError", "DuplicateRunError", "NotADatabaseError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError",
+           "damage"]
 
 
 class StoreError(TridentError):
@@ -42,3 +43,17 @@ class DatabaseReplacedError(StoreError, RuntimeError):
     """The database file a journal was being ingested into was moved, deleted or replaced since (a
     rotation, ``rm``): nothing more is written at its path, which would split the run between two
     files; the journal keeps every line for a recovery."""
+
+
+# DuckDB's words for a file whose blocks fail their checksums or end before their place (a disk error, a copy
+# cut short, a file edited by hand), each said as the damage it is
+_DAMAGE = (("Corrupt database file", "a block's checksum does not match"),
+           ("Could not read enough bytes from file", "the file ends before its last block: cut short"))
+
+
+def damage(exc: BaseException) -> str | None:
+    """How a database file is damaged, if ``exc`` is DuckDB's error for a damaged file (None: another
+    error). Outside test 131: DuckDB's own text ("Corrupt database file: computed checksum ...") named
+    no file and said nothing of what to do."""
+    text = str(exc)
+    return next((what for words, what in _DAMAGE if words in text), None)
