@@ -265,6 +265,7 @@ def spec_from_options(options, host: str | None = None) -> RunSpec:
 
 
 _parsers: list = []  # the command-line parsers made for this process (Locust makes one per parse)
+_inited_at: float | None = None  # time.monotonic() of Locust's init event
 _served: dict[str, Served] = {}  # host -> what it serves: each server is asked once
 _said: set[str] = set()  # notes said once (the options are read at the start and again at each test's start)
 
@@ -493,8 +494,9 @@ def _exit_with(message: str) -> None:
 
 @events.init.add_listener
 def _on_init(environment, **_kw) -> None:
-    global _env, _headers
+    global _env, _headers, _inited_at
     _env = environment
+    _inited_at = time.monotonic()  # (before -t's timer starts: a headless run spawns its start after it)
     _strip_slash(environment)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where it is ignored: `cmd &`)
         gevent.signal_handler(signal.SIGINT, _interrupt_main)
@@ -725,7 +727,11 @@ def _report(run: Run, rows: list[dict], options) -> None:
     if unfinished:
         unsent = sum(1 for r in rows if r["state"] == "unfinished" and r["sent_s"] is None)
         run_time = getattr(options, "run_time", None)
-        if run_time and run.stopped_at_s is not None and run.stopped_at_s + START_LEAD_S >= 0.95 * run_time:
+        # headless, -t's timer starts as the test's start is spawned, before the schedule is built: the time
+        # since init, not since the schedule began (a busy host took long to build it, and the note blamed a stop)
+        ran = None if run.stopped_at_s is None else run.stopped_at_s + (
+            run.t0 - _inited_at if getattr(options, "headless", False) and _inited_at is not None else START_LEAD_S)
+        if run_time and ran is not None and ran >= 0.95 * run_time:
             if run.spec.trace is not None:  # (outside test 125: a trace was told of --duration, which it refuses)
                 why = f"-t ({run_time:g} s) ended the run before the trace's last requests were answered: raise -t"
             elif options.duration in (None, "") and not options.spec:
