@@ -211,13 +211,15 @@ def test_a_generation_cut_short_by_the_drain_answers_the_items_it_finished(tmp_p
             call = pool.submit(httpx.post, url + "/v1/images/generations", json=body, timeout=300)
             deadline = time.monotonic() + 120
             items: list[str] = []
+            steps = 0
             while time.monotonic() < deadline and not call.done():
                 listed = httpx.get(url + "/v1/requests", timeout=30).json()["data"]
                 items = [d["state"] for d in listed[0]["items"]] if listed else []
-                if items and items[0] == "done":
+                steps = listed[0]["items"][1]["steps_done"] if listed else 0
+                if items and items[0] == "done" and steps > 0:
                     break
                 time.sleep(0.05)
-            assert items[:1] == ["done"] and items[1] != "done", items  # the second image still to make
+            assert items[:1] == ["done"] and items[1] != "done" and 0 < steps < 200, (items, steps)  # the second's
             proc.send_signal(signal.SIGTERM)
             answer = call.result(timeout=120)
         assert proc.wait(120) == 0
@@ -233,6 +235,10 @@ def test_a_generation_cut_short_by_the_drain_answers_the_items_it_finished(tmp_p
     assert base64.b64decode(error["data"][0]["b64_json"])[:4] == b"\x89PNG"
     states = query_readonly(db, "SELECT state, count(*) AS n FROM requests GROUP BY state")
     assert dict(zip(states.state, states.n)) == {"done": 1, "failed": 1}
+    # its diffuse's span says how far it got (it read start 0, end 0: as if no step had run; outside test 126)
+    cut = query_readonly(db, "SELECT s.start_step, s.end_step FROM stage_spans s JOIN requests r USING (run_id, "
+                             "request_id) WHERE r.state = 'failed' AND s.stage = 'diffuse' AND s.outcome = 'failed'")
+    assert len(cut) == 1 and cut.start_step[0] == 0 and steps <= cut.end_step[0] < 200, cut
 
 
 def test_a_request_submitted_without_waiting_that_ends_in_the_drain_can_still_be_read(tmp_path):

@@ -227,7 +227,7 @@ class DriverCore:
             return []
         if isinstance(report, ShutDown):
             # (a live engine goes on after one, once a device is back: those that waited leave the queues)
-            return [RequestEnded(rid) for rid in self._fail_everything(report.reason, now, out)]
+            return [RequestEnded(rid) for rid in self._fail_everything(report.reason, now, out, dict(report.reached))]
         raise TypeError(f"unknown report {report!r}")
 
     def _finished(self, run: Running, end_step: int | None, now: float, out: Effects,
@@ -326,14 +326,17 @@ class DriverCore:
                 out.paused.append(Paused(run, stop, at))
         return False
 
-    def _fail_everything(self, reason: str, now: float, out: Effects) -> list[int]:
-        """Fail every running dispatch and every live request; the requests that were waiting."""
+    def _fail_everything(self, reason: str, now: float, out: Effects, reached: dict[int, int] | None = None) -> list[int]:
+        """Fail every running dispatch and every live request; the requests that were waiting.
+        ``reached``: the step each running diffuse got to, by dispatch id, where its worker said."""
         state = self.state
         waited = []
         for did in list(state.running):
             run = state.running[did]
             state.fail(did, now, reason, retry=False)
-            self.recorder.span(run, now, "failed", run.action.start_step)
+            a = run.action
+            end = min(max(a.start_step, (reached or {}).get(did, a.start_step)), a.end_step)
+            self.recorder.span(run, now, "failed", end)
             out.ended.extend(run.action.request_ids)
         for rec in list(state.requests):
             if not rec.state.terminal:  # (those of the running dispatches ended above)

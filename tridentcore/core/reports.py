@@ -67,9 +67,12 @@ class ResultLost:
 
 @dataclass(frozen=True, slots=True)
 class ShutDown:
-    """The run stops: running dispatches and live requests fail with ``reason``."""
+    """The run stops: running dispatches and live requests fail with ``reason``. ``reached``: (dispatch
+    id, step) of each running diffuse whose worker said how far it got, stored as its span's end (a
+    diffuse cut short by a drain read as if no step had run)."""
 
     reason: str
+    reached: tuple[tuple[int, int], ...] = ()
 
 
 Report = RequestArrived | Completed | WorkerLost | WorkerRestored | Tick | Cancelled | Forgot | ResultLost | ShutDown

@@ -287,6 +287,16 @@ class Engine:
             return 0.0
         return self._clock() - self._down_since
 
+    def _reached(self) -> tuple[tuple[int, int], ...]:
+        """(dispatch id, step) of each running diffuse whose worker says how far it got."""
+        out = []
+        for did, run in self.state.running.items():
+            if run.action.stage == StageKind.DIFFUSE:
+                step = self.workers[run.action.gpus[0]].progress(did)
+                if step is not None:
+                    out.append((did, step))
+        return tuple(out)
+
     async def shutdown(self, drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S) -> None:
         """Refuse new work, let in-flight work finish for up to ``drain_timeout_s``, fail the rest."""
         if self._closed:
@@ -296,7 +306,7 @@ class Engine:
         while self._live and self._clock() < deadline and not self._hurry:
             await asyncio.sleep(0.01)
         self.cut_short = len(self._live) - len(self._encoding)
-        self._post(ShutDown("the server shut down before the request finished"))
+        self._post(ShutDown("the server shut down before the request finished", self._reached()))
         while self._encoding:  # done requests whose media is still being made (at most seconds)
             await asyncio.sleep(0.01)
         if self._encoder is not None:
