@@ -261,11 +261,13 @@ class Jobs:
             # the items that did end done are answered with the failure (outside test 130: a generation of 8 cut
             # short by a drain answered 500 with nothing, though 7 of its images were made and stored as done)
             done = [i for i, d in enumerate(self.item(job, r) for r in job.request_ids) if d["state"] == "done"]
+            where = ""
             if done:  # (each with its index; one whose result is no longer kept is left out of data)
                 data, timings, emulated = self._items(job, done, partial=True)
                 extra.update(done=done, timings=timings, **({} if emulated else {"data": data}))
-            raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons)
-                           + (f" ({len(done)} of its {len(job.request_ids)} done: under data)" if done else ""),
+                where = f" ({len(done)} of its {len(job.request_ids)} done: " + (
+                    "their timings under timings; emulated devices make no pixels)" if emulated else "under data)")
+            raise ApiError(state, f"request {job.id} {state}: " + "; ".join(reasons) + where,
                            retry_after_s=retry, extra=extra)
         data, timings, emulated = self._items(job, range(len(job.request_ids)), partial=False)
         runtime = self.runtime
