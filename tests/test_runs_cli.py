@@ -435,7 +435,19 @@ def test_a_damaged_database_is_said_to_be_damaged_and_a_folders_name_is_refused(
     # a run stored into it: DuckDB's aborted transaction hid the read that failed ("Current transaction is aborted")
     line = _error_line(runner.invoke(app, ["simulate", "--mix", "tiny", "--rate", "1", "--duration", "5", "--policies",
                                            "trident", "--db", str(cut)]))
-    assert "the database file is damaged (the file ends before its last block: cut short" in line, line
+    # ... before any run: the file is shorter than the blocks its header counts (outside test 132: a live bench
+    # ran whole, then could not store its run: "could not store run R in F: IO Error ...")
+    assert line == (f"error: --db {cut}: the database file is damaged (the file ends before its last block: cut "
+                    "short): restore the file from a copy, and store new runs in another"), line
+    # its headers' block changed: refused at once, said so by every command (bench and sql said DuckDB's words)
+    head = tmp_path / "head.duckdb"
+    head.write_bytes(data[:4196] + bytes(b ^ 0xFF for b in data[4196:4260]) + data[4260:])
+    for command in (["bench", "--mix", "tiny", "--rate", "1", "--duration", "5", "--policies", "trident",
+                     "--no-progress"], ["sql", "SELECT 1"], ["runs", "list"]):
+        line = _error_line(runner.invoke(app, [*command, "--db", str(head)]))
+        assert line.startswith(f"error: --db {head}: the database file is damaged (a block's checksum does not "
+                               "match"), (command, line)
+        assert line.endswith("restore the file from a copy, and store new runs in another"), line
     said = set()  # a byte changed in each 256 KiB block in turn: those `runs list` reads fail their checksums
     for at in range(4096 * 3, len(data), 1 << 18):
         flipped = tmp_path / f"f{at}.duckdb"

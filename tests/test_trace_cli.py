@@ -233,6 +233,9 @@ def test_import_reads_standard_input_given_a_dash(tmp_path):
     (["trace", "generate", "--out", "{tmp}/od/"], "--out {tmp}/od/: ends in '/', a folder's name; give a file's path"),
     (["trace", "generate", "--out", "{tmp}/runs.duckdb"], "--out {tmp}/runs.duckdb: is a DuckDB database (a results "
                                                          "store?): not written over; give another file"),
+    # ... or one whose header was damaged, or a new file of that name (outside test 132)
+    (["trace", "generate", "--out", "{tmp}/new.DuckDB"], "--out {tmp}/new.DuckDB: a .duckdb name is a results "
+                                                        "database's; this writes text: give another name"),
     (["trace", "generate", "--out", "{tmp}/" + "a" * 300 + ".jsonl"], "cannot be written (File name too long)"),
     # a trace of 0.5 s that simulate --mix refuses to draw (outside test 99)
     (["trace", "generate", "--mix", "tiny", "--duration", "0.5", "--out", "{tmp}/x.jsonl"],

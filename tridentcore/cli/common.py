@@ -182,12 +182,16 @@ def check_db(db: str) -> None:
 
     from ..core.defaults import DEFAULT_DB_WAIT_S
     from ..store import NotADatabaseError, ResultsStore, SchemaVersionError
+    from ..store.errors import DAMAGED_ADVICE, damage
 
     try:
         ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).check()
     except NotADatabaseError as exc:  # a JSON, CSV or text file: never written over
         fail(f"--db {db}: cannot store runs there: {exc.reason}")
     except (duckdb.Error, OSError, SchemaVersionError) as exc:  # (a newer schema: outside test, a traceback)
+        what = damage(exc)
+        if what is not None:  # (outside test 132: DuckDB's "Corrupt database file ..." from a bench)
+            fail(f"--db {db}: the database file is damaged ({what}): {DAMAGED_ADVICE}")
         fail(f"--db {db}: cannot store runs there: {message(exc)}")
 
 
@@ -211,6 +215,8 @@ def check_out(path: str, flag: str = "--out", dash: bool = False) -> None:
         existed = out.exists()
         if existed and _is_duckdb(out):  # (outside test 131: a trace written over a results database, every run lost)
             fail(f"{flag} {path}: is a DuckDB database (a results store?): not written over; give another file")
+        if out.suffix.lower() == ".duckdb":  # (outside test 132: over one whose header was damaged, or a new one
+            fail(f"{flag} {path}: a .duckdb name is a results database's; this writes text: give another name")
     except OSError as exc:  # a name too long for the file system, say
         fail(f"{flag} {path}: cannot be written ({exc.strerror or exc})")
     try:
@@ -260,15 +266,14 @@ def db_message(exc: BaseException, db: str, flag: str = "--db") -> str:
     """A store read's error as its line; ``flag``: the option that named ``db`` ("": none did), which
     a file that is not a DuckDB database is named with."""
     from ..store import NotADatabaseError
-    from ..store.errors import damage
+    from ..store.errors import DAMAGED_ADVICE, DamagedDatabaseError, damage
 
     if isinstance(exc, NotADatabaseError):
         return f"{flag} {db}: {exc.reason}".lstrip()
     what = damage(exc)
     if what is not None:  # (outside test 131: DuckDB's "Corrupt database file: computed checksum ...", no file named)
-        return (f"{flag} {db}: the database file is damaged ({what}; DuckDB: {one_line(message(exc))[:160]}): the "
-                "tables it can still read answer `trident sql`; restore the file from a copy, and store new runs "
-                "in another").lstrip()
+        duck = "" if isinstance(exc, DamagedDatabaseError) else f"; DuckDB: {one_line(message(exc))[:160]}"
+        return f"{flag} {db}: the database file is damaged ({what}{duck}): {DAMAGED_ADVICE}".lstrip()
     text = message(exc)
     if isinstance(exc, FileNotFoundError) and "no results database" in text:
         text += " (runs are written there by `trident bench --db` or `trident simulate --db`)"

@@ -115,7 +115,9 @@ def _sql_error(exc: BaseException, db: str) -> str:
     """DuckDB's message up to its ``LINE n:`` excerpt, on one line (the excerpt's caret needs its own line)."""
     import duckdb
 
-    if not isinstance(exc, duckdb.Error):  # no database there, or not a DuckDB one
+    from ..store.errors import damage
+
+    if not isinstance(exc, duckdb.Error) or damage(exc):  # no database there, not a DuckDB one, or damaged
         return db_message(exc, db)
 
     if isinstance(exc, duckdb.OutOfMemoryException):

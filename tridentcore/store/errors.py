@@ -5,7 +5,7 @@ from __future__ import annotations
 from tridentcore.core.errors import TridentError
 
 __all__ = ["DatabaseReplacedError", "DuplicateRunError", "NotADatabaseError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError",
-           "damage"]
+           "DamagedDatabaseError", "damage"]
 
 
 class StoreError(TridentError):
@@ -52,8 +52,23 @@ _DAMAGE = (("Corrupt database file", "a block's checksum does not match"),
 
 
 def damage(exc: BaseException) -> str | None:
-    """How a database file is damaged, if ``exc`` is DuckDB's error for a damaged file (None: another
-    error). Outside test 131: DuckDB's own text ("Corrupt database file: computed checksum ...") named
-    no file and said nothing of what to do."""
+    """How a database file is damaged, if ``exc`` is DuckDB's error for a damaged file (or
+    :class:`DamagedDatabaseError`; None: another error). Outside test 131: DuckDB's own text ("Corrupt
+    database file: computed checksum ...") named no file and said nothing of what to do."""
+    if isinstance(exc, DamagedDatabaseError):
+        return exc.what
     text = str(exc)
     return next((what for words, what in _DAMAGE if words in text), None)
+
+
+DAMAGED_ADVICE = "restore the file from a copy, and store new runs in another"
+
+
+class DamagedDatabaseError(StoreError, OSError):
+    """A results database found damaged before anything was written to it (a file shorter than the
+    blocks its header counts: cut short). ``what``: the damage, as :func:`damage` words it."""
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what
+        super().__init__(f"{path}: the database file is damaged ({what}): {DAMAGED_ADVICE}")

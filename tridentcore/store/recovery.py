@@ -22,6 +22,7 @@ from tridentcore.core.records import ROW_TYPES, GpuSample, PlacementRow, Request
 from tridentcore.core.recording import gpu_samples as derive_gpu_samples
 
 from .connection import LOCK_WAIT_S, fetch_arrow
+from .errors import damage
 from .journal import (Ingester, Journal, _count, columns_of, _fsync_dir, _line_rows, _lock_current, _meta_dict, _meta_of,
                       _owner_of, _parsed, _well_formed, _writer_gone, journal_dir, named_run_id, pending_journals,
                       read_lines, rows_of, try_lock)
@@ -106,7 +107,7 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
         try:
             meta = _meta_of(start["meta"]) if start is not None else _stored_meta(ingester, run_id, wait_s)
         except Exception as exc:  # noqa: BLE001 - the store cannot be read now: the journal stays for the next try
-            return Recovery(run_id, path, "failed", message=f"{type(exc).__name__}: {exc}".strip())
+            return Recovery(run_id, path, "failed", message=_why(exc, db))
         if meta is None:  # no start line, and the store has no row of the run
             if not data and not skipped:
                 _unlink(path)  # reserved, never served: nothing to store
@@ -132,7 +133,7 @@ def recover_journal(db: str | os.PathLike[str], path: Path, *, wait_s: float = L
                 rows += ingester.ingest(wait_s)
         except Exception as exc:  # noqa: BLE001 - reported; the journal stays for the next try
             status = end["meta"]["status"] if end is not None else ""
-            return Recovery(run_id, path, "failed", status, message=f"{type(exc).__name__}: {exc}".strip())
+            return Recovery(run_id, path, "failed", status, message=_why(exc, db))
         status = end["meta"]["status"] if end is not None else stored  # the store had its end already
         requests = sum(_count((line.get("tables") or {}).get("requests")) for line in lines)
         if not skipped:
@@ -188,6 +189,15 @@ def _stored_meta(ingester: Ingester, run_id: str, wait_s: float) -> RunMeta | No
         except duckdb.CatalogException:  # no runs table yet
             return None
     return RunMeta(**dict(zip(names, got[0]))) if got else None
+
+
+def _why(exc: BaseException, db) -> str:
+    """A failed recovery's reason: a damaged database said so, with what to do (outside test 132: DuckDB's
+    read error, and "it stays for the next try", which failed the same way for ever)."""
+    what = damage(exc)
+    if what is not None:
+        return f"the database file {db} is damaged ({what}): restore it from a copy, then recover again (the journal stays)"
+    return f"{type(exc).__name__}: {exc}".strip()
 
 
 def _run_id_in(lines: list[dict]) -> str | None:
