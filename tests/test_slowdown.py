@@ -211,10 +211,14 @@ def test_trident_serves_a_slowed_burst_and_meets_at_least_as_many_slos_as_pipeli
             assert [d["slowdown"] for d in cluster["devices"]] == [K, K]
             # the calibration saw the slower devices: its factors are about K x what this host takes over
             # the shipped cpu profile (loose bounds: the host's own factor varies with its load, and a
-            # quiet CI host ran the diffuse at 0.66 x the profile, a factor of 1.98 at K = 3)
+            # quiet CI host ran the diffuse at 0.66 x the profile, a factor of 1.98 at K = 3). Decode reads
+            # lowest: this host decodes in about a third of the profile's time (its decode rows were timed
+            # with glibc's mmap threshold pinned, profiles/data/README.md). The same warm-up and burst on
+            # the 2-core host read decode 0.45 at K = 1 and 1.54 at K = 3, and a CI run 1.03 at K = 3
+            # (it failed the bound of 1.2 then): 0.9 still tells K = 3 from K = 1
             factors = {row["stage"]: row["factor"] for row in cluster["calibration"]}
             assert set(factors) == {"encode", "diffuse", "decode"}, (policy, factors)
-            assert factors["diffuse"] >= 1.6 and min(factors.values()) >= 1.2, (policy, factors)
+            assert factors["diffuse"] >= 1.6 and min(factors.values()) >= 0.9, (policy, factors)
         print(f"in-SLO of {round_ + 1} x 3 x 16 at --slowdown {K:g}: {met}")
         if met["trident"] >= met["pipeline-static:degree=1"]:
             break
