@@ -66,7 +66,7 @@ DAMAGED_ADVICE = "restore the file from a copy, and store new runs in another"
 
 class DamagedDatabaseError(StoreError, OSError):
     """A results database found damaged before anything was written to it (a file shorter than the
-    blocks its header counts: cut short). ``what``: the damage, as :func:`damage` words it."""
+    blocks its header says are in use: cut short). ``what``: the damage, as :func:`damage` words it."""
 
     def __init__(self, path: str, what: str) -> None:
         self.path = path
