@@ -175,11 +175,10 @@ def _store(folder: Path, info: dict, wait_s: float) -> Recovered:
     except DuplicateRunError:
         outcome, message = "stored", f"run {run_id} of {whose} was stored already; {gone} {folder}"
     except Exception as exc:  # (a locked database, a journal that failed...): never the new bench's end
-        from ..store.errors import damage
+        from ..store.errors import RECOVER_ADVICE, damaged
 
-        what = damage(exc)  # (outside test 132: "it stays for the next try", which failed the same way for ever)
-        why = (f"the database file is damaged ({what}): restore it from a copy, then recover again" if what
-               else f"{type(exc).__name__}: {exc}")
+        # (outside test 132: "it stays for the next try", which failed the same way for ever)
+        why = damaged(exc, RECOVER_ADVICE) or f"{type(exc).__name__}: {exc}"
         return Recovered(folder, None, "failed", f"could not store the run {run_id} of {whose} from {folder} "
                                                  f"({why}); it stays for the next try")
     else:

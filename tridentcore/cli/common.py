@@ -182,16 +182,16 @@ def check_db(db: str) -> None:
 
     from ..core.defaults import DEFAULT_DB_WAIT_S
     from ..store import NotADatabaseError, ResultsStore, SchemaVersionError
-    from ..store.errors import DAMAGED_ADVICE, damage
+    from ..store.errors import damaged
 
     try:
         ResultsStore(db, lock_wait_s=DEFAULT_DB_WAIT_S).check()
     except NotADatabaseError as exc:  # a JSON, CSV or text file: never written over
         fail(f"--db {db}: cannot store runs there: {exc.reason}")
     except (duckdb.Error, OSError, SchemaVersionError) as exc:  # (a newer schema: outside test, a traceback)
-        what = damage(exc)
-        if what is not None:  # (outside test 132: DuckDB's "Corrupt database file ..." from a bench)
-            fail(f"--db {db}: the database file is damaged ({what}): {DAMAGED_ADVICE}")
+        said = damaged(exc)
+        if said is not None:  # (outside test 132: DuckDB's "Corrupt database file ..." from a bench)
+            fail(f"--db {db}: {said}")
         fail(f"--db {db}: cannot store runs there: {message(exc)}")
 
 

@@ -221,7 +221,6 @@ class RunRecords:
         self._refused_written: dict[str, int] = {}  # ... and of the last line the journal holds
         self._stopping_said = False  # the last line made said the server was told to stop
         self._busy_since: float | None = None  # the store refused our ingests since (locked)
-        self._refused_by: BaseException | None = None  # the first error of the ingests refused since
         self._down_since: float | None = None  # the journal could not be written since (a full disk)
         self._down_said: tuple[float, str] = (0.0, "")  # when the failure was last logged, and as what
         self._refused_before = 0
@@ -413,7 +412,7 @@ class RunRecords:
             self.ingester.ingest(wait_s)
         except Exception as exc:  # noqa: BLE001 - the journal holds the rows; next time
             if self._busy_since is None:
-                self._busy_since, self._refused_by = time.monotonic(), exc
+                self._busy_since = time.monotonic()
                 logger.warning("results store %s not written (%s); its rows wait in the journal %s",
                                self.db, _short(exc), self.journal.path)
             return False
@@ -509,15 +508,10 @@ class RunRecords:
             self.ingester.ingest(self.final_wait_s)
         except Exception as exc:  # noqa: BLE001 - reported, never hidden: the exit status says so
             self.journal.close()
-            # a transaction DuckDB left aborted says nothing of why: the first refusal does (outside test 131: a
-            # database cut short read "Current transaction is aborted (please ROLLBACK)")
-            from ..store.errors import damage
+            from ..store.errors import RECOVER_ADVICE, damaged
 
-            first = self._refused_by if "transaction is aborted" in str(exc) and self._refused_by else exc
-            what = damage(first)
-            self.problem = (f"could not write run {self.run_id} to {self.db} ("
-                            + (f"the database file is damaged: {what}; restore it from a copy, then recover the run"
-                               if what else _short(first)) + f"); its rows are in "
+            why = damaged(exc, RECOVER_ADVICE) or _short(exc)
+            self.problem = (f"could not write run {self.run_id} to {self.db} ({why}); its rows are in "
                             f"{self.journal.path}: trident runs recover --db {self.db}")
             logger.error("%s", self.problem)
             return False

@@ -242,7 +242,8 @@ class Jobs:
         if state in ("queued", "running"):
             raise ApiError("not_ready", f"request {job.id} is {state}", extra={"state": state})
         if state != "done":
-            ended = [d for d in (self.item(job, r) for r in job.request_ids) if d["state"] != "done"]
+            items = [self.item(job, r) for r in job.request_ids]
+            ended = [d for d in items if d["state"] != "done"]
             reasons = sorted({d["reason"] for d in ended})
             # the items refused with another of their generation repeat its reason (outside test 122): its own
             own = [r for r in reasons if not r.startswith(REFUSED_WITH)]
@@ -260,7 +261,7 @@ class Jobs:
                         self.runtime.engine.config.retry_after_s
             # the items that did end done are answered with the failure (outside test 130: a generation of 8 cut
             # short by a drain answered 500 with nothing, though 7 of its images were made and stored as done)
-            done = [i for i, d in enumerate(self.item(job, r) for r in job.request_ids) if d["state"] == "done"]
+            done = [i for i, d in enumerate(items) if d["state"] == "done"]
             where = ""
             if done:  # (each with its index; one whose result is no longer kept is left out of data)
                 data, timings, emulated = self._items(job, done, partial=True)

@@ -275,7 +275,7 @@ def _records(opts: ServeOptions, runtime, config: dict | None = None) -> RunReco
     """Reserve the run id in ``opts.db`` (after ingesting what crashed servers left there)."""
     from ..bench.provenance import provenance
     from ..store import DuplicateRunError, NotADatabaseError, StoreError, new_run_id
-    from ..store.errors import damage
+    from ..store.errors import damaged
 
     import duckdb
 
@@ -291,10 +291,8 @@ def _records(opts: ServeOptions, runtime, config: dict | None = None) -> RunReco
     except NotADatabaseError as exc:
         raise SetupError([f"--db {opts.db}: cannot store the run there: {exc.reason}"]) from None
     except (StoreError, OSError, duckdb.Error) as exc:
-        what = damage(exc)
-        raise SetupError([f"cannot store the run in {opts.db}: " + (
-            f"the database file is damaged ({what}): restore it from a copy, or give another file" if what
-            else str(exc))]) from None
+        said = damaged(exc, "restore it from a copy, or give another file")
+        raise SetupError([f"cannot store the run in {opts.db}: {said or exc}"]) from None
     return RunRecords(runtime.engine, journal, config=config, provenance=provenance(), final_wait_s=opts.db_wait_s,
                       compact_bytes=int(opts.journal_mib * (1 << 20)))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tridentcore.core.errors import TridentError
 
 __all__ = ["DatabaseReplacedError", "DuplicateRunError", "NotADatabaseError", "RowsError", "SchemaVersionError", "StoreError", "UnknownRunError",
-           "DamagedDatabaseError", "damage"]
+           "DamagedDatabaseError", "damage", "damaged"]
 
 
 class StoreError(TridentError):
@@ -62,6 +62,13 @@ def damage(exc: BaseException) -> str | None:
 
 
 DAMAGED_ADVICE = "restore the file from a copy, and store new runs in another"
+RECOVER_ADVICE = "restore it from a copy, then recover again"
+
+
+def damaged(exc: BaseException, advice: str = DAMAGED_ADVICE) -> str | None:
+    """``the database file is damaged (HOW): ADVICE`` if ``exc`` says a damaged file (None: another error)."""
+    what = damage(exc)
+    return None if what is None else f"the database file is damaged ({what}): {advice}"
 
 
 class DamagedDatabaseError(StoreError, OSError):
@@ -71,4 +78,4 @@ class DamagedDatabaseError(StoreError, OSError):
     def __init__(self, path: str, what: str) -> None:
         self.path = path
         self.what = what
-        super().__init__(f"{path}: the database file is damaged ({what}): {DAMAGED_ADVICE}")
+        super().__init__(f"{path}: {damaged(self)}")

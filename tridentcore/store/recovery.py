@@ -22,7 +22,7 @@ from tridentcore.core.records import ROW_TYPES, GpuSample, PlacementRow, Request
 from tridentcore.core.recording import gpu_samples as derive_gpu_samples
 
 from .connection import LOCK_WAIT_S, fetch_arrow
-from .errors import damage
+from .errors import RECOVER_ADVICE, damaged
 from .journal import (Ingester, Journal, _count, columns_of, _fsync_dir, _line_rows, _lock_current, _meta_dict, _meta_of,
                       _owner_of, _parsed, _well_formed, _writer_gone, journal_dir, named_run_id, pending_journals,
                       read_lines, rows_of, try_lock)
@@ -194,10 +194,8 @@ def _stored_meta(ingester: Ingester, run_id: str, wait_s: float) -> RunMeta | No
 def _why(exc: BaseException, db) -> str:
     """A failed recovery's reason: a damaged database said so, with what to do (outside test 132: DuckDB's
     read error, and "it stays for the next try", which failed the same way for ever)."""
-    what = damage(exc)
-    if what is not None:
-        return f"the database file {db} is damaged ({what}): restore it from a copy, then recover again (the journal stays)"
-    return f"{type(exc).__name__}: {exc}".strip()
+    said = damaged(exc, RECOVER_ADVICE + " (the journal stays)")
+    return f"{db}: {said}" if said else f"{type(exc).__name__}: {exc}".strip()
 
 
 def _run_id_in(lines: list[dict]) -> str | None:
