@@ -9,6 +9,7 @@ import json
 import re
 
 import httpx
+import pytest
 from PIL import Image
 
 from tridentcore.bench.launch import start_server
@@ -53,7 +54,7 @@ def test_mixed_cpu_and_emulated_devices_one_api_one_run(tmp_path):
             assert 'trident_requests_ended_total{state="done"} 3.0' in metrics
     finally:
         assert server.stop() == 0
-    runs = query_readonly(db, "SELECT run_id, cluster, profile, config_json FROM runs")
+    runs = query_readonly(db, "SELECT run_id, cluster, profile, config_json, rate_rps, duration_s FROM runs")
     assert len(runs) == 1 and runs["cluster"][0] == "1x1xcpu + 1x2xH200" and runs["profile"][0] == "cpu,h200"
     config = json.loads(runs["config_json"][0])  # the stored run's clock too is the scaled part's (it was 1.0)
     assert config["time_scale"] == config["clock"]["time_scale"] == 0.02
@@ -61,6 +62,9 @@ def test_mixed_cpu_and_emulated_devices_one_api_one_run(tmp_path):
     # "0.0083 req/s for 12511 s", the emulated clock's, for 104 requests in 686 s, said as the whole run's)
     cpu, emu = config["parts"]
     assert (cpu["requests"], emu["requests"]) == (1, 2) and 0 < cpu["duration_s"] < emu["duration_s"]
+    # the run's own rate and duration are the scaled part's (outside test 133: all 3 requests over its clock)
+    assert runs["duration_s"][0] == emu["duration_s"]
+    assert runs["rate_rps"][0] == pytest.approx(2 / emu["duration_s"])
     from typer.testing import CliRunner
 
     from tridentcore.cli.main import app
