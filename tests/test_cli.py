@@ -191,6 +191,8 @@ def test_profile_writes_a_valid_csv(tmp_path):
     assert stages == {("encode", None, 1), ("encode", None, 2)} | {
         (s, h, b) for s in ("diffuse", "decode") for h in (64, 128) for b in (1, 2)}
     assert all(r.gpu == "cpu" and r.model == "tiny-sd3" and r.latency_ms > 0 for r in prof.rows)
+    # each row says the dtype it ran in (outside test 133: a bfloat16 profile read as any other)
+    assert all(r.source.startswith("measured (dtype float32") for r in prof.rows), {r.source for r in prof.rows}
     # the profile feeds the cost model directly
     from tridentcore.core.types import Shape
 
@@ -211,6 +213,7 @@ def test_profile_rejects_bad_points(tmp_path):
     # lists that are wrong as typed: said at once, before any model is built (an empty item was dropped)
     for args, said in ((["--sizes", "64,,128"], "sizes: an empty item in '64,,128'"),
                        (["--sizes", "0"], "sizes must be positive"),
+                       (["--sizes", "\u0666\u0664"], "size must be WIDTHxHEIGHT"),  # Arabic-Indic 64: measured 64x64 (outside test 133)
                        (["--batches", "1,,2"], "batches: an empty item"),
                        (["--stages", ","], "--stages: none given"), (["--stages", ""], "--stages: an empty value"),
                        # unbounded, they took the host's memory (10 GB) or crashed it (outside test)

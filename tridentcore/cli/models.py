@@ -100,7 +100,7 @@ def generate(
     guidance: float = typer.Option(None, help="Guidance scale (default: the model's)."),
     negative_prompt: str = typer.Option(None, help="Negative prompt (CFG models)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:i."),
-    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (fp32, bf16, fp16)."),
     fps: int = typer.Option(8, min=1, max=50, help="Frames per second of an animation (at most 50: a GIF counts "
                                                    "its frames' delays in 1/100 s)."),
     degree: int = typer.Option(1, min=1, help="Run the diffuse sequence-parallel (Ulysses) over K local processes: "
@@ -226,7 +226,7 @@ def profile(
     model: str = typer.Option(None, help="Pipeline name(s), comma separated (`trident models`)."),
     out: str = typer.Option(..., help="CSV to write (the format of docs/profiles.md; its folder made if missing)."),
     device: str = typer.Option("cpu", help="cpu or cuda:i."),
-    dtype: str = typer.Option("float32", help="float32 or bfloat16."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (fp32, bf16, fp16)."),
     sizes: str = typer.Option("64,128,256", help="Squares (64,128) or WIDTHxHEIGHT items."),
     frames: str = typer.Option("5,9", help="Frame counts (video models only)."),
     batches: str = typer.Option("1,2,4", help="Requests per call."),

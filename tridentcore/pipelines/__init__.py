@@ -58,6 +58,21 @@ MODELS: dict[str, ModelInfo] = {
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 
 
+_DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def dtype_name(dtype: str) -> str:
+    """The full name of a dtype the pipelines take (``bf16`` -> ``bfloat16``)."""
+    check_dtype(dtype)
+    return _DTYPE_ALIASES.get(str(dtype), str(dtype))
+
+
+def served_dtype(device: str) -> str:
+    """The dtype a serving worker loads its pipelines in on ``device``: bfloat16 on a GPU, float32 on
+    the CPU (a profile measured in another prices that worker wrong: ``trident serve`` warns)."""
+    return "bfloat16" if str(device).startswith("cuda") else "float32"
+
+
 def check_dtype(dtype: str) -> None:
     """ValueError unless ``dtype`` names one the pipelines take (cheap: no torch)."""
     if str(dtype) not in DTYPE_BYTES:

@@ -201,7 +201,7 @@ def _prepare(spec: ProfileSpec, progress: bool, groups: GroupFactory | None, on_
     """Load ``spec``'s pipeline and plan its points; ``(memory(), timing(on_row) -> rows)``."""
     from tqdm import tqdm
 
-    from . import MODELS, load_pipeline
+    from . import MODELS, dtype_name, load_pipeline
 
     higher = sorted({d for d in spec.degrees if d > 1})
     if any(d < 1 for d in spec.degrees) or not spec.degrees:
@@ -219,7 +219,8 @@ def _prepare(spec: ProfileSpec, progress: bool, groups: GroupFactory | None, on_
     meter = _Meter(spec.device)
     kind = gpu_kind(spec.device)
     weights = {s: pipe.weights_bytes(s) / GIB for s in STAGES}
-    source = "measured" if not meter.notes else "measured (" + ", ".join(meter.notes) + ")"
+    # the dtype it ran in (outside test 133: a bfloat16 profile served float32 workers unsaid)
+    source = "measured (" + ", ".join([f"dtype {dtype_name(spec.dtype)}", *meter.notes]) + ")"
     embeddings_cache: dict[int, dict] = {}
 
     def embeddings(batch: int):
@@ -329,7 +330,7 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
 
     out = []
     for item in _items(text, "sizes"):
-        if item.isdigit():
+        if item.isascii() and item.isdigit():  # (outside test 133: '٦٤' measured 64 x 64)
             if int(item) < 1:
                 raise ValueError(f"sizes must be positive (got {item!r} in {text!r})")
             out.append((int(item), int(item)))

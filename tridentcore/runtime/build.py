@@ -33,8 +33,10 @@ cuda devices are real.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -56,6 +58,7 @@ __all__ = ["BACKENDS", "DEVICE_FORMS", "DeviceSpec", "Part", "Runtime", "SetupEr
            "host_mem_gib", "parse_devices", "parse_faults", "parse_profiles", "pipeline_for", "same_folder"]
 
 BACKENDS = ("local", "ray")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -187,6 +190,30 @@ def _model_problems(part: Part, model: str) -> list[str]:
     return problems
 
 
+def _dtype_notes(part: Part) -> list[str]:
+    """Where ``part``'s profile says its rows of a served model were measured in another dtype than
+    the part's workers load it in (``trident profile`` writes ``measured (dtype bfloat16)``; outside test
+    133: a bfloat16 profile priced float32 CPU workers, unsaid). Older rows say none: nothing to say."""
+    if not part.devices.real:
+        return []
+    from ..pipelines import served_dtype
+    from ..profiles import load_profile
+
+    want = served_dtype(part.devices.kind)
+    found: dict[str, set[str]] = {}
+    for row in load_profile(part.profile).rows:
+        said = _DTYPE_SAID.search(row.source)
+        if (said and said[1] != want and row.model in part.models
+                and row.gpu.casefold() == part.gpu_kind.casefold()):
+            found.setdefault(row.model, set()).add(said[1])
+    return [f"profile {part.profile!r} measured {model} in {' and '.join(sorted(dtypes))}, but the "
+            f"{part.devices.kind} workers run it in {want}: its stage times may be off (measure it with "
+            f"`trident profile --dtype {want}`)" for model, dtypes in found.items()]
+
+
+_DTYPE_SAID = re.compile(r"\bdtype (\w+)")
+
+
 def _workers(part: Part, backend: str, threads: int, ray_address: str | None, slowdown: float = 1.0):
     dev = part.devices
     sources = {m: pipeline_for(m, dev.kind) for m in part.models} if dev.real else {}
@@ -314,6 +341,9 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
         problems.append(str(exc))
     if problems:
         raise SetupError(problems)
+    for part in parts:
+        for note in _dtype_notes(part):
+            logger.warning("%s", note)
     entries: dict[str, ModelEntry] = {}
     for part, pol in zip(parts, policies):
         dev = part.devices

@@ -187,7 +187,7 @@ def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
     import torch
 
     torch.set_num_threads(threads)
-    from ..pipelines import load_pipeline
+    from ..pipelines import load_pipeline, served_dtype
 
     cuda = device.startswith("cuda")
     if cuda:
@@ -195,7 +195,7 @@ def load_pipelines(models: Sequence[str], threads: int, device: str = "cpu",
     pipes = {}
     for m in models:
         src = (sources or {}).get(m, m)
-        pipes[m] = load_pipeline(src, device=device, dtype="bfloat16") if cuda else load_pipeline(src)
+        pipes[m] = load_pipeline(src, device=device, dtype=served_dtype(device))
     from pathlib import Path
 
     from ..pipelines.folder import fingerprint
