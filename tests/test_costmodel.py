@@ -246,6 +246,13 @@ def test_measured_degree_rows_override_the_scaling_model():
     f = (2 / (60.0 / 40.0) - 1) / (2 - 1)
     assert model.latency_s("m", "diffuse", shape, degree=4) == pytest.approx(0.060 * (1 + 3 * f) / 4)
     assert model.degrees("m", "diffuse") == (1, 2)
+    # a split measured slower than one GPU everywhere (a small model in a gloo group): an unmeasured
+    # degree costs what the measured split did, never degree 1's time (outside test 133: degree 4
+    # priced at degree 1's 307.9 ms, below the 340.8 ms degree 2 measured)
+    slow = CostModel(base + [_row(h=s, w=s, degree=2, ms=ms) for s, ms in ((512, 22.0), (1024, 66.0), (2048, 330.0))])
+    for d in (4, 8):
+        assert slow.latency_s("m", "diffuse", shape, degree=d) == pytest.approx(0.066)
+        assert slow.latency_s("m", "diffuse", shape, degree=d) >= slow.latency_s("m", "diffuse", shape, degree=2)
     # without degree rows the analytic model answers
     plain = CostModel(base)
     expected = 0.060 / ScalingModel().speedup(2, 1024 * 1024)

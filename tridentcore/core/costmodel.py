@@ -48,7 +48,8 @@ For ``diffuse`` at degree d:
 
 1. rows measured at degree d that cover the shape are used directly (interpolated as above);
 2. else, if the profile measured other degrees > 1 for this model and stage, the serial fraction
-   they imply at this shape (Amdahl) is applied, taking the measured degree nearest to d;
+   they imply at this shape (Amdahl) is applied, taking the measured degree nearest to d; where that
+   degree measured slower than degree 1, d costs what it measured (no split is priced faster);
 3. else the analytic :class:`~tridentcore.core.scaling.ScalingModel` of tokens x batch.
 
 Activation memory at degree d > 1 for ``diffuse`` is the degree-1 value divided by d (each GPU
@@ -481,23 +482,30 @@ class CostModel:
             except Uncovered as exc:
                 log.debug("degree-%d rows of %s %s do not cover %s tokens (%s); modelling", degree, model, stage.value, tokens, exc)
         base_ms = self._eval(gpu, model, stage, shape, tokens, batch, 1, "latency_ms")
-        fraction = self._measured_serial_fraction(gpu, model, stage, tokens, batch, degree, base_ms)
-        if fraction is None:
+        nearest = self._nearest_measured_ms(gpu, model, stage, tokens, batch, degree)
+        if nearest is None:
             assert tokens is not None
             fraction = self._scaling.serial_fraction(tokens * batch)
+        else:
+            other, other_ms = nearest
+            if other_ms >= base_ms:  # the split measured slower than one GPU (a small model in a gloo
+                # group): no other split is priced faster than it (outside test 133: an unmeasured
+                # degree 4 at degree 1's time, cheaper than the degree 2 measured)
+                return other_ms
+            speedup = base_ms / other_ms  # the Amdahl serial fraction it implies
+            fraction = min(max((other / speedup - 1.0) / (other - 1), 0.0), 1.0)
         return base_ms * (1.0 + (degree - 1) * fraction) / degree
 
-    def _measured_serial_fraction(
-        self, gpu: str, model: str, stage: StageKind, tokens: int | None, batch: int, degree: int, base_ms: float
-    ) -> float | None:
-        """Amdahl serial fraction implied by the nearest measured degree > 1 covering the shape."""
+    def _nearest_measured_ms(
+        self, gpu: str, model: str, stage: StageKind, tokens: int | None, batch: int, degree: int
+    ) -> tuple[int, float] | None:
+        """The nearest measured degree > 1 whose rows cover the shape, and its time there."""
         measured = [d for g, m, s, d in self._tables if (g, m, s) == (gpu, model, stage) and d > 1 and d != degree]
         measured.sort(key=lambda d: (abs(math.log(d / degree)), -d))
         for other in measured:
             try:
-                other_ms = self._tables[(gpu, model, stage, other)].at("latency_ms", tokens, batch, self._max_extrapolation)
+                return other, self._tables[(gpu, model, stage, other)].at("latency_ms", tokens, batch,
+                                                                           self._max_extrapolation)
             except Uncovered:
                 continue
-            speedup = base_ms / other_ms
-            return min(max((other / speedup - 1.0) / (other - 1), 0.0), 1.0)
         return None
