@@ -304,6 +304,8 @@ def test_a_worker_restarted_after_its_folder_was_replaced_does_not_serve_another
                          r"\(an image model of sides \d+\.\.\d+, \d+ steps by default at the start, now a video "
                          r"model", log), log[-3000:]
         assert client.get("/healthz").json()["devices_alive"] == 0
+        # a dead worker shows no pid (it showed the killed process's: outside test 133)
+        assert [(d["alive"], d["pid"]) for d in client.get("/v1/cluster").json()["devices"]] == [(False, None)]
         shutil.rmtree(folder)
         shutil.copytree(same, folder)  # the same kind of model again: the next restart serves it, said
         deadline = time.monotonic() + 90

@@ -91,7 +91,9 @@ def measured_dispatches(db: str | os.PathLike[str], run_id: str) -> MeasuredRun:
     # server the parts joined by " + ": the devices say it either way
     kinds = {part.partition(":")[0].strip().lower() for part in devices.split(",") if part.strip()}
     if "+" in run.cluster or len(kinds) > 1:
-        raise ValueError(f"run {run_id} mixes device kinds ({devices or run.cluster}); use one kind at a time")
+        # (outside test 133: "use one kind at a time" read as an option to pick a part, which there is not)
+        raise ValueError(f"run {run_id} mixes device kinds ({devices or run.cluster}): only a run on one kind of "
+                         "real device is folded; serve that kind alone (e.g. --devices cpu:1) to measure it")
     if "emulated" in kinds:
         raise ValueError(f"run {run_id} ran on emulated devices ({devices}): they take the profile's own time")
     if float(config.get("slowdown", 1.0)) != 1.0:

@@ -83,7 +83,7 @@ def snapshot(engine: Engine) -> dict:
             "mem_gib": spec.mem_gib, "weights_gib": state.weights_gib[g], "activations_gib": state.act_gib[g],
             "free_gib": state.free_gib(g),
             "resident": [f"{m}/{s}" for m, s in sorted(state.resident[g])],
-            "pid": getattr(worker, "pid", None),
+            "pid": getattr(worker, "pid", None) if state.alive[g] else None,  # (a dead one kept its last: outside test 133)
             "slowdown": slowdown_of(worker),
         })
     queues = {str(s): 0 for s in STAGES}
