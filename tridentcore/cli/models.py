@@ -226,7 +226,8 @@ def profile(
     model: str = typer.Option(None, help="Pipeline name(s), comma separated (`trident models`)."),
     out: str = typer.Option(..., help="CSV to write (the format of docs/profiles.md; its folder made if missing)."),
     device: str = typer.Option("cpu", help="cpu or cuda:i."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16 (fp32, bf16, fp16)."),
+    dtype: str = typer.Option(None, help="float32, bfloat16 or float16 (fp32, bf16, fp16); default: what "
+                                         "`trident serve` loads on --device (float32 on cpu, bfloat16 on cuda)."),
     sizes: str = typer.Option("64,128,256", help="Squares (64,128) or WIDTHxHEIGHT items."),
     frames: str = typer.Option("5,9", help="Frame counts (video models only)."),
     batches: str = typer.Option("1,2,4", help="Requests per call."),
@@ -270,6 +271,10 @@ def profile(
         return
     if not model:
         fail("give --model (pipelines to measure) or --from-run (a stored live run)")
+    if dtype is None:  # what the workers that serve it will run (a cuda profile was measured in float32)
+        from ..pipelines import served_dtype
+
+        dtype = served_dtype(device)
     quiet_libraries()
     from ..pipelines.profiling import parse_ints
 
