@@ -85,8 +85,10 @@ def test_an_address_that_does_not_answer_as_a_ray_head_fails_in_seconds(tmp_path
         # auto: the cluster RAY_ADDRESS names, else the last one started on this host (its file may be stale)
         monkeypatch.delenv("RAY_ADDRESS", raising=False)
         monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
-        with pytest.raises(RuntimeError, match="no Ray cluster is known on this host"):
+        with pytest.raises(RuntimeError, match="no Ray cluster is known on this host") as err:
             _probe("auto")  # none known: never left to ray.init (it joined another server's private instance)
+        # where it looked, and why a `ray start --temp-dir` head is not found there (outside test 134)
+        assert f"its address in {tmp_path / 'ray' / 'ray_current_cluster'}; a `ray start --temp-dir DIR`" in str(err.value)
         (tmp_path / "ray").mkdir()
         (tmp_path / "ray" / "ray_current_cluster").write_text("\n")  # an empty file names none either
         with pytest.raises(RuntimeError, match="no Ray cluster is known on this host"):

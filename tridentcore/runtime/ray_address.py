@@ -26,16 +26,19 @@ def probe_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
     if address == "auto":
         address = os.environ.get("RAY_ADDRESS") or None
         if address is None:
+            known = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
             try:
-                known = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray" / "ray_current_cluster"
                 address = known.read_text().strip() or None
             except OSError:
                 address = None
             if address is None:  # (left to ray.init, it scanned the host's processes and joined another
                 # trident serve's private instance, to lose every worker when that server stopped)
-                raise RuntimeError("--ray-address auto: no Ray cluster is known on this host (RAY_ADDRESS is "
-                                   "unset and no `ray start` left its address): give HEAD:PORT, or leave "
-                                   "--ray-address out for a private instance")
+                # (outside test 134: a head started with `ray start --temp-dir DIR` leaves its address in DIR,
+                # which this cannot know without scanning the host's processes)
+                raise RuntimeError(f"--ray-address auto: no Ray cluster is known on this host (RAY_ADDRESS is "
+                                   f"unset and no `ray start` left its address in {known}; a `ray start "
+                                   "--temp-dir DIR` leaves it in DIR): give HEAD:PORT, or leave --ray-address "
+                                   "out for a private instance")
     address = address.strip() if address else address
     if not address:
         return
