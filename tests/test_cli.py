@@ -204,6 +204,14 @@ def test_profile_writes_a_valid_csv(tmp_path):
     assert result.exit_code == 0, result.output
     models = {r.model for r in load_profile(out).rows}
     assert models == {"tiny-sd3", "tiny-sd"}
+    # appended in another dtype: said before the file mixes them (outside test 135: unsaid)
+    result = runner.invoke(app, ["profile", "--model", "tiny-sd", "--sizes", "128", "--batches", "1", "--steps", "1",
+                                 "--repeats", "1", "--stages", "decode", "--dtype", "bf16", "--out", str(out), "--append"])
+    assert result.exit_code == 0, result.output
+    assert (f"note: --append: {out} holds rows measured in another dtype (tiny-sd in float32); these are measured "
+            "in bfloat16") in " ".join(result.output.split()), result.output
+    assert {r.source for r in load_profile(out).rows if r.model == "tiny-sd"} == {
+        "measured (dtype float32)", "measured (dtype bfloat16)"}
 
 
 def test_profile_rejects_bad_points(tmp_path):

@@ -306,8 +306,12 @@ def test_a_profile_measured_in_another_dtype_than_the_workers_run_is_warned_abou
     for dtype in ("bfloat16", "float32"):
         (tmp_path / f"{dtype}.csv").write_text("\n".join(
             [rows[0]] + [line.replace(",measured", f",measured (dtype {dtype})") for line in rows[1:]]) + "\n")
+    # a file appended to in another dtype: only its rows in it are said (outside test 135: said as whole)
+    (tmp_path / "mixed.csv").write_text("\n".join(
+        [rows[0]] + [line.replace(",measured", f",measured (dtype {'bfloat16' if k < 3 else 'float32'})")
+                     for k, line in enumerate(rows[1:])]) + "\n")
     warned = {}
-    for name in ("plain", "bfloat16", "float32"):
+    for name in ("plain", "bfloat16", "float32", "mixed"):
         caplog.clear()
         with caplog.at_level("WARNING", logger="tridentcore.runtime.build"):
             build_runtime("tiny-sd3", "cpu:1", profile=str(tmp_path / f"{name}.csv"))
@@ -315,6 +319,8 @@ def test_a_profile_measured_in_another_dtype_than_the_workers_run_is_warned_abou
     assert warned["plain"] == warned["float32"] == []
     assert len(warned["bfloat16"]) == 1 and "measured tiny-sd3 in bfloat16, but the cpu workers run it in float32" \
         in warned["bfloat16"][0] and "trident profile --dtype float32" in warned["bfloat16"][0], warned
+    assert len(warned["mixed"]) == 1 and f"measured 3 of the {len(rows) - 1} rows of tiny-sd3 in bfloat16, but" \
+        in warned["mixed"][0], warned
 
 
 def test_a_pipeline_folder_no_profile_prices_says_how_to_measure_it(tmp_path, monkeypatch):

@@ -301,7 +301,8 @@ def profile(
     import torch.distributed as dist
 
     from ..pipelines.profiling import ProfileSpec, parse_sizes, run_profiles
-    from ..profiles.format import load_profile, save_profile
+    from ..pipelines import dtype_name
+    from ..profiles.format import load_profile, measured_dtype, save_profile
     from ..runtime.local_group import MemberFailed
 
     torch.set_num_threads(threads)
@@ -311,6 +312,13 @@ def profile(
             kept = load_profile(out).rows
         except ValueError as exc:
             fail(f"--append: {exc}")
+        # the file would mix dtypes (outside test 135: said by nothing, then by serve as if whole)
+        other = sorted({(r.model, d) for r in kept if r.model in model_list
+                        and (d := measured_dtype(r)) is not None and d != dtype_name(dtype)})
+        if other:
+            typer.echo(f"note: --append: {out} holds rows measured in another dtype ("
+                       + ", ".join(f"{m} in {d}" for m, d in other) + f"); these are measured in {dtype_name(dtype)}: "
+                       "the file will mix them (points measured again are replaced)")
     try:
         cores = len(os.sched_getaffinity(0))
         if device == "cpu" and max(degree_list) * threads > cores:

@@ -9,7 +9,7 @@ the column of each problem.
 Shipped profiles live in ``tridentcore/profiles/data/`` (see its README) and are found by name:
 every ``*.csv`` there except the reference data in :data:`REFERENCE_FILES`.
 
-About 480 lines, one job (the file format: every column's parsing and bounds, the reference files'
+About 490 lines, one job (the file format: every column's parsing and bounds, the reference files'
 readers, the writer); split, the parsing rules and the bounds they check would live apart.
 """
 
@@ -42,6 +42,7 @@ __all__ = [
     "REFERENCE_FILES",
     "load_profile",
     "load_published_scaling",
+    "measured_dtype",
     "parse_profile",
     "save_profile",
     "shipped_profiles",
@@ -108,6 +109,16 @@ class Profile:
 
 
 # ---------------------------------------------------------------------- shipped data
+_DTYPE_SAID = re.compile(r"\bdtype (\w+)")
+
+
+def measured_dtype(row: ProfileRow) -> str | None:
+    """The dtype a row says it was measured in (``trident profile`` writes ``measured (dtype
+    bfloat16)`` into ``source``); None where it says none (older and shipped rows)."""
+    said = _DTYPE_SAID.search(row.source)
+    return said[1] if said else None
+
+
 def _data_dir():  # -> importlib.resources.abc.Traversable
     return resources.files(_DATA_PACKAGE).joinpath(_DATA_DIR)
 
