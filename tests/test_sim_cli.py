@@ -332,6 +332,8 @@ def test_a_goodput_is_printed_rounded_down_and_a_ceiling_below_the_slo_aware_one
 
     assert fmt(4.7153, "goodput_rps") == "4.715" and fmt(4.7199, "fair_goodput_rps") == "4.719"
     assert fmt(0.5, "goodput_rps") == "0.500" and fmt(4.7153, "mean_s") == "4.72"
+    # a small rate keeps three digits (outside test 135: `runs list` gave 0.00635 req/s as 0.01)
+    assert (fmt(0.00635074, "rate_rps"), fmt(0.5, "rate_rps"), fmt(12.0, "rate_rps")) == ("0.00635", "0.50", "12.00")
     lines = ceiling_lines(load_scenario(RunSpec(mix="sd3-mixed", duration_s=300)))
     assert lines[0].startswith("capacity ceiling: 4.582 req/s (every request alone") and \
         lines[1].startswith("SLO-aware ceiling: 4.888 req/s")

@@ -108,6 +108,8 @@ def fmt(v: Any, key: str) -> str:
             return "-"
         if key.endswith("goodput_rps"):  # rounded down: a goodput rounded up read as a rate that falls short
             return f"{math.floor(v * 1000.0) / 1000.0:.3f}"  # (outside test 116: 4.7153 printed 4.72)
+        if key == "rate_rps" and 0 < abs(v) < 0.1:  # three significant digits (outside test 135: 0.00635 read 0.01)
+            return f"{v:.3g}"
         return f"{v:.3f}" if key == "attainment" else f"{v:.2f}"
     return printable(str(v))
 
