@@ -108,7 +108,6 @@ class Profile:
         return tuple(sorted({r.model for r in self.rows}))
 
 
-# ---------------------------------------------------------------------- shipped data
 _DTYPE_SAID = re.compile(r"\bdtype (\w+)")
 
 
@@ -119,6 +118,7 @@ def measured_dtype(row: ProfileRow) -> str | None:
     return said[1] if said else None
 
 
+# ---------------------------------------------------------------------- shipped data
 def _data_dir():  # -> importlib.resources.abc.Traversable
     return resources.files(_DATA_PACKAGE).joinpath(_DATA_DIR)
 
