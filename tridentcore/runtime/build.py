@@ -71,6 +71,7 @@ class Part:
     gpu_kind: str
     models: list[str] = field(default_factory=list)
     engine: Engine | None = None
+    rows: tuple = ()  # the profile's rows (``ProfileRow``), as read once
 
 
 @dataclass
@@ -197,12 +198,12 @@ def _dtype_notes(part: Part) -> list[str]:
     if not part.devices.real:
         return []
     from ..pipelines import served_dtype
-    from ..profiles import load_profile, measured_dtype
+    from ..profiles import measured_dtype
 
     want = served_dtype(part.devices.kind)
     rows: dict[str, int] = {}  # a served model's rows on this kind
     found: dict[str, Counter] = {}  # ... and of them, those measured in another dtype, by dtype
-    for row in load_profile(part.profile).rows:
+    for row in part.rows:
         if row.model in part.models and row.gpu.casefold() == part.gpu_kind.casefold():
             rows[row.model] = rows.get(row.model, 0) + 1
             dtype = measured_dtype(row)
@@ -274,7 +275,8 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
     for dev in devs:
         name = profiles[dev.kind]
         try:
-            cost = load_profile(name).cost_model()
+            prof = load_profile(name)
+            cost = prof.cost_model()
         except ProfileError as exc:
             problems.append(str(exc))
             continue
@@ -284,7 +286,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
             problems.append(f"profile {name!r} has no rows for device kind {dev.cluster.kind!r} "
                             f"(it has {', '.join(kinds)})")
             continue
-        parts.append(Part(dev, name, cost, kind))
+        parts.append(Part(dev, name, cost, kind, rows=tuple(prof.rows)))
     if not names:
         problems.append("no models given")
     if len(set(names)) != len(names):
@@ -352,7 +354,7 @@ def build_runtime(models: list[str] | str, devices: str, policy: str = DEFAULT_P
     for part, pol in zip(parts, policies):
         dev = part.devices
         if dev.kind == "emulated":
-            video = video_models(load_profile(part.profile).rows)
+            video = video_models(part.rows)
             entries.update({m: emulated_entry(m, part.cost, part.gpu_kind, m in video) for m in part.models})
         config = EngineConfig(max_queued=max_queued, time_scale=time_scale if dev.kind == "emulated" else 1.0,
                               slo_scale=slo_scale, strict=strict, inject_oom=faults, record=record,
