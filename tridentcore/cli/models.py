@@ -2,7 +2,7 @@
 
 Heavy modules (torch, diffusers) are imported inside the commands that need them.
 
-About 510 lines, one job (the commands about a model's pipelines and costs): they share the bounds
+About 530 lines, one job (the commands about a model's pipelines and costs): they share the bounds
 of their options (sizes, frames, degrees, threads) and the deferred heavy imports; ``profile`` is the
 largest, measuring or folding a stored run (``--from-run``).
 """
