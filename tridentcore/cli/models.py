@@ -313,11 +313,12 @@ def profile(
         except ValueError as exc:
             fail(f"--append: {exc}")
         # the file would mix dtypes (outside test 135: said by nothing, then by serve as if whole)
+        now = dtype_name(dtype)
         other = sorted({(r.model, d) for r in kept if r.model in model_list
-                        and (d := measured_dtype(r)) is not None and d != dtype_name(dtype)})
+                        and (d := measured_dtype(r)) is not None and d != now})
         if other:
             typer.echo(f"note: --append: {out} holds rows measured in another dtype ("
-                       + ", ".join(f"{m} in {d}" for m, d in other) + f"); these are measured in {dtype_name(dtype)}: "
+                       + ", ".join(f"{m} in {d}" for m, d in other) + f"); these are measured in {now}: "
                        "the file will mix them (points measured again are replaced)")
     try:
         cores = len(os.sched_getaffinity(0))
